@@ -1,0 +1,99 @@
+"""Messages the mesh exchanges, as the core sees them.
+
+These are the protocol's meaning without its encoding: the wire layer (``meshenc.wire``)
+converts them to and from the protobuf messages of ``proto/meshenc/v1``. Times are float
+seconds here (labels on the Unix epoch, durations as plain seconds); the wire carries
+integer nanoseconds.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "CorrectionKind",
+    "EncodingStatePacket",
+    "ResyncProposal",
+    "ResyncVote",
+]
+
+
+class CorrectionKind(enum.Enum):
+    """How a correction reaches the output.
+
+    SLEW moves the label within its frame slot (invisible); DROP and DUPLICATE move it across
+    a slot boundary, so one source frame is skipped or one output slot repeats; PARAMETER
+    changes encoding parameters at an agreed future GOP boundary.
+    """
+
+    SLEW = "slew"
+    DROP = "drop"
+    DUPLICATE = "duplicate"
+    PARAMETER = "parameter"
+
+
+@dataclass(frozen=True, slots=True)
+class EncodingStatePacket:
+    """One encoder's state for one frame, sent to every neighbour (an ESP).
+
+    ``label`` is the corrected capture time of the picture named by ``fingerprint``; comparing
+    two encoders' labels for the same fingerprint gives their deviation directly, including the
+    part due to different ingest delays. ``label - correction`` is the sender's uncorrected
+    capture time, which evolves smoothly and is what a receiver's Kalman filter tracks.
+    """
+
+    sender: str
+    sequence: int
+    topology_epoch: int
+    timecode: int
+    frame_hash: bytes
+    fingerprint: int
+    label: float
+    correction: float
+    correction_rate: float
+    encode_latency: float
+    rtt: float
+    jitter: float
+    confidence: float
+    sent_at: float
+    echo_sequence: int = 0
+    echo_sent_at: float = 0.0
+    echo_hold: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncProposal:
+    """A proposer's announcement of a significant correction, put to its neighbours' vote.
+
+    ``shift`` is the signed change (seconds) the proposer will add to its label. For
+    PARAMETER proposals ``effective_segment`` is the first segment encoded with
+    ``bitrate_kbps``. ``trace_context`` carries W3C trace headers so that a resync's
+    proposal, votes and correction form one trace across encoders.
+    """
+
+    proposer: str
+    proposal_id: int
+    kind: CorrectionKind
+    shift: float
+    topology_epoch: int
+    effective_segment: int = 0
+    bitrate_kbps: int = 0
+    trace_context: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncVote:
+    """A neighbour's verdict on a proposal, decided from its own estimate of the proposer.
+
+    ``estimated_deviation`` is the voter's estimate (seconds) of the proposer's label minus
+    its own label for the same picture, at the time it voted.
+    """
+
+    proposer: str
+    proposal_id: int
+    voter: str
+    approve: bool
+    estimated_deviation: float
+    reason: str = ""
+    trace_context: tuple[tuple[str, str], ...] = ()
