@@ -1,0 +1,808 @@
+"""Validation of received meshenc.v1 messages: the one place where the wire rules live.
+
+A server calls ``validate_<message>`` on every message it receives before converting or using
+it; a violation raises :class:`InvalidMessage` naming the field (as a dotted path, e.g.
+``esp.label_unix_ns`` or ``votes[2].voter_id``) and the rule, which the services map to
+``INVALID_ARGUMENT``. Validators check one message on its own; the rules that span the
+messages of an Exchange stream are checked by :class:`ExchangeStreamChecker`. Unknown fields
+are tolerated (that is how newer peers stay compatible).
+
+Rules (the limits are the constants of this module):
+
+Common
+  - Identifiers (encoder, sender, proposer, voter, neighbour, segment, leader ids) are 1 to
+    ``MAX_ID_LENGTH`` characters of ``[A-Za-z0-9._-]``; where a field says "empty if none"
+    or "empty for all", the empty string is accepted too.
+  - Instants (``*_unix_ns``) are > 0 and < ``MAX_UNIX_NS`` (2200-01-01T00:00:00Z).
+  - Confidences and loads are finite and within [0, 1].
+  - Latencies, RTTs and jitters (``*_us``) are at most ``MAX_LATENCY_US`` (60 s).
+  - Enums are known values other than their UNSPECIFIED zero.
+  - Trace contexts have at most ``MAX_TRACE_ENTRIES`` entries; keys are 1 to
+    ``MAX_TRACE_KEY_LENGTH`` characters of ``[A-Za-z0-9._-]``, values at most
+    ``MAX_TRACE_VALUE_LENGTH`` printable ASCII characters.
+  - Free-text reasons are at most ``MAX_REASON_LENGTH`` characters without control
+    characters.
+
+Mesh (``EncoderMesh``)
+  - MeshMessage: exactly one body is set, and it is valid.
+  - Hello: ``protocol_version`` >= 1; ``frame_rate`` is set, ``num`` and ``den`` > 0 and
+    ``num/den`` within [``MIN_FRAME_RATE``, ``MAX_FRAME_RATE``]; ``gop_length`` within
+    [1, ``MAX_GOP_LENGTH``].
+  - EncodingStatePacket: ``sequence`` > 0; 0 < ``timecode`` < ``MAX_TIMECODE``;
+    ``frame_hash`` is empty (frame not encoded yet) or exactly ``FRAME_HASH_LENGTH`` bytes;
+    ``label_unix_ns`` and ``sent_unix_ns`` are instants; ``|correction_ns|`` <=
+    ``MAX_CORRECTION_NS`` (24 h); ``|correction_rate_ppb|`` <= ``MAX_CORRECTION_RATE_PPB``
+    (1000 ppm); ``confidence`` within [0, 1]; when ``echo_sequence`` is 0 both other echo
+    fields are 0, otherwise ``echo_sent_unix_ns`` is an instant and ``echo_hold_ns`` <=
+    ``MAX_ECHO_HOLD_NS``.
+  - ResyncProposal: ``proposal_id`` > 0; ``kind`` known and not UNSPECIFIED;
+    ``|shift_ns|`` <= ``MAX_SHIFT_NS`` (10 s); PARAMETER requires ``bitrate_kbps`` within
+    [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``] and 0 < ``effective_segment`` <
+    ``MAX_TIMECODE``; every other kind requires both to be 0.
+  - ResyncVote: ``proposal_id`` > 0; ``voter_id`` differs from ``proposer_id``;
+    ``|estimated_deviation_ns|`` <= ``MAX_DEVIATION_NS`` (24 h).
+  - GetStateRequest: no fields, always valid.
+  - Exchange stream (stateful, :class:`ExchangeStreamChecker`): the first message is a
+    Hello and no later one is; the Hello's sender is not the receiver; every later message
+    comes from the Hello's sender (``esp.sender_id``, ``proposal.proposer_id``,
+    ``vote.voter_id``); a vote answers a proposal of the receiver; ESP sequences strictly
+    increase.
+
+Registry (``Registry``)
+  - NodeInfo: ``node_id`` exactly ``NODE_ID_LENGTH`` (20) bytes; ``address`` is
+    ``host:port`` with port 1..65535 and host a DNS name of at most ``MAX_HOST_LENGTH``
+    characters, an IPv4 address or a bracketed IPv6 address.
+  - Requests: ``sender`` may be unset (a caller outside the DHT), and is valid when set;
+    ``target``/``key`` are exactly 20 bytes; Store requires a valid ``record``.
+  - EncoderRecord: valid ``encoder_id`` and ``address``; ``segment_id`` empty or an id;
+    ``capacity`` <= ``MAX_CAPACITY``; ``health`` known and not UNSPECIFIED; ``version`` > 0;
+    ``ttl_ms`` within [1, ``MAX_TTL_MS``] (24 h).
+  - Responses (received by the lookup of the calling node): ``responder`` is set and valid;
+    node lists hold at most ``MAX_NODES_PER_RESPONSE`` nodes with distinct ids;
+    FindValueResponse sets exactly one result.
+
+Manager (``MeshManager``)
+  - HealthReport: ``sent_unix_ns`` an instant; ``confidence`` and ``cpu_load`` within [0, 1];
+    ``encode_latency_us`` <= ``MAX_LATENCY_US``; 0 <= ``timecode`` < ``MAX_TIMECODE`` (0 =
+    no frame yet); ``segment_id`` empty or an id; at most ``MAX_NEIGHBOURS`` links, to
+    distinct neighbours other than the reporter, each with latencies <= ``MAX_LATENCY_US``
+    and ``|deviations|`` <= ``MAX_DEVIATION_NS``; ``proposals_approved +
+    proposals_rejected`` <= ``proposals_made``.
+  - Escalation: ``proposal`` is set and valid, and its proposer is ``encoder_id``; at most
+    ``MAX_NEIGHBOURS`` votes, each valid, answering that proposal, from distinct voters;
+    ``len(votes)`` <= ``neighbour_count`` <= ``MAX_NEIGHBOURS``; ``sent_unix_ns`` an instant.
+  - GetTopologyRequest, GetSegmentsRequest, WatchTopologyRequest: the optional id filter is
+    empty or an id.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2, registry_pb2
+
+__all__ = [
+    "FRAME_HASH_LENGTH",
+    "MAX_BITRATE_KBPS",
+    "MAX_CAPACITY",
+    "MAX_CORRECTION_NS",
+    "MAX_CORRECTION_RATE_PPB",
+    "MAX_DEVIATION_NS",
+    "MAX_ECHO_HOLD_NS",
+    "MAX_FRAME_RATE",
+    "MAX_GOP_LENGTH",
+    "MAX_HOST_LENGTH",
+    "MAX_ID_LENGTH",
+    "MAX_LATENCY_US",
+    "MAX_NEIGHBOURS",
+    "MAX_NODES_PER_RESPONSE",
+    "MAX_REASON_LENGTH",
+    "MAX_SHIFT_NS",
+    "MAX_TIMECODE",
+    "MAX_TRACE_ENTRIES",
+    "MAX_TRACE_KEY_LENGTH",
+    "MAX_TRACE_VALUE_LENGTH",
+    "MAX_TTL_MS",
+    "MAX_UNIX_NS",
+    "MIN_BITRATE_KBPS",
+    "MIN_FRAME_RATE",
+    "NODE_ID_LENGTH",
+    "PROTOCOL_VERSION",
+    "ExchangeStreamChecker",
+    "InvalidMessage",
+    "validate_encoder_record",
+    "validate_escalation",
+    "validate_esp",
+    "validate_find_node_request",
+    "validate_find_node_response",
+    "validate_find_value_request",
+    "validate_find_value_response",
+    "validate_get_segments_request",
+    "validate_get_state_request",
+    "validate_get_topology_request",
+    "validate_health_report",
+    "validate_hello",
+    "validate_mesh_message",
+    "validate_node_info",
+    "validate_ping_request",
+    "validate_ping_response",
+    "validate_proposal",
+    "validate_store_request",
+    "validate_store_response",
+    "validate_vote",
+    "validate_watch_topology_request",
+]
+
+_NS_PER_S: Final = 1_000_000_000
+
+PROTOCOL_VERSION: Final = 1
+"""The protocol version this code speaks and sends in its Hello."""
+
+MAX_ID_LENGTH: Final = 128
+"""Longest identifier (encoder, segment, ...), in characters of ``[A-Za-z0-9._-]``."""
+MAX_UNIX_NS: Final = 7_258_118_400 * _NS_PER_S
+"""Instants must lie before this: 2200-01-01T00:00:00Z in nanoseconds since the Unix epoch."""
+MIN_FRAME_RATE: Final = 1
+"""Lowest mesh frame rate, frames per second."""
+MAX_FRAME_RATE: Final = 300
+"""Highest mesh frame rate, frames per second."""
+MAX_GOP_LENGTH: Final = 10_000
+"""Longest GOP (and media segment), frames."""
+MAX_TIMECODE: Final = MAX_UNIX_NS // _NS_PER_S * MAX_FRAME_RATE
+"""Timecodes and segment numbers must lie below this: year 2200 at the highest frame rate."""
+FRAME_HASH_LENGTH: Final = 32
+"""Length of an encoded frame's SHA-256 hash, bytes."""
+MAX_CORRECTION_NS: Final = 24 * 3600 * _NS_PER_S
+"""Largest correction term magnitude: 24 h, nanoseconds."""
+MAX_CORRECTION_RATE_PPB: Final = 1_000_000
+"""Largest slew rate magnitude: 1000 ppm, parts per billion."""
+MAX_LATENCY_US: Final = 60_000_000
+"""Largest encode latency, RTT or jitter: 60 s, microseconds."""
+MAX_ECHO_HOLD_NS: Final = 60 * _NS_PER_S
+"""Longest time an ESP may be held before it is echoed: 60 s, nanoseconds."""
+MAX_SHIFT_NS: Final = 10 * _NS_PER_S
+"""Largest shift a resync proposal may ask for: 10 s, nanoseconds."""
+MAX_DEVIATION_NS: Final = 24 * 3600 * _NS_PER_S
+"""Largest deviation an encoder may report or vote with: 24 h, nanoseconds."""
+MIN_BITRATE_KBPS: Final = 64
+"""Lowest bitrate a PARAMETER proposal may set, kbit/s."""
+MAX_BITRATE_KBPS: Final = 200_000
+"""Highest bitrate a PARAMETER proposal may set, kbit/s."""
+MAX_TRACE_ENTRIES: Final = 8
+"""Most entries in a trace context map."""
+MAX_TRACE_KEY_LENGTH: Final = 64
+"""Longest trace context key, characters of ``[A-Za-z0-9._-]``."""
+MAX_TRACE_VALUE_LENGTH: Final = 512
+"""Longest trace context value, printable ASCII characters (W3C's tracestate limit)."""
+MAX_REASON_LENGTH: Final = 256
+"""Longest free-text reason, characters."""
+NODE_ID_LENGTH: Final = 20
+"""Length of a Kademlia node id, DHT key or lookup target: 160 bits, bytes."""
+MAX_HOST_LENGTH: Final = 253
+"""Longest DNS name in an address, characters."""
+MAX_NODES_PER_RESPONSE: Final = 64
+"""Most nodes a registry response may list (k is at most this)."""
+MAX_CAPACITY: Final = 1_000_000
+"""Highest capacity an encoder record may announce, work units."""
+MAX_TTL_MS: Final = 24 * 3600 * 1000
+"""Longest record time-to-live: 24 h, milliseconds."""
+MAX_NEIGHBOURS: Final = 64
+"""Most neighbours an encoder may report links to, or collect votes from."""
+
+_ID_RE: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_ID_LENGTH}}}")
+_TRACE_KEY_RE: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_TRACE_KEY_LENGTH}}}")
+_TRACE_VALUE_RE: Final = re.compile(rf"[\x20-\x7e]{{0,{MAX_TRACE_VALUE_LENGTH}}}")
+_DNS_LABEL_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_NUMERIC_HOST_RE: Final = re.compile(r"[0-9.]+")
+_PORT_RE: Final = re.compile(r"[0-9]{1,5}")
+_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+_KNOWN_KINDS: Final = frozenset(common_pb2.CorrectionKind.values()) - {
+    common_pb2.CORRECTION_KIND_UNSPECIFIED
+}
+_KNOWN_HEALTH: Final = frozenset(registry_pb2.EncoderHealth.values()) - {
+    registry_pb2.ENCODER_HEALTH_UNSPECIFIED
+}
+
+
+class InvalidMessage(ValueError):  # noqa: N818 -- the name the services and tests use
+    """A received message breaks a wire rule.
+
+    ``field`` is the dotted path of the offending field within the validated message
+    (``"body"``, ``"esp.frame_hash"``, ``"votes[1].voter_id"``); ``reason`` states the rule
+    and the value received.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[InvalidMessage], tuple[str, str]]:
+        return (type(self), (self.field, self.reason))
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _path(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _show(value: object) -> str:
+    """``repr`` of a received value, cut short so that a huge field cannot flood a log."""
+    text = repr(value)
+    return text if len(text) <= 48 else f"{text[:45]}..."
+
+
+def _check_id(value: str, field: str, *, allow_empty: bool = False) -> None:
+    if allow_empty and not value:
+        return
+    if _ID_RE.fullmatch(value) is None:
+        empty = " (or empty)" if allow_empty else ""
+        raise InvalidMessage(
+            field,
+            f"must be 1-{MAX_ID_LENGTH} characters of [A-Za-z0-9._-]{empty}, got {_show(value)}",
+        )
+
+
+def _check_range(value: int, low: int, high: int, field: str, unit: str = "") -> None:
+    """``low <= value <= high``."""
+    if not low <= value <= high:
+        suffix = f" {unit}" if unit else ""
+        raise InvalidMessage(field, f"must be in [{low}, {high}]{suffix}, got {value}")
+
+
+def _check_magnitude(value: int, limit: int, field: str, unit: str, meaning: str) -> None:
+    if abs(value) > limit:
+        raise InvalidMessage(
+            field, f"magnitude must be at most {limit} {unit} ({meaning}), got {value}"
+        )
+
+
+def _check_positive(value: int, field: str) -> None:
+    if value <= 0:
+        raise InvalidMessage(field, f"must be > 0, got {value}")
+
+
+def _check_instant(value: int, field: str) -> None:
+    if not 0 < value < MAX_UNIX_NS:
+        raise InvalidMessage(
+            field,
+            f"must be > 0 and < {MAX_UNIX_NS} ns since the Unix epoch (year 2200), got {value}",
+        )
+
+
+def _check_fraction(value: float, field: str) -> None:
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise InvalidMessage(field, f"must be finite and in [0, 1], got {value!r}")
+
+
+def _check_latency_us(value: int, field: str) -> None:
+    _check_range(value, 0, MAX_LATENCY_US, field, "us (60 s)")
+
+
+def _check_deviation_ns(value: int, field: str) -> None:
+    _check_magnitude(value, MAX_DEVIATION_NS, field, "ns", "24 h")
+
+
+def _check_timecode(value: int, field: str, *, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= value < MAX_TIMECODE:
+        raise InvalidMessage(
+            field,
+            f"must be >= {low} and < {MAX_TIMECODE} (year 2200 at {MAX_FRAME_RATE} fps), "
+            f"got {value}",
+        )
+
+
+def _check_reason(value: str, field: str) -> None:
+    if len(value) > MAX_REASON_LENGTH:
+        raise InvalidMessage(
+            field, f"must be at most {MAX_REASON_LENGTH} characters, got {len(value)}"
+        )
+    if _CONTROL_RE.search(value) is not None:
+        raise InvalidMessage(field, f"must not contain control characters, got {_show(value)}")
+
+
+def _check_trace_context(entries: Mapping[str, str], field: str) -> None:
+    if len(entries) > MAX_TRACE_ENTRIES:
+        raise InvalidMessage(
+            field, f"must have at most {MAX_TRACE_ENTRIES} entries, got {len(entries)}"
+        )
+    for key, value in entries.items():
+        if _TRACE_KEY_RE.fullmatch(key) is None:
+            raise InvalidMessage(
+                field,
+                f"keys must be 1-{MAX_TRACE_KEY_LENGTH} characters of [A-Za-z0-9._-], "
+                f"got {_show(key)}",
+            )
+        if _TRACE_VALUE_RE.fullmatch(value) is None:
+            raise InvalidMessage(
+                f"{field}[{key}]",
+                f"must be at most {MAX_TRACE_VALUE_LENGTH} printable ASCII characters, "
+                f"got {_show(value)}",
+            )
+
+
+def _check_fixed_bytes(value: bytes, length: int, field: str) -> None:
+    if len(value) != length:
+        raise InvalidMessage(field, f"must be exactly {length} bytes, got {len(value)}")
+
+
+def _check_host(host: str, field: str) -> None:
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise InvalidMessage(
+                field, f"bracketed host must be an IPv6 address, got {_show(host)}"
+            ) from None
+        return
+    if _NUMERIC_HOST_RE.fullmatch(host) is not None:
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise InvalidMessage(
+                field, f"numeric host must be an IPv4 address, got {_show(host)}"
+            ) from None
+        return
+    name = host.removesuffix(".")
+    if (
+        not name
+        or len(name) > MAX_HOST_LENGTH
+        or not all(_DNS_LABEL_RE.fullmatch(label) for label in name.split("."))
+    ):
+        raise InvalidMessage(
+            field,
+            f"host must be a DNS name (at most {MAX_HOST_LENGTH} characters, labels of "
+            f"[A-Za-z0-9-]), an IPv4 address or a bracketed IPv6 address, got {_show(host)}",
+        )
+
+
+def _check_address(value: str, field: str) -> None:
+    host, colon, port = value.rpartition(":")
+    if not colon or not host:
+        raise InvalidMessage(field, f"must be 'host:port', got {_show(value)}")
+    if _PORT_RE.fullmatch(port) is None or not 1 <= int(port) <= 65535:
+        raise InvalidMessage(field, f"port must be 1..65535, got {_show(port)}")
+    _check_host(host, field)
+
+
+def _check_distinct(ids: Sequence[object], field: str, name: str) -> None:
+    seen: set[object] = set()
+    for index, value in enumerate(ids):
+        if value in seen:
+            raise InvalidMessage(
+                f"{field}[{index}].{name}", f"must be distinct, got {_show(value)} twice"
+            )
+        seen.add(value)
+
+
+# --- mesh -----------------------------------------------------------------------------------
+
+
+def _hello(msg: mesh_pb2.Hello, prefix: str) -> None:
+    _check_id(msg.sender_id, _path(prefix, "sender_id"))
+    if msg.protocol_version < 1:
+        raise InvalidMessage(
+            _path(prefix, "protocol_version"), f"must be >= 1, got {msg.protocol_version}"
+        )
+    rate_field = _path(prefix, "frame_rate")
+    if not msg.HasField("frame_rate"):
+        raise InvalidMessage(rate_field, "must be set")
+    rate = msg.frame_rate
+    _check_positive(rate.num, f"{rate_field}.num")
+    _check_positive(rate.den, f"{rate_field}.den")
+    if not MIN_FRAME_RATE * rate.den <= rate.num <= MAX_FRAME_RATE * rate.den:
+        raise InvalidMessage(
+            rate_field,
+            f"must be within [{MIN_FRAME_RATE}, {MAX_FRAME_RATE}] fps, got {rate.num}/{rate.den}",
+        )
+    _check_range(msg.gop_length, 1, MAX_GOP_LENGTH, _path(prefix, "gop_length"), "frames")
+
+
+def _esp(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
+    _check_id(msg.sender_id, _path(prefix, "sender_id"))
+    _check_positive(msg.sequence, _path(prefix, "sequence"))
+    _check_timecode(msg.timecode, _path(prefix, "timecode"))
+    if len(msg.frame_hash) not in (0, FRAME_HASH_LENGTH):
+        raise InvalidMessage(
+            _path(prefix, "frame_hash"),
+            f"must be empty or exactly {FRAME_HASH_LENGTH} bytes (SHA-256), "
+            f"got {len(msg.frame_hash)}",
+        )
+    _check_instant(msg.label_unix_ns, _path(prefix, "label_unix_ns"))
+    _check_magnitude(
+        msg.correction_ns, MAX_CORRECTION_NS, _path(prefix, "correction_ns"), "ns", "24 h"
+    )
+    _check_magnitude(
+        msg.correction_rate_ppb,
+        MAX_CORRECTION_RATE_PPB,
+        _path(prefix, "correction_rate_ppb"),
+        "ppb",
+        "1000 ppm",
+    )
+    _check_latency_us(msg.encode_latency_us, _path(prefix, "encode_latency_us"))
+    _check_latency_us(msg.rtt_us, _path(prefix, "rtt_us"))
+    _check_latency_us(msg.jitter_us, _path(prefix, "jitter_us"))
+    _check_fraction(msg.confidence, _path(prefix, "confidence"))
+    _check_instant(msg.sent_unix_ns, _path(prefix, "sent_unix_ns"))
+    if msg.echo_sequence == 0:
+        for name in ("echo_sent_unix_ns", "echo_hold_ns"):
+            if getattr(msg, name) != 0:
+                raise InvalidMessage(
+                    _path(prefix, name),
+                    f"must be 0 when echo_sequence is 0, got {getattr(msg, name)}",
+                )
+    else:
+        _check_instant(msg.echo_sent_unix_ns, _path(prefix, "echo_sent_unix_ns"))
+        _check_range(
+            msg.echo_hold_ns, 0, MAX_ECHO_HOLD_NS, _path(prefix, "echo_hold_ns"), "ns (60 s)"
+        )
+
+
+def _proposal(msg: mesh_pb2.ResyncProposal, prefix: str) -> None:
+    _check_id(msg.proposer_id, _path(prefix, "proposer_id"))
+    _check_positive(msg.proposal_id, _path(prefix, "proposal_id"))
+    if msg.kind not in _KNOWN_KINDS:
+        raise InvalidMessage(
+            _path(prefix, "kind"),
+            f"must be SLEW, DROP, DUPLICATE or PARAMETER, got {msg.kind}",
+        )
+    _check_magnitude(msg.shift_ns, MAX_SHIFT_NS, _path(prefix, "shift_ns"), "ns", "10 s")
+    if msg.kind == common_pb2.CORRECTION_KIND_PARAMETER:
+        _check_range(
+            msg.bitrate_kbps,
+            MIN_BITRATE_KBPS,
+            MAX_BITRATE_KBPS,
+            _path(prefix, "bitrate_kbps"),
+            "kbit/s for a PARAMETER proposal",
+        )
+        _check_timecode(msg.effective_segment, _path(prefix, "effective_segment"))
+    else:
+        for name in ("bitrate_kbps", "effective_segment"):
+            if getattr(msg, name) != 0:
+                raise InvalidMessage(
+                    _path(prefix, name),
+                    f"must be 0 unless kind is PARAMETER, got {getattr(msg, name)}",
+                )
+    _check_trace_context(msg.trace_context, _path(prefix, "trace_context"))
+
+
+def _vote(msg: mesh_pb2.ResyncVote, prefix: str) -> None:
+    _check_id(msg.proposer_id, _path(prefix, "proposer_id"))
+    _check_positive(msg.proposal_id, _path(prefix, "proposal_id"))
+    _check_id(msg.voter_id, _path(prefix, "voter_id"))
+    if msg.voter_id == msg.proposer_id:
+        raise InvalidMessage(
+            _path(prefix, "voter_id"),
+            f"must differ from proposer_id (no vote on one's own proposal), "
+            f"got {_show(msg.voter_id)}",
+        )
+    _check_deviation_ns(msg.estimated_deviation_ns, _path(prefix, "estimated_deviation_ns"))
+    _check_reason(msg.reason, _path(prefix, "reason"))
+    _check_trace_context(msg.trace_context, _path(prefix, "trace_context"))
+
+
+def validate_hello(msg: mesh_pb2.Hello) -> None:
+    """Check a Hello on its own (see the module docstring for the rules)."""
+    _hello(msg, "")
+
+
+def validate_esp(msg: mesh_pb2.EncodingStatePacket) -> None:
+    """Check an Encoding State Packet on its own."""
+    _esp(msg, "")
+
+
+def validate_proposal(msg: mesh_pb2.ResyncProposal) -> None:
+    """Check a resync proposal on its own."""
+    _proposal(msg, "")
+
+
+def validate_vote(msg: mesh_pb2.ResyncVote) -> None:
+    """Check a resync vote on its own."""
+    _vote(msg, "")
+
+
+def validate_mesh_message(msg: mesh_pb2.MeshMessage) -> None:
+    """Check an Exchange envelope: exactly one body, and that body valid.
+
+    Fields are named from the envelope, e.g. ``esp.sequence``.
+    """
+    body = msg.WhichOneof("body")
+    if body is None:
+        raise InvalidMessage("body", "exactly one of hello, esp, proposal, vote must be set")
+    if body == "hello":
+        _hello(msg.hello, "hello")
+    elif body == "esp":
+        _esp(msg.esp, "esp")
+    elif body == "proposal":
+        _proposal(msg.proposal, "proposal")
+    else:
+        _vote(msg.vote, "vote")
+
+
+def validate_get_state_request(msg: mesh_pb2.GetStateRequest) -> None:
+    """GetStateRequest has no fields, so every one is valid; kept for uniform servers."""
+    del msg
+
+
+class ExchangeStreamChecker:
+    """The rules that span the messages one peer sends on an Exchange stream.
+
+    Create one per stream with the receiving encoder's own id and pass every received
+    message to :meth:`check`, which validates it (:func:`validate_mesh_message`) and then
+    applies the stream rules listed in the module docstring. The checker's state only
+    advances on messages that pass, so after an :class:`InvalidMessage` a server may choose
+    to skip the message instead of ending the stream.
+    """
+
+    def __init__(self, local_id: str) -> None:
+        self._local_id = local_id
+        self._peer_id: str | None = None
+        self._last_sequence = 0
+
+    @property
+    def peer_id(self) -> str | None:
+        """The peer's id from its Hello; ``None`` until the Hello arrived."""
+        return self._peer_id
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence of the newest ESP accepted on the stream (0 = none yet)."""
+        return self._last_sequence
+
+    def check(self, msg: mesh_pb2.MeshMessage) -> None:
+        """Validate ``msg`` as the next message of the stream; raises InvalidMessage."""
+        validate_mesh_message(msg)
+        body = msg.WhichOneof("body")
+        if self._peer_id is None:
+            if body != "hello":
+                raise InvalidMessage("body", f"the first message must be a hello, got {body}")
+            if msg.hello.sender_id == self._local_id:
+                raise InvalidMessage(
+                    "hello.sender_id",
+                    f"must not be the receiver's own id, got {_show(msg.hello.sender_id)}",
+                )
+            self._peer_id = msg.hello.sender_id
+            return
+        if body == "hello":
+            raise InvalidMessage("body", "only the first message of a stream may be a hello")
+        if body == "esp":
+            self._expect_peer(msg.esp.sender_id, "esp.sender_id")
+            if msg.esp.sequence <= self._last_sequence:
+                raise InvalidMessage(
+                    "esp.sequence",
+                    f"must be greater than the previous ESP's {self._last_sequence}, "
+                    f"got {msg.esp.sequence}",
+                )
+            self._last_sequence = msg.esp.sequence
+        elif body == "proposal":
+            self._expect_peer(msg.proposal.proposer_id, "proposal.proposer_id")
+        else:
+            self._expect_peer(msg.vote.voter_id, "vote.voter_id")
+            if msg.vote.proposer_id != self._local_id:
+                raise InvalidMessage(
+                    "vote.proposer_id",
+                    f"must be the receiver {_show(self._local_id)} (a vote answers the "
+                    f"receiver's proposal), got {_show(msg.vote.proposer_id)}",
+                )
+
+    def _expect_peer(self, sender: str, field: str) -> None:
+        if sender != self._peer_id:
+            raise InvalidMessage(
+                field,
+                f"must be the stream's hello sender_id {_show(self._peer_id)}, got {_show(sender)}",
+            )
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+def _node_info(msg: registry_pb2.NodeInfo, prefix: str) -> None:
+    _check_fixed_bytes(msg.node_id, NODE_ID_LENGTH, _path(prefix, "node_id"))
+    _check_address(msg.address, _path(prefix, "address"))
+
+
+def _optional_sender(
+    msg: registry_pb2.PingRequest
+    | registry_pb2.FindNodeRequest
+    | registry_pb2.FindValueRequest
+    | registry_pb2.StoreRequest,
+) -> None:
+    if msg.HasField("sender"):
+        _node_info(msg.sender, "sender")
+
+
+def _required_responder(
+    msg: registry_pb2.PingResponse
+    | registry_pb2.FindNodeResponse
+    | registry_pb2.FindValueResponse
+    | registry_pb2.StoreResponse,
+) -> None:
+    if not msg.HasField("responder"):
+        raise InvalidMessage("responder", "must be set")
+    _node_info(msg.responder, "responder")
+
+
+def _node_list(nodes: Sequence[registry_pb2.NodeInfo], field: str) -> None:
+    if len(nodes) > MAX_NODES_PER_RESPONSE:
+        raise InvalidMessage(
+            field, f"must hold at most {MAX_NODES_PER_RESPONSE} nodes, got {len(nodes)}"
+        )
+    for index, node in enumerate(nodes):
+        _node_info(node, f"{field}[{index}]")
+    _check_distinct([node.node_id for node in nodes], field, "node_id")
+
+
+def _record(msg: registry_pb2.EncoderRecord, prefix: str) -> None:
+    _check_id(msg.encoder_id, _path(prefix, "encoder_id"))
+    _check_address(msg.address, _path(prefix, "address"))
+    _check_id(msg.segment_id, _path(prefix, "segment_id"), allow_empty=True)
+    _check_range(msg.capacity, 0, MAX_CAPACITY, _path(prefix, "capacity"), "work units")
+    if msg.health not in _KNOWN_HEALTH:
+        raise InvalidMessage(
+            _path(prefix, "health"),
+            f"must be HEALTHY, DEGRADED, DRAINING or UNHEALTHY, got {msg.health}",
+        )
+    _check_positive(msg.version, _path(prefix, "version"))
+    _check_range(msg.ttl_ms, 1, MAX_TTL_MS, _path(prefix, "ttl_ms"), "ms (24 h)")
+
+
+def validate_node_info(msg: registry_pb2.NodeInfo) -> None:
+    """Check a registry node's id and address."""
+    _node_info(msg, "")
+
+
+def validate_encoder_record(msg: registry_pb2.EncoderRecord) -> None:
+    """Check an encoder record on its own."""
+    _record(msg, "")
+
+
+def validate_ping_request(msg: registry_pb2.PingRequest) -> None:
+    """Check a Ping request: its sender, when set."""
+    _optional_sender(msg)
+
+
+def validate_find_node_request(msg: registry_pb2.FindNodeRequest) -> None:
+    """Check a FindNode request: its sender when set, and a 20-byte target."""
+    _optional_sender(msg)
+    _check_fixed_bytes(msg.target, NODE_ID_LENGTH, "target")
+
+
+def validate_find_value_request(msg: registry_pb2.FindValueRequest) -> None:
+    """Check a FindValue request: its sender when set, and a 20-byte key."""
+    _optional_sender(msg)
+    _check_fixed_bytes(msg.key, NODE_ID_LENGTH, "key")
+
+
+def validate_store_request(msg: registry_pb2.StoreRequest) -> None:
+    """Check a Store request: its sender when set, and a valid record."""
+    _optional_sender(msg)
+    if not msg.HasField("record"):
+        raise InvalidMessage("record", "must be set")
+    _record(msg.record, "record")
+
+
+def validate_ping_response(msg: registry_pb2.PingResponse) -> None:
+    """Check a Ping response (received by the calling node)."""
+    _required_responder(msg)
+
+
+def validate_find_node_response(msg: registry_pb2.FindNodeResponse) -> None:
+    """Check a FindNode response (received by the calling node's lookup)."""
+    _required_responder(msg)
+    _node_list(msg.nodes, "nodes")
+
+
+def validate_find_value_response(msg: registry_pb2.FindValueResponse) -> None:
+    """Check a FindValue response (received by the calling node's lookup)."""
+    _required_responder(msg)
+    result = msg.WhichOneof("result")
+    if result is None:
+        raise InvalidMessage("result", "exactly one of record, closest must be set")
+    if result == "record":
+        _record(msg.record, "record")
+    else:
+        _node_list(msg.closest.nodes, "closest.nodes")
+
+
+def validate_store_response(msg: registry_pb2.StoreResponse) -> None:
+    """Check a Store response (received by the caller)."""
+    _required_responder(msg)
+
+
+# --- manager --------------------------------------------------------------------------------
+
+
+def validate_health_report(msg: manager_pb2.HealthReport) -> None:
+    """Check one HealthReport of a ReportHealth stream."""
+    _check_id(msg.encoder_id, "encoder_id")
+    _check_instant(msg.sent_unix_ns, "sent_unix_ns")
+    _check_fraction(msg.confidence, "confidence")
+    _check_fraction(msg.cpu_load, "cpu_load")
+    _check_latency_us(msg.encode_latency_us, "encode_latency_us")
+    _check_timecode(msg.timecode, "timecode", allow_zero=True)
+    _check_id(msg.segment_id, "segment_id", allow_empty=True)
+    if len(msg.links) > MAX_NEIGHBOURS:
+        raise InvalidMessage(
+            "links", f"must hold at most {MAX_NEIGHBOURS} links, got {len(msg.links)}"
+        )
+    for index, link in enumerate(msg.links):
+        prefix = f"links[{index}]"
+        _check_id(link.neighbour_id, f"{prefix}.neighbour_id")
+        if link.neighbour_id == msg.encoder_id:
+            raise InvalidMessage(
+                f"{prefix}.neighbour_id",
+                f"must differ from encoder_id (no link to oneself), got {_show(link.neighbour_id)}",
+            )
+        _check_latency_us(link.rtt_us, f"{prefix}.rtt_us")
+        _check_latency_us(link.jitter_us, f"{prefix}.jitter_us")
+        _check_deviation_ns(link.measured_deviation_ns, f"{prefix}.measured_deviation_ns")
+        _check_deviation_ns(link.predicted_deviation_ns, f"{prefix}.predicted_deviation_ns")
+    _check_distinct([link.neighbour_id for link in msg.links], "links", "neighbour_id")
+    counters = msg.corrections
+    if counters.proposals_approved + counters.proposals_rejected > counters.proposals_made:
+        raise InvalidMessage(
+            "corrections.proposals_made",
+            f"must be at least proposals_approved + proposals_rejected "
+            f"({counters.proposals_approved} + {counters.proposals_rejected}), "
+            f"got {counters.proposals_made}",
+        )
+
+
+def validate_escalation(msg: manager_pb2.Escalation) -> None:
+    """Check an Escalation: the proposal, the votes on it, and the neighbour count."""
+    _check_id(msg.encoder_id, "encoder_id")
+    if not msg.HasField("proposal"):
+        raise InvalidMessage("proposal", "must be set")
+    proposal = msg.proposal
+    _proposal(proposal, "proposal")
+    if proposal.proposer_id != msg.encoder_id:
+        raise InvalidMessage(
+            "proposal.proposer_id",
+            f"must be the escalating encoder_id {_show(msg.encoder_id)}, "
+            f"got {_show(proposal.proposer_id)}",
+        )
+    if len(msg.votes) > MAX_NEIGHBOURS:
+        raise InvalidMessage(
+            "votes", f"must hold at most {MAX_NEIGHBOURS} votes, got {len(msg.votes)}"
+        )
+    for index, vote in enumerate(msg.votes):
+        prefix = f"votes[{index}]"
+        _vote(vote, prefix)
+        if vote.proposer_id != proposal.proposer_id:
+            raise InvalidMessage(
+                f"{prefix}.proposer_id",
+                f"must be the escalated proposal's proposer {_show(proposal.proposer_id)}, "
+                f"got {_show(vote.proposer_id)}",
+            )
+        if vote.proposal_id != proposal.proposal_id:
+            raise InvalidMessage(
+                f"{prefix}.proposal_id",
+                f"must be the escalated proposal's id {proposal.proposal_id}, "
+                f"got {vote.proposal_id}",
+            )
+    _check_distinct([vote.voter_id for vote in msg.votes], "votes", "voter_id")
+    _check_range(msg.neighbour_count, len(msg.votes), MAX_NEIGHBOURS, "neighbour_count")
+    _check_instant(msg.sent_unix_ns, "sent_unix_ns")
+
+
+def validate_get_topology_request(msg: manager_pb2.GetTopologyRequest) -> None:
+    """Check a GetTopology request: its optional encoder filter."""
+    _check_id(msg.encoder_id, "encoder_id", allow_empty=True)
+
+
+def validate_get_segments_request(msg: manager_pb2.GetSegmentsRequest) -> None:
+    """Check a GetSegments request: its optional segment filter."""
+    _check_id(msg.segment_id, "segment_id", allow_empty=True)
+
+
+def validate_watch_topology_request(msg: manager_pb2.WatchTopologyRequest) -> None:
+    """Check a WatchTopology request: its optional encoder filter."""
+    _check_id(msg.encoder_id, "encoder_id", allow_empty=True)
