@@ -1,0 +1,705 @@
+"""The per-encoder sync engine: frames and packets in, timecodes, packets and corrections out.
+
+Theory of operation
+-------------------
+An encoder stamps every captured picture with its own clock. The engine smooths that stamp
+(``CaptureSmoother``: counting frames, the clock only steering), adds its correction term and
+gets the picture's *label*; the timecode is the label's frame slot. After encoding, the shell
+calls ``publish`` and sends the resulting Encoding State Packet to every neighbour.
+
+From neighbours' ESPs the engine learns, per picture fingerprint, how far their uncorrected
+labels are from its own. One Kalman filter per neighbour tracks that deviation and its rate
+(``DeviationFilter``); adding both sides' known corrections gives the corrected deviation now
+and ``horizon`` seconds ahead. Every ``control_interval`` the engine condenses the neighbours
+into one view — a trimmed mean, so one lying neighbour cannot pull it — and finds the error
+``E`` between its label and the middle of the slot the mesh gives the current picture (its own
+slot while the mesh centre stays within ``slot_hysteresis`` of it: this is what keeps a mesh
+whose labels sit near a slot boundary from splitting into two camps). The policy turns that
+view into at most one correction; significant ones go to the neighbours' vote
+(``ProposalBook``), the rest apply at once. Rejected or unanswered proposals are escalated.
+
+The engine never reads a clock and never does IO: every method takes ``now`` (seconds on
+this encoder's clock) and returns or queues what the shell must do. Actions queue up in
+``drain_actions`` in the order they happened.
+
+Invariants
+----------
+- Emitted timecodes strictly increase; a gap is filled by duplicates so the output stays
+  continuous (``FrameDecision.timecodes`` lists every slot the picture fills).
+- The correction only changes through ``_apply`` (one place that also records the event).
+- At most one own proposal is open at a time; nothing else corrects while it is.
+- Memory is bounded: per neighbour at most ``history`` unmatched fingerprints are kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from meshenc.core.capture import CaptureSmoother
+from meshenc.core.confidence import HealthSignals, confidence
+from meshenc.core.kalman import DeviationFilter, KalmanTuning
+from meshenc.core.link import LinkMeter
+from meshenc.core.messages import (
+    CorrectionKind,
+    EncodingStatePacket,
+    ResyncProposal,
+    ResyncVote,
+)
+from meshenc.core.policy import (
+    ControlView,
+    PlannedCorrection,
+    PolicyTuning,
+    Strategy,
+    make_policy,
+    plan_shift,
+)
+from meshenc.core.robust import consensus
+from meshenc.core.timecode import FrameRate
+from meshenc.core.votes import Outcome, ProposalBook, Verdict, judge_proposal
+
+__all__ = [
+    "Action",
+    "CorrectionApplied",
+    "EngineConfig",
+    "EngineSnapshot",
+    "Escalate",
+    "FrameDecision",
+    "NeighbourSnapshot",
+    "SendProposal",
+    "SendVote",
+    "SyncEngine",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Settings of one engine. Durations in seconds."""
+
+    frame_rate: FrameRate
+    strategy: Strategy = Strategy.PREDICTIVE
+    policy: PolicyTuning = field(default_factory=PolicyTuning)
+    kalman: KalmanTuning = field(default_factory=KalmanTuning)
+    #: Time between control steps (filter updates and policy decisions).
+    control_interval: float = 0.1
+    #: Neighbour estimates need this many filter updates before they count.
+    min_updates: int = 3
+    #: A neighbour silent for this long no longer counts (its streams broke or it died).
+    stale_after: float = 1.0
+    #: Once locked, neighbours this many frames from the densest group are set aside, at most
+    #: ``tolerated_outliers`` of them (a liar, a newcomer, an encoder whose clock stepped).
+    outlier: float = 1.5
+    tolerated_outliers: int = 1
+    #: A neighbour whose filter rejected a measurement, or whose frame hashes disagree with
+    #: ours at equal timecodes while the others' agree, is not counted for this long.
+    suspicion: float = 30.0
+    #: Every counted neighbour must stay within ``consensus_band`` this long before the
+    #: encoder counts as locked.
+    lock_dwell: float = 1.0
+    #: A locked encoder whose counted neighbours spread wider than this (frames) locks in
+    #: again: two groups that locked into adjacent slots are a whole frame apart.
+    relock_spread: float = 0.75
+    #: While locking in, every mesh strategy moves towards the neighbourhood's mean as soon as
+    #: it is this many frames away (the strategies differ in how they hold a lock, not in how
+    #: they get one).
+    lock_trigger: float = 0.05
+    #: Rate estimates count once their standard deviation is below this (s/s). Ingest-delay
+    #: swings make relative rates of thousands of ppm real, so this is not tight.
+    rate_sigma: float = 500e-6
+    #: A vote not decided by then counts as rejected.
+    vote_timeout: float = 0.3
+    #: After a rejected proposal, wait this long before proposing again.
+    retry_backoff: float = 1.0
+    #: Unmatched fingerprints kept per neighbour, and own frames kept for matching.
+    history: int = 64
+    #: Every n-th ESP echoes the neighbour's last send time (for RTT).
+    echo_every: int = 8
+    #: Tolerance (frames) within which a voter accepts a proposer's resulting deviation.
+    vote_tolerance: float = 0.25
+    #: Until every counted neighbour is within this many frames, corrections only move towards
+    #: the neighbourhood's mean (averaging, which converges on any connected mesh); once all
+    #: are, they also move the label to the middle of the mean's slot.
+    consensus_band: float = 0.25
+    #: A centre this close (frames) before a slot boundary counts as in the next slot, so
+    #: encoders whose estimates straddle the boundary still pick the same slot.
+    boundary_bias: float = 0.1
+
+
+# --- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendProposal:
+    """Send this proposal to every listed neighbour."""
+
+    proposal: ResyncProposal
+    to: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SendVote:
+    """Send this vote back to the proposer."""
+
+    vote: ResyncVote
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Escalate:
+    """A proposal was rejected or timed out: tell the Mesh Manager (or log, without one)."""
+
+    outcome: Outcome
+    error: float
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionApplied:
+    """The correction term changed. ``lead`` as in ``PlannedCorrection``."""
+
+    at: float
+    kind: CorrectionKind
+    shift: float
+    new_rate: float
+    lead: float
+    proposal_id: int
+
+
+Action = SendProposal | SendVote | Escalate | CorrectionApplied
+
+
+@dataclass(frozen=True, slots=True)
+class FrameDecision:
+    """What to do with one captured picture.
+
+    ``timecodes`` is empty when the picture is dropped, one entry normally, several when the
+    output has a gap to fill (the picture is repeated into each slot).
+    """
+
+    fingerprint: int
+    label: float
+    timecodes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NeighbourSnapshot:
+    neighbour: str
+    deviation: float
+    predicted: float
+    rate: float
+    rtt: float
+    jitter: float
+    loss: float
+    trusted: bool
+    updates: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSnapshot:
+    """What an operator wants to see of one engine (for GetState and reports)."""
+
+    node_id: str
+    strategy: Strategy
+    timecode: int | None
+    label: float
+    correction: float
+    correction_rate: float
+    error: float
+    predicted_error: float
+    confidence: float
+    neighbours: tuple[NeighbourSnapshot, ...]
+    corrections: dict[CorrectionKind, int]
+    recent_corrections: tuple[CorrectionApplied, ...]
+    escalations: int
+    open_proposals: int
+
+
+# --- per-neighbour state ----------------------------------------------------------------------
+
+
+class _Neighbour:
+    __slots__ = (
+        "acc_count",
+        "acc_sum",
+        "acc_time",
+        "corr",
+        "corr_at",
+        "corr_rate",
+        "echo_received_at",
+        "echo_sent_at",
+        "echo_sequence",
+        "filter",
+        "hash_agreement",
+        "last_seen",
+        "link",
+        "pending",
+        "rejected_seen",
+        "suspect_until",
+    )
+
+    def __init__(self, tuning: KalmanTuning) -> None:
+        self.filter = DeviationFilter(tuning)
+        self.link = LinkMeter()
+        self.pending: dict[int, tuple[float, int, bytes]] = {}
+        self.acc_count = 0
+        self.acc_sum = 0.0
+        self.acc_time = 0.0
+        self.corr = 0.0
+        self.corr_rate = 0.0
+        self.corr_at = 0.0
+        self.last_seen = -math.inf
+        self.echo_sequence = 0
+        self.echo_sent_at = 0.0
+        self.echo_received_at = 0.0
+        self.hash_agreement = 1.0
+        self.suspect_until = -math.inf
+        self.rejected_seen = 0
+
+    def add_sample(self, at: float, deviation: float) -> None:
+        self.acc_count += 1
+        self.acc_sum += deviation
+        self.acc_time += at
+
+    def fold_samples(self) -> None:
+        """Feed the mean of the samples gathered since the last control step to the filter.
+
+        Samples of successive frames are strongly correlated (capture times are smoothed), so
+        their mean is one measurement, not ``n`` independent ones.
+        """
+        n = self.acc_count
+        if n == 0:
+            return
+        self.filter.update(self.acc_time / n, self.acc_sum / n)
+        self.acc_count = 0
+        self.acc_sum = self.acc_time = 0.0
+
+    def correction_at(self, now: float) -> float:
+        return self.corr + self.corr_rate * (now - self.corr_at)
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+
+class SyncEngine:
+    """One encoder's view of the mesh and its timeline."""
+
+    def __init__(
+        self, node_id: str, config: EngineConfig, neighbours: Iterable[str] = ()
+    ) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.policy = make_policy(config.strategy, config.frame_rate, config.policy)
+        self.topology_epoch = 0
+        self._period = config.frame_rate.period
+        self._smoother = CaptureSmoother(self._period)
+        self._neighbours: dict[str, _Neighbour] = {}
+        self._own: dict[int, tuple[float, float, int]] = {}
+        self._hashes: dict[int, bytes] = {}
+        self._corr = 0.0
+        self._corr_rate = 0.0
+        self._corr_at = 0.0
+        self._last_tc: int | None = None
+        self._last: FrameDecision | None = None
+        self._last_raw = 0.0
+        self._sequence = 0
+        self._next_control = -math.inf
+        self._proposals = ProposalBook()
+        self._proposal_ids = 0
+        self._open: tuple[int, PlannedCorrection, float] | None = None
+        self._quiet_until = -math.inf
+        self._actions: list[Action] = []
+        self._recent: deque[CorrectionApplied] = deque(maxlen=16)
+        self._counts: dict[CorrectionKind, int] = dict.fromkeys(CorrectionKind, 0)
+        self._escalations = 0
+        self._rate_adjustments = 0
+        self._locked = False
+        self._agreed_since = math.inf
+        self._error = 0.0
+        self._predicted_error = 0.0
+        self._health = HealthSignals(
+            cpu_load=0.0,
+            encode_latency=0.0,
+            frame_period=self._period,
+            esp_loss=0.0,
+            jitter=0.0,
+            corrections_per_minute=0.0,
+        )
+        self._confidence = confidence(self._health)
+        self.set_neighbours(neighbours)
+
+    # -- topology ------------------------------------------------------------------------------
+
+    def set_neighbours(self, neighbours: Iterable[str], epoch: int | None = None) -> None:
+        """Replace the neighbour set, keeping the filters of neighbours that stay."""
+        wanted = [n for n in neighbours if n != self.node_id]
+        self._neighbours = {
+            n: self._neighbours.get(n) or _Neighbour(self.config.kalman) for n in wanted
+        }
+        if epoch is not None:
+            self.topology_epoch = epoch
+
+    @property
+    def neighbours(self) -> tuple[str, ...]:
+        return tuple(self._neighbours)
+
+    def correction(self, now: float) -> float:
+        return self._corr + self._corr_rate * (now - self._corr_at)
+
+    # -- frames --------------------------------------------------------------------------------
+
+    def on_frame(self, now: float, fingerprint: int) -> FrameDecision:
+        """A picture was captured at ``now``: decide its timecode(s)."""
+        smoothed = self._smoother.update(now)
+        raw = smoothed.time
+        label = raw + self.correction(now)
+        if self.policy.counts_frames and self._last_tc is not None:
+            tc = self._last_tc + smoothed.periods
+        else:
+            tc = self.config.frame_rate.slot(label)
+        last = self._last_tc
+        if last is None or tc == last + 1:
+            timecodes: tuple[int, ...] = (tc,)
+        elif tc <= last:
+            timecodes = ()
+        else:
+            timecodes = tuple(range(last + 1, tc + 1))
+        if timecodes:
+            self._last_tc = timecodes[-1]
+        decision = FrameDecision(fingerprint, label, timecodes)
+        self._last = decision
+        self._last_raw = raw
+        self._remember(fingerprint, raw, now, tc)
+        if self.policy.uses_mesh:
+            self._tick_votes(now)
+            if now >= self._next_control:
+                self._next_control = now + self.config.control_interval
+                self._control(now, label)
+        return decision
+
+    def _remember(self, fingerprint: int, raw: float, now: float, tc: int) -> None:
+        own = self._own
+        own[fingerprint] = (raw, now, tc)
+        if len(own) > self.config.history:
+            del own[next(iter(own))]
+        for nb in self._neighbours.values():
+            theirs = nb.pending.pop(fingerprint, None)
+            if theirs is not None:
+                nb.add_sample(now, raw - theirs[0])
+
+    def record_hash(self, timecode: int, frame_hash: bytes) -> None:
+        """The shell encoded ``timecode`` and hashed its access unit."""
+        hashes = self._hashes
+        hashes[timecode] = frame_hash
+        if len(hashes) > self.config.history:
+            del hashes[next(iter(hashes))]
+
+    def publish(self, now: float) -> list[tuple[str, EncodingStatePacket]]:
+        """The ESPs describing the last captured picture, one per neighbour."""
+        last = self._last
+        if last is None or not self._neighbours:
+            return []
+        self._sequence += 1
+        tc = last.timecodes[-1] if last.timecodes else self.config.frame_rate.slot(last.label)
+        esp = EncodingStatePacket(
+            sender=self.node_id,
+            sequence=self._sequence,
+            topology_epoch=self.topology_epoch,
+            timecode=tc,
+            frame_hash=self._hashes.get(tc, b"") if last.timecodes else b"",
+            fingerprint=last.fingerprint,
+            label=last.label,
+            correction=last.label - self._last_raw,
+            correction_rate=self._corr_rate,
+            encode_latency=self._health.encode_latency,
+            rtt=self._mean_rtt(),
+            jitter=self._health.jitter,
+            confidence=self._confidence,
+            sent_at=now,
+        )
+        if self._sequence % self.config.echo_every:
+            return [(n, esp) for n in self._neighbours]
+        out = []
+        for name, nb in self._neighbours.items():
+            if nb.echo_sent_at:
+                hold = now - nb.echo_received_at
+                echoed = replace(
+                    esp,
+                    echo_sequence=nb.echo_sequence,
+                    echo_sent_at=nb.echo_sent_at,
+                    echo_hold=hold,
+                )
+                out.append((name, echoed))
+            else:
+                out.append((name, esp))
+        return out
+
+    def report_load(self, cpu_load: float, encode_latency: float) -> None:
+        """The shell's measurements of its own health, for the confidence score."""
+        links = [nb.link for nb in self._neighbours.values()]
+        loss = sum(link.loss for link in links) / len(links) if links else 0.0
+        jitter = sum(link.jitter for link in links) / len(links) if links else 0.0
+        recent = sum(1 for c in self._recent if c.at > self._last_raw - 60.0)
+        self._health = HealthSignals(
+            cpu_load=min(max(cpu_load, 0.0), 1.0),
+            encode_latency=max(encode_latency, 0.0),
+            frame_period=self._period,
+            esp_loss=min(max(loss, 0.0), 1.0),
+            jitter=jitter,
+            corrections_per_minute=float(recent),
+        )
+        self._confidence = confidence(self._health)
+
+    # -- packets from neighbours ---------------------------------------------------------------
+
+    def on_esp(self, now: float, esp: EncodingStatePacket) -> bool:
+        """Take a neighbour's ESP. Returns False when it is not from a current neighbour."""
+        nb = self._neighbours.get(esp.sender)
+        if nb is None:
+            return False
+        nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
+        nb.last_seen = now
+        nb.echo_sequence = esp.sequence
+        nb.echo_sent_at = esp.sent_at
+        nb.echo_received_at = now
+        nb.corr = esp.correction
+        nb.corr_rate = esp.correction_rate
+        nb.corr_at = now
+        theirs_raw = esp.label - esp.correction
+        mine = self._own.get(esp.fingerprint)
+        if mine is None:
+            pending = nb.pending
+            pending[esp.fingerprint] = (theirs_raw, esp.timecode, esp.frame_hash)
+            if len(pending) > self.config.history:
+                del pending[next(iter(pending))]
+            return True
+        own_raw, at, own_tc = mine
+        nb.add_sample(at, own_raw - theirs_raw)
+        if esp.frame_hash and own_tc == esp.timecode:
+            own_hash = self._hashes.get(own_tc)
+            if own_hash:
+                same = 1.0 if own_hash == esp.frame_hash else 0.0
+                nb.hash_agreement += 0.05 * (same - nb.hash_agreement)
+        return True
+
+    def on_proposal(self, now: float, proposal: ResyncProposal) -> SendVote | None:
+        """Vote on a neighbour's proposal from this engine's own estimate of the proposer."""
+        nb = self._neighbours.get(proposal.proposer)
+        if nb is None:
+            return None
+        estimate = None
+        if nb.filter.updates >= self.config.min_updates and now - nb.last_seen < self._stale:
+            # The filter tracks (own - theirs); the proposer's offset from our label is the
+            # opposite, and from where we believe the timeline is (our label minus our own
+            # error) it is that plus our error. Judging against the timeline rather than our
+            # own label lets a mesh that is split into two camps vote itself back together.
+            deviation = nb.filter.at(now) + self.correction(now) - nb.correction_at(now)
+            estimate = self._error - deviation
+        vote = judge_proposal(
+            proposal, self.node_id, estimate, self.config.vote_tolerance * self._period
+        )
+        action = SendVote(vote, proposal.proposer)
+        self._actions.append(action)
+        return action
+
+    def on_vote(self, now: float, vote: ResyncVote) -> None:
+        outcome = self._proposals.record_vote(now, vote)
+        if outcome is not None:
+            self._settle(now, outcome)
+
+    def tick(self, now: float) -> None:
+        """Let time pass without a frame (vote deadlines)."""
+        self._tick_votes(now)
+
+    def drain_actions(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    # -- control -------------------------------------------------------------------------------
+
+    @property
+    def _stale(self) -> float:
+        return self.config.stale_after
+
+    def _tick_votes(self, now: float) -> None:
+        if self._proposals.open_count:
+            for outcome in self._proposals.expire(now):
+                self._settle(now, outcome)
+
+    def _control(self, now: float, label: float) -> None:
+        cfg = self.config
+        deviations = [0.0]
+        rates = [0.0]
+        rate_known = True
+        my_corr = self.correction(now)
+        for nb in self._neighbours.values():
+            nb.fold_samples()
+            kf = nb.filter
+            if kf.rejected != nb.rejected_seen:
+                nb.rejected_seen = kf.rejected
+                nb.suspect_until = now + cfg.suspicion
+            if (
+                kf.updates < cfg.min_updates
+                or now - nb.last_seen > self._stale
+                or not self._trusted(nb, now)
+            ):
+                continue
+            kf.predict(now)
+            deviations.append(kf.deviation + my_corr - nb.correction_at(now))
+            rates.append(kf.rate + self._corr_rate - nb.corr_rate)
+            rate_known = rate_known and kf.rate_variance < cfg.rate_sigma * cfg.rate_sigma
+        if len(deviations) == 1:
+            return
+        band = cfg.consensus_band * self._period
+        if self._locked:
+            view_of_mesh = consensus(deviations, cfg.outlier * self._period)
+            if (
+                view_of_mesh.set_aside > cfg.tolerated_outliers
+                or view_of_mesh.spread > cfg.relock_spread * self._period
+            ):
+                # The neighbourhood no longer agrees: lock in again with everyone, so that
+                # disagreement spreads until the whole mesh has averaged it out.
+                self._locked = False
+                self._agreed_since = math.inf
+        if self._locked:
+            offset = view_of_mesh.mean
+            fr = cfg.frame_rate
+            target = fr.slot(label - offset + cfg.boundary_bias * self._period)
+            error = label - fr.slot_middle(target)
+        else:
+            offset = sum(deviations) / len(deviations)
+            error = offset
+            if max(abs(d) for d in deviations) > band:
+                self._agreed_since = math.inf
+            elif self._agreed_since == math.inf:
+                self._agreed_since = now
+            elif now - self._agreed_since >= cfg.lock_dwell:
+                self._locked = True
+        relative_rate = sum(rates) / len(rates)
+        drift = (self._smoother.period - self._period) / self._period + self._corr_rate
+        self._error = error
+        self._predicted_error = error + drift * cfg.policy.horizon
+        if self._open is not None or now < self._quiet_until:
+            return
+        view = ControlView(
+            now=now,
+            label=label,
+            error=error,
+            error_rate=drift,
+            relative_rate=relative_rate,
+            rate_known=rate_known and len(rates) > 1,
+            correction_rate=self._corr_rate,
+        )
+        if self._locked:
+            plan = self.policy.decide(view)
+        elif abs(error) > cfg.lock_trigger * self._period:
+            plan = plan_shift(cfg.frame_rate, cfg.policy, view, self._corr_rate, math.nan)
+        else:
+            plan = None
+        if plan is None:
+            steered = self.policy.steer(view)
+            if steered != self._corr_rate:
+                self._corr = my_corr
+                self._corr_at = now
+                self._corr_rate = steered
+                self._rate_adjustments += 1
+            return
+        if not plan.needs_vote:
+            self._apply(now, plan, 0)
+            return
+        self._proposal_ids += 1
+        proposal = ResyncProposal(
+            proposer=self.node_id,
+            proposal_id=self._proposal_ids,
+            kind=plan.kind,
+            shift=plan.shift,
+            topology_epoch=self.topology_epoch,
+        )
+        electorate = frozenset(self._neighbours)
+        self._proposals.open(now, proposal, electorate, cfg.vote_timeout)
+        self._open = (self._proposal_ids, plan, error)
+        self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))
+
+    def _trusted(self, nb: _Neighbour, now: float) -> bool:
+        """A neighbour counts unless there is evidence against it: its filter recently had to
+        reject a measurement (labels that jump), or its frame hashes disagree with ours at
+        equal timecodes while most other neighbours' agree (it lies, or encodes differently).
+        Distance alone is no evidence: an honest neighbour may still be locking in."""
+        if now < nb.suspect_until:
+            return False
+        if nb.hash_agreement >= 0.5:
+            return True
+        others = [o.hash_agreement for o in self._neighbours.values() if o is not nb]
+        return not others or sorted(others)[len(others) // 2] < 0.9
+
+    def _settle(self, now: float, outcome: Outcome) -> None:
+        if self._open is None or outcome.proposal.proposal_id != self._open[0]:
+            return
+        _, plan, error = self._open
+        self._open = None
+        if outcome.verdict is Verdict.ACCEPTED:
+            self._apply(now, plan, outcome.proposal.proposal_id)
+            return
+        self._escalations += 1
+        self._quiet_until = now + self.config.retry_backoff
+        self._actions.append(Escalate(outcome, error))
+
+    def _apply(self, now: float, plan: PlannedCorrection, proposal_id: int) -> None:
+        self._corr = self.correction(now) + plan.shift
+        self._corr_rate = plan.new_rate
+        self._corr_at = now
+        self._counts[plan.kind] += 1
+        event = CorrectionApplied(now, plan.kind, plan.shift, plan.new_rate, plan.lead, proposal_id)
+        self._recent.append(event)
+        self._actions.append(event)
+
+    # -- observation ---------------------------------------------------------------------------
+
+    def _mean_rtt(self) -> float:
+        rtts = [nb.link.rtt for nb in self._neighbours.values() if not math.isnan(nb.link.rtt)]
+        return sum(rtts) / len(rtts) if rtts else 0.0
+
+    def snapshot(self, now: float) -> EngineSnapshot:
+        neighbours = []
+        my_corr = self.correction(now)
+        for name, nb in sorted(self._neighbours.items()):
+            kf = nb.filter
+            their = nb.correction_at(now)
+            horizon = now + self.config.policy.horizon
+            deviation = kf.at(now) + my_corr - their if kf.initialised else math.nan
+            predicted = (
+                kf.at(horizon)
+                + self.correction(horizon)
+                - (nb.corr + nb.corr_rate * (horizon - nb.corr_at))
+                if kf.initialised
+                else math.nan
+            )
+            neighbours.append(
+                NeighbourSnapshot(
+                    neighbour=name,
+                    deviation=deviation,
+                    predicted=predicted,
+                    rate=kf.rate,
+                    rtt=nb.link.rtt,
+                    jitter=nb.link.jitter,
+                    loss=nb.link.loss,
+                    trusted=self._trusted(nb, now),
+                    updates=kf.updates,
+                )
+            )
+        return EngineSnapshot(
+            node_id=self.node_id,
+            strategy=self.config.strategy,
+            timecode=self._last_tc,
+            label=self._last.label if self._last else math.nan,
+            correction=my_corr,
+            correction_rate=self._corr_rate,
+            error=self._error,
+            predicted_error=self._predicted_error,
+            confidence=self._confidence,
+            neighbours=tuple(neighbours),
+            corrections=dict(self._counts),
+            recent_corrections=tuple(self._recent),
+            escalations=self._escalations,
+            open_proposals=self._proposals.open_count,
+        )
