@@ -9,8 +9,10 @@ and the raw timestamp only nudges that prediction (an alpha–beta filter, the s
 of a constant-velocity Kalman filter). Slow effects (clock drift, ingest-delay changes) pass
 through to the label, where the mesh sees and corrects them; fast noise does not.
 
-Invariants: the smoothed times of successive frames increase by at least half a period; the
-period estimate stays within ``max_period_error`` of nominal.
+Invariants: the smoothed times of successive frames increase by at least half a period, except
+that a raw timestamp more than two periods *behind* the smoothed time (the clock stepped back)
+restarts the smoother at that timestamp; the period estimate stays within ``max_period_error``
+of nominal.
 """
 
 from __future__ import annotations
@@ -63,10 +65,16 @@ class CaptureSmoother:
             self.time = raw
             return SmoothedCapture(raw, 1)
         elapsed = raw - self.time
+        if elapsed < -2.0 * self.period:
+            # The clock went back by more than counting can explain (a step backwards): start
+            # again from the new reading; the mesh sees the step and corrects the label.
+            self.reset()
+            self.time = raw
+            return SmoothedCapture(raw, 1)
         periods = max(1, round(elapsed / self.period))
         predicted = self.time + periods * self.period
         residual = raw - predicted
-        self.time = predicted + self._alpha * residual
+        self.time = max(predicted + self._alpha * residual, self.time + 0.5 * self.period)
         period = self.period + self._beta * residual / periods
         low = self._nominal * (1.0 - self._max_error)
         high = self._nominal * (1.0 + self._max_error)

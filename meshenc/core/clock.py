@@ -44,8 +44,10 @@ class VirtualOscillator:
 
     def error(self, reference: float) -> float:
         """How far (s) this clock is ahead of the reference at ``reference``, jitter aside."""
-        stepped = sum(s.step for s in self.steps if reference >= s.at)
-        return self.offset + self.drift_ppm * PPM * (reference - self.origin) + stepped
+        error = self.offset + self.drift_ppm * PPM * (reference - self.origin)
+        if self.steps:
+            error += sum(s.step for s in self.steps if reference >= s.at)
+        return error
 
     def read(self, reference: float, jitter: float = 0.0) -> float:
         """The clock's reading at ``reference``; ``jitter`` is a noise sample from the caller."""

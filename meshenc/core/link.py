@@ -20,14 +20,26 @@ __all__ = ["LinkMeter"]
 class LinkMeter:
     """Running RTT, jitter and loss for one neighbour."""
 
-    __slots__ = ("_last_sequence", "_last_transit", "expected", "jitter", "received", "rtt")
+    __slots__ = (
+        "_last_transit",
+        "expected",
+        "jitter",
+        "last_received_at",
+        "last_sent_at",
+        "last_sequence",
+        "received",
+        "rtt",
+    )
 
     def __init__(self) -> None:
         self.rtt = math.nan
         self.jitter = 0.0
         self.received = 0
         self.expected = 0
-        self._last_sequence = 0
+        self.last_sequence = 0
+        #: Our clock when the last packet arrived (-inf: never), and its sender's send time.
+        self.last_received_at = -math.inf
+        self.last_sent_at = 0.0
         self._last_transit: float | None = None
 
     @property
@@ -46,14 +58,28 @@ class LinkMeter:
         echo_hold: float = 0.0,
     ) -> None:
         """Account for one received packet (all times in seconds, ``now`` on our clock)."""
-        if sequence > self._last_sequence:
-            self.expected += sequence - self._last_sequence if self._last_sequence else 1
-            self._last_sequence = sequence
+        last = self.last_sequence
+        if self.received == 0:
+            self.expected = 1
+            self.last_sequence = sequence
+        elif sequence > last:
+            self.expected += sequence - last
+            self.last_sequence = sequence
         self.received += 1
         transit = now - sent_at
-        if self._last_transit is not None:
-            self.jitter += (abs(transit - self._last_transit) - self.jitter) / 16.0
+        previous = self._last_transit
+        if previous is not None:
+            self.jitter += (abs(transit - previous) - self.jitter) / 16.0
         self._last_transit = transit
+        self.last_received_at = now
+        self.last_sent_at = sent_at
         if echo_sent_at > 0.0:
             sample = max(0.0, (now - echo_sent_at) - echo_hold)
             self.rtt = sample if math.isnan(self.rtt) else self.rtt + (sample - self.rtt) / 8.0
+
+    def echo(self, now: float) -> tuple[int, float, float]:
+        """What to echo back in our next packet: (their sequence, their send time, how long
+        we have held it). All zero before anything arrived."""
+        if not self.received:
+            return 0, 0.0, 0.0
+        return self.last_sequence, self.last_sent_at, now - self.last_received_at

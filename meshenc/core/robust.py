@@ -1,11 +1,13 @@
 """Robust aggregation of neighbours' estimates.
 
-``consensus`` averages the estimates of the densest group (those within ``outlier`` of the
-best-supported estimate) and sets the rest aside. Averaging (rather than a median or a trimmed mean) is what makes repeated local
-corrections converge to one value on any connected mesh: a median, or a trimmed mean that
-always drops the extremes, lets a group of encoders ignore its one dissenting neighbour, so a
-mesh can freeze into two camps a frame apart. Setting aside only what is far from the densest group is
-what keeps a lying neighbour (one reporting labels frames away from everyone else) out.
+``consensus`` averages the estimates of the densest group — those within ``outlier`` of the
+best-supported estimate — and sets the rest aside.
+
+Averaging, rather than a median or a trimmed mean, is what makes repeated local corrections
+converge to one value on any connected mesh: a median, or a trimmed mean that always drops the
+extremes, lets a group of encoders ignore its one dissenting neighbour, so a mesh can freeze
+into two camps a frame apart. Setting aside only what is far from the densest group is what
+keeps a lying neighbour (one reporting labels frames away from everyone else) out.
 
 Invariant: the result lies between the smallest and largest kept value, and at least one
 value is always kept.
@@ -13,6 +15,8 @@ value is always kept.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +30,9 @@ class Consensus:
     spread: float
     kept: int
     set_aside: int
+    #: The smallest and largest kept value: a value v was kept iff low <= v <= high.
+    low: float
+    high: float
 
 
 def consensus(values: Sequence[float], outlier: float) -> Consensus:
@@ -37,17 +44,20 @@ def consensus(values: Sequence[float], outlier: float) -> Consensus:
         raise ValueError("outlier distance must be positive")
     ordered = sorted(values)
     middle = (len(ordered) - 1) / 2
-    best = max(
-        range(len(ordered)),
-        key=lambda i: (
-            sum(1 for v in ordered if abs(v - ordered[i]) <= outlier),
-            -abs(i - middle),
-        ),
-    )
-    kept = [v for v in ordered if abs(v - ordered[best]) <= outlier]
+    window, best_key = (0, 1), (-1, 0.0)
+    for i, v in enumerate(ordered):
+        low = bisect_left(ordered, v - outlier)
+        high = bisect_right(ordered, v + outlier)
+        key = (high - low, -abs(i - middle))
+        if key > best_key:
+            window, best_key = (low, high), key
+    kept = ordered[window[0] : window[1]]
+    mean = min(max(math.fsum(kept) / len(kept), kept[0]), kept[-1])
     return Consensus(
-        mean=sum(kept) / len(kept),
+        mean=mean,
         spread=max(abs(v) for v in kept),
         kept=len(kept),
         set_aside=len(ordered) - len(kept),
+        low=kept[0],
+        high=kept[-1],
     )

@@ -31,6 +31,10 @@ class FrameRate:
             raise ValueError(f"frame rate must be positive, got {self.num}/{self.den}")
         if self.num / self.den > 1000:
             raise ValueError(f"frame rate {self.num}/{self.den} is above 1000 fps")
+        common = math.gcd(self.num, self.den)
+        if common > 1:  # one rate, one representation: 60000/2002 is 30000/1001
+            object.__setattr__(self, "num", self.num // common)
+            object.__setattr__(self, "den", self.den // common)
 
     @classmethod
     def parse(cls, text: str) -> FrameRate:
@@ -43,9 +47,13 @@ class FrameRate:
             value = Fraction(text)
         except (ValueError, ZeroDivisionError) as exc:
             raise ValueError(f"not a frame rate: {text!r}") from exc
+        if value <= 0:
+            raise ValueError(f"not a frame rate: {text!r}")
         if value.denominator != 1:
-            ntsc = Fraction(round(value * 1001 / 1000) * 1000, 1001)
-            if abs(float(ntsc - value)) < 0.01:
+            # 23.976, 29.97, 59.94 ... name the NTSC ratios N×1000/1001.
+            whole = round(value * Fraction(1001, 1000))
+            ntsc = Fraction(whole * 1000, 1001)
+            if whole >= 12 and abs(ntsc - value) < Fraction(1, 200):
                 return cls(ntsc.numerator, ntsc.denominator)
             value = value.limit_denominator(1001)
         return cls(value.numerator, value.denominator)
@@ -60,20 +68,29 @@ class FrameRate:
         return self.den / self.num
 
     def slot(self, label: float) -> int:
-        """The timecode of a label: the index of the frame slot it falls into."""
-        return math.floor(label * self.num / self.den)
+        """The timecode of a label: the index of the frame slot it falls into.
+
+        Exact for the float it is given (integer arithmetic on the float's own ratio), so no
+        rounding can put a label on a slot boundary into the wrong slot.
+        """
+        p, q = label.as_integer_ratio()
+        return (p * self.num) // (q * self.den)
 
     def slot_start(self, timecode: int) -> float:
-        """Label (s) at which slot ``timecode`` begins."""
-        return float(Fraction(timecode * self.den, self.num))
+        """The smallest label (s) that falls into slot ``timecode``."""
+        start = Fraction(timecode * self.den, self.num)
+        value = float(start)
+        return value if value >= start else math.nextafter(value, math.inf)
 
     def slot_middle(self, timecode: int) -> float:
         return float(Fraction((2 * timecode + 1) * self.den, 2 * self.num))
 
     def phase(self, label: float) -> float:
         """Where in its slot a label lies, in frames: 0 at the start, just under 1 at the end."""
-        scaled = label * self.num / self.den
-        return scaled - math.floor(scaled)
+        p, q = label.as_integer_ratio()
+        scale = q * self.den
+        fraction = ((p * self.num) % scale) / scale
+        return fraction if fraction < 1.0 else math.nextafter(1.0, 0.0)
 
     def __str__(self) -> str:
         return str(self.num) if self.den == 1 else f"{self.num}/{self.den}"

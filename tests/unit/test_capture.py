@@ -1,0 +1,156 @@
+"""Capture smoothing: counting frames, filtering jitter, tracking frequency, keeping its bounds."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshenc.core.capture import CaptureSmoother, SmoothedCapture
+
+PERIOD = 1.0 / 30.0
+#: Resolution of a float label near START (seconds).
+QUANTUM = 2.5e-7
+START = 1.8e9
+
+
+def _feed(smoother: CaptureSmoother, raws: list[float]) -> list[SmoothedCapture]:
+    return [smoother.update(raw) for raw in raws]
+
+
+@pytest.mark.parametrize(
+    # Epoch-sized raw times are themselves rounded to 2**-22 s; the filter sees that as noise.
+    ("start", "tolerance"),
+    [(0.0, 1e-9), (START, 5e-6)],
+)
+def test_even_jitter_free_input_passes_through(start: float, tolerance: float) -> None:
+    raws = [start + i * PERIOD for i in range(2000)]
+    out = _feed(CaptureSmoother(PERIOD), raws)
+    assert [o.periods for o in out] == [1] * 2000
+    for o, raw in zip(out, raws, strict=True):
+        assert o.time == pytest.approx(raw, abs=tolerance)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_gaussian_jitter_is_smoothed_away(seed: int) -> None:
+    rng = random.Random(seed)
+    smoother = CaptureSmoother(PERIOD)
+    raw_dev: list[float] = []
+    smooth_dev: list[float] = []
+    for i in range(3000):
+        true = START + i * PERIOD
+        jitter = rng.gauss(0.0, 0.002)
+        out = smoother.update(true + jitter)
+        if i >= 300:  # past the settling of the period estimate
+            raw_dev.append(jitter)
+            smooth_dev.append(out.time - true)
+    assert statistics.pstdev(smooth_dev) < 0.5 * statistics.pstdev(raw_dev)
+    # Smoothing must not bias the labels either.
+    assert abs(statistics.fmean(smooth_dev)) < 0.0003
+
+
+def test_a_lost_frame_counts_two_periods_and_adds_no_offset() -> None:
+    smoother = CaptureSmoother(PERIOD)
+    _feed(smoother, [START + i * PERIOD for i in range(100)])
+    out = smoother.update(START + 101 * PERIOD)  # frame 100 never arrived
+    assert out.periods == 2
+    assert out.time == pytest.approx(START + 101 * PERIOD, abs=1e-6)
+    after = smoother.update(START + 102 * PERIOD)
+    assert after.periods == 1
+    assert after.time == pytest.approx(START + 102 * PERIOD, abs=1e-6)
+
+
+def test_several_lost_frames_are_counted() -> None:
+    smoother = CaptureSmoother(PERIOD)
+    _feed(smoother, [START + i * PERIOD for i in range(10)])
+    assert smoother.update(START + 14 * PERIOD).periods == 5
+
+
+def test_steady_frequency_error_is_tracked() -> None:
+    true_period = PERIOD * (1.0 + 200e-6)
+    smoother = CaptureSmoother(PERIOD)
+    residuals = []
+    for i in range(3000):
+        true = START + i * true_period
+        residuals.append(smoother.update(true).time - true)
+    # The period estimate has moved from nominal to the true period (a 6.7 µs difference)...
+    assert smoother.period == pytest.approx(true_period, abs=0.05 * (true_period - PERIOD))
+    # ...so after settling the smoothed times do not lag the true ones.
+    assert max(abs(r) for r in residuals[500:]) < 5e-6
+
+
+@pytest.mark.parametrize("factor", [1.05, 0.95])
+def test_period_estimate_is_clamped(factor: float) -> None:
+    smoother = CaptureSmoother(PERIOD, max_period_error=0.01)
+    _feed(smoother, [START + i * PERIOD * factor for i in range(2000)])
+    bound = PERIOD * (1.0 + (0.01 if factor > 1 else -0.01))
+    assert smoother.period == pytest.approx(bound, rel=1e-12)
+
+
+def test_reset_forgets_the_history() -> None:
+    smoother = CaptureSmoother(PERIOD)
+    _feed(smoother, [START + i * PERIOD * 1.005 for i in range(1000)])
+    smoother.reset()
+    assert smoother.period == PERIOD
+    out = smoother.update(START + 7.0)  # taken as is, not as a count of periods
+    assert out == SmoothedCapture(START + 7.0, 1)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    jitter=st.floats(0.0, 0.02),
+    loss=st.floats(0.0, 0.3),
+    count=st.integers(2, 300),
+)
+def test_successive_outputs_advance_by_at_least_half_a_period(
+    seed: int, jitter: float, loss: float, count: int
+) -> None:
+    rng = random.Random(seed)
+    smoother = CaptureSmoother(PERIOD)
+    previous: float | None = None
+    for i in range(count):
+        if rng.random() < loss:
+            continue
+        raw = START + i * PERIOD + rng.gauss(0.0, jitter)
+        period = smoother.period
+        out = smoother.update(raw)
+        if previous is not None and raw < previous - 2 * period:
+            assert out.time == raw  # the documented restart after a step back
+        elif previous is not None:
+            # Labels near 1.8e9 s are quantised to 2.4e-7 s; allow that much.
+            assert out.time - previous >= 0.5 * period - QUANTUM
+        previous = out.time
+        assert abs(smoother.period - PERIOD) <= 0.01 * PERIOD * (1 + 1e-12)
+
+
+def test_a_clock_stepping_back_restarts_the_smoother_at_the_new_reading() -> None:
+    smoother = CaptureSmoother(PERIOD)
+    _feed(smoother, [START + i * PERIOD for i in range(10)])
+    stepped = smoother.update(START - 1.0)  # the clock stepped back by a second
+    assert (stepped.time, stepped.periods) == (START - 1.0, 1)
+    following = smoother.update(START - 1.0 + PERIOD)
+    assert following.time == pytest.approx(START - 1.0 + PERIOD, abs=1e-9)
+
+
+def test_output_advances_by_half_a_period_even_when_raw_times_stand_still() -> None:
+    smoother = CaptureSmoother(PERIOD, alpha=1.0, beta=0.0)
+    first = smoother.update(START).time
+    second = smoother.update(START).time
+    assert second - first >= 0.5 * PERIOD - QUANTUM
+
+
+@pytest.mark.parametrize(
+    ("nominal", "alpha", "beta"),
+    [(0.0, 0.08, 0.002), (-PERIOD, 0.08, 0.002), (PERIOD, 0.0, 0.0), (PERIOD, 1.5, 0.0)],
+)
+def test_invalid_settings_are_rejected(nominal: float, alpha: float, beta: float) -> None:
+    with pytest.raises(ValueError):
+        CaptureSmoother(nominal, alpha=alpha, beta=beta)
+
+
+def test_beta_must_stay_below_alpha() -> None:
+    with pytest.raises(ValueError):
+        CaptureSmoother(PERIOD, alpha=0.1, beta=0.1)
