@@ -47,7 +47,7 @@ class KalmanTuning:
     initial_rate_variance: float = 1e-6
     #: Innovation gate in standard deviations, and rejections in a row before restarting.
     gate: float = 6.0
-    reset_after: int = 5
+    reset_after: int = 3
 
 
 class DeviationFilter:
@@ -55,11 +55,11 @@ class DeviationFilter:
 
     __slots__ = (
         "_nis",
-        "_r",
         "_p00",
         "_p01",
         "_p11",
         "_q_scale",
+        "_r",
         "_rejections_in_row",
         "_tuning",
         "deviation",
@@ -150,6 +150,12 @@ class DeviationFilter:
         self.updates += 1
         return True
 
+    def reset(self) -> None:
+        """Forget the state; the next measurement starts the filter afresh (after a step that
+        is known to be real, such as this encoder's own clock jumping)."""
+        self.updates = 0
+        self._rejections_in_row = 0
+
     def _restart(self, now: float, value: float, r: float) -> None:
         self.time = now
         self.deviation = value
@@ -167,16 +173,3 @@ class DeviationFilter:
         if not self.initialised:
             return math.nan
         return self.deviation + self.rate * max(0.0, when - self.time)
-
-    def time_to_reach(self, level: float) -> float:
-        """Seconds from the filter's time until ``|deviation|`` reaches ``level``.
-
-        ``math.inf`` when the deviation is not heading there; 0 when it is already past.
-        """
-        if abs(self.deviation) >= level:
-            return 0.0
-        if self.rate > 0:
-            return (level - self.deviation) / self.rate
-        if self.rate < 0:
-            return (-level - self.deviation) / self.rate
-        return math.inf

@@ -13,8 +13,8 @@ neighbours' vote first.
 The four strategies share this interface so that the simulator compares them on equal terms:
 
 - ``predictive`` — corrects when the error *predicted* ``horizon`` seconds ahead passes
-  ``trigger`` (a quarter frame), long before the half-frame boundary, and cancels the measured
-  relative drift at the same time, so one correction holds for a long while.
+  ``trigger`` (a quarter frame), long before the half-frame boundary, and between corrections
+  steers the label rate against the measured drift, so one correction holds for a long while.
 - ``reactive`` — the same mesh and measurements, but corrects only once the measured error has
   passed the half-frame boundary, i.e. after a picture has already been labelled differently.
 - ``epoch`` — no mesh: timecodes straight from the local clock against the Unix epoch (the
@@ -46,6 +46,7 @@ __all__ = [
     "classify_shift",
     "make_policy",
     "plan_shift",
+    "time_to_boundary",
 ]
 
 
@@ -66,8 +67,6 @@ class PolicyTuning:
     horizon: float = 1.0
     #: The boundary: past half a frame a picture gets another timecode than on the mesh.
     boundary: float = 0.5
-    #: Share of the measured relative drift cancelled per correction (damps the mesh's loop).
-    rate_gain: float = 0.5
     #: Largest frequency adjustment an encoder applies to its labels (s/s): ingest delays that
     #: swing by tens of milliseconds within a minute need thousands of ppm.
     max_rate: float = 5000e-6
@@ -76,9 +75,6 @@ class PolicyTuning:
     #: Predictive: share of the measured drift removed from the label rate per control step
     #: (frequency steering between corrections; 0 turns it off).
     steering_gain: float = 0.1
-    #: Predictive: steer against the drift relative to the neighbours (True) or against the
-    #: own label's drift from the nominal frame grid (False).
-    steer_relative: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +83,11 @@ class ControlView:
 
     now: float
     label: float
+    #: Own label minus the middle of the slot the mesh gives the current picture (s).
     error: float
+    #: How fast the error grows: the own label's drift from the nominal frame grid (s/s).
     error_rate: float
-    relative_rate: float
-    rate_known: bool
+    #: The label-rate adjustment in force (s/s).
     correction_rate: float
 
 
@@ -137,6 +134,11 @@ class ResyncPolicy(Protocol):
     #: Whether timecodes count frames from the first one instead of following the label.
     counts_frames: bool
 
+    @property
+    def tolerance(self) -> float:
+        """How far (frames) the policy lets an encoder's error grow before it acts."""
+        ...
+
     def decide(self, view: ControlView) -> PlannedCorrection | None: ...
 
     def steer(self, view: ControlView) -> float:
@@ -161,6 +163,10 @@ class PredictivePolicy(_MeshPolicy):
     uses_mesh = True
     counts_frames = False
 
+    @property
+    def tolerance(self) -> float:
+        return self.tuning.trigger
+
     def decide(self, view: ControlView) -> PlannedCorrection | None:
         period = self.frame_rate.period
         t = self.tuning
@@ -168,18 +174,16 @@ class PredictivePolicy(_MeshPolicy):
         limit = t.trigger * period
         if abs(predicted) <= limit and abs(view.error) <= limit:
             return None
-        new_rate = view.correction_rate
-        if view.rate_known:
-            new_rate -= t.rate_gain * view.relative_rate
-            new_rate = min(max(new_rate, -t.max_rate), t.max_rate)
-        return self._plan(view, new_rate, _lead(view, t.boundary * period))
+        lead = time_to_boundary(view.error, view.error_rate, t.boundary * period)
+        return self._plan(view, self.steer(view), lead)
 
     def steer(self, view: ControlView) -> float:
+        """Frequency steering: every encoder cancels its own label's drift from the frame
+        grid. All of them see the same source cadence, so this keeps them together between
+        corrections whatever their clocks and ingest paths do; the mesh only has to agree on
+        the phase, which then changes slowly."""
         t = self.tuning
-        if not view.rate_known or t.steering_gain == 0.0:
-            return view.correction_rate
-        drift = view.relative_rate if t.steer_relative else view.error_rate
-        new_rate = view.correction_rate - t.steering_gain * drift
+        new_rate = view.correction_rate - t.steering_gain * view.error_rate
         return min(max(new_rate, -t.max_rate), t.max_rate)
 
 
@@ -187,6 +191,10 @@ class ReactivePolicy(_MeshPolicy):
     strategy = Strategy.REACTIVE
     uses_mesh = True
     counts_frames = False
+
+    @property
+    def tolerance(self) -> float:
+        return self.tuning.boundary
 
     def decide(self, view: ControlView) -> PlannedCorrection | None:
         if abs(view.error) <= self.tuning.boundary * self.frame_rate.period:
@@ -199,6 +207,7 @@ class EpochPolicy:
     strategy = Strategy.EPOCH
     uses_mesh = False
     counts_frames = False
+    tolerance = math.inf
 
     def decide(self, view: ControlView) -> PlannedCorrection | None:
         return None
@@ -212,6 +221,7 @@ class FreeRunningPolicy:
     strategy = Strategy.NONE
     uses_mesh = False
     counts_frames = True
+    tolerance = math.inf
 
     def decide(self, view: ControlView) -> PlannedCorrection | None:
         return None
@@ -220,9 +230,8 @@ class FreeRunningPolicy:
         return view.correction_rate
 
 
-def _lead(view: ControlView, boundary: float) -> float:
-    """Seconds until |error| would reach the boundary at the current rate (NaN: never)."""
-    error, rate = view.error, view.error_rate
+def time_to_boundary(error: float, rate: float, boundary: float) -> float:
+    """Seconds until ``|error|`` reaches ``boundary`` at ``rate`` (0 if past, NaN if never)."""
     if abs(error) >= boundary:
         return 0.0
     if rate == 0.0 or (error != 0.0 and (rate > 0) != (error > 0)):
