@@ -55,6 +55,7 @@ from meshenc.core.policy import (
     Strategy,
     make_policy,
     plan_shift,
+    time_to_boundary,
 )
 from meshenc.core.robust import consensus
 from meshenc.core.timecode import FrameRate
@@ -98,16 +99,14 @@ class EngineConfig:
     #: Every counted neighbour must stay within ``consensus_band`` this long before the
     #: encoder counts as locked.
     lock_dwell: float = 1.0
-    #: A locked encoder whose counted neighbours spread wider than this (frames) locks in
-    #: again: two groups that locked into adjacent slots are a whole frame apart.
-    relock_spread: float = 0.75
+    #: A locked encoder whose counted neighbours spread wider than this many times the
+    #: policy's tolerance locks in again (two groups locked into adjacent slots are a whole
+    #: frame apart; a held neighbourhood stays within a tolerance either side).
+    relock_spread: float = 2.0
     #: While locking in, every mesh strategy moves towards the neighbourhood's mean as soon as
     #: it is this many frames away (the strategies differ in how they hold a lock, not in how
     #: they get one).
     lock_trigger: float = 0.05
-    #: Rate estimates count once their standard deviation is below this (s/s). Ingest-delay
-    #: swings make relative rates of thousands of ppm real, so this is not tight.
-    rate_sigma: float = 500e-6
     #: A vote not decided by then counts as rejected.
     vote_timeout: float = 0.3
     #: After a rejected proposal, wait this long before proposing again.
@@ -193,6 +192,8 @@ class NeighbourSnapshot:
     loss: float
     trusted: bool
     updates: int
+    #: Seconds until the deviation, at its current rate, reaches half a frame (NaN: never).
+    crossing_in: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,13 +227,10 @@ class _Neighbour:
         "corr",
         "corr_at",
         "corr_rate",
-        "echo_received_at",
-        "echo_sent_at",
-        "echo_sequence",
         "filter",
         "hash_agreement",
-        "last_seen",
         "link",
+        "locked",
         "pending",
         "rejected_seen",
         "suspect_until",
@@ -248,13 +246,10 @@ class _Neighbour:
         self.corr = 0.0
         self.corr_rate = 0.0
         self.corr_at = 0.0
-        self.last_seen = -math.inf
-        self.echo_sequence = 0
-        self.echo_sent_at = 0.0
-        self.echo_received_at = 0.0
         self.hash_agreement = 1.0
         self.suspect_until = -math.inf
         self.rejected_seen = 0
+        self.locked = False
 
     def add_sample(self, at: float, deviation: float) -> None:
         self.acc_count += 1
@@ -284,9 +279,7 @@ class _Neighbour:
 class SyncEngine:
     """One encoder's view of the mesh and its timeline."""
 
-    def __init__(
-        self, node_id: str, config: EngineConfig, neighbours: Iterable[str] = ()
-    ) -> None:
+    def __init__(self, node_id: str, config: EngineConfig, neighbours: Iterable[str] = ()) -> None:
         self.node_id = node_id
         self.config = config
         self.policy = make_policy(config.strategy, config.frame_rate, config.policy)
@@ -416,19 +409,15 @@ class SyncEngine:
             jitter=self._health.jitter,
             confidence=self._confidence,
             sent_at=now,
+            locked=self._locked,
         )
         if self._sequence % self.config.echo_every:
             return [(n, esp) for n in self._neighbours]
         out = []
         for name, nb in self._neighbours.items():
-            if nb.echo_sent_at:
-                hold = now - nb.echo_received_at
-                echoed = replace(
-                    esp,
-                    echo_sequence=nb.echo_sequence,
-                    echo_sent_at=nb.echo_sent_at,
-                    echo_hold=hold,
-                )
+            sequence, sent_at, hold = nb.link.echo(now)
+            if sequence:
+                echoed = replace(esp, echo_sequence=sequence, echo_sent_at=sent_at, echo_hold=hold)
                 out.append((name, echoed))
             else:
                 out.append((name, esp))
@@ -458,10 +447,7 @@ class SyncEngine:
         if nb is None:
             return False
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
-        nb.last_seen = now
-        nb.echo_sequence = esp.sequence
-        nb.echo_sent_at = esp.sent_at
-        nb.echo_received_at = now
+        nb.locked = esp.locked
         nb.corr = esp.correction
         nb.corr_rate = esp.correction_rate
         nb.corr_at = now
@@ -488,7 +474,11 @@ class SyncEngine:
         if nb is None:
             return None
         estimate = None
-        if nb.filter.updates >= self.config.min_updates and now - nb.last_seen < self._stale:
+        cfg = self.config
+        if (
+            nb.filter.updates >= cfg.min_updates
+            and now - nb.link.last_received_at < cfg.stale_after
+        ):
             # The filter tracks (own - theirs); the proposer's offset from our label is the
             # opposite, and from where we believe the timeline is (our label minus our own
             # error) it is that plus our error. Judging against the timeline rather than our
@@ -517,10 +507,6 @@ class SyncEngine:
 
     # -- control -------------------------------------------------------------------------------
 
-    @property
-    def _stale(self) -> float:
-        return self.config.stale_after
-
     def _tick_votes(self, now: float) -> None:
         if self._proposals.open_count:
             for outcome in self._proposals.expire(now):
@@ -528,72 +514,85 @@ class SyncEngine:
 
     def _control(self, now: float, label: float) -> None:
         cfg = self.config
-        deviations = [0.0]
-        rates = [0.0]
-        rate_known = True
-        my_corr = self.correction(now)
-        for nb in self._neighbours.values():
+        period = self._period
+        neighbours = self._neighbours.values()
+        jumped = []
+        for nb in neighbours:
             nb.fold_samples()
-            kf = nb.filter
-            if kf.rejected != nb.rejected_seen:
-                nb.rejected_seen = kf.rejected
+            if nb.filter.rejected != nb.rejected_seen:
+                nb.rejected_seen = nb.filter.rejected
+                jumped.append(nb)
+        if len(jumped) >= 2 and 2 * len(jumped) > len(self._neighbours):
+            # Most neighbours seem to have jumped at once: it is this encoder that did (its
+            # clock stepped, its ingest path changed). Re-measure everyone; suspect no one.
+            for nb in jumped:
+                nb.filter.reset()
+        else:
+            for nb in jumped:
                 nb.suspect_until = now + cfg.suspicion
+        my_corr = self.correction(now)
+        deviations = [0.0]
+        locking_in = []  # deviations of counted neighbours that are still locking in
+        oldest = now - cfg.stale_after
+        for nb in neighbours:
+            kf = nb.filter
             if (
-                kf.updates < cfg.min_updates
-                or now - nb.last_seen > self._stale
-                or not self._trusted(nb, now)
+                kf.updates >= cfg.min_updates
+                and nb.link.last_received_at >= oldest
+                and self._trusted(nb, now)
             ):
-                continue
-            kf.predict(now)
-            deviations.append(kf.deviation + my_corr - nb.correction_at(now))
-            rates.append(kf.rate + self._corr_rate - nb.corr_rate)
-            rate_known = rate_known and kf.rate_variance < cfg.rate_sigma * cfg.rate_sigma
+                kf.predict(now)
+                deviation = kf.deviation + my_corr - nb.correction_at(now)
+                deviations.append(deviation)
+                if not nb.locked:
+                    locking_in.append(deviation)
         if len(deviations) == 1:
             return
-        band = cfg.consensus_band * self._period
+        band = cfg.consensus_band * period
         if self._locked:
-            view_of_mesh = consensus(deviations, cfg.outlier * self._period)
+            view_of_mesh = consensus(deviations, cfg.outlier * period)
             if (
                 view_of_mesh.set_aside > cfg.tolerated_outliers
-                or view_of_mesh.spread > cfg.relock_spread * self._period
+                or view_of_mesh.spread > cfg.relock_spread * self.policy.tolerance * period
+                or any(
+                    abs(d) > band and view_of_mesh.low <= d <= view_of_mesh.high for d in locking_in
+                )
             ):
-                # The neighbourhood no longer agrees: lock in again with everyone, so that
-                # disagreement spreads until the whole mesh has averaged it out.
+                # The neighbourhood no longer agrees, or a neighbour we count is locking in
+                # away from us: lock in again with everyone, so that disagreement spreads
+                # until the whole mesh has averaged it out (two groups locked into adjacent
+                # slots would otherwise each hold their own slot for ever).
                 self._locked = False
                 self._agreed_since = math.inf
         if self._locked:
-            offset = view_of_mesh.mean
             fr = cfg.frame_rate
-            target = fr.slot(label - offset + cfg.boundary_bias * self._period)
+            target = fr.slot(label - view_of_mesh.mean + cfg.boundary_bias * period)
             error = label - fr.slot_middle(target)
         else:
-            offset = sum(deviations) / len(deviations)
-            error = offset
-            if max(abs(d) for d in deviations) > band:
+            error = sum(deviations) / len(deviations)
+            if max(deviations) > band or min(deviations) < -band:
                 self._agreed_since = math.inf
             elif self._agreed_since == math.inf:
                 self._agreed_since = now
             elif now - self._agreed_since >= cfg.lock_dwell:
                 self._locked = True
-        relative_rate = sum(rates) / len(rates)
-        drift = (self._smoother.period - self._period) / self._period + self._corr_rate
+        drift = (self._smoother.period - period) / period + self._corr_rate
         self._error = error
         self._predicted_error = error + drift * cfg.policy.horizon
         if self._open is not None or now < self._quiet_until:
             return
         view = ControlView(
-            now=now,
-            label=label,
-            error=error,
-            error_rate=drift,
-            relative_rate=relative_rate,
-            rate_known=rate_known and len(rates) > 1,
-            correction_rate=self._corr_rate,
+            now=now, label=label, error=error, error_rate=drift, correction_rate=self._corr_rate
         )
         if self._locked:
             plan = self.policy.decide(view)
         elif abs(error) > cfg.lock_trigger * self._period:
-            plan = plan_shift(cfg.frame_rate, cfg.policy, view, self._corr_rate, math.nan)
+            # Votes guard a timeline; an encoder still locking in holds none yet (and its
+            # output does not count as locked), so it moves towards its neighbours directly.
+            plan = replace(
+                plan_shift(cfg.frame_rate, cfg.policy, view, self._corr_rate, math.nan),
+                needs_vote=False,
+            )
         else:
             plan = None
         if plan is None:
@@ -665,26 +664,21 @@ class SyncEngine:
         for name, nb in sorted(self._neighbours.items()):
             kf = nb.filter
             their = nb.correction_at(now)
-            horizon = now + self.config.policy.horizon
             deviation = kf.at(now) + my_corr - their if kf.initialised else math.nan
-            predicted = (
-                kf.at(horizon)
-                + self.correction(horizon)
-                - (nb.corr + nb.corr_rate * (horizon - nb.corr_at))
-                if kf.initialised
-                else math.nan
-            )
+            rate = kf.rate + self._corr_rate - nb.corr_rate
+            predicted = deviation + rate * self.config.policy.horizon
             neighbours.append(
                 NeighbourSnapshot(
                     neighbour=name,
                     deviation=deviation,
                     predicted=predicted,
-                    rate=kf.rate,
+                    rate=rate,
                     rtt=nb.link.rtt,
                     jitter=nb.link.jitter,
                     loss=nb.link.loss,
                     trusted=self._trusted(nb, now),
                     updates=kf.updates,
+                    crossing_in=time_to_boundary(deviation, rate, 0.5 * self._period),
                 )
             )
         return EngineSnapshot(

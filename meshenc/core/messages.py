@@ -60,6 +60,9 @@ class EncodingStatePacket:
     echo_sequence: int = 0
     echo_sent_at: float = 0.0
     echo_hold: float = 0.0
+    #: The sender holds a lock: its neighbourhood agrees on the timeline. An encoder that is
+    #: still locking in makes nearby locked neighbours lock in again with it.
+    locked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

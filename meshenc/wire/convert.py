@@ -158,6 +158,7 @@ def esp_to_proto(esp: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
         echo_sequence=esp.echo_sequence,
         echo_sent_unix_ns=seconds_to_ns(esp.echo_sent_at),
         echo_hold_ns=seconds_to_ns(esp.echo_hold),
+        locked=esp.locked,
     )
 
 
@@ -185,6 +186,7 @@ def esp_from_proto(msg: mesh_pb2.EncodingStatePacket) -> EncodingStatePacket:
         echo_sequence=msg.echo_sequence,
         echo_sent_at=ns_to_seconds(msg.echo_sent_unix_ns),
         echo_hold=ns_to_seconds(msg.echo_hold_ns),
+        locked=msg.locked,
     )
 
 

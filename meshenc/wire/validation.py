@@ -32,7 +32,7 @@ Mesh (``EncoderMesh``)
     ``frame_hash`` is empty (frame not encoded yet) or exactly ``FRAME_HASH_LENGTH`` bytes;
     ``label_unix_ns`` and ``sent_unix_ns`` are instants; ``|correction_ns|`` <=
     ``MAX_CORRECTION_NS`` (24 h); ``|correction_rate_ppb|`` <= ``MAX_CORRECTION_RATE_PPB``
-    (1000 ppm); ``confidence`` within [0, 1]; when ``echo_sequence`` is 0 both other echo
+    (10,000 ppm); ``confidence`` within [0, 1]; when ``echo_sequence`` is 0 both other echo
     fields are 0, otherwise ``echo_sent_unix_ns`` is an instant and ``echo_hold_ns`` <=
     ``MAX_ECHO_HOLD_NS``.
   - ResyncProposal: ``proposal_id`` > 0; ``kind`` known and not UNSPECIFIED;
@@ -158,8 +158,9 @@ FRAME_HASH_LENGTH: Final = 32
 """Length of an encoded frame's SHA-256 hash, bytes."""
 MAX_CORRECTION_NS: Final = 24 * 3600 * _NS_PER_S
 """Largest correction term magnitude: 24 h, nanoseconds."""
-MAX_CORRECTION_RATE_PPB: Final = 1_000_000
-"""Largest slew rate magnitude: 1000 ppm, parts per billion."""
+MAX_CORRECTION_RATE_PPB: Final = 10_000_000
+"""Largest label-rate adjustment: 10,000 ppm (1 %), in parts per billion. Encoders steer up to
+5,000 ppm to follow ingest delays that swing by tens of milliseconds a minute."""
 MAX_LATENCY_US: Final = 60_000_000
 """Largest encode latency, RTT or jitter: 60 s, microseconds."""
 MAX_ECHO_HOLD_NS: Final = 60 * _NS_PER_S
@@ -425,7 +426,7 @@ def _esp(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
         MAX_CORRECTION_RATE_PPB,
         _path(prefix, "correction_rate_ppb"),
         "ppb",
-        "1000 ppm",
+        "10,000 ppm",
     )
     _check_latency_us(msg.encode_latency_us, _path(prefix, "encode_latency_us"))
     _check_latency_us(msg.rtt_us, _path(prefix, "rtt_us"))

@@ -278,6 +278,7 @@ def test_esp_wire_contract_is_stable() -> None:
         ("echo_sequence", 15, "uint64"),
         ("echo_sent_unix_ns", 16, "int64"),
         ("echo_hold_ns", 17, "uint64"),
+        ("locked", 18, "bool"),
     ]
     actual = [(f.name, f.number, _TYPE_NAMES[f.type]) for f in fields]
     assert actual == expected
@@ -527,7 +528,7 @@ def test_hello_rejected(mutate: Callable[[mesh_pb2.Hello], object], field: str) 
         _valid_esp(),
         _valid_esp(frame_hash=b""),
         _valid_esp(echo_sequence=0, echo_sent_unix_ns=0, echo_hold_ns=0),
-        _valid_esp(correction_ns=DAY_NS, correction_rate_ppb=-1_000_000),
+        _valid_esp(correction_ns=DAY_NS, correction_rate_ppb=-10_000_000),
         _valid_esp(confidence=0.0, rtt_us=0, jitter_us=0, encode_latency_us=60_000_000),
         _valid_esp(confidence=1.0, label_unix_ns=1, timecode=1, source_fingerprint=0),
         _valid_esp(label_unix_ns=YEAR_2200_NS - 1, echo_hold_ns=60 * NS),
@@ -554,8 +555,8 @@ def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
         ({"label_unix_ns": YEAR_2200_NS}, "label_unix_ns"),
         ({"correction_ns": DAY_NS + 1}, "correction_ns"),
         ({"correction_ns": -DAY_NS - 1}, "correction_ns"),
-        ({"correction_rate_ppb": 1_000_001}, "correction_rate_ppb"),
-        ({"correction_rate_ppb": -1_000_001}, "correction_rate_ppb"),
+        ({"correction_rate_ppb": 10_000_001}, "correction_rate_ppb"),
+        ({"correction_rate_ppb": -10_000_001}, "correction_rate_ppb"),
         ({"encode_latency_us": 60_000_001}, "encode_latency_us"),
         ({"rtt_us": 2**32 - 1}, "rtt_us"),
         ({"jitter_us": 60_000_001}, "jitter_us"),
