@@ -191,7 +191,8 @@ def run(
             if k + 1 < frames:
                 seq += 1
                 heapq.heappush(heap, (arrival(i, k + 1), seq, _FRAME, i, k + 1))
-            packets = engine.publish(now)
+            # Baselines ignore the mesh: their ESPs would change nothing, so they are not sent.
+            packets = engine.publish(now) if engine.policy.uses_mesh else []
             if packets and i in liars:
                 sign = 1.0 if math.sin(2 * math.pi * (t - start) / _LIE_PERIOD) >= 0 else -1.0
                 noise = lie_rng.bytes(32)

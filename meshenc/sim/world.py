@@ -32,7 +32,9 @@ class IngestPath:
     high: float
 
     def delay(self, since_start: float) -> float:
-        value = self.mean + self.swing * math.sin(2 * math.pi * since_start / self.period + self.phase)
+        value = self.mean + self.swing * math.sin(
+            2 * math.pi * since_start / self.period + self.phase
+        )
         return min(max(value, self.low), self.high)
 
 
@@ -48,35 +50,61 @@ class World:
 
 
 def mesh_topology(n: int, degree: int, rng: np.random.Generator) -> tuple[tuple[int, ...], ...]:
-    """A connected mesh of about ``degree`` neighbours each: a ring plus random chords.
+    """A connected random ``degree``-regular mesh (one encoder one short when n×degree is odd).
 
-    The ring keeps it connected; random perfect matchings on top make it an expander, so
-    corrections spread across a thousand encoders in a few hops rather than hundreds (a ring
-    lattice would take ~n/degree). Degree is exact except where a matching cannot avoid
-    repeating an edge.
+    Random regular graphs are expanders: corrections spread across a thousand encoders in a
+    few hops, where a ring lattice would need ~n/degree. Drawn with the pairing model, retried
+    until simple and connected; a ring with random chords is the fallback for tiny meshes where
+    that keeps failing (it is connected by construction, though a few degrees may fall short).
     """
-    edges: set[tuple[int, int]] = set()
+    degree = min(degree, n - 1)
+    for _ in range(100):
+        stubs = np.repeat(np.arange(n), degree)
+        if stubs.size % 2:
+            stubs = stubs[:-1]
+        rng.shuffle(stubs)
+        pairs = stubs.reshape(-1, 2)
+        edges = {(int(min(a, b)), int(max(a, b))) for a, b in pairs if a != b}
+        if len(edges) == len(pairs) and _connected(n, edges):
+            return _adjacency(n, edges)
+    return _adjacency(n, _ring_with_chords(n, degree, rng))
 
-    def link(a: int, b: int) -> bool:
-        key = (min(a, b), max(a, b))
-        if a == b or key in edges:
-            return False
-        edges.add(key)
-        return True
 
+def _ring_with_chords(n: int, degree: int, rng: np.random.Generator) -> set[tuple[int, int]]:
     order = rng.permutation(n).tolist()
-    for i in range(n):
-        if degree >= 2 or i % 2 == 0:
-            link(order[i], order[(i + 1) % n])
-    for _ in range(max(0, degree - 2)):
-        perm = rng.permutation(n).tolist()
-        for j in range(0, n - 1, 2):
-            link(perm[j], perm[j + 1])
-    adjacency: list[list[int]] = [[] for _ in range(n)]
+    edges = {tuple(sorted((order[i], order[(i + 1) % n]))) for i in range(n)}
+    count = [2] * n
+    for a in rng.permutation(n).tolist():
+        for b in rng.permutation(n).tolist():
+            if count[a] >= degree:
+                break
+            key = (min(a, b), max(a, b))
+            if a != b and count[b] < degree and key not in edges:
+                edges.add(key)
+                count[a] += 1
+                count[b] += 1
+    return {(int(a), int(b)) for a, b in edges}
+
+
+def _connected(n: int, edges: set[tuple[int, int]]) -> bool:
+    adjacency = _adjacency(n, edges)
+    seen = {0}
+    frontier = [0]
+    while frontier:
+        node = frontier.pop()
+        for other in adjacency[node]:
+            if other not in seen:
+                seen.add(other)
+                frontier.append(other)
+    return len(seen) == n
+
+
+def _adjacency(n: int, edges: set[tuple[int, int]]) -> tuple[tuple[int, ...], ...]:
+    rows: list[list[int]] = [[] for _ in range(n)]
     for a, b in sorted(edges):
-        adjacency[a].append(b)
-        adjacency[b].append(a)
-    return tuple(tuple(sorted(row)) for row in adjacency)
+        rows[a].append(b)
+        rows[b].append(a)
+    return tuple(tuple(sorted(row)) for row in rows)
 
 
 def build_world(scenario: Scenario) -> World:

@@ -1,0 +1,18 @@
+"""Entry point of the ``meshenc`` console command."""
+
+from __future__ import annotations
+
+import click
+
+from meshenc import __version__
+from meshenc.cli.sim import bench, sim
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="meshenc")
+def cli() -> None:
+    """meshenc: a mesh of live encoders that keep their outputs frame-locked."""
+
+
+cli.add_command(sim)
+cli.add_command(bench)

@@ -1,0 +1,259 @@
+"""``meshenc sim`` and ``meshenc bench sim``: run the simulator and print what it scored."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from meshenc.core.policy import Strategy
+from meshenc.sim.metrics import Score, score
+from meshenc.sim.runner import run
+from meshenc.sim.scenario import Scenario, ScenarioError
+
+STRATEGIES = [s.value for s in Strategy]
+
+
+def packaged_scenarios() -> list[str]:
+    folder = resources.files("meshenc.sim") / "scenarios"
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    """A packaged scenario by name (``standard``) or a TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
+        source = str(path)
+    else:
+        entry = resources.files("meshenc.sim") / "scenarios" / f"{name_or_path}.toml"
+        if not entry.is_file():
+            known = ", ".join(packaged_scenarios())
+            raise click.BadParameter(f"no scenario {name_or_path!r} (packaged: {known})")
+        text = entry.read_text(encoding="utf-8")
+        source = f"scenario {name_or_path}"
+    try:
+        return Scenario.from_toml(text, source=source)
+    except ScenarioError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _delay_range(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        low, high = (float(part) for part in value.split("-", 1))
+    except ValueError as exc:
+        raise click.BadParameter("expected MIN-MAX in milliseconds, e.g. 20-120") from exc
+    return [low, high]
+
+
+def _fmt(value: object, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A console that keeps tables whole when output goes to a file or a pipe."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=160)
+
+
+def score_table(scores: Iterable[Score], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in (
+        "encoders",
+        "strategy",
+        "misaligned frames",
+        "max |offset| ms",
+        "corrections slew/drop/dup/param",
+        "median lead ms",
+        "lock-in s",
+        "wall s",
+        "events/s",
+    ):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for s in scores:
+        c = s.corrections
+        table.add_row(
+            _fmt(s.encoders),
+            s.strategy,
+            _fmt(s.misaligned_frames),
+            _fmt(s.max_abs_offset_ms),
+            f"{c['slew']}/{c['drop']}/{c['duplicate']}/{c['parameter']}",
+            _fmt(s.median_lead_ms, 0),
+            _fmt(s.lock_in_s),
+            _fmt(s.wall_s),
+            _fmt(s.events_per_s, 0),
+        )
+    return table
+
+
+def describe(scenario: Scenario) -> str:
+    m, c, i, n = scenario.mesh, scenario.clocks, scenario.ingest, scenario.network
+    return (
+        f"{m.encoders} encoders, degree {m.neighbors}, {m.fps} fps, {m.duration_s:g} s "
+        f"(warm-up {m.warmup_s:g} s), drift ±{c.drift_ppm:g} ppm, offsets ±{c.offset_ms:g} ms, "
+        f"jitter {c.jitter_ms:g} ms, ingest {i.delay_ms[0]:g}–{i.delay_ms[1]:g} ms "
+        f"(swing {i.swing_ms:g} ms), loss {n.loss:g}, liars {scenario.liars.count}, "
+        f"seed {scenario.seed}"
+    )
+
+
+@click.command()
+@click.option(
+    "--scenario",
+    "scenario_name",
+    default="standard",
+    show_default=True,
+    help="Packaged scenario name or path to a scenario TOML file.",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice([*STRATEGIES, "all"]),
+    default="predictive",
+    show_default=True,
+    help="Resync strategy every encoder runs ('all' compares).",
+)
+@click.option("--encoders", type=int, help="Number of encoders.")
+@click.option("--duration", type=float, help="Simulated seconds.")
+@click.option("--fps", help="Frame rate: 30, 25, 30000/1001, 29.97 ...")
+@click.option("--warmup", type=float, help="Seconds excluded from misaligned_frames.")
+@click.option("--seed", type=int, help="Seed of every random draw.")
+@click.option("--drift-ppm", type=float, help="Clock drift drawn in ±this many ppm.")
+@click.option("--offset-ms", type=float, help="Clock offset drawn in ±this many ms.")
+@click.option(
+    "--ingest-delay-ms",
+    callback=_delay_range,
+    metavar="MIN-MAX",
+    help="Range of per-encoder mean ingest delay, ms.",
+)
+@click.option("--jitter-ms", type=float, help="Std-dev of capture timestamp noise, ms.")
+@click.option("--loss", type=float, help="Probability that a mesh message is lost.")
+@click.option("--neighbors", type=int, help="Neighbours per encoder.")
+@click.option("--liars", type=int, help="Encoders that lie about labels, hashes and votes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def sim(
+    scenario_name: str,
+    strategy: str,
+    encoders: int | None,
+    duration: float | None,
+    fps: str | None,
+    warmup: float | None,
+    seed: int | None,
+    drift_ppm: float | None,
+    offset_ms: float | None,
+    ingest_delay_ms: list[float] | None,
+    jitter_ms: float | None,
+    loss: float | None,
+    neighbors: int | None,
+    liars: int | None,
+    as_json: bool,
+) -> None:
+    """Simulate a mesh and score how well its outputs stay locked.
+
+    Defaults are the standard scenario; every flag overrides one part of it. Figures are
+    computed from the timecodes the run recorded (see meshenc.sim.metrics for definitions).
+    """
+    scenario = load_scenario(scenario_name)
+    try:
+        scenario = scenario.with_overrides(
+            **{
+                "mesh.encoders": encoders,
+                "mesh.duration_s": duration,
+                "mesh.fps": fps,
+                "mesh.warmup_s": warmup,
+                "mesh.neighbors": neighbors,
+                "seed": seed,
+                "clocks.drift_ppm": drift_ppm,
+                "clocks.offset_ms": offset_ms,
+                "clocks.jitter_ms": jitter_ms,
+                "ingest.delay_ms": ingest_delay_ms,
+                "network.loss": loss,
+                "liars.count": liars,
+            }
+        )
+    except ScenarioError as exc:
+        raise click.UsageError(str(exc)) from exc
+    chosen = STRATEGIES if strategy == "all" else [strategy]
+    scores = [score(run(scenario, Strategy(s))) for s in chosen]
+    if as_json:
+        if len(scores) == 1:
+            click.echo(json.dumps(scores[0].as_dict()))
+        else:
+            payload = {"scenario": scenario.name, "results": [s.as_dict() for s in scores]}
+            click.echo(json.dumps(payload))
+        return
+    console().print(score_table(scores, f"{scenario.name}: {describe(scenario)}"))
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: each prints a table and can write machine-readable results."""
+
+
+def _sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> Sequence[int]:
+    try:
+        sizes = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.BadParameter("expected a comma-separated list of integers") from exc
+    if not sizes or min(sizes) < 2:
+        raise click.BadParameter("sizes must be at least 2")
+    return sizes
+
+
+@bench.command("sim")
+@click.option(
+    "--sizes", default="10,100,1000", show_default=True, callback=_sizes, help="Mesh sizes to run."
+)
+@click.option(
+    "--duration", type=float, default=60.0, show_default=True, help="Simulated seconds per run."
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the results as JSON to this file.",
+)
+def bench_sim(
+    sizes: Sequence[int], duration: float, seed: int, as_json: bool, out: Path | None
+) -> None:
+    """Every strategy on the standard scenario at several mesh sizes, side by side.
+
+    Each size runs all four strategies in the same simulated world (same seed). Wall time is
+    for one core; the simulator is single-threaded.
+    """
+    base = load_scenario("standard")
+    scores: list[Score] = []
+    log = console(stderr=as_json)
+    for size in sizes:
+        scenario = base.with_overrides(
+            **{"mesh.encoders": size, "mesh.duration_s": duration, "seed": seed}
+        )
+        for strategy in STRATEGIES:
+            log.log(f"{size} encoders, {strategy} ...")
+            scores.append(score(run(scenario, Strategy(strategy))))
+    results = [s.as_dict() for s in scores]
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"benchmark": "sim", "results": results}, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps({"benchmark": "sim", "results": results}))
+        return
+    title = f"Strategy comparison, standard scenario, {duration:g} simulated s, seed {seed}"
+    log.print(score_table(scores, title))
