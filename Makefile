@@ -1,0 +1,67 @@
+# meshenc — every entry point a developer or CI needs. `make test` and `make demo` do all set-up
+# on a fresh Debian machine: virtualenv, Python packages (pinned by constraints.txt), the etcd
+# server, and the generated protocol code.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTOS := $(wildcard proto/meshenc/v1/*.proto)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help demo test lint proto bench system-deps lock clean
+
+help:
+	@echo "make demo   run the local mesh (embedded mode)"
+	@echo "make test   set up everything and run the whole suite (lint included)"
+	@echo "make lint   ruff, mypy and the layering contracts"
+	@echo "make proto  regenerate meshenc/v1 from proto/"
+	@echo "make bench  benchmarks (prints tables, writes bench-results/)"
+	@echo "make lock   re-pin constraints.txt from a fresh resolution"
+
+# The virtualenv is rebuilt when the declared or pinned dependencies change.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "meshenc needs $(PYTHON) (3.11 or newer)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { scripts/ensure-system-deps.sh --venv && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[test,dev]'
+	@touch $@
+
+# Generated code is rebuilt when a .proto changes; it is never edited by hand.
+meshenc/v1/__init__.py: $(PROTOS) scripts/gen_proto.sh $(VENV)/.installed
+	PYTHON=$(PY) scripts/gen_proto.sh
+
+proto: meshenc/v1/__init__.py
+
+system-deps:
+	@scripts/ensure-system-deps.sh
+
+lint: $(VENV)/.installed proto
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: $(VENV)/.installed proto system-deps lint
+	$(PY) -m pytest
+
+demo: $(VENV)/.installed proto system-deps
+	@echo "make demo: not yet. The local mesh (etcd, registry, manager, encoders) arrives with"
+	@echo "the encoder, coordination and manager work. Meanwhile the simulator shows the sync:"
+	$(VENV)/bin/meshenc sim --strategy all
+
+bench: $(VENV)/.installed proto
+	@scripts/ensure-system-deps.sh --bench
+	$(VENV)/bin/meshenc bench sim --out bench-results/sim.json
+
+# Re-pin every dependency (run after changing pyproject.toml's bounds, then commit the result).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet '.[test,dev]'
+	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^meshenc' > constraints.txt
+	rm -rf .lock-venv build *.egg-info
+	@echo "constraints.txt re-pinned"
+
+clean:
+	rm -rf $(VENV) meshenc/v1 build *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

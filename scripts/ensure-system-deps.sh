@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the system programs meshenc needs when they are missing: the etcd server (tests and
+# the demo start real etcd), with --bench also ffmpeg (the encoder benchmark's baseline), and
+# with --venv the python3-venv package (when `python3 -m venv` failed).
+# Debian/Ubuntu only; elsewhere it says what to install and fails.
+set -euo pipefail
+
+missing=()
+case "${1:-}" in
+  --venv) missing+=(python3-venv) ;;  # the caller already found `python3 -m venv` failing
+  --bench) command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg) ;&
+  *) command -v etcd >/dev/null 2>&1 || missing+=(etcd-server) ;;
+esac
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "meshenc needs: ${missing[*]} (Debian package names). Install them with your system's" >&2
+  echo "package manager and run make again." >&2
+  exit 1
+fi
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1; then
+    sudo=(sudo)
+  else
+    echo "meshenc needs: ${missing[*]}; run as root or install them: apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+echo "Installing ${missing[*]} (apt-get)..."
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
