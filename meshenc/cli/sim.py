@@ -240,7 +240,7 @@ def bench_sim(
     """
     base = load_scenario("standard")
     scores: list[Score] = []
-    log = console(stderr=as_json)
+    log = console(stderr=True)
     for size in sizes:
         scenario = base.with_overrides(
             **{"mesh.encoders": size, "mesh.duration_s": duration, "seed": seed}
@@ -256,4 +256,80 @@ def bench_sim(
         click.echo(json.dumps({"benchmark": "sim", "results": results}))
         return
     title = f"Strategy comparison, standard scenario, {duration:g} simulated s, seed {seed}"
-    log.print(score_table(scores, title))
+    console().print(score_table(scores, title))
+
+
+#: (encoders, degree, seeds, simulated seconds) of the lock-in sweep.
+LOCKIN_WORLDS: tuple[tuple[int, int, range, float], ...] = (
+    (10, 4, range(1, 21), 120.0),
+    (100, 4, range(1, 6), 60.0),
+    (16, 3, range(1, 8), 60.0),
+    (20, 5, range(1, 5), 60.0),
+    (30, 7, range(1, 4), 60.0),
+)
+
+
+@bench.command("lockin")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench_lockin(as_json: bool) -> None:
+    """Seeded worlds of several sizes and degrees: does predictive lock within the warm-up?
+
+    Each world runs predictive and reactive on the standard scenario's faults; a row is one
+    world. Reports misaligned frames after the warm-up, lock-in time and corrections.
+    """
+    base = load_scenario("standard")
+    rows = []
+    log = console(stderr=True)
+    for encoders, degree, seeds, duration in LOCKIN_WORLDS:
+        for seed in seeds:
+            scenario = base.with_overrides(
+                **{
+                    "mesh.encoders": encoders,
+                    "mesh.neighbors": degree,
+                    "mesh.duration_s": duration,
+                    "seed": seed,
+                }
+            )
+            log.log(f"{encoders} encoders, degree {degree}, seed {seed} ...")
+            p = score(run(scenario, Strategy.PREDICTIVE))
+            r = score(run(scenario, Strategy.REACTIVE))
+            rows.append((encoders, degree, seed, p, r))
+    if as_json:
+        payload = [
+            {
+                "encoders": n,
+                "degree": d,
+                "seed": s,
+                "predictive": p.as_dict(),
+                "reactive": r.as_dict(),
+            }
+            for n, d, s, p, r in rows
+        ]
+        click.echo(json.dumps({"benchmark": "lockin", "results": payload}))
+        return
+    table = Table(title="Lock-in across seeded worlds (warm-up 10 s)", title_justify="left")
+    for column in (
+        "encoders",
+        "degree",
+        "seed",
+        "predictive misaligned",
+        "predictive lock-in s",
+        "predictive corrections",
+        "reactive misaligned",
+        "reactive corrections",
+    ):
+        table.add_column(column, justify="right")
+    for n, d, seed, p, r in rows:
+        table.add_row(
+            str(n),
+            str(d),
+            str(seed),
+            _fmt(p.misaligned_frames),
+            _fmt(p.lock_in_s),
+            _fmt(p.corrections_total),
+            _fmt(r.misaligned_frames),
+            _fmt(r.corrections_total),
+        )
+    locked = sum(1 for *_, p, _r in rows if p.misaligned_frames == 0)
+    table.caption = f"predictive: {locked} of {len(rows)} worlds without a misaligned frame"
+    console().print(table)

@@ -202,6 +202,8 @@ class EngineSnapshot:
 
     node_id: str
     strategy: Strategy
+    #: Whether the encoder holds a lock (its neighbourhood agrees on the timeline).
+    locked: bool
     timecode: int | None
     label: float
     correction: float
@@ -684,6 +686,7 @@ class SyncEngine:
         return EngineSnapshot(
             node_id=self.node_id,
             strategy=self.config.strategy,
+            locked=self._locked,
             timecode=self._last_tc,
             label=self._last.label if self._last else math.nan,
             correction=my_corr,

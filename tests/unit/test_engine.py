@@ -1,0 +1,262 @@
+"""The sync engine driven directly, one behaviour per test, with hand-made neighbour ESPs.
+
+Neighbours here are scripted: their ESPs are built by the test from a chosen label offset, so
+each test controls exactly what the engine hears. Whole meshes of real engines are exercised
+by the simulator scenarios (tests/scenarios).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+from meshenc.core.engine import (
+    CorrectionApplied,
+    EngineConfig,
+    Escalate,
+    SendProposal,
+    SyncEngine,
+)
+from meshenc.core.messages import (
+    CorrectionKind,
+    EncodingStatePacket,
+    ResyncProposal,
+    ResyncVote,
+)
+from meshenc.core.policy import Strategy
+from meshenc.core.timecode import FrameRate
+
+FPS = FrameRate(30)
+T = FPS.period
+#: Start mid-slot, so an unshifted label sits half a frame from either boundary.
+START = FPS.slot_middle(FPS.slot(1.8e9))
+
+
+def _engine(neighbours: Sequence[str] = (), strategy: Strategy = Strategy.PREDICTIVE) -> SyncEngine:
+    return SyncEngine("me", EngineConfig(frame_rate=FPS, strategy=strategy), neighbours)
+
+
+def _frame_hash(picture: int, timecode: int) -> bytes:
+    return picture.to_bytes(16, "big") + timecode.to_bytes(16, "big", signed=True)
+
+
+def _esp(
+    sender: str,
+    sequence: int,
+    picture: int,
+    label: float,
+    *,
+    frame_hash: bytes | None = None,
+    locked: bool = True,
+) -> EncodingStatePacket:
+    tc = FPS.slot(label)
+    return EncodingStatePacket(
+        sender=sender,
+        sequence=sequence,
+        topology_epoch=0,
+        timecode=tc,
+        frame_hash=_frame_hash(picture, tc) if frame_hash is None else frame_hash,
+        fingerprint=picture,
+        label=label,
+        correction=0.0,
+        correction_rate=0.0,
+        encode_latency=0.0,
+        rtt=0.0,
+        jitter=0.0,
+        confidence=1.0,
+        sent_at=label,
+        locked=locked,
+    )
+
+
+def _run(
+    engine: SyncEngine,
+    pictures: range,
+    offsets: dict[str, Callable[[int], float]],
+    *,
+    hashes: dict[str, Callable[[int, int], bytes]] | None = None,
+) -> list[object]:
+    """Capture ``pictures`` at exact frame times; after each, every scripted neighbour sends
+    its ESP for that picture with its label ``offsets[name](picture)`` seconds from ours."""
+    actions: list[object] = []
+    for k in pictures:
+        now = START + k * T
+        decision = engine.on_frame(now, k)
+        if decision.timecodes:
+            engine.record_hash(decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1]))
+        for name, offset in offsets.items():
+            label = now + offset(k)
+            custom = (hashes or {}).get(name)
+            frame_hash = custom(k, FPS.slot(label)) if custom else None
+            engine.on_esp(now + 0.001, _esp(name, k + 1, k, label, frame_hash=frame_hash))
+        actions.extend(engine.drain_actions())
+    return actions
+
+
+def _zero(_: int) -> float:
+    return 0.0
+
+
+def test_emitted_timecodes_stay_continuous_across_clock_jumps() -> None:
+    engine = _engine()
+    times = [START + k * T for k in range(30)]
+    times += [times[-1] + 4 * T + k * T for k in range(30)]  # the clock jumps 3 frames ahead
+    times += [times[-1] - 5 * T + k * T for k in range(30)]  # then back by more than that
+    decisions = [engine.on_frame(now, k) for k, now in enumerate(times)]
+    emitted = [tc for d in decisions for tc in d.timecodes]
+    assert all(b == a + 1 for a, b in itertools.pairwise(emitted)), emitted
+    # Forward, one picture filled the gap (repeated into 4 slots); back by five frames, the
+    # pictures landing in the five slots already emitted and in the last one again are dropped.
+    assert max(len(d.timecodes) for d in decisions) == 4
+    assert sum(1 for d in decisions if not d.timecodes) == 6
+
+
+def test_a_stranger_cannot_feed_the_engine() -> None:
+    engine = _engine(["a", "b", "c"])
+    _run(engine, range(20), {"a": _zero, "b": _zero, "c": _zero})
+    before = engine.snapshot(START + 20 * T)
+    accepted = engine.on_esp(START + 20 * T, _esp("mallory", 1, 19, START + 5.0))
+    after = engine.snapshot(START + 20 * T)
+    assert not accepted
+    assert before == after
+    assert engine.on_proposal(START, ResyncProposal("mallory", 1, CorrectionKind.DROP, -T, 0)) is (
+        None
+    )
+
+
+def test_neighbours_with_disagreeing_frame_hashes_lose_trust_others_keep_it() -> None:
+    engine = _engine(["a", "b", "c", "d"])
+    _run(
+        engine,
+        range(120),
+        {"a": _zero, "b": _zero, "c": _zero, "d": _zero},
+        hashes={"d": lambda picture, tc: b"\x00" * 32},
+    )
+    trust = {n.neighbour: n.trusted for n in engine.snapshot(START + 120 * T).neighbours}
+    assert trust == {"a": True, "b": True, "c": True, "d": False}
+
+
+def test_an_encoder_that_agrees_with_its_neighbours_locks_and_stays_put() -> None:
+    engine = _engine(["a", "b", "c"])
+    actions = _run(engine, range(150), {"a": _zero, "b": _zero, "c": _zero})
+    state = engine.snapshot(START + 150 * T)
+    assert state.locked
+    assert not [a for a in actions if isinstance(a, CorrectionApplied)]
+
+
+def test_locking_in_moves_towards_the_neighbours_without_a_vote() -> None:
+    engine = _engine(["a", "b", "c"])
+    ahead = 2.3 * T  # the neighbours label every picture 2.3 frames later than we do
+    actions = _run(engine, range(150), {n: (lambda _k: ahead) for n in "abc"})
+    applied = [a for a in actions if isinstance(a, CorrectionApplied)]
+    assert applied and all(a.proposal_id == 0 for a in applied)
+    assert not [a for a in actions if isinstance(a, SendProposal)]
+    # It now gives pictures the neighbours' timecodes (holding the middle of their slot).
+    last = 149
+    state = engine.snapshot(START + (last + 1) * T)
+    assert state.locked
+    assert state.timecode == FPS.slot(START + last * T + ahead)
+
+
+def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
+    voter = SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"])
+    # x and y label every picture as the voter's clock does; p labels it 0.8 frames later.
+    # Locking in, the voter settles at the mean of its neighbourhood and itself, a third of
+    # the way (0.8/3) towards p, so it sees p 0.8 - 0.8/3 frames ahead of its timeline.
+    _run(voter, range(120), {"p": lambda _k: 0.8 * T, "x": _zero, "y": _zero})
+    now = START + 120 * T
+    expected = (0.8 - 0.8 / 3) * T
+
+    def vote(shift: float) -> ResyncVote:
+        action = voter.on_proposal(now, ResyncProposal("p", 7, CorrectionKind.DROP, shift, 0))
+        assert action is not None
+        return action.vote
+
+    assert vote(-expected).approve
+    assert not vote(+0.8 * T).approve
+    assert abs(vote(0.0).estimated_deviation - expected) < 0.1 * T
+
+
+def _locked_then_left_behind(
+    votes: Callable[[ResyncProposal], list[ResyncVote]],
+) -> list[object]:
+    """Lock with six neighbours, then have all six label pictures 0.48 frames later (they
+    moved together, towards the end of the slot). Counting itself, the engine's neighbourhood
+    centre is then 6/7 of that ahead, past the point where a centre counts as in the next
+    slot, while the spread stays under the relock limit: the engine keeps its lock and follows
+    the mesh into the next slot, a whole-frame correction that needs a vote."""
+    names = "abcdef"
+    engine = _engine(list(names))
+    _run(engine, range(120), {n: _zero for n in names})
+    assert engine.snapshot(START + 120 * T).locked
+    actions: list[object] = []
+    for k in range(120, 240):
+        step = _run(engine, range(k, k + 1), {n: (lambda _k: 0.48 * T) for n in names})
+        actions.extend(step)
+        for action in step:
+            if isinstance(action, SendProposal):
+                for vote in votes(action.proposal):
+                    engine.on_vote(START + k * T + 0.002, vote)
+                actions.extend(engine.drain_actions())
+    return actions
+
+
+def test_a_whole_slot_correction_is_proposed_and_applied_on_a_majority() -> None:
+    def approve(p: ResyncProposal) -> list[ResyncVote]:
+        return [ResyncVote(p.proposer, p.proposal_id, n, True, 0.0) for n in "abcd"]
+
+    actions = _locked_then_left_behind(approve)
+    proposals = [a for a in actions if isinstance(a, SendProposal)]
+    applied = [a for a in actions if isinstance(a, CorrectionApplied) and a.proposal_id > 0]
+    assert proposals and set(proposals[0].to) == set("abcdef")
+    assert applied and applied[0].kind is CorrectionKind.DUPLICATE
+    assert not [a for a in actions if isinstance(a, Escalate)]
+
+
+def test_a_rejected_correction_is_escalated_and_not_applied() -> None:
+    def reject(p: ResyncProposal) -> list[ResyncVote]:
+        return [ResyncVote(p.proposer, p.proposal_id, n, False, 0.0) for n in "abcd"]
+
+    actions = _locked_then_left_behind(reject)
+    escalated = [a for a in actions if isinstance(a, Escalate)]
+    assert escalated
+    assert not [a for a in actions if isinstance(a, CorrectionApplied) and a.proposal_id > 0]
+
+
+def test_when_all_neighbours_jump_at_once_the_engine_blames_itself() -> None:
+    engine = _engine(["a", "b", "c", "d"])
+    _run(engine, range(120), {n: _zero for n in "abcd"})
+    # Our own clock steps: every neighbour now appears 20 ms away at once.
+    _run(engine, range(120, 160), {n: (lambda _k: 0.020) for n in "abcd"})
+    state = engine.snapshot(START + 160 * T)
+    assert all(n.trusted for n in state.neighbours)
+
+
+def test_one_neighbour_jumping_is_the_neighbours_problem() -> None:
+    engine = _engine(["a", "b", "c", "d"])
+    _run(engine, range(120), {n: _zero for n in "abcd"})
+    offsets = {"a": _zero, "b": _zero, "c": _zero, "d": lambda _k: 0.020}
+    _run(engine, range(120, 160), offsets)
+    trust = {n.neighbour: n.trusted for n in engine.snapshot(START + 160 * T).neighbours}
+    assert trust == {"a": True, "b": True, "c": True, "d": False}
+
+
+def test_baselines_never_correct() -> None:
+    for strategy in (Strategy.EPOCH, Strategy.NONE):
+        engine = _engine(["a", "b", "c"], strategy)
+        actions = _run(engine, range(150), {n: (lambda _k: 3 * T) for n in "abc"})
+        assert actions == []
+
+
+def test_published_esps_describe_the_last_picture_and_echo_now_and_then() -> None:
+    engine = _engine(["a", "b"])
+    sent: list[EncodingStatePacket] = []
+    for k in range(16):
+        now = START + k * T
+        engine.on_frame(now, k)
+        engine.on_esp(now + 0.001, _esp("a", k + 1, k, now))
+        sent.extend(esp for _to, esp in engine.publish(now + 0.002))
+    assert [esp.fingerprint for esp in sent[::2]] == list(range(16))
+    assert [esp.sequence for esp in sent[::2]] == list(range(1, 17))
+    echoed = [esp for esp in sent if esp.echo_sequence]
+    assert echoed and all(esp.echo_sent_at > 0 for esp in echoed)
