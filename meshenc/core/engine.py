@@ -101,8 +101,10 @@ class EngineConfig:
     lock_dwell: float = 1.0
     #: A locked encoder whose counted neighbours spread wider than this many times the
     #: policy's tolerance locks in again (two groups locked into adjacent slots are a whole
-    #: frame apart; a held neighbourhood stays within a tolerance either side).
+    #: frame apart; a held neighbourhood stays within a tolerance either side)...
     relock_spread: float = 2.0
+    #: ...but never below this many frames.
+    relock_min: float = 0.75
     #: While locking in, every mesh strategy moves towards the neighbourhood's mean as soon as
     #: it is this many frames away (the strategies differ in how they hold a lock, not in how
     #: they get one).
@@ -165,7 +167,7 @@ class CorrectionApplied:
     proposal_id: int
 
 
-Action = SendProposal | SendVote | Escalate | CorrectionApplied
+Action = SendProposal | Escalate | CorrectionApplied
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +196,8 @@ class NeighbourSnapshot:
     updates: int
     #: Seconds until the deviation, at its current rate, reaches half a frame (NaN: never).
     crossing_in: float
+    #: Whether the neighbour said, in its last ESP, that it holds a lock.
+    locked: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,7 +475,11 @@ class SyncEngine:
         return True
 
     def on_proposal(self, now: float, proposal: ResyncProposal) -> SendVote | None:
-        """Vote on a neighbour's proposal from this engine's own estimate of the proposer."""
+        """Vote on a neighbour's proposal from this engine's own estimate of the proposer.
+
+        The vote is returned, not queued: the shell answers on the link the proposal came
+        from. None when the proposer is not a current neighbour.
+        """
         nb = self._neighbours.get(proposal.proposer)
         if nb is None:
             return None
@@ -490,9 +498,7 @@ class SyncEngine:
         vote = judge_proposal(
             proposal, self.node_id, estimate, self.config.vote_tolerance * self._period
         )
-        action = SendVote(vote, proposal.proposer)
-        self._actions.append(action)
-        return action
+        return SendVote(vote, proposal.proposer)
 
     def on_vote(self, now: float, vote: ResyncVote) -> None:
         outcome = self._proposals.record_vote(now, vote)
@@ -534,7 +540,6 @@ class SyncEngine:
                 nb.suspect_until = now + cfg.suspicion
         my_corr = self.correction(now)
         deviations = [0.0]
-        locking_in = []  # deviations of counted neighbours that are still locking in
         oldest = now - cfg.stale_after
         for nb in neighbours:
             kf = nb.filter
@@ -546,8 +551,6 @@ class SyncEngine:
                 kf.predict(now)
                 deviation = kf.deviation + my_corr - nb.correction_at(now)
                 deviations.append(deviation)
-                if not nb.locked:
-                    locking_in.append(deviation)
         if len(deviations) == 1:
             return
         band = cfg.consensus_band * period
@@ -555,15 +558,12 @@ class SyncEngine:
             view_of_mesh = consensus(deviations, cfg.outlier * period)
             if (
                 view_of_mesh.set_aside > cfg.tolerated_outliers
-                or view_of_mesh.spread > cfg.relock_spread * self.policy.tolerance * period
-                or any(
-                    abs(d) > band and view_of_mesh.low <= d <= view_of_mesh.high for d in locking_in
-                )
+                or view_of_mesh.spread
+                > max(cfg.relock_min, cfg.relock_spread * self.policy.tolerance) * period
             ):
-                # The neighbourhood no longer agrees, or a neighbour we count is locking in
-                # away from us: lock in again with everyone, so that disagreement spreads
-                # until the whole mesh has averaged it out (two groups locked into adjacent
-                # slots would otherwise each hold their own slot for ever).
+                # The neighbourhood no longer agrees: lock in again with everyone, so that
+                # disagreement spreads until the whole mesh has averaged it out (two groups
+                # locked into adjacent slots would otherwise each hold their own slot).
                 self._locked = False
                 self._agreed_since = math.inf
         if self._locked:
@@ -589,12 +589,10 @@ class SyncEngine:
         if self._locked:
             plan = self.policy.decide(view)
         elif abs(error) > cfg.lock_trigger * self._period:
-            # Votes guard a timeline; an encoder still locking in holds none yet (and its
-            # output does not count as locked), so it moves towards its neighbours directly.
-            plan = replace(
-                plan_shift(cfg.frame_rate, cfg.policy, view, self._corr_rate, math.nan),
-                needs_vote=False,
-            )
+            # Lock-in moves go to the vote like any significant correction: besides guarding
+            # against bad data, the vote damps lock-in, since only moves that most neighbours
+            # (each from its own view) agree with happen at all.
+            plan = plan_shift(cfg.frame_rate, cfg.policy, view, self._corr_rate, math.nan)
         else:
             plan = None
         if plan is None:
@@ -681,6 +679,7 @@ class SyncEngine:
                     trusted=self._trusted(nb, now),
                     updates=kf.updates,
                     crossing_in=time_to_boundary(deviation, rate, 0.5 * self._period),
+                    locked=nb.locked,
                 )
             )
         return EngineSnapshot(

@@ -82,4 +82,4 @@ class LinkMeter:
         we have held it). All zero before anything arrived."""
         if not self.received:
             return 0, 0.0, 0.0
-        return self.last_sequence, self.last_sent_at, now - self.last_received_at
+        return self.last_sequence, self.last_sent_at, max(0.0, now - self.last_received_at)

@@ -25,7 +25,6 @@ from meshenc.core.engine import (
     EngineConfig,
     Escalate,
     SendProposal,
-    SendVote,
     SyncEngine,
 )
 from meshenc.core.messages import CorrectionKind, EncodingStatePacket, ResyncProposal, ResyncVote
@@ -162,11 +161,6 @@ def run(
             elif isinstance(action, SendProposal):
                 for name in action.to:
                     send(t, i, index[name], _PROPOSAL, action.proposal)
-            elif isinstance(action, SendVote):
-                vote = action.vote
-                if i in liars:
-                    vote = replace(vote, approve=False, reason="liar")
-                send(t, i, index[action.to], _VOTE, vote)
             elif isinstance(action, Escalate):
                 escalations += 1
 
@@ -205,8 +199,12 @@ def run(
             engine.on_esp(clocks[i].read(t), payload)
         elif kind == _PROPOSAL:
             assert isinstance(payload, ResyncProposal)
-            engine.on_proposal(clocks[i].read(t), payload)
-            dispatch(t, i, engine)
+            answer = engine.on_proposal(clocks[i].read(t), payload)
+            if answer is not None:
+                vote = answer.vote
+                if i in liars:
+                    vote = replace(vote, approve=False, reason="liar")
+                send(t, i, index[answer.to], _VOTE, vote)
         else:
             assert isinstance(payload, ResyncVote)
             engine.on_vote(clocks[i].read(t), payload)

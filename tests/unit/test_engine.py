@@ -144,18 +144,46 @@ def test_an_encoder_that_agrees_with_its_neighbours_locks_and_stays_put() -> Non
     assert not [a for a in actions if isinstance(a, CorrectionApplied)]
 
 
-def test_locking_in_moves_towards_the_neighbours_without_a_vote() -> None:
+def _answering(
+    engine: SyncEngine,
+    pictures: range,
+    offsets: dict[str, Callable[[int], float]],
+    approve: bool,
+) -> list[object]:
+    """Like ``_run``, with the scripted neighbours answering every proposal at once."""
+    actions: list[object] = []
+    for k in pictures:
+        step = _run(engine, range(k, k + 1), offsets)
+        actions.extend(step)
+        for action in step:
+            if isinstance(action, SendProposal):
+                p = action.proposal
+                for voter in action.to:
+                    vote = ResyncVote(p.proposer, p.proposal_id, voter, approve, 0.0)
+                    engine.on_vote(START + k * T + 0.002, vote)
+                actions.extend(engine.drain_actions())
+    return actions
+
+
+def test_locking_in_moves_towards_the_neighbours_once_they_agree() -> None:
     engine = _engine(["a", "b", "c"])
     ahead = 2.3 * T  # the neighbours label every picture 2.3 frames later than we do
-    actions = _run(engine, range(150), {n: (lambda _k: ahead) for n in "abc"})
+    actions = _answering(engine, range(200), {n: (lambda _k: ahead) for n in "abc"}, True)
     applied = [a for a in actions if isinstance(a, CorrectionApplied)]
-    assert applied and all(a.proposal_id == 0 for a in applied)
-    assert not [a for a in actions if isinstance(a, SendProposal)]
+    assert applied and any(a.proposal_id > 0 for a in applied)
     # It now gives pictures the neighbours' timecodes (holding the middle of their slot).
-    last = 149
+    last = 199
     state = engine.snapshot(START + (last + 1) * T)
     assert state.locked
     assert state.timecode == FPS.slot(START + last * T + ahead)
+
+
+def test_locking_in_does_not_move_against_the_neighbours_votes() -> None:
+    engine = _engine(["a", "b", "c"])
+    actions = _answering(engine, range(200), {n: (lambda _k: 2.3 * T) for n in "abc"}, False)
+    big = [a for a in actions if isinstance(a, CorrectionApplied) and abs(a.shift) > T / 3]
+    assert not big
+    assert [a for a in actions if isinstance(a, Escalate)]
 
 
 def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
