@@ -1,0 +1,34 @@
+"""The encoder's media path: sources, GOP-deterministic H.264 encoding and HLS segments.
+
+This is the only package of the encoder service that imports PyAV; the core never does.
+"""
+
+from __future__ import annotations
+
+from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
+from services.encoder.media.segments import PLAYLIST_NAME, SegmentWriter, segment_name
+from services.encoder.media.source import (
+    FileSource,
+    Picture,
+    SourceError,
+    SyntheticSource,
+    VideoFormat,
+    fingerprint,
+    open_source,
+)
+
+__all__ = [
+    "PLAYLIST_NAME",
+    "EncodedFrame",
+    "EncoderParams",
+    "FileSource",
+    "GopEncoder",
+    "Picture",
+    "SegmentWriter",
+    "SourceError",
+    "SyntheticSource",
+    "VideoFormat",
+    "fingerprint",
+    "open_source",
+    "segment_name",
+]

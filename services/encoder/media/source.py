@@ -1,0 +1,394 @@
+"""Live picture sources: a synthetic test pattern and anything PyAV can decode.
+
+Theory of operation: a source hands out :class:`Picture` objects, one per decoded frame, in
+yuv420p at the mesh's agreed size. It does not pace itself and knows nothing of timecodes; the
+capture stage stamps each picture with the encoder's clock. What a source does promise is
+*identity*: every picture carries a :func:`fingerprint` that is the same on every encoder that
+sees the same picture, whatever path and delay it took, so encoders can compare their labels for
+it (see "Frame identity" in the design).
+
+Invariants: ``Picture.index`` counts up by one per ``read()``; the synthetic source's picture
+``n`` is a pure function of ``n`` and the format (same bytes on every machine); a file source
+loops at its end and keeps counting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+
+import av
+import numpy as np
+import numpy.typing as npt
+from av.container import InputContainer
+from av.video.frame import VideoFrame
+
+from meshenc.core.timecode import FrameRate
+
+__all__ = [
+    "FileSource",
+    "Picture",
+    "SourceError",
+    "SyntheticSource",
+    "VideoFormat",
+    "fingerprint",
+    "open_source",
+]
+
+YuvArray = npt.NDArray[np.uint8]
+
+#: Width and height bounds: 16 px is the smallest picture libx264 handles comfortably; 4K UHD
+#: is the largest the mesh is meant for.
+MIN_SIZE = 16
+MAX_WIDTH = 3840
+MAX_HEIGHT = 2160
+
+#: The fingerprint grid (8×8 blocks) and how many bits of each block's mean luma it keeps.
+FINGERPRINT_GRID = 8
+FINGERPRINT_BITS = 6
+
+
+class SourceError(Exception):
+    """A source cannot be opened or read (missing file, no video stream, corrupt data)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VideoFormat:
+    """The picture size and frame rate every encoder of the mesh agrees on."""
+
+    width: int
+    height: int
+    frame_rate: FrameRate
+
+    def __post_init__(self) -> None:
+        # yuv420p halves both chroma dimensions, so odd sizes cannot be represented exactly.
+        for name, value, upper in (
+            ("width", self.width, MAX_WIDTH),
+            ("height", self.height, MAX_HEIGHT),
+        ):
+            if not MIN_SIZE <= value <= upper or value % 2:
+                raise ValueError(f"{name} must be even and in {MIN_SIZE}..{upper}, got {value}")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Picture:
+    """One source picture in yuv420p.
+
+    ``yuv`` holds the three planes back to back in one ``(height * 3 // 2, width)`` uint8 array
+    (PyAV's layout for yuv420p), so it can go to the encoder without copying plane by plane.
+    Compared by identity (``eq=False``): comparing arrays element-wise is the caller's choice.
+    """
+
+    index: int
+    yuv: YuvArray
+    fingerprint: int
+
+    def __post_init__(self) -> None:
+        if self.yuv.ndim != 2 or self.yuv.dtype != np.uint8 or self.yuv.shape[0] % 3:
+            raise ValueError(
+                f"yuv must be a (height*3//2, width) uint8 array, got {self.yuv.dtype}"
+                f" {self.yuv.shape}"
+            )
+
+    @property
+    def width(self) -> int:
+        return int(self.yuv.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.yuv.shape[0]) * 2 // 3
+
+    @classmethod
+    def from_yuv(cls, index: int, yuv: YuvArray) -> Picture:
+        """Wrap a yuv420p array, computing its fingerprint."""
+        height = int(yuv.shape[0]) * 2 // 3
+        return cls(index, yuv, fingerprint(yuv, int(yuv.shape[1]), height))
+
+
+def fingerprint(yuv: YuvArray, width: int, height: int) -> int:
+    """A 64-bit name for a picture that every encoder computes alike.
+
+    The luma plane is averaged down to 8×8 blocks, each mean is quantised to 6 bits and the
+    64 values are hashed (8 bytes of BLAKE2b). Quantising is what makes the name survive the
+    paths a picture takes: two decoders, scalers or pixel-format converters may differ by ±1 on
+    some pixels, which moves a block mean by a tiny fraction of a level and almost never across
+    a 4-level bucket edge, whereas a different picture moves whole blocks. Integer arithmetic
+    throughout, so every machine gets the same bits.
+
+    Args:
+        yuv: yuv420p planes, luma first (only the first ``height`` rows are read).
+        width: picture width in pixels.
+        height: picture height in pixels.
+
+    Returns:
+        The fingerprint as an unsigned 64-bit integer.
+    """
+    if width < FINGERPRINT_GRID or height < FINGERPRINT_GRID:
+        raise ValueError(f"picture {width}x{height} is smaller than the fingerprint grid")
+    luma = yuv[:height, :width]
+    rows = (np.arange(FINGERPRINT_GRID + 1) * height) // FINGERPRINT_GRID
+    cols = (np.arange(FINGERPRINT_GRID + 1) * width) // FINGERPRINT_GRID
+    sums = np.add.reduceat(luma, rows[:-1], axis=0, dtype=np.uint32)
+    sums = np.add.reduceat(sums, cols[:-1], axis=1, dtype=np.uint32)
+    areas = np.outer(np.diff(rows), np.diff(cols)).astype(np.uint32)
+    # floor((mean + 1/2) / step) in integers: bucket edges sit half a level off the integers,
+    # so a flat block (integer mean, common in graphics and test patterns) is never on an edge.
+    step = 1 << (8 - FINGERPRINT_BITS)
+    quantised = ((2 * sums + areas) // (2 * step * areas)).astype(np.uint8)
+    digest = hashlib.blake2b(quantised.tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+# --- the synthetic test pattern ---------------------------------------------------------------
+
+#: 75 % colour bars in 8-bit limited-range BT.601 YUV: white, yellow, cyan, green, magenta, red,
+#: blue.
+_BARS = np.array(
+    [
+        (180, 128, 128),
+        (162, 44, 142),
+        (131, 156, 44),
+        (112, 72, 58),
+        (84, 184, 198),
+        (65, 100, 212),
+        (35, 212, 114),
+    ],
+    dtype=np.uint8,
+)
+
+#: Seven-segment layout: which of the segments a, b, c, d, e, f, g each digit lights.
+_SEGMENTS = {
+    0: "abcdef",
+    1: "bc",
+    2: "abdeg",
+    3: "abcdg",
+    4: "bcfg",
+    5: "acdfg",
+    6: "acdefg",
+    7: "abc",
+    8: "abcdefg",
+    9: "abcdfg",
+}
+
+_BLACK = 16
+_WHITE = 235
+_GREY = 128
+_MAX_DIGITS = 8
+
+
+def _digit_glyphs(height: int) -> YuvArray:
+    """Luma images of the ten digits, shape (10, height, height // 2), drawn as 7 segments."""
+    width = height // 2
+    thick = max(2, height // 9)
+    mid = height // 2
+    half = thick // 2
+    boxes = {
+        "a": (slice(0, thick), slice(0, width)),
+        "b": (slice(0, mid + half), slice(width - thick, width)),
+        "c": (slice(mid - half, height), slice(width - thick, width)),
+        "d": (slice(height - thick, height), slice(0, width)),
+        "e": (slice(mid - half, height), slice(0, thick)),
+        "f": (slice(0, mid + half), slice(0, thick)),
+        "g": (slice(mid - half, mid - half + thick), slice(0, width)),
+    }
+    glyphs = np.full((10, height, width), _BLACK, dtype=np.uint8)
+    for digit, lit in _SEGMENTS.items():
+        for segment in lit:
+            glyphs[(digit, *boxes[segment])] = _WHITE
+    return glyphs
+
+
+def _triangle(value: int, span: int) -> int:
+    """A position that bounces between 0 and ``span``, so a moving object never leaves."""
+    if span <= 0:
+        return 0
+    phase = value % (2 * span)
+    return phase if phase <= span else 2 * span - phase
+
+
+class SyntheticSource:
+    """The default live source: moving colour bars, a bouncing box and a burnt-in counter.
+
+    Picture ``n`` is a pure function of ``n`` and the format, so every encoder that renders
+    ``n`` gets the same bytes (and the same fingerprint), and consecutive pictures always differ
+    (the counter changes), so fingerprints name pictures unambiguously. Everything is integer
+    numpy on precomputed rows and glyphs, which keeps 640x360 to a fraction of a millisecond.
+    """
+
+    def __init__(self, fmt: VideoFormat, start: int = 0) -> None:
+        self.fmt = fmt
+        self._next = start
+        width, height = fmt.width, fmt.height
+        luma_bar = (np.arange(width) * len(_BARS)) // width
+        chroma_bar = (np.arange(0, width, 2) * len(_BARS)) // width
+        self._row_y = _BARS[luma_bar, 0]
+        self._row_u = _BARS[chroma_bar, 1]
+        self._row_v = _BARS[chroma_bar, 2]
+        self._box = max(4, (height // 6) & ~1)
+        digit_height = max(8, (height // 5) & ~1)
+        self._glyphs = _digit_glyphs(digit_height)
+        self._pitch = digit_height // 2 + max(2, digit_height // 8)
+        margin = max(2, (height // 40) & ~1)
+        self._margin = margin
+        fit = (width - 2 * margin) // self._pitch
+        self._digits = max(1, min(_MAX_DIGITS, fit))
+
+    def read(self) -> Picture:
+        """The next picture: ``start``, ``start + 1``, ..."""
+        picture = self.picture(self._next)
+        self._next += 1
+        return picture
+
+    def picture(self, n: int) -> Picture:
+        """Picture ``n``, rendered from scratch (random access, same bytes every time)."""
+        width, height = self.fmt.width, self.fmt.height
+        luma_size = width * height
+        chroma_w, chroma_h = width // 2, height // 2
+        chroma_size = chroma_w * chroma_h
+        yuv = np.empty((height * 3 // 2, width), dtype=np.uint8)
+        flat = yuv.reshape(-1)
+        y = flat[:luma_size].reshape(height, width)
+        u = flat[luma_size : luma_size + chroma_size].reshape(chroma_h, chroma_w)
+        v = flat[luma_size + chroma_size :].reshape(chroma_h, chroma_w)
+
+        # Bars scroll left by 4 px a frame (an even shift keeps chroma aligned with luma).
+        shift = (4 * n) % width
+        y[:] = np.roll(self._row_y, -shift)
+        u[:] = np.roll(self._row_u, -(shift // 2))
+        v[:] = np.roll(self._row_v, -(shift // 2))
+
+        # A box bouncing across the picture, its colour cycling with n.
+        box = self._box
+        bx = _triangle(6 * n, width - box) & ~1
+        by = _triangle(4 * n, height - box) & ~1
+        y[by : by + box, bx : bx + box] = 16 + (n * 7) % 220
+        u[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 16 + (n * 11) % 224
+        v[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 16 + (n * 5) % 224
+
+        # The frame counter, bottom left, white on black.
+        glyphs = self._glyphs
+        glyph_h, glyph_w = glyphs.shape[1], glyphs.shape[2]
+        margin = self._margin
+        top = height - margin - glyph_h
+        left = margin
+        right = left + self._digits * self._pitch
+        rows = slice(top - margin // 2, height - margin // 2)
+        cols = slice(left - margin // 2, right)
+        y[rows, cols] = _BLACK
+        chroma_rows = slice(rows.start // 2, rows.stop // 2)
+        chroma_cols = slice(cols.start // 2, cols.stop // 2)
+        u[chroma_rows, chroma_cols] = _GREY
+        v[chroma_rows, chroma_cols] = _GREY
+        text = str(n % 10**self._digits).rjust(self._digits, "0")
+        for position, char in enumerate(text):
+            x = left + position * self._pitch
+            y[top : top + glyph_h, x : x + glyph_w] = glyphs[int(char)]
+
+        yuv.flags.writeable = False
+        return Picture(n, yuv, fingerprint(yuv, width, height))
+
+    def close(self) -> None:
+        """Nothing to release; present so every source closes alike."""
+
+    def __enter__(self) -> SyntheticSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class FileSource:
+    """Pictures decoded by PyAV from a file or URL, scaled to the mesh's format, looping.
+
+    One picture per decoded frame: the source does not resample the file's frame rate; pacing
+    is the capture stage's job. At the end of the input the source reopens it (a file starts
+    over, a stream reconnects) and ``index`` keeps counting, so a short clip serves as an endless
+    live feed.
+    """
+
+    def __init__(self, path_or_url: str, fmt: VideoFormat) -> None:
+        self.spec = path_or_url
+        self.fmt = fmt
+        self._index = 0
+        self._container: InputContainer | None = None
+        self._frames: Iterator[VideoFrame] | None = None
+        self._open()
+
+    def _open(self) -> None:
+        self._release()
+        try:
+            container = av.open(self.spec, "r")
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(f"cannot open source {self.spec!r}: {exc}") from exc
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"source {self.spec!r} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # decoding is bit-exact whatever the threading
+        self._container = container
+        self._frames = container.decode(stream)
+
+    def _next_frame(self) -> VideoFrame | None:
+        if self._frames is None:
+            raise SourceError(f"source {self.spec!r} is closed")
+        try:
+            return next(self._frames)
+        except StopIteration:
+            return None
+        except av.FFmpegError as exc:
+            raise SourceError(f"cannot decode source {self.spec!r}: {exc}") from exc
+
+    def read(self) -> Picture:
+        """The next picture, reopening the input once at its end.
+
+        Raises:
+            SourceError: the input cannot be reopened, or yields no picture even from its start.
+        """
+        frame = self._next_frame()
+        if frame is None:
+            self._open()
+            frame = self._next_frame()
+            if frame is None:
+                raise SourceError(f"source {self.spec!r} has no decodable video frames")
+        width, height = self.fmt.width, self.fmt.height
+        yuv = np.asarray(frame.reformat(width, height, "yuv420p").to_ndarray(), dtype=np.uint8)
+        yuv.flags.writeable = False
+        picture = Picture(self._index, yuv, fingerprint(yuv, width, height))
+        self._index += 1
+        return picture
+
+    def _release(self) -> None:
+        self._frames = None
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def close(self) -> None:
+        """Release the decoder and the input; ``read()`` raises afterwards."""
+        self._release()
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_source(spec: str | None, fmt: VideoFormat) -> SyntheticSource | FileSource:
+    """The source a setting names: ``None`` or ``"synthetic"`` for the test pattern, else a
+    path or URL for PyAV."""
+    if spec is None or spec.strip().lower() == "synthetic":
+        return SyntheticSource(fmt)
+    return FileSource(spec, fmt)

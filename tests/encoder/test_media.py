@@ -1,0 +1,421 @@
+"""The encoder's media path on real PyAV/libx264: determinism, identity and files on disk.
+
+Nothing is mocked except one failure: a mux step made to raise, to show that a failed write
+leaves no file behind. Pictures are small (160x96) and GOPs short, so the file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+import pytest
+
+from meshenc.core.timecode import FrameRate
+from services.encoder.media import (
+    EncodedFrame,
+    EncoderParams,
+    FileSource,
+    GopEncoder,
+    Picture,
+    SegmentWriter,
+    SourceError,
+    SyntheticSource,
+    VideoFormat,
+    fingerprint,
+    open_source,
+    segment_name,
+)
+
+FMT = VideoFormat(160, 96, FrameRate(30))
+GOP = 6
+PARAMS = EncoderParams.for_format(FMT, gop=GOP, bitrate_kbps=300)
+#: A realistic epoch-locked timecode (about 2027 at 30 fps), on a GOP boundary.
+BASE = 54_000_000_000 - 54_000_000_000 % GOP
+
+
+def pictures(count: int, start: int = 0) -> list[Picture]:
+    source = SyntheticSource(FMT, start=start)
+    return [source.read() for _ in range(count)]
+
+
+def encode(pairs: list[tuple[int, Picture]], params: EncoderParams = PARAMS) -> list[EncodedFrame]:
+    encoder = GopEncoder(params)
+    try:
+        return [encoder.encode(tc, picture) for tc, picture in pairs]
+    finally:
+        encoder.close()
+
+
+def by_timecode(frames: list[EncodedFrame]) -> dict[int, bytes]:
+    return {frame.timecode: frame.data for frame in frames}
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+# --- formats and pictures -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("width", "height"), [(15, 96), (160, 97), (8, 8), (3842, 96), (160, 2162)]
+)
+def test_video_format_rejects_odd_or_out_of_range_sizes(width: int, height: int) -> None:
+    with pytest.raises(ValueError, match="must be even"):
+        VideoFormat(width, height, FrameRate(30))
+
+
+def test_picture_rejects_a_non_yuv420p_array() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        Picture(0, np.zeros((96, 160), dtype=np.uint16), 0)
+
+
+def test_encoder_params_default_gop_is_two_seconds() -> None:
+    assert EncoderParams(640, 360, FrameRate(30)).gop == 60
+    assert EncoderParams(640, 360, FrameRate(25)).gop == 50
+    assert EncoderParams(640, 360, FrameRate(30000, 1001)).gop == 60
+    with pytest.raises(ValueError, match="preset"):
+        EncoderParams(640, 360, FrameRate(30), preset="warp")
+
+
+# --- fingerprints -------------------------------------------------------------------------------
+
+
+def test_fingerprint_is_equal_for_the_same_picture() -> None:
+    a = SyntheticSource(FMT).picture(42)
+    b = SyntheticSource(FMT).picture(42)
+    assert a.fingerprint == b.fingerprint == fingerprint(np.array(a.yuv), FMT.width, FMT.height)
+    assert 0 <= a.fingerprint < 2**64
+
+
+def test_fingerprint_differs_between_pictures() -> None:
+    prints = [picture.fingerprint for picture in pictures(300)]
+    assert len(set(prints)) == len(prints)  # consecutive pictures too: the counter changes
+    rng = np.random.default_rng(7)
+    noise = [
+        fingerprint(rng.integers(0, 256, (144, 160), dtype=np.uint8), 160, 96) for _ in range(50)
+    ]
+    assert len(set(noise)) == len(noise)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fingerprint_is_stable_under_one_level_noise(seed: int) -> None:
+    # Block means of a mosaic are integers, half a level from every bucket edge; dense ±1 noise
+    # moves a 20x12 block's mean by about 0.05 levels, so the name must not change.
+    rng = np.random.default_rng(seed)
+    levels = rng.integers(16, 236, (8, 8), dtype=np.uint8)
+    luma = np.kron(levels, np.ones((96 // 8, 160 // 8), dtype=np.uint8))
+    yuv = np.vstack([luma, np.full((48, 160), 128, dtype=np.uint8)])
+    noise = rng.integers(-1, 2, yuv.shape)
+    noisy = np.clip(yuv.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    assert not np.array_equal(noisy, yuv)
+    assert fingerprint(noisy, 160, 96) == fingerprint(yuv, 160, 96)
+
+
+def test_fingerprint_reads_only_luma() -> None:
+    picture = SyntheticSource(FMT).picture(3)
+    yuv = np.array(picture.yuv)
+    yuv[96:] = 0
+    assert fingerprint(yuv, 160, 96) == picture.fingerprint
+
+
+# --- the synthetic source -----------------------------------------------------------------------
+
+
+def test_synthetic_source_is_deterministic_and_counts_up() -> None:
+    first = pictures(20)
+    again = pictures(20)
+    assert [p.index for p in first] == list(range(20))
+    for a, b in zip(first, again, strict=True):
+        assert np.array_equal(a.yuv, b.yuv)
+    resumed = SyntheticSource(FMT, start=10).read()
+    assert resumed.index == 10
+    assert np.array_equal(resumed.yuv, first[10].yuv)
+    assert not np.array_equal(first[0].yuv, first[1].yuv)  # it moves
+
+
+@pytest.mark.parametrize(("width", "height"), [(16, 16), (640, 360), (1280, 720)])
+def test_synthetic_source_renders_yuv420p_at_any_size(width: int, height: int) -> None:
+    with SyntheticSource(VideoFormat(width, height, FrameRate(25))) as source:
+        for _ in range(100 if width == 640 else 5):
+            picture = source.read()
+    assert picture.yuv.shape == (height * 3 // 2, width)
+    assert picture.yuv.dtype == np.uint8
+    assert (picture.width, picture.height) == (width, height)
+    assert not picture.yuv.flags.writeable  # pictures are shared between stages
+    frame = av.VideoFrame.from_ndarray(picture.yuv, format="yuv420p")
+    assert (frame.width, frame.height) == (width, height)
+
+
+def test_open_source_chooses_by_spec(tmp_path: Path) -> None:
+    assert isinstance(open_source(None, FMT), SyntheticSource)
+    assert isinstance(open_source("synthetic", FMT), SyntheticSource)
+    with pytest.raises(SourceError, match="cannot open"):
+        open_source(str(tmp_path / "missing.mp4"), FMT)
+
+
+# --- the file source ----------------------------------------------------------------------------
+
+
+def write_clip(path: Path, count: int) -> None:
+    """A short H.264/MP4 clip of the synthetic pattern, at 320x180 to exercise scaling."""
+    source = SyntheticSource(VideoFormat(320, 180, FrameRate(30)))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        for _ in range(count):
+            frame = av.VideoFrame.from_ndarray(source.read().yuv, format="yuv420p")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def test_file_source_loops_and_keeps_counting(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 12)
+    with FileSource(str(clip), FMT) as source:
+        read = [source.read() for _ in range(30)]
+    assert [p.index for p in read] == list(range(30))
+    assert all(p.yuv.shape == (144, 160) for p in read)
+    for i in range(18):
+        assert np.array_equal(read[i].yuv, read[i + 12].yuv)
+        assert read[i].fingerprint == read[i + 12].fingerprint
+    assert len({p.fingerprint for p in read[:12]}) == 12
+
+
+def test_file_source_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="cannot open"):
+        FileSource(str(tmp_path / "missing.mp4"), FMT)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"this is not a video" * 10)
+    with pytest.raises(SourceError):
+        FileSource(str(junk), FMT)
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 3)
+    source = FileSource(str(clip), FMT)
+    source.close()
+    with pytest.raises(SourceError, match="closed"):
+        source.read()
+
+
+# --- GOP-deterministic encoding -----------------------------------------------------------------
+
+
+def test_one_access_unit_per_frame_and_one_idr_per_gop() -> None:
+    pics = pictures(3 * GOP)
+    frames = encode([(BASE + i, p) for i, p in enumerate(pics)])
+    assert [f.timecode for f in frames] == [BASE + i for i in range(3 * GOP)]
+    assert [f.keyframe for f in frames] == [i % GOP == 0 for i in range(3 * GOP)]
+    assert all(f.sha256 == hashlib.sha256(f.data).digest() for f in frames)
+
+
+def test_same_pictures_and_timecodes_give_identical_bytes() -> None:
+    pairs = [(BASE + i, p) for i, p in enumerate(pictures(3 * GOP))]
+    assert encode(pairs) == encode(pairs)
+
+
+def test_an_encoder_that_joins_mid_gop_matches_from_the_next_boundary() -> None:
+    pairs = [(BASE + i, p) for i, p in enumerate(pictures(3 * GOP))]
+    full = by_timecode(encode(pairs))
+    late = encode(pairs[GOP // 2 + 1 :])
+    assert late[0].keyframe  # its first, incomplete GOP opens with its own IDR ...
+    assert late[0].data != full[late[0].timecode]  # ... and differs from the mesh's bytes
+    for frame in late:
+        if frame.timecode >= BASE + GOP:
+            assert frame.data == full[frame.timecode]
+
+
+def test_a_jump_starts_a_fresh_gop_that_matches_from_the_next_boundary() -> None:
+    pics = pictures(5 * GOP)
+    pairs = [(BASE + i, p) for i, p in enumerate(pics)]
+    full = by_timecode(encode(pairs))
+    jumped = encode(pairs[:2] + pairs[2 * GOP + 3 :])  # skip from GOP 0 into the middle of 2
+    for frame in jumped:
+        if frame.timecode >= BASE + 3 * GOP:
+            assert frame.data == full[frame.timecode]
+
+
+def test_gop_alignment_enters_the_bytes_but_absolute_time_does_not() -> None:
+    pics = pictures(3 * GOP)
+    aligned = encode([(BASE + i, p) for i, p in enumerate(pics)])
+    shifted = encode([(BASE + 1 + i, p) for i, p in enumerate(pics)])  # boundary one picture on
+    assert [f.data for f in aligned] != [f.data for f in shifted]
+    assert aligned[GOP].data != shifted[GOP].data  # an IDR in one, a P picture in the other
+    later = encode([(BASE + 1000 * GOP + i, p) for i, p in enumerate(pics)])
+    assert [f.data for f in aligned] == [f.data for f in later]
+
+
+def test_encoder_rejects_wrong_sizes_and_timecodes_that_go_back() -> None:
+    encoder = GopEncoder(PARAMS)
+    pic = pictures(1)[0]
+    encoder.encode(BASE + 1, pic)
+    with pytest.raises(ValueError, match="does not follow"):
+        encoder.encode(BASE + 1, pic)
+    other = SyntheticSource(VideoFormat(320, 180, FrameRate(30))).read()
+    with pytest.raises(ValueError, match="320x180"):
+        encoder.encode(BASE + 2, other)
+    encoder.close()
+
+
+# --- segments on disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[EncodedFrame]:
+    """Four and a half GOPs, starting two frames into a GOP (as an encoder that just joined)."""
+    pics = pictures(5 * GOP)
+    return encode([(BASE - GOP + 2 + i, p) for i, p in enumerate(pics[: 4 * GOP + GOP // 2])])
+
+
+def write_all(out_dir: Path, frames: list[EncodedFrame], **kwargs: int) -> SegmentWriter:
+    writer = SegmentWriter(out_dir, PARAMS, **kwargs)
+    for frame in frames:
+        writer.add(frame)
+    return writer
+
+
+def test_segments_are_whole_gops_and_byte_identical(
+    tmp_path: Path, stream: list[EncodedFrame]
+) -> None:
+    a = write_all(tmp_path / "a", stream)
+    b = write_all(tmp_path / "b", stream)
+    a.finish()
+    b.finish()
+    first = BASE // GOP
+    names = [segment_name(s) for s in range(first, first + 3)]
+    # The joining GOP (partial) and the last one (in progress at finish) are not written.
+    assert files(tmp_path / "a") == sorted([*names, "index.m3u8"])
+    for name in [*names, "index.m3u8"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_segments_match_between_encoders_that_started_apart(tmp_path: Path) -> None:
+    pics = pictures(4 * GOP)
+    early = encode([(BASE + i, p) for i, p in enumerate(pics)])
+    late = encode([(BASE + i, p) for i, p in enumerate(pics)][GOP + 3 :])
+    write_all(tmp_path / "early", early).finish()
+    write_all(tmp_path / "late", late).finish()
+    common = [segment_name(BASE // GOP + s) for s in (2, 3)]
+    for name in common:
+        assert (tmp_path / "early" / name).read_bytes() == (tmp_path / "late" / name).read_bytes()
+    assert not (tmp_path / "late" / segment_name(BASE // GOP + 1)).exists()
+
+
+def test_a_segment_reads_back_as_one_gop(tmp_path: Path, stream: list[EncodedFrame]) -> None:
+    writer = write_all(tmp_path, stream)
+    segment = BASE // GOP + 1
+    with av.open(str(tmp_path / segment_name(segment))) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (160, 96)
+        packets = [p for p in container.demux(video) if p.size]
+        decoded = [frame for p in packets for frame in p.decode()]
+    assert len(packets) == GOP
+    assert [p.is_keyframe for p in packets] == [True] + [False] * (GOP - 1)
+    step = 90000 // 30
+    first_pts = (segment * GOP * step) % 2**33  # MPEG-TS timestamps are 33-bit
+    assert [p.pts for p in packets] == [(first_pts + i * step) % 2**33 for i in range(GOP)]
+    assert len(decoded) == GOP
+    writer.finish()
+
+
+def test_finish_writes_a_whole_last_segment(tmp_path: Path) -> None:
+    frames = encode([(BASE + i, p) for i, p in enumerate(pictures(2 * GOP))])
+    writer = write_all(tmp_path, frames)
+    assert list(writer.listed) == [BASE // GOP]
+    assert writer.finish() == tmp_path / segment_name(BASE // GOP + 1)
+    assert list(writer.listed) == [BASE // GOP, BASE // GOP + 1]
+
+
+def test_playlist_is_a_sliding_window_of_consecutive_segments(tmp_path: Path) -> None:
+    params = EncoderParams.for_format(FMT, gop=2, bitrate_kbps=300)
+    pics = pictures(30)
+    base = BASE - BASE % 2
+    frames = encode([(base + i, p) for i, p in enumerate(pics[:28])], params)
+    writer = SegmentWriter(tmp_path, params, window=10)
+    for frame in frames:
+        writer.add(frame)
+    first = base // 2
+    # 14 GOPs: 13 written as the next began, the 14th waits; the window holds the last 10.
+    assert writer.listed == tuple(range(first + 3, first + 13))
+    text = (tmp_path / "index.m3u8").read_text()
+    lines = text.splitlines()
+    assert lines[:4] == [
+        "#EXTM3U",
+        "#EXT-X-VERSION:3",
+        "#EXT-X-TARGETDURATION:1",
+        f"#EXT-X-MEDIA-SEQUENCE:{first + 3}",
+    ]
+    assert lines[4::2] == ["#EXTINF:0.067,"] * 10
+    assert lines[5::2] == [segment_name(s) for s in range(first + 3, first + 13)]
+
+    # A jump leaves a gap in the numbers: the listed run starts afresh after it.
+    jump = base + 40
+    for i, picture in enumerate(pics[:6]):
+        writer.add(GopEncoder(params).encode(jump + i, picture))
+    assert writer.listed == (jump // 2, jump // 2 + 1)
+    assert f"#EXT-X-MEDIA-SEQUENCE:{jump // 2}" in (tmp_path / "index.m3u8").read_text()
+    writer.finish()
+    assert not [name for name in files(tmp_path) if name.startswith(".")]
+
+
+def test_segment_writer_rejects_time_going_back(tmp_path: Path, stream: list[EncodedFrame]) -> None:
+    writer = write_all(tmp_path, stream[: 2 * GOP])
+    with pytest.raises(ValueError, match="before segment"):
+        writer.add(stream[0])
+    with pytest.raises(ValueError, match="does not follow"):
+        writer.add(stream[2 * GOP - 1])
+    writer.finish()
+
+
+def test_a_failed_mux_leaves_no_file(
+    tmp_path: Path, stream: list[EncodedFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = SegmentWriter(tmp_path, PARAMS)
+
+    def crash(self: SegmentWriter, out: BinaryIO, frames: object) -> None:
+        out.write(b"\x47" * 188)  # half a segment on disk, then the muxer dies
+        raise RuntimeError("mux crashed")
+
+    boundary = next(i for i, f in enumerate(stream) if f.timecode == BASE + GOP)
+    with monkeypatch.context() as patch:
+        patch.setattr(SegmentWriter, "_mux", crash)
+        for frame in stream[:boundary]:
+            writer.add(frame)
+        with pytest.raises(RuntimeError, match="mux crashed"):
+            writer.add(stream[boundary])
+    assert files(tmp_path) == []  # neither the segment nor a temp file nor a playlist
+    for frame in stream[boundary + 1 :]:
+        writer.add(frame)  # the writer carries on with the next segment
+    assert segment_name(BASE // GOP + 1) in files(tmp_path)
+    writer.finish()
+    assert not [name for name in files(tmp_path) if name.startswith(".")]
+
+
+def test_temp_files_of_a_killed_writer_are_cleaned_up(tmp_path: Path) -> None:
+    leftover = tmp_path / ".tmp-seg-000000000001.ts.x1y2z3"
+    leftover.write_bytes(b"\x47" * 188)
+    unrelated = tmp_path / "notes.txt"
+    unrelated.write_text("kept")
+    writer = SegmentWriter(tmp_path, PARAMS)
+    assert files(tmp_path) == ["notes.txt"]
+    leftover.write_bytes(b"\x47" * 188)
+    writer.finish()
+    assert files(tmp_path) == ["notes.txt"]
+
+
+def test_playlist_durations_on_an_ntsc_rate(tmp_path: Path) -> None:
+    params = EncoderParams(160, 96, FrameRate(30000, 1001), gop=60, bitrate_kbps=300)
+    writer = SegmentWriter(tmp_path, params)
+    assert writer.segment_duration == Fraction(60 * 1001, 30000)
+    base = BASE - BASE % 60
+    frames = encode([(base + i, p) for i, p in enumerate(pictures(61))], params)
+    for frame in frames:
+        writer.add(frame)
+    lines = (tmp_path / "index.m3u8").read_text().splitlines()
+    assert "#EXT-X-TARGETDURATION:3" in lines  # 2.002 s rounds up: no segment may exceed it
+    assert "#EXTINF:2.002," in lines
+    writer.finish()
