@@ -1,0 +1,192 @@
+"""The gRPC server shell every meshenc service runs in, and the channel options that match it.
+
+Theory of operation: a service hands :class:`GrpcServer` the full names of its services and a
+function per service that adds its servicer to a ``grpc.aio`` server. ``start`` creates the
+server inside the running event loop (grpc.aio binds servers and channels to the loop that
+creates them), adds those servicers, the standard health service (``grpc.health.v1.Health``)
+and server reflection, binds the listen address and reports every service, and the server as
+a whole (``""``), SERVING. ``stop`` first reports everything NOT_SERVING, so that probes and
+load balancers stop sending new work, then stops the server, letting running calls finish for
+``grace`` seconds.
+
+Keepalive is set on both ends from one set of constants: a client that pings more often than
+the server permits is sent GOAWAY ``too_many_pings`` and loses every call on the connection.
+The invariant, checked at import, is that the client's ping interval is at least the minimum
+interval the server accepts. Long-lived streams (the mesh Exchange) carry data most of the
+time; pings matter on idle or silently dead connections, where they end the calls within
+``keepalive time + keepalive timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "CLIENT_KEEPALIVE_TIMEOUT_MS",
+    "CLIENT_KEEPALIVE_TIME_MS",
+    "MAX_RECONNECT_BACKOFF_MS",
+    "SERVER_KEEPALIVE_TIMEOUT_MS",
+    "SERVER_KEEPALIVE_TIME_MS",
+    "SERVER_MIN_PING_INTERVAL_MS",
+    "SERVER_OPTIONS",
+    "GrpcServer",
+    "Registrar",
+    "insecure_channel",
+]
+
+log = logging.getLogger("meshenc.grpc")
+
+CLIENT_KEEPALIVE_TIME_MS: Final = 10_000
+"""A client pings its connection after this long (ms) and keeps pinging at this interval."""
+CLIENT_KEEPALIVE_TIMEOUT_MS: Final = 5_000
+"""A client closes its connection when a ping is not answered within this time (ms)."""
+SERVER_MIN_PING_INTERVAL_MS: Final = 5_000
+"""The shortest interval (ms) between client pings that the server tolerates; half the
+client's interval, so that timer jitter never counts as a strike."""
+SERVER_KEEPALIVE_TIME_MS: Final = 30_000
+"""The server pings each connection after this long (ms), to find clients that vanished."""
+SERVER_KEEPALIVE_TIMEOUT_MS: Final = 10_000
+"""The server closes a connection whose ping is not answered within this time (ms)."""
+MAX_RECONNECT_BACKOFF_MS: Final = 2_000
+"""Upper bound (ms) of a channel's own reconnect backoff (gRPC's default is 120 s)."""
+
+if CLIENT_KEEPALIVE_TIME_MS < SERVER_MIN_PING_INTERVAL_MS:  # pragma: no cover - a constant
+    raise AssertionError("clients would ping more often than servers permit (too_many_pings)")
+
+Option = tuple[str, int]
+
+SERVER_OPTIONS: Final[tuple[Option, ...]] = (
+    ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", SERVER_KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Accept client pings at the clients' interval, with or without calls and data.
+    ("grpc.http2.min_ping_interval_without_data_ms", SERVER_MIN_PING_INTERVAL_MS),
+    ("grpc.http2.min_time_between_pings_ms", SERVER_MIN_PING_INTERVAL_MS),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.max_ping_strikes", 2),
+)
+"""Options of every meshenc server (``grpc.aio.server(options=...)``)."""
+
+CHANNEL_OPTIONS: Final[tuple[Option, ...]] = (
+    ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", CLIENT_KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+)
+"""Options of every channel to a meshenc server; they match :data:`SERVER_OPTIONS`."""
+
+Registrar = Callable[[Any], None]
+"""Adds one servicer to a ``grpc.aio.Server`` (e.g. a bound ``add_XServicer_to_server``)."""
+
+
+def insecure_channel(target: str, *, interceptors: Sequence[Any] = ()) -> Any:
+    """A ``grpc.aio`` channel to ``target`` with :data:`CHANNEL_OPTIONS`.
+
+    Call it inside the running event loop that will use the channel.
+    """
+    return grpc.aio.insecure_channel(
+        target, options=list(CHANNEL_OPTIONS), interceptors=list(interceptors) or None
+    )
+
+
+class GrpcServer:
+    """A ``grpc.aio`` server with health and reflection, started and stopped as one.
+
+    Args:
+        services: full service name (e.g. ``"meshenc.v1.EncoderMesh"``) to the function that
+            adds its servicer to the server. Each name gets its own health status.
+        interceptors: ``grpc.aio.ServerInterceptor`` instances (tracing, logging, metrics).
+        options: server options; :data:`SERVER_OPTIONS` unless a test needs otherwise.
+    """
+
+    def __init__(
+        self,
+        services: Mapping[str, Registrar],
+        *,
+        interceptors: Sequence[Any] = (),
+        options: Sequence[Option] = SERVER_OPTIONS,
+    ) -> None:
+        self._services = dict(services)
+        self._interceptors = list(interceptors)
+        self._options = list(options)
+        self._server: Any = None
+        self._health: Any = None
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The bound port while the server runs; ``None`` before ``start`` and after ``stop``."""
+        return self._port
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """The application services this server carries (health and reflection excluded)."""
+        return tuple(self._services)
+
+    async def start(self, listen: str) -> int:
+        """Bind ``listen`` (``host:port``; port 0 picks a free one) and start serving.
+
+        ``0.0.0.0:PORT`` or ``[::]:PORT`` serve every interface, as Kubernetes probes, which
+        reach the pod IP, need.
+
+        Returns:
+            The bound port.
+
+        Raises:
+            RuntimeError: already started, or the address cannot be bound.
+        """
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        server = grpc.aio.server(interceptors=self._interceptors or None, options=self._options)
+        for register in self._services.values():
+            register(server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            port = server.add_insecure_port(listen)
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot listen on {listen!r}: {exc}") from exc
+        if not port:  # older grpcio reports a failed bind as port 0
+            raise RuntimeError(f"cannot listen on {listen!r}")
+        await server.start()
+        for name in ("", *self._services):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server, self._health, self._port = server, health_servicer, port
+        log.info("serving %s on port %d", ", ".join(self._services) or "nothing", port)
+        return int(port)
+
+    async def set_serving(self, service: str, serving: bool) -> None:
+        """Report one service (``""`` for the whole server) SERVING or NOT_SERVING."""
+        if self._health is None:
+            raise RuntimeError("server not started")
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self._health.set(service, status)
+
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, then stop, giving running calls ``grace`` seconds to finish.
+
+        Safe to call when the server never started or already stopped.
+        """
+        server, health_servicer = self._server, self._health
+        if server is None:
+            return
+        self._server = self._health = self._port = None
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace)

@@ -1,0 +1,731 @@
+"""The encoder's mesh links: the EncoderMesh server and one Exchange stream per neighbour.
+
+Theory of operation
+-------------------
+Two neighbours share exactly one bidirectional ``Exchange`` stream, which carries ESPs,
+resync proposals and votes both ways. The encoder whose id is the smaller (plain string
+comparison) dials the stream (:class:`MeshLinks` runs a dialer for it); the other accepts it
+(:class:`MeshServer`). Each side sends its ``Hello`` first; the acceptor checks the caller's
+Hello before it answers with its own: an invalid one ends the call with INVALID_ARGUMENT, a
+caller that is not a current neighbour (``MeshHandler.is_neighbour``) with PERMISSION_DENIED,
+and a caller that encodes another timeline (frame rate or GOP length) with
+FAILED_PRECONDITION. The dialer checks the acceptor's Hello the same way and also that it
+comes from the neighbour it meant to reach.
+
+Every received message passes ``ExchangeStreamChecker`` (which applies
+``meshenc.wire.validation``) before it is converted to a core dataclass and handed to the
+handler; the first invalid message ends that stream (the acceptor aborts it with
+INVALID_ARGUMENT naming the field, the dialer cancels it and reconnects) and the handler never
+sees it. Other streams are not affected. A vote returned by ``on_proposal`` goes back to the
+proposer over the same link.
+
+Invariants
+----------
+- ``MeshLinks.send`` never waits: each neighbour has a bounded outbox. ESPs are state, not
+  events: a full ESP queue drops its oldest ESP (counted in ``dropped_esps``), and ESPs for a
+  neighbour without a live stream are dropped at once. Proposals and votes have a reserved
+  queue of their own, are written before any queued ESP and survive reconnects; only when even
+  that queue is full is one refused, counted in ``dropped_control`` and logged.
+- At most one live stream per neighbour. Should a second one be accepted (the dialer
+  reconnected before this side noticed that the old connection died), the newer replaces the
+  older, which is ended.
+- A link stays up until the neighbour leaves the set given to ``set_peers``, either side
+  stops, or a message breaks a rule; dialers then reconnect with exponential backoff and
+  jitter, capped at ``backoff_cap`` seconds.
+- Everything runs on one event loop; the handler's methods are called from it, never
+  concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
+
+import grpc
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
+from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
+from meshenc.wire import convert
+from meshenc.wire.validation import (
+    ExchangeStreamChecker,
+    InvalidMessage,
+    validate_get_state_request,
+)
+from services.common.grpc_server import GrpcServer, insecure_channel
+
+__all__ = [
+    "DEFAULT_CONTROL_CAPACITY",
+    "DEFAULT_ESP_CAPACITY",
+    "SERVICE_NAME",
+    "MeshHandler",
+    "MeshLinks",
+    "MeshServer",
+    "Outgoing",
+]
+
+log = logging.getLogger("meshenc.encoder.mesh")
+
+SERVICE_NAME: Final[str] = mesh_pb2.DESCRIPTOR.services_by_name["EncoderMesh"].full_name
+"""``meshenc.v1.EncoderMesh``: the name health and reflection report."""
+DEFAULT_ESP_CAPACITY: Final = 32
+"""ESPs queued per neighbour (about one second at 30 fps) before the oldest are dropped."""
+DEFAULT_CONTROL_CAPACITY: Final = 16
+"""Proposals and votes queued per neighbour; they are never dropped to make room."""
+
+Outgoing = mesh_pb2.MeshMessage | EncodingStatePacket | ResyncProposal | ResyncVote
+"""What may be sent to a neighbour: a wire envelope (not a Hello) or a core message."""
+
+
+class MeshHandler(Protocol):
+    """What the encoder runtime provides to the mesh links (core dataclasses in and out)."""
+
+    @property
+    def node_id(self) -> str:
+        """This encoder's id."""
+        ...
+
+    def is_neighbour(self, node_id: str) -> bool:
+        """Whether ``node_id`` is a current neighbour (may open an Exchange stream)."""
+        ...
+
+    def on_esp(self, esp: EncodingStatePacket) -> None:
+        """A neighbour's ESP arrived (validated)."""
+        ...
+
+    def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
+        """A neighbour's proposal arrived; the vote returned is sent back to the proposer."""
+        ...
+
+    def on_vote(self, vote: ResyncVote) -> None:
+        """A neighbour's vote on one of this encoder's proposals arrived."""
+        ...
+
+    def state(self) -> mesh_pb2.EncoderState:
+        """The snapshot GetState answers with."""
+        ...
+
+    def hello(self) -> mesh_pb2.Hello:
+        """The Hello this encoder opens each stream with."""
+        ...
+
+
+class _LinkFailed(Exception):  # noqa: N818 -- an outcome, not an error of this program
+    """A dial attempt ended before its stream got past the Hellos (the dialer backs off)."""
+
+
+def _envelope(msg: Outgoing) -> mesh_pb2.MeshMessage:
+    if isinstance(msg, EncodingStatePacket):
+        return mesh_pb2.MeshMessage(esp=convert.esp_to_proto(msg))
+    if isinstance(msg, ResyncProposal):
+        return mesh_pb2.MeshMessage(proposal=convert.proposal_to_proto(msg))
+    if isinstance(msg, ResyncVote):
+        return mesh_pb2.MeshMessage(vote=convert.vote_to_proto(msg))
+    body = msg.WhichOneof("body")
+    if body is None or body == "hello":
+        raise ValueError(f"only ESPs, proposals and votes can be sent, got {body}")
+    return msg
+
+
+def _hello_problem(
+    theirs: mesh_pb2.Hello, ours: mesh_pb2.Hello, expected: str | None = None
+) -> tuple[str, str] | None:
+    """Why a (valid) peer Hello cannot be locked with ours, as (field, reason), or None.
+
+    Validation checks a Hello on its own; whether two encoders encode the same timeline is a
+    comparison of both Hellos, done here.
+    """
+    if expected is not None and theirs.sender_id != expected:
+        return "hello.sender_id", f"dialed {expected!r} but {theirs.sender_id!r} answered"
+    a, b = theirs.frame_rate, ours.frame_rate
+    if a.num * b.den != b.num * a.den:
+        return "hello.frame_rate", f"{a.num}/{a.den} fps differs from ours, {b.num}/{b.den}"
+    if theirs.gop_length != ours.gop_length:
+        return (
+            "hello.gop_length",
+            f"{theirs.gop_length} frames differs from ours, {ours.gop_length}",
+        )
+    return None
+
+
+class _Outbox:
+    """One neighbour's bounded outgoing queue: droppable ESPs, reserved room for the rest."""
+
+    __slots__ = ("_control", "_control_capacity", "_esp_capacity", "_esps", "_ready")
+
+    def __init__(self, esp_capacity: int, control_capacity: int) -> None:
+        self._esps: deque[mesh_pb2.MeshMessage] = deque()
+        self._control: deque[mesh_pb2.MeshMessage] = deque()
+        self._esp_capacity = esp_capacity
+        self._control_capacity = control_capacity
+        self._ready = asyncio.Event()
+
+    def put_esp(self, msg: mesh_pb2.MeshMessage) -> int:
+        """Queue an ESP; returns how many older ESPs were dropped to make room (0 or 1)."""
+        dropped = 0
+        if len(self._esps) >= self._esp_capacity:
+            self._esps.popleft()
+            dropped = 1
+        self._esps.append(msg)
+        self._ready.set()
+        return dropped
+
+    def put_control(self, msg: mesh_pb2.MeshMessage) -> bool:
+        """Queue a proposal or vote; False (nothing queued) when the reserved room is full."""
+        if len(self._control) >= self._control_capacity:
+            return False
+        self._control.append(msg)
+        self._ready.set()
+        return True
+
+    def pop(self) -> mesh_pb2.MeshMessage | None:
+        """The next message to write (proposals and votes first), or None when empty."""
+        if self._control:
+            return self._control.popleft()
+        if self._esps:
+            return self._esps.popleft()
+        self._ready.clear()
+        return None
+
+    def clear_esps(self) -> int:
+        """Drop every queued ESP (stale once their stream is gone); returns how many."""
+        count = len(self._esps)
+        self._esps.clear()
+        return count
+
+    @property
+    def control_pending(self) -> int:
+        """Proposals and votes not written yet."""
+        return len(self._control)
+
+    def wake(self) -> None:
+        """Wake the writer so that it looks at its session again."""
+        self._ready.set()
+
+    async def wait(self) -> None:
+        """Return once a message was queued or :meth:`wake` was called."""
+        await self._ready.wait()
+
+
+class _Session:
+    """One Exchange stream with a neighbour, past both Hellos."""
+
+    __slots__ = ("ended", "error", "outbound", "outbox", "peer_id")
+
+    def __init__(self, peer_id: str, outbox: _Outbox, *, outbound: bool) -> None:
+        self.peer_id = peer_id
+        self.outbox = outbox
+        self.outbound = outbound
+        self.ended = asyncio.Event()
+        self.error: InvalidMessage | None = None
+
+    def end(self) -> None:
+        """Make both halves of the stream stop (the writer is woken to notice)."""
+        self.ended.set()
+        self.outbox.wake()
+
+
+@dataclass(eq=False, slots=True)
+class _Link:
+    """Everything this encoder keeps about one neighbour."""
+
+    peer_id: str
+    outbox: _Outbox
+    configured: bool = False  # given by set_peers (else: accepted from a handler-approved peer)
+    address: str | None = None
+    dialer: asyncio.Task[None] | None = None
+    session: _Session | None = None
+
+
+class MeshLinks:
+    """The per-neighbour links of one encoder: outboxes, dialers, live streams and counters.
+
+    Args:
+        handler: the encoder runtime.
+        esp_capacity: ESPs queued per neighbour before the oldest are dropped.
+        control_capacity: proposals and votes queued per neighbour.
+        backoff_base: first reconnect delay ceiling, seconds; doubles per failed attempt.
+        backoff_cap: largest reconnect delay, seconds.
+        handshake_timeout: how long a dialer waits for the acceptor's Hello, seconds.
+        rng: source of the backoff jitter (injected so that tests can seed it).
+    """
+
+    def __init__(
+        self,
+        handler: MeshHandler,
+        *,
+        esp_capacity: int = DEFAULT_ESP_CAPACITY,
+        control_capacity: int = DEFAULT_CONTROL_CAPACITY,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 2.0,
+        handshake_timeout: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if esp_capacity < 1 or control_capacity < 1:
+            raise ValueError("queue capacities must be at least 1")
+        self._handler = handler
+        self._esp_capacity = esp_capacity
+        self._control_capacity = control_capacity
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._handshake_timeout = handshake_timeout
+        self._rng = rng if rng is not None else random.Random()
+        self._links: dict[str, _Link] = {}
+        self._dialers: set[asyncio.Task[None]] = set()
+        self._closed = False
+        #: Messages handed to gRPC for writing, per neighbour.
+        self.sent: Counter[str] = Counter()
+        #: Valid messages received and dispatched to the handler, per neighbour.
+        self.received: Counter[str] = Counter()
+        #: ESPs dropped (queue full, or no live stream), per neighbour.
+        self.dropped_esps: Counter[str] = Counter()
+        #: Proposals and votes refused (reserved queue full) or lost with their link.
+        self.dropped_control: Counter[str] = Counter()
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def peers(self) -> frozenset[str]:
+        """The neighbours given to :meth:`set_peers`."""
+        return frozenset(p for p, link in self._links.items() if link.configured)
+
+    def dials(self, peer_id: str) -> bool:
+        """Whether this encoder is the one that dials ``peer_id`` (its id is the smaller)."""
+        return self._handler.node_id < peer_id
+
+    def connected(self, peer_id: str) -> bool:
+        """Whether a stream with ``peer_id`` is up (its Hello checked and accepted)."""
+        link = self._links.get(peer_id)
+        return link is not None and link.session is not None
+
+    def direction(self, peer_id: str) -> Literal["outbound", "inbound"] | None:
+        """Who opened the live stream with ``peer_id``: this side (outbound) or the peer."""
+        link = self._links.get(peer_id)
+        if link is None or link.session is None:
+            return None
+        return "outbound" if link.session.outbound else "inbound"
+
+    def set_peers(self, peers: Mapping[str, str]) -> None:
+        """Make ``peers`` (id → ``host:port``) the neighbours; call inside the event loop.
+
+        Links to former neighbours are closed (their queued messages are lost, and counted),
+        dialers start for new neighbours with a greater id, and restart when an address
+        changes. Neighbours with a smaller id dial this encoder; their address is kept only
+        for reference.
+        """
+        if self._closed:
+            raise RuntimeError("the mesh links are closed")
+        me = self._handler.node_id
+        wanted = {peer: address for peer, address in peers.items() if peer != me}
+        if len(wanted) != len(peers):
+            log.warning("ignoring %r in the peer list: it is this encoder", me)
+        for peer in [p for p in self._links if p not in wanted]:
+            self._remove(peer)
+        loop = asyncio.get_running_loop()
+        for peer, address in wanted.items():
+            link = self._links.get(peer)
+            if link is None:
+                link = self._links[peer] = _Link(peer, self._new_outbox())
+            moved = link.address != address
+            link.configured, link.address = True, address
+            if self.dials(peer) and (moved or link.dialer is None):
+                if link.dialer is not None:
+                    link.dialer.cancel()
+                task = loop.create_task(self._dial(link), name=f"mesh-dial-{peer}")
+                self._dialers.add(task)
+                task.add_done_callback(self._dialers.discard)
+                link.dialer = task
+
+    def send(self, peer_id: str, msg: Outgoing) -> bool:
+        """Queue ``msg`` for ``peer_id`` without waiting; False if it was dropped.
+
+        ESPs go only to a live stream and push out the oldest queued ESP when the queue is
+        full (still True: the new one is queued). Proposals and votes are queued until a
+        stream can carry them.
+
+        Raises:
+            ValueError: ``msg`` is a Hello or an empty envelope.
+        """
+        envelope = _envelope(msg)
+        link = self._links.get(peer_id)
+        is_esp = envelope.WhichOneof("body") == "esp"
+        if link is None:
+            if is_esp:
+                self.dropped_esps[peer_id] += 1
+            else:
+                self.dropped_control[peer_id] += 1
+                log.warning(
+                    "dropped a %s for %r: not a neighbour", envelope.WhichOneof("body"), peer_id
+                )
+            return False
+        if is_esp:
+            if link.session is None:
+                self.dropped_esps[peer_id] += 1
+                return False
+            self.dropped_esps[peer_id] += link.outbox.put_esp(envelope)
+            return True
+        if not link.outbox.put_control(envelope):
+            self.dropped_control[peer_id] += 1
+            log.warning(
+                "dropped a %s for %r: %d proposals and votes already queued",
+                envelope.WhichOneof("body"),
+                peer_id,
+                self._control_capacity,
+            )
+            return False
+        return True
+
+    def broadcast(self, msg: Outgoing) -> int:
+        """:meth:`send` ``msg`` to every neighbour; returns to how many it was queued."""
+        envelope = _envelope(msg)
+        return sum(self.send(peer, envelope) for peer in self.peers)
+
+    async def close(self) -> None:
+        """End every link and dialer; the links cannot be used afterwards."""
+        self._closed = True
+        for peer in list(self._links):
+            self._remove(peer)
+        if self._dialers:
+            await asyncio.gather(*self._dialers, return_exceptions=True)
+
+    # -- links and sessions ------------------------------------------------------------------
+
+    def _new_outbox(self) -> _Outbox:
+        return _Outbox(self._esp_capacity, self._control_capacity)
+
+    def _remove(self, peer_id: str) -> None:
+        link = self._links.pop(peer_id)
+        if link.dialer is not None:
+            link.dialer.cancel()
+        if link.session is not None:
+            link.session.end()
+        self._count_lost(link)
+
+    def _count_lost(self, link: _Link) -> None:
+        lost = link.outbox.control_pending
+        if lost:
+            self.dropped_control[link.peer_id] += lost
+            log.warning("%d proposals and votes for %r lost with the link", lost, link.peer_id)
+
+    def _attach(self, peer_id: str, *, dialer: _Link | None = None) -> _Session | None:
+        """Make a new stream with ``peer_id`` the live one; None if it must not be used.
+
+        A dialer passes its link, which must still be the peer's link; an accepted stream
+        from a handler-approved neighbour not (yet) given to set_peers gets a link of its own.
+        """
+        if self._closed:
+            return None
+        link = self._links.get(peer_id)
+        if dialer is not None and link is not dialer:
+            return None
+        if link is None:
+            link = self._links[peer_id] = _Link(peer_id, self._new_outbox())
+        session = _Session(peer_id, link.outbox, outbound=dialer is not None)
+        old = link.session
+        if old is not None:
+            log.info("link %r: a newer stream replaces the live one", peer_id)
+            old.end()
+        self.dropped_esps[peer_id] += link.outbox.clear_esps()
+        link.session = session
+        log.info("link %r up (%s)", peer_id, "dialed" if session.outbound else "accepted")
+        return session
+
+    def _detach(self, session: _Session) -> None:
+        session.end()
+        link = self._links.get(session.peer_id)
+        if link is None or link.session is not session:
+            return
+        link.session = None
+        self.dropped_esps[session.peer_id] += link.outbox.clear_esps()
+        log.info("link %r down", session.peer_id)
+        if not link.configured:
+            del self._links[session.peer_id]
+            self._count_lost(link)
+
+    async def _outbound(self, session: _Session) -> AsyncIterator[mesh_pb2.MeshMessage]:
+        """The messages to write on ``session``'s stream until it ends (Hello not included)."""
+        outbox = session.outbox
+        while not session.ended.is_set():
+            msg = outbox.pop()
+            if msg is None:
+                await outbox.wait()
+                continue
+            self.sent[session.peer_id] += 1
+            yield msg
+
+    async def _consume(
+        self,
+        session: _Session,
+        messages: AsyncIterator[mesh_pb2.MeshMessage],
+        checker: ExchangeStreamChecker,
+    ) -> None:
+        """Check and dispatch what the peer sends until its half of the stream ends."""
+        peer = session.peer_id
+        try:
+            async for msg in messages:
+                if session.ended.is_set():
+                    return
+                try:
+                    checker.check(msg)
+                except InvalidMessage as exc:
+                    session.error = exc
+                    log.warning("link %r: invalid message, ending the stream: %s", peer, exc)
+                    return
+                self._deliver(peer, msg)
+        except grpc.aio.AioRpcError as exc:
+            log.info("link %r: stream ended: %s %s", peer, exc.code().name, exc.details())
+        except Exception as exc:  # the server's request iterator reports cancellation so
+            log.debug("link %r: stream ended: %r", peer, exc)
+        finally:
+            session.end()
+
+    def _deliver(self, peer: str, msg: mesh_pb2.MeshMessage) -> None:
+        """Hand one valid message to the handler; a proposal's vote goes back to ``peer``."""
+        self.received[peer] += 1
+        body = msg.WhichOneof("body")
+        try:
+            if body == "esp":
+                self._handler.on_esp(convert.esp_from_proto(msg.esp))
+            elif body == "proposal":
+                vote = self._handler.on_proposal(convert.proposal_from_proto(msg.proposal))
+                if vote is not None:
+                    self.send(peer, vote)
+            elif body == "vote":
+                self._handler.on_vote(convert.vote_from_proto(msg.vote))
+        except Exception:
+            # A handler bug must not cut the link to a neighbour; it is logged in full.
+            log.exception("link %r: the handler failed on a %s", peer, body)
+
+    # -- dialing -----------------------------------------------------------------------------
+
+    def _backoff(self, state: RetryCallState) -> float:
+        """Exponential backoff with jitter: uniform in [ceiling/2, ceiling], ceiling capped."""
+        exponent = min(state.attempt_number - 1, 30)
+        ceiling = min(self._backoff_cap, self._backoff_base * 2.0**exponent)
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    @staticmethod
+    def _log_retry(peer: str, state: RetryCallState) -> None:
+        """The first failure of an outage at INFO (a refusing neighbour shows), later at DEBUG."""
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log.log(
+            logging.INFO if state.attempt_number == 1 else logging.DEBUG,
+            "link %r: dial attempt %d failed (%s); retrying in %.2f s",
+            peer,
+            state.attempt_number,
+            error,
+            delay,
+        )
+
+    async def _dial(self, link: _Link) -> None:
+        """Keep a stream with ``link``'s peer up until the task is cancelled."""
+        while True:
+            retrying = AsyncRetrying(
+                wait=self._backoff,
+                retry=retry_if_exception_type(_LinkFailed),
+                before_sleep=functools.partial(self._log_retry, link.peer_id),
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    await self._dial_once(link)
+            # The stream was up for a while and has ended: redial soon, with a fresh backoff.
+            await asyncio.sleep(self._rng.uniform(0.0, self._backoff_base))
+
+    async def _dial_once(self, link: _Link) -> None:
+        """Open one stream and run it until it ends.
+
+        Raises _LinkFailed (the dialer backs off) when the stream never got past the Hellos or
+        ended within ``backoff_cap`` seconds.
+        """
+        try:
+            await self._run_outbound_stream(link)
+        except (_LinkFailed, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("link %r: dialing failed unexpectedly", link.peer_id)
+            raise _LinkFailed(repr(exc)) from exc
+
+    async def _run_outbound_stream(self, link: _Link) -> None:
+        peer, address = link.peer_id, link.address
+        if address is None:
+            raise _LinkFailed("no address")
+        hello = self._handler.hello()
+        ready = asyncio.Event()
+        session: _Session | None = None
+
+        async def requests() -> AsyncIterator[mesh_pb2.MeshMessage]:
+            yield mesh_pb2.MeshMessage(hello=hello)
+            await ready.wait()
+            if session is not None:
+                async for msg in self._outbound(session):
+                    yield msg
+
+        channel = insecure_channel(address)
+        call: Any = None
+        reader: asyncio.Task[None] | None = None
+        try:
+            call = mesh_pb2_grpc.EncoderMeshStub(channel).Exchange(requests())
+            responses = aiter(call)
+            try:
+                first = await asyncio.wait_for(anext(responses), self._handshake_timeout)
+            except StopAsyncIteration:
+                raise _LinkFailed("the peer closed the stream before its hello") from None
+            except TimeoutError:
+                raise _LinkFailed(f"no hello within {self._handshake_timeout} s") from None
+            except grpc.aio.AioRpcError as exc:
+                raise _LinkFailed(f"{exc.code().name}: {exc.details()}") from None
+            checker = ExchangeStreamChecker(self._handler.node_id)
+            try:
+                checker.check(first)
+            except InvalidMessage as exc:
+                log.warning("link %r at %s: invalid hello: %s", peer, address, exc)
+                raise _LinkFailed(str(exc)) from None
+            problem = _hello_problem(first.hello, hello, expected=peer)
+            if problem is not None:
+                log.warning("link %r at %s: %s: %s", peer, address, *problem)
+                raise _LinkFailed(": ".join(problem))
+            session = self._attach(peer, dialer=link)
+            if session is None:
+                return
+            ready.set()
+            reader = asyncio.create_task(self._consume(session, responses, checker))
+            up_since = time.monotonic()
+            await session.ended.wait()
+            lasted = time.monotonic() - up_since
+            if lasted < self._backoff_cap:
+                # A stream that ends at once (a peer that accepts and then drops us) must not
+                # be redialled in a tight loop: it counts as a failed attempt.
+                raise _LinkFailed(f"the stream ended after {lasted:.2f} s")
+        finally:
+            if reader is not None:
+                reader.cancel()
+            if session is not None:
+                self._detach(session)
+            if call is not None:
+                call.cancel()
+            await channel.close()
+
+
+class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
+    """Thin servicer: checks and converts, then leaves the work to the links and handler."""
+
+    def __init__(self, owner: MeshServer) -> None:
+        self._owner = owner
+
+    async def Exchange(  # noqa: N802 -- the gRPC method's name
+        self, request_iterator: AsyncIterator[mesh_pb2.MeshMessage], context: Any
+    ) -> AsyncIterator[mesh_pb2.MeshMessage]:
+        # An async generator (not context.write) so that tracing interceptors see the stream.
+        async for msg in self._owner._exchange(request_iterator, context):
+            yield msg
+
+    async def GetState(  # noqa: N802 -- the gRPC method's name
+        self, request: mesh_pb2.GetStateRequest, context: Any
+    ) -> mesh_pb2.EncoderState:
+        validate_get_state_request(request)
+        return self._owner._handler.state()
+
+
+class MeshServer:
+    """Serves EncoderMesh (Exchange, GetState) with health and reflection.
+
+    Accepted Exchange streams join ``links``, so a neighbour that dialed this encoder is
+    reached by ``links.send`` exactly like one this encoder dialed.
+    """
+
+    def __init__(
+        self, handler: MeshHandler, links: MeshLinks, *, interceptors: Sequence[Any] = ()
+    ) -> None:
+        self._handler = handler
+        self._links = links
+        servicer = _EncoderMeshServicer(self)
+        self._grpc = GrpcServer(
+            {
+                SERVICE_NAME: lambda server: mesh_pb2_grpc.add_EncoderMeshServicer_to_server(
+                    servicer, server
+                )
+            },
+            interceptors=interceptors,
+        )
+        self._sessions: set[_Session] = set()
+        self._stopping = False
+        #: Exchange streams accepted (past both Hellos), per caller.
+        self.accepted: Counter[str] = Counter()
+        #: Exchange streams refused or ended for a broken rule, per caller id ("" if unknown).
+        self.refused: Counter[str] = Counter()
+
+    @property
+    def port(self) -> int | None:
+        """The bound port while serving."""
+        return self._grpc.port
+
+    async def start(self, listen: str) -> int:
+        """Serve on ``listen`` (``host:port``, port 0 = any free port); returns the bound port."""
+        self._stopping = False
+        return await self._grpc.start(listen)
+
+    async def stop(self, grace: float) -> None:
+        """End the accepted streams, report NOT_SERVING and stop within ``grace`` seconds."""
+        self._stopping = True
+        for session in list(self._sessions):
+            session.end()
+        await self._grpc.stop(grace)
+
+    async def _exchange(
+        self, requests: AsyncIterator[mesh_pb2.MeshMessage], context: Any
+    ) -> AsyncIterator[mesh_pb2.MeshMessage]:
+        """One accepted Exchange stream: Hellos, then both directions until it ends."""
+        incoming = aiter(requests)
+        try:
+            first = await anext(incoming)
+        except StopAsyncIteration:
+            return
+        checker = ExchangeStreamChecker(self._handler.node_id)
+        try:
+            checker.check(first)
+        except InvalidMessage as exc:
+            self.refused[""] += 1
+            log.warning("refused an Exchange from %s: %s", context.peer(), exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        peer = first.hello.sender_id
+        if not self._handler.is_neighbour(peer):
+            self.refused[peer] += 1
+            log.warning("refused an Exchange from %r at %s: not a neighbour", peer, context.peer())
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{peer!r} is not a neighbour of {self._handler.node_id!r}",
+            )
+        hello = self._handler.hello()
+        problem = _hello_problem(first.hello, hello)
+        if problem is not None:
+            self.refused[peer] += 1
+            log.warning("refused an Exchange from %r: %s: %s", peer, *problem)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, ": ".join(problem))
+        session = None if self._stopping else self._links._attach(peer)
+        if session is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the encoder is stopping")
+            return
+        self.accepted[peer] += 1
+        self._sessions.add(session)
+        reader = asyncio.create_task(self._links._consume(session, incoming, checker))
+        try:
+            yield mesh_pb2.MeshMessage(hello=hello)
+            async for msg in self._links._outbound(session):
+                yield msg
+            if session.error is not None:
+                self.refused[peer] += 1
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(session.error))
+        finally:
+            reader.cancel()
+            self._sessions.discard(session)
+            self._links._detach(session)

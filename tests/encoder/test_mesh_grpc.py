@@ -1,0 +1,471 @@
+"""The encoder's mesh links over real gRPC: servers on 127.0.0.1 with free ports.
+
+Nothing is mocked but the encoder runtime: ``FakeHandler`` records what the links hand it and
+answers every proposal with an approving vote. Peers that misbehave are played by ``RawPeer``,
+a bare Exchange call driven message by message. Each test runs its own event loop
+(``asyncio.run``) under a timeout and stops every server, link and channel it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # type: ignore[import-untyped]
+    ProtoReflectionDescriptorDatabase,
+)
+
+from meshenc.core.messages import (
+    CorrectionKind,
+    EncodingStatePacket,
+    ResyncProposal,
+    ResyncVote,
+)
+from meshenc.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc
+from meshenc.wire import convert
+from services.common.grpc_server import (
+    CHANNEL_OPTIONS,
+    SERVER_OPTIONS,
+)
+from services.encoder.mesh import SERVICE_NAME, MeshLinks, MeshServer
+
+T = TypeVar("T")
+
+LABEL_0 = 1_700_000_000.0
+"""A label of the present era, seconds since the Unix epoch."""
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+    """Run ``coro`` on a fresh event loop, failing the test after ``timeout`` seconds."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``check()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+class FakeHandler:
+    """The runtime as the links see it: records everything, approves every proposal."""
+
+    def __init__(self, node_id: str, neighbours: Iterable[str] = (), *, gop: int = 30) -> None:
+        self.node_id = node_id
+        self.neighbours = set(neighbours)
+        self.gop = gop
+        self.esps: list[EncodingStatePacket] = []
+        self.proposals: list[ResyncProposal] = []
+        self.votes: list[ResyncVote] = []
+
+    def is_neighbour(self, node_id: str) -> bool:
+        return node_id in self.neighbours
+
+    def on_esp(self, esp: EncodingStatePacket) -> None:
+        self.esps.append(esp)
+
+    def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
+        self.proposals.append(proposal)
+        return ResyncVote(
+            proposer=proposal.proposer,
+            proposal_id=proposal.proposal_id,
+            voter=self.node_id,
+            approve=True,
+            estimated_deviation=0.002,
+            reason="within a quarter frame",
+        )
+
+    def on_vote(self, vote: ResyncVote) -> None:
+        self.votes.append(vote)
+
+    def state(self) -> mesh_pb2.EncoderState:
+        return mesh_pb2.EncoderState(
+            encoder_id=self.node_id,
+            protocol_version=1,
+            frame_rate=common_pb2.FrameRate(num=30, den=1),
+            gop_length=self.gop,
+        )
+
+    def hello(self) -> mesh_pb2.Hello:
+        return hello(self.node_id, gop=self.gop)
+
+    def esps_from(self, sender: str) -> list[int]:
+        return [esp.sequence for esp in self.esps if esp.sender == sender]
+
+
+def hello(sender: str, *, gop: int = 30) -> mesh_pb2.Hello:
+    return mesh_pb2.Hello(
+        sender_id=sender,
+        protocol_version=1,
+        frame_rate=common_pb2.FrameRate(num=30, den=1),
+        gop_length=gop,
+        topology_epoch=1,
+    )
+
+
+def esp(sender: str, sequence: int) -> EncodingStatePacket:
+    label = LABEL_0 + sequence / 30
+    return EncodingStatePacket(
+        sender=sender,
+        sequence=sequence,
+        topology_epoch=1,
+        timecode=51_000_000_000 + sequence,
+        frame_hash=bytes(32),
+        fingerprint=sequence,
+        label=label,
+        correction=0.0,
+        correction_rate=0.0,
+        encode_latency=0.004,
+        rtt=0.0,
+        jitter=0.0,
+        confidence=1.0,
+        sent_at=label,
+    )
+
+
+def proposal(proposer: str, proposal_id: int) -> ResyncProposal:
+    return ResyncProposal(
+        proposer=proposer,
+        proposal_id=proposal_id,
+        kind=CorrectionKind.SLEW,
+        shift=0.003,
+        topology_epoch=1,
+        trace_context=(("traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01"),),
+    )
+
+
+@dataclass
+class Node:
+    handler: FakeHandler
+    links: MeshLinks
+    server: MeshServer
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+async def start_node(node_id: str, neighbours: Iterable[str] = (), **links: Any) -> Node:
+    handler = FakeHandler(node_id, neighbours)
+    mesh_links = MeshLinks(handler, **links)
+    server = MeshServer(handler, mesh_links)
+    port = await server.start("127.0.0.1:0")
+    return Node(handler, mesh_links, server, port)
+
+
+async def stop(*nodes: Node) -> None:
+    for node in nodes:
+        await node.links.close()
+        await node.server.stop(grace=0.2)
+
+
+async def full_mesh(*ids: str) -> list[Node]:
+    """Start one node per id, every node a neighbour of every other, and wait for the links."""
+    nodes = [await start_node(i, [j for j in ids if j != i]) for i in ids]
+    for node in nodes:
+        node.links.set_peers({o.handler.node_id: o.address for o in nodes if o is not node})
+    await eventually(
+        lambda: all(n.links.connected(p) for n in nodes for p in n.links.peers), timeout=5.0
+    )
+    return nodes
+
+
+class RawPeer:
+    """A bare Exchange call: sends what it is told, reads only when asked."""
+
+    def __init__(self, address: str, options: Sequence[tuple[str, int]] = ()) -> None:
+        self.channel = grpc.aio.insecure_channel(address, options=list(options) or None)
+        self._outgoing: asyncio.Queue[mesh_pb2.MeshMessage | None] = asyncio.Queue()
+        self.call = mesh_pb2_grpc.EncoderMeshStub(self.channel).Exchange(self._requests())
+        self._responses = aiter(self.call)
+
+    async def _requests(self) -> AsyncIterator[mesh_pb2.MeshMessage]:
+        while (msg := await self._outgoing.get()) is not None:
+            yield msg
+
+    def send(self, msg: mesh_pb2.MeshMessage) -> None:
+        self._outgoing.put_nowait(msg)
+
+    async def recv(self) -> mesh_pb2.MeshMessage:
+        return await anext(self._responses)
+
+    async def error(self) -> Any:
+        """Read until the call fails; returns the ``grpc.aio.AioRpcError``."""
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            while True:
+                await self.recv()
+        return info.value
+
+    async def close(self) -> None:
+        self.call.cancel()
+        await self.channel.close()
+
+
+def esp_message(sender: str, sequence: int, **changes: Any) -> mesh_pb2.MeshMessage:
+    message = mesh_pb2.MeshMessage(esp=convert.esp_to_proto(esp(sender, sequence)))
+    for name, value in changes.items():
+        setattr(message.esp, name, value)
+    return message
+
+
+async def with_nodes(nodes: Awaitable[list[Node]], body: Callable[..., Awaitable[None]]) -> None:
+    started = await nodes
+    try:
+        await body(*started)
+    finally:
+        await stop(*started)
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+def test_keepalive_settings_agree() -> None:
+    """A client pinging more often than the server permits would be sent GOAWAY."""
+    client = dict(CHANNEL_OPTIONS)
+    server = dict(SERVER_OPTIONS)
+    assert (
+        client["grpc.keepalive_time_ms"] >= server["grpc.http2.min_ping_interval_without_data_ms"]
+    )
+    assert client["grpc.keepalive_permit_without_calls"] == 1
+    assert server["grpc.keepalive_permit_without_calls"] == 1
+
+
+def test_two_nodes_exchange_esps_both_ways_over_one_stream() -> None:
+    async def body(a: Node, b: Node) -> None:
+        assert a.links.direction("b") == "outbound"  # the smaller id dialed
+        assert b.links.direction("a") == "inbound"
+        for sequence in range(1, 6):
+            assert a.links.send("b", esp("a", sequence))
+            assert b.links.send(
+                "a", mesh_pb2.MeshMessage(esp=convert.esp_to_proto(esp("b", sequence)))
+            )
+        await eventually(lambda: len(b.handler.esps) == 5 and len(a.handler.esps) == 5)
+        assert b.handler.esps_from("a") == [1, 2, 3, 4, 5]
+        assert a.handler.esps_from("b") == [1, 2, 3, 4, 5]
+        assert b.handler.esps[0] == convert.esp_from_proto(convert.esp_to_proto(esp("a", 1)))
+        assert dict(b.server.accepted) == {"a": 1}
+        assert dict(a.server.accepted) == {}
+        assert a.links.sent["b"] == 5 and a.links.received["b"] == 5
+
+    run(with_nodes(full_mesh("a", "b"), body))
+
+
+def test_three_nodes_one_stream_per_pair() -> None:
+    async def body(a: Node, b: Node, c: Node) -> None:
+        assert dict(a.server.accepted) == {}
+        assert dict(b.server.accepted) == {"a": 1}
+        assert dict(c.server.accepted) == {"a": 1, "b": 1}
+        for node in (a, b, c):
+            name = node.handler.node_id
+            for sequence in (1, 2, 3):
+                assert node.links.broadcast(esp(name, sequence)) == 2
+        await eventually(lambda: all(len(n.handler.esps) == 6 for n in (a, b, c)))
+        for node in (a, b, c):
+            for other in sorted({"a", "b", "c"} - {node.handler.node_id}):
+                assert node.handler.esps_from(other) == [1, 2, 3]
+
+    run(with_nodes(full_mesh("a", "b", "c"), body))
+
+
+def test_a_proposal_gets_the_vote_back_on_the_same_link() -> None:
+    async def body(a: Node, b: Node) -> None:
+        assert a.links.send("b", proposal("a", 7))  # over the stream a dialed
+        assert b.links.send("a", proposal("b", 3))  # and the other way
+        await eventually(lambda: len(a.handler.votes) == 1 and len(b.handler.votes) == 1)
+        assert b.handler.proposals == [proposal("a", 7)]
+        vote = a.handler.votes[0]
+        assert (vote.proposer, vote.proposal_id, vote.voter, vote.approve) == ("a", 7, "b", True)
+        assert b.handler.votes[0].voter == "a"
+        assert dict(b.server.accepted) == {"a": 1}
+
+    run(with_nodes(full_mesh("a", "b"), body))
+
+
+def test_set_peers_starts_and_stops_links() -> None:
+    async def body(a: Node, b: Node) -> None:
+        a.links.set_peers({})  # b left a's topology: the dialer stops, the stream ends
+        await eventually(lambda: not a.links.connected("b") and not b.links.connected("a"))
+        assert not a.links.send("b", esp("a", 1))
+        assert a.links.dropped_esps["b"] == 1
+        await asyncio.sleep(0.3)
+        assert not b.links.connected("a")  # nobody redialled
+        a.links.set_peers({"b": b.address})  # and back
+        await eventually(lambda: a.links.connected("b") and b.links.connected("a"))
+        assert dict(b.server.accepted) == {"a": 2}
+
+    run(with_nodes(full_mesh("a", "b"), body))
+
+
+def test_a_stranger_is_refused_with_permission_denied() -> None:
+    async def main() -> None:
+        node = await start_node("m", ["a"])
+        peer = RawPeer(node.address)
+        try:
+            peer.send(mesh_pb2.MeshMessage(hello=hello("mallory")))
+            error = await peer.error()
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "mallory" in error.details()
+            assert node.server.refused["mallory"] == 1
+            assert not node.links.connected("mallory")
+        finally:
+            await peer.close()
+            await stop(node)
+
+    run(main())
+
+
+def test_a_peer_on_another_timeline_is_refused() -> None:
+    async def main() -> None:
+        node = await start_node("m", ["a"])
+        peer = RawPeer(node.address)
+        try:
+            peer.send(mesh_pb2.MeshMessage(hello=hello("a", gop=60)))
+            error = await peer.error()
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "hello.gop_length" in error.details()
+        finally:
+            await peer.close()
+            await stop(node)
+
+    run(main())
+
+
+def test_malformed_messages_end_only_their_stream() -> None:
+    async def main() -> None:
+        m = await start_node("m", ["a", "0bad", "1bad"])
+        a = await start_node("a", ["m"])
+        a.links.set_peers({"m": m.address})
+        m.links.set_peers({"a": a.address, "0bad": "127.0.0.1:1", "1bad": "127.0.0.1:1"})
+        bad_hash = RawPeer(m.address)
+        no_hello = RawPeer(m.address)
+        try:
+            await eventually(lambda: a.links.connected("m"))
+            # A valid ESP, then one whose frame_hash is 5 bytes long.
+            bad_hash.send(mesh_pb2.MeshMessage(hello=hello("0bad")))
+            assert (await bad_hash.recv()).hello.sender_id == "m"
+            bad_hash.send(esp_message("0bad", 1))
+            bad_hash.send(esp_message("0bad", 2, frame_hash=b"12345"))
+            error = await bad_hash.error()
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "esp.frame_hash" in error.details()
+            assert m.handler.esps_from("0bad") == [1]  # nothing from the invalid one
+            # A first message that is not a Hello.
+            no_hello.send(esp_message("1bad", 1))
+            error = await no_hello.error()
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.details().startswith("body:")
+            assert m.handler.esps_from("1bad") == []
+            assert m.server.refused["0bad"] == 1 and m.server.refused[""] == 1
+            # The neighbour's stream is untouched and the server still serves.
+            assert a.links.connected("m") and m.links.connected("a")
+            assert a.links.send("m", esp("a", 1)) and m.links.send("a", esp("m", 1))
+            await eventually(lambda: m.handler.esps_from("a") == [1])
+            await eventually(lambda: a.handler.esps_from("m") == [1])
+            assert dict(m.server.accepted) == {"a": 1, "0bad": 1}
+        finally:
+            await bad_hash.close()
+            await no_hello.close()
+            await stop(a, m)
+
+    run(main())
+
+
+def test_a_peer_that_stops_reading_never_blocks_send() -> None:
+    async def main() -> None:
+        node = await start_node("s", ["0slow"], esp_capacity=8, control_capacity=2)
+        node.links.set_peers({"0slow": "127.0.0.1:1"})  # "0slow" < "s": it dials
+        # A small, fixed receive window, so that flow control stops the writer soon.
+        slow = RawPeer(
+            node.address,
+            options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4096)],
+        )
+        try:
+            slow.send(mesh_pb2.MeshMessage(hello=hello("0slow")))
+            await slow.recv()
+            await eventually(lambda: node.links.connected("0slow"))
+            sequence = 0
+            slowest = 0.0
+            for _ in range(100):
+                for _ in range(100):
+                    sequence += 1
+                    started = time.perf_counter()
+                    node.links.send("0slow", esp("s", sequence))
+                    slowest = max(slowest, time.perf_counter() - started)
+                await asyncio.sleep(0.002)
+            sent = node.links.sent["0slow"]
+            dropped = node.links.dropped_esps["0slow"]
+            assert sent < sequence / 2  # the writer is stuck behind flow control
+            assert dropped >= sequence - sent - 8  # all but the queued ones were dropped
+            assert slowest < 0.05
+            # Proposals and votes have their own room, and are refused (counted) beyond it.
+            assert node.links.send("0slow", proposal("s", 1))
+            assert node.links.send("0slow", proposal("s", 2))
+            assert not node.links.send("0slow", proposal("s", 3))
+            assert node.links.dropped_control["0slow"] == 1
+            assert node.links.connected("0slow")
+        finally:
+            await slow.close()
+            await stop(node)
+
+    run(main())
+
+
+def test_the_dialer_reconnects_to_a_restarted_server() -> None:
+    async def main() -> None:
+        a, b = await full_mesh("a", "b")
+        restarted: MeshServer | None = None
+        try:
+            await b.server.stop(grace=0.1)
+            await eventually(lambda: not a.links.connected("b"), timeout=3.0)
+            await asyncio.sleep(0.5)  # the dialer fails and backs off meanwhile
+            restarted = MeshServer(b.handler, b.links)
+            assert await restarted.start(b.address) == b.port
+            await eventually(lambda: a.links.connected("b"), timeout=4.0)
+            assert restarted.accepted["a"] == 1
+            assert a.links.send("b", esp("a", 1))
+            await eventually(lambda: b.handler.esps_from("a") == [1])
+        finally:
+            if restarted is not None:
+                await restarted.stop(grace=0.1)
+            await stop(a, b)
+
+    run(main())
+
+
+def test_get_state_health_and_reflection() -> None:
+    async def main() -> None:
+        node = await start_node("m")
+        channel = grpc.aio.insecure_channel(node.address)
+        try:
+            state = await mesh_pb2_grpc.EncoderMeshStub(channel).GetState(
+                mesh_pb2.GetStateRequest(), timeout=2.0
+            )
+            assert state.encoder_id == "m" and state.gop_length == 30
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", SERVICE_NAME):
+                answer = await health.Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=2.0
+                )
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+            def services() -> list[str]:
+                with grpc.insecure_channel(node.address) as sync_channel:
+                    return list(ProtoReflectionDescriptorDatabase(sync_channel).get_services())
+
+            listed = await asyncio.to_thread(services)
+            assert SERVICE_NAME in listed
+            assert "grpc.health.v1.Health" in listed
+        finally:
+            await channel.close()
+            await stop(node)
+
+    run(main())
