@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from meshenc import __version__
+from meshenc.cli.encoder import encoder
 from meshenc.cli.sim import bench, sim
 
 
@@ -15,4 +16,5 @@ def cli() -> None:
 
 
 cli.add_command(sim)
+cli.add_command(encoder)
 cli.add_command(bench)

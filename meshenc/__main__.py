@@ -1,0 +1,5 @@
+"""``python -m meshenc``: the same command line as the ``meshenc`` console script."""
+
+from meshenc.cli.main import cli
+
+cli()

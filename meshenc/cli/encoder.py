@@ -1,0 +1,203 @@
+"""``meshenc encoder``: run one encoder process.
+
+Every flag has an environment variable of the same meaning (shown in ``--help``); the Helm chart
+sets the variables. Values are validated once, at start, with errors that name the setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from meshenc.core.policy import Strategy
+from services.encoder.runtime import EncoderRuntime
+from services.encoder.settings import EncoderSettings, parse_peers
+
+
+def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in value.lower().split("x", 1))
+    except ValueError as exc:
+        raise click.BadParameter("expected WIDTHxHEIGHT, e.g. 640x360") from exc
+    return width, height
+
+
+@click.command()
+@click.option("--id", "node_id", envvar="MESHENC_ID", required=True, help="This encoder's id.")
+@click.option(
+    "--listen",
+    envvar="MESHENC_LISTEN",
+    default="0.0.0.0:7400",
+    show_default=True,
+    help="HOST:PORT to serve the mesh on.",
+)
+@click.option(
+    "--peers",
+    envvar="MESHENC_PEERS",
+    default="",
+    help="Static neighbours: ID=HOST:PORT,... (used when no registry/manager).",
+)
+@click.option(
+    "--out",
+    envvar="MESHENC_OUT",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Segment output folder.",
+)
+@click.option(
+    "--source",
+    envvar="MESHENC_SOURCE",
+    default=None,
+    help="File or URL to ingest (looped); default: the synthetic live source.",
+)
+@click.option(
+    "--size",
+    envvar="MESHENC_SIZE",
+    default="640x360",
+    show_default=True,
+    callback=_size,
+    help="Output WIDTHxHEIGHT.",
+)
+@click.option(
+    "--fps",
+    envvar="MESHENC_FPS",
+    default="30",
+    show_default=True,
+    help="Frame rate: 30, 25, 30000/1001 ...",
+)
+@click.option(
+    "--gop",
+    envvar="MESHENC_GOP",
+    type=int,
+    default=60,
+    show_default=True,
+    help="Frames per GOP (= per segment).",
+)
+@click.option(
+    "--bitrate-kbps", envvar="MESHENC_BITRATE_KBPS", type=int, default=1500, show_default=True
+)
+@click.option(
+    "--strategy",
+    envvar="MESHENC_STRATEGY",
+    default="predictive",
+    show_default=True,
+    type=click.Choice([s.value for s in Strategy]),
+    help="Resync strategy.",
+)
+@click.option(
+    "--no-sync",
+    envvar="MESHENC_NO_SYNC",
+    is_flag=True,
+    help="No mesh corrections: timecodes straight from this encoder's clock.",
+)
+@click.option(
+    "--drift-ppm",
+    envvar="MESHENC_DRIFT_PPM",
+    type=float,
+    default=0.0,
+    help="Injected clock drift (test/demo).",
+)
+@click.option(
+    "--offset-ms",
+    envvar="MESHENC_OFFSET_MS",
+    type=float,
+    default=0.0,
+    help="Injected clock offset (test/demo).",
+)
+@click.option(
+    "--jitter-ms",
+    envvar="MESHENC_JITTER_MS",
+    type=float,
+    default=0.0,
+    help="Injected capture-timestamp jitter (test/demo).",
+)
+@click.option(
+    "--ingest-delay-ms",
+    envvar="MESHENC_INGEST_DELAY_MS",
+    type=float,
+    default=0.0,
+    help="Injected source-to-encoder delay (test/demo).",
+)
+@click.option(
+    "--duration",
+    envvar="MESHENC_DURATION",
+    type=float,
+    default=None,
+    help="Stop after this many seconds (default: run until SIGTERM).",
+)
+@click.option(
+    "--seed", envvar="MESHENC_SEED", type=int, default=0, help="Seed of the injected jitter."
+)
+@click.option(
+    "--log-level",
+    envvar="MESHENC_LOG_LEVEL",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def encoder(
+    node_id: str,
+    listen: str,
+    peers: str,
+    out: Path,
+    source: str | None,
+    size: tuple[int, int],
+    fps: str,
+    gop: int,
+    bitrate_kbps: int,
+    strategy: str,
+    no_sync: bool,
+    drift_ppm: float,
+    offset_ms: float,
+    jitter_ms: float,
+    ingest_delay_ms: float,
+    duration: float | None,
+    seed: int,
+    log_level: str,
+) -> None:
+    """Run one live encoder of the mesh.
+
+    It ingests the source, stamps frames with its own (optionally fault-injected) clock, keeps
+    its timecodes locked with its neighbours over gRPC, and writes HLS segments named by segment
+    number into --out. SIGTERM finishes the current segment and stops cleanly.
+    """
+    logging.basicConfig(
+        level=log_level.upper(),
+        format=f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = EncoderSettings(
+            id=node_id,
+            listen=listen,
+            peers=parse_peers(peers),
+            out=out,
+            source=source,
+            size=size,
+            fps=fps,
+            gop=gop,
+            bitrate_kbps=bitrate_kbps,
+            strategy=Strategy.EPOCH if no_sync else Strategy(strategy),
+            drift_ppm=drift_ppm,
+            offset_ms=offset_ms,
+            jitter_ms=jitter_ms,
+            ingest_delay_ms=ingest_delay_ms,
+            duration=duration,
+            seed=seed,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise click.UsageError(problems) from exc
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    settings.out.mkdir(parents=True, exist_ok=True)
+    stats = asyncio.run(EncoderRuntime(settings).run())
+    click.echo(
+        f"{settings.id}: {stats.frames} frames, {stats.segments} segments, "
+        f"{stats.skipped} skipped, {stats.escalations} escalations"
+    )

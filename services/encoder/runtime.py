@@ -1,0 +1,254 @@
+"""One encoder process: the live loop around the sync engine.
+
+Theory of operation: the live source is a broadcast on true time — picture ``n`` leaves the
+source at ``n / fps`` seconds since the Unix epoch and reaches this encoder ``ingest_delay``
+later. On one host every encoder process shares the host clock as true time, so all of them see
+the same picture at (nearly) the same moment, as encoders fed from one source do. Each encoder
+stamps the arrival with *its own* clock: the host clock seen through an injected
+``VirtualOscillator`` (drift, offset, read jitter — zero in production). The stamp is taken for
+the arrival moment itself, as capture hardware timestamps a frame, so the loop's own scheduling
+delays do not enter the labels.
+
+The engine turns that stamp into a label and timecode(s); the picture is encoded into each slot
+by a GOP-deterministic encoder, written into segments named by segment number, hashed into the
+ESP, and the ESP goes to every neighbour. Everything the engine decides (proposals,
+corrections, escalations) leaves through ``_dispatch``.
+
+The loop never waits for the network: sends are queued per neighbour and dropped when a
+neighbour is slow (counted by the mesh links). When the loop falls behind the source (the
+machine is overloaded), it skips to the current picture — as a live ingest loses frames — and
+counts the skipped ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+
+from meshenc.core.clock import VirtualOscillator
+from meshenc.core.engine import (
+    CorrectionApplied,
+    EngineConfig,
+    Escalate,
+    SendProposal,
+    SyncEngine,
+)
+from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
+from meshenc.v1 import common_pb2, mesh_pb2
+from services.encoder.media.gop import EncoderParams, GopEncoder
+from services.encoder.media.segments import SegmentWriter
+from services.encoder.media.source import (
+    FileSource,
+    Picture,
+    SyntheticSource,
+    VideoFormat,
+    open_source,
+)
+from services.encoder.mesh import MeshLinks, MeshServer
+from services.encoder.settings import EncoderSettings
+from services.encoder.state import encoder_state
+
+__all__ = ["EncoderRuntime", "RunStats"]
+
+log = logging.getLogger("meshenc.encoder")
+
+
+@dataclass(slots=True)
+class RunStats:
+    frames: int = 0
+    skipped: int = 0
+    segments: int = 0
+    escalations: int = 0
+
+
+class EncoderRuntime:
+    """Owns the engine, the media pipeline and the mesh links of one encoder."""
+
+    def __init__(self, settings: EncoderSettings) -> None:
+        self.settings = settings
+        self.node_id = settings.id
+        fr = settings.frame_rate
+        self._period = fr.period
+        self.engine = SyncEngine(
+            settings.id, EngineConfig(frame_rate=fr, strategy=settings.strategy), settings.peers
+        )
+        self._oscillator = VirtualOscillator(
+            offset=settings.offset_ms / 1000.0,
+            drift_ppm=settings.drift_ppm,
+            origin=time.time(),
+        )
+        self._jitter = random.Random(settings.seed)
+        width, height = settings.size
+        self._format = VideoFormat(width, height, fr)
+        self._params = EncoderParams(
+            width=width,
+            height=height,
+            frame_rate=fr,
+            gop=settings.gop,
+            bitrate_kbps=settings.bitrate_kbps,
+        )
+        self.stats = RunStats()
+        self.links = MeshLinks(self)
+        self.server = MeshServer(self, self.links)
+        self._stop = asyncio.Event()
+        self._last_esp: EncodingStatePacket | None = None
+        self._segment = -1
+
+    # -- clock --------------------------------------------------------------------------------
+
+    def clock(self) -> float:
+        """This encoder's clock: the host clock through the injected oscillator (no jitter)."""
+        return self._oscillator.read(time.time())
+
+    def _stamp(self, arrival: float) -> float:
+        """This encoder's clock reading for a frame that arrived at host time ``arrival``."""
+        jitter = self._jitter.gauss(0.0, self.settings.jitter_ms / 1000.0)
+        return self._oscillator.read(arrival, jitter)
+
+    @property
+    def last_esp(self) -> EncodingStatePacket | None:
+        return self._last_esp
+
+    def connected(self, peer: str) -> bool:
+        return self.links.connected(peer)
+
+    # -- MeshHandler --------------------------------------------------------------------------
+
+    def is_neighbour(self, node_id: str) -> bool:
+        return node_id in self.settings.peers
+
+    def on_esp(self, esp: EncodingStatePacket) -> None:
+        self.engine.on_esp(self.clock(), esp)
+
+    def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
+        answer = self.engine.on_proposal(self.clock(), proposal)
+        return None if answer is None else answer.vote
+
+    def on_vote(self, vote: ResyncVote) -> None:
+        self.engine.on_vote(self.clock(), vote)
+        self._dispatch()
+
+    def hello(self) -> mesh_pb2.Hello:
+        fr = self.settings.frame_rate
+        return mesh_pb2.Hello(
+            sender_id=self.node_id,
+            protocol_version=1,
+            frame_rate=common_pb2.FrameRate(num=fr.num, den=fr.den),
+            gop_length=self.settings.gop,
+            topology_epoch=self.engine.topology_epoch,
+        )
+
+    def state(self) -> mesh_pb2.EncoderState:
+        return encoder_state(self, self.engine.snapshot(self.clock()))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> RunStats:
+        """Encode until the duration is over or a stop is requested; then finish cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        port = await self.server.start(self.settings.listen)
+        log.info("encoder %s serving on port %d, peers %s", self.node_id, port, self.settings.peers)
+        self.links.set_peers(self.settings.peers)
+        source = open_source(self.settings.source, self._format)
+        encoder = GopEncoder(self._params)
+        writer = SegmentWriter(self.settings.out, self._params)
+        deadline = None if self.settings.duration is None else time.time() + self.settings.duration
+        delay = self.settings.ingest_delay_ms / 1000.0
+        picture_index = math.floor((time.time() - delay) / self._period) + 1
+        try:
+            while not self._stop.is_set() and (deadline is None or time.time() < deadline):
+                due = picture_index * self._period + delay
+                wait = due - time.time()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), timeout=wait)
+                    continue
+                behind = math.floor((time.time() - delay) / self._period) - picture_index
+                if behind > 0:
+                    self.stats.skipped += behind
+                    picture_index += behind
+                self._capture(source, encoder, writer, picture_index, due)
+                picture_index += 1
+                await asyncio.sleep(0)
+        finally:
+            writer.finish()
+            encoder.close()
+            source.close()
+            await self.links.close()
+            await self.server.stop(grace=1.0)
+            log.info("encoder %s stopped: %s", self.node_id, self.stats)
+        return self.stats
+
+    def _capture(
+        self,
+        source: SyntheticSource | FileSource,
+        encoder: GopEncoder,
+        writer: SegmentWriter,
+        index: int,
+        arrival: float,
+    ) -> None:
+        picture = _picture(source, index)
+        now = self._stamp(arrival)
+        decision = self.engine.on_frame(now, picture.fingerprint)
+        for tc in decision.timecodes:
+            frame = encoder.encode(tc, picture)
+            if writer.add(frame) is not None:
+                self.stats.segments += 1
+            self.engine.record_hash(tc, frame.sha256)
+        self.stats.frames += 1
+        for peer, esp in self.engine.publish(self.clock()):
+            self._last_esp = esp
+            try:
+                self.links.send(peer, esp)
+            except ValueError:
+                # A live encoder keeps encoding whatever its mesh plumbing does.
+                log.exception("could not send an ESP to %s", peer)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for action in self.engine.drain_actions():
+            if isinstance(action, SendProposal):
+                for peer in action.to:
+                    self.links.send(peer, action.proposal)
+            elif isinstance(action, CorrectionApplied):
+                log.info(
+                    "correction %s shift=%+.2f ms rate=%+.1f ppm lead=%s proposal=%d",
+                    action.kind.value,
+                    action.shift * 1000.0,
+                    action.new_rate * 1e6,
+                    "n/a" if math.isnan(action.lead) else f"{action.lead:.1f} s",
+                    action.proposal_id,
+                )
+            elif isinstance(action, Escalate):
+                self.stats.escalations += 1
+                log.warning(
+                    "proposal %d %s (approvals %s, rejections %s); no manager to escalate to",
+                    action.outcome.proposal.proposal_id,
+                    action.outcome.verdict.name.lower(),
+                    sorted(action.outcome.approvals),
+                    sorted(action.outcome.rejections),
+                )
+
+
+def _picture(source: SyntheticSource | FileSource, index: int) -> Picture:
+    """Picture ``index`` of the live source.
+
+    The synthetic source renders any picture on demand, so every encoder shows picture ``n`` at
+    the same true time. A file is read in order: encoders started at different moments see
+    different pictures at the same time, which only the synthetic source avoids for now.
+    """
+    if isinstance(source, SyntheticSource):
+        return source.picture(index)
+    return source.read()

@@ -1,0 +1,113 @@
+"""Three real encoder processes on 127.0.0.1, each on its own drifting clock, for 60 s.
+
+With the mesh on, every segment after lock-in (at most the first two complete segments) must be
+byte-identical on all three encoders; with the mesh off (same clocks, same ingest paths) they
+must not be. The verdict comes from the segment files on disk, never from the encoders' claims.
+Both meshes run at the same time to keep the suite short.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+DURATION = 62.0
+GOP = 60  # 2 s segments at 30 fps
+#: Per encoder: injected drift (ppm), clock offset (ms), ingest delay (ms).
+FAULTS = {"a": (80.0, 40.0, 20.0), "b": (-60.0, -30.0, 60.0), "c": (0.0, 0.0, 100.0)}
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _start_mesh(out: Path, *, sync: bool) -> list[subprocess.Popen[bytes]]:
+    ports = dict(zip(FAULTS, _free_ports(len(FAULTS)), strict=True))
+    processes = []
+    for name, (drift, offset, delay) in FAULTS.items():
+        peers = ",".join(f"{p}=127.0.0.1:{ports[p]}" for p in FAULTS if p != name)
+        command = [
+            sys.executable, "-m", "meshenc", "encoder",
+            "--id", name,
+            "--listen", f"127.0.0.1:{ports[name]}",
+            "--peers", peers,
+            "--out", str(out / name),
+            "--size", "320x180",
+            "--gop", str(GOP),
+            "--duration", str(DURATION),
+            "--drift-ppm", str(drift),
+            "--offset-ms", str(offset),
+            "--ingest-delay-ms", str(delay),
+            "--jitter-ms", "1",
+            "--seed", str(ord(name)),
+        ]  # fmt: skip
+        if not sync:
+            command.append("--no-sync")
+        with (out / f"{name}.log").open("wb") as log:
+            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    return processes
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("seg-*.ts"))
+    }
+
+
+def _wait(processes: list[subprocess.Popen[bytes]], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    codes = []
+    try:
+        for p in processes:
+            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+    return codes
+
+
+@pytest.mark.slow
+def test_three_encoders_write_identical_segments_only_with_the_mesh(tmp_path: Path) -> None:
+    on, off = tmp_path / "mesh-on", tmp_path / "mesh-off"
+    on.mkdir()
+    off.mkdir()
+    processes = _start_mesh(on, sync=True) + _start_mesh(off, sync=False)
+    codes = _wait(processes, DURATION + 30.0)
+    logs = {p.name: p.read_text(errors="replace")[-2000:] for p in tmp_path.glob("*/*.log")}
+    assert codes == [0] * len(processes), logs
+
+    on_digests = {name: _digests(on / name) for name in FAULTS}
+    common = sorted(set.intersection(*(set(d) for d in on_digests.values())))
+    assert len(common) >= 25, f"too few segments written: {len(common)}"
+    after_lock = common[2:]
+    differing = [s for s in after_lock if len({on_digests[n][s] for n in FAULTS}) > 1]
+    identical = len(after_lock) - len(differing)
+    print(f"mesh on: {identical} of {len(after_lock)} segments after lock byte-identical")
+    assert not differing, f"segments differ after lock-in: {differing}"
+
+    off_digests = {name: _digests(off / name) for name in FAULTS}
+    off_common = sorted(set.intersection(*(set(d) for d in off_digests.values())))
+    off_identical = [s for s in off_common if len({off_digests[n][s] for n in FAULTS}) == 1]
+    print(f"mesh off: {len(off_identical)} of {len(off_common)} segments byte-identical")
+    assert len(off_identical) < len(off_common) // 2
+
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and ".tmp" in p.name]
+    assert not leftovers, leftovers
+    assert all(not os.path.exists(on / n / "index.m3u8.tmp") for n in FAULTS)
