@@ -98,7 +98,8 @@ class EncoderRuntime:
         self.server = MeshServer(self, self.links)
         self._stop = asyncio.Event()
         self._last_esp: EncodingStatePacket | None = None
-        self._segment = -1
+        self._last_tc: int | None = None
+        self._load = _LoadMeter()
 
     # -- clock --------------------------------------------------------------------------------
 
@@ -167,13 +168,25 @@ class EncoderRuntime:
         deadline = None if self.settings.duration is None else time.time() + self.settings.duration
         delay = self.settings.ingest_delay_ms / 1000.0
         picture_index = math.floor((time.time() - delay) / self._period) + 1
+        # Once asked to stop, finish the segment in progress (at most one more GOP).
+        finishing_by: float | None = None
         try:
-            while not self._stop.is_set() and (deadline is None or time.time() < deadline):
+            while True:
+                now = time.time()
+                if finishing_by is None and (
+                    self._stop.is_set() or (deadline is not None and now >= deadline)
+                ):
+                    finishing_by = now + (self.settings.gop + 2) * self._period
+                if finishing_by is not None and (self._segment_done() or now >= finishing_by):
+                    break
                 due = picture_index * self._period + delay
-                wait = due - time.time()
+                wait = due - now
                 if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), timeout=wait)
+                    if finishing_by is None:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stop.wait(), timeout=wait)
+                    else:
+                        await asyncio.sleep(wait)
                     continue
                 behind = math.floor((time.time() - delay) / self._period) - picture_index
                 if behind > 0:
@@ -183,7 +196,8 @@ class EncoderRuntime:
                 picture_index += 1
                 await asyncio.sleep(0)
         finally:
-            writer.finish()
+            if writer.finish() is not None:
+                self.stats.segments += 1
             encoder.close()
             source.close()
             await self.links.close()
@@ -203,11 +217,17 @@ class EncoderRuntime:
         now = self._stamp(arrival)
         decision = self.engine.on_frame(now, picture.fingerprint)
         for tc in decision.timecodes:
+            started = time.perf_counter()
             frame = encoder.encode(tc, picture)
+            self._load.encoded(time.perf_counter() - started)
             if writer.add(frame) is not None:
                 self.stats.segments += 1
             self.engine.record_hash(tc, frame.sha256)
+            self._last_tc = tc
         self.stats.frames += 1
+        report = self._load.sample()
+        if report is not None:
+            self.engine.report_load(*report)
         for peer, esp in self.engine.publish(self.clock()):
             self._last_esp = esp
             try:
@@ -216,6 +236,10 @@ class EncoderRuntime:
                 # A live encoder keeps encoding whatever its mesh plumbing does.
                 log.exception("could not send an ESP to %s", peer)
         self._dispatch()
+
+    def _segment_done(self) -> bool:
+        """Whether the newest output slot is the last of its segment (a clean place to stop)."""
+        return self._last_tc is None or (self._last_tc + 1) % self.settings.gop == 0
 
     def _dispatch(self) -> None:
         for action in self.engine.drain_actions():
@@ -252,3 +276,34 @@ def _picture(source: SyntheticSource | FileSource, index: int) -> Picture:
     if isinstance(source, SyntheticSource):
         return source.picture(index)
     return source.read()
+
+
+class _LoadMeter:
+    """The signals behind the confidence score: CPU used by this process and encode latency.
+
+    CPU load is process time over wall time (the encoder's loop is one thread, so 1.0 is a full
+    core); encode latency is the mean time to encode one frame. Sampled once a second.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self._interval = interval
+        self._wall = time.monotonic()
+        self._cpu = time.process_time()
+        self._encode_total = 0.0
+        self._encodes = 0
+
+    def encoded(self, seconds: float) -> None:
+        self._encode_total += seconds
+        self._encodes += 1
+
+    def sample(self) -> tuple[float, float] | None:
+        """(cpu load, mean encode latency) once per interval, else None."""
+        wall = time.monotonic()
+        if wall - self._wall < self._interval:
+            return None
+        cpu = time.process_time()
+        load = (cpu - self._cpu) / (wall - self._wall)
+        latency = self._encode_total / self._encodes if self._encodes else 0.0
+        self._wall, self._cpu = wall, cpu
+        self._encode_total, self._encodes = 0.0, 0
+        return load, latency
