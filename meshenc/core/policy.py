@@ -202,32 +202,27 @@ class ReactivePolicy(_MeshPolicy):
         return self._plan(view, view.correction_rate, 0.0)
 
 
-@dataclass(frozen=True, slots=True)
-class EpochPolicy:
+class _WithoutMesh:
+    """Baselines: they never correct and never steer."""
+
+    uses_mesh = False
+    tolerance = math.inf
+
+    def decide(self, view: ControlView) -> PlannedCorrection | None:
+        return None
+
+    def steer(self, view: ControlView) -> float:
+        return view.correction_rate
+
+
+class EpochPolicy(_WithoutMesh):
     strategy = Strategy.EPOCH
-    uses_mesh = False
     counts_frames = False
-    tolerance = math.inf
-
-    def decide(self, view: ControlView) -> PlannedCorrection | None:
-        return None
-
-    def steer(self, view: ControlView) -> float:
-        return view.correction_rate
 
 
-@dataclass(frozen=True, slots=True)
-class FreeRunningPolicy:
+class FreeRunningPolicy(_WithoutMesh):
     strategy = Strategy.NONE
-    uses_mesh = False
     counts_frames = True
-    tolerance = math.inf
-
-    def decide(self, view: ControlView) -> PlannedCorrection | None:
-        return None
-
-    def steer(self, view: ControlView) -> float:
-        return view.correction_rate
 
 
 def time_to_boundary(error: float, rate: float, boundary: float) -> float:

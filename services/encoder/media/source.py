@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 import av
 import numpy as np
@@ -208,7 +209,25 @@ def _triangle(value: int, span: int) -> int:
     return phase if phase <= span else 2 * span - phase
 
 
-class SyntheticSource:
+class _Source:
+    """What every source shares: ``close()``, and use as a context manager."""
+
+    def close(self) -> None:
+        """Release what the source holds."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SyntheticSource(_Source):
     """The default live source: moving colour bars, a bouncing box and a burnt-in counter.
 
     Picture ``n`` is a pure function of ``n`` and the format, so every encoder that renders
@@ -292,19 +311,8 @@ class SyntheticSource:
     def close(self) -> None:
         """Nothing to release; present so every source closes alike."""
 
-    def __enter__(self) -> SyntheticSource:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class FileSource:
+class FileSource(_Source):
     """Pictures decoded by PyAV from a file or URL, scaled to the mesh's format, looping.
 
     One picture per decoded frame: the source does not resample the file's frame rate; pacing
@@ -373,17 +381,6 @@ class FileSource:
     def close(self) -> None:
         """Release the decoder and the input; ``read()`` raises afterwards."""
         self._release()
-
-    def __enter__(self) -> FileSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_source(spec: str | None, fmt: VideoFormat) -> SyntheticSource | FileSource:
