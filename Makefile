@@ -59,6 +59,7 @@ demo: $(VENV)/.installed proto system-deps
 bench: $(VENV)/.installed proto
 	@scripts/ensure-system-deps.sh --bench
 	$(VENV)/bin/meshenc bench sim --out bench-results/sim.json
+	$(VENV)/bin/meshenc bench encoder --out bench-results/encoder.json
 
 # Re-pin every dependency (run after changing pyproject.toml's bounds, then commit the result).
 lock:

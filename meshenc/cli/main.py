@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from meshenc import __version__
+from meshenc.cli.bench_encoder import bench_encoder
 from meshenc.cli.encoder import encoder
 from meshenc.cli.sim import bench, sim
 
@@ -18,3 +19,4 @@ def cli() -> None:
 cli.add_command(sim)
 cli.add_command(encoder)
 cli.add_command(bench)
+bench.add_command(bench_encoder)

@@ -1,0 +1,761 @@
+"""The encoder benchmark: what one encoder costs on this machine, with the mesh on.
+
+Theory of operation
+-------------------
+Three measurements, each a question the design has to answer with numbers:
+
+1. *Throughput.* The whole per-frame path of :class:`~services.encoder.runtime.EncoderRuntime`
+   runs as fast as it can (no pacing): render and fingerprint the synthetic picture,
+   ``SyncEngine.on_frame``, ``GopEncoder.encode``, ``SegmentWriter.add`` (real files, fsynced,
+   in a temporary directory), ``record_hash``, ``publish`` and the conversion of each ESP to its
+   wire envelope for three neighbours. The engine is configured with three neighbours whose
+   ESPs are fed back to it (built from its own ESPs with small label offsets, then checked and
+   converted as a received stream is), so the Kalman filters, the control step and the lock
+   logic really run. The engine's clock advances by one frame period per picture, as it would
+   live, although the loop itself does not wait.
+
+   The baseline is Debian's ``ffmpeg`` encoding the *same* pictures (written to a raw yuv420p
+   file first) with the same libx264 preset, tune and ``x264-params``, one thread, into
+   MPEG-TS. Its speed is taken from its own ``-benchmark`` report (``rtime``: the transcode,
+   without process start-up and option parsing); the wall time including start-up is kept too.
+   One difference is ours alone and is the point of the design: a fresh libx264 context for
+   every GOP. Runs of ours and of ffmpeg alternate, so that a noisy neighbour on the machine
+   hits both alike; the ratio is computed per pair of runs.
+
+2. *Mesh protocol CPU per frame,* timed (``perf_counter``, on the one thread that does all the
+   work) around only the mesh parts of the same loop: ``on_frame``, ``publish`` with ESP
+   conversion to the wire, and for each of the three neighbour ESPs the stream check, the
+   conversion from the wire and ``on_esp`` (plus votes for any proposal). Reported as the
+   median over every frame of every run, and as a share of the frame period.
+
+3. *ESP latency over real gRPC* on 127.0.0.1: two ``MeshServer``/``MeshLinks`` pairs in one
+   event loop, linked as encoders are, each sending ESPs at the frame rate whose ``sent_at`` is
+   the host clock just before ``MeshLinks.send``; the receiving handler notes the host clock on
+   arrival. One host clock, so no clock correction is involved.
+
+Invariants: every step is bounded in time (ffmpeg and the gRPC run have timeouts; the loops
+are finite); temporary files live in directories removed on exit, also on errors; the only
+child process is ffmpeg, waited for or killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final
+
+from meshenc.core.engine import EngineConfig, SendProposal, SyncEngine
+from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
+from meshenc.core.timecode import FrameRate
+from meshenc.v1 import common_pb2, mesh_pb2
+from meshenc.wire import convert
+from meshenc.wire.validation import ExchangeStreamChecker
+from services.encoder.media.gop import EncoderParams, GopEncoder
+from services.encoder.media.segments import SegmentWriter
+from services.encoder.media.source import SyntheticSource, VideoFormat
+from services.encoder.mesh import MeshLinks, MeshServer
+
+__all__ = [
+    "FRAME_RATE",
+    "GOP",
+    "PARTS",
+    "PRESET",
+    "BenchError",
+    "EncoderResult",
+    "EncoderSize",
+    "LatencyResult",
+    "Spread",
+    "default_bitrate",
+    "ffmpeg_binary",
+    "ffmpeg_command",
+    "machine",
+    "measure_encoder",
+    "measure_latency",
+    "parse_sizes",
+    "results_dict",
+    "run_ffmpeg",
+    "run_path",
+    "write_raw",
+]
+
+FRAME_RATE: Final = FrameRate(30)
+#: The parts of the per-frame path timed separately: render + fingerprint, libx264 (with the
+#: frame hash), segment muxing and writing, the mesh protocol, and the rest (the neighbours'
+#: side of the exchange, which the benchmark plays, and the loop itself).
+PARTS: Final = ("picture", "encode", "segments", "mesh", "other")
+GOP: Final = 60
+PRESET: Final = "ultrafast"
+
+NODE: Final = "bench"
+#: The neighbours fed to the engine, and how far (seconds) their labels sit from ours: small,
+#: as in a locked mesh, and not all alike, so the filters and the trimmed mean have work.
+NEIGHBOURS: Final[tuple[tuple[str, float], ...]] = (
+    ("n1", +0.0004),
+    ("n2", -0.0007),
+    ("n3", +0.0011),
+)
+#: A neighbour echoes our previous ESP after holding it this long (a 0.5 ms round trip).
+ECHO_RTT: Final = 0.0005
+#: Reference point of the default bitrate rule: 1500 kbit/s at 640x360...
+REFERENCE_PIXELS: Final = 640 * 360
+REFERENCE_KBPS: Final = 1500
+#: ...growing with the pixel count to this power (gives 4000 kbit/s at 1280x720).
+BITRATE_EXPONENT: Final = 0.7
+#: The slowest encode still accepted from ffmpeg before it is killed, frames per second.
+FFMPEG_MIN_FPS: Final = 5.0
+FFMPEG_STARTUP_ALLOWANCE: Final = 30.0
+#: How long the two gRPC nodes may take to link up, and how long the last ESPs may take.
+LINK_TIMEOUT: Final = 10.0
+DRAIN_TIMEOUT: Final = 5.0
+
+MISSING_FFMPEG: Final = (
+    "the encoder benchmark needs Debian's ffmpeg as its baseline and it is not on PATH; "
+    "`make bench` installs it (scripts/ensure-system-deps.sh --bench)"
+)
+
+_RTIME_RE: Final = re.compile(r"\brtime=([0-9.]+)s")
+_X264_RE: Final = re.compile(rb"x264 - core (\d+)(?: (r\d+))?")
+
+
+class BenchError(Exception):
+    """The benchmark cannot run or a measurement failed (message says which and why)."""
+
+
+# --- sizes and statistics ---------------------------------------------------------------------
+
+
+def default_bitrate(width: int, height: int) -> int:
+    """The bitrate a size gets unless one is given: 1500 kbit/s at 640x360, 4000 at 720p.
+
+    Bits per pixel fall as pictures grow, hence the exponent below 1; rounded to 100 kbit/s.
+    """
+    scale: float = (width * height / REFERENCE_PIXELS) ** BITRATE_EXPONENT
+    return max(100, round(REFERENCE_KBPS * scale / 100) * 100)
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderSize:
+    """One picture size to measure and the bitrate to encode it at."""
+
+    width: int
+    height: int
+    bitrate_kbps: int
+
+    def __post_init__(self) -> None:
+        VideoFormat(self.width, self.height, FRAME_RATE)  # the source's own size rules
+        if self.bitrate_kbps <= 0:
+            raise ValueError(f"bitrate must be positive, got {self.bitrate_kbps} kbit/s")
+
+    @property
+    def name(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def params(self) -> EncoderParams:
+        fmt = VideoFormat(self.width, self.height, FRAME_RATE)
+        return EncoderParams.for_format(fmt, gop=GOP, bitrate_kbps=self.bitrate_kbps, preset=PRESET)
+
+
+def parse_sizes(text: str) -> list[EncoderSize]:
+    """Read ``640x360,1280x720`` (``WxH@KBPS`` sets a bitrate; else :func:`default_bitrate`).
+
+    Raises:
+        ValueError: an entry is not ``WxH`` or ``WxH@KBPS``, or the size is not encodable.
+    """
+    sizes = []
+    for entry in (part.strip().lower() for part in text.split(",")):
+        if not entry:
+            continue
+        shape, _, kbps = entry.partition("@")
+        try:
+            width, height = (int(v) for v in shape.split("x", 1))
+            bitrate = int(kbps) if kbps else default_bitrate(width, height)
+        except ValueError:
+            raise ValueError(f"expected WxH or WxH@KBPS, e.g. 640x360, got {entry!r}") from None
+        sizes.append(EncoderSize(width, height, bitrate))
+    if not sizes:
+        raise ValueError("no sizes given")
+    return sizes
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` percentile (0..100) of non-empty ``values``."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    """Median and range of repeated measurements (machines are noisy; the median is robust)."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        if not values:
+            return cls(math.nan, math.nan, math.nan)
+        return cls(statistics.median(values), min(values), max(values))
+
+    def as_dict(self) -> dict[str, float]:
+        return {"median": self.median, "min": self.low, "max": self.high}
+
+
+# --- 1 and 2: the per-frame path ------------------------------------------------------------
+
+
+def _hello(node_id: str) -> mesh_pb2.Hello:
+    return mesh_pb2.Hello(
+        sender_id=node_id,
+        protocol_version=1,
+        frame_rate=common_pb2.FrameRate(num=FRAME_RATE.num, den=FRAME_RATE.den),
+        gop_length=GOP,
+        topology_epoch=0,
+    )
+
+
+def _stream_checker(peer: str) -> ExchangeStreamChecker:
+    """A checker for ``peer``'s stream to us, past its Hello, as the mesh links keep one."""
+    checker = ExchangeStreamChecker(NODE)
+    checker.check(mesh_pb2.MeshMessage(hello=_hello(peer)))
+    return checker
+
+
+def _neighbour_messages(ours: EncodingStatePacket, now: float) -> list[mesh_pb2.MeshMessage]:
+    """What the three neighbours would send for the same picture, on the wire.
+
+    Their labels sit a little off ours; every one echoes our previous ESP, so the round-trip
+    estimator runs too. This is the neighbours' work, not ours: it is outside the mesh timing.
+    """
+    period = FRAME_RATE.period
+    echo = ours.sequence > 1
+    return [
+        mesh_pb2.MeshMessage(
+            esp=convert.esp_to_proto(
+                replace(
+                    ours,
+                    sender=name,
+                    label=ours.label + offset,
+                    sent_at=now,
+                    echo_sequence=ours.sequence - 1 if echo else 0,
+                    echo_sent_at=now - period if echo else 0.0,
+                    echo_hold=period - ECHO_RTT if echo else 0.0,
+                )
+            )
+        )
+        for name, offset in NEIGHBOURS
+    ]
+
+
+def _answer_proposals(engine: SyncEngine, now: float) -> int:
+    """Approve every proposal at once, as locked neighbours would; returns how many."""
+    proposals = 0
+    for action in engine.drain_actions():
+        if isinstance(action, SendProposal):
+            proposals += 1
+            proposal: ResyncProposal = action.proposal
+            for voter in action.to:
+                engine.on_vote(
+                    now,
+                    ResyncVote(
+                        proposer=NODE,
+                        proposal_id=proposal.proposal_id,
+                        voter=voter,
+                        approve=True,
+                        estimated_deviation=0.0,
+                    ),
+                )
+    return proposals
+
+
+@dataclass(frozen=True, slots=True)
+class _PathRun:
+    seconds: float
+    mesh_seconds: list[float]
+    #: Seconds spent in each part of the path over the run (see ``PARTS``).
+    parts: dict[str, float]
+    segments: int
+    proposals: int
+    locked: bool
+    x264: str | None
+
+
+def _x264_version(data: bytes) -> str | None:
+    """The libx264 build named in a bitstream's SEI (``core 164 r3095``), if present."""
+    match = _X264_RE.search(data)
+    if match is None:
+        return None
+    return " ".join(part.decode() for part in match.groups() if part)
+
+
+def run_path(size: EncoderSize, frames: int, out_dir: Path) -> _PathRun:
+    """Run the per-frame path over pictures ``0..frames-1`` as fast as possible.
+
+    Everything is fresh (engine, encoder, segment writer), as in a newly started encoder.
+    """
+    params = size.params
+    fmt = VideoFormat(size.width, size.height, FRAME_RATE)
+    source = SyntheticSource(fmt)
+    engine = SyncEngine(NODE, EngineConfig(frame_rate=FRAME_RATE), [n for n, _ in NEIGHBOURS])
+    checkers = {name: _stream_checker(name) for name, _ in NEIGHBOURS}
+    encoder = GopEncoder(params)
+    writer = SegmentWriter(out_dir, params)
+    period = FRAME_RATE.period
+    origin = float(math.floor(time.time()))
+    clock = time.perf_counter
+    mesh_seconds: list[float] = []
+    render = encode = mux = 0.0
+    segments = proposals = 0
+    x264: str | None = None
+    try:
+        started = clock()
+        for index in range(frames):
+            now = origin + index * period
+            mark = clock()
+            picture = source.picture(index)
+            rendered = clock()
+            render += rendered - mark
+            decision = engine.on_frame(now, picture.fingerprint)
+            spent = clock() - rendered
+            for timecode in decision.timecodes:
+                mark = clock()
+                frame = encoder.encode(timecode, picture)
+                encoded = clock()
+                if writer.add(frame) is not None:
+                    segments += 1
+                mux += clock() - encoded
+                encode += encoded - mark
+                engine.record_hash(timecode, frame.sha256)
+                if x264 is None and frame.keyframe:
+                    x264 = _x264_version(frame.data)
+            mark = clock()
+            published = engine.publish(now)
+            wire = [
+                (peer, mesh_pb2.MeshMessage(esp=convert.esp_to_proto(e))) for peer, e in published
+            ]
+            spent += clock() - mark
+            incoming = _neighbour_messages(published[0][1], now) if wire else []
+            mark = clock()
+            for msg in incoming:
+                checkers[msg.esp.sender_id].check(msg)
+                engine.on_esp(now, convert.esp_from_proto(msg.esp))
+            proposals += _answer_proposals(engine, now)
+            spent += clock() - mark
+            mesh_seconds.append(spent)
+        seconds = clock() - started
+        locked = engine.snapshot(origin + frames * period).locked
+    finally:
+        writer.finish()
+        encoder.close()
+    mesh = math.fsum(mesh_seconds)
+    parts = {"picture": render, "encode": encode, "segments": mux, "mesh": mesh}
+    parts["other"] = max(0.0, seconds - math.fsum(parts.values()))
+    return _PathRun(seconds, mesh_seconds, parts, segments, proposals, locked, x264)
+
+
+# --- the ffmpeg baseline ----------------------------------------------------------------------
+
+
+def ffmpeg_binary() -> str:
+    """The ``ffmpeg`` on PATH.
+
+    Raises:
+        BenchError: there is none (the message says how to get it).
+    """
+    found = shutil.which("ffmpeg")
+    if found is None:
+        raise BenchError(MISSING_FFMPEG)
+    return found
+
+
+def write_raw(size: EncoderSize, frames: int, path: Path) -> None:
+    """Write synthetic pictures ``0..frames-1`` as raw yuv420p, the baseline's input."""
+    source = SyntheticSource(VideoFormat(size.width, size.height, FRAME_RATE))
+    with path.open("wb") as out:
+        for index in range(frames):
+            out.write(source.picture(index).yuv.tobytes())
+
+
+def ffmpeg_command(binary: str, size: EncoderSize, raw: Path, out: Path) -> list[str]:
+    """The baseline command: our libx264 settings, one thread, one context for the whole run."""
+    params = size.params
+    return [
+        binary,
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-benchmark",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "yuv420p",
+        "-s",
+        size.name,
+        "-r",
+        str(FRAME_RATE.num) if FRAME_RATE.den == 1 else f"{FRAME_RATE.num}/{FRAME_RATE.den}",
+        "-i",
+        str(raw),
+        "-c:v",
+        "libx264",
+        "-preset",
+        params.preset,
+        "-tune",
+        "zerolatency",
+        "-x264-params",
+        params.x264_params,
+        "-threads",
+        "1",
+        "-f",
+        "mpegts",
+        str(out),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _FfmpegRun:
+    transcode_seconds: float
+    wall_seconds: float
+    x264: str | None
+
+
+def run_ffmpeg(command: Sequence[str], frames: int, out: Path) -> _FfmpegRun:
+    """Run the baseline once; killed (and reported) if slower than ``FFMPEG_MIN_FPS``.
+
+    Raises:
+        BenchError: ffmpeg failed, timed out or did not report its timing.
+    """
+    timeout = FFMPEG_STARTUP_ALLOWANCE + frames / FFMPEG_MIN_FPS
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(
+            list(command), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"ffmpeg took longer than {timeout:.0f} s and was stopped") from None
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise BenchError(f"ffmpeg failed with exit status {done.returncode}:\n{tail}")
+    match = _RTIME_RE.search(done.stderr)
+    if match is None:
+        raise BenchError("ffmpeg did not print its -benchmark line (bench: ... rtime=...)")
+    with out.open("rb") as stream:
+        x264 = _x264_version(stream.read(1 << 16))
+    return _FfmpegRun(float(match.group(1)), wall, x264)
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderResult:
+    """Throughput and mesh CPU of one size, over ``repeats`` runs of ``frames`` pictures."""
+
+    size: EncoderSize
+    frames: int
+    ours_fps: tuple[float, ...]
+    ffmpeg_fps: tuple[float, ...]
+    ffmpeg_wall_fps: tuple[float, ...]
+    mesh_us_median: float
+    mesh_us_mean: float
+    mesh_us_p99: float
+    #: Mean milliseconds per frame in each part of the path (``PARTS``), over every run.
+    parts_ms: dict[str, float]
+    segments_per_run: int
+    proposals: int
+    locked: bool
+    x264_ours: str | None
+    x264_ffmpeg: str | None
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """Ours / ffmpeg for each pair of alternating runs."""
+        return tuple(o / f for o, f in zip(self.ours_fps, self.ffmpeg_fps, strict=True))
+
+    @property
+    def mesh_share(self) -> float:
+        """The median mesh CPU per frame as a fraction of the frame period."""
+        return self.mesh_us_median / 1e6 / FRAME_RATE.period
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "size": self.size.name,
+            "bitrate_kbps": self.size.bitrate_kbps,
+            "frames": self.frames,
+            "repeats": len(self.ours_fps),
+            "ours_fps": Spread.of(self.ours_fps).as_dict(),
+            "ffmpeg_fps": Spread.of(self.ffmpeg_fps).as_dict(),
+            "ffmpeg_wall_fps": Spread.of(self.ffmpeg_wall_fps).as_dict(),
+            "ratio": Spread.of(self.ratios).as_dict(),
+            "runs": {
+                "ours_fps": list(self.ours_fps),
+                "ffmpeg_fps": list(self.ffmpeg_fps),
+                "ffmpeg_wall_fps": list(self.ffmpeg_wall_fps),
+            },
+            "mesh_cpu_us": {
+                "median": self.mesh_us_median,
+                "mean": self.mesh_us_mean,
+                "p99": self.mesh_us_p99,
+                "share_of_frame_period": self.mesh_share,
+            },
+            "parts_ms_per_frame": self.parts_ms,
+            "segments_per_run": self.segments_per_run,
+            "proposals": self.proposals,
+            "locked": self.locked,
+            "x264": {"ours": self.x264_ours, "ffmpeg": self.x264_ffmpeg},
+        }
+
+
+def measure_encoder(
+    size: EncoderSize,
+    frames: int,
+    repeats: int,
+    *,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> EncoderResult:
+    """Alternate ``repeats`` runs of our path and of the ffmpeg baseline on the same pictures.
+
+    Raises:
+        BenchError: ffmpeg is missing, fails or is too slow.
+    """
+    binary = ffmpeg_binary()
+    if frames < 1 or repeats < 1:
+        raise BenchError("frames and repeats must be at least 1")
+    ours: list[float] = []
+    theirs: list[float] = []
+    theirs_wall: list[float] = []
+    mesh: list[float] = []
+    runs: list[_PathRun] = []
+    x264_ffmpeg: str | None = None
+    with tempfile.TemporaryDirectory(prefix="meshenc-bench-") as scratch:
+        work = Path(scratch)
+        raw, ts = work / "in.yuv", work / "out.ts"
+        progress(f"{size.name}: writing {frames} pictures for ffmpeg ...")
+        write_raw(size, frames, raw)
+        command = ffmpeg_command(binary, size, raw, ts)
+        # Untimed warm-up: library loading and first-use costs are not the steady state.
+        with tempfile.TemporaryDirectory(dir=work) as segments:
+            run_path(size, min(frames, GOP // 2), Path(segments))
+        for repeat in range(1, repeats + 1):
+            progress(f"{size.name}: run {repeat}/{repeats} (ours, then ffmpeg) ...")
+            with tempfile.TemporaryDirectory(dir=work) as segments:
+                run = run_path(size, frames, Path(segments))
+            runs.append(run)
+            ours.append(frames / run.seconds)
+            mesh.extend(run.mesh_seconds)
+            baseline = run_ffmpeg(command, frames, ts)
+            theirs.append(frames / baseline.transcode_seconds)
+            theirs_wall.append(frames / baseline.wall_seconds)
+            x264_ffmpeg = baseline.x264
+    mesh_us = [s * 1e6 for s in mesh]
+    return EncoderResult(
+        size=size,
+        frames=frames,
+        ours_fps=tuple(ours),
+        ffmpeg_fps=tuple(theirs),
+        ffmpeg_wall_fps=tuple(theirs_wall),
+        mesh_us_median=statistics.median(mesh_us),
+        mesh_us_mean=statistics.fmean(mesh_us),
+        mesh_us_p99=_percentile(mesh_us, 99),
+        parts_ms={
+            part: math.fsum(r.parts[part] for r in runs) * 1e3 / (frames * len(runs))
+            for part in PARTS
+        },
+        segments_per_run=runs[-1].segments,
+        proposals=sum(r.proposals for r in runs),
+        locked=all(r.locked for r in runs),
+        x264_ours=runs[-1].x264,
+        x264_ffmpeg=x264_ffmpeg,
+    )
+
+
+# --- 3: ESP latency over gRPC ------------------------------------------------------------------
+
+
+class _LatencyNode:
+    """A MeshHandler that only notes when each ESP arrived (host clock)."""
+
+    def __init__(self, node_id: str, peer: str) -> None:
+        self.node_id = node_id
+        self.peer = peer
+        #: (sent_at, received_at) per ESP, host clock seconds.
+        self.arrivals: list[tuple[float, float]] = []
+
+    def is_neighbour(self, node_id: str) -> bool:
+        return node_id == self.peer
+
+    def on_esp(self, esp: EncodingStatePacket) -> None:
+        self.arrivals.append((esp.sent_at, time.time()))
+
+    def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
+        del proposal
+        return None
+
+    def on_vote(self, vote: ResyncVote) -> None:
+        del vote
+
+    def state(self) -> mesh_pb2.EncoderState:
+        return mesh_pb2.EncoderState(
+            encoder_id=self.node_id,
+            protocol_version=1,
+            frame_rate=common_pb2.FrameRate(num=FRAME_RATE.num, den=FRAME_RATE.den),
+            gop_length=GOP,
+        )
+
+    def hello(self) -> mesh_pb2.Hello:
+        return _hello(self.node_id)
+
+
+def _latency_esp(sender: str, sequence: int, now: float) -> EncodingStatePacket:
+    return EncodingStatePacket(
+        sender=sender,
+        sequence=sequence,
+        topology_epoch=0,
+        timecode=FRAME_RATE.slot(now),
+        frame_hash=bytes(32),
+        fingerprint=sequence,
+        label=now,
+        correction=0.0,
+        correction_rate=0.0,
+        encode_latency=0.0,
+        rtt=0.0,
+        jitter=0.0,
+        confidence=1.0,
+        sent_at=now,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyResult:
+    """ESP send→receive latency over gRPC on loopback, both directions pooled."""
+
+    sent: int
+    received: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "received": self.received,
+            "rate_per_s": FRAME_RATE.fps,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "max_ms": self.max_ms,
+            "mean_ms": self.mean_ms,
+        }
+
+
+async def _until(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def _send_at_rate(links: MeshLinks, sender: str, peer: str, count: int) -> int:
+    """Send ``count`` ESPs at the frame rate on an absolute schedule; returns how many queued."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    queued = 0
+    for sequence in range(1, count + 1):
+        delay = start + (sequence - 1) * FRAME_RATE.period - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queued += links.send(peer, _latency_esp(sender, sequence, time.time()))
+    return queued
+
+
+async def _latency(count: int) -> LatencyResult:
+    nodes = (_LatencyNode("a", "b"), _LatencyNode("b", "a"))
+    links = [MeshLinks(node) for node in nodes]
+    servers = [MeshServer(node, link) for node, link in zip(nodes, links, strict=True)]
+    try:
+        ports = [await server.start("127.0.0.1:0") for server in servers]
+        links[0].set_peers({"b": f"127.0.0.1:{ports[1]}"})
+        links[1].set_peers({"a": f"127.0.0.1:{ports[0]}"})
+        if not await _until(
+            lambda: links[0].connected("b") and links[1].connected("a"), LINK_TIMEOUT
+        ):
+            raise BenchError(f"the two mesh nodes did not link up within {LINK_TIMEOUT:.0f} s")
+        queued = await asyncio.gather(
+            _send_at_rate(links[0], "a", "b", count), _send_at_rate(links[1], "b", "a", count)
+        )
+        await _until(lambda: sum(len(n.arrivals) for n in nodes) >= sum(queued), DRAIN_TIMEOUT)
+    finally:
+        for link in links:
+            await link.close()
+        for server in servers:
+            await server.stop(grace=0.5)
+    delays = [(received - sent) * 1e3 for node in nodes for sent, received in node.arrivals]
+    if not delays:
+        raise BenchError("no ESP arrived over gRPC")
+    return LatencyResult(
+        sent=2 * count,
+        received=len(delays),
+        p50_ms=_percentile(delays, 50),
+        p99_ms=_percentile(delays, 99),
+        max_ms=max(delays),
+        mean_ms=statistics.fmean(delays),
+    )
+
+
+def measure_latency(count: int) -> LatencyResult:
+    """Send ``count`` ESPs each way between two linked mesh nodes at the frame rate.
+
+    Raises:
+        BenchError: the nodes did not link up, nothing arrived, or the run overran its bound.
+    """
+    if count < 1:
+        raise BenchError("at least one ESP must be sent")
+    bound = LINK_TIMEOUT + count * FRAME_RATE.period + DRAIN_TIMEOUT + 10.0
+    try:
+        return asyncio.run(asyncio.wait_for(_latency(count), bound))
+    except TimeoutError:
+        raise BenchError(f"the gRPC latency run overran its {bound:.0f} s bound") from None
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers depend on, without naming the machine."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpus": len(usable) if usable is not None else os.cpu_count(),
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def results_dict(
+    encoders: Iterable[EncoderResult], latency: LatencyResult | None
+) -> dict[str, Any]:
+    """The JSON document ``--json`` prints and ``--out`` writes."""
+    return {
+        "benchmark": "encoder",
+        "settings": {
+            "frame_rate": str(FRAME_RATE),
+            "gop": GOP,
+            "preset": PRESET,
+            "neighbours": len(NEIGHBOURS),
+        },
+        "machine": machine(),
+        "encoder": [e.as_dict() for e in encoders],
+        "esp_latency": None if latency is None else latency.as_dict(),
+    }
