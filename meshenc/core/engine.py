@@ -11,12 +11,21 @@ From neighbours' ESPs the engine learns, per picture fingerprint, how far their 
 labels are from its own. One Kalman filter per neighbour tracks that deviation and its rate
 (``DeviationFilter``); adding both sides' known corrections gives the corrected deviation now
 and ``horizon`` seconds ahead. Every ``control_interval`` the engine condenses the neighbours
-into one view — a trimmed mean, so one lying neighbour cannot pull it — and finds the error
-``E`` between its label and the middle of the slot the mesh gives the current picture (its own
-slot while the mesh centre stays within ``slot_hysteresis`` of it: this is what keeps a mesh
-whose labels sit near a slot boundary from splitting into two camps). The policy turns that
-view into at most one correction; significant ones go to the neighbours' vote
-(``ProposalBook``), the rest apply at once. Rejected or unanswered proposals are escalated.
+it trusts (trust is lost on evidence: filter rejections, disagreeing frame hashes) into one
+error ``E``:
+
+- *locking in*: ``E`` is the mean of the deviations (its own counts as 0). Averaging converges
+  to one value on any connected mesh. Once every counted neighbour has stayed within
+  ``consensus_band`` for ``lock_dwell``, the encoder is locked.
+- *locked*: ``E`` is the distance of the label from the middle of the slot of the densest
+  group's centre (at most ``tolerated_outliers`` set aside, a centre just before a boundary
+  counting as in the next slot). If the neighbourhood spreads past the relock limit, the
+  encoder locks in again, so groups that locked into adjacent slots average out.
+
+Locking in, every move is a correction; locked, the policy decides (predictive acts on the
+error predicted ``horizon`` ahead and steers the label rate; reactive acts past the half-frame
+boundary). Significant corrections go to the neighbours' vote (``ProposalBook``); the rest apply
+at once. Rejected or unanswered proposals are escalated. ``docs/sync.md`` explains the choices.
 
 The engine never reads a clock and never does IO: every method takes ``now`` (seconds on
 this encoder's clock) and returns or queues what the shell must do. Actions queue up in
@@ -311,7 +320,6 @@ class SyncEngine:
         self._recent: deque[CorrectionApplied] = deque(maxlen=16)
         self._counts: dict[CorrectionKind, int] = dict.fromkeys(CorrectionKind, 0)
         self._escalations = 0
-        self._rate_adjustments = 0
         self._locked = False
         self._agreed_since = math.inf
         self._error = 0.0
@@ -601,7 +609,6 @@ class SyncEngine:
                 self._corr = my_corr
                 self._corr_at = now
                 self._corr_rate = steered
-                self._rate_adjustments += 1
             return
         if not plan.needs_vote:
             self._apply(now, plan, 0)

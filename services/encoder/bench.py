@@ -59,7 +59,7 @@ from meshenc.core.engine import EngineConfig, SendProposal, SyncEngine
 from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
 from meshenc.core.timecode import FrameRate
 from meshenc.v1 import common_pb2, mesh_pb2
-from meshenc.wire import convert
+from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.validation import ExchangeStreamChecker
 from services.encoder.media.gop import EncoderParams, GopEncoder
 from services.encoder.media.segments import SegmentWriter
@@ -220,7 +220,7 @@ class Spread:
 def _hello(node_id: str) -> mesh_pb2.Hello:
     return mesh_pb2.Hello(
         sender_id=node_id,
-        protocol_version=1,
+        protocol_version=PROTOCOL_VERSION,
         frame_rate=common_pb2.FrameRate(num=FRAME_RATE.num, den=FRAME_RATE.den),
         gop_length=GOP,
         topology_epoch=0,
@@ -611,7 +611,7 @@ class _LatencyNode:
     def state(self) -> mesh_pb2.EncoderState:
         return mesh_pb2.EncoderState(
             encoder_id=self.node_id,
-            protocol_version=1,
+            protocol_version=PROTOCOL_VERSION,
             frame_rate=common_pb2.FrameRate(num=FRAME_RATE.num, den=FRAME_RATE.den),
             gop_length=GOP,
         )

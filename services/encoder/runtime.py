@@ -41,6 +41,7 @@ from meshenc.core.engine import (
 )
 from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
 from meshenc.v1 import common_pb2, mesh_pb2
+from meshenc.wire import PROTOCOL_VERSION
 from services.encoder.media.gop import EncoderParams, GopEncoder
 from services.encoder.media.segments import SegmentWriter
 from services.encoder.media.source import (
@@ -139,7 +140,7 @@ class EncoderRuntime:
         fr = self.settings.frame_rate
         return mesh_pb2.Hello(
             sender_id=self.node_id,
-            protocol_version=1,
+            protocol_version=PROTOCOL_VERSION,
             frame_rate=common_pb2.FrameRate(num=fr.num, den=fr.den),
             gop_length=self.settings.gop,
             topology_epoch=self.engine.topology_epoch,

@@ -9,7 +9,7 @@ from typing import Protocol
 from meshenc.core.engine import EngineSnapshot
 from meshenc.core.messages import EncodingStatePacket
 from meshenc.v1 import common_pb2, mesh_pb2
-from meshenc.wire import convert
+from meshenc.wire import PROTOCOL_VERSION, convert
 from services.encoder.settings import EncoderSettings
 
 __all__ = ["encoder_state"]
@@ -37,7 +37,7 @@ def encoder_state(encoder: _Encoder, snap: EngineSnapshot) -> mesh_pb2.EncoderSt
     fr = settings.frame_rate
     state = mesh_pb2.EncoderState(
         encoder_id=snap.node_id,
-        protocol_version=1,
+        protocol_version=PROTOCOL_VERSION,
         frame_rate=common_pb2.FrameRate(num=fr.num, den=fr.den),
         gop_length=settings.gop,
         correction_ns=_ns(snap.correction),
