@@ -57,6 +57,7 @@ from meshenc.core.messages import (
     ResyncProposal,
     ResyncVote,
 )
+from meshenc.core.parameters import ParameterChange, ParameterSchedule
 from meshenc.core.policy import (
     ControlView,
     PlannedCorrection,
@@ -78,6 +79,8 @@ __all__ = [
     "Escalate",
     "FrameDecision",
     "NeighbourSnapshot",
+    "ParameterChangeError",
+    "ParametersAgreed",
     "SendProposal",
     "SendVote",
     "SyncEngine",
@@ -90,6 +93,12 @@ class EngineConfig:
 
     frame_rate: FrameRate
     strategy: Strategy = Strategy.PREDICTIVE
+    #: Frames per GOP (= per segment) and the bitrate the mesh starts with.
+    gop: int = 60
+    bitrate_kbps: int = 1500
+    #: A parameter change takes effect this many segments after the one being encoded, which
+    #: leaves the vote and the gossip across the mesh seconds to finish.
+    parameter_lead: int = 3
     policy: PolicyTuning = field(default_factory=PolicyTuning)
     kalman: KalmanTuning = field(default_factory=KalmanTuning)
     #: Time between control steps (filter updates and policy decisions).
@@ -176,7 +185,20 @@ class CorrectionApplied:
     proposal_id: int
 
 
-Action = SendProposal | Escalate | CorrectionApplied
+@dataclass(frozen=True, slots=True)
+class ParametersAgreed:
+    """The mesh agreed on new encoding parameters from ``change.effective_segment`` on."""
+
+    change: ParameterChange
+    #: The proposal this encoder made for it, or 0 when it was learnt from a neighbour.
+    proposal_id: int
+
+
+class ParameterChangeError(ValueError):
+    """A parameter change cannot be proposed now; the message says why."""
+
+
+Action = SendProposal | Escalate | CorrectionApplied | ParametersAgreed
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +251,9 @@ class EngineSnapshot:
     recent_corrections: tuple[CorrectionApplied, ...]
     escalations: int
     open_proposals: int
+    #: The bitrate of the segment being encoded, and a change agreed for a later one.
+    bitrate_kbps: int
+    pending_change: ParameterChange | None
 
 
 # --- per-neighbour state ----------------------------------------------------------------------
@@ -315,6 +340,8 @@ class SyncEngine:
         self._proposals = ProposalBook()
         self._proposal_ids = 0
         self._open: tuple[int, PlannedCorrection, float] | None = None
+        self._schedule = ParameterSchedule(config.bitrate_kbps)
+        self._parameter_proposals: dict[int, ParameterChange] = {}
         self._quiet_until = -math.inf
         self._actions: list[Action] = []
         self._recent: deque[CorrectionApplied] = deque(maxlen=16)
@@ -408,6 +435,7 @@ class SyncEngine:
             return []
         self._sequence += 1
         tc = last.timecodes[-1] if last.timecodes else self.config.frame_rate.slot(last.label)
+        newest = self._schedule.newest
         esp = EncodingStatePacket(
             sender=self.node_id,
             sequence=self._sequence,
@@ -424,6 +452,8 @@ class SyncEngine:
             confidence=self._confidence,
             sent_at=now,
             locked=self._locked,
+            params_segment=newest.effective_segment if newest else 0,
+            params_bitrate_kbps=newest.bitrate_kbps if newest else 0,
         )
         if self._sequence % self.config.echo_every:
             return [(n, esp) for n in self._neighbours]
@@ -462,6 +492,8 @@ class SyncEngine:
             return False
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
         nb.locked = esp.locked
+        if esp.params_segment > 0 and esp.params_bitrate_kbps > 0:
+            self._learn(ParameterChange(esp.params_segment, esp.params_bitrate_kbps), 0)
         nb.corr = esp.correction
         nb.corr_rate = esp.correction_rate
         nb.corr_at = now
@@ -491,6 +523,11 @@ class SyncEngine:
         nb = self._neighbours.get(proposal.proposer)
         if nb is None:
             return None
+        if proposal.kind is CorrectionKind.PARAMETER and (
+            proposal.effective_segment <= self.current_segment
+        ):
+            late = ResyncVote(proposal.proposer, proposal.proposal_id, self.node_id, False, 0.0)
+            return SendVote(replace(late, reason="segment already begun"), proposal.proposer)
         estimate = None
         cfg = self.config
         if (
@@ -516,6 +553,51 @@ class SyncEngine:
     def tick(self, now: float) -> None:
         """Let time pass without a frame (vote deadlines)."""
         self._tick_votes(now)
+
+    @property
+    def current_segment(self) -> int:
+        """The segment of the newest output slot (-1 before the first frame)."""
+        return -1 if self._last_tc is None else self._last_tc // self.config.gop
+
+    def bitrate_for(self, segment: int) -> int:
+        """The agreed bitrate of ``segment``."""
+        return self._schedule.bitrate_for(segment)
+
+    def request_parameters(self, now: float, bitrate_kbps: int) -> ResyncProposal:
+        """Propose a mesh-wide bitrate change ``parameter_lead`` segments ahead.
+
+        Raises:
+            ParameterChangeError: no frame encoded yet, no neighbours to agree, or another
+                change is still pending.
+        """
+        if self._last_tc is None:
+            raise ParameterChangeError("no frame encoded yet")
+        if not self._neighbours:
+            raise ParameterChangeError("no neighbours to agree with")
+        pending = self._schedule.pending(self.current_segment)
+        if pending is not None or self._parameter_proposals:
+            raise ParameterChangeError(f"a change is already pending: {pending}")
+        change = ParameterChange(self.current_segment + self.config.parameter_lead, bitrate_kbps)
+        self._proposal_ids += 1
+        proposal = ResyncProposal(
+            proposer=self.node_id,
+            proposal_id=self._proposal_ids,
+            kind=CorrectionKind.PARAMETER,
+            shift=0.0,
+            topology_epoch=self.topology_epoch,
+            effective_segment=change.effective_segment,
+            bitrate_kbps=bitrate_kbps,
+        )
+        electorate = frozenset(self._neighbours)
+        self._proposals.open(now, proposal, electorate, self.config.vote_timeout)
+        self._parameter_proposals[proposal.proposal_id] = change
+        self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))
+        return proposal
+
+    def _learn(self, change: ParameterChange, proposal_id: int) -> None:
+        if self._schedule.adopt(change, self.current_segment):
+            self._counts[CorrectionKind.PARAMETER] += 1
+            self._actions.append(ParametersAgreed(change, proposal_id))
 
     def drain_actions(self) -> list[Action]:
         actions, self._actions = self._actions, []
@@ -639,6 +721,14 @@ class SyncEngine:
         return not others or sorted(others)[len(others) // 2] < 0.9
 
     def _settle(self, now: float, outcome: Outcome) -> None:
+        change = self._parameter_proposals.pop(outcome.proposal.proposal_id, None)
+        if change is not None:
+            if outcome.verdict is Verdict.ACCEPTED:
+                self._learn(change, outcome.proposal.proposal_id)
+            else:
+                self._escalations += 1
+                self._actions.append(Escalate(outcome, 0.0))
+            return
         if self._open is None or outcome.proposal.proposal_id != self._open[0]:
             return
         _, plan, error = self._open
@@ -705,4 +795,6 @@ class SyncEngine:
             recent_corrections=tuple(self._recent),
             escalations=self._escalations,
             open_proposals=self._proposals.open_count,
+            bitrate_kbps=self._schedule.bitrate_for(max(self.current_segment, 0)),
+            pending_change=self._schedule.pending(self.current_segment),
         )

@@ -60,9 +60,12 @@ class EncodingStatePacket:
     echo_sequence: int = 0
     echo_sent_at: float = 0.0
     echo_hold: float = 0.0
-    #: The sender holds a lock: its neighbourhood agrees on the timeline. An encoder that is
-    #: still locking in makes nearby locked neighbours lock in again with it.
+    #: The sender holds a lock: its neighbourhood agrees on the timeline.
     locked: bool = False
+    #: The newest encoding-parameter change the sender has agreed on (0, 0: none): from segment
+    #: ``params_segment`` on, bitrate ``params_bitrate_kbps``. Gossip spreads it mesh-wide.
+    params_segment: int = 0
+    params_bitrate_kbps: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,6 +159,8 @@ def esp_to_proto(esp: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
         echo_sent_unix_ns=seconds_to_ns(esp.echo_sent_at),
         echo_hold_ns=seconds_to_ns(esp.echo_hold),
         locked=esp.locked,
+        params_segment=esp.params_segment,
+        params_bitrate_kbps=esp.params_bitrate_kbps,
     )
 
 
@@ -187,6 +189,8 @@ def esp_from_proto(msg: mesh_pb2.EncodingStatePacket) -> EncodingStatePacket:
         echo_sent_at=ns_to_seconds(msg.echo_sent_unix_ns),
         echo_hold=ns_to_seconds(msg.echo_hold_ns),
         locked=msg.locked,
+        params_segment=msg.params_segment,
+        params_bitrate_kbps=msg.params_bitrate_kbps,
     )
 
 

@@ -131,6 +131,7 @@ __all__ = [
     "validate_ping_request",
     "validate_ping_response",
     "validate_proposal",
+    "validate_set_parameters_request",
     "validate_store_request",
     "validate_store_response",
     "validate_vote",
@@ -445,6 +446,20 @@ def _esp(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
         _check_range(
             msg.echo_hold_ns, 0, MAX_ECHO_HOLD_NS, _path(prefix, "echo_hold_ns"), "ns (60 s)"
         )
+    _parameter_change(
+        msg.params_segment,
+        msg.params_bitrate_kbps,
+        _path(prefix, "params_segment"),
+        _path(prefix, "params_bitrate_kbps"),
+    )
+
+
+def _parameter_change(segment: int, bitrate: int, segment_field: str, bitrate_field: str) -> None:
+    """An agreed change in an ESP: both 0 (none), or a positive segment and a valid bitrate."""
+    if segment == 0 and bitrate == 0:
+        return
+    _check_positive(segment, segment_field)
+    _check_range(bitrate, MIN_BITRATE_KBPS, MAX_BITRATE_KBPS, bitrate_field, "kbit/s")
 
 
 def _proposal(msg: mesh_pb2.ResyncProposal, prefix: str) -> None:
@@ -531,6 +546,11 @@ def validate_mesh_message(msg: mesh_pb2.MeshMessage) -> None:
 def validate_get_state_request(msg: mesh_pb2.GetStateRequest) -> None:
     """GetStateRequest has no fields, so every one is valid; kept for uniform servers."""
     del msg
+
+
+def validate_set_parameters_request(msg: mesh_pb2.SetParametersRequest) -> None:
+    """``bitrate_kbps`` within [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``]."""
+    _check_range(msg.bitrate_kbps, MIN_BITRATE_KBPS, MAX_BITRATE_KBPS, "bitrate_kbps", "kbit/s")
 
 
 class ExchangeStreamChecker:

@@ -619,6 +619,9 @@ class _LatencyNode:
     def hello(self) -> mesh_pb2.Hello:
         return _hello(self.node_id)
 
+    def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
+        raise ValueError("the latency benchmark changes no parameters")
+
 
 def _latency_esp(sender: str, sequence: int, now: float) -> EncodingStatePacket:
     return EncodingStatePacket(

@@ -58,6 +58,7 @@ from meshenc.wire.validation import (
     ExchangeStreamChecker,
     InvalidMessage,
     validate_get_state_request,
+    validate_set_parameters_request,
 )
 from services.common.grpc_server import GrpcServer, insecure_channel
 
@@ -114,6 +115,13 @@ class MeshHandler(Protocol):
 
     def hello(self) -> mesh_pb2.Hello:
         """The Hello this encoder opens each stream with."""
+        ...
+
+    def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
+        """Propose a mesh-wide bitrate change; (proposal id, effective segment).
+
+        Raises ValueError with the reason when no change can be proposed now.
+        """
         ...
 
 
@@ -634,6 +642,27 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
     ) -> mesh_pb2.EncoderState:
         validate_get_state_request(request)
         return self._owner._handler.state()
+
+    async def SetParameters(  # noqa: N802 -- the gRPC method's name
+        self, request: mesh_pb2.SetParametersRequest, context: Any
+    ) -> mesh_pb2.SetParametersResponse:
+        try:
+            validate_set_parameters_request(request)
+        except InvalidMessage as exc:
+            log.warning("SetParameters refused: %s", exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            proposal_id, segment = self._owner._handler.set_parameters(request.bitrate_kbps)
+        except ValueError as exc:
+            log.warning("SetParameters refused: %s", exc)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        log.info(
+            "proposed %d kbit/s from segment %d (proposal %d)",
+            request.bitrate_kbps,
+            segment,
+            proposal_id,
+        )
+        return mesh_pb2.SetParametersResponse(proposal_id=proposal_id, effective_segment=segment)
 
 
 class MeshServer:

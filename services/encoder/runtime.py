@@ -36,6 +36,7 @@ from meshenc.core.engine import (
     CorrectionApplied,
     EngineConfig,
     Escalate,
+    ParametersAgreed,
     SendProposal,
     SyncEngine,
 )
@@ -76,9 +77,13 @@ class EncoderRuntime:
         self.node_id = settings.id
         fr = settings.frame_rate
         self._period = fr.period
-        self.engine = SyncEngine(
-            settings.id, EngineConfig(frame_rate=fr, strategy=settings.strategy), settings.peers
+        config = EngineConfig(
+            frame_rate=fr,
+            strategy=settings.strategy,
+            gop=settings.gop,
+            bitrate_kbps=settings.bitrate_kbps,
         )
+        self.engine = SyncEngine(settings.id, config, settings.peers)
         self._oscillator = VirtualOscillator(
             offset=settings.offset_ms / 1000.0,
             drift_ppm=settings.drift_ppm,
@@ -145,6 +150,11 @@ class EncoderRuntime:
             gop_length=self.settings.gop,
             topology_epoch=self.engine.topology_epoch,
         )
+
+    def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
+        proposal = self.engine.request_parameters(self.clock(), bitrate_kbps)
+        self._dispatch()
+        return proposal.proposal_id, proposal.effective_segment
 
     def state(self) -> mesh_pb2.EncoderState:
         return encoder_state(self, self.engine.snapshot(self.clock()))
@@ -219,7 +229,8 @@ class EncoderRuntime:
         decision = self.engine.on_frame(now, picture.fingerprint)
         for tc in decision.timecodes:
             started = time.perf_counter()
-            frame = encoder.encode(tc, picture)
+            bitrate = self.engine.bitrate_for(tc // self.settings.gop)
+            frame = encoder.encode(tc, picture, bitrate_kbps=bitrate)
             self._load.encoded(time.perf_counter() - started)
             if writer.add(frame) is not None:
                 self.stats.segments += 1
@@ -255,6 +266,13 @@ class EncoderRuntime:
                     action.new_rate * 1e6,
                     "n/a" if math.isnan(action.lead) else f"{action.lead:.1f} s",
                     action.proposal_id,
+                )
+            elif isinstance(action, ParametersAgreed):
+                log.info(
+                    "parameters agreed: %d kbit/s from segment %d (%s)",
+                    action.change.bitrate_kbps,
+                    action.change.effective_segment,
+                    f"proposal {action.proposal_id}" if action.proposal_id else "from a neighbour",
                 )
             elif isinstance(action, Escalate):
                 self.stats.escalations += 1

@@ -55,7 +55,11 @@ def encoder_state(encoder: _Encoder, snap: EngineSnapshot) -> mesh_pb2.EncoderSt
         injected_drift_ppm=settings.drift_ppm,
         injected_offset_ms=settings.offset_ms,
         injected_jitter_ms=settings.jitter_ms,
+        bitrate_kbps=snap.bitrate_kbps,
     )
+    if snap.pending_change is not None:
+        state.pending_parameters.effective_segment = snap.pending_change.effective_segment
+        state.pending_parameters.bitrate_kbps = snap.pending_change.bitrate_kbps
     for kind, count in snap.corrections.items():
         state.corrections[kind.value] = count
     for event in snap.recent_corrections:

@@ -65,6 +65,8 @@ class FakeHandler:
         self.esps: list[EncodingStatePacket] = []
         self.proposals: list[ResyncProposal] = []
         self.votes: list[ResyncVote] = []
+        self.parameter_requests: list[int] = []
+        self.refuse_parameters = False
 
     def is_neighbour(self, node_id: str) -> bool:
         return node_id in self.neighbours
@@ -96,6 +98,12 @@ class FakeHandler:
 
     def hello(self) -> mesh_pb2.Hello:
         return hello(self.node_id, gop=self.gop)
+
+    def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
+        if self.refuse_parameters:
+            raise ValueError("a change is already pending")
+        self.parameter_requests.append(bitrate_kbps)
+        return 7, 123
 
     def esps_from(self, sender: str) -> list[int]:
         return [esp.sequence for esp in self.esps if esp.sender == sender]
@@ -464,6 +472,35 @@ def test_get_state_health_and_reflection() -> None:
             listed = await asyncio.to_thread(services)
             assert SERVICE_NAME in listed
             assert "grpc.health.v1.Health" in listed
+        finally:
+            await channel.close()
+            await stop(node)
+
+    run(main())
+
+
+def test_set_parameters_is_validated_and_refusals_are_failed_precondition() -> None:
+    async def main() -> None:
+        node = await start_node("p")
+        channel = grpc.aio.insecure_channel(node.address)
+        stub = mesh_pb2_grpc.EncoderMeshStub(channel)
+        try:
+            answer = await stub.SetParameters(
+                mesh_pb2.SetParametersRequest(bitrate_kbps=800), timeout=2.0
+            )
+            assert (answer.proposal_id, answer.effective_segment) == (7, 123)
+            assert node.handler.parameter_requests == [800]
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await stub.SetParameters(mesh_pb2.SetParametersRequest(bitrate_kbps=10))
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "bitrate_kbps" in (bad.value.details() or "")
+            node.handler.refuse_parameters = True
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.SetParameters(mesh_pb2.SetParametersRequest(bitrate_kbps=900))
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert node.handler.parameter_requests == [800]
+            state = await stub.GetState(mesh_pb2.GetStateRequest(), timeout=2.0)
+            assert state.encoder_id == "p"  # the server still serves
         finally:
             await channel.close()
             await stop(node)

@@ -2,8 +2,10 @@
 
 With the mesh on, every segment after lock-in (at most the first two complete segments) must be
 byte-identical on all three encoders; with the mesh off (same clocks, same ingest paths) they
-must not be. The verdict comes from the segment files on disk, never from the encoders' claims.
-Both meshes run at the same time to keep the suite short.
+must not be. Midway, an operator asks one encoder of the mesh for a much lower bitrate: the
+change must take effect on all three at the same segment (still byte-identical, and smaller
+from that segment on). The verdict comes from the segment files on disk, never from the
+encoders' claims. Both meshes run at the same time to keep the suite short.
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
+
+from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 
 DURATION = 62.0
 GOP = 60  # 2 s segments at 30 fps
+#: The synthetic pattern at 320x180 needs about 400 kbit/s; this is far below it.
+LOW_BITRATE_KBPS = 100
+#: When (s after start) the operator asks for it.
+CHANGE_AT = 25.0
 #: Per encoder: injected drift (ppm), clock offset (ms), ingest delay (ms).
 FAULTS = {"a": (80.0, 40.0, 20.0), "b": (-60.0, -30.0, 60.0), "c": (0.0, 0.0, 100.0)}
 
@@ -36,7 +45,7 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _start_mesh(out: Path, *, sync: bool) -> list[subprocess.Popen[bytes]]:
+def _start_mesh(out: Path, *, sync: bool) -> tuple[list[subprocess.Popen[bytes]], dict[str, int]]:
     ports = dict(zip(FAULTS, _free_ports(len(FAULTS)), strict=True))
     processes = []
     for name, (drift, offset, delay) in FAULTS.items():
@@ -60,7 +69,16 @@ def _start_mesh(out: Path, *, sync: bool) -> list[subprocess.Popen[bytes]]:
             command.append("--no-sync")
         with (out / f"{name}.log").open("wb") as log:
             processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
-    return processes
+    return processes, ports
+
+
+def _ask_for_bitrate(port: int, bitrate_kbps: int) -> int:
+    """What an operator's tool does: SetParameters on one encoder; the effective segment."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        answer = mesh_pb2_grpc.EncoderMeshStub(channel).SetParameters(
+            mesh_pb2.SetParametersRequest(bitrate_kbps=bitrate_kbps), timeout=5.0
+        )
+    return int(answer.effective_segment)
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -88,8 +106,14 @@ def test_three_encoders_write_identical_segments_only_with_the_mesh(tmp_path: Pa
     on, off = tmp_path / "mesh-on", tmp_path / "mesh-off"
     on.mkdir()
     off.mkdir()
-    processes = _start_mesh(on, sync=True) + _start_mesh(off, sync=False)
-    codes = _wait(processes, DURATION + 30.0)
+    with_mesh, ports = _start_mesh(on, sync=True)
+    without_mesh, _ = _start_mesh(off, sync=False)
+    processes = with_mesh + without_mesh
+    try:
+        time.sleep(CHANGE_AT)
+        effective = _ask_for_bitrate(ports["a"], LOW_BITRATE_KBPS)
+    finally:
+        codes = _wait(processes, DURATION + 30.0)
     logs = {p.name: p.read_text(errors="replace")[-2000:] for p in tmp_path.glob("*/*.log")}
     assert codes == [0] * len(processes), logs
 
@@ -101,6 +125,17 @@ def test_three_encoders_write_identical_segments_only_with_the_mesh(tmp_path: Pa
     identical = len(after_lock) - len(differing)
     print(f"mesh on: {identical} of {len(after_lock)} segments after lock byte-identical")
     assert not differing, f"segments differ after lock-in: {differing}"
+
+    # The bitrate change: every encoder switched at the agreed segment, no earlier, no later.
+    def number(name: str) -> int:
+        return int(name.removeprefix("seg-").removesuffix(".ts"))
+
+    sizes = {s: len((on / "a" / s).read_bytes()) for s in after_lock}
+    before = [size for s, size in sizes.items() if number(s) < effective]
+    after = [size for s, size in sizes.items() if number(s) >= effective]
+    print(f"bitrate change at segment {effective}: {before} -> {after} bytes")
+    assert len(before) >= 3 and len(after) >= 3
+    assert max(after) < 0.6 * min(before)
 
     off_digests = {name: _digests(off / name) for name in FAULTS}
     off_common = sorted(set.intersection(*(set(d) for d in off_digests.values())))

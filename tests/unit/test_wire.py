@@ -279,6 +279,8 @@ def test_esp_wire_contract_is_stable() -> None:
         ("echo_sent_unix_ns", 16, "int64"),
         ("echo_hold_ns", 17, "uint64"),
         ("locked", 18, "bool"),
+        ("params_segment", 19, "int64"),
+        ("params_bitrate_kbps", 20, "uint32"),
     ]
     actual = [(f.name, f.number, _TYPE_NAMES[f.type]) for f in fields]
     assert actual == expected

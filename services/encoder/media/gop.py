@@ -19,7 +19,7 @@ x264's version and options in an SEI message, and encoder releases change decisi
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import av
@@ -163,8 +163,13 @@ class GopEncoder:
         ctx.open()
         return ctx
 
-    def encode(self, timecode: int, picture: Picture) -> EncodedFrame:
+    def encode(
+        self, timecode: int, picture: Picture, *, bitrate_kbps: int | None = None
+    ) -> EncodedFrame:
         """Encode one picture at ``timecode`` and return its access unit at once.
+
+        ``bitrate_kbps`` is the bitrate agreed for this frame's GOP; it is read only when a GOP
+        starts, so a change always takes effect at a GOP boundary.
 
         Raises:
             ValueError: the picture has the wrong size, or the timecode does not follow the
@@ -179,6 +184,8 @@ class GopEncoder:
         gop_index = timecode // params.gop
         if self._ctx is None or gop_index != self._gop_index:
             self._ctx = None  # zero latency: nothing is left in the old context to drain
+            if bitrate_kbps is not None and bitrate_kbps != params.bitrate_kbps:
+                self.params = params = replace(params, bitrate_kbps=bitrate_kbps)
             self._ctx = self._new_context()
             self._gop_index = gop_index
         elif self._last_timecode is not None and timecode <= self._last_timecode:
