@@ -15,9 +15,10 @@ ESP, and the ESP goes to every neighbour. Everything the engine decides (proposa
 corrections, escalations) leaves through ``_dispatch``.
 
 The loop never waits for the network: sends are queued per neighbour and dropped when a
-neighbour is slow (counted by the mesh links). When the loop falls behind the source (the
-machine is overloaded), it skips to the current picture — as a live ingest loses frames — and
-counts the skipped ones.
+neighbour is slow (counted by the mesh links). A loop that is late (a segment write, a busy
+machine) works through the frames it owes back to back, as a capture buffer would — their
+stamps are the arrival moments, so labels do not suffer. Only beyond a second's backlog does it
+skip to the current picture, as a live ingest loses frames, and count the skipped ones.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ class EncoderRuntime:
         self._last_esp: EncodingStatePacket | None = None
         self._last_tc: int | None = None
         self._load = _LoadMeter()
+        #: Frames the loop may owe before it gives up on them (one second's worth).
+        self._max_backlog = max(1, round(settings.frame_rate.fps))
 
     # -- clock --------------------------------------------------------------------------------
 
@@ -200,9 +203,10 @@ class EncoderRuntime:
                         await asyncio.sleep(wait)
                     continue
                 behind = math.floor((time.time() - delay) / self._period) - picture_index
-                if behind > 0:
+                if behind > self._max_backlog:
                     self.stats.skipped += behind
                     picture_index += behind
+                    log.warning("fell %d frames behind the source: skipped them", behind)
                 self._capture(source, encoder, writer, picture_index, due)
                 picture_index += 1
                 await asyncio.sleep(0)
