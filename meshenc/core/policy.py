@@ -150,6 +150,8 @@ class ResyncPolicy(Protocol):
 class _MeshPolicy:
     frame_rate: FrameRate
     tuning: PolicyTuning
+    uses_mesh = True
+    counts_frames = False
 
     def _plan(self, view: ControlView, new_rate: float, lead: float) -> PlannedCorrection:
         return plan_shift(self.frame_rate, self.tuning, view, new_rate, lead)
@@ -160,8 +162,6 @@ class _MeshPolicy:
 
 class PredictivePolicy(_MeshPolicy):
     strategy = Strategy.PREDICTIVE
-    uses_mesh = True
-    counts_frames = False
 
     @property
     def tolerance(self) -> float:
@@ -189,8 +189,6 @@ class PredictivePolicy(_MeshPolicy):
 
 class ReactivePolicy(_MeshPolicy):
     strategy = Strategy.REACTIVE
-    uses_mesh = True
-    counts_frames = False
 
     @property
     def tolerance(self) -> float:
