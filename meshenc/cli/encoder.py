@@ -15,15 +15,14 @@ from pydantic import ValidationError
 
 from meshenc.core.policy import Strategy
 from services.encoder.runtime import EncoderRuntime
-from services.encoder.settings import EncoderSettings, parse_peers
+from services.encoder.settings import EncoderSettings, parse_peers, parse_size
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:
     try:
-        width, height = (int(v) for v in value.lower().split("x", 1))
+        return parse_size(value)
     except ValueError as exc:
-        raise click.BadParameter("expected WIDTHxHEIGHT, e.g. 640x360") from exc
-    return width, height
+        raise click.BadParameter(str(exc)) from exc
 
 
 @click.command()

@@ -65,6 +65,7 @@ from services.encoder.media.gop import EncoderParams, GopEncoder
 from services.encoder.media.segments import SegmentWriter
 from services.encoder.media.source import SyntheticSource, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
+from services.encoder.settings import parse_size
 
 __all__ = [
     "FRAME_RATE",
@@ -179,7 +180,7 @@ def parse_sizes(text: str) -> list[EncoderSize]:
             continue
         shape, _, kbps = entry.partition("@")
         try:
-            width, height = (int(v) for v in shape.split("x", 1))
+            width, height = parse_size(shape)
             bitrate = int(kbps) if kbps else default_bitrate(width, height)
         except ValueError:
             raise ValueError(f"expected WxH or WxH@KBPS, e.g. 640x360, got {entry!r}") from None

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
 
-__all__ = ["EncoderSettings", "parse_peers"]
+__all__ = ["EncoderSettings", "parse_peers", "parse_size"]
 
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
@@ -29,6 +29,17 @@ def _check_address(value: str, what: str, *, lowest_port: int = 1) -> str:
             f"{what} must be HOST:PORT with a port in {lowest_port}..65535, got {value!r}"
         )
     return value
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"640x360"`` → ``(640, 360)``; ValueError for anything else."""
+    width, sep, height = text.strip().lower().partition("x")
+    try:
+        if not sep:
+            raise ValueError
+        return int(width), int(height)
+    except ValueError:
+        raise ValueError(f"expected WIDTHxHEIGHT, e.g. 640x360, got {text!r}") from None
 
 
 def parse_peers(text: str) -> dict[str, str]:

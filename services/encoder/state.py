@@ -83,6 +83,7 @@ def encoder_state(encoder: _Encoder, snap: EngineSnapshot) -> mesh_pb2.EncoderSt
             rtt_us=_us(n.rtt),
             jitter_us=_us(n.jitter),
             trusted=n.trusted,
+            locked=n.locked,
             loss=n.loss,
             crossing_in_ms=-1.0 if math.isnan(n.crossing_in) else n.crossing_in * 1000.0,
         )
