@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from meshenc.local.ports import free_ports
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 
 DURATION = 62.0
@@ -36,19 +36,8 @@ CHANGE_AT = 25.0
 FAULTS = {"a": (80.0, 40.0, 20.0), "b": (-60.0, -30.0, 60.0), "c": (0.0, 0.0, 100.0)}
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _start_mesh(out: Path, *, sync: bool) -> tuple[list[subprocess.Popen[bytes]], dict[str, int]]:
-    ports = dict(zip(FAULTS, _free_ports(len(FAULTS)), strict=True))
+    ports = dict(zip(FAULTS, free_ports(len(FAULTS)), strict=True))
     processes = []
     for name, (drift, offset, delay) in FAULTS.items():
         peers = ",".join(f"{p}=127.0.0.1:{ports[p]}" for p in FAULTS if p != name)

@@ -16,13 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from meshenc.local.ports import free_ports
+
 GRPCURL = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "grpcurl"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _grpcurl(*args: str) -> str:
@@ -36,7 +32,7 @@ def _grpcurl(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
+    (port,) = free_ports(1)
     out = tmp_path_factory.mktemp("grpcurl")
     command = [
         sys.executable, "-m", "meshenc", "encoder", "--id", "probe",
