@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/meshenc/v1/*.proto)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test lint proto bench system-deps tools lock clean
+.PHONY: help demo test lint proto bench system-deps tools chart-check lock clean
 
 help:
 	@echo "make demo   run the local mesh (embedded mode)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint   ruff, mypy and the layering contracts"
 	@echo "make proto  regenerate meshenc/v1 from proto/"
 	@echo "make bench  benchmarks (prints tables, writes bench-results/)"
+	@echo "make chart-check  the Helm chart alone: lint, render, schemas, chart tests"
 	@echo "make lock   re-pin constraints.txt from a fresh resolution"
 
 # The virtualenv is rebuilt when the declared or pinned dependencies change.
@@ -40,7 +41,17 @@ system-deps:
 .tools/bin/grpcurl: scripts/fetch-grpcurl.sh $(VENV)/.installed
 	PYTHON=$(PY) scripts/fetch-grpcurl.sh
 
-tools: .tools/bin/grpcurl
+.tools/bin/helm .tools/bin/kubectl &: scripts/fetch-helm.sh $(VENV)/.installed
+	PYTHON=$(PY) scripts/fetch-helm.sh
+
+tools: .tools/bin/grpcurl .tools/bin/helm .tools/bin/kubectl
+
+# The Helm chart alone, with the real helm binary (tests/chart): helm lint; helm template with the
+# default values and every values file in deploy/helm/meshenc/ci/; each rendered manifest checked
+# by kubernetes-validate against the Kubernetes 1.30 schemas; RBAC rules, probes, security
+# contexts, rejected values and the commands and variables the chart hands the services.
+chart-check: $(VENV)/.installed proto .tools/bin/helm
+	$(PY) -m pytest tests/chart
 
 lint: $(VENV)/.installed proto
 	$(VENV)/bin/ruff check .

@@ -7,6 +7,7 @@ import click
 from meshenc import __version__
 from meshenc.cli.bench_encoder import bench_encoder
 from meshenc.cli.encoder import encoder
+from meshenc.cli.health import health_check
 from meshenc.cli.sim import bench, sim
 
 
@@ -20,3 +21,4 @@ cli.add_command(sim)
 cli.add_command(encoder)
 cli.add_command(bench)
 bench.add_command(bench_encoder)
+cli.add_command(health_check)

@@ -1,0 +1,291 @@
+{{/* meshenc.name: the chart name, or nameOverride. */}}
+{{- define "meshenc.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* meshenc.fullname: the prefix of every resource name (the release name when it contains the chart name). */}}
+{{- define "meshenc.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* meshenc.componentName: the name of one component's resources; call with (dict "context" $ "component" "encoder"). */}}
+{{- define "meshenc.componentName" -}}
+{{- printf "%s-%s" (include "meshenc.fullname" .context) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* meshenc.chart: chart name and version, for the helm.sh/chart label. */}}
+{{- define "meshenc.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* meshenc.selectorLabels: the labels that select one component's pods; call with (dict "context" $ "component" "encoder"). */}}
+{{- define "meshenc.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "meshenc.name" .context }}
+app.kubernetes.io/instance: {{ .context.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* meshenc.labels: the Kubernetes recommended labels of one component's resources; call with (dict "context" $ "component" "encoder"). */}}
+{{- define "meshenc.labels" -}}
+{{ include "meshenc.selectorLabels" . }}
+app.kubernetes.io/version: {{ .context.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: meshenc
+app.kubernetes.io/managed-by: {{ .context.Release.Service }}
+helm.sh/chart: {{ include "meshenc.chart" .context }}
+{{- with .context.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* meshenc.image: the meshenc image reference (tag defaults to the chart's appVersion). */}}
+{{- define "meshenc.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* meshenc.podDefaults: pull secrets and the pod security context every pod of the chart shares. */}}
+{{- define "meshenc.podDefaults" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end }}
+
+{{/* meshenc.podAntiAffinity: affinity from a component's own value, else from its soft/hard anti-affinity preset; call with (dict "context" $ "component" "encoder" "values" .Values.encoder). */}}
+{{- define "meshenc.podAntiAffinity" -}}
+{{- if .values.affinity }}
+affinity:
+  {{- toYaml .values.affinity | nindent 2 }}
+{{- else if eq .values.podAntiAffinityPreset "hard" }}
+affinity:
+  podAntiAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      - topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "meshenc.selectorLabels" . | nindent 12 }}
+{{- else if eq .values.podAntiAffinityPreset "soft" }}
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "meshenc.selectorLabels" . | nindent 14 }}
+{{- end }}
+{{- end }}
+
+{{/* meshenc.podScheduling: node selector, tolerations and affinity of one component; call like meshenc.podAntiAffinity. */}}
+{{- define "meshenc.podScheduling" -}}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- include "meshenc.podAntiAffinity" . }}
+{{- end }}
+
+{{/* meshenc.metricsAnnotations: Prometheus scrape annotations of a meshenc pod, when metrics.scrapeAnnotations is on. */}}
+{{- define "meshenc.metricsAnnotations" -}}
+{{- if .Values.metrics.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
+
+{{/* meshenc.headlessHost: the stable DNS name of one pod of a StatefulSet; call with (dict "context" $ "component" "encoder" "pod" "meshenc-encoder-0"). */}}
+{{- define "meshenc.headlessHost" -}}
+{{- printf "%s.%s.%s.svc.%s" .pod (include "meshenc.componentName" .) .context.Release.Namespace .context.Values.clusterDomain }}
+{{- end }}
+
+{{/* meshenc.statefulSetAddresses: comma-separated HOST:PORT of every replica of a StatefulSet; call with (dict "context" $ "component" "registry" "replicas" 3 "port" 7500). */}}
+{{- define "meshenc.statefulSetAddresses" -}}
+{{- $addresses := list }}
+{{- range $index := until (int .replicas) }}
+{{- $pod := printf "%s-%d" (include "meshenc.componentName" $) $index }}
+{{- $host := include "meshenc.headlessHost" (dict "context" $.context "component" $.component "pod" $pod) }}
+{{- $addresses = append $addresses (printf "%s:%d" $host (int $.port)) }}
+{{- end }}
+{{- join "," $addresses }}
+{{- end }}
+
+{{/* meshenc.registryAddresses: the stable addresses of every registry replica (MESHENC_REGISTRY, MESHENC_SEEDS). */}}
+{{- define "meshenc.registryAddresses" -}}
+{{- include "meshenc.statefulSetAddresses" (dict "context" . "component" "registry" "replicas" .Values.registry.replicaCount "port" .Values.registry.port) }}
+{{- end }}
+
+{{/* meshenc.managerAddress: the manager Service's address (MESHENC_MANAGER). */}}
+{{- define "meshenc.managerAddress" -}}
+{{- printf "%s.%s.svc.%s:%d" (include "meshenc.componentName" (dict "context" . "component" "manager")) .Release.Namespace .Values.clusterDomain (int .Values.manager.port) }}
+{{- end }}
+
+{{/* meshenc.etcdEndpoints: comma-separated etcd client URLs, bundled or external (MESHENC_ETCD_ENDPOINTS). */}}
+{{- define "meshenc.etcdEndpoints" -}}
+{{- if .Values.etcd.bundled }}
+{{- printf "http://%s.%s.svc.%s:2379" (include "meshenc.componentName" (dict "context" . "component" "etcd-client")) .Release.Namespace .Values.clusterDomain }}
+{{- else }}
+{{- join "," .Values.etcd.external.endpoints }}
+{{- end }}
+{{- end }}
+
+{{/* meshenc.etcdTlsEnabled: "true" when the services connect to etcd with TLS client certificates. */}}
+{{- define "meshenc.etcdTlsEnabled" -}}
+{{- if and (not .Values.etcd.bundled) .Values.etcd.external.tls.enabled }}true{{ end }}
+{{- end }}
+
+{{/* meshenc.etcdEnv: the etcd variables of a service that uses etcd (endpoints, prefix, TLS files). */}}
+{{- define "meshenc.etcdEnv" -}}
+- name: MESHENC_ETCD_ENDPOINTS
+  value: {{ include "meshenc.etcdEndpoints" . | quote }}
+- name: MESHENC_ETCD_PREFIX
+  value: {{ .Values.etcd.prefix | quote }}
+{{- if include "meshenc.etcdTlsEnabled" . }}
+- name: MESHENC_ETCD_CA
+  value: /etc/meshenc/etcd-tls/ca.crt
+- name: MESHENC_ETCD_CERT
+  value: /etc/meshenc/etcd-tls/tls.crt
+- name: MESHENC_ETCD_KEY
+  value: /etc/meshenc/etcd-tls/tls.key
+{{- end }}
+{{- end }}
+
+{{/* meshenc.etcdTlsVolumeMount: the mount of the etcd client certificates, when TLS is on. */}}
+{{- define "meshenc.etcdTlsVolumeMount" -}}
+{{- if include "meshenc.etcdTlsEnabled" . }}
+- name: etcd-tls
+  mountPath: /etc/meshenc/etcd-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* meshenc.etcdTlsVolume: the Secret volume of the etcd client certificates, when TLS is on. */}}
+{{- define "meshenc.etcdTlsVolume" -}}
+{{- if include "meshenc.etcdTlsEnabled" . }}
+- name: etcd-tls
+  secret:
+    secretName: {{ .Values.etcd.external.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{/* meshenc.otlpEndpoint: where traces go: tracing.otlpEndpoint, else the bundled Jaeger. */}}
+{{- define "meshenc.otlpEndpoint" -}}
+{{- if .Values.tracing.otlpEndpoint }}
+{{- .Values.tracing.otlpEndpoint }}
+{{- else }}
+{{- printf "http://%s.%s.svc.%s:4317" (include "meshenc.componentName" (dict "context" . "component" "jaeger")) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+{{- end }}
+
+{{/* meshenc.observabilityEnv: the metrics listener and the standard OTEL_* variables of one component; call with (dict "context" $ "component" "encoder"). */}}
+{{- define "meshenc.observabilityEnv" -}}
+- name: MESHENC_METRICS_LISTEN
+  value: {{ printf "0.0.0.0:%d" (int .context.Values.metrics.port) | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "meshenc-%s" .component | quote }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "service.namespace=%s,k8s.namespace.name=%s" .context.Release.Name .context.Release.Namespace | quote }}
+{{- if .context.Values.tracing.enabled }}
+- name: OTEL_TRACES_EXPORTER
+  value: otlp
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ include "meshenc.otlpEndpoint" .context | quote }}
+{{- else }}
+- name: OTEL_TRACES_EXPORTER
+  value: none
+{{- end }}
+- name: OTEL_METRICS_EXPORTER
+  value: none
+- name: OTEL_LOGS_EXPORTER
+  value: none
+{{- end }}
+
+{{/* meshenc.grpcProbes: startup, liveness (whole server) and readiness (the component's service) probes over native gRPC health on a numeric port; call with (dict "port" 7400 "service" "meshenc.v1.EncoderMesh"). */}}
+{{- define "meshenc.grpcProbes" -}}
+startupProbe:
+  grpc:
+    port: {{ int .port }}
+  periodSeconds: 2
+  failureThreshold: 60
+livenessProbe:
+  grpc:
+    port: {{ int .port }}
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 3
+readinessProbe:
+  grpc:
+    port: {{ int .port }}
+    service: {{ .service }}
+  periodSeconds: 5
+  timeoutSeconds: 3
+  failureThreshold: 2
+{{- end }}
+
+{{/* meshenc.tmpVolumeMount: the writable /tmp every container gets, its root filesystem being read-only. */}}
+{{- define "meshenc.tmpVolumeMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/* meshenc.tmpVolume: the small emptyDir behind /tmp. */}}
+{{- define "meshenc.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end }}
+
+{{/* meshenc.validateValues: fails the render with one clear message per inconsistent combination of values. */}}
+{{- define "meshenc.validateValues" -}}
+{{- $problems := list }}
+{{- if and (not .Values.etcd.bundled) (empty .Values.etcd.external.endpoints) }}
+{{- $problems = append $problems "etcd.external.endpoints: give at least one client URL when etcd.bundled is false" }}
+{{- end }}
+{{- if and .Values.etcd.bundled (not (empty .Values.etcd.external.endpoints)) }}
+{{- $problems = append $problems "etcd.external.endpoints: set etcd.bundled=false to use external endpoints (both are set)" }}
+{{- end }}
+{{- if and .Values.etcd.bundled .Values.etcd.external.tls.enabled }}
+{{- $problems = append $problems "etcd.external.tls.enabled: TLS applies to external etcd; set etcd.bundled=false and etcd.external.endpoints" }}
+{{- end }}
+{{- if and .Values.etcd.external.tls.enabled (not .Values.etcd.external.tls.existingSecret) }}
+{{- $problems = append $problems "etcd.external.tls.existingSecret: name the Secret holding ca.crt, tls.crt and tls.key when etcd.external.tls.enabled is true" }}
+{{- end }}
+{{- if .Values.etcd.external.tls.enabled }}
+{{- range .Values.etcd.external.endpoints }}
+{{- if not (hasPrefix "https://" .) }}
+{{- $problems = append $problems (printf "etcd.external.endpoints: %s must be https:// when etcd.external.tls.enabled is true" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- $problems = append $problems (printf "autoscaling.minReplicas (%d) must not exceed autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (or (lt (int .Values.encoder.replicaCount) (int .Values.autoscaling.minReplicas)) (gt (int .Values.encoder.replicaCount) (int .Values.autoscaling.maxReplicas))) }}
+{{- $problems = append $problems (printf "encoder.replicaCount (%d) must lie within autoscaling.minReplicas..maxReplicas (%d..%d)" (int .Values.encoder.replicaCount) (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- end }}
+{{- if and .Values.tracing.enabled (not .Values.tracing.otlpEndpoint) (not .Values.jaeger.enabled) }}
+{{- $problems = append $problems "tracing.enabled: set tracing.otlpEndpoint or jaeger.enabled=true, so that traces have somewhere to go" }}
+{{- end }}
+{{- if has (int .Values.metrics.port) (list (int .Values.encoder.port) (int .Values.registry.port) (int .Values.manager.port)) }}
+{{- $problems = append $problems (printf "metrics.port (%d) must differ from encoder.port, registry.port and manager.port, which share a pod with it" (int .Values.metrics.port)) }}
+{{- end }}
+{{- if $problems }}
+{{- fail (printf "\n\nmeshenc: invalid values:\n  - %s\n" (join "\n  - " $problems)) }}
+{{- end }}
+{{- end }}
