@@ -8,7 +8,9 @@ from meshenc import __version__
 from meshenc.cli.bench_encoder import bench_encoder
 from meshenc.cli.encoder import encoder
 from meshenc.cli.health import health_check
+from meshenc.cli.report import report
 from meshenc.cli.sim import bench, sim
+from meshenc.cli.verify import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -22,3 +24,5 @@ cli.add_command(encoder)
 cli.add_command(bench)
 bench.add_command(bench_encoder)
 cli.add_command(health_check)
+cli.add_command(verify)
+cli.add_command(report)

@@ -10,7 +10,6 @@ encoders' claims. Both meshes run at the same time to keep the suite short.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ import grpc
 import pytest
 
 from meshenc.local.ports import free_ports
+from meshenc.local.verify import SegmentCheck, verify
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 
 DURATION = 62.0
@@ -72,12 +72,6 @@ def _ask_for_bitrate(port: int, bitrate_kbps: int) -> int:
     return int(answer.effective_segment)
 
 
-def _digests(folder: Path) -> dict[str, str]:
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("seg-*.ts"))
-    }
-
-
 def _wait(processes: list[subprocess.Popen[bytes]], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     codes = []
@@ -108,32 +102,34 @@ def test_three_encoders_write_identical_segments_only_with_the_mesh(tmp_path: Pa
     logs = {p.name: p.read_text(errors="replace")[-2000:] for p in tmp_path.glob("*/*.log")}
     assert codes == [0] * len(processes), logs
 
-    on_digests = {name: _digests(on / name) for name in FAULTS}
-    common = sorted(set.intersection(*(set(d) for d in on_digests.values())))
+    on_result = verify([on / name for name in FAULTS], lock_in=LOCK_IN_SEGMENTS)
+    common = [s for s in on_result.segments if len(s.copies) == len(FAULTS)]
     assert len(common) >= 25, f"too few segments written: {len(common)}"
     # Lock-in usually ends within the first two complete segments; now and then the last
     # lock-in move lands in the third (labels that agree but straddle a slot boundary wait
     # out the lock dwell), so the check starts after three.
-    after_lock = common[LOCK_IN_SEGMENTS:]
-    differing = [s for s in after_lock if len({on_digests[n][s] for n in FAULTS}) > 1]
+    after_lock = [s for s in on_result.segments if s.judged]
+    differing = [s for s in after_lock if not s.agreed]
     identical = len(after_lock) - len(differing)
     print(f"mesh on: {identical} of {len(after_lock)} segments after lock byte-identical")
-    assert not differing, _explain(on, differing, on_digests)
+    assert not differing, _explain(on, differing)
 
     # The bitrate change: every encoder switched at the agreed segment, no earlier, no later.
-    def number(name: str) -> int:
-        return int(name.removeprefix("seg-").removesuffix(".ts"))
-
-    sizes = {s: len((on / "a" / s).read_bytes()) for s in after_lock}
-    before = [size for s, size in sizes.items() if number(s) < effective]
-    after = [size for s, size in sizes.items() if number(s) >= effective]
+    a_output = next(e for e in on_result.encoders if e.name == "a")
+    sizes = {
+        s.segment: a_output.path(s.segment).stat().st_size
+        for s in after_lock
+        if s.segment in a_output.digests
+    }
+    before = [size for number, size in sizes.items() if number < effective]
+    after = [size for number, size in sizes.items() if number >= effective]
     print(f"bitrate change at segment {effective}: {before} -> {after} bytes")
     assert len(before) >= 3 and len(after) >= 3
     assert max(after) < 0.6 * min(before)
 
-    off_digests = {name: _digests(off / name) for name in FAULTS}
-    off_common = sorted(set.intersection(*(set(d) for d in off_digests.values())))
-    off_identical = [s for s in off_common if len({off_digests[n][s] for n in FAULTS}) == 1]
+    off_result = verify([off / name for name in FAULTS], lock_in=0)
+    off_common = [s for s in off_result.segments if len(s.copies) == len(FAULTS)]
+    off_identical = [s for s in off_common if s.identical]
     print(f"mesh off: {len(off_identical)} of {len(off_common)} segments byte-identical")
     assert len(off_identical) < len(off_common) // 2
 
@@ -142,11 +138,16 @@ def test_three_encoders_write_identical_segments_only_with_the_mesh(tmp_path: Pa
     assert all(not os.path.exists(on / n / "index.m3u8.tmp") for n in FAULTS)
 
 
-def _explain(out: Path, differing: list[str], digests: dict[str, dict[str, str]]) -> str:
+def _explain(out: Path, differing: list[SegmentCheck]) -> str:
     """Which encoder differs on which segment, and what each encoder's log says it did."""
-    lines = [f"segments differ after lock-in: {differing}"]
-    for segment in differing:
-        lines.append(f"  {segment}: " + ", ".join(f"{n}={digests[n][segment][:8]}" for n in FAULTS))
+    lines = [f"segments differ after lock-in: {[s.segment for s in differing]}"]
+    for check in differing:
+        lines.append(
+            f"  {check.segment}: "
+            + ", ".join(
+                f"{c.encoder}={c.digest[:8]}{'' if c.matches else '*'}" for c in check.copies
+            )
+        )
     for name in FAULTS:
         log = (out / f"{name}.log").read_text(errors="replace").splitlines()
         notable = [

@@ -1,0 +1,343 @@
+"""A run's figures (``summary.json``), computed from its segment files and its recorded events.
+
+Theory of operation
+-------------------
+Nothing here reads the run's settings: what the encoders wrote (the folders, judged by
+:mod:`meshenc.local.verify`) and what was recorded while they ran (``events.jsonl``, see
+:mod:`meshenc.local.recorder`) are the only inputs, so a figure cannot claim more than the run
+shows.
+
+A run folder holds one subfolder per encoder (named by encoder id, with its segment files) and
+``events.jsonl``. From them:
+
+- encoders, segments, judged/agreed segments, locked fraction, locked-after, misaligned frames
+  and gaps: from the files, as defined in :mod:`meshenc.local.verify`;
+- corrections: the ``correction`` events, by kind;
+- failover time, per ``killed`` event of an encoder that was its group's leader at that
+  moment: from the ``killed`` event to the next leader of that group. Leaders come from the
+  ``leader`` events; a run without any takes them from the encoders' own GetState answers (the
+  first answer naming a new leader; resolution: the polling interval);
+- join time, per ``joined`` event: from the event to the start of the joined encoder's first
+  segment that holds its segment's reference bytes (the majority's), the start of segment
+  ``s`` being ``s × gop / fps`` Unix seconds (timecodes count frames since the Unix epoch) with
+  ``gop`` and ``fps`` as the encoders reported them in GetState.
+
+Times are differences of the recorder's clock (and, for joins, of timecodes on the mesh's
+timeline), in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshenc.local.recorder import EVENTS_NAME, EventLog, StateEvent, read_events
+from meshenc.local.verify import (
+    DEFAULT_LOCK_IN,
+    FrameCounter,
+    Verification,
+    count_frames,
+    find_outputs,
+    scan_output,
+)
+from meshenc.local.verify import compare as compare_outputs
+
+__all__ = [
+    "SUMMARY_NAME",
+    "Failover",
+    "Join",
+    "LeaderChange",
+    "RunRecord",
+    "Summary",
+    "leader_timeline",
+    "load_run",
+    "summarize",
+]
+
+SUMMARY_NAME = "summary.json"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """Everything a finished run left: the verdict on its files and its events."""
+
+    out_dir: Path
+    verification: Verification
+    events: EventLog
+
+    @property
+    def segment_seconds(self) -> float | None:
+        """Seconds per segment (gop / fps) as the encoders reported it; None if unknown."""
+        timing = Counter((e["gop"], e["fps"]) for e in self.events.states() if e["fps"] > 0)
+        if not timing:
+            return None
+        (gop, fps), _ = timing.most_common(1)[0]
+        return gop / fps if gop > 0 else None
+
+
+def load_run(
+    out_dir: Path,
+    *,
+    lock_in: int = DEFAULT_LOCK_IN,
+    frames: FrameCounter | int = count_frames,
+) -> RunRecord:
+    """Scan a run folder's encoder subfolders and read its events.
+
+    Raises:
+        NotADirectoryError: ``out_dir`` is not a folder.
+    """
+    out_dir = Path(out_dir)
+    outputs = [scan_output(folder) for folder in find_outputs([out_dir])]
+    return RunRecord(
+        out_dir=out_dir,
+        verification=compare_outputs(outputs, lock_in=lock_in, frames=frames),
+        events=read_events(out_dir / EVENTS_NAME),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderChange:
+    """From ``t`` on, ``leader`` leads encoder group ``group`` (as recorded by ``source``)."""
+
+    t: float
+    group: str
+    leader: str
+    source: str
+    """``"leader"`` (the launcher's events) or ``"state"`` (the encoders' GetState answers)."""
+
+
+def leader_timeline(events: EventLog) -> list[LeaderChange]:
+    """Leader changes in time order: the leader events, or if none, from GetState answers."""
+    recorded = events.leaders()
+    if recorded:
+        return sorted(
+            (LeaderChange(e["t"], e["segment"], e["leader"], "leader") for e in recorded),
+            key=lambda c: c.t,
+        )
+    current: dict[str, str] = {}
+    changes = []
+    for state in sorted(events.states(), key=lambda e: e["t"]):
+        group, leader = state["segment"], state["leader"]
+        if leader and current.get(group) != leader:
+            current[group] = leader
+            changes.append(LeaderChange(state["t"], group, leader, "state"))
+    return changes
+
+
+@dataclass(frozen=True, slots=True)
+class Failover:
+    """A killed group leader and how long its group was without one."""
+
+    group: str
+    killed: str
+    killed_at: float
+    new_leader: str | None
+    ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """A joined encoder and how long until its output held the majority's bytes."""
+
+    encoder: str
+    joined_at: float
+    first_agreed_segment: int | None
+    ms: float | None
+
+
+def _failovers(events: EventLog, timeline: Sequence[LeaderChange]) -> list[Failover]:
+    found = []
+    for kill in (e for e in events.lifecycle() if e["kind"] == "killed"):
+        t, victim = kill["t"], kill["encoder"]
+        leading: dict[str, str] = {}
+        for change in timeline:
+            if change.t > t:
+                break
+            leading[change.group] = change.leader
+        for group in sorted(g for g, leader in leading.items() if leader == victim):
+            successor = next(
+                (c for c in timeline if c.t > t and c.group == group and c.leader != victim), None
+            )
+            found.append(
+                Failover(
+                    group=group,
+                    killed=victim,
+                    killed_at=t,
+                    new_leader=successor.leader if successor else None,
+                    ms=(successor.t - t) * 1000.0 if successor else None,
+                )
+            )
+    return found
+
+
+def _joins(run: RunRecord) -> list[Join]:
+    seconds = run.segment_seconds
+    found = []
+    for join in (e for e in run.events.lifecycle() if e["kind"] == "joined"):
+        encoder, t = join["encoder"], join["t"]
+        first: int | None = None
+        if seconds is not None:
+            for check in run.verification.segments:
+                # A whole segment cannot start before the encoder existed; allow one segment of
+                # clock offset between the recorder and the mesh's timeline.
+                if (check.segment + 1) * seconds < t:
+                    continue
+                copy = next((c for c in check.copies if c.encoder == encoder), None)
+                if copy is not None and copy.matches and len(check.copies) >= 2:
+                    first = check.segment
+                    break
+        found.append(
+            Join(
+                encoder=encoder,
+                joined_at=t,
+                first_agreed_segment=first,
+                ms=None if first is None or seconds is None else (first * seconds - t) * 1000.0,
+            )
+        )
+    return found
+
+
+def _worst(values: Iterable[float | None]) -> float | None:
+    measured = [v for v in values if v is not None]
+    return max(measured) if measured else None
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The run's figures; ``to_json`` is the content of ``summary.json``."""
+
+    encoders: tuple[str, ...]
+    segments: int
+    judged_segments: int
+    agreed_segments: int
+    locked: bool
+    locked_fraction: float | None
+    lock_in: int
+    locked_after: int | None
+    misaligned_frames: int
+    lock_in_misaligned_frames: int
+    uncounted_segments: tuple[int, ...]
+    gaps: dict[str, list[list[int]]]
+    corrections: dict[str, int]
+    failovers: tuple[Failover, ...]
+    joins: tuple[Join, ...]
+    events: int
+    skipped_event_lines: int
+
+    @property
+    def failover_ms(self) -> float | None:
+        """The longest measured failover."""
+        return _worst(f.ms for f in self.failovers)
+
+    @property
+    def join_ms(self) -> float | None:
+        """The longest measured join."""
+        return _worst(j.ms for j in self.joins)
+
+    @property
+    def line(self) -> str:
+        """The one-line verdict, e.g. ``6 encoders, 45 segments, 100 % locked after segment 2,
+        0 misaligned frames, failover 180 ms``."""
+        parts = [f"{len(self.encoders)} encoders", f"{self.segments} segments"]
+        if self.locked_fraction is None:
+            parts.append("nothing to compare")
+        else:
+            percent = f"{self.locked_fraction * 100:.0f} % locked"
+            if self.locked_after is None:
+                parts.append(f"{percent}, never settled")
+            else:
+                parts.append(f"{percent} after segment {self.locked_after}")
+        misaligned = f"{self.misaligned_frames} misaligned frames"
+        if self.uncounted_segments:
+            misaligned += f" (+{len(self.uncounted_segments)} segments uncounted)"
+        parts.append(misaligned)
+        if self.failovers:
+            worst = self.failover_ms
+            parts.append("failover —" if worst is None else f"failover {worst:.0f} ms")
+        if self.joins:
+            worst = self.join_ms
+            parts.append("join —" if worst is None else f"join {worst:.0f} ms")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "encoders": list(self.encoders),
+            "encoder_count": len(self.encoders),
+            "segments": self.segments,
+            "judged_segments": self.judged_segments,
+            "agreed_segments": self.agreed_segments,
+            "locked": self.locked,
+            "locked_fraction": self.locked_fraction,
+            "lock_in": self.lock_in,
+            "locked_after": self.locked_after,
+            "misaligned_frames": self.misaligned_frames,
+            "lock_in_misaligned_frames": self.lock_in_misaligned_frames,
+            "uncounted_segments": list(self.uncounted_segments),
+            "gaps": self.gaps,
+            "corrections": self.corrections,
+            "failover_ms": self.failover_ms,
+            "failovers": [
+                {
+                    "group": f.group,
+                    "killed": f.killed,
+                    "killed_at": f.killed_at,
+                    "new_leader": f.new_leader,
+                    "ms": f.ms,
+                }
+                for f in self.failovers
+            ],
+            "join_ms": self.join_ms,
+            "joins": [
+                {
+                    "encoder": j.encoder,
+                    "joined_at": j.joined_at,
+                    "first_agreed_segment": j.first_agreed_segment,
+                    "ms": j.ms,
+                }
+                for j in self.joins
+            ],
+            "events": self.events,
+            "skipped_event_lines": self.skipped_event_lines,
+        }
+
+    def write(self, out_dir: Path) -> Path:
+        """Write ``out_dir/summary.json``; return its path."""
+        path = Path(out_dir) / SUMMARY_NAME
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def summarize(run: RunRecord) -> Summary:
+    """The figures of a loaded run (see the module docstring for each definition)."""
+    result, events = run.verification, run.events
+    return Summary(
+        encoders=tuple(e.name for e in result.encoders),
+        segments=len(result.segments),
+        judged_segments=result.judged,
+        agreed_segments=result.agreed,
+        locked=result.locked,
+        locked_fraction=result.locked_fraction,
+        lock_in=result.lock_in,
+        locked_after=result.locked_after,
+        misaligned_frames=result.misaligned_frames,
+        lock_in_misaligned_frames=result.lock_in_misaligned_frames,
+        uncounted_segments=result.uncounted,
+        gaps={name: [list(g) for g in gaps] for name, gaps in result.gaps.items()},
+        corrections=dict(sorted(Counter(c["correction"] for c in events.corrections()).items())),
+        failovers=tuple(_failovers(events, leader_timeline(events))),
+        joins=tuple(_joins(run)),
+        events=len(events.events),
+        skipped_event_lines=events.skipped_lines,
+    )
+
+
+def median_error_ms(states: Iterable[StateEvent]) -> float | None:
+    """Median |error| of the given answers, ms (for the report's per-encoder table)."""
+    errors = [abs(s["error_ns"]) / 1e6 for s in states]
+    return statistics.median(errors) if errors else None

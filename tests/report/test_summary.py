@@ -1,0 +1,213 @@
+"""summary.json, the plots and report.html from synthetic run folders and recorded events.
+
+The run folders are made up (segment files of made-up bytes, an events.jsonl written line by
+line), so failover and join times are known exactly; frames per segment are given because
+made-up bytes cannot be demuxed. Real encoders feed the same code in test_recorder.py.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from matplotlib.image import imread
+
+from meshenc.cli.main import cli
+from meshenc.local.recorder import EVENTS_NAME, read_events
+from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, write_report
+from meshenc.report.plots import IDENTITY_PNG, LEADERS_PNG, OFFSETS_PNG, OFFSETS_PREDICTED_PNG
+from meshenc.report.summary import leader_timeline, load_run, summarize
+
+from .synthetic import FIRST, make_run, run_of
+
+GOP = 30
+FPS = 30.0  # one segment per second: segment s starts at Unix second s
+
+
+def state(t: float, encoder: str, *, leader: str = "", group: str = "g1") -> dict[str, Any]:
+    timecode = round(t * FPS)
+    return {
+        "t": t,
+        "kind": "state",
+        "encoder": encoder,
+        "timecode": timecode,
+        "segment_number": timecode // GOP,
+        "locked": True,
+        "error_ns": 150_000 if encoder == "a" else -120_000,
+        "predicted_error_ns": 100_000,
+        "leader": leader,
+        "segment": group,
+        "gop": GOP,
+        "fps": FPS,
+        "neighbours": [{"id": "x", "measured_ns": 1, "predicted_ns": 2, "connected": True}],
+        "corrections": {"slew": 1},
+    }
+
+
+def write_events(folder: Path, events: list[dict[str, Any]], *extra_lines: str) -> None:
+    lines = [json.dumps(e) for e in events] + list(extra_lines)
+    (folder / EVENTS_NAME).write_text("\n".join(lines) + "\n")
+
+
+def test_failover_runs_from_the_leaders_kill_to_the_next_leader_event(tmp_path: Path) -> None:
+    make_run(tmp_path, {n: run_of(FIRST, 10) for n in "abc"})
+    write_events(
+        tmp_path,
+        [
+            {"t": 1000.0, "kind": "leader", "segment": "g1", "leader": "a", "revision": 5},
+            {"t": 1002.0, "kind": "killed", "encoder": "c"},  # not a leader: no failover
+            {"t": 1004.0, "kind": "killed", "encoder": "a"},
+            {"t": 1004.18, "kind": "leader", "segment": "g1", "leader": "b", "revision": 9},
+        ],
+    )
+    summary = summarize(load_run(tmp_path, frames=GOP))
+    assert len(summary.failovers) == 1
+    failover = summary.failovers[0]
+    assert (failover.killed, failover.new_leader) == ("a", "b")
+    assert failover.ms == pytest.approx(180.0)
+    assert summary.line.endswith("failover 180 ms")
+
+
+def test_without_leader_events_leaders_come_from_the_getstate_answers(tmp_path: Path) -> None:
+    make_run(tmp_path, {n: run_of(FIRST, 6) for n in "ab"})
+    write_events(
+        tmp_path,
+        [
+            state(1000.0, "a", leader="a"),
+            state(1000.0, "b", leader="a"),
+            {"t": 1001.0, "kind": "killed", "encoder": "a"},
+            state(1001.5, "b", leader="a"),  # not yet noticed
+            state(1002.0, "b", leader="b"),
+        ],
+    )
+    run = load_run(tmp_path, frames=GOP)
+    assert [(c.leader, c.source) for c in leader_timeline(run.events)] == [
+        ("a", "state"),
+        ("b", "state"),
+    ]
+    (failover,) = summarize(run).failovers
+    assert failover.ms == pytest.approx(1000.0)
+
+
+def test_a_killed_leader_without_a_successor_has_no_failover_time(tmp_path: Path) -> None:
+    make_run(tmp_path, {n: run_of(FIRST, 6) for n in "ab"})
+    write_events(
+        tmp_path,
+        [
+            {"t": 1000.0, "kind": "leader", "segment": "g1", "leader": "a", "revision": 1},
+            {"t": 1001.0, "kind": "killed", "encoder": "a"},
+        ],
+    )
+    summary = summarize(load_run(tmp_path, frames=GOP))
+    assert summary.failovers[0].new_leader is None
+    assert summary.failover_ms is None
+    assert "failover —" in summary.line
+
+
+def test_join_runs_to_the_start_of_the_first_segment_with_the_majoritys_bytes(
+    tmp_path: Path,
+) -> None:
+    joiner = run_of(FIRST + 10, 10, different={FIRST + 10: b"j0", FIRST + 11: b"j1"})
+    make_run(tmp_path, {"a": run_of(FIRST, 20), "b": run_of(FIRST, 20), "c": joiner})
+    write_events(
+        tmp_path,
+        [
+            state(FIRST + 1.0, "a"),
+            {"t": FIRST + 9.5, "kind": "joined", "encoder": "c"},
+        ],
+    )
+    summary = summarize(load_run(tmp_path, frames=GOP))
+    (join,) = summary.joins
+    assert join.first_agreed_segment == FIRST + 12
+    assert join.ms == pytest.approx(2500.0)  # segment FIRST+12 starts at Unix second FIRST+12
+    assert summary.locked  # the joiner's first two segments were its lock-in
+    assert summary.lock_in_misaligned_frames == 2 * GOP
+
+
+def test_join_time_is_unknown_without_recorded_timing(tmp_path: Path) -> None:
+    make_run(tmp_path, {n: run_of(FIRST, 5) for n in "ab"})
+    write_events(tmp_path, [{"t": FIRST + 0.5, "kind": "joined", "encoder": "b"}])
+    (join,) = summarize(load_run(tmp_path, frames=GOP)).joins
+    assert join.ms is None
+
+
+def test_lines_that_do_not_fit_the_schema_are_skipped_and_counted(tmp_path: Path) -> None:
+    write_events(
+        tmp_path,
+        [state(1.0, "a"), {"t": 2.0, "kind": "stopped", "encoder": "a"}],
+        '{"t": 3.0, "kind": "teleported", "encoder": "a"}',  # a kind this version lacks
+        '{"t": "soon", "kind": "killed", "encoder": "a"}',  # a wrong type
+        '{"t": 4.0, "kind": "state", "encoder": "a", "timec',  # cut off by a crash
+    )
+    log = read_events(tmp_path / EVENTS_NAME)
+    assert [e["kind"] for e in log.events] == ["state", "stopped"]
+    assert log.skipped_lines == 3
+
+
+def test_write_report_writes_summary_pngs_and_a_page_that_links_them(tmp_path: Path) -> None:
+    hostile = "<script>evil"
+    make_run(
+        tmp_path,
+        {"a": run_of(FIRST, 12), hostile: run_of(FIRST, 12, different={FIRST + 8: b"x"})},
+    )
+    write_events(
+        tmp_path,
+        [
+            {"t": FIRST + 0.0, "kind": "started", "encoder": "a"},
+            {"t": FIRST + 0.1, "kind": "leader", "segment": "g1", "leader": "a", "revision": 1},
+            *(state(FIRST + i / 2, "a", leader="a") for i in range(20)),
+            {
+                "t": FIRST + 3.0,
+                "kind": "correction",
+                "encoder": "a",
+                "at": FIRST + 2.9,
+                "correction": "drop",
+                "shift_ns": -33_000_000,
+                "rate_ppb": 0,
+                "lead_ns": 12_000_000,
+                "proposal_id": 4,
+            },
+            {"t": FIRST + 9.0, "kind": "killed", "encoder": "a"},
+        ],
+    )
+    summary = write_report(tmp_path, frames=GOP)
+
+    data = json.loads((tmp_path / SUMMARY_NAME).read_text())
+    assert data["encoders"] == sorted(["a", hostile])
+    assert data["segments"] == 12
+    assert data["misaligned_frames"] == GOP  # the one differing copy past lock-in
+    assert data["corrections"] == {"drop": 1}
+    assert data["line"] == summary.line
+    assert data["failovers"][0]["new_leader"] is None
+
+    page = (tmp_path / REPORT_NAME).read_text()
+    for name in (OFFSETS_PNG, OFFSETS_PREDICTED_PNG, LEADERS_PNG, IDENTITY_PNG):
+        png = tmp_path / PLOTS_DIR / name
+        assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        image = imread(png)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+        assert f'src="{PLOTS_DIR}/{name}"' in page
+    assert hostile not in page and "&lt;script&gt;evil" in page
+    assert escape(summary.line) in page
+
+
+def test_report_cli_rebuilds_the_report_of_a_finished_run(tmp_path: Path) -> None:
+    make_run(tmp_path, {n: run_of(FIRST, 6) for n in "ab"})
+    (tmp_path / "a" / "encoder.log").write_text("not a segment\n")
+    result = CliRunner().invoke(cli, ["report", str(tmp_path), "--lock-in", "1"])
+    assert result.exit_code == 0, result.output
+    assert "2 encoders, 6 segments, 100 % locked after segment 0" in result.output
+    assert (tmp_path / REPORT_NAME).is_file()
+    assert json.loads((tmp_path / SUMMARY_NAME).read_text())["judged_segments"] == 5
+
+
+def test_report_cli_refuses_a_folder_without_encoder_output(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no encoder folders" in result.output
+    assert not (tmp_path / SUMMARY_NAME).exists()

@@ -1,0 +1,224 @@
+"""``meshenc verify`` and its module on synthetic output folders.
+
+The folders hold made-up bytes under real segment names (``segment_name``), so every case —
+identical, differing, gaps, splits, the lock-in window — is exact and fast; frames per segment
+are given (``frames=`` / ``--gop``) because made-up bytes cannot be demuxed. The frame counter
+on real MPEG-TS files is exercised by the recorder test, which runs real encoders.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from meshenc.cli.main import cli
+from meshenc.local.verify import compare, count_frames, find_outputs, scan_output, verify
+from services.encoder.media.segments import PLAYLIST_NAME, segment_name
+
+from .synthetic import FIRST, make_run, run_of, write_folder
+
+GOP = 30
+COUNT = 10
+
+
+def test_identical_folders_are_locked_from_the_first_segment(tmp_path: Path) -> None:
+    folders = make_run(tmp_path, {n: run_of() for n in "abc"})
+    result = verify(folders, lock_in=3, frames=GOP)
+    assert result.locked
+    assert result.judged == COUNT - 3  # the first three are every run's lock-in
+    assert result.agreed == result.judged
+    assert result.misaligned_frames == 0 and result.lock_in_misaligned_frames == 0
+    assert result.locked_after == 0
+    assert all(s.identical for s in result.segments)
+    assert result.gaps == {}
+
+
+def test_one_differing_segment_after_lock_in_unlocks_and_counts_its_frames(
+    tmp_path: Path,
+) -> None:
+    folders = make_run(
+        tmp_path, {"a": run_of(), "b": run_of(), "c": run_of(different={FIRST + 5: b"late"})}
+    )
+    result = verify(folders, lock_in=3, frames=GOP)
+    assert not result.locked
+    check = result.segment(FIRST + 5)
+    assert check is not None
+    assert check.reference == scan_output(folders[0]).digests[FIRST + 5]
+    assert [c.encoder for c in check.copies if not c.matches] == ["c"]
+    assert result.misaligned_frames == GOP  # one minority copy of one segment
+    assert result.agreed == result.judged - 1
+    # c holds the reference again from FIRST + 6 on: six segments of its run came before.
+    assert {r.encoder: r.lock_in_taken for r in result.runs} == {"a": 0, "b": 0, "c": 6}
+
+
+def test_differences_inside_the_lock_in_window_do_not_unlock(tmp_path: Path) -> None:
+    early = {FIRST + i: f"c{i}".encode() for i in range(3)}
+    folders = make_run(tmp_path, {"a": run_of(), "b": run_of(), "c": run_of(different=early)})
+    result = verify(folders, lock_in=3, frames=GOP)
+    assert result.locked
+    assert result.misaligned_frames == 0
+    assert result.lock_in_misaligned_frames == 3 * GOP
+    assert result.locked_after == 3
+    # A shorter window judges the third segment, where c still differs.
+    assert not verify(folders, lock_in=2, frames=GOP).locked
+    assert not verify(folders, lock_in=0, frames=GOP).locked
+
+
+def test_gaps_are_reported_and_the_run_after_a_gap_gets_its_own_lock_in(tmp_path: Path) -> None:
+    b = run_of(different={FIRST + 7: b"b relocking"})
+    del b[FIRST + 4], b[FIRST + 5]
+    folders = make_run(tmp_path, {"a": run_of(), "b": b, "c": run_of()})
+    result = verify(folders, lock_in=3, frames=GOP)
+    assert result.gaps == {"b": ((FIRST + 4, FIRST + 5),)}
+    gap_check = result.segment(FIRST + 4)
+    assert gap_check is not None and gap_check.gaps == ("b",)
+    # b's second run starts at FIRST + 6; its differing FIRST + 7 is inside that run's lock-in.
+    assert result.locked
+    assert result.lock_in_misaligned_frames == GOP
+    assert [(r.first, r.last) for r in result.runs if r.encoder == "b"] == [
+        (FIRST, FIRST + 3),
+        (FIRST + 6, FIRST + COUNT - 1),
+    ]
+
+
+def test_two_encoders_that_differ_split_and_count_one_copy(tmp_path: Path) -> None:
+    folders = make_run(tmp_path, {"a": run_of(), "b": run_of(different={FIRST + 4: b"other"})})
+    result = verify(folders, lock_in=3, frames=GOP)
+    check = result.segment(FIRST + 4)
+    assert check is not None and check.reference is None
+    assert not any(c.matches for c in check.copies)
+    assert check.misaligned_frames == GOP
+    assert not result.locked
+
+
+def test_frames_are_counted_in_the_reference_copy_only_where_copies_differ(
+    tmp_path: Path,
+) -> None:
+    folders = make_run(
+        tmp_path,
+        {
+            "a": run_of(),
+            "b": run_of(different={FIRST + 8: b"x"}),
+            "c": run_of(different={FIRST + 8: b"y"}),
+            "d": run_of(),
+        },
+    )
+    asked: list[Path] = []
+
+    def frames(path: Path) -> int:
+        asked.append(path)
+        return 25
+
+    result = compare([scan_output(f) for f in folders], lock_in=3, frames=frames)
+    assert [p.name for p in asked] == [segment_name(FIRST + 8)]
+    assert asked[0].parent.name in ("a", "d")  # a holder of the majority's bytes
+    assert result.misaligned_frames == 2 * 25
+
+
+def test_the_verdict_does_not_depend_on_the_order_of_the_folders(tmp_path: Path) -> None:
+    folders = make_run(
+        tmp_path,
+        {
+            "a": run_of(different={FIRST + 6: b"a"}),
+            "b": run_of(first=FIRST + 2),
+            "c": run_of(count=COUNT - 1),
+        },
+    )
+    forward = verify(folders, lock_in=2, frames=GOP).to_json()
+    backward = verify(list(reversed(folders)), lock_in=2, frames=GOP).to_json()
+    assert forward == backward
+
+
+def test_other_files_are_ignored_and_the_playlist_is_checked(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "a", run_of(count=3))
+    (folder / f".tmp-{segment_name(FIRST + 3)}.x7k2").write_bytes(b"half written")
+    (folder / "encoder.log").write_text("seg-12 done\n")
+    (folder / PLAYLIST_NAME).write_text(
+        "#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:1000\n#EXTINF:1.000,\n"
+        f"{segment_name(FIRST)}\n#EXTINF:1.000,\n{segment_name(FIRST + 2)}\n"
+    )
+    output = scan_output(folder)
+    assert sorted(output.digests) == [FIRST, FIRST + 1, FIRST + 2]
+    assert len(output.playlist_problems) == 1
+    assert segment_name(FIRST + 2) in output.playlist_problems[0]
+
+
+def test_a_run_folder_stands_for_its_encoder_subfolders(tmp_path: Path) -> None:
+    make_run(tmp_path, {"b": run_of(), "a": run_of()})
+    (tmp_path / "plots").mkdir()
+    assert [p.name for p in find_outputs([tmp_path])] == ["a", "b"]
+
+
+def test_duplicate_names_and_negative_windows_are_refused(tmp_path: Path) -> None:
+    one = write_folder(tmp_path / "x" / "a", run_of())
+    two = write_folder(tmp_path / "y" / "a", run_of())
+    with pytest.raises(ValueError, match="same name"):
+        verify([one, two], frames=GOP)
+    with pytest.raises(ValueError, match="lock_in"):
+        verify([one], lock_in=-1, frames=GOP)
+
+
+def test_count_frames_reads_nothing_from_a_file_that_is_not_mpeg_ts(tmp_path: Path) -> None:
+    junk = tmp_path / segment_name(1)
+    junk.write_bytes(b"\x00" * 1000)
+    assert count_frames(junk) == 0
+    assert count_frames(tmp_path / "missing.ts") == 0
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["verify", *args])
+    return result.exit_code, result.output
+
+
+def test_cli_exit_code_is_zero_when_locked_and_one_when_not(tmp_path: Path) -> None:
+    good = make_run(tmp_path / "good", {n: run_of() for n in "ab"})
+    bad = make_run(
+        tmp_path / "bad", {"a": run_of(), "b": run_of(different={FIRST + 6: b"drifted"})}
+    )
+    code, output = invoke(*map(str, good), "--gop", str(GOP))
+    assert code == 0, output
+    assert "LOCKED" in output and "NOT LOCKED" not in output
+    code, output = invoke(str(tmp_path / "bad"), "--gop", str(GOP))
+    assert code == 1, output
+    assert "NOT LOCKED" in output and f"{GOP} misaligned frames" in output
+    # A wider lock-in window forgives the difference.
+    code, _ = invoke(*map(str, bad), "--gop", str(GOP), "--lock-in", "7")
+    assert code == 0
+
+
+def test_cli_json_is_one_object_with_the_verdict(tmp_path: Path) -> None:
+    make_run(tmp_path, {"a": run_of(), "b": run_of(different={FIRST + 9: b"z"}), "c": run_of()})
+    code, output = invoke(str(tmp_path), "--json", "--gop", str(GOP))
+    assert code == 1
+    data = json.loads(output)
+    assert data["locked"] is False
+    assert data["misaligned_frames"] == GOP
+    differing = [s for s in data["segments"] if not s["agreed"] and s["judged"]]
+    assert [s["segment"] for s in differing] == [FIRST + 9]
+    assert differing[0]["copies"]["b"]["matches"] is False
+
+
+def test_cli_refuses_fewer_than_two_encoders_and_missing_folders(tmp_path: Path) -> None:
+    (one,) = make_run(tmp_path, {"a": run_of()})
+    code, output = invoke(str(one))
+    assert code == 2 and "at least two" in output
+    code, output = invoke(str(tmp_path / "nowhere"))
+    assert code == 2 and "does not exist" in output
+    code, _ = invoke(str(one), str(one), "--lock-in", "-1")
+    assert code == 2
+
+
+def test_differing_segments_that_do_not_demux_are_reported_as_uncounted(tmp_path: Path) -> None:
+    drifted = run_of(different={FIRST + 5: b"late"})
+    make_run(tmp_path, {"a": run_of(), "b": run_of(), "c": drifted})
+    result = verify([tmp_path], lock_in=3)  # the real frame counter: made-up bytes do not demux
+    assert result.uncounted == (FIRST + 5,)
+    assert result.misaligned_frames == 0
+    code, output = invoke(str(tmp_path))
+    assert code == 1 and "could not be demuxed" in output
