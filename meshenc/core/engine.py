@@ -19,8 +19,11 @@ error ``E``:
   ``consensus_band`` for ``lock_dwell``, the encoder is locked.
 - *locked*: ``E`` is the distance of the label from the middle of the slot of the densest
   group's centre (at most ``tolerated_outliers`` set aside, a centre just before a boundary
-  counting as in the next slot). If the neighbourhood spreads past the relock limit, the
-  encoder locks in again, so groups that locked into adjacent slots average out.
+  counting as in the next slot). A follower that counts its segment's elected leader among
+  that group takes the leader's slot instead (``set_leader``): the leader is the segment's
+  timing reference, so followers on either side of a boundary still pick one slot. If the
+  neighbourhood spreads past the relock limit, the encoder locks in again, so groups that
+  locked into adjacent slots average out.
 
 Locking in, every move is a correction; locked, the policy decides (predictive acts on the
 error predicted ``horizon`` ahead and steers the label rate; reactive acts past the half-frame
@@ -116,7 +119,7 @@ class EngineConfig:
     suspicion: float = 30.0
     #: Every counted neighbour must stay within ``consensus_band`` this long before the
     #: encoder counts as locked.
-    lock_dwell: float = 1.0
+    lock_dwell: float = 0.5
     #: A locked encoder whose counted neighbours spread wider than this many times the
     #: policy's tolerance locks in again (two groups locked into adjacent slots are a whole
     #: frame apart; a held neighbourhood stays within a tolerance either side)...
@@ -129,8 +132,12 @@ class EngineConfig:
     lock_trigger: float = 0.05
     #: A vote not decided by then counts as rejected.
     vote_timeout: float = 0.3
-    #: After a rejected proposal, wait this long before proposing again.
+    #: After a rejected proposal, wait this long before proposing again...
     retry_backoff: float = 1.0
+    #: ...or this long while locking in, when rejections are the norm rather than a sign of
+    #: trouble: everyone moves at once, and each neighbour judges from its own, still noisy,
+    #: view of where the mean is.
+    lock_in_retry_backoff: float = 0.7
     #: Unmatched fingerprints kept per neighbour, and own frames kept for matching.
     history: int = 64
     #: Every n-th ESP echoes the neighbour's last send time (for RTT).
@@ -349,6 +356,7 @@ class SyncEngine:
         self._escalations = 0
         self._locked = False
         self._agreed_since = math.inf
+        self._leader: str | None = None
         self._error = 0.0
         self._predicted_error = 0.0
         self._health = HealthSignals(
@@ -376,6 +384,17 @@ class SyncEngine:
     @property
     def neighbours(self) -> tuple[str, ...]:
         return tuple(self._neighbours)
+
+    def set_leader(self, leader: str | None) -> None:
+        """The segment's elected leader (None: none known). A locked follower takes the
+        leader's slot as the timeline whenever the leader is a neighbour it counts and the
+        leader sits in the densest group; the leader itself, and followers that do not see it,
+        hold the densest group's slot as before."""
+        self._leader = leader
+
+    @property
+    def leader(self) -> str | None:
+        return self._leader
 
     def correction(self, now: float) -> float:
         return self._corr + self._corr_rate * (now - self._corr_at)
@@ -540,9 +559,8 @@ class SyncEngine:
             # own label lets a mesh that is split into two camps vote itself back together.
             deviation = nb.filter.at(now) + self.correction(now) - nb.correction_at(now)
             estimate = self._error - deviation
-        vote = judge_proposal(
-            proposal, self.node_id, estimate, self.config.vote_tolerance * self._period
-        )
+        tolerance = self.config.vote_tolerance * self._period
+        vote = judge_proposal(proposal, self.node_id, estimate, tolerance)
         return SendVote(vote, proposal.proposer)
 
     def on_vote(self, now: float, vote: ResyncVote) -> None:
@@ -630,8 +648,9 @@ class SyncEngine:
                 nb.suspect_until = now + cfg.suspicion
         my_corr = self.correction(now)
         deviations = [0.0]
+        reference = None
         oldest = now - cfg.stale_after
-        for nb in neighbours:
+        for name, nb in self._neighbours.items():
             kf = nb.filter
             if (
                 kf.updates >= cfg.min_updates
@@ -641,6 +660,8 @@ class SyncEngine:
                 kf.predict(now)
                 deviation = kf.deviation + my_corr - nb.correction_at(now)
                 deviations.append(deviation)
+                if name == self._leader:
+                    reference = deviation
         if len(deviations) == 1:
             return
         band = cfg.consensus_band * period
@@ -656,9 +677,12 @@ class SyncEngine:
                 # locked into adjacent slots would otherwise each hold their own slot).
                 self._locked = False
                 self._agreed_since = math.inf
+        fr = cfg.frame_rate
         if self._locked:
-            fr = cfg.frame_rate
-            target = fr.slot(label - view_of_mesh.mean + cfg.boundary_bias * period)
+            centre = view_of_mesh.mean
+            if reference is not None and view_of_mesh.low <= reference <= view_of_mesh.high:
+                centre = reference
+            target = fr.slot(label - centre + cfg.boundary_bias * period)
             error = label - fr.slot_middle(target)
         else:
             error = sum(deviations) / len(deviations)
@@ -737,7 +761,8 @@ class SyncEngine:
             self._apply(now, plan, outcome.proposal.proposal_id)
             return
         self._escalations += 1
-        self._quiet_until = now + self.config.retry_backoff
+        cfg = self.config
+        self._quiet_until = now + (cfg.retry_backoff if self._locked else cfg.lock_in_retry_backoff)
         self._actions.append(Escalate(outcome, error))
 
     def _apply(self, now: float, plan: PlannedCorrection, proposal_id: int) -> None:

@@ -288,3 +288,35 @@ def test_published_esps_describe_the_last_picture_and_echo_now_and_then() -> Non
     assert [esp.sequence for esp in sent[::2]] == list(range(1, 17))
     echoed = [esp for esp in sent if esp.echo_sequence]
     assert echoed and all(esp.echo_sent_at > 0 for esp in echoed)
+
+
+def test_a_locked_follower_takes_the_leaders_slot_the_others_hold_the_groups() -> None:
+    """Labels spread across a slot boundary: the neighbourhood's mean lies in the lower slot,
+    the leader's label in the upper one. Only the follower that knows the leader moves there."""
+    # Pictures are captured 0.9 frame into their slot; neighbour a (the leader) labels them
+    # 0.15 frame later (the next slot), b and c 0.1 frame earlier.
+    top = FPS.slot_middle(FPS.slot(1.8e9)) + 0.4 * T
+    offsets = {"a": 0.15 * T, "b": -0.1 * T, "c": -0.1 * T}
+    follower, loner = _engine(["a", "b", "c"]), _engine(["a", "b", "c"])
+    follower.set_leader("a")
+    for engine in (follower, loner):
+        for k in range(240):
+            now = top + k * T
+            decision = engine.on_frame(now, k)
+            if decision.timecodes:
+                engine.record_hash(decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1]))
+            for name, offset in offsets.items():
+                esp = _esp(name, k + 1, k, now + offset)
+                engine.on_esp(now + 0.001, esp)
+            for action in engine.drain_actions():
+                if isinstance(action, SendProposal):
+                    p = action.proposal
+                    for voter in action.to:
+                        engine.on_vote(
+                            now + 0.002, ResyncVote(p.proposer, p.proposal_id, voter, True, 0.0)
+                        )
+                    engine.drain_actions()
+    last = top + 239 * T
+    assert follower.snapshot(last).locked and loner.snapshot(last).locked
+    assert follower.snapshot(last).timecode == FPS.slot(last + offsets["a"])
+    assert loner.snapshot(last).timecode == FPS.slot(last + offsets["b"])
