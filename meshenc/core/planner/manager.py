@@ -1,0 +1,827 @@
+"""The Mesh Manager's decisions: events in, a plan and verdicts out, no IO.
+
+Theory of operation
+-------------------
+:class:`MeshManager` is a synchronous state machine in the style of etcd's raft core. The
+service shell feeds it events — :class:`EncoderJoined`, :class:`EncoderLeft`,
+:class:`~meshenc.core.planner.health.HealthReported`, :class:`Escalated`,
+:class:`WorkUnitsSet`, :class:`LeaderElected` — through :meth:`MeshManager.step`, and calls
+:meth:`MeshManager.tick` with its clock about once a second. Both return a list of decisions
+the shell must carry out (publish adjacency, segment map and work assignments; answer the
+escalation), **in this order**:
+
+1. :class:`EncoderRemoved`, :class:`EncoderIsolated`, :class:`LinkAvoided` — why the mesh changes;
+2. :class:`TopologyChanged` — the new epoch's adjacency (publish before anything that names it);
+3. :class:`SegmentsChanged`, then :class:`PlacementChanged`;
+4. :class:`EscalationJudged` — last, so its ``topology_epoch`` is already published.
+
+Planning (:func:`plan_mesh`) is a pure function of a :class:`MeshView` and the previous
+:class:`MeshPlan`: ring and links (:mod:`.topology`), segments and leader links
+(:mod:`.segments`), placement (:mod:`.placement`). The manager replans when membership, the
+avoided links or the work change (on the next tick, so a burst of joins makes one plan), at
+once when an escalation isolates an encoder or avoids a link (so the answer can carry the new
+epoch), and every ``reoptimize_every`` seconds to follow the latency map (churn-limited).
+
+Failure reaction, on :meth:`MeshManager.tick`:
+
+- **silent**: no report for ``report_timeout`` s → removed; its work is re-placed and its
+  neighbours rewired by the replan. A removed encoder that reports again is re-admitted.
+- **streams broken**: every planned link of an encoder down for ``stream_grace`` s while most
+  of those neighbours still report working links elsewhere → removed (it is the odd one out;
+  when the neighbours are the ones failing, silence removes them instead).
+- **bad link**: a link down for ``link_grace`` s as seen by either end, both ends still
+  reporting (within half the report timeout: a dead encoder's links are not "bad", its silence
+  removes it) → avoided for ``avoid_for`` s; the planner routes around it.
+
+Escalations (a resync proposal that did not win a majority of the proposer's neighbours) are
+judged from the votes of the proposer's *current planned neighbours* only (others, and repeat
+voters, are ignored), each of which voted from its own measurement:
+
+- rejected by at least ``liar_quorum`` neighbours that are a majority of its degree → the
+  proposer is the liar or broken: REJECT and isolate it for ``isolation`` s;
+- more approvals than rejections → APPLY (one liar cannot hold an honest encoder back). Each
+  outvoted rejecter is noted; one outvoted against ``liar_quorum`` distinct proposers within
+  ``dissent_window`` s is isolated; a pair that disagrees ``link_strikes`` times within the
+  window without either being isolated gets its link avoided (a bad link, not a bad encoder);
+- a tie → APPLY if every rejecter has been outvoted before in the window, else DEFER;
+- more rejections than approvals, short of the isolation quorum → REJECT;
+- no valid vote at all → DEFER (the links are probably down; health will tell).
+
+No more than ``max_isolated_fraction`` of the encoders are isolated at once, so a collusion
+cannot empty the mesh through the manager.
+
+Invariants:
+
+1. Deterministic: the same events with the same times give the same decisions.
+2. Epochs increase by one with every published topology change and never otherwise.
+3. Every plan satisfies the planner's invariants (see :mod:`.topology`, :mod:`.segments`,
+   :mod:`.placement`); in particular the published adjacency is symmetric.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from meshenc.core.messages import ResyncProposal, ResyncVote
+from meshenc.core.planner.health import HealthModel, HealthReported
+from meshenc.core.planner.placement import (
+    Host,
+    Placement,
+    PlacementConfig,
+    WorkUnit,
+    place,
+    replica_moves,
+)
+from meshenc.core.planner.segments import (
+    Segment,
+    SegmentConfig,
+    choose_likely_leaders,
+    leader_links,
+    plan_segments,
+)
+from meshenc.core.planner.space import LatencySpace
+from meshenc.core.planner.topology import (
+    Pair,
+    Topology,
+    TopologyConfig,
+    edge_changes,
+    pair,
+    plan_edges,
+    plan_ring,
+    survives_any_single_failure,
+)
+from meshenc.core.planner.vivaldi import Coordinate
+
+__all__ = [
+    "EncoderIsolated",
+    "EncoderJoined",
+    "EncoderLeft",
+    "EncoderRemoved",
+    "Escalated",
+    "EscalationJudged",
+    "EscalationVerdict",
+    "LeaderElected",
+    "LinkAvoided",
+    "ManagerConfig",
+    "MeshManager",
+    "MeshPlan",
+    "MeshView",
+    "PlacementChanged",
+    "PlannerConfig",
+    "SegmentInfo",
+    "SegmentsChanged",
+    "TopologyChanged",
+    "WorkUnitsSet",
+    "plan_mesh",
+]
+
+
+# --- planning, as a pure function -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerConfig:
+    """The settings of the three planners."""
+
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    segments: SegmentConfig = field(default_factory=SegmentConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshView:
+    """Everything one plan depends on.
+
+    Attributes:
+        hosts: the encoders to plan for (zone, capacity).
+        coordinates: their network coordinates (missing ones start at the origin).
+        confidence: their reported confidence (missing: 0).
+        units: the work unit ids to place.
+        avoid: links not to use (sorted pairs).
+        leaders: elected leader per segment id, where known.
+    """
+
+    hosts: tuple[Host, ...]
+    coordinates: Mapping[str, Coordinate]
+    confidence: Mapping[str, float] = field(default_factory=dict)
+    units: tuple[str, ...] = ()
+    avoid: frozenset[Pair] = frozenset()
+    leaders: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshPlan:
+    """One complete plan: topology, segments (with likely leaders) and placement."""
+
+    topology: Topology
+    segments: tuple[Segment, ...]
+    placement: Placement
+    next_segment_number: int = 1
+
+
+def plan_mesh(
+    view: MeshView, previous: MeshPlan | None, config: PlannerConfig, *, epoch: int
+) -> MeshPlan:
+    """Plan the mesh for ``view``, starting from ``previous``.
+
+    Args:
+        view: the inputs.
+        previous: the last plan, or None on a cold start.
+        config: planner settings.
+        epoch: the epoch to stamp on the topology.
+    """
+    ids = sorted({h.encoder_id for h in view.hosts})
+    dims = {len(c.position) for c in view.coordinates.values()} or {2}
+    default = Coordinate(position=(0.0,) * min(dims))
+    space = LatencySpace({node: view.coordinates.get(node, default) for node in ids})
+    near = space.near(config.topology.candidates)
+    ring_idx = plan_ring(space, previous.topology.ring if previous else (), view.avoid, near)
+    ring = tuple(space.ids[i] for i in ring_idx)
+
+    old_segments = previous.segments if previous else ()
+    grouped, next_number = plan_segments(
+        ring,
+        old_segments,
+        previous.next_segment_number if previous else 1,
+        config.segments,
+    )
+    old_likely = {s.segment_id: s.likely_leader for s in old_segments}
+    incumbents: dict[str, str] = {}
+    for segment_id, members in grouped:
+        elected = view.leaders.get(segment_id)
+        if elected is not None and elected in members:
+            incumbents[segment_id] = elected
+        elif segment_id in old_likely:
+            incumbents[segment_id] = old_likely[segment_id]
+    segments = choose_likely_leaders(grouped, space, view.confidence, incumbents, config.segments)
+    edges = plan_edges(
+        space,
+        ring_idx,
+        previous.topology if previous else None,
+        avoid=view.avoid,
+        preferred=leader_links(segments),
+        near=near,
+        config=config.topology,
+    )
+    placement = place(
+        view.units, view.hosts, previous.placement if previous else None, config.placement
+    )
+    return MeshPlan(
+        topology=Topology(epoch=epoch, ring=ring, edges=edges),
+        segments=tuple(segments),
+        placement=placement,
+        next_segment_number=next_number,
+    )
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+def _check_time(at: float) -> None:
+    if not math.isfinite(at):
+        raise ValueError(f"time must be finite, got {at!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderJoined:
+    """An encoder appeared (a pod became ready, or a local process started)."""
+
+    encoder_id: str
+    at: float
+    address: str = ""
+    zone: str = ""
+    capacity: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.encoder_id:
+            raise ValueError("encoder_id must not be empty")
+        _check_time(self.at)
+        if self.capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {self.capacity}")
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderLeft:
+    """An encoder went away on purpose (scaled down, deleted)."""
+
+    encoder_id: str
+    at: float
+
+    def __post_init__(self) -> None:
+        _check_time(self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class Escalated:
+    """A proposer escalated a proposal its neighbours did not approve by majority."""
+
+    encoder_id: str
+    proposal: ResyncProposal
+    votes: tuple[ResyncVote, ...]
+    neighbour_count: int
+    at: float
+
+    def __post_init__(self) -> None:
+        _check_time(self.at)
+        if self.proposal.proposer != self.encoder_id:
+            raise ValueError(
+                f"escalation from {self.encoder_id!r} carries a proposal by "
+                f"{self.proposal.proposer!r}"
+            )
+        if self.neighbour_count < len({v.voter for v in self.votes}):
+            raise ValueError("neighbour_count is smaller than the number of voters")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkUnitsSet:
+    """The complete set of work units to run (replaces the previous set)."""
+
+    units: tuple[WorkUnit, ...]
+    at: float
+
+    def __post_init__(self) -> None:
+        _check_time(self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderElected:
+    """A segment's leader election in etcd was won (``revision`` fences it)."""
+
+    segment_id: str
+    encoder_id: str
+    revision: int
+    at: float
+
+    def __post_init__(self) -> None:
+        _check_time(self.at)
+        if self.revision <= 0:
+            raise ValueError(f"revision must be positive, got {self.revision}")
+
+
+Event = EncoderJoined | EncoderLeft | HealthReported | Escalated | WorkUnitsSet | LeaderElected
+
+
+# --- decisions ------------------------------------------------------------------------------
+
+
+class EscalationVerdict(enum.Enum):
+    """What the proposer does with an escalated proposal."""
+
+    APPLY = "apply"
+    REJECT = "reject"
+    DEFER = "defer"
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderRemoved:
+    """Take the encoder out of the mesh (its work and links are re-planned)."""
+
+    encoder_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderIsolated:
+    """Keep the encoder out of the mesh until ``until`` (manager's clock)."""
+
+    encoder_id: str
+    until: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkAvoided:
+    """Do not link ``a`` and ``b`` until ``until``."""
+
+    a: str
+    b: str
+    until: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TopologyChanged:
+    """Publish this adjacency as epoch ``epoch``."""
+
+    epoch: int
+    adjacency: Mapping[str, tuple[str, ...]]
+    reason: str
+    links_added: int
+    links_removed: int
+    survives_any_single_failure: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """One segment as published (``leader_id`` empty while no election is known)."""
+
+    segment_id: str
+    members: tuple[str, ...]
+    likely_leader: str
+    leader_id: str = ""
+    leader_revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentsChanged:
+    """Publish this segment map for ``topology_epoch``."""
+
+    topology_epoch: int
+    segments: tuple[SegmentInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementChanged:
+    """Run each unit on the listed encoders (treat ``assignments`` as read-only)."""
+
+    assignments: Mapping[str, tuple[str, ...]]
+    moves: int
+    under_replicated: tuple[str, ...]
+    zone_shared: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationJudged:
+    """Answer the escalation."""
+
+    encoder_id: str
+    proposal_id: int
+    verdict: EscalationVerdict
+    reason: str
+    topology_epoch: int
+
+
+Decision = (
+    EncoderRemoved
+    | EncoderIsolated
+    | LinkAvoided
+    | TopologyChanged
+    | SegmentsChanged
+    | PlacementChanged
+    | EscalationJudged
+)
+
+
+# --- the state machine ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerConfig:
+    """Timeouts and judging thresholds; see the module docstring for what each does."""
+
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    report_timeout: float = 5.0
+    stream_grace: float = 5.0
+    link_grace: float = 5.0
+    avoid_for: float = 300.0
+    isolation: float = 300.0
+    liar_quorum: int = 3
+    dissent_window: float = 60.0
+    link_strikes: int = 2
+    max_isolated_fraction: float = 0.1
+    reoptimize_every: float = 30.0
+    dimensions: int = 2
+
+    def __post_init__(self) -> None:
+        for name in (
+            "report_timeout",
+            "stream_grace",
+            "link_grace",
+            "avoid_for",
+            "isolation",
+            "dissent_window",
+            "reoptimize_every",
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be positive and finite, got {value!r}")
+        if self.liar_quorum < 2:
+            raise ValueError(f"liar_quorum must be >= 2, got {self.liar_quorum}")
+        if self.link_strikes < 1:
+            raise ValueError(f"link_strikes must be >= 1, got {self.link_strikes}")
+        if not 0.0 <= self.max_isolated_fraction <= 0.5:
+            raise ValueError("max_isolated_fraction must be in [0, 0.5]")
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    encoder_id: str
+    address: str
+    zone: str
+    capacity: int
+
+
+class MeshManager:
+    """The manager's decision state: feed events and ticks, carry out the decisions.
+
+    Args:
+        config: thresholds and planner settings.
+    """
+
+    def __init__(self, config: ManagerConfig | None = None) -> None:
+        self.config = config or ManagerConfig()
+        self.health = HealthModel(dimensions=self.config.dimensions)
+        self._members: dict[str, _Member] = {}
+        self._known: dict[str, _Member] = {}  # removed for silence; re-admitted on a report
+        self._isolated: dict[str, float] = {}
+        self._avoided: dict[Pair, float] = {}
+        self._units: tuple[str, ...] = ()
+        self._leaders: dict[str, tuple[str, int]] = {}
+        self._plan: MeshPlan | None = None
+        self._epoch = 0
+        self._reasons: list[str] = []
+        self._last_plan_at: float | None = None
+        self._dissent: dict[str, dict[str, float]] = {}  # rejecter -> proposer -> last time
+        self._strikes: dict[Pair, list[float]] = {}
+        self._now = -math.inf
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """The current topology epoch (0 before the first plan)."""
+        return self._epoch
+
+    @property
+    def plan(self) -> MeshPlan | None:
+        """The current plan, or None before the first."""
+        return self._plan
+
+    @property
+    def members(self) -> list[str]:
+        """Encoders in the mesh or waiting to be planned in, sorted (isolated excluded)."""
+        return sorted(m for m in self._members if m not in self._isolated)
+
+    def isolated(self) -> dict[str, float]:
+        """Isolated encoders and until when."""
+        return dict(self._isolated)
+
+    def avoided(self) -> dict[Pair, float]:
+        """Avoided links and until when."""
+        return dict(self._avoided)
+
+    def neighbours(self, encoder_id: str) -> frozenset[str]:
+        """The encoder's neighbours in the current plan (empty if none)."""
+        if self._plan is None:
+            return frozenset()
+        return frozenset(
+            b if a == encoder_id else a
+            for a, b in self._plan.topology.edges
+            if encoder_id in (a, b)
+        )
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def step(self, event: Event) -> list[Decision]:
+        """Apply one event; returns decisions due at once (only escalations have any)."""
+        self._now = max(self._now, event.at)
+        if isinstance(event, EncoderJoined):
+            member = _Member(event.encoder_id, event.address, event.zone, event.capacity)
+            if self._members.get(event.encoder_id) != member:
+                self._members[event.encoder_id] = member
+                self._reasons.append(f"{event.encoder_id} joined")
+            self._known.pop(event.encoder_id, None)
+            self.health.track(event.encoder_id, event.at)
+        elif isinstance(event, EncoderLeft):
+            if self._members.pop(event.encoder_id, None) is not None:
+                self.health.forget(event.encoder_id)
+                self._reasons.append(f"{event.encoder_id} left")
+            self._known.pop(event.encoder_id, None)
+        elif isinstance(event, HealthReported):
+            self._report(event)
+        elif isinstance(event, WorkUnitsSet):
+            units = tuple(sorted({u.unit_id for u in event.units}))
+            if units != self._units:
+                self._units = units
+                self._reasons.append(f"work changed to {len(units)} units")
+        elif isinstance(event, LeaderElected):
+            current = self._leaders.get(event.segment_id)
+            if current is None or event.revision > current[1]:
+                self._leaders[event.segment_id] = (event.encoder_id, event.revision)
+        else:
+            return self._judge(event)
+        return []
+
+    def _report(self, report: HealthReported) -> None:
+        node = report.encoder_id
+        if node not in self._members and node in self._known:
+            self._members[node] = self._known.pop(node)
+            self.health.track(node, report.at)
+            self._reasons.append(f"{node} reports again")
+        planned = self.neighbours(node) if report.topology_epoch == self._epoch else None
+        self.health.ingest(report, planned if self._plan is not None else None)
+
+    def tick(self, now: float) -> list[Decision]:
+        """Detect failures, expire penalties, and replan if anything changed.
+
+        Args:
+            now: the manager's clock, seconds (the same clock as events' ``at``).
+        """
+        _check_time(now)
+        self._now = max(self._now, now)
+        now = self._now
+        decisions: list[Decision] = []
+        decisions += self._expire(now)
+        decisions += self._remove_silent(now)
+        decisions += self._remove_cut_off(now)
+        decisions += self._avoid_down_links(now)
+        due = (
+            self._last_plan_at is not None
+            and now - self._last_plan_at >= self.config.reoptimize_every
+        )
+        if self._reasons or due:
+            decisions += self._replan(now, "; ".join(self._reasons) or "periodic re-optimisation")
+        return decisions
+
+    # -- failure detection -----------------------------------------------------------------
+
+    def _expire(self, now: float) -> list[Decision]:
+        for node, until in sorted(self._isolated.items()):
+            if until <= now:
+                del self._isolated[node]
+                if node in self._members:
+                    self.health.track(node, now)
+                    self._reasons.append(f"{node}'s isolation ended")
+        for link, until in sorted(self._avoided.items()):
+            if until <= now:
+                del self._avoided[link]
+                self._reasons.append(f"link {link[0]}-{link[1]} may be used again")
+        return []
+
+    def _remove(self, node: str, reason: str) -> EncoderRemoved:
+        member = self._members.pop(node)
+        self._known[node] = member
+        self.health.forget(node)
+        self._reasons.append(f"{node} removed: {reason}")
+        return EncoderRemoved(node, reason)
+
+    def _remove_silent(self, now: float) -> list[Decision]:
+        decisions: list[Decision] = []
+        for node in self.health.silent(now, self.config.report_timeout):
+            if node in self._members and node not in self._isolated:
+                seen = self.health.health(node)
+                quiet = now - (seen.last_seen if seen else now)
+                decisions.append(self._remove(node, f"no health report for {quiet:.1f} s"))
+        return decisions
+
+    def _link_down_for(self, a: str, b: str, now: float) -> float:
+        """How long link (a, b) has been down as either end sees it (0 if up)."""
+        since = [s for s in (self.health.down_since(a, b), self.health.down_since(b, a)) if s]
+        return now - min(since) if since else 0.0
+
+    def _remove_cut_off(self, now: float) -> list[Decision]:
+        if self._plan is None:
+            return []
+        decisions: list[Decision] = []
+        grace = self.config.stream_grace
+        for node in sorted(self._members):
+            neighbours = [m for m in self.neighbours(node) if m in self._members]
+            if not neighbours or node in self._isolated:
+                continue
+            if not all(self._link_down_for(node, m, now) >= grace for m in neighbours):
+                continue
+            healthy = [m for m in neighbours if self._has_working_link(m, exclude=node, now=now)]
+            if 2 * len(healthy) > len(neighbours):
+                decisions.append(
+                    self._remove(node, f"all {len(neighbours)} streams broken for {grace:g} s")
+                )
+        return decisions
+
+    def _has_working_link(self, node: str, *, exclude: str, now: float) -> bool:
+        return any(
+            m != exclude and self._link_down_for(node, m, now) == 0.0
+            for m in self.neighbours(node)
+            if m in self._members
+        )
+
+    def _avoid_down_links(self, now: float) -> list[Decision]:
+        if self._plan is None:
+            return []
+        decisions: list[Decision] = []
+        for a, b in sorted(self._plan.topology.edges):
+            if a not in self._members or b not in self._members:
+                continue
+            if (a, b) in self._avoided or not (self._fresh(a, now) and self._fresh(b, now)):
+                continue  # a quiet end is a dying encoder, not a bad link: silence handles it
+            if self._link_down_for(a, b, now) >= self.config.link_grace:
+                decisions.append(self._avoid(a, b, now, "link down"))
+        return decisions
+
+    def _fresh(self, node: str, now: float) -> bool:
+        """Whether ``node`` reported within the last half report timeout."""
+        seen = self.health.health(node)
+        return seen is not None and now - seen.last_seen <= self.config.report_timeout / 2
+
+    def _avoid(self, a: str, b: str, now: float, why: str) -> LinkAvoided:
+        link = pair(a, b)
+        until = now + self.config.avoid_for
+        self._avoided[link] = until
+        self._reasons.append(f"link {link[0]}-{link[1]} avoided: {why}")
+        return LinkAvoided(link[0], link[1], until, why)
+
+    # -- escalations -----------------------------------------------------------------------
+
+    def _isolate(self, node: str, now: float, why: str) -> EncoderIsolated | None:
+        cap = math.floor(self.config.max_isolated_fraction * len(self._members))
+        if node in self._isolated or len(self._isolated) >= cap:
+            return None
+        until = now + self.config.isolation
+        self._isolated[node] = until
+        self._reasons.append(f"{node} isolated: {why}")
+        return EncoderIsolated(node, until, why)
+
+    def _judge(self, event: Escalated) -> list[Decision]:
+        proposer, proposal_id, now = event.encoder_id, event.proposal.proposal_id, event.at
+        config = self.config
+
+        def answer(verdict: EscalationVerdict, reason: str) -> EscalationJudged:
+            return EscalationJudged(proposer, proposal_id, verdict, reason, self._epoch)
+
+        if proposer in self._isolated:
+            return [answer(EscalationVerdict.REJECT, "proposer is isolated")]
+        if proposer not in self._members or self._plan is None:
+            return [answer(EscalationVerdict.REJECT, "proposer is not in the mesh")]
+        electorate = self.neighbours(proposer)
+        approvals: set[str] = set()
+        rejections: set[str] = set()
+        for vote in event.votes:
+            if vote.proposal_id != proposal_id or vote.proposer != proposer:
+                continue
+            if vote.voter not in electorate or vote.voter in approvals | rejections:
+                continue
+            (approvals if vote.approve else rejections).add(vote.voter)
+        degree = len(electorate)
+        counted = len(approvals) + len(rejections)
+        decisions: list[Decision] = []
+
+        if len(rejections) >= config.liar_quorum and 2 * len(rejections) > degree:
+            why = f"rejected independently by {len(rejections)} of {degree} neighbours"
+            isolated = self._isolate(proposer, now, why)
+            if isolated is None:
+                return [answer(EscalationVerdict.REJECT, f"{why}; isolation cap reached")]
+            decisions.append(isolated)
+            decisions += self._replan(now, "; ".join(self._reasons))
+            decisions.append(answer(EscalationVerdict.REJECT, f"{why}; proposer isolated"))
+            return decisions
+        if counted == 0:
+            return [answer(EscalationVerdict.DEFER, "no vote from a current neighbour")]
+        tally = f"{len(approvals)} for, {len(rejections)} against of {degree} neighbours"
+        outvoted_before = all(self._dissented_recently(r, now) for r in rejections)
+        if len(approvals) > len(rejections) or (
+            len(approvals) == len(rejections) and rejections and outvoted_before
+        ):
+            decisions += self._note_dissent(proposer, sorted(rejections), now)
+            if any(isinstance(d, EncoderIsolated | LinkAvoided) for d in decisions):
+                decisions += self._replan(now, "; ".join(self._reasons))
+            decisions.append(answer(EscalationVerdict.APPLY, tally))
+            return decisions
+        if len(approvals) == len(rejections):
+            return [answer(EscalationVerdict.DEFER, f"split vote: {tally}")]
+        return [answer(EscalationVerdict.REJECT, tally)]
+
+    def _dissented_recently(self, rejecter: str, now: float) -> bool:
+        window = self.config.dissent_window
+        return any(now - t <= window for t in self._dissent.get(rejecter, {}).values())
+
+    def _note_dissent(self, proposer: str, rejecters: Sequence[str], now: float) -> list[Decision]:
+        """Record outvoted rejections; isolate serial dissenters, avoid quarrelling links."""
+        config = self.config
+        decisions: list[Decision] = []
+        for r in rejecters:
+            record = self._dissent.setdefault(r, {})
+            record[proposer] = now
+            for p in [p for p, t in record.items() if now - t > config.dissent_window]:
+                del record[p]
+            if len(record) >= config.liar_quorum:
+                why = (
+                    f"outvoted rejecting {len(record)} proposers within {config.dissent_window:g} s"
+                )
+                isolated = self._isolate(r, now, why)
+                if isolated is not None:
+                    decisions.append(isolated)
+                    continue
+            link = pair(proposer, r)
+            strikes = [t for t in self._strikes.get(link, []) if now - t <= config.dissent_window]
+            strikes.append(now)
+            self._strikes[link] = strikes
+            if len(strikes) >= config.link_strikes and link not in self._avoided:
+                decisions.append(self._avoid(proposer, r, now, "repeated disagreement"))
+        return decisions
+
+    # -- planning --------------------------------------------------------------------------
+
+    def view(self) -> MeshView:
+        """The inputs of the next plan, from the current state."""
+        active = self.members
+        return MeshView(
+            hosts=tuple(Host(m, self._members[m].capacity, self._members[m].zone) for m in active),
+            coordinates={m: self.health.coordinate(m) for m in active},
+            confidence={m: self.health.confidence(m) for m in active},
+            units=self._units,
+            avoid=frozenset(self._avoided),
+            leaders={s: leader for s, (leader, _) in self._leaders.items()},
+        )
+
+    def _replan(self, now: float, reason: str) -> list[Decision]:
+        self._reasons = []
+        self._last_plan_at = now
+        previous = self._plan
+        plan = plan_mesh(self.view(), previous, self.config.planner, epoch=self._epoch + 1)
+        decisions: list[Decision] = []
+        topology_changed = previous is None or (
+            plan.topology.edges != previous.topology.edges
+            or plan.topology.nodes != previous.topology.nodes
+        )
+        if topology_changed:
+            self._epoch += 1
+            changes = edge_changes(previous.topology, plan.topology) if previous else None
+            adjacency = plan.topology.adjacency()
+            decisions.append(
+                TopologyChanged(
+                    epoch=self._epoch,
+                    adjacency=adjacency,
+                    reason=reason,
+                    links_added=len(changes.added) if changes else len(plan.topology.edges),
+                    links_removed=len(changes.removed) if changes else 0,
+                    survives_any_single_failure=survives_any_single_failure(adjacency),
+                )
+            )
+        else:
+            assert previous is not None
+            plan = MeshPlan(
+                topology=previous.topology,
+                segments=plan.segments,
+                placement=plan.placement,
+                next_segment_number=plan.next_segment_number,
+            )
+        if previous is None or topology_changed or plan.segments != previous.segments:
+            decisions.append(SegmentsChanged(self._epoch, self.segment_map(plan)))
+        if previous is None or plan.placement.assignments != previous.placement.assignments:
+            decisions.append(
+                PlacementChanged(
+                    assignments=plan.placement.assignments,
+                    moves=replica_moves(previous.placement, plan.placement) if previous else 0,
+                    under_replicated=plan.placement.under_replicated,
+                    zone_shared=plan.placement.zone_shared,
+                    reason=reason,
+                )
+            )
+        self._plan = plan
+        return decisions
+
+    def segment_map(self, plan: MeshPlan | None = None) -> tuple[SegmentInfo, ...]:
+        """The segments of a plan (default: the current one) with the elected leaders."""
+        plan = plan or self._plan
+        if plan is None:
+            return ()
+        result = []
+        for s in plan.segments:
+            leader, revision = self._leaders.get(s.segment_id, ("", 0))
+            if leader not in s.members:
+                leader, revision = "", 0
+            result.append(SegmentInfo(s.segment_id, s.members, s.likely_leader, leader, revision))
+        return tuple(result)

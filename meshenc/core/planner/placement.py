@@ -1,0 +1,433 @@
+"""Work placement: each work unit on ``redundancy`` encoders, by capacity, moving little.
+
+Theory of operation
+-------------------
+A work unit is one rendition of one channel. Each must run on ``redundancy`` distinct
+encoders (default 2), in distinct failure zones where zones are known, and no encoder carries
+more copies than its capacity.
+
+Where a copy goes is decided by **weighted rendezvous hashing** (highest random weight; the
+logarithmic method of Schindelhauer and Schomaker, ``score = -capacity / ln(hash01(unit,
+encoder))``), which gives every encoder a share proportional to its capacity and, when an
+encoder comes or goes, changes the preferred encoders of only the units it gains or loses.
+Scoring every unit against every encoder is quadratic (10^8 hashes at 10,000 each), so the
+ranking is **two-level** (skeleton-based rendezvous hashing, Wang and Ravishankar 2009):
+encoders fall into ``groups`` fixed buckets by a hash of their id; a unit ranks the groups by
+weighted rendezvous (group weight = total capacity), then the members of a group by weighted
+rendezvous. A unit's *preference order* is: the members of its best group, best first, then
+those of its second group, and so on.
+
+Placement is **sticky**: a copy stays where it is while its encoder is alive, within capacity
+and zone rules. Then
+
+1. copies that lost their encoder (or were shed over capacity) go to the first valid encoder in
+   the unit's preference order: *a leave moves exactly the leaver's copies*;
+2. each joiner takes up to its fair share (``copies x capacity / total capacity``) of the units
+   that now prefer it over one of their encoders, replacing that unit's least preferred copy:
+   *a join moves copies onto the joiner only*.
+
+Invariants:
+
+1. No unit has two copies on one encoder; no encoder exceeds its capacity.
+2. Where enough zones exist (known zones plus encoders of unknown zone >= redundancy) copies of a
+   unit are in distinct zones unless capacity leaves no other choice; such units are listed in
+   ``zone_shared`` (and stay so until a copy has to move anyway). Units short of copies (too
+   little capacity) are listed in ``under_replicated``.
+3. Deterministic: hashes are keyed BLAKE2b of the ids; ties break by index (sorted id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Host",
+    "Placement",
+    "PlacementConfig",
+    "WorkUnit",
+    "place",
+    "replica_moves",
+]
+
+U64 = npt.NDArray[np.uint64]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+_CANDIDATES = 6
+"""Spare candidates the vectorised pass keeps per unit beyond ``redundancy``; a unit that
+finds too few valid ones there (full encoders, zone clashes) walks its full preference."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkUnit:
+    """One rendition of one channel: the thing that is placed."""
+
+    channel: str
+    rendition: str
+
+    def __post_init__(self) -> None:
+        if not self.channel or not self.rendition or "/" in self.channel:
+            raise ValueError(
+                f"work unit needs a channel without '/' and a rendition, got "
+                f"{self.channel!r}, {self.rendition!r}"
+            )
+
+    @property
+    def unit_id(self) -> str:
+        """``channel/rendition``, the unit's key in a placement."""
+        return f"{self.channel}/{self.rendition}"
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """An encoder as a place for work: how many copies it takes and where it stands."""
+
+    encoder_id: str
+    capacity: int
+    zone: str = ""  # "" = unknown
+
+    def __post_init__(self) -> None:
+        if self.capacity < 0:
+            raise ValueError(f"host {self.encoder_id!r}: capacity must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementConfig:
+    """``redundancy`` copies per unit (>= 1); ``groups`` buckets of the two-level ranking."""
+
+    redundancy: int = 2
+    groups: int = 128
+
+    def __post_init__(self) -> None:
+        if self.redundancy < 1:
+            raise ValueError(f"redundancy must be >= 1, got {self.redundancy}")
+        if self.groups < 1:
+            raise ValueError(f"groups must be >= 1, got {self.groups}")
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where every unit runs. ``assignments`` maps unit id to encoder ids (treat as read-only)."""
+
+    assignments: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    hosts: frozenset[str] = frozenset()
+    under_replicated: tuple[str, ...] = ()
+    zone_shared: tuple[str, ...] = ()
+
+    def load(self) -> dict[str, int]:
+        """Copies per encoder (encoders with none included)."""
+        counts = dict.fromkeys(sorted(self.hosts), 0)
+        for hosts in self.assignments.values():
+            for h in hosts:
+                counts[h] = counts.get(h, 0) + 1
+        return counts
+
+
+def replica_moves(before: Placement, after: Placement) -> int:
+    """Copies that run somewhere new, over units present in both placements."""
+    moved = 0
+    for unit, hosts in after.assignments.items():
+        old = before.assignments.get(unit)
+        if old is not None:
+            moved += len(set(hosts) - set(old))
+    return moved
+
+
+def _hash64(texts: Sequence[str], salt: bytes) -> U64:
+    values = [
+        int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8, key=salt).digest(), "little")
+        for t in texts
+    ]
+    return np.array(values, dtype=np.uint64).reshape(len(values))
+
+
+def _mix(x: U64) -> U64:
+    """SplitMix64's finaliser: a cheap, well-spread 64-bit mix, vectorised."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    result: U64 = x ^ (x >> np.uint64(31))
+    return result
+
+
+def _scores(unit_hash: U64, target_hash: U64, log_weight: F64) -> F64:
+    """Weighted rendezvous scores in log form, ``ln(w) - ln(-ln(u))`` (broadcasting).
+
+    ``u`` is the pair's hash as a uniform number in (0, 1). This is the logarithm of the
+    classic ``-w / ln(u)``: it orders the same way (a weight-``w`` target wins with
+    probability proportional to ``w``), and a weight of 0 (``ln w = -inf``) never wins.
+    """
+    h = _mix(unit_hash ^ target_hash)
+    uniform = ((h >> np.uint64(11)).astype(np.float64) + 0.5) * (2.0**-53)
+    score: F64 = log_weight - np.log(-np.log(uniform))
+    return score
+
+
+def _log(values: F64) -> F64:
+    with np.errstate(divide="ignore"):
+        result: F64 = np.log(values)
+    return result
+
+
+_CHUNK = 1024
+"""Units scored per vectorised batch: small enough to stay in cache."""
+
+
+class _Ranking:
+    """The two-level rendezvous ranking over the live hosts (private).
+
+    A host's place in a unit's preference order is the pair (its group's score, its own
+    score), compared lexicographically, highest first; ties (practically impossible) break
+    by group number, then host index. Index ``len(hosts)`` is a sentinel that pads the group
+    member table and never wins (weight 0).
+    """
+
+    def __init__(self, hosts: Sequence[Host], groups: int) -> None:
+        n = len(hosts)
+        capacity = np.array([h.capacity for h in hosts] + [0], dtype=np.float64)
+        self.capacity = capacity[:n]
+        self.log_capacity = _log(capacity)
+        self.hash = np.append(_hash64([h.encoder_id for h in hosts], b"meshenc-host"), 0)
+        self.hash = self.hash.astype(np.uint64)
+        self.group: I64 = ((self.hash[:n] >> np.uint64(32)) % np.uint64(groups)).astype(np.int64)
+        self.group_hash = _hash64([str(g) for g in range(groups)], b"meshenc-group")
+        self.log_group_weight = _log(
+            np.bincount(self.group, weights=self.capacity, minlength=groups).astype(np.float64)
+        )
+        size = np.bincount(self.group, minlength=groups)
+        width = int(size.max()) if n else 0
+        self.members: I64 = np.full((groups, max(width, 1)), n, dtype=np.int64)
+        fill = np.zeros(groups, dtype=np.int64)
+        for j, g in enumerate(self.group.tolist()):
+            self.members[g, fill[g]] = j
+            fill[g] += 1
+
+    def group_scores(self, unit_hash: U64, groups: I64) -> F64:
+        """Scores of ``groups`` (broadcast against ``unit_hash``)."""
+        return _scores(unit_hash, self.group_hash[groups], self.log_group_weight[groups])
+
+    def host_scores(self, unit_hash: U64, hosts: I64) -> F64:
+        """In-group scores of ``hosts`` (broadcast against ``unit_hash``); -1 scores -inf."""
+        hosts = np.where(hosts >= 0, hosts, len(self.capacity))
+        return _scores(unit_hash, self.hash[hosts], self.log_capacity[hosts])
+
+    def preference(self, unit_hash: U64, count: int) -> I64:
+        """Each unit's ``count`` most preferred hosts of its best group (-1 padded)."""
+        all_groups = np.arange(len(self.group_hash), dtype=np.int64)[None, :]
+        n = len(self.capacity)
+        out = np.full((len(unit_hash), count), -1, dtype=np.int64)
+        for start in range(0, len(unit_hash), _CHUNK):
+            uh = unit_hash[start : start + _CHUNK, None]
+            best = np.argmax(self.group_scores(uh, all_groups), axis=1)
+            cand = self.members[best]  # units x width, sentinel-padded
+            key = -self.host_scores(uh, cand)
+            k = min(count, key.shape[1])
+            if k < key.shape[1]:
+                pick = np.argpartition(key, k - 1, axis=1)[:, :k]
+            else:
+                pick = np.broadcast_to(np.arange(k), key.shape).copy()
+            picked_key = np.take_along_axis(key, pick, axis=1)
+            order = np.argsort(picked_key, axis=1, kind="stable")
+            chosen = np.take_along_axis(np.take_along_axis(cand, pick, axis=1), order, axis=1)
+            valid = np.isfinite(np.take_along_axis(picked_key, order, axis=1)) & (chosen < n)
+            out[start : start + len(uh), :k] = np.where(valid, chosen, -1)
+        return out
+
+    def full_preference(self, unit_hash: U64) -> list[int]:
+        """One unit's complete preference order over all hosts with capacity."""
+        everyone = np.arange(len(self.capacity), dtype=np.int64)
+        hs = self.host_scores(unit_hash, everyone)
+        gs = self.group_scores(unit_hash, self.group)
+        order = np.lexsort((everyone, -hs, self.group, -gs))
+        return [int(j) for j in order if hs[j] > -np.inf]
+
+
+def place(
+    units: Sequence[str],
+    hosts: Sequence[Host],
+    previous: Placement | None,
+    config: PlacementConfig,
+) -> Placement:
+    """Place every unit on ``config.redundancy`` hosts, keeping what can stay.
+
+    Args:
+        units: unit ids (see :attr:`WorkUnit.unit_id`); duplicates are ignored.
+        hosts: the live encoders that may take work.
+        previous: the last placement, or None.
+        config: redundancy and ranking groups.
+    """
+    hosts = sorted({h.encoder_id: h for h in hosts}.values(), key=lambda h: h.encoder_id)
+    unit_ids = sorted(set(units))
+    host_ids = [h.encoder_id for h in hosts]
+    index = {host: j for j, host in enumerate(host_ids)}
+    r = config.redundancy
+    if not hosts or not unit_ids:
+        return Placement(
+            assignments={u: () for u in unit_ids},
+            hosts=frozenset(index),
+            under_replicated=tuple(unit_ids) if unit_ids else (),
+        )
+    ranking = _Ranking(hosts, config.groups)
+    capacity = [h.capacity for h in hosts]
+    zone = [h.zone for h in hosts]
+    usable = [j for j in range(len(hosts)) if capacity[j] > 0]
+    known_zones = {zone[j] for j in usable if zone[j]}
+    enforce_zones = len(known_zones) + sum(1 for j in usable if not zone[j]) >= r
+    unit_hash = _hash64(unit_ids, b"meshenc-unit")
+    load = [0] * len(hosts)
+    assigned: list[list[int]] = [[] for _ in unit_ids]
+
+    def zone_free(j: int, copies: list[int]) -> bool:
+        return not zone[j] or all(zone[k] != zone[j] for k in copies)
+
+    # 1. Keep what may stay. A copy that shares a zone stays too (it was the only choice when
+    # it was placed; moving it now would be churn), and the unit stays listed as zone-shared.
+    zone_shared: set[int] = set()
+    if previous is not None:
+        for u, unit in enumerate(unit_ids):
+            for host in previous.assignments.get(unit, ()):
+                j = index.get(host)
+                if j is None or capacity[j] == 0 or j in assigned[u] or len(assigned[u]) >= r:
+                    continue
+                if enforce_zones and not zone_free(j, assigned[u]):
+                    zone_shared.add(u)
+                assigned[u].append(j)
+                load[j] += 1
+        _shed_overload(ranking, unit_hash, assigned, load, capacity)
+        zone_shared = {u for u in zone_shared if _shares_zone([zone[j] for j in assigned[u]])}
+
+    # 2. Place missing copies in preference order.
+    needy = np.array([u for u in range(len(unit_ids)) if len(assigned[u]) < r], dtype=np.int64)
+    if needy.size:
+        preference = ranking.preference(unit_hash[needy], _CANDIDATES + r)
+        for row, u in zip(preference, needy.tolist(), strict=True):
+            copies = assigned[u]
+            for j in row.tolist():
+                if len(copies) >= r:
+                    break
+                if j < 0 or j in copies or load[j] >= capacity[j]:
+                    continue
+                if enforce_zones and not zone_free(j, copies):
+                    continue
+                copies.append(j)
+                load[j] += 1
+            if len(copies) < r:
+                full = ranking.full_preference(unit_hash[u])
+                for strict_zones in (enforce_zones, False):
+                    for j in full:
+                        if len(copies) >= r:
+                            break
+                        if j in copies or load[j] >= capacity[j]:
+                            continue
+                        if strict_zones and not zone_free(j, copies):
+                            continue
+                        if enforce_zones and not zone_free(j, copies):
+                            zone_shared.add(u)
+                        copies.append(j)
+                        load[j] += 1
+
+    # 3. Joiners take their fair share of the units that now prefer them.
+    if previous is not None:
+        joiners = [j for j, h in enumerate(hosts) if h.encoder_id not in previous.hosts]
+        if joiners:
+            _rebalance(ranking, unit_hash, assigned, load, capacity, joiners, zone_free)
+
+    return Placement(
+        assignments={
+            unit: tuple([host_ids[j] for j in assigned[u]]) for u, unit in enumerate(unit_ids)
+        },
+        hosts=frozenset(index),
+        under_replicated=tuple(unit_ids[u] for u in range(len(unit_ids)) if len(assigned[u]) < r),
+        zone_shared=tuple(unit_ids[u] for u in sorted(zone_shared)),
+    )
+
+
+def _shares_zone(zones: list[str]) -> bool:
+    known = [z for z in zones if z]
+    return len(set(known)) < len(known)
+
+
+def _shed_overload(
+    ranking: _Ranking,
+    unit_hash: U64,
+    assigned: list[list[int]],
+    load: list[int],
+    capacity: list[int],
+) -> None:
+    """Drop copies from encoders above capacity, keeping the units that prefer them most."""
+    over = {j for j in range(len(load)) if load[j] > capacity[j]}
+    if not over:
+        return
+    holders: dict[int, list[int]] = {j: [] for j in over}
+    for u, copies in enumerate(assigned):
+        for j in copies:
+            if j in holders:
+                holders[j].append(u)
+    for j in sorted(over):
+        units = np.array(holders[j], dtype=np.int64)
+        s = ranking.host_scores(unit_hash[units], np.full(len(units), j, dtype=np.int64))
+        keep = {int(units[t]) for t in np.lexsort((units, -s))[: capacity[j]]}
+        for u in holders[j]:
+            if u not in keep:
+                assigned[u].remove(j)
+                load[j] -= 1
+
+
+def _rebalance(
+    ranking: _Ranking,
+    unit_hash: U64,
+    assigned: list[list[int]],
+    load: list[int],
+    capacity: list[int],
+    joiners: list[int],
+    zone_free: Callable[[int, list[int]], bool],
+) -> None:
+    """Move to each joiner, up to its fair share, copies of the units that prefer it most."""
+    total_copies = sum(load)
+    total_capacity = sum(capacity)
+    width = max((len(c) for c in assigned), default=0)
+    if total_capacity == 0 or width == 0:
+        return
+    units = np.arange(len(assigned), dtype=np.int64)
+    for x in joiners:
+        share = min(capacity[x], total_copies * capacity[x] // total_capacity) - load[x]
+        if share <= 0:
+            continue
+        copies = np.full((len(assigned), width), -1, dtype=np.int64)
+        for u, c in enumerate(assigned):
+            copies[u, : len(c)] = c
+        valid = copies >= 0
+        safe = np.maximum(copies, 0)
+        # Preference keys, lower = more preferred: (-group score, group, -host score).
+        c_group = -ranking.group_scores(unit_hash[:, None], ranking.group[safe])
+        c_host = -ranking.host_scores(unit_hash[:, None], copies)
+        c_group = np.where(valid, c_group, -np.inf)  # padding is never the worst copy
+        worst_group = c_group.max(axis=1)
+        at_worst = valid & (c_group == worst_group[:, None])
+        worst_host = np.where(at_worst, c_host, -np.inf).max(axis=1)
+        gx = np.full(len(units), ranking.group[x], dtype=np.int64)
+        x_group = -ranking.group_scores(unit_hash, gx)
+        x_host = -ranking.host_scores(unit_hash, np.full(len(units), x, dtype=np.int64))
+        prefers_x = valid.any(axis=1) & ~(copies == x).any(axis=1)
+        prefers_x &= (x_group < worst_group) | ((x_group == worst_group) & (x_host < worst_host))
+        wanted = units[prefers_x]
+        # The units that want x most first: its group's score, then its own, then index.
+        order = np.lexsort((wanted, x_host[wanted], x_group[wanted]))
+        for u in wanted[order].tolist():
+            if share <= 0 or load[x] >= capacity[x]:
+                break
+            is_worst = at_worst[u] & (c_host[u] == worst_host[u])
+            old = int(copies[u, int(np.argmax(is_worst))])
+            others = [j for j in assigned[u] if j != old]
+            if not zone_free(x, others):
+                continue
+            assigned[u][assigned[u].index(old)] = x
+            load[old] -= 1
+            load[x] += 1
+            share -= 1

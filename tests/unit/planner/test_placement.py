@@ -1,0 +1,164 @@
+"""Work placement: redundancy, zones, capacity, determinism and minimal movement (hypothesis)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meshenc.core.planner.placement import (
+    Host,
+    Placement,
+    PlacementConfig,
+    WorkUnit,
+    place,
+    replica_moves,
+)
+
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _hosts(n: int, zones: int, capacities: list[int]) -> list[Host]:
+    return [
+        Host(f"enc-{i:03d}", capacities[i % len(capacities)], f"z{i % zones}" if zones else "")
+        for i in range(n)
+    ]
+
+
+def _units(count: int) -> list[str]:
+    return [WorkUnit(f"ch{c}", f"r{r}").unit_id for c in range(count) for r in range(2)][:count]
+
+
+def _check(placement: Placement, units: list[str], hosts: list[Host], redundancy: int) -> None:
+    zone = {h.encoder_id: h.zone for h in hosts}
+    capacity = {h.encoder_id: h.capacity for h in hosts}
+    assert sorted(placement.assignments) == sorted(units)
+    load = Counter(h for copies in placement.assignments.values() for h in copies)
+    for host, count in load.items():
+        assert count <= capacity[host], f"{host} over capacity"
+    usable_zones = {zone[h.encoder_id] for h in hosts if h.capacity > 0 and zone[h.encoder_id]}
+    unknown = sum(1 for h in hosts if h.capacity > 0 and not h.zone)
+    for unit, copies in placement.assignments.items():
+        assert len(set(copies)) == len(copies), "two copies on one encoder"
+        assert all(h in capacity for h in copies)
+        if len(copies) < redundancy:
+            assert unit in placement.under_replicated
+        known = [zone[h] for h in copies if zone[h]]
+        if len(usable_zones) + unknown >= redundancy and unit not in placement.zone_shared:
+            assert len(set(known)) == len(known), f"{unit}: copies share a zone"
+    total_capacity = sum(h.capacity for h in hosts)
+    if total_capacity >= redundancy * len(units) * 2 and len(usable_zones) >= redundancy:
+        assert not placement.under_replicated  # plenty of room: everything fully placed
+
+
+scenario = st.fixed_dictionaries(
+    {
+        "n": st.integers(1, 40),
+        "zones": st.integers(0, 4),
+        "capacities": st.lists(st.integers(0, 6), min_size=1, max_size=4),
+        "units": st.integers(0, 60),
+        "redundancy": st.integers(1, 3),
+    }
+)
+
+
+@PROPERTY
+@given(s=scenario)
+def test_cold_placement_respects_redundancy_zones_and_capacity(s: dict[str, object]) -> None:
+    hosts = _hosts(s["n"], s["zones"], s["capacities"])  # type: ignore[arg-type]
+    units = _units(s["units"])  # type: ignore[arg-type]
+    config = PlacementConfig(redundancy=s["redundancy"])  # type: ignore[arg-type]
+    placement = place(units, hosts, None, config)
+    _check(placement, units, hosts, config.redundancy)
+    assert place(list(reversed(units)), list(reversed(hosts)), None, config) == placement
+
+
+@PROPERTY
+@given(
+    n=st.integers(3, 40),
+    zones=st.integers(0, 4),
+    unit_count=st.integers(1, 60),
+    data=st.data(),
+)
+def test_a_leave_moves_only_the_leavers_copies(
+    n: int, zones: int, unit_count: int, data: st.DataObject
+) -> None:
+    hosts = _hosts(n, zones, [8])
+    units = _units(unit_count)
+    config = PlacementConfig()
+    first = place(units, hosts, None, config)
+    gone = data.draw(st.sampled_from(hosts)).encoder_id
+    rest = [h for h in hosts if h.encoder_id != gone]
+    second = place(units, rest, first, config)
+    _check(second, units, rest, config.redundancy)
+    for unit, copies in second.assignments.items():
+        kept = [h for h in first.assignments[unit] if h != gone]
+        assert set(kept) <= set(copies), f"{unit}: a surviving copy moved"
+    on_leaver = sum(1 for copies in first.assignments.values() if gone in copies)
+    assert replica_moves(first, second) <= on_leaver
+
+
+@PROPERTY
+@given(n=st.integers(2, 40), unit_count=st.integers(1, 80), data=st.data())
+def test_a_join_moves_copies_onto_the_joiner_only(
+    n: int, unit_count: int, data: st.DataObject
+) -> None:
+    hosts = _hosts(n + 1, 3, [6])
+    newcomer = data.draw(st.sampled_from(hosts))
+    before = [h for h in hosts if h != newcomer]
+    units = _units(unit_count)
+    config = PlacementConfig()
+    first = place(units, before, None, config)
+    second = place(units, hosts, first, config)
+    _check(second, units, hosts, config.redundancy)
+    # Copies added to units that were short before are fills, not moves.
+    moved_to = Counter(
+        h
+        for unit, copies in second.assignments.items()
+        if unit not in first.under_replicated
+        for h in set(copies) - set(first.assignments[unit])
+    )
+    assert set(moved_to) <= {newcomer.encoder_id}
+    copies_total = sum(len(c) for c in second.assignments.values())
+    fair = copies_total * newcomer.capacity // sum(h.capacity for h in hosts)
+    assert moved_to[newcomer.encoder_id] <= fair
+
+
+def test_a_joiner_gets_about_its_fair_share() -> None:
+    hosts = [Host(f"enc-{i:02d}", 20, f"z{i % 3}") for i in range(20)]
+    units = [f"ch{c}/r{r}" for c in range(100) for r in range(2)]
+    first = place(units, hosts[:-1], None, PlacementConfig())
+    second = place(units, hosts, first, PlacementConfig())
+    fair = 400 * 20 // 400  # copies x its capacity / total capacity
+    moved = replica_moves(first, second)
+    assert second.load()["enc-19"] == moved
+    assert fair // 2 <= moved <= fair
+
+
+def test_copies_spread_in_proportion_to_capacity() -> None:
+    hosts = [Host(f"big-{i}", 40, "") for i in range(10)] + [
+        Host(f"small-{i}", 10, "") for i in range(10)
+    ]
+    units = [f"ch{c}/r0" for c in range(200)]
+    load = place(units, hosts, None, PlacementConfig(redundancy=1)).load()
+    big = sum(v for k, v in load.items() if k.startswith("big"))
+    small = sum(v for k, v in load.items() if k.startswith("small"))
+    assert 2.5 < big / small < 6.0  # 4:1 by capacity, give or take hashing noise
+
+
+def test_shrinking_capacity_sheds_copies() -> None:
+    hosts = [Host(f"enc-{i}", 10, f"z{i}") for i in range(4)]
+    units = [f"ch{c}/r0" for c in range(12)]
+    first = place(units, hosts, None, PlacementConfig())
+    squeezed = [Host("enc-0", 1, "z0"), *hosts[1:]]
+    second = place(units, squeezed, first, PlacementConfig())
+    _check(second, units, squeezed, 2)
+    assert second.load()["enc-0"] <= 1
+
+
+@pytest.mark.parametrize(("channel", "rendition"), [("", "r"), ("c", ""), ("a/b", "r")])
+def test_work_unit_validates_itself(channel: str, rendition: str) -> None:
+    with pytest.raises(ValueError, match="work unit"):
+        WorkUnit(channel, rendition)
