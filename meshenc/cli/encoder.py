@@ -15,7 +15,15 @@ from pydantic import ValidationError
 
 from meshenc.core.policy import Strategy
 from services.encoder.runtime import EncoderRuntime
-from services.encoder.settings import EncoderSettings, parse_peers, parse_size
+from services.encoder.settings import (
+    DEFAULT_ETCD_PREFIX,
+    DEFAULT_LEASE_TTL,
+    EncoderSettings,
+    EtcdSettings,
+    parse_endpoints,
+    parse_peers,
+    parse_size,
+)
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:
@@ -132,6 +140,64 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     "--seed", envvar="MESHENC_SEED", type=int, default=0, help="Seed of the injected jitter."
 )
 @click.option(
+    "--segment",
+    envvar="MESHENC_SEGMENT",
+    default="default",
+    show_default=True,
+    help="The segment (group of encoders) this encoder belongs to; each elects a leader.",
+)
+@click.option(
+    "--etcd",
+    "etcd_endpoints",
+    envvar="MESHENC_ETCD_ENDPOINTS",
+    default="",
+    help="etcd endpoints for the segment leader election: http(s)://HOST:PORT,... "
+    "(no leader election when empty).",
+)
+@click.option(
+    "--etcd-prefix",
+    envvar="MESHENC_ETCD_PREFIX",
+    default=DEFAULT_ETCD_PREFIX,
+    show_default=True,
+    help="Key prefix of meshenc's keys in etcd.",
+)
+@click.option(
+    "--etcd-ca",
+    envvar="MESHENC_ETCD_CA",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CA certificate that signed etcd's certificate (TLS).",
+)
+@click.option(
+    "--etcd-cert",
+    envvar="MESHENC_ETCD_CERT",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="This encoder's client certificate for etcd (TLS, with --etcd-key).",
+)
+@click.option(
+    "--etcd-key",
+    envvar="MESHENC_ETCD_KEY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The client certificate's private key.",
+)
+@click.option("--etcd-user", envvar="MESHENC_ETCD_USER", default=None, help="etcd user name.")
+@click.option(
+    "--etcd-password", envvar="MESHENC_ETCD_PASSWORD", default=None, help="etcd password."
+)
+@click.option(
+    "--lease-ttl",
+    envvar="MESHENC_LEASE_TTL",
+    type=int,
+    default=DEFAULT_LEASE_TTL,
+    show_default=True,
+    help="Seconds the etcd lease outlives this encoder's last keep-alive.",
+)
+@click.option(
+    "--no-fast-failover",
+    envvar="MESHENC_NO_FAST_FAILOVER",
+    is_flag=True,
+    help="Replace a dead leader only when its lease expires (no mesh-driven takeover).",
+)
+@click.option(
     "--log-level",
     envvar="MESHENC_LOG_LEVEL",
     default="INFO",
@@ -156,6 +222,16 @@ def encoder(
     ingest_delay_ms: float,
     duration: float | None,
     seed: int,
+    segment: str,
+    etcd_endpoints: str,
+    etcd_prefix: str,
+    etcd_ca: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+    etcd_user: str | None,
+    etcd_password: str | None,
+    lease_ttl: int,
+    no_fast_failover: bool,
     log_level: str,
 ) -> None:
     """Run one live encoder of the mesh.
@@ -169,6 +245,22 @@ def encoder(
         format=f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s",
     )
     try:
+        endpoints = parse_endpoints(etcd_endpoints)
+        etcd = (
+            EtcdSettings(
+                endpoints=endpoints,
+                prefix=etcd_prefix,
+                ca=etcd_ca,
+                cert=etcd_cert,
+                key=etcd_key,
+                user=etcd_user,
+                password=etcd_password,
+                lease_ttl=lease_ttl,
+                fast_failover=not no_fast_failover,
+            )
+            if endpoints
+            else None
+        )
         settings = EncoderSettings(
             id=node_id,
             listen=listen,
@@ -186,6 +278,8 @@ def encoder(
             ingest_delay_ms=ingest_delay_ms,
             duration=duration,
             seed=seed,
+            segment=segment,
+            etcd=etcd,
         )
     except ValidationError as exc:
         problems = "; ".join(

@@ -6,6 +6,7 @@ import click
 
 from meshenc import __version__
 from meshenc.cli.bench_encoder import bench_encoder
+from meshenc.cli.bench_failover import bench_failover
 from meshenc.cli.bench_plan import bench_plan
 from meshenc.cli.encoder import encoder
 from meshenc.cli.health import health_check
@@ -24,6 +25,7 @@ cli.add_command(sim)
 cli.add_command(encoder)
 cli.add_command(bench)
 bench.add_command(bench_encoder)
+bench.add_command(bench_failover)
 bench.add_command(bench_plan)
 cli.add_command(health_check)
 cli.add_command(verify)

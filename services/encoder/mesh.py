@@ -44,7 +44,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
@@ -263,6 +263,8 @@ class MeshLinks:
         backoff_cap: largest reconnect delay, seconds.
         handshake_timeout: how long a dialer waits for the acceptor's Hello, seconds.
         rng: source of the backoff jitter (injected so that tests can seed it).
+        on_link: called with (peer, True) when a stream with a neighbour comes up and
+            (peer, False) when the live one ends, e.g. because the neighbour died.
     """
 
     def __init__(
@@ -275,6 +277,7 @@ class MeshLinks:
         backoff_cap: float = 2.0,
         handshake_timeout: float = 5.0,
         rng: random.Random | None = None,
+        on_link: Callable[[str, bool], None] | None = None,
     ) -> None:
         if esp_capacity < 1 or control_capacity < 1:
             raise ValueError("queue capacities must be at least 1")
@@ -285,6 +288,7 @@ class MeshLinks:
         self._backoff_cap = backoff_cap
         self._handshake_timeout = handshake_timeout
         self._rng = rng if rng is not None else random.Random()
+        self._on_link = on_link
         self._links: dict[str, _Link] = {}
         self._dialers: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -443,6 +447,8 @@ class MeshLinks:
         self.dropped_esps[peer_id] += link.outbox.clear_esps()
         link.session = session
         log.info("link %r up (%s)", peer_id, "dialed" if session.outbound else "accepted")
+        if self._on_link is not None:
+            self._on_link(peer_id, True)
         return session
 
     def _detach(self, session: _Session) -> None:
@@ -453,6 +459,8 @@ class MeshLinks:
         link.session = None
         self.dropped_esps[session.peer_id] += link.outbox.clear_esps()
         log.info("link %r down", session.peer_id)
+        if self._on_link is not None:
+            self._on_link(session.peer_id, False)
         if not link.configured:
             del self._links[session.peer_id]
             self._count_lost(link)

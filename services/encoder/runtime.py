@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 
 from meshenc.core.clock import VirtualOscillator
+from meshenc.core.election import ElectionConfig, ElectionSnapshot, RankInputs
 from meshenc.core.engine import (
     CorrectionApplied,
     EngineConfig,
@@ -44,6 +45,7 @@ from meshenc.core.engine import (
 from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
 from meshenc.v1 import common_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION
+from services.encoder.leadership import Leadership
 from services.encoder.media.gop import EncoderParams, GopEncoder
 from services.encoder.media.segments import SegmentWriter
 from services.encoder.media.source import (
@@ -60,6 +62,9 @@ from services.encoder.state import encoder_state
 __all__ = ["EncoderRuntime", "RunStats"]
 
 log = logging.getLogger("meshenc.encoder")
+
+SILENT_FRAMES = 8
+"""A neighbour that sent no ESP for this many frame periods counts as lost to the election."""
 
 
 @dataclass(slots=True)
@@ -101,7 +106,16 @@ class EncoderRuntime:
             bitrate_kbps=settings.bitrate_kbps,
         )
         self.stats = RunStats()
-        self.links = MeshLinks(self)
+        self.links = MeshLinks(self, on_link=self._on_link)
+        self.leadership: Leadership | None = None
+        if settings.etcd is not None:
+            self.leadership = Leadership(
+                settings.id,
+                settings.segment,
+                settings.etcd,
+                ElectionConfig(silence_timeout=SILENT_FRAMES * self._period),
+                on_change=self._on_leader_change,
+            )
         self.server = MeshServer(self, self.links)
         self._stop = asyncio.Event()
         self._last_esp: EncodingStatePacket | None = None
@@ -135,6 +149,31 @@ class EncoderRuntime:
 
     def on_esp(self, esp: EncodingStatePacket) -> None:
         self.engine.on_esp(self.clock(), esp)
+        if self.leadership is not None:
+            self.leadership.peer_heard(esp.sender)
+
+    def _on_link(self, peer: str, up: bool) -> None:
+        """A broken stream is the fastest sign of a dead neighbour: tell the election."""
+        if self.leadership is not None:
+            (self.leadership.peer_recovered if up else self.leadership.peer_lost)(peer)
+
+    def _on_leader_change(self, election: ElectionSnapshot) -> None:
+        """The engine follows the leader of the newest tenure seen (kept while etcd is away)."""
+        self.engine.set_leader(election.leader)
+
+    def _report_rank(self) -> None:
+        """Our ranking inputs for the segment election: confidence and mean neighbour RTT."""
+        if self.leadership is None:
+            return
+        snap = self.engine.snapshot(self.clock())
+        rtts = [n.rtt for n in snap.neighbours if math.isfinite(n.rtt)]
+        self.leadership.report(
+            RankInputs(
+                confidence=min(1.0, max(0.0, snap.confidence)),
+                latency=sum(rtts) / len(rtts) if rtts else 0.0,
+                neighbours=frozenset(self.settings.peers),
+            )
+        )
 
     def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
         answer = self.engine.on_proposal(self.clock(), proposal)
@@ -160,7 +199,8 @@ class EncoderRuntime:
         return proposal.proposal_id, proposal.effective_segment
 
     def state(self) -> mesh_pb2.EncoderState:
-        return encoder_state(self, self.engine.snapshot(self.clock()))
+        election = None if self.leadership is None else self.leadership.snapshot()
+        return encoder_state(self, self.engine.snapshot(self.clock()), election)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -176,6 +216,10 @@ class EncoderRuntime:
         port = await self.server.start(self.settings.listen)
         log.info("encoder %s serving on port %d, peers %s", self.node_id, port, self.settings.peers)
         self.links.set_peers(self.settings.peers)
+        leadership: asyncio.Task[None] | None = None
+        if self.leadership is not None:
+            self._report_rank()
+            leadership = asyncio.create_task(self.leadership.run(), name="leadership")
         source = open_source(self.settings.source, self._format)
         encoder = GopEncoder(self._params)
         writer = SegmentWriter(self.settings.out, self._params)
@@ -211,6 +255,10 @@ class EncoderRuntime:
                 picture_index += 1
                 await asyncio.sleep(0)
         finally:
+            if self.leadership is not None and leadership is not None:
+                # Resign first: the segment fails over at once instead of waiting for a lease.
+                await self.leadership.close()
+                await leadership
             if writer.finish() is not None:
                 self.stats.segments += 1
             encoder.close()
@@ -244,6 +292,7 @@ class EncoderRuntime:
         report = self._load.sample()
         if report is not None:
             self.engine.report_load(*report)
+            self._report_rank()
         for peer, esp in self.engine.publish(self.clock()):
             self._last_esp = esp
             try:

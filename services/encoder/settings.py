@@ -16,10 +16,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
 
-__all__ = ["EncoderSettings", "parse_peers", "parse_size"]
+__all__ = [
+    "DEFAULT_ETCD_PREFIX",
+    "DEFAULT_LEASE_TTL",
+    "EncoderSettings",
+    "EtcdSettings",
+    "parse_endpoints",
+    "parse_peers",
+    "parse_size",
+]
 
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+_ENDPOINT = re.compile(r"^(https?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?$")
+_PREFIX = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+
+DEFAULT_ETCD_PREFIX = "/meshenc"
+"""Where meshenc keeps its keys in etcd (see docs/leadership.md for the layout)."""
+DEFAULT_LEASE_TTL = 5
+"""Seconds an encoder's etcd lease outlives its last keep-alive (a crashed leader's key
+lingers this long when the mesh cannot fail over faster)."""
 
 
 def _check_address(value: str, what: str, *, lowest_port: int = 1) -> str:
@@ -55,6 +71,65 @@ def parse_peers(text: str) -> dict[str, str]:
     return peers
 
 
+def parse_endpoints(text: str) -> tuple[str, ...]:
+    """``"http://10.0.0.5:2379,http://10.0.0.6:2379"`` → a tuple of endpoints (may be empty)."""
+    endpoints = tuple(filter(None, (part.strip() for part in text.split(","))))
+    for endpoint in endpoints:
+        match = _ENDPOINT.match(endpoint)
+        if not match or not 1 <= int(match.group(3)) < 65536:
+            raise ValueError(f"etcd endpoint {endpoint!r} must be http(s)://HOST:PORT")
+    return endpoints
+
+
+class EtcdSettings(BaseModel):
+    """How an encoder reaches etcd for its segment's leader election."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoints: tuple[str, ...] = Field(min_length=1)
+    prefix: str = DEFAULT_ETCD_PREFIX
+    #: TLS: the CA that signed etcd's certificate, and this client's certificate and key.
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    user: str | None = None
+    password: str | None = None
+    lease_ttl: Annotated[int, Field(ge=1, le=3600)] = DEFAULT_LEASE_TTL
+    #: Take over from a leader the mesh lost (fenced, by majority); off: lease expiry only.
+    fast_failover: bool = True
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return parse_endpoints(",".join(value))
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not _PREFIX.match(value):
+            raise ValueError("must look like /meshenc: '/'-separated words, no trailing '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--etcd-cert and --etcd-key go together")
+        if (self.user is None) != (self.password is None):
+            raise ValueError("--etcd-user and --etcd-password go together")
+        for name in ("ca", "cert", "key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"etcd {name} file {str(path)!r} does not exist")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether to dial etcd over TLS (an https endpoint or any TLS file given)."""
+        return any(e.startswith("https://") for e in self.endpoints) or any(
+            p is not None for p in (self.ca, self.cert, self.key)
+        )
+
+
 class EncoderSettings(BaseModel):
     """Everything one encoder process needs to know at start."""
 
@@ -83,10 +158,21 @@ class EncoderSettings(BaseModel):
     #: Stop after this many seconds (None: run until SIGTERM).
     duration: Annotated[float, Field(gt=0.0)] | None = None
     seed: int = 0
+    #: The group of encoders this one belongs to; each segment elects one leader.
+    segment: str = "default"
+    #: Leader election through etcd; off when None.
+    etcd: EtcdSettings | None = None
 
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        return value
+
+    @field_validator("segment")
+    @classmethod
+    def _segment(cls, value: str) -> str:
         if not _ID.match(value):
             raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
         return value

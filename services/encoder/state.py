@@ -6,6 +6,7 @@ import math
 import time
 from typing import Protocol
 
+from meshenc.core.election import ElectionSnapshot
 from meshenc.core.engine import EngineSnapshot
 from meshenc.core.messages import EncodingStatePacket
 from meshenc.v1 import common_pb2, mesh_pb2
@@ -32,7 +33,10 @@ def _us(seconds: float) -> int:
     return 0 if math.isnan(seconds) else max(0, convert.seconds_to_us(seconds))
 
 
-def encoder_state(encoder: _Encoder, snap: EngineSnapshot) -> mesh_pb2.EncoderState:
+def encoder_state(
+    encoder: _Encoder, snap: EngineSnapshot, election: ElectionSnapshot | None = None
+) -> mesh_pb2.EncoderState:
+    """The GetState answer; ``election`` is the segment election's view (None: no etcd)."""
     settings = encoder.settings
     fr = settings.frame_rate
     state = mesh_pb2.EncoderState(
@@ -56,7 +60,12 @@ def encoder_state(encoder: _Encoder, snap: EngineSnapshot) -> mesh_pb2.EncoderSt
         injected_offset_ms=settings.offset_ms,
         injected_jitter_ms=settings.jitter_ms,
         bitrate_kbps=snap.bitrate_kbps,
+        segment_id=settings.segment,
     )
+    if election is not None:
+        state.leader_id = election.leader or ""
+        state.leader_token = election.token
+        state.coordination_degraded = election.degraded
     if snap.pending_change is not None:
         state.pending_parameters.effective_segment = snap.pending_change.effective_segment
         state.pending_parameters.bitrate_kbps = snap.pending_change.bitrate_kbps
