@@ -1,0 +1,491 @@
+"""Where an encoder learns its neighbours: its ConfigMap, its etcd key, or ``--peers``.
+
+Theory of operation
+-------------------
+Each source is an async iterator of this encoder's
+:class:`~meshenc.wire.adjacency.AdjacencyDocument`. The runtime applies each document it
+receives (``mesh.set_peers(doc.neighbours)``, ``engine.set_neighbours(doc.neighbours,
+doc.epoch)``, ``engine.set_leader(doc.leader or None)``); it never has to filter:
+
+- a document is yielded only when its text differs from the last one yielded;
+- a document with a lower epoch than the last one yielded is ignored (epochs never go down;
+  a lower one is a stale write), one with the same epoch is applied (the segment or leader
+  changed within the epoch);
+- an invalid document is logged once and ignored; so is a deleted one (the manager is away
+  or the encoder was scaled away): the mesh keeps running on the last topology.
+
+Sources:
+
+- :class:`KubernetesTopologySource` reads ConfigMap ``<pod>-adjacency`` through the API
+  (a mounted ConfigMap file can lag by a minute): a list by ``metadata.name`` field selector,
+  then a watch with ``timeoutSeconds`` and a client read timeout a little longer; every new
+  watch starts from the last ``resourceVersion`` seen (bookmarks included), after a clean end,
+  a dropped connection or a silent one alike; 410 Gone lists again.
+- :class:`EtcdTopologySource` reads ``P/topology/<encoder>`` and watches it from the next
+  revision, resuming from the last revision seen after a broken watch, reading again when
+  that revision was compacted, and renewing the watch every ``watch_timeout`` seconds.
+- :func:`static_topology` is ``--peers``: one document, epoch 1, and the iterator ends.
+
+:class:`EncoderRegistration` is the other direction in embedded mode: it keeps
+``P/encoders/<encoder>`` (address, capacity, zone) under the encoder's own lease, so the
+manager sees the encoder come, and go when it stops (revoked) or dies (expired).
+
+Failures of the API server or etcd are retried for ever with exponential backoff and jitter
+(tenacity); only a permission error (403) or a missing prefix configuration ends a source,
+with an error that names what was refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Final
+
+import aetcd  # type: ignore[import-untyped]
+import aiohttp
+import grpc
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.watch import Watch
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_never,
+    wait_exponential_jitter,
+)
+
+from meshenc.wire.adjacency import (
+    ADJACENCY_DATA_KEY,
+    AdjacencyDocument,
+    EtcdLayout,
+    InvalidDocument,
+    RegistrationRecord,
+    configmap_name,
+    parse_adjacency,
+)
+
+__all__ = [
+    "EncoderRegistration",
+    "EtcdTopologySource",
+    "KubernetesTopologySource",
+    "TopologySourceError",
+    "static_topology",
+]
+
+log = logging.getLogger("meshenc.encoder.topology")
+
+DEFAULT_WATCH_TIMEOUT: Final = 240
+"""Seconds one watch lasts before the next starts from the last version seen."""
+WATCH_READ_GRACE: Final = 15.0
+"""Seconds of silence beyond the server's timeout after which a watch is given up."""
+DEFAULT_LEASE_TTL: Final = 5
+"""Seconds a registration outlives the encoder's last keep-alive."""
+
+_Emit = Callable[["AdjacencyDocument | BaseException"], None]
+
+
+class TopologySourceError(RuntimeError):
+    """The source cannot work (permission refused, bad configuration): not retried."""
+
+
+class _Gone(Exception):  # noqa: N818 -- a control-flow signal
+    """The version to resume from is no longer available: read the current state again."""
+
+
+def _transient(error: BaseException) -> bool:
+    if isinstance(error, ApiException):
+        return error.status in (0, 409, 429) or error.status >= 500
+    if isinstance(
+        error,
+        aetcd.exceptions.InvalidArgumentError
+        | aetcd.exceptions.UnauthenticatedError
+        | aetcd.exceptions.RevisionCompactedError,
+    ):
+        return False
+    return isinstance(
+        error,
+        aiohttp.ClientError | TimeoutError | OSError | aetcd.exceptions.ClientError | grpc.RpcError,
+    )
+
+
+def _retrying(what: str, maximum: float = 5.0) -> AsyncRetrying:
+    """For ever, exponential backoff with jitter, transient failures only."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        log.log(
+            logging.WARNING if state.attempt_number <= 2 else logging.DEBUG,
+            "%s failed (attempt %d: %r); retrying in %.2f s",
+            what,
+            state.attempt_number,
+            error,
+            delay,
+        )
+
+    return AsyncRetrying(
+        retry=retry_if_exception(_transient),
+        wait=wait_exponential_jitter(multiplier=0.05, max=maximum, jitter=0.05),
+        stop=stop_never,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+class _Latest:
+    """Decides which stored texts become documents (see the module docstring)."""
+
+    def __init__(self, encoder: str, where: str) -> None:
+        self.encoder = encoder
+        self.where = where
+        self.current: AdjacencyDocument | None = None
+        self._last_text: str | None = None
+        self._rejected: str | None = None
+        #: Texts ignored: invalid, or of a lower epoch.
+        self.ignored = 0
+
+    def offer(self, text: str | None) -> AdjacencyDocument | None:
+        """The document to apply for ``text`` (None: nothing to apply)."""
+        if text is None:
+            if self._last_text is not None and self._rejected != "":
+                self._rejected = ""
+                log.warning(
+                    "%s: document deleted; keeping epoch %s",
+                    self.where,
+                    self.current.epoch if self.current else "-",
+                )
+            return None
+        if text == self._last_text:
+            return None
+        try:
+            document = parse_adjacency(text, expected_encoder=self.encoder)
+        except InvalidDocument as exc:
+            self.ignored += 1
+            if text != self._rejected:
+                self._rejected = text
+                log.warning("%s: ignoring an invalid document (%s)", self.where, exc)
+            return None
+        if self.current is not None and document.epoch < self.current.epoch:
+            self.ignored += 1
+            log.warning(
+                "%s: ignoring epoch %d, older than the applied epoch %d",
+                self.where,
+                document.epoch,
+                self.current.epoch,
+            )
+            return None
+        self._last_text = text
+        self._rejected = None
+        self.current = document
+        return document
+
+
+async def _drain(run: Callable[[_Emit], Any]) -> AsyncIterator[AdjacencyDocument]:
+    """Run ``run(emit)`` in a task and yield what it emits (an emitted error is raised)."""
+    queue: asyncio.Queue[AdjacencyDocument | BaseException] = asyncio.Queue()
+    task = asyncio.create_task(run(queue.put_nowait))
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def static_topology(
+    encoder: str, peers: Mapping[str, str], *, segment: str = "", leader: str = ""
+) -> AsyncIterator[AdjacencyDocument]:
+    """``--peers`` as a source: one document (epoch 1), then the iterator ends.
+
+    Raises:
+        InvalidDocument: for peers that break the document rules (checked before yielding).
+    """
+    yield AdjacencyDocument(1, encoder, dict(peers), segment, leader)
+
+
+# --- Kubernetes ----------------------------------------------------------------------------
+
+
+class KubernetesTopologySource:
+    """This encoder's ConfigMap through the Kubernetes API (see the module docstring).
+
+    Args:
+        api: a configured API client (the caller closes it).
+        namespace: the pod's namespace.
+        pod: the pod's name, which is the encoder's id.
+        watch_timeout: ``timeoutSeconds`` of each watch.
+        watch_read_grace: extra seconds of silence before a watch is given up.
+        request_timeout: seconds for a list.
+    """
+
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        namespace: str,
+        pod: str,
+        *,
+        watch_timeout: int = DEFAULT_WATCH_TIMEOUT,
+        watch_read_grace: float = WATCH_READ_GRACE,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.namespace = namespace
+        self.pod = pod
+        self.name = configmap_name(pod)
+        self.watch_timeout = watch_timeout
+        self.watch_read_grace = watch_read_grace
+        self.request_timeout = request_timeout
+        self._core = k8s.CoreV1Api(api)
+        self._latest = _Latest(pod, f"ConfigMap {namespace}/{self.name}")
+        self._resource_version: str | None = None
+        #: Lists made (the first, and after 410 Gone), and watches started.
+        self.lists = 0
+        self.watches = 0
+
+    def __aiter__(self) -> AsyncIterator[AdjacencyDocument]:
+        return _drain(self._run)
+
+    async def _run(self, emit: _Emit) -> None:
+        try:
+            while True:
+                async for attempt in _retrying(f"watching ConfigMap {self.name}"):
+                    with attempt:
+                        await self._session(emit)
+        except asyncio.CancelledError:
+            raise
+        except ApiException as exc:
+            emit(self._refused(exc))
+        except BaseException as exc:
+            emit(exc)
+
+    def _refused(self, exc: ApiException) -> TopologySourceError:
+        try:
+            detail = json.loads(exc.body or "{}").get("message", "") or exc.reason
+        except (ValueError, AttributeError):
+            detail = exc.reason
+        return TopologySourceError(
+            f"reading ConfigMap {self.name} in namespace {self.namespace!r} failed with HTTP "
+            f"{exc.status}: {detail} (the encoder's Role needs get, list and watch on "
+            "configmaps)"
+        )
+
+    def _offer(self, cm: k8s.V1ConfigMap | None, emit: _Emit) -> None:
+        text = None if cm is None else (cm.data or {}).get(ADJACENCY_DATA_KEY)
+        document = self._latest.offer(text)
+        if document is not None:
+            emit(document)
+
+    async def _session(self, emit: _Emit) -> None:
+        selector = f"metadata.name={self.name}"
+        if self._resource_version is None:
+            listing = await self._core.list_namespaced_config_map(
+                self.namespace, field_selector=selector, _request_timeout=self.request_timeout
+            )
+            self.lists += 1
+            self._offer(listing.items[0] if listing.items else None, emit)
+            self._resource_version = listing.metadata.resource_version
+        self.watches += 1
+        async with Watch() as watch:
+            try:
+                async for event in watch.stream(
+                    self._core.list_namespaced_config_map,
+                    self.namespace,
+                    field_selector=selector,
+                    resource_version=self._resource_version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=self.watch_timeout,
+                    _request_timeout=(
+                        self.request_timeout,
+                        self.watch_timeout + self.watch_read_grace,
+                    ),
+                ):
+                    kind = event["type"]
+                    if kind in ("ADDED", "MODIFIED"):
+                        self._offer(event["object"], emit)
+                    elif kind == "DELETED":
+                        self._offer(None, emit)
+                    if watch.resource_version:
+                        self._resource_version = watch.resource_version
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info(
+                        "ConfigMap %s: version %s is gone; listing again",
+                        self.name,
+                        self._resource_version,
+                    )
+                    self._resource_version = None
+                    return
+                raise
+
+
+# --- etcd ----------------------------------------------------------------------------------
+
+
+class EtcdTopologySource:
+    """This encoder's etcd key (see the module docstring).
+
+    Args:
+        client: an aetcd client (the caller closes it).
+        encoder: this encoder's id.
+        layout: the key layout (its prefix).
+        watch_timeout: seconds after which the watch is renewed from the last revision.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        encoder: str,
+        *,
+        layout: EtcdLayout | None = None,
+        watch_timeout: float = 300.0,
+    ) -> None:
+        self.layout = layout if layout is not None else EtcdLayout()
+        self.key = self.layout.document(encoder)
+        self.watch_timeout = watch_timeout
+        self._client = client
+        self._latest = _Latest(encoder, f"etcd key {self.key.decode()}")
+        self._revision: int | None = None
+        #: Reads of the key (the first, and after compaction), and watches started.
+        self.reads = 0
+        self.watches = 0
+
+    def __aiter__(self) -> AsyncIterator[AdjacencyDocument]:
+        return _drain(self._run)
+
+    async def _run(self, emit: _Emit) -> None:
+        try:
+            while True:
+                async for attempt in _retrying(f"watching {self.key.decode()}"):
+                    with attempt:
+                        await self._session(emit)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            emit(exc)
+
+    def _offer(self, value: bytes | None, emit: _Emit) -> None:
+        document = self._latest.offer(None if value is None else value.decode(errors="replace"))
+        if document is not None:
+            emit(document)
+
+    async def _session(self, emit: _Emit) -> None:
+        if self._revision is None:
+            # A range of exactly this key: unlike get, it reports the revision when absent.
+            found = await self._client.get_range(self.key, self.key + b"\x00")
+            self.reads += 1
+            self._offer(found[0].value if len(found) else None, emit)
+            self._revision = int(found.header.revision)
+        self.watches += 1
+        try:
+            watch = await self._client.watch(self.key, start_revision=self._revision + 1)
+        except aetcd.exceptions.RevisionCompactedError:
+            log.info(
+                "%s: revision %d was compacted; reading again", self.key.decode(), self._revision
+            )
+            self._revision = None
+            return
+        renewal = asyncio.timeout(self.watch_timeout)
+        try:
+            async with renewal:
+                async for event in watch:
+                    self._revision = int(event.kv.mod_revision)
+                    self._offer(event.kv.value if event.kind == "PUT" else None, emit)
+        except TimeoutError:
+            if not renewal.expired():
+                raise
+        except aetcd.exceptions.RevisionCompactedError:
+            self._revision = None
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(watch.cancel(), 1.0)
+
+
+class EncoderRegistration:
+    """Keeps ``P/encoders/<encoder>`` under this encoder's lease (embedded mode).
+
+    Args:
+        client: an aetcd client (the caller closes it).
+        encoder: this encoder's id.
+        record: what to announce (address, capacity, zone).
+        layout: the key layout (its prefix).
+        lease_ttl: seconds the key outlives the encoder's last keep-alive.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        encoder: str,
+        record: RegistrationRecord,
+        *,
+        layout: EtcdLayout | None = None,
+        lease_ttl: int = DEFAULT_LEASE_TTL,
+    ) -> None:
+        if lease_ttl < 2:
+            raise ValueError(f"lease_ttl must be >= 2 s, got {lease_ttl}")
+        self.layout = layout if layout is not None else EtcdLayout()
+        self.key = self.layout.registration(encoder)
+        self.record = record
+        self.lease_ttl = lease_ttl
+        self.registered = asyncio.Event()
+        self._client = client
+        self._lease: int | None = None
+        self._closing = asyncio.Event()
+        #: Leases granted (a new one after each expiry).
+        self.leases = 0
+
+    async def run(self) -> None:
+        """Register and keep the registration alive until :meth:`close`; etcd trouble is
+        retried, never raised."""
+        while not self._closing.is_set():
+            async for attempt in _retrying(f"registering {self.key.decode()}", maximum=2.0):
+                with attempt:
+                    await self._session()
+
+    async def update(self, record: RegistrationRecord) -> None:
+        """Announce a new address, capacity or zone (written at once when registered)."""
+        self.record = record
+        if self._lease is not None:
+            await self._client.put(self.key, record.to_json().encode(), lease=self._lease)
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Stop, and revoke the lease so the manager sees this encoder leave at once."""
+        self._closing.set()
+        lease, self._lease = self._lease, None
+        self.registered.clear()
+        if lease is None:
+            return
+        try:
+            await asyncio.wait_for(self._client.revoke_lease(lease), timeout)
+        except (aetcd.exceptions.ClientError, OSError, TimeoutError) as exc:
+            log.warning("could not revoke the registration lease: %r", exc)
+
+    async def _session(self) -> None:
+        if self._lease is not None:
+            info = await self._client.get_lease_info(self._lease, keys=False)
+            if info.TTL <= 0:
+                log.warning("registration lease %x expired; registering again", self._lease)
+                self._lease = None
+        if self._lease is None:
+            self._lease = int((await self._client.lease(self.lease_ttl)).id)
+            self.leases += 1
+        await self._client.put(self.key, self.record.to_json().encode(), lease=self._lease)
+        self.registered.set()
+        interval = self.lease_ttl / 3.0
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), interval)
+            if self._closing.is_set():
+                return
+            reply = await self._client.refresh_lease(self._lease)
+            if reply is None or reply.TTL <= 0:
+                self.registered.clear()
+                self._lease = None
+                raise aetcd.exceptions.ClientError("registration lease lost")
