@@ -62,16 +62,17 @@ lint: $(VENV)/.installed proto
 test: $(VENV)/.installed proto system-deps tools lint
 	$(PY) -m pytest
 
+# The local mesh with a live view: etcd, registry replicas, the manager, 6 encoders on drifting
+# clocks, a kill -9 and a join; ends with out/report.html and out/summary.json (docs/demo.md).
 demo: $(VENV)/.installed proto system-deps
-	@echo "make demo: not yet. The local mesh (etcd, registry, manager, encoders) arrives with"
-	@echo "the encoder, coordination and manager work. Meanwhile the simulator shows the sync:"
-	$(VENV)/bin/meshenc sim --strategy all
+	$(VENV)/bin/meshenc up
 
 bench: $(VENV)/.installed proto
 	@scripts/ensure-system-deps.sh --bench
 	$(VENV)/bin/meshenc bench sim --out bench-results/sim.json
 	$(VENV)/bin/meshenc bench encoder --out bench-results/encoder.json
 	$(VENV)/bin/meshenc bench plan --out bench-results/plan.json
+	$(VENV)/bin/meshenc bench dht --out bench-results/dht.json
 	$(VENV)/bin/meshenc bench failover --trials 20 --out bench-results/failover.json
 
 # Re-pin every dependency (run after changing pyproject.toml's bounds, then commit the result).

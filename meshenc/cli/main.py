@@ -5,11 +5,13 @@ from __future__ import annotations
 import click
 
 from meshenc import __version__
+from meshenc.cli.bench_dht import bench_dht
 from meshenc.cli.bench_encoder import bench_encoder
 from meshenc.cli.bench_failover import bench_failover
 from meshenc.cli.bench_plan import bench_plan
 from meshenc.cli.encoder import encoder
 from meshenc.cli.health import health_check
+from meshenc.cli.registry import registry
 from meshenc.cli.report import report
 from meshenc.cli.sim import bench, sim
 from meshenc.cli.verify import verify
@@ -30,3 +32,5 @@ bench.add_command(bench_plan)
 cli.add_command(health_check)
 cli.add_command(verify)
 cli.add_command(report)
+bench.add_command(bench_dht)
+cli.add_command(registry)

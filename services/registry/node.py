@@ -1,0 +1,487 @@
+"""One registry node: the Kademlia core behind a grpc.aio Registry service.
+
+Theory of operation
+-------------------
+The node is a thin shell around :class:`meshenc.core.kademlia.DhtNode` (routing table, record
+store, periodic work); the core's time is ``time.monotonic()``. Records are stored as the
+protobuf ``EncoderRecord`` they arrived as, under ``key_for(encoder_id)`` computed here (never
+taken from the caller).
+
+Serving (:class:`RegistryServicer`): every request is validated first
+(``meshenc.wire.validation``); a violation is answered INVALID_ARGUMENT naming the field, and
+logged, before anything touches the core. A request's ``sender`` (set by registry nodes only)
+updates the routing table; pings the table asks for run in the background. FindValue answers
+a record with its *remaining* ttl.
+
+Lookups, joins and periodic work go through
+:func:`services.common.registry_client.run_lookup`, the same driver the client uses, with
+this node's NodeInfo as sender so that the callees learn about it; answers and failures
+update the routing table. Joining: ping the seeds until one answers (tenacity, exponential
+backoff with jitter, for ``join_timeout`` seconds), then look up the own id, then refresh
+every bucket farther than the closest neighbour. Seeds that did not answer (replicas start in
+any order) are pinged again in the background, at doubling intervals up to 30 s, until they
+do: a ping carries this node's NodeInfo, so both sides then know each other. A node whose
+table is (or becomes) empty tries again every ``join_timeout`` seconds; a node without seeds
+is the first of its network.
+Every ``tick_interval`` seconds the core's ``tick`` expires records and returns bucket
+refreshes and republications, which run as background tasks (at most ``MAX_BACKGROUND``).
+
+Invariants: the servicer never lets an invalid message reach the core; a failure of another
+node (timeout, error, invalid answer) only ever fails that one step; stopping cancels every
+background task and closes every channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any, Final
+
+import grpc
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay
+from tenacity import wait_exponential_jitter as backoff
+
+from meshenc.core.kademlia import (
+    ID_BITS,
+    Contact,
+    DhtConfig,
+    DhtNode,
+    Lookup,
+    PingContact,
+    RefreshBucket,
+    RepublishRecord,
+    id_from_bytes,
+    id_to_bytes,
+    key_for,
+    random_id_in_bucket,
+)
+from meshenc.v1 import registry_pb2, registry_pb2_grpc
+from meshenc.wire.validation import (
+    InvalidMessage,
+    validate_find_node_request,
+    validate_find_value_request,
+    validate_ping_request,
+    validate_store_request,
+)
+from services.common import telemetry
+from services.common.grpc_server import GrpcServer
+from services.common.registry_client import (
+    SERVICE_NAME,
+    LookupReply,
+    RegistryChannels,
+    RegistryError,
+    ask_registry_node,
+    contact_from_proto,
+    contact_to_proto,
+    ping,
+    run_lookup,
+    store_on,
+)
+from services.registry.settings import RegistrySettings
+
+__all__ = ["MAX_BACKGROUND", "RegistryNode", "RegistryServicer"]
+
+log = logging.getLogger("meshenc.registry")
+
+MAX_BACKGROUND: Final = 32
+"""Background operations (pings, refreshes, republications) running at once at most."""
+SEED_RETRY_FIRST: Final = 1.0
+"""Seconds before a seed that did not answer the join is pinged again (doubling each time)."""
+SEED_RETRY_MAX: Final = 30.0
+"""Longest interval between two pings of a silent seed."""
+
+Record = registry_pb2.EncoderRecord
+
+
+class RegistryNode:
+    """A registry node: serves the Registry service and takes part in the DHT.
+
+    Args:
+        settings: validated settings.
+        rng: randomness for the node id (when not configured), refresh targets and jitter.
+    """
+
+    def __init__(self, settings: RegistrySettings, *, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self._rng = rng or random.Random(secrets.randbits(64))
+        self._config = DhtConfig(
+            k=settings.k,
+            alpha=settings.alpha,
+            bucket_refresh_interval=settings.bucket_refresh_interval,
+            republish_interval=settings.republish_interval,
+        )
+        self._node_id = (
+            int(settings.node_id, 16)
+            if settings.node_id is not None
+            else self._rng.getrandbits(ID_BITS)
+        )
+        self._dht: DhtNode[Record] | None = None
+        self._info = registry_pb2.NodeInfo()
+        self._server = GrpcServer(
+            {SERVICE_NAME: self._register},
+        )
+        self._channels = RegistryChannels()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._gate = asyncio.Semaphore(MAX_BACKGROUND)
+        self._stop = asyncio.Event()
+        self._joined = asyncio.Event()
+        #: Seeds that never answered yet: pinged again in the background until they do.
+        self._silent_seeds = set(settings.seeds)
+        self._seed_retry_delay = SEED_RETRY_FIRST
+
+    # -- identity ------------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> int:
+        return self._node_id
+
+    @property
+    def dht(self) -> DhtNode[Record]:
+        if self._dht is None:
+            raise RuntimeError("registry node not started")
+        return self._dht
+
+    @property
+    def info(self) -> registry_pb2.NodeInfo:
+        """This node's NodeInfo (id and advertised address); valid once started."""
+        return self._info
+
+    @property
+    def port(self) -> int | None:
+        return self._server.port
+
+    def _register(self, server: Any) -> None:
+        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(self), server)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Bind and serve; returns the bound port. Joining is :meth:`run`'s business."""
+        port = await self._server.start(self.settings.listen)
+        advertise = self.settings.advertise
+        if advertise is None:
+            host = socket.gethostname() if self.settings.listens_everywhere else None
+            advertise = f"{host or self.settings.listen_host}:{port}"
+        own = Contact(self._node_id, advertise)
+        self._info = contact_to_proto(own)
+        self._dht = DhtNode(own, self._config, self._rng, time.monotonic())
+        telemetry.watch_registry(lambda: len(self.dht.table), lambda: len(self.dht.store))
+        log.info("registry node %s serving as %s", self.node_id_hex, advertise)
+        return port
+
+    @property
+    def node_id_hex(self) -> str:
+        return id_to_bytes(self._node_id).hex()
+
+    async def run(self) -> None:
+        """:meth:`serve` until SIGTERM or SIGINT (the process's main loop)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        await self.serve()
+
+    async def serve(self) -> None:
+        """Serve, join and do the periodic work until :meth:`request_stop`; then stop."""
+        if self._dht is None:
+            await self.start()
+        try:
+            await self._maintain()
+        finally:
+            await self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop serving and cancel everything under way. Safe to call twice."""
+        self._stop.set()
+        await self._server.stop(grace)
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._channels.close()
+
+    async def _maintain(self) -> None:
+        next_join = next_seed_retry = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if self.settings.seeds and not len(self.dht.table) and now >= next_join:
+                next_join = now + self.settings.join_timeout
+                self._spawn(self.join())
+            elif self._joined.is_set() and self._silent_seeds and now >= next_seed_retry:
+                # Seeds that were not up yet when this node joined: once they answer, both
+                # sides know each other, whatever order the replicas started in.
+                next_seed_retry = now + self._seed_retry_delay
+                self._seed_retry_delay = min(2 * self._seed_retry_delay, SEED_RETRY_MAX)
+                self._spawn(self._greet_seeds(sorted(self._silent_seeds), quiet=True))
+            for action in self.dht.tick(now):
+                if isinstance(action, RefreshBucket):
+                    self._spawn(self.lookup(action.target))
+                elif isinstance(action, RepublishRecord):
+                    self._spawn(self.republish(action.record.value, action.record.remaining(now)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.tick_interval)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` in the background, at most MAX_BACKGROUND at a time."""
+
+        async def gated() -> None:
+            async with self._gate:
+                try:
+                    await work
+                except RegistryError as exc:
+                    log.info("background registry work failed: %s", exc)
+                except Exception:
+                    log.exception("background registry work crashed")
+
+        task = asyncio.get_running_loop().create_task(gated())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def run_pings(self) -> None:
+        """Send the pings the routing table asked for (after every handled request)."""
+        for action in self.dht.drain_actions():
+            self._spawn(self._ping_contact(action))
+
+    async def _ping_contact(self, action: PingContact) -> None:
+        contact = action.contact
+        try:
+            answer = await ping(
+                self._channels,
+                contact.address,
+                sender=self._info,
+                timeout=self.settings.rpc_timeout,
+            )
+        except RegistryError:
+            self.dht.contact_failed(contact.node_id)
+            return
+        if answer.node_id == contact.node_id:
+            self.dht.heard_from(answer, time.monotonic())
+        else:
+            self.dht.contact_failed(contact.node_id)
+
+    # -- joining -------------------------------------------------------------------------------
+
+    async def join(self) -> bool:
+        """Join through the seeds; False when none answered within ``join_timeout``."""
+        seeds = self.settings.seeds
+        if not seeds:
+            return False
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(RegistryError),
+                wait=backoff(multiplier=0.1, max=2.0, jitter=0.1),
+                stop=stop_after_delay(self.settings.join_timeout),
+                reraise=True,
+            ):
+                with attempt:
+                    await self._greet_seeds(seeds)
+        except RegistryError as exc:
+            log.warning("could not join through %s: %s", ", ".join(seeds), exc)
+            return False
+        own = self._node_id
+        lookup = await self.lookup(own)
+        nearest = lookup.closest() or self.dht.table.closest(own, 1)
+        if nearest:
+            start = (own ^ nearest[0].node_id).bit_length()
+            await asyncio.gather(
+                *(
+                    self.lookup(random_id_in_bucket(own, index, self._rng))
+                    for index in range(start, ID_BITS)
+                )
+            )
+        self._joined.set()
+        log.info("joined through %s: %d contacts", ", ".join(seeds), len(self.dht.table))
+        return True
+
+    async def _greet_seeds(self, seeds: list[str], *, quiet: bool = False) -> None:
+        """Ping ``seeds`` as a registry node (so that they learn about this one) and add
+        those that answer; raises RegistryError when no other node answered, unless quiet."""
+        answers = await asyncio.gather(
+            *(
+                ping(self._channels, s, sender=self._info, timeout=self.settings.rpc_timeout)
+                for s in seeds
+            ),
+            return_exceptions=True,
+        )
+        now = time.monotonic()
+        others = []
+        for seed, answer in zip(seeds, answers, strict=True):
+            if isinstance(answer, Contact):
+                self._silent_seeds.discard(seed)
+                if answer.node_id != self._node_id:
+                    others.append(answer)
+                    self.dht.heard_from(answer, now)
+        if not others and not quiet:
+            raise RegistryError(f"no seed answered: {answers}")
+
+    @property
+    def joined(self) -> asyncio.Event:
+        """Set once a join went through."""
+        return self._joined
+
+    # -- lookups and stores --------------------------------------------------------------------
+
+    async def lookup(self, target: int, *, find_value: bool = False) -> Lookup[Record]:
+        """Run a lookup from this node (its answers and failures update the table)."""
+        lookup = self.dht.start_lookup(target, time.monotonic(), find_value=find_value)
+
+        def ask(contact: Contact) -> Coroutine[Any, Any, LookupReply]:
+            return ask_registry_node(
+                self._channels,
+                contact,
+                target,
+                find_value=find_value,
+                sender=self._info,
+                timeout=self.settings.rpc_timeout,
+            )
+
+        def answered(contact: Contact) -> None:
+            self.dht.heard_from(contact, time.monotonic())
+
+        def failed(contact: Contact, exc: RegistryError) -> None:
+            log.debug("lookup step to %s failed: %s", contact.address, exc)
+            self.dht.contact_failed(contact.node_id)
+
+        await run_lookup(lookup, ask, on_answer=answered, on_failure=failed)
+        self.run_pings()
+        return lookup
+
+    async def republish(self, record: Record, remaining: float) -> int:
+        """Store ``record`` with its remaining ttl on the k closest nodes of the moment."""
+        ttl_ms = int(remaining * 1000)
+        if ttl_ms < 1:
+            return 0
+        copy = Record()
+        copy.CopyFrom(record)
+        copy.ttl_ms = ttl_ms
+        key = id_from_bytes(key_for(record.encoder_id))
+        lookup = await self.lookup(key)
+        replicas = self.dht.replicas(lookup)
+        self.dht.republished(key, replicas)
+        others = [c for c in replicas if c.node_id != self._node_id]
+        answers = await asyncio.gather(
+            *(
+                store_on(
+                    self._channels,
+                    c,
+                    copy,
+                    sender=self._info,
+                    timeout=self.settings.rpc_timeout,
+                )
+                for c in others
+            ),
+            return_exceptions=True,
+        )
+        for contact, answer in zip(others, answers, strict=True):
+            if isinstance(answer, RegistryError):
+                self.dht.contact_failed(contact.node_id)
+        return sum(isinstance(a, registry_pb2.StoreResponse) for a in answers)
+
+    # -- requests (called by the servicer with validated messages) -----------------------------
+
+    def sender_of(self, request: Any) -> Contact | None:
+        if not request.HasField("sender"):
+            return None
+        sender = contact_from_proto(request.sender)
+        return None if sender.node_id == self._node_id else sender
+
+    def store_record(self, sender: Contact | None, record: Record) -> registry_pb2.StoreResponse:
+        copy = Record()
+        copy.CopyFrom(record)
+        outcome = self.dht.handle_store(
+            sender,
+            id_from_bytes(key_for(record.encoder_id)),
+            record.version,
+            record.ttl_ms / 1000.0,
+            copy,
+            time.monotonic(),
+        )
+        return registry_pb2.StoreResponse(
+            responder=self._info,
+            stored=outcome.stored,
+            current_version=outcome.current_version,
+        )
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServicer):
+    """The Registry RPCs: validate, hand to the node's core, answer."""
+
+    def __init__(self, node: RegistryNode) -> None:
+        self._node = node
+
+    async def _reject(self, method: str, context: Any, exc: InvalidMessage) -> None:
+        log.warning("rejected %s from %s: %s", method, context.peer(), exc)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: {exc}")
+
+    async def Ping(  # noqa: N802 -- gRPC method name
+        self, request: registry_pb2.PingRequest, context: Any
+    ) -> registry_pb2.PingResponse:
+        try:
+            validate_ping_request(request)
+        except InvalidMessage as exc:
+            await self._reject("Ping", context, exc)
+        node = self._node
+        node.dht.heard_from(node.sender_of(request), time.monotonic())
+        node.run_pings()
+        return registry_pb2.PingResponse(responder=node.info)
+
+    async def FindNode(  # noqa: N802 -- gRPC method name
+        self, request: registry_pb2.FindNodeRequest, context: Any
+    ) -> registry_pb2.FindNodeResponse:
+        try:
+            validate_find_node_request(request)
+        except InvalidMessage as exc:
+            await self._reject("FindNode", context, exc)
+        node = self._node
+        contacts = node.dht.handle_find_node(
+            node.sender_of(request), id_from_bytes(request.target), time.monotonic()
+        )
+        node.run_pings()
+        return registry_pb2.FindNodeResponse(
+            responder=node.info, nodes=[contact_to_proto(c) for c in contacts]
+        )
+
+    async def FindValue(  # noqa: N802 -- gRPC method name
+        self, request: registry_pb2.FindValueRequest, context: Any
+    ) -> registry_pb2.FindValueResponse:
+        try:
+            validate_find_value_request(request)
+        except InvalidMessage as exc:
+            await self._reject("FindValue", context, exc)
+        node = self._node
+        now = time.monotonic()
+        answer = node.dht.handle_find_value(
+            node.sender_of(request), id_from_bytes(request.key), now
+        )
+        node.run_pings()
+        if isinstance(answer, list):
+            return registry_pb2.FindValueResponse(
+                responder=node.info,
+                closest=registry_pb2.NodeList(nodes=[contact_to_proto(c) for c in answer]),
+            )
+        record = Record()
+        record.CopyFrom(answer.value)
+        record.ttl_ms = max(1, min(record.ttl_ms, int(answer.remaining(now) * 1000)))
+        return registry_pb2.FindValueResponse(responder=node.info, record=record)
+
+    async def Store(  # noqa: N802 -- gRPC method name
+        self, request: registry_pb2.StoreRequest, context: Any
+    ) -> registry_pb2.StoreResponse:
+        try:
+            validate_store_request(request)
+        except InvalidMessage as exc:
+            await self._reject("Store", context, exc)
+        node = self._node
+        response = node.store_record(node.sender_of(request), request.record)
+        node.run_pings()
+        return response
