@@ -14,12 +14,14 @@ import click
 from pydantic import ValidationError
 
 from meshenc.core.policy import Strategy
+from services.common import telemetry
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import (
     DEFAULT_ETCD_PREFIX,
     DEFAULT_LEASE_TTL,
     EncoderSettings,
     EtcdSettings,
+    TopologyMode,
     parse_endpoints,
     parse_peers,
     parse_size,
@@ -198,6 +200,39 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     help="Replace a dead leader only when its lease expires (no mesh-driven takeover).",
 )
 @click.option(
+    "--metrics-listen",
+    envvar="MESHENC_METRICS_LISTEN",
+    default=None,
+    help="HOST:PORT to serve Prometheus metrics on, e.g. 0.0.0.0:9464 (off when unset). "
+    "Traces follow the standard OTEL_* variables.",
+)
+@click.option(
+    "--manager",
+    envvar="MESHENC_MANAGER",
+    default=None,
+    help="The Mesh Manager, HOST:PORT: health reports and escalations (the mesh runs without).",
+)
+@click.option(
+    "--topology",
+    envvar="MESHENC_TOPOLOGY",
+    default=None,
+    type=click.Choice([m.value for m in TopologyMode]),
+    help="Where neighbours come from [default: etcd with --etcd and --manager, else static].",
+)
+@click.option(
+    "--advertise",
+    envvar="MESHENC_ADVERTISE",
+    default=None,
+    help="HOST:PORT neighbours dial (default: the listen address).",
+)
+@click.option(
+    "--namespace",
+    envvar="MESHENC_NAMESPACE",
+    default="default",
+    show_default=True,
+    help="The pod's namespace (--topology kubernetes).",
+)
+@click.option(
     "--log-level",
     envvar="MESHENC_LOG_LEVEL",
     default="INFO",
@@ -232,6 +267,11 @@ def encoder(
     etcd_password: str | None,
     lease_ttl: int,
     no_fast_failover: bool,
+    metrics_listen: str | None,
+    manager: str | None,
+    topology: str | None,
+    advertise: str | None,
+    namespace: str,
     log_level: str,
 ) -> None:
     """Run one live encoder of the mesh.
@@ -280,6 +320,11 @@ def encoder(
             seed=seed,
             segment=segment,
             etcd=etcd,
+            metrics_listen=metrics_listen or None,
+            manager=manager or None,
+            topology=TopologyMode(topology) if topology else None,
+            advertise=advertise or None,
+            namespace=namespace,
         )
     except ValidationError as exc:
         problems = "; ".join(
@@ -289,7 +334,10 @@ def encoder(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     settings.out.mkdir(parents=True, exist_ok=True)
-    stats = asyncio.run(EncoderRuntime(settings).run())
+    with telemetry.running(
+        "meshenc-encoder", instance_id=settings.id, metrics_listen=settings.metrics_listen
+    ):
+        stats = asyncio.run(EncoderRuntime(settings).run())
     click.echo(
         f"{settings.id}: {stats.frames} frames, {stats.segments} segments, "
         f"{stats.skipped} skipped, {stats.escalations} escalations"

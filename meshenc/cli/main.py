@@ -11,6 +11,7 @@ from meshenc.cli.bench_failover import bench_failover
 from meshenc.cli.bench_plan import bench_plan
 from meshenc.cli.encoder import encoder
 from meshenc.cli.health import health_check
+from meshenc.cli.manager import manager
 from meshenc.cli.registry import registry
 from meshenc.cli.report import report
 from meshenc.cli.sim import bench, sim
@@ -34,3 +35,4 @@ cli.add_command(verify)
 cli.add_command(report)
 bench.add_command(bench_dht)
 cli.add_command(registry)
+cli.add_command(manager)

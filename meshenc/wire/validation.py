@@ -66,8 +66,8 @@ Manager (``MeshManager``)
     ``encode_latency_us`` <= ``MAX_LATENCY_US``; 0 <= ``timecode`` < ``MAX_TIMECODE`` (0 =
     no frame yet); ``segment_id`` empty or an id; at most ``MAX_NEIGHBOURS`` links, to
     distinct neighbours other than the reporter, each with latencies <= ``MAX_LATENCY_US``
-    and ``|deviations|`` <= ``MAX_DEVIATION_NS``; ``proposals_approved +
-    proposals_rejected`` <= ``proposals_made``.
+    and ``|deviations|`` <= ``MAX_DEVIATION_NS`` (``connected`` may be unset, which counts
+    as up); ``proposals_approved + proposals_rejected`` <= ``proposals_made``.
   - Escalation: ``proposal`` is set and valid, and its proposer is ``encoder_id``; at most
     ``MAX_NEIGHBOURS`` votes, each valid, answering that proposal, from distinct voters;
     ``len(votes)`` <= ``neighbour_count`` <= ``MAX_NEIGHBOURS``; ``sent_unix_ns`` an instant.

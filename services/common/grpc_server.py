@@ -9,6 +9,10 @@ a whole (``""``), SERVING. ``stop`` first reports everything NOT_SERVING, so tha
 load balancers stop sending new work, then stops the server, letting running calls finish for
 ``grace`` seconds.
 
+Every server gets the tracing and metrics interceptors of ``services.common.telemetry`` (health
+checks left out), and every channel made by :func:`insecure_channel` the tracing ones, so each
+RPC is one trace from client to server and is counted by method and status code.
+
 Keepalive is set on both ends from one set of constants: a client that pings more often than
 the server permits is sent GOAWAY ``too_many_pings`` and loses every call on the connection.
 The invariant, checked at import, is that the client's ping interval is at least the minimum
@@ -26,6 +30,8 @@ from typing import Any, Final
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
+
+from services.common import telemetry
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -90,12 +96,15 @@ Registrar = Callable[[Any], None]
 
 
 def insecure_channel(target: str, *, interceptors: Sequence[Any] = ()) -> Any:
-    """A ``grpc.aio`` channel to ``target`` with :data:`CHANNEL_OPTIONS`.
+    """A ``grpc.aio`` channel to ``target`` with :data:`CHANNEL_OPTIONS`, traced.
 
-    Call it inside the running event loop that will use the channel.
+    Call it inside the running event loop that will use the channel. ``interceptors`` run
+    after the tracing ones (``services.common.telemetry``).
     """
     return grpc.aio.insecure_channel(
-        target, options=list(CHANNEL_OPTIONS), interceptors=list(interceptors) or None
+        target,
+        options=list(CHANNEL_OPTIONS),
+        interceptors=[*telemetry.client_interceptors(), *interceptors],
     )
 
 
@@ -105,7 +114,8 @@ class GrpcServer:
     Args:
         services: full service name (e.g. ``"meshenc.v1.EncoderMesh"``) to the function that
             adds its servicer to the server. Each name gets its own health status.
-        interceptors: ``grpc.aio.ServerInterceptor`` instances (tracing, logging, metrics).
+        interceptors: ``grpc.aio.ServerInterceptor`` instances, run after the tracing and
+            metrics ones every server gets (``services.common.telemetry``).
         options: server options; :data:`SERVER_OPTIONS` unless a test needs otherwise.
     """
 
@@ -117,7 +127,7 @@ class GrpcServer:
         options: Sequence[Option] = SERVER_OPTIONS,
     ) -> None:
         self._services = dict(services)
-        self._interceptors = list(interceptors)
+        self._interceptors = [*telemetry.server_interceptors(), *interceptors]
         self._options = list(options)
         self._server: Any = None
         self._health: Any = None
@@ -147,7 +157,7 @@ class GrpcServer:
         """
         if self._server is not None:
             raise RuntimeError("server already started")
-        server = grpc.aio.server(interceptors=self._interceptors or None, options=self._options)
+        server = grpc.aio.server(interceptors=self._interceptors, options=self._options)
         for register in self._services.values():
             register(server)
         health_servicer = health.aio.HealthServicer()

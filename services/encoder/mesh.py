@@ -39,6 +39,7 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import random
@@ -60,6 +61,7 @@ from meshenc.wire.validation import (
     validate_get_state_request,
     validate_set_parameters_request,
 )
+from services.common import telemetry
 from services.common.grpc_server import GrpcServer, insecure_channel
 
 __all__ = [
@@ -338,6 +340,7 @@ class MeshLinks:
         wanted = {peer: address for peer, address in peers.items() if peer != me}
         if len(wanted) != len(peers):
             log.warning("ignoring %r in the peer list: it is this encoder", me)
+        telemetry.topology_changed(me, self.peers, frozenset(wanted))
         for peer in [p for p in self._links if p not in wanted]:
             self._remove(peer)
         loop = asyncio.get_running_loop()
@@ -754,7 +757,11 @@ class MeshServer:
             return
         self.accepted[peer] += 1
         self._sessions.add(session)
-        reader = asyncio.create_task(self._links._consume(session, incoming, checker))
+        # A fresh context: what the peer sends is not part of this call's (hours-long) span;
+        # proposals and votes carry trace contexts of their own.
+        reader = asyncio.create_task(
+            self._links._consume(session, incoming, checker), context=contextvars.Context()
+        )
         try:
             yield mesh_pb2.MeshMessage(hello=hello)
             async for msg in self._links._outbound(session):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -43,9 +44,13 @@ from meshenc.core.engine import (
     SyncEngine,
 )
 from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
-from meshenc.v1 import common_pb2, mesh_pb2
+from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION
+from meshenc.wire.adjacency import AdjacencyDocument
+from services.common.telemetry import EncoderTelemetry
+from services.encoder.control import ControlPlane
 from services.encoder.leadership import Leadership
+from services.encoder.manager_link import VoteLog, escalation, health_report
 from services.encoder.media.gop import EncoderParams, GopEncoder
 from services.encoder.media.segments import SegmentWriter
 from services.encoder.media.source import (
@@ -106,6 +111,7 @@ class EncoderRuntime:
             bitrate_kbps=settings.bitrate_kbps,
         )
         self.stats = RunStats()
+        self.telemetry = EncoderTelemetry(settings.id, lambda: self.engine.snapshot(self.clock()))
         self.links = MeshLinks(self, on_link=self._on_link)
         self.leadership: Leadership | None = None
         if settings.etcd is not None:
@@ -117,6 +123,12 @@ class EncoderRuntime:
                 on_change=self._on_leader_change,
             )
         self.server = MeshServer(self, self.links)
+        #: Current neighbours (id → address): --peers, then each adjacency document.
+        self._neighbours = dict(settings.peers)
+        self._segment = settings.segment
+        self._votes = VoteLog()
+        self._load_sample = (0.0, 0.0)
+        self.control = ControlPlane(settings, self.apply_topology, self.health_report)
         self._stop = asyncio.Event()
         self._last_esp: EncodingStatePacket | None = None
         self._last_tc: int | None = None
@@ -145,7 +157,31 @@ class EncoderRuntime:
     # -- MeshHandler --------------------------------------------------------------------------
 
     def is_neighbour(self, node_id: str) -> bool:
-        return node_id in self.settings.peers
+        return node_id in self._neighbours
+
+    def apply_topology(self, document: AdjacencyDocument) -> None:
+        """Rewire to the manager's document: links, the engine's neighbours and epoch, and
+        the leader (when no election of our own runs: it knows better, with fencing)."""
+        self._neighbours = dict(document.neighbours)
+        self._segment = document.segment or self.settings.segment
+        self.links.set_peers(document.neighbours)
+        self.engine.set_neighbours(document.neighbours, document.epoch)
+        if self.leadership is None:
+            self.engine.set_leader(document.leader or None)
+        self._report_rank()
+
+    def health_report(self) -> manager_pb2.HealthReport:
+        """This encoder's health as the manager wants it, now."""
+        return health_report(
+            self.node_id,
+            self.engine.snapshot(self.clock()),
+            topology_epoch=self.engine.topology_epoch,
+            cpu_load=self._load_sample[0],
+            encode_latency=self._load_sample[1],
+            segment=self._segment,
+            connected=self.links.connected,
+            sent_unix_ns=time.time_ns(),
+        )
 
     def on_esp(self, esp: EncodingStatePacket) -> None:
         self.engine.on_esp(self.clock(), esp)
@@ -154,11 +190,13 @@ class EncoderRuntime:
 
     def _on_link(self, peer: str, up: bool) -> None:
         """A broken stream is the fastest sign of a dead neighbour: tell the election."""
+        self.telemetry.link_changed(peer, up)
         if self.leadership is not None:
             (self.leadership.peer_recovered if up else self.leadership.peer_lost)(peer)
 
     def _on_leader_change(self, election: ElectionSnapshot) -> None:
         """The engine follows the leader of the newest tenure seen (kept while etcd is away)."""
+        self.telemetry.leader_changed(election)
         self.engine.set_leader(election.leader)
 
     def _report_rank(self) -> None:
@@ -171,15 +209,17 @@ class EncoderRuntime:
             RankInputs(
                 confidence=min(1.0, max(0.0, snap.confidence)),
                 latency=sum(rtts) / len(rtts) if rtts else 0.0,
-                neighbours=frozenset(self.settings.peers),
+                neighbours=frozenset(self._neighbours),
             )
         )
 
     def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
         answer = self.engine.on_proposal(self.clock(), proposal)
-        return None if answer is None else answer.vote
+        return None if answer is None else self.telemetry.vote_cast(proposal, answer.vote)
 
     def on_vote(self, vote: ResyncVote) -> None:
+        self._votes.record(vote)
+        self.telemetry.vote_received(vote)
         self.engine.on_vote(self.clock(), vote)
         self._dispatch()
 
@@ -200,7 +240,9 @@ class EncoderRuntime:
 
     def state(self) -> mesh_pb2.EncoderState:
         election = None if self.leadership is None else self.leadership.snapshot()
-        return encoder_state(self, self.engine.snapshot(self.clock()), election)
+        state = encoder_state(self, self.engine.snapshot(self.clock()), election)
+        state.topology_epoch = self.engine.topology_epoch  # the manager's epoch it works in
+        return state
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -220,6 +262,7 @@ class EncoderRuntime:
         if self.leadership is not None:
             self._report_rank()
             leadership = asyncio.create_task(self.leadership.run(), name="leadership")
+        await self.control.start()
         source = open_source(self.settings.source, self._format)
         encoder = GopEncoder(self._params)
         writer = SegmentWriter(self.settings.out, self._params)
@@ -259,10 +302,14 @@ class EncoderRuntime:
                 # Resign first: the segment fails over at once instead of waiting for a lease.
                 await self.leadership.close()
                 await leadership
-            if writer.finish() is not None:
+            finishing = time.time_ns()
+            if (segment := writer.finish()) is not None:
                 self.stats.segments += 1
+                self.telemetry.segment_written(segment, finishing, time.time_ns())
+            self.telemetry.close()
             encoder.close()
             source.close()
+            await self.control.close()
             await self.links.close()
             await self.server.stop(grace=1.0)
             log.info("encoder %s stopped: %s", self.node_id, self.stats)
@@ -284,15 +331,19 @@ class EncoderRuntime:
             bitrate = self.engine.bitrate_for(tc // self.settings.gop)
             frame = encoder.encode(tc, picture, bitrate_kbps=bitrate)
             self._load.encoded(time.perf_counter() - started)
-            if writer.add(frame) is not None:
+            adding = time.time_ns()
+            if (segment := writer.add(frame)) is not None:
                 self.stats.segments += 1
+                self.telemetry.segment_written(segment, adding, time.time_ns())
             self.engine.record_hash(tc, frame.sha256)
             self._last_tc = tc
         self.stats.frames += 1
         report = self._load.sample()
         if report is not None:
             self.engine.report_load(*report)
+            self._load_sample = report
             self._report_rank()
+            self.telemetry.observe(self.links, self.stats, report)
         for peer, esp in self.engine.publish(self.clock()):
             self._last_esp = esp
             try:
@@ -307,7 +358,7 @@ class EncoderRuntime:
         return self._last_tc is None or (self._last_tc + 1) % self.settings.gop == 0
 
     def _dispatch(self) -> None:
-        for action in self.engine.drain_actions():
+        for action in map(self.telemetry.on_action, self.engine.drain_actions()):
             if isinstance(action, SendProposal):
                 for peer in action.to:
                     self.links.send(peer, action.proposal)
@@ -330,12 +381,38 @@ class EncoderRuntime:
             elif isinstance(action, Escalate):
                 self.stats.escalations += 1
                 log.warning(
-                    "proposal %d %s (approvals %s, rejections %s); no manager to escalate to",
+                    "proposal %d %s (approvals %s, rejections %s); escalating to %s",
                     action.outcome.proposal.proposal_id,
                     action.outcome.verdict.name.lower(),
                     sorted(action.outcome.approvals),
                     sorted(action.outcome.rejections),
+                    self.settings.manager or "no manager",
                 )
+                request = escalation(
+                    action, self._votes.take(action), len(self.engine.neighbours), time.time_ns()
+                )
+                self.control.escalate(request, functools.partial(self._on_verdict, action))
+
+    def _on_verdict(self, action: Escalate, ack: manager_pb2.EscalationAck | None) -> None:
+        """The manager's verdict on an escalated proposal.
+
+        REJECT and DEFER (and no answer) keep the timeline, which the engine already did when
+        the vote failed. APPLY carries out the escalated plan, if it is still the engine's
+        newest and recent enough (``SyncEngine.apply_escalated``).
+        """
+        if ack is None:
+            return
+        if ack.verdict == manager_pb2.ESCALATION_VERDICT_APPLY:
+            proposal_id = action.outcome.proposal.proposal_id
+            if not self.engine.apply_escalated(self.clock(), proposal_id):
+                log.info("manager said apply proposal %d, but it is outdated", proposal_id)
+        log.info(
+            "manager's verdict on proposal %d: %s (%s; epoch %d)",
+            action.outcome.proposal.proposal_id,
+            manager_pb2.EscalationVerdict.Name(ack.verdict),
+            ack.reason,
+            ack.topology_epoch,
+        )
 
 
 def _picture(source: SyntheticSource | FileSource, index: int) -> Picture:

@@ -8,6 +8,7 @@ at start, and a bad one stops the encoder with a message that names it.
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
 
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_LEASE_TTL",
     "EncoderSettings",
     "EtcdSettings",
+    "TopologyMode",
     "parse_endpoints",
     "parse_peers",
     "parse_size",
@@ -130,6 +132,14 @@ class EtcdSettings(BaseModel):
         )
 
 
+class TopologyMode(StrEnum):
+    """Where the encoder learns its neighbours (``--topology``)."""
+
+    STATIC = "static"  # --peers, for good
+    ETCD = "etcd"  # its key in etcd, written by the manager (embedded mode)
+    KUBERNETES = "kubernetes"  # its ConfigMap, written by the manager
+
+
 class EncoderSettings(BaseModel):
     """Everything one encoder process needs to know at start."""
 
@@ -162,6 +172,16 @@ class EncoderSettings(BaseModel):
     segment: str = "default"
     #: Leader election through etcd; off when None.
     etcd: EtcdSettings | None = None
+    #: HOST:PORT of the Prometheus metrics endpoint; off when None.
+    metrics_listen: str | None = None
+    #: The Mesh Manager (HOST:PORT): health reports and escalations go there; none when None.
+    manager: str | None = None
+    #: Where neighbours come from; None: etcd with --etcd and --manager, else static.
+    topology: TopologyMode | None = None
+    #: The address others dial (HOST:PORT); None: the listen address.
+    advertise: str | None = None
+    #: The pod's namespace (the kubernetes topology reads the encoder's ConfigMap there).
+    namespace: str = "default"
 
     @field_validator("id")
     @classmethod
@@ -181,6 +201,36 @@ class EncoderSettings(BaseModel):
     @classmethod
     def _listen(cls, value: str) -> str:
         return _check_address(value, "listen", lowest_port=0)
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value, "metrics listen", lowest_port=0)
+
+    @field_validator("manager", "advertise")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value, "address")
+
+    @model_validator(mode="after")
+    def _topology_needs(self) -> Self:
+        if self.topology_mode is TopologyMode.ETCD and self.etcd is None:
+            raise ValueError("--topology etcd needs --etcd")
+        return self
+
+    @property
+    def topology_mode(self) -> TopologyMode:
+        """The topology source: as given, else etcd when etcd and a manager are, else static."""
+        if self.topology is not None:
+            return self.topology
+        if self.etcd is not None and self.manager is not None and not self.peers:
+            return TopologyMode.ETCD
+        return TopologyMode.STATIC
+
+    @property
+    def advertise_address(self) -> str:
+        """Where neighbours reach this encoder."""
+        return self.advertise or self.listen
 
     @field_validator("size")
     @classmethod

@@ -1,0 +1,198 @@
+"""``meshenc manager``: run the Mesh Manager.
+
+Every flag has an environment variable of the same meaning (shown in ``--help``); the Helm chart
+sets the variables. Values are validated once, at start, with errors that name the setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from services.manager.server import run_manager
+from services.manager.settings import (
+    DEFAULT_LISTEN,
+    ActuatorKind,
+    ManagerSettings,
+    parse_work_units,
+)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(filter(None, (part.strip() for part in text.split(","))))
+
+
+@click.command()
+@click.option(
+    "--listen",
+    envvar="MESHENC_LISTEN",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    help="HOST:PORT to serve MeshManager on.",
+)
+@click.option(
+    "--actuator",
+    envvar="MESHENC_ACTUATOR",
+    required=True,
+    type=click.Choice([a.value for a in ActuatorKind]),
+    help="Where decisions go: etcd keys (embedded) or per-encoder ConfigMaps (kubernetes).",
+)
+@click.option(
+    "--etcd",
+    "etcd_endpoints",
+    envvar="MESHENC_ETCD_ENDPOINTS",
+    default="",
+    help="etcd endpoints http(s)://HOST:PORT,...: the decisions in embedded mode, and the "
+    "active/standby election in both modes.",
+)
+@click.option(
+    "--etcd-prefix",
+    envvar="MESHENC_ETCD_PREFIX",
+    default="/meshenc",
+    show_default=True,
+    help="Key prefix of meshenc's keys in etcd.",
+)
+@click.option(
+    "--etcd-ca",
+    envvar="MESHENC_ETCD_CA",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CA certificate that signed etcd's certificate (TLS).",
+)
+@click.option(
+    "--etcd-cert",
+    envvar="MESHENC_ETCD_CERT",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The manager's client certificate for etcd (TLS, with --etcd-key).",
+)
+@click.option(
+    "--etcd-key",
+    envvar="MESHENC_ETCD_KEY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The client certificate's private key.",
+)
+@click.option(
+    "--namespace",
+    envvar="MESHENC_NAMESPACE",
+    default="default",
+    show_default=True,
+    help="Namespace of the encoder StatefulSet and its ConfigMaps (kubernetes).",
+)
+@click.option(
+    "--encoder-statefulset",
+    envvar="MESHENC_ENCODER_STATEFULSET",
+    default=None,
+    help="Name of the encoder StatefulSet (kubernetes).",
+)
+@click.option(
+    "--autoscale-min",
+    envvar="MESHENC_AUTOSCALE_MIN",
+    type=int,
+    default=None,
+    help="Fewest encoders the manager may scale to (with --autoscale-max).",
+)
+@click.option(
+    "--autoscale-max",
+    envvar="MESHENC_AUTOSCALE_MAX",
+    type=int,
+    default=None,
+    help="Most encoders the manager may scale to.",
+)
+@click.option("--degree-min", envvar="MESHENC_DEGREE_MIN", type=int, default=3, show_default=True)
+@click.option("--degree-max", envvar="MESHENC_DEGREE_MAX", type=int, default=7, show_default=True)
+@click.option(
+    "--report-timeout",
+    envvar="MESHENC_REPORT_TIMEOUT",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds without a health report before an encoder is taken out.",
+)
+@click.option(
+    "--reconnect-grace",
+    envvar="MESHENC_RECONNECT_GRACE",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Seconds an encoder whose health stream ended may take to open a new one.",
+)
+@click.option(
+    "--work-units",
+    envvar="MESHENC_WORK_UNITS",
+    default="",
+    help="Work to place, CHANNEL/RENDITION,... (each on two encoders).",
+)
+@click.option(
+    "--metrics-listen",
+    envvar="MESHENC_METRICS_LISTEN",
+    default=None,
+    help="HOST:PORT to serve Prometheus metrics on, e.g. 0.0.0.0:9464 (off when unset). "
+    "Traces follow the standard OTEL_* variables.",
+)
+@click.option(
+    "--log-level",
+    envvar="MESHENC_LOG_LEVEL",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def manager(
+    listen: str,
+    actuator: str,
+    etcd_endpoints: str,
+    etcd_prefix: str,
+    etcd_ca: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+    namespace: str,
+    encoder_statefulset: str | None,
+    autoscale_min: int | None,
+    autoscale_max: int | None,
+    degree_min: int,
+    degree_max: int,
+    report_timeout: float,
+    reconnect_grace: float,
+    work_units: str,
+    metrics_listen: str | None,
+    log_level: str,
+) -> None:
+    """Run the Mesh Manager: collect health, plan the topology, rewire around failures.
+
+    It follows the encoders (registration keys in etcd, or the StatefulSet's pods), plans a
+    mesh that survives any single failure, writes each encoder's neighbours (etcd keys or
+    ConfigMaps) and judges escalated resync proposals. SIGTERM stops it cleanly.
+    """
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s manager %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = ManagerSettings(
+            listen=listen,
+            actuator=ActuatorKind(actuator),
+            etcd_endpoints=_split(etcd_endpoints),
+            etcd_prefix=etcd_prefix,
+            etcd_ca=etcd_ca,
+            etcd_cert=etcd_cert,
+            etcd_key=etcd_key,
+            namespace=namespace,
+            encoder_statefulset=encoder_statefulset,
+            autoscale_min=autoscale_min,
+            autoscale_max=autoscale_max,
+            degree_min=degree_min,
+            degree_max=degree_max,
+            report_timeout=report_timeout,
+            reconnect_grace=reconnect_grace,
+            work_units=parse_work_units(work_units),
+            metrics_listen=metrics_listen,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise click.UsageError(problems) from exc
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    asyncio.run(run_manager(settings))

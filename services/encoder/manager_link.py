@@ -1,0 +1,301 @@
+"""The encoder's link to the Mesh Manager: a health-report stream and escalations.
+
+Theory of operation
+-------------------
+The manager is never in the frame path: the encoder keeps encoding and syncing on its last
+topology whatever happens to this link. :class:`ManagerLink` keeps one ``ReportHealth`` stream
+open and writes a report every ``interval`` seconds, built at that moment by a callback from
+the engine's snapshot and the link meters (:func:`health_report`). When the stream fails (the
+manager restarts, a standby refuses it, the network drops) it reconnects with exponential
+backoff and jitter (tenacity), capped at ``backoff_cap`` seconds; a stream that ran for a while
+starts the backoff afresh. The manager notices a dead encoder by its stream ending, so the
+stream is opened as soon as the encoder runs and never closed while it does.
+
+Escalations (the engine's ``Escalate`` action: a proposal its neighbours did not approve) go
+out as one ``Escalate`` call each, with the votes the proposer actually received
+(:class:`VoteLog` keeps them, bounded) and a deadline; the manager's verdict comes back as the
+call's answer, or ``None`` when the manager cannot be reached in time (the encoder then keeps
+its timeline, as it does on REJECT and DEFER).
+
+Invariants: at most one report stream at a time; :meth:`ManagerLink.escalate` never raises for
+a manager that is away; everything runs on the encoder's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Final
+
+import grpc
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
+
+from meshenc.core.engine import EngineSnapshot, Escalate
+from meshenc.core.messages import CorrectionKind, ResyncVote
+from meshenc.v1 import manager_pb2, manager_pb2_grpc
+from meshenc.wire import convert
+from meshenc.wire.validation import MAX_DEVIATION_NS, MAX_LATENCY_US, MAX_NEIGHBOURS
+from services.common.grpc_server import insecure_channel
+
+__all__ = [
+    "DEFAULT_REPORT_INTERVAL",
+    "ManagerLink",
+    "VoteLog",
+    "escalation",
+    "health_report",
+]
+
+log = logging.getLogger("meshenc.encoder.manager")
+
+DEFAULT_REPORT_INTERVAL: Final = 1.0
+"""Seconds between health reports."""
+ESCALATION_TIMEOUT: Final = 2.0
+"""Seconds an escalation may take before the encoder keeps its timeline without a verdict."""
+_VOTE_LOG_PROPOSALS: Final = 32
+"""Proposals whose votes :class:`VoteLog` keeps (one is open at a time, parameters aside)."""
+
+
+def _us(seconds: float) -> int:
+    """Seconds to wire microseconds; 0 for unmeasured (NaN), clamped to the wire's range."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        return 0
+    return min(MAX_LATENCY_US, convert.seconds_to_us(seconds))
+
+
+def _ns(seconds: float) -> int:
+    """Seconds to wire nanoseconds; 0 for unmeasured (NaN), clamped to the wire's range."""
+    if not math.isfinite(seconds):
+        return 0
+    return max(-MAX_DEVIATION_NS, min(MAX_DEVIATION_NS, convert.seconds_to_ns(seconds)))
+
+
+def _fraction(value: float) -> float:
+    return min(1.0, max(0.0, value)) if math.isfinite(value) else 0.0
+
+
+def health_report(
+    encoder_id: str,
+    snapshot: EngineSnapshot,
+    *,
+    topology_epoch: int,
+    cpu_load: float,
+    encode_latency: float,
+    segment: str,
+    connected: Callable[[str], bool],
+    sent_unix_ns: int,
+) -> manager_pb2.HealthReport:
+    """One health report from the engine's snapshot and the link state, valid by the wire's
+    rules whatever the measurements are (unmeasured values go out as 0)."""
+    counts = snapshot.corrections
+    return manager_pb2.HealthReport(
+        encoder_id=encoder_id,
+        sent_unix_ns=sent_unix_ns,
+        confidence=_fraction(snapshot.confidence),
+        cpu_load=_fraction(cpu_load),
+        encode_latency_us=_us(encode_latency),
+        timecode=snapshot.timecode or 0,
+        segment_id=segment,
+        topology_epoch=topology_epoch,
+        links=[
+            manager_pb2.LinkStats(
+                neighbour_id=n.neighbour,
+                rtt_us=_us(n.rtt),
+                jitter_us=_us(n.jitter),
+                measured_deviation_ns=_ns(n.deviation),
+                predicted_deviation_ns=_ns(n.predicted),
+                connected=connected(n.neighbour),
+            )
+            for n in snapshot.neighbours[:MAX_NEIGHBOURS]
+            if n.neighbour != encoder_id
+        ],
+        corrections=manager_pb2.CorrectionCounters(
+            slews=counts.get(CorrectionKind.SLEW, 0),
+            drops=counts.get(CorrectionKind.DROP, 0),
+            duplicates=counts.get(CorrectionKind.DUPLICATE, 0),
+            parameter_changes=counts.get(CorrectionKind.PARAMETER, 0),
+        ),
+    )
+
+
+class VoteLog:
+    """The votes received on this encoder's recent proposals, so an escalation carries them.
+
+    Bounded: only the newest ``proposals`` proposals' votes are kept.
+    """
+
+    def __init__(self, proposals: int = _VOTE_LOG_PROPOSALS) -> None:
+        self._proposals = proposals
+        self._votes: OrderedDict[int, dict[str, ResyncVote]] = OrderedDict()
+
+    def record(self, vote: ResyncVote) -> None:
+        """Keep ``vote`` (the first vote of a voter on a proposal counts, as in the book)."""
+        votes = self._votes.setdefault(vote.proposal_id, {})
+        self._votes.move_to_end(vote.proposal_id)
+        votes.setdefault(vote.voter, vote)
+        while len(self._votes) > self._proposals:
+            self._votes.popitem(last=False)
+
+    def take(self, action: Escalate) -> tuple[ResyncVote, ...]:
+        """The counted votes of the escalated proposal (forgotten afterwards).
+
+        A counted vote whose message is no longer kept is stated without its deviation.
+        """
+        proposal = action.outcome.proposal
+        kept = self._votes.pop(proposal.proposal_id, {})
+        votes = []
+        for voter, approve in sorted(
+            [(v, True) for v in action.outcome.approvals]
+            + [(v, False) for v in action.outcome.rejections]
+        ):
+            vote = kept.get(voter)
+            if vote is None or vote.approve != approve or vote.proposer != proposal.proposer:
+                vote = ResyncVote(proposal.proposer, proposal.proposal_id, voter, approve, 0.0)
+            votes.append(vote)
+        return tuple(votes)
+
+
+def escalation(
+    action: Escalate, votes: Iterable[ResyncVote], neighbour_count: int, sent_unix_ns: int
+) -> manager_pb2.Escalation:
+    """The Escalate request for an engine's ``Escalate`` action."""
+    wire_votes = [convert.vote_to_proto(v) for v in votes][:MAX_NEIGHBOURS]
+    return manager_pb2.Escalation(
+        encoder_id=action.outcome.proposal.proposer,
+        proposal=convert.proposal_to_proto(action.outcome.proposal),
+        votes=wire_votes,
+        neighbour_count=min(MAX_NEIGHBOURS, max(neighbour_count, len(wire_votes))),
+        sent_unix_ns=sent_unix_ns,
+    )
+
+
+class _StreamEnded(Exception):  # noqa: N818 -- an outcome, not an error of this program
+    """The report stream ended; reconnect after a backoff."""
+
+
+class ManagerLink:
+    """Keeps a ReportHealth stream to the manager and sends escalations.
+
+    Args:
+        address: the manager's ``host:port``.
+        report: builds the next report (called every ``interval`` seconds).
+        interval: seconds between reports.
+        backoff_base: first reconnect delay ceiling, seconds; doubles per failed attempt.
+        backoff_cap: largest reconnect delay, seconds.
+        rng: source of the backoff jitter.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        report: Callable[[], manager_pb2.HealthReport],
+        *,
+        interval: float = DEFAULT_REPORT_INTERVAL,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.address = address
+        self._report = report
+        self._interval = interval
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._rng = rng if rng is not None else random.Random()
+        self._channel: Any = None
+        #: Reports written, streams opened, and escalations answered by verdict name.
+        self.reports_sent = 0
+        self.streams = 0
+        self.verdicts: dict[str, int] = {}
+
+    def _stub(self) -> manager_pb2_grpc.MeshManagerStub:
+        if self._channel is None:
+            self._channel = insecure_channel(self.address)
+        return manager_pb2_grpc.MeshManagerStub(self._channel)
+
+    def _backoff(self, state: RetryCallState) -> float:
+        exponent = min(state.attempt_number - 1, 30)
+        ceiling = min(self._backoff_cap, self._backoff_base * 2.0**exponent)
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    @staticmethod
+    def _log_retry(state: RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        log.log(
+            logging.INFO if state.attempt_number == 1 else logging.DEBUG,
+            "health stream to the manager: attempt %d failed (%s); retrying",
+            state.attempt_number,
+            error,
+        )
+
+    async def run(self) -> None:
+        """Keep the report stream open until cancelled."""
+        while True:
+            retrying = AsyncRetrying(
+                wait=self._backoff,
+                retry=retry_if_exception_type(_StreamEnded),
+                stop=stop_never,
+                before_sleep=self._log_retry,
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    await self._stream_once()
+
+    async def _reports(self) -> AsyncIterator[manager_pb2.HealthReport]:
+        while True:
+            try:
+                report = self._report()
+            except Exception:
+                log.exception("could not build a health report")
+            else:
+                self.reports_sent += 1
+                yield report
+            await asyncio.sleep(self._interval)
+
+    async def _stream_once(self) -> None:
+        started = time.monotonic()
+        call = self._stub().ReportHealth(self._reports())
+        self.streams += 1
+        try:
+            await call
+            why = "the manager closed it"
+        except grpc.aio.AioRpcError as exc:
+            why = f"{exc.code().name}: {exc.details()}"
+        finally:
+            call.cancel()
+        lasted = time.monotonic() - started
+        if lasted < self._backoff_cap:
+            raise _StreamEnded(why)
+        log.info("health stream to the manager ended after %.1f s (%s); reconnecting", lasted, why)
+        await asyncio.sleep(self._rng.uniform(0.0, self._backoff_base))
+
+    async def escalate(
+        self, request: manager_pb2.Escalation, timeout: float = ESCALATION_TIMEOUT
+    ) -> manager_pb2.EscalationAck | None:
+        """Ask the manager to judge a proposal; None when it cannot answer in time."""
+        try:
+            ack: manager_pb2.EscalationAck = await self._stub().Escalate(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "escalation of proposal %d not answered (%s: %s); keeping the timeline",
+                request.proposal.proposal_id,
+                exc.code().name,
+                exc.details(),
+            )
+            return None
+        name = manager_pb2.EscalationVerdict.Name(ack.verdict)
+        self.verdicts[name] = self.verdicts.get(name, 0) + 1
+        return ack
+
+    async def close(self) -> None:
+        """Close the channel (cancel :meth:`run` first)."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.close()

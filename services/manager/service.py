@@ -1,0 +1,664 @@
+"""The Mesh Manager's shell: the planning core driven by gRPC, member watches and a clock.
+
+Theory of operation
+-------------------
+:class:`ManagerShell` owns one :class:`~meshenc.core.planner.MeshManager` and is its only
+caller. Everything runs on one event loop, so the core is never entered concurrently. Inputs:
+
+- member events from the actuator (:meth:`Actuator.members`: pods, or registration keys under
+  their leases) → ``EncoderJoined`` / ``EncoderLeft``;
+- health reports (``ReportHealth`` streams) → ``HealthReported``, stamped with the loop's clock
+  on receipt (an encoder's own clock never decides liveness);
+- escalations (``Escalate``) → ``Escalated``; the ``EscalationJudged`` that comes back is the
+  RPC's answer;
+- a tick every ``tick_interval`` seconds, and at once after a membership change (so a failure is
+  planned around without waiting for the next tick).
+
+Decisions are carried out in the core's documented order: removals, isolations and avoided
+links are logged; ``TopologyChanged`` and ``SegmentsChanged`` become one
+:class:`~meshenc.wire.adjacency.AdjacencyDocument` per encoder, published through the actuator
+and then to every ``WatchTopology`` stream; ``PlacementChanged`` is kept and logged;
+``EscalationJudged`` is returned only after the epoch it names is published.
+
+Failure reaction, besides the core's own (silence, broken streams, bad links): an encoder whose
+health stream ends, and which opens no new one within ``reconnect_grace`` seconds, is taken out
+of the mesh (``EncoderLeft``). A killed process closes its TCP connections at once, so this is
+the fastest sign of death the manager gets; the grace keeps a manager or network blip from
+rewiring anyone who reconnects at once. A member that left this way is admitted again when it
+opens a new stream; one whose registration ends (lease expired, pod deleted) leaves for good.
+
+Epochs: the core counts epochs from 1 for each activation; the shell publishes ``base + core
+epoch``, where ``base`` is the highest epoch already published when this manager became active
+(:meth:`Actuator.published_epoch`), so the published epoch never goes back across a restart or
+a takeover. Encoders report published epochs; the shell maps them back for the core.
+
+Invariants:
+
+1. The core is only called from the event loop, with non-decreasing times.
+2. A watcher never receives an epoch the actuator was not asked to publish first, and epochs on
+   one watch stream strictly increase.
+3. An escalation's answer names an epoch that is already published (or whose publication
+   failed and is logged, and will be retried on the next tick).
+4. A standby (inactive) shell feeds nothing to a core and writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from meshenc.core.planner import (
+    EncoderIsolated,
+    EncoderJoined,
+    EncoderLeft,
+    EncoderRemoved,
+    Escalated,
+    EscalationJudged,
+    EscalationVerdict,
+    LinkAvoided,
+    ManagerConfig,
+    MeshManager,
+    PlacementChanged,
+    SegmentInfo,
+    SegmentsChanged,
+    TopologyChanged,
+    WorkUnitsSet,
+)
+from meshenc.core.planner.health import HealthReported, LinkSample
+from meshenc.core.planner.placement import WorkUnit
+from meshenc.v1 import manager_pb2
+from meshenc.wire import convert
+from meshenc.wire.adjacency import AdjacencyDocument
+from meshenc.wire.validation import MAX_REASON_LENGTH
+from services.common import telemetry
+from services.manager.actuators import (
+    Actuator,
+    ActuatorError,
+    MemberJoined,
+    MemberLeft,
+    StalePlanError,
+)
+
+__all__ = [
+    "DEFAULT_RECONNECT_GRACE",
+    "DEFAULT_TICK_INTERVAL",
+    "ManagerShell",
+    "NotActiveError",
+    "UnknownError",
+    "health_from_proto",
+]
+
+log = logging.getLogger("meshenc.manager")
+
+DEFAULT_TICK_INTERVAL = 0.5
+"""Seconds between the core's ticks (it asks for about one a second; more often costs little
+and halves the delay of failure decisions made on ticks)."""
+DEFAULT_RECONNECT_GRACE = 0.5
+"""Seconds an encoder whose health stream ended has to open a new one before it is taken out."""
+WATCH_QUEUE = 64
+"""Topology updates queued per watcher; a watcher that falls further behind loses the oldest
+(each update is a complete topology, so the newest is what matters)."""
+MEMBERS_RETRY = 1.0
+"""Seconds before following the actuator's members again after the watch failed."""
+
+_VERDICTS = {
+    EscalationVerdict.APPLY: manager_pb2.ESCALATION_VERDICT_APPLY,
+    EscalationVerdict.REJECT: manager_pb2.ESCALATION_VERDICT_REJECT,
+    EscalationVerdict.DEFER: manager_pb2.ESCALATION_VERDICT_DEFER,
+}
+
+
+class NotActiveError(RuntimeError):
+    """This manager is a standby: it takes no reports or escalations (FAILED_PRECONDITION)."""
+
+
+class UnknownError(LookupError):
+    """A query named an encoder or segment the manager does not know (NOT_FOUND)."""
+
+
+def _clip(text: str) -> str:
+    """A reason as the wire allows it: one line, at most ``MAX_REASON_LENGTH`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REASON_LENGTH else text[: MAX_REASON_LENGTH - 3] + "..."
+
+
+def health_from_proto(
+    msg: manager_pb2.HealthReport, at: float, topology_epoch: int
+) -> HealthReported:
+    """The core form of a (validated) health report received at ``at`` (manager's clock).
+
+    ``topology_epoch`` is the report's epoch already mapped to the core's numbering.
+    """
+    return HealthReported(
+        encoder_id=msg.encoder_id,
+        at=at,
+        confidence=msg.confidence,
+        load=msg.cpu_load,
+        encode_latency=convert.us_to_seconds(msg.encode_latency_us),
+        topology_epoch=topology_epoch,
+        links=tuple(
+            LinkSample(
+                neighbour_id=link.neighbour_id,
+                rtt=convert.us_to_seconds(link.rtt_us),
+                jitter=convert.us_to_seconds(link.jitter_us),
+                connected=link.connected if link.HasField("connected") else True,
+            )
+            for link in msg.links
+        ),
+    )
+
+
+@dataclass(eq=False, slots=True)
+class _Watcher:
+    """One WatchTopology stream: its filter and its queue of (topology, reason)."""
+
+    encoder_id: str
+    queue: asyncio.Queue[tuple[manager_pb2.Topology, str] | None]
+    dropped: int = 0
+
+
+class ManagerShell:
+    """Runs the planning core against an actuator; the servicer's single point of contact.
+
+    Args:
+        actuator: where documents go and members come from.
+        config: the core's thresholds and planner settings.
+        work_units: the work to place (each on ``redundancy`` encoders).
+        tick_interval: seconds between ticks.
+        reconnect_grace: seconds a member whose health stream ended may take to reconnect.
+        clock: the manager's clock in seconds (default: the running loop's monotonic clock).
+    """
+
+    def __init__(
+        self,
+        actuator: Actuator,
+        config: ManagerConfig | None = None,
+        *,
+        work_units: Sequence[WorkUnit] = (),
+        tick_interval: float = DEFAULT_TICK_INTERVAL,
+        reconnect_grace: float = DEFAULT_RECONNECT_GRACE,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        for name, value in (("tick_interval", tick_interval), ("reconnect_grace", reconnect_grace)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be positive and finite, got {value!r}")
+        self._actuator = actuator
+        self._config = config or ManagerConfig()
+        self._work_units = tuple(work_units)
+        self._tick_interval = tick_interval
+        self._reconnect_grace = reconnect_grace
+        self._clock = clock
+        self._core = MeshManager(self._config)
+        self._active = False
+        self._base_epoch = 0
+        self._members: dict[str, MemberJoined] = {}  # registered (actuator), whether planned or not
+        self._in_mesh: set[str] = set()  # EncoderJoined given to the core, no EncoderLeft since
+        self._addresses: dict[str, str] = {}
+        self._streams: Counter[str] = Counter()
+        self._departures: dict[str, asyncio.TimerHandle] = {}
+        self._unregistered_warned: set[str] = set()
+        self._topology = manager_pb2.Topology()
+        self._reason = ""
+        self._segments: tuple[SegmentInfo, ...] = ()
+        self._segments_epoch = 0
+        self._placement: Mapping[str, tuple[str, ...]] = {}
+        self._documents: dict[str, AdjacencyDocument] = {}
+        self._dirty = False
+        self._published: tuple[manager_pb2.Topology, str] | None = None
+        self._published_segments = manager_pb2.SegmentMap()
+        self._publish_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._watchers: set[_Watcher] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Reports the core took, per encoder (for the HealthAck and for tests).
+        self.reports: Counter[str] = Counter()
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """Whether this manager drives the mesh (False: a standby)."""
+        return self._active
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the published topology (0 before the first publication)."""
+        return 0 if self._published is None else self._published[0].epoch
+
+    @property
+    def members(self) -> list[str]:
+        """Encoders in the mesh as the core plans it (sorted)."""
+        return self._core.members
+
+    @property
+    def placement(self) -> Mapping[str, tuple[str, ...]]:
+        """Work unit id → the encoders that run it, as last planned."""
+        return self._placement
+
+    def now(self) -> float:
+        """The manager's clock, seconds."""
+        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+
+    def _published_epoch(self, core_epoch: int) -> int:
+        return self._base_epoch + core_epoch if core_epoch else 0
+
+    def _core_epoch(self, published: int) -> int:
+        """A reported (published) epoch in the core's numbering; 0 if not this activation's."""
+        core = published - self._base_epoch
+        return core if 0 < core <= self._core.epoch else 0
+
+    # -- activation --------------------------------------------------------------------------
+
+    async def activate(self) -> None:
+        """Become the active manager: continue above the published epoch, follow members, tick.
+
+        Raises:
+            ActuatorError: the published epoch could not be read (stay standby, try again).
+        """
+        if self._active:
+            return
+        self._base_epoch = await self._actuator.published_epoch()
+        self._core = MeshManager(self._config)
+        self._members.clear()
+        self._in_mesh.clear()
+        self._documents = {}
+        self._dirty = False
+        now = self.now()
+        if self._work_units:
+            self._core.step(WorkUnitsSet(self._work_units, now))
+        self._active = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._follow_members(), name="manager-members"),
+            loop.create_task(self._tick_loop(), name="manager-ticks"),
+        ]
+        log.info("active: continuing above published epoch %d", self._base_epoch)
+
+    async def deactivate(self) -> None:
+        """Become a standby: stop driving the core, end the watch streams."""
+        was_active, self._active = self._active, False
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for handle in self._departures.values():
+            handle.cancel()
+        self._departures.clear()
+        for watcher in list(self._watchers):
+            watcher.queue.put_nowait(None)  # ends the stream; unbounded room for the sentinel
+        if was_active:
+            log.info("standby: no longer driving the mesh")
+
+    async def close(self) -> None:
+        """Deactivate and release the actuator."""
+        await self.deactivate()
+        await self._actuator.close()
+
+    # -- membership --------------------------------------------------------------------------
+
+    async def _follow_members(self) -> None:
+        while True:
+            try:
+                async for event in self._actuator.members():
+                    if isinstance(event, MemberJoined):
+                        self._member_joined(event)
+                    elif isinstance(event, MemberLeft):
+                        self._member_left(event.encoder)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("following the encoders failed; following again")
+            await asyncio.sleep(MEMBERS_RETRY)
+
+    def _member_joined(self, member: MemberJoined) -> None:
+        changed = self._members.get(member.encoder) != member
+        self._members[member.encoder] = member
+        if changed and member.encoder in self._in_mesh:
+            self._in_mesh.discard(member.encoder)  # re-join with the new address/zone/capacity
+        self._admit(member.encoder)
+
+    def _member_left(self, encoder: str) -> None:
+        self._members.pop(encoder, None)
+        self._cancel_departure(encoder)
+        self._leave(encoder, "its registration ended")
+
+    def _admit(self, encoder: str) -> None:
+        member = self._members.get(encoder)
+        if member is None or encoder in self._in_mesh or not self._active:
+            return
+        self._in_mesh.add(encoder)
+        self._addresses[encoder] = member.address
+        self._core.step(
+            EncoderJoined(
+                encoder_id=encoder,
+                at=self.now(),
+                address=member.address,
+                zone=member.zone,
+                capacity=member.capacity,
+            )
+        )
+        log.info(
+            "%s joins at %s (zone %r, capacity %d)",
+            encoder,
+            member.address,
+            member.zone,
+            member.capacity,
+        )
+        self._wake.set()
+
+    def _leave(self, encoder: str, why: str) -> None:
+        if encoder not in self._in_mesh or not self._active:
+            return
+        self._in_mesh.discard(encoder)
+        self._core.step(EncoderLeft(encoder, self.now()))
+        log.warning("%s leaves the mesh: %s", encoder, why)
+        self._wake.set()
+
+    def _cancel_departure(self, encoder: str) -> None:
+        handle = self._departures.pop(encoder, None)
+        if handle is not None:
+            handle.cancel()
+
+    def stream_opened(self, encoder: str) -> None:
+        """A ReportHealth stream from ``encoder`` delivered its first valid report."""
+        self._streams[encoder] += 1
+        self._cancel_departure(encoder)
+        if encoder not in self._members and encoder not in self._unregistered_warned:
+            self._unregistered_warned.add(encoder)
+            log.info("%s reports but is not registered (yet): its reports wait for that", encoder)
+        self._admit(encoder)
+
+    def stream_closed(self, encoder: str) -> None:
+        """A ReportHealth stream from ``encoder`` (opened with :meth:`stream_opened`) ended."""
+        self._streams[encoder] -= 1
+        if self._streams[encoder] > 0:
+            return
+        del self._streams[encoder]
+        if not self._active or encoder not in self._in_mesh:
+            return
+        self._cancel_departure(encoder)
+        loop = asyncio.get_running_loop()
+        self._departures[encoder] = loop.call_later(
+            self._reconnect_grace, self._stream_gone, encoder
+        )
+
+    def _stream_gone(self, encoder: str) -> None:
+        self._departures.pop(encoder, None)
+        if self._streams[encoder] == 0:
+            self._leave(
+                encoder,
+                f"its health stream ended and no new one came within {self._reconnect_grace:g} s",
+            )
+
+    # -- inputs from the RPCs -----------------------------------------------------------------
+
+    def _require_active(self) -> None:
+        if not self._active:
+            raise NotActiveError("this manager is a standby; ask the active one")
+
+    def report(self, msg: manager_pb2.HealthReport) -> None:
+        """Feed one (validated) health report to the core.
+
+        Raises:
+            NotActiveError: on a standby.
+            ValueError: the report breaks a rule of the core's (the stream is refused).
+        """
+        self._require_active()
+        event = health_from_proto(msg, self.now(), self._core_epoch(msg.topology_epoch))
+        self._core.step(event)
+        self.reports[msg.encoder_id] += 1
+
+    async def escalate(self, msg: manager_pb2.Escalation) -> manager_pb2.EscalationAck:
+        """Judge a (validated) escalation; answer once the epoch it names is published.
+
+        Raises:
+            NotActiveError: on a standby.
+            ValueError: the escalation breaks a rule of the core's.
+        """
+        self._require_active()
+        event = Escalated(
+            encoder_id=msg.encoder_id,
+            proposal=convert.proposal_from_proto(msg.proposal),
+            votes=tuple(convert.vote_from_proto(v) for v in msg.votes),
+            neighbour_count=msg.neighbour_count,
+            at=self.now(),
+        )
+        with telemetry.planning("escalation") as plan:
+            decisions = plan.record(self._core.step(event))
+        judged = self._carry_out(decisions)
+        await self._flush()
+        if judged is None:  # the core answers every escalation; this guards the mapping only
+            raise RuntimeError("the core returned no verdict")
+        log.info(
+            "escalation %d from %s: %s (%s)",
+            judged.proposal_id,
+            judged.encoder_id,
+            judged.verdict.value,
+            judged.reason,
+        )
+        return manager_pb2.EscalationAck(
+            verdict=_VERDICTS[judged.verdict],
+            reason=_clip(judged.reason),
+            topology_epoch=self._published_epoch(judged.topology_epoch),
+        )
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def topology(self, encoder_id: str = "") -> manager_pb2.Topology:
+        """The published topology, or one encoder's part of it (what encoders can read).
+
+        Raises:
+            UnknownError: ``encoder_id`` is not in the published topology.
+        """
+        published = manager_pb2.Topology() if self._published is None else self._published[0]
+        return _filtered(published, encoder_id, strict=True)
+
+    def segments(self, segment_id: str = "") -> manager_pb2.SegmentMap:
+        """The published segment map, or one segment of it.
+
+        Raises:
+            UnknownError: ``segment_id`` is not a published segment.
+        """
+        published = self._published_segments
+        if not segment_id:
+            return published
+        chosen = [s for s in published.segments if s.segment_id == segment_id]
+        if not chosen:
+            raise UnknownError(f"no segment {segment_id!r} in epoch {published.topology_epoch}")
+        return manager_pb2.SegmentMap(segments=chosen, topology_epoch=published.topology_epoch)
+
+    async def watch(
+        self, after_epoch: int, encoder_id: str = ""
+    ) -> AsyncIterator[manager_pb2.TopologyUpdate]:
+        """The published topology now (if newer than ``after_epoch``), then every new one.
+
+        Ends when the manager stops being active.
+        """
+        watcher = _Watcher(encoder_id, asyncio.Queue())
+        self._watchers.add(watcher)
+        try:
+            last = after_epoch
+            if self._published is not None:
+                watcher.queue.put_nowait(self._published)
+            while self._active:
+                item = await watcher.queue.get()
+                if item is None:
+                    return
+                topology, reason = item
+                if topology.epoch <= last:
+                    continue
+                last = topology.epoch
+                yield manager_pb2.TopologyUpdate(
+                    topology=_filtered(topology, encoder_id, strict=False), reason=reason
+                )
+        finally:
+            self._watchers.discard(watcher)
+
+    @property
+    def watchers(self) -> int:
+        """Open WatchTopology streams."""
+        return len(self._watchers)
+
+    # -- ticks and decisions -------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._tick_interval)
+            self._wake.clear()
+            try:
+                with telemetry.planning("tick") as plan:
+                    decisions = plan.record(self._core.tick(self.now()))
+                self._carry_out(decisions)
+                await self._flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("a tick failed; the next one tries again")
+
+    def _carry_out(self, decisions: Sequence[object]) -> EscalationJudged | None:
+        """Apply the core's decisions to the shell's state, in their order; returns the verdict."""
+        judged = None
+        for decision in decisions:
+            if isinstance(decision, EncoderRemoved):
+                log.warning("%s removed: %s", decision.encoder_id, decision.reason)
+            elif isinstance(decision, EncoderIsolated):
+                log.warning("%s isolated: %s", decision.encoder_id, decision.reason)
+            elif isinstance(decision, LinkAvoided):
+                log.warning("link %s-%s avoided: %s", decision.a, decision.b, decision.reason)
+            elif isinstance(decision, TopologyChanged):
+                epoch = self._published_epoch(decision.epoch)
+                self._topology = manager_pb2.Topology(
+                    epoch=epoch,
+                    adjacency=[
+                        manager_pb2.Adjacency(encoder_id=node, neighbour_ids=list(neighbours))
+                        for node, neighbours in sorted(decision.adjacency.items())
+                    ],
+                )
+                self._reason = _clip(decision.reason)
+                self._dirty = True
+                log.info(
+                    "epoch %d: %d encoders, +%d/-%d links, survives any single failure: %s (%s)",
+                    epoch,
+                    len(decision.adjacency),
+                    decision.links_added,
+                    decision.links_removed,
+                    "yes" if decision.survives_any_single_failure else "NO",
+                    decision.reason,
+                )
+            elif isinstance(decision, SegmentsChanged):
+                self._segments = decision.segments
+                self._segments_epoch = decision.topology_epoch
+                self._dirty = True
+            elif isinstance(decision, PlacementChanged):
+                self._placement = decision.assignments
+                log.info(
+                    "work placed: %d moves, %d under-replicated (%s): %s",
+                    decision.moves,
+                    len(decision.under_replicated),
+                    decision.reason,
+                    ", ".join(
+                        f"{u}→{'+'.join(h)}" for u, h in sorted(decision.assignments.items())
+                    ),
+                )
+            elif isinstance(decision, EscalationJudged):
+                judged = decision
+        if self._dirty:
+            self._documents = self._build_documents()
+        return judged
+
+    def _build_documents(self) -> dict[str, AdjacencyDocument]:
+        epoch = self._topology.epoch
+        if epoch == 0:
+            return {}
+        segment_of: dict[str, SegmentInfo] = {}
+        for segment in self._segments:
+            for member in segment.members:
+                segment_of[member] = segment
+        documents = {}
+        for adjacency in self._topology.adjacency:
+            node = adjacency.encoder_id
+            mine = segment_of.get(node)
+            documents[node] = AdjacencyDocument(
+                epoch=epoch,
+                encoder=node,
+                neighbours={n: self._addresses[n] for n in adjacency.neighbour_ids},
+                segment=mine.segment_id if mine else "",
+                leader=mine.leader_id if mine else "",
+            )
+        return documents
+
+    async def _flush(self) -> None:
+        """Publish the newest documents (once), then tell the watchers."""
+        async with self._publish_lock:
+            if not self._dirty or not self._active:
+                return
+            self._dirty = False
+            documents, topology, reason = self._documents, self._topology, self._reason
+            segments = self._segment_map()
+            try:
+                await self._actuator.publish(documents)
+            except StalePlanError as exc:
+                # Someone published a newer epoch: move above it and publish again next tick.
+                self._base_epoch += exc.stored - topology.epoch + 1
+                self._renumber()
+                self._dirty = True
+                log.error("%s; renumbering above it", exc)
+                return
+            except ActuatorError as exc:
+                self._dirty = True
+                log.error(
+                    "could not publish epoch %d (retrying on the next tick): %s",
+                    topology.epoch,
+                    exc,
+                )
+                return
+            self._published_segments = segments
+            if self._published is None or self._published[0].epoch != topology.epoch:
+                self._published = (topology, reason)
+                for watcher in self._watchers:
+                    if watcher.queue.qsize() >= WATCH_QUEUE:
+                        watcher.queue.get_nowait()
+                        watcher.dropped += 1
+                    watcher.queue.put_nowait((topology, reason))
+
+    def _segment_map(self) -> manager_pb2.SegmentMap:
+        return manager_pb2.SegmentMap(
+            segments=[
+                manager_pb2.Segment(
+                    segment_id=s.segment_id,
+                    member_ids=list(s.members),
+                    leader_id=s.leader_id,
+                    leader_revision=s.leader_revision,
+                )
+                for s in self._segments
+            ],
+            topology_epoch=self._published_epoch(self._segments_epoch),
+        )
+
+    def _renumber(self) -> None:
+        """Restamp the current topology and documents after ``_base_epoch`` moved."""
+        epoch = self._published_epoch(self._core.epoch)
+        self._topology = manager_pb2.Topology(epoch=epoch, adjacency=self._topology.adjacency)
+        self._documents = self._build_documents()
+
+
+def _filtered(
+    topology: manager_pb2.Topology, encoder_id: str, *, strict: bool
+) -> manager_pb2.Topology:
+    """``topology``, or only ``encoder_id``'s adjacency (empty when it is not in the mesh)."""
+    if not encoder_id:
+        return topology
+    mine = [a for a in topology.adjacency if a.encoder_id == encoder_id]
+    if strict and not mine:
+        raise UnknownError(
+            f"encoder {encoder_id!r} is not in the topology of epoch {topology.epoch}"
+        )
+    return manager_pb2.Topology(epoch=topology.epoch, adjacency=mine)

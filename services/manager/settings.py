@@ -1,0 +1,151 @@
+"""The manager's settings: one validated model, filled from flags or environment variables.
+
+Every flag of ``meshenc manager`` has an environment variable of the same meaning
+(``--listen`` ↔ ``MESHENC_LISTEN``); the Helm chart sets the variables. Values are validated
+once at start, and a bad one stops the manager with a message that names it.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from meshenc.core.planner import ManagerConfig, PlannerConfig
+from meshenc.core.planner.placement import WorkUnit
+from meshenc.core.planner.topology import TopologyConfig
+from meshenc.wire.adjacency import EtcdLayout
+from services.manager.service import DEFAULT_RECONNECT_GRACE, DEFAULT_TICK_INTERVAL
+
+__all__ = ["DEFAULT_LISTEN", "ActuatorKind", "ManagerSettings", "parse_work_units"]
+
+DEFAULT_LISTEN = "0.0.0.0:7600"
+"""Where the manager serves by default (the chart's manager port)."""
+
+_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+_ENDPOINT = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes object name
+
+
+class ActuatorKind(StrEnum):
+    """Where decisions go: etcd keys (embedded mode) or ConfigMaps (Kubernetes)."""
+
+    EMBEDDED = "embedded"
+    KUBERNETES = "kubernetes"
+
+
+def parse_work_units(text: str) -> tuple[WorkUnit, ...]:
+    """``"news/720p,news/360p"`` → work units; ValueError naming a malformed item."""
+    units = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        channel, sep, rendition = item.partition("/")
+        if not sep:
+            raise ValueError(f"work unit {item!r} must be CHANNEL/RENDITION")
+        units.append(WorkUnit(channel, rendition))
+    return tuple(units)
+
+
+class ManagerSettings(BaseModel):
+    """Everything one manager process needs to know at start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: str = DEFAULT_LISTEN
+    actuator: ActuatorKind
+    #: etcd: where decisions go in embedded mode, and the HA election in both modes.
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_prefix: str = "/meshenc"
+    etcd_ca: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    #: Kubernetes: the encoders' namespace and StatefulSet.
+    namespace: str | None = None
+    encoder_statefulset: str | None = None
+    autoscale_min: Annotated[int, Field(ge=0)] | None = None
+    autoscale_max: Annotated[int, Field(ge=0)] | None = None
+    degree_min: Annotated[int, Field(ge=2, le=64)] = 3
+    degree_max: Annotated[int, Field(ge=2, le=64)] = 7
+    #: Seconds without a health report before an encoder is taken out.
+    report_timeout: Annotated[float, Field(gt=0.0, le=3600.0)] = 5.0
+    #: Seconds an encoder whose health stream ended may take to open a new one.
+    reconnect_grace: Annotated[float, Field(gt=0.0, le=3600.0)] = DEFAULT_RECONNECT_GRACE
+    tick_interval: Annotated[float, Field(gt=0.0, le=60.0)] = DEFAULT_TICK_INTERVAL
+    work_units: tuple[WorkUnit, ...] = ()
+    #: HOST:PORT of the Prometheus metrics endpoint; off when None.
+    metrics_listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        match = _ADDRESS.match(value)
+        if not match or not 0 <= int(match.group(2)) < 65536:
+            raise ValueError(f"must be HOST:PORT with a port in 0..65535, got {value!r}")
+        return value
+
+    @field_validator("etcd_endpoints")
+    @classmethod
+    def _endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for endpoint in value:
+            match = _ENDPOINT.match(endpoint)
+            if not match or not 1 <= int(match.group(2)) < 65536:
+                raise ValueError(f"etcd endpoint {endpoint!r} must be http(s)://HOST:PORT")
+        return value
+
+    @field_validator("etcd_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        EtcdLayout(value)  # the one rule for prefixes
+        return value
+
+    @field_validator("namespace", "encoder_statefulset")
+    @classmethod
+    def _object_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError(f"must be a Kubernetes name (lower-case, digits, '-'), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.actuator is ActuatorKind.EMBEDDED and not self.etcd_endpoints:
+            raise ValueError("the embedded actuator needs --etcd (MESHENC_ETCD_ENDPOINTS)")
+        if self.actuator is ActuatorKind.KUBERNETES and not self.encoder_statefulset:
+            raise ValueError(
+                "the kubernetes actuator needs --encoder-statefulset (MESHENC_ENCODER_STATEFULSET)"
+            )
+        if (self.autoscale_min is None) != (self.autoscale_max is None):
+            raise ValueError("--autoscale-min and --autoscale-max go together")
+        bounds = self.scale_bounds
+        if bounds is not None and bounds[0] > bounds[1]:
+            raise ValueError("--autoscale-min must not exceed --autoscale-max")
+        if self.degree_min > self.degree_max:
+            raise ValueError("--degree-min must not exceed --degree-max")
+        if (self.etcd_cert is None) != (self.etcd_key is None):
+            raise ValueError("--etcd-cert and --etcd-key go together")
+        for name in ("etcd_ca", "etcd_cert", "etcd_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name.replace('_', ' ')} file {str(path)!r} does not exist")
+        return self
+
+    @property
+    def scale_bounds(self) -> tuple[int, int] | None:
+        """(min, max) encoders the manager may scale to; None when autoscaling is off."""
+        if self.autoscale_min is None or self.autoscale_max is None:
+            return None
+        return self.autoscale_min, self.autoscale_max
+
+    def core_config(self) -> ManagerConfig:
+        """The planning core's settings from these flags."""
+        target = min(max(TopologyConfig().target_degree, self.degree_min), self.degree_max)
+        topology = TopologyConfig(
+            min_degree=self.degree_min,
+            max_degree=self.degree_max,
+            target_degree=target,
+            candidates=max(TopologyConfig().candidates, self.degree_max),
+        )
+        return ManagerConfig(
+            planner=PlannerConfig(topology=topology), report_timeout=self.report_timeout
+        )
