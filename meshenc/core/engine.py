@@ -28,7 +28,8 @@ error ``E``:
 Locking in, every move is a correction; locked, the policy decides (predictive acts on the
 error predicted ``horizon`` ahead and steers the label rate; reactive acts past the half-frame
 boundary). Significant corrections go to the neighbours' vote (``ProposalBook``); the rest apply
-at once. Rejected or unanswered proposals are escalated. ``docs/sync.md`` explains the choices.
+at once. A locked encoder's rejected or unanswered proposals are escalated (locking in,
+rejections are routine and only delay the next try). ``docs/sync.md`` explains the choices.
 
 The engine never reads a clock and never does IO: every method takes ``now`` (seconds on
 this encoder's clock) and returns or queues what the shell must do. Actions queue up in
@@ -138,6 +139,8 @@ class EngineConfig:
     #: trouble: everyone moves at once, and each neighbour judges from its own, still noisy,
     #: view of where the mean is.
     lock_in_retry_backoff: float = 0.7
+    #: A manager's APPLY verdict on an escalated plan counts only this long after the vote.
+    escalation_expiry: float = 1.0
     #: Unmatched fingerprints kept per neighbour, and own frames kept for matching.
     history: int = 64
     #: Every n-th ESP echoes the neighbour's last send time (for RTT).
@@ -174,7 +177,8 @@ class SendVote:
 
 @dataclass(frozen=True, slots=True)
 class Escalate:
-    """A proposal was rejected or timed out: tell the Mesh Manager (or log, without one)."""
+    """A locked encoder's proposal was rejected or timed out: tell the Mesh Manager (or log,
+    without one). Its verdict may come back through ``SyncEngine.apply_escalated``."""
 
     outcome: Outcome
     error: float
@@ -347,6 +351,7 @@ class SyncEngine:
         self._proposals = ProposalBook()
         self._proposal_ids = 0
         self._open: tuple[int, PlannedCorrection, float] | None = None
+        self._escalated: tuple[int, PlannedCorrection, float] | None = None
         self._schedule = ParameterSchedule(config.bitrate_kbps)
         self._parameter_proposals: dict[int, ParameterChange] = {}
         self._quiet_until = -math.inf
@@ -760,10 +765,35 @@ class SyncEngine:
         if outcome.verdict is Verdict.ACCEPTED:
             self._apply(now, plan, outcome.proposal.proposal_id)
             return
-        self._escalations += 1
         cfg = self.config
-        self._quiet_until = now + (cfg.retry_backoff if self._locked else cfg.lock_in_retry_backoff)
+        if not self._locked:
+            # While locking in, turned-down moves are the norm (everyone moves at once, each
+            # judging from its own noisy view): nothing for the manager to judge.
+            self._quiet_until = now + cfg.lock_in_retry_backoff
+            return
+        self._quiet_until = now + cfg.retry_backoff
+        self._escalations += 1
+        self._escalated = (outcome.proposal.proposal_id, plan, now)
         self._actions.append(Escalate(outcome, error))
+
+    def apply_escalated(self, now: float, proposal_id: int) -> bool:
+        """The Mesh Manager ruled that an escalated proposal applies after all.
+
+        Only the newest escalated plan can be applied, only while no own proposal is open and
+        within ``escalation_expiry`` of the vote: a verdict on an older plan would move the
+        label by a shift computed for a moment that has passed. Returns whether it applied.
+        """
+        escalated = self._escalated
+        if (
+            escalated is None
+            or escalated[0] != proposal_id
+            or self._open is not None
+            or now - escalated[2] > self.config.escalation_expiry
+        ):
+            return False
+        self._escalated = None
+        self._apply(now, escalated[1], proposal_id)
+        return True
 
     def _apply(self, now: float, plan: PlannedCorrection, proposal_id: int) -> None:
         self._corr = self.correction(now) + plan.shift

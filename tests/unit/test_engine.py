@@ -183,7 +183,9 @@ def test_locking_in_does_not_move_against_the_neighbours_votes() -> None:
     actions = _answering(engine, range(200), {n: (lambda _k: 2.3 * T) for n in "abc"}, False)
     big = [a for a in actions if isinstance(a, CorrectionApplied) and abs(a.shift) > T / 3]
     assert not big
-    assert [a for a in actions if isinstance(a, Escalate)]
+    # Turned-down lock-in moves are routine: nothing is escalated to the manager.
+    assert not [a for a in actions if isinstance(a, Escalate)]
+    assert not engine.snapshot(START + 200 * T).locked
 
 
 def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
@@ -207,6 +209,7 @@ def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
 
 def _locked_then_left_behind(
     votes: Callable[[ResyncProposal], list[ResyncVote]],
+    engine: SyncEngine | None = None,
 ) -> list[object]:
     """Lock with six neighbours, then have all six label pictures 0.48 frames later (they
     moved together, towards the end of the slot). Counting itself, the engine's neighbourhood
@@ -214,7 +217,7 @@ def _locked_then_left_behind(
     slot, while the spread stays under the relock limit: the engine keeps its lock and follows
     the mesh into the next slot, a whole-frame correction that needs a vote."""
     names = "abcdef"
-    engine = _engine(list(names))
+    engine = engine or _engine(list(names))
     _run(engine, range(120), {n: _zero for n in names})
     assert engine.snapshot(START + 120 * T).locked
     actions: list[object] = []
@@ -320,3 +323,20 @@ def test_a_locked_follower_takes_the_leaders_slot_the_others_hold_the_groups() -
     assert follower.snapshot(last).locked and loner.snapshot(last).locked
     assert follower.snapshot(last).timecode == FPS.slot(last + offsets["a"])
     assert loner.snapshot(last).timecode == FPS.slot(last + offsets["b"])
+
+
+def test_the_managers_apply_verdict_applies_the_escalated_plan_once() -> None:
+    def reject(p: ResyncProposal) -> list[ResyncVote]:
+        return [ResyncVote(p.proposer, p.proposal_id, n, False, 0.0) for n in "abcdef"]
+
+    engine = _engine(list("abcdef"))
+    actions = _locked_then_left_behind(reject, engine)
+    last = [a for a in actions if isinstance(a, Escalate)][-1]
+    pid = last.outcome.proposal.proposal_id
+    now = START + 240 * T  # within a second of the last vote's deadline
+    assert not engine.apply_escalated(now, pid + 1000)  # not a plan it escalated
+    assert engine.apply_escalated(now, pid)
+    applied = [a for a in engine.drain_actions() if isinstance(a, CorrectionApplied)]
+    assert [a.proposal_id for a in applied] == [pid]
+    assert applied[0].shift == last.outcome.proposal.shift
+    assert not engine.apply_escalated(now, pid)  # once only
