@@ -11,10 +11,12 @@ from meshenc.cli.bench_failover import bench_failover
 from meshenc.cli.bench_plan import bench_plan
 from meshenc.cli.encoder import encoder
 from meshenc.cli.health import health_check
+from meshenc.cli.inspect import events, segments, status, topology
 from meshenc.cli.manager import manager
 from meshenc.cli.registry import registry
 from meshenc.cli.report import report
 from meshenc.cli.sim import bench, sim
+from meshenc.cli.up import up
 from meshenc.cli.verify import verify
 
 
@@ -24,15 +26,23 @@ def cli() -> None:
     """meshenc: a mesh of live encoders that keep their outputs frame-locked."""
 
 
-cli.add_command(sim)
+# Running the mesh.
+cli.add_command(up)
 cli.add_command(encoder)
+cli.add_command(registry)
+cli.add_command(manager)
+# Looking at a running mesh and at its outputs.
+cli.add_command(status)
+cli.add_command(topology)
+cli.add_command(segments)
+cli.add_command(events)
+cli.add_command(verify)
+cli.add_command(report)
+cli.add_command(health_check)
+# The simulator and the benchmarks.
+cli.add_command(sim)
 cli.add_command(bench)
 bench.add_command(bench_encoder)
 bench.add_command(bench_failover)
-bench.add_command(bench_plan)
-cli.add_command(health_check)
-cli.add_command(verify)
-cli.add_command(report)
 bench.add_command(bench_dht)
-cli.add_command(registry)
-cli.add_command(manager)
+bench.add_command(bench_plan)

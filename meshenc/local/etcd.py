@@ -125,7 +125,11 @@ class EtcdProcess:
         if self._log is None and self._log_path is not None:
             self._log = self._log_path.open("ab")
         output: IO[bytes] | int = self._log if self._log is not None else subprocess.DEVNULL
-        self._process = subprocess.Popen(self._command(), stdout=output, stderr=output)
+        # Its own process group: a Ctrl-C in the terminal must not stop etcd before the
+        # encoders that depend on it have resigned; whoever started it stops it.
+        self._process = subprocess.Popen(
+            self._command(), stdout=output, stderr=output, process_group=0
+        )
         deadline = time.monotonic() + self._start_timeout
         while not self._healthy():
             code = self._process.poll()

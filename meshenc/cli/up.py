@@ -1,0 +1,453 @@
+"""``meshenc up``: run the local mesh (embedded mode) with a live view, then write its report.
+
+The run itself is :mod:`meshenc.local.demo`; this module is its command line and its view: a
+rich ``Live`` panel of encoders (injected clock, timecode, segment, lock, error now and
+predicted, leader, corrections), the newest segments' byte identity, the groups and their
+leaders, and a feed of kills, joins, leader changes and voted corrections. When the output is
+not a terminal, the feed is printed line by line instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console, Group, JustifyMethod, RenderableType
+from rich.live import Live
+from rich.logging import RichHandler
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from meshenc.cli.encoder import encoder as encoder_command
+from meshenc.cli.sim import console as make_console
+from services.encoder.settings import parse_size
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from meshenc.local.demo import DemoConfig, DemoRun, DemoState, Note, RunPlan
+    from meshenc.local.launcher import Launcher
+    from meshenc.report import Summary
+
+__all__ = ["render", "up"]
+
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as a shell reports it."""
+_REFRESH = 0.25
+_STRIP = 12
+
+
+def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return value
+
+
+@click.command()
+@click.option(
+    "--encoders",
+    "encoder_count",
+    type=click.IntRange(min=2, max=64),
+    default=6,
+    show_default=True,
+    help="Encoders at start (one more joins midway unless --no-faults).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=5.0, max=86_400.0),
+    default=90.0,
+    show_default=True,
+    help="Seconds the mesh runs (Ctrl-C ends it earlier, still with a report).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("out"),
+    show_default=True,
+    help="Run folder: per-encoder HLS, logs, events.jsonl, report.html, summary.json.",
+)
+@click.option(
+    "--source",
+    default=None,
+    help="File or URL to ingest (looped); default: the synthetic live source.",
+)
+@click.option(
+    "--no-sync",
+    is_flag=True,
+    help="Encoders keep no lock (timecodes from each one's drifting clock): drift unopposed.",
+)
+@click.option("--no-faults", is_flag=True, help="No kill -9 midway and no join.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the injected clock faults."
+)
+@click.option(
+    "--size", default="640x360", show_default=True, callback=_size, help="Output WIDTHxHEIGHT."
+)
+@click.option(
+    "--gop",
+    type=click.IntRange(min=1, max=10_000),
+    default=60,
+    show_default=True,
+    help="Frames per GOP (= per segment).",
+)
+@click.option("--fps", default="30", show_default=True, help="Frame rate: 30, 25, 30000/1001 ...")
+@click.option(
+    "--registries",
+    type=click.IntRange(min=0, max=16),
+    default=3,
+    show_default=True,
+    help="Registry replicas (the DHT).",
+)
+@click.option(
+    "--max-drift-ppm",
+    type=click.FloatRange(min=0.0, max=10_000.0),
+    default=100.0,
+    show_default=True,
+    help="Injected clock drifts are spread over ±this, each encoder different.",
+)
+@click.option(
+    "--jitter-ms",
+    type=click.FloatRange(min=0.0, max=1_000.0),
+    default=1.0,
+    show_default=True,
+    help="Injected capture-timestamp jitter of every encoder.",
+)
+@click.option(
+    "--kill-at",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Second of the kill -9 of the segment leader [default: 35 % of --duration].",
+)
+@click.option(
+    "--join-at",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Second a new encoder joins [default: 55 % of --duration].",
+)
+@click.option(
+    "--links",
+    type=click.Choice(["managed", "static"]),
+    default="managed",
+    show_default=True,
+    help="managed: the manager plans the mesh links and rewires them; static: the run's own "
+    "plan, fixed from start (the newcomer's neighbours expect it from the beginning).",
+)
+@click.option(
+    "--live/--no-live",
+    default=None,
+    help="Live terminal view [default: when the output is a terminal].",
+)
+@click.pass_context
+def up(
+    ctx: click.Context,
+    encoder_count: int,
+    duration: float,
+    out: Path,
+    source: str | None,
+    no_sync: bool,
+    no_faults: bool,
+    seed: int,
+    size: str,
+    gop: int,
+    fps: str,
+    registries: int,
+    max_drift_ppm: float,
+    jitter_ms: float,
+    kill_at: float | None,
+    join_at: float | None,
+    links: str,
+    live: bool | None,
+) -> None:
+    """Run a local mesh: real etcd, registry replicas, encoders on drifting clocks.
+
+    Every encoder gets its own injected clock drift (spread over ±--max-drift-ppm) and
+    jitter; the mesh keeps their outputs frame-locked. Midway the segment leader is killed
+    with kill -9 and later a new encoder joins (unless --no-faults). At the end: HLS per
+    encoder in --out, out/report.html with plots and out/summary.json. Every process started
+    is stopped at the end, on Ctrl-C and on errors.
+    """
+    # The run pulls in etcd, the planner and the report (matplotlib): only `up` pays for them.
+    from meshenc.local.demo import DemoConfig, DemoRun  # noqa: PLC0415
+    from meshenc.local.launcher import ChildFailedError  # noqa: PLC0415
+
+    root = ctx.find_root().command
+    commands = getattr(root, "commands", {})
+    try:
+        config = DemoConfig(
+            encoders=encoder_count,
+            duration=duration,
+            out=out,
+            source=source,
+            sync=not no_sync,
+            faults=not no_faults,
+            seed=seed,
+            size=size,
+            fps=fps,
+            gop=gop,
+            registries=registries,
+            max_drift_ppm=max_drift_ppm,
+            jitter_ms=jitter_ms,
+            kill_at=kill_at,
+            join_at=join_at,
+            manager="manager" in commands,
+            managed_topology=links == "managed",
+            encoder_options=frozenset(
+                opt for param in encoder_command.params for opt in param.opts
+            ),
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    console = make_console()
+    show_live = console.is_terminal if live is None else live
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    run = DemoRun(config, on_note=None if show_live else _printer(console))
+    console.print(_intro(config, run.plan))
+    try:
+        summary = asyncio.run(_main(run, console, show_live))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # A second Ctrl-C: every process of the run was killed; no report.
+        console.print("stopped at once: every process of the run was killed", style="bold red")
+        ctx.exit(EXIT_INTERRUPTED)
+    except ChildFailedError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except FileExistsError as exc:
+        raise click.UsageError(str(exc)) from exc
+    style = "bold green" if summary.locked else "bold red"
+    console.print(Text(summary.line, style=style))
+    console.print(
+        f"report: {out / 'report.html'}   summary: {out / 'summary.json'}   "
+        f"check: meshenc verify {out}"
+    )
+    if run.state.stop_requested:
+        ctx.exit(EXIT_INTERRUPTED)
+
+
+async def _main(run: DemoRun, console: Console, show_live: bool) -> Summary:
+    def hook(launcher: Launcher) -> None:
+        launcher.handle_signals(run.request_stop)
+
+    if not show_live:
+        return await run.run(launcher_ready=hook)
+    with Live(render(run.state), console=console, auto_refresh=False) as view:
+        task = asyncio.create_task(run.run(launcher_ready=hook))
+        while not task.done():
+            view.update(render(run.state), refresh=True)
+            await asyncio.wait({task}, timeout=_REFRESH)
+        view.update(render(run.state), refresh=True)
+        return task.result()
+
+
+def _printer(console: Console) -> Callable[[Note], None]:
+    def show(note: Note) -> None:
+        console.print(
+            f"{time.strftime('%H:%M:%S', time.localtime(note.t))} {note.text}",
+            style=note.style or None,
+            highlight=False,
+        )
+
+    return show
+
+
+def _intro(config: DemoConfig, plan: RunPlan) -> RenderableType:
+    """What is about to run, and the commands to look at it from another terminal."""
+    addresses = ",".join(e.address for e in plan.encoders)
+    first = plan.encoders[0].address
+    joiner = plan.joiner
+    lines = [
+        Text.assemble(
+            ("meshenc up", "bold"),
+            f": {config.encoders} encoders"
+            + (f" (+{joiner.name} joining at {config.join_time:.0f} s)" if joiner else "")
+            + f", real etcd, {len(plan.registry_ports)} registry replicas"
+            + (", the manager" if plan.manager_address else "")
+            + f", {config.duration:.0f} s; output in {config.out}/",
+        ),
+        Text("Inspect the running mesh from another terminal:", style="dim"),
+        Text(f"  export MESHENC_ENCODERS={addresses}"),
+    ]
+    if plan.manager_address:
+        lines.append(Text(f"  export MESHENC_MANAGER={plan.manager_address}"))
+    lines += [
+        Text(f"  meshenc status --encoders {addresses}"),
+        Text("  meshenc events --follow"),
+    ]
+    if plan.manager_address:
+        lines += [Text("  meshenc topology"), Text("  meshenc segments")]
+    lines += [
+        Text(f"  grpcurl -plaintext {first} list"),
+        Text(f"  grpcurl -plaintext {first} meshenc.v1.EncoderMesh/GetState"),
+    ]
+    return Group(*lines)
+
+
+# --- the live view ----------------------------------------------------------------------------
+
+
+def render(state: DemoState) -> RenderableType:
+    """The whole view for one moment of the run."""
+    return Group(_header(state), _encoders(state), _strip(state), _groups(state), _feed(state))
+
+
+def _header(state: DemoState) -> RenderableType:
+    config = state.config
+    elapsed = min(state.elapsed, config.duration)
+    bar = ProgressBar(total=config.duration, completed=elapsed, width=40)
+    upcoming = ""
+    if config.faults and state.started_at is not None:
+        if elapsed < config.kill_time:
+            upcoming = f"kill -9 of the leader at {config.kill_time:.0f} s"
+        elif elapsed < config.join_time:
+            upcoming = f"a new encoder joins at {config.join_time:.0f} s"
+    line = Table.grid(padding=(0, 2))
+    line.add_row(
+        bar,
+        Text(f"{elapsed:4.0f} / {config.duration:.0f} s", style="bold"),
+        Text(state.phase, style="cyan"),
+        Text(f"next: {upcoming}" if upcoming else "", style="dim"),
+    )
+    mode = "mesh sync ON" if config.sync else "mesh sync OFF (--no-sync)"
+    title = f"meshenc up — {mode}, drift injected: ±{config.max_drift_ppm:g} ppm"
+    return Panel(line, title=title, title_align="left")
+
+
+def _ms(ns: int) -> str:
+    return f"{ns / 1e6:+7.2f}"
+
+
+def _encoders(state: DemoState) -> RenderableType:
+    table = Table(title="Encoders", title_justify="left", expand=False)
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("id", "left"),
+        ("process", "left"),
+        ("drift ppm", "right"),
+        ("offset ms", "right"),
+        ("timecode", "right"),
+        ("segment", "right"),
+        ("lock", "center"),
+        ("error ms", "right"),
+        ("predicted ms", "right"),
+        ("leader", "left"),
+        ("slew/drop/dup", "right"),
+        ("voted", "right"),
+        ("links", "right"),
+    )
+    for column, justify in columns:
+        table.add_column(column, justify=justify)
+    now = time.time()
+    for name, view in state.encoders.items():
+        plan, answer = view.plan, view.state
+        process = {
+            "planned": Text("joins later" if plan.joins_later else "starting", style="dim"),
+            "running": Text("running", style="green"),
+            "killed": Text("killed -9", style="bold red"),
+            "stopped": Text("stopped", style="dim"),
+            "exited": Text("exited", style="bold red"),
+        }[view.status]
+        fresh = answer is not None and view.status == "running" and now - view.state_at < 3.0
+        if answer is None or not fresh:
+            table.add_row(
+                name, process, f"{plan.drift_ppm:+.1f}", f"{plan.offset_ms:+.1f}", *[""] * 9
+            )
+            continue
+        counts = answer["corrections"]
+        links = answer["neighbours"]
+        up_links = sum(1 for n in links if n["connected"])
+        leader = answer["leader"]
+        table.add_row(
+            name,
+            process,
+            f"{plan.drift_ppm:+.1f}",
+            f"{plan.offset_ms:+.1f}",
+            str(answer["timecode"]),
+            str(answer["segment_number"]),
+            Text("locked", style="green") if answer["locked"] else Text("locking", "yellow"),
+            _ms(answer["error_ns"]),
+            _ms(answer["predicted_error_ns"]),
+            Text(leader or "—", style="bold cyan" if leader == name else ""),
+            f"{counts.get('slew', 0)}/{counts.get('drop', 0)}/{counts.get('duplicate', 0)}",
+            str(view.voted),
+            Text(f"{up_links}/{len(links)}", style="" if up_links == len(links) else "yellow"),
+        )
+    return table
+
+
+def _strip(state: DemoState) -> RenderableType:
+    """The newest segments, per encoder: the same bytes as the majority (=) or not (≠)."""
+    identity = state.identity
+    if identity is None or not identity.segments:
+        return Text("Segments: waiting for the first whole segments ...", style="dim")
+    checks = identity.segments[-_STRIP:]
+    table = Table(
+        title="Newest segments: = same bytes as the others, ≠ differs, ~ lock-in, · none",
+        title_justify="left",
+        box=None,
+        padding=(0, 1),
+    )
+    table.add_column("")
+    for check in checks:
+        table.add_column(str(check.segment % 10_000), justify="center")
+    for output in identity.encoders:
+        cells: list[Text] = []
+        for check in checks:
+            copy = next((c for c in check.copies if c.encoder == output.name), None)
+            if copy is None:
+                cells.append(Text("·", style="dim"))
+            elif copy.lock_in:
+                cells.append(Text("~", style="green" if copy.matches else "yellow"))
+            else:
+                cells.append(
+                    Text(
+                        "=" if copy.matches else "≠", style="green" if copy.matches else "bold red"
+                    )
+                )
+        table.add_row(output.name, *cells)
+    judged = identity.judged
+    verdict = (
+        f"{identity.agreed}/{judged} compared segments identical on every encoder"
+        if judged
+        else "no segment to compare yet"
+    )
+    style = "green" if judged and identity.agreed == judged else ("red" if judged else "dim")
+    return Group(table, Text(verdict, style=style))
+
+
+def _groups(state: DemoState) -> RenderableType:
+    table = Table(title="Groups (segment leaders elected in etcd)", title_justify="left")
+    for column in ("group", "members", "leader", "revision", "terms"):
+        table.add_column(column)
+    for group in state.plan.groups:
+        members = [e.name for e in state.plan.encoders if e.group == group]
+        leader, revision = state.leaders.get(group, ("—", 0))
+        table.add_row(
+            group,
+            " ".join(members),
+            Text(leader, style="bold cyan"),
+            str(revision or "—"),
+            str(state.leader_terms.get(group, 0)),
+        )
+    return table
+
+
+def _feed(state: DemoState) -> RenderableType:
+    table = Table(title="Events", title_justify="left", box=None, show_header=False)
+    table.add_column("t", justify="right", style="dim")
+    table.add_column("what")
+    start = state.started_at
+    for note in state.notes:
+        when = "" if start is None else f"{note.t - start:+6.1f} s"
+        table.add_row(when, Text(note.text, style=note.style))
+    corrections = ", ".join(f"{k} {v}" for k, v in sorted(state.corrections.items()))
+    footer = Text(f"corrections so far: {corrections or 'none'}", style="dim")
+    return Group(table, footer)

@@ -1,0 +1,694 @@
+"""The scripted local run behind ``meshenc up`` and ``make demo``.
+
+Theory of operation
+-------------------
+:func:`plan_run` decides everything up front, as a pure function of the settings and the free
+ports: encoder ids ``e0``, ``e1``, ..., each with its own injected clock (drifts spread evenly
+over ±``max_drift_ppm`` and shuffled by the seed, so no two are alike; offsets, ingest delays
+and jitter seeds from the same seeded generator), the mesh topology and the encoder groups
+(the Mesh Manager's own planner, :func:`meshenc.core.planner.manager.plan_mesh`: degree 3-7,
+no single point of failure, groups of 5-10), and the timeline: kill -9 of the then segment
+leader at ``kill_at``, a new encoder joining at ``join_at``. By default the Mesh Manager
+plans the links at run time (``meshenc encoder --manager ... --topology etcd``): it rewires
+the mesh around the killed encoder and links the newcomer in. With static links
+(``managed_topology=False``, or an installation whose encoders cannot follow the manager) the
+plan's links are passed as ``--peers`` and fixed for the run, so the encoder that joins later
+is planned in from the start: its neighbours list it and keep trying to reach it.
+
+:class:`DemoRun` carries the plan out, as plain asyncio code:
+
+1. the real etcd (:class:`~meshenc.local.etcd.EtcdProcess`), the registry replicas, the
+   manager when this installation has one, then every encoder at once, each through the
+   :class:`~meshenc.local.launcher.Launcher` (own process group, log under ``out/logs/``,
+   pid in ``out/pids.json``, ready when its health service answers);
+2. the :class:`~meshenc.local.recorder.Recorder` polls every encoder's GetState into
+   ``out/events.jsonl``; the run records its own ``started``/``killed``/``joined``/
+   ``stopped`` events through it, and a ``leader`` event whenever the leader key of a group
+   changes in etcd (a watch in this process);
+3. the kill and the join at their times; the mesh runs until ``duration`` is over or
+   :meth:`DemoRun.request_stop` is called (Ctrl-C);
+4. the shutdown in dependency order: encoders first (SIGTERM: each finishes its segment and
+   resigns its leadership), then the recorder, the manager and registries, etcd last; then
+   :func:`meshenc.report.write_report` builds ``summary.json``, the plots and ``report.html``.
+
+Everything the run started is stopped however the run ends. The live view (``meshenc up``)
+only reads :attr:`DemoRun.state`, which the run updates as events arrive.
+
+Invariants: every encoder process is in ``pids.json``; every ``killed`` or ``joined`` event in
+``events.jsonl`` was recorded right after the launcher did it; the report is written only from
+the files and the events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import shutil
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from meshenc.core.planner.manager import MeshView, PlannerConfig, plan_mesh
+from meshenc.core.planner.placement import Host
+from meshenc.local.etcd import EtcdProcess
+from meshenc.local.failover import SegmentWatch
+from meshenc.local.launcher import LOGS_DIR, PIDS_NAME, Launcher
+from meshenc.local.ports import free_ports
+from meshenc.local.recorder import EVENTS_NAME, Event, Recorder, StateEvent
+from meshenc.local.verify import DEFAULT_LOCK_IN, EncoderOutput, Verification, compare
+from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_report
+from services.encoder.leadership import SegmentKeys, connect_client
+from services.encoder.media.segments import segment_name
+from services.encoder.settings import DEFAULT_ETCD_PREFIX, EtcdSettings
+
+__all__ = [
+    "DemoConfig",
+    "DemoRun",
+    "DemoState",
+    "EncoderPlan",
+    "EncoderView",
+    "Note",
+    "RunPlan",
+    "plan_run",
+]
+
+log = logging.getLogger("meshenc.demo")
+
+HOST: Final = "127.0.0.1"
+KILL_AT: Final = 0.35
+"""Default kill time, as a fraction of the duration."""
+JOIN_AT: Final = 0.55
+"""Default join time, as a fraction of the duration."""
+MAX_OFFSET_MS: Final = 40.0
+MAX_INGEST_DELAY_MS: Final = 60.0
+LIVE_SEGMENTS: Final = 12
+"""Newest media segments the live identity strip compares."""
+_LEADER_POLL: Final = 0.1
+_IDENTITY_EVERY: Final = 1.0
+_NOTES: Final = 14
+#: Files a previous run leaves in its folder; only such a folder is cleared for a new run.
+_RUN_MARKERS: Final = (EVENTS_NAME, PIDS_NAME, SUMMARY_NAME)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """What ``meshenc up`` runs. Durations in seconds from the moment the encoders run."""
+
+    encoders: int = 6
+    duration: float = 90.0
+    out: Path = Path("out")
+    source: str | None = None
+    sync: bool = True
+    faults: bool = True
+    seed: int = 0
+    size: str = "640x360"
+    fps: str = "30"
+    gop: int = 60
+    registries: int = 3
+    max_drift_ppm: float = 100.0
+    jitter_ms: float = 1.0
+    kill_at: float | None = None
+    join_at: float | None = None
+    #: Start ``meshenc manager`` (an installation without it runs without a manager).
+    manager: bool = False
+    #: The options this installation's ``meshenc encoder`` accepts (``--registry``,
+    #: ``--manager``...): the run wires up what is there.
+    encoder_options: frozenset[str] = frozenset()
+    #: Let the manager plan the links when it can (off: the static plan, ``--peers``).
+    managed_topology: bool = True
+    etcd_binary: str = "etcd"
+
+    def __post_init__(self) -> None:
+        if self.encoders < 2:
+            raise ValueError("a mesh needs at least 2 encoders")
+        if not self.duration > 0:
+            raise ValueError("duration must be > 0")
+        if self.registries < 0:
+            raise ValueError("registries must be >= 0")
+        if not 0 <= self.max_drift_ppm <= 10_000 or self.jitter_ms < 0:
+            raise ValueError("max_drift_ppm must be in 0..10000 and jitter_ms >= 0")
+        kill, join = self.kill_time, self.join_time
+        if self.faults and not 0 < kill < join < self.duration:
+            raise ValueError(
+                f"need 0 < kill_at ({kill:g}) < join_at ({join:g}) < duration ({self.duration:g})"
+            )
+
+    @property
+    def kill_time(self) -> float:
+        return self.duration * KILL_AT if self.kill_at is None else self.kill_at
+
+    @property
+    def join_time(self) -> float:
+        return self.duration * JOIN_AT if self.join_at is None else self.join_at
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderPlan:
+    """One encoder of the run: where it listens, its injected clock, its group and links."""
+
+    name: str
+    port: int
+    drift_ppm: float
+    offset_ms: float
+    ingest_delay_ms: float
+    seed: int
+    group: str
+    peers: tuple[str, ...]
+    joins_later: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """The whole run, decided before anything starts."""
+
+    encoders: tuple[EncoderPlan, ...]
+    registry_ports: tuple[int, ...]
+    manager_port: int | None
+
+    def encoder(self, name: str) -> EncoderPlan:
+        return next(e for e in self.encoders if e.name == name)
+
+    @property
+    def initial(self) -> tuple[EncoderPlan, ...]:
+        return tuple(e for e in self.encoders if not e.joins_later)
+
+    @property
+    def joiner(self) -> EncoderPlan | None:
+        return next((e for e in self.encoders if e.joins_later), None)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(sorted({e.group for e in self.encoders}))
+
+    @property
+    def registry_addresses(self) -> tuple[str, ...]:
+        return tuple(f"{HOST}:{p}" for p in self.registry_ports)
+
+    @property
+    def manager_address(self) -> str | None:
+        return None if self.manager_port is None else f"{HOST}:{self.manager_port}"
+
+
+def plan_run(config: DemoConfig, ports: Sequence[int]) -> RunPlan:
+    """Decide ids, clocks, links and groups (see the module docstring).
+
+    Args:
+        config: the run's settings.
+        ports: free ports, at least :func:`ports_needed` of them; encoders take the first.
+
+    Raises:
+        ValueError: too few ports.
+    """
+    if len(ports) < ports_needed(config):
+        raise ValueError(f"need {ports_needed(config)} ports, got {len(ports)}")
+    count = config.encoders + (1 if config.faults else 0)
+    names = [f"e{i}" for i in range(count)]
+    rng = random.Random(config.seed)
+    spread = config.max_drift_ppm
+    drifts = [
+        round(-spread + 2 * spread * i / (count - 1), 1) if count > 1 else 0.0 for i in range(count)
+    ]
+    rng.shuffle(drifts)
+    view = MeshView(hosts=tuple(Host(n, 1) for n in names), coordinates={})
+    mesh = plan_mesh(view, None, PlannerConfig(), epoch=1)
+    adjacency = mesh.topology.adjacency()
+    group_of = {member: s.segment_id for s in mesh.segments for member in s.members}
+    encoders = tuple(
+        EncoderPlan(
+            name=name,
+            port=ports[i],
+            drift_ppm=drifts[i],
+            offset_ms=round(rng.uniform(-MAX_OFFSET_MS, MAX_OFFSET_MS), 1),
+            ingest_delay_ms=round(rng.uniform(0.0, MAX_INGEST_DELAY_MS), 1),
+            seed=rng.randrange(1 << 31),
+            group=group_of[name],
+            peers=tuple(adjacency[name]),
+            joins_later=config.faults and i == count - 1,
+        )
+        for i, name in enumerate(names)
+    )
+    rest = list(ports[count:])
+    registry_ports = tuple(rest[: config.registries])
+    manager_port = rest[config.registries] if config.manager else None
+    return RunPlan(encoders, registry_ports, manager_port)
+
+
+def ports_needed(config: DemoConfig) -> int:
+    return config.encoders + (1 if config.faults else 0) + config.registries + int(config.manager)
+
+
+# --- what the live view reads -----------------------------------------------------------------
+
+EncoderStatus = Literal["planned", "running", "killed", "stopped", "exited"]
+
+
+@dataclass(slots=True)
+class EncoderView:
+    """One encoder as the run knows it: its plan, its process and its newest GetState."""
+
+    plan: EncoderPlan
+    status: EncoderStatus = "planned"
+    pid: int | None = None
+    state: StateEvent | None = None
+    state_at: float = 0.0
+    voted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One line of the run's event feed."""
+
+    t: float
+    text: str
+    style: str = ""
+
+
+@dataclass(slots=True)
+class DemoState:
+    """What the run has done and seen so far; updated in place, read by the live view."""
+
+    config: DemoConfig
+    plan: RunPlan
+    phase: str = "planning"
+    started_at: float | None = None
+    etcd_endpoint: str | None = None
+    encoders: dict[str, EncoderView] = field(default_factory=dict)
+    leaders: dict[str, tuple[str, int]] = field(default_factory=dict)
+    leader_terms: dict[str, int] = field(default_factory=dict)
+    notes: deque[Note] = field(default_factory=lambda: deque(maxlen=_NOTES))
+    corrections: dict[str, int] = field(default_factory=dict)
+    identity: Verification | None = None
+    summary: Summary | None = None
+    stop_requested: bool = False
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if self.started_at is None else time.time() - self.started_at
+
+    def note(self, text: str, style: str = "") -> None:
+        self.notes.append(Note(time.time(), text, style))
+        log.info("%s", text)
+
+
+class _FeedingRecorder(Recorder):
+    """The recorder, also handing every event it writes to the run (for the live view)."""
+
+    def __init__(self, out_dir: Path, on_event: Callable[[Event], None]) -> None:
+        super().__init__(out_dir)
+        self._on_event = on_event
+
+    def record(self, event: Event) -> None:
+        super().record(event)
+        self._on_event(event)
+
+
+class DemoRun:
+    """One scripted run (see the module docstring). ``await run()`` once.
+
+    Args:
+        config: the settings.
+        plan: the plan (default: :func:`plan_run` on fresh free ports).
+        on_note: called with every line of the event feed as it happens (for plain output).
+    """
+
+    def __init__(
+        self,
+        config: DemoConfig,
+        plan: RunPlan | None = None,
+        *,
+        on_note: Callable[[Note], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.plan = plan if plan is not None else plan_run(config, free_ports(ports_needed(config)))
+        self.out = Path(config.out)
+        self.state = DemoState(config, self.plan)
+        for encoder in self.plan.encoders:
+            self.state.encoders[encoder.name] = EncoderView(encoder)
+        self._on_note = on_note
+        self._stop = asyncio.Event()
+        self._digests: dict[tuple[str, int], str] = {}
+        self._first_segment: dict[str, int] = {}
+        self._launcher: Launcher | None = None
+        self._recorder: _FeedingRecorder | None = None
+
+    # -- control ------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """End the run early, in order (the report is still written)."""
+        if not self._stop.is_set():
+            self.state.stop_requested = True
+            self._note("stop requested: stopping the mesh", "yellow")
+            self._stop.set()
+
+    def encoder_args(self, encoder: EncoderPlan, etcd_endpoint: str) -> list[str]:
+        """The ``meshenc encoder`` command line of one encoder."""
+        plan, config = self.plan, self.config
+        args = [
+            "encoder",
+            "--id", encoder.name,
+            "--listen", encoder.address,
+            "--out", str(self.out / encoder.name),
+            "--size", config.size,
+            "--fps", config.fps,
+            "--gop", str(config.gop),
+            "--drift-ppm", str(encoder.drift_ppm),
+            "--offset-ms", str(encoder.offset_ms),
+            "--jitter-ms", str(config.jitter_ms),
+            "--ingest-delay-ms", str(encoder.ingest_delay_ms),
+            "--seed", str(encoder.seed),
+            "--segment", encoder.group,
+            "--etcd", etcd_endpoint,
+        ]  # fmt: skip
+        if config.source is not None:
+            args += ["--source", config.source]
+        if not config.sync:
+            args.append("--no-sync")
+        options = config.encoder_options
+        if "--registry" in options and plan.registry_addresses:
+            args += ["--registry", ",".join(plan.registry_addresses)]
+        if self.managed_topology:
+            assert plan.manager_address is not None
+            # The manager plans the links (etcd keys), rewires around the killed encoder and
+            # links the newcomer in; the encoders report their health to it.
+            args += ["--manager", plan.manager_address, "--topology", "etcd"]
+            args += ["--advertise", encoder.address]
+        else:
+            peers = ",".join(f"{p}={plan.encoder(p).address}" for p in encoder.peers)
+            args += ["--peers", peers]
+            if "--manager" in options and plan.manager_address is not None:
+                args += ["--manager", plan.manager_address]
+        return args
+
+    @property
+    def managed_topology(self) -> bool:
+        """Whether the manager plans the links (this installation's encoder can follow it)."""
+        config = self.config
+        return config.manager and config.managed_topology and "--topology" in config.encoder_options
+
+    def registry_args(self, index: int) -> list[str]:
+        address = self.plan.registry_addresses[index]
+        args = ["registry", "--listen", address, "--advertise", address]
+        if index > 0:
+            args += ["--seeds", self.plan.registry_addresses[0]]
+        return args
+
+    def manager_args(self, etcd_endpoint: str) -> list[str]:
+        address = self.plan.manager_address
+        assert address is not None
+        return ["manager", "--listen", address, "--actuator", "embedded", "--etcd", etcd_endpoint]
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self, *, launcher_ready: Callable[[Launcher], None] | None = None) -> Summary:
+        """Carry the plan out and write the report; returns the run's summary.
+
+        Args:
+            launcher_ready: called with the launcher once it exists (to hook signals to it).
+
+        Raises:
+            ChildFailedError: a process did not start (everything started is stopped).
+        """
+        prepare_out_dir(self.out)
+        etcd = EtcdProcess(
+            binary=self.config.etcd_binary, log_path=self.out / LOGS_DIR / "etcd.log"
+        )
+        try:
+            async with Launcher(self.out) as launcher:
+                self._launcher = launcher
+                if launcher_ready is not None:
+                    launcher_ready(launcher)
+                await self._run_mesh(launcher, etcd)
+        finally:
+            etcd.stop()
+            etcd.close()
+        self._set_phase("writing the report")
+        summary = await asyncio.to_thread(write_report, self.out)
+        self.state.summary = summary
+        self._set_phase("done")
+        return summary
+
+    async def _run_mesh(self, launcher: Launcher, etcd: EtcdProcess) -> None:
+        self._set_phase("starting etcd")
+        (self.out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(etcd.start)
+        assert etcd.pid is not None
+        launcher.adopt("etcd", etcd.pid, ("etcd", etcd.endpoint))
+        self.state.etcd_endpoint = etcd.endpoint
+        self._note(f"etcd serving at {etcd.endpoint}")
+        services = [
+            (f"registry-{i}", self.registry_args(i), address)
+            for i, address in enumerate(self.plan.registry_addresses)
+        ]
+        if self.plan.manager_address is not None:
+            services.append(
+                ("manager", self.manager_args(etcd.endpoint), self.plan.manager_address)
+            )
+        if services:
+            self._set_phase("starting the registry and the manager")
+            await launcher.start_many(services)
+            if self.plan.registry_ports:
+                self._note(f"{len(self.plan.registry_ports)} registry replicas serving")
+            if self.plan.manager_address is not None:
+                self._note(f"manager serving at {self.plan.manager_address}")
+        if self._stop.is_set():
+            return
+        self._set_phase("starting encoders")
+        recorder = _FeedingRecorder(self.out, self._on_event)
+        async with recorder:
+            self._recorder = recorder
+            await launcher.start_many(
+                [
+                    (e.name, self.encoder_args(e, etcd.endpoint), e.address)
+                    for e in self.plan.initial
+                ]
+            )
+            self.state.started_at = time.time()
+            for encoder in self.plan.initial:
+                self._started(encoder, "started")
+            watchers = [
+                asyncio.create_task(self._watch_leaders(etcd.endpoint), name="leader-watch"),
+                asyncio.create_task(self._watch_identity(), name="identity"),
+            ]
+            try:
+                await self._timeline(launcher)
+                self._set_phase("stopping encoders")
+                names = [n for n, v in self.state.encoders.items() if v.status == "running"]
+                for name in names:
+                    self.state.encoders[name].status = "stopped"
+                codes = await launcher.stop(names)
+                for name, code in codes.items():
+                    recorder.lifecycle("stopped", name)
+                    if code != 0:
+                        self._note(f"{name} exited with code {code}", "red")
+            finally:
+                for task in watchers:
+                    task.cancel()
+                for task in watchers:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                self._recorder = None
+        self._set_phase("stopping services")
+        await launcher.stop_all()
+
+    async def _timeline(self, launcher: Launcher) -> None:
+        """Wait out the run, doing the kill and the join at their times."""
+        config = self.config
+        steps: list[tuple[float, Callable[[], Awaitable[None]]]] = []
+        if config.faults:
+            steps = [(config.kill_time, self._kill_leader), (config.join_time, self._join)]
+        steps.append((config.duration, _nothing))
+        self._set_phase("running")
+        start = self.state.started_at or time.time()
+        for at, step in steps:
+            remaining = start + at - time.time()
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=remaining)
+            if self._stop.is_set():
+                return
+            self._check_children(launcher)
+            await step()
+
+    async def _kill_leader(self) -> None:
+        """kill -9 the leader of the first group (any running encoder if none is known)."""
+        launcher, recorder = self._launcher, self._recorder
+        assert launcher is not None and recorder is not None
+        running = [n for n, v in self.state.encoders.items() if v.status == "running"]
+        group = self.plan.groups[0]
+        leader = self.state.leaders.get(group, ("", 0))[0]
+        victim = leader if leader in running else running[0]
+        launcher.kill(victim)
+        recorder.lifecycle("killed", victim)
+        recorder.remove(victim)
+        self.state.encoders[victim].status = "killed"
+        what = f"leader of {group}" if victim == leader else "an encoder (no leader known)"
+        self._note(f"kill -9 {victim}, {what}", "bold red")
+
+    async def _join(self) -> None:
+        """Start the planned newcomer; it counts as joined once its health service answers."""
+        joiner, launcher = self.plan.joiner, self._launcher
+        assert joiner is not None and launcher is not None and self.state.etcd_endpoint
+        self._note(f"starting {joiner.name} to join the mesh", "bold green")
+        await launcher.start(
+            joiner.name, self.encoder_args(joiner, self.state.etcd_endpoint), address=joiner.address
+        )
+        self._started(joiner, "joined")
+
+    def _started(self, encoder: EncoderPlan, kind: Literal["started", "joined"]) -> None:
+        launcher, recorder = self._launcher, self._recorder
+        assert launcher is not None and recorder is not None
+        recorder.add(encoder.name, encoder.address)
+        recorder.lifecycle(kind, encoder.name)
+        view = self.state.encoders[encoder.name]
+        view.status = "running"
+        view.pid = launcher.children[encoder.name].pid
+        if kind == "joined":
+            self._note(f"{encoder.name} joined ({encoder.drift_ppm:+.1f} ppm)", "green")
+
+    def _check_children(self, launcher: Launcher) -> None:
+        """Note encoders that died on their own (not killed by the run)."""
+        for name, view in self.state.encoders.items():
+            if view.status == "running" and not launcher.running(name):
+                view.status = "exited"
+                child = launcher.children[name]
+                self._note(f"{name} exited by itself (code {child.returncode})", "bold red")
+
+    # -- watchers -----------------------------------------------------------------------------
+
+    async def _watch_leaders(self, endpoint: str) -> None:
+        """Record a ``leader`` event whenever a group's leader key changes in etcd."""
+        settings = EtcdSettings(endpoints=(endpoint,), prefix=DEFAULT_ETCD_PREFIX)
+        client = connect_client(settings)
+        watches = {g: SegmentWatch(SegmentKeys(settings.prefix, g)) for g in self.plan.groups}
+        follows = [asyncio.create_task(w.follow(client, 1)) for w in watches.values()]
+        try:
+            while True:
+                for group, watch in watches.items():
+                    known = self.state.leaders.get(group)
+                    if watch.leader is not None and known != (watch.leader, watch.token):
+                        self.state.leaders[group] = (watch.leader, watch.token)
+                        self.state.leader_terms[group] = self.state.leader_terms.get(group, 0) + 1
+                        if self._recorder is not None:
+                            self._recorder.leader(group, watch.leader, watch.token)
+                        self._note(f"{watch.leader} leads {group} (revision {watch.token})", "cyan")
+                if self._launcher is not None:
+                    self._check_children(self._launcher)
+                await asyncio.sleep(_LEADER_POLL)
+        finally:
+            for task in follows:
+                task.cancel()
+            for task in follows:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def _watch_identity(self) -> None:
+        """Compare the newest segment files of all encoders, for the live view."""
+        while True:
+            await asyncio.sleep(_IDENTITY_EVERY)
+            with contextlib.suppress(OSError, ValueError):
+                self.state.identity = await asyncio.to_thread(self._identity)
+
+    def _identity(self) -> Verification | None:
+        """The verdict on every segment written since each encoder's first GetState answer
+        (whole runs, so the lock-in window is where verify puts it; files hashed once)."""
+        outputs = []
+        for name, view in self.state.encoders.items():
+            first = self._first_segment.get(name)
+            if first is None or view.state is None:
+                continue
+            digests: dict[int, str] = {}
+            for number in range(first, view.state["segment_number"] + 1):
+                digest = self._digest(name, number)
+                if digest is not None:
+                    digests[number] = digest
+            outputs.append(EncoderOutput(name, self.out / name, digests))
+        if len([o for o in outputs if o.digests]) < 2:
+            return None
+        return compare(outputs, lock_in=DEFAULT_LOCK_IN, frames=self.config.gop)
+
+    def _digest(self, encoder: str, number: int) -> str | None:
+        key = (encoder, number)
+        known = self._digests.get(key)
+        if known is None:
+            path = self.out / encoder / segment_name(number)
+            if not path.is_file():
+                return None
+            known = self._digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return known
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if event["kind"] == "state":
+            view = self.state.encoders.get(event["encoder"])
+            if view is not None:
+                view.state, view.state_at = event, event["t"]
+                self._first_segment.setdefault(event["encoder"], event["segment_number"])
+        elif event["kind"] == "correction":
+            kind = event["correction"]
+            self.state.corrections[kind] = self.state.corrections.get(kind, 0) + 1
+            view = self.state.encoders.get(event["encoder"])
+            voted = event["proposal_id"] > 0
+            if view is not None and voted:
+                view.voted += 1
+            if kind != "slew" or voted:
+                how = f"approved by vote (proposal {event['proposal_id']})" if voted else "no vote"
+                self._note(
+                    f"{event['encoder']}: {kind} {event['shift_ns'] / 1e6:+.2f} ms, {how}",
+                    "magenta",
+                )
+
+    def _set_phase(self, phase: str) -> None:
+        self.state.phase = phase
+
+    def _note(self, text: str, style: str = "") -> None:
+        self.state.note(text, style)
+        if self._on_note is not None:
+            self._on_note(self.state.notes[-1])
+
+
+async def _nothing() -> None:
+    """The last step of the timeline: the end of the run."""
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Make ``out`` ready for a new run: create it, or clear a previous run's results from it.
+
+    Raises:
+        FileExistsError: ``out`` holds files but is not a previous run's folder (nothing is
+            deleted then).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not any((out / marker).exists() for marker in _RUN_MARKERS):
+            raise FileExistsError(
+                f"{out} is not empty and holds no previous run: choose another --out"
+            )
+        for entry in out.iterdir():
+            is_run_file = entry.name in (*_RUN_MARKERS, REPORT_NAME) or entry.suffix == ".tmp"
+            if entry.is_dir() and (entry.name in (LOGS_DIR, PLOTS_DIR) or _is_encoder(entry)):
+                shutil.rmtree(entry)
+            elif is_run_file:
+                entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _is_encoder(folder: Path) -> bool:
+    """A previous run's encoder folder: segment files and a playlist, nothing else."""
+    return all(
+        p.suffix in (".ts", ".m3u8", ".tmp") or p.name.startswith(".tmp-") for p in folder.iterdir()
+    )

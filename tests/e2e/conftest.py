@@ -1,0 +1,82 @@
+"""Real services for the command-line tests: etcd, the Mesh Manager and two encoders.
+
+Everything runs as real processes on 127.0.0.1 (the encoders and the manager through
+:class:`meshenc.local.launcher.Launcher`, etcd through :class:`meshenc.local.etcd.EtcdProcess`)
+and is stopped, and checked to be gone, when the module's tests are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshenc.local.etcd import EtcdProcess
+from meshenc.local.launcher import Launcher, pid_alive, read_pids
+from meshenc.local.ports import free_ports
+
+from .support import ENCODERS, GOP, Services
+
+
+def _encoder_args(name: str, ports: dict[str, int], folder: Path, etcd: str) -> list[str]:
+    peers = ",".join(f"{p}=127.0.0.1:{port}" for p, port in ports.items() if p != name)
+    return [
+        "encoder",
+        "--id", name,
+        "--listen", f"127.0.0.1:{ports[name]}",
+        "--peers", peers,
+        "--out", str(folder / name),
+        "--size", "160x96",
+        "--gop", str(GOP),
+        "--offset-ms", str(ENCODERS[name]),
+        "--segment", "cli",
+        "--etcd", etcd,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """etcd, the manager (when this installation has one) and two encoders, for a module."""
+    folder = tmp_path_factory.mktemp("services")
+    launcher = Launcher(folder, grace=10.0)
+    etcd = EtcdProcess(log_path=folder / "etcd.log")
+    try:
+        etcd.start()
+        *encoder_ports, manager_port = free_ports(len(ENCODERS) + 1)
+        ports = dict(zip(ENCODERS, encoder_ports, strict=True))
+        manager = f"127.0.0.1:{manager_port}"
+        launcher.spawn(
+            "manager",
+            ["manager", "--listen", manager, "--actuator", "embedded", "--etcd", etcd.endpoint],
+            address=manager,
+        )
+        for name in ENCODERS:
+            launcher.spawn(
+                name,
+                _encoder_args(name, ports, folder, etcd.endpoint),
+                address=f"127.0.0.1:{ports[name]}",
+            )
+
+        async def ready() -> None:
+            await asyncio.gather(*(launcher.wait_ready(n) for n in ("manager", *ENCODERS)))
+
+        asyncio.run(ready())
+        yield Services(
+            encoders={n: f"127.0.0.1:{ports[n]}" for n in ENCODERS},
+            manager=manager,
+            etcd=etcd.endpoint,
+            folder=folder,
+        )
+    finally:
+        asyncio.run(launcher.stop_all())
+        launcher.kill_all()
+        etcd.close()
+    deadline = time.monotonic() + 10.0
+    leftovers = [pid for _name, pid in read_pids(folder) if pid_alive(pid)]
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.1)
+        leftovers = [pid for pid in leftovers if pid_alive(pid)]
+    assert not leftovers, f"processes left behind: {leftovers}"

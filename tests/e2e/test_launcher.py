@@ -1,0 +1,140 @@
+"""The launcher against real children: ``meshenc registry`` nodes (a gRPC server that starts
+in about a second), health checks over 127.0.0.1, signals to whole process groups."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from meshenc.cli.health import EXIT_SERVING, check_health
+from meshenc.local.launcher import ChildFailedError, Launcher, pid_alive, read_pids
+from meshenc.local.ports import free_ports
+
+pytestmark = pytest.mark.slow
+
+
+def _registry(port: int) -> list[str]:
+    return ["registry", "--listen", f"127.0.0.1:{port}"]
+
+
+def _wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    alive = [p for p in pids if pid_alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if pid_alive(p)]
+    return alive
+
+
+def test_start_waits_until_serving_and_kill_is_a_crash(tmp_path: Path) -> None:
+    first, second = free_ports(2)
+
+    async def scenario() -> tuple[int, int, int | None, dict[str, int]]:
+        async with Launcher(tmp_path) as launcher:
+            await launcher.start_many(
+                [
+                    ("r0", _registry(first), f"127.0.0.1:{first}"),
+                    ("r1", _registry(second), f"127.0.0.1:{second}"),
+                ]
+            )
+            # Ready means serving, as an independent health check sees it.
+            status, message = await asyncio.to_thread(check_health, f"127.0.0.1:{first}", "", 2.0)
+            assert status == EXIT_SERVING, message
+            killed = launcher.children["r0"]
+            launcher.kill("r0")
+            codes = await launcher.stop(["r1"])
+            return killed.pid, launcher.children["r1"].pid, killed.returncode, codes
+
+    killed_pid, stopped_pid, killed_code, codes = asyncio.run(scenario())
+    assert killed_code == -signal.SIGKILL
+    assert codes == {"r1": 0}, "SIGTERM should stop a registry node cleanly"
+    assert [pid for _name, pid in read_pids(tmp_path)] == [killed_pid, stopped_pid]
+    assert not _wait_gone([killed_pid, stopped_pid])
+    assert "registry" in (tmp_path / "logs" / "r1.log").read_text()
+
+
+def test_a_child_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Launcher(tmp_path, ready_timeout=20.0) as launcher:
+            await launcher.start("bad", ["registry", "--listen", "nowhere"], address="127.0.0.1:1")
+
+    with pytest.raises(ChildFailedError) as failure:
+        asyncio.run(scenario())
+    assert "exited with code 2" in str(failure.value)
+    assert "HOST:PORT" in str(failure.value), "the log's usage error should be quoted"
+    assert not _wait_gone([pid for _name, pid in read_pids(tmp_path)])
+
+
+def test_a_child_that_never_answers_is_stopped(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    (elsewhere,) = free_ports(1)
+
+    async def scenario() -> None:
+        async with Launcher(tmp_path, ready_timeout=3.0) as launcher:
+            # It serves, but on another port than the one checked.
+            await launcher.start("r", _registry(port), address=f"127.0.0.1:{elsewhere}")
+
+    with pytest.raises(ChildFailedError, match="did not answer its health check"):
+        asyncio.run(scenario())
+    assert not _wait_gone([pid for _name, pid in read_pids(tmp_path)])
+
+
+_SUPERVISOR = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from meshenc.local.launcher import Launcher
+
+    async def main(folder: Path, port: int) -> None:
+        stop = asyncio.Event()
+        async with Launcher(folder) as launcher:
+            launcher.handle_signals(stop.set)
+            address = f"127.0.0.1:{port}"
+            await launcher.start("r", ["registry", "--listen", address], address=address)
+            (folder / "ready").write_text("")
+            await stop.wait()
+
+    asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2])))
+    """
+)
+
+
+def test_sigterm_to_the_launcher_stops_its_children(tmp_path: Path) -> None:
+    """SIGTERM (``meshenc up``'s SIGINT is tested with the whole run in test_up.py)."""
+    (port,) = free_ports(1)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", _SUPERVISOR, str(tmp_path), str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30.0
+        while not (tmp_path / "ready").exists():
+            assert supervisor.poll() is None, supervisor.communicate()[0].decode()
+            assert time.monotonic() < deadline, "the launcher did not start its child"
+            time.sleep(0.05)
+        (child,) = [pid for _name, pid in read_pids(tmp_path)]
+        assert pid_alive(child)
+        # The child leads a process group of its own: a signal to the launcher's group (a
+        # terminal's Ctrl-C, a service manager's stop) does not reach it; the launcher stops it.
+        assert os.getpgid(child) == child != os.getpgid(supervisor.pid)
+        os.killpg(supervisor.pid, signal.SIGTERM)
+        output = supervisor.communicate(timeout=20.0)[0].decode()
+        assert supervisor.returncode == 0, output
+        assert not _wait_gone([child]), "the child outlived its launcher"
+    finally:
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+            supervisor.wait()
+        for _name, pid in read_pids(tmp_path) if (tmp_path / "pids.json").exists() else []:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)

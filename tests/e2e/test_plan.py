@@ -1,0 +1,71 @@
+"""The run's plan and its output folder, without starting anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshenc.local.demo import DemoConfig, plan_run, ports_needed, prepare_out_dir
+
+
+@pytest.mark.parametrize(("encoders", "faults"), [(2, True), (3, True), (6, True), (12, False)])
+def test_plan_gives_every_encoder_its_own_clock_and_a_mesh_that_survives_a_failure(
+    encoders: int, faults: bool
+) -> None:
+    config = DemoConfig(encoders=encoders, faults=faults, seed=7)
+    ports = list(range(20_000, 20_000 + ports_needed(config)))
+    plan = plan_run(config, ports)
+    names = [e.name for e in plan.encoders]
+    assert len(names) == encoders + int(faults) == len(set(names))
+    drifts = [e.drift_ppm for e in plan.encoders]
+    assert len(set(drifts)) == len(drifts), "two encoders share a drift"
+    assert all(abs(d) <= config.max_drift_ppm for d in drifts)
+    assert max(drifts) - min(drifts) == pytest.approx(2 * config.max_drift_ppm)
+    assert len({e.port for e in plan.encoders} | set(plan.registry_ports)) == len(ports)
+    for encoder in plan.encoders:
+        assert encoder.name not in encoder.peers
+        for peer in encoder.peers:  # links are symmetric
+            assert encoder.name in plan.encoder(peer).peers
+    # The initial encoders stay connected when any one of them is killed.
+    initial = {e.name for e in plan.initial}
+    for victim in initial:
+        alive = initial - {victim}
+        start = next(iter(alive))
+        reached, frontier = {start}, [start]
+        while frontier:
+            for peer in plan.encoder(frontier.pop()).peers:
+                if peer in alive and peer not in reached:
+                    reached.add(peer)
+                    frontier.append(peer)
+        assert reached == alive, f"killing {victim} splits the mesh"
+    joiner = plan.joiner
+    assert (joiner is not None) == faults
+    if joiner is not None:
+        assert joiner.peers, "the newcomer must have neighbours that expect it"
+    assert plan_run(config, ports) == plan, "the plan must depend only on its inputs"
+
+
+def test_plan_rejects_a_timeline_that_does_not_fit() -> None:
+    with pytest.raises(ValueError, match="kill_at"):
+        DemoConfig(duration=30.0, kill_at=20.0, join_at=10.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        DemoConfig(encoders=1)
+
+
+def test_out_dir_of_a_previous_run_is_cleared_and_any_other_is_refused(tmp_path: Path) -> None:
+    previous = tmp_path / "previous"
+    (previous / "e0").mkdir(parents=True)
+    (previous / "e0" / "seg-000000000001.ts").write_bytes(b"x")
+    (previous / "logs").mkdir()
+    (previous / "events.jsonl").write_text("")
+    (previous / "notes.txt").write_text("mine")
+    prepare_out_dir(previous)
+    assert sorted(p.name for p in previous.iterdir()) == ["notes.txt"]
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        prepare_out_dir(foreign)
+    assert (foreign / "thesis.tex").read_text() == "keep me"

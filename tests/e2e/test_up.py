@@ -1,0 +1,139 @@
+"""``meshenc up`` as a user runs it: a real subprocess starting real etcd, registry replicas,
+the manager and encoders, judged afterwards from the files it left (and by ``meshenc verify``,
+also a subprocess), and checked to leave no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from meshenc.local.launcher import pid_alive, read_pids
+from meshenc.local.recorder import read_events
+
+pytestmark = pytest.mark.slow
+
+MESHENC = [sys.executable, "-m", "meshenc"]
+
+
+@contextmanager
+def _meshenc_up(out: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``meshenc up`` in a session of its own (as a terminal's foreground job is); on the way
+    out, whatever is left of it and of the processes it recorded is killed."""
+    process = subprocess.Popen(
+        [*MESHENC, "up", "--out", str(out), "--no-live", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if (out / "pids.json").exists():
+            for _name, pid in read_pids(out):
+                if pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _left_behind(out: Path, timeout: float = 10.0) -> list[tuple[str, int]]:
+    deadline = time.monotonic() + timeout
+    alive = [(name, pid) for name, pid in read_pids(out) if pid_alive(pid)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [(name, pid) for name, pid in alive if pid_alive(pid)]
+    return alive
+
+
+def test_up_stays_locked_through_a_kill_and_a_join_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    args = ("--encoders", "3", "--duration", "40", "--size", "320x180", "--registries", "1")
+    with _meshenc_up(out, *args) as up:
+        output = up.communicate(timeout=180.0)[0]
+    assert up.returncode == 0, output
+
+    started = {name: pid for name, pid in read_pids(out)}
+    assert {"etcd", "registry-0", "e0", "e1", "e2", "e3"} <= set(started), started
+    assert not _left_behind(out), "processes left behind"
+
+    # What a newcomer is told to run while the mesh is up.
+    assert "meshenc status --encoders 127.0.0.1:" in output
+    assert "grpcurl -plaintext 127.0.0.1:" in output
+
+    events = read_events(out / "events.jsonl")
+    lifecycle = Counter(e["kind"] for e in events.lifecycle())
+    assert lifecycle["started"] == 3 and lifecycle["killed"] == 1 and lifecycle["joined"] == 1
+    assert events.leaders(), "no leader election was recorded"
+    (kill,) = [e for e in events.lifecycle() if e["kind"] == "killed"]
+    killed = kill["encoder"]
+    leaders_before = [e["leader"] for e in events.leaders() if e["t"] <= kill["t"]]
+    assert leaders_before and killed == leaders_before[-1], "the leader should be killed"
+
+    summary = json.loads((out / "summary.json").read_text())
+    print(summary["line"])
+    assert summary["encoder_count"] == 4
+    assert summary["judged_segments"] >= 10
+    assert summary["locked"], summary["line"]
+    assert summary["misaligned_frames"] == 0
+    (failover,) = summary["failovers"]
+    assert failover["killed"] == killed and failover["ms"] is not None
+    (join,) = summary["joins"]
+    assert join["encoder"] == "e3" and join["ms"] is not None
+
+    verdict = subprocess.run(
+        [*MESHENC, "verify", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    checked = json.loads(verdict.stdout)
+    assert checked["locked"] is True
+    assert checked["judged_segments"] == summary["judged_segments"]
+    assert checked["agreed_segments"] == summary["agreed_segments"]
+
+    for name in ("e0", "e1", "e2", "e3"):
+        assert (out / name / "index.m3u8").is_file()
+    assert (out / "report.html").is_file()
+    assert len(list((out / "plots").glob("*.png"))) >= 4
+
+
+def test_ctrl_c_stops_up_and_everything_it_started(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ("--encoders", "2", "--no-faults", "--registries", "1", "--duration", "600")
+    with _meshenc_up(out, *args, "--size", "160x96", "--gop", "15") as up:
+        # Until both encoders have written a whole segment (half a second each).
+        deadline = time.monotonic() + 60.0
+        while not all(list((out / name).glob("*.ts")) for name in ("e0", "e1")):
+            assert up.poll() is None, up.communicate()[0]
+            assert time.monotonic() < deadline, "the encoders did not start"
+            time.sleep(0.2)
+        running = [(n, p) for n, p in read_pids(out) if pid_alive(p)]
+        assert {"etcd", "registry-0", "e0", "e1"} <= {n for n, _ in running}
+        # Ctrl-C in a terminal: SIGINT to the foreground process group.
+        os.killpg(up.pid, signal.SIGINT)
+        output = up.communicate(timeout=90.0)[0]
+    assert up.returncode == 130, output
+    assert "stop requested" in output
+    assert not _left_behind(out), "processes left behind"
+    # The run still ends in order: each encoder stopped, and the report is written.
+    lifecycle = read_events(out / "events.jsonl").lifecycle()
+    stopped = {e["encoder"] for e in lifecycle if e["kind"] == "stopped"}
+    assert stopped == {"e0", "e1"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["encoders"] == ["e0", "e1"]
