@@ -23,7 +23,9 @@ error ``E``:
   that group takes the leader's slot instead (``set_leader``): the leader is the segment's
   timing reference, so followers on either side of a boundary still pick one slot. If the
   neighbourhood spreads past the relock limit, the encoder locks in again, so groups that
-  locked into adjacent slots average out.
+  locked into adjacent slots average out. A locked encoder counts only the neighbours that
+  say (in their ESPs) they are locked too, when any do: a newcomer still locking in comes to
+  the mesh instead of unlocking it.
 
 Locking in, every move is a correction; locked, the policy decides (predictive acts on the
 error predicted ``horizon`` ahead and steers the label rate; reactive acts past the half-frame
@@ -653,6 +655,7 @@ class SyncEngine:
                 nb.suspect_until = now + cfg.suspicion
         my_corr = self.correction(now)
         deviations = [0.0]
+        locked: list[float] = []
         reference = None
         oldest = now - cfg.stale_after
         for name, nb in self._neighbours.items():
@@ -665,12 +668,20 @@ class SyncEngine:
                 kf.predict(now)
                 deviation = kf.deviation + my_corr - nb.correction_at(now)
                 deviations.append(deviation)
+                if nb.locked:
+                    locked.append(deviation)
                 if name == self._leader:
                     reference = deviation
         if len(deviations) == 1:
             return
         band = cfg.consensus_band * period
         if self._locked:
+            if 0 < len(locked) < len(deviations) - 1:
+                # A locked encoder holds the timeline with the neighbours that hold it too:
+                # one still locking in (a newcomer, an encoder back from a fault) comes to
+                # them, and must not make them lock in again on its way.
+                deviations = [0.0, *locked]
+                reference = reference if reference in locked else None
             view_of_mesh = consensus(deviations, cfg.outlier * period)
             if (
                 view_of_mesh.set_aside > cfg.tolerated_outliers

@@ -340,3 +340,27 @@ def test_the_managers_apply_verdict_applies_the_escalated_plan_once() -> None:
     assert [a.proposal_id for a in applied] == [pid]
     assert applied[0].shift == last.outcome.proposal.shift
     assert not engine.apply_escalated(now, pid)  # once only
+
+
+def test_a_newcomer_still_locking_in_does_not_unlock_its_locked_neighbours() -> None:
+    """d joins a locked neighbourhood a whole frame off and says it is not locked yet: the
+    engine keeps its lock and its timeline (d must come to the mesh, not the mesh to d)."""
+    engine = _engine(["a", "b", "c"])
+    _run(engine, range(120), {n: _zero for n in "abc"})
+    assert engine.snapshot(START + 120 * T).locked
+    engine.set_neighbours(["a", "b", "c", "d"])
+    moves = []
+    for k in range(120, 300):
+        now = START + k * T
+        decision = engine.on_frame(now, k)
+        engine.record_hash(decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1]))
+        for name in "abc":
+            engine.on_esp(now + 0.001, _esp(name, k + 1, k, now))
+        engine.on_esp(now + 0.001, _esp("d", k + 1, k, now + 1.0 * T, locked=False))
+        moves += [
+            a for a in engine.drain_actions() if isinstance(a, CorrectionApplied | SendProposal)
+        ]
+    state = engine.snapshot(START + 300 * T)
+    assert state.locked
+    assert not moves
+    assert state.timecode == FPS.slot(START + 299 * T)
