@@ -20,7 +20,7 @@ from rich.table import Table
 from meshenc.cli.sim import console
 from meshenc.local.etcd import EtcdNotInstalledError
 from meshenc.local.failover import FailoverResult, measure_failover
-from services.encoder.settings import DEFAULT_LEASE_TTL
+from services.common.etcd import DEFAULT_LEASE_TTL
 
 __all__ = ["bench_failover", "failover_summary"]
 

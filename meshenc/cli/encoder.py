@@ -13,16 +13,20 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
+from meshenc.cli.service_options import (
+    etcd_options,
+    etcd_settings,
+    service_telemetry,
+    settings_error,
+)
 from meshenc.core.policy import Strategy
-from services.common import telemetry
+from services.common.etcd import DEFAULT_LEASE_TTL
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import (
-    DEFAULT_ETCD_PREFIX,
-    DEFAULT_LEASE_TTL,
+    DEFAULT_REGISTRY_TTL,
     EncoderSettings,
-    EtcdSettings,
     TopologyMode,
-    parse_endpoints,
+    parse_addresses,
     parse_peers,
     parse_size,
 )
@@ -146,45 +150,10 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     envvar="MESHENC_SEGMENT",
     default="default",
     show_default=True,
-    help="The segment (group of encoders) this encoder belongs to; each elects a leader.",
+    help="The segment (group of encoders) this encoder belongs to until the manager's "
+    "topology names one; each segment elects a leader.",
 )
-@click.option(
-    "--etcd",
-    "etcd_endpoints",
-    envvar="MESHENC_ETCD_ENDPOINTS",
-    default="",
-    help="etcd endpoints for the segment leader election: http(s)://HOST:PORT,... "
-    "(no leader election when empty).",
-)
-@click.option(
-    "--etcd-prefix",
-    envvar="MESHENC_ETCD_PREFIX",
-    default=DEFAULT_ETCD_PREFIX,
-    show_default=True,
-    help="Key prefix of meshenc's keys in etcd.",
-)
-@click.option(
-    "--etcd-ca",
-    envvar="MESHENC_ETCD_CA",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="CA certificate that signed etcd's certificate (TLS).",
-)
-@click.option(
-    "--etcd-cert",
-    envvar="MESHENC_ETCD_CERT",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="This encoder's client certificate for etcd (TLS, with --etcd-key).",
-)
-@click.option(
-    "--etcd-key",
-    envvar="MESHENC_ETCD_KEY",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The client certificate's private key.",
-)
-@click.option("--etcd-user", envvar="MESHENC_ETCD_USER", default=None, help="etcd user name.")
-@click.option(
-    "--etcd-password", envvar="MESHENC_ETCD_PASSWORD", default=None, help="etcd password."
-)
+@etcd_options("the segment leader election (none when empty)")
 @click.option(
     "--lease-ttl",
     envvar="MESHENC_LEASE_TTL",
@@ -224,6 +193,29 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     envvar="MESHENC_ADVERTISE",
     default=None,
     help="HOST:PORT neighbours dial (default: the listen address).",
+)
+@click.option(
+    "--registry",
+    envvar="MESHENC_REGISTRY",
+    default="",
+    help="Registry replicas HOST:PORT,... to publish this encoder's record in "
+    "(address, segment, capacity, health); not published when empty.",
+)
+@click.option(
+    "--capacity",
+    envvar="MESHENC_CAPACITY",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Work units this encoder can take (one unit: one rendition at the mesh frame rate).",
+)
+@click.option(
+    "--registry-ttl",
+    envvar="MESHENC_REGISTRY_TTL",
+    type=float,
+    default=DEFAULT_REGISTRY_TTL,
+    show_default=True,
+    help="Seconds the registry keeps the record after its last refresh (refreshed every third).",
 )
 @click.option(
     "--namespace",
@@ -271,6 +263,9 @@ def encoder(
     manager: str | None,
     topology: str | None,
     advertise: str | None,
+    registry: str,
+    capacity: int,
+    registry_ttl: float,
     namespace: str,
     log_level: str,
 ) -> None:
@@ -285,21 +280,15 @@ def encoder(
         format=f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s",
     )
     try:
-        endpoints = parse_endpoints(etcd_endpoints)
-        etcd = (
-            EtcdSettings(
-                endpoints=endpoints,
-                prefix=etcd_prefix,
-                ca=etcd_ca,
-                cert=etcd_cert,
-                key=etcd_key,
-                user=etcd_user,
-                password=etcd_password,
-                lease_ttl=lease_ttl,
-                fast_failover=not no_fast_failover,
-            )
-            if endpoints
-            else None
+        etcd = etcd_settings(
+            etcd_endpoints,
+            etcd_prefix,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_user,
+            etcd_password,
+            lease_ttl=lease_ttl,
         )
         settings = EncoderSettings(
             id=node_id,
@@ -320,21 +309,20 @@ def encoder(
             seed=seed,
             segment=segment,
             etcd=etcd,
+            fast_failover=not no_fast_failover,
+            registry=parse_addresses(registry, "registry replica"),
+            capacity=capacity,
+            registry_ttl=registry_ttl,
             metrics_listen=metrics_listen or None,
             manager=manager or None,
             topology=TopologyMode(topology) if topology else None,
             advertise=advertise or None,
             namespace=namespace,
         )
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        raise click.UsageError(problems) from exc
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    except (ValidationError, ValueError) as exc:
+        raise settings_error(exc) from exc
     settings.out.mkdir(parents=True, exist_ok=True)
-    with telemetry.running(
+    with service_telemetry(
         "meshenc-encoder", instance_id=settings.id, metrics_listen=settings.metrics_listen
     ):
         stats = asyncio.run(EncoderRuntime(settings).run())

@@ -13,6 +13,12 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
+from meshenc.cli.service_options import (
+    etcd_options,
+    etcd_settings,
+    service_telemetry,
+    settings_error,
+)
 from services.manager.server import run_manager
 from services.manager.settings import (
     DEFAULT_LISTEN,
@@ -20,10 +26,6 @@ from services.manager.settings import (
     ManagerSettings,
     parse_work_units,
 )
-
-
-def _split(text: str) -> tuple[str, ...]:
-    return tuple(filter(None, (part.strip() for part in text.split(","))))
 
 
 @click.command()
@@ -41,39 +43,7 @@ def _split(text: str) -> tuple[str, ...]:
     type=click.Choice([a.value for a in ActuatorKind]),
     help="Where decisions go: etcd keys (embedded) or per-encoder ConfigMaps (kubernetes).",
 )
-@click.option(
-    "--etcd",
-    "etcd_endpoints",
-    envvar="MESHENC_ETCD_ENDPOINTS",
-    default="",
-    help="etcd endpoints http(s)://HOST:PORT,...: the decisions in embedded mode, and the "
-    "active/standby election in both modes.",
-)
-@click.option(
-    "--etcd-prefix",
-    envvar="MESHENC_ETCD_PREFIX",
-    default="/meshenc",
-    show_default=True,
-    help="Key prefix of meshenc's keys in etcd.",
-)
-@click.option(
-    "--etcd-ca",
-    envvar="MESHENC_ETCD_CA",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="CA certificate that signed etcd's certificate (TLS).",
-)
-@click.option(
-    "--etcd-cert",
-    envvar="MESHENC_ETCD_CERT",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The manager's client certificate for etcd (TLS, with --etcd-key).",
-)
-@click.option(
-    "--etcd-key",
-    envvar="MESHENC_ETCD_KEY",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The client certificate's private key.",
-)
+@etcd_options("the decisions in embedded mode, and the active/standby election in both modes")
 @click.option(
     "--namespace",
     envvar="MESHENC_NAMESPACE",
@@ -147,6 +117,8 @@ def manager(
     etcd_ca: Path | None,
     etcd_cert: Path | None,
     etcd_key: Path | None,
+    etcd_user: str | None,
+    etcd_password: str | None,
     namespace: str,
     encoder_statefulset: str | None,
     autoscale_min: int | None,
@@ -172,11 +144,15 @@ def manager(
         settings = ManagerSettings(
             listen=listen,
             actuator=ActuatorKind(actuator),
-            etcd_endpoints=_split(etcd_endpoints),
-            etcd_prefix=etcd_prefix,
-            etcd_ca=etcd_ca,
-            etcd_cert=etcd_cert,
-            etcd_key=etcd_key,
+            etcd=etcd_settings(
+                etcd_endpoints,
+                etcd_prefix,
+                etcd_ca,
+                etcd_cert,
+                etcd_key,
+                etcd_user,
+                etcd_password,
+            ),
             namespace=namespace,
             encoder_statefulset=encoder_statefulset,
             autoscale_min=autoscale_min,
@@ -188,11 +164,7 @@ def manager(
             work_units=parse_work_units(work_units),
             metrics_listen=metrics_listen,
         )
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        raise click.UsageError(problems) from exc
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    asyncio.run(run_manager(settings))
+    except (ValidationError, ValueError) as exc:
+        raise settings_error(exc) from exc
+    with service_telemetry("meshenc-manager", metrics_listen=settings.metrics_listen):
+        asyncio.run(run_manager(settings))

@@ -12,8 +12,8 @@ import logging
 import click
 from pydantic import ValidationError
 
+from meshenc.cli.service_options import service_telemetry, settings_error
 from meshenc.core.kademlia import DEFAULT_ALPHA, DEFAULT_K
-from services.common import telemetry
 from services.registry.node import RegistryNode
 from services.registry.settings import RegistrySettings, parse_seeds
 
@@ -106,14 +106,9 @@ def registry(
             alpha=alpha,
             metrics_listen=metrics_listen or None,
         )
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        raise click.UsageError(problems) from exc
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    with telemetry.running(
+    except (ValidationError, ValueError) as exc:
+        raise settings_error(exc) from exc
+    with service_telemetry(
         "meshenc-registry", instance_id=settings.advertise, metrics_listen=settings.metrics_listen
     ):
         asyncio.run(_serve(settings))

@@ -46,8 +46,10 @@ __all__ = [
 DEFAULT_LATENCY_SCALE = 0.100
 """Seconds of latency that cost as much as the whole confidence range."""
 
-DEFAULT_HYSTERESIS = 0.05
-"""Score margin a challenger must exceed to take leadership from a live incumbent."""
+DEFAULT_HYSTERESIS = 0.15
+"""Score margin a challenger must exceed to take leadership from a live incumbent: 15 ms of
+latency or 0.15 of confidence. Live encoders on a loaded host swing by about a tenth in
+confidence from second to second; a smaller margin let leadership change every few seconds."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,9 +63,9 @@ from meshenc.local.ports import free_ports
 from meshenc.local.recorder import EVENTS_NAME, Event, Recorder, StateEvent
 from meshenc.local.verify import DEFAULT_LOCK_IN, EncoderOutput, Verification, compare
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_report
-from services.encoder.leadership import SegmentKeys, connect_client
+from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, connect_client
+from services.encoder.leadership import SegmentKeys
 from services.encoder.media.segments import segment_name
-from services.encoder.settings import DEFAULT_ETCD_PREFIX, EtcdSettings
 
 __all__ = [
     "DemoConfig",
@@ -566,13 +566,24 @@ class DemoRun:
     # -- watchers -----------------------------------------------------------------------------
 
     async def _watch_leaders(self, endpoint: str) -> None:
-        """Record a ``leader`` event whenever a group's leader key changes in etcd."""
+        """Record a ``leader`` event whenever a segment's leader key changes in etcd.
+
+        Segments are found as they appear under the prefix: the manager names them, and
+        encoders move their election to the segment their topology document gives.
+        """
         settings = EtcdSettings(endpoints=(endpoint,), prefix=DEFAULT_ETCD_PREFIX)
         client = connect_client(settings)
-        watches = {g: SegmentWatch(SegmentKeys(settings.prefix, g)) for g in self.plan.groups}
-        follows = [asyncio.create_task(w.follow(client, 1)) for w in watches.values()]
+        segments_root = f"{settings.prefix}/segments/".encode()
+        watches: dict[str, SegmentWatch] = {}
+        follows: list[asyncio.Task[None]] = []
         try:
             while True:
+                with contextlib.suppress(Exception):
+                    for kv in await client.get_prefix(segments_root):
+                        name = kv.key[len(segments_root) :].split(b"/", 1)[0].decode()
+                        if name and name not in watches:
+                            watches[name] = SegmentWatch(SegmentKeys(settings.prefix, name))
+                            follows.append(asyncio.create_task(watches[name].follow(client, 1)))
                 for group, watch in watches.items():
                     known = self.state.leaders.get(group)
                     if watch.leader is not None and known != (watch.leader, watch.token):

@@ -32,9 +32,14 @@ import grpc
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.ports import free_ports
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
-from services.encoder.leadership import SegmentKeys, connect_client, decode_act, decode_leader
+from services.common.etcd import (
+    DEFAULT_ETCD_PREFIX,
+    DEFAULT_LEASE_TTL,
+    EtcdSettings,
+    connect_client,
+)
+from services.encoder.leadership import SegmentKeys, decode_act, decode_leader
 from services.encoder.leadership_audit import AuditReport, audit, read_history
-from services.encoder.settings import DEFAULT_ETCD_PREFIX, DEFAULT_LEASE_TTL, EtcdSettings
 
 __all__ = ["FailoverResult", "LocalSegment", "SegmentWatch", "measure_failover"]
 

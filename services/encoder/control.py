@@ -1,4 +1,4 @@
-"""The encoder's control plane: its topology source, its registration and its manager link.
+"""The encoder's control plane: its topology source, its registrations and its manager link.
 
 Theory of operation
 -------------------
@@ -9,12 +9,22 @@ None of this is in the frame path. :class:`ControlPlane` runs, next to the live 
   :class:`~meshenc.wire.adjacency.AdjacencyDocument` to the runtime, which rewires;
 - in embedded mode (``etcd``), :class:`EncoderRegistration`, which keeps this encoder's
   address under its lease so the manager sees it come and go;
+- with ``--registry``, a :class:`~services.common.registry_client.RecordKeeper` that keeps
+  this encoder's record in the DHT registry (address, segment, capacity, health) and
+  publishes it again whenever the runtime reports a change of segment or health
+  (:meth:`ControlPlane.publish`);
 - the :class:`~services.encoder.manager_link.ManagerLink` (``--manager``): health reports
   about once a second, and escalations.
 
+Health in the registry (:func:`record_health`): HEALTHY while the encoder holds a lock with
+confidence, DEGRADED otherwise, DRAINING from the moment it is asked to stop
+(:meth:`ControlPlane.drain`); it stays DRAINING. The record is not deleted (the DHT has no
+delete): refreshes stop, and it expires ``--registry-ttl`` seconds later everywhere.
+
 Each part retries by itself; none of them stops the encoder. :meth:`ControlPlane.close`
-revokes the registration first (the manager rewires at once instead of after the lease), then
-ends the rest.
+revokes the registration first (the manager rewires at once instead of after the lease),
+publishes the DRAINING record one last time (whatever the keeper was doing), then ends the
+rest.
 """
 
 from __future__ import annotations
@@ -22,15 +32,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
-
-from meshenc.v1 import manager_pb2
+from meshenc.v1 import manager_pb2, registry_pb2
 from meshenc.wire.adjacency import AdjacencyDocument, EtcdLayout, RegistrationRecord
-from services.encoder.leadership import connect_client
+from services.common.etcd import connect_client
+from services.common.kubernetes import connect_api
+from services.common.registry_client import (
+    RecordKeeper,
+    RegistryClient,
+    RegistryError,
+    next_version,
+)
 from services.encoder.manager_link import ManagerLink
 from services.encoder.settings import EncoderSettings, TopologyMode
 from services.encoder.topology_source import (
@@ -39,15 +54,32 @@ from services.encoder.topology_source import (
     KubernetesTopologySource,
 )
 
-__all__ = ["ControlPlane"]
+__all__ = ["HEALTHY_CONFIDENCE", "ControlPlane", "record_health"]
 
 log = logging.getLogger("meshenc.encoder.control")
 
+HEALTHY_CONFIDENCE = 0.5
+"""The confidence at or above which a locked encoder calls itself HEALTHY in the registry."""
+HEALTH_HYSTERESIS = 0.1
+"""How far below ``HEALTHY_CONFIDENCE`` a HEALTHY encoder may fall before it says DEGRADED,
+so that a confidence hovering at the threshold does not republish the record every second."""
+FINAL_PUBLISH_TIMEOUT = 2.0
+"""Seconds the last (DRAINING) publication may take when the encoder stops."""
 
-def _in_cluster_api() -> k8s.ApiClient:
-    """An API client with the pod's service account (the encoder reads its own ConfigMap)."""
-    k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
-    return k8s.ApiClient()
+
+def record_health(
+    locked: bool, confidence: float, previous: registry_pb2.EncoderHealth.ValueType
+) -> registry_pb2.EncoderHealth.ValueType:
+    """HEALTHY when locked and confident, else DEGRADED (with hysteresis around the
+    threshold); DRAINING is final and stays."""
+    if previous == registry_pb2.ENCODER_HEALTH_DRAINING:
+        return previous
+    threshold = HEALTHY_CONFIDENCE
+    if previous == registry_pb2.ENCODER_HEALTH_HEALTHY:
+        threshold -= HEALTH_HYSTERESIS
+    if locked and confidence >= threshold:
+        return registry_pb2.ENCODER_HEALTH_HEALTHY
+    return registry_pb2.ENCODER_HEALTH_DEGRADED
 
 
 class ControlPlane:
@@ -71,6 +103,8 @@ class ControlPlane:
         self._etcd: Any = None
         self._api: Any = None
         self.registration: EncoderRegistration | None = None
+        self.registry: RegistryClient | None = None
+        self.keeper: RecordKeeper | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._escalations: set[asyncio.Task[None]] = set()
 
@@ -87,16 +121,31 @@ class ControlPlane:
             self.registration = EncoderRegistration(
                 self._etcd,
                 settings.id,
-                RegistrationRecord(address=settings.advertise_address),
+                RegistrationRecord(address=settings.advertise_address, capacity=settings.capacity),
                 layout=layout,
                 lease_ttl=settings.etcd.lease_ttl,
             )
             self._spawn(self.registration.run(), "registration")
         elif mode is TopologyMode.KUBERNETES:
-            self._api = _in_cluster_api()
+            self._api = await connect_api()
             source = aiter(KubernetesTopologySource(self._api, settings.namespace, settings.id))
         if source is not None:
             self._spawn(self._follow(source), "topology")
+        if settings.registry:
+            self.registry = RegistryClient(settings.registry)
+            self.keeper = RecordKeeper(
+                self.registry,
+                registry_pb2.EncoderRecord(
+                    encoder_id=settings.id,
+                    address=settings.advertise_address,
+                    segment_id=settings.segment,
+                    capacity=settings.capacity,
+                    health=registry_pb2.ENCODER_HEALTH_DEGRADED,  # not locked yet
+                    version=1,
+                    ttl_ms=round(settings.registry_ttl * 1000),
+                ),
+            )
+            self._spawn(self.keeper.run(), "registry-record")
         if self.link is not None:
             self._spawn(self.link.run(), "manager-link")
 
@@ -117,6 +166,52 @@ class ControlPlane:
             except Exception:
                 log.exception("could not apply topology epoch %d", document.epoch)
 
+    def publish(
+        self,
+        *,
+        segment: str | None = None,
+        health: registry_pb2.EncoderHealth.ValueType | None = None,
+    ) -> None:
+        """This encoder's segment or registry health is now this: republish the record if
+        that changes it (nothing without ``--registry``; health stays DRAINING once drained)."""
+        keeper = self.keeper
+        if keeper is None:
+            return
+        changes: dict[str, object] = {}
+        if segment is not None and segment != keeper.record.segment_id:
+            changes["segment_id"] = segment
+        draining = keeper.record.health == registry_pb2.ENCODER_HEALTH_DRAINING
+        if health is not None and health != keeper.record.health and not draining:
+            changes["health"] = health
+        if changes:
+            keeper.update(**changes)
+
+    def drain(self) -> None:
+        """The encoder is stopping: its record says DRAINING from now on."""
+        self.publish(health=registry_pb2.ENCODER_HEALTH_DRAINING)
+
+    @property
+    def health(self) -> registry_pb2.EncoderHealth.ValueType:
+        """The health in this encoder's registry record (UNSPECIFIED without ``--registry``)."""
+        if self.keeper is None:
+            return registry_pb2.ENCODER_HEALTH_UNSPECIFIED
+        return self.keeper.record.health
+
+    async def _last_record(self) -> None:
+        """Publish the DRAINING record once more, after the keeper stopped: the keeper may
+        have been in the middle of publishing an older health when asked to stop."""
+        assert self.keeper is not None and self.registry is not None
+        self.drain()
+        self.keeper.stop()
+        record = registry_pb2.EncoderRecord()
+        record.CopyFrom(self.keeper.record)
+        record.version = next_version(record.version, time.time_ns())
+        try:
+            held = await asyncio.wait_for(self.registry.publish(record), FINAL_PUBLISH_TIMEOUT)
+            log.info("registry record v%d (draining) held by %d replicas", record.version, held)
+        except (RegistryError, TimeoutError) as exc:
+            log.warning("could not publish the draining record: %s", exc)
+
     def escalate(
         self,
         request: manager_pb2.Escalation,
@@ -136,9 +231,11 @@ class ControlPlane:
         task.add_done_callback(self._escalations.discard)
 
     async def close(self) -> None:
-        """Revoke the registration, then stop everything else."""
+        """Revoke the registration, leave the registry record DRAINING, then stop the rest."""
         if self.registration is not None:
             await self.registration.close()
+        if self.keeper is not None:
+            await self._last_record()
         for task in [*self._tasks, *self._escalations]:
             task.cancel()
         for task in [*self._tasks, *self._escalations]:
@@ -152,3 +249,5 @@ class ControlPlane:
         if self._api is not None:
             with contextlib.suppress(Exception):
                 await self._api.close()
+        if self.registry is not None:
+            await self.registry.close()

@@ -28,8 +28,8 @@ Key layout (``docs/leadership.md``), with ``P`` the prefix and ``S`` the segment
     P/segments/S/suspects/<token>/<voter>  a voter's suspicion of tenure <token>, its lease
     P/segments/S/acts                   the leader's fenced act: {"holder", "token", "seq"}
 
-aetcd 1.0 dials only plain-text gRPC; :class:`_EtcdClient` adds TLS by building the channel
-itself (everything else is aetcd's).
+Each session dials one endpoint with its own client (``services.common.etcd``, TLS and
+credentials included), the next endpoint after a failed session.
 """
 
 from __future__ import annotations
@@ -42,12 +42,11 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final
 
 import aetcd  # type: ignore[import-untyped]
 import grpc
-from aetcd import rpc as etcd_rpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
@@ -79,15 +78,12 @@ from meshenc.core.election import (
     TakeOver,
     WithdrawSuspicion,
 )
-from services.common.grpc_server import CHANNEL_OPTIONS
-from services.encoder.settings import EtcdSettings
+from services.common.etcd import EtcdSettings, connect_client
 
 __all__ = ["Leadership", "SegmentKeys", "connect_client", "decode_act", "decode_leader"]
 
 log = logging.getLogger("meshenc.encoder.leadership")
 
-REQUEST_TIMEOUT: Final = 2.0
-"""Seconds an etcd request may take before the session counts etcd as gone."""
 TICK_INTERVAL: Final = 0.025
 """How often the core is ticked (silences, the leader's heartbeat, retries)."""
 
@@ -174,64 +170,6 @@ def _json(**fields: object) -> bytes:
     return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
 
 
-class _EtcdClient(aetcd.Client):  # type: ignore[misc]
-    """aetcd's client, dialing over TLS when given channel credentials."""
-
-    def __init__(
-        self, host: str, port: int, *, credentials: grpc.ChannelCredentials | None, **kwargs: Any
-    ) -> None:
-        super().__init__(host, port, **kwargs)
-        self._credentials = credentials
-
-    async def connect(self) -> None:
-        if self._credentials is None or self._connected.is_set():
-            await super().connect()
-            return
-        # As aetcd's connect, with a secure channel.
-        target = f"{self._host}:{self._port}"
-        self.channel = etcd_rpc.secure_channel(
-            target, self._credentials, options=list(self._options.items())
-        )
-        if self._username is not None:
-            self.auth_stub = etcd_rpc.AuthStub(self.channel)
-            answer = await self.auth_stub.Authenticate(
-                etcd_rpc.AuthenticateRequest(name=self._username, password=self._password),
-                timeout=self._timeout,
-            )
-            self.metadata = (("token", answer.token),)
-        self.kvstub = etcd_rpc.KVStub(self.channel)
-        self.clusterstub = etcd_rpc.ClusterStub(self.channel)
-        self.leasestub = etcd_rpc.LeaseStub(self.channel)
-        self.maintenancestub = etcd_rpc.MaintenanceStub(self.channel)
-        self._watcher = aetcd.watcher.Watcher(
-            etcd_rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
-        )
-        self._connected.set()
-
-
-def connect_client(settings: EtcdSettings, endpoint: str | None = None) -> Any:
-    """An (unconnected) aetcd client for ``endpoint`` (default: the first one), with the
-    settings' TLS and credentials. It connects on first use."""
-    url = endpoint if endpoint is not None else settings.endpoints[0]
-    host, _, port = url.split("://", 1)[1].rstrip("/").rpartition(":")
-    credentials = None
-    if settings.tls:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=settings.ca.read_bytes() if settings.ca else None,
-            private_key=settings.key.read_bytes() if settings.key else None,
-            certificate_chain=settings.cert.read_bytes() if settings.cert else None,
-        )
-    return _EtcdClient(
-        host.strip("[]"),
-        int(port),
-        credentials=credentials,
-        username=settings.user,
-        password=settings.password,
-        timeout=REQUEST_TIMEOUT,
-        options=dict(CHANNEL_OPTIONS),
-    )
-
-
 class _SessionEnded(Exception):  # noqa: N818 -- an outcome, not an error of this program
     """A session with etcd ended (etcd unreachable, the watch broke); reconnect."""
 
@@ -243,7 +181,7 @@ class Leadership:
         node_id: this encoder's id.
         segment: its segment.
         settings: how to reach etcd.
-        config: the election's settings (``fast_failover`` is taken from ``settings``).
+        config: the election's settings (fast failover on or off among them).
         clock: monotonic seconds (injected so that tests may drive it).
         on_change: called (on the event loop) when the known leader or the degraded flag
             changes.
@@ -259,8 +197,7 @@ class Leadership:
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[ElectionSnapshot], None] | None = None,
     ) -> None:
-        base = config if config is not None else ElectionConfig()
-        self.election = Election(node_id, replace(base, fast_failover=settings.fast_failover))
+        self.election = Election(node_id, config if config is not None else ElectionConfig())
         self.node_id = node_id
         self.segment = segment
         self.settings = settings
@@ -679,3 +616,164 @@ class Leadership:
                 )
             )
         return False
+
+
+class SegmentLeadership:
+    """An encoder's part in the election of whatever segment it is in now.
+
+    The manager may move an encoder to another segment (its topology document names the
+    segment). One :class:`Leadership` serves one segment, so a move ends the old one — a
+    leader resigns, and the revoked lease takes the candidacy and suspicions with it, so the
+    old segment elects at once — and starts a new one in the new segment, which is told the
+    last ranking inputs and the mesh links still down. Moves are carried out one at a time,
+    in order; a move to where the encoder already is, or is about to be, does nothing. Only
+    the current :class:`Leadership` reaches ``on_change``.
+
+    Args: as :class:`Leadership`; ``segment`` is the segment to start in.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        segment: str,
+        settings: EtcdSettings,
+        config: ElectionConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[ElectionSnapshot], None] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.settings = settings
+        self._config = config
+        self._clock = clock
+        self._on_change = on_change
+        self._inputs: RankInputs | None = None
+        self._lost: set[str] = set()
+        self._wanted = segment
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._running: asyncio.Event | None = None  # set once run() has returned
+        self._resign, self._timeout = True, 2.0
+        self.current = self._leadership(segment)
+        #: Moves carried out.
+        self.moves = 0
+
+    def _leadership(self, segment: str) -> Leadership:
+        leadership: Leadership
+
+        def changed(snapshot: ElectionSnapshot) -> None:
+            if leadership is self.current and self._on_change is not None:
+                self._on_change(snapshot)
+
+        leadership = Leadership(
+            self.node_id,
+            segment,
+            self.settings,
+            self._config,
+            clock=self._clock,
+            on_change=changed,
+        )
+        if self._inputs is not None:
+            leadership.report(self._inputs)
+        for peer in sorted(self._lost):
+            leadership.peer_lost(peer)
+        return leadership
+
+    # -- what the runtime tells us -----------------------------------------------------------
+
+    def move_to(self, segment: str) -> None:
+        """Stand for election in ``segment`` from now on (returns at once; see the class)."""
+        if segment != self._wanted:
+            self._wanted = segment
+            self._wake.set()
+
+    def report(self, inputs: RankInputs) -> None:
+        self._inputs = inputs
+        self.current.report(inputs)
+
+    def peer_lost(self, peer: str) -> None:
+        self._lost.add(peer)
+        self.current.peer_lost(peer)
+
+    def peer_recovered(self, peer: str) -> None:
+        self._lost.discard(peer)
+        self.current.peer_recovered(peer)
+
+    def peer_heard(self, peer: str) -> None:
+        self.current.peer_heard(peer)
+
+    # -- what the runtime asks ---------------------------------------------------------------
+
+    @property
+    def segment(self) -> str:
+        """The segment this encoder stands in now (the one it moves to, once moved)."""
+        return self.current.segment
+
+    @property
+    def leader(self) -> str | None:
+        return self.current.leader
+
+    @property
+    def token(self) -> int:
+        return self.current.token
+
+    @property
+    def degraded(self) -> bool:
+        return self.current.degraded
+
+    @property
+    def role(self) -> Role:
+        return self.current.role
+
+    def admits(self, token: int) -> bool:
+        return self.current.admits(token)
+
+    def snapshot(self) -> ElectionSnapshot:
+        return self.current.snapshot()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Take part, moving as told, until :meth:`close`; never raises for etcd trouble."""
+        self._running = asyncio.Event()
+        try:
+            while True:
+                current = self.current
+                task = asyncio.create_task(current.run(), name=f"leadership-{current.segment}")
+                while True:
+                    self._wake.clear()
+                    if self._closing.is_set() or self._wanted != current.segment or task.done():
+                        break
+                    wake = asyncio.create_task(self._wake.wait(), name="leadership-move")
+                    try:
+                        await asyncio.wait({task, wake}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        wake.cancel()
+                if self._closing.is_set():
+                    await current.close(resign=self._resign, timeout=self._timeout)
+                    await task
+                    return
+                log.info("leaving segment %s for segment %s", current.segment, self._wanted)
+                await current.close()
+                await task
+                if self._closing.is_set():
+                    return
+                self.current = self._leadership(self._wanted)
+                self.moves += 1
+                if self._on_change is not None:
+                    self._on_change(self.current.snapshot())  # nobody known to lead there yet
+        finally:
+            self._running.set()
+
+    async def close(self, *, resign: bool = True, timeout: float = 2.0) -> None:
+        """Stop taking part (resigning, as :meth:`Leadership.close`); returns once :meth:`run`
+        has returned (a move under way is finished first, without joining the new segment)."""
+        if self._closing.is_set():
+            return
+        self._resign, self._timeout = resign, timeout
+        self._closing.set()
+        self._wake.set()
+        if self._running is None:  # run() never started
+            await self.current.close(resign=resign, timeout=timeout)
+        else:
+            await self._running.wait()

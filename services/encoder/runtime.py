@@ -48,8 +48,8 @@ from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION
 from meshenc.wire.adjacency import AdjacencyDocument
 from services.common.telemetry import EncoderTelemetry
-from services.encoder.control import ControlPlane
-from services.encoder.leadership import Leadership
+from services.encoder.control import ControlPlane, record_health
+from services.encoder.leadership import SegmentLeadership
 from services.encoder.manager_link import VoteLog, escalation, health_report
 from services.encoder.media.gop import EncoderParams, GopEncoder
 from services.encoder.media.segments import SegmentWriter
@@ -67,6 +67,10 @@ from services.encoder.state import encoder_state
 __all__ = ["EncoderRuntime", "RunStats"]
 
 log = logging.getLogger("meshenc.encoder")
+
+#: The latency an encoder ranks with before it has measured any: 0.5 s costs five times the
+#: whole confidence range (``meshenc.core.leader``), so an unmeasured encoder never leads.
+UNMEASURED_LATENCY = 0.5
 
 SILENT_FRAMES = 8
 """A neighbour that sent no ESP for this many frame periods counts as lost to the election."""
@@ -113,13 +117,17 @@ class EncoderRuntime:
         self.stats = RunStats()
         self.telemetry = EncoderTelemetry(settings.id, lambda: self.engine.snapshot(self.clock()))
         self.links = MeshLinks(self, on_link=self._on_link)
-        self.leadership: Leadership | None = None
+        self.leadership: SegmentLeadership | None = None
+        self._has_locked = False
         if settings.etcd is not None:
-            self.leadership = Leadership(
+            self.leadership = SegmentLeadership(
                 settings.id,
                 settings.segment,
                 settings.etcd,
-                ElectionConfig(silence_timeout=SILENT_FRAMES * self._period),
+                ElectionConfig(
+                    silence_timeout=SILENT_FRAMES * self._period,
+                    fast_failover=settings.fast_failover,
+                ),
                 on_change=self._on_leader_change,
             )
         self.server = MeshServer(self, self.links)
@@ -159,11 +167,23 @@ class EncoderRuntime:
     def is_neighbour(self, node_id: str) -> bool:
         return node_id in self._neighbours
 
+    @property
+    def segment(self) -> str:
+        """The segment this encoder is in: the manager's latest document's, else --segment."""
+        return self._segment
+
     def apply_topology(self, document: AdjacencyDocument) -> None:
-        """Rewire to the manager's document: links, the engine's neighbours and epoch, and
-        the leader (when no election of our own runs: it knows better, with fencing)."""
+        """Rewire to the manager's document: links, the engine's neighbours and epoch, the
+        segment (the election and the registry record follow it), and the leader (when no
+        election of our own runs: it knows better, with fencing)."""
         self._neighbours = dict(document.neighbours)
-        self._segment = document.segment or self.settings.segment
+        segment = document.segment or self.settings.segment
+        if segment != self._segment:
+            log.info("moving from segment %s to segment %s", self._segment, segment)
+            self._segment = segment
+            if self.leadership is not None:
+                self.leadership.move_to(segment)
+            self.control.publish(segment=segment)
         self.links.set_peers(document.neighbours)
         self.engine.set_neighbours(document.neighbours, document.epoch)
         if self.leadership is None:
@@ -205,12 +225,23 @@ class EncoderRuntime:
             return
         snap = self.engine.snapshot(self.clock())
         rtts = [n.rtt for n in snap.neighbours if math.isfinite(n.rtt)]
+        # A newcomer has measured nothing yet and holds no lock: it must rank last, or it
+        # would take the lead the moment it joins and pull its segment towards a timeline it
+        # has not locked to. Once locked, a brief relock does not cost its rank.
+        self._has_locked = self._has_locked or snap.locked
         self.leadership.report(
             RankInputs(
-                confidence=min(1.0, max(0.0, snap.confidence)),
-                latency=sum(rtts) / len(rtts) if rtts else 0.0,
+                confidence=min(1.0, max(0.0, snap.confidence)) if self._has_locked else 0.0,
+                latency=sum(rtts) / len(rtts) if rtts else UNMEASURED_LATENCY,
                 neighbours=frozenset(self._neighbours),
             )
+        )
+
+    def _report_health(self) -> None:
+        """The registry record's health from the lock and the confidence (once a second)."""
+        snap = self.engine.snapshot(self.clock())
+        self.control.publish(
+            health=record_health(snap.locked, snap.confidence, self.control.health)
         )
 
     def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
@@ -240,9 +271,13 @@ class EncoderRuntime:
 
     def state(self) -> mesh_pb2.EncoderState:
         election = None if self.leadership is None else self.leadership.snapshot()
-        state = encoder_state(self, self.engine.snapshot(self.clock()), election)
-        state.topology_epoch = self.engine.topology_epoch  # the manager's epoch it works in
-        return state
+        return encoder_state(
+            self,
+            self.engine.snapshot(self.clock()),
+            election,
+            topology_epoch=self.engine.topology_epoch,
+            segment=self._segment,
+        )
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -278,6 +313,7 @@ class EncoderRuntime:
                     self._stop.is_set() or (deadline is not None and now >= deadline)
                 ):
                     finishing_by = now + (self.settings.gop + 2) * self._period
+                    self.control.drain()
                 if finishing_by is not None and (self._segment_done() or now >= finishing_by):
                     break
                 due = picture_index * self._period + delay
@@ -343,6 +379,7 @@ class EncoderRuntime:
             self.engine.report_load(*report)
             self._load_sample = report
             self._report_rank()
+            self._report_health()
             self.telemetry.observe(self.links, self.stats, report)
         for peer, esp in self.engine.publish(self.clock()):
             self._last_esp = esp

@@ -16,13 +16,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
+from meshenc.wire.validation import MAX_CAPACITY
+from services.common.etcd import (
+    DEFAULT_ETCD_PREFIX,
+    DEFAULT_LEASE_TTL,
+    EtcdSettings,
+    parse_endpoints,
+)
 
 __all__ = [
     "DEFAULT_ETCD_PREFIX",
     "DEFAULT_LEASE_TTL",
+    "DEFAULT_REGISTRY_TTL",
     "EncoderSettings",
     "EtcdSettings",
     "TopologyMode",
+    "parse_addresses",
     "parse_endpoints",
     "parse_peers",
     "parse_size",
@@ -30,14 +39,10 @@ __all__ = [
 
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
-_ENDPOINT = re.compile(r"^(https?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?$")
-_PREFIX = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 
-DEFAULT_ETCD_PREFIX = "/meshenc"
-"""Where meshenc keeps its keys in etcd (see docs/leadership.md for the layout)."""
-DEFAULT_LEASE_TTL = 5
-"""Seconds an encoder's etcd lease outlives its last keep-alive (a crashed leader's key
-lingers this long when the mesh cannot fail over faster)."""
+DEFAULT_REGISTRY_TTL = 30.0
+"""Seconds the registry keeps an encoder's record after its last refresh (refreshed every
+third of that), so a dead encoder's record is gone at most this long after it died."""
 
 
 def _check_address(value: str, what: str, *, lowest_port: int = 1) -> str:
@@ -60,6 +65,12 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ValueError(f"expected WIDTHxHEIGHT, e.g. 640x360, got {text!r}") from None
 
 
+def parse_addresses(text: str, what: str) -> tuple[str, ...]:
+    """``"10.0.0.2:7500, registry-1:7500"`` → the addresses, each once, in order."""
+    addresses = [part.strip() for part in text.split(",") if part.strip()]
+    return tuple(dict.fromkeys(_check_address(a, f"{what} {a!r}") for a in addresses))
+
+
 def parse_peers(text: str) -> dict[str, str]:
     """``"enc-1=10.0.0.2:7400,enc-2=10.0.0.3:7400"`` → ``{"enc-1": "10.0.0.2:7400", ...}``."""
     peers: dict[str, str] = {}
@@ -71,65 +82,6 @@ def parse_peers(text: str) -> dict[str, str]:
             raise ValueError(f"peer {name!r} is listed twice")
         peers[name] = _check_address(address, f"peer {name!r}")
     return peers
-
-
-def parse_endpoints(text: str) -> tuple[str, ...]:
-    """``"http://10.0.0.5:2379,http://10.0.0.6:2379"`` → a tuple of endpoints (may be empty)."""
-    endpoints = tuple(filter(None, (part.strip() for part in text.split(","))))
-    for endpoint in endpoints:
-        match = _ENDPOINT.match(endpoint)
-        if not match or not 1 <= int(match.group(3)) < 65536:
-            raise ValueError(f"etcd endpoint {endpoint!r} must be http(s)://HOST:PORT")
-    return endpoints
-
-
-class EtcdSettings(BaseModel):
-    """How an encoder reaches etcd for its segment's leader election."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    endpoints: tuple[str, ...] = Field(min_length=1)
-    prefix: str = DEFAULT_ETCD_PREFIX
-    #: TLS: the CA that signed etcd's certificate, and this client's certificate and key.
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    user: str | None = None
-    password: str | None = None
-    lease_ttl: Annotated[int, Field(ge=1, le=3600)] = DEFAULT_LEASE_TTL
-    #: Take over from a leader the mesh lost (fenced, by majority); off: lease expiry only.
-    fast_failover: bool = True
-
-    @field_validator("endpoints")
-    @classmethod
-    def _endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return parse_endpoints(",".join(value))
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not _PREFIX.match(value):
-            raise ValueError("must look like /meshenc: '/'-separated words, no trailing '/'")
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("--etcd-cert and --etcd-key go together")
-        if (self.user is None) != (self.password is None):
-            raise ValueError("--etcd-user and --etcd-password go together")
-        for name in ("ca", "cert", "key"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"etcd {name} file {str(path)!r} does not exist")
-        return self
-
-    @property
-    def tls(self) -> bool:
-        """Whether to dial etcd over TLS (an https endpoint or any TLS file given)."""
-        return any(e.startswith("https://") for e in self.endpoints) or any(
-            p is not None for p in (self.ca, self.cert, self.key)
-        )
 
 
 class TopologyMode(StrEnum):
@@ -172,6 +124,14 @@ class EncoderSettings(BaseModel):
     segment: str = "default"
     #: Leader election through etcd; off when None.
     etcd: EtcdSettings | None = None
+    #: Take over from a leader the mesh lost (fenced, by majority); off: lease expiry only.
+    fast_failover: bool = True
+    #: Registry replicas (HOST:PORT) to publish this encoder's record in; off when empty.
+    registry: tuple[str, ...] = ()
+    #: Work units this encoder can take (its record in the registry and in etcd).
+    capacity: Annotated[int, Field(ge=0, le=MAX_CAPACITY)] = 4
+    #: Seconds the registry keeps the record after its last refresh.
+    registry_ttl: Annotated[float, Field(ge=1.0, le=86_400.0)] = DEFAULT_REGISTRY_TTL
     #: HOST:PORT of the Prometheus metrics endpoint; off when None.
     metrics_listen: str | None = None
     #: The Mesh Manager (HOST:PORT): health reports and escalations go there; none when None.
@@ -206,6 +166,11 @@ class EncoderSettings(BaseModel):
     @classmethod
     def _metrics_listen(cls, value: str | None) -> str | None:
         return None if value is None else _check_address(value, "metrics listen", lowest_port=0)
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return parse_addresses(",".join(value), "registry replica")
 
     @field_validator("manager", "advertise")
     @classmethod

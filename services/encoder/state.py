@@ -34,9 +34,22 @@ def _us(seconds: float) -> int:
 
 
 def encoder_state(
-    encoder: _Encoder, snap: EngineSnapshot, election: ElectionSnapshot | None = None
+    encoder: _Encoder,
+    snap: EngineSnapshot,
+    election: ElectionSnapshot | None = None,
+    *,
+    topology_epoch: int = 0,
+    segment: str | None = None,
 ) -> mesh_pb2.EncoderState:
-    """The GetState answer; ``election`` is the segment election's view (None: no etcd)."""
+    """The GetState answer.
+
+    Args:
+        encoder: the encoder (its settings, last ESP and links).
+        snap: its engine's snapshot.
+        election: the segment election's view (None: no etcd).
+        topology_epoch: the manager's epoch the encoder works in (0: none yet).
+        segment: the segment it is in now (None: its ``--segment``).
+    """
     settings = encoder.settings
     fr = settings.frame_rate
     state = mesh_pb2.EncoderState(
@@ -60,7 +73,8 @@ def encoder_state(
         injected_offset_ms=settings.offset_ms,
         injected_jitter_ms=settings.jitter_ms,
         bitrate_kbps=snap.bitrate_kbps,
-        segment_id=settings.segment,
+        segment_id=settings.segment if segment is None else segment,
+        topology_epoch=topology_epoch,
     )
     if election is not None:
         state.leader_id = election.leader or ""

@@ -31,8 +31,8 @@ Sources:
 manager sees the encoder come, and go when it stops (revoked) or dies (expired).
 
 Failures of the API server or etcd are retried for ever with exponential backoff and jitter
-(tenacity); only a permission error (403) or a missing prefix configuration ends a source,
-with an error that names what was refused.
+(``services.common.retry``); only a permission error (403) or a missing prefix configuration
+ends a source, with an error that names what was refused.
 """
 
 from __future__ import annotations
@@ -50,13 +50,7 @@ import grpc
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_never,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying
 
 from meshenc.wire.adjacency import (
     ADJACENCY_DATA_KEY,
@@ -67,6 +61,8 @@ from meshenc.wire.adjacency import (
     configmap_name,
     parse_adjacency,
 )
+from services.common.etcd import DEFAULT_LEASE_TTL
+from services.common.retry import retrying
 
 __all__ = [
     "EncoderRegistration",
@@ -82,8 +78,6 @@ DEFAULT_WATCH_TIMEOUT: Final = 240
 """Seconds one watch lasts before the next starts from the last version seen."""
 WATCH_READ_GRACE: Final = 15.0
 """Seconds of silence beyond the server's timeout after which a watch is given up."""
-DEFAULT_LEASE_TTL: Final = 5
-"""Seconds a registration outlives the encoder's last keep-alive."""
 
 _Emit = Callable[["AdjacencyDocument | BaseException"], None]
 
@@ -113,28 +107,8 @@ def _transient(error: BaseException) -> bool:
 
 
 def _retrying(what: str, maximum: float = 5.0) -> AsyncRetrying:
-    """For ever, exponential backoff with jitter, transient failures only."""
-
-    def before_sleep(state: RetryCallState) -> None:
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
-        delay = state.next_action.sleep if state.next_action is not None else 0.0
-        log.log(
-            logging.WARNING if state.attempt_number <= 2 else logging.DEBUG,
-            "%s failed (attempt %d: %r); retrying in %.2f s",
-            what,
-            state.attempt_number,
-            error,
-            delay,
-        )
-
-    return AsyncRetrying(
-        retry=retry_if_exception(_transient),
-        wait=wait_exponential_jitter(multiplier=0.05, max=maximum, jitter=0.05),
-        stop=stop_never,
-        before_sleep=before_sleep,
-        reraise=True,
-    )
+    """For ever, transient failures only (the services' one backoff policy)."""
+    return retrying(what, _transient, attempts=None, maximum=maximum, logger=log)
 
 
 class _Latest:

@@ -28,25 +28,15 @@ Invariants:
    :class:`MemberJoined` in a row with the same content for one encoder: a repeated join for
    a known encoder means its address, capacity or zone changed.
 3. Transient failures (connection lost, timeouts, 5xx, 429, conflicts) are retried with
-   exponential backoff and jitter (tenacity); permission errors are not retried, they surface
-   at once with the verb, resource and namespace that were refused.
+   exponential backoff and jitter (``services.common.retry``); permission errors are not
+   retried, they surface at once with the verb, resource and namespace that were refused.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_never,
-    wait_exponential_jitter,
-)
+from typing import Protocol, runtime_checkable
 
 from meshenc.wire.adjacency import AdjacencyDocument
 
@@ -62,13 +52,7 @@ __all__ = [
     "StalePlanError",
     "check_plan",
     "diff_members",
-    "retrying",
 ]
-
-log = logging.getLogger("meshenc.manager.actuator")
-
-DEFAULT_ATTEMPTS: Final = 6
-"""Tries per write before a transient failure is reported to the caller."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,37 +177,3 @@ def diff_members(
     events: list[MemberEvent] = [MemberLeft(e) for e in sorted(known) if e not in current]
     events.extend(current[e] for e in sorted(current) if known.get(e) != current[e])
     return events
-
-
-def retrying(
-    what: str,
-    transient: Callable[[BaseException], bool],
-    *,
-    attempts: int | None = DEFAULT_ATTEMPTS,
-    initial: float = 0.05,
-    maximum: float = 5.0,
-    logger: logging.Logger = log,
-) -> AsyncRetrying:
-    """tenacity's exponential backoff with jitter for ``what``, retrying only what
-    ``transient`` accepts; ``attempts=None`` retries forever (watch loops)."""
-
-    def before_sleep(state: RetryCallState) -> None:
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
-        delay = state.next_action.sleep if state.next_action is not None else 0.0
-        logger.log(
-            logging.WARNING if state.attempt_number <= 2 else logging.DEBUG,
-            "%s failed (attempt %d: %r); retrying in %.2f s",
-            what,
-            state.attempt_number,
-            error,
-            delay,
-        )
-
-    return AsyncRetrying(
-        retry=retry_if_exception(transient),
-        wait=wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial),
-        stop=stop_never if attempts is None else stop_after_attempt(attempts),
-        before_sleep=before_sleep,
-        reraise=True,
-    )

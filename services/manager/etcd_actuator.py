@@ -53,8 +53,8 @@ from meshenc.wire.adjacency import (
     InvalidDocument,
     parse_registration,
 )
+from services.common.retry import DEFAULT_ATTEMPTS, retrying
 from services.manager.actuators import (
-    DEFAULT_ATTEMPTS,
     MemberEvent,
     MemberJoined,
     MemberLeft,
@@ -63,7 +63,6 @@ from services.manager.actuators import (
     StalePlanError,
     check_plan,
     diff_members,
-    retrying,
 )
 
 __all__ = ["DEFAULT_MAX_TXN_OPS", "EtcdActuator", "Fence", "is_transient"]

@@ -47,7 +47,7 @@ from typing import Any, Final
 import aetcd  # type: ignore[import-untyped]
 
 from meshenc.wire.adjacency import EtcdLayout
-from services.manager.actuators import retrying
+from services.common.retry import retrying
 from services.manager.etcd_actuator import Fence, is_transient
 
 __all__ = ["DEFAULT_LEASE_TTL", "EtcdElection", "LeadershipLost"]

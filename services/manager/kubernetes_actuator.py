@@ -47,12 +47,10 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
 from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 
@@ -66,8 +64,8 @@ from meshenc.wire.adjacency import (
     configmap_name,
     parse_adjacency,
 )
+from services.common.retry import DEFAULT_ATTEMPTS, retrying
 from services.manager.actuators import (
-    DEFAULT_ATTEMPTS,
     ActuatorError,
     ForbiddenError,
     MemberEvent,
@@ -77,10 +75,9 @@ from services.manager.actuators import (
     StalePlanError,
     check_plan,
     diff_members,
-    retrying,
 )
 
-__all__ = ["KubernetesActuator", "api_error", "connect_api", "is_transient"]
+__all__ = ["KubernetesActuator", "api_error", "is_transient"]
 
 log = logging.getLogger("meshenc.manager.kubernetes")
 
@@ -92,20 +89,6 @@ WATCH_READ_GRACE: Final = 15.0
 DEFAULT_REQUEST_TIMEOUT: Final = 10.0
 """Seconds any other request may take."""
 _SELECTOR: Final = f"{NAME_LABEL}=meshenc,{COMPONENT_LABEL}=adjacency"
-
-
-async def connect_api(kubeconfig: Path | None = None) -> k8s.ApiClient:
-    """An API client: in-cluster credentials inside a pod, else ``kubeconfig`` (or the
-    default kubeconfig). The caller closes it."""
-    if kubeconfig is None:
-        with contextlib.suppress(k8s_config.ConfigException):
-            k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
-            return k8s.ApiClient()
-    configuration = k8s.Configuration()
-    await k8s_config.load_kube_config(
-        config_file=str(kubeconfig) if kubeconfig else None, client_configuration=configuration
-    )
-    return k8s.ApiClient(configuration)
 
 
 class _Conflict(Exception):  # noqa: N818 -- a retry signal, not an error of this program
@@ -158,8 +141,8 @@ class KubernetesActuator:
     """Publishes adjacency ConfigMaps and follows the encoder pods (see the module docstring).
 
     Args:
-        api: a configured API client (:func:`connect_api`); closed by :meth:`close` only when
-            ``owns_api``.
+        api: a configured API client (``services.common.kubernetes.connect_api``); closed by
+            :meth:`close` only when ``owns_api``.
         namespace: where the StatefulSet and the ConfigMaps live.
         statefulset: the encoder StatefulSet's name.
         scale_bounds: (min, max) replicas for :meth:`scale`; None disables scaling.

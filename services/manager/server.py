@@ -15,7 +15,8 @@ Health: ``meshenc.v1.MeshManager`` is SERVING only while this manager is active.
 reports NOT_SERVING, so a Kubernetes readiness probe keeps it out of the Service, while the
 server as a whole (``""``, the liveness probe) stays SERVING.
 
-:func:`run_manager` is the process: with etcd configured, the replicas elect the active one
+:func:`run_manager` is the process: with etcd configured (TLS and several endpoints as
+``services.common.etcd`` allows), the replicas elect the active one
 (:class:`~services.manager.ha.EtcdElection`) and the actuator's writes carry its fence;
 without etcd (Kubernetes with a single replica) the manager is active from the start.
 """
@@ -31,11 +32,9 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, NoReturn
 
-import aetcd  # type: ignore[import-untyped]
 import grpc
 
 from meshenc.v1 import manager_pb2, manager_pb2_grpc
-from meshenc.wire.adjacency import EtcdLayout
 from meshenc.wire.validation import (
     InvalidMessage,
     validate_escalation,
@@ -44,12 +43,13 @@ from meshenc.wire.validation import (
     validate_health_report,
     validate_watch_topology_request,
 )
-from services.common import telemetry
-from services.common.grpc_server import CHANNEL_OPTIONS, GrpcServer
+from services.common.etcd import connect_client
+from services.common.grpc_server import GrpcServer
+from services.common.kubernetes import connect_api
 from services.manager.actuators import Actuator, ActuatorError
 from services.manager.etcd_actuator import EtcdActuator
 from services.manager.ha import EtcdElection
-from services.manager.kubernetes_actuator import KubernetesActuator, connect_api
+from services.manager.kubernetes_actuator import KubernetesActuator
 from services.manager.service import ManagerShell, NotActiveError, UnknownError
 from services.manager.settings import ActuatorKind, ManagerSettings
 
@@ -234,20 +234,10 @@ STOP_GRACE: Final = 1.0
 """Seconds running calls get to finish when the manager stops."""
 
 
-def _etcd_client(settings: ManagerSettings) -> Any:
-    """An aetcd client for the first endpoint (plain text; connects on first use)."""
-    if settings.etcd_ca or settings.etcd_cert or settings.etcd_endpoints[0].startswith("https"):
-        raise ActuatorError(
-            "etcd over TLS is not supported by the manager yet; use an http:// endpoint"
-        )
-    host, _, port = settings.etcd_endpoints[0].split("://", 1)[1].rstrip("/").rpartition(":")
-    return aetcd.Client(host.strip("[]"), int(port), timeout=5.0, options=dict(CHANNEL_OPTIONS))
-
-
 async def _open_actuator(settings: ManagerSettings, etcd: Any, election: Any) -> Actuator:
-    layout = EtcdLayout(settings.etcd_prefix)
     if settings.actuator is ActuatorKind.EMBEDDED:
-        return EtcdActuator(etcd, layout=layout, fence=election.fence if election else None)
+        fence = election.fence if election else None
+        return EtcdActuator(etcd, layout=settings.layout, fence=fence)
     assert settings.encoder_statefulset is not None  # checked by the settings
     return KubernetesActuator(
         await connect_api(),
@@ -276,54 +266,56 @@ async def _follow_election(
 
 
 async def run_manager(settings: ManagerSettings) -> None:
-    """Run one manager process until SIGTERM or SIGINT, then stop cleanly."""
-    with telemetry.running("meshenc-manager", metrics_listen=settings.metrics_listen):
-        etcd = _etcd_client(settings) if settings.etcd_endpoints else None
-        changed = asyncio.Event()
-        election = None
-        if etcd is not None:
-            identity = f"{socket.gethostname()}-{os.getpid()}"
-            election = EtcdElection(
-                etcd,
-                identity,
-                layout=EtcdLayout(settings.etcd_prefix),
-                on_change=lambda _active: changed.set(),
-            )
-        actuator = await _open_actuator(settings, etcd, election)
-        shell = ManagerShell(
-            actuator,
-            settings.core_config(),
-            work_units=settings.work_units,
-            tick_interval=settings.tick_interval,
-            reconnect_grace=settings.reconnect_grace,
+    """Run one manager process until SIGTERM or SIGINT, then stop cleanly.
+
+    The caller sets up telemetry (``services.common.telemetry.running``) around it.
+    """
+    etcd = None if settings.etcd is None else connect_client(settings.etcd)
+    changed = asyncio.Event()
+    election = None
+    if etcd is not None:
+        identity = f"{socket.gethostname()}-{os.getpid()}"
+        election = EtcdElection(
+            etcd,
+            identity,
+            layout=settings.layout,
+            on_change=lambda _active: changed.set(),
         )
-        server = ManagerServer(shell)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        tasks: list[asyncio.Task[None]] = []
-        try:
-            port = await server.start(settings.listen)
-            log.info("manager serving on port %d (%s actuator)", port, settings.actuator.value)
-            if election is not None:
-                tasks.append(asyncio.create_task(election.run(), name="manager-election"))
-                tasks.append(
-                    asyncio.create_task(
-                        _follow_election(server, election, changed), name="manager-role"
-                    )
+    actuator = await _open_actuator(settings, etcd, election)
+    shell = ManagerShell(
+        actuator,
+        settings.core_config(),
+        work_units=settings.work_units,
+        tick_interval=settings.tick_interval,
+        reconnect_grace=settings.reconnect_grace,
+    )
+    server = ManagerServer(shell)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        port = await server.start(settings.listen)
+        log.info("manager serving on port %d (%s actuator)", port, settings.actuator.value)
+        if election is not None:
+            tasks.append(asyncio.create_task(election.run(), name="manager-election"))
+            tasks.append(
+                asyncio.create_task(
+                    _follow_election(server, election, changed), name="manager-role"
                 )
-            else:
-                await server.set_active(True)
-            await stop.wait()
-            log.info("stopping")
-        finally:
-            for task in reversed(tasks):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if election is not None:
-                await election.close()
-            await server.stop(STOP_GRACE)
-            if etcd is not None:
-                await etcd.close()
+            )
+        else:
+            await server.set_active(True)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for task in reversed(tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if election is not None:
+            await election.close()
+        await server.stop(STOP_GRACE)
+        if etcd is not None:
+            await etcd.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,6 +17,7 @@ from meshenc.core.planner import ManagerConfig, PlannerConfig
 from meshenc.core.planner.placement import WorkUnit
 from meshenc.core.planner.topology import TopologyConfig
 from meshenc.wire.adjacency import EtcdLayout
+from services.common.etcd import EtcdSettings
 from services.manager.service import DEFAULT_RECONNECT_GRACE, DEFAULT_TICK_INTERVAL
 
 __all__ = ["DEFAULT_LISTEN", "ActuatorKind", "ManagerSettings", "parse_work_units"]
@@ -26,7 +26,6 @@ DEFAULT_LISTEN = "0.0.0.0:7600"
 """Where the manager serves by default (the chart's manager port)."""
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
-_ENDPOINT = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes object name
 
 
@@ -55,12 +54,9 @@ class ManagerSettings(BaseModel):
 
     listen: str = DEFAULT_LISTEN
     actuator: ActuatorKind
-    #: etcd: where decisions go in embedded mode, and the HA election in both modes.
-    etcd_endpoints: tuple[str, ...] = ()
-    etcd_prefix: str = "/meshenc"
-    etcd_ca: Path | None = None
-    etcd_cert: Path | None = None
-    etcd_key: Path | None = None
+    #: etcd: where decisions go in embedded mode, and the HA election in both modes; None:
+    #: no etcd (Kubernetes with one manager replica).
+    etcd: EtcdSettings | None = None
     #: Kubernetes: the encoders' namespace and StatefulSet.
     namespace: str | None = None
     encoder_statefulset: str | None = None
@@ -77,27 +73,14 @@ class ManagerSettings(BaseModel):
     #: HOST:PORT of the Prometheus metrics endpoint; off when None.
     metrics_listen: str | None = None
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _listen(cls, value: str) -> str:
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         match = _ADDRESS.match(value)
         if not match or not 0 <= int(match.group(2)) < 65536:
             raise ValueError(f"must be HOST:PORT with a port in 0..65535, got {value!r}")
-        return value
-
-    @field_validator("etcd_endpoints")
-    @classmethod
-    def _endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for endpoint in value:
-            match = _ENDPOINT.match(endpoint)
-            if not match or not 1 <= int(match.group(2)) < 65536:
-                raise ValueError(f"etcd endpoint {endpoint!r} must be http(s)://HOST:PORT")
-        return value
-
-    @field_validator("etcd_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        EtcdLayout(value)  # the one rule for prefixes
         return value
 
     @field_validator("namespace", "encoder_statefulset")
@@ -109,7 +92,7 @@ class ManagerSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.actuator is ActuatorKind.EMBEDDED and not self.etcd_endpoints:
+        if self.actuator is ActuatorKind.EMBEDDED and self.etcd is None:
             raise ValueError("the embedded actuator needs --etcd (MESHENC_ETCD_ENDPOINTS)")
         if self.actuator is ActuatorKind.KUBERNETES and not self.encoder_statefulset:
             raise ValueError(
@@ -122,13 +105,12 @@ class ManagerSettings(BaseModel):
             raise ValueError("--autoscale-min must not exceed --autoscale-max")
         if self.degree_min > self.degree_max:
             raise ValueError("--degree-min must not exceed --degree-max")
-        if (self.etcd_cert is None) != (self.etcd_key is None):
-            raise ValueError("--etcd-cert and --etcd-key go together")
-        for name in ("etcd_ca", "etcd_cert", "etcd_key"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name.replace('_', ' ')} file {str(path)!r} does not exist")
         return self
+
+    @property
+    def layout(self) -> EtcdLayout:
+        """meshenc's keys in etcd (under the default prefix without etcd)."""
+        return EtcdLayout() if self.etcd is None else EtcdLayout(self.etcd.prefix)
 
     @property
     def scale_bounds(self) -> tuple[int, int] | None:

@@ -152,7 +152,7 @@ def _members(
     members = {n: Leadership(n, "s2", settings) for n in names}
     for i, (name, member) in enumerate(members.items()):
         others = frozenset(members) - {name}
-        member.report(RankInputs(confidence=0.5 + 0.1 * i, latency=0.001, neighbours=others))
+        member.report(RankInputs(confidence=0.4 + 0.2 * i, latency=0.001, neighbours=others))
     return settings, members
 
 

@@ -176,15 +176,16 @@ def test_a_deposed_leader_stops_acting() -> None:
 @pytest.mark.parametrize(
     ("challenger", "expected"),
     [
-        pytest.param(0.94, [], id="within-margin-stays"),
-        pytest.param(0.96, [HandOver(42, "a", 100)], id="clearly-better-takes-over"),
+        pytest.param(0.84, [], id="within-margin-stays"),
+        pytest.param(0.86, [HandOver(42, "a", 100)], id="clearly-better-takes-over"),
     ],
 )
 def test_hysteresis(challenger: float, expected: list[Action]) -> None:
+    # The leader (b) scores 0.7 - 0.01; the default margin is 0.15.
     election = _election()
     actions = _play(
         election,
-        [(0.1, _cands(a=challenger, b=0.9)), (0.1, LeaderObserved(ME, 101, 42, 42))],
+        [(0.1, _cands(a=challenger, b=0.7)), (0.1, LeaderObserved(ME, 101, 42, 42))],
     )
     assert [a for a in actions if not isinstance(a, ActAsLeader)] == expected
 

@@ -1,0 +1,136 @@
+"""What the service commands (``meshenc encoder``, ``registry``, ``manager``) share.
+
+- :func:`etcd_options` and :func:`etcd_settings`: the etcd flags, the same for every service
+  that uses etcd, into one :class:`~services.common.etcd.EtcdSettings`;
+- :func:`settings_error`: a settings model's validation errors as one usage error that names
+  each setting;
+- :func:`service_telemetry`: tracing and the metrics endpoint around the service, with an
+  address that cannot be served (a taken port) reported as a clean error, not a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from services.common import telemetry
+from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, parse_endpoints
+
+__all__ = ["etcd_options", "etcd_settings", "service_telemetry", "settings_error"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def etcd_options(what: str) -> Callable[[F], F]:
+    """The etcd flags (``--etcd``, ``--etcd-prefix``, TLS files, user and password) and their
+    variables; ``what`` says what the service uses etcd for (in ``--etcd``'s help)."""
+    options = [
+        click.option(
+            "--etcd",
+            "etcd_endpoints",
+            envvar="MESHENC_ETCD_ENDPOINTS",
+            default="",
+            help=f"etcd endpoints http(s)://HOST:PORT,... (tried in turn): {what}.",
+        ),
+        click.option(
+            "--etcd-prefix",
+            envvar="MESHENC_ETCD_PREFIX",
+            default=DEFAULT_ETCD_PREFIX,
+            show_default=True,
+            help="Key prefix of meshenc's keys in etcd.",
+        ),
+        click.option(
+            "--etcd-ca",
+            envvar="MESHENC_ETCD_CA",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="CA certificate that signed etcd's certificate (TLS).",
+        ),
+        click.option(
+            "--etcd-cert",
+            envvar="MESHENC_ETCD_CERT",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Client certificate for etcd (TLS, with --etcd-key).",
+        ),
+        click.option(
+            "--etcd-key",
+            envvar="MESHENC_ETCD_KEY",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The client certificate's private key.",
+        ),
+        click.option("--etcd-user", envvar="MESHENC_ETCD_USER", default=None, help="etcd user."),
+        click.option(
+            "--etcd-password", envvar="MESHENC_ETCD_PASSWORD", default=None, help="etcd password."
+        ),
+    ]
+
+    def decorate(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def etcd_settings(
+    etcd_endpoints: str,
+    etcd_prefix: str,
+    etcd_ca: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+    etcd_user: str | None,
+    etcd_password: str | None,
+    **extra: Any,
+) -> EtcdSettings | None:
+    """The settings the etcd flags describe; None when no endpoint is given.
+
+    Raises:
+        ValueError, ValidationError: a flag is malformed (see :func:`settings_error`).
+    """
+    endpoints = parse_endpoints(etcd_endpoints)
+    if not endpoints:
+        return None
+    return EtcdSettings(
+        endpoints=endpoints,
+        prefix=etcd_prefix,
+        ca=etcd_ca,
+        cert=etcd_cert,
+        key=etcd_key,
+        user=etcd_user,
+        password=etcd_password,
+        **extra,
+    )
+
+
+def settings_error(exc: ValidationError | ValueError) -> click.UsageError:
+    """The usage error for settings that do not validate, naming each bad setting."""
+    if isinstance(exc, ValidationError):
+        return click.UsageError(
+            "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                for e in exc.errors()
+            )
+        )
+    return click.UsageError(str(exc))
+
+
+@contextlib.contextmanager
+def service_telemetry(
+    service_name: str, *, instance_id: str | None = None, metrics_listen: str | None = None
+) -> Iterator[None]:
+    """``telemetry.running`` around the service; a metrics address that cannot be served
+    stops the command with a one-line error (exit status 1) before the service starts."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(
+                telemetry.running(
+                    service_name, instance_id=instance_id, metrics_listen=metrics_listen
+                )
+            )
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from exc
+        yield
