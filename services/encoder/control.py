@@ -12,7 +12,9 @@ None of this is in the frame path. :class:`ControlPlane` runs, next to the live 
 - with ``--registry``, a :class:`~services.common.registry_client.RecordKeeper` that keeps
   this encoder's record in the DHT registry (address, segment, capacity, health) and
   publishes it again whenever the runtime reports a change of segment or health
-  (:meth:`ControlPlane.publish`);
+  (:meth:`ControlPlane.publish`); and, when ``--peers`` names neighbours by id alone, the
+  :func:`~services.encoder.topology_source.registry_topology` source that resolves their
+  addresses through the registry;
 - the :class:`~services.encoder.manager_link.ManagerLink` (``--manager``): health reports
   about once a second, and escalations.
 
@@ -52,6 +54,7 @@ from services.encoder.topology_source import (
     EncoderRegistration,
     EtcdTopologySource,
     KubernetesTopologySource,
+    registry_topology,
 )
 
 __all__ = ["HEALTHY_CONFIDENCE", "ControlPlane", "record_health"]
@@ -129,10 +132,17 @@ class ControlPlane:
         elif mode is TopologyMode.KUBERNETES:
             self._api = await connect_api()
             source = aiter(KubernetesTopologySource(self._api, settings.namespace, settings.id))
-        if source is not None:
-            self._spawn(self._follow(source), "topology")
         if settings.registry:
             self.registry = RegistryClient(settings.registry)
+            if mode is TopologyMode.STATIC and not all(settings.peers.values()):
+                source = aiter(
+                    registry_topology(
+                        settings.id, settings.peers, self.registry, segment=settings.segment
+                    )
+                )
+        if source is not None:
+            self._spawn(self._follow(source), "topology")
+        if self.registry is not None:
             self.keeper = RecordKeeper(
                 self.registry,
                 registry_pb2.EncoderRecord(

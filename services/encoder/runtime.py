@@ -292,7 +292,8 @@ class EncoderRuntime:
                 loop.add_signal_handler(sig, self.request_stop)
         port = await self.server.start(self.settings.listen)
         log.info("encoder %s serving on port %d, peers %s", self.node_id, port, self.settings.peers)
-        self.links.set_peers(self.settings.peers)
+        # Peers without an address wait for the registry to resolve them (ControlPlane).
+        self.links.set_peers({p: a for p, a in self.settings.peers.items() if a})
         leadership: asyncio.Task[None] | None = None
         if self.leadership is not None:
             self._report_rank()

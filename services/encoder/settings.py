@@ -72,15 +72,19 @@ def parse_addresses(text: str, what: str) -> tuple[str, ...]:
 
 
 def parse_peers(text: str) -> dict[str, str]:
-    """``"enc-1=10.0.0.2:7400,enc-2=10.0.0.3:7400"`` → ``{"enc-1": "10.0.0.2:7400", ...}``."""
+    """``"enc-1=10.0.0.2:7400,enc-2"`` → ``{"enc-1": "10.0.0.2:7400", "enc-2": ""}``.
+
+    A bare id has no address yet: the encoder resolves it through the DHT registry
+    (``--registry``), which the settings check.
+    """
     peers: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, address = item.partition("=")
-        if not sep or not _ID.match(name):
-            raise ValueError(f"peer {item!r} must be ID=HOST:PORT")
+        if not _ID.match(name):
+            raise ValueError(f"peer {item!r} must be ID=HOST:PORT or ID")
         if name in peers:
             raise ValueError(f"peer {name!r} is listed twice")
-        peers[name] = _check_address(address, f"peer {name!r}")
+        peers[name] = _check_address(address, f"peer {name!r}") if sep else ""
     return peers
 
 
@@ -214,6 +218,12 @@ class EncoderSettings(BaseModel):
     def _not_own_peer(self) -> Self:
         if self.id in self.peers:
             raise ValueError(f"encoder {self.id!r} lists itself as a peer")
+        unresolved = sorted(peer for peer, address in self.peers.items() if not address)
+        if unresolved and not self.registry:
+            raise ValueError(
+                f"peers {', '.join(unresolved)} have no address: give ID=HOST:PORT, or "
+                "--registry to resolve them"
+            )
         return self
 
     @property

@@ -25,6 +25,10 @@ Sources:
   revision, resuming from the last revision seen after a broken watch, reading again when
   that revision was compacted, and renewing the watch every ``watch_timeout`` seconds.
 - :func:`static_topology` is ``--peers``: one document, epoch 1, and the iterator ends.
+- :func:`registry_topology` is ``--peers`` given as bare ids with ``--registry``: the
+  addresses are resolved through the DHT registry (any replica), and resolved again every
+  ``interval`` seconds; a document (epoch 1, 2, ...) is yielded whenever the resolved set
+  changes, so an encoder that moved or came late is found without a restart.
 
 :class:`EncoderRegistration` is the other direction in embedded mode: it keeps
 ``P/encoders/<encoder>`` (address, capacity, zone) under the encoder's own lease, so the
@@ -52,6 +56,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 from tenacity import AsyncRetrying
 
+from meshenc.v1 import registry_pb2
 from meshenc.wire.adjacency import (
     ADJACENCY_DATA_KEY,
     AdjacencyDocument,
@@ -62,6 +67,7 @@ from meshenc.wire.adjacency import (
     parse_adjacency,
 )
 from services.common.etcd import DEFAULT_LEASE_TTL
+from services.common.registry_client import RegistryClient, RegistryError
 from services.common.retry import retrying
 
 __all__ = [
@@ -69,6 +75,7 @@ __all__ = [
     "EtcdTopologySource",
     "KubernetesTopologySource",
     "TopologySourceError",
+    "registry_topology",
     "static_topology",
 ]
 
@@ -184,6 +191,42 @@ async def static_topology(
         InvalidDocument: for peers that break the document rules (checked before yielding).
     """
     yield AdjacencyDocument(1, encoder, dict(peers), segment, leader)
+
+
+async def registry_topology(
+    encoder: str,
+    peers: Mapping[str, str],
+    registry: RegistryClient,
+    *,
+    segment: str = "",
+    interval: float = 5.0,
+) -> AsyncIterator[AdjacencyDocument]:
+    """``--peers`` whose addresses come from the DHT registry (see the module docstring).
+
+    Peers given with an address keep it; the others are resolved by id. A peer the registry
+    does not know yet (or whose record says it is unhealthy) is left out until it is found.
+    """
+    epoch = 0
+    last: dict[str, str] | None = None
+    wanted = [peer for peer, address in peers.items() if not address]
+    while True:
+        found = {peer: address for peer, address in peers.items() if address}
+        try:
+            records = await registry.resolve_many(wanted)
+        except RegistryError as exc:
+            log.warning("registry: cannot resolve %s: %s", ", ".join(wanted), exc)
+            records = {}
+        for peer, record in records.items():
+            if record is not None and record.health != registry_pb2.ENCODER_HEALTH_UNHEALTHY:
+                found[peer] = record.address
+        if found != last:
+            missing = sorted(set(peers) - set(found))
+            if missing:
+                log.info("registry: %s not resolved yet", ", ".join(missing))
+            epoch += 1
+            last = found
+            yield AdjacencyDocument(epoch, encoder, dict(found), segment, "")
+        await asyncio.sleep(interval)
 
 
 # --- Kubernetes ----------------------------------------------------------------------------

@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from click.testing import CliRunner
 
 from meshenc.cli.main import cli
 from meshenc.local.ports import free_ports
-from meshenc.v1 import registry_pb2
+from meshenc.v1 import mesh_pb2, mesh_pb2_grpc, registry_pb2
 from services.common.registry_client import RegistryClient, RegistryUnavailable
 from services.encoder.control import HEALTHY_CONFIDENCE, record_health
 
@@ -36,14 +37,17 @@ TTL = 3.0  # --registry-ttl: short, so that a stopped encoder's record is seen t
 
 @contextlib.contextmanager
 def encoders(
-    folder: Path, registry: str, names: list[str], *extra: str
+    folder: Path, registry: str, names: list[str], *extra: str, bare_peers: bool = False
 ) -> Iterator[dict[str, tuple[subprocess.Popen[bytes], str]]]:
-    """Encoder processes, full mesh, publishing in ``registry``: name → (process, address)."""
+    """Encoder processes, full mesh, publishing in ``registry``: name → (process, address).
+    With ``bare_peers`` they are told their peers' ids only, and must resolve them."""
     addresses = {n: f"127.0.0.1:{p}" for n, p in zip(names, free_ports(len(names)), strict=True)}
     started: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         for name, address in addresses.items():
-            peers = ",".join(f"{p}={a}" for p, a in addresses.items() if p != name)
+            peers = ",".join(
+                p if bare_peers else f"{p}={a}" for p, a in addresses.items() if p != name
+            )
             command = [
                 sys.executable, "-m", "meshenc", "encoder",
                 "--id", name,
@@ -154,6 +158,43 @@ def test_locked_encoders_publish_healthy_records_and_drain_then_expire_on_shutdo
     assert gone is None
     assert still is not None  # still refreshed (alone now, it may say DEGRADED)
     assert stopped == 0, logs(tmp_path)
+
+
+@pytest.mark.slow
+def test_encoders_given_only_their_peers_ids_find_them_through_the_registry(
+    tmp_path: Path,
+) -> None:
+    """``--peers enc-b`` without an address: each encoder resolves the other's record in the
+    DHT and connects its mesh link, as GetState (read over gRPC) shows."""
+    with (
+        registry_processes(tmp_path, 1) as (_registries, (registry,)),
+        encoders(tmp_path, registry, ["enc-a", "enc-b"], bare_peers=True) as started,
+    ):
+
+        def connected(address: str) -> list[str]:
+            with grpc.insecure_channel(address) as channel:
+                state = mesh_pb2_grpc.EncoderMeshStub(channel).GetState(
+                    mesh_pb2.GetStateRequest(), timeout=5.0
+                )
+            return [n.neighbour_id for n in state.neighbours if n.connected]
+
+        deadline = time.monotonic() + 45.0
+        links: dict[str, list[str]] = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(grpc.RpcError):
+                links = {name: connected(address) for name, (_p, address) in started.items()}
+            if links == {"enc-a": ["enc-b"], "enc-b": ["enc-a"]}:
+                break
+            time.sleep(0.5)
+        assert links == {"enc-a": ["enc-b"], "enc-b": ["enc-a"]}, (links, logs(tmp_path))
+
+
+def test_peers_without_addresses_need_a_registry(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["encoder", "--id", "e", "--out", str(tmp_path), "--peers", "f,g=127.0.0.1:9"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "peers f have no address" in result.output
 
 
 def test_an_unreachable_registry_does_not_stop_the_encoder(tmp_path: Path) -> None:
