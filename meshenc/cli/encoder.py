@@ -7,15 +7,17 @@ sets the variables. Values are validated once, at start, with errors that name t
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 
 import click
 from pydantic import ValidationError
 
 from meshenc.cli.service_options import (
+    configure_logging,
     etcd_options,
     etcd_settings,
+    log_level_option,
+    metrics_listen_option,
     service_telemetry,
     settings_error,
 )
@@ -168,13 +170,7 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     is_flag=True,
     help="Replace a dead leader only when its lease expires (no mesh-driven takeover).",
 )
-@click.option(
-    "--metrics-listen",
-    envvar="MESHENC_METRICS_LISTEN",
-    default=None,
-    help="HOST:PORT to serve Prometheus metrics on, e.g. 0.0.0.0:9464 (off when unset). "
-    "Traces follow the standard OTEL_* variables.",
-)
+@metrics_listen_option
 @click.option(
     "--manager",
     envvar="MESHENC_MANAGER",
@@ -224,13 +220,7 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     show_default=True,
     help="The pod's namespace (--topology kubernetes).",
 )
-@click.option(
-    "--log-level",
-    envvar="MESHENC_LOG_LEVEL",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@log_level_option
 def encoder(
     node_id: str,
     listen: str,
@@ -275,10 +265,7 @@ def encoder(
     its timecodes locked with its neighbours over gRPC, and writes HLS segments named by segment
     number into --out. SIGTERM finishes the current segment and stops cleanly.
     """
-    logging.basicConfig(
-        level=log_level.upper(),
-        format=f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(log_level, node_id)
     try:
         etcd = etcd_settings(
             etcd_endpoints,

@@ -288,6 +288,36 @@ def _need_manager(manager: str | None) -> str:
     return manager
 
 
+def _show_manager_answer(
+    ctx: click.Context,
+    manager: str | None,
+    method: str,
+    request: Message,
+    *,
+    validate: Callable[[Any], None],
+    param_hint: str,
+    timeout: float,
+    as_json: bool,
+    render: Callable[[Any], Any],
+) -> None:
+    """Validate ``request`` (a bad filter is the ``param_hint`` option's fault), ask the
+    manager, and print its answer as JSON or as ``render`` draws it."""
+    address = _need_manager(manager)
+    try:
+        validate(request)
+    except InvalidMessage as exc:
+        raise click.BadParameter(exc.reason, param_hint=param_hint) from exc
+    try:
+        answer = asyncio.run(_ask_manager(address, method, request, timeout))
+    except grpc.aio.AioRpcError as exc:
+        _fail(ctx, f"manager {address}: {_no_answer(exc)}")
+        return
+    if as_json:
+        click.echo(json.dumps(_to_dict(answer)))
+    else:
+        console().print(render(answer))
+
+
 @click.command()
 @_MANAGER
 @click.option("--encoder", "encoder_id", default="", help="Only this encoder's neighbours.")
@@ -298,21 +328,17 @@ def topology(
     ctx: click.Context, manager: str | None, encoder_id: str, timeout: float, as_json: bool
 ) -> None:
     """The mesh topology the manager planned: every encoder's neighbours (GetTopology)."""
-    address = _need_manager(manager)
-    request = manager_pb2.GetTopologyRequest(encoder_id=encoder_id)
-    try:
-        validate_get_topology_request(request)
-    except InvalidMessage as exc:
-        raise click.BadParameter(exc.reason, param_hint="--encoder") from exc
-    try:
-        answer = asyncio.run(_ask_manager(address, "GetTopology", request, timeout))
-    except grpc.aio.AioRpcError as exc:
-        _fail(ctx, f"manager {address}: {_no_answer(exc)}")
-        return
-    if as_json:
-        click.echo(json.dumps(_to_dict(answer)))
-    else:
-        console().print(topology_table(answer))
+    _show_manager_answer(
+        ctx,
+        manager,
+        "GetTopology",
+        manager_pb2.GetTopologyRequest(encoder_id=encoder_id),
+        validate=validate_get_topology_request,
+        param_hint="--encoder",
+        timeout=timeout,
+        as_json=as_json,
+        render=topology_table,
+    )
 
 
 @click.command()
@@ -325,21 +351,17 @@ def segments(
     ctx: click.Context, manager: str | None, segment_id: str, timeout: float, as_json: bool
 ) -> None:
     """The encoder groups (segments), their members and elected leaders (GetSegments)."""
-    address = _need_manager(manager)
-    request = manager_pb2.GetSegmentsRequest(segment_id=segment_id)
-    try:
-        validate_get_segments_request(request)
-    except InvalidMessage as exc:
-        raise click.BadParameter(exc.reason, param_hint="--segment") from exc
-    try:
-        answer = asyncio.run(_ask_manager(address, "GetSegments", request, timeout))
-    except grpc.aio.AioRpcError as exc:
-        _fail(ctx, f"manager {address}: {_no_answer(exc)}")
-        return
-    if as_json:
-        click.echo(json.dumps(_to_dict(answer)))
-    else:
-        console().print(segments_table(answer))
+    _show_manager_answer(
+        ctx,
+        manager,
+        "GetSegments",
+        manager_pb2.GetSegmentsRequest(segment_id=segment_id),
+        validate=validate_get_segments_request,
+        param_hint="--segment",
+        timeout=timeout,
+        as_json=as_json,
+        render=segments_table,
+    )
 
 
 # --- events ---------------------------------------------------------------------------------

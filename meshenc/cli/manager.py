@@ -7,15 +7,17 @@ sets the variables. Values are validated once, at start, with errors that name t
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 
 import click
 from pydantic import ValidationError
 
 from meshenc.cli.service_options import (
+    configure_logging,
     etcd_options,
     etcd_settings,
+    log_level_option,
+    metrics_listen_option,
     service_telemetry,
     settings_error,
 )
@@ -95,20 +97,8 @@ from services.manager.settings import (
     default="",
     help="Work to place, CHANNEL/RENDITION,... (each on two encoders).",
 )
-@click.option(
-    "--metrics-listen",
-    envvar="MESHENC_METRICS_LISTEN",
-    default=None,
-    help="HOST:PORT to serve Prometheus metrics on, e.g. 0.0.0.0:9464 (off when unset). "
-    "Traces follow the standard OTEL_* variables.",
-)
-@click.option(
-    "--log-level",
-    envvar="MESHENC_LOG_LEVEL",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@metrics_listen_option
+@log_level_option
 def manager(
     listen: str,
     actuator: str,
@@ -137,9 +127,7 @@ def manager(
     mesh that survives any single failure, writes each encoder's neighbours (etcd keys or
     ConfigMaps) and judges escalated resync proposals. SIGTERM stops it cleanly.
     """
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s manager %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_level, "manager")
     try:
         settings = ManagerSettings(
             listen=listen,

@@ -7,12 +7,17 @@ sets the variables. Values are validated once, at start, with errors that name t
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import click
 from pydantic import ValidationError
 
-from meshenc.cli.service_options import service_telemetry, settings_error
+from meshenc.cli.service_options import (
+    configure_logging,
+    log_level_option,
+    metrics_listen_option,
+    service_telemetry,
+    settings_error,
+)
 from meshenc.core.kademlia import DEFAULT_ALPHA, DEFAULT_K
 from services.registry.node import RegistryNode
 from services.registry.settings import RegistrySettings, parse_seeds
@@ -62,20 +67,8 @@ from services.registry.settings import RegistrySettings, parse_seeds
     show_default=True,
     help="Lookup requests in flight.",
 )
-@click.option(
-    "--metrics-listen",
-    envvar="MESHENC_METRICS_LISTEN",
-    default=None,
-    help="HOST:PORT to serve Prometheus metrics on, e.g. 0.0.0.0:9464 (off when unset). "
-    "Traces follow the standard OTEL_* variables.",
-)
-@click.option(
-    "--log-level",
-    envvar="MESHENC_LOG_LEVEL",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@metrics_listen_option
+@log_level_option
 def registry(
     listen: str,
     advertise: str | None,
@@ -92,10 +85,7 @@ def registry(
     closest to its key and survives the loss of any k-1 of them. SIGTERM stops the node
     gracefully.
     """
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s registry %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(log_level, "registry")
     try:
         settings = RegistrySettings(
             listen=listen,

@@ -6,24 +6,13 @@ from pathlib import Path
 
 import click
 
-from meshenc.local.verify import DEFAULT_LOCK_IN, count_frames, find_outputs
+from meshenc.cli.verify import judging_options
+from meshenc.local.verify import count_frames, find_outputs
 
 
 @click.command()
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--lock-in",
-    type=click.IntRange(min=0),
-    default=DEFAULT_LOCK_IN,
-    show_default=True,
-    help="Segments at the start of every encoder's run allowed to differ.",
-)
-@click.option(
-    "--gop",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Frames per segment for the misaligned count (default: count them in the files).",
-)
+@judging_options
 def report(out_dir: Path, lock_in: int, gop: int | None) -> None:
     """Write OUT_DIR/report.html, OUT_DIR/plots/*.png and OUT_DIR/summary.json.
 

@@ -4,6 +4,8 @@
   that uses etcd, into one :class:`~services.common.etcd.EtcdSettings`;
 - :func:`settings_error`: a settings model's validation errors as one usage error that names
   each setting;
+- :data:`metrics_listen_option`, :data:`log_level_option` and :func:`configure_logging`: the
+  flags every service has, and its log format (each line names the service or node);
 - :func:`service_telemetry`: tracing and the metrics endpoint around the service, with an
   address that cannot be served (a taken port) reported as a clean error, not a traceback.
 """
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,9 +24,42 @@ from pydantic import ValidationError
 from services.common import telemetry
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, parse_endpoints
 
-__all__ = ["etcd_options", "etcd_settings", "service_telemetry", "settings_error"]
+__all__ = [
+    "configure_logging",
+    "etcd_options",
+    "etcd_settings",
+    "log_level_option",
+    "metrics_listen_option",
+    "service_telemetry",
+    "settings_error",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+metrics_listen_option = click.option(
+    "--metrics-listen",
+    envvar="MESHENC_METRICS_LISTEN",
+    default=None,
+    help="HOST:PORT to serve Prometheus metrics on, e.g. 0.0.0.0:9464 (off when unset). "
+    "Traces follow the standard OTEL_* variables.",
+)
+"""``--metrics-listen``: where the service serves Prometheus metrics."""
+
+log_level_option = click.option(
+    "--log-level",
+    envvar="MESHENC_LOG_LEVEL",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+"""``--log-level``: the least severe log lines the service writes."""
+
+
+def configure_logging(log_level: str, label: str) -> None:
+    """Log at ``log_level``, each line naming ``label`` (the service, or the encoder's id)."""
+    logging.basicConfig(
+        level=log_level.upper(), format=f"%(asctime)s {label} %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def etcd_options(what: str) -> Callable[[F], F]:

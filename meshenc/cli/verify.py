@@ -7,6 +7,7 @@ that is not a folder). The definitions are in :mod:`meshenc.local.verify`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -79,6 +80,24 @@ def verdict_line(result: Verification) -> str:
     )
 
 
+def judging_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--lock-in`` and ``--gop``: how segments are judged, the same for every command that
+    judges a run's outputs."""
+    command = click.option(
+        "--gop",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Frames per segment for the misaligned count (default: count them in the files).",
+    )(command)
+    return click.option(
+        "--lock-in",
+        type=click.IntRange(min=0),
+        default=DEFAULT_LOCK_IN,
+        show_default=True,
+        help="Segments at the start of every encoder's run allowed to differ.",
+    )(command)
+
+
 @click.command()
 @click.argument(
     "folders",
@@ -86,19 +105,7 @@ def verdict_line(result: Verification) -> str:
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
 )
-@click.option(
-    "--lock-in",
-    type=click.IntRange(min=0),
-    default=DEFAULT_LOCK_IN,
-    show_default=True,
-    help="Segments at the start of every encoder's run allowed to differ.",
-)
-@click.option(
-    "--gop",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Frames per segment for the misaligned count (default: count them in the files).",
-)
+@judging_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def verify(folders: tuple[Path, ...], lock_in: int, gop: int | None, as_json: bool) -> None:
     """Compare encoders' output folders segment by segment; exit 1 unless they are locked.

@@ -33,7 +33,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Self
 
@@ -51,8 +52,10 @@ __all__ = [
     "REQUEST_TIMEOUT",
     "EtcdClient",
     "EtcdSettings",
+    "RevisionCursor",
     "connect_client",
     "parse_endpoints",
+    "watch_from_revision",
 ]
 
 log = logging.getLogger("meshenc.etcd")
@@ -265,3 +268,49 @@ def connect_client(
         timeout=timeout,
         options=dict(CHANNEL_OPTIONS),
     )
+
+
+@dataclass(slots=True)
+class RevisionCursor:
+    """Where the next watch starts: the last revision seen, or None when the caller has to
+    read again (the revision was compacted)."""
+
+    revision: int | None = None
+
+
+async def watch_from_revision(
+    open_watch: Callable[[int], Awaitable[Any]],
+    *,
+    cursor: RevisionCursor,
+    on_event: Callable[[Any], None],
+    what: str,
+    renew_after: float,
+) -> None:
+    """One watch, opened by ``open_watch(start_revision)`` just after ``cursor``, for
+    ``renew_after`` seconds at most; then the caller watches again from the cursor.
+
+    The cursor moves to each event's revision before ``on_event`` sees the event. A compacted
+    revision clears the cursor and returns: the caller reads again. Other errors are raised
+    (the caller resumes from the cursor). The watch is cancelled on the way out.
+    """
+    assert cursor.revision is not None, "read before watching"
+    try:
+        watch = await open_watch(cursor.revision + 1)
+    except aetcd.exceptions.RevisionCompactedError:
+        log.info("%s: revision %d was compacted; reading again", what, cursor.revision)
+        cursor.revision = None
+        return
+    renewal = asyncio.timeout(renew_after)
+    try:
+        async with renewal:
+            async for event in watch:
+                cursor.revision = int(event.kv.mod_revision)
+                on_event(event)
+    except TimeoutError:
+        if not renewal.expired():
+            raise
+    except aetcd.exceptions.RevisionCompactedError:
+        cursor.revision = None
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(watch.cancel(), 1.0)

@@ -45,15 +45,14 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import aetcd  # type: ignore[import-untyped]
 import aiohttp
 import grpc
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.watch import Watch
 from tenacity import AsyncRetrying
 
 from meshenc.v1 import registry_pb2
@@ -66,9 +65,16 @@ from meshenc.wire.adjacency import (
     configmap_name,
     parse_adjacency,
 )
-from services.common.etcd import DEFAULT_LEASE_TTL
+from services.common.etcd import DEFAULT_LEASE_TTL, RevisionCursor, watch_from_revision
+from services.common.kubernetes import (
+    DEFAULT_WATCH_TIMEOUT,
+    WATCH_READ_GRACE,
+    WatchCursor,
+    watch_once,
+)
 from services.common.registry_client import RegistryClient, RegistryError
 from services.common.retry import retrying
+from services.common.streams import Emit, drain
 
 __all__ = [
     "EncoderRegistration",
@@ -81,20 +87,11 @@ __all__ = [
 
 log = logging.getLogger("meshenc.encoder.topology")
 
-DEFAULT_WATCH_TIMEOUT: Final = 240
-"""Seconds one watch lasts before the next starts from the last version seen."""
-WATCH_READ_GRACE: Final = 15.0
-"""Seconds of silence beyond the server's timeout after which a watch is given up."""
-
-_Emit = Callable[["AdjacencyDocument | BaseException"], None]
+_Emit = Emit[AdjacencyDocument]
 
 
 class TopologySourceError(RuntimeError):
     """The source cannot work (permission refused, bad configuration): not retried."""
-
-
-class _Gone(Exception):  # noqa: N818 -- a control-flow signal
-    """The version to resume from is no longer available: read the current state again."""
 
 
 def _transient(error: BaseException) -> bool:
@@ -116,6 +113,25 @@ def _transient(error: BaseException) -> bool:
 def _retrying(what: str, maximum: float = 5.0) -> AsyncRetrying:
     """For ever, transient failures only (the services' one backoff policy)."""
     return retrying(what, _transient, attempts=None, maximum=maximum, logger=log)
+
+
+async def _follow(
+    what: str,
+    session: Callable[[_Emit], Awaitable[None]],
+    emit: _Emit,
+    explain: Callable[[BaseException], BaseException] = lambda exc: exc,
+) -> None:
+    """Run ``session`` again and again, retrying transient failures for ever; the error that
+    ends it (as ``explain`` words it) is emitted to the source's consumer."""
+    try:
+        while True:
+            async for attempt in _retrying(what):
+                with attempt:
+                    await session(emit)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        emit(explain(exc))
 
 
 class _Latest:
@@ -164,22 +180,6 @@ class _Latest:
         self._rejected = None
         self.current = document
         return document
-
-
-async def _drain(run: Callable[[_Emit], Any]) -> AsyncIterator[AdjacencyDocument]:
-    """Run ``run(emit)`` in a task and yield what it emits (an emitted error is raised)."""
-    queue: asyncio.Queue[AdjacencyDocument | BaseException] = asyncio.Queue()
-    task = asyncio.create_task(run(queue.put_nowait))
-    try:
-        while True:
-            item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def static_topology(
@@ -262,28 +262,21 @@ class KubernetesTopologySource:
         self.request_timeout = request_timeout
         self._core = k8s.CoreV1Api(api)
         self._latest = _Latest(pod, f"ConfigMap {namespace}/{self.name}")
-        self._resource_version: str | None = None
+        self._cursor = WatchCursor()
         #: Lists made (the first, and after 410 Gone), and watches started.
         self.lists = 0
         self.watches = 0
 
     def __aiter__(self) -> AsyncIterator[AdjacencyDocument]:
-        return _drain(self._run)
+        return drain(self._run)
 
     async def _run(self, emit: _Emit) -> None:
-        try:
-            while True:
-                async for attempt in _retrying(f"watching ConfigMap {self.name}"):
-                    with attempt:
-                        await self._session(emit)
-        except asyncio.CancelledError:
-            raise
-        except ApiException as exc:
-            emit(self._refused(exc))
-        except BaseException as exc:
-            emit(exc)
+        await _follow(f"watching ConfigMap {self.name}", self._session, emit, self._refused)
 
-    def _refused(self, exc: ApiException) -> TopologySourceError:
+    def _refused(self, exc: BaseException) -> BaseException:
+        """An API refusal as the error that names what the encoder's Role lacks."""
+        if not isinstance(exc, ApiException):
+            return exc
         try:
             detail = json.loads(exc.body or "{}").get("message", "") or exc.reason
         except (ValueError, AttributeError):
@@ -302,45 +295,25 @@ class KubernetesTopologySource:
 
     async def _session(self, emit: _Emit) -> None:
         selector = f"metadata.name={self.name}"
-        if self._resource_version is None:
+        if self._cursor.resource_version is None:
             listing = await self._core.list_namespaced_config_map(
                 self.namespace, field_selector=selector, _request_timeout=self.request_timeout
             )
             self.lists += 1
             self._offer(listing.items[0] if listing.items else None, emit)
-            self._resource_version = listing.metadata.resource_version
+            self._cursor.resource_version = listing.metadata.resource_version
         self.watches += 1
-        async with Watch() as watch:
-            try:
-                async for event in watch.stream(
-                    self._core.list_namespaced_config_map,
-                    self.namespace,
-                    field_selector=selector,
-                    resource_version=self._resource_version,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=self.watch_timeout,
-                    _request_timeout=(
-                        self.request_timeout,
-                        self.watch_timeout + self.watch_read_grace,
-                    ),
-                ):
-                    kind = event["type"]
-                    if kind in ("ADDED", "MODIFIED"):
-                        self._offer(event["object"], emit)
-                    elif kind == "DELETED":
-                        self._offer(None, emit)
-                    if watch.resource_version:
-                        self._resource_version = watch.resource_version
-            except ApiException as exc:
-                if exc.status == 410:
-                    log.info(
-                        "ConfigMap %s: version %s is gone; listing again",
-                        self.name,
-                        self._resource_version,
-                    )
-                    self._resource_version = None
-                    return
-                raise
+        await watch_once(
+            self._core.list_namespaced_config_map,
+            self.namespace,
+            cursor=self._cursor,
+            on_event=lambda kind, cm: self._offer(None if kind == "DELETED" else cm, emit),
+            what=f"ConfigMap {self.name}",
+            watch_timeout=self.watch_timeout,
+            read_grace=self.watch_read_grace,
+            request_timeout=self.request_timeout,
+            field_selector=selector,
+        )
 
 
 # --- etcd ----------------------------------------------------------------------------------
@@ -369,24 +342,16 @@ class EtcdTopologySource:
         self.watch_timeout = watch_timeout
         self._client = client
         self._latest = _Latest(encoder, f"etcd key {self.key.decode()}")
-        self._revision: int | None = None
+        self._cursor = RevisionCursor()
         #: Reads of the key (the first, and after compaction), and watches started.
         self.reads = 0
         self.watches = 0
 
     def __aiter__(self) -> AsyncIterator[AdjacencyDocument]:
-        return _drain(self._run)
+        return drain(self._run)
 
     async def _run(self, emit: _Emit) -> None:
-        try:
-            while True:
-                async for attempt in _retrying(f"watching {self.key.decode()}"):
-                    with attempt:
-                        await self._session(emit)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            emit(exc)
+        await _follow(f"watching {self.key.decode()}", self._session, emit)
 
     def _offer(self, value: bytes | None, emit: _Emit) -> None:
         document = self._latest.offer(None if value is None else value.decode(errors="replace"))
@@ -394,35 +359,22 @@ class EtcdTopologySource:
             emit(document)
 
     async def _session(self, emit: _Emit) -> None:
-        if self._revision is None:
+        if self._cursor.revision is None:
             # A range of exactly this key: unlike get, it reports the revision when absent.
             found = await self._client.get_range(self.key, self.key + b"\x00")
             self.reads += 1
             self._offer(found[0].value if len(found) else None, emit)
-            self._revision = int(found.header.revision)
+            self._cursor.revision = int(found.header.revision)
         self.watches += 1
-        try:
-            watch = await self._client.watch(self.key, start_revision=self._revision + 1)
-        except aetcd.exceptions.RevisionCompactedError:
-            log.info(
-                "%s: revision %d was compacted; reading again", self.key.decode(), self._revision
-            )
-            self._revision = None
-            return
-        renewal = asyncio.timeout(self.watch_timeout)
-        try:
-            async with renewal:
-                async for event in watch:
-                    self._revision = int(event.kv.mod_revision)
-                    self._offer(event.kv.value if event.kind == "PUT" else None, emit)
-        except TimeoutError:
-            if not renewal.expired():
-                raise
-        except aetcd.exceptions.RevisionCompactedError:
-            self._revision = None
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(watch.cancel(), 1.0)
+        await watch_from_revision(
+            lambda start: self._client.watch(self.key, start_revision=start),
+            cursor=self._cursor,
+            on_event=lambda event: self._offer(
+                event.kv.value if event.kind == "PUT" else None, emit
+            ),
+            what=self.key.decode(),
+            renew_after=self.watch_timeout,
+        )
 
 
 class EncoderRegistration:

@@ -34,7 +34,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -52,6 +52,7 @@ __all__ = [
     "StalePlanError",
     "check_plan",
     "diff_members",
+    "follow_member",
 ]
 
 
@@ -177,3 +178,18 @@ def diff_members(
     events: list[MemberEvent] = [MemberLeft(e) for e in sorted(known) if e not in current]
     events.extend(current[e] for e in sorted(current) if known.get(e) != current[e])
     return events
+
+
+def follow_member(
+    known: dict[str, MemberJoined],
+    encoder: str,
+    member: MemberJoined | None,
+    emit: Callable[[MemberEvent], None],
+) -> None:
+    """Record what a watch saw of ``encoder`` (None: gone) in ``known``, emitting the change."""
+    if member is None:
+        if known.pop(encoder, None) is not None:
+            emit(MemberLeft(encoder))
+    elif known.get(encoder) != member:
+        known[encoder] = member
+        emit(member)

@@ -38,7 +38,6 @@ channel (the caller's channel options) detects dead connections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,16 +52,18 @@ from meshenc.wire.adjacency import (
     InvalidDocument,
     parse_registration,
 )
+from services.common.etcd import RevisionCursor, watch_from_revision
 from services.common.retry import DEFAULT_ATTEMPTS, retrying
+from services.common.streams import drain
 from services.manager.actuators import (
     MemberEvent,
     MemberJoined,
-    MemberLeft,
     NotLeaderError,
     ScalingNotSupportedError,
     StalePlanError,
     check_plan,
     diff_members,
+    follow_member,
 )
 
 __all__ = ["DEFAULT_MAX_TXN_OPS", "EtcdActuator", "Fence", "is_transient"]
@@ -114,11 +115,11 @@ class _Mirror:
 
 
 @dataclass(slots=True)
-class _Registrations:
-    """What the registration watch knows between its connections."""
+class _Registrations(RevisionCursor):
+    """What the registration watch knows between its connections (and where the next one
+    starts; no revision: read the prefix again)."""
 
     known: dict[str, MemberJoined] = field(default_factory=dict)
-    revision: int | None = None  # last revision seen; None: read the prefix again
 
 
 class EtcdActuator:
@@ -287,19 +288,8 @@ class EtcdActuator:
 
     # -- members ----------------------------------------------------------------------------------
 
-    async def members(self) -> AsyncIterator[MemberEvent]:
-        queue: asyncio.Queue[MemberEvent | BaseException] = asyncio.Queue()
-        task = asyncio.create_task(self._follow(queue.put_nowait), name="registration-watch")
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def members(self) -> AsyncIterator[MemberEvent]:
+        return drain(self._follow, name="registration-watch")
 
     async def _follow(self, emit: Callable[[MemberEvent | BaseException], None]) -> None:
         state = _Registrations()
@@ -341,38 +331,20 @@ class EtcdActuator:
                 emit(event)
             state.known = current
             state.revision = int(snapshot.header.revision)
-        try:
-            watch = await self._client.watch_prefix(prefix, start_revision=state.revision + 1)
-        except aetcd.exceptions.RevisionCompactedError:
-            log.info("registrations: revision %d was compacted; reading again", state.revision)
-            state.revision = None
-            return
-        renewal = asyncio.timeout(self.watch_timeout)
-        try:
-            async with renewal:
-                async for event in watch:
-                    kv = event.kv
-                    state.revision = int(kv.mod_revision)
-                    encoder = self.layout.registered(kv.key)
-                    if encoder is None:
-                        continue
-                    member = self._member(encoder, kv.value) if event.kind == "PUT" else None
-                    if member is None:
-                        if state.known.pop(encoder, None) is not None:
-                            emit(MemberLeft(encoder))
-                    elif state.known.get(encoder) != member:
-                        state.known[encoder] = member
-                        emit(member)
-        except TimeoutError:
-            if renewal.expired():
-                return  # renew the watch from the last revision
-            raise
-        except aetcd.exceptions.RevisionCompactedError:
-            state.revision = None
-            return
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(watch.cancel(), 1.0)
+
+        def on_event(event: Any) -> None:
+            encoder = self.layout.registered(event.kv.key)
+            if encoder is not None:
+                member = self._member(encoder, event.kv.value) if event.kind == "PUT" else None
+                follow_member(state.known, encoder, member, emit)
+
+        await watch_from_revision(
+            lambda start: self._client.watch_prefix(prefix, start_revision=start),
+            cursor=state,
+            on_event=on_event,
+            what="registrations",
+            renew_after=self.watch_timeout,
+        )
 
     # -- the rest ---------------------------------------------------------------------------------
 

@@ -42,7 +42,6 @@ Kubernetes API alike without threads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -52,7 +51,6 @@ from typing import Any, Final
 import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.watch import Watch
 
 from meshenc.wire.adjacency import (
     ADJACENCY_DATA_KEY,
@@ -64,17 +62,24 @@ from meshenc.wire.adjacency import (
     configmap_name,
     parse_adjacency,
 )
+from services.common.kubernetes import (
+    DEFAULT_WATCH_TIMEOUT,
+    WATCH_READ_GRACE,
+    WatchCursor,
+    watch_once,
+)
 from services.common.retry import DEFAULT_ATTEMPTS, retrying
+from services.common.streams import drain
 from services.manager.actuators import (
     ActuatorError,
     ForbiddenError,
     MemberEvent,
     MemberJoined,
-    MemberLeft,
     ScalingNotSupportedError,
     StalePlanError,
     check_plan,
     diff_members,
+    follow_member,
 )
 
 __all__ = ["KubernetesActuator", "api_error", "is_transient"]
@@ -82,10 +87,6 @@ __all__ = ["KubernetesActuator", "api_error", "is_transient"]
 log = logging.getLogger("meshenc.manager.kubernetes")
 
 MERGE_PATCH: Final = "application/merge-patch+json"
-DEFAULT_WATCH_TIMEOUT: Final = 240
-"""Seconds the server keeps one watch open (``timeoutSeconds``) before the next one starts."""
-WATCH_READ_GRACE: Final = 15.0
-"""Seconds of silence beyond ``timeoutSeconds`` after which the client gives a watch up."""
 DEFAULT_REQUEST_TIMEOUT: Final = 10.0
 """Seconds any other request may take."""
 _SELECTOR: Final = f"{NAME_LABEL}=meshenc,{COMPONENT_LABEL}=adjacency"
@@ -130,11 +131,10 @@ class _Seen:
 
 
 @dataclass(slots=True)
-class _PodFollower:
-    """What the pod watch knows between its connections."""
+class _PodFollower(WatchCursor):
+    """What the pod watch knows between its connections (and where the next one starts)."""
 
     known: dict[str, MemberJoined] = field(default_factory=dict)
-    resource_version: str | None = None
 
 
 class KubernetesActuator:
@@ -400,19 +400,8 @@ class KubernetesActuator:
 
     # -- members ----------------------------------------------------------------------------------
 
-    async def members(self) -> AsyncIterator[MemberEvent]:
-        queue: asyncio.Queue[MemberEvent | BaseException] = asyncio.Queue()
-        task = asyncio.create_task(self._follow_pods(queue.put_nowait), name="pod-watch")
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def members(self) -> AsyncIterator[MemberEvent]:
+        return drain(self._follow_pods, name="pod-watch")
 
     async def _follow_pods(self, emit: Callable[[MemberEvent | BaseException], None]) -> None:
         state = _PodFollower()
@@ -469,20 +458,6 @@ class KubernetesActuator:
             return None
         return MemberJoined(meta.name, f"{host}:{port}")
 
-    def _update(
-        self,
-        state: _PodFollower,
-        name: str,
-        member: MemberJoined | None,
-        emit: Callable[[MemberEvent | BaseException], None],
-    ) -> None:
-        if member is None:
-            if state.known.pop(name, None) is not None:
-                emit(MemberLeft(name))
-        elif state.known.get(name) != member:
-            state.known[name] = member
-            emit(member)
-
     async def _pod_session(
         self,
         state: _PodFollower,
@@ -509,35 +484,27 @@ class KubernetesActuator:
             state.known = current
             state.resource_version = listing.metadata.resource_version
         self.watches += 1
-        async with Watch() as watch:
-            try:
-                async for event in watch.stream(
-                    self._core.list_namespaced_pod,
-                    self.namespace,
-                    label_selector=selector,
-                    resource_version=state.resource_version,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=self.watch_timeout,
-                    _request_timeout=(
-                        self.request_timeout,
-                        self.watch_timeout + self.watch_read_grace,
-                    ),
-                ):
-                    kind = event["type"]
-                    if kind in ("ADDED", "MODIFIED", "DELETED"):
-                        pod = event["object"]
-                        member = None if kind == "DELETED" else self._member_of(pod)
-                        self._update(state, pod.metadata.name, member, emit)
-                    if watch.resource_version:
-                        state.resource_version = watch.resource_version
-            except ApiException as exc:
-                if exc.status == 410:
-                    log.info("pod watch: version %s is gone; listing again", state.resource_version)
-                    state.resource_version = None
-                    return
-                if is_transient(exc):
-                    raise
-                raise api_error(exc, "watch", "pods", self.namespace) from None
+        try:
+            await watch_once(
+                self._core.list_namespaced_pod,
+                self.namespace,
+                cursor=state,
+                on_event=lambda kind, pod: follow_member(
+                    state.known,
+                    pod.metadata.name,
+                    None if kind == "DELETED" else self._member_of(pod),
+                    emit,
+                ),
+                what="pod watch",
+                watch_timeout=self.watch_timeout,
+                read_grace=self.watch_read_grace,
+                request_timeout=self.request_timeout,
+                label_selector=selector,
+            )
+        except ApiException as exc:
+            if is_transient(exc):
+                raise
+            raise api_error(exc, "watch", "pods", self.namespace) from None
 
     # -- scale ------------------------------------------------------------------------------------
 

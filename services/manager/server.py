@@ -29,8 +29,8 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Final, NoReturn
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
 
@@ -60,11 +60,23 @@ log = logging.getLogger("meshenc.manager.server")
 SERVICE_NAME: Final[str] = manager_pb2.DESCRIPTOR.services_by_name["MeshManager"].full_name
 """``meshenc.v1.MeshManager``: the name health and reflection report."""
 
+_Message = TypeVar("_Message")
+
 
 async def _refuse(context: Any, code: grpc.StatusCode, rpc: str, why: object) -> NoReturn:
     log.warning("%s from %s refused (%s): %s", rpc, context.peer(), code.name, why)
     await context.abort(code, str(why))
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+
+async def _validate(
+    context: Any, rpc: str, validate: Callable[[_Message], None], message: _Message
+) -> None:
+    """Refuse ``message`` with INVALID_ARGUMENT unless it passes ``validate``."""
+    try:
+        validate(message)
+    except InvalidMessage as exc:
+        await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, rpc, exc)
 
 
 class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
@@ -88,10 +100,7 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
         accepted = 0
         try:
             async for report in request_iterator:
-                try:
-                    validate_health_report(report)
-                except InvalidMessage as exc:
-                    await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "ReportHealth", exc)
+                await _validate(context, "ReportHealth", validate_health_report, report)
                 if encoder is None:
                     encoder = report.encoder_id
                     shell.stream_opened(encoder)
@@ -118,10 +127,7 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
     async def Escalate(  # noqa: N802 -- the gRPC method's name
         self, request: manager_pb2.Escalation, context: Any
     ) -> manager_pb2.EscalationAck:
-        try:
-            validate_escalation(request)
-        except InvalidMessage as exc:
-            await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "Escalate", exc)
+        await _validate(context, "Escalate", validate_escalation, request)
         try:
             return await self._shell.escalate(request)
         except NotActiveError as exc:
@@ -132,10 +138,7 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
     async def GetTopology(  # noqa: N802 -- the gRPC method's name
         self, request: manager_pb2.GetTopologyRequest, context: Any
     ) -> manager_pb2.Topology:
-        try:
-            validate_get_topology_request(request)
-        except InvalidMessage as exc:
-            await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "GetTopology", exc)
+        await _validate(context, "GetTopology", validate_get_topology_request, request)
         try:
             return self._shell.topology(request.encoder_id)
         except UnknownError as exc:
@@ -144,10 +147,7 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
     async def GetSegments(  # noqa: N802 -- the gRPC method's name
         self, request: manager_pb2.GetSegmentsRequest, context: Any
     ) -> manager_pb2.SegmentMap:
-        try:
-            validate_get_segments_request(request)
-        except InvalidMessage as exc:
-            await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "GetSegments", exc)
+        await _validate(context, "GetSegments", validate_get_segments_request, request)
         try:
             return self._shell.segments(request.segment_id)
         except UnknownError as exc:
@@ -156,10 +156,7 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
     async def WatchTopology(  # noqa: N802 -- the gRPC method's name
         self, request: manager_pb2.WatchTopologyRequest, context: Any
     ) -> AsyncIterator[manager_pb2.TopologyUpdate]:
-        try:
-            validate_watch_topology_request(request)
-        except InvalidMessage as exc:
-            await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "WatchTopology", exc)
+        await _validate(context, "WatchTopology", validate_watch_topology_request, request)
         if not self._shell.active:
             await _refuse(
                 context,

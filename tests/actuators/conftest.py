@@ -2,19 +2,15 @@
 
 The Kubernetes side runs the real ``kubernetes_asyncio`` client over HTTP against
 :class:`.k8s_standin.KubernetesStandIn` (a stand-in, because no API server can run here); the
-etcd side runs against the real etcd binary (``EtcdProcess``).
+etcd side runs against the real etcd binary (the ``etcd`` fixture of ``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
-import pytest
 import pytest_asyncio
 from kubernetes_asyncio import client as k8s
-
-from meshenc.local.etcd import EtcdProcess
 
 from .k8s_standin import KubernetesStandIn
 from .support import NAMESPACE
@@ -38,12 +34,3 @@ async def api(standin: KubernetesStandIn) -> AsyncIterator[k8s.ApiClient]:
         yield client
     finally:
         await client.close()
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
-    process = EtcdProcess(log_path=tmp_path / "etcd.log")
-    try:
-        yield process.start()
-    finally:
-        process.close()

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aetcd  # type: ignore[import-untyped]
@@ -32,15 +31,6 @@ from services.manager.etcd_actuator import is_transient
 from services.manager.settings import ActuatorKind, ManagerSettings
 
 from .test_leadership_etcd import _certificates, run
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
-    process = EtcdProcess(log_path=tmp_path / "etcd.log")
-    try:
-        yield process.start()
-    finally:
-        process.close()
 
 
 def dead_endpoint(scheme: str = "http") -> str:

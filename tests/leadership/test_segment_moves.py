@@ -10,10 +10,8 @@ Each test starts and stops its own etcd and bounds every wait.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from meshenc.core.election import ElectionSnapshot, RankInputs, Role
 from meshenc.local.etcd import EtcdProcess
@@ -27,15 +25,6 @@ from services.encoder.settings import EncoderSettings
 from .test_leadership_etcd import eventually, run
 
 PREFIX = "/meshenc"
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
-    process = EtcdProcess(log_path=tmp_path / "etcd.log")
-    try:
-        yield process.start()
-    finally:
-        process.close()
 
 
 async def members_of(client: EtcdClient, segment: str) -> set[str]:
