@@ -278,7 +278,7 @@ SCALE_RULES = {("apps", "statefulsets/scale", v) for v in ("get", "patch")}
 
 
 _API_CALL = re.compile(
-    r"(?P<watch>\.stream\(\s*)?self\._(?P<api>core|apps)\."
+    r"(?P<watch>(?:\.stream|\bwatch_once)\(\s*)?self\._(?P<api>core|apps)\."
     r"(?P<verb>read|list|create|patch|replace|delete)_namespaced_(?P<kind>\w+?)\b"
 )
 _VERBS = {"read": "get", "replace": "update"}
@@ -293,7 +293,7 @@ _RESOURCES = {
 def api_calls(source: Path) -> set[tuple[str, str, str]]:
     """(apiGroup, resource, verb) of every Kubernetes API call in ``source`` (a
     ``kubernetes_asyncio`` method on ``self._core``/``self._apps``; a watch is a list method
-    handed to ``Watch.stream``)."""
+    handed to ``Watch.stream`` or to ``services.common.kubernetes.watch_once``)."""
     calls = set()
     for match in _API_CALL.finditer(source.read_text()):
         verb = "watch" if match["watch"] else _VERBS.get(match["verb"], match["verb"])
