@@ -399,10 +399,6 @@ class SyncEngine:
         hold the densest group's slot as before."""
         self._leader = leader
 
-    @property
-    def leader(self) -> str | None:
-        return self._leader
-
     def correction(self, now: float) -> float:
         return self._corr + self._corr_rate * (now - self._corr_at)
 
