@@ -59,8 +59,12 @@ class CaptureSmoother:
         self.period = self._nominal
         self.time = None
 
-    def update(self, raw: float) -> SmoothedCapture:
-        """Smooth one raw capture timestamp (seconds on the encoder's clock)."""
+    def update(self, raw: float, periods: int | None = None) -> SmoothedCapture:
+        """Smooth one raw capture timestamp (seconds on the encoder's clock).
+
+        ``periods`` is how many frame periods passed since the previous picture when the
+        source's own timestamps say so; without it they are counted from the arrival times.
+        """
         if self.time is None:
             self.time = raw
             return SmoothedCapture(raw, 1)
@@ -71,7 +75,8 @@ class CaptureSmoother:
             self.reset()
             self.time = raw
             return SmoothedCapture(raw, 1)
-        periods = max(1, round(elapsed / self.period))
+        if periods is None or periods < 1:
+            periods = max(1, round(elapsed / self.period))
         predicted = self.time + periods * self.period
         residual = raw - predicted
         self.time = max(predicted + self._alpha * residual, self.time + 0.5 * self.period)

@@ -78,6 +78,7 @@ from meshenc.core.timecode import FrameRate
 from meshenc.core.votes import Outcome, ProposalBook, Verdict, judge_proposal
 
 __all__ = [
+    "NO_IDENTITY",
     "Action",
     "CorrectionApplied",
     "EngineConfig",
@@ -91,6 +92,10 @@ __all__ = [
     "SendVote",
     "SyncEngine",
 ]
+
+
+#: The identity of a picture that cannot be told apart from its neighbours: never matched.
+NO_IDENTITY = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,9 +409,19 @@ class SyncEngine:
 
     # -- frames --------------------------------------------------------------------------------
 
-    def on_frame(self, now: float, fingerprint: int) -> FrameDecision:
-        """A picture was captured at ``now``: decide its timecode(s)."""
-        smoothed = self._smoother.update(now)
+    def on_frame(self, now: float, fingerprint: int, periods: int | None = None) -> FrameDecision:
+        """A picture was captured at ``now``: decide its timecode(s).
+
+        Args:
+            now: the picture's measured arrival on this encoder's clock.
+            fingerprint: the picture's identity, the same on every encoder (the source's own
+                timestamp where it has one); 0 when the picture cannot be told apart from its
+                neighbours (black, a freeze): it still gets its timecode, but it is never
+                matched against a neighbour's label, so it can never mismeasure.
+            periods: how many frame periods passed since the previous picture, when the
+                source's own timestamps say so; otherwise counted from the arrival times.
+        """
+        smoothed = self._smoother.update(now, periods)
         raw = smoothed.time
         label = raw + self.correction(now)
         if self.policy.counts_frames and self._last_tc is not None:
@@ -434,6 +449,8 @@ class SyncEngine:
         return decision
 
     def _remember(self, fingerprint: int, raw: float, now: float, tc: int) -> None:
+        if fingerprint == NO_IDENTITY:
+            return
         own = self._own
         own[fingerprint] = (raw, now, tc)
         if len(own) > self.config.history:
@@ -519,6 +536,8 @@ class SyncEngine:
         nb.corr = esp.correction
         nb.corr_rate = esp.correction_rate
         nb.corr_at = now
+        if esp.fingerprint == NO_IDENTITY:
+            return True
         theirs_raw = esp.label - esp.correction
         mine = self._own.get(esp.fingerprint)
         if mine is None:

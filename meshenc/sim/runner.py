@@ -174,7 +174,7 @@ def run(
             k = payload
             assert isinstance(k, int)
             now = clocks[i].read(t, capture_jitter[i][k])
-            decision = engine.on_frame(now, k)
+            decision = engine.on_frame(now, k + 1)  # identity 0 means "none"
             codes = decision.timecodes
             labels[i][k] = decision.label
             if codes:
