@@ -67,7 +67,25 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     "--source",
     envvar="MESHENC_SOURCE",
     default=None,
-    help="File or URL to ingest (looped); default: the synthetic live source.",
+    help="The live input: any URL PyAV reads (udp://, rtp://, rtmp://, http(s)://, tcp://) or a"
+    " file (played in real time, looped). Without one the output is black and the encoder"
+    " reports its input lost.",
+)
+@click.option(
+    "--input-loss-frames",
+    envvar="MESHENC_INPUT_LOSS_FRAMES",
+    type=click.IntRange(1, 600),
+    default=5,
+    show_default=True,
+    help="Frame periods without a picture before the input counts as lost.",
+)
+@click.option(
+    "--input-loss-repeat-s",
+    envvar="MESHENC_INPUT_LOSS_REPEAT_S",
+    type=click.FloatRange(0.0, 3600.0),
+    default=1.0,
+    show_default=True,
+    help="While the input is lost: seconds of repeating the last picture, then black.",
 )
 @click.option(
     "--size",
@@ -129,13 +147,6 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     type=float,
     default=0.0,
     help="Injected capture-timestamp jitter (test/demo).",
-)
-@click.option(
-    "--ingest-delay-ms",
-    envvar="MESHENC_INGEST_DELAY_MS",
-    type=float,
-    default=0.0,
-    help="Injected source-to-encoder delay (test/demo).",
 )
 @click.option(
     "--duration",
@@ -227,6 +238,8 @@ def encoder(
     peers: str,
     out: Path,
     source: str | None,
+    input_loss_frames: int,
+    input_loss_repeat_s: float,
     size: tuple[int, int],
     fps: str,
     gop: int,
@@ -236,7 +249,6 @@ def encoder(
     drift_ppm: float,
     offset_ms: float,
     jitter_ms: float,
-    ingest_delay_ms: float,
     duration: float | None,
     seed: int,
     segment: str,
@@ -283,6 +295,8 @@ def encoder(
             peers=parse_peers(peers),
             out=out,
             source=source,
+            input_loss_frames=input_loss_frames,
+            input_loss_repeat_s=input_loss_repeat_s,
             size=size,
             fps=fps,
             gop=gop,
@@ -291,7 +305,6 @@ def encoder(
             drift_ppm=drift_ppm,
             offset_ms=offset_ms,
             jitter_ms=jitter_ms,
-            ingest_delay_ms=ingest_delay_ms,
             duration=duration,
             seed=seed,
             segment=segment,

@@ -335,8 +335,7 @@ def run_path(size: EncoderSize, frames: int, out_dir: Path) -> _PathRun:
                 mark = clock()
                 frame = encoder.encode(timecode, picture)
                 encoded = clock()
-                if writer.add(frame) is not None:
-                    segments += 1
+                segments += len(writer.add(frame))
                 mux += clock() - encoded
                 encode += encoded - mark
                 engine.record_hash(timecode, frame.sha256)

@@ -1,24 +1,31 @@
 """One encoder process: the live loop around the sync engine.
 
-Theory of operation: the live source is a broadcast on true time — picture ``n`` leaves the
-source at ``n / fps`` seconds since the Unix epoch and reaches this encoder ``ingest_delay``
-later. On one host every encoder process shares the host clock as true time, so all of them see
-the same picture at (nearly) the same moment, as encoders fed from one source do. Each encoder
-stamps the arrival with *its own* clock: the host clock seen through an injected
-``VirtualOscillator`` (drift, offset, read jitter — zero in production). The stamp is taken for
-the arrival moment itself, as capture hardware timestamps a frame, so the loop's own scheduling
-delays do not enter the labels.
+Theory of operation: the encoder ingests one live stream (``LiveIngest``: demux and decode in a
+thread of their own). Every picture comes with its *measured* arrival on the host clock, read
+as its data left the demuxer, and its source timestamp. The arrival is read through the
+encoder's own clock (the host clock seen through an injected ``VirtualOscillator``: drift,
+offset, read jitter, a test aid that is the identity in production) and becomes the capture
+stamp. The source timestamp names the picture alike on every encoder (``source_identity``) and
+gives the cadence the engine's smoother fits the stamps against; a source without timestamps
+is named by a window of fingerprints, and an ambiguous window (black, a freeze) by nothing at
+all. No stamp is ever derived from a picture's position in the stream.
 
-The engine turns that stamp into a label and timecode(s); the picture is encoded into each slot
-by a GOP-deterministic encoder, written into segments named by segment number, hashed into the
-ESP, and the ESP goes to every neighbour. Everything the engine decides (proposals,
-corrections, escalations) leaves through ``_dispatch``.
+The engine turns the stamp into a label and timecode(s); the picture is encoded into each slot
+by a GOP-deterministic encoder, written into segments named by segment number (with the
+source's audio passed through, re-timed onto the same timeline), hashed into the ESP, and the
+ESP goes to every neighbour. Everything the engine decides (proposals, corrections,
+escalations) leaves through ``_dispatch``.
+
+When the input stops (``InputMonitor``), the encoder keeps its timeline and output running on
+its own cadence: it repeats the last picture, then sends black (``--input-loss-*``), marks those
+pictures as unmeasured and reports the input lost; when pictures arrive again it counts on
+from their arrivals and is identical again as soon as its next GOP starts.
 
 The loop never waits for the network: sends are queued per neighbour and dropped when a
 neighbour is slow (counted by the mesh links). A loop that is late (a segment write, a busy
-machine) works through the frames it owes back to back, as a capture buffer would — their
-stamps are the arrival moments, so labels do not suffer. Only beyond a second's backlog does it
-skip to the current picture, as a live ingest loses frames, and count the skipped ones.
+machine) works through the pictures queued by the ingest thread back to back — their stamps
+are their arrivals, so labels do not suffer. Beyond a second's backlog it drops pictures, as a
+live ingest does, and counts them.
 """
 
 from __future__ import annotations
@@ -32,10 +39,15 @@ import random
 import signal
 import time
 from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
 
 from meshenc.core.clock import VirtualOscillator
 from meshenc.core.election import ElectionConfig, ElectionSnapshot, RankInputs
 from meshenc.core.engine import (
+    NO_IDENTITY,
     CorrectionApplied,
     EngineConfig,
     Escalate,
@@ -43,6 +55,7 @@ from meshenc.core.engine import (
     SendProposal,
     SyncEngine,
 )
+from meshenc.core.identity import FingerprintWindow, SourceCadence, source_identity
 from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION
@@ -52,14 +65,16 @@ from services.encoder.control import ControlPlane, record_health
 from services.encoder.leadership import SegmentLeadership
 from services.encoder.manager_link import VoteLog, escalation, health_report
 from services.encoder.media.gop import EncoderParams, GopEncoder
-from services.encoder.media.segments import SegmentWriter
-from services.encoder.media.source import (
-    FileSource,
-    Picture,
-    SyntheticSource,
-    VideoFormat,
-    open_source,
+from services.encoder.media.ingest import (
+    Ingested,
+    IngestedAudio,
+    IngestedPicture,
+    InputMonitor,
+    InputState,
+    LiveIngest,
 )
+from services.encoder.media.segments import TICKS, AudioPacket, SegmentWriter
+from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
 from services.encoder.settings import EncoderSettings
 from services.encoder.state import encoder_state
@@ -115,6 +130,15 @@ class EncoderRuntime:
             bitrate_kbps=settings.bitrate_kbps,
         )
         self.stats = RunStats()
+        self.ingest: LiveIngest | None = None
+        self._input = InputMonitor(float(self._period), settings.input_loss, time.time())
+        self._cadence = SourceCadence(Fraction(fr.den, fr.num))
+        self._window = FingerprintWindow()
+        self._last_picture: Picture | None = None
+        black = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
+        black[:height] = 16
+        black.flags.writeable = False
+        self._black = Picture.from_yuv(0, black)
         self.telemetry = EncoderTelemetry(settings.id, lambda: self.engine.snapshot(self.clock()))
         self.links = MeshLinks(self, on_link=self._on_link)
         self.leadership: SegmentLeadership | None = None
@@ -284,6 +308,10 @@ class EncoderRuntime:
     def request_stop(self) -> None:
         self._stop.set()
 
+    @property
+    def input_state(self) -> InputState:
+        return self._input.state
+
     async def run(self) -> RunStats:
         """Encode until the duration is over or a stop is requested; then finish cleanly."""
         loop = asyncio.get_running_loop()
@@ -299,12 +327,22 @@ class EncoderRuntime:
             self._report_rank()
             leadership = asyncio.create_task(self.leadership.run(), name="leadership")
         await self.control.start()
-        source = open_source(self.settings.source, self._format)
+        queue: asyncio.Queue[Ingested] = asyncio.Queue()
+        ingest = None
+        if self.settings.source:
+            ingest = LiveIngest(
+                self.settings.source,
+                self._format,
+                functools.partial(_hand_over, loop, queue),
+            )
+            self.ingest = ingest
+            ingest.start()
+        else:
+            log.warning("no --source: the output is black and the encoder reports degraded")
+        self._input = InputMonitor(float(self._period), self.settings.input_loss, time.time())
         encoder = GopEncoder(self._params)
         writer = SegmentWriter(self.settings.out, self._params)
         deadline = None if self.settings.duration is None else time.time() + self.settings.duration
-        delay = self.settings.ingest_delay_ms / 1000.0
-        picture_index = math.floor((time.time() - delay) / self._period) + 1
         # Once asked to stop, finish the segment in progress (at most one more GOP).
         finishing_by: float | None = None
         try:
@@ -317,61 +355,91 @@ class EncoderRuntime:
                     self.control.drain()
                 if finishing_by is not None and (self._segment_done() or now >= finishing_by):
                     break
-                due = picture_index * self._period + delay
-                wait = due - now
-                if wait > 0:
-                    if finishing_by is None:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._stop.wait(), timeout=wait)
-                    else:
-                        await asyncio.sleep(wait)
+                item: Ingested | None = None
+                if not queue.empty():
+                    item = queue.get_nowait()
+                elif (wait := min(self._input.next_fill(), finishing_by or math.inf) - now) > 0:
+                    with contextlib.suppress(TimeoutError):
+                        item = await asyncio.wait_for(queue.get(), timeout=wait)
+                if item is None:
+                    if (fill := self._input.fill(time.time())) is not None:
+                        self._fill(encoder, writer, *fill)
                     continue
-                behind = math.floor((time.time() - delay) / self._period) - picture_index
-                if behind > self._max_backlog:
-                    self.stats.skipped += behind
-                    picture_index += behind
-                    log.warning("fell %d frames behind the source: skipped them", behind)
-                self._capture(source, encoder, writer, picture_index, due)
-                picture_index += 1
+                if isinstance(item, IngestedAudio):
+                    self._written(writer.add_audio(_audio_packet(item)))
+                    continue
+                if queue.qsize() > self._max_backlog:
+                    # More than a second behind the input: live ingest loses frames here.
+                    self.stats.skipped += 1
+                    continue
+                self._ingest(encoder, writer, item)
                 await asyncio.sleep(0)
         finally:
             if self.leadership is not None and leadership is not None:
                 # Resign first: the segment fails over at once instead of waiting for a lease.
                 await self.leadership.close()
                 await leadership
-            finishing = time.time_ns()
-            if (segment := writer.finish()) is not None:
-                self.stats.segments += 1
-                self.telemetry.segment_written(segment, finishing, time.time_ns())
+            if ingest is not None:
+                await asyncio.to_thread(ingest.stop)
+            self._written(writer.finish())
             self.telemetry.close()
             encoder.close()
-            source.close()
             await self.control.close()
             await self.links.close()
             await self.server.stop(grace=1.0)
             log.info("encoder %s stopped: %s", self.node_id, self.stats)
         return self.stats
 
+    def _ingest(self, encoder: GopEncoder, writer: SegmentWriter, item: IngestedPicture) -> None:
+        """One picture of the input: identity and cadence from its source timestamp (or, without
+        one, from a window of fingerprints), stamp from its measured arrival."""
+        source_time = None if item.pts is None else item.pts * item.time_base
+        back = self._input.arrived(
+            item.arrived, None if source_time is None else float(source_time)
+        )
+        if back:
+            log.info("input is back after a loss")
+            self._cadence.reset()
+            self._window.reset()
+        if item.pts is None:
+            identity = self._window.identify(item.picture.fingerprint)
+            periods = None
+        else:
+            identity = source_identity(round(source_time * TICKS)) if source_time is not None else 0
+            periods = None if back else self._cadence.periods(item.pts, item.time_base)
+        self._last_picture = item.picture
+        ticks = None if source_time is None else round(source_time * TICKS)
+        self._capture(
+            encoder, writer, item.picture, self._stamp(item.arrived), identity, periods, ticks
+        )
+
+    def _fill(self, encoder: GopEncoder, writer: SegmentWriter, due: float, repeat: bool) -> None:
+        """The input is lost: a filler picture on the encoder's own cadence, never measured."""
+        picture = self._last_picture if repeat and self._last_picture is not None else self._black
+        self._capture(encoder, writer, picture, self._stamp(due), NO_IDENTITY, 1, None)
+
+    def _written(self, paths: list[Path]) -> None:
+        for _ in paths:
+            self.stats.segments += 1
+            self.telemetry.segment_written(_, time.time_ns(), time.time_ns())
+
     def _capture(
         self,
-        source: SyntheticSource | FileSource,
         encoder: GopEncoder,
         writer: SegmentWriter,
-        index: int,
-        arrival: float,
+        picture: Picture,
+        now: float,
+        identity: int,
+        periods: int | None,
+        source_time: int | None,
     ) -> None:
-        picture = _picture(source, index)
-        now = self._stamp(arrival)
-        decision = self.engine.on_frame(now, picture.fingerprint)
+        decision = self.engine.on_frame(now, identity, periods)
         for tc in decision.timecodes:
             started = time.perf_counter()
             bitrate = self.engine.bitrate_for(tc // self.settings.gop)
             frame = encoder.encode(tc, picture, bitrate_kbps=bitrate)
             self._load.encoded(time.perf_counter() - started)
-            adding = time.time_ns()
-            if (segment := writer.add(frame)) is not None:
-                self.stats.segments += 1
-                self.telemetry.segment_written(segment, adding, time.time_ns())
+            self._written(writer.add(frame, source_time))
             self.engine.record_hash(tc, frame.sha256)
             self._last_tc = tc
         self.stats.frames += 1
@@ -453,16 +521,18 @@ class EncoderRuntime:
         )
 
 
-def _picture(source: SyntheticSource | FileSource, index: int) -> Picture:
-    """Picture ``index`` of the live source.
+def _hand_over(
+    loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Ingested], item: Ingested
+) -> None:
+    """From the ingest thread: queue an item for the loop."""
+    loop.call_soon_threadsafe(queue.put_nowait, item)
 
-    The synthetic source renders any picture on demand, so every encoder shows picture ``n`` at
-    the same true time. A file is read in order: encoders started at different moments see
-    different pictures at the same time, which only the synthetic source avoids for now.
-    """
-    if isinstance(source, SyntheticSource):
-        return source.picture(index)
-    return source.read()
+
+def _audio_packet(item: IngestedAudio) -> AudioPacket:
+    """An ingested audio packet as the segment writer takes it (source time in 90 kHz)."""
+    return AudioPacket(
+        item.codec, item.sample_rate, round(item.pts * item.time_base * TICKS), item.data
+    )
 
 
 class _LoadMeter:

@@ -23,6 +23,7 @@ from services.common.etcd import (
     EtcdSettings,
     parse_endpoints,
 )
+from services.encoder.media.ingest import InputLossPolicy
 
 __all__ = [
     "DEFAULT_ETCD_PREFIX",
@@ -119,8 +120,10 @@ class EncoderSettings(BaseModel):
     drift_ppm: Annotated[float, Field(ge=-1000.0, le=1000.0)] = 0.0
     offset_ms: Annotated[float, Field(ge=-10_000.0, le=10_000.0)] = 0.0
     jitter_ms: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0
-    #: Injected ingest delay of the live source (ms), emulating a longer path to this encoder.
-    ingest_delay_ms: Annotated[float, Field(ge=0.0, le=10_000.0)] = 0.0
+    #: Frame periods without a picture before the input counts as lost (then the encoder fills
+    #: in on its own cadence), and seconds it repeats the last picture before sending black.
+    input_loss_frames: Annotated[int, Field(ge=1, le=600)] = 5
+    input_loss_repeat_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 1.0
     #: Stop after this many seconds (None: run until SIGTERM).
     duration: Annotated[float, Field(gt=0.0)] | None = None
     seed: int = 0
@@ -186,6 +189,10 @@ class EncoderSettings(BaseModel):
         if self.topology_mode is TopologyMode.ETCD and self.etcd is None:
             raise ValueError("--topology etcd needs --etcd")
         return self
+
+    @property
+    def input_loss(self) -> InputLossPolicy:
+        return InputLossPolicy(self.input_loss_frames, self.input_loss_repeat_s)
 
     @property
     def topology_mode(self) -> TopologyMode:

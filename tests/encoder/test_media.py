@@ -326,7 +326,7 @@ def test_finish_writes_a_whole_last_segment(tmp_path: Path) -> None:
     frames = encode([(BASE + i, p) for i, p in enumerate(pictures(2 * GOP))])
     writer = write_all(tmp_path, frames)
     assert list(writer.listed) == [BASE // GOP]
-    assert writer.finish() == tmp_path / segment_name(BASE // GOP + 1)
+    assert writer.finish() == [tmp_path / segment_name(BASE // GOP + 1)]
     assert list(writer.listed) == [BASE // GOP, BASE // GOP + 1]
 
 
@@ -376,7 +376,7 @@ def test_a_failed_mux_leaves_no_file(
 ) -> None:
     writer = SegmentWriter(tmp_path, PARAMS)
 
-    def crash(self: SegmentWriter, out: BinaryIO, frames: object) -> None:
+    def crash(self: SegmentWriter, out: BinaryIO, frames: object, audio: object = ()) -> None:
         out.write(b"\x47" * 188)  # half a segment on disk, then the muxer dies
         raise RuntimeError("mux crashed")
 

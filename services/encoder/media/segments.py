@@ -17,9 +17,19 @@ Files appear atomically (temp file in the same directory, fsync, ``os.replace``,
 directory): a reader sees a whole segment or none, and a crash leaves at most a temp file,
 which ``cleanup()`` (called on construction and by ``finish()``) removes.
 
+Audio is passed through, re-timed onto the shared timeline. Every video frame comes with its
+source timestamp; a segment's first frame anchors the segment on the source's clock (the
+mesh agreed which picture opens the segment, so every encoder anchors alike), and the source's
+audio packets whose re-timed timestamps fall into the segment's span go into it, untouched.
+Audio of a moment can reach the encoder a little after the video of that moment, so a whole
+segment waits until audio has been seen past its end (or until ``audio_wait`` of source time
+has passed: the input lost its audio), then it is muxed. Encoders fed the same stream
+therefore write the same audio into the same segments, byte for byte.
+
 Invariants: timecodes never go back to an earlier segment; the playlist lists a run of
 consecutive segment numbers (at most ``window``), its media sequence number is the first one's
-segment number, so every encoder's playlist numbers a segment alike.
+segment number, so every encoder's playlist numbers a segment alike; each audio packet lands in
+at most one segment.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import contextlib
 import math
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -38,11 +49,15 @@ import av
 
 from services.encoder.media.gop import EncodedFrame, EncoderParams
 
-__all__ = ["PLAYLIST_NAME", "SegmentWriter", "segment_name"]
+__all__ = ["PLAYLIST_NAME", "AudioPacket", "SegmentWriter", "segment_name"]
 
 PLAYLIST_NAME = "index.m3u8"
 TEMP_PREFIX = ".tmp-"
 DEFAULT_WINDOW = 10
+#: Timestamps in the segments' audio, and source times handed to the writer: MPEG-TS's 90 kHz.
+TICKS = 90_000
+#: Audio packets kept while their segments are being collected (about 20 s of AAC).
+MAX_AUDIO_PACKETS = 1000
 
 _Writer = Callable[[BinaryIO], object]
 
@@ -52,6 +67,16 @@ def segment_name(segment: int) -> str:
     return f"seg-{segment:012d}.ts"
 
 
+@dataclass(frozen=True, slots=True)
+class AudioPacket:
+    """One compressed audio packet of the source, at ``source_time`` (90 kHz ticks)."""
+
+    codec: str
+    sample_rate: int
+    source_time: int
+    data: bytes
+
+
 @dataclass(slots=True)
 class _Pending:
     """The access units of the segment being collected."""
@@ -59,13 +84,20 @@ class _Pending:
     segment: int
     frames: list[EncodedFrame] = field(default_factory=list)
     has_start: bool = False
+    #: Source time (90 kHz) of the segment's first frame; None: no audio goes into it.
+    anchor: int | None = None
 
 
 class SegmentWriter:
     """Collects EncodedFrames into per-GOP MPEG-TS segments and keeps ``index.m3u8`` current."""
 
     def __init__(
-        self, out_dir: Path, params: EncoderParams, *, window: int = DEFAULT_WINDOW
+        self,
+        out_dir: Path,
+        params: EncoderParams,
+        *,
+        window: int = DEFAULT_WINDOW,
+        audio_wait: float = 1.0,
     ) -> None:
         if window < 1:
             raise ValueError(f"the playlist window must hold at least one segment, got {window}")
@@ -73,6 +105,13 @@ class SegmentWriter:
         self.params = params
         self.window = window
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._audio_wait = round(audio_wait * TICKS)
+        self._audio: deque[AudioPacket] = deque(maxlen=MAX_AUDIO_PACKETS)
+        #: Whole segments waiting for their audio, oldest first.
+        self._held: deque[_Pending] = deque()
+        #: The newest source time seen, of video and of audio.
+        self._video_time: int | None = None
+        self._audio_time: int | None = None
         self._pending: _Pending | None = None
         self._last_segment: int | None = None
         self._listed: list[int] = []
@@ -92,10 +131,13 @@ class SegmentWriter:
         """Seconds per segment: GOP length times the frame period, exact."""
         return self.params.gop * self.params.time_base
 
-    def add(self, frame: EncodedFrame) -> Path | None:
-        """Take one access unit; return the path of a segment this completed, if any.
+    def add(self, frame: EncodedFrame, source_time: int | None = None) -> list[Path]:
+        """Take one access unit; return the segments this call wrote, oldest first.
 
-        If writing the finished segment fails, the exception propagates, no file remains (neither
+        ``source_time`` is the source timestamp (90 kHz) of the picture the frame encodes; the
+        audio of a segment is placed relative to its first frame's (none: no audio in it).
+
+        If writing a finished segment fails, the exception propagates, no file remains (neither
         under the final name nor as a temp file) and the segment is lost; the arriving frame has
         already been taken into the next segment, so the writer can carry on.
 
@@ -105,6 +147,8 @@ class SegmentWriter:
         """
         gop = self.params.gop
         segment = frame.timecode // gop
+        if source_time is not None:
+            self._video_time = source_time
         pending = self._pending
         if pending is not None and segment == pending.segment:
             if frame.timecode <= pending.frames[-1].timecode:
@@ -112,35 +156,90 @@ class SegmentWriter:
                     f"timecode {frame.timecode} does not follow {pending.frames[-1].timecode}"
                 )
             pending.frames.append(frame)
-            return None
+            return self._release()
         if self._last_segment is not None and segment < self._last_segment:
             raise ValueError(f"segment {segment} is before segment {self._last_segment}")
 
         self._last_segment = segment
+        starts = frame.timecode == segment * gop and frame.keyframe
         self._pending = _Pending(
-            segment, [frame], has_start=frame.timecode == segment * gop and frame.keyframe
+            segment, [frame], has_start=starts, anchor=source_time if starts else None
         )
-        if pending is None or not pending.has_start:
-            return None
-        reached_end = pending.frames[-1].timecode == (pending.segment + 1) * gop - 1
-        if not reached_end and segment != pending.segment + 1:
-            return None  # cut short by a jump: other encoders have the whole GOP
-        return self._write(pending)
+        if pending is not None and pending.has_start:
+            reached_end = pending.frames[-1].timecode == (pending.segment + 1) * gop - 1
+            if reached_end or segment == pending.segment + 1:
+                self._held.append(pending)  # else cut short by a jump: others have it whole
+        return self._release()
 
-    def finish(self) -> Path | None:
-        """At shutdown: write the segment in progress if it is whole, discard it otherwise.
+    def add_audio(self, packet: AudioPacket) -> list[Path]:
+        """Take one audio packet of the source; return the segments this call wrote."""
+        audio = self._audio
+        if audio and (audio[-1].codec, audio[-1].sample_rate) != (
+            packet.codec,
+            packet.sample_rate,
+        ):
+            audio.clear()  # the source changed its audio: what came before cannot be muxed with it
+        audio.append(packet)
+        self._audio_time = packet.source_time
+        return self._release()
 
-        Leaves no temp files behind. Returns the path written, if any.
+    def finish(self) -> list[Path]:
+        """At shutdown: write the held segments and the one in progress if it is whole.
+
+        Leaves no temp files behind. Returns the paths written, oldest first.
         """
         pending, self._pending = self._pending, None
         try:
-            if pending is None or not pending.has_start:
-                return None
-            if pending.frames[-1].timecode != (pending.segment + 1) * self.params.gop - 1:
-                return None
-            return self._write(pending)
+            if (
+                pending is not None
+                and pending.has_start
+                and pending.frames[-1].timecode == (pending.segment + 1) * self.params.gop - 1
+            ):
+                self._held.append(pending)
+            return self._release(flush=True)
         finally:
             self.cleanup()
+
+    def _release(self, *, flush: bool = False) -> list[Path]:
+        """Write the held segments whose audio has arrived (all of them when flushing)."""
+        written = []
+        while self._held and (flush or self._audio_complete(self._held[0])):
+            written.append(self._write(self._held.popleft()))
+        return written
+
+    def _audio_complete(self, pending: _Pending) -> bool:
+        """Whether audio has been seen past the segment's end, or can no longer be expected."""
+        if pending.anchor is None or not self._audio:
+            return True
+        end = pending.anchor + self._source_span(pending.segment)
+        if self._audio_time is not None and self._audio_time >= end:
+            return True
+        return self._video_time is not None and self._video_time - end >= self._audio_wait
+
+    def _source_span(self, segment: int) -> int:
+        """The span of ``segment`` in 90 kHz ticks (exact boundaries, rounded alike)."""
+        return self._boundary(segment + 1) - self._boundary(segment)
+
+    def _boundary(self, segment: int) -> int:
+        """Where ``segment`` starts on the output timeline, in 90 kHz ticks."""
+        return round(segment * self.params.gop * self.params.time_base * TICKS)
+
+    def _segment_audio(self, pending: _Pending) -> list[tuple[int, AudioPacket]]:
+        """The source's audio packets that fall into the segment, with their output times."""
+        if pending.anchor is None:
+            return []
+        start = self._boundary(pending.segment)
+        end = self._boundary(pending.segment + 1)
+        offset = start - pending.anchor
+        chosen = [
+            (packet.source_time + offset, packet)
+            for packet in self._audio
+            if start <= packet.source_time + offset < end
+        ]
+        # Audio older than this segment can go in no later one.
+        while self._audio and self._audio[0].source_time + offset < end:
+            self._audio.popleft()
+        return chosen
 
     def cleanup(self) -> None:
         """Remove temp files a crashed write left behind (ours are all ``.tmp-*``)."""
@@ -150,7 +249,8 @@ class SegmentWriter:
 
     def _write(self, pending: _Pending) -> Path:
         path = self.out_dir / segment_name(pending.segment)
-        self._atomic_write(path, lambda out: self._mux(out, pending.frames))
+        audio = self._segment_audio(pending)
+        self._atomic_write(path, lambda out: self._mux(out, pending.frames, audio))
         self._extend_window(pending.segment)
         self._atomic_write(self.playlist_path, lambda out: out.write(self._playlist().encode()))
         return path
@@ -167,8 +267,13 @@ class SegmentWriter:
         self._listed.append(newest)
         del self._listed[: -self.window]
 
-    def _mux(self, out: BinaryIO, frames: Sequence[EncodedFrame]) -> None:
-        """Mux one segment's access units into MPEG-TS, bit-exactly."""
+    def _mux(
+        self,
+        out: BinaryIO,
+        frames: Sequence[EncodedFrame],
+        audio: Sequence[tuple[int, AudioPacket]] = (),
+    ) -> None:
+        """Mux one segment's access units (and its audio) into MPEG-TS, bit-exactly."""
         params = self.params
         rate = Fraction(params.frame_rate.num, params.frame_rate.den)
         with av.open(
@@ -177,6 +282,16 @@ class SegmentWriter:
             stream = container.add_mux_stream(
                 "h264", rate=rate, width=params.width, height=params.height
             )
+            if audio:
+                first = audio[0][1]
+                sound = container.add_mux_stream(first.codec, rate=first.sample_rate)
+                for at, sample in audio:
+                    packet = av.Packet(sample.data)
+                    packet.stream = sound
+                    packet.time_base = Fraction(1, TICKS)
+                    packet.pts = at
+                    packet.dts = at
+                    container.mux(packet)
             for frame in frames:
                 packet = av.Packet(frame.data)
                 packet.stream = stream
