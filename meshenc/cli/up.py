@@ -77,7 +77,8 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 @click.option(
     "--source",
     default=None,
-    help="File or URL to ingest (looped); default: the synthetic live source.",
+    help="What the mesh ingests: a file, played live by `meshenc source` to every encoder over"
+    " its own path, or a stream URL every encoder opens itself; default: the test pattern, live.",
 )
 @click.option(
     "--no-sync",
@@ -116,9 +117,9 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 @click.option(
     "--jitter-ms",
     type=click.FloatRange(min=0.0, max=1_000.0),
-    default=1.0,
+    default=2.0,
     show_default=True,
-    help="Injected capture-timestamp jitter of every encoder.",
+    help="Arrival jitter of every encoder's path from the live source (its delay line).",
 )
 @click.option(
     "--kill-at",
@@ -166,10 +167,12 @@ def up(
     links: str,
     live: bool | None,
 ) -> None:
-    """Run a local mesh: real etcd, registry replicas, encoders on drifting clocks.
+    """Run a local mesh: real etcd, registry replicas, a live source, encoders on drifting clocks.
 
-    Every encoder gets its own injected clock drift (spread over ±--max-drift-ppm) and
-    jitter; the mesh keeps their outputs frame-locked. Midway the segment leader is killed
+    A live source (`meshenc source`) sends one MPEG-TS stream to every encoder over its own
+    UDP path (different delays, jitter and swing); every encoder stamps the measured arrivals
+    with its own injected clock drift (spread over ±--max-drift-ppm), and the mesh keeps their
+    outputs frame-locked. Midway the segment leader is killed
     with kill -9 and later a new encoder joins (unless --no-faults). At the end: HLS per
     encoder in --out, out/report.html with plots and out/summary.json. Every process started
     is stopped at the end, on Ctrl-C and on errors.

@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 :func:`plan_run` decides everything up front, as a pure function of the settings and the free
 ports: encoder ids ``e0``, ``e1``, ..., each with its own injected clock (drifts spread evenly
-over ±``max_drift_ppm`` and shuffled by the seed, so no two are alike; offsets, ingest delays
-and jitter seeds from the same seeded generator), the mesh topology and the encoder groups
+over ±``max_drift_ppm`` and shuffled by the seed, so no two are alike; offsets from the same
+seeded generator) and its own path from the live source (a UDP port and a delay line: mean
+delay, jitter and a slow swing, all different), the mesh topology and the encoder groups
 (the Mesh Manager's own planner, :func:`meshenc.core.planner.manager.plan_mesh`: degree 3-7,
 no single point of failure, groups of 5-10), and the timeline: kill -9 of the then segment
 leader at ``kill_at``, a new encoder joining at ``join_at``. By default the Mesh Manager
@@ -18,7 +19,9 @@ is planned in from the start: its neighbours list it and keep trying to reach it
 :class:`DemoRun` carries the plan out, as plain asyncio code:
 
 1. the real etcd (:class:`~meshenc.local.etcd.EtcdProcess`), the registry replicas, the
-   manager when this installation has one, then every encoder at once, each through the
+   manager when this installation has one, the live source (``meshenc source``: the test
+   pattern or the user's file, looped, sent to every encoder over its own path; a stream URL
+   instead goes to every encoder as it is), then every encoder at once, each through the
    :class:`~meshenc.local.launcher.Launcher` (own process group, log under ``out/logs/``,
    pid in ``out/pids.json``, ready when its health service answers);
 2. the :class:`~meshenc.local.recorder.Recorder` polls every encoder's GetState into
@@ -65,6 +68,7 @@ from meshenc.local.verify import DEFAULT_LOCK_IN, EncoderOutput, Verification, c
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_report
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, connect_client
 from services.encoder.leadership import SegmentKeys
+from services.encoder.media.ingest import is_network_url
 from services.encoder.media.segments import segment_name
 
 __all__ = [
@@ -86,7 +90,11 @@ KILL_AT: Final = 0.35
 JOIN_AT: Final = 0.55
 """Default join time, as a fraction of the duration."""
 MAX_OFFSET_MS: Final = 40.0
-MAX_INGEST_DELAY_MS: Final = 60.0
+MIN_INGEST_DELAY_MS: Final = 20.0
+MAX_INGEST_DELAY_MS: Final = 220.0
+#: The slow swing of every path's delay (amplitude, ms) and its period (s).
+INGEST_SWING_MS: Final = 10.0
+INGEST_SWING_PERIOD_S: Final = 20.0
 LIVE_SEGMENTS: Final = 12
 """Newest media segments the live identity strip compares."""
 _LEADER_POLL: Final = 0.1
@@ -112,7 +120,8 @@ class DemoConfig:
     gop: int = 60
     registries: int = 3
     max_drift_ppm: float = 100.0
-    jitter_ms: float = 1.0
+    #: Arrival jitter of every encoder's path from the source (the delay line's, ms).
+    jitter_ms: float = 2.0
     kill_at: float | None = None
     join_at: float | None = None
     #: Start ``meshenc manager`` (an installation without it runs without a manager).
@@ -156,7 +165,9 @@ class EncoderPlan:
     port: int
     drift_ppm: float
     offset_ms: float
+    #: The mean delay of its path from the source, and the UDP port it listens on for it.
     ingest_delay_ms: float
+    input_port: int
     seed: int
     group: str
     peers: tuple[str, ...]
@@ -229,7 +240,8 @@ def plan_run(config: DemoConfig, ports: Sequence[int]) -> RunPlan:
             port=ports[i],
             drift_ppm=drifts[i],
             offset_ms=round(rng.uniform(-MAX_OFFSET_MS, MAX_OFFSET_MS), 1),
-            ingest_delay_ms=round(rng.uniform(0.0, MAX_INGEST_DELAY_MS), 1),
+            ingest_delay_ms=round(rng.uniform(MIN_INGEST_DELAY_MS, MAX_INGEST_DELAY_MS), 1),
+            input_port=ports[count + i],
             seed=rng.randrange(1 << 31),
             group=group_of[name],
             peers=tuple(adjacency[name]),
@@ -237,14 +249,16 @@ def plan_run(config: DemoConfig, ports: Sequence[int]) -> RunPlan:
         )
         for i, name in enumerate(names)
     )
-    rest = list(ports[count:])
+    rest = list(ports[2 * count :])
     registry_ports = tuple(rest[: config.registries])
     manager_port = rest[config.registries] if config.manager else None
     return RunPlan(encoders, registry_ports, manager_port)
 
 
 def ports_needed(config: DemoConfig) -> int:
-    return config.encoders + (1 if config.faults else 0) + config.registries + int(config.manager)
+    """Ports a run takes: each encoder's gRPC and input ports, the registries, the manager."""
+    encoders = config.encoders + (1 if config.faults else 0)
+    return 2 * encoders + config.registries + int(config.manager)
 
 
 # --- what the live view reads -----------------------------------------------------------------
@@ -363,14 +377,11 @@ class DemoRun:
             "--gop", str(config.gop),
             "--drift-ppm", str(encoder.drift_ppm),
             "--offset-ms", str(encoder.offset_ms),
-            "--jitter-ms", str(config.jitter_ms),
-            "--ingest-delay-ms", str(encoder.ingest_delay_ms),
             "--seed", str(encoder.seed),
             "--segment", encoder.group,
             "--etcd", etcd_endpoint,
+            "--source", self.input_url(encoder),
         ]  # fmt: skip
-        if config.source is not None:
-            args += ["--source", config.source]
         if not config.sync:
             args.append("--no-sync")
         options = config.encoder_options
@@ -387,6 +398,30 @@ class DemoRun:
             args += ["--peers", peers]
             if "--manager" in options and plan.manager_address is not None:
                 args += ["--manager", plan.manager_address]
+        return args
+
+    def input_url(self, encoder: EncoderPlan) -> str:
+        """What the encoder ingests: its own path from the live source, or the user's stream."""
+        source = self.config.source
+        if source is not None and is_network_url(source):
+            return source
+        return f"udp://{HOST}:{encoder.input_port}"
+
+    def source_args(self) -> list[str] | None:
+        """The ``meshenc source`` command line: the test pattern or the user's file, looped, to
+        every encoder (the later joiner too) over a delay line of its own; None when the user
+        gave a stream URL, which every encoder opens itself."""
+        config = self.config
+        if config.source is not None and is_network_url(config.source):
+            return None
+        args = ["source", "--input", config.source or "testpattern", "--loop"]
+        args += ["--size", config.size, "--fps", config.fps]
+        for e in self.plan.encoders:
+            path = (
+                f"delay_ms={e.ingest_delay_ms}&jitter_ms={config.jitter_ms}"
+                f"&swing_ms={INGEST_SWING_MS}&swing_period_s={INGEST_SWING_PERIOD_S}&seed={e.seed}"
+            )
+            args += ["--to", f"udp://{HOST}:{e.input_port}?{path}"]
         return args
 
     @property
@@ -462,6 +497,9 @@ class DemoRun:
                 self._note(f"manager serving at {self.plan.manager_address}")
         if self._stop.is_set():
             return
+        if (source := self.source_args()) is not None:
+            launcher.spawn("source", source)
+            self._note("live source sending to every encoder over its own path")
         self._set_phase("starting encoders")
         recorder = _FeedingRecorder(self.out, self._on_event)
         async with recorder:

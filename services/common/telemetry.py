@@ -106,6 +106,7 @@ from meshenc.core.engine import (
 )
 from meshenc.core.messages import ResyncProposal, ResyncVote
 from meshenc.core.votes import Verdict
+from meshenc.v1 import mesh_pb2
 
 __all__ = [
     "REGISTRY",
@@ -583,6 +584,8 @@ class _EncoderView:
     cpu_load: float
     encode_latency: float
     leader: bool | None
+    #: The live input (None: the encoder did not say).
+    source: mesh_pb2.InputStatus | None = None
 
 
 _NEIGHBOUR_GAUGES: Final[tuple[tuple[str, str, Callable[[NeighbourSnapshot], float]], ...]] = (
@@ -678,6 +681,28 @@ _ENCODER_GAUGES: Final[tuple[tuple[str, str, Callable[[_EncoderView], float | No
         "meshenc_frames_skipped_total",
         "Source frames skipped after falling too far behind.",
         lambda v: float(v.skipped),
+    ),
+    (
+        "meshenc_input_live",
+        "1 while pictures arrive from the input; 0 while waiting for it or filling in a loss.",
+        lambda v: None if v.source is None else float(v.source.state == "live"),
+    ),
+    (
+        "meshenc_input_losses_total",
+        "Times the input stopped for longer than the configured number of frame periods.",
+        lambda v: None if v.source is None else float(v.source.losses),
+    ),
+    (
+        "meshenc_input_errors_total",
+        "Corrupt input packets and undecodable pictures skipped.",
+        lambda v: (
+            None if v.source is None else float(v.source.corrupt_packets + v.source.decode_errors)
+        ),
+    ),
+    (
+        "meshenc_input_arrival_jitter_seconds",
+        "Arrival jitter against the source's own timestamps (RFC 3550 interarrival jitter).",
+        lambda v: None if v.source is None else v.source.arrival_jitter_us / 1e6,
     ),
 )
 
@@ -1014,7 +1039,13 @@ class EncoderTelemetry:
         )
         span.end(end_time=ended_ns)
 
-    def observe(self, links: _Links, stats: _Stats, load: tuple[float, float]) -> None:
+    def observe(
+        self,
+        links: _Links,
+        stats: _Stats,
+        load: tuple[float, float],
+        source: mesh_pb2.InputStatus | None = None,
+    ) -> None:
         """Copy the encoder's state for the next scrapes (call about once a second)."""
         _ENCODER_COLLECTOR.view = _EncoderView(
             snapshot=self._snapshot(),
@@ -1030,6 +1061,7 @@ class EncoderTelemetry:
             cpu_load=load[0],
             encode_latency=load[1],
             leader=self._leads,
+            source=source,
         )
 
     def close(self) -> None:

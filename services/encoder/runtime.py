@@ -262,10 +262,12 @@ class EncoderRuntime:
         )
 
     def _report_health(self) -> None:
-        """The registry record's health from the lock and the confidence (once a second)."""
+        """The registry record's health from the lock, the confidence and the input (once a
+        second): an encoder whose input is not live is degraded, whatever its lock."""
         snap = self.engine.snapshot(self.clock())
+        live = self._input.state is InputState.LIVE
         self.control.publish(
-            health=record_health(snap.locked, snap.confidence, self.control.health)
+            health=record_health(snap.locked and live, snap.confidence, self.control.health)
         )
 
     def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
@@ -311,6 +313,27 @@ class EncoderRuntime:
     @property
     def input_state(self) -> InputState:
         return self._input.state
+
+    @property
+    def input_status(self) -> mesh_pb2.InputStatus:
+        """The input as GetState reports it."""
+        watch = self._input
+        status = mesh_pb2.InputStatus(
+            state=watch.state.value,
+            source=self.settings.source or "",
+            losses=watch.lost_count,
+            arrival_jitter_us=round(watch.jitter * 1e6),
+            arrival_offset_ns=0 if watch.offset is None else round(watch.offset * 1e9),
+        )
+        if self.ingest is not None:
+            counters = self.ingest.counters
+            status.pictures = counters.pictures
+            status.audio_packets = counters.audio_packets
+            status.corrupt_packets = counters.corrupt_packets
+            status.decode_errors = counters.decode_errors
+            status.reopens = counters.reopens
+            status.last_error = counters.last_error
+        return status
 
     async def run(self) -> RunStats:
         """Encode until the duration is over or a stop is requested; then finish cleanly."""
@@ -449,7 +472,7 @@ class EncoderRuntime:
             self._load_sample = report
             self._report_rank()
             self._report_health()
-            self.telemetry.observe(self.links, self.stats, report)
+            self.telemetry.observe(self.links, self.stats, report, self.input_status)
         for peer, esp in self.engine.publish(self.clock()):
             self._last_esp = esp
             try:

@@ -20,6 +20,9 @@ class _Encoder(Protocol):
     settings: EncoderSettings
 
     @property
+    def input_status(self) -> mesh_pb2.InputStatus: ...
+
+    @property
     def last_esp(self) -> EncodingStatePacket | None: ...
 
     def connected(self, peer: str) -> bool: ...
@@ -76,6 +79,7 @@ def encoder_state(
         segment_id=settings.segment if segment is None else segment,
         topology_epoch=topology_epoch,
     )
+    state.input.CopyFrom(encoder.input_status)
     if election is not None:
         state.leader_id = election.leader or ""
         state.leader_token = election.token

@@ -7,6 +7,7 @@ from pathlib import Path
 from meshenc.core.engine import EngineConfig, SyncEngine
 from meshenc.core.messages import EncodingStatePacket
 from meshenc.core.timecode import FrameRate
+from meshenc.v1 import mesh_pb2
 from services.encoder.settings import EncoderSettings, parse_size
 from services.encoder.state import encoder_state
 
@@ -18,6 +19,7 @@ class _Encoder:
     def __init__(self, settings: EncoderSettings) -> None:
         self.settings = settings
         self.last_esp: EncodingStatePacket | None = None
+        self.input_status = mesh_pb2.InputStatus(state="live", pictures=60, arrival_jitter_us=900)
 
     def connected(self, peer: str) -> bool:
         return peer == "b"
@@ -41,6 +43,7 @@ def test_get_state_reports_the_engine_and_each_neighbour(tmp_path: Path) -> None
     assert state.encoder_id == "a"
     assert state.timecode == snap.timecode and state.segment_number == snap.timecode // 30
     assert state.bitrate_kbps == 1500
+    assert (state.input.state, state.input.pictures) == ("live", 60)
     (neighbour,) = state.neighbours
     assert neighbour.neighbour_id == "b"
     assert neighbour.connected and neighbour.trusted and neighbour.locked
