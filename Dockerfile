@@ -1,27 +1,45 @@
 # syntax=docker/dockerfile:1
 # The one image every meshenc service runs from, in the same form as local mode:
 #   meshenc encoder | meshenc registry | meshenc manager | meshenc health-check ADDRESS [SERVICE]
-# Build from the repository root:  docker build -t meshenc:0.1.0 .
+# Build it with `make image` (scripts/build-image.sh): podman, or docker where a daemon runs.
+# The build is hermetic: it reads no package index. Every Python package comes from a
+# wheelhouse filled beforehand by scripts/fetch-image-wheels.sh with the versions
+# constraints.txt pins, handed in as the build context named "wheels":
+#   docker build --build-context wheels=WHEELHOUSE -t meshenc:0.1.0 .
+# PYTHON_IMAGE is any Debian bookworm image with Python 3.11 and its venv module: the registry's
+# python:3.11-slim-bookworm, or one made from Debian packages (scripts/build-base-image.sh).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- build: generate the protocol code and install the project into a virtualenv -------------
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels
 WORKDIR /src
+COPY --from=wheels . /wheels
 
 # The generator (grpcio-tools, mypy-protobuf) lives in this stage only, pinned like the rest.
 COPY constraints.txt ./
 RUN python -m venv /opt/protoc \
- && /opt/protoc/bin/pip install --constraint constraints.txt grpcio-tools mypy-protobuf
+ && /opt/protoc/bin/pip install --quiet --constraint constraints.txt grpcio-tools mypy-protobuf
 
 COPY pyproject.toml README.md ./
 COPY scripts/gen_proto.sh scripts/
 COPY proto/ proto/
 COPY meshenc/ meshenc/
 COPY services/ services/
+# The runtime virtualenv gets no pip, setuptools or wheel (the generator's pip installs into
+# it), and none of what a running service never reads: the packages' own test suites, C
+# headers, type stubs' sources for mypy. Bytecode is compiled once here, because the root file
+# system is read-only at run time and every start would otherwise compile it again.
 RUN PYTHON=/opt/protoc/bin/python scripts/gen_proto.sh \
- && python -m venv /opt/meshenc \
- && /opt/meshenc/bin/pip install --constraint constraints.txt . \
+ && python -m venv --without-pip /opt/meshenc \
+ && /opt/protoc/bin/pip --python /opt/meshenc/bin/python install --quiet --no-compile \
+      --constraint constraints.txt . \
+ && site="$(/opt/meshenc/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+ && rm -rf "$site"/numpy/tests "$site"/numpy/*/tests "$site"/numpy/_core/include \
+      "$site"/matplotlib/tests "$site"/mpl_toolkits/*/tests \
+ && /opt/meshenc/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+      /opt/meshenc/lib >/dev/null \
  && /opt/meshenc/bin/meshenc --version
 
 # --- runtime: the virtualenv alone, run by an unprivileged user ------------------------------

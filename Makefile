@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/meshenc/v1/*.proto)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test lint proto bench system-deps tools chart-check lock clean
+.PHONY: help demo test lint proto bench system-deps tools chart-check image image-for-tests lock clean
 
 help:
 	@echo "make demo   run the local mesh (embedded mode)"
@@ -18,6 +18,7 @@ help:
 	@echo "make proto  regenerate meshenc/v1 from proto/"
 	@echo "make bench  benchmarks (prints tables, writes bench-results/)"
 	@echo "make chart-check  the Helm chart alone: lint, render, schemas, chart tests"
+	@echo "make image  build the image the chart runs (meshenc:<appVersion>) with podman or docker"
 	@echo "make lock   re-pin constraints.txt from a fresh resolution"
 
 # The virtualenv is rebuilt when the declared or pinned dependencies change.
@@ -53,13 +54,26 @@ tools: .tools/bin/grpcurl .tools/bin/helm .tools/bin/kubectl
 chart-check: $(VENV)/.installed proto .tools/bin/helm
 	$(PY) -m pytest tests/chart
 
+# The one image every service runs from, tagged as the chart's default values expect. Hermetic:
+# wheels are fetched here with constraints.txt, the build reads no index. The base is
+# python:3.11-slim-bookworm when a registry answers, else one made from Debian packages with
+# mmdebstrap (MESHENC_BASE=python|debian forces one). Installs podman, runc and mmdebstrap with
+# apt-get when missing and no docker daemon runs. Prints the build time and the image size.
+image: $(VENV)/.installed
+	PYTHON=$(PY) scripts/build-image.sh
+
+# make test builds the image for tests/image when a container engine is present or installable;
+# where none is, tests/image skips and says so.
+image-for-tests: $(VENV)/.installed
+	@PYTHON=$(PY) scripts/build-image.sh --if-possible
+
 lint: $(VENV)/.installed proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: $(VENV)/.installed proto system-deps tools lint
+test: $(VENV)/.installed proto system-deps tools lint image-for-tests
 	$(PY) -m pytest
 
 # The local mesh with a live view: etcd, registry replicas, the manager, 6 encoders on drifting
