@@ -16,6 +16,7 @@ from meshenc.cli.manager import manager
 from meshenc.cli.registry import registry
 from meshenc.cli.report import report
 from meshenc.cli.sim import bench, sim
+from meshenc.cli.source import clip, source
 from meshenc.cli.up import up
 from meshenc.cli.verify import verify
 
@@ -31,6 +32,8 @@ cli.add_command(up)
 cli.add_command(encoder)
 cli.add_command(registry)
 cli.add_command(manager)
+cli.add_command(source)
+cli.add_command(clip)
 # Looking at a running mesh and at its outputs.
 cli.add_command(status)
 cli.add_command(topology)
