@@ -112,7 +112,9 @@ class _Loop:
     """Timestamp bookkeeping of one pass over a file, continued across passes."""
 
     offset: Fraction = Fraction(0)
-    end: Fraction = Fraction(0)
+    #: The first video timestamp of this pass and how far the video reached from it.
+    first_video: Fraction | None = None
+    span: Fraction = Fraction(0)
     started: float | None = None
     first: Fraction | None = None
     arrivals: dict[int, float] = field(default_factory=dict)
@@ -175,11 +177,12 @@ class LiveIngest:
             except Exception as exc:  # a live encoder keeps running whatever its input does
                 self._trouble(f"input {self.spec!r} failed unexpectedly: {exc!r}")
             self.counters.opened = False
-            if self._stop.wait(0 if not self.live and loop.end > 0 else REOPEN_PAUSE):
+            if self._stop.wait(0 if not self.live and loop.span > 0 else REOPEN_PAUSE):
                 break
             self.counters.reopens += 1
             # A file starts over where the last pass ended, so its timestamps keep counting.
-            loop.offset, loop.first, loop.started = loop.end, None, None
+            loop.offset += loop.span
+            loop.first_video, loop.span = None, Fraction(0)
 
     def _open(self) -> InputContainer:
         options = dict(_LIVE_OPTIONS) if self.live else {}
@@ -206,8 +209,13 @@ class LiveIngest:
                 continue
             time_base = packet.time_base
             if packet.pts is not None and time_base is not None:
-                span = (packet.duration or 0) * time_base
-                arrived = self._pace(loop, packet.pts * time_base, span, arrived)
+                stamp = packet.pts * time_base
+                if packet.stream is video:  # a loop continues the video without a gap
+                    if loop.first_video is None:
+                        loop.first_video = stamp
+                    end = stamp + (packet.duration or 0) * time_base - loop.first_video
+                    loop.span = max(loop.span, end)
+                arrived = self._pace(loop, loop.offset + stamp, arrived)
             if packet.stream is audio:
                 if packet.pts is None or time_base is None:
                     continue
@@ -252,9 +260,9 @@ class LiveIngest:
                     )
                 )
 
-    def _pace(self, loop: _Loop, at: Fraction, span: Fraction, arrived: float) -> float:
-        """A file plays in real time: wait until its timestamp is due. Live input: as is."""
-        loop.end = max(loop.end, loop.offset + at + span)
+    def _pace(self, loop: _Loop, at: Fraction, arrived: float) -> float:
+        """A file plays in real time: wait until its (continued) timestamp is due, measured from
+        the first packet of the first pass. Live input: as is."""
         if self.live:
             return arrived
         if loop.first is None or loop.started is None:

@@ -58,6 +58,8 @@ DEFAULT_WINDOW = 10
 TICKS = 90_000
 #: Audio packets kept while their segments are being collected (about 20 s of AAC).
 MAX_AUDIO_PACKETS = 1000
+#: An audio timestamp this far (or more) behind the newest is a restart of the source's clock.
+MAX_AUDIO_STEP_BACK = 5 * TICKS
 
 _Writer = Callable[[BinaryIO], object]
 
@@ -172,8 +174,16 @@ class SegmentWriter:
         return self._release()
 
     def add_audio(self, packet: AudioPacket) -> list[Path]:
-        """Take one audio packet of the source; return the segments this call wrote."""
+        """Take one audio packet of the source; return the segments this call wrote.
+
+        A packet not later than the previous one (a source that restarted or looped its audio
+        over itself) is dropped: a segment's audio must run forward.
+        """
         audio = self._audio
+        if self._audio_time is not None and packet.source_time <= self._audio_time:
+            if self._audio_time - packet.source_time < MAX_AUDIO_STEP_BACK:
+                return self._release()
+            audio.clear()  # a real restart of the source's clock: start the audio afresh
         if audio and (audio[-1].codec, audio[-1].sample_rate) != (
             packet.codec,
             packet.sample_rate,

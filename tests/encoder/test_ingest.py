@@ -1,0 +1,262 @@
+"""Live ingest: the input monitor (pure, time as an argument), audio passed through into the
+segments, and LiveIngest reading a real file it plays in real time with PyAV."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from meshenc.core.timecode import FrameRate
+from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
+from services.encoder.media.ingest import (
+    Ingested,
+    IngestedAudio,
+    IngestedPicture,
+    InputLossPolicy,
+    InputMonitor,
+    InputState,
+    LiveIngest,
+)
+from services.encoder.media.segments import AudioPacket, SegmentWriter, segment_name
+from services.encoder.media.source import SourceError, SyntheticSource, VideoFormat
+
+FPS = FrameRate(30)
+PERIOD = 1 / 30
+FMT = VideoFormat(160, 96, FPS)
+
+
+# --- the input monitor ----------------------------------------------------------------------
+
+
+def test_monitor_measures_arrival_jitter_against_the_source_timestamps() -> None:
+    rng = random.Random(5)
+    monitor = InputMonitor(PERIOD, InputLossPolicy(), started=100.0)
+    for k in range(600):
+        # Arrivals 40 ms after the source time, each ±2 ms uniform: |D| averages 4/3 ms.
+        monitor.arrived(100.0 + 0.040 + k * PERIOD + rng.uniform(-0.002, 0.002), k * PERIOD)
+    assert monitor.state is InputState.LIVE
+    assert 0.0009 < monitor.jitter < 0.0018
+    assert monitor.offset == pytest.approx(100.040, abs=0.001)
+
+
+def test_monitor_fills_in_on_the_cadence_repeating_then_black_and_sees_the_input_back() -> None:
+    policy = InputLossPolicy(loss_frames=5, repeat_seconds=0.5)
+    monitor = InputMonitor(PERIOD, policy, started=0.0)
+    monitor.arrived(10.0, 1.0)
+    assert monitor.fill(10.0 + 4 * PERIOD) is None  # not lost yet
+    fills = []
+    now = 10.0 + 5 * PERIOD
+    while now < 11.5:
+        if (fill := monitor.fill(now)) is not None:
+            fills.append(fill)
+        now += 0.001
+    assert monitor.lost_count == 1
+    assert monitor.state is InputState.LOST
+    times = [t for t, _ in fills]
+    assert times[0] == pytest.approx(10.0 + 5 * PERIOD)
+    assert all(b - a == pytest.approx(PERIOD) for a, b in itertools.pairwise(times))
+    repeats = [t - times[0] for t, repeat in fills if repeat]
+    assert max(repeats) < 0.5 <= min(t - times[0] for t, repeat in fills if not repeat)
+    assert monitor.arrived(11.6, 2.6) is True  # the input is back
+    assert monitor.state.value == "live"
+    assert monitor.fill(11.6 + PERIOD) is None
+
+
+def test_a_monitor_with_no_input_at_all_starts_filling_after_the_loss_time() -> None:
+    monitor = InputMonitor(PERIOD, InputLossPolicy(loss_frames=3, repeat_seconds=1.0), 50.0)
+    assert monitor.state.value == "waiting"
+    fill = monitor.fill(50.0 + 3 * PERIOD)
+    assert fill is not None and fill[0] == pytest.approx(50.0 + 3 * PERIOD)
+    assert monitor.state is InputState.LOST
+
+
+def test_input_loss_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        InputLossPolicy(loss_frames=0)
+    with pytest.raises(ValueError):
+        InputLossPolicy(repeat_seconds=-1.0)
+
+
+# --- audio passed through -------------------------------------------------------------------
+
+GOP = 10
+PARAMS = EncoderParams.for_format(FMT, gop=GOP, bitrate_kbps=200)
+#: 90 kHz ticks per frame at 30 fps, and per MP2 packet (1152 samples at 48 kHz).
+FRAME_TICKS = 3000
+AUDIO_TICKS = 2160
+
+
+def _audio_packets(seconds: float) -> list[AudioPacket]:
+    """Real MP2 packets of a tone, with their source timestamps (90 kHz)."""
+    codec = av.CodecContext.create("mp2", "w")
+    codec.sample_rate = 48_000
+    codec.layout = "stereo"
+    codec.format = "s16"
+    codec.open()
+    packets: list[AudioPacket] = []
+    samples = 0
+    while samples < seconds * 48_000:
+        tone = (np.sin(np.arange(samples, samples + 1152) * 0.06) * 9000).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.repeat(tone, 2).reshape(1, -1), "s16", "stereo")
+        frame.sample_rate = 48_000
+        frame.pts = samples
+        samples += 1152
+        for packet in codec.encode(frame):
+            packets.append(
+                AudioPacket("mp2", 48_000, 500_000 + len(packets) * AUDIO_TICKS, bytes(packet))
+            )
+    return packets
+
+
+def _write(
+    out: Path, frames: list[EncodedFrame], audio: list[AudioPacket], lead: int
+) -> list[Path]:
+    """Feed a writer video and audio interleaved by source time, audio ``lead`` ticks early."""
+    writer = SegmentWriter(out, PARAMS)
+    written: list[Path] = []
+    queue = list(audio)
+    for i, frame in enumerate(frames):
+        source = 500_000 + i * FRAME_TICKS
+        while queue and queue[0].source_time - lead <= source:
+            written += writer.add_audio(queue.pop(0))
+        written += writer.add(frame, source)
+    for packet in queue:
+        written += writer.add_audio(packet)
+    return written + writer.finish()
+
+
+def test_audio_lands_in_the_same_segments_byte_for_byte_whatever_the_interleaving(
+    tmp_path: Path,
+) -> None:
+    base = 1_000_000 * GOP
+    source = SyntheticSource(FMT)
+    encoder = GopEncoder(PARAMS)
+    frames = [encoder.encode(base + i, source.picture(i)) for i in range(4 * GOP)]
+    audio = _audio_packets(4 * GOP / 30 + 0.5)
+    early = _write(tmp_path / "early", frames, audio, lead=9000)
+    late = _write(tmp_path / "late", frames, audio, lead=-20_000)
+    assert (
+        [p.name for p in early]
+        == [p.name for p in late]
+        == [segment_name(base // GOP + s) for s in range(4)]
+    )
+    for a, b in zip(early, late, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+    # Each segment holds the audio of its own span, once: decoded back, the audio timestamps
+    # are continuous across segments and sit inside the segment's video span.
+    stamps = []
+    for path in early:
+        with av.open(str(path)) as container:
+            video_pts = [
+                int(p.pts or 0) for p in container.demux(container.streams.video[0]) if p.size
+            ]
+        with av.open(str(path)) as container:
+            audio_pts = [
+                int(p.pts or 0) for p in container.demux(container.streams.audio[0]) if p.size
+            ]
+        assert (
+            audio_pts
+            and min(video_pts) <= audio_pts[0] < audio_pts[-1] < max(video_pts) + FRAME_TICKS
+        )
+        stamps += audio_pts
+    steps = {b - a for a, b in itertools.pairwise(stamps)}
+    assert steps == {AUDIO_TICKS}, "an audio packet is missing or doubled at a boundary"
+
+
+def test_a_segment_without_an_anchor_has_no_audio(tmp_path: Path) -> None:
+    base = 2_000_000 * GOP
+    source = SyntheticSource(FMT)
+    encoder = GopEncoder(PARAMS)
+    writer = SegmentWriter(tmp_path, PARAMS)
+    for packet in _audio_packets(1.0):
+        writer.add_audio(packet)
+    for i in range(GOP + 1):
+        writer.add(encoder.encode(base + i, source.picture(i)))  # no source times: filler
+    with av.open(str(tmp_path / segment_name(base // GOP))) as container:
+        assert not container.streams.audio
+    writer.finish()
+
+
+# --- LiveIngest on a real file ----------------------------------------------------------------
+
+
+def _clip(path: Path, frames: int) -> Path:
+    """A short H.264 + MP2 MPEG-TS file of the test pattern, made with PyAV."""
+    source = SyntheticSource(FMT)
+    with av.open(str(path), "w", format="mpegts") as out:
+        video = out.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = FMT.width, FMT.height, "yuv420p"
+        video.options = {"tune": "zerolatency", "bf": "0"}
+        sound = out.add_stream("mp2", rate=48_000)
+        sound.layout = "stereo"
+        samples = 0
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.array(source.picture(i).yuv), "yuv420p")
+            frame.pts = i
+            out.mux(video.encode(frame))
+            while samples < (i + 1) * 1600:
+                tone = np.zeros((1, 2304), dtype=np.int16)
+                chunk = av.AudioFrame.from_ndarray(tone, "s16", "stereo")
+                chunk.sample_rate, chunk.pts = 48_000, samples
+                samples += 1152
+                out.mux(sound.encode(chunk))
+        out.mux(video.encode(None))
+        out.mux(sound.encode(None))
+    return path
+
+
+def test_a_file_plays_in_real_time_loops_with_continuing_timestamps_and_carries_audio(
+    tmp_path: Path,
+) -> None:
+    clip = _clip(tmp_path / "clip.ts", 15)
+    items: list[Ingested] = []
+    enough = threading.Event()
+
+    def deliver(item: Ingested) -> None:
+        items.append(item)
+        if sum(isinstance(i, IngestedPicture) for i in items) >= 40:
+            enough.set()
+
+    ingest = LiveIngest(str(clip), FMT, deliver)
+    started = time.time()
+    ingest.start()
+    try:
+        assert enough.wait(10.0), f"only {len(items)} items in 10 s"
+    finally:
+        ingest.stop()
+    pictures = [i for i in items if isinstance(i, IngestedPicture)]
+    elapsed = pictures[39].arrived - pictures[0].arrived
+    assert 39 * PERIOD * 0.9 < elapsed < 39 * PERIOD * 1.5, "not played in real time"
+    assert pictures[0].arrived >= started
+    seconds = [p.pts * p.time_base for p in pictures if p.pts is not None]
+    steps = {b - a for a, b in itertools.pairwise(seconds)}
+    assert steps == {Fraction(1, 30)}, "timestamps must continue across the loop"
+    assert ingest.counters.reopens >= 2  # 40 pictures of a 15-picture clip
+    assert any(isinstance(i, IngestedAudio) and i.codec == "mp2" for i in items)
+    assert len({p.picture.fingerprint for p in pictures[:15]}) == 15
+
+
+def test_garbage_input_is_counted_never_fatal(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.ts"
+    junk.write_bytes(bytes(random.Random(1).randrange(256) for _ in range(50_000)))
+    ingest = LiveIngest(str(junk), FMT, lambda item: None)
+    ingest.start()
+    deadline = time.time() + 5.0
+    while ingest.counters.reopens < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    ingest.stop()
+    assert ingest.counters.reopens >= 2 and ingest.counters.pictures == 0
+    assert ingest.counters.last_error
+
+
+def test_a_missing_file_is_refused_at_once(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="neither a readable file"):
+        LiveIngest(str(tmp_path / "nope.ts"), FMT, lambda item: None)
