@@ -320,9 +320,7 @@ class LiveStream:
         self.fmt = fmt
         self.loop = loop
         rate = fmt.frame_rate
-        self.max_frames = (
-            None if duration is None else math.ceil(Fraction(duration) * rate.num / rate.den)
-        )
+        self.max_frames = None if duration is None else _frames_in(duration, rate)
         # A frame's datagrams leave over the first half of its period (see pacing.py).
         self._sink = _Sink(Packetizer(spread=fmt.period / 2), emit)
 
@@ -347,7 +345,7 @@ class LiveStream:
             fifo = np.zeros((AUDIO_CHANNELS, 0), dtype=np.float32)
             audio_pts = 0
             stopped = False
-            while not stopped:
+            while not stopped and (self.max_frames is None or frames < self.max_frames):
                 current = self.source.open_pass(fmt)
                 made = 0
                 try:
@@ -400,6 +398,11 @@ class LiveStream:
         for packet in packets:
             self._sink.stamp = max(self._sink.stamp, _time(packet))
             container.mux(packet)
+
+
+def _frames_in(seconds: float, rate: FrameRate) -> int:
+    """Frames that start within ``seconds``; a float a hair over a whole frame is that frame."""
+    return math.ceil(Fraction(seconds) * rate.num / rate.den - Fraction(1, 10**6))
 
 
 def _time(packet: Packet[Any]) -> float:
