@@ -13,9 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from meshenc.core.policy import Strategy
+from meshenc.core.timecode import FrameRate
 from meshenc.sim.metrics import Score, score
 from meshenc.sim.runner import run
 from meshenc.sim.scenario import Scenario, ScenarioError
+from meshenc.sim.worlds import BROADCAST_RATES, SEGMENT_S, RateWorld, rate_worlds
 
 STRATEGIES = [s.value for s in Strategy]
 
@@ -108,10 +110,16 @@ def describe(scenario: Scenario) -> str:
     return (
         f"{m.encoders} encoders, degree {m.neighbors}, {m.fps} fps, {m.duration_s:g} s "
         f"(warm-up {m.warmup_s:g} s), drift ±{c.drift_ppm:g} ppm, offsets ±{c.offset_ms:g} ms, "
-        f"jitter {c.jitter_ms:g} ms, ingest {i.delay_ms[0]:g}–{i.delay_ms[1]:g} ms "
+        f"jitter {_jitter(scenario)}, ingest {i.delay_ms[0]:g}–{i.delay_ms[1]:g} ms "
         f"(swing {i.swing_ms:g} ms), loss {n.loss:g}, liars {scenario.liars.count}, "
-        f"seed {scenario.seed}"
+        f"seed {scenario.seed}" + ("" if scenario.source.timestamps else ", no source timestamps")
     )
+
+
+def _jitter(scenario: Scenario) -> str:
+    ms = scenario.capture_jitter_s * 1000.0
+    frames = scenario.clocks.jitter_frames
+    return f"{ms:.3g} ms" if frames is None else f"{frames:g} frame ({ms:.3g} ms)"
 
 
 @click.command()
@@ -143,6 +151,14 @@ def describe(scenario: Scenario) -> str:
     help="Range of per-encoder mean ingest delay, ms.",
 )
 @click.option("--jitter-ms", type=float, help="Std-dev of capture timestamp noise, ms.")
+@click.option(
+    "--jitter-frames", type=float, help="Std-dev of capture timestamp noise, in frame periods."
+)
+@click.option(
+    "--source-timestamps/--no-source-timestamps",
+    default=None,
+    help="Whether encoders pass the source's period count (PTS) to the engine.",
+)
 @click.option("--loss", type=float, help="Probability that a mesh message is lost.")
 @click.option("--neighbors", type=int, help="Neighbours per encoder.")
 @click.option("--liars", type=int, help="Encoders that lie about labels, hashes and votes.")
@@ -159,6 +175,8 @@ def sim(
     offset_ms: float | None,
     ingest_delay_ms: list[float] | None,
     jitter_ms: float | None,
+    jitter_frames: float | None,
+    source_timestamps: bool | None,
     loss: float | None,
     neighbors: int | None,
     liars: int | None,
@@ -182,6 +200,8 @@ def sim(
                 "clocks.drift_ppm": drift_ppm,
                 "clocks.offset_ms": offset_ms,
                 "clocks.jitter_ms": jitter_ms,
+                "clocks.jitter_frames": jitter_frames,
+                "source.timestamps": source_timestamps,
                 "ingest.delay_ms": ingest_delay_ms,
                 "network.loss": loss,
                 "liars.count": liars,
@@ -269,24 +289,67 @@ LOCKIN_WORLDS: tuple[tuple[int, int, range, float], ...] = (
 )
 
 
+def _rates(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    rates = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        for rate in rates:
+            FrameRate.parse(rate)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if not rates:
+        raise click.BadParameter("expected a comma-separated list of frame rates")
+    return rates
+
+
 @bench.command("lockin")
+@click.option(
+    "--rates",
+    callback=_rates,
+    metavar="FPS,...",
+    help=(
+        "Instead of the size/degree sweep, run seeded worlds at these frame rates "
+        f"(e.g. {','.join(BROADCAST_RATES)}) with capture jitter up to a quarter frame, "
+        "±200 ppm, ±1 s offsets and ingest delays spread over 300 ms."
+    ),
+)
+@click.option(
+    "--worlds",
+    type=click.IntRange(1, 1000),
+    default=8,
+    show_default=True,
+    help="With --rates: seeded worlds per rate.",
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="With --rates: simulated seconds per world.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def bench_lockin(as_json: bool) -> None:
+def bench_lockin(rates: list[str] | None, worlds: int, duration: float, as_json: bool) -> None:
     """Seeded worlds of several sizes and degrees: does predictive lock within the warm-up?
 
     Each world runs predictive and reactive on the standard scenario's faults; a row is one
-    world. Reports misaligned frames after the warm-up, lock-in time and corrections.
+    world. Reports misaligned frames after the warm-up, lock-in time and corrections. With
+    --rates, worlds at each frame rate instead, where the warm-up is two segments and epoch
+    runs beside the mesh strategies.
     """
+    if rates is not None:
+        _bench_rates(rates, worlds, duration, as_json)
+        return
     base = load_scenario("standard")
     rows = []
     log = console(stderr=True)
-    for encoders, degree, seeds, duration in LOCKIN_WORLDS:
+    for encoders, degree, seeds, seconds in LOCKIN_WORLDS:
         for seed in seeds:
             scenario = base.with_overrides(
                 **{
                     "mesh.encoders": encoders,
                     "mesh.neighbors": degree,
-                    "mesh.duration_s": duration,
+                    "mesh.duration_s": seconds,
                     "seed": seed,
                 }
             )
@@ -332,4 +395,70 @@ def bench_lockin(as_json: bool) -> None:
         )
     locked = sum(1 for *_, p, _r in rows if p.misaligned_frames == 0)
     table.caption = f"predictive: {locked} of {len(rows)} worlds without a misaligned frame"
+    console().print(table)
+
+
+def _bench_rates(rates: list[str], worlds: int, duration: float, as_json: bool) -> None:
+    strategies = (Strategy.PREDICTIVE, Strategy.REACTIVE, Strategy.EPOCH)
+    rows: list[tuple[RateWorld, dict[Strategy, Score]]] = []
+    log = console(stderr=True)
+    for world in rate_worlds(rates, worlds, duration_s=duration):
+        log.log(f"{world.fps} fps, seed {world.seed}, jitter {world.jitter_frames:g} frame ...")
+        rows.append((world, {s: score(run(world.scenario, s)) for s in strategies}))
+    if as_json:
+        payload = [
+            {
+                "fps": w.fps,
+                "seed": w.seed,
+                "jitter_frames": w.jitter_frames,
+                **{s.value: scores[s].as_dict() for s in strategies},
+            }
+            for w, scores in rows
+        ]
+        click.echo(json.dumps({"benchmark": "lockin-rates", "results": payload}))
+        return
+    limit = 2 * SEGMENT_S
+    table = Table(
+        title=(
+            f"Lock-in at broadcast frame rates: 10 encoders, degree 4, {duration:g} s, jitter up "
+            "to 1/4 frame, ±200 ppm, ±1 s offsets, ingest 20–320 ms; misaligned frames after "
+            f"2 segments ({limit:g} s)"
+        ),
+        title_justify="left",
+    )
+    for column in (
+        "fps",
+        "seed",
+        "jitter frame",
+        "jitter ms",
+        "predictive misaligned",
+        "predictive lock-in s",
+        "predictive corrections",
+        "reactive misaligned",
+        "reactive lock-in s",
+        "epoch misaligned",
+    ):
+        table.add_column(column, justify="right")
+    for w, scores in rows:
+        p, r, e = (scores[s] for s in strategies)
+        table.add_row(
+            w.fps,
+            str(w.seed),
+            f"{w.jitter_frames:g}",
+            f"{w.scenario.capture_jitter_s * 1000:.2f}",
+            _fmt(p.misaligned_frames),
+            _fmt(p.lock_in_s, 2),
+            _fmt(p.corrections_total),
+            _fmt(r.misaligned_frames),
+            _fmt(r.lock_in_s, 2),
+            _fmt(e.misaligned_frames),
+        )
+
+    def passed(s: Score) -> bool:
+        return s.misaligned_frames == 0 and s.lock_in_s is not None and s.lock_in_s <= limit
+
+    counts = {s: sum(1 for _, scores in rows if passed(scores[s])) for s in strategies}
+    table.caption = "worlds locked within 2 segments and without a misaligned frame after: " + (
+        ", ".join(f"{s.value} {counts[s]} of {len(rows)}" for s in strategies)
+    )
     console().print(table)

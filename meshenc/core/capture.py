@@ -1,22 +1,41 @@
-"""Capture-time smoothing: counting frames and letting the clock only steer the count.
+"""Capture-time smoothing: recovering the source's cadence the way a receiver recovers a clock.
 
-Theory of operation: a raw capture timestamp carries the clock's read jitter and the
-scheduling noise of the ingest path. Feeding it straight into ``floor(label × fps)`` would
-let a few milliseconds of noise flip a timecode whenever a label sits near a slot boundary.
-Instead each new frame is placed where counting says it should be — the previous smoothed
-time plus a whole number of estimated frame periods (a lost frame counts as two periods) —
-and the raw timestamp only nudges that prediction (an alpha–beta filter, the steady-state form
-of a constant-velocity Kalman filter). Slow effects (clock drift, ingest-delay changes) pass
-through to the label, where the mesh sees and corrects them; fast noise does not.
+Theory of operation: a raw capture timestamp is the measured arrival of a picture of a live
+stream. It carries the clock's read jitter and the jitter of the ingest path (packetisation,
+frame size, scheduling) — at 60 fps easily a quarter of the frame period. Feeding it straight
+into ``floor(label × fps)`` would let that noise flip a timecode whenever a label sits near a
+slot boundary. Instead the smoother fits the source's own cadence over many frames, as a
+broadcast receiver recovers the sender's clock from PCR: a two-state Kalman filter of the
+arrival time of the current picture and the frame period, with the picture's place in the
+cadence given by *counting* (``periods`` since the previous picture: from the source's own
+timestamps when the caller has them, from the arrival times otherwise). The smoothed time is
+the fitted cadence at the picture, not the picture's arrival.
+
+The fit adapts to what it measures. The measurement noise is the measured jitter: the spread
+of the arrivals around the fitted cadence, tracked as it changes (``jitter``). The process
+noise (``wander``) is how fast the cadence itself may change on the encoder's clock — clock
+drift and ingest-delay changes, which pass through to the label, where the mesh sees and
+corrects them. So the more jitter, the more frames the fit averages over: the steady-state
+gain falls with the jitter and the frame period, and the uncertainty of the smoothed time
+(``noise``) stays a small fraction of a frame even at a quarter frame of jitter (0.05 frames).
+
+Robustness: a residual beyond ``gate`` standard deviations of what the fit expects is clipped
+to that bound (one late picture must not drag the cadence); ``step_after`` clipped residuals in
+a row on the same side mean the clock stepped or the ingest path changed: the smoother restarts
+at the new reading and keeps its period. Without the source's period count, a gap counts as
+lost pictures only when it exceeds one period by half a period plus three times the jitter, so
+that a late picture is not mistaken for a lost one (a miscount would move the label by a whole
+frame); a loss this misses restarts the fit a few frames later as a step.
 
 Invariants: the smoothed times of successive frames increase by at least half a period, except
 that a raw timestamp more than two periods *behind* the smoothed time (the clock stepped back)
 restarts the smoother at that timestamp; the period estimate stays within ``max_period_error``
-of nominal.
+of nominal; ``jitter`` stays within [``min_jitter``, ``max_jitter``].
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 __all__ = ["CaptureSmoother", "SmoothedCapture"]
@@ -31,33 +50,111 @@ class SmoothedCapture:
 
 
 class CaptureSmoother:
-    """Alpha–beta filter on a stream of capture timestamps at a nominal frame period."""
+    """Kalman fit of a stream of capture timestamps to the source's cadence."""
 
-    __slots__ = ("_alpha", "_beta", "_max_error", "_nominal", "period", "time")
+    __slots__ = (
+        "_alpha",
+        "_beta",
+        "_gate",
+        "_max_error",
+        "_max_var",
+        "_memory",
+        "_min_var",
+        "_nominal",
+        "_p00",
+        "_p01",
+        "_p11",
+        "_period_before_run",
+        "_q",
+        "_r",
+        "_run",
+        "_seen",
+        "_step_after",
+        "period",
+        "time",
+    )
 
     def __init__(
         self,
         nominal_period: float,
         *,
-        alpha: float = 0.08,
-        beta: float = 0.002,
+        alpha: float | None = None,
+        beta: float | None = None,
         max_period_error: float = 0.01,
+        wander: float = 1e-6,
+        initial_jitter: float = 0.002,
+        min_jitter: float = 5e-5,
+        max_jitter: float | None = None,
+        jitter_memory: float = 1.0 / 256.0,
+        gate: float = 4.0,
+        step_after: int = 6,
     ) -> None:
+        """``wander`` is the spectral density of the cadence's rate changes, (s/s)²/s; the
+        default holds ingest delays that swing by tens of milliseconds within a minute.
+        ``alpha`` and ``beta`` fix the gains instead (an alpha–beta filter; tests, tools).
+        ``max_jitter`` defaults to half a period."""
         if nominal_period <= 0:
             raise ValueError("nominal period must be positive")
-        if not (0 < alpha <= 1 and 0 <= beta < alpha):
+        if (alpha is None) != (beta is None):
+            raise ValueError("give both alpha and beta, or neither")
+        if alpha is not None and beta is not None and not (0 < alpha <= 1 and 0 <= beta < alpha):
             raise ValueError("need 0 < alpha <= 1 and 0 <= beta < alpha")
+        if wander <= 0 or min_jitter <= 0 or not 0 < jitter_memory <= 1 or gate <= 0:
+            raise ValueError("wander, min_jitter, jitter_memory and gate must be positive")
+        high = 0.5 * nominal_period if max_jitter is None else max_jitter
+        if high < min_jitter:
+            raise ValueError("max_jitter must not be below min_jitter")
         self._nominal = nominal_period
         self._alpha = alpha
         self._beta = beta
         self._max_error = max_period_error
+        # Period variance added per frame of wander: (s/s)²/s × T² × T.
+        self._q = wander * nominal_period**3
+        self._min_var = min_jitter**2
+        self._max_var = high**2
+        self._memory = jitter_memory
+        self._gate = gate
+        self._step_after = step_after
+        self._r = min(max(initial_jitter**2, self._min_var), self._max_var)
         self.period = nominal_period
+        self._period_before_run = nominal_period
         self.time: float | None = None
+        self._p00 = self._p01 = self._p11 = 0.0
+        self._run = 0
+        self._seen = 0
+
+    @property
+    def jitter(self) -> float:
+        """The measured jitter: standard deviation (s) of arrivals around the fitted cadence."""
+        return math.sqrt(self._r)
+
+    @property
+    def noise(self) -> float:
+        """Standard deviation (s) of the smoothed time itself (what is left of the jitter)."""
+        if self._alpha is not None:
+            a, b = self._alpha, self._beta or 0.0
+            return self.jitter * math.sqrt((2 * a * a + 2 * b - 3 * a * b) / (a * (4 - 2 * a - b)))
+        return math.sqrt(self._p00) if self.time is not None else self.jitter
+
+    @property
+    def period_noise(self) -> float:
+        """Standard deviation of the period estimate, as a fraction of the period (s/s)."""
+        return math.sqrt(self._p11) / self._nominal
 
     def reset(self) -> None:
         """Forget the history, e.g. after the source stalled or the clock stepped."""
         self.period = self._nominal
         self.time = None
+
+    def _start(self, raw: float, keep_period: bool) -> SmoothedCapture:
+        if not keep_period:
+            self.period = self._nominal
+            self._p11 = (self._max_error * self._nominal) ** 2
+        self.time = raw
+        self._p00 = self._r
+        self._p01 = 0.0
+        self._run = 0
+        return SmoothedCapture(raw, 1)
 
     def update(self, raw: float, periods: int | None = None) -> SmoothedCapture:
         """Smooth one raw capture timestamp (seconds on the encoder's clock).
@@ -66,22 +163,69 @@ class CaptureSmoother:
         source's own timestamps say so; without it they are counted from the arrival times.
         """
         if self.time is None:
-            self.time = raw
-            return SmoothedCapture(raw, 1)
+            return self._start(raw, keep_period=False)
         elapsed = raw - self.time
         if elapsed < -2.0 * self.period:
             # The clock went back by more than counting can explain (a step backwards): start
             # again from the new reading; the mesh sees the step and corrects the label.
-            self.reset()
-            self.time = raw
-            return SmoothedCapture(raw, 1)
+            return self._start(raw, keep_period=False)
         if periods is None or periods < 1:
-            periods = max(1, round(elapsed / self.period))
-        predicted = self.time + periods * self.period
+            # Count the pictures lost in a gap only when the gap is longer than one period by
+            # half a period plus three times the jitter: with a quarter frame of jitter a late
+            # picture now and then arrives half a period late, and taking it for a lost one
+            # would move the label by a frame. A loss this misses shows as residuals of a
+            # whole period in a row, which restart the fit (below) a few frames later.
+            margin = 3.0 * self.jitter / self.period
+            periods = 1 + max(0, round((elapsed - self.period) / self.period - margin))
+        n = periods
+        predicted = self.time + n * self.period
         residual = raw - predicted
+        if self._alpha is not None:
+            return self._fixed_gains(n, predicted, residual)
+        q = self._q
+        p00 = self._p00 + 2 * n * self._p01 + n * n * self._p11 + q * n**3 / 3.0
+        p01 = self._p01 + n * self._p11 + q * n * n / 2.0
+        p11 = self._p11 + q * n
+        s = p00 + self._r
+        bound = self._gate * math.sqrt(s)
+        if abs(residual) > bound:
+            side = 1 if residual > 0 else -1
+            if self._run * side > 0:
+                self._run += side
+            else:
+                self._run = side
+                self._period_before_run = self.period
+            if abs(self._run) >= self._step_after:
+                # The arrivals moved and stayed: a clock step or a new ingest path. Start again
+                # from the reading with the cadence from before the run (the clipped residuals
+                # that made it had pulled the period); the mesh sees the step and corrects it.
+                self.period = self._period_before_run
+                self._start(raw, keep_period=True)
+                return SmoothedCapture(raw, n)
+            residual = math.copysign(bound, residual)
+        else:
+            self._run = 0
+        # Measured jitter: what the residuals show beyond the fit's own uncertainty (a plain
+        # average over the first frames, then a moving one).
+        self._seen += 1
+        observed = min(max(residual * residual - p00, self._min_var), self._max_var)
+        self._r += max(self._memory, 1.0 / self._seen) * (observed - self._r)
+        k0, k1 = p00 / s, p01 / s
+        time = predicted + k0 * residual
+        self._p00 = (1.0 - k0) * p00
+        self._p01 = (1.0 - k0) * p01
+        self._p11 = p11 - k1 * p01
+        self._set_period(self.period + k1 * residual)
+        self.time = max(time, self.time + 0.5 * self.period)
+        return SmoothedCapture(self.time, n)
+
+    def _fixed_gains(self, n: int, predicted: float, residual: float) -> SmoothedCapture:
+        assert self._alpha is not None and self._beta is not None and self.time is not None
         self.time = max(predicted + self._alpha * residual, self.time + 0.5 * self.period)
-        period = self.period + self._beta * residual / periods
+        self._set_period(self.period + self._beta * residual / n)
+        return SmoothedCapture(self.time, n)
+
+    def _set_period(self, period: float) -> None:
         low = self._nominal * (1.0 - self._max_error)
         high = self._nominal * (1.0 + self._max_error)
         self.period = min(max(period, low), high)
-        return SmoothedCapture(self.time, periods)

@@ -370,6 +370,7 @@ class SyncEngine:
         self._agreed_since = math.inf
         self._leader: str | None = None
         self._error = 0.0
+        self._slot_errors: tuple[float, ...] = (0.0,)
         self._predicted_error = 0.0
         self._health = HealthSignals(
             cpu_load=0.0,
@@ -569,7 +570,7 @@ class SyncEngine:
         ):
             late = ResyncVote(proposal.proposer, proposal.proposal_id, self.node_id, False, 0.0)
             return SendVote(replace(late, reason="segment already begun"), proposal.proposer)
-        estimate = None
+        estimates: list[float | None] = [None]
         cfg = self.config
         if (
             nb.filter.updates >= cfg.min_updates
@@ -580,9 +581,17 @@ class SyncEngine:
             # error) it is that plus our error. Judging against the timeline rather than our
             # own label lets a mesh that is split into two camps vote itself back together.
             deviation = nb.filter.at(now) + self.correction(now) - nb.correction_at(now)
-            estimate = self._error - deviation
+            # A neighbour that says it is locked moves to the middle of a slot, so it is
+            # judged against the middle of the slot this encoder sees the timeline in (either
+            # slot, when the timeline sits near their boundary), even while this one is still
+            # locking in: judged against the plain mean instead, the first encoders to lock
+            # had their move to the slot middle turned down by neighbours a few tenths of a
+            # second behind them, and each refusal cost a retry.
+            references = self._slot_errors if nb.locked else (self._error,)
+            estimates = [reference - deviation for reference in references]
         tolerance = self.config.vote_tolerance * self._period
-        vote = judge_proposal(proposal, self.node_id, estimate, tolerance)
+        votes = [judge_proposal(proposal, self.node_id, e, tolerance) for e in estimates]
+        vote = next((v for v in votes if v.approve), votes[0])
         return SendVote(vote, proposal.proposer)
 
     def on_vote(self, now: float, vote: ResyncVote) -> None:
@@ -715,8 +724,18 @@ class SyncEngine:
                 centre = reference
             target = fr.slot(label - centre + cfg.boundary_bias * period)
             error = label - fr.slot_middle(target)
+            self._slot_errors = (error,)
         else:
             error = sum(deviations) / len(deviations)
+            # Where this encoder would hold the timeline were it locked: the middle of the
+            # mean's slot, or of the slot next to it when the mean is within the consensus
+            # band of their boundary (neighbours' estimates of a timeline that sits on a
+            # boundary straddle it). It judges a locked neighbour's proposals by these.
+            timeline = label - error + cfg.boundary_bias * period
+            self._slot_errors = tuple(
+                label - fr.slot_middle(slot)
+                for slot in sorted({fr.slot(timeline - band), fr.slot(timeline + band)})
+            )
             if max(deviations) > band or min(deviations) < -band:
                 self._agreed_since = math.inf
             elif self._agreed_since == math.inf:

@@ -102,7 +102,7 @@ def run(
     n = scenario.mesh.encoders
     frames = int(scenario.mesh.duration_s * fr.num // fr.den)
     period = fr.period
-    make_config = config or (lambda s: EngineConfig(frame_rate=fr, strategy=s))
+    make_config = config or (lambda s: EngineConfig(frame_rate=fr, strategy=s, gop=scenario.gop))
     engines = [
         SyncEngine(f"enc-{i}", make_config(strategy), (f"enc-{j}" for j in world.neighbours[i]))
         for i in range(n)
@@ -112,8 +112,11 @@ def run(
     # Drawn frame by frame (rows are frames), so a longer run starts with the same noise.
     capture_jitter = (
         np.random.default_rng([scenario.seed, 1]).standard_normal((frames, n)).T
-        * (scenario.clocks.jitter_ms / 1000.0)
+        * scenario.capture_jitter_s
     ).tolist()
+    # The source's timestamps say how many periods passed between pictures (always one here:
+    # the simulated source loses none); without them the engines count from arrival times.
+    with_pts = scenario.source.timestamps
     net = _Noise(np.random.default_rng([scenario.seed, 2]))
     net_jitter = scenario.network.jitter_ms / 1000.0
     loss = scenario.network.loss
@@ -174,7 +177,8 @@ def run(
             k = payload
             assert isinstance(k, int)
             now = clocks[i].read(t, capture_jitter[i][k])
-            decision = engine.on_frame(now, k + 1)  # identity 0 means "none"
+            periods = 1 if with_pts and k else None
+            decision = engine.on_frame(now, k + 1, periods)  # identity 0 means "none"
             codes = decision.timecodes
             labels[i][k] = decision.label
             if codes:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from meshenc.core.timecode import FrameRate
 
-__all__ = ["ClockStepFault", "Scenario", "ScenarioError"]
+__all__ = ["DEFAULT_JITTER_MS", "ClockStepFault", "Scenario", "ScenarioError"]
 
 
 class ScenarioError(ValueError):
@@ -44,6 +44,8 @@ class MeshSection(_Strict):
     fps: str = "30"
     duration_s: Annotated[float, Field(gt=0.0, le=86_400.0)] = 120.0
     warmup_s: Annotated[float, Field(ge=0.0)] = 10.0
+    #: One segment (= one GOP) in seconds; the engines' GOP is this many seconds of frames.
+    segment_s: Annotated[float, Field(gt=0.0, le=60.0)] = 2.0
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -53,11 +55,31 @@ class MeshSection(_Strict):
         return self
 
 
+#: Capture jitter when a scenario states none (standard deviation, ms).
+DEFAULT_JITTER_MS = 2.0
+
+
 class ClocksSection(_Strict):
     drift_ppm: Annotated[float, Field(ge=0.0, le=1000.0)] = 100.0
     offset_ms: Annotated[float, Field(ge=0.0, le=10_000.0)] = 200.0
-    jitter_ms: Milliseconds = 2.0
+    #: Standard deviation of every capture timestamp's noise (the measured arrival of a
+    #: picture), in milliseconds or in frame periods; at most one of the two.
+    jitter_ms: Milliseconds | None = None
+    jitter_frames: Annotated[float, Field(ge=0.0, le=0.5)] | None = None
     steps: tuple[ClockStepFault, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_jitter(self) -> Self:
+        if self.jitter_ms is not None and self.jitter_frames is not None:
+            raise ValueError("give jitter_ms or jitter_frames, not both")
+        return self
+
+
+class SourceSection(_Strict):
+    #: Whether encoders get the source's own timestamps (PTS) and pass the number of frame
+    #: periods between pictures to the engine, as a real encoder reading a stream does;
+    #: without them the engine counts periods from arrival times.
+    timestamps: bool = True
 
 
 class IngestSection(_Strict):
@@ -98,6 +120,7 @@ class Scenario(_Strict):
     description: str = ""
     seed: int = 1
     mesh: MeshSection = MeshSection()
+    source: SourceSection = SourceSection()
     clocks: ClocksSection = ClocksSection()
     ingest: IngestSection = IngestSection()
     network: NetworkSection = NetworkSection()
@@ -120,6 +143,20 @@ class Scenario(_Strict):
     def frame_rate(self) -> FrameRate:
         return FrameRate.parse(self.mesh.fps)
 
+    @property
+    def gop(self) -> int:
+        """Frames per GOP (= per segment): ``segment_s`` of frames, at least one."""
+        fr = self.frame_rate
+        return max(1, round(self.mesh.segment_s * fr.num / fr.den))
+
+    @property
+    def capture_jitter_s(self) -> float:
+        """Standard deviation (s) of capture timestamp noise, however the file states it."""
+        c = self.clocks
+        if c.jitter_frames is not None:
+            return c.jitter_frames * self.frame_rate.period
+        return (DEFAULT_JITTER_MS if c.jitter_ms is None else c.jitter_ms) / 1000.0
+
     @classmethod
     def from_toml(cls, text: str, *, source: str = "scenario") -> Scenario:
         try:
@@ -138,6 +175,11 @@ class Scenario(_Strict):
     def with_overrides(self, **changes: Any) -> Scenario:
         """A copy with dotted-path overrides, e.g. ``{"mesh.encoders": 100}``; validated."""
         data = self.model_dump()
+        # One way of stating the capture jitter replaces the other.
+        if changes.get("clocks.jitter_ms") is not None:
+            data["clocks"]["jitter_frames"] = None
+        if changes.get("clocks.jitter_frames") is not None:
+            data["clocks"]["jitter_ms"] = None
         for dotted, value in changes.items():
             if value is None:
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 
@@ -154,3 +155,79 @@ def test_invalid_settings_are_rejected(nominal: float, alpha: float, beta: float
 def test_beta_must_stay_below_alpha() -> None:
     with pytest.raises(ValueError):
         CaptureSmoother(PERIOD, alpha=0.1, beta=0.1)
+
+
+# --- live ingest: jitter that is a large part of the frame period -------------------------------
+
+RATES = [25.0, 30000 / 1001, 50.0, 60000 / 1001, 60.0]
+
+
+def _jittered(rate: float, fraction: float, seed: int, count: int) -> list[tuple[float, float]]:
+    """(true arrival, measured arrival) of ``count`` pictures with Gaussian jitter."""
+    rng = random.Random(seed)
+    period = 1.0 / rate
+    return [
+        (START + i * period, START + i * period + rng.gauss(0.0, fraction * period))
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_quarter_frame_jitter_never_flips_a_timecode(rate: float, seed: int) -> None:
+    # Arrivals in the middle of their slots, jittered by a quarter period: the smoothed time,
+    # fitted with the source's period count, must stay far inside the slot.
+    period = 1.0 / rate
+    smoother = CaptureSmoother(period)
+    worst = 0.0
+    for i, (true, raw) in enumerate(_jittered(rate, 0.25, seed, int(60 * rate))):
+        out = smoother.update(raw + 0.5 * period, None if i == 0 else 1)
+        if i >= 2 * rate:  # past the first two seconds of fitting
+            worst = max(worst, abs(out.time - 0.5 * period - true))
+    assert worst < 0.25 * period, f"seed {seed}: {worst / period:.3f} of a period"
+
+
+@pytest.mark.parametrize("rate", [30.0, 60.0])
+def test_the_jitter_is_measured(rate: float) -> None:
+    period = 1.0 / rate
+    smoother = CaptureSmoother(period)
+    for i, (_, raw) in enumerate(_jittered(rate, 0.2, 7, int(60 * rate))):
+        smoother.update(raw, None if i == 0 else 1)
+    assert smoother.jitter == pytest.approx(0.2 * period, rel=0.2)
+
+
+def test_more_jitter_means_a_longer_fit() -> None:
+    # The smoothed time's own noise, relative to the jitter, falls as the jitter grows: the
+    # fit averages over more frames.
+    period = 1.0 / 60.0
+    ratios = []
+    for fraction in (0.02, 0.25):
+        smoother = CaptureSmoother(period)
+        for i, (_, raw) in enumerate(_jittered(60.0, fraction, 3, 3600)):
+            smoother.update(raw, None if i == 0 else 1)
+        ratios.append(smoother.noise / smoother.jitter)
+    assert ratios[1] < 0.8 * ratios[0]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_late_picture_is_not_taken_for_a_lost_one(seed: int) -> None:
+    # Without the source's period count, at a quarter frame of jitter: no picture was lost, so
+    # every picture must count as one period, and the smoothed times must never skip a slot.
+    period = 1.0 / 60.0
+    smoother = CaptureSmoother(period)
+    out = [smoother.update(raw) for _, raw in _jittered(60.0, 0.25, seed, 3600)]
+    assert [o.periods for o in out[1:]].count(1) == len(out) - 1, f"seed {seed}"
+    steps = [b.time - a.time for a, b in itertools.pairwise(out[120:])]
+    assert max(steps) < 1.5 * period and min(steps) > 0.5 * period, f"seed {seed}"
+
+
+@pytest.mark.parametrize("step", [0.025, -0.06])
+def test_a_clock_step_restarts_the_fit_within_a_few_frames(step: float) -> None:
+    period = 1.0 / 30.0
+    smoother = CaptureSmoother(period)
+    for i in range(300):
+        smoother.update(START + i * period, None if i == 0 else 1)
+    for i in range(300, 300 + 10):
+        out = smoother.update(START + i * period + step, 1)
+    assert out.time == pytest.approx(START + 309 * period + step, abs=1e-3)
+    assert smoother.period == pytest.approx(period, rel=1e-3)

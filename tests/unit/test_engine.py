@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 
+import pytest
+
 from meshenc.core.engine import (
     CorrectionApplied,
     EngineConfig,
@@ -75,9 +77,11 @@ def _run(
     offsets: dict[str, Callable[[int], float]],
     *,
     hashes: dict[str, Callable[[int, int], bytes]] | None = None,
+    locked: bool = True,
 ) -> list[object]:
     """Capture ``pictures`` at exact frame times; after each, every scripted neighbour sends
-    its ESP for that picture with its label ``offsets[name](picture)`` seconds from ours."""
+    its ESP for that picture with its label ``offsets[name](picture)`` seconds from ours
+    (saying it is ``locked``)."""
     actions: list[object] = []
     for k in pictures:
         now = START + k * T
@@ -88,7 +92,8 @@ def _run(
             label = now + offset(k)
             custom = (hashes or {}).get(name)
             frame_hash = custom(k, FPS.slot(label)) if custom else None
-            engine.on_esp(now + 0.001, _esp(name, k + 1, k, label, frame_hash=frame_hash))
+            esp = _esp(name, k + 1, k, label, frame_hash=frame_hash, locked=locked)
+            engine.on_esp(now + 0.001, esp)
         actions.extend(engine.drain_actions())
     return actions
 
@@ -193,7 +198,7 @@ def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
     # x and y label every picture as the voter's clock does; p labels it 0.8 frames later.
     # Locking in, the voter settles at the mean of its neighbourhood and itself, a third of
     # the way (0.8/3) towards p, so it sees p 0.8 - 0.8/3 frames ahead of its timeline.
-    _run(voter, range(120), {"p": lambda _k: 0.8 * T, "x": _zero, "y": _zero})
+    _run(voter, range(120), {"p": lambda _k: 0.8 * T, "x": _zero, "y": _zero}, locked=False)
     now = START + 120 * T
     expected = (0.8 - 0.8 / 3) * T
 
@@ -205,6 +210,23 @@ def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
     assert vote(-expected).approve
     assert not vote(+0.8 * T).approve
     assert abs(vote(0.0).estimated_deviation - expected) < 0.1 * T
+
+
+@pytest.mark.parametrize("proposer_locked", [True, False])
+def test_a_locked_neighbour_may_move_to_either_slot_at_a_boundary(proposer_locked: bool) -> None:
+    # Everyone but the voter labels pictures half a frame later, so the voter, locking in,
+    # sees the timeline 3/8 of a frame after its label: within the consensus band of the next
+    # slot boundary. Estimates of a timeline there straddle the boundary, so a neighbour that
+    # is locked may hold the middle of either slot; one still locking in moves to the mean.
+    voter = SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"])
+    half = {name: (lambda _k: 0.5 * T) for name in ("p", "x", "y")}
+    _run(voter, range(120), half, locked=proposer_locked)
+    now = START + 120 * T
+    # p sits at the end of the voter's slot; it proposes the middle of the next one.
+    proposal = ResyncProposal("p", 7, CorrectionKind.DUPLICATE, 0.5 * T, 0)
+    action = voter.on_proposal(now, proposal)
+    assert action is not None
+    assert action.vote.approve is proposer_locked
 
 
 def _locked_then_left_behind(
