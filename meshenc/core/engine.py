@@ -161,6 +161,15 @@ class EngineConfig:
     #: A centre this close (frames) before a slot boundary counts as in the next slot, so
     #: encoders whose estimates straddle the boundary still pick the same slot.
     boundary_bias: float = 0.1
+    #: The thresholds above are fractions of a frame, but none may fall below what the
+    #: measured noise can fake: the consensus band, the vote tolerance and (through
+    #: ``ControlView.noise``) the policy's trigger are at least this many standard deviations
+    #: of a deviation estimate, the lock-in trigger at least half as many. The deviation
+    #: noise follows from the capture jitter each encoder measures (``CaptureSmoother``).
+    noise_margin: float = 4.0
+    #: ...and the consensus band stays below this many frames whatever the noise (beyond it,
+    #: agreement could no longer tell neighbours in adjacent slots apart).
+    max_band: float = 0.4
 
 
 # --- actions -------------------------------------------------------------------------------
@@ -314,16 +323,17 @@ class _Neighbour:
         self.acc_sum += deviation
         self.acc_time += at
 
-    def fold_samples(self) -> None:
+    def fold_samples(self, noise_floor: float) -> None:
         """Feed the mean of the samples gathered since the last control step to the filter.
 
         Samples of successive frames are strongly correlated (capture times are smoothed), so
-        their mean is one measurement, not ``n`` independent ones.
+        their mean is one measurement, not ``n`` independent ones; its variance is at least
+        ``noise_floor`` (s², from the measured capture jitter).
         """
         n = self.acc_count
         if n == 0:
             return
-        self.filter.update(self.acc_time / n, self.acc_sum / n)
+        self.filter.update(self.acc_time / n, self.acc_sum / n, noise_floor)
         self.acc_count = 0
         self.acc_sum = self.acc_time = 0.0
 
@@ -589,7 +599,7 @@ class SyncEngine:
             # second behind them, and each refusal cost a retry.
             references = self._slot_errors if nb.locked else (self._error,)
             estimates = [reference - deviation for reference in references]
-        tolerance = self.config.vote_tolerance * self._period
+        tolerance = self._thresholds()[2]
         votes = [judge_proposal(proposal, self.node_id, e, tolerance) for e in estimates]
         vote = next((v for v in votes if v.approve), votes[0])
         return SendVote(vote, proposal.proposer)
@@ -664,8 +674,9 @@ class SyncEngine:
         period = self._period
         neighbours = self._neighbours.values()
         jumped = []
+        noise_floor = self.deviation_noise**2
         for nb in neighbours:
-            nb.fold_samples()
+            nb.fold_samples(noise_floor)
             if nb.filter.rejected != nb.rejected_seen:
                 nb.rejected_seen = nb.filter.rejected
                 jumped.append(nb)
@@ -698,7 +709,7 @@ class SyncEngine:
                     reference = deviation
         if len(deviations) == 1:
             return
-        band = cfg.consensus_band * period
+        band, lock_trigger, _ = self._thresholds()
         if self._locked:
             if 0 < len(locked) < len(deviations) - 1:
                 # A locked encoder holds the timeline with the neighbours that hold it too:
@@ -707,10 +718,8 @@ class SyncEngine:
                 deviations = [0.0, *locked]
                 reference = reference if reference in locked else None
             view_of_mesh = consensus(deviations, cfg.outlier * period)
-            if (
-                view_of_mesh.set_aside > cfg.tolerated_outliers
-                or view_of_mesh.spread
-                > max(cfg.relock_min, cfg.relock_spread * self.policy.tolerance) * period
+            if view_of_mesh.set_aside > cfg.tolerated_outliers or view_of_mesh.spread > max(
+                cfg.relock_min * period, cfg.relock_spread * self._tolerance()
             ):
                 # The neighbourhood no longer agrees: lock in again with everyone, so that
                 # disagreement spreads until the whole mesh has averaged it out (two groups
@@ -748,11 +757,17 @@ class SyncEngine:
         if self._open is not None or now < self._quiet_until:
             return
         view = ControlView(
-            now=now, label=label, error=error, error_rate=drift, correction_rate=self._corr_rate
+            now=now,
+            label=label,
+            error=error,
+            error_rate=drift,
+            correction_rate=self._corr_rate,
+            noise=self.deviation_noise,
+            rate_noise=self._smoother.period_noise,
         )
         if self._locked:
             plan = self.policy.decide(view)
-        elif abs(error) > cfg.lock_trigger * self._period:
+        elif abs(error) > lock_trigger:
             # Lock-in moves go to the vote like any significant correction: besides guarding
             # against bad data, the vote damps lock-in, since only moves that most neighbours
             # (each from its own view) agree with happen at all.
@@ -781,6 +796,30 @@ class SyncEngine:
         self._proposals.open(now, proposal, electorate, cfg.vote_timeout)
         self._open = (self._proposal_ids, plan, error)
         self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))
+
+    @property
+    def deviation_noise(self) -> float:
+        """Standard deviation (s) of one estimate of a neighbour's deviation: both labels'
+        smoothing noise, the neighbour's taken to be like this encoder's own (same source,
+        same kind of ingest)."""
+        return math.sqrt(2.0) * self._smoother.noise
+
+    def _thresholds(self) -> tuple[float, float, float]:
+        """The consensus band, lock-in trigger and vote tolerance now (s): fractions of a
+        frame, raised to ``noise_margin`` deviations of the measured noise where that is more."""
+        cfg = self.config
+        period = self._period
+        floor = cfg.noise_margin * self.deviation_noise
+        band = min(max(cfg.consensus_band * period, floor), cfg.max_band * period)
+        trigger = max(cfg.lock_trigger * period, 0.5 * floor)
+        tolerance = max(cfg.vote_tolerance * period, floor)
+        return band, trigger, tolerance
+
+    def _tolerance(self) -> float:
+        """How far (s) the policy lets the error grow before it acts, noise included."""
+        return max(
+            self.policy.tolerance * self._period, self.config.noise_margin * self.deviation_noise
+        )
 
     def _trusted(self, nb: _Neighbour, now: float) -> bool:
         """A neighbour counts unless there is evidence against it: its filter recently had to

@@ -8,7 +8,8 @@ ingest-delay changes — which is smooth and well described by a constant-veloci
 by white acceleration noise.
 
 Noise adapts to what the link shows: the measurement variance follows the observed spread of
-the samples (timestamp jitter on both ends) and the process noise is scaled up while
+the samples (timestamp jitter on both ends), never below the floor the caller knows from the
+capture jitter it measures, and the process noise is scaled up while
 innovations are larger than the filter expects and back down when they are not. Innovations
 beyond ``gate`` standard deviations are rejected as outliers (a lying or glitching neighbour
 must not move the estimate); after ``reset_after`` rejections in a row the filter restarts from
@@ -112,12 +113,18 @@ class DeviationFilter:
         self._p11 = p11 + q * dt
         self.time = now
 
-    def update(self, now: float, measurement: float) -> bool:
+    def update(self, now: float, measurement: float, noise_floor: float = 0.0) -> bool:
         """Fold in one deviation measurement taken at ``now``.
+
+        ``noise_floor`` is a variance (s²) the measurement noise is known to have at least
+        (what the capture jitter both encoders measure explains): the adapted variance is
+        raised to it, so the gate never rejects what is only that noise.
 
         Returns False when the measurement was rejected by the gate.
         """
         t = self._tuning
+        if noise_floor > self._r:
+            self._r = min(noise_floor, t.max_measurement_noise)
         r = self._r
         if not self.initialised or self._rejections_in_row >= t.reset_after:
             self._restart(now, measurement, r)

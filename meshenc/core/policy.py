@@ -75,6 +75,12 @@ class PolicyTuning:
     #: Predictive: share of the measured drift removed from the label rate per control step
     #: (frequency steering between corrections; 0 turns it off).
     steering_gain: float = 0.1
+    #: Predictive: the trigger is at least this many standard deviations of the predicted
+    #: error's noise (``ControlView.noise`` and ``rate_noise`` over the horizon), so that
+    #: measurement noise alone does not fire corrections...
+    noise_margin: float = 4.0
+    #: ...but never more than this share of the boundary, so it still fires before it.
+    max_trigger: float = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,10 @@ class ControlView:
     error_rate: float
     #: The label-rate adjustment in force (s/s).
     correction_rate: float
+    #: Standard deviation of ``error`` (s) and of ``error_rate`` (s/s) that measurement noise
+    #: alone explains (from the capture jitter the encoder measures); 0 when unknown.
+    noise: float = 0.0
+    rate_noise: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +177,21 @@ class PredictivePolicy(_MeshPolicy):
     def tolerance(self) -> float:
         return self.tuning.trigger
 
+    def trigger(self, view: ControlView) -> float:
+        """The predicted |error| (s) past which a correction fires: ``trigger`` frames, or
+        ``noise_margin`` standard deviations of the predicted error where that is more (but
+        at most ``max_trigger`` of the boundary)."""
+        period = self.frame_rate.period
+        t = self.tuning
+        noise = math.hypot(view.noise, view.rate_noise * t.horizon)
+        ceiling = t.max_trigger * t.boundary * period
+        return max(t.trigger * period, min(t.noise_margin * noise, ceiling))
+
     def decide(self, view: ControlView) -> PlannedCorrection | None:
         period = self.frame_rate.period
         t = self.tuning
         predicted = view.error + view.error_rate * t.horizon
-        limit = t.trigger * period
+        limit = self.trigger(view)
         if abs(predicted) <= limit and abs(view.error) <= limit:
             return None
         lead = time_to_boundary(view.error, view.error_rate, t.boundary * period)

@@ -8,6 +8,7 @@ by the simulator scenarios (tests/scenarios).
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -386,3 +387,22 @@ def test_a_newcomer_still_locking_in_does_not_unlock_its_locked_neighbours() -> 
     assert state.locked
     assert not moves
     assert state.timecode == FPS.slot(START + 299 * T)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_noise_floor_follows_the_measured_capture_jitter(seed: int) -> None:
+    # At 60 fps, the same engine fed arrivals with a quarter frame of jitter measures a larger
+    # deviation noise than with a fiftieth, and both stay a small part of a frame: the
+    # thresholds that scale with it are only raised where the noise could fake them.
+    rate = FrameRate(60)
+    rng = random.Random(seed)
+    noise = []
+    for fraction in (0.02, 0.25):
+        engine = SyncEngine("me", EngineConfig(frame_rate=rate), ["n"])
+        start = rate.slot_middle(rate.slot(1.8e9))
+        for k in range(1200):
+            now = start + k * rate.period + rng.gauss(0.0, fraction * rate.period)
+            engine.on_frame(now, k + 1, None if k == 0 else 1)
+        noise.append(engine.deviation_noise / rate.period)
+    assert noise[0] < 0.5 * noise[1], f"seed {seed}: {noise}"
+    assert noise[1] < 0.1, f"seed {seed}: {noise}"

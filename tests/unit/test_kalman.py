@@ -149,6 +149,25 @@ def test_measurement_noise_adapts_to_the_observed_spread() -> None:
     assert adapted[0.003] > 50 * adapted[0.0002]
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_known_noise_floor_keeps_the_gate_from_rejecting_mere_noise(seed: int) -> None:
+    # Samples far noisier (4 ms) than the filter's starting guess (2 ms) and its adapted one
+    # after a quiet start: told the floor the capture jitter explains, the filter rejects none
+    # of them; without it, it starts rejecting honest samples as jumps.
+    floor = 0.004**2
+    counts = []
+    for with_floor in (True, False):
+        rng = random.Random(seed)
+        f = DeviationFilter()
+        for i in range(300):
+            f.update(i * STEP, rng.gauss(0.0, 0.0002), floor if with_floor else 0.0)
+        for i in range(300, 400):
+            f.update(i * STEP, rng.gauss(0.0, 0.004), floor if with_floor else 0.0)
+        counts.append(f.rejected)
+    assert counts[0] == 0, f"seed {seed}: {counts}"
+    assert counts[1] > 0, f"seed {seed}: {counts}"
+
+
 @given(
     steps=st.lists(st.tuples(st.floats(0.0, 10.0), st.floats(-1.0, 1.0)), min_size=1, max_size=60),
     resets=st.sets(st.integers(0, 59), max_size=3),

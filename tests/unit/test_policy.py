@@ -136,6 +136,39 @@ def test_predictive_fires_whenever_reactive_does(
         assert abs(predictive.new_rate) <= TUNING.max_rate
 
 
+def _noisy(error: float, noise: float, rate_noise: float = 0.0) -> ControlView:
+    view = _view(error)
+    return ControlView(
+        now=view.now,
+        label=view.label,
+        error=error,
+        error_rate=0.0,
+        correction_rate=0.0,
+        noise=noise,
+        rate_noise=rate_noise,
+    )
+
+
+def test_predictive_trigger_rises_with_the_measured_noise() -> None:
+    policy = PredictivePolicy(RATE, TUNING)
+    error = 0.3 * PERIOD  # past the quarter-frame trigger
+    assert policy.decide(_noisy(error, 0.0)) is not None
+    # With a tenth of a frame of noise on the error, 0.3 frames is within four sigma of 0:
+    # measurement noise alone could show it, so it fires no correction...
+    assert policy.decide(_noisy(error, 0.1 * PERIOD)) is None
+    # ...and the same holds for noise on the rate, over the one-second horizon.
+    assert policy.decide(_noisy(error, 0.0, 0.1 * PERIOD / TUNING.horizon)) is None
+    # Small noise leaves the quarter-frame trigger as it was.
+    assert policy.trigger(_noisy(error, 0.01 * PERIOD)) == pytest.approx(TRIGGER)
+
+
+@given(noise=st.floats(0.0, 10 * PERIOD), rate_noise=st.floats(0.0, 1.0))
+def test_predictive_trigger_stays_below_the_boundary(noise: float, rate_noise: float) -> None:
+    # However noisy the measurements, the predictive policy still acts before reactive would.
+    trigger = PredictivePolicy(RATE, TUNING).trigger(_noisy(0.0, noise, rate_noise))
+    assert TRIGGER <= trigger <= TUNING.max_trigger * BOUNDARY
+
+
 @pytest.mark.parametrize(
     ("frames", "kind", "needs_vote"),
     [
