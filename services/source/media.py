@@ -11,11 +11,10 @@ locked to pictures: a pass's audio is cut or padded with silence to its pictures
 Pictures go to libx264 (fixed GOP of one second unless told otherwise, no scene-cut, no
 B-frames, zero-latency tuning, one thread, VBV-capped bitrate), sound to AAC-LC at 48 kHz
 stereo (the codec HLS and DASH players take, so a receiver can pass it through untouched).
-The MPEG-TS muxer writes each packet as it is muxed (one audio frame per PES); every write is
-stamped with the stream time of the packet that caused it (never decreasing) and cut into
-datagrams by :class:`~services.source.pacing.Packetizer`. This module decides what to send and
-when; it never sleeps on its own: the caller's ``pace`` holds it back to a bounded lead over
-real time, and the sender owns the clock and the sockets.
+The MPEG-TS muxer writes each packet as soon as its interleaver lets it go (one audio frame
+per PES), and :class:`~services.source.pacing.Packetizer` cuts the bytes into datagrams due at
+their own PES timestamps. This module never sleeps: the caller's ``pace`` holds it back to a
+bounded lead over real time, and the sender owns the clock and the sockets.
 
 Invariants: video PTS is ``g`` in units of ``1/fps``; audio PTS is the global sample count;
 a frame is produced only after ``pace(g / fps)`` allowed it.
@@ -279,22 +278,21 @@ class StreamStats:
 
 
 class _Sink:
-    """The muxer's output file: every write becomes datagrams stamped with ``stamp``."""
+    """The muxer's output file: every write becomes datagrams, timed by the stream's DTS."""
 
     def __init__(self, packetizer: Packetizer, emit: Callable[[Datagram], None]) -> None:
         self._packetizer = packetizer
         self._emit = emit
-        self.stamp = 0.0
         self.datagrams = 0
 
     def write(self, data: bytes) -> int:
-        for datagram in self._packetizer.feed(bytes(data), self.stamp):
+        for datagram in self._packetizer.feed(bytes(data)):
             self._emit(datagram)
             self.datagrams += 1
         return len(data)
 
     def flush_tail(self) -> None:
-        for datagram in self._packetizer.flush(self.stamp):
+        for datagram in self._packetizer.flush():
             self._emit(datagram)
             self.datagrams += 1
 
@@ -332,7 +330,14 @@ class LiveStream:
             self._sink,
             "w",
             format="mpegts",
-            options={"flush_packets": "1", "pes_payload_size": "0"},
+            # Each packet written out as it is muxed, one audio frame per PES, and a length in
+            # every video PES header so a receiver's demuxer hands out a picture as soon as its
+            # last byte arrives, not when the next picture starts.
+            options={
+                "flush_packets": "1",
+                "pes_payload_size": "0",
+                "omit_video_pes_length": "0",
+            },
         )
         frames = loops = 0
         try:
@@ -393,10 +398,9 @@ class LiveStream:
         return StreamStats(frames, loops, self._sink.datagrams)
 
     def _mux(self, container: av.container.OutputContainer, packets: list[Packet[Any]]) -> None:
-        """Mux in stream-time order, stamping the muxer's writes with each packet's time."""
+        """Mux one frame's packets, audio and video, in stream-time order."""
         packets.sort(key=_time)
         for packet in packets:
-            self._sink.stamp = max(self._sink.stamp, _time(packet))
             container.mux(packet)
 
 

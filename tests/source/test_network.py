@@ -40,7 +40,7 @@ from services.source.service import SourceSettings, SourceStats, run_source
 
 #: PyAV input options for a live TS over UDP: a read timeout (µs) so a reader ends when the
 #: stream does, a big FIFO, and overruns that lose data rather than stop the reader.
-LIVE_INPUT = "timeout=1500000&fifo_size=50000&overrun_nonfatal=1"
+LIVE_INPUT = "timeout=3000000&fifo_size=50000&overrun_nonfatal=1"
 
 
 def _free_udp_port(pair: bool = False) -> int:
