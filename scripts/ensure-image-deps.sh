@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and running the image needs when it is missing: podman with the runc
-# runtime (unless a docker daemon answers), and with --base also mmdebstrap, which makes the
+# runtime and catatonit (unless a docker daemon answers), and with --base also mmdebstrap, which makes the
 # base image from Debian packages when no container registry can be reached.
 # Debian/Ubuntu only; elsewhere it says what to install and fails (as ensure-system-deps.sh).
 set -euo pipefail
@@ -10,6 +10,8 @@ if ! docker info >/dev/null 2>&1; then
   command -v podman >/dev/null 2>&1 || missing+=(podman)
   # runc, not crun: crun cannot set up containers on hosts with mixed cgroup v1/v2 hierarchies.
   command -v runc >/dev/null 2>&1 || missing+=(runc)
+  # The init process of podman's pods (kube play); only recommended by the podman package.
+  command -v catatonit >/dev/null 2>&1 || [[ -x /usr/libexec/podman/catatonit ]] || missing+=(catatonit)
 fi
 if [[ "${1:-}" == --base ]]; then
   command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
