@@ -115,3 +115,33 @@ def test_an_input_that_is_not_media_is_refused(tmp_path: Path) -> None:
         FileInput(junk).probe()
     with pytest.raises(MediaError, match="cannot open"):
         FileInput(tmp_path / "missing.ts").probe()
+
+
+def test_a_file_without_sound_still_streams_an_audio_track_of_silence(tmp_path: Path) -> None:
+    path = tmp_path / "silent.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for n in range(10):
+            picture = av.VideoFrame.from_ndarray(
+                np.full((72, 64), 16 + 20 * n, dtype=np.uint8), format="yuv420p"
+            )
+            picture.pts = n
+            container.mux(video.encode(picture))
+        container.mux(video.encode(None))
+    probed = FileInput(path).probe()
+    assert (probed.width, probed.height, probed.frame_rate, probed.has_audio) == (
+        64,
+        48,
+        FrameRate(25),
+        False,
+    )
+    out: list[Datagram] = []
+    LiveStream(FileInput(path), StreamFormat(64, 48, FrameRate(25)), out.append).run(
+        lambda _t: True
+    )
+    data = io.BytesIO(b"".join(d.payload for d in out))
+    with av.open(data, "r", format="mpegts") as container:
+        sound = [f.to_ndarray() for f in container.decode(audio=0)]
+    assert sound
+    assert all(float(np.abs(s).max()) == 0.0 for s in sound)
