@@ -75,7 +75,7 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     "--input-loss-frames",
     envvar="MESHENC_INPUT_LOSS_FRAMES",
     type=click.IntRange(1, 600),
-    default=5,
+    default=30,
     show_default=True,
     help="Frame periods without a picture before the input counts as lost.",
 )

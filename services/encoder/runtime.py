@@ -37,6 +37,7 @@ import logging
 import math
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -352,6 +353,9 @@ class EncoderRuntime:
         await self.control.start()
         queue: asyncio.Queue[Ingested] = asyncio.Queue()
         ingest = None
+        # The ingest threads read the clock the moment data arrives, but only once they hold
+        # the GIL: a 1 ms switch interval (5 ms by default) keeps that wait below a millisecond.
+        sys.setswitchinterval(0.001)
         if self.settings.source:
             ingest = LiveIngest(
                 self.settings.source,

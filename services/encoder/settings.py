@@ -122,7 +122,7 @@ class EncoderSettings(BaseModel):
     jitter_ms: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0
     #: Frame periods without a picture before the input counts as lost (then the encoder fills
     #: in on its own cadence), and seconds it repeats the last picture before sending black.
-    input_loss_frames: Annotated[int, Field(ge=1, le=600)] = 5
+    input_loss_frames: Annotated[int, Field(ge=1, le=600)] = 30
     input_loss_repeat_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 1.0
     #: Stop after this many seconds (None: run until SIGTERM).
     duration: Annotated[float, Field(gt=0.0)] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import socket
 import threading
 import time
 from fractions import Fraction
@@ -15,6 +16,8 @@ import numpy as np
 import pytest
 
 from meshenc.core.timecode import FrameRate
+from meshenc.local.ports import free_ports
+from services.encoder.media.datagrams import video_pes_starts
 from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
 from services.encoder.media.ingest import (
     Ingested,
@@ -260,3 +263,75 @@ def test_garbage_input_is_counted_never_fatal(tmp_path: Path) -> None:
 def test_a_missing_file_is_refused_at_once(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="neither a readable file"):
         LiveIngest(str(tmp_path / "nope.ts"), FMT, lambda item: None)
+
+
+# --- the encoder's own datagram receiver ------------------------------------------------------
+
+
+def test_video_pes_starts_are_found_in_real_ts_packets(tmp_path: Path) -> None:
+    data = _clip(tmp_path / "clip.ts", 10).read_bytes()
+    with av.open(str(tmp_path / "clip.ts")) as container:
+        expected = [p.pts for p in container.demux(container.streams.video[0]) if p.size]
+    found = [
+        pts for i in range(0, len(data), 7 * 188) for pts in video_pes_starts(data[i : i + 7 * 188])
+    ]
+    assert found == expected
+    assert video_pes_starts(b"\x00" * 188) == []  # no sync byte: nothing
+
+
+def test_a_udp_input_stamps_each_picture_when_its_first_datagram_arrives(tmp_path: Path) -> None:
+    data = _clip(tmp_path / "clip.ts", 60).read_bytes()
+    port = free_ports(1)[0]
+    items: list[Ingested] = []
+    ingest = LiveIngest(f"udp://127.0.0.1:{port}", FMT, items.append)
+    ingest.start()
+    sent: dict[int, float] = {}
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(0, len(data), 7 * 188):
+                chunk = data[i : i + 7 * 188]
+                for pts in video_pes_starts(chunk):
+                    sent[pts] = time.time()
+                sender.sendto(chunk, ("127.0.0.1", port))
+                time.sleep(0.004)  # a paced sender: datagrams a few ms apart
+        deadline = time.time() + 5.0
+        while sum(isinstance(i, IngestedPicture) for i in items) < 50 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        ingest.stop()
+    pictures = [i for i in items if isinstance(i, IngestedPicture)]
+    assert len(pictures) >= 50
+    # Each arrival is the moment its first datagram was received: just after it was sent, not
+    # when the demuxer (which needs the next picture's start) let the picture go.
+    lags = [p.arrived - sent[p.pts] for p in pictures if p.pts is not None and p.pts in sent]
+    assert len(lags) >= 50
+    assert all(0.0 <= lag < 0.004 for lag in sorted(lags)[: len(lags) // 2]), lags
+    assert ingest.datagrams is not None and ingest.datagrams.malformed == 0
+
+
+def test_a_stalled_udp_input_continues_without_a_reopen(tmp_path: Path) -> None:
+    data = _clip(tmp_path / "clip.ts", 60).read_bytes()
+    chunks = [data[i : i + 7 * 188] for i in range(0, len(data), 7 * 188)]
+    port = free_ports(1)[0]
+    items: list[Ingested] = []
+    ingest = LiveIngest(f"rtp://127.0.0.1:{port}", FMT, items.append)
+    ingest.start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for n, chunk in enumerate(chunks):
+                header = bytes([0x80, 33]) + n.to_bytes(2, "big") + bytes(8)
+                sender.sendto(header + chunk, ("127.0.0.1", port))
+                if n == len(chunks) // 2:
+                    time.sleep(2.0)  # the input stalls for two seconds
+        deadline = time.time() + 5.0
+        while sum(isinstance(i, IngestedPicture) for i in items) < 58 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        ingest.stop()
+    pictures = [i for i in items if isinstance(i, IngestedPicture)]
+    assert len(pictures) >= 58
+    assert ingest.counters.reopens == 0
+    assert ingest.datagrams is not None and ingest.datagrams.malformed == 0
+    # Bad addresses are refused before anything starts.
+    with pytest.raises(ValueError, match="no port"):
+        LiveIngest("udp://127.0.0.1", FMT, items.append)

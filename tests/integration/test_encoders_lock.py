@@ -1,11 +1,15 @@
-"""Three real encoder processes on 127.0.0.1, each on its own drifting clock, for 60 s.
+"""Three real encoder processes fed one live network stream of ordinary content, for 60 s.
 
-With the mesh on, every segment after lock-in (the first two segments) must be
-byte-identical on all three encoders; with the mesh off (same clocks, same ingest paths) they
-must not be. Midway, an operator asks one encoder of the mesh for a much lower bitrate: the
-change must take effect on all three at the same segment (still byte-identical, and smaller
-from that segment on). The verdict comes from the segment files on disk, never from the
-encoders' claims. Both meshes run at the same time to keep the suite short.
+A clip made for the purpose (hard cuts, 3 s of black, a 3 s freeze, a still slate, a fade,
+low-motion noise, a tone: ``meshenc clip``) is played live and looped by ``meshenc source``
+over UDP, to every encoder over its own path (different delay, jitter and swing), and the
+encoders start 5 s apart, each on its own drifting clock. With the mesh on, every segment after
+each encoder's lock-in (its first two segments) must be byte-identical on all three, audio
+included; with the mesh off (same clocks, same paths) they must not be. Midway, an operator asks
+one encoder of the mesh for a much lower bitrate: the change must take effect on all three at
+the same segment (still byte-identical, and smaller from that segment on). The verdict comes
+from the segment files on disk, never from the encoders' claims. Both meshes run at the same
+time, from one source, to keep the suite short.
 """
 
 from __future__ import annotations
@@ -17,51 +21,70 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import grpc
 import pytest
 
+from meshenc.core.timecode import FrameRate
 from meshenc.local.ports import free_ports
 from meshenc.local.verify import SegmentCheck, verify
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
+from services.source.clip import write_test_clip
 
 DURATION = 62.0
 GOP = 60  # 2 s segments at 30 fps
 #: Segments (the first, partial one included) allowed for lock-in; every later one must be
 #: identical.
 LOCK_IN_SEGMENTS = 2
-#: The synthetic pattern at 320x180 needs about 400 kbit/s; this is far below it.
+#: The clip at 320x180 needs several hundred kbit/s; this is far below it.
 LOW_BITRATE_KBPS = 100
-#: When (s after start) the operator asks for it.
+#: When (s after the first encoder started) the operator asks for it.
 CHANGE_AT = 25.0
-#: Per encoder: injected drift (ppm), clock offset (ms), ingest delay (ms).
-FAULTS = {"a": (80.0, 40.0, 20.0), "b": (-60.0, -30.0, 60.0), "c": (0.0, 0.0, 100.0)}
+#: Encoders start this far apart.
+STAGGER = 5.0
+#: Per encoder: injected drift (ppm), clock offset (ms), and its path from the source.
+FAULTS = {
+    "a": (80.0, 40.0, "delay_ms=20&jitter_ms=2"),
+    "b": (-60.0, -30.0, "delay_ms=120&jitter_ms=4&swing_ms=15&swing_period_s=30"),
+    "c": (0.0, 0.0, "delay_ms=280&jitter_ms=6&swing_ms=10&swing_period_s=20"),
+}
 
 
-def _start_mesh(out: Path, *, sync: bool) -> tuple[list[subprocess.Popen[bytes]], dict[str, int]]:
-    ports = dict(zip(FAULTS, free_ports(len(FAULTS)), strict=True))
-    processes = []
-    for name, (drift, offset, delay) in FAULTS.items():
-        peers = ",".join(f"{p}=127.0.0.1:{ports[p]}" for p in FAULTS if p != name)
-        command = [
-            sys.executable, "-m", "meshenc", "encoder",
-            "--id", name,
-            "--listen", f"127.0.0.1:{ports[name]}",
-            "--peers", peers,
-            "--out", str(out / name),
-            "--size", "320x180",
-            "--gop", str(GOP),
-            "--duration", str(DURATION),
-            "--drift-ppm", str(drift),
-            "--offset-ms", str(offset),
-            "--ingest-delay-ms", str(delay),
-            "--jitter-ms", "1",
-            "--seed", str(ord(name)),
-        ]  # fmt: skip
-        if not sync:
-            command.append("--no-sync")
-        with (out / f"{name}.log").open("wb") as log:
-            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
-    return processes, ports
+def _start_source(out: Path, ports: list[int]) -> subprocess.Popen[bytes]:
+    """The clip, live and looped, to every encoder of both meshes over its path."""
+    clip = out / "clip.ts"
+    write_test_clip(clip, seconds=30.0, frame_rate=FrameRate(30), width=320, height=180)
+    paths = [path for _, _, path in FAULTS.values()] * 2
+    command = [sys.executable, "-m", "meshenc", "source", "--input", str(clip), "--loop"]
+    for port, (i, path) in zip(ports, enumerate(paths), strict=True):
+        command += ["--to", f"udp://127.0.0.1:{port}?{path}&seed={i}"]
+    with (out / "source.log").open("wb") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _start_encoder(
+    out: Path, name: str, ports: dict[str, int], input_port: int, *, sync: bool, duration: float
+) -> subprocess.Popen[bytes]:
+    drift, offset, _ = FAULTS[name]
+    peers = ",".join(f"{p}=127.0.0.1:{ports[p]}" for p in FAULTS if p != name)
+    command = [
+        sys.executable, "-m", "meshenc", "encoder",
+        "--id", name,
+        "--listen", f"127.0.0.1:{ports[name]}",
+        "--peers", peers,
+        "--out", str(out / name),
+        "--source", f"udp://127.0.0.1:{input_port}",
+        "--size", "320x180",
+        "--gop", str(GOP),
+        "--duration", str(duration),
+        "--drift-ppm", str(drift),
+        "--offset-ms", str(offset),
+        "--seed", str(ord(name)),
+    ]  # fmt: skip
+    if not sync:
+        command.append("--no-sync")
+    with (out / f"{name}.log").open("wb") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _ask_for_bitrate(port: int, bitrate_kbps: int) -> int:
@@ -92,30 +115,52 @@ def test_three_encoders_write_identical_segments_only_with_the_mesh(tmp_path: Pa
     on, off = tmp_path / "mesh-on", tmp_path / "mesh-off"
     on.mkdir()
     off.mkdir()
-    with_mesh, ports = _start_mesh(on, sync=True)
-    without_mesh, _ = _start_mesh(off, sync=False)
-    processes = with_mesh + without_mesh
+    names = list(FAULTS)
+    grpc_on = dict(zip(names, free_ports(3), strict=True))
+    grpc_off = dict(zip(names, free_ports(3), strict=True))
+    inputs = free_ports(6)
+    source = _start_source(tmp_path, inputs)
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        time.sleep(CHANGE_AT)
-        effective = _ask_for_bitrate(ports["a"], LOW_BITRATE_KBPS)
+        started = time.monotonic()
+        for i, name in enumerate(names):
+            if i:
+                time.sleep(started + i * STAGGER - time.monotonic())
+            duration = DURATION - i * STAGGER
+            processes.append(
+                _start_encoder(on, name, grpc_on, inputs[i], sync=True, duration=duration)
+            )
+            processes.append(
+                _start_encoder(off, name, grpc_off, inputs[3 + i], sync=False, duration=duration)
+            )
+        time.sleep(max(0.0, started + CHANGE_AT - time.monotonic()))
+        effective = _ask_for_bitrate(grpc_on["a"], LOW_BITRATE_KBPS)
     finally:
         codes = _wait(processes, DURATION + 30.0)
+        source.send_signal(signal.SIGTERM)
+        _wait([source], 10.0)
     logs = {p.name: p.read_text(errors="replace")[-2000:] for p in tmp_path.glob("*/*.log")}
     assert codes == [0] * len(processes), logs
 
     on_result = verify([on / name for name in FAULTS], lock_in=LOCK_IN_SEGMENTS)
     common = [s for s in on_result.segments if len(s.copies) == len(FAULTS)]
-    assert len(common) >= 25, f"too few segments written: {len(common)}"
-    # The first segment (partial: the encoders start mid-GOP) and the next may differ while
-    # the mesh locks in; from the third on, every segment must be identical.
+    assert len(common) >= 20, f"too few segments written: {len(common)}"
+    # Each encoder's first segment (partial: it starts mid-GOP) and the next may differ while
+    # it locks in; from its third on, every segment must be identical.
     after_lock = [s for s in on_result.segments if s.judged]
     differing = [s for s in after_lock if not s.agreed]
     identical = len(after_lock) - len(differing)
     print(f"mesh on: {identical} of {len(after_lock)} segments after lock byte-identical")
     assert not differing, _explain(on, differing)
+    a_output = next(e for e in on_result.encoders if e.name == "a")
+    # The clip's audio is in every judged segment, re-timed alike (the bytes are equal).
+    for check in [s for s in after_lock if s.segment in a_output.digests][::4]:
+        with av.open(str(a_output.path(check.segment))) as container:
+            assert container.streams.audio, f"segment {check.segment} has no audio"
+            sound = container.streams.audio[0]
+            assert sum(1 for p in container.demux(sound) if p.size) > 30
 
     # The bitrate change: every encoder switched at the agreed segment, no earlier, no later.
-    a_output = next(e for e in on_result.encoders if e.name == "a")
     sizes = {
         s.segment: a_output.path(s.segment).stat().st_size
         for s in after_lock

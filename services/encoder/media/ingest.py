@@ -2,12 +2,14 @@
 
 Theory of operation: a thread of its own opens the input with PyAV (any URL its FFmpeg reads:
 ``udp://``, ``rtp://``, ``rtmp://``, ``http(s)://``, ``tcp://``, or a file), demuxes it and
-decodes the video, so a slow decode never stalls the mesh. The moment a video packet comes out
-of the demuxer is read from the host clock: that is the picture's *measured arrival*, kept by
-the packet's timestamp until its picture leaves the decoder. Each decoded picture is scaled to
-the mesh's format, fingerprinted and handed over (``IngestedPicture``) with its arrival and its
-source timestamp; audio packets are handed over untouched (``IngestedAudio``) with theirs, to be
-passed through into the segments. Nothing here derives a time from a picture's position.
+decodes the video, so a slow decode never stalls the mesh. Each picture's *measured arrival* is
+read from the host clock: for ``udp://`` and ``rtp://`` (MPEG-TS) at the socket, by a receiver
+thread of the encoder's own, the moment the picture's first datagram came in
+(``DatagramInput``); for other inputs the moment its packet left the demuxer. Each decoded
+picture is scaled to the mesh's format, fingerprinted and handed over (``IngestedPicture``)
+with its arrival and its source timestamp; audio packets are handed over untouched
+(``IngestedAudio``) with theirs, to be passed through into the segments. Nothing here derives
+a time from a picture's position.
 
 A file is not live: it is read at its own pace (as ``ffmpeg -re`` does), starting over at its
 end with its timestamps continued, so it plays as an endless live feed to one encoder. Several
@@ -34,6 +36,7 @@ import numpy as np
 from av.container import InputContainer
 from av.video.frame import VideoFrame
 
+from services.encoder.media.datagrams import DatagramInput
 from services.encoder.media.source import Picture, SourceError, VideoFormat, fingerprint
 
 __all__ = [
@@ -52,16 +55,19 @@ log = logging.getLogger("meshenc.encoder.ingest")
 
 #: Protocols read as live streams (anything else is a file, read at its own pace).
 NETWORK_SCHEMES = ("udp", "rtp", "rtmp", "http", "https", "tcp")
-#: Seconds a blocked read may wait before the thread looks at its stop flag again.
-READ_TIMEOUT = 0.5
+#: Seconds a blocked read of an input FFmpeg opens itself (http, rtmp, tcp, a file) may wait
+#: before the input counts as broken and is reopened. udp and rtp are read by the encoder's
+#: own receiver and never time out: a stalled stream just continues.
+READ_TIMEOUT = 5.0
 #: Seconds to open an input before giving up on this attempt.
 OPEN_TIMEOUT = 5.0
 #: Pause before reopening an input that failed or ended.
 REOPEN_PAUSE = 0.5
 #: Pictures whose arrival is remembered while they are inside the decoder.
 _PENDING_ARRIVALS = 64
-#: Options that keep a live input's start-up short and its latency low.
-_LIVE_OPTIONS = {"fflags": "nobuffer", "analyzeduration": "1000000", "probesize": "500000"}
+#: Options that keep a live input's start-up short (the probed packets are kept: the first
+#: picture with its parameter sets is among them).
+_LIVE_OPTIONS = {"analyzeduration": "500000", "probesize": "100000"}
 
 
 def is_network_url(spec: str) -> bool:
@@ -153,13 +159,19 @@ class LiveIngest:
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
         self._log_at = 0.0
         self._index = 0
+        scheme = spec.partition("://")[0].lower()
+        self.datagrams = DatagramInput(spec, clock) if scheme in ("udp", "rtp") else None
 
     def start(self) -> None:
+        if self.datagrams is not None:
+            self.datagrams.start()
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Ask the thread to end and wait for it (a blocked read ends within READ_TIMEOUT)."""
+        """Ask the threads to end and wait for them."""
         self._stop.set()
+        if self.datagrams is not None:
+            self.datagrams.stop()  # the demuxer reads the end of its stream
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -180,13 +192,19 @@ class LiveIngest:
             if self._stop.wait(0 if not self.live and loop.span > 0 else REOPEN_PAUSE):
                 break
             self.counters.reopens += 1
-            # A file starts over where the last pass ended, so its timestamps keep counting.
-            loop.offset += loop.span
+            if not self.live:
+                # A file starts over where the last pass ended: its timestamps keep counting.
+                loop.offset += loop.span
             loop.first_video, loop.span = None, Fraction(0)
 
     def _open(self) -> InputContainer:
         options = dict(_LIVE_OPTIONS) if self.live else {}
-        container = av.open(self.spec, "r", options=options, timeout=(OPEN_TIMEOUT, READ_TIMEOUT))
+        if self.datagrams is not None:
+            container = av.open(self.datagrams.pipe, "r", format="mpegts", options=options)
+        else:
+            container = av.open(
+                self.spec, "r", options=options, timeout=(OPEN_TIMEOUT, READ_TIMEOUT)
+            )
         if not container.streams.video:
             container.close()
             raise SourceError("no video stream")
@@ -246,6 +264,8 @@ class LiveIngest:
                     continue
                 pts = frame.pts
                 at = arrived if pts is None else loop.arrivals.pop(pts, arrived)
+                if pts is not None and self.datagrams is not None:
+                    at = self.datagrams.arrivals.take(pts) or at
                 yuv = np.asarray(frame.reformat(width, height, "yuv420p").to_ndarray(), np.uint8)
                 yuv.flags.writeable = False
                 base = frame.time_base or video.time_base or Fraction(1, 90_000)
@@ -299,12 +319,13 @@ class InputState(StrEnum):
 class InputLossPolicy:
     """What an encoder does while its input is gone (``--input-loss-*``).
 
-    After ``loss_frames`` frame periods without a picture the input counts as lost; the encoder
+    After ``loss_frames`` frame periods without a picture (a second at 30 fps: a live source that
+    hiccups is not lost) the input counts as lost; the encoder
     then keeps its timeline and output running on its own cadence, repeating the last picture
     for ``repeat_seconds`` and sending black after that, until a picture arrives again.
     """
 
-    loss_frames: int = 5
+    loss_frames: int = 30
     repeat_seconds: float = 1.0
 
     def __post_init__(self) -> None:

@@ -1,0 +1,256 @@
+"""MPEG-TS over UDP or RTP, received by the encoder itself: arrival stamps at the socket.
+
+Theory of operation: for ``udp://`` and ``rtp://`` inputs the encoder does not let FFmpeg open
+the socket. A receiver thread of its own binds it (joining the group for a multicast address),
+reads every datagram as it comes and reads the host clock at once, so a picture's arrival is
+the moment its first datagram reached the encoder — before any demuxing or decoding, and
+without waiting for the next picture to close the PES. The thread scans the TS packets of each
+datagram for the start of a video PES (``payload_unit_start_indicator``, stream id
+0xE0-0xEF) and remembers its 33-bit PTS with that arrival (``Arrivals``); then it hands the
+bytes (RTP headers removed) to PyAV through ``DatagramPipe``, a file-like object whose read
+blocks until data comes. A stalled input therefore never times the demuxer out and never
+forces a reopen with its probing: when datagrams flow again, demuxing simply continues.
+
+Invariants: bytes reach PyAV in arrival order, exactly as received minus RTP headers; the pipe
+holds at most ``MAX_BUFFERED`` bytes (beyond that the oldest are dropped and counted, as a full
+socket buffer would); ``read`` returns b"" only after ``close``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import socket
+import struct
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = [
+    "MAX_BUFFERED",
+    "Arrivals",
+    "DatagramInput",
+    "DatagramPipe",
+    "InputAddress",
+    "video_pes_starts",
+]
+
+#: Bytes the pipe holds for the demuxer at most (about 2 s of a 16 Mbit/s stream).
+MAX_BUFFERED = 4 << 20
+#: The socket's receive buffer.
+RECEIVE_BUFFER = 4 << 20
+#: Seconds a blocked receive waits before the thread looks at its stop flag again.
+POLL = 0.2
+TS_PACKET = 188
+_PTS_MASK = (1 << 33) - 1
+
+
+class InputAddressError(ValueError):
+    """A udp:// or rtp:// URL that cannot be received."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputAddress:
+    """Where to receive: ``udp://HOST:PORT`` or ``rtp://HOST:PORT`` (``@`` or empty: any)."""
+
+    scheme: str
+    host: str
+    port: int
+    multicast: bool
+    interface: str
+
+    @classmethod
+    def parse(cls, url: str) -> InputAddress:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("udp", "rtp"):
+            raise InputAddressError(f"not a udp:// or rtp:// URL: {url!r}")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise InputAddressError(f"bad port in {url!r}") from exc
+        if not port:
+            raise InputAddressError(f"{url!r} names no port")
+        host = (parts.hostname or "").strip("@") or "0.0.0.0"
+        try:
+            multicast = ipaddress.ip_address(host).is_multicast
+        except ValueError as exc:
+            raise InputAddressError(f"{url!r}: the host must be an IPv4 address") from exc
+        query = parse_qs(parts.query)
+        interface = query.get("localaddr", ["0.0.0.0"])[0]
+        return cls(scheme, host, port, multicast, interface)
+
+
+class Arrivals:
+    """Arrival times of video PES starts, by 33-bit PTS (the newest ``capacity`` of them)."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._times: OrderedDict[int, float] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def add(self, pts: int, at: float) -> None:
+        with self._lock:
+            times = self._times
+            times.setdefault(pts & _PTS_MASK, at)
+            while len(times) > self._capacity:
+                times.popitem(last=False)
+
+    def take(self, pts: int) -> float | None:
+        """The arrival of the PES with this PTS (once), or None if it was not seen."""
+        with self._lock:
+            return self._times.pop(pts & _PTS_MASK, None)
+
+
+def video_pes_starts(payload: bytes) -> list[int]:
+    """The PTS of every video PES that starts in these TS packets (malformed ones skipped)."""
+    found = []
+    for offset in range(0, len(payload) - TS_PACKET + 1, TS_PACKET):
+        if payload[offset] != 0x47 or not payload[offset + 1] & 0x40:
+            continue  # no sync, or no payload unit start
+        control = (payload[offset + 3] >> 4) & 0x3
+        start = offset + 4
+        if control == 0x3:  # an adaptation field before the payload
+            start += 1 + payload[offset + 4]
+        elif control != 0x1:
+            continue
+        pes = payload[start : offset + TS_PACKET]
+        if len(pes) < 14 or pes[:3] != b"\x00\x00\x01" or not 0xE0 <= pes[3] <= 0xEF:
+            continue
+        if not pes[7] & 0x80:
+            continue  # no PTS
+        b = pes[9:14]
+        pts = ((b[0] >> 1) & 0x07) << 30 | b[1] << 22 | (b[2] >> 1) << 15 | b[3] << 7 | (b[4] >> 1)
+        found.append(pts)
+    return found
+
+
+def _rtp_payload(datagram: bytes) -> bytes | None:
+    """The payload of an RTP packet (RFC 3550), or None when it is not one."""
+    if len(datagram) < 12 or datagram[0] >> 6 != 2:
+        return None
+    start = 12 + 4 * (datagram[0] & 0x0F)
+    if datagram[0] & 0x10:  # a header extension
+        if len(datagram) < start + 4:
+            return None
+        start += 4 + 4 * struct.unpack_from("!H", datagram, start + 2)[0]
+    end = len(datagram)
+    if datagram[0] & 0x20:  # padding
+        end -= datagram[-1]
+    return datagram[start:end] if start <= end else None
+
+
+class DatagramPipe(io.RawIOBase):
+    """Bytes from the receiver thread to the demuxer; ``read`` blocks until some arrive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._cond = threading.Condition()
+        self._closed_for_reading = False
+        self.dropped = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def push(self, data: bytes) -> None:
+        with self._cond:
+            self._chunks.append(data)
+            self._size += len(data)
+            while self._size > MAX_BUFFERED:
+                self.dropped += 1
+                self._size -= len(self._chunks.popleft())
+            self._cond.notify()
+
+    def finish(self) -> None:
+        """No more data: a blocked ``read`` returns b"" (end of stream)."""
+        with self._cond:
+            self._closed_for_reading = True
+            self._cond.notify_all()
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        with self._cond:
+            while not self._chunks and not self._closed_for_reading:
+                self._cond.wait()
+            if not self._chunks:
+                return 0
+            chunk = self._chunks.popleft()
+            n = min(len(buffer), len(chunk))
+            buffer[:n] = chunk[:n]
+            if n < len(chunk):
+                self._chunks.appendleft(chunk[n:])
+            self._size -= n
+            return n
+
+
+class DatagramInput:
+    """The receiver thread: one socket, arrival stamps per video PES, bytes into a pipe.
+
+    Args:
+        url: ``udp://HOST:PORT`` or ``rtp://HOST:PORT`` (a multicast HOST is joined).
+        clock: the host clock the arrivals are read from.
+    """
+
+    def __init__(self, url: str, clock: Callable[[], float]) -> None:
+        self.address = InputAddress.parse(url)
+        self.arrivals = Arrivals()
+        self.pipe = DatagramPipe()
+        self.datagrams = 0
+        self.malformed = 0
+        self._clock = clock
+        self._stop = threading.Event()
+        self._socket = self._bind()
+        self._thread = threading.Thread(target=self._run, name="ingest-socket", daemon=True)
+
+    def _bind(self) -> socket.socket:
+        address = self.address
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with contextlib.suppress(OSError):  # capped by the kernel's limit; best effort
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.bind((address.host, address.port))
+            if address.multicast:
+                group = socket.inet_aton(address.host) + socket.inet_aton(address.interface)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
+            sock.settimeout(POLL)
+        except OSError as exc:
+            sock.close()
+            raise InputAddressError(
+                f"cannot receive on {address.host}:{address.port}: {exc}"
+            ) from exc
+        return sock
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.pipe.finish()
+        if self._thread.is_alive():
+            self._thread.join(2 * POLL + 1.0)
+        self._socket.close()
+
+    def _run(self) -> None:
+        rtp = self.address.scheme == "rtp"
+        while not self._stop.is_set():
+            try:
+                datagram = self._socket.recv(65_536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            at = self._clock()
+            payload = _rtp_payload(datagram) if rtp else datagram
+            if payload is None or len(payload) % TS_PACKET:
+                self.malformed += 1
+                continue
+            self.datagrams += 1
+            for pts in video_pes_starts(payload):
+                self.arrivals.add(pts, at)
+            self.pipe.push(payload)
+        self.pipe.finish()
