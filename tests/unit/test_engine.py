@@ -406,3 +406,21 @@ def test_the_noise_floor_follows_the_measured_capture_jitter(seed: int) -> None:
         noise.append(engine.deviation_noise / rate.period)
     assert noise[0] < 0.5 * noise[1], f"seed {seed}: {noise}"
     assert noise[1] < 0.1, f"seed {seed}: {noise}"
+
+
+@pytest.mark.parametrize("silent_sends", [True, False])
+def test_no_lock_in_move_while_a_sending_neighbour_is_unmeasured(silent_sends: bool) -> None:
+    # a labels every picture two frames later. b sends ESPs too, but only for pictures without
+    # an identity, so it is live and never measured: while it is, the mean is not yet the
+    # neighbourhood's and b could only refuse a vote for want of an estimate, so the engine
+    # proposes no lock-in move. A b that sends nothing at all does not hold it back.
+    engine = _engine(["a", "b"])
+    proposals = []
+    for k in range(1, 90):
+        now = START + k * T
+        engine.on_frame(now, k)
+        engine.on_esp(now + 0.001, _esp("a", k, k, now + 2 * T, locked=False))
+        if silent_sends:
+            engine.on_esp(now + 0.001, _esp("b", k, 0, now, locked=False))
+        proposals += [a for a in engine.drain_actions() if isinstance(a, SendProposal)]
+    assert bool(proposals) is not silent_sends
