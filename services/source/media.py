@@ -349,14 +349,15 @@ class LiveStream:
             audio.bit_rate = AUDIO_BITRATE
             fifo = np.zeros((AUDIO_CHANNELS, 0), dtype=np.float32)
             audio_pts = 0
-            stopped = False
-            while not stopped and (self.max_frames is None or frames < self.max_frames):
+            stopped = False  # by the caller (pace said no): leave at once, drain nothing
+            ended = False  # the input's end without --loop, or the duration made
+            while not (stopped or ended):
                 current = self.source.open_pass(fmt)
                 made = 0
                 try:
                     for picture in _pictures(current):
                         if self.max_frames is not None and frames >= self.max_frames:
-                            stopped = True
+                            ended = True
                             break
                         if not pace(frames * rate.period):
                             stopped = True
@@ -382,16 +383,16 @@ class LiveStream:
                         made += 1
                 finally:
                     current.close()
-                if stopped:
+                if stopped or ended:
                     break
                 loops += 1
                 if made == 0:
                     raise MediaError("the input has no pictures")
                 log.info("loop %d ends at frame %d (%.3f s)", loops, frames, frames * rate.period)
-                if not self.loop:
-                    # The input's end: drain the encoders so the last pictures leave too.
-                    self._mux(container, [*video.encode(None), *audio.encode(None)])
-                    break
+                ended = not self.loop or (self.max_frames is not None and frames >= self.max_frames)
+            if ended:
+                # Drain the encoders so the last pictures and sound leave too.
+                self._mux(container, [*video.encode(None), *audio.encode(None)])
         finally:
             container.close()
             self._sink.flush_tail()
