@@ -332,7 +332,8 @@ def test_meshenc_source_refuses_bad_arguments_before_sending(args: list[str], me
     assert message in result.output
 
 
-def test_meshenc_source_stops_on_sigterm_promptly() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_meshenc_source_stops_on_a_signal_promptly(signum: signal.Signals) -> None:
     sink = _Sink()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "meshenc", "source", "--size", "160x96"]
@@ -346,7 +347,7 @@ def test_meshenc_source_stops_on_sigterm_promptly() -> None:
             time.sleep(0.05)
         assert len(sink.got) >= 20, "the source sent nothing"
         signalled = time.monotonic()
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         out, err = process.communicate(timeout=10)
         stopped = time.monotonic() - signalled
     finally:
@@ -357,4 +358,4 @@ def test_meshenc_source_stops_on_sigterm_promptly() -> None:
     assert process.returncode == 0, err
     assert stopped < 5.0  # a second or two on a busy machine: the interpreter's own exit
     assert "source:" in out
-    assert "SIGTERM: stopping" in err
+    assert f"{signum.name}: stopping" in err
