@@ -22,11 +22,15 @@ image). With no API server, the manager runs in embedded mode and the encoders t
 neighbours from its etcd keys (:data:`NO_API_SERVER`); probes, resources and affinity are the
 cluster's business and are dropped. The chart is rendered with one registry replica.
 
-Checks, in order: the containers run as the chart says (user 10001, read-only root, every
-capability dropped, no privilege escalation, nothing published); every service answers gRPC
-health through ``meshenc health-check``, as the chart's ``helm test`` pod asks it; and the three
-encoders lock: the segments they write to their volumes are byte-identical (SHA-256) from a few
-segments after the start. Everything the test made is removed at the end, also on failure.
+A live source, which the chart leaves to the user, is added as a pod secured like the chart's:
+``meshenc source`` sending the test pattern to each encoder's UDP port over a path of its own.
+
+Checks, in order: the containers run as the chart says (its user, a root file system the
+service cannot write, no capability even in the bounding set, no new privileges, nothing
+published), seen from inside each container; every service answers gRPC health through
+``meshenc health-check``, and the chart's ``helm test`` pod, played as rendered, passes; and the
+three encoders lock: past their lock-in, the segments they write to their volumes are
+byte-identical (SHA-256). Everything the test made is removed at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -80,7 +84,8 @@ NO_API_SERVER = {
     # ... and the encoders take their neighbours from those keys.
     "encoder": {"MESHENC_TOPOLOGY": "etcd"},
 }
-"""The only variables changed from the rendered ones, per container: no Kubernetes API here."""
+"""The only variables changed from the rendered ones, per ``meshenc`` subcommand: no Kubernetes
+API here."""
 
 ETCD_STAND_IN = f"localhost/meshenc-test-etcd:{APP_VERSION}"
 """Image run in place of the chart's etcd image: the meshenc image with this machine's etcd
@@ -203,7 +208,8 @@ def for_podman(spec: Manifest, pod: str, hosts: list[Manifest]) -> Manifest:
     for key in ("affinity", "serviceAccountName", "automountServiceAccountToken"):
         spec.pop(key, None)
     for container in spec["containers"]:
-        kubelet_environment(container, pod, NO_API_SERVER.get(container["name"], {}))
+        subcommand = (container.get("args") or [""])[0]
+        kubelet_environment(container, pod, NO_API_SERVER.get(subcommand, {}))
         # podman would publish each containerPort on the host; a pod's ports stay in the pod.
         for key in ("startupProbe", "livenessProbe", "readinessProbe", "resources", "ports"):
             container.pop(key, None)
@@ -435,15 +441,27 @@ def test_the_charts_containers_run_from_the_image_and_the_encoders_lock(mesh: Me
     running = mesh.containers()
     names = sorted(c["Names"][0] for c in running)
     assert len(running) == 7, names  # etcd, registry, manager, three encoders, the source
+    pod_security = find(manifests, "StatefulSet", "encoder")["spec"]["template"]["spec"][
+        "securityContext"
+    ]
+    user = f"{pod_security['runAsUser']}:{pod_security['runAsGroup']}"
     for listed in running:
         (info,) = json.loads(podman.run("container", "inspect", listed["Id"]))
         where = listed["Names"][0]
         assert info["State"]["Running"], f"{where} is not running: {info['State']}"
-        assert info["Config"]["User"].split(":")[0] == "10001", where
+        assert info["Config"]["User"] == user, where
         assert info["HostConfig"]["ReadonlyRootfs"] is True, where
         assert not info["HostConfig"]["PortBindings"], where
-        assert set(info["EffectiveCaps"] or []) == set(), where
-        assert "no-new-privileges" in " ".join(info["HostConfig"]["SecurityOpt"] or []), where
+        # As the service process itself sees it: no capability at all, even to regain, no new
+        # privileges, and a root file system it cannot write.
+        status = dict(
+            line.split(":\t", 1)
+            for line in podman.run("exec", where, "cat", "/proc/1/status").splitlines()
+            if ":\t" in line
+        )
+        assert int(status["CapEff"], 16) == int(status["CapBnd"], 16) == 0, (where, status)
+        assert status["NoNewPrivs"].strip() == "1", where
+        assert podman.returncode("exec", where, "touch", "/written") != 0, where
 
     # 2. Every service answers gRPC health, asked as the chart's `helm test` pod asks it.
     hook = find(manifests, "Pod", "test")
