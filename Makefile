@@ -85,6 +85,7 @@ bench: $(VENV)/.installed proto
 	@scripts/ensure-system-deps.sh --bench
 	$(VENV)/bin/meshenc bench sim --out bench-results/sim.json
 	$(VENV)/bin/meshenc bench encoder --out bench-results/encoder.json
+	$(VENV)/bin/meshenc bench ingest --out bench-results/ingest.json
 	$(VENV)/bin/meshenc bench plan --out bench-results/plan.json
 	$(VENV)/bin/meshenc bench dht --out bench-results/dht.json
 	$(VENV)/bin/meshenc bench failover --trials 20 --out bench-results/failover.json

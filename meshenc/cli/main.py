@@ -8,6 +8,7 @@ from meshenc import __version__
 from meshenc.cli.bench_dht import bench_dht
 from meshenc.cli.bench_encoder import bench_encoder
 from meshenc.cli.bench_failover import bench_failover
+from meshenc.cli.bench_ingest import bench_ingest
 from meshenc.cli.bench_plan import bench_plan
 from meshenc.cli.encoder import encoder
 from meshenc.cli.health import health_check
@@ -47,5 +48,6 @@ cli.add_command(sim)
 cli.add_command(bench)
 bench.add_command(bench_encoder)
 bench.add_command(bench_failover)
+bench.add_command(bench_ingest)
 bench.add_command(bench_dht)
 bench.add_command(bench_plan)

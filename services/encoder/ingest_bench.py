@@ -1,0 +1,160 @@
+"""What ingest costs: CPU per picture of our path against the ``ffmpeg`` command line decoding
+the same stream.
+
+Theory of operation: one MPEG-TS file (the test pattern, H.264 at the mesh's settings, with an
+MP2 tone) is made once per size. *Ours* is the encoder's ingest path exactly as it runs live
+(``LiveIngest``: demux, decode, scale to the mesh format, fingerprint, hand over), reading the
+file as fast as it can instead of in real time, plus the UDP receiver's per-datagram work (the
+TS scan for video PES starts) over the same bytes in 1,316-byte datagrams. Its cost is the
+process's CPU time (all threads) per picture, opening the input included. *ffmpeg* decodes the
+same file to the null muxer (``-f null``); its cost is the child's user + system CPU time for
+the whole file minus that of a run that decodes one picture (its process start-up and probing),
+per picture. Runs alternate, so a noisy neighbour hurts both alike; the table gives medians.
+
+Invariants: every run is bounded in time; ffmpeg is waited for or killed.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from services.encoder.bench import FRAME_RATE, BenchError, EncoderSize
+from services.encoder.media.datagrams import video_pes_starts
+from services.encoder.media.ingest import Ingested, IngestedPicture, LiveIngest
+from services.encoder.media.source import SyntheticSource, VideoFormat
+
+__all__ = ["IngestResult", "measure_ingest", "write_stream"]
+
+DATAGRAM = 7 * 188
+#: The slowest run accepted before it is stopped, pictures per second.
+MIN_FPS = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """Medians over the runs, microseconds of CPU per picture."""
+
+    size: str
+    frames: int
+    ours_us: tuple[float, ...]
+    scan_us: tuple[float, ...]
+    ffmpeg_us: tuple[float, ...]
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """Ours (with the scan) over ffmpeg's, per pair of alternating runs."""
+        return tuple(
+            (o + s) / f for o, s, f in zip(self.ours_us, self.scan_us, self.ffmpeg_us, strict=True)
+        )
+
+
+def write_stream(size: EncoderSize, frames: int, path: Path) -> None:
+    """The test pattern as a live source sends it: H.264 (the size's settings), MP2, MPEG-TS."""
+    source = SyntheticSource(VideoFormat(size.width, size.height, FRAME_RATE))
+    rate = Fraction(FRAME_RATE.num, FRAME_RATE.den)
+    with av.open(str(path), "w", format="mpegts") as out:
+        video = out.add_stream("libx264", rate=rate)
+        video.width, video.height, video.pix_fmt = size.width, size.height, "yuv420p"
+        video.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(round(rate))}
+        video.bit_rate = size.bitrate_kbps * 1000
+        sound = out.add_stream("mp2", rate=48_000)
+        sound.layout = "stereo"
+        samples = 0
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.asarray(source.picture(index).yuv), "yuv420p")
+            frame.pts = index
+            out.mux(video.encode(frame))
+            while samples < (index + 1) * 48_000 * FRAME_RATE.den // FRAME_RATE.num:
+                tone = (np.sin(np.arange(samples, samples + 1152) * 0.06) * 8000).astype(np.int16)
+                chunk = av.AudioFrame.from_ndarray(
+                    np.repeat(tone, 2).reshape(1, -1), "s16", "stereo"
+                )
+                chunk.sample_rate, chunk.pts = 48_000, samples
+                samples += 1152
+                out.mux(sound.encode(chunk))
+        out.mux(video.encode(None))
+        out.mux(sound.encode(None))
+
+
+def _ours(path: Path, size: EncoderSize, frames: int) -> float:
+    """CPU seconds of this process to ingest ``frames`` pictures of the file."""
+    done = threading.Event()
+    count = 0
+
+    def deliver(item: Ingested) -> None:
+        nonlocal count
+        if isinstance(item, IngestedPicture):
+            count += 1
+            if count >= frames:
+                done.set()
+
+    fmt = VideoFormat(size.width, size.height, FRAME_RATE)
+    ingest = LiveIngest(str(path), fmt, deliver, paced=False)
+    started = time.process_time()
+    ingest.start()
+    try:
+        if not done.wait(frames / MIN_FPS + 10.0):
+            raise BenchError(f"ingest took too long: {count} of {frames} pictures")
+    finally:
+        ingest.stop()
+    return time.process_time() - started
+
+
+def _scan(data: bytes) -> float:
+    """CPU seconds of the receiver's TS scan over the file in datagrams."""
+    started = time.process_time()
+    for offset in range(0, len(data), DATAGRAM):
+        video_pes_starts(data[offset : offset + DATAGRAM])
+    return time.process_time() - started
+
+
+def _ffmpeg(binary: str, path: Path, frames: int) -> float:
+    """CPU seconds (user + system) of ``ffmpeg`` decoding ``frames`` pictures minus one."""
+    return _ffmpeg_run(binary, path, frames) - _ffmpeg_run(binary, path, 1)
+
+
+def _ffmpeg_run(binary: str, path: Path, frames: int) -> float:
+    """CPU seconds (user + system) of ``ffmpeg`` decoding ``frames`` pictures to nothing."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    command = [binary, "-hide_banner", "-nostdin", "-nostats", "-i", str(path)]
+    command += ["-frames:v", str(frames), "-f", "null", "-"]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, timeout=frames / MIN_FPS + 10.0, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError("ffmpeg took too long decoding and was stopped") from None
+    if done.returncode != 0:
+        raise BenchError(f"ffmpeg failed: {done.stderr.decode(errors='replace')[-500:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def measure_ingest(
+    binary: str, size: EncoderSize, frames: int, repeats: int, folder: Path
+) -> IngestResult:
+    """Alternate runs of ours and ffmpeg's on one stream of ``frames`` pictures."""
+    path = folder / f"ingest-{size.name}.ts"
+    write_stream(size, frames, path)
+    data = path.read_bytes()
+    ours, scans, theirs = [], [], []
+    for _ in range(repeats):
+        ours.append(_ours(path, size, frames) / frames * 1e6)
+        scans.append(_scan(data) / frames * 1e6)
+        theirs.append(_ffmpeg(binary, path, frames) / (frames - 1) * 1e6)
+    return IngestResult(size.name, frames, tuple(ours), tuple(scans), tuple(theirs))
+
+
+def median(values: tuple[float, ...]) -> float:
+    return statistics.median(values) if values else math.nan
