@@ -9,6 +9,7 @@ from meshenc.cli.bench_dht import bench_dht
 from meshenc.cli.bench_encoder import bench_encoder
 from meshenc.cli.bench_failover import bench_failover
 from meshenc.cli.bench_ingest import bench_ingest
+from meshenc.cli.bench_live import bench_live
 from meshenc.cli.bench_plan import bench_plan
 from meshenc.cli.encoder import encoder
 from meshenc.cli.health import health_check
@@ -49,5 +50,6 @@ cli.add_command(bench)
 bench.add_command(bench_encoder)
 bench.add_command(bench_failover)
 bench.add_command(bench_ingest)
+bench.add_command(bench_live)
 bench.add_command(bench_dht)
 bench.add_command(bench_plan)
