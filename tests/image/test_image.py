@@ -19,8 +19,9 @@ values), the cluster's DNS (``hostAliases`` naming each pod and Service at its f
 on the network), and the image of the bundled etcd (the etcd project's image is not reachable
 here: :data:`ETCD_STAND_IN` puts the machine's own ``etcd`` at the same path in the meshenc
 image). With no API server, the manager runs in embedded mode and the encoders take their
-neighbours from its etcd keys (:data:`NO_API_SERVER`); probes, resources and affinity are the
-cluster's business and are dropped. The chart is rendered with one registry replica.
+neighbours from its etcd keys (:data:`NO_API_SERVER`). Probes, resources and affinity are the
+cluster's business and are dropped, and so are container ports, which podman would publish on
+the host. The chart is shaped by its own values only (:data:`CHART_SETTINGS`).
 
 A live source, which the chart leaves to the user, is added as a pod secured like the chart's:
 ``meshenc source`` sending the test pattern to each encoder's UDP port over a path of its own.
@@ -87,15 +88,16 @@ NO_API_SERVER = {
 """The only variables changed from the rendered ones, per ``meshenc`` subcommand: no Kubernetes
 API here."""
 
-ETCD_STAND_IN = f"localhost/meshenc-test-etcd:{APP_VERSION}"
+ETCD_STAND_IN = f"localhost/meshenc-test-etcd:{uuid.uuid4().hex[:8]}"
 """Image run in place of the chart's etcd image: the meshenc image with this machine's etcd
-at the path the chart's command names."""
+at the path the chart's command names (tagged for this test run alone, and removed after)."""
 
 LOCKED_AFTER = 5
 """Segments written by all three encoders that are not judged: the lock-in (docs/sync.md: two
 segments per encoder, measured here at three), with margin for the encoders' staggered starts."""
 IDENTICAL_SEGMENTS = 6
-"""Consecutive segments that must be byte-identical on every encoder."""
+"""Segments past the lock-in, written by all three encoders, that must be byte-identical (and
+none of them may differ)."""
 DEADLINE = 150.0
 """Seconds the whole mesh gets to become healthy and write the identical segments."""
 
