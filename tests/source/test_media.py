@@ -23,7 +23,7 @@ from services.source.media import (
     StreamFormat,
     samples_before,
 )
-from services.source.pacing import DATAGRAM_SIZE, Datagram
+from services.source.pacing import DATAGRAM_SIZE, Datagram, pes_timestamp
 
 
 def _decode(datagrams: list[Datagram]) -> tuple[list[int], list[int], list[float]]:
@@ -41,6 +41,18 @@ def _decode(datagrams: list[Datagram]) -> tuple[list[int], list[int], list[float
             else:
                 audio_pts.append(frame.pts)
     return video_pts, audio_pts, lumas
+
+
+def _video_pts(payload: bytes) -> int | None:
+    """The PTS of the first video PES that starts in these TS packets, if any."""
+    for k in range(0, len(payload), 188):
+        packet = payload[k : k + 188]
+        if not packet[1] & 0x40:  # no payload unit starts here
+            continue
+        start = 4 + (1 + packet[4] if packet[3] & 0x20 else 0)  # after the adaptation field
+        if packet[start : start + 3] == b"\x00\x00\x01" and 0xE0 <= packet[start + 3] <= 0xEF:
+            return pes_timestamp(packet)
+    return None
 
 
 @pytest.mark.parametrize("rate", ["25", "30000/1001", "50", "60000/1001", "60"])
@@ -90,6 +102,14 @@ def test_the_test_pattern_streams_in_whole_datagrams_with_rising_due_times() -> 
     dues = [d.due for d in out]
     assert dues == sorted(dues)
     assert 0.9 <= dues[-1] <= 1.1
+    # A picture always starts a datagram, and that datagram leaves at the picture's time.
+    starts = [(k, d) for d, k in ((d, _video_pts(d.payload)) for d in out) if k is not None]
+    assert len(starts) == 25
+    assert all(_video_pts(d.payload[188:]) is None for _, d in starts)
+    first_pts, first = starts[0]
+    assert [d.due - first.due for _, d in starts] == pytest.approx(
+        [(pts - first_pts) / 90_000 for pts, _ in starts]
+    )
     video, audio, _ = _decode(out)
     assert len(video) == 25
     assert audio

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,10 @@ def _run(settings: SourceSettings, timeout: float = 20.0) -> SourceStats:
     return result[0]
 
 
+def _digest(payload: bytes) -> bytes:
+    return hashlib.sha1(payload).digest()
+
+
 class _Sink:
     """A plain UDP receiver noting (arrival, payload) for each datagram, in a thread."""
 
@@ -231,17 +236,23 @@ def test_two_destinations_get_their_own_delay_jitter_and_loss() -> None:
     assert abs(rate - 0.2) < 4 * (0.2 * 0.8 / sent) ** 0.5
     # Delay: the same datagram reaches the far end ~50 ms after the near one, give or take
     # the jitter (±5 ms) and the scheduling of two threads on a shared machine.
-    arrival = {hashlib.sha1(p).digest(): t for t, p in near.got}
-    gaps = [t - arrival[hashlib.sha1(p).digest()] for t, p in far.got]
-    assert len(gaps) == len(far.got)
+    # Datagrams are matched by content; the few that repeat (tables and padding whose
+    # continuity counters came round) cannot be, and are left out.
+    digests = Counter(_digest(p) for _, p in near.got)
+    arrival = {_digest(p): t for t, p in near.got if digests[_digest(p)] == 1}
+    matched = [(t, _digest(p)) for t, p in far.got if _digest(p) in arrival]
+    assert len(matched) > 0.9 * len(far.got)
+    gaps = [t - arrival[d] for t, d in matched]
     assert 0.045 <= statistics.median(gaps) <= 0.058
-    deciles = statistics.quantiles(gaps, n=10)
-    assert deciles[0] >= 0.036
-    assert deciles[-1] <= 0.070
+    # The middle half: a stall of the sending thread on a busy machine sends both copies
+    # late together and shrinks a gap, so the tails say more about the machine than the path.
+    quartiles = statistics.quantiles(gaps, n=4)
+    assert quartiles[0] >= 0.038
+    assert quartiles[-1] <= 0.066
     assert max(gaps) - min(gaps) >= 0.006  # there is jitter at all
     # Order: the far end gets its datagrams in the order they were sent.
-    order = {hashlib.sha1(p).digest(): k for k, (_, p) in enumerate(near.got)}
-    positions = [order[hashlib.sha1(p).digest()] for _, p in far.got]
+    order = {_digest(p): k for k, (_, p) in enumerate(near.got) if _digest(p) in arrival}
+    positions = [order[d] for _, d in matched]
     assert positions == sorted(positions)
 
 

@@ -7,7 +7,13 @@ import struct
 
 import pytest
 
-from services.source.pacing import DATAGRAM_SIZE, TS_PACKET_SIZE, Packetizer, pes_timestamp
+from services.source.pacing import (
+    DATAGRAM_SIZE,
+    NULL_PACKET,
+    TS_PACKET_SIZE,
+    Packetizer,
+    pes_timestamp,
+)
 from services.source.rtp import RTP_PAYLOAD_MP2T, RtpFramer
 
 
@@ -63,15 +69,31 @@ def test_datagrams_carry_seven_ts_packets_and_every_byte_in_order() -> None:
     assert all(d.payload[0] == 0x47 for d in out)
 
 
-def test_a_datagram_is_due_at_its_first_pes_and_a_write_spreads_over_the_spread() -> None:
+def _without_nulls(payload: bytes) -> bytes:
+    packets = [payload[k : k + TS_PACKET_SIZE] for k in range(0, len(payload), TS_PACKET_SIZE)]
+    return b"".join(p for p in packets if p != NULL_PACKET)
+
+
+def test_every_picture_starts_a_datagram_and_the_one_before_is_padded() -> None:
+    packetizer = Packetizer(spread=0.0)
+    data = _pes(0) + _ts(2) + _pes(3000) + _ts(6) + _pes(6000) + _ts(9)
+    out = packetizer.feed(data) + packetizer.flush()
+    assert [len(d.payload) for d in out] == [DATAGRAM_SIZE] * 3 + [3 * TS_PACKET_SIZE]
+    assert out[0].payload[3 * TS_PACKET_SIZE :] == NULL_PACKET * 4
+    assert [pes_timestamp(d.payload[:TS_PACKET_SIZE]) for d in out[:3]] == [0, 3000, 6000]
+    assert b"".join(_without_nulls(d.payload) for d in out) == data
+    assert packetizer.null_packets == 4
+
+
+def test_a_datagram_is_due_at_its_pes_and_the_rest_of_a_write_steps_over_the_spread() -> None:
     packetizer = Packetizer(spread=0.02)
     first = packetizer.feed(_pes(900_000) + _ts(6))  # the origin of the timeline
     assert [d.due for d in first] == [0.0]
-    # One write: a picture 40 ms later in four datagrams, and another 80 ms later starting
-    # in the third datagram (after two packets of the first picture).
+    # One write: a picture 40 ms later in three datagrams (the last padded), and the start of
+    # another 80 ms later; its last five packets wait for more.
     later = _pes(900_000 + 3600) + _ts(15) + _pes(900_000 + 7200) + _ts(11)
     out = packetizer.feed(later)
-    assert [d.due for d in out] == pytest.approx([0.04, 0.045, 0.08 + 0.01, 0.08 + 0.015])
+    assert [d.due for d in out] == pytest.approx([0.04, 0.045, 0.05, 0.08])
 
 
 def test_due_times_never_go_back_and_follow_the_timestamps_across_the_wrap() -> None:
