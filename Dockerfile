@@ -18,28 +18,39 @@ WORKDIR /src
 COPY --from=wheels . /wheels
 
 # The generator (grpcio-tools, mypy-protobuf) lives in this stage only, pinned like the rest.
-COPY constraints.txt ./
+COPY constraints.txt pyproject.toml ./
 RUN python -m venv /opt/protoc \
  && /opt/protoc/bin/pip install --quiet --constraint constraints.txt grpcio-tools mypy-protobuf
 
-COPY pyproject.toml README.md ./
-COPY scripts/gen_proto.sh scripts/
-COPY proto/ proto/
-COPY meshenc/ meshenc/
-COPY services/ services/
-# The runtime virtualenv gets no pip, setuptools or wheel (the generator's pip installs into
-# it), and none of what a running service never reads: the packages' own test suites, C
-# headers, type stubs' sources for mypy. Bytecode is compiled once here, because the root file
-# system is read-only at run time and every start would otherwise compile it again.
-RUN PYTHON=/opt/protoc/bin/python scripts/gen_proto.sh \
+# The runtime dependencies, in a layer that only a change of pyproject.toml or constraints.txt
+# rebuilds. The runtime virtualenv gets no pip, setuptools or wheel (the generator's pip installs
+# into it), and none of what a running service never reads: the test suites of numpy and
+# matplotlib, C headers. Bytecode is compiled here, because the root file system is read-only
+# at run time and every start would otherwise compile it again.
+RUN /opt/protoc/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+      > /tmp/requirements.txt \
  && python -m venv --without-pip /opt/meshenc \
  && /opt/protoc/bin/pip --python /opt/meshenc/bin/python install --quiet --no-compile \
-      --constraint constraints.txt . \
+      --constraint constraints.txt --requirement /tmp/requirements.txt \
  && site="$(/opt/meshenc/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
  && rm -rf "$site"/numpy/tests "$site"/numpy/*/tests "$site"/numpy/_core/include \
       "$site"/matplotlib/tests "$site"/mpl_toolkits/*/tests \
  && /opt/meshenc/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
-      /opt/meshenc/lib >/dev/null \
+      /opt/meshenc/lib >/dev/null
+
+# The project itself on top (its dependencies are in place: nothing to resolve), then a check
+# that they are all it needs.
+COPY README.md ./
+COPY scripts/gen_proto.sh scripts/
+COPY proto/ proto/
+COPY meshenc/ meshenc/
+COPY services/ services/
+RUN PYTHON=/opt/protoc/bin/python scripts/gen_proto.sh >/dev/null \
+ && /opt/protoc/bin/pip --python /opt/meshenc/bin/python install --quiet --no-compile --no-deps . \
+ && /opt/protoc/bin/pip --python /opt/meshenc/bin/python check \
+ && site="$(/opt/meshenc/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+ && /opt/meshenc/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+      "$site"/meshenc "$site"/services >/dev/null \
  && /opt/meshenc/bin/meshenc --version
 
 # --- runtime: the virtualenv alone, run by an unprivileged user ------------------------------
