@@ -28,8 +28,8 @@ class LiveSource:
     """``meshenc source`` as a real process: the test pattern (or a file) live over UDP.
 
     ``start`` sends one stream to a fresh 127.0.0.1 port per path (``delay_ms=...&jitter_ms=...``
-    or empty) and returns the URLs the encoders open, in the same order. Whatever was started is
-    stopped (SIGTERM, then SIGKILL) when the test ends.
+    or empty), or to the given ``to`` URLs, and returns the URLs, in the same order. Whatever
+    was started is stopped (SIGTERM, then SIGKILL) when the test ends.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -44,8 +44,11 @@ class LiveSource:
         fps: str = "30",
         source: str = "testpattern",
         name: str = "source",
+        to: Sequence[str] | None = None,
     ) -> list[str]:
-        urls = [f"udp://127.0.0.1:{port}" for port in free_ports(len(paths))]
+        urls = (
+            list(to) if to is not None else [f"udp://127.0.0.1:{p}" for p in free_ports(len(paths))]
+        )
         command = [sys.executable, "-m", "meshenc", "source", "--input", source]
         command += ["--size", size, "--fps", fps] + (["--loop"] if source != "testpattern" else [])
         for url, path in zip(urls, paths, strict=True):

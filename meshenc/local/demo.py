@@ -684,7 +684,8 @@ class DemoRun:
             view = self.state.encoders.get(event["encoder"])
             if view is not None:
                 view.state, view.state_at = event, event["t"]
-                self._first_segment.setdefault(event["encoder"], event["segment_number"])
+                if event["timecode"] > 0:  # 0: no picture yet (waiting for its input)
+                    self._first_segment.setdefault(event["encoder"], event["segment_number"])
         elif event["kind"] == "correction":
             kind = event["correction"]
             self.state.corrections[kind] = self.state.corrections.get(kind, 0) + 1

@@ -21,7 +21,9 @@ from meshenc.local.ports import free_ports
 from .support import ENCODERS, GOP, Services
 
 
-def _encoder_args(name: str, ports: dict[str, int], folder: Path, etcd: str) -> list[str]:
+def _encoder_args(
+    name: str, ports: dict[str, int], folder: Path, etcd: str, source: str
+) -> list[str]:
     peers = ",".join(f"{p}=127.0.0.1:{port}" for p, port in ports.items() if p != name)
     return [
         "encoder",
@@ -34,6 +36,7 @@ def _encoder_args(name: str, ports: dict[str, int], folder: Path, etcd: str) -> 
         "--offset-ms", str(ENCODERS[name]),
         "--segment", "cli",
         "--etcd", etcd,
+        "--source", source,
     ]  # fmt: skip
 
 
@@ -47,6 +50,14 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         etcd.start()
         *encoder_ports, manager_port = free_ports(len(ENCODERS) + 1)
         ports = dict(zip(ENCODERS, encoder_ports, strict=True))
+        inputs = {
+            n: f"udp://127.0.0.1:{p}"
+            for n, p in zip(ENCODERS, free_ports(len(ENCODERS)), strict=True)
+        }
+        source = ["source", "--input", "testpattern", "--size", "160x96"]
+        for url in inputs.values():
+            source += ["--to", url]
+        launcher.spawn("source", source)
         manager = f"127.0.0.1:{manager_port}"
         launcher.spawn(
             "manager",
@@ -56,7 +67,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         for name in ENCODERS:
             launcher.spawn(
                 name,
-                _encoder_args(name, ports, folder, etcd.endpoint),
+                _encoder_args(name, ports, folder, etcd.endpoint, inputs[name]),
                 address=f"127.0.0.1:{ports[name]}",
             )
 

@@ -45,8 +45,8 @@ STAGGER = 5.0
 #: Per encoder: injected drift (ppm), clock offset (ms), and its path from the source.
 FAULTS = {
     "a": (80.0, 40.0, "delay_ms=20&jitter_ms=2"),
-    "b": (-60.0, -30.0, "delay_ms=120&jitter_ms=4&swing_ms=15&swing_period_s=30"),
-    "c": (0.0, 0.0, "delay_ms=280&jitter_ms=6&swing_ms=10&swing_period_s=20"),
+    "b": (-60.0, -30.0, "delay_ms=120&jitter_ms=4&swing_ms=8&swing_period_s=60"),
+    "c": (0.0, 0.0, "delay_ms=280&jitter_ms=6&swing_ms=5&swing_period_s=45"),
 }
 
 

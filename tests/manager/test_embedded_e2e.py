@@ -47,11 +47,13 @@ async def eventually(check, timeout: float = HANG_GUARD):  # type: ignore[no-unt
         await asyncio.sleep(0.02)
 
 
-def encoder_args(name: str, port: int, out: Path, etcd: str, manager: str) -> list[str]:
+def encoder_args(
+    name: str, port: int, out: Path, etcd: str, manager: str, source: str
+) -> list[str]:
     return [
         "encoder", "--id", name, "--listen", f"127.0.0.1:{port}", "--out", str(out / name),
         "--size", "160x96", "--gop", "30", "--etcd", etcd, "--etcd-prefix", PREFIX,
-        "--manager", manager, "--segment", "e2e",
+        "--manager", manager, "--segment", "e2e", "--source", source,
     ]  # fmt: skip
 
 
@@ -87,8 +89,11 @@ async def test_kill_rewires_within_a_second_and_a_joiner_locks(tmp_path: Path) -
     manager_port, *ports = free_ports(8)
     address = {n: f"127.0.0.1:{p}" for n, p in zip([*names, "enc-6"], ports, strict=True)}
     manager_address = f"127.0.0.1:{manager_port}"
+    inputs = {n: f"udp://127.0.0.1:{p}" for n, p in zip(address, free_ports(7), strict=True)}
     with EtcdProcess(log_path=tmp_path / "etcd.log") as etcd:
         async with Launcher(tmp_path / "run", grace=5.0, ready_timeout=30.0) as launcher:
+            live = ["source", "--input", "testpattern", "--size", "160x96"]
+            launcher.spawn("source", live + [arg for u in inputs.values() for arg in ("--to", u)])
             await launcher.start(
                 "manager",
                 [
@@ -119,6 +124,7 @@ async def test_kill_rewires_within_a_second_and_a_joiner_locks(tmp_path: Path) -
                             out,
                             etcd.endpoint,
                             manager_address,
+                            inputs[n],
                         ),
                         address[n],
                     )
@@ -193,6 +199,7 @@ async def test_kill_rewires_within_a_second_and_a_joiner_locks(tmp_path: Path) -
                         out,
                         etcd.endpoint,
                         manager_address,
+                        inputs[joiner],
                     ),
                     address=address[joiner],
                 )

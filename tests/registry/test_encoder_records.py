@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from click.testing import CliRunner
+from conftest import LiveSource
 
 from meshenc.cli.main import cli
 from meshenc.local.ports import free_ports
@@ -37,11 +38,18 @@ TTL = 3.0  # --registry-ttl: short, so that a stopped encoder's record is seen t
 
 @contextlib.contextmanager
 def encoders(
-    folder: Path, registry: str, names: list[str], *extra: str, bare_peers: bool = False
+    folder: Path,
+    registry: str,
+    names: list[str],
+    live: LiveSource,
+    *extra: str,
+    bare_peers: bool = False,
 ) -> Iterator[dict[str, tuple[subprocess.Popen[bytes], str]]]:
-    """Encoder processes, full mesh, publishing in ``registry``: name → (process, address).
-    With ``bare_peers`` they are told their peers' ids only, and must resolve them."""
+    """Encoder processes, full mesh, fed by one live source, publishing in ``registry``: name →
+    (process, address). With ``bare_peers`` they are told their peers' ids only, and must
+    resolve them."""
     addresses = {n: f"127.0.0.1:{p}" for n, p in zip(names, free_ports(len(names)), strict=True)}
+    inputs = dict(zip(names, live.start([""] * len(names), size="64x36"), strict=True))
     started: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         for name, address in addresses.items():
@@ -58,6 +66,7 @@ def encoders(
                 "--registry", registry,
                 "--registry-ttl", str(TTL),
                 "--capacity", "7",
+                "--source", inputs[name],
                 *(["--peers", peers] if peers else []),
                 *extra,
             ]  # fmt: skip
@@ -109,14 +118,14 @@ def logs(folder: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_locked_encoders_publish_healthy_records_and_drain_then_expire_on_shutdown(
-    tmp_path: Path,
+    tmp_path: Path, live_source: LiveSource
 ) -> None:
     """Two encoders of one mesh: each record resolves with the encoder's address, segment and
     capacity; once locked they say HEALTHY; SIGTERM → DRAINING, and after the ttl the record
     of the stopped encoder is gone while the other's, still refreshed, stays."""
     with (
         registry_processes(tmp_path, 1) as (_registries, (registry,)),
-        encoders(tmp_path, registry, ["enc-a", "enc-b"]) as started,
+        encoders(tmp_path, registry, ["enc-a", "enc-b"], live_source) as started,
     ):
 
         async def scenario() -> list[registry_pb2.EncoderRecord | None]:
@@ -162,13 +171,13 @@ def test_locked_encoders_publish_healthy_records_and_drain_then_expire_on_shutdo
 
 @pytest.mark.slow
 def test_encoders_given_only_their_peers_ids_find_them_through_the_registry(
-    tmp_path: Path,
+    tmp_path: Path, live_source: LiveSource
 ) -> None:
     """``--peers enc-b`` without an address: each encoder resolves the other's record in the
     DHT and connects its mesh link, as GetState (read over gRPC) shows."""
     with (
         registry_processes(tmp_path, 1) as (_registries, (registry,)),
-        encoders(tmp_path, registry, ["enc-a", "enc-b"], bare_peers=True) as started,
+        encoders(tmp_path, registry, ["enc-a", "enc-b"], live_source, bare_peers=True) as started,
     ):
 
         def connected(address: str) -> list[str]:
@@ -197,11 +206,15 @@ def test_peers_without_addresses_need_a_registry(tmp_path: Path) -> None:
     assert "peers f have no address" in result.output
 
 
-def test_an_unreachable_registry_does_not_stop_the_encoder(tmp_path: Path) -> None:
+def test_an_unreachable_registry_does_not_stop_the_encoder(
+    tmp_path: Path, live_source: LiveSource
+) -> None:
     """The registry is not in the frame path: with no replica listening, the encoder encodes,
     and stops cleanly within its --duration."""
     (dead,) = free_ports(1)
-    with encoders(tmp_path, f"127.0.0.1:{dead}", ["alone"], "--duration", "1.5") as started:
+    with encoders(
+        tmp_path, f"127.0.0.1:{dead}", ["alone"], live_source, "--duration", "1.5"
+    ) as started:
         process = started["alone"][0]
         process.wait(timeout=30.0)
     log = (tmp_path / "alone.log").read_text(errors="replace")

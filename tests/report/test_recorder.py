@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import grpc
 import pydantic
 import pytest
+from conftest import LiveSource
 
 from meshenc.local.ports import free_ports
 from meshenc.local.recorder import EVENTS_NAME, Recorder, read_events
@@ -196,12 +197,18 @@ def test_recorder_polls_in_the_background_and_keeps_launcher_events_in_order(
 GOP = 30  # 1 s segments at 30 fps
 DURATION = 11.0
 JOIN_AFTER = 3.0
-#: Per encoder: injected drift (ppm), clock offset (ms), ingest delay (ms).
-FAULTS = {"a": (80.0, 40.0, 20.0), "b": (-60.0, -30.0, 60.0), "c": (20.0, 15.0, 40.0)}
+#: Per encoder: injected drift (ppm), clock offset (ms), path from the live source.
+FAULTS = {
+    "a": (80.0, 40.0, "delay_ms=20&jitter_ms=1"),
+    "b": (-60.0, -30.0, "delay_ms=60&jitter_ms=1"),
+    "c": (20.0, 15.0, "delay_ms=40&jitter_ms=1"),
+}
 
 
-def _encoder(name: str, ports: dict[str, int], out: Path, duration: float) -> list[str]:
-    drift, offset, delay = FAULTS[name]
+def _encoder(
+    name: str, ports: dict[str, int], out: Path, duration: float, source: str
+) -> list[str]:
+    drift, offset, _ = FAULTS[name]
     peers = ",".join(f"{p}=127.0.0.1:{ports[p]}" for p in FAULTS if p != name)
     return [
         sys.executable, "-m", "meshenc", "encoder",
@@ -214,8 +221,7 @@ def _encoder(name: str, ports: dict[str, int], out: Path, duration: float) -> li
         "--duration", str(duration),
         "--drift-ppm", str(drift),
         "--offset-ms", str(offset),
-        "--ingest-delay-ms", str(delay),
-        "--jitter-ms", "1",
+        "--source", source,
     ]  # fmt: skip
 
 
@@ -237,13 +243,14 @@ def _digests(folder: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_recorder_and_report_on_real_encoders(
-    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]], live_source: LiveSource
 ) -> None:
     ports = dict(zip(FAULTS, free_ports(len(FAULTS)), strict=True))
+    inputs = dict(zip(FAULTS, live_source.start([p for *_, p in FAULTS.values()]), strict=True))
 
     def launch(name: str, duration: float) -> None:
         with (tmp_path / f"{name}.log").open("wb") as log:
-            command = _encoder(name, ports, tmp_path, duration)
+            command = _encoder(name, ports, tmp_path, duration, inputs[name])
             processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
 
     async def scenario() -> None:

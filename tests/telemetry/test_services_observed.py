@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import LiveSource
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -43,7 +44,12 @@ Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
 
 def _encoder_command(
-    name: str, ports: dict[str, int], out: Path, duration: float, metrics: int | None = None
+    name: str,
+    ports: dict[str, int],
+    out: Path,
+    duration: float,
+    source: str,
+    metrics: int | None = None,
 ) -> list[str]:
     peers = ",".join(f"{p}=127.0.0.1:{ports[p]}" for p in OFFSETS if p != name)
     command = [
@@ -56,6 +62,7 @@ def _encoder_command(
         "--gop", "30",
         "--duration", str(duration),
         "--offset-ms", str(OFFSETS[name]),
+        "--source", source,
     ]  # fmt: skip
     if metrics is not None:
         command += ["--metrics-listen", f"127.0.0.1:{metrics}"]
@@ -114,7 +121,11 @@ def _resync_trees(spans: list[ReceivedSpan]) -> list[dict[str, list[ReceivedSpan
 
 
 @pytest.mark.slow
-def test_one_resync_is_one_trace_across_two_encoders(tmp_path: Path) -> None:
+def test_one_resync_is_one_trace_across_two_encoders(
+    tmp_path: Path, live_source: LiveSource
+) -> None:
+    inputs = dict(zip(OFFSETS, live_source.start(["", "delay_ms=20"]), strict=True))
+
     async def scenario() -> tuple[OtlpReceiver, list[int | None]]:
         receiver = OtlpReceiver()
         await receiver.start()
@@ -124,7 +135,7 @@ def test_one_resync_is_one_trace_across_two_encoders(tmp_path: Path) -> None:
                 for name in OFFSETS:
                     _start(
                         processes,
-                        _encoder_command(name, ports, tmp_path, DURATION),
+                        _encoder_command(name, ports, tmp_path, DURATION, inputs[name]),
                         tmp_path / f"{name}.log",
                         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
                         OTEL_TRACES_EXPORTER="otlp",
@@ -229,8 +240,9 @@ def _value(samples: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.mark.slow
-def test_each_service_serves_plausible_metrics(tmp_path: Path) -> None:
+def test_each_service_serves_plausible_metrics(tmp_path: Path, live_source: LiveSource) -> None:
     duration = 8.0
+    inputs = dict(zip(("a", "b"), live_source.start(["", ""]), strict=True))
     free = iter(free_ports(8))
     ports = {"a": next(free), "b": next(free)}
     metrics_ports = {name: next(free) for name in ("a", "b", "registry", "manager")}
@@ -255,7 +267,9 @@ def test_each_service_serves_plausible_metrics(tmp_path: Path) -> None:
         encoders = [
             _start(
                 processes,
-                _encoder_command(name, ports, tmp_path, duration, metrics_ports[name]),
+                _encoder_command(
+                    name, ports, tmp_path, duration, inputs[name], metrics_ports[name]
+                ),
                 tmp_path / f"{name}.log",
                 **quiet,
             )
