@@ -50,7 +50,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 import grpc
 import pydantic
@@ -104,6 +104,11 @@ class StateEvent(TypedDict):
     fps: float
     neighbours: list[NeighbourRecord]
     corrections: dict[str, int]
+    #: The live input (absent in runs recorded before encoders reported it): its state, the
+    #: arrival jitter against the source's timestamps (µs) and the mean arrival offset (ns).
+    input_state: NotRequired[str]
+    arrival_jitter_us: NotRequired[int]
+    arrival_offset_ns: NotRequired[int]
 
 
 class CorrectionRecord(TypedDict):
@@ -209,6 +214,9 @@ def state_event(t: float, encoder: str, state: mesh_pb2.EncoderState) -> StateEv
             for n in state.neighbours
         ],
         corrections={kind: int(count) for kind, count in sorted(state.corrections.items())},
+        input_state=state.input.state,
+        arrival_jitter_us=state.input.arrival_jitter_us,
+        arrival_offset_ns=state.input.arrival_offset_ns,
     )
 
 

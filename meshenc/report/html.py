@@ -22,7 +22,7 @@ from meshenc.report.plots import (
     OFFSETS_PREDICTED_PNG,
     identity_matrix,
 )
-from meshenc.report.summary import RunRecord, Summary, median_error_ms
+from meshenc.report.summary import RunRecord, Summary, arrival_figures, median_error_ms
 
 __all__ = ["REPORT_NAME", "render_report"]
 
@@ -163,11 +163,13 @@ def _encoder_table(run: RunRecord) -> str:
     differing = Counter(
         c.encoder for s in result.segments for c in s.copies if not c.lock_in and not c.matches
     )
+    arrivals = arrival_figures(states)
     rows = []
     for output in result.encoders:
         name = output.name
         taken = [r.lock_in_taken for r in result.runs if r.encoder == name]
         error = median_error_ms(states[name])
+        jitter, delay = arrivals.get(name, (None, None))
         rows.append(
             (
                 name,
@@ -177,6 +179,8 @@ def _encoder_table(run: RunRecord) -> str:
                 str(differing[name]),
                 ", ".join(f"{k} {v}" for k, v in sorted(corrections[name].items())) or "none",
                 "—" if error is None else f"{error:.2f} ms",
+                "—" if jitter is None else f"{jitter:.2f} ms",
+                "—" if delay is None else f"+{delay:.1f} ms",
                 "; ".join(output.playlist_problems) or "ok",
             )
         )
@@ -189,6 +193,8 @@ def _encoder_table(run: RunRecord) -> str:
             "differing copies past lock-in",
             "corrections",
             "median |error|",
+            "arrival jitter",
+            "ingest delay vs earliest",
             "playlist",
         ),
         rows,

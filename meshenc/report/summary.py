@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -341,3 +341,25 @@ def median_error_ms(states: Iterable[StateEvent]) -> float | None:
     """Median |error| of the given answers, ms (for the report's per-encoder table)."""
     errors = [abs(s["error_ns"]) / 1e6 for s in states]
     return statistics.median(errors) if errors else None
+
+
+def arrival_figures(
+    states: Mapping[str, Sequence[StateEvent]],
+) -> dict[str, tuple[float | None, float | None]]:
+    """Per encoder: the median measured arrival jitter (ms), and its ingest delay relative to
+    the encoder with the shortest (ms) — the difference of the encoders' median arrival offsets,
+    which share one host clock in a local run. None where an encoder reported nothing live."""
+    jitter: dict[str, float | None] = {}
+    offset: dict[str, float] = {}
+    for name, seen in states.items():
+        live = [s for s in seen if s.get("input_state") == "live"]
+        jitter[name] = (
+            statistics.median(s.get("arrival_jitter_us", 0) / 1000.0 for s in live)
+            if live
+            else None
+        )
+        offsets = [s["arrival_offset_ns"] / 1e6 for s in live if s.get("arrival_offset_ns")]
+        if offsets:
+            offset[name] = statistics.median(offsets)
+    earliest = min(offset.values(), default=0.0)
+    return {n: (jitter[n], offset[n] - earliest if n in offset else None) for n in states}

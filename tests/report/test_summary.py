@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from meshenc.cli.main import cli
-from meshenc.local.recorder import EVENTS_NAME, read_events
+from meshenc.local.recorder import EVENTS_NAME, StateEvent, read_events
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, write_report
 from meshenc.report.plots import IDENTITY_PNG, LEADERS_PNG, OFFSETS_PNG, OFFSETS_PREDICTED_PNG
-from meshenc.report.summary import leader_timeline, load_run, summarize
+from meshenc.report.summary import arrival_figures, leader_timeline, load_run, summarize
 
 from .synthetic import FIRST, make_run, run_of
 
@@ -211,3 +211,24 @@ def test_report_cli_refuses_a_folder_without_encoder_output(tmp_path: Path) -> N
     assert result.exit_code == 2
     assert "no encoder folders" in result.output
     assert not (tmp_path / SUMMARY_NAME).exists()
+
+
+def test_arrival_figures_are_medians_and_delays_relative_to_the_earliest_encoder() -> None:
+    def state(jitter_us: int, offset_ns: int, input_state: str = "live") -> StateEvent:
+        return StateEvent(
+            t=0.0, kind="state", encoder="x", timecode=1, segment_number=0, locked=True,
+            error_ns=0, predicted_error_ns=0, leader="", segment="s", gop=30, fps=30.0,
+            neighbours=[], corrections={}, input_state=input_state,
+            arrival_jitter_us=jitter_us, arrival_offset_ns=offset_ns,
+        )  # fmt: skip
+
+    figures = arrival_figures(
+        {
+            "a": [state(1000, 20_000_000), state(3000, 22_000_000), state(2000, 21_000_000)],
+            "b": [state(500, 120_000_000), state(9999, 999_000_000, "lost")],
+            "c": [state(0, 0, "waiting")],
+        }
+    )
+    assert figures["a"] == (2.0, 0.0)
+    assert figures["b"] == (0.5, 99.0)  # the lost input's figures do not count
+    assert figures["c"] == (None, None)
