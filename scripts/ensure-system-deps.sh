@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system programs meshenc needs when they are missing: the etcd server (tests and
-# the demo start real etcd), with --bench also ffmpeg (the encoder benchmark's baseline), and
-# with --venv the python3-venv package (when `python3 -m venv` failed).
+# the demo start real etcd), nginx (tests start it as a local HTTP origin that takes PUT; on
+# Debian bookworm the `nginx` package's own binary is built with the WebDAV module, and
+# nginx-light is only `nginx` plus the echo module), with --bench also ffmpeg (the encoder
+# benchmark's baseline), and with --venv the python3-venv package (when `python3 -m venv` failed).
 # Debian/Ubuntu only; elsewhere it says what to install and fails.
 set -euo pipefail
 
@@ -9,7 +11,11 @@ missing=()
 case "${1:-}" in
   --venv) missing+=(python3-venv) ;;  # the caller already found `python3 -m venv` failing
   --bench) command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg) ;&
-  *) command -v etcd >/dev/null 2>&1 || missing+=(etcd-server) ;;
+  *)
+    command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+    # Debian puts nginx in /usr/sbin, which is not on a non-root user's PATH.
+    command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    ;;
 esac
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
