@@ -15,6 +15,7 @@ shift
 engine=("${@:-podman}")
 suite=bookworm
 
+# shellcheck disable=SC1091  # the machine's own release file
 codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
 if [[ "$codename" != "$suite" ]]; then
   echo "build-base-image: the base is made from this machine's apt sources, which are for" >&2
@@ -41,8 +42,10 @@ trap 'rm -rf "$workdir"' EXIT
 # would pull in perl (48 MB) that nothing needs once the layout exists.
 hooks="$(dirname "$(command -v mmdebstrap)")/../share/mmdebstrap/hooks/merged-usr"
 
-# minbase: essential packages and apt only; python3-venv brings ensurepip's pip wheel.
+# minbase: essential packages and apt only (the hook's "$1" is the new root, expanded by
+# mmdebstrap, hence the single quotes); python3-venv brings ensurepip's pip wheel.
 # Documentation, man pages and locales are left out, as the slim images do.
+# shellcheck disable=SC2016
 mmdebstrap --quiet --variant=minbase --hook-dir="$hooks" \
   --include=python3,python3-venv,python-is-python3,ca-certificates \
   --dpkgopt='path-exclude=/usr/share/man/*' \
