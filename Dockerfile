@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The one image every meshenc service runs from, in the same form as local mode:
-#   meshenc encoder | meshenc registry | meshenc manager | meshenc health-check ADDRESS [SERVICE]
+#   meshenc encoder | registry | manager | source | health-check ADDRESS [SERVICE]
 # Build it with `make image` (scripts/build-image.sh): podman, or docker where a daemon runs.
 # The build is hermetic: it reads no package index. Every Python package comes from a
 # wheelhouse filled beforehand by scripts/fetch-image-wheels.sh with the versions
