@@ -2,9 +2,11 @@
 
 Theory of operation
 -------------------
-An encoder stamps every captured picture with its own clock. The engine smooths that stamp
-(``CaptureSmoother``: counting frames, the clock only steering), adds its correction term and
-gets the picture's *label*; the timecode is the label's frame slot. After encoding, the shell
+An encoder stamps every captured picture with its own clock (the picture's measured arrival).
+The engine smooths that stamp (``CaptureSmoother``: a fit of the source's cadence, counted in
+the source's own periods when the shell passes them, whose gain follows the jitter it
+measures), adds its correction term and gets the picture's *label*; the timecode is the
+label's frame slot. After encoding, the shell
 calls ``publish`` and sends the resulting Encoding State Packet to every neighbour.
 
 From neighbours' ESPs the engine learns, per picture fingerprint, how far their uncorrected
@@ -25,7 +27,14 @@ error ``E``:
   neighbourhood spreads past the relock limit, the encoder locks in again, so groups that
   locked into adjacent slots average out. A locked encoder counts only the neighbours that
   say (in their ESPs) they are locked too, when any do: a newcomer still locking in comes to
-  the mesh instead of unlocking it.
+  the mesh instead of unlocking it (while the locked are at least as many as the others).
+
+Thresholds (consensus band, lock-in trigger, vote tolerance, relock limit, the predictive
+trigger through ``ControlView.noise``) are fractions of a frame raised to ``noise_margin``
+standard deviations of a deviation estimate, which follows from the measured capture jitter
+(``deviation_noise``). No lock-in move is proposed while a sending neighbour is unmeasured. A
+voter judges a neighbour that says it is locked against the middle of the slot it sees the
+timeline in (or the adjacent one near their boundary), anyone else against its own error.
 
 Locking in, every move is a correction; locked, the policy decides (predictive acts on the
 error predicted ``horizon`` ahead and steers the label rate; reactive acts past the half-frame
@@ -714,10 +723,15 @@ class SyncEngine:
             return
         band, lock_trigger, _ = self._thresholds()
         if self._locked:
-            if 0 < len(locked) < len(deviations) - 1:
+            unlocked = len(deviations) - 1 - len(locked)
+            if 0 < unlocked <= len(locked):
                 # A locked encoder holds the timeline with the neighbours that hold it too:
                 # one still locking in (a newcomer, an encoder back from a fault) comes to
-                # them, and must not make them lock in again on its way.
+                # them, and must not make them lock in again on its way. Only while they are
+                # at least as many, though: a pair locked a frame off the rest of its
+                # neighbourhood would otherwise hold its slot for ever, its unlocked
+                # neighbours never agreeing with it (measured: a 100-encoder world that
+                # never locked).
                 deviations = [0.0, *locked]
                 reference = reference if reference in locked else None
             view_of_mesh = consensus(deviations, cfg.outlier * period)

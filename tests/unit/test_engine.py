@@ -389,6 +389,26 @@ def test_a_newcomer_still_locking_in_does_not_unlock_its_locked_neighbours() -> 
     assert state.timecode == FPS.slot(START + 299 * T)
 
 
+def test_a_locked_pair_a_frame_off_its_unlocked_majority_locks_in_again() -> None:
+    """The engine and a locked in one slot; b, c and d, still locking in, a whole frame
+    later. Counting only a (the locked), the pair would hold its slot for ever while b, c and
+    d, a frame from it, could never agree to lock (measured: a 100-encoder world that never
+    locked). Locked neighbours are counted alone only while they are at least as many as the
+    others, so the engine locks in again and averages with its neighbourhood."""
+    engine = _engine(["a", "b", "c", "d"])
+    _run(engine, range(120), {n: _zero for n in "abcd"})
+    assert engine.snapshot(START + 120 * T).locked
+    for k in range(120, 180):
+        now = START + k * T
+        decision = engine.on_frame(now, k)
+        engine.record_hash(decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1]))
+        engine.on_esp(now + 0.001, _esp("a", k + 1, k, now))
+        for name in "bcd":
+            engine.on_esp(now + 0.001, _esp(name, k + 1, k, now + 1.0 * T, locked=False))
+        engine.drain_actions()
+    assert not engine.snapshot(START + 180 * T).locked
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_the_noise_floor_follows_the_measured_capture_jitter(seed: int) -> None:
     # At 60 fps, the same engine fed arrivals with a quarter frame of jitter measures a larger
