@@ -7,10 +7,11 @@ its root folder, and serves ``GET``/``HEAD`` of what was put, with the content t
 to a temp file and renames it into place, so a reader gets a whole object or none.
 
 It runs as the calling user: its config, pid file, temp folders and log live in a folder of its
-own, and when the caller is root the workers stay root too (nginx's default would drop them to
-``nobody``, who could not write the caller's folder). Files land as ``rw-r--r--``. ``stop``
-and ``restart`` keep the root, the port and the config, as after an outage; ``kill`` ends the
-whole process group (master and workers) as a crash would.
+own. It is one process (no master and workers) in a process group of its own, so a
+``kill`` leaves nothing behind; when the caller is root its ``user`` is root too (nginx's
+default would drop to ``nobody``, who could not write the caller's folder). Files land as
+``rw-r--r--``. ``stop`` and ``restart`` keep the root, the port and the config, as after an
+outage; ``kill`` is a crash.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class OriginProcess:
         state = self._state
         user = ""
         if os.geteuid() == 0:
-            # As root, nginx's workers would run as `nobody`; keep them as the caller.
+            # As root, nginx would switch to `nobody`; stay the caller.
             name = pwd.getpwuid(os.geteuid()).pw_name
             group = grp.getgrgid(os.getegid()).gr_name
             user = f"user {name} {group};"
@@ -144,8 +145,8 @@ class OriginProcess:
 # Written by meshenc.local.origin for one local origin; regenerated on every run.
 {user}
 daemon off;
-master_process on;
-worker_processes 1;
+# One process, no workers: a SIGKILL leaves nothing behind, as with any other child.
+master_process off;
 pid {_config_path(state / "nginx.pid")};
 error_log stderr warn;
 
@@ -206,8 +207,8 @@ http {{
             "-c", str(self.config_path),
             "-e", "stderr",  # the log before the config is read (else /var/log/nginx/)
         ]  # fmt: skip
-        # Its own process group: `kill` ends the master and its workers together, and a Ctrl-C
-        # in the terminal does not stop the origin before the encoders publishing to it.
+        # Its own process group: a Ctrl-C in the terminal does not stop the origin before the
+        # encoders publishing to it; whoever started it stops it.
         self._process = subprocess.Popen(
             command, stdout=self._log, stderr=self._log, process_group=0
         )
@@ -237,7 +238,7 @@ http {{
             return False
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Fast shutdown (SIGTERM to the master) and wait; SIGKILL after ``timeout`` seconds."""
+        """Fast shutdown (SIGTERM) and wait; SIGKILL after ``timeout`` seconds."""
         process = self._process
         if process is None:
             return
@@ -248,28 +249,17 @@ http {{
         self._reap()
 
     def kill(self) -> None:
-        """SIGKILL to the master and its workers, as a crash."""
+        """SIGKILL, as a crash."""
         self._reap()
 
     def _reap(self) -> None:
-        """SIGKILL whatever is left of the process group, and wait for the master."""
+        """SIGKILL whatever is left of the process group, and wait for it."""
         process, self._process = self._process, None
         if process is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        # Workers are the master's children: once it is gone they belong to init; wait until
-        # the group is empty so that the port is free and no process is left behind.
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(process.pid, 0)
-            except (ProcessLookupError, PermissionError):
-                return
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            time.sleep(0.02)
 
     def restart(self) -> Self:
         """Stop (if running) and start again with the same root, port and config."""
