@@ -75,8 +75,15 @@ tags=(--tag "$image")
 if [[ "${engine[0]}" == podman && "$image" != */* ]]; then
   tags+=(--tag "docker.io/library/$image")
 fi
+previous="$("${engine[@]}" image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
 "${engine[@]}" build "${build_flags[@]}" --quiet \
   --build-arg PYTHON_IMAGE="$base" --build-context wheels="$wheels" "${tags[@]}" . >/dev/null
+# The image this build replaced is now untagged: remove it, unless a container still uses it,
+# so that rebuilds do not pile up half a gigabyte each.
+current="$("${engine[@]}" image inspect --format '{{.Id}}' "$image")"
+if [[ -n "$previous" && "$previous" != "$current" ]]; then
+  "${engine[@]}" rmi "$previous" >/dev/null 2>&1 || true
+fi
 
 size="$("${engine[@]}" image inspect --format '{{.Size}}' "$image")"
 echo "image $image built in $((SECONDS - started)) s with ${engine[0]} on $base:" \
