@@ -150,30 +150,88 @@ async def test_origin_restart_mid_run(origin: OriginProcess) -> None:
     assert await served(f"{origin.url}/index.m3u8") == playlists[-1]
 
 
-async def test_a_dead_origin_only_costs_counted_failures(
-    origin: OriginProcess,
-) -> None:
-    """Nothing listens on the second URL: its objects fail after their tries; the live origin
-    gets everything and the loop is not held up."""
+async def test_a_dead_origin_only_costs_counted_losses(origin: OriginProcess) -> None:
+    """Nothing listens on the second URL: its first object spends its tries, then the sender
+    waits for the origin while objects queue up to the bound (the oldest dropped); close()
+    drops the rest. The live origin gets everything and the loop is not held up."""
     (port,) = free_ports(1)
     dead = f"http://127.0.0.1:{port}"
     publisher = Publisher(
-        [origin.url, dead], attempts=3, backoff=0.01, max_backoff=0.05, rng=random.Random(3)
-    )
+        [origin.url, dead], queue_limit=3, attempts=3, backoff=0.01, max_backoff=0.05,
+        rng=random.Random(3),
+    )  # fmt: skip
     async with asyncio.timeout(30.0), ticker() as lags:
         for n in range(5):
             publisher.publish_bytes(b"segment %d" % n, f"seg-{n:012d}.ts")
-            await asyncio.sleep(0.02)
-        assert await publisher.drain(20.0)
-        await publisher.close()
+            await asyncio.sleep(0.05)
+        while publisher.stats()[1].reachable:
+            await asyncio.sleep(0.01)
+        assert not await publisher.drain(0.3)
+        await publisher.close(grace=0.1)
     assert max(lags) < MAX_LAG
     live, gone = publisher.stats()
-    assert (live.put, live.failed, live.retries) == (5, 0, 0)
-    assert (gone.put, gone.failed, gone.dropped, gone.retries) == (0, 5, 0, 10)
-    assert gone.last_error is not None and "seg-000000000004.ts" in gone.last_error
+    assert (live.put, live.failed, live.dropped, live.retries) == (5, 0, 0, 0)
+    assert (gone.put, gone.failed, gone.dropped, gone.queued) == (0, 0, 5, 0)
+    assert gone.retries == 2  # the first object's tries; then only probes until close
+    assert gone.last_error is not None and "seg-000000000000.ts" in gone.last_error
     assert publisher.last_error is not None and publisher.last_error.startswith(dead)
     for n in range(5):
         assert await served(f"{origin.url}/seg-{n:012d}.ts") == b"segment %d" % n
+
+
+async def test_an_origin_down_for_10_s_catches_up_on_what_is_queued(
+    origin: OriginProcess,
+) -> None:
+    """4 segments/s for 14 s with the origin down from 1 s to 11 s and room for 20 in the
+    queue: nothing is given up; the segments pushed out of the full queue are the only ones
+    missing, and the newest ones of the outage, all later ones and the newest playlist are on
+    the origin once it is back."""
+    publisher = Publisher([origin.url], queue_limit=20, rng=random.Random(11))
+    segments: dict[str, bytes] = {}
+    playlists: list[bytes] = []
+    rng = random.Random(2)
+    down_from = up_from = 0
+
+    async def outage() -> None:
+        nonlocal down_from, up_from
+        await asyncio.sleep(1.0)
+        down_from = len(segments)
+        await asyncio.to_thread(origin.stop)
+        await asyncio.sleep(10.0)
+        up_from = len(segments)
+        await asyncio.to_thread(origin.start)
+
+    async with asyncio.timeout(50.0), ticker() as lags:
+        restarting = asyncio.create_task(outage())
+        for n in range(56):
+            name = f"seg-{n:012d}.ts"
+            segments[name] = rng.randbytes(rng.randrange(2_000, 20_000))
+            publisher.publish_bytes(segments[name], name)
+            playlists.append(playlist(range(max(0, n - 9), n + 1)))
+            publisher.publish_bytes(playlists[-1], "index.m3u8")
+            await asyncio.sleep(0.25)
+        await restarting
+        assert await publisher.drain(20.0)
+        await publisher.close()
+
+    assert max(lags) < MAX_LAG, f"the loop was held up for {max(lags):.3f} s"
+    (stats,) = publisher.stats()
+    assert accounted(stats) == 112
+    assert stats.failed == 0
+    assert stats.dropped > 0
+    missing = []
+    for n, (name, data) in enumerate(segments.items()):
+        body = await served(f"{origin.url}/{name}")
+        assert body is None or body == data, f"{name} differs from what was published"
+        if body is None:
+            missing.append(n)
+    # One run of segments, from the outage's start: the oldest pushed out of the full queue
+    # while the sender waited for the origin. It probes with back-off (up to 2 s here), so
+    # the queue still overflows for at most that long (8 segments) after the origin is back.
+    assert len(missing) == stats.dropped
+    assert missing == list(range(missing[0], missing[-1] + 1))
+    assert down_from - 1 <= missing[0] and missing[-1] <= up_from + 8 - 20, (down_from, up_from)
+    assert await served(f"{origin.url}/index.m3u8") == playlists[-1]
 
 
 async def test_a_full_queue_drops_the_oldest_and_publishing_never_waits() -> None:

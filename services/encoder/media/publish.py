@@ -20,24 +20,27 @@ Order, per origin:
 
 Bounds: each lane holds at most ``queue_limit`` objects; publishing into a full lane drops its
 oldest object (counted as ``dropped``), so a slow or dead origin costs memory of at most
-``queue_limit`` objects per lane and never slows the caller. Each PUT has a ``timeout`` and at
-most ``attempts`` tries; a connection error, a timeout, 408, 425, 429 or 5xx is retried after an
-exponential back-off with jitter (``retries``); another 4xx, or the last failed try, gives the
-object up (``failed``).
+``queue_limit`` objects per lane and never slows the caller. Each PUT has a ``timeout`` and an
+object has at most ``attempts`` tries; a connection error, a timeout, 408, 425, 429 or 5xx is
+retried after an exponential back-off with jitter (``retries``); another 4xx, or the last
+failed try of an origin that answers, gives the object up (``failed``).
 
-An origin down for a while and back: the sender keeps taking objects in order, each costing its
-tries and back-offs before it is given up (a refused connection fails at once, so an object
-costs at most ``backoff * (2 ** (attempts - 1) - 1)`` s of back-off, less with the cap; a
-silent origin adds ``timeout`` per try), while new objects push the oldest out of the full
-lane. When the origin answers again, what is still queued goes out in order: it catches up on
-the newest ``queue_limit`` segments and the newest playlist. What was dropped or given up is
-never sent again: it is skipped.
+An origin that cannot be reached (its last try was a connection error or a timeout) is down:
+the object goes back to the head of its lane, once (its second round of tries is its last), and
+the sender sends nothing more until a probe (``HEAD /``, back-off from ``backoff`` doubling to
+``max_backoff``) gets any HTTP answer. Meanwhile objects queue up and the oldest are dropped.
+So an origin down for 10 s and back catches up: what is still queued goes out in order, oldest
+first, then the newest playlist; the segments pushed out of the full queue (the oldest of the
+outage, and those published until the first probe that finds the origin back, at most
+``max_backoff`` later) are skipped for good, and a playlist that lists one of them is not PUT.
+Nothing is given up as ``failed`` by the outage itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import posixpath
 import random
@@ -45,7 +48,6 @@ import re
 import urllib.parse
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -133,7 +135,7 @@ def _listed(name: str, data: bytes) -> list[str]:
     return found
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class OriginStats:
     """What happened to the objects published to one origin so far."""
 
@@ -152,13 +154,17 @@ class OriginStats:
     """Tries after the first, over all objects."""
     queued: int
     """Objects waiting now (not counting the one being sent)."""
+    reachable: bool
+    """False from a try that could not reach the origin until a probe gets an HTTP answer."""
     last_error: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Object:
     name: str
     data: bytes
+    #: Put back once already, after its tries found the origin unreachable.
+    requeued: bool = False
 
 
 class _Origin:
@@ -174,6 +180,7 @@ class _Origin:
         self.idle.set()
         self.task: asyncio.Task[None] | None = None
         self.reachable = True
+        self.failing = False
         self.put = self.failed = self.dropped = self.skipped = 0
         self.superseded = self.retries = 0
         self.last_error: str | None = None
@@ -187,6 +194,23 @@ class _Origin:
         if self.manifests:
             return self.manifests.popitem(last=False)[1]
         return None
+
+    def requeue(self, item: _Object, queue_limit: int) -> None:
+        """Put ``item`` back at the head of its lane, as its oldest object."""
+        if _is_manifest(item.name):
+            if item.name in self.manifests:  # a newer version is already waiting
+                self.superseded += 1
+                return
+            self.manifests[item.name] = item
+            self.manifests.move_to_end(item.name, last=False)
+            if len(self.manifests) > queue_limit:
+                self.manifests.popitem(last=False)
+                self.dropped += 1
+        else:
+            self.segments.appendleft(item)
+            if len(self.segments) > queue_limit:
+                self.segments.popleft()
+                self.dropped += 1
 
     def confirm(self, name: str) -> None:
         self.confirmed[name] = None
@@ -204,6 +228,7 @@ class _Origin:
             superseded=self.superseded,
             retries=self.retries,
             queued=self.queued(),
+            reachable=self.reachable,
             last_error=self.last_error,
         )
 
@@ -399,6 +424,8 @@ class Publisher:
     async def _send_all(self, origin: _Origin) -> None:
         """The origin's sender: one object at a time, for as long as the publisher is open."""
         while True:
+            if not origin.reachable:
+                await self._await_origin(origin)
             item = origin.next()
             if item is None:
                 origin.idle.set()
@@ -412,6 +439,10 @@ class Publisher:
             except asyncio.CancelledError:
                 origin.dropped += 1  # abandoned at close
                 raise
+            except Exception as exc:  # a bug here must not end this origin's sender
+                origin.failed += 1
+                origin.last_error = f"PUT {item.name}: {type(exc).__name__}: {exc}"
+                log.exception("publishing %s to %s failed unexpectedly", item.name, origin.url)
 
     async def _send(self, origin: _Origin, item: _Object) -> None:
         if item.name.endswith(".m3u8"):
@@ -427,29 +458,50 @@ class Publisher:
             )
         }
         error = ""
+        unreachable = False
         for attempt in range(self._attempts):
             if attempt:
                 origin.retries += 1
                 await asyncio.sleep(self._delay(attempt))
             try:
                 async with self._client().put(url, data=item.data, headers=headers) as answer:
+                    unreachable = False
                     if 200 <= answer.status < 300:
                         origin.put += 1
                         origin.confirm(item.name)
-                        if not origin.reachable:
-                            origin.reachable = True
+                        if origin.failing:
+                            origin.failing = False
                             log.info("origin %s accepts objects again", origin.url)
                         return
                     error = f"HTTP {answer.status} {answer.reason}"
                     if answer.status < 500 and answer.status not in RETRIED_STATUSES:
                         break
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                unreachable = True
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        origin.failed += 1
         origin.last_error = f"PUT {item.name}: {error}"
-        if origin.reachable:
-            origin.reachable = False
+        if not origin.failing:
+            origin.failing = True
             log.warning("origin %s: PUT %s failed: %s", origin.url, item.name, error)
+        if unreachable and not item.requeued:
+            # The origin is down, not refusing: keep the object for when it is back.
+            origin.reachable = False
+            origin.requeue(dataclasses.replace(item, requeued=True), self._queue_limit)
+        else:
+            origin.failed += 1
+
+    async def _await_origin(self, origin: _Origin) -> None:
+        """Probe the origin with back-off until it gives any HTTP answer."""
+        ceiling = max(self._backoff, 0.01)
+        while True:
+            await asyncio.sleep(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
+            try:
+                async with self._client().head(f"{origin.url}/"):
+                    break
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                ceiling = min(self._max_backoff, ceiling * 2)
+        origin.reachable = True
+        log.info("origin %s answers again; sending %d queued objects", origin.url, origin.queued())
 
     async def _missing(self, origin: _Origin, item: _Object) -> str | None:
         """The first name the playlist lists that is not on the origin, or None."""
