@@ -310,6 +310,7 @@ async def test_an_unreadable_file_counts_as_failed(tmp_path: Path) -> None:
         ("http://127.0.0.1:8080/live#x", "fragment"),
         ("http://user:secret@127.0.0.1/", "credentials"),
         ("http://127.0.0.1:99999/", "not a valid URL"),
+        ("http://127.0.0.1:8080/live ch1", "spaces"),
     ],
 )
 async def test_bad_origin_urls_are_refused(url: str, complaint: str) -> None:
@@ -328,3 +329,7 @@ async def test_urls_and_names_checked() -> None:
             with pytest.raises(ValueError, match="relative path"):
                 publisher.publish_bytes(b"x", name)
         assert publisher.stats()[0].queued == 0
+    async with Publisher([]) as nowhere:
+        nowhere.publish_bytes(b"x", "seg.ts")
+        assert await nowhere.drain(1.0)
+        assert nowhere.stats() == ()

@@ -79,13 +79,16 @@ def origin_url(url: str) -> str:
     Objects are PUT to ``URL/NAME``; the URL may carry a path (``http://origin/live/ch1``).
 
     Raises:
-        ValueError: not http(s), no host, a bad port, a query, a fragment or credentials.
+        ValueError: not http(s), no host, a bad port, a query, a fragment, credentials, or
+            spaces or control characters.
     """
     try:
         parts = urllib.parse.urlsplit(url)
         _ = parts.port  # raises on a port that is not a number in 0..65535
     except ValueError as exc:
         raise ValueError(f"origin URL {url!r} is not a valid URL: {exc}") from None
+    if any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+        raise ValueError(f"origin URL {url!r} must not contain spaces or control characters")
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"origin URL {url!r} must start with http:// or https://")
     if not parts.hostname:
@@ -240,8 +243,8 @@ class Publisher:
     start with the first object); end with ``await close()``, or use ``async with``.
 
     Args:
-        origins: base URLs (``--publish URL``); objects go to ``URL/NAME``. None: publishing
-            does nothing.
+        origins: base URLs (``--publish URL``); objects go to ``URL/NAME``. None given:
+            publishing does nothing.
         queue_limit: objects waiting per origin and lane before the oldest is dropped.
         attempts: tries per object and origin (1: no retry).
         timeout: seconds for one request, connection included.
