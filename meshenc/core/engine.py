@@ -27,7 +27,7 @@ error ``E``:
   neighbourhood spreads past the relock limit, the encoder locks in again, so groups that
   locked into adjacent slots average out. A locked encoder counts only the neighbours that
   say (in their ESPs) they are locked too, when any do: a newcomer still locking in comes to
-  the mesh instead of unlocking it (while the locked are at least as many as the others).
+  the mesh instead of unlocking it (while the locked are more than the others).
 
 Thresholds (consensus band, lock-in trigger, vote tolerance, relock limit, the predictive
 trigger through ``ControlView.noise``) are fractions of a frame raised to ``noise_margin``
@@ -724,14 +724,15 @@ class SyncEngine:
         band, lock_trigger, _ = self._thresholds()
         if self._locked:
             unlocked = len(deviations) - 1 - len(locked)
-            if 0 < unlocked <= len(locked):
+            if 0 < unlocked < len(locked):
                 # A locked encoder holds the timeline with the neighbours that hold it too:
                 # one still locking in (a newcomer, an encoder back from a fault) comes to
                 # them, and must not make them lock in again on its way. Only while they are
-                # at least as many, though: a pair locked a frame off the rest of its
+                # more than the others, though: a group locked a frame off the rest of its
                 # neighbourhood would otherwise hold its slot for ever, its unlocked
-                # neighbours never agreeing with it (measured: a 100-encoder world that
-                # never locked).
+                # neighbours never agreeing with it (measured: a 100-encoder world whose
+                # locked pair, and a 60 fps world whose locked triangle with two locked and
+                # two unlocked neighbours each, never let the mesh lock).
                 deviations = [0.0, *locked]
                 reference = reference if reference in locked else None
             view_of_mesh = consensus(deviations, cfg.outlier * period)
