@@ -198,8 +198,8 @@ async def test_an_origin_down_for_10_s_catches_up_on_what_is_queued(
         down_from = len(segments)
         await asyncio.to_thread(origin.stop)
         await asyncio.sleep(10.0)
-        up_from = len(segments)
         await asyncio.to_thread(origin.start)
+        up_from = len(segments)
 
     async with asyncio.timeout(50.0), ticker() as lags:
         restarting = asyncio.create_task(outage())
@@ -226,11 +226,12 @@ async def test_an_origin_down_for_10_s_catches_up_on_what_is_queued(
         if body is None:
             missing.append(n)
     # One run of segments, from the outage's start: the oldest pushed out of the full queue
-    # while the sender waited for the origin. It probes with back-off (up to 2 s here), so
-    # the queue still overflows for at most that long (8 segments) after the origin is back.
+    # while the sender waited for the origin. It probes with back-off (up to 2 s apart here),
+    # so the queue still overflows for about that long (8 segments) after the origin is back;
+    # the bound allows 3 s, for a busy machine.
     assert len(missing) == stats.dropped
     assert missing == list(range(missing[0], missing[-1] + 1))
-    assert down_from - 1 <= missing[0] and missing[-1] <= up_from + 8 - 20, (down_from, up_from)
+    assert down_from - 2 <= missing[0] and missing[-1] <= up_from + 12 - 20, (down_from, up_from)
     assert await served(f"{origin.url}/index.m3u8") == playlists[-1]
 
 
