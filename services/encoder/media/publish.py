@@ -246,7 +246,8 @@ class Publisher:
         origins: base URLs (``--publish URL``); objects go to ``URL/NAME``. None given:
             publishing does nothing.
         queue_limit: objects waiting per origin and lane before the oldest is dropped.
-        attempts: tries per object and origin (1: no retry).
+        attempts: tries per object and origin (1: no retry); an object whose tries found the
+            origin unreachable gets one more round once the origin answers again.
         timeout: seconds for one request, connection included.
         backoff: the first retry's delay in seconds, doubled for each further one (up to
             ``max_backoff``); each delay is drawn between half and all of that (jitter).
@@ -304,6 +305,8 @@ class Publisher:
             RuntimeError: the publisher is closed.
         """
         _check_name(name)
+        if self._closing:
+            raise RuntimeError("the publisher is closed")
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
