@@ -19,8 +19,17 @@ from pathlib import Path
 
 import pytest
 
+from meshenc.core.timecode import FrameRate
 from meshenc.local.origin import OriginProcess
 from meshenc.local.ports import free_ports
+from services.encoder.media import (
+    PLAYLIST_NAME,
+    EncoderParams,
+    GopEncoder,
+    SegmentWriter,
+    SyntheticSource,
+    VideoFormat,
+)
 from services.encoder.media.publish import OriginStats, Publisher, origin_url
 
 pytestmark = pytest.mark.asyncio
@@ -97,6 +106,45 @@ async def test_published_files_are_served_byte_for_byte(
         assert (publisher.failed, publisher.dropped, publisher.retries) == (0, 0, 0)
     for name, data in published.items():
         assert await served(f"{origin.url}/{name}") == data
+
+
+async def test_two_encoders_segment_writers_publish_identical_files(
+    origin: OriginProcess, tmp_path: Path
+) -> None:
+    """Real MPEG-TS: two SegmentWriters fed the same encoded frames, each with a publisher, as
+    the encoder will use them: every written segment, then the playlist. The origin ends with
+    exactly each encoder's files, byte for byte."""
+    fmt = VideoFormat(160, 96, FrameRate(30))
+    params = EncoderParams.for_format(fmt, gop=6, bitrate_kbps=300)
+    source = SyntheticSource(fmt)
+    encoder = GopEncoder(params)
+    try:
+        frames = [encoder.encode(600 + n, source.read()) for n in range(6 * 5)]
+    finally:
+        encoder.close()
+    writers = [SegmentWriter(tmp_path / name, params) for name in ("a", "b")]
+    publishers = [Publisher([origin.url]) for _ in writers]
+    for frame in frames:
+        for writer, publisher in zip(writers, publishers, strict=True):
+            written = writer.add(frame)
+            for path in written:
+                publisher.publish(path, path.name)
+            if written:
+                publisher.publish(writer.playlist_path, PLAYLIST_NAME)
+        await asyncio.sleep(0)
+    for writer, publisher in zip(writers, publishers, strict=True):
+        for path in writer.finish():
+            publisher.publish(path, path.name)
+        publisher.publish(writer.playlist_path, PLAYLIST_NAME)
+        assert await publisher.drain(20.0)
+        await publisher.close()
+        assert (publisher.failed, publisher.dropped, publisher.skipped) == (0, 0, 0)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert len(names) == 6  # five segments and the playlist
+    assert names == sorted(p.name for p in origin.root.iterdir())
+    for name in names:
+        body = await served(f"{origin.url}/{name}")
+        assert body == (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 async def test_origin_restart_mid_run(origin: OriginProcess) -> None:
