@@ -72,6 +72,13 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     " reports its input lost.",
 )
 @click.option(
+    "--publish",
+    envvar="MESHENC_PUBLISH",
+    multiple=True,
+    help="HTTP origin to PUT segments to (repeatable; the variable: URLs separated by spaces)."
+    " Only segments this encoder can vouch for go out, and its playlist while it leads.",
+)
+@click.option(
     "--input-loss-frames",
     envvar="MESHENC_INPUT_LOSS_FRAMES",
     type=click.IntRange(1, 600),
@@ -238,6 +245,7 @@ def encoder(
     peers: str,
     out: Path,
     source: str | None,
+    publish: tuple[str, ...],
     input_loss_frames: int,
     input_loss_repeat_s: float,
     size: tuple[int, int],
@@ -295,6 +303,7 @@ def encoder(
             peers=parse_peers(peers),
             out=out,
             source=source,
+            publish=publish,
             input_loss_frames=input_loss_frames,
             input_loss_repeat_s=input_loss_repeat_s,
             size=size,

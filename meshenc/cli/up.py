@@ -87,6 +87,13 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 )
 @click.option("--no-faults", is_flag=True, help="No kill -9 midway and no join.")
 @click.option(
+    "--origin/--no-origin",
+    default=True,
+    show_default=True,
+    help="Run a real HTTP origin (nginx) the encoders publish to; it keeps what it got in"
+    " OUT/origin/.",
+)
+@click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the injected clock faults."
 )
 @click.option(
@@ -155,6 +162,7 @@ def up(
     source: str | None,
     no_sync: bool,
     no_faults: bool,
+    origin: bool,
     seed: int,
     size: str,
     gop: int,
@@ -191,6 +199,7 @@ def up(
             source=source,
             sync=not no_sync,
             faults=not no_faults,
+            origin=origin,
             seed=seed,
             size=size,
             fps=fps,

@@ -62,6 +62,7 @@ from meshenc.core.planner.placement import Host
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.failover import SegmentWatch
 from meshenc.local.launcher import LOGS_DIR, PIDS_NAME, Launcher
+from meshenc.local.origin import ORIGIN_DIR, OriginProcess
 from meshenc.local.ports import free_ports
 from meshenc.local.recorder import EVENTS_NAME, Event, Recorder, StateEvent
 from meshenc.local.verify import DEFAULT_LOCK_IN, EncoderOutput, Verification, compare
@@ -69,7 +70,7 @@ from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, connect_client
 from services.encoder.leadership import SegmentKeys
 from services.encoder.media.ingest import is_network_url
-from services.encoder.media.segments import segment_name
+from services.encoder.media.segments import PLAYLIST_NAME, segment_name
 
 __all__ = [
     "DemoConfig",
@@ -129,6 +130,9 @@ class DemoConfig:
     #: The options this installation's ``meshenc encoder`` accepts (``--registry``,
     #: ``--manager``...): the run wires up what is there.
     encoder_options: frozenset[str] = frozenset()
+    #: Run a real HTTP origin (nginx) that the encoders publish to; what it received stays in
+    #: ``out/origin/``.
+    origin: bool = True
     #: Let the manager plan the links when it can (off: the static plan, ``--peers``).
     managed_topology: bool = True
     etcd_binary: str = "etcd"
@@ -354,6 +358,13 @@ class DemoRun:
         self._first_segment: dict[str, int] = {}
         self._launcher: Launcher | None = None
         self._recorder: _FeedingRecorder | None = None
+        #: The origin the encoders publish to, once it serves (None: no origin).
+        self.origin_url: str | None = None
+
+    @property
+    def playback_url(self) -> str | None:
+        """The media playlist a player opens on the origin."""
+        return None if self.origin_url is None else f"{self.origin_url}/{PLAYLIST_NAME}"
 
     # -- control ------------------------------------------------------------------------------
 
@@ -382,6 +393,8 @@ class DemoRun:
             "--etcd", etcd_endpoint,
             "--source", self.input_url(encoder),
         ]  # fmt: skip
+        if self.origin_url is not None:
+            args += ["--publish", self.origin_url]
         if not config.sync:
             args.append("--no-sync")
         options = config.encoder_options
@@ -457,15 +470,29 @@ class DemoRun:
         etcd = EtcdProcess(
             binary=self.config.etcd_binary, log_path=self.out / LOGS_DIR / "etcd.log"
         )
+        origin = None
+        if self.config.origin:
+            (self.out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+            origin = OriginProcess(
+                self.out / ORIGIN_DIR, log_path=self.out / LOGS_DIR / "origin.log"
+            )
         try:
             async with Launcher(self.out) as launcher:
                 self._launcher = launcher
                 if launcher_ready is not None:
                     launcher_ready(launcher)
+                if origin is not None:
+                    await asyncio.to_thread(origin.start)
+                    assert origin.pid is not None
+                    launcher.adopt("origin", origin.pid, ("nginx", origin.url))
+                    self.origin_url = origin.url
+                    self._note(f"origin serving at {origin.url}: play {self.playback_url}")
                 await self._run_mesh(launcher, etcd)
         finally:
             etcd.stop()
             etcd.close()
+            if origin is not None:
+                origin.close()
         self._set_phase("writing the report")
         summary = await asyncio.to_thread(write_report, self.out)
         self.state.summary = summary
@@ -730,7 +757,9 @@ def prepare_out_dir(out: Path) -> None:
             )
         for entry in out.iterdir():
             is_run_file = entry.name in (*_RUN_MARKERS, REPORT_NAME) or entry.suffix == ".tmp"
-            if entry.is_dir() and (entry.name in (LOGS_DIR, PLOTS_DIR) or _is_encoder(entry)):
+            if entry.is_dir() and (
+                entry.name in (LOGS_DIR, PLOTS_DIR, ORIGIN_DIR) or _is_encoder(entry)
+            ):
                 shutil.rmtree(entry)
             elif is_run_file:
                 entry.unlink()

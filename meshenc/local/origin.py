@@ -34,7 +34,12 @@ from typing import IO, Self
 
 from meshenc.local.ports import free_ports
 
-__all__ = ["CONTENT_TYPES", "OriginNotInstalledError", "OriginProcess"]
+__all__ = [
+    "CONTENT_TYPES",
+    "ORIGIN_DIR",
+    "OriginNotInstalledError",
+    "OriginProcess",
+]
 
 #: What the origin answers as ``Content-Type`` for each suffix (anything else: octet-stream).
 CONTENT_TYPES: dict[str, str] = {
@@ -63,6 +68,10 @@ def _config_path(path: Path) -> str:
             "braces or control characters"
         )
     return f'"{text}"'
+
+
+#: The folder of a local run (``meshenc up``) where the origin keeps what it received.
+ORIGIN_DIR = "origin"
 
 
 class OriginProcess:

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +64,8 @@ from typing import Any
 
 import av
 
-from services.encoder.media.segments import PLAYLIST_NAME, segment_name
+from meshenc.local.origin import ORIGIN_DIR
+from services.encoder.media.segments import PLAYLIST_NAME, segment_name, segment_number
 
 __all__ = [
     "DEFAULT_LOCK_IN",
@@ -86,7 +86,6 @@ DEFAULT_LOCK_IN = 3
 """Segments of every run allowed to differ while an encoder joins the timeline (the
 integration test's window: lock-in ends within two segments, now and then in the third)."""
 
-_DIGITS = re.compile(r"\D*(\d+)\D*")
 
 FrameCounter = Callable[[Path], int]
 
@@ -126,15 +125,6 @@ class EncoderOutput:
         """Missing segment numbers between runs, as (first missing, last missing)."""
         runs = self.runs
         return tuple((a[1] + 1, b[0] - 1) for a, b in itertools.pairwise(runs))
-
-
-def _segment_number(file_name: str) -> int | None:
-    """The segment number of a segment file's name; None for any other file."""
-    match = _DIGITS.fullmatch(file_name)
-    if match is None:
-        return None
-    number = int(match[1])
-    return number if segment_name(number) == file_name else None
 
 
 def _digest(path: Path) -> str:
@@ -189,7 +179,7 @@ def scan_output(folder: Path, name: str | None = None) -> EncoderOutput:
     folder = Path(folder)
     digests = {}
     for entry in folder.iterdir():
-        number = _segment_number(entry.name)
+        number = segment_number(entry.name)
         if number is not None and entry.is_file():
             digests[number] = _digest(entry)
     return EncoderOutput(
@@ -201,12 +191,13 @@ def scan_output(folder: Path, name: str | None = None) -> EncoderOutput:
 
 
 def _holds_segments(folder: Path) -> bool:
-    return any(_segment_number(p.name) is not None for p in folder.iterdir() if p.is_file())
+    return any(segment_number(p.name) is not None for p in folder.iterdir() if p.is_file())
 
 
 def find_outputs(paths: Iterable[Path]) -> list[Path]:
     """The encoder folders named by ``paths``: a folder holding segment files is one; a folder
-    holding none stands for its subfolders that do (a run's output root).
+    holding none stands for its subfolders that do (a run's output root), except the origin's
+    recording (``origin/``), which holds what encoders published, not an encoder's output.
 
     Raises:
         NotADirectoryError: a path is not a folder.
@@ -218,7 +209,13 @@ def find_outputs(paths: Iterable[Path]) -> list[Path]:
         if _holds_segments(path):
             found.append(path)
         else:
-            found.extend(sorted(p for p in path.iterdir() if p.is_dir() and _holds_segments(p)))
+            found.extend(
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.is_dir() and p.name != ORIGIN_DIR and _holds_segments(p)
+                )
+            )
     return found
 
 

@@ -57,7 +57,12 @@ from meshenc.core.engine import (
     SyncEngine,
 )
 from meshenc.core.identity import FingerprintWindow, SourceCadence, source_identity
-from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
+from meshenc.core.messages import (
+    CorrectionKind,
+    EncodingStatePacket,
+    ResyncProposal,
+    ResyncVote,
+)
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION
 from meshenc.wire.adjacency import AdjacencyDocument
@@ -74,7 +79,14 @@ from services.encoder.media.ingest import (
     InputState,
     LiveIngest,
 )
-from services.encoder.media.segments import TICKS, AudioPacket, SegmentWriter
+from services.encoder.media.publish import Publisher
+from services.encoder.media.segments import (
+    PLAYLIST_NAME,
+    TICKS,
+    AudioPacket,
+    SegmentWriter,
+    segment_number,
+)
 from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
 from services.encoder.settings import EncoderSettings
@@ -132,6 +144,11 @@ class EncoderRuntime:
         )
         self.stats = RunStats()
         self.ingest: LiveIngest | None = None
+        self.publisher: Publisher | None = None
+        #: Per segment still being written: whether this encoder can vouch for it (see
+        #: ``_vouch``); segments it cannot vouch for never go out under the shared name.
+        self._vouched: dict[int, bool] = {}
+        self.unvouched = 0
         self._input = InputMonitor(float(self._period), settings.input_loss, time.time())
         self._cadence = SourceCadence(Fraction(fr.den, fr.num))
         self._window = FingerprintWindow()
@@ -369,6 +386,9 @@ class EncoderRuntime:
         self._input = InputMonitor(float(self._period), self.settings.input_loss, time.time())
         encoder = GopEncoder(self._params)
         writer = SegmentWriter(self.settings.out, self._params)
+        self._writer = writer
+        if self.settings.publish:
+            self.publisher = Publisher(self.settings.publish)
         deadline = None if self.settings.duration is None else time.time() + self.settings.duration
         # Once asked to stop, finish the segment in progress (at most one more GOP).
         finishing_by: float | None = None
@@ -409,6 +429,8 @@ class EncoderRuntime:
             if ingest is not None:
                 await asyncio.to_thread(ingest.stop)
             self._written(writer.finish())
+            if self.publisher is not None:
+                await self.publisher.close(grace=2.0)
             self.telemetry.close()
             encoder.close()
             await self.control.close()
@@ -443,12 +465,47 @@ class EncoderRuntime:
     def _fill(self, encoder: GopEncoder, writer: SegmentWriter, due: float, repeat: bool) -> None:
         """The input is lost: a filler picture on the encoder's own cadence, never measured."""
         picture = self._last_picture if repeat and self._last_picture is not None else self._black
-        self._capture(encoder, writer, picture, self._stamp(due), NO_IDENTITY, 1, None)
+        self._capture(encoder, writer, picture, self._stamp(due), NO_IDENTITY, 1, None, filler=True)
 
     def _written(self, paths: list[Path]) -> None:
-        for _ in paths:
+        """Segments the writer just wrote: count them and publish those it can vouch for."""
+        newest = None
+        for path in paths:
             self.stats.segments += 1
-            self.telemetry.segment_written(_, time.time_ns(), time.time_ns())
+            self.telemetry.segment_written(path, time.time_ns(), time.time_ns())
+            newest = segment_number(path.name)
+            vouched = self._vouched.pop(newest, False) if newest is not None else False
+            if not (vouched and self.engine.snapshot(self.clock()).locked):
+                self.unvouched += 1
+            elif self.publisher is not None:
+                self.publisher.publish(path, path.name)
+                if self._publishes_playlist():
+                    self.publisher.publish(self._writer.playlist_path, PLAYLIST_NAME)
+        for stale in [s for s in self._vouched if newest is not None and s < newest]:
+            del self._vouched[stale]  # segments the writer dropped (partial): never written
+
+    def _vouch(self, timecode: int, measured: bool) -> None:
+        """Whether a segment can go out under the shared name: every frame of it came from a
+        live input (no filler) and its first frame was encoded while locked, and no visible
+        correction (a drop or a duplicate) changed this encoder's timeline during it; whether
+        it is still locked is asked again when the segment is written. A segment this encoder
+        cannot vouch for may differ from everyone else's bytes: it stays in its own folder."""
+        segment = timecode // self.settings.gop
+        if segment not in self._vouched:
+            self._vouched[segment] = (
+                measured
+                and self._input.state is InputState.LIVE
+                and (self.engine.snapshot(self.clock()).locked)
+            )
+        elif not measured:
+            self._vouched[segment] = False
+
+    def _publishes_playlist(self) -> bool:
+        """The media playlist goes out from the segment's elected leader only (every encoder
+        when there is no election), so a lagging encoder never makes it go backwards."""
+        if self.leadership is None:
+            return True
+        return self.leadership.snapshot().leader == self.node_id
 
     def _capture(
         self,
@@ -459,9 +516,12 @@ class EncoderRuntime:
         identity: int,
         periods: int | None,
         source_time: int | None,
+        *,
+        filler: bool = False,
     ) -> None:
         decision = self.engine.on_frame(now, identity, periods)
         for tc in decision.timecodes:
+            self._vouch(tc, not filler and len(decision.timecodes) == 1)
             started = time.perf_counter()
             bitrate = self.engine.bitrate_for(tc // self.settings.gop)
             frame = encoder.encode(tc, picture, bitrate_kbps=bitrate)
@@ -496,6 +556,10 @@ class EncoderRuntime:
                 for peer in action.to:
                     self.links.send(peer, action.proposal)
             elif isinstance(action, CorrectionApplied):
+                if action.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE) and (
+                    self._last_tc is not None
+                ):
+                    self._vouched[self._last_tc // self.settings.gop] = False
                 log.info(
                     "correction %s shift=%+.2f ms rate=%+.1f ppm lead=%s proposal=%d",
                     action.kind.value,

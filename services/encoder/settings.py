@@ -24,6 +24,7 @@ from services.common.etcd import (
     parse_endpoints,
 )
 from services.encoder.media.ingest import InputLossPolicy
+from services.encoder.media.publish import origin_url
 
 __all__ = [
     "DEFAULT_ETCD_PREFIX",
@@ -124,6 +125,9 @@ class EncoderSettings(BaseModel):
     #: in on its own cadence), and seconds it repeats the last picture before sending black.
     input_loss_frames: Annotated[int, Field(ge=1, le=600)] = 30
     input_loss_repeat_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 1.0
+    #: HTTP origins (http://HOST[:PORT][/PATH]) to PUT the segments this encoder can vouch for,
+    #: and its playlist while it leads its segment; none when empty.
+    publish: tuple[str, ...] = ()
     #: Stop after this many seconds (None: run until SIGTERM).
     duration: Annotated[float, Field(gt=0.0)] | None = None
     seed: int = 0
@@ -163,6 +167,11 @@ class EncoderSettings(BaseModel):
         if not _ID.match(value):
             raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
         return value
+
+    @field_validator("publish")
+    @classmethod
+    def _publish(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(origin_url(url) for url in value)
 
     @field_validator("listen")
     @classmethod

@@ -4,6 +4,7 @@ also a subprocess), and checked to leave no process behind."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -19,6 +20,8 @@ import pytest
 
 from meshenc.local.launcher import pid_alive, read_pids
 from meshenc.local.recorder import read_events
+from meshenc.local.verify import verify
+from services.encoder.media.segments import segment_number
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +70,7 @@ def test_up_stays_locked_through_a_kill_and_a_join_and_leaves_nothing_running(
     assert up.returncode == 0, output
 
     started = {name: pid for name, pid in read_pids(out)}
-    assert {"etcd", "registry-0", "e0", "e1", "e2", "e3"} <= set(started), started
+    assert {"etcd", "origin", "registry-0", "e0", "e1", "e2", "e3"} <= set(started), started
     assert not _left_behind(out), "processes left behind"
 
     # What a newcomer is told to run while the mesh is up.
@@ -106,6 +109,23 @@ def test_up_stays_locked_through_a_kill_and_a_join_and_leaves_nothing_running(
     assert checked["locked"] is True
     assert checked["judged_segments"] == summary["judged_segments"]
     assert checked["agreed_segments"] == summary["agreed_segments"]
+
+    # What the origin received: only segments the encoders could vouch for, each one the
+    # bytes every locked encoder wrote (the reference), and a playlist listing served segments.
+    served = sorted((out / "origin").glob("seg-*.ts"))
+    assert len(served) >= 8, "the origin received too few segments"
+    references = {s.segment: s.reference for s in verify([out]).segments}
+    for path in served:
+        number = segment_number(path.name)
+        assert number is not None
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert references.get(number) == digest, f"{path.name} on the origin is not the reference"
+    listed = [
+        line
+        for line in (out / "origin" / "index.m3u8").read_text().splitlines()
+        if line.startswith("seg-")
+    ]
+    assert listed and all((out / "origin" / name).is_file() for name in listed)
 
     for name in ("e0", "e1", "e2", "e3"):
         assert (out / name / "index.m3u8").is_file()

@@ -49,7 +49,7 @@ import av
 
 from services.encoder.media.gop import EncodedFrame, EncoderParams
 
-__all__ = ["PLAYLIST_NAME", "AudioPacket", "SegmentWriter", "segment_name"]
+__all__ = ["PLAYLIST_NAME", "AudioPacket", "SegmentWriter", "segment_name", "segment_number"]
 
 PLAYLIST_NAME = "index.m3u8"
 TEMP_PREFIX = ".tmp-"
@@ -67,6 +67,15 @@ _Writer = Callable[[BinaryIO], object]
 def segment_name(segment: int) -> str:
     """The file name of segment ``segment``: the same on every encoder."""
     return f"seg-{segment:012d}.ts"
+
+
+def segment_number(name: str) -> int | None:
+    """The segment number a file name of :func:`segment_name` carries; None for any other."""
+    digits = name.removeprefix("seg-").removesuffix(".ts")
+    if not digits.isdigit() or not digits.isascii():
+        return None
+    number = int(digits)
+    return number if segment_name(number) == name else None
 
 
 @dataclass(frozen=True, slots=True)
