@@ -137,6 +137,9 @@ class EngineConfig:
     #: Every counted neighbour must stay within ``consensus_band`` this long before the
     #: encoder counts as locked.
     lock_dwell: float = 0.5
+    #: A neighbour counted for less than this many segments is a newcomer: while unlocked it
+    #: does not count against a locked encoder's locked neighbours (it is coming to them).
+    newcomer_segments: float = 2.0
     #: A locked encoder whose counted neighbours spread wider than this many times the
     #: policy's tolerance locks in again (two groups locked into adjacent slots are a whole
     #: frame apart; a held neighbourhood stays within a tolerance either side)...
@@ -303,6 +306,7 @@ class _Neighbour:
         "corr",
         "corr_at",
         "corr_rate",
+        "counted_since",
         "filter",
         "hash_agreement",
         "link",
@@ -316,6 +320,8 @@ class _Neighbour:
         self.filter = DeviationFilter(tuning)
         self.link = LinkMeter()
         self.pending: dict[int, tuple[float, int, bytes]] = {}
+        #: When this neighbour was first counted (since it last fell silent).
+        self.counted_since: float | None = None
         self.acc_count = 0
         self.acc_sum = 0.0
         self.acc_time = 0.0
@@ -416,6 +422,17 @@ class SyncEngine:
     @property
     def neighbours(self) -> tuple[str, ...]:
         return tuple(self._neighbours)
+
+    def _electorate(self, now: float) -> frozenset[str]:
+        """Who votes on a proposal: the neighbours heard from within ``stale_after`` (all of
+        them when none is). A neighbour that is configured but silent — not started yet, dead,
+        cut off — cannot vote, and must not make a majority impossible (measured: two encoders
+        whose third neighbour had not started yet could not move towards each other at all)."""
+        oldest = now - self.config.stale_after
+        live = frozenset(
+            name for name, nb in self._neighbours.items() if nb.link.last_received_at >= oldest
+        )
+        return live or frozenset(self._neighbours)
 
     def set_leader(self, leader: str | None) -> None:
         """The segment's elected leader (None: none known). A locked follower takes the
@@ -656,7 +673,7 @@ class SyncEngine:
             effective_segment=change.effective_segment,
             bitrate_kbps=bitrate_kbps,
         )
-        electorate = frozenset(self._neighbours)
+        electorate = self._electorate(now)
         self._proposals.open(now, proposal, electorate, self.config.vote_timeout)
         self._parameter_proposals[proposal.proposal_id] = change
         self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))
@@ -702,21 +719,26 @@ class SyncEngine:
         locked: list[float] = []
         reference = None
         oldest = now - cfg.stale_after
+        newcomer_since = now - cfg.newcomer_segments * cfg.gop * period
         unmeasured = 0
+        settled_unlocked = 0
         for name, nb in self._neighbours.items():
             kf = nb.filter
-            if nb.link.last_received_at >= oldest and kf.updates < cfg.min_updates:
+            fresh = nb.link.last_received_at >= oldest
+            if not fresh:
+                nb.counted_since = None  # silent: when it speaks again, it is new again
+            if fresh and kf.updates < cfg.min_updates:
                 unmeasured += 1
-            if (
-                kf.updates >= cfg.min_updates
-                and nb.link.last_received_at >= oldest
-                and self._trusted(nb, now)
-            ):
+            if kf.updates >= cfg.min_updates and fresh and self._trusted(nb, now):
+                if nb.counted_since is None:
+                    nb.counted_since = now
                 kf.predict(now)
                 deviation = kf.deviation + my_corr - nb.correction_at(now)
                 deviations.append(deviation)
                 if nb.locked:
                     locked.append(deviation)
+                elif nb.counted_since <= newcomer_since:
+                    settled_unlocked += 1
                 if name == self._leader:
                     reference = deviation
         if len(deviations) == 1:
@@ -724,15 +746,17 @@ class SyncEngine:
         band, lock_trigger, _ = self._thresholds()
         if self._locked:
             unlocked = len(deviations) - 1 - len(locked)
-            if 0 < unlocked < len(locked):
+            if locked and unlocked > 0 and settled_unlocked < len(locked):
                 # A locked encoder holds the timeline with the neighbours that hold it too:
                 # one still locking in (a newcomer, an encoder back from a fault) comes to
                 # them, and must not make them lock in again on its way. Only while they are
-                # more than the others, though: a group locked a frame off the rest of its
-                # neighbourhood would otherwise hold its slot for ever, its unlocked
-                # neighbours never agreeing with it (measured: a 100-encoder world whose
-                # locked pair, and a 60 fps world whose locked triangle with two locked and
-                # two unlocked neighbours each, never let the mesh lock).
+                # more than the unlocked neighbours that have had time to lock in, though: a
+                # group locked a frame off the rest of its neighbourhood would otherwise hold
+                # its slot for ever, its unlocked neighbours never agreeing with it (measured:
+                # a 100-encoder world whose locked pair, and a 60 fps world whose locked
+                # triangle with two locked and two unlocked neighbours each, never let the
+                # mesh lock). A newcomer counts against them only after ``newcomer_segments``
+                # (measured: a third encoder joining a locked pair pulled both a frame).
                 deviations = [0.0, *locked]
                 reference = reference if reference in locked else None
             view_of_mesh = consensus(deviations, cfg.outlier * period)
@@ -814,7 +838,7 @@ class SyncEngine:
             shift=plan.shift,
             topology_epoch=self.topology_epoch,
         )
-        electorate = frozenset(self._neighbours)
+        electorate = self._electorate(now)
         self._proposals.open(now, proposal, electorate, cfg.vote_timeout)
         self._open = (self._proposal_ids, plan, error)
         self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))

@@ -162,15 +162,20 @@ def test_three_encoders_write_identical_segments_only_with_the_mesh(tmp_path: Pa
 
     # The bitrate change: every encoder switched at the agreed segment, no earlier, no later.
     sizes = {
-        s.segment: a_output.path(s.segment).stat().st_size
+        s.segment: _video_bytes(a_output.path(s.segment))
         for s in after_lock
         if s.segment in a_output.digests
     }
     before = [size for number, size in sizes.items() if number < effective]
     after = [size for number, size in sizes.items() if number >= effective]
-    print(f"bitrate change at segment {effective}: {before} -> {after} bytes")
+    print(f"bitrate change at segment {effective}: video {before} -> {after} bytes")
     assert len(before) >= 3 and len(after) >= 3
-    assert max(after) < 0.6 * min(before)
+    # libx264's VBV holds a segment near the bitrate: twice it is a generous bound. The clip's
+    # black, frozen and still stretches are small at any bitrate, so only its moving scenes
+    # show the old rate: several segments before the change must exceed the new bound.
+    bound = 2 * LOW_BITRATE_KBPS * 1000 / 8 * GOP / 30
+    assert max(after) <= bound
+    assert sum(size > bound for size in before) >= 3
 
     off_result = verify([off / name for name in FAULTS], lock_in=0)
     off_common = [s for s in off_result.segments if len(s.copies) == len(FAULTS)]
@@ -181,6 +186,12 @@ def test_three_encoders_write_identical_segments_only_with_the_mesh(tmp_path: Pa
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and ".tmp" in p.name]
     assert not leftovers, leftovers
     assert all(not os.path.exists(on / n / "index.m3u8.tmp") for n in FAULTS)
+
+
+def _video_bytes(path: Path) -> int:
+    """Bytes of the video access units in one segment (the audio passes through unchanged)."""
+    with av.open(str(path)) as container:
+        return sum(p.size for p in container.demux(container.streams.video[0]))
 
 
 def _explain(out: Path, differing: list[SegmentCheck]) -> str:
