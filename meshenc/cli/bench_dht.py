@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
 from rich.table import Table
 
+from meshenc.cli.bench_output import emit, output_options
 from meshenc.cli.sim import console
 from meshenc.sim.dht import DhtSimConfig, DhtSimResult, run_dht
 
@@ -89,12 +89,7 @@ def result_table(results: Sequence[DhtSimResult], title: str) -> Table:
     help="How the initial network is built (see meshenc.sim.dht); churn always joins.",
 )
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the results as JSON to this file.",
-)
+@output_options
 def bench_dht(
     sizes: Sequence[int],
     churn: float,
@@ -132,11 +127,7 @@ def bench_dht(
         )
         results.append(run_dht(config))
     payload = {"benchmark": "dht", "results": [r.as_dict() for r in results]}
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    if as_json:
-        click.echo(json.dumps(payload))
+    if emit(payload, out, as_json):
         return
     first = results[0].config
     title = (

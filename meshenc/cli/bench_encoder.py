@@ -6,13 +6,13 @@ how); this module only parses options, reports progress on stderr and prints the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
 from rich.table import Table
 
+from meshenc.cli.bench_output import emit, output_options
 from meshenc.cli.sim import console
 from services.encoder.bench import (
     FRAME_RATE,
@@ -152,12 +152,7 @@ def encoder_table(
     show_default=True,
     help="ESPs sent each way at 30/s for the gRPC latency.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the results as JSON to this file.",
-)
+@output_options
 def bench_encoder(
     frames: int,
     repeats: int,
@@ -180,10 +175,6 @@ def bench_encoder(
     except BenchError as exc:
         raise click.ClickException(str(exc)) from exc
     payload = results_dict(results, latency)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-    if as_json:
-        click.echo(json.dumps(payload))
+    if emit(payload, out, as_json):
         return
     console().print(encoder_table(results, latency, frames, repeats))

@@ -7,7 +7,6 @@ and prints the table.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import click
 import numpy as np
 from rich.table import Table
 
+from meshenc.cli.bench_output import emit, output_options
 from meshenc.cli.sim import console
 from meshenc.local.etcd import EtcdNotInstalledError
 from meshenc.local.failover import FailoverResult, measure_failover
@@ -125,12 +125,7 @@ def failover_table(summary: dict[str, Any]) -> Table:
     help="etcd lease TTL of every encoder (s).",
 )
 @click.option("--no-baseline", is_flag=True, help="Skip the lease-expiry-only run.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the results as JSON to this file.",
-)
+@output_options
 def bench_failover(
     trials: int, members: int, lease_ttl: int, no_baseline: bool, as_json: bool, out: Path | None
 ) -> None:
@@ -156,10 +151,6 @@ def bench_failover(
     except (EtcdNotInstalledError, RuntimeError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
     summary = failover_summary(fast, baseline)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(summary, indent=2) + "\n")
-    if as_json:
-        click.echo(json.dumps(summary))
+    if emit(summary, out, as_json):
         return
     console().print(failover_table(summary))

@@ -6,13 +6,13 @@ this module parses options and prints the table.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import click
 from rich.table import Table
 
+from meshenc.cli.bench_output import emit, output_options
 from meshenc.cli.sim import console
 from services.encoder.bench import BenchError, EncoderSize, ffmpeg_binary, parse_sizes
 from services.encoder.ingest_bench import IngestResult, measure_ingest, median
@@ -61,12 +61,7 @@ def ingest_table(results: list[IngestResult], repeats: int) -> Table:
     callback=_sizes,
     help="Picture sizes: WxH[@kbps],...",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the results as JSON to this file.",
-)
+@output_options
 def bench_ingest(
     frames: int, repeats: int, sizes: list[EncoderSize], as_json: bool, out: Path | None
 ) -> None:
@@ -98,10 +93,6 @@ def bench_ingest(
             for r in results
         ],
     }
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-    if as_json:
-        click.echo(json.dumps(payload))
+    if emit(payload, out, as_json):
         return
     console().print(ingest_table(results, repeats))

@@ -6,12 +6,12 @@ options, runs the worlds one after another and prints the table.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 from rich.table import Table
 
+from meshenc.cli.bench_output import emit, output_options
 from meshenc.cli.sim import console
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
@@ -52,12 +52,7 @@ def _cell(results: list[WorldResult]) -> str:
 @click.option(
     "--strategies", default="predictive,reactive,epoch", show_default=True, callback=_strategies
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the results as JSON to this file.",
-)
+@output_options
 def bench_live(
     rates: list[FrameRate],
     seeds: int,
@@ -93,11 +88,7 @@ def bench_live(
                         "locked_after_segments": result.locked_after,
                     }
                 )
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-    if as_json:
-        click.echo(json.dumps(payload))
+    if emit(payload, out, as_json):
         return
     table = Table(
         title=(

@@ -15,7 +15,6 @@ The other columns describe the plans themselves; nothing here is a pass/fail thr
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ import click
 import numpy as np
 from rich.table import Table
 
+from meshenc.cli.bench_output import emit, output_options
 from meshenc.cli.sim import console
 from meshenc.core.planner.manager import MeshPlan, MeshView, PlannerConfig, plan_mesh
 from meshenc.core.planner.placement import Host, replica_moves
@@ -216,12 +216,7 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int
     show_default=True,
     help="Runs per measurement (the median is reported).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the results as JSON to this file.",
-)
+@output_options
 def bench_plan(
     encoders: list[int], seed: int, repeats: int, as_json: bool, out: Path | None
 ) -> None:
@@ -232,10 +227,6 @@ def bench_plan(
         log.log(f"{n:,} encoders ...")
         results.append(measure(n, seed, repeats))
     payload = {"benchmark": "plan", "seed": seed, "results": results}
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-    if as_json:
-        click.echo(json.dumps(payload))
+    if emit(payload, out, as_json):
         return
     console().print(plan_table(results, seed, repeats))

@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from meshenc.cli.bench_output import emit, output_options
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
 from meshenc.sim.metrics import Score, score
@@ -244,12 +245,7 @@ def _sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> Sequence
     "--duration", type=float, default=60.0, show_default=True, help="Simulated seconds per run."
 )
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the results as JSON to this file.",
-)
+@output_options
 def bench_sim(
     sizes: Sequence[int], duration: float, seed: int, as_json: bool, out: Path | None
 ) -> None:
@@ -269,11 +265,7 @@ def bench_sim(
             log.log(f"{size} encoders, {strategy} ...")
             scores.append(score(run(scenario, Strategy(strategy))))
     results = [s.as_dict() for s in scores]
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"benchmark": "sim", "results": results}, indent=2) + "\n")
-    if as_json:
-        click.echo(json.dumps({"benchmark": "sim", "results": results}))
+    if emit({"benchmark": "sim", "results": results}, out, as_json):
         return
     title = f"Strategy comparison, standard scenario, {duration:g} simulated s, seed {seed}"
     console().print(score_table(scores, title))

@@ -371,7 +371,7 @@ class EncoderRuntime:
         queue: asyncio.Queue[Ingested] = asyncio.Queue()
         ingest = None
         # The ingest threads read the clock the moment data arrives, but only once they hold
-        # the GIL: a 1 ms switch interval (5 ms by default) keeps that wait below a millisecond.
+        # the GIL: a 1 ms switch interval (Python's default is 5 ms) shortens that wait.
         sys.setswitchinterval(0.001)
         if self.settings.source:
             ingest = LiveIngest(
@@ -413,7 +413,8 @@ class EncoderRuntime:
                         self._fill(encoder, writer, *fill)
                     continue
                 if isinstance(item, IngestedAudio):
-                    self._written(writer.add_audio(_audio_packet(item)))
+                    started = time.time_ns()
+                    self._written(writer.add_audio(_audio_packet(item)), started)
                     continue
                 if queue.qsize() > self._max_backlog:
                     # More than a second behind the input: live ingest loses frames here.
@@ -428,7 +429,8 @@ class EncoderRuntime:
                 await leadership
             if ingest is not None:
                 await asyncio.to_thread(ingest.stop)
-            self._written(writer.finish())
+            started = time.time_ns()
+            self._written(writer.finish(), started)
             if self.publisher is not None:
                 await self.publisher.close(grace=2.0)
             self.telemetry.close()
@@ -450,14 +452,14 @@ class EncoderRuntime:
             log.info("input is back after a loss")
             self._cadence.reset()
             self._window.reset()
-        if item.pts is None:
+        ticks = None if source_time is None else round(source_time * TICKS)
+        if item.pts is None or ticks is None:
             identity = self._window.identify(item.picture.fingerprint)
             periods = None
         else:
-            identity = source_identity(round(source_time * TICKS)) if source_time is not None else 0
+            identity = source_identity(ticks)
             periods = None if back else self._cadence.periods(item.pts, item.time_base)
         self._last_picture = item.picture
-        ticks = None if source_time is None else round(source_time * TICKS)
         self._capture(
             encoder, writer, item.picture, self._stamp(item.arrived), identity, periods, ticks
         )
@@ -467,12 +469,14 @@ class EncoderRuntime:
         picture = self._last_picture if repeat and self._last_picture is not None else self._black
         self._capture(encoder, writer, picture, self._stamp(due), NO_IDENTITY, 1, None, filler=True)
 
-    def _written(self, paths: list[Path]) -> None:
-        """Segments the writer just wrote: count them and publish those it can vouch for."""
+    def _written(self, paths: list[Path], started_ns: int) -> None:
+        """Segments the writer just wrote (the call began at ``started_ns``): count them, time
+        them, and publish those this encoder can vouch for."""
+        finished_ns = time.time_ns()
         newest = None
         for path in paths:
             self.stats.segments += 1
-            self.telemetry.segment_written(path, time.time_ns(), time.time_ns())
+            self.telemetry.segment_written(path, started_ns, finished_ns)
             newest = segment_number(path.name)
             vouched = self._vouched.pop(newest, False) if newest is not None else False
             if not (vouched and self.engine.snapshot(self.clock()).locked):
@@ -526,7 +530,8 @@ class EncoderRuntime:
             bitrate = self.engine.bitrate_for(tc // self.settings.gop)
             frame = encoder.encode(tc, picture, bitrate_kbps=bitrate)
             self._load.encoded(time.perf_counter() - started)
-            self._written(writer.add(frame, source_time))
+            started = time.time_ns()
+            self._written(writer.add(frame, source_time), started)
             self.engine.record_hash(tc, frame.sha256)
             self._last_tc = tc
         self.stats.frames += 1
