@@ -137,8 +137,9 @@ class EngineConfig:
     #: Every counted neighbour must stay within ``consensus_band`` this long before the
     #: encoder counts as locked.
     lock_dwell: float = 0.5
-    #: A neighbour counted for less than this many segments is a newcomer: while unlocked it
-    #: does not count against a locked encoder's locked neighbours (it is coming to them).
+    #: A neighbour first counted after this encoder locked is a newcomer for this many
+    #: segments: while unlocked it does not count against the locked encoder's locked
+    #: neighbours (it is coming to them).
     newcomer_segments: float = 2.0
     #: A locked encoder whose counted neighbours spread wider than this many times the
     #: policy's tolerance locks in again (two groups locked into adjacent slots are a whole
@@ -392,6 +393,7 @@ class SyncEngine:
         self._counts: dict[CorrectionKind, int] = dict.fromkeys(CorrectionKind, 0)
         self._escalations = 0
         self._locked = False
+        self._locked_since = math.inf
         self._agreed_since = math.inf
         self._leader: str | None = None
         self._error = 0.0
@@ -737,7 +739,7 @@ class SyncEngine:
                 deviations.append(deviation)
                 if nb.locked:
                     locked.append(deviation)
-                elif nb.counted_since <= newcomer_since:
+                elif nb.counted_since <= max(newcomer_since, self._locked_since):
                     settled_unlocked += 1
                 if name == self._leader:
                     reference = deviation
@@ -755,8 +757,10 @@ class SyncEngine:
                 # its slot for ever, its unlocked neighbours never agreeing with it (measured:
                 # a 100-encoder world whose locked pair, and a 60 fps world whose locked
                 # triangle with two locked and two unlocked neighbours each, never let the
-                # mesh lock). A newcomer counts against them only after ``newcomer_segments``
-                # (measured: a third encoder joining a locked pair pulled both a frame).
+                # mesh lock). A newcomer (first counted after this encoder locked) counts
+                # against them only after ``newcomer_segments`` (measured: a third encoder
+                # joining a locked pair pulled both a frame); neighbours counted before the
+                # lock count at once, so lock-in at start is as without newcomers.
                 deviations = [0.0, *locked]
                 reference = reference if reference in locked else None
             view_of_mesh = consensus(deviations, cfg.outlier * period)
@@ -793,6 +797,7 @@ class SyncEngine:
                 self._agreed_since = now
             elif now - self._agreed_since >= cfg.lock_dwell:
                 self._locked = True
+                self._locked_since = now
         drift = (self._smoother.period - period) / period + self._corr_rate
         self._error = error
         self._predicted_error = error + drift * cfg.policy.horizon
