@@ -446,7 +446,7 @@ class EncoderRuntime:
         one, from a window of fingerprints), stamp from its measured arrival."""
         source_time = None if item.pts is None else item.pts * item.time_base
         back = self._input.arrived(
-            item.arrived, None if source_time is None else float(source_time)
+            item.arrived, None if source_time is None else float(source_time), time.time()
         )
         if back:
             log.info("input is back after a loss")

@@ -335,3 +335,12 @@ def test_a_stalled_udp_input_continues_without_a_reopen(tmp_path: Path) -> None:
     # Bad addresses are refused before anything starts.
     with pytest.raises(ValueError, match="no port"):
         LiveIngest("udp://127.0.0.1", FMT, items.append)
+
+
+def test_a_burst_of_queued_pictures_is_late_not_lost() -> None:
+    # A stream joined mid-way: the demuxer probes it, then hands its first second over at once.
+    monitor = InputMonitor(PERIOD, InputLossPolicy(loss_frames=10), started=0.0)
+    for k in range(30):
+        assert monitor.arrived(100.0 + k * PERIOD, k * PERIOD, now=101.2 + k * 0.001) is False
+        assert monitor.fill(101.2 + k * 0.001) is None
+    assert monitor.state is InputState.LIVE and monitor.lost_count == 0

@@ -324,7 +324,8 @@ class InputLossPolicy:
 
     After ``loss_frames`` frame periods without a picture (a second at 30 fps: a live source that
     hiccups is not lost) the input counts as lost; the encoder
-    then keeps its timeline and output running on its own cadence, repeating the last picture
+    then keeps its timeline and output running on its own cadence (from the last picture it
+    took, whole frame periods on), repeating the last picture
     for ``repeat_seconds`` and sending black after that, until a picture arrives again.
     """
 
@@ -357,12 +358,18 @@ class InputMonitor:
         self.offset: float | None = None
         self.lost_count = 0
         self._last_arrival = started
+        self._last_seen = started
         self._last_source: float | None = None
         self._lost_at: float | None = None
         self._fills = 0
 
-    def arrived(self, at: float, source_time: float | None) -> bool:
-        """A picture arrived; returns True when it ends a loss (the input is back)."""
+    def arrived(self, at: float, source_time: float | None, now: float | None = None) -> bool:
+        """A picture that arrived at ``at`` reached the loop at ``now`` (default: ``at``);
+        returns True when it ends a loss (the input is back).
+
+        Loss is judged on ``now``: pictures that were queued for a while (the demuxer probing a
+        stream joined mid-way hands its first second over at once) are late, not lost.
+        """
         back = self.state is InputState.LOST
         if source_time is not None and self._last_source is not None and not back:
             transit = (at - self._last_arrival) - (source_time - self._last_source)
@@ -375,6 +382,7 @@ class InputMonitor:
             else:
                 self.offset += (sample - self.offset) / 64.0
         self._last_arrival = at
+        self._last_seen = at if now is None else max(at, now)
         self._last_source = source_time
         self.state = InputState.LIVE
         self._lost_at = None
@@ -383,9 +391,7 @@ class InputMonitor:
 
     def next_fill(self) -> float:
         """When the next filler picture is due if nothing arrives before (host seconds)."""
-        if self.state is not InputState.LOST:
-            return self._last_arrival + self.policy.loss_frames * self.period
-        return self._last_arrival + (self.policy.loss_frames + self._fills) * self.period
+        return self._last_seen + (self.policy.loss_frames + self._fills) * self.period
 
     def fill(self, now: float) -> tuple[float, bool] | None:
         """At ``now``: the time of a filler picture due by now, and whether it repeats the last

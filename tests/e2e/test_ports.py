@@ -1,0 +1,27 @@
+"""free_ports: distinct ports below the kernel's ephemeral range, free for TCP and UDP."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from meshenc.local.ports import LOWEST, free_ports
+
+
+def test_ports_are_distinct_below_the_ephemeral_range_and_bindable_for_tcp_and_udp() -> None:
+    start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_ports(40)
+    assert len(set(ports)) == 40
+    assert all(LOWEST <= p < start for p in ports)
+    for port in ports[:5]:
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("127.0.0.1", port))
+
+
+def test_a_taken_port_is_never_handed_out() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", free_ports(1)[0]))
+        port = taken.getsockname()[1]
+        for _ in range(20):
+            assert port not in free_ports(50)
