@@ -19,15 +19,12 @@ from meshenc.core.timecode import FrameRate
 from services.encoder.media import (
     EncodedFrame,
     EncoderParams,
-    FileSource,
     GopEncoder,
     Picture,
     SegmentWriter,
-    SourceError,
     SyntheticSource,
     VideoFormat,
     fingerprint,
-    open_source,
     segment_name,
 )
 
@@ -150,56 +147,6 @@ def test_synthetic_source_renders_yuv420p_at_any_size(width: int, height: int) -
     assert not picture.yuv.flags.writeable  # pictures are shared between stages
     frame = av.VideoFrame.from_ndarray(picture.yuv, format="yuv420p")
     assert (frame.width, frame.height) == (width, height)
-
-
-def test_open_source_chooses_by_spec(tmp_path: Path) -> None:
-    assert isinstance(open_source(None, FMT), SyntheticSource)
-    assert isinstance(open_source("synthetic", FMT), SyntheticSource)
-    with pytest.raises(SourceError, match="cannot open"):
-        open_source(str(tmp_path / "missing.mp4"), FMT)
-
-
-# --- the file source ----------------------------------------------------------------------------
-
-
-def write_clip(path: Path, count: int) -> None:
-    """A short H.264/MP4 clip of the synthetic pattern, at 320x180 to exercise scaling."""
-    source = SyntheticSource(VideoFormat(320, 180, FrameRate(30)))
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
-        for _ in range(count):
-            frame = av.VideoFrame.from_ndarray(source.read().yuv, format="yuv420p")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-
-
-def test_file_source_loops_and_keeps_counting(tmp_path: Path) -> None:
-    clip = tmp_path / "clip.mp4"
-    write_clip(clip, 12)
-    with FileSource(str(clip), FMT) as source:
-        read = [source.read() for _ in range(30)]
-    assert [p.index for p in read] == list(range(30))
-    assert all(p.yuv.shape == (144, 160) for p in read)
-    for i in range(18):
-        assert np.array_equal(read[i].yuv, read[i + 12].yuv)
-        assert read[i].fingerprint == read[i + 12].fingerprint
-    assert len({p.fingerprint for p in read[:12]}) == 12
-
-
-def test_file_source_errors(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="cannot open"):
-        FileSource(str(tmp_path / "missing.mp4"), FMT)
-    junk = tmp_path / "junk.mp4"
-    junk.write_bytes(b"this is not a video" * 10)
-    with pytest.raises(SourceError):
-        FileSource(str(junk), FMT)
-    clip = tmp_path / "clip.mp4"
-    write_clip(clip, 3)
-    source = FileSource(str(clip), FMT)
-    source.close()
-    with pytest.raises(SourceError, match="closed"):
-        source.read()
 
 
 # --- GOP-deterministic encoding -----------------------------------------------------------------

@@ -8,20 +8,17 @@ from __future__ import annotations
 from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
 from services.encoder.media.segments import PLAYLIST_NAME, SegmentWriter, segment_name
 from services.encoder.media.source import (
-    FileSource,
     Picture,
     SourceError,
     SyntheticSource,
     VideoFormat,
     fingerprint,
-    open_source,
 )
 
 __all__ = [
     "PLAYLIST_NAME",
     "EncodedFrame",
     "EncoderParams",
-    "FileSource",
     "GopEncoder",
     "Picture",
     "SegmentWriter",
@@ -29,6 +26,5 @@ __all__ = [
     "SyntheticSource",
     "VideoFormat",
     "fingerprint",
-    "open_source",
     "segment_name",
 ]

@@ -1,42 +1,35 @@
-"""Live picture sources: a synthetic test pattern and anything PyAV can decode.
+"""Pictures: their format, their fingerprint, and the test pattern as a picture source.
 
-Theory of operation: a source hands out :class:`Picture` objects, one per decoded frame, in
-yuv420p at the mesh's agreed size. It does not pace itself and knows nothing of timecodes; the
-capture stage stamps each picture with the encoder's clock. What a source does promise is
-*identity*: every picture carries a :func:`fingerprint` that is the same on every encoder that
-sees the same picture, whatever path and delay it took, so encoders can compare their labels for
-it (see "Frame identity" in the design).
+Theory of operation: a :class:`Picture` is one picture in yuv420p at the mesh's agreed size; the
+live input (``services.encoder.media.ingest``) makes them from a stream, and the encoder
+benchmark from the test pattern (:class:`SyntheticSource`). Every picture carries a
+:func:`fingerprint` that is the same on every encoder that sees the same picture, whatever
+path and delay it took: the name of a picture where its source gives no timestamp (see
+``meshenc.core.identity``).
 
-Invariants: ``Picture.index`` counts up by one per ``read()``; the synthetic source's picture
-``n`` is a pure function of ``n`` and the format (same bytes on every machine); a file source
-loops at its end and keeps counting.
+Invariants: the synthetic source's picture ``n`` is a pure function of ``n`` and the format
+(same bytes on every machine), and ``Picture.index`` counts up by one per ``read()``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-import av
 import numpy as np
 import numpy.typing as npt
-from av.container import InputContainer
-from av.video.frame import VideoFrame
 
 from meshenc.core.timecode import FrameRate
 from services.common.testpattern import TestPattern
 
 __all__ = [
-    "FileSource",
     "Picture",
     "SourceError",
     "SyntheticSource",
     "VideoFormat",
     "fingerprint",
-    "open_source",
 ]
 
 YuvArray = npt.NDArray[np.uint8]
@@ -187,82 +180,3 @@ class SyntheticSource(_Source):
 
     def close(self) -> None:
         """Nothing to release; present so every source closes alike."""
-
-
-class FileSource(_Source):
-    """Pictures decoded by PyAV from a file or URL, scaled to the mesh's format, looping.
-
-    One picture per decoded frame: the source does not resample the file's frame rate; pacing
-    is the capture stage's job. At the end of the input the source reopens it (a file starts
-    over, a stream reconnects) and ``index`` keeps counting, so a short clip serves as an endless
-    live feed.
-    """
-
-    def __init__(self, path_or_url: str, fmt: VideoFormat) -> None:
-        self.spec = path_or_url
-        self.fmt = fmt
-        self._index = 0
-        self._container: InputContainer | None = None
-        self._frames: Iterator[VideoFrame] | None = None
-        self._open()
-
-    def _open(self) -> None:
-        self._release()
-        try:
-            container = av.open(self.spec, "r")
-        except (av.FFmpegError, OSError) as exc:
-            raise SourceError(f"cannot open source {self.spec!r}: {exc}") from exc
-        if not container.streams.video:
-            container.close()
-            raise SourceError(f"source {self.spec!r} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # decoding is bit-exact whatever the threading
-        self._container = container
-        self._frames = container.decode(stream)
-
-    def _next_frame(self) -> VideoFrame | None:
-        if self._frames is None:
-            raise SourceError(f"source {self.spec!r} is closed")
-        try:
-            return next(self._frames)
-        except StopIteration:
-            return None
-        except av.FFmpegError as exc:
-            raise SourceError(f"cannot decode source {self.spec!r}: {exc}") from exc
-
-    def read(self) -> Picture:
-        """The next picture, reopening the input once at its end.
-
-        Raises:
-            SourceError: the input cannot be reopened, or yields no picture even from its start.
-        """
-        frame = self._next_frame()
-        if frame is None:
-            self._open()
-            frame = self._next_frame()
-            if frame is None:
-                raise SourceError(f"source {self.spec!r} has no decodable video frames")
-        width, height = self.fmt.width, self.fmt.height
-        yuv = np.asarray(frame.reformat(width, height, "yuv420p").to_ndarray(), dtype=np.uint8)
-        yuv.flags.writeable = False
-        picture = Picture(self._index, yuv, fingerprint(yuv, width, height))
-        self._index += 1
-        return picture
-
-    def _release(self) -> None:
-        self._frames = None
-        if self._container is not None:
-            self._container.close()
-            self._container = None
-
-    def close(self) -> None:
-        """Release the decoder and the input; ``read()`` raises afterwards."""
-        self._release()
-
-
-def open_source(spec: str | None, fmt: VideoFormat) -> SyntheticSource | FileSource:
-    """The source a setting names: ``None`` or ``"synthetic"`` for the test pattern, else a
-    path or URL for PyAV."""
-    if spec is None or spec.strip().lower() == "synthetic":
-        return SyntheticSource(fmt)
-    return FileSource(spec, fmt)
