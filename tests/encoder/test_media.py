@@ -7,6 +7,7 @@ leaves no file behind. Pictures are small (160x96) and GOPs short, so the file r
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -296,8 +297,15 @@ def test_playlist_is_a_sliding_window_of_consecutive_segments(tmp_path: Path) ->
         "#EXT-X-TARGETDURATION:1",
         f"#EXT-X-MEDIA-SEQUENCE:{first + 3}",
     ]
-    assert lines[4::2] == ["#EXTINF:0.067,"] * 10
-    assert lines[5::2] == [segment_name(s) for s in range(first + 3, first + 13)]
+    assert lines[5::3] == ["#EXTINF:0.067,"] * 10
+    assert lines[6::3] == [segment_name(s) for s in range(first + 3, first + 13)]
+    # Each segment's EXT-X-PROGRAM-DATE-TIME is its first frame's slot on the Unix epoch.
+    stamps = [
+        datetime.fromisoformat(line.removeprefix("#EXT-X-PROGRAM-DATE-TIME:"))
+        for line in lines[4::3]
+    ]
+    for segment, stamp in zip(range(first + 3, first + 13), stamps, strict=True):
+        assert abs(stamp.timestamp() - segment * 2 / 30) < 0.001
 
     # A jump leaves a gap in the numbers: the listed run starts afresh after it.
     jump = base + 40

@@ -28,7 +28,8 @@ therefore write the same audio into the same segments, byte for byte.
 
 Invariants: timecodes never go back to an earlier segment; the playlist lists a run of
 consecutive segment numbers (at most ``window``), its media sequence number is the first one's
-segment number, so every encoder's playlist numbers a segment alike; each audio packet lands in
+segment number and each segment's EXT-X-PROGRAM-DATE-TIME is its start on the shared timeline,
+so every encoder's playlist numbers and dates a segment alike; each audio packet lands in
 at most one segment.
 """
 
@@ -41,6 +42,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -331,9 +333,21 @@ class SegmentWriter:
             f"#EXT-X-MEDIA-SEQUENCE:{self._listed[0]}",
         ]
         for segment in self._listed:
+            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{self.program_date_time(segment)}")
             lines.append(f"#EXTINF:{float(duration):.3f},")
             lines.append(segment_name(segment))
         return "\n".join(lines) + "\n"
+
+    def program_date_time(self, segment: int) -> str:
+        """When ``segment`` starts on the shared timeline, as HLS's EXT-X-PROGRAM-DATE-TIME.
+
+        Timecodes count frame slots since the Unix epoch, so the segment's first slot *is* a
+        wall-clock instant, the same on every encoder; rounded down to the millisecond.
+        """
+        start = segment * self.segment_duration
+        millis = start.numerator * 1000 // start.denominator
+        stamp = datetime.fromtimestamp(millis // 1000, tz=UTC)
+        return f"{stamp:%Y-%m-%dT%H:%M:%S}.{millis % 1000:03d}Z"
 
     def _atomic_write(self, path: Path, write: _Writer) -> None:
         """Write ``path`` so that it appears whole or not at all."""
