@@ -241,7 +241,7 @@ def _value(samples: Samples, name: str, **labels: str) -> float:
 
 @pytest.mark.slow
 def test_each_service_serves_plausible_metrics(tmp_path: Path, live_source: LiveSource) -> None:
-    duration = 8.0
+    duration = 12.0
     inputs = dict(zip(("a", "b"), live_source.start(["", ""]), strict=True))
     free = iter(free_ports(8))
     ports = {"a": next(free), "b": next(free)}
@@ -281,7 +281,14 @@ def test_each_service_serves_plausible_metrics(tmp_path: Path, live_source: Live
             _scrape_when_up(port, tmp_path)
         time.sleep(2.0)  # every encoder has observed its state, the manager has planned
         first = {name: _scrape(port) for name, port in metrics_ports.items()}
-        time.sleep(duration / 3)
+        time.sleep(duration / 4)
+        # The encoders lock in once their live input flows and each has measured the other:
+        # wait (bounded) until both have made a correction, then take the second scrape.
+        until = time.monotonic() + duration / 2
+        while time.monotonic() < until and not all(
+            _scrape(metrics_ports[n]).get("meshenc_corrections_total") for n in ("a", "b")
+        ):
+            time.sleep(0.25)
         with grpc.insecure_channel(f"127.0.0.1:{registry_port}") as channel:
             registry_pb2_grpc.RegistryStub(channel).Ping(registry_pb2.PingRequest(), timeout=5.0)
         try:
