@@ -394,6 +394,7 @@ class SyncEngine:
         self._escalations = 0
         self._locked = False
         self._locked_since = math.inf
+        self._settled_unlocked = 0
         self._agreed_since = math.inf
         self._leader: str | None = None
         self._error = 0.0
@@ -442,6 +443,15 @@ class SyncEngine:
         leader sits in the densest group; the leader itself, and followers that do not see it,
         hold the densest group's slot as before."""
         self._leader = leader
+
+    def vouches(self, now: float) -> bool:
+        """Whether this encoder's output is the mesh's: it has held its lock for a whole
+        segment, and every neighbour it counts (newcomers aside) says it is locked too, as of
+        the last control step. While the mesh is still settling — an encoder that locked alone,
+        neighbours still moving, groups meeting — its segments may not be the ones the mesh
+        settles on."""
+        settled = now - self._locked_since >= self.config.gop * self._period
+        return self._locked and settled and self._settled_unlocked == 0
 
     def correction(self, now: float) -> float:
         return self._corr + self._corr_rate * (now - self._corr_at)
@@ -743,6 +753,9 @@ class SyncEngine:
                     settled_unlocked += 1
                 if name == self._leader:
                     reference = deviation
+        # The encoder can vouch for its output while it is locked and every neighbour it counts
+        # (a newcomer aside) says it is locked too: the neighbourhood holds one timeline.
+        self._settled_unlocked = settled_unlocked
         if len(deviations) == 1:
             return
         band, lock_trigger, _ = self._thresholds()

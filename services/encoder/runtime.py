@@ -479,7 +479,7 @@ class EncoderRuntime:
             self.telemetry.segment_written(path, started_ns, finished_ns)
             newest = segment_number(path.name)
             vouched = self._vouched.pop(newest, False) if newest is not None else False
-            if not (vouched and self.engine.snapshot(self.clock()).locked):
+            if not (vouched and self.engine.vouches(self.clock())):
                 self.unvouched += 1
             elif self.publisher is not None:
                 self.publisher.publish(path, path.name)
@@ -490,16 +490,17 @@ class EncoderRuntime:
 
     def _vouch(self, timecode: int, measured: bool) -> None:
         """Whether a segment can go out under the shared name: every frame of it came from a
-        live input (no filler) and its first frame was encoded while locked, and no visible
-        correction (a drop or a duplicate) changed this encoder's timeline during it; whether
-        it is still locked is asked again when the segment is written. A segment this encoder
-        cannot vouch for may differ from everyone else's bytes: it stays in its own folder."""
+        live input (no filler), its first frame was encoded while the engine vouched for the
+        timeline (locked for a whole segment, every counted neighbour locked too), and no
+        visible correction (a drop or a duplicate) changed this encoder's timeline during it;
+        the engine is asked again when the segment is written. A segment this encoder cannot
+        vouch for may differ from everyone else's bytes: it stays in its own folder."""
         segment = timecode // self.settings.gop
         if segment not in self._vouched:
             self._vouched[segment] = (
                 measured
                 and self._input.state is InputState.LIVE
-                and (self.engine.snapshot(self.clock()).locked)
+                and self.engine.vouches(self.clock())
             )
         elif not measured:
             self._vouched[segment] = False
