@@ -283,9 +283,10 @@ def test_each_service_serves_plausible_metrics(tmp_path: Path, live_source: Live
         first = {name: _scrape(port) for name, port in metrics_ports.items()}
         time.sleep(duration / 4)
         # The encoders lock in once their live input flows and each has measured the other:
-        # wait (bounded) until both have made a correction, then take the second scrape.
+        # wait (bounded) until one of them has corrected (one may simply come to the other),
+        # then take the second scrape.
         until = time.monotonic() + duration / 2
-        while time.monotonic() < until and not all(
+        while time.monotonic() < until and not any(
             _scrape(metrics_ports[n]).get("meshenc_corrections_total") for n in ("a", "b")
         ):
             time.sleep(0.25)
@@ -314,9 +315,12 @@ def test_each_service_serves_plausible_metrics(tmp_path: Path, live_source: Live
             abs(_value(after, "meshenc_neighbour_predicted_offset_seconds", neighbour=peer)) < 0.1
         )
         assert 0 < _value(after, "meshenc_neighbour_rtt_seconds", neighbour=peer) < 1.0
-        assert sum(after["meshenc_corrections_total"].values()) >= 1
         assert 0 < _value(after, "meshenc_segment_write_seconds_count") == written
         assert _value(after, "meshenc_topology_changes_total") == 1.0
+
+    # The 70 ms between them was corrected, by one of them at least.
+    corrections = [sum(second[n].get("meshenc_corrections_total", {}).values()) for n in "ab"]
+    assert sum(corrections) >= 1, corrections
 
     registry = second["registry"]
     assert _value(registry, "meshenc_registry_contacts") == 0.0  # a network of one
