@@ -383,7 +383,6 @@ class EncoderRuntime:
             ingest.start()
         else:
             log.warning("no --source: the output is black and the encoder reports degraded")
-        self._input = InputMonitor(float(self._period), self.settings.input_loss, time.time())
         encoder = GopEncoder(self._params)
         writer = SegmentWriter(self.settings.out, self._params)
         self._writer = writer
