@@ -16,9 +16,13 @@ and ``horizon`` seconds ahead. Every ``control_interval`` the engine condenses t
 it trusts (trust is lost on evidence: filter rejections, disagreeing frame hashes) into one
 error ``E``:
 
-- *locking in*: ``E`` is the mean of the deviations (its own counts as 0). Averaging converges
-  to one value on any connected mesh. Once every counted neighbour has stayed within
-  ``consensus_band`` for ``lock_dwell``, the encoder is locked.
+- *locking in*: ``E`` is the distance of the label from the middle of the slot its anchor's
+  label is in (``meshenc.core.anchor``: the smallest id it reaches through neighbours it
+  counts, whose offset it learns from its neighbours' ESPs without waiting for anyone to
+  move), or, when some neighbours hold a lock, from their densest group's centre (a newcomer
+  comes to the mesh). Every encoder aims for the same slot middle at once, so the mesh locks
+  in about one vote after it is measured, and never onto a slot boundary. Once every counted
+  neighbour has stayed within ``consensus_band`` for ``lock_dwell``, the encoder is locked.
 - *locked*: ``E`` is the distance of the label from the middle of the slot of the densest
   group's centre (at most ``tolerated_outliers`` set aside, a centre just before a boundary
   counting as in the next slot). A follower that counts its segment's elected leader among
@@ -62,6 +66,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from meshenc.core.anchor import Anchor, choose_anchor
 from meshenc.core.capture import CaptureSmoother
 from meshenc.core.confidence import HealthSignals, confidence
 from meshenc.core.kalman import DeviationFilter, KalmanTuning
@@ -304,6 +309,7 @@ class _Neighbour:
         "acc_count",
         "acc_sum",
         "acc_time",
+        "anchor",
         "corr",
         "corr_at",
         "corr_rate",
@@ -333,6 +339,8 @@ class _Neighbour:
         self.suspect_until = -math.inf
         self.rejected_seen = 0
         self.locked = False
+        #: The neighbour's last announced anchor, as it announced it.
+        self.anchor: Anchor | None = None
 
     def add_sample(self, at: float, deviation: float) -> None:
         self.acc_count += 1
@@ -397,6 +405,7 @@ class SyncEngine:
         self._settled_unlocked = 0
         self._agreed_since = math.inf
         self._leader: str | None = None
+        self._anchor = Anchor(node_id, 0, 0.0)
         self._error = 0.0
         self._slot_errors: tuple[float, ...] = (0.0,)
         self._predicted_error = 0.0
@@ -542,6 +551,9 @@ class SyncEngine:
             locked=self._locked,
             params_segment=newest.effective_segment if newest else 0,
             params_bitrate_kbps=newest.bitrate_kbps if newest else 0,
+            anchor=self._anchor.node,
+            anchor_hops=self._anchor.hops,
+            anchor_offset=self._anchor.offset,
         )
         if self._sequence % self.config.echo_every:
             return [(n, esp) for n in self._neighbours]
@@ -580,6 +592,7 @@ class SyncEngine:
             return False
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
         nb.locked = esp.locked
+        nb.anchor = Anchor(esp.anchor, esp.anchor_hops, esp.anchor_offset) if esp.anchor else None
         if esp.params_segment > 0 and esp.params_bitrate_kbps > 0:
             self._learn(ParameterChange(esp.params_segment, esp.params_bitrate_kbps), 0)
         nb.corr = esp.correction
@@ -625,18 +638,14 @@ class SyncEngine:
             and now - nb.link.last_received_at < cfg.stale_after
         ):
             # The filter tracks (own - theirs); the proposer's offset from our label is the
-            # opposite, and from where we believe the timeline is (our label minus our own
-            # error) it is that plus our error. Judging against the timeline rather than our
-            # own label lets a mesh that is split into two camps vote itself back together.
+            # opposite, and from where we believe the timeline should be (our label minus our
+            # own error) it is that plus our error. Judging against the timeline rather than
+            # our own label lets a mesh that is split into two camps vote itself back
+            # together. Every encoder aims for the middle of a slot, locked or locking in, so
+            # the proposer is judged against the middle of the slot this encoder sees the
+            # timeline in (either slot, when the timeline sits near their boundary).
             deviation = nb.filter.at(now) + self.correction(now) - nb.correction_at(now)
-            # A neighbour that says it is locked moves to the middle of a slot, so it is
-            # judged against the middle of the slot this encoder sees the timeline in (either
-            # slot, when the timeline sits near their boundary), even while this one is still
-            # locking in: judged against the plain mean instead, the first encoders to lock
-            # had their move to the slot middle turned down by neighbours a few tenths of a
-            # second behind them, and each refusal cost a retry.
-            references = self._slot_errors if nb.locked else (self._error,)
-            estimates = [reference - deviation for reference in references]
+            estimates = [reference - deviation for reference in self._slot_errors]
         tolerance = self._thresholds()[2]
         votes = [judge_proposal(proposal, self.node_id, e, tolerance) for e in estimates]
         vote = next((v for v in votes if v.approve), votes[0])
@@ -734,6 +743,7 @@ class SyncEngine:
         newcomer_since = now - cfg.newcomer_segments * cfg.gop * period
         unmeasured = 0
         settled_unlocked = 0
+        heard: list[Anchor] = []
         for name, nb in self._neighbours.items():
             kf = nb.filter
             fresh = nb.link.last_received_at >= oldest
@@ -753,9 +763,13 @@ class SyncEngine:
                     settled_unlocked += 1
                 if name == self._leader:
                     reference = deviation
+                relayed = nb.anchor.via(deviation) if nb.anchor is not None else None
+                if relayed is not None:
+                    heard.append(relayed)
         # The encoder can vouch for its output while it is locked and every neighbour it counts
         # (a newcomer aside) says it is locked too: the neighbourhood holds one timeline.
         self._settled_unlocked = settled_unlocked
+        self._anchor = choose_anchor(self.node_id, heard)
         if len(deviations) == 1:
             return
         band, lock_trigger, _ = self._thresholds()
@@ -794,12 +808,18 @@ class SyncEngine:
             error = label - fr.slot_middle(target)
             self._slot_errors = (error,)
         else:
-            error = sum(deviations) / len(deviations)
-            # Where this encoder would hold the timeline were it locked: the middle of the
-            # mean's slot, or of the slot next to it when the mean is within the consensus
-            # band of their boundary (neighbours' estimates of a timeline that sits on a
-            # boundary straddle it). It judges a locked neighbour's proposals by these.
-            timeline = label - error + cfg.boundary_bias * period
+            # Locking in, the encoder comes to its locked neighbours' densest group when any
+            # neighbour holds a lock (it is a newcomer, or back from a fault), and otherwise
+            # aims for the middle of the slot its anchor's label is in (``meshenc.core.anchor``).
+            # Its neighbours' estimates of a timeline within the consensus band of a slot
+            # boundary straddle the boundary, so it judges their proposals by the middle of
+            # either slot.
+            if locked:
+                error = consensus(locked, cfg.outlier * period).mean
+                timeline = label - error + cfg.boundary_bias * period
+            else:
+                timeline = label - self._anchor.offset + cfg.boundary_bias * period
+                error = label - fr.slot_middle(fr.slot(timeline))
             self._slot_errors = tuple(
                 label - fr.slot_middle(slot)
                 for slot in sorted({fr.slot(timeline - band), fr.slot(timeline + band)})

@@ -66,6 +66,12 @@ class EncodingStatePacket:
     #: ``params_segment`` on, bitrate ``params_bitrate_kbps``. Gossip spreads it mesh-wide.
     params_segment: int = 0
     params_bitrate_kbps: int = 0
+    #: The sender's anchor (``meshenc.core.anchor``): the encoder whose timeline it aims for
+    #: while locking in ("": none announced), how many links away it is, and the sender's label
+    #: minus the anchor's label (s).
+    anchor: str = ""
+    anchor_hops: int = 0
+    anchor_offset: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,6 +161,9 @@ def esp_to_proto(esp: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
         locked=esp.locked,
         params_segment=esp.params_segment,
         params_bitrate_kbps=esp.params_bitrate_kbps,
+        anchor_id=esp.anchor,
+        anchor_hops=esp.anchor_hops,
+        anchor_offset_ns=seconds_to_ns(esp.anchor_offset),
     )
 
 
@@ -191,6 +194,9 @@ def esp_from_proto(msg: mesh_pb2.EncodingStatePacket) -> EncodingStatePacket:
         locked=msg.locked,
         params_segment=msg.params_segment,
         params_bitrate_kbps=msg.params_bitrate_kbps,
+        anchor=msg.anchor_id,
+        anchor_hops=msg.anchor_hops,
+        anchor_offset=ns_to_seconds(msg.anchor_offset_ns),
     )
 
 

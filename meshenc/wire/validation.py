@@ -34,7 +34,10 @@ Mesh (``EncoderMesh``)
     ``MAX_CORRECTION_NS`` (24 h); ``|correction_rate_ppb|`` <= ``MAX_CORRECTION_RATE_PPB``
     (10,000 ppm); ``confidence`` within [0, 1]; when ``echo_sequence`` is 0 both other echo
     fields are 0, otherwise ``echo_sent_unix_ns`` is an instant and ``echo_hold_ns`` <=
-    ``MAX_ECHO_HOLD_NS``.
+    ``MAX_ECHO_HOLD_NS``; ``anchor_id`` is empty (then ``anchor_hops`` and
+    ``anchor_offset_ns`` are 0) or an id, ``anchor_hops`` < ``MAX_HOPS`` and 0 exactly when
+    ``anchor_id`` is the sender, ``|anchor_offset_ns|`` <= ``MAX_DEVIATION_NS`` (24 h) and 0
+    when ``anchor_hops`` is 0.
   - ResyncProposal: ``proposal_id`` > 0; ``kind`` known and not UNSPECIFIED;
     ``|shift_ns|`` <= ``MAX_SHIFT_NS`` (10 s); PARAMETER requires ``bitrate_kbps`` within
     [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``] and 0 < ``effective_segment`` <
@@ -83,6 +86,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
+from meshenc.core.anchor import MAX_HOPS
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2, registry_pb2
 
 __all__ = [
@@ -452,6 +456,34 @@ def _esp(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
         _path(prefix, "params_segment"),
         _path(prefix, "params_bitrate_kbps"),
     )
+    _anchor(msg, prefix)
+
+
+def _anchor(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
+    """An ESP's anchor announcement: none (all zero), or an id with a hop count that says
+    whether it is the sender itself, and an offset that is 0 when it is."""
+    id_field = _path(prefix, "anchor_id")
+    hops_field = _path(prefix, "anchor_hops")
+    offset_field = _path(prefix, "anchor_offset_ns")
+    if not msg.anchor_id:
+        for field, value in ((hops_field, msg.anchor_hops), (offset_field, msg.anchor_offset_ns)):
+            if value != 0:
+                raise InvalidMessage(field, f"must be 0 when anchor_id is empty, got {value}")
+        return
+    _check_id(msg.anchor_id, id_field)
+    _check_range(msg.anchor_hops, 0, MAX_HOPS - 1, hops_field, "links")
+    itself = msg.anchor_id == msg.sender_id
+    if itself != (msg.anchor_hops == 0):
+        raise InvalidMessage(
+            hops_field,
+            f"must be 0 exactly when anchor_id is the sender, got {msg.anchor_hops} "
+            f"for anchor {_show(msg.anchor_id)}",
+        )
+    if itself and msg.anchor_offset_ns != 0:
+        raise InvalidMessage(
+            offset_field, f"must be 0 when the sender is its own anchor, got {msg.anchor_offset_ns}"
+        )
+    _check_deviation_ns(msg.anchor_offset_ns, offset_field)
 
 
 def _parameter_change(segment: int, bitrate: int, segment_field: str, bitrate_field: str) -> None:

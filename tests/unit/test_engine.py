@@ -7,6 +7,7 @@ by the simulator scenarios (tests/scenarios).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable, Sequence
@@ -52,6 +53,8 @@ def _esp(
     frame_hash: bytes | None = None,
     locked: bool = True,
 ) -> EncodingStatePacket:
+    """An ESP from ``sender``, which announces itself as its anchor (``meshenc.core.anchor``):
+    scripted neighbours hear no one, so each is its own."""
     tc = FPS.slot(label)
     return EncodingStatePacket(
         sender=sender,
@@ -69,6 +72,7 @@ def _esp(
         confidence=1.0,
         sent_at=label,
         locked=locked,
+        anchor=sender,
     )
 
 
@@ -197,11 +201,12 @@ def test_locking_in_does_not_move_against_the_neighbours_votes() -> None:
 def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
     voter = SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"])
     # x and y label every picture as the voter's clock does; p labels it 0.8 frames later.
-    # Locking in, the voter settles at the mean of its neighbourhood and itself, a third of
-    # the way (0.8/3) towards p, so it sees p 0.8 - 0.8/3 frames ahead of its timeline.
+    # Locking in, the voter aims for the middle of the slot its anchor p's label is in: a
+    # frame after its own label, which sits mid-slot. Nobody answers its own proposal to go
+    # there, so it stays put and sees p 0.2 frames before that middle.
     _run(voter, range(120), {"p": lambda _k: 0.8 * T, "x": _zero, "y": _zero}, locked=False)
     now = START + 120 * T
-    expected = (0.8 - 0.8 / 3) * T
+    expected = -0.2 * T
 
     def vote(shift: float) -> ResyncVote:
         action = voter.on_proposal(now, ResyncProposal("p", 7, CorrectionKind.DROP, shift, 0))
@@ -214,11 +219,11 @@ def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
 
 
 @pytest.mark.parametrize("proposer_locked", [True, False])
-def test_a_locked_neighbour_may_move_to_either_slot_at_a_boundary(proposer_locked: bool) -> None:
+def test_a_neighbour_may_move_to_either_slot_at_a_boundary(proposer_locked: bool) -> None:
     # Everyone but the voter labels pictures half a frame later, so the voter, locking in,
-    # sees the timeline 3/8 of a frame after its label: within the consensus band of the next
-    # slot boundary. Estimates of a timeline there straddle the boundary, so a neighbour that
-    # is locked may hold the middle of either slot; one still locking in moves to the mean.
+    # sees the timeline (its locked neighbours' centre, or its anchor p) on the next slot
+    # boundary. Estimates of a timeline there straddle the boundary, so a neighbour may hold
+    # the middle of either slot, whether it is locked or still locking in.
     voter = SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"])
     half = {name: (lambda _k: 0.5 * T) for name in ("p", "x", "y")}
     _run(voter, range(120), half, locked=proposer_locked)
@@ -227,7 +232,7 @@ def test_a_locked_neighbour_may_move_to_either_slot_at_a_boundary(proposer_locke
     proposal = ResyncProposal("p", 7, CorrectionKind.DUPLICATE, 0.5 * T, 0)
     action = voter.on_proposal(now, proposal)
     assert action is not None
-    assert action.vote.approve is proposer_locked
+    assert action.vote.approve
 
 
 def _locked_then_left_behind(
@@ -444,3 +449,31 @@ def test_no_lock_in_move_while_a_sending_neighbour_is_unmeasured(silent_sends: b
             engine.on_esp(now + 0.001, _esp("b", k, 0, now, locked=False))
         proposals += [a for a in engine.drain_actions() if isinstance(a, SendProposal)]
     assert bool(proposals) is not silent_sends
+
+
+def test_locking_in_aims_for_an_anchor_heard_of_through_a_neighbour() -> None:
+    # x and y label every picture as this engine does, but x relays the anchor "a": its own
+    # label is 0.6 frames before a's. So a's label sits 0.1 frames into the next slot, and the
+    # engine (y's anchor being y, a larger id) aims for the middle of that slot, a whole frame
+    # on, instead of staying where its neighbours are.
+    engine = _engine(["x", "y"])
+    proposals: list[ResyncProposal] = []
+    for k in range(150):
+        now = START + k * T
+        engine.on_frame(now, k)
+        for name in ("x", "y"):
+            esp = _esp(name, k + 1, k, now, locked=False)
+            if name == "x":
+                esp = dataclasses.replace(esp, anchor="a", anchor_hops=1, anchor_offset=-0.6 * T)
+            engine.on_esp(now + 0.001, esp)
+        for action in engine.drain_actions():
+            if isinstance(action, SendProposal):
+                proposals.append(action.proposal)
+                for voter in action.to:
+                    vote = ResyncVote("me", action.proposal.proposal_id, voter, True, 0.0)
+                    engine.on_vote(now + 0.002, vote)
+        engine.drain_actions()
+    assert proposals
+    assert abs(proposals[0].shift - T) < 0.05 * T
+    state = engine.snapshot(START + 150 * T)
+    assert state.timecode == FPS.slot(START + 149 * T) + 1

@@ -23,6 +23,7 @@ except ImportError as exc:  # only when the generated code is missing
         "meshenc.v1 (the code generated from proto/meshenc/v1) is missing: run `make proto`"
     ) from exc
 
+from meshenc.core.anchor import MAX_HOPS
 from meshenc.core.messages import (
     CorrectionKind,
     EncodingStatePacket,
@@ -139,8 +140,23 @@ _echo = st.one_of(
 @st.composite
 def _esps(draw: st.DrawFn) -> EncodingStatePacket:
     echo_sequence, echo_sent_at, echo_hold = draw(_echo)
+    sender = draw(st.from_regex(r"[A-Za-z0-9._-]{1,128}", fullmatch=True))
+    # What the engine announces: no anchor, itself (hops 0, offset 0), or another encoder.
+    anchor, hops, offset = draw(
+        st.one_of(
+            st.just(("", 0, 0.0)),
+            st.just((sender, 0, 0.0)),
+            st.tuples(
+                st.from_regex(r"[A-Za-z0-9._-]{1,128}", fullmatch=True).filter(
+                    lambda a: a != sender
+                ),
+                st.integers(min_value=1, max_value=MAX_HOPS - 1),
+                st.floats(min_value=-86_399.0, max_value=86_399.0),
+            ),
+        )
+    )
     return EncodingStatePacket(
-        sender=draw(st.from_regex(r"[A-Za-z0-9._-]{1,128}", fullmatch=True)),
+        sender=sender,
         sequence=draw(st.integers(min_value=1, max_value=2**64 - 1)),
         topology_epoch=draw(st.integers(min_value=0, max_value=2**64 - 1)),
         timecode=draw(st.integers(min_value=1, max_value=validation.MAX_TIMECODE - 1)),
@@ -157,6 +173,9 @@ def _esps(draw: st.DrawFn) -> EncodingStatePacket:
         echo_sequence=echo_sequence,
         echo_sent_at=echo_sent_at,
         echo_hold=echo_hold,
+        anchor=anchor,
+        anchor_hops=hops,
+        anchor_offset=offset,
     )
 
 
@@ -176,9 +195,19 @@ def test_esp_round_trip_within_one_nanosecond(esp: EncodingStatePacket) -> None:
         "frame_hash",
         "fingerprint",
         "echo_sequence",
+        "anchor",
+        "anchor_hops",
     ):
         assert getattr(back, name) == getattr(esp, name), name
-    for name in ("label", "correction", "correction_rate", "sent_at", "echo_sent_at", "echo_hold"):
+    for name in (
+        "label",
+        "correction",
+        "correction_rate",
+        "sent_at",
+        "echo_sent_at",
+        "echo_hold",
+        "anchor_offset",
+    ):
         assert abs(getattr(back, name) - getattr(esp, name)) <= 1e-9, name
     for name in ("encode_latency", "rtt", "jitter"):  # microseconds on the wire
         assert abs(getattr(back, name) - getattr(esp, name)) <= 1e-6, name
@@ -235,6 +264,9 @@ def test_esp_fields_land_in_the_right_wire_fields() -> None:
         echo_sequence=6,
         echo_sent_at=1_750_000_000.25,
         echo_hold=0.003,
+        anchor="enc-1",
+        anchor_hops=2,
+        anchor_offset=-0.0125,
     )
     wire = convert.esp_to_proto(esp)
     assert (wire.sender_id, wire.source_fingerprint) == ("enc-3", 0xFFFF_FFFF_FFFF_FFFF)
@@ -245,6 +277,7 @@ def test_esp_fields_land_in_the_right_wire_fields() -> None:
     assert wire.sent_unix_ns == 1_750_000_000_750_000_000
     assert wire.echo_sent_unix_ns == 1_750_000_000_250_000_000
     assert wire.echo_hold_ns == 3_000_000
+    assert (wire.anchor_id, wire.anchor_hops, wire.anchor_offset_ns) == ("enc-1", 2, -12_500_000)
 
 
 @pytest.mark.parametrize(
@@ -281,6 +314,9 @@ def test_esp_wire_contract_is_stable() -> None:
         ("locked", 18, "bool"),
         ("params_segment", 19, "int64"),
         ("params_bitrate_kbps", 20, "uint32"),
+        ("anchor_id", 21, "string"),
+        ("anchor_hops", 22, "uint32"),
+        ("anchor_offset_ns", 23, "sint64"),
     ]
     actual = [(f.name, f.number, _TYPE_NAMES[f.type]) for f in fields]
     assert actual == expected
@@ -534,6 +570,9 @@ def test_hello_rejected(mutate: Callable[[mesh_pb2.Hello], object], field: str) 
         _valid_esp(confidence=0.0, rtt_us=0, jitter_us=0, encode_latency_us=60_000_000),
         _valid_esp(confidence=1.0, label_unix_ns=1, timecode=1, source_fingerprint=0),
         _valid_esp(label_unix_ns=YEAR_2200_NS - 1, echo_hold_ns=60 * NS),
+        _valid_esp(anchor_id="enc-1"),
+        _valid_esp(anchor_id="enc-0", anchor_hops=1, anchor_offset_ns=-DAY_NS),
+        _valid_esp(anchor_id="enc-0", anchor_hops=MAX_HOPS - 1, anchor_offset_ns=0),
     ],
 )
 def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
@@ -573,6 +612,17 @@ def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
         ({"echo_sent_unix_ns": 0}, "echo_sent_unix_ns"),
         ({"echo_sent_unix_ns": -5}, "echo_sent_unix_ns"),
         ({"echo_hold_ns": 60 * NS + 1}, "echo_hold_ns"),
+        ({"anchor_hops": 1}, "anchor_hops"),
+        ({"anchor_offset_ns": 5}, "anchor_offset_ns"),
+        ({"anchor_id": "enc 0", "anchor_hops": 1}, "anchor_id"),
+        ({"anchor_id": "enc-0", "anchor_hops": MAX_HOPS}, "anchor_hops"),
+        ({"anchor_id": "enc-0"}, "anchor_hops"),
+        ({"anchor_id": "enc-1", "anchor_hops": 2}, "anchor_hops"),
+        ({"anchor_id": "enc-1", "anchor_offset_ns": 1_000}, "anchor_offset_ns"),
+        (
+            {"anchor_id": "enc-0", "anchor_hops": 1, "anchor_offset_ns": DAY_NS + 1},
+            "anchor_offset_ns",
+        ),
     ],
 )
 def test_esp_rejected(fields: dict[str, object], field: str) -> None:
