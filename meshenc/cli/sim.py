@@ -18,7 +18,7 @@ from meshenc.core.timecode import FrameRate
 from meshenc.sim.metrics import Score, score
 from meshenc.sim.runner import run
 from meshenc.sim.scenario import Scenario, ScenarioError
-from meshenc.sim.worlds import BROADCAST_RATES, SEGMENT_S, RateWorld, rate_worlds
+from meshenc.sim.worlds import BROADCAST_RATES, SEGMENT_S, rate_worlds, wan_worlds
 
 STRATEGIES = [s.value for s in Strategy]
 
@@ -112,8 +112,23 @@ def describe(scenario: Scenario) -> str:
         f"{m.encoders} encoders, degree {m.neighbors}, {m.fps} fps, {m.duration_s:g} s "
         f"(warm-up {m.warmup_s:g} s), drift ±{c.drift_ppm:g} ppm, offsets ±{c.offset_ms:g} ms, "
         f"jitter {_jitter(scenario)}, ingest {i.delay_ms[0]:g}–{i.delay_ms[1]:g} ms "
-        f"(swing {i.swing_ms:g} ms), loss {n.loss:g}, liars {scenario.liars.count}, "
+        f"(swing {i.swing_ms:g} ms), links {n.delay_ms[0]:g}–{n.delay_ms[1]:g} ms "
+        f"(jitter {n.jitter_ms:g} ms){_regions(scenario)}, loss {n.loss:g}, "
+        f"liars {scenario.liars.count}, "
         f"seed {scenario.seed}" + ("" if scenario.source.timestamps else ", no source timestamps")
+    )
+
+
+def _regions(scenario: Scenario) -> str:
+    n = scenario.network
+    if n.regions == 1:
+        return ""
+    cuts = "".join(
+        f", region {c.region} cut off at {c.at_s:g} s for {c.duration_s:g} s" for c in n.cuts
+    )
+    return (
+        f" in {n.regions} regions ({n.bridges} bridges of "
+        f"{n.between_delay_ms[0]:g}–{n.between_delay_ms[1]:g} ms between each two{cuts})"
     )
 
 
@@ -161,6 +176,20 @@ def _jitter(scenario: Scenario) -> str:
     help="Whether encoders pass the source's period count (PTS) to the engine.",
 )
 @click.option("--loss", type=float, help="Probability that a mesh message is lost.")
+@click.option(
+    "--link-delay-ms",
+    callback=_delay_range,
+    metavar="MIN-MAX",
+    help="Range of each mesh link's one-way delay, ms (inside a region, with --regions).",
+)
+@click.option("--link-jitter-ms", type=float, help="Std-dev of a mesh message's extra delay, ms.")
+@click.option("--regions", type=int, help="Split the encoders into this many regions.")
+@click.option(
+    "--between-delay-ms",
+    callback=_delay_range,
+    metavar="MIN-MAX",
+    help="Range of the one-way delay of links between regions, ms.",
+)
 @click.option("--neighbors", type=int, help="Neighbours per encoder.")
 @click.option("--liars", type=int, help="Encoders that lie about labels, hashes and votes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
@@ -179,6 +208,10 @@ def sim(
     jitter_frames: float | None,
     source_timestamps: bool | None,
     loss: float | None,
+    link_delay_ms: list[float] | None,
+    link_jitter_ms: float | None,
+    regions: int | None,
+    between_delay_ms: list[float] | None,
     neighbors: int | None,
     liars: int | None,
     as_json: bool,
@@ -205,6 +238,10 @@ def sim(
                 "source.timestamps": source_timestamps,
                 "ingest.delay_ms": ingest_delay_ms,
                 "network.loss": loss,
+                "network.delay_ms": link_delay_ms,
+                "network.jitter_ms": link_jitter_ms,
+                "network.regions": regions,
+                "network.between_delay_ms": between_delay_ms,
                 "liars.count": liars,
             }
         )
@@ -391,38 +428,57 @@ def bench_lockin(rates: list[str] | None, worlds: int, duration: float, as_json:
 
 
 def _bench_rates(rates: list[str], worlds: int, duration: float, as_json: bool) -> None:
-    strategies = (Strategy.PREDICTIVE, Strategy.REACTIVE, Strategy.EPOCH)
-    rows: list[tuple[RateWorld, dict[Strategy, Score]]] = []
-    log = console(stderr=True)
-    for world in rate_worlds(rates, worlds, duration_s=duration):
-        log.log(f"{world.fps} fps, seed {world.seed}, jitter {world.jitter_frames:g} frame ...")
-        rows.append((world, {s: score(run(world.scenario, s)) for s in strategies}))
-    if as_json:
-        payload = [
-            {
-                "fps": w.fps,
-                "seed": w.seed,
-                "jitter_frames": w.jitter_frames,
-                **{s.value: scores[s].as_dict() for s in strategies},
-            }
-            for w, scores in rows
-        ]
-        click.echo(json.dumps({"benchmark": "lockin-rates", "results": payload}))
-        return
-    limit = 2 * SEGMENT_S
-    table = Table(
+    _compare_worlds(
+        [
+            (
+                {
+                    "fps": w.fps,
+                    "seed": w.seed,
+                    "jitter_frames": w.jitter_frames,
+                    "jitter_ms": round(w.scenario.capture_jitter_s * 1000, 2),
+                },
+                w.scenario,
+            )
+            for w in rate_worlds(rates, worlds, duration_s=duration)
+        ],
+        name="lockin-rates",
         title=(
             f"Lock-in at broadcast frame rates: 10 encoders, degree 4, {duration:g} s, jitter up "
             "to 1/4 frame, ±200 ppm, ±1 s offsets, ingest 20–320 ms; misaligned frames after "
-            f"2 segments ({limit:g} s)"
+            f"2 segments ({2 * SEGMENT_S:g} s)"
         ),
-        title_justify="left",
+        as_json=as_json,
     )
+
+
+_COMPARED = (Strategy.PREDICTIVE, Strategy.REACTIVE, Strategy.EPOCH)
+
+
+def _compare_worlds(
+    worlds: Sequence[tuple[dict[str, object], Scenario]],
+    *,
+    name: str,
+    title: str,
+    as_json: bool,
+) -> None:
+    """Run every world with predictive, reactive and epoch; print a row per world (its keys,
+    then each strategy's figures) and how many worlds each strategy locked within the warm-up
+    (two segments) without a misaligned frame after it."""
+    rows: list[tuple[dict[str, object], dict[Strategy, Score]]] = []
+    log = console(stderr=True)
+    for keys, scenario in worlds:
+        log.log(", ".join(f"{k} {v}" for k, v in keys.items()) + " ...")
+        rows.append((keys, {s: score(run(scenario, s)) for s in _COMPARED}))
+    if as_json:
+        payload = [
+            {**keys, **{s.value: scores[s].as_dict() for s in _COMPARED}} for keys, scores in rows
+        ]
+        click.echo(json.dumps({"benchmark": name, "results": payload}))
+        return
+    table = Table(title=title, title_justify="left")
+    key_columns = list(rows[0][0]) if rows else []
     for column in (
-        "fps",
-        "seed",
-        "jitter frame",
-        "jitter ms",
+        *(key.replace("_", " ") for key in key_columns),
         "predictive misaligned",
         "predictive lock-in s",
         "predictive corrections",
@@ -431,13 +487,13 @@ def _bench_rates(rates: list[str], worlds: int, duration: float, as_json: bool) 
         "epoch misaligned",
     ):
         table.add_column(column, justify="right")
-    for w, scores in rows:
-        p, r, e = (scores[s] for s in strategies)
+    for keys, scores in rows:
+        p, r, e = (scores[s] for s in _COMPARED)
         table.add_row(
-            w.fps,
-            str(w.seed),
-            f"{w.jitter_frames:g}",
-            f"{w.scenario.capture_jitter_s * 1000:.2f}",
+            *(
+                f"{keys[key]:g}" if isinstance(keys[key], float) else str(keys[key])
+                for key in key_columns
+            ),
             _fmt(p.misaligned_frames),
             _fmt(p.lock_in_s, 2),
             _fmt(p.corrections_total),
@@ -451,8 +507,58 @@ def _bench_rates(rates: list[str], worlds: int, duration: float, as_json: bool) 
         # no misaligned frame after it is lock-in within two segments.
         return s.misaligned_frames == 0 and s.lock_in_s is not None
 
-    counts = {s: sum(1 for _, scores in rows if passed(scores[s])) for s in strategies}
+    counts = {s: sum(1 for _, scores in rows if passed(scores[s])) for s in _COMPARED}
     table.caption = "worlds locked within 2 segments and without a misaligned frame after: " + (
-        ", ".join(f"{s.value} {counts[s]} of {len(rows)}" for s in strategies)
+        ", ".join(f"{s.value} {counts[s]} of {len(rows)}" for s in _COMPARED)
     )
     console().print(table)
+
+
+@bench.command("wan")
+@click.option(
+    "--worlds",
+    type=click.IntRange(1, 1000),
+    default=4,
+    show_default=True,
+    help="Seeded worlds per kind of link.",
+)
+@click.option(
+    "--duration", type=float, default=60.0, show_default=True, help="Simulated seconds per world."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench_wan(worlds: int, duration: float, as_json: bool) -> None:
+    """Seeded worlds whose mesh links range from a LAN to long-haul links and regions.
+
+    Every kind of link (one-way delay, jitter, loss; regions with fast links inside and
+    long-haul bridges between) runs on the same 30-encoder worlds of degree 5, ±150 ppm,
+    ±500 ms offsets and ingest delays 20–220 ms, with predictive, reactive and epoch. A world
+    passes when no picture is misaligned after two segments.
+    """
+    rows = []
+    for w in wan_worlds(worlds=worlds, duration_s=duration):
+        links = w.links
+        between = (
+            f"{links.between_delay_ms[0]:g}–{links.between_delay_ms[1]:g}"
+            if links.regions > 1
+            else "—"
+        )
+        keys: dict[str, object] = {
+            "links": links.name,
+            "delay_ms": f"{links.delay_ms[0]:g}–{links.delay_ms[1]:g}",
+            "regions": links.regions,
+            "between_ms": between,
+            "jitter_ms": links.jitter_ms,
+            "loss": links.loss,
+            "seed": w.seed,
+        }
+        rows.append((keys, w.scenario))
+    _compare_worlds(
+        rows,
+        name="wan",
+        title=(
+            f"Lock-in over mesh links of every kind: 30 encoders, degree 5, {duration:g} s, "
+            "±150 ppm, ±500 ms offsets, ingest 20–220 ms; misaligned frames after 2 segments "
+            f"({2 * SEGMENT_S:g} s)"
+        ),
+        as_json=as_json,
+    )

@@ -29,7 +29,7 @@ error ``E``:
   that group takes the leader's slot instead (``set_leader``): the leader is the segment's
   timing reference, so followers on either side of a boundary still pick one slot. If the
   neighbourhood spreads past the relock limit, the encoder locks in again, so groups that
-  locked into adjacent slots average out. A locked encoder counts only the neighbours that
+  locked into adjacent slots come to one anchor. A locked encoder counts only the neighbours that
   say (in their ESPs) they are locked too, when any do: a newcomer still locking in comes to
   the mesh instead of unlocking it (while the locked are more than the others).
 
@@ -152,17 +152,18 @@ class EngineConfig:
     relock_spread: float = 2.0
     #: ...but never below this many frames.
     relock_min: float = 0.75
-    #: While locking in, every mesh strategy moves towards the neighbourhood's mean as soon as
-    #: it is this many frames away (the strategies differ in how they hold a lock, not in how
-    #: they get one).
+    #: While locking in, every mesh strategy moves towards its target (the middle of its
+    #: anchor's slot, or its locked neighbours' centre) as soon as it is this many frames away
+    #: (the strategies differ in how they hold a lock, not in how they get one).
     lock_trigger: float = 0.05
-    #: A vote not decided by then counts as rejected.
+    #: A vote not decided this long after the slowest voter's measured round trip counts as
+    #: rejected.
     vote_timeout: float = 0.3
     #: After a rejected proposal, wait this long before proposing again...
     retry_backoff: float = 1.0
     #: ...or this long while locking in, when rejections are the norm rather than a sign of
     #: trouble: everyone moves at once, and each neighbour judges from its own, still noisy,
-    #: view of where the mean is.
+    #: view of where the timeline is.
     lock_in_retry_backoff: float = 0.7
     #: A manager's APPLY verdict on an escalated plan counts only this long after the vote.
     escalation_expiry: float = 1.0
@@ -172,9 +173,8 @@ class EngineConfig:
     echo_every: int = 8
     #: Tolerance (frames) within which a voter accepts a proposer's resulting deviation.
     vote_tolerance: float = 0.25
-    #: Until every counted neighbour is within this many frames, corrections only move towards
-    #: the neighbourhood's mean (averaging, which converges on any connected mesh); once all
-    #: are, they also move the label to the middle of the mean's slot.
+    #: An encoder locking in locks once every counted neighbour has stayed within this many
+    #: frames of it for ``lock_dwell``.
     consensus_band: float = 0.25
     #: A centre this close (frames) before a slot boundary counts as in the next slot, so
     #: encoders whose estimates straddle the boundary still pick the same slot.
@@ -446,6 +446,18 @@ class SyncEngine:
         )
         return live or frozenset(self._neighbours)
 
+    def _vote_timeout(self, electorate: frozenset[str]) -> float:
+        """How long a proposal waits for its votes: ``vote_timeout`` beyond the slowest
+        voter's measured round trip, so a mesh whose links are long-haul ones can still
+        decide (measured: with a fixed 0.3 s every vote over 150 ms links timed out, and no
+        proposal ever passed)."""
+        rtts = [
+            rtt
+            for name in electorate
+            if (nb := self._neighbours.get(name)) is not None and not math.isnan(rtt := nb.link.rtt)
+        ]
+        return self.config.vote_timeout + max(rtts, default=0.0)
+
     def set_leader(self, leader: str | None) -> None:
         """The segment's elected leader (None: none known). A locked follower takes the
         leader's slot as the timeline whenever the leader is a neighbour it counts and the
@@ -695,7 +707,7 @@ class SyncEngine:
             bitrate_kbps=bitrate_kbps,
         )
         electorate = self._electorate(now)
-        self._proposals.open(now, proposal, electorate, self.config.vote_timeout)
+        self._proposals.open(now, proposal, electorate, self._vote_timeout(electorate))
         self._parameter_proposals[proposal.proposal_id] = change
         self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))
         return proposal
@@ -794,9 +806,9 @@ class SyncEngine:
             if view_of_mesh.set_aside > cfg.tolerated_outliers or view_of_mesh.spread > max(
                 cfg.relock_min * period, cfg.relock_spread * self._tolerance()
             ):
-                # The neighbourhood no longer agrees: lock in again with everyone, so that
-                # disagreement spreads until the whole mesh has averaged it out (two groups
-                # locked into adjacent slots would otherwise each hold their own slot).
+                # The neighbourhood no longer agrees: lock in again, towards the locked
+                # neighbours' densest group or the anchor, so that the disagreement is resolved
+                # (two groups locked into adjacent slots would otherwise each hold their own).
                 self._locked = False
                 self._agreed_since = math.inf
         fr = cfg.frame_rate
@@ -877,7 +889,7 @@ class SyncEngine:
             topology_epoch=self.topology_epoch,
         )
         electorate = self._electorate(now)
-        self._proposals.open(now, proposal, electorate, cfg.vote_timeout)
+        self._proposals.open(now, proposal, electorate, self._vote_timeout(electorate))
         self._open = (self._proposal_ids, plan, error)
         self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))
 

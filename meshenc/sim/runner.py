@@ -144,9 +144,23 @@ def run(
         seq = i + 1
     heapq.heapify(heap)
 
+    region = world.region
+    cuts = [
+        (start + cut.at_s, start + cut.at_s + cut.duration_s, cut.region)
+        for cut in scenario.network.cuts
+    ]
+
+    def cut_off(t: float, sender: int, receiver: int) -> bool:
+        return any(
+            begin <= t < end and (region[sender] == r) != (region[receiver] == r)
+            for begin, end, r in cuts
+        )
+
     def send(t: float, sender: int, receiver: int, kind: int, payload: object) -> None:
         nonlocal seq
         if loss and net.uniform() < loss:
+            return
+        if cuts and cut_off(t, sender, receiver):
             return
         delay = link_delay.get((sender, receiver), 0.005) + abs(net.normal()) * net_jitter
         seq += 1

@@ -97,15 +97,38 @@ class IngestSection(_Strict):
         return self
 
 
+class RegionCut(_Strict):
+    """Every link between one region and the others carries nothing for a while."""
+
+    region: Annotated[int, Field(ge=0)]
+    at_s: Annotated[float, Field(ge=0.0)]
+    duration_s: Annotated[float, Field(gt=0.0)]
+
+
 class NetworkSection(_Strict):
+    #: One-way delay of each mesh link (inside a region, when there are several).
     delay_ms: tuple[Milliseconds, Milliseconds] = (1.0, 10.0)
     jitter_ms: Milliseconds = 1.0
     loss: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    #: Encoders are split into this many regions of consecutive indices...
+    regions: Annotated[int, Field(ge=1, le=64)] = 1
+    #: ...whose links to each other have this one-way delay...
+    between_delay_ms: tuple[Milliseconds, Milliseconds] = (40.0, 150.0)
+    #: ...and of which there are this many between any two regions, each from a different
+    #: encoder on either side (independent bridges).
+    bridges: Annotated[int, Field(ge=1, le=16)] = 2
+    cuts: tuple[RegionCut, ...] = ()
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
-        if self.delay_ms[0] > self.delay_ms[1]:
-            raise ValueError("delay_ms must be [low, high]")
+        if (
+            self.delay_ms[0] > self.delay_ms[1]
+            or self.between_delay_ms[0] > self.between_delay_ms[1]
+        ):
+            raise ValueError("delay_ms and between_delay_ms must be [low, high]")
+        for cut in self.cuts:
+            if cut.region >= self.regions:
+                raise ValueError(f"a cut names region {cut.region} of {self.regions}")
         return self
 
 
@@ -134,6 +157,12 @@ class Scenario(_Strict):
             raise ValueError("liars.count must leave at least one honest encoder")
         if self.mesh.neighbors >= n:
             raise ValueError("mesh.neighbors must be smaller than mesh.encoders")
+        net = self.network
+        if net.regions > 1 and n // net.regions < max(2, net.bridges):
+            raise ValueError(
+                f"{net.regions} regions of {n} encoders leave fewer than "
+                f"{max(2, net.bridges)} (and network.bridges) in a region"
+            )
         for step in self.clocks.steps:
             if step.encoder >= n:
                 raise ValueError(f"clock step names encoder {step.encoder} of {n}")

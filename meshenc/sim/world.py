@@ -14,7 +14,7 @@ import numpy as np
 from meshenc.core.clock import ClockStep, VirtualOscillator
 from meshenc.sim.scenario import Scenario
 
-__all__ = ["IngestPath", "World", "build_world", "mesh_topology"]
+__all__ = ["IngestPath", "World", "build_world", "mesh_topology", "regional_topology", "regions_of"]
 
 #: Simulated runs start at this Unix time, so labels have realistic magnitudes (2027-01-15).
 START_UNIX = 1_800_000_000.0
@@ -47,6 +47,8 @@ class World:
     link_delay: dict[tuple[int, int], float]
     liars: frozenset[int]
     start: float
+    #: The region of each encoder (all 0 in a world of one region).
+    region: tuple[int, ...] = ()
 
 
 def mesh_topology(n: int, degree: int, rng: np.random.Generator) -> tuple[tuple[int, ...], ...]:
@@ -68,6 +70,35 @@ def mesh_topology(n: int, degree: int, rng: np.random.Generator) -> tuple[tuple[
         if len(edges) == len(pairs) and _connected(n, edges):
             return _adjacency(n, edges)
     return _adjacency(n, _ring_with_chords(n, degree, rng))
+
+
+def regions_of(n: int, regions: int) -> tuple[int, ...]:
+    """The region of each of ``n`` encoders: ``regions`` blocks of consecutive indices."""
+    return tuple(i * regions // n for i in range(n))
+
+
+def regional_topology(
+    region: tuple[int, ...], degree: int, bridges: int, rng: np.random.Generator
+) -> tuple[tuple[int, ...], ...]:
+    """A random regular mesh inside each region, and ``bridges`` links between every two
+    regions, each from a different encoder on either side: a region stays connected to every
+    other through any single failed link or encoder (as the manager plans meshes of regions)."""
+    n = len(region)
+    members = [[i for i in range(n) if region[i] == r] for r in range(max(region) + 1)]
+    edges: set[tuple[int, int]] = set()
+    for group in members:
+        local = mesh_topology(len(group), degree, rng)
+        for a, row in enumerate(local):
+            edges.update((group[a], group[b]) for b in row if a < b)
+    for r, group in enumerate(members):
+        for other in members[r + 1 :]:
+            ends = zip(
+                rng.choice(group, size=bridges, replace=False).tolist(),
+                rng.choice(other, size=bridges, replace=False).tolist(),
+                strict=True,
+            )
+            edges.update((int(a), int(b)) for a, b in ends)
+    return _adjacency(n, edges)
 
 
 def _ring_with_chords(n: int, degree: int, rng: np.random.Generator) -> set[tuple[int, int]]:
@@ -132,10 +163,18 @@ def build_world(scenario: Scenario) -> World:
         )
         for i in range(n)
     )
-    neighbours = mesh_topology(n, scenario.mesh.neighbors, rng)
-    net_low, net_high = (d / 1000.0 for d in scenario.network.delay_ms)
-    link_delay = {
-        (a, b): float(rng.uniform(net_low, net_high)) for a in range(n) for b in neighbours[a]
-    }
+    net = scenario.network
+    region = regions_of(n, net.regions)
+    if net.regions == 1:
+        neighbours = mesh_topology(n, scenario.mesh.neighbors, rng)
+    else:
+        neighbours = regional_topology(region, scenario.mesh.neighbors, net.bridges, rng)
+    inside = (net.delay_ms[0] / 1000.0, net.delay_ms[1] / 1000.0)
+    between = (net.between_delay_ms[0] / 1000.0, net.between_delay_ms[1] / 1000.0)
+    link_delay = {}
+    for a in range(n):
+        for b in neighbours[a]:
+            low, high = inside if region[a] == region[b] else between
+            link_delay[a, b] = float(rng.uniform(low, high))
     liars = frozenset(rng.choice(n, size=scenario.liars.count, replace=False).tolist())
-    return World(clocks, ingest, neighbours, link_delay, liars, start)
+    return World(clocks, ingest, neighbours, link_delay, liars, start, region)
