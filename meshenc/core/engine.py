@@ -450,13 +450,14 @@ class SyncEngine:
         """How long a proposal waits for its votes: ``vote_timeout`` beyond the slowest
         voter's measured round trip, so a mesh whose links are long-haul ones can still
         decide (measured: with a fixed 0.3 s every vote over 150 ms links timed out, and no
-        proposal ever passed)."""
+        proposal ever passed). The round trip counts up to ``stale_after``: a link slower
+        than that (or one whose RTT samples include a partition's backlog) is no voter's."""
         rtts = [
             rtt
             for name in electorate
             if (nb := self._neighbours.get(name)) is not None and not math.isnan(rtt := nb.link.rtt)
         ]
-        return self.config.vote_timeout + max(rtts, default=0.0)
+        return self.config.vote_timeout + min(max(rtts, default=0.0), self.config.stale_after)
 
     def set_leader(self, leader: str | None) -> None:
         """The segment's elected leader (None: none known). A locked follower takes the

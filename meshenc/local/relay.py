@@ -1,0 +1,186 @@
+"""A TCP relay that makes a loopback link behave like a long-haul one: delay, jitter, a cut.
+
+There is no netem on a machine without privileges, so mesh links that must be slow (encoders
+in different regions) pass through this relay instead: every byte it forwards is held for the
+one-way delay plus a half-normal jitter, in order (a byte never overtakes an earlier one, as on
+a TCP stream), in both directions. ``cut()`` makes the link a partition: nothing is forwarded
+and nothing is closed (no FIN, no RST; a connection attempted meanwhile is accepted and
+hangs), until ``heal()`` delivers what was held, late, as a real network's retransmissions
+would. The relay runs its own event loop in a thread, so tests and tools drive it with plain
+calls; ``close()`` ends every connection and the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["DelayRelay"]
+
+#: Bytes read from one side before the relay stops reading it while its data cannot be sent
+#: (a cut, a slow receiver): the sender's TCP window then fills, as it would on a real link.
+_HELD_LIMIT = 4 * 1024 * 1024
+
+
+class DelayRelay:
+    """Relay connections made to ``127.0.0.1:port`` to ``upstream``, delayed by
+    ``delay_s`` plus half-normal jitter of standard deviation ``jitter_s`` each way."""
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        delay_s: float,
+        *,
+        jitter_s: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if delay_s < 0 or jitter_s < 0:
+            raise ValueError("delay and jitter must be >= 0")
+        self.upstream = upstream
+        self.delay_s = delay_s
+        self.jitter_s = jitter_s
+        self._random = random.Random(seed)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="relay", daemon=True)
+        self._open = threading.Event()  # set while the link is up
+        self._open.set()
+        self._healed: asyncio.Event | None = None
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    def start(self, port: int = 0) -> int:
+        """Listen on ``127.0.0.1:port`` (0: any free port); returns the port."""
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._listen(port), self._loop).result(10)
+        return self.port
+
+    def cut(self) -> None:
+        """Stop forwarding anything, in both directions, until ``heal``."""
+        self._open.clear()
+        self._call(lambda healed: healed.clear())
+
+    def heal(self) -> None:
+        """Forward again, starting with what was held during the cut."""
+        self._open.set()
+        self._call(lambda healed: healed.set())
+
+    @property
+    def is_cut(self) -> bool:
+        return not self._open.is_set()
+
+    def close(self) -> None:
+        """Close the listener and every connection, and stop the thread."""
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(TimeoutError):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> DelayRelay:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- the relay's own loop --------------------------------------------------------------
+
+    def _call(self, change: Callable[[asyncio.Event], None]) -> None:
+        def apply() -> None:
+            if self._healed is not None:
+                change(self._healed)
+
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(apply)
+
+    async def _listen(self, port: int) -> int:
+        self._healed = asyncio.Event()
+        if self._open.is_set():
+            self._healed.set()
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self._writers.add(client_w)
+        assert self._healed is not None
+        try:
+            await self._healed.wait()  # a connection attempted during a cut hangs
+            upstream_r, upstream_w = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            client_w.close()
+            self._writers.discard(client_w)
+            return
+        self._writers.add(upstream_w)
+        await asyncio.gather(
+            self._pump(client_r, upstream_w),
+            self._pump(upstream_r, client_w),
+            return_exceptions=True,
+        )
+        for writer in (client_w, upstream_w):
+            writer.close()
+            self._writers.discard(writer)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Forward one direction: each chunk is sent when its delay is over and the link is
+        up, never before an earlier chunk."""
+        loop = asyncio.get_running_loop()
+        held: deque[tuple[float, bytes]] = deque()
+        held_bytes = 0
+        arrived = asyncio.Event()
+        done = False
+        assert self._healed is not None
+        healed = self._healed
+
+        async def send() -> None:
+            nonlocal held_bytes
+            while held or not done:
+                if not held:
+                    arrived.clear()
+                    await arrived.wait()
+                    continue
+                due, data = held[0]
+                wait = due - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await healed.wait()
+                held.popleft()
+                held_bytes -= len(data)
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+
+        sender = asyncio.create_task(send())
+        last_due = 0.0
+        try:
+            while True:
+                while held_bytes > _HELD_LIMIT:
+                    await asyncio.sleep(0.01)
+                data = await reader.read(65536)
+                if not data:
+                    break
+                jitter = abs(self._random.gauss(0.0, self.jitter_s)) if self.jitter_s else 0.0
+                last_due = max(last_due, loop.time() + self.delay_s + jitter)
+                held.append((last_due, data))
+                held_bytes += len(data)
+                arrived.set()
+        finally:
+            done = True
+            arrived.set()
+            await sender
