@@ -10,7 +10,7 @@ for the mesh it runs.
 - ``topology``: the manager's ``GetTopology``, one row per encoder and its neighbours;
 - ``segments``: the manager's ``GetSegments``, one row per encoder group with its leader;
 - ``events``: what changes: the manager's ``WatchTopology`` stream and, from the encoders'
-  ``GetState`` (polled by the run recorder's own code, :class:`meshenc.local.recorder.Recorder`),
+  ``GetState`` (polled by the run recorder's own code, :class:`meshenc.report.recorder.Recorder`),
   each new correction once, lock gained or lost, and each new leader of a group. Without
   ``--follow`` it prints what is there now (recent corrections, current topology) and exits.
 
@@ -37,9 +37,8 @@ from rich.table import Table
 from rich.text import Text
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from meshenc.cli.health import EXIT_NO_ANSWER
 from meshenc.cli.sim import console
-from meshenc.local.recorder import Event, Recorder
+from meshenc.report.recorder import Event, Recorder
 from meshenc.v1 import manager_pb2, manager_pb2_grpc, mesh_pb2, mesh_pb2_grpc
 from meshenc.wire.validation import (
     InvalidMessage,
@@ -48,6 +47,7 @@ from meshenc.wire.validation import (
     validate_watch_topology_request,
 )
 from services.common.grpc_server import insecure_channel
+from services.common.health_check import EXIT_NO_ANSWER
 
 __all__ = ["events", "segments", "status", "topology"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from meshenc.cli.verify import judging_options
-from meshenc.local.verify import count_frames, find_outputs
+from meshenc.report.verify import count_frames, find_outputs
 
 
 @click.command()

@@ -1,7 +1,7 @@
 """``meshenc verify``: are these encoders' outputs locked? A verdict from the files on disk.
 
 Exit codes: 0 locked, 1 not locked, 2 usage error (fewer than two encoder folders, a path
-that is not a folder). The definitions are in :mod:`meshenc.local.verify`.
+that is not a folder). The definitions are in :mod:`meshenc.report.verify`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from rich.table import Table
 from rich.text import Text
 
 from meshenc.cli.sim import console
-from meshenc.local.verify import (
+from meshenc.report.verify import (
     DEFAULT_LOCK_IN,
     Verification,
     count_frames,
     find_outputs,
     scan_output,
 )
-from meshenc.local.verify import compare as compare_outputs
+from meshenc.report.verify import compare as compare_outputs
 
 NOT_LOCKED = 1
 DIGEST_CHARS = 8

@@ -24,7 +24,7 @@ is planned in from the start: its neighbours list it and keep trying to reach it
    instead goes to every encoder as it is), then every encoder at once, each through the
    :class:`~meshenc.local.launcher.Launcher` (own process group, log under ``out/logs/``,
    pid in ``out/pids.json``, ready when its health service answers);
-2. the :class:`~meshenc.local.recorder.Recorder` polls every encoder's GetState into
+2. the :class:`~meshenc.report.recorder.Recorder` polls every encoder's GetState into
    ``out/events.jsonl``; the run records its own ``started``/``killed``/``joined``/
    ``stopped`` events through it, and a ``leader`` event whenever the leader key of a group
    changes in etcd (a watch in this process);
@@ -62,11 +62,17 @@ from meshenc.core.planner.placement import Host
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.failover import SegmentWatch
 from meshenc.local.launcher import LOGS_DIR, PIDS_NAME, Launcher
-from meshenc.local.origin import ORIGIN_DIR, OriginProcess
+from meshenc.local.origin import OriginProcess
 from meshenc.local.ports import free_ports
-from meshenc.local.recorder import EVENTS_NAME, Event, Recorder, StateEvent
-from meshenc.local.verify import DEFAULT_LOCK_IN, EncoderOutput, Verification, compare
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_report
+from meshenc.report.recorder import EVENTS_NAME, Event, Recorder, StateEvent
+from meshenc.report.verify import (
+    DEFAULT_LOCK_IN,
+    ORIGIN_DIR,
+    EncoderOutput,
+    Verification,
+    compare,
+)
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, connect_client
 from services.encoder.leadership import SegmentKeys
 from services.encoder.media.ingest import is_network_url

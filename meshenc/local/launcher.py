@@ -45,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from meshenc.cli.health import EXIT_SERVING, check_health
+from services.common.health_check import EXIT_SERVING, check_health
 
 __all__ = [
     "DEFAULT_GRACE",

@@ -7,7 +7,7 @@ frame period, a slow swing. One ``meshenc source`` plays the test pattern live a
 rate and sends it over those paths to every encoder of every strategy at once — each strategy
 gets its own copy of the same encoders with the same clocks and paths, so the strategies are
 compared on the very same world. After ``duration`` the outputs are compared from the files
-(:func:`meshenc.local.verify.verify`): how many segments each encoder needed to lock in, and
+(:func:`meshenc.report.verify.verify`): how many segments each encoder needed to lock in, and
 how many frames were misaligned after lock-in. Nothing is taken from what the encoders say.
 
 Invariants: every process started is stopped (SIGTERM, then SIGKILL) however a world ends;
@@ -29,7 +29,7 @@ from pathlib import Path
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
 from meshenc.local.ports import free_ports
-from meshenc.local.verify import verify
+from meshenc.report.verify import verify
 
 __all__ = ["LiveWorld", "WorldResult", "plan_world", "run_world"]
 

@@ -36,7 +36,6 @@ from meshenc.local.ports import free_ports
 
 __all__ = [
     "CONTENT_TYPES",
-    "ORIGIN_DIR",
     "OriginNotInstalledError",
     "OriginProcess",
 ]
@@ -68,10 +67,6 @@ def _config_path(path: Path) -> str:
             "braces or control characters"
         )
     return f'"{text}"'
-
-
-#: The folder of a local run (``meshenc up``) where the origin keeps what it received.
-ORIGIN_DIR = "origin"
 
 
 class OriginProcess:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshenc.local.verify import DEFAULT_LOCK_IN, FrameCounter, count_frames
 from meshenc.report.html import REPORT_NAME, render_report
 from meshenc.report.plots import write_plots
 from meshenc.report.summary import SUMMARY_NAME, Summary, load_run, summarize
+from meshenc.report.verify import DEFAULT_LOCK_IN, FrameCounter, count_frames
 
 __all__ = ["PLOTS_DIR", "REPORT_NAME", "SUMMARY_NAME", "Summary", "write_report"]
 

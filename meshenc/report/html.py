@@ -13,7 +13,6 @@ from html import escape
 from pathlib import Path
 from string import Template
 
-from meshenc.local.recorder import StateEvent
 from meshenc.report.plots import (
     IDENTITY_PNG,
     IDENTITY_STATES,
@@ -22,6 +21,7 @@ from meshenc.report.plots import (
     OFFSETS_PREDICTED_PNG,
     identity_matrix,
 )
+from meshenc.report.recorder import StateEvent
 from meshenc.report.summary import RunRecord, Summary, arrival_figures, median_error_ms
 
 __all__ = ["REPORT_NAME", "render_report"]

@@ -3,15 +3,15 @@
 Theory of operation
 -------------------
 Nothing here reads the run's settings: what the encoders wrote (the folders, judged by
-:mod:`meshenc.local.verify`) and what was recorded while they ran (``events.jsonl``, see
-:mod:`meshenc.local.recorder`) are the only inputs, so a figure cannot claim more than the run
+:mod:`meshenc.report.verify`) and what was recorded while they ran (``events.jsonl``, see
+:mod:`meshenc.report.recorder`) are the only inputs, so a figure cannot claim more than the run
 shows.
 
 A run folder holds one subfolder per encoder (named by encoder id, with its segment files) and
 ``events.jsonl``. From them:
 
 - encoders, segments, judged/agreed segments, locked fraction, locked-after, misaligned frames
-  and gaps: from the files, as defined in :mod:`meshenc.local.verify`;
+  and gaps: from the files, as defined in :mod:`meshenc.report.verify`;
 - corrections: the ``correction`` events, by kind;
 - failover time, per ``killed`` event of an encoder that was its group's leader at that
   moment: from the ``killed`` event to the next leader of that group. Leaders come from the
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshenc.local.recorder import EVENTS_NAME, EventLog, StateEvent, read_events
-from meshenc.local.verify import (
+from meshenc.report.recorder import EVENTS_NAME, EventLog, StateEvent, read_events
+from meshenc.report.verify import (
     DEFAULT_LOCK_IN,
     FrameCounter,
     Verification,
@@ -45,7 +45,7 @@ from meshenc.local.verify import (
     find_outputs,
     scan_output,
 )
-from meshenc.local.verify import compare as compare_outputs
+from meshenc.report.verify import compare as compare_outputs
 
 __all__ = [
     "SUMMARY_NAME",

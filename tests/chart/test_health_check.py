@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 import pytest
 from click.testing import CliRunner, Result
 
-from meshenc.cli.health import EXIT_NO_ANSWER, EXIT_NOT_SERVING, EXIT_SERVING
 from meshenc.cli.main import cli
 from meshenc.local.ports import free_ports
 from services.common.grpc_server import GrpcServer
+from services.common.health_check import EXIT_NO_ANSWER, EXIT_NOT_SERVING, EXIT_SERVING
 
 T = TypeVar("T")
 

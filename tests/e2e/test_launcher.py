@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from meshenc.cli.health import EXIT_SERVING, check_health
 from meshenc.local.launcher import ChildFailedError, Launcher, pid_alive, read_pids
 from meshenc.local.ports import free_ports
+from services.common.health_check import EXIT_SERVING, check_health
 
 pytestmark = pytest.mark.slow
 

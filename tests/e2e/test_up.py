@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from meshenc.local.launcher import pid_alive, read_pids
-from meshenc.local.recorder import read_events
-from meshenc.local.verify import verify
+from meshenc.report.recorder import read_events
+from meshenc.report.verify import verify
 from services.encoder.media.segments import segment_number
 
 pytestmark = pytest.mark.slow

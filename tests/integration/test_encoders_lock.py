@@ -27,7 +27,7 @@ import pytest
 
 from meshenc.core.timecode import FrameRate
 from meshenc.local.ports import free_ports
-from meshenc.local.verify import SegmentCheck, verify
+from meshenc.report.verify import SegmentCheck, verify
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from services.source.clip import write_test_clip
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from meshenc.cli.health import check_health
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.ports import free_ports
+from services.common.health_check import check_health
 
 GRPCURL = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "grpcurl"
 

@@ -27,7 +27,7 @@ import pytest
 from conftest import LiveSource
 
 from meshenc.local.ports import free_ports
-from meshenc.local.verify import verify
+from meshenc.report.verify import verify
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 
 GOP = 30  # 1 s segments at 30 fps

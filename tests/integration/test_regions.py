@@ -23,7 +23,7 @@ from conftest import LiveSource
 
 from meshenc.local.ports import free_ports
 from meshenc.local.relay import DelayRelay
-from meshenc.local.verify import verify
+from meshenc.report.verify import verify
 
 DURATION = 56.0
 GOP = 60  # 2 s segments at 30 fps

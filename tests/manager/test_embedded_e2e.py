@@ -8,7 +8,7 @@ take their neighbours from the documents it writes. Then:
    WatchTopology stream and in the surviving neighbours' GetState is printed (the bound in
    the test only guards against a hang);
 2. a new encoder joins: it is wired in, and its segments become byte-identical to the
-   others' (``meshenc.local.verify``).
+   others' (``meshenc.report.verify``).
 
 Every process is started and stopped by the test (the launcher SIGKILLs what is left).
 """
@@ -25,7 +25,7 @@ import pytest
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.launcher import Launcher
 from meshenc.local.ports import free_ports
-from meshenc.local.verify import verify
+from meshenc.report.verify import verify
 from meshenc.v1 import manager_pb2, manager_pb2_grpc, mesh_pb2, mesh_pb2_grpc
 from services.common.grpc_server import insecure_channel
 

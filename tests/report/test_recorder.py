@@ -35,9 +35,9 @@ import pytest
 from conftest import LiveSource
 
 from meshenc.local.ports import free_ports
-from meshenc.local.recorder import EVENTS_NAME, Recorder, read_events
-from meshenc.local.verify import count_frames
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, write_report
+from meshenc.report.recorder import EVENTS_NAME, Recorder, read_events
+from meshenc.report.verify import count_frames
 from meshenc.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc
 from services.common.grpc_server import GrpcServer
 from services.encoder.media.segments import segment_name

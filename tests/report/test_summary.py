@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from meshenc.cli.main import cli
-from meshenc.local.recorder import EVENTS_NAME, StateEvent, read_events
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, write_report
 from meshenc.report.plots import IDENTITY_PNG, LEADERS_PNG, OFFSETS_PNG, OFFSETS_PREDICTED_PNG
+from meshenc.report.recorder import EVENTS_NAME, StateEvent, read_events
 from meshenc.report.summary import arrival_figures, leader_timeline, load_run, summarize
 
 from .synthetic import FIRST, make_run, run_of

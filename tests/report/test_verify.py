@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from meshenc.cli.main import cli
-from meshenc.local.verify import compare, count_frames, find_outputs, scan_output, verify
+from meshenc.report.verify import compare, count_frames, find_outputs, scan_output, verify
 from services.encoder.media.segments import PLAYLIST_NAME, segment_name
 
 from .synthetic import FIRST, make_run, run_of, write_folder

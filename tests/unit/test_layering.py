@@ -1,8 +1,9 @@
 """The layering rules hold, so a plain `pytest` enforces them as well as `make lint`.
 
 Two independent checks: the import-linter contracts of pyproject.toml (the core is sans-IO,
-the simulator drives only the core, the services stay apart), and an explicit list of what
-meshenc/core must never import, read from the source with `ast`. The list adds `random` and
+the simulator drives only the core, the services stay apart, each floor imports only the floors
+below it), and an explicit list of what meshenc/core must never import, read from the source
+with `ast`. The list adds `random` and
 `os` to the contract: the core owns no randomness and no environment, both arrive as inputs.
 """
 

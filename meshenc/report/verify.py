@@ -64,11 +64,15 @@ from typing import Any
 
 import av
 
-from meshenc.local.origin import ORIGIN_DIR
 from services.encoder.media.segments import PLAYLIST_NAME, segment_name, segment_number
+
+#: The folder of a local run (``meshenc up``) where the origin keeps what it received: it
+#: holds what the origin served, not an encoder's output, so finding outputs passes it by.
+ORIGIN_DIR = "origin"
 
 __all__ = [
     "DEFAULT_LOCK_IN",
+    "ORIGIN_DIR",
     "Copy",
     "EncoderOutput",
     "FrameCounter",
