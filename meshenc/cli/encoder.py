@@ -22,13 +22,13 @@ from meshenc.cli.service_options import (
     settings_error,
 )
 from meshenc.core.policy import Strategy
+from meshenc.wire.address import parse_address_list
 from services.common.etcd import DEFAULT_LEASE_TTL
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import (
     DEFAULT_REGISTRY_TTL,
     EncoderSettings,
     TopologyMode,
-    parse_addresses,
     parse_peers,
     parse_size,
 )
@@ -319,7 +319,7 @@ def encoder(
             segment=segment,
             etcd=etcd,
             fast_failover=not no_fast_failover,
-            registry=parse_addresses(registry, "registry replica"),
+            registry=parse_address_list(registry, "registry replica"),
             capacity=capacity,
             registry_ttl=registry_ttl,
             metrics_listen=metrics_listen or None,

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import click
 
+from meshenc.wire.address import check_address
 from services.common.health_check import EXIT_SERVING, check_health
 
 __all__ = ["health_check"]
 
 
 def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise click.BadParameter(f"expected HOST:PORT with a port in 1..65535, got {value!r}")
-    return value
+    try:
+        return check_address(value, "address")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command("health-check")

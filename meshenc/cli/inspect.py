@@ -40,6 +40,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from meshenc.cli.sim import console
 from meshenc.report.recorder import Event, Recorder
 from meshenc.v1 import manager_pb2, manager_pb2_grpc, mesh_pb2, mesh_pb2_grpc
+from meshenc.wire.address import parse_address_list
 from meshenc.wire.validation import (
     InvalidMessage,
     validate_get_segments_request,
@@ -65,14 +66,8 @@ def parse_addresses(text: str) -> list[str]:
     Raises:
         ValueError: an item is not HOST:PORT with a port in 1..65535.
     """
-    addresses: list[str] = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        address = item.partition("=")[2] if "=" in item else item
-        host, sep, port = address.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise ValueError(f"expected HOST:PORT with a port in 1..65535, got {item!r}")
-        addresses.append(address)
-    return list(dict.fromkeys(addresses))
+    items = (part.strip() for part in text.split(","))
+    return list(parse_address_list((item.rpartition("=")[2] for item in items), "address"))
 
 
 def _encoder_addresses(_ctx: click.Context, _param: click.Parameter, value: str) -> list[str]:

@@ -80,7 +80,6 @@ Manager (``MeshManager``)
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -88,6 +87,7 @@ from typing import Final
 
 from meshenc.core.anchor import MAX_HOPS
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2, registry_pb2
+from meshenc.wire.address import MAX_HOST_LENGTH, parse_address
 
 __all__ = [
     "FRAME_HASH_LENGTH",
@@ -188,8 +188,6 @@ MAX_REASON_LENGTH: Final = 256
 """Longest free-text reason, characters."""
 NODE_ID_LENGTH: Final = 20
 """Length of a Kademlia node id, DHT key or lookup target: 160 bits, bytes."""
-MAX_HOST_LENGTH: Final = 253
-"""Longest DNS name in an address, characters."""
 MAX_NODES_PER_RESPONSE: Final = 64
 """Most nodes a registry response may list (k is at most this)."""
 MAX_CAPACITY: Final = 1_000_000
@@ -202,9 +200,6 @@ MAX_NEIGHBOURS: Final = 64
 _ID_RE: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_ID_LENGTH}}}")
 _TRACE_KEY_RE: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_TRACE_KEY_LENGTH}}}")
 _TRACE_VALUE_RE: Final = re.compile(rf"[\x20-\x7e]{{0,{MAX_TRACE_VALUE_LENGTH}}}")
-_DNS_LABEL_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-_NUMERIC_HOST_RE: Final = re.compile(r"[0-9.]+")
-_PORT_RE: Final = re.compile(r"[0-9]{1,5}")
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _KNOWN_KINDS: Final = frozenset(common_pb2.CorrectionKind.values()) - {
@@ -340,43 +335,11 @@ def _check_fixed_bytes(value: bytes, length: int, field: str) -> None:
         raise InvalidMessage(field, f"must be exactly {length} bytes, got {len(value)}")
 
 
-def _check_host(host: str, field: str) -> None:
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            raise InvalidMessage(
-                field, f"bracketed host must be an IPv6 address, got {_show(host)}"
-            ) from None
-        return
-    if _NUMERIC_HOST_RE.fullmatch(host) is not None:
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise InvalidMessage(
-                field, f"numeric host must be an IPv4 address, got {_show(host)}"
-            ) from None
-        return
-    name = host.removesuffix(".")
-    if (
-        not name
-        or len(name) > MAX_HOST_LENGTH
-        or not all(_DNS_LABEL_RE.fullmatch(label) for label in name.split("."))
-    ):
-        raise InvalidMessage(
-            field,
-            f"host must be a DNS name (at most {MAX_HOST_LENGTH} characters, labels of "
-            f"[A-Za-z0-9-]), an IPv4 address or a bracketed IPv6 address, got {_show(host)}",
-        )
-
-
 def _check_address(value: str, field: str) -> None:
-    host, colon, port = value.rpartition(":")
-    if not colon or not host:
-        raise InvalidMessage(field, f"must be 'host:port', got {_show(value)}")
-    if _PORT_RE.fullmatch(port) is None or not 1 <= int(port) <= 65535:
-        raise InvalidMessage(field, f"port must be 1..65535, got {_show(port)}")
-    _check_host(host, field)
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise InvalidMessage(field, str(exc)) from None
 
 
 def _check_distinct(ids: Sequence[object], field: str, name: str) -> None:

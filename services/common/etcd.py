@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import grpc
 from aetcd import rpc as etcd_rpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from meshenc.wire.address import parse_address
 from meshenc.wire.adjacency import EtcdLayout
 from services.common.grpc_server import CHANNEL_OPTIONS
 
@@ -68,8 +68,6 @@ this long when nothing faster notices)."""
 REQUEST_TIMEOUT: Final = 2.0
 """Seconds an etcd request may take before it counts as failed."""
 
-_ENDPOINT = re.compile(r"^(https?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?$")
-
 
 def parse_endpoints(text: str) -> tuple[str, ...]:
     """``"http://10.0.0.5:2379,http://10.0.0.6:2379"`` → a tuple of endpoints (may be empty).
@@ -79,9 +77,13 @@ def parse_endpoints(text: str) -> tuple[str, ...]:
     """
     endpoints = tuple(filter(None, (part.strip() for part in text.split(","))))
     for endpoint in endpoints:
-        match = _ENDPOINT.match(endpoint)
-        if not match or not 1 <= int(match.group(3)) < 65536:
-            raise ValueError(f"etcd endpoint {endpoint!r} must be http(s)://HOST:PORT")
+        scheme, sep, target = endpoint.partition("://")
+        try:
+            if scheme not in ("http", "https") or not sep:
+                raise ValueError
+            parse_address(target.removesuffix("/"))
+        except ValueError:
+            raise ValueError(f"etcd endpoint {endpoint!r} must be http(s)://HOST:PORT") from None
     return endpoints
 
 
@@ -168,8 +170,8 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
         if not endpoints:
             raise ValueError("an etcd client needs at least one endpoint")
         self._targets = tuple(_target(e) for e in endpoints)
-        host, _, port = self._targets[0].rpartition(":")
-        super().__init__(host, int(port), **kwargs)
+        host, port = parse_address(self._targets[0])
+        super().__init__(host, port, **kwargs)
         self._credentials = credentials
         self._index = 0
         self._retiring: set[asyncio.Task[None]] = set()

@@ -54,7 +54,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -107,6 +106,7 @@ from meshenc.core.engine import (
 from meshenc.core.messages import ResyncProposal, ResyncVote
 from meshenc.core.votes import Verdict
 from meshenc.v1 import mesh_pb2
+from meshenc.wire.address import parse_address
 
 __all__ = [
     "REGISTRY",
@@ -144,7 +144,6 @@ _tracer: Final = trace.get_tracer(TRACER_NAME)
 _otel_grpc: Any = _otel_grpc_typed  # its interceptor factories carry no annotations
 _W3C: Final = TraceContextTextMapPropagator()
 _EXCLUDED_FROM_TRACING: Final = health_check()
-_LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 # ---------------------------------------------------------------------------------------------
 # Tracing set-up
@@ -312,10 +311,8 @@ def parse_listen(value: str) -> tuple[str, int]:
     Raises:
         ValueError: naming the expected form.
     """
-    match = _LISTEN.match(value.strip())
-    if not match or not 0 <= int(match.group(2)) < 65536:
-        raise ValueError(f"metrics listen address must be HOST:PORT, got {value!r}")
-    return match.group(1).strip("[]"), int(match.group(2))
+    host, port = parse_address(value.strip(), lowest_port=0)
+    return host.strip("[]"), port
 
 
 class MetricsServer:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
+from meshenc.wire.address import check_address, parse_address_list
 from meshenc.wire.validation import MAX_CAPACITY
 from services.common.etcd import (
     DEFAULT_ETCD_PREFIX,
@@ -33,27 +34,16 @@ __all__ = [
     "EncoderSettings",
     "EtcdSettings",
     "TopologyMode",
-    "parse_addresses",
     "parse_endpoints",
     "parse_peers",
     "parse_size",
 ]
 
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 DEFAULT_REGISTRY_TTL = 30.0
 """Seconds the registry keeps an encoder's record after its last refresh (refreshed every
 third of that), so a dead encoder's record is gone at most this long after it died."""
-
-
-def _check_address(value: str, what: str, *, lowest_port: int = 1) -> str:
-    match = _ADDRESS.match(value)
-    if not match or not lowest_port <= int(match.group(2)) < 65536:
-        raise ValueError(
-            f"{what} must be HOST:PORT with a port in {lowest_port}..65535, got {value!r}"
-        )
-    return value
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -65,12 +55,6 @@ def parse_size(text: str) -> tuple[int, int]:
         return int(width), int(height)
     except ValueError:
         raise ValueError(f"expected WIDTHxHEIGHT, e.g. 640x360, got {text!r}") from None
-
-
-def parse_addresses(text: str, what: str) -> tuple[str, ...]:
-    """``"10.0.0.2:7500, registry-1:7500"`` → the addresses, each once, in order."""
-    addresses = [part.strip() for part in text.split(",") if part.strip()]
-    return tuple(dict.fromkeys(_check_address(a, f"{what} {a!r}") for a in addresses))
 
 
 def parse_peers(text: str) -> dict[str, str]:
@@ -86,7 +70,7 @@ def parse_peers(text: str) -> dict[str, str]:
             raise ValueError(f"peer {item!r} must be ID=HOST:PORT or ID")
         if name in peers:
             raise ValueError(f"peer {name!r} is listed twice")
-        peers[name] = _check_address(address, f"peer {name!r}") if sep else ""
+        peers[name] = check_address(address, f"peer {name!r}") if sep else ""
     return peers
 
 
@@ -176,22 +160,22 @@ class EncoderSettings(BaseModel):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        return _check_address(value, "listen", lowest_port=0)
+        return check_address(value, "listen", lowest_port=0)
 
     @field_validator("metrics_listen")
     @classmethod
     def _metrics_listen(cls, value: str | None) -> str | None:
-        return None if value is None else _check_address(value, "metrics listen", lowest_port=0)
+        return None if value is None else check_address(value, "metrics listen", lowest_port=0)
 
     @field_validator("registry")
     @classmethod
     def _registry(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return parse_addresses(",".join(value), "registry replica")
+        return parse_address_list(value, "registry replica")
 
     @field_validator("manager", "advertise")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
-        return None if value is None else _check_address(value, "address")
+        return None if value is None else check_address(value, "address")
 
     @model_validator(mode="after")
     def _topology_needs(self) -> Self:

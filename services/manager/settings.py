@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from meshenc.core.planner import ManagerConfig, PlannerConfig
 from meshenc.core.planner.placement import WorkUnit
 from meshenc.core.planner.topology import TopologyConfig
+from meshenc.wire.address import check_address
 from meshenc.wire.adjacency import EtcdLayout
 from services.common.etcd import EtcdSettings
 from services.manager.service import DEFAULT_RECONNECT_GRACE, DEFAULT_TICK_INTERVAL
@@ -25,7 +26,6 @@ __all__ = ["DEFAULT_LISTEN", "ActuatorKind", "ManagerSettings", "parse_work_unit
 DEFAULT_LISTEN = "0.0.0.0:7600"
 """Where the manager serves by default (the chart's manager port)."""
 
-_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes object name
 
 
@@ -76,12 +76,7 @@ class ManagerSettings(BaseModel):
     @field_validator("listen", "metrics_listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        match = _ADDRESS.match(value)
-        if not match or not 0 <= int(match.group(2)) < 65536:
-            raise ValueError(f"must be HOST:PORT with a port in 0..65535, got {value!r}")
-        return value
+        return None if value is None else check_address(value, "listen", lowest_port=0)
 
     @field_validator("namespace", "encoder_statefulset")
     @classmethod

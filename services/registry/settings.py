@@ -13,27 +13,17 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meshenc.core.kademlia import DEFAULT_ALPHA, DEFAULT_K, ID_BYTES, MAX_K
+from meshenc.wire.address import check_address, parse_address, parse_address_list
 
 __all__ = ["RegistrySettings", "parse_seeds"]
 
-_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 _NODE_ID = re.compile(rf"^[0-9a-fA-F]{{{2 * ID_BYTES}}}$")
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "[::]", "::"})
 
 
-def _check_address(value: str, what: str, *, lowest_port: int = 1) -> str:
-    match = _ADDRESS.match(value)
-    if not match or not lowest_port <= int(match.group(2)) < 65536:
-        raise ValueError(
-            f"{what} must be HOST:PORT with a port in {lowest_port}..65535, got {value!r}"
-        )
-    return value
-
-
 def parse_seeds(text: str) -> list[str]:
     """``"10.0.0.2:7500, registry-0.registry:7500"`` → a list of addresses (duplicates once)."""
-    seeds = [part.strip() for part in text.split(",") if part.strip()]
-    return list(dict.fromkeys(_check_address(s, f"seed {s!r}") for s in seeds))
+    return list(parse_address_list(text, "seed"))
 
 
 class RegistrySettings(BaseModel):
@@ -68,26 +58,26 @@ class RegistrySettings(BaseModel):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        return _check_address(value, "listen", lowest_port=0)
+        return check_address(value, "listen", lowest_port=0)
 
     @field_validator("metrics_listen")
     @classmethod
     def _metrics_listen(cls, value: str | None) -> str | None:
-        return None if value is None else _check_address(value, "metrics listen", lowest_port=0)
+        return None if value is None else check_address(value, "metrics listen", lowest_port=0)
 
     @field_validator("advertise")
     @classmethod
     def _advertise(cls, value: str | None) -> str | None:
         if value is not None:
-            _check_address(value, "advertise")
-            if value.rsplit(":", 1)[0] in _WILDCARD_HOSTS:
+            host, _ = parse_address(check_address(value, "advertise"))
+            if host in _WILDCARD_HOSTS:
                 raise ValueError(f"advertise must name a reachable host, got {value!r}")
         return value
 
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, value: list[str]) -> list[str]:
-        return [_check_address(s, f"seed {s!r}") for s in value]
+        return [check_address(s, f"seed {s!r}") for s in value]
 
     @field_validator("node_id")
     @classmethod
@@ -104,7 +94,7 @@ class RegistrySettings(BaseModel):
 
     @property
     def listen_host(self) -> str:
-        return self.listen.rsplit(":", 1)[0]
+        return parse_address(self.listen, lowest_port=0)[0]
 
     @property
     def listens_everywhere(self) -> bool:
