@@ -6,10 +6,12 @@ Two neighbours share exactly one bidirectional ``Exchange`` stream, which carrie
 resync proposals and votes both ways. The encoder whose id is the smaller (plain string
 comparison) dials the stream (:class:`MeshLinks` runs a dialer for it); the other accepts it
 (:class:`MeshServer`). Each side sends its ``Hello`` first; the acceptor checks the caller's
-Hello before it answers with its own: an invalid one ends the call with INVALID_ARGUMENT, a
-caller that is not a current neighbour (``MeshHandler.is_neighbour``) with PERMISSION_DENIED,
-and a caller that encodes another timeline (frame rate or GOP length) with
-FAILED_PRECONDITION. The dialer checks the acceptor's Hello the same way and also that it
+Hello before it answers with its own: none within the handshake timeout ends the call with
+DEADLINE_EXCEEDED, an invalid one with INVALID_ARGUMENT, a caller that is not a current
+neighbour (``MeshHandler.is_neighbour``) with PERMISSION_DENIED, and a caller that speaks
+another protocol version or encodes another timeline (frame rate or GOP length) with
+FAILED_PRECONDITION. Each refusal is counted; its log line is written at most once per kind
+every 10 s (``LimitedLog``), so a flood of bad calls cannot flood the log. The dialer checks the acceptor's Hello the same way and also that it
 comes from the neighbour it meant to reach.
 
 Every received message passes ``ExchangeStreamChecker`` (which applies
@@ -63,6 +65,7 @@ from meshenc.wire.validation import (
 )
 from services.common import telemetry
 from services.common.grpc_server import GrpcServer, insecure_channel
+from services.common.log_limit import LimitedLog
 
 __all__ = [
     "DEFAULT_CONTROL_CAPACITY",
@@ -154,6 +157,11 @@ def _hello_problem(
     """
     if expected is not None and theirs.sender_id != expected:
         return "hello.sender_id", f"dialed {expected!r} but {theirs.sender_id!r} answered"
+    if theirs.protocol_version != ours.protocol_version:
+        return (
+            "hello.protocol_version",
+            f"version {theirs.protocol_version} is not ours, {ours.protocol_version}",
+        )
     a, b = theirs.frame_rate, ours.frame_rate
     if a.num * b.den != b.num * a.den:
         return "hello.frame_rate", f"{a.num}/{a.den} fps differs from ours, {b.num}/{b.den}"
@@ -703,6 +711,7 @@ class MeshServer:
         self.accepted: Counter[str] = Counter()
         #: Exchange streams refused or ended for a broken rule, per caller id ("" if unknown).
         self.refused: Counter[str] = Counter()
+        self._refusals = LimitedLog(log)
 
     @property
     def port(self) -> int | None:
@@ -726,21 +735,36 @@ class MeshServer:
     ) -> AsyncIterator[mesh_pb2.MeshMessage]:
         """One accepted Exchange stream: Hellos, then both directions until it ends."""
         incoming = aiter(requests)
+        timeout = self._links._handshake_timeout
         try:
-            first = await anext(incoming)
+            first = await asyncio.wait_for(anext(incoming), timeout)
         except StopAsyncIteration:
             return
+        except TimeoutError:
+            # A caller that never says who it is holds a stream and a task: not for long.
+            self.refused[""] += 1
+            self._refusals.warning(
+                "silent", "refused an Exchange from %s: no hello", context.peer()
+            )
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {timeout} s")
         checker = ExchangeStreamChecker(self._handler.node_id)
         try:
             checker.check(first)
         except InvalidMessage as exc:
             self.refused[""] += 1
-            log.warning("refused an Exchange from %s: %s", context.peer(), exc)
+            self._refusals.warning(
+                "invalid", "refused an Exchange from %s: %s", context.peer(), exc
+            )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         peer = first.hello.sender_id
         if not self._handler.is_neighbour(peer):
             self.refused[peer] += 1
-            log.warning("refused an Exchange from %r at %s: not a neighbour", peer, context.peer())
+            self._refusals.warning(
+                "stranger",
+                "refused an Exchange from %r at %s: not a neighbour",
+                peer,
+                context.peer(),
+            )
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{peer!r} is not a neighbour of {self._handler.node_id!r}",
@@ -749,7 +773,9 @@ class MeshServer:
         problem = _hello_problem(first.hello, hello)
         if problem is not None:
             self.refused[peer] += 1
-            log.warning("refused an Exchange from %r: %s: %s", peer, *problem)
+            self._refusals.warning(
+                problem[0], "refused an Exchange from %r: %s: %s", peer, *problem
+            )
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, ": ".join(problem))
         session = None if self._stopping else self._links._attach(peer)
         if session is None:

@@ -347,6 +347,41 @@ def test_a_peer_on_another_timeline_is_refused() -> None:
     run(main())
 
 
+def test_a_caller_that_never_says_hello_is_cut_off() -> None:
+    async def main() -> None:
+        node = await start_node("m", ["a"], handshake_timeout=0.3)
+        silent = RawPeer(node.address)
+        try:
+            error = await silent.error()
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "no hello" in error.details()
+            assert node.server.refused[""] == 1
+        finally:
+            await silent.close()
+            await stop(node)
+
+    run(main())
+
+
+def test_a_peer_speaking_another_protocol_version_is_refused() -> None:
+    async def main() -> None:
+        node = await start_node("m", ["a"])
+        peer = RawPeer(node.address)
+        try:
+            future = hello("a")
+            future.protocol_version = 2
+            peer.send(mesh_pb2.MeshMessage(hello=future))
+            error = await peer.error()
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "hello.protocol_version" in error.details()
+            assert not node.links.connected("a")
+        finally:
+            await peer.close()
+            await stop(node)
+
+    run(main())
+
+
 def test_malformed_messages_end_only_their_stream() -> None:
     async def main() -> None:
         m = await start_node("m", ["a", "0bad", "1bad"])
