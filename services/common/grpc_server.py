@@ -10,8 +10,10 @@ load balancers stop sending new work, then stops the server, letting running cal
 ``grace`` seconds.
 
 Every server gets the tracing and metrics interceptors of ``services.common.telemetry`` (health
-checks left out), and every channel made by :func:`insecure_channel` the tracing ones, so each
-RPC is one trace from client to server and is counted by method and status code.
+checks left out) and, innermost, ``ParseGuard`` (a request whose bytes do not parse ends its
+call with INVALID_ARGUMENT and a rate-limited log line), and every channel made by
+:func:`insecure_channel` the tracing ones, so each RPC is one trace from client to server and
+is counted by method and status code.
 
 Keepalive is set on both ends from one set of constants: a client that pings more often than
 the server permits is sent GOAWAY ``too_many_pings`` and loses every call on the connection.
@@ -32,6 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[i
 from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
 
 from services.common import telemetry
+from services.common.parse_guard import ParseGuard
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -127,7 +130,7 @@ class GrpcServer:
         options: Sequence[Option] = SERVER_OPTIONS,
     ) -> None:
         self._services = dict(services)
-        self._interceptors = [*telemetry.server_interceptors(), *interceptors]
+        self._interceptors = [*telemetry.server_interceptors(), *interceptors, ParseGuard()]
         self._options = list(options)
         self._server: Any = None
         self._health: Any = None

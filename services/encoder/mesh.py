@@ -1,18 +1,17 @@
 """The encoder's mesh links: the EncoderMesh server and one Exchange stream per neighbour.
 
-Theory of operation
--------------------
-Two neighbours share exactly one bidirectional ``Exchange`` stream, which carries ESPs,
-resync proposals and votes both ways. The encoder whose id is the smaller (plain string
-comparison) dials the stream (:class:`MeshLinks` runs a dialer for it); the other accepts it
-(:class:`MeshServer`). Each side sends its ``Hello`` first; the acceptor checks the caller's
-Hello before it answers with its own: none within the handshake timeout ends the call with
-DEADLINE_EXCEEDED, an invalid one with INVALID_ARGUMENT, a caller that is not a current
-neighbour (``MeshHandler.is_neighbour``) with PERMISSION_DENIED, and a caller that speaks
-another protocol version or encodes another timeline (frame rate or GOP length) with
-FAILED_PRECONDITION. Each refusal is counted; its log line is written at most once per kind
-every 10 s (``LimitedLog``), so a flood of bad calls cannot flood the log. The dialer checks the acceptor's Hello the same way and also that it
-comes from the neighbour it meant to reach.
+Theory of operation ------------------- Two neighbours share exactly one bidirectional
+``Exchange`` stream, which carries ESPs, resync proposals and votes both ways. The encoder
+whose id is the smaller (plain string comparison) dials the stream (:class:`MeshLinks` runs a
+dialer for it); the other accepts it (:class:`MeshServer`). Each side sends its ``Hello``
+first; the acceptor checks the caller's Hello before it answers with its own: none within the
+handshake timeout ends the call with DEADLINE_EXCEEDED, an invalid one with INVALID_ARGUMENT, a
+caller that is not a current neighbour (``MeshHandler.is_neighbour``) with PERMISSION_DENIED,
+and a caller that speaks another protocol version or encodes another timeline (frame rate or
+GOP length) with FAILED_PRECONDITION. Each refusal is counted; its log line is written at most
+once per kind every 10 s (``LimitedLog``), so a flood of bad calls cannot flood the log. The
+dialer checks the acceptor's Hello the same way and also that it comes from the neighbour it
+meant to reach.
 
 Every received message passes ``ExchangeStreamChecker`` (which applies
 ``meshenc.wire.validation``) before it is converted to a core dataclass and handed to the

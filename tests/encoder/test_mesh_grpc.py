@@ -9,6 +9,7 @@ a bare Exchange call driven message by message. Each test runs its own event loo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -380,6 +381,49 @@ def test_a_peer_speaking_another_protocol_version_is_refused() -> None:
             await stop(node)
 
     run(main())
+
+
+def test_bytes_that_do_not_parse_get_invalid_argument_and_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    garbage = b"\xff\xff\xff\xff"  # a truncated varint: no protobuf message parses from it
+
+    async def main() -> None:
+        node = await start_node("m", ["a"])
+        channel = grpc.aio.insecure_channel(node.address)
+        try:
+            get_state = channel.unary_unary(
+                "/meshenc.v1.EncoderMesh/GetState",
+                request_serializer=bytes,
+                response_deserializer=mesh_pb2.EncoderState.FromString,
+            )
+            for _ in range(20):  # a flood
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await get_state(garbage, timeout=5)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "does not parse" in (info.value.details() or "")
+            exchange = channel.stream_stream(
+                "/meshenc.v1.EncoderMesh/Exchange",
+                request_serializer=bytes,
+                response_deserializer=mesh_pb2.MeshMessage.FromString,
+            )
+            call = exchange(iter([garbage]))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in call:
+                    pass
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            # The server still serves, well-formed calls as before.
+            state = await get_state(mesh_pb2.GetStateRequest().SerializeToString(), timeout=5)
+            assert state.encoder_id == "m"
+        finally:
+            await channel.close()
+            await stop(node)
+
+    with caplog.at_level(logging.WARNING):
+        run(main())
+    lines = [r for r in caplog.records if "does not parse" in r.getMessage()]
+    assert len(lines) == 2, [r.getMessage() for r in lines]  # one per method, not one per call
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_malformed_messages_end_only_their_stream() -> None:
