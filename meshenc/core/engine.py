@@ -606,7 +606,15 @@ class SyncEngine:
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
         nb.locked = esp.locked
         nb.anchor = Anchor(esp.anchor, esp.anchor_hops, esp.anchor_offset) if esp.anchor else None
-        if esp.params_segment > 0 and esp.params_bitrate_kbps > 0:
+        if (
+            esp.params_segment > 0
+            and esp.params_bitrate_kbps > 0
+            and esp.params_segment <= self.current_segment + self.config.parameter_lead + 1
+        ):
+            # An agreed change is proposed ``parameter_lead`` segments ahead of its proposer,
+            # whose segment is at most one from ours; one announced further ahead was agreed by
+            # nobody, and adopting it would block every real change until its segment came
+            # (one change at a time).
             self._learn(ParameterChange(esp.params_segment, esp.params_bitrate_kbps), 0)
         nb.corr = esp.correction
         nb.corr_rate = esp.correction_rate

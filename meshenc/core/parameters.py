@@ -4,8 +4,10 @@ Theory of operation: byte-identical segments need identical parameters, so a par
 (today: the bitrate) must take effect on every encoder at the same GOP boundary. A change is
 proposed for a segment a few segments ahead and put to the proposer's neighbours' vote; once a
 majority approves, it is *agreed* and rides in every ESP the encoder sends. An encoder that sees
-an agreed change newer than its own adopts it — as long as that segment is still ahead of it —
-and passes it on the same way, so the change spreads through the mesh (a few frames per hop)
+an agreed change newer than its own adopts it — as long as that segment is still ahead of it,
+and no further ahead than a proposal could have named (``parameter_lead`` segments from a
+proposer at most one segment away: one announced further ahead was agreed by nobody, and would
+block every real change until its segment came) — and passes it on the same way, so the change spreads through the mesh (a few frames per hop)
 long before its segment begins.
 
 One change at a time: a change is refused while another is still pending (its segment not yet

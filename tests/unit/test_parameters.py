@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -132,3 +133,23 @@ def test_a_change_for_a_segment_already_begun_is_neither_approved_nor_adopted() 
     answer = late.on_proposal(START + 100 * T, proposal)
     assert answer is not None and not answer.vote.approve
     assert late.bitrate_for(late.current_segment) == 1500
+
+
+def test_a_change_announced_far_ahead_is_not_adopted_and_blocks_nothing() -> None:
+    # A neighbour (lying, or broken) announces an "agreed" change for a segment no proposal of
+    # this mesh could have named: adopting it would block every real change until then.
+    listener = _engine("b", ["a", "c"])
+    _frames(listener, range(40))
+    now = START + 40 * T
+    sender = _engine("a", ["b"])
+    _frames(sender, range(40))
+    esp = next(e for to, e in sender.publish(now) if to == "b")
+    far = dataclasses.replace(
+        esp, params_segment=listener.current_segment + 1000, params_bitrate_kbps=64
+    )
+    assert listener.on_esp(now, far)
+    assert not [a for a in listener.drain_actions() if isinstance(a, ParametersAgreed)]
+    assert listener.bitrate_for(listener.current_segment + 1000) == 1500
+    # A real change can still be proposed.
+    proposal = listener.request_parameters(now, 600)
+    assert proposal.effective_segment == listener.current_segment + listener.config.parameter_lead
