@@ -64,6 +64,7 @@ from services.common.grpc_server import insecure_channel
 __all__ = [
     "DEFAULT_RPC_TIMEOUT",
     "MAX_CHANNELS",
+    "MAX_VERSION_LEAD_S",
     "SERVICE_NAME",
     "LookupReply",
     "RecordKeeper",
@@ -78,6 +79,7 @@ __all__ = [
     "ping",
     "run_lookup",
     "store_on",
+    "version_ahead",
 ]
 
 log = logging.getLogger("meshenc.registry.client")
@@ -286,6 +288,17 @@ def next_version(previous: int, now_unix_ns: int) -> int:
     """A record version above ``previous`` that also stays above what an earlier run of the
     same encoder published: microseconds since the Unix epoch, or ``previous + 1``."""
     return max(previous + 1, now_unix_ns // 1000)
+
+
+MAX_VERSION_LEAD_S: Final = 60.0
+"""How far (s) a record's version may run ahead of a replica's clock. Versions are the owner's
+microseconds since the Unix epoch (:func:`next_version`), so an honest one is never much ahead;
+a version far ahead would win over every refresh of the real owner until that time came."""
+
+
+def version_ahead(version: int, now_unix_ns: int) -> float:
+    """Seconds by which ``version`` (µs since the Unix epoch) is ahead of ``now_unix_ns``."""
+    return (version - now_unix_ns // 1000) / 1e6
 
 
 class RegistryClient:

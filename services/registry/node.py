@@ -72,7 +72,9 @@ from meshenc.wire.validation import (
 )
 from services.common import telemetry
 from services.common.grpc_server import GrpcServer
+from services.common.log_limit import LimitedLog
 from services.common.registry_client import (
+    MAX_VERSION_LEAD_S,
     SERVICE_NAME,
     LookupReply,
     RegistryChannels,
@@ -83,6 +85,7 @@ from services.common.registry_client import (
     ping,
     run_lookup,
     store_on,
+    version_ahead,
 )
 from services.registry.settings import RegistrySettings
 
@@ -418,9 +421,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
 
     def __init__(self, node: RegistryNode) -> None:
         self._node = node
+        self._rejections = LimitedLog(log)
 
     async def _reject(self, method: str, context: Any, exc: InvalidMessage) -> None:
-        log.warning("rejected %s from %s: %s", method, context.peer(), exc)
+        self._rejections.warning(method, "rejected %s from %s: %s", method, context.peer(), exc)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: {exc}")
 
     async def Ping(  # noqa: N802 -- gRPC method name
@@ -479,6 +483,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> registry_pb2.StoreResponse:
         try:
             validate_store_request(request)
+            ahead = version_ahead(request.record.version, time.time_ns())
+            if ahead > MAX_VERSION_LEAD_S:
+                # It would win over every refresh of the real owner until then.
+                raise InvalidMessage(
+                    "record.version",
+                    f"is {ahead:.0f} s ahead of this replica's clock "
+                    f"(at most {MAX_VERSION_LEAD_S:g} s)",
+                )
         except InvalidMessage as exc:
             await self._reject("Store", context, exc)
         node = self._node

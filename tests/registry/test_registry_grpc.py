@@ -256,6 +256,30 @@ def test_a_newer_version_wins_and_an_older_one_never_comes_back() -> None:
     run(scenario())
 
 
+def test_a_version_far_ahead_of_the_clock_is_refused_so_the_owner_keeps_its_record() -> None:
+    async def scenario() -> None:
+        async with replicas(1) as (node,):
+            channel = insecure_channel(address(node))
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            now_us = time.time_ns() // 1000
+            try:
+                # A hijacker's record with a version an hour ahead: it would beat every refresh.
+                hijack = record("enc-1", version=now_us + 3_600_000_000, address="10.6.6.6:1")
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Store(registry_pb2.StoreRequest(record=hijack), timeout=2.0)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "record.version" in (caught.value.details() or "")
+                # The owner's own versions (its clock's microseconds) are taken.
+                owned = await stub.Store(
+                    registry_pb2.StoreRequest(record=record("enc-1", version=now_us)), timeout=2.0
+                )
+                assert owned.stored and owned.current_version == now_us
+            finally:
+                await channel.close()
+
+    run(scenario())
+
+
 def test_records_expire_when_their_owner_stops_refreshing() -> None:
     async def scenario() -> None:
         async with replicas(2) as nodes, RegistryClient([address(nodes[0])]) as client:
