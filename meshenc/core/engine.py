@@ -274,6 +274,8 @@ class NeighbourSnapshot:
     crossing_in: float
     #: Whether the neighbour said, in its last ESP, that it holds a lock.
     locked: bool
+    #: The confidence the neighbour reported in its last ESP, 0..1 (0 before any).
+    confidence: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +312,7 @@ class _Neighbour:
         "acc_sum",
         "acc_time",
         "anchor",
+        "confidence",
         "corr",
         "corr_at",
         "corr_rate",
@@ -339,6 +342,7 @@ class _Neighbour:
         self.suspect_until = -math.inf
         self.rejected_seen = 0
         self.locked = False
+        self.confidence = 0.0
         #: The neighbour's last announced anchor, as it announced it.
         self.anchor: Anchor | None = None
 
@@ -605,6 +609,7 @@ class SyncEngine:
             return False
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
         nb.locked = esp.locked
+        nb.confidence = esp.confidence
         nb.anchor = Anchor(esp.anchor, esp.anchor_hops, esp.anchor_offset) if esp.anchor else None
         if (
             esp.params_segment > 0
@@ -1021,6 +1026,7 @@ class SyncEngine:
                     updates=kf.updates,
                     crossing_in=time_to_boundary(deviation, rate, 0.5 * self._period),
                     locked=nb.locked,
+                    confidence=nb.confidence,
                 )
             )
         return EngineSnapshot(

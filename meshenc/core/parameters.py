@@ -7,8 +7,8 @@ majority approves, it is *agreed* and rides in every ESP the encoder sends. An e
 an agreed change newer than its own adopts it — as long as that segment is still ahead of it,
 and no further ahead than a proposal could have named (``parameter_lead`` segments from a
 proposer at most one segment away: one announced further ahead was agreed by nobody, and would
-block every real change until its segment came) — and passes it on the same way, so the change spreads through the mesh (a few frames per hop)
-long before its segment begins.
+block every real change until its segment came) — and passes it on the same way, so the
+change spreads through the mesh (a few frames per hop) long before its segment begins.
 
 One change at a time: a change is refused while another is still pending (its segment not yet
 reached), so every encoder ends up with the same sequence of changes. Between two changes for

@@ -111,6 +111,7 @@ def encoder_state(
             jitter_us=_us(n.jitter),
             trusted=n.trusted,
             locked=n.locked,
+            confidence=n.confidence,
             loss=n.loss,
             crossing_in_ms=-1.0 if math.isnan(n.crossing_in) else n.crossing_in * 1000.0,
         )

@@ -88,8 +88,8 @@ def test_regions_over_slow_links_stay_identical_through_a_cut(
             for a, b in INSIDE + BRIDGES:
                 if name in (a, b):
                     other = b if name == a else a
-                    relay = relays.get((a, b)) if name == a else None
-                    port = relay.port if relay is not None else ports[other]
+                    via = relays.get((a, b)) if name == a else None
+                    port = via.port if via is not None else ports[other]
                     peers[other] = f"127.0.0.1:{port}"
             processes.append(_start_encoder(tmp_path, name, ports[name], peers, source))
         started = time.monotonic()

@@ -477,3 +477,16 @@ def test_locking_in_aims_for_an_anchor_heard_of_through_a_neighbour() -> None:
     assert abs(proposals[0].shift - T) < 0.05 * T
     state = engine.snapshot(START + 150 * T)
     assert state.timecode == FPS.slot(START + 149 * T) + 1
+
+
+def test_each_neighbours_reported_confidence_is_in_the_snapshot() -> None:
+    engine = _engine(["a", "b"])
+    reported = {"a": 0.25, "b": 0.75}
+    for k in range(10):
+        now = START + k * T
+        engine.on_frame(now, k)
+        for name, confidence in reported.items():
+            esp = dataclasses.replace(_esp(name, k + 1, k, now), confidence=confidence)
+            engine.on_esp(now + 0.001, esp)
+    seen = {n.neighbour: n.confidence for n in engine.snapshot(START + 10 * T).neighbours}
+    assert seen == reported
