@@ -75,6 +75,7 @@ from meshenc.core.planner.placement import (
     place,
     replica_moves,
 )
+from meshenc.core.planner.regions import DEFAULT_BRIDGES, region_bridges
 from meshenc.core.planner.segments import (
     Segment,
     SegmentConfig,
@@ -129,6 +130,8 @@ class PlannerConfig:
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     segments: SegmentConfig = field(default_factory=SegmentConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    #: Independent links wanted between every two zones (``meshenc.core.planner.regions``).
+    bridges: int = DEFAULT_BRIDGES
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +205,10 @@ def plan_mesh(
         ring_idx,
         previous.topology if previous else None,
         avoid=view.avoid,
-        preferred=leader_links(segments),
+        preferred=[
+            *region_bridges({h.encoder_id: h.zone for h in view.hosts}, space, config.bridges),
+            *leader_links(segments),
+        ],
         near=near,
         config=config.topology,
     )

@@ -1,0 +1,71 @@
+"""Bridges between regions: the links a mesh of regions must have, whatever else it has.
+
+Encoders are placed in different zones or regions on purpose, so that one failure cannot take
+them all; the mesh then has fast links inside a region and slow ones between regions. A
+latency-ordered ring with nearest-neighbour chords (``meshenc.core.planner.topology``) already
+keeps most links inside a region, but it may join two regions by a single link, or by two
+that share an encoder: one failed link or encoder would cut the regions apart, and each side
+would carry on alone (a region that locks apart from the rest does not merge back by itself:
+``docs/sync.md``). So the planner asks for ``bridges`` links between every two regions, each
+from a different encoder on either side (independent), the shortest such pairs by estimated
+latency. Regions are the zones the encoders report; encoders of unknown zone belong to none.
+
+Pure and deterministic: the answer is a function of the zones, the latency space and the
+count; ties break by sorted id.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from meshenc.core.planner.space import LatencySpace
+
+__all__ = ["DEFAULT_BRIDGES", "region_bridges"]
+
+#: Independent links wanted between every two regions: one failure leaves one.
+DEFAULT_BRIDGES = 2
+
+
+def region_bridges(
+    zones: Mapping[str, str], space: LatencySpace, bridges: int = DEFAULT_BRIDGES
+) -> list[tuple[str, str]]:
+    """Up to ``bridges`` links (sorted pairs) between every two zones, no two of one pair of
+    zones sharing an encoder, shortest first; fewer where a zone has fewer encoders."""
+    members: dict[str, list[int]] = {}
+    for node in space.ids:
+        zone = zones.get(node, "")
+        if zone:
+            members.setdefault(zone, []).append(space.index[node])
+    links: list[tuple[str, str]] = []
+    for a, b in itertools.combinations(sorted(members), 2):
+        links.extend(_independent_pairs(members[a], members[b], space, bridges))
+    return links
+
+
+def _independent_pairs(
+    left: list[int], right: list[int], space: LatencySpace, count: int
+) -> Iterable[tuple[str, str]]:
+    if count <= 0:
+        return
+    pairs = [(i, j) for i in left for j in right]
+    lat = space.latencies(
+        np.array([i for i, _ in pairs], dtype=np.int64),
+        np.array([j for _, j in pairs], dtype=np.int64),
+    )
+    used_left: set[int] = set()
+    used_right: set[int] = set()
+    chosen = 0
+    for t in np.lexsort((np.arange(len(pairs)), lat)).tolist():
+        i, j = pairs[t]
+        if i in used_left or j in used_right:
+            continue
+        used_left.add(i)
+        used_right.add(j)
+        a, b = space.ids[i], space.ids[j]
+        yield (a, b) if a < b else (b, a)
+        chosen += 1
+        if chosen == count:
+            return
