@@ -583,6 +583,61 @@ class _EncoderView:
     leader: bool | None
     #: The live input (None: the encoder did not say).
     source: mesh_pb2.InputStatus | None = None
+    #: What the encoder's publisher did for each origin it PUTs to (none: not publishing).
+    origins: tuple[_Origin, ...] = ()
+
+
+class _Origin(Protocol):
+    """What the scrape reads of one origin's publishing counters
+    (``services.encoder.media.publish.OriginStats``)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def put(self) -> int: ...
+
+    @property
+    def failed(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def retries(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def reachable(self) -> bool: ...
+
+
+#: Per-origin publishing series: name, help, the value of one origin's counters.
+_ORIGIN_SERIES: Final[tuple[tuple[str, str, Callable[[_Origin], float]], ...]] = (
+    ("meshenc_origin_puts_total", "Objects PUT to the origin and accepted.", lambda o: o.put),
+    (
+        "meshenc_origin_put_failures_total",
+        "Objects given up on after their tries (the origin refused them or was unreachable).",
+        lambda o: o.failed,
+    ),
+    (
+        "meshenc_origin_dropped_total",
+        "Objects pushed out of a full queue without a try.",
+        lambda o: o.dropped,
+    ),
+    (
+        "meshenc_origin_retries_total",
+        "Tries after the first, over all objects.",
+        lambda o: o.retries,
+    ),
+    ("meshenc_origin_queued", "Objects waiting to be PUT now.", lambda o: o.queued),
+    (
+        "meshenc_origin_reachable",
+        "1 while the origin answers; 0 from a try that could not reach it until it does again.",
+        lambda o: float(o.reachable),
+    ),
+)
 
 
 _NEIGHBOUR_GAUGES: Final[tuple[tuple[str, str, Callable[[NeighbourSnapshot], float]], ...]] = (
@@ -754,6 +809,20 @@ class _EncoderCollector:
             if math.isfinite(reading):
                 family.add_metric([], reading)
             yield family
+        yield from _origin_families(view.origins)
+
+
+def _origin_families(origins: tuple[_Origin, ...]) -> Iterator[Metric]:
+    """The publishing series, one per origin URL (none while the encoder publishes nothing)."""
+    for name, doc, count in _ORIGIN_SERIES if origins else ():
+        series: GaugeMetricFamily | CounterMetricFamily = (
+            CounterMetricFamily(name, doc, labels=["origin"])
+            if name.endswith("_total")
+            else GaugeMetricFamily(name, doc, labels=["origin"])
+        )
+        for origin in origins:
+            series.add_metric([origin.url], float(count(origin)))
+        yield series
 
 
 _ENCODER_COLLECTOR: Final = _EncoderCollector()
@@ -1042,6 +1111,7 @@ class EncoderTelemetry:
         stats: _Stats,
         load: tuple[float, float],
         source: mesh_pb2.InputStatus | None = None,
+        origins: Sequence[_Origin] = (),
     ) -> None:
         """Copy the encoder's state for the next scrapes (call about once a second)."""
         _ENCODER_COLLECTOR.view = _EncoderView(
@@ -1059,6 +1129,7 @@ class EncoderTelemetry:
             encode_latency=load[1],
             leader=self._leads,
             source=source,
+            origins=tuple(origins),
         )
 
     def close(self) -> None:

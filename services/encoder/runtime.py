@@ -541,7 +541,8 @@ class EncoderRuntime:
             self._load_sample = report
             self._report_rank()
             self._report_health()
-            self.telemetry.observe(self.links, self.stats, report, self.input_status)
+            origins = self.publisher.stats() if self.publisher is not None else ()
+            self.telemetry.observe(self.links, self.stats, report, self.input_status, origins)
         for peer, esp in self.engine.publish(self.clock()):
             self._last_esp = esp
             try:

@@ -44,6 +44,7 @@ from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.validation import ExchangeStreamChecker
 from services.common import telemetry
 from services.common.telemetry import EncoderTelemetry
+from services.encoder.media.publish import OriginStats
 from services.encoder.mesh import MeshLinks
 from services.encoder.runtime import RunStats
 from services.registry.node import RegistryNode
@@ -469,3 +470,35 @@ def test_a_plan_that_decides_something_is_a_span_and_every_plan_is_timed() -> No
     assert count("meshenc_manager_plan_seconds_count") == before + 3
     assert count("meshenc_manager_plans_total", {"outcome": "error"}) == errors + 1
     assert (count("meshenc_manager_decisions_total", {"kind": "object"}) or 0.0) >= 2
+
+
+def test_the_endpoint_serves_each_origins_publishing_counters(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, _ = spans
+
+    class Handler:  # stands in for the runtime, which nothing here calls
+        node_id = "a"
+
+    common = {"skipped": 0, "superseded": 0}
+    origins = (
+        OriginStats("http://o1/live/", 40, 1, 0, retries=3, queued=2, reachable=True,
+                    last_error=None, **common),
+        OriginStats("http://o2/live/", 12, 5, 7, retries=9, queued=30, reachable=False,
+                    last_error="refused", **common),
+    )  # fmt: skip
+    a = encoder("a", provider, ("b",))
+    links = MeshLinks(Handler())  # type: ignore[arg-type]
+    a.observe(links, RunStats(frames=1, skipped=0), (0.1, 0.001), None, origins)
+    server = telemetry.start_metrics_server("127.0.0.1:0")
+    try:
+        samples = scrape(server.port)
+    finally:
+        server.close()
+    o1, o2 = (("origin", "http://o1/live/"),), (("origin", "http://o2/live/"),)
+    assert samples["meshenc_origin_puts_total"] == {o1: 40.0, o2: 12.0}
+    assert samples["meshenc_origin_put_failures_total"] == {o1: 1.0, o2: 5.0}
+    assert samples["meshenc_origin_dropped_total"] == {o1: 0.0, o2: 7.0}
+    assert samples["meshenc_origin_retries_total"] == {o1: 3.0, o2: 9.0}
+    assert samples["meshenc_origin_queued"] == {o1: 2.0, o2: 30.0}
+    assert samples["meshenc_origin_reachable"] == {o1: 1.0, o2: 0.0}
