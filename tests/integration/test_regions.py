@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import LiveSource
 
+from meshenc.local.etcd import EtcdProcess
 from meshenc.local.ports import free_ports
 from meshenc.local.relay import DelayRelay
 from meshenc.report.verify import verify
@@ -48,7 +49,13 @@ FAULTS = {
 
 
 def _start_encoder(
-    out: Path, name: str, listen: int, peers: dict[str, str], source: str
+    out: Path,
+    name: str,
+    listen: int,
+    peers: dict[str, str],
+    source: str,
+    *extra: str,
+    duration: float = DURATION,
 ) -> subprocess.Popen[bytes]:
     drift, offset, _ = FAULTS[name]
     command = [
@@ -59,10 +66,11 @@ def _start_encoder(
         "--out", str(out / name),
         "--source", source,
         "--gop", str(GOP),
-        "--duration", str(DURATION),
+        "--duration", str(duration),
         "--drift-ppm", str(drift),
         "--offset-ms", str(offset),
         "--seed", str(int(name[1:]) + 1),
+        *extra,
     ]  # fmt: skip
     with (out / f"{name}.log").open("wb") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -119,6 +127,51 @@ def test_regions_over_slow_links_stay_identical_through_a_cut(
     differing = {segment: who for segment, who in differing.items() if who}
     print(f"{len(judged) - len(differing)} of {len(judged)} segments identical on all six")
     assert not differing, differing
+
+
+FAR_ETCD_S = 26.0
+#: One-way delay (s) between the encoders and an etcd in another region.
+ETCD_DELAY_S = 0.15
+
+
+@pytest.mark.slow
+def test_an_etcd_far_away_does_not_slow_the_frame_path(
+    tmp_path: Path, live_source: LiveSource, etcd: EtcdProcess
+) -> None:
+    """Segment leaders are elected in an etcd 150 ms away (each way, through a relay): the
+    election works, no encoder falls behind its input, and the outputs stay identical — etcd's
+    latency is off the frame path."""
+    names = ["e0", "e1", "e2"]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    sources = live_source.start([FAULTS[name][2] for name in names])
+    host, port = etcd.endpoint.removeprefix("http://").rsplit(":", 1)
+    processes: list[subprocess.Popen[bytes]] = []
+    with DelayRelay((host, int(port)), ETCD_DELAY_S, jitter_s=0.005) as relay:
+        relay.start()
+        far = f"http://127.0.0.1:{relay.port}"
+        try:
+            for name, source in zip(names, sources, strict=True):
+                peers = {p: f"127.0.0.1:{ports[p]}" for p in names if p != name}
+                extra = ("--etcd", far)
+                encoder = _start_encoder(
+                    tmp_path, name, ports[name], peers, source, *extra, duration=FAR_ETCD_S
+                )
+                processes.append(encoder)
+            codes = _finish(processes, FAR_ETCD_S + 30.0)
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+    logs = {name: (tmp_path / f"{name}.log").read_text(errors="replace") for name in names}
+    assert codes == [0] * len(names), {n: log[-2000:] for n, log in logs.items()}
+    assert any(" leader e" in log for log in logs.values()), "no leader was elected"
+    for name, log in logs.items():
+        assert f"{name}: " in log and " 0 skipped" in log, log[-1000:]
+    result = verify([tmp_path / name for name in names], lock_in=LOCK_IN_SEGMENTS)
+    judged = [s for s in result.segments if s.judged and len(s.copies) == len(names)]
+    assert len(judged) >= 8, f"too few segments on all three: {len(judged)}"
+    assert all(s.agreed for s in judged), [s.segment for s in judged if not s.agreed]
 
 
 def _finish(processes: list[subprocess.Popen[bytes]], timeout: float) -> list[int]:
