@@ -796,9 +796,11 @@ class SyncEngine:
         # (a newcomer aside) says it is locked too: the neighbourhood holds one timeline.
         self._settled_unlocked = settled_unlocked
         self._anchor = choose_anchor(self.node_id, heard)
-        if len(deviations) == 1:
-            return
         band, lock_trigger, _ = self._thresholds()
+        if len(deviations) == 1:
+            if not self._locked and not unmeasured:
+                self._hold_alone(now, label, lock_trigger)
+            return
         if self._locked:
             unlocked = len(deviations) - 1 - len(locked)
             if locked and unlocked > 0 and settled_unlocked < len(locked):
@@ -906,6 +908,29 @@ class SyncEngine:
         self._proposals.open(now, proposal, electorate, self._vote_timeout(electorate))
         self._open = (self._proposal_ids, plan, error)
         self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))
+
+    def _hold_alone(self, now: float, label: float, trigger: float) -> None:
+        """No neighbour to agree with yet: hold the middle of this encoder's own slot, as an
+        anchor does. Encoders that join later and take it as their anchor then find it where
+        it stays (measured: the first of three real encoders started 5 s apart, left off the
+        middle, jumped a frame when the second arrived and wrote a segment no one else did)."""
+        fr = self.config.frame_rate
+        error = label - fr.slot_middle(fr.slot(label + self.config.boundary_bias * self._period))
+        self._error = error
+        self._slot_errors = (error,)
+        if abs(error) <= trigger or self._open is not None or now < self._quiet_until:
+            return
+        view = ControlView(
+            now=now,
+            label=label,
+            error=error,
+            error_rate=0.0,
+            correction_rate=self._corr_rate,
+            noise=self.deviation_noise,
+            rate_noise=self._smoother.period_noise,
+        )
+        # Nobody to ask: the move applies at once, whatever its size.
+        self._apply(now, plan_shift(fr, self.config.policy, view, self._corr_rate, math.nan), 0)
 
     @property
     def deviation_noise(self) -> float:

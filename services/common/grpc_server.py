@@ -84,8 +84,10 @@ SERVER_OPTIONS: Final[tuple[Option, ...]] = (
 """Options of every meshenc server (``grpc.aio.server(options=...)``)."""
 
 MIN_CONNECT_TIMEOUT_MS: Final = 2_000
-"""How long one connection attempt may take at least: long-haul links have round trips of
-several hundred milliseconds."""
+"""How long one connection attempt to etcd may take at least (``grpc.min_reconnect_backoff_ms``,
+which gRPC also takes as the shortest connection attempt): at 100 ms, an etcd 150 ms away (a
+TCP and HTTP/2 handshake need a round trip or more) was never reached, since every new channel
+started over at 100 ms (measured: encoders never held a session, no leader was elected)."""
 
 CHANNEL_OPTIONS: Final[tuple[Option, ...]] = (
     ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_TIME_MS),
@@ -93,12 +95,9 @@ CHANNEL_OPTIONS: Final[tuple[Option, ...]] = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),
-    # gRPC also takes this as the shortest time one connection attempt may take before it is
-    # given up: at 100 ms, a server 150 ms away (a TCP and HTTP/2 handshake need a round trip
-    # or more) was never reached, since every new channel started over at 100 ms (measured:
-    # encoders with an etcd 150 ms away never held a session). Refused connections still
-    # retry after the 100 ms initial backoff.
-    ("grpc.min_reconnect_backoff_ms", MIN_CONNECT_TIMEOUT_MS),
+    # gRPC also takes this as the shortest time one connection attempt may take; see
+    # MIN_CONNECT_TIMEOUT_MS for channels to servers that may be far away.
+    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 )
 """Options of every channel to a meshenc server; they match :data:`SERVER_OPTIONS`."""

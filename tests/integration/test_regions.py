@@ -110,10 +110,7 @@ def test_regions_over_slow_links_stay_identical_through_a_cut(
             relay.heal()
         codes = _finish(processes, DURATION + 30.0)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        _kill(processes)
         for relay in relays.values():
             relay.close()
     logs = {p.name: p.read_text(errors="replace")[-2000:] for p in tmp_path.glob("*.log")}
@@ -159,10 +156,7 @@ def test_an_etcd_far_away_does_not_slow_the_frame_path(
                 processes.append(encoder)
             codes = _finish(processes, FAR_ETCD_S + 30.0)
         finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
+            _kill(processes)
     logs = {name: (tmp_path / f"{name}.log").read_text(errors="replace") for name in names}
     assert codes == [0] * len(names), {n: log[-2000:] for n, log in logs.items()}
     assert any(" leader e" in log for log in logs.values()), "no leader was elected"
@@ -172,6 +166,14 @@ def test_an_etcd_far_away_does_not_slow_the_frame_path(
     judged = [s for s in result.segments if s.judged and len(s.copies) == len(names)]
     assert len(judged) >= 8, f"too few segments on all three: {len(judged)}"
     assert all(s.agreed for s in judged), [s.segment for s in judged if not s.agreed]
+
+
+def _kill(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Whatever is still running when a test ends, whatever ended it."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def _finish(processes: list[subprocess.Popen[bytes]], timeout: float) -> list[int]:
