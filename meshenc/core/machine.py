@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar
 __all__ = ["StateMachine", "Tick", "check_time"]
 
 EventT_contra = TypeVar("EventT_contra", contravariant=True)
-ActionT_co = TypeVar("ActionT_co", covariant=True)
+ActionT = TypeVar("ActionT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +30,14 @@ class Tick:
     """Time passed with nothing else happening: deadlines, silences, periodic work."""
 
 
-class StateMachine(Protocol[EventT_contra, ActionT_co]):
+class StateMachine(Protocol[EventT_contra, ActionT]):
     """What every core offers its shell."""
 
     def step(self, now: float, event: EventT_contra) -> None:
         """Apply one event observed at ``now``."""
         ...
 
-    def ready(self) -> list[ActionT_co]:
+    def ready(self) -> list[ActionT]:
         """The actions decided since the last call, in order."""
         ...
 
