@@ -101,8 +101,8 @@ def encoder_table(
             size,
             f"{r.mesh_us_median:,.0f} µs",
             f"mean {r.mesh_us_mean:,.0f}, p99 {r.mesh_us_p99:,.0f}",
-            f"{r.mesh_share:.2%} of the {period_ms:.1f} ms frame period; on_frame, publish,"
-            " ESP→proto ×3, check+proto→ESP+on_esp ×3",
+            f"{r.mesh_share:.2%} of the {period_ms:.1f} ms frame period; engine steps,"
+            " ESP→proto ×3, check+proto→ESP+EspReceived ×3",
         )
         table.add_section()
     table.add_row(
@@ -115,8 +115,8 @@ def encoder_table(
     )
     cpus = machine()["cpus"]
     table.caption = (
-        "Full path: picture render + fingerprint, on_frame, encode (fresh libx264 context per"
-        " GOP), segment files (fsynced), record_hash, publish, ESP→proto for 3 neighbours and"
+        "Full path: picture render + fingerprint, engine steps, encode (fresh libx264 context per"
+        " GOP), segment files (fsynced), ESP→proto for 3 neighbours and"
         f" their ESPs fed back. {cpus} CPUs. ffmpeg fps from its -benchmark rtime."
         f" {_versions(results)}"
     )

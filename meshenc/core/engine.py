@@ -6,8 +6,9 @@ An encoder stamps every captured picture with its own clock (the picture's measu
 The engine smooths that stamp (``CaptureSmoother``: a fit of the source's cadence, counted in
 the source's own periods when the shell passes them, whose gain follows the jitter it
 measures), adds its correction term and gets the picture's *label*; the timecode is the
-label's frame slot. After encoding, the shell
-calls ``publish`` and sends the resulting Encoding State Packet to every neighbour.
+label's frame slot (``FrameCaptured`` in, ``EncodeFrame`` out). After encoding, the shell
+reports the access units' hashes (``FrameEncoded``) and sends the Encoding State Packets that
+come back (``SendEsp``) to every neighbour.
 
 From neighbours' ESPs the engine learns, per picture fingerprint, how far their uncorrected
 labels are from its own. One Kalman filter per neighbour tracks that deviation and its rate
@@ -26,7 +27,7 @@ error ``E``:
 - *locked*: ``E`` is the distance of the label from the middle of the slot of the densest
   group's centre (at most ``tolerated_outliers`` set aside, a centre just before a boundary
   counting as in the next slot). A follower that counts its segment's elected leader among
-  that group takes the leader's slot instead (``set_leader``): the leader is the segment's
+  that group takes the leader's slot instead (``LeaderChanged``): the leader is the segment's
   timing reference, so followers on either side of a boundary still pick one slot. If the
   neighbourhood spreads past the relock limit, the encoder locks in again, so groups that
   locked into adjacent slots come to one anchor. A locked encoder counts only the neighbours that
@@ -46,14 +47,15 @@ boundary). Significant corrections go to the neighbours' vote (``ProposalBook``)
 at once. A locked encoder's rejected or unanswered proposals are escalated (locking in,
 rejections are routine and only delay the next try). ``docs/sync.md`` explains the choices.
 
-The engine never reads a clock and never does IO: every method takes ``now`` (seconds on
-this encoder's clock) and returns or queues what the shell must do. Actions queue up in
-``drain_actions`` in the order they happened.
+The engine never reads a clock and never does IO. It has the shape of every core
+(``meshenc.core.machine``): one way in, ``step(now, event)`` with ``now`` in seconds on this
+encoder's clock, and one way out, ``ready()``, the batch of everything to encode, send, apply
+and escalate, in the order it was decided. Everything else only reads.
 
 Invariants
 ----------
 - Emitted timecodes strictly increase; a gap is filled by duplicates so the output stays
-  continuous (``FrameDecision.timecodes`` lists every slot the picture fills).
+  continuous (``EncodeFrame.timecodes`` lists every slot the picture fills).
 - The correction only changes through ``_apply`` (one place that also records the event).
 - At most one own proposal is open at a time; nothing else corrects while it is.
 - Memory is bounded: per neighbour at most ``history`` unmatched fingerprints are kept.
@@ -71,6 +73,7 @@ from meshenc.core.capture import CaptureSmoother
 from meshenc.core.confidence import HealthSignals, confidence
 from meshenc.core.kalman import DeviationFilter, KalmanTuning
 from meshenc.core.link import LinkMeter
+from meshenc.core.machine import Tick, check_time
 from meshenc.core.messages import (
     CorrectionKind,
     EncodingStatePacket,
@@ -95,16 +98,28 @@ __all__ = [
     "NO_IDENTITY",
     "Action",
     "CorrectionApplied",
+    "EncodeFrame",
     "EngineConfig",
     "EngineSnapshot",
     "Escalate",
-    "FrameDecision",
+    "EscalationApproved",
+    "EspReceived",
+    "Event",
+    "FrameCaptured",
+    "FrameEncoded",
+    "LeaderChanged",
+    "LoadMeasured",
     "NeighbourSnapshot",
-    "ParameterChangeError",
+    "NeighboursChanged",
     "ParametersAgreed",
+    "ParametersRefused",
+    "ParametersRequested",
+    "ProposalReceived",
+    "SendEsp",
     "SendProposal",
     "SendVote",
     "SyncEngine",
+    "VoteReceived",
 ]
 
 
@@ -190,7 +205,140 @@ class EngineConfig:
     max_band: float = 0.4
 
 
+# --- events: what the shell tells the engine --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FrameCaptured:
+    """A picture was captured at ``now`` (its measured arrival on this encoder's clock).
+
+    ``fingerprint`` is the picture's identity, the same on every encoder (the source's own
+    timestamp where it has one); ``NO_IDENTITY`` when the picture cannot be told apart from
+    its neighbours (black, a freeze): it still gets its timecode, but it is never matched
+    against a neighbour's label, so it can never mismeasure. ``periods`` is how many frame
+    periods passed since the previous picture when the source's own timestamps say so
+    (otherwise they are counted from the arrival times). The engine answers with
+    ``EncodeFrame``.
+    """
+
+    fingerprint: int
+    periods: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameEncoded:
+    """The shell carried out the last ``EncodeFrame``: the hash of each access unit it wrote,
+    as (timecode, hash). The engine answers with the ESPs that describe the picture."""
+
+    hashes: tuple[tuple[int, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EspReceived:
+    """A neighbour's Encoding State Packet arrived (ignored unless from a current neighbour)."""
+
+    esp: EncodingStatePacket
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalReceived:
+    """A neighbour's proposal arrived: the engine answers with ``SendVote``."""
+
+    proposal: ResyncProposal
+
+
+@dataclass(frozen=True, slots=True)
+class VoteReceived:
+    """A neighbour's vote on one of this engine's proposals arrived."""
+
+    vote: ResyncVote
+
+
+@dataclass(frozen=True, slots=True)
+class LoadMeasured:
+    """The shell's measurements of its own health, for the confidence score."""
+
+    cpu_load: float
+    encode_latency: float
+
+
+@dataclass(frozen=True, slots=True)
+class NeighboursChanged:
+    """The neighbour set (and the topology epoch it came with); filters of neighbours that
+    stay are kept."""
+
+    neighbours: tuple[str, ...]
+    epoch: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderChanged:
+    """The segment's elected leader (None: none known). A locked follower takes the leader's
+    slot as the timeline whenever the leader is a neighbour it counts and sits in the densest
+    group; the leader itself, and followers that do not see it, hold the densest group's slot."""
+
+    leader: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ParametersRequested:
+    """An operator asked for a mesh-wide bitrate change: the engine proposes it
+    ``parameter_lead`` segments ahead (``SendProposal``), or says why not
+    (``ParametersRefused``)."""
+
+    bitrate_kbps: int
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationApproved:
+    """The Mesh Manager ruled that an escalated proposal applies after all. Only the newest
+    escalated plan applies, only while no own proposal is open and within
+    ``escalation_expiry`` of the vote (a verdict on an older plan would move the label by a
+    shift computed for a moment that has passed): then a ``CorrectionApplied`` carries its id."""
+
+    proposal_id: int
+
+
+Event = (
+    EspReceived
+    | FrameCaptured
+    | FrameEncoded
+    | ProposalReceived
+    | VoteReceived
+    | LoadMeasured
+    | NeighboursChanged
+    | LeaderChanged
+    | ParametersRequested
+    | EscalationApproved
+    | Tick
+)
+
+
 # --- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeFrame:
+    """Encode the picture just captured into each of ``timecodes``, at the agreed bitrate of
+    each one's segment (``bitrates_kbps``, one per timecode); then report ``FrameEncoded``.
+
+    ``timecodes`` is empty when the picture is dropped, one entry normally, several when the
+    output has a gap to fill (the picture is repeated into each slot). ``label`` is the
+    picture's corrected capture stamp.
+    """
+
+    fingerprint: int
+    label: float
+    timecodes: tuple[int, ...]
+    bitrates_kbps: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SendEsp:
+    """Send this Encoding State Packet to neighbour ``to``."""
+
+    to: str
+    esp: EncodingStatePacket
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +360,7 @@ class SendVote:
 @dataclass(frozen=True, slots=True)
 class Escalate:
     """A locked encoder's proposal was rejected or timed out: tell the Mesh Manager (or log,
-    without one). Its verdict may come back through ``SyncEngine.apply_escalated``."""
+    without one). Its verdict may come back as ``EscalationApproved``."""
 
     outcome: Outcome
     error: float
@@ -239,24 +387,24 @@ class ParametersAgreed:
     proposal_id: int
 
 
-class ParameterChangeError(ValueError):
-    """A parameter change cannot be proposed now; the message says why."""
-
-
-Action = SendProposal | Escalate | CorrectionApplied | ParametersAgreed
-
-
 @dataclass(frozen=True, slots=True)
-class FrameDecision:
-    """What to do with one captured picture.
+class ParametersRefused:
+    """A requested parameter change cannot be proposed now; ``reason`` says why."""
 
-    ``timecodes`` is empty when the picture is dropped, one entry normally, several when the
-    output has a gap to fill (the picture is repeated into each slot).
-    """
+    bitrate_kbps: int
+    reason: str
 
-    fingerprint: int
-    label: float
-    timecodes: tuple[int, ...]
+
+Action = (
+    EncodeFrame
+    | SendEsp
+    | SendProposal
+    | SendVote
+    | Escalate
+    | CorrectionApplied
+    | ParametersAgreed
+    | ParametersRefused
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +537,7 @@ class SyncEngine:
         self._corr_rate = 0.0
         self._corr_at = 0.0
         self._last_tc: int | None = None
-        self._last: FrameDecision | None = None
+        self._last: EncodeFrame | None = None
         self._last_raw = 0.0
         self._sequence = 0
         self._next_control = -math.inf
@@ -422,11 +570,49 @@ class SyncEngine:
             corrections_per_minute=0.0,
         )
         self._confidence = confidence(self._health)
-        self.set_neighbours(neighbours)
+        self._set_neighbours(neighbours)
+
+    # -- the one way in and the one way out (``meshenc.core.machine``) --------------------------
+
+    def step(self, now: float, event: Event) -> None:
+        """Apply one event observed at ``now`` (seconds on this encoder's clock)."""
+        check_time(now)
+        match event:
+            case EspReceived(esp):
+                self._on_esp(now, esp)
+            case FrameCaptured(fingerprint, periods):
+                self._on_frame(now, fingerprint, periods)
+            case FrameEncoded(hashes):
+                for timecode, frame_hash in hashes:
+                    self._record_hash(timecode, frame_hash)
+                self._publish(now)
+            case ProposalReceived(proposal):
+                self._on_proposal(now, proposal)
+            case VoteReceived(vote):
+                outcome = self._proposals.record_vote(now, vote)
+                if outcome is not None:
+                    self._settle(now, outcome)
+            case LoadMeasured(cpu_load, encode_latency):
+                self._report_load(cpu_load, encode_latency)
+            case NeighboursChanged(neighbours, epoch):
+                self._set_neighbours(neighbours, epoch)
+            case LeaderChanged(leader):
+                self._leader = leader
+            case ParametersRequested(bitrate_kbps):
+                self._request_parameters(now, bitrate_kbps)
+            case EscalationApproved(proposal_id):
+                self._apply_escalated(now, proposal_id)
+            case Tick():
+                self._tick_votes(now)
+
+    def ready(self) -> list[Action]:
+        """Everything decided since the last call, in the order it must be carried out."""
+        actions, self._actions = self._actions, []
+        return actions
 
     # -- topology ------------------------------------------------------------------------------
 
-    def set_neighbours(self, neighbours: Iterable[str], epoch: int | None = None) -> None:
+    def _set_neighbours(self, neighbours: Iterable[str], epoch: int | None = None) -> None:
         """Replace the neighbour set, keeping the filters of neighbours that stay."""
         wanted = [n for n in neighbours if n != self.node_id]
         self._neighbours = {
@@ -463,13 +649,6 @@ class SyncEngine:
         ]
         return self.config.vote_timeout + min(max(rtts, default=0.0), self.config.stale_after)
 
-    def set_leader(self, leader: str | None) -> None:
-        """The segment's elected leader (None: none known). A locked follower takes the
-        leader's slot as the timeline whenever the leader is a neighbour it counts and the
-        leader sits in the densest group; the leader itself, and followers that do not see it,
-        hold the densest group's slot as before."""
-        self._leader = leader
-
     def vouches(self, now: float) -> bool:
         """Whether this encoder's output is the mesh's: it has held its lock for a whole
         segment, and every neighbour it counts (newcomers aside) says it is locked too, as of
@@ -484,18 +663,9 @@ class SyncEngine:
 
     # -- frames --------------------------------------------------------------------------------
 
-    def on_frame(self, now: float, fingerprint: int, periods: int | None = None) -> FrameDecision:
-        """A picture was captured at ``now``: decide its timecode(s).
-
-        Args:
-            now: the picture's measured arrival on this encoder's clock.
-            fingerprint: the picture's identity, the same on every encoder (the source's own
-                timestamp where it has one); 0 when the picture cannot be told apart from its
-                neighbours (black, a freeze): it still gets its timecode, but it is never
-                matched against a neighbour's label, so it can never mismeasure.
-            periods: how many frame periods passed since the previous picture, when the
-                source's own timestamps say so; otherwise counted from the arrival times.
-        """
+    def _on_frame(self, now: float, fingerprint: int, periods: int | None) -> None:
+        """Decide the captured picture's timecode(s) (``FrameCaptured``), then, every
+        ``control_interval``, take a control step."""
         smoothed = self._smoother.update(now, periods)
         raw = smoothed.time
         label = raw + self.correction(now)
@@ -512,7 +682,12 @@ class SyncEngine:
             timecodes = tuple(range(last + 1, tc + 1))
         if timecodes:
             self._last_tc = timecodes[-1]
-        decision = FrameDecision(fingerprint, label, timecodes)
+        gop = self.config.gop
+        bitrate_for = self._schedule.bitrate_for
+        decision = EncodeFrame(
+            fingerprint, label, timecodes, tuple(bitrate_for(tc // gop) for tc in timecodes)
+        )
+        self._actions.append(decision)
         self._last = decision
         self._last_raw = raw
         self._remember(fingerprint, raw, now, tc)
@@ -521,7 +696,6 @@ class SyncEngine:
             if now >= self._next_control:
                 self._next_control = now + self.config.control_interval
                 self._control(now, label)
-        return decision
 
     def _remember(self, fingerprint: int, raw: float, now: float, tc: int) -> None:
         if fingerprint == NO_IDENTITY:
@@ -535,18 +709,17 @@ class SyncEngine:
             if theirs is not None:
                 nb.add_sample(now, raw - theirs[0])
 
-    def record_hash(self, timecode: int, frame_hash: bytes) -> None:
-        """The shell encoded ``timecode`` and hashed its access unit."""
+    def _record_hash(self, timecode: int, frame_hash: bytes) -> None:
         hashes = self._hashes
         hashes[timecode] = frame_hash
         if len(hashes) > self.config.history:
             del hashes[next(iter(hashes))]
 
-    def publish(self, now: float) -> list[tuple[str, EncodingStatePacket]]:
+    def _publish(self, now: float) -> None:
         """The ESPs describing the last captured picture, one per neighbour."""
         last = self._last
         if last is None or not self._neighbours:
-            return []
+            return
         self._sequence += 1
         tc = last.timecodes[-1] if last.timecodes else self.config.frame_rate.slot(last.label)
         newest = self._schedule.newest
@@ -572,20 +745,19 @@ class SyncEngine:
             anchor_hops=self._anchor.hops,
             anchor_offset=self._anchor.offset,
         )
+        actions = self._actions
         if self._sequence % self.config.echo_every:
-            return [(n, esp) for n in self._neighbours]
-        out = []
+            actions.extend(SendEsp(name, esp) for name in self._neighbours)
+            return
         for name, nb in self._neighbours.items():
             sequence, sent_at, hold = nb.link.echo(now)
             if sequence:
                 echoed = replace(esp, echo_sequence=sequence, echo_sent_at=sent_at, echo_hold=hold)
-                out.append((name, echoed))
+                actions.append(SendEsp(name, echoed))
             else:
-                out.append((name, esp))
-        return out
+                actions.append(SendEsp(name, esp))
 
-    def report_load(self, cpu_load: float, encode_latency: float) -> None:
-        """The shell's measurements of its own health, for the confidence score."""
+    def _report_load(self, cpu_load: float, encode_latency: float) -> None:
         links = [nb.link for nb in self._neighbours.values()]
         loss = sum(link.loss for link in links) / len(links) if links else 0.0
         jitter = sum(link.jitter for link in links) / len(links) if links else 0.0
@@ -602,11 +774,10 @@ class SyncEngine:
 
     # -- packets from neighbours ---------------------------------------------------------------
 
-    def on_esp(self, now: float, esp: EncodingStatePacket) -> bool:
-        """Take a neighbour's ESP. Returns False when it is not from a current neighbour."""
+    def _on_esp(self, now: float, esp: EncodingStatePacket) -> None:
         nb = self._neighbours.get(esp.sender)
         if nb is None:
-            return False
+            return
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
         nb.locked = esp.locked
         nb.confidence = esp.confidence
@@ -625,7 +796,7 @@ class SyncEngine:
         nb.corr_rate = esp.correction_rate
         nb.corr_at = now
         if esp.fingerprint == NO_IDENTITY:
-            return True
+            return
         theirs_raw = esp.label - esp.correction
         mine = self._own.get(esp.fingerprint)
         if mine is None:
@@ -633,7 +804,7 @@ class SyncEngine:
             pending[esp.fingerprint] = (theirs_raw, esp.timecode, esp.frame_hash)
             if len(pending) > self.config.history:
                 del pending[next(iter(pending))]
-            return True
+            return
         own_raw, at, own_tc = mine
         nb.add_sample(at, own_raw - theirs_raw)
         if esp.frame_hash and own_tc == esp.timecode:
@@ -641,22 +812,21 @@ class SyncEngine:
             if own_hash:
                 same = 1.0 if own_hash == esp.frame_hash else 0.0
                 nb.hash_agreement += 0.05 * (same - nb.hash_agreement)
-        return True
 
-    def on_proposal(self, now: float, proposal: ResyncProposal) -> SendVote | None:
-        """Vote on a neighbour's proposal from this engine's own estimate of the proposer.
-
-        The vote is returned, not queued: the shell answers on the link the proposal came
-        from. None when the proposer is not a current neighbour.
-        """
+    def _on_proposal(self, now: float, proposal: ResyncProposal) -> None:
+        """Vote on a neighbour's proposal from this engine's own estimate of the proposer
+        (none when the proposer is not a current neighbour)."""
         nb = self._neighbours.get(proposal.proposer)
         if nb is None:
-            return None
+            return
         if proposal.kind is CorrectionKind.PARAMETER and (
             proposal.effective_segment <= self.current_segment
         ):
             late = ResyncVote(proposal.proposer, proposal.proposal_id, self.node_id, False, 0.0)
-            return SendVote(replace(late, reason="segment already begun"), proposal.proposer)
+            self._actions.append(
+                SendVote(replace(late, reason="segment already begun"), proposal.proposer)
+            )
+            return
         estimates: list[float | None] = [None]
         cfg = self.config
         if (
@@ -675,16 +845,7 @@ class SyncEngine:
         tolerance = self._thresholds()[2]
         votes = [judge_proposal(proposal, self.node_id, e, tolerance) for e in estimates]
         vote = next((v for v in votes if v.approve), votes[0])
-        return SendVote(vote, proposal.proposer)
-
-    def on_vote(self, now: float, vote: ResyncVote) -> None:
-        outcome = self._proposals.record_vote(now, vote)
-        if outcome is not None:
-            self._settle(now, outcome)
-
-    def tick(self, now: float) -> None:
-        """Let time pass without a frame (vote deadlines)."""
-        self._tick_votes(now)
+        self._actions.append(SendVote(vote, proposal.proposer))
 
     @property
     def current_segment(self) -> int:
@@ -695,20 +856,21 @@ class SyncEngine:
         """The agreed bitrate of ``segment``."""
         return self._schedule.bitrate_for(segment)
 
-    def request_parameters(self, now: float, bitrate_kbps: int) -> ResyncProposal:
-        """Propose a mesh-wide bitrate change ``parameter_lead`` segments ahead.
-
-        Raises:
-            ParameterChangeError: no frame encoded yet, no neighbours to agree, or another
-                change is still pending.
-        """
-        if self._last_tc is None:
-            raise ParameterChangeError("no frame encoded yet")
-        if not self._neighbours:
-            raise ParameterChangeError("no neighbours to agree with")
+    def _request_parameters(self, now: float, bitrate_kbps: int) -> None:
+        """Propose a mesh-wide bitrate change ``parameter_lead`` segments ahead, unless no
+        frame is encoded yet, no neighbour can agree, or another change is still pending."""
         pending = self._schedule.pending(self.current_segment)
-        if pending is not None or self._parameter_proposals:
-            raise ParameterChangeError(f"a change is already pending: {pending}")
+        if self._last_tc is None:
+            refused = "no frame encoded yet"
+        elif not self._neighbours:
+            refused = "no neighbours to agree with"
+        elif pending is not None or self._parameter_proposals:
+            refused = f"a change is already pending: {pending}"
+        else:
+            refused = ""
+        if refused:
+            self._actions.append(ParametersRefused(bitrate_kbps, refused))
+            return
         change = ParameterChange(self.current_segment + self.config.parameter_lead, bitrate_kbps)
         self._proposal_ids += 1
         proposal = ResyncProposal(
@@ -724,16 +886,11 @@ class SyncEngine:
         self._proposals.open(now, proposal, electorate, self._vote_timeout(electorate))
         self._parameter_proposals[proposal.proposal_id] = change
         self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))
-        return proposal
 
     def _learn(self, change: ParameterChange, proposal_id: int) -> None:
         if self._schedule.adopt(change, self.current_segment):
             self._counts[CorrectionKind.PARAMETER] += 1
             self._actions.append(ParametersAgreed(change, proposal_id))
-
-    def drain_actions(self) -> list[Action]:
-        actions, self._actions = self._actions, []
-        return actions
 
     # -- control -------------------------------------------------------------------------------
 
@@ -995,13 +1152,8 @@ class SyncEngine:
         self._escalated = (outcome.proposal.proposal_id, plan, now)
         self._actions.append(Escalate(outcome, error))
 
-    def apply_escalated(self, now: float, proposal_id: int) -> bool:
-        """The Mesh Manager ruled that an escalated proposal applies after all.
-
-        Only the newest escalated plan can be applied, only while no own proposal is open and
-        within ``escalation_expiry`` of the vote: a verdict on an older plan would move the
-        label by a shift computed for a moment that has passed. Returns whether it applied.
-        """
+    def _apply_escalated(self, now: float, proposal_id: int) -> None:
+        """``EscalationApproved``: apply the escalated plan if it is still the newest one."""
         escalated = self._escalated
         if (
             escalated is None
@@ -1009,10 +1161,9 @@ class SyncEngine:
             or self._open is not None
             or now - escalated[2] > self.config.escalation_expiry
         ):
-            return False
+            return
         self._escalated = None
         self._apply(now, escalated[1], proposal_id)
-        return True
 
     def _apply(self, now: float, plan: PlannedCorrection, proposal_id: int) -> None:
         self._corr = self.correction(now) + plan.shift

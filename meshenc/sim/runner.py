@@ -21,11 +21,20 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from meshenc.core.engine import (
+    Action,
     CorrectionApplied,
+    EncodeFrame,
     EngineConfig,
     Escalate,
+    EspReceived,
+    FrameCaptured,
+    FrameEncoded,
+    ProposalReceived,
+    SendEsp,
     SendProposal,
+    SendVote,
     SyncEngine,
+    VoteReceived,
 )
 from meshenc.core.messages import CorrectionKind, EncodingStatePacket, ResyncProposal, ResyncVote
 from meshenc.core.policy import Strategy
@@ -166,10 +175,41 @@ def run(
         seq += 1
         heapq.heappush(heap, (t + delay, seq, kind, receiver, payload))
 
-    def dispatch(t: float, i: int, engine: SyncEngine) -> None:
+    def carry_out(t: float, i: int, now: float, k: int, actions: list[Action]) -> None:
+        """Carry out engine ``i``'s actions in order (``k``: the picture captured at ``now``)."""
         nonlocal escalations
-        for action in engine.drain_actions():
-            if isinstance(action, CorrectionApplied):
+        engine = engines[i]
+        liar = i in liars
+        noise = b""
+        for action in actions:
+            if isinstance(action, SendEsp):
+                esp = action.esp
+                if liar:
+                    # One lie per picture: the same offset and hash noise to every neighbour.
+                    noise = noise or lie_rng.bytes(32)
+                    esp = _lie(esp, lie_now(t), noise)
+                send(t, i, index[action.to], _ESP, esp)
+            elif isinstance(action, EncodeFrame):
+                codes = action.timecodes
+                labels[i][k] = action.label
+                hashes: tuple[tuple[int, bytes], ...] = ()
+                if codes:
+                    tc = codes[-1]
+                    timecodes[i][k] = tc
+                    repeats[i][k] = len(codes) - 1
+                    hashes = ((tc, _frame_hash(k, tc)),)
+                engine.step(now, FrameEncoded(hashes))
+                published = engine.ready()
+                # Baselines ignore the mesh: their ESPs would change nothing, so none is sent.
+                if not engine.policy.uses_mesh:
+                    published = [a for a in published if not isinstance(a, SendEsp)]
+                carry_out(t, i, now, k, published)
+            elif isinstance(action, SendVote):
+                vote = action.vote
+                if liar:
+                    vote = replace(vote, approve=False, reason="liar")
+                send(t, i, index[action.to], _VOTE, vote)
+            elif isinstance(action, CorrectionApplied):
                 corrections.append(
                     CorrectionRecord(
                         i, t, action.kind, action.shift, action.lead, action.proposal_id > 0
@@ -180,6 +220,10 @@ def run(
                     send(t, i, index[name], _PROPOSAL, action.proposal)
             elif isinstance(action, Escalate):
                 escalations += 1
+
+    def lie_now(t: float) -> float:
+        """A liar's offset at ``t``: ``lie`` one way, then the other, every half period."""
+        return lie if math.sin(2 * math.pi * (t - start) / _LIE_PERIOD) >= 0 else -lie
 
     events = 0
     heappop = heapq.heappop
@@ -192,41 +236,24 @@ def run(
             assert isinstance(k, int)
             now = clocks[i].read(t, capture_jitter[i][k])
             periods = 1 if with_pts and k else None
-            decision = engine.on_frame(now, k + 1, periods)  # identity 0 means "none"
-            codes = decision.timecodes
-            labels[i][k] = decision.label
-            if codes:
-                tc = codes[-1]
-                timecodes[i][k] = tc
-                repeats[i][k] = len(codes) - 1
-                engine.record_hash(tc, _frame_hash(k, tc))
+            engine.step(now, FrameCaptured(k + 1, periods))  # identity 0 means "none"
             if k + 1 < frames:
                 seq += 1
                 heapq.heappush(heap, (arrival(i, k + 1), seq, _FRAME, i, k + 1))
-            # Baselines ignore the mesh: their ESPs would change nothing, so they are not sent.
-            packets = engine.publish(now) if engine.policy.uses_mesh else []
-            if packets and i in liars:
-                sign = 1.0 if math.sin(2 * math.pi * (t - start) / _LIE_PERIOD) >= 0 else -1.0
-                noise = lie_rng.bytes(32)
-                packets = [(to, _lie(esp, sign * lie, noise)) for to, esp in packets]
-            for to, esp in packets:
-                send(t, i, index[to], _ESP, esp)
-            dispatch(t, i, engine)
+            carry_out(t, i, now, k, engine.ready())
         elif kind == _ESP:
             assert isinstance(payload, EncodingStatePacket)
-            engine.on_esp(clocks[i].read(t), payload)
+            engine.step(clocks[i].read(t), EspReceived(payload))
         elif kind == _PROPOSAL:
             assert isinstance(payload, ResyncProposal)
-            answer = engine.on_proposal(clocks[i].read(t), payload)
-            if answer is not None:
-                vote = answer.vote
-                if i in liars:
-                    vote = replace(vote, approve=False, reason="liar")
-                send(t, i, index[answer.to], _VOTE, vote)
+            now = clocks[i].read(t)
+            engine.step(now, ProposalReceived(payload))
+            carry_out(t, i, now, -1, engine.ready())
         else:
             assert isinstance(payload, ResyncVote)
-            engine.on_vote(clocks[i].read(t), payload)
-            dispatch(t, i, engine)
+            now = clocks[i].read(t)
+            engine.step(now, VoteReceived(payload))
+            carry_out(t, i, now, -1, engine.ready())
 
     return Recording(
         scenario=scenario,

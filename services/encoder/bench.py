@@ -4,10 +4,10 @@ Theory of operation
 -------------------
 Three measurements, each a question the design has to answer with numbers:
 
-1. *Throughput.* The whole per-frame path of :class:`~services.encoder.runtime.EncoderRuntime`
-   runs as fast as it can (no pacing): render and fingerprint the synthetic picture,
-   ``SyncEngine.on_frame``, ``GopEncoder.encode``, ``SegmentWriter.add`` (real files, fsynced,
-   in a temporary directory), ``record_hash``, ``publish`` and the conversion of each ESP to its
+1. *Throughput.* The runtime's own per-frame path (``services.encoder.pipeline``) runs as
+   fast as it can (no pacing): render and fingerprint the synthetic picture, then the
+   pipeline's ``FrameCaptured`` → ``GopEncoder.encode`` → ``SegmentWriter.add`` (real files,
+   fsynced, in a temporary directory) → ``FrameEncoded`` → the conversion of each ESP to its
    wire envelope for three neighbours. The engine is configured with three neighbours whose
    ESPs are fed back to it (built from its own ESPs with small label offsets, then checked and
    converted as a received stream is), so the Kalman filters, the control step and the lock
@@ -23,9 +23,9 @@ Three measurements, each a question the design has to answer with numbers:
    hits both alike; the ratio is computed per pair of runs.
 
 2. *Mesh protocol CPU per frame,* timed (``perf_counter``, on the one thread that does all the
-   work) around only the mesh parts of the same loop: ``on_frame``, ``publish`` with ESP
-   conversion to the wire, and for each of the three neighbour ESPs the stream check, the
-   conversion from the wire and ``on_esp`` (plus votes for any proposal). Reported as the
+   work) around only the mesh parts of the same loop: the engine's steps for the picture, the
+   ESPs' conversion to the wire, and for each of the three neighbour ESPs the stream check, the
+   conversion from the wire and ``EspReceived`` (plus votes for any proposal). Reported as the
    median over every frame of every run, and as a share of the frame period.
 
 3. *ESP latency over real gRPC* on 127.0.0.1: two ``MeshServer``/``MeshLinks`` pairs in one
@@ -55,16 +55,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from meshenc.core.engine import EngineConfig, SendProposal, SyncEngine
+from meshenc.core.engine import (
+    Action,
+    EngineConfig,
+    EspReceived,
+    SendEsp,
+    SendProposal,
+    SyncEngine,
+    VoteReceived,
+)
 from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
 from meshenc.core.timecode import FrameRate
 from meshenc.v1 import common_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.validation import ExchangeStreamChecker
-from services.encoder.media.gop import EncoderParams, GopEncoder
+from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
 from services.encoder.media.segments import SegmentWriter
 from services.encoder.media.source import SyntheticSource, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
+from services.encoder.pipeline import FramePipeline
 from services.encoder.settings import parse_size
 
 __all__ = [
@@ -261,25 +270,53 @@ def _neighbour_messages(ours: EncodingStatePacket, now: float) -> list[mesh_pb2.
     ]
 
 
-def _answer_proposals(engine: SyncEngine, now: float) -> int:
-    """Approve every proposal at once, as locked neighbours would; returns how many."""
-    proposals = 0
-    for action in engine.drain_actions():
-        if isinstance(action, SendProposal):
-            proposals += 1
-            proposal: ResyncProposal = action.proposal
-            for voter in action.to:
-                engine.on_vote(
-                    now,
-                    ResyncVote(
-                        proposer=NODE,
-                        proposal_id=proposal.proposal_id,
-                        voter=voter,
-                        approve=True,
-                        estimated_deviation=0.0,
-                    ),
-                )
-    return proposals
+class _BenchShell:
+    """The process around the pipeline, as the benchmark plays it: it converts every ESP to
+    its wire envelope (as sending does), keeps the proposals for the neighbours to answer,
+    counts segments and notes the libx264 build."""
+
+    def __init__(self) -> None:
+        self.segments = 0
+        self.x264: str | None = None
+        self.esps: list[EncodingStatePacket] = []
+        self.wire: list[mesh_pb2.MeshMessage] = []
+        self.proposals: list[ResyncProposal] = []
+
+    def slot_starts(self, timecode: int, measured: bool) -> None:
+        del timecode, measured
+
+    def slot_encoded(self, frame: EncodedFrame, encode_seconds: float) -> None:
+        del encode_seconds
+        if self.x264 is None and frame.keyframe:
+            self.x264 = _x264_version(frame.data)
+
+    def segments_written(self, paths: list[Path], started_ns: int) -> None:
+        del started_ns
+        self.segments += len(paths)
+
+    def picture_done(self) -> None:
+        pass
+
+    def carry_out(self, action: Action) -> None:
+        if isinstance(action, SendEsp):
+            self.esps.append(action.esp)
+            self.wire.append(mesh_pb2.MeshMessage(esp=convert.esp_to_proto(action.esp)))
+        elif isinstance(action, SendProposal):
+            self.proposals.append(action.proposal)
+
+
+def _approvals(proposal: ResyncProposal) -> list[ResyncVote]:
+    """Every neighbour approves at once, as locked neighbours would."""
+    return [
+        ResyncVote(
+            proposer=NODE,
+            proposal_id=proposal.proposal_id,
+            voter=voter,
+            approve=True,
+            estimated_deviation=0.0,
+        )
+        for voter, _ in NEIGHBOURS
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,17 +347,22 @@ def run_path(size: EncoderSize, frames: int, out_dir: Path) -> _PathRun:
     params = size.params
     fmt = VideoFormat(size.width, size.height, FRAME_RATE)
     source = SyntheticSource(fmt)
-    engine = SyncEngine(NODE, EngineConfig(frame_rate=FRAME_RATE), [n for n, _ in NEIGHBOURS])
+    config = EngineConfig(frame_rate=FRAME_RATE, gop=GOP, bitrate_kbps=params.bitrate_kbps)
+    engine = SyncEngine(NODE, config, [n for n, _ in NEIGHBOURS])
     checkers = {name: _stream_checker(name) for name, _ in NEIGHBOURS}
-    encoder = GopEncoder(params)
-    writer = SegmentWriter(out_dir, params)
     period = FRAME_RATE.period
     origin = float(math.floor(time.time()))
+    now = origin
+    shell = _BenchShell()
+    pipeline = FramePipeline(engine, shell, lambda: now)
+    encoder = GopEncoder(params)
+    writer = SegmentWriter(out_dir, params)
+    pipeline.start(encoder, writer)
+    times = pipeline.times
     clock = time.perf_counter
     mesh_seconds: list[float] = []
-    render = encode = mux = 0.0
-    segments = proposals = 0
-    x264: str | None = None
+    render = 0.0
+    proposals = 0
     try:
         started = clock()
         for index in range(frames):
@@ -329,30 +371,20 @@ def run_path(size: EncoderSize, frames: int, out_dir: Path) -> _PathRun:
             picture = source.picture(index)
             rendered = clock()
             render += rendered - mark
-            decision = engine.on_frame(now, picture.fingerprint)
-            spent = clock() - rendered
-            for timecode in decision.timecodes:
-                mark = clock()
-                frame = encoder.encode(timecode, picture)
-                encoded = clock()
-                segments += len(writer.add(frame))
-                mux += clock() - encoded
-                encode += encoded - mark
-                engine.record_hash(timecode, frame.sha256)
-                if x264 is None and frame.keyframe:
-                    x264 = _x264_version(frame.data)
-            mark = clock()
-            published = engine.publish(now)
-            wire = [
-                (peer, mesh_pb2.MeshMessage(esp=convert.esp_to_proto(e))) for peer, e in published
-            ]
-            spent += clock() - mark
-            incoming = _neighbour_messages(published[0][1], now) if wire else []
+            inside = times.engine + times.actions
+            shell.esps.clear()
+            shell.wire.clear()
+            pipeline.capture(now, picture, picture.fingerprint, None, None)
+            spent = times.engine + times.actions - inside
+            incoming = _neighbour_messages(shell.esps[0], now) if shell.wire else []
             mark = clock()
             for msg in incoming:
                 checkers[msg.esp.sender_id].check(msg)
-                engine.on_esp(now, convert.esp_from_proto(msg.esp))
-            proposals += _answer_proposals(engine, now)
+                pipeline.step(now, EspReceived(convert.esp_from_proto(msg.esp)))
+            while shell.proposals:
+                proposals += 1
+                for vote in _approvals(shell.proposals.pop(0)):
+                    pipeline.step(now, VoteReceived(vote))
             spent += clock() - mark
             mesh_seconds.append(spent)
         seconds = clock() - started
@@ -361,9 +393,9 @@ def run_path(size: EncoderSize, frames: int, out_dir: Path) -> _PathRun:
         writer.finish()
         encoder.close()
     mesh = math.fsum(mesh_seconds)
-    parts = {"picture": render, "encode": encode, "segments": mux, "mesh": mesh}
+    parts = {"picture": render, "encode": times.encode, "segments": times.segments, "mesh": mesh}
     parts["other"] = max(0.0, seconds - math.fsum(parts.values()))
-    return _PathRun(seconds, mesh_seconds, parts, segments, proposals, locked, x264)
+    return _PathRun(seconds, mesh_seconds, parts, shell.segments, proposals, locked, shell.x264)
 
 
 # --- the ffmpeg baseline ----------------------------------------------------------------------
@@ -601,9 +633,8 @@ class _LatencyNode:
     def on_esp(self, esp: EncodingStatePacket) -> None:
         self.arrivals.append((esp.sent_at, time.time()))
 
-    def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
+    def on_proposal(self, proposal: ResyncProposal) -> None:
         del proposal
-        return None
 
     def on_vote(self, vote: ResyncVote) -> None:
         del vote

@@ -17,8 +17,8 @@ Every received message passes ``ExchangeStreamChecker`` (which applies
 ``meshenc.wire.validation``) before it is converted to a core dataclass and handed to the
 handler; the first invalid message ends that stream (the acceptor aborts it with
 INVALID_ARGUMENT naming the field, the dialer cancels it and reconnects) and the handler never
-sees it. Other streams are not affected. A vote returned by ``on_proposal`` goes back to the
-proposer over the same link.
+sees it. Other streams are not affected. The handler answers a proposal by sending its vote
+with ``MeshLinks.send``, like any other message.
 
 Invariants
 ----------
@@ -105,8 +105,8 @@ class MeshHandler(Protocol):
         """A neighbour's ESP arrived (validated)."""
         ...
 
-    def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
-        """A neighbour's proposal arrived; the vote returned is sent back to the proposer."""
+    def on_proposal(self, proposal: ResyncProposal) -> None:
+        """A neighbour's proposal arrived (the handler sends its vote back to the proposer)."""
         ...
 
     def on_vote(self, vote: ResyncVote) -> None:
@@ -513,16 +513,14 @@ class MeshLinks:
             session.end()
 
     def _deliver(self, peer: str, msg: mesh_pb2.MeshMessage) -> None:
-        """Hand one valid message to the handler; a proposal's vote goes back to ``peer``."""
+        """Hand one valid message to the handler."""
         self.received[peer] += 1
         body = msg.WhichOneof("body")
         try:
             if body == "esp":
                 self._handler.on_esp(convert.esp_from_proto(msg.esp))
             elif body == "proposal":
-                vote = self._handler.on_proposal(convert.proposal_from_proto(msg.proposal))
-                if vote is not None:
-                    self.send(peer, vote)
+                self._handler.on_proposal(convert.proposal_from_proto(msg.proposal))
             elif body == "vote":
                 self._handler.on_vote(convert.vote_from_proto(msg.vote))
         except Exception:

@@ -13,8 +13,9 @@ all. No stamp is ever derived from a picture's position in the stream.
 The engine turns the stamp into a label and timecode(s); the picture is encoded into each slot
 by a GOP-deterministic encoder, written into segments named by segment number (with the
 source's audio passed through, re-timed onto the same timeline), hashed into the ESP, and the
-ESP goes to every neighbour. Everything the engine decides (proposals, corrections,
-escalations) leaves through ``_dispatch``.
+ESP goes to every neighbour. That path is the ``FramePipeline``'s, which is also the only door
+into the engine: every event goes in through ``pipeline.step`` and everything the engine
+decides (ESPs, votes, proposals, corrections, escalations) comes back to ``carry_out``.
 
 When the input stops (``InputMonitor``), the encoder keeps its timeline and output running on
 its own cadence: it repeats the last picture, then sends black (``--input-loss-*``), marks those
@@ -49,12 +50,24 @@ from meshenc.core.clock import VirtualOscillator
 from meshenc.core.election import ElectionConfig, ElectionSnapshot, RankInputs
 from meshenc.core.engine import (
     NO_IDENTITY,
+    Action,
     CorrectionApplied,
     EngineConfig,
     Escalate,
+    EscalationApproved,
+    EspReceived,
+    LeaderChanged,
+    LoadMeasured,
+    NeighboursChanged,
     ParametersAgreed,
+    ParametersRefused,
+    ParametersRequested,
+    ProposalReceived,
+    SendEsp,
     SendProposal,
+    SendVote,
     SyncEngine,
+    VoteReceived,
 )
 from meshenc.core.identity import FingerprintWindow, SourceCadence, source_identity
 from meshenc.core.messages import (
@@ -70,7 +83,7 @@ from services.common.telemetry import EncoderTelemetry
 from services.encoder.control import ControlPlane, record_health
 from services.encoder.leadership import SegmentLeadership
 from services.encoder.manager_link import VoteLog, escalation, health_report
-from services.encoder.media.gop import EncoderParams, GopEncoder
+from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
 from services.encoder.media.ingest import (
     Ingested,
     IngestedAudio,
@@ -89,6 +102,7 @@ from services.encoder.media.segments import (
 )
 from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
+from services.encoder.pipeline import FramePipeline
 from services.encoder.settings import EncoderSettings
 from services.encoder.state import encoder_state
 
@@ -127,6 +141,7 @@ class EncoderRuntime:
             bitrate_kbps=settings.bitrate_kbps,
         )
         self.engine = SyncEngine(settings.id, config, settings.peers)
+        self.pipeline = FramePipeline(self.engine, self, self.clock)
         self._oscillator = VirtualOscillator(
             offset=settings.offset_ms / 1000.0,
             drift_ppm=settings.drift_ppm,
@@ -181,7 +196,12 @@ class EncoderRuntime:
         self.control = ControlPlane(settings, self.apply_topology, self.health_report)
         self._stop = asyncio.Event()
         self._last_esp: EncodingStatePacket | None = None
-        self._last_tc: int | None = None
+        #: What the last ParametersRequested came to: the proposal, or why there is none.
+        self._requested: ResyncProposal | str | None = None
+        #: The proposal of the newest correction applied (0: none voted on).
+        self._applied = 0
+        #: The neighbour's proposal being voted on (its trace is the vote's parent).
+        self._answering: ResyncProposal | None = None
         self._load = _LoadMeter()
         #: Frames the loop may owe before it gives up on them (one second's worth).
         self._max_backlog = max(1, round(settings.frame_rate.fps))
@@ -227,9 +247,10 @@ class EncoderRuntime:
                 self.leadership.move_to(segment)
             self.control.publish(segment=segment)
         self.links.set_peers(document.neighbours)
-        self.engine.set_neighbours(document.neighbours, document.epoch)
+        now = self.clock()
+        self.pipeline.step(now, NeighboursChanged(tuple(document.neighbours), document.epoch))
         if self.leadership is None:
-            self.engine.set_leader(document.leader or None)
+            self.pipeline.step(now, LeaderChanged(document.leader or None))
         self._report_rank()
 
     def health_report(self) -> manager_pb2.HealthReport:
@@ -246,7 +267,7 @@ class EncoderRuntime:
         )
 
     def on_esp(self, esp: EncodingStatePacket) -> None:
-        self.engine.on_esp(self.clock(), esp)
+        self.pipeline.step(self.clock(), EspReceived(esp))
         if self.leadership is not None:
             self.leadership.peer_heard(esp.sender)
 
@@ -259,7 +280,7 @@ class EncoderRuntime:
     def _on_leader_change(self, election: ElectionSnapshot) -> None:
         """The engine follows the leader of the newest tenure seen (kept while etcd is away)."""
         self.telemetry.leader_changed(election)
-        self.engine.set_leader(election.leader)
+        self.pipeline.step(self.clock(), LeaderChanged(election.leader))
 
     def _report_rank(self) -> None:
         """Our ranking inputs for the segment election: confidence and mean neighbour RTT."""
@@ -288,15 +309,18 @@ class EncoderRuntime:
             health=record_health(snap.locked and live, snap.confidence, self.control.health)
         )
 
-    def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
-        answer = self.engine.on_proposal(self.clock(), proposal)
-        return None if answer is None else self.telemetry.vote_cast(proposal, answer.vote)
+    def on_proposal(self, proposal: ResyncProposal) -> None:
+        """A neighbour's proposal: the engine's vote goes back through ``carry_out``."""
+        self._answering = proposal
+        try:
+            self.pipeline.step(self.clock(), ProposalReceived(proposal))
+        finally:
+            self._answering = None
 
     def on_vote(self, vote: ResyncVote) -> None:
         self._votes.record(vote)
         self.telemetry.vote_received(vote)
-        self.engine.on_vote(self.clock(), vote)
-        self._dispatch()
+        self.pipeline.step(self.clock(), VoteReceived(vote))
 
     def hello(self) -> mesh_pb2.Hello:
         fr = self.settings.frame_rate
@@ -309,9 +333,12 @@ class EncoderRuntime:
         )
 
     def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
-        proposal = self.engine.request_parameters(self.clock(), bitrate_kbps)
-        self._dispatch()
-        return proposal.proposal_id, proposal.effective_segment
+        self._requested = None
+        self.pipeline.step(self.clock(), ParametersRequested(bitrate_kbps))
+        requested, self._requested = self._requested, None
+        if not isinstance(requested, ResyncProposal):
+            raise ValueError(requested or "the engine did not answer the request")
+        return requested.proposal_id, requested.effective_segment
 
     def state(self) -> mesh_pb2.EncoderState:
         election = None if self.leadership is None else self.leadership.snapshot()
@@ -386,6 +413,7 @@ class EncoderRuntime:
         encoder = GopEncoder(self._params)
         writer = SegmentWriter(self.settings.out, self._params)
         self._writer = writer
+        self.pipeline.start(encoder, writer)
         if self.settings.publish:
             self.publisher = Publisher(self.settings.publish)
         deadline = None if self.settings.duration is None else time.time() + self.settings.duration
@@ -409,17 +437,17 @@ class EncoderRuntime:
                         item = await asyncio.wait_for(queue.get(), timeout=wait)
                 if item is None:
                     if (fill := self._input.fill(time.time())) is not None:
-                        self._fill(encoder, writer, *fill)
+                        self._fill(*fill)
                     continue
                 if isinstance(item, IngestedAudio):
                     started = time.time_ns()
-                    self._written(writer.add_audio(_audio_packet(item)), started)
+                    self.segments_written(writer.add_audio(_audio_packet(item)), started)
                     continue
                 if queue.qsize() > self._max_backlog:
                     # More than a second behind the input: live ingest loses frames here.
                     self.stats.skipped += 1
                     continue
-                self._ingest(encoder, writer, item)
+                self._ingest(item)
                 await asyncio.sleep(0)
         finally:
             if self.leadership is not None and leadership is not None:
@@ -429,7 +457,7 @@ class EncoderRuntime:
             if ingest is not None:
                 await asyncio.to_thread(ingest.stop)
             started = time.time_ns()
-            self._written(writer.finish(), started)
+            self.segments_written(writer.finish(), started)
             if self.publisher is not None:
                 await self.publisher.close(grace=2.0)
             self.telemetry.close()
@@ -440,7 +468,7 @@ class EncoderRuntime:
             log.info("encoder %s stopped: %s", self.node_id, self.stats)
         return self.stats
 
-    def _ingest(self, encoder: GopEncoder, writer: SegmentWriter, item: IngestedPicture) -> None:
+    def _ingest(self, item: IngestedPicture) -> None:
         """One picture of the input: identity and cadence from its source timestamp (or, without
         one, from a window of fingerprints), stamp from its measured arrival."""
         source_time = None if item.pts is None else item.pts * item.time_base
@@ -459,16 +487,14 @@ class EncoderRuntime:
             identity = source_identity(ticks)
             periods = None if back else self._cadence.periods(item.pts, item.time_base)
         self._last_picture = item.picture
-        self._capture(
-            encoder, writer, item.picture, self._stamp(item.arrived), identity, periods, ticks
-        )
+        self.pipeline.capture(self._stamp(item.arrived), item.picture, identity, periods, ticks)
 
-    def _fill(self, encoder: GopEncoder, writer: SegmentWriter, due: float, repeat: bool) -> None:
+    def _fill(self, due: float, repeat: bool) -> None:
         """The input is lost: a filler picture on the encoder's own cadence, never measured."""
         picture = self._last_picture if repeat and self._last_picture is not None else self._black
-        self._capture(encoder, writer, picture, self._stamp(due), NO_IDENTITY, 1, None, filler=True)
+        self.pipeline.capture(self._stamp(due), picture, NO_IDENTITY, 1, None, measured=False)
 
-    def _written(self, paths: list[Path], started_ns: int) -> None:
+    def segments_written(self, paths: list[Path], started_ns: int) -> None:
         """Segments the writer just wrote (the call began at ``started_ns``): count them, time
         them, and publish those this encoder can vouch for."""
         finished_ns = time.time_ns()
@@ -487,7 +513,9 @@ class EncoderRuntime:
         for stale in [s for s in self._vouched if newest is not None and s < newest]:
             del self._vouched[stale]  # segments the writer dropped (partial): never written
 
-    def _vouch(self, timecode: int, measured: bool) -> None:
+    # -- PipelineShell: the frame path's hooks ----------------------------------------------------
+
+    def slot_starts(self, timecode: int, measured: bool) -> None:
         """Whether a segment can go out under the shared name: every frame of it came from a
         live input (no filler), its first frame was encoded while the engine vouched for the
         timeline (locked for a whole segment, every counted neighbour locked too), and no
@@ -511,103 +539,99 @@ class EncoderRuntime:
             return True
         return self.leadership.snapshot().leader == self.node_id
 
-    def _capture(
-        self,
-        encoder: GopEncoder,
-        writer: SegmentWriter,
-        picture: Picture,
-        now: float,
-        identity: int,
-        periods: int | None,
-        source_time: int | None,
-        *,
-        filler: bool = False,
-    ) -> None:
-        decision = self.engine.on_frame(now, identity, periods)
-        for tc in decision.timecodes:
-            self._vouch(tc, not filler and len(decision.timecodes) == 1)
-            started = time.perf_counter()
-            bitrate = self.engine.bitrate_for(tc // self.settings.gop)
-            frame = encoder.encode(tc, picture, bitrate_kbps=bitrate)
-            self._load.encoded(time.perf_counter() - started)
-            started = time.time_ns()
-            self._written(writer.add(frame, source_time), started)
-            self.engine.record_hash(tc, frame.sha256)
-            self._last_tc = tc
+    def slot_encoded(self, frame: EncodedFrame, encode_seconds: float) -> None:
+        self._load.encoded(encode_seconds)
+
+    def picture_done(self) -> None:
+        """Once a second, the load goes to the engine (confidence), the election and the
+        registry, and the metrics are observed."""
         self.stats.frames += 1
         report = self._load.sample()
         if report is not None:
-            self.engine.report_load(*report)
+            self.pipeline.step(self.clock(), LoadMeasured(*report))
             self._load_sample = report
             self._report_rank()
             self._report_health()
             origins = self.publisher.stats() if self.publisher is not None else ()
             self.telemetry.observe(self.links, self.stats, report, self.input_status, origins)
-        for peer, esp in self.engine.publish(self.clock()):
-            self._last_esp = esp
-            try:
-                self.links.send(peer, esp)
-            except ValueError:
-                # A live encoder keeps encoding whatever its mesh plumbing does.
-                log.exception("could not send an ESP to %s", peer)
-        self._dispatch()
 
     def _segment_done(self) -> bool:
         """Whether the newest output slot is the last of its segment (a clean place to stop)."""
-        return self._last_tc is None or (self._last_tc + 1) % self.settings.gop == 0
+        last = self.pipeline.last_timecode
+        return last is None or (last + 1) % self.settings.gop == 0
 
-    def _dispatch(self) -> None:
-        for action in map(self.telemetry.on_action, self.engine.drain_actions()):
-            if isinstance(action, SendProposal):
-                for peer in action.to:
-                    self.links.send(peer, action.proposal)
-            elif isinstance(action, CorrectionApplied):
-                if action.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE) and (
-                    self._last_tc is not None
-                ):
-                    self._vouched[self._last_tc // self.settings.gop] = False
-                log.info(
-                    "correction %s shift=%+.2f ms rate=%+.1f ppm lead=%s proposal=%d",
-                    action.kind.value,
-                    action.shift * 1000.0,
-                    action.new_rate * 1e6,
-                    "n/a" if math.isnan(action.lead) else f"{action.lead:.1f} s",
-                    action.proposal_id,
-                )
-            elif isinstance(action, ParametersAgreed):
-                log.info(
-                    "parameters agreed: %d kbit/s from segment %d (%s)",
-                    action.change.bitrate_kbps,
-                    action.change.effective_segment,
-                    f"proposal {action.proposal_id}" if action.proposal_id else "from a neighbour",
-                )
-            elif isinstance(action, Escalate):
-                self.stats.escalations += 1
-                log.warning(
-                    "proposal %d %s (approvals %s, rejections %s); escalating to %s",
-                    action.outcome.proposal.proposal_id,
-                    action.outcome.verdict.name.lower(),
-                    sorted(action.outcome.approvals),
-                    sorted(action.outcome.rejections),
-                    self.settings.manager or "no manager",
-                )
-                request = escalation(
-                    action, self._votes.take(action), len(self.engine.neighbours), time.time_ns()
-                )
-                self.control.escalate(request, functools.partial(self._on_verdict, action))
+    def carry_out(self, action: Action) -> None:
+        """Carry out one of the engine's decisions (the pipeline encodes pictures itself)."""
+        if isinstance(action, SendEsp):
+            self._last_esp = action.esp
+            try:
+                self.links.send(action.to, action.esp)
+            except ValueError:
+                # A live encoder keeps encoding whatever its mesh plumbing does.
+                log.exception("could not send an ESP to %s", action.to)
+            return
+        action = self.telemetry.on_action(action)
+        if isinstance(action, SendVote):
+            vote = action.vote
+            if self._answering is not None:
+                vote = self.telemetry.vote_cast(self._answering, vote)
+            self.links.send(action.to, vote)
+        elif isinstance(action, SendProposal):
+            if action.proposal.kind is CorrectionKind.PARAMETER:
+                self._requested = action.proposal
+            for peer in action.to:
+                self.links.send(peer, action.proposal)
+        elif isinstance(action, ParametersRefused):
+            self._requested = action.reason
+        elif isinstance(action, CorrectionApplied):
+            self._applied = action.proposal_id
+            last = self.pipeline.last_timecode
+            if action.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE) and last is not None:
+                self._vouched[last // self.settings.gop] = False
+            log.info(
+                "correction %s shift=%+.2f ms rate=%+.1f ppm lead=%s proposal=%d",
+                action.kind.value,
+                action.shift * 1000.0,
+                action.new_rate * 1e6,
+                "n/a" if math.isnan(action.lead) else f"{action.lead:.1f} s",
+                action.proposal_id,
+            )
+        elif isinstance(action, ParametersAgreed):
+            log.info(
+                "parameters agreed: %d kbit/s from segment %d (%s)",
+                action.change.bitrate_kbps,
+                action.change.effective_segment,
+                f"proposal {action.proposal_id}" if action.proposal_id else "from a neighbour",
+            )
+        elif isinstance(action, Escalate):
+            self.stats.escalations += 1
+            log.warning(
+                "proposal %d %s (approvals %s, rejections %s); escalating to %s",
+                action.outcome.proposal.proposal_id,
+                action.outcome.verdict.name.lower(),
+                sorted(action.outcome.approvals),
+                sorted(action.outcome.rejections),
+                self.settings.manager or "no manager",
+            )
+            request = escalation(
+                action, self._votes.take(action), len(self.engine.neighbours), time.time_ns()
+            )
+            self.control.escalate(request, functools.partial(self._on_verdict, action))
 
     def _on_verdict(self, action: Escalate, ack: manager_pb2.EscalationAck | None) -> None:
         """The manager's verdict on an escalated proposal.
 
         REJECT and DEFER (and no answer) keep the timeline, which the engine already did when
         the vote failed. APPLY carries out the escalated plan, if it is still the engine's
-        newest and recent enough (``SyncEngine.apply_escalated``).
+        newest and recent enough (``EscalationApproved``).
         """
         if ack is None:
             return
         if ack.verdict == manager_pb2.ESCALATION_VERDICT_APPLY:
             proposal_id = action.outcome.proposal.proposal_id
-            if not self.engine.apply_escalated(self.clock(), proposal_id):
+            self._applied = 0
+            self.pipeline.step(self.clock(), EscalationApproved(proposal_id))
+            if self._applied != proposal_id:
                 log.info("manager said apply proposal %d, but it is outdated", proposal_id)
         log.info(
             "manager's verdict on proposal %d: %s (%s; epoch %d)",

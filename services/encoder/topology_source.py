@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 Each source is an async iterator of this encoder's
 :class:`~meshenc.wire.adjacency.AdjacencyDocument`. The runtime applies each document it
-receives (``mesh.set_peers(doc.neighbours)``, ``engine.set_neighbours(doc.neighbours,
-doc.epoch)``, ``engine.set_leader(doc.leader or None)``); it never has to filter:
+receives (``mesh.set_peers(doc.neighbours)``, the engine events ``NeighboursChanged(doc.neighbours,
+doc.epoch)`` and ``LeaderChanged(doc.leader or None)``); it never has to filter:
 
 - a document is yielded only when its text differs from the last one yielded;
 - a document with a lower epoch than the last one yielded is ignored (epochs never go down;

@@ -68,6 +68,8 @@ class FakeHandler:
         self.votes: list[ResyncVote] = []
         self.parameter_requests: list[int] = []
         self.refuse_parameters = False
+        #: The links it answers proposals through (set once they exist).
+        self.links: MeshLinks | None = None
 
     def is_neighbour(self, node_id: str) -> bool:
         return node_id in self.neighbours
@@ -75,15 +77,19 @@ class FakeHandler:
     def on_esp(self, esp: EncodingStatePacket) -> None:
         self.esps.append(esp)
 
-    def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
+    def on_proposal(self, proposal: ResyncProposal) -> None:
         self.proposals.append(proposal)
-        return ResyncVote(
-            proposer=proposal.proposer,
-            proposal_id=proposal.proposal_id,
-            voter=self.node_id,
-            approve=True,
-            estimated_deviation=0.002,
-            reason="within a quarter frame",
+        assert self.links is not None, "the handler answers through its links"
+        self.links.send(
+            proposal.proposer,
+            ResyncVote(
+                proposer=proposal.proposer,
+                proposal_id=proposal.proposal_id,
+                voter=self.node_id,
+                approve=True,
+                estimated_deviation=0.002,
+                reason="within a quarter frame",
+            ),
         )
 
     def on_vote(self, vote: ResyncVote) -> None:
@@ -166,6 +172,7 @@ class Node:
 async def start_node(node_id: str, neighbours: Iterable[str] = (), **links: Any) -> Node:
     handler = FakeHandler(node_id, neighbours)
     mesh_links = MeshLinks(handler, **links)
+    handler.links = mesh_links
     server = MeshServer(handler, mesh_links)
     port = await server.start("127.0.0.1:0")
     return Node(handler, mesh_links, server, port)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshenc.core.engine import EngineConfig, SyncEngine
+from meshenc.core.engine import EngineConfig, EspReceived, FrameCaptured, SyncEngine
 from meshenc.core.messages import EncodingStatePacket
 from meshenc.core.timecode import FrameRate
 from meshenc.v1 import mesh_pb2
@@ -30,14 +30,14 @@ def test_get_state_reports_the_engine_and_each_neighbour(tmp_path: Path) -> None
     engine = SyncEngine("a", EngineConfig(frame_rate=FPS, gop=30), ["b"])
     for k in range(60):
         now = START + k * FPS.period
-        engine.on_frame(now, k)
+        engine.step(now, FrameCaptured(k))
         esp = EncodingStatePacket(
             sender="b", sequence=k + 1, topology_epoch=0, timecode=FPS.slot(now),
             frame_hash=b"", fingerprint=k, label=now + 0.004, correction=0.0,
             correction_rate=0.0, encode_latency=0.0, rtt=0.0, jitter=0.0, confidence=1.0,
             sent_at=now, locked=True,
         )  # fmt: skip
-        engine.on_esp(now + 0.001, esp)
+        engine.step(now + 0.001, EspReceived(esp))
     snap = engine.snapshot(START + 60 * FPS.period)
     state = encoder_state(_Encoder(settings), snap)
     assert state.encoder_id == "a"

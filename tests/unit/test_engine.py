@@ -30,14 +30,20 @@ from meshenc.core.messages import (
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
 
+from .engine_shell import EngineShell
+
 FPS = FrameRate(30)
 T = FPS.period
 #: Start mid-slot, so an unshifted label sits half a frame from either boundary.
 START = FPS.slot_middle(FPS.slot(1.8e9))
 
 
-def _engine(neighbours: Sequence[str] = (), strategy: Strategy = Strategy.PREDICTIVE) -> SyncEngine:
-    return SyncEngine("me", EngineConfig(frame_rate=FPS, strategy=strategy), neighbours)
+def _engine(
+    neighbours: Sequence[str] = (), strategy: Strategy = Strategy.PREDICTIVE
+) -> EngineShell:
+    return EngineShell(
+        SyncEngine("me", EngineConfig(frame_rate=FPS, strategy=strategy), neighbours)
+    )
 
 
 def _frame_hash(picture: int, timecode: int) -> bytes:
@@ -77,7 +83,7 @@ def _esp(
 
 
 def _run(
-    engine: SyncEngine,
+    engine: EngineShell,
     pictures: range,
     offsets: dict[str, Callable[[int], float]],
     *,
@@ -90,16 +96,16 @@ def _run(
     actions: list[object] = []
     for k in pictures:
         now = START + k * T
-        decision = engine.on_frame(now, k)
+        decision = engine.frame(now, k)
         if decision.timecodes:
-            engine.record_hash(decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1]))
+            engine.encoded(now, ((decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1])),))
         for name, offset in offsets.items():
             label = now + offset(k)
             custom = (hashes or {}).get(name)
             frame_hash = custom(k, FPS.slot(label)) if custom else None
             esp = _esp(name, k + 1, k, label, frame_hash=frame_hash, locked=locked)
-            engine.on_esp(now + 0.001, esp)
-        actions.extend(engine.drain_actions())
+            engine.esp(now + 0.001, esp)
+        actions.extend(engine.drain())
     return actions
 
 
@@ -112,7 +118,7 @@ def test_emitted_timecodes_stay_continuous_across_clock_jumps() -> None:
     times = [START + k * T for k in range(30)]
     times += [times[-1] + 4 * T + k * T for k in range(30)]  # the clock jumps 3 frames ahead
     times += [times[-1] - 5 * T + k * T for k in range(30)]  # then back by more than that
-    decisions = [engine.on_frame(now, k) for k, now in enumerate(times)]
+    decisions = [engine.frame(now, k) for k, now in enumerate(times)]
     emitted = [tc for d in decisions for tc in d.timecodes]
     assert all(b == a + 1 for a, b in itertools.pairwise(emitted)), emitted
     # Forward, one picture filled the gap (repeated into 4 slots); back by five frames, the
@@ -125,11 +131,10 @@ def test_a_stranger_cannot_feed_the_engine() -> None:
     engine = _engine(["a", "b", "c"])
     _run(engine, range(20), {"a": _zero, "b": _zero, "c": _zero})
     before = engine.snapshot(START + 20 * T)
-    accepted = engine.on_esp(START + 20 * T, _esp("mallory", 1, 19, START + 5.0))
+    engine.esp(START + 20 * T, _esp("mallory", 1, 19, START + 5.0))
     after = engine.snapshot(START + 20 * T)
-    assert not accepted
     assert before == after
-    assert engine.on_proposal(START, ResyncProposal("mallory", 1, CorrectionKind.DROP, -T, 0)) is (
+    assert engine.proposal(START, ResyncProposal("mallory", 1, CorrectionKind.DROP, -T, 0)) is (
         None
     )
 
@@ -155,7 +160,7 @@ def test_an_encoder_that_agrees_with_its_neighbours_locks_and_stays_put() -> Non
 
 
 def _answering(
-    engine: SyncEngine,
+    engine: EngineShell,
     pictures: range,
     offsets: dict[str, Callable[[int], float]],
     approve: bool,
@@ -170,8 +175,8 @@ def _answering(
                 p = action.proposal
                 for voter in action.to:
                     vote = ResyncVote(p.proposer, p.proposal_id, voter, approve, 0.0)
-                    engine.on_vote(START + k * T + 0.002, vote)
-                actions.extend(engine.drain_actions())
+                    engine.vote(START + k * T + 0.002, vote)
+                actions.extend(engine.drain())
     return actions
 
 
@@ -199,7 +204,7 @@ def test_locking_in_does_not_move_against_the_neighbours_votes() -> None:
 
 
 def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
-    voter = SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"])
+    voter = EngineShell(SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"]))
     # x and y label every picture as the voter's clock does; p labels it 0.8 frames later.
     # Locking in, the voter aims for the middle of the slot its anchor p's label is in: a
     # frame after its own label, which sits mid-slot. Nobody answers its own proposal to go
@@ -209,7 +214,7 @@ def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
     expected = -0.2 * T
 
     def vote(shift: float) -> ResyncVote:
-        action = voter.on_proposal(now, ResyncProposal("p", 7, CorrectionKind.DROP, shift, 0))
+        action = voter.proposal(now, ResyncProposal("p", 7, CorrectionKind.DROP, shift, 0))
         assert action is not None
         return action.vote
 
@@ -224,20 +229,20 @@ def test_a_neighbour_may_move_to_either_slot_at_a_boundary(proposer_locked: bool
     # sees the timeline (its locked neighbours' centre, or its anchor p) on the next slot
     # boundary. Estimates of a timeline there straddle the boundary, so a neighbour may hold
     # the middle of either slot, whether it is locked or still locking in.
-    voter = SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"])
+    voter = EngineShell(SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"]))
     half = {name: (lambda _k: 0.5 * T) for name in ("p", "x", "y")}
     _run(voter, range(120), half, locked=proposer_locked)
     now = START + 120 * T
     # p sits at the end of the voter's slot; it proposes the middle of the next one.
     proposal = ResyncProposal("p", 7, CorrectionKind.DUPLICATE, 0.5 * T, 0)
-    action = voter.on_proposal(now, proposal)
+    action = voter.proposal(now, proposal)
     assert action is not None
     assert action.vote.approve
 
 
 def _locked_then_left_behind(
     votes: Callable[[ResyncProposal], list[ResyncVote]],
-    engine: SyncEngine | None = None,
+    engine: EngineShell | None = None,
 ) -> list[object]:
     """Lock with six neighbours, then have all six label pictures 0.48 frames later (they
     moved together, towards the end of the slot). Counting itself, the engine's neighbourhood
@@ -255,8 +260,8 @@ def _locked_then_left_behind(
         for action in step:
             if isinstance(action, SendProposal):
                 for vote in votes(action.proposal):
-                    engine.on_vote(START + k * T + 0.002, vote)
-                actions.extend(engine.drain_actions())
+                    engine.vote(START + k * T + 0.002, vote)
+                actions.extend(engine.drain())
     return actions
 
 
@@ -312,9 +317,9 @@ def test_published_esps_describe_the_last_picture_and_echo_now_and_then() -> Non
     sent: list[EncodingStatePacket] = []
     for k in range(16):
         now = START + k * T
-        engine.on_frame(now, k)
-        engine.on_esp(now + 0.001, _esp("a", k + 1, k, now))
-        sent.extend(esp for _to, esp in engine.publish(now + 0.002))
+        engine.frame(now, k)
+        engine.esp(now + 0.001, _esp("a", k + 1, k, now))
+        sent.extend(esp for _to, esp in engine.encoded(now + 0.002))
     assert [esp.fingerprint for esp in sent[::2]] == list(range(16))
     assert [esp.sequence for esp in sent[::2]] == list(range(1, 17))
     echoed = [esp for esp in sent if esp.echo_sequence]
@@ -329,24 +334,26 @@ def test_a_locked_follower_takes_the_leaders_slot_the_others_hold_the_groups() -
     top = FPS.slot_middle(FPS.slot(1.8e9)) + 0.4 * T
     offsets = {"a": 0.15 * T, "b": -0.1 * T, "c": -0.1 * T}
     follower, loner = _engine(["a", "b", "c"]), _engine(["a", "b", "c"])
-    follower.set_leader("a")
+    follower.leader("a")
     for engine in (follower, loner):
         for k in range(240):
             now = top + k * T
-            decision = engine.on_frame(now, k)
+            decision = engine.frame(now, k)
             if decision.timecodes:
-                engine.record_hash(decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1]))
+                engine.encoded(
+                    now, ((decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1])),)
+                )
             for name, offset in offsets.items():
                 esp = _esp(name, k + 1, k, now + offset)
-                engine.on_esp(now + 0.001, esp)
-            for action in engine.drain_actions():
+                engine.esp(now + 0.001, esp)
+            for action in engine.drain():
                 if isinstance(action, SendProposal):
                     p = action.proposal
                     for voter in action.to:
-                        engine.on_vote(
+                        engine.vote(
                             now + 0.002, ResyncVote(p.proposer, p.proposal_id, voter, True, 0.0)
                         )
-                    engine.drain_actions()
+                    engine.drain()
     last = top + 239 * T
     assert follower.snapshot(last).locked and loner.snapshot(last).locked
     assert follower.snapshot(last).timecode == FPS.slot(last + offsets["a"])
@@ -362,12 +369,17 @@ def test_the_managers_apply_verdict_applies_the_escalated_plan_once() -> None:
     last = [a for a in actions if isinstance(a, Escalate)][-1]
     pid = last.outcome.proposal.proposal_id
     now = START + 240 * T  # within a second of the last vote's deadline
-    assert not engine.apply_escalated(now, pid + 1000)  # not a plan it escalated
-    assert engine.apply_escalated(now, pid)
-    applied = [a for a in engine.drain_actions() if isinstance(a, CorrectionApplied)]
+    engine.drain()
+
+    def applied_by(proposal_id: int) -> list[CorrectionApplied]:
+        engine.approve_escalation(now, proposal_id)
+        return [a for a in engine.drain() if isinstance(a, CorrectionApplied)]
+
+    assert not applied_by(pid + 1000)  # not a plan it escalated
+    applied = applied_by(pid)
     assert [a.proposal_id for a in applied] == [pid]
     assert applied[0].shift == last.outcome.proposal.shift
-    assert not engine.apply_escalated(now, pid)  # once only
+    assert not applied_by(pid)  # once only
 
 
 def test_a_newcomer_still_locking_in_does_not_unlock_its_locked_neighbours() -> None:
@@ -376,18 +388,16 @@ def test_a_newcomer_still_locking_in_does_not_unlock_its_locked_neighbours() -> 
     engine = _engine(["a", "b", "c"])
     _run(engine, range(120), {n: _zero for n in "abc"})
     assert engine.snapshot(START + 120 * T).locked
-    engine.set_neighbours(["a", "b", "c", "d"])
+    engine.neighbours(("a", "b", "c", "d"))
     moves = []
     for k in range(120, 300):
         now = START + k * T
-        decision = engine.on_frame(now, k)
-        engine.record_hash(decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1]))
+        decision = engine.frame(now, k)
+        engine.encoded(now, ((decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1])),))
         for name in "abc":
-            engine.on_esp(now + 0.001, _esp(name, k + 1, k, now))
-        engine.on_esp(now + 0.001, _esp("d", k + 1, k, now + 1.0 * T, locked=False))
-        moves += [
-            a for a in engine.drain_actions() if isinstance(a, CorrectionApplied | SendProposal)
-        ]
+            engine.esp(now + 0.001, _esp(name, k + 1, k, now))
+        engine.esp(now + 0.001, _esp("d", k + 1, k, now + 1.0 * T, locked=False))
+        moves += [a for a in engine.drain() if isinstance(a, CorrectionApplied | SendProposal)]
     state = engine.snapshot(START + 300 * T)
     assert state.locked
     assert not moves
@@ -405,12 +415,12 @@ def test_a_locked_pair_a_frame_off_its_unlocked_majority_locks_in_again() -> Non
     assert engine.snapshot(START + 120 * T).locked
     for k in range(120, 180):
         now = START + k * T
-        decision = engine.on_frame(now, k)
-        engine.record_hash(decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1]))
-        engine.on_esp(now + 0.001, _esp("a", k + 1, k, now))
+        decision = engine.frame(now, k)
+        engine.encoded(now, ((decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1])),))
+        engine.esp(now + 0.001, _esp("a", k + 1, k, now))
         for name in "bcd":
-            engine.on_esp(now + 0.001, _esp(name, k + 1, k, now + 1.0 * T, locked=False))
-        engine.drain_actions()
+            engine.esp(now + 0.001, _esp(name, k + 1, k, now + 1.0 * T, locked=False))
+        engine.drain()
     assert not engine.snapshot(START + 180 * T).locked
 
 
@@ -423,11 +433,11 @@ def test_the_noise_floor_follows_the_measured_capture_jitter(seed: int) -> None:
     rng = random.Random(seed)
     noise = []
     for fraction in (0.02, 0.25):
-        engine = SyncEngine("me", EngineConfig(frame_rate=rate), ["n"])
+        engine = EngineShell(SyncEngine("me", EngineConfig(frame_rate=rate), ["n"]))
         start = rate.slot_middle(rate.slot(1.8e9))
         for k in range(1200):
             now = start + k * rate.period + rng.gauss(0.0, fraction * rate.period)
-            engine.on_frame(now, k + 1, None if k == 0 else 1)
+            engine.frame(now, k + 1, None if k == 0 else 1)
         noise.append(engine.deviation_noise / rate.period)
     assert noise[0] < 0.5 * noise[1], f"seed {seed}: {noise}"
     assert noise[1] < 0.1, f"seed {seed}: {noise}"
@@ -443,11 +453,11 @@ def test_no_lock_in_move_while_a_sending_neighbour_is_unmeasured(silent_sends: b
     proposals = []
     for k in range(1, 90):
         now = START + k * T
-        engine.on_frame(now, k)
-        engine.on_esp(now + 0.001, _esp("a", k, k, now + 2 * T, locked=False))
+        engine.frame(now, k)
+        engine.esp(now + 0.001, _esp("a", k, k, now + 2 * T, locked=False))
         if silent_sends:
-            engine.on_esp(now + 0.001, _esp("b", k, 0, now, locked=False))
-        proposals += [a for a in engine.drain_actions() if isinstance(a, SendProposal)]
+            engine.esp(now + 0.001, _esp("b", k, 0, now, locked=False))
+        proposals += [a for a in engine.drain() if isinstance(a, SendProposal)]
     assert bool(proposals) is not silent_sends
 
 
@@ -460,19 +470,19 @@ def test_locking_in_aims_for_an_anchor_heard_of_through_a_neighbour() -> None:
     proposals: list[ResyncProposal] = []
     for k in range(150):
         now = START + k * T
-        engine.on_frame(now, k)
+        engine.frame(now, k)
         for name in ("x", "y"):
             esp = _esp(name, k + 1, k, now, locked=False)
             if name == "x":
                 esp = dataclasses.replace(esp, anchor="a", anchor_hops=1, anchor_offset=-0.6 * T)
-            engine.on_esp(now + 0.001, esp)
-        for action in engine.drain_actions():
+            engine.esp(now + 0.001, esp)
+        for action in engine.drain():
             if isinstance(action, SendProposal):
                 proposals.append(action.proposal)
                 for voter in action.to:
                     vote = ResyncVote("me", action.proposal.proposal_id, voter, True, 0.0)
-                    engine.on_vote(now + 0.002, vote)
-        engine.drain_actions()
+                    engine.vote(now + 0.002, vote)
+        engine.drain()
     assert proposals
     assert abs(proposals[0].shift - T) < 0.05 * T
     state = engine.snapshot(START + 150 * T)
@@ -484,9 +494,9 @@ def test_each_neighbours_reported_confidence_is_in_the_snapshot() -> None:
     reported = {"a": 0.25, "b": 0.75}
     for k in range(10):
         now = START + k * T
-        engine.on_frame(now, k)
+        engine.frame(now, k)
         for name, confidence in reported.items():
             esp = dataclasses.replace(_esp(name, k + 1, k, now), confidence=confidence)
-            engine.on_esp(now + 0.001, esp)
+            engine.esp(now + 0.001, esp)
     seen = {n.neighbour: n.confidence for n in engine.snapshot(START + 10 * T).neighbours}
     assert seen == reported

@@ -1,0 +1,188 @@
+"""One encoder's frame path: picture in, engine, libx264, segments, and the engine's actions out.
+
+Theory of operation
+-------------------
+The live runtime and the encoder benchmark run every picture through a :class:`FramePipeline`,
+so the benchmark measures the path the live encoder takes and the two can never drift apart.
+The pipeline is also the runtime's only door into the sync engine: every event (a picture, a
+neighbour's ESP, a vote, a topology change) goes in through :meth:`FramePipeline.step`, and
+everything the engine decides comes out of ``ready()`` and is carried out at once, in order.
+
+A picture goes ``FrameCaptured`` → ``EncodeFrame`` (each slot encoded at its segment's agreed
+bitrate, then muxed into the segment writer) → ``FrameEncoded`` with the access units' hashes
+→ the ESPs describing it, sent before the rest of the batch (proposals, corrections), as the
+engine decided them. What is particular to the process around the pipeline — vouching for
+segments, publishing them, measuring load, the mesh links — is the :class:`PipelineShell`'s.
+
+The pipeline keeps the seconds spent in each part (:class:`PartTimes`), which the runtime
+reports as encode latency and the benchmark breaks down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from meshenc.core.engine import (
+    Action,
+    EncodeFrame,
+    Event,
+    FrameCaptured,
+    FrameEncoded,
+    SyncEngine,
+)
+from services.encoder.media.gop import EncodedFrame, GopEncoder
+from services.encoder.media.segments import SegmentWriter
+from services.encoder.media.source import Picture
+
+__all__ = ["FramePipeline", "PartTimes", "PipelineShell"]
+
+
+class PipelineShell(Protocol):
+    """What a pipeline needs from the process around it."""
+
+    def slot_starts(self, timecode: int, measured: bool) -> None:
+        """``timecode`` is about to be encoded; ``measured``: from a live picture, not a
+        filler or a repeat filling a gap."""
+
+    def slot_encoded(self, frame: EncodedFrame, encode_seconds: float) -> None:
+        """One access unit came out of libx264 in ``encode_seconds``."""
+
+    def segments_written(self, paths: list[Path], started_ns: int) -> None:
+        """The segment writer finished these files (the call began at ``started_ns``)."""
+
+    def picture_done(self) -> None:
+        """Every slot of the picture is encoded (its ESPs are built next)."""
+
+    def carry_out(self, action: Action) -> None:
+        """Carry out one engine action other than ``EncodeFrame`` (send an ESP, a proposal
+        or a vote, log a correction, escalate...)."""
+
+
+@dataclass(slots=True)
+class PartTimes:
+    """Seconds spent in each part of the path since the pipeline started."""
+
+    #: In the engine (stepping it and reading its decisions).
+    engine: float = 0.0
+    #: In libx264, hash included.
+    encode: float = 0.0
+    #: Muxing and writing segments.
+    segments: float = 0.0
+    #: Carrying out the engine's other actions (sending ESPs, proposals, votes).
+    actions: float = 0.0
+
+
+class FramePipeline:
+    """Drives one engine, one GOP encoder and one segment writer for one output.
+
+    Events reach the engine from the start; pictures only once :meth:`start` has given the
+    pipeline its encoder and segment writer (a service answers its neighbours before its
+    output folder is ready).
+
+    Args:
+        engine: the encoder's sync engine (the pipeline is its only caller).
+        shell: the process around the pipeline (see :class:`PipelineShell`).
+        clock: this encoder's clock, read when the ESPs are built (after encoding: their
+            send time is what the neighbours' round-trip estimate needs).
+    """
+
+    def __init__(
+        self,
+        engine: SyncEngine,
+        shell: PipelineShell,
+        clock: Callable[[], float],
+    ) -> None:
+        self.engine = engine
+        self._clock = clock
+        self._shell = shell
+        self._media: tuple[GopEncoder, SegmentWriter] | None = None
+        self.times = PartTimes()
+        #: The newest output slot written (None before the first).
+        self.last_timecode: int | None = None
+        self._picture: Picture | None = None
+        self._source_time: int | None = None
+        self._measured = True
+
+    def start(self, encoder: GopEncoder, writer: SegmentWriter) -> None:
+        """Encode with ``encoder`` (GOP-deterministic libx264) into ``writer``'s segments."""
+        self._media = (encoder, writer)
+
+    def capture(
+        self,
+        now: float,
+        picture: Picture,
+        identity: int,
+        periods: int | None,
+        source_time: int | None,
+        *,
+        measured: bool = True,
+    ) -> None:
+        """A picture was captured at ``now`` (its stamp on this encoder's clock).
+
+        Args:
+            identity: the picture's identity for the mesh (``NO_IDENTITY``: none).
+            periods: frame periods since the previous picture, by the source's timestamps.
+            source_time: the source's timestamp in 90 kHz ticks (kept in the segments).
+            measured: False for a filler picture (the input is lost).
+        """
+        if self._media is None:
+            raise RuntimeError("a picture was captured before the pipeline was started")
+        self._picture = picture
+        self._source_time = source_time
+        self._measured = measured
+        self.step(now, FrameCaptured(identity, periods))
+
+    def step(self, now: float, event: Event) -> None:
+        """Apply one event to the engine and carry out everything it decides."""
+        clock = time.perf_counter
+        started = clock()
+        engine = self.engine
+        engine.step(now, event)
+        actions = engine.ready()
+        self.times.engine += clock() - started
+        self._carry_out(actions)
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        clock = time.perf_counter
+        shell = self._shell
+        for action in actions:
+            if isinstance(action, EncodeFrame):
+                self._encode(action)
+            else:
+                started = clock()
+                shell.carry_out(action)
+                self.times.actions += clock() - started
+
+    def _encode(self, decision: EncodeFrame) -> None:
+        """Encode the captured picture into each slot, then tell the engine the hashes."""
+        picture, media = self._picture, self._media
+        if picture is None or media is None:  # the engine decides only on a captured picture
+            raise RuntimeError("an EncodeFrame without a captured picture")
+        encoder, writer = media
+        clock = time.perf_counter
+        shell = self._shell
+        times = self.times
+        timecodes = decision.timecodes
+        measured = self._measured and len(timecodes) == 1
+        hashes = []
+        for timecode, bitrate in zip(timecodes, decision.bitrates_kbps, strict=True):
+            shell.slot_starts(timecode, measured)
+            started = clock()
+            frame = encoder.encode(timecode, picture, bitrate_kbps=bitrate)
+            encoded = clock()
+            times.encode += encoded - started
+            shell.slot_encoded(frame, encoded - started)
+            started_ns = time.time_ns()
+            started = clock()
+            paths = writer.add(frame, self._source_time)
+            times.segments += clock() - started
+            if paths:
+                shell.segments_written(paths, started_ns)
+            hashes.append((timecode, frame.sha256))
+            self.last_timecode = timecode
+        shell.picture_done()
+        self.step(self._clock(), FrameEncoded(tuple(hashes)))
