@@ -529,7 +529,8 @@ class Election:
         """Apply one event, then decide what to do (see :meth:`ready`).
 
         A :class:`~meshenc.core.machine.Tick` only lets time pass: silences, the leader's
-        heartbeat, grace periods, retries.
+        heartbeat, grace periods, retries. :class:`ShuttingDown` decides nothing but the
+        resignation.
         """
         check_time(now)
         self._now = now
