@@ -5,11 +5,12 @@ Theory of operation
 One :class:`Election` runs per encoder per segment. It never talks to etcd itself: the shell
 feeds it what it observed (:class:`CandidatesObserved`, :class:`LeaderObserved`,
 :class:`SuspicionsObserved`, :class:`ActObserved`, the mesh's :class:`PeerLost` /
-:class:`PeerRecovered` / :class:`PeerHeard`, and :class:`EtcdLost` / :class:`EtcdConnected`)
-through :meth:`Election.step`, calls :meth:`Election.tick` on a timer, and carries out the
-actions it drains from :meth:`Election.drain_actions` (in order) as etcd requests. Every etcd
-write the election asks for is a transaction whose guard the shell must apply exactly as the
-action states; the election's safety rests on those guards, not on its own view being right.
+:class:`PeerRecovered` / :class:`PeerHeard`, and :class:`EtcdLost` / :class:`EtcdConnected`),
+steps it with :class:`~meshenc.core.machine.Tick` on a timer and with :class:`ShuttingDown` when
+it stops, and carries out the actions :meth:`Election.ready` returns (in order) as etcd
+requests; :mod:`meshenc.core.machine` states that convention. Every etcd write the election
+asks for is a transaction whose guard the shell must apply exactly as the action states; the
+election's safety rests on those guards, not on its own view being right.
 
 *Candidacy.* Each member publishes its ranking inputs (confidence, latency, neighbours) under
 its lease (:class:`PublishCandidacy`). The ranking is :func:`meshenc.core.leader.choose_leader`,
@@ -69,6 +70,7 @@ from dataclasses import dataclass, field
 
 from meshenc.core.leader import DEFAULT_HYSTERESIS, DEFAULT_LATENCY_SCALE, Candidate, choose_leader
 from meshenc.core.leader import score as rank_score
+from meshenc.core.machine import Tick, check_time
 from meshenc.core.votes import majority
 
 __all__ = [
@@ -95,6 +97,7 @@ __all__ = [
     "RankInputsChanged",
     "Resign",
     "Role",
+    "ShuttingDown",
     "SuspicionsObserved",
     "TakeOver",
     "WithdrawSuspicion",
@@ -261,6 +264,14 @@ class EtcdConnected:
     """etcd is reachable with a live lease; fresh observations follow."""
 
 
+@dataclass(frozen=True, slots=True)
+class ShuttingDown:
+    """This member is stopping: a leader resigns (:class:`Resign`) if it still holds the key.
+
+    Nothing else is decided on this event (no act, claim or vote on the way out).
+    """
+
+
 Event = (
     CandidatesObserved
     | LeaderObserved
@@ -272,6 +283,8 @@ Event = (
     | RankInputsChanged
     | EtcdLost
     | EtcdConnected
+    | ShuttingDown
+    | Tick
 )
 
 
@@ -391,11 +404,6 @@ class _Attempts:
         self.at[kind] = (now, target)
 
 
-def _check_time(now: float) -> None:
-    if not math.isfinite(now):
-        raise ValueError(f"now must be finite, got {now!r}")
-
-
 class Election:
     """The leader election of one member of one segment (see the module docstring).
 
@@ -510,7 +518,7 @@ class Election:
             lost_peers=tuple(sorted(p for p in self._peers if self.lost(p))),
         )
 
-    def drain_actions(self) -> list[Action]:
+    def ready(self) -> list[Action]:
         """The actions decided since the last call, in the order they must be carried out."""
         actions, self._actions = self._actions, []
         return actions
@@ -518,10 +526,20 @@ class Election:
     # -- inputs ------------------------------------------------------------------------------
 
     def step(self, now: float, event: Event) -> None:
-        """Apply one observation, then decide what to do (see :meth:`drain_actions`)."""
-        _check_time(now)
+        """Apply one event, then decide what to do (see :meth:`ready`).
+
+        A :class:`~meshenc.core.machine.Tick` only lets time pass: silences, the leader's
+        heartbeat, grace periods, retries. :class:`ShuttingDown` decides nothing but the
+        resignation.
+        """
+        check_time(now)
         self._now = now
         match event:
+            case ShuttingDown():
+                self._resign()
+                return
+            case Tick():
+                pass
             case CandidatesObserved(candidates):
                 self._candidates = dict(candidates)
             case LeaderObserved():
@@ -551,20 +569,12 @@ class Election:
                 self._attempts = _Attempts()
         self._decide(now)
 
-    def tick(self, now: float) -> None:
-        """Let time pass: silences, the leader's heartbeat, grace periods, retries."""
-        _check_time(now)
-        self._now = now
-        self._decide(now)
+    # -- decisions ---------------------------------------------------------------------------
 
-    def resign(self, now: float) -> None:
-        """Shutting down: a leader deletes its leader key (if it still holds it)."""
-        _check_time(now)
-        self._now = now
+    def _resign(self) -> None:
+        """A leader deletes its leader key on the way out (if it still holds it)."""
         if self._leader is not None and self._leader.holder == self._node_id:
             self._actions.append(Resign(self._leader.token))
-
-    # -- decisions ---------------------------------------------------------------------------
 
     def _observe_leader(self, event: LeaderObserved) -> None:
         if event.revision < self._leader_seen:

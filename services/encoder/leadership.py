@@ -74,10 +74,12 @@ from meshenc.core.election import (
     RankInputsChanged,
     Resign,
     Role,
+    ShuttingDown,
     SuspicionsObserved,
     TakeOver,
     WithdrawSuspicion,
 )
+from meshenc.core.machine import Tick
 from services.common.etcd import EtcdSettings, connect_client
 
 __all__ = ["Leadership", "SegmentKeys", "connect_client", "decode_act", "decode_leader"]
@@ -269,7 +271,7 @@ class Leadership:
         self._collect()
 
     def _collect(self) -> None:
-        actions = self.election.drain_actions()
+        actions = self.election.ready()
         if actions:
             self._pending.extend(actions)
             self._work.set()
@@ -335,8 +337,8 @@ class Leadership:
             return
         client = self._client
         if resign and client is not None and not self.election.degraded:
-            self.election.resign(self._clock())
-            resignation = [a for a in self.election.drain_actions() if isinstance(a, Resign)]
+            self.election.step(self._clock(), ShuttingDown())
+            resignation = [a for a in self.election.ready() if isinstance(a, Resign)]
             try:
                 async with asyncio.timeout(timeout):
                     for action in resignation:
@@ -431,8 +433,7 @@ class Leadership:
 
     async def _ticker(self) -> None:
         while True:
-            self.election.tick(self._clock())
-            self._collect()
+            self._feed(Tick())
             await asyncio.sleep(TICK_INTERVAL)
 
     async def _executor(self, client: Any) -> None:

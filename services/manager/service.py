@@ -7,15 +7,17 @@ caller. Everything runs on one event loop, so the core is never entered concurre
 
 - member events from the actuator (:meth:`Actuator.members`: pods, or registration keys under
   their leases) → ``EncoderJoined`` / ``EncoderLeft``;
-- health reports (``ReportHealth`` streams) → ``HealthReported``, stamped with the loop's clock
+- health reports (``ReportHealth`` streams) → ``HealthReported``, stepped with the loop's clock
   on receipt (an encoder's own clock never decides liveness);
 - escalations (``Escalate``) → ``Escalated``; the ``EscalationJudged`` that comes back is the
   RPC's answer;
-- a tick every ``tick_interval`` seconds, and at once after a membership change (so a failure is
-  planned around without waiting for the next tick).
+- a ``Tick`` every ``tick_interval`` seconds, and at once after a membership change (so a
+  failure is planned around without waiting for the next tick).
 
-Decisions are carried out in the core's documented order: removals, isolations and avoided
-links are logged; ``TopologyChanged`` and ``SegmentsChanged`` become one
+Only an escalation and a tick make the core decide anything, so the shell takes the decisions
+(``ready``) after those two steps; anything another step could decide would come out with the
+next ones, in order. Decisions are carried out in the core's documented order: removals,
+isolations and avoided links are logged; ``TopologyChanged`` and ``SegmentsChanged`` become one
 :class:`~meshenc.wire.adjacency.AdjacencyDocument` per encoder, published through the actuator
 and then to every ``WatchTopology`` stream; ``PlacementChanged`` is kept and logged;
 ``EscalationJudged`` is returned only after the epoch it names is published.
@@ -52,6 +54,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from meshenc.core.machine import Tick
 from meshenc.core.planner import (
     EncoderIsolated,
     EncoderJoined,
@@ -127,16 +130,13 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_REASON_LENGTH else text[: MAX_REASON_LENGTH - 3] + "..."
 
 
-def health_from_proto(
-    msg: manager_pb2.HealthReport, at: float, topology_epoch: int
-) -> HealthReported:
-    """The core form of a (validated) health report received at ``at`` (manager's clock).
+def health_from_proto(msg: manager_pb2.HealthReport, topology_epoch: int) -> HealthReported:
+    """The core form of a (validated) health report.
 
     ``topology_epoch`` is the report's epoch already mapped to the core's numbering.
     """
     return HealthReported(
         encoder_id=msg.encoder_id,
-        at=at,
         confidence=msg.confidence,
         load=msg.cpu_load,
         encode_latency=convert.us_to_seconds(msg.encode_latency_us),
@@ -268,9 +268,8 @@ class ManagerShell:
         self._in_mesh.clear()
         self._documents = {}
         self._dirty = False
-        now = self.now()
         if self._work_units:
-            self._core.step(WorkUnitsSet(self._work_units, now))
+            self._core.step(self.now(), WorkUnitsSet(self._work_units))
         self._active = True
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -336,13 +335,13 @@ class ManagerShell:
         self._in_mesh.add(encoder)
         self._addresses[encoder] = member.address
         self._core.step(
+            self.now(),
             EncoderJoined(
                 encoder_id=encoder,
-                at=self.now(),
                 address=member.address,
                 zone=member.zone,
                 capacity=member.capacity,
-            )
+            ),
         )
         log.info(
             "%s joins at %s (zone %r, capacity %d)",
@@ -357,7 +356,7 @@ class ManagerShell:
         if encoder not in self._in_mesh or not self._active:
             return
         self._in_mesh.discard(encoder)
-        self._core.step(EncoderLeft(encoder, self.now()))
+        self._core.step(self.now(), EncoderLeft(encoder))
         log.warning("%s leaves the mesh: %s", encoder, why)
         self._wake.set()
 
@@ -411,8 +410,8 @@ class ManagerShell:
             ValueError: the report breaks a rule of the core's (the stream is refused).
         """
         self._require_active()
-        event = health_from_proto(msg, self.now(), self._core_epoch(msg.topology_epoch))
-        self._core.step(event)
+        event = health_from_proto(msg, self._core_epoch(msg.topology_epoch))
+        self._core.step(self.now(), event)
         self.reports[msg.encoder_id] += 1
 
     async def escalate(self, msg: manager_pb2.Escalation) -> manager_pb2.EscalationAck:
@@ -428,10 +427,10 @@ class ManagerShell:
             proposal=convert.proposal_from_proto(msg.proposal),
             votes=tuple(convert.vote_from_proto(v) for v in msg.votes),
             neighbour_count=msg.neighbour_count,
-            at=self.now(),
         )
         with telemetry.planning("escalation") as plan:
-            decisions = plan.record(self._core.step(event))
+            self._core.step(self.now(), event)
+            decisions = plan.record(self._core.ready())
         judged = self._carry_out(decisions)
         await self._flush()
         if judged is None:  # the core answers every escalation; this guards the mapping only
@@ -515,7 +514,8 @@ class ManagerShell:
             self._wake.clear()
             try:
                 with telemetry.planning("tick") as plan:
-                    decisions = plan.record(self._core.tick(self.now()))
+                    self._core.step(self.now(), Tick())
+                    decisions = plan.record(self._core.ready())
                 self._carry_out(decisions)
                 await self._flush()
             except asyncio.CancelledError:

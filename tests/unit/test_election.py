@@ -9,6 +9,7 @@ act in one tenure and that a leader comes back after every failure.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,10 +39,12 @@ from meshenc.core.election import (
     RankInputsChanged,
     Resign,
     Role,
+    ShuttingDown,
     SuspicionsObserved,
     TakeOver,
     WithdrawSuspicion,
 )
+from meshenc.core.machine import StateMachine, Tick
 
 ME = "b"
 GOOD = RankInputs(confidence=0.9, latency=0.001)
@@ -61,22 +64,19 @@ def _election(inputs: RankInputs = GOOD, **config: float | bool) -> Election:
     election = Election(ME, ElectionConfig(**config))  # type: ignore[arg-type]
     election.step(0.0, RankInputsChanged(inputs))
     election.step(0.0, EtcdConnected())
-    assert election.drain_actions() == [PublishCandidacy(inputs)]
+    assert election.ready() == [PublishCandidacy(inputs)]
     return election
 
 
-Script = Sequence[tuple[float, Event | None]]
+Script = Sequence[tuple[float, Event]]
 
 
 def _play(election: Election, script: Script) -> list[Action]:
-    """Feed (time, event) pairs (None = a tick); all actions in order."""
+    """Feed (time, event) pairs; all actions in order."""
     actions: list[Action] = []
     for now, event in script:
-        if event is None:
-            election.tick(now)
-        else:
-            election.step(now, event)
-        actions.extend(election.drain_actions())
+        election.step(now, event)
+        actions.extend(election.ready())
     return actions
 
 
@@ -102,7 +102,7 @@ CLAIM_CASES = [
         [
             (0.1, _cands(a=0.95, b=0.9, c=0.6)),
             (0.1, LeaderObserved(None, 0, 0, 5)),
-            (0.7, None),
+            (0.7, Tick()),
         ],
         [ClaimLeadership],
         id="others-claim-after-the-grace",
@@ -117,7 +117,7 @@ CLAIM_CASES = [
         id="a-lost-better-candidate-does-not-count",
     ),
     pytest.param(
-        [(0.1, _cands(a=0.95, c=0.6)), (0.1, LeaderObserved(None, 0, 0, 5)), (2.0, None)],
+        [(0.1, _cands(a=0.95, c=0.6)), (0.1, LeaderObserved(None, 0, 0, 5)), (2.0, Tick())],
         [],
         id="no-claim-before-own-candidacy-is-seen",
     ),
@@ -125,14 +125,14 @@ CLAIM_CASES = [
         [
             (0.1, _cands(a=0.5, b=0.9)),
             (0.1, LeaderObserved(None, 0, 0, 5)),
-            (0.2, None),
-            (0.4, None),
+            (0.2, Tick()),
+            (0.4, Tick()),
         ],
         [ClaimLeadership, ClaimLeadership],
         id="unanswered-claim-retried-after-interval",
     ),
     pytest.param(
-        [(0.1, _cands(a=0.5, b=0.9)), (0.1, LeaderObserved("a", 100, 7, 7)), (3.0, None)],
+        [(0.1, _cands(a=0.5, b=0.9)), (0.1, LeaderObserved("a", 100, 7, 7)), (3.0, Tick())],
         [],
         id="a-live-leader-is-left-alone",
     ),
@@ -151,10 +151,10 @@ def test_a_new_leader_acts_at_once_with_its_token_and_then_every_interval() -> N
         [
             (0.1, _cands(a=0.5, b=0.9)),
             (0.1, LeaderObserved(ME, 101, 42, 42)),
-            (0.15, None),
-            (0.21, None),
-            (0.25, None),
-            (0.32, None),
+            (0.15, Tick()),
+            (0.21, Tick()),
+            (0.25, Tick()),
+            (0.32, Tick()),
         ],
     )
     assert actions == [ActAsLeader(42), ActAsLeader(42), ActAsLeader(42)]
@@ -165,7 +165,7 @@ def test_a_new_leader_acts_at_once_with_its_token_and_then_every_interval() -> N
 def test_a_deposed_leader_stops_acting() -> None:
     election = _election()
     _play(election, [(0.1, _cands(a=0.5, b=0.9)), (0.1, LeaderObserved(ME, 101, 42, 42))])
-    actions = _play(election, [(0.15, LeaderObserved("a", 100, 50, 50)), (1.0, None)])
+    actions = _play(election, [(0.15, LeaderObserved("a", 100, 50, 50)), (1.0, Tick())])
     assert not any(isinstance(a, ActAsLeader) for a in actions)
     assert election.role is Role.FOLLOWER
 
@@ -209,12 +209,12 @@ def test_no_handover_to_a_lost_candidate() -> None:
 def test_a_leader_resigns_its_own_tenure_and_a_follower_does_not() -> None:
     leader = _election()
     _play(leader, [(0.1, _cands(a=0.5, b=0.9)), (0.1, LeaderObserved(ME, 101, 42, 42))])
-    leader.resign(0.2)
-    assert leader.drain_actions() == [Resign(42)]
+    leader.step(0.2, ShuttingDown())
+    assert leader.ready() == [Resign(42)]
     follower = _election()
     _play(follower, [(0.1, _cands(a=0.95, b=0.9)), (0.1, LeaderObserved("a", 100, 42, 42))])
-    follower.resign(0.2)
-    assert follower.drain_actions() == []
+    follower.step(0.2, ShuttingDown())
+    assert follower.ready() == []
 
 
 # -- suspicion and takeover ------------------------------------------------------------------
@@ -265,12 +265,12 @@ LEADER_A = LeaderObserved("a", 100, 42, 42)
             id="suspicion-withdrawn-when-leader-is-back",
         ),
         pytest.param(
-            [(0.2, PeerHeard("a")), (0.4, None), (0.6, None)],
+            [(0.2, PeerHeard("a")), (0.4, Tick()), (0.6, Tick())],
             [PublishSuspicion(42)],
             id="silent-leader-is-suspected",
         ),
         pytest.param(
-            [(0.2, PeerHeard("a")), (0.4, None), (0.45, PeerHeard("a"))],
+            [(0.2, PeerHeard("a")), (0.4, Tick()), (0.45, PeerHeard("a"))],
             [],
             id="leader-heard-within-the-silence-timeout",
         ),
@@ -290,7 +290,7 @@ def test_the_best_survivor_takes_over_first_and_the_others_after_the_grace() -> 
         [(0.2, PeerLost("a")), (0.3, SuspicionsObserved({42: frozenset({"b", "c"})}))],
     )
     assert actions == [PublishSuspicion(42)]
-    assert _play(election, [(0.8, None)]) == [TakeOver(42, ("b", "c"), 100)]
+    assert _play(election, [(0.8, Tick())]) == [TakeOver(42, ("b", "c"), 100)]
 
 
 def test_only_the_leaders_neighbours_form_the_electorate() -> None:
@@ -316,7 +316,7 @@ def test_no_takeover_with_fast_failover_off() -> None:
     _play(election, [(0.1, _cands(a=0.95, b=0.9, c=0.6)), (0.1, LEADER_A)])
     actions = _play(
         election,
-        [(0.2, PeerLost("a")), (0.3, SuspicionsObserved({42: frozenset({"b", "c"})})), (5, None)],
+        [(0.2, PeerLost("a")), (0.3, SuspicionsObserved({42: frozenset({"b", "c"})})), (5, Tick())],
     )
     assert actions == []
 
@@ -358,7 +358,7 @@ def test_etcd_loss_keeps_the_last_leader_and_emits_nothing() -> None:
             (0.2, EtcdLost()),
             (0.3, PeerLost("a")),
             (0.4, SuspicionsObserved({42: frozenset({"b", "c"})})),
-            (5.0, None),
+            (5.0, Tick()),
         ],
     )
     assert actions == []
@@ -370,7 +370,7 @@ def test_etcd_loss_keeps_the_last_leader_and_emits_nothing() -> None:
 def test_a_leader_keeps_its_role_but_stops_writing_while_etcd_is_away() -> None:
     election = _election()
     _play(election, [(0.1, _cands(a=0.5, b=0.9)), (0.1, LeaderObserved(ME, 101, 42, 42))])
-    assert _play(election, [(0.2, EtcdLost()), (1.0, None)]) == []
+    assert _play(election, [(0.2, EtcdLost()), (1.0, Tick())]) == []
     assert election.role is Role.LEADER
 
 
@@ -411,6 +411,14 @@ def test_candidacy_is_republished_only_on_a_real_change() -> None:
 def test_bad_configuration_is_refused(config: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         ElectionConfig(**config)  # type: ignore[arg-type]
+
+
+def test_the_election_keeps_the_convention_of_the_cores() -> None:
+    election: StateMachine[Event, Action] = Election(ME)  # mypy checks the shape
+    election.step(0.0, Tick())
+    assert election.ready() == []  # not connected: nothing to do
+    with pytest.raises(ValueError):
+        election.step(math.nan, Tick())
 
 
 def test_bad_rank_inputs_are_refused() -> None:
@@ -538,8 +546,8 @@ def test_seeded_runs_never_fence_two_leaders_into_one_tenure(seed: int) -> None:
             for node, election in list(alive.items()):
                 for event in store.observations():
                     election.step(now, event)
-                election.tick(now)
-                for action in election.drain_actions():
+                election.step(now, Tick())
+                for action in election.ready():
                     store.apply(node, leases[node], action)
             if store.leader is None or store.leader[0] not in alive:
                 leaderless_since = now if leaderless_since is None else leaderless_since

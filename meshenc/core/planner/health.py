@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 Every encoder reports about once a second (:class:`HealthReported`): its confidence, CPU load,
 encode latency and one :class:`LinkSample` per link it runs. The model keeps, per encoder, the
-latest values and when they arrived (on the *manager's* clock: the shell stamps ``at`` on
-receipt, so encoders' clocks never decide liveness), and per link
+latest values and when they arrived (on the *manager's* clock: the time the manager is stepped
+with on receipt, so encoders' clocks never decide liveness), and per link
 
 - a smoothed RTT (exponential moving average) for display and decisions;
 - since when the link has been down, as either end reports it. A link is *down* in a report
@@ -23,7 +23,7 @@ Invariants:
 
 1. Reports are validated on construction; a report from an encoder the model does not track
    is ignored (and counted), never half-applied.
-2. Time never goes backwards in the model: a report older than the encoder's latest is
+2. Time never goes backwards in the model: a report received before the encoder's latest is
    ignored (and counted), so a delayed stream cannot resurrect a silent encoder.
 3. Deterministic: the state is a function of the sequence of calls.
 """
@@ -79,11 +79,10 @@ class LinkSample:
 
 @dataclass(frozen=True, slots=True)
 class HealthReported:
-    """An encoder's health report, as the manager received it.
+    """An encoder's health report, as the manager received it (when: the time it is stepped with).
 
     Attributes:
         encoder_id: the reporter.
-        at: when the manager received it, seconds on the manager's clock.
         confidence: the encoder's confidence in its timeline, [0, 1].
         load: CPU load, [0, 1].
         encode_latency: mean encode time per frame, seconds.
@@ -92,7 +91,6 @@ class HealthReported:
     """
 
     encoder_id: str
-    at: float
     confidence: float
     load: float
     encode_latency: float
@@ -102,8 +100,6 @@ class HealthReported:
     def __post_init__(self) -> None:
         if not self.encoder_id:
             raise ValueError("health report needs an encoder_id")
-        if not math.isfinite(self.at):
-            raise ValueError(f"at must be finite, got {self.at!r}")
         _check_fraction("confidence", self.confidence)
         _check_fraction("load", self.load)
         _check_seconds("encode_latency", self.encode_latency)
@@ -185,11 +181,12 @@ class HealthModel:
         for key in [k for k in self._down_since if encoder_id in k]:
             del self._down_since[key]
 
-    def ingest(self, report: HealthReported, planned: frozenset[str] | None) -> bool:
+    def ingest(self, report: HealthReported, now: float, planned: frozenset[str] | None) -> bool:
         """Fold a report in.
 
         Args:
             report: the report.
+            now: when the manager received it, seconds on the manager's clock.
             planned: the reporter's neighbours in the manager's current topology when the
                 report was made in the current epoch (their absence then means a down link);
                 None otherwise.
@@ -198,12 +195,12 @@ class HealthModel:
             Whether the report was applied (False: unknown encoder or stale report).
         """
         old = self._encoders.get(report.encoder_id)
-        if old is None or report.at < old.last_seen:
+        if old is None or now < old.last_seen:
             self.ignored_reports += 1
             return False
         self._encoders[report.encoder_id] = EncoderHealth(
             report.encoder_id,
-            report.at,
+            now,
             report.confidence,
             report.load,
             report.encode_latency,
@@ -217,12 +214,12 @@ class HealthModel:
             if link.connected:
                 self._down_since.pop(key, None)
             else:
-                self._down_since.setdefault(key, report.at)
+                self._down_since.setdefault(key, now)
             if link.rtt > 0.0 and link.neighbour_id in self._coords:
                 self._sample(me, link.neighbour_id, link.rtt)
         for neighbour in planned or ():
             if neighbour not in reported:
-                self._down_since.setdefault((me, neighbour), report.at)
+                self._down_since.setdefault((me, neighbour), now)
         return True
 
     def _sample(self, me: str, neighbour: str, rtt: float) -> None:

@@ -2,13 +2,14 @@
 
 Theory of operation
 -------------------
-:class:`MeshManager` is a synchronous state machine in the style of etcd's raft core. The
-service shell feeds it events — :class:`EncoderJoined`, :class:`EncoderLeft`,
-:class:`~meshenc.core.planner.health.HealthReported`, :class:`Escalated`,
-:class:`WorkUnitsSet`, :class:`LeaderElected` — through :meth:`MeshManager.step`, and calls
-:meth:`MeshManager.tick` with its clock about once a second. Both return a list of decisions
-the shell must carry out (publish adjacency, segment map and work assignments; answer the
-escalation), **in this order**:
+:class:`MeshManager` is a synchronous state machine in the style of etcd's raft core, with the
+shape every core shares (:mod:`meshenc.core.machine`). The service shell steps it with the time
+on its clock and an event — :class:`EncoderJoined`, :class:`EncoderLeft`,
+:class:`~meshenc.core.planner.health.HealthReported`, :class:`Escalated`, :class:`WorkUnitsSet`,
+:class:`LeaderElected` — and with :class:`~meshenc.core.machine.Tick` about once a second. Only
+an escalation and a tick decide anything; :meth:`MeshManager.ready` returns the decisions the
+shell must carry out (publish adjacency, segment map and work assignments; answer the
+escalation), each step's **in this order**:
 
 1. :class:`EncoderRemoved`, :class:`EncoderIsolated`, :class:`LinkAvoided` — why the mesh changes;
 2. :class:`TopologyChanged` — the new epoch's adjacency (publish before anything that names it);
@@ -22,7 +23,7 @@ avoided links or the work change (on the next tick, so a burst of joins makes on
 once when an escalation isolates an encoder or avoids a link (so the answer can carry the new
 epoch), and every ``reoptimize_every`` seconds to follow the latency map (churn-limited).
 
-Failure reaction, on :meth:`MeshManager.tick`:
+Failure reaction, on a :class:`~meshenc.core.machine.Tick`:
 
 - **silent**: no report for ``report_timeout`` s → removed; its work is re-placed and its
   neighbours rewired by the replan. A removed encoder that reports again is re-admitted.
@@ -65,6 +66,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from meshenc.core.machine import Tick, check_time
 from meshenc.core.messages import ResyncProposal, ResyncVote
 from meshenc.core.planner.health import HealthModel, HealthReported
 from meshenc.core.planner.placement import (
@@ -226,17 +228,11 @@ def plan_mesh(
 # --- events ---------------------------------------------------------------------------------
 
 
-def _check_time(at: float) -> None:
-    if not math.isfinite(at):
-        raise ValueError(f"time must be finite, got {at!r}")
-
-
 @dataclass(frozen=True, slots=True)
 class EncoderJoined:
     """An encoder appeared (a pod became ready, or a local process started)."""
 
     encoder_id: str
-    at: float
     address: str = ""
     zone: str = ""
     capacity: int = 4
@@ -244,7 +240,6 @@ class EncoderJoined:
     def __post_init__(self) -> None:
         if not self.encoder_id:
             raise ValueError("encoder_id must not be empty")
-        _check_time(self.at)
         if self.capacity < 0:
             raise ValueError(f"capacity must be >= 0, got {self.capacity}")
 
@@ -254,10 +249,6 @@ class EncoderLeft:
     """An encoder went away on purpose (scaled down, deleted)."""
 
     encoder_id: str
-    at: float
-
-    def __post_init__(self) -> None:
-        _check_time(self.at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,10 +259,8 @@ class Escalated:
     proposal: ResyncProposal
     votes: tuple[ResyncVote, ...]
     neighbour_count: int
-    at: float
 
     def __post_init__(self) -> None:
-        _check_time(self.at)
         if self.proposal.proposer != self.encoder_id:
             raise ValueError(
                 f"escalation from {self.encoder_id!r} carries a proposal by "
@@ -286,10 +275,6 @@ class WorkUnitsSet:
     """The complete set of work units to run (replaces the previous set)."""
 
     units: tuple[WorkUnit, ...]
-    at: float
-
-    def __post_init__(self) -> None:
-        _check_time(self.at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,15 +284,15 @@ class LeaderElected:
     segment_id: str
     encoder_id: str
     revision: int
-    at: float
 
     def __post_init__(self) -> None:
-        _check_time(self.at)
         if self.revision <= 0:
             raise ValueError(f"revision must be positive, got {self.revision}")
 
 
-Event = EncoderJoined | EncoderLeft | HealthReported | Escalated | WorkUnitsSet | LeaderElected
+Event = (
+    EncoderJoined | EncoderLeft | HealthReported | Escalated | WorkUnitsSet | LeaderElected | Tick
+)
 
 
 # --- decisions ------------------------------------------------------------------------------
@@ -462,7 +447,7 @@ class _Member:
 
 
 class MeshManager:
-    """The manager's decision state: feed events and ticks, carry out the decisions.
+    """The manager's decision state: step it with events and ticks, carry out what is ready.
 
     Args:
         config: thresholds and planner settings.
@@ -484,6 +469,7 @@ class MeshManager:
         self._dissent: dict[str, dict[str, float]] = {}  # rejecter -> proposer -> last time
         self._strikes: dict[Pair, list[float]] = {}
         self._now = -math.inf
+        self._decisions: list[Decision] = []
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -522,23 +508,37 @@ class MeshManager:
 
     # -- inputs ----------------------------------------------------------------------------
 
-    def step(self, event: Event) -> list[Decision]:
-        """Apply one event; returns decisions due at once (only escalations have any)."""
-        self._now = max(self._now, event.at)
-        if isinstance(event, EncoderJoined):
+    def ready(self) -> list[Decision]:
+        """The decisions made since the last call, in the order they must be carried out."""
+        decisions, self._decisions = self._decisions, []
+        return decisions
+
+    def step(self, now: float, event: Event) -> None:
+        """Apply one event observed at ``now`` (the manager's clock, seconds).
+
+        Only an escalation and a :class:`~meshenc.core.machine.Tick` decide anything (see
+        :meth:`ready`). An event is applied at the time it is stepped with, so a report
+        stepped with a time before the encoder's latest is ignored as stale; a tick runs at
+        the latest time seen, so the manager's time never goes back.
+        """
+        check_time(now)
+        self._now = max(self._now, now)
+        if isinstance(event, Tick):
+            self._decisions += self._tick()
+        elif isinstance(event, EncoderJoined):
             member = _Member(event.encoder_id, event.address, event.zone, event.capacity)
             if self._members.get(event.encoder_id) != member:
                 self._members[event.encoder_id] = member
                 self._reasons.append(f"{event.encoder_id} joined")
             self._known.pop(event.encoder_id, None)
-            self.health.track(event.encoder_id, event.at)
+            self.health.track(event.encoder_id, now)
         elif isinstance(event, EncoderLeft):
             if self._members.pop(event.encoder_id, None) is not None:
                 self.health.forget(event.encoder_id)
                 self._reasons.append(f"{event.encoder_id} left")
             self._known.pop(event.encoder_id, None)
         elif isinstance(event, HealthReported):
-            self._report(event)
+            self._report(event, now)
         elif isinstance(event, WorkUnitsSet):
             units = tuple(sorted({u.unit_id for u in event.units}))
             if units != self._units:
@@ -549,26 +549,19 @@ class MeshManager:
             if current is None or event.revision > current[1]:
                 self._leaders[event.segment_id] = (event.encoder_id, event.revision)
         else:
-            return self._judge(event)
-        return []
+            self._decisions += self._judge(event, now)
 
-    def _report(self, report: HealthReported) -> None:
+    def _report(self, report: HealthReported, now: float) -> None:
         node = report.encoder_id
         if node not in self._members and node in self._known:
             self._members[node] = self._known.pop(node)
-            self.health.track(node, report.at)
+            self.health.track(node, now)
             self._reasons.append(f"{node} reports again")
         planned = self.neighbours(node) if report.topology_epoch == self._epoch else None
-        self.health.ingest(report, planned if self._plan is not None else None)
+        self.health.ingest(report, now, planned if self._plan is not None else None)
 
-    def tick(self, now: float) -> list[Decision]:
-        """Detect failures, expire penalties, and replan if anything changed.
-
-        Args:
-            now: the manager's clock, seconds (the same clock as events' ``at``).
-        """
-        _check_time(now)
-        self._now = max(self._now, now)
+    def _tick(self) -> list[Decision]:
+        """Detect failures, expire penalties, and replan if anything changed."""
         now = self._now
         decisions: list[Decision] = []
         decisions += self._expire(now)
@@ -680,8 +673,8 @@ class MeshManager:
         self._reasons.append(f"{node} isolated: {why}")
         return EncoderIsolated(node, until, why)
 
-    def _judge(self, event: Escalated) -> list[Decision]:
-        proposer, proposal_id, now = event.encoder_id, event.proposal.proposal_id, event.at
+    def _judge(self, event: Escalated, now: float) -> list[Decision]:
+        proposer, proposal_id = event.encoder_id, event.proposal.proposal_id
         config = self.config
 
         def answer(verdict: EscalationVerdict, reason: str) -> EscalationJudged:

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import pytest
 
+from meshenc.core.machine import StateMachine, Tick
 from meshenc.core.messages import CorrectionKind, ResyncProposal, ResyncVote
 from meshenc.core.planner.health import HealthReported, LinkSample
 from meshenc.core.planner.manager import (
@@ -25,6 +26,7 @@ from meshenc.core.planner.manager import (
     Escalated,
     EscalationJudged,
     EscalationVerdict,
+    Event,
     LinkAvoided,
     ManagerConfig,
     MeshManager,
@@ -59,10 +61,11 @@ class Mesh:
         self.silent: set[str] = set()
         self.down: set[tuple[str, str]] = set()  # (reporter, neighbour) links seen down
         for k, node in enumerate(IDS):
-            self.manager.step(EncoderJoined(node, 0.0, f"10.0.0.{k}:7000", f"zone-{k % 3}", 4))
+            self.manager.step(0.0, EncoderJoined(node, f"10.0.0.{k}:7000", f"zone-{k % 3}", 4))
         units = tuple(WorkUnit(f"ch{c}", r) for c in range(6) for r in ("hd", "sd"))
-        self.manager.step(WorkUnitsSet(units, 0.0))
-        self.log += self.manager.tick(0.0)
+        self.manager.step(0.0, WorkUnitsSet(units))
+        self.manager.step(0.0, Tick())
+        self.log += self.manager.ready()
 
     def report(self, node: str) -> None:
         planned = sorted(self.manager.neighbours(node))
@@ -70,7 +73,7 @@ class Mesh:
             LinkSample(m, rtt=_rtt(node, m), connected=(node, m) not in self.down) for m in planned
         )
         self.manager.step(
-            HealthReported(node, self.now, 0.9, 0.3, 0.004, self.manager.epoch, links)
+            self.now, HealthReported(node, 0.9, 0.3, 0.004, self.manager.epoch, links)
         )
 
     def run(self, seconds: float) -> list[Decision]:
@@ -84,7 +87,8 @@ class Mesh:
             for node in IDS:
                 if node not in self.silent:
                     self.report(node)
-            self.log += self.manager.tick(self.now)
+            self.manager.step(self.now, Tick())
+            self.log += self.manager.ready()
         return self.log[start:]
 
     def escalate(
@@ -98,7 +102,8 @@ class Mesh:
         )
         # The proposer's own count of neighbours: the manager's view, or its voters if more.
         degree = max(len(self.manager.neighbours(proposer)), len(votes))
-        decisions = self.manager.step(Escalated(proposer, proposal, votes, degree, self.now))
+        self.manager.step(self.now, Escalated(proposer, proposal, votes, degree))
+        decisions = self.manager.ready()
         self.log += decisions
         return decisions
 
@@ -327,7 +332,7 @@ def test_votes_from_outside_the_neighbourhood_do_not_count() -> None:
 
 def test_an_unknown_proposer_is_rejected() -> None:
     mesh = Mesh()
-    mesh.manager.step(EncoderLeft(IDS[9], 1.0))
+    mesh.manager.step(1.0, EncoderLeft(IDS[9]))
     mesh.silent.add(IDS[9])
     decisions = mesh.escalate(IDS[9], approvals=IDS[:3], rejections=())
     assert _verdict(decisions).verdict is EscalationVerdict.REJECT
@@ -359,7 +364,7 @@ def test_the_same_events_give_the_same_decisions() -> None:
 def test_a_scale_down_rewires_and_replaces_work() -> None:
     mesh = Mesh()
     for node in IDS[-3:]:
-        mesh.manager.step(EncoderLeft(node, mesh.now))
+        mesh.manager.step(mesh.now, EncoderLeft(node))
         mesh.silent.add(node)
     decisions = mesh.run(1)
     (topology,) = _only(decisions, TopologyChanged)
@@ -370,15 +375,15 @@ def test_a_scale_down_rewires_and_replaces_work() -> None:
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: HealthReported("a", 0.0, 1.5, 0.1, 0.0),
-        lambda: HealthReported("a", 0.0, 0.5, math.nan, 0.0),
-        lambda: HealthReported("a", 0.0, 0.5, 0.1, -1.0),
-        lambda: HealthReported("a", 0.0, 0.5, 0.1, 0.0, links=(LinkSample("a"),)),
-        lambda: HealthReported("a", 0.0, 0.5, 0.1, 0.0, links=(LinkSample("b"), LinkSample("b"))),
+        lambda: HealthReported("a", 1.5, 0.1, 0.0),
+        lambda: HealthReported("a", 0.5, math.nan, 0.0),
+        lambda: HealthReported("a", 0.5, 0.1, -1.0),
+        lambda: HealthReported("a", 0.5, 0.1, 0.0, links=(LinkSample("a"),)),
+        lambda: HealthReported("a", 0.5, 0.1, 0.0, links=(LinkSample("b"), LinkSample("b"))),
         lambda: LinkSample("b", rtt=-0.1),
-        lambda: EncoderJoined("", 0.0),
-        lambda: EncoderJoined("a", math.inf),
-        lambda: Escalated("a", ResyncProposal("b", 1, CorrectionKind.SLEW, 0.001, 1), (), 0, 0.0),
+        lambda: EncoderJoined(""),
+        lambda: EncoderJoined("a", capacity=-1),
+        lambda: Escalated("a", ResyncProposal("b", 1, CorrectionKind.SLEW, 0.001, 1), (), 0),
     ],
 )
 def test_malformed_inputs_are_refused(build: Callable[[], object]) -> None:
@@ -386,12 +391,47 @@ def test_malformed_inputs_are_refused(build: Callable[[], object]) -> None:
         build()
 
 
+@pytest.mark.parametrize("when", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("event", [EncoderJoined("a"), Tick()], ids=["joined", "tick"])
+def test_a_time_that_is_not_finite_is_refused(when: float, event: Event) -> None:
+    manager: StateMachine[Event, Decision] = MeshManager()  # mypy checks the shape
+    with pytest.raises(ValueError):
+        manager.step(when, event)
+    manager.step(0.0, Tick())
+    assert manager.ready() == []  # the refused event left nothing behind
+
+
+def test_decisions_wait_in_order_until_taken() -> None:
+    """Taking the decisions after several steps gives what taking them after each step does."""
+    each, batched = Mesh(ManagerConfig(isolation=4.0)), Mesh(ManagerConfig(isolation=4.0))
+    liar = IDS[2]
+    against = sorted(each.manager.neighbours(liar))
+    each.escalate(liar, approvals=(), rejections=against)
+    each.now = 5.0
+    each.manager.step(each.now, Tick())
+    one_by_one = each.log + each.manager.ready()
+
+    proposal = ResyncProposal(liar, 1, CorrectionKind.DROP, 1 / 30, batched.manager.epoch)
+    votes = tuple(ResyncVote(liar, 1, v, False, 0.0) for v in against)
+    batched.manager.step(0.0, Escalated(liar, proposal, votes, len(against)))
+    batched.manager.step(5.0, Tick())
+    at_once = batched.log + batched.manager.ready()
+
+    assert at_once == one_by_one
+    kinds = [type(d) for d in at_once]
+    judged = kinds.index(EscalationJudged)
+    assert EncoderIsolated in kinds[:judged]  # the escalation's decisions...
+    assert TopologyChanged in kinds[judged + 1 :]  # ...then the tick's: the isolation ended
+
+
 def test_stale_and_unknown_reports_are_ignored() -> None:
     mesh = Mesh()
     mesh.run(2)
-    stranger = HealthReported("stranger", mesh.now, 0.5, 0.1, 0.0)
-    stale = HealthReported(IDS[0], mesh.now - 10.0, 0.5, 0.1, 0.0)
+    stranger = HealthReported("stranger", 0.5, 0.1, 0.0)
+    stale = HealthReported(IDS[0], 0.5, 0.1, 0.0)
     before = mesh.manager.health.ignored_reports
-    assert mesh.manager.step(stranger) == [] and mesh.manager.step(stale) == []
+    mesh.manager.step(mesh.now, stranger)
+    mesh.manager.step(mesh.now - 10.0, stale)  # received before the last one applied
+    assert mesh.manager.ready() == []
     assert mesh.manager.health.ignored_reports == before + 2
     assert "stranger" not in mesh.manager.members
