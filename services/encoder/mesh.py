@@ -62,9 +62,9 @@ from meshenc.wire.validation import (
     validate_get_state_request,
     validate_set_parameters_request,
 )
-from services.common import telemetry
 from services.common.grpc_server import GrpcServer, insecure_channel
 from services.common.log_limit import LimitedLog
+from services.encoder.telemetry import topology_changed
 
 __all__ = [
     "DEFAULT_CONTROL_CAPACITY",
@@ -347,7 +347,7 @@ class MeshLinks:
         wanted = {peer: address for peer, address in peers.items() if peer != me}
         if len(wanted) != len(peers):
             log.warning("ignoring %r in the peer list: it is this encoder", me)
-        telemetry.topology_changed(me, self.peers, frozenset(wanted))
+        topology_changed(me, self.peers, frozenset(wanted))
         for peer in [p for p in self._links if p not in wanted]:
             self._remove(peer)
         loop = asyncio.get_running_loop()

@@ -66,7 +66,6 @@ from meshenc.core.messages import (
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION
 from meshenc.wire.adjacency import AdjacencyDocument
-from services.common.telemetry import EncoderTelemetry
 from services.encoder.control import ControlPlane, record_health
 from services.encoder.leadership import SegmentLeadership
 from services.encoder.manager_link import VoteLog, escalation, health_report
@@ -91,6 +90,7 @@ from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
 from services.encoder.settings import EncoderSettings
 from services.encoder.state import encoder_state
+from services.encoder.telemetry import EncoderTelemetry
 
 __all__ = ["EncoderRuntime", "RunStats"]
 

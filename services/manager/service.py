@@ -75,7 +75,6 @@ from meshenc.v1 import manager_pb2
 from meshenc.wire import convert
 from meshenc.wire.adjacency import AdjacencyDocument
 from meshenc.wire.validation import MAX_REASON_LENGTH
-from services.common import telemetry
 from services.manager.actuators import (
     Actuator,
     ActuatorError,
@@ -83,6 +82,7 @@ from services.manager.actuators import (
     MemberLeft,
     StalePlanError,
 )
+from services.manager.telemetry import planning
 
 __all__ = [
     "DEFAULT_RECONNECT_GRACE",
@@ -430,7 +430,7 @@ class ManagerShell:
             neighbour_count=msg.neighbour_count,
             at=self.now(),
         )
-        with telemetry.planning("escalation") as plan:
+        with planning("escalation") as plan:
             decisions = plan.record(self._core.step(event))
         judged = self._carry_out(decisions)
         await self._flush()
@@ -514,7 +514,7 @@ class ManagerShell:
                 await asyncio.wait_for(self._wake.wait(), self._tick_interval)
             self._wake.clear()
             try:
-                with telemetry.planning("tick") as plan:
+                with planning("tick") as plan:
                     decisions = plan.record(self._core.tick(self.now()))
                 self._carry_out(decisions)
                 await self._flush()
