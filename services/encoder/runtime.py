@@ -158,7 +158,7 @@ class EncoderRuntime:
         black.flags.writeable = False
         self._black = Picture.from_yuv(0, black)
         self.telemetry = EncoderTelemetry(settings.id, lambda: self.engine.snapshot(self.clock()))
-        self.links = MeshLinks(self, on_link=self._on_link)
+        self.links = MeshLinks(self, on_link=self._on_link, tracing=self.telemetry)
         self.leadership: SegmentLeadership | None = None
         self._has_locked = False
         if settings.etcd is not None:
@@ -290,7 +290,10 @@ class EncoderRuntime:
 
     def on_proposal(self, proposal: ResyncProposal) -> ResyncVote | None:
         answer = self.engine.on_proposal(self.clock(), proposal)
-        return None if answer is None else self.telemetry.vote_cast(proposal, answer.vote)
+        if answer is None:
+            return None
+        self.telemetry.vote_cast(proposal, answer.vote)
+        return answer.vote
 
     def on_vote(self, vote: ResyncVote) -> None:
         self._votes.record(vote)
@@ -557,7 +560,8 @@ class EncoderRuntime:
         return self._last_tc is None or (self._last_tc + 1) % self.settings.gop == 0
 
     def _dispatch(self) -> None:
-        for action in map(self.telemetry.on_action, self.engine.drain_actions()):
+        for action in self.engine.drain_actions():
+            self.telemetry.on_action(action)
             if isinstance(action, SendProposal):
                 for peer in action.to:
                     self.links.send(peer, action.proposal)

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-The runtime and the mesh links call :class:`EncoderTelemetry` (and :func:`topology_changed`)
-at each point worth seeing. The plumbing (tracer provider, registry, endpoint, trace-context
+Telemetry only observes: the runtime and the mesh links call :class:`EncoderTelemetry` (and
+:func:`topology_changed`) at each point worth seeing, and nothing it returns changes what the
+encoder decides or sends. The plumbing (tracer provider, registry, endpoint, trace-context
 headers) is ``services.common.telemetry``'s.
 
 One resync is one trace across encoders:
@@ -15,6 +16,11 @@ One resync is one trace across encoders:
 - ``resync.vote.count`` (proposer): a child of the vote's span, when the vote is counted;
 - ``resync.correct`` (proposer): the applied correction, a child of ``resync``.
 
+The contexts travel on the wire only: the mesh links ask :meth:`EncoderTelemetry.proposal_trace`
+and :meth:`EncoderTelemetry.vote_trace` for them as they convert a proposal or a vote for
+sending, and ``meshenc.wire.convert`` puts what arrived in the received message's
+``trace_context``, from which the spans here take their parent.
+
 Other spans: ``topology.change`` (a neighbour set replaced), ``leader.change`` (a segment's
 leader seen to change), ``segment.write`` (a segment muxed and written).
 
@@ -25,7 +31,7 @@ engine.
 
 Invariants: every hook is safe to call with tracing off; spans still open when an encoder
 stops are ended (``abandoned``) by :meth:`EncoderTelemetry.close`, never leaked; at most
-``max_open`` resyncs are tracked.
+``max_open`` resyncs, and as many recent votes' contexts, are kept.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -60,6 +66,7 @@ from meshenc.core.votes import Verdict
 from meshenc.v1 import mesh_pb2
 from services.common.telemetry import (
     TRACER,
+    TraceContext,
     enable_metrics,
     extract_trace_context,
     has_span,
@@ -467,6 +474,7 @@ class EncoderTelemetry:
             second by :meth:`observe`).
         tracer: where spans go; default, the process's provider.
         max_open: resyncs tracked at once; the oldest is ended as ``abandoned`` beyond it.
+            As many of the latest votes' contexts are kept for :meth:`vote_trace`.
     """
 
     def __init__(
@@ -482,17 +490,19 @@ class EncoderTelemetry:
         self._tracer = tracer or TRACER
         self._max_open = max_open
         self._open: dict[int, _OpenResync] = {}
+        #: The context of each recent ``resync.vote`` span, by (proposer, proposal id).
+        self._votes: dict[tuple[str, int], TraceContext] = {}
         self._leader: str | None = None
         self._leads: bool | None = None
         enable_metrics("encoder", *_ENCODER_METRICS)
 
     # -- resync: the proposer's side ----------------------------------------------------------
 
-    def on_action(self, action: Action) -> Action:
-        """Record an engine action; a SendProposal comes back with its trace context."""
+    def on_action(self, action: Action) -> None:
+        """Record an engine action (a proposal sent opens its ``resync`` span)."""
         if isinstance(action, SendProposal):
-            return replace(action, proposal=self._proposed(action.proposal, action.to))
-        if isinstance(action, CorrectionApplied):
+            self._proposed(action.proposal, action.to)
+        elif isinstance(action, CorrectionApplied):
             ENCODER_CORRECTIONS.labels(action.kind.value).inc()
             self._correct(
                 action.proposal_id,
@@ -523,9 +533,14 @@ class EncoderTelemetry:
                     "meshenc.resync.rejections": sorted(outcome.rejections),
                 },
             )
-        return action
 
-    def _proposed(self, proposal: ResyncProposal, to: tuple[str, ...]) -> ResyncProposal:
+    def proposal_trace(self, proposal_id: int) -> TraceContext:
+        """The trace context one of this encoder's proposals goes out with: its ``resync``
+        span's; () once the resync has ended or when it was never traced."""
+        resync = self._open.get(proposal_id)
+        return () if resync is None else inject_trace_context(resync.context)
+
+    def _proposed(self, proposal: ResyncProposal, to: tuple[str, ...]) -> None:
         ENCODER_PROPOSALS.labels(proposal.kind.value).inc()
         snap = self._snapshot()
         span = self._tracer.start_span(
@@ -557,7 +572,6 @@ class EncoderTelemetry:
         while len(self._open) > self._max_open:
             oldest = next(iter(self._open))
             self._finish(oldest, "abandoned", {})
-        return replace(proposal, trace_context=inject_trace_context(ctx))
 
     def vote_received(self, vote: ResyncVote) -> None:
         """A neighbour's vote on one of this encoder's proposals arrived."""
@@ -608,8 +622,8 @@ class EncoderTelemetry:
 
     # -- resync: the voter's side -------------------------------------------------------------
 
-    def vote_cast(self, proposal: ResyncProposal, vote: ResyncVote) -> ResyncVote:
-        """This encoder voted on a neighbour's proposal; the vote to send, with its context."""
+    def vote_cast(self, proposal: ResyncProposal, vote: ResyncVote) -> None:
+        """This encoder voted on a neighbour's proposal (received with its trace context)."""
         ENCODER_VOTES_CAST.labels("approve" if vote.approve else "reject").inc()
         span = self._tracer.start_span(
             "resync.vote",
@@ -626,8 +640,17 @@ class EncoderTelemetry:
             },
         )
         span.end()
+        key = (vote.proposer, vote.proposal_id)
+        self._votes.pop(key, None)  # re-inserted: the newest is last
         ctx = trace.set_span_in_context(span, otel_context.Context())
-        return replace(vote, trace_context=inject_trace_context(ctx))
+        self._votes[key] = inject_trace_context(ctx)
+        while len(self._votes) > self._max_open:
+            del self._votes[next(iter(self._votes))]
+
+    def vote_trace(self, vote: ResyncVote) -> TraceContext:
+        """The trace context this encoder's ``vote`` goes out with: its ``resync.vote`` span's;
+        () when the vote is not among the latest ``max_open`` cast."""
+        return self._votes.get((vote.proposer, vote.proposal_id), ())
 
     # -- other events -------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 other encoder spans, and the encoder's metrics as scraped.
 
 Spans are recorded by the OpenTelemetry SDK's own in-memory exporter. Messages between
-encoders go through the real wire conversion and validation. Engines and mesh links are
+encoders go through the real wire conversion and validation, with the trace context each
+encoder's telemetry names for them, as the mesh links send them. Engines and mesh links are
 the real ones; the only stand-in is the mesh links' handler in the scrape tests, which nothing
 calls. The metrics endpoint is scraped over real HTTP.
 """
@@ -60,14 +61,15 @@ def test_a_resync_is_one_trace_from_proposal_through_votes_to_the_correction(
     b = encoder("b", provider, ("a",))
     c = encoder("c", provider, ("a",))
     proposal = ResyncProposal("a", 1, CorrectionKind.SLEW, 0.004, 3)
-    sent = a.on_action(SendProposal(proposal, ("b", "c")))
-    assert isinstance(sent, SendProposal)
-    wire = mesh_pb2.MeshMessage(proposal=convert.proposal_to_proto(sent.proposal))
+    a.on_action(SendProposal(proposal, ("b", "c")))
+    sent = convert.proposal_to_proto(proposal, a.proposal_trace(proposal.proposal_id))
+    wire = mesh_pb2.MeshMessage(proposal=sent)
     for voter, telemetry_of_voter in (("b", b), ("c", c)):
         received = convert.proposal_from_proto(over_the_wire(wire, voter).proposal)
         vote = judge_proposal(received, voter, -0.004, 0.008)
-        answer = telemetry_of_voter.vote_cast(received, vote)
-        back = over_the_wire(mesh_pb2.MeshMessage(vote=convert.vote_to_proto(answer)), "a")
+        telemetry_of_voter.vote_cast(received, vote)
+        answer = convert.vote_to_proto(vote, telemetry_of_voter.vote_trace(vote))
+        back = over_the_wire(mesh_pb2.MeshMessage(vote=answer), "a")
         a.vote_received(convert.vote_from_proto(back.vote))
     a.on_action(CorrectionApplied(0.0, CorrectionKind.SLEW, 0.004, 0.0, math.nan, 1))
 
@@ -140,10 +142,39 @@ def test_a_vote_on_an_untraced_proposal_starts_its_own_trace(
     provider, exporter = spans
     b = encoder("b", provider, ("a",))
     proposal = ResyncProposal("a", 4, CorrectionKind.SLEW, 0.002, 1)
-    vote = b.vote_cast(proposal, judge_proposal(proposal, "b", None, 0.008))
+    vote = judge_proposal(proposal, "b", None, 0.008)
+    b.vote_cast(proposal, vote)
     (span,) = exporter.get_finished_spans()
     assert span.name == "resync.vote" and span.parent is None
-    assert dict(vote.trace_context)["traceparent"].split("-")[2] == f"{span_id(span):016x}"
+    assert dict(b.vote_trace(vote))["traceparent"].split("-")[2] == f"{span_id(span):016x}"
+
+
+def test_messages_go_out_with_the_context_of_their_span_while_it_is_kept(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = spans
+    engine = SyncEngine("a", EngineConfig(frame_rate=FRAME_RATE), ("b",))
+    a = EncoderTelemetry(
+        "a", lambda: engine.snapshot(0.0), tracer=provider.get_tracer("t"), max_open=2
+    )
+    assert a.proposal_trace(1) == ()  # nothing proposed yet
+    a.on_action(SendProposal(ResyncProposal("a", 1, CorrectionKind.SLEW, 0.004, 1), ("b",)))
+    headers = dict(a.proposal_trace(1))
+    a.on_action(CorrectionApplied(0.0, CorrectionKind.SLEW, 0.004, 0.0, math.nan, 1))
+    (root,) = by_name(exporter.get_finished_spans(), "resync")
+    assert headers["traceparent"].split("-")[2] == f"{span_id(root):016x}"
+    assert a.proposal_trace(1) == ()  # the resync ended: a late copy starts no new child
+
+    votes = [
+        judge_proposal(ResyncProposal("x", n, CorrectionKind.SLEW, 0.002, 1), "a", 0.0, 0.008)
+        for n in (1, 2, 3)
+    ]
+    for vote in votes:
+        a.vote_cast(ResyncProposal("x", vote.proposal_id, CorrectionKind.SLEW, 0.002, 1), vote)
+    vote_spans = by_name(exporter.get_finished_spans(), "resync.vote")
+    assert a.vote_trace(votes[0]) == ()  # beyond max_open: forgotten
+    for vote, span in zip(votes[1:], vote_spans[1:], strict=True):
+        assert dict(a.vote_trace(vote))["traceparent"].split("-")[2] == f"{span_id(span):016x}"
 
 
 def test_a_new_leader_is_one_span_and_one_count(

@@ -41,8 +41,9 @@ def test_trace_context_round_trips_and_passes_wire_validation(
     with provider.get_tracer("test").start_as_current_span("origin") as origin:
         headers = telemetry.inject_trace_context()
     assert [key for key, _ in headers] == ["traceparent"]
-    proposal = ResyncProposal("a", 7, CorrectionKind.SLEW, 0.004, 1, trace_context=headers)
-    msg = over_the_wire(mesh_pb2.MeshMessage(proposal=convert.proposal_to_proto(proposal)), "b")
+    proposal = ResyncProposal("a", 7, CorrectionKind.SLEW, 0.004, 1)
+    wire = convert.proposal_to_proto(proposal, headers)
+    msg = over_the_wire(mesh_pb2.MeshMessage(proposal=wire), "b")
     carried = convert.proposal_from_proto(msg.proposal).trace_context
     restored = telemetry.extract_trace_context(carried)
     remote = trace.get_current_span(restored).get_span_context()
