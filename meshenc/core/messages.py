@@ -80,8 +80,9 @@ class ResyncProposal:
 
     ``shift`` is the signed change (seconds) the proposer will add to its label. For
     PARAMETER proposals ``effective_segment`` is the first segment encoded with
-    ``bitrate_kbps``. ``trace_context`` carries W3C trace headers so that a resync's
-    proposal, votes and correction form one trace across encoders.
+    ``bitrate_kbps``. ``trace_context`` holds the W3C trace headers a received proposal
+    arrived with (``meshenc.wire.convert`` fills it; the core neither reads nor sets it), so
+    that the receiving shell's spans join the proposer's trace.
     """
 
     proposer: str
@@ -99,7 +100,8 @@ class ResyncVote:
     """A neighbour's verdict on a proposal, decided from its own estimate of the proposer.
 
     ``estimated_deviation`` is the voter's estimate (seconds) of the proposer's label minus
-    its own label for the same picture, at the time it voted.
+    its own label for the same picture, at the time it voted. ``trace_context``: as for
+    :class:`ResyncProposal`, the headers a received vote arrived with.
     """
 
     proposer: str

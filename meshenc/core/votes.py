@@ -317,8 +317,7 @@ def judge_proposal(
         tolerance: seconds of deviation the voter accepts as "in lock".
 
     Returns:
-        The vote, carrying the voter's estimate (0.0 when it has none) and a short reason,
-        and the proposal's trace context (a shell may replace it with a child span's).
+        The vote, carrying the voter's estimate (0.0 when it has none) and a short reason.
 
     Raises:
         ValueError: on the voter's own bad inputs: a negative or non-finite tolerance, a
@@ -339,7 +338,6 @@ def judge_proposal(
         approve=approve,
         estimated_deviation=0.0 if estimated_deviation is None else estimated_deviation,
         reason=reason,
-        trace_context=proposal.trace_context,
     )
 
 

@@ -13,6 +13,10 @@ These functions do not validate: a server validates a received message with
 cannot be represented in the core at all (an unknown correction kind), and ``*_to_proto``
 raises ``ValueError`` for a value that cannot be encoded in its wire field (a non-finite
 time, a negative duration in an unsigned field, a value out of the field's integer range).
+
+Trace context goes one way each: a received proposal or vote keeps the W3C headers it arrived
+with in its ``trace_context``; an outgoing one is sent with the headers the caller passes
+(the sender's own span), never with a ``trace_context`` it may carry from elsewhere.
 """
 
 from __future__ import annotations
@@ -200,8 +204,10 @@ def esp_from_proto(msg: mesh_pb2.EncodingStatePacket) -> EncodingStatePacket:
     )
 
 
-def proposal_to_proto(proposal: ResyncProposal) -> mesh_pb2.ResyncProposal:
-    """The wire form of a resync proposal."""
+def proposal_to_proto(
+    proposal: ResyncProposal, trace_context: Iterable[tuple[str, str]] = ()
+) -> mesh_pb2.ResyncProposal:
+    """The wire form of a resync proposal, sent with ``trace_context`` (W3C headers)."""
     return mesh_pb2.ResyncProposal(
         proposer_id=proposal.proposer,
         proposal_id=proposal.proposal_id,
@@ -210,12 +216,12 @@ def proposal_to_proto(proposal: ResyncProposal) -> mesh_pb2.ResyncProposal:
         topology_epoch=proposal.topology_epoch,
         effective_segment=proposal.effective_segment,
         bitrate_kbps=proposal.bitrate_kbps,
-        trace_context=_trace_to_proto(proposal.trace_context),
+        trace_context=_trace_to_proto(trace_context),
     )
 
 
 def proposal_from_proto(msg: mesh_pb2.ResyncProposal) -> ResyncProposal:
-    """The core form of a (validated) wire resync proposal."""
+    """The core form of a (validated) wire resync proposal, with the context it carried."""
     return ResyncProposal(
         proposer=msg.proposer_id,
         proposal_id=msg.proposal_id,
@@ -228,8 +234,10 @@ def proposal_from_proto(msg: mesh_pb2.ResyncProposal) -> ResyncProposal:
     )
 
 
-def vote_to_proto(vote: ResyncVote) -> mesh_pb2.ResyncVote:
-    """The wire form of a resync vote."""
+def vote_to_proto(
+    vote: ResyncVote, trace_context: Iterable[tuple[str, str]] = ()
+) -> mesh_pb2.ResyncVote:
+    """The wire form of a resync vote, sent with ``trace_context`` (W3C headers)."""
     return mesh_pb2.ResyncVote(
         proposer_id=vote.proposer,
         proposal_id=vote.proposal_id,
@@ -237,12 +245,12 @@ def vote_to_proto(vote: ResyncVote) -> mesh_pb2.ResyncVote:
         approve=vote.approve,
         estimated_deviation_ns=seconds_to_ns(vote.estimated_deviation),
         reason=vote.reason,
-        trace_context=_trace_to_proto(vote.trace_context),
+        trace_context=_trace_to_proto(trace_context),
     )
 
 
 def vote_from_proto(msg: mesh_pb2.ResyncVote) -> ResyncVote:
-    """The core form of a (validated) wire resync vote."""
+    """The core form of a (validated) wire resync vote, with the context it carried."""
     return ResyncVote(
         proposer=msg.proposer_id,
         proposal_id=msg.proposal_id,

@@ -163,8 +163,9 @@ class VoteLog:
 def escalation(
     action: Escalate, votes: Iterable[ResyncVote], neighbour_count: int, sent_unix_ns: int
 ) -> manager_pb2.Escalation:
-    """The Escalate request for an engine's ``Escalate`` action."""
-    wire_votes = [convert.vote_to_proto(v) for v in votes][:MAX_NEIGHBOURS]
+    """The Escalate request for an engine's ``Escalate`` action (the votes as they arrived,
+    with their voters' trace contexts)."""
+    wire_votes = [convert.vote_to_proto(v, v.trace_context) for v in votes][:MAX_NEIGHBOURS]
     return manager_pb2.Escalation(
         encoder_id=action.outcome.proposal.proposer,
         proposal=convert.proposal_to_proto(action.outcome.proposal),

@@ -20,6 +20,11 @@ INVALID_ARGUMENT naming the field, the dialer cancels it and reconnects) and the
 sees it. Other streams are not affected. The handler answers a proposal by sending its vote
 with ``MeshLinks.send``, like any other message.
 
+Proposals and votes carry a trace context of their own (one stream lives for hours, so the
+call's context says nothing about them): a received one keeps what it arrived with in its
+``trace_context``; an outgoing one gets the context the links' ``MessageTracing`` (the
+encoder's telemetry) names for it as it is converted for the wire.
+
 Invariants
 ----------
 - ``MeshLinks.send`` never waits: each neighbour has a bounded outbox. ESPs are state, not
@@ -62,9 +67,10 @@ from meshenc.wire.validation import (
     validate_get_state_request,
     validate_set_parameters_request,
 )
-from services.common import telemetry
 from services.common.grpc_server import GrpcServer, insecure_channel
 from services.common.log_limit import LimitedLog
+from services.common.telemetry import TraceContext
+from services.encoder.telemetry import topology_changed
 
 __all__ = [
     "DEFAULT_CONTROL_CAPACITY",
@@ -73,6 +79,7 @@ __all__ = [
     "MeshHandler",
     "MeshLinks",
     "MeshServer",
+    "MessageTracing",
     "Outgoing",
 ]
 
@@ -129,17 +136,41 @@ class MeshHandler(Protocol):
         ...
 
 
+class MessageTracing(Protocol):
+    """Where outgoing proposals and votes get their trace context (the encoder's telemetry)."""
+
+    def proposal_trace(self, proposal_id: int) -> TraceContext:
+        """The context this encoder's proposal ``proposal_id`` goes out with (() for none)."""
+        ...
+
+    def vote_trace(self, vote: ResyncVote) -> TraceContext:
+        """The context this encoder's ``vote`` goes out with (() for none)."""
+        ...
+
+
+class _Untraced:
+    """No trace context on anything: links nobody observes (tests, benches)."""
+
+    def proposal_trace(self, proposal_id: int) -> TraceContext:
+        return ()
+
+    def vote_trace(self, vote: ResyncVote) -> TraceContext:
+        return ()
+
+
 class _LinkFailed(Exception):  # noqa: N818 -- an outcome, not an error of this program
     """A dial attempt ended before its stream got past the Hellos (the dialer backs off)."""
 
 
-def _envelope(msg: Outgoing) -> mesh_pb2.MeshMessage:
+def _envelope(msg: Outgoing, tracing: MessageTracing) -> mesh_pb2.MeshMessage:
+    """The wire form of ``msg``; a proposal or a vote with the context ``tracing`` names."""
     if isinstance(msg, EncodingStatePacket):
         return mesh_pb2.MeshMessage(esp=convert.esp_to_proto(msg))
     if isinstance(msg, ResyncProposal):
-        return mesh_pb2.MeshMessage(proposal=convert.proposal_to_proto(msg))
+        trace = tracing.proposal_trace(msg.proposal_id)
+        return mesh_pb2.MeshMessage(proposal=convert.proposal_to_proto(msg, trace))
     if isinstance(msg, ResyncVote):
-        return mesh_pb2.MeshMessage(vote=convert.vote_to_proto(msg))
+        return mesh_pb2.MeshMessage(vote=convert.vote_to_proto(msg, tracing.vote_trace(msg)))
     body = msg.WhichOneof("body")
     if body is None or body == "hello":
         raise ValueError(f"only ESPs, proposals and votes can be sent, got {body}")
@@ -274,6 +305,7 @@ class MeshLinks:
         rng: source of the backoff jitter (injected so that tests can seed it).
         on_link: called with (peer, True) when a stream with a neighbour comes up and
             (peer, False) when the live one ends, e.g. because the neighbour died.
+        tracing: the trace context of outgoing proposals and votes; default, none.
     """
 
     def __init__(
@@ -287,6 +319,7 @@ class MeshLinks:
         handshake_timeout: float = 5.0,
         rng: random.Random | None = None,
         on_link: Callable[[str, bool], None] | None = None,
+        tracing: MessageTracing | None = None,
     ) -> None:
         if esp_capacity < 1 or control_capacity < 1:
             raise ValueError("queue capacities must be at least 1")
@@ -298,6 +331,7 @@ class MeshLinks:
         self._handshake_timeout = handshake_timeout
         self._rng = rng if rng is not None else random.Random()
         self._on_link = on_link
+        self._tracing: MessageTracing = tracing if tracing is not None else _Untraced()
         self._links: dict[str, _Link] = {}
         self._dialers: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -347,7 +381,7 @@ class MeshLinks:
         wanted = {peer: address for peer, address in peers.items() if peer != me}
         if len(wanted) != len(peers):
             log.warning("ignoring %r in the peer list: it is this encoder", me)
-        telemetry.topology_changed(me, self.peers, frozenset(wanted))
+        topology_changed(me, self.peers, frozenset(wanted))
         for peer in [p for p in self._links if p not in wanted]:
             self._remove(peer)
         loop = asyncio.get_running_loop()
@@ -375,7 +409,7 @@ class MeshLinks:
         Raises:
             ValueError: ``msg`` is a Hello or an empty envelope.
         """
-        envelope = _envelope(msg)
+        envelope = _envelope(msg, self._tracing)
         link = self._links.get(peer_id)
         is_esp = envelope.WhichOneof("body") == "esp"
         if link is None:
@@ -406,7 +440,7 @@ class MeshLinks:
 
     def broadcast(self, msg: Outgoing) -> int:
         """:meth:`send` ``msg`` to every neighbour; returns to how many it was queued."""
-        envelope = _envelope(msg)
+        envelope = _envelope(msg, self._tracing)
         return sum(self.send(peer, envelope) for peer in self.peers)
 
     async def close(self) -> None:

@@ -79,7 +79,6 @@ from meshenc.core.messages import (
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION
 from meshenc.wire.adjacency import AdjacencyDocument
-from services.common.telemetry import EncoderTelemetry
 from services.encoder.control import ControlPlane, record_health
 from services.encoder.leadership import SegmentLeadership
 from services.encoder.manager_link import VoteLog, escalation, health_report
@@ -105,6 +104,7 @@ from services.encoder.mesh import MeshLinks, MeshServer
 from services.encoder.pipeline import FramePipeline
 from services.encoder.settings import EncoderSettings
 from services.encoder.state import encoder_state
+from services.encoder.telemetry import EncoderTelemetry
 
 __all__ = ["EncoderRuntime", "RunStats"]
 
@@ -173,7 +173,7 @@ class EncoderRuntime:
         black.flags.writeable = False
         self._black = Picture.from_yuv(0, black)
         self.telemetry = EncoderTelemetry(settings.id, lambda: self.engine.snapshot(self.clock()))
-        self.links = MeshLinks(self, on_link=self._on_link)
+        self.links = MeshLinks(self, on_link=self._on_link, tracing=self.telemetry)
         self.leadership: SegmentLeadership | None = None
         self._has_locked = False
         if settings.etcd is not None:
@@ -570,12 +570,11 @@ class EncoderRuntime:
                 # A live encoder keeps encoding whatever its mesh plumbing does.
                 log.exception("could not send an ESP to %s", action.to)
             return
-        action = self.telemetry.on_action(action)
+        self.telemetry.on_action(action)
         if isinstance(action, SendVote):
-            vote = action.vote
             if self._answering is not None:
-                vote = self.telemetry.vote_cast(self._answering, vote)
-            self.links.send(action.to, vote)
+                self.telemetry.vote_cast(self._answering, action.vote)
+            self.links.send(action.to, action.vote)
         elif isinstance(action, SendProposal):
             if action.proposal.kind is CorrectionKind.PARAMETER:
                 self._requested = action.proposal

@@ -78,7 +78,6 @@ from meshenc.v1 import manager_pb2
 from meshenc.wire import convert
 from meshenc.wire.adjacency import AdjacencyDocument
 from meshenc.wire.validation import MAX_REASON_LENGTH
-from services.common import telemetry
 from services.manager.actuators import (
     Actuator,
     ActuatorError,
@@ -86,6 +85,7 @@ from services.manager.actuators import (
     MemberLeft,
     StalePlanError,
 )
+from services.manager.telemetry import planning
 
 __all__ = [
     "DEFAULT_RECONNECT_GRACE",
@@ -428,7 +428,7 @@ class ManagerShell:
             votes=tuple(convert.vote_from_proto(v) for v in msg.votes),
             neighbour_count=msg.neighbour_count,
         )
-        with telemetry.planning("escalation") as plan:
+        with planning("escalation") as plan:
             self._core.step(self.now(), event)
             decisions = plan.record(self._core.ready())
         judged = self._carry_out(decisions)
@@ -513,7 +513,7 @@ class ManagerShell:
                 await asyncio.wait_for(self._wake.wait(), self._tick_interval)
             self._wake.clear()
             try:
-                with telemetry.planning("tick") as plan:
+                with planning("tick") as plan:
                     self._core.step(self.now(), Tick())
                     decisions = plan.record(self._core.ready())
                 self._carry_out(decisions)

@@ -70,7 +70,6 @@ from meshenc.wire.validation import (
     validate_ping_request,
     validate_store_request,
 )
-from services.common import telemetry
 from services.common.grpc_server import GrpcServer
 from services.common.log_limit import LimitedLog
 from services.common.registry_client import (
@@ -88,6 +87,7 @@ from services.common.registry_client import (
     version_ahead,
 )
 from services.registry.settings import RegistrySettings
+from services.registry.telemetry import watch_registry
 
 __all__ = ["MAX_BACKGROUND", "RegistryNode", "RegistryServicer"]
 
@@ -175,7 +175,7 @@ class RegistryNode:
         own = Contact(self._node_id, advertise)
         self._info = contact_to_proto(own)
         self._dht = DhtNode(own, self._config, self._rng, time.monotonic())
-        telemetry.watch_registry(lambda: len(self.dht.table), lambda: len(self.dht.store))
+        watch_registry(lambda: len(self.dht.table), lambda: len(self.dht.store))
         log.info("registry node %s serving as %s", self.node_id_hex, advertise)
         return port
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import grpc
@@ -34,6 +34,7 @@ from services.common.grpc_server import (
     CHANNEL_OPTIONS,
     SERVER_OPTIONS,
 )
+from services.common.telemetry import TraceContext
 from services.encoder.mesh import SERVICE_NAME, MeshLinks, MeshServer
 
 T = TypeVar("T")
@@ -153,8 +154,23 @@ def proposal(proposer: str, proposal_id: int) -> ResyncProposal:
         kind=CorrectionKind.SLEW,
         shift=0.003,
         topology_epoch=1,
-        trace_context=(("traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01"),),
     )
+
+
+def traceparent(span_digit: str) -> TraceContext:
+    """W3C headers naming span ``span_digit * 16`` of one trace."""
+    return (("traceparent", f"00-{'1' * 32}-{span_digit * 16}-01"),)
+
+
+class FixedTracing:
+    """The links' tracing as an encoder's telemetry answers it: one context for every
+    proposal, another for every vote."""
+
+    def proposal_trace(self, proposal_id: int) -> TraceContext:
+        return traceparent("2")
+
+    def vote_trace(self, vote: ResyncVote) -> TraceContext:
+        return traceparent("3")
 
 
 @dataclass
@@ -184,9 +200,9 @@ async def stop(*nodes: Node) -> None:
         await node.server.stop(grace=0.2)
 
 
-async def full_mesh(*ids: str) -> list[Node]:
+async def full_mesh(*ids: str, **links: Any) -> list[Node]:
     """Start one node per id, every node a neighbour of every other, and wait for the links."""
-    nodes = [await start_node(i, [j for j in ids if j != i]) for i in ids]
+    nodes = [await start_node(i, [j for j in ids if j != i], **links) for i in ids]
     for node in nodes:
         node.links.set_peers({o.handler.node_id: o.address for o in nodes if o is not node})
     await eventually(
@@ -300,10 +316,22 @@ def test_a_proposal_gets_the_vote_back_on_the_same_link() -> None:
         assert b.handler.proposals == [proposal("a", 7)]
         vote = a.handler.votes[0]
         assert (vote.proposer, vote.proposal_id, vote.voter, vote.approve) == ("a", 7, "b", True)
+        assert vote.trace_context == ()  # links nobody traces send no context
         assert b.handler.votes[0].voter == "a"
         assert dict(b.server.accepted) == {"a": 1}
 
     run(with_nodes(full_mesh("a", "b"), body))
+
+
+def test_proposals_and_votes_go_out_with_the_context_tracing_names() -> None:
+    async def body(a: Node, b: Node) -> None:
+        # A context the proposal arrived with elsewhere is not sent on: the sender's is.
+        assert a.links.send("b", replace(proposal("a", 7), trace_context=traceparent("9")))
+        await eventually(lambda: len(a.handler.votes) == 1)
+        assert b.handler.proposals == [replace(proposal("a", 7), trace_context=traceparent("2"))]
+        assert a.handler.votes[0].trace_context == traceparent("3")
+
+    run(with_nodes(full_mesh("a", "b", tracing=FixedTracing()), body))
 
 
 def test_set_peers_starts_and_stops_links() -> None:

@@ -51,13 +51,15 @@ async def test_a_report_from_an_unmeasured_engine_is_valid() -> None:
 async def test_the_escalation_carries_the_votes_received() -> None:
     proposal = ResyncProposal("enc-0", 3, CorrectionKind.SLEW, 0.004, topology_epoch=2)
     votes = VoteLog()
-    votes.record(ResyncVote("enc-0", 3, "enc-1", False, 0.012, "far off"))
+    traced = (("traceparent", "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"),)
+    votes.record(ResyncVote("enc-0", 3, "enc-1", False, 0.012, "far off", traced))
     outcome = Outcome(proposal, Verdict.REJECTED, frozenset({"enc-2"}), frozenset({"enc-1"}), 1.0)
     request = escalation(Escalate(outcome, 0.01), votes.take(Escalate(outcome, 0.01)), 3, 1)
     validate_escalation(request)
     by_voter = {v.voter_id: v for v in request.votes}
     assert by_voter["enc-1"].estimated_deviation_ns == 12_000_000
     assert by_voter["enc-1"].reason == "far off" and not by_voter["enc-1"].approve
+    assert dict(by_voter["enc-1"].trace_context) == dict(traced)  # as it arrived
     assert by_voter["enc-2"].approve  # counted, but its message was not kept
     assert request.neighbour_count == 3
 

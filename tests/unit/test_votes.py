@@ -42,7 +42,7 @@ def _proposal(
         topology_epoch=7,
         effective_segment=effective_segment,
         bitrate_kbps=bitrate_kbps,
-        trace_context=(("traceparent", "00-abc-def-01"),),
+        trace_context=(("traceparent", "00-abc-def-01"),),  # as received: the voter ignores it
     )
 
 
@@ -400,7 +400,7 @@ def test_voter_approves_a_shift_towards_its_view() -> None:
     assert vote.reason == "closer"
     assert (vote.proposer, vote.proposal_id, vote.voter) == (PROPOSER, 1, "a")
     assert vote.estimated_deviation == 0.010
-    assert vote.trace_context == (("traceparent", "00-abc-def-01"),)
+    assert vote.trace_context == ()  # the voter's shell sends its own context
 
 
 def test_voter_rejects_a_shift_away_from_its_view() -> None:

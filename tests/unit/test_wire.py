@@ -348,10 +348,9 @@ def test_proposal_round_trip(
         topology_epoch=4,
         effective_segment=900 if kind is CorrectionKind.PARAMETER else 0,
         bitrate_kbps=4_500 if kind is CorrectionKind.PARAMETER else 0,
-        trace_context=tuple(trace.items()),
     )
     wire = mesh_pb2.ResyncProposal.FromString(
-        convert.proposal_to_proto(proposal).SerializeToString()
+        convert.proposal_to_proto(proposal, tuple(trace.items())).SerializeToString()
     )
     validation.validate_proposal(wire)
     back = convert.proposal_from_proto(wire)
@@ -367,6 +366,27 @@ def test_proposal_round_trip(
         proposal.effective_segment,
         proposal.bitrate_kbps,
     )
+
+
+def test_messages_go_out_with_the_context_given_not_the_one_they_arrived_with() -> None:
+    arrived = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    ours = (("traceparent", "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"),)
+    proposal = convert.proposal_from_proto(
+        mesh_pb2.ResyncProposal(
+            proposer_id="enc-1",
+            proposal_id=1,
+            kind=common_pb2.CORRECTION_KIND_SLEW,
+            trace_context=arrived,
+        )
+    )
+    vote = convert.vote_from_proto(
+        mesh_pb2.ResyncVote(proposer_id="enc-1", proposal_id=1, trace_context=arrived)
+    )
+    assert proposal.trace_context == vote.trace_context == tuple(arrived.items())
+    assert dict(convert.proposal_to_proto(proposal).trace_context) == {}
+    assert dict(convert.vote_to_proto(vote).trace_context) == {}
+    assert dict(convert.proposal_to_proto(proposal, ours).trace_context) == dict(ours)
+    assert dict(convert.vote_to_proto(vote, ours).trace_context) == dict(ours)
 
 
 @given(st.integers(min_value=-10 * NS, max_value=10 * NS))
@@ -410,9 +430,10 @@ def test_vote_round_trip(
         approve=approve,
         estimated_deviation=deviation,
         reason=reason,
-        trace_context=tuple(trace.items()),
     )
-    wire = mesh_pb2.ResyncVote.FromString(convert.vote_to_proto(vote).SerializeToString())
+    wire = mesh_pb2.ResyncVote.FromString(
+        convert.vote_to_proto(vote, tuple(trace.items())).SerializeToString()
+    )
     validation.validate_vote(wire)
     back = convert.vote_from_proto(wire)
     assert abs(back.estimated_deviation - deviation) <= 1e-9
