@@ -51,6 +51,7 @@ from meshenc.core.kademlia import (
     key_for,
 )
 from meshenc.v1 import registry_pb2, registry_pb2_grpc
+from meshenc.wire.convert import contact_from_proto
 from meshenc.wire.validation import (
     InvalidMessage,
     validate_encoder_record,
@@ -73,8 +74,6 @@ __all__ = [
     "RegistryError",
     "RegistryUnavailable",
     "ask_registry_node",
-    "contact_from_proto",
-    "contact_to_proto",
     "next_version",
     "ping",
     "run_lookup",
@@ -98,15 +97,6 @@ class RegistryError(Exception):
 
 class RegistryUnavailable(RegistryError):  # noqa: N818 -- reads as the condition it names
     """No registry node could be reached (none of the entry points answered)."""
-
-
-def contact_to_proto(contact: Contact) -> registry_pb2.NodeInfo:
-    return registry_pb2.NodeInfo(node_id=id_to_bytes(contact.node_id), address=contact.address)
-
-
-def contact_from_proto(info: registry_pb2.NodeInfo) -> Contact:
-    """A validated NodeInfo as a core contact."""
-    return Contact(id_from_bytes(info.node_id), info.address)
 
 
 class RegistryChannels:

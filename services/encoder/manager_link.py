@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections import OrderedDict
@@ -36,11 +35,10 @@ from typing import Any, Final
 import grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
-from meshenc.core.engine import EngineSnapshot, Escalate
-from meshenc.core.messages import CorrectionKind, ResyncVote
+from meshenc.core.engine import Escalate
+from meshenc.core.messages import ResyncVote
 from meshenc.v1 import manager_pb2, manager_pb2_grpc
 from meshenc.wire import convert
-from meshenc.wire.validation import MAX_DEVIATION_NS, MAX_LATENCY_US, MAX_NEIGHBOURS
 from services.common.grpc_server import insecure_channel
 
 __all__ = [
@@ -61,66 +59,9 @@ _VOTE_LOG_PROPOSALS: Final = 32
 """Proposals whose votes :class:`VoteLog` keeps (one is open at a time, parameters aside)."""
 
 
-def _us(seconds: float) -> int:
-    """Seconds to wire microseconds; 0 for unmeasured (NaN), clamped to the wire's range."""
-    if not math.isfinite(seconds) or seconds <= 0:
-        return 0
-    return min(MAX_LATENCY_US, convert.seconds_to_us(seconds))
-
-
-def _ns(seconds: float) -> int:
-    """Seconds to wire nanoseconds; 0 for unmeasured (NaN), clamped to the wire's range."""
-    if not math.isfinite(seconds):
-        return 0
-    return max(-MAX_DEVIATION_NS, min(MAX_DEVIATION_NS, convert.seconds_to_ns(seconds)))
-
-
-def _fraction(value: float) -> float:
-    return min(1.0, max(0.0, value)) if math.isfinite(value) else 0.0
-
-
-def health_report(
-    encoder_id: str,
-    snapshot: EngineSnapshot,
-    *,
-    topology_epoch: int,
-    cpu_load: float,
-    encode_latency: float,
-    segment: str,
-    connected: Callable[[str], bool],
-    sent_unix_ns: int,
-) -> manager_pb2.HealthReport:
-    """One health report from the engine's snapshot and the link state, valid by the wire's
-    rules whatever the measurements are (unmeasured values go out as 0)."""
-    counts = snapshot.corrections
-    return manager_pb2.HealthReport(
-        encoder_id=encoder_id,
-        sent_unix_ns=sent_unix_ns,
-        confidence=_fraction(snapshot.confidence),
-        cpu_load=_fraction(cpu_load),
-        encode_latency_us=_us(encode_latency),
-        timecode=snapshot.timecode or 0,
-        segment_id=segment,
-        topology_epoch=topology_epoch,
-        links=[
-            manager_pb2.LinkStats(
-                neighbour_id=n.neighbour,
-                rtt_us=_us(n.rtt),
-                jitter_us=_us(n.jitter),
-                measured_deviation_ns=_ns(n.deviation),
-                predicted_deviation_ns=_ns(n.predicted),
-                connected=connected(n.neighbour),
-            )
-            for n in snapshot.neighbours[:MAX_NEIGHBOURS]
-            if n.neighbour != encoder_id
-        ],
-        corrections=manager_pb2.CorrectionCounters(
-            slews=counts.get(CorrectionKind.SLEW, 0),
-            drops=counts.get(CorrectionKind.DROP, 0),
-            duplicates=counts.get(CorrectionKind.DUPLICATE, 0),
-            parameter_changes=counts.get(CorrectionKind.PARAMETER, 0),
-        ),
-    )
+health_report = convert.health_to_proto
+"""One health report from the engine's snapshot and the link state (the runtime's name for
+:func:`meshenc.wire.convert.health_to_proto`)."""
 
 
 class VoteLog:
@@ -164,13 +105,8 @@ def escalation(
     action: Escalate, votes: Iterable[ResyncVote], neighbour_count: int, sent_unix_ns: int
 ) -> manager_pb2.Escalation:
     """The Escalate request for an engine's ``Escalate`` action."""
-    wire_votes = [convert.vote_to_proto(v) for v in votes][:MAX_NEIGHBOURS]
-    return manager_pb2.Escalation(
-        encoder_id=action.outcome.proposal.proposer,
-        proposal=convert.proposal_to_proto(action.outcome.proposal),
-        votes=wire_votes,
-        neighbour_count=min(MAX_NEIGHBOURS, max(neighbour_count, len(wire_votes))),
-        sent_unix_ns=sent_unix_ns,
+    return convert.escalation_to_proto(
+        action.outcome.proposal, votes, neighbour_count, sent_unix_ns
     )
 
 

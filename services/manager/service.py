@@ -57,9 +57,7 @@ from meshenc.core.planner import (
     EncoderJoined,
     EncoderLeft,
     EncoderRemoved,
-    Escalated,
     EscalationJudged,
-    EscalationVerdict,
     LinkAvoided,
     ManagerConfig,
     MeshManager,
@@ -69,12 +67,10 @@ from meshenc.core.planner import (
     TopologyChanged,
     WorkUnitsSet,
 )
-from meshenc.core.planner.health import HealthReported, LinkSample
 from meshenc.core.planner.placement import WorkUnit
 from meshenc.v1 import manager_pb2
 from meshenc.wire import convert
 from meshenc.wire.adjacency import AdjacencyDocument
-from meshenc.wire.validation import MAX_REASON_LENGTH
 from services.common import telemetry
 from services.manager.actuators import (
     Actuator,
@@ -90,7 +86,6 @@ __all__ = [
     "ManagerShell",
     "NotActiveError",
     "UnknownError",
-    "health_from_proto",
 ]
 
 log = logging.getLogger("meshenc.manager")
@@ -106,12 +101,6 @@ WATCH_QUEUE = 64
 MEMBERS_RETRY = 1.0
 """Seconds before following the actuator's members again after the watch failed."""
 
-_VERDICTS = {
-    EscalationVerdict.APPLY: manager_pb2.ESCALATION_VERDICT_APPLY,
-    EscalationVerdict.REJECT: manager_pb2.ESCALATION_VERDICT_REJECT,
-    EscalationVerdict.DEFER: manager_pb2.ESCALATION_VERDICT_DEFER,
-}
-
 
 class NotActiveError(RuntimeError):
     """This manager is a standby: it takes no reports or escalations (FAILED_PRECONDITION)."""
@@ -119,38 +108,6 @@ class NotActiveError(RuntimeError):
 
 class UnknownError(LookupError):
     """A query named an encoder or segment the manager does not know (NOT_FOUND)."""
-
-
-def _clip(text: str) -> str:
-    """A reason as the wire allows it: one line, at most ``MAX_REASON_LENGTH`` characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_REASON_LENGTH else text[: MAX_REASON_LENGTH - 3] + "..."
-
-
-def health_from_proto(
-    msg: manager_pb2.HealthReport, at: float, topology_epoch: int
-) -> HealthReported:
-    """The core form of a (validated) health report received at ``at`` (manager's clock).
-
-    ``topology_epoch`` is the report's epoch already mapped to the core's numbering.
-    """
-    return HealthReported(
-        encoder_id=msg.encoder_id,
-        at=at,
-        confidence=msg.confidence,
-        load=msg.cpu_load,
-        encode_latency=convert.us_to_seconds(msg.encode_latency_us),
-        topology_epoch=topology_epoch,
-        links=tuple(
-            LinkSample(
-                neighbour_id=link.neighbour_id,
-                rtt=convert.us_to_seconds(link.rtt_us),
-                jitter=convert.us_to_seconds(link.jitter_us),
-                connected=link.connected if link.HasField("connected") else True,
-            )
-            for link in msg.links
-        ),
-    )
 
 
 @dataclass(eq=False, slots=True)
@@ -202,7 +159,8 @@ class ManagerShell:
         self._streams: Counter[str] = Counter()
         self._departures: dict[str, asyncio.TimerHandle] = {}
         self._unregistered_warned: set[str] = set()
-        self._topology = manager_pb2.Topology()
+        self._epoch = 0  # published numbering; 0 before the core planned a topology
+        self._adjacency: Mapping[str, tuple[str, ...]] = {}
         self._reason = ""
         self._segments: tuple[SegmentInfo, ...] = ()
         self._segments_epoch = 0
@@ -411,7 +369,7 @@ class ManagerShell:
             ValueError: the report breaks a rule of the core's (the stream is refused).
         """
         self._require_active()
-        event = health_from_proto(msg, self.now(), self._core_epoch(msg.topology_epoch))
+        event = convert.health_from_proto(msg, self.now(), self._core_epoch(msg.topology_epoch))
         self._core.step(event)
         self.reports[msg.encoder_id] += 1
 
@@ -423,13 +381,7 @@ class ManagerShell:
             ValueError: the escalation breaks a rule of the core's.
         """
         self._require_active()
-        event = Escalated(
-            encoder_id=msg.encoder_id,
-            proposal=convert.proposal_from_proto(msg.proposal),
-            votes=tuple(convert.vote_from_proto(v) for v in msg.votes),
-            neighbour_count=msg.neighbour_count,
-            at=self.now(),
-        )
+        event = convert.escalation_from_proto(msg, self.now())
         with telemetry.planning("escalation") as plan:
             decisions = plan.record(self._core.step(event))
         judged = self._carry_out(decisions)
@@ -443,11 +395,7 @@ class ManagerShell:
             judged.verdict.value,
             judged.reason,
         )
-        return manager_pb2.EscalationAck(
-            verdict=_VERDICTS[judged.verdict],
-            reason=_clip(judged.reason),
-            topology_epoch=self._published_epoch(judged.topology_epoch),
-        )
+        return convert.escalation_ack_to_proto(judged, self._published_epoch(judged.topology_epoch))
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -535,14 +483,8 @@ class ManagerShell:
                 log.warning("link %s-%s avoided: %s", decision.a, decision.b, decision.reason)
             elif isinstance(decision, TopologyChanged):
                 epoch = self._published_epoch(decision.epoch)
-                self._topology = manager_pb2.Topology(
-                    epoch=epoch,
-                    adjacency=[
-                        manager_pb2.Adjacency(encoder_id=node, neighbour_ids=list(neighbours))
-                        for node, neighbours in sorted(decision.adjacency.items())
-                    ],
-                )
-                self._reason = _clip(decision.reason)
+                self._epoch, self._adjacency = epoch, decision.adjacency
+                self._reason = convert.clip_reason(decision.reason)
                 self._dirty = True
                 log.info(
                     "epoch %d: %d encoders, +%d/-%d links, survives any single failure: %s (%s)",
@@ -575,7 +517,7 @@ class ManagerShell:
         return judged
 
     def _build_documents(self) -> dict[str, AdjacencyDocument]:
-        epoch = self._topology.epoch
+        epoch = self._epoch
         if epoch == 0:
             return {}
         segment_of: dict[str, SegmentInfo] = {}
@@ -583,13 +525,12 @@ class ManagerShell:
             for member in segment.members:
                 segment_of[member] = segment
         documents = {}
-        for adjacency in self._topology.adjacency:
-            node = adjacency.encoder_id
+        for node, neighbours in sorted(self._adjacency.items()):
             mine = segment_of.get(node)
             documents[node] = AdjacencyDocument(
                 epoch=epoch,
                 encoder=node,
-                neighbours={n: self._addresses[n] for n in adjacency.neighbour_ids},
+                neighbours={n: self._addresses[n] for n in neighbours},
                 segment=mine.segment_id if mine else "",
                 leader=mine.leader_id if mine else "",
             )
@@ -601,8 +542,11 @@ class ManagerShell:
             if not self._dirty or not self._active:
                 return
             self._dirty = False
-            documents, topology, reason = self._documents, self._topology, self._reason
-            segments = self._segment_map()
+            documents, reason = self._documents, self._reason
+            topology = convert.topology_to_proto(self._epoch, self._adjacency)
+            segments = convert.segments_to_proto(
+                self._segments, self._published_epoch(self._segments_epoch)
+            )
             try:
                 await self._actuator.publish(documents)
             except StalePlanError as exc:
@@ -629,24 +573,9 @@ class ManagerShell:
                         watcher.dropped += 1
                     watcher.queue.put_nowait((topology, reason))
 
-    def _segment_map(self) -> manager_pb2.SegmentMap:
-        return manager_pb2.SegmentMap(
-            segments=[
-                manager_pb2.Segment(
-                    segment_id=s.segment_id,
-                    member_ids=list(s.members),
-                    leader_id=s.leader_id,
-                    leader_revision=s.leader_revision,
-                )
-                for s in self._segments
-            ],
-            topology_epoch=self._published_epoch(self._segments_epoch),
-        )
-
     def _renumber(self) -> None:
         """Restamp the current topology and documents after ``_base_epoch`` moved."""
-        epoch = self._published_epoch(self._core.epoch)
-        self._topology = manager_pb2.Topology(epoch=epoch, adjacency=self._topology.adjacency)
+        self._epoch = self._published_epoch(self._core.epoch)
         self._documents = self._build_documents()
 
 

@@ -63,6 +63,7 @@ from meshenc.core.kademlia import (
     random_id_in_bucket,
 )
 from meshenc.v1 import registry_pb2, registry_pb2_grpc
+from meshenc.wire.convert import contact_from_proto, contact_to_proto
 from meshenc.wire.validation import (
     InvalidMessage,
     validate_find_node_request,
@@ -80,8 +81,6 @@ from services.common.registry_client import (
     RegistryChannels,
     RegistryError,
     ask_registry_node,
-    contact_from_proto,
-    contact_to_proto,
     ping,
     run_lookup,
     store_on,
