@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay
-from tenacity import wait_exponential_jitter as backoff
 
 from meshenc.core.kademlia import (
     DEFAULT_ALPHA,
@@ -61,6 +59,7 @@ from meshenc.wire.validation import (
     validate_store_response,
 )
 from services.common.grpc_server import insecure_channel
+from services.common.retry import Backoff, retrying
 
 __all__ = [
     "DEFAULT_RPC_TIMEOUT",
@@ -431,7 +430,7 @@ class RecordKeeper:
 
     It publishes at once, then again with a higher version (:func:`next_version`) every
     ``ttl / 3`` and whenever :meth:`update` changes the record. A failed publish is retried
-    with exponential backoff and jitter until the next refresh is due.
+    with the services' backoff (``services.common.retry``) until the next refresh is due.
 
     Args:
         client: the registry client to publish through.
@@ -491,11 +490,14 @@ class RecordKeeper:
 
     async def _publish_with_retries(self) -> None:
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(RegistryError),
-                wait=backoff(multiplier=0.2, max=max(0.2, self.refresh_interval / 4), jitter=0.2),
-                stop=stop_after_delay(self.refresh_interval),
-                reraise=True,
+            async for attempt in retrying(
+                f"publishing the record of {self._record.encoder_id}",
+                lambda exc: isinstance(exc, RegistryError),
+                attempts=None,
+                give_up_after=self.refresh_interval,
+                backoff=Backoff(0.2, max(0.2, self.refresh_interval / 4), jitter=0.2),
+                logger=log,
+                level=logging.DEBUG,  # the outcome is logged below
             ):
                 with attempt:
                     if self._stopped.is_set():

@@ -6,10 +6,11 @@ The manager is never in the frame path: the encoder keeps encoding and syncing o
 topology whatever happens to this link. :class:`ManagerLink` keeps one ``ReportHealth`` stream
 open and writes a report every ``interval`` seconds, built at that moment by a callback from
 the engine's snapshot and the link meters (:func:`health_report`). When the stream fails (the
-manager restarts, a standby refuses it, the network drops) it reconnects with exponential
-backoff and jitter (tenacity), capped at ``backoff_cap`` seconds; a stream that ran for a while
-starts the backoff afresh. The manager notices a dead encoder by its stream ending, so the
-stream is opened as soon as the encoder runs and never closed while it does.
+manager restarts, a standby refuses it, the network drops) it reconnects with the services'
+backoff (``services.common.retry``: between half and all of a ceiling that doubles from
+``backoff_base`` to ``backoff_cap`` seconds); a stream that ran for a while starts the backoff
+afresh. The manager notices a dead encoder by its stream ending, so the stream is opened as
+soon as the encoder runs and never closed while it does.
 
 Escalations (the engine's ``Escalate`` action: a proposal its neighbours did not approve) go
 out as one ``Escalate`` call each, with the votes the proposer actually received
@@ -33,13 +34,13 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Final
 
 import grpc
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
 from meshenc.core.engine import Escalate
 from meshenc.core.messages import ResyncVote
 from meshenc.v1 import manager_pb2, manager_pb2_grpc
 from meshenc.wire import convert
 from services.common.grpc_server import insecure_channel
+from services.common.retry import Backoff, retrying
 
 __all__ = [
     "DEFAULT_REPORT_INTERVAL",
@@ -139,8 +140,7 @@ class ManagerLink:
         self.address = address
         self._report = report
         self._interval = interval
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
+        self._backoff = Backoff(backoff_base, backoff_cap, jitter=0.0, spread=0.5)
         self._rng = rng if rng is not None else random.Random()
         self._channel: Any = None
         #: Reports written, streams opened, and escalations answered by verdict name.
@@ -153,33 +153,18 @@ class ManagerLink:
             self._channel = insecure_channel(self.address)
         return manager_pb2_grpc.MeshManagerStub(self._channel)
 
-    def _backoff(self, state: RetryCallState) -> float:
-        exponent = min(state.attempt_number - 1, 30)
-        ceiling = min(self._backoff_cap, self._backoff_base * 2.0**exponent)
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    @staticmethod
-    def _log_retry(state: RetryCallState) -> None:
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
-        log.log(
-            logging.INFO if state.attempt_number == 1 else logging.DEBUG,
-            "health stream to the manager: attempt %d failed (%s); retrying",
-            state.attempt_number,
-            error,
-        )
-
     async def run(self) -> None:
         """Keep the report stream open until cancelled."""
         while True:
-            retrying = AsyncRetrying(
-                wait=self._backoff,
-                retry=retry_if_exception_type(_StreamEnded),
-                stop=stop_never,
-                before_sleep=self._log_retry,
-                reraise=True,
-            )
-            async for attempt in retrying:
+            async for attempt in retrying(
+                "health stream to the manager",
+                lambda exc: isinstance(exc, _StreamEnded),
+                attempts=None,
+                backoff=self._backoff,
+                rng=self._rng,
+                logger=log,
+                level=logging.INFO,
+            ):
                 with attempt:
                     await self._stream_once()
 
@@ -206,10 +191,10 @@ class ManagerLink:
         finally:
             call.cancel()
         lasted = time.monotonic() - started
-        if lasted < self._backoff_cap:
+        if lasted < self._backoff.maximum:
             raise _StreamEnded(why)
         log.info("health stream to the manager ended after %.1f s (%s); reconnecting", lasted, why)
-        await asyncio.sleep(self._rng.uniform(0.0, self._backoff_base))
+        await asyncio.sleep(self._rng.uniform(0.0, self._backoff.initial))
 
     async def escalate(
         self, request: manager_pb2.Escalation, timeout: float = ESCALATION_TIMEOUT
