@@ -110,12 +110,28 @@ class UnknownError(LookupError):
     """A query named an encoder or segment the manager does not know (NOT_FOUND)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Topology:
+    """A topology as published: its epoch (published numbering), adjacency and cause."""
+
+    epoch: int
+    adjacency: Mapping[str, tuple[str, ...]]
+    reason: str = ""
+
+    def to_proto(self, encoder_id: str = "") -> manager_pb2.Topology:
+        """The wire form, or only ``encoder_id``'s part of it (none when it is not in it)."""
+        if not encoder_id:
+            return convert.topology_to_proto(self.epoch, self.adjacency)
+        mine = {encoder_id: self.adjacency[encoder_id]} if encoder_id in self.adjacency else {}
+        return convert.topology_to_proto(self.epoch, mine)
+
+
 @dataclass(eq=False, slots=True)
 class _Watcher:
-    """One WatchTopology stream: its filter and its queue of (topology, reason)."""
+    """One WatchTopology stream: its filter and its queue of topologies."""
 
     encoder_id: str
-    queue: asyncio.Queue[tuple[manager_pb2.Topology, str] | None]
+    queue: asyncio.Queue[_Topology | None]
     dropped: int = 0
 
 
@@ -167,8 +183,9 @@ class ManagerShell:
         self._placement: Mapping[str, tuple[str, ...]] = {}
         self._documents: dict[str, AdjacencyDocument] = {}
         self._dirty = False
-        self._published: tuple[manager_pb2.Topology, str] | None = None
-        self._published_segments = manager_pb2.SegmentMap()
+        self._published: _Topology | None = None
+        self._published_segments: tuple[SegmentInfo, ...] = ()
+        self._published_segments_epoch = 0
         self._publish_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._watchers: set[_Watcher] = set()
@@ -186,7 +203,7 @@ class ManagerShell:
     @property
     def epoch(self) -> int:
         """The epoch of the published topology (0 before the first publication)."""
-        return 0 if self._published is None else self._published[0].epoch
+        return 0 if self._published is None else self._published.epoch
 
     @property
     def members(self) -> list[str]:
@@ -405,8 +422,12 @@ class ManagerShell:
         Raises:
             UnknownError: ``encoder_id`` is not in the published topology.
         """
-        published = manager_pb2.Topology() if self._published is None else self._published[0]
-        return _filtered(published, encoder_id, strict=True)
+        published = self._published or _Topology(0, {})
+        if encoder_id and encoder_id not in published.adjacency:
+            raise UnknownError(
+                f"encoder {encoder_id!r} is not in the topology of epoch {published.epoch}"
+            )
+        return published.to_proto(encoder_id)
 
     def segments(self, segment_id: str = "") -> manager_pb2.SegmentMap:
         """The published segment map, or one segment of it.
@@ -414,13 +435,12 @@ class ManagerShell:
         Raises:
             UnknownError: ``segment_id`` is not a published segment.
         """
-        published = self._published_segments
-        if not segment_id:
-            return published
-        chosen = [s for s in published.segments if s.segment_id == segment_id]
-        if not chosen:
-            raise UnknownError(f"no segment {segment_id!r} in epoch {published.topology_epoch}")
-        return manager_pb2.SegmentMap(segments=chosen, topology_epoch=published.topology_epoch)
+        epoch, chosen = self._published_segments_epoch, self._published_segments
+        if segment_id:
+            chosen = tuple(s for s in chosen if s.segment_id == segment_id)
+            if not chosen:
+                raise UnknownError(f"no segment {segment_id!r} in epoch {epoch}")
+        return convert.segments_to_proto(chosen, epoch)
 
     async def watch(
         self, after_epoch: int, encoder_id: str = ""
@@ -439,12 +459,11 @@ class ManagerShell:
                 item = await watcher.queue.get()
                 if item is None:
                     return
-                topology, reason = item
-                if topology.epoch <= last:
+                if item.epoch <= last:
                     continue
-                last = topology.epoch
+                last = item.epoch
                 yield manager_pb2.TopologyUpdate(
-                    topology=_filtered(topology, encoder_id, strict=False), reason=reason
+                    topology=item.to_proto(encoder_id), reason=item.reason
                 )
         finally:
             self._watchers.discard(watcher)
@@ -542,11 +561,9 @@ class ManagerShell:
             if not self._dirty or not self._active:
                 return
             self._dirty = False
-            documents, reason = self._documents, self._reason
-            topology = convert.topology_to_proto(self._epoch, self._adjacency)
-            segments = convert.segments_to_proto(
-                self._segments, self._published_epoch(self._segments_epoch)
-            )
+            documents = self._documents
+            topology = _Topology(self._epoch, self._adjacency, self._reason)
+            segments, segments_epoch = self._segments, self._published_epoch(self._segments_epoch)
             try:
                 await self._actuator.publish(documents)
             except StalePlanError as exc:
@@ -564,30 +581,16 @@ class ManagerShell:
                     exc,
                 )
                 return
-            self._published_segments = segments
-            if self._published is None or self._published[0].epoch != topology.epoch:
-                self._published = (topology, reason)
+            self._published_segments, self._published_segments_epoch = segments, segments_epoch
+            if self._published is None or self._published.epoch != topology.epoch:
+                self._published = topology
                 for watcher in self._watchers:
                     if watcher.queue.qsize() >= WATCH_QUEUE:
                         watcher.queue.get_nowait()
                         watcher.dropped += 1
-                    watcher.queue.put_nowait((topology, reason))
+                    watcher.queue.put_nowait(topology)
 
     def _renumber(self) -> None:
         """Restamp the current topology and documents after ``_base_epoch`` moved."""
         self._epoch = self._published_epoch(self._core.epoch)
         self._documents = self._build_documents()
-
-
-def _filtered(
-    topology: manager_pb2.Topology, encoder_id: str, *, strict: bool
-) -> manager_pb2.Topology:
-    """``topology``, or only ``encoder_id``'s adjacency (empty when it is not in the mesh)."""
-    if not encoder_id:
-        return topology
-    mine = [a for a in topology.adjacency if a.encoder_id == encoder_id]
-    if strict and not mine:
-        raise UnknownError(
-            f"encoder {encoder_id!r} is not in the topology of epoch {topology.epoch}"
-        )
-    return manager_pb2.Topology(epoch=topology.epoch, adjacency=mine)
