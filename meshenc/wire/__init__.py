@@ -1,7 +1,8 @@
 """The wire layer: protobuf messages of ``meshenc.v1`` to and from the core's dataclasses.
 
 ``validation`` holds every rule a received message must satisfy (servers validate first),
-``convert`` translates validated messages into ``meshenc.core.messages`` and back.
+``convert`` translates validated messages into the core's values and back (the mesh's, the
+registry's and the manager's messages alike: the services build no message field by field).
 """
 
 from meshenc.wire.convert import (

@@ -17,27 +17,63 @@ time, a negative duration in an unsigned field, a value out of the field's integ
 Trace context goes one way each: a received proposal or vote keeps the W3C headers it arrived
 with in its ``trace_context``; an outgoing one is sent with the headers the caller passes
 (the sender's own span), never with a ``trace_context`` it may carry from elsewhere.
+
+The exceptions are the reports an encoder makes about itself (``health_to_proto``,
+``encoder_state_to_proto``): their measurements may be missing (NaN) or absurd, so they go out
+as 0 when unmeasured and clamped to the field's range otherwise, which keeps every report
+valid whatever the engine measured.
+
+Sections follow the proto files: units and common types, then the mesh (``EncoderMesh``), the
+registry (``Registry``) and the manager (``MeshManager``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
+from meshenc.core.election import ElectionSnapshot
+from meshenc.core.engine import EngineSnapshot
+from meshenc.core.kademlia import Contact, id_from_bytes, id_to_bytes
 from meshenc.core.messages import (
     CorrectionKind,
     EncodingStatePacket,
     ResyncProposal,
     ResyncVote,
 )
-from meshenc.v1 import common_pb2, mesh_pb2
+from meshenc.core.planner import (
+    Escalated,
+    EscalationJudged,
+    EscalationVerdict,
+    SegmentInfo,
+)
+from meshenc.core.planner.health import HealthReported, LinkSample
+from meshenc.core.timecode import FrameRate
+from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2, registry_pb2
+from meshenc.wire.validation import (
+    MAX_DEVIATION_NS,
+    MAX_LATENCY_US,
+    MAX_NEIGHBOURS,
+    MAX_REASON_LENGTH,
+    PROTOCOL_VERSION,
+)
 
 __all__ = [
     "NS_PER_S",
     "PPB",
     "US_PER_S",
+    "clip_reason",
+    "contact_from_proto",
+    "contact_to_proto",
+    "encoder_state_to_proto",
+    "escalation_ack_to_proto",
+    "escalation_from_proto",
+    "escalation_to_proto",
     "esp_from_proto",
     "esp_to_proto",
+    "frame_rate_to_proto",
+    "health_from_proto",
+    "health_to_proto",
     "kind_from_proto",
     "kind_to_proto",
     "ns_to_seconds",
@@ -47,7 +83,10 @@ __all__ = [
     "rate_to_ppb",
     "seconds_to_ns",
     "seconds_to_us",
+    "segments_to_proto",
+    "topology_to_proto",
     "us_to_seconds",
+    "verdict_to_proto",
     "vote_from_proto",
     "vote_to_proto",
 ]
@@ -94,6 +133,36 @@ def us_to_seconds(us: int) -> float:
     return us / US_PER_S
 
 
+def _ns_or_zero(seconds: float) -> int:
+    """Seconds in wire nanoseconds, 0 when unknown (not finite)."""
+    return seconds_to_ns(seconds) if math.isfinite(seconds) else 0
+
+
+def _measured_ns(seconds: float) -> int:
+    """A measured deviation in wire nanoseconds: 0 when unmeasured (not finite), otherwise
+    clamped to +-``MAX_DEVIATION_NS``."""
+    return max(-MAX_DEVIATION_NS, min(MAX_DEVIATION_NS, _ns_or_zero(seconds)))
+
+
+def _measured_us(seconds: float) -> int:
+    """A measured latency in wire microseconds: 0 when unmeasured (not finite) or not
+    positive, otherwise at most ``MAX_LATENCY_US``."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        return 0
+    return min(MAX_LATENCY_US, seconds_to_us(seconds))
+
+
+def _measured_fraction(value: float) -> float:
+    """A measured fraction within [0, 1]: 0 when unmeasured (not finite)."""
+    return min(1.0, max(0.0, value)) if math.isfinite(value) else 0.0
+
+
+def clip_reason(text: str) -> str:
+    """Free text as a wire reason: one line, at most ``MAX_REASON_LENGTH`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REASON_LENGTH else text[: MAX_REASON_LENGTH - 3] + "..."
+
+
 def rate_to_ppb(rate: float) -> int:
     """A dimensionless rate (seconds per second) to the nearest integer part per billion."""
     return _to_scaled_int(rate, PPB)
@@ -130,6 +199,9 @@ def kind_from_proto(value: int) -> CorrectionKind:
         return _KIND_FROM_PROTO[value]
     except KeyError:
         raise ValueError(f"correction kind {value} has no meaning in the core") from None
+
+
+# --- mesh -----------------------------------------------------------------------------------
 
 
 def _trace_to_proto(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -259,4 +331,274 @@ def vote_from_proto(msg: mesh_pb2.ResyncVote) -> ResyncVote:
         estimated_deviation=ns_to_seconds(msg.estimated_deviation_ns),
         reason=msg.reason,
         trace_context=_trace_from_proto(msg.trace_context),
+    )
+
+
+def frame_rate_to_proto(rate: FrameRate) -> common_pb2.FrameRate:
+    """The wire form of a frame rate (an exact ratio on both sides)."""
+    return common_pb2.FrameRate(num=rate.num, den=rate.den)
+
+
+def encoder_state_to_proto(
+    snap: EngineSnapshot,
+    election: ElectionSnapshot | None = None,
+    *,
+    frame_rate: FrameRate,
+    gop_length: int,
+    segment: str,
+    topology_epoch: int,
+    input_status: mesh_pb2.InputStatus,
+    last_esp: EncodingStatePacket | None,
+    connected: Callable[[str], bool],
+    injected_drift_ppm: float,
+    injected_offset_ms: float,
+    injected_jitter_ms: float,
+    taken_unix_ns: int,
+) -> mesh_pb2.EncoderState:
+    """The GetState answer: an engine snapshot and the encoder's settings, as an operator
+    sees them.
+
+    Args:
+        snap: the engine's snapshot.
+        election: the segment election's view (None: no election runs).
+        frame_rate, gop_length: the encoder's timeline (as its Hello says).
+        segment: the segment it is in now.
+        topology_epoch: the manager's epoch it works in (0: none yet).
+        input_status: its media input, already in wire form.
+        last_esp: the newest ESP it sent, if any.
+        connected: whether the Exchange stream with a neighbour is up.
+        injected_drift_ppm, injected_offset_ms, injected_jitter_ms: the test faults it runs.
+        taken_unix_ns: when the snapshot was taken, ns since the Unix epoch.
+    """
+    state = mesh_pb2.EncoderState(
+        encoder_id=snap.node_id,
+        protocol_version=PROTOCOL_VERSION,
+        frame_rate=frame_rate_to_proto(frame_rate),
+        gop_length=gop_length,
+        correction_ns=_ns_or_zero(snap.correction),
+        correction_rate_ppb=rate_to_ppb(snap.correction_rate),
+        confidence=snap.confidence,
+        taken_unix_ns=taken_unix_ns,
+        timecode=snap.timecode if snap.timecode is not None else 0,
+        segment_number=(snap.timecode // gop_length) if snap.timecode is not None else 0,
+        locked=snap.locked,
+        strategy=snap.strategy.value,
+        error_ns=_ns_or_zero(snap.error),
+        predicted_error_ns=_ns_or_zero(snap.predicted_error),
+        escalations=snap.escalations,
+        open_proposals=snap.open_proposals,
+        injected_drift_ppm=injected_drift_ppm,
+        injected_offset_ms=injected_offset_ms,
+        injected_jitter_ms=injected_jitter_ms,
+        bitrate_kbps=snap.bitrate_kbps,
+        segment_id=segment,
+        topology_epoch=topology_epoch,
+    )
+    state.input.CopyFrom(input_status)
+    if election is not None:
+        state.leader_id = election.leader or ""
+        state.leader_token = election.token
+        state.coordination_degraded = election.degraded
+    if snap.pending_change is not None:
+        state.pending_parameters.effective_segment = snap.pending_change.effective_segment
+        state.pending_parameters.bitrate_kbps = snap.pending_change.bitrate_kbps
+    for kind, count in snap.corrections.items():
+        state.corrections[kind.value] = count
+    for event in snap.recent_corrections:
+        state.recent_corrections.add(
+            at_ns=_ns_or_zero(event.at),
+            kind=kind_to_proto(event.kind),
+            shift_ns=_ns_or_zero(event.shift),
+            correction_rate_ppb=rate_to_ppb(event.new_rate),
+            lead_ns=_ns_or_zero(event.lead),
+            proposal_id=event.proposal_id,
+        )
+    if last_esp is not None:
+        state.last_esp.CopyFrom(esp_to_proto(last_esp))
+    for n in snap.neighbours:
+        state.neighbours.add(
+            neighbour_id=n.neighbour,
+            connected=connected(n.neighbour),
+            measured_deviation_ns=_measured_ns(n.deviation),
+            predicted_deviation_ns=_measured_ns(n.predicted),
+            deviation_rate_ppb=0 if math.isnan(n.rate) else rate_to_ppb(n.rate),
+            rtt_us=_measured_us(n.rtt),
+            jitter_us=_measured_us(n.jitter),
+            trusted=n.trusted,
+            locked=n.locked,
+            confidence=n.confidence,
+            loss=n.loss,
+            crossing_in_ms=-1.0 if math.isnan(n.crossing_in) else n.crossing_in * 1000.0,
+        )
+    return state
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+def contact_to_proto(contact: Contact) -> registry_pb2.NodeInfo:
+    """The wire form of a registry node: its id as 20 big-endian bytes, and its address."""
+    return registry_pb2.NodeInfo(node_id=id_to_bytes(contact.node_id), address=contact.address)
+
+
+def contact_from_proto(info: registry_pb2.NodeInfo) -> Contact:
+    """The core form of a (validated) wire registry node."""
+    return Contact(id_from_bytes(info.node_id), info.address)
+
+
+# --- manager --------------------------------------------------------------------------------
+
+
+def health_to_proto(
+    encoder_id: str,
+    snapshot: EngineSnapshot,
+    *,
+    topology_epoch: int,
+    cpu_load: float,
+    encode_latency: float,
+    segment: str,
+    connected: Callable[[str], bool],
+    sent_unix_ns: int,
+) -> manager_pb2.HealthReport:
+    """One health report from the engine's snapshot and the link state, valid by the wire's
+    rules whatever the measurements are (unmeasured values go out as 0).
+
+    At most ``MAX_NEIGHBOURS`` links are reported, never one to the encoder itself.
+    """
+    counts = snapshot.corrections
+    return manager_pb2.HealthReport(
+        encoder_id=encoder_id,
+        sent_unix_ns=sent_unix_ns,
+        confidence=_measured_fraction(snapshot.confidence),
+        cpu_load=_measured_fraction(cpu_load),
+        encode_latency_us=_measured_us(encode_latency),
+        timecode=snapshot.timecode or 0,
+        segment_id=segment,
+        topology_epoch=topology_epoch,
+        links=[
+            manager_pb2.LinkStats(
+                neighbour_id=n.neighbour,
+                rtt_us=_measured_us(n.rtt),
+                jitter_us=_measured_us(n.jitter),
+                measured_deviation_ns=_measured_ns(n.deviation),
+                predicted_deviation_ns=_measured_ns(n.predicted),
+                connected=connected(n.neighbour),
+            )
+            for n in snapshot.neighbours[:MAX_NEIGHBOURS]
+            if n.neighbour != encoder_id
+        ],
+        corrections=manager_pb2.CorrectionCounters(
+            slews=counts.get(CorrectionKind.SLEW, 0),
+            drops=counts.get(CorrectionKind.DROP, 0),
+            duplicates=counts.get(CorrectionKind.DUPLICATE, 0),
+            parameter_changes=counts.get(CorrectionKind.PARAMETER, 0),
+        ),
+    )
+
+
+def health_from_proto(msg: manager_pb2.HealthReport, topology_epoch: int) -> HealthReported:
+    """The core form of a (validated) health report.
+
+    ``topology_epoch`` is the report's epoch already mapped to the core's numbering; a link
+    whose ``connected`` is unset (a reporter that predates the field) counts as up.
+    """
+    return HealthReported(
+        encoder_id=msg.encoder_id,
+        confidence=msg.confidence,
+        load=msg.cpu_load,
+        encode_latency=us_to_seconds(msg.encode_latency_us),
+        topology_epoch=topology_epoch,
+        links=tuple(
+            LinkSample(
+                neighbour_id=link.neighbour_id,
+                rtt=us_to_seconds(link.rtt_us),
+                jitter=us_to_seconds(link.jitter_us),
+                connected=link.connected if link.HasField("connected") else True,
+            )
+            for link in msg.links
+        ),
+    )
+
+
+def escalation_to_proto(
+    proposal: ResyncProposal,
+    votes: Iterable[ResyncVote],
+    neighbour_count: int,
+    sent_unix_ns: int,
+) -> manager_pb2.Escalation:
+    """The Escalate request for the proposer's ``proposal`` that its neighbours did not
+    approve: at most ``MAX_NEIGHBOURS`` of its ``votes``, and a neighbour count the wire
+    accepts (at least the votes sent, at most ``MAX_NEIGHBOURS``). Each vote goes with the trace
+    context it arrived with, so the manager's verdict joins the resync's trace."""
+    wire_votes = [vote_to_proto(v, v.trace_context) for v in votes][:MAX_NEIGHBOURS]
+    return manager_pb2.Escalation(
+        encoder_id=proposal.proposer,
+        proposal=proposal_to_proto(proposal),
+        votes=wire_votes,
+        neighbour_count=min(MAX_NEIGHBOURS, max(neighbour_count, len(wire_votes))),
+        sent_unix_ns=sent_unix_ns,
+    )
+
+
+def escalation_from_proto(msg: manager_pb2.Escalation) -> Escalated:
+    """The core form of a (validated) escalation."""
+    return Escalated(
+        encoder_id=msg.encoder_id,
+        proposal=proposal_from_proto(msg.proposal),
+        votes=tuple(vote_from_proto(v) for v in msg.votes),
+        neighbour_count=msg.neighbour_count,
+    )
+
+
+_VERDICT_TO_PROTO: dict[EscalationVerdict, manager_pb2.EscalationVerdict.ValueType] = {
+    EscalationVerdict.APPLY: manager_pb2.ESCALATION_VERDICT_APPLY,
+    EscalationVerdict.REJECT: manager_pb2.ESCALATION_VERDICT_REJECT,
+    EscalationVerdict.DEFER: manager_pb2.ESCALATION_VERDICT_DEFER,
+}
+
+
+def verdict_to_proto(verdict: EscalationVerdict) -> manager_pb2.EscalationVerdict.ValueType:
+    """The wire enum value of an escalation verdict."""
+    return _VERDICT_TO_PROTO[verdict]
+
+
+def escalation_ack_to_proto(
+    judged: EscalationJudged, topology_epoch: int
+) -> manager_pb2.EscalationAck:
+    """The answer to an escalation; ``topology_epoch`` is the judged epoch as published
+    (the core counts its own), and the reason is clipped to what the wire allows."""
+    return manager_pb2.EscalationAck(
+        verdict=verdict_to_proto(judged.verdict),
+        reason=clip_reason(judged.reason),
+        topology_epoch=topology_epoch,
+    )
+
+
+def topology_to_proto(epoch: int, adjacency: Mapping[str, Iterable[str]]) -> manager_pb2.Topology:
+    """The wire form of a topology: one adjacency list per encoder, sorted by encoder id (the
+    neighbours keep their order)."""
+    return manager_pb2.Topology(
+        epoch=epoch,
+        adjacency=[
+            manager_pb2.Adjacency(encoder_id=node, neighbour_ids=list(neighbours))
+            for node, neighbours in sorted(adjacency.items())
+        ],
+    )
+
+
+def segments_to_proto(
+    segments: Iterable[SegmentInfo], topology_epoch: int
+) -> manager_pb2.SegmentMap:
+    """The wire form of the segment map of (published) epoch ``topology_epoch``."""
+    return manager_pb2.SegmentMap(
+        segments=[
+            manager_pb2.Segment(
+                segment_id=s.segment_id,
+                member_ids=list(s.members),
+                leader_id=s.leader_id,
+                leader_revision=s.leader_revision,
+            )
+            for s in segments
+        ],
+        topology_epoch=topology_epoch,
     )

@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import grpc
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay
-from tenacity import wait_exponential_jitter as backoff
 
 from meshenc.core.kademlia import (
     DEFAULT_ALPHA,
@@ -51,6 +49,7 @@ from meshenc.core.kademlia import (
     key_for,
 )
 from meshenc.v1 import registry_pb2, registry_pb2_grpc
+from meshenc.wire.convert import contact_from_proto
 from meshenc.wire.validation import (
     InvalidMessage,
     validate_encoder_record,
@@ -60,6 +59,7 @@ from meshenc.wire.validation import (
     validate_store_response,
 )
 from services.common.grpc_server import insecure_channel
+from services.common.retry import Backoff, retrying
 
 __all__ = [
     "DEFAULT_RPC_TIMEOUT",
@@ -73,8 +73,6 @@ __all__ = [
     "RegistryError",
     "RegistryUnavailable",
     "ask_registry_node",
-    "contact_from_proto",
-    "contact_to_proto",
     "next_version",
     "ping",
     "run_lookup",
@@ -98,15 +96,6 @@ class RegistryError(Exception):
 
 class RegistryUnavailable(RegistryError):  # noqa: N818 -- reads as the condition it names
     """No registry node could be reached (none of the entry points answered)."""
-
-
-def contact_to_proto(contact: Contact) -> registry_pb2.NodeInfo:
-    return registry_pb2.NodeInfo(node_id=id_to_bytes(contact.node_id), address=contact.address)
-
-
-def contact_from_proto(info: registry_pb2.NodeInfo) -> Contact:
-    """A validated NodeInfo as a core contact."""
-    return Contact(id_from_bytes(info.node_id), info.address)
 
 
 class RegistryChannels:
@@ -441,7 +430,7 @@ class RecordKeeper:
 
     It publishes at once, then again with a higher version (:func:`next_version`) every
     ``ttl / 3`` and whenever :meth:`update` changes the record. A failed publish is retried
-    with exponential backoff and jitter until the next refresh is due.
+    with the services' backoff (``services.common.retry``) until the next refresh is due.
 
     Args:
         client: the registry client to publish through.
@@ -501,11 +490,14 @@ class RecordKeeper:
 
     async def _publish_with_retries(self) -> None:
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(RegistryError),
-                wait=backoff(multiplier=0.2, max=max(0.2, self.refresh_interval / 4), jitter=0.2),
-                stop=stop_after_delay(self.refresh_interval),
-                reraise=True,
+            async for attempt in retrying(
+                f"publishing the record of {self._record.encoder_id}",
+                lambda exc: isinstance(exc, RegistryError),
+                attempts=None,
+                give_up_after=self.refresh_interval,
+                backoff=Backoff(0.2, max(0.2, self.refresh_interval / 4), jitter=0.2),
+                logger=log,
+                level=logging.DEBUG,  # the outcome is logged below
             ):
                 with attempt:
                     if self._stopped.is_set():

@@ -16,7 +16,8 @@ broke or came back (:meth:`peer_lost`, :meth:`peer_recovered`) and ESPs heard
 
 etcd going away (a failed request, a broken watch, a lease that cannot be kept alive) ends the
 *session*: the core is told (:class:`EtcdLost`: it keeps the last known leader and reports
-degraded), and the shell reconnects with exponential backoff and jitter (tenacity), trying the
+degraded), and the shell reconnects with the services' backoff (``services.common.retry``,
+``SESSION_BACKOFF``), trying the
 endpoints in turn. A new session reuses the lease if etcd still has it, else grants a new one,
 reads the prefix again and watches from there; the core then publishes the candidacy again.
 The encoder itself never stops or waits for any of this.
@@ -48,7 +49,6 @@ from typing import Any, Final
 import aetcd  # type: ignore[import-untyped]
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from meshenc.core.election import (
     ActAsLeader,
@@ -81,6 +81,7 @@ from meshenc.core.election import (
 )
 from meshenc.core.machine import Tick
 from services.common.etcd import EtcdSettings, connect_client
+from services.common.retry import Backoff, retrying
 
 __all__ = ["Leadership", "SegmentKeys", "connect_client", "decode_act", "decode_leader"]
 
@@ -88,6 +89,8 @@ log = logging.getLogger("meshenc.encoder.leadership")
 
 TICK_INTERVAL: Final = 0.025
 """How often the core is ticked (silences, the leader's heartbeat, retries)."""
+SESSION_BACKOFF: Final = Backoff(initial=0.1, maximum=2.0, jitter=0.2)
+"""Delays between failed etcd sessions: 0.1 s doubling to 2 s, plus up to 0.2 s."""
 
 _ETCD_ERRORS = (aetcd.exceptions.ClientError, grpc.RpcError, OSError, TimeoutError)
 
@@ -293,16 +296,16 @@ class Leadership:
     async def run(self) -> None:
         """Take part in the election until :meth:`close`; never raises for etcd trouble."""
         while not self._closing.is_set():
-            retrying = AsyncRetrying(
-                wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.2),
-                retry=retry_if_exception_type(_SessionEnded),
-                stop=lambda _state: self._closing.is_set(),
-                sleep=self._sleep,
-                before_sleep=self._log_retry,
-                reraise=True,
-            )
             try:
-                async for attempt in retrying:
+                async for attempt in retrying(
+                    f"segment {self.segment}: etcd session",
+                    lambda exc: isinstance(exc, _SessionEnded),
+                    attempts=None,
+                    stop_when=self._closing.is_set,
+                    backoff=SESSION_BACKOFF,
+                    sleep=self._sleep,
+                    logger=log,
+                ):
                     with attempt:
                         await self._session()
             except _SessionEnded:
@@ -312,19 +315,6 @@ class Leadership:
         """Back off, but wake at once when closing."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), seconds)
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
-        delay = state.next_action.sleep if state.next_action is not None else 0.0
-        log.log(
-            logging.WARNING if state.attempt_number == 1 else logging.DEBUG,
-            "segment %s: etcd session %d failed (%s); retrying in %.2f s",
-            self.segment,
-            state.attempt_number,
-            error,
-            delay,
-        )
 
     async def close(self, *, resign: bool = True, timeout: float = 2.0) -> None:
         """Stop taking part, and make :meth:`run` return.

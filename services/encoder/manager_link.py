@@ -6,10 +6,11 @@ The manager is never in the frame path: the encoder keeps encoding and syncing o
 topology whatever happens to this link. :class:`ManagerLink` keeps one ``ReportHealth`` stream
 open and writes a report every ``interval`` seconds, built at that moment by a callback from
 the engine's snapshot and the link meters (:func:`health_report`). When the stream fails (the
-manager restarts, a standby refuses it, the network drops) it reconnects with exponential
-backoff and jitter (tenacity), capped at ``backoff_cap`` seconds; a stream that ran for a while
-starts the backoff afresh. The manager notices a dead encoder by its stream ending, so the
-stream is opened as soon as the encoder runs and never closed while it does.
+manager restarts, a standby refuses it, the network drops) it reconnects with the services'
+backoff (``services.common.retry``: between half and all of a ceiling that doubles from
+``backoff_base`` to ``backoff_cap`` seconds); a stream that ran for a while starts the backoff
+afresh. The manager notices a dead encoder by its stream ending, so the stream is opened as
+soon as the encoder runs and never closed while it does.
 
 Escalations (the engine's ``Escalate`` action: a proposal its neighbours did not approve) go
 out as one ``Escalate`` call each, with the votes the proposer actually received
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections import OrderedDict
@@ -34,14 +34,13 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Final
 
 import grpc
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
-from meshenc.core.engine import EngineSnapshot, Escalate
-from meshenc.core.messages import CorrectionKind, ResyncVote
+from meshenc.core.engine import Escalate
+from meshenc.core.messages import ResyncVote
 from meshenc.v1 import manager_pb2, manager_pb2_grpc
 from meshenc.wire import convert
-from meshenc.wire.validation import MAX_DEVIATION_NS, MAX_LATENCY_US, MAX_NEIGHBOURS
 from services.common.grpc_server import insecure_channel
+from services.common.retry import Backoff, retrying
 
 __all__ = [
     "DEFAULT_REPORT_INTERVAL",
@@ -61,66 +60,9 @@ _VOTE_LOG_PROPOSALS: Final = 32
 """Proposals whose votes :class:`VoteLog` keeps (one is open at a time, parameters aside)."""
 
 
-def _us(seconds: float) -> int:
-    """Seconds to wire microseconds; 0 for unmeasured (NaN), clamped to the wire's range."""
-    if not math.isfinite(seconds) or seconds <= 0:
-        return 0
-    return min(MAX_LATENCY_US, convert.seconds_to_us(seconds))
-
-
-def _ns(seconds: float) -> int:
-    """Seconds to wire nanoseconds; 0 for unmeasured (NaN), clamped to the wire's range."""
-    if not math.isfinite(seconds):
-        return 0
-    return max(-MAX_DEVIATION_NS, min(MAX_DEVIATION_NS, convert.seconds_to_ns(seconds)))
-
-
-def _fraction(value: float) -> float:
-    return min(1.0, max(0.0, value)) if math.isfinite(value) else 0.0
-
-
-def health_report(
-    encoder_id: str,
-    snapshot: EngineSnapshot,
-    *,
-    topology_epoch: int,
-    cpu_load: float,
-    encode_latency: float,
-    segment: str,
-    connected: Callable[[str], bool],
-    sent_unix_ns: int,
-) -> manager_pb2.HealthReport:
-    """One health report from the engine's snapshot and the link state, valid by the wire's
-    rules whatever the measurements are (unmeasured values go out as 0)."""
-    counts = snapshot.corrections
-    return manager_pb2.HealthReport(
-        encoder_id=encoder_id,
-        sent_unix_ns=sent_unix_ns,
-        confidence=_fraction(snapshot.confidence),
-        cpu_load=_fraction(cpu_load),
-        encode_latency_us=_us(encode_latency),
-        timecode=snapshot.timecode or 0,
-        segment_id=segment,
-        topology_epoch=topology_epoch,
-        links=[
-            manager_pb2.LinkStats(
-                neighbour_id=n.neighbour,
-                rtt_us=_us(n.rtt),
-                jitter_us=_us(n.jitter),
-                measured_deviation_ns=_ns(n.deviation),
-                predicted_deviation_ns=_ns(n.predicted),
-                connected=connected(n.neighbour),
-            )
-            for n in snapshot.neighbours[:MAX_NEIGHBOURS]
-            if n.neighbour != encoder_id
-        ],
-        corrections=manager_pb2.CorrectionCounters(
-            slews=counts.get(CorrectionKind.SLEW, 0),
-            drops=counts.get(CorrectionKind.DROP, 0),
-            duplicates=counts.get(CorrectionKind.DUPLICATE, 0),
-            parameter_changes=counts.get(CorrectionKind.PARAMETER, 0),
-        ),
-    )
+health_report = convert.health_to_proto
+"""One health report from the engine's snapshot and the link state (the runtime's name for
+:func:`meshenc.wire.convert.health_to_proto`)."""
 
 
 class VoteLog:
@@ -163,15 +105,9 @@ class VoteLog:
 def escalation(
     action: Escalate, votes: Iterable[ResyncVote], neighbour_count: int, sent_unix_ns: int
 ) -> manager_pb2.Escalation:
-    """The Escalate request for an engine's ``Escalate`` action (the votes as they arrived,
-    with their voters' trace contexts)."""
-    wire_votes = [convert.vote_to_proto(v, v.trace_context) for v in votes][:MAX_NEIGHBOURS]
-    return manager_pb2.Escalation(
-        encoder_id=action.outcome.proposal.proposer,
-        proposal=convert.proposal_to_proto(action.outcome.proposal),
-        votes=wire_votes,
-        neighbour_count=min(MAX_NEIGHBOURS, max(neighbour_count, len(wire_votes))),
-        sent_unix_ns=sent_unix_ns,
+    """The Escalate request for an engine's ``Escalate`` action."""
+    return convert.escalation_to_proto(
+        action.outcome.proposal, votes, neighbour_count, sent_unix_ns
     )
 
 
@@ -204,8 +140,7 @@ class ManagerLink:
         self.address = address
         self._report = report
         self._interval = interval
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
+        self._backoff = Backoff(backoff_base, backoff_cap, jitter=0.0, spread=0.5)
         self._rng = rng if rng is not None else random.Random()
         self._channel: Any = None
         #: Reports written, streams opened, and escalations answered by verdict name.
@@ -218,33 +153,18 @@ class ManagerLink:
             self._channel = insecure_channel(self.address)
         return manager_pb2_grpc.MeshManagerStub(self._channel)
 
-    def _backoff(self, state: RetryCallState) -> float:
-        exponent = min(state.attempt_number - 1, 30)
-        ceiling = min(self._backoff_cap, self._backoff_base * 2.0**exponent)
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    @staticmethod
-    def _log_retry(state: RetryCallState) -> None:
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
-        log.log(
-            logging.INFO if state.attempt_number == 1 else logging.DEBUG,
-            "health stream to the manager: attempt %d failed (%s); retrying",
-            state.attempt_number,
-            error,
-        )
-
     async def run(self) -> None:
         """Keep the report stream open until cancelled."""
         while True:
-            retrying = AsyncRetrying(
-                wait=self._backoff,
-                retry=retry_if_exception_type(_StreamEnded),
-                stop=stop_never,
-                before_sleep=self._log_retry,
-                reraise=True,
-            )
-            async for attempt in retrying:
+            async for attempt in retrying(
+                "health stream to the manager",
+                lambda exc: isinstance(exc, _StreamEnded),
+                attempts=None,
+                backoff=self._backoff,
+                rng=self._rng,
+                logger=log,
+                level=logging.INFO,
+            ):
                 with attempt:
                     await self._stream_once()
 
@@ -271,10 +191,10 @@ class ManagerLink:
         finally:
             call.cancel()
         lasted = time.monotonic() - started
-        if lasted < self._backoff_cap:
+        if lasted < self._backoff.maximum:
             raise _StreamEnded(why)
         log.info("health stream to the manager ended after %.1f s (%s); reconnecting", lasted, why)
-        await asyncio.sleep(self._rng.uniform(0.0, self._backoff_base))
+        await asyncio.sleep(self._rng.uniform(0.0, self._backoff.initial))
 
     async def escalate(
         self, request: manager_pb2.Escalation, timeout: float = ESCALATION_TIMEOUT

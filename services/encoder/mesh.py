@@ -36,8 +36,9 @@ Invariants
   reconnected before this side noticed that the old connection died), the newer replaces the
   older, which is ended.
 - A link stays up until the neighbour leaves the set given to ``set_peers``, either side
-  stops, or a message breaks a rule; dialers then reconnect with exponential backoff and
-  jitter, capped at ``backoff_cap`` seconds.
+  stops, or a message breaks a rule; dialers then reconnect with the services' backoff
+  (``services.common.retry``): between half and all of a ceiling that doubles from
+  ``backoff_base`` to ``backoff_cap`` seconds.
 - Everything runs on one event loop; the handler's methods are called from it, never
   concurrently.
 """
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import logging
 import random
 import time
@@ -56,7 +56,6 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 import grpc
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
@@ -69,6 +68,7 @@ from meshenc.wire.validation import (
 )
 from services.common.grpc_server import GrpcServer, insecure_channel
 from services.common.log_limit import LimitedLog
+from services.common.retry import Backoff, retrying
 from services.common.telemetry import TraceContext
 from services.encoder.telemetry import topology_changed
 
@@ -326,8 +326,7 @@ class MeshLinks:
         self._handler = handler
         self._esp_capacity = esp_capacity
         self._control_capacity = control_capacity
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
+        self._backoff = Backoff(backoff_base, backoff_cap, jitter=0.0, spread=0.5)
         self._handshake_timeout = handshake_timeout
         self._rng = rng if rng is not None else random.Random()
         self._on_link = on_link
@@ -563,41 +562,23 @@ class MeshLinks:
 
     # -- dialing -----------------------------------------------------------------------------
 
-    def _backoff(self, state: RetryCallState) -> float:
-        """Exponential backoff with jitter: uniform in [ceiling/2, ceiling], ceiling capped."""
-        exponent = min(state.attempt_number - 1, 30)
-        ceiling = min(self._backoff_cap, self._backoff_base * 2.0**exponent)
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    @staticmethod
-    def _log_retry(peer: str, state: RetryCallState) -> None:
-        """The first failure of an outage at INFO (a refusing neighbour shows), later at DEBUG."""
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
-        delay = state.next_action.sleep if state.next_action is not None else 0.0
-        log.log(
-            logging.INFO if state.attempt_number == 1 else logging.DEBUG,
-            "link %r: dial attempt %d failed (%s); retrying in %.2f s",
-            peer,
-            state.attempt_number,
-            error,
-            delay,
-        )
-
     async def _dial(self, link: _Link) -> None:
         """Keep a stream with ``link``'s peer up until the task is cancelled."""
         while True:
-            retrying = AsyncRetrying(
-                wait=self._backoff,
-                retry=retry_if_exception_type(_LinkFailed),
-                before_sleep=functools.partial(self._log_retry, link.peer_id),
-                reraise=True,
-            )
-            async for attempt in retrying:
+            # The first failure of an outage at INFO (a refusing neighbour shows), later DEBUG.
+            async for attempt in retrying(
+                f"link {link.peer_id!r}: dialing",
+                lambda exc: isinstance(exc, _LinkFailed),
+                attempts=None,
+                backoff=self._backoff,
+                rng=self._rng,
+                logger=log,
+                level=logging.INFO,
+            ):
                 with attempt:
                     await self._dial_once(link)
             # The stream was up for a while and has ended: redial soon, with a fresh backoff.
-            await asyncio.sleep(self._rng.uniform(0.0, self._backoff_base))
+            await asyncio.sleep(self._rng.uniform(0.0, self._backoff.initial))
 
     async def _dial_once(self, link: _Link) -> None:
         """Open one stream and run it until it ends.
@@ -660,7 +641,7 @@ class MeshLinks:
             up_since = time.monotonic()
             await session.ended.wait()
             lasted = time.monotonic() - up_since
-            if lasted < self._backoff_cap:
+            if lasted < self._backoff.maximum:
                 # A stream that ends at once (a peer that accepts and then drops us) must not
                 # be redialled in a tight loop: it counts as a failed attempt.
                 raise _LinkFailed(f"the stream ended after {lasted:.2f} s")

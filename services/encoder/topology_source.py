@@ -73,7 +73,7 @@ from services.common.kubernetes import (
     watch_once,
 )
 from services.common.registry_client import RegistryClient, RegistryError
-from services.common.retry import retrying
+from services.common.retry import Backoff, retrying
 from services.common.streams import Emit, drain
 
 __all__ = [
@@ -112,7 +112,7 @@ def _transient(error: BaseException) -> bool:
 
 def _retrying(what: str, maximum: float = 5.0) -> AsyncRetrying:
     """For ever, transient failures only (the services' one backoff policy)."""
-    return retrying(what, _transient, attempts=None, maximum=maximum, logger=log)
+    return retrying(what, _transient, attempts=None, backoff=Backoff(maximum=maximum), logger=log)
 
 
 async def _follow(

@@ -53,7 +53,7 @@ from meshenc.wire.adjacency import (
     parse_registration,
 )
 from services.common.etcd import RevisionCursor, watch_from_revision
-from services.common.retry import DEFAULT_ATTEMPTS, retrying
+from services.common.retry import DEFAULT_ATTEMPTS, Backoff, retrying
 from services.common.streams import drain
 from services.manager.actuators import (
     MemberEvent,
@@ -296,7 +296,10 @@ class EtcdActuator:
         try:
             while True:
                 async for attempt in retrying(
-                    "encoder registration watch", is_transient, attempts=None, maximum=5.0
+                    "encoder registration watch",
+                    is_transient,
+                    attempts=None,
+                    backoff=Backoff(maximum=5.0),
                 ):
                     with attempt:
                         await self._session(state, emit)

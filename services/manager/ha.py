@@ -47,7 +47,7 @@ from typing import Any, Final
 import aetcd  # type: ignore[import-untyped]
 
 from meshenc.wire.adjacency import EtcdLayout
-from services.common.retry import retrying
+from services.common.retry import Backoff, retrying
 from services.manager.etcd_actuator import Fence, is_transient
 
 __all__ = ["DEFAULT_LEASE_TTL", "EtcdElection", "LeadershipLost"]
@@ -156,7 +156,11 @@ class EtcdElection:
         while not self._closing.is_set():
             try:
                 async for attempt in retrying(
-                    "manager election", _transient, attempts=None, maximum=2.0, logger=log
+                    "manager election",
+                    _transient,
+                    attempts=None,
+                    backoff=Backoff(maximum=2.0),
+                    logger=log,
                 ):
                     with attempt:
                         await self._session()

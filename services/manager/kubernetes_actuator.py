@@ -68,7 +68,7 @@ from services.common.kubernetes import (
     WatchCursor,
     watch_once,
 )
-from services.common.retry import DEFAULT_ATTEMPTS, retrying
+from services.common.retry import DEFAULT_ATTEMPTS, Backoff, retrying
 from services.common.streams import drain
 from services.manager.actuators import (
     ActuatorError,
@@ -409,7 +409,7 @@ class KubernetesActuator:
             selector = await self._pod_selector()
             while True:
                 async for attempt in retrying(
-                    "encoder pod watch", is_transient, attempts=None, maximum=10.0
+                    "encoder pod watch", is_transient, attempts=None, backoff=Backoff(maximum=10.0)
                 ):
                     with attempt:
                         await self._pod_session(state, selector, emit)

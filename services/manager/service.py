@@ -60,9 +60,7 @@ from meshenc.core.planner import (
     EncoderJoined,
     EncoderLeft,
     EncoderRemoved,
-    Escalated,
     EscalationJudged,
-    EscalationVerdict,
     LinkAvoided,
     ManagerConfig,
     MeshManager,
@@ -72,12 +70,10 @@ from meshenc.core.planner import (
     TopologyChanged,
     WorkUnitsSet,
 )
-from meshenc.core.planner.health import HealthReported, LinkSample
 from meshenc.core.planner.placement import WorkUnit
 from meshenc.v1 import manager_pb2
 from meshenc.wire import convert
 from meshenc.wire.adjacency import AdjacencyDocument
-from meshenc.wire.validation import MAX_REASON_LENGTH
 from services.manager.actuators import (
     Actuator,
     ActuatorError,
@@ -93,7 +89,6 @@ __all__ = [
     "ManagerShell",
     "NotActiveError",
     "UnknownError",
-    "health_from_proto",
 ]
 
 log = logging.getLogger("meshenc.manager")
@@ -109,12 +104,6 @@ WATCH_QUEUE = 64
 MEMBERS_RETRY = 1.0
 """Seconds before following the actuator's members again after the watch failed."""
 
-_VERDICTS = {
-    EscalationVerdict.APPLY: manager_pb2.ESCALATION_VERDICT_APPLY,
-    EscalationVerdict.REJECT: manager_pb2.ESCALATION_VERDICT_REJECT,
-    EscalationVerdict.DEFER: manager_pb2.ESCALATION_VERDICT_DEFER,
-}
-
 
 class NotActiveError(RuntimeError):
     """This manager is a standby: it takes no reports or escalations (FAILED_PRECONDITION)."""
@@ -124,41 +113,28 @@ class UnknownError(LookupError):
     """A query named an encoder or segment the manager does not know (NOT_FOUND)."""
 
 
-def _clip(text: str) -> str:
-    """A reason as the wire allows it: one line, at most ``MAX_REASON_LENGTH`` characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_REASON_LENGTH else text[: MAX_REASON_LENGTH - 3] + "..."
+@dataclass(frozen=True, slots=True)
+class _Topology:
+    """A topology as published: its epoch (published numbering), adjacency and cause."""
 
+    epoch: int
+    adjacency: Mapping[str, tuple[str, ...]]
+    reason: str = ""
 
-def health_from_proto(msg: manager_pb2.HealthReport, topology_epoch: int) -> HealthReported:
-    """The core form of a (validated) health report.
-
-    ``topology_epoch`` is the report's epoch already mapped to the core's numbering.
-    """
-    return HealthReported(
-        encoder_id=msg.encoder_id,
-        confidence=msg.confidence,
-        load=msg.cpu_load,
-        encode_latency=convert.us_to_seconds(msg.encode_latency_us),
-        topology_epoch=topology_epoch,
-        links=tuple(
-            LinkSample(
-                neighbour_id=link.neighbour_id,
-                rtt=convert.us_to_seconds(link.rtt_us),
-                jitter=convert.us_to_seconds(link.jitter_us),
-                connected=link.connected if link.HasField("connected") else True,
-            )
-            for link in msg.links
-        ),
-    )
+    def to_proto(self, encoder_id: str = "") -> manager_pb2.Topology:
+        """The wire form, or only ``encoder_id``'s part of it (none when it is not in it)."""
+        if not encoder_id:
+            return convert.topology_to_proto(self.epoch, self.adjacency)
+        mine = {encoder_id: self.adjacency[encoder_id]} if encoder_id in self.adjacency else {}
+        return convert.topology_to_proto(self.epoch, mine)
 
 
 @dataclass(eq=False, slots=True)
 class _Watcher:
-    """One WatchTopology stream: its filter and its queue of (topology, reason)."""
+    """One WatchTopology stream: its filter and its queue of topologies."""
 
     encoder_id: str
-    queue: asyncio.Queue[tuple[manager_pb2.Topology, str] | None]
+    queue: asyncio.Queue[_Topology | None]
     dropped: int = 0
 
 
@@ -202,15 +178,17 @@ class ManagerShell:
         self._streams: Counter[str] = Counter()
         self._departures: dict[str, asyncio.TimerHandle] = {}
         self._unregistered_warned: set[str] = set()
-        self._topology = manager_pb2.Topology()
+        self._epoch = 0  # published numbering; 0 before the core planned a topology
+        self._adjacency: Mapping[str, tuple[str, ...]] = {}
         self._reason = ""
         self._segments: tuple[SegmentInfo, ...] = ()
         self._segments_epoch = 0
         self._placement: Mapping[str, tuple[str, ...]] = {}
         self._documents: dict[str, AdjacencyDocument] = {}
         self._dirty = False
-        self._published: tuple[manager_pb2.Topology, str] | None = None
-        self._published_segments = manager_pb2.SegmentMap()
+        self._published: _Topology | None = None
+        self._published_segments: tuple[SegmentInfo, ...] = ()
+        self._published_segments_epoch = 0
         self._publish_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._watchers: set[_Watcher] = set()
@@ -228,7 +206,7 @@ class ManagerShell:
     @property
     def epoch(self) -> int:
         """The epoch of the published topology (0 before the first publication)."""
-        return 0 if self._published is None else self._published[0].epoch
+        return 0 if self._published is None else self._published.epoch
 
     @property
     def members(self) -> list[str]:
@@ -410,7 +388,7 @@ class ManagerShell:
             ValueError: the report breaks a rule of the core's (the stream is refused).
         """
         self._require_active()
-        event = health_from_proto(msg, self._core_epoch(msg.topology_epoch))
+        event = convert.health_from_proto(msg, self._core_epoch(msg.topology_epoch))
         self._core.step(self.now(), event)
         self.reports[msg.encoder_id] += 1
 
@@ -422,12 +400,7 @@ class ManagerShell:
             ValueError: the escalation breaks a rule of the core's.
         """
         self._require_active()
-        event = Escalated(
-            encoder_id=msg.encoder_id,
-            proposal=convert.proposal_from_proto(msg.proposal),
-            votes=tuple(convert.vote_from_proto(v) for v in msg.votes),
-            neighbour_count=msg.neighbour_count,
-        )
+        event = convert.escalation_from_proto(msg)
         with planning("escalation") as plan:
             self._core.step(self.now(), event)
             decisions = plan.record(self._core.ready())
@@ -442,11 +415,7 @@ class ManagerShell:
             judged.verdict.value,
             judged.reason,
         )
-        return manager_pb2.EscalationAck(
-            verdict=_VERDICTS[judged.verdict],
-            reason=_clip(judged.reason),
-            topology_epoch=self._published_epoch(judged.topology_epoch),
-        )
+        return convert.escalation_ack_to_proto(judged, self._published_epoch(judged.topology_epoch))
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -456,8 +425,12 @@ class ManagerShell:
         Raises:
             UnknownError: ``encoder_id`` is not in the published topology.
         """
-        published = manager_pb2.Topology() if self._published is None else self._published[0]
-        return _filtered(published, encoder_id, strict=True)
+        published = self._published or _Topology(0, {})
+        if encoder_id and encoder_id not in published.adjacency:
+            raise UnknownError(
+                f"encoder {encoder_id!r} is not in the topology of epoch {published.epoch}"
+            )
+        return published.to_proto(encoder_id)
 
     def segments(self, segment_id: str = "") -> manager_pb2.SegmentMap:
         """The published segment map, or one segment of it.
@@ -465,13 +438,12 @@ class ManagerShell:
         Raises:
             UnknownError: ``segment_id`` is not a published segment.
         """
-        published = self._published_segments
-        if not segment_id:
-            return published
-        chosen = [s for s in published.segments if s.segment_id == segment_id]
-        if not chosen:
-            raise UnknownError(f"no segment {segment_id!r} in epoch {published.topology_epoch}")
-        return manager_pb2.SegmentMap(segments=chosen, topology_epoch=published.topology_epoch)
+        epoch, chosen = self._published_segments_epoch, self._published_segments
+        if segment_id:
+            chosen = tuple(s for s in chosen if s.segment_id == segment_id)
+            if not chosen:
+                raise UnknownError(f"no segment {segment_id!r} in epoch {epoch}")
+        return convert.segments_to_proto(chosen, epoch)
 
     async def watch(
         self, after_epoch: int, encoder_id: str = ""
@@ -490,12 +462,11 @@ class ManagerShell:
                 item = await watcher.queue.get()
                 if item is None:
                     return
-                topology, reason = item
-                if topology.epoch <= last:
+                if item.epoch <= last:
                     continue
-                last = topology.epoch
+                last = item.epoch
                 yield manager_pb2.TopologyUpdate(
-                    topology=_filtered(topology, encoder_id, strict=False), reason=reason
+                    topology=item.to_proto(encoder_id), reason=item.reason
                 )
         finally:
             self._watchers.discard(watcher)
@@ -535,14 +506,8 @@ class ManagerShell:
                 log.warning("link %s-%s avoided: %s", decision.a, decision.b, decision.reason)
             elif isinstance(decision, TopologyChanged):
                 epoch = self._published_epoch(decision.epoch)
-                self._topology = manager_pb2.Topology(
-                    epoch=epoch,
-                    adjacency=[
-                        manager_pb2.Adjacency(encoder_id=node, neighbour_ids=list(neighbours))
-                        for node, neighbours in sorted(decision.adjacency.items())
-                    ],
-                )
-                self._reason = _clip(decision.reason)
+                self._epoch, self._adjacency = epoch, decision.adjacency
+                self._reason = convert.clip_reason(decision.reason)
                 self._dirty = True
                 log.info(
                     "epoch %d: %d encoders, +%d/-%d links, survives any single failure: %s (%s)",
@@ -575,7 +540,7 @@ class ManagerShell:
         return judged
 
     def _build_documents(self) -> dict[str, AdjacencyDocument]:
-        epoch = self._topology.epoch
+        epoch = self._epoch
         if epoch == 0:
             return {}
         segment_of: dict[str, SegmentInfo] = {}
@@ -583,13 +548,12 @@ class ManagerShell:
             for member in segment.members:
                 segment_of[member] = segment
         documents = {}
-        for adjacency in self._topology.adjacency:
-            node = adjacency.encoder_id
+        for node, neighbours in sorted(self._adjacency.items()):
             mine = segment_of.get(node)
             documents[node] = AdjacencyDocument(
                 epoch=epoch,
                 encoder=node,
-                neighbours={n: self._addresses[n] for n in adjacency.neighbour_ids},
+                neighbours={n: self._addresses[n] for n in neighbours},
                 segment=mine.segment_id if mine else "",
                 leader=mine.leader_id if mine else "",
             )
@@ -601,8 +565,9 @@ class ManagerShell:
             if not self._dirty or not self._active:
                 return
             self._dirty = False
-            documents, topology, reason = self._documents, self._topology, self._reason
-            segments = self._segment_map()
+            documents = self._documents
+            topology = _Topology(self._epoch, self._adjacency, self._reason)
+            segments, segments_epoch = self._segments, self._published_epoch(self._segments_epoch)
             try:
                 await self._actuator.publish(documents)
             except StalePlanError as exc:
@@ -620,45 +585,16 @@ class ManagerShell:
                     exc,
                 )
                 return
-            self._published_segments = segments
-            if self._published is None or self._published[0].epoch != topology.epoch:
-                self._published = (topology, reason)
+            self._published_segments, self._published_segments_epoch = segments, segments_epoch
+            if self._published is None or self._published.epoch != topology.epoch:
+                self._published = topology
                 for watcher in self._watchers:
                     if watcher.queue.qsize() >= WATCH_QUEUE:
                         watcher.queue.get_nowait()
                         watcher.dropped += 1
-                    watcher.queue.put_nowait((topology, reason))
-
-    def _segment_map(self) -> manager_pb2.SegmentMap:
-        return manager_pb2.SegmentMap(
-            segments=[
-                manager_pb2.Segment(
-                    segment_id=s.segment_id,
-                    member_ids=list(s.members),
-                    leader_id=s.leader_id,
-                    leader_revision=s.leader_revision,
-                )
-                for s in self._segments
-            ],
-            topology_epoch=self._published_epoch(self._segments_epoch),
-        )
+                    watcher.queue.put_nowait(topology)
 
     def _renumber(self) -> None:
         """Restamp the current topology and documents after ``_base_epoch`` moved."""
-        epoch = self._published_epoch(self._core.epoch)
-        self._topology = manager_pb2.Topology(epoch=epoch, adjacency=self._topology.adjacency)
+        self._epoch = self._published_epoch(self._core.epoch)
         self._documents = self._build_documents()
-
-
-def _filtered(
-    topology: manager_pb2.Topology, encoder_id: str, *, strict: bool
-) -> manager_pb2.Topology:
-    """``topology``, or only ``encoder_id``'s adjacency (empty when it is not in the mesh)."""
-    if not encoder_id:
-        return topology
-    mine = [a for a in topology.adjacency if a.encoder_id == encoder_id]
-    if strict and not mine:
-        raise UnknownError(
-            f"encoder {encoder_id!r} is not in the topology of epoch {topology.epoch}"
-        )
-    return manager_pb2.Topology(epoch=topology.epoch, adjacency=mine)

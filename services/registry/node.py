@@ -16,13 +16,13 @@ a record with its *remaining* ttl.
 Lookups, joins and periodic work go through
 :func:`services.common.registry_client.run_lookup`, the same driver the client uses, with
 this node's NodeInfo as sender so that the callees learn about it; answers and failures
-update the routing table. Joining: ping the seeds until one answers (tenacity, exponential
-backoff with jitter, for ``join_timeout`` seconds), then look up the own id, then refresh
-every bucket farther than the closest neighbour. Seeds that did not answer (replicas start in
-any order) are pinged again in the background, at doubling intervals up to 30 s, until they
-do: a ping carries this node's NodeInfo, so both sides then know each other. A node whose
-table is (or becomes) empty tries again every ``join_timeout`` seconds; a node without seeds
-is the first of its network.
+update the routing table. Joining: ping the seeds until one answers (the services' backoff,
+``JOIN_BACKOFF``, for ``join_timeout`` seconds), then look up the own id, then refresh every
+bucket farther than the closest neighbour. Seeds that did not answer (replicas start in any
+order) are pinged again in the background, at doubling intervals up to 30 s (``SEED_BACKOFF``),
+until they do: a ping carries this node's NodeInfo, so both sides then know each other. A node
+whose table is (or becomes) empty tries again every ``join_timeout`` seconds; a node without
+seeds is the first of its network.
 Every ``tick_interval`` seconds the core's ``tick`` expires records and returns bucket
 refreshes and republications, which run as background tasks (at most ``MAX_BACKGROUND``).
 
@@ -45,8 +45,6 @@ from collections.abc import Coroutine
 from typing import Any, Final
 
 import grpc
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay
-from tenacity import wait_exponential_jitter as backoff
 
 from meshenc.core.kademlia import (
     ID_BITS,
@@ -63,6 +61,7 @@ from meshenc.core.kademlia import (
     random_id_in_bucket,
 )
 from meshenc.v1 import registry_pb2, registry_pb2_grpc
+from meshenc.wire.convert import contact_from_proto, contact_to_proto
 from meshenc.wire.validation import (
     InvalidMessage,
     validate_find_node_request,
@@ -79,13 +78,12 @@ from services.common.registry_client import (
     RegistryChannels,
     RegistryError,
     ask_registry_node,
-    contact_from_proto,
-    contact_to_proto,
     ping,
     run_lookup,
     store_on,
     version_ahead,
 )
+from services.common.retry import Backoff, retrying
 from services.registry.settings import RegistrySettings
 from services.registry.telemetry import watch_registry
 
@@ -95,10 +93,10 @@ log = logging.getLogger("meshenc.registry")
 
 MAX_BACKGROUND: Final = 32
 """Background operations (pings, refreshes, republications) running at once at most."""
-SEED_RETRY_FIRST: Final = 1.0
-"""Seconds before a seed that did not answer the join is pinged again (doubling each time)."""
-SEED_RETRY_MAX: Final = 30.0
-"""Longest interval between two pings of a silent seed."""
+JOIN_BACKOFF: Final = Backoff(initial=0.1, maximum=2.0, jitter=0.1)
+"""Delays between the join's pings of its seeds (for ``join_timeout`` seconds in all)."""
+SEED_BACKOFF: Final = Backoff(initial=1.0, maximum=30.0, jitter=0.0)
+"""Intervals between pings of a seed that did not answer the join: 1 s doubling to 30 s."""
 
 Record = registry_pb2.EncoderRecord
 
@@ -137,7 +135,7 @@ class RegistryNode:
         self._joined = asyncio.Event()
         #: Seeds that never answered yet: pinged again in the background until they do.
         self._silent_seeds = set(settings.seeds)
-        self._seed_retry_delay = SEED_RETRY_FIRST
+        self._seed_greetings = 0
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -223,8 +221,8 @@ class RegistryNode:
             elif self._joined.is_set() and self._silent_seeds and now >= next_seed_retry:
                 # Seeds that were not up yet when this node joined: once they answer, both
                 # sides know each other, whatever order the replicas started in.
-                next_seed_retry = now + self._seed_retry_delay
-                self._seed_retry_delay = min(2 * self._seed_retry_delay, SEED_RETRY_MAX)
+                self._seed_greetings += 1
+                next_seed_retry = now + SEED_BACKOFF.delay(self._seed_greetings, self._rng)
                 self._spawn(self._greet_seeds(sorted(self._silent_seeds), quiet=True))
             for action in self.dht.tick(now):
                 if isinstance(action, RefreshBucket):
@@ -280,11 +278,15 @@ class RegistryNode:
         if not seeds:
             return False
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(RegistryError),
-                wait=backoff(multiplier=0.1, max=2.0, jitter=0.1),
-                stop=stop_after_delay(self.settings.join_timeout),
-                reraise=True,
+            async for attempt in retrying(
+                f"joining through {', '.join(seeds)}",
+                lambda exc: isinstance(exc, RegistryError),
+                attempts=None,
+                give_up_after=self.settings.join_timeout,
+                backoff=JOIN_BACKOFF,
+                rng=self._rng,
+                logger=log,
+                level=logging.DEBUG,  # the outcome is logged below
             ):
                 with attempt:
                     await self._greet_seeds(seeds)

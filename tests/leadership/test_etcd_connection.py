@@ -26,7 +26,7 @@ from meshenc.local.etcd import EtcdProcess
 from meshenc.local.ports import free_ports
 from meshenc.wire.adjacency import EtcdLayout
 from services.common.etcd import EtcdClient, EtcdSettings, connect_client
-from services.common.retry import retrying
+from services.common.retry import Backoff, retrying
 from services.manager.etcd_actuator import is_transient
 from services.manager.settings import ActuatorKind, ManagerSettings
 
@@ -40,7 +40,9 @@ def dead_endpoint(scheme: str = "http") -> str:
 
 async def put_with_retries(client: EtcdClient, key: bytes, value: bytes) -> int:
     """What every caller does: retry transient failures with the shared backoff policy."""
-    async for attempt in retrying("test put", is_transient, attempts=8, maximum=0.5):
+    async for attempt in retrying(
+        "test put", is_transient, attempts=8, backoff=Backoff(maximum=0.5)
+    ):
         with attempt:
             return int((await client.put(key, value)).header.revision)
     raise AssertionError("unreachable")  # pragma: no cover - reraise=True

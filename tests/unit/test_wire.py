@@ -8,7 +8,7 @@ import pickle
 import struct
 from collections.abc import Callable
 from fractions import Fraction
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
@@ -24,14 +24,25 @@ except ImportError as exc:  # only when the generated code is missing
     ) from exc
 
 from meshenc.core.anchor import MAX_HOPS
+from meshenc.core.election import ElectionSnapshot, Role
+from meshenc.core.engine import EngineSnapshot, NeighbourSnapshot
+from meshenc.core.kademlia import Contact
 from meshenc.core.messages import (
     CorrectionKind,
     EncodingStatePacket,
     ResyncProposal,
     ResyncVote,
 )
+from meshenc.core.planner import EscalationJudged, EscalationVerdict, SegmentInfo
+from meshenc.core.policy import Strategy
+from meshenc.core.timecode import FrameRate
 from meshenc.wire import convert, validation
-from meshenc.wire.validation import InvalidMessage
+from meshenc.wire.validation import (
+    MAX_DEVIATION_NS,
+    MAX_LATENCY_US,
+    MAX_NEIGHBOURS,
+    InvalidMessage,
+)
 
 M = TypeVar("M", bound=Message)
 
@@ -1360,3 +1371,203 @@ def test_watch_topology_request_accepts_any_epoch() -> None:
     validation.validate_watch_topology_request(
         manager_pb2.WatchTopologyRequest(after_epoch=2**64 - 1, encoder_id="enc-1")
     )
+
+
+# --- conversions of the registry's and the manager's messages ------------------------------
+
+
+@given(
+    st.integers(min_value=0, max_value=2**160 - 1),
+    st.sampled_from(["10.0.0.7:7500", "registry-0.registry:7500", "[::1]:1"]),
+)
+def test_contact_round_trip(node_id: int, address: str) -> None:
+    contact = Contact(node_id, address)
+    msg = convert.contact_to_proto(contact)
+    validation.validate_node_info(msg)
+    assert convert.contact_from_proto(msg) == contact
+
+
+def _neighbour(name: str, **fields: float) -> NeighbourSnapshot:
+    values: dict[str, float] = dict(
+        deviation=-0.00025, predicted=-0.00024, rate=1e-6, rtt=0.0008, jitter=0.00009
+    )
+    values.update(fields)
+    return NeighbourSnapshot(
+        neighbour=name, loss=0.0, trusted=True, updates=9, crossing_in=math.nan,
+        locked=True, confidence=0.8, **values,
+    )  # fmt: skip
+
+
+def _snapshot(*neighbours: NeighbourSnapshot, **fields: Any) -> EngineSnapshot:
+    snap = EngineSnapshot(
+        node_id="enc-1", strategy=Strategy.PREDICTIVE, locked=True, timecode=52_500_000_000,
+        label=T0_NS / NS, correction=0.002, correction_rate=2e-6, error=0.0001,
+        predicted_error=0.0001, confidence=0.9, neighbours=neighbours,
+        corrections={CorrectionKind.SLEW: 40, CorrectionKind.DROP: 1}, recent_corrections=(),
+        escalations=0, open_proposals=0, bitrate_kbps=1500, pending_change=None,
+    )  # fmt: skip
+    return dataclasses.replace(snap, **fields)
+
+
+def _health(snap: EngineSnapshot, **fields: Any) -> manager_pb2.HealthReport:
+    args: dict[str, Any] = dict(
+        topology_epoch=3, cpu_load=0.45, encode_latency=0.004, segment="seg-0",
+        connected=lambda peer: peer != "enc-3", sent_unix_ns=T0_NS,
+    )  # fmt: skip
+    args.update(fields)
+    return convert.health_to_proto("enc-1", snap, **args)
+
+
+def test_health_report_round_trip() -> None:
+    msg = _health(_snapshot(_neighbour("enc-2"), _neighbour("enc-3")))
+    validation.validate_health_report(msg)
+    assert (msg.timecode, msg.segment_id, msg.corrections.slews) == (52_500_000_000, "seg-0", 40)
+    assert msg.links[0].measured_deviation_ns == -250_000
+    report = convert.health_from_proto(msg, topology_epoch=1)
+    assert (report.encoder_id, report.topology_epoch) == ("enc-1", 1)
+    assert report.confidence == pytest.approx(0.9) and report.load == pytest.approx(0.45)
+    assert report.encode_latency == 0.004
+    assert [(s.neighbour_id, s.rtt, s.jitter, s.connected) for s in report.links] == [
+        ("enc-2", 0.0008, 0.00009, True),
+        ("enc-3", 0.0008, 0.00009, False),
+    ]
+
+
+def test_a_link_without_connected_counts_as_up() -> None:
+    report = convert.health_from_proto(_report(), 0)  # _link leaves connected unset
+    assert [sample.connected for sample in report.links] == [True, True]
+
+
+def test_a_health_report_is_valid_whatever_was_measured() -> None:
+    absurd = _neighbour("enc-2", deviation=math.inf, predicted=-1e6, rtt=-1.0, jitter=1e9)
+    snap = _snapshot(
+        absurd, _neighbour("enc-1"), *(_neighbour(f"n-{k}") for k in range(70)),
+        confidence=math.nan, timecode=None,
+    )  # fmt: skip
+    msg = _health(snap, cpu_load=1.5, encode_latency=math.nan)
+    validation.validate_health_report(msg)
+    assert (msg.confidence, msg.cpu_load, msg.encode_latency_us, msg.timecode) == (0, 1, 0, 0)
+    first = msg.links[0]
+    assert (first.measured_deviation_ns, first.predicted_deviation_ns) == (0, -MAX_DEVIATION_NS)
+    assert (first.rtt_us, first.jitter_us) == (0, MAX_LATENCY_US)
+    assert "enc-1" not in {link.neighbour_id for link in msg.links}  # never a link to itself
+    assert len(msg.links) == MAX_NEIGHBOURS - 1  # the first 64 neighbours, less itself
+
+
+def test_escalation_round_trip() -> None:
+    proposal = ResyncProposal("enc-1", 5, CorrectionKind.SLEW, 0.004, topology_epoch=2)
+    votes = (
+        ResyncVote("enc-1", 5, "enc-2", False, 0.012, "far off"),
+        ResyncVote("enc-1", 5, "enc-3", True, -0.001),
+    )
+    msg = convert.escalation_to_proto(proposal, votes, 4, T0_NS)
+    validation.validate_escalation(msg)
+    escalated = convert.escalation_from_proto(msg)
+    assert (escalated.encoder_id, escalated.neighbour_count) == ("enc-1", 4)
+    assert escalated.proposal == proposal and escalated.votes == votes
+
+
+def test_an_escalation_names_at_least_its_voters_as_neighbours() -> None:
+    proposal = ResyncProposal("enc-1", 5, CorrectionKind.SLEW, 0.004, topology_epoch=2)
+    votes = [ResyncVote("enc-1", 5, f"v-{k}", False, 0.0) for k in range(70)]
+    assert convert.escalation_to_proto(proposal, votes[:2], 0, T0_NS).neighbour_count == 2
+    msg = convert.escalation_to_proto(proposal, votes, 99, T0_NS)
+    validation.validate_escalation(msg)
+    assert len(msg.votes) == msg.neighbour_count == MAX_NEIGHBOURS
+
+
+def test_verdicts_map_one_to_one() -> None:
+    wire = {convert.verdict_to_proto(v) for v in EscalationVerdict}
+    assert len(wire) == len(EscalationVerdict)
+    assert manager_pb2.ESCALATION_VERDICT_UNSPECIFIED not in wire
+
+
+def test_escalation_ack_carries_the_published_epoch_and_a_wire_reason() -> None:
+    judged = EscalationJudged("enc-1", 5, EscalationVerdict.APPLY, "a\nb" + "x" * 400, 2)
+    ack = convert.escalation_ack_to_proto(judged, topology_epoch=12)
+    assert (ack.verdict, ack.topology_epoch) == (manager_pb2.ESCALATION_VERDICT_APPLY, 12)
+    assert ack.reason.startswith("a b") and ack.reason.endswith("...")
+    assert len(ack.reason) == validation.MAX_REASON_LENGTH
+
+
+def test_clipped_reasons_are_valid_on_the_wire() -> None:
+    for text in ("", "ok", "two\nlines\tand  spaces", "é" * 1000):
+        vote = _valid_vote(reason=convert.clip_reason(text))
+        validation.validate_vote(vote)
+    assert convert.clip_reason(" two\nlines ") == "two lines"
+
+
+def test_topology_lists_encoders_in_order() -> None:
+    msg = convert.topology_to_proto(7, {"enc-2": ("enc-1",), "enc-1": ("enc-2", "enc-0")})
+    assert msg.epoch == 7
+    assert [(a.encoder_id, list(a.neighbour_ids)) for a in msg.adjacency] == [
+        ("enc-1", ["enc-2", "enc-0"]),
+        ("enc-2", ["enc-1"]),
+    ]
+    assert convert.topology_to_proto(0, {}) == manager_pb2.Topology()
+
+
+def test_segment_map_fields() -> None:
+    segments = (
+        SegmentInfo("s1", ("enc-1", "enc-2"), "enc-1", "enc-2", 41),
+        SegmentInfo("s2", ("enc-3",), "enc-3"),
+    )
+    msg = convert.segments_to_proto(segments, topology_epoch=9)
+    assert msg.topology_epoch == 9
+    first, second = msg.segments
+    assert (first.segment_id, list(first.member_ids)) == ("s1", ["enc-1", "enc-2"])
+    assert (first.leader_id, first.leader_revision) == ("enc-2", 41)
+    assert (second.leader_id, second.leader_revision) == ("", 0)
+
+
+# --- conversions of GetState's answer ------------------------------------------------------
+
+
+def _state(snap: EngineSnapshot, **fields: Any) -> mesh_pb2.EncoderState:
+    args: dict[str, Any] = dict(
+        frame_rate=FrameRate(30000, 1001), gop_length=30, segment="seg-0", topology_epoch=3,
+        input_status=mesh_pb2.InputStatus(state="live"), last_esp=None,
+        connected=lambda peer: peer == "enc-2", injected_drift_ppm=5.0,
+        injected_offset_ms=-2.0, injected_jitter_ms=0.5, taken_unix_ns=T0_NS,
+    )  # fmt: skip
+    args.update(fields)
+    return convert.encoder_state_to_proto(snap, **args)
+
+
+def test_frame_rate_stays_exact() -> None:
+    msg = convert.frame_rate_to_proto(FrameRate(60000, 2002))
+    assert (msg.num, msg.den) == (30000, 1001)
+
+
+def test_encoder_state_fields() -> None:
+    esp = _valid_esp_dataclass(T0_NS / NS, T0_NS / NS)
+    state = _state(_snapshot(_neighbour("enc-2"), _neighbour("enc-3")), last_esp=esp)
+    assert (state.encoder_id, state.protocol_version) == ("enc-1", validation.PROTOCOL_VERSION)
+    assert (state.frame_rate.num, state.frame_rate.den, state.gop_length) == (30000, 1001, 30)
+    assert (state.timecode, state.segment_number) == (52_500_000_000, 52_500_000_000 // 30)
+    assert (state.correction_ns, state.correction_rate_ppb) == (2_000_000, 2_000)
+    assert (state.segment_id, state.topology_epoch, state.taken_unix_ns) == ("seg-0", 3, T0_NS)
+    assert (state.injected_drift_ppm, state.input.state) == (5.0, "live")
+    assert dict(state.corrections) == {"slew": 40, "drop": 1}
+    assert convert.esp_from_proto(state.last_esp) == esp
+    assert not state.HasField("pending_parameters") and state.leader_id == ""
+    assert [(n.neighbour_id, n.connected) for n in state.neighbours] == [
+        ("enc-2", True),
+        ("enc-3", False),
+    ]
+    assert state.neighbours[0].rtt_us == 800 and state.neighbours[0].crossing_in_ms == -1.0
+
+
+def test_encoder_state_shows_unmeasured_values_as_zero() -> None:
+    unmeasured = _neighbour("enc-2", deviation=math.nan, predicted=math.nan, rate=math.nan,
+                            rtt=math.nan, jitter=math.nan)  # fmt: skip
+    state = _state(_snapshot(unmeasured, error=math.nan, timecode=None))
+    assert (state.error_ns, state.timecode, state.segment_number) == (0, 0, 0)
+    (n,) = state.neighbours
+    assert (n.measured_deviation_ns, n.deviation_rate_ppb, n.rtt_us, n.jitter_us) == (0, 0, 0, 0)
+
+
+def test_encoder_state_shows_the_election() -> None:
+    election = ElectionSnapshot(Role.LEADER, "enc-1", 7, 7, True, ("enc-1",), ())
+    state = _state(_snapshot(), election=election)
+    assert (state.leader_id, state.leader_token, state.coordination_degraded) == ("enc-1", 7, True)

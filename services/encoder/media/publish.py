@@ -22,8 +22,9 @@ Bounds: each lane holds at most ``queue_limit`` objects; publishing into a full 
 oldest object (counted as ``dropped``), so a slow or dead origin costs memory of at most
 ``queue_limit`` objects per lane and never slows the caller. Each PUT has a ``timeout`` and an
 object has at most ``attempts`` tries; a connection error, a timeout, 408, 425, 429 or 5xx is
-retried after an exponential back-off with jitter (``retries``); another 4xx, or the last
-failed try of an origin that answers, gives the object up (``failed``).
+retried after an exponential back-off with jitter (``services.common.retry``; counted as
+``retries``); another 4xx, or the last failed try of an origin that answers, gives the object
+up (``failed``).
 
 An origin that cannot be reached (its last try was a connection error or a timeout) is down:
 the object goes back to the head of its lane, once (its second round of tries is its last), and
@@ -54,6 +55,8 @@ from typing import Self
 
 import aiohttp
 
+from services.common.retry import Backoff
+
 __all__ = ["OriginStats", "Publisher", "origin_url"]
 
 log = logging.getLogger("meshenc.encoder.publish")
@@ -70,6 +73,8 @@ CONTENT_TYPES = {
 RETRIED_STATUSES = frozenset({408, 425, 429})
 #: Names known to be on an origin, remembered for playlists' checks (oldest forgotten first).
 CONFIRMED_NAMES = 4096
+#: The shortest first wait before probing an origin that went down, seconds.
+_MIN_PROBE_DELAY = 0.01
 _MAP_URI = re.compile(r'#EXT-X-MAP:.*?URI="([^"]+)"')
 
 
@@ -285,8 +290,10 @@ class Publisher:
         self._queue_limit = queue_limit
         self._attempts = attempts
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._backoff = backoff
-        self._max_backoff = max_backoff
+        self._backoff = Backoff(backoff, max_backoff, jitter=0.0, spread=0.5)
+        self._probe_backoff = Backoff(
+            max(backoff, _MIN_PROBE_DELAY), max(max_backoff, _MIN_PROBE_DELAY), 0.0, 0.5
+        )
         self._rng = rng if rng is not None else random.Random()
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
@@ -468,7 +475,7 @@ class Publisher:
         for attempt in range(self._attempts):
             if attempt:
                 origin.retries += 1
-                await asyncio.sleep(self._delay(attempt))
+                await asyncio.sleep(self._backoff.delay(attempt, self._rng))
             try:
                 async with self._client().put(url, data=item.data, headers=headers) as answer:
                     unreachable = False
@@ -498,14 +505,15 @@ class Publisher:
 
     async def _await_origin(self, origin: _Origin) -> None:
         """Probe the origin with back-off until it gives any HTTP answer."""
-        ceiling = max(self._backoff, 0.01)
+        probes = 0
         while True:
-            await asyncio.sleep(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
+            probes += 1
+            await asyncio.sleep(self._probe_backoff.delay(probes, self._rng))
             try:
                 async with self._client().head(f"{origin.url}/"):
                     break
             except (aiohttp.ClientError, TimeoutError, OSError):
-                ceiling = min(self._max_backoff, ceiling * 2)
+                pass
         origin.reachable = True
         log.info("origin %s answers again; sending %d queued objects", origin.url, origin.queued())
 
@@ -524,8 +532,3 @@ class Publisher:
                 return name
             origin.confirm(name)
         return None
-
-    def _delay(self, attempt: int) -> float:
-        """Back-off before try ``attempt + 1``: exponential, capped, half of it jittered."""
-        ceiling = min(self._max_backoff, self._backoff * 2.0 ** (attempt - 1))
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
