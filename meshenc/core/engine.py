@@ -41,6 +41,11 @@ standard deviations of a deviation estimate, which follows from the measured cap
 voter judges a neighbour that says it is locked against the middle of the slot it sees the
 timeline in (or the adjacent one near their boundary), anyone else against its own error.
 
+Where the engine stands is two explicit phase machines (``meshenc.core.phases``): the lock
+(locking in → agreeing → locked, and back on a split) and its own proposal (idle → voting →
+idle, or backing off after a refusal). Their transition tables are the only ways between
+phases; ``_control`` only decides which signal a step gives.
+
 Locking in, every move is a correction; locked, the policy decides (predictive acts on the
 error predicted ``horizon`` ahead and steers the label rate; reactive acts past the half-frame
 boundary). Significant corrections go to the neighbours' vote (``ProposalBook``); the rest apply
@@ -81,6 +86,14 @@ from meshenc.core.messages import (
     ResyncVote,
 )
 from meshenc.core.parameters import ParameterChange, ParameterSchedule
+from meshenc.core.phases import (
+    LockPhase,
+    LockSignal,
+    LockState,
+    ProposalPhase,
+    ProposalSignal,
+    ProposalState,
+)
 from meshenc.core.policy import (
     ControlView,
     PlannedCorrection,
@@ -547,15 +560,13 @@ class SyncEngine:
         self._escalated: tuple[int, PlannedCorrection, float] | None = None
         self._schedule = ParameterSchedule(config.bitrate_kbps)
         self._parameter_proposals: dict[int, ParameterChange] = {}
-        self._quiet_until = -math.inf
+        self._proposal = ProposalState()
         self._actions: list[Action] = []
         self._recent: deque[CorrectionApplied] = deque(maxlen=16)
         self._counts: dict[CorrectionKind, int] = dict.fromkeys(CorrectionKind, 0)
         self._escalations = 0
-        self._locked = False
-        self._locked_since = math.inf
+        self._lock = LockState()
         self._settled_unlocked = 0
-        self._agreed_since = math.inf
         self._leader: str | None = None
         self._anchor = Anchor(node_id, 0, 0.0)
         self._error = 0.0
@@ -655,8 +666,9 @@ class SyncEngine:
         the last control step. While the mesh is still settling — an encoder that locked alone,
         neighbours still moving, groups meeting — its segments may not be the ones the mesh
         settles on."""
-        settled = now - self._locked_since >= self.config.gop * self._period
-        return self._locked and settled and self._settled_unlocked == 0
+        lock = self._lock
+        settled = now - lock.locked_since >= self.config.gop * self._period
+        return lock.locked and settled and self._settled_unlocked == 0
 
     def correction(self, now: float) -> float:
         return self._corr + self._corr_rate * (now - self._corr_at)
@@ -738,7 +750,7 @@ class SyncEngine:
             jitter=self._health.jitter,
             confidence=self._confidence,
             sent_at=now,
-            locked=self._locked,
+            locked=self._lock.locked,
             params_segment=newest.effective_segment if newest else 0,
             params_bitrate_kbps=newest.bitrate_kbps if newest else 0,
             anchor=self._anchor.node,
@@ -942,7 +954,7 @@ class SyncEngine:
                 deviations.append(deviation)
                 if nb.locked:
                     locked.append(deviation)
-                elif nb.counted_since <= max(newcomer_since, self._locked_since):
+                elif nb.counted_since <= max(newcomer_since, self._lock.locked_since):
                     settled_unlocked += 1
                 if name == self._leader:
                     reference = deviation
@@ -955,10 +967,11 @@ class SyncEngine:
         self._anchor = choose_anchor(self.node_id, heard)
         band, lock_trigger, _ = self._thresholds()
         if len(deviations) == 1:
-            if not self._locked and not unmeasured:
+            if not self._lock.locked and not unmeasured:
                 self._hold_alone(now, label, lock_trigger)
             return
-        if self._locked:
+        lock = self._lock
+        if lock.locked:
             unlocked = len(deviations) - 1 - len(locked)
             if locked and unlocked > 0 and settled_unlocked < len(locked):
                 # A locked encoder holds the timeline with the neighbours that hold it too:
@@ -982,10 +995,9 @@ class SyncEngine:
                 # The neighbourhood no longer agrees: lock in again, towards the locked
                 # neighbours' densest group or the anchor, so that the disagreement is resolved
                 # (two groups locked into adjacent slots would otherwise each hold their own).
-                self._locked = False
-                self._agreed_since = math.inf
+                lock.on(LockSignal.SPLIT, now)
         fr = cfg.frame_rate
-        if self._locked:
+        if lock.locked:
             centre = view_of_mesh.mean
             if reference is not None and view_of_mesh.low <= reference <= view_of_mesh.high:
                 centre = reference
@@ -1010,16 +1022,15 @@ class SyncEngine:
                 for slot in sorted({fr.slot(timeline - band), fr.slot(timeline + band)})
             )
             if max(deviations) > band or min(deviations) < -band:
-                self._agreed_since = math.inf
-            elif self._agreed_since == math.inf:
-                self._agreed_since = now
-            elif now - self._agreed_since >= cfg.lock_dwell:
-                self._locked = True
-                self._locked_since = now
+                lock.on(LockSignal.APART, now)
+            elif lock.phase is LockPhase.AGREEING and now - lock.since >= cfg.lock_dwell:
+                lock.on(LockSignal.DWELT, now)
+            else:
+                lock.on(LockSignal.TOGETHER, now)
         drift = (self._smoother.period - period) / period + self._corr_rate
         self._error = error
         self._predicted_error = error + drift * cfg.policy.horizon
-        if self._open is not None or now < self._quiet_until:
+        if not self._proposal.free(now):
             return
         view = ControlView(
             now=now,
@@ -1030,7 +1041,7 @@ class SyncEngine:
             noise=self.deviation_noise,
             rate_noise=self._smoother.period_noise,
         )
-        if self._locked:
+        if lock.locked:
             plan = self.policy.decide(view)
         elif abs(error) > lock_trigger and not unmeasured:
             # Lock-in moves go to the vote like any significant correction: besides guarding
@@ -1064,6 +1075,7 @@ class SyncEngine:
         electorate = self._electorate(now)
         self._proposals.open(now, proposal, electorate, self._vote_timeout(electorate))
         self._open = (self._proposal_ids, plan, error)
+        self._proposal.on(ProposalSignal.PROPOSED)
         self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))
 
     def _hold_alone(self, now: float, label: float, trigger: float) -> None:
@@ -1075,7 +1087,7 @@ class SyncEngine:
         error = label - fr.slot_middle(fr.slot(label + self.config.boundary_bias * self._period))
         self._error = error
         self._slot_errors = (error,)
-        if abs(error) <= trigger or self._open is not None or now < self._quiet_until:
+        if abs(error) <= trigger or not self._proposal.free(now):
             return
         view = ControlView(
             now=now,
@@ -1139,15 +1151,16 @@ class SyncEngine:
         _, plan, error = self._open
         self._open = None
         if outcome.verdict is Verdict.ACCEPTED:
+            self._proposal.on(ProposalSignal.ACCEPTED)
             self._apply(now, plan, outcome.proposal.proposal_id)
             return
         cfg = self.config
-        if not self._locked:
+        if not self._lock.locked:
             # While locking in, turned-down moves are the norm (everyone moves at once, each
             # judging from its own noisy view): nothing for the manager to judge.
-            self._quiet_until = now + cfg.lock_in_retry_backoff
+            self._proposal.on(ProposalSignal.TURNED_DOWN, until=now + cfg.lock_in_retry_backoff)
             return
-        self._quiet_until = now + cfg.retry_backoff
+        self._proposal.on(ProposalSignal.TURNED_DOWN, until=now + cfg.retry_backoff)
         self._escalations += 1
         self._escalated = (outcome.proposal.proposal_id, plan, now)
         self._actions.append(Escalate(outcome, error))
@@ -1158,7 +1171,7 @@ class SyncEngine:
         if (
             escalated is None
             or escalated[0] != proposal_id
-            or self._open is not None
+            or self._proposal.phase is ProposalPhase.VOTING
             or now - escalated[2] > self.config.escalation_expiry
         ):
             return
@@ -1208,7 +1221,7 @@ class SyncEngine:
         return EngineSnapshot(
             node_id=self.node_id,
             strategy=self.config.strategy,
-            locked=self._locked,
+            locked=self._lock.locked,
             timecode=self._last_tc,
             label=self._last.label if self._last else math.nan,
             correction=my_corr,
