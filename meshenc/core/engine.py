@@ -437,6 +437,12 @@ class NeighbourSnapshot:
     locked: bool
     #: The confidence the neighbour reported in its last ESP, 0..1 (0 before any).
     confidence: float = 0.0
+    #: What the neighbour reported of itself in its last ESP (seconds; 0 before any): its mean
+    #: encode time, and its mean round trip and jitter over its own links. For operators: the
+    #: engine's timing uses its own measurements of the link.
+    reported_encode_latency: float = 0.0
+    reported_rtt: float = 0.0
+    reported_jitter: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,6 +490,7 @@ class _Neighbour:
         "locked",
         "pending",
         "rejected_seen",
+        "reported",
         "suspect_until",
     )
 
@@ -504,6 +511,8 @@ class _Neighbour:
         self.rejected_seen = 0
         self.locked = False
         self.confidence = 0.0
+        #: (encode latency, mean RTT, mean jitter) the neighbour last reported of itself.
+        self.reported = (0.0, 0.0, 0.0)
         #: The neighbour's last announced anchor, as it announced it.
         self.anchor: Anchor | None = None
 
@@ -793,6 +802,7 @@ class SyncEngine:
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
         nb.locked = esp.locked
         nb.confidence = esp.confidence
+        nb.reported = (esp.encode_latency, esp.rtt, esp.jitter)
         nb.anchor = Anchor(esp.anchor, esp.anchor_hops, esp.anchor_offset) if esp.anchor else None
         if (
             esp.params_segment > 0
@@ -1216,6 +1226,9 @@ class SyncEngine:
                     crossing_in=time_to_boundary(deviation, rate, 0.5 * self._period),
                     locked=nb.locked,
                     confidence=nb.confidence,
+                    reported_encode_latency=nb.reported[0],
+                    reported_rtt=nb.reported[1],
+                    reported_jitter=nb.reported[2],
                 )
             )
         return EngineSnapshot(

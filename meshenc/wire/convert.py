@@ -429,6 +429,9 @@ def encoder_state_to_proto(
             confidence=n.confidence,
             loss=n.loss,
             crossing_in_ms=-1.0 if math.isnan(n.crossing_in) else n.crossing_in * 1000.0,
+            reported_encode_latency_us=_measured_us(n.reported_encode_latency),
+            reported_rtt_us=_measured_us(n.reported_rtt),
+            reported_jitter_us=_measured_us(n.reported_jitter),
         )
     return state
 

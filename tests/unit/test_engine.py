@@ -500,3 +500,21 @@ def test_each_neighbours_reported_confidence_is_in_the_snapshot() -> None:
             engine.esp(now + 0.001, esp)
     seen = {n.neighbour: n.confidence for n in engine.snapshot(START + 10 * T).neighbours}
     assert seen == reported
+
+
+def test_what_each_neighbour_reports_of_itself_is_in_the_snapshot() -> None:
+    engine = _engine(["a", "b"])
+    reports = {"a": (0.004, 0.0012, 0.0003), "b": (0.009, 0.150, 0.020)}
+    for k in range(5):
+        now = START + k * T
+        engine.frame(now, k)
+        for name, (latency, rtt, jitter) in reports.items():
+            esp = dataclasses.replace(
+                _esp(name, k + 1, k, now), encode_latency=latency, rtt=rtt, jitter=jitter
+            )
+            engine.esp(now + 0.001, esp)
+    seen = {
+        n.neighbour: (n.reported_encode_latency, n.reported_rtt, n.reported_jitter)
+        for n in engine.snapshot(START + 5 * T).neighbours
+    }
+    assert seen == reports

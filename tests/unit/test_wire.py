@@ -1558,6 +1558,15 @@ def test_encoder_state_fields() -> None:
     assert state.neighbours[0].rtt_us == 800 and state.neighbours[0].crossing_in_ms == -1.0
 
 
+def test_encoder_state_shows_what_a_neighbour_reported_of_itself() -> None:
+    reporting = _neighbour(
+        "enc-2", reported_encode_latency=0.004, reported_rtt=0.150, reported_jitter=math.inf
+    )
+    (shown,) = _state(_snapshot(reporting)).neighbours
+    assert (shown.reported_encode_latency_us, shown.reported_rtt_us) == (4_000, 150_000)
+    assert shown.reported_jitter_us == 0  # not a measurement
+
+
 def test_encoder_state_shows_unmeasured_values_as_zero() -> None:
     unmeasured = _neighbour("enc-2", deviation=math.nan, predicted=math.nan, rate=math.nan,
                             rtt=math.nan, jitter=math.nan)  # fmt: skip
