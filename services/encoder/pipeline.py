@@ -136,8 +136,9 @@ class FramePipeline:
         self._measured = measured
         self.step(now, FrameCaptured(identity, periods))
 
-    def step(self, now: float, event: Event) -> None:
-        """Apply one event to the engine and carry out everything it decides."""
+    def step(self, now: float, event: Event) -> list[Action]:
+        """Apply one event to the engine and carry out everything it decides; returns what
+        it carried out (for a caller that answers with the outcome, e.g. a refusal)."""
         clock = time.perf_counter
         started = clock()
         engine = self.engine
@@ -145,6 +146,7 @@ class FramePipeline:
         actions = engine.ready()
         self.times.engine += clock() - started
         self._carry_out(actions)
+        return actions
 
     def _carry_out(self, actions: list[Action]) -> None:
         clock = time.perf_counter

@@ -196,10 +196,6 @@ class EncoderRuntime:
         self.control = ControlPlane(settings, self.apply_topology, self.health_report)
         self._stop = asyncio.Event()
         self._last_esp: EncodingStatePacket | None = None
-        #: What the last ParametersRequested came to: the proposal, or why there is none.
-        self._requested: ResyncProposal | str | None = None
-        #: The proposal of the newest correction applied (0: none voted on).
-        self._applied = 0
         #: The neighbour's proposal being voted on (its trace is the vote's parent).
         self._answering: ResyncProposal | None = None
         self._load = _LoadMeter()
@@ -333,12 +329,14 @@ class EncoderRuntime:
         )
 
     def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
-        self._requested = None
-        self.pipeline.step(self.clock(), ParametersRequested(bitrate_kbps))
-        requested, self._requested = self._requested, None
-        if not isinstance(requested, ResyncProposal):
-            raise ValueError(requested or "the engine did not answer the request")
-        return requested.proposal_id, requested.effective_segment
+        for action in self.pipeline.step(self.clock(), ParametersRequested(bitrate_kbps)):
+            if isinstance(action, ParametersRefused):
+                raise ValueError(action.reason)
+            if isinstance(action, SendProposal):
+                proposal = action.proposal
+                if proposal.kind is CorrectionKind.PARAMETER:
+                    return proposal.proposal_id, proposal.effective_segment
+        raise ValueError("the engine neither proposed nor refused the change")
 
     def state(self) -> mesh_pb2.EncoderState:
         election = None if self.leadership is None else self.leadership.snapshot()
@@ -576,14 +574,9 @@ class EncoderRuntime:
                 self.telemetry.vote_cast(self._answering, action.vote)
             self.links.send(action.to, action.vote)
         elif isinstance(action, SendProposal):
-            if action.proposal.kind is CorrectionKind.PARAMETER:
-                self._requested = action.proposal
             for peer in action.to:
                 self.links.send(peer, action.proposal)
-        elif isinstance(action, ParametersRefused):
-            self._requested = action.reason
         elif isinstance(action, CorrectionApplied):
-            self._applied = action.proposal_id
             last = self.pipeline.last_timecode
             if action.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE) and last is not None:
                 self._vouched[last // self.settings.gop] = False
@@ -628,9 +621,8 @@ class EncoderRuntime:
             return
         if ack.verdict == manager_pb2.ESCALATION_VERDICT_APPLY:
             proposal_id = action.outcome.proposal.proposal_id
-            self._applied = 0
-            self.pipeline.step(self.clock(), EscalationApproved(proposal_id))
-            if self._applied != proposal_id:
+            done = self.pipeline.step(self.clock(), EscalationApproved(proposal_id))
+            if not any(isinstance(a, CorrectionApplied) for a in done):
                 log.info("manager said apply proposal %d, but it is outdated", proposal_id)
         log.info(
             "manager's verdict on proposal %d: %s (%s; epoch %d)",
