@@ -104,7 +104,7 @@ from meshenc.core.policy import (
     time_to_boundary,
 )
 from meshenc.core.robust import consensus
-from meshenc.core.timecode import FrameRate
+from meshenc.core.timecode import FrameRate, SegmentLayout
 from meshenc.core.votes import Outcome, ProposalBook, Verdict, judge_proposal
 
 __all__ = [
@@ -216,6 +216,11 @@ class EngineConfig:
     #: ...and the consensus band stays below this many frames whatever the noise (beyond it,
     #: agreement could no longer tell neighbours in adjacent slots apart).
     max_band: float = 0.4
+
+    @property
+    def segments(self) -> SegmentLayout:
+        """How timecodes group into segments (``gop`` frames each)."""
+        return SegmentLayout(self.gop)
 
 
 # --- events: what the shell tells the engine --------------------------------------------------
@@ -676,7 +681,7 @@ class SyncEngine:
         neighbours still moving, groups meeting — its segments may not be the ones the mesh
         settles on."""
         lock = self._lock
-        settled = now - lock.locked_since >= self.config.gop * self._period
+        settled = now - lock.locked_since >= self.config.segments.duration(self._period)
         return lock.locked and settled and self._settled_unlocked == 0
 
     def correction(self, now: float) -> float:
@@ -703,10 +708,10 @@ class SyncEngine:
             timecodes = tuple(range(last + 1, tc + 1))
         if timecodes:
             self._last_tc = timecodes[-1]
-        gop = self.config.gop
+        segment_of = self.config.segments.segment_of
         bitrate_for = self._schedule.bitrate_for
         decision = EncodeFrame(
-            fingerprint, label, timecodes, tuple(bitrate_for(tc // gop) for tc in timecodes)
+            fingerprint, label, timecodes, tuple(bitrate_for(segment_of(tc)) for tc in timecodes)
         )
         self._actions.append(decision)
         self._last = decision
@@ -872,7 +877,7 @@ class SyncEngine:
     @property
     def current_segment(self) -> int:
         """The segment of the newest output slot (-1 before the first frame)."""
-        return -1 if self._last_tc is None else self._last_tc // self.config.gop
+        return -1 if self._last_tc is None else self.config.segments.segment_of(self._last_tc)
 
     def bitrate_for(self, segment: int) -> int:
         """The agreed bitrate of ``segment``."""
@@ -945,7 +950,7 @@ class SyncEngine:
         locked: list[float] = []
         reference = None
         oldest = now - cfg.stale_after
-        newcomer_since = now - cfg.newcomer_segments * cfg.gop * period
+        newcomer_since = now - cfg.newcomer_segments * cfg.segments.duration(period)
         unmeasured = 0
         settled_unlocked = 0
         heard: list[Anchor] = []

@@ -5,9 +5,11 @@ Theory of operation: every encoder names a picture by the frame slot its label f
 a picture's timecode exactly when their labels for it fall into the same slot, so the sync
 loop's job is to keep labels of one picture together and away from slot boundaries (mid-slot
 leaves half a frame of margin on either side). Segment numbers follow from timecodes:
-``segment = TC div GOP``, so segment boundaries are common to every encoder that agrees on TCs.
+``segment = TC div GOP`` (:class:`SegmentLayout`, the one place that does this arithmetic), so
+segment boundaries are common to every encoder that agrees on TCs.
 
-Invariants: ``slot(slot_start(tc)) == tc`` for every tc; ``0 <= phase(label) < 1``.
+Invariants: ``slot(slot_start(tc)) == tc`` for every tc; ``0 <= phase(label) < 1``;
+``first_timecode(s) <= tc <= last_timecode(s)`` exactly when ``segment_of(tc) == s``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TypeVar
 
-__all__ = ["FrameRate"]
+__all__ = ["FrameRate", "SegmentLayout"]
+
+#: A frame period: float seconds (the engine's clock) or an exact Fraction (the muxer's).
+_Period = TypeVar("_Period", float, Fraction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +100,47 @@ class FrameRate:
 
     def __str__(self) -> str:
         return str(self.num) if self.den == 1 else f"{self.num}/{self.den}"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentLayout:
+    """How timecodes group into segments: one segment is one GOP of ``gop`` frame slots.
+
+    Segment ``s`` holds the timecodes ``s × gop`` to ``(s + 1) × gop - 1``. Division floors,
+    so a negative timecode lies in a negative segment and every segment has ``gop`` slots.
+    """
+
+    gop: int
+
+    def __post_init__(self) -> None:
+        if self.gop < 1:
+            raise ValueError(f"a segment holds at least one frame, got gop {self.gop}")
+
+    def segment_of(self, timecode: int) -> int:
+        """The segment number of ``timecode``."""
+        return timecode // self.gop
+
+    def first_timecode(self, segment: int) -> int:
+        """The first slot of ``segment`` (its IDR picture)."""
+        return segment * self.gop
+
+    def last_timecode(self, segment: int) -> int:
+        """The last slot of ``segment``."""
+        return (segment + 1) * self.gop - 1
+
+    def offset_in_segment(self, timecode: int) -> int:
+        """Slots between the start of ``timecode``'s segment and ``timecode``: 0 to gop - 1."""
+        return timecode % self.gop
+
+    def is_first(self, timecode: int) -> bool:
+        """Whether ``timecode`` opens its segment."""
+        return timecode % self.gop == 0
+
+    def is_last(self, timecode: int) -> bool:
+        """Whether ``timecode`` closes its segment (the next slot starts another)."""
+        return (timecode + 1) % self.gop == 0
+
+    def duration(self, frame_period: _Period) -> _Period:
+        """One segment's length: ``gop`` frame periods, in the period's own type, so float
+        seconds stay float and an exact Fraction stays exact."""
+        return self.gop * frame_period

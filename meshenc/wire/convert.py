@@ -48,7 +48,7 @@ from meshenc.core.planner import (
     SegmentInfo,
 )
 from meshenc.core.planner.health import HealthReported, LinkSample
-from meshenc.core.timecode import FrameRate
+from meshenc.core.timecode import FrameRate, SegmentLayout
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2, registry_pb2
 from meshenc.wire.validation import (
     MAX_DEVIATION_NS,
@@ -344,7 +344,7 @@ def encoder_state_to_proto(
     election: ElectionSnapshot | None = None,
     *,
     frame_rate: FrameRate,
-    gop_length: int,
+    segment_layout: SegmentLayout,
     segment: str,
     topology_epoch: int,
     input_status: mesh_pb2.InputStatus,
@@ -361,8 +361,9 @@ def encoder_state_to_proto(
     Args:
         snap: the engine's snapshot.
         election: the segment election's view (None: no election runs).
-        frame_rate, gop_length: the encoder's timeline (as its Hello says).
-        segment: the segment it is in now.
+        frame_rate, segment_layout: the encoder's timeline (as its Hello says), which gives
+            the GOP length and the segment number of the timecode.
+        segment: the segment (group of encoders) it is in now.
         topology_epoch: the manager's epoch it works in (0: none yet).
         input_status: its media input, already in wire form.
         last_esp: the newest ESP it sent, if any.
@@ -374,13 +375,15 @@ def encoder_state_to_proto(
         encoder_id=snap.node_id,
         protocol_version=PROTOCOL_VERSION,
         frame_rate=frame_rate_to_proto(frame_rate),
-        gop_length=gop_length,
+        gop_length=segment_layout.gop,
         correction_ns=_ns_or_zero(snap.correction),
         correction_rate_ppb=rate_to_ppb(snap.correction_rate),
         confidence=snap.confidence,
         taken_unix_ns=taken_unix_ns,
         timecode=snap.timecode if snap.timecode is not None else 0,
-        segment_number=(snap.timecode // gop_length) if snap.timecode is not None else 0,
+        segment_number=(
+            segment_layout.segment_of(snap.timecode) if snap.timecode is not None else 0
+        ),
         locked=snap.locked,
         strategy=snap.strategy.value,
         error_ns=_ns_or_zero(snap.error),

@@ -66,7 +66,7 @@ from meshenc.core.engine import (
 )
 from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
 from meshenc.core.timecode import FrameRate
-from meshenc.v1 import common_pb2, mesh_pb2
+from meshenc.v1 import mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.validation import ExchangeStreamChecker
 from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
@@ -231,7 +231,7 @@ def _hello(node_id: str) -> mesh_pb2.Hello:
     return mesh_pb2.Hello(
         sender_id=node_id,
         protocol_version=PROTOCOL_VERSION,
-        frame_rate=common_pb2.FrameRate(num=FRAME_RATE.num, den=FRAME_RATE.den),
+        frame_rate=convert.frame_rate_to_proto(FRAME_RATE),
         gop_length=GOP,
         topology_epoch=0,
     )
@@ -643,7 +643,7 @@ class _LatencyNode:
         return mesh_pb2.EncoderState(
             encoder_id=self.node_id,
             protocol_version=PROTOCOL_VERSION,
-            frame_rate=common_pb2.FrameRate(num=FRAME_RATE.num, den=FRAME_RATE.den),
+            frame_rate=convert.frame_rate_to_proto(FRAME_RATE),
             gop_length=GOP,
         )
 

@@ -5,18 +5,18 @@ Theory of operation
 The manager is never in the frame path: the encoder keeps encoding and syncing on its last
 topology whatever happens to this link. :class:`ManagerLink` keeps one ``ReportHealth`` stream
 open and writes a report every ``interval`` seconds, built at that moment by a callback from
-the engine's snapshot and the link meters (:func:`health_report`). When the stream fails (the
-manager restarts, a standby refuses it, the network drops) it reconnects with the services'
-backoff (``services.common.retry``: between half and all of a ceiling that doubles from
-``backoff_base`` to ``backoff_cap`` seconds); a stream that ran for a while starts the backoff
-afresh. The manager notices a dead encoder by its stream ending, so the stream is opened as
-soon as the encoder runs and never closed while it does.
+the engine's snapshot and the link meters (:func:`meshenc.wire.convert.health_to_proto`). When
+the stream fails (the manager restarts, a standby refuses it, the network drops) it reconnects
+with the services' backoff (``services.common.retry``: between half and all of a ceiling that
+doubles from ``backoff_base`` to ``backoff_cap`` seconds); a stream that ran for a while starts
+the backoff afresh. The manager notices a dead encoder by its stream ending, so the stream is
+opened as soon as the encoder runs and never closed while it does.
 
 Escalations (the engine's ``Escalate`` action: a proposal its neighbours did not approve) go
-out as one ``Escalate`` call each, with the votes the proposer actually received
-(:class:`VoteLog` keeps them, bounded) and a deadline; the manager's verdict comes back as the
-call's answer, or ``None`` when the manager cannot be reached in time (the encoder then keeps
-its timeline, as it does on REJECT and DEFER).
+out as one ``Escalate`` call each (:func:`meshenc.wire.convert.escalation_to_proto`), with
+the votes the proposer actually received (:class:`VoteLog` keeps them, bounded) and a deadline;
+the manager's verdict comes back as the call's answer, or ``None`` when the manager cannot be
+reached in time (the encoder then keeps its timeline, as it does on REJECT and DEFER).
 
 Invariants: at most one report stream at a time; :meth:`ManagerLink.escalate` never raises for
 a manager that is away; everything runs on the encoder's event loop.
@@ -30,7 +30,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import grpc
@@ -38,7 +38,6 @@ import grpc
 from meshenc.core.engine import Escalate
 from meshenc.core.messages import ResyncVote
 from meshenc.v1 import manager_pb2, manager_pb2_grpc
-from meshenc.wire import convert
 from services.common.grpc_server import insecure_channel
 from services.common.retry import Backoff, retrying
 
@@ -46,8 +45,6 @@ __all__ = [
     "DEFAULT_REPORT_INTERVAL",
     "ManagerLink",
     "VoteLog",
-    "escalation",
-    "health_report",
 ]
 
 log = logging.getLogger("meshenc.encoder.manager")
@@ -58,11 +55,6 @@ ESCALATION_TIMEOUT: Final = 2.0
 """Seconds an escalation may take before the encoder keeps its timeline without a verdict."""
 _VOTE_LOG_PROPOSALS: Final = 32
 """Proposals whose votes :class:`VoteLog` keeps (one is open at a time, parameters aside)."""
-
-
-health_report = convert.health_to_proto
-"""One health report from the engine's snapshot and the link state (the runtime's name for
-:func:`meshenc.wire.convert.health_to_proto`)."""
 
 
 class VoteLog:
@@ -100,15 +92,6 @@ class VoteLog:
                 vote = ResyncVote(proposal.proposer, proposal.proposal_id, voter, approve, 0.0)
             votes.append(vote)
         return tuple(votes)
-
-
-def escalation(
-    action: Escalate, votes: Iterable[ResyncVote], neighbour_count: int, sent_unix_ns: int
-) -> manager_pb2.Escalation:
-    """The Escalate request for an engine's ``Escalate`` action."""
-    return convert.escalation_to_proto(
-        action.outcome.proposal, votes, neighbour_count, sent_unix_ns
-    )
 
 
 class _StreamEnded(Exception):  # noqa: N818 -- an outcome, not an error of this program

@@ -76,12 +76,12 @@ from meshenc.core.messages import (
     ResyncProposal,
     ResyncVote,
 )
-from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2
-from meshenc.wire import PROTOCOL_VERSION
+from meshenc.v1 import manager_pb2, mesh_pb2
+from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.adjacency import AdjacencyDocument
 from services.encoder.control import ControlPlane, record_health
 from services.encoder.leadership import SegmentLeadership
-from services.encoder.manager_link import VoteLog, escalation, health_report
+from services.encoder.manager_link import VoteLog
 from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
 from services.encoder.media.ingest import (
     Ingested,
@@ -103,7 +103,6 @@ from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
 from services.encoder.pipeline import FramePipeline
 from services.encoder.settings import EncoderSettings
-from services.encoder.state import encoder_state
 from services.encoder.telemetry import EncoderTelemetry
 
 __all__ = ["EncoderRuntime", "RunStats"]
@@ -141,6 +140,7 @@ class EncoderRuntime:
             bitrate_kbps=settings.bitrate_kbps,
         )
         self.engine = SyncEngine(settings.id, config, settings.peers)
+        self._segments = config.segments
         self.pipeline = FramePipeline(self.engine, self, self.clock)
         self._oscillator = VirtualOscillator(
             offset=settings.offset_ms / 1000.0,
@@ -251,7 +251,7 @@ class EncoderRuntime:
 
     def health_report(self) -> manager_pb2.HealthReport:
         """This encoder's health as the manager wants it, now."""
-        return health_report(
+        return convert.health_to_proto(
             self.node_id,
             self.engine.snapshot(self.clock()),
             topology_epoch=self.engine.topology_epoch,
@@ -319,12 +319,11 @@ class EncoderRuntime:
         self.pipeline.step(self.clock(), VoteReceived(vote))
 
     def hello(self) -> mesh_pb2.Hello:
-        fr = self.settings.frame_rate
         return mesh_pb2.Hello(
             sender_id=self.node_id,
             protocol_version=PROTOCOL_VERSION,
-            frame_rate=common_pb2.FrameRate(num=fr.num, den=fr.den),
-            gop_length=self.settings.gop,
+            frame_rate=convert.frame_rate_to_proto(self.settings.frame_rate),
+            gop_length=self._segments.gop,
             topology_epoch=self.engine.topology_epoch,
         )
 
@@ -339,13 +338,23 @@ class EncoderRuntime:
         raise ValueError("the engine neither proposed nor refused the change")
 
     def state(self) -> mesh_pb2.EncoderState:
+        """GetState's answer: the engine's snapshot, the links and the settings, taken now."""
+        settings = self.settings
         election = None if self.leadership is None else self.leadership.snapshot()
-        return encoder_state(
-            self,
+        return convert.encoder_state_to_proto(
             self.engine.snapshot(self.clock()),
             election,
-            topology_epoch=self.engine.topology_epoch,
+            frame_rate=settings.frame_rate,
+            segment_layout=self._segments,
             segment=self._segment,
+            topology_epoch=self.engine.topology_epoch,
+            input_status=self.input_status,
+            last_esp=self.last_esp,
+            connected=self.connected,
+            injected_drift_ppm=settings.drift_ppm,
+            injected_offset_ms=settings.offset_ms,
+            injected_jitter_ms=settings.jitter_ms,
+            taken_unix_ns=time.time_ns(),
         )
 
     # -- the loop -----------------------------------------------------------------------------
@@ -423,7 +432,7 @@ class EncoderRuntime:
                 if finishing_by is None and (
                     self._stop.is_set() or (deadline is not None and now >= deadline)
                 ):
-                    finishing_by = now + (self.settings.gop + 2) * self._period
+                    finishing_by = now + self._segments.duration(self._period) + 2 * self._period
                     self.control.drain()
                 if finishing_by is not None and (self._segment_done() or now >= finishing_by):
                     break
@@ -520,7 +529,7 @@ class EncoderRuntime:
         visible correction (a drop or a duplicate) changed this encoder's timeline during it;
         the engine is asked again when the segment is written. A segment this encoder cannot
         vouch for may differ from everyone else's bytes: it stays in its own folder."""
-        segment = timecode // self.settings.gop
+        segment = self._segments.segment_of(timecode)
         if segment not in self._vouched:
             self._vouched[segment] = (
                 measured
@@ -556,7 +565,7 @@ class EncoderRuntime:
     def _segment_done(self) -> bool:
         """Whether the newest output slot is the last of its segment (a clean place to stop)."""
         last = self.pipeline.last_timecode
-        return last is None or (last + 1) % self.settings.gop == 0
+        return last is None or self._segments.is_last(last)
 
     def carry_out(self, action: Action) -> None:
         """Carry out one of the engine's decisions (the pipeline encodes pictures itself)."""
@@ -579,7 +588,7 @@ class EncoderRuntime:
         elif isinstance(action, CorrectionApplied):
             last = self.pipeline.last_timecode
             if action.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE) and last is not None:
-                self._vouched[last // self.settings.gop] = False
+                self._vouched[self._segments.segment_of(last)] = False
             log.info(
                 "correction %s shift=%+.2f ms rate=%+.1f ppm lead=%s proposal=%d",
                 action.kind.value,
@@ -605,8 +614,11 @@ class EncoderRuntime:
                 sorted(action.outcome.rejections),
                 self.settings.manager or "no manager",
             )
-            request = escalation(
-                action, self._votes.take(action), len(self.engine.neighbours), time.time_ns()
+            request = convert.escalation_to_proto(
+                action.outcome.proposal,
+                self._votes.take(action),
+                len(self.engine.neighbours),
+                time.time_ns(),
             )
             self.control.escalate(request, functools.partial(self._on_verdict, action))
 

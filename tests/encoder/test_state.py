@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
 
 from meshenc.core.engine import EngineConfig, EspReceived, FrameCaptured, SyncEngine
 from meshenc.core.messages import EncodingStatePacket
 from meshenc.core.timecode import FrameRate
 from meshenc.v1 import mesh_pb2
-from services.encoder.settings import EncoderSettings, parse_size
-from services.encoder.state import encoder_state
+from meshenc.wire import convert
+from services.encoder.settings import parse_size
 
 FPS = FrameRate(30)
 START = FPS.slot_middle(FPS.slot(1.8e9))
 
 
-class _Encoder:
-    def __init__(self, settings: EncoderSettings) -> None:
-        self.settings = settings
-        self.last_esp: EncodingStatePacket | None = None
-        self.input_status = mesh_pb2.InputStatus(state="live", pictures=60, arrival_jitter_us=900)
-
-    def connected(self, peer: str) -> bool:
-        return peer == "b"
-
-
-def test_get_state_reports_the_engine_and_each_neighbour(tmp_path: Path) -> None:
-    settings = EncoderSettings(id="a", peers={"b": "127.0.0.1:7402"}, out=tmp_path, gop=30)
-    engine = SyncEngine("a", EngineConfig(frame_rate=FPS, gop=30), ["b"])
+def test_get_state_reports_the_engine_and_each_neighbour() -> None:
+    config = EngineConfig(frame_rate=FPS, gop=30)
+    engine = SyncEngine("a", config, ["b"])
     for k in range(60):
         now = START + k * FPS.period
         engine.step(now, FrameCaptured(k))
@@ -39,7 +29,20 @@ def test_get_state_reports_the_engine_and_each_neighbour(tmp_path: Path) -> None
         )  # fmt: skip
         engine.step(now + 0.001, EspReceived(esp))
     snap = engine.snapshot(START + 60 * FPS.period)
-    state = encoder_state(_Encoder(settings), snap)
+    state = convert.encoder_state_to_proto(
+        snap,
+        frame_rate=FPS,
+        segment_layout=config.segments,
+        segment="default",
+        topology_epoch=0,
+        input_status=mesh_pb2.InputStatus(state="live", pictures=60, arrival_jitter_us=900),
+        last_esp=None,
+        connected=lambda peer: peer == "b",
+        injected_drift_ppm=0.0,
+        injected_offset_ms=0.0,
+        injected_jitter_ms=0.0,
+        taken_unix_ns=time.time_ns(),
+    )
     assert state.encoder_id == "a"
     assert state.timecode == snap.timecode and state.segment_number == snap.timecode // 30
     assert state.bitrate_kbps == 1500

@@ -20,8 +20,9 @@ from meshenc.core.votes import Outcome, Verdict
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.ports import free_ports
 from meshenc.v1 import manager_pb2
+from meshenc.wire import convert
 from meshenc.wire.validation import validate_escalation, validate_health_report
-from services.encoder.manager_link import ManagerLink, VoteLog, escalation, health_report
+from services.encoder.manager_link import ManagerLink, VoteLog
 
 from .conftest import start_manager, stop_manager
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.asyncio
 
 def _report(encoder: str = "enc-0") -> manager_pb2.HealthReport:
     engine = SyncEngine(encoder, EngineConfig(frame_rate=FrameRate.parse("30")), ["enc-1"])
-    return health_report(
+    return convert.health_to_proto(
         encoder,
         engine.snapshot(time.time()),
         topology_epoch=0,
@@ -54,7 +55,7 @@ async def test_the_escalation_carries_the_votes_received() -> None:
     traced = (("traceparent", "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"),)
     votes.record(ResyncVote("enc-0", 3, "enc-1", False, 0.012, "far off", traced))
     outcome = Outcome(proposal, Verdict.REJECTED, frozenset({"enc-2"}), frozenset({"enc-1"}), 1.0)
-    request = escalation(Escalate(outcome, 0.01), votes.take(Escalate(outcome, 0.01)), 3, 1)
+    request = convert.escalation_to_proto(proposal, votes.take(Escalate(outcome, 0.01)), 3, 1)
     validate_escalation(request)
     by_voter = {v.voter_id: v for v in request.votes}
     assert by_voter["enc-1"].estimated_deviation_ns == 12_000_000
@@ -91,5 +92,4 @@ async def test_the_link_reports_once_a_manager_listens(etcd: EtcdProcess) -> Non
 
 def escalation_request() -> manager_pb2.Escalation:
     proposal = ResyncProposal("enc-0", 1, CorrectionKind.SLEW, 0.001, topology_epoch=0)
-    outcome = Outcome(proposal, Verdict.EXPIRED, frozenset(), frozenset(), 0.0)
-    return escalation(Escalate(outcome, 0.0), (), 1, time.time_ns())
+    return convert.escalation_to_proto(proposal, (), 1, time.time_ns())

@@ -1,4 +1,5 @@
-"""Frame rates and timecodes: parsing, the slot round trip, phase bounds and long-run exactness."""
+"""Frame rates and timecodes: parsing, the slot round trip, phase bounds and long-run exactness;
+segments of timecodes: every slot in exactly one segment, negative timecodes included."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshenc.core.timecode import FrameRate
+from meshenc.core.timecode import FrameRate, SegmentLayout
 
 NTSC = FrameRate(30000, 1001)
 THIRTY = FrameRate(30)
@@ -114,3 +115,62 @@ def test_slots_count_frames_exactly(tc: int, frames: int) -> None:
     middle = NTSC.slot_middle(tc)
     later = middle + float(Fraction(frames * NTSC.den, NTSC.num))
     assert NTSC.slot(later) - NTSC.slot(middle) == frames
+
+
+#: Timecodes either side of zero, and as far as today's epoch timecodes at high frame rates.
+TIMECODES = st.integers(-(10**12), 10**12)
+GOPS = st.integers(1, 10_000)
+
+
+@given(tc=TIMECODES, gop=GOPS)
+def test_the_first_and_last_slot_of_a_segment_bracket_its_timecodes(tc: int, gop: int) -> None:
+    layout = SegmentLayout(gop)
+    segment = layout.segment_of(tc)
+    assert layout.first_timecode(segment) <= tc <= layout.last_timecode(segment)
+    assert layout.last_timecode(segment) - layout.first_timecode(segment) == gop - 1
+    assert layout.offset_in_segment(tc) == tc - layout.first_timecode(segment)
+    assert 0 <= layout.offset_in_segment(tc) < gop
+
+
+@given(segment=TIMECODES, gop=GOPS)
+def test_segments_tile_the_timeline(segment: int, gop: int) -> None:
+    layout = SegmentLayout(gop)
+    assert layout.last_timecode(segment) + 1 == layout.first_timecode(segment + 1)
+    assert layout.segment_of(layout.first_timecode(segment)) == segment
+    assert layout.segment_of(layout.last_timecode(segment)) == segment
+    assert layout.is_first(layout.first_timecode(segment))
+    assert layout.is_last(layout.last_timecode(segment))
+
+
+@given(tc=TIMECODES, gop=st.integers(2, 10_000))
+def test_a_slot_opens_or_closes_its_segment_only_at_its_edges(tc: int, gop: int) -> None:
+    layout = SegmentLayout(gop)
+    segment = layout.segment_of(tc)
+    assert layout.is_first(tc) == (tc == layout.first_timecode(segment))
+    assert layout.is_last(tc) == (tc == layout.last_timecode(segment))
+    assert not (layout.is_first(tc) and layout.is_last(tc))
+
+
+def test_negative_timecodes_floor_into_negative_segments() -> None:
+    layout = SegmentLayout(60)
+    assert [layout.segment_of(tc) for tc in (-1, -60, -61, 0, 59, 60)] == [-1, -1, -2, 0, 0, 1]
+    assert (layout.first_timecode(-1), layout.last_timecode(-1)) == (-60, -1)
+    assert layout.offset_in_segment(-1) == 59 and layout.is_last(-1) and layout.is_first(-60)
+
+
+def test_a_one_frame_segment_both_opens_and_closes() -> None:
+    layout = SegmentLayout(1)
+    assert layout.segment_of(-7) == -7 and layout.is_first(-7) and layout.is_last(-7)
+
+
+def test_a_segment_lasts_gop_periods_in_the_periods_own_type() -> None:
+    layout = SegmentLayout(60)
+    exact = layout.duration(Fraction(NTSC.den, NTSC.num))
+    assert isinstance(exact, Fraction) and exact == Fraction(1001, 500)
+    assert layout.duration(NTSC.period) == 60 * NTSC.period
+
+
+@pytest.mark.parametrize("gop", [0, -1])
+def test_a_segment_holds_at_least_one_frame(gop: int) -> None:
+    with pytest.raises(ValueError, match="at least one frame"):
+        SegmentLayout(gop)

@@ -35,7 +35,7 @@ from meshenc.core.messages import (
 )
 from meshenc.core.planner import EscalationJudged, EscalationVerdict, SegmentInfo
 from meshenc.core.policy import Strategy
-from meshenc.core.timecode import FrameRate
+from meshenc.core.timecode import FrameRate, SegmentLayout
 from meshenc.wire import convert, validation
 from meshenc.wire.validation import (
     MAX_DEVIATION_NS,
@@ -1525,7 +1525,8 @@ def test_segment_map_fields() -> None:
 
 def _state(snap: EngineSnapshot, **fields: Any) -> mesh_pb2.EncoderState:
     args: dict[str, Any] = dict(
-        frame_rate=FrameRate(30000, 1001), gop_length=30, segment="seg-0", topology_epoch=3,
+        frame_rate=FrameRate(30000, 1001), segment_layout=SegmentLayout(30), segment="seg-0",
+        topology_epoch=3,
         input_status=mesh_pb2.InputStatus(state="live"), last_esp=None,
         connected=lambda peer: peer == "enc-2", injected_drift_ppm=5.0,
         injected_offset_ms=-2.0, injected_jitter_ms=0.5, taken_unix_ns=T0_NS,

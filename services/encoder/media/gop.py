@@ -9,11 +9,12 @@ options: one thread, no scene-cut, keyint = min-keyint = GOP length, no B-frames
 tuning, CBR-like VBV rate control, and timestamps relative to the GOP start so that absolute
 time never enters the bitstream.
 
-Invariants: the GOP of a frame is ``timecode // gop``; the first frame a context sees is an IDR
-picture and it is the only one in its GOP; each ``encode`` call returns exactly one access unit
-(zero latency), so its SHA-256 can go into the ESP at once; within a GOP timecodes strictly
-increase. Byte identity across machines assumes the same libx264 build (the bitstream carries
-x264's version and options in an SEI message, and encoder releases change decisions).
+Invariants: the GOP of a frame is the segment of its timecode (``EncoderParams.segments``);
+the first frame a context sees is an IDR picture and it is the only one in its GOP; each
+``encode`` call returns exactly one access unit (zero latency), so its SHA-256 can go into the
+ESP at once; within a GOP timecodes strictly increase. Byte identity across machines assumes
+the same libx264 build (the bitstream carries x264's version and options in an SEI message, and
+encoder releases change decisions).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import av
 from av.codec.context import Flags
 from av.video.codeccontext import VideoCodecContext
 
-from meshenc.core.timecode import FrameRate
+from meshenc.core.timecode import FrameRate, SegmentLayout
 from services.encoder.media.source import Picture, VideoFormat
 
 __all__ = ["X264_PRESETS", "EncodedFrame", "EncoderParams", "GopEncoder"]
@@ -83,6 +84,11 @@ class EncoderParams:
         cls, fmt: VideoFormat, *, gop: int = 0, bitrate_kbps: int = 1000, preset: str = "ultrafast"
     ) -> EncoderParams:
         return cls(fmt.width, fmt.height, fmt.frame_rate, gop, bitrate_kbps, preset)
+
+    @property
+    def segments(self) -> SegmentLayout:
+        """How timecodes group into GOPs and segments (``gop`` frames each)."""
+        return SegmentLayout(self.gop)
 
     @property
     def time_base(self) -> Fraction:
@@ -181,7 +187,7 @@ class GopEncoder:
                 f"picture is {picture.width}x{picture.height}, encoder is"
                 f" {params.width}x{params.height}"
             )
-        gop_index = timecode // params.gop
+        gop_index = params.segments.segment_of(timecode)
         if self._ctx is None or gop_index != self._gop_index:
             self._ctx = None  # zero latency: nothing is left in the old context to drain
             if bitrate_kbps is not None and bitrate_kbps != params.bitrate_kbps:
@@ -193,7 +199,8 @@ class GopEncoder:
         self._last_timecode = timecode
 
         frame = av.VideoFrame.from_ndarray(picture.yuv, format="yuv420p")
-        frame.pts = timecode - gop_index * params.gop  # relative: absolute time stays out
+        # Relative to the GOP's first slot: absolute time stays out of the bytes.
+        frame.pts = params.segments.offset_in_segment(timecode)
         frame.time_base = params.time_base
         packets = self._ctx.encode(frame)
         if len(packets) != 1:

@@ -1,11 +1,12 @@
 """HLS segments on disk: one MPEG-TS file per GOP, written atomically, and a live playlist.
 
-Theory of operation: segment ``s`` holds the frames with ``timecode // gop == s``. The writer
-collects a segment's access units as they arrive and muxes the segment once the next segment
-begins, so a segment file is a pure function of its EncodedFrames and the params: fresh muxer
-state per file, packet timestamps derived from the timecode alone, and bit-exact muxing (no
-version strings, no random ids). Encoders that agree on timecodes therefore write
-byte-identical files under the same names, which a packager can switch between freely.
+Theory of operation: segment ``s`` holds the frames whose timecodes lie in it (the params'
+``SegmentLayout``: ``s × gop`` to ``(s + 1) × gop - 1``). The writer collects a segment's
+access units as they arrive and muxes the segment once the next segment begins, so a segment
+file is a pure function of its EncodedFrames and the params: fresh muxer state per file, packet
+timestamps derived from the timecode alone, and bit-exact muxing (no version strings, no random
+ids). Encoders that agree on timecodes therefore write byte-identical files under the same
+names, which a packager can switch between freely.
 
 A segment is written only if it is *whole*: it holds its GOP's first frame (the IDR picture that
 opens every GOP) and it was not cut short, i.e. it reached its last slot or the very next
@@ -142,7 +143,7 @@ class SegmentWriter:
     @property
     def segment_duration(self) -> Fraction:
         """Seconds per segment: GOP length times the frame period, exact."""
-        return self.params.gop * self.params.time_base
+        return self.params.segments.duration(self.params.time_base)
 
     def add(self, frame: EncodedFrame, source_time: int | None = None) -> list[Path]:
         """Take one access unit; return the segments this call wrote, oldest first.
@@ -158,8 +159,8 @@ class SegmentWriter:
             ValueError: the frame's timecode goes back (to an earlier segment, or not after the
                 previous frame of this one).
         """
-        gop = self.params.gop
-        segment = frame.timecode // gop
+        segments = self.params.segments
+        segment = segments.segment_of(frame.timecode)
         if source_time is not None:
             self._video_time = source_time
         pending = self._pending
@@ -174,12 +175,12 @@ class SegmentWriter:
             raise ValueError(f"segment {segment} is before segment {self._last_segment}")
 
         self._last_segment = segment
-        starts = frame.timecode == segment * gop and frame.keyframe
+        starts = segments.is_first(frame.timecode) and frame.keyframe
         self._pending = _Pending(
             segment, [frame], has_start=starts, anchor=source_time if starts else None
         )
         if pending is not None and pending.has_start:
-            reached_end = pending.frames[-1].timecode == (pending.segment + 1) * gop - 1
+            reached_end = segments.is_last(pending.frames[-1].timecode)
             if reached_end or segment == pending.segment + 1:
                 self._held.append(pending)  # else cut short by a jump: others have it whole
         return self._release()
@@ -214,7 +215,7 @@ class SegmentWriter:
             if (
                 pending is not None
                 and pending.has_start
-                and pending.frames[-1].timecode == (pending.segment + 1) * self.params.gop - 1
+                and self.params.segments.is_last(pending.frames[-1].timecode)
             ):
                 self._held.append(pending)
             return self._release(flush=True)
@@ -243,7 +244,12 @@ class SegmentWriter:
 
     def _boundary(self, segment: int) -> int:
         """Where ``segment`` starts on the output timeline, in 90 kHz ticks."""
-        return round(segment * self.params.gop * self.params.time_base * TICKS)
+        return round(self._start(segment) * TICKS)
+
+    def _start(self, segment: int) -> Fraction:
+        """Where ``segment`` starts on the shared timeline: its first slot, in exact seconds
+        since the Unix epoch."""
+        return self.params.segments.first_timecode(segment) * self.params.time_base
 
     def _segment_audio(self, pending: _Pending) -> list[tuple[int, AudioPacket]]:
         """The source's audio packets that fall into the segment, with their output times."""
@@ -344,7 +350,7 @@ class SegmentWriter:
         Timecodes count frame slots since the Unix epoch, so the segment's first slot *is* a
         wall-clock instant, the same on every encoder; rounded down to the millisecond.
         """
-        start = segment * self.segment_duration
+        start = self._start(segment)
         millis = start.numerator * 1000 // start.denominator
         stamp = datetime.fromtimestamp(millis // 1000, tz=UTC)
         return f"{stamp:%Y-%m-%dT%H:%M:%S}.{millis % 1000:03d}Z"
