@@ -227,7 +227,8 @@ def _neighbour_messages(ours: EncodingStatePacket, now: float) -> list[mesh_pb2.
     """What the three neighbours would send for the same picture, on the wire.
 
     Their labels sit a little off ours; every one echoes our previous ESP, so the round-trip
-    estimator runs too. This is the neighbours' work, not ours: it is outside the mesh timing.
+    estimator runs too, and passes our anchor on one link further. This is the neighbours'
+    work, not ours: it is outside the mesh timing.
     """
     period = FRAME_RATE.period
     echo = ours.sequence > 1
@@ -242,6 +243,9 @@ def _neighbour_messages(ours: EncodingStatePacket, now: float) -> list[mesh_pb2.
                     echo_sequence=ours.sequence - 1 if echo else 0,
                     echo_sent_at=now - period if echo else 0.0,
                     echo_hold=period - ECHO_RTT if echo else 0.0,
+                    # Our anchor, announced one link further on, as a neighbour passes it on.
+                    anchor_hops=ours.anchor_hops + 1 if ours.anchor else 0,
+                    anchor_offset=ours.anchor_offset + offset if ours.anchor else 0.0,
                 )
             )
         )
