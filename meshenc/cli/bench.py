@@ -49,6 +49,15 @@ def output_options(command: _F) -> _F:
     )
 
 
+_repeats = click.option(
+    "--repeats",
+    type=click.IntRange(1, 100),
+    default=5,
+    show_default=True,
+    help="Runs per measurement (the median is reported).",
+)
+
+
 def _progress() -> Progress:
     """Progress lines go to stderr, so that stdout holds only the results."""
     return console(stderr=True).log
@@ -273,13 +282,7 @@ def bench_dht(
     help="Mesh sizes to plan, comma-separated.",
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Synthetic mesh seed.")
-@click.option(
-    "--repeats",
-    type=click.IntRange(1, 100),
-    default=5,
-    show_default=True,
-    help="Runs per measurement (the median is reported).",
-)
+@_repeats
 @output_options
 def bench_plan(
     encoders: list[int], seed: int, repeats: int, as_json: bool, out: Path | None
@@ -299,13 +302,7 @@ def bench_plan(
     show_default=True,
     help="Pictures per run.",
 )
-@click.option(
-    "--repeats",
-    type=click.IntRange(1, 100),
-    default=5,
-    show_default=True,
-    help="Runs per measurement (the median is reported).",
-)
+@_repeats
 @click.option(
     "--sizes",
     default="640x360,1280x720",
