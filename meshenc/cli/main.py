@@ -5,19 +5,14 @@ from __future__ import annotations
 import click
 
 from meshenc import __version__
-from meshenc.cli.bench_dht import bench_dht
-from meshenc.cli.bench_encoder import bench_encoder
-from meshenc.cli.bench_failover import bench_failover
-from meshenc.cli.bench_ingest import bench_ingest
-from meshenc.cli.bench_live import bench_live
-from meshenc.cli.bench_plan import bench_plan
+from meshenc.cli.bench import bench
 from meshenc.cli.encoder import encoder
 from meshenc.cli.health import health_check
 from meshenc.cli.inspect import events, segments, status, topology
 from meshenc.cli.manager import manager
 from meshenc.cli.registry import registry
 from meshenc.cli.report import report
-from meshenc.cli.sim import bench, sim
+from meshenc.cli.sim import sim
 from meshenc.cli.source import clip, source
 from meshenc.cli.up import up
 from meshenc.cli.verify import verify
@@ -47,9 +42,3 @@ cli.add_command(health_check)
 # The simulator and the benchmarks.
 cli.add_command(sim)
 cli.add_command(bench)
-bench.add_command(bench_encoder)
-bench.add_command(bench_failover)
-bench.add_command(bench_ingest)
-bench.add_command(bench_live)
-bench.add_command(bench_dht)
-bench.add_command(bench_plan)

@@ -60,10 +60,10 @@ from typing import Final, Literal
 from meshenc.core.planner.manager import MeshView, PlannerConfig, plan_mesh
 from meshenc.core.planner.placement import Host
 from meshenc.local.etcd import EtcdProcess
-from meshenc.local.failover import SegmentWatch
 from meshenc.local.launcher import LOGS_DIR, PIDS_NAME, Launcher
 from meshenc.local.origin import OriginProcess
 from meshenc.local.ports import free_ports
+from meshenc.local.segment import SegmentWatch
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_report
 from meshenc.report.recorder import EVENTS_NAME, Event, Recorder, StateEvent
 from meshenc.report.verify import (

@@ -60,7 +60,7 @@ from meshenc.core.kademlia import (
     random_id_in_bucket,
 )
 
-__all__ = ["DhtSimConfig", "DhtSimResult", "percentile", "run_dht"]
+__all__ = ["Bootstrap", "DhtSimConfig", "DhtSimResult", "percentile", "run_dht"]
 
 Bootstrap = Literal["fast", "join"]
 

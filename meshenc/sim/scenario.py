@@ -10,13 +10,21 @@ the scenario tests assert; the simulator itself ignores it.
 from __future__ import annotations
 
 import tomllib
+from importlib import resources
 from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from meshenc.core.timecode import FrameRate
 
-__all__ = ["DEFAULT_JITTER_MS", "ClockStepFault", "Scenario", "ScenarioError"]
+__all__ = [
+    "DEFAULT_JITTER_MS",
+    "ClockStepFault",
+    "Scenario",
+    "ScenarioError",
+    "packaged_scenario",
+    "packaged_scenarios",
+]
 
 
 class ScenarioError(ValueError):
@@ -220,6 +228,28 @@ class Scenario(_Strict):
                 raise ScenarioError(f"unknown scenario field {dotted!r}")
             node[leaf] = value
         return Scenario.from_mapping(data, source=f"{self.name} with overrides")
+
+
+def packaged_scenarios() -> list[str]:
+    """Names of the scenarios shipped in ``meshenc/sim/scenarios/``, sorted."""
+    folder = resources.files("meshenc.sim") / "scenarios"
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
+
+
+def packaged_scenario(name: str) -> Scenario:
+    """The shipped scenario ``name`` (``standard``, ...).
+
+    Raises:
+        ScenarioError: no scenario has that name (the message lists those that do), or it
+            does not validate.
+    """
+    entry = resources.files("meshenc.sim") / "scenarios" / f"{name}.toml"
+    if not entry.is_file():
+        known = ", ".join(packaged_scenarios())
+        raise ScenarioError(f"no scenario {name!r} (packaged: {known})")
+    return Scenario.from_toml(entry.read_text(encoding="utf-8"), source=f"scenario {name}")
 
 
 def _describe(source: str, exc: ValidationError) -> str:

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from meshenc.core.election import RankInputs, Role
 from meshenc.local.etcd import EtcdNotInstalledError, EtcdProcess
-from meshenc.local.failover import LocalSegment, SegmentWatch
+from meshenc.local.segment import LocalSegment, SegmentWatch
 from services.encoder.leadership import Leadership, SegmentKeys, connect_client
 from services.encoder.leadership_audit import HistoryEvent, audit, read_history
 from services.encoder.settings import EtcdSettings, parse_endpoints

@@ -6,15 +6,11 @@ answering) and the clock are simulated. Runs are a function of their configurati
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from meshenc.cli.main import cli
 from meshenc.sim.dht import DhtSimConfig, DhtSimResult, percentile, run_dht
 
 SMALL = DhtSimConfig(
@@ -92,20 +88,3 @@ def test_bad_configurations_are_refused(changes: dict[str, object]) -> None:
     fields.update(changes)
     with pytest.raises(ValueError):
         DhtSimConfig(**fields)  # type: ignore[arg-type]
-
-
-def test_the_benchmark_command_prints_a_table_and_writes_json(tmp_path: Path) -> None:
-    out = tmp_path / "dht.json"
-    arguments = ["bench", "dht", "--nodes", "60,120", "--lookups", "40", "--records", "10"]
-    result = CliRunner().invoke(cli, [*arguments, "--k", "8", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert "success %" in result.output and "hops p99" in result.output
-    rows = json.loads(out.read_text(encoding="utf-8"))["results"]
-    assert [row["nodes"] for row in rows] == [60, 120]
-    assert all(row["lookups"] == 40 and 0.0 <= row["success_rate"] <= 1.0 for row in rows)
-
-
-def test_the_benchmark_command_refuses_bad_sizes() -> None:
-    result = CliRunner().invoke(cli, ["bench", "dht", "--nodes", "1000,x"])
-    assert result.exit_code == 2
-    assert "comma-separated" in result.output

@@ -1,11 +1,11 @@
 """The layering rules hold, so a plain `pytest` enforces them as well as `make lint`.
 
 Two independent checks of one list: the import-linter contracts of pyproject.toml (the core
-is sans-IO, the simulator drives only the core, the services stay apart, each floor imports
-only the floors below it), and a reading of every import in meshenc/core with `ast`, against
-the core contract's own `forbidden_modules` (so the two can never disagree). The core owns no
-randomness and no environment either: `random` and `os` are on that list, both arrive as
-inputs.
+is sans-IO, the simulator drives only the core, the benchmarks parse no options, the services
+stay apart, each floor imports only the floors below it), and a reading of every import in
+meshenc/core with `ast`, against the core contract's own `forbidden_modules` (so the two can
+never disagree). The core owns no randomness and no environment either: `random` and `os` are
+on that list, both arrive as inputs.
 """
 
 from __future__ import annotations

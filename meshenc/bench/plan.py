@@ -16,30 +16,25 @@ The other columns describe the plans themselves; nothing here is a pass/fail thr
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-import click
 import numpy as np
 from rich.table import Table
 
-from meshenc.cli.bench_output import emit, output_options
-from meshenc.cli.sim import console
+from meshenc.bench.results import Progress, quiet, results_table, timed
 from meshenc.core.planner.manager import MeshPlan, MeshView, PlannerConfig, plan_mesh
 from meshenc.core.planner.placement import Host, replica_moves
 from meshenc.core.planner.topology import edge_changes, survives_any_single_failure
 from meshenc.core.planner.vivaldi import Coordinate, distance
 
-__all__ = ["bench_plan", "synthetic_view"]
+__all__ = ["PlanBench", "measure", "run_sizes", "synthetic_view"]
 
 REGIONS = 8
 ZONES = 3
 CAPACITY = 4
 RENDITIONS = ("hd", "sd")
-
-T = TypeVar("T")
 
 
 def synthetic_view(n: int, seed: int) -> MeshView:
@@ -70,18 +65,6 @@ def _without(view: MeshView, gone: str) -> MeshView:
     )
 
 
-def _timed(repeats: int, run: Callable[[], T]) -> tuple[float, T]:
-    """Median wall time of ``repeats`` runs, and the last result."""
-    times: list[float] = []
-    result: T | None = None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - start)
-    assert result is not None
-    return statistics.median(times), result
-
-
 def _mean_link_ms(plan: MeshPlan, view: MeshView) -> float:
     coords = view.coordinates
     rtts = [distance(coords[a], coords[b]) for a, b in plan.topology.edges]
@@ -107,13 +90,13 @@ def measure(n: int, seed: int, repeats: int) -> dict[str, Any]:
     """Plan, replan after one failure, and check a synthetic mesh of ``n`` encoders."""
     config = PlannerConfig()
     view = synthetic_view(n, seed)
-    plan_s, plan = _timed(repeats, lambda: plan_mesh(view, None, config, epoch=1))
+    plan_s, plan = timed(repeats, lambda: plan_mesh(view, None, config, epoch=1))
     adjacency = plan.topology.adjacency()
-    check_s, survives = _timed(repeats, lambda: survives_any_single_failure(adjacency))
+    check_s, survives = timed(repeats, lambda: survives_any_single_failure(adjacency))
     degrees = [len(v) for v in adjacency.values()]
     gone = sorted(view.coordinates)[int(np.random.default_rng(seed).integers(0, n))]
     smaller = _without(view, gone)
-    replan_s, replan = _timed(repeats, lambda: plan_mesh(smaller, plan, config, epoch=2))
+    replan_s, replan = timed(repeats, lambda: plan_mesh(smaller, plan, config, epoch=2))
     re_adjacency = replan.topology.adjacency()
     re_degrees = [len(v) for v in re_adjacency.values()]
     sizes = [len(s.members) for s in plan.segments]
@@ -147,86 +130,63 @@ def measure(n: int, seed: int, repeats: int) -> dict[str, Any]:
     }
 
 
-def plan_table(results: Sequence[dict[str, Any]], seed: int, repeats: int) -> Table:
-    """The benchmark's table: one row per mesh size."""
-    table = Table(
-        title=(
-            f"Planner benchmark: synthetic meshes (seed {seed}), median of {repeats} runs, one core"
-        ),
-        title_justify="left",
-    )
-    for column in (
-        "encoders",
-        "plan s",
-        "replan after 1 failure s",
-        "check s",
-        "degree min–max",
-        "survives any single failure",
-        "links changed on replan",
-        "segments (sizes)",
-        "placement moves on leave",
-        "mean link / random pair RTT",
-    ):
-        table.add_column(column, justify="right")
-    for r in results:
-        table.add_row(
-            f"{r['encoders']:,}",
-            f"{r['plan_s']:.3f}",
-            f"{r['replan_s']:.3f}",
-            f"{r['check_s']:.3f}",
-            f"{r['min_degree']}–{r['max_degree']}",
-            "yes" if r["survives_any_single_failure"] else "NO",
-            f"{r['edges_changed_on_replan']} (failed degree {r['failed_encoder_degree']})",
-            f"{r['segments']:,} ({r['segment_size_min']}–{r['segment_size_max']})",
-            f"{r['placement_moves_on_leave']} (held {r['copies_on_failed_encoder']})",
-            f"{r['mean_link_rtt_ms']:.1f} / {r['mean_random_pair_rtt_ms']:.1f} ms",
+@dataclass(frozen=True, slots=True)
+class PlanBench:
+    """One :func:`measure` per mesh size, in the order asked."""
+
+    seed: int
+    repeats: int
+    results: tuple[dict[str, Any], ...]
+
+    def payload(self) -> dict[str, object]:
+        return {"benchmark": "plan", "seed": self.seed, "results": list(self.results)}
+
+    def table(self) -> Table:
+        """One row per mesh size."""
+        table = results_table(
+            f"Planner benchmark: synthetic meshes (seed {self.seed}), median of {self.repeats}"
+            " runs, one core",
+            (
+                "encoders",
+                "plan s",
+                "replan after 1 failure s",
+                "check s",
+                "degree min–max",
+                "survives any single failure",
+                "links changed on replan",
+                "segments (sizes)",
+                "placement moves on leave",
+                "mean link / random pair RTT",
+            ),
         )
-    table.caption = (
-        "plan: ring + links + segments + likely leaders + placement of one work unit per"
-        " encoder at redundancy 2, from nothing. replan: the same after one encoder fails."
-        " check: articulation-point search over the plan. Links changed: between surviving"
-        " encoders. Moves: copies re-placed (the failed encoder held the number in brackets)."
-    )
-    return table
+        for r in self.results:
+            table.add_row(
+                f"{r['encoders']:,}",
+                f"{r['plan_s']:.3f}",
+                f"{r['replan_s']:.3f}",
+                f"{r['check_s']:.3f}",
+                f"{r['min_degree']}–{r['max_degree']}",
+                "yes" if r["survives_any_single_failure"] else "NO",
+                f"{r['edges_changed_on_replan']} (failed degree {r['failed_encoder_degree']})",
+                f"{r['segments']:,} ({r['segment_size_min']}–{r['segment_size_max']})",
+                f"{r['placement_moves_on_leave']} (held {r['copies_on_failed_encoder']})",
+                f"{r['mean_link_rtt_ms']:.1f} / {r['mean_random_pair_rtt_ms']:.1f} ms",
+            )
+        table.caption = (
+            "plan: ring + links + segments + likely leaders + placement of one work unit per"
+            " encoder at redundancy 2, from nothing. replan: the same after one encoder fails."
+            " check: articulation-point search over the plan. Links changed: between surviving"
+            " encoders. Moves: copies re-placed (the failed encoder held the number in brackets)."
+        )
+        return table
 
 
-def _sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]:
-    try:
-        sizes = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError as exc:
-        raise click.BadParameter("expected a comma-separated list of integers") from exc
-    if not sizes or min(sizes) < 2 or max(sizes) > 200_000:
-        raise click.BadParameter("sizes must be between 2 and 200,000")
-    return sizes
-
-
-@click.command("plan")
-@click.option(
-    "--encoders",
-    default="100,1000,10000",
-    show_default=True,
-    callback=_sizes,
-    help="Mesh sizes to plan, comma-separated.",
-)
-@click.option("--seed", type=int, default=1, show_default=True, help="Synthetic mesh seed.")
-@click.option(
-    "--repeats",
-    type=click.IntRange(1, 100),
-    default=5,
-    show_default=True,
-    help="Runs per measurement (the median is reported).",
-)
-@output_options
-def bench_plan(
-    encoders: list[int], seed: int, repeats: int, as_json: bool, out: Path | None
-) -> None:
-    """Plan time, replan time and plan quality of the Mesh Manager at several mesh sizes."""
-    log = console(stderr=True)
+def run_sizes(
+    encoders: Sequence[int], seed: int, repeats: int, *, progress: Progress = quiet
+) -> PlanBench:
+    """:func:`measure` a synthetic mesh of each size."""
     results = []
     for n in encoders:
-        log.log(f"{n:,} encoders ...")
+        progress(f"{n:,} encoders ...")
         results.append(measure(n, seed, repeats))
-    payload = {"benchmark": "plan", "seed": seed, "results": results}
-    if emit(payload, out, as_json):
-        return
-    console().print(plan_table(results, seed, repeats))
+    return PlanBench(seed, repeats, tuple(results))

@@ -1,4 +1,4 @@
-"""The encoder benchmark: what one encoder costs on this machine, with the mesh on.
+"""``meshenc bench encoder``: what one encoder costs on this machine, with the mesh on.
 
 Theory of operation
 -------------------
@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import platform
 import re
 import shutil
 import statistics
@@ -55,6 +53,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+from rich.table import Table
+
+from meshenc.bench.results import (
+    BenchError,
+    Progress,
+    Spread,
+    machine,
+    percentile,
+    quiet,
+    results_table,
+)
 from meshenc.core.engine import (
     Action,
     EngineConfig,
@@ -81,19 +90,18 @@ __all__ = [
     "GOP",
     "PARTS",
     "PRESET",
-    "BenchError",
+    "EncoderBench",
     "EncoderResult",
     "EncoderSize",
     "LatencyResult",
-    "Spread",
     "default_bitrate",
     "ffmpeg_binary",
     "ffmpeg_command",
-    "machine",
     "measure_encoder",
     "measure_latency",
     "parse_sizes",
     "results_dict",
+    "run_encoder_bench",
     "run_ffmpeg",
     "run_path",
     "write_raw",
@@ -138,11 +146,7 @@ _RTIME_RE: Final = re.compile(r"\brtime=([0-9.]+)s")
 _X264_RE: Final = re.compile(rb"x264 - core (\d+)(?: (r\d+))?")
 
 
-class BenchError(Exception):
-    """The benchmark cannot run or a measurement failed (message says which and why)."""
-
-
-# --- sizes and statistics ---------------------------------------------------------------------
+# --- sizes ------------------------------------------------------------------------------------
 
 
 def default_bitrate(width: int, height: int) -> int:
@@ -199,31 +203,6 @@ def parse_sizes(text: str) -> list[EncoderSize]:
     return sizes
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q`` percentile (0..100) of non-empty ``values``."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-@dataclass(frozen=True, slots=True)
-class Spread:
-    """Median and range of repeated measurements (machines are noisy; the median is robust)."""
-
-    median: float
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Spread:
-        if not values:
-            return cls(math.nan, math.nan, math.nan)
-        return cls(statistics.median(values), min(values), max(values))
-
-    def as_dict(self) -> dict[str, float]:
-        return {"median": self.median, "min": self.low, "max": self.high}
-
-
 # --- 1 and 2: the per-frame path ------------------------------------------------------------
 
 
@@ -248,7 +227,8 @@ def _neighbour_messages(ours: EncodingStatePacket, now: float) -> list[mesh_pb2.
     """What the three neighbours would send for the same picture, on the wire.
 
     Their labels sit a little off ours; every one echoes our previous ESP, so the round-trip
-    estimator runs too. This is the neighbours' work, not ours: it is outside the mesh timing.
+    estimator runs too, and passes our anchor on one link further. This is the neighbours'
+    work, not ours: it is outside the mesh timing.
     """
     period = FRAME_RATE.period
     echo = ours.sequence > 1
@@ -263,6 +243,9 @@ def _neighbour_messages(ours: EncodingStatePacket, now: float) -> list[mesh_pb2.
                     echo_sequence=ours.sequence - 1 if echo else 0,
                     echo_sent_at=now - period if echo else 0.0,
                     echo_hold=period - ECHO_RTT if echo else 0.0,
+                    # Our anchor, announced one link further on, as a neighbour passes it on.
+                    anchor_hops=ours.anchor_hops + 1 if ours.anchor else 0,
+                    anchor_offset=ours.anchor_offset + offset if ours.anchor else 0.0,
                 )
             )
         )
@@ -557,7 +540,7 @@ def measure_encoder(
     frames: int,
     repeats: int,
     *,
-    progress: Callable[[str], None] = lambda _msg: None,
+    progress: Progress = quiet,
 ) -> EncoderResult:
     """Alternate ``repeats`` runs of our path and of the ffmpeg baseline on the same pictures.
 
@@ -602,7 +585,7 @@ def measure_encoder(
         ffmpeg_wall_fps=tuple(theirs_wall),
         mesh_us_median=statistics.median(mesh_us),
         mesh_us_mean=statistics.fmean(mesh_us),
-        mesh_us_p99=_percentile(mesh_us, 99),
+        mesh_us_p99=percentile(mesh_us, 99),
         parts_ms={
             part: math.fsum(r.parts[part] for r in runs) * 1e3 / (frames * len(runs))
             for part in PARTS
@@ -745,8 +728,8 @@ async def _latency(count: int) -> LatencyResult:
     return LatencyResult(
         sent=2 * count,
         received=len(delays),
-        p50_ms=_percentile(delays, 50),
-        p99_ms=_percentile(delays, 99),
+        p50_ms=percentile(delays, 50),
+        p99_ms=percentile(delays, 99),
         max_ms=max(delays),
         mean_ms=statistics.fmean(delays),
     )
@@ -767,16 +750,6 @@ def measure_latency(count: int) -> LatencyResult:
         raise BenchError(f"the gRPC latency run overran its {bound:.0f} s bound") from None
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers depend on, without naming the machine."""
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpus": len(usable) if usable is not None else os.cpu_count(),
-        "arch": platform.machine(),
-        "python": platform.python_version(),
-    }
-
-
 def results_dict(
     encoders: Iterable[EncoderResult], latency: LatencyResult | None
 ) -> dict[str, Any]:
@@ -793,3 +766,115 @@ def results_dict(
         "encoder": [e.as_dict() for e in encoders],
         "esp_latency": None if latency is None else latency.as_dict(),
     }
+
+
+# --- the benchmark: every size, then the latency ------------------------------------------------
+
+
+def _spread(values: Sequence[float], digits: int = 0, unit: str = "") -> str:
+    s = Spread.of(values)
+    return f"{s.low:,.{digits}f}–{s.high:,.{digits}f}{unit}"
+
+
+def _versions(results: Sequence[EncoderResult]) -> str:
+    """Which libx264 builds were compared (from the bitstreams' SEI)."""
+    ours = sorted({r.x264_ours for r in results if r.x264_ours is not None}) or ["?"]
+    theirs = sorted({r.x264_ffmpeg for r in results if r.x264_ffmpeg is not None}) or ["?"]
+    return f"libx264: ours (PyAV) {', '.join(ours)}; ffmpeg's {', '.join(theirs)}."
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderBench:
+    """``meshenc bench encoder``: each size's throughput and mesh CPU, and the ESP latency."""
+
+    results: tuple[EncoderResult, ...]
+    latency: LatencyResult
+    frames: int
+    repeats: int
+
+    def payload(self) -> dict[str, Any]:
+        return results_dict(self.results, self.latency)
+
+    def table(self) -> Table:
+        """Throughput, baseline, ratio and mesh CPU per size, then the gRPC latency."""
+        title = (
+            f"Encoder benchmark: {FRAME_RATE} fps, GOP {GOP}, preset {PRESET}, mesh of 3"
+            f" neighbours; median of {self.repeats} runs × {self.frames} frames, no pacing"
+        )
+        table = results_table(
+            title,
+            ("measurement", "size", "value", "spread", "note"),
+            left={"measurement", "size", "note"},
+        )
+        period_ms = FRAME_RATE.period * 1e3
+        for r in self.results:
+            size = f"{r.size.name} {r.size.bitrate_kbps} kbps"
+            ours, theirs = Spread.of(r.ours_fps), Spread.of(r.ffmpeg_fps)
+            table.add_row(
+                "ours: full path, mesh on",
+                size,
+                f"{ours.median:,.0f} fps",
+                _spread(r.ours_fps),
+                "ms/frame: " + ", ".join(f"{k} {v:.2f}" for k, v in r.parts_ms.items()),
+            )
+            table.add_row(
+                "ffmpeg CLI, same pictures",
+                size,
+                f"{theirs.median:,.0f} fps",
+                _spread(r.ffmpeg_fps),
+                f"same libx264 settings, 1 thread; one context (no per-GOP restart: ours alone);"
+                f" incl. start-up {Spread.of(r.ffmpeg_wall_fps).median:,.0f} fps",
+            )
+            table.add_row(
+                "ours / ffmpeg",
+                size,
+                f"{Spread.of(r.ratios).median:.2f}×",
+                _spread(r.ratios, 2, "×"),
+                "spread: per pair of alternating runs",
+            )
+            table.add_row(
+                "mesh protocol CPU per frame",
+                size,
+                f"{r.mesh_us_median:,.0f} µs",
+                f"mean {r.mesh_us_mean:,.0f}, p99 {r.mesh_us_p99:,.0f}",
+                f"{r.mesh_share:.2%} of the {period_ms:.1f} ms frame period; engine steps,"
+                " ESP→proto ×3, check+proto→ESP+EspReceived ×3",
+            )
+            table.add_section()
+        latency = self.latency
+        table.add_row(
+            "ESP send→receive, gRPC",
+            "127.0.0.1",
+            f"p50 {latency.p50_ms:.2f} ms",
+            f"p99 {latency.p99_ms:.2f}, max {latency.max_ms:.2f} ms",
+            f"{latency.received}/{latency.sent} ESPs, {FRAME_RATE.fps:g}/s each way;"
+            " both nodes in one event loop, one host clock",
+        )
+        cpus = machine()["cpus"]
+        table.caption = (
+            "Full path: picture render + fingerprint, engine steps, encode (fresh libx264 context"
+            " per GOP), segment files (fsynced), ESP→proto for 3 neighbours and"
+            f" their ESPs fed back. {cpus} CPUs. ffmpeg fps from its -benchmark rtime."
+            f" {_versions(self.results)}"
+        )
+        return table
+
+
+def run_encoder_bench(
+    sizes: Sequence[EncoderSize],
+    frames: int,
+    repeats: int,
+    esps: int,
+    *,
+    progress: Progress = quiet,
+) -> EncoderBench:
+    """:func:`measure_encoder` at every size, then :func:`measure_latency` with ``esps`` ESPs.
+
+    Raises:
+        BenchError: ffmpeg is missing or a measurement failed.
+    """
+    ffmpeg_binary()
+    results = [measure_encoder(size, frames, repeats, progress=progress) for size in sizes]
+    progress(f"ESP latency: {esps} ESPs each way over gRPC at {FRAME_RATE.fps:g}/s ...")
+    latency = measure_latency(esps)
+    return EncoderBench(tuple(results), latency, frames, repeats)

@@ -1,4 +1,5 @@
-"""Real encoder processes on a live network source, world after world: do they lock?
+"""``meshenc bench live``: real encoder processes on a live network source, world after world:
+do they lock?
 
 Theory of operation: a *world* is a frame rate and a seed. The seed draws, per encoder, an
 injected clock drift (±``max_drift_ppm``), a clock offset (±``max_offset_ms``) and a path from
@@ -22,16 +23,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.table import Table
+
+from meshenc.bench.results import Progress, quiet, results_table
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
 from meshenc.local.ports import free_ports
 from meshenc.report.verify import verify
 
-__all__ = ["LiveWorld", "WorldResult", "plan_world", "run_world"]
+__all__ = ["LiveBench", "LiveWorld", "WorldResult", "plan_world", "run_live_bench", "run_world"]
 
 #: Segments each encoder may take to lock in (the first, partial one included).
 LOCK_IN_SEGMENTS = 2
@@ -139,7 +143,7 @@ def run_world(
     strategies: Sequence[Strategy],
     duration: float,
     *,
-    progress: Callable[[str], None] = lambda _: None,
+    progress: Progress = quiet,
 ) -> list[WorldResult]:
     """Run the world once for every strategy at the same time; judge each from its files."""
     names = [e.name for e in world.encoders]
@@ -201,3 +205,80 @@ def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# --- the benchmark: every rate, seed after seed ---------------------------------------------
+
+
+def _cell(results: Sequence[WorldResult]) -> str:
+    """Misaligned frames after lock-in, summed, and the worst lock-in in segments."""
+    misaligned = sum(r.misaligned_frames for r in results)
+    lock = [r.locked_after for r in results]
+    worst = "never" if any(x is None for x in lock) else f"{max(x for x in lock if x is not None)}"
+    return f"{misaligned:,} / {worst}"
+
+
+@dataclass(frozen=True, slots=True)
+class LiveBench:
+    """Every world's results, in the order they ran: (rate, seed, one strategy's result)."""
+
+    rates: tuple[FrameRate, ...]
+    seeds: int
+    encoders: int
+    duration: float
+    strategies: tuple[Strategy, ...]
+    runs: tuple[tuple[FrameRate, int, WorldResult], ...]
+
+    def payload(self) -> list[dict[str, object]]:
+        return [
+            {
+                "rate": str(rate),
+                "seed": seed,
+                "strategy": result.strategy.value,
+                "judged_segments": result.judged,
+                "misaligned_frames": result.misaligned_frames,
+                "locked_after_segments": result.locked_after,
+            }
+            for rate, seed, result in self.runs
+        ]
+
+    def table(self) -> Table:
+        """A row per frame rate, a column per strategy (cells: see :func:`_cell`)."""
+        rows: dict[str, dict[Strategy, list[WorldResult]]] = {}
+        for rate in self.rates:
+            rows.setdefault(str(rate), {s: [] for s in self.strategies})
+        for rate, _seed, result in self.runs:
+            rows[str(rate)][result.strategy].append(result)
+        table = results_table(
+            f"Real encoders on a live source: {self.encoders} per world, {self.seeds} world(s)"
+            f" per rate, {self.duration:g} s; cells: misaligned frames after lock-in"
+            f" (each encoder's first {LOCK_IN_SEGMENTS} segments) / longest lock-in, segments",
+            ("fps", *(s.value for s in self.strategies)),
+            left={"fps"},
+        )
+        for name, row in rows.items():
+            table.add_row(name, *(_cell(row[s]) for s in self.strategies))
+        return table
+
+
+def run_live_bench(
+    rates: Sequence[FrameRate],
+    seeds: int,
+    encoders: int,
+    duration: float,
+    strategies: Sequence[Strategy],
+    *,
+    progress: Progress = quiet,
+) -> LiveBench:
+    """For each rate, worlds of seeds ``0..seeds-1``, each run once for every strategy at once.
+
+    Each world draws drifts within ±200 ppm, offsets within ±1 s, path delays spread over
+    300 ms and arrival jitter up to a quarter frame period (:func:`plan_world`).
+    """
+    runs = []
+    for rate in rates:
+        for seed in range(seeds):
+            world = plan_world(rate, seed, encoders=encoders)
+            for result in run_world(world, strategies, duration, progress=progress):
+                runs.append((rate, seed, result))
+    return LiveBench(tuple(rates), seeds, encoders, duration, tuple(strategies), tuple(runs))

@@ -1,15 +1,10 @@
-"""One segment of real encoder processes on etcd, and the failover benchmark that kills them.
+"""One segment of real encoder processes on etcd, and a watch on its leadership.
 
 :class:`LocalSegment` starts ``meshenc encoder`` processes of one segment (a full static
 mesh on 127.0.0.1, small pictures so the CPU stays free) against an etcd endpoint, and can
-kill -9 and restart any of them. The tests and ``meshenc bench failover`` share it.
-
-:func:`measure_failover` runs the benchmark: per trial it waits until the segment is settled
-(every member running, its links up and one leader acting), kills -9 the leader and measures
-the wall time from the kill until the first fenced act of another member, observed by a watch
-in this process -- the moment a new leader *acts*, not merely the moment it is named. Then it
-restarts the killed member for the next trial. At the end it audits the etcd history
-(:mod:`services.encoder.leadership_audit`).
+kill -9 and restart any of them. :class:`SegmentWatch` follows the segment's leader key and
+acts as a watch in this process sees them. The tests, the demo and ``meshenc bench failover``
+(:mod:`meshenc.bench.failover`) share them.
 """
 
 from __future__ import annotations
@@ -19,9 +14,8 @@ import contextlib
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -29,19 +23,12 @@ from typing import Any, Self
 
 import grpc
 
-from meshenc.local.etcd import EtcdProcess
 from meshenc.local.ports import free_ports
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
-from services.common.etcd import (
-    DEFAULT_ETCD_PREFIX,
-    DEFAULT_LEASE_TTL,
-    EtcdSettings,
-    connect_client,
-)
+from services.common.etcd import DEFAULT_LEASE_TTL
 from services.encoder.leadership import SegmentKeys, decode_act, decode_leader
-from services.encoder.leadership_audit import AuditReport, audit, read_history
 
-__all__ = ["FailoverResult", "LocalSegment", "SegmentWatch", "measure_failover"]
+__all__ = ["LocalSegment", "SegmentWatch"]
 
 
 class LocalSegment:
@@ -230,86 +217,3 @@ class SegmentWatch:
         finally:
             with contextlib.suppress(Exception):
                 await watch.cancel()
-
-
-@dataclass(frozen=True, slots=True)
-class FailoverResult:
-    """One benchmark run: failover times (ms; None = no new leader acted in time)."""
-
-    fast_failover: bool
-    members: int
-    lease_ttl: int
-    times_ms: tuple[float | None, ...]
-    audit: AuditReport
-
-
-async def _wait_until(check: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout:.0f} s")
-        await asyncio.sleep(0.1)
-
-
-async def _run(
-    etcd: EtcdProcess,
-    folder: Path,
-    trials: int,
-    members: int,
-    fast: bool,
-    lease_ttl: int,
-    progress: Callable[[str], None],
-) -> FailoverResult:
-    settings = EtcdSettings(endpoints=(etcd.endpoint,), prefix=DEFAULT_ETCD_PREFIX)
-    keys = SegmentKeys(settings.prefix, "bench")
-    client = connect_client(settings)
-    watch = SegmentWatch(keys)
-    times: list[float | None] = []
-    segment = LocalSegment(etcd.endpoint, members, folder, lease_ttl=lease_ttl, fast_failover=fast)
-    follower = asyncio.create_task(watch.follow(client, 1))
-    try:
-        with segment:
-            segment.start_all()
-            for trial in range(1, trials + 1):
-                await _wait_until(segment.settled, 60.0, "the segment did not settle")
-                await asyncio.sleep(0.5)  # let a freshly restarted member's rank settle too
-                victim = watch.leader
-                if victim is None or victim not in segment.names:
-                    await asyncio.sleep(0.2)
-                    victim = watch.leader
-                assert victim is not None, "no leader to kill"
-                killed_at = time.monotonic()
-                segment.kill(victim)
-                acted = await watch.first_act_after(
-                    killed_at, not_by=victim, timeout=lease_ttl * 3 + 10.0
-                )
-                elapsed = None if acted is None else (acted - killed_at) * 1000.0
-                times.append(elapsed)
-                outcome = "no new leader acted" if elapsed is None else f"{elapsed:,.0f} ms"
-                mode = "fast" if fast else "lease-only"
-                progress(f"{mode} trial {trial}/{trials}: killed {victim}, new leader: {outcome}")
-                segment.start(victim)
-        report = audit(await read_history(client, keys), keys)
-    finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await follower
-        await client.close()
-    return FailoverResult(fast, members, lease_ttl, tuple(times), report)
-
-
-def measure_failover(
-    trials: int,
-    *,
-    members: int = 3,
-    fast_failover: bool = True,
-    lease_ttl: int = DEFAULT_LEASE_TTL,
-    progress: Callable[[str], None] = lambda _line: None,
-) -> FailoverResult:
-    """Run one benchmark series on a fresh etcd (see the module docstring)."""
-    with tempfile.TemporaryDirectory(prefix="meshenc-failover-") as tmp:
-        folder = Path(tmp)
-        with EtcdProcess(log_path=folder / "etcd.log") as etcd:
-            return asyncio.run(
-                _run(etcd, folder, trials, members, fast_failover, lease_ttl, progress)
-            )

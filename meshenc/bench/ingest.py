@@ -1,5 +1,5 @@
-"""What ingest costs: CPU per picture of our path against the ``ffmpeg`` command line decoding
-the same stream.
+"""``meshenc bench ingest``: CPU per picture of the encoder's ingest path against the ``ffmpeg``
+command line decoding the same stream.
 
 Theory of operation: one MPEG-TS file (the test pattern, H.264 at the mesh's settings, with an
 MP2 tone) is made once per size. *Ours* is the encoder's ingest path exactly as it runs live
@@ -16,25 +16,27 @@ Invariants: every run is bounded in time; ffmpeg is waited for or killed.
 
 from __future__ import annotations
 
-import math
 import resource
-import statistics
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+from rich.table import Table
 
-from services.encoder.bench import FRAME_RATE, BenchError, EncoderSize
+from meshenc.bench.encoder import FRAME_RATE, EncoderSize, ffmpeg_binary
+from meshenc.bench.results import BenchError, Progress, Spread, quiet, results_table
 from services.encoder.media.datagrams import video_pes_starts
 from services.encoder.media.ingest import Ingested, IngestedPicture, LiveIngest
 from services.encoder.media.source import SyntheticSource, VideoFormat
 
-__all__ = ["IngestResult", "measure_ingest", "write_stream"]
+__all__ = ["IngestBench", "IngestResult", "measure_ingest", "run_ingest_bench", "write_stream"]
 
 DATAGRAM = 7 * 188
 #: The slowest run accepted before it is stopped, pictures per second.
@@ -156,5 +158,64 @@ def measure_ingest(
     return IngestResult(size.name, frames, tuple(ours), tuple(scans), tuple(theirs))
 
 
-def median(values: tuple[float, ...]) -> float:
-    return statistics.median(values) if values else math.nan
+@dataclass(frozen=True, slots=True)
+class IngestBench:
+    """``meshenc bench ingest``: one :class:`IngestResult` per size, in the order asked."""
+
+    frames: int
+    repeats: int
+    results: tuple[IngestResult, ...]
+
+    def payload(self) -> dict[str, object]:
+        return {
+            "frames": self.frames,
+            "repeats": self.repeats,
+            "results": [
+                {
+                    "size": r.size,
+                    "ours_us": r.ours_us,
+                    "scan_us": r.scan_us,
+                    "ffmpeg_us": r.ffmpeg_us,
+                    "ratio_median": Spread.of(r.ratios).median,
+                }
+                for r in self.results
+            ],
+        }
+
+    def table(self) -> Table:
+        table = results_table(
+            f"Ingest CPU per picture (median of {self.repeats} alternating runs)",
+            (
+                "size",
+                "ours: demux+decode+scale+fingerprint",
+                "+ UDP TS scan",
+                "ffmpeg -f null",
+                "ratio",
+            ),
+        )
+        for r in self.results:
+            table.add_row(
+                r.size,
+                f"{Spread.of(r.ours_us).median:,.0f} µs",
+                f"{Spread.of(r.scan_us).median:,.0f} µs",
+                f"{Spread.of(r.ffmpeg_us).median:,.0f} µs",
+                f"{Spread.of(r.ratios).median:.2f}×",
+            )
+        return table
+
+
+def run_ingest_bench(
+    sizes: Sequence[EncoderSize], frames: int, repeats: int, *, progress: Progress = quiet
+) -> IngestBench:
+    """:func:`measure_ingest` at every size, the streams in a temporary directory.
+
+    Raises:
+        BenchError: ffmpeg is missing, fails or is too slow, or ingest is too slow.
+    """
+    binary = ffmpeg_binary()
+    with tempfile.TemporaryDirectory(prefix="meshenc-ingest-") as folder:
+        results = []
+        for size in sizes:
+            progress(f"ingest {size.name}: {repeats} × {frames} pictures ...")
+            results.append(measure_ingest(binary, size, frames, repeats, Path(folder)))
+    return IngestBench(frames, repeats, tuple(results))

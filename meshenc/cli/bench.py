@@ -1,0 +1,449 @@
+"""``meshenc bench``: the benchmarks' commands.
+
+Each command parses its options, runs its benchmark from :mod:`meshenc.bench` (one module
+each: what is measured and how is said there) with progress on stderr, and prints the result's
+table, or its JSON with ``--json``; ``--out FILE`` also writes the JSON to a file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from meshenc.bench import dht, encoder, failover, ingest, live, plan
+from meshenc.bench.results import BenchError, BenchResult, Progress
+from meshenc.bench.strategies import compare_sizes, lockin_at_rates, lockin_sweep, wan_comparison
+from meshenc.bench.worlds import BROADCAST_RATES
+from meshenc.cli.sim import console
+from meshenc.core.policy import Strategy
+from meshenc.core.timecode import FrameRate
+from meshenc.local.etcd import EtcdNotInstalledError
+from services.common.etcd import DEFAULT_LEASE_TTL
+
+__all__ = ["bench"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: each prints a table and can write machine-readable results."""
+
+
+# --- what every command shares ------------------------------------------------------------------
+
+
+def output_options(command: _F) -> _F:
+    """Add ``--json`` (print JSON instead of a table) and ``--out FILE`` (also write it)."""
+    command = click.option(
+        "--out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Also write the results as JSON to this file.",
+    )(command)
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        command
+    )
+
+
+_repeats = click.option(
+    "--repeats",
+    type=click.IntRange(1, 100),
+    default=5,
+    show_default=True,
+    help="Runs per measurement (the median is reported).",
+)
+
+
+def _progress() -> Progress:
+    """Progress lines go to stderr, so that stdout holds only the results."""
+    return console(stderr=True).log
+
+
+def _show(result: BenchResult, out: Path | None = None, *, as_json: bool) -> None:
+    """Write the JSON to ``out`` when given; print it with ``--json``, else print the table."""
+    payload = result.payload()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(payload))
+    else:
+        console().print(result.table())
+
+
+def _counts(noun: str, most: int | None = None) -> Callable[..., list[int]]:
+    """A callback reading ``10,100,1000``: at least 2 each, and at most ``most`` if given."""
+    bounds = "at least 2" if most is None else f"between 2 and {most:,}"
+
+    def parse(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]:
+        try:
+            counts = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError as exc:
+            raise click.BadParameter("expected a comma-separated list of integers") from exc
+        if not counts or min(counts) < 2 or (most is not None and max(counts) > most):
+            raise click.BadParameter(f"{noun} must be {bounds}")
+        return counts
+
+    return parse
+
+
+def _picture_sizes(
+    _ctx: click.Context, _param: click.Parameter, value: str
+) -> list[encoder.EncoderSize]:
+    try:
+        return encoder.parse_sizes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+# --- in the simulator ---------------------------------------------------------------------------
+
+
+@bench.command("sim")
+@click.option(
+    "--sizes",
+    default="10,100,1000",
+    show_default=True,
+    callback=_counts("sizes"),
+    help="Mesh sizes to run.",
+)
+@click.option(
+    "--duration", type=float, default=60.0, show_default=True, help="Simulated seconds per run."
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@output_options
+def bench_sim(
+    sizes: Sequence[int], duration: float, seed: int, as_json: bool, out: Path | None
+) -> None:
+    """Every strategy on the standard scenario at several mesh sizes, side by side.
+
+    Each size runs all four strategies in the same simulated world (same seed). Wall time is
+    for one core; the simulator is single-threaded.
+    """
+    result = compare_sizes(sizes, duration, seed, progress=_progress())
+    _show(result, out, as_json=as_json)
+
+
+def _rate_names(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    rates = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        for rate in rates:
+            FrameRate.parse(rate)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if not rates:
+        raise click.BadParameter("expected a comma-separated list of frame rates")
+    return rates
+
+
+@bench.command("lockin")
+@click.option(
+    "--rates",
+    callback=_rate_names,
+    metavar="FPS,...",
+    help=(
+        "Instead of the size/degree sweep, run seeded worlds at these frame rates "
+        f"(e.g. {','.join(BROADCAST_RATES)}) with capture jitter up to a quarter frame, "
+        "±200 ppm, ±1 s offsets and ingest delays spread over 300 ms."
+    ),
+)
+@click.option(
+    "--worlds",
+    type=click.IntRange(1, 1000),
+    default=8,
+    show_default=True,
+    help="With --rates: seeded worlds per rate.",
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="With --rates: simulated seconds per world.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench_lockin(rates: list[str] | None, worlds: int, duration: float, as_json: bool) -> None:
+    """Seeded worlds of several sizes and degrees: does predictive lock within the warm-up?
+
+    Each world runs predictive and reactive on the standard scenario's faults; a row is one
+    world. Reports misaligned frames after the warm-up, lock-in time and corrections. With
+    --rates, worlds at each frame rate instead, where the warm-up is two segments and epoch
+    runs beside the mesh strategies.
+    """
+    result: BenchResult
+    if rates is not None:
+        result = lockin_at_rates(rates, worlds, duration, progress=_progress())
+    else:
+        result = lockin_sweep(progress=_progress())
+    _show(result, as_json=as_json)
+
+
+@bench.command("wan")
+@click.option(
+    "--worlds",
+    type=click.IntRange(1, 1000),
+    default=4,
+    show_default=True,
+    help="Seeded worlds per kind of link.",
+)
+@click.option(
+    "--duration", type=float, default=60.0, show_default=True, help="Simulated seconds per world."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench_wan(worlds: int, duration: float, as_json: bool) -> None:
+    """Seeded worlds whose mesh links range from a LAN to long-haul links and regions.
+
+    Every kind of link (one-way delay, jitter, loss; regions with fast links inside and
+    long-haul bridges between) runs on the same 30-encoder worlds of degree 5, ±150 ppm,
+    ±500 ms offsets and ingest delays 20–220 ms, with predictive, reactive and epoch. A world
+    passes when no picture is misaligned after two segments.
+    """
+    _show(wan_comparison(worlds, duration, progress=_progress()), as_json=as_json)
+
+
+@bench.command("dht")
+@click.option(
+    "--nodes",
+    "sizes",
+    default="1000,10000",
+    show_default=True,
+    callback=_counts("network sizes"),
+    help="Network sizes to simulate.",
+)
+@click.option(
+    "--churn",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.2,
+    show_default=True,
+    help="Fraction of the nodes that leave (kill -9 style) and are replaced by joins.",
+)
+@click.option("--lookups", type=click.IntRange(1), default=1000, show_default=True)
+@click.option(
+    "--records", type=click.IntRange(1), default=200, show_default=True, help="Records stored."
+)
+@click.option("--k", "k", type=click.IntRange(1, 64), default=20, show_default=True)
+@click.option("--alpha", type=click.IntRange(1, 64), default=3, show_default=True)
+@click.option(
+    "--bootstrap",
+    type=click.Choice(["fast", "join"]),
+    default="fast",
+    show_default=True,
+    help="How the initial network is built (see meshenc.sim.dht); churn always joins.",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@output_options
+def bench_dht(
+    sizes: Sequence[int],
+    churn: float,
+    lookups: int,
+    records: int,
+    k: int,
+    alpha: int,
+    bootstrap: str,
+    seed: int,
+    as_json: bool,
+    out: Path | None,
+) -> None:
+    """Lookup hops and success rate of the registry DHT at several sizes, with churn.
+
+    Each size runs the real Kademlia core in the discrete-event simulator: records are
+    published, then churn replaces that fraction of the nodes while value lookups run from
+    random nodes for random records. Wall time is for one core; the simulator is
+    single-threaded.
+    """
+    if alpha > k:
+        raise click.BadParameter(f"alpha ({alpha}) must not exceed k ({k})", param_hint="--alpha")
+    result = dht.run_sizes(
+        sizes,
+        churn=churn,
+        lookups=lookups,
+        records=records,
+        k=k,
+        alpha=alpha,
+        bootstrap="join" if bootstrap == "join" else "fast",
+        seed=seed,
+        progress=_progress(),
+    )
+    _show(result, out, as_json=as_json)
+
+
+@bench.command("plan")
+@click.option(
+    "--encoders",
+    default="100,1000,10000",
+    show_default=True,
+    callback=_counts("sizes", most=200_000),
+    help="Mesh sizes to plan, comma-separated.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Synthetic mesh seed.")
+@_repeats
+@output_options
+def bench_plan(
+    encoders: list[int], seed: int, repeats: int, as_json: bool, out: Path | None
+) -> None:
+    """Plan time, replan time and plan quality of the Mesh Manager at several mesh sizes."""
+    _show(plan.run_sizes(encoders, seed, repeats, progress=_progress()), out, as_json=as_json)
+
+
+# --- on this machine, with media and real processes ---------------------------------------------
+
+
+@bench.command("encoder")
+@click.option(
+    "--frames",
+    type=click.IntRange(30, 36_000),
+    default=300,
+    show_default=True,
+    help="Pictures per run.",
+)
+@_repeats
+@click.option(
+    "--sizes",
+    default="640x360,1280x720",
+    show_default=True,
+    callback=_picture_sizes,
+    help="WxH[@KBPS],... (default bitrate: 1500 kbps at 640x360, 4000 at 1280x720).",
+)
+@click.option(
+    "--esps",
+    type=click.IntRange(10, 18_000),
+    default=300,
+    show_default=True,
+    help="ESPs sent each way at 30/s for the gRPC latency.",
+)
+@output_options
+def bench_encoder(
+    frames: int,
+    repeats: int,
+    sizes: list[encoder.EncoderSize],
+    esps: int,
+    as_json: bool,
+    out: Path | None,
+) -> None:
+    """Encoder throughput with the mesh on, against ffmpeg; mesh CPU; ESP latency over gRPC.
+
+    Needs Debian's ffmpeg as the baseline (`make bench` installs it). Runs of ours and of
+    ffmpeg alternate so that machine noise hits both; medians are reported.
+    """
+    try:
+        result = encoder.run_encoder_bench(sizes, frames, repeats, esps, progress=_progress())
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _show(result, out, as_json=as_json)
+
+
+@bench.command("ingest")
+@click.option("--frames", type=click.IntRange(30, 36_000), default=600, show_default=True)
+@click.option("--repeats", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option(
+    "--sizes",
+    default="640x360,1280x720",
+    show_default=True,
+    callback=_picture_sizes,
+    help="Picture sizes: WxH[@kbps],...",
+)
+@output_options
+def bench_ingest(
+    frames: int, repeats: int, sizes: list[encoder.EncoderSize], as_json: bool, out: Path | None
+) -> None:
+    """CPU per picture of the encoder's ingest path against ffmpeg decoding the same stream.
+
+    Needs Debian's ffmpeg as the baseline (`make bench` installs it).
+    """
+    try:
+        result = ingest.run_ingest_bench(sizes, frames, repeats, progress=_progress())
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _show(result, out, as_json=as_json)
+
+
+@bench.command("failover")
+@click.option(
+    "--trials", type=click.IntRange(1, 500), default=20, show_default=True, help="Kills per run."
+)
+@click.option(
+    "--members",
+    type=click.IntRange(2, 10),
+    default=3,
+    show_default=True,
+    help="Encoders in the segment.",
+)
+@click.option(
+    "--lease-ttl",
+    type=click.IntRange(1, 60),
+    default=DEFAULT_LEASE_TTL,
+    show_default=True,
+    help="etcd lease TTL of every encoder (s).",
+)
+@click.option("--no-baseline", is_flag=True, help="Skip the lease-expiry-only run.")
+@output_options
+def bench_failover(
+    trials: int, members: int, lease_ttl: int, no_baseline: bool, as_json: bool, out: Path | None
+) -> None:
+    """Kill -9 the segment leader N times; time until a new leader acts; audit etcd.
+
+    Real etcd (Debian's etcd-server), real encoder processes at 160x96 in a full static mesh.
+    First with fenced fast failover, then (unless --no-baseline) with lease expiry alone.
+    """
+    try:
+        result = failover.run_failover_bench(
+            trials,
+            members=members,
+            lease_ttl=lease_ttl,
+            baseline=not no_baseline,
+            progress=_progress(),
+        )
+    except (EtcdNotInstalledError, RuntimeError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    _show(result, out, as_json=as_json)
+
+
+def _frame_rates(_ctx: click.Context, _param: click.Parameter, value: str) -> list[FrameRate]:
+    try:
+        return [FrameRate.parse(part) for part in value.split(",") if part.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _strategies(_ctx: click.Context, _param: click.Parameter, value: str) -> list[Strategy]:
+    try:
+        return [Strategy(part.strip()) for part in value.split(",") if part.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@bench.command("live")
+@click.option(
+    "--rates", default="25,30000/1001,50,60000/1001,60", show_default=True, callback=_frame_rates
+)
+@click.option("--seeds", type=click.IntRange(1, 100), default=2, show_default=True)
+@click.option("--encoders", type=click.IntRange(2, 8), default=3, show_default=True)
+@click.option("--duration", type=click.FloatRange(10.0, 600.0), default=30.0, show_default=True)
+@click.option(
+    "--strategies", default="predictive,reactive,epoch", show_default=True, callback=_strategies
+)
+@output_options
+def bench_live(
+    rates: list[FrameRate],
+    seeds: int,
+    encoders: int,
+    duration: float,
+    strategies: list[Strategy],
+    as_json: bool,
+    out: Path | None,
+) -> None:
+    """Real encoders on a live UDP source: lock across frame rates, strategy by strategy.
+
+    Each world draws drifts within ±200 ppm, offsets within ±1 s, path delays spread over
+    300 ms and arrival jitter up to a quarter frame period; every strategy runs on the same
+    world at the same time. Judged from the segment files: misaligned frames after each
+    encoder's first two segments, and the longest lock-in in segments.
+    """
+    result = live.run_live_bench(rates, seeds, encoders, duration, strategies, progress=_progress())
+    _show(result, out, as_json=as_json)

@@ -1,0 +1,31 @@
+"""The encoder benchmark's own path, without ffmpeg: the runtime's frame pipeline runs with
+three neighbours fed back over the wire conversions and checks, and every part is timed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshenc.bench.encoder import GOP, PARTS, EncoderSize, parse_sizes, run_path
+
+
+def test_sizes_get_the_default_bitrate_unless_one_is_given() -> None:
+    assert parse_sizes("640x360, 1280x720,320x180@900") == [
+        EncoderSize(640, 360, 1500),
+        EncoderSize(1280, 720, 4000),
+        EncoderSize(320, 180, 900),
+    ]
+    for bad in ("640", "640x360@fast", ","):
+        with pytest.raises(ValueError):
+            parse_sizes(bad)
+
+
+def test_the_path_runs_every_frame_with_the_neighbours_answering(tmp_path: Path) -> None:
+    frames = 2 * GOP + 10  # one whole GOP at least, wherever the first slot falls
+    run = run_path(EncoderSize(160, 96, 200), frames, tmp_path)
+    assert len(run.mesh_seconds) == frames
+    assert set(run.parts) == set(PARTS)
+    assert all(seconds >= 0.0 for seconds in run.parts.values())
+    assert run.segments >= 1
+    assert run.locked
