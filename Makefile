@@ -47,12 +47,13 @@ system-deps:
 
 tools: .tools/bin/grpcurl .tools/bin/helm .tools/bin/kubectl
 
-# The Helm chart alone, with the real helm binary (tests/chart): helm lint; helm template with the
-# default values and every values file in deploy/helm/meshenc/ci/; each rendered manifest checked
-# by kubernetes-validate against the Kubernetes 1.30 schemas; RBAC rules, probes, security
-# contexts, rejected values and the commands and variables the chart hands the services.
+# The Helm chart alone, with the real helm binary (tests/system/chart): helm lint; helm template
+# with the default values and every values file in deploy/helm/meshenc/ci/; each rendered manifest
+# checked by kubernetes-validate against the Kubernetes 1.30 schemas; RBAC rules, probes, security
+# contexts, rejected values and the commands and variables the chart hands the services; and
+# `meshenc health-check`, the command of the chart's `helm test` hook.
 chart-check: $(VENV)/.installed proto .tools/bin/helm
-	$(PY) -m pytest tests/chart
+	$(PY) -m pytest tests/system/chart tests/services/common/test_health_check.py
 
 # The one image every service runs from, tagged as the chart's default values expect. Hermetic:
 # wheels are fetched here with constraints.txt, the build reads no index. The base is
@@ -62,8 +63,8 @@ chart-check: $(VENV)/.installed proto .tools/bin/helm
 image: $(VENV)/.installed
 	PYTHON=$(PY) scripts/build-image.sh
 
-# make test builds the image for tests/image when a container engine is present or installable;
-# where none is, tests/image skips and says so.
+# make test builds the image for tests/system/image when a container engine is present or
+# installable; where none is, tests/system/image skips and says so.
 image-for-tests: $(VENV)/.installed
 	@PYTHON=$(PY) scripts/build-image.sh --if-possible
 

@@ -7,7 +7,7 @@
 #                                pulled (or is already present), else a base made from Debian
 #                                packages (scripts/build-base-image.sh); python or debian force one
 #   --if-possible                exit 0 with a note when no container engine is present or
-#                                installable (make test: tests/image then skips)
+#                                installable (make test: tests/system/image then skips)
 #
 # The engine is docker when a docker daemon answers, else podman (installed with apt-get when
 # missing, by scripts/ensure-image-deps.sh), run with runc and with ulimits this host allows.
@@ -18,7 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 if [[ "${1:-}" == --if-possible ]]; then
   if ! scripts/ensure-image-deps.sh; then
-    echo "image: no container engine, none installable here; tests/image will be skipped" >&2
+    echo "image: no container engine, none installable here; tests/system/image will be skipped" >&2
     exit 0
   fi
 else

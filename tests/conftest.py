@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshenc.local.etcd import EtcdProcess
+from meshenc.local.origin import OriginProcess
 from meshenc.local.ports import free_ports
 
 
@@ -18,6 +19,16 @@ from meshenc.local.ports import free_ports
 def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
     """A real etcd on free local ports, for one test; its log is in the test's folder."""
     process = EtcdProcess(log_path=tmp_path / "etcd.log")
+    try:
+        yield process.start()
+    finally:
+        process.close()
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Iterator[OriginProcess]:
+    """A running origin serving ``tmp_path/origin``; its log is ``tmp_path/nginx.log``."""
+    process = OriginProcess(tmp_path / "origin", log_path=tmp_path / "nginx.log")
     try:
         yield process.start()
     finally:

@@ -1,6 +1,6 @@
 """``meshenc bench dht`` end to end on small networks: the table, the JSON, refused sizes.
 
-The simulation itself is tested in tests/unit/test_dht_sim.py.
+The simulation itself is tested in tests/sim/test_dht.py.
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 import grpc
 import pydantic
 import pytest
-from conftest import LiveSource
 
 from meshenc.local.ports import free_ports
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, write_report
@@ -42,6 +41,7 @@ from meshenc.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc
 from services.common.grpc_server import GrpcServer
 from services.encoder.media.segments import segment_name
 from services.encoder.mesh import SERVICE_NAME
+from tests.conftest import LiveSource
 
 T = TypeVar("T")
 

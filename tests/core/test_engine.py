@@ -1,0 +1,520 @@
+"""The sync engine driven directly, one behaviour per test, with hand-made neighbour ESPs.
+
+Neighbours here are scripted: their ESPs are built by the test from a chosen label offset, so
+each test controls exactly what the engine hears. Whole meshes of real engines are exercised
+by the simulator scenarios (tests/sim/test_scenarios.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from meshenc.core.engine import (
+    CorrectionApplied,
+    EngineConfig,
+    Escalate,
+    SendProposal,
+    SyncEngine,
+)
+from meshenc.core.messages import (
+    CorrectionKind,
+    EncodingStatePacket,
+    ResyncProposal,
+    ResyncVote,
+)
+from meshenc.core.policy import Strategy
+from meshenc.core.timecode import FrameRate
+
+from .engine_shell import EngineShell
+
+FPS = FrameRate(30)
+T = FPS.period
+#: Start mid-slot, so an unshifted label sits half a frame from either boundary.
+START = FPS.slot_middle(FPS.slot(1.8e9))
+
+
+def _engine(
+    neighbours: Sequence[str] = (), strategy: Strategy = Strategy.PREDICTIVE
+) -> EngineShell:
+    return EngineShell(
+        SyncEngine("me", EngineConfig(frame_rate=FPS, strategy=strategy), neighbours)
+    )
+
+
+def _frame_hash(picture: int, timecode: int) -> bytes:
+    return picture.to_bytes(16, "big") + timecode.to_bytes(16, "big", signed=True)
+
+
+def _esp(
+    sender: str,
+    sequence: int,
+    picture: int,
+    label: float,
+    *,
+    frame_hash: bytes | None = None,
+    locked: bool = True,
+) -> EncodingStatePacket:
+    """An ESP from ``sender``, which announces itself as its anchor (``meshenc.core.anchor``):
+    scripted neighbours hear no one, so each is its own."""
+    tc = FPS.slot(label)
+    return EncodingStatePacket(
+        sender=sender,
+        sequence=sequence,
+        topology_epoch=0,
+        timecode=tc,
+        frame_hash=_frame_hash(picture, tc) if frame_hash is None else frame_hash,
+        fingerprint=picture,
+        label=label,
+        correction=0.0,
+        correction_rate=0.0,
+        encode_latency=0.0,
+        rtt=0.0,
+        jitter=0.0,
+        confidence=1.0,
+        sent_at=label,
+        locked=locked,
+        anchor=sender,
+    )
+
+
+def _run(
+    engine: EngineShell,
+    pictures: range,
+    offsets: dict[str, Callable[[int], float]],
+    *,
+    hashes: dict[str, Callable[[int, int], bytes]] | None = None,
+    locked: bool = True,
+) -> list[object]:
+    """Capture ``pictures`` at exact frame times; after each, every scripted neighbour sends
+    its ESP for that picture with its label ``offsets[name](picture)`` seconds from ours
+    (saying it is ``locked``)."""
+    actions: list[object] = []
+    for k in pictures:
+        now = START + k * T
+        decision = engine.frame(now, k)
+        if decision.timecodes:
+            engine.encoded(now, ((decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1])),))
+        for name, offset in offsets.items():
+            label = now + offset(k)
+            custom = (hashes or {}).get(name)
+            frame_hash = custom(k, FPS.slot(label)) if custom else None
+            esp = _esp(name, k + 1, k, label, frame_hash=frame_hash, locked=locked)
+            engine.esp(now + 0.001, esp)
+        actions.extend(engine.drain())
+    return actions
+
+
+def _zero(_: int) -> float:
+    return 0.0
+
+
+def test_emitted_timecodes_stay_continuous_across_clock_jumps() -> None:
+    engine = _engine()
+    times = [START + k * T for k in range(30)]
+    times += [times[-1] + 4 * T + k * T for k in range(30)]  # the clock jumps 3 frames ahead
+    times += [times[-1] - 5 * T + k * T for k in range(30)]  # then back by more than that
+    decisions = [engine.frame(now, k) for k, now in enumerate(times)]
+    emitted = [tc for d in decisions for tc in d.timecodes]
+    assert all(b == a + 1 for a, b in itertools.pairwise(emitted)), emitted
+    # Forward, one picture filled the gap (repeated into 4 slots); back by five frames, the
+    # pictures landing in the five slots already emitted and in the last one again are dropped.
+    assert max(len(d.timecodes) for d in decisions) == 4
+    assert sum(1 for d in decisions if not d.timecodes) == 6
+
+
+def test_a_stranger_cannot_feed_the_engine() -> None:
+    engine = _engine(["a", "b", "c"])
+    _run(engine, range(20), {"a": _zero, "b": _zero, "c": _zero})
+    before = engine.snapshot(START + 20 * T)
+    engine.esp(START + 20 * T, _esp("mallory", 1, 19, START + 5.0))
+    after = engine.snapshot(START + 20 * T)
+    assert before == after
+    assert engine.proposal(START, ResyncProposal("mallory", 1, CorrectionKind.DROP, -T, 0)) is (
+        None
+    )
+
+
+def test_neighbours_with_disagreeing_frame_hashes_lose_trust_others_keep_it() -> None:
+    engine = _engine(["a", "b", "c", "d"])
+    _run(
+        engine,
+        range(120),
+        {"a": _zero, "b": _zero, "c": _zero, "d": _zero},
+        hashes={"d": lambda picture, tc: b"\x00" * 32},
+    )
+    trust = {n.neighbour: n.trusted for n in engine.snapshot(START + 120 * T).neighbours}
+    assert trust == {"a": True, "b": True, "c": True, "d": False}
+
+
+def test_an_encoder_that_agrees_with_its_neighbours_locks_and_stays_put() -> None:
+    engine = _engine(["a", "b", "c"])
+    actions = _run(engine, range(150), {"a": _zero, "b": _zero, "c": _zero})
+    state = engine.snapshot(START + 150 * T)
+    assert state.locked
+    assert not [a for a in actions if isinstance(a, CorrectionApplied)]
+
+
+def _answering(
+    engine: EngineShell,
+    pictures: range,
+    offsets: dict[str, Callable[[int], float]],
+    approve: bool,
+) -> list[object]:
+    """Like ``_run``, with the scripted neighbours answering every proposal at once."""
+    actions: list[object] = []
+    for k in pictures:
+        step = _run(engine, range(k, k + 1), offsets)
+        actions.extend(step)
+        for action in step:
+            if isinstance(action, SendProposal):
+                p = action.proposal
+                for voter in action.to:
+                    vote = ResyncVote(p.proposer, p.proposal_id, voter, approve, 0.0)
+                    engine.vote(START + k * T + 0.002, vote)
+                actions.extend(engine.drain())
+    return actions
+
+
+def test_locking_in_moves_towards_the_neighbours_once_they_agree() -> None:
+    engine = _engine(["a", "b", "c"])
+    ahead = 2.3 * T  # the neighbours label every picture 2.3 frames later than we do
+    actions = _answering(engine, range(200), {n: (lambda _k: ahead) for n in "abc"}, True)
+    applied = [a for a in actions if isinstance(a, CorrectionApplied)]
+    assert applied and any(a.proposal_id > 0 for a in applied)
+    # It now gives pictures the neighbours' timecodes (holding the middle of their slot).
+    last = 199
+    state = engine.snapshot(START + (last + 1) * T)
+    assert state.locked
+    assert state.timecode == FPS.slot(START + last * T + ahead)
+
+
+def test_locking_in_does_not_move_against_the_neighbours_votes() -> None:
+    engine = _engine(["a", "b", "c"])
+    actions = _answering(engine, range(200), {n: (lambda _k: 2.3 * T) for n in "abc"}, False)
+    big = [a for a in actions if isinstance(a, CorrectionApplied) and abs(a.shift) > T / 3]
+    assert not big
+    # Turned-down lock-in moves are routine: nothing is escalated to the manager.
+    assert not [a for a in actions if isinstance(a, Escalate)]
+    assert not engine.snapshot(START + 200 * T).locked
+
+
+def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
+    voter = EngineShell(SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"]))
+    # x and y label every picture as the voter's clock does; p labels it 0.8 frames later.
+    # Locking in, the voter aims for the middle of the slot its anchor p's label is in: a
+    # frame after its own label, which sits mid-slot. Nobody answers its own proposal to go
+    # there, so it stays put and sees p 0.2 frames before that middle.
+    _run(voter, range(120), {"p": lambda _k: 0.8 * T, "x": _zero, "y": _zero}, locked=False)
+    now = START + 120 * T
+    expected = -0.2 * T
+
+    def vote(shift: float) -> ResyncVote:
+        action = voter.proposal(now, ResyncProposal("p", 7, CorrectionKind.DROP, shift, 0))
+        assert action is not None
+        return action.vote
+
+    assert vote(-expected).approve
+    assert not vote(+0.8 * T).approve
+    assert abs(vote(0.0).estimated_deviation - expected) < 0.1 * T
+
+
+@pytest.mark.parametrize("proposer_locked", [True, False])
+def test_a_neighbour_may_move_to_either_slot_at_a_boundary(proposer_locked: bool) -> None:
+    # Everyone but the voter labels pictures half a frame later, so the voter, locking in,
+    # sees the timeline (its locked neighbours' centre, or its anchor p) on the next slot
+    # boundary. Estimates of a timeline there straddle the boundary, so a neighbour may hold
+    # the middle of either slot, whether it is locked or still locking in.
+    voter = EngineShell(SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"]))
+    half = {name: (lambda _k: 0.5 * T) for name in ("p", "x", "y")}
+    _run(voter, range(120), half, locked=proposer_locked)
+    now = START + 120 * T
+    # p sits at the end of the voter's slot; it proposes the middle of the next one.
+    proposal = ResyncProposal("p", 7, CorrectionKind.DUPLICATE, 0.5 * T, 0)
+    action = voter.proposal(now, proposal)
+    assert action is not None
+    assert action.vote.approve
+
+
+def _locked_then_left_behind(
+    votes: Callable[[ResyncProposal], list[ResyncVote]],
+    engine: EngineShell | None = None,
+) -> list[object]:
+    """Lock with six neighbours, then have all six label pictures 0.48 frames later (they
+    moved together, towards the end of the slot). Counting itself, the engine's neighbourhood
+    centre is then 6/7 of that ahead, past the point where a centre counts as in the next
+    slot, while the spread stays under the relock limit: the engine keeps its lock and follows
+    the mesh into the next slot, a whole-frame correction that needs a vote."""
+    names = "abcdef"
+    engine = engine or _engine(list(names))
+    _run(engine, range(120), {n: _zero for n in names})
+    assert engine.snapshot(START + 120 * T).locked
+    actions: list[object] = []
+    for k in range(120, 240):
+        step = _run(engine, range(k, k + 1), {n: (lambda _k: 0.48 * T) for n in names})
+        actions.extend(step)
+        for action in step:
+            if isinstance(action, SendProposal):
+                for vote in votes(action.proposal):
+                    engine.vote(START + k * T + 0.002, vote)
+                actions.extend(engine.drain())
+    return actions
+
+
+def test_a_whole_slot_correction_is_proposed_and_applied_on_a_majority() -> None:
+    def approve(p: ResyncProposal) -> list[ResyncVote]:
+        return [ResyncVote(p.proposer, p.proposal_id, n, True, 0.0) for n in "abcd"]
+
+    actions = _locked_then_left_behind(approve)
+    proposals = [a for a in actions if isinstance(a, SendProposal)]
+    applied = [a for a in actions if isinstance(a, CorrectionApplied) and a.proposal_id > 0]
+    assert proposals and set(proposals[0].to) == set("abcdef")
+    assert applied and applied[0].kind is CorrectionKind.DUPLICATE
+    assert not [a for a in actions if isinstance(a, Escalate)]
+
+
+def test_a_rejected_correction_is_escalated_and_not_applied() -> None:
+    def reject(p: ResyncProposal) -> list[ResyncVote]:
+        return [ResyncVote(p.proposer, p.proposal_id, n, False, 0.0) for n in "abcd"]
+
+    actions = _locked_then_left_behind(reject)
+    escalated = [a for a in actions if isinstance(a, Escalate)]
+    assert escalated
+    assert not [a for a in actions if isinstance(a, CorrectionApplied) and a.proposal_id > 0]
+
+
+def test_when_all_neighbours_jump_at_once_the_engine_blames_itself() -> None:
+    engine = _engine(["a", "b", "c", "d"])
+    _run(engine, range(120), {n: _zero for n in "abcd"})
+    # Our own clock steps: every neighbour now appears 20 ms away at once.
+    _run(engine, range(120, 160), {n: (lambda _k: 0.020) for n in "abcd"})
+    state = engine.snapshot(START + 160 * T)
+    assert all(n.trusted for n in state.neighbours)
+
+
+def test_one_neighbour_jumping_is_the_neighbours_problem() -> None:
+    engine = _engine(["a", "b", "c", "d"])
+    _run(engine, range(120), {n: _zero for n in "abcd"})
+    offsets = {"a": _zero, "b": _zero, "c": _zero, "d": lambda _k: 0.020}
+    _run(engine, range(120, 160), offsets)
+    trust = {n.neighbour: n.trusted for n in engine.snapshot(START + 160 * T).neighbours}
+    assert trust == {"a": True, "b": True, "c": True, "d": False}
+
+
+def test_baselines_never_correct() -> None:
+    for strategy in (Strategy.EPOCH, Strategy.NONE):
+        engine = _engine(["a", "b", "c"], strategy)
+        actions = _run(engine, range(150), {n: (lambda _k: 3 * T) for n in "abc"})
+        assert actions == []
+
+
+def test_published_esps_describe_the_last_picture_and_echo_now_and_then() -> None:
+    engine = _engine(["a", "b"])
+    sent: list[EncodingStatePacket] = []
+    for k in range(16):
+        now = START + k * T
+        engine.frame(now, k)
+        engine.esp(now + 0.001, _esp("a", k + 1, k, now))
+        sent.extend(esp for _to, esp in engine.encoded(now + 0.002))
+    assert [esp.fingerprint for esp in sent[::2]] == list(range(16))
+    assert [esp.sequence for esp in sent[::2]] == list(range(1, 17))
+    echoed = [esp for esp in sent if esp.echo_sequence]
+    assert echoed and all(esp.echo_sent_at > 0 for esp in echoed)
+
+
+def test_a_locked_follower_takes_the_leaders_slot_the_others_hold_the_groups() -> None:
+    """Labels spread across a slot boundary: the neighbourhood's mean lies in the lower slot,
+    the leader's label in the upper one. Only the follower that knows the leader moves there."""
+    # Pictures are captured 0.9 frame into their slot; neighbour a (the leader) labels them
+    # 0.15 frame later (the next slot), b and c 0.1 frame earlier.
+    top = FPS.slot_middle(FPS.slot(1.8e9)) + 0.4 * T
+    offsets = {"a": 0.15 * T, "b": -0.1 * T, "c": -0.1 * T}
+    follower, loner = _engine(["a", "b", "c"]), _engine(["a", "b", "c"])
+    follower.leader("a")
+    for engine in (follower, loner):
+        for k in range(240):
+            now = top + k * T
+            decision = engine.frame(now, k)
+            if decision.timecodes:
+                engine.encoded(
+                    now, ((decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1])),)
+                )
+            for name, offset in offsets.items():
+                esp = _esp(name, k + 1, k, now + offset)
+                engine.esp(now + 0.001, esp)
+            for action in engine.drain():
+                if isinstance(action, SendProposal):
+                    p = action.proposal
+                    for voter in action.to:
+                        engine.vote(
+                            now + 0.002, ResyncVote(p.proposer, p.proposal_id, voter, True, 0.0)
+                        )
+                    engine.drain()
+    last = top + 239 * T
+    assert follower.snapshot(last).locked and loner.snapshot(last).locked
+    assert follower.snapshot(last).timecode == FPS.slot(last + offsets["a"])
+    assert loner.snapshot(last).timecode == FPS.slot(last + offsets["b"])
+
+
+def test_the_managers_apply_verdict_applies_the_escalated_plan_once() -> None:
+    def reject(p: ResyncProposal) -> list[ResyncVote]:
+        return [ResyncVote(p.proposer, p.proposal_id, n, False, 0.0) for n in "abcdef"]
+
+    engine = _engine(list("abcdef"))
+    actions = _locked_then_left_behind(reject, engine)
+    last = [a for a in actions if isinstance(a, Escalate)][-1]
+    pid = last.outcome.proposal.proposal_id
+    now = START + 240 * T  # within a second of the last vote's deadline
+    engine.drain()
+
+    def applied_by(proposal_id: int) -> list[CorrectionApplied]:
+        engine.approve_escalation(now, proposal_id)
+        return [a for a in engine.drain() if isinstance(a, CorrectionApplied)]
+
+    assert not applied_by(pid + 1000)  # not a plan it escalated
+    applied = applied_by(pid)
+    assert [a.proposal_id for a in applied] == [pid]
+    assert applied[0].shift == last.outcome.proposal.shift
+    assert not applied_by(pid)  # once only
+
+
+def test_a_newcomer_still_locking_in_does_not_unlock_its_locked_neighbours() -> None:
+    """d joins a locked neighbourhood a whole frame off and says it is not locked yet: the
+    engine keeps its lock and its timeline (d must come to the mesh, not the mesh to d)."""
+    engine = _engine(["a", "b", "c"])
+    _run(engine, range(120), {n: _zero for n in "abc"})
+    assert engine.snapshot(START + 120 * T).locked
+    engine.neighbours(("a", "b", "c", "d"))
+    moves = []
+    for k in range(120, 300):
+        now = START + k * T
+        decision = engine.frame(now, k)
+        engine.encoded(now, ((decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1])),))
+        for name in "abc":
+            engine.esp(now + 0.001, _esp(name, k + 1, k, now))
+        engine.esp(now + 0.001, _esp("d", k + 1, k, now + 1.0 * T, locked=False))
+        moves += [a for a in engine.drain() if isinstance(a, CorrectionApplied | SendProposal)]
+    state = engine.snapshot(START + 300 * T)
+    assert state.locked
+    assert not moves
+    assert state.timecode == FPS.slot(START + 299 * T)
+
+
+def test_a_locked_pair_a_frame_off_its_unlocked_majority_locks_in_again() -> None:
+    """The engine and a locked in one slot; b, c and d, still locking in, a whole frame
+    later. Counting only a (the locked), the pair would hold its slot for ever while b, c and
+    d, a frame from it, could never agree to lock (measured: a 100-encoder world that never
+    locked). Locked neighbours are counted alone only while they are at least as many as the
+    others, so the engine locks in again and averages with its neighbourhood."""
+    engine = _engine(["a", "b", "c", "d"])
+    _run(engine, range(120), {n: _zero for n in "abcd"})
+    assert engine.snapshot(START + 120 * T).locked
+    for k in range(120, 180):
+        now = START + k * T
+        decision = engine.frame(now, k)
+        engine.encoded(now, ((decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1])),))
+        engine.esp(now + 0.001, _esp("a", k + 1, k, now))
+        for name in "bcd":
+            engine.esp(now + 0.001, _esp(name, k + 1, k, now + 1.0 * T, locked=False))
+        engine.drain()
+    assert not engine.snapshot(START + 180 * T).locked
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_noise_floor_follows_the_measured_capture_jitter(seed: int) -> None:
+    # At 60 fps, the same engine fed arrivals with a quarter frame of jitter measures a larger
+    # deviation noise than with a fiftieth, and both stay a small part of a frame: the
+    # thresholds that scale with it are only raised where the noise could fake them.
+    rate = FrameRate(60)
+    rng = random.Random(seed)
+    noise = []
+    for fraction in (0.02, 0.25):
+        engine = EngineShell(SyncEngine("me", EngineConfig(frame_rate=rate), ["n"]))
+        start = rate.slot_middle(rate.slot(1.8e9))
+        for k in range(1200):
+            now = start + k * rate.period + rng.gauss(0.0, fraction * rate.period)
+            engine.frame(now, k + 1, None if k == 0 else 1)
+        noise.append(engine.deviation_noise / rate.period)
+    assert noise[0] < 0.5 * noise[1], f"seed {seed}: {noise}"
+    assert noise[1] < 0.1, f"seed {seed}: {noise}"
+
+
+@pytest.mark.parametrize("silent_sends", [True, False])
+def test_no_lock_in_move_while_a_sending_neighbour_is_unmeasured(silent_sends: bool) -> None:
+    # a labels every picture two frames later. b sends ESPs too, but only for pictures without
+    # an identity, so it is live and never measured: while it is, the mean is not yet the
+    # neighbourhood's and b could only refuse a vote for want of an estimate, so the engine
+    # proposes no lock-in move. A b that sends nothing at all does not hold it back.
+    engine = _engine(["a", "b"])
+    proposals = []
+    for k in range(1, 90):
+        now = START + k * T
+        engine.frame(now, k)
+        engine.esp(now + 0.001, _esp("a", k, k, now + 2 * T, locked=False))
+        if silent_sends:
+            engine.esp(now + 0.001, _esp("b", k, 0, now, locked=False))
+        proposals += [a for a in engine.drain() if isinstance(a, SendProposal)]
+    assert bool(proposals) is not silent_sends
+
+
+def test_locking_in_aims_for_an_anchor_heard_of_through_a_neighbour() -> None:
+    # x and y label every picture as this engine does, but x relays the anchor "a": its own
+    # label is 0.6 frames before a's. So a's label sits 0.1 frames into the next slot, and the
+    # engine (y's anchor being y, a larger id) aims for the middle of that slot, a whole frame
+    # on, instead of staying where its neighbours are.
+    engine = _engine(["x", "y"])
+    proposals: list[ResyncProposal] = []
+    for k in range(150):
+        now = START + k * T
+        engine.frame(now, k)
+        for name in ("x", "y"):
+            esp = _esp(name, k + 1, k, now, locked=False)
+            if name == "x":
+                esp = dataclasses.replace(esp, anchor="a", anchor_hops=1, anchor_offset=-0.6 * T)
+            engine.esp(now + 0.001, esp)
+        for action in engine.drain():
+            if isinstance(action, SendProposal):
+                proposals.append(action.proposal)
+                for voter in action.to:
+                    vote = ResyncVote("me", action.proposal.proposal_id, voter, True, 0.0)
+                    engine.vote(now + 0.002, vote)
+        engine.drain()
+    assert proposals
+    assert abs(proposals[0].shift - T) < 0.05 * T
+    state = engine.snapshot(START + 150 * T)
+    assert state.timecode == FPS.slot(START + 149 * T) + 1
+
+
+def test_each_neighbours_reported_confidence_is_in_the_snapshot() -> None:
+    engine = _engine(["a", "b"])
+    reported = {"a": 0.25, "b": 0.75}
+    for k in range(10):
+        now = START + k * T
+        engine.frame(now, k)
+        for name, confidence in reported.items():
+            esp = dataclasses.replace(_esp(name, k + 1, k, now), confidence=confidence)
+            engine.esp(now + 0.001, esp)
+    seen = {n.neighbour: n.confidence for n in engine.snapshot(START + 10 * T).neighbours}
+    assert seen == reported
+
+
+def test_what_each_neighbour_reports_of_itself_is_in_the_snapshot() -> None:
+    engine = _engine(["a", "b"])
+    reports = {"a": (0.004, 0.0012, 0.0003), "b": (0.009, 0.150, 0.020)}
+    for k in range(5):
+        now = START + k * T
+        engine.frame(now, k)
+        for name, (latency, rtt, jitter) in reports.items():
+            esp = dataclasses.replace(
+                _esp(name, k + 1, k, now), encode_latency=latency, rtt=rtt, jitter=jitter
+            )
+            engine.esp(now + 0.001, esp)
+    seen = {
+        n.neighbour: (n.reported_encode_latency, n.reported_rtt, n.reported_jitter)
+        for n in engine.snapshot(START + 5 * T).neighbours
+    }
+    assert seen == reports
