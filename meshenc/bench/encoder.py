@@ -282,8 +282,9 @@ class _BenchShell:
 
     def carry_out(self, action: Action) -> None:
         if isinstance(action, SendEsp):
-            self.esps.append(action.esp)
-            self.wire.append(mesh_pb2.MeshMessage(esp=convert.esp_to_proto(action.esp)))
+            for _ in action.to:  # converted per link, as the mesh links do
+                self.esps.append(action.esp)
+                self.wire.append(mesh_pb2.MeshMessage(esp=convert.esp_to_proto(action.esp)))
         elif isinstance(action, SendProposal):
             self.proposals.append(action.proposal)
 

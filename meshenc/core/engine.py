@@ -72,6 +72,7 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from math import isfinite
 
 from meshenc.core.anchor import Anchor, choose_anchor
 from meshenc.core.capture import CaptureSmoother
@@ -353,10 +354,11 @@ class EncodeFrame:
 
 @dataclass(frozen=True, slots=True)
 class SendEsp:
-    """Send this Encoding State Packet to neighbour ``to``."""
+    """Send this Encoding State Packet to every listed neighbour (one, when it echoes that
+    neighbour's own send time)."""
 
-    to: str
     esp: EncodingStatePacket
+    to: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,19 +485,14 @@ class _Neighbour:
         "acc_count",
         "acc_sum",
         "acc_time",
-        "anchor",
-        "confidence",
-        "corr",
         "corr_at",
-        "corr_rate",
         "counted_since",
         "filter",
         "hash_agreement",
+        "last",
         "link",
-        "locked",
         "pending",
         "rejected_seen",
-        "reported",
         "suspect_until",
     )
 
@@ -508,18 +505,33 @@ class _Neighbour:
         self.acc_count = 0
         self.acc_sum = 0.0
         self.acc_time = 0.0
-        self.corr = 0.0
-        self.corr_rate = 0.0
+        #: The neighbour's newest ESP (what it says of itself: lock, confidence, anchor, its
+        #: correction), and when it arrived on our clock.
+        self.last: EncodingStatePacket | None = None
         self.corr_at = 0.0
         self.hash_agreement = 1.0
         self.suspect_until = -math.inf
         self.rejected_seen = 0
-        self.locked = False
-        self.confidence = 0.0
-        #: (encode latency, mean RTT, mean jitter) the neighbour last reported of itself.
-        self.reported = (0.0, 0.0, 0.0)
-        #: The neighbour's last announced anchor, as it announced it.
-        self.anchor: Anchor | None = None
+
+    @property
+    def locked(self) -> bool:
+        return self.last is not None and self.last.locked
+
+    @property
+    def confidence(self) -> float:
+        return 0.0 if self.last is None else self.last.confidence
+
+    @property
+    def corr_rate(self) -> float:
+        return 0.0 if self.last is None else self.last.correction_rate
+
+    @property
+    def anchor(self) -> Anchor | None:
+        """The anchor the neighbour last announced, as it announced it."""
+        last = self.last
+        if last is None or not last.anchor:
+            return None
+        return Anchor(last.anchor, last.anchor_hops, last.anchor_offset)
 
     def add_sample(self, at: float, deviation: float) -> None:
         self.acc_count += 1
@@ -541,7 +553,10 @@ class _Neighbour:
         self.acc_sum = self.acc_time = 0.0
 
     def correction_at(self, now: float) -> float:
-        return self.corr + self.corr_rate * (now - self.corr_at)
+        last = self.last
+        if last is None:
+            return 0.0
+        return last.correction + last.correction_rate * (now - self.corr_at)
 
 
 # --- the engine -------------------------------------------------------------------------------
@@ -556,6 +571,7 @@ class SyncEngine:
         self.policy = make_policy(config.strategy, config.frame_rate, config.policy)
         self.topology_epoch = 0
         self._period = config.frame_rate.period
+        self._segments = config.segments
         self._smoother = CaptureSmoother(self._period)
         self._neighbours: dict[str, _Neighbour] = {}
         self._own: dict[int, tuple[float, float, int]] = {}
@@ -601,7 +617,11 @@ class SyncEngine:
 
     def step(self, now: float, event: Event) -> None:
         """Apply one event observed at ``now`` (seconds on this encoder's clock)."""
-        check_time(now)
+        if not isfinite(now):
+            check_time(now)  # raises
+        if event.__class__ is EspReceived:  # most events are ESPs: no pattern matching for them
+            self._on_esp(now, event.esp)
+            return
         match event:
             case EspReceived(esp):
                 self._on_esp(now, esp)
@@ -681,7 +701,7 @@ class SyncEngine:
         neighbours still moving, groups meeting — its segments may not be the ones the mesh
         settles on."""
         lock = self._lock
-        settled = now - lock.locked_since >= self.config.segments.duration(self._period)
+        settled = now - lock.locked_since >= self._segments.duration(self._period)
         return lock.locked and settled and self._settled_unlocked == 0
 
     def correction(self, now: float) -> float:
@@ -708,11 +728,13 @@ class SyncEngine:
             timecodes = tuple(range(last + 1, tc + 1))
         if timecodes:
             self._last_tc = timecodes[-1]
-        segment_of = self.config.segments.segment_of
+        segment_of = self._segments.segment_of
         bitrate_for = self._schedule.bitrate_for
-        decision = EncodeFrame(
-            fingerprint, label, timecodes, tuple(bitrate_for(segment_of(tc)) for tc in timecodes)
-        )
+        if len(timecodes) == 1:
+            bitrates: tuple[int, ...] = (bitrate_for(segment_of(timecodes[0])),)
+        else:
+            bitrates = tuple(bitrate_for(segment_of(tc)) for tc in timecodes)
+        decision = EncodeFrame(fingerprint, label, timecodes, bitrates)
         self._actions.append(decision)
         self._last = decision
         self._last_raw = raw
@@ -773,15 +795,15 @@ class SyncEngine:
         )
         actions = self._actions
         if self._sequence % self.config.echo_every:
-            actions.extend(SendEsp(name, esp) for name in self._neighbours)
+            actions.append(SendEsp(esp, tuple(self._neighbours)))
             return
         for name, nb in self._neighbours.items():
             sequence, sent_at, hold = nb.link.echo(now)
             if sequence:
                 echoed = replace(esp, echo_sequence=sequence, echo_sent_at=sent_at, echo_hold=hold)
-                actions.append(SendEsp(name, echoed))
+                actions.append(SendEsp(echoed, (name,)))
             else:
-                actions.append(SendEsp(name, esp))
+                actions.append(SendEsp(esp, (name,)))
 
     def _report_load(self, cpu_load: float, encode_latency: float) -> None:
         links = [nb.link for nb in self._neighbours.values()]
@@ -805,10 +827,8 @@ class SyncEngine:
         if nb is None:
             return
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
-        nb.locked = esp.locked
-        nb.confidence = esp.confidence
-        nb.reported = (esp.encode_latency, esp.rtt, esp.jitter)
-        nb.anchor = Anchor(esp.anchor, esp.anchor_hops, esp.anchor_offset) if esp.anchor else None
+        nb.last = esp
+        nb.corr_at = now
         if (
             esp.params_segment > 0
             and esp.params_bitrate_kbps > 0
@@ -819,9 +839,6 @@ class SyncEngine:
             # nobody, and adopting it would block every real change until its segment came
             # (one change at a time).
             self._learn(ParameterChange(esp.params_segment, esp.params_bitrate_kbps), 0)
-        nb.corr = esp.correction
-        nb.corr_rate = esp.correction_rate
-        nb.corr_at = now
         if esp.fingerprint == NO_IDENTITY:
             return
         theirs_raw = esp.label - esp.correction
@@ -877,7 +894,7 @@ class SyncEngine:
     @property
     def current_segment(self) -> int:
         """The segment of the newest output slot (-1 before the first frame)."""
-        return -1 if self._last_tc is None else self.config.segments.segment_of(self._last_tc)
+        return -1 if self._last_tc is None else self._segments.segment_of(self._last_tc)
 
     def bitrate_for(self, segment: int) -> int:
         """The agreed bitrate of ``segment``."""
@@ -950,7 +967,7 @@ class SyncEngine:
         locked: list[float] = []
         reference = None
         oldest = now - cfg.stale_after
-        newcomer_since = now - cfg.newcomer_segments * cfg.segments.duration(period)
+        newcomer_since = now - cfg.newcomer_segments * self._segments.duration(period)
         unmeasured = 0
         settled_unlocked = 0
         heard: list[Anchor] = []
@@ -973,7 +990,8 @@ class SyncEngine:
                     settled_unlocked += 1
                 if name == self._leader:
                     reference = deviation
-                relayed = nb.anchor.via(deviation) if nb.anchor is not None else None
+                announced = nb.anchor
+                relayed = announced.via(deviation) if announced is not None else None
                 if relayed is not None:
                     heard.append(relayed)
         # The encoder can vouch for its output while it is locked and every neighbour it counts
@@ -1231,9 +1249,9 @@ class SyncEngine:
                     crossing_in=time_to_boundary(deviation, rate, 0.5 * self._period),
                     locked=nb.locked,
                     confidence=nb.confidence,
-                    reported_encode_latency=nb.reported[0],
-                    reported_rtt=nb.reported[1],
-                    reported_jitter=nb.reported[2],
+                    reported_encode_latency=0.0 if nb.last is None else nb.last.encode_latency,
+                    reported_rtt=0.0 if nb.last is None else nb.last.rtt,
+                    reported_jitter=0.0 if nb.last is None else nb.last.jitter,
                 )
             )
         return EngineSnapshot(

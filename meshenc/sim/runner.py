@@ -188,7 +188,9 @@ def run(
                     # One lie per picture: the same offset and hash noise to every neighbour.
                     noise = noise or lie_rng.bytes(32)
                     esp = _lie(esp, lie_now(t), noise)
-                send(t, i, index[action.to], _ESP, esp)
+                received = EspReceived(esp)  # what every receiver is told: one event for all
+                for name in action.to:
+                    send(t, i, index[name], _ESP, received)
             elif isinstance(action, EncodeFrame):
                 codes = action.timecodes
                 labels[i][k] = action.label
@@ -242,8 +244,8 @@ def run(
                 heapq.heappush(heap, (arrival(i, k + 1), seq, _FRAME, i, k + 1))
             carry_out(t, i, now, k, engine.ready())
         elif kind == _ESP:
-            assert isinstance(payload, EncodingStatePacket)
-            engine.step(clocks[i].read(t), EspReceived(payload))
+            assert isinstance(payload, EspReceived)
+            engine.step(clocks[i].read(t), payload)
         elif kind == _PROPOSAL:
             assert isinstance(payload, ResyncProposal)
             now = clocks[i].read(t)

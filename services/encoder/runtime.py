@@ -571,11 +571,12 @@ class EncoderRuntime:
         """Carry out one of the engine's decisions (the pipeline encodes pictures itself)."""
         if isinstance(action, SendEsp):
             self._last_esp = action.esp
-            try:
-                self.links.send(action.to, action.esp)
-            except ValueError:
-                # A live encoder keeps encoding whatever its mesh plumbing does.
-                log.exception("could not send an ESP to %s", action.to)
+            for peer in action.to:
+                try:
+                    self.links.send(peer, action.esp)
+                except ValueError:
+                    # A live encoder keeps encoding whatever its mesh plumbing does.
+                    log.exception("could not send an ESP to %s", peer)
             return
         self.telemetry.on_action(action)
         if isinstance(action, SendVote):

@@ -69,7 +69,7 @@ class EngineShell:
     ) -> list[tuple[str, EncodingStatePacket]]:
         """Report the last picture encoded; the ESPs to send, as (neighbour, ESP)."""
         self._step(now, FrameEncoded(hashes))
-        return [(a.to, a.esp) for a in self._take(SendEsp)]
+        return [(to, a.esp) for a in self._take(SendEsp) for to in a.to]
 
     def esp(self, now: float, esp: EncodingStatePacket) -> None:
         self._step(now, EspReceived(esp))
