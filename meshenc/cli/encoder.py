@@ -28,6 +28,7 @@ from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import (
     DEFAULT_REGISTRY_TTL,
     EncoderSettings,
+    SegmentFormat,
     TopologyMode,
     parse_peers,
     parse_size,
@@ -70,6 +71,16 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     help="The live input: any URL PyAV reads (udp://, rtp://, rtmp://, http(s)://, tcp://) or a"
     " file (played in real time, looped). Without one the output is black and the encoder"
     " reports its input lost.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    envvar="MESHENC_FORMAT",
+    type=click.Choice([f.value for f in SegmentFormat]),
+    default=SegmentFormat.TS.value,
+    show_default=True,
+    help="Segments: ts (MPEG-TS, HLS) or cmaf (fMP4: init.mp4 and .m4s segments, with an HLS"
+    " playlist and a DASH manifest.mpd).",
 )
 @click.option(
     "--publish",
@@ -245,6 +256,7 @@ def encoder(
     peers: str,
     out: Path,
     source: str | None,
+    output_format: str,
     publish: tuple[str, ...],
     input_loss_frames: int,
     input_loss_repeat_s: float,
@@ -282,8 +294,9 @@ def encoder(
     """Run one live encoder of the mesh.
 
     It ingests the source, stamps frames with its own (optionally fault-injected) clock, keeps
-    its timecodes locked with its neighbours over gRPC, and writes HLS segments named by segment
-    number into --out. SIGTERM finishes the current segment and stops cleanly.
+    its timecodes locked with its neighbours over gRPC, and writes segments named by segment
+    number into --out (MPEG-TS with an HLS playlist, or with --format cmaf fMP4 with an HLS
+    playlist and a DASH MPD). SIGTERM finishes the current segment and stops cleanly.
     """
     configure_logging(log_level, node_id)
     try:
@@ -304,6 +317,7 @@ def encoder(
             out=out,
             source=source,
             publish=publish,
+            output_format=SegmentFormat(output_format),
             input_loss_frames=input_loss_frames,
             input_loss_repeat_s=input_loss_repeat_s,
             size=size,

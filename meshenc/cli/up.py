@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ from rich.text import Text
 
 from meshenc.cli.encoder import encoder as encoder_command
 from meshenc.cli.sim import console as make_console
-from services.encoder.settings import parse_size
+from services.encoder.settings import SegmentFormat, parse_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -92,6 +93,15 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Run a real HTTP origin (nginx) the encoders publish to; it keeps what it got in"
     " OUT/origin/.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice([f.value for f in SegmentFormat]),
+    default=SegmentFormat.TS.value,
+    show_default=True,
+    help="The encoders' segments: ts (MPEG-TS) or cmaf (fMP4, with an HLS playlist and a DASH"
+    " manifest.mpd).",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the injected clock faults."
@@ -163,6 +173,7 @@ def up(
     no_sync: bool,
     no_faults: bool,
     origin: bool,
+    output_format: str,
     seed: int,
     size: str,
     gop: int,
@@ -180,15 +191,18 @@ def up(
     A live source (`meshenc source`) sends one MPEG-TS stream to every encoder over its own
     UDP path (different delays, jitter and swing); every encoder stamps the measured arrivals
     with its own injected clock drift (spread over ±--max-drift-ppm), and the mesh keeps their
-    outputs frame-locked. Midway the segment leader is killed
-    with kill -9 and later a new encoder joins (unless --no-faults). At the end: HLS per
-    encoder in --out, out/report.html with plots and out/summary.json. Every process started
-    is stopped at the end, on Ctrl-C and on errors.
+    outputs frame-locked. Midway the segment leader is killed with kill -9 and later a new
+    encoder joins (unless --no-faults). At the end: HLS per encoder in --out (MPEG-TS, or CMAF
+    with a DASH manifest too with --format cmaf), out/report.html with plots and
+    out/summary.json. Every process started is stopped at the end, on Ctrl-C and on errors.
     """
     # The run pulls in etcd, the planner and the report (matplotlib): only `up` pays for them.
     from meshenc.local.demo import DemoConfig, DemoRun  # noqa: PLC0415
     from meshenc.local.launcher import ChildFailedError  # noqa: PLC0415
 
+    # Every encoder the run starts inherits the environment: --format reaches them as the
+    # variable of `meshenc encoder --format`.
+    os.environ["MESHENC_FORMAT"] = SegmentFormat(output_format).value
     root = ctx.find_root().command
     commands = getattr(root, "commands", {})
     try:

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-Every encoder writes one MPEG-TS file per GOP, named by segment number (``timecode div GOP``,
-see :func:`services.encoder.media.segments.segment_name`), and a segment file is a pure function
+Every encoder writes one segment file per GOP (MPEG-TS ``.ts``, or CMAF ``.m4s`` beside its
+``init.mp4``), named by segment number (``timecode div GOP``, see
+:func:`services.encoder.media.segments.segment_name`), and a segment file is a pure function
 of its frames' timecodes and the encoding parameters. Encoders that agree on the timecode of
 every source picture therefore write byte-identical files under the same names, and encoders
 that disagree on even one picture write different bytes. Comparing SHA-256 digests of the files
@@ -55,6 +56,7 @@ the order of its inputs; ``agreed <= judged``; ``misaligned_frames == 0`` whenev
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -64,7 +66,14 @@ from typing import Any
 
 import av
 
-from services.encoder.media.segments import PLAYLIST_NAME, segment_name, segment_number
+from services.encoder.media.segments import (
+    INIT_NAME,
+    PLAYLIST_NAME,
+    SegmentFormat,
+    segment_format,
+    segment_name,
+    segment_number,
+)
 
 #: The folder of a local run (``meshenc up``) where the origin keeps what it received: it
 #: holds what the origin served, not an encoder's output, so finding outputs passes it by.
@@ -103,15 +112,17 @@ class EncoderOutput:
         folder: where the files are.
         digests: segment number to the hex SHA-256 of its file.
         playlist_problems: what is wrong with the folder's playlist, if anything.
+        format: the segments' format (their file names' suffix).
     """
 
     name: str
     folder: Path
     digests: Mapping[int, str]
     playlist_problems: tuple[str, ...] = ()
+    format: SegmentFormat = SegmentFormat.TS
 
     def path(self, segment: int) -> Path:
-        return self.folder / segment_name(segment)
+        return self.folder / segment_name(segment, self.format)
 
     @property
     def runs(self) -> tuple[tuple[int, int], ...]:
@@ -136,7 +147,9 @@ def _digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _playlist_problems(folder: Path, segments: Iterable[int]) -> tuple[str, ...]:
+def _playlist_problems(
+    folder: Path, segments: Iterable[int], fmt: SegmentFormat
+) -> tuple[str, ...]:
     """Does the live playlist number its segments as the files do?
 
     HLS numbers a listed segment by position (media sequence + index), so a playlist is
@@ -161,10 +174,10 @@ def _playlist_problems(folder: Path, segments: Iterable[int]) -> tuple[str, ...]
             listed.append(line)
     if sequence is None:
         return (f"{PLAYLIST_NAME} has no media sequence",) if listed else ()
-    present = {segment_name(s) for s in segments}
+    present = {segment_name(s, fmt) for s in segments}
     problems = []
     for index, name in enumerate(listed):
-        expected = segment_name(sequence + index)
+        expected = segment_name(sequence + index, fmt)
         if name != expected:
             problems.append(f"{PLAYLIST_NAME} lists {name} where {expected} belongs")
         elif name not in present:
@@ -175,22 +188,27 @@ def _playlist_problems(folder: Path, segments: Iterable[int]) -> tuple[str, ...]
 def scan_output(folder: Path, name: str | None = None) -> EncoderOutput:
     """Digest every segment file of one encoder's folder and check its playlist.
 
-    Files that are not segments (temp files, logs, the playlist) are ignored.
+    Files that are not segments (temp files, logs, the playlist, CMAF's init) are ignored. A
+    folder holding segments of both formats is judged by the format it holds more of.
 
     Raises:
         FileNotFoundError / NotADirectoryError: ``folder`` is not a readable folder.
     """
     folder = Path(folder)
-    digests = {}
+    found: dict[SegmentFormat, dict[int, Path]] = {fmt: {} for fmt in SegmentFormat}
     for entry in folder.iterdir():
+        fmt = segment_format(entry.name)
         number = segment_number(entry.name)
-        if number is not None and entry.is_file():
-            digests[number] = _digest(entry)
+        if fmt is not None and number is not None and entry.is_file():
+            found[fmt][number] = entry
+    fmt = max(SegmentFormat, key=lambda f: len(found[f]))
+    digests = {number: _digest(path) for number, path in sorted(found[fmt].items())}
     return EncoderOutput(
         name=name if name is not None else folder.name,
         folder=folder,
-        digests=dict(sorted(digests.items())),
-        playlist_problems=_playlist_problems(folder, digests),
+        digests=digests,
+        playlist_problems=_playlist_problems(folder, digests, fmt),
+        format=fmt,
     )
 
 
@@ -224,9 +242,16 @@ def find_outputs(paths: Iterable[Path]) -> list[Path]:
 
 
 def count_frames(path: Path) -> int:
-    """Access units (frames) in one segment file, by demuxing it; 0 if it cannot be read."""
+    """Access units (frames) in one segment file, by demuxing it (a CMAF segment behind the
+    folder's init segment); 0 if it cannot be read."""
     try:
-        with av.open(str(path)) as container:
+        if segment_format(path.name) is SegmentFormat.CMAF:
+            source: Path | io.BytesIO = io.BytesIO(
+                (path.parent / INIT_NAME).read_bytes() + path.read_bytes()
+            )
+        else:
+            source = path
+        with av.open(source, "r") as container:
             if not container.streams.video:
                 return 0
             stream = container.streams.video[0]

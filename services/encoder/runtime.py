@@ -82,6 +82,7 @@ from meshenc.wire.adjacency import AdjacencyDocument
 from services.encoder.control import ControlPlane, record_health
 from services.encoder.leadership import SegmentLeadership
 from services.encoder.manager_link import VoteLog
+from services.encoder.media.containers import TICKS, AudioPacket
 from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
 from services.encoder.media.ingest import (
     Ingested,
@@ -92,13 +93,7 @@ from services.encoder.media.ingest import (
     LiveIngest,
 )
 from services.encoder.media.publish import Publisher
-from services.encoder.media.segments import (
-    PLAYLIST_NAME,
-    TICKS,
-    AudioPacket,
-    SegmentWriter,
-    segment_number,
-)
+from services.encoder.media.segments import SegmentWriter, segment_number
 from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
 from services.encoder.pipeline import FramePipeline
@@ -418,7 +413,7 @@ class EncoderRuntime:
         else:
             log.warning("no --source: the output is black and the encoder reports degraded")
         encoder = GopEncoder(self._params)
-        writer = SegmentWriter(self.settings.out, self._params)
+        writer = SegmentWriter(self.settings.out, self._params, fmt=self.settings.output_format)
         self._writer = writer
         self.pipeline.start(encoder, writer)
         if self.settings.publish:
@@ -514,9 +509,14 @@ class EncoderRuntime:
             if not (vouched and self.engine.vouches(self.clock())):
                 self.unvouched += 1
             elif self.publisher is not None:
+                if (init := self._writer.init_path) is not None:
+                    # A few hundred bytes with every segment: an origin that lost it, or
+                    # never got it, has it again before the next segment's manifests.
+                    self.publisher.publish(init, init.name)
                 self.publisher.publish(path, path.name)
                 if self._publishes_playlist():
-                    self.publisher.publish(self._writer.playlist_path, PLAYLIST_NAME)
+                    for manifest in self._writer.manifest_paths:
+                        self.publisher.publish(manifest, manifest.name)
         for stale in [s for s in self._vouched if newest is not None and s < newest]:
             del self._vouched[stale]  # segments the writer dropped (partial): never written
 

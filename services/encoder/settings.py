@@ -24,6 +24,7 @@ from services.common.etcd import (
     EtcdSettings,
     parse_endpoints,
 )
+from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import InputLossPolicy
 from services.encoder.media.publish import origin_url
 
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_REGISTRY_TTL",
     "EncoderSettings",
     "EtcdSettings",
+    "SegmentFormat",
     "TopologyMode",
     "parse_endpoints",
     "parse_peers",
@@ -112,6 +114,8 @@ class EncoderSettings(BaseModel):
     #: HTTP origins (http://HOST[:PORT][/PATH]) to PUT the segments this encoder can vouch for,
     #: and its playlist while it leads its segment; none when empty.
     publish: tuple[str, ...] = ()
+    #: What the segments are: MPEG-TS (HLS) or CMAF (fMP4 for HLS and DASH, with an init).
+    output_format: SegmentFormat = SegmentFormat.TS
     #: Stop after this many seconds (None: run until SIGTERM).
     duration: Annotated[float, Field(gt=0.0)] | None = None
     seed: int = 0

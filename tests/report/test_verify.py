@@ -3,7 +3,8 @@
 The folders hold made-up bytes under real segment names (``segment_name``), so every case —
 identical, differing, gaps, splits, the lock-in window — is exact and fast; frames per segment
 are given (``frames=`` / ``--gop``) because made-up bytes cannot be demuxed. The frame counter
-on real MPEG-TS files is exercised by the recorder test, which runs real encoders.
+on real MPEG-TS files is exercised by the recorder test, which runs real encoders; on real CMAF
+segments (behind their init segment), by the one test here that writes them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,15 @@ import pytest
 from click.testing import CliRunner
 
 from meshenc.cli.main import cli
+from meshenc.core.timecode import FrameRate
 from meshenc.report.verify import compare, count_frames, find_outputs, scan_output, verify
-from services.encoder.media.segments import PLAYLIST_NAME, segment_name
+from services.encoder.media import EncoderParams, GopEncoder, SyntheticSource, VideoFormat
+from services.encoder.media.segments import (
+    PLAYLIST_NAME,
+    SegmentFormat,
+    SegmentWriter,
+    segment_name,
+)
 
 from .synthetic import FIRST, make_run, run_of, write_folder
 
@@ -166,6 +174,35 @@ def test_count_frames_reads_nothing_from_a_file_that_is_not_mpeg_ts(tmp_path: Pa
     junk.write_bytes(b"\x00" * 1000)
     assert count_frames(junk) == 0
     assert count_frames(tmp_path / "missing.ts") == 0
+
+
+def test_cmaf_folders_are_judged_by_their_m4s_segments(tmp_path: Path) -> None:
+    """Real CMAF from two writers: identical folders are locked; a segment swapped for another
+    is a misaligned copy whose frames are counted from the segment behind its init."""
+    fmt = VideoFormat(160, 96, FrameRate(30))
+    params = EncoderParams.for_format(fmt, gop=6, bitrate_kbps=300)
+    source, encoder = SyntheticSource(fmt), GopEncoder(params)
+    frames = [encoder.encode(600 + n, source.read()) for n in range(5 * params.gop)]
+    folders = []
+    for name in "ab":
+        writer = SegmentWriter(tmp_path / name, params, fmt=SegmentFormat.CMAF)
+        for frame in frames:
+            writer.add(frame)
+        writer.finish()
+        folders.append(tmp_path / name)
+    output = scan_output(folders[0])
+    assert output.format is SegmentFormat.CMAF
+    assert sorted(output.digests) == list(range(100, 105))
+    assert output.playlist_problems == ()
+    assert output.path(100).name == segment_name(100, SegmentFormat.CMAF)
+    assert count_frames(output.path(100)) == params.gop
+    assert find_outputs([tmp_path]) == folders
+    assert verify(folders, lock_in=0).locked
+    swapped = folders[1] / segment_name(103, SegmentFormat.CMAF)
+    swapped.write_bytes((folders[1] / segment_name(102, SegmentFormat.CMAF)).read_bytes())
+    result = verify(folders, lock_in=0)
+    assert not result.locked
+    assert result.misaligned_frames == params.gop
 
 
 # -- the command line ------------------------------------------------------------------------

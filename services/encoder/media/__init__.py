@@ -1,4 +1,4 @@
-"""The encoder's media path: sources, GOP-deterministic H.264 encoding and HLS segments.
+"""The encoder's media path: sources, GOP-deterministic H.264 encoding and HLS/DASH segments.
 
 This is the only package of the encoder service that imports PyAV; the core never does.
 """
@@ -6,7 +6,12 @@ This is the only package of the encoder service that imports PyAV; the core neve
 from __future__ import annotations
 
 from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
-from services.encoder.media.segments import PLAYLIST_NAME, SegmentWriter, segment_name
+from services.encoder.media.segments import (
+    PLAYLIST_NAME,
+    SegmentFormat,
+    SegmentWriter,
+    segment_name,
+)
 from services.encoder.media.source import (
     Picture,
     SourceError,
@@ -21,6 +26,7 @@ __all__ = [
     "EncoderParams",
     "GopEncoder",
     "Picture",
+    "SegmentFormat",
     "SegmentWriter",
     "SourceError",
     "SyntheticSource",

@@ -1,12 +1,13 @@
-"""HLS segments on disk: one MPEG-TS file per GOP, written atomically, and a live playlist.
+"""Segments on disk: one file per GOP (MPEG-TS or CMAF), written atomically, and live manifests.
 
 Theory of operation: segment ``s`` holds the frames whose timecodes lie in it (the params'
 ``SegmentLayout``: ``s × gop`` to ``(s + 1) × gop - 1``). The writer collects a segment's
 access units as they arrive and muxes the segment once the next segment begins, so a segment
-file is a pure function of its EncodedFrames and the params: fresh muxer state per file, packet
-timestamps derived from the timecode alone, and bit-exact muxing (no version strings, no random
-ids). Encoders that agree on timecodes therefore write byte-identical files under the same
-names, which a packager can switch between freely.
+file is a pure function of its EncodedFrames and the params: the container
+(``services.encoder.media.containers``: MPEG-TS, or CMAF with its init segment) muxes each
+segment afresh, with timestamps derived from the timecode alone, bit-exactly. Encoders that
+agree on timecodes therefore write byte-identical files under the same names, which a packager
+can switch between freely.
 
 A segment is written only if it is *whole*: it holds its GOP's first frame (the IDR picture that
 opens every GOP) and it was not cut short, i.e. it reached its last slot or the very next
@@ -16,7 +17,9 @@ the segment in progress at ``finish()`` unless its last slot has arrived.
 
 Files appear atomically (temp file in the same directory, fsync, ``os.replace``, fsync of the
 directory): a reader sees a whole segment or none, and a crash leaves at most a temp file,
-which ``cleanup()`` (called on construction and by ``finish()``) removes.
+which ``cleanup()`` (called on construction and by ``finish()``) removes. CMAF's init segment
+(``init.mp4``) is written before the first media segment and again only when it changes (the
+stream's parameters did), before the segment that needs it.
 
 Audio is passed through, re-timed onto the shared timeline. Every video frame comes with its
 source timestamp; a segment's first frame anchors the segment on the source's clock (the
@@ -27,11 +30,14 @@ segment waits until audio has been seen past its end (or until ``audio_wait`` of
 has passed: the input lost its audio), then it is muxed. Encoders fed the same stream
 therefore write the same audio into the same segments, byte for byte.
 
+Manifests: the HLS playlist (``index.m3u8``) always, and for CMAF the DASH MPD
+(``manifest.mpd``, ``services.encoder.media.dash``), rewritten after every segment.
+
 Invariants: timecodes never go back to an earlier segment; the playlist lists a run of
-consecutive segment numbers (at most ``window``), its media sequence number is the first one's
-segment number and each segment's EXT-X-PROGRAM-DATE-TIME is its start on the shared timeline,
-so every encoder's playlist numbers and dates a segment alike; each audio packet lands in
-at most one segment.
+consecutive segment numbers (at most ``window``) that share one init segment, its media
+sequence number is the first one's segment number and each segment's EXT-X-PROGRAM-DATE-TIME
+is its start on the shared timeline, so every encoder's playlist numbers and dates a segment
+alike; each audio packet lands in at most one segment.
 """
 
 from __future__ import annotations
@@ -41,54 +47,80 @@ import math
 import os
 import tempfile
 from collections import deque
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
 
-import av
-
+from services.encoder.media.containers import (
+    INIT_NAME,
+    TICKS,
+    AudioPacket,
+    Cmaf,
+    Muxed,
+    SegmentFormat,
+    container_for,
+)
+from services.encoder.media.dash import MPD_NAME, render_mpd
 from services.encoder.media.gop import EncodedFrame, EncoderParams
 
-__all__ = ["PLAYLIST_NAME", "AudioPacket", "SegmentWriter", "segment_name", "segment_number"]
+__all__ = [
+    "INIT_NAME",
+    "MPD_NAME",
+    "PLAYLIST_NAME",
+    "AudioPacket",
+    "SegmentFormat",
+    "SegmentWriter",
+    "segment_format",
+    "segment_name",
+    "segment_number",
+    "segment_template",
+    "utc_instant",
+]
 
 PLAYLIST_NAME = "index.m3u8"
 TEMP_PREFIX = ".tmp-"
 DEFAULT_WINDOW = 10
-#: Timestamps in the segments' audio, and source times handed to the writer: MPEG-TS's 90 kHz.
-TICKS = 90_000
 #: Audio packets kept while their segments are being collected (about 20 s of AAC).
 MAX_AUDIO_PACKETS = 1000
 #: An audio timestamp this far (or more) behind the newest is a restart of the source's clock.
 MAX_AUDIO_STEP_BACK = 5 * TICKS
 
-_Writer = Callable[[BinaryIO], object]
+_DIGITS = 12
 
 
-def segment_name(segment: int) -> str:
-    """The file name of segment ``segment``: the same on every encoder."""
-    return f"seg-{segment:012d}.ts"
+def segment_name(segment: int, fmt: SegmentFormat = SegmentFormat.TS) -> str:
+    """The file name of segment ``segment`` in ``fmt``: the same on every encoder."""
+    return f"seg-{segment:0{_DIGITS}d}{fmt.suffix}"
+
+
+def segment_template(fmt: SegmentFormat) -> str:
+    """:func:`segment_name` as a DASH ``SegmentTemplate@media`` (``$Number$`` = the number)."""
+    return f"seg-$Number%0{_DIGITS}d${fmt.suffix}"
+
+
+def segment_format(name: str) -> SegmentFormat | None:
+    """The format of a file name of :func:`segment_name`; None for any other name."""
+    for fmt in SegmentFormat:
+        digits = name.removeprefix("seg-").removesuffix(fmt.suffix)
+        if digits.isdigit() and digits.isascii() and segment_name(int(digits), fmt) == name:
+            return fmt
+    return None
 
 
 def segment_number(name: str) -> int | None:
-    """The segment number a file name of :func:`segment_name` carries; None for any other."""
-    digits = name.removeprefix("seg-").removesuffix(".ts")
-    if not digits.isdigit() or not digits.isascii():
-        return None
-    number = int(digits)
-    return number if segment_name(number) == name else None
+    """The segment number a file name of :func:`segment_name` (any format) carries; None for
+    any other name."""
+    fmt = segment_format(name)
+    return None if fmt is None else int(name.removeprefix("seg-").removesuffix(fmt.suffix))
 
 
-@dataclass(frozen=True, slots=True)
-class AudioPacket:
-    """One compressed audio packet of the source, at ``source_time`` (90 kHz ticks)."""
-
-    codec: str
-    sample_rate: int
-    source_time: int
-    data: bytes
+def utc_instant(seconds: Fraction) -> str:
+    """An instant in exact seconds since the Unix epoch as ISO 8601 UTC, rounded down to the
+    millisecond (``2027-01-01T00:00:02.002Z``): HLS's and DASH's dates alike."""
+    millis = seconds.numerator * 1000 // seconds.denominator
+    stamp = datetime.fromtimestamp(millis // 1000, tz=UTC)
+    return f"{stamp:%Y-%m-%dT%H:%M:%S}.{millis % 1000:03d}Z"
 
 
 @dataclass(slots=True)
@@ -103,13 +135,15 @@ class _Pending:
 
 
 class SegmentWriter:
-    """Collects EncodedFrames into per-GOP MPEG-TS segments and keeps ``index.m3u8`` current."""
+    """Collects EncodedFrames into per-GOP segments (MPEG-TS or CMAF) and keeps the manifests
+    (``index.m3u8``, and ``manifest.mpd`` for CMAF) current."""
 
     def __init__(
         self,
         out_dir: Path,
         params: EncoderParams,
         *,
+        fmt: SegmentFormat = SegmentFormat.TS,
         window: int = DEFAULT_WINDOW,
         audio_wait: float = 1.0,
     ) -> None:
@@ -117,7 +151,11 @@ class SegmentWriter:
             raise ValueError(f"the playlist window must hold at least one segment, got {window}")
         self.out_dir = Path(out_dir)
         self.params = params
+        self.format = fmt
         self.window = window
+        self._container = container_for(fmt, params)
+        #: The init segment on disk (CMAF), as last written by this writer.
+        self._init: bytes | None = None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._audio_wait = round(audio_wait * TICKS)
         self._audio: deque[AudioPacket] = deque(maxlen=MAX_AUDIO_PACKETS)
@@ -134,6 +172,18 @@ class SegmentWriter:
     @property
     def playlist_path(self) -> Path:
         return self.out_dir / PLAYLIST_NAME
+
+    @property
+    def manifest_paths(self) -> tuple[Path, ...]:
+        """The manifests rewritten after every segment: the HLS playlist, then the MPD."""
+        if self.format is SegmentFormat.CMAF:
+            return (self.playlist_path, self.out_dir / MPD_NAME)
+        return (self.playlist_path,)
+
+    @property
+    def init_path(self) -> Path | None:
+        """CMAF's init segment, once written; None for MPEG-TS (and before the first)."""
+        return None if self._init is None else self.out_dir / INIT_NAME
 
     @property
     def listed(self) -> tuple[int, ...]:
@@ -275,12 +325,25 @@ class SegmentWriter:
                 leftover.unlink()
 
     def _write(self, pending: _Pending) -> Path:
-        path = self.out_dir / segment_name(pending.segment)
-        audio = self._segment_audio(pending)
-        self._atomic_write(path, lambda out: self._mux(out, pending.frames, audio))
+        path = self.out_dir / segment_name(pending.segment, self.format)
+        muxed = self._mux(pending.segment, pending.frames, self._segment_audio(pending))
+        if muxed.init is not None and muxed.init != self._init:
+            self._atomic_write(self.out_dir / INIT_NAME, muxed.init)
+            if self._init is not None:
+                self._listed.clear()  # listed segments need the old init: list afresh
+            self._init = muxed.init
+        self._atomic_write(path, muxed.media)
         self._extend_window(pending.segment)
-        self._atomic_write(self.playlist_path, lambda out: out.write(self._playlist().encode()))
+        self._atomic_write(self.playlist_path, self._playlist().encode())
+        if self.format is SegmentFormat.CMAF:
+            self._atomic_write(self.out_dir / MPD_NAME, self._mpd().encode())
         return path
+
+    def _mux(
+        self, segment: int, frames: list[EncodedFrame], audio: list[tuple[int, AudioPacket]]
+    ) -> Muxed:
+        """The segment's bytes (and CMAF's init), from the container."""
+        return self._container.mux(segment, frames, audio)
 
     def _extend_window(self, newest: int) -> None:
         """Append ``newest`` to the listed run; a gap starts the run afresh.
@@ -294,55 +357,34 @@ class SegmentWriter:
         self._listed.append(newest)
         del self._listed[: -self.window]
 
-    def _mux(
-        self,
-        out: BinaryIO,
-        frames: Sequence[EncodedFrame],
-        audio: Sequence[tuple[int, AudioPacket]] = (),
-    ) -> None:
-        """Mux one segment's access units (and its audio) into MPEG-TS, bit-exactly."""
-        params = self.params
-        rate = Fraction(params.frame_rate.num, params.frame_rate.den)
-        with av.open(
-            out, "w", format="mpegts", container_options={"fflags": "+bitexact"}
-        ) as container:
-            stream = container.add_mux_stream(
-                "h264", rate=rate, width=params.width, height=params.height
-            )
-            if audio:
-                first = audio[0][1]
-                sound = container.add_mux_stream(first.codec, rate=first.sample_rate)
-                for at, sample in audio:
-                    packet = av.Packet(sample.data)
-                    packet.stream = sound
-                    packet.time_base = Fraction(1, TICKS)
-                    packet.pts = at
-                    packet.dts = at
-                    container.mux(packet)
-            for frame in frames:
-                packet = av.Packet(frame.data)
-                packet.stream = stream
-                packet.time_base = params.time_base
-                # Absolute timecodes: continuous across segments and equal on every encoder.
-                packet.pts = frame.timecode
-                packet.dts = frame.timecode
-                packet.duration = 1
-                packet.is_keyframe = frame.keyframe
-                container.mux(packet)
-
     def _playlist(self) -> str:
         duration = self.segment_duration
+        cmaf = self.format is SegmentFormat.CMAF
         lines = [
             "#EXTM3U",
-            "#EXT-X-VERSION:3",
+            "#EXT-X-VERSION:7" if cmaf else "#EXT-X-VERSION:3",  # 7: fMP4 segments
             f"#EXT-X-TARGETDURATION:{math.ceil(duration)}",
             f"#EXT-X-MEDIA-SEQUENCE:{self._listed[0]}",
         ]
+        if cmaf:
+            lines.append(f'#EXT-X-MAP:URI="{INIT_NAME}"')
         for segment in self._listed:
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{self.program_date_time(segment)}")
             lines.append(f"#EXTINF:{float(duration):.3f},")
-            lines.append(segment_name(segment))
+            lines.append(segment_name(segment, self.format))
         return "\n".join(lines) + "\n"
+
+    def _mpd(self) -> str:
+        """The DASH MPD; its publishTime is the newest listed segment's end, as every encoder
+        that wrote it would say."""
+        codecs = self._container.codecs if isinstance(self._container, Cmaf) else ()
+        return render_mpd(
+            self.params,
+            codecs=codecs,
+            window=self.window,
+            publish_time=utc_instant(self._start(self._listed[-1] + 1)),
+            media_template=segment_template(self.format),
+        )
 
     def program_date_time(self, segment: int) -> str:
         """When ``segment`` starts on the shared timeline, as HLS's EXT-X-PROGRAM-DATE-TIME.
@@ -350,17 +392,14 @@ class SegmentWriter:
         Timecodes count frame slots since the Unix epoch, so the segment's first slot *is* a
         wall-clock instant, the same on every encoder; rounded down to the millisecond.
         """
-        start = self._start(segment)
-        millis = start.numerator * 1000 // start.denominator
-        stamp = datetime.fromtimestamp(millis // 1000, tz=UTC)
-        return f"{stamp:%Y-%m-%dT%H:%M:%S}.{millis % 1000:03d}Z"
+        return utc_instant(self._start(segment))
 
-    def _atomic_write(self, path: Path, write: _Writer) -> None:
+    def _atomic_write(self, path: Path, data: bytes) -> None:
         """Write ``path`` so that it appears whole or not at all."""
         fd, temp = tempfile.mkstemp(dir=self.out_dir, prefix=f"{TEMP_PREFIX}{path.name}.")
         try:
             with os.fdopen(fd, "wb") as out:
-                write(out)
+                out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
             # mkstemp creates 0600; segments are served by packagers and web servers.

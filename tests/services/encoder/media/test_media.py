@@ -7,10 +7,10 @@ leaves no file behind. Pictures are small (160x96) and GOPs short, so the file r
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
 
 import av
 import numpy as np
@@ -22,12 +22,14 @@ from services.encoder.media import (
     EncoderParams,
     GopEncoder,
     Picture,
+    SegmentFormat,
     SegmentWriter,
     SyntheticSource,
     VideoFormat,
     fingerprint,
     segment_name,
 )
+from services.encoder.media.containers import Muxed
 
 FMT = VideoFormat(160, 96, FrameRate(30))
 GOP = 6
@@ -219,8 +221,10 @@ def stream() -> list[EncodedFrame]:
     return encode([(BASE - GOP + 2 + i, p) for i, p in enumerate(pics[: 4 * GOP + GOP // 2])])
 
 
-def write_all(out_dir: Path, frames: list[EncodedFrame], **kwargs: int) -> SegmentWriter:
-    writer = SegmentWriter(out_dir, PARAMS, **kwargs)
+def write_all(
+    out_dir: Path, frames: list[EncodedFrame], fmt: SegmentFormat = SegmentFormat.TS
+) -> SegmentWriter:
+    writer = SegmentWriter(out_dir, PARAMS, fmt=fmt)
     for frame in frames:
         writer.add(frame)
     return writer
@@ -331,8 +335,7 @@ def test_a_failed_mux_leaves_no_file(
 ) -> None:
     writer = SegmentWriter(tmp_path, PARAMS)
 
-    def crash(self: SegmentWriter, out: BinaryIO, frames: object, audio: object = ()) -> None:
-        out.write(b"\x47" * 188)  # half a segment on disk, then the muxer dies
+    def crash(self: SegmentWriter, segment: int, frames: object, audio: object) -> Muxed:
         raise RuntimeError("mux crashed")
 
     boundary = next(i for i, f in enumerate(stream) if f.timecode == BASE + GOP)
@@ -348,6 +351,26 @@ def test_a_failed_mux_leaves_no_file(
     assert segment_name(BASE // GOP + 1) in files(tmp_path)
     writer.finish()
     assert not [name for name in files(tmp_path) if name.startswith(".")]
+
+
+def test_a_write_cut_off_midway_leaves_no_file(
+    tmp_path: Path, stream: list[EncodedFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = SegmentWriter(tmp_path, PARAMS)
+    boundary = next(i for i, f in enumerate(stream) if f.timecode == BASE + GOP)
+    for frame in stream[:boundary]:
+        writer.add(frame)
+
+    def disk_died(fd: int) -> None:
+        assert os.fstat(fd).st_size > 0  # the segment's bytes are in the temp file
+        raise OSError("disk died")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", disk_died)
+        with pytest.raises(OSError, match="disk died"):
+            writer.add(stream[boundary])
+    assert files(tmp_path) == []
+    writer.finish()
 
 
 def test_temp_files_of_a_killed_writer_are_cleaned_up(tmp_path: Path) -> None:

@@ -23,9 +23,9 @@ from meshenc.core.timecode import FrameRate
 from meshenc.local.origin import OriginProcess
 from meshenc.local.ports import free_ports
 from services.encoder.media import (
-    PLAYLIST_NAME,
     EncoderParams,
     GopEncoder,
+    SegmentFormat,
     SegmentWriter,
     SyntheticSource,
     VideoFormat,
@@ -108,12 +108,14 @@ async def test_published_files_are_served_byte_for_byte(
         assert await served(f"{origin.url}/{name}") == data
 
 
+@pytest.mark.parametrize("segment_format", list(SegmentFormat))
 async def test_two_encoders_segment_writers_publish_identical_files(
-    origin: OriginProcess, tmp_path: Path
+    origin: OriginProcess, tmp_path: Path, segment_format: SegmentFormat
 ) -> None:
-    """Real MPEG-TS: two SegmentWriters fed the same encoded frames, each with a publisher, as
-    the encoder will use them: every written segment, then the playlist. The origin ends with
-    exactly each encoder's files, byte for byte."""
+    """Real segments (MPEG-TS, and CMAF with its init and MPD): two SegmentWriters fed the
+    same encoded frames, each with a publisher, as the encoder uses them: the init, every
+    written segment, then the manifests. The origin ends with exactly each encoder's files,
+    byte for byte, and the playlist that maps the init was never held back."""
     fmt = VideoFormat(160, 96, FrameRate(30))
     params = EncoderParams.for_format(fmt, gop=6, bitrate_kbps=300)
     source = SyntheticSource(fmt)
@@ -122,25 +124,30 @@ async def test_two_encoders_segment_writers_publish_identical_files(
         frames = [encoder.encode(600 + n, source.read()) for n in range(6 * 5)]
     finally:
         encoder.close()
-    writers = [SegmentWriter(tmp_path / name, params) for name in ("a", "b")]
+    writers = [SegmentWriter(tmp_path / name, params, fmt=segment_format) for name in "ab"]
     publishers = [Publisher([origin.url]) for _ in writers]
+
+    def publish(writer: SegmentWriter, publisher: Publisher, written: list[Path]) -> None:
+        for path in written:
+            if writer.init_path is not None:
+                publisher.publish(writer.init_path, writer.init_path.name)
+            publisher.publish(path, path.name)
+        if written:
+            for manifest in writer.manifest_paths:
+                publisher.publish(manifest, manifest.name)
+
     for frame in frames:
         for writer, publisher in zip(writers, publishers, strict=True):
-            written = writer.add(frame)
-            for path in written:
-                publisher.publish(path, path.name)
-            if written:
-                publisher.publish(writer.playlist_path, PLAYLIST_NAME)
+            publish(writer, publisher, writer.add(frame))
         await asyncio.sleep(0)
     for writer, publisher in zip(writers, publishers, strict=True):
-        for path in writer.finish():
-            publisher.publish(path, path.name)
-        publisher.publish(writer.playlist_path, PLAYLIST_NAME)
+        publish(writer, publisher, writer.finish())
         assert await publisher.drain(20.0)
         await publisher.close()
         assert (publisher.failed, publisher.dropped, publisher.skipped) == (0, 0, 0)
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert len(names) == 6  # five segments and the playlist
+    # Five segments and the playlist; CMAF adds its init and the MPD.
+    assert len(names) == (6 if segment_format is SegmentFormat.TS else 8)
     assert names == sorted(p.name for p in origin.root.iterdir())
     for name in names:
         body = await served(f"{origin.url}/{name}")
