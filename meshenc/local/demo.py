@@ -63,8 +63,10 @@ from meshenc.local.etcd import EtcdProcess
 from meshenc.local.failover import SegmentWatch
 from meshenc.local.launcher import LOGS_DIR, PIDS_NAME, Launcher
 from meshenc.local.origin import OriginProcess
+from meshenc.local.player import BrowserPlayer, unavailable, write_skipped
 from meshenc.local.ports import free_ports
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_report
+from meshenc.report.playback import PLAYER_DIR
 from meshenc.report.recorder import EVENTS_NAME, Event, Recorder, StateEvent
 from meshenc.report.verify import (
     DEFAULT_LOCK_IN,
@@ -107,6 +109,8 @@ LIVE_SEGMENTS: Final = 12
 _LEADER_POLL: Final = 0.1
 _IDENTITY_EVERY: Final = 1.0
 _NOTES: Final = 14
+_SCREENSHOT_AFTER: Final = 3.0
+"""At least this long after playback began before the screenshot."""
 #: Files a previous run leaves in its folder; only such a folder is cleared for a new run.
 _RUN_MARKERS: Final = (EVENTS_NAME, PIDS_NAME, SUMMARY_NAME)
 
@@ -141,6 +145,9 @@ class DemoConfig:
     origin: bool = True
     #: Let the manager plan the links when it can (off: the static plan, ``--peers``).
     managed_topology: bool = True
+    #: Play the origin's stream in a headless browser (hls.js) for the whole run: True, False,
+    #: or None for "when this machine can" (:func:`meshenc.local.player.unavailable`).
+    player: bool | None = None
     etcd_binary: str = "etcd"
 
     def __post_init__(self) -> None:
@@ -366,6 +373,8 @@ class DemoRun:
         self._recorder: _FeedingRecorder | None = None
         #: The origin the encoders publish to, once it serves (None: no origin).
         self.origin_url: str | None = None
+        #: Why no browser plays the stream in this run (None: one does).
+        self.player_skipped = player_skipped(config)
 
     @property
     def playback_url(self) -> str | None:
@@ -473,6 +482,9 @@ class DemoRun:
             ChildFailedError: a process did not start (everything started is stopped).
         """
         prepare_out_dir(self.out)
+        if self.player_skipped is not None:
+            write_skipped(self.out / PLAYER_DIR, self.player_skipped)
+            self._note(f"player: skipped ({self.player_skipped})", "yellow")
         etcd = EtcdProcess(
             binary=self.config.etcd_binary, log_path=self.out / LOGS_DIR / "etcd.log"
         )
@@ -550,8 +562,16 @@ class DemoRun:
                 asyncio.create_task(self._watch_leaders(etcd.endpoint), name="leader-watch"),
                 asyncio.create_task(self._watch_identity(), name="identity"),
             ]
+            player = None
+            if self.player_skipped is None and self.playback_url is not None:
+                player = BrowserPlayer(self.out / PLAYER_DIR, self.playback_url)
+                watchers.append(asyncio.create_task(self._play(player), name="player"))
             try:
                 await self._timeline(launcher)
+                if player is not None:
+                    # Before the encoders stop: the stream's end is not a stall.
+                    self._set_phase("stopping the player")
+                    await self._stop_player(player, watchers[-1])
                 self._set_phase("stopping encoders")
                 names = [n for n, v in self.state.encoders.items() if v.status == "running"]
                 for name in names:
@@ -564,6 +584,8 @@ class DemoRun:
             finally:
                 for task in watchers:
                     task.cancel()
+                if player is not None:
+                    await self._stop_player(player, watchers[-1])
                 for task in watchers:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
@@ -625,6 +647,37 @@ class DemoRun:
         view.pid = launcher.children[encoder.name].pid
         if kind == "joined":
             self._note(f"{encoder.name} joined ({encoder.drift_ppm:+.1f} ppm)", "green")
+
+    @property
+    def screenshot_time(self) -> float:
+        """When the player's screenshot is due: between the kill and the join, else at 75 %."""
+        config = self.config
+        if config.faults:
+            return (config.kill_time + config.join_time) / 2
+        return config.duration * 0.75
+
+    async def _play(self, player: BrowserPlayer) -> None:
+        """Open the stream in the browser once the origin announces it; take the screenshot."""
+        self._note("player: waiting for the origin's playlist")
+        try:
+            await player.wait_for_stream()
+            await player.play()
+        except Exception as exc:
+            self._note(f"player: the browser did not start: {exc}", "bold red")
+            player.note("stopped", reason=f"the browser did not start: {exc}")
+            return
+        self._note(f"player: chromium plays {self.playback_url} with hls.js", "green")
+        start = self.state.started_at or time.time()
+        # At the chosen moment, or a few seconds in when playback began after it.
+        await asyncio.sleep(max(start + self.screenshot_time - time.time(), _SCREENSHOT_AFTER))
+        if await player.screenshot() is not None:
+            self._note("player: screenshot taken")
+
+    async def _stop_player(self, player: BrowserPlayer, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await player.stop("the run stopped" if self.state.stop_requested else "the run ended")
 
     def _check_children(self, launcher: Launcher) -> None:
         """Note encoders that died on their own (not killed by the run)."""
@@ -742,6 +795,15 @@ class DemoRun:
             self._on_note(self.state.notes[-1])
 
 
+def player_skipped(config: DemoConfig) -> str | None:
+    """Why no browser plays the origin's stream in this run; None when one does."""
+    if config.player is False:
+        return "--no-player"
+    if not config.origin:
+        return "no origin to play (--no-origin)"
+    return unavailable()
+
+
 async def _nothing() -> None:
     """The last step of the timeline: the end of the run."""
 
@@ -764,7 +826,7 @@ def prepare_out_dir(out: Path) -> None:
         for entry in out.iterdir():
             is_run_file = entry.name in (*_RUN_MARKERS, REPORT_NAME) or entry.suffix == ".tmp"
             if entry.is_dir() and (
-                entry.name in (LOGS_DIR, PLOTS_DIR, ORIGIN_DIR) or _is_encoder(entry)
+                entry.name in (LOGS_DIR, PLOTS_DIR, ORIGIN_DIR, PLAYER_DIR) or _is_encoder(entry)
             ):
                 shutil.rmtree(entry)
             elif is_run_file:
