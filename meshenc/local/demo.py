@@ -21,16 +21,21 @@ is planned in from the start: its neighbours list it and keep trying to reach it
 1. the real etcd (:class:`~meshenc.local.etcd.EtcdProcess`), the registry replicas, the
    manager when this installation has one, the live source (``meshenc source``: the test
    pattern or the user's file, looped, sent to every encoder over its own path; a stream URL
-   instead goes to every encoder as it is), then every encoder at once, each through the
+   instead goes to every encoder as it is), the browser player unless it is skipped
+   (:class:`~meshenc.local.player.BrowserPlayer`, launched on a blank page), then every
+   encoder at once, each through the
    :class:`~meshenc.local.launcher.Launcher` (own process group, log under ``out/logs/``,
    pid in ``out/pids.json``, ready when its health service answers);
 2. the :class:`~meshenc.report.recorder.Recorder` polls every encoder's GetState into
    ``out/events.jsonl``; the run records its own ``started``/``killed``/``joined``/
    ``stopped`` events through it, and a ``leader`` event whenever the leader key of a group
    changes in etcd (a watch in this process);
-3. the kill and the join at their times; the mesh runs until ``duration`` is over or
-   :meth:`DemoRun.request_stop` is called (Ctrl-C);
-4. the shutdown in dependency order: encoders first (SIGTERM: each finishes its segment and
+3. the player opens the origin's stream once its playlist lists three segments, and takes
+   its screenshot halfway between the kill and the join; the kill and the join at their
+   times; the mesh runs until ``duration`` is over or :meth:`DemoRun.request_stop` is called
+   (Ctrl-C);
+4. the shutdown in dependency order: the player first (the stream's end is no stall), then
+   the encoders (SIGTERM: each finishes its segment and
    resigns its leadership), then the recorder, the manager and registries, etcd last; then
    :func:`meshenc.report.write_report` builds ``summary.json``, the plots and ``report.html``.
 
@@ -39,7 +44,8 @@ only reads :attr:`DemoRun.state`, which the run updates as events arrive.
 
 Invariants: every encoder process is in ``pids.json``; every ``killed`` or ``joined`` event in
 ``events.jsonl`` was recorded right after the launcher did it; the report is written only from
-the files and the events.
+the files, the events and the player's log; a skipped player leaves ``player/log.jsonl`` saying
+why.
 """
 
 from __future__ import annotations
@@ -375,6 +381,8 @@ class DemoRun:
         self.origin_url: str | None = None
         #: Why no browser plays the stream in this run (None: one does).
         self.player_skipped = player_skipped(config)
+        self._player: BrowserPlayer | None = None
+        self._play_task: asyncio.Task[None] | None = None
 
     @property
     def playback_url(self) -> str | None:
@@ -507,6 +515,7 @@ class DemoRun:
                     self._note(f"origin serving at {origin.url}: play {self.playback_url}")
                 await self._run_mesh(launcher, etcd)
         finally:
+            await self._stop_player()
             etcd.stop()
             etcd.close()
             if origin is not None:
@@ -545,6 +554,7 @@ class DemoRun:
         if (source := self.source_args()) is not None:
             launcher.spawn("source", source)
             self._note("live source sending to every encoder over its own path")
+        await self._launch_player()
         self._set_phase("starting encoders")
         recorder = _FeedingRecorder(self.out, self._on_event)
         async with recorder:
@@ -562,16 +572,14 @@ class DemoRun:
                 asyncio.create_task(self._watch_leaders(etcd.endpoint), name="leader-watch"),
                 asyncio.create_task(self._watch_identity(), name="identity"),
             ]
-            player = None
-            if self.player_skipped is None and self.playback_url is not None:
-                player = BrowserPlayer(self.out / PLAYER_DIR, self.playback_url)
-                watchers.append(asyncio.create_task(self._play(player), name="player"))
+            if self._player is not None:
+                self._play_task = asyncio.create_task(self._play(self._player), name="player")
             try:
                 await self._timeline(launcher)
-                if player is not None:
+                if self._player is not None:
                     # Before the encoders stop: the stream's end is not a stall.
                     self._set_phase("stopping the player")
-                    await self._stop_player(player, watchers[-1])
+                    await self._stop_player()
                 self._set_phase("stopping encoders")
                 names = [n for n, v in self.state.encoders.items() if v.status == "running"]
                 for name in names:
@@ -584,8 +592,6 @@ class DemoRun:
             finally:
                 for task in watchers:
                     task.cancel()
-                if player is not None:
-                    await self._stop_player(player, watchers[-1])
                 for task in watchers:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
@@ -656,6 +662,19 @@ class DemoRun:
             return (config.kill_time + config.join_time) / 2
         return config.duration * 0.75
 
+    async def _launch_player(self) -> None:
+        """Start the browser before the encoders, when this run has a player."""
+        if self.player_skipped is not None or self.playback_url is None:
+            return
+        self._set_phase("starting the browser")
+        player = self._player = BrowserPlayer(self.out / PLAYER_DIR, self.playback_url)
+        try:
+            await player.launch()
+        except Exception as exc:
+            self._note(f"player: the browser did not start: {exc}", "bold red")
+            await player.stop(f"the browser did not start: {exc}")
+            self._player = None
+
     async def _play(self, player: BrowserPlayer) -> None:
         """Open the stream in the browser once the origin announces it; take the screenshot."""
         self._note("player: waiting for the origin's playlist")
@@ -663,8 +682,8 @@ class DemoRun:
             await player.wait_for_stream()
             await player.play()
         except Exception as exc:
-            self._note(f"player: the browser did not start: {exc}", "bold red")
-            player.note("stopped", reason=f"the browser did not start: {exc}")
+            self._note(f"player: the page did not open: {exc}", "bold red")
+            player.note("stopped", reason=f"the page did not open: {exc}")
             return
         self._note(f"player: chromium plays {self.playback_url} with hls.js", "green")
         start = self.state.started_at or time.time()
@@ -673,11 +692,15 @@ class DemoRun:
         if await player.screenshot() is not None:
             self._note("player: screenshot taken")
 
-    async def _stop_player(self, player: BrowserPlayer, task: asyncio.Task[None]) -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        await player.stop("the run stopped" if self.state.stop_requested else "the run ended")
+    async def _stop_player(self) -> None:
+        """Stop the player and close the browser (once; nothing when there is none)."""
+        if self._play_task is not None:
+            self._play_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._play_task
+        if self._player is not None:
+            reason = "the run stopped" if self.state.stop_requested else "the run ended"
+            await self._player.stop(reason)
 
     def _check_children(self, launcher: Launcher) -> None:
         """Note encoders that died on their own (not killed by the run)."""

@@ -7,16 +7,22 @@ driver; the browser is the system's, never a downloaded one), headless, muted, w
 allowed, without a GPU (``--disable-gpu``: software compositing, a little cheaper than the
 emulated GPU on a machine that has none) and with ``--no-sandbox`` when the caller is root
 (Chromium's sandbox refuses root). It takes about a tenth of one core playing a 320x180 or
-640x360 stream. The
+640x360 stream, and runs at nice :data:`BROWSER_NICE` (through a two-line wrapper script): a
+viewer watches from a machine of its own, so on the mesh's machine the browser takes only the
+CPU the encoders leave. Run as root, Chromium would raise its own media and compositor threads
+to nice -8, ahead of the encoders; the wrapper drops ``CAP_SYS_NICE`` from its bounding set
+(``setpriv``, util-linux) so that it cannot. The
 page (``player.html`` beside this module) and the hls.js bundle (``hls.min.js`` from npm, pinned
 by ``player/package-lock.json`` and installed by ``make player-deps``) are served by a small
 HTTP server of the player's own on 127.0.0.1 (a page on the loopback may read from the loopback;
 Chromium keeps pages from elsewhere off local addresses); the stream comes from the origin
 itself (nginx answers with ``Access-Control-Allow-Origin: *``).
 
-A viewer opens a stream once it is announced: :meth:`BrowserPlayer.play` first waits until the
-origin serves a media playlist that lists :data:`MIN_SEGMENTS` segments (hls.js starts three
-segments behind the live edge), then opens the page. The page keeps its own log (see
+The browser is launched on a blank page first (:meth:`BrowserPlayer.launch`: its start-up,
+a burst of a third of a core, is then over before the encoders start). A viewer opens a stream
+once it is announced: :meth:`BrowserPlayer.wait_for_stream` waits until the origin serves a
+media playlist that lists :data:`MIN_SEGMENTS` segments (hls.js starts three segments behind
+the live edge), then :meth:`BrowserPlayer.play` opens the page. The page keeps its own log (see
 ``player.html``); a task drains it every :data:`DRAIN_EVERY` seconds into ``log.jsonl`` in the
 player's folder, so what happened until a crash of the browser is kept. The driver's own
 entries (``started``, ``screenshot``, ``stopped``, or ``skipped`` with its reason) go to the
@@ -34,7 +40,9 @@ import importlib.util
 import json
 import logging
 import os
+import shlex
 import shutil
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,6 +68,8 @@ __all__ = [
 
 log = logging.getLogger("meshenc.player")
 
+BROWSER_NICE: Final = 10
+"""How much nicer than the run the browser is: it yields the CPU to the mesh it watches."""
 MIN_SEGMENTS: Final = 3
 """Segments the origin's playlist lists before the page opens it."""
 DRAIN_EVERY: Final = 1.0
@@ -120,8 +130,9 @@ async def _playlist_ready(session: aiohttp.ClientSession, url: str) -> bool:
 class BrowserPlayer:
     """Headless Chromium playing ``playlist_url`` with hls.js; logs into ``folder``.
 
-    ``await play()`` once, ``await screenshot()`` whenever, ``await stop(reason)`` at the end
-    (also after a failed ``play``). Nothing of the browser outlives ``stop``.
+    ``await launch()``, ``await wait_for_stream()`` and ``await play()`` once each,
+    ``await screenshot()`` whenever, ``await stop(reason)`` at the end (also after a failure).
+    Nothing of the browser outlives ``stop``.
     """
 
     def __init__(
@@ -148,6 +159,7 @@ class BrowserPlayer:
         self._lock = asyncio.Lock()
         self._server: _PageServer | None = None
         self._stopped = False
+        self._scratch: Path | None = None
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
         if entries:
@@ -170,28 +182,44 @@ class BrowserPlayer:
                 await asyncio.sleep(_POLL)
         return True
 
-    async def play(self) -> None:
-        """Start the browser and open the page on the stream (call after wait_for_stream)."""
+    async def launch(self) -> None:
+        """Start the browser on a blank page, so that its start-up is over before the mesh's."""
         from playwright.async_api import async_playwright  # noqa: PLC0415
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._server = _PageServer(self.hlsjs)
-        page_url = f"{self._server.url}/?src={quote(self.playlist_url, safe='')}"
         args = ["--autoplay-policy=no-user-gesture-required", "--disable-gpu"]
         if os.geteuid() == 0:
             args.append("--no-sandbox")
         self._playwright = await async_playwright().start()
         self._browser = await self._playwright.chromium.launch(
-            executable_path=str(self.chromium),
+            executable_path=str(self._niced_chromium()),
             headless=True,
             args=args,
             # Ctrl-C goes to meshenc up, which stops the player in order and keeps its log.
             handle_sigint=False,
         )
+        self._page = await self._browser.new_page(viewport=_VIEWPORT)
+
+    async def play(self) -> None:
+        """Open the page on the stream (after launch and wait_for_stream)."""
+        if self._browser is None or self._page is None:
+            raise RuntimeError("launch the browser first")
+        self._server = _PageServer(self.hlsjs)
+        page_url = f"{self._server.url}/?src={quote(self.playlist_url, safe='')}"
         self.note("started", url=self.playlist_url, browser=self._browser.version)
-        page = self._page = await self._browser.new_page(viewport=_VIEWPORT)
-        await page.goto(page_url)
+        await self._page.goto(page_url)
         self._drainer = asyncio.create_task(self._drain_forever(), name="player-log")
+
+    def _niced_chromium(self) -> Path:
+        """A script that runs chromium at BROWSER_NICE, unable to raise any of its threads."""
+        self._scratch = Path(tempfile.mkdtemp(prefix="meshenc-player-"))
+        script = self._scratch / "chromium"
+        command = ["nice", "-n", str(BROWSER_NICE), str(self.chromium)]
+        setpriv = shutil.which("setpriv")
+        if os.geteuid() == 0 and setpriv:
+            command = [setpriv, "--bounding-set=-sys_nice", *command]
+        script.write_text(f'#!/bin/sh\nexec {shlex.join(command)} "$@"\n')
+        script.chmod(0o700)
+        return script
 
     async def _drain(self) -> None:
         async with self._lock:
@@ -251,6 +279,9 @@ class BrowserPlayer:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
 
 class _PageServer:
