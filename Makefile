@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "meshenc needs $(PYTHON) (3.11 or newer)"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { scripts/ensure-system-deps.sh --venv && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[test,dev]'
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[test,dev,player]'
 	@touch $@
 
 # Generated code is rebuilt when a .proto changes; it is never edited by hand.
@@ -105,7 +105,7 @@ bench: $(VENV)/.installed proto
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
-	.lock-venv/bin/pip install --quiet '.[test,dev]'
+	.lock-venv/bin/pip install --quiet '.[test,dev,player]'
 	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^meshenc' > constraints.txt
 	rm -rf .lock-venv build *.egg-info
 	@echo "constraints.txt re-pinned"

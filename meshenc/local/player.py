@@ -101,7 +101,7 @@ def find_hlsjs() -> Path | None:
 def unavailable() -> str | None:
     """Why no browser player can run here; None when it can."""
     if importlib.util.find_spec("playwright") is None:
-        return "the playwright package is not installed (make installs it)"
+        return "the playwright package is not installed (the 'player' extra; make installs it)"
     if find_chromium() is None:
         return "chromium is not installed (scripts/ensure-system-deps.sh installs it)"
     if find_hlsjs() is None:
