@@ -234,7 +234,7 @@ class BrowserPlayer:
             try:
                 await self._drain()
             except Exception as exc:  # the browser is gone: say so once, keep what we have
-                self.note("stopped", reason=f"the page stopped answering: {exc}")
+                self.note("stopped", reason=f"the page stopped answering: {exc}", lost=True)
                 log.warning("player: the page stopped answering: %s", exc)
                 return
 

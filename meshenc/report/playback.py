@@ -28,6 +28,9 @@ played / wall
     ``currentTime`` at the last sample minus at the first one after start-up, against the
     wall time between them: 1.0 is real time; a seek forward (hls.js jumping to the live edge)
     shows as more, a stall as less.
+lost
+    The page stopped answering before the run ended (the driver's ``stopped`` entry says so):
+    nothing after that moment was watched.
 seeks, skipped fragments, discontinuities
     ``seeking`` events after start-up; fragments played whose sequence number is not the
     previous one's plus one; discontinuity sequence numbers other than 0 in any playlist
@@ -113,6 +116,8 @@ class PlaybackResult:
     samples: int = 0
     screenshot: str | None = None
     stop_reason: str | None = None
+    #: The page stopped answering before the run ended (the browser died): the log ends there.
+    lost: bool = False
 
     @property
     def started(self) -> bool:
@@ -125,9 +130,11 @@ class PlaybackResult:
 
     @property
     def smooth(self) -> bool:
-        """Started, and then played without a stall, error, seek, skip or long gap."""
+        """Started, and then played to the end of the run without a stall, error, seek, skip or
+        long gap."""
         return (
             self.started
+            and not self.lost
             and not self.stalls
             and not self.stalled_events
             and not self.errors
@@ -155,6 +162,8 @@ class PlaybackResult:
             f"played {self.played_s:.1f} s in {self.wall_s:.1f} s",
             f"{self.fragments} fragments",
         ]
+        if self.lost:
+            parts.append("the browser was lost")
         for count, what in (
             (self.stalled_events, "stalled events"),
             (self.seeks, "seeks"),
@@ -193,6 +202,7 @@ class PlaybackResult:
             "samples": self.samples,
             "screenshot": self.screenshot,
             "stop_reason": self.stop_reason,
+            "lost": self.lost,
         }
 
 
@@ -227,6 +237,7 @@ def evaluate(log: Iterable[Mapping[str, Any]]) -> PlaybackResult:
             values["screenshot"] = entry.get("path")
         elif kind == "stopped":  # the first reason: a browser that died before the run ended
             values.setdefault("stop_reason", entry.get("reason"))
+            values["lost"] = values.get("lost", False) or bool(entry.get("lost"))
         elif kind == "load" and "loaded_at" not in values:
             values.update(loaded_at=entry["t"], hls_version=entry.get("hls"))
     errors = tuple(

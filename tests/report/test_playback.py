@@ -117,6 +117,21 @@ def test_seeks_skipped_fragments_and_discontinuities_are_not_smooth() -> None:
     assert result.discontinuities == 1 and not result.smooth
 
 
+def test_a_browser_lost_before_the_end_is_not_smooth() -> None:
+    log = scripted(seconds=8.0)
+    log[-1] = {
+        "kind": "stopped",
+        "t": T0 + 9.5,
+        "reason": "the page stopped answering",
+        "lost": True,
+    }
+    log.append({"kind": "stopped", "t": T0 + 30, "reason": "the run ended"})
+    result = evaluate(log)
+    assert result.lost and not result.smooth
+    assert result.stop_reason == "the page stopped answering"
+    assert "the browser was lost" in result.line
+
+
 def test_never_playing_and_skipped() -> None:
     fatal = {
         "kind": "error",
