@@ -1,6 +1,7 @@
 # meshenc — every entry point a developer or CI needs. `make test` and `make demo` do all set-up
 # on a fresh Debian machine: virtualenv, Python packages (pinned by constraints.txt), the etcd
-# server, and the generated protocol code.
+# server, nginx, chromium and npm, hls.js (pinned by player/package-lock.json), and the
+# generated protocol code.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/meshenc/v1/*.proto)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help demo test lint proto bench system-deps tools chart-check image image-for-tests lock clean
+.PHONY: help demo test lint proto bench system-deps tools player-deps chart-check image image-for-tests lock clean
 
 help:
 	@echo "make demo   run the local mesh (embedded mode)"
@@ -26,7 +27,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "meshenc needs $(PYTHON) (3.11 or newer)"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { scripts/ensure-system-deps.sh --venv && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[test,dev]'
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[test,dev,player]'
 	@touch $@
 
 # Generated code is rebuilt when a .proto changes; it is never edited by hand.
@@ -46,6 +47,15 @@ system-deps:
 	PYTHON=$(PY) scripts/fetch-helm.sh
 
 tools: .tools/bin/grpcurl .tools/bin/helm .tools/bin/kubectl
+
+# hls.js for the player page `meshenc up` plays the origin's stream with in headless chromium:
+# exactly the version player/package-lock.json pins, installed by npm into player/node_modules.
+HLSJS := player/node_modules/hls.js/dist/hls.min.js
+$(HLSJS): player/package.json player/package-lock.json | system-deps
+	cd player && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+player-deps: $(HLSJS)
 
 # The Helm chart alone, with the real helm binary (tests/system/chart): helm lint; helm template
 # with the default values and every values file in deploy/helm/meshenc/ci/; each rendered manifest
@@ -74,12 +84,13 @@ lint: $(VENV)/.installed proto
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: $(VENV)/.installed proto system-deps tools lint image-for-tests
+test: $(VENV)/.installed proto system-deps player-deps tools lint image-for-tests
 	$(PY) -m pytest
 
 # The local mesh with a live view: etcd, registry replicas, the manager, 6 encoders on drifting
-# clocks, a kill -9 and a join; ends with out/report.html and out/summary.json (docs/demo.md).
-demo: $(VENV)/.installed proto system-deps
+# clocks, a kill -9 and a join, a browser playing the origin's stream; ends with out/report.html
+# and out/summary.json (docs/demo.md).
+demo: $(VENV)/.installed proto system-deps player-deps
 	$(VENV)/bin/meshenc up
 
 bench: $(VENV)/.installed proto
@@ -95,10 +106,10 @@ bench: $(VENV)/.installed proto
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
-	.lock-venv/bin/pip install --quiet '.[test,dev]'
+	.lock-venv/bin/pip install --quiet '.[test,dev,player]'
 	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^meshenc' > constraints.txt
 	rm -rf .lock-venv build *.egg-info
 	@echo "constraints.txt re-pinned"
 
 clean:
-	rm -rf $(VENV) meshenc/v1 build *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
+	rm -rf $(VENV) meshenc/v1 player/node_modules build *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -2,8 +2,10 @@
 # Installs the system programs meshenc needs when they are missing: the etcd server (tests and
 # the demo start real etcd), nginx (tests start it as a local HTTP origin that takes PUT; on
 # Debian bookworm the `nginx` package's own binary is built with the WebDAV module, and
-# nginx-light is only `nginx` plus the echo module), with --bench also ffmpeg (the encoder
-# benchmark's baseline), and with --venv the python3-venv package (when `python3 -m venv` failed).
+# nginx-light is only `nginx` plus the echo module), chromium (the browser that plays the
+# origin's stream, driven by Playwright: Debian's build, with H.264 and AAC) and npm (installs
+# the pinned hls.js), with --bench also ffmpeg (the encoder benchmark's baseline), and with
+# --venv the python3-venv package (when `python3 -m venv` failed).
 # Debian/Ubuntu only; elsewhere it says what to install and fails.
 set -euo pipefail
 
@@ -15,6 +17,8 @@ case "${1:-}" in
     command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
     # Debian puts nginx in /usr/sbin, which is not on a non-root user's PATH.
     command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    command -v chromium >/dev/null 2>&1 || [[ -x /usr/lib/chromium/chromium ]] || missing+=(chromium)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
     ;;
 esac
 [[ ${#missing[@]} -eq 0 ]] && exit 0

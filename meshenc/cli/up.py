@@ -104,6 +104,13 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     " manifest.mpd).",
 )
 @click.option(
+    "--player/--no-player",
+    default=None,
+    help="Play the origin's stream in headless Chromium with hls.js for the whole run and"
+    " report stalls and errors [default: when chromium and hls.js are installed; when not,"
+    " the run says why].",
+)
+@click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the injected clock faults."
 )
 @click.option(
@@ -174,6 +181,7 @@ def up(
     no_faults: bool,
     origin: bool,
     output_format: str,
+    player: bool | None,
     seed: int,
     size: str,
     gop: int,
@@ -199,6 +207,13 @@ def up(
     # The run pulls in etcd, the planner and the report (matplotlib): only `up` pays for them.
     from meshenc.local.demo import DemoConfig, DemoRun  # noqa: PLC0415
     from meshenc.local.launcher import ChildFailedError  # noqa: PLC0415
+    from meshenc.local.player import unavailable  # noqa: PLC0415
+
+    if player:
+        if not origin:
+            raise click.UsageError("--player plays the origin's stream: it needs --origin")
+        if (reason := unavailable()) is not None:
+            raise click.UsageError(f"--player: {reason}")
 
     # Every encoder the run starts inherits the environment: --format reaches them as the
     # variable of `meshenc encoder --format`.
@@ -214,6 +229,7 @@ def up(
             sync=not no_sync,
             faults=not no_faults,
             origin=origin,
+            player=player,
             seed=seed,
             size=size,
             fps=fps,
@@ -252,6 +268,15 @@ def up(
         raise click.UsageError(str(exc)) from exc
     style = "bold green" if summary.locked else "bold red"
     console.print(Text(summary.line, style=style))
+    if summary.playback is not None:
+        smooth = summary.playback.smooth or summary.playback.skipped is not None
+        console.print(Text(summary.playback.line, style="green" if smooth else "bold red"))
+        for watched in summary.watched:
+            when = "while the browser played" if watched.during_playback else "before/after play"
+            console.print(f"  {watched.kind} {watched.encoder}: {when}", highlight=False)
+    if summary.recording is not None:
+        continuous = summary.recording.continuous
+        console.print(Text(summary.recording.line, style="green" if continuous else "bold red"))
     console.print(
         f"report: {out / 'report.html'}   summary: {out / 'summary.json'}   "
         f"check: meshenc verify {out}"

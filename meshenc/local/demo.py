@@ -21,16 +21,21 @@ is planned in from the start: its neighbours list it and keep trying to reach it
 1. the real etcd (:class:`~meshenc.local.etcd.EtcdProcess`), the registry replicas, the
    manager when this installation has one, the live source (``meshenc source``: the test
    pattern or the user's file, looped, sent to every encoder over its own path; a stream URL
-   instead goes to every encoder as it is), then every encoder at once, each through the
+   instead goes to every encoder as it is), the browser player unless it is skipped
+   (:class:`~meshenc.local.player.BrowserPlayer`, launched on a blank page), then every
+   encoder at once, each through the
    :class:`~meshenc.local.launcher.Launcher` (own process group, log under ``out/logs/``,
    pid in ``out/pids.json``, ready when its health service answers);
 2. the :class:`~meshenc.report.recorder.Recorder` polls every encoder's GetState into
    ``out/events.jsonl``; the run records its own ``started``/``killed``/``joined``/
    ``stopped`` events through it, and a ``leader`` event whenever the leader key of a group
    changes in etcd (a watch in this process);
-3. the kill and the join at their times; the mesh runs until ``duration`` is over or
-   :meth:`DemoRun.request_stop` is called (Ctrl-C);
-4. the shutdown in dependency order: encoders first (SIGTERM: each finishes its segment and
+3. the player opens the origin's stream once its playlist lists three segments, and takes
+   its screenshot halfway between the kill and the join; the kill and the join at their
+   times; the mesh runs until ``duration`` is over or :meth:`DemoRun.request_stop` is called
+   (Ctrl-C);
+4. the shutdown in dependency order: the player first (the stream's end is no stall), then
+   the encoders (SIGTERM: each finishes its segment and
    resigns its leadership), then the recorder, the manager and registries, etcd last; then
    :func:`meshenc.report.write_report` builds ``summary.json``, the plots and ``report.html``.
 
@@ -39,7 +44,8 @@ only reads :attr:`DemoRun.state`, which the run updates as events arrive.
 
 Invariants: every encoder process is in ``pids.json``; every ``killed`` or ``joined`` event in
 ``events.jsonl`` was recorded right after the launcher did it; the report is written only from
-the files and the events.
+the files, the events and the player's log; a skipped player leaves ``player/log.jsonl`` saying
+why.
 """
 
 from __future__ import annotations
@@ -62,9 +68,11 @@ from meshenc.core.planner.placement import Host
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.launcher import LOGS_DIR, PIDS_NAME, Launcher
 from meshenc.local.origin import OriginProcess
+from meshenc.local.player import BrowserPlayer, unavailable, write_skipped
 from meshenc.local.ports import free_ports
 from meshenc.local.segment import SegmentWatch
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_report
+from meshenc.report.playback import PLAYER_DIR
 from meshenc.report.recorder import EVENTS_NAME, Event, Recorder, StateEvent
 from meshenc.report.verify import (
     DEFAULT_LOCK_IN,
@@ -107,6 +115,8 @@ LIVE_SEGMENTS: Final = 12
 _LEADER_POLL: Final = 0.1
 _IDENTITY_EVERY: Final = 1.0
 _NOTES: Final = 14
+_SCREENSHOT_AFTER: Final = 3.0
+"""At least this long after playback began before the screenshot."""
 #: Files a previous run leaves in its folder; only such a folder is cleared for a new run.
 _RUN_MARKERS: Final = (EVENTS_NAME, PIDS_NAME, SUMMARY_NAME)
 
@@ -141,6 +151,9 @@ class DemoConfig:
     origin: bool = True
     #: Let the manager plan the links when it can (off: the static plan, ``--peers``).
     managed_topology: bool = True
+    #: Play the origin's stream in a headless browser (hls.js) for the whole run: True, False,
+    #: or None for "when this machine can" (:func:`meshenc.local.player.unavailable`).
+    player: bool | None = None
     etcd_binary: str = "etcd"
 
     def __post_init__(self) -> None:
@@ -366,6 +379,10 @@ class DemoRun:
         self._recorder: _FeedingRecorder | None = None
         #: The origin the encoders publish to, once it serves (None: no origin).
         self.origin_url: str | None = None
+        #: Why no browser plays the stream in this run (None: one does).
+        self.player_skipped = player_skipped(config)
+        self._player: BrowserPlayer | None = None
+        self._play_task: asyncio.Task[None] | None = None
 
     @property
     def playback_url(self) -> str | None:
@@ -473,6 +490,9 @@ class DemoRun:
             ChildFailedError: a process did not start (everything started is stopped).
         """
         prepare_out_dir(self.out)
+        if self.player_skipped is not None:
+            write_skipped(self.out / PLAYER_DIR, self.player_skipped)
+            self._note(f"player: skipped ({self.player_skipped})", "yellow")
         etcd = EtcdProcess(
             binary=self.config.etcd_binary, log_path=self.out / LOGS_DIR / "etcd.log"
         )
@@ -495,6 +515,7 @@ class DemoRun:
                     self._note(f"origin serving at {origin.url}: play {self.playback_url}")
                 await self._run_mesh(launcher, etcd)
         finally:
+            await self._stop_player()
             etcd.stop()
             etcd.close()
             if origin is not None:
@@ -533,6 +554,7 @@ class DemoRun:
         if (source := self.source_args()) is not None:
             launcher.spawn("source", source)
             self._note("live source sending to every encoder over its own path")
+        await self._launch_player()
         self._set_phase("starting encoders")
         recorder = _FeedingRecorder(self.out, self._on_event)
         async with recorder:
@@ -550,8 +572,14 @@ class DemoRun:
                 asyncio.create_task(self._watch_leaders(etcd.endpoint), name="leader-watch"),
                 asyncio.create_task(self._watch_identity(), name="identity"),
             ]
+            if self._player is not None:
+                self._play_task = asyncio.create_task(self._play(self._player), name="player")
             try:
                 await self._timeline(launcher)
+                if self._player is not None:
+                    # Before the encoders stop: the stream's end is not a stall.
+                    self._set_phase("stopping the player")
+                    await self._stop_player()
                 self._set_phase("stopping encoders")
                 names = [n for n, v in self.state.encoders.items() if v.status == "running"]
                 for name in names:
@@ -625,6 +653,54 @@ class DemoRun:
         view.pid = launcher.children[encoder.name].pid
         if kind == "joined":
             self._note(f"{encoder.name} joined ({encoder.drift_ppm:+.1f} ppm)", "green")
+
+    @property
+    def screenshot_time(self) -> float:
+        """When the player's screenshot is due: between the kill and the join, else at 75 %."""
+        config = self.config
+        if config.faults:
+            return (config.kill_time + config.join_time) / 2
+        return config.duration * 0.75
+
+    async def _launch_player(self) -> None:
+        """Start the browser before the encoders, when this run has a player."""
+        if self.player_skipped is not None or self.playback_url is None:
+            return
+        self._set_phase("starting the browser")
+        player = self._player = BrowserPlayer(self.out / PLAYER_DIR, self.playback_url)
+        try:
+            await player.launch()
+        except Exception as exc:
+            self._note(f"player: the browser did not start: {exc}", "bold red")
+            await player.stop(f"the browser did not start: {exc}")
+            self._player = None
+
+    async def _play(self, player: BrowserPlayer) -> None:
+        """Open the stream in the browser once the origin announces it; take the screenshot."""
+        self._note("player: waiting for the origin's playlist")
+        try:
+            await player.wait_for_stream()
+            await player.play()
+        except Exception as exc:
+            self._note(f"player: the page did not open: {exc}", "bold red")
+            player.note("stopped", reason=f"the page did not open: {exc}")
+            return
+        self._note(f"player: chromium plays {self.playback_url} with hls.js", "green")
+        start = self.state.started_at or time.time()
+        # At the chosen moment, or a few seconds in when playback began after it.
+        await asyncio.sleep(max(start + self.screenshot_time - time.time(), _SCREENSHOT_AFTER))
+        if await player.screenshot() is not None:
+            self._note("player: screenshot taken")
+
+    async def _stop_player(self) -> None:
+        """Stop the player and close the browser (once; nothing when there is none)."""
+        if self._play_task is not None:
+            self._play_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._play_task
+        if self._player is not None:
+            reason = "the run stopped" if self.state.stop_requested else "the run ended"
+            await self._player.stop(reason)
 
     def _check_children(self, launcher: Launcher) -> None:
         """Note encoders that died on their own (not killed by the run)."""
@@ -742,6 +818,15 @@ class DemoRun:
             self._on_note(self.state.notes[-1])
 
 
+def player_skipped(config: DemoConfig) -> str | None:
+    """Why no browser plays the origin's stream in this run; None when one does."""
+    if config.player is False:
+        return "--no-player"
+    if not config.origin:
+        return "no origin to play (--no-origin)"
+    return unavailable()
+
+
 async def _nothing() -> None:
     """The last step of the timeline: the end of the run."""
 
@@ -764,7 +849,7 @@ def prepare_out_dir(out: Path) -> None:
         for entry in out.iterdir():
             is_run_file = entry.name in (*_RUN_MARKERS, REPORT_NAME) or entry.suffix == ".tmp"
             if entry.is_dir() and (
-                entry.name in (LOGS_DIR, PLOTS_DIR, ORIGIN_DIR) or _is_encoder(entry)
+                entry.name in (LOGS_DIR, PLOTS_DIR, ORIGIN_DIR, PLAYER_DIR) or _is_encoder(entry)
             ):
                 shutil.rmtree(entry)
             elif is_run_file:

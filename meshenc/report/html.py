@@ -1,4 +1,5 @@
-"""``report.html``: one self-contained page (inline CSS, no scripts) that links the PNG plots.
+"""``report.html``: one self-contained page (inline CSS, no scripts) that links the PNG plots
+and the player's screenshot.
 
 Built with the standard library only: ``string.Template`` for the page and ``html.escape`` for
 every value that came from a file or an encoder (ids, digests, problems), so an odd encoder
@@ -13,6 +14,7 @@ from html import escape
 from pathlib import Path
 from string import Template
 
+from meshenc.report.playback import MAX_PROGRESS_GAP_S, PLAYER_DIR, SCREENSHOT_NAME
 from meshenc.report.plots import (
     IDENTITY_PNG,
     IDENTITY_STATES,
@@ -22,6 +24,7 @@ from meshenc.report.plots import (
     identity_matrix,
 )
 from meshenc.report.recorder import StateEvent
+from meshenc.report.recording import AUDIO_TOLERANCE_TICKS
 from meshenc.report.summary import RunRecord, Summary, arrival_figures, median_error_ms
 
 __all__ = ["REPORT_NAME", "render_report"]
@@ -65,6 +68,12 @@ $encoder_table
 $failover_table
 $join_table
 
+<h2>Playback: a browser on the origin</h2>
+$playback
+
+<h2>The origin's recording</h2>
+$recording
+
 <h2>Offsets</h2>
 <figure><img src="$offsets_png" alt="error of every encoder over time">
 <figcaption>Each encoder's error (its label minus where it believes the timeline is), from its
@@ -103,6 +112,13 @@ all copies but one largest group count. Differing lock-in copies are counted apa
 next leader of that group.</dd>
 <dt>Join</dt><dd>From a <code>joined</code> event to the start (segment × GOP / fps) of the
 joined encoder's first segment holding the reference bytes.</dd>
+<dt>Stall</dt><dd>A <code>waiting</code> event of the player's video element after it first
+played. Errors: every hls.js <code>ERROR</code> event, fatal or not.</dd>
+<dt>Longest gap</dt><dd>The longest wall time after start-up between two samples (every
+250 ms) at which the playback position had advanced; the bound is $max_gap s.</dd>
+<dt>Recording</dt><dd>The segments the origin received, decoded in number order: none missing,
+video PTS one frame apart throughout, audio frames end to end (within $audio_ticks ticks of
+90 kHz), and no discontinuity in the served playlist.</dd>
 </dl>
 </body>
 </html>
@@ -225,6 +241,82 @@ def _join_table(summary: Summary) -> str:
     return _table(("joined encoder", "first segment with the reference bytes", "join"), rows)
 
 
+def _playback(run: RunRecord, summary: Summary) -> str:
+    result = summary.playback
+    if result is None:
+        return "<p>No player ran in this run.</p>"
+    verdict = "locked" if result.smooth else "unlocked"
+    parts = [f'<p class="verdict {verdict}">{escape(result.line)}</p>']
+    if result.skipped is not None:
+        return "".join(parts)
+    rows = [
+        ("player", f"hls.js {result.hls_version or '?'} in Chromium {result.browser or '?'}"),
+        ("stream", result.url or "—"),
+        ("start-up", "—" if result.startup_s is None else f"{result.startup_s:.2f} s"),
+        ("stalls after start-up (waiting)", str(len(result.stalls))),
+        ("stalled events", str(result.stalled_events)),
+        ("player errors (fatal)", f"{len(result.errors)} ({sum(e.fatal for e in result.errors)})"),
+        ("longest gap in progress", "—" if result.longest_gap_s is None
+         else f"{result.longest_gap_s:.2f} s"),
+        ("played / wall", f"{result.played_s:.1f} s / {result.wall_s:.1f} s"),
+        ("seeks after start-up", str(result.seeks)),
+        ("fragments played (skipped)", f"{result.fragments} ({result.skipped_fragments})"),
+        ("discontinuities seen", str(result.discontinuities)),
+        *(
+            (
+                f"{w.kind} {w.encoder}",
+                "while the browser played" if w.during_playback else "not while it played",
+            )
+            for w in summary.watched
+        ),
+        ("stopped", result.stop_reason or "—"),
+    ]  # fmt: skip
+    parts.append(_table(("figure", "value"), rows))
+    if result.errors:
+        parts.append(
+            _table(
+                ("error", "fatal", "time", "reason"),
+                (
+                    (f"{e.type} {e.details}", "yes" if e.fatal else "no", f"{e.t:.1f}", e.reason)
+                    for e in result.errors
+                ),
+            )
+        )
+    shot = Path(run.out_dir) / PLAYER_DIR / SCREENSHOT_NAME
+    if result.screenshot and shot.is_file():
+        link = escape(f"{PLAYER_DIR}/{SCREENSHOT_NAME}", quote=True)
+        parts.append(
+            f'<figure><img src="{link}" alt="the player page during the run">'
+            "<figcaption>The player page, taken while it played the origin's stream: position,"
+            " buffer and the fragment playing, and its counts of waits and errors.</figcaption>"
+            "</figure>"
+        )
+    return "".join(parts)
+
+
+def _recording(summary: Summary) -> str:
+    check = summary.recording
+    if check is None:
+        return "<p>No origin recording in this run.</p>"
+    verdict = "locked" if check.continuous else "unlocked"
+    first = check.segments[0] if check.segments else None
+    last = check.segments[-1] if check.segments else None
+    rows = [
+        ("segments (first–last)", f"{len(check.segments)} ({first}–{last})"),
+        ("missing segments", ", ".join(map(str, check.missing)) or "none"),
+        ("undecodable segments", "; ".join(check.undecodable) or "none"),
+        ("video frames", f"{check.video_frames} ({check.seconds:.1f} s)"),
+        ("video PTS jumps", str(len(check.video_jumps))),
+        ("audio frames", str(check.audio_frames)),
+        ("audio gaps/overlaps", str(len(check.audio_jumps))),
+        ("largest audio gap or overlap", f"{check.worst_audio_ticks:.1f} ticks"),
+        ("served playlist", "; ".join(check.playlist_problems) or "ok"),
+    ]
+    return f'<p class="verdict {verdict}">{escape(check.line)}</p>' + _table(
+        ("figure", "value"), rows
+    )
+
+
 def _identity_table(run: RunRecord) -> str:
     names, numbers, cells = identity_matrix(run)
     if not numbers:
@@ -283,4 +375,8 @@ def render_report(run: RunRecord, summary: Summary, plots_dir: str) -> str:
         identity_png=link(IDENTITY_PNG),
         identity_table=_identity_table(run),
         lock_in=summary.lock_in,
+        playback=_playback(run, summary),
+        recording=_recording(summary),
+        max_gap=f"{MAX_PROGRESS_GAP_S:g}",
+        audio_ticks=AUDIO_TOLERANCE_TICKS,
     )

@@ -17,6 +17,11 @@ A run folder holds one subfolder per encoder (named by encoder id, with its segm
   moment: from the ``killed`` event to the next leader of that group. Leaders come from the
   ``leader`` events; a run without any takes them from the encoders' own GetState answers (the
   first answer naming a new leader; resolution: the polling interval);
+- playback, when the run kept a player's log (``player/log.jsonl``): the figures of
+  :mod:`meshenc.report.playback`, and for each ``killed`` and ``joined`` event whether the
+  browser was playing at that moment (the fault happened while a viewer watched);
+- the recording, when the run had an origin (``origin/``): the verdict of
+  :mod:`meshenc.report.recording`, from decoding what the origin received;
 - join time, per ``joined`` event: from the event to the start of the joined encoder's first
   segment that holds its segment's reference bytes (the majority's), the start of segment
   ``s`` being ``s × gop / fps`` Unix seconds (timecodes count frames since the Unix epoch) with
@@ -36,9 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshenc.report.playback import PlaybackResult, load_playback
 from meshenc.report.recorder import EVENTS_NAME, EventLog, StateEvent, read_events
+from meshenc.report.recording import RecordingCheck, check_recording
 from meshenc.report.verify import (
     DEFAULT_LOCK_IN,
+    ORIGIN_DIR,
     FrameCounter,
     Verification,
     count_frames,
@@ -54,6 +62,7 @@ __all__ = [
     "LeaderChange",
     "RunRecord",
     "Summary",
+    "Watched",
     "leader_timeline",
     "load_run",
     "summarize",
@@ -69,6 +78,10 @@ class RunRecord:
     out_dir: Path
     verification: Verification
     events: EventLog
+    #: What a browser's player saw (None: the run kept no player log).
+    playback: PlaybackResult | None = None
+    #: The verdict on what the origin received (None: no origin, or it received no segment).
+    recording: RecordingCheck | None = None
 
     @property
     def segment_seconds(self) -> float | None:
@@ -97,6 +110,8 @@ def load_run(
         out_dir=out_dir,
         verification=compare_outputs(outputs, lock_in=lock_in, frames=frames),
         events=read_events(out_dir / EVENTS_NAME),
+        playback=load_playback(out_dir),
+        recording=check_recording(out_dir / ORIGIN_DIR),
     )
 
 
@@ -138,6 +153,16 @@ class Failover:
     killed_at: float
     new_leader: str | None
     ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """A kill or a join, and whether the browser was playing the origin's stream then."""
+
+    kind: str
+    encoder: str
+    t: float
+    during_playback: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +253,9 @@ class Summary:
     joins: tuple[Join, ...]
     events: int
     skipped_event_lines: int
+    playback: PlaybackResult | None = None
+    recording: RecordingCheck | None = None
+    watched: tuple[Watched, ...] = ()
 
     @property
     def failover_ms(self) -> float | None:
@@ -304,6 +332,17 @@ class Summary:
             ],
             "events": self.events,
             "skipped_event_lines": self.skipped_event_lines,
+            "playback": None if self.playback is None else self.playback.to_json(),
+            "watched": [
+                {
+                    "kind": w.kind,
+                    "encoder": w.encoder,
+                    "t": w.t,
+                    "during_playback": w.during_playback,
+                }
+                for w in self.watched
+            ],
+            "recording": None if self.recording is None else self.recording.to_json(),
         }
 
     def write(self, out_dir: Path) -> Path:
@@ -334,6 +373,19 @@ def summarize(run: RunRecord) -> Summary:
         joins=tuple(_joins(run)),
         events=len(events.events),
         skipped_event_lines=events.skipped_lines,
+        playback=run.playback,
+        recording=run.recording,
+        watched=_watched(events, run.playback),
+    )
+
+
+def _watched(events: EventLog, playback: PlaybackResult | None) -> tuple[Watched, ...]:
+    if playback is None or playback.skipped is not None:
+        return ()
+    return tuple(
+        Watched(e["kind"], e["encoder"], e["t"], playback.playing_at(e["t"]))
+        for e in events.lifecycle()
+        if e["kind"] in ("killed", "joined")
     )
 
 

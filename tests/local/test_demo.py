@@ -1,12 +1,15 @@
-"""The run's plan and its output folder, without starting anything."""
+"""The run's plan, its output folder and whether a browser plays, without starting anything."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from meshenc.local.demo import DemoConfig, plan_run, ports_needed, prepare_out_dir
+from meshenc.cli.main import cli
+from meshenc.local import demo, player
+from meshenc.local.demo import DemoConfig, plan_run, player_skipped, ports_needed, prepare_out_dir
 
 
 @pytest.mark.parametrize(("encoders", "faults"), [(2, True), (3, True), (6, True), (12, False)])
@@ -61,6 +64,8 @@ def test_out_dir_of_a_previous_run_is_cleared_and_any_other_is_refused(tmp_path:
     (previous / "e0").mkdir(parents=True)
     (previous / "e0" / "seg-000000000001.ts").write_bytes(b"x")
     (previous / "logs").mkdir()
+    (previous / "player").mkdir()
+    (previous / "player" / "screenshot.png").write_bytes(b"png")
     (previous / "events.jsonl").write_text("")
     (previous / "notes.txt").write_text("mine")
     prepare_out_dir(previous)
@@ -72,3 +77,23 @@ def test_out_dir_of_a_previous_run_is_cleared_and_any_other_is_refused(tmp_path:
     with pytest.raises(FileExistsError):
         prepare_out_dir(foreign)
     assert (foreign / "thesis.tex").read_text() == "keep me"
+
+
+def test_the_run_says_why_no_browser_plays(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert player_skipped(DemoConfig(player=False)) == "--no-player"
+    assert player_skipped(DemoConfig(origin=False)) == "no origin to play (--no-origin)"
+    monkeypatch.setattr(demo, "unavailable", lambda: "chromium is not installed")
+    assert player_skipped(DemoConfig()) == "chromium is not installed"
+    monkeypatch.setattr(demo, "unavailable", lambda: None)
+    assert player_skipped(DemoConfig()) is None
+
+
+def test_player_without_an_origin_or_a_browser_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["up", "--player", "--no-origin"])
+    assert refused.exit_code == 2 and "needs --origin" in refused.output
+    monkeypatch.setattr(player, "unavailable", lambda: "chromium is not installed")
+    refused = runner.invoke(cli, ["up", "--player"])
+    assert refused.exit_code == 2 and "--player: chromium is not installed" in refused.output

@@ -1,4 +1,5 @@
-"""Real services for the command-line tests: etcd, the Mesh Manager and two encoders.
+"""Real services for the command-line tests: etcd, the Mesh Manager and two encoders; and one
+``meshenc up`` run with faults that several test modules judge.
 
 Everything runs as real processes on 127.0.0.1 (the encoders and the manager through
 :class:`meshenc.local.launcher.Launcher`, etcd through :class:`meshenc.local.etcd.EtcdProcess`)
@@ -16,9 +17,31 @@ import pytest
 
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.launcher import Launcher, pid_alive, read_pids
+from meshenc.local.player import unavailable
 from meshenc.local.ports import free_ports
 
-from .support import ENCODERS, GOP, Services
+from .support import ENCODERS, GOP, Services, UpRun, meshenc_up
+
+#: The faulted run: 3 encoders on a small picture (two busy cores carry it), the kill -9 of
+#: the leader and the join late enough that the browser plays through both: the origin's
+#: playlist first appears about 25 s in (the writer's 10-segment window must hold only
+#: published segments, and the lock-in segments are not published).
+UP_ARGS = (
+    "--encoders", "3", "--size", "320x180", "--registries", "1",
+    "--duration", "60", "--kill-at", "38", "--join-at", "48",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def faulted_run(tmp_path_factory: pytest.TempPathFactory) -> UpRun:
+    """``meshenc up`` with a kill -9 of the leader and a join, the browser player on when this
+    machine has it (``make test`` installs chromium and hls.js), run once for the session."""
+    out = tmp_path_factory.mktemp("up") / "out"
+    skipped = unavailable()
+    player = "--no-player" if skipped else "--player"
+    with meshenc_up(out, *UP_ARGS, player) as up:
+        output = up.communicate(timeout=240.0)[0]
+    return UpRun(out, output, up.returncode, skipped)
 
 
 def _encoder_args(

@@ -1,6 +1,7 @@
 """``meshenc up`` as a user runs it: a real subprocess starting real etcd, registry replicas,
 the manager and encoders, judged afterwards from the files it left (and by ``meshenc verify``,
-also a subprocess), and checked to leave no process behind."""
+also a subprocess), and checked to leave no process behind. The faulted run is the session's
+(conftest), which test_player.py judges as a viewer."""
 
 from __future__ import annotations
 
@@ -9,11 +10,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,55 +21,20 @@ from meshenc.report.recorder import read_events
 from meshenc.report.verify import verify
 from services.encoder.media.segments import segment_number
 
+from .support import MESHENC, UpRun, left_behind, meshenc_up
+
 pytestmark = pytest.mark.slow
-
-MESHENC = [sys.executable, "-m", "meshenc"]
-
-
-@contextmanager
-def _meshenc_up(out: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """``meshenc up`` in a session of its own (as a terminal's foreground job is); on the way
-    out, whatever is left of it and of the processes it recorded is killed."""
-    process = subprocess.Popen(
-        [*MESHENC, "up", "--out", str(out), "--no-live", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        if (out / "pids.json").exists():
-            for _name, pid in read_pids(out):
-                if pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-
-
-def _left_behind(out: Path, timeout: float = 10.0) -> list[tuple[str, int]]:
-    deadline = time.monotonic() + timeout
-    alive = [(name, pid) for name, pid in read_pids(out) if pid_alive(pid)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = [(name, pid) for name, pid in alive if pid_alive(pid)]
-    return alive
 
 
 def test_up_stays_locked_through_a_kill_and_a_join_and_leaves_nothing_running(
-    tmp_path: Path,
+    faulted_run: UpRun,
 ) -> None:
-    out = tmp_path / "out"
-    args = ("--encoders", "3", "--duration", "40", "--size", "320x180", "--registries", "1")
-    with _meshenc_up(out, *args) as up:
-        output = up.communicate(timeout=180.0)[0]
-    assert up.returncode == 0, output
+    out, output = faulted_run.out, faulted_run.output
+    assert faulted_run.returncode == 0, output
 
     started = {name: pid for name, pid in read_pids(out)}
     assert {"etcd", "origin", "registry-0", "e0", "e1", "e2", "e3"} <= set(started), started
-    assert not _left_behind(out), "processes left behind"
+    assert not left_behind(out), "processes left behind"
 
     # What a newcomer is told to run while the mesh is up.
     assert "meshenc status --encoders 127.0.0.1:" in output
@@ -136,7 +99,7 @@ def test_up_stays_locked_through_a_kill_and_a_join_and_leaves_nothing_running(
 def test_ctrl_c_stops_up_and_everything_it_started(tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ("--encoders", "2", "--no-faults", "--registries", "1", "--duration", "600")
-    with _meshenc_up(out, *args, "--size", "160x96", "--gop", "15") as up:
+    with meshenc_up(out, *args, "--size", "160x96", "--gop", "15") as up:
         # Until both encoders have written a whole segment (half a second each).
         deadline = time.monotonic() + 60.0
         while not all(list((out / name).glob("*.ts")) for name in ("e0", "e1")):
@@ -150,7 +113,7 @@ def test_ctrl_c_stops_up_and_everything_it_started(tmp_path: Path) -> None:
         output = up.communicate(timeout=90.0)[0]
     assert up.returncode == 130, output
     assert "stop requested" in output
-    assert not _left_behind(out), "processes left behind"
+    assert not left_behind(out), "processes left behind"
     # The run still ends in order: each encoder stopped, and the report is written.
     lifecycle = read_events(out / "events.jsonl").lifecycle()
     stopped = {e["encoder"] for e in lifecycle if e["kind"] == "stopped"}

@@ -1,0 +1,159 @@
+"""The player's figures from scripted playback logs: smooth playback, a stall, an hls.js error,
+a frozen position, a skipped fragment, a discontinuity, a skipped player, a cut log line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshenc.report.playback import (
+    MAX_PROGRESS_GAP_S,
+    PLAYER_DIR,
+    PLAYER_LOG,
+    evaluate,
+    load_playback,
+    read_log,
+)
+
+T0 = 1_800_000_000.0
+"""Wall time the page loads (Unix seconds)."""
+
+
+def scripted(
+    seconds: float = 20.0,
+    *,
+    frozen: tuple[float, float] | None = None,
+    extra: list[dict[str, Any]] | None = None,
+    sns: list[int] | None = None,
+) -> list[dict[str, Any]]:
+    """A log: load at T0, waiting, seek to the live edge, playing at T0+1, a sample every
+    0.25 s advancing with the wall clock (not during ``frozen``, wall seconds after playing),
+    a fragment every 2 s, plus ``extra`` entries."""
+    start = T0 + 1.0
+    entries: list[dict[str, Any]] = [
+        {"kind": "started", "t": T0 - 0.5, "url": "http://o/index.m3u8", "browser": "156"},
+        {"kind": "load", "t": T0, "url": "http://o/index.m3u8", "hls": "1.7.4"},
+        {"kind": "media", "t": T0 + 0.1, "event": "waiting", "current": 0},
+        {"kind": "media", "t": T0 + 0.5, "event": "seeking", "current": 14.0},
+        {"kind": "playlist", "t": T0 + 0.2, "first": 1, "last": 10, "discontinuities": [0]},
+        {"kind": "media", "t": start, "event": "playing", "current": 14.0},
+    ]
+    position, previous = 14.0, 0.0
+    for i in range(int(seconds / 0.25) + 1):
+        elapsed = i * 0.25
+        if frozen is None or not frozen[0] < elapsed <= frozen[1]:
+            position += elapsed - previous
+        previous = elapsed
+        entries.append({"kind": "sample", "t": start + elapsed, "current": position})
+    for i, sn in enumerate(sns if sns is not None else range(7, 7 + int(seconds / 2))):
+        entries.append({"kind": "fragment", "t": start + 2 * i, "sn": sn, "cc": 0})
+    entries.append({"kind": "stopped", "t": start + seconds + 0.1, "reason": "the run ended"})
+    return entries + (extra or [])
+
+
+def test_smooth_playback() -> None:
+    result = evaluate(scripted())
+    assert result.smooth, result
+    assert result.startup_s == pytest.approx(1.0)
+    assert not result.stalls and not result.errors and result.seeks == 0
+    assert result.longest_gap_s == pytest.approx(0.25)
+    assert result.played_s == pytest.approx(20.0) and result.wall_s == pytest.approx(20.0)
+    assert (result.fragments, result.skipped_fragments, result.discontinuities) == (10, 0, 0)
+    assert result.playing_at(T0 + 10) and not result.playing_at(T0 + 0.5)
+    assert (result.browser, result.hls_version, result.stop_reason) == (
+        "156",
+        "1.7.4",
+        "the run ended",
+    )
+    assert result.line.startswith("player: start-up 1.0 s, 0 stalls, 0 errors")
+    assert json.loads(json.dumps(result.to_json()))["smooth"] is True
+
+
+def test_a_waiting_event_after_start_up_is_a_stall() -> None:
+    stall = {"kind": "media", "t": T0 + 9.0, "event": "waiting", "current": 22.0}
+    result = evaluate(scripted(extra=[stall]))
+    assert result.stalls == (T0 + 9.0,) and not result.smooth
+    assert "1 stalls" in result.line
+    # The waiting before the first `playing` (start-up) is not one.
+    assert not evaluate(scripted()).stalls
+
+
+def test_any_hlsjs_error_counts_fatal_or_not() -> None:
+    error = {
+        "kind": "error",
+        "t": T0 + 5,
+        "fatal": False,
+        "type": "mediaError",
+        "details": "bufferStalledError",
+        "reason": "low buffer",
+    }
+    result = evaluate(scripted(extra=[error]))
+    (seen,) = result.errors
+    assert (seen.fatal, seen.details) == (False, "bufferStalledError") and not result.smooth
+    video = {"kind": "media", "t": T0 + 6, "event": "error", "current": 3.0, "detail": "3 x"}
+    assert evaluate(scripted(extra=[video])).errors[0].fatal
+
+
+def test_a_frozen_position_is_a_gap_in_progress() -> None:
+    result = evaluate(scripted(frozen=(5.0, 6.5)))
+    assert result.longest_gap_s == pytest.approx(1.75)  # last progress at 5.0, next at 6.75
+    assert result.longest_gap_s is not None and result.longest_gap_s > MAX_PROGRESS_GAP_S
+    assert not result.smooth
+    assert result.played_s == pytest.approx(18.5)
+    # Frozen until the end: the trailing time counts too.
+    assert evaluate(scripted(frozen=(18.0, 30.0))).longest_gap_s == pytest.approx(2.0)
+
+
+def test_seeks_skipped_fragments_and_discontinuities_are_not_smooth() -> None:
+    seek = {"kind": "media", "t": T0 + 8, "event": "seeking", "current": 30.0}
+    assert evaluate(scripted(extra=[seek])).seeks == 1
+    skipped = evaluate(scripted(sns=[7, 8, 10, 11]))
+    assert skipped.skipped_fragments == 1 and not skipped.smooth
+    cc = {"kind": "playlist", "t": T0 + 9, "first": 5, "last": 14, "discontinuities": [0, 1]}
+    result = evaluate(scripted(extra=[cc]))
+    assert result.discontinuities == 1 and not result.smooth
+
+
+def test_a_browser_lost_before_the_end_is_not_smooth() -> None:
+    log = scripted(seconds=8.0)
+    log[-1] = {
+        "kind": "stopped",
+        "t": T0 + 9.5,
+        "reason": "the page stopped answering",
+        "lost": True,
+    }
+    log.append({"kind": "stopped", "t": T0 + 30, "reason": "the run ended"})
+    result = evaluate(log)
+    assert result.lost and not result.smooth
+    assert result.stop_reason == "the page stopped answering"
+    assert "the browser was lost" in result.line
+
+
+def test_never_playing_and_skipped() -> None:
+    fatal = {
+        "kind": "error",
+        "t": T0 + 1,
+        "fatal": True,
+        "type": "networkError",
+        "details": "manifestLoadError",
+    }
+    log = [e for e in scripted(extra=[fatal]) if e.get("event") != "playing"]
+    result = evaluate(log)
+    assert not result.started and not result.smooth
+    assert result.line == "player: never started playing, 1 errors"
+    skipped = evaluate([{"kind": "skipped", "t": T0, "reason": "--no-player"}])
+    assert skipped.skipped == "--no-player" and skipped.line == "player: skipped (--no-player)"
+
+
+def test_the_log_file(tmp_path: Path) -> None:
+    folder = tmp_path / PLAYER_DIR
+    folder.mkdir()
+    lines = [json.dumps(e) for e in scripted()]
+    (folder / PLAYER_LOG).write_text("\n".join([*lines, '{"kind": "sample", "t": 18', ""]))
+    assert len(read_log(folder / PLAYER_LOG)) == len(lines)
+    result = load_playback(tmp_path)
+    assert result is not None and result.smooth
+    assert load_playback(tmp_path / "elsewhere") is None
