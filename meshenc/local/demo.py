@@ -83,6 +83,7 @@ from meshenc.report.verify import (
 )
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, connect_client
 from services.encoder.leadership import SegmentKeys
+from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import is_network_url
 from services.encoder.media.segments import PLAYLIST_NAME, segment_name
 
@@ -780,8 +781,9 @@ class DemoRun:
         key = (encoder, number)
         known = self._digests.get(key)
         if known is None:
-            path = self.out / encoder / segment_name(number)
-            if not path.is_file():
+            paths = [self.out / encoder / segment_name(number, fmt) for fmt in SegmentFormat]
+            path = next((p for p in paths if p.is_file()), None)
+            if path is None:
                 return None
             known = self._digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
         return known
@@ -858,7 +860,12 @@ def prepare_out_dir(out: Path) -> None:
 
 
 def _is_encoder(folder: Path) -> bool:
-    """A previous run's encoder folder: segment files and a playlist, nothing else."""
+    """A previous run's encoder folder: segment files, playlists and CMAF's init, nothing else."""
     return all(
-        p.suffix in (".ts", ".m3u8", ".tmp") or p.name.startswith(".tmp-") for p in folder.iterdir()
+        p.suffix in _ENCODER_FILE_SUFFIXES or p.name.startswith(".tmp-") for p in folder.iterdir()
     )
+
+
+#: What an encoder's folder holds (``services.encoder.media``: segments of either format,
+#: the HLS playlist, CMAF's init segment and DASH manifest, temp files).
+_ENCODER_FILE_SUFFIXES = (*(f.suffix for f in SegmentFormat), ".m3u8", ".mp4", ".mpd", ".tmp")

@@ -40,6 +40,7 @@ from typing import Any
 
 import av
 
+from meshenc.report.verify import segment_source
 from services.encoder.media.segments import PLAYLIST_NAME, segment_name, segment_number
 
 __all__ = [
@@ -191,7 +192,7 @@ def decode_segment(path: Path) -> DecodedSegment:
     audio: list[tuple[int, float]] = []
     rate: Fraction | None = None
     try:
-        with av.open(str(path)) as container:
+        with av.open(segment_source(path), "r") as container:
             streams = [*container.streams.video[:1], *container.streams.audio[:1]]
             if container.streams.video:
                 declared = container.streams.video[0].guessed_rate

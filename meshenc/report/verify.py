@@ -241,17 +241,23 @@ def find_outputs(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
+def segment_source(path: Path) -> Path | io.BytesIO:
+    """What a demuxer reads for one segment file: the file itself (MPEG-TS), or a CMAF media
+    segment behind its folder's init segment.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    if segment_format(path.name) is SegmentFormat.CMAF:
+        return io.BytesIO((path.parent / INIT_NAME).read_bytes() + path.read_bytes())
+    return path
+
+
 def count_frames(path: Path) -> int:
     """Access units (frames) in one segment file, by demuxing it (a CMAF segment behind the
     folder's init segment); 0 if it cannot be read."""
     try:
-        if segment_format(path.name) is SegmentFormat.CMAF:
-            source: Path | io.BytesIO = io.BytesIO(
-                (path.parent / INIT_NAME).read_bytes() + path.read_bytes()
-            )
-        else:
-            source = path
-        with av.open(source, "r") as container:
+        with av.open(segment_source(path), "r") as container:
             if not container.streams.video:
                 return 0
             stream = container.streams.video[0]

@@ -20,7 +20,13 @@ from meshenc.report.recording import (
     playlist_problems,
 )
 from services.encoder.media.gop import EncoderParams, GopEncoder
-from services.encoder.media.segments import PLAYLIST_NAME, AudioPacket, SegmentWriter, segment_name
+from services.encoder.media.segments import (
+    PLAYLIST_NAME,
+    AudioPacket,
+    SegmentFormat,
+    SegmentWriter,
+    segment_name,
+)
 from services.encoder.media.source import SyntheticSource, VideoFormat
 
 GOP = 10
@@ -85,6 +91,27 @@ def test_a_clean_recording_is_one_continuous_stream(recording: Path) -> None:
     assert check.audio_frames >= SEGMENTS * GOP / 30 * 48_000 / 1152 - 2
     assert check.worst_audio_ticks == 0
     assert check.line.endswith("continuous") and "NOT" not in check.line
+
+
+def test_a_cmaf_recording_is_read_behind_its_init_segment(tmp_path: Path) -> None:
+    """CMAF media segments decode only behind the init segment: the check puts it in front."""
+    fmt = VideoFormat(160, 96, FrameRate(30))
+    params = EncoderParams.for_format(fmt, gop=GOP, bitrate_kbps=200)
+    source, encoder = SyntheticSource(fmt), GopEncoder(params)
+    writer = SegmentWriter(tmp_path, params, fmt=SegmentFormat.CMAF)
+    try:
+        for i in range(SEGMENTS * GOP + 1):
+            writer.add(encoder.encode(FIRST * GOP + i, source.picture(i)))
+        writer.finish()
+    finally:
+        encoder.close()
+    check = check_recording(tmp_path)
+    assert check is not None
+    assert check.continuous, check.to_json()
+    assert check.video_frames == SEGMENTS * GOP and check.frame_ticks == FRAME_TICKS
+    (tmp_path / segment_name(FIRST + 2, SegmentFormat.CMAF)).unlink()
+    broken = check_recording(tmp_path)
+    assert broken is not None and broken.missing == (FIRST + 2,)
 
 
 def test_a_missing_segment_breaks_it(copy: Path) -> None:
