@@ -179,7 +179,38 @@ class _SessionEnded(Exception):  # noqa: N818 -- an outcome, not an error of thi
     """A session with etcd ended (etcd unreachable, the watch broke); reconnect."""
 
 
-class Leadership:
+class _ElectionReads:
+    """What an election's holder shows of it (reads only), whichever election it holds now."""
+
+    @property
+    def _election(self) -> Election:
+        raise NotImplementedError
+
+    @property
+    def leader(self) -> str | None:
+        return self._election.leader
+
+    @property
+    def token(self) -> int:
+        return self._election.token
+
+    @property
+    def degraded(self) -> bool:
+        return self._election.degraded
+
+    @property
+    def role(self) -> Role:
+        return self._election.role
+
+    def admits(self, token: int) -> bool:
+        """Whether a leader's act with fencing token ``token`` may be followed."""
+        return self._election.admits(token)
+
+    def snapshot(self) -> ElectionSnapshot:
+        return self._election.snapshot()
+
+
+class Leadership(_ElectionReads):
     """One encoder's part in its segment's leader election (see the module docstring).
 
     Args:
@@ -245,27 +276,8 @@ class Leadership:
     # -- what the runtime asks ---------------------------------------------------------------
 
     @property
-    def leader(self) -> str | None:
-        return self.election.leader
-
-    @property
-    def token(self) -> int:
-        return self.election.token
-
-    @property
-    def degraded(self) -> bool:
-        return self.election.degraded
-
-    @property
-    def role(self) -> Role:
-        return self.election.role
-
-    def admits(self, token: int) -> bool:
-        """Whether a leader's act with fencing token ``token`` may be followed."""
-        return self.election.admits(token)
-
-    def snapshot(self) -> ElectionSnapshot:
-        return self.election.snapshot()
+    def _election(self) -> Election:
+        return self.election
 
     # -- the core ----------------------------------------------------------------------------
 
@@ -609,7 +621,7 @@ class Leadership:
         return False
 
 
-class SegmentLeadership:
+class SegmentLeadership(_ElectionReads):
     """An encoder's part in the election of whatever segment it is in now.
 
     The manager may move an encoder to another segment (its topology document names the
@@ -701,26 +713,8 @@ class SegmentLeadership:
         return self.current.segment
 
     @property
-    def leader(self) -> str | None:
-        return self.current.leader
-
-    @property
-    def token(self) -> int:
-        return self.current.token
-
-    @property
-    def degraded(self) -> bool:
-        return self.current.degraded
-
-    @property
-    def role(self) -> Role:
-        return self.current.role
-
-    def admits(self, token: int) -> bool:
-        return self.current.admits(token)
-
-    def snapshot(self) -> ElectionSnapshot:
-        return self.current.snapshot()
+    def _election(self) -> Election:
+        return self.current.election
 
     # -- lifecycle ---------------------------------------------------------------------------
 

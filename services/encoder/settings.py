@@ -24,6 +24,7 @@ from services.common.etcd import (
     EtcdSettings,
     parse_endpoints,
 )
+from services.common.listen import ListenAddress, MetricsListenAddress
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import InputLossPolicy
 from services.encoder.media.publish import origin_url
@@ -90,7 +91,7 @@ class EncoderSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str
-    listen: str = "0.0.0.0:7400"
+    listen: ListenAddress = "0.0.0.0:7400"
     peers: dict[str, str] = Field(default_factory=dict)
     out: Path
     source: str | None = None
@@ -132,7 +133,7 @@ class EncoderSettings(BaseModel):
     #: Seconds the registry keeps the record after its last refresh.
     registry_ttl: Annotated[float, Field(ge=1.0, le=86_400.0)] = DEFAULT_REGISTRY_TTL
     #: HOST:PORT of the Prometheus metrics endpoint; off when None.
-    metrics_listen: str | None = None
+    metrics_listen: MetricsListenAddress | None = None
     #: The Mesh Manager (HOST:PORT): health reports and escalations go there; none when None.
     manager: str | None = None
     #: Where neighbours come from; None: etcd with --etcd and --manager, else static.
@@ -160,16 +161,6 @@ class EncoderSettings(BaseModel):
     @classmethod
     def _publish(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(origin_url(url) for url in value)
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        return check_address(value, "listen", lowest_port=0)
-
-    @field_validator("metrics_listen")
-    @classmethod
-    def _metrics_listen(cls, value: str | None) -> str | None:
-        return None if value is None else check_address(value, "metrics listen", lowest_port=0)
 
     @field_validator("registry")
     @classmethod

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from meshenc.core.planner import ManagerConfig, PlannerConfig
 from meshenc.core.planner.placement import WorkUnit
 from meshenc.core.planner.topology import TopologyConfig
-from meshenc.wire.address import check_address
 from meshenc.wire.adjacency import EtcdLayout
 from services.common.etcd import EtcdSettings
+from services.common.listen import ListenAddress, MetricsListenAddress
 from services.manager.service import DEFAULT_RECONNECT_GRACE, DEFAULT_TICK_INTERVAL
 
 __all__ = ["DEFAULT_LISTEN", "ActuatorKind", "ManagerSettings", "parse_work_units"]
@@ -52,7 +52,7 @@ class ManagerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    listen: str = DEFAULT_LISTEN
+    listen: ListenAddress = DEFAULT_LISTEN
     actuator: ActuatorKind
     #: etcd: where decisions go in embedded mode, and the HA election in both modes; None:
     #: no etcd (Kubernetes with one manager replica).
@@ -71,12 +71,7 @@ class ManagerSettings(BaseModel):
     tick_interval: Annotated[float, Field(gt=0.0, le=60.0)] = DEFAULT_TICK_INTERVAL
     work_units: tuple[WorkUnit, ...] = ()
     #: HOST:PORT of the Prometheus metrics endpoint; off when None.
-    metrics_listen: str | None = None
-
-    @field_validator("listen", "metrics_listen")
-    @classmethod
-    def _listen(cls, value: str | None) -> str | None:
-        return None if value is None else check_address(value, "listen", lowest_port=0)
+    metrics_listen: MetricsListenAddress | None = None
 
     @field_validator("namespace", "encoder_statefulset")
     @classmethod

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from meshenc.core.kademlia import DEFAULT_ALPHA, DEFAULT_K, ID_BYTES, MAX_K
 from meshenc.wire.address import check_address, parse_address, parse_address_list
+from services.common.listen import ListenAddress, MetricsListenAddress
 
 __all__ = ["RegistrySettings", "parse_seeds"]
 
@@ -31,7 +32,7 @@ class RegistrySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    listen: str = "0.0.0.0:7500"
+    listen: ListenAddress = "0.0.0.0:7500"
     #: Where other nodes and clients reach this one; default: the listen address, with this
     #: host's name in place of a wildcard host and the bound port in place of port 0.
     advertise: str | None = None
@@ -53,17 +54,7 @@ class RegistrySettings(BaseModel):
     #: later, whenever its routing table is empty).
     join_timeout: Annotated[float, Field(gt=0.0)] = 30.0
     #: HOST:PORT of the Prometheus metrics endpoint; off when None.
-    metrics_listen: str | None = None
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        return check_address(value, "listen", lowest_port=0)
-
-    @field_validator("metrics_listen")
-    @classmethod
-    def _metrics_listen(cls, value: str | None) -> str | None:
-        return None if value is None else check_address(value, "metrics listen", lowest_port=0)
+    metrics_listen: MetricsListenAddress | None = None
 
     @field_validator("advertise")
     @classmethod
