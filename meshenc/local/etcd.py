@@ -7,7 +7,6 @@ one-member cluster with the same keys, leases and revisions, as after an outage.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import signal
@@ -18,10 +17,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 
 from meshenc.local.ports import free_ports
+from meshenc.local.process import ManagedProcess
 
 __all__ = ["EtcdNotInstalledError", "EtcdProcess"]
 
@@ -30,7 +29,7 @@ class EtcdNotInstalledError(RuntimeError):
     """The ``etcd`` binary is not on PATH."""
 
 
-class EtcdProcess:
+class EtcdProcess(ManagedProcess):
     """One single-member etcd cluster on 127.0.0.1.
 
     Args:
@@ -191,23 +190,3 @@ class EtcdProcess:
             self._log = None
         if self._own_dir and self._parent is not None:
             shutil.rmtree(self._parent, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._process is not None and self._process.poll() is None:
-                self._process.kill()

@@ -29,10 +29,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 
 from meshenc.local.ports import free_ports
+from meshenc.local.process import ManagedProcess
 
 __all__ = [
     "CONTENT_TYPES",
@@ -69,7 +69,7 @@ def _config_path(path: Path) -> str:
     return f'"{text}"'
 
 
-class OriginProcess:
+class OriginProcess(ManagedProcess):
     """One nginx serving ``root`` over HTTP on 127.0.0.1, writable with ``PUT``.
 
     Args:
@@ -277,23 +277,3 @@ http {{
             self._log.close()
             self._log = None
         shutil.rmtree(self._state, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._process is not None and self._process.poll() is None:
-                os.killpg(self._process.pid, signal.SIGKILL)
