@@ -16,10 +16,13 @@ from meshenc.cli.service_options import (
     configure_logging,
     etcd_options,
     etcd_settings,
+    health_listen_option,
     log_level_option,
     metrics_listen_option,
     service_telemetry,
     settings_error,
+    tls_files,
+    tls_options,
 )
 from meshenc.core.policy import Strategy
 from meshenc.wire.address import parse_address_list
@@ -238,6 +241,8 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     show_default=True,
     help="The pod's namespace (--topology kubernetes).",
 )
+@health_listen_option
+@tls_options
 @log_level_option
 def encoder(
     node_id: str,
@@ -277,15 +282,23 @@ def encoder(
     capacity: int,
     registry_ttl: float,
     namespace: str,
+    health_listen: str | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
     log_level: str,
 ) -> None:
     """Run one live encoder of the mesh.
 
     It ingests the source, stamps frames with its own (optionally fault-injected) clock, keeps
     its timecodes locked with its neighbours over gRPC, and writes HLS segments named by segment
-    number into --out. SIGTERM finishes the current segment and stops cleanly.
+    number into --out. SIGTERM finishes the current segment and stops cleanly. Mutual TLS
+    needs the three --tls-* files, the certificate naming this encoder's id; --insecure runs
+    plaintext.
     """
     configure_logging(log_level, node_id)
+    tls = tls_files(tls_ca, tls_cert, tls_key, insecure)
     try:
         etcd = etcd_settings(
             etcd_endpoints,
@@ -327,6 +340,8 @@ def encoder(
             topology=TopologyMode(topology) if topology else None,
             advertise=advertise or None,
             namespace=namespace,
+            tls=tls,
+            health_listen=health_listen or None,
         )
     except (ValidationError, ValueError) as exc:
         raise settings_error(exc) from exc

@@ -11,6 +11,7 @@ from meshenc.cli.bench_failover import bench_failover
 from meshenc.cli.bench_ingest import bench_ingest
 from meshenc.cli.bench_live import bench_live
 from meshenc.cli.bench_plan import bench_plan
+from meshenc.cli.certs import certs
 from meshenc.cli.encoder import encoder
 from meshenc.cli.health import health_check
 from meshenc.cli.inspect import events, segments, status, topology
@@ -36,6 +37,7 @@ cli.add_command(registry)
 cli.add_command(manager)
 cli.add_command(source)
 cli.add_command(clip)
+cli.add_command(certs)
 # Looking at a running mesh and at its outputs.
 cli.add_command(status)
 cli.add_command(topology)

@@ -24,6 +24,7 @@ from services.common.etcd import (
     EtcdSettings,
     parse_endpoints,
 )
+from services.common.tls import TlsFiles
 from services.encoder.media.ingest import InputLossPolicy
 from services.encoder.media.publish import origin_url
 
@@ -137,6 +138,11 @@ class EncoderSettings(BaseModel):
     advertise: str | None = None
     #: The pod's namespace (the kubernetes topology reads the encoder's ConfigMap there).
     namespace: str = "default"
+    #: Mutual TLS (CA, certificate, key) for the mesh server and every channel; plaintext if
+    #: None. The certificate's identity must be this encoder's id.
+    tls: TlsFiles | None = None
+    #: HOST:PORT serving the health service alone, in plaintext (probes); none when None.
+    health_listen: str | None = None
 
     @field_validator("id")
     @classmethod
@@ -162,10 +168,10 @@ class EncoderSettings(BaseModel):
     def _listen(cls, value: str) -> str:
         return check_address(value, "listen", lowest_port=0)
 
-    @field_validator("metrics_listen")
+    @field_validator("metrics_listen", "health_listen")
     @classmethod
     def _metrics_listen(cls, value: str | None) -> str | None:
-        return None if value is None else check_address(value, "metrics listen", lowest_port=0)
+        return None if value is None else check_address(value, "listen", lowest_port=0)
 
     @field_validator("registry")
     @classmethod

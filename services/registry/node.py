@@ -125,10 +125,8 @@ class RegistryNode:
         )
         self._dht: DhtNode[Record] | None = None
         self._info = registry_pb2.NodeInfo()
-        self._server = GrpcServer(
-            {SERVICE_NAME: self._register},
-        )
-        self._channels = RegistryChannels()
+        self._server = GrpcServer({SERVICE_NAME: self._register}, tls=settings.tls)
+        self._channels = RegistryChannels(tls=settings.tls)
         self._background: set[asyncio.Task[Any]] = set()
         self._gate = asyncio.Semaphore(MAX_BACKGROUND)
         self._stop = asyncio.Event()
@@ -165,7 +163,9 @@ class RegistryNode:
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port. Joining is :meth:`run`'s business."""
-        port = await self._server.start(self.settings.listen)
+        port = await self._server.start(
+            self.settings.listen, health_listen=self.settings.health_listen
+        )
         advertise = self.settings.advertise
         if advertise is None:
             host = socket.gethostname() if self.settings.listens_everywhere else None

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from meshenc.core.kademlia import DEFAULT_ALPHA, DEFAULT_K, ID_BYTES, MAX_K
 from meshenc.wire.address import check_address, parse_address, parse_address_list
+from services.common.tls import TlsFiles
 
 __all__ = ["RegistrySettings", "parse_seeds"]
 
@@ -54,6 +55,10 @@ class RegistrySettings(BaseModel):
     join_timeout: Annotated[float, Field(gt=0.0)] = 30.0
     #: HOST:PORT of the Prometheus metrics endpoint; off when None.
     metrics_listen: str | None = None
+    #: Mutual TLS (CA, certificate, key) for the server and every channel; plaintext if None.
+    tls: TlsFiles | None = None
+    #: HOST:PORT serving the health service alone, in plaintext (probes); none when None.
+    health_listen: str | None = None
 
     @field_validator("listen")
     @classmethod
@@ -64,6 +69,11 @@ class RegistrySettings(BaseModel):
     @classmethod
     def _metrics_listen(cls, value: str | None) -> str | None:
         return None if value is None else check_address(value, "metrics listen", lowest_port=0)
+
+    @field_validator("health_listen")
+    @classmethod
+    def _health_listen(cls, value: str | None) -> str | None:
+        return None if value is None else check_address(value, "health listen", lowest_port=0)
 
     @field_validator("advertise")
     @classmethod
