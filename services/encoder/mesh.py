@@ -7,13 +7,15 @@ proposals and votes both ways. The encoder whose id is the smaller (plain string
 dials the stream (:class:`MeshLinks` runs a dialer for it); the other accepts it
 (:class:`MeshServer`). Each side sends its ``Hello`` first; the acceptor checks the caller's
 Hello before it answers with its own: none within the handshake timeout ends the call with
-DEADLINE_EXCEEDED, an invalid one with INVALID_ARGUMENT, a caller that is not a current
-neighbour (``MeshHandler.is_neighbour``) with PERMISSION_DENIED, and a caller that speaks another
+DEADLINE_EXCEEDED, an invalid one with INVALID_ARGUMENT, a caller whose Hello names another
+encoder than its certificate does (mutual TLS) or that is not a current neighbour
+(``MeshHandler.is_neighbour``) with PERMISSION_DENIED, and a caller that speaks another
 protocol version or encodes another timeline (frame rate or GOP length) with
 FAILED_PRECONDITION. Each refusal is counted; its log line is written at most once per kind
 every 10 s (``LimitedLog``), so a flood of bad calls cannot flood the log. The dialer checks
 the acceptor's Hello the same way and also that it comes from the neighbour it meant to reach
 (under mutual TLS the acceptor's certificate must also carry that neighbour's name).
+SetParameters is refused with PERMISSION_DENIED unless the caller is the operator.
 
 Every received message passes ``ExchangeStreamChecker`` (which applies
 ``meshenc.wire.validation``) before it is converted to a core dataclass and handed to the
@@ -72,7 +74,7 @@ from services.common.grpc_server import GrpcServer, open_channel
 from services.common.log_limit import LimitedLog
 from services.common.retry import Backoff, retrying
 from services.common.telemetry import TraceContext
-from services.common.tls import TlsFiles
+from services.common.tls import TlsFiles, peer_identity, require_operator
 from services.encoder.telemetry import topology_changed
 
 __all__ = [
@@ -684,6 +686,8 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
     async def SetParameters(  # noqa: N802 -- the gRPC method's name
         self, request: mesh_pb2.SetParametersRequest, context: Any
     ) -> mesh_pb2.SetParametersResponse:
+        # It changes the whole mesh: the operator's certificate only.
+        await require_operator(context, "SetParameters")
         try:
             validate_set_parameters_request(request)
         except InvalidMessage as exc:
@@ -708,7 +712,8 @@ class MeshServer:
 
     Accepted Exchange streams join ``links``, so a neighbour that dialed this encoder is
     reached by ``links.send`` exactly like one this encoder dialed. With ``tls`` it serves
-    mutual TLS only.
+    mutual TLS only, a caller's Hello must name the identity in its certificate, and
+    SetParameters is the operator's.
     """
 
     def __init__(
@@ -786,6 +791,21 @@ class MeshServer:
             )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         peer = first.hello.sender_id
+        certified = peer_identity(context)
+        if certified is not None and certified != peer:
+            # A certificate for one encoder cannot speak as another.
+            self.refused[peer] += 1
+            self._refusals.warning(
+                "impostor",
+                "refused an Exchange from %s: its hello says %r, its certificate %r",
+                context.peer(),
+                peer,
+                certified,
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"hello.sender_id is {peer!r} but the caller's certificate is {certified!r}",
+            )
         if not self._handler.is_neighbour(peer):
             self.refused[peer] += 1
             self._refusals.warning(

@@ -46,7 +46,7 @@ from meshenc.wire.validation import (
 from services.common.etcd import connect_client
 from services.common.grpc_server import GrpcServer
 from services.common.kubernetes import connect_api
-from services.common.tls import TlsFiles
+from services.common.tls import TlsFiles, require_identity
 from services.manager.actuators import Actuator, ActuatorError
 from services.manager.etcd_actuator import EtcdActuator
 from services.manager.ha import EtcdElection
@@ -103,6 +103,8 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
             async for report in request_iterator:
                 await _validate(context, "ReportHealth", validate_health_report, report)
                 if encoder is None:
+                    # An encoder reports its own health only (its certificate's identity).
+                    await require_identity(context, report.encoder_id, "encoder_id")
                     encoder = report.encoder_id
                     shell.stream_opened(encoder)
                 elif report.encoder_id != encoder:
@@ -129,6 +131,7 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
         self, request: manager_pb2.Escalation, context: Any
     ) -> manager_pb2.EscalationAck:
         await _validate(context, "Escalate", validate_escalation, request)
+        await require_identity(context, request.encoder_id, "encoder_id")
         try:
             return await self._shell.escalate(request)
         except NotActiveError as exc:

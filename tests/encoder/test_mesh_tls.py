@@ -2,12 +2,14 @@
 
 The certificates come from ``services.common.certs`` (what ``meshenc certs`` writes); the
 encoder runtime is ``FakeHandler`` from ``test_mesh_grpc``. What is checked: plaintext and
-certificates of another CA do not get a call through; two encoders link up over TLS, and a
-dialer refuses an acceptor whose certificate is not the neighbour it dialed.
+certificates of another CA do not get a call through; a certificate for one encoder cannot say
+Hello as another; only the operator changes the mesh (SetParameters); two encoders link up over
+TLS, and a dialer refuses an acceptor whose certificate is not the neighbour it dialed.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import grpc
@@ -94,6 +96,64 @@ def test_a_certificate_of_another_ca_is_refused(certs: CertificateSet, tmp_path:
             assert node.server.accepted == {}
         finally:
             await peer.close()
+            await stop(node)
+
+    run(main())
+
+
+def test_one_encoders_certificate_cannot_say_hello_as_another(
+    certs: CertificateSet, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        node = await start_tls_node("e1", ["e2", "e3"], certs)
+        e3 = certs.files("e3")
+        impostors = [
+            TlsPeer(open_channel(node.address, tls=e3, server_name="e1"), "e2") for _ in range(3)
+        ]
+        honest = TlsPeer(open_channel(node.address, tls=certs.files("e2"), server_name="e1"), "e2")
+        try:
+            for impostor in impostors:
+                error = await impostor.error()
+                assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert "'e3'" in error.details() and "'e2'" in error.details()
+            assert node.server.refused["e2"] == 3
+            assert not node.links.connected("e3")
+            # The certificate's owner is welcome.
+            answer = await honest.first()
+            assert answer.hello.sender_id == "e1"
+            assert node.server.accepted["e2"] == 1
+        finally:
+            for peer in (*impostors, honest):
+                await peer.close()
+            await stop(node)
+
+    with caplog.at_level(logging.WARNING, logger="meshenc.encoder.mesh"):
+        run(main())
+    lines = [r for r in caplog.records if "its certificate" in r.getMessage()]
+    assert len(lines) == 1, "refusals of one kind are logged once per interval"
+
+
+def test_set_parameters_is_the_operators(certs: CertificateSet) -> None:
+    async def main() -> None:
+        node = await start_tls_node("e1", ["e2"], certs)
+        request = mesh_pb2.SetParametersRequest(bitrate_kbps=900)
+        try:
+            async with open_channel(node.address, tls=certs.files("e2"), server_name="e1") as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await mesh_pb2_grpc.EncoderMeshStub(ch).SetParameters(request, timeout=5)
+                assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                # Reading is anyone's with a certificate of the CA.
+                state = await mesh_pb2_grpc.EncoderMeshStub(ch).GetState(
+                    mesh_pb2.GetStateRequest(), timeout=5
+                )
+                assert state.encoder_id == "e1"
+            assert node.handler.parameter_requests == []
+            operator = certs.files(OPERATOR)
+            async with open_channel(node.address, tls=operator, server_name="e1") as ch:
+                answer = await mesh_pb2_grpc.EncoderMeshStub(ch).SetParameters(request, timeout=5)
+            assert (answer.proposal_id, answer.effective_segment) == (7, 123)
+            assert node.handler.parameter_requests == [900]
+        finally:
             await stop(node)
 
     run(main())

@@ -162,6 +162,27 @@ def test_plaintext_is_refused_and_the_health_port_answers_it(
     assert state.returncode != 0 and "Unimplemented" in state.stderr, state.stderr
 
 
+def test_set_parameters_is_for_the_operator_only(
+    encoder: str, operator: TlsFiles, certs: CertificateSet
+) -> None:
+    """Another encoder's certificate is refused with PermissionDenied; the operator's gets
+    past the identity check (to the encoder's own answer: it has no neighbours to vote)."""
+    request = '{"bitrate_kbps": 900}'
+    method = "meshenc.v1.EncoderMesh/SetParameters"
+    other = certs.files("e2")
+    denied = _run_grpcurl(
+        "-cacert", str(other.ca), "-cert", str(other.cert), "-key", str(other.key),
+        "-d", request, encoder, method,
+    )  # fmt: skip
+    assert denied.returncode != 0 and "PermissionDenied" in denied.stderr, denied.stderr
+    allowed = _run_grpcurl(
+        "-cacert", str(operator.ca), "-cert", str(operator.cert), "-key", str(operator.key),
+        "-d", request, encoder, method,
+    )  # fmt: skip
+    assert "PermissionDenied" not in allowed.stderr, allowed.stderr
+    assert allowed.returncode == 0 or "FailedPrecondition" in allowed.stderr, allowed.stderr
+
+
 def test_get_state_reports_the_encoder(encoder: str, operator: TlsFiles) -> None:
     state = json.loads(_grpcurl(operator, encoder, "meshenc.v1.EncoderMesh/GetState"))
     assert state["encoder_id"] == "probe"
