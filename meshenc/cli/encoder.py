@@ -26,6 +26,7 @@ from meshenc.cli.service_options import (
 )
 from meshenc.core.policy import Strategy
 from meshenc.wire.address import parse_address_list
+from services.common.certs import certificate_identity
 from services.common.etcd import DEFAULT_LEASE_TTL
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import (
@@ -299,6 +300,16 @@ def encoder(
     """
     configure_logging(log_level, node_id)
     tls = tls_files(tls_ca, tls_cert, tls_key, insecure)
+    if tls is not None:
+        # Every neighbour would refuse a Hello that is not the certificate's identity.
+        try:
+            certified = certificate_identity(tls.cert)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+        if certified != node_id:
+            raise click.UsageError(
+                f"--tls-cert {tls.cert} names {certified!r}, not this encoder's id {node_id!r}"
+            )
     try:
         etcd = etcd_settings(
             etcd_endpoints,

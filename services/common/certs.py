@@ -28,9 +28,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.common.tls import TlsFiles, check_identity, identity_uri
+from services.common.tls import IDENTITY_SCHEME, TlsFiles, check_identity, identity_uri
 
-__all__ = ["CA_CERT", "CA_KEY", "DEFAULT_VALID_DAYS", "CertificateSet", "make_certificates"]
+__all__ = [
+    "CA_CERT",
+    "CA_KEY",
+    "DEFAULT_VALID_DAYS",
+    "CertificateSet",
+    "certificate_identity",
+    "make_certificates",
+]
 
 CA_CERT: Final = "ca.crt"
 CA_KEY: Final = "ca.key"
@@ -178,3 +185,23 @@ def make_certificates(
         _write_key(folder / f"{name}.key", key)
         _write_cert(folder / f"{name}.crt", _identity_cert(name, ca_cert, ca_key, key, now, days))
     return CertificateSet(folder)
+
+
+def certificate_identity(path: Path) -> str | None:
+    """The identity (``meshenc://NAME``) a PEM certificate file names, or None.
+
+    Raises:
+        ValueError: the file cannot be read or is not a PEM certificate.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except OSError as exc:
+        raise ValueError(f"cannot read the certificate {path}: {exc.strerror}") from None
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in names.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(IDENTITY_SCHEME):
+            return uri[len(IDENTITY_SCHEME) :]
+    return None

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cryptography import x509
 
 from meshenc.cli.main import cli
-from services.common.certs import CA_CERT, CA_KEY, make_certificates
+from services.common.certs import CA_CERT, CA_KEY, certificate_identity, make_certificates
 from services.common.tls import check_identity, identity_uri, peer_identity
 
 
@@ -73,3 +73,43 @@ def test_the_peer_identity_is_the_meshenc_uri_only() -> None:
     assert peer_identity(_Context({"peer_uri": [b"spiffe://x/y", b"meshenc://e7"]})) == "e7"
     assert peer_identity(_Context({"peer_uri": [b"meshenc://bad name"]})) is None
     assert peer_identity(_Context({"x509_common_name": [b"e7"]})) is None
+
+
+def test_an_encoder_refuses_a_certificate_that_names_another_encoder(tmp_path: Path) -> None:
+    made = make_certificates(tmp_path / "certs", ["e1", "e2"])
+    assert certificate_identity(made.files("e2").cert) == "e2"
+    files = made.files("e2")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "encoder",
+            "--id",
+            "e1",
+            "--out",
+            str(tmp_path / "out"),
+            "--tls-ca",
+            str(files.ca),
+            "--tls-cert",
+            str(files.cert),
+            "--tls-key",
+            str(files.key),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "names 'e2', not this encoder's id 'e1'" in result.output
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        [],  # neither certificates nor --insecure
+        ["--insecure", "--tls-ca", "ca.crt"],
+        ["--tls-ca", "ca.crt"],  # not all three
+    ],
+)
+def test_a_service_needs_certificates_or_an_explicit_insecure(
+    tmp_path: Path, flags: list[str]
+) -> None:
+    result = CliRunner().invoke(cli, ["registry", "--listen", "127.0.0.1:0", *flags])
+    assert result.exit_code == 2, result.output
+    assert "--insecure" in result.output
