@@ -122,7 +122,7 @@ def _encoder_command(
 ) -> list[str]:
     peers = ",".join(f"{n}=127.0.0.1:{p}" for n, p in ports.items() if n != encoder.name)
     return [
-        sys.executable, "-m", "meshenc", "encoder",
+        sys.executable, "-m", "meshenc", "encoder", "--insecure",
         "--id", encoder.name,
         "--listen", f"127.0.0.1:{ports[encoder.name]}",
         "--peers", peers,

@@ -16,13 +16,17 @@ from meshenc.cli.service_options import (
     configure_logging,
     etcd_options,
     etcd_settings,
+    health_listen_option,
     log_level_option,
     metrics_listen_option,
     service_telemetry,
     settings_error,
+    tls_files,
+    tls_options,
 )
 from meshenc.core.policy import Strategy
 from meshenc.wire.address import parse_address_list
+from services.common.certs import certificate_identity
 from services.common.etcd import DEFAULT_LEASE_TTL
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import (
@@ -249,6 +253,8 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     show_default=True,
     help="The pod's namespace (--topology kubernetes).",
 )
+@health_listen_option
+@tls_options
 @log_level_option
 def encoder(
     node_id: str,
@@ -289,6 +295,11 @@ def encoder(
     capacity: int,
     registry_ttl: float,
     namespace: str,
+    health_listen: str | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
     log_level: str,
 ) -> None:
     """Run one live encoder of the mesh.
@@ -296,9 +307,22 @@ def encoder(
     It ingests the source, stamps frames with its own (optionally fault-injected) clock, keeps
     its timecodes locked with its neighbours over gRPC, and writes segments named by segment
     number into --out (MPEG-TS with an HLS playlist, or with --format cmaf fMP4 with an HLS
-    playlist and a DASH MPD). SIGTERM finishes the current segment and stops cleanly.
+    playlist and a DASH MPD). SIGTERM finishes the current segment and stops cleanly. Mutual
+    TLS needs the three --tls-* files, the certificate naming this encoder's id; --insecure
+    runs plaintext.
     """
     configure_logging(log_level, node_id)
+    tls = tls_files(tls_ca, tls_cert, tls_key, insecure)
+    if tls is not None:
+        # Every neighbour would refuse a Hello that is not the certificate's identity.
+        try:
+            certified = certificate_identity(tls.cert)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+        if certified != node_id:
+            raise click.UsageError(
+                f"--tls-cert {tls.cert} names {certified!r}, not this encoder's id {node_id!r}"
+            )
     try:
         etcd = etcd_settings(
             etcd_endpoints,
@@ -341,6 +365,8 @@ def encoder(
             topology=TopologyMode(topology) if topology else None,
             advertise=advertise or None,
             namespace=namespace,
+            tls=tls,
+            health_listen=health_listen or None,
         )
     except (ValidationError, ValueError) as exc:
         raise settings_error(exc) from exc

@@ -2,7 +2,9 @@
 
 The Helm chart's ``helm test`` hook runs it against every service of a release, and on-call can
 run it from any pod of the image, which carries no grpcurl. One ``grpc.health.v1.Health/Check``
-over an insecure channel, no retries: a probe that answers "not now" is the answer.
+over a plaintext channel (a service's ``--health-listen`` port, or its main port under
+``--insecure``), or over mutual TLS with ``--tls-ca``, ``--tls-cert`` and ``--tls-key``; no
+retries: a probe that answers "not now" is the answer.
 
 Exit status: 0 SERVING; 1 the server answered, but not SERVING (NOT_SERVING, an unknown
 service, no health service); 3 no answer (unreachable, timed out, any other RPC failure);
@@ -11,10 +13,13 @@ service, no health service); 3 no answer (unreachable, timed out, any other RPC 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from meshenc.wire.address import check_address
 from services.common.health_check import EXIT_SERVING, check_health
+from services.common.tls import TlsFiles
 
 __all__ = ["health_check"]
 
@@ -36,13 +41,44 @@ def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Seconds to wait for the answer.",
 )
+@click.option(
+    "--tls-ca",
+    envvar="MESHENC_TLS_CA",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --tls-cert and --tls-key: ask over mutual TLS (default: plaintext).",
+)
+@click.option(
+    "--tls-cert",
+    envvar="MESHENC_TLS_CERT",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option(
+    "--tls-key",
+    envvar="MESHENC_TLS_KEY",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
 @click.pass_context
-def health_check(ctx: click.Context, address: str, service: str, timeout: float) -> None:
+def health_check(
+    ctx: click.Context,
+    address: str,
+    service: str,
+    timeout: float,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> None:
     """Exit 0 when the server at ADDRESS (HOST:PORT) reports SERVICE SERVING.
 
     SERVICE is a full gRPC service name such as meshenc.v1.EncoderMesh; without it the server
-    as a whole is checked. Exit 1: answered, not SERVING; 3: no answer; 2: bad arguments.
+    as a whole is checked. Plaintext (a --health-listen port) unless the three --tls-* files
+    are given. Exit 1: answered, not SERVING; 3: no answer; 2: bad arguments.
     """
-    status, message = check_health(address, service, timeout)
+    given = [f for f in (tls_ca, tls_cert, tls_key) if f is not None]
+    if given and len(given) != 3:
+        raise click.UsageError("--tls-ca, --tls-cert and --tls-key go together")
+    tls = None
+    if tls_ca is not None and tls_cert is not None and tls_key is not None:
+        tls = TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key)
+    status, message = check_health(address, service, timeout, tls)
     click.echo(message, err=status != EXIT_SERVING)
     ctx.exit(status)

@@ -4,7 +4,10 @@ Each command talks gRPC to the services and prints rich tables (``--json``: JSON
 Addresses come from flags or the environment: ``--encoders HOST:PORT,...`` /
 ``MESHENC_ENCODERS`` for the encoders (``ID=HOST:PORT`` is accepted too, as in ``--peers``),
 ``--manager HOST:PORT`` / ``MESHENC_MANAGER`` for the Mesh Manager. ``meshenc up`` prints both
-for the mesh it runs.
+for the mesh it runs. Each command calls with the operator's certificate (``--tls-ca``,
+``--tls-cert``, ``--tls-key`` / ``MESHENC_TLS_*``), or in plaintext with ``--insecure``; an
+encoder's certificate must be valid for the host of the address it is asked at, the manager's
+must name ``manager``.
 
 - ``status``: ``GetState`` of every encoder, one row each;
 - ``topology``: the manager's ``GetTopology``, one row per encoder and its neighbours;
@@ -37,6 +40,7 @@ from rich.table import Table
 from rich.text import Text
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from meshenc.cli.service_options import tls_files, tls_options
 from meshenc.cli.sim import console
 from meshenc.report.recorder import Event, Recorder
 from meshenc.v1 import manager_pb2, manager_pb2_grpc, mesh_pb2, mesh_pb2_grpc
@@ -47,8 +51,9 @@ from meshenc.wire.validation import (
     validate_get_topology_request,
     validate_watch_topology_request,
 )
-from services.common.grpc_server import insecure_channel
+from services.common.grpc_server import open_channel
 from services.common.health_check import EXIT_NO_ANSWER
+from services.common.tls import MANAGER, TlsFiles
 
 __all__ = ["events", "segments", "status", "topology"]
 
@@ -136,11 +141,13 @@ class Answer:
     problem: str = ""
 
 
-async def ask_states(addresses: Sequence[str], timeout: float) -> list[Answer]:
-    """GetState of every address at once."""
+async def ask_states(
+    addresses: Sequence[str], timeout: float, tls: TlsFiles | None = None
+) -> list[Answer]:
+    """GetState of every address at once (mutual TLS with ``tls``)."""
 
     async def ask(address: str) -> Answer:
-        async with insecure_channel(address) as channel:
+        async with open_channel(address, tls=tls) as channel:
             try:
                 state = await mesh_pb2_grpc.EncoderMeshStub(channel).GetState(
                     mesh_pb2.GetStateRequest(), timeout=timeout
@@ -204,15 +211,26 @@ def status_table(answers: Sequence[Answer]) -> Table:
 @_ENCODERS
 @_TIMEOUT
 @_JSON
+@tls_options
 @click.pass_context
-def status(ctx: click.Context, encoders: list[str], timeout: float, as_json: bool) -> None:
+def status(
+    ctx: click.Context,
+    encoders: list[str],
+    timeout: float,
+    as_json: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
+) -> None:
     """Each encoder's state: timecode, segment, lock, error, confidence, leader, corrections.
 
     Exit 0: every encoder answered; 1: some did not; 3: none did.
     """
+    tls = tls_files(tls_ca, tls_cert, tls_key, insecure)
     if not encoders:
         raise click.UsageError("no encoders: give --encoders HOST:PORT,... or MESHENC_ENCODERS")
-    answers = asyncio.run(ask_states(encoders, timeout))
+    answers = asyncio.run(ask_states(encoders, timeout, tls))
     if as_json:
         click.echo(
             json.dumps(
@@ -240,9 +258,11 @@ def status(ctx: click.Context, encoders: list[str], timeout: float, as_json: boo
 # --- topology and segments ------------------------------------------------------------------
 
 
-async def _ask_manager(address: str, method: str, request: Message, timeout: float) -> Any:
+async def _ask_manager(
+    address: str, method: str, request: Message, timeout: float, tls: TlsFiles | None
+) -> Any:
     """One unary call of the MeshManager service (``method``: ``GetTopology``...)."""
-    async with insecure_channel(address) as channel:
+    async with open_channel(address, tls=tls, server_name=MANAGER) as channel:
         call = getattr(manager_pb2_grpc.MeshManagerStub(channel), method)
         return await call(request, timeout=timeout)
 
@@ -294,6 +314,7 @@ def _show_manager_answer(
     timeout: float,
     as_json: bool,
     render: Callable[[Any], Any],
+    tls: TlsFiles | None,
 ) -> None:
     """Validate ``request`` (a bad filter is the ``param_hint`` option's fault), ask the
     manager, and print its answer as JSON or as ``render`` draws it."""
@@ -303,7 +324,7 @@ def _show_manager_answer(
     except InvalidMessage as exc:
         raise click.BadParameter(exc.reason, param_hint=param_hint) from exc
     try:
-        answer = asyncio.run(_ask_manager(address, method, request, timeout))
+        answer = asyncio.run(_ask_manager(address, method, request, timeout, tls))
     except grpc.aio.AioRpcError as exc:
         _fail(ctx, f"manager {address}: {_no_answer(exc)}")
         return
@@ -318,9 +339,18 @@ def _show_manager_answer(
 @click.option("--encoder", "encoder_id", default="", help="Only this encoder's neighbours.")
 @_TIMEOUT
 @_JSON
+@tls_options
 @click.pass_context
 def topology(
-    ctx: click.Context, manager: str | None, encoder_id: str, timeout: float, as_json: bool
+    ctx: click.Context,
+    manager: str | None,
+    encoder_id: str,
+    timeout: float,
+    as_json: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
 ) -> None:
     """The mesh topology the manager planned: every encoder's neighbours (GetTopology)."""
     _show_manager_answer(
@@ -332,6 +362,7 @@ def topology(
         param_hint="--encoder",
         timeout=timeout,
         as_json=as_json,
+        tls=tls_files(tls_ca, tls_cert, tls_key, insecure),
         render=topology_table,
     )
 
@@ -341,9 +372,18 @@ def topology(
 @click.option("--segment", "segment_id", default="", help="Only this segment (encoder group).")
 @_TIMEOUT
 @_JSON
+@tls_options
 @click.pass_context
 def segments(
-    ctx: click.Context, manager: str | None, segment_id: str, timeout: float, as_json: bool
+    ctx: click.Context,
+    manager: str | None,
+    segment_id: str,
+    timeout: float,
+    as_json: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
 ) -> None:
     """The encoder groups (segments), their members and elected leaders (GetSegments)."""
     _show_manager_answer(
@@ -355,6 +395,7 @@ def segments(
         param_hint="--segment",
         timeout=timeout,
         as_json=as_json,
+        tls=tls_files(tls_ca, tls_cert, tls_key, insecure),
         render=segments_table,
     )
 
@@ -378,9 +419,13 @@ class _Feed(Recorder):
     line when its group's leader (or the leader's fencing token) changed.
     """
 
-    def __init__(self, emit: Callable[[dict[str, Any]], None], interval: float) -> None:
+    def __init__(
+        self, emit: Callable[[dict[str, Any]], None], interval: float, tls: TlsFiles | None
+    ) -> None:
         # No file: ``record`` below replaces the writing, and ``start`` is never called.
-        super().__init__(Path(), interval=interval, rpc_timeout=min(interval, DEFAULT_TIMEOUT))
+        super().__init__(
+            Path(), interval=interval, rpc_timeout=min(interval, DEFAULT_TIMEOUT), tls=tls
+        )
         self._emit = emit
         self._last = _LastSeen()
 
@@ -437,7 +482,11 @@ def describe_event(event: dict[str, Any]) -> Text:
 
 
 async def _watch_topology(
-    address: str, emit: Callable[[dict[str, Any]], None], follow: bool, timeout: float
+    address: str,
+    emit: Callable[[dict[str, Any]], None],
+    follow: bool,
+    timeout: float,
+    tls: TlsFiles | None,
 ) -> None:
     """The manager's WatchTopology: the current topology, then (``follow``) every new one;
     reconnects after a broken stream, asking only for epochs it has not seen."""
@@ -450,7 +499,7 @@ async def _watch_topology(
         reraise=True,
     ):
         with attempt:
-            async with insecure_channel(address) as channel:
+            async with open_channel(address, tls=tls, server_name=MANAGER) as channel:
                 stub = manager_pb2_grpc.MeshManagerStub(channel)
                 stream = stub.WatchTopology(
                     manager_pb2.WatchTopologyRequest(after_epoch=seen_epoch),
@@ -495,14 +544,15 @@ async def _follow_encoders(
     follow: bool,
     interval: float,
     timeout: float,
+    tls: TlsFiles | None,
 ) -> None:
     """Poll the encoders through the recorder; addresses not answering yet are asked again
     every round (an encoder that joins later shows up)."""
-    feed = _Feed(emit, interval)
+    feed = _Feed(emit, interval, tls)
     pending = list(addresses)
     try:
         while True:
-            answers = await ask_states(pending, min(timeout, interval * 2))
+            answers = await ask_states(pending, min(timeout, interval * 2), tls)
             for answer in answers:
                 if answer.state is not None and answer.state.encoder_id:
                     feed.add(answer.state.encoder_id, answer.address)
@@ -527,11 +577,13 @@ async def run_events(
     interval: float = DEFAULT_INTERVAL,
     timeout: float = DEFAULT_TIMEOUT,
     duration: float | None = None,
+    tls: TlsFiles | None = None,
 ) -> None:
-    """The event feed (see the module docstring) until cancelled or ``duration`` is over."""
-    tasks = [_follow_encoders(encoders, emit, follow, interval, timeout)] if encoders else []
+    """The event feed (see the module docstring) until cancelled or ``duration`` is over;
+    mutual TLS with ``tls``, plaintext without."""
+    tasks = [_follow_encoders(encoders, emit, follow, interval, timeout, tls)] if encoders else []
     if manager is not None:
-        tasks.append(_watch_topology(manager, emit, follow, timeout))
+        tasks.append(_watch_topology(manager, emit, follow, timeout, tls))
     work = asyncio.gather(*tasks)
     try:
         if duration is None:
@@ -565,6 +617,7 @@ async def run_events(
 )
 @_TIMEOUT
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@tls_options
 def events(
     encoders: list[str],
     manager: str | None,
@@ -573,12 +626,17 @@ def events(
     duration: float | None,
     timeout: float,
     as_json: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
 ) -> None:
     """Corrections (and whether a vote approved them), lock changes, leaders and topology.
 
     Without --follow: the encoders' recent corrections and current state, and the manager's
     current topology, then exit. With --follow: every new event as it happens.
     """
+    tls = tls_files(tls_ca, tls_cert, tls_key, insecure)
     if not encoders and manager is None:
         raise click.UsageError(
             "nothing to watch: give --encoders/MESHENC_ENCODERS and/or --manager/MESHENC_MANAGER"
@@ -601,5 +659,6 @@ def events(
                 interval=interval,
                 timeout=timeout,
                 duration=duration,
+                tls=tls,
             )
         )

@@ -16,10 +16,13 @@ from meshenc.cli.service_options import (
     configure_logging,
     etcd_options,
     etcd_settings,
+    health_listen_option,
     log_level_option,
     metrics_listen_option,
     service_telemetry,
     settings_error,
+    tls_files,
+    tls_options,
 )
 from services.manager.server import run_manager
 from services.manager.settings import (
@@ -97,6 +100,8 @@ from services.manager.settings import (
     default="",
     help="Work to place, CHANNEL/RENDITION,... (each on two encoders).",
 )
+@health_listen_option
+@tls_options
 @metrics_listen_option
 @log_level_option
 def manager(
@@ -118,6 +123,11 @@ def manager(
     report_timeout: float,
     reconnect_grace: float,
     work_units: str,
+    health_listen: str | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
     metrics_listen: str | None,
     log_level: str,
 ) -> None:
@@ -125,9 +135,12 @@ def manager(
 
     It follows the encoders (registration keys in etcd, or the StatefulSet's pods), plans a
     mesh that survives any single failure, writes each encoder's neighbours (etcd keys or
-    ConfigMaps) and judges escalated resync proposals. SIGTERM stops it cleanly.
+    ConfigMaps) and judges escalated resync proposals. SIGTERM stops it cleanly. Mutual TLS
+    needs the three --tls-* files (the manager presents the "manager" identity); --insecure
+    serves plaintext.
     """
     configure_logging(log_level, "manager")
+    tls = tls_files(tls_ca, tls_cert, tls_key, insecure)
     try:
         settings = ManagerSettings(
             listen=listen,
@@ -151,6 +164,8 @@ def manager(
             reconnect_grace=reconnect_grace,
             work_units=parse_work_units(work_units),
             metrics_listen=metrics_listen,
+            tls=tls,
+            health_listen=health_listen or None,
         )
     except (ValidationError, ValueError) as exc:
         raise settings_error(exc) from exc

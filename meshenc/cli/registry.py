@@ -7,16 +7,20 @@ sets the variables. Values are validated once, at start, with errors that name t
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import click
 from pydantic import ValidationError
 
 from meshenc.cli.service_options import (
     configure_logging,
+    health_listen_option,
     log_level_option,
     metrics_listen_option,
     service_telemetry,
     settings_error,
+    tls_files,
+    tls_options,
 )
 from meshenc.core.kademlia import DEFAULT_ALPHA, DEFAULT_K
 from services.registry.node import RegistryNode
@@ -67,6 +71,8 @@ from services.registry.settings import RegistrySettings, parse_seeds
     show_default=True,
     help="Lookup requests in flight.",
 )
+@health_listen_option
+@tls_options
 @metrics_listen_option
 @log_level_option
 def registry(
@@ -76,6 +82,11 @@ def registry(
     node_id: str | None,
     k: int,
     alpha: int,
+    health_listen: str | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
     metrics_listen: str | None,
     log_level: str,
 ) -> None:
@@ -83,9 +94,11 @@ def registry(
 
     Registry nodes form a Kademlia network over gRPC; each record is kept on the k nodes
     closest to its key and survives the loss of any k-1 of them. SIGTERM stops the node
-    gracefully.
+    gracefully. Mutual TLS needs the three --tls-* files (the node presents the
+    "registry" identity); --insecure serves plaintext.
     """
     configure_logging(log_level, "registry")
+    tls = tls_files(tls_ca, tls_cert, tls_key, insecure)
     try:
         settings = RegistrySettings(
             listen=listen,
@@ -95,6 +108,8 @@ def registry(
             k=k,
             alpha=alpha,
             metrics_listen=metrics_listen or None,
+            tls=tls,
+            health_listen=health_listen or None,
         )
     except (ValidationError, ValueError) as exc:
         raise settings_error(exc) from exc

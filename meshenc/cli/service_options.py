@@ -7,7 +7,10 @@
 - :data:`metrics_listen_option`, :data:`log_level_option` and :func:`configure_logging`: the
   flags every service has, and its log format (each line names the service or node);
 - :func:`service_telemetry`: tracing and the metrics endpoint around the service, with an
-  address that cannot be served (a taken port) reported as a clean error, not a traceback.
+  address that cannot be served (a taken port) reported as a clean error, not a traceback;
+- :func:`tls_options` and :func:`tls_files`: mutual TLS (``--tls-ca``, ``--tls-cert``,
+  ``--tls-key``) or, only when asked for, plaintext (``--insecure``), for services and for the
+  commands that call them; :data:`health_listen_option`, the plaintext health-only port.
 """
 
 from __future__ import annotations
@@ -23,15 +26,19 @@ from pydantic import ValidationError
 
 from services.common import telemetry
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, parse_endpoints
+from services.common.tls import TlsFiles
 
 __all__ = [
     "configure_logging",
     "etcd_options",
     "etcd_settings",
+    "health_listen_option",
     "log_level_option",
     "metrics_listen_option",
     "service_telemetry",
     "settings_error",
+    "tls_files",
+    "tls_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,6 +60,76 @@ log_level_option = click.option(
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 """``--log-level``: the least severe log lines the service writes."""
+
+
+health_listen_option = click.option(
+    "--health-listen",
+    envvar="MESHENC_HEALTH_LISTEN",
+    default=None,
+    help="HOST:PORT to serve the gRPC health service alone on, in plaintext, for probes that "
+    "cannot present a certificate (e.g. Kubernetes grpc probes); off when unset.",
+)
+"""``--health-listen``: the plaintext port that serves ``grpc.health.v1.Health`` and nothing
+else."""
+
+
+def tls_options(command: F) -> F:
+    """``--tls-ca``, ``--tls-cert``, ``--tls-key`` and ``--insecure`` (read by
+    :func:`tls_files`)."""
+    options = [
+        click.option(
+            "--tls-ca",
+            envvar="MESHENC_TLS_CA",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="CA certificate that signs every meshenc certificate (mutual TLS).",
+        ),
+        click.option(
+            "--tls-cert",
+            envvar="MESHENC_TLS_CERT",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="This process's certificate (its identity: meshenc://NAME).",
+        ),
+        click.option(
+            "--tls-key",
+            envvar="MESHENC_TLS_KEY",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The certificate's private key.",
+        ),
+        click.option(
+            "--insecure",
+            envvar="MESHENC_INSECURE",
+            is_flag=True,
+            default=False,
+            help="Plaintext gRPC: no certificates, no identity checks (instead of the --tls-* "
+            "files).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def tls_files(
+    tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None, insecure: bool
+) -> TlsFiles | None:
+    """The TLS files the flags name, or None with ``--insecure``.
+
+    Raises:
+        click.UsageError: neither all three files nor ``--insecure``, or both.
+    """
+    given = [f for f in (tls_ca, tls_cert, tls_key) if f is not None]
+    if insecure:
+        if given:
+            raise click.UsageError("--insecure and --tls-* files exclude each other")
+        return None
+    if tls_ca is None or tls_cert is None or tls_key is None:
+        raise click.UsageError(
+            "give --tls-ca, --tls-cert and --tls-key (mutual TLS), or --insecure for plaintext"
+        )
+    for path in (tls_ca, tls_cert, tls_key):
+        if not path.is_file():
+            raise click.UsageError(f"no such TLS file: {path}")
+    return TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key)
 
 
 def configure_logging(log_level: str, label: str) -> None:

@@ -27,6 +27,7 @@ from rich.text import Text
 
 from meshenc.cli.encoder import encoder as encoder_command
 from meshenc.cli.sim import console as make_console
+from services.common.tls import TlsFiles
 from services.encoder.settings import SegmentFormat, parse_size
 
 if TYPE_CHECKING:
@@ -170,6 +171,11 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     default=None,
     help="Live terminal view [default: when the output is a terminal].",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plaintext gRPC between the processes [default: mutual TLS, certificates in OUT/certs].",
+)
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -193,6 +199,7 @@ def up(
     join_at: float | None,
     links: str,
     live: bool | None,
+    insecure: bool,
 ) -> None:
     """Run a local mesh: real etcd, registry replicas, a live source, encoders on drifting clocks.
 
@@ -203,6 +210,8 @@ def up(
     encoder joins (unless --no-faults). At the end: HLS per encoder in --out (MPEG-TS, or CMAF
     with a DASH manifest too with --format cmaf), out/report.html with plots and
     out/summary.json. Every process started is stopped at the end, on Ctrl-C and on errors.
+    The processes speak mutual TLS with certificates the run makes in OUT/certs (one per
+    encoder, registry, manager, operator) unless --insecure.
     """
     # The run pulls in etcd, the planner and the report (matplotlib): only `up` pays for them.
     from meshenc.local.demo import DemoConfig, DemoRun  # noqa: PLC0415
@@ -244,6 +253,7 @@ def up(
             encoder_options=frozenset(
                 opt for param in encoder_command.params for opt in param.opts
             ),
+            tls=not insecure,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -255,7 +265,7 @@ def up(
         handlers=[RichHandler(console=console, show_path=False)],
     )
     run = DemoRun(config, on_note=None if show_live else _printer(console))
-    console.print(_intro(config, run.plan))
+    console.print(_intro(config, run.plan, run.operator_tls))
     try:
         summary = asyncio.run(_main(run, console, show_live))
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -311,8 +321,9 @@ def _printer(console: Console) -> Callable[[Note], None]:
     return show
 
 
-def _intro(config: DemoConfig, plan: RunPlan) -> RenderableType:
-    """What is about to run, and the commands to look at it from another terminal."""
+def _intro(config: DemoConfig, plan: RunPlan, tls: TlsFiles | None) -> RenderableType:
+    """What is about to run, and the commands to look at it from another terminal (with the
+    operator's certificate when the run speaks TLS)."""
     addresses = ",".join(e.address for e in plan.encoders)
     first = plan.encoders[0].address
     joiner = plan.joiner
@@ -328,6 +339,17 @@ def _intro(config: DemoConfig, plan: RunPlan) -> RenderableType:
         Text("Inspect the running mesh from another terminal:", style="dim"),
         Text(f"  export MESHENC_ENCODERS={addresses}"),
     ]
+    if tls is None:
+        lines.append(Text("  export MESHENC_INSECURE=1"))
+        grpcurl = "grpcurl -plaintext"
+    else:
+        lines.append(
+            Text(
+                f"  export MESHENC_TLS_CA={tls.ca} MESHENC_TLS_CERT={tls.cert} "
+                f"MESHENC_TLS_KEY={tls.key}"
+            )
+        )
+        grpcurl = f"grpcurl -cacert {tls.ca} -cert {tls.cert} -key {tls.key}"
     if plan.manager_address:
         lines.append(Text(f"  export MESHENC_MANAGER={plan.manager_address}"))
     lines += [
@@ -337,8 +359,8 @@ def _intro(config: DemoConfig, plan: RunPlan) -> RenderableType:
     if plan.manager_address:
         lines += [Text("  meshenc topology"), Text("  meshenc segments")]
     lines += [
-        Text(f"  grpcurl -plaintext {first} list"),
-        Text(f"  grpcurl -plaintext {first} meshenc.v1.EncoderMesh/GetState"),
+        Text(f"  {grpcurl} {first} list"),
+        Text(f"  {grpcurl} {first} meshenc.v1.EncoderMesh/GetState"),
     ]
     return Group(*lines)
 

@@ -81,7 +81,9 @@ from meshenc.report.verify import (
     Verification,
     compare,
 )
+from services.common.certs import CertificateSet, make_certificates
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, connect_client
+from services.common.tls import MANAGER, OPERATOR, REGISTRY, TlsFiles
 from services.encoder.leadership import SegmentKeys
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import is_network_url
@@ -118,6 +120,8 @@ _IDENTITY_EVERY: Final = 1.0
 _NOTES: Final = 14
 _SCREENSHOT_AFTER: Final = 3.0
 """At least this long after playback began before the screenshot."""
+CERTS_DIR: Final = "certs"
+"""The run's development CA and certificates (``meshenc certs``), under the run folder."""
 #: Files a previous run leaves in its folder; only such a folder is cleared for a new run.
 _RUN_MARKERS: Final = (EVENTS_NAME, PIDS_NAME, SUMMARY_NAME)
 
@@ -156,6 +160,9 @@ class DemoConfig:
     #: or None for "when this machine can" (:func:`meshenc.local.player.unavailable`).
     player: bool | None = None
     etcd_binary: str = "etcd"
+    #: Mutual TLS between every process of the run, with certificates made into ``out/certs``
+    #: (off: plaintext, every service started with ``--insecure``).
+    tls: bool = True
 
     def __post_init__(self) -> None:
         if self.encoders < 2:
@@ -341,8 +348,10 @@ class DemoState:
 class _FeedingRecorder(Recorder):
     """The recorder, also handing every event it writes to the run (for the live view)."""
 
-    def __init__(self, out_dir: Path, on_event: Callable[[Event], None]) -> None:
-        super().__init__(out_dir)
+    def __init__(
+        self, out_dir: Path, on_event: Callable[[Event], None], tls: TlsFiles | None
+    ) -> None:
+        super().__init__(out_dir, tls=tls)
         self._on_event = on_event
 
     def record(self, event: Event) -> None:
@@ -384,6 +393,8 @@ class DemoRun:
         self.player_skipped = player_skipped(config)
         self._player: BrowserPlayer | None = None
         self._play_task: asyncio.Task[None] | None = None
+        #: Where the run's certificates go (made when the run starts); None without TLS.
+        self.certs = CertificateSet(self.out / CERTS_DIR) if config.tls else None
 
     @property
     def playback_url(self) -> str | None:
@@ -398,6 +409,29 @@ class DemoRun:
             self.state.stop_requested = True
             self._note("stop requested: stopping the mesh", "yellow")
             self._stop.set()
+
+    @property
+    def operator_tls(self) -> TlsFiles | None:
+        """The operator's TLS files (the run's own calls: readiness, the recorder)."""
+        return None if self.certs is None else self.certs.files(OPERATOR)
+
+    def identities(self) -> list[str]:
+        """Every identity the run certifies: its encoders, registry, manager and operator."""
+        return [*(e.name for e in self.plan.encoders), REGISTRY, MANAGER, OPERATOR]
+
+    def tls_args(self, identity: str) -> list[str]:
+        """The TLS flags of the process that runs as ``identity`` (``--insecure`` without)."""
+        if self.certs is None:
+            return ["--insecure"]
+        files = self.certs.files(identity)
+        return [
+            "--tls-ca",
+            str(files.ca),
+            "--tls-cert",
+            str(files.cert),
+            "--tls-key",
+            str(files.key),
+        ]
 
     def encoder_args(self, encoder: EncoderPlan, etcd_endpoint: str) -> list[str]:
         """The ``meshenc encoder`` command line of one encoder."""
@@ -416,6 +450,7 @@ class DemoRun:
             "--segment", encoder.group,
             "--etcd", etcd_endpoint,
             "--source", self.input_url(encoder),
+            *self.tls_args(encoder.name),
         ]  # fmt: skip
         if self.origin_url is not None:
             args += ["--publish", self.origin_url]
@@ -469,7 +504,7 @@ class DemoRun:
 
     def registry_args(self, index: int) -> list[str]:
         address = self.plan.registry_addresses[index]
-        args = ["registry", "--listen", address, "--advertise", address]
+        args = ["registry", "--listen", address, "--advertise", address, *self.tls_args(REGISTRY)]
         if index > 0:
             args += ["--seeds", self.plan.registry_addresses[0]]
         return args
@@ -477,7 +512,10 @@ class DemoRun:
     def manager_args(self, etcd_endpoint: str) -> list[str]:
         address = self.plan.manager_address
         assert address is not None
-        return ["manager", "--listen", address, "--actuator", "embedded", "--etcd", etcd_endpoint]
+        return [
+            "manager", "--listen", address, "--actuator", "embedded", "--etcd", etcd_endpoint,
+            *self.tls_args(MANAGER),
+        ]  # fmt: skip
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -491,6 +529,8 @@ class DemoRun:
             ChildFailedError: a process did not start (everything started is stopped).
         """
         prepare_out_dir(self.out)
+        if self.certs is not None:
+            await asyncio.to_thread(make_certificates, self.certs.folder, self.identities())
         if self.player_skipped is not None:
             write_skipped(self.out / PLAYER_DIR, self.player_skipped)
             self._note(f"player: skipped ({self.player_skipped})", "yellow")
@@ -504,7 +544,7 @@ class DemoRun:
                 self.out / ORIGIN_DIR, log_path=self.out / LOGS_DIR / "origin.log"
             )
         try:
-            async with Launcher(self.out) as launcher:
+            async with Launcher(self.out, tls=self.operator_tls) as launcher:
                 self._launcher = launcher
                 if launcher_ready is not None:
                     launcher_ready(launcher)
@@ -557,7 +597,7 @@ class DemoRun:
             self._note("live source sending to every encoder over its own path")
         await self._launch_player()
         self._set_phase("starting encoders")
-        recorder = _FeedingRecorder(self.out, self._on_event)
+        recorder = _FeedingRecorder(self.out, self._on_event, self.operator_tls)
         async with recorder:
             self._recorder = recorder
             await launcher.start_many(
@@ -851,7 +891,8 @@ def prepare_out_dir(out: Path) -> None:
         for entry in out.iterdir():
             is_run_file = entry.name in (*_RUN_MARKERS, REPORT_NAME) or entry.suffix == ".tmp"
             if entry.is_dir() and (
-                entry.name in (LOGS_DIR, PLOTS_DIR, ORIGIN_DIR, PLAYER_DIR) or _is_encoder(entry)
+                entry.name in (LOGS_DIR, PLOTS_DIR, ORIGIN_DIR, PLAYER_DIR, CERTS_DIR)
+                or _is_encoder(entry)
             ):
                 shutil.rmtree(entry)
             elif is_run_file:

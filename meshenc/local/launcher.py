@@ -46,6 +46,7 @@ from types import TracebackType
 from typing import Final, Self
 
 from services.common.health_check import EXIT_SERVING, check_health
+from services.common.tls import TlsFiles
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -120,6 +121,8 @@ class Launcher:
         grace: seconds between SIGTERM and SIGKILL in :meth:`stop`.
         ready_timeout: seconds a child gets to answer its health check in :meth:`start`.
         python: the interpreter that runs ``-m meshenc`` (this one by default).
+        tls: the TLS files the readiness checks present (mutual TLS to the children);
+            plaintext when None.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class Launcher:
         grace: float = DEFAULT_GRACE,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
         python: str = sys.executable,
+        tls: TlsFiles | None = None,
     ) -> None:
         if grace < 0 or ready_timeout <= 0:
             raise ValueError("grace must be >= 0 and ready_timeout > 0")
@@ -138,6 +142,7 @@ class Launcher:
         self.grace = grace
         self.ready_timeout = ready_timeout
         self._python = python
+        self._tls = tls
         self._children: dict[str, Child] = {}
         #: Every process this run created or adopted, in order: (name, pid, command).
         self._history: list[tuple[str, int, tuple[str, ...]]] = []
@@ -213,7 +218,7 @@ class Launcher:
                     f"its log ({child.log_path}) ends:\n{self.log_tail(name)}"
                 )
             status, _message = await asyncio.to_thread(
-                check_health, child.address, service, _HEALTH_TIMEOUT
+                check_health, child.address, service, _HEALTH_TIMEOUT, self._tls
             )
             if status == EXIT_SERVING:
                 return

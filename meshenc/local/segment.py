@@ -73,7 +73,7 @@ class LocalSegment:
     def command(self, name: str) -> list[str]:
         peers = ",".join(f"{p}={self.address(p)}" for p in self.names if p != name)
         command = [
-            sys.executable, "-m", "meshenc", "encoder",
+            sys.executable, "-m", "meshenc", "encoder", "--insecure",
             "--id", name,
             "--listen", self.address(name),
             "--peers", peers,

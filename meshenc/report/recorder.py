@@ -58,7 +58,8 @@ from typing_extensions import TypedDict
 
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from meshenc.wire import convert
-from services.common.grpc_server import insecure_channel
+from services.common.grpc_server import open_channel
+from services.common.tls import TlsFiles
 
 __all__ = [
     "EVENTS_NAME",
@@ -260,6 +261,8 @@ class Recorder:
         interval: seconds between polling rounds.
         rpc_timeout: deadline of each GetState call, seconds.
         now: the recorder's clock (Unix seconds); injectable for tests.
+        tls: the TLS files to call the encoders with (mutual TLS, each encoder's certificate
+            naming its id); plaintext when None.
     """
 
     def __init__(
@@ -269,6 +272,7 @@ class Recorder:
         interval: float = DEFAULT_INTERVAL,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         now: Callable[[], float] = time.time,
+        tls: TlsFiles | None = None,
     ) -> None:
         if interval <= 0 or rpc_timeout <= 0:
             raise ValueError("interval and rpc_timeout must be > 0")
@@ -276,6 +280,7 @@ class Recorder:
         self.interval = interval
         self.rpc_timeout = rpc_timeout
         self._now = now
+        self._tls = tls
         self._sources: dict[str, _Source] = {}
         #: Kept when an encoder is removed, so re-adding it records no correction twice.
         self._seen: dict[str, _Seen] = {}
@@ -398,7 +403,7 @@ class Recorder:
 
     async def _ask(self, name: str, source: _Source) -> mesh_pb2.EncoderState | None:
         if source.channel is None:
-            source.channel = insecure_channel(source.address)
+            source.channel = open_channel(source.address, tls=self._tls, server_name=name)
         stub = mesh_pb2_grpc.EncoderMeshStub(source.channel)
         try:
             state: mesh_pb2.EncoderState = await stub.GetState(

@@ -12,8 +12,14 @@ load balancers stop sending new work, then stops the server, letting running cal
 Every server gets the tracing and metrics interceptors of ``services.common.telemetry`` (health
 checks left out) and, innermost, ``ParseGuard`` (a request whose bytes do not parse ends its
 call with INVALID_ARGUMENT and a rate-limited log line), and every channel made by
-:func:`insecure_channel` the tracing ones, so each RPC is one trace from client to server and
+:func:`open_channel` the tracing ones, so each RPC is one trace from client to server and
 is counted by method and status code.
+
+Given :class:`~services.common.tls.TlsFiles`, a server speaks mutual TLS only (client
+certificates required, ``IdentityRequired`` first among its interceptors) and a channel
+presents its certificate; without them both speak plaintext. Kubernetes' gRPC probes cannot
+present a certificate, so a TLS server may also serve the health service alone, in plaintext,
+on a port of its own (``health_listen``); the application services are never reachable there.
 
 Keepalive is set on both ends from one set of constants: a client that pings more often than
 the server permits is sent GOAWAY ``too_many_pings`` and loses every call on the connection.
@@ -35,6 +41,7 @@ from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
 
 from services.common import telemetry
 from services.common.parse_guard import ParseGuard
+from services.common.tls import IdentityRequired, TlsFiles, channel_credentials, server_credentials
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -48,6 +55,7 @@ __all__ = [
     "GrpcServer",
     "Registrar",
     "insecure_channel",
+    "open_channel",
 ]
 
 log = logging.getLogger("meshenc.grpc")
@@ -112,10 +120,33 @@ def insecure_channel(target: str, *, interceptors: Sequence[Any] = ()) -> Any:
     Call it inside the running event loop that will use the channel. ``interceptors`` run
     after the tracing ones (``services.common.telemetry``).
     """
-    return grpc.aio.insecure_channel(
-        target,
-        options=list(CHANNEL_OPTIONS),
-        interceptors=[*telemetry.client_interceptors(), *interceptors],
+    return open_channel(target, interceptors=interceptors)
+
+
+def open_channel(
+    target: str,
+    *,
+    tls: TlsFiles | None = None,
+    server_name: str | None = None,
+    interceptors: Sequence[Any] = (),
+) -> Any:
+    """A ``grpc.aio`` channel to ``target`` with :data:`CHANNEL_OPTIONS`, traced; mutual TLS
+    with ``tls``'s files, plaintext without.
+
+    Call it inside the running event loop that will use the channel. ``server_name`` is the
+    identity the server's certificate must carry (a DNS name of it), when the caller knows
+    whom it dials (a neighbour's id, :data:`~services.common.tls.MANAGER`); otherwise the
+    certificate must be valid for the host in ``target``. ``interceptors`` run after the
+    tracing ones (``services.common.telemetry``).
+    """
+    every = [*telemetry.client_interceptors(), *interceptors]
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=list(CHANNEL_OPTIONS), interceptors=every)
+    options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
+    if server_name is not None:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(
+        target, channel_credentials(tls), options=options, interceptors=every
     )
 
 
@@ -128,6 +159,8 @@ class GrpcServer:
         interceptors: ``grpc.aio.ServerInterceptor`` instances, run after the tracing and
             metrics ones every server gets (``services.common.telemetry``).
         options: server options; :data:`SERVER_OPTIONS` unless a test needs otherwise.
+        tls: serve mutual TLS with these files (client certificates required); plaintext
+            when None.
     """
 
     def __init__(
@@ -136,13 +169,23 @@ class GrpcServer:
         *,
         interceptors: Sequence[Any] = (),
         options: Sequence[Option] = SERVER_OPTIONS,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._services = dict(services)
-        self._interceptors = [*telemetry.server_interceptors(), *interceptors, ParseGuard()]
+        first = [IdentityRequired()] if tls is not None else []
+        self._interceptors = [
+            *first,
+            *telemetry.server_interceptors(),
+            *interceptors,
+            ParseGuard(),
+        ]
         self._options = list(options)
+        self._tls = tls
         self._server: Any = None
+        self._health_server: Any = None
         self._health: Any = None
         self._port: int | None = None
+        self._health_port: int | None = None
 
     @property
     def port(self) -> int | None:
@@ -150,21 +193,27 @@ class GrpcServer:
         return self._port
 
     @property
+    def health_port(self) -> int | None:
+        """The bound plaintext health-only port while the server runs, if it has one."""
+        return self._health_port
+
+    @property
     def service_names(self) -> tuple[str, ...]:
         """The application services this server carries (health and reflection excluded)."""
         return tuple(self._services)
 
-    async def start(self, listen: str) -> int:
+    async def start(self, listen: str, *, health_listen: str | None = None) -> int:
         """Bind ``listen`` (``host:port``; port 0 picks a free one) and start serving.
 
         ``0.0.0.0:PORT`` or ``[::]:PORT`` serve every interface, as Kubernetes probes, which
-        reach the pod IP, need.
+        reach the pod IP, need. ``health_listen``, when given, serves the health service alone
+        in plaintext (for probes that cannot speak TLS); see :attr:`health_port`.
 
         Returns:
             The bound port.
 
         Raises:
-            RuntimeError: already started, or the address cannot be bound.
+            RuntimeError: already started, or an address cannot be bound.
         """
         if self._server is not None:
             raise RuntimeError("server already started")
@@ -176,18 +225,28 @@ class GrpcServer:
         reflection.enable_server_reflection(
             (*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        try:
-            port = server.add_insecure_port(listen)
-        except RuntimeError as exc:
-            raise RuntimeError(f"cannot listen on {listen!r}: {exc}") from exc
-        if not port:  # older grpcio reports a failed bind as port 0
-            raise RuntimeError(f"cannot listen on {listen!r}")
+        credentials = server_credentials(self._tls) if self._tls is not None else None
+        port = _bind(server, listen, credentials)
+        health_server = None
+        if health_listen is not None:
+            health_server = grpc.aio.server(options=self._options)
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+            self._health_port = _bind(health_server, health_listen, None)
         await server.start()
+        if health_server is not None:
+            await health_server.start()
         for name in ("", *self._services):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server, self._health, self._port = server, health_servicer, port
-        log.info("serving %s on port %d", ", ".join(self._services) or "nothing", port)
-        return int(port)
+        self._health_server = health_server
+        log.info(
+            "serving %s on port %d (%s)%s",
+            ", ".join(self._services) or "nothing",
+            port,
+            "mutual TLS" if self._tls is not None else "plaintext",
+            f", health alone on port {self._health_port}" if health_server is not None else "",
+        )
+        return port
 
     async def set_serving(self, service: str, serving: bool) -> None:
         """Report one service (``""`` for the whole server) SERVING or NOT_SERVING."""
@@ -205,9 +264,26 @@ class GrpcServer:
 
         Safe to call when the server never started or already stopped.
         """
-        server, health_servicer = self._server, self._health
+        server, health_servicer, health_server = self._server, self._health, self._health_server
         if server is None:
             return
         self._server = self._health = self._port = None
+        self._health_server = self._health_port = None
         await health_servicer.enter_graceful_shutdown()
+        if health_server is not None:
+            await health_server.stop(0)
         await server.stop(grace)
+
+
+def _bind(server: Any, listen: str, credentials: Any) -> int:
+    """Add ``listen`` to ``server`` (TLS with ``credentials``, else plaintext); the port."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot listen on {listen!r}: {exc}") from exc
+    if not port:  # older grpcio reports a failed bind as port 0
+        raise RuntimeError(f"cannot listen on {listen!r}")
+    return int(port)

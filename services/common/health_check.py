@@ -1,9 +1,10 @@
 """Ask a server's standard gRPC health service (``grpc.health.v1.Health``) whether it is SERVING.
 
 The probe next to the health service every server carries (``services.common.grpc_server``):
-one ``Check`` over an insecure channel, no retries — a server that answers "not now" has
-answered. ``meshenc health-check``, the local launcher's readiness wait and the chart's
-``helm test`` hook all ask through it.
+one ``Check`` over a plaintext channel (a server's main port in ``--insecure`` mode, or its
+plaintext health-only port) or, given TLS files, a mutual TLS one; no retries — a server that
+answers "not now" has answered. ``meshenc health-check``, the local launcher's readiness wait
+and the chart's ``helm test`` hook all ask through it.
 
 Exit statuses (also the command's): 0 SERVING; 1 the server answered, but not SERVING
 (NOT_SERVING, an unknown service, no health service); 3 no answer (unreachable, timed out, any
@@ -16,6 +17,8 @@ from typing import Final
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+from services.common.tls import TlsFiles, channel_credentials
 
 __all__ = ["EXIT_NOT_SERVING", "EXIT_NO_ANSWER", "EXIT_SERVING", "check_health"]
 
@@ -31,8 +34,11 @@ _ANSWERED_WITHOUT_STATUS: Final = {
 }
 
 
-def check_health(address: str, service: str, timeout: float) -> tuple[int, str]:
-    """One health check of ``service`` (``""``: the whole server) at ``address``.
+def check_health(
+    address: str, service: str, timeout: float, tls: TlsFiles | None = None
+) -> tuple[int, str]:
+    """One health check of ``service`` (``""``: the whole server) at ``address``; with
+    ``tls``, over mutual TLS (the certificate must be valid for the host of ``address``).
 
     Returns:
         The exit status (:data:`EXIT_SERVING`, :data:`EXIT_NOT_SERVING` or
@@ -41,7 +47,12 @@ def check_health(address: str, service: str, timeout: float) -> tuple[int, str]:
     subject = f"{address} {service or '(server)'}"
     # gRPC's default channel options, not the mesh links' fast-reconnect ones: a connection
     # that does not complete within the timeout is "no answer", not "cannot reach".
-    with grpc.insecure_channel(address) as channel:
+    channel = (
+        grpc.insecure_channel(address)
+        if tls is None
+        else grpc.secure_channel(address, channel_credentials(tls))
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

@@ -58,8 +58,9 @@ from meshenc.wire.validation import (
     validate_ping_response,
     validate_store_response,
 )
-from services.common.grpc_server import insecure_channel
+from services.common.grpc_server import open_channel
 from services.common.retry import Backoff, retrying
+from services.common.tls import REGISTRY, TlsFiles
 
 __all__ = [
     "DEFAULT_RPC_TIMEOUT",
@@ -99,17 +100,22 @@ class RegistryUnavailable(RegistryError):  # noqa: N818 -- reads as the conditio
 
 
 class RegistryChannels:
-    """gRPC channels to registry nodes by address, opened on first use, LRU-bounded."""
+    """gRPC channels to registry nodes by address, opened on first use, LRU-bounded.
 
-    def __init__(self, limit: int = MAX_CHANNELS) -> None:
+    With ``tls``, each channel is mutual TLS and the node must present the
+    :data:`~services.common.tls.REGISTRY` identity.
+    """
+
+    def __init__(self, limit: int = MAX_CHANNELS, *, tls: TlsFiles | None = None) -> None:
         self._limit = limit
+        self._tls = tls
         self._channels: OrderedDict[str, Any] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
 
     def stub(self, address: str) -> registry_pb2_grpc.RegistryStub:
         channel = self._channels.pop(address, None)
         if channel is None:
-            channel = insecure_channel(address)
+            channel = open_channel(address, tls=self._tls, server_name=REGISTRY)
         self._channels[address] = channel
         while len(self._channels) > self._limit:
             _, oldest = self._channels.popitem(last=False)
@@ -299,6 +305,7 @@ class RegistryClient:
         k: the network's replication factor (a publish stores on the k closest).
         alpha: lookup requests in flight.
         rpc_timeout: seconds per call.
+        tls: this process's TLS files (mutual TLS to every replica); plaintext when None.
     """
 
     def __init__(
@@ -308,12 +315,13 @@ class RegistryClient:
         k: int = DEFAULT_K,
         alpha: int = DEFAULT_ALPHA,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
+        tls: TlsFiles | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("a registry client needs at least one replica address")
         self._addresses = list(dict.fromkeys(addresses))
         self._k, self._alpha, self._timeout = k, alpha, rpc_timeout
-        self._channels = RegistryChannels()
+        self._channels = RegistryChannels(tls=tls)
         self._entries: dict[str, Contact] = {}
 
     async def __aenter__(self) -> RegistryClient:

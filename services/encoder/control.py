@@ -102,7 +102,11 @@ class ControlPlane:
     ) -> None:
         self.settings = settings
         self._apply = apply
-        self.link = None if settings.manager is None else ManagerLink(settings.manager, report)
+        self.link = (
+            None
+            if settings.manager is None
+            else ManagerLink(settings.manager, report, tls=settings.tls)
+        )
         self._etcd: Any = None
         self._api: Any = None
         self.registration: EncoderRegistration | None = None
@@ -133,7 +137,7 @@ class ControlPlane:
             self._api = await connect_api()
             source = aiter(KubernetesTopologySource(self._api, settings.namespace, settings.id))
         if settings.registry:
-            self.registry = RegistryClient(settings.registry)
+            self.registry = RegistryClient(settings.registry, tls=settings.tls)
             if mode is TopologyMode.STATIC and not all(settings.peers.values()):
                 source = aiter(
                     registry_topology(

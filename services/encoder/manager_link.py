@@ -38,8 +38,9 @@ import grpc
 from meshenc.core.engine import Escalate
 from meshenc.core.messages import ResyncVote
 from meshenc.v1 import manager_pb2, manager_pb2_grpc
-from services.common.grpc_server import insecure_channel
+from services.common.grpc_server import open_channel
 from services.common.retry import Backoff, retrying
+from services.common.tls import MANAGER, TlsFiles
 
 __all__ = [
     "DEFAULT_REPORT_INTERVAL",
@@ -108,6 +109,8 @@ class ManagerLink:
         backoff_base: first reconnect delay ceiling, seconds; doubles per failed attempt.
         backoff_cap: largest reconnect delay, seconds.
         rng: source of the backoff jitter.
+        tls: this encoder's TLS files (mutual TLS; the manager must present the
+            :data:`~services.common.tls.MANAGER` identity); plaintext when None.
     """
 
     def __init__(
@@ -119,8 +122,10 @@ class ManagerLink:
         backoff_base: float = 0.1,
         backoff_cap: float = 2.0,
         rng: random.Random | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.address = address
+        self._tls = tls
         self._report = report
         self._interval = interval
         self._backoff = Backoff(backoff_base, backoff_cap, jitter=0.0, spread=0.5)
@@ -133,7 +138,7 @@ class ManagerLink:
 
     def _stub(self) -> manager_pb2_grpc.MeshManagerStub:
         if self._channel is None:
-            self._channel = insecure_channel(self.address)
+            self._channel = open_channel(self.address, tls=self._tls, server_name=MANAGER)
         return manager_pb2_grpc.MeshManagerStub(self._channel)
 
     async def run(self) -> None:

@@ -1,17 +1,21 @@
 """The encoder's mesh links: the EncoderMesh server and one Exchange stream per neighbour.
 
-Theory of operation ------------------- Two neighbours share exactly one bidirectional
-``Exchange`` stream, which carries ESPs, resync proposals and votes both ways. The encoder
-whose id is the smaller (plain string comparison) dials the stream (:class:`MeshLinks` runs a
-dialer for it); the other accepts it (:class:`MeshServer`). Each side sends its ``Hello``
-first; the acceptor checks the caller's Hello before it answers with its own: none within the
-handshake timeout ends the call with DEADLINE_EXCEEDED, an invalid one with INVALID_ARGUMENT, a
-caller that is not a current neighbour (``MeshHandler.is_neighbour``) with PERMISSION_DENIED,
-and a caller that speaks another protocol version or encodes another timeline (frame rate or
-GOP length) with FAILED_PRECONDITION. Each refusal is counted; its log line is written at most
-once per kind every 10 s (``LimitedLog``), so a flood of bad calls cannot flood the log. The
-dialer checks the acceptor's Hello the same way and also that it comes from the neighbour it
-meant to reach.
+Theory of operation
+-------------------
+Two neighbours share exactly one bidirectional ``Exchange`` stream, which carries ESPs, resync
+proposals and votes both ways. The encoder whose id is the smaller (plain string comparison)
+dials the stream (:class:`MeshLinks` runs a dialer for it); the other accepts it
+(:class:`MeshServer`). Each side sends its ``Hello`` first; the acceptor checks the caller's
+Hello before it answers with its own: none within the handshake timeout ends the call with
+DEADLINE_EXCEEDED, an invalid one with INVALID_ARGUMENT, a caller whose Hello names another
+encoder than its certificate does (mutual TLS) or that is not a current neighbour
+(``MeshHandler.is_neighbour``) with PERMISSION_DENIED, and a caller that speaks another
+protocol version or encodes another timeline (frame rate or GOP length) with
+FAILED_PRECONDITION. Each refusal is counted; its log line is written at most once per kind
+every 10 s (``LimitedLog``), so a flood of bad calls cannot flood the log. The dialer checks
+the acceptor's Hello the same way and also that it comes from the neighbour it meant to reach
+(under mutual TLS the acceptor's certificate must also carry that neighbour's name).
+SetParameters is refused with PERMISSION_DENIED unless the caller is the operator.
 
 Every received message passes ``ExchangeStreamChecker`` (which applies
 ``meshenc.wire.validation``) before it is converted to a core dataclass and handed to the
@@ -66,10 +70,11 @@ from meshenc.wire.validation import (
     validate_get_state_request,
     validate_set_parameters_request,
 )
-from services.common.grpc_server import GrpcServer, insecure_channel
+from services.common.grpc_server import GrpcServer, open_channel
 from services.common.log_limit import LimitedLog
 from services.common.retry import Backoff, retrying
 from services.common.telemetry import TraceContext
+from services.common.tls import TlsFiles, peer_identity, require_operator
 from services.encoder.telemetry import topology_changed
 
 __all__ = [
@@ -306,12 +311,15 @@ class MeshLinks:
         on_link: called with (peer, True) when a stream with a neighbour comes up and
             (peer, False) when the live one ends, e.g. because the neighbour died.
         tracing: the trace context of outgoing proposals and votes; default, none.
+        tls: this encoder's TLS files: each dialed stream is mutual TLS and the acceptor's
+            certificate must name the neighbour dialed; plaintext when None.
     """
 
     def __init__(
         self,
         handler: MeshHandler,
         *,
+        tls: TlsFiles | None = None,
         esp_capacity: int = DEFAULT_ESP_CAPACITY,
         control_capacity: int = DEFAULT_CONTROL_CAPACITY,
         backoff_base: float = 0.1,
@@ -324,6 +332,7 @@ class MeshLinks:
         if esp_capacity < 1 or control_capacity < 1:
             raise ValueError("queue capacities must be at least 1")
         self._handler = handler
+        self._tls = tls
         self._esp_capacity = esp_capacity
         self._control_capacity = control_capacity
         self._backoff = Backoff(backoff_base, backoff_cap, jitter=0.0, spread=0.5)
@@ -609,7 +618,7 @@ class MeshLinks:
                 async for msg in self._outbound(session):
                     yield msg
 
-        channel = insecure_channel(address)
+        channel = open_channel(address, tls=self._tls, server_name=peer)
         call: Any = None
         reader: asyncio.Task[None] | None = None
         try:
@@ -677,6 +686,8 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
     async def SetParameters(  # noqa: N802 -- the gRPC method's name
         self, request: mesh_pb2.SetParametersRequest, context: Any
     ) -> mesh_pb2.SetParametersResponse:
+        # It changes the whole mesh: the operator's certificate only.
+        await require_operator(context, "SetParameters")
         try:
             validate_set_parameters_request(request)
         except InvalidMessage as exc:
@@ -700,11 +711,18 @@ class MeshServer:
     """Serves EncoderMesh (Exchange, GetState) with health and reflection.
 
     Accepted Exchange streams join ``links``, so a neighbour that dialed this encoder is
-    reached by ``links.send`` exactly like one this encoder dialed.
+    reached by ``links.send`` exactly like one this encoder dialed. With ``tls`` it serves
+    mutual TLS only, a caller's Hello must name the identity in its certificate, and
+    SetParameters is the operator's.
     """
 
     def __init__(
-        self, handler: MeshHandler, links: MeshLinks, *, interceptors: Sequence[Any] = ()
+        self,
+        handler: MeshHandler,
+        links: MeshLinks,
+        *,
+        interceptors: Sequence[Any] = (),
+        tls: TlsFiles | None = None,
     ) -> None:
         self._handler = handler
         self._links = links
@@ -716,6 +734,7 @@ class MeshServer:
                 )
             },
             interceptors=interceptors,
+            tls=tls,
         )
         self._sessions: set[_Session] = set()
         self._stopping = False
@@ -730,10 +749,13 @@ class MeshServer:
         """The bound port while serving."""
         return self._grpc.port
 
-    async def start(self, listen: str) -> int:
-        """Serve on ``listen`` (``host:port``, port 0 = any free port); returns the bound port."""
+    async def start(self, listen: str, *, health_listen: str | None = None) -> int:
+        """Serve on ``listen`` (``host:port``, port 0 = any free port); returns the bound port.
+
+        ``health_listen``: the plaintext health-only port (``GrpcServer.start``).
+        """
         self._stopping = False
-        return await self._grpc.start(listen)
+        return await self._grpc.start(listen, health_listen=health_listen)
 
     async def stop(self, grace: float) -> None:
         """End the accepted streams, report NOT_SERVING and stop within ``grace`` seconds."""
@@ -769,6 +791,21 @@ class MeshServer:
             )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         peer = first.hello.sender_id
+        certified = peer_identity(context)
+        if certified is not None and certified != peer:
+            # A certificate for one encoder cannot speak as another.
+            self.refused[peer] += 1
+            self._refusals.warning(
+                "impostor",
+                "refused an Exchange from %s: its hello says %r, its certificate %r",
+                context.peer(),
+                peer,
+                certified,
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"hello.sender_id is {peer!r} but the caller's certificate is {certified!r}",
+            )
         if not self._handler.is_neighbour(peer):
             self.refused[peer] += 1
             self._refusals.warning(

@@ -168,7 +168,9 @@ class EncoderRuntime:
         black.flags.writeable = False
         self._black = Picture.from_yuv(0, black)
         self.telemetry = EncoderTelemetry(settings.id, lambda: self.engine.snapshot(self.clock()))
-        self.links = MeshLinks(self, on_link=self._on_link, tracing=self.telemetry)
+        self.links = MeshLinks(
+            self, on_link=self._on_link, tracing=self.telemetry, tls=settings.tls
+        )
         self.leadership: SegmentLeadership | None = None
         self._has_locked = False
         if settings.etcd is not None:
@@ -182,7 +184,7 @@ class EncoderRuntime:
                 ),
                 on_change=self._on_leader_change,
             )
-        self.server = MeshServer(self, self.links)
+        self.server = MeshServer(self, self.links, tls=settings.tls)
         #: Current neighbours (id → address): --peers, then each adjacency document.
         self._neighbours = dict(settings.peers)
         self._segment = settings.segment
@@ -388,7 +390,9 @@ class EncoderRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-        port = await self.server.start(self.settings.listen)
+        port = await self.server.start(
+            self.settings.listen, health_listen=self.settings.health_listen
+        )
         log.info("encoder %s serving on port %d, peers %s", self.node_id, port, self.settings.peers)
         # Peers without an address wait for the registry to resolve them (ControlPlane).
         self.links.set_peers({p: a for p, a in self.settings.peers.items() if a})

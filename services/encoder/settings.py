@@ -25,6 +25,7 @@ from services.common.etcd import (
     parse_endpoints,
 )
 from services.common.listen import ListenAddress, MetricsListenAddress
+from services.common.tls import TlsFiles
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import InputLossPolicy
 from services.encoder.media.publish import origin_url
@@ -142,6 +143,11 @@ class EncoderSettings(BaseModel):
     advertise: str | None = None
     #: The pod's namespace (the kubernetes topology reads the encoder's ConfigMap there).
     namespace: str = "default"
+    #: Mutual TLS (CA, certificate, key) for the mesh server and every channel; plaintext if
+    #: None. The certificate's identity must be this encoder's id.
+    tls: TlsFiles | None = None
+    #: HOST:PORT serving the health service alone, in plaintext (probes); none when None.
+    health_listen: ListenAddress | None = None
 
     @field_validator("id")
     @classmethod

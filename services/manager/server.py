@@ -46,6 +46,7 @@ from meshenc.wire.validation import (
 from services.common.etcd import connect_client
 from services.common.grpc_server import GrpcServer
 from services.common.kubernetes import connect_api
+from services.common.tls import TlsFiles, require_identity
 from services.manager.actuators import Actuator, ActuatorError
 from services.manager.etcd_actuator import EtcdActuator
 from services.manager.ha import EtcdElection
@@ -102,6 +103,8 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
             async for report in request_iterator:
                 await _validate(context, "ReportHealth", validate_health_report, report)
                 if encoder is None:
+                    # An encoder reports its own health only (its certificate's identity).
+                    await require_identity(context, report.encoder_id, "encoder_id")
                     encoder = report.encoder_id
                     shell.stream_opened(encoder)
                 elif report.encoder_id != encoder:
@@ -128,6 +131,7 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
         self, request: manager_pb2.Escalation, context: Any
     ) -> manager_pb2.EscalationAck:
         await _validate(context, "Escalate", validate_escalation, request)
+        await require_identity(context, request.encoder_id, "encoder_id")
         try:
             return await self._shell.escalate(request)
         except NotActiveError as exc:
@@ -178,9 +182,16 @@ class ManagerServer:
     Args:
         shell: the running core.
         interceptors: ``grpc.aio.ServerInterceptor`` instances (tracing, logging, metrics).
+        tls: serve mutual TLS with these files; plaintext when None.
     """
 
-    def __init__(self, shell: ManagerShell, *, interceptors: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        shell: ManagerShell,
+        *,
+        interceptors: Sequence[Any] = (),
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.shell = shell
         servicer = _MeshManagerServicer(shell)
         self._grpc = GrpcServer(
@@ -190,6 +201,7 @@ class ManagerServer:
                 )
             },
             interceptors=interceptors,
+            tls=tls,
         )
 
     @property
@@ -197,12 +209,13 @@ class ManagerServer:
         """The bound port while serving."""
         return self._grpc.port
 
-    async def start(self, listen: str) -> int:
+    async def start(self, listen: str, *, health_listen: str | None = None) -> int:
         """Serve on ``listen`` (``host:port``, port 0 = any free port); returns the bound port.
 
-        The service reports SERVING only if the shell is already active.
+        The service reports SERVING only if the shell is already active. ``health_listen``:
+        the plaintext health-only port (``GrpcServer.start``).
         """
-        port = await self._grpc.start(listen)
+        port = await self._grpc.start(listen, health_listen=health_listen)
         await self._grpc.set_serving(SERVICE_NAME, self.shell.active)
         return port
 
@@ -286,14 +299,14 @@ async def run_manager(settings: ManagerSettings) -> None:
         tick_interval=settings.tick_interval,
         reconnect_grace=settings.reconnect_grace,
     )
-    server = ManagerServer(shell)
+    server = ManagerServer(shell, tls=settings.tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = []
     try:
-        port = await server.start(settings.listen)
+        port = await server.start(settings.listen, health_listen=settings.health_listen)
         log.info("manager serving on port %d (%s actuator)", port, settings.actuator.value)
         if election is not None:
             tasks.append(asyncio.create_task(election.run(), name="manager-election"))

@@ -19,6 +19,7 @@ from meshenc.core.planner.topology import TopologyConfig
 from meshenc.wire.adjacency import EtcdLayout
 from services.common.etcd import EtcdSettings
 from services.common.listen import ListenAddress, MetricsListenAddress
+from services.common.tls import TlsFiles
 from services.manager.service import DEFAULT_RECONNECT_GRACE, DEFAULT_TICK_INTERVAL
 
 __all__ = ["DEFAULT_LISTEN", "ActuatorKind", "ManagerSettings", "parse_work_units"]
@@ -72,6 +73,10 @@ class ManagerSettings(BaseModel):
     work_units: tuple[WorkUnit, ...] = ()
     #: HOST:PORT of the Prometheus metrics endpoint; off when None.
     metrics_listen: MetricsListenAddress | None = None
+    #: Mutual TLS (CA, certificate, key) for the server; plaintext when None.
+    tls: TlsFiles | None = None
+    #: HOST:PORT serving the health service alone, in plaintext (probes); none when None.
+    health_listen: ListenAddress | None = None
 
     @field_validator("namespace", "encoder_statefulset")
     @classmethod

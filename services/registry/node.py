@@ -84,6 +84,7 @@ from services.common.registry_client import (
     version_ahead,
 )
 from services.common.retry import Backoff, retrying
+from services.common.tls import REGISTRY, require_identity, require_role
 from services.registry.settings import RegistrySettings
 from services.registry.telemetry import watch_registry
 
@@ -125,10 +126,8 @@ class RegistryNode:
         )
         self._dht: DhtNode[Record] | None = None
         self._info = registry_pb2.NodeInfo()
-        self._server = GrpcServer(
-            {SERVICE_NAME: self._register},
-        )
-        self._channels = RegistryChannels()
+        self._server = GrpcServer({SERVICE_NAME: self._register}, tls=settings.tls)
+        self._channels = RegistryChannels(tls=settings.tls)
         self._background: set[asyncio.Task[Any]] = set()
         self._gate = asyncio.Semaphore(MAX_BACKGROUND)
         self._stop = asyncio.Event()
@@ -165,7 +164,9 @@ class RegistryNode:
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port. Joining is :meth:`run`'s business."""
-        port = await self._server.start(self.settings.listen)
+        port = await self._server.start(
+            self.settings.listen, health_listen=self.settings.health_listen
+        )
         advertise = self.settings.advertise
         if advertise is None:
             host = socket.gethostname() if self.settings.listens_everywhere else None
@@ -429,6 +430,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self._rejections.warning(method, "rejected %s from %s: %s", method, context.peer(), exc)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: {exc}")
 
+    async def _check_sender(self, method: str, request: Any, context: Any) -> None:
+        """A request that names a sender joins the callee's routing table: registry nodes'
+        certificates only (PERMISSION_DENIED otherwise, under TLS)."""
+        if request.HasField("sender"):
+            await require_role(context, (REGISTRY,), f"{method} with a sender")
+
     async def Ping(  # noqa: N802 -- gRPC method name
         self, request: registry_pb2.PingRequest, context: Any
     ) -> registry_pb2.PingResponse:
@@ -436,6 +443,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             validate_ping_request(request)
         except InvalidMessage as exc:
             await self._reject("Ping", context, exc)
+        await self._check_sender("Ping", request, context)
         node = self._node
         node.dht.heard_from(node.sender_of(request), time.monotonic())
         node.run_pings()
@@ -448,6 +456,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             validate_find_node_request(request)
         except InvalidMessage as exc:
             await self._reject("FindNode", context, exc)
+        await self._check_sender("FindNode", request, context)
         node = self._node
         contacts = node.dht.handle_find_node(
             node.sender_of(request), id_from_bytes(request.target), time.monotonic()
@@ -464,6 +473,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             validate_find_value_request(request)
         except InvalidMessage as exc:
             await self._reject("FindValue", context, exc)
+        await self._check_sender("FindValue", request, context)
         node = self._node
         now = time.monotonic()
         answer = node.dht.handle_find_value(
@@ -495,6 +505,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
                 )
         except InvalidMessage as exc:
             await self._reject("Store", context, exc)
+        await self._check_sender("Store", request, context)
+        if not request.HasField("sender"):
+            # An encoder stores its own record, and only its own.
+            await require_identity(context, request.record.encoder_id, "record.encoder_id")
         node = self._node
         response = node.store_record(node.sender_of(request), request.record)
         node.run_pings()

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from meshenc.core.kademlia import DEFAULT_ALPHA, DEFAULT_K, ID_BYTES, MAX_K
 from meshenc.wire.address import check_address, parse_address, parse_address_list
 from services.common.listen import ListenAddress, MetricsListenAddress
+from services.common.tls import TlsFiles
 
 __all__ = ["RegistrySettings", "parse_seeds"]
 
@@ -55,6 +56,15 @@ class RegistrySettings(BaseModel):
     join_timeout: Annotated[float, Field(gt=0.0)] = 30.0
     #: HOST:PORT of the Prometheus metrics endpoint; off when None.
     metrics_listen: MetricsListenAddress | None = None
+    #: Mutual TLS (CA, certificate, key) for the server and every channel; plaintext if None.
+    tls: TlsFiles | None = None
+    #: HOST:PORT serving the health service alone, in plaintext (probes); none when None.
+    health_listen: ListenAddress | None = None
+
+    @field_validator("health_listen")
+    @classmethod
+    def _health_listen(cls, value: str | None) -> str | None:
+        return None if value is None else check_address(value, "health listen", lowest_port=0)
 
     @field_validator("advertise")
     @classmethod

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def _registry(port: int) -> list[str]:
-    return ["registry", "--listen", f"127.0.0.1:{port}"]
+    return ["registry", "--insecure", "--listen", f"127.0.0.1:{port}"]
 
 
 def _wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
@@ -64,7 +64,9 @@ def test_start_waits_until_serving_and_kill_is_a_crash(tmp_path: Path) -> None:
 def test_a_child_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with Launcher(tmp_path, ready_timeout=20.0) as launcher:
-            await launcher.start("bad", ["registry", "--listen", "nowhere"], address="127.0.0.1:1")
+            await launcher.start(
+                "bad", ["registry", "--insecure", "--listen", "nowhere"], address="127.0.0.1:1"
+            )
 
     with pytest.raises(ChildFailedError) as failure:
         asyncio.run(scenario())
@@ -98,7 +100,8 @@ _SUPERVISOR = textwrap.dedent(
         async with Launcher(folder) as launcher:
             launcher.handle_signals(stop.set)
             address = f"127.0.0.1:{port}"
-            await launcher.start("r", ["registry", "--listen", address], address=address)
+            command = ["registry", "--insecure", "--listen", address]
+            await launcher.start("r", command, address=address)
             (folder / "ready").write_text("")
             await stop.wait()
 

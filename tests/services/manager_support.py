@@ -17,7 +17,8 @@ import aetcd  # type: ignore[import-untyped]
 from meshenc.local.etcd import EtcdProcess
 from meshenc.v1 import manager_pb2_grpc
 from meshenc.wire.adjacency import EtcdLayout, RegistrationRecord
-from services.common.grpc_server import CHANNEL_OPTIONS, insecure_channel
+from services.common.grpc_server import CHANNEL_OPTIONS, open_channel
+from services.common.tls import MANAGER, TlsFiles
 from services.manager.etcd_actuator import EtcdActuator
 from services.manager.server import ManagerServer
 from services.manager.service import ManagerShell
@@ -68,18 +69,22 @@ async def start_manager(
     active: bool = True,
     prefix: str | None = None,
     listen: str = "127.0.0.1:0",
+    tls: TlsFiles | None = None,
+    client_tls: TlsFiles | None = None,
     **shell: Any,
 ) -> Manager:
+    """A manager (mutual TLS with ``tls``'s files) and a channel to it (with
+    ``client_tls``'s)."""
     layout = EtcdLayout(prefix or f"/test{next(_prefixes)}")
     client = etcd_client(etcd)
     actuator = EtcdActuator(etcd_client(etcd), layout=layout, owns_client=True)
     options = {"tick_interval": 0.1, "reconnect_grace": 0.3, **shell}
     core = ManagerShell(actuator, **options)
-    server = ManagerServer(core)
+    server = ManagerServer(core, tls=tls)
     port = await server.start(listen)
     if active:
         await server.set_active(True)
-    channel = insecure_channel(f"127.0.0.1:{port}")
+    channel = open_channel(f"127.0.0.1:{port}", tls=client_tls, server_name=MANAGER)
     return Manager(
         server,
         core,

@@ -105,7 +105,16 @@ def test_the_manager_takes_tls_and_several_endpoints_like_the_encoder(tmp_path: 
     ca, cert, key = _certificates(tmp_path)
     result = CliRunner().invoke(
         cli,
-        ["manager", "--actuator", "embedded", "--etcd-user", "u", "--etcd", "https://h:1"],
+        [
+            "manager",
+            "--insecure",
+            "--actuator",
+            "embedded",
+            "--etcd-user",
+            "u",
+            "--etcd",
+            "https://h:1",
+        ],
     )
     assert result.exit_code == 2 and "--etcd-user and --etcd-password go together" in (
         result.output
@@ -133,7 +142,7 @@ def test_a_manager_process_elects_itself_over_tls_past_a_dead_first_endpoint(
     try:
         etcd.start()
         command = [
-            sys.executable, "-m", "meshenc", "manager",
+            sys.executable, "-m", "meshenc", "manager", "--insecure",
             "--listen", f"127.0.0.1:{port}",
             "--actuator", "embedded",
             "--etcd", f"{dead_endpoint('https')},{etcd.endpoint}",

@@ -396,7 +396,7 @@ def test_replicas_find_each_other_whatever_order_they_start_in() -> None:
     ],
 )
 def test_the_command_refuses_bad_settings(arguments: list[str], message: str) -> None:
-    result = CliRunner().invoke(cli, ["registry", *arguments])
+    result = CliRunner().invoke(cli, ["registry", "--insecure", *arguments])
     assert result.exit_code == 2
     assert message in result.output
 
@@ -416,7 +416,7 @@ def registry_processes(
     try:
         for index, listen in enumerate(addresses):
             command = [
-                sys.executable, "-m", "meshenc", "registry",
+                sys.executable, "-m", "meshenc", "registry", "--insecure",
                 "--listen", listen,
                 "--seeds", seeds,
                 "--log-level", "DEBUG",

@@ -35,6 +35,15 @@ KUBERNETES_VALIDATE = ROOT / ".venv" / "bin" / "kubernetes-validate"
 RELEASE, NAMESPACE = "meshenc", "media"
 VALUES_FILES = ["default", *sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))]
 
+TLS_VARIABLES = (
+    "MESHENC_HEALTH_LISTEN",
+    "MESHENC_INSECURE",
+    "MESHENC_TLS_CA",
+    "MESHENC_TLS_CERT",
+    "MESHENC_TLS_KEY",
+)
+"""What every meshenc service gets for mutual TLS (or plaintext) and its health-only port."""
+
 CHART_VARIABLES: dict[str, frozenset[str]] = {
     "encoder": frozenset(
         {
@@ -58,12 +67,19 @@ CHART_VARIABLES: dict[str, frozenset[str]] = {
             "MESHENC_ETCD_CERT",
             "MESHENC_ETCD_KEY",
             "MESHENC_METRICS_LISTEN",
+            *TLS_VARIABLES,
             # Set through encoder.extraEnv in ci/quickstart-tracing-values.yaml.
             "MESHENC_LOG_LEVEL",
         }
     ),
     "registry": frozenset(
-        {"MESHENC_LISTEN", "MESHENC_ADVERTISE", "MESHENC_SEEDS", "MESHENC_METRICS_LISTEN"}
+        {
+            "MESHENC_LISTEN",
+            "MESHENC_ADVERTISE",
+            "MESHENC_SEEDS",
+            "MESHENC_METRICS_LISTEN",
+            *TLS_VARIABLES,
+        }
     ),
     "manager": frozenset(
         {
@@ -79,6 +95,7 @@ CHART_VARIABLES: dict[str, frozenset[str]] = {
             "MESHENC_ETCD_CERT",
             "MESHENC_ETCD_KEY",
             "MESHENC_METRICS_LISTEN",
+            *TLS_VARIABLES,
         }
     ),
     "health-check": frozenset(),
@@ -371,17 +388,21 @@ def test_only_encoders_and_manager_hold_api_credentials_each_their_own(values: s
 
 
 @pytest.mark.parametrize("values", VALUES_FILES)
-def test_probes_are_native_grpc_on_the_numeric_port_the_service_listens_on(values: str) -> None:
+def test_probes_are_native_grpc_on_the_plaintext_health_port(values: str) -> None:
+    """The kubelet cannot present a client certificate: probes ask the health-only port, which
+    the service serves in plaintext (MESHENC_HEALTH_LISTEN), never its own (maybe TLS) port."""
     checked = set()
     for manifest, container in meshenc_containers(rendered(values)):
         command = container["args"][0]
         if command == "health-check":
             continue
-        (grpc_port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "grpc"]
-        assert isinstance(grpc_port, int)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        grpc_port, health_port = ports["grpc"], ports["health"]
+        assert isinstance(health_port, int) and health_port != grpc_port
         assert env_value(container, "MESHENC_LISTEN") == f"0.0.0.0:{grpc_port}"
+        assert env_value(container, "MESHENC_HEALTH_LISTEN") == f"0.0.0.0:{health_port}"
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container[probe]["grpc"]["port"] == grpc_port, (manifest["kind"], probe)
+            assert container[probe]["grpc"]["port"] == health_port, (manifest["kind"], probe)
             assert isinstance(container[probe]["grpc"]["port"], int)
             assert {"httpGet", "exec", "tcpSocket"}.isdisjoint(container[probe])
         assert container["readinessProbe"]["grpc"]["service"] == SERVICE_OF[command]
@@ -391,13 +412,49 @@ def test_probes_are_native_grpc_on_the_numeric_port_the_service_listens_on(value
 
 
 def test_probe_ports_follow_the_configured_ports() -> None:
-    manifests = rendered("default", "--set", "encoder.port=8400", "--set", "manager.port=8600")
+    manifests = rendered("default", "--set", "encoder.port=8400", "--set", "health.port=8700")
     ports = {
-        c["args"][0]: c["readinessProbe"]["grpc"]["port"]
+        c["args"][0]: (env_value(c, "MESHENC_LISTEN"), c["readinessProbe"]["grpc"]["port"])
         for _m, c in meshenc_containers(manifests)
         if c["args"][0] != "health-check"
     }
-    assert ports == {"encoder": 8400, "registry": 7500, "manager": 8600}
+    assert ports == {
+        "encoder": ("0.0.0.0:8400", 8700),
+        "registry": ("0.0.0.0:7500", 8700),
+        "manager": ("0.0.0.0:7600", 8700),
+    }
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_services_run_mutual_tls_with_the_secret_or_plaintext_when_asked(values: str) -> None:
+    """tls.enabled: each service's certificate from the mounted Secret (an encoder's named by
+    its pod, which is its id); otherwise --insecure, explicitly."""
+    manifests = rendered(values)
+    given = {} if values == "default" else yaml.safe_load((CHART / "ci" / values).read_text())
+    tls = given.get("tls", {})
+    checked = set()
+    for manifest, container in meshenc_containers(manifests):
+        command = container["args"][0]
+        if command == "health-check":
+            continue
+        environment = container_environment(container)
+        spec = manifest["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        if tls.get("enabled"):
+            identity = environment["MESHENC_ID"] if command == "encoder" else command
+            assert environment["MESHENC_TLS_CA"] == "/etc/meshenc/tls/ca.crt"
+            assert environment["MESHENC_TLS_CERT"] == f"/etc/meshenc/tls/{identity}.crt"
+            assert environment["MESHENC_TLS_KEY"] == f"/etc/meshenc/tls/{identity}.key"
+            assert "MESHENC_INSECURE" not in environment
+            assert volumes["tls"]["secret"]["secretName"] == tls["existingSecret"]
+            mounts = {m["name"]: m for m in container["volumeMounts"]}
+            assert mounts["tls"]["mountPath"] == "/etc/meshenc/tls" and mounts["tls"]["readOnly"]
+        else:
+            assert environment["MESHENC_INSECURE"] == "true"
+            assert not any(name.startswith("MESHENC_TLS_") for name in environment)
+            assert "tls" not in volumes
+        checked.add(command)
+    assert checked == {"encoder", "registry", "manager"}
 
 
 @pytest.mark.parametrize("values", VALUES_FILES)
@@ -630,6 +687,11 @@ REJECTED = {
         "metrics.port=7400",
         "metrics.port (7400) must differ from encoder.port",
     ),
+    "mtls-without-secret": ("tls.enabled=true", "tls.existingSecret: name the Secret"),
+    "health-on-the-metrics-port": (
+        "health.port=9464",
+        "health.port (9464) must differ from encoder.port",
+    ),
 }
 """``--set`` flags helm must refuse to render, and the message it must say why with."""
 
@@ -661,7 +723,7 @@ def test_helm_test_hook_checks_every_encoder_registry_replica_and_the_manager(va
     for component in ("encoder", "registry"):
         statefulset = find(manifests, "StatefulSet", f"{RELEASE}-{component}")
         (container,) = statefulset["spec"]["template"]["spec"]["containers"]
-        port = container["readinessProbe"]["grpc"]["port"]
+        port = container["readinessProbe"]["grpc"]["port"]  # the plaintext health port
         service = statefulset["spec"]["serviceName"]
         expected |= {
             (
@@ -671,11 +733,9 @@ def test_helm_test_hook_checks_every_encoder_registry_replica_and_the_manager(va
             for i in range(statefulset["spec"]["replicas"])
         }
     manager = find(manifests, "Service", f"{RELEASE}-manager")
+    (health,) = [p["port"] for p in manager["spec"]["ports"] if p["name"] == "health"]
     expected.add(
-        (
-            f"{RELEASE}-manager.{NAMESPACE}.svc.cluster.local:{manager['spec']['ports'][0]['port']}",
-            SERVICE_OF["manager"],
-        )
+        (f"{RELEASE}-manager.{NAMESPACE}.svc.cluster.local:{health}", SERVICE_OF["manager"])
     )
     assert checked == expected
 

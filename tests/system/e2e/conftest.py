@@ -3,7 +3,8 @@
 
 Everything runs as real processes on 127.0.0.1 (the encoders and the manager through
 :class:`meshenc.local.launcher.Launcher`, etcd through :class:`meshenc.local.etcd.EtcdProcess`)
-and is stopped, and checked to be gone, when the module's tests are done.
+and is stopped, and checked to be gone, when the module's tests are done. As deployed, the
+services speak mutual TLS, with certificates from ``meshenc certs``' own code.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from meshenc.local.etcd import EtcdProcess
 from meshenc.local.launcher import Launcher, pid_alive, read_pids
 from meshenc.local.player import unavailable
 from meshenc.local.ports import free_ports
+from services.common.certs import CertificateSet, make_certificates
+from services.common.tls import MANAGER, OPERATOR, TlsFiles
 
 from .support import ENCODERS, GOP, Services, UpRun, meshenc_up
 
@@ -44,8 +47,12 @@ def faulted_run(tmp_path_factory: pytest.TempPathFactory) -> UpRun:
     return UpRun(out, output, up.returncode, skipped)
 
 
+def _tls_args(files: TlsFiles) -> list[str]:
+    return ["--tls-ca", str(files.ca), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
+
+
 def _encoder_args(
-    name: str, ports: dict[str, int], folder: Path, etcd: str, source: str
+    name: str, ports: dict[str, int], folder: Path, etcd: str, source: str, certs: CertificateSet
 ) -> list[str]:
     peers = ",".join(f"{p}=127.0.0.1:{port}" for p, port in ports.items() if p != name)
     return [
@@ -60,6 +67,7 @@ def _encoder_args(
         "--segment", "cli",
         "--etcd", etcd,
         "--source", source,
+        *_tls_args(certs.files(name)),
     ]  # fmt: skip
 
 
@@ -67,7 +75,8 @@ def _encoder_args(
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     """etcd, the manager (when this installation has one) and two encoders, for a module."""
     folder = tmp_path_factory.mktemp("services")
-    launcher = Launcher(folder, grace=10.0)
+    certs = make_certificates(folder / "certs", [*ENCODERS, MANAGER, OPERATOR])
+    launcher = Launcher(folder, grace=10.0, tls=certs.files(OPERATOR))
     etcd = EtcdProcess(log_path=folder / "etcd.log")
     try:
         etcd.start()
@@ -84,13 +93,22 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         manager = f"127.0.0.1:{manager_port}"
         launcher.spawn(
             "manager",
-            ["manager", "--listen", manager, "--actuator", "embedded", "--etcd", etcd.endpoint],
+            [
+                "manager",
+                "--listen",
+                manager,
+                "--actuator",
+                "embedded",
+                "--etcd",
+                etcd.endpoint,
+                *_tls_args(certs.files(MANAGER)),
+            ],
             address=manager,
         )
         for name in ENCODERS:
             launcher.spawn(
                 name,
-                _encoder_args(name, ports, folder, etcd.endpoint, inputs[name]),
+                _encoder_args(name, ports, folder, etcd.endpoint, inputs[name], certs),
                 address=f"127.0.0.1:{ports[name]}",
             )
 
@@ -103,6 +121,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             manager=manager,
             etcd=etcd.endpoint,
             folder=folder,
+            tls=certs.files(OPERATOR),
         )
     finally:
         asyncio.run(launcher.stop_all())

@@ -51,7 +51,8 @@ def encoder_args(
     name: str, port: int, out: Path, etcd: str, manager: str, source: str
 ) -> list[str]:
     return [
-        "encoder", "--id", name, "--listen", f"127.0.0.1:{port}", "--out", str(out / name),
+        "encoder", "--insecure", "--id", name, "--listen", f"127.0.0.1:{port}",
+        "--out", str(out / name),
         "--size", "160x96", "--gop", "30", "--etcd", etcd, "--etcd-prefix", PREFIX,
         "--manager", manager, "--segment", "e2e", "--source", source,
     ]  # fmt: skip
@@ -98,6 +99,7 @@ async def test_kill_rewires_within_a_second_and_a_joiner_locks(tmp_path: Path) -
                 "manager",
                 [
                     "manager",
+                    "--insecure",
                     "--listen",
                     manager_address,
                     "--actuator",

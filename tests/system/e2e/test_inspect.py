@@ -1,7 +1,8 @@
 """``meshenc status``, ``topology``, ``segments`` and ``events`` against real services.
 
 The services (etcd, the Mesh Manager, two encoders) are real processes (see ``conftest.py``);
-the commands run in this process through click's test runner, talking gRPC over 127.0.0.1.
+the commands run in this process through click's test runner, talking gRPC over 127.0.0.1 with
+the operator's certificate (mutual TLS).
 What the commands print is checked against what the services answer when asked directly.
 """
 
@@ -12,7 +13,6 @@ import json
 import time
 from typing import Any
 
-import grpc
 import pytest
 from click.testing import CliRunner, Result
 from google.protobuf.json_format import MessageToDict
@@ -21,6 +21,8 @@ from meshenc.cli.main import cli
 from meshenc.local.ports import free_ports
 from meshenc.v1 import manager_pb2, manager_pb2_grpc, mesh_pb2, mesh_pb2_grpc
 from meshenc.wire import convert
+from services.common.grpc_server import open_channel
+from services.common.tls import MANAGER
 
 from .support import ENCODERS, GOP, Services
 
@@ -32,7 +34,9 @@ def _run(*args: str, env: dict[str, str] | None = None) -> Result:
 
 
 def _states(services: Services) -> list[dict[str, Any]]:
-    result = _run("status", "--encoders", ",".join(services.encoders.values()), "--json")
+    result = _run(
+        "status", "--encoders", ",".join(services.encoders.values()), "--json", env=services.env
+    )
     assert result.exit_code == 0, result.output
     answers: list[dict[str, Any]] = json.loads(result.output)
     return answers
@@ -68,7 +72,9 @@ def test_status_shows_every_encoder_as_it_answers(services: Services) -> None:
         assert state["segment_id"] == "cli"
         assert state["leader_id"] in ENCODERS
 
-    table = _run("status", env={"MESHENC_ENCODERS": ",".join(services.encoders.values())})
+    table = _run(
+        "status", env={**services.env, "MESHENC_ENCODERS": ",".join(services.encoders.values())}
+    )
     assert table.exit_code == 0, table.output
     for name, address in services.encoders.items():
         assert name in table.output and address in table.output
@@ -77,10 +83,17 @@ def test_status_shows_every_encoder_as_it_answers(services: Services) -> None:
 def test_status_reports_encoders_that_do_not_answer(services: Services) -> None:
     (nobody,) = free_ports(1)
     silent = f"127.0.0.1:{nobody}"
-    some = _run("status", "--encoders", f"{services.encoders['a']},{silent}", "--timeout", "1")
+    some = _run(
+        "status",
+        "--encoders",
+        f"{services.encoders['a']},{silent}",
+        "--timeout",
+        "1",
+        env=services.env,
+    )
     assert some.exit_code == 1
     assert "no answer" in some.output and silent in some.output
-    none = _run("status", "--encoders", silent, "--timeout", "1", "--json")
+    none = _run("status", "--encoders", silent, "--timeout", "1", "--json", env=services.env)
     assert none.exit_code == 3
     assert json.loads(none.output)[0]["address"] == silent
 
@@ -88,13 +101,15 @@ def test_status_reports_encoders_that_do_not_answer(services: Services) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ("status", "--encoders", "127.0.0.1"),
-        ("status", "--encoders", "127.0.0.1:99999"),
-        ("status",),
-        ("topology",),
-        ("topology", "--manager", "127.0.0.1:7600", "--encoder", "bad id!"),
-        ("segments", "--manager", "127.0.0.1:7600", "--segment", "x" * 200),
-        ("events",),
+        ("status", "--encoders", "127.0.0.1", "--insecure"),
+        ("status", "--encoders", "127.0.0.1:99999", "--insecure"),
+        ("status", "--insecure"),
+        ("topology", "--insecure"),
+        ("topology", "--manager", "127.0.0.1:7600", "--encoder", "bad id!", "--insecure"),
+        ("segments", "--manager", "127.0.0.1:7600", "--segment", "x" * 200, "--insecure"),
+        ("events", "--insecure"),
+        ("status", "--encoders", "127.0.0.1:7400"),  # neither certificates nor --insecure
+        ("status", "--encoders", "127.0.0.1:7400", "--insecure", "--tls-ca", "ca.crt"),
     ],
 )
 def test_bad_arguments_are_usage_errors(args: tuple[str, ...]) -> None:
@@ -104,9 +119,9 @@ def test_bad_arguments_are_usage_errors(args: tuple[str, ...]) -> None:
     assert result.exit_code == 2, result.output
 
 
-def _manager_answer(address: str, method: str, request: Any) -> dict[str, Any]:
+def _manager_answer(services: Services, method: str, request: Any) -> dict[str, Any]:
     async def ask() -> Any:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with open_channel(services.manager, tls=services.tls, server_name=MANAGER) as channel:
             return await getattr(manager_pb2_grpc.MeshManagerStub(channel), method)(
                 request, timeout=5.0
             )
@@ -125,14 +140,14 @@ def test_topology_and_segments_print_what_the_manager_answers(
     services: Services, command: str, method: str, request_: Any
 ) -> None:
     for _attempt in range(3):  # the manager may replan between the two questions
-        before = _manager_answer(services.manager, method, request_)
-        printed = _run(command, "--manager", services.manager, "--json")
-        after = _manager_answer(services.manager, method, request_)
+        before = _manager_answer(services, method, request_)
+        printed = _run(command, "--manager", services.manager, "--json", env=services.env)
+        after = _manager_answer(services, method, request_)
         if before == after:
             break
     assert printed.exit_code == 0, printed.output
     assert json.loads(printed.output) == after
-    table = _run(command, env={"MESHENC_MANAGER": services.manager})
+    table = _run(command, env={**services.env, "MESHENC_MANAGER": services.manager})
     assert table.exit_code == 0, table.output
     assert "epoch" in table.output
     names = [a["encoder_id"] for a in after.get("adjacency", [])] + [
@@ -144,7 +159,7 @@ def test_topology_and_segments_print_what_the_manager_answers(
 
 def test_topology_without_a_manager_answering_exits_3() -> None:
     (nobody,) = free_ports(1)
-    result = _run("topology", "--manager", f"127.0.0.1:{nobody}", "--timeout", "1")
+    result = _run("topology", "--manager", f"127.0.0.1:{nobody}", "--timeout", "1", "--insecure")
     assert result.exit_code == 3
     assert "UNAVAILABLE" in result.output or "DEADLINE_EXCEEDED" in result.output
 
@@ -154,7 +169,7 @@ def test_events_lists_each_correction_once_and_the_topology(services: Services) 
 
     def listed() -> tuple[set[Correction], list[dict[str, Any]], set[Correction]] | None:
         before = _recent_corrections(services)
-        result = _run("events", "--encoders", addresses, "--json")
+        result = _run("events", "--encoders", addresses, "--json", env=services.env)
         after = _recent_corrections(services)
         assert result.exit_code == 0, result.output
         lines = [json.loads(line) for line in result.output.splitlines()]
@@ -174,6 +189,7 @@ def test_events_lists_each_correction_once_and_the_topology(services: Services) 
     followed = _run(
         "events", "--follow", "--for", "3", "--json",
         "--encoders", addresses, "--manager", services.manager,
+        env=services.env,
     )  # fmt: skip
     epoch_after = _epoch(services)
     assert followed.exit_code == 0, followed.output
@@ -199,7 +215,7 @@ def _near(key: Correction, known: set[Correction]) -> bool:
 
 
 def _epoch(services: Services) -> int:
-    answer = _manager_answer(services.manager, "GetTopology", manager_pb2.GetTopologyRequest())
+    answer = _manager_answer(services, "GetTopology", manager_pb2.GetTopologyRequest())
     return int(answer.get("epoch", 0))
 
 
@@ -207,7 +223,7 @@ def _recent_corrections(services: Services) -> set[Correction]:
     """Every correction the encoders list in GetState now: (encoder, at ns, kind, shift ns)."""
 
     async def ask(address: str) -> mesh_pb2.EncoderState:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with open_channel(address, tls=services.tls) as channel:
             state: mesh_pb2.EncoderState = await mesh_pb2_grpc.EncoderMeshStub(channel).GetState(
                 mesh_pb2.GetStateRequest(), timeout=5.0
             )

@@ -36,9 +36,15 @@ def test_up_stays_locked_through_a_kill_and_a_join_and_leaves_nothing_running(
     assert {"etcd", "origin", "registry-0", "e0", "e1", "e2", "e3"} <= set(started), started
     assert not left_behind(out), "processes left behind"
 
-    # What a newcomer is told to run while the mesh is up.
+    # What a newcomer is told to run while the mesh is up: with the operator's certificate.
     assert "meshenc status --encoders 127.0.0.1:" in output
-    assert "grpcurl -plaintext 127.0.0.1:" in output
+    assert f"grpcurl -cacert {out / 'certs' / 'ca.crt'} -cert " in output
+    assert "MESHENC_TLS_CERT=" in output and "operator.crt" in output
+
+    # Every service ran with mutual TLS, with the certificates the run made.
+    for name in ("registry-0", "manager", "e0", "e1", "e2", "e3"):
+        log = (out / "logs" / f"{name}.log").read_text(errors="replace")
+        assert "(mutual TLS)" in log and "--tls-cert" in log, name
 
     events = read_events(out / "events.jsonl")
     lifecycle = Counter(e["kind"] for e in events.lifecycle())
@@ -99,7 +105,7 @@ def test_up_stays_locked_through_a_kill_and_a_join_and_leaves_nothing_running(
 def test_ctrl_c_stops_up_and_everything_it_started(tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ("--encoders", "2", "--no-faults", "--registries", "1", "--duration", "600")
-    with meshenc_up(out, *args, "--size", "160x96", "--gop", "15") as up:
+    with meshenc_up(out, *args, "--size", "160x96", "--gop", "15", "--insecure") as up:
         # Until both encoders have written a whole segment (half a second each).
         deadline = time.monotonic() + 60.0
         while not all(list((out / name).glob("*.ts")) for name in ("e0", "e1")):
@@ -120,3 +126,9 @@ def test_ctrl_c_stops_up_and_everything_it_started(tmp_path: Path) -> None:
     assert stopped == {"e0", "e1"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["encoders"] == ["e0", "e1"]
+    # --insecure: plaintext everywhere, no certificates made.
+    assert "grpcurl -plaintext 127.0.0.1:" in output
+    assert not (out / "certs").exists()
+    for name in ("registry-0", "e0", "e1"):
+        log = (out / "logs" / f"{name}.log").read_text(errors="replace")
+        assert "(plaintext)" in log and "--insecure" in log, name

@@ -56,7 +56,7 @@ def encoders(
                 p if bare_peers else f"{p}={a}" for p, a in addresses.items() if p != name
             )
             command = [
-                sys.executable, "-m", "meshenc", "encoder",
+                sys.executable, "-m", "meshenc", "encoder", "--insecure",
                 "--id", name,
                 "--listen", address,
                 "--out", str(folder / name),
@@ -199,7 +199,17 @@ def test_encoders_given_only_their_peers_ids_find_them_through_the_registry(
 
 def test_peers_without_addresses_need_a_registry(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        cli, ["encoder", "--id", "e", "--out", str(tmp_path), "--peers", "f,g=127.0.0.1:9"]
+        cli,
+        [
+            "encoder",
+            "--insecure",
+            "--id",
+            "e",
+            "--out",
+            str(tmp_path),
+            "--peers",
+            "f,g=127.0.0.1:9",
+        ],
     )
     assert result.exit_code == 2, result.output
     assert "peers f have no address" in result.output
@@ -233,7 +243,9 @@ def test_an_unreachable_registry_does_not_stop_the_encoder(
 def test_bad_registry_settings_are_refused_by_name(
     arguments: list[str], message: str, tmp_path: Path
 ) -> None:
-    result = CliRunner().invoke(cli, ["encoder", "--id", "e", "--out", str(tmp_path), *arguments])
+    result = CliRunner().invoke(
+        cli, ["encoder", "--insecure", "--id", "e", "--out", str(tmp_path), *arguments]
+    )
     assert result.exit_code == 2, result.output
     assert message in result.output
 

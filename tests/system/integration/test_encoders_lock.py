@@ -68,7 +68,7 @@ def _start_encoder(
     drift, offset, _ = FAULTS[name]
     peers = ",".join(f"{p}=127.0.0.1:{ports[p]}" for p in FAULTS if p != name)
     command = [
-        sys.executable, "-m", "meshenc", "encoder",
+        sys.executable, "-m", "meshenc", "encoder", "--insecure",
         "--id", name,
         "--listen", f"127.0.0.1:{ports[name]}",
         "--peers", peers,

@@ -107,7 +107,7 @@ def test_an_encoder_that_loses_its_input_rejoins_and_its_neighbours_never_misali
             for name in NAMES:
                 peers = ",".join(f"{p}=127.0.0.1:{ports[p]}" for p in NAMES if p != name)
                 command = [
-                    sys.executable, "-m", "meshenc", "encoder", "--id", name,
+                    sys.executable, "-m", "meshenc", "encoder", "--insecure", "--id", name,
                     "--listen", f"127.0.0.1:{ports[name]}", "--peers", peers,
                     "--out", str(tmp_path / name), "--source", f"udp://127.0.0.1:{inputs[name]}",
                     "--size", "160x96", "--gop", str(GOP), "--duration", str(DURATION),

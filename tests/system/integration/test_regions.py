@@ -61,7 +61,7 @@ def _start_encoder(
 ) -> subprocess.Popen[bytes]:
     drift, offset, _ = FAULTS[name]
     command = [
-        sys.executable, "-m", "meshenc", "encoder",
+        sys.executable, "-m", "meshenc", "encoder", "--insecure",
         "--id", name,
         "--listen", f"127.0.0.1:{listen}",
         "--peers", ",".join(f"{peer}={address}" for peer, address in peers.items()),

@@ -34,9 +34,25 @@ def test_each_service_says_which_metrics_address_it_cannot_serve(
 ) -> None:
     metrics = ["--metrics-listen", f"127.0.0.1:{taken_port}"]
     commands = {
-        "encoder": ["encoder", "--id", "e", "--out", str(tmp_path), "--listen", "127.0.0.1:0"],
-        "registry": ["registry", "--listen", "127.0.0.1:0"],
-        "manager": ["manager", "--actuator", "kubernetes", "--encoder-statefulset", "enc"],
+        "encoder": [
+            "encoder",
+            "--insecure",
+            "--id",
+            "e",
+            "--out",
+            str(tmp_path),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "registry": ["registry", "--insecure", "--listen", "127.0.0.1:0"],
+        "manager": [
+            "manager",
+            "--insecure",
+            "--actuator",
+            "kubernetes",
+            "--encoder-statefulset",
+            "enc",
+        ],
     }
     processes = {
         name: subprocess.Popen(

@@ -52,7 +52,7 @@ def _encoder_command(
 ) -> list[str]:
     peers = ",".join(f"{p}=127.0.0.1:{ports[p]}" for p in OFFSETS if p != name)
     command = [
-        sys.executable, "-m", "meshenc", "encoder",
+        sys.executable, "-m", "meshenc", "encoder", "--insecure",
         "--id", name,
         "--listen", f"127.0.0.1:{ports[name]}",
         "--peers", peers,
@@ -247,7 +247,7 @@ def test_each_service_serves_plausible_metrics(tmp_path: Path, live_source: Live
     metrics_ports = {name: next(free) for name in ("a", "b", "registry", "manager")}
     registry_port, manager_port = next(free), next(free)
     registry_command = [
-        sys.executable, "-m", "meshenc", "registry",
+        sys.executable, "-m", "meshenc", "registry", "--insecure",
         "--listen", f"127.0.0.1:{registry_port}",
         "--metrics-listen", f"127.0.0.1:{metrics_ports['registry']}",
     ]  # fmt: skip
@@ -257,7 +257,7 @@ def test_each_service_serves_plausible_metrics(tmp_path: Path, live_source: Live
         _processes() as processes,
     ):
         manager_command = [
-            sys.executable, "-m", "meshenc", "manager",
+            sys.executable, "-m", "meshenc", "manager", "--insecure",
             "--actuator", "embedded",
             "--etcd", etcd.endpoint,
             "--listen", f"127.0.0.1:{manager_port}",

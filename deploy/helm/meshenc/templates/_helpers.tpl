@@ -216,7 +216,50 @@ prometheus.io/path: /metrics
   value: none
 {{- end }}
 
-{{/* meshenc.grpcProbes: startup, liveness (whole server) and readiness (the component's service) probes over native gRPC health on a numeric port; call with (dict "port" 7400 "service" "meshenc.v1.EncoderMesh"). */}}
+{{/* meshenc.serviceTlsEnv: a meshenc service's TLS variables (its CA, certificate and key from the mounted Secret, or MESHENC_INSECURE) and its plaintext health-only port; call with (dict "context" $ "identity" "registry"); the identity may be a $(VAR) the kubelet expands. */}}
+{{- define "meshenc.serviceTlsEnv" -}}
+- name: MESHENC_HEALTH_LISTEN
+  value: {{ printf "0.0.0.0:%d" (int .context.Values.health.port) | quote }}
+{{- if .context.Values.tls.enabled }}
+- name: MESHENC_TLS_CA
+  value: /etc/meshenc/tls/ca.crt
+- name: MESHENC_TLS_CERT
+  value: {{ printf "/etc/meshenc/tls/%s.crt" .identity | quote }}
+- name: MESHENC_TLS_KEY
+  value: {{ printf "/etc/meshenc/tls/%s.key" .identity | quote }}
+{{- else }}
+- name: MESHENC_INSECURE
+  value: "true"
+{{- end }}
+{{- end }}
+
+{{/* meshenc.tlsVolumeMount: the mount of the services' certificates, when tls.enabled. */}}
+{{- define "meshenc.tlsVolumeMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/meshenc/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* meshenc.tlsVolume: the Secret tls.existingSecret (ca.crt, NAME.crt, NAME.key), readable by the pod's group only. */}}
+{{- define "meshenc.tlsVolume" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{/* meshenc.healthPort: the container port of the plaintext health-only server. */}}
+{{- define "meshenc.healthPort" -}}
+- name: health
+  containerPort: {{ .Values.health.port }}
+  protocol: TCP
+{{- end }}
+
+{{/* meshenc.grpcProbes: startup, liveness (whole server) and readiness (the component's service) probes over native gRPC health on the plaintext health-only port (the kubelet cannot present a client certificate); call with (dict "port" 7700 "service" "meshenc.v1.EncoderMesh"). */}}
 {{- define "meshenc.grpcProbes" -}}
 startupProbe:
   grpc:
@@ -281,6 +324,12 @@ readinessProbe:
 {{- end }}
 {{- if and .Values.tracing.enabled (not .Values.tracing.otlpEndpoint) (not .Values.jaeger.enabled) }}
 {{- $problems = append $problems "tracing.enabled: set tracing.otlpEndpoint or jaeger.enabled=true, so that traces have somewhere to go" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
+{{- $problems = append $problems "tls.existingSecret: name the Secret holding ca.crt and NAME.crt/NAME.key per identity when tls.enabled is true" }}
+{{- end }}
+{{- if has (int .Values.health.port) (list (int .Values.encoder.port) (int .Values.registry.port) (int .Values.manager.port) (int .Values.metrics.port)) }}
+{{- $problems = append $problems (printf "health.port (%d) must differ from encoder.port, registry.port, manager.port and metrics.port, which share a pod with it" (int .Values.health.port)) }}
 {{- end }}
 {{- if has (int .Values.metrics.port) (list (int .Values.encoder.port) (int .Values.registry.port) (int .Values.manager.port)) }}
 {{- $problems = append $problems (printf "metrics.port (%d) must differ from encoder.port, registry.port and manager.port, which share a pod with it" (int .Values.metrics.port)) }}
