@@ -7,8 +7,9 @@ table, or its JSON with ``--json``; ``--out FILE`` also writes the JSON to a fil
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from meshenc.cli.sim import console
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
 from meshenc.local.etcd import EtcdNotInstalledError
+from meshenc.sim.scenario import ScenarioError
 from services.common.etcd import DEFAULT_LEASE_TTL
 
 __all__ = ["bench"]
@@ -61,6 +63,16 @@ _repeats = click.option(
 def _progress() -> Progress:
     """Progress lines go to stderr, so that stdout holds only the results."""
     return console(stderr=True).log
+
+
+@contextlib.contextmanager
+def _scenario_usage() -> Iterator[None]:
+    """A scenario the options make invalid (a run no longer than its warm-up) is a usage
+    error, said in one line."""
+    try:
+        yield
+    except ScenarioError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def _show(result: BenchResult, out: Path | None = None, *, as_json: bool) -> None:
@@ -124,7 +136,8 @@ def bench_sim(
     Each size runs all four strategies in the same simulated world (same seed). Wall time is
     for one core; the simulator is single-threaded.
     """
-    result = compare_sizes(sizes, duration, seed, progress=_progress())
+    with _scenario_usage():
+        result = compare_sizes(sizes, duration, seed, progress=_progress())
     _show(result, out, as_json=as_json)
 
 
@@ -178,7 +191,8 @@ def bench_lockin(rates: list[str] | None, worlds: int, duration: float, as_json:
     """
     result: BenchResult
     if rates is not None:
-        result = lockin_at_rates(rates, worlds, duration, progress=_progress())
+        with _scenario_usage():
+            result = lockin_at_rates(rates, worlds, duration, progress=_progress())
     else:
         result = lockin_sweep(progress=_progress())
     _show(result, as_json=as_json)
@@ -204,7 +218,9 @@ def bench_wan(worlds: int, duration: float, as_json: bool) -> None:
     ±500 ms offsets and ingest delays 20–220 ms, with predictive, reactive and epoch. A world
     passes when no picture is misaligned after two segments.
     """
-    _show(wan_comparison(worlds, duration, progress=_progress()), as_json=as_json)
+    with _scenario_usage():
+        result = wan_comparison(worlds, duration, progress=_progress())
+    _show(result, as_json=as_json)
 
 
 @bench.command("dht")

@@ -70,3 +70,11 @@ def test_bad_sizes_and_rates_are_refused() -> None:
     rates = CliRunner().invoke(cli, ["bench", "lockin", "--rates", ","])
     assert rates.exit_code == 2
     assert "comma-separated list of frame rates" in rates.output
+
+
+def test_a_run_no_longer_than_its_warm_up_is_a_usage_error() -> None:
+    # The standard scenario leaves out its first 10 s.
+    result = CliRunner().invoke(cli, ["bench", "sim", "--sizes", "10", "--duration", "5"])
+    assert result.exit_code == 2, result.output
+    assert "warmup_s must be shorter than duration_s" in result.output
+    assert isinstance(result.exception, SystemExit)  # a usage error, no traceback

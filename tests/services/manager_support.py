@@ -12,24 +12,17 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-import aetcd  # type: ignore[import-untyped]
-
 from meshenc.local.etcd import EtcdProcess
 from meshenc.v1 import manager_pb2_grpc
 from meshenc.wire.adjacency import EtcdLayout, RegistrationRecord
-from services.common.grpc_server import CHANNEL_OPTIONS, open_channel
+from services.common.grpc_server import open_channel
 from services.common.tls import MANAGER, TlsFiles
 from services.manager.etcd_actuator import EtcdActuator
 from services.manager.server import ManagerServer
 from services.manager.service import ManagerShell
+from tests.services.support import etcd_client
 
 _prefixes = itertools.count(1)
-
-
-def etcd_client(process: EtcdProcess) -> Any:
-    return aetcd.Client(
-        "127.0.0.1", process.client_port, timeout=2.0, options=dict(CHANNEL_OPTIONS)
-    )
 
 
 @dataclass
