@@ -422,7 +422,7 @@ def ffmpeg_command(binary: str, size: EncoderSize, raw: Path, out: Path) -> list
         "-s",
         size.name,
         "-r",
-        str(FRAME_RATE.num) if FRAME_RATE.den == 1 else f"{FRAME_RATE.num}/{FRAME_RATE.den}",
+        str(FRAME_RATE),
         "-i",
         str(raw),
         "-c:v",

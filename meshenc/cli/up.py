@@ -108,8 +108,8 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     "--player/--no-player",
     default=None,
     help="Play the origin's stream in headless Chromium with hls.js for the whole run and"
-    " report stalls and errors [default: when chromium and hls.js are installed; when not,"
-    " the run says why].",
+    " report stalls and errors; needs --origin [default: when chromium, hls.js and Playwright"
+    " are installed; when not, the run says why].",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the injected clock faults."

@@ -41,11 +41,11 @@ from typing import Any
 import av
 
 from meshenc.report.verify import segment_source
+from services.encoder.media.containers import TICKS
 from services.encoder.media.segments import PLAYLIST_NAME, segment_name, segment_number
 
 __all__ = [
     "AUDIO_TOLERANCE_TICKS",
-    "TICKS",
     "DecodedSegment",
     "Jump",
     "RecordingCheck",
@@ -55,8 +55,6 @@ __all__ = [
     "playlist_problems",
 ]
 
-TICKS = 90_000
-"""MPEG-TS timestamps count 90 kHz ticks."""
 WRAP = 1 << 33
 """MPEG-TS timestamps wrap at 2**33 ticks (26.5 hours)."""
 AUDIO_TOLERANCE_TICKS = 2

@@ -163,6 +163,11 @@ def clip_reason(text: str) -> str:
     return text if len(text) <= MAX_REASON_LENGTH else text[: MAX_REASON_LENGTH - 3] + "..."
 
 
+def _measured_ppb(rate: float) -> int:
+    """A measured rate in wire parts per billion: 0 when unmeasured (not finite)."""
+    return rate_to_ppb(rate) if math.isfinite(rate) else 0
+
+
 def rate_to_ppb(rate: float) -> int:
     """A dimensionless rate (seconds per second) to the nearest integer part per billion."""
     return _to_scaled_int(rate, PPB)
@@ -377,7 +382,7 @@ def encoder_state_to_proto(
         frame_rate=frame_rate_to_proto(frame_rate),
         gop_length=segment_layout.gop,
         correction_ns=_ns_or_zero(snap.correction),
-        correction_rate_ppb=rate_to_ppb(snap.correction_rate),
+        correction_rate_ppb=_measured_ppb(snap.correction_rate),
         confidence=snap.confidence,
         taken_unix_ns=taken_unix_ns,
         timecode=snap.timecode if snap.timecode is not None else 0,
@@ -412,7 +417,7 @@ def encoder_state_to_proto(
             at_ns=_ns_or_zero(event.at),
             kind=kind_to_proto(event.kind),
             shift_ns=_ns_or_zero(event.shift),
-            correction_rate_ppb=rate_to_ppb(event.new_rate),
+            correction_rate_ppb=_measured_ppb(event.new_rate),
             lead_ns=_ns_or_zero(event.lead),
             proposal_id=event.proposal_id,
         )
@@ -424,7 +429,7 @@ def encoder_state_to_proto(
             connected=connected(n.neighbour),
             measured_deviation_ns=_measured_ns(n.deviation),
             predicted_deviation_ns=_measured_ns(n.predicted),
-            deviation_rate_ppb=0 if math.isnan(n.rate) else rate_to_ppb(n.rate),
+            deviation_rate_ppb=_measured_ppb(n.rate),
             rtt_us=_measured_us(n.rtt),
             jitter_us=_measured_us(n.jitter),
             trusted=n.trusted,

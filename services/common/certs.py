@@ -79,6 +79,7 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         serialization.NoEncryption(),
     )
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # also when it replaces a key made with another mode
     with os.fdopen(descriptor, "wb") as out:
         out.write(data)
 

@@ -14,8 +14,8 @@ bitrate, then muxed into the segment writer) → ``FrameEncoded`` with the acces
 engine decided them. What is particular to the process around the pipeline — vouching for
 segments, publishing them, measuring load, the mesh links — is the :class:`PipelineShell`'s.
 
-The pipeline keeps the seconds spent in each part (:class:`PartTimes`), which the runtime
-reports as encode latency and the benchmark breaks down.
+The pipeline keeps the seconds spent in each part (:class:`PartTimes`), which the benchmark
+breaks down; the runtime measures its encode latency from ``slot_encoded``.
 """
 
 from __future__ import annotations

@@ -61,11 +61,6 @@ class RegistrySettings(BaseModel):
     #: HOST:PORT serving the health service alone, in plaintext (probes); none when None.
     health_listen: ListenAddress | None = None
 
-    @field_validator("health_listen")
-    @classmethod
-    def _health_listen(cls, value: str | None) -> str | None:
-        return None if value is None else check_address(value, "health listen", lowest_port=0)
-
     @field_validator("advertise")
     @classmethod
     def _advertise(cls, value: str | None) -> str | None:

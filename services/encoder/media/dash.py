@@ -104,7 +104,7 @@ def render_mpd(
             "bandwidth": str(params.bitrate_kbps * 1000),
             "width": str(params.width),
             "height": str(params.height),
-            "frameRate": str(rate.num) if rate.den == 1 else f"{rate.num}/{rate.den}",
+            "frameRate": str(rate),
             "sar": "1:1",
         },
     )

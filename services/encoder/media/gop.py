@@ -144,6 +144,8 @@ class GopEncoder:
 
     def __init__(self, params: EncoderParams) -> None:
         self.params = params
+        #: Built once: the per-frame path reads it twice a frame (a bitrate change keeps gop).
+        self._segments = params.segments
         self._ctx: VideoCodecContext | None = None
         self._gop_index: int | None = None
         self._last_timecode: int | None = None
@@ -187,7 +189,7 @@ class GopEncoder:
                 f"picture is {picture.width}x{picture.height}, encoder is"
                 f" {params.width}x{params.height}"
             )
-        gop_index = params.segments.segment_of(timecode)
+        gop_index = self._segments.segment_of(timecode)
         if self._ctx is None or gop_index != self._gop_index:
             self._ctx = None  # zero latency: nothing is left in the old context to drain
             if bitrate_kbps is not None and bitrate_kbps != params.bitrate_kbps:
@@ -200,7 +202,7 @@ class GopEncoder:
 
         frame = av.VideoFrame.from_ndarray(picture.yuv, format="yuv420p")
         # Relative to the GOP's first slot: absolute time stays out of the bytes.
-        frame.pts = params.segments.offset_in_segment(timecode)
+        frame.pts = self._segments.offset_in_segment(timecode)
         frame.time_base = params.time_base
         packets = self._ctx.encode(frame)
         if len(packets) != 1:

@@ -151,6 +151,7 @@ class SegmentWriter:
             raise ValueError(f"the playlist window must hold at least one segment, got {window}")
         self.out_dir = Path(out_dir)
         self.params = params
+        self._segments = params.segments  # built once: add() reads it every frame
         self.format = fmt
         self.window = window
         self._container = container_for(fmt, params)
@@ -193,7 +194,7 @@ class SegmentWriter:
     @property
     def segment_duration(self) -> Fraction:
         """Seconds per segment: GOP length times the frame period, exact."""
-        return self.params.segments.duration(self.params.time_base)
+        return self._segments.duration(self.params.time_base)
 
     def add(self, frame: EncodedFrame, source_time: int | None = None) -> list[Path]:
         """Take one access unit; return the segments this call wrote, oldest first.
@@ -209,7 +210,7 @@ class SegmentWriter:
             ValueError: the frame's timecode goes back (to an earlier segment, or not after the
                 previous frame of this one).
         """
-        segments = self.params.segments
+        segments = self._segments
         segment = segments.segment_of(frame.timecode)
         if source_time is not None:
             self._video_time = source_time
@@ -265,7 +266,7 @@ class SegmentWriter:
             if (
                 pending is not None
                 and pending.has_start
-                and self.params.segments.is_last(pending.frames[-1].timecode)
+                and self._segments.is_last(pending.frames[-1].timecode)
             ):
                 self._held.append(pending)
             return self._release(flush=True)
@@ -299,7 +300,7 @@ class SegmentWriter:
     def _start(self, segment: int) -> Fraction:
         """Where ``segment`` starts on the shared timeline: its first slot, in exact seconds
         since the Unix epoch."""
-        return self.params.segments.first_timecode(segment) * self.params.time_base
+        return self._segments.first_timecode(segment) * self.params.time_base
 
     def _segment_audio(self, pending: _Pending) -> list[tuple[int, AudioPacket]]:
         """The source's audio packets that fall into the segment, with their output times."""
