@@ -100,8 +100,9 @@ async def test_rising_load_scales_out_once_within_bounds_despite_a_conflict_stan
 ) -> None:
     """Load above the high-water mark on 3 encoders: one ``/scale`` GET-then-PATCH to the
     maximum, 5 (the policy wants 6). Another client rewrites the StatefulSet just as the
-    PATCH arrives (after the actuator's GET): the patch meets 409, the actuator reads again and retries. The new pods
-    join the mesh and take work; nothing else is patched while the load stays."""
+    PATCH arrives (after the actuator's GET): the patch meets 409, the actuator reads again
+    and retries. The new pods join the mesh and take work; nothing else is patched while the
+    load stays."""
 
     def interfere(request: Recorded) -> None:
         if request.method == "PATCH" and request.resource == "statefulsets/scale":
