@@ -21,9 +21,9 @@ sources use, with the API server's semantics for those points, and nothing else:
   as ADDED first when no version is given;
 - faults for tests: :meth:`touch` rewrites an object as another client would (so a write
   carrying its old ``resourceVersion`` meets 409), :meth:`forbid` answers 403 for a verb on a
-  resource (as RBAC would), :meth:`drop_watches` cuts every open watch connection, ``stall_watches`` makes watches send
-  nothing and never end (a silently stalled connection), :meth:`fail_next` answers the next
-  requests with an error status.
+  resource (as RBAC would), :meth:`drop_watches` cuts every open watch connection,
+  ``stall_watches`` makes watches send nothing and never end (a silently stalled connection),
+  :meth:`fail_next` answers the next requests with an error status.
 
 Every object carries a ``resourceVersion`` from one global counter, like etcd's revision
 behind a real API server. Requests are recorded in :attr:`KubernetesStandIn.requests`.
