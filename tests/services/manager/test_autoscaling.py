@@ -58,9 +58,7 @@ async def autoscaled(
         drain_grace=0.3,
         drain_timeout=5.0,
     )
-    shell = ManagerShell(
-        act, ManagerConfig(autoscale=policy), work_units=UNITS, tick_interval=0.05
-    )
+    shell = ManagerShell(act, ManagerConfig(autoscale=policy), work_units=UNITS, tick_interval=0.05)
     load = {"*": 0.5}
 
     async def report() -> None:
