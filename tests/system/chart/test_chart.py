@@ -562,14 +562,16 @@ def test_manager_is_told_the_encoder_statefulset_and_its_autoscaling_policy() ->
         env_value(container, "MESHENC_AUTOSCALE_MAX"),
     ) == ("3", "12")
     assert env_value(container, "MESHENC_ACTUATOR") == "kubernetes"
-    policy = ManagerSettings(
-        actuator=ActuatorKind.KUBERNETES,
-        encoder_statefulset=statefulset,
-        **{
-            name.removeprefix("MESHENC_").lower(): env_value(container, name)
-            for name in env_names(container)
-            if name.startswith("MESHENC_AUTOSCALE_")
-        },
+    policy = ManagerSettings.model_validate(
+        {
+            "actuator": ActuatorKind.KUBERNETES,
+            "encoder_statefulset": statefulset,
+            **{
+                name.removeprefix("MESHENC_").lower(): env_value(container, name)
+                for name in env_names(container)
+                if name.startswith("MESHENC_AUTOSCALE_")
+            },
+        }
     ).autoscale_config()
     values = yaml.safe_load((CHART / "values.yaml").read_text())["autoscaling"]
     assert policy is not None
