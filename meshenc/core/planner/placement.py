@@ -313,9 +313,7 @@ def place(
     # A new copy goes where the host is still below its share of all copies (rounded up), so
     # copies spread within one of the fair share; past that, the capacity is the only limit.
     wanted, total_capacity = r * len(unit_ids), sum(capacity)
-    share = [
-        min(c, -(-wanted * c // total_capacity)) if total_capacity else 0 for c in capacity
-    ]
+    share = [min(c, -(-wanted * c // total_capacity)) if total_capacity else 0 for c in capacity]
     zone = [h.zone for h in hosts]
     usable = [j for j in range(len(hosts)) if capacity[j] > 0]
     known_zones = {zone[j] for j in usable if zone[j]}
