@@ -24,7 +24,8 @@ and then to every ``WatchTopology`` stream; ``PlacementChanged`` is kept and log
 ``ScaleIn`` (autoscaling) go to :meth:`Actuator.scale` in a background task, one call at a
 time, the newest wish first; a failure goes back to the core as ``ScaleFailed`` (a permanent
 one — no permission, an actuator that cannot scale — is logged once and stops autoscaling;
-the mesh keeps running) and into :attr:`ManagerShell.scaling`.
+the mesh keeps running), into :attr:`ManagerShell.scaling` and into the
+``meshenc_manager_scale_requests_total`` metric.
 
 Failure reaction, besides the core's own (silence, broken streams, bad links): an encoder whose
 health stream ends, and which opens no new one within ``reconnect_grace`` seconds, is taken out
@@ -94,7 +95,7 @@ from services.manager.actuators import (
     ScalingNotSupportedError,
     StalePlanError,
 )
-from services.manager.telemetry import planning
+from services.manager.telemetry import planning, scale_requested
 
 __all__ = [
     "DEFAULT_RECONNECT_GRACE",
@@ -598,15 +599,18 @@ class ManagerShell:
             try:
                 await self._actuator.scale(replicas)
             except (ForbiddenError, ScalingNotSupportedError) as exc:
+                scale_requested("refused")
                 self.scaling.error = self.scaling.stopped = str(exc)
                 log.error("autoscaling stops: %s", exc)
                 self._scale_failed(str(exc), permanent=True)
                 return
             except ActuatorError as exc:
+                scale_requested("failed")
                 self.scaling.error = str(exc)
                 log.warning("could not scale to %d encoders: %s", replicas, exc)
                 self._scale_failed(str(exc), permanent=False)
                 continue
+            scale_requested("ok")
             self.scaling.applied, self.scaling.error = replicas, ""
 
     def _scale_failed(self, reason: str, *, permanent: bool) -> None:

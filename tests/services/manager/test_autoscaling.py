@@ -22,6 +22,7 @@ from meshenc.core.planner import ManagerConfig
 from meshenc.core.planner.autoscale import AutoscaleConfig
 from meshenc.core.planner.placement import WorkUnit
 from meshenc.v1 import manager_pb2
+from services.common.telemetry import REGISTRY
 from services.manager.kubernetes_actuator import KubernetesActuator
 from services.manager.service import ManagerShell
 from tests.services.k8s_standin import KubernetesStandIn, Recorded
@@ -30,6 +31,7 @@ from tests.services.support import NAMESPACE, POD_LABELS, STATEFULSET
 pytestmark = pytest.mark.asyncio
 
 BOUNDS = (2, 5)
+REFUSED = "meshenc_manager_scale_requests_total"
 UNITS = tuple(WorkUnit(f"ch{c}", r) for c in range(2) for r in ("360p", "180p"))
 
 
@@ -162,10 +164,12 @@ async def test_forbidden_scale_is_logged_once_and_the_manager_keeps_running_stan
     stops (no drain follows when the load falls) and the manager keeps planning."""
     standin.forbid("patch", "statefulsets/scale")
     caplog.set_level(logging.INFO, logger="meshenc.manager")
+    refused = REGISTRY.get_sample_value(REFUSED, {"outcome": "refused"}) or 0.0
     async with autoscaled(standin, api, start=3) as (shell, _, load):
         load["*"] = 0.95
         await until(lambda: bool(shell.scaling.stopped))
         assert "may not patch statefulsets/scale" in shell.scaling.stopped
+        assert REGISTRY.get_sample_value(REFUSED, {"outcome": "refused"}) == refused + 1
         load["*"] = 0.05
         await asyncio.sleep(1.5)
         stops = [r for r in caplog.records if "autoscaling stops" in r.getMessage()]
