@@ -50,9 +50,12 @@ def _check(placement: Placement, units: list[str], hosts: list[Host], redundancy
         known = [zone[h] for h in copies if zone[h]]
         if len(usable_zones) + unknown >= redundancy and unit not in placement.zone_shared:
             assert len(set(known)) == len(known), f"{unit}: copies share a zone"
-    total_capacity = sum(h.capacity for h in hosts)
-    if total_capacity >= redundancy * len(units) * 2 and len(usable_zones) >= redundancy:
-        assert not placement.under_replicated  # plenty of room: everything fully placed
+    # Plenty of room: twice the copies fit even counting each host for at most one copy per
+    # unit (a unit needs distinct hosts; a host of capacity 1 among 3 cannot serve 2 units at
+    # redundancy 3). Then some r hosts always have room for the last unit: all fully placed.
+    usable = sum(min(h.capacity, len(units)) for h in hosts)
+    if usable >= redundancy * len(units) * 2 and len(usable_zones) >= redundancy:
+        assert not placement.under_replicated
 
 
 scenario = st.fixed_dictionaries(
