@@ -10,8 +10,8 @@ each as the median of ``--repeats`` runs on one core:
 - **plan**: a cold :func:`~meshenc.core.planner.manager.plan_mesh` (ring, links, segments,
   likely leaders, placement) from nothing;
 - **place**: the cold placement alone (:func:`~meshenc.core.planner.placement.place`);
-- **replan**: the plan after one encoder fails, from the cold plan; likewise after one encoder
-  **joins**, and after a **scale-out** by a tenth of the fleet;
+- **replan**: the plan after one encoder that holds work fails, from the cold plan; likewise
+  after one encoder **joins**, and after a **scale-out** by a tenth of the fleet;
 - **check**: the independent survivability check (connected, no articulation point).
 
 The other columns describe the plans themselves — links changed, units per encoder (max − min)
@@ -131,7 +131,10 @@ def measure(
     adjacency = plan.topology.adjacency()
     check_s, survives = timed(repeats, lambda: survives_any_single_failure(adjacency))
     degrees = [len(v) for v in adjacency.values()]
-    gone = ids[int(np.random.default_rng(seed).integers(0, n))]
+    # The leaver holds work (with under one copy per encoder most hold none), so that its
+    # copies have to move.
+    holders = sorted({h for hosts in plan.placement.assignments.values() for h in hosts})
+    gone = holders[int(np.random.default_rng(seed).integers(0, len(holders)))]
     smaller = _only(view, set(ids[:n]) - {gone})
     replan_s, replan = timed(repeats, lambda: plan_mesh(smaller, plan, config, epoch=2))
     joined = _only(grown, set(ids[: n + 1]))
