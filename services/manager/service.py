@@ -604,11 +604,13 @@ class ManagerShell:
                 log.error("autoscaling stops: %s", exc)
                 self._scale_failed(str(exc), permanent=True)
                 return
-            except ActuatorError as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # ActuatorError, or a transient one that outlived retries
                 scale_requested("failed")
-                self.scaling.error = str(exc)
-                log.warning("could not scale to %d encoders: %s", replicas, exc)
-                self._scale_failed(str(exc), permanent=False)
+                self.scaling.error = str(exc) or repr(exc)
+                log.warning("could not scale to %d encoders: %s", replicas, self.scaling.error)
+                self._scale_failed(self.scaling.error, permanent=False)
                 continue
             scale_requested("ok")
             self.scaling.applied, self.scaling.error = replicas, ""

@@ -45,13 +45,18 @@ def replicas(standin: KubernetesStandIn) -> int:
 
 @contextlib.asynccontextmanager
 async def autoscaled(
-    standin: KubernetesStandIn, api: k8s.ApiClient, start: int
+    standin: KubernetesStandIn, api: k8s.ApiClient, start: int, attempts: int = 6
 ) -> AsyncIterator[tuple[ManagerShell, KubernetesActuator, dict[str, float]]]:
     """A StatefulSet of ``start`` encoders, an active manager that autoscales it, and encoders
     reporting every 50 ms the CPU load the test puts in the yielded dict (``"*"``: all)."""
     standin.add_statefulset(STATEFULSET, start, POD_LABELS)
     act = KubernetesActuator(
-        api, namespace=NAMESPACE, statefulset=STATEFULSET, scale_bounds=BOUNDS, watch_timeout=30
+        api,
+        namespace=NAMESPACE,
+        statefulset=STATEFULSET,
+        scale_bounds=BOUNDS,
+        watch_timeout=30,
+        attempts=attempts,
     )
     policy = AutoscaleConfig(
         min_replicas=BOUNDS[0],
@@ -180,3 +185,32 @@ async def test_forbidden_scale_is_logged_once_and_the_manager_keeps_running_stan
         standin.delete_pod(pod(2))  # the manager still follows the mesh
         await until(lambda: shell.members == [pod(0), pod(1)])
         assert shell.active
+
+
+async def test_a_scale_in_that_keeps_failing_gives_the_work_back_and_scaling_goes_on_standin(
+    standin: KubernetesStandIn, api: k8s.ApiClient
+) -> None:
+    """The API server answers 500 to every ``/scale`` read while it is failing: the actuator's
+    retries run out, the shell reports the failure (status and metric), the drained encoder
+    gets its capacity back, and autoscaling carries on — once the server recovers, the next
+    drain and scale-in go through."""
+    failing = [True]
+
+    def fail(request: Recorded) -> None:
+        if failing[0] and request.method == "GET" and request.resource == "statefulsets/scale":
+            standin.fail_next(500)
+
+    standin.observers.append(fail)
+    failed = REGISTRY.get_sample_value(REFUSED, {"outcome": "failed"}) or 0.0
+    async with autoscaled(standin, api, start=3, attempts=2) as (shell, _, load):
+        load["*"] = 0.05
+        await until(lambda: bool(shell.scaling.error))
+        assert "statefulsets/scale in namespace 'media' failed with HTTP 500" in (
+            shell.scaling.error
+        )
+        assert REGISTRY.get_sample_value(REFUSED, {"outcome": "failed"}) == failed + 1
+        assert shell.scaling.stopped == ""
+        assert replicas(standin) == 3
+        failing[0] = False
+        await until(lambda: replicas(standin) == 2 and shell.members == [pod(0), pod(1)])
+        assert shell.scaling.applied == 2 and shell.scaling.error == ""
