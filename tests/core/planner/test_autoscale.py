@@ -129,7 +129,7 @@ def _check_invariants(fleet: Fleet) -> None:
             spaced.append(now)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     config=configs,
     start=st.integers(1, 12),
@@ -163,7 +163,7 @@ def test_random_load_traces_keep_every_invariant(
     _check_invariants(fleet)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(config=configs, start=st.integers(1, 12), demand=st.floats(0.0, 15.0))
 def test_constant_load_moves_the_fleet_one_way_only(
     config: AutoscaleConfig, start: int, demand: float
