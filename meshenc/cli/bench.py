@@ -297,14 +297,41 @@ def bench_dht(
     callback=_counts("sizes", most=200_000),
     help="Mesh sizes to plan, comma-separated.",
 )
+@click.option(
+    "--channels",
+    type=click.IntRange(1, 1_000_000),
+    default=plan.DEFAULT_CHANNELS,
+    show_default=True,
+    help="Channels to place (fewer where their copies would take over half the capacity).",
+)
+@click.option(
+    "--rungs",
+    type=click.IntRange(1, 16),
+    default=plan.DEFAULT_RUNGS,
+    show_default=True,
+    help="Renditions per channel (one work unit each).",
+)
 @click.option("--seed", type=int, default=1, show_default=True, help="Synthetic mesh seed.")
 @_repeats
 @output_options
 def bench_plan(
-    encoders: list[int], seed: int, repeats: int, as_json: bool, out: Path | None
+    encoders: list[int],
+    channels: int,
+    rungs: int,
+    seed: int,
+    repeats: int,
+    as_json: bool,
+    out: Path | None,
 ) -> None:
-    """Plan time, replan time and plan quality of the Mesh Manager at several mesh sizes."""
-    _show(plan.run_sizes(encoders, seed, repeats, progress=_progress()), out, as_json=as_json)
+    """Plan, placement and replan times, placement balance and moves per event, at several
+    mesh sizes."""
+    _show(
+        plan.run_sizes(
+            encoders, seed, repeats, channels=channels, rungs=rungs, progress=_progress()
+        ),
+        out,
+        as_json=as_json,
+    )
 
 
 # --- on this machine, with media and real processes ---------------------------------------------

@@ -67,14 +67,64 @@ from services.manager.settings import (
     envvar="MESHENC_AUTOSCALE_MIN",
     type=int,
     default=None,
-    help="Fewest encoders the manager may scale to (with --autoscale-max).",
+    help="Fewest encoders the manager scales to (kubernetes; with --autoscale-max it turns "
+    "autoscaling on).",
 )
 @click.option(
     "--autoscale-max",
     envvar="MESHENC_AUTOSCALE_MAX",
     type=int,
     default=None,
-    help="Most encoders the manager may scale to.",
+    help="Most encoders the manager scales to (kubernetes).",
+)
+@click.option(
+    "--autoscale-high-water",
+    envvar="MESHENC_AUTOSCALE_HIGH_WATER",
+    type=float,
+    default=0.75,
+    show_default=True,
+    help="Mean encoder load (CPU, or encode time over the frame budget) at which the "
+    "manager adds encoders.",
+)
+@click.option(
+    "--autoscale-low-water",
+    envvar="MESHENC_AUTOSCALE_LOW_WATER",
+    type=float,
+    default=0.30,
+    show_default=True,
+    help="Mean encoder load below which it drains the highest ordinal and removes it.",
+)
+@click.option(
+    "--autoscale-cooldown",
+    envvar="MESHENC_AUTOSCALE_COOLDOWN",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds between two scaling decisions (and after the manager starts).",
+)
+@click.option(
+    "--autoscale-drain-grace",
+    envvar="MESHENC_AUTOSCALE_DRAIN_GRACE",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds a drained encoder stays after its work moved, before it is removed.",
+)
+@click.option(
+    "--autoscale-drain-timeout",
+    envvar="MESHENC_AUTOSCALE_DRAIN_TIMEOUT",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds after which a drain whose work found no room elsewhere is given up.",
+)
+@click.option(
+    "--autoscale-frame-budget",
+    envvar="MESHENC_AUTOSCALE_FRAME_BUDGET",
+    type=float,
+    default=0.040,
+    show_default=True,
+    help="Encode time per frame, seconds, that counts as a full encoder (one frame interval).",
 )
 @click.option("--degree-min", envvar="MESHENC_DEGREE_MIN", type=int, default=3, show_default=True)
 @click.option("--degree-max", envvar="MESHENC_DEGREE_MAX", type=int, default=7, show_default=True)
@@ -118,6 +168,12 @@ def manager(
     encoder_statefulset: str | None,
     autoscale_min: int | None,
     autoscale_max: int | None,
+    autoscale_high_water: float,
+    autoscale_low_water: float,
+    autoscale_cooldown: float,
+    autoscale_drain_grace: float,
+    autoscale_drain_timeout: float,
+    autoscale_frame_budget: float,
     degree_min: int,
     degree_max: int,
     report_timeout: float,
@@ -135,9 +191,10 @@ def manager(
 
     It follows the encoders (registration keys in etcd, or the StatefulSet's pods), plans a
     mesh that survives any single failure, writes each encoder's neighbours (etcd keys or
-    ConfigMaps) and judges escalated resync proposals. SIGTERM stops it cleanly. Mutual TLS
-    needs the three --tls-* files (the manager presents the "manager" identity); --insecure
-    serves plaintext.
+    ConfigMaps) and judges escalated resync proposals. With --autoscale-min/--autoscale-max
+    (kubernetes) it scales the encoder StatefulSet with the encoders' load. SIGTERM stops it
+    cleanly. Mutual TLS needs the three --tls-* files (the manager presents the "manager"
+    identity); --insecure serves plaintext.
     """
     configure_logging(log_level, "manager")
     tls = tls_files(tls_ca, tls_cert, tls_key, insecure)
@@ -158,6 +215,12 @@ def manager(
             encoder_statefulset=encoder_statefulset,
             autoscale_min=autoscale_min,
             autoscale_max=autoscale_max,
+            autoscale_high_water=autoscale_high_water,
+            autoscale_low_water=autoscale_low_water,
+            autoscale_cooldown=autoscale_cooldown,
+            autoscale_drain_grace=autoscale_drain_grace,
+            autoscale_drain_timeout=autoscale_drain_timeout,
+            autoscale_frame_budget=autoscale_frame_budget,
             degree_min=degree_min,
             degree_max=degree_max,
             report_timeout=report_timeout,

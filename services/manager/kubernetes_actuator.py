@@ -27,7 +27,8 @@ watch answered with 410 Gone (the version was compacted) lists again and yields 
 difference. So ``kubectl scale`` becomes joins and leaves.
 
 Scaling goes through the ``statefulsets/scale`` subresource, clamped to the configured bounds,
-with the same read-patch-with-``resourceVersion``-retry loop.
+with the same read-patch-with-``resourceVersion``-retry loop; a failure that outlives the
+retries is an :class:`ActuatorError` (403: :class:`ForbiddenError`).
 
 Errors. 403 raises :class:`ForbiddenError` naming the verb, resource and namespace at once (an
 RBAC mistake does not heal by retrying); 409, 429, 5xx, timeouts and connection errors are
@@ -519,11 +520,18 @@ class KubernetesActuator:
             log.info(
                 "scale: %d replicas asked, %d within bounds [%d, %d]", replicas, target, low, high
             )
-        async for attempt in retrying(
-            f"scaling {self.statefulset}", is_transient, attempts=self.attempts
-        ):
-            with attempt:
-                await self._scale_once(target)
+        try:
+            async for attempt in retrying(
+                f"scaling {self.statefulset}", is_transient, attempts=self.attempts
+            ):
+                with attempt:
+                    await self._scale_once(target)
+        except ApiException as exc:  # transient, but it outlived the retries
+            raise api_error(exc, "scale", "statefulsets/scale", self.namespace) from None
+        except (_Conflict, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+            raise ActuatorError(
+                f"scaling {self.statefulset} failed after {self.attempts} attempts: {exc!r}"
+            ) from None
 
     async def _scale_once(self, target: int) -> None:
         resource = "statefulsets/scale"

@@ -20,7 +20,12 @@ next ones, in order. Decisions are carried out in the core's documented order: r
 isolations and avoided links are logged; ``TopologyChanged`` and ``SegmentsChanged`` become one
 :class:`~meshenc.wire.adjacency.AdjacencyDocument` per encoder, published through the actuator
 and then to every ``WatchTopology`` stream; ``PlacementChanged`` is kept and logged;
-``EscalationJudged`` is returned only after the epoch it names is published.
+``EscalationJudged`` is returned only after the epoch it names is published. ``ScaleOut`` and
+``ScaleIn`` (autoscaling) go to :meth:`Actuator.scale` in a background task, one call at a
+time, the newest wish first; a failure goes back to the core as ``ScaleFailed`` (a permanent
+one — no permission, an actuator that cannot scale — is logged once and stops autoscaling;
+the mesh keeps running), into :attr:`ManagerShell.scaling` and into the
+``meshenc_manager_scale_requests_total`` metric.
 
 Failure reaction, besides the core's own (silence, broken streams, bad links): an encoder whose
 health stream ends, and which opens no new one within ``reconnect_grace`` seconds, is taken out
@@ -70,6 +75,13 @@ from meshenc.core.planner import (
     TopologyChanged,
     WorkUnitsSet,
 )
+from meshenc.core.planner.autoscale import (
+    DrainCancelled,
+    DrainStarted,
+    ScaleFailed,
+    ScaleIn,
+    ScaleOut,
+)
 from meshenc.core.planner.placement import WorkUnit
 from meshenc.v1 import manager_pb2
 from meshenc.wire import convert
@@ -77,17 +89,20 @@ from meshenc.wire.adjacency import AdjacencyDocument
 from services.manager.actuators import (
     Actuator,
     ActuatorError,
+    ForbiddenError,
     MemberJoined,
     MemberLeft,
+    ScalingNotSupportedError,
     StalePlanError,
 )
-from services.manager.telemetry import planning
+from services.manager.telemetry import planning, scale_requested
 
 __all__ = [
     "DEFAULT_RECONNECT_GRACE",
     "DEFAULT_TICK_INTERVAL",
     "ManagerShell",
     "NotActiveError",
+    "ScalingStatus",
     "UnknownError",
 ]
 
@@ -127,6 +142,23 @@ class _Topology:
             return convert.topology_to_proto(self.epoch, self.adjacency)
         mine = {encoder_id: self.adjacency[encoder_id]} if encoder_id in self.adjacency else {}
         return convert.topology_to_proto(self.epoch, mine)
+
+
+@dataclass(slots=True)
+class ScalingStatus:
+    """What became of the core's scale decisions (all empty while autoscaling is off).
+
+    Attributes:
+        asked: the replicas last decided.
+        applied: the replicas the actuator last set.
+        error: the last failure ("" after a success).
+        stopped: why autoscaling stopped for good ("" while it runs).
+    """
+
+    asked: int | None = None
+    applied: int | None = None
+    error: str = ""
+    stopped: str = ""
 
 
 @dataclass(eq=False, slots=True)
@@ -193,6 +225,10 @@ class ManagerShell:
         self._wake = asyncio.Event()
         self._watchers: set[_Watcher] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._scale_wanted: int | None = None
+        self._scaler: asyncio.Task[None] | None = None
+        #: What became of the scale decisions.
+        self.scaling = ScalingStatus()
         #: Reports the core took, per encoder (for the HealthAck and for tests).
         self.reports: Counter[str] = Counter()
 
@@ -260,6 +296,9 @@ class ManagerShell:
         """Become a standby: stop driving the core, end the watch streams."""
         was_active, self._active = self._active, False
         tasks, self._tasks = self._tasks, []
+        if self._scaler is not None:
+            tasks.append(self._scaler)
+            self._scaler, self._scale_wanted = None, None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -533,11 +572,54 @@ class ManagerShell:
                         f"{u}→{'+'.join(h)}" for u, h in sorted(decision.assignments.items())
                     ),
                 )
+            elif isinstance(decision, DrainStarted):
+                log.info("draining %s: %s", decision.encoder_id, decision.reason)
+            elif isinstance(decision, DrainCancelled):
+                log.info("%s keeps its work: %s", decision.encoder_id, decision.reason)
+            elif isinstance(decision, ScaleOut | ScaleIn):
+                log.info("scaling to %d encoders: %s", decision.replicas, decision.reason)
+                self._scale(decision.replicas)
             elif isinstance(decision, EscalationJudged):
                 judged = decision
         if self._dirty:
             self._documents = self._build_documents()
         return judged
+
+    def _scale(self, replicas: int) -> None:
+        """Have the actuator apply ``replicas`` in the background (the newest wish wins)."""
+        self.scaling.asked = self._scale_wanted = replicas
+        if self._scaler is None or self._scaler.done():
+            self._scaler = asyncio.get_running_loop().create_task(
+                self._apply_scale(), name="manager-scale"
+            )
+
+    async def _apply_scale(self) -> None:
+        while self._scale_wanted is not None and self._active:
+            replicas, self._scale_wanted = self._scale_wanted, None
+            try:
+                await self._actuator.scale(replicas)
+            except (ForbiddenError, ScalingNotSupportedError) as exc:
+                scale_requested("refused")
+                self.scaling.error = self.scaling.stopped = str(exc)
+                log.error("autoscaling stops: %s", exc)
+                self._scale_failed(str(exc), permanent=True)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # ActuatorError, or a transient one that outlived retries
+                scale_requested("failed")
+                self.scaling.error = str(exc) or repr(exc)
+                log.warning("could not scale to %d encoders: %s", replicas, self.scaling.error)
+                self._scale_failed(self.scaling.error, permanent=False)
+                continue
+            scale_requested("ok")
+            self.scaling.applied, self.scaling.error = replicas, ""
+
+    def _scale_failed(self, reason: str, *, permanent: bool) -> None:
+        """Tell the core (it undrains whoever it emptied); its next tick replans."""
+        if self._active:
+            self._core.step(self.now(), ScaleFailed(reason, permanent))
+            self._wake.set()
 
     def _build_documents(self) -> dict[str, AdjacencyDocument]:
         epoch = self._epoch

@@ -14,6 +14,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from meshenc.core.planner import ManagerConfig, PlannerConfig
+from meshenc.core.planner.autoscale import AutoscaleConfig
 from meshenc.core.planner.placement import WorkUnit
 from meshenc.core.planner.topology import TopologyConfig
 from meshenc.wire.adjacency import EtcdLayout
@@ -61,8 +62,15 @@ class ManagerSettings(BaseModel):
     #: Kubernetes: the encoders' namespace and StatefulSet.
     namespace: str | None = None
     encoder_statefulset: str | None = None
+    #: Autoscaling, on with both bounds (``meshenc.core.planner.autoscale``).
     autoscale_min: Annotated[int, Field(ge=0)] | None = None
-    autoscale_max: Annotated[int, Field(ge=0)] | None = None
+    autoscale_max: Annotated[int, Field(ge=1)] | None = None
+    autoscale_high_water: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
+    autoscale_low_water: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.30
+    autoscale_cooldown: Annotated[float, Field(gt=0.0, le=86400.0)] = 120.0
+    autoscale_drain_grace: Annotated[float, Field(gt=0.0, le=3600.0)] = 10.0
+    autoscale_drain_timeout: Annotated[float, Field(gt=0.0, le=86400.0)] = 120.0
+    autoscale_frame_budget: Annotated[float, Field(gt=0.0, le=10.0)] = 0.040
     degree_min: Annotated[int, Field(ge=2, le=64)] = 3
     degree_max: Annotated[int, Field(ge=2, le=64)] = 7
     #: Seconds without a health report before an encoder is taken out.
@@ -98,6 +106,17 @@ class ManagerSettings(BaseModel):
         bounds = self.scale_bounds
         if bounds is not None and bounds[0] > bounds[1]:
             raise ValueError("--autoscale-min must not exceed --autoscale-max")
+        if bounds is not None and self.actuator is ActuatorKind.EMBEDDED:
+            raise ValueError(
+                "autoscaling (--autoscale-min/--autoscale-max) needs the kubernetes actuator: "
+                "in embedded mode the launcher decides how many encoders run"
+            )
+        if self.autoscale_low_water >= self.autoscale_high_water:
+            raise ValueError("--autoscale-low-water must be below --autoscale-high-water")
+        if self.autoscale_drain_timeout <= self.autoscale_drain_grace:
+            raise ValueError(
+                "--autoscale-drain-timeout must be longer than --autoscale-drain-grace"
+            )
         if self.degree_min > self.degree_max:
             raise ValueError("--degree-min must not exceed --degree-max")
         return self
@@ -114,6 +133,22 @@ class ManagerSettings(BaseModel):
             return None
         return self.autoscale_min, self.autoscale_max
 
+    def autoscale_config(self) -> AutoscaleConfig | None:
+        """The autoscaling policy's settings; None when autoscaling is off."""
+        bounds = self.scale_bounds
+        if bounds is None:
+            return None
+        return AutoscaleConfig(
+            min_replicas=bounds[0],
+            max_replicas=bounds[1],
+            high_water=self.autoscale_high_water,
+            low_water=self.autoscale_low_water,
+            cooldown=self.autoscale_cooldown,
+            drain_grace=self.autoscale_drain_grace,
+            drain_timeout=self.autoscale_drain_timeout,
+            frame_budget=self.autoscale_frame_budget,
+        )
+
     def core_config(self) -> ManagerConfig:
         """The planning core's settings from these flags."""
         target = min(max(TopologyConfig().target_degree, self.degree_min), self.degree_max)
@@ -124,5 +159,7 @@ class ManagerSettings(BaseModel):
             candidates=max(TopologyConfig().candidates, self.degree_max),
         )
         return ManagerConfig(
-            planner=PlannerConfig(topology=topology), report_timeout=self.report_timeout
+            planner=PlannerConfig(topology=topology),
+            report_timeout=self.report_timeout,
+            autoscale=self.autoscale_config(),
         )

@@ -1,4 +1,5 @@
-"""The Mesh Manager's planning, timed, counted and traced (``manager.plan``)."""
+"""The Mesh Manager's planning, timed, counted and traced (``manager.plan``); its scale requests
+counted by outcome."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from prometheus_client import Counter, Histogram
 
 from services.common.telemetry import TRACER, enable_metrics
 
-__all__ = ["Plan", "planning"]
+__all__ = ["Plan", "planning", "scale_requested"]
 
 MANAGER_PLAN_SECONDS: Final = Histogram(
     "meshenc_manager_plan_seconds",
@@ -33,6 +34,25 @@ MANAGER_DECISIONS: Final = Counter(
     ["kind"],
     registry=None,
 )
+MANAGER_SCALE_REQUESTS: Final = Counter(
+    "meshenc_manager_scale_requests_total",
+    "Autoscaling requests the Mesh Manager made of its actuator, by outcome (ok, failed, "
+    "refused: no permission or no way to scale, which stops autoscaling).",
+    ["outcome"],
+    registry=None,
+)
+_COLLECTORS: Final = (
+    MANAGER_PLAN_SECONDS,
+    MANAGER_PLANS,
+    MANAGER_DECISIONS,
+    MANAGER_SCALE_REQUESTS,
+)
+
+
+def scale_requested(outcome: str) -> None:
+    """Count one scale request (``ok``, ``failed`` or ``refused``)."""
+    enable_metrics("manager", *_COLLECTORS)
+    MANAGER_SCALE_REQUESTS.labels(outcome).inc()
 
 
 _D = TypeVar("_D", bound=Sequence[object])
@@ -59,7 +79,7 @@ def planning(trigger: str) -> Iterator[Plan]:
     Every step is timed and counted; a step that decided something, or failed, is also a
     ``manager.plan`` span (a tick that changes nothing every second would only be noise).
     """
-    enable_metrics("manager", MANAGER_PLAN_SECONDS, MANAGER_PLANS, MANAGER_DECISIONS)
+    enable_metrics("manager", *_COLLECTORS)
     plan = Plan()
     started_ns = time.time_ns()
     started = time.perf_counter()

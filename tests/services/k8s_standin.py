@@ -19,10 +19,11 @@ sources use, with the API server's semantics for those points, and nothing else:
   cleanly after ``timeoutSeconds``, answer an ERROR event with code 410 for a version older
   than the retained history (:meth:`KubernetesStandIn.compact`), and send the current objects
   as ADDED first when no version is given;
-- faults for tests: :meth:`forbid` answers 403 for a verb on a resource (as RBAC would),
-  :meth:`drop_watches` cuts every open watch connection, ``stall_watches`` makes watches send
-  nothing and never end (a silently stalled connection), :meth:`fail_next` answers the next
-  requests with an error status.
+- faults for tests: :meth:`touch` rewrites an object as another client would (so a write
+  carrying its old ``resourceVersion`` meets 409), :meth:`forbid` answers 403 for a verb on a
+  resource (as RBAC would), :meth:`drop_watches` cuts every open watch connection,
+  ``stall_watches`` makes watches send nothing and never end (a silently stalled connection),
+  :meth:`fail_next` answers the next requests with an error status.
 
 Every object carries a ``resourceVersion`` from one global counter, like etcd's revision
 behind a real API server. Requests are recorded in :attr:`KubernetesStandIn.requests`.
@@ -34,7 +35,7 @@ import asyncio
 import contextlib
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,8 @@ class KubernetesStandIn:
         self.objects: dict[tuple[str, str, str], Obj] = {}
         self.history: list[tuple[int, str, str, Obj]] = []  # (rv, resource, type, object)
         self.requests: list[Recorded] = []
+        #: Called with every request as it arrives (before it is answered).
+        self.observers: list[Callable[[Recorded], None]] = []
         self.stall_watches = False
         self._revision = 100
         self._compacted = 0
@@ -199,6 +202,12 @@ class KubernetesStandIn:
 
     def recorded(self, method: str, resource: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == method and r.resource == resource]
+
+    def touch(self, resource: str, name: str) -> Obj:
+        """Write an object again unchanged, as another client's update would: a new
+        ``resourceVersion``, so a write carrying the old one meets 409 Conflict."""
+        obj = copy.deepcopy(self.objects[(resource, self.namespace, name)])
+        return self._store(resource, self.namespace, name, obj, "MODIFIED")
 
     def add_pod(
         self, name: str, *, labels: dict[str, str] | None = None, phase: str = "Running"
@@ -310,7 +319,10 @@ class KubernetesStandIn:
     # -- HTTP -----------------------------------------------------------------------------------
 
     def _check(self, request: web.Request, verb: str, resource: str, name: str) -> None:
-        self.requests.append(Recorded(request.method, resource, name, dict(request.query)))
+        recorded = Recorded(request.method, resource, name, dict(request.query))
+        self.requests.append(recorded)
+        for observer in list(self.observers):
+            observer(recorded)
         if resource.split("/", maxsplit=1)[0] not in _GROUPS:
             raise _Refused(404, "NotFound", f"the server could not find resource {resource!r}")
         if self._failures:

@@ -6,15 +6,20 @@ Theory of operation
 shape every core shares (:mod:`meshenc.core.machine`). The service shell steps it with the time
 on its clock and an event — :class:`EncoderJoined`, :class:`EncoderLeft`,
 :class:`~meshenc.core.planner.health.HealthReported`, :class:`Escalated`, :class:`WorkUnitsSet`,
-:class:`LeaderElected` — and with :class:`~meshenc.core.machine.Tick` about once a second. Only
-an escalation and a tick decide anything; :meth:`MeshManager.ready` returns the decisions the
-shell must carry out (publish adjacency, segment map and work assignments; answer the
-escalation), each step's **in this order**:
+:class:`LeaderElected`, :class:`~meshenc.core.planner.autoscale.ScaleFailed` — and with
+:class:`~meshenc.core.machine.Tick` about once a second. Only an escalation and a tick decide
+anything; :meth:`MeshManager.ready` returns the decisions the shell must carry out (publish
+adjacency, segment map and work assignments; scale; answer the escalation), each step's **in
+this order**:
 
-1. :class:`EncoderRemoved`, :class:`EncoderIsolated`, :class:`LinkAvoided` — why the mesh changes;
+1. :class:`EncoderRemoved`, :class:`EncoderIsolated`, :class:`LinkAvoided`,
+   :class:`~meshenc.core.planner.autoscale.DrainStarted`,
+   :class:`~meshenc.core.planner.autoscale.DrainCancelled` — why the mesh changes;
 2. :class:`TopologyChanged` — the new epoch's adjacency (publish before anything that names it);
 3. :class:`SegmentsChanged`, then :class:`PlacementChanged`;
-4. :class:`EscalationJudged` — last, so its ``topology_epoch`` is already published.
+4. :class:`~meshenc.core.planner.autoscale.ScaleOut` or
+   :class:`~meshenc.core.planner.autoscale.ScaleIn` — after the placement they follow;
+5. :class:`EscalationJudged` — last, so its ``topology_epoch`` is already published.
 
 Planning (:func:`plan_mesh`) is a pure function of a :class:`MeshView` and the previous
 :class:`MeshPlan`: ring and links (:mod:`.topology`), segments and leader links
@@ -51,6 +56,14 @@ voters, are ignored), each of which voted from its own measurement:
 No more than ``max_isolated_fraction`` of the encoders are isolated at once, so a collusion
 cannot empty the mesh through the manager.
 
+Autoscaling (with ``ManagerConfig.autoscale``), on a tick: the
+:class:`~meshenc.core.planner.autoscale.Autoscaler` sees every member's pressure (CPU load or
+encode time per frame, from the health reports) and who holds work in the current placement.
+An encoder it drains is planned with capacity 0 from then on, so this tick's replan moves its
+units away (a leave's minimal movement: only its copies move); the scale-in that follows a
+later tick asks for one encoder fewer once it holds nothing. A :class:`ScaleFailed` gives every
+drained encoder its capacity back (on the next tick's plan).
+
 Invariants:
 
 1. Deterministic: the same events with the same times give the same decisions.
@@ -68,6 +81,18 @@ from dataclasses import dataclass, field
 
 from meshenc.core.machine import Tick, check_time
 from meshenc.core.messages import ResyncProposal, ResyncVote
+from meshenc.core.planner.autoscale import (
+    AutoscaleConfig,
+    Autoscaler,
+    DrainCancelled,
+    DrainStarted,
+    EncoderLoad,
+    FleetObserved,
+    ScaleFailed,
+    ScaleIn,
+    ScaleOut,
+    pressure,
+)
 from meshenc.core.planner.health import HealthModel, HealthReported
 from meshenc.core.planner.placement import (
     Host,
@@ -291,7 +316,14 @@ class LeaderElected:
 
 
 Event = (
-    EncoderJoined | EncoderLeft | HealthReported | Escalated | WorkUnitsSet | LeaderElected | Tick
+    EncoderJoined
+    | EncoderLeft
+    | HealthReported
+    | Escalated
+    | WorkUnitsSet
+    | LeaderElected
+    | ScaleFailed
+    | Tick
 )
 
 
@@ -390,9 +422,13 @@ Decision = (
     EncoderRemoved
     | EncoderIsolated
     | LinkAvoided
+    | DrainStarted
+    | DrainCancelled
     | TopologyChanged
     | SegmentsChanged
     | PlacementChanged
+    | ScaleOut
+    | ScaleIn
     | EscalationJudged
 )
 
@@ -416,6 +452,8 @@ class ManagerConfig:
     max_isolated_fraction: float = 0.1
     reoptimize_every: float = 30.0
     dimensions: int = 2
+    #: Autoscaling (``meshenc.core.planner.autoscale``); None: the fleet's size is not ours.
+    autoscale: AutoscaleConfig | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -470,6 +508,9 @@ class MeshManager:
         self._strikes: dict[Pair, list[float]] = {}
         self._now = -math.inf
         self._decisions: list[Decision] = []
+        self._autoscaler = Autoscaler(self.config.autoscale) if self.config.autoscale else None
+        self._drained: set[str] = set()  # capacity 0: draining, or scaled in and leaving
+        self._autoscale_notes: list[Decision] = []  # decided outside a tick, out with the next
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -487,6 +528,16 @@ class MeshManager:
     def members(self) -> list[str]:
         """Encoders in the mesh or waiting to be planned in, sorted (isolated excluded)."""
         return sorted(m for m in self._members if m not in self._isolated)
+
+    @property
+    def drained(self) -> frozenset[str]:
+        """Encoders given no work: being drained, or scaled in and not gone yet."""
+        return frozenset(self._drained)
+
+    @property
+    def autoscaling_stopped(self) -> str:
+        """Why autoscaling stopped for good ("" while it runs, or when it is off)."""
+        return self._autoscaler.disabled if self._autoscaler else ""
 
     def isolated(self) -> dict[str, float]:
         """Isolated encoders and until when."""
@@ -533,6 +584,7 @@ class MeshManager:
             self._known.pop(event.encoder_id, None)
             self.health.track(event.encoder_id, now)
         elif isinstance(event, EncoderLeft):
+            self._drained.discard(event.encoder_id)
             if self._members.pop(event.encoder_id, None) is not None:
                 self.health.forget(event.encoder_id)
                 self._reasons.append(f"{event.encoder_id} left")
@@ -548,6 +600,8 @@ class MeshManager:
             current = self._leaders.get(event.segment_id)
             if current is None or event.revision > current[1]:
                 self._leaders[event.segment_id] = (event.encoder_id, event.revision)
+        elif isinstance(event, ScaleFailed):
+            self._scale_failed(event, now)
         else:
             self._decisions += self._judge(event, now)
 
@@ -568,13 +622,71 @@ class MeshManager:
         decisions += self._remove_silent(now)
         decisions += self._remove_cut_off(now)
         decisions += self._avoid_down_links(now)
+        decisions += self._autoscale_notes
+        self._autoscale_notes = []
+        scaling = self._autoscale(now)
+        decisions += [d for d in scaling if isinstance(d, DrainStarted | DrainCancelled)]
         due = (
             self._last_plan_at is not None
             and now - self._last_plan_at >= self.config.reoptimize_every
         )
         if self._reasons or due:
             decisions += self._replan(now, "; ".join(self._reasons) or "periodic re-optimisation")
+        decisions += [d for d in scaling if isinstance(d, ScaleOut | ScaleIn)]
         return decisions
+
+    # -- autoscaling -----------------------------------------------------------------------
+
+    def _autoscale(self, now: float) -> list[Decision]:
+        """Step the autoscaler with the fleet's load; drain and undrain as it decides."""
+        if self._autoscaler is None:
+            return []
+        budget = self._autoscaler.config.frame_budget
+        leaving = self._drained - {self._autoscaler.draining}  # scaled in, not gone yet
+        loads = []
+        for member in self.members:
+            if member in leaving:
+                continue
+            seen = self.health.health(member)
+            loads.append(
+                EncoderLoad(
+                    member,
+                    pressure(seen.load, seen.encode_latency, budget)
+                    if seen is not None and seen.reports
+                    else None,
+                )
+            )
+        holding = (
+            {h for hosts in self._plan.placement.assignments.values() for h in hosts}
+            if self._plan is not None
+            else set()
+        )
+        self._autoscaler.step(now, FleetObserved(tuple(loads), frozenset(holding)))
+        return self._apply_scaling(self._autoscaler.ready())
+
+    def _apply_scaling(self, decisions: Sequence[Decision]) -> list[Decision]:
+        for decision in decisions:
+            if isinstance(decision, DrainStarted):
+                self._drained.add(decision.encoder_id)
+                self._reasons.append(f"{decision.encoder_id} drains: {decision.reason}")
+            elif isinstance(decision, DrainCancelled):
+                self._undrain(decision.encoder_id, f"drain cancelled: {decision.reason}")
+        return list(decisions)
+
+    def _undrain(self, encoder: str, why: str) -> None:
+        if encoder in self._drained:
+            self._drained.discard(encoder)
+            if encoder in self._members:
+                self._reasons.append(f"{encoder} takes work again: {why}")
+
+    def _scale_failed(self, event: ScaleFailed, now: float) -> None:
+        """The actuator could not scale: whoever was drained for it takes work again."""
+        if self._autoscaler is None:
+            return
+        self._autoscaler.step(now, event)
+        self._autoscale_notes += self._apply_scaling(self._autoscaler.ready())
+        for encoder in sorted(self._drained):
+            self._undrain(encoder, f"scaling failed: {event.reason}")
 
     # -- failure detection -----------------------------------------------------------------
 
@@ -757,7 +869,12 @@ class MeshManager:
         """The inputs of the next plan, from the current state."""
         active = self.members
         return MeshView(
-            hosts=tuple(Host(m, self._members[m].capacity, self._members[m].zone) for m in active),
+            hosts=tuple(
+                Host(
+                    m, 0 if m in self._drained else self._members[m].capacity, self._members[m].zone
+                )
+                for m in active
+            ),
             coordinates={m: self.health.coordinate(m) for m in active},
             confidence={m: self.health.confidence(m) for m in active},
             units=self._units,

@@ -17,11 +17,19 @@ weighted rendezvous (group weight = total capacity), then the members of a group
 rendezvous. A unit's *preference order* is: the members of its best group, best first, then
 those of its second group, and so on.
 
+**Bounded loads** (in the spirit of Mirrokni, Thorup and Zadimoghaddam's consistent hashing with
+bounded loads): hashing alone spreads copies unevenly (at 10,000 encoders of capacity 4 and 0.6
+copies each on average, some carried 4 and many none). A copy being placed therefore goes to the
+first encoder in its preference order still below its *share*, ``ceil(copies wanted x capacity
+/ total capacity)``, and only where none is to the first one below its capacity: copies per
+encoder stay within one of the fair share wherever capacities are equal.
+
 Placement is **sticky**: a copy stays where it is while its encoder is alive, within capacity
 and zone rules. Then
 
 1. copies that lost their encoder (or were shed over capacity) go to the first valid encoder in
-   the unit's preference order: *a leave moves exactly the leaver's copies*;
+   the unit's preference order (below its share first): *a leave moves exactly the leaver's
+   copies*;
 2. each joiner takes up to its fair share (``copies x capacity / total capacity``) of the units
    that now prefer it over one of their encoders, replacing that unit's least preferred copy:
    *a join moves copies onto the joiner only*.
@@ -39,7 +47,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,7 +66,12 @@ U64 = npt.NDArray[np.uint64]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
-_CANDIDATES = 6
+_GROUPS_AHEAD = 4
+"""Groups whose members the vectorised pass ranks per unit: when the best group is full (at
+its fair share), the next ones usually have room, and the slow walk is rarely needed."""
+_RANK_STEP = 1e6
+"""Separates the groups' ranks in the vectorised pass's single sort key."""
+_CANDIDATES = 30
 """Spare candidates the vectorised pass keeps per unit beyond ``redundancy``; a unit that
 finds too few valid ones there (full encoders, zone clashes) walks its full preference."""
 
@@ -218,15 +231,29 @@ class _Ranking:
         return _scores(unit_hash, self.hash[hosts], self.log_capacity[hosts])
 
     def preference(self, unit_hash: U64, count: int) -> I64:
-        """Each unit's ``count`` most preferred hosts of its best group (-1 padded)."""
-        all_groups = np.arange(len(self.group_hash), dtype=np.int64)[None, :]
+        """Each unit's ``count`` most preferred hosts of its best ``_GROUPS_AHEAD`` groups, in
+        preference order (-1 padded)."""
+        ngroups = len(self.group_hash)
+        all_groups = np.arange(ngroups, dtype=np.int64)[None, :]
+        ahead = min(_GROUPS_AHEAD, ngroups)
         n = len(self.capacity)
+        width = self.members.shape[1]
+        rank = np.repeat(np.arange(ahead, dtype=np.int64), width)[None, :]
         out = np.full((len(unit_hash), count), -1, dtype=np.int64)
         for start in range(0, len(unit_hash), _CHUNK):
             uh = unit_hash[start : start + _CHUNK, None]
-            best = np.argmax(self.group_scores(uh, all_groups), axis=1)
-            cand = self.members[best]  # units x width, sentinel-padded
-            key = -self.host_scores(uh, cand)
+            scores = self.group_scores(uh, all_groups)
+            if ahead < ngroups:
+                top = np.argpartition(-scores, ahead - 1, axis=1)[:, :ahead]
+            else:
+                top = np.broadcast_to(all_groups, scores.shape).copy()
+            # Best group first; ties (practically impossible) by group number, as everywhere.
+            order = np.lexsort((top, -np.take_along_axis(scores, top, axis=1)))
+            top = np.take_along_axis(top, order, axis=1)
+            cand = self.members[top].reshape(len(uh), ahead * width)  # sentinel-padded
+            # One sort key: the group's rank, then the host's score (finite scores lie well
+            # within +-1e3 of 0; a host without capacity scores +inf and sorts last).
+            key = _RANK_STEP * rank - self.host_scores(uh, cand)
             k = min(count, key.shape[1])
             if k < key.shape[1]:
                 pick = np.argpartition(key, k - 1, axis=1)[:, :k]
@@ -239,13 +266,21 @@ class _Ranking:
             out[start : start + len(uh), :k] = np.where(valid, chosen, -1)
         return out
 
-    def full_preference(self, unit_hash: U64) -> list[int]:
-        """One unit's complete preference order over all hosts with capacity."""
-        everyone = np.arange(len(self.capacity), dtype=np.int64)
-        hs = self.host_scores(unit_hash, everyone)
-        gs = self.group_scores(unit_hash, self.group)
-        order = np.lexsort((everyone, -hs, self.group, -gs))
-        return [int(j) for j in order if hs[j] > -np.inf]
+    def full_preference(self, unit_hash: U64) -> Iterator[int]:
+        """One unit's complete preference order over all hosts with capacity, group by group
+        as it is consumed (most walks end in the first few groups)."""
+        groups = np.arange(len(self.group_hash), dtype=np.int64)
+        gs = self.group_scores(unit_hash, groups)
+        n = len(self.capacity)
+        for g in np.lexsort((groups, -gs)).tolist():
+            if gs[g] == -np.inf:
+                continue  # no capacity in this group
+            members = self.members[g]
+            members = members[members < n]
+            hs = self.host_scores(unit_hash, members)
+            for k in np.lexsort((members, -hs)).tolist():
+                if hs[k] > -np.inf:
+                    yield int(members[k])
 
 
 def place(
@@ -275,6 +310,10 @@ def place(
         )
     ranking = _Ranking(hosts, config.groups)
     capacity = [h.capacity for h in hosts]
+    # A new copy goes where the host is still below its share of all copies (rounded up), so
+    # copies spread within one of the fair share; past that, the capacity is the only limit.
+    wanted, total_capacity = r * len(unit_ids), sum(capacity)
+    share = [min(c, -(-wanted * c // total_capacity)) if total_capacity else 0 for c in capacity]
     zone = [h.zone for h in hosts]
     usable = [j for j in range(len(hosts)) if capacity[j] > 0]
     known_zones = {zone[j] for j in usable if zone[j]}
@@ -302,7 +341,7 @@ def place(
         _shed_overload(ranking, unit_hash, assigned, load, capacity)
         zone_shared = {u for u in zone_shared if _shares_zone([zone[j] for j in assigned[u]])}
 
-    # 2. Place missing copies in preference order.
+    # 2. Place missing copies in preference order, below the fair share first.
     needy = np.array([u for u in range(len(unit_ids)) if len(assigned[u]) < r], dtype=np.int64)
     if needy.size:
         preference = ranking.preference(unit_hash[needy], _CANDIDATES + r)
@@ -311,19 +350,19 @@ def place(
             for j in row.tolist():
                 if len(copies) >= r:
                     break
-                if j < 0 or j in copies or load[j] >= capacity[j]:
+                if j < 0 or j in copies or load[j] >= share[j]:
                     continue
                 if enforce_zones and not zone_free(j, copies):
                     continue
                 copies.append(j)
                 load[j] += 1
             if len(copies) < r:
-                full = ranking.full_preference(unit_hash[u])
-                for strict_zones in (enforce_zones, False):
-                    for j in full:
+                passes = ((share, enforce_zones), (capacity, enforce_zones), (capacity, False))
+                for limit, strict_zones in passes:
+                    for j in ranking.full_preference(unit_hash[u]):
                         if len(copies) >= r:
                             break
-                        if j in copies or load[j] >= capacity[j]:
+                        if j in copies or load[j] >= limit[j]:
                             continue
                         if strict_zones and not zone_free(j, copies):
                             continue

@@ -27,6 +27,8 @@ __all__ = ["DEFAULT_BRIDGES", "region_bridges"]
 
 #: Independent links wanted between every two regions: one failure leaves one.
 DEFAULT_BRIDGES = 2
+_ROWS = 256
+"""Rows of the latency block computed at once."""
 
 
 def region_bridges(
@@ -48,18 +50,35 @@ def region_bridges(
 def _independent_pairs(
     left: list[int], right: list[int], space: LatencySpace, count: int
 ) -> Iterable[tuple[str, str]]:
-    if count <= 0:
+    """Greedy over the pairs of ``left`` x ``right`` by latency (ties: row-major order): each
+    pair whose ends are both unused is taken, until ``count``.
+
+    Only the ``count x (1 + |left| + |right|)`` shortest pairs can matter (each pair taken
+    rules out one row and one column), so they are kept while the latencies are computed a
+    block of rows at a time: memory and sorting stay linear in the zones' sizes, not quadratic.
+    """
+    if count <= 0 or not left or not right:
         return
-    pairs = [(i, j) for i in left for j in right]
-    lat = space.latencies(
-        np.array([i for i, _ in pairs], dtype=np.int64),
-        np.array([j for _, j in pairs], dtype=np.int64),
-    )
+    rows, cols = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+    keep = count * (1 + len(rows) + len(cols))
+    best_lat = np.empty(0, dtype=np.float64)
+    best_pair = np.empty(0, dtype=np.int64)  # row-major index into left x right
+    for start in range(0, len(rows), _ROWS):
+        block = rows[start : start + _ROWS]
+        lat = np.concatenate([best_lat, space.latencies(block[:, None], cols[None, :]).ravel()])
+        pair_index = np.concatenate(
+            [best_pair, np.arange(start * len(cols), (start + len(block)) * len(cols))]
+        )
+        if len(lat) > keep:
+            kept = np.argpartition(lat, keep - 1)[:keep]
+            lat, pair_index = lat[kept], pair_index[kept]
+        best_lat, best_pair = lat, pair_index
     used_left: set[int] = set()
     used_right: set[int] = set()
     chosen = 0
-    for t in np.lexsort((np.arange(len(pairs)), lat)).tolist():
-        i, j = pairs[t]
+    for t in np.lexsort((best_pair, best_lat)).tolist():
+        row, col = divmod(int(best_pair[t]), len(cols))
+        i, j = int(rows[row]), int(cols[col])
         if i in used_left or j in used_right:
             continue
         used_left.add(i)

@@ -16,6 +16,14 @@ import pytest
 
 from meshenc.core.machine import StateMachine, Tick
 from meshenc.core.messages import CorrectionKind, ResyncProposal, ResyncVote
+from meshenc.core.planner.autoscale import (
+    AutoscaleConfig,
+    DrainCancelled,
+    DrainStarted,
+    ScaleFailed,
+    ScaleIn,
+    ScaleOut,
+)
 from meshenc.core.planner.health import HealthReported, LinkSample
 from meshenc.core.planner.manager import (
     Decision,
@@ -60,6 +68,7 @@ class Mesh:
         self.log: list[Decision] = []
         self.silent: set[str] = set()
         self.down: set[tuple[str, str]] = set()  # (reporter, neighbour) links seen down
+        self.load = 0.3  # every encoder's CPU load in its reports
         for k, node in enumerate(IDS):
             self.manager.step(0.0, EncoderJoined(node, f"10.0.0.{k}:7000", f"zone-{k % 3}", 4))
         units = tuple(WorkUnit(f"ch{c}", r) for c in range(6) for r in ("hd", "sd"))
@@ -73,7 +82,7 @@ class Mesh:
             LinkSample(m, rtt=_rtt(node, m), connected=(node, m) not in self.down) for m in planned
         )
         self.manager.step(
-            self.now, HealthReported(node, 0.9, 0.3, 0.004, self.manager.epoch, links)
+            self.now, HealthReported(node, 0.9, self.load, 0.004, self.manager.epoch, links)
         )
 
     def run(self, seconds: float) -> list[Decision]:
@@ -435,3 +444,59 @@ def test_stale_and_unknown_reports_are_ignored() -> None:
     assert mesh.manager.ready() == []
     assert mesh.manager.health.ignored_reports == before + 2
     assert "stranger" not in mesh.manager.members
+
+
+AUTOSCALE = AutoscaleConfig(min_replicas=10, max_replicas=16, cooldown=5.0, drain_grace=2.0)
+
+
+def test_low_load_drains_the_highest_ordinal_through_the_placement_then_scales_in() -> None:
+    """Idle encoders: after the cool-down the highest ordinal is drained — in the same tick the
+    placement moves exactly its copies away — and a later tick asks for one encoder fewer;
+    once it has left, the next one goes the same way, down to the minimum."""
+    mesh = Mesh(ManagerConfig(autoscale=AUTOSCALE))
+    mesh.load = 0.05
+    plan = mesh.manager.plan
+    assert plan is not None
+    held = sum(1 for hosts in plan.placement.assignments.values() if IDS[11] in hosts)
+    decisions = mesh.run(6)
+    # The replan may also follow the latency map (topology, segments); the drain comes first.
+    drain, placement = decisions[0], decisions[-1]
+    assert isinstance(drain, DrainStarted) and drain.encoder_id == IDS[11]
+    assert isinstance(placement, PlacementChanged)
+    assert all(IDS[11] not in hosts for hosts in placement.assignments.values())
+    assert placement.moves == held and placement.under_replicated == ()
+    (scale_in,) = mesh.run(2)
+    assert isinstance(scale_in, ScaleIn)
+    assert (scale_in.replicas, scale_in.encoder_id) == (11, IDS[11])
+    mesh.manager.step(mesh.now, EncoderLeft(IDS[11]))  # the StatefulSet removed the pod
+    mesh.silent.add(IDS[11])
+    later = mesh.run(12)
+    assert [d.encoder_id for d in _only(later, DrainStarted)] == [IDS[10]]
+    assert [d.replicas for d in _only(later, ScaleIn)] == [10]
+    mesh.manager.step(mesh.now, EncoderLeft(IDS[10]))
+    mesh.silent.add(IDS[10])
+    assert _only(mesh.run(30), DrainStarted) == []  # at the minimum
+    _assert_valid_mesh(mesh)
+
+
+def test_high_load_scales_out_and_a_failed_scale_in_gives_the_work_back() -> None:
+    """Load above the high-water mark asks for more encoders, after the placement; a scale
+    that fails for good (the actuator says so) gives the emptied encoder its capacity back
+    and stops autoscaling."""
+    mesh = Mesh(ManagerConfig(autoscale=AUTOSCALE))
+    mesh.load = 0.9
+    decisions = mesh.run(6)
+    (out,) = _only(decisions, ScaleOut)
+    assert out.members == 12 and 12 < out.replicas <= 16
+    assert decisions[-1] is out
+    mesh.load = 0.05
+    drained = _only(mesh.run(10), ScaleIn)
+    assert [d.encoder_id for d in drained] == [IDS[11]]
+    mesh.manager.step(mesh.now, ScaleFailed("forbidden: the manager may not patch", True))
+    assert mesh.manager.drained == frozenset()
+    back = mesh.run(1)  # planned on the next tick; sticky placement moves nothing back
+    (host,) = [h for h in mesh.manager.view().hosts if h.encoder_id == IDS[11]]
+    assert host.capacity == 4
+    assert mesh.manager.autoscaling_stopped.startswith("forbidden")
+    assert _only(mesh.run(30), DrainStarted) == []
+    assert _only(back, DrainCancelled) == []  # the drain had completed: nothing to cancel

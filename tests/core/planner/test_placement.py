@@ -13,6 +13,8 @@ from meshenc.core.planner.placement import (
     Placement,
     PlacementConfig,
     WorkUnit,
+    _hash64,
+    _Ranking,
     place,
     replica_moves,
 )
@@ -48,9 +50,12 @@ def _check(placement: Placement, units: list[str], hosts: list[Host], redundancy
         known = [zone[h] for h in copies if zone[h]]
         if len(usable_zones) + unknown >= redundancy and unit not in placement.zone_shared:
             assert len(set(known)) == len(known), f"{unit}: copies share a zone"
-    total_capacity = sum(h.capacity for h in hosts)
-    if total_capacity >= redundancy * len(units) * 2 and len(usable_zones) >= redundancy:
-        assert not placement.under_replicated  # plenty of room: everything fully placed
+    # Plenty of room: twice the copies fit even counting each host for at most one copy per
+    # unit (a unit needs distinct hosts; a host of capacity 1 among 3 cannot serve 2 units at
+    # redundancy 3). Then some r hosts always have room for the last unit: all fully placed.
+    usable = sum(min(h.capacity, len(units)) for h in hosts)
+    if usable >= redundancy * len(units) * 2 and len(usable_zones) >= redundancy:
+        assert not placement.under_replicated
 
 
 scenario = st.fixed_dictionaries(
@@ -162,3 +167,19 @@ def test_shrinking_capacity_sheds_copies() -> None:
 def test_work_unit_validates_itself(channel: str, rendition: str) -> None:
     with pytest.raises(ValueError, match="work unit"):
         WorkUnit(channel, rendition)
+
+
+def test_the_vectorised_preference_is_a_prefix_of_the_complete_order() -> None:
+    """The fast pass (the members of each unit's four best groups, ranked at once) and the slow
+    walk (group by group) agree: the fast pass's candidates are the walk's first ones, in order,
+    also when the best group is too small to hold them all."""
+    hosts = [Host(f"enc-{i:03d}", 1 + i % 5, "") for i in range(300)] + [Host("idle", 0, "")]
+    ranking = _Ranking(sorted(hosts, key=lambda h: h.encoder_id), groups=16)
+    unit_hash = _hash64([f"ch{c}/r0" for c in range(50)], b"meshenc-unit")
+    rows = ranking.preference(unit_hash, 40)
+    for u, row in enumerate(rows):
+        fast = [j for j in row.tolist() if j >= 0]
+        slow = list(ranking.full_preference(unit_hash[u]))
+        assert len(fast) == 40
+        assert fast == slow[: len(fast)]
+        assert len(slow) == 300  # every host with capacity, once

@@ -27,6 +27,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from meshenc.cli.main import cli
+from services.manager.settings import ActuatorKind, ManagerSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "deploy" / "helm" / "meshenc"
@@ -89,6 +90,12 @@ CHART_VARIABLES: dict[str, frozenset[str]] = {
             "MESHENC_ENCODER_STATEFULSET",
             "MESHENC_AUTOSCALE_MIN",
             "MESHENC_AUTOSCALE_MAX",
+            "MESHENC_AUTOSCALE_HIGH_WATER",
+            "MESHENC_AUTOSCALE_LOW_WATER",
+            "MESHENC_AUTOSCALE_COOLDOWN",
+            "MESHENC_AUTOSCALE_DRAIN_GRACE",
+            "MESHENC_AUTOSCALE_DRAIN_TIMEOUT",
+            "MESHENC_AUTOSCALE_FRAME_BUDGET",
             "MESHENC_ETCD_ENDPOINTS",
             "MESHENC_ETCD_PREFIX",
             "MESHENC_ETCD_CA",
@@ -542,7 +549,9 @@ def test_addresses_name_every_registry_replica_and_the_manager_service() -> None
     )
 
 
-def test_manager_is_told_the_encoder_statefulset_and_its_scale_bounds() -> None:
+def test_manager_is_told_the_encoder_statefulset_and_its_autoscaling_policy() -> None:
+    """With autoscaling the manager gets the bounds, marks and timers, and they are settings
+    it accepts (parsed as the manager parses its environment); without, none of them."""
     manifests = rendered("autoscaling-values.yaml")
     manager = find(manifests, "Deployment", f"{RELEASE}-manager")
     (container,) = manager["spec"]["template"]["spec"]["containers"]
@@ -553,9 +562,36 @@ def test_manager_is_told_the_encoder_statefulset_and_its_scale_bounds() -> None:
         env_value(container, "MESHENC_AUTOSCALE_MAX"),
     ) == ("3", "12")
     assert env_value(container, "MESHENC_ACTUATOR") == "kubernetes"
+    policy = ManagerSettings.model_validate(
+        {
+            "actuator": ActuatorKind.KUBERNETES,
+            "encoder_statefulset": statefulset,
+            **{
+                name.removeprefix("MESHENC_").lower(): env_value(container, name)
+                for name in env_names(container)
+                if name.startswith("MESHENC_AUTOSCALE_")
+            },
+        }
+    ).autoscale_config()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["autoscaling"]
+    assert policy is not None
+    assert (policy.high_water, policy.low_water, policy.cooldown, policy.frame_budget) == (
+        values["highWater"],
+        values["lowWater"],
+        values["cooldownSeconds"],
+        values["frameBudgetSeconds"],
+    )
     default = find(rendered("default"), "Deployment", f"{RELEASE}-manager")
-    assert not {"MESHENC_AUTOSCALE_MIN", "MESHENC_AUTOSCALE_MAX"} & set(
-        env_names(default["spec"]["template"]["spec"]["containers"][0])
+    assert not {n for n in env_names(default["spec"]["template"]["spec"]["containers"][0])} & {
+        n for n in CHART_VARIABLES["manager"] if n.startswith("MESHENC_AUTOSCALE_")
+    }
+
+
+def test_autoscaling_marks_out_of_order_fail_the_render() -> None:
+    result = template("--set", "autoscaling.enabled=true", "--set-json", "autoscaling.lowWater=0.8")
+    assert result.returncode != 0
+    assert "autoscaling.lowWater (0.8) must be below autoscaling.highWater (0.75)" in (
+        result.stderr
     )
 
 
@@ -677,6 +713,10 @@ REJECTED = {
         "autoscaling.enabled=true,autoscaling.minReplicas=8,autoscaling.maxReplicas=4,"
         "encoder.replicaCount=4",
         "autoscaling.minReplicas (8) must not exceed autoscaling.maxReplicas (4)",
+    ),
+    "drain-timeout-within-grace": (
+        "autoscaling.enabled=true,autoscaling.drainTimeoutSeconds=5",
+        "autoscaling.drainTimeoutSeconds (5) must be longer than autoscaling.drainGraceSeconds",
     ),
     "replicas-outside-autoscaling": (
         "autoscaling.enabled=true,encoder.replicaCount=20",

@@ -319,6 +319,12 @@ readinessProbe:
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- $problems = append $problems (printf "autoscaling.minReplicas (%d) must not exceed autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- end }}
+{{- if and .Values.autoscaling.enabled (ge (float64 .Values.autoscaling.lowWater) (float64 .Values.autoscaling.highWater)) }}
+{{- $problems = append $problems (printf "autoscaling.lowWater (%v) must be below autoscaling.highWater (%v)" .Values.autoscaling.lowWater .Values.autoscaling.highWater) }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (le (float64 .Values.autoscaling.drainTimeoutSeconds) (float64 .Values.autoscaling.drainGraceSeconds)) }}
+{{- $problems = append $problems (printf "autoscaling.drainTimeoutSeconds (%v) must be longer than autoscaling.drainGraceSeconds (%v)" .Values.autoscaling.drainTimeoutSeconds .Values.autoscaling.drainGraceSeconds) }}
+{{- end }}
 {{- if and .Values.autoscaling.enabled (or (lt (int .Values.encoder.replicaCount) (int .Values.autoscaling.minReplicas)) (gt (int .Values.encoder.replicaCount) (int .Values.autoscaling.maxReplicas))) }}
 {{- $problems = append $problems (printf "encoder.replicaCount (%d) must lie within autoscaling.minReplicas..maxReplicas (%d..%d)" (int .Values.encoder.replicaCount) (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- end }}

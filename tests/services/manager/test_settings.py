@@ -1,0 +1,87 @@
+"""The manager's autoscaling settings: flags and environment variables in, the core's policy
+out, bad values refused by name before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from meshenc.cli.manager import manager
+from meshenc.core.planner.autoscale import AutoscaleConfig
+from services.manager.settings import ActuatorKind, ManagerSettings
+
+KUBERNETES = ["--insecure", "--actuator", "kubernetes", "--encoder-statefulset", "enc"]
+
+
+def test_autoscaling_flags_become_the_cores_policy() -> None:
+    """Both bounds turn autoscaling on, with the marks and timers given; without bounds the
+    core has no policy and never scales."""
+    settings = ManagerSettings(
+        actuator=ActuatorKind.KUBERNETES,
+        encoder_statefulset="enc",
+        autoscale_min=2,
+        autoscale_max=9,
+        autoscale_high_water=0.8,
+        autoscale_low_water=0.2,
+        autoscale_cooldown=30.0,
+    )
+    policy = settings.core_config().autoscale
+    assert policy == AutoscaleConfig(
+        min_replicas=2, max_replicas=9, high_water=0.8, low_water=0.2, cooldown=30.0
+    )
+    off = ManagerSettings(actuator=ActuatorKind.KUBERNETES, encoder_statefulset="enc")
+    assert off.core_config().autoscale is None
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--autoscale-min", "2"], {}, "--autoscale-min and --autoscale-max go together"),
+        (
+            ["--autoscale-min", "5", "--autoscale-max", "3"],
+            {},
+            "--autoscale-min must not exceed --autoscale-max",
+        ),
+        (
+            ["--autoscale-min", "1", "--autoscale-max", "3"],
+            {"MESHENC_AUTOSCALE_LOW_WATER": "0.8", "MESHENC_AUTOSCALE_HIGH_WATER": "0.7"},
+            "--autoscale-low-water must be below --autoscale-high-water",
+        ),
+        (["--autoscale-high-water", "1.5"], {}, "autoscale_high_water"),
+        (["--autoscale-cooldown", "nan"], {}, "autoscale_cooldown"),
+        (["--autoscale-cooldown", "-1"], {}, "autoscale_cooldown"),
+        (
+            ["--autoscale-drain-grace", "30", "--autoscale-drain-timeout", "20"],
+            {},
+            "--autoscale-drain-timeout must be longer than --autoscale-drain-grace",
+        ),
+    ],
+)
+def test_bad_autoscaling_settings_are_refused_by_name(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = CliRunner().invoke(manager, [*KUBERNETES, *args], env=env)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_embedded_mode_refuses_autoscaling_bounds() -> None:
+    """The launcher, not the manager, decides how many encoders run in embedded mode."""
+    result = CliRunner().invoke(
+        manager,
+        [
+            "--insecure",
+            "--actuator",
+            "embedded",
+            "--etcd",
+            "http://127.0.0.1:2379",
+            "--autoscale-min",
+            "1",
+            "--autoscale-max",
+            "3",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "autoscaling (--autoscale-min/--autoscale-max) needs the kubernetes actuator" in (
+        result.output
+    )
