@@ -72,6 +72,7 @@ from meshenc.wire.validation import (
 )
 from services.common.grpc_server import GrpcServer, open_channel
 from services.common.log_limit import LimitedLog
+from services.common.peer_limits import PeerLimits
 from services.common.retry import Backoff, retrying
 from services.common.telemetry import TraceContext
 from services.common.tls import TlsFiles, peer_identity, require_operator
@@ -351,6 +352,7 @@ class MeshLinks:
         self.dropped_esps: Counter[str] = Counter()
         #: Proposals and votes refused (reserved queue full) or lost with their link.
         self.dropped_control: Counter[str] = Counter()
+        self._invalid = LimitedLog(log)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -544,7 +546,9 @@ class MeshLinks:
                     checker.check(msg)
                 except InvalidMessage as exc:
                     session.error = exc
-                    log.warning("link %r: invalid message, ending the stream: %s", peer, exc)
+                    self._invalid.warning(
+                        peer, "link %r: invalid message, ending the stream: %s", peer, exc
+                    )
                     return
                 self._deliver(peer, msg)
         except grpc.aio.AioRpcError as exc:
@@ -669,6 +673,7 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
 
     def __init__(self, owner: MeshServer) -> None:
         self._owner = owner
+        self._refusals = LimitedLog(log)
 
     async def Exchange(  # noqa: N802 -- the gRPC method's name
         self, request_iterator: AsyncIterator[mesh_pb2.MeshMessage], context: Any
@@ -691,12 +696,12 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
         try:
             validate_set_parameters_request(request)
         except InvalidMessage as exc:
-            log.warning("SetParameters refused: %s", exc)
+            self._refusals.warning("invalid", "SetParameters refused: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             proposal_id, segment = self._owner._handler.set_parameters(request.bitrate_kbps)
         except ValueError as exc:
-            log.warning("SetParameters refused: %s", exc)
+            self._refusals.warning("refused", "SetParameters refused: %s", exc)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         log.info(
             "proposed %d kbit/s from segment %d (proposal %d)",
@@ -713,7 +718,8 @@ class MeshServer:
     Accepted Exchange streams join ``links``, so a neighbour that dialed this encoder is
     reached by ``links.send`` exactly like one this encoder dialed. With ``tls`` it serves
     mutual TLS only, a caller's Hello must name the identity in its certificate, and
-    SetParameters is the operator's.
+    SetParameters is the operator's. ``limits``: what one peer may open and send
+    (``services.common.peer_limits``).
     """
 
     def __init__(
@@ -723,6 +729,7 @@ class MeshServer:
         *,
         interceptors: Sequence[Any] = (),
         tls: TlsFiles | None = None,
+        limits: PeerLimits | None = None,
     ) -> None:
         self._handler = handler
         self._links = links
@@ -735,6 +742,7 @@ class MeshServer:
             },
             interceptors=interceptors,
             tls=tls,
+            limits=limits,
         )
         self._sessions: set[_Session] = set()
         self._stopping = False
