@@ -8,12 +8,15 @@ the services (:class:`~services.common.tls.IdentityRequired`,
 once per call before anything runs (``before``), once per request message before the servicer
 sees it (``each``), and around a call that streams in either direction (``hold_stream``).
 :func:`guard` builds the wrapped handler; a hook ends the call by ``context.abort``.
-Streaming behaviours stay async generators, so the tracing interceptors see the stream.
+A streaming behaviour that is an async generator stays one (so the tracing interceptors see the
+stream); one that answers with ``context.write`` (grpc's own health ``Watch``) stays a
+coroutine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -81,6 +84,15 @@ def guard(
         return grpc.unary_unary_rpc_method_handler(call, **codecs)
     if handler.unary_stream is not None:
         unary_stream = handler.unary_stream
+        if not inspect.isasyncgenfunction(unary_stream):  # it answers with context.write
+
+            async def written(request: Any, context: Any) -> None:
+                await start(context)
+                async with held(context):
+                    await check(request, context)
+                    await unary_stream(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(written, **codecs)
 
         async def answers(request: Any, context: Any) -> AsyncIterator[Any]:
             await start(context)
@@ -101,6 +113,14 @@ def guard(
         return grpc.stream_unary_rpc_method_handler(gather, **codecs)
     if handler.stream_stream is not None:
         stream_stream = handler.stream_stream
+        if not inspect.isasyncgenfunction(stream_stream):  # it answers with context.write
+
+            async def converse(requests: Any, context: Any) -> None:
+                await start(context)
+                async with held(context):
+                    await stream_stream(checked(requests, context), context)
+
+            return grpc.stream_stream_rpc_method_handler(converse, **codecs)
 
         async def exchange(requests: Any, context: Any) -> AsyncIterator[Any]:
             await start(context)

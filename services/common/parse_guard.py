@@ -50,7 +50,7 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
 
 
 class ParseGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """See the module docstring. Servicers' streaming methods must be async generators."""
+    """See the module docstring."""
 
     def __init__(self) -> None:
         self._log = LimitedLog(log)

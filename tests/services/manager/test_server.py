@@ -393,6 +393,26 @@ async def test_escalations_get_the_cores_verdict_with_a_published_epoch(manager:
     assert "not in the mesh" in stranger.reason
 
 
+async def test_a_health_stream_that_never_reports_is_cut_off(etcd: EtcdProcess) -> None:
+    quiet = await start_manager(etcd, first_report_timeout=0.3)
+
+    async def silence() -> AsyncIterator[manager_pb2.HealthReport]:
+        await asyncio.sleep(30)  # far longer than the test's patience
+        yield report("enc-0")
+
+    try:
+        await mesh_of(quiet, 1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(quiet.stub.ReportHealth(silence()), 5)
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "no report within 0.3 s" in (caught.value.details() or "")
+        # An encoder that reports at once is served as before.
+        ack = await quiet.stub.ReportHealth(iter([report("enc-0")]))
+        assert ack.reports_accepted == 1
+    finally:
+        await stop_manager(quiet)
+
+
 # --- standby ----------------------------------------------------------------------------------
 
 
