@@ -6,7 +6,9 @@ the services (:class:`~services.common.tls.IdentityRequired`,
 :class:`~services.common.peer_limits.PeerLimiter`,
 :class:`~services.common.parse_guard.ParseGuard`) each need the same three places to hook in:
 once per call before anything runs (``before``), once per request message before the servicer
-sees it (``each``), and around a call that streams in either direction (``hold_stream``).
+sees it (``each``), and around a call that streams in either direction (``hold_stream``); and
+:class:`~services.common.stream_end.StreamEnd` hands a stream-in call's behaviour a
+context of its own (``stream_context``).
 :func:`guard` builds the wrapped handler; a hook ends the call by ``context.abort``.
 A streaming behaviour that is an async generator stays one (so the tracing interceptors see the
 stream); one that answers with ``context.write`` (grpc's own health ``Watch``) stays a
@@ -23,7 +25,7 @@ from typing import Any
 
 import grpc
 
-__all__ = ["Before", "Each", "HoldStream", "guard"]
+__all__ = ["Before", "Each", "HoldStream", "StreamContext", "guard"]
 
 Before = Callable[[Any], Awaitable[None]]
 """``before(context)``: runs once when the call starts."""
@@ -31,6 +33,8 @@ Each = Callable[[Any, Any], Awaitable[None]]
 """``each(request, context)``: runs for every request message before the servicer gets it."""
 HoldStream = Callable[[Any], AbstractAsyncContextManager[None]]
 """``hold_stream(context)``: entered before a streaming call runs, left when it ends."""
+StreamContext = Callable[[Any, Any], Any]
+"""``stream_context(context, requests)``: the context a stream-in call's behaviour gets."""
 
 _KEEP: Any = object()
 
@@ -41,9 +45,21 @@ def guard(
     before: Before | None = None,
     each: Each | None = None,
     hold_stream: HoldStream | None = None,
+    stream_context: StreamContext | None = None,
+    write_responses: bool = False,
     request_deserializer: Any = _KEEP,
 ) -> Any:
-    """``handler`` with the hooks added; ``request_deserializer`` replaces the handler's."""
+    """``handler`` with the hooks added; ``request_deserializer`` replaces the handler's.
+
+    ``write_responses``: a behaviour that streams out becomes a coroutine that writes what the
+    inner one yields (``context.write``) and closes it, whatever ends the call, in the call's
+    own task; grpc would otherwise leave an abandoned generator to the garbage collector, which
+    closes it in another context (and the tracing interceptor's span then fails to detach,
+    with an ERROR and a traceback, per call a client cancels).
+    """
+
+    def inner(context: Any, requests: Any) -> Any:
+        return context if stream_context is None else stream_context(context, requests)
 
     async def start(context: Any) -> None:
         if before is not None:
@@ -93,13 +109,23 @@ def guard(
                     await unary_stream(request, context)
 
             return grpc.unary_stream_rpc_method_handler(written, **codecs)
+        if write_responses:
+
+            async def writing(request: Any, context: Any) -> None:
+                await start(context)
+                async with held(context):
+                    await check(request, context)
+                    await _write_all(unary_stream(request, context), context)
+
+            return grpc.unary_stream_rpc_method_handler(writing, **codecs)
 
         async def answers(request: Any, context: Any) -> AsyncIterator[Any]:
             await start(context)
             async with held(context):
                 await check(request, context)
-                async for response in unary_stream(request, context):
-                    yield response
+                async with contextlib.aclosing(unary_stream(request, context)) as responses:
+                    async for response in responses:
+                        yield response
 
         return grpc.unary_stream_rpc_method_handler(answers, **codecs)
     if handler.stream_unary is not None:
@@ -108,7 +134,7 @@ def guard(
         async def gather(requests: Any, context: Any) -> Any:
             await start(context)
             async with held(context):
-                return await stream_unary(checked(requests, context), context)
+                return await stream_unary(checked(requests, context), inner(context, requests))
 
         return grpc.stream_unary_rpc_method_handler(gather, **codecs)
     if handler.stream_stream is not None:
@@ -118,15 +144,33 @@ def guard(
             async def converse(requests: Any, context: Any) -> None:
                 await start(context)
                 async with held(context):
-                    await stream_stream(checked(requests, context), context)
+                    await stream_stream(checked(requests, context), inner(context, requests))
 
             return grpc.stream_stream_rpc_method_handler(converse, **codecs)
+        if write_responses:
+
+            async def writing_back(requests: Any, context: Any) -> None:
+                await start(context)
+                async with held(context):
+                    responses = stream_stream(checked(requests, context), inner(context, requests))
+                    await _write_all(responses, context)
+
+            return grpc.stream_stream_rpc_method_handler(writing_back, **codecs)
 
         async def exchange(requests: Any, context: Any) -> AsyncIterator[Any]:
             await start(context)
             async with held(context):
-                async for response in stream_stream(checked(requests, context), context):
-                    yield response
+                responses = stream_stream(checked(requests, context), inner(context, requests))
+                async with contextlib.aclosing(responses) as each_response:
+                    async for response in each_response:
+                        yield response
 
         return grpc.stream_stream_rpc_method_handler(exchange, **codecs)
     return handler
+
+
+async def _write_all(responses: Any, context: Any) -> None:
+    """Write every response of the async generator ``responses``; close it in this task."""
+    async with contextlib.aclosing(responses):
+        async for response in responses:
+            await context.write(response)

@@ -9,13 +9,14 @@ a whole (``""``), SERVING. ``stop`` first reports everything NOT_SERVING, so tha
 load balancers stop sending new work, then stops the server, letting running calls finish for
 ``grace`` seconds.
 
-Every server gets the tracing and metrics interceptors of ``services.common.telemetry`` (health
-checks left out), then ``PeerLimiter`` (per-peer open streams and messages per second beyond
-its :class:`~services.common.peer_limits.PeerLimits` end with RESOURCE_EXHAUSTED) and,
-innermost, ``ParseGuard`` (a request whose bytes do not parse ends its call with
-INVALID_ARGUMENT and a rate-limited log line), and every channel made by :func:`open_channel`
-the tracing ones, so each RPC is one trace from client to server and is counted by method and
-status code.
+Every server gets, outermost, ``StreamEnd`` (a stream the server ends reaches a client
+that is still sending with its status, not INTERNAL), then the tracing and metrics interceptors
+of ``services.common.telemetry`` (health checks left out), then ``PeerLimiter`` (per-peer open
+streams and messages per second beyond its :class:`~services.common.peer_limits.PeerLimits`
+end with RESOURCE_EXHAUSTED) and, innermost, ``ParseGuard`` (a request whose bytes do not
+parse ends its call with INVALID_ARGUMENT and a rate-limited log line). Every channel made by
+:func:`open_channel` gets the tracing ones, so each RPC is one trace from client to server and
+is counted by method and status code.
 
 Message sizes are bounded on both ends: a request may be at most :data:`MAX_REQUEST_BYTES`
 (a server refuses a larger one with RESOURCE_EXHAUSTED before parsing it, a channel will not
@@ -23,7 +24,7 @@ send it), an answer at most :data:`MAX_RESPONSE_BYTES` (the whole mesh's topolog
 largest).
 
 Given :class:`~services.common.tls.TlsFiles`, a server speaks mutual TLS only (client
-certificates required, ``IdentityRequired`` first among its interceptors) and a channel
+certificates required, ``IdentityRequired`` right after ``StreamEnd``) and a channel
 presents its certificate; without them both speak plaintext. Kubernetes' gRPC probes cannot
 present a certificate, so a TLS server may also serve the health service alone, in plaintext,
 on a port of its own (``health_listen``); the application services are never reachable there.
@@ -49,6 +50,7 @@ from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
 from services.common import telemetry
 from services.common.parse_guard import ParseGuard
 from services.common.peer_limits import PeerLimiter, PeerLimits
+from services.common.stream_end import StreamEnd
 from services.common.tls import IdentityRequired, TlsFiles, channel_credentials, server_credentials
 
 __all__ = [
@@ -205,6 +207,7 @@ class GrpcServer:
         #: The per-peer limits in force (its ``refused`` counts the refusals).
         self.limiter = PeerLimiter(limits)
         self._interceptors = [
+            StreamEnd(),
             *first,
             *telemetry.server_interceptors(),
             *interceptors,

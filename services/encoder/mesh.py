@@ -50,6 +50,7 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import random
@@ -271,7 +272,7 @@ class _Outbox:
 class _Session:
     """One Exchange stream with a neighbour, past both Hellos."""
 
-    __slots__ = ("ended", "error", "outbound", "outbox", "peer_id")
+    __slots__ = ("aborted", "ended", "error", "outbound", "outbox", "peer_id")
 
     def __init__(self, peer_id: str, outbox: _Outbox, *, outbound: bool) -> None:
         self.peer_id = peer_id
@@ -279,6 +280,9 @@ class _Session:
         self.outbound = outbound
         self.ended = asyncio.Event()
         self.error: InvalidMessage | None = None
+        #: A server interceptor ended the call while the reader read (the bytes did not parse,
+        #: or the peer went over its limits): the accepting handler re-raises it.
+        self.aborted: grpc.aio.AbortError | None = None
 
     def end(self) -> None:
         """Make both halves of the stream stop (the writer is woken to notice)."""
@@ -551,6 +555,8 @@ class MeshLinks:
                     )
                     return
                 self._deliver(peer, msg)
+        except grpc.aio.AbortError as exc:
+            session.aborted = exc  # the call's status is sent; the handler ends it
         except grpc.aio.AioRpcError as exc:
             log.info("link %r: stream ended: %s %s", peer, exc.code().name, exc.details())
         except Exception as exc:  # the server's request iterator reports cancellation so
@@ -849,6 +855,14 @@ class MeshServer:
             yield mesh_pb2.MeshMessage(hello=hello)
             async for msg in self._links._outbound(session):
                 yield msg
+            # The reader may be ending the call right now (a guard refused what it read):
+            # let it finish, so that its abort is re-raised here and not lost.
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            if session.aborted is not None:
+                self.refused[peer] += 1
+                raise session.aborted
             if session.error is not None:
                 self.refused[peer] += 1
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(session.error))
