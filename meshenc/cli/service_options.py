@@ -92,8 +92,8 @@ def peer_limit_options(command: F) -> F:
             type=int,
             default=DEFAULT_MAX_STREAMS,
             show_default=True,
-            help="Streams one peer (a certificate's identity; in plaintext, an IP address) may "
-            "have open at once; more are refused with RESOURCE_EXHAUSTED.",
+            help="Streams one peer (a certificate's identity at an IP address; in plaintext, "
+            "the IP address) may have open at once; more are refused with RESOURCE_EXHAUSTED.",
         ),
         click.option(
             "--max-messages-per-peer",

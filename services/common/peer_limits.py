@@ -13,9 +13,11 @@ interceptor of every meshenc server, keeps per peer:
 
 Either refusal is RESOURCE_EXHAUSTED with one log line per kind every 10 s (``LimitedLog``).
 
-A peer is the identity in its certificate under mutual TLS (every connection of an encoder is
-one peer), and the caller's IP address in plaintext (there is no identity; every process of one
-host is then one peer, so a host running many encoders in plaintext may need higher limits).
+A peer is the identity in its certificate at the caller's IP address under mutual TLS (every
+connection of an encoder is one peer; the registry nodes, which share one identity, are one
+peer per host), and the caller's IP address alone in plaintext (there is no identity; every
+process of one host is then one peer, so a host running many encoders in plaintext may need
+higher limits).
 The defaults leave an order of magnitude of room above what an honest peer sends: one Exchange
 stream per neighbour carrying about one ESP per frame, one health report a second.
 """
@@ -78,15 +80,13 @@ class PeerLimits(BaseModel):
 
 
 def peer_key(context: Any) -> str:
-    """Who is calling, for the limits: the certificate's identity, else the caller's IP
-    address (``ipv4:127.0.0.1``, ``ipv6:[::1]``)."""
-    identity = peer_identity(context)
-    if identity is not None:
-        return identity
+    """Who is calling, for the limits: the certificate's identity at the caller's IP address
+    (``e1@ipv4:10.0.0.7``), or the address alone in plaintext (``ipv6:[::1]``)."""
     address = str(context.peer())
     if address.startswith(("ipv4:", "ipv6:")):
-        return address.rpartition(":")[0]
-    return address
+        address = address.rpartition(":")[0]
+    identity = peer_identity(context)
+    return address if identity is None else f"{identity}@{address}"
 
 
 @dataclass(slots=True)

@@ -1,17 +1,20 @@
-"""Per-peer limits and message sizes on a real server: ``GrpcServer`` on 127.0.0.1, whose own
-health service (a unary ``Check``, a streaming ``Watch``) is the traffic."""
+"""Per-peer limits and message sizes on a real server: ``GrpcServer`` on 127.0.0.1 (in
+plaintext, and with mutual TLS and real certificates), whose own health service (a unary
+``Check``, a streaming ``Watch``) is the traffic."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
+from services.common.certs import make_certificates
 from services.common.grpc_server import MAX_REQUEST_BYTES, GrpcServer, open_channel
 from services.common.peer_limits import PeerLimits
 
@@ -114,3 +117,40 @@ async def health_check(channel: Any) -> None:
         health_pb2.HealthCheckRequest(), timeout=5
     )
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_under_mutual_tls_each_identity_has_its_own_budget(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "certs", ["server", "e1", "e2"])
+
+    async def main() -> None:
+        server = GrpcServer({}, limits=PeerLimits(max_streams=1), tls=certs.files("server"))
+        port = await server.start("127.0.0.1:0")
+        channels = {
+            name: open_channel(f"127.0.0.1:{port}", tls=certs.files(name), server_name="server")
+            for name in ("e1", "e2")
+        }
+        try:
+            watches = []
+            for name, expected in (
+                ("e1", "SERVING"),
+                ("e1", "RESOURCE_EXHAUSTED"),
+                ("e2", "SERVING"),
+            ):
+                watch = health_pb2_grpc.HealthStub(channels[name]).Watch(
+                    health_pb2.HealthCheckRequest()
+                )
+                watches.append(watch)
+                try:
+                    answer = await first_answer(watch)
+                    got = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+                except grpc.aio.AioRpcError as exc:
+                    got = exc.code().name
+                assert got == expected, name
+            for watch in watches:
+                watch.cancel()
+        finally:
+            for channel in channels.values():
+                await channel.close()
+            await server.stop(0)
+
+    asyncio.run(asyncio.wait_for(main(), 10.0))
