@@ -8,7 +8,9 @@ invalid message followed by a few more. :class:`StreamEnd`, the outermost interc
 every server, hands a stream-in call's servicer a context whose ``abort`` first reads and
 discards what the client already sent (until it half-closes, for at most ``DRAIN_SECONDS`` and
 ``DRAIN_MESSAGES``) and then aborts: a client that stops sending, or half-closes, gets the real
-status; one that keeps on sending past the bound may still see INTERNAL.
+status; one that keeps on sending past the bound may still see INTERNAL, as may one whose
+stream ends without an abort while it sends (an ``Exchange`` replaced by a newer stream of the
+same encoder): the fuzz test met one such INTERNAL in 10,000 ``Exchange`` inputs.
 
 When a client cancels a call that streams out, grpc leaves the servicer's response generator
 to the garbage collector, which closes it later in another context; the tracing interceptor's
@@ -54,11 +56,11 @@ class _DrainingContext:
                 return
 
     async def abort(self, code: grpc.StatusCode, details: str = "", *args: Any) -> None:
-        # A read already under way elsewhere (RuntimeError), or a call already ending: abort.
-        with contextlib.suppress(
-            TimeoutError, RuntimeError, grpc.RpcError, asyncio.InvalidStateError
-        ):
-            await asyncio.wait_for(self._drain(), DRAIN_SECONDS)
+        # Best effort: a read already under way elsewhere (RuntimeError), a call already ending
+        # (grpc's errors), the bound reached (TimeoutError): abort as it is.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(DRAIN_SECONDS):
+                await self._drain()
         await self._context.abort(code, details, *args)
 
 

@@ -15,7 +15,11 @@ FAILED_PRECONDITION. Each refusal is counted; its log line is written at most on
 every 10 s (``LimitedLog``), so a flood of bad calls cannot flood the log. The dialer checks
 the acceptor's Hello the same way and also that it comes from the neighbour it meant to reach
 (under mutual TLS the acceptor's certificate must also carry that neighbour's name).
-SetParameters is refused with PERMISSION_DENIED unless the caller is the operator.
+SetParameters is refused with PERMISSION_DENIED unless the caller is the operator. Bytes that
+do not parse, per-peer limits and message sizes are the server shell's business
+(``services.common.grpc_server``); when one of its guards ends a stream while the reader reads,
+the reader hands the abort to the call, which re-raises it. Every status code:
+docs/hostile-input.md.
 
 Every received message passes ``ExchangeStreamChecker`` (which applies
 ``meshenc.wire.validation``) before it is converted to a core dataclass and handed to the
@@ -785,7 +789,10 @@ class MeshServer:
         incoming = aiter(requests)
         timeout = self._links._handshake_timeout
         try:
-            first = await asyncio.wait_for(anext(incoming), timeout)
+            # asyncio.timeout, not wait_for: no task of its own, whose failure (a guard ending
+            # the call as the client goes away) nobody would collect.
+            async with asyncio.timeout(timeout):
+                first = await anext(incoming)
         except StopAsyncIteration:
             return
         except TimeoutError:

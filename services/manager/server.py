@@ -124,7 +124,10 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
         accepted = 0
         reports = aiter(request_iterator)
         try:
-            first = await asyncio.wait_for(anext(reports), self._first_report_timeout)
+            # asyncio.timeout, not wait_for: no task of its own, whose failure (a guard ending
+            # the call as the client goes away) nobody would collect.
+            async with asyncio.timeout(self._first_report_timeout):
+                first = await anext(reports)
         except StopAsyncIteration:
             return manager_pb2.HealthAck(reports_accepted=0, topology_epoch=shell.epoch)
         except TimeoutError:
