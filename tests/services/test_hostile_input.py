@@ -10,10 +10,10 @@ of its own, so that oversized requests reach the server).
 Each RPC gets valid requests, valid ones with random field values (out-of-range numbers, huge
 strings, unknown enum values), requests with every field random, byte-level mutations of valid
 serialised ones (bit flips, insertions, deletions, truncations) and random bytes; streams get
-sequences of them, usually after a valid Hello or first report. Every answer must be OK or a
-status code that docs/hostile-input.md lists for that RPC (the table is read from there), no
-log line may be an ERROR or carry a traceback, and afterwards the service must answer a valid
-request with its state intact.
+sequences of them, usually after a Hello or first report (valid, or itself mutated). Every
+answer must be OK or a status code that docs/hostile-input.md lists for that RPC (the table is
+read from there), no log line may be an ERROR or carry a traceback, and afterwards the service
+must answer a valid request with its state intact.
 
 ``MESHENC_FUZZ_EXAMPLES`` sets the inputs per RPC (1,000 by default, what ``make test`` runs;
 ``make fuzz`` runs 10,000). ``MESHENC_FUZZ_REPORT`` names a JSON file to write the counts and
@@ -445,7 +445,8 @@ def _mesh_messages() -> st.SearchStrategy[Message]:
     )
 
 
-HELLO = mesh_pb2.MeshMessage(hello=hello(OPERATOR)).SerializeToString()
+HELLO_MESSAGE = mesh_pb2.MeshMessage(hello=hello(OPERATOR))
+HELLO = HELLO_MESSAGE.SerializeToString()
 VALID: dict[str, st.SearchStrategy[Message]] = {
     "EncoderMesh/Exchange": _mesh_messages(),
     "EncoderMesh/GetState": st.just(mesh_pb2.GetStateRequest()),
@@ -516,16 +517,25 @@ REQUEST_TYPES: dict[str, type[Message]] = {
     "Registry/FindValue": registry_pb2.FindValueRequest,
     "Registry/Store": registry_pb2.StoreRequest,
 }
-FIRST_REPORT = manager_pb2.HealthReport(
+FIRST_REPORT_MESSAGE = manager_pb2.HealthReport(
     encoder_id=OPERATOR, sent_unix_ns=NOW_NS, confidence=0.9
-).SerializeToString()
+)
 
 
-def stream_of(rpc: str, first: bytes) -> st.SearchStrategy[list[bytes]]:
-    """Sequences of fuzzed messages, after a valid first one three times out of four."""
+def stream_of(rpc: str, first: Message) -> st.SearchStrategy[list[bytes]]:
+    """Sequences of fuzzed messages, after a first one (the stream's Hello or first report)
+    three times out of four: valid, or with random fields (another sender, another protocol
+    version, ...), or its bytes mutated."""
+    valid = first.SerializeToString()
+    firsts = st.one_of(
+        st.just(valid),
+        st.just(valid),
+        mutated(st.just(first)).map(lambda m: m.SerializeToString()),
+        byte_mutated(st.just(first)),
+    )
     fuzzed = st.lists(request_bytes(rpc), min_size=0, max_size=3)
-    return st.tuples(st.integers(0, 3), fuzzed).map(
-        lambda pair: ([first] if pair[0] else []) + pair[1]
+    return st.tuples(st.integers(0, 3), firsts, fuzzed).map(
+        lambda drawn: ([drawn[1]] if drawn[0] else []) + drawn[2]
     )
 
 
@@ -658,7 +668,7 @@ def test_exchange_answers_only_documented_codes(
         return await send_exchange(world, requests)
 
     with caplog.at_level(logging.WARNING):
-        fuzz(world, "EncoderMesh/Exchange", stream_of("EncoderMesh/Exchange", HELLO), send)
+        fuzz(world, "EncoderMesh/Exchange", stream_of("EncoderMesh/Exchange", HELLO_MESSAGE), send)
         check_intact(world, "EncoderMesh")
     assert_clean_log(caplog)
 
@@ -672,7 +682,7 @@ def test_report_health_answers_only_documented_codes(
         return await send_stream_in(world, rpc, requests)
 
     with caplog.at_level(logging.WARNING):
-        fuzz(world, rpc, stream_of(rpc, FIRST_REPORT), send)
+        fuzz(world, rpc, stream_of(rpc, FIRST_REPORT_MESSAGE), send)
         check_intact(world, "MeshManager")
     assert_clean_log(caplog)
 
