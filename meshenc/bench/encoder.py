@@ -41,6 +41,7 @@ child process is ffmpeg, waited for or killed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import shutil
@@ -48,7 +49,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -78,6 +79,7 @@ from meshenc.core.timecode import FrameRate
 from meshenc.v1 import mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.validation import ExchangeStreamChecker
+from services.common.tls import TlsFiles
 from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
 from services.encoder.media.segments import SegmentWriter
 from services.encoder.media.source import SyntheticSource, VideoFormat
@@ -94,9 +96,13 @@ __all__ = [
     "EncoderResult",
     "EncoderSize",
     "LatencyResult",
+    "LinkedPair",
     "default_bitrate",
+    "esp_delays",
     "ffmpeg_binary",
     "ffmpeg_command",
+    "latency_esp",
+    "linked_pair",
     "measure_encoder",
     "measure_latency",
     "parse_sizes",
@@ -638,7 +644,8 @@ class _LatencyNode:
         raise ValueError("the latency benchmark changes no parameters")
 
 
-def _latency_esp(sender: str, sequence: int, now: float) -> EncodingStatePacket:
+def latency_esp(sender: str, sequence: int, now: float) -> EncodingStatePacket:
+    """A valid ESP of ``sender`` stamped ``now`` (host clock) as it is sent."""
     return EncodingStatePacket(
         sender=sender,
         sequence=sequence,
@@ -698,14 +705,32 @@ async def _send_at_rate(links: MeshLinks, sender: str, peer: str, count: int) ->
         delay = start + (sequence - 1) * FRAME_RATE.period - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        queued += links.send(peer, _latency_esp(sender, sequence, time.time()))
+        queued += links.send(peer, latency_esp(sender, sequence, time.time()))
     return queued
 
 
-async def _latency(count: int) -> LatencyResult:
+@dataclass(frozen=True, slots=True)
+class LinkedPair:
+    """Two mesh nodes, "a" and "b", linked over real gRPC on 127.0.0.1 (see :func:`linked_pair`)."""
+
+    nodes: tuple[_LatencyNode, _LatencyNode]
+    links: tuple[MeshLinks, MeshLinks]
+
+
+@contextlib.asynccontextmanager
+async def linked_pair(tls: Mapping[str, TlsFiles] | None = None) -> AsyncIterator[LinkedPair]:
+    """Serve and link two mesh nodes as encoders are ("a" dials "b"); mutual TLS with
+    ``tls["a"]`` and ``tls["b"]`` (certificates naming "a" and "b"), plaintext without.
+
+    Raises:
+        BenchError: they did not link up within ``LINK_TIMEOUT``.
+    """
     nodes = (_LatencyNode("a", "b"), _LatencyNode("b", "a"))
-    links = [MeshLinks(node) for node in nodes]
-    servers = [MeshServer(node, link) for node, link in zip(nodes, links, strict=True)]
+    links = tuple(MeshLinks(n, tls=None if tls is None else tls[n.node_id]) for n in nodes)
+    servers = [
+        MeshServer(node, link, tls=None if tls is None else tls[node.node_id])
+        for node, link in zip(nodes, links, strict=True)
+    ]
     try:
         ports = [await server.start("127.0.0.1:0") for server in servers]
         links[0].set_peers({"b": f"127.0.0.1:{ports[1]}"})
@@ -714,16 +739,29 @@ async def _latency(count: int) -> LatencyResult:
             lambda: links[0].connected("b") and links[1].connected("a"), LINK_TIMEOUT
         ):
             raise BenchError(f"the two mesh nodes did not link up within {LINK_TIMEOUT:.0f} s")
-        queued = await asyncio.gather(
-            _send_at_rate(links[0], "a", "b", count), _send_at_rate(links[1], "b", "a", count)
-        )
-        await _until(lambda: sum(len(n.arrivals) for n in nodes) >= sum(queued), DRAIN_TIMEOUT)
+        yield LinkedPair(nodes, (links[0], links[1]))
     finally:
         for link in links:
             await link.close()
         for server in servers:
             await server.stop(grace=0.5)
-    delays = [(received - sent) * 1e3 for node in nodes for sent, received in node.arrivals]
+
+
+async def esp_delays(pair: LinkedPair, count: int) -> list[float]:
+    """Send ``count`` ESPs each way at the frame rate; the send→receive delays (ms) of those
+    that arrived (the nodes' earlier arrivals are forgotten first)."""
+    for node in pair.nodes:
+        node.arrivals.clear()
+    queued = await asyncio.gather(
+        _send_at_rate(pair.links[0], "a", "b", count), _send_at_rate(pair.links[1], "b", "a", count)
+    )
+    await _until(lambda: sum(len(n.arrivals) for n in pair.nodes) >= sum(queued), DRAIN_TIMEOUT)
+    return [(received - sent) * 1e3 for node in pair.nodes for sent, received in node.arrivals]
+
+
+async def _latency(count: int) -> LatencyResult:
+    async with linked_pair() as pair:
+        delays = await esp_delays(pair, count)
     if not delays:
         raise BenchError("no ESP arrived over gRPC")
     return LatencyResult(

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from meshenc.bench import dht, encoder, failover, ingest, live, plan
+from meshenc.bench import dht, encoder, failover, ingest, live, plan, tls
 from meshenc.bench.results import BenchError, BenchResult, Progress
 from meshenc.bench.strategies import compare_sizes, lockin_at_rates, lockin_sweep, wan_comparison
 from meshenc.bench.worlds import BROADCAST_RATES
@@ -401,6 +401,36 @@ def bench_ingest(
     """
     try:
         result = ingest.run_ingest_bench(sizes, frames, repeats, progress=_progress())
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _show(result, out, as_json=as_json)
+
+
+@bench.command("tls")
+@_repeats
+@click.option(
+    "--esps",
+    type=click.IntRange(10, 18_000),
+    default=150,
+    show_default=True,
+    help="ESPs sent each way at 30/s per run, for the latency.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(0.2, 60.0),
+    default=2.0,
+    show_default=True,
+    help="Seconds of sending with an outbox's worth of ESPs in flight, per run (throughput).",
+)
+@output_options
+def bench_tls(repeats: int, esps: int, seconds: float, as_json: bool, out: Path | None) -> None:
+    """ESP throughput and send→receive latency between two mesh nodes, mutual TLS off and on.
+
+    Real MeshServer and MeshLinks over gRPC on 127.0.0.1, runs of each mode interleaved;
+    medians and percentiles per mode, and the ratio on/off.
+    """
+    try:
+        result = tls.run_tls_bench(repeats, esps, seconds, progress=_progress())
     except BenchError as exc:
         raise click.ClickException(str(exc)) from exc
     _show(result, out, as_json=as_json)

@@ -19,6 +19,8 @@ from meshenc.cli.service_options import (
     health_listen_option,
     log_level_option,
     metrics_listen_option,
+    peer_limit_options,
+    peer_limits,
     service_telemetry,
     settings_error,
     tls_files,
@@ -254,6 +256,7 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     help="The pod's namespace (--topology kubernetes).",
 )
 @health_listen_option
+@peer_limit_options
 @tls_options
 @log_level_option
 def encoder(
@@ -296,6 +299,8 @@ def encoder(
     registry_ttl: float,
     namespace: str,
     health_listen: str | None,
+    max_streams_per_peer: int,
+    max_messages_per_peer: float,
     tls_ca: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -367,6 +372,7 @@ def encoder(
             namespace=namespace,
             tls=tls,
             health_listen=health_listen or None,
+            peer_limits=peer_limits(max_streams_per_peer, max_messages_per_peer),
         )
     except (ValidationError, ValueError) as exc:
         raise settings_error(exc) from exc

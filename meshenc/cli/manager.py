@@ -19,6 +19,8 @@ from meshenc.cli.service_options import (
     health_listen_option,
     log_level_option,
     metrics_listen_option,
+    peer_limit_options,
+    peer_limits,
     service_telemetry,
     settings_error,
     tls_files,
@@ -151,6 +153,7 @@ from services.manager.settings import (
     help="Work to place, CHANNEL/RENDITION,... (each on two encoders).",
 )
 @health_listen_option
+@peer_limit_options
 @tls_options
 @metrics_listen_option
 @log_level_option
@@ -180,6 +183,8 @@ def manager(
     reconnect_grace: float,
     work_units: str,
     health_listen: str | None,
+    max_streams_per_peer: int,
+    max_messages_per_peer: float,
     tls_ca: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -229,6 +234,7 @@ def manager(
             metrics_listen=metrics_listen,
             tls=tls,
             health_listen=health_listen or None,
+            peer_limits=peer_limits(max_streams_per_peer, max_messages_per_peer),
         )
     except (ValidationError, ValueError) as exc:
         raise settings_error(exc) from exc

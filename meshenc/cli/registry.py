@@ -17,6 +17,8 @@ from meshenc.cli.service_options import (
     health_listen_option,
     log_level_option,
     metrics_listen_option,
+    peer_limit_options,
+    peer_limits,
     service_telemetry,
     settings_error,
     tls_files,
@@ -72,6 +74,7 @@ from services.registry.settings import RegistrySettings, parse_seeds
     help="Lookup requests in flight.",
 )
 @health_listen_option
+@peer_limit_options
 @tls_options
 @metrics_listen_option
 @log_level_option
@@ -83,6 +86,8 @@ def registry(
     k: int,
     alpha: int,
     health_listen: str | None,
+    max_streams_per_peer: int,
+    max_messages_per_peer: float,
     tls_ca: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -110,6 +115,7 @@ def registry(
             metrics_listen=metrics_listen or None,
             tls=tls,
             health_listen=health_listen or None,
+            peer_limits=peer_limits(max_streams_per_peer, max_messages_per_peer),
         )
     except (ValidationError, ValueError) as exc:
         raise settings_error(exc) from exc

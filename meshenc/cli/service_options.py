@@ -10,7 +10,9 @@
   address that cannot be served (a taken port) reported as a clean error, not a traceback;
 - :func:`tls_options` and :func:`tls_files`: mutual TLS (``--tls-ca``, ``--tls-cert``,
   ``--tls-key``) or, only when asked for, plaintext (``--insecure``), for services and for the
-  commands that call them; :data:`health_listen_option`, the plaintext health-only port.
+  commands that call them; :data:`health_listen_option`, the plaintext health-only port;
+- :func:`peer_limit_options` and :func:`peer_limits`: what one peer may open and send
+  (``--max-streams-per-peer``, ``--max-messages-per-peer``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from pydantic import ValidationError
 
 from services.common import telemetry
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, parse_endpoints
+from services.common.peer_limits import (
+    DEFAULT_MAX_MESSAGES_PER_SECOND,
+    DEFAULT_MAX_STREAMS,
+    PeerLimits,
+)
 from services.common.tls import TlsFiles
 
 __all__ = [
@@ -35,6 +42,8 @@ __all__ = [
     "health_listen_option",
     "log_level_option",
     "metrics_listen_option",
+    "peer_limit_options",
+    "peer_limits",
     "service_telemetry",
     "settings_error",
     "tls_files",
@@ -71,6 +80,45 @@ health_listen_option = click.option(
 )
 """``--health-listen``: the plaintext port that serves ``grpc.health.v1.Health`` and nothing
 else."""
+
+
+def peer_limit_options(command: F) -> F:
+    """``--max-streams-per-peer`` and ``--max-messages-per-peer`` (read by
+    :func:`peer_limits`)."""
+    options = [
+        click.option(
+            "--max-streams-per-peer",
+            envvar="MESHENC_MAX_STREAMS_PER_PEER",
+            type=int,
+            default=DEFAULT_MAX_STREAMS,
+            show_default=True,
+            help="Streams one peer (a certificate's identity at an IP address; in plaintext, "
+            "the IP address) may have open at once; more are refused with RESOURCE_EXHAUSTED.",
+        ),
+        click.option(
+            "--max-messages-per-peer",
+            envvar="MESHENC_MAX_MESSAGES_PER_PEER",
+            type=float,
+            default=DEFAULT_MAX_MESSAGES_PER_SECOND,
+            show_default=True,
+            help="Request messages per second one peer may send (bursts of two seconds' "
+            "worth); a call that goes beyond ends with RESOURCE_EXHAUSTED.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def peer_limits(max_streams_per_peer: int, max_messages_per_peer: float) -> PeerLimits:
+    """The limits the flags name.
+
+    Raises:
+        ValidationError: a limit out of range (see :func:`settings_error`).
+    """
+    return PeerLimits(
+        max_streams=max_streams_per_peer, max_messages_per_second=max_messages_per_peer
+    )
 
 
 def tls_options(command: F) -> F:

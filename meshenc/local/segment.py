@@ -26,6 +26,7 @@ import grpc
 from meshenc.local.ports import free_ports
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from services.common.etcd import DEFAULT_LEASE_TTL
+from services.common.grpc_server import MESSAGE_SIZE_OPTIONS
 from services.encoder.leadership import SegmentKeys, decode_act, decode_leader
 
 __all__ = ["LocalSegment", "SegmentWatch"]
@@ -148,7 +149,9 @@ class LocalSegment:
         """GetState of every running member that answers in time."""
 
         async def ask(name: str) -> mesh_pb2.EncoderState | None:
-            async with grpc.aio.insecure_channel(self.address(name)) as channel:
+            async with grpc.aio.insecure_channel(
+                self.address(name), options=list(MESSAGE_SIZE_OPTIONS)
+            ) as channel:
                 try:
                     state: mesh_pb2.EncoderState = await mesh_pb2_grpc.EncoderMeshStub(
                         channel

@@ -9,14 +9,22 @@ a whole (``""``), SERVING. ``stop`` first reports everything NOT_SERVING, so tha
 load balancers stop sending new work, then stops the server, letting running calls finish for
 ``grace`` seconds.
 
-Every server gets the tracing and metrics interceptors of ``services.common.telemetry`` (health
-checks left out) and, innermost, ``ParseGuard`` (a request whose bytes do not parse ends its
-call with INVALID_ARGUMENT and a rate-limited log line), and every channel made by
-:func:`open_channel` the tracing ones, so each RPC is one trace from client to server and
+Every server gets, outermost, ``StreamEnd`` (a stream the server ends reaches a client
+that is still sending with its status, not INTERNAL), then the tracing and metrics interceptors
+of ``services.common.telemetry`` (health checks left out), then ``PeerLimiter`` (per-peer open
+streams and messages per second beyond its :class:`~services.common.peer_limits.PeerLimits`
+end with RESOURCE_EXHAUSTED) and, innermost, ``ParseGuard`` (a request whose bytes do not
+parse ends its call with INVALID_ARGUMENT and a rate-limited log line). Every channel made by
+:func:`open_channel` gets the tracing ones, so each RPC is one trace from client to server and
 is counted by method and status code.
 
+Message sizes are bounded on both ends: a request may be at most :data:`MAX_REQUEST_BYTES`
+(a server refuses a larger one with RESOURCE_EXHAUSTED before parsing it, a channel will not
+send it), an answer at most :data:`MAX_RESPONSE_BYTES` (the whole mesh's topology is the
+largest).
+
 Given :class:`~services.common.tls.TlsFiles`, a server speaks mutual TLS only (client
-certificates required, ``IdentityRequired`` first among its interceptors) and a channel
+certificates required, ``IdentityRequired`` right after ``StreamEnd``) and a channel
 presents its certificate; without them both speak plaintext. Kubernetes' gRPC probes cannot
 present a certificate, so a TLS server may also serve the health service alone, in plaintext,
 on a port of its own (``health_listen``); the application services are never reachable there.
@@ -41,6 +49,8 @@ from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
 
 from services.common import telemetry
 from services.common.parse_guard import ParseGuard
+from services.common.peer_limits import PeerLimiter, PeerLimits
+from services.common.stream_end import StreamEnd
 from services.common.tls import IdentityRequired, TlsFiles, channel_credentials, server_credentials
 
 __all__ = [
@@ -48,6 +58,9 @@ __all__ = [
     "CLIENT_KEEPALIVE_TIMEOUT_MS",
     "CLIENT_KEEPALIVE_TIME_MS",
     "MAX_RECONNECT_BACKOFF_MS",
+    "MAX_REQUEST_BYTES",
+    "MAX_RESPONSE_BYTES",
+    "MESSAGE_SIZE_OPTIONS",
     "SERVER_KEEPALIVE_TIMEOUT_MS",
     "SERVER_KEEPALIVE_TIME_MS",
     "SERVER_MIN_PING_INTERVAL_MS",
@@ -77,6 +90,13 @@ MAX_RECONNECT_BACKOFF_MS: Final = 2_000
 if CLIENT_KEEPALIVE_TIME_MS < SERVER_MIN_PING_INTERVAL_MS:  # pragma: no cover - a constant
     raise AssertionError("clients would ping more often than servers permit (too_many_pings)")
 
+MAX_REQUEST_BYTES: Final = 1 << 20
+"""The largest request message (1 MiB) a server takes and a channel sends; the largest valid
+one, an escalation with every vote and trace context at its maximum, is about a third of it."""
+MAX_RESPONSE_BYTES: Final = 16 << 20
+"""The largest answer (16 MiB) a server sends and a channel takes: the topology of a mesh of
+tens of thousands of encoders."""
+
 Option = tuple[str, int]
 
 SERVER_OPTIONS: Final[tuple[Option, ...]] = (
@@ -88,6 +108,8 @@ SERVER_OPTIONS: Final[tuple[Option, ...]] = (
     ("grpc.http2.min_time_between_pings_ms", SERVER_MIN_PING_INTERVAL_MS),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
 )
 """Options of every meshenc server (``grpc.aio.server(options=...)``)."""
 
@@ -108,7 +130,14 @@ CHANNEL_OPTIONS: Final[tuple[Option, ...]] = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 )
-"""Options of every channel to a meshenc server; they match :data:`SERVER_OPTIONS`."""
+"""Options of every channel (to a meshenc server, and to etcd); they match
+:data:`SERVER_OPTIONS`."""
+
+MESSAGE_SIZE_OPTIONS: Final[tuple[Option, ...]] = (
+    ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+    ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
+)
+"""The message sizes of every channel to a meshenc server (:func:`open_channel`)."""
 
 Registrar = Callable[[Any], None]
 """Adds one servicer to a ``grpc.aio.Server`` (e.g. a bound ``add_XServicer_to_server``)."""
@@ -140,9 +169,9 @@ def open_channel(
     tracing ones (``services.common.telemetry``).
     """
     every = [*telemetry.client_interceptors(), *interceptors]
+    options: list[tuple[str, Any]] = [*CHANNEL_OPTIONS, *MESSAGE_SIZE_OPTIONS]
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=list(CHANNEL_OPTIONS), interceptors=every)
-    options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=every)
     if server_name is not None:
         options.append(("grpc.ssl_target_name_override", server_name))
     return grpc.aio.secure_channel(
@@ -161,6 +190,7 @@ class GrpcServer:
         options: server options; :data:`SERVER_OPTIONS` unless a test needs otherwise.
         tls: serve mutual TLS with these files (client certificates required); plaintext
             when None.
+        limits: what one peer may open and send (:class:`PeerLimits`' defaults when None).
     """
 
     def __init__(
@@ -170,13 +200,18 @@ class GrpcServer:
         interceptors: Sequence[Any] = (),
         options: Sequence[Option] = SERVER_OPTIONS,
         tls: TlsFiles | None = None,
+        limits: PeerLimits | None = None,
     ) -> None:
         self._services = dict(services)
         first = [IdentityRequired()] if tls is not None else []
+        #: The per-peer limits in force (its ``refused`` counts the refusals).
+        self.limiter = PeerLimiter(limits)
         self._interceptors = [
+            StreamEnd(),
             *first,
             *telemetry.server_interceptors(),
             *interceptors,
+            self.limiter,
             ParseGuard(),
         ]
         self._options = list(options)

@@ -18,6 +18,7 @@ from typing import Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
+from services.common.grpc_server import MESSAGE_SIZE_OPTIONS
 from services.common.tls import TlsFiles, channel_credentials
 
 __all__ = ["EXIT_NOT_SERVING", "EXIT_NO_ANSWER", "EXIT_SERVING", "check_health"]
@@ -46,11 +47,13 @@ def check_health(
     """
     subject = f"{address} {service or '(server)'}"
     # gRPC's default channel options, not the mesh links' fast-reconnect ones: a connection
-    # that does not complete within the timeout is "no answer", not "cannot reach".
+    # that does not complete within the timeout is "no answer", not "cannot reach". The
+    # message sizes are every meshenc channel's.
+    options = list(MESSAGE_SIZE_OPTIONS)
     channel = (
-        grpc.insecure_channel(address)
+        grpc.insecure_channel(address, options=options)
         if tls is None
-        else grpc.secure_channel(address, channel_credentials(tls))
+        else grpc.secure_channel(address, channel_credentials(tls), options=options)
     )
     with channel:
         stub = health_pb2_grpc.HealthStub(channel)

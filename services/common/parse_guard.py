@@ -13,13 +13,14 @@ it on a stream was handled as usual; nothing of the bad message reaches the serv
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from services.common.call_guard import guard
 from services.common.log_limit import LimitedLog
 
 __all__ = ["ParseGuard", "Unparsable"]
@@ -49,7 +50,7 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
 
 
 class ParseGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """See the module docstring. Servicers' streaming methods must be async generators."""
+    """See the module docstring."""
 
     def __init__(self) -> None:
         self._log = LimitedLog(log)
@@ -62,57 +63,14 @@ class ParseGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             grpc.StatusCode.INVALID_ARGUMENT, f"the request does not parse: {bad.error}"
         )
 
-    def _checked(self, method: str, requests: Any, context: Any) -> AsyncIterator[Any]:
-        async def checked() -> AsyncIterator[Any]:
-            async for request in requests:
-                if isinstance(request, Unparsable):
-                    await self._refuse(method, request, context)
-                yield request
-
-        return checked()
-
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = await continuation(details)
         if handler is None:
             return handler
         method = details.method
-        codecs = {
-            "request_deserializer": _safe(handler.request_deserializer),
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            unary_unary = handler.unary_unary
 
-            async def call(request: Any, context: Any) -> Any:
-                if isinstance(request, Unparsable):
-                    await self._refuse(method, request, context)
-                return await unary_unary(request, context)
+        async def each(request: Any, context: Any) -> None:
+            if isinstance(request, Unparsable):
+                await self._refuse(method, request, context)
 
-            return grpc.unary_unary_rpc_method_handler(call, **codecs)
-        if handler.unary_stream is not None:
-            unary_stream = handler.unary_stream
-
-            async def answers(request: Any, context: Any) -> AsyncIterator[Any]:
-                if isinstance(request, Unparsable):
-                    await self._refuse(method, request, context)
-                async for response in unary_stream(request, context):
-                    yield response
-
-            return grpc.unary_stream_rpc_method_handler(answers, **codecs)
-        if handler.stream_unary is not None:
-            stream_unary = handler.stream_unary
-
-            async def gather(requests: Any, context: Any) -> Any:
-                return await stream_unary(self._checked(method, requests, context), context)
-
-            return grpc.stream_unary_rpc_method_handler(gather, **codecs)
-        if handler.stream_stream is not None:
-            stream_stream = handler.stream_stream
-
-            async def exchange(requests: Any, context: Any) -> AsyncIterator[Any]:
-                checked = self._checked(method, requests, context)
-                async for response in stream_stream(checked, context):
-                    yield response
-
-            return grpc.stream_stream_rpc_method_handler(exchange, **codecs)
-        return handler
+        return guard(handler, each=each, request_deserializer=_safe(handler.request_deserializer))

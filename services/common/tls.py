@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -33,6 +33,7 @@ from typing import Any, Final
 import grpc
 
 from meshenc.wire.validation import MAX_ID_LENGTH
+from services.common.call_guard import guard
 from services.common.log_limit import LimitedLog
 
 __all__ = [
@@ -197,42 +198,4 @@ class IdentityRequired(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     f"{method}: the client certificate names no {IDENTITY_SCHEME} identity",
                 )
 
-        codecs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            unary_unary = handler.unary_unary
-
-            async def call(request: Any, context: Any) -> Any:
-                await check(context)
-                return await unary_unary(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(call, **codecs)
-        if handler.unary_stream is not None:
-            unary_stream = handler.unary_stream
-
-            async def answers(request: Any, context: Any) -> AsyncIterator[Any]:
-                await check(context)
-                async for response in unary_stream(request, context):
-                    yield response
-
-            return grpc.unary_stream_rpc_method_handler(answers, **codecs)
-        if handler.stream_unary is not None:
-            stream_unary = handler.stream_unary
-
-            async def gather(requests: Any, context: Any) -> Any:
-                await check(context)
-                return await stream_unary(requests, context)
-
-            return grpc.stream_unary_rpc_method_handler(gather, **codecs)
-        if handler.stream_stream is not None:
-            stream_stream = handler.stream_stream
-
-            async def exchange(requests: Any, context: Any) -> AsyncIterator[Any]:
-                await check(context)
-                async for response in stream_stream(requests, context):
-                    yield response
-
-            return grpc.stream_stream_rpc_method_handler(exchange, **codecs)
-        return handler
+        return guard(handler, before=check)

@@ -15,7 +15,11 @@ FAILED_PRECONDITION. Each refusal is counted; its log line is written at most on
 every 10 s (``LimitedLog``), so a flood of bad calls cannot flood the log. The dialer checks
 the acceptor's Hello the same way and also that it comes from the neighbour it meant to reach
 (under mutual TLS the acceptor's certificate must also carry that neighbour's name).
-SetParameters is refused with PERMISSION_DENIED unless the caller is the operator.
+SetParameters is refused with PERMISSION_DENIED unless the caller is the operator. Bytes that
+do not parse, per-peer limits and message sizes are the server shell's business
+(``services.common.grpc_server``); when one of its guards ends a stream while the reader reads,
+the reader hands the abort to the call, which re-raises it. Every status code:
+docs/hostile-input.md.
 
 Every received message passes ``ExchangeStreamChecker`` (which applies
 ``meshenc.wire.validation``) before it is converted to a core dataclass and handed to the
@@ -50,6 +54,7 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import random
@@ -72,6 +77,7 @@ from meshenc.wire.validation import (
 )
 from services.common.grpc_server import GrpcServer, open_channel
 from services.common.log_limit import LimitedLog
+from services.common.peer_limits import PeerLimits
 from services.common.retry import Backoff, retrying
 from services.common.telemetry import TraceContext
 from services.common.tls import TlsFiles, peer_identity, require_operator
@@ -270,7 +276,7 @@ class _Outbox:
 class _Session:
     """One Exchange stream with a neighbour, past both Hellos."""
 
-    __slots__ = ("ended", "error", "outbound", "outbox", "peer_id")
+    __slots__ = ("aborted", "ended", "error", "outbound", "outbox", "peer_id")
 
     def __init__(self, peer_id: str, outbox: _Outbox, *, outbound: bool) -> None:
         self.peer_id = peer_id
@@ -278,6 +284,9 @@ class _Session:
         self.outbound = outbound
         self.ended = asyncio.Event()
         self.error: InvalidMessage | None = None
+        #: A server interceptor ended the call while the reader read (the bytes did not parse,
+        #: or the peer went over its limits): the accepting handler re-raises it.
+        self.aborted: grpc.aio.AbortError | None = None
 
     def end(self) -> None:
         """Make both halves of the stream stop (the writer is woken to notice)."""
@@ -351,6 +360,7 @@ class MeshLinks:
         self.dropped_esps: Counter[str] = Counter()
         #: Proposals and votes refused (reserved queue full) or lost with their link.
         self.dropped_control: Counter[str] = Counter()
+        self._invalid = LimitedLog(log)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -544,9 +554,13 @@ class MeshLinks:
                     checker.check(msg)
                 except InvalidMessage as exc:
                     session.error = exc
-                    log.warning("link %r: invalid message, ending the stream: %s", peer, exc)
+                    self._invalid.warning(
+                        peer, "link %r: invalid message, ending the stream: %s", peer, exc
+                    )
                     return
                 self._deliver(peer, msg)
+        except grpc.aio.AbortError as exc:
+            session.aborted = exc  # the call's status is sent; the handler ends it
         except grpc.aio.AioRpcError as exc:
             log.info("link %r: stream ended: %s %s", peer, exc.code().name, exc.details())
         except Exception as exc:  # the server's request iterator reports cancellation so
@@ -669,6 +683,7 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
 
     def __init__(self, owner: MeshServer) -> None:
         self._owner = owner
+        self._refusals = LimitedLog(log)
 
     async def Exchange(  # noqa: N802 -- the gRPC method's name
         self, request_iterator: AsyncIterator[mesh_pb2.MeshMessage], context: Any
@@ -691,12 +706,12 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
         try:
             validate_set_parameters_request(request)
         except InvalidMessage as exc:
-            log.warning("SetParameters refused: %s", exc)
+            self._refusals.warning("invalid", "SetParameters refused: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             proposal_id, segment = self._owner._handler.set_parameters(request.bitrate_kbps)
         except ValueError as exc:
-            log.warning("SetParameters refused: %s", exc)
+            self._refusals.warning("refused", "SetParameters refused: %s", exc)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         log.info(
             "proposed %d kbit/s from segment %d (proposal %d)",
@@ -713,7 +728,8 @@ class MeshServer:
     Accepted Exchange streams join ``links``, so a neighbour that dialed this encoder is
     reached by ``links.send`` exactly like one this encoder dialed. With ``tls`` it serves
     mutual TLS only, a caller's Hello must name the identity in its certificate, and
-    SetParameters is the operator's.
+    SetParameters is the operator's. ``limits``: what one peer may open and send
+    (``services.common.peer_limits``).
     """
 
     def __init__(
@@ -723,6 +739,7 @@ class MeshServer:
         *,
         interceptors: Sequence[Any] = (),
         tls: TlsFiles | None = None,
+        limits: PeerLimits | None = None,
     ) -> None:
         self._handler = handler
         self._links = links
@@ -735,6 +752,7 @@ class MeshServer:
             },
             interceptors=interceptors,
             tls=tls,
+            limits=limits,
         )
         self._sessions: set[_Session] = set()
         self._stopping = False
@@ -771,7 +789,10 @@ class MeshServer:
         incoming = aiter(requests)
         timeout = self._links._handshake_timeout
         try:
-            first = await asyncio.wait_for(anext(incoming), timeout)
+            # asyncio.timeout, not wait_for: no task of its own, whose failure (a guard ending
+            # the call as the client goes away) nobody would collect.
+            async with asyncio.timeout(timeout):
+                first = await anext(incoming)
         except StopAsyncIteration:
             return
         except TimeoutError:
@@ -841,6 +862,14 @@ class MeshServer:
             yield mesh_pb2.MeshMessage(hello=hello)
             async for msg in self._links._outbound(session):
                 yield msg
+            # The reader may be ending the call right now (a guard refused what it read):
+            # let it finish, so that its abort is re-raised here and not lost.
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            if session.aborted is not None:
+                self.refused[peer] += 1
+                raise session.aborted
             if session.error is not None:
                 self.refused[peer] += 1
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(session.error))

@@ -184,7 +184,7 @@ class EncoderRuntime:
                 ),
                 on_change=self._on_leader_change,
             )
-        self.server = MeshServer(self, self.links, tls=settings.tls)
+        self.server = MeshServer(self, self.links, tls=settings.tls, limits=settings.peer_limits)
         #: Current neighbours (id → address): --peers, then each adjacency document.
         self._neighbours = dict(settings.peers)
         self._segment = settings.segment

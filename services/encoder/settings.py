@@ -25,6 +25,7 @@ from services.common.etcd import (
     parse_endpoints,
 )
 from services.common.listen import ListenAddress, MetricsListenAddress
+from services.common.peer_limits import PeerLimits
 from services.common.tls import TlsFiles
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import InputLossPolicy
@@ -148,6 +149,8 @@ class EncoderSettings(BaseModel):
     tls: TlsFiles | None = None
     #: HOST:PORT serving the health service alone, in plaintext (probes); none when None.
     health_listen: ListenAddress | None = None
+    #: What one peer may open and send (streams at once, messages per second).
+    peer_limits: PeerLimits = PeerLimits()
 
     @field_validator("id")
     @classmethod

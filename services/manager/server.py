@@ -8,7 +8,9 @@ refusal is logged with the caller's address and the service keeps running, its s
 
 ``ReportHealth`` streams carry one encoder's reports: the first valid report names the encoder
 (the shell counts its open streams, which is how a dead encoder is noticed), later reports must
-carry the same id. ``WatchTopology`` is an async generator, so tracing interceptors see the
+carry the same id; a stream without a report within ``FIRST_REPORT_TIMEOUT`` seconds ends with
+DEADLINE_EXCEEDED. Refusals are logged with the caller's address, at most one line per method
+and status every 10 s. ``WatchTopology`` is an async generator, so tracing interceptors see the
 stream like any other.
 
 Health: ``meshenc.v1.MeshManager`` is SERVING only while this manager is active. A standby
@@ -46,6 +48,8 @@ from meshenc.wire.validation import (
 from services.common.etcd import connect_client
 from services.common.grpc_server import GrpcServer
 from services.common.kubernetes import connect_api
+from services.common.log_limit import LimitedLog
+from services.common.peer_limits import PeerLimits
 from services.common.tls import TlsFiles, require_identity
 from services.manager.actuators import Actuator, ActuatorError
 from services.manager.etcd_actuator import EtcdActuator
@@ -54,7 +58,7 @@ from services.manager.kubernetes_actuator import KubernetesActuator
 from services.manager.service import ManagerShell, NotActiveError, UnknownError
 from services.manager.settings import ActuatorKind, ManagerSettings
 
-__all__ = ["SERVICE_NAME", "ManagerServer", "run_manager"]
+__all__ = ["FIRST_REPORT_TIMEOUT", "SERVICE_NAME", "ManagerServer", "run_manager"]
 
 log = logging.getLogger("meshenc.manager.server")
 
@@ -64,34 +68,53 @@ SERVICE_NAME: Final[str] = manager_pb2.DESCRIPTOR.services_by_name["MeshManager"
 _Message = TypeVar("_Message")
 
 
-async def _refuse(context: Any, code: grpc.StatusCode, rpc: str, why: object) -> NoReturn:
-    log.warning("%s from %s refused (%s): %s", rpc, context.peer(), code.name, why)
-    await context.abort(code, str(why))
-    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+FIRST_REPORT_TIMEOUT: Final = 5.0
+"""Seconds a ReportHealth stream may stay silent before its first report (an encoder sends
+one as soon as the stream opens): a caller that never says who it is does not hold a stream."""
 
 
-async def _validate(
-    context: Any, rpc: str, validate: Callable[[_Message], None], message: _Message
-) -> None:
-    """Refuse ``message`` with INVALID_ARGUMENT unless it passes ``validate``."""
-    try:
-        validate(message)
-    except InvalidMessage as exc:
-        await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, rpc, exc)
+async def _chain(first: _Message, rest: AsyncIterator[_Message]) -> AsyncIterator[_Message]:
+    yield first
+    async for item in rest:
+        yield item
 
 
 class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
     """Validates, converts and hands over to the shell; maps its errors to gRPC statuses."""
 
-    def __init__(self, shell: ManagerShell) -> None:
+    def __init__(self, shell: ManagerShell, first_report_timeout: float) -> None:
         self._shell = shell
+        self._first_report_timeout = first_report_timeout
+        #: One line per method and status every 10 s, however many calls are refused.
+        self._refusals = LimitedLog(log)
+
+    async def _refuse(self, context: Any, code: grpc.StatusCode, rpc: str, why: object) -> NoReturn:
+        self._refusals.warning(
+            f"{rpc}:{code.name}",
+            "%s from %s refused (%s): %s",
+            rpc,
+            context.peer(),
+            code.name,
+            why,
+        )
+        await context.abort(code, str(why))
+        raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+    async def _validate(
+        self, context: Any, rpc: str, validate: Callable[[_Message], None], message: _Message
+    ) -> None:
+        """Refuse ``message`` with INVALID_ARGUMENT unless it passes ``validate``."""
+        try:
+            validate(message)
+        except InvalidMessage as exc:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, rpc, exc)
 
     async def ReportHealth(  # noqa: N802 -- the gRPC method's name
         self, request_iterator: AsyncIterator[manager_pb2.HealthReport], context: Any
     ) -> manager_pb2.HealthAck:
         shell = self._shell
         if not shell.active:
-            await _refuse(
+            await self._refuse(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "ReportHealth",
@@ -99,16 +122,31 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
             )
         encoder: str | None = None
         accepted = 0
+        reports = aiter(request_iterator)
         try:
-            async for report in request_iterator:
-                await _validate(context, "ReportHealth", validate_health_report, report)
+            # asyncio.timeout, not wait_for: no task of its own, whose failure (a guard ending
+            # the call as the client goes away) nobody would collect.
+            async with asyncio.timeout(self._first_report_timeout):
+                first = await anext(reports)
+        except StopAsyncIteration:
+            return manager_pb2.HealthAck(reports_accepted=0, topology_epoch=shell.epoch)
+        except TimeoutError:
+            await self._refuse(
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "ReportHealth",
+                f"no report within {self._first_report_timeout:g} s",
+            )
+        try:
+            async for report in _chain(first, reports):
+                await self._validate(context, "ReportHealth", validate_health_report, report)
                 if encoder is None:
                     # An encoder reports its own health only (its certificate's identity).
                     await require_identity(context, report.encoder_id, "encoder_id")
                     encoder = report.encoder_id
                     shell.stream_opened(encoder)
                 elif report.encoder_id != encoder:
-                    await _refuse(
+                    await self._refuse(
                         context,
                         grpc.StatusCode.INVALID_ARGUMENT,
                         "ReportHealth",
@@ -118,9 +156,13 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
                 try:
                     shell.report(report)
                 except NotActiveError as exc:
-                    await _refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "ReportHealth", exc)
+                    await self._refuse(
+                        context, grpc.StatusCode.FAILED_PRECONDITION, "ReportHealth", exc
+                    )
                 except ValueError as exc:
-                    await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "ReportHealth", exc)
+                    await self._refuse(
+                        context, grpc.StatusCode.INVALID_ARGUMENT, "ReportHealth", exc
+                    )
                 accepted += 1
         finally:
             if encoder is not None:
@@ -130,39 +172,39 @@ class _MeshManagerServicer(manager_pb2_grpc.MeshManagerServicer):
     async def Escalate(  # noqa: N802 -- the gRPC method's name
         self, request: manager_pb2.Escalation, context: Any
     ) -> manager_pb2.EscalationAck:
-        await _validate(context, "Escalate", validate_escalation, request)
+        await self._validate(context, "Escalate", validate_escalation, request)
         await require_identity(context, request.encoder_id, "encoder_id")
         try:
             return await self._shell.escalate(request)
         except NotActiveError as exc:
-            await _refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "Escalate", exc)
+            await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "Escalate", exc)
         except ValueError as exc:
-            await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "Escalate", exc)
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "Escalate", exc)
 
     async def GetTopology(  # noqa: N802 -- the gRPC method's name
         self, request: manager_pb2.GetTopologyRequest, context: Any
     ) -> manager_pb2.Topology:
-        await _validate(context, "GetTopology", validate_get_topology_request, request)
+        await self._validate(context, "GetTopology", validate_get_topology_request, request)
         try:
             return self._shell.topology(request.encoder_id)
         except UnknownError as exc:
-            await _refuse(context, grpc.StatusCode.NOT_FOUND, "GetTopology", exc)
+            await self._refuse(context, grpc.StatusCode.NOT_FOUND, "GetTopology", exc)
 
     async def GetSegments(  # noqa: N802 -- the gRPC method's name
         self, request: manager_pb2.GetSegmentsRequest, context: Any
     ) -> manager_pb2.SegmentMap:
-        await _validate(context, "GetSegments", validate_get_segments_request, request)
+        await self._validate(context, "GetSegments", validate_get_segments_request, request)
         try:
             return self._shell.segments(request.segment_id)
         except UnknownError as exc:
-            await _refuse(context, grpc.StatusCode.NOT_FOUND, "GetSegments", exc)
+            await self._refuse(context, grpc.StatusCode.NOT_FOUND, "GetSegments", exc)
 
     async def WatchTopology(  # noqa: N802 -- the gRPC method's name
         self, request: manager_pb2.WatchTopologyRequest, context: Any
     ) -> AsyncIterator[manager_pb2.TopologyUpdate]:
-        await _validate(context, "WatchTopology", validate_watch_topology_request, request)
+        await self._validate(context, "WatchTopology", validate_watch_topology_request, request)
         if not self._shell.active:
-            await _refuse(
+            await self._refuse(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "WatchTopology",
@@ -183,6 +225,8 @@ class ManagerServer:
         shell: the running core.
         interceptors: ``grpc.aio.ServerInterceptor`` instances (tracing, logging, metrics).
         tls: serve mutual TLS with these files; plaintext when None.
+        limits: what one peer may open and send (``services.common.peer_limits``).
+        first_report_timeout: seconds a ReportHealth stream may wait for its first report.
     """
 
     def __init__(
@@ -191,9 +235,11 @@ class ManagerServer:
         *,
         interceptors: Sequence[Any] = (),
         tls: TlsFiles | None = None,
+        limits: PeerLimits | None = None,
+        first_report_timeout: float = FIRST_REPORT_TIMEOUT,
     ) -> None:
         self.shell = shell
-        servicer = _MeshManagerServicer(shell)
+        servicer = _MeshManagerServicer(shell, first_report_timeout)
         self._grpc = GrpcServer(
             {
                 SERVICE_NAME: lambda server: manager_pb2_grpc.add_MeshManagerServicer_to_server(
@@ -202,6 +248,7 @@ class ManagerServer:
             },
             interceptors=interceptors,
             tls=tls,
+            limits=limits,
         )
 
     @property
@@ -299,7 +346,7 @@ async def run_manager(settings: ManagerSettings) -> None:
         tick_interval=settings.tick_interval,
         reconnect_grace=settings.reconnect_grace,
     )
-    server = ManagerServer(shell, tls=settings.tls)
+    server = ManagerServer(shell, tls=settings.tls, limits=settings.peer_limits)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,6 +20,7 @@ from meshenc.core.planner.topology import TopologyConfig
 from meshenc.wire.adjacency import EtcdLayout
 from services.common.etcd import EtcdSettings
 from services.common.listen import ListenAddress, MetricsListenAddress
+from services.common.peer_limits import PeerLimits
 from services.common.tls import TlsFiles
 from services.manager.service import DEFAULT_RECONNECT_GRACE, DEFAULT_TICK_INTERVAL
 
@@ -85,6 +86,8 @@ class ManagerSettings(BaseModel):
     tls: TlsFiles | None = None
     #: HOST:PORT serving the health service alone, in plaintext (probes); none when None.
     health_listen: ListenAddress | None = None
+    #: What one peer may open and send (streams at once, messages per second).
+    peer_limits: PeerLimits = PeerLimits()
 
     @field_validator("namespace", "encoder_statefulset")
     @classmethod

@@ -126,7 +126,9 @@ class RegistryNode:
         )
         self._dht: DhtNode[Record] | None = None
         self._info = registry_pb2.NodeInfo()
-        self._server = GrpcServer({SERVICE_NAME: self._register}, tls=settings.tls)
+        self._server = GrpcServer(
+            {SERVICE_NAME: self._register}, tls=settings.tls, limits=settings.peer_limits
+        )
         self._channels = RegistryChannels(tls=settings.tls)
         self._background: set[asyncio.Task[Any]] = set()
         self._gate = asyncio.Semaphore(MAX_BACKGROUND)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from meshenc.core.kademlia import DEFAULT_ALPHA, DEFAULT_K, ID_BYTES, MAX_K
 from meshenc.wire.address import check_address, parse_address, parse_address_list
 from services.common.listen import ListenAddress, MetricsListenAddress
+from services.common.peer_limits import PeerLimits
 from services.common.tls import TlsFiles
 
 __all__ = ["RegistrySettings", "parse_seeds"]
@@ -60,6 +61,8 @@ class RegistrySettings(BaseModel):
     tls: TlsFiles | None = None
     #: HOST:PORT serving the health service alone, in plaintext (probes); none when None.
     health_listen: ListenAddress | None = None
+    #: What one peer may open and send (streams at once, messages per second).
+    peer_limits: PeerLimits = PeerLimits()
 
     @field_validator("advertise")
     @classmethod

@@ -16,9 +16,10 @@ from meshenc.local.etcd import EtcdProcess
 from meshenc.v1 import manager_pb2_grpc
 from meshenc.wire.adjacency import EtcdLayout, RegistrationRecord
 from services.common.grpc_server import open_channel
+from services.common.peer_limits import PeerLimits
 from services.common.tls import MANAGER, TlsFiles
 from services.manager.etcd_actuator import EtcdActuator
-from services.manager.server import ManagerServer
+from services.manager.server import FIRST_REPORT_TIMEOUT, ManagerServer
 from services.manager.service import ManagerShell
 from tests.services.support import etcd_client
 
@@ -64,6 +65,8 @@ async def start_manager(
     listen: str = "127.0.0.1:0",
     tls: TlsFiles | None = None,
     client_tls: TlsFiles | None = None,
+    first_report_timeout: float = FIRST_REPORT_TIMEOUT,
+    limits: PeerLimits | None = None,
     **shell: Any,
 ) -> Manager:
     """A manager (mutual TLS with ``tls``'s files) and a channel to it (with
@@ -73,7 +76,7 @@ async def start_manager(
     actuator = EtcdActuator(etcd_client(etcd), layout=layout, owns_client=True)
     options = {"tick_interval": 0.1, "reconnect_grace": 0.3, **shell}
     core = ManagerShell(actuator, **options)
-    server = ManagerServer(core, tls=tls)
+    server = ManagerServer(core, tls=tls, limits=limits, first_report_timeout=first_report_timeout)
     port = await server.start(listen)
     if active:
         await server.set_active(True)
