@@ -94,6 +94,14 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     " Only segments this encoder can vouch for go out, and its playlist while it leads.",
 )
 @click.option(
+    "--serve-output",
+    envvar="MESHENC_SERVE_OUTPUT",
+    default=None,
+    help="HOST:PORT to serve the output folder on over HTTP, read-only (GET and HEAD, with the"
+    " origin's content types, no-cache on playlists and CORS), for players and CDNs to read this"
+    " encoder directly (off when unset).",
+)
+@click.option(
     "--input-loss-frames",
     envvar="MESHENC_INPUT_LOSS_FRAMES",
     type=click.IntRange(1, 600),
@@ -264,6 +272,7 @@ def encoder(
     source: str | None,
     output_format: str,
     publish: tuple[str, ...],
+    serve_output: str | None,
     input_loss_frames: int,
     input_loss_repeat_s: float,
     size: tuple[int, int],
@@ -341,6 +350,7 @@ def encoder(
             out=out,
             source=source,
             publish=publish,
+            serve_output=serve_output or None,
             output_format=SegmentFormat(output_format),
             input_loss_frames=input_loss_frames,
             input_loss_repeat_s=input_loss_repeat_s,

@@ -33,21 +33,13 @@ from typing import IO, Self
 
 from meshenc.local.ports import free_ports
 from meshenc.local.process import ManagedProcess
+from services.encoder.media.publish import CONTENT_TYPES
 
 __all__ = [
-    "CONTENT_TYPES",
     "OriginNotInstalledError",
     "OriginProcess",
 ]
 
-#: What the origin answers as ``Content-Type`` for each suffix (anything else: octet-stream).
-CONTENT_TYPES: dict[str, str] = {
-    "m3u8": "application/vnd.apple.mpegurl",
-    "ts": "video/mp2t",
-    "mpd": "application/dash+xml",
-    "mp4": "video/mp4",
-    "m4s": "video/iso.segment",
-}
 
 #: Where Debian installs nginx; not on a non-root user's PATH.
 _SYSTEM_DIRS = "/usr/sbin:/sbin"
@@ -143,7 +135,10 @@ class OriginProcess(ManagedProcess):
             kind: _config_path(state / "temp" / kind)
             for kind in ("body", "proxy", "fastcgi", "uwsgi", "scgi")
         }
-        types = "\n".join(f"        {kind} {suffix};" for suffix, kind in CONTENT_TYPES.items())
+        # The publisher's table: the origin, the encoders' own servers and the PUTs agree.
+        types = "\n".join(
+            f"        {kind} {suffix.lstrip('.')};" for suffix, kind in CONTENT_TYPES.items()
+        )
         access = "access_log /dev/stderr;" if self._access_log else "access_log off;"
         return f"""\
 # Written by meshenc.local.origin for one local origin; regenerated on every run.
