@@ -284,6 +284,12 @@ def up(
         for watched in summary.watched:
             when = "while the browser played" if watched.during_playback else "before/after play"
             console.print(f"  {watched.kind} {watched.encoder}: {when}", highlight=False)
+    if summary.redundant is not None:
+        console.print(Text(summary.redundant.line), highlight=False)
+    if summary.player_failover is not None:
+        failover = summary.player_failover
+        ok = failover.on_killed and failover.switch_ms is not None
+        console.print(Text(failover.line, style="green" if ok else "bold red"))
     if summary.recording is not None:
         continuous = summary.recording.continuous
         console.print(Text(summary.recording.line, style="green" if continuous else "bold red"))
@@ -362,6 +368,9 @@ def _intro(config: DemoConfig, plan: RunPlan, tls: TlsFiles | None) -> Renderabl
         Text(f"  {grpcurl} {first} list"),
         Text(f"  {grpcurl} {first} meshenc.v1.EncoderMesh/GetState"),
     ]
+    if "--serve-output" in config.encoder_options:
+        lines.append(Text("Each encoder's own output over HTTP (redundant variants):", style="dim"))
+        lines += [Text(f"  {e.name}: {e.output_url}/index.m3u8") for e in plan.encoders]
     return Group(*lines)
 
 
