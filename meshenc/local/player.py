@@ -52,7 +52,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from meshenc.report.playback import PLAYER_LOG, SCREENSHOT_NAME
+from meshenc.report.playback import ORIGIN_PLAYER, PLAYER_LOG, REDUNDANT_PLAYER, SCREENSHOT_NAME
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page, Playwright, ViewportSize
@@ -81,7 +81,7 @@ HLSJS_BUNDLE: Final = (
 #: Debian's chromium: the binary itself (``/usr/bin/chromium`` is a wrapper script around it).
 CHROMIUM_CANDIDATES: Final = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser")
 _POLL: Final = 0.5
-_VIEWPORT: Final[ViewportSize] = {"width": 672, "height": 460}
+_VIEWPORT: Final[ViewportSize] = {"width": 672, "height": 720}
 
 
 def find_chromium() -> Path | None:
@@ -199,14 +199,19 @@ class BrowserPlayer:
         )
         self._page = await self._browser.new_page(viewport=_VIEWPORT)
 
-    async def play(self) -> None:
-        """Open the page on the stream (after launch and wait_for_stream)."""
+    async def play(self, redundant_url: str | None = None) -> None:
+        """Open the page on the stream (after launch and wait_for_stream); with
+        ``redundant_url``, a second player on the page plays that master playlist."""
         if self._browser is None or self._page is None:
             raise RuntimeError("launch the browser first")
         self._server = _PageServer(self.hlsjs)
-        page_url = f"{self._server.url}/?src={quote(self.playlist_url, safe='')}"
-        self.note("started", url=self.playlist_url, browser=self._browser.version)
-        await self._page.goto(page_url)
+        streams = {ORIGIN_PLAYER: self.playlist_url}
+        if redundant_url is not None:
+            streams[REDUNDANT_PLAYER] = redundant_url
+        query = "&".join(f"{name}={quote(url, safe='')}" for name, url in streams.items())
+        for name, url in streams.items():
+            self.note("started", player=name, url=url, browser=self._browser.version)
+        await self._page.goto(f"{self._server.url}/?{query}")
         self._drainer = asyncio.create_task(self._drain_forever(), name="player-log")
 
     def _niced_chromium(self) -> Path:
@@ -237,6 +242,17 @@ class BrowserPlayer:
                 self.note("stopped", reason=f"the page stopped answering: {exc}", lost=True)
                 log.warning("player: the page stopped answering: %s", exc)
                 return
+
+    async def current(self, player: str) -> str | None:
+        """The URL of the fragment ``player`` loaded last (None: none yet, or no page)."""
+        if self._page is None:
+            return None
+        try:
+            url = await self._page.evaluate("(name) => window.meshencPlayer.current(name)", player)
+        except Exception as exc:
+            log.warning("player: cannot ask the page: %s", exc)
+            return None
+        return url if isinstance(url, str) else None
 
     async def screenshot(self) -> Path | None:
         """A PNG of the playing page, ``screenshot.png`` in the player's folder."""

@@ -71,6 +71,9 @@ $join_table
 <h2>Playback: a browser on the origin</h2>
 $playback
 
+<h2>Playback: the same browser on the redundant encoders</h2>
+$redundant
+
 <h2>The origin's recording</h2>
 $recording
 
@@ -294,6 +297,32 @@ def _playback(run: RunRecord, summary: Summary) -> str:
     return "".join(parts)
 
 
+def _redundant(summary: Summary) -> str:
+    """The second player, on the master playlist of redundant encoders, and its failover."""
+    result, failover = summary.redundant, summary.player_failover
+    if result is None:
+        return "<p>No player of the master playlist ran in this run.</p>"
+    parts = [f"<p>{escape(result.line)} (stream {escape(result.url or '—')})</p>"]
+    if failover is None:
+        return "".join(parts) + "<p>No kill while it played.</p>"
+    good = failover.on_killed and failover.switch_ms is not None and not failover.sequence_gaps
+    verdict = "locked" if good and not failover.differing else "unlocked"
+    parts.append(f'<p class="verdict {verdict}">{escape(failover.line)}</p>')
+    rows = (
+        (
+            f"{f.after_kill_s:+.2f} s",
+            str(f.sn),
+            f.encoder or "?",
+            {True: "yes", False: "no", None: "—"}[f.holds_reference],
+        )
+        for f in failover.fragments
+    )
+    parts.append(
+        _table(("loaded (from the kill)", "fragment", "from", "the majority's bytes"), rows)
+    )
+    return "".join(parts)
+
+
 def _recording(summary: Summary) -> str:
     check = summary.recording
     if check is None:
@@ -376,6 +405,7 @@ def render_report(run: RunRecord, summary: Summary, plots_dir: str) -> str:
         identity_table=_identity_table(run),
         lock_in=summary.lock_in,
         playback=_playback(run, summary),
+        redundant=_redundant(summary),
         recording=_recording(summary),
         max_gap=f"{MAX_PROGRESS_GAP_S:g}",
         audio_ticks=AUDIO_TOLERANCE_TICKS,

@@ -35,25 +35,54 @@ seeks, skipped fragments, discontinuities
     ``seeking`` events after start-up; fragments played whose sequence number is not the
     previous one's plus one; discontinuity sequence numbers other than 0 in any playlist
     hls.js loaded.
+dropped frames
+    ``getVideoPlaybackQuality().droppedVideoFrames`` at the last sample: frames the browser
+    decoded but did not show in time (a busy machine drops some without any stream fault).
+
+One page may run several players, each entry naming its own (``player``; an entry without one
+is the origin's): :data:`ORIGIN_PLAYER` plays the origin's media playlist,
+:data:`REDUNDANT_PLAYER` the master playlist of redundant encoders. ``evaluate(log, player)``
+takes that player's entries and the driver's ``screenshot``/``stopped``/``skipped``, which
+concern the whole page. :func:`evaluate_failover` measures the redundant player through the
+kill -9 of the encoder it played from:
+
+playing from
+    The encoder whose server served the last fragment the player loaded before the kill (the
+    page logs every ``FRAG_LOADED`` with its URL; the driver's ``variants`` entry maps each
+    encoder to its server's URL).
+switch
+    From the kill to the first playlist or fragment the player loaded from another encoder.
+sequence gaps
+    Fragments loaded (in the order hls.js loaded them) whose sequence number is more than one
+    past every number loaded before: a segment the viewer never got.
+differing fragments
+    Fragments loaded from an encoder whose copy of that segment is not the majority's bytes
+    (the caller's ``holds_reference``, from the segment files): pictures the viewer got that
+    another encoder would have placed differently.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "MAX_PROGRESS_GAP_S",
+    "ORIGIN_PLAYER",
     "PLAYER_DIR",
     "PLAYER_LOG",
+    "REDUNDANT_PLAYER",
     "SCREENSHOT_NAME",
     "PlaybackResult",
     "PlayerError",
+    "PlayerFailover",
     "evaluate",
+    "evaluate_failover",
     "load_playback",
     "read_log",
 ]
@@ -62,6 +91,14 @@ PLAYER_DIR = "player"
 """The player's folder inside the run folder."""
 PLAYER_LOG = "log.jsonl"
 SCREENSHOT_NAME = "screenshot.png"
+#: The page's name of each player (its log entries carry it): the origin's media playlist, and
+#: the master playlist of redundant encoders.
+ORIGIN_PLAYER = "origin"
+REDUNDANT_PLAYER = "redundant"
+#: Driver entries about the whole page, whichever player.
+_PAGE_KINDS = frozenset({"skipped", "screenshot", "stopped"})
+#: Fragments listed around a kill: from this many seconds before it to this many after.
+AROUND_KILL_S = (6.0, 12.0)
 MAX_PROGRESS_GAP_S = 1.0
 """Longest gap in playback progress that still counts as continuous (see *longest gap*)."""
 _ADVANCED = 1e-3
@@ -95,6 +132,8 @@ class PlaybackResult:
     """The figures of one playback log (see the module docstring)."""
 
     skipped: str | None = None
+    #: Which player of the page (its log entries' ``player``).
+    player: str = ORIGIN_PLAYER
     url: str | None = None
     browser: str | None = None
     hls_version: str | None = None
@@ -114,6 +153,8 @@ class PlaybackResult:
     skipped_fragments: int = 0
     discontinuities: int = 0
     samples: int = 0
+    dropped_frames: int | None = None
+    shown_frames: int | None = None
     screenshot: str | None = None
     stop_reason: str | None = None
     #: The page stopped answering before the run ended (the browser died): the log ends there.
@@ -150,9 +191,9 @@ class PlaybackResult:
         """One line, e.g. ``player: start-up 1.2 s, 0 stalls, 0 errors, longest gap 0.3 s,
         played 40.1 s in 40.2 s``."""
         if self.skipped is not None:
-            return f"player: skipped ({self.skipped})"
+            return f"{self._label}: skipped ({self.skipped})"
         if not self.started:
-            return f"player: never started playing, {len(self.errors)} errors"
+            return f"{self._label}: never started playing, {len(self.errors)} errors"
         gap = "—" if self.longest_gap_s is None else f"{self.longest_gap_s:.2f} s"
         parts = [
             f"start-up {self.startup_s:.1f} s",
@@ -172,13 +213,18 @@ class PlaybackResult:
         ):
             if count:
                 parts.append(f"{count} {what}")
-        return "player: " + ", ".join(parts)
+        return f"{self._label}: " + ", ".join(parts)
+
+    @property
+    def _label(self) -> str:
+        return "player" if self.player == ORIGIN_PLAYER else f"player ({self.player})"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "line": self.line,
             "smooth": self.smooth,
             "skipped": self.skipped,
+            "player": self.player,
             "url": self.url,
             "browser": self.browser,
             "hls_version": self.hls_version,
@@ -200,6 +246,8 @@ class PlaybackResult:
             "skipped_fragments": self.skipped_fragments,
             "discontinuities": self.discontinuities,
             "samples": self.samples,
+            "dropped_frames": self.dropped_frames,
+            "shown_frames": self.shown_frames,
             "screenshot": self.screenshot,
             "stop_reason": self.stop_reason,
             "lost": self.lost,
@@ -221,16 +269,29 @@ def _error(entry: Mapping[str, Any]) -> PlayerError:
     )
 
 
-def evaluate(log: Iterable[Mapping[str, Any]]) -> PlaybackResult:
-    """The figures of a playback log, entries in the order they were written."""
-    entries = sorted(
-        (e for e in log if isinstance(e.get("t"), int | float)), key=lambda e: float(e["t"])
+def _entries(log: Iterable[Mapping[str, Any]], player: str) -> list[Mapping[str, Any]]:
+    """One player's entries and the page's, in time order."""
+    return sorted(
+        (
+            e
+            for e in log
+            if isinstance(e.get("t"), int | float)
+            and (e.get("kind") in _PAGE_KINDS or e.get("player", ORIGIN_PLAYER) == player)
+        ),
+        key=lambda e: float(e["t"]),
     )
-    values: dict[str, Any] = {}
+
+
+def evaluate(log: Iterable[Mapping[str, Any]], player: str = ORIGIN_PLAYER) -> PlaybackResult:
+    """The figures of one player of a playback log, entries in the order they were written."""
+    entries = _entries(log, player)
+    values: dict[str, Any] = {"player": player}
     for entry in entries:
         kind = entry.get("kind")
         if kind == "skipped":
-            return PlaybackResult(skipped=str(entry.get("reason", "no reason given")))
+            return PlaybackResult(
+                skipped=str(entry.get("reason", "no reason given")), player=player
+            )
         if kind == "started":
             values.update(url=entry.get("url"), browser=entry.get("browser"))
         elif kind == "screenshot":
@@ -261,6 +322,7 @@ def evaluate(log: Iterable[Mapping[str, Any]]) -> PlaybackResult:
         if e.get("kind") == "playlist"
         for cc in e.get("discontinuities", ())
     }
+    quality = [e for e in after if e.get("kind") == "sample" and e.get("frames") is not None]
     return PlaybackResult(
         startup_s=playing - loaded,
         playing_from=playing,
@@ -276,6 +338,8 @@ def evaluate(log: Iterable[Mapping[str, Any]]) -> PlaybackResult:
         skipped_fragments=sum(b != a + 1 for a, b in itertools.pairwise(fragments)),
         discontinuities=len(discontinuities - {0}),
         samples=len(samples),
+        dropped_frames=int(quality[-1]["dropped"]) if quality else None,
+        shown_frames=int(quality[-1]["frames"]) if quality else None,
         **values,
     )
 
@@ -306,7 +370,169 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def load_playback(out_dir: Path) -> PlaybackResult | None:
-    """The figures of a run folder's playback log; None when the run kept none."""
+def load_playback(out_dir: Path, player: str = ORIGIN_PLAYER) -> PlaybackResult | None:
+    """The figures of one player of a run folder's playback log; None when the run kept no
+    log, or (but for the origin's player, which says why it was skipped) that player never
+    ran."""
     path = Path(out_dir) / PLAYER_DIR / PLAYER_LOG
-    return evaluate(read_log(path)) if path.is_file() else None
+    if not path.is_file():
+        return None
+    log = read_log(path)
+    if player != ORIGIN_PLAYER and not any(
+        e.get("kind") == "load" and e.get("player") == player for e in log
+    ):
+        return None
+    return evaluate(log, player)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedFragment:
+    """A fragment the player loaded: when (seconds from the kill), its number, from whom, and
+    whether that encoder's copy holds the segment's reference bytes (None: unknown)."""
+
+    after_kill_s: float
+    sn: int
+    encoder: str | None
+    holds_reference: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "after_kill_s": self.after_kill_s,
+            "sn": self.sn,
+            "encoder": self.encoder,
+            "holds_reference": self.holds_reference,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerFailover:
+    """The redundant player through the kill -9 of an encoder (see the module docstring)."""
+
+    killed: str
+    killed_at: float
+    playing_from: str | None
+    switched_to: str | None
+    switch_ms: float | None
+    fragments: tuple[LoadedFragment, ...]
+    sequence_gaps: tuple[int, ...]
+    errors: tuple[PlayerError, ...]
+    #: Every fragment of the playback whose copy is not the reference (see the module doc).
+    differing: tuple[LoadedFragment, ...] = ()
+
+    @property
+    def on_killed(self) -> bool:
+        """Whether the player was playing from the encoder that was killed."""
+        return self.playing_from == self.killed
+
+    @property
+    def line(self) -> str:
+        if not self.on_killed:
+            return (
+                f"redundant player: on {self.playing_from or 'no encoder'} when {self.killed} "
+                "was killed: no failover to measure"
+            )
+        if self.switch_ms is None:
+            return f"redundant player: never left {self.killed} after its kill"
+        gaps = f"{len(self.sequence_gaps)} sequence gaps" if self.sequence_gaps else "no gap"
+        return (
+            f"redundant player: {self.killed} killed, switched to {self.switched_to} in "
+            f"{self.switch_ms:.0f} ms, {len(self.errors)} errors meanwhile "
+            f"({sum(e.fatal for e in self.errors)} fatal), {gaps}, "
+            f"{len(self.differing)} fragments not the majority's bytes"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "killed": self.killed,
+            "killed_at": self.killed_at,
+            "playing_from": self.playing_from,
+            "on_killed": self.on_killed,
+            "switched_to": self.switched_to,
+            "switch_ms": self.switch_ms,
+            "fragments": [f.to_json() for f in self.fragments],
+            "sequence_gaps": list(self.sequence_gaps),
+            "errors": [e.to_json() for e in self.errors],
+            "differing_fragments": [f.to_json() for f in self.differing],
+        }
+
+
+def _variants(entries: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Encoder → its server's base URL, from the driver's ``variants`` entries."""
+    found: dict[str, str] = {}
+    for entry in entries:
+        if entry.get("kind") == "variants" and isinstance(entry.get("encoders"), dict):
+            found.update({str(k): str(v).rstrip("/") for k, v in entry["encoders"].items()})
+    return found
+
+
+def _encoder_of(url: object, variants: Mapping[str, str]) -> str | None:
+    if not isinstance(url, str):
+        return None
+    return next((name for name, base in variants.items() if url.startswith(base + "/")), None)
+
+
+def evaluate_failover(
+    log: Iterable[Mapping[str, Any]],
+    kills: Iterable[tuple[float, str]],
+    player: str = REDUNDANT_PLAYER,
+    holds_reference: Callable[[int, str], bool | None] | None = None,
+) -> PlayerFailover | None:
+    """The player through the kill of the encoder it played from: the first kill of that
+    encoder's, else the first kill (then ``on_killed`` is False). ``holds_reference(sn,
+    encoder)``: whether that encoder's copy of segment ``sn`` is the majority's bytes. None: no
+    kill, or the player never loaded a fragment."""
+    entries = _entries(log, player)
+    variants = _variants(entries)
+    loaded = [
+        (float(e["t"]), int(e["sn"]), _encoder_of(e.get("url"), variants))
+        for e in entries
+        if e.get("kind") == "loaded" and isinstance(e.get("sn"), int)
+    ]
+    kills = sorted(kills)
+    if not kills or not loaded:
+        return None
+
+    def source_at(t: float) -> str | None:
+        before = [encoder for at, _, encoder in loaded if at <= t]
+        return before[-1] if before else None
+
+    killed_at, killed = next(((t, e) for t, e in kills if source_at(t) == e), kills[0])
+    after = [
+        (float(e["t"]), _encoder_of(e.get("url"), variants))
+        for e in entries
+        if e.get("kind") in ("loaded", "playlist") and float(e["t"]) > killed_at
+    ]
+    switch = next(((t, enc) for t, enc in after if enc is not None and enc != killed), None)
+    until = switch[0] if switch is not None else math.inf
+    highest: int | None = None
+    gaps = []
+    for _, sn, _ in loaded:
+        if highest is not None and sn > highest + 1:
+            gaps.append(sn)
+        highest = sn if highest is None else max(highest, sn)
+    earliest, latest = AROUND_KILL_S
+    fragments = [
+        LoadedFragment(
+            round(t - killed_at, 3),
+            sn,
+            encoder,
+            None if holds_reference is None or encoder is None else holds_reference(sn, encoder),
+        )
+        for t, sn, encoder in loaded
+    ]
+    return PlayerFailover(
+        killed=killed,
+        killed_at=killed_at,
+        playing_from=source_at(killed_at),
+        switched_to=None if switch is None else switch[1],
+        switch_ms=None if switch is None else (switch[0] - killed_at) * 1000.0,
+        fragments=tuple(f for f in fragments if -earliest <= f.after_kill_s <= latest),
+        differing=tuple(f for f in fragments if f.holds_reference is False),
+        sequence_gaps=tuple(gaps),
+        errors=tuple(
+            _error(e)
+            for e in entries
+            if e.get("kind") == "error" and killed_at <= float(e["t"]) <= until
+        ),
+    )
