@@ -175,11 +175,15 @@ http {{
         dav_methods PUT DELETE;
         create_full_put_path on;
         dav_access user:rw group:r all:r;
+        # Any page may read the stream, and its Date header (a DASH player without a UTCTiming
+        # element sets its clock by the manifest's Date).
         add_header Access-Control-Allow-Origin "*" always;
+        add_header Access-Control-Expose-Headers "Date" always;
 
         # Live playlists change under the same name: never cached.
         location ~ \\.(m3u8|mpd)$ {{
             add_header Access-Control-Allow-Origin "*" always;
+            add_header Access-Control-Expose-Headers "Date" always;
             add_header Cache-Control "no-cache" always;
         }}
     }}

@@ -45,6 +45,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -52,7 +53,11 @@ from urllib.parse import quote
 
 import aiohttp
 
-from meshenc.report.playback import ORIGIN_PLAYER, PLAYER_LOG, REDUNDANT_PLAYER, SCREENSHOT_NAME
+from meshenc.report.playback import (
+    ORIGIN_PLAYER,
+    PLAYER_LOG,
+    SCREENSHOT_NAME,
+)
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page, Playwright, ViewportSize
@@ -61,6 +66,7 @@ __all__ = [
     "MIN_SEGMENTS",
     "BrowserPlayer",
     "find_chromium",
+    "find_dashjs",
     "find_hlsjs",
     "unavailable",
     "write_skipped",
@@ -77,6 +83,11 @@ PAGE_HTML: Final = Path(__file__).with_name("player.html")
 #: Where ``make player-deps`` (``npm ci`` in ``player/``) puts hls.js, from the source tree.
 HLSJS_BUNDLE: Final = (
     Path(__file__).resolve().parents[2] / "player/node_modules/hls.js/dist/hls.min.js"
+)
+#: The same for dash.js (its media player alone: no DRM, no offline), for DASH manifests.
+DASHJS_BUNDLE: Final = (
+    Path(__file__).resolve().parents[2]
+    / "player/node_modules/dashjs/dist/modern/umd/dash.mediaplayer.min.js"
 )
 #: Debian's chromium: the binary itself (``/usr/bin/chromium`` is a wrapper script around it).
 CHROMIUM_CANDIDATES: Final = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser")
@@ -96,6 +107,11 @@ def find_chromium() -> Path | None:
 def find_hlsjs() -> Path | None:
     """The hls.js bundle ``make player-deps`` installed, or None."""
     return HLSJS_BUNDLE if HLSJS_BUNDLE.is_file() else None
+
+
+def find_dashjs() -> Path | None:
+    """The dash.js bundle ``make player-deps`` installed, or None."""
+    return DASHJS_BUNDLE if DASHJS_BUNDLE.is_file() else None
 
 
 def unavailable() -> str | None:
@@ -199,15 +215,14 @@ class BrowserPlayer:
         )
         self._page = await self._browser.new_page(viewport=_VIEWPORT)
 
-    async def play(self, redundant_url: str | None = None) -> None:
-        """Open the page on the stream (after launch and wait_for_stream); with
-        ``redundant_url``, a second player on the page plays that master playlist."""
+    async def play(self, more: Mapping[str, str] | None = None) -> None:
+        """Open the page on the stream (after launch and wait_for_stream); ``more`` adds
+        players to the page, by name: :data:`REDUNDANT_PLAYER` (hls.js on a master playlist of
+        redundant encoders), :data:`DASH_PLAYER` (dash.js on a DASH manifest)."""
         if self._browser is None or self._page is None:
             raise RuntimeError("launch the browser first")
-        self._server = _PageServer(self.hlsjs)
-        streams = {ORIGIN_PLAYER: self.playlist_url}
-        if redundant_url is not None:
-            streams[REDUNDANT_PLAYER] = redundant_url
+        self._server = _PageServer(self.hlsjs, find_dashjs())
+        streams = {ORIGIN_PLAYER: self.playlist_url, **(more or {})}
         query = "&".join(f"{name}={quote(url, safe='')}" for name, url in streams.items())
         for name, url in streams.items():
             self.note("started", player=name, url=url, browser=self._browser.version)
@@ -303,11 +318,13 @@ class BrowserPlayer:
 class _PageServer:
     """The player page and hls.js over HTTP on 127.0.0.1, from a thread; 404 for the rest."""
 
-    def __init__(self, hlsjs: Path) -> None:
+    def __init__(self, hlsjs: Path, dashjs: Path | None) -> None:
         files = {
             "/": (PAGE_HTML.read_bytes(), "text/html; charset=utf-8"),
             "/hls.min.js": (hlsjs.read_bytes(), "text/javascript"),
         }
+        if dashjs is not None:
+            files["/dash.mediaplayer.min.js"] = (dashjs.read_bytes(), "text/javascript")
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:

@@ -4,7 +4,8 @@ Theory of operation: an aiohttp server on the encoder's event loop answers ``GET
 ``HEAD`` of the files in the output folder (segments, ``init.mp4``, ``index.m3u8``,
 ``manifest.mpd``) with the same headers as the origin: the publisher's content types
 (:data:`~services.encoder.media.publish.CONTENT_TYPES`), ``Cache-Control: no-cache`` on
-playlists and manifests, and ``Access-Control-Allow-Origin: *`` on every answer, so a player or
+playlists and manifests, and ``Access-Control-Allow-Origin: *`` with
+``Access-Control-Expose-Headers: Date`` on every answer, so a player or
 a CDN can read each encoder directly and fail over between them (the master playlist of
 redundant variants that ``meshenc up`` writes points at these servers). Anything but a plain
 file inside the folder is ``404`` (names with ``..``, backslashes or NUL, absolute names and
@@ -34,7 +35,9 @@ log = logging.getLogger("meshenc.encoder.serve")
 
 ALLOWED_METHODS: Final = ("GET", "HEAD")
 _OCTET_STREAM: Final = "application/octet-stream"
-_CORS: Final = {"Access-Control-Allow-Origin": "*"}
+#: Any page may read the output, and its Date header (a DASH player without a UTCTiming element
+#: sets its clock by the manifest's Date), as from the origin.
+_CORS: Final = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "Date"}
 
 
 class OutputServer:

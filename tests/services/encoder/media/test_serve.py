@@ -26,7 +26,12 @@ FILES = {
     "seg-000000000007.m4s": os.urandom(1000),
     "notes.txt": b"other",
 }
-HEADERS = ("Content-Type", "Cache-Control", "Access-Control-Allow-Origin")
+HEADERS = (
+    "Content-Type",
+    "Cache-Control",
+    "Access-Control-Allow-Origin",
+    "Access-Control-Expose-Headers",
+)
 
 
 def request(
