@@ -73,11 +73,11 @@ from meshenc.local.etcd import EtcdProcess
 from meshenc.local.launcher import LOGS_DIR, PIDS_NAME, Launcher
 from meshenc.local.master import MASTER_NAME, StreamAttributes, master_playlist, segment_codecs
 from meshenc.local.origin import OriginProcess
-from meshenc.local.player import BrowserPlayer, unavailable, write_skipped
+from meshenc.local.player import BrowserPlayer, find_dashjs, unavailable, write_skipped
 from meshenc.local.ports import free_ports
 from meshenc.local.segment import SegmentWatch
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_report
-from meshenc.report.playback import PLAYER_DIR, REDUNDANT_PLAYER
+from meshenc.report.playback import DASH_PLAYER, PLAYER_DIR, REDUNDANT_PLAYER
 from meshenc.report.recorder import EVENTS_NAME, Event, Recorder, StateEvent
 from meshenc.report.verify import (
     DEFAULT_LOCK_IN,
@@ -92,7 +92,12 @@ from services.common.tls import MANAGER, OPERATOR, REGISTRY, TlsFiles
 from services.encoder.leadership import SegmentKeys
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import is_network_url
-from services.encoder.media.segments import PLAYLIST_NAME, segment_name, segment_number
+from services.encoder.media.segments import (
+    MPD_NAME,
+    PLAYLIST_NAME,
+    segment_name,
+    segment_number,
+)
 
 __all__ = [
     "DemoConfig",
@@ -150,6 +155,9 @@ class DemoConfig:
     gop: int = 60
     #: The encoders' video bitrate (``--bitrate-kbps``), also the master playlist's BANDWIDTH.
     bitrate_kbps: int = 1500
+    #: The encoders' segments (``meshenc up`` hands it to them as ``MESHENC_FORMAT``); with
+    #: CMAF, the browser also plays the origin's DASH manifest with dash.js.
+    output_format: SegmentFormat = SegmentFormat.TS
     registries: int = 3
     max_drift_ppm: float = 100.0
     #: Arrival jitter of every encoder's path from the source (the delay line's, ms).
@@ -425,6 +433,18 @@ class DemoRun:
     def playback_url(self) -> str | None:
         """The media playlist a player opens on the origin."""
         return None if self.origin_url is None else f"{self.origin_url}/{PLAYLIST_NAME}"
+
+    @property
+    def dash_url(self) -> str | None:
+        """The origin's DASH manifest, for the dash.js player (None: not CMAF, no origin, or
+        dash.js not installed)."""
+        if (
+            self.origin_url is None
+            or self.config.output_format is not SegmentFormat.CMAF
+            or find_dashjs() is None
+        ):
+            return None
+        return f"{self.origin_url}/{MPD_NAME}"
 
     @property
     def serves_output(self) -> bool:
@@ -785,13 +805,17 @@ class DemoRun:
         try:
             await player.wait_for_stream()
             redundant = await self._wait_for_master()
+            more = {}
             if redundant is not None:
                 player.note(
                     "variants",
                     player=REDUNDANT_PLAYER,
                     encoders={e.name: e.output_url for e in self.plan.encoders},
                 )
-            await player.play(redundant)
+                more[REDUNDANT_PLAYER] = redundant
+            if (dash := self.dash_url) is not None:
+                more[DASH_PLAYER] = dash
+            await player.play(more)
             self._redundant_playing = redundant is not None
         except Exception as exc:
             self._note(f"player: the page did not open: {exc}", "bold red")
@@ -800,6 +824,8 @@ class DemoRun:
         self._note(f"player: chromium plays {self.playback_url} with hls.js", "green")
         if self._redundant_playing:
             self._note(f"player: and the redundant encoders' {self.master_url}", "green")
+        if self.dash_url is not None:
+            self._note(f"player: and {self.dash_url} with dash.js", "green")
         start = self.state.started_at or time.time()
         # At the chosen moment, or a few seconds in when playback began after it.
         await asyncio.sleep(max(start + self.screenshot_time - time.time(), _SCREENSHOT_AFTER))

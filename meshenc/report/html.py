@@ -74,6 +74,9 @@ $playback
 <h2>Playback: the same browser on the redundant encoders</h2>
 $redundant
 
+<h2>Playback: the same browser on the origin's DASH manifest</h2>
+$dash
+
 <h2>The origin's recording</h2>
 $recording
 
@@ -253,7 +256,8 @@ def _playback(run: RunRecord, summary: Summary) -> str:
     if result.skipped is not None:
         return "".join(parts)
     rows = [
-        ("player", f"hls.js {result.hls_version or '?'} in Chromium {result.browser or '?'}"),
+        ("player", f"{result.engine} {result.engine_version or '?'} in Chromium "
+         f"{result.browser or '?'}"),
         ("stream", result.url or "—"),
         ("start-up", "—" if result.startup_s is None else f"{result.startup_s:.2f} s"),
         ("stalls after start-up (waiting)", str(len(result.stalls))),
@@ -293,6 +297,23 @@ def _playback(run: RunRecord, summary: Summary) -> str:
             "<figcaption>The player page, taken while it played the origin's stream: position,"
             " buffer and the fragment playing, and its counts of waits and errors.</figcaption>"
             "</figure>"
+        )
+    return "".join(parts)
+
+
+def _dash(summary: Summary) -> str:
+    """The dash.js player of the origin's MPD (CMAF runs)."""
+    result = summary.dash
+    if result is None:
+        return "<p>No DASH player ran in this run (it plays CMAF runs' manifests).</p>"
+    verdict = "locked" if result.smooth else "unlocked"
+    parts = [f'<p class="verdict {verdict}">{escape(result.line)}</p>']
+    if result.errors:
+        parts.append(
+            _table(
+                ("error", "time", "reason"),
+                ((f"{e.type} {e.details}", f"{e.t:.1f}", e.reason) for e in result.errors),
+            )
         )
     return "".join(parts)
 
@@ -406,6 +427,7 @@ def render_report(run: RunRecord, summary: Summary, plots_dir: str) -> str:
         lock_in=summary.lock_in,
         playback=_playback(run, summary),
         redundant=_redundant(summary),
+        dash=_dash(summary),
         recording=_recording(summary),
         max_gap=f"{MAX_PROGRESS_GAP_S:g}",
         audio_ticks=AUDIO_TOLERANCE_TICKS,

@@ -35,13 +35,19 @@ seeks, skipped fragments, discontinuities
     ``seeking`` events after start-up; fragments played whose sequence number is not the
     previous one's plus one; discontinuity sequence numbers other than 0 in any playlist
     hls.js loaded.
+sequence gaps
+    Video fragments loaded (in the order the player loaded them) whose sequence number is more
+    than one past every number loaded before: a segment the viewer never got. (dash.js has no
+    event for the fragment playing: for it, the loaded ones are the measure.)
 dropped frames
     ``getVideoPlaybackQuality().droppedVideoFrames`` at the last sample: frames the browser
     decoded but did not show in time (a busy machine drops some without any stream fault).
 
 One page may run several players, each entry naming its own (``player``; an entry without one
 is the origin's): :data:`ORIGIN_PLAYER` plays the origin's media playlist,
-:data:`REDUNDANT_PLAYER` the master playlist of redundant encoders. ``evaluate(log, player)``
+:data:`REDUNDANT_PLAYER` the master playlist of redundant encoders (both with hls.js),
+:data:`DASH_PLAYER` a DASH manifest with dash.js, whose ``ERROR`` events count as errors and as
+fatal (dash.js raises them for what it gave up on). ``evaluate(log, player)``
 takes that player's entries and the driver's ``screenshot``/``stopped``/``skipped``, which
 concern the whole page. :func:`evaluate_failover` measures the redundant player through the
 kill -9 of the encoder it played from:
@@ -53,8 +59,7 @@ playing from
 switch
     From the kill to the first playlist or fragment the player loaded from another encoder.
 sequence gaps
-    Fragments loaded (in the order hls.js loaded them) whose sequence number is more than one
-    past every number loaded before: a segment the viewer never got.
+    As above, over the whole playback.
 differing fragments
     Fragments loaded from an encoder whose copy of that segment is not the majority's bytes
     (the caller's ``holds_reference``, from the segment files): pictures the viewer got that
@@ -72,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DASH_PLAYER",
     "MAX_PROGRESS_GAP_S",
     "ORIGIN_PLAYER",
     "PLAYER_DIR",
@@ -95,6 +101,8 @@ SCREENSHOT_NAME = "screenshot.png"
 #: the master playlist of redundant encoders.
 ORIGIN_PLAYER = "origin"
 REDUNDANT_PLAYER = "redundant"
+#: dash.js on a DASH manifest (``--format cmaf``).
+DASH_PLAYER = "dash"
 #: Driver entries about the whole page, whichever player.
 _PAGE_KINDS = frozenset({"skipped", "screenshot", "stopped"})
 #: Fragments listed around a kill: from this many seconds before it to this many after.
@@ -136,7 +144,9 @@ class PlaybackResult:
     player: str = ORIGIN_PLAYER
     url: str | None = None
     browser: str | None = None
-    hls_version: str | None = None
+    #: The player library and its version: ``hls.js`` or ``dash.js``.
+    engine: str = "hls.js"
+    engine_version: str | None = None
     loaded_at: float | None = None
     startup_s: float | None = None
     #: Wall time of the first ``playing`` event and of the last sample after it.
@@ -151,6 +161,9 @@ class PlaybackResult:
     seeks: int = 0
     fragments: int = 0
     skipped_fragments: int = 0
+    #: Video fragments loaded, and those of them more than one past every number loaded before.
+    loaded_fragments: int = 0
+    sequence_gaps: int = 0
     discontinuities: int = 0
     samples: int = 0
     dropped_frames: int | None = None
@@ -181,6 +194,7 @@ class PlaybackResult:
             and not self.errors
             and not self.seeks
             and not self.skipped_fragments
+            and not self.sequence_gaps
             and not self.discontinuities
             and self.longest_gap_s is not None
             and self.longest_gap_s <= MAX_PROGRESS_GAP_S
@@ -201,7 +215,9 @@ class PlaybackResult:
             f"{len(self.errors)} errors",
             f"longest gap {gap}",
             f"played {self.played_s:.1f} s in {self.wall_s:.1f} s",
-            f"{self.fragments} fragments",
+            f"{self.fragments} fragments"
+            if self.fragments or not self.loaded_fragments
+            else f"{self.loaded_fragments} fragments loaded",
         ]
         if self.lost:
             parts.append("the browser was lost")
@@ -209,6 +225,7 @@ class PlaybackResult:
             (self.stalled_events, "stalled events"),
             (self.seeks, "seeks"),
             (self.skipped_fragments, "skipped fragments"),
+            (self.sequence_gaps, "sequence gaps"),
             (self.discontinuities, "discontinuities"),
         ):
             if count:
@@ -227,7 +244,8 @@ class PlaybackResult:
             "player": self.player,
             "url": self.url,
             "browser": self.browser,
-            "hls_version": self.hls_version,
+            "engine": self.engine,
+            "engine_version": self.engine_version,
             "startup_s": self.startup_s,
             "playing_from": self.playing_from,
             "playing_until": self.playing_until,
@@ -244,6 +262,8 @@ class PlaybackResult:
             "seeks": self.seeks,
             "fragments": self.fragments,
             "skipped_fragments": self.skipped_fragments,
+            "loaded_fragments": self.loaded_fragments,
+            "sequence_gaps": self.sequence_gaps,
             "discontinuities": self.discontinuities,
             "samples": self.samples,
             "dropped_frames": self.dropped_frames,
@@ -300,7 +320,11 @@ def evaluate(log: Iterable[Mapping[str, Any]], player: str = ORIGIN_PLAYER) -> P
             values.setdefault("stop_reason", entry.get("reason"))
             values["lost"] = values.get("lost", False) or bool(entry.get("lost"))
         elif kind == "load" and "loaded_at" not in values:
-            values.update(loaded_at=entry["t"], hls_version=entry.get("hls"))
+            values.update(
+                loaded_at=entry["t"],
+                engine=str(entry.get("engine", "hls.js")),
+                engine_version=entry.get("version", entry.get("hls")),
+            )
     errors = tuple(
         _error(e)
         for e in entries
@@ -323,6 +347,13 @@ def evaluate(log: Iterable[Mapping[str, Any]], player: str = ORIGIN_PLAYER) -> P
         for cc in e.get("discontinuities", ())
     }
     quality = [e for e in after if e.get("kind") == "sample" and e.get("frames") is not None]
+    loaded_sns = [
+        int(e["sn"])
+        for e in entries
+        if e.get("kind") == "loaded"
+        and isinstance(e.get("sn"), int)
+        and e.get("media", "video") == "video"
+    ]
     return PlaybackResult(
         startup_s=playing - loaded,
         playing_from=playing,
@@ -336,12 +367,25 @@ def evaluate(log: Iterable[Mapping[str, Any]], player: str = ORIGIN_PLAYER) -> P
         seeks=sum(e.get("event") == "seeking" for e in media),
         fragments=len(fragments),
         skipped_fragments=sum(b != a + 1 for a, b in itertools.pairwise(fragments)),
+        loaded_fragments=len(loaded_sns),
+        sequence_gaps=len(_sequence_gaps(loaded_sns)),
         discontinuities=len(discontinuities - {0}),
         samples=len(samples),
         dropped_frames=int(quality[-1]["dropped"]) if quality else None,
         shown_frames=int(quality[-1]["frames"]) if quality else None,
         **values,
     )
+
+
+def _sequence_gaps(numbers: Iterable[int]) -> tuple[int, ...]:
+    """The numbers, in loading order, more than one past every number before them."""
+    highest: int | None = None
+    gaps = []
+    for sn in numbers:
+        if highest is not None and sn > highest + 1:
+            gaps.append(sn)
+        highest = sn if highest is None else max(highest, sn)
+    return tuple(gaps)
 
 
 def _longest_gap(since: float, samples: list[tuple[float, float]]) -> float | None:
@@ -505,12 +549,6 @@ def evaluate_failover(
     ]
     switch = next(((t, enc) for t, enc in after if enc is not None and enc != killed), None)
     until = switch[0] if switch is not None else math.inf
-    highest: int | None = None
-    gaps = []
-    for _, sn, _ in loaded:
-        if highest is not None and sn > highest + 1:
-            gaps.append(sn)
-        highest = sn if highest is None else max(highest, sn)
     earliest, latest = AROUND_KILL_S
     fragments = [
         LoadedFragment(
@@ -529,7 +567,7 @@ def evaluate_failover(
         switch_ms=None if switch is None else (switch[0] - killed_at) * 1000.0,
         fragments=tuple(f for f in fragments if -earliest <= f.after_kill_s <= latest),
         differing=tuple(f for f in fragments if f.holds_reference is False),
-        sequence_gaps=tuple(gaps),
+        sequence_gaps=_sequence_gaps([sn for _, sn, _ in loaded]),
         errors=tuple(
             _error(e)
             for e in entries

@@ -22,7 +22,8 @@ A run folder holds one subfolder per encoder (named by encoder id, with its segm
   browser was playing at that moment (the fault happened while a viewer watched); when the
   page also played the master playlist of redundant encoders, that player's figures and its
   failover through the kill of the encoder it played from
-  (:func:`meshenc.report.playback.evaluate_failover`);
+  (:func:`meshenc.report.playback.evaluate_failover`); and, with ``--format cmaf``, the figures
+  of its dash.js player of the origin's DASH manifest;
 - the recording, when the run had an origin (``origin/``): the verdict of
   :mod:`meshenc.report.recording`, from decoding what the origin received;
 - join time, per ``joined`` event: from the event to the start of the joined encoder's first
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from meshenc.report.playback import (
+    DASH_PLAYER,
     PLAYER_DIR,
     PLAYER_LOG,
     REDUNDANT_PLAYER,
@@ -99,6 +101,8 @@ class RunRecord:
     #: and how it went through the kill of the encoder it played from.
     redundant: PlaybackResult | None = None
     player_failover: PlayerFailover | None = None
+    #: What the browser's dash.js player of the origin's DASH manifest saw (None: none ran).
+    dash: PlaybackResult | None = None
 
     @property
     def segment_seconds(self) -> float | None:
@@ -142,6 +146,7 @@ def load_run(
         recording=check_recording(out_dir / ORIGIN_DIR),
         redundant=redundant,
         player_failover=failover,
+        dash=load_playback(out_dir, DASH_PLAYER),
     )
 
 
@@ -297,6 +302,7 @@ class Summary:
     watched: tuple[Watched, ...] = ()
     redundant: PlaybackResult | None = None
     player_failover: PlayerFailover | None = None
+    dash: PlaybackResult | None = None
 
     @property
     def failover_ms(self) -> float | None:
@@ -392,6 +398,7 @@ class Summary:
                 if self.player_failover is None
                 else self.player_failover.to_json(),
             },
+            "dash": None if self.dash is None else self.dash.to_json(),
         }
 
     def write(self, out_dir: Path) -> Path:
@@ -427,6 +434,7 @@ def summarize(run: RunRecord) -> Summary:
         watched=_watched(events, run.playback),
         redundant=run.redundant,
         player_failover=run.player_failover,
+        dash=run.dash,
     )
 
 

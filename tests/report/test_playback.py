@@ -67,7 +67,7 @@ def test_smooth_playback() -> None:
     assert result.played_s == pytest.approx(20.0) and result.wall_s == pytest.approx(20.0)
     assert (result.fragments, result.skipped_fragments, result.discontinuities) == (10, 0, 0)
     assert result.playing_at(T0 + 10) and not result.playing_at(T0 + 0.5)
-    assert (result.browser, result.hls_version, result.stop_reason) == (
+    assert (result.browser, result.engine_version, result.stop_reason) == (
         "156",
         "1.7.4",
         "the run ended",
