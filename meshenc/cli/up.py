@@ -212,9 +212,10 @@ def up(
     encoder joins (unless --no-faults). With --origin the encoders publish to a real nginx,
     each serves its own output over HTTP too, and OUT/origin/master.m3u8 lists them as
     redundant variants. At the end: HLS per encoder in --out (MPEG-TS, or CMAF with a DASH
-    manifest too with --format cmaf), out/report.html with plots and out/summary.json. Every process started is stopped at the end, on Ctrl-C and on errors.
-    The processes speak mutual TLS with certificates the run makes in OUT/certs (one per
-    encoder, registry, manager, operator) unless --insecure.
+    manifest too with --format cmaf), out/report.html with plots and out/summary.json. Every
+    process started is stopped at the end, on Ctrl-C and on errors. The processes speak mutual
+    TLS with certificates the run makes in OUT/certs (one per encoder, registry, manager,
+    operator) unless --insecure.
     """
     # The run pulls in etcd, the planner and the report (matplotlib): only `up` pays for them.
     from meshenc.local.demo import DemoConfig, DemoRun  # noqa: PLC0415
