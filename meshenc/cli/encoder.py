@@ -28,6 +28,7 @@ from meshenc.core.policy import Strategy
 from meshenc.wire.address import parse_address_list
 from services.common.certs import certificate_identity
 from services.common.etcd import DEFAULT_LEASE_TTL
+from services.encoder.media.serve import OutputServeError
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import (
     DEFAULT_REGISTRY_TTL,
@@ -384,7 +385,10 @@ def encoder(
     with service_telemetry(
         "meshenc-encoder", instance_id=settings.id, metrics_listen=settings.metrics_listen
     ):
-        stats = asyncio.run(EncoderRuntime(settings).run())
+        try:
+            stats = asyncio.run(EncoderRuntime(settings).run())
+        except OutputServeError as exc:  # before anything else started: one line, status 1
+            raise click.ClickException(str(exc)) from exc
     click.echo(
         f"{settings.id}: {stats.frames} frames, {stats.segments} segments, "
         f"{stats.skipped} skipped, {stats.escalations} escalations"

@@ -29,7 +29,7 @@ from aiohttp import web
 from meshenc.wire.address import parse_address
 from services.encoder.media.publish import CONTENT_TYPES, MANIFEST_SUFFIXES
 
-__all__ = ["OutputServer"]
+__all__ = ["OutputServeError", "OutputServer"]
 
 log = logging.getLogger("meshenc.encoder.serve")
 
@@ -38,6 +38,10 @@ _OCTET_STREAM: Final = "application/octet-stream"
 #: Any page may read the output, and its Date header (a DASH player without a UTCTiming element
 #: sets its clock by the manifest's Date), as from the origin.
 _CORS: Final = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "Date"}
+
+
+class OutputServeError(RuntimeError):
+    """The output cannot be served at the address given (a taken port, an unknown host)."""
 
 
 class OutputServer:
@@ -64,7 +68,7 @@ class OutputServer:
         """Listen; returns the port (the kernel's choice when the listen port is 0).
 
         Raises:
-            RuntimeError: the address cannot be served (a taken port).
+            OutputServeError: the address cannot be served (a taken port).
         """
         host, port = parse_address(self.listen, lowest_port=0)
         await self._runner.setup()
@@ -73,7 +77,7 @@ class OutputServer:
             await site.start()
         except OSError as exc:
             await self._runner.cleanup()
-            raise RuntimeError(f"cannot serve the output on {self.listen!r}: {exc}") from exc
+            raise OutputServeError(f"cannot serve the output on {self.listen!r}: {exc}") from exc
         server = site._server
         sockets = getattr(server, "sockets", None) or ()
         self.port = sockets[0].getsockname()[1] if sockets else port

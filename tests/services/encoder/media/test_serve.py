@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from meshenc.local.origin import OriginProcess
 from meshenc.local.ports import free_ports
-from services.encoder.media.serve import OutputServer
+from services.encoder.media.serve import OutputServeError, OutputServer
+from services.encoder.settings import EncoderSettings
 
-pytestmark = pytest.mark.asyncio
 
 FILES = {
     "index.m3u8": b"#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:7\n",
@@ -69,6 +72,7 @@ def folder(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.asyncio
 async def test_serves_the_files_read_only_with_the_origins_headers(folder: Path) -> None:
     server = OutputServer(folder, "127.0.0.1:0")
     port = await server.start()
@@ -114,11 +118,30 @@ async def test_serves_the_files_read_only_with_the_origins_headers(folder: Path)
         await server.close()
 
 
+@pytest.mark.asyncio
 async def test_a_taken_port_is_a_clear_error(folder: Path) -> None:
+    """In the server, and in a real encoder process: one line, status 1, before it runs."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", free_ports(1)[0]))
         taken.listen()
         port = taken.getsockname()[1]
         server = OutputServer(folder, f"127.0.0.1:{port}")
-        with pytest.raises(RuntimeError, match="cannot serve the output on"):
+        with pytest.raises(OutputServeError, match="cannot serve the output on"):
             await server.start()
+        command = [
+            sys.executable, "-m", "meshenc", "encoder", "--insecure", "--id", "e",
+            "--out", str(folder), "--listen", "127.0.0.1:0",
+            "--serve-output", f"127.0.0.1:{port}",
+        ]  # fmt: skip
+        done = await asyncio.to_thread(
+            subprocess.run, command, capture_output=True, text=True, timeout=60.0
+        )
+    assert done.returncode == 1, done.stderr
+    assert f"cannot serve the output on '127.0.0.1:{port}'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("listen", ["nowhere", "127.0.0.1:99999", "bad host:80", ""])
+def test_a_bad_address_is_refused_by_the_settings(tmp_path: Path, listen: str) -> None:
+    with pytest.raises(ValidationError, match="serve-output listen"):
+        EncoderSettings(id="e", out=tmp_path, serve_output=listen)
