@@ -20,7 +20,6 @@ from meshenc.local.ports import free_ports
 from services.encoder.media.serve import OutputServeError, OutputServer
 from services.encoder.settings import EncoderSettings
 
-
 FILES = {
     "index.m3u8": b"#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:7\n",
     "manifest.mpd": b"<MPD/>",
