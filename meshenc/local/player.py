@@ -1,4 +1,5 @@
-"""A real player in a real browser: headless Chromium playing the origin's stream with hls.js.
+"""A real player in a real browser: headless Chromium playing the origin's stream with hls.js
+(and, beside it, other players on the same page).
 
 Theory of operation
 -------------------
@@ -12,17 +13,23 @@ viewer watches from a machine of its own, so on the mesh's machine the browser t
 CPU the encoders leave. Run as root, Chromium would raise its own media and compositor threads
 to nice -8, ahead of the encoders; the wrapper drops ``CAP_SYS_NICE`` from its bounding set
 (``setpriv``, util-linux) so that it cannot. The
-page (``player.html`` beside this module) and the hls.js bundle (``hls.min.js`` from npm, pinned
-by ``player/package-lock.json`` and installed by ``make player-deps``) are served by a small
-HTTP server of the player's own on 127.0.0.1 (a page on the loopback may read from the loopback;
-Chromium keeps pages from elsewhere off local addresses); the stream comes from the origin
-itself (nginx answers with ``Access-Control-Allow-Origin: *``).
+page (``player.html`` beside this module) and the hls.js and dash.js bundles (``hls.min.js``
+and ``dash.mediaplayer.min.js`` from npm, pinned by ``player/package-lock.json`` and installed
+by ``make player-deps``) are served by a small HTTP server of the player's own on 127.0.0.1 (a
+page on the loopback may read from the loopback; Chromium keeps pages from elsewhere off local
+addresses); the streams come from the origin itself and the encoders' own servers (both answer
+with ``Access-Control-Allow-Origin: *``).
 
 The browser is launched on a blank page first (:meth:`BrowserPlayer.launch`: its start-up,
 a burst of a third of a core, is then over before the encoders start). A viewer opens a stream
 once it is announced: :meth:`BrowserPlayer.wait_for_stream` waits until the origin serves a
 media playlist that lists :data:`MIN_SEGMENTS` segments (hls.js starts three segments behind
-the live edge), then :meth:`BrowserPlayer.play` opens the page. The page keeps its own log (see
+the live edge), then :meth:`BrowserPlayer.play` opens the page: one ``<video>`` for the origin's
+playlist and one for each further stream it is given by player name
+(:data:`~meshenc.report.playback.REDUNDANT_PLAYER`: hls.js on the master playlist of redundant
+encoders; :data:`~meshenc.report.playback.DASH_PLAYER`: dash.js on a DASH manifest). Every
+entry of the page's log names its player; :meth:`BrowserPlayer.current` asks which URL a
+player loaded its last fragment from (which encoder it is on). The page keeps its own log (see
 ``player.html``); a task drains it every :data:`DRAIN_EVERY` seconds into ``log.jsonl`` in the
 player's folder, so what happened until a crash of the browser is kept. The driver's own
 entries (``started``, ``screenshot``, ``stopped``, or ``skipped`` with its reason) go to the
@@ -217,8 +224,7 @@ class BrowserPlayer:
 
     async def play(self, more: Mapping[str, str] | None = None) -> None:
         """Open the page on the stream (after launch and wait_for_stream); ``more`` adds
-        players to the page, by name: :data:`REDUNDANT_PLAYER` (hls.js on a master playlist of
-        redundant encoders), :data:`DASH_PLAYER` (dash.js on a DASH manifest)."""
+        players to the page, by name (see the module docstring)."""
         if self._browser is None or self._page is None:
             raise RuntimeError("launch the browser first")
         self._server = _PageServer(self.hlsjs, find_dashjs())
