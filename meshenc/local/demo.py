@@ -30,9 +30,14 @@ is planned in from the start: its neighbours list it and keep trying to reach it
    ``out/events.jsonl``; the run records its own ``started``/``killed``/``joined``/
    ``stopped`` events through it, and a ``leader`` event whenever the leader key of a group
    changes in etcd (a watch in this process);
-3. the player opens the origin's stream once its playlist lists three segments, and takes
-   its screenshot halfway between the kill and the join; the kill and the join at their
-   times; the mesh runs until ``duration`` is over or :meth:`DemoRun.request_stop` is called
+3. every encoder serves its own output folder (``--serve-output``, a planned port), and once
+   encoders vouch for their segments the run PUTs ``master.m3u8`` to the origin, listing each
+   one's own media playlist as a redundant variant, the first group's leader first
+   (:meth:`DemoRun._update_master`; again whenever the list changes); the player opens the
+   origin's stream once its playlist lists three segments, the master playlist beside it (and,
+   with CMAF, the origin's MPD with dash.js), and takes its screenshot halfway between the kill
+   and the join; the kill (of the leader, and of the encoder the redundant player is on if that
+   is another one) and the join at their times; the mesh runs until ``duration`` is over or :meth:`DemoRun.request_stop` is called
    (Ctrl-C);
 4. the shutdown in dependency order: the player first (the stream's end is no stall), then
    the encoders (SIGTERM: each finishes its segment and
