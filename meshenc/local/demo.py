@@ -37,8 +37,8 @@ is planned in from the start: its neighbours list it and keep trying to reach it
    origin's stream once its playlist lists three segments, the master playlist beside it (and,
    with CMAF, the origin's MPD with dash.js), and takes its screenshot halfway between the kill
    and the join; the kill (of the leader, and of the encoder the redundant player is on if that
-   is another one) and the join at their times; the mesh runs until ``duration`` is over or :meth:`DemoRun.request_stop` is called
-   (Ctrl-C);
+   is another one) and the join at their times; the mesh runs until ``duration`` is over or
+   :meth:`DemoRun.request_stop` is called (Ctrl-C);
 4. the shutdown in dependency order: the player first (the stream's end is no stall), then
    the encoders (SIGTERM: each finishes its segment and
    resigns its leadership), then the recorder, the manager and registries, etcd last; then
