@@ -116,7 +116,9 @@ def test_the_redundant_player_fails_over_from_the_killed_encoder_without_a_stall
     assert lines[0] == "#EXTM3U"
     infs = [line for line in lines if line.startswith("#EXT-X-STREAM-INF:")]
     uris = [line for line in lines if line and not line.startswith("#")]
-    assert len(infs) == len(uris) >= 2 and len(set(infs)) == 1, lines
+    # (At the end it lists whoever vouches then: the killed encoder's partner and the joiner
+    # when the mesh is locked; at least the one the player went on from.)
+    assert len(infs) == len(uris) >= 1 and len(set(infs)) == 1, lines
     assert 'CODECS="avc1.' in infs[0] and "mp4a.40.2" in infs[0] and "RESOLUTION=320x180" in infs[0]
     variants = next(
         e["encoders"]
