@@ -1,6 +1,6 @@
 # meshenc — every entry point a developer or CI needs. `make test` and `make demo` do all set-up
 # on a fresh Debian machine: virtualenv, Python packages (pinned by constraints.txt), the etcd
-# server, nginx, chromium and npm, hls.js (pinned by player/package-lock.json), and the
+# server, nginx, chromium and npm, hls.js and dash.js (pinned by player/package-lock.json), and the
 # generated protocol code.
 
 SHELL := /bin/bash
@@ -49,14 +49,17 @@ system-deps:
 
 tools: .tools/bin/grpcurl .tools/bin/helm .tools/bin/kubectl
 
-# hls.js for the player page `meshenc up` plays the origin's stream with in headless chromium:
-# exactly the version player/package-lock.json pins, installed by npm into player/node_modules.
-HLSJS := player/node_modules/hls.js/dist/hls.min.js
-$(HLSJS): player/package.json player/package-lock.json | system-deps
+# hls.js and dash.js for the player page `meshenc up` plays the origin's stream with in headless
+# chromium: exactly the versions player/package-lock.json pins, installed by npm into
+# player/node_modules. Both bundles are targets of the one install (npm's files carry old
+# times, hence the touch), so a missing one installs both again.
+PLAYER_BUNDLES := player/node_modules/hls.js/dist/hls.min.js \
+	player/node_modules/dashjs/dist/modern/umd/dash.mediaplayer.min.js
+$(PLAYER_BUNDLES) &: player/package.json player/package-lock.json | system-deps
 	cd player && npm ci --no-audit --no-fund --loglevel=error
-	@touch $@
+	@touch $(PLAYER_BUNDLES)
 
-player-deps: $(HLSJS)
+player-deps: $(PLAYER_BUNDLES)
 
 # The Helm chart alone, with the real helm binary (tests/system/chart): helm lint; helm template
 # with the default values and every values file in deploy/helm/meshenc/ci/; each rendered manifest

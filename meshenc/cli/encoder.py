@@ -30,6 +30,7 @@ from meshenc.core.policy import Strategy
 from meshenc.wire.address import parse_address_list
 from services.common.certs import certificate_identity
 from services.common.etcd import DEFAULT_LEASE_TTL
+from services.encoder.media.serve import OutputServeError
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import (
     DEFAULT_REGISTRY_TTL,
@@ -94,6 +95,14 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     multiple=True,
     help="HTTP origin to PUT segments to (repeatable; the variable: URLs separated by spaces)."
     " Only segments this encoder can vouch for go out, and its playlist while it leads.",
+)
+@click.option(
+    "--serve-output",
+    envvar="MESHENC_SERVE_OUTPUT",
+    default=None,
+    help="HOST:PORT to serve the output folder on over HTTP, read-only (GET and HEAD, with the"
+    " origin's content types, no-cache on playlists and CORS), for players and CDNs to read this"
+    " encoder directly (off when unset).",
 )
 @click.option(
     "--input-loss-frames",
@@ -267,6 +276,7 @@ def encoder(
     source: str | None,
     output_format: str,
     publish: tuple[str, ...],
+    serve_output: str | None,
     input_loss_frames: int,
     input_loss_repeat_s: float,
     size: tuple[int, int],
@@ -346,6 +356,7 @@ def encoder(
             out=out,
             source=source,
             publish=publish,
+            serve_output=serve_output or None,
             output_format=SegmentFormat(output_format),
             input_loss_frames=input_loss_frames,
             input_loss_repeat_s=input_loss_repeat_s,
@@ -380,7 +391,10 @@ def encoder(
     with service_telemetry(
         "meshenc-encoder", instance_id=settings.id, metrics_listen=settings.metrics_listen
     ):
-        stats = asyncio.run(EncoderRuntime(settings).run())
+        try:
+            stats = asyncio.run(EncoderRuntime(settings).run())
+        except OutputServeError as exc:  # before anything else started: one line, status 1
+            raise click.ClickException(str(exc)) from exc
     click.echo(
         f"{settings.id}: {stats.frames} frames, {stats.segments} segments, "
         f"{stats.skipped} skipped, {stats.escalations} escalations"

@@ -108,8 +108,10 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     "--player/--no-player",
     default=None,
     help="Play the origin's stream in headless Chromium with hls.js for the whole run and"
-    " report stalls and errors; needs --origin [default: when chromium, hls.js and Playwright"
-    " are installed; when not, the run says why].",
+    " report stalls and errors; beside it, the master playlist of redundant encoders (through"
+    " the kill of the encoder it plays from) and, with --format cmaf, the DASH manifest with"
+    " dash.js; needs --origin [default: when chromium, hls.js and Playwright are installed;"
+    " when not, the run says why].",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the injected clock faults."
@@ -207,11 +209,13 @@ def up(
     UDP path (different delays, jitter and swing); every encoder stamps the measured arrivals
     with its own injected clock drift (spread over ±--max-drift-ppm), and the mesh keeps their
     outputs frame-locked. Midway the segment leader is killed with kill -9 and later a new
-    encoder joins (unless --no-faults). At the end: HLS per encoder in --out (MPEG-TS, or CMAF
-    with a DASH manifest too with --format cmaf), out/report.html with plots and
-    out/summary.json. Every process started is stopped at the end, on Ctrl-C and on errors.
-    The processes speak mutual TLS with certificates the run makes in OUT/certs (one per
-    encoder, registry, manager, operator) unless --insecure.
+    encoder joins (unless --no-faults). With --origin the encoders publish to a real nginx,
+    each serves its own output over HTTP too, and OUT/origin/master.m3u8 lists them as
+    redundant variants. At the end: HLS per encoder in --out (MPEG-TS, or CMAF with a DASH
+    manifest too with --format cmaf), out/report.html with plots and out/summary.json. Every
+    process started is stopped at the end, on Ctrl-C and on errors. The processes speak mutual
+    TLS with certificates the run makes in OUT/certs (one per encoder, registry, manager,
+    operator) unless --insecure.
     """
     # The run pulls in etcd, the planner and the report (matplotlib): only `up` pays for them.
     from meshenc.local.demo import DemoConfig, DemoRun  # noqa: PLC0415
@@ -250,6 +254,7 @@ def up(
             join_at=join_at,
             manager="manager" in commands,
             managed_topology=links == "managed",
+            output_format=SegmentFormat(output_format),
             encoder_options=frozenset(
                 opt for param in encoder_command.params for opt in param.opts
             ),
@@ -284,6 +289,14 @@ def up(
         for watched in summary.watched:
             when = "while the browser played" if watched.during_playback else "before/after play"
             console.print(f"  {watched.kind} {watched.encoder}: {when}", highlight=False)
+    if summary.redundant is not None:
+        console.print(Text(summary.redundant.line), highlight=False)
+    if summary.player_failover is not None:
+        failover = summary.player_failover
+        ok = failover.on_killed and failover.switch_ms is not None
+        console.print(Text(failover.line, style="green" if ok else "bold red"))
+    if summary.dash is not None:
+        console.print(Text(summary.dash.line, style="green" if summary.dash.smooth else "bold red"))
     if summary.recording is not None:
         continuous = summary.recording.continuous
         console.print(Text(summary.recording.line, style="green" if continuous else "bold red"))
@@ -362,6 +375,9 @@ def _intro(config: DemoConfig, plan: RunPlan, tls: TlsFiles | None) -> Renderabl
         Text(f"  {grpcurl} {first} list"),
         Text(f"  {grpcurl} {first} meshenc.v1.EncoderMesh/GetState"),
     ]
+    if "--serve-output" in config.encoder_options:
+        lines.append(Text("Each encoder's own output over HTTP (redundant variants):", style="dim"))
+        lines += [Text(f"  {e.name}: {e.output_url}/index.m3u8") for e in plan.encoders]
     return Group(*lines)
 
 

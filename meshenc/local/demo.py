@@ -30,10 +30,15 @@ is planned in from the start: its neighbours list it and keep trying to reach it
    ``out/events.jsonl``; the run records its own ``started``/``killed``/``joined``/
    ``stopped`` events through it, and a ``leader`` event whenever the leader key of a group
    changes in etcd (a watch in this process);
-3. the player opens the origin's stream once its playlist lists three segments, and takes
-   its screenshot halfway between the kill and the join; the kill and the join at their
-   times; the mesh runs until ``duration`` is over or :meth:`DemoRun.request_stop` is called
-   (Ctrl-C);
+3. every encoder serves its own output folder (``--serve-output``, a planned port), and once
+   encoders vouch for their segments the run PUTs ``master.m3u8`` to the origin, listing each
+   one's own media playlist as a redundant variant, the first group's leader first
+   (:meth:`DemoRun._update_master`; again whenever the list changes); the player opens the
+   origin's stream once its playlist lists three segments, the master playlist beside it (and,
+   with CMAF, the origin's MPD with dash.js), and takes its screenshot halfway between the kill
+   and the join; the kill (of the leader, and of the encoder the redundant player is on if that
+   is another one) and the join at their times; the mesh runs until ``duration`` is over or
+   :meth:`DemoRun.request_stop` is called (Ctrl-C);
 4. the shutdown in dependency order: the player first (the stream's end is no stall), then
    the encoders (SIGTERM: each finishes its segment and
    resigns its leadership), then the recorder, the manager and registries, etcd last; then
@@ -63,16 +68,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+import aiohttp
+import av
+
 from meshenc.core.planner.manager import MeshView, PlannerConfig, plan_mesh
 from meshenc.core.planner.placement import Host
+from meshenc.core.timecode import FrameRate
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.launcher import LOGS_DIR, PIDS_NAME, Launcher
+from meshenc.local.master import MASTER_NAME, StreamAttributes, master_playlist, segment_codecs
 from meshenc.local.origin import OriginProcess
-from meshenc.local.player import BrowserPlayer, unavailable, write_skipped
+from meshenc.local.player import BrowserPlayer, find_dashjs, unavailable, write_skipped
 from meshenc.local.ports import free_ports
 from meshenc.local.segment import SegmentWatch
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_report
-from meshenc.report.playback import PLAYER_DIR
+from meshenc.report.playback import DASH_PLAYER, PLAYER_DIR, REDUNDANT_PLAYER
 from meshenc.report.recorder import EVENTS_NAME, Event, Recorder, StateEvent
 from meshenc.report.verify import (
     DEFAULT_LOCK_IN,
@@ -87,7 +97,12 @@ from services.common.tls import MANAGER, OPERATOR, REGISTRY, TlsFiles
 from services.encoder.leadership import SegmentKeys
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import is_network_url
-from services.encoder.media.segments import PLAYLIST_NAME, segment_name
+from services.encoder.media.segments import (
+    MPD_NAME,
+    PLAYLIST_NAME,
+    segment_name,
+    segment_number,
+)
 
 __all__ = [
     "DemoConfig",
@@ -119,6 +134,9 @@ _LEADER_POLL: Final = 0.1
 _IDENTITY_EVERY: Final = 1.0
 _NOTES: Final = 14
 _SCREENSHOT_AFTER: Final = 3.0
+_POLL_MASTER: Final = 1.0
+_MASTER_WAIT: Final = 10.0
+"""Seconds the player waits, once the origin's playlist is there, for a master of two."""
 """At least this long after playback began before the screenshot."""
 CERTS_DIR: Final = "certs"
 """The run's development CA and certificates (``meshenc certs``), under the run folder."""
@@ -140,6 +158,11 @@ class DemoConfig:
     size: str = "640x360"
     fps: str = "30"
     gop: int = 60
+    #: The encoders' video bitrate (``--bitrate-kbps``), also the master playlist's BANDWIDTH.
+    bitrate_kbps: int = 1500
+    #: The encoders' segments (``meshenc up`` hands it to them as ``MESHENC_FORMAT``); with
+    #: CMAF, the browser also plays the origin's DASH manifest with dash.js.
+    output_format: SegmentFormat = SegmentFormat.TS
     registries: int = 3
     max_drift_ppm: float = 100.0
     #: Arrival jitter of every encoder's path from the source (the delay line's, ms).
@@ -199,6 +222,8 @@ class EncoderPlan:
     #: The mean delay of its path from the source, and the UDP port it listens on for it.
     ingest_delay_ms: float
     input_port: int
+    #: Where it serves its own output folder over HTTP (``--serve-output``).
+    output_port: int
     seed: int
     group: str
     peers: tuple[str, ...]
@@ -207,6 +232,11 @@ class EncoderPlan:
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
+
+    @property
+    def output_url(self) -> str:
+        """The base URL of its output folder: its media playlist is ``output_url/index.m3u8``."""
+        return f"http://{HOST}:{self.output_port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +303,7 @@ def plan_run(config: DemoConfig, ports: Sequence[int]) -> RunPlan:
             offset_ms=round(rng.uniform(-MAX_OFFSET_MS, MAX_OFFSET_MS), 1),
             ingest_delay_ms=round(rng.uniform(MIN_INGEST_DELAY_MS, MAX_INGEST_DELAY_MS), 1),
             input_port=ports[count + i],
+            output_port=ports[2 * count + i],
             seed=rng.randrange(1 << 31),
             group=group_of[name],
             peers=tuple(adjacency[name]),
@@ -280,16 +311,17 @@ def plan_run(config: DemoConfig, ports: Sequence[int]) -> RunPlan:
         )
         for i, name in enumerate(names)
     )
-    rest = list(ports[2 * count :])
+    rest = list(ports[3 * count :])
     registry_ports = tuple(rest[: config.registries])
     manager_port = rest[config.registries] if config.manager else None
     return RunPlan(encoders, registry_ports, manager_port)
 
 
 def ports_needed(config: DemoConfig) -> int:
-    """Ports a run takes: each encoder's gRPC and input ports, the registries, the manager."""
+    """Ports a run takes: each encoder's gRPC, input and output ports, the registries, the
+    manager."""
     encoders = config.encoders + (1 if config.faults else 0)
-    return 2 * encoders + config.registries + int(config.manager)
+    return 3 * encoders + config.registries + int(config.manager)
 
 
 # --- what the live view reads -----------------------------------------------------------------
@@ -393,6 +425,12 @@ class DemoRun:
         self.player_skipped = player_skipped(config)
         self._player: BrowserPlayer | None = None
         self._play_task: asyncio.Task[None] | None = None
+        #: The encoders the master playlist lists, in its order (empty: none published yet).
+        self.master_listed: tuple[str, ...] = ()
+        self._vouching: set[str] = set()
+        self._master_attributes: StreamAttributes | None = None
+        #: Whether the browser's second player plays the master playlist.
+        self._redundant_playing = False
         #: Where the run's certificates go (made when the run starts); None without TLS.
         self.certs = CertificateSet(self.out / CERTS_DIR) if config.tls else None
 
@@ -400,6 +438,31 @@ class DemoRun:
     def playback_url(self) -> str | None:
         """The media playlist a player opens on the origin."""
         return None if self.origin_url is None else f"{self.origin_url}/{PLAYLIST_NAME}"
+
+    @property
+    def dash_url(self) -> str | None:
+        """The origin's DASH manifest, for the dash.js player (None: not CMAF, no origin, or
+        dash.js not installed)."""
+        if (
+            self.origin_url is None
+            or self.config.output_format is not SegmentFormat.CMAF
+            or find_dashjs() is None
+        ):
+            return None
+        return f"{self.origin_url}/{MPD_NAME}"
+
+    @property
+    def serves_output(self) -> bool:
+        """Whether every encoder serves its output folder (this installation's can)."""
+        return "--serve-output" in self.config.encoder_options
+
+    @property
+    def master_url(self) -> str | None:
+        """The master playlist of redundant encoders, on the origin (None: no origin, or the
+        encoders serve no output)."""
+        if self.origin_url is None or not self.serves_output:
+            return None
+        return f"{self.origin_url}/{MASTER_NAME}"
 
     # -- control ------------------------------------------------------------------------------
 
@@ -450,10 +513,13 @@ class DemoRun:
             "--segment", encoder.group,
             "--etcd", etcd_endpoint,
             "--source", self.input_url(encoder),
+            "--bitrate-kbps", str(config.bitrate_kbps),
             *self.tls_args(encoder.name),
         ]  # fmt: skip
         if self.origin_url is not None:
             args += ["--publish", self.origin_url]
+        if self.serves_output:
+            args += ["--serve-output", f"{HOST}:{encoder.output_port}"]
         if not config.sync:
             args.append("--no-sync")
         options = config.encoder_options
@@ -554,6 +620,8 @@ class DemoRun:
                     launcher.adopt("origin", origin.pid, ("nginx", origin.url))
                     self.origin_url = origin.url
                     self._note(f"origin serving at {origin.url}: play {self.playback_url}")
+                    if self.master_url is not None:
+                        self._note(f"redundant encoders, once they vouch: {self.master_url}")
                 await self._run_mesh(launcher, etcd)
         finally:
             await self._stop_player()
@@ -613,6 +681,8 @@ class DemoRun:
                 asyncio.create_task(self._watch_leaders(etcd.endpoint), name="leader-watch"),
                 asyncio.create_task(self._watch_identity(), name="identity"),
             ]
+            if self.master_url is not None:
+                watchers.append(asyncio.create_task(self._keep_master(), name="master"))
             if self._player is not None:
                 self._play_task = asyncio.create_task(self._play(self._player), name="player")
             try:
@@ -660,19 +730,37 @@ class DemoRun:
             await step()
 
     async def _kill_leader(self) -> None:
-        """kill -9 the leader of the first group (any running encoder if none is known)."""
+        """kill -9 the leader of the first group (any running encoder if none is known).
+
+        The master playlist lists the leader first, so the redundant player plays from it; if
+        that player is on another encoder all the same (the lead moved after it started), that
+        encoder is killed too: the failover a viewer sees is the point of the kill."""
         launcher, recorder = self._launcher, self._recorder
         assert launcher is not None and recorder is not None
         running = [n for n, v in self.state.encoders.items() if v.status == "running"]
         group = self.plan.groups[0]
         leader = self.state.leaders.get(group, ("", 0))[0]
         victim = leader if leader in running else running[0]
-        launcher.kill(victim)
-        recorder.lifecycle("killed", victim)
-        recorder.remove(victim)
-        self.state.encoders[victim].status = "killed"
         what = f"leader of {group}" if victim == leader else "an encoder (no leader known)"
-        self._note(f"kill -9 {victim}, {what}", "bold red")
+        victims = [(victim, what)]
+        if self._player is not None and self._redundant_playing:
+            on = self._encoder_of(await self._player.current(REDUNDANT_PLAYER))
+            if on is not None and on != victim and on in running:
+                victims.append((on, "the encoder the redundant player plays from"))
+        for name, why in victims:
+            launcher.kill(name)
+            recorder.lifecycle("killed", name)
+            recorder.remove(name)
+            self.state.encoders[name].status = "killed"
+            self._note(f"kill -9 {name}, {why}", "bold red")
+
+    def _encoder_of(self, url: str | None) -> str | None:
+        """The encoder whose own server ``url`` is on (None: none of them)."""
+        if url is None:
+            return None
+        return next(
+            (e.name for e in self.plan.encoders if url.startswith(e.output_url + "/")), None
+        )
 
     async def _join(self) -> None:
         """Start the planned newcomer; it counts as joined once its health service answers."""
@@ -721,12 +809,28 @@ class DemoRun:
         self._note("player: waiting for the origin's playlist")
         try:
             await player.wait_for_stream()
-            await player.play()
+            redundant = await self._wait_for_master()
+            more = {}
+            if redundant is not None:
+                player.note(
+                    "variants",
+                    player=REDUNDANT_PLAYER,
+                    encoders={e.name: e.output_url for e in self.plan.encoders},
+                )
+                more[REDUNDANT_PLAYER] = redundant
+            if (dash := self.dash_url) is not None:
+                more[DASH_PLAYER] = dash
+            await player.play(more)
+            self._redundant_playing = redundant is not None
         except Exception as exc:
             self._note(f"player: the page did not open: {exc}", "bold red")
             player.note("stopped", reason=f"the page did not open: {exc}")
             return
         self._note(f"player: chromium plays {self.playback_url} with hls.js", "green")
+        if self._redundant_playing:
+            self._note(f"player: and the redundant encoders' {self.master_url}", "green")
+        if self.dash_url is not None:
+            self._note(f"player: and {self.dash_url} with dash.js", "green")
         start = self.state.started_at or time.time()
         # At the chosen moment, or a few seconds in when playback began after it.
         await asyncio.sleep(max(start + self.screenshot_time - time.time(), _SCREENSHOT_AFTER))
@@ -742,6 +846,83 @@ class DemoRun:
         if self._player is not None:
             reason = "the run stopped" if self.state.stop_requested else "the run ended"
             await self._player.stop(reason)
+
+    async def _wait_for_master(self) -> str | None:
+        """The master playlist's URL once it lists two encoders (None: no master in this run,
+        or not within _MASTER_WAIT seconds)."""
+        if self.master_url is None:
+            return None
+        deadline = time.monotonic() + _MASTER_WAIT
+        while len(self.master_listed) < 2:
+            if time.monotonic() > deadline:
+                self._note("player: no master playlist of two encoders yet; playing without")
+                return None
+            await asyncio.sleep(_POLL_MASTER)
+        return self.master_url
+
+    async def _keep_master(self) -> None:
+        """Keep the origin's master playlist listing every running encoder that vouches for
+        its segments, the first group's leader first (see :meth:`_update_master`)."""
+        assert self.origin_url is not None
+        timeout = aiohttp.ClientTimeout(total=5.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                try:
+                    await self._update_master(session)
+                except (OSError, ValueError, av.FFmpegError, aiohttp.ClientError) as exc:
+                    log.warning("master playlist: %s", exc)
+                await asyncio.sleep(_POLL_MASTER)
+
+    async def _update_master(self, session: aiohttp.ClientSession) -> None:
+        """List an encoder once it vouches for its segments: it is locked and its own copy of
+        the newest segment on the origin is the origin's bytes (so a joiner still locking in,
+        whose segments may differ, is not yet a place to fail over to); unlist it when it stops.
+        PUT the master to the origin when its text changes."""
+        running = {n for n, v in self.state.encoders.items() if v.status == "running"}
+        self._vouching &= running
+        candidates = [
+            n
+            for n in sorted(running - self._vouching)
+            if (view := self.state.encoders[n]).state is not None and view.state["locked"]
+        ]
+        newest = await asyncio.to_thread(_newest_segment, self.out / ORIGIN_DIR)
+        if newest is None:
+            return
+        if candidates:
+            agreeing = await asyncio.to_thread(self._holding, newest, candidates)
+            self._vouching.update(agreeing)
+        if self._master_attributes is None:
+            codecs = await asyncio.to_thread(segment_codecs, newest)
+            width, height = (int(v) for v in self.config.size.lower().split("x"))
+            self._master_attributes = StreamAttributes(
+                self.config.bitrate_kbps * 1000,
+                width,
+                height,
+                FrameRate.parse(self.config.fps),
+                codecs,
+            )
+        leader = self.state.leaders.get(self.plan.groups[0], ("", 0))[0]
+        order = tuple(sorted(self._vouching, key=lambda n: (n != leader, n)))
+        if not order or order == self.master_listed:
+            return
+        uris = [f"{self.plan.encoder(n).output_url}/{PLAYLIST_NAME}" for n in order]
+        text = master_playlist(self._master_attributes, uris)
+        assert self.master_url is not None
+        async with session.put(self.master_url, data=text.encode()) as answer:
+            if answer.status not in (200, 201, 204):
+                raise OSError(f"the origin answered {answer.status} to the master playlist")
+        self.master_listed = order
+        self._note(f"master playlist: {', '.join(order)} (redundant variants, leader first)")
+
+    def _holding(self, newest: Path, candidates: list[str]) -> list[str]:
+        """The candidates whose own copy of ``newest`` holds the origin's bytes."""
+        published = newest.read_bytes()
+        found = []
+        for name in candidates:
+            with contextlib.suppress(OSError):
+                if (self.out / name / newest.name).read_bytes() == published:
+                    found.append(name)
+        return found
 
     def _check_children(self, launcher: Launcher) -> None:
         """Note encoders that died on their own (not killed by the run)."""
@@ -867,6 +1048,16 @@ def player_skipped(config: DemoConfig) -> str | None:
     if not config.origin:
         return "no origin to play (--no-origin)"
     return unavailable()
+
+
+def _newest_segment(folder: Path) -> Path | None:
+    """The highest-numbered media segment in ``folder`` (None: none)."""
+    numbered = [
+        (number, path)
+        for path in folder.glob("seg-*")
+        if (number := segment_number(path.name)) is not None
+    ]
+    return max(numbered)[1] if numbered else None
 
 
 async def _nothing() -> None:

@@ -33,21 +33,13 @@ from typing import IO, Self
 
 from meshenc.local.ports import free_ports
 from meshenc.local.process import ManagedProcess
+from services.encoder.media.publish import CONTENT_TYPES
 
 __all__ = [
-    "CONTENT_TYPES",
     "OriginNotInstalledError",
     "OriginProcess",
 ]
 
-#: What the origin answers as ``Content-Type`` for each suffix (anything else: octet-stream).
-CONTENT_TYPES: dict[str, str] = {
-    "m3u8": "application/vnd.apple.mpegurl",
-    "ts": "video/mp2t",
-    "mpd": "application/dash+xml",
-    "mp4": "video/mp4",
-    "m4s": "video/iso.segment",
-}
 
 #: Where Debian installs nginx; not on a non-root user's PATH.
 _SYSTEM_DIRS = "/usr/sbin:/sbin"
@@ -143,7 +135,10 @@ class OriginProcess(ManagedProcess):
             kind: _config_path(state / "temp" / kind)
             for kind in ("body", "proxy", "fastcgi", "uwsgi", "scgi")
         }
-        types = "\n".join(f"        {kind} {suffix};" for suffix, kind in CONTENT_TYPES.items())
+        # The publisher's table: the origin, the encoders' own servers and the PUTs agree.
+        types = "\n".join(
+            f"        {kind} {suffix.lstrip('.')};" for suffix, kind in CONTENT_TYPES.items()
+        )
         access = "access_log /dev/stderr;" if self._access_log else "access_log off;"
         return f"""\
 # Written by meshenc.local.origin for one local origin; regenerated on every run.
@@ -180,11 +175,15 @@ http {{
         dav_methods PUT DELETE;
         create_full_put_path on;
         dav_access user:rw group:r all:r;
+        # Any page may read the stream, and its Date header (a DASH player without a UTCTiming
+        # element sets its clock by the manifest's Date).
         add_header Access-Control-Allow-Origin "*" always;
+        add_header Access-Control-Expose-Headers "Date" always;
 
         # Live playlists change under the same name: never cached.
         location ~ \\.(m3u8|mpd)$ {{
             add_header Access-Control-Allow-Origin "*" always;
+            add_header Access-Control-Expose-Headers "Date" always;
             add_header Cache-Control "no-cache" always;
         }}
     }}

@@ -1,4 +1,5 @@
-"""A real player in a real browser: headless Chromium playing the origin's stream with hls.js.
+"""A real player in a real browser: headless Chromium playing the origin's stream with hls.js
+(and, beside it, other players on the same page).
 
 Theory of operation
 -------------------
@@ -12,17 +13,23 @@ viewer watches from a machine of its own, so on the mesh's machine the browser t
 CPU the encoders leave. Run as root, Chromium would raise its own media and compositor threads
 to nice -8, ahead of the encoders; the wrapper drops ``CAP_SYS_NICE`` from its bounding set
 (``setpriv``, util-linux) so that it cannot. The
-page (``player.html`` beside this module) and the hls.js bundle (``hls.min.js`` from npm, pinned
-by ``player/package-lock.json`` and installed by ``make player-deps``) are served by a small
-HTTP server of the player's own on 127.0.0.1 (a page on the loopback may read from the loopback;
-Chromium keeps pages from elsewhere off local addresses); the stream comes from the origin
-itself (nginx answers with ``Access-Control-Allow-Origin: *``).
+page (``player.html`` beside this module) and the hls.js and dash.js bundles (``hls.min.js``
+and ``dash.mediaplayer.min.js`` from npm, pinned by ``player/package-lock.json`` and installed
+by ``make player-deps``) are served by a small HTTP server of the player's own on 127.0.0.1 (a
+page on the loopback may read from the loopback; Chromium keeps pages from elsewhere off local
+addresses); the streams come from the origin itself and the encoders' own servers (both answer
+with ``Access-Control-Allow-Origin: *``).
 
 The browser is launched on a blank page first (:meth:`BrowserPlayer.launch`: its start-up,
 a burst of a third of a core, is then over before the encoders start). A viewer opens a stream
 once it is announced: :meth:`BrowserPlayer.wait_for_stream` waits until the origin serves a
 media playlist that lists :data:`MIN_SEGMENTS` segments (hls.js starts three segments behind
-the live edge), then :meth:`BrowserPlayer.play` opens the page. The page keeps its own log (see
+the live edge), then :meth:`BrowserPlayer.play` opens the page: one ``<video>`` for the origin's
+playlist and one for each further stream it is given by player name
+(:data:`~meshenc.report.playback.REDUNDANT_PLAYER`: hls.js on the master playlist of redundant
+encoders; :data:`~meshenc.report.playback.DASH_PLAYER`: dash.js on a DASH manifest). Every
+entry of the page's log names its player; :meth:`BrowserPlayer.current` asks which URL a
+player loaded its last fragment from (which encoder it is on). The page keeps its own log (see
 ``player.html``); a task drains it every :data:`DRAIN_EVERY` seconds into ``log.jsonl`` in the
 player's folder, so what happened until a crash of the browser is kept. The driver's own
 entries (``started``, ``screenshot``, ``stopped``, or ``skipped`` with its reason) go to the
@@ -45,6 +52,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -52,7 +60,11 @@ from urllib.parse import quote
 
 import aiohttp
 
-from meshenc.report.playback import PLAYER_LOG, SCREENSHOT_NAME
+from meshenc.report.playback import (
+    ORIGIN_PLAYER,
+    PLAYER_LOG,
+    SCREENSHOT_NAME,
+)
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page, Playwright, ViewportSize
@@ -61,6 +73,7 @@ __all__ = [
     "MIN_SEGMENTS",
     "BrowserPlayer",
     "find_chromium",
+    "find_dashjs",
     "find_hlsjs",
     "unavailable",
     "write_skipped",
@@ -78,10 +91,15 @@ PAGE_HTML: Final = Path(__file__).with_name("player.html")
 HLSJS_BUNDLE: Final = (
     Path(__file__).resolve().parents[2] / "player/node_modules/hls.js/dist/hls.min.js"
 )
+#: The same for dash.js (its media player alone: no DRM, no offline), for DASH manifests.
+DASHJS_BUNDLE: Final = (
+    Path(__file__).resolve().parents[2]
+    / "player/node_modules/dashjs/dist/modern/umd/dash.mediaplayer.min.js"
+)
 #: Debian's chromium: the binary itself (``/usr/bin/chromium`` is a wrapper script around it).
 CHROMIUM_CANDIDATES: Final = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser")
 _POLL: Final = 0.5
-_VIEWPORT: Final[ViewportSize] = {"width": 672, "height": 460}
+_VIEWPORT: Final[ViewportSize] = {"width": 672, "height": 720}
 
 
 def find_chromium() -> Path | None:
@@ -96,6 +114,11 @@ def find_chromium() -> Path | None:
 def find_hlsjs() -> Path | None:
     """The hls.js bundle ``make player-deps`` installed, or None."""
     return HLSJS_BUNDLE if HLSJS_BUNDLE.is_file() else None
+
+
+def find_dashjs() -> Path | None:
+    """The dash.js bundle ``make player-deps`` installed, or None."""
+    return DASHJS_BUNDLE if DASHJS_BUNDLE.is_file() else None
 
 
 def unavailable() -> str | None:
@@ -199,14 +222,17 @@ class BrowserPlayer:
         )
         self._page = await self._browser.new_page(viewport=_VIEWPORT)
 
-    async def play(self) -> None:
-        """Open the page on the stream (after launch and wait_for_stream)."""
+    async def play(self, more: Mapping[str, str] | None = None) -> None:
+        """Open the page on the stream (after launch and wait_for_stream); ``more`` adds
+        players to the page, by name (see the module docstring)."""
         if self._browser is None or self._page is None:
             raise RuntimeError("launch the browser first")
-        self._server = _PageServer(self.hlsjs)
-        page_url = f"{self._server.url}/?src={quote(self.playlist_url, safe='')}"
-        self.note("started", url=self.playlist_url, browser=self._browser.version)
-        await self._page.goto(page_url)
+        self._server = _PageServer(self.hlsjs, find_dashjs())
+        streams = {ORIGIN_PLAYER: self.playlist_url, **(more or {})}
+        query = "&".join(f"{name}={quote(url, safe='')}" for name, url in streams.items())
+        for name, url in streams.items():
+            self.note("started", player=name, url=url, browser=self._browser.version)
+        await self._page.goto(f"{self._server.url}/?{query}")
         self._drainer = asyncio.create_task(self._drain_forever(), name="player-log")
 
     def _niced_chromium(self) -> Path:
@@ -237,6 +263,17 @@ class BrowserPlayer:
                 self.note("stopped", reason=f"the page stopped answering: {exc}", lost=True)
                 log.warning("player: the page stopped answering: %s", exc)
                 return
+
+    async def current(self, player: str) -> str | None:
+        """The URL of the fragment ``player`` loaded last (None: none yet, or no page)."""
+        if self._page is None:
+            return None
+        try:
+            url = await self._page.evaluate("(name) => window.meshencPlayer.current(name)", player)
+        except Exception as exc:
+            log.warning("player: cannot ask the page: %s", exc)
+            return None
+        return url if isinstance(url, str) else None
 
     async def screenshot(self) -> Path | None:
         """A PNG of the playing page, ``screenshot.png`` in the player's folder."""
@@ -287,11 +324,13 @@ class BrowserPlayer:
 class _PageServer:
     """The player page and hls.js over HTTP on 127.0.0.1, from a thread; 404 for the rest."""
 
-    def __init__(self, hlsjs: Path) -> None:
+    def __init__(self, hlsjs: Path, dashjs: Path | None) -> None:
         files = {
             "/": (PAGE_HTML.read_bytes(), "text/html; charset=utf-8"),
             "/hls.min.js": (hlsjs.read_bytes(), "text/javascript"),
         }
+        if dashjs is not None:
+            files["/dash.mediaplayer.min.js"] = (dashjs.read_bytes(), "text/javascript")
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:

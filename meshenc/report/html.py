@@ -71,6 +71,12 @@ $join_table
 <h2>Playback: a browser on the origin</h2>
 $playback
 
+<h2>Playback: the same browser on the redundant encoders</h2>
+$redundant
+
+<h2>Playback: the same browser on the origin's DASH manifest</h2>
+$dash
+
 <h2>The origin's recording</h2>
 $recording
 
@@ -250,7 +256,8 @@ def _playback(run: RunRecord, summary: Summary) -> str:
     if result.skipped is not None:
         return "".join(parts)
     rows = [
-        ("player", f"hls.js {result.hls_version or '?'} in Chromium {result.browser or '?'}"),
+        ("player", f"{result.engine} {result.engine_version or '?'} in Chromium "
+         f"{result.browser or '?'}"),
         ("stream", result.url or "—"),
         ("start-up", "—" if result.startup_s is None else f"{result.startup_s:.2f} s"),
         ("stalls after start-up (waiting)", str(len(result.stalls))),
@@ -291,6 +298,49 @@ def _playback(run: RunRecord, summary: Summary) -> str:
             " buffer and the fragment playing, and its counts of waits and errors.</figcaption>"
             "</figure>"
         )
+    return "".join(parts)
+
+
+def _dash(summary: Summary) -> str:
+    """The dash.js player of the origin's MPD (CMAF runs)."""
+    result = summary.dash
+    if result is None:
+        return "<p>No DASH player ran in this run (it plays CMAF runs' manifests).</p>"
+    verdict = "locked" if result.smooth else "unlocked"
+    parts = [f'<p class="verdict {verdict}">{escape(result.line)}</p>']
+    if result.errors:
+        parts.append(
+            _table(
+                ("error", "time", "reason"),
+                ((f"{e.type} {e.details}", f"{e.t:.1f}", e.reason) for e in result.errors),
+            )
+        )
+    return "".join(parts)
+
+
+def _redundant(summary: Summary) -> str:
+    """The second player, on the master playlist of redundant encoders, and its failover."""
+    result, failover = summary.redundant, summary.player_failover
+    if result is None:
+        return "<p>No player of the master playlist ran in this run.</p>"
+    parts = [f"<p>{escape(result.line)} (stream {escape(result.url or '—')})</p>"]
+    if failover is None:
+        return "".join(parts) + "<p>No kill while it played.</p>"
+    good = failover.on_killed and failover.switch_ms is not None and not failover.sequence_gaps
+    verdict = "locked" if good and not failover.differing else "unlocked"
+    parts.append(f'<p class="verdict {verdict}">{escape(failover.line)}</p>')
+    rows = (
+        (
+            f"{f.after_kill_s:+.2f} s",
+            str(f.sn),
+            f.encoder or "?",
+            {True: "yes", False: "no", None: "—"}[f.holds_reference],
+        )
+        for f in failover.fragments
+    )
+    parts.append(
+        _table(("loaded (from the kill)", "fragment", "from", "the majority's bytes"), rows)
+    )
     return "".join(parts)
 
 
@@ -376,6 +426,8 @@ def render_report(run: RunRecord, summary: Summary, plots_dir: str) -> str:
         identity_table=_identity_table(run),
         lock_in=summary.lock_in,
         playback=_playback(run, summary),
+        redundant=_redundant(summary),
+        dash=_dash(summary),
         recording=_recording(summary),
         max_gap=f"{MAX_PROGRESS_GAP_S:g}",
         audio_ticks=AUDIO_TOLERANCE_TICKS,

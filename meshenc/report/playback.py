@@ -35,25 +35,60 @@ seeks, skipped fragments, discontinuities
     ``seeking`` events after start-up; fragments played whose sequence number is not the
     previous one's plus one; discontinuity sequence numbers other than 0 in any playlist
     hls.js loaded.
+sequence gaps
+    Video fragments loaded (in the order the player loaded them) whose sequence number is more
+    than one past every number loaded before: a segment the viewer never got. (dash.js has no
+    event for the fragment playing: for it, the loaded ones are the measure.)
+dropped frames
+    ``getVideoPlaybackQuality().droppedVideoFrames`` at the last sample: frames the browser
+    decoded but did not show in time (a busy machine drops some without any stream fault).
+
+One page may run several players, each entry naming its own (``player``; an entry without one
+is the origin's): :data:`ORIGIN_PLAYER` plays the origin's media playlist,
+:data:`REDUNDANT_PLAYER` the master playlist of redundant encoders (both with hls.js),
+:data:`DASH_PLAYER` a DASH manifest with dash.js, whose ``ERROR`` events count as errors and as
+fatal (dash.js raises them for what it gave up on). ``evaluate(log, player)``
+takes that player's entries and the driver's ``screenshot``/``stopped``/``skipped``, which
+concern the whole page. :func:`evaluate_failover` measures the redundant player through the
+kill -9 of the encoder it played from:
+
+playing from
+    The encoder whose server served the last fragment the player loaded before the kill (the
+    page logs every ``FRAG_LOADED`` with its URL; the driver's ``variants`` entry maps each
+    encoder to its server's URL).
+switch
+    From the kill to the first playlist or fragment the player loaded from another encoder.
+sequence gaps
+    As above, over the whole playback.
+differing fragments
+    Fragments loaded from an encoder whose copy of that segment is not the majority's bytes
+    (the caller's ``holds_reference``, from the segment files): pictures the viewer got that
+    another encoder would have placed differently.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DASH_PLAYER",
     "MAX_PROGRESS_GAP_S",
+    "ORIGIN_PLAYER",
     "PLAYER_DIR",
     "PLAYER_LOG",
+    "REDUNDANT_PLAYER",
     "SCREENSHOT_NAME",
     "PlaybackResult",
     "PlayerError",
+    "PlayerFailover",
     "evaluate",
+    "evaluate_failover",
     "load_playback",
     "read_log",
 ]
@@ -62,6 +97,16 @@ PLAYER_DIR = "player"
 """The player's folder inside the run folder."""
 PLAYER_LOG = "log.jsonl"
 SCREENSHOT_NAME = "screenshot.png"
+#: The page's name of each player (its log entries carry it): the origin's media playlist, and
+#: the master playlist of redundant encoders.
+ORIGIN_PLAYER = "origin"
+REDUNDANT_PLAYER = "redundant"
+#: dash.js on a DASH manifest (``--format cmaf``).
+DASH_PLAYER = "dash"
+#: Driver entries about the whole page, whichever player.
+_PAGE_KINDS = frozenset({"skipped", "screenshot", "stopped"})
+#: Fragments listed around a kill: from this many seconds before it to this many after.
+AROUND_KILL_S = (6.0, 12.0)
 MAX_PROGRESS_GAP_S = 1.0
 """Longest gap in playback progress that still counts as continuous (see *longest gap*)."""
 _ADVANCED = 1e-3
@@ -95,9 +140,13 @@ class PlaybackResult:
     """The figures of one playback log (see the module docstring)."""
 
     skipped: str | None = None
+    #: Which player of the page (its log entries' ``player``).
+    player: str = ORIGIN_PLAYER
     url: str | None = None
     browser: str | None = None
-    hls_version: str | None = None
+    #: The player library and its version: ``hls.js`` or ``dash.js``.
+    engine: str = "hls.js"
+    engine_version: str | None = None
     loaded_at: float | None = None
     startup_s: float | None = None
     #: Wall time of the first ``playing`` event and of the last sample after it.
@@ -112,8 +161,13 @@ class PlaybackResult:
     seeks: int = 0
     fragments: int = 0
     skipped_fragments: int = 0
+    #: Video fragments loaded, and those of them more than one past every number loaded before.
+    loaded_fragments: int = 0
+    sequence_gaps: int = 0
     discontinuities: int = 0
     samples: int = 0
+    dropped_frames: int | None = None
+    shown_frames: int | None = None
     screenshot: str | None = None
     stop_reason: str | None = None
     #: The page stopped answering before the run ended (the browser died): the log ends there.
@@ -140,6 +194,7 @@ class PlaybackResult:
             and not self.errors
             and not self.seeks
             and not self.skipped_fragments
+            and not self.sequence_gaps
             and not self.discontinuities
             and self.longest_gap_s is not None
             and self.longest_gap_s <= MAX_PROGRESS_GAP_S
@@ -150,9 +205,9 @@ class PlaybackResult:
         """One line, e.g. ``player: start-up 1.2 s, 0 stalls, 0 errors, longest gap 0.3 s,
         played 40.1 s in 40.2 s``."""
         if self.skipped is not None:
-            return f"player: skipped ({self.skipped})"
+            return f"{self._label}: skipped ({self.skipped})"
         if not self.started:
-            return f"player: never started playing, {len(self.errors)} errors"
+            return f"{self._label}: never started playing, {len(self.errors)} errors"
         gap = "—" if self.longest_gap_s is None else f"{self.longest_gap_s:.2f} s"
         parts = [
             f"start-up {self.startup_s:.1f} s",
@@ -160,7 +215,9 @@ class PlaybackResult:
             f"{len(self.errors)} errors",
             f"longest gap {gap}",
             f"played {self.played_s:.1f} s in {self.wall_s:.1f} s",
-            f"{self.fragments} fragments",
+            f"{self.fragments} fragments"
+            if self.fragments or not self.loaded_fragments
+            else f"{self.loaded_fragments} fragments loaded",
         ]
         if self.lost:
             parts.append("the browser was lost")
@@ -168,20 +225,27 @@ class PlaybackResult:
             (self.stalled_events, "stalled events"),
             (self.seeks, "seeks"),
             (self.skipped_fragments, "skipped fragments"),
+            (self.sequence_gaps, "sequence gaps"),
             (self.discontinuities, "discontinuities"),
         ):
             if count:
                 parts.append(f"{count} {what}")
-        return "player: " + ", ".join(parts)
+        return f"{self._label}: " + ", ".join(parts)
+
+    @property
+    def _label(self) -> str:
+        return "player" if self.player == ORIGIN_PLAYER else f"player ({self.player})"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "line": self.line,
             "smooth": self.smooth,
             "skipped": self.skipped,
+            "player": self.player,
             "url": self.url,
             "browser": self.browser,
-            "hls_version": self.hls_version,
+            "engine": self.engine,
+            "engine_version": self.engine_version,
             "startup_s": self.startup_s,
             "playing_from": self.playing_from,
             "playing_until": self.playing_until,
@@ -198,8 +262,12 @@ class PlaybackResult:
             "seeks": self.seeks,
             "fragments": self.fragments,
             "skipped_fragments": self.skipped_fragments,
+            "loaded_fragments": self.loaded_fragments,
+            "sequence_gaps": self.sequence_gaps,
             "discontinuities": self.discontinuities,
             "samples": self.samples,
+            "dropped_frames": self.dropped_frames,
+            "shown_frames": self.shown_frames,
             "screenshot": self.screenshot,
             "stop_reason": self.stop_reason,
             "lost": self.lost,
@@ -221,16 +289,29 @@ def _error(entry: Mapping[str, Any]) -> PlayerError:
     )
 
 
-def evaluate(log: Iterable[Mapping[str, Any]]) -> PlaybackResult:
-    """The figures of a playback log, entries in the order they were written."""
-    entries = sorted(
-        (e for e in log if isinstance(e.get("t"), int | float)), key=lambda e: float(e["t"])
+def _entries(log: Iterable[Mapping[str, Any]], player: str) -> list[Mapping[str, Any]]:
+    """One player's entries and the page's, in time order."""
+    return sorted(
+        (
+            e
+            for e in log
+            if isinstance(e.get("t"), int | float)
+            and (e.get("kind") in _PAGE_KINDS or e.get("player", ORIGIN_PLAYER) == player)
+        ),
+        key=lambda e: float(e["t"]),
     )
-    values: dict[str, Any] = {}
+
+
+def evaluate(log: Iterable[Mapping[str, Any]], player: str = ORIGIN_PLAYER) -> PlaybackResult:
+    """The figures of one player of a playback log, entries in the order they were written."""
+    entries = _entries(log, player)
+    values: dict[str, Any] = {"player": player}
     for entry in entries:
         kind = entry.get("kind")
         if kind == "skipped":
-            return PlaybackResult(skipped=str(entry.get("reason", "no reason given")))
+            return PlaybackResult(
+                skipped=str(entry.get("reason", "no reason given")), player=player
+            )
         if kind == "started":
             values.update(url=entry.get("url"), browser=entry.get("browser"))
         elif kind == "screenshot":
@@ -239,7 +320,11 @@ def evaluate(log: Iterable[Mapping[str, Any]]) -> PlaybackResult:
             values.setdefault("stop_reason", entry.get("reason"))
             values["lost"] = values.get("lost", False) or bool(entry.get("lost"))
         elif kind == "load" and "loaded_at" not in values:
-            values.update(loaded_at=entry["t"], hls_version=entry.get("hls"))
+            values.update(
+                loaded_at=entry["t"],
+                engine=str(entry.get("engine", "hls.js")),
+                engine_version=entry.get("version", entry.get("hls")),
+            )
     errors = tuple(
         _error(e)
         for e in entries
@@ -261,6 +346,14 @@ def evaluate(log: Iterable[Mapping[str, Any]]) -> PlaybackResult:
         if e.get("kind") == "playlist"
         for cc in e.get("discontinuities", ())
     }
+    quality = [e for e in after if e.get("kind") == "sample" and e.get("frames") is not None]
+    loaded_sns = [
+        int(e["sn"])
+        for e in entries
+        if e.get("kind") == "loaded"
+        and isinstance(e.get("sn"), int)
+        and e.get("media", "video") == "video"
+    ]
     return PlaybackResult(
         startup_s=playing - loaded,
         playing_from=playing,
@@ -274,10 +367,25 @@ def evaluate(log: Iterable[Mapping[str, Any]]) -> PlaybackResult:
         seeks=sum(e.get("event") == "seeking" for e in media),
         fragments=len(fragments),
         skipped_fragments=sum(b != a + 1 for a, b in itertools.pairwise(fragments)),
+        loaded_fragments=len(loaded_sns),
+        sequence_gaps=len(_sequence_gaps(loaded_sns)),
         discontinuities=len(discontinuities - {0}),
         samples=len(samples),
+        dropped_frames=int(quality[-1]["dropped"]) if quality else None,
+        shown_frames=int(quality[-1]["frames"]) if quality else None,
         **values,
     )
+
+
+def _sequence_gaps(numbers: Iterable[int]) -> tuple[int, ...]:
+    """The numbers, in loading order, more than one past every number before them."""
+    highest: int | None = None
+    gaps = []
+    for sn in numbers:
+        if highest is not None and sn > highest + 1:
+            gaps.append(sn)
+        highest = sn if highest is None else max(highest, sn)
+    return tuple(gaps)
 
 
 def _longest_gap(since: float, samples: list[tuple[float, float]]) -> float | None:
@@ -306,7 +414,163 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def load_playback(out_dir: Path) -> PlaybackResult | None:
-    """The figures of a run folder's playback log; None when the run kept none."""
+def load_playback(out_dir: Path, player: str = ORIGIN_PLAYER) -> PlaybackResult | None:
+    """The figures of one player of a run folder's playback log; None when the run kept no
+    log, or (but for the origin's player, which says why it was skipped) that player never
+    ran."""
     path = Path(out_dir) / PLAYER_DIR / PLAYER_LOG
-    return evaluate(read_log(path)) if path.is_file() else None
+    if not path.is_file():
+        return None
+    log = read_log(path)
+    if player != ORIGIN_PLAYER and not any(
+        e.get("kind") == "load" and e.get("player") == player for e in log
+    ):
+        return None
+    return evaluate(log, player)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedFragment:
+    """A fragment the player loaded: when (seconds from the kill), its number, from whom, and
+    whether that encoder's copy holds the segment's reference bytes (None: unknown)."""
+
+    after_kill_s: float
+    sn: int
+    encoder: str | None
+    holds_reference: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "after_kill_s": self.after_kill_s,
+            "sn": self.sn,
+            "encoder": self.encoder,
+            "holds_reference": self.holds_reference,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerFailover:
+    """The redundant player through the kill -9 of an encoder (see the module docstring)."""
+
+    killed: str
+    killed_at: float
+    playing_from: str | None
+    switched_to: str | None
+    switch_ms: float | None
+    fragments: tuple[LoadedFragment, ...]
+    sequence_gaps: tuple[int, ...]
+    errors: tuple[PlayerError, ...]
+    #: Every fragment of the playback whose copy is not the reference (see the module doc).
+    differing: tuple[LoadedFragment, ...] = ()
+
+    @property
+    def on_killed(self) -> bool:
+        """Whether the player was playing from the encoder that was killed."""
+        return self.playing_from == self.killed
+
+    @property
+    def line(self) -> str:
+        if not self.on_killed:
+            return (
+                f"redundant player: on {self.playing_from or 'no encoder'} when {self.killed} "
+                "was killed: no failover to measure"
+            )
+        if self.switch_ms is None:
+            return f"redundant player: never left {self.killed} after its kill"
+        gaps = f"{len(self.sequence_gaps)} sequence gaps" if self.sequence_gaps else "no gap"
+        return (
+            f"redundant player: {self.killed} killed, switched to {self.switched_to} in "
+            f"{self.switch_ms:.0f} ms, {len(self.errors)} errors meanwhile "
+            f"({sum(e.fatal for e in self.errors)} fatal), {gaps}, "
+            f"{len(self.differing)} fragments not the majority's bytes"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "killed": self.killed,
+            "killed_at": self.killed_at,
+            "playing_from": self.playing_from,
+            "on_killed": self.on_killed,
+            "switched_to": self.switched_to,
+            "switch_ms": self.switch_ms,
+            "fragments": [f.to_json() for f in self.fragments],
+            "sequence_gaps": list(self.sequence_gaps),
+            "errors": [e.to_json() for e in self.errors],
+            "differing_fragments": [f.to_json() for f in self.differing],
+        }
+
+
+def _variants(entries: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Encoder → its server's base URL, from the driver's ``variants`` entries."""
+    found: dict[str, str] = {}
+    for entry in entries:
+        if entry.get("kind") == "variants" and isinstance(entry.get("encoders"), dict):
+            found.update({str(k): str(v).rstrip("/") for k, v in entry["encoders"].items()})
+    return found
+
+
+def _encoder_of(url: object, variants: Mapping[str, str]) -> str | None:
+    if not isinstance(url, str):
+        return None
+    return next((name for name, base in variants.items() if url.startswith(base + "/")), None)
+
+
+def evaluate_failover(
+    log: Iterable[Mapping[str, Any]],
+    kills: Iterable[tuple[float, str]],
+    player: str = REDUNDANT_PLAYER,
+    holds_reference: Callable[[int, str], bool | None] | None = None,
+) -> PlayerFailover | None:
+    """The player through the kill of the encoder it played from: the first kill of that
+    encoder's, else the first kill (then ``on_killed`` is False). ``holds_reference(sn,
+    encoder)``: whether that encoder's copy of segment ``sn`` is the majority's bytes. None: no
+    kill, or the player never loaded a fragment."""
+    entries = _entries(log, player)
+    variants = _variants(entries)
+    loaded = [
+        (float(e["t"]), int(e["sn"]), _encoder_of(e.get("url"), variants))
+        for e in entries
+        if e.get("kind") == "loaded" and isinstance(e.get("sn"), int)
+    ]
+    kills = sorted(kills)
+    if not kills or not loaded:
+        return None
+
+    def source_at(t: float) -> str | None:
+        before = [encoder for at, _, encoder in loaded if at <= t]
+        return before[-1] if before else None
+
+    killed_at, killed = next(((t, e) for t, e in kills if source_at(t) == e), kills[0])
+    after = [
+        (float(e["t"]), _encoder_of(e.get("url"), variants))
+        for e in entries
+        if e.get("kind") in ("loaded", "playlist") and float(e["t"]) > killed_at
+    ]
+    switch = next(((t, enc) for t, enc in after if enc is not None and enc != killed), None)
+    until = switch[0] if switch is not None else math.inf
+    earliest, latest = AROUND_KILL_S
+    fragments = [
+        LoadedFragment(
+            round(t - killed_at, 3),
+            sn,
+            encoder,
+            None if holds_reference is None or encoder is None else holds_reference(sn, encoder),
+        )
+        for t, sn, encoder in loaded
+    ]
+    return PlayerFailover(
+        killed=killed,
+        killed_at=killed_at,
+        playing_from=source_at(killed_at),
+        switched_to=None if switch is None else switch[1],
+        switch_ms=None if switch is None else (switch[0] - killed_at) * 1000.0,
+        fragments=tuple(f for f in fragments if -earliest <= f.after_kill_s <= latest),
+        differing=tuple(f for f in fragments if f.holds_reference is False),
+        sequence_gaps=_sequence_gaps([sn for _, sn, _ in loaded]),
+        errors=tuple(
+            _error(e)
+            for e in entries
+            if e.get("kind") == "error" and killed_at <= float(e["t"]) <= until
+        ),
+    )

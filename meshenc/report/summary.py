@@ -19,7 +19,11 @@ A run folder holds one subfolder per encoder (named by encoder id, with its segm
   first answer naming a new leader; resolution: the polling interval);
 - playback, when the run kept a player's log (``player/log.jsonl``): the figures of
   :mod:`meshenc.report.playback`, and for each ``killed`` and ``joined`` event whether the
-  browser was playing at that moment (the fault happened while a viewer watched);
+  browser was playing at that moment (the fault happened while a viewer watched); when the
+  page also played the master playlist of redundant encoders, that player's figures and its
+  failover through the kill of the encoder it played from
+  (:func:`meshenc.report.playback.evaluate_failover`); and, with ``--format cmaf``, the figures
+  of its dash.js player of the origin's DASH manifest;
 - the recording, when the run had an origin (``origin/``): the verdict of
   :mod:`meshenc.report.recording`, from decoding what the origin received;
 - join time, per ``joined`` event: from the event to the start of the joined encoder's first
@@ -33,6 +37,7 @@ timeline), in milliseconds.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from collections import Counter
@@ -41,7 +46,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshenc.report.playback import PlaybackResult, load_playback
+from meshenc.report.playback import (
+    DASH_PLAYER,
+    PLAYER_DIR,
+    PLAYER_LOG,
+    REDUNDANT_PLAYER,
+    PlaybackResult,
+    PlayerFailover,
+    evaluate_failover,
+    load_playback,
+    read_log,
+)
 from meshenc.report.recorder import EVENTS_NAME, EventLog, StateEvent, read_events
 from meshenc.report.recording import RecordingCheck, check_recording
 from meshenc.report.verify import (
@@ -82,6 +97,12 @@ class RunRecord:
     playback: PlaybackResult | None = None
     #: The verdict on what the origin received (None: no origin, or it received no segment).
     recording: RecordingCheck | None = None
+    #: What the browser's player of the redundant master playlist saw (None: it did not run),
+    #: and how it went through the kill of the encoder it played from.
+    redundant: PlaybackResult | None = None
+    player_failover: PlayerFailover | None = None
+    #: What the browser's dash.js player of the origin's DASH manifest saw (None: none ran).
+    dash: PlaybackResult | None = None
 
     @property
     def segment_seconds(self) -> float | None:
@@ -106,13 +127,36 @@ def load_run(
     """
     out_dir = Path(out_dir)
     outputs = [scan_output(folder) for folder in find_outputs([out_dir])]
+    verification = compare_outputs(outputs, lock_in=lock_in, frames=frames)
+    events = read_events(out_dir / EVENTS_NAME)
+    redundant = load_playback(out_dir, REDUNDANT_PLAYER)
+    failover = None
+    if redundant is not None:
+        kills = [(e["t"], e["encoder"]) for e in events.lifecycle() if e["kind"] == "killed"]
+        failover = evaluate_failover(
+            read_log(out_dir / PLAYER_DIR / PLAYER_LOG),
+            kills,
+            holds_reference=functools.partial(_holds_reference, verification),
+        )
     return RunRecord(
         out_dir=out_dir,
-        verification=compare_outputs(outputs, lock_in=lock_in, frames=frames),
-        events=read_events(out_dir / EVENTS_NAME),
+        verification=verification,
+        events=events,
         playback=load_playback(out_dir),
         recording=check_recording(out_dir / ORIGIN_DIR),
+        redundant=redundant,
+        player_failover=failover,
+        dash=load_playback(out_dir, DASH_PLAYER),
     )
+
+
+def _holds_reference(verification: Verification, segment: int, encoder: str) -> bool | None:
+    """Whether the encoder's copy of the segment is its reference (None: no such copy, or no
+    reference)."""
+    check = verification.segment(segment)
+    if check is None or check.reference is None:
+        return None
+    return next((c.digest == check.reference for c in check.copies if c.encoder == encoder), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +300,9 @@ class Summary:
     playback: PlaybackResult | None = None
     recording: RecordingCheck | None = None
     watched: tuple[Watched, ...] = ()
+    redundant: PlaybackResult | None = None
+    player_failover: PlayerFailover | None = None
+    dash: PlaybackResult | None = None
 
     @property
     def failover_ms(self) -> float | None:
@@ -343,6 +390,15 @@ class Summary:
                 for w in self.watched
             ],
             "recording": None if self.recording is None else self.recording.to_json(),
+            "redundant": None
+            if self.redundant is None
+            else {
+                **self.redundant.to_json(),
+                "failover": None
+                if self.player_failover is None
+                else self.player_failover.to_json(),
+            },
+            "dash": None if self.dash is None else self.dash.to_json(),
         }
 
     def write(self, out_dir: Path) -> Path:
@@ -376,6 +432,9 @@ def summarize(run: RunRecord) -> Summary:
         playback=run.playback,
         recording=run.recording,
         watched=_watched(events, run.playback),
+        redundant=run.redundant,
+        player_failover=run.player_failover,
+        dash=run.dash,
     )
 
 

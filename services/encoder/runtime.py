@@ -94,6 +94,7 @@ from services.encoder.media.ingest import (
 )
 from services.encoder.media.publish import Publisher
 from services.encoder.media.segments import SegmentWriter, segment_number
+from services.encoder.media.serve import OutputServer
 from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
 from services.encoder.pipeline import FramePipeline
@@ -155,6 +156,8 @@ class EncoderRuntime:
         self.stats = RunStats()
         self.ingest: LiveIngest | None = None
         self.publisher: Publisher | None = None
+        #: The output folder over HTTP (``--serve-output``); None when off.
+        self.output_server: OutputServer | None = None
         #: Per segment still being written: whether this encoder can vouch for it (see
         #: ``_vouch``); segments it cannot vouch for never go out under the shared name.
         self._vouched: dict[int, bool] = {}
@@ -390,6 +393,10 @@ class EncoderRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        if self.settings.serve_output is not None:
+            # First: an address that cannot be served stops the encoder before anything runs.
+            self.output_server = OutputServer(self.settings.out, self.settings.serve_output)
+            await self.output_server.start()
         port = await self.server.start(
             self.settings.listen, health_listen=self.settings.health_listen
         )
@@ -466,6 +473,8 @@ class EncoderRuntime:
             self.segments_written(writer.finish(), started)
             if self.publisher is not None:
                 await self.publisher.close(grace=2.0)
+            if self.output_server is not None:
+                await self.output_server.close()
             self.telemetry.close()
             encoder.close()
             await self.control.close()

@@ -24,7 +24,7 @@ from services.common.etcd import (
     EtcdSettings,
     parse_endpoints,
 )
-from services.common.listen import ListenAddress, MetricsListenAddress
+from services.common.listen import ListenAddress, MetricsListenAddress, OutputListenAddress
 from services.common.peer_limits import PeerLimits
 from services.common.tls import TlsFiles
 from services.encoder.media.containers import SegmentFormat
@@ -117,6 +117,9 @@ class EncoderSettings(BaseModel):
     #: HTTP origins (http://HOST[:PORT][/PATH]) to PUT the segments this encoder can vouch for,
     #: and its playlist while it leads its segment; none when empty.
     publish: tuple[str, ...] = ()
+    #: HOST:PORT to serve the output folder on over HTTP, read-only (GET/HEAD, the origin's
+    #: headers); off when None.
+    serve_output: OutputListenAddress | None = None
     #: What the segments are: MPEG-TS (HLS) or CMAF (fMP4 for HLS and DASH, with an init).
     output_format: SegmentFormat = SegmentFormat.TS
     #: Stop after this many seconds (None: run until SIGTERM).

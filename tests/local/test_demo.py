@@ -25,7 +25,7 @@ def test_plan_gives_every_encoder_its_own_clock_and_a_mesh_that_survives_a_failu
     assert len(set(drifts)) == len(drifts), "two encoders share a drift"
     assert all(abs(d) <= config.max_drift_ppm for d in drifts)
     assert max(drifts) - min(drifts) == pytest.approx(2 * config.max_drift_ppm)
-    taken = [e.port for e in plan.encoders] + [e.input_port for e in plan.encoders]
+    taken = [p for e in plan.encoders for p in (e.port, e.input_port, e.output_port)]
     assert len(set(taken) | set(plan.registry_ports)) == len(ports), "two uses of one port"
     delays = [e.ingest_delay_ms for e in plan.encoders]
     assert len(set(delays)) == len(delays), "two encoders share a path from the source"

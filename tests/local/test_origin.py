@@ -76,6 +76,7 @@ def test_content_types(origin: OriginProcess, name: str, content_type: str) -> N
     _, headers = get(f"{origin.url}/{name}")
     assert headers["Content-Type"] == content_type
     assert headers["Access-Control-Allow-Origin"] == "*"
+    assert headers["Access-Control-Expose-Headers"] == "Date"
     if name.endswith((".m3u8", ".mpd")):
         assert headers["Cache-Control"] == "no-cache"
 

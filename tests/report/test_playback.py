@@ -1,5 +1,6 @@
 """The player's figures from scripted playback logs: smooth playback, a stall, an hls.js error,
-a frozen position, a skipped fragment, a discontinuity, a skipped player, a cut log line."""
+a frozen position, a skipped fragment, a discontinuity, a skipped player, a cut log line; and
+the redundant player beside the origin's, through the kill of the encoder it played from."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import pytest
 
 from meshenc.report.playback import (
     MAX_PROGRESS_GAP_S,
+    ORIGIN_PLAYER,
     PLAYER_DIR,
     PLAYER_LOG,
+    REDUNDANT_PLAYER,
     evaluate,
+    evaluate_failover,
     load_playback,
     read_log,
 )
@@ -63,7 +67,7 @@ def test_smooth_playback() -> None:
     assert result.played_s == pytest.approx(20.0) and result.wall_s == pytest.approx(20.0)
     assert (result.fragments, result.skipped_fragments, result.discontinuities) == (10, 0, 0)
     assert result.playing_at(T0 + 10) and not result.playing_at(T0 + 0.5)
-    assert (result.browser, result.hls_version, result.stop_reason) == (
+    assert (result.browser, result.engine_version, result.stop_reason) == (
         "156",
         "1.7.4",
         "the run ended",
@@ -157,3 +161,86 @@ def test_the_log_file(tmp_path: Path) -> None:
     result = load_playback(tmp_path)
     assert result is not None and result.smooth
     assert load_playback(tmp_path / "elsewhere") is None
+
+
+VARIANTS = {"e0": "http://127.0.0.1:1000", "e1": "http://127.0.0.1:1001"}
+KILL = T0 + 11.0
+
+
+def redundant(
+    loads: list[tuple[float, int, str]], extra: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The origin's smooth log plus a redundant player's: its own smooth playback, the driver's
+    ``variants`` entry, and a fragment loaded at each (seconds after T0, sn, encoder)."""
+    own = [
+        {**e, "player": REDUNDANT_PLAYER}
+        for e in scripted()
+        if e["kind"] not in ("stopped", "started")
+    ]
+    loaded = [
+        {
+            "kind": "loaded",
+            "player": REDUNDANT_PLAYER,
+            "t": T0 + at,
+            "sn": sn,
+            "url": f"{VARIANTS[encoder]}/seg-{sn:012d}.ts",
+        }
+        for at, sn, encoder in loads
+    ]
+    driver = {"kind": "variants", "player": REDUNDANT_PLAYER, "t": T0 - 1, "encoders": VARIANTS}
+    return [*scripted(), driver, *own, *loaded, *(extra or [])]
+
+
+SWITCH = [(5.0, 7, "e0"), (7.0, 8, "e0"), (9.0, 9, "e0"), (11.4, 10, "e1"), (13.0, 11, "e1")]
+
+
+def test_the_redundant_player_switches_encoder_after_the_kill() -> None:
+    error = {
+        "kind": "error",
+        "player": REDUNDANT_PLAYER,
+        "t": KILL + 0.2,
+        "fatal": False,
+        "type": "networkError",
+        "details": "levelLoadError",
+        "url": "http://127.0.0.1:1000/index.m3u8",
+    }
+    stall = {"kind": "media", "player": REDUNDANT_PLAYER, "t": KILL + 1, "event": "waiting"}
+    log = redundant(SWITCH, [error, stall])
+    failover = evaluate_failover(log, [(KILL, "e0")], holds_reference=lambda sn, e: sn != 10)
+    assert failover is not None
+    assert failover.on_killed and failover.playing_from == "e0"
+    assert failover.switched_to == "e1"
+    assert failover.switch_ms == pytest.approx(400.0)
+    assert failover.sequence_gaps == ()
+    assert [e.details for e in failover.errors] == ["levelLoadError"]
+    assert [(f.sn, f.encoder) for f in failover.differing] == [(10, "e1")]
+    assert "switched to e1 in 400 ms" in failover.line
+    assert [f.sn for f in failover.fragments] == [7, 8, 9, 10, 11]
+    # Each player's figures are its own: the redundant player's stall and error are not the
+    # origin's.
+    assert evaluate(log, ORIGIN_PLAYER).smooth
+    other = evaluate(log, REDUNDANT_PLAYER)
+    assert len(other.stalls) == 1 and len(other.errors) == 1 and not other.smooth
+
+
+def test_a_skipped_segment_a_player_on_another_encoder_and_no_switch() -> None:
+    gap = evaluate_failover(redundant([*SWITCH[:3], (11.4, 11, "e1")]), [(KILL, "e0")])
+    assert gap is not None and gap.sequence_gaps == (11,)
+    elsewhere = evaluate_failover(redundant(SWITCH), [(KILL, "e1")])
+    assert elsewhere is not None and not elsewhere.on_killed
+    assert "no failover to measure" in elsewhere.line
+    stuck = evaluate_failover(redundant(SWITCH[:3]), [(KILL, "e0")])
+    assert stuck is not None and stuck.switch_ms is None and stuck.switched_to is None
+    assert evaluate_failover(redundant(SWITCH), []) is None
+    assert evaluate_failover(scripted(), [(KILL, "e0")]) is None
+
+
+def test_the_log_file_of_two_players(tmp_path: Path) -> None:
+    folder = tmp_path / PLAYER_DIR
+    folder.mkdir()
+    log = redundant(SWITCH)
+    (folder / PLAYER_LOG).write_text("".join(json.dumps(e) + "\n" for e in log))
+    assert load_playback(tmp_path) == evaluate(log)
+    assert load_playback(tmp_path, REDUNDANT_PLAYER) == evaluate(log, REDUNDANT_PLAYER)
+    (folder / PLAYER_LOG).write_text("".join(json.dumps(e) + "\n" for e in scripted()))
+    assert load_playback(tmp_path, REDUNDANT_PLAYER) is None

@@ -47,6 +47,7 @@ __all__ = [
     "MpegTs",
     "Muxed",
     "SegmentFormat",
+    "aac_codec",
     "avc_codec",
     "container_for",
     "track_timescale",
@@ -189,7 +190,7 @@ def _is_adts_aac(packet: AudioPacket) -> bool:
     return packet.codec == "aac" and len(packet.data) > 7 and packet.data[:2] >= b"\xff\xf0"
 
 
-def _aac_codec(adts: bytes) -> str:
+def aac_codec(adts: bytes) -> str:
     """``mp4a.40.N``: N is the audio object type, ADTS's profile plus one (2 for AAC-LC)."""
     return f"mp4a.40.{(adts[2] >> 6) + 1}"
 
@@ -249,7 +250,7 @@ class Cmaf:
             if (video_codec := avc_codec(frames[0].data)) is not None:
                 codecs.append(video_codec)
             if config is not None:
-                codecs.append(_aac_codec(config.data))
+                codecs.append(aac_codec(config.data))
                 sound = container.add_mux_stream("aac", rate=config.sample_rate)
                 # The filter writes the AudioSpecificConfig into the stream's parameters.
                 adts = BitStreamFilterContext("aac_adtstoasc", sound, sound)

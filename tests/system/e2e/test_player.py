@@ -1,8 +1,10 @@
 """A real player in a real browser through ``meshenc up``'s faults: headless Chromium plays the
 origin's stream with hls.js while the segment leader is killed with kill -9 and an encoder
 joins (the session's faulted run, see conftest), and the origin's recording of the whole run
-decodes as one continuous stream. Skips, saying why, where chromium or hls.js is missing
-(``make test`` installs both)."""
+decodes as one continuous stream. A second player on the same page plays the master playlist
+of redundant encoders (each encoder's own server) from the encoder that is killed, and fails
+over to another. Skips, saying why, where chromium or hls.js is missing (``make test``
+installs both)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,14 @@ import json
 import pytest
 from PIL import Image, ImageStat
 
-from meshenc.report.playback import MAX_PROGRESS_GAP_S, PLAYER_DIR, SCREENSHOT_NAME
+from meshenc.local.master import MASTER_NAME
+from meshenc.report.playback import (
+    MAX_PROGRESS_GAP_S,
+    PLAYER_DIR,
+    PLAYER_LOG,
+    SCREENSHOT_NAME,
+    read_log,
+)
 from meshenc.report.recording import check_recording
 from meshenc.report.verify import ORIGIN_DIR
 
@@ -73,3 +82,48 @@ def test_the_origins_recording_decodes_as_one_continuous_stream(played: UpRun) -
     summary = json.loads((played.out / "summary.json").read_text())
     assert summary["recording"]["continuous"]
     assert check.line in played.output
+
+
+def test_the_redundant_player_fails_over_from_the_killed_encoder_without_a_stall(
+    played: UpRun,
+) -> None:
+    summary = json.loads((played.out / "summary.json").read_text())
+    redundant = summary["redundant"]
+    assert redundant is not None, "no player of the master playlist ran"
+    failover = redundant["failover"]
+    print(redundant["line"])
+    print(failover and failover["line"])
+    assert redundant["startup_s"] is not None, "the redundant player never started playing"
+    assert redundant["stalls"] == 0, redundant["stall_times"]
+    assert redundant["fatal_errors"] == 0, redundant["error_list"]
+    assert redundant["seeks"] == 0 and redundant["skipped_fragments"] == 0
+    assert redundant["longest_gap_s"] <= MAX_PROGRESS_GAP_S
+    assert failover is not None, "no kill while the redundant player played"
+    # It played from the encoder that was killed, and went on from another one.
+    assert failover["on_killed"], failover
+    assert failover["switched_to"] not in (None, failover["killed"]), failover
+    assert failover["switch_ms"] is not None
+    # Every segment number once, none missing: the encoders number alike.
+    assert failover["sequence_gaps"] == [], failover["sequence_gaps"]
+    after = [f for f in failover["fragments"] if f["after_kill_s"] > 0]
+    assert after, "no fragment loaded after the kill"
+    assert all(f["encoder"] not in (None, failover["killed"]) for f in after), after
+    assert failover["line"] in played.output
+
+    # The master playlist the origin served: each encoder's own playlist, one set of
+    # attributes, the killed encoder no longer listed; the page was told the same servers.
+    lines = (played.out / ORIGIN_DIR / MASTER_NAME).read_text().splitlines()
+    assert lines[0] == "#EXTM3U"
+    infs = [line for line in lines if line.startswith("#EXT-X-STREAM-INF:")]
+    uris = [line for line in lines if line and not line.startswith("#")]
+    # (At the end it lists whoever vouches then: the killed encoder's partner and the joiner
+    # when the mesh is locked; at least the one the player went on from.)
+    assert len(infs) == len(uris) >= 1 and len(set(infs)) == 1, lines
+    assert 'CODECS="avc1.' in infs[0] and "mp4a.40.2" in infs[0] and "RESOLUTION=320x180" in infs[0]
+    variants = next(
+        e["encoders"]
+        for e in read_log(played.out / PLAYER_DIR / PLAYER_LOG)
+        if e["kind"] == "variants"
+    )
+    assert variants[failover["killed"]] + "/index.m3u8" not in uris
+    assert set(uris) <= {f"{url}/index.m3u8" for url in variants.values()}

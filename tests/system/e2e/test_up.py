@@ -48,15 +48,21 @@ def test_up_stays_locked_through_a_kill_and_a_join_and_leaves_nothing_running(
 
     events = read_events(out / "events.jsonl")
     lifecycle = Counter(e["kind"] for e in events.lifecycle())
-    assert lifecycle["started"] == 3 and lifecycle["killed"] == 1 and lifecycle["joined"] == 1
+    assert lifecycle["started"] == 3 and lifecycle["joined"] == 1
     assert events.leaders(), "no leader election was recorded"
-    (kill,) = [e for e in events.lifecycle() if e["kind"] == "killed"]
+    kill, *also = [e for e in events.lifecycle() if e["kind"] == "killed"]
     killed = kill["encoder"]
     leaders_before = [e["leader"] for e in events.leaders() if e["t"] <= kill["t"]]
     assert leaders_before and killed == leaders_before[-1], "the leader should be killed"
 
     summary = json.loads((out / "summary.json").read_text())
     print(summary["line"])
+    if also:
+        # The browser's redundant player was on another encoder than the leader (the lead
+        # moved after it started): that one was killed too, at once (docs/demo.md).
+        (second,) = also
+        assert second["t"] - kill["t"] < 1.0 and second["encoder"] != killed
+        assert summary["redundant"]["failover"]["killed"] == second["encoder"]
     assert summary["encoder_count"] == 4
     assert summary["judged_segments"] >= 10
     assert summary["locked"], summary["line"]
