@@ -156,7 +156,8 @@ def _given(ctx: click.Context, name: str) -> bool:
     type=int,
     default=1500,
     show_default=True,
-    help="Output bitrate; a mesh-wide change (meshenc set-parameters) replaces it.",
+    help="Output bitrate; a mesh-wide change (SetParameters, agreed at a GOP boundary) replaces"
+    " it.",
 )
 @click.option(
     "--ladder",

@@ -80,6 +80,7 @@ from meshenc.report.verify import (
     EncoderOutput,
     Verification,
     compare,
+    rendition_folder,
 )
 from services.common.certs import CertificateSet, make_certificates
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, connect_client
@@ -87,6 +88,7 @@ from services.common.tls import MANAGER, OPERATOR, REGISTRY, TlsFiles
 from services.encoder.leadership import SegmentKeys
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import is_network_url
+from services.encoder.media.ladder import MASTER_NAME
 from services.encoder.media.segments import PLAYLIST_NAME, segment_name
 
 __all__ = [
@@ -138,6 +140,9 @@ class DemoConfig:
     faults: bool = True
     seed: int = 0
     size: str = "640x360"
+    #: An ABR ladder every encoder encodes (``meshenc encoder --ladder``; ``size`` is then its
+    #: largest rung's, the source's size); "": one output of ``size``.
+    ladder: str = ""
     fps: str = "30"
     gop: int = 60
     registries: int = 3
@@ -398,8 +403,10 @@ class DemoRun:
 
     @property
     def playback_url(self) -> str | None:
-        """The media playlist a player opens on the origin."""
-        return None if self.origin_url is None else f"{self.origin_url}/{PLAYLIST_NAME}"
+        """The playlist a player opens on the origin: the media playlist, or a ladder's master."""
+        if self.origin_url is None:
+            return None
+        return f"{self.origin_url}/{MASTER_NAME if self.config.ladder else PLAYLIST_NAME}"
 
     # -- control ------------------------------------------------------------------------------
 
@@ -441,7 +448,7 @@ class DemoRun:
             "--id", encoder.name,
             "--listen", encoder.address,
             "--out", str(self.out / encoder.name),
-            "--size", config.size,
+            *(("--ladder", config.ladder) if config.ladder else ("--size", config.size)),
             "--fps", config.fps,
             "--gop", str(config.gop),
             "--drift-ppm", str(encoder.drift_ppm),
@@ -821,7 +828,8 @@ class DemoRun:
         key = (encoder, number)
         known = self._digests.get(key)
         if known is None:
-            paths = [self.out / encoder / segment_name(number, fmt) for fmt in SegmentFormat]
+            folder = rendition_folder(self.out / encoder)  # a ladder: its first rung
+            paths = [folder / segment_name(number, fmt) for fmt in SegmentFormat]
             path = next((p for p in paths if p.is_file()), None)
             if path is None:
                 return None

@@ -190,7 +190,7 @@ def avc_codec(access_unit: bytes) -> str | None:
 
 
 #: RFC 6381 names of the audio codecs MPEG-TS carries besides AAC (whose name needs its header).
-_AUDIO_CODECS = {"mp3": "mp4a.40.34", "ac3": "ac-3", "eac3": "ec-3"}
+_AUDIO_CODECS = {"mp2": "mp4a.40.33", "mp3": "mp4a.40.34", "ac3": "ac-3", "eac3": "ec-3"}
 
 
 def stream_codecs(frames: Sequence[EncodedFrame], audio: AudioPacket | None) -> tuple[str, ...]:
