@@ -146,11 +146,8 @@ class EncoderRuntime:
         self._jitter = random.Random(settings.seed)
         width, height = settings.picture_size
         self._format = VideoFormat(width, height, fr)
-        self._renditions: list[Rendition] = []
         #: The ladder's master playlist (and MPD) above the rungs; None without a ladder.
         self._ladder: LadderManifests | None = None
-        #: The master playlist as this encoder last published it.
-        self._master_published: bytes | None = None
         self.stats = RunStats()
         self.ingest: LiveIngest | None = None
         self.publisher: Publisher | None = None
@@ -425,7 +422,6 @@ class EncoderRuntime:
             bitrate_kbps=settings.bitrate_kbps,
             fmt=settings.output_format,
         )
-        self._renditions = renditions
         if settings.ladder:
             self._ladder = LadderManifests(settings.out, renditions, settings.output_format)
         self.pipeline.start(renditions)
@@ -553,18 +549,16 @@ class EncoderRuntime:
             del self._vouched[stale]  # segments the writer dropped (partial): never written
 
     def _publish_ladder(self) -> None:
-        """The ladder's manifests, after the rungs' playlists: the MPD (CMAF) every segment, the
-        master playlist when it differs from what this encoder last published (it changes only
-        when a rung's peak bitrate rises or its codecs change)."""
+        """The ladder's manifests, after the rungs' playlists: the master playlist and the MPD
+        (CMAF). A few hundred bytes with every segment, like CMAF's init: an origin that lost
+        the master, or skipped it while a rung's playlist was not there yet, has it again with
+        the next segment."""
         ladder, publisher = self._ladder, self.publisher
-        if ladder is None or publisher is None:
+        if ladder is None or publisher is None or ladder.master is None:
             return
+        publisher.publish_bytes(ladder.master, ladder.master_path.name)
         if (mpd := ladder.mpd_path) is not None:
             publisher.publish(mpd, mpd.name)
-        master = ladder.master_path
-        if ladder.master is not None and ladder.master != self._master_published:
-            publisher.publish_bytes(ladder.master, master.name)
-            self._master_published = ladder.master
 
     # -- PipelineShell: the frame path's hooks ----------------------------------------------------
 
