@@ -908,10 +908,14 @@ def prepare_out_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _is_encoder(folder: Path) -> bool:
-    """A previous run's encoder folder: segment files, playlists and CMAF's init, nothing else."""
+def _is_encoder(folder: Path, *, rung: bool = False) -> bool:
+    """A previous run's encoder folder: segment files, playlists and CMAF's init, nothing else
+    (with ``--ladder``: its master and MPD, and one such folder per rung)."""
     return all(
-        p.suffix in _ENCODER_FILE_SUFFIXES or p.name.startswith(".tmp-") for p in folder.iterdir()
+        (not rung and _is_encoder(p, rung=True))
+        if p.is_dir()
+        else p.suffix in _ENCODER_FILE_SUFFIXES or p.name.startswith(".tmp-")
+        for p in folder.iterdir()
     )
 
 

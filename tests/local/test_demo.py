@@ -63,13 +63,18 @@ def test_out_dir_of_a_previous_run_is_cleared_and_any_other_is_refused(tmp_path:
     previous = tmp_path / "previous"
     (previous / "e0").mkdir(parents=True)
     (previous / "e0" / "seg-000000000001.ts").write_bytes(b"x")
+    (previous / "e1" / "320x180").mkdir(parents=True)  # an encoder's ABR ladder
+    (previous / "e1" / "320x180" / "seg-000000000001.ts").write_bytes(b"x")
+    (previous / "e1" / "master.m3u8").write_text("#EXTM3U\n")
+    (previous / "e2" / "notes").mkdir(parents=True)  # a folder in a folder that is not a rung
+    (previous / "e2" / "notes" / "todo.txt").write_text("mine")
     (previous / "logs").mkdir()
     (previous / "player").mkdir()
     (previous / "player" / "screenshot.png").write_bytes(b"png")
     (previous / "events.jsonl").write_text("")
     (previous / "notes.txt").write_text("mine")
     prepare_out_dir(previous)
-    assert sorted(p.name for p in previous.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in previous.iterdir()) == ["e2", "notes.txt"]
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
