@@ -190,6 +190,8 @@ class Rendition:
     def bitrate_for(self, agreed_kbps: int) -> int:
         """This rung's bitrate when the mesh agreed ``agreed_kbps`` for the top rung: the same
         share of it as the ladder gives the rung (1 kbit/s at least)."""
+        if self._share == 1:
+            return agreed_kbps  # the top rung, or the single output: no arithmetic per frame
         return max(1, round(agreed_kbps * self._share))
 
     def scaled(self, picture: Picture) -> Picture:
