@@ -112,7 +112,8 @@ def parse_ladder(text: str) -> tuple[Rung, ...]:
             raise ValueError(f"ladder {text!r} has an empty rung: WIDTHxHEIGHT@KBPS,...")
         size, at, kbps = item.lower().partition("@")
         width, x, height = size.partition("x")
-        if not (at and x and width.isdigit() and height.isdigit() and kbps.isdigit()):
+        digits = (width, height, kbps)
+        if not (at and x and all(d.isascii() and d.isdigit() for d in digits)):
             raise ValueError(f"rung {item!r} is not WIDTHxHEIGHT@KBPS, e.g. 640x360@800")
         try:
             rung = Rung(int(width), int(height), int(kbps))

@@ -84,6 +84,7 @@ def test_a_ladder_is_read_rung_by_rung_in_the_order_given() -> None:
         ("640x360@fast", "not WIDTHxHEIGHT@KBPS"),
         ("640-360@800", "not WIDTHxHEIGHT@KBPS"),
         ("-640x360@800", "not WIDTHxHEIGHT@KBPS"),
+        ("640x360@8\u00b2", "not WIDTHxHEIGHT@KBPS"),
         ("641x360@800", "width must be even"),
         ("8x8@100", "width must be even and in 16"),
         ("640x360@5", "bitrate must be 16..200000"),
