@@ -88,7 +88,7 @@ from services.common.tls import MANAGER, OPERATOR, REGISTRY, TlsFiles
 from services.encoder.leadership import SegmentKeys
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import is_network_url
-from services.encoder.media.ladder import MASTER_NAME
+from services.encoder.media.ladder import parse_ladder, top_rung
 from services.encoder.media.segments import PLAYLIST_NAME, segment_name
 
 __all__ = [
@@ -170,6 +170,8 @@ class DemoConfig:
     tls: bool = True
 
     def __post_init__(self) -> None:
+        if self.ladder and (top := top_rung(parse_ladder(self.ladder)).name) != self.size:
+            raise ValueError(f"with a ladder, size must be its largest rung's, {top}")
         if self.encoders < 2:
             raise ValueError("a mesh needs at least 2 encoders")
         if not self.duration > 0:
@@ -403,10 +405,13 @@ class DemoRun:
 
     @property
     def playback_url(self) -> str | None:
-        """The playlist a player opens on the origin: the media playlist, or a ladder's master."""
+        """The media playlist a player opens on the origin (with a ladder: its top rung's; the
+        player waits for a media playlist that lists segments, which a master does not)."""
         if self.origin_url is None:
             return None
-        return f"{self.origin_url}/{MASTER_NAME if self.config.ladder else PLAYLIST_NAME}"
+        if self.config.ladder:
+            return f"{self.origin_url}/{self.config.size}/{PLAYLIST_NAME}"
+        return f"{self.origin_url}/{PLAYLIST_NAME}"
 
     # -- control ------------------------------------------------------------------------------
 
