@@ -80,8 +80,9 @@ from meshenc.v1 import mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.validation import ExchangeStreamChecker
 from services.common.tls import TlsFiles
-from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
-from services.encoder.media.segments import SegmentWriter
+from services.encoder.media.containers import SegmentFormat
+from services.encoder.media.gop import EncodedFrame, EncoderParams
+from services.encoder.media.ladder import Rendition, Rung, renditions_for, top_rung
 from services.encoder.media.source import SyntheticSource, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
 from services.encoder.pipeline import FramePipeline
@@ -279,8 +280,8 @@ class _BenchShell:
         if self.x264 is None and frame.keyframe:
             self.x264 = _x264_version(frame.data)
 
-    def segments_written(self, paths: list[Path], started_ns: int) -> None:
-        del started_ns
+    def segments_written(self, rendition: Rendition, paths: list[Path], started_ns: int) -> None:
+        del rendition, started_ns
         self.segments += len(paths)
 
     def picture_done(self) -> None:
@@ -329,15 +330,25 @@ def _x264_version(data: bytes) -> str | None:
     return " ".join(part.decode() for part in match.groups() if part)
 
 
-def run_path(size: EncoderSize, frames: int, out_dir: Path) -> _PathRun:
+def run_path(
+    size: EncoderSize, frames: int, out_dir: Path, *, ladder: Sequence[Rung] = ()
+) -> _PathRun:
     """Run the per-frame path over pictures ``0..frames-1`` as fast as possible.
 
-    Everything is fresh (engine, encoder, segment writer), as in a newly started encoder.
+    Everything is fresh (engine, encoders, segment writers), as in a newly started encoder.
+    With a ``ladder`` the pictures (of ``size``, the top rung's) go to one rendition per rung,
+    the mesh agreeing on the top rung's bitrate, as ``meshenc encoder --ladder`` does.
+
+    Raises:
+        ValueError: ``size`` is not the ladder's top rung's size.
     """
     params = size.params
+    if ladder and (top := top_rung(ladder)).name != size.name:
+        raise ValueError(f"the pictures are {size.name}, the ladder's top rung is {top.name}")
     fmt = VideoFormat(size.width, size.height, FRAME_RATE)
     source = SyntheticSource(fmt)
-    config = EngineConfig(frame_rate=FRAME_RATE, gop=GOP, bitrate_kbps=params.bitrate_kbps)
+    bitrate = top_rung(ladder).bitrate_kbps if ladder else params.bitrate_kbps
+    config = EngineConfig(frame_rate=FRAME_RATE, gop=GOP, bitrate_kbps=bitrate)
     engine = SyncEngine(NODE, config, [n for n, _ in NEIGHBOURS])
     checkers = {name: _stream_checker(name) for name, _ in NEIGHBOURS}
     period = FRAME_RATE.period
@@ -345,9 +356,16 @@ def run_path(size: EncoderSize, frames: int, out_dir: Path) -> _PathRun:
     now = origin
     shell = _BenchShell()
     pipeline = FramePipeline(engine, shell, lambda: now)
-    encoder = GopEncoder(params)
-    writer = SegmentWriter(out_dir, params)
-    pipeline.start(encoder, writer)
+    renditions = renditions_for(
+        out_dir,
+        FRAME_RATE,
+        GOP,
+        ladder or None,
+        size=(size.width, size.height),
+        bitrate_kbps=params.bitrate_kbps,
+        fmt=SegmentFormat.TS,
+    )
+    pipeline.start(renditions)
     times = pipeline.times
     clock = time.perf_counter
     mesh_seconds: list[float] = []
@@ -380,8 +398,9 @@ def run_path(size: EncoderSize, frames: int, out_dir: Path) -> _PathRun:
         seconds = clock() - started
         locked = engine.snapshot(origin + frames * period).locked
     finally:
-        writer.finish()
-        encoder.close()
+        for rendition in renditions:
+            rendition.writer.finish()
+            rendition.close()
     mesh = math.fsum(mesh_seconds)
     parts = {"picture": render, "encode": times.encode, "segments": times.segments, "mesh": mesh}
     parts["other"] = max(0.0, seconds - math.fsum(parts.values()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -30,6 +31,7 @@ from meshenc.core.policy import Strategy
 from meshenc.wire.address import parse_address_list
 from services.common.certs import certificate_identity
 from services.common.etcd import DEFAULT_LEASE_TTL
+from services.encoder.media.ladder import Rung, parse_ladder
 from services.encoder.media.serve import OutputServeError
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import (
@@ -47,6 +49,22 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
         return parse_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+
+
+def _ladder(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[Rung, ...]:
+    try:
+        return parse_ladder(value) if value else ()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the option was given (flag or variable), not left to its default."""
+    return ctx.get_parameter_source(name) not in (
+        click.core.ParameterSource.DEFAULT,
+        click.core.ParameterSource.DEFAULT_MAP,
+        None,
+    )
 
 
 @click.command()
@@ -144,7 +162,24 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
     help="Frames per GOP (= per segment).",
 )
 @click.option(
-    "--bitrate-kbps", envvar="MESHENC_BITRATE_KBPS", type=int, default=1500, show_default=True
+    "--bitrate-kbps",
+    envvar="MESHENC_BITRATE_KBPS",
+    type=int,
+    default=1500,
+    show_default=True,
+    help="Output bitrate; a mesh-wide change (SetParameters, agreed at a GOP boundary) replaces"
+    " it.",
+)
+@click.option(
+    "--ladder",
+    envvar="MESHENC_LADDER",
+    default=None,
+    callback=_ladder,
+    help="An ABR ladder instead of --size/--bitrate-kbps: WIDTHxHEIGHT@KBPS,... (e.g."
+    " 640x360@800,480x270@450,320x180@200). One decode, scaled and encoded per rung, every rung"
+    " GOP-aligned, each in --out/WIDTHxHEIGHT/ with a master.m3u8 (and for cmaf one"
+    " manifest.mpd) above; a mesh-wide bitrate change applies to the largest rung and scales"
+    " the others in proportion.",
 )
 @click.option(
     "--strategy",
@@ -283,6 +318,7 @@ def encoder(
     fps: str,
     gop: int,
     bitrate_kbps: int,
+    ladder: tuple[Rung, ...],
     strategy: str,
     no_sync: bool,
     drift_ppm: float,
@@ -322,11 +358,22 @@ def encoder(
     It ingests the source, stamps frames with its own (optionally fault-injected) clock, keeps
     its timecodes locked with its neighbours over gRPC, and writes segments named by segment
     number into --out (MPEG-TS with an HLS playlist, or with --format cmaf fMP4 with an HLS
-    playlist and a DASH MPD). SIGTERM finishes the current segment and stops cleanly. Mutual
+    playlist and a DASH MPD); with --ladder, one such folder per rung under --out and a
+    master.m3u8 listing them. SIGTERM finishes the current segment and stops cleanly. Mutual
     TLS needs the three --tls-* files, the certificate naming this encoder's id; --insecure
     runs plaintext.
     """
     configure_logging(log_level, node_id)
+    ctx = click.get_current_context()
+    if ladder:
+        given = [f"--{n.replace('_', '-')}" for n in ("size", "bitrate_kbps") if _given(ctx, n)]
+        if given:
+            raise click.UsageError(
+                f"--ladder gives every rung its size and bitrate: leave out {' and '.join(given)}"
+            )
+    sizing: dict[str, Any] = (
+        {"ladder": ladder} if ladder else {"size": size, "bitrate_kbps": bitrate_kbps}
+    )
     tls = tls_files(tls_ca, tls_cert, tls_key, insecure)
     if tls is not None:
         # Every neighbour would refuse a Hello that is not the certificate's identity.
@@ -360,10 +407,9 @@ def encoder(
             output_format=SegmentFormat(output_format),
             input_loss_frames=input_loss_frames,
             input_loss_repeat_s=input_loss_repeat_s,
-            size=size,
             fps=fps,
             gop=gop,
-            bitrate_kbps=bitrate_kbps,
+            **sizing,
             strategy=Strategy.EPOCH if no_sync else Strategy(strategy),
             drift_ppm=drift_ppm,
             offset_ms=offset_ms,

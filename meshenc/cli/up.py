@@ -28,6 +28,7 @@ from rich.text import Text
 from meshenc.cli.encoder import encoder as encoder_command
 from meshenc.cli.sim import console as make_console
 from services.common.tls import TlsFiles
+from services.encoder.media.ladder import parse_ladder, top_rung
 from services.encoder.settings import SegmentFormat, parse_size
 
 if TYPE_CHECKING:
@@ -120,6 +121,12 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     "--size", default="640x360", show_default=True, callback=_size, help="Output WIDTHxHEIGHT."
 )
 @click.option(
+    "--ladder",
+    default=None,
+    help="Every encoder encodes this ABR ladder instead of --size: WIDTHxHEIGHT@KBPS,... (see"
+    " meshenc encoder --ladder); the source runs at its largest rung's size.",
+)
+@click.option(
     "--gop",
     type=click.IntRange(min=1, max=10_000),
     default=60,
@@ -192,6 +199,7 @@ def up(
     player: bool | None,
     seed: int,
     size: str,
+    ladder: str | None,
     gop: int,
     fps: str,
     registries: int,
@@ -210,7 +218,7 @@ def up(
     with its own injected clock drift (spread over ±--max-drift-ppm), and the mesh keeps their
     outputs frame-locked. Midway the segment leader is killed with kill -9 and later a new
     encoder joins (unless --no-faults). With --origin the encoders publish to a real nginx,
-    each serves its own output over HTTP too, and OUT/origin/master.m3u8 lists them as
+    each serves its own output over HTTP too, and OUT/origin/redundant.m3u8 lists them as
     redundant variants. At the end: HLS per encoder in --out (MPEG-TS, or CMAF with a DASH
     manifest too with --format cmaf), out/report.html with plots and out/summary.json. Every
     process started is stopped at the end, on Ctrl-C and on errors. The processes speak mutual
@@ -228,6 +236,14 @@ def up(
         if (reason := unavailable()) is not None:
             raise click.UsageError(f"--player: {reason}")
 
+    if ladder:
+        if ctx.get_parameter_source("size") is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("--ladder gives every rung its size: leave out --size")
+        try:
+            top = top_rung(parse_ladder(ladder))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--ladder'") from exc
+        size = top.name
     # Every encoder the run starts inherits the environment: --format reaches them as the
     # variable of `meshenc encoder --format`.
     os.environ["MESHENC_FORMAT"] = SegmentFormat(output_format).value
@@ -245,6 +261,7 @@ def up(
             player=player,
             seed=seed,
             size=size,
+            ladder=ladder or "",
             fps=fps,
             gop=gop,
             registries=registries,

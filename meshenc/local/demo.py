@@ -31,7 +31,7 @@ is planned in from the start: its neighbours list it and keep trying to reach it
    ``stopped`` events through it, and a ``leader`` event whenever the leader key of a group
    changes in etcd (a watch in this process);
 3. every encoder serves its own output folder (``--serve-output``, a planned port), and once
-   encoders vouch for their segments the run PUTs ``master.m3u8`` to the origin, listing each
+   encoders vouch for their segments the run PUTs ``redundant.m3u8`` to the origin, listing each
    one's own media playlist as a redundant variant, the first group's leader first
    (:meth:`DemoRun._update_master`; again whenever the list changes); the player opens the
    origin's stream once its playlist lists three segments, the master playlist beside it (and,
@@ -76,7 +76,7 @@ from meshenc.core.planner.placement import Host
 from meshenc.core.timecode import FrameRate
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.launcher import LOGS_DIR, PIDS_NAME, Launcher
-from meshenc.local.master import MASTER_NAME, StreamAttributes, master_playlist, segment_codecs
+from meshenc.local.master import REDUNDANT_NAME, StreamAttributes, master_playlist, segment_codecs
 from meshenc.local.origin import OriginProcess
 from meshenc.local.player import BrowserPlayer, find_dashjs, unavailable, write_skipped
 from meshenc.local.ports import free_ports
@@ -90,6 +90,7 @@ from meshenc.report.verify import (
     EncoderOutput,
     Verification,
     compare,
+    rendition_folder,
 )
 from services.common.certs import CertificateSet, make_certificates
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, connect_client
@@ -97,6 +98,7 @@ from services.common.tls import MANAGER, OPERATOR, REGISTRY, TlsFiles
 from services.encoder.leadership import SegmentKeys
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import is_network_url
+from services.encoder.media.ladder import parse_ladder, top_rung
 from services.encoder.media.segments import (
     MPD_NAME,
     PLAYLIST_NAME,
@@ -156,6 +158,9 @@ class DemoConfig:
     faults: bool = True
     seed: int = 0
     size: str = "640x360"
+    #: An ABR ladder every encoder encodes (``meshenc encoder --ladder``; ``size`` is then its
+    #: largest rung's, the source's size); "": one output of ``size``.
+    ladder: str = ""
     fps: str = "30"
     gop: int = 60
     #: The encoders' video bitrate (``--bitrate-kbps``), also the master playlist's BANDWIDTH.
@@ -188,6 +193,8 @@ class DemoConfig:
     tls: bool = True
 
     def __post_init__(self) -> None:
+        if self.ladder and (top := top_rung(parse_ladder(self.ladder)).name) != self.size:
+            raise ValueError(f"with a ladder, size must be its largest rung's, {top}")
         if self.encoders < 2:
             raise ValueError("a mesh needs at least 2 encoders")
         if not self.duration > 0:
@@ -436,8 +443,13 @@ class DemoRun:
 
     @property
     def playback_url(self) -> str | None:
-        """The media playlist a player opens on the origin."""
-        return None if self.origin_url is None else f"{self.origin_url}/{PLAYLIST_NAME}"
+        """The media playlist a player opens on the origin (with a ladder: its top rung's; the
+        player waits for a media playlist that lists segments, which a master does not)."""
+        if self.origin_url is None:
+            return None
+        if self.config.ladder:
+            return f"{self.origin_url}/{self.config.size}/{PLAYLIST_NAME}"
+        return f"{self.origin_url}/{PLAYLIST_NAME}"
 
     @property
     def dash_url(self) -> str | None:
@@ -458,11 +470,12 @@ class DemoRun:
 
     @property
     def master_url(self) -> str | None:
-        """The master playlist of redundant encoders, on the origin (None: no origin, or the
-        encoders serve no output)."""
-        if self.origin_url is None or not self.serves_output:
+        """The master playlist of redundant encoders, on the origin (None: no origin, the
+        encoders serve no output, or they encode a ladder: each encoder's ``master.m3u8`` then
+        lists its rungs, and a master of encoders × rungs is not built)."""
+        if self.origin_url is None or not self.serves_output or self.config.ladder:
             return None
-        return f"{self.origin_url}/{MASTER_NAME}"
+        return f"{self.origin_url}/{REDUNDANT_NAME}"
 
     # -- control ------------------------------------------------------------------------------
 
@@ -504,7 +517,7 @@ class DemoRun:
             "--id", encoder.name,
             "--listen", encoder.address,
             "--out", str(self.out / encoder.name),
-            "--size", config.size,
+            *(("--ladder", config.ladder) if config.ladder else ("--size", config.size)),
             "--fps", config.fps,
             "--gop", str(config.gop),
             "--drift-ppm", str(encoder.drift_ppm),
@@ -1002,7 +1015,8 @@ class DemoRun:
         key = (encoder, number)
         known = self._digests.get(key)
         if known is None:
-            paths = [self.out / encoder / segment_name(number, fmt) for fmt in SegmentFormat]
+            folder = rendition_folder(self.out / encoder)  # a ladder: its first rung
+            paths = [folder / segment_name(number, fmt) for fmt in SegmentFormat]
             path = next((p for p in paths if p.is_file()), None)
             if path is None:
                 return None
@@ -1091,10 +1105,14 @@ def prepare_out_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _is_encoder(folder: Path) -> bool:
-    """A previous run's encoder folder: segment files, playlists and CMAF's init, nothing else."""
+def _is_encoder(folder: Path, *, rung: bool = False) -> bool:
+    """A previous run's encoder folder: segment files, playlists and CMAF's init, nothing else
+    (with ``--ladder``: its master and MPD, and one such folder per rung)."""
     return all(
-        p.suffix in _ENCODER_FILE_SUFFIXES or p.name.startswith(".tmp-") for p in folder.iterdir()
+        (not rung and _is_encoder(p, rung=True))
+        if p.is_dir()
+        else p.suffix in _ENCODER_FILE_SUFFIXES or p.name.startswith(".tmp-")
+        for p in folder.iterdir()
     )
 
 

@@ -32,9 +32,10 @@ from meshenc.report.verify import segment_source
 from services.encoder.media.containers import SegmentFormat, aac_codec, avc_codec
 from services.encoder.media.segments import MPD_NAME, segment_format
 
-__all__ = ["MASTER_NAME", "StreamAttributes", "master_playlist", "segment_codecs"]
+__all__ = ["REDUNDANT_NAME", "StreamAttributes", "master_playlist", "segment_codecs"]
 
-MASTER_NAME: Final = "master.m3u8"
+#: Not ``master.m3u8``: that name is an encoder's own ladder master (one variant per rung).
+REDUNDANT_NAME: Final = "redundant.m3u8"
 _MPD_CODECS: Final = re.compile(r'codecs="([^"]+)"')
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import av
 
-from meshenc.report.verify import segment_source
+from meshenc.report.verify import rendition_folder, segment_source
 from services.encoder.media.containers import TICKS
 from services.encoder.media.segments import PLAYLIST_NAME, segment_name, segment_number
 
@@ -316,11 +316,13 @@ def judge(segments: Sequence[DecodedSegment], playlist: str | None) -> Recording
 def check_recording(origin_dir: Path) -> RecordingCheck | None:
     """Decode every segment the origin holds, in number order, and judge the recording.
 
-    Returns None when the folder holds no segment file (no origin, or nothing published).
+    Returns None when the folder holds no segment file (no origin, or nothing published). An
+    ABR ladder's recording (a master playlist above the rungs) is judged by its first rung.
     """
     origin_dir = Path(origin_dir)
     if not origin_dir.is_dir():
         return None
+    origin_dir = rendition_folder(origin_dir)  # a ladder's recording: its first rung
     paths = [p for p in origin_dir.iterdir() if segment_number(p.name) is not None]
     if not paths:
         return None

@@ -66,6 +66,7 @@ from typing import Any
 
 import av
 
+from services.encoder.media.ladder import MASTER_NAME
 from services.encoder.media.segments import (
     INIT_NAME,
     PLAYLIST_NAME,
@@ -91,6 +92,7 @@ __all__ = [
     "compare",
     "count_frames",
     "find_outputs",
+    "rendition_folder",
     "scan_output",
     "verify",
 ]
@@ -185,16 +187,34 @@ def _playlist_problems(
     return tuple(problems)
 
 
+def rendition_folder(folder: Path) -> Path:
+    """The folder whose segments stand for an output: ``folder`` itself, or for an ABR ladder's
+    output (a ``master.m3u8`` above one folder per rung) the rung its master lists first."""
+    master = folder / MASTER_NAME
+    if master.is_file():
+        for line in master.read_text(errors="replace").splitlines():
+            uri = line.strip()
+            if uri and not uri.startswith("#"):
+                rung = folder / Path(uri).parent
+                if rung != folder and rung.parent == folder and rung.is_dir():
+                    return rung
+                break
+    return folder
+
+
 def scan_output(folder: Path, name: str | None = None) -> EncoderOutput:
     """Digest every segment file of one encoder's folder and check its playlist.
 
     Files that are not segments (temp files, logs, the playlist, CMAF's init) are ignored. A
-    folder holding segments of both formats is judged by the format it holds more of.
+    folder holding segments of both formats is judged by the format it holds more of. An ABR
+    ladder's output is judged by its first rung (:func:`rendition_folder`), named after the
+    encoder's folder.
 
     Raises:
         FileNotFoundError / NotADirectoryError: ``folder`` is not a readable folder.
     """
-    folder = Path(folder)
+    name = name if name is not None else Path(folder).name
+    folder = rendition_folder(Path(folder))
     found: dict[SegmentFormat, dict[int, Path]] = {fmt: {} for fmt in SegmentFormat}
     for entry in folder.iterdir():
         fmt = segment_format(entry.name)
@@ -204,7 +224,7 @@ def scan_output(folder: Path, name: str | None = None) -> EncoderOutput:
     fmt = max(SegmentFormat, key=lambda f: len(found[f]))
     digests = {number: _digest(path) for number, path in sorted(found[fmt].items())}
     return EncoderOutput(
-        name=name if name is not None else folder.name,
+        name=name,
         folder=folder,
         digests=digests,
         playlist_problems=_playlist_problems(folder, digests, fmt),
@@ -213,13 +233,16 @@ def scan_output(folder: Path, name: str | None = None) -> EncoderOutput:
 
 
 def _holds_segments(folder: Path) -> bool:
+    """Whether the folder (for a ladder: its first rung) holds segment files."""
+    folder = rendition_folder(folder)
     return any(segment_number(p.name) is not None for p in folder.iterdir() if p.is_file())
 
 
 def find_outputs(paths: Iterable[Path]) -> list[Path]:
-    """The encoder folders named by ``paths``: a folder holding segment files is one; a folder
-    holding none stands for its subfolders that do (a run's output root), except the origin's
-    recording (``origin/``), which holds what encoders published, not an encoder's output.
+    """The encoder folders named by ``paths``: a folder holding segment files (or an ABR
+    ladder's, see :func:`rendition_folder`) is one; a folder holding none stands for its
+    subfolders that do (a run's output root), except the origin's recording (``origin/``),
+    which holds what encoders published, not an encoder's output.
 
     Raises:
         NotADirectoryError: a path is not a folder.

@@ -9,10 +9,12 @@ neighbour's ESP, a vote, a topology change) goes in through :meth:`FramePipeline
 everything the engine decides comes out of ``ready()`` and is carried out at once, in order.
 
 A picture goes ``FrameCaptured`` → ``EncodeFrame`` (each slot encoded at its segment's agreed
-bitrate, then muxed into the segment writer) → ``FrameEncoded`` with the access units' hashes
-→ the ESPs describing it, sent before the rest of the batch (proposals, corrections), as the
-engine decided them. What is particular to the process around the pipeline — vouching for
-segments, publishing them, measuring load, the mesh links — is the :class:`PipelineShell`'s.
+bitrate into every rendition — one without a ladder, one per rung with one, each scaled from the
+picture once — then muxed into the rendition's segment writer) → ``FrameEncoded`` with one hash
+per slot covering every rendition's access unit → the ESPs describing it, sent before the rest
+of the batch (proposals, corrections), as the engine decided them. What is particular to the
+process around the pipeline — vouching for segments, publishing them, measuring load, the mesh
+links — is the :class:`PipelineShell`'s.
 
 The pipeline keeps the seconds spent in each part (:class:`PartTimes`), which the benchmark
 breaks down; the runtime measures its encode latency from ``slot_encoded``.
@@ -34,8 +36,8 @@ from meshenc.core.engine import (
     FrameEncoded,
     SyncEngine,
 )
-from services.encoder.media.gop import EncodedFrame, GopEncoder
-from services.encoder.media.segments import SegmentWriter
+from services.encoder.media.gop import EncodedFrame
+from services.encoder.media.ladder import Rendition, combined_hash
 from services.encoder.media.source import Picture
 
 __all__ = ["FramePipeline", "PartTimes", "PipelineShell"]
@@ -49,10 +51,12 @@ class PipelineShell(Protocol):
         filler or a repeat filling a gap."""
 
     def slot_encoded(self, frame: EncodedFrame, encode_seconds: float) -> None:
-        """One access unit came out of libx264 in ``encode_seconds``."""
+        """The slot's access units came out of libx264 in ``encode_seconds`` (every rendition;
+        ``frame`` is the first rendition's)."""
 
-    def segments_written(self, paths: list[Path], started_ns: int) -> None:
-        """The segment writer finished these files (the call began at ``started_ns``)."""
+    def segments_written(self, rendition: Rendition, paths: list[Path], started_ns: int) -> None:
+        """``rendition``'s segment writer finished these files (the call began at
+        ``started_ns``)."""
 
     def picture_done(self) -> None:
         """Every slot of the picture is encoded (its ESPs are built next)."""
@@ -68,7 +72,7 @@ class PartTimes:
 
     #: In the engine (stepping it and reading its decisions).
     engine: float = 0.0
-    #: In libx264, hash included.
+    #: In libx264, hash included (and scaling the picture for each rung of a ladder).
     encode: float = 0.0
     #: Muxing and writing segments.
     segments: float = 0.0
@@ -77,11 +81,11 @@ class PartTimes:
 
 
 class FramePipeline:
-    """Drives one engine, one GOP encoder and one segment writer for one output.
+    """Drives one engine and the renditions (GOP encoder and segment writer each) of one output.
 
     Events reach the engine from the start; pictures only once :meth:`start` has given the
-    pipeline its encoder and segment writer (a service answers its neighbours before its
-    output folder is ready).
+    pipeline its renditions (a service answers its neighbours before its output folder is
+    ready).
 
     Args:
         engine: the encoder's sync engine (the pipeline is its only caller).
@@ -99,7 +103,7 @@ class FramePipeline:
         self.engine = engine
         self._clock = clock
         self._shell = shell
-        self._media: tuple[GopEncoder, SegmentWriter] | None = None
+        self._renditions: list[Rendition] = []
         self.times = PartTimes()
         #: The newest output slot written (None before the first).
         self.last_timecode: int | None = None
@@ -107,9 +111,12 @@ class FramePipeline:
         self._source_time: int | None = None
         self._measured = True
 
-    def start(self, encoder: GopEncoder, writer: SegmentWriter) -> None:
-        """Encode with ``encoder`` (GOP-deterministic libx264) into ``writer``'s segments."""
-        self._media = (encoder, writer)
+    def start(self, renditions: list[Rendition]) -> None:
+        """Encode into ``renditions`` (GOP-deterministic libx264 and a segment writer each, at
+        its share of the agreed bitrate), in this order."""
+        if not renditions:
+            raise ValueError("a pipeline needs at least one rendition")
+        self._renditions = list(renditions)
 
     def capture(
         self,
@@ -129,7 +136,7 @@ class FramePipeline:
             source_time: the source's timestamp in 90 kHz ticks (kept in the segments).
             measured: False for a filler picture (the input is lost).
         """
-        if self._media is None:
+        if not self._renditions:
             raise RuntimeError("a picture was captured before the pipeline was started")
         self._picture = picture
         self._source_time = source_time
@@ -160,31 +167,41 @@ class FramePipeline:
                 self.times.actions += clock() - started
 
     def _encode(self, decision: EncodeFrame) -> None:
-        """Encode the captured picture into each slot, then tell the engine the hashes."""
-        picture, media = self._picture, self._media
-        if picture is None or media is None:  # the engine decides only on a captured picture
+        """Encode the captured picture into each slot of every rendition, then tell the engine
+        one hash per slot."""
+        picture, renditions = self._picture, self._renditions
+        if picture is None or not renditions:  # the engine decides only on a captured picture
             raise RuntimeError("an EncodeFrame without a captured picture")
-        encoder, writer = media
         clock = time.perf_counter
         shell = self._shell
         times = self.times
         timecodes = decision.timecodes
         measured = self._measured and len(timecodes) == 1
         hashes = []
+        scaled: list[Picture] | None = None  # once per picture, however many slots
         for timecode, bitrate in zip(timecodes, decision.bitrates_kbps, strict=True):
             shell.slot_starts(timecode, measured)
             started = clock()
-            frame = encoder.encode(timecode, picture, bitrate_kbps=bitrate)
+            if scaled is None:
+                scaled = [rendition.scaled(picture) for rendition in renditions]
+            frames = [
+                rendition.encoder.encode(
+                    timecode, rung_picture, bitrate_kbps=rendition.bitrate_for(bitrate)
+                )
+                for rendition, rung_picture in zip(renditions, scaled, strict=True)
+            ]
+            frame_hash = combined_hash(frames)
             encoded = clock()
             times.encode += encoded - started
-            shell.slot_encoded(frame, encoded - started)
-            started_ns = time.time_ns()
-            started = clock()
-            paths = writer.add(frame, self._source_time)
-            times.segments += clock() - started
-            if paths:
-                shell.segments_written(paths, started_ns)
-            hashes.append((timecode, frame.sha256))
+            shell.slot_encoded(frames[0], encoded - started)
+            for rendition, frame in zip(renditions, frames, strict=True):
+                started_ns = time.time_ns()
+                started = clock()
+                paths = rendition.writer.add(frame, self._source_time)
+                times.segments += clock() - started
+                if paths:
+                    shell.segments_written(rendition, paths, started_ns)
+            hashes.append((timecode, frame_hash))
             self.last_timecode = timecode
         shell.picture_done()
         self.step(self._clock(), FrameEncoded(tuple(hashes)))

@@ -83,7 +83,7 @@ from services.encoder.control import ControlPlane, record_health
 from services.encoder.leadership import SegmentLeadership
 from services.encoder.manager_link import VoteLog
 from services.encoder.media.containers import TICKS, AudioPacket
-from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
+from services.encoder.media.gop import EncodedFrame
 from services.encoder.media.ingest import (
     Ingested,
     IngestedAudio,
@@ -92,8 +92,9 @@ from services.encoder.media.ingest import (
     InputState,
     LiveIngest,
 )
+from services.encoder.media.ladder import LadderManifests, Rendition, renditions_for
 from services.encoder.media.publish import Publisher
-from services.encoder.media.segments import SegmentWriter, segment_number
+from services.encoder.media.segments import segment_number
 from services.encoder.media.serve import OutputServer
 from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
@@ -133,7 +134,7 @@ class EncoderRuntime:
             frame_rate=fr,
             strategy=settings.strategy,
             gop=settings.gop,
-            bitrate_kbps=settings.bitrate_kbps,
+            bitrate_kbps=settings.mesh_bitrate_kbps,
         )
         self.engine = SyncEngine(settings.id, config, settings.peers)
         self._segments = config.segments
@@ -144,15 +145,10 @@ class EncoderRuntime:
             origin=time.time(),
         )
         self._jitter = random.Random(settings.seed)
-        width, height = settings.size
+        width, height = settings.picture_size
         self._format = VideoFormat(width, height, fr)
-        self._params = EncoderParams(
-            width=width,
-            height=height,
-            frame_rate=fr,
-            gop=settings.gop,
-            bitrate_kbps=settings.bitrate_kbps,
-        )
+        #: The ladder's master playlist (and MPD) above the rungs; None without a ladder.
+        self._ladder: LadderManifests | None = None
         self.stats = RunStats()
         self.ingest: LiveIngest | None = None
         self.publisher: Publisher | None = None
@@ -423,10 +419,19 @@ class EncoderRuntime:
             ingest.start()
         else:
             log.warning("no --source: the output is black and the encoder reports degraded")
-        encoder = GopEncoder(self._params)
-        writer = SegmentWriter(self.settings.out, self._params, fmt=self.settings.output_format)
-        self._writer = writer
-        self.pipeline.start(encoder, writer)
+        settings = self.settings
+        renditions = renditions_for(
+            settings.out,
+            settings.frame_rate,
+            settings.gop,
+            settings.ladder or None,
+            size=settings.size,
+            bitrate_kbps=settings.bitrate_kbps,
+            fmt=settings.output_format,
+        )
+        if settings.ladder:
+            self._ladder = LadderManifests(settings.out, renditions, settings.output_format)
+        self.pipeline.start(renditions)
         if self.settings.publish:
             self.publisher = Publisher(self.settings.publish)
         deadline = None if self.settings.duration is None else time.time() + self.settings.duration
@@ -453,8 +458,11 @@ class EncoderRuntime:
                         self._fill(*fill)
                     continue
                 if isinstance(item, IngestedAudio):
-                    started = time.time_ns()
-                    self.segments_written(writer.add_audio(_audio_packet(item)), started)
+                    packet = _audio_packet(item)
+                    for rendition in renditions:
+                        started = time.time_ns()
+                        written = rendition.writer.add_audio(packet)
+                        self.segments_written(rendition, written, started)
                     continue
                 if queue.qsize() > self._max_backlog:
                     # More than a second behind the input: live ingest loses frames here.
@@ -469,14 +477,16 @@ class EncoderRuntime:
                 await leadership
             if ingest is not None:
                 await asyncio.to_thread(ingest.stop)
-            started = time.time_ns()
-            self.segments_written(writer.finish(), started)
+            for rendition in renditions:
+                started = time.time_ns()
+                self.segments_written(rendition, rendition.writer.finish(), started)
             if self.publisher is not None:
                 await self.publisher.close(grace=2.0)
             if self.output_server is not None:
                 await self.output_server.close()
             self.telemetry.close()
-            encoder.close()
+            for rendition in renditions:
+                rendition.close()
             await self.control.close()
             await self.links.close()
             await self.server.stop(grace=1.0)
@@ -509,29 +519,55 @@ class EncoderRuntime:
         picture = self._last_picture if repeat and self._last_picture is not None else self._black
         self.pipeline.capture(self._stamp(due), picture, NO_IDENTITY, 1, None, measured=False)
 
-    def segments_written(self, paths: list[Path], started_ns: int) -> None:
-        """Segments the writer just wrote (the call began at ``started_ns``): count them, time
-        them, and publish those this encoder can vouch for."""
+    def segments_written(self, rendition: Rendition, paths: list[Path], started_ns: int) -> None:
+        """Segments a rendition's writer just wrote (the call began at ``started_ns``): count
+        them, time them, and publish those this encoder can vouch for, under the rung's folder.
+
+        Every rung writes the same segments (one timeline), so the vouching of a segment holds
+        for all of them: it is forgotten once a later segment is written.
+        """
         finished_ns = time.time_ns()
         newest = None
+        writer = rendition.writer
+        publisher = self.publisher
         for path in paths:
             self.stats.segments += 1
             self.telemetry.segment_written(path, started_ns, finished_ns)
             newest = segment_number(path.name)
-            vouched = self._vouched.pop(newest, False) if newest is not None else False
+            vouched = self._vouched.get(newest, False) if newest is not None else False
+            # The last rung to write the segment brings the ladder's manifests up to date.
+            completed = (
+                self._ladder is not None
+                and newest is not None
+                and self._ladder.segment_written(newest)
+            )
             if not (vouched and self.engine.vouches(self.clock())):
                 self.unvouched += 1
-            elif self.publisher is not None:
-                if (init := self._writer.init_path) is not None:
+            elif publisher is not None:
+                if (init := writer.init_path) is not None:
                     # A few hundred bytes with every segment: an origin that lost it, or
                     # never got it, has it again before the next segment's manifests.
-                    self.publisher.publish(init, init.name)
-                self.publisher.publish(path, path.name)
+                    publisher.publish(init, rendition.published_name(init))
+                publisher.publish(path, rendition.published_name(path))
                 if self._publishes_playlist():
-                    for manifest in self._writer.manifest_paths:
-                        self.publisher.publish(manifest, manifest.name)
+                    for manifest in writer.manifest_paths:
+                        publisher.publish(manifest, rendition.published_name(manifest))
+                    if completed:
+                        self._publish_ladder()
         for stale in [s for s in self._vouched if newest is not None and s < newest]:
             del self._vouched[stale]  # segments the writer dropped (partial): never written
+
+    def _publish_ladder(self) -> None:
+        """The ladder's manifests, after the rungs' playlists: the master playlist and the MPD
+        (CMAF). A few hundred bytes with every segment, like CMAF's init: an origin that lost
+        the master, or skipped it while a rung's playlist was not there yet, has it again with
+        the next segment."""
+        ladder, publisher = self._ladder, self.publisher
+        if ladder is None or publisher is None or ladder.master is None:
+            return
+        publisher.publish_bytes(ladder.master, ladder.master_path.name)
+        if (mpd := ladder.mpd_path) is not None:
+            publisher.publish(mpd, mpd.name)
 
     # -- PipelineShell: the frame path's hooks ----------------------------------------------------
 

@@ -29,6 +29,7 @@ from services.common.peer_limits import PeerLimits
 from services.common.tls import TlsFiles
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import InputLossPolicy
+from services.encoder.media.ladder import Rung, parse_ladder, top_rung
 from services.encoder.media.publish import origin_url
 
 __all__ = [
@@ -105,6 +106,10 @@ class EncoderSettings(BaseModel):
     #: Frames per GOP, which is also one segment.
     gop: Annotated[int, Field(ge=1, le=600)] = 60
     bitrate_kbps: Annotated[int, Field(ge=64, le=200_000)] = 1500
+    #: An ABR ladder (``--ladder``): one rendition per rung, each in a folder of its own under
+    #: ``out`` with a master playlist above; replaces ``size`` and ``bitrate_kbps``. Empty: one
+    #: rendition of ``size`` at ``bitrate_kbps`` straight into ``out``.
+    ladder: tuple[Rung, ...] = ()
     strategy: Strategy = Strategy.PREDICTIVE
     #: Injected clock faults (labelled as such in logs and state): drift, offset, read jitter.
     drift_ppm: Annotated[float, Field(ge=-1000.0, le=1000.0)] = 0.0
@@ -183,6 +188,35 @@ class EncoderSettings(BaseModel):
     @classmethod
     def _address(cls, value: str | None) -> str | None:
         return None if value is None else check_address(value, "address")
+
+    @field_validator("ladder", mode="before")
+    @classmethod
+    def _ladder(cls, value: object) -> object:
+        return parse_ladder(value) if isinstance(value, str) and value.strip() else value
+
+    @model_validator(mode="after")
+    def _ladder_replaces(self) -> Self:
+        given = sorted({"size", "bitrate_kbps"} & self.model_fields_set)
+        if self.ladder and given:
+            raise ValueError(
+                "--ladder gives every rung its size and bitrate: leave out "
+                + " and ".join(f"--{name.replace('_', '-')}" for name in given)
+            )
+        return self
+
+    @property
+    def picture_size(self) -> tuple[int, int]:
+        """The size pictures are decoded at: the top rung's, else ``size``."""
+        if self.ladder:
+            top = top_rung(self.ladder)
+            return top.width, top.height
+        return self.size
+
+    @property
+    def mesh_bitrate_kbps(self) -> int:
+        """The bitrate the mesh starts with and agrees changes of: the top rung's, else
+        ``bitrate_kbps`` (a change scales every rung alike, see ``media.ladder``)."""
+        return top_rung(self.ladder).bitrate_kbps if self.ladder else self.bitrate_kbps
 
     @model_validator(mode="after")
     def _topology_needs(self) -> Self:

@@ -63,13 +63,18 @@ def test_out_dir_of_a_previous_run_is_cleared_and_any_other_is_refused(tmp_path:
     previous = tmp_path / "previous"
     (previous / "e0").mkdir(parents=True)
     (previous / "e0" / "seg-000000000001.ts").write_bytes(b"x")
+    (previous / "e1" / "320x180").mkdir(parents=True)  # an encoder's ABR ladder
+    (previous / "e1" / "320x180" / "seg-000000000001.ts").write_bytes(b"x")
+    (previous / "e1" / "master.m3u8").write_text("#EXTM3U\n")
+    (previous / "e2" / "notes").mkdir(parents=True)  # a folder in a folder that is not a rung
+    (previous / "e2" / "notes" / "todo.txt").write_text("mine")
     (previous / "logs").mkdir()
     (previous / "player").mkdir()
     (previous / "player" / "screenshot.png").write_bytes(b"png")
     (previous / "events.jsonl").write_text("")
     (previous / "notes.txt").write_text("mine")
     prepare_out_dir(previous)
-    assert sorted(p.name for p in previous.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in previous.iterdir()) == ["e2", "notes.txt"]
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -97,3 +102,24 @@ def test_player_without_an_origin_or_a_browser_is_a_usage_error(
     monkeypatch.setattr(player, "unavailable", lambda: "chromium is not installed")
     refused = runner.invoke(cli, ["up", "--player"])
     assert refused.exit_code == 2 and "--player: chromium is not installed" in refused.output
+
+
+def test_a_ladder_goes_to_every_encoder_in_place_of_the_size(tmp_path: Path) -> None:
+    config = DemoConfig(
+        out=tmp_path, ladder="320x180@600,160x90@200", size="320x180", tls=False, player=False
+    )
+    run = demo.DemoRun(config)
+    run.origin_url = "http://127.0.0.1:8080"
+    for encoder in run.plan.encoders:
+        args = run.encoder_args(encoder, "http://127.0.0.1:2379")
+        assert args[args.index("--ladder") + 1] == "320x180@600,160x90@200"
+        assert "--size" not in args
+    source = run.source_args()
+    assert source is not None and source[source.index("--size") + 1] == "320x180"
+    assert run.playback_url == "http://127.0.0.1:8080/320x180/index.m3u8"
+    with pytest.raises(ValueError, match="largest rung's, 320x180"):
+        DemoConfig(ladder="320x180@600,160x90@200")  # the default size is not the top rung's
+    refused = CliRunner().invoke(cli, ["up", "--ladder", "320x180@600", "--size", "320x180"])
+    assert refused.exit_code == 2 and "leave out --size" in refused.output
+    refused = CliRunner().invoke(cli, ["up", "--ladder", "320x180@600,321x180@100"])
+    assert refused.exit_code == 2 and "rung '321x180@100'" in refused.output

@@ -114,6 +114,22 @@ def test_a_cmaf_recording_is_read_behind_its_init_segment(tmp_path: Path) -> Non
     assert broken is not None and broken.missing == (FIRST + 2,)
 
 
+def test_a_ladder_recording_is_judged_by_the_rung_its_master_lists_first(
+    recording: Path, tmp_path: Path
+) -> None:
+    """An origin fed by ``--ladder`` encoders: the master above a folder per rung."""
+    origin = tmp_path / "origin"
+    shutil.copytree(recording, origin / "160x96")
+    (origin / "96x64").mkdir()  # a rung with nothing in it: not the one listed first
+    (origin / "master.m3u8").write_text(
+        "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\n160x96/index.m3u8\n"
+        "#EXT-X-STREAM-INF:BANDWIDTH=1\n96x64/index.m3u8\n"
+    )
+    check = check_recording(origin)
+    assert check is not None and check.continuous
+    assert check.segments == tuple(range(FIRST, FIRST + SEGMENTS))
+
+
 def test_a_missing_segment_breaks_it(copy: Path) -> None:
     (copy / segment_name(FIRST + 3)).unlink()
     check = check_recording(copy)

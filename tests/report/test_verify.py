@@ -160,6 +160,20 @@ def test_a_run_folder_stands_for_its_encoder_subfolders(tmp_path: Path) -> None:
     assert [p.name for p in find_outputs([tmp_path])] == ["a", "b"]
 
 
+def test_a_ladder_output_is_judged_by_the_rung_its_master_lists_first(tmp_path: Path) -> None:
+    """Folders as ``meshenc encoder --ladder`` leaves them: a master playlist above the rungs."""
+    for name, low in (("a", run_of()), ("b", run_of(different={FIRST + 5: b"other"}))):
+        write_folder(tmp_path / name / "160x96", run_of(different={FIRST + 7: name.encode()}))
+        write_folder(tmp_path / name / "96x64", low)
+        (tmp_path / name / "master.m3u8").write_text(
+            "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1,RESOLUTION=160x96\n160x96/index.m3u8\n"
+            "#EXT-X-STREAM-INF:BANDWIDTH=1,RESOLUTION=96x64\n96x64/index.m3u8\n"
+        )
+    result = verify([tmp_path], lock_in=0, frames=GOP)
+    assert [(e.name, e.folder.name) for e in result.encoders] == [("a", "160x96"), ("b", "160x96")]
+    assert [s.segment for s in result.segments if not s.identical] == [FIRST + 7]
+
+
 def test_duplicate_names_and_negative_windows_are_refused(tmp_path: Path) -> None:
     one = write_folder(tmp_path / "x" / "a", run_of())
     two = write_folder(tmp_path / "y" / "a", run_of())

@@ -50,6 +50,7 @@ __all__ = [
     "aac_codec",
     "avc_codec",
     "container_for",
+    "stream_codecs",
     "track_timescale",
 ]
 
@@ -145,6 +146,8 @@ class MpegTs:
 
     def __init__(self, params: EncoderParams) -> None:
         self.params = params
+        #: The RFC 6381 codecs of the last segment muxed (video, then its audio if known).
+        self.codecs: tuple[str, ...] = ()
 
     def mux(
         self,
@@ -168,6 +171,7 @@ class MpegTs:
                     container.mux(_audio_packet(sound, at, sample))
             for packet in _video_packets(stream, params, frames):
                 container.mux(packet)
+        self.codecs = stream_codecs(frames, audio[0][1] if audio else None)
         return Muxed(out.getvalue())
 
 
@@ -184,6 +188,26 @@ def avc_codec(access_unit: bytes) -> str | None:
         if len(nal) >= 4 and nal[0] & 0x1F == 7:
             return f"avc1.{nal[1]:02x}{nal[2]:02x}{nal[3]:02x}"
     return None
+
+
+#: RFC 6381 names of the audio codecs MPEG-TS carries besides AAC (whose name needs its header).
+_AUDIO_CODECS = {"mp2": "mp4a.40.33", "mp3": "mp4a.40.34", "ac3": "ac-3", "eac3": "ec-3"}
+
+
+def stream_codecs(frames: Sequence[EncodedFrame], audio: AudioPacket | None) -> tuple[str, ...]:
+    """RFC 6381 codecs of a segment: the video's from the SPS of its first access unit, the
+    audio's from its AAC header (``audio``: a packet of it; None: no audio). What a DASH
+    Representation's ``codecs`` and an HLS variant's CODECS say; an audio codec without an
+    RFC 6381 name here is left out."""
+    codecs = []
+    if frames and (video := avc_codec(frames[0].data)) is not None:
+        codecs.append(video)
+    if audio is not None:
+        if _is_adts_aac(audio):
+            codecs.append(aac_codec(audio.data))
+        elif (name := _AUDIO_CODECS.get(audio.codec)) is not None:
+            codecs.append(name)
+    return tuple(codecs)
 
 
 def _is_adts_aac(packet: AudioPacket) -> bool:
@@ -240,17 +264,13 @@ class Cmaf:
             "video_track_timescale": str(track_timescale(params)),
         }
         rate = Fraction(params.frame_rate.num, params.frame_rate.den)
-        codecs = []
         with av.open(
             out, "w", format="mp4", options=options, container_options={"fflags": "+bitexact"}
         ) as container:
             video = container.add_mux_stream(
                 "h264", rate=rate, width=params.width, height=params.height
             )
-            if (video_codec := avc_codec(frames[0].data)) is not None:
-                codecs.append(video_codec)
             if config is not None:
-                codecs.append(aac_codec(config.data))
                 sound = container.add_mux_stream("aac", rate=config.sample_rate)
                 # The filter writes the AudioSpecificConfig into the stream's parameters.
                 adts = BitStreamFilterContext("aac_adtstoasc", sound, sound)
@@ -264,7 +284,7 @@ class Cmaf:
                         container.mux(raw)
             for packet in _video_packets(video, params, frames):
                 container.mux(packet)
-        self.codecs = tuple(codecs)
+        self.codecs = stream_codecs(frames, config)
         data = out.getvalue()
         boxes = _top_level_boxes(data)
         moof = next(start for kind, start, _ in boxes if kind == b"moof")

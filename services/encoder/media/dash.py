@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 
 from services.encoder.media.containers import INIT_NAME, track_timescale
 from services.encoder.media.gop import EncoderParams
 
-__all__ = ["MPD_NAME", "render_mpd", "xs_duration"]
+__all__ = ["MPD_NAME", "Representation", "render_ladder_mpd", "render_mpd", "xs_duration"]
 
 MPD_NAME = "manifest.mpd"
 #: Segments between the newest one written and what a player should present.
@@ -37,6 +38,18 @@ def xs_duration(seconds: Fraction) -> str:
     return f"PT{millis // 1000}.{millis % 1000:03d}S"
 
 
+@dataclass(frozen=True, slots=True)
+class Representation:
+    """One rendition in the MPD: its id, its encoding (size, frame rate, GOP), the RFC 6381
+    codecs of its segments' tracks (``avc1.42c01e``, ``mp4a.40.2``) and its bandwidth (bit/s).
+    """
+
+    id: str
+    params: EncoderParams
+    codecs: Sequence[str]
+    bandwidth: int
+
+
 def render_mpd(
     params: EncoderParams,
     *,
@@ -45,15 +58,35 @@ def render_mpd(
     publish_time: str,
     media_template: str,
 ) -> str:
-    """The MPD of a live CMAF stream on the shared timeline.
+    """The MPD of one rendition (``codecs``: its tracks'; bandwidth: its nominal bitrate)."""
+    return render_ladder_mpd(
+        [Representation("0", params, codecs, params.bitrate_kbps * 1000)],
+        window=window,
+        publish_time=publish_time,
+        media_template=media_template,
+    )
+
+
+def render_ladder_mpd(
+    representations: Sequence[Representation],
+    *,
+    window: int,
+    publish_time: str,
+    media_template: str,
+    init_template: str = INIT_NAME,
+) -> str:
+    """The MPD of a live CMAF stream on the shared timeline: one AdaptationSet, one
+    Representation per rendition (all of one frame rate and GOP, so one SegmentTemplate).
 
     Args:
-        params: the encoding (size, frame rate, GOP, bitrate).
-        codecs: RFC 6381 codecs of the segments' tracks (``avc1.42c01e``, ``mp4a.40.2``).
+        representations: the renditions, the first one's params give the timing.
         window: segments a player may seek back over (``timeShiftBufferDepth``).
         publish_time: when this version was published, ISO 8601 UTC.
-        media_template: the media segments' names, with ``$Number...$`` for the number.
+        media_template: the media segments' names, with ``$Number...$`` for the number (and
+            ``$RepresentationID$`` for a rendition's folder).
+        init_template: the init segment's name (``$RepresentationID$`` allowed too).
     """
+    params = representations[0].params
     timescale = track_timescale(params)
     ticks_per_frame = params.frame_rate.den * timescale // params.frame_rate.num
     seconds = params.segments.duration(params.time_base)
@@ -91,23 +124,24 @@ def render_mpd(
             "timescale": str(timescale),
             "duration": str(params.gop * ticks_per_frame),
             "startNumber": "0",
-            "initialization": INIT_NAME,
+            "initialization": init_template,
             "media": media_template,
         },
     )
-    ET.SubElement(
-        adaptation,
-        "Representation",
-        {
-            "id": "0",
-            "codecs": ",".join(codecs),
-            "bandwidth": str(params.bitrate_kbps * 1000),
-            "width": str(params.width),
-            "height": str(params.height),
-            "frameRate": str(rate),
-            "sar": "1:1",
-        },
-    )
+    for representation in representations:
+        ET.SubElement(
+            adaptation,
+            "Representation",
+            {
+                "id": representation.id,
+                "codecs": ",".join(representation.codecs),
+                "bandwidth": str(representation.bandwidth),
+                "width": str(representation.params.width),
+                "height": str(representation.params.height),
+                "frameRate": str(rate),
+                "sar": "1:1",
+            },
+        )
     ET.indent(mpd)
     body = ET.tostring(mpd, encoding="unicode")
     return f'<?xml version="1.0" encoding="UTF-8"?>\n{body}\n'

@@ -56,7 +56,6 @@ from services.encoder.media.containers import (
     INIT_NAME,
     TICKS,
     AudioPacket,
-    Cmaf,
     Muxed,
     SegmentFormat,
     container_for,
@@ -71,6 +70,7 @@ __all__ = [
     "AudioPacket",
     "SegmentFormat",
     "SegmentWriter",
+    "atomic_write",
     "segment_format",
     "segment_name",
     "segment_number",
@@ -168,6 +168,8 @@ class SegmentWriter:
         self._pending: _Pending | None = None
         self._last_segment: int | None = None
         self._listed: list[int] = []
+        #: The highest bit rate of a media segment written so far (bits per second).
+        self.peak_bitrate = 0
         self.cleanup()
 
     @property
@@ -190,6 +192,16 @@ class SegmentWriter:
     def listed(self) -> tuple[int, ...]:
         """The segment numbers the playlist lists, oldest first."""
         return tuple(self._listed)
+
+    @property
+    def codecs(self) -> tuple[str, ...]:
+        """RFC 6381 codecs of the newest segment written, from its SPS and its audio's header
+        (empty before the first)."""
+        return self._container.codecs
+
+    def segment_end(self, segment: int) -> Fraction:
+        """Where ``segment`` ends on the shared timeline, in exact seconds since the epoch."""
+        return self._start(segment + 1)
 
     @property
     def segment_duration(self) -> Fraction:
@@ -329,15 +341,18 @@ class SegmentWriter:
         path = self.out_dir / segment_name(pending.segment, self.format)
         muxed = self._mux(pending.segment, pending.frames, self._segment_audio(pending))
         if muxed.init is not None and muxed.init != self._init:
-            self._atomic_write(self.out_dir / INIT_NAME, muxed.init)
+            atomic_write(self.out_dir / INIT_NAME, muxed.init)
             if self._init is not None:
                 self._listed.clear()  # listed segments need the old init: list afresh
             self._init = muxed.init
-        self._atomic_write(path, muxed.media)
+        atomic_write(path, muxed.media)
+        self.peak_bitrate = max(
+            self.peak_bitrate, math.ceil(len(muxed.media) * 8 / self.segment_duration)
+        )
         self._extend_window(pending.segment)
-        self._atomic_write(self.playlist_path, self._playlist().encode())
+        atomic_write(self.playlist_path, self._playlist().encode())
         if self.format is SegmentFormat.CMAF:
-            self._atomic_write(self.out_dir / MPD_NAME, self._mpd().encode())
+            atomic_write(self.out_dir / MPD_NAME, self._mpd().encode())
         return path
 
     def _mux(
@@ -378,10 +393,9 @@ class SegmentWriter:
     def _mpd(self) -> str:
         """The DASH MPD; its publishTime is the newest listed segment's end, as every encoder
         that wrote it would say."""
-        codecs = self._container.codecs if isinstance(self._container, Cmaf) else ()
         return render_mpd(
             self.params,
-            codecs=codecs,
+            codecs=self.codecs,
             window=self.window,
             publish_time=utc_instant(self._start(self._listed[-1] + 1)),
             media_template=segment_template(self.format),
@@ -395,22 +409,24 @@ class SegmentWriter:
         """
         return utc_instant(self._start(segment))
 
-    def _atomic_write(self, path: Path, data: bytes) -> None:
-        """Write ``path`` so that it appears whole or not at all."""
-        fd, temp = tempfile.mkstemp(dir=self.out_dir, prefix=f"{TEMP_PREFIX}{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            # mkstemp creates 0600; segments are served by packagers and web servers.
-            os.chmod(temp, 0o644)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        _fsync_dir(self.out_dir)
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` so that it appears whole or not at all (a ``.tmp-*`` file beside it,
+    fsynced, renamed over it, and the rename made durable)."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        # mkstemp creates 0600; segments are served by packagers and web servers.
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

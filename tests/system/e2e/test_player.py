@@ -13,7 +13,7 @@ import json
 import pytest
 from PIL import Image, ImageStat
 
-from meshenc.local.master import MASTER_NAME
+from meshenc.local.master import REDUNDANT_NAME
 from meshenc.report.playback import (
     MAX_PROGRESS_GAP_S,
     PLAYER_DIR,
@@ -112,7 +112,7 @@ def test_the_redundant_player_fails_over_from_the_killed_encoder_without_a_stall
 
     # The master playlist the origin served: each encoder's own playlist, one set of
     # attributes, the killed encoder no longer listed; the page was told the same servers.
-    lines = (played.out / ORIGIN_DIR / MASTER_NAME).read_text().splitlines()
+    lines = (played.out / ORIGIN_DIR / REDUNDANT_NAME).read_text().splitlines()
     assert lines[0] == "#EXTM3U"
     infs = [line for line in lines if line.startswith("#EXT-X-STREAM-INF:")]
     uris = [line for line in lines if line and not line.startswith("#")]
