@@ -33,6 +33,11 @@ error ``E``:
   locked into adjacent slots come to one anchor. A locked encoder counts only the neighbours that
   say (in their ESPs) they are locked too, when any do: a newcomer still locking in comes to
   the mesh instead of unlocking it (while the locked are more than the others).
+- *two timelines*: a locked encoder names its timeline (``meshenc.core.timeline``) and does
+  not count a locked neighbour on a differently named timeline in another slot. Where a group
+  meets a better-named timeline it learns a merge route to it through its own members, and
+  once two witnesses have held it for ``merge_confirm`` the whole group jumps to it at the
+  start of one scheduled segment, holding still around the jump (``merge_settle``).
 
 Thresholds (consensus band, lock-in trigger, vote tolerance, relock limit, the predictive
 trigger through ``ControlView.noise``) are fractions of a frame raised to ``noise_margin``
