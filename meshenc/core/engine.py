@@ -1229,11 +1229,16 @@ class SyncEngine:
             self._route_key = key if confirmed else None
             self._route_since = now if confirmed else math.inf
             previous = None
-        scheduled = [route.segment] if route.segment > segment else []
-        if previous is not None and previous.segment > segment:
-            scheduled.append(previous.segment)
-        if not scheduled and confirmed and now - self._route_since >= cfg.merge_confirm:
-            scheduled.append(segment + cfg.merge_lead)
+        # A schedule is taken from a neighbour, kept or made only while the route names
+        # enough witnesses; made only once it has held for ``merge_confirm``.
+        scheduled = []
+        if confirmed:
+            if route.segment > segment:
+                scheduled.append(route.segment)
+            if previous is not None and previous.segment > segment:
+                scheduled.append(previous.segment)
+            if not scheduled and now - self._route_since >= cfg.merge_confirm:
+                scheduled.append(segment + cfg.merge_lead)
         self._route = replace(route, segment=min(scheduled, default=0))
 
     def _merge_due(self, now: float, label: float, route: MergeRoute) -> bool:
