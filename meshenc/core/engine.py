@@ -34,7 +34,7 @@ error ``E``:
   say (in their ESPs) they are locked too, when any do: a newcomer still locking in comes to
   the mesh instead of unlocking it (while the locked are more than the others).
 - *two timelines*: a locked encoder names its timeline (``meshenc.core.timeline``) and does
-  not count a locked neighbour on a differently named timeline in another slot. Where a group
+  not count a locked neighbour on a differently named timeline a frame or so away. Where a group
   meets a better-named timeline it learns a merge route to it through its own members, and
   once two witnesses have held it for ``merge_confirm`` the whole group jumps to it at the
   start of one scheduled segment, holding still around the jump (``merge_settle``).
@@ -1049,7 +1049,7 @@ class SyncEngine:
             return
         lock = self._lock
         if lock.locked:
-            self._hold_timeline(now, names, routes, band)
+            self._hold_timeline(now, names, routes)
             if now < self._settle_until or (self._route is not None and self._route.segment > 0):
                 # A merge is scheduled or just made: neighbours jump at the same segment
                 # boundary, each when its own picture gets there, and for a moment look whole
@@ -1174,17 +1174,20 @@ class SyncEngine:
         routes: list[MergeRoute],
     ) -> bool:
         """What a counted, locked neighbour says of timelines (``meshenc.core.timeline``): one
-        in this encoder's slot names its timeline and passes on its merge route; one in
-        another slot, on a timeline named otherwise than this locked encoder's, is a direct
-        sighting of that timeline. Returns True for the latter: a neighbour on another
-        timeline is not part of this encoder's lock (the worse-named side comes over by a
-        merge; before, the two sides' meeting points locked in again and again, each coming
-        back to its own side's densest group, when the two were less than the outlier
-        distance apart)."""
+        in this encoder's slot names its timeline and passes on its merge route; one at least
+        ``relock_min`` frames away, on a timeline named otherwise than this locked encoder's,
+        is a direct sighting of that timeline. Returns True for the latter: a neighbour on
+        another timeline is not part of this encoder's lock (the worse-named side comes over
+        by a merge; before, the two sides' meeting points locked in again and again, each
+        coming back to its own side's densest group, when the two were less than the outlier
+        distance apart). Nearer than ``relock_min`` the neighbour counts as before: whether
+        it is in the next slot or the same one, noisy, is for the relock rules to settle
+        (measured: with half a frame, real encoders on a starved CPU merged twice at start-up
+        over 17 ms, which is noise, not another timeline)."""
         esp = nb.last
         if esp is None or not esp.timeline:
             return False
-        foreign = 0.5 * self._period
+        foreign = self.config.relock_min * self._period
         if abs(deviation) <= band:
             names.append(esp.timeline)
             if esp.merge_timeline:
@@ -1202,17 +1205,17 @@ class SyncEngine:
             return True
         return False
 
-    def _hold_timeline(
-        self, now: float, names: list[str], routes: list[MergeRoute], band: float
-    ) -> None:
+    def _hold_timeline(self, now: float, names: list[str], routes: list[MergeRoute]) -> None:
         """Name the timeline this locked encoder holds, and keep its route to a better-named
         one, scheduling the move once the route is confirmed (``meshenc.core.timeline``)."""
         if not self._timeline:
             # Just locked: the name its locked neighbours in this slot hold, or else its
-            # anchor's when the anchor is in this slot, or else its own.
-            anchor = self._anchor
-            own = anchor.node if abs(anchor.offset) <= band else self.node_id
-            self._timeline = min(names, default=own)
+            # anchor's. Named after its anchor while in another slot (it locked before the
+            # anchor's timeline reached it), it merges with nobody: neighbours on the anchor's
+            # timeline count it as one of theirs, and the relock rules settle the difference
+            # as they did before timelines had names. A wrong name may miss a merge, never
+            # make a jump.
+            self._timeline = min(names, default=self._anchor.node)
         elif names:
             self._timeline = min(self._timeline, *names)
         segment = self.current_segment

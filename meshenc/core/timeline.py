@@ -5,13 +5,13 @@ lock while apart — a region cut off from the start, two meshes started separat
 linked — hold two timelines, typically many frames apart. Where they meet, each side sees the
 other's few encoders as outliers and sets them aside, so without more both carry on for ever.
 
-So every locked encoder names its timeline: the id of the anchor it locked on (or the name its
-locked neighbours in the same slot already hold). Names only improve while the encoder stays
+So every locked encoder names its timeline: the name its locked neighbours in the same slot
+already hold, or else the id of its anchor. Names only improve while the encoder stays
 locked: a neighbour in the same slot that holds a smaller name is on the same timeline, and its
 name is taken. The smaller name wins a meeting; the side holding it never moves.
 
-An encoder of the losing side that sees a locked neighbour on a smaller-named timeline, whole
-frames away, announces a **merge route** to it: the winner's name, how many links away it was
+An encoder of the losing side that sees a locked neighbour on a smaller-named timeline, a
+frame or more away, announces a **merge route** to it: the winner's name, how many links away it was
 seen, its own label minus the winner's, the encoders of the winning side seen directly
 (``witnesses``) and, once scheduled, the segment at whose start it will move. Encoders of the
 losing side carry the route on through neighbours in their own slot (``MergeRoute.via``, like
