@@ -6,9 +6,9 @@ regions are joined by two bridges, each from a different encoder on either side,
 bridge passes through a ``DelayRelay`` (``meshenc.local.relay``: a user-space TCP relay,
 40-150 ms one way, 5 ms of jitter, order kept; there is no netem here). One ``meshenc source``
 sends the test pattern live to all six, each over its own path, and each runs on its own
-drifting clock. ``cut_at`` seconds after the encoders started, region 2 loses all four of its
-bridges (a partition: nothing forwarded, nothing closed) for ``cut_s`` seconds, then gets them
-back. The verdict comes from the segment files alone (``meshenc.report.verify``): which
+drifting clock. ``cut_at`` seconds after every encoder wrote its first segment, region 2 loses
+all four of its bridges (a partition: nothing forwarded, nothing closed) for ``cut_s``
+seconds, then gets them back. The verdict comes from the segment files alone (``meshenc.report.verify``): which
 segments after each encoder's lock-in are byte-identical on all six, before, during and after
 the cut — each side holds the timeline by prediction alone while apart.
 
@@ -65,8 +65,10 @@ FAULTS = {
     "e4": (50.0, 90.0, "delay_ms=180&jitter_ms=3"),
     "e5": (0.0, -220.0, "delay_ms=90&jitter_ms=2"),
 }
-#: Seconds an encoder may take past its --duration to finish before it is stopped.
+#: Seconds an encoder may take past its --duration to finish before it is stopped...
 _FINISH_GRACE = 30.0
+#: ...and to write its first segment.
+_START_TIMEOUT = 120.0
 
 
 def encoder_command(
@@ -194,6 +196,9 @@ def _run(out: Path, duration: float, cut_at: float, cut_s: float, progress: Prog
             )
             encoders.append(spawn_logged(command, out / f"{name}.log"))
         processes += encoders
+        # The cut is timed from when every encoder writes segments, not from the spawn: on a
+        # loaded machine an encoder took 50 s to start, and the cut then fell before lock-in.
+        _await_segments([out / name for name in names], _START_TIMEOUT)
         started = time.monotonic()
         wall_start = time.time()
         cut = [relay for (a, b), relay in relays.items() if 2 in (REGION[a], REGION[b])]
@@ -228,6 +233,15 @@ def _run(out: Path, duration: float, cut_at: float, cut_s: float, progress: Prog
         differing,
         (first, last),
     )
+
+
+def _await_segments(folders: Sequence[Path], timeout: float) -> None:
+    """Wait until every folder holds a segment file (at most ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not all(folder.is_dir() and any(folder.glob("seg-*")) for folder in folders):
+        if time.monotonic() > deadline:
+            raise BenchError(f"not every encoder wrote a segment within {timeout:g} s")
+        time.sleep(0.2)
 
 
 def _finish(processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> list[int]:

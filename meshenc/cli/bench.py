@@ -456,9 +456,14 @@ def _strategies(_ctx: click.Context, _param: click.Parameter, value: str) -> lis
     show_default=True,
     help="How long the run goes on after the cut heals.",
 )
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the encoders' segments and logs in this folder (default: a temporary one).",
+)
 @output_options
 def bench_regions(
-    cut_s: float, cut_at: float, after_s: float, as_json: bool, out: Path | None
+    cut_s: float, cut_at: float, after_s: float, keep: Path | None, as_json: bool, out: Path | None
 ) -> None:
     """Six real encoders in three regions over 40-150 ms bridges; region 2 cut off and back.
 
@@ -467,7 +472,11 @@ def bench_regions(
     segment files: segments identical on all six before, during and after the cut.
     """
     result = regions.run_region_cut(
-        duration=cut_at + cut_s + after_s, cut_at=cut_at, cut_s=cut_s, progress=_progress()
+        keep,
+        duration=cut_at + cut_s + after_s,
+        cut_at=cut_at,
+        cut_s=cut_s,
+        progress=_progress(),
     )
     _show(result, out, as_json=as_json)
 
