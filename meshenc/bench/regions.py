@@ -8,9 +8,10 @@ bridge passes through a ``DelayRelay`` (``meshenc.local.relay``: a user-space TC
 sends the test pattern live to all six, each over its own path, and each runs on its own
 drifting clock. ``cut_at`` seconds after every encoder wrote its first segment, region 2 loses
 all four of its bridges (a partition: nothing forwarded, nothing closed) for ``cut_s``
-seconds, then gets them back. The verdict comes from the segment files alone (``meshenc.report.verify``): which
-segments after each encoder's lock-in are byte-identical on all six, before, during and after
-the cut — each side holds the timeline by prediction alone while apart.
+seconds, then gets them back. The verdict comes from the segment files alone
+(``meshenc.report.verify``): which segments after each encoder's lock-in are byte-identical on
+all six, before, during and after the cut — each side holds the timeline by prediction alone
+while apart.
 
 ``tests/system/integration/test_regions.py`` runs a 20 s cut of this in ``make test``; the
 benchmark runs the minute-long cut the issue asks for (and any other length).
