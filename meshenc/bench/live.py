@@ -35,7 +35,16 @@ from meshenc.core.timecode import FrameRate
 from meshenc.local.ports import free_ports
 from meshenc.report.verify import verify
 
-__all__ = ["LiveBench", "LiveWorld", "WorldResult", "plan_world", "run_live_bench", "run_world"]
+__all__ = [
+    "LiveBench",
+    "LiveWorld",
+    "WorldResult",
+    "plan_world",
+    "run_live_bench",
+    "run_world",
+    "spawn_logged",
+    "stop_processes",
+]
 
 #: Segments each encoder may take to lock in (the first, partial one included).
 LOCK_IN_SEGMENTS = 2
@@ -157,18 +166,20 @@ def run_world(
             source += ["--to", f"udp://127.0.0.1:{port}?{path}"]
         processes: list[subprocess.Popen[bytes]] = []
         try:
-            processes.append(_spawn(source, root / "source.log"))
+            processes.append(spawn_logged(source, root / "source.log"))
             for s, strategy in enumerate(strategies):
                 ports = dict(zip(names, free_ports(len(names)), strict=True))
                 for i, encoder in enumerate(world.encoders):
                     url = f"udp://127.0.0.1:{inputs[s * len(names) + i]}"
                     out = root / strategy.value
                     command = _encoder_command(world, encoder, strategy, ports, url, out, duration)
-                    processes.append(_spawn(command, root / f"{strategy.value}-{encoder.name}.log"))
+                    processes.append(
+                        spawn_logged(command, root / f"{strategy.value}-{encoder.name}.log")
+                    )
             progress(f"{world.frame_rate} fps, seed {world.seed}: running {duration:g} s")
             _wait(processes[1:], duration + 30.0)
         finally:
-            _stop(processes)
+            stop_processes(processes)
         results = []
         for strategy in strategies:
             outcome = verify([root / strategy.value / n for n in names], lock_in=LOCK_IN_SEGMENTS)
@@ -180,7 +191,8 @@ def run_world(
         return results
 
 
-def _spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+def spawn_logged(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` with its output (both streams) in the file ``log``."""
     with log.open("wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
 
@@ -194,7 +206,8 @@ def _wait(processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
             return
 
 
-def _stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+def stop_processes(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM whatever still runs, then SIGKILL what has not ended within the grace."""
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

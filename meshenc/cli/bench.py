@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from meshenc.bench import dht, encoder, failover, ingest, live, plan, tls
+from meshenc.bench import dht, encoder, failover, ingest, live, plan, regions, tls
 from meshenc.bench.results import BenchError, BenchResult, Progress
 from meshenc.bench.strategies import compare_sizes, lockin_at_rates, lockin_sweep, wan_comparison
 from meshenc.bench.worlds import BROADCAST_RATES
@@ -489,6 +489,53 @@ def _strategies(_ctx: click.Context, _param: click.Parameter, value: str) -> lis
         return [Strategy(part.strip()) for part in value.split(",") if part.strip()]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+
+
+@bench.command("regions")
+@click.option(
+    "--cut-s",
+    type=click.FloatRange(1.0, 3600.0),
+    default=60.0,
+    show_default=True,
+    help="How long region 2 is cut off.",
+)
+@click.option(
+    "--cut-at",
+    type=click.FloatRange(8.0, 600.0),
+    default=16.0,
+    show_default=True,
+    help="When the cut begins, seconds after the encoders start (after lock-in).",
+)
+@click.option(
+    "--after-s",
+    type=click.FloatRange(8.0, 600.0),
+    default=24.0,
+    show_default=True,
+    help="How long the run goes on after the cut heals.",
+)
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the encoders' segments and logs in this folder (default: a temporary one).",
+)
+@output_options
+def bench_regions(
+    cut_s: float, cut_at: float, after_s: float, keep: Path | None, as_json: bool, out: Path | None
+) -> None:
+    """Six real encoders in three regions over 40-150 ms bridges; region 2 cut off and back.
+
+    Each region is two encoders on a direct link; every two regions are joined by two bridges
+    through delay relays. Region 2 loses its four bridges for --cut-s seconds. Judged from the
+    segment files: segments identical on all six before, during and after the cut.
+    """
+    result = regions.run_region_cut(
+        keep,
+        duration=cut_at + cut_s + after_s,
+        cut_at=cut_at,
+        cut_s=cut_s,
+        progress=_progress(),
+    )
+    _show(result, out, as_json=as_json)
 
 
 @bench.command("live")

@@ -234,6 +234,13 @@ def _given(ctx: click.Context, name: str) -> bool:
     help="The segment (group of encoders) this encoder belongs to until the manager's "
     "topology names one; each segment elects a leader.",
 )
+@click.option(
+    "--region",
+    envvar="MESHENC_REGION",
+    default="",
+    help="This encoder's region (zone): each region elects its own leader of a segment, and "
+    "the manager plans bridges between regions (default: none).",
+)
 @etcd_options("the segment leader election (none when empty)")
 @click.option(
     "--lease-ttl",
@@ -327,6 +334,7 @@ def encoder(
     duration: float | None,
     seed: int,
     segment: str,
+    region: str,
     etcd_endpoints: str,
     etcd_prefix: str,
     etcd_ca: Path | None,
@@ -417,6 +425,7 @@ def encoder(
             duration=duration,
             seed=seed,
             segment=segment,
+            region=region,
             etcd=etcd,
             fast_failover=not no_fast_failover,
             registry=parse_address_list(registry, "registry replica"),

@@ -33,6 +33,11 @@ error ``E``:
   locked into adjacent slots come to one anchor. A locked encoder counts only the neighbours that
   say (in their ESPs) they are locked too, when any do: a newcomer still locking in comes to
   the mesh instead of unlocking it (while the locked are more than the others).
+- *two timelines*: a locked encoder names its timeline (``meshenc.core.timeline``) and does
+  not count a locked neighbour on a differently named timeline a frame or so away. Where a group
+  meets a better-named timeline it learns a merge route to it through its own members, and
+  once two witnesses have held it for ``merge_confirm`` the whole group jumps to it at the
+  start of one scheduled segment, holding still around the jump (``merge_settle``).
 
 Thresholds (consensus band, lock-in trigger, vote tolerance, relock limit, the predictive
 trigger through ``ControlView.noise``) are fractions of a frame raised to ``noise_margin``
@@ -100,12 +105,14 @@ from meshenc.core.policy import (
     PlannedCorrection,
     PolicyTuning,
     Strategy,
+    classify_shift,
     make_policy,
     plan_shift,
     time_to_boundary,
 )
 from meshenc.core.robust import consensus
 from meshenc.core.timecode import FrameRate, SegmentLayout
+from meshenc.core.timeline import MIN_WITNESSES, MergeRoute, choose_route
 from meshenc.core.votes import Outcome, ProposalBook, Verdict, judge_proposal
 
 __all__ = [
@@ -217,6 +224,15 @@ class EngineConfig:
     #: ...and the consensus band stays below this many frames whatever the noise (beyond it,
     #: agreement could no longer tell neighbours in adjacent slots apart).
     max_band: float = 0.4
+    #: A locked group moves to a better-named timeline (``meshenc.core.timeline``) once its
+    #: route has been seen on enough witnesses, the same whole frames away, for this long...
+    merge_confirm: float = 2.0
+    #: ...at the start of the segment this many segments after the one being encoded (time
+    #: for the schedule to reach the whole group)...
+    merge_lead: int = 2
+    #: ...and holds still (no correction, no relock) from the schedule until this long after
+    #: its jump, while its neighbours make theirs.
+    merge_settle: float = 1.0
 
     @property
     def segments(self) -> SegmentLayout:
@@ -599,6 +615,15 @@ class SyncEngine:
         self._settled_unlocked = 0
         self._leader: str | None = None
         self._anchor = Anchor(node_id, 0, 0.0)
+        #: The timeline this encoder is locked on ("" while not locked), the route to a
+        #: better-named one (``meshenc.core.timeline``), since when that route has pointed
+        #: the same whole frames away on enough witnesses, and until when it holds still
+        #: after a merge.
+        self._timeline = ""
+        self._route: MergeRoute | None = None
+        self._route_key: tuple[str, int] | None = None
+        self._route_since = math.inf
+        self._settle_until = -math.inf
         self._error = 0.0
         self._slot_errors: tuple[float, ...] = (0.0,)
         self._predicted_error = 0.0
@@ -715,6 +740,9 @@ class SyncEngine:
         smoothed = self._smoother.update(now, periods)
         raw = smoothed.time
         label = raw + self.correction(now)
+        route = self._route
+        if route is not None and route.segment > 0 and self._merge_due(now, label, route):
+            label = raw + self.correction(now)
         if self.policy.counts_frames and self._last_tc is not None:
             tc = self._last_tc + smoothed.periods
         else:
@@ -792,7 +820,18 @@ class SyncEngine:
             anchor=self._anchor.node,
             anchor_hops=self._anchor.hops,
             anchor_offset=self._anchor.offset,
+            timeline=self._timeline,
         )
+        route = self._route
+        if route is not None:
+            esp = replace(
+                esp,
+                merge_timeline=route.timeline,
+                merge_hops=route.hops,
+                merge_offset=route.offset,
+                merge_witnesses=route.witnesses,
+                merge_segment=route.segment,
+            )
         actions = self._actions
         if self._sequence % self.config.echo_every:
             actions.append(SendEsp(esp, tuple(self._neighbours)))
@@ -971,6 +1010,9 @@ class SyncEngine:
         unmeasured = 0
         settled_unlocked = 0
         heard: list[Anchor] = []
+        band = self._thresholds()[0]
+        names: list[str] = []
+        routes: list[MergeRoute] = []
         for name, nb in self._neighbours.items():
             kf = nb.filter
             fresh = nb.link.last_received_at >= oldest
@@ -983,6 +1025,8 @@ class SyncEngine:
                     nb.counted_since = now
                 kf.predict(now)
                 deviation = kf.deviation + my_corr - nb.correction_at(now)
+                if nb.locked and self._hear_timeline(name, nb, deviation, band, names, routes):
+                    continue
                 deviations.append(deviation)
                 if nb.locked:
                     locked.append(deviation)
@@ -998,13 +1042,19 @@ class SyncEngine:
         # (a newcomer aside) says it is locked too: the neighbourhood holds one timeline.
         self._settled_unlocked = settled_unlocked
         self._anchor = choose_anchor(self.node_id, heard)
-        band, lock_trigger, _ = self._thresholds()
+        _, lock_trigger, _ = self._thresholds()
         if len(deviations) == 1:
             if not self._lock.locked and not unmeasured:
                 self._hold_alone(now, label, lock_trigger)
             return
         lock = self._lock
         if lock.locked:
+            self._hold_timeline(now, names, routes)
+            if now < self._settle_until or (self._route is not None and self._route.segment > 0):
+                # A merge is scheduled or just made: neighbours jump at the same segment
+                # boundary, each when its own picture gets there, and for a moment look whole
+                # frames away. Hold still until they have.
+                return
             unlocked = len(deviations) - 1 - len(locked)
             if locked and unlocked > 0 and settled_unlocked < len(locked):
                 # A locked encoder holds the timeline with the neighbours that hold it too:
@@ -1038,6 +1088,9 @@ class SyncEngine:
             error = label - fr.slot_middle(target)
             self._slot_errors = (error,)
         else:
+            self._timeline = ""
+            self._route = None
+            self._route_key = None
             # Locking in, the encoder comes to its locked neighbours' densest group when any
             # neighbour holds a lock (it is a newcomer, or back from a fault), and otherwise
             # aims for the middle of the slot its anchor's label is in (``meshenc.core.anchor``).
@@ -1110,6 +1163,104 @@ class SyncEngine:
         self._open = (self._proposal_ids, plan, error)
         self._proposal.on(ProposalSignal.PROPOSED)
         self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))
+
+    def _hear_timeline(
+        self,
+        name: str,
+        nb: _Neighbour,
+        deviation: float,
+        band: float,
+        names: list[str],
+        routes: list[MergeRoute],
+    ) -> bool:
+        """What a counted, locked neighbour says of timelines (``meshenc.core.timeline``): one
+        in this encoder's slot names its timeline and passes on its merge route; one at least
+        ``relock_min`` frames away, on a timeline named otherwise than this locked encoder's,
+        is a direct sighting of that timeline. Returns True for the latter: a neighbour on
+        another timeline is not part of this encoder's lock (the worse-named side comes over
+        by a merge; before, the two sides' meeting points locked in again and again, each
+        coming back to its own side's densest group, when the two were less than the outlier
+        distance apart). Nearer than ``relock_min`` the neighbour counts as before: whether
+        it is in the next slot or the same one, noisy, is for the relock rules to settle
+        (measured: with half a frame, real encoders on a starved CPU merged twice at start-up
+        over 17 ms, which is noise, not another timeline)."""
+        esp = nb.last
+        if esp is None or not esp.timeline:
+            return False
+        foreign = self.config.relock_min * self._period
+        if abs(deviation) <= band:
+            names.append(esp.timeline)
+            if esp.merge_timeline:
+                heard = MergeRoute(
+                    esp.merge_timeline,
+                    esp.merge_hops,
+                    esp.merge_offset,
+                    esp.merge_witnesses,
+                    esp.merge_segment,
+                ).via(deviation)
+                if heard is not None and abs(heard.offset) > foreign:
+                    routes.append(heard)
+        elif self._timeline and esp.timeline != self._timeline and abs(deviation) > foreign:
+            routes.append(MergeRoute(esp.timeline, 1, deviation, (name,)))
+            return True
+        return False
+
+    def _hold_timeline(self, now: float, names: list[str], routes: list[MergeRoute]) -> None:
+        """Name the timeline this locked encoder holds, and keep its route to a better-named
+        one, scheduling the move once the route is confirmed (``meshenc.core.timeline``)."""
+        if not self._timeline:
+            # Just locked: the name its locked neighbours in this slot hold, or else its
+            # anchor's. Named after its anchor while in another slot (it locked before the
+            # anchor's timeline reached it), it merges with nobody: neighbours on the anchor's
+            # timeline count it as one of theirs, and the relock rules settle the difference
+            # as they did before timelines had names. A wrong name may miss a merge, never
+            # make a jump.
+            self._timeline = min(names, default=self._anchor.node)
+        elif names:
+            self._timeline = min(self._timeline, *names)
+        segment = self.current_segment
+        route = choose_route(self._timeline, routes, segment)
+        if route is None:
+            self._route = None
+            self._route_key = None
+            return
+        cfg = self.config
+        key = (route.timeline, round(route.offset / self._period))
+        confirmed = len(route.witnesses) >= MIN_WITNESSES
+        previous = self._route
+        if key != self._route_key or not confirmed:
+            self._route_key = key if confirmed else None
+            self._route_since = now if confirmed else math.inf
+            previous = None
+        # A schedule is taken from a neighbour, kept or made only while the route names
+        # enough witnesses; made only once it has held for ``merge_confirm``.
+        scheduled = []
+        if confirmed:
+            if route.segment > segment:
+                scheduled.append(route.segment)
+            if previous is not None and previous.segment > segment:
+                scheduled.append(previous.segment)
+            if not scheduled and now - self._route_since >= cfg.merge_confirm:
+                scheduled.append(segment + cfg.merge_lead)
+        self._route = replace(route, segment=min(scheduled, default=0))
+
+    def _merge_due(self, now: float, label: float, route: MergeRoute) -> bool:
+        """Move to the route's timeline if this picture is the first of its scheduled segment
+        on either timeline: a move back drops the pictures that would fall into the segment
+        before, a move forward fills the end of the segment before with repeats, so the
+        scheduled segment is the winner's from its first frame. Returns whether it moved.
+        The move needs no vote: every encoder of the group makes it at the same boundary."""
+        fr = self.config.frame_rate
+        shift = -route.offset
+        if self._segments.segment_of(max(fr.slot(label), fr.slot(label + shift))) < route.segment:
+            return False
+        kind = classify_shift(fr, label, shift)
+        self._apply(now, PlannedCorrection(kind, shift, self._corr_rate, math.nan, False), 0)
+        self._timeline = route.timeline
+        self._route = None
+        self._route_key = None
+        self._settle_until = now + self.config.merge_settle
+        return True
 
     def _hold_alone(self, now: float, label: float, trigger: float) -> None:
         """No neighbour to agree with yet: hold the middle of this encoder's own slot, as an

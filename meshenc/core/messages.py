@@ -72,6 +72,16 @@ class EncodingStatePacket:
     anchor: str = ""
     anchor_hops: int = 0
     anchor_offset: float = 0.0
+    #: The timeline the sender is locked on ("": not locked; ``meshenc.core.timeline``).
+    timeline: str = ""
+    #: A better-named timeline the sender's group will move to ("": none), as a merge route:
+    #: links away, the sender's label minus that timeline's (s), the encoders of it seen
+    #: directly, and the segment at whose start the sender moves (0: not scheduled).
+    merge_timeline: str = ""
+    merge_hops: int = 0
+    merge_offset: float = 0.0
+    merge_witnesses: tuple[str, ...] = ()
+    merge_segment: int = 0
 
 
 @dataclass(frozen=True, slots=True)

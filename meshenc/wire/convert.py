@@ -245,6 +245,12 @@ def esp_to_proto(esp: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
         anchor_id=esp.anchor,
         anchor_hops=esp.anchor_hops,
         anchor_offset_ns=seconds_to_ns(esp.anchor_offset),
+        timeline=esp.timeline,
+        merge_timeline=esp.merge_timeline,
+        merge_hops=esp.merge_hops,
+        merge_offset_ns=seconds_to_ns(esp.merge_offset),
+        merge_witnesses=esp.merge_witnesses,
+        merge_segment=esp.merge_segment,
     )
 
 
@@ -278,6 +284,12 @@ def esp_from_proto(msg: mesh_pb2.EncodingStatePacket) -> EncodingStatePacket:
         anchor=msg.anchor_id,
         anchor_hops=msg.anchor_hops,
         anchor_offset=ns_to_seconds(msg.anchor_offset_ns),
+        timeline=msg.timeline,
+        merge_timeline=msg.merge_timeline,
+        merge_hops=msg.merge_hops,
+        merge_offset=ns_to_seconds(msg.merge_offset_ns),
+        merge_witnesses=tuple(msg.merge_witnesses),
+        merge_segment=msg.merge_segment,
     )
 
 

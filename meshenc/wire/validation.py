@@ -37,7 +37,11 @@ Mesh (``EncoderMesh``)
     ``MAX_ECHO_HOLD_NS``; ``anchor_id`` is empty (then ``anchor_hops`` and
     ``anchor_offset_ns`` are 0) or an id, ``anchor_hops`` < ``MAX_HOPS`` and 0 exactly when
     ``anchor_id`` is the sender, ``|anchor_offset_ns|`` <= ``MAX_DEVIATION_NS`` (24 h) and 0
-    when ``anchor_hops`` is 0.
+    when ``anchor_hops`` is 0; ``timeline`` is empty or an id; ``merge_timeline`` is empty
+    (then every ``merge_*`` field is 0 or empty) or an id named before ``timeline`` (which is
+    then set), 0 < ``merge_hops`` < ``MAX_HOPS``, ``|merge_offset_ns|`` <=
+    ``MAX_DEVIATION_NS``, ``merge_witnesses`` 1 to ``MAX_WITNESSES`` distinct sorted ids and
+    0 <= ``merge_segment`` < ``MAX_TIMECODE``.
   - ResyncProposal: ``proposal_id`` > 0; ``kind`` known and not UNSPECIFIED;
     ``|shift_ns|`` <= ``MAX_SHIFT_NS`` (10 s); PARAMETER requires ``bitrate_kbps`` within
     [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``] and 0 < ``effective_segment`` <
@@ -86,6 +90,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from meshenc.core.anchor import MAX_HOPS
+from meshenc.core.timeline import MAX_WITNESSES
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2, registry_pb2
 from meshenc.wire.address import MAX_HOST_LENGTH, parse_address
 
@@ -420,6 +425,43 @@ def _esp(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
         _path(prefix, "params_bitrate_kbps"),
     )
     _anchor(msg, prefix)
+    _merge_route(msg, prefix)
+
+
+def _merge_route(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
+    """An ESP's timeline and merge route (``meshenc.core.timeline``): a route only from a
+    sender on a timeline, to one named before it, with its witnesses and schedule."""
+    if msg.timeline:
+        _check_id(msg.timeline, _path(prefix, "timeline"))
+    route_field = _path(prefix, "merge_timeline")
+    if not msg.merge_timeline:
+        for name in ("merge_hops", "merge_offset_ns", "merge_witnesses", "merge_segment"):
+            if getattr(msg, name):
+                raise InvalidMessage(
+                    _path(prefix, name), "must be 0 or empty when merge_timeline is empty"
+                )
+        return
+    _check_id(msg.merge_timeline, route_field)
+    if not msg.timeline or msg.merge_timeline >= msg.timeline:
+        raise InvalidMessage(
+            route_field,
+            f"must be named before the sender's timeline {_show(msg.timeline)}, "
+            f"got {_show(msg.merge_timeline)}",
+        )
+    _check_range(msg.merge_hops, 1, MAX_HOPS - 1, _path(prefix, "merge_hops"), "links")
+    _check_deviation_ns(msg.merge_offset_ns, _path(prefix, "merge_offset_ns"))
+    witnesses_field = _path(prefix, "merge_witnesses")
+    witnesses = list(msg.merge_witnesses)
+    if not 1 <= len(witnesses) <= MAX_WITNESSES or witnesses != sorted(set(witnesses)):
+        raise InvalidMessage(
+            witnesses_field, f"must be 1 to {MAX_WITNESSES} distinct ids, sorted, got {witnesses}"
+        )
+    for witness in witnesses:
+        _check_id(witness, witnesses_field)
+    if msg.merge_segment:
+        _check_range(
+            msg.merge_segment, 1, MAX_TIMECODE - 1, _path(prefix, "merge_segment"), "segments"
+        )
 
 
 def _anchor(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:

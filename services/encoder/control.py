@@ -128,7 +128,11 @@ class ControlPlane:
             self.registration = EncoderRegistration(
                 self._etcd,
                 settings.id,
-                RegistrationRecord(address=settings.advertise_address, capacity=settings.capacity),
+                RegistrationRecord(
+                    address=settings.advertise_address,
+                    capacity=settings.capacity,
+                    zone=settings.region,
+                ),
                 layout=layout,
                 lease_ttl=settings.etcd.lease_ttl,
             )

@@ -29,6 +29,13 @@ Key layout (``docs/leadership.md``), with ``P`` the prefix and ``S`` the segment
     P/segments/S/suspects/<token>/<voter>  a voter's suspicion of tenure <token>, its lease
     P/segments/S/acts                   the leader's fenced act: {"holder", "token", "seq"}
 
+An encoder with a region ``R`` (``--region``) stands under ``P/regions/R/segments/S/`` instead:
+each region elects its own leader of a segment, so a segment's timing reference, its etcd
+traffic and its failover stay inside the region, and a region cut off from the others keeps a
+leader (its etcd permitting). Nothing on the frame path waits for etcd: ESPs and links only
+feed the election core in memory, etcd requests run in the session's own tasks, and the
+leader comes back to the sync engine as an event.
+
 Each session dials one endpoint with its own client (``services.common.etcd``, TLS and
 credentials included), the next endpoint after a failed session.
 """
@@ -97,14 +104,17 @@ _ETCD_ERRORS = (aetcd.exceptions.ClientError, grpc.RpcError, OSError, TimeoutErr
 
 @dataclass(frozen=True, slots=True)
 class SegmentKeys:
-    """The etcd keys of one segment (see the module docstring)."""
+    """The etcd keys of one segment, in one region when ``region`` is set (see the module
+    docstring)."""
 
     prefix: str
     segment: str
+    region: str = ""
 
     @property
     def root(self) -> bytes:
-        return f"{self.prefix}/segments/{self.segment}/".encode()
+        where = f"{self.prefix}/regions/{self.region}" if self.region else self.prefix
+        return f"{where}/segments/{self.segment}/".encode()
 
     @property
     def candidates(self) -> bytes:
@@ -221,6 +231,7 @@ class Leadership(_ElectionReads):
         clock: monotonic seconds (injected so that tests may drive it).
         on_change: called (on the event loop) when the known leader or the degraded flag
             changes.
+        region: this encoder's region ("": none); each region elects its own leader.
     """
 
     def __init__(
@@ -232,12 +243,13 @@ class Leadership(_ElectionReads):
         *,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[ElectionSnapshot], None] | None = None,
+        region: str = "",
     ) -> None:
         self.election = Election(node_id, config if config is not None else ElectionConfig())
         self.node_id = node_id
         self.segment = segment
         self.settings = settings
-        self.keys = SegmentKeys(settings.prefix, segment)
+        self.keys = SegmentKeys(settings.prefix, segment, region)
         self._clock = clock
         self._on_change = on_change
         self._mirror: dict[bytes, Any] = {}
@@ -644,9 +656,11 @@ class SegmentLeadership(_ElectionReads):
         *,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[ElectionSnapshot], None] | None = None,
+        region: str = "",
     ) -> None:
         self.node_id = node_id
         self.settings = settings
+        self.region = region
         self._config = config
         self._clock = clock
         self._on_change = on_change
@@ -675,6 +689,7 @@ class SegmentLeadership(_ElectionReads):
             self._config,
             clock=self._clock,
             on_change=changed,
+            region=self.region,
         )
         if self._inputs is not None:
             leadership.report(self._inputs)

@@ -182,6 +182,7 @@ class EncoderRuntime:
                     fast_failover=settings.fast_failover,
                 ),
                 on_change=self._on_leader_change,
+                region=settings.region,
             )
         self.server = MeshServer(self, self.links, tls=settings.tls, limits=settings.peer_limits)
         #: Current neighbours (id → address): --peers, then each adjacency document.

@@ -130,8 +130,11 @@ class EncoderSettings(BaseModel):
     #: Stop after this many seconds (None: run until SIGTERM).
     duration: Annotated[float, Field(gt=0.0)] | None = None
     seed: int = 0
-    #: The group of encoders this one belongs to; each segment elects one leader.
+    #: The group of encoders this one belongs to; each segment elects one leader...
     segment: str = "default"
+    #: ...in each region: the region (zone) of this encoder, "" when none. Also the zone of
+    #: its etcd registration, so the manager plans bridges between regions.
+    region: str = ""
     #: Leader election through etcd; off when None.
     etcd: EtcdSettings | None = None
     #: Take over from a leader the mesh lost (fenced, by majority); off: lease expiry only.
@@ -172,6 +175,13 @@ class EncoderSettings(BaseModel):
     def _segment(cls, value: str) -> str:
         if not _ID.match(value):
             raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if value and not _ID.match(value):
+            raise ValueError("must be empty or 1-128 characters of A-Z a-z 0-9 . _ -")
         return value
 
     @field_validator("publish")

@@ -7,11 +7,14 @@ scenario documents what it demonstrates and this test holds it to that. Supporte
 - ``misaligned = [strategy, ...]``: the strategy does misalign after the warm-up;
 - ``fewer_corrections = [[a, b], ...]``: ``a`` corrects less often than ``b`` after warm-up;
 - ``fewer_misaligned = [[a, b], ...]``;
-- ``lock_in_within_s = {strategy = seconds}``: no misaligned frame after that time.
+- ``lock_in_within_s = {strategy = seconds}``: no misaligned frame after that time;
+- ``steady_regions = {strategy = [region, ...]}``: the encoders of those regions neither drop
+  nor repeat a picture after the warm-up (the side of a merge that keeps its timeline).
 """
 
 from __future__ import annotations
 
+import math
 from functools import cache
 from importlib import resources
 
@@ -19,7 +22,7 @@ import pytest
 
 from meshenc.core.policy import Strategy
 from meshenc.sim.metrics import Score, score
-from meshenc.sim.runner import run
+from meshenc.sim.runner import Recording, run
 from meshenc.sim.scenario import Scenario
 
 KNOWN_KEYS = {
@@ -28,6 +31,7 @@ KNOWN_KEYS = {
     "fewer_corrections",
     "fewer_misaligned",
     "lock_in_within_s",
+    "steady_regions",
 }
 
 
@@ -43,8 +47,13 @@ def _scenario(name: str) -> Scenario:
 
 
 @cache
+def _run(name: str, strategy: str) -> Recording:
+    return run(_scenario(name), Strategy(strategy))
+
+
+@cache
 def _score(name: str, strategy: str) -> Score:
-    return score(run(_scenario(name), Strategy(strategy)))
+    return score(_run(name, strategy))
 
 
 def _describe(name: str, s: Score) -> str:
@@ -79,3 +88,14 @@ def test_scenario_meets_its_expectations(name: str) -> None:
     for strategy, limit in expect.get("lock_in_within_s", {}).items():
         s = _score(name, strategy)
         assert s.lock_in_s is not None and s.lock_in_s <= limit, _describe(name, s)
+    for strategy, regions in expect.get("steady_regions", {}).items():
+        rec = _run(name, strategy)
+        fr = rec.scenario.frame_rate
+        warm = math.ceil(rec.scenario.mesh.warmup_s * fr.num / fr.den)
+        rows = [i for i, region in enumerate(rec.world.region) if region in regions]
+        assert rows, f"{name}: no encoder in regions {regions}"
+        repeated = int(rec.repeats[rows, warm:].sum())
+        dropped = int((rec.timecodes[rows, warm:] < 0).sum())
+        assert (repeated, dropped) == (0, 0), (
+            f"{name} {strategy}: regions {regions} repeated {repeated} and dropped {dropped}"
+        )

@@ -36,6 +36,7 @@ from meshenc.core.messages import (
 from meshenc.core.planner import EscalationJudged, EscalationVerdict, SegmentInfo
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate, SegmentLayout
+from meshenc.core.timeline import MAX_WITNESSES
 from meshenc.wire import convert, validation
 from meshenc.wire.validation import (
     MAX_DEVIATION_NS,
@@ -166,6 +167,22 @@ def _esps(draw: st.DrawFn) -> EncodingStatePacket:
             ),
         )
     )
+    # What the engine announces of timelines: none (not locked), its own, or its own and a
+    # merge route to one named before it.
+    ids = st.from_regex(r"[A-Za-z0-9._-]{1,128}", fullmatch=True)
+    timeline = draw(st.one_of(st.just(""), ids))
+    route: dict[str, object] = {}
+    before = ids.filter(lambda name: name < timeline)
+    if timeline > "0" and draw(st.booleans()):
+        route = {
+            "merge_timeline": draw(before),
+            "merge_hops": draw(st.integers(min_value=1, max_value=MAX_HOPS - 1)),
+            "merge_offset": draw(st.floats(min_value=-86_399.0, max_value=86_399.0)),
+            "merge_witnesses": tuple(
+                sorted(draw(st.sets(ids, min_size=1, max_size=MAX_WITNESSES)))
+            ),
+            "merge_segment": draw(st.integers(min_value=0, max_value=2**62)),
+        }
     return EncodingStatePacket(
         sender=sender,
         sequence=draw(st.integers(min_value=1, max_value=2**64 - 1)),
@@ -187,6 +204,8 @@ def _esps(draw: st.DrawFn) -> EncodingStatePacket:
         anchor=anchor,
         anchor_hops=hops,
         anchor_offset=offset,
+        timeline=timeline,
+        **route,  # type: ignore[arg-type]
     )
 
 
@@ -208,6 +227,11 @@ def test_esp_round_trip_within_one_nanosecond(esp: EncodingStatePacket) -> None:
         "echo_sequence",
         "anchor",
         "anchor_hops",
+        "timeline",
+        "merge_timeline",
+        "merge_hops",
+        "merge_witnesses",
+        "merge_segment",
     ):
         assert getattr(back, name) == getattr(esp, name), name
     for name in (
@@ -218,6 +242,7 @@ def test_esp_round_trip_within_one_nanosecond(esp: EncodingStatePacket) -> None:
         "echo_sent_at",
         "echo_hold",
         "anchor_offset",
+        "merge_offset",
     ):
         assert abs(getattr(back, name) - getattr(esp, name)) <= 1e-9, name
     for name in ("encode_latency", "rtt", "jitter"):  # microseconds on the wire
@@ -328,6 +353,12 @@ def test_esp_wire_contract_is_stable() -> None:
         ("anchor_id", 21, "string"),
         ("anchor_hops", 22, "uint32"),
         ("anchor_offset_ns", 23, "sint64"),
+        ("timeline", 24, "string"),
+        ("merge_timeline", 25, "string"),
+        ("merge_hops", 26, "uint32"),
+        ("merge_offset_ns", 27, "sint64"),
+        ("merge_witnesses", 28, "string"),
+        ("merge_segment", 29, "int64"),
     ]
     actual = [(f.name, f.number, _TYPE_NAMES[f.type]) for f in fields]
     assert actual == expected
@@ -500,6 +531,16 @@ def _valid_hello() -> mesh_pb2.Hello:
     )
 
 
+#: A merge route as an encoder of a losing group announces it (its timeline set aside).
+_ROUTE: dict[str, object] = {
+    "merge_timeline": "enc-0",
+    "merge_hops": 2,
+    "merge_offset_ns": -733_000_000,
+    "merge_witnesses": ["enc-3", "enc-7"],
+    "merge_segment": 17,
+}
+
+
 def _valid_esp(**fields: object) -> mesh_pb2.EncodingStatePacket:
     msg = mesh_pb2.EncodingStatePacket(
         sender_id="enc-1",
@@ -521,7 +562,10 @@ def _valid_esp(**fields: object) -> mesh_pb2.EncodingStatePacket:
         echo_hold_ns=2_000_000,
     )
     for name, value in fields.items():
-        setattr(msg, name, value)
+        if name == "merge_witnesses":
+            msg.merge_witnesses.extend(value)  # type: ignore[arg-type]
+        else:
+            setattr(msg, name, value)
     return msg
 
 
@@ -605,6 +649,10 @@ def test_hello_rejected(mutate: Callable[[mesh_pb2.Hello], object], field: str) 
         _valid_esp(anchor_id="enc-1"),
         _valid_esp(anchor_id="enc-0", anchor_hops=1, anchor_offset_ns=-DAY_NS),
         _valid_esp(anchor_id="enc-0", anchor_hops=MAX_HOPS - 1, anchor_offset_ns=0),
+        _valid_esp(timeline="enc-20"),
+        _valid_esp(timeline="enc-20", **_ROUTE),
+        _valid_esp(timeline="enc-20", **{**_ROUTE, "merge_witnesses": ["enc-3"]}),
+        _valid_esp(timeline="enc-20", **{**_ROUTE, "merge_segment": 0}),
     ],
 )
 def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
@@ -655,6 +703,31 @@ def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
             {"anchor_id": "enc-0", "anchor_hops": 1, "anchor_offset_ns": DAY_NS + 1},
             "anchor_offset_ns",
         ),
+        ({"timeline": "enc 20"}, "timeline"),
+        ({"timeline": "enc-20", "merge_hops": 1}, "merge_hops"),
+        ({"timeline": "enc-20", "merge_witnesses": ["enc-3"]}, "merge_witnesses"),
+        ({"timeline": "enc-20", "merge_segment": 9}, "merge_segment"),
+        ({**_ROUTE}, "merge_timeline"),  # a route from a sender on no timeline
+        ({"timeline": "enc-0", **_ROUTE}, "merge_timeline"),  # to a timeline named after
+        ({"timeline": "enc-20", **_ROUTE, "merge_timeline": "enc 0"}, "merge_timeline"),
+        ({"timeline": "enc-20", **_ROUTE, "merge_hops": 0}, "merge_hops"),
+        ({"timeline": "enc-20", **_ROUTE, "merge_hops": MAX_HOPS}, "merge_hops"),
+        ({"timeline": "enc-20", **_ROUTE, "merge_offset_ns": DAY_NS + 1}, "merge_offset_ns"),
+        ({"timeline": "enc-20", **_ROUTE, "merge_witnesses": []}, "merge_witnesses"),
+        (
+            {"timeline": "enc-20", **_ROUTE, "merge_witnesses": ["enc-4", "enc-3"]},
+            "merge_witnesses",
+        ),
+        (
+            {"timeline": "enc-20", **_ROUTE, "merge_witnesses": ["enc-3", "enc-3"]},
+            "merge_witnesses",
+        ),
+        (
+            {"timeline": "enc-20", **_ROUTE, "merge_witnesses": ["enc-1", "enc-3", "enc-4"]},
+            "merge_witnesses",
+        ),
+        ({"timeline": "enc-20", **_ROUTE, "merge_witnesses": ["enc/3"]}, "merge_witnesses"),
+        ({"timeline": "enc-20", **_ROUTE, "merge_segment": -1}, "merge_segment"),
     ],
 )
 def test_esp_rejected(fields: dict[str, object], field: str) -> None:

@@ -5,10 +5,11 @@ them all; the mesh then has fast links inside a region and slow ones between reg
 latency-ordered ring with nearest-neighbour chords (``meshenc.core.planner.topology``) already
 keeps most links inside a region, but it may join two regions by a single link, or by two
 that share an encoder: one failed link or encoder would cut the regions apart, and each side
-would carry on alone (a region that locks apart from the rest does not merge back by itself:
-``docs/sync.md``). So the planner asks for ``bridges`` links between every two regions, each
-from a different encoder on either side (independent), the shortest such pairs by estimated
-latency. Regions are the zones the encoders report; encoders of unknown zone belong to none.
+would carry on alone (and a region that locked apart from the rest merges back only when two
+different encoders of the other side are seen: ``meshenc.core.timeline``). So the planner asks
+for ``bridges`` links between every two regions, each from a different encoder on either side
+(independent), the shortest such pairs by estimated latency. Regions are the zones the
+encoders report; encoders of unknown zone belong to none.
 
 Pure and deterministic: the answer is a function of the zones, the latency space and the
 count; ties break by sorted id.

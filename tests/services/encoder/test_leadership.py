@@ -258,6 +258,37 @@ def test_a_leader_that_shuts_down_resigns_at_once(etcd: EtcdProcess) -> None:
     run(scenario())
 
 
+def test_each_region_elects_its_own_leader_of_a_segment(etcd: EtcdProcess) -> None:
+    """Four members of one segment in two regions: two leaders at once, one per region, each
+    under its region's keys; the leader of one region leaving is replaced from its own region
+    and the other region's leader stays."""
+    settings = EtcdSettings(endpoints=(etcd.endpoint,), lease_ttl=2)
+    regions = {"a": "eu", "b": "eu", "c": "us", "d": "us"}
+    members = {n: Leadership(n, "s2", settings, region=r) for n, r in regions.items()}
+    for i, (name, member) in enumerate(members.items()):
+        same = frozenset(n for n in regions if regions[n] == regions[name] and n != name)
+        member.report(RankInputs(confidence=0.4 + 0.2 * i, latency=0.001, neighbours=same))
+
+    async def scenario() -> None:
+        client = connect_client(settings)
+        tasks = [asyncio.create_task(m.run()) for m in members.values()]
+        try:
+            await eventually(lambda: [m.leader for m in members.values()] == ["b", "b", "d", "d"])
+            assert members["b"].role is Role.LEADER and members["d"].role is Role.LEADER
+            for region, leader in (("eu", "b"), ("us", "d")):
+                value = await client.get(SegmentKeys(settings.prefix, "s2", region).leader)
+                assert value is not None and f'"holder":"{leader}"'.encode() in value.value
+            assert await client.get(SegmentKeys(settings.prefix, "s2").leader) is None
+            await members["b"].close()
+            await eventually(lambda: members["a"].leader == "a", timeout=5.0)
+            assert members["d"].leader == "d" and members["c"].leader == "d"
+        finally:
+            await _close_all(members, tasks)
+            await client.close()
+
+    run(scenario())
+
+
 # -- the pieces -------------------------------------------------------------------------------
 
 
