@@ -181,7 +181,7 @@ def _esps(draw: st.DrawFn) -> EncodingStatePacket:
             "merge_witnesses": tuple(
                 sorted(draw(st.sets(ids, min_size=1, max_size=MAX_WITNESSES)))
             ),
-            "merge_segment": draw(st.integers(min_value=0, max_value=2**62)),
+            "merge_segment": draw(st.integers(min_value=0, max_value=validation.MAX_TIMECODE - 1)),
         }
     return EncodingStatePacket(
         sender=sender,
