@@ -46,6 +46,11 @@ Where the engine stands is two explicit phase machines (``meshenc.core.phases``)
 idle, or backing off after a refusal). Their transition tables are the only ways between
 phases; ``_control`` only decides which signal a step gives.
 
+A shell whose process stood still (SIGSTOP, a frozen VM, a loop that did not run) says so
+(``Stalled``): the pictures and ESPs it missed cannot be made up, so the engine vouches for no
+segment (``vouches``) until it has proved itself identical again: a whole segment's worth of
+timecodes whose frame hashes equal a neighbour's, with none differing since the stall.
+
 Locking in, every move is a correction; locked, the policy decides (predictive acts on the
 error predicted ``horizon`` ahead and steers the label rate; reactive acts past the half-frame
 boundary). Significant corrections go to the neighbours' vote (``ProposalBook``); the rest apply
@@ -132,6 +137,7 @@ __all__ = [
     "SendEsp",
     "SendProposal",
     "SendVote",
+    "Stalled",
     "SyncEngine",
     "VoteReceived",
 ]
@@ -318,6 +324,16 @@ class EscalationApproved:
     proposal_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class Stalled:
+    """This encoder stood still for ``seconds`` (its own monotonic clock jumped against its
+    frame schedule: the process was stopped, its machine frozen, its loop blocked). What it
+    missed meanwhile cannot be made up, so it vouches for nothing until it is identical again
+    (see ``SyncEngine.vouches``)."""
+
+    seconds: float
+
+
 Event = (
     EspReceived
     | FrameCaptured
@@ -329,6 +345,7 @@ Event = (
     | LeaderChanged
     | ParametersRequested
     | EscalationApproved
+    | Stalled
     | Tick
 )
 
@@ -475,6 +492,8 @@ class EngineSnapshot:
     #: The bitrate of the segment being encoded, and a change agreed for a later one.
     bitrate_kbps: int
     pending_change: ParameterChange | None
+    #: Since a stall (``Stalled``), not yet proved identical again: vouches for nothing.
+    unproven: bool = False
 
 
 # --- per-neighbour state ----------------------------------------------------------------------
@@ -597,6 +616,10 @@ class SyncEngine:
         self._escalations = 0
         self._lock = LockState()
         self._settled_unlocked = 0
+        #: After a stall: timecodes whose hashes matched a neighbour's since (None: no stall
+        #: to recover from), and the newest of them.
+        self._proof: int | None = None
+        self._proof_tc = -1
         self._leader: str | None = None
         self._anchor = Anchor(node_id, 0, 0.0)
         self._error = 0.0
@@ -647,6 +670,8 @@ class SyncEngine:
                 self._request_parameters(now, bitrate_kbps)
             case EscalationApproved(proposal_id):
                 self._apply_escalated(now, proposal_id)
+            case Stalled():
+                self._proof, self._proof_tc = 0, self._last_tc if self._last_tc is not None else -1
             case Tick():
                 self._tick_votes(now)
 
@@ -699,10 +724,12 @@ class SyncEngine:
         segment, and every neighbour it counts (newcomers aside) says it is locked too, as of
         the last control step. While the mesh is still settling — an encoder that locked alone,
         neighbours still moving, groups meeting — its segments may not be the ones the mesh
-        settles on."""
+        settles on. After a stall, not until it has proved itself identical again: a whole
+        segment's worth of timecodes (after the stall) whose frame hashes equal a neighbour's,
+        none differing meanwhile."""
         lock = self._lock
         settled = now - lock.locked_since >= self._segments.duration(self._period)
-        return lock.locked and settled and self._settled_unlocked == 0
+        return lock.locked and settled and self._settled_unlocked == 0 and self._proof is None
 
     def correction(self, now: float) -> float:
         return self._corr + self._corr_rate * (now - self._corr_at)
@@ -856,6 +883,19 @@ class SyncEngine:
             if own_hash:
                 same = 1.0 if own_hash == esp.frame_hash else 0.0
                 nb.hash_agreement += 0.05 * (same - nb.hash_agreement)
+                if self._proof is not None:
+                    self._prove(own_tc, own_hash == esp.frame_hash)
+
+    def _prove(self, timecode: int, same: bool) -> None:
+        """After a stall: count timecodes (newer than the stall) whose hashes match a
+        neighbour's; a difference starts the count again; a segment's worth ends the proof."""
+        assert self._proof is not None
+        if not same:
+            self._proof, self._proof_tc = 0, max(self._proof_tc, timecode)
+        elif timecode > self._proof_tc:
+            self._proof, self._proof_tc = self._proof + 1, timecode
+            if self._proof >= self._segments.gop:
+                self._proof = None
 
     def _on_proposal(self, now: float, proposal: ResyncProposal) -> None:
         """Vote on a neighbour's proposal from this engine's own estimate of the proposer
@@ -1272,4 +1312,5 @@ class SyncEngine:
             open_proposals=self._proposals.open_count,
             bitrate_kbps=self._schedule.bitrate_for(max(self.current_segment, 0)),
             pending_change=self._schedule.pending(self.current_segment),
+            unproven=self._proof is not None,
         )

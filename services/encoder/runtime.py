@@ -22,6 +22,13 @@ its own cadence: it repeats the last picture, then sends black (``--input-loss-*
 pictures as unmeasured and reports the input lost; when pictures arrive again it counts on
 from their arrivals and is identical again as soon as its next GOP starts.
 
+An encoder that stood still (SIGSTOP, a frozen VM: no FIN, no RST, its sockets open) finds out
+on resuming from its own monotonic clock: a heartbeat that should beat every frame period saw
+more than ``SILENT_FRAMES`` periods pass, as long as its neighbours wait before counting it as
+lost. It logs that, tells the engine (``Stalled``: no segment is vouched for until it has
+proved itself identical again) and publishes no playlist as leader until a fenced act of its
+leadership has landed in etcd after the stall (another leader may have taken over meanwhile).
+
 The loop never waits for the network: sends are queued per neighbour and dropped when a
 neighbour is slow (counted by the mesh links). A loop that is late (a segment write, a busy
 machine) works through the pictures queued by the ingest thread back to back — their stamps
@@ -66,6 +73,7 @@ from meshenc.core.engine import (
     SendEsp,
     SendProposal,
     SendVote,
+    Stalled,
     SyncEngine,
     VoteReceived,
 )
@@ -198,6 +206,10 @@ class EncoderRuntime:
         self._load = _LoadMeter()
         #: Frames the loop may owe before it gives up on them (one second's worth).
         self._max_backlog = max(1, round(settings.frame_rate.fps))
+        #: The heartbeat (monotonic): when it last beat, and when a stall last ended.
+        self._beat = time.monotonic()
+        self._stalled_at = -math.inf
+        self.stalls = 0
 
     # -- clock --------------------------------------------------------------------------------
 
@@ -285,9 +297,11 @@ class EncoderRuntime:
         # would take the lead the moment it joins and pull its segment towards a timeline it
         # has not locked to. Once locked, a brief relock does not cost its rank.
         self._has_locked = self._has_locked or snap.locked
+        # Back from a stall and not yet identical again: no leader material either.
+        ranked = self._has_locked and not snap.unproven
         self.leadership.report(
             RankInputs(
-                confidence=min(1.0, max(0.0, snap.confidence)) if self._has_locked else 0.0,
+                confidence=min(1.0, max(0.0, snap.confidence)) if ranked else 0.0,
                 latency=sum(rtts) / len(rtts) if rtts else UNMEASURED_LATENCY,
                 neighbours=frozenset(self._neighbours),
             )
@@ -401,6 +415,8 @@ class EncoderRuntime:
             self._report_rank()
             leadership = asyncio.create_task(self.leadership.run(), name="leadership")
         await self.control.start()
+        self._beat = time.monotonic()
+        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         queue: asyncio.Queue[Ingested] = asyncio.Queue()
         ingest = None
         # The ingest threads read the clock the moment data arrives, but only once they hold
@@ -427,6 +443,7 @@ class EncoderRuntime:
         finishing_by: float | None = None
         try:
             while True:
+                self._check_stall()
                 now = time.time()
                 if finishing_by is None and (
                     self._stop.is_set() or (deadline is not None and now >= deadline)
@@ -450,12 +467,18 @@ class EncoderRuntime:
                     self.segments_written(writer.add_audio(_audio_packet(item)), started)
                     continue
                 if queue.qsize() > self._max_backlog:
-                    # More than a second behind the input: live ingest loses frames here.
+                    # More than a second behind the input: live ingest loses frames here,
+                    # and the segment they belonged to is no longer the mesh's.
                     self.stats.skipped += 1
+                    if (last := self.pipeline.last_timecode) is not None:
+                        self._vouched[self._segments.segment_of(last)] = False
                     continue
                 self._ingest(item)
                 await asyncio.sleep(0)
         finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
             if self.leadership is not None and leadership is not None:
                 # Resign first: the segment fails over at once instead of waiting for a lease.
                 await self.leadership.close()
@@ -473,6 +496,30 @@ class EncoderRuntime:
             await self.server.stop(grace=1.0)
             log.info("encoder %s stopped: %s", self.node_id, self.stats)
         return self.stats
+
+    async def _heartbeat(self) -> None:
+        """Beat every frame period, so that a stall shows however idle the loop is."""
+        while True:
+            await asyncio.sleep(float(self._period))
+            self._check_stall()
+
+    def _check_stall(self) -> None:
+        """Whether this process stood still since the last beat: longer than its neighbours
+        wait before counting it as lost (``SILENT_FRAMES`` periods) means it missed what it
+        cannot make up, and it may have been deposed as leader meanwhile."""
+        now = time.monotonic()
+        gap, self._beat = now - self._beat, now
+        if gap <= SILENT_FRAMES * float(self._period):
+            return
+        self.stalls += 1
+        self._stalled_at = now
+        log.warning(
+            "stalled for %.2f s (this process did not run): vouching for no segment until "
+            "identical again, no playlist until the leadership is confirmed",
+            gap,
+        )
+        self.pipeline.step(self.clock(), Stalled(gap))
+        self._report_rank()
 
     def _ingest(self, item: IngestedPicture) -> None:
         """One picture of the input: identity and cadence from its source timestamp (or, without
@@ -504,6 +551,7 @@ class EncoderRuntime:
         """Segments the writer just wrote (the call began at ``started_ns``): count them, time
         them, and publish those this encoder can vouch for."""
         finished_ns = time.time_ns()
+        self._check_stall()
         newest = None
         for path in paths:
             self.stats.segments += 1
@@ -545,10 +593,15 @@ class EncoderRuntime:
 
     def _publishes_playlist(self) -> bool:
         """The media playlist goes out from the segment's elected leader only (every encoder
-        when there is no election), so a lagging encoder never makes it go backwards."""
+        when there is no election), so a lagging encoder never makes it go backwards; and
+        after a stall only once a fenced act has landed since (a leader that was frozen may
+        have been replaced: its act's guard then fails and it learns the new leader)."""
         if self.leadership is None:
             return True
-        return self.leadership.snapshot().leader == self.node_id
+        return (
+            self.leadership.snapshot().leader == self.node_id
+            and self.leadership.fenced_at > self._stalled_at
+        )
 
     def slot_encoded(self, frame: EncodedFrame, encode_seconds: float) -> None:
         self._load.encoded(encode_seconds)

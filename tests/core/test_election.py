@@ -181,13 +181,40 @@ def test_a_deposed_leader_stops_acting() -> None:
     ],
 )
 def test_hysteresis(challenger: float, expected: list[Action]) -> None:
-    # The leader (b) scores 0.7 - 0.01; the default margin is 0.15.
+    # The leader (b) scores 0.7 - 0.01; the default margin is 0.15, the dwell 3 s.
     election = _election()
     actions = _play(
         election,
-        [(0.1, _cands(a=challenger, b=0.7)), (0.1, LeaderObserved(ME, 101, 42, 42))],
+        [
+            (0.1, _cands(a=challenger, b=0.7)),
+            (0.1, LeaderObserved(ME, 101, 42, 42)),
+            (2.0, Tick()),
+            (3.2, Tick()),
+        ],
     )
     assert [a for a in actions if not isinstance(a, ActAsLeader)] == expected
+
+
+def test_a_challenger_better_only_for_a_moment_does_not_take_the_lead() -> None:
+    """A round-trip spike makes a challenger look better for a second, then it is not: the
+    leader keeps the lead (without the dwell, such moments moved the lead back and forth)."""
+    election = _election()
+    actions = _play(
+        election,
+        [
+            (0.1, _cands(a=0.9, b=0.7)),
+            (0.1, LeaderObserved(ME, 101, 42, 42)),
+            (2.0, Tick()),
+            (2.5, _cands(a=0.8, b=0.7)),
+            (2.6, Tick()),
+            (2.7, _cands(a=0.9, b=0.7)),
+            (4.0, Tick()),
+            (5.6, Tick()),
+        ],
+    )
+    assert not [a for a in actions if isinstance(a, HandOver)]
+    later = _play(election, [(5.8, Tick())])
+    assert [a for a in later if isinstance(a, HandOver)] == [HandOver(42, "a", 100)]
 
 
 def test_no_handover_to_a_lost_candidate() -> None:
