@@ -64,6 +64,13 @@ __all__ = ["chaos", "report_table"]
     help="Seconds before the first fault, and before the first judged segment.",
 )
 @click.option(
+    "--hold",
+    type=(click.FloatRange(min=0.1), click.FloatRange(min=0.1)),
+    default=(2.0, 5.0),
+    show_default=True,
+    help="Each fault lasts between MIN and MAX seconds (drawn from the seed).",
+)
+@click.option(
     "--kinds",
     default=",".join(k.value for k in FaultKind),
     show_default=True,
@@ -93,6 +100,7 @@ def chaos(
     seed: int,
     spacing: float,
     warmup: float,
+    hold: tuple[float, float],
     kinds: str,
     size: str,
     gop: int,
@@ -123,6 +131,8 @@ def chaos(
             gop=gop,
             warmup=warmup,
             spacing=spacing,
+            min_hold=hold[0],
+            max_hold=hold[1],
             kinds=chosen,
             tls=tls,
             encoder_options=frozenset(

@@ -111,6 +111,20 @@ class FaultRecord:
         if not self.end >= self.start:
             raise ValueError(f"a fault ends after it starts: {self}")
 
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> FaultRecord:
+        """A fault as ``to_json`` wrote it (``chaos.json``'s ``fault_list``).
+
+        Raises:
+            ValueError / KeyError / TypeError: not such a document.
+        """
+        return cls(
+            FaultKind(document["kind"]),
+            str(document["target"]),
+            float(document["start"]),
+            float(document["end"]),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind.value,

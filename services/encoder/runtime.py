@@ -24,10 +24,11 @@ from their arrivals and is identical again as soon as its next GOP starts.
 
 An encoder that stood still (SIGSTOP, a frozen VM: no FIN, no RST, its sockets open) finds out
 on resuming from its own monotonic clock: a heartbeat that should beat every frame period saw
-more than ``SILENT_FRAMES`` periods pass, as long as its neighbours wait before counting it as
-lost. It logs that, tells the engine (``Stalled``: no segment is vouched for until it has
-proved itself identical again) and publishes no playlist as leader until a fenced act of its
-leadership has landed in etcd after the stall (another leader may have taken over meanwhile).
+more than ``SILENT_FRAMES`` periods pass (as long as its neighbours wait before counting it as
+lost), so it publishes no playlist as leader until a fenced act of its leadership has landed
+in etcd after the stall (another leader may have taken over meanwhile); past the engine's
+``stale_after`` it also logs it and tells the engine (``Stalled``: no segment is vouched for
+until it has proved itself identical again).
 
 The loop never waits for the network: sends are queued per neighbour and dropped when a
 neighbour is slow (counted by the mesh links). A loop that is late (a segment write, a busy
@@ -504,15 +505,22 @@ class EncoderRuntime:
             self._check_stall()
 
     def _check_stall(self) -> None:
-        """Whether this process stood still since the last beat: longer than its neighbours
-        wait before counting it as lost (``SILENT_FRAMES`` periods) means it missed what it
-        cannot make up, and it may have been deposed as leader meanwhile."""
+        """Whether this process stood still since the last beat. Longer than its neighbours
+        wait before counting it as lost (``SILENT_FRAMES`` periods), it may have been deposed
+        as leader meanwhile: no playlist until the leadership is confirmed. Longer than the
+        engine keeps a silent neighbour's word (``stale_after``), every neighbour's ESPs are
+        stale and it missed pictures it cannot make up: the engine is told (``Stalled``) and
+        vouches for nothing until identical again. (A busy machine holds a loop up for a
+        few hundred milliseconds now and then; that costs a playlist, not segments.)"""
         now = time.monotonic()
         gap, self._beat = now - self._beat, now
         if gap <= SILENT_FRAMES * float(self._period):
             return
-        self.stalls += 1
         self._stalled_at = now
+        if gap <= self.engine.config.stale_after:
+            log.info("held up for %.2f s: no playlist until the leadership is confirmed", gap)
+            return
+        self.stalls += 1
         log.warning(
             "stalled for %.2f s (this process did not run): vouching for no segment until "
             "identical again, no playlist until the leadership is confirmed",
