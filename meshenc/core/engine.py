@@ -853,6 +853,13 @@ class SyncEngine:
         nb = self._neighbours.get(esp.sender)
         if nb is None:
             return
+        if -math.inf < nb.link.last_received_at < now - self.config.stale_after:
+            # Back after a silence (it stood still, or this encoder did, or the link was cut):
+            # whatever moved meanwhile, re-measure it from scratch. A filter that predicted
+            # across the silence rejects the new labels as jumps, and a voter judging from it
+            # turned down every correction of an encoder back from a SIGSTOP, a frame off.
+            nb.filter.reset()
+            nb.pending.clear()
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
         nb.last = esp
         nb.corr_at = now

@@ -43,7 +43,7 @@ from typing import Final
 from meshenc.core.timecode import FrameRate
 from meshenc.local.demo import HOST, DemoConfig, DemoRun, EncoderPlan, Note
 from meshenc.local.etcd import EtcdProcess
-from meshenc.local.launcher import Launcher
+from meshenc.local.launcher import ChildFailedError, Launcher
 from meshenc.local.relay import DatagramRelay
 from meshenc.report.chaos import (
     ChaosReport,
@@ -280,7 +280,12 @@ class ChaosRun(DemoRun):
                     self._recorder.lifecycle("killed", target)
                     self._recorder.remove(target)
             await asyncio.sleep(planned.hold)
-            await self._restart(launcher, target)
+            try:
+                await self._restart(launcher, target)
+            except ChildFailedError as exc:
+                # The run goes on without it; the verdict counts it.
+                self.crashes.append(f"{target} did not restart: {str(exc)[:200]}")
+                self._note(f"{target} did not restart", "bold red")
         ended = time.time()
         self.records.append(FaultRecord(kind, target, began, ended))
         self._fault_since = None
