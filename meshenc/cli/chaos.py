@@ -192,6 +192,7 @@ def report_table(report: ChaosReport) -> Table:
         ("re-locks (segments each)", ", ".join(map(str, relocks)) or "-"),
         ("not re-locked", str(sum(not r.recovered for r in report.relocks))),
         ("crashes", "; ".join(report.crashes) or "0"),
+        *(("note", note) for note in report.notes),
     ]
     for figure, value in rows:
         table.add_row(figure, value)

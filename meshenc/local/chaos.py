@@ -32,7 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -190,6 +192,9 @@ class ChaosRun(DemoRun):
         self._groups: list[GroupLeadership] = []
         self._seen_bad: set[int] = set()
         self._fault_since: float | None = None
+        #: The host's 1-minute load average, every few seconds (real-time encoders on a
+        #: machine busier than its cores lose frames, which the verdict should be read with).
+        self._loads: list[float] = []
         self._stopped_at: float | None = None
 
     @property
@@ -359,6 +364,7 @@ class ChaosRun(DemoRun):
     async def _check_as_we_go(self) -> None:
         while True:
             await asyncio.sleep(_CHECK_EVERY)
+            self._loads.append(os.getloadavg()[0])
             try:
                 report = await asyncio.to_thread(self._check, final=False)
             except (OSError, ValueError):
@@ -387,6 +393,12 @@ class ChaosRun(DemoRun):
         origin: EncoderOutput | None = None
         if origin_dir.is_dir() and self.origin_url is not None:
             origin = replace(scan_output(origin_dir), name="origin")
+        notes: tuple[str, ...] = ()
+        if self._loads:
+            notes = (
+                f"host load average (1 min) median {statistics.median(self._loads):.1f}, "
+                f"max {max(self._loads):.1f}, on {os.cpu_count()} cores",
+            )
         return check(
             outputs,
             self.records,
@@ -397,6 +409,7 @@ class ChaosRun(DemoRun):
             origin=origin,
             groups=self._groups,
             crashes=self.crashes,
+            notes=notes,
         )
 
     async def _audit(self, endpoint: str) -> list[GroupLeadership]:

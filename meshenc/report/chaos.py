@@ -238,6 +238,7 @@ def check(
     groups: Sequence[GroupLeadership] = (),
     crashes: Sequence[str] = (),
     min_copies: int = 2,
+    notes: Sequence[str] = (),
 ) -> ChaosReport:
     """Judge segments ``first`` .. ``last`` of a chaos run (see the module docstring).
 
@@ -250,6 +251,7 @@ def check(
         groups: each segment group's leadership audit.
         crashes: processes that exited when nobody stopped them, or not cleanly.
         min_copies: undisturbed identical copies a segment needs not to count as lost.
+        notes: what the reader should know about the run (passed through).
     """
     by_name = {o.name: o for o in outputs}
     ordered = sorted(faults, key=lambda f: f.start)
@@ -320,6 +322,7 @@ def check(
         groups=tuple(groups),
         crashes=tuple(crashes),
         judged=max(0, last - first + 1),
+        notes=tuple(notes),
     )
 
 
