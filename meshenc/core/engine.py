@@ -49,7 +49,10 @@ phases; ``_control`` only decides which signal a step gives.
 A shell whose process stood still (SIGSTOP, a frozen VM, a loop that did not run) says so
 (``Stalled``): the pictures and ESPs it missed cannot be made up, so the engine vouches for no
 segment (``vouches``) until it has proved itself identical again: a whole segment's worth of
-timecodes whose frame hashes equal a neighbour's, with none differing since the stall.
+timecodes whose frame hashes equal a neighbour's, with none differing since the stall. Per
+segment, ``agreed`` says whether some neighbour's frame hashes equalled this encoder's for at
+least half of the segment's timecodes with none differing: the evidence, segment by segment,
+that its copy is not its own alone.
 
 Locking in, every move is a correction; locked, the policy decides (predictive acts on the
 error predicted ``horizon`` ahead and steers the label rate; reactive acts past the half-frame
@@ -145,6 +148,9 @@ __all__ = [
 
 #: The identity of a picture that cannot be told apart from its neighbours: never matched.
 NO_IDENTITY = 0
+
+#: Segments whose hash agreement with each neighbour is kept (``SyncEngine.agreed``).
+_AGREEMENT_SEGMENTS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,6 +626,9 @@ class SyncEngine:
         #: to recover from), and the newest of them.
         self._proof: int | None = None
         self._proof_tc = -1
+        #: Per recent segment, per neighbour: [timecodes whose hashes equalled ours, whether
+        #: one differed] (``agreed``).
+        self._agreement: dict[int, dict[str, list[int]]] = {}
         self._leader: str | None = None
         self._anchor = Anchor(node_id, 0, 0.0)
         self._error = 0.0
@@ -892,6 +901,39 @@ class SyncEngine:
                 nb.hash_agreement += 0.05 * (same - nb.hash_agreement)
                 if self._proof is not None:
                     self._prove(own_tc, own_hash == esp.frame_hash)
+                self._tally(esp.sender, own_tc, own_hash == esp.frame_hash)
+
+    def _tally(self, neighbour: str, timecode: int, same: bool) -> None:
+        """Count a frame hash compared with a neighbour's towards its segment's agreement."""
+        segment = self._segments.segment_of(timecode)
+        agreement = self._agreement
+        if segment not in agreement:
+            if agreement and segment < min(agreement):
+                return  # older than anything kept: decided long ago
+            agreement[segment] = {}
+            while len(agreement) > _AGREEMENT_SEGMENTS:
+                del agreement[min(agreement)]
+        tally = agreement[segment].setdefault(neighbour, [0, 0])
+        if same:
+            tally[0] += 1
+        else:
+            tally[1] = 1
+
+    def agreed(self, segment: int, now: float) -> bool:
+        """Whether a neighbour's frame hashes equalled ours for at least half of ``segment``'s
+        timecodes, none differing: its bytes are not this encoder's alone. An encoder whose
+        timeline slipped while it thought itself locked (a busy machine, a resumed process)
+        has no such neighbour, and its copy must not go out under the shared name. With no
+        neighbour heard within ``stale_after`` (the last one standing) there is no one to
+        agree or disagree, and its own vouching has to do."""
+        oldest = now - self.config.stale_after
+        if not any(nb.link.last_received_at >= oldest for nb in self._neighbours.values()):
+            return True
+        needed = (self._segments.gop + 1) // 2
+        return any(
+            matched >= needed and not differed
+            for matched, differed in self._agreement.get(segment, {}).values()
+        )
 
     def _prove(self, timecode: int, same: bool) -> None:
         """After a stall: count timecodes (newer than the stall) whose hashes match a

@@ -168,6 +168,12 @@ class EncoderRuntime:
         #: ``_vouch``); segments it cannot vouch for never go out under the shared name.
         self._vouched: dict[int, bool] = {}
         self.unvouched = 0
+        #: Segments vouched for and written, waiting for a neighbour's hashes to agree:
+        #: (path, give up at, monotonic). A neighbour's ESP for a frame follows its own
+        #: ingest delay, so the last frames' agreement comes a few hundred ms after writing.
+        self._held: dict[int, tuple[Path, float]] = {}
+        self._hold_limit = 2.0 * self._segments.duration(self._period)
+        self.unconfirmed = 0
         self._input = InputMonitor(float(self._period), settings.input_loss, time.time())
         self._cadence = SourceCadence(Fraction(fr.den, fr.num))
         self._window = FingerprintWindow()
@@ -488,6 +494,10 @@ class EncoderRuntime:
                 await asyncio.to_thread(ingest.stop)
             started = time.time_ns()
             self.segments_written(writer.finish(), started)
+            if self._held:
+                # The neighbours' last ESPs may still be on their way.
+                await asyncio.sleep(0.5)
+                self._release(final=True)
             if self.publisher is not None:
                 await self.publisher.close(grace=2.0)
             self.telemetry.close()
@@ -557,7 +567,8 @@ class EncoderRuntime:
 
     def segments_written(self, paths: list[Path], started_ns: int) -> None:
         """Segments the writer just wrote (the call began at ``started_ns``): count them, time
-        them, and publish those this encoder can vouch for."""
+        them, and hold those this encoder can vouch for until a neighbour's frame hashes say
+        they are not its own alone (``_release``)."""
         finished_ns = time.time_ns()
         self._check_stall()
         newest = None
@@ -566,9 +577,25 @@ class EncoderRuntime:
             self.telemetry.segment_written(path, started_ns, finished_ns)
             newest = segment_number(path.name)
             vouched = self._vouched.pop(newest, False) if newest is not None else False
-            if not (vouched and self.engine.vouches(self.clock())):
+            if newest is None or not (vouched and self.engine.vouches(self.clock())):
                 self.unvouched += 1
             elif self.publisher is not None:
+                self._held[newest] = (path, time.monotonic() + self._hold_limit)
+        for stale in [s for s in self._vouched if newest is not None and s < newest]:
+            del self._vouched[stale]  # segments the writer dropped (partial): never written
+        self._release()
+
+    def _release(self, *, final: bool = False) -> None:
+        """Publish the held segments a neighbour agreed with (``SyncEngine.agreed``), in order,
+        each followed by the playlist when this encoder publishes it; give up on those still
+        unconfirmed after ``_hold_limit`` (or at the end, with ``final``)."""
+        if not self._held or self.publisher is None:
+            return
+        now, clock = time.monotonic(), self.clock()
+        for segment in sorted(self._held):
+            path, deadline = self._held[segment]
+            if self.engine.agreed(segment, clock):
+                del self._held[segment]
                 if (init := self._writer.init_path) is not None:
                     # A few hundred bytes with every segment: an origin that lost it, or
                     # never got it, has it again before the next segment's manifests.
@@ -577,8 +604,10 @@ class EncoderRuntime:
                 if self._publishes_playlist():
                     for manifest in self._writer.manifest_paths:
                         self.publisher.publish(manifest, manifest.name)
-        for stale in [s for s in self._vouched if newest is not None and s < newest]:
-            del self._vouched[stale]  # segments the writer dropped (partial): never written
+            elif final or now > deadline:
+                del self._held[segment]
+                self.unvouched += 1
+                self.unconfirmed += 1
 
     # -- PipelineShell: the frame path's hooks ----------------------------------------------------
 
@@ -615,9 +644,11 @@ class EncoderRuntime:
         self._load.encoded(encode_seconds)
 
     def picture_done(self) -> None:
-        """Once a second, the load goes to the engine (confidence), the election and the
-        registry, and the metrics are observed."""
+        """Held segments a neighbour has agreed with go out; once a second, the load goes to
+        the engine (confidence), the election and the registry, and the metrics are
+        observed."""
         self.stats.frames += 1
+        self._release()
         report = self._load.sample()
         if report is not None:
             self.pipeline.step(self.clock(), LoadMeasured(*report))
