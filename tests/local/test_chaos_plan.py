@@ -1,4 +1,5 @@
-"""The chaos run's fault plan: a pure function of the seed (no process is started)."""
+"""The chaos run's fault plan (a pure function of the seed) and its reading of logs; no
+process is started."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from meshenc.local.chaos import ChaosConfig, plan_faults
+from meshenc.local.chaos import ChaosConfig, count_tracebacks, plan_faults
 from meshenc.report.chaos import FaultKind
 
 
@@ -45,3 +46,21 @@ def test_a_plan_of_chosen_kinds_uses_only_them() -> None:
 def test_impossible_settings_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         ChaosConfig(out=Path("unused"), **bad)  # type: ignore[arg-type]
+
+
+def test_tracebacks_count_but_opentelemetrys_detach_noise_does_not() -> None:
+    log = "\n".join(
+        [
+            "2026-12-03 09:00:25,112 e2 ERROR opentelemetry.context: Failed to detach context",
+            "Traceback (most recent call last):",
+            "GeneratorExit",
+            "During handling of the above exception, another exception occurred:",
+            "Traceback (most recent call last):",
+            "ValueError: <Token ...> was created in a different Context",
+            "2026-12-03 09:00:26,000 e2 ERROR meshenc.encoder: boom",
+            "Traceback (most recent call last):",
+            "RuntimeError: a real one",
+            "Traceback (most recent call last):",  # an uncaught one, printed without a record
+        ]
+    )
+    assert count_tracebacks(log) == 2
