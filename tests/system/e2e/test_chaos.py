@@ -151,10 +151,11 @@ def test_leadership_moves_once_for_the_frozen_leader_and_settles(
     tenures = verdict["leader_tenures"]
     assert isinstance(tenures, dict) and len(tenures) == 1
     (count,) = tenures.values()
-    # The first leader, the takeover from the frozen one, and at most one handover while the
-    # confidences settle in the first seconds (docs/leadership.md, Known limits). Before the
-    # handover dwell, one such run held 15 tenures.
-    assert 2 <= count <= 3, tenures
+    # The first leader, the takeover from the frozen one, at most one handover while the
+    # confidences settle in the first seconds (docs/leadership.md, Known limits) and one
+    # takeover when a lease runs out while etcd is away. Before the handover dwell, one such
+    # run held 15 tenures, six handovers of them within 4 s with no fault in progress.
+    assert 2 <= count <= 4, tenures
 
 
 def test_the_checker_sees_a_copy_corrupted_on_purpose(chaos_run: ChaosRun, tmp_path: Path) -> None:
