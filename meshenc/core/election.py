@@ -131,6 +131,8 @@ class ElectionConfig:
         silence_timeout: a peer that was heard and then sent nothing for this long is lost.
         handover_dwell: a challenger must stay better than the leader by the hysteresis this
             long, without a break, before the leader hands over.
+        lone_witness_wait: when the electorate is a single member, its suspicion must have
+            lasted this long before it takes over.
         republish_interval: ranking inputs are re-published at most this often...
         republish_margin: ...and only when their score moved by more than this.
     """
@@ -143,6 +145,7 @@ class ElectionConfig:
     claim_grace: float = 0.5
     silence_timeout: float = 0.3
     handover_dwell: float = 3.0
+    lone_witness_wait: float = 1.0
     republish_interval: float = 1.0
     republish_margin: float = DEFAULT_HYSTERESIS / 2
 
@@ -153,6 +156,7 @@ class ElectionConfig:
             "claim_grace",
             "silence_timeout",
             "handover_dwell",
+            "lone_witness_wait",
             "republish_interval",
         ):
             value = getattr(self, name)
@@ -701,6 +705,10 @@ class Election:
         electorate = self._electorate(leader.holder)
         voters = self._suspicions.get(leader.token, frozenset()) & electorate
         if not electorate or len(voters) < majority(len(electorate)):
+            return
+        if len(electorate) == 1 and now - self._lost_since < self._config.lone_witness_wait:
+            # One witness is one link's word: on a busy host a live leader goes quiet for a
+            # few hundred ms now and then, and with no second witness that alone deposed it.
             return
         best = self._choose(self._live(exclude=leader.holder), None)
         waited = now - self._lost_since >= self._config.claim_grace

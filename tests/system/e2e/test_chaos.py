@@ -168,18 +168,18 @@ def test_the_checker_sees_a_copy_corrupted_on_purpose(chaos_run: ChaosRun, tmp_p
     origin = scan_output(tmp_path / ORIGIN_DIR)
     before = check(outputs, faults, fps=FPS, gop=GOP, first=first, last=last, origin=origin)
     assert list(before.mismatched_segments) == verdict["mismatched_segments"]
-    # A segment every encoder agrees on: corrupt the copy of an encoder no fault hit (the
-    # frozen ones' copies are exempt until they re-lock, by design), when there is one.
+    # A segment whose copy by an encoder no fault hit (the frozen ones' copies are exempt until
+    # they re-lock, by design) another encoder shares: corrupt that copy.
     disturbed = {f.target for f in faults if f.kind.disturbs_encoder}
     encoder = next((e for e in ENCODERS if e not in disturbed), ENCODERS[-1])
-    clean = [
-        n
-        for n in range(first, last + 1)
-        if n not in before.mismatched_segments
-        and len({_digest(tmp_path / e / segment_name(n)) for e in ENCODERS} - {None}) == 1
-        and all(_digest(tmp_path / e / segment_name(n)) for e in ENCODERS)
-    ]
-    assert clean
+
+    def shared(n: int) -> bool:
+        mine = _digest(tmp_path / encoder / segment_name(n))
+        others = {_digest(tmp_path / e / segment_name(n)) for e in ENCODERS if e != encoder}
+        return mine is not None and mine in others
+
+    clean = [n for n in range(first, last + 1) if n not in before.mismatched_segments and shared(n)]
+    assert clean, "no segment two encoders agree on: nothing to corrupt"
     victim = clean[len(clean) // 2]
     path = tmp_path / encoder / segment_name(victim)
     path.write_bytes(path.read_bytes()[:-188])  # one TS packet short
