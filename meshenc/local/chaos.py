@@ -47,7 +47,7 @@ from typing import Final
 from meshenc.core.timecode import FrameRate
 from meshenc.local.demo import HOST, DemoConfig, DemoRun, EncoderPlan, Note
 from meshenc.local.etcd import EtcdProcess
-from meshenc.local.launcher import ChildFailedError, Launcher
+from meshenc.local.launcher import DEFAULT_READY_TIMEOUT, ChildFailedError, Launcher
 from meshenc.local.relay import DatagramRelay
 from meshenc.report.chaos import (
     ChaosReport,
@@ -206,6 +206,10 @@ def count_tracebacks(log: str) -> int:
 class ChaosRun(DemoRun):
     """One chaos run (see the module docstring). ``await run()`` once, then read
     :attr:`report`."""
+
+    #: Restarts happen while the machine is busy with the rest of the mesh (and, in a test,
+    #: with whatever else runs): give every start three times ``meshenc up``'s patience.
+    ready_timeout = 3 * DEFAULT_READY_TIMEOUT
 
     def __init__(
         self, chaos: ChaosConfig, *, on_note: Callable[[Note], None] | None = None
