@@ -7,6 +7,7 @@ import click
 from meshenc import __version__
 from meshenc.cli.bench import bench
 from meshenc.cli.certs import certs
+from meshenc.cli.chaos import chaos
 from meshenc.cli.encoder import encoder
 from meshenc.cli.health import health_check
 from meshenc.cli.inspect import events, segments, status, topology
@@ -33,6 +34,7 @@ cli.add_command(manager)
 cli.add_command(source)
 cli.add_command(clip)
 cli.add_command(certs)
+cli.add_command(chaos)
 # Looking at a running mesh and at its outputs.
 cli.add_command(status)
 cli.add_command(topology)

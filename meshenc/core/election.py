@@ -22,8 +22,10 @@ other candidate claims after ``claim_grace`` (in case the best one's view differ
 key's ``mod_revision`` is the leader's *fencing token*.
 
 *Hysteresis.* A leader that sees a candidate better than itself by more than ``hysteresis``
-hands over atomically (:class:`HandOver`: put the leader key naming the successor, under the
-successor's lease, guarded by the leader key still carrying the leader's token).
+for ``handover_dwell`` without a break hands over atomically (:class:`HandOver`: put the leader
+key naming the successor, under the successor's lease, guarded by the leader key still
+carrying the leader's token). Round-trip times on a busy host swing by more than the
+hysteresis for a moment; without the dwell, such moments moved the lead back and forth.
 
 *Fast failover.* Lease expiry takes seconds; the mesh notices a dead peer within a few frames
 (a broken stream, or no ESP for ``silence_timeout``). A follower that loses the leader that way
@@ -127,6 +129,10 @@ class ElectionConfig:
         retry_interval: the same write is not attempted again sooner than this.
         claim_grace: without a leader, members other than the best-ranked claim after this.
         silence_timeout: a peer that was heard and then sent nothing for this long is lost.
+        handover_dwell: a challenger must stay better than the leader by the hysteresis this
+            long, without a break, before the leader hands over.
+        lone_witness_wait: when the electorate is a single member, its suspicion must have
+            lasted this long before it takes over.
         republish_interval: ranking inputs are re-published at most this often...
         republish_margin: ...and only when their score moved by more than this.
     """
@@ -138,6 +144,8 @@ class ElectionConfig:
     retry_interval: float = 0.25
     claim_grace: float = 0.5
     silence_timeout: float = 0.3
+    handover_dwell: float = 3.0
+    lone_witness_wait: float = 1.0
     republish_interval: float = 1.0
     republish_margin: float = DEFAULT_HYSTERESIS / 2
 
@@ -147,6 +155,8 @@ class ElectionConfig:
             "retry_interval",
             "claim_grace",
             "silence_timeout",
+            "handover_dwell",
+            "lone_witness_wait",
             "republish_interval",
         ):
             value = getattr(self, name)
@@ -416,6 +426,7 @@ class Election:
         "_actions",
         "_attempts",
         "_candidates",
+        "_challenger",
         "_config",
         "_connected",
         "_highest_token",
@@ -451,6 +462,8 @@ class Election:
         self._leaderless_since: float | None = None
         self._lost_since: float | None = None
         self._my_suspicion: int | None = None
+        #: The candidate that ranks better than this leader by the hysteresis, and since when.
+        self._challenger: tuple[str, float] | None = None
         self._now: float | None = None
         self._peers: dict[str, _Peer] = {}
         self._suspicions: dict[int, frozenset[str]] = {}
@@ -662,10 +675,16 @@ class Election:
             self._last_act = now
             self._actions.append(ActAsLeader(leader.token))
         chosen = self._choose(self._live(), self._node_id)
-        if chosen is not None and chosen != self._node_id:
-            successor = self._candidates[chosen]
-            if self._try("handover", (leader.token, chosen), now):
-                self._actions.append(HandOver(leader.token, chosen, successor.lease))
+        if chosen is None or chosen == self._node_id:
+            self._challenger = None
+            return
+        if self._challenger is None or self._challenger[0] != chosen:
+            self._challenger = (chosen, now)
+        if now - self._challenger[1] < self._config.handover_dwell:
+            return
+        successor = self._candidates[chosen]
+        if self._try("handover", (leader.token, chosen), now):
+            self._actions.append(HandOver(leader.token, chosen, successor.lease))
 
     def _follow(self, now: float, leader: _Leader) -> None:
         if self._my_suspicion is not None and self._my_suspicion != leader.token:
@@ -686,6 +705,10 @@ class Election:
         electorate = self._electorate(leader.holder)
         voters = self._suspicions.get(leader.token, frozenset()) & electorate
         if not electorate or len(voters) < majority(len(electorate)):
+            return
+        if len(electorate) == 1 and now - self._lost_since < self._config.lone_witness_wait:
+            # One witness is one link's word: on a busy host a live leader goes quiet for a
+            # few hundred ms now and then, and with no second witness that alone deposed it.
             return
         best = self._choose(self._live(exclude=leader.holder), None)
         waited = now - self._lost_since >= self._config.claim_grace

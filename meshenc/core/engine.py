@@ -51,6 +51,14 @@ Where the engine stands is two explicit phase machines (``meshenc.core.phases``)
 idle, or backing off after a refusal). Their transition tables are the only ways between
 phases; ``_control`` only decides which signal a step gives.
 
+A shell whose process stood still (SIGSTOP, a frozen VM, a loop that did not run) says so
+(``Stalled``): the pictures and ESPs it missed cannot be made up, so the engine vouches for no
+segment (``vouches``) until it has proved itself identical again: a whole segment's worth of
+timecodes whose frame hashes equal a neighbour's, with none differing since the stall. Per
+segment, ``agreed`` says whether some neighbour's frame hashes equalled this encoder's for at
+least half of the segment's timecodes with none differing: the evidence, segment by segment,
+that its copy is not its own alone.
+
 Locking in, every move is a correction; locked, the policy decides (predictive acts on the
 error predicted ``horizon`` ahead and steers the label rate; reactive acts past the half-frame
 boundary). Significant corrections go to the neighbours' vote (``ProposalBook``); the rest apply
@@ -139,6 +147,7 @@ __all__ = [
     "SendEsp",
     "SendProposal",
     "SendVote",
+    "Stalled",
     "SyncEngine",
     "VoteReceived",
 ]
@@ -146,6 +155,9 @@ __all__ = [
 
 #: The identity of a picture that cannot be told apart from its neighbours: never matched.
 NO_IDENTITY = 0
+
+#: Segments whose hash agreement with each neighbour is kept (``SyncEngine.agreed``).
+_AGREEMENT_SEGMENTS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +346,16 @@ class EscalationApproved:
     proposal_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class Stalled:
+    """This encoder stood still for ``seconds`` (its own monotonic clock jumped against its
+    frame schedule: the process was stopped, its machine frozen, its loop blocked). What it
+    missed meanwhile cannot be made up, so it vouches for nothing until it is identical again
+    (see ``SyncEngine.vouches``)."""
+
+    seconds: float
+
+
 Event = (
     EspReceived
     | FrameCaptured
@@ -345,6 +367,7 @@ Event = (
     | LeaderChanged
     | ParametersRequested
     | EscalationApproved
+    | Stalled
     | Tick
 )
 
@@ -491,6 +514,8 @@ class EngineSnapshot:
     #: The bitrate of the segment being encoded, and a change agreed for a later one.
     bitrate_kbps: int
     pending_change: ParameterChange | None
+    #: Since a stall (``Stalled``), not yet proved identical again: vouches for nothing.
+    unproven: bool = False
 
 
 # --- per-neighbour state ----------------------------------------------------------------------
@@ -613,6 +638,13 @@ class SyncEngine:
         self._escalations = 0
         self._lock = LockState()
         self._settled_unlocked = 0
+        #: After a stall: timecodes whose hashes matched a neighbour's since (None: no stall
+        #: to recover from), and the newest of them.
+        self._proof: int | None = None
+        self._proof_tc = -1
+        #: Per recent segment, per neighbour: [timecodes whose hashes equalled ours, whether
+        #: one differed] (``agreed``).
+        self._agreement: dict[int, dict[str, list[int]]] = {}
         self._leader: str | None = None
         self._anchor = Anchor(node_id, 0, 0.0)
         #: The timeline this encoder is locked on ("" while not locked), the route to a
@@ -672,6 +704,8 @@ class SyncEngine:
                 self._request_parameters(now, bitrate_kbps)
             case EscalationApproved(proposal_id):
                 self._apply_escalated(now, proposal_id)
+            case Stalled():
+                self._proof, self._proof_tc = 0, self._last_tc if self._last_tc is not None else -1
             case Tick():
                 self._tick_votes(now)
 
@@ -724,10 +758,12 @@ class SyncEngine:
         segment, and every neighbour it counts (newcomers aside) says it is locked too, as of
         the last control step. While the mesh is still settling — an encoder that locked alone,
         neighbours still moving, groups meeting — its segments may not be the ones the mesh
-        settles on."""
+        settles on. After a stall, not until it has proved itself identical again: a whole
+        segment's worth of timecodes (after the stall) whose frame hashes equal a neighbour's,
+        none differing meanwhile."""
         lock = self._lock
         settled = now - lock.locked_since >= self._segments.duration(self._period)
-        return lock.locked and settled and self._settled_unlocked == 0
+        return lock.locked and settled and self._settled_unlocked == 0 and self._proof is None
 
     def correction(self, now: float) -> float:
         return self._corr + self._corr_rate * (now - self._corr_at)
@@ -865,6 +901,13 @@ class SyncEngine:
         nb = self._neighbours.get(esp.sender)
         if nb is None:
             return
+        if -math.inf < nb.link.last_received_at < now - self.config.stale_after:
+            # Back after a silence (it stood still, or this encoder did, or the link was cut):
+            # whatever moved meanwhile, re-measure it from scratch. A filter that predicted
+            # across the silence rejects the new labels as jumps, and a voter judging from it
+            # turned down every correction of an encoder back from a SIGSTOP, a frame off.
+            nb.filter.reset()
+            nb.pending.clear()
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
         nb.last = esp
         nb.corr_at = now
@@ -895,6 +938,52 @@ class SyncEngine:
             if own_hash:
                 same = 1.0 if own_hash == esp.frame_hash else 0.0
                 nb.hash_agreement += 0.05 * (same - nb.hash_agreement)
+                if self._proof is not None:
+                    self._prove(own_tc, own_hash == esp.frame_hash)
+                self._tally(esp.sender, own_tc, own_hash == esp.frame_hash)
+
+    def _tally(self, neighbour: str, timecode: int, same: bool) -> None:
+        """Count a frame hash compared with a neighbour's towards its segment's agreement."""
+        segment = self._segments.segment_of(timecode)
+        agreement = self._agreement
+        if segment not in agreement:
+            if agreement and segment < min(agreement):
+                return  # older than anything kept: decided long ago
+            agreement[segment] = {}
+            while len(agreement) > _AGREEMENT_SEGMENTS:
+                del agreement[min(agreement)]
+        tally = agreement[segment].setdefault(neighbour, [0, 0])
+        if same:
+            tally[0] += 1
+        else:
+            tally[1] = 1
+
+    def agreed(self, segment: int, now: float) -> bool:
+        """Whether a neighbour's frame hashes equalled ours for at least half of ``segment``'s
+        timecodes, none differing: its bytes are not this encoder's alone. An encoder whose
+        timeline slipped while it thought itself locked (a busy machine, a resumed process)
+        has no such neighbour, and its copy must not go out under the shared name. With no
+        neighbour heard within ``stale_after`` (the last one standing) there is no one to
+        agree or disagree, and its own vouching has to do."""
+        oldest = now - self.config.stale_after
+        if not any(nb.link.last_received_at >= oldest for nb in self._neighbours.values()):
+            return True
+        needed = (self._segments.gop + 1) // 2
+        return any(
+            matched >= needed and not differed
+            for matched, differed in self._agreement.get(segment, {}).values()
+        )
+
+    def _prove(self, timecode: int, same: bool) -> None:
+        """After a stall: count timecodes (newer than the stall) whose hashes match a
+        neighbour's; a difference starts the count again; a segment's worth ends the proof."""
+        assert self._proof is not None
+        if not same:
+            self._proof, self._proof_tc = 0, max(self._proof_tc, timecode)
+        elif timecode > self._proof_tc:
+            self._proof, self._proof_tc = self._proof + 1, timecode
+            if self._proof >= self._segments.gop:
+                self._proof = None
 
     def _on_proposal(self, now: float, proposal: ResyncProposal) -> None:
         """Vote on a neighbour's proposal from this engine's own estimate of the proposer
@@ -1423,4 +1512,5 @@ class SyncEngine:
             open_proposals=self._proposals.open_count,
             bitrate_kbps=self._schedule.bitrate_for(max(self.current_segment, 0)),
             pending_change=self._schedule.pending(self.current_segment),
+            unproven=self._proof is not None,
         )

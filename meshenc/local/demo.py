@@ -75,7 +75,7 @@ from meshenc.core.planner.manager import MeshView, PlannerConfig, plan_mesh
 from meshenc.core.planner.placement import Host
 from meshenc.core.timecode import FrameRate
 from meshenc.local.etcd import EtcdProcess
-from meshenc.local.launcher import LOGS_DIR, PIDS_NAME, Launcher
+from meshenc.local.launcher import DEFAULT_READY_TIMEOUT, LOGS_DIR, PIDS_NAME, Launcher
 from meshenc.local.master import REDUNDANT_NAME, StreamAttributes, master_playlist, segment_codecs
 from meshenc.local.origin import OriginProcess
 from meshenc.local.player import BrowserPlayer, find_dashjs, unavailable, write_skipped
@@ -407,6 +407,9 @@ class DemoRun:
         on_note: called with every line of the event feed as it happens (for plain output).
     """
 
+    #: Seconds each process gets to answer its health check when started.
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
+
     def __init__(
         self,
         config: DemoConfig,
@@ -623,7 +626,9 @@ class DemoRun:
                 self.out / ORIGIN_DIR, log_path=self.out / LOGS_DIR / "origin.log"
             )
         try:
-            async with Launcher(self.out, tls=self.operator_tls) as launcher:
+            async with Launcher(
+                self.out, tls=self.operator_tls, ready_timeout=self.ready_timeout
+            ) as launcher:
                 self._launcher = launcher
                 if launcher_ready is not None:
                     launcher_ready(launcher)

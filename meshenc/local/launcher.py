@@ -15,7 +15,8 @@ A :class:`Launcher` starts ``python -m meshenc <command> ...`` children, each
 the same check as ``meshenc health-check``), and raises :class:`ChildFailedError` with the end
 of the child's log when it exits or does not become ready in time. ``stop`` sends SIGTERM to
 any number of children at once, waits up to a grace period and SIGKILLs whoever is left;
-``kill`` is the kill -9 of a fault-injection run.
+``kill`` is the kill -9 of a fault-injection run, ``pause`` and ``resume`` its SIGSTOP and
+SIGCONT (a frozen process: no FIN, no RST).
 
 Every child is stopped when the ``async with`` block ends, however it ends (normally, an
 exception, a cancellation). :meth:`Launcher.handle_signals` turns the first SIGINT, SIGTERM or
@@ -253,6 +254,20 @@ class Launcher:
             raise
         return children
 
+    # -- freezing -----------------------------------------------------------------------------
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP ``name``'s process group: it stays alive, its sockets open, and says nothing."""
+        child = self._children.get(name)
+        if child is not None and child.running:
+            _signal_group(child.process, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        """SIGCONT ``name``'s process group (after :meth:`pause`)."""
+        child = self._children.get(name)
+        if child is not None and child.running:
+            _signal_group(child.process, signal.SIGCONT)
+
     # -- stopping -----------------------------------------------------------------------------
 
     def kill(self, name: str) -> None:
@@ -275,6 +290,8 @@ class Launcher:
         for child in children:
             if child.running:
                 _signal_group(child.process, signal.SIGTERM)
+                # A paused child would hold the SIGTERM until the grace is over.
+                _signal_group(child.process, signal.SIGCONT)
         deadline = time.monotonic() + grace
         while any(c.running for c in children) and time.monotonic() < deadline:
             await asyncio.sleep(_POLL)

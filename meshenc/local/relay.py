@@ -1,4 +1,5 @@
-"""A TCP relay that makes a loopback link behave like a long-haul one: delay, jitter, a cut.
+"""Relays on loopback: a TCP one that makes a link behave like a long-haul one (delay, jitter,
+a cut), and a datagram one that cuts an encoder's input.
 
 There is no netem on a machine without privileges, so mesh links that must be slow (encoders
 in different regions) pass through this relay instead: every byte it forwards is held for the
@@ -8,6 +9,9 @@ and nothing is closed (no FIN, no RST; a connection attempted meanwhile is accep
 hangs), until ``heal()`` delivers what was held, late, as a real network's retransmissions
 would. The relay runs its own event loop in a thread, so tests and tools drive it with plain
 calls; ``close()`` ends every connection and the thread.
+
+:class:`DatagramRelay` forwards UDP datagrams (an encoder's live input) from one local port to
+another and, while cut, drops them all: an input cut as a broken feed is, with no error anywhere.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["DelayRelay"]
+__all__ = ["DatagramRelay", "DelayRelay"]
 
 #: Bytes read from one side before the relay stops reading it while its data cannot be sent
 #: (a cut, a slow receiver): the sender's TCP window then fills, as it would on a real link.
@@ -184,3 +189,62 @@ class DelayRelay:
             done = True
             arrived.set()
             await sender
+
+
+class DatagramRelay:
+    """Forward datagrams sent to ``127.0.0.1:port`` on to ``127.0.0.1:to_port``; drop them all
+    while cut. A thread of its own; ``close()`` stops it."""
+
+    def __init__(self, to_port: int) -> None:
+        self._listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._listen.bind(("127.0.0.1", 0))
+        self._listen.settimeout(0.1)
+        self.port: int = self._listen.getsockname()[1]
+        self._to = ("127.0.0.1", to_port)
+        self._cut = threading.Event()
+        self._stop = threading.Event()
+        self.forwarded = self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="datagram-relay", daemon=True)
+
+    def start(self) -> int:
+        """Start forwarding; returns the port to send to."""
+        self._thread.start()
+        return self.port
+
+    def cut(self) -> None:
+        self._cut.set()
+
+    def heal(self) -> None:
+        self._cut.clear()
+
+    @property
+    def is_cut(self) -> bool:
+        return self._cut.is_set()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+        self._listen.close()
+
+    def __enter__(self) -> DatagramRelay:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            while not self._stop.is_set():
+                try:
+                    data = self._listen.recv(65_536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if self._cut.is_set():
+                    self.dropped += 1
+                    continue
+                with contextlib.suppress(OSError):  # nobody listening yet (a restart)
+                    out.sendto(data, self._to)
+                    self.forwarded += 1

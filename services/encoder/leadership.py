@@ -266,6 +266,11 @@ class Leadership(_ElectionReads):
         self.sessions = 0
         self.acts_written = 0
         self.writes_refused = 0
+        #: When (on ``clock``) the newest act that landed was sent: this member led at some
+        #: moment between then and its answer (-inf: no act landed yet).
+        self.fenced_at = -math.inf
+        #: Peers the election counts as lost, as last logged.
+        self._lost_logged: frozenset[str] = frozenset()
 
     # -- what the runtime tells us -----------------------------------------------------------
 
@@ -448,7 +453,26 @@ class Leadership(_ElectionReads):
     async def _ticker(self) -> None:
         while True:
             self._feed(Tick())
+            self._log_lost()
             await asyncio.sleep(TICK_INTERVAL)
+
+    def _log_lost(self) -> None:
+        """One line when the election starts or stops counting a neighbour as lost: the
+        moment the mesh noticed a silent (or disconnected) peer, readable from outside."""
+        lost = frozenset(self.election.snapshot().lost_peers)
+        if lost == self._lost_logged:
+            return
+        timeout_ms = self.election.config.silence_timeout * 1000.0
+        for peer in sorted(lost - self._lost_logged):
+            log.warning(
+                "segment %s: neighbour %s lost (link down, or no ESP for %.0f ms)",
+                self.segment,
+                peer,
+                timeout_ms,
+            )
+        for peer in sorted(self._lost_logged - lost):
+            log.info("segment %s: neighbour %s heard again", self.segment, peer)
+        self._lost_logged = lost
 
     async def _executor(self, client: Any) -> None:
         while True:
@@ -593,10 +617,12 @@ class Leadership(_ElectionReads):
             case ActAsLeader(token):
                 self._act_seq += 1
                 value = _json(holder=me, token=token, seq=self._act_seq)
+                sent = self._clock()
                 if await self._guarded(
                     client, "act", [tx.mod(keys.leader) == token], [tx.put(keys.acts, value)]
                 ):
                     self.acts_written += 1
+                    self.fenced_at = max(self.fenced_at, sent)
 
     async def _guarded(
         self, client: Any, what: str, compare: list[Any], success: list[Any]
@@ -696,6 +722,11 @@ class SegmentLeadership(_ElectionReads):
         for peer in sorted(self._lost):
             leadership.peer_lost(peer)
         return leadership
+
+    @property
+    def fenced_at(self) -> float:
+        """The current segment's ``Leadership.fenced_at``."""
+        return self.current.fenced_at
 
     # -- what the runtime tells us -----------------------------------------------------------
 

@@ -22,6 +22,14 @@ its own cadence: it repeats the last picture, then sends black (``--input-loss-*
 pictures as unmeasured and reports the input lost; when pictures arrive again it counts on
 from their arrivals and is identical again as soon as its next GOP starts.
 
+An encoder that stood still (SIGSTOP, a frozen VM: no FIN, no RST, its sockets open) finds out
+on resuming from its own monotonic clock: a heartbeat that should beat every frame period saw
+more than ``SILENT_FRAMES`` periods pass (as long as its neighbours wait before counting it as
+lost), so it publishes no playlist as leader until a fenced act of its leadership has landed
+in etcd after the stall (another leader may have taken over meanwhile); past the engine's
+``stale_after`` it also logs it and tells the engine (``Stalled``: no segment is vouched for
+until it has proved itself identical again).
+
 The loop never waits for the network: sends are queued per neighbour and dropped when a
 neighbour is slow (counted by the mesh links). A loop that is late (a segment write, a busy
 machine) works through the pictures queued by the ingest thread back to back — their stamps
@@ -66,6 +74,7 @@ from meshenc.core.engine import (
     SendEsp,
     SendProposal,
     SendVote,
+    Stalled,
     SyncEngine,
     VoteReceived,
 )
@@ -158,6 +167,13 @@ class EncoderRuntime:
         #: ``_vouch``); segments it cannot vouch for never go out under the shared name.
         self._vouched: dict[int, bool] = {}
         self.unvouched = 0
+        #: Segments vouched for and written, waiting for a neighbour's hashes to agree, by
+        #: (segment, rung folder): (rendition, path, give up at (monotonic), whether it was
+        #: the segment's last rung). A neighbour's ESP for a frame follows its own ingest
+        #: delay, so the last frames' agreement comes a few hundred ms after writing.
+        self._held: dict[tuple[int, str], tuple[Rendition, Path, float, bool]] = {}
+        self._hold_limit = 2.0 * self._segments.duration(self._period)
+        self.unconfirmed = 0
         self._input = InputMonitor(float(self._period), settings.input_loss, time.time())
         self._cadence = SourceCadence(Fraction(fr.den, fr.num))
         self._window = FingerprintWindow()
@@ -198,6 +214,10 @@ class EncoderRuntime:
         self._load = _LoadMeter()
         #: Frames the loop may owe before it gives up on them (one second's worth).
         self._max_backlog = max(1, round(settings.frame_rate.fps))
+        #: The heartbeat (monotonic): when it last beat, and when a stall last ended.
+        self._beat = time.monotonic()
+        self._stalled_at = -math.inf
+        self.stalls = 0
 
     # -- clock --------------------------------------------------------------------------------
 
@@ -285,9 +305,11 @@ class EncoderRuntime:
         # would take the lead the moment it joins and pull its segment towards a timeline it
         # has not locked to. Once locked, a brief relock does not cost its rank.
         self._has_locked = self._has_locked or snap.locked
+        # Back from a stall and not yet identical again: no leader material either.
+        ranked = self._has_locked and not snap.unproven
         self.leadership.report(
             RankInputs(
-                confidence=min(1.0, max(0.0, snap.confidence)) if self._has_locked else 0.0,
+                confidence=min(1.0, max(0.0, snap.confidence)) if ranked else 0.0,
                 latency=sum(rtts) / len(rtts) if rtts else UNMEASURED_LATENCY,
                 neighbours=frozenset(self._neighbours),
             )
@@ -405,6 +427,8 @@ class EncoderRuntime:
             self._report_rank()
             leadership = asyncio.create_task(self.leadership.run(), name="leadership")
         await self.control.start()
+        self._beat = time.monotonic()
+        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         queue: asyncio.Queue[Ingested] = asyncio.Queue()
         ingest = None
         # The ingest threads read the clock the moment data arrives, but only once they hold
@@ -440,6 +464,7 @@ class EncoderRuntime:
         finishing_by: float | None = None
         try:
             while True:
+                self._check_stall()
                 now = time.time()
                 if finishing_by is None and (
                     self._stop.is_set() or (deadline is not None and now >= deadline)
@@ -466,12 +491,18 @@ class EncoderRuntime:
                         self.segments_written(rendition, written, started)
                     continue
                 if queue.qsize() > self._max_backlog:
-                    # More than a second behind the input: live ingest loses frames here.
+                    # More than a second behind the input: live ingest loses frames here,
+                    # and the segment they belonged to is no longer the mesh's.
                     self.stats.skipped += 1
+                    if (last := self.pipeline.last_timecode) is not None:
+                        self._vouched[self._segments.segment_of(last)] = False
                     continue
                 self._ingest(item)
                 await asyncio.sleep(0)
         finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
             if self.leadership is not None and leadership is not None:
                 # Resign first: the segment fails over at once instead of waiting for a lease.
                 await self.leadership.close()
@@ -481,6 +512,10 @@ class EncoderRuntime:
             for rendition in renditions:
                 started = time.time_ns()
                 self.segments_written(rendition, rendition.writer.finish(), started)
+            if self._held:
+                # The neighbours' last ESPs may still be on their way.
+                await asyncio.sleep(0.5)
+                self._release(final=True)
             if self.publisher is not None:
                 await self.publisher.close(grace=2.0)
             if self.output_server is not None:
@@ -493,6 +528,37 @@ class EncoderRuntime:
             await self.server.stop(grace=1.0)
             log.info("encoder %s stopped: %s", self.node_id, self.stats)
         return self.stats
+
+    async def _heartbeat(self) -> None:
+        """Beat every frame period, so that a stall shows however idle the loop is."""
+        while True:
+            await asyncio.sleep(float(self._period))
+            self._check_stall()
+
+    def _check_stall(self) -> None:
+        """Whether this process stood still since the last beat. Longer than its neighbours
+        wait before counting it as lost (``SILENT_FRAMES`` periods), it may have been deposed
+        as leader meanwhile: no playlist until the leadership is confirmed. Longer than the
+        engine keeps a silent neighbour's word (``stale_after``), every neighbour's ESPs are
+        stale and it missed pictures it cannot make up: the engine is told (``Stalled``) and
+        vouches for nothing until identical again. (A busy machine holds a loop up for a
+        few hundred milliseconds now and then; that costs a playlist, not segments.)"""
+        now = time.monotonic()
+        gap, self._beat = now - self._beat, now
+        if gap <= SILENT_FRAMES * float(self._period):
+            return
+        self._stalled_at = now
+        if gap <= self.engine.config.stale_after:
+            log.info("held up for %.2f s: no playlist until the leadership is confirmed", gap)
+            return
+        self.stalls += 1
+        log.warning(
+            "stalled for %.2f s (this process did not run): vouching for no segment until "
+            "identical again, no playlist until the leadership is confirmed",
+            gap,
+        )
+        self.pipeline.step(self.clock(), Stalled(gap))
+        self._report_rank()
 
     def _ingest(self, item: IngestedPicture) -> None:
         """One picture of the input: identity and cadence from its source timestamp (or, without
@@ -522,15 +588,15 @@ class EncoderRuntime:
 
     def segments_written(self, rendition: Rendition, paths: list[Path], started_ns: int) -> None:
         """Segments a rendition's writer just wrote (the call began at ``started_ns``): count
-        them, time them, and publish those this encoder can vouch for, under the rung's folder.
+        them, time them, and hold those this encoder can vouch for until a neighbour's frame
+        hashes say they are not its own alone (``_release``).
 
         Every rung writes the same segments (one timeline), so the vouching of a segment holds
         for all of them: it is forgotten once a later segment is written.
         """
         finished_ns = time.time_ns()
+        self._check_stall()
         newest = None
-        writer = rendition.writer
-        publisher = self.publisher
         for path in paths:
             self.stats.segments += 1
             self.telemetry.segment_written(path, started_ns, finished_ns)
@@ -542,9 +608,29 @@ class EncoderRuntime:
                 and newest is not None
                 and self._ladder.segment_written(newest)
             )
-            if not (vouched and self.engine.vouches(self.clock())):
+            if newest is None or not (vouched and self.engine.vouches(self.clock())):
                 self.unvouched += 1
-            elif publisher is not None:
+            elif self.publisher is not None:
+                deadline = time.monotonic() + self._hold_limit
+                self._held[newest, rendition.folder or ""] = (rendition, path, deadline, completed)
+        for stale in [s for s in self._vouched if newest is not None and s < newest]:
+            del self._vouched[stale]  # segments the writer dropped (partial): never written
+        self._release()
+
+    def _release(self, *, final: bool = False) -> None:
+        """Publish the held segments a neighbour agreed with (``SyncEngine.agreed``), in order,
+        each followed by its rung's playlist (and, after a segment's last rung, the ladder's
+        manifests) when this encoder publishes playlists; give up on those still unconfirmed
+        after ``_hold_limit`` (or at the end, with ``final``)."""
+        publisher = self.publisher
+        if not self._held or publisher is None:
+            return
+        now, clock = time.monotonic(), self.clock()
+        for key in sorted(self._held):
+            rendition, path, deadline, completed = self._held[key]
+            writer = rendition.writer
+            if self.engine.agreed(key[0], clock):
+                del self._held[key]
                 if (init := writer.init_path) is not None:
                     # A few hundred bytes with every segment: an origin that lost it, or
                     # never got it, has it again before the next segment's manifests.
@@ -555,8 +641,10 @@ class EncoderRuntime:
                         publisher.publish(manifest, rendition.published_name(manifest))
                     if completed:
                         self._publish_ladder()
-        for stale in [s for s in self._vouched if newest is not None and s < newest]:
-            del self._vouched[stale]  # segments the writer dropped (partial): never written
+            elif final or now > deadline:
+                del self._held[key]
+                self.unvouched += 1
+                self.unconfirmed += 1
 
     def _publish_ladder(self) -> None:
         """The ladder's manifests, after the rungs' playlists: the master playlist and the MPD
@@ -591,18 +679,25 @@ class EncoderRuntime:
 
     def _publishes_playlist(self) -> bool:
         """The media playlist goes out from the segment's elected leader only (every encoder
-        when there is no election), so a lagging encoder never makes it go backwards."""
+        when there is no election), so a lagging encoder never makes it go backwards; and
+        after a stall only once a fenced act has landed since (a leader that was frozen may
+        have been replaced: its act's guard then fails and it learns the new leader)."""
         if self.leadership is None:
             return True
-        return self.leadership.snapshot().leader == self.node_id
+        return (
+            self.leadership.snapshot().leader == self.node_id
+            and self.leadership.fenced_at > self._stalled_at
+        )
 
     def slot_encoded(self, frame: EncodedFrame, encode_seconds: float) -> None:
         self._load.encoded(encode_seconds)
 
     def picture_done(self) -> None:
-        """Once a second, the load goes to the engine (confidence), the election and the
-        registry, and the metrics are observed."""
+        """Held segments a neighbour has agreed with go out; once a second, the load goes to
+        the engine (confidence), the election and the registry, and the metrics are
+        observed."""
         self.stats.frames += 1
+        self._release()
         report = self._load.sample()
         if report is not None:
             self.pipeline.step(self.clock(), LoadMeasured(*report))

@@ -27,6 +27,7 @@ from meshenc.core.engine import (
     SendEsp,
     SendProposal,
     SendVote,
+    Stalled,
     SyncEngine,
     VoteReceived,
 )
@@ -104,6 +105,9 @@ class EngineShell:
 
     def tick(self, now: float) -> None:
         self._step(now, Tick())
+
+    def stalled(self, now: float, seconds: float) -> None:
+        self._step(now, Stalled(seconds))
 
     def snapshot(self, now: float) -> EngineSnapshot:
         return self.engine.snapshot(now)

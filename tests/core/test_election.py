@@ -181,13 +181,40 @@ def test_a_deposed_leader_stops_acting() -> None:
     ],
 )
 def test_hysteresis(challenger: float, expected: list[Action]) -> None:
-    # The leader (b) scores 0.7 - 0.01; the default margin is 0.15.
+    # The leader (b) scores 0.7 - 0.01; the default margin is 0.15, the dwell 3 s.
     election = _election()
     actions = _play(
         election,
-        [(0.1, _cands(a=challenger, b=0.7)), (0.1, LeaderObserved(ME, 101, 42, 42))],
+        [
+            (0.1, _cands(a=challenger, b=0.7)),
+            (0.1, LeaderObserved(ME, 101, 42, 42)),
+            (2.0, Tick()),
+            (3.2, Tick()),
+        ],
     )
     assert [a for a in actions if not isinstance(a, ActAsLeader)] == expected
+
+
+def test_a_challenger_better_only_for_a_moment_does_not_take_the_lead() -> None:
+    """A round-trip spike makes a challenger look better for a second, then it is not: the
+    leader keeps the lead (without the dwell, such moments moved the lead back and forth)."""
+    election = _election()
+    actions = _play(
+        election,
+        [
+            (0.1, _cands(a=0.9, b=0.7)),
+            (0.1, LeaderObserved(ME, 101, 42, 42)),
+            (2.0, Tick()),
+            (2.5, _cands(a=0.8, b=0.7)),
+            (2.6, Tick()),
+            (2.7, _cands(a=0.9, b=0.7)),
+            (4.0, Tick()),
+            (5.6, Tick()),
+        ],
+    )
+    assert not [a for a in actions if isinstance(a, HandOver)]
+    later = _play(election, [(5.8, Tick())])
+    assert [a for a in later if isinstance(a, HandOver)] == [HandOver(42, "a", 100)]
 
 
 def test_no_handover_to_a_lost_candidate() -> None:
@@ -306,9 +333,12 @@ def test_only_the_leaders_neighbours_form_the_electorate() -> None:
         }
     )
     _play(election, [(0.1, candidates), (0.1, LEADER_A)])
-    # Only b has a as a neighbour: its suspicion alone is a majority of one.
+    # Only b has a as a neighbour: its suspicion alone is a majority of one, once it has lasted
+    # the lone witness's wait (a busy host's hiccup is shorter).
     actions = _play(election, [(0.2, PeerLost("a")), (0.3, SuspicionsObserved({42: {"b"}}))])  # type: ignore[dict-item]
-    assert actions[-1] == TakeOver(42, ("b",), 100)
+    assert not [a for a in actions if isinstance(a, TakeOver)]
+    assert _play(election, [(0.9, Tick())]) == []
+    assert _play(election, [(1.25, Tick())]) == [TakeOver(42, ("b",), 100)]
 
 
 def test_no_takeover_with_fast_failover_off() -> None:

@@ -159,6 +159,61 @@ def test_an_encoder_that_agrees_with_its_neighbours_locks_and_stays_put() -> Non
     assert not [a for a in actions if isinstance(a, CorrectionApplied)]
 
 
+def test_a_stalled_encoder_vouches_for_nothing_until_a_segment_is_identical_again() -> None:
+    """Back from a SIGSTOP, an encoder cannot make up what it missed: it vouches for no
+    segment until a whole segment's worth of timecodes hashed like a neighbour's, none
+    differing meanwhile; a difference starts the count again."""
+    gop = 60
+    engine = _engine(["a", "b", "c"])
+    neighbours: dict[str, Callable[[int], float]] = {"a": _zero, "b": _zero, "c": _zero}
+    _run(engine, range(150), neighbours)
+    assert engine.engine.vouches(START + 150 * T)
+    engine.stalled(START + 240 * T, 3.0)  # frozen for 3 s
+    assert not engine.engine.vouches(START + 240 * T)
+    assert engine.snapshot(START + 240 * T).unproven
+    # Its first pictures back differ from everyone's (a GOP it joined mid-way)...
+    differ: dict[str, Callable[[int, int], bytes]] = dict.fromkeys(
+        neighbours, lambda picture, tc: b"\x01" * 32
+    )
+    _run(engine, range(240, 240 + gop), neighbours, hashes=differ)
+    assert not engine.engine.vouches(START + (240 + gop) * T)
+    # ...then they agree, but not yet for a whole segment...
+    _run(engine, range(240 + gop, 240 + 2 * gop - 2), neighbours)
+    assert engine.snapshot(START + (240 + 2 * gop) * T).unproven
+    # ...and after a whole segment's worth it vouches again (still locked).
+    _run(engine, range(240 + 2 * gop - 2, 240 + 2 * gop + 2), neighbours)
+    assert not engine.snapshot(START + (240 + 2 * gop + 2) * T).unproven
+    assert engine.engine.vouches(START + (240 + 2 * gop + 2) * T)
+
+
+def test_a_segment_is_agreed_only_when_a_neighbour_hashed_it_alike() -> None:
+    """Per segment, the evidence that a copy is not this encoder's alone: one neighbour whose
+    frame hashes equalled ours for half the segment or more, none differing."""
+    gop = 60
+    alike: dict[str, Callable[[int], float]] = {"a": _zero, "b": _zero}
+    engine = _engine(["a", "b"])
+    differ: dict[str, Callable[[int, int], bytes]] = {"a": lambda picture, tc: b"\x01" * 32}
+    _run(engine, range(3 * gop), alike, hashes=differ)  # a differs throughout, b agrees
+    segment = FPS.slot(START + 60 * T) // gop
+    now = START + 3 * gop * T
+    assert engine.engine.agreed(segment, now)
+    everyone_differs = dict.fromkeys(alike, differ["a"])
+    other = _engine(["a", "b"])
+    _run(other, range(3 * gop), alike, hashes=everyone_differs)
+    assert not other.engine.agreed(segment, now)
+    # One differing frame among agreeing ones is enough to withhold it.
+    once: dict[str, Callable[[int, int], bytes]] = {
+        name: lambda picture, tc: b"\x02" * 32 if picture == 70 else _frame_hash(picture, tc)
+        for name in alike
+    }
+    third = _engine(["a", "b"])
+    _run(third, range(3 * gop), alike, hashes=once)
+    assert not third.engine.agreed(FPS.slot(START + 70 * T) // gop, now)
+    assert third.engine.agreed(FPS.slot(START + 130 * T) // gop, now)
+    # With every neighbour silent for longer than stale_after, there is no one to ask.
+    assert other.engine.agreed(segment, now + 5.0)
+
+
 def _answering(
     engine: EngineShell,
     pictures: range,

@@ -34,7 +34,18 @@ def _wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     return alive
 
 
-def test_start_waits_until_serving_and_kill_is_a_crash(tmp_path: Path) -> None:
+def _state(pid: int, want: str = "T", timeout: float = 2.0) -> str:
+    """The process's state letter in ``/proc`` (``T``: stopped by a signal), once it is
+    ``want`` or ``timeout`` s have passed (a signal takes effect when it is delivered)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if state == want or time.monotonic() > deadline:
+            return state
+        time.sleep(0.01)
+
+
+def test_start_waits_until_serving_pause_resume_and_kill_is_a_crash(tmp_path: Path) -> None:
     first, second = free_ports(2)
 
     async def scenario() -> tuple[int, int, int | None, dict[str, int]]:
@@ -50,6 +61,17 @@ def test_start_waits_until_serving_and_kill_is_a_crash(tmp_path: Path) -> None:
             assert status == EXIT_SERVING, message
             killed = launcher.children["r0"]
             launcher.kill("r0")
+            # Frozen: alive, its socket open, and no answer; resumed: serving again.
+            frozen = launcher.children["r1"]
+            launcher.pause("r1")
+            assert _state(frozen.pid) == "T"
+            status, _ = await asyncio.to_thread(check_health, f"127.0.0.1:{second}", "", 1.0)
+            assert status != EXIT_SERVING
+            launcher.resume("r1")
+            status, message = await asyncio.to_thread(check_health, f"127.0.0.1:{second}", "", 5.0)
+            assert status == EXIT_SERVING, message
+            # A child stopped while frozen still stops cleanly (SIGTERM, then SIGCONT).
+            launcher.pause("r1")
             codes = await launcher.stop(["r1"])
             return killed.pid, launcher.children["r1"].pid, killed.returncode, codes
 
