@@ -56,8 +56,6 @@ from services.encoder.media.containers import (
     INIT_NAME,
     TICKS,
     AudioPacket,
-    Cmaf,
-    Muxed,
     SegmentFormat,
     container_for,
 )
@@ -327,7 +325,7 @@ class SegmentWriter:
 
     def _write(self, pending: _Pending) -> Path:
         path = self.out_dir / segment_name(pending.segment, self.format)
-        muxed = self._mux(pending.segment, pending.frames, self._segment_audio(pending))
+        muxed = self._container.mux(pending.segment, pending.frames, self._segment_audio(pending))
         if muxed.init is not None and muxed.init != self._init:
             self._atomic_write(self.out_dir / INIT_NAME, muxed.init)
             if self._init is not None:
@@ -339,12 +337,6 @@ class SegmentWriter:
         if self.format is SegmentFormat.CMAF:
             self._atomic_write(self.out_dir / MPD_NAME, self._mpd().encode())
         return path
-
-    def _mux(
-        self, segment: int, frames: list[EncodedFrame], audio: list[tuple[int, AudioPacket]]
-    ) -> Muxed:
-        """The segment's bytes (and CMAF's init), from the container."""
-        return self._container.mux(segment, frames, audio)
 
     def _extend_window(self, newest: int) -> None:
         """Append ``newest`` to the listed run; a gap starts the run afresh.
@@ -378,10 +370,9 @@ class SegmentWriter:
     def _mpd(self) -> str:
         """The DASH MPD; its publishTime is the newest listed segment's end, as every encoder
         that wrote it would say."""
-        codecs = self._container.codecs if isinstance(self._container, Cmaf) else ()
         return render_mpd(
             self.params,
-            codecs=codecs,
+            codecs=self._container.codecs,
             window=self.window,
             publish_time=utc_instant(self._start(self._listed[-1] + 1)),
             media_template=segment_template(self.format),
