@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -226,9 +225,6 @@ def up(
         if (reason := unavailable()) is not None:
             raise click.UsageError(f"--player: {reason}")
 
-    # Every encoder the run starts inherits the environment: --format reaches them as the
-    # variable of `meshenc encoder --format`.
-    os.environ["MESHENC_FORMAT"] = SegmentFormat(output_format).value
     root = ctx.find_root().command
     commands = getattr(root, "commands", {})
     try:
@@ -256,6 +252,7 @@ def up(
                 opt for param in encoder_command.params for opt in param.opts
             ),
             tls=not insecure,
+            output_format=SegmentFormat(output_format),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -160,6 +160,8 @@ class DemoConfig:
     #: or None for "when this machine can" (:func:`meshenc.local.player.unavailable`).
     player: bool | None = None
     etcd_binary: str = "etcd"
+    #: The encoders' segments (``meshenc encoder --format``): MPEG-TS or CMAF.
+    output_format: SegmentFormat = SegmentFormat.TS
     #: Mutual TLS between every process of the run, with certificates made into ``out/certs``
     #: (off: plaintext, every service started with ``--insecure``).
     tls: bool = True
@@ -441,6 +443,7 @@ class DemoRun:
             "--id", encoder.name,
             "--listen", encoder.address,
             "--out", str(self.out / encoder.name),
+            "--format", config.output_format.value,
             "--size", config.size,
             "--fps", config.fps,
             "--gop", str(config.gop),
@@ -821,9 +824,8 @@ class DemoRun:
         key = (encoder, number)
         known = self._digests.get(key)
         if known is None:
-            paths = [self.out / encoder / segment_name(number, fmt) for fmt in SegmentFormat]
-            path = next((p for p in paths if p.is_file()), None)
-            if path is None:
+            path = self.out / encoder / segment_name(number, self.config.output_format)
+            if not path.is_file():
                 return None
             known = self._digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
         return known
