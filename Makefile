@@ -84,8 +84,12 @@ lint: $(VENV)/.installed proto
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# Two workers: the whole-system tests (tests/system) run one after the other on one of them,
+# every other test on whichever is free (tests/conftest.py, tests/README.md).
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed proto system-deps player-deps tools lint image-for-tests
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The local mesh with a live view: etcd, registry replicas, the manager, 6 encoders on drifting
 # clocks, a kill -9 and a join, a browser playing the origin's stream; ends with out/report.html
