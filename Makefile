@@ -88,8 +88,12 @@ lint: $(VENV)/.installed proto
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# Two workers: the whole-system tests (tests/system) run one after the other on one of them,
+# every other test on whichever is free (tests/conftest.py, tests/README.md).
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed proto system-deps player-deps tools lint image-for-tests
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The hostile-input fuzz test (tests/services/test_hostile_input.py, docs/hostile-input.md) at
 # 10,000 inputs per RPC instead of make test's 1,000: counts and status codes per RPC are printed

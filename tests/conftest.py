@@ -2,17 +2,75 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
+from hypothesis import settings
 
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.origin import OriginProcess
 from meshenc.local.ports import free_ports
+
+SYSTEM_TESTS: Final = "tests/system/"
+"""Where the whole-system tests are (node ids start with it): real processes across packages,
+in real time, sharing a session's ``meshenc up`` run and module-wide services."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` (``make test``): the whole-system tests are one group that one worker
+    runs in order, never two at a time, with each session and module fixture made once;
+    every other test goes to whichever worker is free.
+
+    The group is chosen here, by path, rather than by ``xdist_group`` marks: pytest-xdist 3.8
+    carries a mark's group in the test's node id, which pytest 9.2 no longer lets it change
+    (pytest-dev/pytest-xdist#1386), so marked tests would be spread like any other.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling  # noqa: PLC0415 -- only under xdist
+
+    # xdist has no type information: its class is Any to mypy.
+    class SystemTestsTogether(LoadGroupScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return "system" if nodeid.startswith(SYSTEM_TESTS) else super()._split_scope(nodeid)
+
+    return SystemTestsTogether(config, log)
+
+
+YIELD_NICENESS: Final = 5
+"""How far an xdist worker lowers its priority once it runs tests other than the whole-system
+ones, so that the real-time processes of those come first on a busy machine."""
+
+# Hypothesis' deadline times each example and fails a slow one: a timed pass/fail, which this
+# suite leaves to the benchmarks. On a machine as busy as parallel workers make it, it would only
+# fail tests at random.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
+
+
+_YIELDED = pytest.StashKey[bool]()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under ``--dist loadgroup``, a worker that runs a test outside ``tests/system/`` yields
+    the CPU to the whole-system tests from then on (it runs none of them later: they are one
+    group, the largest, handed out first)."""
+    config = item.config
+    if (
+        hasattr(config, "workerinput")  # an xdist worker, which xdist tells about loadgroup
+        and getattr(config.option, "loadgroup", False)
+        and not item.nodeid.startswith(SYSTEM_TESTS)
+        and not config.stash.get(_YIELDED, False)
+    ):
+        os.nice(YIELD_NICENESS)
+        config.stash[_YIELDED] = True
 
 
 @pytest.fixture

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.table import Table
 
-from meshenc.bench.results import Progress, quiet, results_table
+from meshenc.bench.results import Progress, percentile, quiet, results_table
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.segment import LocalSegment, SegmentWatch
 from services.common.etcd import (
@@ -138,7 +137,7 @@ def _stats(times: Sequence[float | None]) -> dict[str, Any]:
         return {"median_ms": None, "p95_ms": None, "max_ms": None, "failed": len(times)}
     return {
         "median_ms": round(statistics.median(done), 1),
-        "p95_ms": round(float(np.percentile(done, 95)), 1),
+        "p95_ms": round(percentile(done, 95), 1),
         "max_ms": round(max(done), 1),
         "failed": len(times) - len(done),
     }

@@ -4,6 +4,10 @@ A benchmark module measures and hands back one result object with two views of i
 document its command prints with ``--json`` or writes with ``--out`` (``payload()``) and the
 table it prints otherwise (``table()``); see :class:`BenchResult`. How those are printed or
 written is the command line's business (:mod:`meshenc.cli.bench`).
+
+Every percentile a benchmark reports (p50, p95, p99) is :func:`percentile`'s nearest rank: a
+value that was measured, never one interpolated between two measurements, so a p95 of 20
+trials is the 19th fastest and a p99 of few samples is their maximum.
 """
 
 from __future__ import annotations

@@ -103,6 +103,21 @@ def _counts(noun: str, most: int | None = None) -> Callable[..., list[int]]:
     return parse
 
 
+def _frame_rates(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> list[FrameRate] | None:
+    """A callback reading ``25,30000/1001,...`` (None when the option is not given)."""
+    if value is None:
+        return None
+    try:
+        rates = [FrameRate.parse(part.strip()) for part in value.split(",") if part.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if not rates:
+        raise click.BadParameter("expected a comma-separated list of frame rates")
+    return rates
+
+
 def _picture_sizes(
     _ctx: click.Context, _param: click.Parameter, value: str
 ) -> list[encoder.EncoderSize]:
@@ -141,24 +156,10 @@ def bench_sim(
     _show(result, out, as_json=as_json)
 
 
-def _rate_names(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
-    if value is None:
-        return None
-    rates = [v.strip() for v in value.split(",") if v.strip()]
-    try:
-        for rate in rates:
-            FrameRate.parse(rate)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    if not rates:
-        raise click.BadParameter("expected a comma-separated list of frame rates")
-    return rates
-
-
 @bench.command("lockin")
 @click.option(
     "--rates",
-    callback=_rate_names,
+    callback=_frame_rates,
     metavar="FPS,...",
     help=(
         "Instead of the size/degree sweep, run seeded worlds at these frame rates "
@@ -180,8 +181,10 @@ def _rate_names(_ctx: click.Context, _param: click.Parameter, value: str | None)
     show_default=True,
     help="With --rates: simulated seconds per world.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def bench_lockin(rates: list[str] | None, worlds: int, duration: float, as_json: bool) -> None:
+@output_options
+def bench_lockin(
+    rates: list[FrameRate] | None, worlds: int, duration: float, as_json: bool, out: Path | None
+) -> None:
     """Seeded worlds of several sizes and degrees: does predictive lock within the warm-up?
 
     Each world runs predictive and reactive on the standard scenario's faults; a row is one
@@ -192,10 +195,12 @@ def bench_lockin(rates: list[str] | None, worlds: int, duration: float, as_json:
     result: BenchResult
     if rates is not None:
         with _scenario_usage():
-            result = lockin_at_rates(rates, worlds, duration, progress=_progress())
+            result = lockin_at_rates(
+                [str(rate) for rate in rates], worlds, duration, progress=_progress()
+            )
     else:
         result = lockin_sweep(progress=_progress())
-    _show(result, as_json=as_json)
+    _show(result, out, as_json=as_json)
 
 
 @bench.command("wan")
@@ -209,8 +214,8 @@ def bench_lockin(rates: list[str] | None, worlds: int, duration: float, as_json:
 @click.option(
     "--duration", type=float, default=60.0, show_default=True, help="Simulated seconds per world."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def bench_wan(worlds: int, duration: float, as_json: bool) -> None:
+@output_options
+def bench_wan(worlds: int, duration: float, as_json: bool, out: Path | None) -> None:
     """Seeded worlds whose mesh links range from a LAN to long-haul links and regions.
 
     Every kind of link (one-way delay, jitter, loss; regions with fast links inside and
@@ -220,7 +225,7 @@ def bench_wan(worlds: int, duration: float, as_json: bool) -> None:
     """
     with _scenario_usage():
         result = wan_comparison(worlds, duration, progress=_progress())
-    _show(result, as_json=as_json)
+    _show(result, out, as_json=as_json)
 
 
 @bench.command("dht")
@@ -383,7 +388,7 @@ def bench_encoder(
 
 @bench.command("ingest")
 @click.option("--frames", type=click.IntRange(30, 36_000), default=600, show_default=True)
-@click.option("--repeats", type=click.IntRange(1, 100), default=5, show_default=True)
+@_repeats
 @click.option(
     "--sizes",
     default="640x360,1280x720",
@@ -475,13 +480,6 @@ def bench_failover(
     except (EtcdNotInstalledError, RuntimeError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
     _show(result, out, as_json=as_json)
-
-
-def _frame_rates(_ctx: click.Context, _param: click.Parameter, value: str) -> list[FrameRate]:
-    try:
-        return [FrameRate.parse(part) for part in value.split(",") if part.strip()]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
 
 
 def _strategies(_ctx: click.Context, _param: click.Parameter, value: str) -> list[Strategy]:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import click
 
+from meshenc.cli.service_options import optional_tls_files, tls_file_options
 from meshenc.wire.address import check_address
 from services.common.health_check import EXIT_SERVING, check_health
-from services.common.tls import TlsFiles
 
 __all__ = ["health_check"]
 
@@ -41,22 +41,7 @@ def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Seconds to wait for the answer.",
 )
-@click.option(
-    "--tls-ca",
-    envvar="MESHENC_TLS_CA",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="With --tls-cert and --tls-key: ask over mutual TLS (default: plaintext).",
-)
-@click.option(
-    "--tls-cert",
-    envvar="MESHENC_TLS_CERT",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-)
-@click.option(
-    "--tls-key",
-    envvar="MESHENC_TLS_KEY",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-)
+@tls_file_options
 @click.pass_context
 def health_check(
     ctx: click.Context,
@@ -73,12 +58,7 @@ def health_check(
     as a whole is checked. Plaintext (a --health-listen port) unless the three --tls-* files
     are given. Exit 1: answered, not SERVING; 3: no answer; 2: bad arguments.
     """
-    given = [f for f in (tls_ca, tls_cert, tls_key) if f is not None]
-    if given and len(given) != 3:
-        raise click.UsageError("--tls-ca, --tls-cert and --tls-key go together")
-    tls = None
-    if tls_ca is not None and tls_cert is not None and tls_key is not None:
-        tls = TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key)
+    tls = optional_tls_files(tls_ca, tls_cert, tls_key)
     status, message = check_health(address, service, timeout, tls)
     click.echo(message, err=status != EXIT_SERVING)
     ctx.exit(status)

@@ -10,7 +10,9 @@
   address that cannot be served (a taken port) reported as a clean error, not a traceback;
 - :func:`tls_options` and :func:`tls_files`: mutual TLS (``--tls-ca``, ``--tls-cert``,
   ``--tls-key``) or, only when asked for, plaintext (``--insecure``), for services and for the
-  commands that call them; :data:`health_listen_option`, the plaintext health-only port;
+  commands that call them; :func:`tls_file_options` and :func:`optional_tls_files`, the same
+  three files for a command that is plaintext without them (``meshenc health-check``);
+  :data:`health_listen_option`, the plaintext health-only port;
 - :func:`peer_limit_options` and :func:`peer_limits`: what one peer may open and send
   (``--max-streams-per-peer``, ``--max-messages-per-peer``).
 """
@@ -42,10 +44,12 @@ __all__ = [
     "health_listen_option",
     "log_level_option",
     "metrics_listen_option",
+    "optional_tls_files",
     "peer_limit_options",
     "peer_limits",
     "service_telemetry",
     "settings_error",
+    "tls_file_options",
     "tls_files",
     "tls_options",
 ]
@@ -110,6 +114,43 @@ def peer_limit_options(command: F) -> F:
     return command
 
 
+_TLS_FILE_OPTIONS = (
+    click.option(
+        "--tls-ca",
+        envvar="MESHENC_TLS_CA",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="CA certificate that signs every meshenc certificate (mutual TLS).",
+    ),
+    click.option(
+        "--tls-cert",
+        envvar="MESHENC_TLS_CERT",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="This process's certificate (its identity: meshenc://NAME).",
+    ),
+    click.option(
+        "--tls-key",
+        envvar="MESHENC_TLS_KEY",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The certificate's private key.",
+    ),
+)
+_INSECURE_OPTION = click.option(
+    "--insecure",
+    envvar="MESHENC_INSECURE",
+    is_flag=True,
+    default=False,
+    help="Plaintext gRPC: no certificates, no identity checks (instead of the --tls-* files).",
+)
+
+
+def tls_file_options(command: F) -> F:
+    """``--tls-ca``, ``--tls-cert`` and ``--tls-key`` alone, for a command whose default is
+    plaintext (read by :func:`optional_tls_files`)."""
+    for option in reversed(_TLS_FILE_OPTIONS):
+        command = option(command)
+    return command
+
+
 def peer_limits(max_streams_per_peer: int, max_messages_per_peer: float) -> PeerLimits:
     """The limits the flags name.
 
@@ -124,37 +165,7 @@ def peer_limits(max_streams_per_peer: int, max_messages_per_peer: float) -> Peer
 def tls_options(command: F) -> F:
     """``--tls-ca``, ``--tls-cert``, ``--tls-key`` and ``--insecure`` (read by
     :func:`tls_files`)."""
-    options = [
-        click.option(
-            "--tls-ca",
-            envvar="MESHENC_TLS_CA",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="CA certificate that signs every meshenc certificate (mutual TLS).",
-        ),
-        click.option(
-            "--tls-cert",
-            envvar="MESHENC_TLS_CERT",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="This process's certificate (its identity: meshenc://NAME).",
-        ),
-        click.option(
-            "--tls-key",
-            envvar="MESHENC_TLS_KEY",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="The certificate's private key.",
-        ),
-        click.option(
-            "--insecure",
-            envvar="MESHENC_INSECURE",
-            is_flag=True,
-            default=False,
-            help="Plaintext gRPC: no certificates, no identity checks (instead of the --tls-* "
-            "files).",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return tls_file_options(_INSECURE_OPTION(command))
 
 
 def tls_files(
@@ -174,10 +185,29 @@ def tls_files(
         raise click.UsageError(
             "give --tls-ca, --tls-cert and --tls-key (mutual TLS), or --insecure for plaintext"
         )
-    for path in (tls_ca, tls_cert, tls_key):
+    return _existing(TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key))
+
+
+def optional_tls_files(
+    tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None
+) -> TlsFiles | None:
+    """The TLS files of :func:`tls_file_options`, or None (plaintext) when none is given.
+
+    Raises:
+        click.UsageError: some of the three files but not all, or one that does not exist.
+    """
+    if tls_ca is None and tls_cert is None and tls_key is None:
+        return None
+    if tls_ca is None or tls_cert is None or tls_key is None:
+        raise click.UsageError("--tls-ca, --tls-cert and --tls-key go together")
+    return _existing(TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key))
+
+
+def _existing(files: TlsFiles) -> TlsFiles:
+    for path in (files.ca, files.cert, files.key):
         if not path.is_file():
             raise click.UsageError(f"no such TLS file: {path}")
-    return TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key)
+    return files
 
 
 def configure_logging(log_level: str, label: str) -> None:

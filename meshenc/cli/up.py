@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +43,8 @@ EXIT_INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT), as a shell reports it."""
 _REFRESH = 0.25
 _STRIP = 12
+#: The terminal's colour of each playback verdict (the report's is in meshenc.report.html).
+_PLAYBACK_STYLE = {"smooth": "green", "skipped": "yellow", "not smooth": "bold red"}
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -244,9 +245,6 @@ def up(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--ladder'") from exc
         size = top.name
-    # Every encoder the run starts inherits the environment: --format reaches them as the
-    # variable of `meshenc encoder --format`.
-    os.environ["MESHENC_FORMAT"] = SegmentFormat(output_format).value
     root = ctx.find_root().command
     commands = getattr(root, "commands", {})
     try:
@@ -301,8 +299,8 @@ def up(
     style = "bold green" if summary.locked else "bold red"
     console.print(Text(summary.line, style=style))
     if summary.playback is not None:
-        smooth = summary.playback.smooth or summary.playback.skipped is not None
-        console.print(Text(summary.playback.line, style="green" if smooth else "bold red"))
+        style = _PLAYBACK_STYLE[summary.playback.verdict]
+        console.print(Text(summary.playback.line, style=style))
         for watched in summary.watched:
             when = "while the browser played" if watched.during_playback else "before/after play"
             console.print(f"  {watched.kind} {watched.encoder}: {when}", highlight=False)

@@ -165,9 +165,6 @@ class DemoConfig:
     gop: int = 60
     #: The encoders' video bitrate (``--bitrate-kbps``), also the master playlist's BANDWIDTH.
     bitrate_kbps: int = 1500
-    #: The encoders' segments (``meshenc up`` hands it to them as ``MESHENC_FORMAT``); with
-    #: CMAF, the browser also plays the origin's DASH manifest with dash.js.
-    output_format: SegmentFormat = SegmentFormat.TS
     registries: int = 3
     max_drift_ppm: float = 100.0
     #: Arrival jitter of every encoder's path from the source (the delay line's, ms).
@@ -188,6 +185,9 @@ class DemoConfig:
     #: or None for "when this machine can" (:func:`meshenc.local.player.unavailable`).
     player: bool | None = None
     etcd_binary: str = "etcd"
+    #: The encoders' segments (``meshenc encoder --format``): MPEG-TS or CMAF; with CMAF the
+    #: browser also plays the origin's DASH manifest with dash.js.
+    output_format: SegmentFormat = SegmentFormat.TS
     #: Mutual TLS between every process of the run, with certificates made into ``out/certs``
     #: (off: plaintext, every service started with ``--insecure``).
     tls: bool = True
@@ -520,6 +520,7 @@ class DemoRun:
             "--id", encoder.name,
             "--listen", encoder.address,
             "--out", str(self.out / encoder.name),
+            "--format", config.output_format.value,
             *(("--ladder", config.ladder) if config.ladder else ("--size", config.size)),
             "--fps", config.fps,
             "--gop", str(config.gop),
@@ -1021,9 +1022,8 @@ class DemoRun:
         known = self._digests.get(key)
         if known is None:
             folder = rendition_folder(self.out / encoder)  # a ladder: its first rung
-            paths = [folder / segment_name(number, fmt) for fmt in SegmentFormat]
-            path = next((p for p in paths if p.is_file()), None)
-            if path is None:
+            path = folder / segment_name(number, self.config.output_format)
+            if not path.is_file():
                 return None
             known = self._digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
         return known

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
 from string import Template
+from typing import Final
 
 from meshenc.report.playback import MAX_PROGRESS_GAP_S, PLAYER_DIR, SCREENSHOT_NAME
 from meshenc.report.plots import (
@@ -42,6 +43,7 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
 .verdict { font-size: 1.15em; padding: .6em 1em; border-radius: 4px; }
 .locked { background: #e8f5e9; border-left: 6px solid #2e7d32; }
 .unlocked { background: #ffebee; border-left: 6px solid #d32f2f; }
+.skipped { background: #fff8e1; border-left: 6px solid #f9a825; }
 table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
 th { background: #f5f5f5; } td.name, th.name { text-align: left; }
@@ -247,11 +249,15 @@ def _join_table(summary: Summary) -> str:
     return _table(("joined encoder", "first segment with the reference bytes", "join"), rows)
 
 
+#: The report's colour of each playback verdict (the terminal's is in ``meshenc up``).
+_PLAYBACK_CLASS: Final = {"smooth": "locked", "skipped": "skipped", "not smooth": "unlocked"}
+
+
 def _playback(run: RunRecord, summary: Summary) -> str:
     result = summary.playback
     if result is None:
         return "<p>No player ran in this run.</p>"
-    verdict = "locked" if result.smooth else "unlocked"
+    verdict = _PLAYBACK_CLASS[result.verdict]
     parts = [f'<p class="verdict {verdict}">{escape(result.line)}</p>']
     if result.skipped is not None:
         return "".join(parts)

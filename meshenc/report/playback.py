@@ -74,7 +74,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "DASH_PLAYER",
@@ -201,6 +201,14 @@ class PlaybackResult:
         )
 
     @property
+    def verdict(self) -> Literal["smooth", "skipped", "not smooth"]:
+        """The one word the terminal and the report both colour by: a skipped player is
+        neither smooth nor a failure."""
+        if self.skipped is not None:
+            return "skipped"
+        return "smooth" if self.smooth else "not smooth"
+
+    @property
     def line(self) -> str:
         """One line, e.g. ``player: start-up 1.2 s, 0 stalls, 0 errors, longest gap 0.3 s,
         played 40.1 s in 40.2 s``."""
@@ -240,6 +248,7 @@ class PlaybackResult:
         return {
             "line": self.line,
             "smooth": self.smooth,
+            "verdict": self.verdict,
             "skipped": self.skipped,
             "player": self.player,
             "url": self.url,

@@ -40,9 +40,15 @@ from typing import Any
 
 import av
 
-from meshenc.report.verify import rendition_folder, segment_source
+from meshenc.report.verify import parse_playlist, rendition_folder, segment_source
 from services.encoder.media.containers import TICKS
-from services.encoder.media.segments import PLAYLIST_NAME, segment_name, segment_number
+from services.encoder.media.segments import (
+    PLAYLIST_NAME,
+    SegmentFormat,
+    segment_format,
+    segment_name,
+    segment_number,
+)
 
 __all__ = [
     "AUDIO_TOLERANCE_TICKS",
@@ -72,6 +78,12 @@ class DecodedSegment:
     #: The video frame rate the stream declares (None: unknown).
     frame_rate: Fraction | None = None
     error: str | None = None
+    #: The file's format (its name's suffix), so that the verdict names the file as it is.
+    format: SegmentFormat = SegmentFormat.TS
+
+    @property
+    def name(self) -> str:
+        return segment_name(self.number, self.format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +195,8 @@ def _ticks(pts: int, time_base: Fraction) -> int:
 
 def decode_segment(path: Path) -> DecodedSegment:
     """Demux and decode every picture and audio frame of one segment file."""
-    number = segment_number(path.name)
-    if number is None:
+    number, fmt = segment_number(path.name), segment_format(path.name)
+    if number is None or fmt is None:
         raise ValueError(f"{path.name} is not a segment file")
     video: list[int] = []
     audio: list[tuple[int, float]] = []
@@ -207,42 +219,44 @@ def decode_segment(path: Path) -> DecodedSegment:
                     else:
                         video.append(at)
     except (av.FFmpegError, OSError) as exc:
-        return DecodedSegment(number, tuple(video), tuple(audio), rate, f"{exc}")
-    return DecodedSegment(number, tuple(sorted(video)), tuple(sorted(audio)), rate)
+        return DecodedSegment(number, tuple(video), tuple(audio), rate, f"{exc}", fmt)
+    return DecodedSegment(number, tuple(sorted(video)), tuple(sorted(audio)), rate, format=fmt)
 
 
 def playlist_problems(text: str, present: set[int]) -> tuple[str, ...]:
     """What is wrong with a served media playlist for a continuous stream."""
+    try:
+        playlist = parse_playlist(text)
+    except ValueError as exc:
+        return (f"the playlist has a {exc}",)
     problems = []
-    sequence: int | None = None
-    listed: list[int] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line == "#EXT-X-DISCONTINUITY":
-            problems.append("EXT-X-DISCONTINUITY in the playlist")
-        elif line.startswith("#EXT-X-DISCONTINUITY-SEQUENCE:"):
-            if line.partition(":")[2].strip() != "0":
-                problems.append(f"playlist has {line[1:]}")
-        elif line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
-            sequence = int(line.partition(":")[2])
-        elif line and not line.startswith("#"):
-            number = segment_number(line)
-            if number is None:
-                problems.append(f"playlist lists {line!r}, not a segment of the origin")
-            else:
-                listed.append(number)
+    if playlist.discontinuities:
+        problems.append("EXT-X-DISCONTINUITY in the playlist")
+    if playlist.discontinuity_sequence not in (None, "0"):
+        problems.append(
+            f"playlist has EXT-X-DISCONTINUITY-SEQUENCE:{playlist.discontinuity_sequence}"
+        )
+    listed: list[tuple[int, str]] = []
+    for uri in playlist.uris:
+        number = segment_number(uri)
+        if number is None:
+            problems.append(f"playlist lists {uri!r}, not a segment of the origin")
+        else:
+            listed.append((number, uri))
     if not listed:
         problems.append("the playlist lists no segment")
         return tuple(problems)
-    if sequence is not None and sequence != listed[0]:
-        problems.append(f"media sequence {sequence} is not its first segment {listed[0]}")
-    if listed != list(range(listed[0], listed[0] + len(listed))):
+    first = listed[0][0]
+    sequence = playlist.media_sequence
+    if sequence is not None and sequence != first:
+        problems.append(f"media sequence {sequence} is not its first segment {first}")
+    if [n for n, _ in listed] != list(range(first, first + len(listed))):
         problems.append("the playlist's segments are not consecutive")
-    absent = [n for n in listed if n not in present]
+    absent = [name for n, name in listed if n not in present]
     if absent:
         problems.append(
             f"the playlist lists {len(absent)} segments the origin does not hold"
-            f" (first {segment_name(absent[0])})"
+            f" (first {absent[0]})"
         )
     return tuple(problems)
 
@@ -300,9 +314,7 @@ def judge(segments: Sequence[DecodedSegment], playlist: str | None) -> Recording
     return RecordingCheck(
         segments=numbers,
         missing=missing,
-        undecodable=tuple(
-            f"{segment_name(s.number)}: {s.error}" for s in ordered if s.error is not None
-        ),
+        undecodable=tuple(f"{s.name}: {s.error}" for s in ordered if s.error is not None),
         video_frames=sum(len(s.video_pts) for s in ordered),
         frame_ticks=frame,
         video_jumps=tuple(video_jumps),

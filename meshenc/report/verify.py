@@ -86,12 +86,14 @@ __all__ = [
     "Copy",
     "EncoderOutput",
     "FrameCounter",
+    "MediaPlaylist",
     "Run",
     "SegmentCheck",
     "Verification",
     "compare",
     "count_frames",
     "find_outputs",
+    "parse_playlist",
     "rendition_folder",
     "scan_output",
     "verify",
@@ -149,6 +151,45 @@ def _digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class MediaPlaylist:
+    """What an HLS media playlist says, as far as the checks of the files need it."""
+
+    #: EXT-X-MEDIA-SEQUENCE (None: the tag is absent).
+    media_sequence: int | None
+    #: The listed URIs (segment names), in order.
+    uris: tuple[str, ...]
+    #: EXT-X-DISCONTINUITY tags.
+    discontinuities: int = 0
+    #: The value of EXT-X-DISCONTINUITY-SEQUENCE as written (None: the tag is absent).
+    discontinuity_sequence: str | None = None
+
+
+def parse_playlist(text: str) -> MediaPlaylist:
+    """The one reader of media playlists (an encoder's folder, the origin's recording).
+
+    Raises:
+        ValueError: the media sequence is not a whole number.
+    """
+    sequence: int | None = None
+    discontinuity_sequence: str | None = None
+    discontinuities = 0
+    uris: list[str] = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line == "#EXT-X-DISCONTINUITY":
+            discontinuities += 1
+        elif line.startswith("#EXT-X-DISCONTINUITY-SEQUENCE:"):
+            discontinuity_sequence = line.partition(":")[2].strip()
+        elif line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
+            value = line.partition(":")[2].strip()
+            if not value.isdecimal():
+                raise ValueError(f"bad media sequence {line!r}")
+            sequence = int(value)
+        elif line and not line.startswith("#"):
+            uris.append(line)
+    return MediaPlaylist(sequence, tuple(uris), discontinuities, discontinuity_sequence)
+
+
 def _playlist_problems(
     folder: Path, segments: Iterable[int], fmt: SegmentFormat
 ) -> tuple[str, ...]:
@@ -161,19 +202,12 @@ def _playlist_problems(
     if not path.is_file():
         return ()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        playlist = parse_playlist(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         return (f"{PLAYLIST_NAME} unreadable: {exc}",)
-    sequence: int | None = None
-    listed: list[str] = []
-    for line in (raw.strip() for raw in lines):
-        if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
-            try:
-                sequence = int(line.partition(":")[2])
-            except ValueError:
-                return (f"{PLAYLIST_NAME}: bad media sequence {line!r}",)
-        elif line and not line.startswith("#"):
-            listed.append(line)
+    except ValueError as exc:
+        return (f"{PLAYLIST_NAME}: {exc}",)
+    sequence, listed = playlist.media_sequence, playlist.uris
     if sequence is None:
         return (f"{PLAYLIST_NAME} has no media sequence",) if listed else ()
     present = {segment_name(s, fmt) for s in segments}

@@ -57,7 +57,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from meshenc.core.machine import Tick
 from meshenc.core.planner import (
@@ -130,18 +130,39 @@ class UnknownError(LookupError):
 
 @dataclass(frozen=True, slots=True)
 class _Topology:
-    """A topology as published: its epoch (published numbering), adjacency and cause."""
+    """A topology: its epoch (published numbering), adjacency and cause.
+
+    Its wire forms are built on first use and kept: every read of one epoch (``GetTopology``,
+    each watcher) is handed the same messages, which nobody mutates.
+    """
 
     epoch: int
     adjacency: Mapping[str, tuple[str, ...]]
     reason: str = ""
+    _whole: manager_pb2.Topology | None = field(default=None, init=False, repr=False, compare=False)
+    _parts: dict[str, manager_pb2.Topology] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def to_proto(self, encoder_id: str = "") -> manager_pb2.Topology:
         """The wire form, or only ``encoder_id``'s part of it (none when it is not in it)."""
         if not encoder_id:
-            return convert.topology_to_proto(self.epoch, self.adjacency)
-        mine = {encoder_id: self.adjacency[encoder_id]} if encoder_id in self.adjacency else {}
-        return convert.topology_to_proto(self.epoch, mine)
+            if self._whole is None:
+                whole = convert.topology_to_proto(self.epoch, self.adjacency)
+                object.__setattr__(self, "_whole", whole)
+                return whole
+            return self._whole
+        if encoder_id not in self.adjacency:  # not kept: any name can be asked for
+            return convert.topology_to_proto(self.epoch, {})
+        part = self._parts.get(encoder_id)
+        if part is None:
+            mine = {encoder_id: self.adjacency[encoder_id]}
+            part = self._parts[encoder_id] = convert.topology_to_proto(self.epoch, mine)
+        return part
+
+
+_NO_TOPOLOGY = _Topology(0, {})
+"""What is published before the first topology: epoch 0, no encoder."""
 
 
 @dataclass(slots=True)
@@ -210,9 +231,8 @@ class ManagerShell:
         self._streams: Counter[str] = Counter()
         self._departures: dict[str, asyncio.TimerHandle] = {}
         self._unregistered_warned: set[str] = set()
-        self._epoch = 0  # published numbering; 0 before the core planned a topology
-        self._adjacency: Mapping[str, tuple[str, ...]] = {}
-        self._reason = ""
+        #: The newest topology (published numbering; epoch 0 before the core planned one).
+        self._topology = _NO_TOPOLOGY
         self._segments: tuple[SegmentInfo, ...] = ()
         self._segments_epoch = 0
         self._placement: Mapping[str, tuple[str, ...]] = {}
@@ -464,7 +484,7 @@ class ManagerShell:
         Raises:
             UnknownError: ``encoder_id`` is not in the published topology.
         """
-        published = self._published or _Topology(0, {})
+        published = self._published or _NO_TOPOLOGY
         if encoder_id and encoder_id not in published.adjacency:
             raise UnknownError(
                 f"encoder {encoder_id!r} is not in the topology of epoch {published.epoch}"
@@ -545,8 +565,8 @@ class ManagerShell:
                 log.warning("link %s-%s avoided: %s", decision.a, decision.b, decision.reason)
             elif isinstance(decision, TopologyChanged):
                 epoch = self._published_epoch(decision.epoch)
-                self._epoch, self._adjacency = epoch, decision.adjacency
-                self._reason = convert.clip_reason(decision.reason)
+                reason = convert.clip_reason(decision.reason)
+                self._topology = _Topology(epoch, decision.adjacency, reason)
                 self._dirty = True
                 log.info(
                     "epoch %d: %d encoders, +%d/-%d links, survives any single failure: %s (%s)",
@@ -622,7 +642,7 @@ class ManagerShell:
             self._wake.set()
 
     def _build_documents(self) -> dict[str, AdjacencyDocument]:
-        epoch = self._epoch
+        epoch = self._topology.epoch
         if epoch == 0:
             return {}
         segment_of: dict[str, SegmentInfo] = {}
@@ -630,7 +650,7 @@ class ManagerShell:
             for member in segment.members:
                 segment_of[member] = segment
         documents = {}
-        for node, neighbours in sorted(self._adjacency.items()):
+        for node, neighbours in sorted(self._topology.adjacency.items()):
             mine = segment_of.get(node)
             documents[node] = AdjacencyDocument(
                 epoch=epoch,
@@ -648,7 +668,7 @@ class ManagerShell:
                 return
             self._dirty = False
             documents = self._documents
-            topology = _Topology(self._epoch, self._adjacency, self._reason)
+            topology = self._topology
             segments, segments_epoch = self._segments, self._published_epoch(self._segments_epoch)
             try:
                 await self._actuator.publish(documents)
@@ -678,5 +698,5 @@ class ManagerShell:
 
     def _renumber(self) -> None:
         """Restamp the current topology and documents after ``_base_epoch`` moved."""
-        self._epoch = self._published_epoch(self._core.epoch)
+        self._topology = replace(self._topology, epoch=self._published_epoch(self._core.epoch))
         self._documents = self._build_documents()

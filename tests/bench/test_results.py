@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from meshenc.bench.failover import _stats as failover_stats
 from meshenc.bench.results import Spread, cell, percentile, results_table, timed
 
 
@@ -21,6 +22,12 @@ def test_a_percentile_is_a_value_that_occurred() -> None:
     assert percentile(values, 100) == 100.0
     assert percentile([7.0, 1.0], 0) == 1.0
     assert percentile([0.5, 1.5, 2.5], 60) == 1.5
+
+
+def test_the_failover_bench_reports_the_same_nearest_rank_p95() -> None:
+    # 20 trials and one without a new leader: p95 is the 19th fastest, not 19.05 (interpolated).
+    stats = failover_stats([*(float(ms) for ms in range(20, 0, -1)), None])
+    assert stats == {"median_ms": 10.5, "p95_ms": 19.0, "max_ms": 20.0, "failed": 1}
 
 
 def test_timed_gives_the_median_of_the_runs_and_the_last_result() -> None:

@@ -27,10 +27,14 @@ def _without_wall_times(value: Any) -> Any:
     return value
 
 
-def test_lockin_at_rates_gives_a_row_per_world_with_every_compared_strategy() -> None:
-    result = CliRunner().invoke(cli, [*RATES, "--json"])
+def test_lockin_at_rates_gives_a_row_per_world_with_every_compared_strategy(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "lockin.json"
+    result = CliRunner().invoke(cli, [*RATES, "--json", "--out", str(out)])
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
+    assert json.loads(out.read_text(encoding="utf-8")) == printed
     assert printed["benchmark"] == "lockin-rates"
     rows = printed["results"]
     assert [(r["fps"], r["seed"]) for r in rows] == [("25", 1), ("30000/1001", 1)]
@@ -67,9 +71,13 @@ def test_bad_sizes_and_rates_are_refused() -> None:
     sizes = CliRunner().invoke(cli, ["bench", "sim", "--sizes", "1"])
     assert sizes.exit_code == 2
     assert "sizes must be at least 2" in sizes.output
-    rates = CliRunner().invoke(cli, ["bench", "lockin", "--rates", ","])
-    assert rates.exit_code == 2
-    assert "comma-separated list of frame rates" in rates.output
+    for command in ("lockin", "live"):
+        rates = CliRunner().invoke(cli, ["bench", command, "--rates", ","])
+        assert rates.exit_code == 2
+        assert "comma-separated list of frame rates" in rates.output
+        bad = CliRunner().invoke(cli, ["bench", command, "--rates", "25,fast"])
+        assert bad.exit_code == 2
+        assert "not a frame rate: 'fast'" in bad.output
 
 
 def test_a_run_no_longer_than_its_warm_up_is_a_usage_error() -> None:

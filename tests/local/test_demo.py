@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from meshenc.cli.main import cli
 from meshenc.local import demo, player
 from meshenc.local.demo import DemoConfig, plan_run, player_skipped, ports_needed, prepare_out_dir
+from services.encoder.media.containers import SegmentFormat
 
 
 @pytest.mark.parametrize(("encoders", "faults"), [(2, True), (3, True), (6, True), (12, False)])
@@ -50,6 +51,15 @@ def test_plan_gives_every_encoder_its_own_clock_and_a_mesh_that_survives_a_failu
     if joiner is not None:
         assert joiner.peers, "the newcomer must have neighbours that expect it"
     assert plan_run(config, ports) == plan, "the plan must depend only on its inputs"
+
+
+@pytest.mark.parametrize("fmt", list(SegmentFormat))
+def test_every_encoder_is_started_with_the_runs_segment_format(fmt: SegmentFormat) -> None:
+    config = DemoConfig(encoders=2, output_format=fmt)
+    run = demo.DemoRun(config, plan_run(config, list(range(20_000, 20_000 + ports_needed(config)))))
+    for encoder in run.plan.encoders:
+        args = run.encoder_args(encoder, "http://127.0.0.1:2379")
+        assert args[args.index("--format") + 1] == fmt.value
 
 
 def test_plan_rejects_a_timeline_that_does_not_fit() -> None:

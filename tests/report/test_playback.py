@@ -60,7 +60,7 @@ def scripted(
 
 def test_smooth_playback() -> None:
     result = evaluate(scripted())
-    assert result.smooth, result
+    assert result.smooth and result.verdict == "smooth", result
     assert result.startup_s == pytest.approx(1.0)
     assert not result.stalls and not result.errors and result.seeks == 0
     assert result.longest_gap_s == pytest.approx(0.25)
@@ -150,6 +150,7 @@ def test_never_playing_and_skipped() -> None:
     assert result.line == "player: never started playing, 1 errors"
     skipped = evaluate([{"kind": "skipped", "t": T0, "reason": "--no-player"}])
     assert skipped.skipped == "--no-player" and skipped.line == "player: skipped (--no-player)"
+    assert (skipped.verdict, result.verdict) == ("skipped", "not smooth")
 
 
 def test_the_log_file(tmp_path: Path) -> None:

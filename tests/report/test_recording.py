@@ -112,6 +112,11 @@ def test_a_cmaf_recording_is_read_behind_its_init_segment(tmp_path: Path) -> Non
     (tmp_path / segment_name(FIRST + 2, SegmentFormat.CMAF)).unlink()
     broken = check_recording(tmp_path)
     assert broken is not None and broken.missing == (FIRST + 2,)
+    # The playlist still lists it, by its own name (not a .ts name the origin never held).
+    lost = segment_name(FIRST + 2, SegmentFormat.CMAF)
+    assert [p for p in broken.playlist_problems if "does not hold" in p] == [
+        f"the playlist lists 1 segments the origin does not hold (first {lost})"
+    ]
 
 
 def test_a_ladder_recording_is_judged_by_the_rung_its_master_lists_first(
@@ -217,3 +222,12 @@ def test_playlist_problems() -> None:
         "playlist has EXT-X-DISCONTINUITY-SEQUENCE:2",
     )
     assert playlist_problems("#EXTM3U\n", present) == ("the playlist lists no segment",)
+    for sequence in ("x", "-1", ""):
+        assert playlist_problems(good.replace("SEQUENCE:100", f"SEQUENCE:{sequence}"), present) == (
+            f"the playlist has a bad media sequence '#EXT-X-MEDIA-SEQUENCE:{sequence}'",
+        )
+
+
+def test_an_undecodable_segment_is_named_as_its_file_is() -> None:
+    cmaf = DecodedSegment(100, (), error="no moof", format=SegmentFormat.CMAF)
+    assert judge([cmaf], PLAYLIST).undecodable == ("seg-000000000100.m4s: no moof",)

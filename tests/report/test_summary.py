@@ -17,7 +17,9 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from meshenc.cli.main import cli
+from meshenc.local.player import write_skipped
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, write_report
+from meshenc.report.playback import PLAYER_DIR
 from meshenc.report.plots import IDENTITY_PNG, LEADERS_PNG, OFFSETS_PNG, OFFSETS_PREDICTED_PNG
 from meshenc.report.recorder import EVENTS_NAME, StateEvent, read_events
 from meshenc.report.summary import arrival_figures, leader_timeline, load_run, summarize
@@ -198,10 +200,13 @@ def test_write_report_writes_summary_pngs_and_a_page_that_links_them(tmp_path: P
 def test_report_cli_rebuilds_the_report_of_a_finished_run(tmp_path: Path) -> None:
     make_run(tmp_path, {n: run_of(FIRST, 6) for n in "ab"})
     (tmp_path / "a" / "encoder.log").write_text("not a segment\n")
+    write_skipped(tmp_path / PLAYER_DIR, "--no-player")
     result = CliRunner().invoke(cli, ["report", str(tmp_path), "--lock-in", "1"])
     assert result.exit_code == 0, result.output
     assert "2 encoders, 6 segments, 100 % locked after segment 0" in result.output
-    assert (tmp_path / REPORT_NAME).is_file()
+    # A skipped player is neither green nor red: the page says "skipped" as the terminal does.
+    page = (tmp_path / REPORT_NAME).read_text()
+    assert '<p class="verdict skipped">player: skipped (--no-player)</p>' in page
     assert json.loads((tmp_path / SUMMARY_NAME).read_text())["judged_segments"] == 5
 
 

@@ -143,6 +143,8 @@ class MpegTs:
     """One self-contained MPEG-TS file per segment."""
 
     format = SegmentFormat.TS
+    #: MPEG-TS declares no RFC 6381 codecs (its manifests name none).
+    codecs: tuple[str, ...] = ()
 
     def __init__(self, params: EncoderParams) -> None:
         self.params = params

@@ -56,7 +56,6 @@ from services.encoder.media.containers import (
     INIT_NAME,
     TICKS,
     AudioPacket,
-    Muxed,
     SegmentFormat,
     container_for,
 )
@@ -339,7 +338,7 @@ class SegmentWriter:
 
     def _write(self, pending: _Pending) -> Path:
         path = self.out_dir / segment_name(pending.segment, self.format)
-        muxed = self._mux(pending.segment, pending.frames, self._segment_audio(pending))
+        muxed = self._container.mux(pending.segment, pending.frames, self._segment_audio(pending))
         if muxed.init is not None and muxed.init != self._init:
             atomic_write(self.out_dir / INIT_NAME, muxed.init)
             if self._init is not None:
@@ -354,12 +353,6 @@ class SegmentWriter:
         if self.format is SegmentFormat.CMAF:
             atomic_write(self.out_dir / MPD_NAME, self._mpd().encode())
         return path
-
-    def _mux(
-        self, segment: int, frames: list[EncodedFrame], audio: list[tuple[int, AudioPacket]]
-    ) -> Muxed:
-        """The segment's bytes (and CMAF's init), from the container."""
-        return self._container.mux(segment, frames, audio)
 
     def _extend_window(self, newest: int) -> None:
         """Append ``newest`` to the listed run; a gap starts the run afresh.

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -122,6 +123,19 @@ def test_bad_arguments_are_usage_errors(args: list[str]) -> None:
     result = invoke(*args)
     assert result.exit_code == 2
     assert "Invalid value" in result.stderr
+
+
+def test_tls_files_go_together_and_must_exist(tmp_path: Path) -> None:
+    present = tmp_path / "ca.crt"
+    present.write_text("not checked before all three exist\n")
+    partial = invoke("localhost:7400", "--tls-ca", str(present))
+    assert partial.exit_code == 2
+    assert "--tls-ca, --tls-cert and --tls-key go together" in partial.stderr
+    missing = tmp_path / "absent.key"
+    files = ["--tls-ca", str(present), "--tls-cert", str(present), "--tls-key", str(missing)]
+    absent = invoke("localhost:7400", *files)
+    assert absent.exit_code == 2
+    assert f"no such TLS file: {missing}" in absent.stderr
 
 
 def test_real_process_exit_status() -> None:

@@ -22,7 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-un
 
 from meshenc.local.etcd import EtcdProcess
 from meshenc.v1 import common_pb2, manager_pb2, manager_pb2_grpc, mesh_pb2
+from meshenc.wire import convert
 from meshenc.wire.adjacency import parse_adjacency
+from meshenc.wire.convert import topology_to_proto
 from services.manager.server import SERVICE_NAME
 from tests.services.manager_support import Manager, start_manager, stop_manager
 
@@ -232,7 +234,9 @@ async def _health(manager: Manager, service: str) -> Any:
 # --- queries and the watch stream ---------------------------------------------------------
 
 
-async def test_queries_answer_from_the_published_plan(manager: Manager) -> None:
+async def test_queries_answer_from_the_published_plan(
+    manager: Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
     names = await mesh_of(manager, 6)
     topology = await manager.stub.GetTopology(manager_pb2.GetTopologyRequest())
     graph = neighbours(topology)
@@ -253,6 +257,21 @@ async def test_queries_answer_from_the_published_plan(manager: Manager) -> None:
     segments = await manager.stub.GetSegments(manager_pb2.GetSegmentsRequest())
     assert sorted(m for s in segments.segments for m in s.member_ids) == names
     assert segments.topology_epoch == topology.epoch
+    # Reads of one epoch are answered with the message built once for it, not rebuilt.
+    builds: list[int] = []
+
+    def counted(epoch: int, adjacency: Any) -> manager_pb2.Topology:
+        builds.append(epoch)
+        return topology_to_proto(epoch, adjacency)
+
+    monkeypatch.setattr(convert, "topology_to_proto", counted)
+    for _ in range(3):
+        for encoder_id in ("", "enc-3"):
+            again = await manager.stub.GetTopology(
+                manager_pb2.GetTopologyRequest(encoder_id=encoder_id)
+            )
+            assert again == (topology if not encoder_id else one)
+    assert builds == [topology.epoch] * len(builds) and len(builds) <= 1
     for missing in (
         manager.stub.GetTopology(manager_pb2.GetTopologyRequest(encoder_id="enc-9")),
         manager.stub.GetSegments(manager_pb2.GetSegmentsRequest(segment_id="nope")),

@@ -29,7 +29,7 @@ from services.encoder.media import (
     fingerprint,
     segment_name,
 )
-from services.encoder.media.containers import Muxed
+from services.encoder.media.containers import MpegTs, Muxed
 
 FMT = VideoFormat(160, 96, FrameRate(30))
 GOP = 6
@@ -335,12 +335,12 @@ def test_a_failed_mux_leaves_no_file(
 ) -> None:
     writer = SegmentWriter(tmp_path, PARAMS)
 
-    def crash(self: SegmentWriter, segment: int, frames: object, audio: object) -> Muxed:
+    def crash(self: MpegTs, segment: int, frames: object, audio: object) -> Muxed:
         raise RuntimeError("mux crashed")
 
     boundary = next(i for i, f in enumerate(stream) if f.timecode == BASE + GOP)
     with monkeypatch.context() as patch:
-        patch.setattr(SegmentWriter, "_mux", crash)
+        patch.setattr(MpegTs, "mux", crash)
         for frame in stream[:boundary]:
             writer.add(frame)
         with pytest.raises(RuntimeError, match="mux crashed"):
