@@ -59,6 +59,11 @@ CHART_VARIABLES: dict[str, frozenset[str]] = {
             "MESHENC_GOP",
             "MESHENC_BITRATE_KBPS",
             "MESHENC_SEGMENT",
+            "MESHENC_FORMAT",
+            # Set in ci/origin-values.yaml.
+            "MESHENC_REGION",
+            "MESHENC_PUBLISH",
+            "MESHENC_SERVE_OUTPUT",
             "MESHENC_TOPOLOGY",
             "MESHENC_REGISTRY",
             "MESHENC_MANAGER",
@@ -514,6 +519,37 @@ def test_encoders_are_a_statefulset_behind_a_headless_service() -> None:
     assert env_names(container).index("MESHENC_ID") < env_names(container).index(
         "MESHENC_ADVERTISE"
     ), "Kubernetes expands $(MESHENC_ID) only when it is defined earlier"
+
+
+def test_encoders_publish_to_the_origins_and_serve_their_output_where_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each origin URL reaches the real `meshenc encoder` as one --publish; the output port is
+    the container's and the headless Service's, and nothing of it is there by default."""
+    default = find(rendered("default"), "StatefulSet", f"{RELEASE}-encoder")
+    (plain,) = default["spec"]["template"]["spec"]["containers"]
+    assert not {"MESHENC_PUBLISH", "MESHENC_SERVE_OUTPUT"} & set(env_names(plain))
+    assert "output" not in {p["name"] for p in plain["ports"]}
+
+    manifests = rendered("origin-values.yaml")
+    encoders = find(manifests, "StatefulSet", f"{RELEASE}-encoder")
+    (container,) = encoders["spec"]["template"]["spec"]["containers"]
+    command = subcommand("encoder")
+    assert command is not None
+    for variable in [v for v in os.environ if v.startswith("MESHENC_")]:
+        monkeypatch.delenv(variable)
+    for variable, value in container_environment(container).items():
+        monkeypatch.setenv(variable, value)
+    context = command.make_context("encoder", list(container["args"][1:]))
+    assert context.params["publish"] == (
+        "http://origin-a.example/live/ch1",
+        "https://origin-b.example/live/ch1",
+    )
+    assert env_value(container, "MESHENC_SERVE_OUTPUT") == "0.0.0.0:8080"
+    assert {"name": "output", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    service = find(manifests, "Service", encoders["spec"]["serviceName"])
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == "output"]
+    assert (port["port"], port["targetPort"]) == (8080, "output")
 
 
 @pytest.mark.parametrize("values", VALUES_FILES)
