@@ -671,7 +671,12 @@ class ManagerShell:
             topology = self._topology
             segments, segments_epoch = self._segments, self._published_epoch(self._segments_epoch)
             try:
-                await self._actuator.publish(documents)
+                if documents:
+                    # An empty mesh has no documents to write (an empty plan carries no epoch,
+                    # so the actuator would take it for an old one); those of the encoders
+                    # that left stay as they were: nobody reads them, and a returning encoder
+                    # gets a plan of a higher epoch.
+                    await self._actuator.publish(documents)
             except StalePlanError as exc:
                 # Someone published a newer epoch: move above it and publish again next tick.
                 self._base_epoch += exc.stored - topology.epoch + 1

@@ -9,6 +9,7 @@ and refuses writes; a new active manager continues above the published epoch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -374,6 +375,26 @@ async def test_an_encoder_whose_registration_ends_is_removed(manager: Manager) -
         assert "registration" in update.reason or "enc-0 left" in update.reason
     finally:
         watch.cancel()
+
+
+async def test_the_last_encoder_leaving_is_no_error_tick_after_tick(
+    manager: Manager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An empty mesh has nothing to publish: the documents of encoders that left are not
+    replaced by a plan of epoch 0 (which the actuator must refuse, being older)."""
+    names = await mesh_of(manager, 2)
+    for name in names:
+        await manager.unregister(name)
+
+    async def emptied() -> bool:
+        topology = await manager.stub.GetTopology(manager_pb2.GetTopologyRequest())
+        return not topology.adjacency
+
+    await eventually(emptied)
+    caplog.clear()  # the leaves themselves are warnings
+    with caplog.at_level(logging.WARNING, logger="meshenc"):
+        await asyncio.sleep(1.0)  # ten ticks
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 # --- escalations ------------------------------------------------------------------------------
