@@ -535,12 +535,16 @@ class _Neighbour:
         "pending",
         "rejected_seen",
         "suspect_until",
+        "unhashed",
     )
 
     def __init__(self, tuning: KalmanTuning) -> None:
         self.filter = DeviationFilter(tuning)
         self.link = LinkMeter()
         self.pending: dict[int, tuple[float, int, bytes]] = {}
+        #: The neighbour's frame hashes for our pictures not encoded yet, by timecode: an
+        #: encoder whose input lags its neighbours' hears their hashes before it has its own.
+        self.unhashed: dict[int, bytes] = {}
         #: When this neighbour was first counted (since it last fell silent).
         self.counted_since: float | None = None
         self.acc_count = 0
@@ -820,12 +824,25 @@ class SyncEngine:
             theirs = nb.pending.pop(fingerprint, None)
             if theirs is not None:
                 nb.add_sample(now, raw - theirs[0])
+                if theirs[2] and theirs[1] == tc:
+                    self._await_hash(nb, tc, theirs[2])
+
+    def _await_hash(self, nb: _Neighbour, timecode: int, frame_hash: bytes) -> None:
+        """Keep a neighbour's hash of the same picture at the same timecode until ours is
+        known (``_record_hash`` compares them)."""
+        unhashed = nb.unhashed
+        unhashed[timecode] = frame_hash
+        if len(unhashed) > self.config.history:
+            del unhashed[next(iter(unhashed))]
 
     def _record_hash(self, timecode: int, frame_hash: bytes) -> None:
         hashes = self._hashes
         hashes[timecode] = frame_hash
         if len(hashes) > self.config.history:
             del hashes[next(iter(hashes))]
+        for sender, nb in self._neighbours.items():
+            if nb.unhashed and (theirs := nb.unhashed.pop(timecode, None)) is not None:
+                self._compare_hash(sender, nb, timecode, frame_hash == theirs)
 
     def _publish(self, now: float) -> None:
         """The ESPs describing the last captured picture, one per neighbour."""
@@ -936,11 +953,17 @@ class SyncEngine:
         if esp.frame_hash and own_tc == esp.timecode:
             own_hash = self._hashes.get(own_tc)
             if own_hash:
-                same = 1.0 if own_hash == esp.frame_hash else 0.0
-                nb.hash_agreement += 0.05 * (same - nb.hash_agreement)
-                if self._proof is not None:
-                    self._prove(own_tc, own_hash == esp.frame_hash)
-                self._tally(esp.sender, own_tc, own_hash == esp.frame_hash)
+                self._compare_hash(esp.sender, nb, own_tc, own_hash == esp.frame_hash)
+            else:
+                self._await_hash(nb, own_tc, esp.frame_hash)
+
+    def _compare_hash(self, sender: str, nb: _Neighbour, timecode: int, same: bool) -> None:
+        """One frame hash of the same picture at the same timecode, ours against a
+        neighbour's: its standing, a stalled encoder's proof, and the segment's agreement."""
+        nb.hash_agreement += 0.05 * ((1.0 if same else 0.0) - nb.hash_agreement)
+        if self._proof is not None:
+            self._prove(timecode, same)
+        self._tally(sender, timecode, same)
 
     def _tally(self, neighbour: str, timecode: int, same: bool) -> None:
         """Count a frame hash compared with a neighbour's towards its segment's agreement."""

@@ -186,6 +186,27 @@ def test_a_stalled_encoder_vouches_for_nothing_until_a_segment_is_identical_agai
     assert engine.engine.vouches(START + (240 + 2 * gop + 2) * T)
 
 
+def test_an_encoder_whose_input_lags_its_neighbours_still_agrees_with_them() -> None:
+    """The neighbours' ESPs, hashes included, arrive before this encoder has captured the
+    picture, as for the encoder with the slowest input: their hashes wait for its own, and
+    its segments are agreed like anyone's (else it would never publish one)."""
+    gop = 60
+    engine = _engine(["a", "b"])
+    for k in range(3 * gop):
+        now = START + k * T
+        for name in ("a", "b"):
+            early = _esp(name, k + 1, k, now, frame_hash=_frame_hash(k, FPS.slot(now)))
+            engine.esp(now - 0.005, early)
+        decision = engine.frame(now, k)
+        if decision.timecodes:
+            tc = decision.timecodes[-1]
+            engine.encoded(now, ((tc, _frame_hash(k, tc)),))
+        engine.drain()
+    now = START + 3 * gop * T
+    assert engine.engine.agreed(FPS.slot(START + 60 * T) // gop, now)
+    assert engine.engine.agreed(FPS.slot(START + 120 * T) // gop, now)
+
+
 def test_a_segment_is_agreed_only_when_a_neighbour_hashed_it_alike() -> None:
     """Per segment, the evidence that a copy is not this encoder's alone: one neighbour whose
     frame hashes equalled ours for half the segment or more, none differing."""
