@@ -216,7 +216,12 @@ def _run(out: Path, duration: float, cut_at: float, cut_s: float, progress: Prog
         for relay in relays.values():
             relay.close()
     result = verify([out / name for name in names], lock_in=LOCK_IN_SEGMENTS)
-    judged = [s for s in result.segments if s.judged and len(s.copies) == len(names)]
+    # Past every encoder's lock-in: a copy from an encoder still joining may differ.
+    judged = [
+        s
+        for s in result.segments
+        if len(s.copies) == len(names) and not any(c.lock_in for c in s.copies)
+    ]
     differing = {
         s.segment: tuple(c.encoder for c in s.copies if not c.matches)
         for s in judged

@@ -514,20 +514,18 @@ def test_a_peer_that_stops_reading_never_blocks_send() -> None:
             slow.send(mesh_pb2.MeshMessage(hello=hello("0slow")))
             await slow.recv()
             await eventually(lambda: node.links.connected("0slow"))
+            # ``send`` is a plain call: it cannot wait for the peer. What it must not do is pile
+            # messages up behind a stuck writer; the counts show it dropped them instead.
             sequence = 0
-            slowest = 0.0
             for _ in range(100):
                 for _ in range(100):
                     sequence += 1
-                    started = time.perf_counter()
                     node.links.send("0slow", esp("s", sequence))
-                    slowest = max(slowest, time.perf_counter() - started)
                 await asyncio.sleep(0.002)
             sent = node.links.sent["0slow"]
             dropped = node.links.dropped_esps["0slow"]
             assert sent < sequence / 2  # the writer is stuck behind flow control
             assert dropped >= sequence - sent - 8  # all but the queued ones were dropped
-            assert slowest < 0.05
             # Proposals and votes have their own room, and are refused (counted) beyond it.
             assert node.links.send("0slow", proposal("s", 1))
             assert node.links.send("0slow", proposal("s", 2))
