@@ -1113,6 +1113,7 @@ class SyncEngine:
         else:
             for nb in jumped:
                 nb.suspect_until = now + cfg.suspicion
+        self._doubt_self(now)
         my_corr = self.correction(now)
         deviations = [0.0]
         locked: list[float] = []
@@ -1420,6 +1421,24 @@ class SyncEngine:
         return max(
             self.policy.tolerance * self._period, self.config.noise_margin * self.deviation_noise
         )
+
+    def _doubt_self(self, now: float) -> None:
+        """When most neighbours still speaking are suspects, the evidence is against this
+        encoder: re-measure them from scratch and suspect none.
+
+        Neighbours that jump together are caught at once (``_control``); ones whose filters
+        reject a measurement a few control steps apart are suspected one by one. Measured in a
+        chaos run: a locked encoder whose slew had moved it suspected its three neighbours in
+        turn (one of them frozen), counted nobody, and held its lock on its own clock for 24 s
+        while it drifted half a frame away from the mesh and wrote seven segments no one
+        else did."""
+        oldest = now - self.config.stale_after
+        speaking = [nb for nb in self._neighbours.values() if nb.link.last_received_at >= oldest]
+        suspects = [nb for nb in speaking if now < nb.suspect_until]
+        if suspects and 2 * len(suspects) > len(speaking):
+            for nb in suspects:
+                nb.suspect_until = -math.inf
+                nb.filter.reset()
 
     def _trusted(self, nb: _Neighbour, now: float) -> bool:
         """A neighbour counts unless there is evidence against it: its filter recently had to

@@ -381,6 +381,22 @@ def test_one_neighbour_jumping_is_the_neighbours_problem() -> None:
     assert trust == {"a": True, "b": True, "c": True, "d": False}
 
 
+def test_neighbours_that_seem_to_jump_one_after_another_are_measured_again() -> None:
+    """This encoder moved, but its neighbours' filters noticed at different control steps:
+    each would be suspected on its own, until none counted and the engine held its lock on
+    its own clock. Once the suspects are most of those still speaking, it blames itself."""
+    engine = _engine(["a", "b", "c"])
+    _run(engine, range(120), {n: _zero for n in "abc"})
+
+    def moved_at(picture: int) -> Callable[[int], float]:
+        return lambda k: 0.020 if k >= picture else 0.0
+
+    offsets = {"a": moved_at(120), "b": moved_at(135), "c": moved_at(150)}
+    _run(engine, range(120, 200), offsets)
+    trusted = [n.neighbour for n in engine.snapshot(START + 200 * T).neighbours if n.trusted]
+    assert len(trusted) >= 2, trusted
+
+
 def test_baselines_never_correct() -> None:
     for strategy in (Strategy.EPOCH, Strategy.NONE):
         engine = _engine(["a", "b", "c"], strategy)
