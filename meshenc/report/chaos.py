@@ -21,13 +21,17 @@ Definitions:
 disturbed copies
     A fault on an encoder (killed, paused, its input cut) disturbs its copies from the segment
     in progress when the fault began up to its **re-lock**: the first segment after the fault
-    ended from which every copy it wrote (up to its next fault) holds the reference (segments
-    without a reference aside). The re-lock takes ``relock`` segments, counted from the first
-    segment that began after the fault ended. Disturbed copies are exempt from the verdict
-    below; the re-lock is measured.
+    ended whose copy holds the reference (before its next fault; segments without a copy or
+    without a reference aside). Identical bytes are no accident: from that segment the
+    encoder is on the mesh's timeline again. The re-lock takes ``relock`` segments, counted
+    from the first segment that began after the fault ended. Disturbed copies are exempt from
+    the verdict below; the re-lock is measured. A copy that differs after the re-lock is
+    judged like any other: whatever made it differ, the fault is over.
 reference
     The digest held by most undisturbed copies of a segment (by most copies when there is no
-    undisturbed one); no reference on a tie.
+    undisturbed one); no reference on a tie. Re-locks are measured against the reference with
+    only the faults themselves exempt, then the reference is taken again with the re-locks'
+    windows exempt.
 mismatched segment
     An undisturbed copy differs from the reference, or the origin's copy does (a viewer got
     bytes the mesh did not agree on), or the segment has no reference.
@@ -274,13 +278,13 @@ def check(
             refs[n] = ranked[0][0] if unique else None
         return refs
 
-    # The reference with every fault's whole window up to the judged end exempt first, then
-    # the re-locks against it, then the reference again with only the re-lock windows exempt.
-    broad = {
-        name: {n for begin, _, _ in spans for n in range(begin, last + 1)}
+    # The reference with the faults themselves exempt first, then the re-locks against it,
+    # then the reference again with the re-lock windows exempt.
+    during = {
+        name: {n for begin, recovered, _ in spans for n in range(begin, recovered)}
         for name, spans in windows.items()
     }
-    rough = references(broad)
+    rough = references(during)
     relocks: list[Relock] = []
     exempt: dict[str, set[int]] = {}
     for name, spans in windows.items():
@@ -329,16 +333,11 @@ def check(
 def _first_good(
     digests: Mapping[int, str], refs: Mapping[int, str | None], start: int, until: int
 ) -> int | None:
-    """The first segment from ``start`` from which every copy up to ``until`` holds the
-    reference, if any copy does (a segment with no copy, or with no reference because no two
-    encoders agree on it, neither proves nor breaks anything: it is mismatched anyway)."""
-    good: int | None = None
+    """The first segment from ``start`` to ``until`` whose copy holds the reference, if any
+    does (a segment with no copy, or with no reference because no two encoders agree on it,
+    proves nothing: it is mismatched anyway)."""
     for n in range(start, until + 1):
-        if n not in digests or refs.get(n) is None:
-            continue
-        if digests[n] == refs[n]:
-            if good is None:
-                good = n
-        else:
-            good = None
-    return good
+        ref = refs.get(n)
+        if ref is not None and digests.get(n) == ref:
+            return n
+    return None

@@ -1,8 +1,9 @@
 """The chaos verdict from made-up folders: real segment names, made-up bytes (no mesh runs).
 
 Each case is a run the checker must see through: a fault's window exempt and its re-lock
-counted, a copy corrupted outside any fault, an origin served bytes nobody agreed on, a
-segment no one wrote, and dual leaders from the audits.
+counted (and a copy that differs after it judged), a copy corrupted outside any fault, an
+origin served bytes nobody agreed on, a segment no one wrote, and dual leaders from the
+audits.
 """
 
 from __future__ import annotations
@@ -94,6 +95,23 @@ def test_a_paused_encoders_window_is_exempt_and_its_relock_counted(tmp_path: Pat
     assert relock.segments == 2
     assert report.max_relock_segments == 2
     assert report.clean
+
+
+def test_a_copy_that_differs_after_the_relock_is_judged(tmp_path: Path) -> None:
+    """b is identical again one segment after its pause, then differs once more, long after:
+    its re-lock is the one segment, and the later copy is a mismatch, not more re-lock."""
+    differing = {FIRST + 5: b"frozen", FIRST + 6: b"frozen too", FIRST + 15: b"slipped"}
+    fault = FaultRecord(FaultKind.PAUSE_ENCODER, "b", FIRST + 5.5, FIRST + 6.2)
+    report = _judge(
+        tmp_path,
+        {"a": run_of(count=20), "b": run_of(count=20, different=differing), "c": run_of(count=20)},
+        faults=[fault],
+    )
+    (relock,) = report.relocks
+    assert (relock.first_good, relock.segments) == (FIRST + 7, 0)
+    assert report.mismatched_segments == (FIRST + 15,)
+    assert report.lost_segments == ()
+    assert not report.clean
 
 
 def test_an_origin_served_bytes_the_mesh_did_not_agree_on(tmp_path: Path) -> None:
