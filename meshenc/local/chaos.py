@@ -13,9 +13,9 @@ is whoever etcd says it is then).
 :class:`ChaosRun` is a :class:`~meshenc.local.demo.DemoRun` (the same etcd, registry
 replicas, manager, origin, live network source, encoders, recorder and report) whose
 timeline is the fault plan instead of one kill and one join, with the encoders on static
-links (``--peers``) and every encoder's input passing through a
-:class:`~meshenc.local.relay.DatagramRelay` so that it can be cut. Each fault is carried out
-and undone by the launcher (kill -9 then a restart, SIGSTOP then SIGCONT), by etcd's own
+links (``--peers``) and every encoder's input passing through a datagram relay in a process
+of their own (:class:`~meshenc.local.relay.InputRelays`) so that it can be cut. Each fault is
+carried out and undone by the launcher (kill -9 then a restart, SIGSTOP then SIGCONT), by etcd's own
 process (stopped, then started on the same data and port) or by the relay (cut, healed), and
 recorded as a :class:`~meshenc.report.chaos.FaultRecord` with its wall times. Every few
 seconds the run checks the files so far (:func:`meshenc.report.chaos.check`) and notes new
@@ -48,7 +48,7 @@ from meshenc.core.timecode import FrameRate
 from meshenc.local.demo import HOST, DemoConfig, DemoRun, EncoderPlan, Note
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.launcher import DEFAULT_READY_TIMEOUT, ChildFailedError, Launcher
-from meshenc.local.relay import DatagramRelay
+from meshenc.local.relay import InputRelays
 from meshenc.report.chaos import (
     ChaosReport,
     FaultKind,
@@ -216,7 +216,7 @@ class ChaosRun(DemoRun):
     ) -> None:
         super().__init__(chaos.demo(), on_note=on_note)
         self.chaos = chaos
-        self.relays = {e.name: DatagramRelay(e.input_port) for e in self.plan.encoders}
+        self.relays = InputRelays({e.name: e.input_port for e in self.plan.encoders})
         self.records: list[FaultRecord] = []
         self.crashes: list[str] = []
         self.report: ChaosReport | None = None
@@ -243,19 +243,17 @@ class ChaosRun(DemoRun):
             return None
         for encoder in self.plan.encoders:
             direct = f"udp://{HOST}:{encoder.input_port}?"
-            relayed = f"udp://{HOST}:{self.relays[encoder.name].port}?"
+            relayed = f"udp://{HOST}:{self.relays.ports[encoder.name]}?"
             args = [a.replace(direct, relayed) if a.startswith(direct) else a for a in args]
         return args
 
     async def _run_mesh(self, launcher: Launcher, etcd: EtcdProcess) -> None:
         self._etcd = etcd
-        for relay in self.relays.values():
-            relay.start()
+        self.relays.start()
         try:
             await super()._run_mesh(launcher, etcd)
         finally:
-            for relay in self.relays.values():
-                relay.close()
+            self.relays.close()
             if not etcd.running:
                 await asyncio.to_thread(etcd.start)
             self._groups = await self._audit(etcd.endpoint)
@@ -303,10 +301,9 @@ class ChaosRun(DemoRun):
             await asyncio.sleep(planned.hold)
             await asyncio.to_thread(self._etcd.start)
         elif kind is FaultKind.CUT_INPUT:
-            relay = self.relays[target]
-            relay.cut()
+            self.relays.cut(target)
             await asyncio.sleep(planned.hold)
-            relay.heal()
+            self.relays.heal(target)
         elif kind.value.startswith("pause"):
             launcher.pause(target)
             await asyncio.sleep(planned.hold)

@@ -12,6 +12,11 @@ calls; ``close()`` ends every connection and the thread.
 
 :class:`DatagramRelay` forwards UDP datagrams (an encoder's live input) from one local port to
 another and, while cut, drops them all: an input cut as a broken feed is, with no error anywhere.
+:class:`InputRelays` runs one per encoder in a process of their own (``python -m
+meshenc.local.relay``), driven over a pipe: they stand for the network, and must not stand
+still when the process that injects faults and judges them is busy (measured in a chaos run:
+while that process was held up for seconds restarting etcd or an encoder, every encoder's
+input stopped at once, and each filled the gap with pictures of its own).
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ import asyncio
 import contextlib
 import random
 import socket
+import subprocess
+import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["DatagramRelay", "DelayRelay"]
+__all__ = ["DatagramRelay", "DelayRelay", "InputRelays"]
 
 #: Bytes read from one side before the relay stops reading it while its data cannot be sent
 #: (a cut, a slow receiver): the sender's TCP window then fills, as it would on a real link.
@@ -195,9 +202,11 @@ class DatagramRelay:
     """Forward datagrams sent to ``127.0.0.1:port`` on to ``127.0.0.1:to_port``; drop them all
     while cut. A thread of its own; ``close()`` stops it."""
 
-    def __init__(self, to_port: int) -> None:
-        self._listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._listen.bind(("127.0.0.1", 0))
+    def __init__(self, to_port: int, listen: socket.socket | None = None) -> None:
+        if listen is None:
+            listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            listen.bind(("127.0.0.1", 0))
+        self._listen = listen
         self._listen.settimeout(0.1)
         self.port: int = self._listen.getsockname()[1]
         self._to = ("127.0.0.1", to_port)
@@ -248,3 +257,103 @@ class DatagramRelay:
                 with contextlib.suppress(OSError):  # nobody listening yet (a restart)
                     out.sendto(data, self._to)
                     self.forwarded += 1
+
+
+class InputRelays:
+    """A :class:`DatagramRelay` per name, in a process of their own (see the module
+    docstring). The listening sockets are bound here, so ``ports`` is known at once, and handed
+    to the process by ``start()``; ``cut``/``heal`` are answered once the process has done
+    them; ``close()`` ends the process (and so do the parent's end and its stdin closing)."""
+
+    def __init__(self, to_ports: Mapping[str, int]) -> None:
+        self._to = dict(to_ports)
+        self._sockets: dict[str, socket.socket] = {}
+        for name in self._to:
+            listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            listen.bind(("127.0.0.1", 0))
+            self._sockets[name] = listen
+        self.ports = {name: s.getsockname()[1] for name, s in self._sockets.items()}
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        relays = [f"{name}={s.fileno()}:{self._to[name]}" for name, s in self._sockets.items()]
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "meshenc.local.relay", *relays],
+            pass_fds=[s.fileno() for s in self._sockets.values()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._ask("ready")
+        for listen in self._sockets.values():
+            listen.close()  # the process holds them now
+
+    def cut(self, name: str) -> None:
+        self._ask(f"cut {name}")
+
+    def heal(self, name: str) -> None:
+        self._ask(f"heal {name}")
+
+    def _ask(self, command: str) -> None:
+        process = self._process
+        if process is None or process.stdin is None or process.stdout is None:
+            raise RuntimeError("the relays are not running")
+        if command != "ready":
+            process.stdin.write(command + "\n")
+            process.stdin.flush()
+        answer = process.stdout.readline().strip()
+        if answer != "ok":
+            raise RuntimeError(f"the relays answered {answer!r} to {command!r}")
+
+    def close(self) -> None:
+        process, self._process = self._process, None
+        for listen in self._sockets.values():
+            listen.close()
+        if process is None:
+            return
+        with contextlib.suppress(OSError):
+            if process.stdin is not None:
+                process.stdin.close()
+        try:
+            process.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def __enter__(self) -> InputRelays:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _serve(specs: Sequence[str]) -> None:
+    """The relays' process: ``NAME=FD:TO_PORT`` per relay; then ``cut NAME`` / ``heal NAME``
+    lines on stdin, each answered ``ok``; ends when stdin does."""
+    relays: dict[str, DatagramRelay] = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        fd, _, to_port = rest.partition(":")
+        listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, fileno=int(fd))
+        relays[name] = DatagramRelay(int(to_port), listen)
+    for relay in relays.values():
+        relay.start()
+    print("ok", flush=True)
+    for line in sys.stdin:
+        command, _, name = line.strip().partition(" ")
+        if name not in relays or command not in ("cut", "heal"):
+            print(f"unknown: {line.strip()}", flush=True)
+            continue
+        if command == "cut":
+            relays[name].cut()
+        else:
+            relays[name].heal()
+        print("ok", flush=True)
+    for relay in relays.values():
+        relay.close()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1:])
