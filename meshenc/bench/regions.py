@@ -244,7 +244,7 @@ def _run(out: Path, duration: float, cut_at: float, cut_s: float, progress: Prog
 def _await_segments(folders: Sequence[Path], timeout: float) -> None:
     """Wait until every folder holds a segment file (at most ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
-    while not all(folder.is_dir() and any(folder.glob("seg-*")) for folder in folders):
+    while not all(folder.is_dir() and any(folder.glob("*seg-*")) for folder in folders):
         if time.monotonic() > deadline:
             raise BenchError(f"not every encoder wrote a segment within {timeout:g} s")
         time.sleep(0.2)

@@ -7,8 +7,10 @@ and records each one as a :class:`FaultRecord`: what, on whom, from when to when
 seconds). :func:`check` then judges the run from what it left behind, never from what the
 encoders say about themselves:
 
-- the encoders' segment files (digests, :func:`meshenc.report.verify.scan_output`), and the
-  origin's copies where the run had one (what a viewer was served);
+- the encoders' segment files under their shared names (digests,
+  :func:`meshenc.report.verify.scan_output`; a segment an encoder wrote aside, unable to vouch
+  for it, is no copy: nobody could be served it), and the origin's copies where the run had
+  one (what a viewer was served);
 - per segment group, the audit of the leader key's history in etcd
   (:mod:`services.encoder.leadership_audit`): tenures and dual-leader intervals.
 
@@ -257,7 +259,8 @@ def check(
         min_copies: undisturbed identical copies a segment needs not to count as lost.
         notes: what the reader should know about the run (passed through).
     """
-    by_name = {o.name: o for o in outputs}
+    by_name = {o.name: o.served for o in outputs}
+    served = [(o.name, o.served) for o in outputs]
     ordered = sorted(faults, key=lambda f: f.start)
     windows: dict[str, list[tuple[int, int, FaultRecord]]] = {}
     for fault in ordered:
@@ -269,10 +272,8 @@ def check(
     def references(exempt: Mapping[str, set[int]]) -> dict[int, str | None]:
         refs: dict[int, str | None] = {}
         for n in range(first, last + 1):
-            kept = Counter(
-                o.digests[n] for o in outputs if n in o.digests and n not in exempt.get(o.name, ())
-            )
-            pool = kept or Counter(o.digests[n] for o in outputs if n in o.digests)
+            kept = Counter(d[n] for name, d in served if n in d and n not in exempt.get(name, ()))
+            pool = kept or Counter(d[n] for _, d in served if n in d)
             ranked = pool.most_common(2)
             unique = ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1])
             refs[n] = ranked[0][0] if unique else None
@@ -288,7 +289,7 @@ def check(
     relocks: list[Relock] = []
     exempt: dict[str, set[int]] = {}
     for name, spans in windows.items():
-        digests = by_name[name].digests
+        digests = by_name[name]
         for i, (begin, recovered, fault) in enumerate(spans):
             until = spans[i + 1][0] - 1 if i + 1 < len(spans) else last
             first_good = _first_good(digests, rough, recovered, until)
@@ -303,9 +304,7 @@ def check(
     origin_bad: list[int] = []
     for n in range(first, last + 1):
         ref = refs[n]
-        judged = [
-            o.digests[n] for o in outputs if n in o.digests and n not in exempt.get(o.name, ())
-        ]
+        judged = [d[n] for name, d in served if n in d and n not in exempt.get(name, ())]
         agreeing = sum(d == ref for d in judged)
         bad = any(d != ref for d in judged)
         if origin is not None and n in origin.digests and origin.digests[n] != ref:

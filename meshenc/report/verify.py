@@ -68,9 +68,11 @@ import av
 
 from services.encoder.media.ladder import MASTER_NAME
 from services.encoder.media.segments import (
+    ASIDE_PREFIX,
     INIT_NAME,
     PLAYLIST_NAME,
     SegmentFormat,
+    aside_name,
     segment_format,
     segment_name,
     segment_number,
@@ -114,9 +116,12 @@ class EncoderOutput:
     Attributes:
         name: the encoder's name (the folder's name); unique within one comparison.
         folder: where the files are.
-        digests: segment number to the hex SHA-256 of its file.
+        digests: segment number to the hex SHA-256 of its file, whether under the shared name
+            or aside.
         playlist_problems: what is wrong with the folder's playlist, if anything.
         format: the segments' format (their file names' suffix).
+        aside: the segments written aside (``aside_name``): the encoder could not vouch for
+            them, so its server never serves them; they count here as what it produced.
     """
 
     name: str
@@ -124,9 +129,19 @@ class EncoderOutput:
     digests: Mapping[int, str]
     playlist_problems: tuple[str, ...] = ()
     format: SegmentFormat = SegmentFormat.TS
+    aside: frozenset[int] = frozenset()
 
     def path(self, segment: int) -> Path:
-        return self.folder / segment_name(segment, self.format)
+        name = aside_name if segment in self.aside else segment_name
+        return self.folder / name(segment, self.format)
+
+    @property
+    def served(self) -> Mapping[int, str]:
+        """The digests of the segments under their shared names: what a reader of this
+        encoder's output (its server, the origin it published to) could get."""
+        if not self.aside:
+            return self.digests
+        return {n: d for n, d in self.digests.items() if n not in self.aside}
 
     @property
     def runs(self) -> tuple[tuple[int, int], ...]:
@@ -196,7 +211,8 @@ def _playlist_problems(
     """Does the live playlist number its segments as the files do?
 
     HLS numbers a listed segment by position (media sequence + index), so a playlist is
-    consistent when the i-th listed file is ``segment_name(media_sequence + i)`` and exists.
+    consistent when the i-th listed file is ``segment_name(media_sequence + i)`` and was
+    written (a segment written aside is listed all the same, see ``SegmentWriter``).
     """
     path = folder / PLAYLIST_NAME
     if not path.is_file():
@@ -250,26 +266,34 @@ def scan_output(folder: Path, name: str | None = None) -> EncoderOutput:
     name = name if name is not None else Path(folder).name
     folder = rendition_folder(Path(folder))
     found: dict[SegmentFormat, dict[int, Path]] = {fmt: {} for fmt in SegmentFormat}
+    aside: dict[SegmentFormat, dict[int, Path]] = {fmt: {} for fmt in SegmentFormat}
     for entry in folder.iterdir():
-        fmt = segment_format(entry.name)
-        number = segment_number(entry.name)
+        shared = entry.name.removeprefix(ASIDE_PREFIX)
+        fmt = segment_format(shared)
+        number = segment_number(shared)
         if fmt is not None and number is not None and entry.is_file():
-            found[fmt][number] = entry
-    fmt = max(SegmentFormat, key=lambda f: len(found[f]))
-    digests = {number: _digest(path) for number, path in sorted(found[fmt].items())}
+            (found if shared == entry.name else aside)[fmt][number] = entry
+    fmt = max(SegmentFormat, key=lambda f: len(found[f]) + len(aside[f]))
+    paths = {**aside[fmt], **found[fmt]}  # a shared copy, if both are there
+    digests = {number: _digest(path) for number, path in sorted(paths.items())}
     return EncoderOutput(
         name=name,
         folder=folder,
         digests=digests,
-        playlist_problems=_playlist_problems(folder, digests, fmt),
+        playlist_problems=_playlist_problems(folder, paths, fmt),
         format=fmt,
+        aside=frozenset(aside[fmt]) - frozenset(found[fmt]),
     )
 
 
 def _holds_segments(folder: Path) -> bool:
     """Whether the folder (for a ladder: its first rung) holds segment files."""
     folder = rendition_folder(folder)
-    return any(segment_number(p.name) is not None for p in folder.iterdir() if p.is_file())
+    return any(
+        segment_number(p.name.removeprefix(ASIDE_PREFIX)) is not None
+        for p in folder.iterdir()
+        if p.is_file()
+    )
 
 
 def find_outputs(paths: Iterable[Path]) -> list[Path]:

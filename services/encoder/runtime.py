@@ -103,7 +103,7 @@ from services.encoder.media.ingest import (
 )
 from services.encoder.media.ladder import LadderManifests, Rendition, renditions_for
 from services.encoder.media.publish import Publisher
-from services.encoder.media.segments import segment_number
+from services.encoder.media.segments import aside_name, segment_number
 from services.encoder.media.serve import OutputServer
 from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
@@ -121,6 +121,9 @@ UNMEASURED_LATENCY = 0.5
 
 SILENT_FRAMES = 8
 """A neighbour that sent no ESP for this many frame periods counts as lost to the election."""
+
+_ASIDE_KEPT = 16
+"""Segments whose aside decision is kept for their other rungs (a few seconds' worth)."""
 
 
 @dataclass(slots=True)
@@ -166,6 +169,8 @@ class EncoderRuntime:
         #: Per segment still being written: whether this encoder can vouch for it (see
         #: ``_vouch``); segments it cannot vouch for never go out under the shared name.
         self._vouched: dict[int, bool] = {}
+        #: Per segment written: whether it went aside (``_sets_aside``), for its other rungs.
+        self._aside: dict[int, bool] = {}
         self.unvouched = 0
         #: Segments vouched for and written, waiting for a neighbour's hashes to agree, by
         #: (segment, rung folder): (rendition, path, give up at (monotonic), whether it was
@@ -453,6 +458,7 @@ class EncoderRuntime:
             size=settings.size,
             bitrate_kbps=settings.bitrate_kbps,
             fmt=settings.output_format,
+            aside=self._sets_aside,
         )
         if settings.ladder:
             self._ladder = LadderManifests(settings.out, renditions, settings.output_format)
@@ -610,7 +616,7 @@ class EncoderRuntime:
             )
             if newest is None or not (vouched and self.engine.vouches(self.clock())):
                 self.unvouched += 1
-            elif self.publisher is not None:
+            else:
                 deadline = time.monotonic() + self._hold_limit
                 self._held[newest, rendition.folder or ""] = (rendition, path, deadline, completed)
         for stale in [s for s in self._vouched if newest is not None and s < newest]:
@@ -621,16 +627,20 @@ class EncoderRuntime:
         """Publish the held segments a neighbour agreed with (``SyncEngine.agreed``), in order,
         each followed by its rung's playlist (and, after a segment's last rung, the ladder's
         manifests) when this encoder publishes playlists; give up on those still unconfirmed
-        after ``_hold_limit`` (or at the end, with ``final``)."""
-        publisher = self.publisher
-        if not self._held or publisher is None:
+        after ``_hold_limit`` and move them aside (``aside_name``): no neighbour had those
+        bytes, so the shared name is not theirs. At the end (``final``) the last ones are
+        given up without moving: their neighbours' word may simply not have come yet."""
+        if not self._held:
             return
+        publisher = self.publisher
         now, clock = time.monotonic(), self.clock()
         for key in sorted(self._held):
             rendition, path, deadline, completed = self._held[key]
             writer = rendition.writer
             if self.engine.agreed(key[0], clock):
                 del self._held[key]
+                if publisher is None:
+                    continue
                 if (init := writer.init_path) is not None:
                     # A few hundred bytes with every segment: an origin that lost it, or
                     # never got it, has it again before the next segment's manifests.
@@ -645,6 +655,9 @@ class EncoderRuntime:
                 del self._held[key]
                 self.unvouched += 1
                 self.unconfirmed += 1
+                if not final:
+                    with contextlib.suppress(OSError):  # gone already (a cleanup, a restart)
+                        path.rename(path.with_name(aside_name(key[0], writer.format)))
 
     def _publish_ladder(self) -> None:
         """The ladder's manifests, after the rungs' playlists: the master playlist and the MPD
@@ -666,7 +679,8 @@ class EncoderRuntime:
         timeline (locked for a whole segment, every counted neighbour locked too), and no
         visible correction (a drop or a duplicate) changed this encoder's timeline during it;
         the engine is asked again when the segment is written. A segment this encoder cannot
-        vouch for may differ from everyone else's bytes: it stays in its own folder."""
+        vouch for may differ from everyone else's bytes: it is written aside, never under the
+        shared name (``_sets_aside``), and stays in its own folder."""
         segment = self._segments.segment_of(timecode)
         if segment not in self._vouched:
             self._vouched[segment] = (
@@ -676,6 +690,19 @@ class EncoderRuntime:
             )
         elif not measured:
             self._vouched[segment] = False
+
+    def _sets_aside(self, segment: int) -> bool:
+        """Whether a segment about to be written goes aside (``SegmentWriter``): this encoder
+        cannot vouch for it (``slot_starts``), or no longer vouches for the timeline. Decided
+        once: the rungs of a ladder written after the first follow it."""
+        decided = self._aside.get(segment)
+        if decided is None:
+            vouched = self._vouched.get(segment, False) and self.engine.vouches(self.clock())
+            decided = self._aside[segment] = not vouched
+            self._vouched[segment] = vouched
+            while len(self._aside) > _ASIDE_KEPT:
+                del self._aside[next(iter(self._aside))]
+        return decided
 
     def _publishes_playlist(self) -> bool:
         """The media playlist goes out from the segment's elected leader only (every encoder

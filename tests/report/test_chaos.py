@@ -23,6 +23,7 @@ from meshenc.report.chaos import (
     segment_at,
 )
 from meshenc.report.verify import scan_output
+from services.encoder.media.segments import aside_name, segment_name
 
 from .synthetic import FIRST, make_run, run_of, write_folder
 
@@ -112,6 +113,23 @@ def test_a_copy_that_differs_after_the_relock_is_judged(tmp_path: Path) -> None:
     assert report.mismatched_segments == (FIRST + 15,)
     assert report.lost_segments == ()
     assert not report.clean
+
+
+def test_a_copy_written_aside_is_no_copy(tmp_path: Path) -> None:
+    """c wrote one segment aside (it could not vouch for it): nobody could be served it, so
+    it is neither one of the segment's copies nor judged. With b's copy corrupted, a's is the
+    only good one left: the segment is lost, and mismatched, though c's bytes are right."""
+    bad = {FIRST + 4: b"corrupted"}
+    c = run_of(count=20)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / aside_name(FIRST + 4)).write_bytes(c.pop(FIRST + 4))
+    report = _judge(tmp_path, {"a": run_of(count=20), "b": run_of(count=20, different=bad), "c": c})
+    assert report.mismatched_segments == (FIRST + 4,)
+    assert report.lost_segments == (FIRST + 4,)
+    # Under its shared name, c's copy would have been the second good one.
+    (tmp_path / "c" / aside_name(FIRST + 4)).rename(tmp_path / "c" / segment_name(FIRST + 4))
+    report = _judge(tmp_path, {"a": run_of(count=20), "b": run_of(count=20, different=bad), "c": c})
+    assert report.lost_segments == ()
 
 
 def test_an_origin_served_bytes_the_mesh_did_not_agree_on(tmp_path: Path) -> None:

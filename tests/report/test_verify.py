@@ -23,6 +23,7 @@ from services.encoder.media.segments import (
     PLAYLIST_NAME,
     SegmentFormat,
     SegmentWriter,
+    aside_name,
     segment_name,
 )
 
@@ -152,6 +153,28 @@ def test_other_files_are_ignored_and_the_playlist_is_checked(tmp_path: Path) -> 
     assert sorted(output.digests) == [FIRST, FIRST + 1, FIRST + 2]
     assert len(output.playlist_problems) == 1
     assert segment_name(FIRST + 2) in output.playlist_problems[0]
+
+
+def test_a_segment_written_aside_is_what_the_encoder_produced_but_not_served(
+    tmp_path: Path,
+) -> None:
+    """Aside copies are judged with the rest (lock-in is measured from them) and listed in
+    the playlist without being a problem; ``served`` leaves them out."""
+    folder = write_folder(tmp_path / "a", run_of(count=3))
+    (folder / segment_name(FIRST + 1)).rename(folder / aside_name(FIRST + 1))
+    (folder / PLAYLIST_NAME).write_text(
+        "#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:1000\n"
+        + "".join(f"#EXTINF:1.000,\n{segment_name(FIRST + i)}\n" for i in range(3))
+    )
+    output = scan_output(folder)
+    assert sorted(output.digests) == [FIRST, FIRST + 1, FIRST + 2]
+    assert output.aside == {FIRST + 1}
+    assert sorted(output.served) == [FIRST, FIRST + 2]
+    assert output.path(FIRST + 1) == folder / aside_name(FIRST + 1)
+    assert output.playlist_problems == ()
+    write_folder(tmp_path / "b", run_of(count=3, different={FIRST + 1: b"other"}))
+    check = verify([tmp_path / "a", tmp_path / "b"], lock_in=0).segment(FIRST + 1)
+    assert check is not None and not check.agreed
 
 
 def test_a_run_folder_stands_for_its_encoder_subfolders(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ folder itself, with no master playlist, exactly as before ladders existed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -211,17 +211,20 @@ def renditions_for(
     size: tuple[int, int],
     bitrate_kbps: int,
     fmt: SegmentFormat,
+    aside: Callable[[int], bool] | None = None,
 ) -> list[Rendition]:
     """The encoder's renditions: one per rung in its folder under ``out``, in ladder order, or
-    without a ladder (``rungs`` None) one writing ``size`` at ``bitrate_kbps`` into ``out``."""
+    without a ladder (``rungs`` None) one writing ``size`` at ``bitrate_kbps`` into ``out``.
+    Every writer asks ``aside`` which segments to write aside (``SegmentWriter``)."""
     if not rungs:
         params = EncoderParams(size[0], size[1], frame_rate, gop, bitrate_kbps)
-        return [Rendition(None, params, SegmentWriter(out, params, fmt=fmt), top_kbps=bitrate_kbps)]
+        writer = SegmentWriter(out, params, fmt=fmt, aside=aside)
+        return [Rendition(None, params, writer, top_kbps=bitrate_kbps)]
     top = top_rung(rungs).bitrate_kbps
     renditions = []
     for rung in rungs:
         params = EncoderParams(rung.width, rung.height, frame_rate, gop, rung.bitrate_kbps)
-        writer = SegmentWriter(out / rung.name, params, fmt=fmt)
+        writer = SegmentWriter(out / rung.name, params, fmt=fmt, aside=aside)
         renditions.append(Rendition(rung, params, writer, top_kbps=top))
     return renditions
 

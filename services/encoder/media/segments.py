@@ -47,6 +47,7 @@ import math
 import os
 import tempfile
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -63,12 +64,14 @@ from services.encoder.media.dash import MPD_NAME, render_mpd
 from services.encoder.media.gop import EncodedFrame, EncoderParams
 
 __all__ = [
+    "ASIDE_PREFIX",
     "INIT_NAME",
     "MPD_NAME",
     "PLAYLIST_NAME",
     "AudioPacket",
     "SegmentFormat",
     "SegmentWriter",
+    "aside_name",
     "atomic_write",
     "segment_format",
     "segment_name",
@@ -91,6 +94,17 @@ _DIGITS = 12
 def segment_name(segment: int, fmt: SegmentFormat = SegmentFormat.TS) -> str:
     """The file name of segment ``segment`` in ``fmt``: the same on every encoder."""
     return f"seg-{segment:0{_DIGITS}d}{fmt.suffix}"
+
+
+#: The prefix of a segment written aside: its encoder could not vouch for it (still locking
+#: in, resuming, filling in for a lost input...), so it never carries the shared name, which
+#: every encoder's copy of that segment must be able to hold byte for byte.
+ASIDE_PREFIX = "aside-"
+
+
+def aside_name(segment: int, fmt: SegmentFormat = SegmentFormat.TS) -> str:
+    """Where segment ``segment`` goes when its encoder cannot vouch for it."""
+    return ASIDE_PREFIX + segment_name(segment, fmt)
 
 
 def segment_template(fmt: SegmentFormat) -> str:
@@ -135,7 +149,14 @@ class _Pending:
 
 class SegmentWriter:
     """Collects EncodedFrames into per-GOP segments (MPEG-TS or CMAF) and keeps the manifests
-    (``index.m3u8``, and ``manifest.mpd`` for CMAF) current."""
+    (``index.m3u8``, and ``manifest.mpd`` for CMAF) current.
+
+    ``aside(segment)``, asked as each segment is written, says whether its encoder cannot
+    vouch for it: it is then written under :func:`aside_name`, and the shared name stays
+    free. The manifests list it all the same (segment numbers are positions in HLS): a player
+    reading this encoder gets a 404 for it, and one reading redundant variants moves to the
+    next encoder rather than play bytes the mesh did not agree on.
+    """
 
     def __init__(
         self,
@@ -145,6 +166,7 @@ class SegmentWriter:
         fmt: SegmentFormat = SegmentFormat.TS,
         window: int = DEFAULT_WINDOW,
         audio_wait: float = 1.0,
+        aside: Callable[[int], bool] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"the playlist window must hold at least one segment, got {window}")
@@ -153,6 +175,7 @@ class SegmentWriter:
         self._segments = params.segments  # built once: add() reads it every frame
         self.format = fmt
         self.window = window
+        self._aside = aside
         self._container = container_for(fmt, params)
         #: The init segment on disk (CMAF), as last written by this writer.
         self._init: bytes | None = None
@@ -337,7 +360,9 @@ class SegmentWriter:
                 leftover.unlink()
 
     def _write(self, pending: _Pending) -> Path:
-        path = self.out_dir / segment_name(pending.segment, self.format)
+        aside = self._aside is not None and self._aside(pending.segment)
+        name = (aside_name if aside else segment_name)(pending.segment, self.format)
+        path = self.out_dir / name
         muxed = self._container.mux(pending.segment, pending.frames, self._segment_audio(pending))
         if muxed.init is not None and muxed.init != self._init:
             atomic_write(self.out_dir / INIT_NAME, muxed.init)

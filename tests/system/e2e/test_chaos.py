@@ -6,9 +6,9 @@ One run answers two questions, judged from what it left on disk (segment files, 
 copies, the processes' logs, ``chaos.json``), never from what the encoders say of themselves:
 
 - gray failures: every frozen encoder found out on resuming (its log), its neighbours noticed
-  its silence within a few frame periods (their logs), none of the differing segments it wrote
-  after resuming reached the origin under the shared name, and leadership moved once for the
-  frozen leader, without flapping;
+  its silence within a few frame periods (their logs), every differing segment it wrote
+  after resuming went aside in its own folder and none reached the origin, and leadership
+  moved away from the frozen leader;
 - the chaos verdict: ``chaos.json`` has every field measured, and its checker
   (:func:`meshenc.report.chaos.check`) sees a copy corrupted on purpose in a copy of the run.
 """
@@ -30,7 +30,7 @@ import pytest
 
 from meshenc.report.chaos import FaultKind, FaultRecord, check, segment_at
 from meshenc.report.verify import ORIGIN_DIR, scan_output
-from services.encoder.media.segments import segment_name
+from services.encoder.media.segments import aside_name, segment_name
 
 from .support import MESHENC, left_behind
 
@@ -128,19 +128,21 @@ def test_a_frozen_encoder_is_noticed_and_never_publishes_what_it_missed(
             print(f"{other} noticed {frozen} frozen after {min(delays) * 1000:.0f} ms")
             assert min(delays) <= NOTICED_WITHIN
         # What it wrote for the slots it missed (and while catching up) differs from the
-        # others' copies; none of that reached the origin under the shared name.
+        # others' copies; none of that is under the shared name, in its own folder (it went
+        # aside) or on the origin.
         differing = 0
         for n in range(segment_at(pause.start, FPS, GOP), segment_at(pause.end, FPS, GOP) + 4):
             name = segment_name(n)
-            mine = _digest(out / frozen / name)
+            mine = _digest(out / frozen / name) or _digest(out / frozen / aside_name(n))
             others = Counter(
                 d for e in ENCODERS if e != frozen and (d := _digest(out / e / name)) is not None
             )
             if mine is None or not others or mine in others:
                 continue
             differing += 1
+            assert _digest(out / frozen / name) != mine, f"{frozen}'s segment {n} not aside"
             assert _digest(out / ORIGIN_DIR / name) != mine, f"{frozen}'s segment {n} published"
-        print(f"{frozen}: {differing} differing segments, none published")
+        print(f"{frozen}: {differing} differing segments, all aside, none published")
         assert differing >= 1, "the freeze cost the frozen encoder nothing: no test"
 
 

@@ -229,7 +229,7 @@ def test_an_unreachable_registry_does_not_stop_the_encoder(
     log = (tmp_path / "alone.log").read_text(errors="replace")
     assert process.returncode == 0, log
     assert "could not publish the draining record" in log, log
-    assert list((tmp_path / "alone").glob("seg-*.ts")), log
+    assert list((tmp_path / "alone").glob("*seg-*.ts")), log
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from services.encoder.media import (
     segment_name,
 )
 from services.encoder.media.containers import MpegTs, Muxed
+from services.encoder.media.segments import aside_name
 
 FMT = VideoFormat(160, 96, FrameRate(30))
 GOP = 6
@@ -243,6 +244,35 @@ def test_segments_are_whole_gops_and_byte_identical(
     assert files(tmp_path / "a") == sorted([*names, "index.m3u8"])
     for name in [*names, "index.m3u8"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_a_segment_its_encoder_cannot_vouch_for_is_written_aside(
+    tmp_path: Path, stream: list[EncodedFrame]
+) -> None:
+    """The shared name holds only segments the encoder vouches for; one it cannot goes aside,
+    with the same bytes, and the playlist still numbers it (a player gets a 404 there)."""
+    first = BASE // GOP
+    asked: list[int] = []
+
+    def aside(segment: int) -> bool:
+        asked.append(segment)
+        return segment == first + 1
+
+    writer = SegmentWriter(tmp_path / "a", PARAMS, aside=aside)
+    for frame in stream:
+        writer.add(frame)
+    writer.finish()
+    plain = write_all(tmp_path / "b", stream)
+    plain.finish()
+    assert asked == [first, first + 1, first + 2]
+    assert files(tmp_path / "a") == sorted(
+        [segment_name(first), aside_name(first + 1), segment_name(first + 2), "index.m3u8"]
+    )
+    assert (tmp_path / "a" / aside_name(first + 1)).read_bytes() == (
+        tmp_path / "b" / segment_name(first + 1)
+    ).read_bytes()
+    playlist = "index.m3u8"
+    assert (tmp_path / "a" / playlist).read_text() == (tmp_path / "b" / playlist).read_text()
 
 
 def test_segments_match_between_encoders_that_started_apart(tmp_path: Path) -> None:
