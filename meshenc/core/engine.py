@@ -489,6 +489,9 @@ class NeighbourSnapshot:
     reported_encode_latency: float = 0.0
     reported_rtt: float = 0.0
     reported_jitter: float = 0.0
+    #: Nothing heard from it within ``stale_after`` (it went silent, or was never heard): it
+    #: does not count towards the timeline.
+    silent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +519,8 @@ class EngineSnapshot:
     pending_change: ParameterChange | None
     #: Since a stall (``Stalled``), not yet proved identical again: vouches for nothing.
     unproven: bool = False
+    #: Whether its output is the mesh's now (``SyncEngine.vouches``).
+    vouches: bool = False
 
 
 # --- per-neighbour state ----------------------------------------------------------------------
@@ -1534,6 +1539,7 @@ class SyncEngine:
                     reported_encode_latency=0.0 if nb.last is None else nb.last.encode_latency,
                     reported_rtt=0.0 if nb.last is None else nb.last.rtt,
                     reported_jitter=0.0 if nb.last is None else nb.last.jitter,
+                    silent=nb.link.last_received_at < now - self.config.stale_after,
                 )
             )
         return EngineSnapshot(
@@ -1555,4 +1561,5 @@ class SyncEngine:
             bitrate_kbps=self._schedule.bitrate_for(max(self.current_segment, 0)),
             pending_change=self._schedule.pending(self.current_segment),
             unproven=self._proof is not None,
+            vouches=self.vouches(now),
         )

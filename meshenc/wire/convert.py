@@ -371,6 +371,9 @@ def encoder_state_to_proto(
     injected_offset_ms: float,
     injected_jitter_ms: float,
     taken_unix_ns: int,
+    stalls: int,
+    unvouched_segments: int,
+    unconfirmed_segments: int,
 ) -> mesh_pb2.EncoderState:
     """The GetState answer: an engine snapshot and the encoder's settings, as an operator
     sees them.
@@ -387,6 +390,9 @@ def encoder_state_to_proto(
         connected: whether the Exchange stream with a neighbour is up.
         injected_drift_ppm, injected_offset_ms, injected_jitter_ms: the test faults it runs.
         taken_unix_ns: when the snapshot was taken, ns since the Unix epoch.
+        stalls: the stalls the encoder has seen (the snapshot says whether it is unproven).
+        unvouched_segments, unconfirmed_segments: segment files not published under the
+            shared name, and of those the ones no neighbour confirmed in time.
     """
     state = mesh_pb2.EncoderState(
         encoder_id=snap.node_id,
@@ -413,6 +419,11 @@ def encoder_state_to_proto(
         bitrate_kbps=snap.bitrate_kbps,
         segment_id=segment,
         topology_epoch=topology_epoch,
+        vouches=snap.vouches,
+        unproven=snap.unproven,
+        stalls=stalls,
+        unvouched_segments=unvouched_segments,
+        unconfirmed_segments=unconfirmed_segments,
     )
     state.input.CopyFrom(input_status)
     if election is not None:
@@ -452,6 +463,7 @@ def encoder_state_to_proto(
             reported_encode_latency_us=_measured_us(n.reported_encode_latency),
             reported_rtt_us=_measured_us(n.reported_rtt),
             reported_jitter_us=_measured_us(n.reported_jitter),
+            silent=n.silent,
         )
     return state
 

@@ -60,7 +60,7 @@ from meshenc.wire.validation import (
 )
 from services.common.grpc_server import open_channel
 from services.common.retry import Backoff, retrying
-from services.common.tls import REGISTRY, TlsFiles
+from services.common.tls import REGISTRY, TlsFiles, channel_credentials
 
 __all__ = [
     "DEFAULT_RPC_TIMEOUT",
@@ -103,30 +103,40 @@ class RegistryChannels:
     """gRPC channels to registry nodes by address, opened on first use, LRU-bounded.
 
     With ``tls``, each channel is mutual TLS and the node must present the
-    :data:`~services.common.tls.REGISTRY` identity.
+    :data:`~services.common.tls.REGISTRY` identity; a channel made before the certificate
+    files were renewed is opened again on its next use (calls still on the old one get
+    :data:`DEFAULT_RPC_TIMEOUT` to finish).
     """
 
     def __init__(self, limit: int = MAX_CHANNELS, *, tls: TlsFiles | None = None) -> None:
         self._limit = limit
         self._tls = tls
-        self._channels: OrderedDict[str, Any] = OrderedDict()
+        #: address -> (channel, the credentials it was made with; None in plaintext)
+        self._channels: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
 
     def stub(self, address: str) -> registry_pb2_grpc.RegistryStub:
-        channel = self._channels.pop(address, None)
-        if channel is None:
-            channel = open_channel(address, tls=self._tls, server_name=REGISTRY)
-        self._channels[address] = channel
+        credentials = channel_credentials(self._tls) if self._tls is not None else None
+        kept = self._channels.pop(address, None)
+        if kept is not None and kept[1] is not credentials:
+            self._close_later(kept[0], grace=DEFAULT_RPC_TIMEOUT)
+            kept = None
+        if kept is None:
+            kept = (open_channel(address, tls=self._tls, server_name=REGISTRY), credentials)
+        self._channels[address] = kept
         while len(self._channels) > self._limit:
-            _, oldest = self._channels.popitem(last=False)
-            task = asyncio.get_running_loop().create_task(oldest.close(grace=None))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        return registry_pb2_grpc.RegistryStub(channel)
+            _, (oldest, _) = self._channels.popitem(last=False)
+            self._close_later(oldest, grace=None)
+        return registry_pb2_grpc.RegistryStub(kept[0])
+
+    def _close_later(self, channel: Any, grace: float | None) -> None:
+        task = asyncio.get_running_loop().create_task(channel.close(grace=grace))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), OrderedDict()
-        await asyncio.gather(*(c.close(grace=None) for c in channels), return_exceptions=True)
+        await asyncio.gather(*(c.close(grace=None) for c, _ in channels), return_exceptions=True)
         await asyncio.gather(*self._closing, return_exceptions=True)
 
 

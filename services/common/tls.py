@@ -7,6 +7,12 @@ certificate and require one from every client, verified against the CA
 server's against the CA (:func:`channel_credentials`). Without the files a process runs in
 plaintext, which every command asks for explicitly with ``--insecure``.
 
+Renewal: the files are read again when they change (their modification time, size or inode),
+by a server before each new connection's handshake and by a channel when it is made, so a
+renewed certificate is used by every connection made after it was written, without a
+restart. Contents that do not read back as a matching pair (a renewal caught half-written)
+are not taken: the previous ones stay in force, with one log line.
+
 An identity is the URI ``meshenc://<name>`` in a certificate's subject alternative names
 (``services.common.certs`` writes it, with the DNS name ``<name>``): an encoder's name is its
 encoder id; :data:`OPERATOR`, :data:`MANAGER` and :data:`REGISTRY` are the names of the
@@ -24,13 +30,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from meshenc.wire.validation import MAX_ID_LENGTH
 from services.common.call_guard import guard
@@ -43,6 +53,7 @@ __all__ = [
     "REGISTRY",
     "IdentityRequired",
     "TlsFiles",
+    "TlsMaterial",
     "channel_credentials",
     "check_identity",
     "identity_uri",
@@ -82,6 +93,18 @@ def identity_uri(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    """The contents of a :class:`TlsFiles`, checked to belong together (PEM bytes)."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+_FileStamp = tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
 class TlsFiles:
     """The CA certificate, this process's certificate and its private key (PEM files)."""
 
@@ -89,39 +112,159 @@ class TlsFiles:
     cert: Path
     key: Path
 
-    def read(self) -> tuple[bytes, bytes, bytes]:
-        """The three files' bytes (CA, certificate, key).
+    def _named(self) -> tuple[tuple[str, Path], ...]:
+        return (("CA", self.ca), ("certificate", self.cert), ("key", self.key))
+
+    def stamp(self) -> tuple[_FileStamp, ...]:
+        """What changes when a file is rewritten or replaced: each file's modification time,
+        size and inode (a missing file stamps as ``(-1, -1, -1)``)."""
+        stamps = []
+        for _, path in self._named():
+            try:
+                info = os.stat(path)
+            except OSError:
+                stamps.append((-1, -1, -1))
+            else:
+                stamps.append((info.st_mtime_ns, info.st_size, info.st_ino))
+        return tuple(stamps)
+
+    def read(self) -> TlsMaterial:
+        """The three files' contents, checked: the CA and the certificate parse and the key is
+        the certificate's.
 
         Raises:
-            ValueError: a file cannot be read (the message names it).
+            ValueError: a file cannot be read or parsed, or the key is not the certificate's
+                (a pair caught half-written); the message names the file.
         """
         contents = []
-        for what, path in (("CA", self.ca), ("certificate", self.cert), ("key", self.key)):
+        for what, path in self._named():
             try:
                 contents.append(Path(path).read_bytes())
             except OSError as exc:
                 raise ValueError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
-        return contents[0], contents[1], contents[2]
+        material = TlsMaterial(ca=contents[0], cert=contents[1], key=contents[2])
+        _check(material, self)
+        return material
+
+
+def _check(material: TlsMaterial, files: TlsFiles) -> None:
+    """ValueError unless ``material`` parses and its key belongs to its certificate."""
+    try:
+        x509.load_pem_x509_certificates(material.ca)
+    except ValueError:
+        raise ValueError(f"the TLS CA {files.ca} holds no PEM certificate") from None
+    try:
+        leaf = x509.load_pem_x509_certificates(material.cert)[0]
+    except ValueError:
+        raise ValueError(f"the TLS certificate {files.cert} holds no PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(material.key, password=None)
+    except (ValueError, TypeError):
+        raise ValueError(f"the TLS key {files.key} holds no unencrypted PEM key") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise ValueError(f"the TLS key {files.key} is not the key of {files.cert}")
+
+
+class _Reloader:
+    """The latest good contents of one :class:`TlsFiles`, re-read when a file changes.
+
+    ``generation`` counts the contents taken since start. A change that does not read back as
+    a matching pair (caught half-written, a missing file) keeps the previous contents, with
+    one log line per change seen. Called from gRPC's own threads too, hence the lock.
+    """
+
+    def __init__(self, files: TlsFiles) -> None:
+        self._files = files
+        self._lock = threading.Lock()
+        self._stamp = files.stamp()
+        self.material = files.read()
+        self.generation = 0
+
+    def current(self) -> tuple[int, TlsMaterial]:
+        """The generation and contents in force, after reading the files if they changed."""
+        with self._lock:
+            stamp = self._files.stamp()
+            if stamp != self._stamp:
+                # Stamped before reading: a file changing meanwhile is read again next time.
+                self._stamp = stamp
+                try:
+                    material = self._files.read()
+                except ValueError as exc:
+                    log.warning("kept the previous TLS certificate: %s", exc)
+                else:
+                    if material != self.material:
+                        self.material = material
+                        self.generation += 1
+                        log.info("took the renewed TLS certificate %s", self._files.cert)
+            return self.generation, self.material
 
 
 @functools.cache
+def _reloader(files: TlsFiles) -> _Reloader:
+    return _Reloader(files)
+
+
+def _server_configuration(material: TlsMaterial) -> Any:
+    return grpc.ssl_server_certificate_configuration(
+        [(material.key, material.cert)], root_certificates=material.ca
+    )
+
+
 def server_credentials(files: TlsFiles) -> Any:
     """Credentials of a server that presents ``files.cert`` and requires a client certificate
-    signed by ``files.ca`` (read once per process)."""
-    ca, cert, key = files.read()
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=True
+    signed by ``files.ca``.
+
+    gRPC asks for the certificate before every new connection's handshake; the files are
+    read again when they changed (:meth:`TlsFiles.stamp`), so a renewed certificate is served
+    without a restart, while connections already open keep theirs.
+
+    Raises:
+        ValueError: the files cannot be read or do not belong together (at start only).
+    """
+    reloader = _reloader(files)
+    applied, material = reloader.current()
+
+    def fetch() -> Any:
+        nonlocal applied
+        try:
+            generation, renewed = reloader.current()
+        except Exception:  # an exception here would fail the handshake; keep serving
+            log.exception("could not check the TLS files for a renewal")
+            return None
+        if generation == applied:
+            return None
+        applied = generation
+        return _server_configuration(renewed)
+
+    return grpc.dynamic_ssl_server_credentials(
+        _server_configuration(material), fetch, require_client_authentication=True
     )
 
 
-@functools.cache
+_channel_credentials: dict[TlsFiles, tuple[int, Any]] = {}
+
+
 def channel_credentials(files: TlsFiles) -> Any:
     """Credentials of a channel that presents ``files.cert`` and trusts servers signed by
-    ``files.ca`` (read once per process)."""
-    ca, cert, key = files.read()
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca, private_key=key, certificate_chain=cert
-    )
+    ``files.ca``, as the files are now.
+
+    The same object while the files are unchanged, a new one after a renewal: a caller that
+    keeps a channel compares it to tell that its channel should be opened again.
+
+    Raises:
+        ValueError: the files cannot be read or do not belong together (the first time only).
+    """
+    generation, material = _reloader(files).current()
+    cached = _channel_credentials.get(files)
+    if cached is None or cached[0] != generation:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=material.ca,
+            private_key=material.key,
+            certificate_chain=material.cert,
+        )
+        cached = _channel_credentials[files] = (generation, credentials)
+    return cached[1]
 
 
 def peer_identity(context: Any) -> str | None:

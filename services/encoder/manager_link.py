@@ -10,7 +10,8 @@ the stream fails (the manager restarts, a standby refuses it, the network drops)
 with the services' backoff (``services.common.retry``: between half and all of a ceiling that
 doubles from ``backoff_base`` to ``backoff_cap`` seconds); a stream that ran for a while starts
 the backoff afresh. The manager notices a dead encoder by its stream ending, so the stream is
-opened as soon as the encoder runs and never closed while it does.
+opened as soon as the encoder runs and never closed while it does. A stream opened after the
+certificate files were renewed goes out on a new channel that presents them.
 
 Escalations (the engine's ``Escalate`` action: a proposal its neighbours did not approve) go
 out as one ``Escalate`` call each (:func:`meshenc.wire.convert.escalation_to_proto`), with
@@ -40,7 +41,7 @@ from meshenc.core.messages import ResyncVote
 from meshenc.v1 import manager_pb2, manager_pb2_grpc
 from services.common.grpc_server import open_channel
 from services.common.retry import Backoff, retrying
-from services.common.tls import MANAGER, TlsFiles
+from services.common.tls import MANAGER, TlsFiles, channel_credentials
 
 __all__ = [
     "DEFAULT_REPORT_INTERVAL",
@@ -131,6 +132,8 @@ class ManagerLink:
         self._backoff = Backoff(backoff_base, backoff_cap, jitter=0.0, spread=0.5)
         self._rng = rng if rng is not None else random.Random()
         self._channel: Any = None
+        self._credentials: Any = None
+        self._closing: set[asyncio.Task[None]] = set()
         #: Reports written, streams opened, and escalations answered by verdict name.
         self.reports_sent = 0
         self.streams = 0
@@ -138,8 +141,23 @@ class ManagerLink:
 
     def _stub(self) -> manager_pb2_grpc.MeshManagerStub:
         if self._channel is None:
+            self._credentials = self._current_credentials()
             self._channel = open_channel(self.address, tls=self._tls, server_name=MANAGER)
         return manager_pb2_grpc.MeshManagerStub(self._channel)
+
+    def _current_credentials(self) -> Any:
+        return channel_credentials(self._tls) if self._tls is not None else None
+
+    def _drop_stale_channel(self) -> None:
+        """Before a new stream: a channel made before the certificate files were renewed is
+        closed (an escalation on it gets its timeout to finish), so the next dial uses them."""
+        channel = self._channel
+        if channel is None or self._current_credentials() is self._credentials:
+            return
+        self._channel = None
+        task = asyncio.get_running_loop().create_task(channel.close(grace=ESCALATION_TIMEOUT))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def run(self) -> None:
         """Keep the report stream open until cancelled."""
@@ -169,6 +187,7 @@ class ManagerLink:
 
     async def _stream_once(self) -> None:
         started = time.monotonic()
+        self._drop_stale_channel()
         call = self._stub().ReportHealth(self._reports())
         self.streams += 1
         try:
@@ -208,3 +227,4 @@ class ManagerLink:
         if channel is not None:
             with contextlib.suppress(Exception):
                 await channel.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)

@@ -132,6 +132,12 @@ class RunStats:
     skipped: int = 0
     segments: int = 0
     escalations: int = 0
+    #: Segment files not published under the shared name: all of them, and of those the
+    #: ones vouched for that no neighbour confirmed in time (see ``_release``).
+    unvouched: int = 0
+    unconfirmed: int = 0
+    #: Stalls past the engine's ``stale_after`` (see ``_check_stall``).
+    stalls: int = 0
 
 
 class EncoderRuntime:
@@ -171,14 +177,12 @@ class EncoderRuntime:
         self._vouched: dict[int, bool] = {}
         #: Per segment written: whether it went aside (``_sets_aside``), for its other rungs.
         self._aside: dict[int, bool] = {}
-        self.unvouched = 0
         #: Segments vouched for and written, waiting for a neighbour's hashes to agree, by
         #: (segment, rung folder): (rendition, path, give up at (monotonic), whether it was
         #: the segment's last rung). A neighbour's ESP for a frame follows its own ingest
         #: delay, so the last frames' agreement comes a few hundred ms after writing.
         self._held: dict[tuple[int, str], tuple[Rendition, Path, float, bool]] = {}
         self._hold_limit = 2.0 * self._segments.duration(self._period)
-        self.unconfirmed = 0
         self._input = InputMonitor(float(self._period), settings.input_loss, time.time())
         self._cadence = SourceCadence(Fraction(fr.den, fr.num))
         self._window = FingerprintWindow()
@@ -222,7 +226,6 @@ class EncoderRuntime:
         #: The heartbeat (monotonic): when it last beat, and when a stall last ended.
         self._beat = time.monotonic()
         self._stalled_at = -math.inf
-        self.stalls = 0
 
     # -- clock --------------------------------------------------------------------------------
 
@@ -379,6 +382,9 @@ class EncoderRuntime:
             injected_offset_ms=settings.offset_ms,
             injected_jitter_ms=settings.jitter_ms,
             taken_unix_ns=time.time_ns(),
+            stalls=self.stats.stalls,
+            unvouched_segments=self.stats.unvouched,
+            unconfirmed_segments=self.stats.unconfirmed,
         )
 
     # -- the loop -----------------------------------------------------------------------------
@@ -557,7 +563,7 @@ class EncoderRuntime:
         if gap <= self.engine.config.stale_after:
             log.info("held up for %.2f s: no playlist until the leadership is confirmed", gap)
             return
-        self.stalls += 1
+        self.stats.stalls += 1
         log.warning(
             "stalled for %.2f s (this process did not run): vouching for no segment until "
             "identical again, no playlist until the leadership is confirmed",
@@ -615,7 +621,7 @@ class EncoderRuntime:
                 and self._ladder.segment_written(newest)
             )
             if newest is None or not (vouched and self.engine.vouches(self.clock())):
-                self.unvouched += 1
+                self.stats.unvouched += 1
             else:
                 deadline = time.monotonic() + self._hold_limit
                 self._held[newest, rendition.folder or ""] = (rendition, path, deadline, completed)
@@ -653,8 +659,8 @@ class EncoderRuntime:
                         self._publish_ladder()
             elif final or now > deadline:
                 del self._held[key]
-                self.unvouched += 1
-                self.unconfirmed += 1
+                self.stats.unvouched += 1
+                self.stats.unconfirmed += 1
                 if not final:
                     with contextlib.suppress(OSError):  # gone already (a cleanup, a restart)
                         path.rename(path.with_name(aside_name(key[0], writer.format)))

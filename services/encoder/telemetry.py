@@ -157,6 +157,10 @@ class _EncoderView:
     per_neighbour_counts: Mapping[str, Mapping[str, int]]
     frames: int
     skipped: int
+    #: The runtime's stalls and segment files not published under the shared name.
+    stalls: int
+    unvouched: int
+    unconfirmed: int
     cpu_load: float
     encode_latency: float
     leader: bool | None
@@ -255,6 +259,11 @@ _NEIGHBOUR_GAUGES: Final[tuple[tuple[str, str, Callable[[NeighbourSnapshot], flo
         "1 while a neighbour counts towards the timeline, 0 while it is suspect.",
         lambda n: float(n.trusted),
     ),
+    (
+        "meshenc_neighbour_silent",
+        "1 while nothing has been heard from a neighbour for longer than its word is kept.",
+        lambda n: float(n.silent),
+    ),
 )
 _NEIGHBOUR_COUNTERS: Final = {
     "meshenc_mesh_messages_sent_total": "Messages written to each neighbour.",
@@ -266,6 +275,31 @@ _NEIGHBOUR_COUNTERS: Final = {
 }
 _ENCODER_GAUGES: Final[tuple[tuple[str, str, Callable[[_EncoderView], float | None]], ...]] = (
     ("meshenc_locked", "1 while this encoder holds a lock.", lambda v: float(v.snapshot.locked)),
+    (
+        "meshenc_vouches",
+        "1 while this encoder vouches for its output (its segments go out under the shared name).",
+        lambda v: float(v.snapshot.vouches),
+    ),
+    (
+        "meshenc_unproven",
+        "1 from a stall of this process until its frame hashes equal a neighbour's again.",
+        lambda v: float(v.snapshot.unproven),
+    ),
+    (
+        "meshenc_stalls_total",
+        "Times this process stood still for longer than it keeps a neighbour's word.",
+        lambda v: float(v.stalls),
+    ),
+    (
+        "meshenc_segments_unvouched_total",
+        "Segment files written that did not go out under the shared name.",
+        lambda v: float(v.unvouched),
+    ),
+    (
+        "meshenc_segments_unconfirmed_total",
+        "Of those, the ones vouched for whose frame hashes no neighbour confirmed in time.",
+        lambda v: float(v.unconfirmed),
+    ),
     (
         "meshenc_timeline_error_seconds",
         "Distance of this encoder's label from the timeline its neighbours agree on.",
@@ -435,6 +469,15 @@ class _Stats(Protocol):
 
     @property
     def skipped(self) -> int: ...
+
+    @property
+    def stalls(self) -> int: ...
+
+    @property
+    def unvouched(self) -> int: ...
+
+    @property
+    def unconfirmed(self) -> int: ...
 
 
 class _Links(Protocol):
@@ -720,6 +763,9 @@ class EncoderTelemetry:
             },
             frames=stats.frames,
             skipped=stats.skipped,
+            stalls=stats.stalls,
+            unvouched=stats.unvouched,
+            unconfirmed=stats.unconfirmed,
             cpu_load=load[0],
             encode_latency=load[1],
             leader=self._leads,

@@ -168,9 +168,13 @@ def test_a_stalled_encoder_vouches_for_nothing_until_a_segment_is_identical_agai
     neighbours: dict[str, Callable[[int], float]] = {"a": _zero, "b": _zero, "c": _zero}
     _run(engine, range(150), neighbours)
     assert engine.engine.vouches(START + 150 * T)
+    before = engine.snapshot(START + 150 * T)
+    assert before.vouches and not [n.neighbour for n in before.neighbours if n.silent]
     engine.stalled(START + 240 * T, 3.0)  # frozen for 3 s
     assert not engine.engine.vouches(START + 240 * T)
-    assert engine.snapshot(START + 240 * T).unproven
+    after = engine.snapshot(START + 240 * T)
+    assert after.unproven and not after.vouches
+    assert [n.neighbour for n in after.neighbours if n.silent] == ["a", "b", "c"]  # 3 s ago
     # Its first pictures back differ from everyone's (a GOP it joined mid-way)...
     differ: dict[str, Callable[[int, int], bytes]] = dict.fromkeys(
         neighbours, lambda picture, tc: b"\x01" * 32

@@ -1461,7 +1461,7 @@ def test_contact_round_trip(node_id: int, address: str) -> None:
 
 
 def _neighbour(name: str, **fields: float) -> NeighbourSnapshot:
-    values: dict[str, float] = dict(
+    values: dict[str, Any] = dict(
         deviation=-0.00025, predicted=-0.00024, rate=1e-6, rtt=0.0008, jitter=0.00009
     )
     values.update(fields)
@@ -1602,7 +1602,8 @@ def _state(snap: EngineSnapshot, **fields: Any) -> mesh_pb2.EncoderState:
         topology_epoch=3,
         input_status=mesh_pb2.InputStatus(state="live"), last_esp=None,
         connected=lambda peer: peer == "enc-2", injected_drift_ppm=5.0,
-        injected_offset_ms=-2.0, injected_jitter_ms=0.5, taken_unix_ns=T0_NS,
+        injected_offset_ms=-2.0, injected_jitter_ms=0.5, taken_unix_ns=T0_NS, stalls=0,
+        unvouched_segments=0, unconfirmed_segments=0,
     )  # fmt: skip
     args.update(fields)
     return convert.encoder_state_to_proto(snap, **args)
@@ -1648,6 +1649,19 @@ def test_encoder_state_shows_unmeasured_values_as_zero() -> None:
     assert (state.error_ns, state.timecode, state.segment_number) == (0, 0, 0)
     (n,) = state.neighbours
     assert (n.measured_deviation_ns, n.deviation_rate_ppb, n.rtt_us, n.jitter_us) == (0, 0, 0, 0)
+
+
+def test_encoder_state_shows_stalls_vouching_and_silent_neighbours() -> None:
+    silent = dataclasses.replace(_neighbour("enc-3"), silent=True)
+    snap = _snapshot(_neighbour("enc-2"), silent, unproven=True, vouches=False)
+    state = _state(snap, stalls=2, unvouched_segments=9, unconfirmed_segments=4)
+    assert (state.vouches, state.unproven, state.stalls) == (False, True, 2)
+    assert (state.unvouched_segments, state.unconfirmed_segments) == (9, 4)
+    assert [(n.neighbour_id, n.silent) for n in state.neighbours] == [
+        ("enc-2", False),
+        ("enc-3", True),
+    ]
+    assert _state(_snapshot(vouches=True)).vouches
 
 
 def test_encoder_state_shows_the_election() -> None:

@@ -1,15 +1,23 @@
-"""GetState's view of an encoder, built from a real engine that has heard from a neighbour."""
+"""GetState's view of an encoder: built from a real engine that has heard from a neighbour, and
+asked over real gRPC of a real encoder runtime that stalls."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 
 from meshenc.core.engine import EngineConfig, EspReceived, FrameCaptured, SyncEngine
 from meshenc.core.messages import EncodingStatePacket
 from meshenc.core.timecode import FrameRate
-from meshenc.v1 import mesh_pb2
+from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from meshenc.wire import convert
-from services.encoder.settings import parse_size
+from services.common.grpc_server import open_channel
+from services.encoder.media.containers import SegmentFormat
+from services.encoder.media.ladder import renditions_for
+from services.encoder.media.segments import segment_name
+from services.encoder.runtime import EncoderRuntime
+from services.encoder.settings import EncoderSettings, parse_size
 
 FPS = FrameRate(30)
 START = FPS.slot_middle(FPS.slot(1.8e9))
@@ -42,6 +50,9 @@ def test_get_state_reports_the_engine_and_each_neighbour() -> None:
         injected_offset_ms=0.0,
         injected_jitter_ms=0.0,
         taken_unix_ns=time.time_ns(),
+        stalls=0,
+        unvouched_segments=0,
+        unconfirmed_segments=0,
     )
     assert state.encoder_id == "a"
     assert state.timecode == snap.timecode and state.segment_number == snap.timecode // 30
@@ -54,6 +65,49 @@ def test_get_state_reports_the_engine_and_each_neighbour() -> None:
     # way towards it, so we are behind it by less than 4 ms, and GetState says so in ns.
     assert neighbour.measured_deviation_ns == round(snap.neighbours[0].deviation * 1e9)
     assert -4_000_000 < neighbour.measured_deviation_ns < 0
+
+
+def test_get_state_shows_a_stall_and_what_the_encoder_no_longer_vouches_for(
+    tmp_path: Path,
+) -> None:
+    """A real runtime's server, asked over gRPC: its loop stands still for longer than the
+    engine keeps a neighbour's word (as under SIGSTOP), its stall check sees it, and GetState
+    says so; the segment it writes next is not vouched for. Its neighbour, never heard from,
+    shows as silent throughout."""
+    settings = EncoderSettings(
+        id="e1", listen="127.0.0.1:0", out=tmp_path, peers={"e2": "127.0.0.1:9"}, gop=30
+    )
+
+    async def scenario() -> None:
+        runtime = EncoderRuntime(settings)
+        port = await runtime.server.start("127.0.0.1:0")
+        channel = open_channel(f"127.0.0.1:{port}")
+        stub = mesh_pb2_grpc.EncoderMeshStub(channel)
+        try:
+            runtime._check_stall()  # the loop ran a moment ago: no stall
+            before = await stub.GetState(mesh_pb2.GetStateRequest(), timeout=5.0)
+            assert (before.unproven, before.stalls, before.unvouched_segments) == (False, 0, 0)
+            assert not before.vouches  # never locked
+            assert [(n.neighbour_id, n.silent) for n in before.neighbours] == [("e2", True)]
+
+            time.sleep(runtime.engine.config.stale_after + 0.3)  # the whole loop stands still
+            runtime._check_stall()
+            (rendition,) = renditions_for(
+                tmp_path, FPS, 30, None, size=(64, 64), bitrate_kbps=200, fmt=SegmentFormat.TS
+            )
+            segment = tmp_path / segment_name(7, SegmentFormat.TS)
+            segment.write_bytes(b"")
+            runtime.segments_written(rendition, [segment], time.time_ns())
+
+            after = await stub.GetState(mesh_pb2.GetStateRequest(), timeout=5.0)
+            assert (after.unproven, after.stalls, after.vouches) == (True, 1, False)
+            assert (after.unvouched_segments, after.unconfirmed_segments) == (1, 0)
+        finally:
+            await channel.close()
+            await runtime.server.stop(0)
+            await runtime.links.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20.0))
 
 
 def test_sizes_parse_as_width_and_height() -> None:

@@ -217,7 +217,8 @@ def test_the_endpoint_serves_the_encoders_state_as_observed(
     links.sent["b"] += 12
     links.dropped_esps["b"] += 3
     a = encoder("a", provider, ("b",))
-    a.observe(links, RunStats(frames=90, skipped=2), (0.25, 0.004))
+    stats = RunStats(frames=90, skipped=2, unvouched=5, unconfirmed=2, stalls=1)
+    a.observe(links, stats, (0.25, 0.004))
     server = start_metrics_server("127.0.0.1:0")
     try:
         samples = scrape(server.port)
@@ -230,6 +231,12 @@ def test_the_endpoint_serves_the_encoders_state_as_observed(
     assert samples["meshenc_frames_skipped_total"] == {(): 2.0}
     assert samples["meshenc_cpu_load_ratio"] == {(): 0.25}
     assert samples["meshenc_bitrate_kbps"] == {(): 1500.0}
+    assert samples["meshenc_stalls_total"] == {(): 1.0}
+    assert samples["meshenc_segments_unvouched_total"] == {(): 5.0}
+    assert samples["meshenc_segments_unconfirmed_total"] == {(): 2.0}
+    # An engine that never locked vouches for nothing; b was never heard from.
+    assert (samples["meshenc_vouches"], samples["meshenc_unproven"]) == ({(): 0.0}, {(): 0.0})
+    assert samples["meshenc_neighbour_silent"] == {(("neighbour", "b"),): 1.0}
     # No ESP has arrived: the offset estimate does not exist yet and is left out, not NaN.
     assert samples.get("meshenc_neighbour_offset_seconds", {}) == {}
     assert "process_cpu_seconds_total" in samples

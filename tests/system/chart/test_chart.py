@@ -44,6 +44,11 @@ TLS_VARIABLES = (
     "MESHENC_TLS_KEY",
 )
 """What every meshenc service gets for mutual TLS (or plaintext) and its health-only port."""
+PEER_LIMITS = {
+    "maxStreamsPerPeer": "MESHENC_MAX_STREAMS_PER_PEER",
+    "maxMessagesPerPeer": "MESHENC_MAX_MESSAGES_PER_PEER",
+}
+"""A service's per-peer limit values and the variables they become (set in ci/mtls-values.yaml)."""
 
 CHART_VARIABLES: dict[str, frozenset[str]] = {
     "encoder": frozenset(
@@ -74,6 +79,7 @@ CHART_VARIABLES: dict[str, frozenset[str]] = {
             "MESHENC_ETCD_KEY",
             "MESHENC_METRICS_LISTEN",
             *TLS_VARIABLES,
+            *PEER_LIMITS.values(),
             # Set through encoder.extraEnv in ci/quickstart-tracing-values.yaml.
             "MESHENC_LOG_LEVEL",
         }
@@ -85,6 +91,7 @@ CHART_VARIABLES: dict[str, frozenset[str]] = {
             "MESHENC_SEEDS",
             "MESHENC_METRICS_LISTEN",
             *TLS_VARIABLES,
+            *PEER_LIMITS.values(),
         }
     ),
     "manager": frozenset(
@@ -108,6 +115,7 @@ CHART_VARIABLES: dict[str, frozenset[str]] = {
             "MESHENC_ETCD_KEY",
             "MESHENC_METRICS_LISTEN",
             *TLS_VARIABLES,
+            *PEER_LIMITS.values(),
         }
     ),
     "health-check": frozenset(),
@@ -469,6 +477,43 @@ def test_services_run_mutual_tls_with_the_secret_or_plaintext_when_asked(values:
     assert checked == {"encoder", "registry", "manager"}
 
 
+def peer_limits_rendered(manifests: tuple[Manifest, ...]) -> dict[str, dict[str, float]]:
+    """Per service, the per-peer limit variables its container gets, as numbers."""
+    found: dict[str, dict[str, float]] = {}
+    for _manifest, container in meshenc_containers(manifests):
+        command, environment = container["args"][0], container_environment(container)
+        if command != "health-check":
+            found[command] = {
+                v: float(environment[v]) for v in PEER_LIMITS.values() if v in environment
+            }
+    return found
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_per_peer_limits_reach_each_service_only_when_set(values: str) -> None:
+    """A service's maxStreamsPerPeer / maxMessagesPerPeer become its MESHENC_MAX_*_PER_PEER;
+    a limit not set is no variable at all (the service's default holds)."""
+    given = {} if values == "default" else yaml.safe_load((CHART / "ci" / values).read_text())
+    expected = {
+        command: {
+            variable: float(given[command][key])
+            for key, variable in PEER_LIMITS.items()
+            if given.get(command, {}).get(key) is not None
+        }
+        for command in ("encoder", "registry", "manager")
+    }
+    assert peer_limits_rendered(rendered(values)) == expected
+
+
+def test_one_per_peer_limit_set_alone_is_rendered_alone() -> None:
+    manifests = rendered("default", "--set", "registry.maxStreamsPerPeer=16")
+    assert peer_limits_rendered(manifests) == {
+        "encoder": {},
+        "registry": {"MESHENC_MAX_STREAMS_PER_PEER": 16.0},
+        "manager": {},
+    }
+
+
 @pytest.mark.parametrize("values", VALUES_FILES)
 def test_every_pod_is_non_root_read_only_without_capabilities(values: str) -> None:
     components = set()
@@ -764,6 +809,7 @@ REJECTED = {
         "metrics.port (7400) must differ from encoder.port",
     ),
     "mtls-without-secret": ("tls.enabled=true", "tls.existingSecret: name the Secret"),
+    "no-streams-per-peer": ("encoder.maxStreamsPerPeer=0", "'/encoder/maxStreamsPerPeer': minimum"),
     "health-on-the-metrics-port": (
         "health.port=9464",
         "health.port (9464) must differ from encoder.port",

@@ -233,6 +233,20 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
 
+{{/* meshenc.peerLimitEnv: a component's per-peer limits, only those set (else the service's defaults; a whole number of messages rendered as one); call with $component (its "values"). */}}
+{{- define "meshenc.peerLimitEnv" -}}
+{{- $streams := .values.maxStreamsPerPeer }}
+{{- $messages := .values.maxMessagesPerPeer }}
+{{- if not (kindIs "invalid" $streams) }}
+- name: MESHENC_MAX_STREAMS_PER_PEER
+  value: {{ int64 $streams | toString | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $messages) }}
+- name: MESHENC_MAX_MESSAGES_PER_PEER
+  value: {{ ternary (int64 $messages) $messages (eq (float64 (int64 $messages)) (float64 $messages)) | toString | quote }}
+{{- end }}
+{{- end }}
+
 {{/* meshenc.tlsVolumeMount: the mount of the services' certificates, when tls.enabled. */}}
 {{- define "meshenc.tlsVolumeMount" -}}
 {{- if .Values.tls.enabled }}
