@@ -11,7 +11,9 @@ An identity is the URI ``meshenc://<name>`` in a certificate's subject alternati
 (``services.common.certs`` writes it, with the DNS name ``<name>``): an encoder's name is its
 encoder id; :data:`OPERATOR`, :data:`MANAGER` and :data:`REGISTRY` are the names of the
 operator (the command line, grpcurl), the manager and every registry node. :func:`peer_identity`
-reads it from a call's ``context.auth_context()``.
+reads it from a call's ``context.auth_context()``. The same certificate and key sign the
+process's registry records (:func:`record_signer`), and the same CA checks others' records
+(:func:`record_verifier`; :mod:`meshenc.wire.signature`).
 
 Invariant: on a TLS server every call reaching a servicer has an identity (the
 :class:`IdentityRequired` interceptor ends any other with UNAUTHENTICATED), so a servicer that
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any, Final
 
 import grpc
 
+from meshenc.wire.signature import IDENTITY_RE, IDENTITY_SCHEME, RecordSigner, RecordVerifier
 from meshenc.wire.validation import MAX_ID_LENGTH
 from services.common.call_guard import guard
 from services.common.log_limit import LimitedLog
@@ -47,6 +49,8 @@ __all__ = [
     "check_identity",
     "identity_uri",
     "peer_identity",
+    "record_signer",
+    "record_verifier",
     "refuse",
     "require_identity",
     "require_operator",
@@ -56,20 +60,18 @@ __all__ = [
 
 log = logging.getLogger("meshenc.tls")
 
-IDENTITY_SCHEME: Final = "meshenc://"
 OPERATOR: Final = "operator"
 """The operator's identity: the only one that may change the mesh (``SetParameters``)."""
 MANAGER: Final = "manager"
 """The manager's identity."""
 REGISTRY: Final = "registry"
 """The identity every registry node presents: the only one that may replicate records."""
-_NAME_RE: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_ID_LENGTH}}}")
 _refusals: Final = LimitedLog(log)
 
 
 def check_identity(name: str) -> str:
     """``name`` when it can be an identity (an encoder id's characters), else ValueError."""
-    if _NAME_RE.fullmatch(name) is None:
+    if IDENTITY_RE.fullmatch(name) is None:
         raise ValueError(
             f"an identity is 1-{MAX_ID_LENGTH} characters of [A-Za-z0-9._-], got {name!r}"
         )
@@ -124,6 +126,29 @@ def channel_credentials(files: TlsFiles) -> Any:
     )
 
 
+@functools.cache
+def record_signer(files: TlsFiles) -> RecordSigner:
+    """Signs this process's own registry records with its certificate's key (read once).
+
+    Raises:
+        ValueError: a file cannot be read, or the key cannot sign records (the message says
+            why).
+    """
+    _, cert, key = files.read()
+    return RecordSigner(key, cert)
+
+
+@functools.cache
+def record_verifier(files: TlsFiles) -> RecordVerifier:
+    """Checks registry records against this process's CA (read once).
+
+    Raises:
+        ValueError: the CA file cannot be read or holds no certificate.
+    """
+    ca, _, _ = files.read()
+    return RecordVerifier.from_pem(ca)
+
+
 def peer_identity(context: Any) -> str | None:
     """The caller's identity (``meshenc://NAME`` in its certificate), or None on a plaintext
     connection or for a certificate that names none."""
@@ -131,7 +156,7 @@ def peer_identity(context: Any) -> str | None:
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         if text.startswith(IDENTITY_SCHEME):
             name = text[len(IDENTITY_SCHEME) :]
-            if _NAME_RE.fullmatch(name) is not None:
+            if IDENTITY_RE.fullmatch(name) is not None:
                 return name
     return None
 

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,8 +68,11 @@ def address(node: RegistryNode) -> str:
 
 
 @contextlib.asynccontextmanager
-async def replicas(count: int, **settings: Any) -> AsyncIterator[list[RegistryNode]]:
-    """``count`` in-process registry nodes; every one after the first joins through it."""
+async def replicas(
+    count: int, *, node_ids: Sequence[int] | None = None, **settings: Any
+) -> AsyncIterator[list[RegistryNode]]:
+    """``count`` in-process registry nodes (with ``node_ids``, those ids; random otherwise);
+    every one after the first joins through it."""
     nodes: list[RegistryNode] = []
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -78,6 +81,7 @@ async def replicas(count: int, **settings: Any) -> AsyncIterator[list[RegistryNo
             node = RegistryNode(
                 RegistrySettings(
                     listen="127.0.0.1:0",
+                    node_id=id_to_bytes(node_ids[index]).hex() if node_ids else None,
                     seeds=seeds,
                     tick_interval=0.05,
                     join_timeout=5.0,
