@@ -91,6 +91,10 @@ class TlsFiles:
     cert: Path
     key: Path
 
+    def flags(self) -> list[str]:
+        """The command-line flags that start a meshenc process with these files."""
+        return ["--tls-ca", str(self.ca), "--tls-cert", str(self.cert), "--tls-key", str(self.key)]
+
     def read(self) -> tuple[bytes, bytes, bytes]:
         """The three files' bytes (CA, certificate, key).
 

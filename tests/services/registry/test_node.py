@@ -37,6 +37,7 @@ from services.common.registry_client import (
     RegistryClient,
     RegistryUnavailable,
 )
+from services.common.tls import TlsFiles
 from services.registry.node import RegistryNode
 from services.registry.settings import RegistrySettings
 
@@ -410,17 +411,18 @@ def test_the_command_refuses_bad_settings(arguments: list[str], message: str) ->
 
 @contextlib.contextmanager
 def registry_processes(
-    tmp_path: Path, count: int
+    tmp_path: Path, count: int, *, tls: TlsFiles | None = None
 ) -> Iterator[tuple[list[subprocess.Popen[bytes]], list[str]]]:
-    """``count`` registry processes on free ports, each seeded with all of them; yields the
-    processes and their addresses."""
+    """``count`` registry processes on free ports, each seeded with all of them (mutual TLS
+    with ``tls``, plaintext without); yields the processes and their addresses."""
     addresses = [f"127.0.0.1:{p}" for p in free_ports(count)]
     seeds = ",".join(addresses)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for index, listen in enumerate(addresses):
             command = [
-                sys.executable, "-m", "meshenc", "registry", "--insecure",
+                sys.executable, "-m", "meshenc", "registry",
+                *(tls.flags() if tls else ["--insecure"]),
                 "--listen", listen,
                 "--seeds", seeds,
                 "--log-level", "DEBUG",
