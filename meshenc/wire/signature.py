@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -117,7 +117,10 @@ class RecordSigner:
     """
 
     def __init__(self, key_pem: bytes, cert_pem: bytes) -> None:
-        key = serialization.load_pem_private_key(key_pem, password=None)
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ValueError(f"the private key does not load: {exc}") from None
         if not isinstance(key, PrivateKey):
             raise ValueError(
                 f"records are signed with ECDSA or RSA keys, not {type(key).__name__} "
