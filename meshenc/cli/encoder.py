@@ -31,6 +31,7 @@ from meshenc.core.policy import Strategy
 from meshenc.wire.address import parse_address_list
 from services.common.certs import certificate_identity
 from services.common.etcd import DEFAULT_LEASE_TTL
+from services.common.tls import record_signer
 from services.encoder.media.ladder import Rung, parse_ladder
 from services.encoder.media.serve import OutputServeError
 from services.encoder.runtime import EncoderRuntime
@@ -281,7 +282,8 @@ def _given(ctx: click.Context, name: str) -> bool:
     envvar="MESHENC_REGISTRY",
     default="",
     help="Registry replicas HOST:PORT,... to publish this encoder's record in "
-    "(address, segment, capacity, health); not published when empty.",
+    "(address, segment, capacity, health; signed with --tls-key under mutual TLS); "
+    "not published when empty.",
 )
 @click.option(
     "--capacity",
@@ -393,6 +395,12 @@ def encoder(
             raise click.UsageError(
                 f"--tls-cert {tls.cert} names {certified!r}, not this encoder's id {node_id!r}"
             )
+        if registry:
+            # Its registry records are signed with this key (replicas take no other).
+            try:
+                record_signer(tls)
+            except ValueError as exc:
+                raise click.UsageError(f"--tls-key cannot sign registry records: {exc}") from exc
     try:
         etcd = etcd_settings(
             etcd_endpoints,

@@ -502,15 +502,7 @@ class DemoRun:
         """The TLS flags of the process that runs as ``identity`` (``--insecure`` without)."""
         if self.certs is None:
             return ["--insecure"]
-        files = self.certs.files(identity)
-        return [
-            "--tls-ca",
-            str(files.ca),
-            "--tls-cert",
-            str(files.cert),
-            "--tls-key",
-            str(files.key),
-        ]
+        return self.certs.files(identity).flags()
 
     def encoder_args(self, encoder: EncoderPlan, etcd_endpoint: str) -> list[str]:
         """The ``meshenc encoder`` command line of one encoder."""

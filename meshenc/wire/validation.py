@@ -63,7 +63,9 @@ Registry (``Registry``)
     ``target``/``key`` are exactly 20 bytes; Store requires a valid ``record``.
   - EncoderRecord: valid ``encoder_id`` and ``address``; ``segment_id`` empty or an id;
     ``capacity`` <= ``MAX_CAPACITY``; ``health`` known and not UNSPECIFIED; ``version`` > 0;
-    ``ttl_ms`` within [1, ``MAX_TTL_MS``] (24 h).
+    ``ttl_ms`` within [1, ``MAX_TTL_MS``] (24 h); ``signature`` at most
+    ``MAX_SIGNATURE_BYTES`` and ``certificate`` at most ``MAX_CERTIFICATE_BYTES``, both set
+    or both empty (whether the signature holds is :mod:`meshenc.wire.signature`'s business).
   - Responses (received by the lookup of the calling node): ``responder`` is set and valid;
     node lists hold at most ``MAX_NODES_PER_RESPONSE`` nodes with distinct ids;
     FindValueResponse sets exactly one result.
@@ -98,6 +100,7 @@ __all__ = [
     "FRAME_HASH_LENGTH",
     "MAX_BITRATE_KBPS",
     "MAX_CAPACITY",
+    "MAX_CERTIFICATE_BYTES",
     "MAX_CORRECTION_NS",
     "MAX_CORRECTION_RATE_PPB",
     "MAX_DEVIATION_NS",
@@ -111,6 +114,7 @@ __all__ = [
     "MAX_NODES_PER_RESPONSE",
     "MAX_REASON_LENGTH",
     "MAX_SHIFT_NS",
+    "MAX_SIGNATURE_BYTES",
     "MAX_TIMECODE",
     "MAX_TRACE_ENTRIES",
     "MAX_TRACE_KEY_LENGTH",
@@ -199,6 +203,12 @@ MAX_CAPACITY: Final = 1_000_000
 """Highest capacity an encoder record may announce, work units."""
 MAX_TTL_MS: Final = 24 * 3600 * 1000
 """Longest record time-to-live: 24 h, milliseconds."""
+MAX_SIGNATURE_BYTES: Final = 512
+"""Longest record signature: an RSA-4096 signature; ECDSA P-256 (what ``meshenc certs`` makes)
+takes at most 72."""
+MAX_CERTIFICATE_BYTES: Final = 4096
+"""Longest signer certificate (DER) in a record: a ``meshenc certs`` certificate is about 600
+bytes, an RSA-4096 one with a few names under 2,000; the bound keeps a replica's store small."""
 MAX_NEIGHBOURS: Final = 64
 """Most neighbours an encoder may report links to, or collect votes from."""
 
@@ -710,6 +720,16 @@ def _record(msg: registry_pb2.EncoderRecord, prefix: str) -> None:
         )
     _check_positive(msg.version, _path(prefix, "version"))
     _check_range(msg.ttl_ms, 1, MAX_TTL_MS, _path(prefix, "ttl_ms"), "ms (24 h)")
+    for name, limit in (("signature", MAX_SIGNATURE_BYTES), ("certificate", MAX_CERTIFICATE_BYTES)):
+        size = len(getattr(msg, name))
+        if size > limit:
+            raise InvalidMessage(_path(prefix, name), f"must be at most {limit} bytes, got {size}")
+    if bool(msg.signature) != bool(msg.certificate):
+        raise InvalidMessage(
+            _path(prefix, "signature" if msg.certificate else "certificate"),
+            "must be set together with "
+            + _path(prefix, "certificate" if msg.certificate else "signature"),
+        )
 
 
 def validate_node_info(msg: registry_pb2.NodeInfo) -> None:

@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.common.tls import IDENTITY_SCHEME, TlsFiles, check_identity, identity_uri
+from meshenc.wire.signature import certificate_identity as identity_of
+from services.common.tls import TlsFiles, check_identity, identity_uri
 
 __all__ = [
     "CA_CERT",
@@ -198,11 +199,4 @@ def certificate_identity(path: Path) -> str | None:
         cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
     except OSError as exc:
         raise ValueError(f"cannot read the certificate {path}: {exc.strerror}") from None
-    try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    for uri in names.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith(IDENTITY_SCHEME):
-            return uri[len(IDENTITY_SCHEME) :]
-    return None
+    return identity_of(cert)

@@ -23,13 +23,18 @@ Callers outside the DHT never send a ``sender``, so they never enter routing tab
   version every third of its ttl, so two refreshes may fail before the record expires.
 
 Every answer is validated (``meshenc.wire.validation``); an invalid answer, an error or a
-timeout fails that step only. Channels are opened on first use and kept, at most
-``MAX_CHANNELS`` of them (least recently used closed first).
+timeout fails that step only. Under mutual TLS records are signed by their owners
+(``meshenc.wire.signature``): the client signs what it publishes with its own certificate's
+key, and a record a replica answers counts only if it is signed by its owner; a forged one
+fails that step (:class:`ForgedRecordError`), is counted (``RegistryClient.forged``) and logged
+once every 10 s, and the lookup goes on to the other replicas. Channels are opened on first
+use and kept, at most ``MAX_CHANNELS`` of them (least recently used closed first).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 from collections import OrderedDict
@@ -50,6 +55,7 @@ from meshenc.core.kademlia import (
 )
 from meshenc.v1 import registry_pb2, registry_pb2_grpc
 from meshenc.wire.convert import contact_from_proto
+from meshenc.wire.signature import ForgedRecord, RecordVerifier
 from meshenc.wire.validation import (
     InvalidMessage,
     validate_encoder_record,
@@ -59,14 +65,22 @@ from meshenc.wire.validation import (
     validate_store_response,
 )
 from services.common.grpc_server import open_channel
+from services.common.log_limit import LimitedLog
 from services.common.retry import Backoff, retrying
-from services.common.tls import REGISTRY, TlsFiles, channel_credentials
+from services.common.tls import (
+    REGISTRY,
+    TlsFiles,
+    channel_credentials,
+    record_signer,
+    record_verifier,
+)
 
 __all__ = [
     "DEFAULT_RPC_TIMEOUT",
     "MAX_CHANNELS",
     "MAX_VERSION_LEAD_S",
     "SERVICE_NAME",
+    "ForgedRecordError",
     "LookupReply",
     "RecordKeeper",
     "RegistryChannels",
@@ -93,6 +107,10 @@ MAX_CHANNELS: Final = 256
 
 class RegistryError(Exception):
     """A registry call or lookup step failed (timeout, gRPC error, invalid answer)."""
+
+
+class ForgedRecordError(RegistryError):
+    """A replica answered a record its owner did not sign (under mutual TLS)."""
 
 
 class RegistryUnavailable(RegistryError):  # noqa: N818 -- reads as the condition it names
@@ -184,10 +202,13 @@ async def ask_registry_node(
     find_value: bool,
     sender: registry_pb2.NodeInfo | None,
     timeout: float,
+    verifier: RecordVerifier | None = None,
 ) -> LookupReply:
-    """One lookup step: FindValue or FindNode on ``contact``, validated.
+    """One lookup step: FindValue or FindNode on ``contact``, validated; with ``verifier``
+    (mutual TLS), a record must be signed by its owner.
 
     Raises:
+        ForgedRecordError: the record is not signed by its owner.
         RegistryError: on a timeout or error, an invalid answer, an answer from another node
             than the one asked, or a record whose key is not ``target``.
     """
@@ -217,6 +238,13 @@ async def ask_registry_node(
         if value_answer.WhichOneof("result") == "record":
             if id_from_bytes(key_for(value_answer.record.encoder_id)) != target:
                 raise RegistryError(f"{address}: returned a record of another key")
+            if verifier is not None:
+                try:
+                    verifier.check(value_answer.record, datetime.datetime.now(datetime.UTC))
+                except ForgedRecord as exc:
+                    raise ForgedRecordError(
+                        f"{address}: forged record of {value_answer.record.encoder_id!r}: {exc}"
+                    ) from None
             return LookupReply([], value_answer.record)
         nodes = value_answer.closest.nodes
     return LookupReply([contact_from_proto(n) for n in nodes], None)
@@ -315,7 +343,12 @@ class RegistryClient:
         k: the network's replication factor (a publish stores on the k closest).
         alpha: lookup requests in flight.
         rpc_timeout: seconds per call.
-        tls: this process's TLS files (mutual TLS to every replica); plaintext when None.
+        tls: this process's TLS files (mutual TLS to every replica; records published are
+            signed with its key, records resolved must be signed by their owners); plaintext,
+            nothing signed or checked, when None.
+
+    Raises:
+        ValueError: the TLS files cannot be read, or the key cannot sign records.
     """
 
     def __init__(
@@ -333,6 +366,14 @@ class RegistryClient:
         self._k, self._alpha, self._timeout = k, alpha, rpc_timeout
         self._channels = RegistryChannels(tls=tls)
         self._entries: dict[str, Contact] = {}
+        # Made now, so that files that cannot sign fail at start; made again when they change.
+        self._tls_files = tls
+        if tls is not None:
+            record_signer(tls)
+            record_verifier(tls)
+        self._forgeries = LimitedLog(log)
+        self.forged = 0
+        """Records dropped because their owner did not sign them (answered by a replica)."""
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -362,7 +403,14 @@ class RegistryClient:
             )
         return list(self._entries.values())
 
-    def _forget(self, contact: Contact, _exc: RegistryError) -> None:
+    def _verifier(self) -> RecordVerifier | None:
+        """Under mutual TLS, the check of records against the CA file as it is now."""
+        return None if self._tls_files is None else record_verifier(self._tls_files)
+
+    def _step_failed(self, contact: Contact, exc: RegistryError) -> None:
+        if isinstance(exc, ForgedRecordError):
+            self.forged += 1
+            self._forgeries.warning("forged", "dropped a record: %s", exc)
         for address, known in list(self._entries.items()):
             if known.node_id == contact.node_id:
                 del self._entries[address]  # pinged again before the next operation
@@ -381,13 +429,15 @@ class RegistryClient:
                 find_value=find_value,
                 sender=None,
                 timeout=self._timeout,
+                verifier=self._verifier(),
             )
 
-        await run_lookup(lookup, ask, on_failure=self._forget)
+        await run_lookup(lookup, ask, on_failure=self._step_failed)
         return lookup
 
     async def publish(self, record: registry_pb2.EncoderRecord) -> int:
-        """Store ``record`` on the k replicas closest to its key.
+        """Store ``record`` on the k replicas closest to its key, signed with this client's
+        key under mutual TLS (``record`` itself is left as it is).
 
         Returns:
             How many replicas hold this version or a newer one afterwards.
@@ -397,6 +447,11 @@ class RegistryClient:
             RegistryUnavailable: no replica could be reached or none took the record.
         """
         validate_encoder_record(record)
+        if self._tls_files is not None:
+            signed = registry_pb2.EncoderRecord()
+            signed.CopyFrom(record)
+            record_signer(self._tls_files).sign(signed)
+            record = signed
         lookup = await self._lookup(id_from_bytes(key_for(record.encoder_id)), find_value=False)
         replicas = lookup.closest()
         answers = await asyncio.gather(
@@ -420,7 +475,8 @@ class RegistryClient:
         return held
 
     async def resolve(self, encoder_id: str) -> registry_pb2.EncoderRecord | None:
-        """The record of ``encoder_id``, or None when no replica holds one.
+        """The record of ``encoder_id``, or None when no replica holds one (under mutual TLS:
+        none signed by its owner).
 
         Raises:
             RegistryUnavailable: no replica could be reached.

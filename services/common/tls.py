@@ -17,7 +17,9 @@ An identity is the URI ``meshenc://<name>`` in a certificate's subject alternati
 (``services.common.certs`` writes it, with the DNS name ``<name>``): an encoder's name is its
 encoder id; :data:`OPERATOR`, :data:`MANAGER` and :data:`REGISTRY` are the names of the
 operator (the command line, grpcurl), the manager and every registry node. :func:`peer_identity`
-reads it from a call's ``context.auth_context()``.
+reads it from a call's ``context.auth_context()``. The same certificate and key sign the
+process's registry records (:func:`record_signer`), and the same CA checks others' records
+(:func:`record_verifier`; :mod:`meshenc.wire.signature`).
 
 Invariant: on a TLS server every call reaching a servicer has an identity (the
 :class:`IdentityRequired` interceptor ends any other with UNAUTHENTICATED), so a servicer that
@@ -31,17 +33,17 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from meshenc.wire.signature import IDENTITY_RE, IDENTITY_SCHEME, RecordSigner, RecordVerifier
 from meshenc.wire.validation import MAX_ID_LENGTH
 from services.common.call_guard import guard
 from services.common.log_limit import LimitedLog
@@ -58,6 +60,8 @@ __all__ = [
     "check_identity",
     "identity_uri",
     "peer_identity",
+    "record_signer",
+    "record_verifier",
     "refuse",
     "require_identity",
     "require_operator",
@@ -67,20 +71,18 @@ __all__ = [
 
 log = logging.getLogger("meshenc.tls")
 
-IDENTITY_SCHEME: Final = "meshenc://"
 OPERATOR: Final = "operator"
 """The operator's identity: the only one that may change the mesh (``SetParameters``)."""
 MANAGER: Final = "manager"
 """The manager's identity."""
 REGISTRY: Final = "registry"
 """The identity every registry node presents: the only one that may replicate records."""
-_NAME_RE: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_ID_LENGTH}}}")
 _refusals: Final = LimitedLog(log)
 
 
 def check_identity(name: str) -> str:
     """``name`` when it can be an identity (an encoder id's characters), else ValueError."""
-    if _NAME_RE.fullmatch(name) is None:
+    if IDENTITY_RE.fullmatch(name) is None:
         raise ValueError(
             f"an identity is 1-{MAX_ID_LENGTH} characters of [A-Za-z0-9._-], got {name!r}"
         )
@@ -111,6 +113,10 @@ class TlsFiles:
     ca: Path
     cert: Path
     key: Path
+
+    def flags(self) -> list[str]:
+        """The command-line flags that start a meshenc process with these files."""
+        return ["--tls-ca", str(self.ca), "--tls-cert", str(self.cert), "--tls-key", str(self.key)]
 
     def _named(self) -> tuple[tuple[str, Path], ...]:
         return (("CA", self.ca), ("certificate", self.cert), ("key", self.key))
@@ -267,6 +273,53 @@ def channel_credentials(files: TlsFiles) -> Any:
     return cached[1]
 
 
+def record_signer(files: TlsFiles) -> RecordSigner:
+    """Signs this process's own registry records with its certificate's key, as the files
+    are now (read again when they change; a pair caught half-written keeps the previous).
+
+    Raises:
+        ValueError: a file cannot be read, or the key cannot sign records (the message says
+            why), and there is no previous signer to keep.
+    """
+    return _current(_signers, files, lambda m: RecordSigner(m.key, m.cert))
+
+
+def record_verifier(files: TlsFiles) -> RecordVerifier:
+    """Checks registry records against this process's CA, as the files are now (see
+    :func:`record_signer`).
+
+    Raises:
+        ValueError: the CA file cannot be read or holds no certificate, and there is no
+            previous verifier to keep.
+    """
+    return _current(_verifiers, files, lambda m: RecordVerifier.from_pem(m.ca))
+
+
+_Made = TypeVar("_Made")
+_signers: dict[TlsFiles, tuple[tuple[_FileStamp, ...], RecordSigner]] = {}
+_verifiers: dict[TlsFiles, tuple[tuple[_FileStamp, ...], RecordVerifier]] = {}
+
+
+def _current(
+    made: dict[TlsFiles, tuple[tuple[_FileStamp, ...], _Made]],
+    files: TlsFiles,
+    make: Callable[[TlsMaterial], _Made],
+) -> _Made:
+    """``make`` of the files' contents, made again only when a file changed."""
+    stamp = files.stamp()
+    held = made.get(files)
+    if held is not None and held[0] == stamp:
+        return held[1]
+    try:
+        fresh = make(files.read())
+    except ValueError:
+        if held is None:
+            raise
+        return held[1]
+    made[files] = (stamp, fresh)
+    return fresh
+
+
 def peer_identity(context: Any) -> str | None:
     """The caller's identity (``meshenc://NAME`` in its certificate), or None on a plaintext
     connection or for a certificate that names none."""
@@ -274,7 +327,7 @@ def peer_identity(context: Any) -> str | None:
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         if text.startswith(IDENTITY_SCHEME):
             name = text[len(IDENTITY_SCHEME) :]
-            if _NAME_RE.fullmatch(name) is not None:
+            if IDENTITY_RE.fullmatch(name) is not None:
                 return name
     return None
 

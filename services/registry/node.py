@@ -11,7 +11,10 @@ Serving (:class:`RegistryServicer`): every request is validated first
 (``meshenc.wire.validation``); a violation is answered INVALID_ARGUMENT naming the field, and
 logged, before anything touches the core. A request's ``sender`` (set by registry nodes only)
 updates the routing table; pings the table asks for run in the background. FindValue answers
-a record with its *remaining* ttl.
+a record with its *remaining* ttl. Under mutual TLS a Store (an encoder's own or a node's
+replication) is taken only with a record signed by its owner (``meshenc.wire.signature``,
+checked against the node's CA after validation and the caller's checks): anything else is
+refused with PERMISSION_DENIED and counted (``RegistryNode.forged``), one log line every 10 s.
 
 Lookups, joins and periodic work go through
 :func:`services.common.registry_client.run_lookup`, the same driver the client uses, with
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import random
 import secrets
@@ -62,6 +66,7 @@ from meshenc.core.kademlia import (
 )
 from meshenc.v1 import registry_pb2, registry_pb2_grpc
 from meshenc.wire.convert import contact_from_proto, contact_to_proto
+from meshenc.wire.signature import ForgedRecord, RecordVerifier
 from meshenc.wire.validation import (
     InvalidMessage,
     validate_find_node_request,
@@ -84,7 +89,13 @@ from services.common.registry_client import (
     version_ahead,
 )
 from services.common.retry import Backoff, retrying
-from services.common.tls import REGISTRY, require_identity, require_role
+from services.common.tls import (
+    REGISTRY,
+    record_verifier,
+    refuse,
+    require_identity,
+    require_role,
+)
 from services.registry.settings import RegistrySettings
 from services.registry.telemetry import watch_registry
 
@@ -130,6 +141,10 @@ class RegistryNode:
             {SERVICE_NAME: self._register}, tls=settings.tls, limits=settings.peer_limits
         )
         self._channels = RegistryChannels(tls=settings.tls)
+        if settings.tls is not None:
+            record_verifier(settings.tls)  # files that cannot check records fail at start
+        self.forged = 0
+        """Stores refused because the record was not signed by its owner."""
         self._background: set[asyncio.Task[Any]] = set()
         self._gate = asyncio.Semaphore(MAX_BACKGROUND)
         self._stop = asyncio.Event()
@@ -158,6 +173,11 @@ class RegistryNode:
     @property
     def port(self) -> int | None:
         return self._server.port
+
+    def _verifier(self) -> RecordVerifier | None:
+        """Under mutual TLS, the check of records against the CA file as it is now."""
+        tls = self.settings.tls
+        return None if tls is None else record_verifier(tls)
 
     def _register(self, server: Any) -> None:
         registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(self), server)
@@ -351,6 +371,7 @@ class RegistryNode:
                 find_value=find_value,
                 sender=self._info,
                 timeout=self.settings.rpc_timeout,
+                verifier=self._verifier(),
             )
 
         def answered(contact: Contact) -> None:
@@ -402,6 +423,15 @@ class RegistryNode:
             return None
         sender = contact_from_proto(request.sender)
         return None if sender.node_id == self._node_id else sender
+
+    def check_signed(self, record: Record) -> None:
+        """Return if ``record`` is signed by its owner, or this node runs in plaintext.
+
+        Raises:
+            ForgedRecord: it is not.
+        """
+        if (verifier := self._verifier()) is not None:
+            verifier.check(record, datetime.datetime.now(datetime.UTC))
 
     def store_record(self, sender: Contact | None, record: Record) -> registry_pb2.StoreResponse:
         copy = Record()
@@ -512,6 +542,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             # An encoder stores its own record, and only its own.
             await require_identity(context, request.record.encoder_id, "record.encoder_id")
         node = self._node
+        try:
+            node.check_signed(request.record)
+        except ForgedRecord as exc:
+            node.forged += 1
+            await refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "Store:forged",
+                f"Store: not signed by its owner: {exc}",
+            )
         response = node.store_record(node.sender_of(request), request.record)
         node.run_pings()
         return response

@@ -48,11 +48,12 @@ from meshenc.core.planner.manager import ManagerConfig
 from meshenc.local.etcd import EtcdProcess
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2, registry_pb2
 from meshenc.wire import convert
+from meshenc.wire.signature import RecordSigner
 from meshenc.wire.validation import MAX_BITRATE_KBPS, MIN_BITRATE_KBPS
 from services.common.certs import CertificateSet, make_certificates
 from services.common.peer_limits import PeerLimits
 from services.common.registry_client import next_version
-from services.common.tls import MANAGER, OPERATOR, REGISTRY, channel_credentials
+from services.common.tls import MANAGER, OPERATOR, REGISTRY, channel_credentials, record_signer
 from services.encoder.mesh import MeshLinks, MeshServer
 from services.registry.node import RegistryNode
 from services.registry.settings import RegistrySettings
@@ -168,6 +169,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )
         registry_port = await registry.start()
         registry.store_record(None, owned_record())
+        SIGNERS[OPERATOR] = record_signer(certs.files(OPERATOR))
         world = World(loop, certs, handler, mesh, links, manager, registry)
         manager_port = int(manager.address.rsplit(":", 1)[1])
         world.channels = {
@@ -418,8 +420,30 @@ def request_bytes(rpc: str) -> st.SearchStrategy[bytes]:
 
 # -- valid requests, per RPC ---------------------------------------------------------------------
 
+SIGNERS: dict[str, RecordSigner] = {}
+"""Record signers by identity, filled by the ``world`` fixture (the certificates are made there,
+after the strategies below are built; they draw only once it ran)."""
+
 NOW_NS = time.time_ns()
 sequences = st.integers(1, 1_000_000)
+
+
+@functools.cache
+def own_store_request(version: int) -> registry_pb2.StoreRequest:
+    """The operator storing its own record, signed (as a client under mutual TLS does). Once
+    per version: an ECDSA signature differs each time it is made, and Hypothesis replays a
+    draw expecting the same bytes. (Callers copy before they change it.)"""
+    record = registry_pb2.EncoderRecord(
+        encoder_id=OPERATOR,
+        address="127.0.0.1:7499",
+        segment_id="seg-1",
+        capacity=1,
+        health=registry_pb2.ENCODER_HEALTH_DEGRADED,
+        version=version,
+        ttl_ms=60_000,
+    )
+    SIGNERS[OPERATOR].sign(record)
+    return registry_pb2.StoreRequest(record=record)
 
 
 def _mesh_messages() -> st.SearchStrategy[Message]:
@@ -488,19 +512,7 @@ VALID: dict[str, st.SearchStrategy[Message]] = {
     "Registry/FindValue": st.sampled_from(["e1", "e2", OPERATOR]).map(
         lambda encoder: registry_pb2.FindValueRequest(key=key_for(encoder))
     ),
-    "Registry/Store": sequences.map(
-        lambda bump: registry_pb2.StoreRequest(
-            record=registry_pb2.EncoderRecord(
-                encoder_id=OPERATOR,
-                address="127.0.0.1:7499",
-                segment_id="seg-1",
-                capacity=1,
-                health=registry_pb2.ENCODER_HEALTH_DEGRADED,
-                version=OWNED_VERSION + bump,
-                ttl_ms=60_000,
-            )
-        )
-    ),
+    "Registry/Store": sequences.map(lambda bump: own_store_request(OWNED_VERSION + bump)),
 }
 """Valid requests (for streams: valid messages after the first) per RPC."""
 REQUEST_TYPES: dict[str, type[Message]] = {

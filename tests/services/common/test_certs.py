@@ -98,6 +98,25 @@ def test_an_encoder_refuses_a_certificate_that_names_another_encoder(tmp_path: P
     assert "names 'e2', not this encoder's id 'e1'" in result.output
 
 
+def test_an_encoder_with_a_registry_refuses_a_key_that_cannot_sign_its_records(
+    tmp_path: Path,
+) -> None:
+    """Its records would be refused by every replica: say so at start, naming the flag."""
+    made = make_certificates(tmp_path / "certs", ["e1", "e2"])
+    own, other = made.files("e1"), made.files("e2")
+    base = ["encoder", "--id", "e1", "--out", str(tmp_path / "out")]
+    flags = ["--tls-ca", str(own.ca), "--tls-cert", str(own.cert), "--tls-key", str(other.key)]
+    result = CliRunner().invoke(cli, [*base, *flags, "--registry", "127.0.0.1:7500"])
+    assert result.exit_code == 2, result.output
+    assert "--tls-key cannot sign registry records" in result.output
+    assert "e2.key is not the key of" in result.output
+    (tmp_path / "not-a-key.pem").write_text("not a key")
+    flags[-1] = str(tmp_path / "not-a-key.pem")
+    result = CliRunner().invoke(cli, [*base, *flags, "--registry", "127.0.0.1:7500"])
+    assert result.exit_code == 2, result.output
+    assert "not-a-key.pem holds no unencrypted PEM key" in result.output
+
+
 @pytest.mark.parametrize(
     "flags",
     [

@@ -26,7 +26,7 @@ from meshenc.v1 import manager_pb2, registry_pb2
 from services.common.certs import CA_CERT, CA_KEY, CertificateSet, make_certificates
 from services.common.grpc_server import GrpcServer
 from services.common.registry_client import SERVICE_NAME, RegistryChannels
-from services.common.tls import MANAGER, REGISTRY, TlsFiles, server_credentials
+from services.common.tls import MANAGER, REGISTRY, TlsFiles, record_signer, server_credentials
 from services.encoder.manager_link import ManagerLink
 
 _MANAGER = manager_pb2.DESCRIPTOR.services_by_name["MeshManager"].full_name
@@ -195,3 +195,23 @@ def test_a_key_that_is_not_the_certificates_is_refused_at_start(tmp_path: Path) 
     mixed = TlsFiles(ca=files.ca, cert=files.cert, key=other.key)
     with pytest.raises(ValueError, match="is not the key of"):
         server_credentials(mixed)
+
+
+def test_records_are_signed_with_the_renewed_certificate_and_a_half_written_one_is_not_taken(
+    tmp_path: Path,
+) -> None:
+    certs = make_certificates(tmp_path / "certs", ["e1"])
+    files = certs.files("e1")
+    record = registry_pb2.EncoderRecord(encoder_id="e1", address="127.0.0.1:1", version=1)
+
+    def signed_by() -> int:
+        record_signer(files).sign(record)
+        return _serial(record.certificate)
+
+    first = signed_by()
+    assert first == _file_serial(files.cert)
+    renewed = _other_issuance(certs, tmp_path / "renewed", "e1")
+    shutil.copy(renewed.key, files.key)  # half-written: the new key, the old certificate
+    assert signed_by() == first
+    shutil.copy(renewed.cert, files.cert)
+    assert signed_by() == _file_serial(renewed.cert) != first

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ from services.common.registry_client import (
     RegistryClient,
     RegistryUnavailable,
 )
+from services.common.tls import TlsFiles
 from services.registry.node import RegistryNode
 from services.registry.settings import RegistrySettings
 
@@ -68,8 +69,11 @@ def address(node: RegistryNode) -> str:
 
 
 @contextlib.asynccontextmanager
-async def replicas(count: int, **settings: Any) -> AsyncIterator[list[RegistryNode]]:
-    """``count`` in-process registry nodes; every one after the first joins through it."""
+async def replicas(
+    count: int, *, node_ids: Sequence[int] | None = None, **settings: Any
+) -> AsyncIterator[list[RegistryNode]]:
+    """``count`` in-process registry nodes (with ``node_ids``, those ids; random otherwise);
+    every one after the first joins through it."""
     nodes: list[RegistryNode] = []
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -78,6 +82,7 @@ async def replicas(count: int, **settings: Any) -> AsyncIterator[list[RegistryNo
             node = RegistryNode(
                 RegistrySettings(
                     listen="127.0.0.1:0",
+                    node_id=id_to_bytes(node_ids[index]).hex() if node_ids else None,
                     seeds=seeds,
                     tick_interval=0.05,
                     join_timeout=5.0,
@@ -406,17 +411,18 @@ def test_the_command_refuses_bad_settings(arguments: list[str], message: str) ->
 
 @contextlib.contextmanager
 def registry_processes(
-    tmp_path: Path, count: int
+    tmp_path: Path, count: int, *, tls: TlsFiles | None = None
 ) -> Iterator[tuple[list[subprocess.Popen[bytes]], list[str]]]:
-    """``count`` registry processes on free ports, each seeded with all of them; yields the
-    processes and their addresses."""
+    """``count`` registry processes on free ports, each seeded with all of them (mutual TLS
+    with ``tls``, plaintext without); yields the processes and their addresses."""
     addresses = [f"127.0.0.1:{p}" for p in free_ports(count)]
     seeds = ",".join(addresses)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for index, listen in enumerate(addresses):
             command = [
-                sys.executable, "-m", "meshenc", "registry", "--insecure",
+                sys.executable, "-m", "meshenc", "registry",
+                *(tls.flags() if tls else ["--insecure"]),
                 "--listen", listen,
                 "--seeds", seeds,
                 "--log-level", "DEBUG",

@@ -21,7 +21,7 @@ from meshenc.local.launcher import Launcher, pid_alive, read_pids
 from meshenc.local.player import unavailable
 from meshenc.local.ports import free_ports
 from services.common.certs import CertificateSet, make_certificates
-from services.common.tls import MANAGER, OPERATOR, TlsFiles
+from services.common.tls import MANAGER, OPERATOR
 
 from .support import ENCODERS, GOP, Services, UpRun, meshenc_up
 
@@ -47,10 +47,6 @@ def faulted_run(tmp_path_factory: pytest.TempPathFactory) -> UpRun:
     return UpRun(out, output, up.returncode, skipped)
 
 
-def _tls_args(files: TlsFiles) -> list[str]:
-    return ["--tls-ca", str(files.ca), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
-
-
 def _encoder_args(
     name: str, ports: dict[str, int], folder: Path, etcd: str, source: str, certs: CertificateSet
 ) -> list[str]:
@@ -67,7 +63,7 @@ def _encoder_args(
         "--segment", "cli",
         "--etcd", etcd,
         "--source", source,
-        *_tls_args(certs.files(name)),
+        *certs.files(name).flags(),
     ]  # fmt: skip
 
 
@@ -101,7 +97,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
                 "embedded",
                 "--etcd",
                 etcd.endpoint,
-                *_tls_args(certs.files(MANAGER)),
+                *certs.files(MANAGER).flags(),
             ],
             address=manager,
         )

@@ -20,11 +20,15 @@ from pathlib import Path
 import grpc
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
 
 from meshenc.cli.main import cli
 from meshenc.local.ports import free_ports
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc, registry_pb2
+from meshenc.wire.signature import certificate_identity
+from services.common.certs import CertificateSet, make_certificates
 from services.common.registry_client import RegistryClient, RegistryUnavailable
+from services.common.tls import OPERATOR, REGISTRY, channel_credentials
 from services.encoder.control import HEALTHY_CONFIDENCE, record_health
 from tests.conftest import LiveSource
 from tests.services.registry.test_node import registry_processes
@@ -43,10 +47,11 @@ def encoders(
     live: LiveSource,
     *extra: str,
     bare_peers: bool = False,
+    certs: CertificateSet | None = None,
 ) -> Iterator[dict[str, tuple[subprocess.Popen[bytes], str]]]:
     """Encoder processes, full mesh, fed by one live source, publishing in ``registry``: name →
     (process, address). With ``bare_peers`` they are told their peers' ids only, and must
-    resolve them."""
+    resolve them; with ``certs``, each runs mutual TLS with its own certificate."""
     addresses = {n: f"127.0.0.1:{p}" for n, p in zip(names, free_ports(len(names)), strict=True)}
     inputs = dict(zip(names, live.start([""] * len(names), size="64x36"), strict=True))
     started: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
@@ -56,7 +61,8 @@ def encoders(
                 p if bare_peers else f"{p}={a}" for p, a in addresses.items() if p != name
             )
             command = [
-                sys.executable, "-m", "meshenc", "encoder", "--insecure",
+                sys.executable, "-m", "meshenc", "encoder",
+                *(certs.files(name).flags() if certs else ["--insecure"]),
                 "--id", name,
                 "--listen", address,
                 "--out", str(folder / name),
@@ -172,15 +178,22 @@ def test_locked_encoders_publish_healthy_records_and_drain_then_expire_on_shutdo
 def test_encoders_given_only_their_peers_ids_find_them_through_the_registry(
     tmp_path: Path, live_source: LiveSource
 ) -> None:
-    """``--peers enc-b`` without an address: each encoder resolves the other's record in the
-    DHT and connects its mesh link, as GetState (read over gRPC) shows."""
+    """``--peers enc-b`` without an address, under mutual TLS: each encoder signs its record,
+    the replica takes it only so signed, each encoder resolves the other's record in the DHT
+    (checking its signature) and connects its mesh link, as GetState (read over gRPC) shows;
+    a reader resolves both records, signed with the encoders' own certificates."""
+    names = ["enc-a", "enc-b"]
+    certs = make_certificates(tmp_path / "certs", [*names, REGISTRY, OPERATOR])
+    operator = certs.files(OPERATOR)
     with (
-        registry_processes(tmp_path, 1) as (_registries, (registry,)),
-        encoders(tmp_path, registry, ["enc-a", "enc-b"], live_source, bare_peers=True) as started,
+        registry_processes(tmp_path, 1, tls=certs.files(REGISTRY)) as (_registries, (registry,)),
+        encoders(tmp_path, registry, names, live_source, bare_peers=True, certs=certs) as started,
     ):
 
-        def connected(address: str) -> list[str]:
-            with grpc.insecure_channel(address) as channel:
+        def connected(name: str, address: str) -> list[str]:
+            options = [("grpc.ssl_target_name_override", name)]
+            credentials = channel_credentials(operator)
+            with grpc.secure_channel(address, credentials, options=options) as channel:
                 state = mesh_pb2_grpc.EncoderMeshStub(channel).GetState(
                     mesh_pb2.GetStateRequest(), timeout=5.0
                 )
@@ -190,11 +203,24 @@ def test_encoders_given_only_their_peers_ids_find_them_through_the_registry(
         links: dict[str, list[str]] = {}
         while time.monotonic() < deadline:
             with contextlib.suppress(grpc.RpcError):
-                links = {name: connected(address) for name, (_p, address) in started.items()}
+                links = {name: connected(name, address) for name, (_p, address) in started.items()}
             if links == {"enc-a": ["enc-b"], "enc-b": ["enc-a"]}:
                 break
             time.sleep(0.5)
         assert links == {"enc-a": ["enc-b"], "enc-b": ["enc-a"]}, (links, logs(tmp_path))
+
+        async def records() -> tuple[dict[str, registry_pb2.EncoderRecord | None], int]:
+            async with RegistryClient([registry], tls=operator) as reader:
+                found = await reader.resolve_many(names)
+                return found, reader.forged
+
+        found, forged = asyncio.run(asyncio.wait_for(records(), 20.0))
+    assert forged == 0
+    for name in names:
+        record = found[name]
+        assert record is not None and record.signature, name
+        identity = certificate_identity(x509.load_der_x509_certificate(record.certificate))
+        assert identity == name
 
 
 def test_peers_without_addresses_need_a_registry(tmp_path: Path) -> None:

@@ -41,10 +41,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> CertificateSet:
     )
 
 
-def _tls_flags(files: TlsFiles) -> list[str]:
-    return ["--tls-ca", str(files.ca), "--tls-cert", str(files.cert), "--tls-key", str(files.key)]
-
-
 def _run_grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     assert GRPCURL.exists(), "grpcurl missing: run `make tools` (make test does)"
     return subprocess.run(
@@ -78,7 +74,7 @@ def encoder_ports(
         "--listen", f"127.0.0.1:{port}", "--out", str(out),
         "--health-listen", f"127.0.0.1:{health_port}",
         "--size", "160x96", "--gop", "30", "--duration", "60",
-        *_tls_flags(certs.files("probe")),
+        *certs.files("probe").flags(),
     ]  # fmt: skip
     with (out / "encoder.log").open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -223,12 +219,12 @@ def services(
         commands = {
             "registry": [
                 "registry", "--listen", f"127.0.0.1:{registry_port}",
-                *_tls_flags(certs.files(REGISTRY)),
+                *certs.files(REGISTRY).flags(),
             ],
             "manager": [
                 "manager", "--listen", f"127.0.0.1:{manager_port}",
                 "--actuator", "embedded", "--etcd", etcd.endpoint,
-                *_tls_flags(certs.files(MANAGER)),
+                *certs.files(MANAGER).flags(),
             ],
         }  # fmt: skip
         addresses = {
