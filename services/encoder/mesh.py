@@ -669,6 +669,10 @@ class MeshLinks:
                 # be redialled in a tight loop: it counts as a failed attempt.
                 raise _LinkFailed(f"the stream ended after {lasted:.2f} s")
         finally:
+            # Let the request generator end (it waits for ``ready``): left suspended, gRPC's
+            # task that reads it was destroyed pending, and closing it raised "asynchronous
+            # generator is already running", on every refused dial.
+            ready.set()
             if reader is not None:
                 reader.cancel()
             if session is not None:

@@ -9,6 +9,7 @@ a bare Exchange call driven message by message. Each test runs its own event loo
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -365,6 +366,30 @@ def test_a_stranger_is_refused_with_permission_denied() -> None:
             await stop(node)
 
     run(main())
+
+
+def test_a_refused_dialer_leaves_nothing_pending() -> None:
+    """Every refused dial used to leave gRPC's task reading the request stream destroyed
+    pending, and its generator unclosable: asyncio errors in the log, each redial."""
+    problems: list[str] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: problems.append(str(context.get("message")))
+        )
+        refusing = await start_node("r", [])  # a neighbour of nobody
+        dialer = await start_node("0d", ["r"])  # "0d" < "r": it dials
+        try:
+            dialer.links.set_peers({"r": refusing.address})
+            await eventually(lambda: refusing.server.refused["0d"] >= 3, timeout=8.0)
+        finally:
+            await stop(dialer, refusing)
+        gc.collect()
+        await asyncio.sleep(0.1)
+
+    run(main(), timeout=15.0)
+    gc.collect()
+    assert problems == []
 
 
 def test_a_peer_on_another_timeline_is_refused() -> None:
