@@ -144,6 +144,7 @@ __all__ = [
     "ParametersRefused",
     "ParametersRequested",
     "ProposalReceived",
+    "SegmentWritten",
     "SendEsp",
     "SendProposal",
     "SendVote",
@@ -158,6 +159,13 @@ NO_IDENTITY = 0
 
 #: Segments whose hash agreement with each neighbour is kept (``SyncEngine.agreed``).
 _AGREEMENT_SEGMENTS = 6
+
+
+def _keep(digests: dict[int, bytes], segment: int, digest: bytes) -> None:
+    """Remember a segment's digest, the newest ``_AGREEMENT_SEGMENTS`` segments only."""
+    digests[segment] = digest
+    while len(digests) > _AGREEMENT_SEGMENTS:
+        del digests[min(digests)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +364,17 @@ class Stalled:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentWritten:
+    """The shell wrote ``segment`` (every rung of it): ``digest`` is the SHA-256 of its bytes
+    (for a ladder, over every rung's in ladder order). The ESPs carry the newest one, so that
+    a segment counts as agreed only where a neighbour's bytes are the same
+    (``SyncEngine.agreed``): frame hashes cover the video, not what else the segment holds."""
+
+    segment: int
+    digest: bytes
+
+
 Event = (
     EspReceived
     | FrameCaptured
@@ -368,6 +387,7 @@ Event = (
     | ParametersRequested
     | EscalationApproved
     | Stalled
+    | SegmentWritten
     | Tick
 )
 
@@ -533,6 +553,7 @@ class _Neighbour:
         "acc_time",
         "corr_at",
         "counted_since",
+        "digests",
         "filter",
         "hash_agreement",
         "last",
@@ -550,6 +571,8 @@ class _Neighbour:
         #: The neighbour's frame hashes for our pictures not encoded yet, by timecode: an
         #: encoder whose input lags its neighbours' hears their hashes before it has its own.
         self.unhashed: dict[int, bytes] = {}
+        #: The digests of the segments the neighbour wrote, by segment (``SegmentWritten``).
+        self.digests: dict[int, bytes] = {}
         #: When this neighbour was first counted (since it last fell silent).
         self.counted_since: float | None = None
         self.acc_count = 0
@@ -626,6 +649,8 @@ class SyncEngine:
         self._neighbours: dict[str, _Neighbour] = {}
         self._own: dict[int, tuple[float, float, int]] = {}
         self._hashes: dict[int, bytes] = {}
+        #: The digests of the segments this encoder wrote, by segment (``SegmentWritten``).
+        self._segment_digests: dict[int, bytes] = {}
         self._corr = 0.0
         self._corr_rate = 0.0
         self._corr_at = 0.0
@@ -715,6 +740,8 @@ class SyncEngine:
                 self._apply_escalated(now, proposal_id)
             case Stalled():
                 self._proof, self._proof_tc = 0, self._last_tc if self._last_tc is not None else -1
+            case SegmentWritten(segment, digest):
+                _keep(self._segment_digests, segment, digest)
             case Tick():
                 self._tick_votes(now)
 
@@ -880,6 +907,11 @@ class SyncEngine:
             anchor_offset=self._anchor.offset,
             timeline=self._timeline,
         )
+        if self._segment_digests:
+            written = max(self._segment_digests)
+            esp = replace(
+                esp, written_segment=written, segment_digest=self._segment_digests[written]
+            )
         route = self._route
         if route is not None:
             esp = replace(
@@ -932,6 +964,8 @@ class SyncEngine:
             nb.pending.clear()
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
         nb.last = esp
+        if esp.segment_digest and esp.written_segment > 0:
+            _keep(nb.digests, esp.written_segment, esp.segment_digest)
         nb.corr_at = now
         if (
             esp.params_segment > 0
@@ -987,15 +1021,23 @@ class SyncEngine:
             tally[1] = 1
 
     def agreed(self, segment: int, now: float) -> bool:
-        """Whether a neighbour's frame hashes equalled ours for at least half of ``segment``'s
-        timecodes, none differing: its bytes are not this encoder's alone. An encoder whose
+        """Whether ``segment``'s bytes are not this encoder's alone: a neighbour wrote the same
+        (``SegmentWritten``, its digest in its ESPs), or, where no neighbour heard announces
+        digests or this encoder has not written the segment, a neighbour's frame hashes
+        equalled ours for at least half of its timecodes, none differing. An encoder whose
         timeline slipped while it thought itself locked (a busy machine, a resumed process)
-        has no such neighbour, and its copy must not go out under the shared name. With no
+        has no such neighbour, and its copy must not go out under the shared name; nor one
+        whose video agreed but whose segment did not (measured: an encoder back from an
+        input loss wrote a segment with the mesh's video and less of its audio). With no
         neighbour heard within ``stale_after`` (the last one standing) there is no one to
         agree or disagree, and its own vouching has to do."""
         oldest = now - self.config.stale_after
-        if not any(nb.link.last_received_at >= oldest for nb in self._neighbours.values()):
+        heard = [nb for nb in self._neighbours.values() if nb.link.last_received_at >= oldest]
+        if not heard:
             return True
+        own = self._segment_digests.get(segment)
+        if own is not None and any(nb.digests for nb in heard):
+            return any(nb.digests.get(segment) == own for nb in heard)
         needed = (self._segments.gop + 1) // 2
         return any(
             matched >= needed and not differed

@@ -82,6 +82,10 @@ class EncodingStatePacket:
     merge_offset: float = 0.0
     merge_witnesses: tuple[str, ...] = ()
     merge_segment: int = 0
+    #: The newest segment the sender wrote (0: none yet) and the SHA-256 of its bytes (for a
+    #: ladder, over every rung's): a receiver that wrote the same segment compares its bytes.
+    written_segment: int = 0
+    segment_digest: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -251,6 +251,8 @@ def esp_to_proto(esp: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
         merge_offset_ns=seconds_to_ns(esp.merge_offset),
         merge_witnesses=esp.merge_witnesses,
         merge_segment=esp.merge_segment,
+        written_segment=esp.written_segment,
+        segment_digest=esp.segment_digest,
     )
 
 
@@ -290,6 +292,8 @@ def esp_from_proto(msg: mesh_pb2.EncodingStatePacket) -> EncodingStatePacket:
         merge_offset=ns_to_seconds(msg.merge_offset_ns),
         merge_witnesses=tuple(msg.merge_witnesses),
         merge_segment=msg.merge_segment,
+        written_segment=msg.written_segment,
+        segment_digest=msg.segment_digest,
     )
 
 

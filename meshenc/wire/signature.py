@@ -83,12 +83,25 @@ def signed_bytes(record: registry_pb2.EncoderRecord) -> bytes:
     return b"".join(parts)
 
 
+#: What cryptography raises, besides ValueError, on a certificate that is well-formed DER but
+#: not a certificate it can read (found by the fuzz test: a version field of 7 raised
+#: InvalidVersion out of the registry's Store, a traceback and UNKNOWN).
+_UNREADABLE: Final = (
+    ValueError,
+    TypeError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    UnsupportedAlgorithm,
+)
+
+
 def certificate_identity(cert: x509.Certificate) -> str | None:
     """The identity a certificate names (its first ``meshenc://NAME`` URI with a valid
     name), or None."""
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, *_UNREADABLE):
         return None
     for uri in names.get_values_for_type(x509.UniformResourceIdentifier):
         if uri.startswith(IDENTITY_SCHEME):
@@ -181,14 +194,15 @@ class RecordVerifier:
             raise ForgedRecord("record.signature: the record is not signed")
         try:
             cert = x509.load_der_x509_certificate(record.certificate)
-        except ValueError:
-            raise ForgedRecord("record.certificate: not a DER X.509 certificate") from None
+            valid_from, valid_to = cert.not_valid_before_utc, cert.not_valid_after_utc
+        except _UNREADABLE:
+            raise ForgedRecord("record.certificate: not a readable X.509 certificate") from None
         if not any(_issued_by(cert, authority) for authority in self.authorities):
             raise ForgedRecord("record.certificate: not issued by the CA this process trusts")
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        if not valid_from <= now <= valid_to:
             raise ForgedRecord(
-                f"record.certificate: valid from {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} "
-                f"to {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, not now"
+                f"record.certificate: valid from {valid_from:%Y-%m-%dT%H:%M:%SZ} "
+                f"to {valid_to:%Y-%m-%dT%H:%M:%SZ}, not now"
             )
         name = certificate_identity(cert)
         if name != record.encoder_id:
@@ -204,7 +218,7 @@ class RecordVerifier:
                 public.verify(record.signature, data, padding.PKCS1v15(), hashes.SHA256())
             else:
                 raise ForgedRecord("record.certificate: its key is neither ECDSA nor RSA")
-        except (InvalidSignature, ValueError):
+        except (InvalidSignature, *_UNREADABLE):
             raise ForgedRecord(
                 "record.signature: does not match the record (a field changed after signing, "
                 "or another key signed it)"
@@ -215,6 +229,6 @@ def _issued_by(cert: x509.Certificate, authority: x509.Certificate) -> bool:
     """Whether ``authority`` issued ``cert`` (names match and its key made the signature)."""
     try:
         cert.verify_directly_issued_by(authority)
-    except (ValueError, TypeError, InvalidSignature):
+    except (InvalidSignature, *_UNREADABLE):
         return False
     return True

@@ -41,7 +41,9 @@ Mesh (``EncoderMesh``)
     (then every ``merge_*`` field is 0 or empty) or an id named before ``timeline`` (which is
     then set), 0 < ``merge_hops`` < ``MAX_HOPS``, ``|merge_offset_ns|`` <=
     ``MAX_DEVIATION_NS``, ``merge_witnesses`` 1 to ``MAX_WITNESSES`` distinct sorted ids and
-    0 <= ``merge_segment`` < ``MAX_TIMECODE``.
+    0 <= ``merge_segment`` < ``MAX_TIMECODE``; ``written_segment`` and ``segment_digest`` are
+    both unset, or 0 < ``written_segment`` < ``MAX_TIMECODE`` with a digest of exactly
+    ``FRAME_HASH_LENGTH`` bytes.
   - ResyncProposal: ``proposal_id`` > 0; ``kind`` known and not UNSPECIFIED;
     ``|shift_ns|`` <= ``MAX_SHIFT_NS`` (10 s); PARAMETER requires ``bitrate_kbps`` within
     [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``] and 0 < ``effective_segment`` <
@@ -436,6 +438,22 @@ def _esp(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
     )
     _anchor(msg, prefix)
     _merge_route(msg, prefix)
+    _written_segment(msg, prefix)
+
+
+def _written_segment(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
+    """An ESP's newest written segment and its digest: both or neither."""
+    if not msg.written_segment and not msg.segment_digest:
+        return
+    _check_range(
+        msg.written_segment, 1, MAX_TIMECODE - 1, _path(prefix, "written_segment"), "segments"
+    )
+    if len(msg.segment_digest) != FRAME_HASH_LENGTH:
+        raise InvalidMessage(
+            _path(prefix, "segment_digest"),
+            f"must be exactly {FRAME_HASH_LENGTH} bytes (SHA-256) with written_segment, "
+            f"got {len(msg.segment_digest)}",
+        )
 
 
 def _merge_route(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:

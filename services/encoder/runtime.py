@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import random
@@ -71,6 +72,7 @@ from meshenc.core.engine import (
     ParametersRefused,
     ParametersRequested,
     ProposalReceived,
+    SegmentWritten,
     SendEsp,
     SendProposal,
     SendVote,
@@ -103,7 +105,7 @@ from services.encoder.media.ingest import (
 )
 from services.encoder.media.ladder import LadderManifests, Rendition, renditions_for
 from services.encoder.media.publish import Publisher
-from services.encoder.media.segments import aside_name, segment_number
+from services.encoder.media.segments import ASIDE_PREFIX, aside_name, segment_number
 from services.encoder.media.serve import OutputServer
 from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
@@ -177,6 +179,9 @@ class EncoderRuntime:
         self._vouched: dict[int, bool] = {}
         #: Per segment written: whether it went aside (``_sets_aside``), for its other rungs.
         self._aside: dict[int, bool] = {}
+        #: The renditions written (``run``), and the digests of a segment's rungs written so far.
+        self._renditions: list[Rendition] = []
+        self._rung_digests: dict[int, dict[str, bytes]] = {}
         #: Segments vouched for and written, waiting for a neighbour's hashes to agree, by
         #: (segment, rung folder): (rendition, path, give up at (monotonic), whether it was
         #: the segment's last rung). A neighbour's ESP for a frame follows its own ingest
@@ -468,6 +473,7 @@ class EncoderRuntime:
         )
         if settings.ladder:
             self._ladder = LadderManifests(settings.out, renditions, settings.output_format)
+        self._renditions = renditions
         self.pipeline.start(renditions)
         if self.settings.publish:
             self.publisher = Publisher(self.settings.publish)
@@ -612,6 +618,7 @@ class EncoderRuntime:
         for path in paths:
             self.stats.segments += 1
             self.telemetry.segment_written(path, started_ns, finished_ns)
+            self._digest_written(rendition, segment_number(path.name.removeprefix(ASIDE_PREFIX)))
             newest = segment_number(path.name)
             vouched = self._vouched.get(newest, False) if newest is not None else False
             # The last rung to write the segment brings the ladder's manifests up to date.
@@ -628,6 +635,24 @@ class EncoderRuntime:
         for stale in [s for s in self._vouched if newest is not None and s < newest]:
             del self._vouched[stale]  # segments the writer dropped (partial): never written
         self._release()
+
+    def _digest_written(self, rendition: Rendition, segment: int | None) -> None:
+        """Once every rung has written ``segment`` (aside or not), tell the engine its digest
+        (``SegmentWritten``): the ESPs carry it, and a neighbour's equal digest is what lets
+        a segment out (``_release``)."""
+        digest = None if segment is None else rendition.writer.digest(segment)
+        if segment is None or digest is None:
+            return
+        rungs = self._rung_digests.setdefault(segment, {})
+        rungs[rendition.folder or ""] = digest
+        if len(rungs) < len(self._renditions):
+            return
+        del self._rung_digests[segment]
+        for stale in [s for s in self._rung_digests if s < segment]:
+            del self._rung_digests[stale]  # a rung that never wrote it (a partial segment)
+        ordered = [rungs[r.folder or ""] for r in self._renditions]
+        combined = ordered[0] if len(ordered) == 1 else hashlib.sha256(b"".join(ordered)).digest()
+        self.pipeline.step(self.clock(), SegmentWritten(segment, combined))
 
     def _release(self, *, final: bool = False) -> None:
         """Publish the held segments a neighbour agreed with (``SyncEngine.agreed``), in order,

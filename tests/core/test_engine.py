@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -18,6 +19,7 @@ from meshenc.core.engine import (
     CorrectionApplied,
     EngineConfig,
     Escalate,
+    SegmentWritten,
     SendProposal,
     SyncEngine,
 )
@@ -237,6 +239,30 @@ def test_a_segment_is_agreed_only_when_a_neighbour_hashed_it_alike() -> None:
     assert third.engine.agreed(FPS.slot(START + 130 * T) // gop, now)
     # With every neighbour silent for longer than stale_after, there is no one to ask.
     assert other.engine.agreed(segment, now + 5.0)
+
+
+def test_a_segment_whose_bytes_differ_is_not_agreed_though_its_frames_were() -> None:
+    """Frame hashes cover the video; where neighbours announce digests of the segments they
+    wrote, equal bytes decide (measured: an encoder back from an input loss wrote the mesh's
+    video with less of its audio, its frames all agreed). The newest digest rides on the
+    ESPs."""
+    gop = 60
+    engine = _engine(["a", "b"])
+    _run(engine, range(3 * gop), {"a": _zero, "b": _zero})  # every frame hash alike
+    segment = FPS.slot(START + 60 * T) // gop
+    now = START + 3 * gop * T
+    assert engine.engine.agreed(segment, now)
+    mine, theirs = b"\x0a" * 32, b"\x0b" * 32
+    engine.engine.step(now, SegmentWritten(segment, mine))
+    engine.frame(now, 3 * gop)
+    (sent, *_) = [esp for _to, esp in engine.encoded(now)]
+    assert (sent.written_segment, sent.segment_digest) == (segment, mine)
+    differs = replace(_esp("a", 10_000, 3 * gop, now), written_segment=segment)
+    engine.esp(now, replace(differs, segment_digest=theirs))
+    assert not engine.engine.agreed(segment, now)
+    alike = replace(_esp("b", 10_000, 3 * gop, now), written_segment=segment)
+    engine.esp(now, replace(alike, segment_digest=mine))
+    assert engine.engine.agreed(segment, now)
 
 
 def _answering(

@@ -183,6 +183,14 @@ def _esps(draw: st.DrawFn) -> EncodingStatePacket:
             ),
             "merge_segment": draw(st.integers(min_value=0, max_value=validation.MAX_TIMECODE - 1)),
         }
+    written: dict[str, object] = {}
+    if draw(st.booleans()):
+        written = {
+            "written_segment": draw(
+                st.integers(min_value=1, max_value=validation.MAX_TIMECODE - 1)
+            ),
+            "segment_digest": draw(st.binary(min_size=32, max_size=32)),
+        }
     return EncodingStatePacket(
         sender=sender,
         sequence=draw(st.integers(min_value=1, max_value=2**64 - 1)),
@@ -206,6 +214,7 @@ def _esps(draw: st.DrawFn) -> EncodingStatePacket:
         anchor_offset=offset,
         timeline=timeline,
         **route,  # type: ignore[arg-type]
+        **written,  # type: ignore[arg-type]
     )
 
 
@@ -232,6 +241,8 @@ def test_esp_round_trip_within_one_nanosecond(esp: EncodingStatePacket) -> None:
         "merge_hops",
         "merge_witnesses",
         "merge_segment",
+        "written_segment",
+        "segment_digest",
     ):
         assert getattr(back, name) == getattr(esp, name), name
     for name in (
@@ -359,6 +370,8 @@ def test_esp_wire_contract_is_stable() -> None:
         ("merge_offset_ns", 27, "sint64"),
         ("merge_witnesses", 28, "string"),
         ("merge_segment", 29, "int64"),
+        ("written_segment", 30, "int64"),
+        ("segment_digest", 31, "bytes"),
     ]
     actual = [(f.name, f.number, _TYPE_NAMES[f.type]) for f in fields]
     assert actual == expected
@@ -653,6 +666,7 @@ def test_hello_rejected(mutate: Callable[[mesh_pb2.Hello], object], field: str) 
         _valid_esp(timeline="enc-20", **_ROUTE),
         _valid_esp(timeline="enc-20", **{**_ROUTE, "merge_witnesses": ["enc-3"]}),
         _valid_esp(timeline="enc-20", **{**_ROUTE, "merge_segment": 0}),
+        _valid_esp(written_segment=1, segment_digest=HASH),
     ],
 )
 def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
@@ -728,6 +742,10 @@ def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
         ),
         ({"timeline": "enc-20", **_ROUTE, "merge_witnesses": ["enc/3"]}, "merge_witnesses"),
         ({"timeline": "enc-20", **_ROUTE, "merge_segment": -1}, "merge_segment"),
+        ({"written_segment": 5}, "segment_digest"),
+        ({"segment_digest": HASH}, "written_segment"),
+        ({"written_segment": 5, "segment_digest": HASH[:31]}, "segment_digest"),
+        ({"written_segment": -5, "segment_digest": HASH}, "written_segment"),
     ],
 )
 def test_esp_rejected(fields: dict[str, object], field: str) -> None:

@@ -18,7 +18,11 @@ from meshenc.wire import validation
 from meshenc.wire.signature import ForgedRecord, RecordSigner, RecordVerifier, signed_bytes
 from services.common.certs import CA_KEY, CertificateSet, make_certificates
 
-NOW = datetime.datetime.now(datetime.UTC)
+
+def now() -> datetime.datetime:
+    """The time of the check: certificates are made as the tests run (a module-wide constant
+    went stale under a long suite, before the certificates' start)."""
+    return datetime.datetime.now(datetime.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +65,9 @@ def test_an_owners_record_verifies_and_a_replicas_ttl_rewrite_keeps_it_valid(
     message = signed_by(certs, "e1")
     assert 0 < len(message.signature) <= 72 and message.certificate
     validation.validate_encoder_record(message)
-    verifier(certs).check(message, NOW)
+    verifier(certs).check(message, now())
     message.ttl_ms = 1  # what FindValue answers: the remaining ttl
-    verifier(certs).check(message, NOW)
+    verifier(certs).check(message, now())
 
 
 @pytest.mark.parametrize(
@@ -82,7 +86,7 @@ def test_every_signed_field_changed_after_signing_is_caught(
     message = signed_by(certs, "e1")
     setattr(message, field, value)
     with pytest.raises(ForgedRecord, match=r"record\.signature: does not match"):
-        verifier(certs).check(message, NOW)
+        verifier(certs).check(message, now())
 
 
 def test_records_not_signed_by_their_owner_are_forged(
@@ -90,26 +94,33 @@ def test_records_not_signed_by_their_owner_are_forged(
 ) -> None:
     check = verifier(certs).check
     with pytest.raises(ForgedRecord, match="not signed"):
-        check(record(), NOW)
+        check(record(), now())
     with pytest.raises(ForgedRecord, match="names 'e2', not the record's owner 'e1'"):
-        check(signed_by(certs, "e2"), NOW)
+        check(signed_by(certs, "e2"), now())
     renamed = signed_by(certs, "e1")
     renamed.encoder_id = "e2"
     with pytest.raises(ForgedRecord, match="names 'e1', not the record's owner 'e2'"):
-        check(renamed, NOW)
+        check(renamed, now())
     borrowed = signed_by(certs, "e2")
     borrowed.certificate = signed_by(certs, "e1").certificate
     with pytest.raises(ForgedRecord, match="does not match"):
-        check(borrowed, NOW)
+        check(borrowed, now())
     garbage = signed_by(certs, "e1")
     garbage.certificate = b"\x30\x03\x02\x01\x01"
-    with pytest.raises(ForgedRecord, match=r"not a DER X\.509 certificate"):
-        check(garbage, NOW)
+    with pytest.raises(ForgedRecord, match=r"not a readable X\.509 certificate"):
+        check(garbage, now())
+    # Well-formed DER whose version field says 7 (found by the fuzz test): refused, not raised.
+    versioned = signed_by(certs, "e1")
+    v3 = b"\xa0\x03\x02\x01\x02"
+    assert v3 in versioned.certificate
+    versioned.certificate = versioned.certificate.replace(v3, v3[:-1] + b"\x07", 1)
+    with pytest.raises(ForgedRecord, match=r"not a readable X\.509 certificate"):
+        check(versioned, now())
     stranger = make_certificates(tmp_path / "other", ["e1"])
     with pytest.raises(ForgedRecord, match="not issued by the CA"):
-        check(signed_by(stranger, "e1"), NOW)
+        check(signed_by(stranger, "e1"), now())
     with pytest.raises(ForgedRecord, match="not now"):
-        check(signed_by(certs, "e1"), NOW + datetime.timedelta(days=365))
+        check(signed_by(certs, "e1"), now() + datetime.timedelta(days=365))
 
 
 def test_signed_bytes_keep_field_boundaries_and_leave_ttl_and_signature_out() -> None:
@@ -152,8 +163,8 @@ def _rsa_identity(certs: CertificateSet, name: str) -> tuple[bytes, bytes]:
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(minutes=5))
-        .not_valid_after(NOW + datetime.timedelta(days=1))
+        .not_valid_before(now() - datetime.timedelta(minutes=5))
+        .not_valid_after(now() + datetime.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"meshenc://{name}")]),
             critical=False,
@@ -173,10 +184,10 @@ def test_rsa_keys_sign_too_and_other_keys_are_refused_at_start(certs: Certificat
     message = record()
     RecordSigner(key_pem, cert_pem).sign(message)
     validation.validate_encoder_record(message)
-    verifier(certs).check(message, NOW)
+    verifier(certs).check(message, now())
     message.capacity += 1
     with pytest.raises(ForgedRecord, match="does not match"):
-        verifier(certs).check(message, NOW)
+        verifier(certs).check(message, now())
 
     other = ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,

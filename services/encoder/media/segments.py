@@ -43,6 +43,7 @@ alike; each audio packet lands in at most one segment.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import tempfile
@@ -83,6 +84,8 @@ __all__ = [
 PLAYLIST_NAME = "index.m3u8"
 TEMP_PREFIX = ".tmp-"
 DEFAULT_WINDOW = 10
+#: Segments whose digest a writer keeps (``SegmentWriter.digest``).
+DIGESTS_KEPT = 8
 #: Audio packets kept while their segments are being collected (about 20 s of AAC).
 MAX_AUDIO_PACKETS = 1000
 #: An audio timestamp this far (or more) behind the newest is a restart of the source's clock.
@@ -190,9 +193,16 @@ class SegmentWriter:
         self._pending: _Pending | None = None
         self._last_segment: int | None = None
         self._listed: list[int] = []
+        #: SHA-256 of the newest segments written (``digest``).
+        self._digests: dict[int, bytes] = {}
         #: The highest bit rate of a media segment written so far (bits per second).
         self.peak_bitrate = 0
         self.cleanup()
+
+    def digest(self, segment: int) -> bytes | None:
+        """The SHA-256 of ``segment``'s media bytes as written (aside or not), while it is
+        among the newest ``DIGESTS_KEPT``; None otherwise."""
+        return self._digests.get(segment)
 
     @property
     def playlist_path(self) -> Path:
@@ -370,6 +380,9 @@ class SegmentWriter:
                 self._listed.clear()  # listed segments need the old init: list afresh
             self._init = muxed.init
         atomic_write(path, muxed.media)
+        self._digests[pending.segment] = hashlib.sha256(muxed.media).digest()
+        if len(self._digests) > DIGESTS_KEPT:
+            del self._digests[min(self._digests)]
         self.peak_bitrate = max(
             self.peak_bitrate, math.ceil(len(muxed.media) * 8 / self.segment_duration)
         )

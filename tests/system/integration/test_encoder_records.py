@@ -248,7 +248,7 @@ def test_an_unreachable_registry_does_not_stop_the_encoder(
     and stops cleanly within its --duration."""
     (dead,) = free_ports(1)
     with encoders(
-        tmp_path, f"127.0.0.1:{dead}", ["alone"], live_source, "--duration", "1.5"
+        tmp_path, f"127.0.0.1:{dead}", ["alone"], live_source, "--duration", "4"
     ) as started:
         process = started["alone"][0]
         process.wait(timeout=30.0)
