@@ -690,6 +690,8 @@ class SyncEngine:
         self._route_key: tuple[str, int] | None = None
         self._route_since = math.inf
         self._settle_until = -math.inf
+        #: Since when no neighbour has been heard (None: one is), as of the last control step.
+        self._alone_since: float | None = None
         self._error = 0.0
         self._slot_errors: tuple[float, ...] = (0.0,)
         self._predicted_error = 0.0
@@ -796,10 +798,20 @@ class SyncEngine:
         neighbours still moving, groups meeting — its segments may not be the ones the mesh
         settles on. After a stall, not until it has proved itself identical again: a whole
         segment's worth of timecodes (after the stall) whose frame hashes equal a neighbour's,
-        none differing meanwhile."""
+        none differing meanwhile. An encoder that has heard no neighbour for a whole segment
+        and is not locked vouches for the slot it holds alone: there is no other timeline to
+        be on."""
+        if self._proof is not None:
+            return False
         lock = self._lock
-        settled = now - lock.locked_since >= self._segments.duration(self._period)
-        return lock.locked and settled and self._settled_unlocked == 0 and self._proof is None
+        segment = self._segments.duration(self._period)
+        alone = self._alone_since
+        if alone is not None and not lock.locked:
+            # Nobody heard: it holds its own slot (``_hold_alone``), and that is the timeline
+            # (a first encoder, a mesh of one) until a neighbour speaks.
+            return now - alone >= segment
+        settled = now - lock.locked_since >= segment
+        return lock.locked and settled and self._settled_unlocked == 0
 
     def correction(self, now: float) -> float:
         return self._corr + self._corr_rate * (now - self._corr_at)
@@ -1166,6 +1178,10 @@ class SyncEngine:
         locked: list[float] = []
         reference = None
         oldest = now - cfg.stale_after
+        if any(nb.link.last_received_at >= oldest for nb in self._neighbours.values()):
+            self._alone_since = None
+        elif self._alone_since is None:
+            self._alone_since = now
         newcomer_since = now - cfg.newcomer_segments * self._segments.duration(period)
         unmeasured = 0
         settled_unlocked = 0

@@ -161,6 +161,24 @@ def test_an_encoder_that_agrees_with_its_neighbours_locks_and_stays_put() -> Non
     assert not [a for a in actions if isinstance(a, CorrectionApplied)]
 
 
+def test_an_encoder_that_hears_no_one_vouches_for_its_own_slot_until_a_neighbour_speaks() -> None:
+    """A first encoder (or a mesh of one) holds its own slot, and that is the timeline: its
+    segments carry the shared name from a segment after it started. Once a neighbour speaks,
+    it vouches only as any other, locked."""
+    gop = 60
+    engine = _engine(["a", "b"])
+    for k in range(gop // 2):
+        engine.frame(START + k * T, k)
+    assert not engine.engine.vouches(START + gop // 2 * T)  # not yet a whole segment alone
+    for k in range(gop // 2, 2 * gop):
+        engine.frame(START + k * T, k)
+    assert engine.engine.vouches(START + 2 * gop * T)
+    for k in range(2 * gop, 2 * gop + 6):
+        engine.esp(START + k * T, _esp("a", k, k, START + k * T, locked=False))
+        engine.frame(START + k * T, k)
+    assert not engine.engine.vouches(START + (2 * gop + 6) * T)
+
+
 def test_a_stalled_encoder_vouches_for_nothing_until_a_segment_is_identical_again() -> None:
     """Back from a SIGSTOP, an encoder cannot make up what it missed: it vouches for no
     segment until a whole segment's worth of timecodes hashed like a neighbour's, none
