@@ -105,7 +105,7 @@ from services.encoder.media.ingest import (
 )
 from services.encoder.media.ladder import LadderManifests, Rendition, renditions_for
 from services.encoder.media.publish import Publisher
-from services.encoder.media.segments import ASIDE_PREFIX, aside_name, segment_number
+from services.encoder.media.segments import ASIDE_PREFIX, segment_number
 from services.encoder.media.serve import OutputServer
 from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
@@ -687,8 +687,7 @@ class EncoderRuntime:
                 self.stats.unvouched += 1
                 self.stats.unconfirmed += 1
                 if not final:
-                    with contextlib.suppress(OSError):  # gone already (a cleanup, a restart)
-                        path.rename(path.with_name(aside_name(key[0], writer.format)))
+                    writer.move_aside(key[0])
 
     def _publish_ladder(self) -> None:
         """The ladder's manifests, after the rungs' playlists: the master playlist and the MPD

@@ -156,9 +156,11 @@ class SegmentWriter:
 
     ``aside(segment)``, asked as each segment is written, says whether its encoder cannot
     vouch for it: it is then written under :func:`aside_name`, and the shared name stays
-    free. The manifests list it all the same (segment numbers are positions in HLS): a player
-    reading this encoder gets a 404 for it, and one reading redundant variants moves to the
-    next encoder rather than play bytes the mesh did not agree on.
+    free. The playlist lists it all the same (segment numbers are positions in HLS) with an
+    ``EXT-X-GAP`` tag, so that a player does not load it, except at the top of the list,
+    where it is left out (the playlist then starts after it); a segment moved aside later
+    (``move_aside``) is tagged when it moves. The MPD cannot say so: a DASH player asking for
+    it gets a 404.
     """
 
     def __init__(
@@ -193,6 +195,8 @@ class SegmentWriter:
         self._pending: _Pending | None = None
         self._last_segment: int | None = None
         self._listed: list[int] = []
+        #: Listed segments written aside (or moved aside since): tagged EXT-X-GAP.
+        self._gaps: set[int] = set()
         #: SHA-256 of the newest segments written (``digest``).
         self._digests: dict[int, bytes] = {}
         #: The highest bit rate of a media segment written so far (bits per second).
@@ -373,6 +377,8 @@ class SegmentWriter:
         aside = self._aside is not None and self._aside(pending.segment)
         name = (aside_name if aside else segment_name)(pending.segment, self.format)
         path = self.out_dir / name
+        if aside:
+            self._gaps.add(pending.segment)
         muxed = self._container.mux(pending.segment, pending.frames, self._segment_audio(pending))
         if muxed.init is not None and muxed.init != self._init:
             atomic_write(self.out_dir / INIT_NAME, muxed.init)
@@ -387,9 +393,10 @@ class SegmentWriter:
             self.peak_bitrate, math.ceil(len(muxed.media) * 8 / self.segment_duration)
         )
         self._extend_window(pending.segment)
-        atomic_write(self.playlist_path, self._playlist().encode())
-        if self.format is SegmentFormat.CMAF:
-            atomic_write(self.out_dir / MPD_NAME, self._mpd().encode())
+        if self._listed:  # not while every segment so far went aside
+            atomic_write(self.playlist_path, self._playlist().encode())
+            if self.format is SegmentFormat.CMAF:
+                atomic_write(self.out_dir / MPD_NAME, self._mpd().encode())
         return path
 
     def _extend_window(self, newest: int) -> None:
@@ -403,6 +410,27 @@ class SegmentWriter:
             self._listed.clear()
         self._listed.append(newest)
         del self._listed[: -self.window]
+        self._trim_gaps()
+
+    def _trim_gaps(self) -> None:
+        """A playlist starts with a segment there is: a player starts at the top, and hls.js
+        never started on a gap (an encoder's first segment, written aside while it locked
+        in)."""
+        while self._listed and self._listed[0] in self._gaps:
+            del self._listed[0]
+        self._gaps.intersection_update(self._listed)
+
+    def move_aside(self, segment: int) -> None:
+        """Move a segment written under its shared name aside (its encoder found it was not
+        the mesh's after all), and mark it a gap in the playlist."""
+        path = self.out_dir / segment_name(segment, self.format)
+        with contextlib.suppress(FileNotFoundError):  # gone already (a restart's cleanup)
+            path.rename(self.out_dir / aside_name(segment, self.format))
+        if segment in self._listed and segment not in self._gaps:
+            self._gaps.add(segment)
+            self._trim_gaps()
+            if self._listed:
+                atomic_write(self.playlist_path, self._playlist().encode())
 
     def _playlist(self) -> str:
         duration = self.segment_duration
@@ -418,6 +446,8 @@ class SegmentWriter:
         for segment in self._listed:
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{self.program_date_time(segment)}")
             lines.append(f"#EXTINF:{float(duration):.3f},")
+            if segment in self._gaps:
+                lines.append("#EXT-X-GAP")  # written aside: not to be loaded
             lines.append(segment_name(segment, self.format))
         return "\n".join(lines) + "\n"
 

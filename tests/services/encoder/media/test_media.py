@@ -250,7 +250,8 @@ def test_a_segment_its_encoder_cannot_vouch_for_is_written_aside(
     tmp_path: Path, stream: list[EncodedFrame]
 ) -> None:
     """The shared name holds only segments the encoder vouches for; one it cannot goes aside,
-    with the same bytes, and the playlist still numbers it (a player gets a 404 there)."""
+    with the same bytes, and the playlist still numbers it, tagged a gap; one moved aside
+    later is tagged when it moves."""
     first = BASE // GOP
     asked: list[int] = []
 
@@ -272,7 +273,25 @@ def test_a_segment_its_encoder_cannot_vouch_for_is_written_aside(
         tmp_path / "b" / segment_name(first + 1)
     ).read_bytes()
     playlist = "index.m3u8"
-    assert (tmp_path / "a" / playlist).read_text() == (tmp_path / "b" / playlist).read_text()
+    tagged = (
+        (tmp_path / "b" / playlist)
+        .read_text()
+        .replace(segment_name(first + 1), "#EXT-X-GAP\n" + segment_name(first + 1))
+    )
+    assert (tmp_path / "a" / playlist).read_text() == tagged
+    writer.move_aside(first + 2)
+    assert (tmp_path / "a" / aside_name(first + 2)).is_file()
+    assert not (tmp_path / "a" / segment_name(first + 2)).exists()
+    assert (tmp_path / "a" / playlist).read_text() == tagged.replace(
+        segment_name(first + 2), "#EXT-X-GAP\n" + segment_name(first + 2)
+    )
+    # At the top of the list a gap is left out: the playlist starts after it.
+    leading = SegmentWriter(tmp_path / "c", PARAMS, aside=lambda segment: segment == first)
+    for frame in stream:
+        leading.add(frame)
+    leading.finish()
+    text = (tmp_path / "c" / playlist).read_text()
+    assert f"#EXT-X-MEDIA-SEQUENCE:{first + 1}" in text and "#EXT-X-GAP" not in text
 
 
 def test_segments_match_between_encoders_that_started_apart(tmp_path: Path) -> None:
