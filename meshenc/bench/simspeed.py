@@ -84,7 +84,11 @@ def _in_own_process(encoders: int, duration_s: float, seed: int) -> SpeedRun:
     """``simulate_once`` in a fresh interpreter that imports only the simulator (this
     module run as a script), so that its peak RSS is this run's and the simulator's alone."""
     command = [sys.executable, "-m", __name__, str(encoders), repr(duration_s), str(seed)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # The same code as this process's, wherever the child starts.
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise BenchError(f"{encoders} encoders × {duration_s:g} s failed: {done.stderr.strip()}")
     return SpeedRun(**json.loads(done.stdout))
