@@ -112,6 +112,7 @@ demo: $(VENV)/.installed proto system-deps player-deps
 bench: $(VENV)/.installed proto
 	@scripts/ensure-system-deps.sh --bench
 	$(VENV)/bin/meshenc bench sim --out bench-results/sim.json
+	$(VENV)/bin/meshenc bench simspeed --out bench-results/simspeed.json
 	$(VENV)/bin/meshenc bench encoder --out bench-results/encoder.json
 	$(VENV)/bin/meshenc bench ingest --out bench-results/ingest.json
 	$(VENV)/bin/meshenc bench plan --out bench-results/plan.json

@@ -2,7 +2,8 @@
 
 In the simulator: :mod:`~meshenc.bench.strategies` (``sim``, ``lockin``, ``wan``: the resync
 strategies compared on seeded worlds, :mod:`~meshenc.bench.worlds`), :mod:`~meshenc.bench.dht`
-(the registry's DHT under churn, simulated by :mod:`meshenc.sim.dht`) and
+(the registry's DHT under churn, simulated by :mod:`meshenc.sim.dht`),
+:mod:`~meshenc.bench.simspeed` (how fast the simulator itself runs) and
 :mod:`~meshenc.bench.plan` (the manager's planner). On this machine: :mod:`~meshenc.bench.encoder`
 and :mod:`~meshenc.bench.ingest` (the encoder's frame and ingest paths against ``ffmpeg``),
 :mod:`~meshenc.bench.failover` and :mod:`~meshenc.bench.live` (real encoder processes, started

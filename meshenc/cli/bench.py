@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from meshenc.bench import dht, encoder, failover, ingest, live, plan, regions, tls
+from meshenc.bench import dht, encoder, failover, ingest, live, plan, regions, simspeed, tls
 from meshenc.bench.results import BenchError, BenchResult, Progress
 from meshenc.bench.strategies import compare_sizes, lockin_at_rates, lockin_sweep, wan_comparison
 from meshenc.bench.worlds import BROADCAST_RATES
@@ -153,6 +153,43 @@ def bench_sim(
     """
     with _scenario_usage():
         result = compare_sizes(sizes, duration, seed, progress=_progress())
+    _show(result, out, as_json=as_json)
+
+
+@bench.command("simspeed")
+@click.option(
+    "--sizes",
+    default="1000",
+    show_default=True,
+    callback=_counts("sizes"),
+    help="Mesh sizes to time (e.g. 1000,10000: ten thousand takes minutes per run).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Simulated seconds per run.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    help="Runs per world (the median is reported).",
+)
+@output_options
+def bench_simspeed(
+    sizes: Sequence[int], duration: float, repeats: int, as_json: bool, out: Path | None
+) -> None:
+    """How fast the simulator runs: events per second, wall and CPU time, peak memory.
+
+    Each run is the standard scenario (predictive, seed 1) in a process of its own; a
+    reference world of 100 encoders × 20 s is timed in the same invocation,
+    interleaved with the sizes, so that a noisy machine can be read off the ratio.
+    """
+    with _scenario_usage():
+        result = simspeed.measure_speed(sizes, duration, repeats, progress=_progress())
     _show(result, out, as_json=as_json)
 
 

@@ -712,8 +712,12 @@ class SyncEngine:
         """Apply one event observed at ``now`` (seconds on this encoder's clock)."""
         if not isfinite(now):
             check_time(now)  # raises
-        if event.__class__ is EspReceived:  # most events are ESPs: no pattern matching for them
+        # Most events are ESPs, then pictures: no pattern matching for them.
+        if event.__class__ is EspReceived:
             self._on_esp(now, event.esp)
+            return
+        if event.__class__ is FrameCaptured:
+            self._on_frame(now, event.fingerprint, event.periods)
             return
         match event:
             case EspReceived(esp):
@@ -1026,7 +1030,10 @@ class SyncEngine:
             agreement[segment] = {}
             while len(agreement) > _AGREEMENT_SEGMENTS:
                 del agreement[min(agreement)]
-        tally = agreement[segment].setdefault(neighbour, [0, 0])
+        tallies = agreement[segment]
+        tally = tallies.get(neighbour)
+        if tally is None:
+            tally = tallies[neighbour] = [0, 0]
         if same:
             tally[0] += 1
         else:
@@ -1186,7 +1193,7 @@ class SyncEngine:
         unmeasured = 0
         settled_unlocked = 0
         heard: list[Anchor] = []
-        band = self._thresholds()[0]
+        band, lock_trigger, _ = self._thresholds()
         names: list[str] = []
         routes: list[MergeRoute] = []
         for name, nb in self._neighbours.items():
@@ -1218,7 +1225,6 @@ class SyncEngine:
         # (a newcomer aside) says it is locked too: the neighbourhood holds one timeline.
         self._settled_unlocked = settled_unlocked
         self._anchor = choose_anchor(self.node_id, heard)
-        _, lock_trigger, _ = self._thresholds()
         if len(deviations) == 1:
             if not self._lock.locked and not unmeasured:
                 self._hold_alone(now, label, lock_trigger)

@@ -89,7 +89,9 @@ class FrameRate:
         return value if value >= start else math.nextafter(value, math.inf)
 
     def slot_middle(self, timecode: int) -> float:
-        return float(Fraction((2 * timecode + 1) * self.den, 2 * self.num))
+        """The middle of slot ``timecode`` (s), correctly rounded: integer true division
+        rounds exactly as ``float(Fraction(...))`` does, without building the fraction."""
+        return (2 * timecode + 1) * self.den / (2 * self.num)
 
     def phase(self, label: float) -> float:
         """Where in its slot a label lies, in frames: 0 at the start, just under 1 at the end."""

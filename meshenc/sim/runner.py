@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -116,13 +117,13 @@ def run(
         SyncEngine(f"enc-{i}", make_config(strategy), (f"enc-{j}" for j in world.neighbours[i]))
         for i in range(n)
     ]
-    index = {f"enc-{i}": i for i in range(n)}
     clocks = world.clocks
     # Drawn frame by frame (rows are frames), so a longer run starts with the same noise.
-    capture_jitter = (
-        np.random.default_rng([scenario.seed, 1]).standard_normal((frames, n)).T
-        * scenario.capture_jitter_s
-    ).tolist()
+    # One compact row of doubles per encoder: 8 bytes a picture, not a float object each.
+    noise = np.random.default_rng([scenario.seed, 1]).standard_normal((frames, n))
+    noise *= scenario.capture_jitter_s
+    capture_jitter = [array("d", row.tobytes()) for row in noise.T]
+    del noise
     # The source's timestamps say how many periods passed between pictures (always one here:
     # the simulated source loses none); without them the engines count from arrival times.
     with_pts = scenario.source.timestamps
@@ -136,9 +137,9 @@ def run(
     ingest = world.ingest
     link_delay = world.link_delay
 
-    timecodes = [[-1] * frames for _ in range(n)]
-    labels = [[math.nan] * frames for _ in range(n)]
-    repeats = [[0] * frames for _ in range(n)]
+    timecodes = [array("q", [-1]) * frames for _ in range(n)]
+    labels = [array("d", [math.nan]) * frames for _ in range(n)]
+    repeats = [array("q", [0]) * frames for _ in range(n)]
     corrections: list[CorrectionRecord] = []
     escalations = 0
     heap: list[tuple[float, int, int, int, object]] = []
@@ -165,15 +166,23 @@ def run(
             for begin, end, r in cuts
         )
 
-    def send(t: float, sender: int, receiver: int, kind: int, payload: object) -> None:
+    # Each sender's links by the receiver's name: (receiver, the link's base delay).
+    links = [
+        {f"enc-{j}": (j, link_delay.get((i, j), 0.005)) for j in world.neighbours[i]}
+        for i in range(n)
+    ]
+    uniform, normal, heappush = net.uniform, net.normal, heapq.heappush
+
+    def send(t: float, sender: int, to: str, kind: int, payload: object) -> None:
         nonlocal seq
-        if loss and net.uniform() < loss:
+        if loss and uniform() < loss:
             return
+        receiver, base_delay = links[sender][to]
         if cuts and cut_off(t, sender, receiver):
             return
-        delay = link_delay.get((sender, receiver), 0.005) + abs(net.normal()) * net_jitter
+        delay = base_delay + abs(normal()) * net_jitter
         seq += 1
-        heapq.heappush(heap, (t + delay, seq, kind, receiver, payload))
+        heappush(heap, (t + delay, seq, kind, receiver, payload))
 
     def carry_out(t: float, i: int, now: float, k: int, actions: list[Action]) -> None:
         """Carry out engine ``i``'s actions in order (``k``: the picture captured at ``now``)."""
@@ -190,7 +199,7 @@ def run(
                     esp = _lie(esp, lie_now(t), noise)
                 received = EspReceived(esp)  # what every receiver is told: one event for all
                 for name in action.to:
-                    send(t, i, index[name], _ESP, received)
+                    send(t, i, name, _ESP, received)
             elif isinstance(action, EncodeFrame):
                 codes = action.timecodes
                 labels[i][k] = action.label
@@ -210,7 +219,7 @@ def run(
                 vote = action.vote
                 if liar:
                     vote = replace(vote, approve=False, reason="liar")
-                send(t, i, index[action.to], _VOTE, vote)
+                send(t, i, action.to, _VOTE, vote)
             elif isinstance(action, CorrectionApplied):
                 corrections.append(
                     CorrectionRecord(
@@ -219,7 +228,7 @@ def run(
                 )
             elif isinstance(action, SendProposal):
                 for name in action.to:
-                    send(t, i, index[name], _PROPOSAL, action.proposal)
+                    send(t, i, name, _PROPOSAL, action.proposal)
             elif isinstance(action, Escalate):
                 escalations += 1
 
@@ -233,7 +242,10 @@ def run(
         t, _, kind, i, payload = heappop(heap)
         events += 1
         engine = engines[i]
-        if kind == _FRAME:
+        if kind == _ESP:  # most events: first
+            assert isinstance(payload, EspReceived)
+            engine.step(clocks[i].read(t), payload)
+        elif kind == _FRAME:
             k = payload
             assert isinstance(k, int)
             now = clocks[i].read(t, capture_jitter[i][k])
@@ -243,9 +255,6 @@ def run(
                 seq += 1
                 heapq.heappush(heap, (arrival(i, k + 1), seq, _FRAME, i, k + 1))
             carry_out(t, i, now, k, engine.ready())
-        elif kind == _ESP:
-            assert isinstance(payload, EspReceived)
-            engine.step(clocks[i].read(t), payload)
         elif kind == _PROPOSAL:
             assert isinstance(payload, ResyncProposal)
             now = clocks[i].read(t)
@@ -261,14 +270,19 @@ def run(
         scenario=scenario,
         strategy=strategy,
         world=world,
-        timecodes=np.array(timecodes, dtype=np.int64),
-        labels=np.array(labels, dtype=np.float64),
-        repeats=np.array(repeats, dtype=np.int64),
+        timecodes=_matrix(timecodes, np.int64),
+        labels=_matrix(labels, np.float64),
+        repeats=_matrix(repeats, np.int64),
         corrections=tuple(corrections),
         escalations=escalations,
         events=events,
         wall_s=time.perf_counter() - started,
     )
+
+
+def _matrix(rows: list[array[int]] | list[array[float]], dtype: type[np.generic]) -> np.ndarray:
+    """One row per encoder, as a numpy matrix."""
+    return np.stack([np.frombuffer(row, dtype=dtype) for row in rows])
 
 
 def _frame_hash(picture: int, timecode: int) -> bytes:
