@@ -795,6 +795,12 @@ class SyncEngine:
         ]
         return self.config.vote_timeout + min(max(rtts, default=0.0), self.config.stale_after)
 
+    @property
+    def alone(self) -> bool:
+        """No neighbour heard, as of the last control step: this encoder's slot is the
+        timeline (see ``vouches``)."""
+        return self._alone_since is not None
+
     def vouches(self, now: float) -> bool:
         """Whether this encoder's output is the mesh's: it has held its lock for a whole
         segment, and every neighbour it counts (newcomers aside) says it is locked too, as of

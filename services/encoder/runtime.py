@@ -790,7 +790,9 @@ class EncoderRuntime:
                 self.links.send(peer, action.proposal)
         elif isinstance(action, CorrectionApplied):
             last = self.pipeline.last_timecode
-            if action.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE) and last is not None:
+            visible = action.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE)
+            if visible and last is not None and not self.engine.alone:
+                # Alone, its slot is the timeline: a move of its own differs from no one's.
                 self._vouched[self._segments.segment_of(last)] = False
             log.info(
                 "correction %s shift=%+.2f ms rate=%+.1f ppm lead=%s proposal=%d",
