@@ -1191,10 +1191,7 @@ class SyncEngine:
         locked: list[float] = []
         reference = None
         oldest = now - cfg.stale_after
-        if any(nb.link.last_received_at >= oldest for nb in self._neighbours.values()):
-            self._alone_since = None
-        elif self._alone_since is None:
-            self._alone_since = now
+        heard_any = False
         newcomer_since = now - cfg.newcomer_segments * self._segments.duration(period)
         unmeasured = 0
         settled_unlocked = 0
@@ -1205,6 +1202,7 @@ class SyncEngine:
         for name, nb in self._neighbours.items():
             kf = nb.filter
             fresh = nb.link.last_received_at >= oldest
+            heard_any = heard_any or fresh
             if not fresh:
                 nb.counted_since = None  # silent: when it speaks again, it is new again
             if fresh and kf.updates < cfg.min_updates:
@@ -1230,6 +1228,10 @@ class SyncEngine:
         # The encoder can vouch for its output while it is locked and every neighbour it counts
         # (a newcomer aside) says it is locked too: the neighbourhood holds one timeline.
         self._settled_unlocked = settled_unlocked
+        if heard_any:
+            self._alone_since = None
+        elif self._alone_since is None:
+            self._alone_since = now
         self._anchor = choose_anchor(self.node_id, heard)
         if len(deviations) == 1:
             if not self._lock.locked and not unmeasured:
