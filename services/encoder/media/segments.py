@@ -362,8 +362,11 @@ class SegmentWriter:
             for packet in self._audio
             if start <= packet.source_time + offset < end
         ]
-        # Audio older than this segment can go in no later one.
-        while self._audio and self._audio[0].source_time + offset < end:
+        # Audio older than this segment can go in no later one. This segment's own audio stays
+        # until the next: if this segment's first picture was not the mesh's (its encoder a
+        # frame off, resuming), the next one's anchor differs and its span starts elsewhere
+        # in the source; a segment's audio depends on its own anchor alone, not on history.
+        while self._audio and self._audio[0].source_time + offset < start:
             self._audio.popleft()
         return chosen
 

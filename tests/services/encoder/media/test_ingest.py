@@ -8,6 +8,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -120,14 +121,19 @@ def _audio_packets(seconds: float) -> list[AudioPacket]:
 
 
 def _write(
-    out: Path, frames: list[EncodedFrame], audio: list[AudioPacket], lead: int
+    out: Path,
+    frames: list[EncodedFrame],
+    audio: list[AudioPacket],
+    lead: int,
+    skew: Callable[[int], int] = lambda i: 0,
 ) -> list[Path]:
-    """Feed a writer video and audio interleaved by source time, audio ``lead`` ticks early."""
+    """Feed a writer video and audio interleaved by source time, audio ``lead`` ticks early;
+    frame ``i`` carries the source picture ``skew(i)`` frames later."""
     writer = SegmentWriter(out, PARAMS)
     written: list[Path] = []
     queue = list(audio)
     for i, frame in enumerate(frames):
-        source = 500_000 + i * FRAME_TICKS
+        source = 500_000 + (i + skew(i)) * FRAME_TICKS
         while queue and queue[0].source_time - lead <= source:
             written += writer.add_audio(queue.pop(0))
         written += writer.add(frame, source)
@@ -172,6 +178,26 @@ def test_audio_lands_in_the_same_segments_byte_for_byte_whatever_the_interleavin
         stamps += audio_pts
     steps = {b - a for a, b in itertools.pairwise(stamps)}
     assert steps == {AUDIO_TICKS}, "an audio packet is missing or doubled at a boundary"
+
+
+def test_a_segment_after_one_a_frame_off_has_the_same_audio(tmp_path: Path) -> None:
+    """An encoder a frame ahead for one segment (resuming, locking in) and on the timeline
+    again from the next writes that next segment with the same bytes as everyone else: a
+    segment's audio comes from its own anchor, not from what the segment before it took
+    (measured: a restarted encoder's first good segment lacked two audio packets)."""
+    base = 3_000_000 * GOP
+    source = SyntheticSource(FMT)
+    encoder = GopEncoder(PARAMS)
+    frames = [encoder.encode(base + i, source.picture(i)) for i in range(4 * GOP)]
+    audio = _audio_packets(4 * GOP / 30 + 0.5)
+    steady = _write(tmp_path / "steady", frames, audio, lead=9000)
+    ahead = _write(
+        tmp_path / "ahead", frames, audio, lead=9000, skew=lambda i: int(GOP <= i < 2 * GOP)
+    )
+    assert [p.name for p in steady] == [p.name for p in ahead]
+    assert steady[1].read_bytes() != ahead[1].read_bytes()  # its audio starts a frame later
+    for a, b in zip(steady[2:], ahead[2:], strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
 
 
 def test_a_segment_without_an_anchor_has_no_audio(tmp_path: Path) -> None:
