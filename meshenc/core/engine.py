@@ -86,6 +86,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from math import isfinite
+from typing import NamedTuple
 
 from meshenc.core.anchor import Anchor, choose_anchor
 from meshenc.core.capture import CaptureSmoother
@@ -161,9 +162,17 @@ NO_IDENTITY = 0
 _AGREEMENT_SEGMENTS = 6
 
 
-def _keep(digests: dict[int, bytes], segment: int, digest: bytes) -> None:
-    """Remember a segment's digest, the newest ``_AGREEMENT_SEGMENTS`` segments only."""
-    digests[segment] = digest
+class _Written(NamedTuple):
+    """A segment as an encoder wrote it: the SHA-256 of its bytes, and whether that encoder
+    vouched for it (wrote it under its shared name rather than aside)."""
+
+    digest: bytes
+    vouched: bool
+
+
+def _keep(digests: dict[int, _Written], segment: int, written: _Written) -> None:
+    """Remember a written segment, the newest ``_AGREEMENT_SEGMENTS`` segments only."""
+    digests[segment] = written
     while len(digests) > _AGREEMENT_SEGMENTS:
         del digests[min(digests)]
 
@@ -373,6 +382,8 @@ class SegmentWritten:
 
     segment: int
     digest: bytes
+    #: Whether the shell wrote it under its shared name (it vouched for it), not aside.
+    vouched: bool
 
 
 Event = (
@@ -571,8 +582,8 @@ class _Neighbour:
         #: The neighbour's frame hashes for our pictures not encoded yet, by timecode: an
         #: encoder whose input lags its neighbours' hears their hashes before it has its own.
         self.unhashed: dict[int, bytes] = {}
-        #: The digests of the segments the neighbour wrote, by segment (``SegmentWritten``).
-        self.digests: dict[int, bytes] = {}
+        #: The segments the neighbour wrote, by segment (``SegmentWritten``).
+        self.digests: dict[int, _Written] = {}
         #: When this neighbour was first counted (since it last fell silent).
         self.counted_since: float | None = None
         self.acc_count = 0
@@ -650,7 +661,7 @@ class SyncEngine:
         self._own: dict[int, tuple[float, float, int]] = {}
         self._hashes: dict[int, bytes] = {}
         #: The digests of the segments this encoder wrote, by segment (``SegmentWritten``).
-        self._segment_digests: dict[int, bytes] = {}
+        self._segment_digests: dict[int, _Written] = {}
         self._corr = 0.0
         self._corr_rate = 0.0
         self._corr_at = 0.0
@@ -746,8 +757,8 @@ class SyncEngine:
                 self._apply_escalated(now, proposal_id)
             case Stalled():
                 self._proof, self._proof_tc = 0, self._last_tc if self._last_tc is not None else -1
-            case SegmentWritten(segment, digest):
-                _keep(self._segment_digests, segment, digest)
+            case SegmentWritten(segment, digest, vouched):
+                _keep(self._segment_digests, segment, _Written(digest, vouched))
             case Tick():
                 self._tick_votes(now)
 
@@ -930,9 +941,13 @@ class SyncEngine:
             timeline=self._timeline,
         )
         if self._segment_digests:
-            written = max(self._segment_digests)
+            segment = max(self._segment_digests)
+            written = self._segment_digests[segment]
             esp = replace(
-                esp, written_segment=written, segment_digest=self._segment_digests[written]
+                esp,
+                written_segment=segment,
+                segment_digest=written.digest,
+                segment_vouched=written.vouched,
             )
         route = self._route
         if route is not None:
@@ -987,7 +1002,11 @@ class SyncEngine:
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
         nb.last = esp
         if esp.segment_digest and esp.written_segment > 0:
-            _keep(nb.digests, esp.written_segment, esp.segment_digest)
+            _keep(
+                nb.digests,
+                esp.written_segment,
+                _Written(esp.segment_digest, esp.segment_vouched),
+            )
         nb.corr_at = now
         if (
             esp.params_segment > 0
@@ -1062,11 +1081,28 @@ class SyncEngine:
             return True
         own = self._segment_digests.get(segment)
         if own is not None and any(nb.digests for nb in heard):
-            return any(nb.digests.get(segment) == own for nb in heard)
+            return any(
+                (theirs := nb.digests.get(segment)) is not None and theirs.digest == own.digest
+                for nb in heard
+            )
         needed = (self._segments.gop + 1) // 2
         return any(
             matched >= needed and not differed
             for matched, differed in self._agreement.get(segment, {}).values()
+        )
+
+    def confirmed(self, segment: int) -> bool:
+        """Whether a neighbour that vouched for ``segment`` wrote the same bytes as this
+        encoder. This encoder's own copy went aside (it was locking in, resuming, or not sure
+        of its timeline), but bytes equal to a vouched copy are the mesh's segment whatever
+        this encoder's state was: the copy may take the shared name. (Two copies that no one
+        vouched for prove nothing by agreeing: they may share one mistake.)"""
+        own = self._segment_digests.get(segment)
+        return own is not None and any(
+            (theirs := nb.digests.get(segment)) is not None
+            and theirs.vouched
+            and theirs.digest == own.digest
+            for nb in self._neighbours.values()
         )
 
     def _prove(self, timecode: int, same: bool) -> None:

@@ -86,6 +86,8 @@ class EncodingStatePacket:
     #: ladder, over every rung's): a receiver that wrote the same segment compares its bytes.
     written_segment: int = 0
     segment_digest: bytes = b""
+    #: Whether the sender vouched for that segment (wrote it under its shared name).
+    segment_vouched: bool = False
 
 
 @dataclass(frozen=True, slots=True)

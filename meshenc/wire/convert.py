@@ -253,6 +253,7 @@ def esp_to_proto(esp: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
         merge_segment=esp.merge_segment,
         written_segment=esp.written_segment,
         segment_digest=esp.segment_digest,
+        segment_vouched=esp.segment_vouched,
     )
 
 
@@ -294,6 +295,7 @@ def esp_from_proto(msg: mesh_pb2.EncodingStatePacket) -> EncodingStatePacket:
         merge_segment=msg.merge_segment,
         written_segment=msg.written_segment,
         segment_digest=msg.segment_digest,
+        segment_vouched=msg.segment_vouched,
     )
 
 
@@ -378,6 +380,7 @@ def encoder_state_to_proto(
     stalls: int,
     unvouched_segments: int,
     unconfirmed_segments: int,
+    restored_segments: int,
 ) -> mesh_pb2.EncoderState:
     """The GetState answer: an engine snapshot and the encoder's settings, as an operator
     sees them.
@@ -397,6 +400,8 @@ def encoder_state_to_proto(
         stalls: the stalls the encoder has seen (the snapshot says whether it is unproven).
         unvouched_segments, unconfirmed_segments: segment files not published under the
             shared name, and of those the ones no neighbour confirmed in time.
+        restored_segments: segment files written aside that took the shared name after all
+            (a vouched neighbour wrote the same bytes).
     """
     state = mesh_pb2.EncoderState(
         encoder_id=snap.node_id,
@@ -428,6 +433,7 @@ def encoder_state_to_proto(
         stalls=stalls,
         unvouched_segments=unvouched_segments,
         unconfirmed_segments=unconfirmed_segments,
+        restored_segments=restored_segments,
     )
     state.input.CopyFrom(input_status)
     if election is not None:

@@ -42,8 +42,8 @@ Mesh (``EncoderMesh``)
     then set), 0 < ``merge_hops`` < ``MAX_HOPS``, ``|merge_offset_ns|`` <=
     ``MAX_DEVIATION_NS``, ``merge_witnesses`` 1 to ``MAX_WITNESSES`` distinct sorted ids and
     0 <= ``merge_segment`` < ``MAX_TIMECODE``; ``written_segment`` and ``segment_digest`` are
-    both unset, or 0 < ``written_segment`` < ``MAX_TIMECODE`` with a digest of exactly
-    ``FRAME_HASH_LENGTH`` bytes.
+    both unset (and ``segment_vouched`` false), or 0 < ``written_segment`` < ``MAX_TIMECODE``
+    with a digest of exactly ``FRAME_HASH_LENGTH`` bytes.
   - ResyncProposal: ``proposal_id`` > 0; ``kind`` known and not UNSPECIFIED;
     ``|shift_ns|`` <= ``MAX_SHIFT_NS`` (10 s); PARAMETER requires ``bitrate_kbps`` within
     [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``] and 0 < ``effective_segment`` <
@@ -442,8 +442,13 @@ def _esp(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
 
 
 def _written_segment(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
-    """An ESP's newest written segment and its digest: both or neither."""
+    """An ESP's newest written segment and its digest: both or neither; vouched for only
+    with both."""
     if not msg.written_segment and not msg.segment_digest:
+        if msg.segment_vouched:
+            raise InvalidMessage(
+                _path(prefix, "segment_vouched"), "must be false without written_segment"
+            )
         return
     _check_range(
         msg.written_segment, 1, MAX_TIMECODE - 1, _path(prefix, "written_segment"), "segments"

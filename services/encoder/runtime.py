@@ -129,6 +129,21 @@ _ASIDE_KEPT = 16
 
 
 @dataclass(slots=True)
+class _Held:
+    """A rung's segment written and not yet published, waiting for the neighbours' word: a
+    vouched copy for a neighbour's agreement (``SyncEngine.agreed``), a copy written aside for
+    a vouched neighbour's identical bytes (``SyncEngine.confirmed``)."""
+
+    rendition: Rendition
+    path: Path
+    #: When to give up waiting (monotonic).
+    deadline: float
+    #: Whether it was the segment's last rung to be written (the ladder's manifests follow it).
+    completed: bool
+    aside: bool
+
+
+@dataclass(slots=True)
 class RunStats:
     frames: int = 0
     skipped: int = 0
@@ -140,6 +155,9 @@ class RunStats:
     unconfirmed: int = 0
     #: Stalls past the engine's ``stale_after`` (see ``_check_stall``).
     stalls: int = 0
+    #: Segments written aside that took their shared name after all: a neighbour that
+    #: vouched for them wrote the same bytes (see ``_release``).
+    restored: int = 0
 
 
 class EncoderRuntime:
@@ -182,11 +200,10 @@ class EncoderRuntime:
         #: The renditions written (``run``), and the digests of a segment's rungs written so far.
         self._renditions: list[Rendition] = []
         self._rung_digests: dict[int, dict[str, bytes]] = {}
-        #: Segments vouched for and written, waiting for a neighbour's hashes to agree, by
-        #: (segment, rung folder): (rendition, path, give up at (monotonic), whether it was
-        #: the segment's last rung). A neighbour's ESP for a frame follows its own ingest
-        #: delay, so the last frames' agreement comes a few hundred ms after writing.
-        self._held: dict[tuple[int, str], tuple[Rendition, Path, float, bool]] = {}
+        #: Segments written and waiting for the neighbours' word, by (segment, rung folder).
+        #: A neighbour's ESP for a frame follows its own ingest delay, so the last frames'
+        #: agreement comes a few hundred ms after writing.
+        self._held: dict[tuple[int, str], _Held] = {}
         self._hold_limit = 2.0 * self._segments.duration(self._period)
         self._input = InputMonitor(float(self._period), settings.input_loss, time.time())
         self._cadence = SourceCadence(Fraction(fr.den, fr.num))
@@ -390,6 +407,7 @@ class EncoderRuntime:
             stalls=self.stats.stalls,
             unvouched_segments=self.stats.unvouched,
             unconfirmed_segments=self.stats.unconfirmed,
+            restored_segments=self.stats.restored,
         )
 
     # -- the loop -----------------------------------------------------------------------------
@@ -606,8 +624,9 @@ class EncoderRuntime:
 
     def segments_written(self, rendition: Rendition, paths: list[Path], started_ns: int) -> None:
         """Segments a rendition's writer just wrote (the call began at ``started_ns``): count
-        them, time them, and hold those this encoder can vouch for until a neighbour's frame
-        hashes say they are not its own alone (``_release``).
+        them, time them, and hold them for the neighbours' word (``_release``): those this
+        encoder vouched for until a neighbour's bytes say they are not its own alone, those
+        written aside in case a neighbour that vouched for them wrote the same bytes.
 
         Every rung writes the same segments (one timeline), so the vouching of a segment holds
         for all of them: it is forgotten once a later segment is written.
@@ -618,30 +637,34 @@ class EncoderRuntime:
         for path in paths:
             self.stats.segments += 1
             self.telemetry.segment_written(path, started_ns, finished_ns)
-            self._digest_written(rendition, segment_number(path.name.removeprefix(ASIDE_PREFIX)))
-            newest = segment_number(path.name)
-            vouched = self._vouched.get(newest, False) if newest is not None else False
+            aside = path.name.startswith(ASIDE_PREFIX)
+            segment = segment_number(path.name.removeprefix(ASIDE_PREFIX))
+            if segment is None:
+                continue
+            self._digest_written(rendition, segment, aside)
+            newest = segment
+            vouched = not aside and self._vouched.get(segment, False)
             # The last rung to write the segment brings the ladder's manifests up to date.
             completed = (
-                self._ladder is not None
-                and newest is not None
-                and self._ladder.segment_written(newest)
+                not aside and self._ladder is not None and self._ladder.segment_written(segment)
             )
-            if newest is None or not (vouched and self.engine.vouches(self.clock())):
+            if not aside and not (vouched and self.engine.vouches(self.clock())):
                 self.stats.unvouched += 1
-            else:
-                deadline = time.monotonic() + self._hold_limit
-                self._held[newest, rendition.folder or ""] = (rendition, path, deadline, completed)
+                continue
+            deadline = time.monotonic() + self._hold_limit
+            self._held[segment, rendition.folder or ""] = _Held(
+                rendition, path, deadline, completed, aside
+            )
         for stale in [s for s in self._vouched if newest is not None and s < newest]:
             del self._vouched[stale]  # segments the writer dropped (partial): never written
         self._release()
 
-    def _digest_written(self, rendition: Rendition, segment: int | None) -> None:
+    def _digest_written(self, rendition: Rendition, segment: int, aside: bool) -> None:
         """Once every rung has written ``segment`` (aside or not), tell the engine its digest
         (``SegmentWritten``): the ESPs carry it, and a neighbour's equal digest is what lets
         a segment out (``_release``)."""
-        digest = None if segment is None else rendition.writer.digest(segment)
-        if segment is None or digest is None:
+        digest = rendition.writer.digest(segment)
+        if digest is None:
             return
         rungs = self._rung_digests.setdefault(segment, {})
         rungs[rendition.folder or ""] = digest
@@ -652,42 +675,59 @@ class EncoderRuntime:
             del self._rung_digests[stale]  # a rung that never wrote it (a partial segment)
         ordered = [rungs[r.folder or ""] for r in self._renditions]
         combined = ordered[0] if len(ordered) == 1 else hashlib.sha256(b"".join(ordered)).digest()
-        self.pipeline.step(self.clock(), SegmentWritten(segment, combined))
+        self.pipeline.step(self.clock(), SegmentWritten(segment, combined, vouched=not aside))
 
     def _release(self, *, final: bool = False) -> None:
-        """Publish the held segments a neighbour agreed with (``SyncEngine.agreed``), in order,
-        each followed by its rung's playlist (and, after a segment's last rung, the ladder's
-        manifests) when this encoder publishes playlists; give up on those still unconfirmed
-        after ``_hold_limit`` and move them aside (``aside_name``): no neighbour had those
-        bytes, so the shared name is not theirs. At the end (``final``) the last ones are
-        given up without moving: their neighbours' word may simply not have come yet."""
+        """Publish the held segments the neighbours' word lets out, in order, each followed
+        by its rung's playlist (and, after a segment's last rung, the ladder's manifests) when
+        this encoder publishes playlists: a vouched copy a neighbour agreed with
+        (``SyncEngine.agreed``), or a copy written aside that a vouched neighbour's identical
+        bytes confirm (``SyncEngine.confirmed``), which first takes its shared name
+        (``SegmentWriter.restore``). Give up after ``_hold_limit``: a vouched copy still
+        unconfirmed moves aside (``aside_name``): no neighbour had those bytes, so the shared
+        name is not theirs; an aside copy stays where it is. At the end (``final``) the last
+        ones are given up without moving: their neighbours' word may simply not have come
+        yet."""
         if not self._held:
             return
-        publisher = self.publisher
         now, clock = time.monotonic(), self.clock()
         for key in sorted(self._held):
-            rendition, path, deadline, completed = self._held[key]
-            writer = rendition.writer
-            if self.engine.agreed(key[0], clock):
+            held = self._held[key]
+            writer = held.rendition.writer
+            if held.aside and self.engine.confirmed(key[0]):
                 del self._held[key]
-                if publisher is None:
-                    continue
-                if (init := writer.init_path) is not None:
-                    # A few hundred bytes with every segment: an origin that lost it, or
-                    # never got it, has it again before the next segment's manifests.
-                    publisher.publish(init, rendition.published_name(init))
-                publisher.publish(path, rendition.published_name(path))
-                if self._publishes_playlist():
-                    for manifest in writer.manifest_paths:
-                        publisher.publish(manifest, rendition.published_name(manifest))
-                    if completed:
-                        self._publish_ladder()
-            elif final or now > deadline:
+                if (path := writer.restore(key[0])) is not None:
+                    self.stats.restored += 1
+                    self._publish(held.rendition, path, held.completed)
+            elif not held.aside and self.engine.agreed(key[0], clock):
+                del self._held[key]
+                self._publish(held.rendition, held.path, held.completed)
+            elif final or now > held.deadline:
                 del self._held[key]
                 self.stats.unvouched += 1
+                if held.aside:
+                    continue
                 self.stats.unconfirmed += 1
                 if not final:
                     writer.move_aside(key[0])
+
+    def _publish(self, rendition: Rendition, path: Path, completed: bool) -> None:
+        """A segment under its shared name goes to the origin, with the manifests that follow
+        it when this encoder publishes them."""
+        publisher = self.publisher
+        if publisher is None:
+            return
+        writer = rendition.writer
+        if (init := writer.init_path) is not None:
+            # A few hundred bytes with every segment: an origin that lost it, or never got
+            # it, has it again before the next segment's manifests.
+            publisher.publish(init, rendition.published_name(init))
+        publisher.publish(path, rendition.published_name(path))
+        if self._publishes_playlist():
+            for manifest in writer.manifest_paths:
+                publisher.publish(manifest, rendition.published_name(manifest))
+            if completed:
+                self._publish_ladder()
 
     def _publish_ladder(self) -> None:
         """The ladder's manifests, after the rungs' playlists: the master playlist and the MPD

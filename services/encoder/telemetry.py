@@ -161,6 +161,7 @@ class _EncoderView:
     stalls: int
     unvouched: int
     unconfirmed: int
+    restored: int
     cpu_load: float
     encode_latency: float
     leader: bool | None
@@ -299,6 +300,12 @@ _ENCODER_GAUGES: Final[tuple[tuple[str, str, Callable[[_EncoderView], float | No
         "meshenc_segments_unconfirmed_total",
         "Of those, the ones vouched for whose frame hashes no neighbour confirmed in time.",
         lambda v: float(v.unconfirmed),
+    ),
+    (
+        "meshenc_segments_restored_total",
+        "Segment files written aside that took the shared name after all: a neighbour that "
+        "vouched for the segment wrote the same bytes.",
+        lambda v: float(v.restored),
     ),
     (
         "meshenc_timeline_error_seconds",
@@ -478,6 +485,9 @@ class _Stats(Protocol):
 
     @property
     def unconfirmed(self) -> int: ...
+
+    @property
+    def restored(self) -> int: ...
 
 
 class _Links(Protocol):
@@ -766,6 +776,7 @@ class EncoderTelemetry:
             stalls=stats.stalls,
             unvouched=stats.unvouched,
             unconfirmed=stats.unconfirmed,
+            restored=stats.restored,
             cpu_load=load[0],
             encode_latency=load[1],
             leader=self._leads,

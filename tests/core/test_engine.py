@@ -271,16 +271,47 @@ def test_a_segment_whose_bytes_differ_is_not_agreed_though_its_frames_were() -> 
     now = START + 3 * gop * T
     assert engine.engine.agreed(segment, now)
     mine, theirs = b"\x0a" * 32, b"\x0b" * 32
-    engine.engine.step(now, SegmentWritten(segment, mine))
+    engine.engine.step(now, SegmentWritten(segment, mine, vouched=True))
     engine.frame(now, 3 * gop)
     (sent, *_) = [esp for _to, esp in engine.encoded(now)]
-    assert (sent.written_segment, sent.segment_digest) == (segment, mine)
+    assert (sent.written_segment, sent.segment_digest, sent.segment_vouched) == (
+        segment,
+        mine,
+        True,
+    )
     differs = replace(_esp("a", 10_000, 3 * gop, now), written_segment=segment)
     engine.esp(now, replace(differs, segment_digest=theirs))
     assert not engine.engine.agreed(segment, now)
     alike = replace(_esp("b", 10_000, 3 * gop, now), written_segment=segment)
     engine.esp(now, replace(alike, segment_digest=mine))
     assert engine.engine.agreed(segment, now)
+
+
+def test_a_copy_written_aside_is_confirmed_only_by_a_vouched_copy_of_the_same_bytes() -> None:
+    """An encoder that could not vouch for a segment (resuming, locking in) wrote it aside;
+    the same bytes from a neighbour that vouched for them make it the mesh's copy. Equal bytes
+    from a neighbour that did not vouch either prove nothing, nor do a vouched neighbour's
+    other bytes; the ESPs say whether their segment was vouched for."""
+    gop = 60
+    engine = _engine(["a", "b"])
+    _run(engine, range(2 * gop), {"a": _zero, "b": _zero})
+    segment = FPS.slot(START + 60 * T) // gop
+    now = START + 2 * gop * T
+    mine, theirs = b"\x0a" * 32, b"\x0b" * 32
+    assert not engine.engine.confirmed(segment)  # nothing written yet
+    engine.engine.step(now, SegmentWritten(segment, mine, vouched=False))
+    engine.frame(now, 2 * gop)
+    (sent, *_) = [esp for _to, esp in engine.encoded(now)]
+    assert (sent.written_segment, sent.segment_vouched) == (segment, False)
+    base = replace(_esp("a", 10_000, 2 * gop, now), written_segment=segment)
+    engine.esp(now, replace(base, segment_digest=mine, segment_vouched=False))
+    assert not engine.engine.confirmed(segment)
+    other = replace(_esp("b", 10_000, 2 * gop, now), written_segment=segment)
+    engine.esp(now, replace(other, segment_digest=theirs, segment_vouched=True))
+    assert not engine.engine.confirmed(segment)
+    engine.esp(now, replace(base, sequence=10_001, segment_digest=mine, segment_vouched=True))
+    assert engine.engine.confirmed(segment)
+    assert not engine.engine.confirmed(segment + 1)
 
 
 def _answering(

@@ -190,6 +190,7 @@ def _esps(draw: st.DrawFn) -> EncodingStatePacket:
                 st.integers(min_value=1, max_value=validation.MAX_TIMECODE - 1)
             ),
             "segment_digest": draw(st.binary(min_size=32, max_size=32)),
+            "segment_vouched": draw(st.booleans()),
         }
     return EncodingStatePacket(
         sender=sender,
@@ -243,6 +244,7 @@ def test_esp_round_trip_within_one_nanosecond(esp: EncodingStatePacket) -> None:
         "merge_segment",
         "written_segment",
         "segment_digest",
+        "segment_vouched",
     ):
         assert getattr(back, name) == getattr(esp, name), name
     for name in (
@@ -372,6 +374,7 @@ def test_esp_wire_contract_is_stable() -> None:
         ("merge_segment", 29, "int64"),
         ("written_segment", 30, "int64"),
         ("segment_digest", 31, "bytes"),
+        ("segment_vouched", 32, "bool"),
     ]
     actual = [(f.name, f.number, _TYPE_NAMES[f.type]) for f in fields]
     assert actual == expected
@@ -667,6 +670,7 @@ def test_hello_rejected(mutate: Callable[[mesh_pb2.Hello], object], field: str) 
         _valid_esp(timeline="enc-20", **{**_ROUTE, "merge_witnesses": ["enc-3"]}),
         _valid_esp(timeline="enc-20", **{**_ROUTE, "merge_segment": 0}),
         _valid_esp(written_segment=1, segment_digest=HASH),
+        _valid_esp(written_segment=1, segment_digest=HASH, segment_vouched=True),
     ],
 )
 def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
@@ -745,6 +749,7 @@ def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
         ({"written_segment": 5}, "segment_digest"),
         ({"segment_digest": HASH}, "written_segment"),
         ({"written_segment": 5, "segment_digest": HASH[:31]}, "segment_digest"),
+        ({"segment_vouched": True}, "segment_vouched"),
         ({"written_segment": -5, "segment_digest": HASH}, "written_segment"),
     ],
 )
@@ -1621,7 +1626,7 @@ def _state(snap: EngineSnapshot, **fields: Any) -> mesh_pb2.EncoderState:
         input_status=mesh_pb2.InputStatus(state="live"), last_esp=None,
         connected=lambda peer: peer == "enc-2", injected_drift_ppm=5.0,
         injected_offset_ms=-2.0, injected_jitter_ms=0.5, taken_unix_ns=T0_NS, stalls=0,
-        unvouched_segments=0, unconfirmed_segments=0,
+        unvouched_segments=0, unconfirmed_segments=0, restored_segments=0,
     )  # fmt: skip
     args.update(fields)
     return convert.encoder_state_to_proto(snap, **args)
@@ -1672,9 +1677,12 @@ def test_encoder_state_shows_unmeasured_values_as_zero() -> None:
 def test_encoder_state_shows_stalls_vouching_and_silent_neighbours() -> None:
     silent = dataclasses.replace(_neighbour("enc-3"), silent=True)
     snap = _snapshot(_neighbour("enc-2"), silent, unproven=True, vouches=False)
-    state = _state(snap, stalls=2, unvouched_segments=9, unconfirmed_segments=4)
+    state = _state(
+        snap, stalls=2, unvouched_segments=9, unconfirmed_segments=4, restored_segments=3
+    )
     assert (state.vouches, state.unproven, state.stalls) == (False, True, 2)
     assert (state.unvouched_segments, state.unconfirmed_segments) == (9, 4)
+    assert state.restored_segments == 3
     assert [(n.neighbour_id, n.silent) for n in state.neighbours] == [
         ("enc-2", False),
         ("enc-3", True),

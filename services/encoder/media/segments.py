@@ -435,6 +435,21 @@ class SegmentWriter:
             if self._listed:
                 atomic_write(self.playlist_path, self._playlist().encode())
 
+    def restore(self, segment: int) -> Path | None:
+        """Give a segment written aside its shared name (a neighbour that vouched for it
+        wrote the same bytes: ``SyncEngine.confirmed``) and untag it in the playlist; the
+        path under the shared name, or None when the aside copy is gone."""
+        path = self.out_dir / segment_name(segment, self.format)
+        try:
+            (self.out_dir / aside_name(segment, self.format)).rename(path)
+        except FileNotFoundError:
+            return None
+        if segment in self._gaps:
+            self._gaps.discard(segment)
+            if self._listed:
+                atomic_write(self.playlist_path, self._playlist().encode())
+        return path
+
     def _playlist(self) -> str:
         duration = self.segment_duration
         cmaf = self.format is SegmentFormat.CMAF

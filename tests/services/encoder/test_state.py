@@ -4,6 +4,7 @@ asked over real gRPC of a real encoder runtime that stalls."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -13,9 +14,10 @@ from meshenc.core.timecode import FrameRate
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from meshenc.wire import convert
 from services.common.grpc_server import open_channel
+from services.encoder.media import EncoderParams, GopEncoder, SyntheticSource, VideoFormat
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ladder import renditions_for
-from services.encoder.media.segments import segment_name
+from services.encoder.media.segments import aside_name, segment_name
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import EncoderSettings, parse_size
 
@@ -53,6 +55,7 @@ def test_get_state_reports_the_engine_and_each_neighbour() -> None:
         stalls=0,
         unvouched_segments=0,
         unconfirmed_segments=0,
+        restored_segments=0,
     )
     assert state.encoder_id == "a"
     assert state.timecode == snap.timecode and state.segment_number == snap.timecode // 30
@@ -108,6 +111,56 @@ def test_get_state_shows_a_stall_and_what_the_encoder_no_longer_vouches_for(
             await runtime.links.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20.0))
+
+
+def test_a_segment_written_aside_takes_its_shared_name_when_a_vouched_neighbour_wrote_it(
+    tmp_path: Path,
+) -> None:
+    """An encoder that never locked writes its segment aside (real H.264, the runtime's own
+    aside decision); a neighbour's ESP with the same bytes but not vouched for leaves it
+    there; the same bytes vouched for give it the shared name."""
+    settings = EncoderSettings(
+        id="e1", listen="127.0.0.1:0", out=tmp_path, peers={"e2": "127.0.0.1:9"}, gop=30
+    )
+    runtime = EncoderRuntime(settings)
+    (rendition,) = renditions_for(
+        tmp_path,
+        FPS,
+        30,
+        None,
+        size=(64, 64),
+        bitrate_kbps=200,
+        fmt=SegmentFormat.TS,
+        aside=runtime._sets_aside,
+    )
+    runtime._renditions.append(rendition)  # as ``run`` makes them
+    params = EncoderParams(64, 64, FPS, 30, 200)
+    source, encoder = SyntheticSource(VideoFormat(64, 64, FPS)), GopEncoder(params)
+    first = FPS.slot(START) // 30 + 1
+    written: list[Path] = []
+    try:
+        for tc in range(first * 30, first * 30 + 31):
+            written += rendition.writer.add(encoder.encode(tc, source.read()))
+    finally:
+        encoder.close()
+    assert [p.name for p in written] == [aside_name(first)]
+    runtime.segments_written(rendition, written, time.time_ns())
+    digest = rendition.writer.digest(first)
+    assert digest is not None
+    now = runtime.clock()
+    heard = EncodingStatePacket(
+        sender="e2", sequence=1, topology_epoch=0, timecode=FPS.slot(now), frame_hash=b"",
+        fingerprint=1, label=now, correction=0.0, correction_rate=0.0, encode_latency=0.0,
+        rtt=0.0, jitter=0.0, confidence=1.0, sent_at=now, locked=True,
+        written_segment=first, segment_digest=digest,
+    )  # fmt: skip
+    runtime.on_esp(heard)
+    runtime._release()
+    assert (tmp_path / aside_name(first)).is_file() and runtime.stats.restored == 0
+    runtime.on_esp(dataclasses.replace(heard, sequence=2, segment_vouched=True))
+    runtime._release()
+    assert not (tmp_path / aside_name(first)).exists()
+    assert (tmp_path / segment_name(first)).is_file() and runtime.stats.restored == 1
 
 
 def test_sizes_parse_as_width_and_height() -> None:

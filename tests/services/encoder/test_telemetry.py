@@ -217,7 +217,7 @@ def test_the_endpoint_serves_the_encoders_state_as_observed(
     links.sent["b"] += 12
     links.dropped_esps["b"] += 3
     a = encoder("a", provider, ("b",))
-    stats = RunStats(frames=90, skipped=2, unvouched=5, unconfirmed=2, stalls=1)
+    stats = RunStats(frames=90, skipped=2, unvouched=5, unconfirmed=2, stalls=1, restored=3)
     a.observe(links, stats, (0.25, 0.004))
     server = start_metrics_server("127.0.0.1:0")
     try:
@@ -234,6 +234,7 @@ def test_the_endpoint_serves_the_encoders_state_as_observed(
     assert samples["meshenc_stalls_total"] == {(): 1.0}
     assert samples["meshenc_segments_unvouched_total"] == {(): 5.0}
     assert samples["meshenc_segments_unconfirmed_total"] == {(): 2.0}
+    assert samples["meshenc_segments_restored_total"] == {(): 3.0}
     # An engine that never locked vouches for nothing; b was never heard from.
     assert (samples["meshenc_vouches"], samples["meshenc_unproven"]) == ({(): 0.0}, {(): 0.0})
     assert samples["meshenc_neighbour_silent"] == {(("neighbour", "b"),): 1.0}

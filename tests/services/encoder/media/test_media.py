@@ -251,7 +251,7 @@ def test_a_segment_its_encoder_cannot_vouch_for_is_written_aside(
 ) -> None:
     """The shared name holds only segments the encoder vouches for; one it cannot goes aside,
     with the same bytes, and the playlist still numbers it, tagged a gap; one moved aside
-    later is tagged when it moves."""
+    later is tagged when it moves; one restored loses its tag."""
     first = BASE // GOP
     asked: list[int] = []
 
@@ -285,6 +285,16 @@ def test_a_segment_its_encoder_cannot_vouch_for_is_written_aside(
     assert (tmp_path / "a" / playlist).read_text() == tagged.replace(
         segment_name(first + 2), "#EXT-X-GAP\n" + segment_name(first + 2)
     )
+    # Restored (a vouched neighbour wrote the same bytes): the shared name, the tag gone.
+    assert writer.restore(first + 1) == tmp_path / "a" / segment_name(first + 1)
+    assert not (tmp_path / "a" / aside_name(first + 1)).exists()
+    assert (tmp_path / "a" / segment_name(first + 1)).read_bytes() == (
+        tmp_path / "b" / segment_name(first + 1)
+    ).read_bytes()
+    assert (tmp_path / "a" / playlist).read_text() == (
+        tmp_path / "b" / playlist
+    ).read_text().replace(segment_name(first + 2), "#EXT-X-GAP\n" + segment_name(first + 2))
+    assert writer.restore(first + 1) is None  # nothing aside any more
     # At the top of the list a gap is left out: the playlist starts after it.
     leading = SegmentWriter(tmp_path / "c", PARAMS, aside=lambda segment: segment == first)
     for frame in stream:
