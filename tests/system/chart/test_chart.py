@@ -14,19 +14,42 @@ variable. The Roles are held to the Kubernetes API calls the code makes.
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import ipaddress
 import os
 import re
+import socket
+import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import click
+import grpc
 import pytest
 import yaml  # type: ignore[import-untyped]
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshenc.cli.main import cli
+from meshenc.v1 import registry_pb2, registry_pb2_grpc
+from services.common.certs import CA_CERT, CA_KEY, certificate_identity, make_certificates
+from services.common.grpc_server import GrpcServer, open_channel
+from services.common.registry_client import SERVICE_NAME as REGISTRY_SERVICE
+from services.common.tls import (
+    MANAGER,
+    REGISTRY,
+    TlsFiles,
+    peer_identity,
+    record_signer,
+    record_verifier,
+)
 from services.manager.settings import ActuatorKind, ManagerSettings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -446,9 +469,12 @@ def test_probe_ports_follow_the_configured_ports() -> None:
 
 
 @pytest.mark.parametrize("values", VALUES_FILES)
-def test_services_run_mutual_tls_with_the_secret_or_plaintext_when_asked(values: str) -> None:
+def test_services_run_mutual_tls_with_the_secret_cert_manager_or_plaintext_when_asked(
+    values: str,
+) -> None:
     """tls.enabled: each service's certificate from the mounted Secret (an encoder's named by
-    its pod, which is its id); otherwise --insecure, explicitly."""
+    its pod, which is its id) or, with tls.certManager.enabled, from the csi-driver volume the
+    pod mounts (the files the volume is asked to write); otherwise --insecure, explicitly."""
     manifests = rendered(values)
     given = {} if values == "default" else yaml.safe_load((CHART / "ci" / values).read_text())
     tls = given.get("tls", {})
@@ -460,21 +486,358 @@ def test_services_run_mutual_tls_with_the_secret_or_plaintext_when_asked(values:
         environment = container_environment(container)
         spec = manifest["spec"]["template"]["spec"]
         volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
         if tls.get("enabled"):
+            assert mounts["tls"]["mountPath"] == "/etc/meshenc/tls" and mounts["tls"]["readOnly"]
+            assert "MESHENC_INSECURE" not in environment
+        if tls.get("enabled") and tls.get("certManager", {}).get("enabled"):
+            assert set(volumes["tls"]) == {"name", "csi"}, "a csi volume, no Secret"
+            attributes = volumes["tls"]["csi"]["volumeAttributes"]
+            for variable, attribute in (
+                ("MESHENC_TLS_CA", "ca-file"),
+                ("MESHENC_TLS_CERT", "certificate-file"),
+                ("MESHENC_TLS_KEY", "privatekey-file"),
+            ):
+                path = Path(environment[variable])
+                assert str(path.parent) == mounts["tls"]["mountPath"]
+                assert path.name == attributes[f"csi.cert-manager.io/{attribute}"]
+        elif tls.get("enabled"):
             identity = environment["MESHENC_ID"] if command == "encoder" else command
             assert environment["MESHENC_TLS_CA"] == "/etc/meshenc/tls/ca.crt"
             assert environment["MESHENC_TLS_CERT"] == f"/etc/meshenc/tls/{identity}.crt"
             assert environment["MESHENC_TLS_KEY"] == f"/etc/meshenc/tls/{identity}.key"
-            assert "MESHENC_INSECURE" not in environment
             assert volumes["tls"]["secret"]["secretName"] == tls["existingSecret"]
-            mounts = {m["name"]: m for m in container["volumeMounts"]}
-            assert mounts["tls"]["mountPath"] == "/etc/meshenc/tls" and mounts["tls"]["readOnly"]
         else:
             assert environment["MESHENC_INSECURE"] == "true"
             assert not any(name.startswith("MESHENC_TLS_") for name in environment)
             assert "tls" not in volumes
         checked.add(command)
     assert checked == {"encoder", "registry", "manager"}
+
+
+# --- certificates from cert-manager's csi-driver ---------------------------------------------
+
+CSI = "csi.cert-manager.io"
+CERT_MANAGER_VALUES = "cert-manager-values.yaml"
+SAMPLE_PODS = {
+    "encoder": f"{RELEASE}-sample-0",  # what container_environment gives MESHENC_ID
+    "registry": f"{RELEASE}-registry-0",
+    "manager": f"{RELEASE}-manager-5d8f9c7b6-x2k4q",
+}
+"""A pod name per component, as the kubelet tells the csi-driver (``${POD_NAME}``)."""
+
+
+def csi_volumes(manifests: tuple[Manifest, ...]) -> dict[str, tuple[Manifest, dict[str, str]]]:
+    """Per meshenc service, (its container, the attributes of its csi-driver volume)."""
+    found = {}
+    for _manifest, spec in pod_specs(manifests):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        if "csi" in volumes.get("tls", {}):
+            (container,) = spec["containers"]
+            csi = volumes["tls"]["csi"]
+            assert csi["driver"] == CSI and csi["readOnly"] is True  # the driver requires it
+            found[container["args"][0]] = (container, csi["volumeAttributes"])
+    return found
+
+
+def test_cert_manager_asks_for_each_pods_own_identity() -> None:
+    """An encoder's certificate names its pod (its encoder id), the registry's ``registry``,
+    the manager's ``manager``: as the URI the services read, the DNS name their clients check
+    and the common name; signed by the issuer named, readable by the pods' group."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    given = yaml.safe_load((CHART / "ci" / CERT_MANAGER_VALUES).read_text())["tls"]["certManager"]
+    volumes = csi_volumes(rendered(CERT_MANAGER_VALUES))
+    assert set(volumes) == {"encoder", "registry", "manager"}
+    domain = "${POD_NAMESPACE}.svc.cluster.local"
+    hostnames = {
+        "encoder": f"${{POD_NAME}}.{RELEASE}-encoder.{domain}",
+        "registry": f"${{POD_NAME}}.{RELEASE}-registry.{domain}",
+        "manager": f"{RELEASE}-manager.{domain}",
+    }
+    for command, identity in (
+        ("encoder", "${POD_NAME}"),
+        ("registry", "registry"),
+        ("manager", "manager"),
+    ):
+        _container, attributes = volumes[command]
+        assert attributes == {
+            f"{CSI}/issuer-name": "meshenc-ca",
+            f"{CSI}/issuer-kind": "Issuer",
+            f"{CSI}/issuer-group": "cert-manager.io",
+            f"{CSI}/common-name": identity,
+            f"{CSI}/uri-sans": f"meshenc://{identity}",
+            f"{CSI}/dns-names": f"{identity},{hostnames[command]},localhost",
+            f"{CSI}/ip-sans": "127.0.0.1,::1",
+            f"{CSI}/key-usages": "digital signature,server auth,client auth",
+            f"{CSI}/key-algorithm": "ECDSA",
+            f"{CSI}/duration": given["duration"],
+            f"{CSI}/renew-before": given["renewBefore"],
+            f"{CSI}/ca-file": "ca.crt",
+            f"{CSI}/certificate-file": "tls.crt",
+            f"{CSI}/privatekey-file": "tls.key",
+            f"{CSI}/fs-group": str(values["podSecurityContext"]["fsGroup"]),
+        }, command
+
+
+def test_cert_manager_settings_reach_every_volume() -> None:
+    """An external issuer (another kind and group), RSA keys of a given size (which also need
+    key encipherment), the driver's own renewal time, another group for the files."""
+    manifests = rendered(
+        CERT_MANAGER_VALUES,
+        "--set",
+        "tls.certManager.issuerRef.kind=AWSPCAClusterIssuer,"
+        "tls.certManager.issuerRef.name=mesh-pki,"
+        "tls.certManager.issuerRef.group=awspca.cert-manager.io,"
+        "tls.certManager.keyAlgorithm=RSA,tls.certManager.keySize=3072,"
+        "tls.certManager.renewBefore=,tls.certManager.duration=2h30m,"
+        "podSecurityContext.fsGroup=20002",
+    )
+    volumes = csi_volumes(manifests)
+    assert set(volumes) == {"encoder", "registry", "manager"}
+    for command, (_container, attributes) in volumes.items():
+        assert attributes[f"{CSI}/issuer-name"] == "mesh-pki", command
+        assert attributes[f"{CSI}/issuer-kind"] == "AWSPCAClusterIssuer"
+        assert attributes[f"{CSI}/issuer-group"] == "awspca.cert-manager.io"
+        assert attributes[f"{CSI}/key-algorithm"] == "RSA"
+        assert attributes[f"{CSI}/key-size"] == "3072"
+        assert attributes[f"{CSI}/key-usages"] == (
+            "digital signature,key encipherment,server auth,client auth"
+        )
+        assert attributes[f"{CSI}/duration"] == "2h30m"
+        assert f"{CSI}/renew-before" not in attributes
+        assert attributes[f"{CSI}/fs-group"] == "20002"
+
+
+def test_cert_manager_leaves_probes_and_helm_test_on_the_plaintext_health_port() -> None:
+    """The probes and the test pod are the same as without TLS: they present no certificate."""
+
+    def health_checks(manifests: tuple[Manifest, ...]) -> list[Any]:
+        found = []
+        for manifest, container in meshenc_containers(manifests):
+            probes = [container.get(p) for p in ("startupProbe", "livenessProbe", "readinessProbe")]
+            found.append((manifest["metadata"]["name"], container["args"], probes))
+        return found
+
+    plain = rendered("default")
+    assert health_checks(rendered(CERT_MANAGER_VALUES)) == health_checks(plain)
+    hook = find(rendered(CERT_MANAGER_VALUES), "Pod", f"{RELEASE}-test-health")
+    assert hook == find(plain, "Pod", f"{RELEASE}-test-health")
+
+
+def expand(text: str, pod: str) -> str:
+    """The csi-driver's variable expansion (Go's ``os.Expand``) for one pod."""
+    variables = {"POD_NAME": pod, "POD_NAMESPACE": NAMESPACE}
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables[m[1] or m[2]], text)
+
+
+def stand_in_issue(attributes: dict[str, str], pod: str, ca: Path, volume: Path) -> TlsFiles:
+    """A STAND-IN for cert-manager's csi-driver and a CA Issuer (no cluster runs here): a key
+    and a certificate for ``pod`` made as the volume's attributes ask (names, usages, key
+    algorithm and size), signed by the CA in ``ca`` (``meshenc certs``), written into ``volume``
+    under the file names the attributes give, as the driver writes them (issued again into the
+    same volume: renewed as the driver renews)."""
+    csi = {k.removeprefix(f"{CSI}/"): v for k, v in attributes.items()}
+    size = int(csi["key-size"]) if "key-size" in csi else None
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if csi["key-algorithm"] == "ECDSA":
+        curves = {256: ec.SECP256R1(), 384: ec.SECP384R1(), 521: ec.SECP521R1()}
+        key = ec.generate_private_key(curves[size or 256])
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=size or 2048)
+    ca_key = serialization.load_pem_private_key((ca / CA_KEY).read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate((ca / CA_CERT).read_bytes())
+    names: list[x509.GeneralName] = [
+        *(x509.DNSName(expand(n, pod)) for n in csi["dns-names"].split(",")),
+        *(x509.IPAddress(ipaddress.ip_address(a)) for a in csi["ip-sans"].split(",")),
+        *(x509.UniformResourceIdentifier(expand(u, pod)) for u in csi["uri-sans"].split(",")),
+    ]
+    usages = set(csi["key-usages"].split(","))
+    extended = {
+        "server auth": ExtendedKeyUsageOID.SERVER_AUTH,
+        "client auth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    }
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, expand(csi["common-name"], pod))])
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature="digital signature" in usages,
+                content_commitment=False,
+                key_encipherment="key encipherment" in usages,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([extended[u] for u in sorted(usages) if u in extended]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    # The driver's default encodings: PKCS#8 for ECDSA keys, PKCS#1 for RSA keys.
+    encoding = (
+        serialization.PrivateFormat.PKCS8
+        if csi["key-algorithm"] == "ECDSA"
+        else serialization.PrivateFormat.TraditionalOpenSSL
+    )
+    write_as_csi_driver(
+        volume,
+        {
+            csi["ca-file"]: (ca / CA_CERT).read_bytes(),
+            csi["certificate-file"]: certificate.public_bytes(serialization.Encoding.PEM),
+            csi["privatekey-file"]: key.private_bytes(
+                serialization.Encoding.PEM, encoding, serialization.NoEncryption()
+            ),
+        },
+    )
+    return TlsFiles(
+        ca=volume / csi["ca-file"],
+        cert=volume / csi["certificate-file"],
+        key=volume / csi["privatekey-file"],
+    )
+
+
+def write_as_csi_driver(volume: Path, contents: dict[str, bytes]) -> None:
+    """Write (or renew) files the way the csi-driver does, with the atomic writer Kubernetes
+    uses for Secret volumes: the files go into a new directory, one rename points ``..data`` at
+    it, and each file is a link through ``..data``; so all of them change at once."""
+    volume.mkdir(exist_ok=True)
+    version = volume / f"..{time.time_ns()}"
+    version.mkdir()
+    for name, data in contents.items():
+        (version / name).write_bytes(data)
+    (volume / "..data_tmp").symlink_to(version.name)
+    os.replace(volume / "..data_tmp", volume / "..data")
+    for name in contents:
+        if not (volume / name).is_symlink():
+            (volume / name).symlink_to(Path("..data") / name)
+
+
+def served_serial(port: int, client: TlsFiles) -> int:
+    """The serial of the certificate the server on ``port`` presents to a new connection."""
+    context = ssl.create_default_context(cafile=str(client.ca))
+    context.check_hostname = False
+    context.load_cert_chain(str(client.cert), str(client.key))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5.0) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def file_serial(path: Path) -> int:
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+
+class _CallerProbe:
+    """``Registry/Ping`` that keeps the identity the server read from each caller."""
+
+    def __init__(self) -> None:
+        self.callers: list[str | None] = []
+
+    def register(self, server: Any) -> None:
+        ping = grpc.unary_unary_rpc_method_handler(
+            self._ping,
+            request_deserializer=registry_pb2.PingRequest.FromString,
+            response_serializer=registry_pb2.PingResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(REGISTRY_SERVICE, {"Ping": ping}),)
+        )
+
+    async def _ping(self, _request: Any, context: Any) -> registry_pb2.PingResponse:
+        self.callers.append(peer_identity(context))
+        return registry_pb2.PingResponse()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [(), ("--set", "tls.certManager.keyAlgorithm=RSA,tls.certManager.keySize=2048")],
+    ids=["ecdsa", "rsa"],
+)
+def test_a_stand_in_issuing_what_the_csi_volumes_ask_gives_certificates_the_services_take(
+    settings: tuple[str, ...], tmp_path: Path
+) -> None:
+    """With a STAND-IN for cert-manager (:func:`stand_in_issue`; no cluster here), the services'
+    own code reads each certificate as the identity its service runs as: an encoder's is its
+    MESHENC_ID, and it signs registry records the CA's verifier accepts. Over real mutual TLS
+    on 127.0.0.1 an encoder dials each server as the services dial it (a neighbour by its id,
+    the registry and manager by their names, a port-forward by localhost), and the server reads
+    the caller's encoder id; dialling the encoder as another id fails. Renewed the way the
+    driver renews, the encoder's certificate is served to the next connection."""
+    volumes = csi_volumes(rendered(CERT_MANAGER_VALUES, *settings))
+    ca = make_certificates(tmp_path / "ca", []).folder
+    issued = {
+        command: stand_in_issue(attributes, SAMPLE_PODS[command], ca, tmp_path / command)
+        for command, (_container, attributes) in volumes.items()
+    }
+    encoder_id = container_environment(volumes["encoder"][0])["MESHENC_ID"]
+    expected = {"encoder": encoder_id, "registry": REGISTRY, "manager": MANAGER}
+    for command, files in issued.items():
+        files.read()  # parses, and the key is the certificate's
+        assert certificate_identity(files.cert) == expected[command], command
+    neighbour = stand_in_issue(
+        volumes["encoder"][1], f"{RELEASE}-encoder-1", ca, tmp_path / "neighbour"
+    )
+    neighbour_id = f"{RELEASE}-encoder-1"
+
+    signer = record_signer(neighbour)
+    record = registry_pb2.EncoderRecord(encoder_id=neighbour_id, address="10.0.0.7:7400", version=1)
+    signer.sign(record)
+    record_verifier(issued["encoder"]).check(record, datetime.datetime.now(datetime.UTC))
+
+    async def ping(port: int, server_name: str | None, host: str = "127.0.0.1") -> None:
+        async with open_channel(f"{host}:{port}", tls=neighbour, server_name=server_name) as ch:
+            await registry_pb2_grpc.RegistryStub(ch).Ping(registry_pb2.PingRequest(), timeout=10.0)
+
+    async def main() -> None:
+        for command, server_name in (
+            ("encoder", encoder_id),
+            ("registry", REGISTRY),
+            ("manager", MANAGER),
+        ):
+            probe = _CallerProbe()
+            server = GrpcServer({REGISTRY_SERVICE: probe.register}, tls=issued[command])
+            port = await server.start("127.0.0.1:0")
+            try:
+                await ping(port, server_name)
+                assert probe.callers == [neighbour_id], command
+                if command != "encoder":
+                    continue
+                await ping(port, None, host="localhost")  # as through a port-forward
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await ping(port, f"{RELEASE}-encoder-9")
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                # Renewed as the driver renews, under the running server.
+                first = file_serial(issued[command].cert)
+                stand_in_issue(volumes[command][1], SAMPLE_PODS[command], ca, tmp_path / command)
+                renewed = file_serial(issued[command].cert)
+                assert renewed != first
+                assert await asyncio.to_thread(served_serial, port, neighbour) == renewed
+                await ping(port, server_name)
+                assert probe.callers == [neighbour_id] * 3
+            finally:
+                await server.stop(0)
+
+    asyncio.run(asyncio.wait_for(main(), 60.0))
 
 
 def peer_limits_rendered(manifests: tuple[Manifest, ...]) -> dict[str, dict[str, float]]:
@@ -809,6 +1172,43 @@ REJECTED = {
         "metrics.port (7400) must differ from encoder.port",
     ),
     "mtls-without-secret": ("tls.enabled=true", "tls.existingSecret: name the Secret"),
+    "mtls-from-secret-and-cert-manager": (
+        "tls.enabled=true,tls.existingSecret=meshenc-tls,tls.certManager.enabled=true,"
+        "tls.certManager.issuerRef.name=meshenc-ca",
+        "tls.existingSecret (meshenc-tls) and tls.certManager.enabled: the certificates come "
+        "from the Secret or from cert-manager, not both",
+    ),
+    "cert-manager-without-issuer": (
+        "tls.enabled=true,tls.certManager.enabled=true",
+        "tls.certManager.issuerRef.name: name the Issuer or ClusterIssuer",
+    ),
+    "cert-manager-without-tls": (
+        "tls.certManager.enabled=true,tls.certManager.issuerRef.name=meshenc-ca",
+        "tls.certManager.enabled: set tls.enabled=true too",
+    ),
+    "cert-manager-without-group": (
+        "tls.enabled=true,tls.certManager.enabled=true,tls.certManager.issuerRef.name=ca,"
+        "podSecurityContext.fsGroup=null,podSecurityContext.runAsGroup=null",
+        "tls.certManager.enabled: set podSecurityContext.fsGroup or runAsGroup",
+    ),
+    "ed25519-keys": ("tls.certManager.keyAlgorithm=Ed25519", "/tls/certManager/keyAlgorithm"),
+    "ecdsa-key-of-rsa-size": (
+        "tls.certManager.keySize=2048",
+        "tls.certManager.keySize (2048) must be 256, 384 or 521 for ECDSA keys",
+    ),
+    "short-rsa-key": (
+        "tls.certManager.keyAlgorithm=RSA,tls.certManager.keySize=1024",
+        "tls.certManager.keySize (1024) must be 2048 to 8192 for RSA keys",
+    ),
+    "renewal-at-or-before-issue": (
+        "tls.certManager.renewBefore=1440m",
+        "tls.certManager.renewBefore (1440m) must be shorter than tls.certManager.duration (24h)",
+    ),
+    "duration-in-days": ("tls.certManager.duration=30d", "/tls/certManager/duration"),
+    "issuer-kind-in-lower-case": (
+        "tls.certManager.issuerRef.kind=issuer",
+        "/tls/certManager/issuerRef/kind",
+    ),
     "no-streams-per-peer": ("encoder.maxStreamsPerPeer=0", "'/encoder/maxStreamsPerPeer': minimum"),
     "health-on-the-metrics-port": (
         "health.port=9464",

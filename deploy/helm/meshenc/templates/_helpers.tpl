@@ -216,17 +216,30 @@ prometheus.io/path: /metrics
   value: none
 {{- end }}
 
-{{/* meshenc.serviceTlsEnv: a meshenc service's TLS variables (its CA, certificate and key from the mounted Secret, or MESHENC_INSECURE) and its plaintext health-only port; call with (dict "context" $ "identity" "registry"); the identity may be a $(VAR) the kubelet expands. */}}
+{{/* meshenc.tlsFileNames: the names of a service's CA, certificate and key in its TLS volume, as YAML (ca, cert, key): NAME.crt/NAME.key from tls.existingSecret, or the csi-driver's tls.crt/tls.key with tls.certManager.enabled; call with (dict "context" $ "identity" "registry"). */}}
+{{- define "meshenc.tlsFileNames" -}}
+ca: ca.crt
+{{- if .context.Values.tls.certManager.enabled }}
+cert: tls.crt
+key: tls.key
+{{- else }}
+cert: {{ printf "%s.crt" .identity | quote }}
+key: {{ printf "%s.key" .identity | quote }}
+{{- end }}
+{{- end }}
+
+{{/* meshenc.serviceTlsEnv: a meshenc service's TLS variables (its CA, certificate and key in the mounted volume, or MESHENC_INSECURE) and its plaintext health-only port; call with (dict "context" $ "identity" "registry"); the identity may be a $(VAR) the kubelet expands. */}}
 {{- define "meshenc.serviceTlsEnv" -}}
 - name: MESHENC_HEALTH_LISTEN
   value: {{ printf "0.0.0.0:%d" (int .context.Values.health.port) | quote }}
 {{- if .context.Values.tls.enabled }}
+{{- $files := include "meshenc.tlsFileNames" . | fromYaml }}
 - name: MESHENC_TLS_CA
-  value: /etc/meshenc/tls/ca.crt
+  value: {{ printf "/etc/meshenc/tls/%s" $files.ca | quote }}
 - name: MESHENC_TLS_CERT
-  value: {{ printf "/etc/meshenc/tls/%s.crt" .identity | quote }}
+  value: {{ printf "/etc/meshenc/tls/%s" $files.cert | quote }}
 - name: MESHENC_TLS_KEY
-  value: {{ printf "/etc/meshenc/tls/%s.key" .identity | quote }}
+  value: {{ printf "/etc/meshenc/tls/%s" $files.key | quote }}
 {{- else }}
 - name: MESHENC_INSECURE
   value: "true"
@@ -256,13 +269,66 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
 
-{{/* meshenc.tlsVolume: the Secret tls.existingSecret (ca.crt, NAME.crt, NAME.key), readable by the pod's group only. */}}
+{{/* meshenc.certManagerFsGroup: the group the csi-driver gives the certificate files (readable by it alone): podSecurityContext.fsGroup, else runAsGroup; empty when neither is set. */}}
+{{- define "meshenc.certManagerFsGroup" -}}
+{{- $pod := .Values.podSecurityContext }}
+{{- with (default $pod.runAsGroup $pod.fsGroup) }}{{ int64 . }}{{ end }}
+{{- end }}
+
+{{/* meshenc.durationSeconds: a Go duration such as 2h30m (what the schema lets through) in seconds, to compare two of them. */}}
+{{- define "meshenc.durationSeconds" -}}
+{{- $scale := dict "h" 3600.0 "m" 60.0 "s" 1.0 "ms" 0.001 "us" 0.000001 "µs" 0.000001 "ns" 0.000000001 }}
+{{- $total := 0.0 }}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h)" . -1 }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" . }}
+{{- $total = addf $total (mulf (float64 $number) (get $scale (trimPrefix $number .))) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/* meshenc.tlsVolume: the services' certificates when tls.enabled: the Secret tls.existingSecret (ca.crt, NAME.crt, NAME.key), readable by the pod's group only, or with tls.certManager.enabled an inline volume of cert-manager's csi-driver that asks the issuer for this pod's own certificate naming its identity (URI meshenc://NAME, DNS NAME, common name NAME) and renews it in place; call with (dict "context" $ "identity" "registry" "hostname" "<the pod's DNS name>"), where both may use the driver's ${POD_NAME} and ${POD_NAMESPACE}. */}}
 {{- define "meshenc.tlsVolume" -}}
-{{- if .Values.tls.enabled }}
+{{- $tls := .context.Values.tls }}
+{{- if $tls.enabled }}
 - name: tls
+{{- if $tls.certManager.enabled }}
+{{- $certManager := $tls.certManager }}
+{{- $files := include "meshenc.tlsFileNames" . | fromYaml }}
+{{- $usages := list "digital signature" }}
+{{- if eq $certManager.keyAlgorithm "RSA" }}
+{{- $usages = append $usages "key encipherment" }}
+{{- end }}
+{{- $usages = concat $usages (list "server auth" "client auth") }}
+  csi:
+    driver: csi.cert-manager.io
+    readOnly: true
+    volumeAttributes:
+      csi.cert-manager.io/issuer-name: {{ $certManager.issuerRef.name | quote }}
+      csi.cert-manager.io/issuer-kind: {{ $certManager.issuerRef.kind | quote }}
+      csi.cert-manager.io/issuer-group: {{ $certManager.issuerRef.group | quote }}
+      csi.cert-manager.io/common-name: {{ .identity | quote }}
+      csi.cert-manager.io/uri-sans: {{ printf "meshenc://%s" .identity | quote }}
+      {{- /* localhost and the loopback addresses, as `meshenc certs` gives: port-forwarded tools check the server against them. */}}
+      csi.cert-manager.io/dns-names: {{ join "," (list .identity .hostname "localhost") | quote }}
+      csi.cert-manager.io/ip-sans: "127.0.0.1,::1"
+      csi.cert-manager.io/key-usages: {{ join "," $usages | quote }}
+      csi.cert-manager.io/key-algorithm: {{ $certManager.keyAlgorithm | quote }}
+      {{- if not (kindIs "invalid" $certManager.keySize) }}
+      csi.cert-manager.io/key-size: {{ int64 $certManager.keySize | toString | quote }}
+      {{- end }}
+      csi.cert-manager.io/duration: {{ $certManager.duration | quote }}
+      {{- with $certManager.renewBefore }}
+      csi.cert-manager.io/renew-before: {{ . | quote }}
+      {{- end }}
+      csi.cert-manager.io/ca-file: {{ $files.ca | quote }}
+      csi.cert-manager.io/certificate-file: {{ $files.cert | quote }}
+      csi.cert-manager.io/privatekey-file: {{ $files.key | quote }}
+      csi.cert-manager.io/fs-group: {{ include "meshenc.certManagerFsGroup" .context | quote }}
+{{- else }}
   secret:
-    secretName: {{ .Values.tls.existingSecret }}
+    secretName: {{ $tls.existingSecret }}
     defaultMode: 0440
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -345,8 +411,33 @@ readinessProbe:
 {{- if and .Values.tracing.enabled (not .Values.tracing.otlpEndpoint) (not .Values.jaeger.enabled) }}
 {{- $problems = append $problems "tracing.enabled: set tracing.otlpEndpoint or jaeger.enabled=true, so that traces have somewhere to go" }}
 {{- end }}
-{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
-{{- $problems = append $problems "tls.existingSecret: name the Secret holding ca.crt and NAME.crt/NAME.key per identity when tls.enabled is true" }}
+{{- $certManager := .Values.tls.certManager }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (not $certManager.enabled) }}
+{{- $problems = append $problems "tls.existingSecret: name the Secret holding ca.crt and NAME.crt/NAME.key per identity when tls.enabled is true, or set tls.certManager.enabled=true to have cert-manager issue them" }}
+{{- end }}
+{{- if and .Values.tls.existingSecret $certManager.enabled }}
+{{- $problems = append $problems (printf "tls.existingSecret (%s) and tls.certManager.enabled: the certificates come from the Secret or from cert-manager, not both; leave one out" .Values.tls.existingSecret) }}
+{{- end }}
+{{- if and $certManager.enabled (not .Values.tls.enabled) }}
+{{- $problems = append $problems "tls.certManager.enabled: set tls.enabled=true too; without it the services run in plaintext and use no certificate" }}
+{{- end }}
+{{- if and $certManager.enabled (not $certManager.issuerRef.name) }}
+{{- $problems = append $problems "tls.certManager.issuerRef.name: name the Issuer or ClusterIssuer that signs the services' certificates; the chart creates none (docs/kubernetes.md)" }}
+{{- end }}
+{{- if and $certManager.enabled (not (include "meshenc.certManagerFsGroup" .)) }}
+{{- $problems = append $problems "tls.certManager.enabled: set podSecurityContext.fsGroup or runAsGroup; the csi-driver makes the certificate files readable by that group alone" }}
+{{- end }}
+{{- if and $certManager.renewBefore (ge (float64 (include "meshenc.durationSeconds" $certManager.renewBefore)) (float64 (include "meshenc.durationSeconds" $certManager.duration))) }}
+{{- $problems = append $problems (printf "tls.certManager.renewBefore (%s) must be shorter than tls.certManager.duration (%s), or the csi-driver renews without end" $certManager.renewBefore $certManager.duration) }}
+{{- end }}
+{{- if not (kindIs "invalid" $certManager.keySize) }}
+{{- $size := int64 $certManager.keySize }}
+{{- if and (eq $certManager.keyAlgorithm "ECDSA") (not (has $size (list (int64 256) (int64 384) (int64 521)))) }}
+{{- $problems = append $problems (printf "tls.certManager.keySize (%d) must be 256, 384 or 521 for ECDSA keys" $size) }}
+{{- end }}
+{{- if and (eq $certManager.keyAlgorithm "RSA") (or (lt $size (int64 2048)) (gt $size (int64 8192))) }}
+{{- $problems = append $problems (printf "tls.certManager.keySize (%d) must be 2048 to 8192 for RSA keys" $size) }}
+{{- end }}
 {{- end }}
 {{- if has (int .Values.health.port) (list (int .Values.encoder.port) (int .Values.registry.port) (int .Values.manager.port) (int .Values.metrics.port)) }}
 {{- $problems = append $problems (printf "health.port (%d) must differ from encoder.port, registry.port, manager.port and metrics.port, which share a pod with it" (int .Values.health.port)) }}
