@@ -150,7 +150,15 @@ from services.manager.settings import (
     "--work-units",
     envvar="MESHENC_WORK_UNITS",
     default="",
-    help="Work to place, CHANNEL/RENDITION,... (each on two encoders).",
+    help="Work to place, CHANNEL/RENDITION,... (each on --redundancy encoders).",
+)
+@click.option(
+    "--redundancy",
+    envvar="MESHENC_REDUNDANCY",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Encoders each work unit runs on (1-16).",
 )
 @health_listen_option
 @peer_limit_options
@@ -182,6 +190,7 @@ def manager(
     report_timeout: float,
     reconnect_grace: float,
     work_units: str,
+    redundancy: int,
     health_listen: str | None,
     max_streams_per_peer: int,
     max_messages_per_peer: float,
@@ -231,6 +240,7 @@ def manager(
             report_timeout=report_timeout,
             reconnect_grace=reconnect_grace,
             work_units=parse_work_units(work_units),
+            redundancy=redundancy,
             metrics_listen=metrics_listen,
             tls=tls,
             health_listen=health_listen or None,

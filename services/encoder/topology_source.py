@@ -9,8 +9,9 @@ doc.epoch)`` and ``LeaderChanged(doc.leader or None)``); it never has to filter:
 
 - a document is yielded only when its text differs from the last one yielded;
 - a document with a lower epoch than the last one yielded is ignored (epochs never go down;
-  a lower one is a stale write), one with the same epoch is applied (the segment or leader
-  changed within the epoch);
+  a lower one is a stale write), and so is one of the same epoch with a lower placement
+  number (``work_version``); one with the same epoch is otherwise applied (the segment, the
+  leader or the placement changed within the epoch);
 - an invalid document is logged once and ignored; so is a deleted one (the manager is away
   or the encoder was scaled away): the mesh keeps running on the last topology.
 
@@ -167,13 +168,16 @@ class _Latest:
                 self._rejected = text
                 log.warning("%s: ignoring an invalid document (%s)", self.where, exc)
             return None
-        if self.current is not None and document.epoch < self.current.epoch:
+        if self.current is not None and document.order < self.current.order:
             self.ignored += 1
             log.warning(
-                "%s: ignoring epoch %d, older than the applied epoch %d",
+                "%s: ignoring epoch %d (placement %d), older than the applied epoch %d "
+                "(placement %d)",
                 self.where,
                 document.epoch,
+                document.work_version,
                 self.current.epoch,
+                self.current.work_version,
             )
             return None
         self._last_text = text

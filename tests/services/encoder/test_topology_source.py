@@ -38,8 +38,16 @@ ME = f"{STATEFULSET}-0"
 PEER = f"{STATEFULSET}-1"
 
 
-def doc(epoch: int, segment: str = "s1", leader: str = "") -> AdjacencyDocument:
-    return AdjacencyDocument(epoch, ME, {PEER: f"{PEER}.{STATEFULSET}:7400"}, segment, leader)
+def doc(
+    epoch: int,
+    segment: str = "s1",
+    leader: str = "",
+    work: tuple[str, ...] | None = None,
+    version: int = 0,
+) -> AdjacencyDocument:
+    return AdjacencyDocument(
+        epoch, ME, {PEER: f"{PEER}.{STATEFULSET}:7400"}, segment, leader, work, version
+    )
 
 
 def other(epoch: int, segment: str = "s1") -> AdjacencyDocument:
@@ -139,8 +147,8 @@ async def test_configmap_source_forbidden_standin(
 
 async def test_etcd_source_follows_the_manager(etcd: EtcdProcess) -> None:
     """The encoder's key as the etcd actuator writes it, created after the source started:
-    changes arrive once each (a change within the same epoch too); an invalid value or an
-    older epoch is ignored."""
+    changes arrive once each (a change within the same epoch too, a new placement too); an
+    invalid value, an older epoch or an older placement within the epoch is ignored."""
     client = etcd_client(etcd)
     layout = EtcdLayout()
     source = EtcdTopologySource(client, ME, layout=layout)
@@ -158,6 +166,16 @@ async def test_etcd_source_follows_the_manager(etcd: EtcdProcess) -> None:
         await manager.publish({ME: doc(5, segment="s5"), PEER: other(5)})
         assert await received.take(1) == [doc(5, segment="s5")]
         await client.put(layout.document(ME), doc(4).to_json().encode())
+        await received.quiet()
+        # The placement moves within epoch 5: version 2 arrives, version 1 after it is stale;
+        # a document whose work breaks a rule is ignored, the placement applied is kept.
+        placed = doc(5, segment="s5", work=("0/320x180",), version=2)
+        await manager.publish({ME: placed, PEER: other(5)})
+        assert await received.take(1) == [placed]
+        stale = doc(5, segment="s5", work=("0/640x360",), version=1)
+        await client.put(layout.document(ME), stale.to_json().encode())
+        bad = placed.to_json().replace('"0/320x180"', '"0/../x y"')
+        await client.put(layout.document(ME), bad.encode())
         await received.quiet()
         assert source.reads == 1
     finally:
