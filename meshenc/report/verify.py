@@ -13,6 +13,10 @@ is the whole check; nothing the encoders *say* about themselves enters it.
 :func:`scan_output` reads one folder (IO); :func:`compare` is a pure function of the digests
 (and of a frame counter it is handed); :func:`verify` does both.
 
+An ABR ladder's output is judged by one rung (:func:`rendition_folder`). Where the manager
+placed the rungs on different encoders (``meshenc up --ladder``), :func:`verify_rungs` judges
+every rung among the encoders that wrote it: one comparison per rung.
+
 Definitions (``docs/report.md`` explains them with examples):
 
 copy
@@ -97,8 +101,10 @@ __all__ = [
     "find_outputs",
     "parse_playlist",
     "rendition_folder",
+    "rung_folders",
     "scan_output",
     "verify",
+    "verify_rungs",
 ]
 
 DEFAULT_LOCK_IN = 3
@@ -654,3 +660,45 @@ def verify(
     return compare(
         [scan_output(folder) for folder in find_outputs(folders)], lock_in=lock_in, frames=frames
     )
+
+
+def rung_folders(out_dir: Path) -> dict[str, list[Path]]:
+    """An ABR ladder run's rung folders (``<encoder>/<W>x<H>/`` holding segments), by rung:
+    which encoders wrote each rung, whatever their masters list now. Empty for a run without
+    a ladder.
+
+    Raises:
+        NotADirectoryError: ``out_dir`` is not a folder.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} is not a folder")
+    found: dict[str, list[Path]] = {}
+    for encoder in sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name != ORIGIN_DIR):
+        for rung in sorted(p for p in encoder.iterdir() if p.is_dir()):
+            width, x, height = rung.name.partition("x")
+            if x and width.isdigit() and height.isdigit() and _holds_segments(rung):
+                found.setdefault(rung.name, []).append(rung)
+    return found
+
+
+def verify_rungs(
+    out_dir: Path,
+    *,
+    lock_in: int = DEFAULT_LOCK_IN,
+    frames: FrameCounter | int = count_frames,
+) -> dict[str, Verification]:
+    """Per rung of an ABR ladder run (:func:`rung_folders`), the comparison of the encoders
+    that wrote it, each output named after its encoder; empty without a ladder.
+
+    Raises:
+        NotADirectoryError: ``out_dir`` is not a folder.
+    """
+    return {
+        rung: compare(
+            [scan_output(folder, folder.parent.name) for folder in folders],
+            lock_in=lock_in,
+            frames=frames,
+        )
+        for rung, folders in sorted(rung_folders(out_dir).items())
+    }

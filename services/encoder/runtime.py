@@ -755,10 +755,11 @@ class EncoderRuntime:
                     # never got it, has it again before the next segment's manifests.
                     publisher.publish(init, rendition.published_name(init))
                 publisher.publish(path, rendition.published_name(path))
-                if self._publishes_playlist():
+                placed = self.settings.follows_placement
+                if placed or self._publishes_playlist():
                     for manifest in writer.manifest_paths:
                         publisher.publish(manifest, rendition.published_name(manifest))
-                    if completed:
+                    if completed and not placed:
                         self._publish_ladder()
             elif final or now > deadline:
                 del self._held[key]
@@ -816,7 +817,12 @@ class EncoderRuntime:
         """The media playlist goes out from the segment's elected leader only (every encoder
         when there is no election), so a lagging encoder never makes it go backwards; and
         after a stall only once a fenced act has landed since (a leader that was frozen may
-        have been replaced: its act's guard then fails and it learns the new leader)."""
+        have been replaced: its act's guard then fails and it learns the new leader).
+
+        A placed ladder (``follows_placement``) is the exception: the leader may hold none of
+        a rung, so every holder publishes its rungs' playlists (a lagging holder can set one
+        back by a segment), and no encoder publishes the ladder's master or MPD, which name
+        only its own rungs (``_release``)."""
         if self.leadership is None:
             return True
         return (
