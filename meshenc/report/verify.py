@@ -245,7 +245,10 @@ def _playlist_problems(
 
 def rendition_folder(folder: Path) -> Path:
     """The folder whose segments stand for an output: ``folder`` itself, or for an ABR ladder's
-    output (a ``master.m3u8`` above one folder per rung) the rung its master lists first."""
+    output (a ``master.m3u8`` above one folder per rung) the rung its master lists first;
+    without a master (a placed ladder's rungs as the origin received them: no encoder
+    publishes a master there), the largest rung folder holding segments, if ``folder`` itself
+    holds none."""
     master = folder / MASTER_NAME
     if master.is_file():
         for line in master.read_text(errors="replace").splitlines():
@@ -255,7 +258,26 @@ def rendition_folder(folder: Path) -> Path:
                 if rung != folder and rung.parent == folder and rung.is_dir():
                     return rung
                 break
+        return folder
+    if folder.is_dir() and not _has_segment_files(folder):
+        rungs = [
+            (int(width) * int(height), rung)
+            for rung in folder.iterdir()
+            if rung.is_dir()
+            for width, x, height in [rung.name.partition("x")]
+            if x and width.isdigit() and height.isdigit() and _has_segment_files(rung)
+        ]
+        if rungs:
+            return max(rungs)[1]
     return folder
+
+
+def _has_segment_files(folder: Path) -> bool:
+    return any(
+        segment_number(p.name.removeprefix(ASIDE_PREFIX)) is not None
+        for p in folder.iterdir()
+        if p.is_file()
+    )
 
 
 def scan_output(folder: Path, name: str | None = None) -> EncoderOutput:
@@ -294,12 +316,7 @@ def scan_output(folder: Path, name: str | None = None) -> EncoderOutput:
 
 def _holds_segments(folder: Path) -> bool:
     """Whether the folder (for a ladder: its first rung) holds segment files."""
-    folder = rendition_folder(folder)
-    return any(
-        segment_number(p.name.removeprefix(ASIDE_PREFIX)) is not None
-        for p in folder.iterdir()
-        if p.is_file()
-    )
+    return _has_segment_files(rendition_folder(folder))
 
 
 def find_outputs(paths: Iterable[Path]) -> list[Path]:

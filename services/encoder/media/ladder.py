@@ -318,7 +318,7 @@ class Holdings:
         def refuse(rung: Rung) -> Rendition:
             raise RuntimeError(f"fixed renditions cannot open {rung}")
 
-        holdings = cls((), refuse, segments)
+        holdings = cls((), refuse, segments, renditions)
         holdings._active = tuple(renditions)
         holdings._changed = False
         return holdings
@@ -331,8 +331,6 @@ class Holdings:
     @property
     def opened(self) -> list[Rendition]:
         """Every rendition made so far, held or not (to finish and close at the end)."""
-        if not self._renditions:
-            return list(self._active)  # fixed renditions
         return list(self._renditions.values())
 
     @property

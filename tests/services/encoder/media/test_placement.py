@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -199,7 +200,7 @@ def test_holdings_change_only_where_a_segment_starts_and_refuse_unknown_rungs() 
 
     def open_rung(rung: Rung) -> Rendition:
         opened.append(rung.name)
-        return _Stub(rung)  # type: ignore[return-value]
+        return cast(Rendition, _Stub(rung))
 
     holdings = Holdings(LADDER, open_rung, SegmentLayout(GOP))
     with pytest.raises(ValueError, match="not rungs of the ladder: 1x1"):
@@ -220,6 +221,12 @@ def test_holdings_change_only_where_a_segment_starts_and_refuse_unknown_rungs() 
     started, _ = holdings.slot(BASE + 2 * GOP)
     assert [r.folder for r in started] == [TOP] and opened == [TOP, SMALL]  # taken back
     assert [r.folder for r in holdings.active] == [TOP, SMALL]  # ladder order
+    # Without a placement (the single output, a benchmark): always written, audio included.
+    single = cast(Rendition, _Stub(Rung(96, 64, 100)))
+    fixed = Holdings.fixed([single], SegmentLayout(GOP))
+    assert fixed.writing == fixed.opened == [single] and fixed.active == (single,)
+    fixed.want(None)
+    assert fixed.slot(BASE) == ([], []) and fixed.active == (single,)
 
 
 class _Stub:
