@@ -8,7 +8,7 @@ fed the same pictures and real AAC. The small rung ``96x64`` is held by A and C;
 of a GOP the placement moves it from A to B (A gives it up, B takes it on), as the manager's
 documents would after A is drained. C holds it throughout: the third holder whose copy of each
 segment the others' must equal. Pictures are small and GOPs 6 frames, so the file runs in
-seconds.
+seconds. The audio runs two frames ahead of the video.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ PICTURES = 7 * GOP
 MOVE_AT = 3 * GOP + 2  # the placement changes here, mid-GOP
 #: The segment the move takes effect at: the next one to start after the placement came.
 HANDOVER = (BASE + MOVE_AT) // GOP + 1
+#: Audio arrives this far (90 kHz, two frames) ahead of the video of the same moment, so a
+#: rung taken on needs audio that came before its first picture.
+AUDIO_LEAD = 6000
 
 
 class _Shell:
@@ -111,7 +114,7 @@ def _run(
     for index in range(PICTURES):
         stamp = float((BASE + index + Fraction(1, 2)) / 30)  # mid-slot
         source_time = SOURCE_START + index * 3000
-        while queue and queue[0].source_time <= source_time:
+        while queue and queue[0].source_time <= source_time + AUDIO_LEAD:
             packet = queue.pop(0)
             for _, paths in holdings.add_audio(packet):
                 shell.written(paths)
