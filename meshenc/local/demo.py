@@ -166,7 +166,8 @@ class DemoConfig:
     redundancy: int = 2
     fps: str = "30"
     gop: int = 60
-    #: The encoders' video bitrate (``--bitrate-kbps``), also the master playlist's BANDWIDTH.
+    #: The encoders' video bitrate (``--bitrate-kbps``; a ladder gives each rung its own),
+    #: also the redundant master playlist's BANDWIDTH.
     bitrate_kbps: int = 1500
     registries: int = 3
     max_drift_ppm: float = 100.0
@@ -521,7 +522,11 @@ class DemoRun:
             "--listen", encoder.address,
             "--out", str(self.out / encoder.name),
             "--format", config.output_format.value,
-            *(("--ladder", config.ladder) if config.ladder else ("--size", config.size)),
+            *(
+                ("--ladder", config.ladder)
+                if config.ladder
+                else ("--size", config.size, "--bitrate-kbps", str(config.bitrate_kbps))
+            ),
             "--fps", config.fps,
             "--gop", str(config.gop),
             "--drift-ppm", str(encoder.drift_ppm),
@@ -530,7 +535,6 @@ class DemoRun:
             "--segment", encoder.group,
             "--etcd", etcd_endpoint,
             "--source", self.input_url(encoder),
-            "--bitrate-kbps", str(config.bitrate_kbps),
             *self.tls_args(encoder.name),
         ]  # fmt: skip
         if self.origin_url is not None:

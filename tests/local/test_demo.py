@@ -123,7 +123,7 @@ def test_a_ladder_goes_to_every_encoder_in_place_of_the_size(tmp_path: Path) -> 
     for encoder in run.plan.encoders:
         args = run.encoder_args(encoder, "http://127.0.0.1:2379")
         assert args[args.index("--ladder") + 1] == "320x180@600,160x90@200"
-        assert "--size" not in args
+        assert "--size" not in args and "--bitrate-kbps" not in args  # the ladder gives both
     source = run.source_args()
     assert source is not None and source[source.index("--size") + 1] == "320x180"
     assert run.playback_url == "http://127.0.0.1:8080/320x180/index.m3u8"
