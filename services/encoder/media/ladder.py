@@ -184,8 +184,10 @@ def input_hash(timecode: int, bitrate_kbps: int, picture: Picture) -> bytes:
     """The hash a placed ladder's ESP carries for one slot: SHA-256 of the slot's timecode, the
     top rung's agreed bitrate and the picture every rung is scaled from — what every encoder of
     the mesh feeds its encoders, whichever rungs it holds."""
-    head = timecode.to_bytes(8, "big", signed=True) + bitrate_kbps.to_bytes(4, "big")
-    return hashlib.sha256(head + picture.yuv.tobytes()).digest()
+    digest = hashlib.sha256(timecode.to_bytes(8, "big", signed=True))
+    digest.update(bitrate_kbps.to_bytes(4, "big"))
+    digest.update(np.ascontiguousarray(picture.yuv).data)  # no copy for a decoded picture
+    return digest.digest()
 
 
 class Rendition:
