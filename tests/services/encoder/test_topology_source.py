@@ -9,6 +9,7 @@ stalls, when the stored document is bad or stale, and when the version to resume
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from kubernetes_asyncio import client as k8s
@@ -145,10 +146,14 @@ async def test_configmap_source_forbidden_standin(
         await received.close()
 
 
-async def test_etcd_source_follows_the_manager(etcd: EtcdProcess) -> None:
+async def test_etcd_source_follows_the_manager(
+    etcd: EtcdProcess, caplog: pytest.LogCaptureFixture
+) -> None:
     """The encoder's key as the etcd actuator writes it, created after the source started:
     changes arrive once each (a change within the same epoch too, a new placement too); an
-    invalid value, an older epoch or an older placement within the epoch is ignored."""
+    invalid value, an older epoch or an older placement within the epoch is ignored, with one
+    log line per kind however many come."""
+    caplog.set_level(logging.WARNING, logger="meshenc.encoder.topology")
     client = etcd_client(etcd)
     layout = EtcdLayout()
     source = EtcdTopologySource(client, ME, layout=layout)
@@ -176,8 +181,12 @@ async def test_etcd_source_follows_the_manager(etcd: EtcdProcess) -> None:
         await client.put(layout.document(ME), stale.to_json().encode())
         bad = placed.to_json().replace('"0/320x180"', '"0/../x y"')
         await client.put(layout.document(ME), bad.encode())
+        await client.put(layout.document(ME), b'{"epoch": 5, "encoder": 7}')
         await received.quiet()
         assert source.reads == 1
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum("ignoring an invalid document" in line for line in lines) == 1
+        assert sum("older than the applied epoch" in line for line in lines) == 1
     finally:
         await received.close()
         await client.close()
