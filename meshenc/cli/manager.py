@@ -205,7 +205,8 @@ def manager(
 
     It follows the encoders (registration keys in etcd, or the StatefulSet's pods), plans a
     mesh that survives any single failure, writes each encoder's neighbours (etcd keys or
-    ConfigMaps) and judges escalated resync proposals. With --autoscale-min/--autoscale-max
+    ConfigMaps), with --work-units also the units placed on it (each on --redundancy
+    encoders), and judges escalated resync proposals. With --autoscale-min/--autoscale-max
     (kubernetes) it scales the encoder StatefulSet with the encoders' load. SIGTERM stops it
     cleanly. Mutual TLS needs the three --tls-* files (the manager presents the "manager"
     identity); --insecure serves plaintext.
