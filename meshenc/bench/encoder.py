@@ -284,6 +284,9 @@ class _BenchShell:
         del rendition, started_ns
         self.segments += len(paths)
 
+    def renditions_changed(self, active: Sequence[Rendition]) -> None:
+        del active
+
     def picture_done(self) -> None:
         pass
 

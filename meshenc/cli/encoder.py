@@ -180,7 +180,8 @@ def _given(ctx: click.Context, name: str) -> bool:
     " 640x360@800,480x270@450,320x180@200). One decode, scaled and encoded per rung, every rung"
     " GOP-aligned, each in --out/WIDTHxHEIGHT/ with a master.m3u8 (and for cmaf one"
     " manifest.mpd) above; a mesh-wide bitrate change applies to the largest rung and scales"
-    " the others in proportion.",
+    " the others in proportion. Following the manager's documents (--topology etcd|kubernetes),"
+    " only the rungs its placement gives this encoder (units 0/WIDTHxHEIGHT) are written.",
 )
 @click.option(
     "--strategy",

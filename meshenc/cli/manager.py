@@ -150,7 +150,15 @@ from services.manager.settings import (
     "--work-units",
     envvar="MESHENC_WORK_UNITS",
     default="",
-    help="Work to place, CHANNEL/RENDITION,... (each on two encoders).",
+    help="Work to place, CHANNEL/RENDITION,... (each on --redundancy encoders).",
+)
+@click.option(
+    "--redundancy",
+    envvar="MESHENC_REDUNDANCY",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Encoders each work unit runs on (1-16).",
 )
 @health_listen_option
 @peer_limit_options
@@ -182,6 +190,7 @@ def manager(
     report_timeout: float,
     reconnect_grace: float,
     work_units: str,
+    redundancy: int,
     health_listen: str | None,
     max_streams_per_peer: int,
     max_messages_per_peer: float,
@@ -196,7 +205,8 @@ def manager(
 
     It follows the encoders (registration keys in etcd, or the StatefulSet's pods), plans a
     mesh that survives any single failure, writes each encoder's neighbours (etcd keys or
-    ConfigMaps) and judges escalated resync proposals. With --autoscale-min/--autoscale-max
+    ConfigMaps), with --work-units also the units placed on it (each on --redundancy
+    encoders), and judges escalated resync proposals. With --autoscale-min/--autoscale-max
     (kubernetes) it scales the encoder StatefulSet with the encoders' load. SIGTERM stops it
     cleanly. Mutual TLS needs the three --tls-* files (the manager presents the "manager"
     identity); --insecure serves plaintext.
@@ -231,6 +241,7 @@ def manager(
             report_timeout=report_timeout,
             reconnect_grace=reconnect_grace,
             work_units=parse_work_units(work_units),
+            redundancy=redundancy,
             metrics_listen=metrics_listen,
             tls=tls,
             health_listen=health_listen or None,

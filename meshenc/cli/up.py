@@ -125,7 +125,14 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     "--ladder",
     default=None,
     help="Every encoder encodes this ABR ladder instead of --size: WIDTHxHEIGHT@KBPS,... (see"
-    " meshenc encoder --ladder); the source runs at its largest rung's size.",
+    " meshenc encoder --ladder); the source runs at its largest rung's size. With the manager"
+    " planning the links, each rung is placed on --redundancy encoders, which alone write it.",
+)
+@click.option(
+    "--redundancy",
+    type=click.IntRange(min=1, max=16),
+    default=None,
+    help="With --ladder: encoders each rung is placed on (at most --encoders).  [default: 2]",
 )
 @click.option(
     "--gop",
@@ -201,6 +208,7 @@ def up(
     seed: int,
     size: str,
     ladder: str | None,
+    redundancy: int | None,
     gop: int,
     fps: str,
     registries: int,
@@ -245,6 +253,8 @@ def up(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="'--ladder'") from exc
         size = top.name
+    elif redundancy is not None:
+        raise click.UsageError("--redundancy places the rungs of --ladder: give a ladder")
     root = ctx.find_root().command
     commands = getattr(root, "commands", {})
     try:
@@ -260,6 +270,7 @@ def up(
             seed=seed,
             size=size,
             ladder=ladder or "",
+            redundancy=2 if redundancy is None else redundancy,
             fps=fps,
             gop=gop,
             registries=registries,
@@ -298,6 +309,8 @@ def up(
         raise click.UsageError(str(exc)) from exc
     style = "bold green" if summary.locked else "bold red"
     console.print(Text(summary.line, style=style))
+    for rung in summary.rungs:
+        console.print(Text(f"  {rung.line}", style="green" if rung.locked else "bold red"))
     if summary.playback is not None:
         style = _PLAYBACK_STYLE[summary.playback.verdict]
         console.print(Text(summary.playback.line, style=style))

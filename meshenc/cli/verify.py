@@ -20,6 +20,7 @@ from meshenc.report.verify import (
     Verification,
     count_frames,
     find_outputs,
+    rendition_folder,
     scan_output,
 )
 from meshenc.report.verify import compare as compare_outputs
@@ -106,8 +107,17 @@ def judging_options(command: Callable[..., None]) -> Callable[..., None]:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
 )
 @judging_options
+@click.option(
+    "--rung",
+    default=None,
+    help="With an ABR ladder: judge this rung (WIDTHxHEIGHT) among the encoders that wrote it"
+    " (default: the rung each encoder's master lists first; needed when the manager placed the"
+    " rungs on different encoders).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def verify(folders: tuple[Path, ...], lock_in: int, gop: int | None, as_json: bool) -> None:
+def verify(
+    folders: tuple[Path, ...], lock_in: int, gop: int | None, rung: str | None, as_json: bool
+) -> None:
     """Compare encoders' output folders segment by segment; exit 1 unless they are locked.
 
     FOLDERS are encoder output folders, or a run's output folder whose subfolders are the
@@ -115,7 +125,18 @@ def verify(folders: tuple[Path, ...], lock_in: int, gop: int | None, as_json: bo
     majority's bytes, which differ, which have a gap; the first --lock-in segments of every
     encoder's run (after a start or a gap) may differ.
     """
-    outputs = [scan_output(folder) for folder in find_outputs(folders)]
+    encoders = find_outputs(folders)
+    if rung is not None:
+        outputs = [scan_output(f / rung, f.name) for f in encoders if (f / rung).is_dir()]
+    else:
+        judged = {rendition_folder(f) for f in encoders}
+        if len({f.name for f in judged if f not in encoders}) > 1:
+            every = sorted({p.name for f in encoders for p in f.iterdir() if p.is_dir()})
+            raise click.UsageError(
+                "the encoders' masters list different rungs first (the manager placed the "
+                f"rungs): judge one rung at a time with --rung ({', '.join(every)})"
+            )
+        outputs = [scan_output(folder) for folder in encoders]
     if len(outputs) < 2:
         raise click.UsageError(
             f"need at least two encoder folders with segment files, found {len(outputs)}"

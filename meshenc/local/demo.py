@@ -98,7 +98,7 @@ from services.common.tls import MANAGER, OPERATOR, REGISTRY, TlsFiles
 from services.encoder.leadership import SegmentKeys
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import is_network_url
-from services.encoder.media.ladder import parse_ladder, top_rung
+from services.encoder.media.ladder import CHANNEL, parse_ladder, top_rung
 from services.encoder.media.segments import (
     MPD_NAME,
     PLAYLIST_NAME,
@@ -161,9 +161,13 @@ class DemoConfig:
     #: An ABR ladder every encoder encodes (``meshenc encoder --ladder``; ``size`` is then its
     #: largest rung's, the source's size); "": one output of ``size``.
     ladder: str = ""
+    #: With a ladder and the manager planning the links: the encoders each rung (work unit
+    #: ``0/<rung>``) is placed on, so that each encoder writes only the rungs placed on it.
+    redundancy: int = 2
     fps: str = "30"
     gop: int = 60
-    #: The encoders' video bitrate (``--bitrate-kbps``), also the master playlist's BANDWIDTH.
+    #: The encoders' video bitrate (``--bitrate-kbps``; a ladder gives each rung its own),
+    #: also the redundant master playlist's BANDWIDTH.
     bitrate_kbps: int = 1500
     registries: int = 3
     max_drift_ppm: float = 100.0
@@ -197,6 +201,11 @@ class DemoConfig:
             raise ValueError(f"with a ladder, size must be its largest rung's, {top}")
         if self.encoders < 2:
             raise ValueError("a mesh needs at least 2 encoders")
+        if not 1 <= self.redundancy <= min(self.encoders, 16):
+            raise ValueError(
+                f"redundancy must be 1..{min(self.encoders, 16)} (at most the encoders), "
+                f"got {self.redundancy}"
+            )
         if not self.duration > 0:
             raise ValueError("duration must be > 0")
         if self.registries < 0:
@@ -513,7 +522,11 @@ class DemoRun:
             "--listen", encoder.address,
             "--out", str(self.out / encoder.name),
             "--format", config.output_format.value,
-            *(("--ladder", config.ladder) if config.ladder else ("--size", config.size)),
+            *(
+                ("--ladder", config.ladder)
+                if config.ladder
+                else ("--size", config.size, "--bitrate-kbps", str(config.bitrate_kbps))
+            ),
             "--fps", config.fps,
             "--gop", str(config.gop),
             "--drift-ppm", str(encoder.drift_ppm),
@@ -522,7 +535,6 @@ class DemoRun:
             "--segment", encoder.group,
             "--etcd", etcd_endpoint,
             "--source", self.input_url(encoder),
-            "--bitrate-kbps", str(config.bitrate_kbps),
             *self.tls_args(encoder.name),
         ]  # fmt: skip
         if self.origin_url is not None:
@@ -584,13 +596,25 @@ class DemoRun:
             args += ["--seeds", self.plan.registry_addresses[0]]
         return args
 
+    @property
+    def work_units(self) -> tuple[str, ...]:
+        """The work the manager places: with a ladder whose encoders follow the manager's
+        documents, each rung of channel 0 (``0/<rung>``); else none (every encoder writes
+        its whole output, as without a placement)."""
+        if not (self.config.ladder and self.managed_topology):
+            return ()
+        return tuple(f"{CHANNEL}/{rung.name}" for rung in parse_ladder(self.config.ladder))
+
     def manager_args(self, etcd_endpoint: str) -> list[str]:
         address = self.plan.manager_address
         assert address is not None
-        return [
+        args = [
             "manager", "--listen", address, "--actuator", "embedded", "--etcd", etcd_endpoint,
             *self.tls_args(MANAGER),
         ]  # fmt: skip
+        if units := self.work_units:
+            args += ["--work-units", ",".join(units), "--redundancy", str(self.config.redundancy)]
+        return args
 
     # -- the run ------------------------------------------------------------------------------
 

@@ -26,6 +26,12 @@ A run folder holds one subfolder per encoder (named by encoder id, with its segm
   of its dash.js player of the origin's DASH manifest;
 - the recording, when the run had an origin (``origin/``): the verdict of
   :mod:`meshenc.report.recording`, from decoding what the origin received;
+- per rung of an ABR ladder (``rungs``, :func:`meshenc.report.verify.verify_rungs`): the
+  encoders that wrote it and how many segments each, the segments written, the fewest copies
+  of a segment (first and last segment left out: encoders start and stop at different
+  moments) and whether its holders' copies agree; where the rungs were placed on different
+  encoders, the headline figures are those of the rung most encoders wrote, and the run is
+  locked only if every rung is;
 - join time, per ``joined`` event: from the event to the start of the joined encoder's first
   segment that holds its segment's reference bytes (the majority's), the start of segment
   ``s`` being ``s × gop / fps`` Unix seconds (timecodes count frames since the Unix epoch) with
@@ -42,7 +48,7 @@ import json
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +73,7 @@ from meshenc.report.verify import (
     count_frames,
     find_outputs,
     scan_output,
+    verify_rungs,
 )
 from meshenc.report.verify import compare as compare_outputs
 
@@ -76,11 +83,13 @@ __all__ = [
     "Join",
     "LeaderChange",
     "RunRecord",
+    "RungSummary",
     "Summary",
     "Watched",
     "leader_timeline",
     "load_run",
     "summarize",
+    "summarize_rung",
 ]
 
 SUMMARY_NAME = "summary.json"
@@ -103,6 +112,8 @@ class RunRecord:
     player_failover: PlayerFailover | None = None
     #: What the browser's dash.js player of the origin's DASH manifest saw (None: none ran).
     dash: PlaybackResult | None = None
+    #: An ABR ladder's rungs, each judged among the encoders that wrote it (empty: no ladder).
+    rungs: Mapping[str, Verification] = field(default_factory=dict)
 
     @property
     def segment_seconds(self) -> float | None:
@@ -128,6 +139,15 @@ def load_run(
     out_dir = Path(out_dir)
     outputs = [scan_output(folder) for folder in find_outputs([out_dir])]
     verification = compare_outputs(outputs, lock_in=lock_in, frames=frames)
+    rungs = verify_rungs(out_dir, lock_in=lock_in, frames=frames)
+    names = {o.name for o in outputs}
+    if any({e.name for e in v.encoders} != names for v in rungs.values()):
+        # Placed rungs: each encoder's first rung is not the same rung; the headline is the
+        # rung most encoders wrote (the larger picture between equals).
+        verification = max(
+            rungs.values(),
+            key=lambda v: (len(v.encoders), _pixels(v.encoders[0].folder.name)),
+        )
     events = read_events(out_dir / EVENTS_NAME)
     redundant = load_playback(out_dir, REDUNDANT_PLAYER)
     failover = None
@@ -147,7 +167,13 @@ def load_run(
         redundant=redundant,
         player_failover=failover,
         dash=load_playback(out_dir, DASH_PLAYER),
+        rungs=rungs,
     )
+
+
+def _pixels(rung: str) -> int:
+    width, _, height = rung.partition("x")
+    return int(width) * int(height)
 
 
 def _holds_reference(verification: Verification, segment: int, encoder: str) -> bool | None:
@@ -277,6 +303,61 @@ def _worst(values: Iterable[float | None]) -> float | None:
 
 
 @dataclass(frozen=True, slots=True)
+class RungSummary:
+    """One rung of an ABR ladder among the encoders that wrote it."""
+
+    rung: str
+    #: Encoder → segments it wrote of this rung.
+    holders: Mapping[str, int]
+    segments: int
+    #: The fewest copies of a segment, first and last segment left out (None: fewer than
+    #: three segments).
+    min_copies: int | None
+    #: Segments with two or more copies, and of those the ones whose copies are identical.
+    shared: int
+    identical: int
+    locked: bool
+
+    @property
+    def line(self) -> str:
+        """e.g. ``640x360: enc-0 (12), enc-3 (7), enc-4 (5); 19 segments, at least 2 copies,
+        17/17 shared segments identical``."""
+        holders = ", ".join(f"{e} ({n})" for e, n in self.holders.items())
+        copies = "—" if self.min_copies is None else str(self.min_copies)
+        return (
+            f"{self.rung}: {holders}; {self.segments} segments, at least {copies} copies, "
+            f"{self.identical}/{self.shared} shared segments identical"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rung": self.rung,
+            "holders": dict(self.holders),
+            "segments": self.segments,
+            "min_copies": self.min_copies,
+            "shared": self.shared,
+            "identical": self.identical,
+            "locked": self.locked,
+        }
+
+
+def summarize_rung(rung: str, verification: Verification) -> RungSummary:
+    """The figures of one rung's comparison (see :class:`RungSummary`)."""
+    checks = verification.segments
+    inner = checks[1:-1]
+    shared = [c for c in checks if len(c.copies) >= 2]
+    return RungSummary(
+        rung=rung,
+        holders={e.name: len(e.digests) for e in verification.encoders},
+        segments=len(checks),
+        min_copies=min(len(c.copies) for c in inner) if inner else None,
+        shared=len(shared),
+        identical=sum(1 for c in shared if c.identical),
+        locked=verification.locked,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Summary:
     """The run's figures; ``to_json`` is the content of ``summary.json``."""
 
@@ -303,6 +384,7 @@ class Summary:
     redundant: PlaybackResult | None = None
     player_failover: PlayerFailover | None = None
     dash: PlaybackResult | None = None
+    rungs: tuple[RungSummary, ...] = ()
 
     @property
     def failover_ms(self) -> float | None:
@@ -399,6 +481,7 @@ class Summary:
                 else self.player_failover.to_json(),
             },
             "dash": None if self.dash is None else self.dash.to_json(),
+            "rungs": [r.to_json() for r in self.rungs],
         }
 
     def write(self, out_dir: Path) -> Path:
@@ -416,7 +499,7 @@ def summarize(run: RunRecord) -> Summary:
         segments=len(result.segments),
         judged_segments=result.judged,
         agreed_segments=result.agreed,
-        locked=result.locked,
+        locked=result.locked and all(v.locked for v in run.rungs.values()),
         locked_fraction=result.locked_fraction,
         lock_in=result.lock_in,
         locked_after=result.locked_after,
@@ -435,6 +518,7 @@ def summarize(run: RunRecord) -> Summary:
         redundant=run.redundant,
         player_failover=run.player_failover,
         dash=run.dash,
+        rungs=tuple(summarize_rung(rung, v) for rung, v in run.rungs.items()),
     )
 
 

@@ -13,6 +13,10 @@ is the whole check; nothing the encoders *say* about themselves enters it.
 :func:`scan_output` reads one folder (IO); :func:`compare` is a pure function of the digests
 (and of a frame counter it is handed); :func:`verify` does both.
 
+An ABR ladder's output is judged by one rung (:func:`rendition_folder`). Where the manager
+placed the rungs on different encoders (``meshenc up --ladder``), :func:`verify_rungs` judges
+every rung among the encoders that wrote it: one comparison per rung.
+
 Definitions (``docs/report.md`` explains them with examples):
 
 copy
@@ -97,8 +101,10 @@ __all__ = [
     "find_outputs",
     "parse_playlist",
     "rendition_folder",
+    "rung_folders",
     "scan_output",
     "verify",
+    "verify_rungs",
 ]
 
 DEFAULT_LOCK_IN = 3
@@ -239,7 +245,10 @@ def _playlist_problems(
 
 def rendition_folder(folder: Path) -> Path:
     """The folder whose segments stand for an output: ``folder`` itself, or for an ABR ladder's
-    output (a ``master.m3u8`` above one folder per rung) the rung its master lists first."""
+    output (a ``master.m3u8`` above one folder per rung) the rung its master lists first;
+    without a master (a placed ladder's rungs as the origin received them: no encoder
+    publishes a master there), the largest rung folder holding segments, if ``folder`` itself
+    holds none."""
     master = folder / MASTER_NAME
     if master.is_file():
         for line in master.read_text(errors="replace").splitlines():
@@ -249,7 +258,26 @@ def rendition_folder(folder: Path) -> Path:
                 if rung != folder and rung.parent == folder and rung.is_dir():
                     return rung
                 break
+        return folder
+    if folder.is_dir() and not _has_segment_files(folder):
+        rungs = [
+            (int(width) * int(height), rung)
+            for rung in folder.iterdir()
+            if rung.is_dir()
+            for width, x, height in [rung.name.partition("x")]
+            if x and width.isdigit() and height.isdigit() and _has_segment_files(rung)
+        ]
+        if rungs:
+            return max(rungs)[1]
     return folder
+
+
+def _has_segment_files(folder: Path) -> bool:
+    return any(
+        segment_number(p.name.removeprefix(ASIDE_PREFIX)) is not None
+        for p in folder.iterdir()
+        if p.is_file()
+    )
 
 
 def scan_output(folder: Path, name: str | None = None) -> EncoderOutput:
@@ -288,12 +316,7 @@ def scan_output(folder: Path, name: str | None = None) -> EncoderOutput:
 
 def _holds_segments(folder: Path) -> bool:
     """Whether the folder (for a ladder: its first rung) holds segment files."""
-    folder = rendition_folder(folder)
-    return any(
-        segment_number(p.name.removeprefix(ASIDE_PREFIX)) is not None
-        for p in folder.iterdir()
-        if p.is_file()
-    )
+    return _has_segment_files(rendition_folder(folder))
 
 
 def find_outputs(paths: Iterable[Path]) -> list[Path]:
@@ -654,3 +677,45 @@ def verify(
     return compare(
         [scan_output(folder) for folder in find_outputs(folders)], lock_in=lock_in, frames=frames
     )
+
+
+def rung_folders(out_dir: Path) -> dict[str, list[Path]]:
+    """An ABR ladder run's rung folders (``<encoder>/<W>x<H>/`` holding segments), by rung:
+    which encoders wrote each rung, whatever their masters list now. Empty for a run without
+    a ladder.
+
+    Raises:
+        NotADirectoryError: ``out_dir`` is not a folder.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} is not a folder")
+    found: dict[str, list[Path]] = {}
+    for encoder in sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name != ORIGIN_DIR):
+        for rung in sorted(p for p in encoder.iterdir() if p.is_dir()):
+            width, x, height = rung.name.partition("x")
+            if x and width.isdigit() and height.isdigit() and _holds_segments(rung):
+                found.setdefault(rung.name, []).append(rung)
+    return found
+
+
+def verify_rungs(
+    out_dir: Path,
+    *,
+    lock_in: int = DEFAULT_LOCK_IN,
+    frames: FrameCounter | int = count_frames,
+) -> dict[str, Verification]:
+    """Per rung of an ABR ladder run (:func:`rung_folders`), the comparison of the encoders
+    that wrote it, each output named after its encoder; empty without a ladder.
+
+    Raises:
+        NotADirectoryError: ``out_dir`` is not a folder.
+    """
+    return {
+        rung: compare(
+            [scan_output(folder, folder.parent.name) for folder in folders],
+            lock_in=lock_in,
+            frames=frames,
+        )
+        for rung, folders in sorted(rung_folders(out_dir).items())
+    }

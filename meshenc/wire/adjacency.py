@@ -11,7 +11,15 @@ Document (JSON object, extra fields ignored so that newer managers stay readable
 
     {"epoch": 7, "encoder": "enc-3",
      "neighbours": {"enc-1": "10.0.0.1:7400", "enc-4": "enc-4.svc:7400"},
-     "segment": "s1", "leader": "enc-1"}
+     "segment": "s1", "leader": "enc-1",
+     "work": ["0/320x180", "0/640x360"], "work_version": 3}
+
+``work`` is the manager's placement as it concerns this encoder: the work units
+(``CHANNEL/RENDITION``) it runs. A document without it (an older manager, or a manager that
+places no work) leaves the encoder doing all its work, as before placements existed; an empty
+list means none. ``work_version`` numbers the manager's placements within one epoch, so that
+``(epoch, work_version)`` orders documents even when the placement changed and the topology
+did not (a drain, a capacity change).
 
 Rules, checked on construction (so an invalid document cannot exist) and on parsing:
 
@@ -20,6 +28,9 @@ Rules, checked on construction (so an invalid document cannot exist) and on pars
   ``MAX_ID_LENGTH`` characters of ``[A-Za-z0-9._-]`` (the wire's identifier rule);
 - addresses are ``host:port`` by the wire's address rule;
 - at most :data:`MAX_DOCUMENT_NEIGHBOURS` neighbours, none of them the encoder itself;
+- ``work``, when present, is a list of at most :data:`MAX_DOCUMENT_UNITS` distinct unit ids,
+  each two identifiers joined by one ``/``, and ``work_version`` an integer >= 1; without
+  ``work``, ``work_version`` is absent (or 0);
 - a serialised document is at most :data:`MAX_DOCUMENT_BYTES` long; the parser refuses longer
   input before decoding it.
 
@@ -31,7 +42,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
@@ -51,12 +62,14 @@ __all__ = [
     "ENCODER_LABEL",
     "MAX_DOCUMENT_BYTES",
     "MAX_DOCUMENT_NEIGHBOURS",
+    "MAX_DOCUMENT_UNITS",
     "NAME_LABEL",
     "AdjacencyDocument",
     "EtcdLayout",
     "InvalidDocument",
     "RegistrationRecord",
     "adjacency_labels",
+    "check_unit_id",
     "configmap_name",
     "parse_adjacency",
     "parse_registration",
@@ -66,6 +79,8 @@ ADJACENCY_DATA_KEY: Final = "adjacency.json"
 """The ConfigMap data key that holds the document."""
 MAX_DOCUMENT_NEIGHBOURS: Final = MAX_NEIGHBOURS
 """Most neighbours one document may list (the planner's degree is at most 7)."""
+MAX_DOCUMENT_UNITS: Final = 64
+"""Most work units one document may give its encoder (its capacity is a handful)."""
 MAX_DOCUMENT_BYTES: Final = 64 * 1024
 """Longest serialised document or registration record the parsers accept, bytes."""
 
@@ -94,6 +109,31 @@ def _wrap(check: Any, *args: Any, **kwargs: Any) -> None:
         raise InvalidDocument(exc.field, exc.reason) from None
 
 
+def check_unit_id(unit: object, field: str = "work") -> str:
+    """``unit`` if it is a work unit id, ``CHANNEL/RENDITION`` (two identifiers).
+
+    Raises:
+        InvalidDocument: naming ``field`` and the rule.
+    """
+    _check_str(unit, field)
+    assert isinstance(unit, str)
+    channel, slash, rendition = unit.partition("/")
+    if not slash:
+        raise InvalidDocument(field, f"a work unit is CHANNEL/RENDITION, got {_show(unit)}")
+    _wrap(_check_id, channel, field)
+    _wrap(_check_id, rendition, field)
+    return unit
+
+
+def _check_version(version: object, has_work: bool) -> None:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InvalidDocument("work_version", f"must be an integer, got {_show(version)}")
+    if has_work and version < 1:
+        raise InvalidDocument("work_version", f"must be >= 1 with work, got {version}")
+    if not has_work and version != 0:
+        raise InvalidDocument("work_version", "must be absent without work")
+
+
 @dataclass(frozen=True, slots=True)
 class AdjacencyDocument:
     """What one encoder must do under topology ``epoch``: whom to link to, and its segment.
@@ -104,6 +144,9 @@ class AdjacencyDocument:
         neighbours: neighbour id → ``host:port`` (a read-only mapping).
         segment: the encoder's segment, or "" when none is assigned.
         leader: the segment's elected leader as the manager knows it, or "".
+        work: the work unit ids placed on the encoder (kept sorted), or None when the
+            manager publishes no placement (the encoder then does all its work).
+        work_version: the placement's number within the epoch, >= 1 with ``work``, else 0.
 
     Raises:
         InvalidDocument: on construction, when any rule of the module docstring is broken.
@@ -114,6 +157,8 @@ class AdjacencyDocument:
     neighbours: Mapping[str, str] = field(default_factory=dict)
     segment: str = ""
     leader: str = ""
+    work: tuple[str, ...] | None = None
+    work_version: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.epoch, bool) or not isinstance(self.epoch, int) or self.epoch < 1:
@@ -144,21 +189,40 @@ class AdjacencyDocument:
             _wrap(_check_address, address, where)
             copied[neighbour] = address
         object.__setattr__(self, "neighbours", MappingProxyType(copied))
+        _check_version(self.work_version, self.work is not None)
+        if self.work is not None:
+            if isinstance(self.work, str | bytes) or not isinstance(self.work, Sequence):
+                raise InvalidDocument("work", f"must be a list of unit ids, got {_show(self.work)}")
+            if len(self.work) > MAX_DOCUMENT_UNITS:
+                raise InvalidDocument(
+                    "work", f"must list at most {MAX_DOCUMENT_UNITS} units, got {len(self.work)}"
+                )
+            units = tuple(sorted(check_unit_id(unit) for unit in self.work))
+            if len(set(units)) != len(units):
+                raise InvalidDocument("work", "lists a unit twice")
+            object.__setattr__(self, "work", units)
 
     def __hash__(self) -> int:
         return hash(self.to_json())
 
     def to_json(self) -> str:
         """The canonical JSON text (sorted keys, no spaces)."""
-        return _canonical(
-            {
-                "epoch": self.epoch,
-                "encoder": self.encoder,
-                "neighbours": dict(self.neighbours),
-                "segment": self.segment,
-                "leader": self.leader,
-            }
-        )
+        value: dict[str, Any] = {
+            "epoch": self.epoch,
+            "encoder": self.encoder,
+            "neighbours": dict(self.neighbours),
+            "segment": self.segment,
+            "leader": self.leader,
+        }
+        if self.work is not None:  # absent otherwise: the text older managers wrote
+            value["work"] = list(self.work)
+            value["work_version"] = self.work_version
+        return _canonical(value)
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """``(epoch, work_version)``: a document that sorts lower than one applied is stale."""
+        return self.epoch, self.work_version
 
 
 def _check_str(value: object, field: str) -> None:
@@ -198,12 +262,17 @@ def parse_adjacency(text: str | bytes, *, expected_encoder: str | None = None) -
         raise InvalidDocument(
             "neighbours", f"must be an object of id: address, got {_show(neighbours)}"
         )
+    work = value.get("work")
+    if work is not None and not isinstance(work, list):
+        raise InvalidDocument("work", f"must be a list of unit ids, got {_show(work)}")
     document = AdjacencyDocument(
         epoch=value["epoch"],
         encoder=value["encoder"],
         neighbours=neighbours,
         segment=value.get("segment", ""),
         leader=value.get("leader", ""),
+        work=None if work is None else tuple(work),
+        work_version=value.get("work_version", 0),
     )
     if expected_encoder is not None and document.encoder != expected_encoder:
         raise InvalidDocument(

@@ -9,12 +9,15 @@ neighbour's ESP, a vote, a topology change) goes in through :meth:`FramePipeline
 everything the engine decides comes out of ``ready()`` and is carried out at once, in order.
 
 A picture goes ``FrameCaptured`` → ``EncodeFrame`` (each slot encoded at its segment's agreed
-bitrate into every rendition — one without a ladder, one per rung with one, each scaled from the
-picture once — then muxed into the rendition's segment writer) → ``FrameEncoded`` with one hash
-per slot covering every rendition's access unit → the ESPs describing it, sent before the rest
-of the batch (proposals, corrections), as the engine decided them. What is particular to the
-process around the pipeline — vouching for segments, publishing them, measuring load, the mesh
-links — is the :class:`PipelineShell`'s.
+bitrate into every rendition held — one without a ladder, one per rung with one, each scaled
+from the picture once — then muxed into the rendition's segment writer) → ``FrameEncoded`` with
+one hash per slot covering every rendition's access unit (a placed ladder: the slot's input,
+``input_hash``, which does not depend on the rungs held) → the ESPs describing it, sent before
+the rest of the batch (proposals, corrections), as the engine decided them. Which rungs are
+held is the :class:`~services.encoder.media.ladder.Holdings`' business: the set changes at the
+first slot of a segment only, and the shell hears of it (``renditions_changed``). What is
+particular to the process around the pipeline — vouching for segments, publishing them,
+measuring load, the mesh links — is the :class:`PipelineShell`'s.
 
 The pipeline keeps the seconds spent in each part (:class:`PartTimes`), which the benchmark
 breaks down; the runtime measures its encode latency from ``slot_encoded``.
@@ -23,7 +26,7 @@ breaks down; the runtime measures its encode latency from ``slot_encoded``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,7 +40,7 @@ from meshenc.core.engine import (
     SyncEngine,
 )
 from services.encoder.media.gop import EncodedFrame
-from services.encoder.media.ladder import Rendition, combined_hash
+from services.encoder.media.ladder import Holdings, Rendition, combined_hash, input_hash
 from services.encoder.media.source import Picture
 
 __all__ = ["FramePipeline", "PartTimes", "PipelineShell"]
@@ -57,6 +60,10 @@ class PipelineShell(Protocol):
     def segments_written(self, rendition: Rendition, paths: list[Path], started_ns: int) -> None:
         """``rendition``'s segment writer finished these files (the call began at
         ``started_ns``)."""
+
+    def renditions_changed(self, active: Sequence[Rendition]) -> None:
+        """From this slot on the pipeline writes ``active`` (a placement changed the rungs
+        held; the segments that stopping rungs wrote were reported first)."""
 
     def picture_done(self) -> None:
         """Every slot of the picture is encoded (its ESPs are built next)."""
@@ -103,7 +110,8 @@ class FramePipeline:
         self.engine = engine
         self._clock = clock
         self._shell = shell
-        self._renditions: list[Rendition] = []
+        self._holdings: Holdings | None = None
+        self._hash_inputs = False
         self.times = PartTimes()
         #: The newest output slot written (None before the first).
         self.last_timecode: int | None = None
@@ -111,12 +119,25 @@ class FramePipeline:
         self._source_time: int | None = None
         self._measured = True
 
-    def start(self, renditions: list[Rendition]) -> None:
+    def start(self, renditions: list[Rendition] | Holdings, *, hash_inputs: bool = False) -> None:
         """Encode into ``renditions`` (GOP-deterministic libx264 and a segment writer each, at
-        its share of the agreed bitrate), in this order."""
-        if not renditions:
+        its share of the agreed bitrate), in this order; or into the rungs ``Holdings`` holds.
+
+        ``hash_inputs``: the ESPs' hash per slot is the slot's input (``input_hash``), for a
+        mesh whose encoders hold different rungs; else the access units' (``combined_hash``).
+        """
+        if isinstance(renditions, Holdings):
+            self._holdings = renditions
+        elif not renditions:
             raise ValueError("a pipeline needs at least one rendition")
-        self._renditions = list(renditions)
+        else:
+            self._holdings = Holdings.fixed(renditions, renditions[0].params.segments)
+        self._hash_inputs = hash_inputs
+
+    @property
+    def holdings(self) -> Holdings | None:
+        """The renditions the pipeline writes (None before :meth:`start`)."""
+        return self._holdings
 
     def capture(
         self,
@@ -136,7 +157,7 @@ class FramePipeline:
             source_time: the source's timestamp in 90 kHz ticks (kept in the segments).
             measured: False for a filler picture (the input is lost).
         """
-        if not self._renditions:
+        if self._holdings is None:
             raise RuntimeError("a picture was captured before the pipeline was started")
         self._picture = picture
         self._source_time = source_time
@@ -169,8 +190,8 @@ class FramePipeline:
     def _encode(self, decision: EncodeFrame) -> None:
         """Encode the captured picture into each slot of every rendition, then tell the engine
         one hash per slot."""
-        picture, renditions = self._picture, self._renditions
-        if picture is None or not renditions:  # the engine decides only on a captured picture
+        picture, holdings = self._picture, self._holdings
+        if picture is None or holdings is None:  # the engine decides only on a picture
             raise RuntimeError("an EncodeFrame without a captured picture")
         clock = time.perf_counter
         shell = self._shell
@@ -178,22 +199,35 @@ class FramePipeline:
         timecodes = decision.timecodes
         measured = self._measured and len(timecodes) == 1
         hashes = []
-        scaled: list[Picture] | None = None  # once per picture, however many slots
+        scaled: dict[str | None, Picture] = {}  # once per picture and rung, however many slots
         for timecode, bitrate in zip(timecodes, decision.bitrates_kbps, strict=True):
+            started_now, stopped = holdings.slot(timecode)
+            if started_now or stopped:
+                for rendition, paths in stopped:
+                    if paths:
+                        shell.segments_written(rendition, paths, time.time_ns())
+                shell.renditions_changed(holdings.active)
+            renditions = holdings.active
             shell.slot_starts(timecode, measured)
             started = clock()
-            if scaled is None:
-                scaled = [rendition.scaled(picture) for rendition in renditions]
-            frames = [
-                rendition.encoder.encode(
-                    timecode, rung_picture, bitrate_kbps=rendition.bitrate_for(bitrate)
+            frames = []
+            for rendition in renditions:
+                rung_picture = scaled.get(rendition.folder)
+                if rung_picture is None:
+                    rung_picture = scaled[rendition.folder] = rendition.scaled(picture)
+                frames.append(
+                    rendition.encoder.encode(
+                        timecode, rung_picture, bitrate_kbps=rendition.bitrate_for(bitrate)
+                    )
                 )
-                for rendition, rung_picture in zip(renditions, scaled, strict=True)
-            ]
-            frame_hash = combined_hash(frames)
+            if self._hash_inputs:
+                frame_hash = input_hash(timecode, bitrate, picture)
+            else:
+                frame_hash = combined_hash(frames)
             encoded = clock()
             times.encode += encoded - started
-            shell.slot_encoded(frames[0], encoded - started)
+            if frames:
+                shell.slot_encoded(frames[0], encoded - started)
             for rendition, frame in zip(renditions, frames, strict=True):
                 started_ns = time.time_ns()
                 started = clock()

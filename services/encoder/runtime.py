@@ -49,6 +49,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -103,7 +104,15 @@ from services.encoder.media.ingest import (
     InputState,
     LiveIngest,
 )
-from services.encoder.media.ladder import LadderManifests, Rendition, renditions_for
+from services.encoder.media.ladder import (
+    CHANNEL,
+    Holdings,
+    LadderManifests,
+    Rendition,
+    open_rendition,
+    renditions_for,
+    top_rung,
+)
 from services.encoder.media.publish import Publisher
 from services.encoder.media.segments import ASIDE_PREFIX, segment_number
 from services.encoder.media.serve import OutputServer
@@ -197,9 +206,14 @@ class EncoderRuntime:
         self._vouched: dict[int, bool] = {}
         #: Per segment written: whether it went aside (``_sets_aside``), for its other rungs.
         self._aside: dict[int, bool] = {}
-        #: The renditions written (``run``), and the digests of a segment's rungs written so far.
-        self._renditions: list[Rendition] = []
+        #: The renditions written (``run``; with a placement, the rungs held), and the digests
+        #: of a segment's rungs written so far.
+        self._holdings: Holdings | None = None
         self._rung_digests: dict[int, dict[str, bytes]] = {}
+        #: The rungs the manager's placement gives this encoder (None: no placement, every
+        #: rung), as last applied; the placement's units this encoder cannot run, last logged.
+        self._placed: frozenset[str] | None = None
+        self._unrunnable: tuple[str, ...] = ()
         #: Segments written and waiting for the neighbours' word, by (segment, rung folder).
         #: A neighbour's ESP for a frame follows its own ingest delay, so the last frames'
         #: agreement comes a few hundred ms after writing.
@@ -295,6 +309,47 @@ class EncoderRuntime:
         if self.leadership is None:
             self.pipeline.step(now, LeaderChanged(document.leader or None))
         self._report_rank()
+        self._apply_placement(document)
+
+    def _apply_placement(self, document: AdjacencyDocument) -> None:
+        """Hold the rungs the document's ``work`` places on this encoder (units ``0/<rung>``),
+        from the next segment on; without ``work``, every rung. Only a ladder that follows
+        the manager takes a placement (``EncoderSettings.follows_placement``); units of another
+        channel or of a rung not in the ladder are logged and left alone."""
+        if not self.settings.follows_placement:
+            return
+        rungs = {r.name for r in self.settings.ladder}
+        wanted: frozenset[str] | None = None
+        if document.work is not None:
+            units = [unit.partition("/")[::2] for unit in document.work]
+            mine = {rung for channel, rung in units if channel == CHANNEL}
+            unrunnable = tuple(
+                f"{channel}/{rung}"
+                for channel, rung in units
+                if channel != CHANNEL or rung not in rungs
+            )
+            if unrunnable and unrunnable != self._unrunnable:
+                log.warning(
+                    "placement %d gives this encoder units it cannot run (it runs channel %s, "
+                    "ladder %s): %s",
+                    document.work_version,
+                    CHANNEL,
+                    ",".join(sorted(rungs)),
+                    ", ".join(unrunnable),
+                )
+            self._unrunnable = unrunnable
+            wanted = frozenset(mine & rungs)
+        if wanted == self._placed:
+            return
+        self._placed = wanted
+        log.info(
+            "placement %s (epoch %d): holding %s from the next segment",
+            document.work_version or "none",
+            document.epoch,
+            "every rung" if wanted is None else (", ".join(sorted(wanted)) or "no rung"),
+        )
+        if self._holdings is not None:
+            self._holdings.want(wanted)
 
     def health_report(self) -> manager_pb2.HealthReport:
         """This encoder's health as the manager wants it, now."""
@@ -479,20 +534,41 @@ class EncoderRuntime:
         else:
             log.warning("no --source: the output is black and the encoder reports degraded")
         settings = self.settings
-        renditions = renditions_for(
-            settings.out,
-            settings.frame_rate,
-            settings.gop,
-            settings.ladder or None,
-            size=settings.size,
-            bitrate_kbps=settings.bitrate_kbps,
-            fmt=settings.output_format,
-            aside=self._sets_aside,
-        )
         if settings.ladder:
-            self._ladder = LadderManifests(settings.out, renditions, settings.output_format)
-        self._renditions = renditions
-        self.pipeline.start(renditions)
+            # Rungs open as they are first held (every rung without a placement), at the
+            # first slot of a segment.
+            holdings = Holdings(
+                settings.ladder,
+                functools.partial(
+                    open_rendition,
+                    settings.out,
+                    settings.frame_rate,
+                    settings.gop,
+                    top_kbps=top_rung(settings.ladder).bitrate_kbps,
+                    fmt=settings.output_format,
+                    aside=self._sets_aside,
+                ),
+                self._segments,
+            )
+            if self._placed is not None:  # a placement came before the first picture
+                holdings.want(self._placed)
+            self._ladder = LadderManifests(settings.out, [], settings.output_format)
+        else:
+            holdings = Holdings.fixed(
+                renditions_for(
+                    settings.out,
+                    settings.frame_rate,
+                    settings.gop,
+                    None,
+                    size=settings.size,
+                    bitrate_kbps=settings.bitrate_kbps,
+                    fmt=settings.output_format,
+                    aside=self._sets_aside,
+                ),
+                self._segments,
+            )
+        self._holdings = holdings
+        self.pipeline.start(holdings, hash_inputs=settings.follows_placement)
         if self.settings.publish:
             self.publisher = Publisher(self.settings.publish)
         deadline = None if self.settings.duration is None else time.time() + self.settings.duration
@@ -521,9 +597,8 @@ class EncoderRuntime:
                     continue
                 if isinstance(item, IngestedAudio):
                     packet = _audio_packet(item)
-                    for rendition in renditions:
-                        started = time.time_ns()
-                        written = rendition.writer.add_audio(packet)
+                    started = time.time_ns()
+                    for rendition, written in holdings.add_audio(packet):
                         self.segments_written(rendition, written, started)
                     continue
                 if queue.qsize() > self._max_backlog:
@@ -545,7 +620,7 @@ class EncoderRuntime:
                 await leadership
             if ingest is not None:
                 await asyncio.to_thread(ingest.stop)
-            for rendition in renditions:
+            for rendition in holdings.opened:
                 started = time.time_ns()
                 self.segments_written(rendition, rendition.writer.finish(), started)
             if self._held:
@@ -557,7 +632,7 @@ class EncoderRuntime:
             if self.output_server is not None:
                 await self.output_server.close()
             self.telemetry.close()
-            for rendition in renditions:
+            for rendition in holdings.opened:
                 rendition.close()
             await self.control.close()
             await self.links.close()
@@ -666,14 +741,17 @@ class EncoderRuntime:
         digest = rendition.writer.digest(segment)
         if digest is None:
             return
+        if self.settings.follows_placement or self._holdings is None:
+            return  # rungs held differ between encoders: the slots' input hashes compare
+        active = self._holdings.active
         rungs = self._rung_digests.setdefault(segment, {})
         rungs[rendition.folder or ""] = digest
-        if len(rungs) < len(self._renditions):
+        if len(rungs) < len(active):
             return
         del self._rung_digests[segment]
         for stale in [s for s in self._rung_digests if s < segment]:
             del self._rung_digests[stale]  # a rung that never wrote it (a partial segment)
-        ordered = [rungs[r.folder or ""] for r in self._renditions]
+        ordered = [rungs[r.folder or ""] for r in active]
         combined = ordered[0] if len(ordered) == 1 else hashlib.sha256(b"".join(ordered)).digest()
         self.pipeline.step(self.clock(), SegmentWritten(segment, combined, vouched=not aside))
 
@@ -723,10 +801,11 @@ class EncoderRuntime:
             # it, has it again before the next segment's manifests.
             publisher.publish(init, rendition.published_name(init))
         publisher.publish(path, rendition.published_name(path))
-        if self._publishes_playlist():
+        placed = self.settings.follows_placement
+        if placed or self._publishes_playlist():
             for manifest in writer.manifest_paths:
                 publisher.publish(manifest, rendition.published_name(manifest))
-            if completed:
+            if completed and not placed:
                 self._publish_ladder()
 
     def _publish_ladder(self) -> None:
@@ -778,7 +857,12 @@ class EncoderRuntime:
         """The media playlist goes out from the segment's elected leader only (every encoder
         when there is no election), so a lagging encoder never makes it go backwards; and
         after a stall only once a fenced act has landed since (a leader that was frozen may
-        have been replaced: its act's guard then fails and it learns the new leader)."""
+        have been replaced: its act's guard then fails and it learns the new leader).
+
+        A placed ladder (``follows_placement``) is the exception: the leader may hold none of
+        a rung, so every holder publishes its rungs' playlists (a lagging holder can set one
+        back by a segment), and no encoder publishes the ladder's master or MPD, which name
+        only its own rungs (``_release``)."""
         if self.leadership is None:
             return True
         return (
@@ -788,6 +872,15 @@ class EncoderRuntime:
 
     def slot_encoded(self, frame: EncodedFrame, encode_seconds: float) -> None:
         self._load.encoded(encode_seconds)
+
+    def renditions_changed(self, active: Sequence[Rendition]) -> None:
+        """The rungs written changed at this segment (a placement): the ladder's manifests
+        name only those from now on."""
+        log.info(
+            "from this segment on writing %s", ", ".join(str(r.folder) for r in active) or "no rung"
+        )
+        if self._ladder is not None:
+            self._ladder.follow(active)
 
     def picture_done(self) -> None:
         """Held segments a neighbour has agreed with go out; once a second, the load goes to

@@ -223,6 +223,17 @@ class EncoderSettings(BaseModel):
         return self.size
 
     @property
+    def follows_placement(self) -> bool:
+        """Whether the manager's placement decides which rungs this encoder writes: a ladder
+        whose documents come from the manager (etcd or kubernetes topology). Such a mesh's
+        encoders may hold different rungs, so their ESPs hash each slot's input
+        (``media.ladder.input_hash``), not the rungs' access units."""
+        return bool(self.ladder) and self.topology_mode in (
+            TopologyMode.ETCD,
+            TopologyMode.KUBERNETES,
+        )
+
+    @property
     def mesh_bitrate_kbps(self) -> int:
         """The bitrate the mesh starts with and agrees changes of: the top rung's, else
         ``bitrate_kbps`` (a change scales every rung alike, see ``media.ladder``)."""

@@ -9,10 +9,13 @@ doc.epoch)`` and ``LeaderChanged(doc.leader or None)``); it never has to filter:
 
 - a document is yielded only when its text differs from the last one yielded;
 - a document with a lower epoch than the last one yielded is ignored (epochs never go down;
-  a lower one is a stale write), one with the same epoch is applied (the segment or leader
-  changed within the epoch);
-- an invalid document is logged once and ignored; so is a deleted one (the manager is away
-  or the encoder was scaled away): the mesh keeps running on the last topology.
+  a lower one is a stale write), and so is one of the same epoch with a lower placement
+  number (``work_version``); one with the same epoch is otherwise applied (the segment, the
+  leader or the placement changed within the epoch);
+- an invalid document is ignored, logged at most once per 10 s however many come (each
+  source's ``LimitedLog``), and the document applied last is kept; a deleted one is ignored
+  too (the manager is away or the encoder was scaled away): the mesh keeps running on the
+  last topology.
 
 Sources:
 
@@ -72,6 +75,7 @@ from services.common.kubernetes import (
     WatchCursor,
     watch_once,
 )
+from services.common.log_limit import LimitedLog
 from services.common.registry_client import RegistryClient, RegistryError
 from services.common.retry import Backoff, retrying
 from services.common.streams import Emit, drain
@@ -143,6 +147,7 @@ class _Latest:
         self.current: AdjacencyDocument | None = None
         self._last_text: str | None = None
         self._rejected: str | None = None
+        self._log = LimitedLog(log)
         #: Texts ignored: invalid, or of a lower epoch.
         self.ignored = 0
 
@@ -165,15 +170,25 @@ class _Latest:
             self.ignored += 1
             if text != self._rejected:
                 self._rejected = text
-                log.warning("%s: ignoring an invalid document (%s)", self.where, exc)
+                self._log.warning(
+                    "invalid",
+                    "%s: ignoring an invalid document (%s); keeping epoch %s",
+                    self.where,
+                    exc,
+                    self.current.epoch if self.current else "-",
+                )
             return None
-        if self.current is not None and document.epoch < self.current.epoch:
+        if self.current is not None and document.order < self.current.order:
             self.ignored += 1
-            log.warning(
-                "%s: ignoring epoch %d, older than the applied epoch %d",
+            self._log.warning(
+                "stale",
+                "%s: ignoring epoch %d (placement %d), older than the applied epoch %d "
+                "(placement %d)",
                 self.where,
                 document.epoch,
+                document.work_version,
                 self.current.epoch,
+                self.current.work_version,
             )
             return None
         self._last_text = text

@@ -19,7 +19,8 @@ Only an escalation and a tick make the core decide anything, so the shell takes 
 next ones, in order. Decisions are carried out in the core's documented order: removals,
 isolations and avoided links are logged; ``TopologyChanged`` and ``SegmentsChanged`` become one
 :class:`~meshenc.wire.adjacency.AdjacencyDocument` per encoder, published through the actuator
-and then to every ``WatchTopology`` stream; ``PlacementChanged`` is kept and logged;
+and then to every ``WatchTopology`` stream; ``PlacementChanged`` goes into the same documents
+(each encoder's ``work``: the units it runs, numbered by ``work_version``) and is logged;
 ``EscalationJudged`` is returned only after the epoch it names is published. ``ScaleOut`` and
 ``ScaleIn`` (autoscaling) go to :meth:`Actuator.scale` in a background task, one call at a
 time, the newest wish first; a failure goes back to the core as ``ScaleFailed`` (a permanent
@@ -85,7 +86,7 @@ from meshenc.core.planner.autoscale import (
 from meshenc.core.planner.placement import WorkUnit
 from meshenc.v1 import manager_pb2
 from meshenc.wire import convert
-from meshenc.wire.adjacency import AdjacencyDocument
+from meshenc.wire.adjacency import AdjacencyDocument, check_unit_id
 from services.manager.actuators import (
     Actuator,
     ActuatorError,
@@ -197,7 +198,8 @@ class ManagerShell:
     Args:
         actuator: where documents go and members come from.
         config: the core's thresholds and planner settings.
-        work_units: the work to place (each on ``redundancy`` encoders).
+        work_units: the work to place (each on ``redundancy`` encoders); each unit id must be
+            two identifiers (``check_unit_id``), as the documents carry it.
         tick_interval: seconds between ticks.
         reconnect_grace: seconds a member whose health stream ended may take to reconnect.
         clock: the manager's clock in seconds (default: the running loop's monotonic clock).
@@ -218,6 +220,8 @@ class ManagerShell:
                 raise ValueError(f"{name} must be positive and finite, got {value!r}")
         self._actuator = actuator
         self._config = config or ManagerConfig()
+        for unit in work_units:  # the documents carry them: refuse now, not on a tick
+            check_unit_id(unit.unit_id, "work_units")
         self._work_units = tuple(work_units)
         self._tick_interval = tick_interval
         self._reconnect_grace = reconnect_grace
@@ -236,6 +240,8 @@ class ManagerShell:
         self._segments: tuple[SegmentInfo, ...] = ()
         self._segments_epoch = 0
         self._placement: Mapping[str, tuple[str, ...]] = {}
+        #: Placements decided by this activation (the documents' ``work_version``).
+        self._placement_version = 0
         self._documents: dict[str, AdjacencyDocument] = {}
         self._dirty = False
         self._published: _Topology | None = None
@@ -302,6 +308,7 @@ class ManagerShell:
         self._in_mesh.clear()
         self._documents = {}
         self._dirty = False
+        self._placement, self._placement_version = {}, 0
         if self._work_units:
             self._core.step(self.now(), WorkUnitsSet(self._work_units))
         self._active = True
@@ -583,6 +590,8 @@ class ManagerShell:
                 self._dirty = True
             elif isinstance(decision, PlacementChanged):
                 self._placement = decision.assignments
+                self._placement_version += 1
+                self._dirty = True
                 log.info(
                     "work placed: %d moves, %d under-replicated (%s): %s",
                     decision.moves,
@@ -649,6 +658,13 @@ class ManagerShell:
         for segment in self._segments:
             for member in segment.members:
                 segment_of[member] = segment
+        # Without work to place, documents carry no placement: encoders do all their work.
+        work: dict[str, list[str]] | None = None
+        if self._work_units and self._placement_version:
+            work = {node: [] for node in self._topology.adjacency}
+            for unit, holders in self._placement.items():
+                for holder in holders:
+                    work.setdefault(holder, []).append(unit)
         documents = {}
         for node, neighbours in sorted(self._topology.adjacency.items()):
             mine = segment_of.get(node)
@@ -658,6 +674,8 @@ class ManagerShell:
                 neighbours={n: self._addresses[n] for n in neighbours},
                 segment=mine.segment_id if mine else "",
                 leader=mine.leader_id if mine else "",
+                work=None if work is None else tuple(work.get(node, ())),
+                work_version=self._placement_version if work is not None else 0,
             )
         return documents
 

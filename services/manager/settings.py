@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from meshenc.core.planner import ManagerConfig, PlannerConfig
 from meshenc.core.planner.autoscale import AutoscaleConfig
-from meshenc.core.planner.placement import WorkUnit
+from meshenc.core.planner.placement import PlacementConfig, WorkUnit
 from meshenc.core.planner.topology import TopologyConfig
-from meshenc.wire.adjacency import EtcdLayout
+from meshenc.wire.adjacency import EtcdLayout, check_unit_id
 from services.common.etcd import EtcdSettings
 from services.common.listen import ListenAddress, MetricsListenAddress
 from services.common.peer_limits import PeerLimits
@@ -40,13 +40,22 @@ class ActuatorKind(StrEnum):
 
 
 def parse_work_units(text: str) -> tuple[WorkUnit, ...]:
-    """``"news/720p,news/360p"`` → work units; ValueError naming a malformed item."""
-    units = []
+    """``"news/720p,news/360p"`` → work units; ValueError naming a malformed or repeated
+    item (each part an identifier, as the encoders' documents carry it)."""
+    units: list[WorkUnit] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        channel, sep, rendition = item.partition("/")
-        if not sep:
-            raise ValueError(f"work unit {item!r} must be CHANNEL/RENDITION")
-        units.append(WorkUnit(channel, rendition))
+        try:
+            check_unit_id(item)
+        except ValueError:
+            raise ValueError(
+                f"work unit {item!r} must be CHANNEL/RENDITION, each 1-128 characters of "
+                "[A-Za-z0-9._-]"
+            ) from None
+        channel, _, rendition = item.partition("/")
+        unit = WorkUnit(channel, rendition)
+        if unit in units:
+            raise ValueError(f"work unit {item!r} is given twice")
+        units.append(unit)
     return tuple(units)
 
 
@@ -80,6 +89,8 @@ class ManagerSettings(BaseModel):
     reconnect_grace: Annotated[float, Field(gt=0.0, le=3600.0)] = DEFAULT_RECONNECT_GRACE
     tick_interval: Annotated[float, Field(gt=0.0, le=60.0)] = DEFAULT_TICK_INTERVAL
     work_units: tuple[WorkUnit, ...] = ()
+    #: Encoders each work unit runs on.
+    redundancy: Annotated[int, Field(ge=1, le=16)] = 2
     #: HOST:PORT of the Prometheus metrics endpoint; off when None.
     metrics_listen: MetricsListenAddress | None = None
     #: Mutual TLS (CA, certificate, key) for the server; plaintext when None.
@@ -162,7 +173,9 @@ class ManagerSettings(BaseModel):
             candidates=max(TopologyConfig().candidates, self.degree_max),
         )
         return ManagerConfig(
-            planner=PlannerConfig(topology=topology),
+            planner=PlannerConfig(
+                topology=topology, placement=PlacementConfig(redundancy=self.redundancy)
+            ),
             report_timeout=self.report_timeout,
             autoscale=self.autoscale_config(),
         )

@@ -123,7 +123,7 @@ def test_a_ladder_goes_to_every_encoder_in_place_of_the_size(tmp_path: Path) -> 
     for encoder in run.plan.encoders:
         args = run.encoder_args(encoder, "http://127.0.0.1:2379")
         assert args[args.index("--ladder") + 1] == "320x180@600,160x90@200"
-        assert "--size" not in args
+        assert "--size" not in args and "--bitrate-kbps" not in args  # the ladder gives both
     source = run.source_args()
     assert source is not None and source[source.index("--size") + 1] == "320x180"
     assert run.playback_url == "http://127.0.0.1:8080/320x180/index.m3u8"
@@ -133,3 +133,42 @@ def test_a_ladder_goes_to_every_encoder_in_place_of_the_size(tmp_path: Path) -> 
     assert refused.exit_code == 2 and "leave out --size" in refused.output
     refused = CliRunner().invoke(cli, ["up", "--ladder", "320x180@600,321x180@100"])
     assert refused.exit_code == 2 and "rung '321x180@100'" in refused.output
+
+
+def test_a_ladder_under_the_manager_is_placed_rung_by_rung(tmp_path: Path) -> None:
+    """With the manager planning the links, ``up --ladder`` hands it the rungs as work units
+    of channel 0, each on ``--redundancy`` encoders; without a ladder, or with static links,
+    the manager places nothing (every encoder writes its whole output, as before)."""
+    options = frozenset({"--manager", "--topology"})
+    ladder, size = "320x180@600,160x90@200", "320x180"
+    placed = demo.DemoRun(
+        DemoConfig(
+            out=tmp_path / "p",
+            tls=False,
+            manager=True,
+            encoder_options=options,
+            redundancy=3,
+            ladder=ladder,
+            size=size,
+        )
+    )
+    args = placed.manager_args("http://127.0.0.1:2379")
+    assert args[args.index("--work-units") + 1] == "0/320x180,0/160x90"
+    assert args[args.index("--redundancy") + 1] == "3"
+    for config in (
+        DemoConfig(out=tmp_path / "n", tls=False, manager=True, encoder_options=options),
+        DemoConfig(
+            out=tmp_path / "s",
+            tls=False,
+            manager=True,
+            encoder_options=options,
+            managed_topology=False,
+            ladder=ladder,
+            size=size,
+        ),
+    ):
+        assert "--work-units" not in demo.DemoRun(config).manager_args("http://127.0.0.1:2379")
+    with pytest.raises(ValueError, match=r"redundancy must be 1\.\.2"):
+        DemoConfig(encoders=2, redundancy=3)
+    refused = CliRunner().invoke(cli, ["up", "--redundancy", "2"])
+    assert refused.exit_code == 2 and "places the rungs of --ladder" in refused.output

@@ -24,7 +24,7 @@ from meshenc.report.plots import IDENTITY_PNG, LEADERS_PNG, OFFSETS_PNG, OFFSETS
 from meshenc.report.recorder import EVENTS_NAME, StateEvent, read_events
 from meshenc.report.summary import arrival_figures, leader_timeline, load_run, summarize
 
-from .synthetic import FIRST, make_run, run_of
+from .synthetic import FIRST, make_run, run_of, write_folder
 
 GOP = 30
 FPS = 30.0  # one segment per second: segment s starts at Unix second s
@@ -237,3 +237,38 @@ def test_arrival_figures_are_medians_and_delays_relative_to_the_earliest_encoder
     assert figures["a"] == (2.0, 0.0)
     assert figures["b"] == (0.5, 99.0)  # the lost input's figures do not count
     assert figures["c"] == (None, None)
+
+
+def test_a_placed_ladder_is_judged_rung_by_rung_among_the_encoders_that_wrote_it(
+    tmp_path: Path,
+) -> None:
+    """Rungs placed on different encoders (``meshenc up --ladder``): each encoder's master
+    lists only its rungs, so each rung is compared among its holders — the small rung moved
+    from ``a`` to ``b`` at segment FIRST+5 while ``c`` held it throughout. The headline is
+    the rung most encoders wrote; the run is locked only if every rung is."""
+    big, small = "160x96", "96x64"
+
+    def ladder(name: str, rungs: dict[str, dict[int, bytes]]) -> None:
+        for rung, contents in rungs.items():
+            write_folder(tmp_path / name / rung, contents)
+        (tmp_path / name / "master.m3u8").write_text(
+            "#EXTM3U\n" + "".join(f"#EXT-X-STREAM-INF:BANDWIDTH=1\n{r}/index.m3u8\n" for r in rungs)
+        )
+
+    ladder("a", {big: run_of(FIRST, 10), small: run_of(FIRST, 5)})
+    ladder("b", {big: run_of(FIRST, 10), small: run_of(FIRST + 5, 5)})
+    ladder("c", {small: run_of(FIRST, 10, different={FIRST + 8: b"other"})})
+    write_events(tmp_path, [])
+    summary = summarize(load_run(tmp_path, lock_in=0, frames=GOP))
+    rungs = {r.rung: r for r in summary.rungs}
+    assert dict(rungs[small].holders) == {"a": 5, "b": 5, "c": 10}
+    assert rungs[small].min_copies == 2 and rungs[small].shared == 10
+    assert rungs[small].identical == 9 and not rungs[small].locked
+    assert dict(rungs[big].holders) == {"a": 10, "b": 10} and rungs[big].locked
+    assert (
+        rungs[big].line
+        == f"{big}: a (10), b (10); 10 segments, at least 2 copies, 10/10 shared segments identical"
+    )
+    # The headline: the small rung, written by three encoders; not locked (c's FIRST+8).
+    assert summary.encoders == ("a", "b", "c") and not summary.locked
+    assert summary.to_json()["rungs"][1]["holders"] == {"a": 5, "b": 5, "c": 10}

@@ -296,3 +296,24 @@ def test_differing_segments_that_do_not_demux_are_reported_as_uncounted(tmp_path
     assert result.misaligned_frames == 0
     code, output = invoke(str(tmp_path))
     assert code == 1 and "could not be demuxed" in output
+
+
+def test_cli_judges_a_placed_rung_among_its_holders_and_refuses_to_mix_rungs(
+    tmp_path: Path,
+) -> None:
+    """Rungs placed on different encoders: ``a`` writes 160x96 only, ``b`` both, ``c`` 96x64
+    only. Without ``--rung`` the masters' first rungs differ, so the comparison would mix
+    rungs: refused, naming the rungs. ``--rung 96x64`` judges the encoders that wrote it."""
+    for name, rungs in (("a", ["160x96"]), ("b", ["160x96", "96x64"]), ("c", ["96x64"])):
+        for rung in rungs:
+            different = {FIRST + 4: b"drifted"} if (name, rung) == ("c", "96x64") else None
+            write_folder(tmp_path / name / rung, run_of(different=different))
+        (tmp_path / name / "master.m3u8").write_text(
+            "#EXTM3U\n" + "".join(f"#EXT-X-STREAM-INF:BANDWIDTH=1\n{r}/index.m3u8\n" for r in rungs)
+        )
+    code, output = invoke(str(tmp_path), "--gop", str(GOP))
+    assert code == 2 and "--rung (160x96, 96x64)" in output
+    code, output = invoke(str(tmp_path), "--gop", str(GOP), "--rung", "160x96", "--json")
+    assert code == 0 and [e["name"] for e in json.loads(output)["encoders"]] == ["a", "b"]
+    code, output = invoke(str(tmp_path), "--gop", str(GOP), "--rung", "96x64", "--json")
+    assert code == 1 and json.loads(output)["misaligned_frames"] == GOP

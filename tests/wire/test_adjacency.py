@@ -73,6 +73,51 @@ def test_each_rule_is_enforced(change: dict[str, Any], field: str) -> None:
         AdjacencyDocument(**{**GOOD, **change})
 
 
+def test_a_placement_rides_in_the_document_and_only_when_there_is_one() -> None:
+    """``work`` and ``work_version`` round-trip (units kept sorted); a document without a
+    placement has the text it had before placements existed; ``order`` puts a newer placement
+    of one epoch after an older one, and any document of a newer epoch after both."""
+    placed = parse_adjacency(
+        json.dumps({**GOOD, "work": ["ch.1/640x360", "0/320x180"], "work_version": 3})
+    )
+    assert placed.work == ("0/320x180", "ch.1/640x360") and placed.work_version == 3
+    assert parse_adjacency(placed.to_json()) == placed
+    assert json.loads(placed.to_json())["work"] == ["0/320x180", "ch.1/640x360"]
+    unplaced = parse_adjacency(json.dumps(GOOD))
+    assert (unplaced.work, unplaced.work_version) == (None, 0)
+    assert "work" not in unplaced.to_json()
+    assert parse_adjacency(json.dumps({**GOOD, "work": [], "work_version": 1})).work == ()
+    newer = AdjacencyDocument(4, "enc-1", work=("0/a",), work_version=4)
+    later_epoch = AdjacencyDocument(5, "enc-1", work=("0/a",), work_version=1)
+    assert placed.order < newer.order < later_epoch.order
+    assert unplaced.order < placed.order
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"work": "0/a", "work_version": 1}, "work"),
+        ({"work": {"0/a": 1}, "work_version": 1}, "work"),
+        ({"work": ["0a"], "work_version": 1}, "work"),
+        ({"work": ["0/a/b"], "work_version": 1}, "work"),
+        ({"work": ["/a"], "work_version": 1}, "work"),
+        ({"work": ["0/a b"], "work_version": 1}, "work"),
+        ({"work": [7], "work_version": 1}, "work"),
+        ({"work": ["0/a", "0/a"], "work_version": 1}, "work"),
+        ({"work": [f"0/r{i}" for i in range(65)], "work_version": 1}, "work"),
+        ({"work": ["0/a"]}, "work_version"),
+        ({"work": ["0/a"], "work_version": 0}, "work_version"),
+        ({"work": ["0/a"], "work_version": True}, "work_version"),
+        ({"work": ["0/a"], "work_version": "2"}, "work_version"),
+        ({"work_version": 2}, "work_version"),
+    ],
+)
+def test_each_placement_rule_is_enforced(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidDocument) as raised:
+        parse_adjacency(json.dumps({**GOOD, **change}))
+    assert raised.value.field == field
+
+
 @pytest.mark.parametrize(
     "text",
     ["", "null", "[]", "4", '{"epoch": 1}', "{", b"\xff\xfe", " " * (MAX_DOCUMENT_BYTES + 1)],

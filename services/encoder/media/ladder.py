@@ -22,15 +22,30 @@ BANDWIDTH is the highest bit rate of the rung's segments written so far (bytes o
 segment, audio and container included, over its duration). Both are known only once every rung
 has written a segment, so the master appears then, and is rewritten when a rung's peak rises.
 
+Placement (:class:`Holdings`): the Mesh Manager may place a ladder's rungs on different
+encoders (each rung a work unit, ``0/<rung>``, on ``redundancy`` encoders). An encoder then
+encodes and writes only the rungs it holds. The set changes only where a segment (a GOP)
+starts: a rung taken on is encoded from the first slot of the next segment, by a fresh
+GOP-deterministic context, so its first segment is whole and, on a timeline the mesh agrees
+on, the same bytes as every other holder's; a rung given up stops there, its last segment
+written whole once its audio has come. The manifests name only the rungs held (the master
+drops a rung at once, takes a new one once it has written a segment). Encoders that hold
+different rungs cannot compare encoded bytes, so a placed ladder's ESPs carry the hash of
+what every encoder puts into its encoders instead (:func:`input_hash`: the slot's timecode,
+its agreed bitrate and the top rung's picture, from which every rung is scaled); the GOP
+determinism is what makes equal inputs equal segments.
+
 Invariants: a ladder has at least one rung, every rung its own size; the top rung is the
 largest picture; without ``--ladder`` the encoder has one rendition writing into its output
-folder itself, with no master playlist, exactly as before ladders existed.
+folder itself, with no master playlist, exactly as before ladders existed; the rungs an
+encoder writes change only at a segment boundary.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -39,7 +54,8 @@ import av
 import numpy as np
 from av.video.reformatter import Interpolation
 
-from meshenc.core.timecode import FrameRate
+from meshenc.core.timecode import FrameRate, SegmentLayout
+from services.encoder.media.containers import AudioPacket
 from services.encoder.media.dash import MPD_NAME, Representation, render_ladder_mpd
 from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
 from services.encoder.media.segments import (
@@ -54,12 +70,16 @@ from services.encoder.media.segments import (
 from services.encoder.media.source import Picture, VideoFormat
 
 __all__ = [
+    "CHANNEL",
     "MASTER_NAME",
     "MAX_RUNGS",
+    "Holdings",
     "LadderManifests",
     "Rendition",
     "Rung",
     "combined_hash",
+    "input_hash",
+    "open_rendition",
     "parse_ladder",
     "renditions_for",
     "scale_picture",
@@ -69,6 +89,10 @@ __all__ = [
 MASTER_NAME = "master.m3u8"
 #: More renditions than any ladder needs, and a bound on one encoder's work per picture.
 MAX_RUNGS = 8
+#: Audio packets kept for a rung taken on (about 2.7 s of 48 kHz AAC).
+AUDIO_KEPT = 128
+#: The channel an encoder runs: its rungs are the work units ``0/<rung>`` of a placement.
+CHANNEL = "0"
 MIN_RUNG_KBPS = 16
 MAX_RUNG_KBPS = 200_000
 #: Area averaging (the sharpest clean downscale), bit-exact: the same pixels on every CPU.
@@ -156,6 +180,16 @@ def combined_hash(frames: Sequence[EncodedFrame]) -> bytes:
     return hashlib.sha256(b"".join(frame.sha256 for frame in frames)).digest()
 
 
+def input_hash(timecode: int, bitrate_kbps: int, picture: Picture) -> bytes:
+    """The hash a placed ladder's ESP carries for one slot: SHA-256 of the slot's timecode, the
+    top rung's agreed bitrate and the picture every rung is scaled from — what every encoder of
+    the mesh feeds its encoders, whichever rungs it holds."""
+    digest = hashlib.sha256(timecode.to_bytes(8, "big", signed=True))
+    digest.update(bitrate_kbps.to_bytes(4, "big"))
+    digest.update(np.ascontiguousarray(picture.yuv).data)  # no copy for a decoded picture
+    return digest.digest()
+
+
 class Rendition:
     """One rung's encoder and segment writer.
 
@@ -221,12 +255,153 @@ def renditions_for(
         writer = SegmentWriter(out, params, fmt=fmt, aside=aside)
         return [Rendition(None, params, writer, top_kbps=bitrate_kbps)]
     top = top_rung(rungs).bitrate_kbps
-    renditions = []
-    for rung in rungs:
-        params = EncoderParams(rung.width, rung.height, frame_rate, gop, rung.bitrate_kbps)
-        writer = SegmentWriter(out / rung.name, params, fmt=fmt, aside=aside)
-        renditions.append(Rendition(rung, params, writer, top_kbps=top))
-    return renditions
+    return [
+        open_rendition(out, frame_rate, gop, rung, top_kbps=top, fmt=fmt, aside=aside)
+        for rung in rungs
+    ]
+
+
+def open_rendition(
+    out: Path,
+    frame_rate: FrameRate,
+    gop: int,
+    rung: Rung,
+    *,
+    top_kbps: int,
+    fmt: SegmentFormat,
+    aside: Callable[[int], bool] | None = None,
+) -> Rendition:
+    """One rung's rendition, writing into its folder under ``out`` (created now)."""
+    params = EncoderParams(rung.width, rung.height, frame_rate, gop, rung.bitrate_kbps)
+    writer = SegmentWriter(out / rung.name, params, fmt=fmt, aside=aside)
+    return Rendition(rung, params, writer, top_kbps=top_kbps)
+
+
+class Holdings:
+    """The renditions an encoder writes, out of its ladder, as the placement tells it.
+
+    :meth:`want` names the rungs to hold (None: every rung, as without a placement); the set
+    written changes only in :meth:`slot`, at the first slot of a segment: rungs taken on
+    are opened (``open_rung``) or woken, rungs given up stop (their writer's segment in
+    progress is written whole once its audio has come, ``SegmentWriter.stop``) and keep
+    their rendition, so that taking one back writes on into the same folder. The source's
+    audio goes through :meth:`add_audio`, which keeps the newest packets: a rung taken on is
+    given them first, since its first segment's audio may have come before its first frame.
+
+    Args:
+        ladder: the rungs, in ladder order (the manifests' order).
+        open_rung: makes a rung's rendition the first time it is held.
+        segments: the segment (GOP) layout of the timeline.
+        opened: renditions made already (the rungs held from the start).
+    """
+
+    def __init__(
+        self,
+        ladder: Sequence[Rung],
+        open_rung: Callable[[Rung], Rendition],
+        segments: SegmentLayout,
+        opened: Sequence[Rendition] = (),
+    ) -> None:
+        self._ladder = tuple(ladder)
+        self._open = open_rung
+        self._segments = segments
+        self._renditions: dict[str, Rendition] = {str(r.folder): r for r in opened}
+        self._wanted = frozenset(r.name for r in self._ladder)
+        self._active: tuple[Rendition, ...] = ()
+        self._segment: int | None = None
+        self._changed = True
+        self._audio: deque[AudioPacket] = deque(maxlen=AUDIO_KEPT)
+
+    @classmethod
+    def fixed(cls, renditions: Sequence[Rendition], segments: SegmentLayout) -> Holdings:
+        """Renditions that are always all written (no placement: the single output, a
+        benchmark)."""
+
+        def refuse(rung: Rung) -> Rendition:
+            raise RuntimeError(f"fixed renditions cannot open {rung}")
+
+        holdings = cls((), refuse, segments, renditions)
+        holdings._active = tuple(renditions)
+        holdings._changed = False
+        return holdings
+
+    @property
+    def rungs(self) -> tuple[str, ...]:
+        """Every rung's name, in ladder order."""
+        return tuple(r.name for r in self._ladder)
+
+    @property
+    def opened(self) -> list[Rendition]:
+        """Every rendition made so far, held or not (to finish and close at the end)."""
+        return list(self._renditions.values())
+
+    @property
+    def active(self) -> tuple[Rendition, ...]:
+        """The renditions written now, in ladder order."""
+        return self._active
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        """The rungs to write from the next segment on."""
+        return self._wanted
+
+    @property
+    def writing(self) -> list[Rendition]:
+        """The renditions that take the source's audio: those written, and stopped ones whose
+        last segment still waits for it."""
+        return [r for r in self._renditions.values() if r in self._active or r.writer.waiting]
+
+    def add_audio(self, packet: AudioPacket) -> list[tuple[Rendition, list[Path]]]:
+        """One audio packet of the source to every rendition that takes it (``writing``);
+        returns the segments each one wrote."""
+        self._audio.append(packet)
+        return [(r, r.writer.add_audio(packet)) for r in self.writing]
+
+    def want(self, rungs: Collection[str] | None) -> None:
+        """Hold these rungs (names of the ladder's) from the next segment on; None: every one.
+
+        Raises:
+            ValueError: a name that is not a rung of the ladder.
+        """
+        names = frozenset(r.name for r in self._ladder) if rungs is None else frozenset(rungs)
+        unknown = names - {r.name for r in self._ladder}
+        if unknown:
+            raise ValueError(f"not rungs of the ladder: {', '.join(sorted(unknown))}")
+        if names != self._wanted:
+            self._wanted = names
+            self._changed = True
+
+    def slot(self, timecode: int) -> tuple[list[Rendition], list[tuple[Rendition, list[Path]]]]:
+        """The renditions to encode ``timecode`` into. Where a segment starts (and at the very
+        first slot) the held set becomes the wanted one: returns the renditions started and,
+        for those stopped, the segments their stop wrote."""
+        segment = self._segments.segment_of(timecode)
+        if segment == self._segment:
+            return [], []
+        self._segment = segment
+        if not self._changed:
+            return [], []
+        self._changed = False
+        started: list[Rendition] = []
+        stopped: list[tuple[Rendition, list[Path]]] = []
+        for rendition in self._active:
+            if rendition.folder not in self._wanted:
+                stopped.append((rendition, rendition.writer.stop(segment)))
+                rendition.encoder.close()  # its libx264 context; a fresh one opens per GOP
+        active = []
+        for rung in self._ladder:
+            if rung.name not in self._wanted:
+                continue
+            held = self._renditions.get(rung.name)
+            if held is None:
+                held = self._renditions[rung.name] = self._open(rung)
+            if held not in self._active:
+                started.append(held)
+                for packet in self._audio:  # a packet it has already is dropped by the writer
+                    held.writer.add_audio(packet)
+            active.append(held)
+        self._active = tuple(active)
+        return started, stopped
 
 
 class LadderManifests:
@@ -235,7 +410,7 @@ class LadderManifests:
     :meth:`segment_written` is told of every segment a rung wrote; once every rung has written
     the same segment, the manifests are brought up to date: the master only when its content
     changed, the MPD after every such segment (its ``publishTime`` is the segment's end, as in
-    each rung's own MPD).
+    each rung's own MPD). :meth:`follow` changes the rungs named (a placement).
     """
 
     def __init__(self, out: Path, renditions: Sequence[Rendition], fmt: SegmentFormat) -> None:
@@ -263,29 +438,55 @@ class LadderManifests:
     def segment_written(self, segment: int) -> bool:
         """A rung wrote ``segment``; True when it was the last rung to, and the manifests were
         brought up to date (the master rewritten only if it changed)."""
-        if segment <= self._newest or any(
-            not r.writer.listed or r.writer.listed[-1] != segment for r in self._renditions
+        if (
+            not self._renditions
+            or segment <= self._newest
+            or any(not r.writer.listed or r.writer.listed[-1] != segment for r in self._renditions)
         ):
             return False
         self._newest = segment
-        master = self.render_master().encode()
+        self._write(segment, self._renditions)
+        return True
+
+    def follow(self, renditions: Sequence[Rendition]) -> None:
+        """Name these renditions from now on (the rungs held changed). The manifests are
+        rewritten at once over those of them that wrote the newest segment, so a rung given
+        up leaves the master now and a rung taken on joins it once it has written a segment
+        (``segment_written``); with no rung left, the master and the MPD are removed."""
+        if any(r.rung is None for r in renditions):
+            raise ValueError("ladder manifests need a rung per rendition")
+        self._renditions = list(renditions)
+        current = [
+            r for r in self._renditions if r.writer.listed and r.writer.listed[-1] >= self._newest
+        ]
+        if current and self._newest >= 0:
+            self._write(self._newest, current)
+        elif not current:
+            self._master = None
+            for path in (self.master_path, self.mpd_path):
+                if path is not None:
+                    path.unlink(missing_ok=True)
+
+    def _write(self, segment: int, renditions: Sequence[Rendition]) -> None:
+        master = self.render_master(renditions).encode()
         if master != self._master:
             atomic_write(self.master_path, master)
             self._master = master
         if (mpd_path := self.mpd_path) is not None:
-            atomic_write(mpd_path, self._mpd(segment).encode())
-        return True
+            atomic_write(mpd_path, self._mpd(segment, renditions).encode())
 
-    def render_master(self) -> str:
-        """The HLS master playlist: one EXT-X-STREAM-INF per rung, in ladder order."""
-        first = self._renditions[0].writer
+    def render_master(self, renditions: Sequence[Rendition] | None = None) -> str:
+        """The HLS master playlist: one EXT-X-STREAM-INF per rung (default: every rung
+        named), in ladder order."""
+        renditions = self._renditions if renditions is None else renditions
+        first = renditions[0].writer
         lines = [
             "#EXTM3U",
             "#EXT-X-VERSION:7" if self.format is SegmentFormat.CMAF else "#EXT-X-VERSION:3",
             "#EXT-X-INDEPENDENT-SEGMENTS",
         ]
         rate = first.params.frame_rate
-        for rendition in self._renditions:
+        for rendition in renditions:
             writer = rendition.writer
             attributes = [
                 f"BANDWIDTH={writer.peak_bitrate}",
@@ -298,12 +499,12 @@ class LadderManifests:
             lines.append(rendition.published_name(Path(PLAYLIST_NAME)))
         return "\n".join(lines) + "\n"
 
-    def _mpd(self, segment: int) -> str:
-        first = self._renditions[0].writer
+    def _mpd(self, segment: int, renditions: Sequence[Rendition]) -> str:
+        first = renditions[0].writer
         return render_ladder_mpd(
             [
                 Representation(r.folder or "0", r.params, r.writer.codecs, r.writer.peak_bitrate)
-                for r in self._renditions
+                for r in renditions
             ],
             window=first.window,
             publish_time=utc_instant(first.segment_end(segment)),

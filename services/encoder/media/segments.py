@@ -304,6 +304,24 @@ class SegmentWriter:
         self._audio_time = packet.source_time
         return self._release()
 
+    def stop(self, next_segment: int) -> list[Path]:
+        """No more video for now (its rung was handed to another encoder): the segment in
+        progress is written if it is whole — it reached its last slot, or ``next_segment``,
+        where the video stops, follows it — once its audio has arrived (``add_audio``), as
+        if the next segment's first frame had come. A later :meth:`add` starts afresh at a
+        later segment. Returns the segments this call wrote."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.has_start:
+            reached_end = self._segments.is_last(pending.frames[-1].timecode)
+            if reached_end or next_segment == pending.segment + 1:
+                self._held.append(pending)
+        return self._release()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether whole segments wait for their audio (a stopped writer still needs it)."""
+        return bool(self._held)
+
     def finish(self) -> list[Path]:
         """At shutdown: write the held segments and the one in progress if it is whole.
 

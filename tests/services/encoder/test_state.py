@@ -16,7 +16,7 @@ from meshenc.wire import convert
 from services.common.grpc_server import open_channel
 from services.encoder.media import EncoderParams, GopEncoder, SyntheticSource, VideoFormat
 from services.encoder.media.containers import SegmentFormat
-from services.encoder.media.ladder import renditions_for
+from services.encoder.media.ladder import Holdings, renditions_for
 from services.encoder.media.segments import aside_name, segment_name
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import EncoderSettings, parse_size
@@ -133,7 +133,7 @@ def test_a_segment_written_aside_takes_its_shared_name_when_a_vouched_neighbour_
         fmt=SegmentFormat.TS,
         aside=runtime._sets_aside,
     )
-    runtime._renditions.append(rendition)  # as ``run`` makes them
+    runtime._holdings = Holdings.fixed([rendition], runtime._segments)  # as ``run`` does
     params = EncoderParams(64, 64, FPS, 30, 200)
     source, encoder = SyntheticSource(VideoFormat(64, 64, FPS)), GopEncoder(params)
     first = FPS.slot(START) // 30 + 1

@@ -9,6 +9,7 @@ stalls, when the stored document is bad or stale, and when the version to resume
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from kubernetes_asyncio import client as k8s
@@ -38,8 +39,16 @@ ME = f"{STATEFULSET}-0"
 PEER = f"{STATEFULSET}-1"
 
 
-def doc(epoch: int, segment: str = "s1", leader: str = "") -> AdjacencyDocument:
-    return AdjacencyDocument(epoch, ME, {PEER: f"{PEER}.{STATEFULSET}:7400"}, segment, leader)
+def doc(
+    epoch: int,
+    segment: str = "s1",
+    leader: str = "",
+    work: tuple[str, ...] | None = None,
+    version: int = 0,
+) -> AdjacencyDocument:
+    return AdjacencyDocument(
+        epoch, ME, {PEER: f"{PEER}.{STATEFULSET}:7400"}, segment, leader, work, version
+    )
 
 
 def other(epoch: int, segment: str = "s1") -> AdjacencyDocument:
@@ -137,10 +146,14 @@ async def test_configmap_source_forbidden_standin(
         await received.close()
 
 
-async def test_etcd_source_follows_the_manager(etcd: EtcdProcess) -> None:
+async def test_etcd_source_follows_the_manager(
+    etcd: EtcdProcess, caplog: pytest.LogCaptureFixture
+) -> None:
     """The encoder's key as the etcd actuator writes it, created after the source started:
-    changes arrive once each (a change within the same epoch too); an invalid value or an
-    older epoch is ignored."""
+    changes arrive once each (a change within the same epoch too, a new placement too); an
+    invalid value, an older epoch or an older placement within the epoch is ignored, with one
+    log line per kind however many come."""
+    caplog.set_level(logging.WARNING, logger="meshenc.encoder.topology")
     client = etcd_client(etcd)
     layout = EtcdLayout()
     source = EtcdTopologySource(client, ME, layout=layout)
@@ -159,7 +172,21 @@ async def test_etcd_source_follows_the_manager(etcd: EtcdProcess) -> None:
         assert await received.take(1) == [doc(5, segment="s5")]
         await client.put(layout.document(ME), doc(4).to_json().encode())
         await received.quiet()
+        # The placement moves within epoch 5: version 2 arrives, version 1 after it is stale;
+        # a document whose work breaks a rule is ignored, the placement applied is kept.
+        placed = doc(5, segment="s5", work=("0/320x180",), version=2)
+        await manager.publish({ME: placed, PEER: other(5)})
+        assert await received.take(1) == [placed]
+        stale = doc(5, segment="s5", work=("0/640x360",), version=1)
+        await client.put(layout.document(ME), stale.to_json().encode())
+        bad = placed.to_json().replace('"0/320x180"', '"0/../x y"')
+        await client.put(layout.document(ME), bad.encode())
+        await client.put(layout.document(ME), b'{"epoch": 5, "encoder": 7}')
+        await received.quiet()
         assert source.reads == 1
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum("ignoring an invalid document" in line for line in lines) == 1
+        assert sum("older than the applied epoch" in line for line in lines) == 1
     finally:
         await received.close()
         await client.close()

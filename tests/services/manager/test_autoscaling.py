@@ -22,6 +22,7 @@ from meshenc.core.planner import ManagerConfig
 from meshenc.core.planner.autoscale import AutoscaleConfig
 from meshenc.core.planner.placement import WorkUnit
 from meshenc.v1 import manager_pb2
+from meshenc.wire.adjacency import ADJACENCY_DATA_KEY, AdjacencyDocument, parse_adjacency
 from services.common.telemetry import REGISTRY
 from services.manager.kubernetes_actuator import KubernetesActuator
 from services.manager.service import ManagerShell
@@ -135,9 +136,11 @@ async def test_falling_load_drains_then_scales_in_never_below_the_minimum_standi
     standin: KubernetesStandIn, api: k8s.ApiClient
 ) -> None:
     """Idle encoders, 4 of them: the highest ordinal is drained first — when each ``/scale``
-    PATCH arrives, the encoder it removes holds no work in the manager's placement — then
-    scaled in, one at a time, down to the minimum of 2 and no further."""
+    PATCH arrives, the encoder it removes holds no work in the manager's placement, and the
+    ConfigMaps the encoders read say so (its document's ``work`` is empty, every unit is in
+    two others') — then scaled in, one at a time, down to the minimum of 2 and no further."""
     holding_at_patch: list[tuple[int, set[str]]] = []
+    documents_at_patch: list[dict[str, AdjacencyDocument]] = []
     shell_ref: list[ManagerShell] = []
 
     def note(request: Recorded) -> None:
@@ -145,6 +148,12 @@ async def test_falling_load_drains_then_scales_in_never_below_the_minimum_standi
             placement = shell_ref[0].placement
             holding_at_patch.append(
                 (replicas(standin), {h for holders in placement.values() for h in holders})
+            )
+            documents_at_patch.append(
+                {
+                    name.removesuffix("-adjacency"): parse_adjacency(cm["data"][ADJACENCY_DATA_KEY])
+                    for name, cm in standin.configmaps().items()
+                }
             )
 
     standin.observers.append(note)
@@ -157,6 +166,10 @@ async def test_falling_load_drains_then_scales_in_never_below_the_minimum_standi
         assert [before for before, _ in holding_at_patch] == [4, 3]
         for before, holding in holding_at_patch:
             assert pod(before - 1) not in holding, f"{pod(before - 1)} still held work"
+        for (before, _), documents in zip(holding_at_patch, documents_at_patch, strict=True):
+            assert documents[pod(before - 1)].work == ()
+            held = [u for i in range(before - 1) for u in documents[pod(i)].work or ()]
+            assert sorted(held) == sorted(u.unit_id for u in UNITS for _ in range(2))
         assert {h for holders in shell.placement.values() for h in holders} <= {pod(0), pod(1)}
         assert all(len(holders) == 2 for holders in shell.placement.values())
 

@@ -250,6 +250,7 @@ async def test_queries_answer_from_the_published_plan(
         document = parse_adjacency(stored, expected_encoder=name)
         assert document.epoch == topology.epoch
         assert set(document.neighbours) == graph[name]
+        assert document.work is None  # no work units: no placement, encoders do it all
         for neighbour, address in document.neighbours.items():
             assert address == f"127.0.0.1:{BASE_PORT + names.index(neighbour)}"
         del i

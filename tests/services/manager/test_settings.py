@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from meshenc.cli.manager import manager
 from meshenc.core.planner.autoscale import AutoscaleConfig
-from services.manager.settings import ActuatorKind, ManagerSettings
+from services.manager.settings import ActuatorKind, ManagerSettings, parse_work_units
 
 KUBERNETES = ["--insecure", "--actuator", "kubernetes", "--encoder-statefulset", "enc"]
 
@@ -85,3 +85,26 @@ def test_embedded_mode_refuses_autoscaling_bounds() -> None:
     assert "autoscaling (--autoscale-min/--autoscale-max) needs the kubernetes actuator" in (
         result.output
     )
+
+
+def test_work_units_and_redundancy_become_the_placement_and_bad_ones_are_refused() -> None:
+    """Each unit is two identifiers (the documents carry it), none twice; the redundancy goes
+    to the core's placement."""
+    settings = ManagerSettings(
+        actuator=ActuatorKind.KUBERNETES,
+        encoder_statefulset="enc",
+        work_units=parse_work_units("0/640x360, 0/320x180"),
+        redundancy=3,
+    )
+    assert [u.unit_id for u in settings.work_units] == ["0/640x360", "0/320x180"]
+    assert settings.core_config().planner.placement.redundancy == 3
+    for bad, message in (
+        ("0/a/b", "must be CHANNEL/RENDITION"),
+        ("0", "must be CHANNEL/RENDITION"),
+        ("0/a b", "must be CHANNEL/RENDITION"),
+        ("0/a,0/a", "given twice"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_work_units(bad)
+    refused = CliRunner().invoke(manager, [*KUBERNETES, "--redundancy", "0"])
+    assert refused.exit_code == 2 and "redundancy" in refused.output

@@ -15,6 +15,7 @@ import itertools
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -171,6 +172,9 @@ class _Shell:
 
     def segments_written(self, rendition: Rendition, paths: list[Path], started_ns: int) -> None:
         del rendition, paths, started_ns
+
+    def renditions_changed(self, active: Sequence[Rendition]) -> None:
+        del active
 
     def picture_done(self) -> None:
         pass
