@@ -27,6 +27,15 @@ lost pictures only when it exceeds one period by half a period plus three times 
 that a late picture is not mistaken for a lost one (a miscount would move the label by a whole
 frame); a loss this misses restarts the fit a few frames later as a step.
 
+Start-up: a fresh fit believes its earliest readings. Delays only add, and the first readings
+of a stream are often late (a process still starting while pictures queue, a demuxer handing
+over what it probed at once), so for its first ``warmup`` seconds of readings a fit restarts
+when two readings in a row come more than three jitters (at least three of the jitter it starts
+with) earlier than it predicts, forgetting the jitter it measured from them; a fit started on
+a late reading would otherwise take a second or more to slide back, dragging the label with it
+(measured: a restarted encoder locked in a whole frame off while its fit slid). The engine
+measures its neighbours afresh after each such restart (``restarts`` counts them).
+
 Invariants: the smoothed times of successive frames increase by at least half a period, except
 that a raw timestamp more than two periods *behind* the smoothed time (the clock stepped back)
 restarts the smoother at that timestamp; the period estimate stays within ``max_period_error``
@@ -55,11 +64,13 @@ class CaptureSmoother:
     __slots__ = (
         "_alpha",
         "_beta",
+        "_early",
         "_gate",
         "_max_error",
         "_max_var",
         "_memory",
         "_min_var",
+        "_newest",
         "_nominal",
         "_p00",
         "_p01",
@@ -67,10 +78,14 @@ class CaptureSmoother:
         "_period_before_run",
         "_q",
         "_r",
+        "_r0",
         "_run",
         "_seen",
+        "_started_at",
         "_step_after",
+        "_warmup",
         "period",
+        "restarts",
         "time",
     )
 
@@ -88,6 +103,7 @@ class CaptureSmoother:
         jitter_memory: float = 1.0 / 256.0,
         gate: float = 4.0,
         step_after: int = 6,
+        warmup: float = 0.5,
     ) -> None:
         """``wander`` is the spectral density of the cadence's rate changes, (s/s)²/s; the
         default holds ingest delays that swing by tens of milliseconds within a minute.
@@ -101,6 +117,8 @@ class CaptureSmoother:
             raise ValueError("need 0 < alpha <= 1 and 0 <= beta < alpha")
         if wander <= 0 or min_jitter <= 0 or not 0 < jitter_memory <= 1 or gate <= 0:
             raise ValueError("wander, min_jitter, jitter_memory and gate must be positive")
+        if warmup < 0:
+            raise ValueError("warmup must not be negative")
         high = 0.5 * nominal_period if max_jitter is None else max_jitter
         if high < min_jitter:
             raise ValueError("max_jitter must not be below min_jitter")
@@ -115,7 +133,15 @@ class CaptureSmoother:
         self._memory = jitter_memory
         self._gate = gate
         self._step_after = step_after
-        self._r = min(max(initial_jitter**2, self._min_var), self._max_var)
+        self._warmup = warmup
+        #: Times the fit started again on early readings (``update``).
+        self.restarts = 0
+        #: Pictures in a row earlier than the fit expected, while it warms up.
+        self._early = 0
+        #: The fit's first reading since it was made or reset, and its newest one.
+        self._started_at = 0.0
+        self._newest = 0.0
+        self._r = self._r0 = min(max(initial_jitter**2, self._min_var), self._max_var)
         self.period = nominal_period
         self._period_before_run = nominal_period
         self.time: float | None = None
@@ -153,7 +179,7 @@ class CaptureSmoother:
         self.time = raw
         self._p00 = self._r
         self._p01 = 0.0
-        self._run = 0
+        self._run = self._early = 0
         return SmoothedCapture(raw, 1)
 
     def update(self, raw: float, periods: int | None = None) -> SmoothedCapture:
@@ -163,6 +189,7 @@ class CaptureSmoother:
         source's own timestamps say so; without it they are counted from the arrival times.
         """
         if self.time is None:
+            self._started_at = self._newest = raw
             return self._start(raw, keep_period=False)
         elapsed = raw - self.time
         if elapsed < -2.0 * self.period:
@@ -180,6 +207,21 @@ class CaptureSmoother:
         n = periods
         predicted = self.time + n * self.period
         residual = raw - predicted
+        self._newest = max(self._newest, raw)
+        warming = self._newest - self._started_at < self._warmup
+        # Early beyond three jitters, and never less than three of the jitter a fit starts
+        # with: a young fit's own jitter estimate still swings from its first few residuals.
+        early = residual < -3.0 * math.sqrt(max(self._r, self._r0))
+        self._early = self._early + 1 if warming and early else 0
+        if self._early >= 2:
+            # Still warming up, and two pictures in a row came earlier than the fit expects:
+            # it started on late readings. Start again from this one (at most half a period
+            # back from the last time, so that times still advance), on the nominal cadence,
+            # with the jitter it started with: the late readings' residuals were no jitter.
+            self._r, self._seen = self._r0, 0
+            self._start(max(raw, self.time + 0.5 * self.period), keep_period=False)
+            self.restarts += 1
+            return SmoothedCapture(self.time, n)
         if self._alpha is not None:
             return self._fixed_gains(n, predicted, residual)
         q = self._q
@@ -206,10 +248,12 @@ class CaptureSmoother:
         else:
             self._run = 0
         # Measured jitter: what the residuals show beyond the fit's own uncertainty (a plain
-        # average over the first frames, then a moving one).
-        self._seen += 1
-        observed = min(max(residual * residual - p00, self._min_var), self._max_var)
-        self._r += max(self._memory, 1.0 / self._seen) * (observed - self._r)
+        # average over the first frames, then a moving one); not an early reading while the
+        # fit warms up, which says the fit is late, not that arrivals jitter.
+        if not self._early:
+            self._seen += 1
+            observed = min(max(residual * residual - p00, self._min_var), self._max_var)
+            self._r += max(self._memory, 1.0 / self._seen) * (observed - self._r)
         k0, k1 = p00 / s, p01 / s
         time = predicted + k0 * residual
         self._p00 = (1.0 - k0) * p00

@@ -657,6 +657,7 @@ class SyncEngine:
         self._period = config.frame_rate.period
         self._segments = config.segments
         self._smoother = CaptureSmoother(self._period)
+        self._capture_restarts = 0
         self._neighbours: dict[str, _Neighbour] = {}
         self._own: dict[int, tuple[float, float, int]] = {}
         self._hashes: dict[int, bytes] = {}
@@ -842,7 +843,17 @@ class SyncEngine:
     def _on_frame(self, now: float, fingerprint: int, periods: int | None) -> None:
         """Decide the captured picture's timecode(s) (``FrameCaptured``), then, every
         ``control_interval``, take a control step."""
-        smoothed = self._smoother.update(now, periods)
+        smoother = self._smoother
+        smoothed = smoother.update(now, periods)
+        if smoother.restarts != self._capture_restarts:
+            # The fit started again on earlier readings: it had started on late ones, and
+            # every neighbour measured against its times so far carries that lateness (a
+            # filter fed with it keeps the bias for seconds). Measure them all afresh.
+            self._capture_restarts = smoother.restarts
+            for nb in self._neighbours.values():
+                nb.filter.reset()
+                nb.acc_count = 0
+                nb.acc_sum = nb.acc_time = 0.0
         raw = smoothed.time
         label = raw + self.correction(now)
         route = self._route
@@ -879,6 +890,7 @@ class SyncEngine:
                 self._control(now, label)
 
     def _remember(self, fingerprint: int, raw: float, now: float, tc: int) -> None:
+        """Keep the picture's smoothed capture time to measure the neighbours against it."""
         if fingerprint == NO_IDENTITY:
             return
         own = self._own

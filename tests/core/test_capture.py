@@ -231,3 +231,31 @@ def test_a_clock_step_restarts_the_fit_within_a_few_frames(step: float) -> None:
         out = smoother.update(START + i * period + step, 1)
     assert out.time == pytest.approx(START + 309 * period + step, abs=1e-3)
     assert smoother.period == pytest.approx(period, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        [0.045],  # one late first reading
+        [0.08, 0.07, 0.06, 0.05, 0.04, 0.03, 0.02, 0.01],  # a queue drained at start-up
+        [(30 - k) * PERIOD for k in range(30)],  # a second of probed pictures handed over at once
+    ],
+)
+def test_a_fit_started_on_late_readings_is_on_the_cadence_after_its_warmup(
+    late: list[float],
+) -> None:
+    """Delays only add: a fresh fit restarts on earlier readings while it warms up (half a
+    second of readings), so that from then on its times are the pictures' true cadence, not
+    the late start (a plain fit is still tens of milliseconds off then, and slides for
+    seconds). Each restart is counted, for the engine to measure its neighbours afresh."""
+    rng = random.Random(7)
+    smoother = CaptureSmoother(PERIOD)
+    first = None
+    for i in range(300):
+        true = START + i * PERIOD
+        raw = true + (late[i] if i < len(late) else 0.0) + abs(rng.gauss(0.0, 0.0015))
+        out = smoother.update(raw, None if i == 0 else 1)
+        first = raw if first is None else first
+        if raw - first >= 0.5:
+            assert abs(out.time - true) < 0.25 * PERIOD, (i, out.time - true)
+    assert smoother.restarts > 0

@@ -632,6 +632,26 @@ def test_no_lock_in_move_while_a_sending_neighbour_is_unmeasured(silent_sends: b
     assert bool(proposals) is not silent_sends
 
 
+def test_no_first_move_while_a_late_first_reading_still_drags_the_capture_fit() -> None:
+    """The encoder's first picture was read 60 ms late (a process starting, a decoder joining
+    mid-stream), every later one on time, like its neighbours'. Its capture fit starts on the
+    late reading and, left alone, slides back for a second or more; a lock-in move made
+    meanwhile aims at where the label was, not where it is going (measured: a restarted
+    encoder's lock-in landed a whole frame off). The fit restarts on the earlier readings,
+    and the neighbours are measured once it has settled: there is nothing to move."""
+    engine = _engine(["a", "b"])
+    proposals = []
+    for k in range(1, 120):
+        now = START + k * T
+        engine.frame(now + (0.06 if k == 1 else 0.0), k)
+        for n, name in enumerate("ab"):
+            engine.esp(now + 0.001, _esp(name, k, k, now + (0.002 if n else -0.002)))
+        proposals += [(k, a) for a in engine.drain() if isinstance(a, SendProposal)]
+    assert not proposals, proposals[:1]
+    state = engine.snapshot(START + 120 * T)
+    assert state.locked and abs(state.error) < 0.25 * T
+
+
 def test_locking_in_aims_for_an_anchor_heard_of_through_a_neighbour() -> None:
     # x and y label every picture as this engine does, but x relays the anchor "a": its own
     # label is 0.6 frames before a's. So a's label sits 0.1 frames into the next slot, and the
