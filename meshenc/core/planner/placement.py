@@ -31,8 +31,12 @@ and zone rules. Then
    the unit's preference order (below its share first): *a leave moves exactly the leaver's
    copies*;
 2. each joiner takes up to its fair share (``copies x capacity / total capacity``) of the units
-   that now prefer it over one of their encoders, replacing that unit's least preferred copy:
-   *a join moves copies onto the joiner only*.
+   that now prefer it over one of their encoders, replacing that unit's least preferred copy
+   where that encoder is above its own fair share rounded up; still short of its fair share
+   rounded down (few units: hashing then leaves a joiner with nothing while another encoder
+   holds two), it takes copies from the encoders most above theirs, the units that prefer it
+   most first: *a join moves copies onto the joiner only*, and takes none from an encoder that
+   would fall short.
 
 Invariants:
 
@@ -376,6 +380,7 @@ def place(
         joiners = [j for j, h in enumerate(hosts) if h.encoder_id not in previous.hosts]
         if joiners:
             _rebalance(ranking, unit_hash, assigned, load, capacity, joiners, zone_free)
+            _fill_joiners(ranking, unit_hash, assigned, load, capacity, joiners, zone_free)
 
     return Placement(
         assignments={
@@ -427,15 +432,19 @@ def _rebalance(
     joiners: list[int],
     zone_free: Callable[[int, list[int]], bool],
 ) -> None:
-    """Move to each joiner, up to its fair share, copies of the units that prefer it most."""
+    """Move to each joiner, up to its fair share, copies of the units that prefer it most,
+    each from the unit's least preferred encoder if that one is above its own fair share
+    (rounded up): a join takes only what an encoder has too much of."""
     total_copies = sum(load)
     total_capacity = sum(capacity)
     width = max((len(c) for c in assigned), default=0)
     if total_capacity == 0 or width == 0:
         return
     units = np.arange(len(assigned), dtype=np.int64)
+    floor_share = [total_copies * c // total_capacity for c in capacity]
+    ceil_share = [-(-total_copies * c // total_capacity) for c in capacity]
     for x in joiners:
-        share = min(capacity[x], total_copies * capacity[x] // total_capacity) - load[x]
+        share = min(capacity[x], floor_share[x]) - load[x]
         if share <= 0:
             continue
         copies = np.full((len(assigned), width), -1, dtype=np.int64)
@@ -464,9 +473,61 @@ def _rebalance(
             is_worst = at_worst[u] & (c_host[u] == worst_host[u])
             old = int(copies[u, int(np.argmax(is_worst))])
             others = [j for j in assigned[u] if j != old]
-            if not zone_free(x, others):
+            if load[old] <= ceil_share[old] or not zone_free(x, others):
                 continue
             assigned[u][assigned[u].index(old)] = x
             load[old] -= 1
             load[x] += 1
             share -= 1
+
+
+def _fill_joiners(
+    ranking: _Ranking,
+    unit_hash: U64,
+    assigned: list[list[int]],
+    load: list[int],
+    capacity: list[int],
+    joiners: list[int],
+    zone_free: Callable[[int, list[int]], bool],
+) -> None:
+    """Bring each joiner still short of its fair share rounded down up to it, with copies from
+    encoders above theirs; then, while an encoder is above its fair share rounded up, let a
+    joiner below its own rounded-up share take from it. Each time from the donor most above
+    its share, the units that prefer the joiner most first. Preference alone leaves a joiner
+    with nothing when units are few (measured: two rungs at redundancy 2 on four encoders
+    placed 2/1/1/0); after this, copies per encoder are within one of the fair share wherever
+    capacities are equal and zones allow."""
+    total_copies, total_capacity = sum(load), sum(capacity)
+    if total_capacity == 0 or not assigned:
+        return
+    floor_share = [total_copies * c // total_capacity for c in capacity]
+    ceil_share = [-(-total_copies * c // total_capacity) for c in capacity]
+    units = np.arange(len(assigned), dtype=np.int64)
+
+    def above(j: int) -> tuple[int, int]:
+        """How far above its share ``j`` is (copies x total capacity, exact), and its index."""
+        return (total_copies * capacity[j] - load[j] * total_capacity, j)
+
+    for target, donor_limit in ((floor_share, floor_share), (ceil_share, ceil_share)):
+        for x in joiners:
+            need = min(capacity[x], target[x]) - load[x]
+            if need <= 0 or not any(load[j] > donor_limit[j] for j in range(len(load))):
+                continue
+            x_group = -ranking.group_scores(
+                unit_hash, np.full(len(units), ranking.group[x], dtype=np.int64)
+            )
+            x_host = -ranking.host_scores(unit_hash, np.full(len(units), x, dtype=np.int64))
+            for u in np.lexsort((units, x_host, x_group)).tolist():
+                if need <= 0:
+                    break
+                copies = assigned[u]
+                donors = [j for j in copies if load[j] > donor_limit[j]]
+                if x in copies or not donors:
+                    continue
+                d = min(donors, key=above)
+                if not zone_free(x, [j for j in copies if j != d]):
+                    continue
+                copies[copies.index(d)] = x
+                load[d] -= 1
+                load[x] += 1
+                need -= 1

@@ -127,8 +127,36 @@ def test_a_join_moves_copies_onto_the_joiner_only(
     )
     assert set(moved_to) <= {newcomer.encoder_id}
     copies_total = sum(len(c) for c in second.assignments.values())
-    fair = copies_total * newcomer.capacity // sum(h.capacity for h in hosts)
+    # Up to its fair share rounded up: past the share rounded down only while another
+    # encoder holds more than its own rounded up.
+    fair = -(-copies_total * newcomer.capacity // sum(h.capacity for h in hosts))
     assert moved_to[newcomer.encoder_id] <= fair
+
+
+@PROPERTY
+@given(
+    n=st.integers(2, 16),
+    channels=st.integers(1, 4),
+    rungs=st.integers(1, 4),
+    redundancy=st.integers(1, 3),
+    data=st.data(),
+)
+def test_encoders_joining_one_by_one_each_hold_within_one_of_the_fair_share(
+    n: int, channels: int, rungs: int, redundancy: int, data: st.DataObject
+) -> None:
+    """The issue's balance: a mesh that grows by joins (as `kubectl scale` or a scale-out
+    does), equal capacities and no zones, holds every encoder within one copy of its fair
+    share after every join, however few the units (hashing alone placed two rungs at
+    redundancy 2 on four encoders 2/1/1/0)."""
+    hosts = data.draw(st.permutations(_hosts(n, 0, [8])))
+    units = [WorkUnit(f"ch{c}", f"r{r}").unit_id for c in range(channels) for r in range(rungs)]
+    config = PlacementConfig(redundancy=redundancy)
+    placement = None
+    for k in range(1, n + 1):
+        placement = place(units, hosts[:k], placement, config)
+        load = placement.load()
+        fair = sum(load.values()) / k
+        assert all(abs(count - fair) < 1 for count in load.values()), (k, load)
 
 
 def test_a_joiner_gets_about_its_fair_share() -> None:
