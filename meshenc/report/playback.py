@@ -13,7 +13,10 @@ into figures, as a pure function; nothing else enters them.
 Definitions:
 
 start-up
-    From the ``load`` entry (hls.js handed the playlist) to the first ``playing`` event.
+    From the ``load`` entry (hls.js handed the playlist) to the ``playing`` event after which
+    the position first advanced: a ``playing`` that the element takes back with a
+    ``waiting`` before its position has moved (measured: 5 ms after the first one, on a
+    buffer of one segment) is still start-up.
 stall
     A ``waiting`` event after start-up: the element ran out of data and stopped. ``stalled``
     events (the media fetch made no progress for a while) are counted apart.
@@ -71,7 +74,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -339,9 +342,7 @@ def evaluate(log: Iterable[Mapping[str, Any]], player: str = ORIGIN_PLAYER) -> P
         for e in entries
         if e.get("kind") == "error" or (e.get("kind") == "media" and e.get("event") == "error")
     )
-    playing = next(
-        (e["t"] for e in entries if e.get("kind") == "media" and e.get("event") == "playing"), None
-    )
+    playing = _started(entries)
     loaded = values.get("loaded_at")
     if playing is None or loaded is None:
         return PlaybackResult(errors=errors, **values)
@@ -583,3 +584,27 @@ def evaluate_failover(
             if e.get("kind") == "error" and killed_at <= float(e["t"]) <= until
         ),
     )
+
+
+def _started(entries: Sequence[Mapping[str, Any]]) -> float | None:
+    """When playback started: the last ``playing`` event before the first sample whose
+    position is past the first ``playing``'s (the first ``playing`` when no sample shows
+    progress); None without any."""
+    playing = [e for e in entries if e.get("kind") == "media" and e.get("event") == "playing"]
+    if not playing:
+        return None
+    first = min(playing, key=lambda e: float(e["t"]))
+    origin = float(first.get("current", 0.0))
+    moved = next(
+        (
+            e["t"]
+            for e in entries
+            if e.get("kind") == "sample"
+            and e["t"] >= first["t"]
+            and float(e.get("current", 0.0)) > origin
+        ),
+        None,
+    )
+    if moved is None:
+        return float(first["t"])
+    return float(max(e["t"] for e in playing if e["t"] <= moved))

@@ -85,6 +85,23 @@ def test_a_waiting_event_after_start_up_is_a_stall() -> None:
     assert not evaluate(scripted()).stalls
 
 
+def test_a_playing_taken_back_before_the_position_moved_is_still_start_up() -> None:
+    """The element said ``playing`` and 5 ms later ``waiting`` (on a buffer of one segment),
+    then ``playing`` again, all before its position first moved: the viewer saw start-up
+    take a little longer, not a stall. Once the position has moved, a ``waiting`` is one."""
+    start = T0 + 1.0
+    early = [
+        {"kind": "media", "t": start - 0.3, "event": "playing", "current": 14.0},
+        {"kind": "media", "t": start - 0.295, "event": "waiting", "current": 14.0},
+    ]
+    result = evaluate(sorted(scripted(extra=early), key=lambda e: e["t"]))
+    assert not result.stalls and result.smooth, result
+    assert result.startup_s == pytest.approx(1.0)  # to the playing the position moved after
+    late = {"kind": "media", "t": start + 0.3, "event": "waiting", "current": 14.3}
+    in_order = sorted(scripted(extra=[*early, late]), key=lambda e: e["t"])
+    assert evaluate(in_order).stalls == (start + 0.3,)
+
+
 def test_any_hlsjs_error_counts_fatal_or_not() -> None:
     error = {
         "kind": "error",
