@@ -60,7 +60,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
@@ -427,7 +427,26 @@ class MeshLinks:
         Raises:
             ValueError: ``msg`` is a Hello or an empty envelope.
         """
+        return self._queue(peer_id, _envelope(msg, self._tracing))
+
+    def send_all(self, peer_ids: Iterable[str], msg: Outgoing) -> int:
+        """:meth:`send` ``msg`` to each of ``peer_ids``; returns to how many it was queued.
+
+        The message is converted to its wire form once, and every neighbour's queue holds
+        that same envelope (an ESP goes to every neighbour each frame).
+
+        Raises:
+            ValueError: ``msg`` is a Hello or an empty envelope.
+        """
         envelope = _envelope(msg, self._tracing)
+        return sum(self._queue(peer, envelope) for peer in peer_ids)
+
+    def broadcast(self, msg: Outgoing) -> int:
+        """:meth:`send` ``msg`` to every neighbour; returns to how many it was queued."""
+        return self.send_all(self.peers, msg)
+
+    def _queue(self, peer_id: str, envelope: mesh_pb2.MeshMessage) -> bool:
+        """Queue the wire ``envelope`` for ``peer_id`` (see :meth:`send`)."""
         link = self._links.get(peer_id)
         is_esp = envelope.WhichOneof("body") == "esp"
         if link is None:
@@ -455,11 +474,6 @@ class MeshLinks:
             )
             return False
         return True
-
-    def broadcast(self, msg: Outgoing) -> int:
-        """:meth:`send` ``msg`` to every neighbour; returns to how many it was queued."""
-        envelope = _envelope(msg, self._tracing)
-        return sum(self.send(peer, envelope) for peer in self.peers)
 
     async def close(self) -> None:
         """End every link and dialer; the links cannot be used afterwards."""

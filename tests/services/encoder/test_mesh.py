@@ -309,6 +309,29 @@ def test_three_nodes_one_stream_per_pair() -> None:
     run(with_nodes(full_mesh("a", "b", "c"), body))
 
 
+def test_send_all_converts_one_esp_once_for_every_neighbour(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conversions: list[EncodingStatePacket] = []
+    to_proto = convert.esp_to_proto
+
+    def counted(packet: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
+        conversions.append(packet)
+        return to_proto(packet)
+
+    monkeypatch.setattr(convert, "esp_to_proto", counted)
+
+    async def body(a: Node, b: Node, c: Node) -> None:
+        sent = esp("a", 1)
+        assert a.links.send_all(["b", "c", "stranger"], sent) == 2
+        await eventually(lambda: len(b.handler.esps) == 1 and len(c.handler.esps) == 1)
+        assert conversions == [sent]  # one conversion, whatever the number of neighbours
+        assert b.handler.esps == c.handler.esps == [convert.esp_from_proto(to_proto(sent))]
+        assert a.links.dropped_esps["stranger"] == 1
+
+    run(with_nodes(full_mesh("a", "b", "c"), body))
+
+
 def test_a_proposal_gets_the_vote_back_on_the_same_link() -> None:
     async def body(a: Node, b: Node) -> None:
         assert a.links.send("b", proposal("a", 7))  # over the stream a dialed
