@@ -9,11 +9,12 @@ Three measurements, each a question the design has to answer with numbers:
    pipeline's ``FrameCaptured`` → ``GopEncoder.encode`` → ``SegmentWriter.add`` (real files,
    fsynced, in a temporary directory) → ``FrameEncoded`` → the conversion of each ESP to its
    wire envelope, once for the three neighbours it goes to (as ``MeshLinks.send_all`` does;
-   one per neighbour on the frames whose ESPs echo each neighbour's own). The engine is configured with three neighbours whose
-   ESPs are fed back to it (built from its own ESPs with small label offsets, then checked and
-   converted as a received stream is), so the Kalman filters, the control step and the lock
-   logic really run. The engine's clock advances by one frame period per picture, as it would
-   live, although the loop itself does not wait.
+   one per neighbour on the frames whose ESPs echo each neighbour's own). The engine is
+   configured with three neighbours whose ESPs are fed back to it (built from its own ESPs
+   with small label offsets, then checked and converted as a received stream is), so the
+   Kalman filters, the control step and the lock logic really run. The engine's clock
+   advances by one frame period per picture, as it would live, although the loop itself does
+   not wait.
 
    The baseline is Debian's ``ffmpeg`` encoding the *same* pictures (written to a raw yuv420p
    file first) with the same libx264 preset, tune and ``x264-params``, one thread, into

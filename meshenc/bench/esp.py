@@ -77,6 +77,8 @@ BASELINE: Final = "5f336fb"
 """The revision measured as the baseline by default: the ESP path before the send-once change
 (each ESP converted to its wire form and serialised once per neighbour)."""
 CURRENT: Final = "this tree"
+RESULT_LINE_LIMIT: Final = 256 << 20
+"""The longest line a node may write (its results: every delay it measured)."""
 NODE_STARTUP_TIMEOUT: Final = 60.0
 LINK_TIMEOUT: Final = 30.0
 DRAIN_ALLOWANCE: Final = 30.0
@@ -289,6 +291,7 @@ async def _one_run(code: str, tree: Path, repeat: int, frames: int) -> EspRun:
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.DEVNULL,
+                    limit=RESULT_LINE_LIMIT,
                 )
             )
         ports = [int((await _line(n, NODE_STARTUP_TIMEOUT))["port"]) for n in nodes]

@@ -36,6 +36,7 @@ from services.common.grpc_server import (
     SERVER_OPTIONS,
 )
 from services.common.telemetry import TraceContext
+from services.encoder import mesh
 from services.encoder.mesh import SERVICE_NAME, MeshLinks, MeshServer
 
 T = TypeVar("T")
@@ -309,23 +310,35 @@ def test_three_nodes_one_stream_per_pair() -> None:
     run(with_nodes(full_mesh("a", "b", "c"), body))
 
 
-def test_send_all_converts_one_esp_once_for_every_neighbour(
+def test_send_all_serialises_one_esp_once_and_writes_those_bytes_to_every_neighbour(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     conversions: list[EncodingStatePacket] = []
-    to_proto = convert.esp_to_proto
+    written: list[mesh_pb2.MeshMessage | bytes] = []
+    to_proto, to_wire = convert.esp_to_proto, mesh._wire
 
-    def counted(packet: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
+    def converting(packet: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
         conversions.append(packet)
         return to_proto(packet)
 
-    monkeypatch.setattr(convert, "esp_to_proto", counted)
+    def writing(msg: mesh_pb2.MeshMessage | bytes) -> bytes:
+        written.append(msg)  # what gRPC is handed to write, on every stream
+        return to_wire(msg)
+
+    monkeypatch.setattr(convert, "esp_to_proto", converting)
+    monkeypatch.setattr(mesh, "_wire", writing)  # before the streams open: they take it then
 
     async def body(a: Node, b: Node, c: Node) -> None:
         sent = esp("a", 1)
         assert a.links.send_all(["b", "c", "stranger"], sent) == 2
         await eventually(lambda: len(b.handler.esps) == 1 and len(c.handler.esps) == 1)
         assert conversions == [sent]  # one conversion, whatever the number of neighbours
+        esps = [
+            w
+            for w in written
+            if isinstance(w, bytes) and mesh_pb2.MeshMessage.FromString(w).esp.sender_id == "a"
+        ]
+        assert len(esps) == 2 and esps[0] is esps[1]  # one serialisation, written twice
         assert b.handler.esps == c.handler.esps == [convert.esp_from_proto(to_proto(sent))]
         assert a.links.dropped_esps["stranger"] == 1
 
