@@ -2,19 +2,21 @@
 
 Theory of operation
 -------------------
-Each run starts ``NODES`` mesh nodes on 127.0.0.1, each in a process of its own as encoders
-are (:mod:`meshenc.bench.esp_node`: the real ``MeshServer`` and ``MeshLinks`` over real gRPC),
-links them into a full mesh (each has ``NODES - 1`` neighbours, every pair one Exchange
-stream) and has them all send an ESP per frame at ``FRAMES_PER_SECOND`` from the same moment,
-as a locked mesh does. After a warm-up, each node measures:
+Each run starts ``nodes`` (default ``NODES``) mesh nodes on 127.0.0.1, each in a process of
+its own as encoders are (:mod:`meshenc.bench.esp_node`: the real ``MeshServer`` and
+``MeshLinks`` over real gRPC), links them into a full mesh (each has ``nodes - 1``
+neighbours, every pair one Exchange stream) and has them all send an ESP per frame at
+``FRAMES_PER_SECOND`` from the same moment, as a locked mesh does. After a warm-up, each node
+measures:
 
 1. *Send→receive latency* of every ESP it receives: the sender stamps ``sent_at`` with the host
    clock just before it hands the ESP to its links, the receiving handler notes the host clock
    on arrival (after the stream check and the conversion). One host clock, so no correction.
 2. *CPU per frame*: its process's CPU time (every thread) from its first measured frame until
    every ESP it expects has arrived, divided by the frames: sending to every neighbour and
-   receiving from every neighbour (conversions, checks, gRPC), the whole mesh path of one
-   frame on one node.
+   receiving from every neighbour (conversions, checks, gRPC, the kernel's loopback TCP), the
+   whole mesh path of one frame on one node, and the node's own bookkeeping (building each
+   frame's ESP, noting each arrival).
 
 The code measured is the tree this module comes from and, as the baseline, the tree of a git
 revision (``baseline``): ``git archive`` of it in a temporary directory, with this tree's
@@ -69,7 +71,8 @@ __all__ = [
 ]
 
 NODES: Final = 8
-"""Mesh nodes per run: a full mesh of 8 gives each the largest degree the planner makes, 7."""
+"""Mesh nodes per run by default: a full mesh of 8 gives each the largest degree the planner
+makes, 7."""
 FRAMES_PER_SECOND: Final = 60
 WARMUP_FRAMES: Final = 60
 """Frames sent before the measured ones (first-use costs are not the steady state)."""
@@ -140,6 +143,7 @@ class EspBench:
     runs: tuple[EspRun, ...]
     codes: tuple[str, ...]
     frames: int
+    nodes: int
 
     def of(self, code: str) -> list[EspRun]:
         return [r for r in self.runs if r.code == code]
@@ -169,8 +173,8 @@ class EspBench:
         return {
             "benchmark": "esp",
             "settings": {
-                "nodes": NODES,
-                "neighbours_each": NODES - 1,
+                "nodes": self.nodes,
+                "neighbours_each": self.nodes - 1,
                 "frames_per_second": FRAMES_PER_SECOND,
                 "warmup_frames": WARMUP_FRAMES,
                 "frames": self.frames,
@@ -186,7 +190,7 @@ class EspBench:
     def table(self) -> Table:
         repeats = len(self.runs) // len(self.codes)
         table = results_table(
-            f"ESPs in a full mesh of {NODES} nodes (each its own process, {NODES - 1} "
+            f"ESPs in a full mesh of {self.nodes} nodes (each its own process, {self.nodes - 1} "
             f"neighbours) over gRPC on 127.0.0.1, {FRAMES_PER_SECOND} frames/s, {self.frames} "
             f"frames measured per run; median of {repeats} interleaved runs per code (range)",
             ("code", "p50 ms", "p99 ms", "max ms", "CPU µs/frame/node", "received"),
@@ -270,8 +274,8 @@ def _tell(node: asyncio.subprocess.Process, message: dict[str, Any]) -> None:
     node.stdin.write((json.dumps(message) + "\n").encode())
 
 
-async def _one_run(code: str, tree: Path, repeat: int, frames: int) -> EspRun:
-    ids = [f"e{i}" for i in range(NODES)]
+async def _one_run(code: str, tree: Path, repeat: int, frames: int, count: int) -> EspRun:
+    ids = [f"e{i}" for i in range(count)]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]),
@@ -333,17 +337,18 @@ def run_esp_bench(
     repeats: int,
     frames: int,
     *,
+    nodes: int = NODES,
     baseline: str | None = BASELINE,
     progress: Progress = quiet,
 ) -> EspBench:
     """``repeats`` runs of this tree and as many of ``baseline`` (a git revision; None: this
-    tree alone), interleaved.
+    tree alone), interleaved, each with a full mesh of ``nodes``.
 
     Raises:
         BenchError: bad counts, no baseline to be had, a node failed or overran its bound.
     """
-    if repeats < 1 or frames < 1:
-        raise BenchError("repeats and frames must be positive")
+    if repeats < 1 or frames < 1 or nodes < 2:
+        raise BenchError("repeats and frames must be positive, and there must be 2 nodes or more")
     with tempfile.TemporaryDirectory(prefix="meshenc-bench-esp-") as folder:
         trees: dict[str, Path] = {CURRENT: _ROOT}
         if baseline is not None:
@@ -355,5 +360,5 @@ def run_esp_bench(
             order = codes if repeat % 2 == 0 else tuple(reversed(codes))
             for code in order:
                 progress(f"run {repeat + 1}/{repeats}: {code}")
-                runs.append(asyncio.run(_one_run(code, trees[code], repeat, frames)))
-    return EspBench(tuple(runs), tuple(codes), frames)
+                runs.append(asyncio.run(_one_run(code, trees[code], repeat, frames, nodes)))
+    return EspBench(tuple(runs), tuple(codes), frames, nodes)

@@ -489,22 +489,33 @@ def bench_tls(repeats: int, esps: int, seconds: float, as_json: bool, out: Path 
     f"{esp.FRAMES_PER_SECOND}/s).",
 )
 @click.option(
+    "--nodes",
+    type=click.IntRange(2, 16),
+    default=esp.NODES,
+    show_default=True,
+    help="Mesh nodes, each a neighbour of every other.",
+)
+@click.option(
     "--baseline",
     default=esp.BASELINE,
     show_default=True,
     help="Git revision measured as the baseline, in interleaved runs; 'none' for none.",
 )
 @output_options
-def bench_esp(repeats: int, frames: int, baseline: str, as_json: bool, out: Path | None) -> None:
-    """ESP send→receive latency and mesh CPU per frame in a full mesh of 8 real nodes.
+def bench_esp(
+    repeats: int, frames: int, nodes: int, baseline: str, as_json: bool, out: Path | None
+) -> None:
+    """ESP send→receive latency and mesh CPU per frame in a full mesh of real nodes.
 
-    Each node is a process of its own (MeshServer and MeshLinks over gRPC on 127.0.0.1)
-    with 7 neighbours, all sending at 60 frames/s; this tree against a baseline revision.
+    Each node is a process of its own (MeshServer and MeshLinks over gRPC on 127.0.0.1),
+    a neighbour of every other, all sending at 60 frames/s; this tree against a baseline
+    revision, in interleaved runs.
     """
     try:
         result = esp.run_esp_bench(
             repeats,
             frames,
+            nodes=nodes,
             baseline=None if baseline.lower() == "none" else baseline,
             progress=_progress(),
         )
