@@ -309,6 +309,8 @@ async def _one_run(code: str, tree: Path, repeat: int, frames: int, count: int) 
             _tell(node, {"start_at": start_at, "warmup": WARMUP_FRAMES, "frames": frames})
         bound = 0.5 + (WARMUP_FRAMES + frames) / FRAMES_PER_SECOND + DRAIN_ALLOWANCE
         results = [await _line(n, bound) for n in nodes]
+        for node in nodes:  # only now: a node's own last ESPs may be on their way until then
+            _tell(node, {"stop": True})
         for node in nodes:
             await asyncio.wait_for(node.wait(), 10.0)
     finally:

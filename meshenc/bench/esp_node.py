@@ -7,11 +7,13 @@ The node serves ``MeshServer`` on 127.0.0.1 (a free port), links to its neighbou
 ``MeshLinks`` as an encoder does, sends an ESP every frame period as the engine asks for them,
 and notes (host clock) when each neighbour's ESP arrived. It talks to the benchmark in one JSON
 object a line: on stdout ``{"port": P}``, then ``{"linked": true}`` once every neighbour's
-stream is up, then its results; on stdin the benchmark's ``{"peers": {id: address}}`` and then
+stream is up, then its results; on stdin the benchmark's ``{"peers": {id: address}}``, then
 ``{"start_at": T, "warmup": W, "frames": N}``: from host time ``T`` it sends ``W + N`` frames
 at the frame rate on an absolute schedule and measures the last ``N``: the delay of every ESP
 it receives of those frames, and its process's CPU time (every thread: conversions, checks,
-gRPC) from its first measured frame until every ESP it expects arrived.
+gRPC) from its first measured frame until every ESP it expects arrived. Its links stay up
+until the benchmark's ``{"stop": true}``, which comes once every node reported: a node that
+has heard all its neighbours may still have its own last ESPs on their way.
 
 The node sends as the encoder runtime carries out the engine's ``SendEsp``: one ESP to every
 neighbour, and every ``ECHO_EVERY``-th frame one ESP per neighbour that echoes that neighbour's
@@ -224,6 +226,9 @@ async def _run(node_id: str, rate: FrameRate) -> None:
                 "dropped_esps": sum(links.dropped_esps.values()),
             }
         )
+        # Its own last ESPs may still be on their way (it heard every neighbour before they
+        # left): the links stay up until every node is done.
+        await _read(lines, START_TIMEOUT)
     finally:
         await links.close()
         await server.stop(grace=0.2)
