@@ -35,6 +35,7 @@ from services.common.grpc_server import (
     CHANNEL_OPTIONS,
     SERVER_OPTIONS,
 )
+from services.common.peer_limits import PeerLimits
 from services.common.telemetry import TraceContext
 from services.encoder import mesh
 from services.encoder.mesh import SERVICE_NAME, MeshLinks, MeshServer
@@ -558,6 +559,39 @@ def test_malformed_messages_end_only_their_stream() -> None:
             await bad_hash.close()
             await no_hello.close()
             await stop(a, m)
+
+    run(main())
+
+
+def test_a_streams_messages_draw_on_its_peers_one_budget() -> None:
+    """The limiter finds a stream's peer once, when it opens: the stream's messages and the
+    peer's other calls still share one budget."""
+
+    async def main() -> None:
+        handler = FakeHandler("m", ["b"])
+        links = MeshLinks(handler)
+        server = MeshServer(handler, links, limits=PeerLimits(max_messages_per_second=1.0))
+        address = f"127.0.0.1:{await server.start('127.0.0.1:0')}"
+        flood = RawPeer(address)
+        channel = grpc.aio.insecure_channel(address)
+        try:
+            flood.send(mesh_pb2.MeshMessage(hello=hello("b")))
+            assert (await flood.recv()).hello.sender_id == "m"
+            for sequence in range(1, 11):  # a bucket holds 2 messages, refilled at 1 a second
+                flood.send(esp_message("b", sequence))
+            error = await flood.error()
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert handler.esps_from("b") == [1]  # the Hello took the first message's room
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # the same, emptied budget
+                await mesh_pb2_grpc.EncoderMeshStub(channel).GetState(
+                    mesh_pb2.GetStateRequest(), timeout=5
+                )
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            await flood.close()
+            await channel.close()
+            await links.close()
+            await server.stop(grace=0.2)
 
     run(main())
 
