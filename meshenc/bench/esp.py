@@ -191,7 +191,8 @@ class EspBench:
         repeats = len(self.runs) // len(self.codes)
         table = results_table(
             f"ESPs in a full mesh of {self.nodes} nodes (each its own process, {self.nodes - 1} "
-            f"neighbours) over gRPC on 127.0.0.1, {FRAMES_PER_SECOND} frames/s, {self.frames} "
+            f"neighbour{'s' if self.nodes > 2 else ''}) over gRPC on 127.0.0.1, "
+            f"{FRAMES_PER_SECOND} frames/s, {self.frames} "
             f"frames measured per run; median of {repeats} interleaved runs per code (range)",
             ("code", "p50 ms", "p99 ms", "max ms", "CPU µs/frame/node", "received"),
             left=("code",),
