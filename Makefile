@@ -119,6 +119,7 @@ bench: $(VENV)/.installed proto
 	$(VENV)/bin/meshenc bench dht --out bench-results/dht.json
 	$(VENV)/bin/meshenc bench failover --trials 20 --out bench-results/failover.json
 	$(VENV)/bin/meshenc bench tls --out bench-results/tls.json
+	$(VENV)/bin/meshenc bench esp --out bench-results/esp.json
 
 # Re-pin every dependency (run after changing pyproject.toml's bounds, then commit the result).
 lock:

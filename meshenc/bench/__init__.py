@@ -7,7 +7,9 @@ strategies compared on seeded worlds, :mod:`~meshenc.bench.worlds`), :mod:`~mesh
 :mod:`~meshenc.bench.plan` (the manager's planner). On this machine: :mod:`~meshenc.bench.encoder`
 and :mod:`~meshenc.bench.ingest` (the encoder's frame and ingest paths against ``ffmpeg``),
 :mod:`~meshenc.bench.failover` and :mod:`~meshenc.bench.live` (real encoder processes, started
-through :mod:`meshenc.local`). What they share is :mod:`~meshenc.bench.results`.
+through :mod:`meshenc.local`), :mod:`~meshenc.bench.esp` (the mesh links' ESP path in a full
+mesh of node processes, :mod:`~meshenc.bench.esp_node`, against a baseline revision). What
+they share is :mod:`~meshenc.bench.results`.
 
 Each module measures and returns a result with its JSON document and its table; the command
 line only parses options and prints. The package sits above :mod:`meshenc.local` (failover and

@@ -8,11 +8,13 @@ Three measurements, each a question the design has to answer with numbers:
    fast as it can (no pacing): render and fingerprint the synthetic picture, then the
    pipeline's ``FrameCaptured`` → ``GopEncoder.encode`` → ``SegmentWriter.add`` (real files,
    fsynced, in a temporary directory) → ``FrameEncoded`` → the conversion of each ESP to its
-   wire envelope for three neighbours. The engine is configured with three neighbours whose
-   ESPs are fed back to it (built from its own ESPs with small label offsets, then checked and
-   converted as a received stream is), so the Kalman filters, the control step and the lock
-   logic really run. The engine's clock advances by one frame period per picture, as it would
-   live, although the loop itself does not wait.
+   wire envelope, once for the three neighbours it goes to (as ``MeshLinks.send_all`` does;
+   one per neighbour on the frames whose ESPs echo each neighbour's own). The engine is
+   configured with three neighbours whose ESPs are fed back to it (built from its own ESPs
+   with small label offsets, then checked and converted as a received stream is), so the
+   Kalman filters, the control step and the lock logic really run. The engine's clock
+   advances by one frame period per picture, as it would live, although the loop itself does
+   not wait.
 
    The baseline is Debian's ``ffmpeg`` encoding the *same* pictures (written to a raw yuv420p
    file first) with the same libx264 preset, tune and ``x264-params``, one thread, into
@@ -292,9 +294,9 @@ class _BenchShell:
 
     def carry_out(self, action: Action) -> None:
         if isinstance(action, SendEsp):
-            for _ in action.to:  # converted per link, as the mesh links do
-                self.esps.append(action.esp)
-                self.wire.append(mesh_pb2.MeshMessage(esp=convert.esp_to_proto(action.esp)))
+            # Converted once for every neighbour it goes to, as ``MeshLinks.send_all`` does.
+            self.esps.append(action.esp)
+            self.wire.append(mesh_pb2.MeshMessage(esp=convert.esp_to_proto(action.esp)))
         elif isinstance(action, SendProposal):
             self.proposals.append(action.proposal)
 
@@ -899,7 +901,7 @@ class EncoderBench:
                 f"{r.mesh_us_median:,.0f} µs",
                 f"mean {r.mesh_us_mean:,.0f}, p99 {r.mesh_us_p99:,.0f}",
                 f"{r.mesh_share:.2%} of the {period_ms:.1f} ms frame period; engine steps,"
-                " ESP→proto ×3, check+proto→ESP+EspReceived ×3",
+                " ESP→proto once (×3 when it echoes), check+proto→ESP+EspReceived ×3",
             )
             table.add_section()
         latency = self.latency

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from meshenc.bench import dht, encoder, failover, ingest, live, plan, regions, simspeed, tls
+from meshenc.bench import dht, encoder, esp, failover, ingest, live, plan, regions, simspeed, tls
 from meshenc.bench.results import BenchError, BenchResult, Progress
 from meshenc.bench.strategies import compare_sizes, lockin_at_rates, lockin_sweep, wan_comparison
 from meshenc.bench.worlds import BROADCAST_RATES
@@ -473,6 +473,52 @@ def bench_tls(repeats: int, esps: int, seconds: float, as_json: bool, out: Path 
     """
     try:
         result = tls.run_tls_bench(repeats, esps, seconds, progress=_progress())
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _show(result, out, as_json=as_json)
+
+
+@bench.command("esp")
+@_repeats
+@click.option(
+    "--frames",
+    type=click.IntRange(10, 36_000),
+    default=600,
+    show_default=True,
+    help=f"Frames measured per run (each node sends one ESP per frame to each neighbour, "
+    f"{esp.FRAMES_PER_SECOND}/s).",
+)
+@click.option(
+    "--nodes",
+    type=click.IntRange(2, 16),
+    default=esp.NODES,
+    show_default=True,
+    help="Mesh nodes, each a neighbour of every other.",
+)
+@click.option(
+    "--baseline",
+    default=esp.BASELINE,
+    show_default=True,
+    help="Git revision measured as the baseline, in interleaved runs; 'none' for none.",
+)
+@output_options
+def bench_esp(
+    repeats: int, frames: int, nodes: int, baseline: str, as_json: bool, out: Path | None
+) -> None:
+    """ESP send→receive latency and mesh CPU per frame in a full mesh of real nodes.
+
+    Each node is a process of its own (MeshServer and MeshLinks over gRPC on 127.0.0.1),
+    a neighbour of every other, all sending at 60 frames/s; this tree against a baseline
+    revision, in interleaved runs.
+    """
+    try:
+        result = esp.run_esp_bench(
+            repeats,
+            frames,
+            nodes=nodes,
+            baseline=None if baseline.lower() == "none" else baseline,
+            progress=_progress(),
+        )
     except BenchError as exc:
         raise click.ClickException(str(exc)) from exc
     _show(result, out, as_json=as_json)

@@ -105,6 +105,9 @@ class PeerLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.limits = limits if limits is not None else PeerLimits()
         self._clock = clock
         self._peers: dict[str, _Peer] = {}
+        #: The peer of each open streaming call, by the call's context: a stream's messages
+        #: are counted against it without working out who is calling for each of them.
+        self._streaming: dict[int, tuple[str, _Peer]] = {}
         self._log = LimitedLog(log)
         #: Calls refused, per kind ("streams", "messages").
         self.refused: dict[str, int] = {"streams": 0, "messages": 0}
@@ -124,8 +127,12 @@ class PeerLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
     async def _take_token(self, _request: Any, context: Any) -> None:
-        key = peer_key(context)
-        peer = self._peer(key)
+        streaming = self._streaming.get(id(context))
+        if streaming is not None:
+            key, peer = streaming
+        else:
+            key = peer_key(context)
+            peer = self._peer(key)
         now = self._clock()
         limits = self.limits
         peer.tokens = min(
@@ -151,9 +158,11 @@ class PeerLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 f"{key} has {peer.streams} streams open, at most {self.limits.max_streams}",
             )
         peer.streams += 1
+        self._streaming[id(context)] = (key, peer)
         try:
             yield
         finally:
+            del self._streaming[id(context)]
             peer.streams -= 1
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:

@@ -40,6 +40,10 @@ Invariants
   neighbour without a live stream are dropped at once. Proposals and votes have a reserved
   queue of their own, are written before any queued ESP and survive reconnects; only when even
   that queue is full is one refused, counted in ``dropped_control`` and logged.
+- A message is converted and serialised once, when it is queued: ``send_all`` queues the
+  same bytes for every neighbour it names (the runtime sends each frame's ESP so), and the
+  streams write queued bytes as they are (``_wire``; the generated stub's and servicer's
+  codecs would serialise each message again for each stream).
 - At most one live stream per neighbour. Should a second one be accepted (the dialer
   reconnected before this side noticed that the old connection died), the newer replaces the
   older, which is ended.
@@ -60,7 +64,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
@@ -214,19 +218,68 @@ def _hello_problem(
     return None
 
 
+def _wire(msg: mesh_pb2.MeshMessage | bytes) -> bytes:
+    """A message as an Exchange stream writes it: the queued messages are serialised already
+    (once for every neighbour they go to), the Hello not."""
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+_EXCHANGE: Final = f"/{SERVICE_NAME}/Exchange"
+
+
+def _exchange_method(channel: Any) -> Any:
+    """The dialer's Exchange, as the generated stub's but writing what :func:`_wire` gives."""
+    return channel.stream_stream(
+        _EXCHANGE,
+        request_serializer=_wire,
+        response_deserializer=mesh_pb2.MeshMessage.FromString,
+        _registered_method=True,
+    )
+
+
+def _add_servicer(servicer: mesh_pb2_grpc.EncoderMeshServicer, server: Any) -> None:
+    """The generated ``add_EncoderMeshServicer_to_server``, but Exchange's answers are written
+    as :func:`_wire` gives them."""
+    handlers = {
+        "Exchange": grpc.stream_stream_rpc_method_handler(
+            servicer.Exchange,
+            request_deserializer=mesh_pb2.MeshMessage.FromString,
+            response_serializer=_wire,
+        ),
+        "GetState": grpc.unary_unary_rpc_method_handler(
+            servicer.GetState,
+            request_deserializer=mesh_pb2.GetStateRequest.FromString,
+            response_serializer=mesh_pb2.EncoderState.SerializeToString,
+        ),
+        "SetParameters": grpc.unary_unary_rpc_method_handler(
+            servicer.SetParameters,
+            request_deserializer=mesh_pb2.SetParametersRequest.FromString,
+            response_serializer=mesh_pb2.SetParametersResponse.SerializeToString,
+        ),
+    }
+    missing = set(mesh_pb2.DESCRIPTOR.services_by_name["EncoderMesh"].methods_by_name) - set(
+        handlers
+    )
+    if missing:  # pragma: no cover - the proto gained a method: add it here
+        raise RuntimeError(f"EncoderMesh methods not served: {sorted(missing)}")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class _Outbox:
-    """One neighbour's bounded outgoing queue: droppable ESPs, reserved room for the rest."""
+    """One neighbour's bounded outgoing queue of serialised messages: droppable ESPs,
+    reserved room for the rest."""
 
     __slots__ = ("_control", "_control_capacity", "_esp_capacity", "_esps", "_ready")
 
     def __init__(self, esp_capacity: int, control_capacity: int) -> None:
-        self._esps: deque[mesh_pb2.MeshMessage] = deque()
-        self._control: deque[mesh_pb2.MeshMessage] = deque()
+        self._esps: deque[bytes] = deque()
+        self._control: deque[bytes] = deque()
         self._esp_capacity = esp_capacity
         self._control_capacity = control_capacity
         self._ready = asyncio.Event()
 
-    def put_esp(self, msg: mesh_pb2.MeshMessage) -> int:
+    def put_esp(self, msg: bytes) -> int:
         """Queue an ESP; returns how many older ESPs were dropped to make room (0 or 1)."""
         dropped = 0
         if len(self._esps) >= self._esp_capacity:
@@ -236,7 +289,7 @@ class _Outbox:
         self._ready.set()
         return dropped
 
-    def put_control(self, msg: mesh_pb2.MeshMessage) -> bool:
+    def put_control(self, msg: bytes) -> bool:
         """Queue a proposal or vote; False (nothing queued) when the reserved room is full."""
         if len(self._control) >= self._control_capacity:
             return False
@@ -244,7 +297,7 @@ class _Outbox:
         self._ready.set()
         return True
 
-    def pop(self) -> mesh_pb2.MeshMessage | None:
+    def pop(self) -> bytes | None:
         """The next message to write (proposals and votes first), or None when empty."""
         if self._control:
             return self._control.popleft()
@@ -428,38 +481,53 @@ class MeshLinks:
             ValueError: ``msg`` is a Hello or an empty envelope.
         """
         envelope = _envelope(msg, self._tracing)
+        return self._queue(peer_id, envelope.WhichOneof("body"), envelope.SerializeToString())
+
+    def send_all(self, peer_ids: Iterable[str], msg: Outgoing) -> int:
+        """:meth:`send` ``msg`` to each of ``peer_ids``; returns to how many it was queued.
+
+        The message is converted and serialised once, and every neighbour's stream is
+        written those same bytes (an ESP goes to every neighbour each frame).
+
+        Raises:
+            ValueError: ``msg`` is a Hello or an empty envelope.
+        """
+        envelope = _envelope(msg, self._tracing)
+        body, data = envelope.WhichOneof("body"), envelope.SerializeToString()
+        return sum(self._queue(peer, body, data) for peer in peer_ids)
+
+    def broadcast(self, msg: Outgoing) -> int:
+        """:meth:`send` ``msg`` to every neighbour; returns to how many it was queued."""
+        return self.send_all(self.peers, msg)
+
+    def _queue(self, peer_id: str, body: str | None, data: bytes) -> bool:
+        """Queue a serialised envelope (``data``, carrying a ``body``) for ``peer_id`` (see
+        :meth:`send`)."""
         link = self._links.get(peer_id)
-        is_esp = envelope.WhichOneof("body") == "esp"
+        is_esp = body == "esp"
         if link is None:
             if is_esp:
                 self.dropped_esps[peer_id] += 1
             else:
                 self.dropped_control[peer_id] += 1
-                log.warning(
-                    "dropped a %s for %r: not a neighbour", envelope.WhichOneof("body"), peer_id
-                )
+                log.warning("dropped a %s for %r: not a neighbour", body, peer_id)
             return False
         if is_esp:
             if link.session is None:
                 self.dropped_esps[peer_id] += 1
                 return False
-            self.dropped_esps[peer_id] += link.outbox.put_esp(envelope)
+            self.dropped_esps[peer_id] += link.outbox.put_esp(data)
             return True
-        if not link.outbox.put_control(envelope):
+        if not link.outbox.put_control(data):
             self.dropped_control[peer_id] += 1
             log.warning(
                 "dropped a %s for %r: %d proposals and votes already queued",
-                envelope.WhichOneof("body"),
+                body,
                 peer_id,
                 self._control_capacity,
             )
             return False
         return True
-
-    def broadcast(self, msg: Outgoing) -> int:
-        """:meth:`send` ``msg`` to every neighbour; returns to how many it was queued."""
-        envelope = _envelope(msg, self._tracing)
-        return sum(self.send(peer, envelope) for peer in self.peers)
 
     async def close(self) -> None:
         """End every link and dialer; the links cannot be used afterwards."""
@@ -527,7 +595,7 @@ class MeshLinks:
             del self._links[session.peer_id]
             self._count_lost(link)
 
-    async def _outbound(self, session: _Session) -> AsyncIterator[mesh_pb2.MeshMessage]:
+    async def _outbound(self, session: _Session) -> AsyncIterator[bytes]:
         """The messages to write on ``session``'s stream until it ends (Hello not included)."""
         outbox = session.outbox
         while not session.ended.is_set():
@@ -625,7 +693,7 @@ class MeshLinks:
         ready = asyncio.Event()
         session: _Session | None = None
 
-        async def requests() -> AsyncIterator[mesh_pb2.MeshMessage]:
+        async def requests() -> AsyncIterator[mesh_pb2.MeshMessage | bytes]:
             yield mesh_pb2.MeshMessage(hello=hello)
             await ready.wait()
             if session is not None:
@@ -636,7 +704,7 @@ class MeshLinks:
         call: Any = None
         reader: asyncio.Task[None] | None = None
         try:
-            call = mesh_pb2_grpc.EncoderMeshStub(channel).Exchange(requests())
+            call = _exchange_method(channel)(requests())
             responses = aiter(call)
             try:
                 first = await asyncio.wait_for(anext(responses), self._handshake_timeout)
@@ -689,10 +757,11 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
         self._owner = owner
         self._refusals = LimitedLog(log)
 
-    async def Exchange(  # noqa: N802 -- the gRPC method's name
+    async def Exchange(  # type: ignore[override]  # noqa: N802 -- the gRPC method's name
         self, request_iterator: AsyncIterator[mesh_pb2.MeshMessage], context: Any
-    ) -> AsyncIterator[mesh_pb2.MeshMessage]:
+    ) -> AsyncIterator[mesh_pb2.MeshMessage | bytes]:
         # An async generator (not context.write) so that tracing interceptors see the stream.
+        # It yields serialised messages as well (see _add_servicer): not the stub's type.
         async for msg in self._owner._exchange(request_iterator, context):
             yield msg
 
@@ -749,11 +818,7 @@ class MeshServer:
         self._links = links
         servicer = _EncoderMeshServicer(self)
         self._grpc = GrpcServer(
-            {
-                SERVICE_NAME: lambda server: mesh_pb2_grpc.add_EncoderMeshServicer_to_server(
-                    servicer, server
-                )
-            },
+            {SERVICE_NAME: lambda server: _add_servicer(servicer, server)},
             interceptors=interceptors,
             tls=tls,
             limits=limits,
@@ -788,7 +853,7 @@ class MeshServer:
 
     async def _exchange(
         self, requests: AsyncIterator[mesh_pb2.MeshMessage], context: Any
-    ) -> AsyncIterator[mesh_pb2.MeshMessage]:
+    ) -> AsyncIterator[mesh_pb2.MeshMessage | bytes]:
         """One accepted Exchange stream: Hellos, then both directions until it ends."""
         incoming = aiter(requests)
         timeout = self._links._handshake_timeout

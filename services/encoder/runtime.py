@@ -906,12 +906,11 @@ class EncoderRuntime:
         """Carry out one of the engine's decisions (the pipeline encodes pictures itself)."""
         if isinstance(action, SendEsp):
             self._last_esp = action.esp
-            for peer in action.to:
-                try:
-                    self.links.send(peer, action.esp)
-                except ValueError:
-                    # A live encoder keeps encoding whatever its mesh plumbing does.
-                    log.exception("could not send an ESP to %s", peer)
+            try:
+                self.links.send_all(action.to, action.esp)
+            except ValueError:
+                # A live encoder keeps encoding whatever its mesh plumbing does.
+                log.exception("could not send an ESP to %s", ", ".join(action.to))
             return
         self.telemetry.on_action(action)
         if isinstance(action, SendVote):
@@ -919,8 +918,7 @@ class EncoderRuntime:
                 self.telemetry.vote_cast(self._answering, action.vote)
             self.links.send(action.to, action.vote)
         elif isinstance(action, SendProposal):
-            for peer in action.to:
-                self.links.send(peer, action.proposal)
+            self.links.send_all(action.to, action.proposal)
         elif isinstance(action, CorrectionApplied):
             last = self.pipeline.last_timecode
             visible = action.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE)

@@ -35,7 +35,9 @@ from services.common.grpc_server import (
     CHANNEL_OPTIONS,
     SERVER_OPTIONS,
 )
+from services.common.peer_limits import PeerLimits
 from services.common.telemetry import TraceContext
+from services.encoder import mesh
 from services.encoder.mesh import SERVICE_NAME, MeshLinks, MeshServer
 
 T = TypeVar("T")
@@ -309,6 +311,41 @@ def test_three_nodes_one_stream_per_pair() -> None:
     run(with_nodes(full_mesh("a", "b", "c"), body))
 
 
+def test_send_all_serialises_one_esp_once_and_writes_those_bytes_to_every_neighbour(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conversions: list[EncodingStatePacket] = []
+    written: list[mesh_pb2.MeshMessage | bytes] = []
+    to_proto, to_wire = convert.esp_to_proto, mesh._wire
+
+    def converting(packet: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
+        conversions.append(packet)
+        return to_proto(packet)
+
+    def writing(msg: mesh_pb2.MeshMessage | bytes) -> bytes:
+        written.append(msg)  # what gRPC is handed to write, on every stream
+        return to_wire(msg)
+
+    monkeypatch.setattr(convert, "esp_to_proto", converting)
+    monkeypatch.setattr(mesh, "_wire", writing)  # before the streams open: they take it then
+
+    async def body(a: Node, b: Node, c: Node) -> None:
+        sent = esp("a", 1)
+        assert a.links.send_all(["b", "c", "stranger"], sent) == 2
+        await eventually(lambda: len(b.handler.esps) == 1 and len(c.handler.esps) == 1)
+        assert conversions == [sent]  # one conversion, whatever the number of neighbours
+        esps = [
+            w
+            for w in written
+            if isinstance(w, bytes) and mesh_pb2.MeshMessage.FromString(w).esp.sender_id == "a"
+        ]
+        assert len(esps) == 2 and esps[0] is esps[1]  # one serialisation, written twice
+        assert b.handler.esps == c.handler.esps == [convert.esp_from_proto(to_proto(sent))]
+        assert a.links.dropped_esps["stranger"] == 1
+
+    run(with_nodes(full_mesh("a", "b", "c"), body))
+
+
 def test_a_proposal_gets_the_vote_back_on_the_same_link() -> None:
     async def body(a: Node, b: Node) -> None:
         assert a.links.send("b", proposal("a", 7))  # over the stream a dialed
@@ -522,6 +559,39 @@ def test_malformed_messages_end_only_their_stream() -> None:
             await bad_hash.close()
             await no_hello.close()
             await stop(a, m)
+
+    run(main())
+
+
+def test_a_streams_messages_draw_on_its_peers_one_budget() -> None:
+    """The limiter finds a stream's peer once, when it opens: the stream's messages and the
+    peer's other calls still share one budget."""
+
+    async def main() -> None:
+        handler = FakeHandler("m", ["b"])
+        links = MeshLinks(handler)
+        server = MeshServer(handler, links, limits=PeerLimits(max_messages_per_second=1.0))
+        address = f"127.0.0.1:{await server.start('127.0.0.1:0')}"
+        flood = RawPeer(address)
+        channel = grpc.aio.insecure_channel(address)
+        try:
+            flood.send(mesh_pb2.MeshMessage(hello=hello("b")))
+            assert (await flood.recv()).hello.sender_id == "m"
+            for sequence in range(1, 11):  # a bucket holds 2 messages, refilled at 1 a second
+                flood.send(esp_message("b", sequence))
+            error = await flood.error()
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert handler.esps_from("b") == [1]  # the Hello took the first message's room
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # the same, emptied budget
+                await mesh_pb2_grpc.EncoderMeshStub(channel).GetState(
+                    mesh_pb2.GetStateRequest(), timeout=5
+                )
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            await flood.close()
+            await channel.close()
+            await links.close()
+            await server.stop(grace=0.2)
 
     run(main())
 
