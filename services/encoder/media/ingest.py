@@ -32,12 +32,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 from av.container import InputContainer
 from av.video.frame import VideoFrame
 
 from services.encoder.media.datagrams import DatagramInput
-from services.encoder.media.source import Picture, SourceError, VideoFormat, fingerprint
+from services.encoder.media.source import Picture, SourceError, VideoFormat, frame_yuv
 
 __all__ = [
     "IngestCounters",
@@ -48,6 +47,7 @@ __all__ = [
     "InputMonitor",
     "InputState",
     "LiveIngest",
+    "decoded_picture",
     "is_network_url",
 ]
 
@@ -68,6 +68,14 @@ _PENDING_ARRIVALS = 64
 #: Options that keep a live input's start-up short (the probed packets are kept: the first
 #: picture with its parameter sets is among them).
 _LIVE_OPTIONS = {"analyzeduration": "500000", "probesize": "100000"}
+
+
+def decoded_picture(index: int, frame: VideoFrame, fmt: VideoFormat) -> Picture:
+    """A decoded frame as the mesh's picture ``index``: scaled and converted to ``fmt``'s size in
+    yuv420p by libswscale where the frame differs (a no-op where it does not), its pixels
+    copied once into the picture's own array, fingerprinted."""
+    scaled = frame.reformat(fmt.width, fmt.height, "yuv420p")
+    return Picture.from_yuv(index, frame_yuv(scaled))
 
 
 def is_network_url(spec: str) -> bool:
@@ -217,7 +225,6 @@ class LiveIngest:
         video = container.streams.video[0]
         audio = container.streams.audio[0] if container.streams.audio else None
         streams = [video] if audio is None else [video, audio]
-        width, height = self.fmt.width, self.fmt.height
         for packet in container.demux(streams):
             if self._stop.is_set():
                 return
@@ -269,15 +276,14 @@ class LiveIngest:
                 at = arrived if pts is None else loop.arrivals.pop(pts, arrived)
                 if pts is not None and self.datagrams is not None:
                     at = self.datagrams.arrivals.take(pts) or at
-                yuv = np.asarray(frame.reformat(width, height, "yuv420p").to_ndarray(), np.uint8)
-                yuv.flags.writeable = False
-                base = frame.time_base or video.time_base or Fraction(1, 90_000)
                 self._index += 1
+                picture = decoded_picture(self._index, frame, self.fmt)
+                base = frame.time_base or video.time_base or Fraction(1, 90_000)
                 self.counters.pictures += 1
                 self._deliver(
                     IngestedPicture(
                         arrived=at,
-                        picture=Picture(self._index, yuv, fingerprint(yuv, width, height)),
+                        picture=picture,
                         pts=None if pts is None else pts + _ticks(loop.offset, base),
                         time_base=base,
                     )
