@@ -6,8 +6,9 @@ decodes the video, so a slow decode never stalls the mesh. Each picture's *measu
 read from the host clock: for ``udp://`` and ``rtp://`` (MPEG-TS) at the socket, by a receiver
 thread of the encoder's own, the moment the picture's first datagram came in
 (``DatagramInput``); for other inputs the moment its packet left the demuxer. Each decoded
-picture is scaled to the mesh's format, fingerprinted and handed over (``IngestedPicture``)
-with its arrival and its source timestamp; audio packets are handed over untouched
+picture is scaled to the mesh's format (``decoded_picture``), fingerprinted if it has no
+source timestamp (one that has is named by it), and handed over (``IngestedPicture``) with its
+arrival and its source timestamp; audio packets are handed over untouched
 (``IngestedAudio``) with theirs, to be passed through into the segments. Nothing here derives
 a time from a picture's position.
 
@@ -70,12 +71,18 @@ _PENDING_ARRIVALS = 64
 _LIVE_OPTIONS = {"analyzeduration": "500000", "probesize": "100000"}
 
 
-def decoded_picture(index: int, frame: VideoFrame, fmt: VideoFormat) -> Picture:
+def decoded_picture(
+    index: int, frame: VideoFrame, fmt: VideoFormat, *, fingerprinted: bool = False
+) -> Picture:
     """A decoded frame as the mesh's picture ``index``: scaled and converted to ``fmt``'s size in
     yuv420p by libswscale where the frame differs (a no-op where it does not), its pixels
-    copied once into the picture's own array, fingerprinted."""
-    scaled = frame.reformat(fmt.width, fmt.height, "yuv420p")
-    return Picture.from_yuv(index, frame_yuv(scaled))
+    copied once into the picture's own array. ``fingerprinted``: its fingerprint is computed
+    now (the picture has no source timestamp and will be named by it), else when first read
+    (a picture with a timestamp is named by that and never needs it)."""
+    picture = Picture(index, frame_yuv(frame.reformat(fmt.width, fmt.height, "yuv420p")))
+    if fingerprinted:
+        _ = picture.fingerprint  # in the ingest thread, not in the frame path
+    return picture
 
 
 def is_network_url(spec: str) -> bool:
@@ -277,7 +284,7 @@ class LiveIngest:
                 if pts is not None and self.datagrams is not None:
                     at = self.datagrams.arrivals.take(pts) or at
                 self._index += 1
-                picture = decoded_picture(self._index, frame, self.fmt)
+                picture = decoded_picture(self._index, frame, self.fmt, fingerprinted=pts is None)
                 base = frame.time_base or video.time_base or Fraction(1, 90_000)
                 self.counters.pictures += 1
                 self._deliver(

@@ -80,12 +80,23 @@ class Picture:
 
     ``yuv`` holds the three planes back to back in one ``(height * 3 // 2, width)`` uint8 array
     (PyAV's layout for yuv420p), so it can go to the encoder without copying plane by plane.
-    Compared by identity (``eq=False``): comparing arrays element-wise is the caller's choice.
+    Its :func:`fingerprint` is given or computed when first read: a source with timestamps
+    names its pictures by those, and the frame path never reads it then. Compared by identity
+    (``eq=False``): comparing arrays element-wise is the caller's choice.
     """
 
     index: int
     yuv: YuvArray
-    fingerprint: int
+    #: The fingerprint, if known (None: computed when ``fingerprint`` is first read).
+    _fingerprint: int | None = None
+
+    @property
+    def fingerprint(self) -> int:
+        known = self._fingerprint
+        if known is None:
+            known = fingerprint(self.yuv, self.width, self.height)
+            object.__setattr__(self, "_fingerprint", known)  # a cache: the pixels never change
+        return known
 
     def __post_init__(self) -> None:
         if self.yuv.ndim != 2 or self.yuv.dtype != np.uint8 or self.yuv.shape[0] % 3:
@@ -101,12 +112,6 @@ class Picture:
     @property
     def height(self) -> int:
         return int(self.yuv.shape[0]) * 2 // 3
-
-    @classmethod
-    def from_yuv(cls, index: int, yuv: YuvArray) -> Picture:
-        """Wrap a yuv420p array, computing its fingerprint."""
-        height = int(yuv.shape[0]) * 2 // 3
-        return cls(index, yuv, fingerprint(yuv, int(yuv.shape[1]), height))
 
 
 def fingerprint(yuv: YuvArray, width: int, height: int) -> int:
@@ -234,8 +239,7 @@ class SyntheticSource(_Source):
 
     def picture(self, n: int) -> Picture:
         """Picture ``n``, rendered from scratch (random access, same bytes every time)."""
-        yuv = self._pattern.render(n)
-        return Picture(n, yuv, fingerprint(yuv, self.fmt.width, self.fmt.height))
+        return Picture(n, self._pattern.render(n))
 
     def close(self) -> None:
         """Nothing to release; present so every source closes alike."""
