@@ -3,9 +3,10 @@ command line decoding the same stream.
 
 Theory of operation: one MPEG-TS file (the test pattern, H.264 at the mesh's settings, with an
 MP2 tone) is made once per size. *Ours* is the encoder's ingest path exactly as it runs live
-(``LiveIngest``: demux, decode, scale to the mesh format, fingerprint, hand over), reading the
-file as fast as it can instead of in real time, plus the UDP receiver's per-datagram work (the
-TS scan for video PES starts) over the same bytes in 1,316-byte datagrams. Its cost is the
+(``LiveIngest``: demux, decode, scale to the mesh format, hand over; the pictures carry
+timestamps, so none is fingerprinted), reading the file as fast as it can instead of in real
+time, plus the UDP receiver's per-datagram work (the TS scan for video PES starts) over the
+same bytes in 1,316-byte datagrams. Its cost is the
 process's CPU time (all threads) per picture, opening the input included. *ffmpeg* decodes the
 same file to the null muxer (``-f null``); its cost is the child's user + system CPU time for
 the whole file minus that of a run that decodes one picture (its process start-up and probing),
@@ -156,7 +157,7 @@ class IngestBench:
             f"Ingest CPU per picture (median of {self.repeats} alternating runs)",
             (
                 "size",
-                "ours: demux+decode+scale+fingerprint",
+                "ours: demux+decode+scale",
                 "+ UDP TS scan",
                 "ffmpeg -f null",
                 "ratio",
