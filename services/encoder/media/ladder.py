@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 from av.video.reformatter import Interpolation
 
 from meshenc.core.timecode import FrameRate
@@ -49,7 +51,7 @@ from services.encoder.media.segments import (
     segment_template,
     utc_instant,
 )
-from services.encoder.media.source import Picture, VideoFormat, frame_yuv, picture_frame
+from services.encoder.media.source import Picture, VideoFormat
 
 __all__ = [
     "MASTER_NAME",
@@ -139,8 +141,11 @@ def scale_picture(picture: Picture, width: int, height: int) -> Picture:
     """
     if picture.width == width and picture.height == height:
         return picture
-    scaled = picture_frame(picture).reformat(width, height, "yuv420p", interpolation=_SCALING)
-    return Picture(picture.index, frame_yuv(scaled), picture.fingerprint)
+    frame = av.VideoFrame.from_ndarray(picture.yuv, format="yuv420p")
+    scaled = frame.reformat(width, height, "yuv420p", interpolation=_SCALING)
+    yuv = np.asarray(scaled.to_ndarray(), np.uint8)
+    yuv.flags.writeable = False
+    return Picture(picture.index, yuv, picture.fingerprint)
 
 
 def combined_hash(frames: Sequence[EncodedFrame]) -> bytes:

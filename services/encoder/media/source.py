@@ -5,7 +5,7 @@ live input (``services.encoder.media.ingest``) makes them from a stream, and tes
 benchmarks' streams from the test pattern (:class:`SyntheticSource`). Every picture carries a
 :func:`fingerprint` that is the same on every encoder that sees the same picture, whatever
 path and delay it took: the name of a picture where its source gives no timestamp (see
-``meshenc.core.identity``). A picture becomes a PyAV frame (for libx264 or libswscale) with
+``meshenc.core.identity``). A picture becomes a PyAV frame (for libx264) with
 :func:`picture_frame` and a frame a picture's array with :func:`frame_yuv`: one copy of the
 pixels at most each way, as the frame path does this once or more per picture.
 
@@ -160,8 +160,7 @@ def picture_frame(picture: Picture) -> VideoFrame:
 
     PyAV wraps a packed yuv420p array without a copy only when the height is a multiple of 4
     (``from_numpy_buffer`` takes the height to be ``rows // 6 * 4``); other heights are copied.
-    Neither libx264 nor libswscale writes into its input, so the shared, read-only array is
-    safe.
+    libx264 never writes into its input, so the shared, read-only array is safe.
     """
     yuv = picture.yuv
     if picture.height % 4 == 0 and yuv.flags.c_contiguous:
