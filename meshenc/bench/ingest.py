@@ -3,9 +3,10 @@ command line decoding the same stream.
 
 Theory of operation: one MPEG-TS file (the test pattern, H.264 at the mesh's settings, with an
 MP2 tone) is made once per size. *Ours* is the encoder's ingest path exactly as it runs live
-(``LiveIngest``: demux, decode, scale to the mesh format, fingerprint, hand over), reading the
-file as fast as it can instead of in real time, plus the UDP receiver's per-datagram work (the
-TS scan for video PES starts) over the same bytes in 1,316-byte datagrams. Its cost is the
+(``LiveIngest``: demux, decode, scale to the mesh format, hand over; the pictures carry
+timestamps, so none is fingerprinted), reading the file as fast as it can instead of in real
+time, plus the UDP receiver's per-datagram work (the TS scan for video PES starts) over the
+same bytes in 1,316-byte datagrams. Its cost is the
 process's CPU time (all threads) per picture, opening the input included. *ffmpeg* decodes the
 same file to the null muxer (``-f null``); its cost is the child's user + system CPU time for
 the whole file minus that of a run that decodes one picture (its process start-up and probing),
@@ -23,20 +24,17 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
-import numpy as np
 from rich.table import Table
 
-from meshenc.bench.encoder import FRAME_RATE, EncoderSize, ffmpeg_binary
+from meshenc.bench.encoder import FRAME_RATE, EncoderSize, ffmpeg_binary, write_stream
 from meshenc.bench.results import BenchError, Progress, Spread, quiet, results_table
 from services.encoder.media.datagrams import video_pes_starts
 from services.encoder.media.ingest import Ingested, IngestedPicture, LiveIngest
-from services.encoder.media.source import SyntheticSource, VideoFormat
+from services.encoder.media.source import VideoFormat
 
-__all__ = ["IngestBench", "IngestResult", "measure_ingest", "run_ingest_bench", "write_stream"]
+__all__ = ["IngestBench", "IngestResult", "measure_ingest", "run_ingest_bench"]
 
 DATAGRAM = 7 * 188
 #: The slowest run accepted before it is stopped, pictures per second.
@@ -59,34 +57,6 @@ class IngestResult:
         return tuple(
             (o + s) / f for o, s, f in zip(self.ours_us, self.scan_us, self.ffmpeg_us, strict=True)
         )
-
-
-def write_stream(size: EncoderSize, frames: int, path: Path) -> None:
-    """The test pattern as a live source sends it: H.264 (the size's settings), MP2, MPEG-TS."""
-    source = SyntheticSource(VideoFormat(size.width, size.height, FRAME_RATE))
-    rate = Fraction(FRAME_RATE.num, FRAME_RATE.den)
-    with av.open(str(path), "w", format="mpegts") as out:
-        video = out.add_stream("libx264", rate=rate)
-        video.width, video.height, video.pix_fmt = size.width, size.height, "yuv420p"
-        video.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(round(rate))}
-        video.bit_rate = size.bitrate_kbps * 1000
-        sound = out.add_stream("mp2", rate=48_000)
-        sound.layout = "stereo"
-        samples = 0
-        for index in range(frames):
-            frame = av.VideoFrame.from_ndarray(np.asarray(source.picture(index).yuv), "yuv420p")
-            frame.pts = index
-            out.mux(video.encode(frame))
-            while samples < (index + 1) * 48_000 * FRAME_RATE.den // FRAME_RATE.num:
-                tone = (np.sin(np.arange(samples, samples + 1152) * 0.06) * 8000).astype(np.int16)
-                chunk = av.AudioFrame.from_ndarray(
-                    np.repeat(tone, 2).reshape(1, -1), "s16", "stereo"
-                )
-                chunk.sample_rate, chunk.pts = 48_000, samples
-                samples += 1152
-                out.mux(sound.encode(chunk))
-        out.mux(video.encode(None))
-        out.mux(sound.encode(None))
 
 
 def _ours(path: Path, size: EncoderSize, frames: int) -> float:
@@ -187,7 +157,7 @@ class IngestBench:
             f"Ingest CPU per picture (median of {self.repeats} alternating runs)",
             (
                 "size",
-                "ours: demux+decode+scale+fingerprint",
+                "ours: demux+decode+scale",
                 "+ UDP TS scan",
                 "ffmpeg -f null",
                 "ratio",

@@ -413,8 +413,9 @@ def bench_encoder(
 ) -> None:
     """Encoder throughput with the mesh on, against ffmpeg; mesh CPU; ESP latency over gRPC.
 
-    Needs Debian's ffmpeg as the baseline (`make bench` installs it). Runs of ours and of
-    ffmpeg alternate so that machine noise hits both; medians are reported.
+    Both sides decode the same H.264 stream and are compared in pictures per CPU-second. Needs
+    Debian's ffmpeg as the baseline (`make bench` installs it). Runs of ours and of ffmpeg
+    alternate so that machine noise hits both; medians are reported.
     """
     try:
         result = encoder.run_encoder_bench(sizes, frames, repeats, esps, progress=_progress())

@@ -226,7 +226,7 @@ class EncoderRuntime:
         black = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
         black[:height] = 16
         black.flags.writeable = False
-        self._black = Picture.from_yuv(0, black)
+        self._black = Picture(0, black)
         self.telemetry = EncoderTelemetry(settings.id, lambda: self.engine.snapshot(self.clock()))
         self.links = MeshLinks(
             self, on_link=self._on_link, tracing=self.telemetry, tls=settings.tls

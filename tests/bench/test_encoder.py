@@ -1,5 +1,6 @@
-"""The encoder benchmark's own path, without ffmpeg: the runtime's frame pipeline runs with
-three neighbours fed back over the wire conversions and checks, and every part is timed."""
+"""The encoder benchmark's own path, without ffmpeg: a real H.264 stream is decoded and the
+runtime's frame pipeline runs with three neighbours fed back over the wire conversions and
+checks, and every part is timed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from meshenc.bench.encoder import GOP, PARTS, EncoderSize, parse_sizes, run_path
+from meshenc.bench.encoder import GOP, PARTS, EncoderSize, parse_sizes, run_path, write_stream
 
 
 def test_sizes_get_the_default_bitrate_unless_one_is_given() -> None:
@@ -23,8 +24,12 @@ def test_sizes_get_the_default_bitrate_unless_one_is_given() -> None:
 
 def test_the_path_runs_every_frame_with_the_neighbours_answering(tmp_path: Path) -> None:
     frames = 2 * GOP + 10  # one whole GOP at least, wherever the first slot falls
-    run = run_path(EncoderSize(160, 96, 200), frames, tmp_path)
-    assert len(run.mesh_seconds) == frames
+    size = EncoderSize(160, 96, 200)
+    stream = tmp_path / "in.ts"
+    write_stream(size, frames, stream, audio=False)
+    run = run_path(size, stream, tmp_path / "out")
+    assert run.frames == len(run.mesh_seconds) == frames
+    assert run.cpu_seconds > 0.0
     assert set(run.parts) == set(PARTS)
     assert all(seconds >= 0.0 for seconds in run.parts.values())
     assert run.segments >= 1

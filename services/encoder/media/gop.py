@@ -28,7 +28,7 @@ from av.codec.context import Flags
 from av.video.codeccontext import VideoCodecContext
 
 from meshenc.core.timecode import FrameRate, SegmentLayout
-from services.encoder.media.source import Picture, VideoFormat
+from services.encoder.media.source import Picture, VideoFormat, picture_frame
 
 __all__ = ["X264_PRESETS", "EncodedFrame", "EncoderParams", "GopEncoder"]
 
@@ -200,7 +200,7 @@ class GopEncoder:
             raise ValueError(f"timecode {timecode} does not follow {self._last_timecode}")
         self._last_timecode = timecode
 
-        frame = av.VideoFrame.from_ndarray(picture.yuv, format="yuv420p")
+        frame = picture_frame(picture)
         # Relative to the GOP's first slot: absolute time stays out of the bytes.
         frame.pts = self._segments.offset_in_segment(timecode)
         frame.time_base = params.time_base

@@ -6,8 +6,9 @@ decodes the video, so a slow decode never stalls the mesh. Each picture's *measu
 read from the host clock: for ``udp://`` and ``rtp://`` (MPEG-TS) at the socket, by a receiver
 thread of the encoder's own, the moment the picture's first datagram came in
 (``DatagramInput``); for other inputs the moment its packet left the demuxer. Each decoded
-picture is scaled to the mesh's format, fingerprinted and handed over (``IngestedPicture``)
-with its arrival and its source timestamp; audio packets are handed over untouched
+picture is scaled to the mesh's format (``decoded_picture``), fingerprinted if it has no
+source timestamp (one that has is named by it), and handed over (``IngestedPicture``) with its
+arrival and its source timestamp; audio packets are handed over untouched
 (``IngestedAudio``) with theirs, to be passed through into the segments. Nothing here derives
 a time from a picture's position.
 
@@ -32,12 +33,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 from av.container import InputContainer
 from av.video.frame import VideoFrame
 
 from services.encoder.media.datagrams import DatagramInput
-from services.encoder.media.source import Picture, SourceError, VideoFormat, fingerprint
+from services.encoder.media.source import Picture, SourceError, VideoFormat, frame_yuv
 
 __all__ = [
     "IngestCounters",
@@ -48,6 +48,7 @@ __all__ = [
     "InputMonitor",
     "InputState",
     "LiveIngest",
+    "decoded_picture",
     "is_network_url",
 ]
 
@@ -68,6 +69,20 @@ _PENDING_ARRIVALS = 64
 #: Options that keep a live input's start-up short (the probed packets are kept: the first
 #: picture with its parameter sets is among them).
 _LIVE_OPTIONS = {"analyzeduration": "500000", "probesize": "100000"}
+
+
+def decoded_picture(
+    index: int, frame: VideoFrame, fmt: VideoFormat, *, fingerprinted: bool = False
+) -> Picture:
+    """A decoded frame as the mesh's picture ``index``: scaled and converted to ``fmt``'s size in
+    yuv420p by libswscale where the frame differs (a no-op where it does not), its pixels
+    copied once into the picture's own array. ``fingerprinted``: its fingerprint is computed
+    now (the picture has no source timestamp and will be named by it), else when first read
+    (a picture with a timestamp is named by that and never needs it)."""
+    picture = Picture(index, frame_yuv(frame.reformat(fmt.width, fmt.height, "yuv420p")))
+    if fingerprinted:
+        _ = picture.fingerprint  # in the ingest thread, not in the frame path
+    return picture
 
 
 def is_network_url(spec: str) -> bool:
@@ -217,7 +232,6 @@ class LiveIngest:
         video = container.streams.video[0]
         audio = container.streams.audio[0] if container.streams.audio else None
         streams = [video] if audio is None else [video, audio]
-        width, height = self.fmt.width, self.fmt.height
         for packet in container.demux(streams):
             if self._stop.is_set():
                 return
@@ -269,15 +283,14 @@ class LiveIngest:
                 at = arrived if pts is None else loop.arrivals.pop(pts, arrived)
                 if pts is not None and self.datagrams is not None:
                     at = self.datagrams.arrivals.take(pts) or at
-                yuv = np.asarray(frame.reformat(width, height, "yuv420p").to_ndarray(), np.uint8)
-                yuv.flags.writeable = False
-                base = frame.time_base or video.time_base or Fraction(1, 90_000)
                 self._index += 1
+                picture = decoded_picture(self._index, frame, self.fmt, fingerprinted=pts is None)
+                base = frame.time_base or video.time_base or Fraction(1, 90_000)
                 self.counters.pictures += 1
                 self._deliver(
                     IngestedPicture(
                         arrived=at,
-                        picture=Picture(self._index, yuv, fingerprint(yuv, width, height)),
+                        picture=picture,
                         pts=None if pts is None else pts + _ticks(loop.offset, base),
                         time_base=base,
                     )

@@ -28,9 +28,10 @@ from services.encoder.media.ingest import (
     InputMonitor,
     InputState,
     LiveIngest,
+    decoded_picture,
 )
 from services.encoder.media.segments import AudioPacket, SegmentWriter, segment_name
-from services.encoder.media.source import SourceError, SyntheticSource, VideoFormat
+from services.encoder.media.source import SourceError, SyntheticSource, VideoFormat, fingerprint
 
 FPS = FrameRate(30)
 PERIOD = 1 / 30
@@ -271,6 +272,21 @@ def test_a_file_plays_in_real_time_loops_with_continuing_timestamps_and_carries_
     assert ingest.counters.reopens >= 2  # 40 pictures of a 15-picture clip
     assert any(isinstance(i, IngestedAudio) and i.codec == "mp2" for i in items)
     assert len({p.picture.fingerprint for p in pictures[:15]}) == 15
+
+
+@pytest.mark.parametrize("fingerprinted", [False, True])
+def test_a_decoded_frame_becomes_the_mesh_picture_at_its_size(fingerprinted: bool) -> None:
+    """Scaled to the mesh's size in yuv420p where it differs, kept as it is where it does not;
+    its fingerprint, computed at once or when first read, is that of its own pixels."""
+    source = SyntheticSource(VideoFormat(320, 192, FPS)).picture(5)
+    bigger = av.VideoFrame.from_ndarray(np.array(source.yuv), "yuv420p").reformat(format="rgb24")
+    same = av.VideoFrame.from_ndarray(np.array(SyntheticSource(FMT).picture(5).yuv), "yuv420p")
+    for frame in (bigger, same):
+        picture = decoded_picture(7, frame, FMT, fingerprinted=fingerprinted)
+        assert (picture.index, picture.width, picture.height) == (7, FMT.width, FMT.height)
+        assert not picture.yuv.flags.writeable
+        assert picture.fingerprint == fingerprint(np.array(picture.yuv), FMT.width, FMT.height)
+    assert np.array_equal(picture.yuv, same.to_ndarray())
 
 
 def test_garbage_input_is_counted_never_fatal(tmp_path: Path) -> None:

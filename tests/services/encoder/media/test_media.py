@@ -31,6 +31,7 @@ from services.encoder.media import (
 )
 from services.encoder.media.containers import MpegTs, Muxed
 from services.encoder.media.segments import aside_name
+from services.encoder.media.source import frame_yuv, picture_frame
 
 FMT = VideoFormat(160, 96, FrameRate(30))
 GOP = 6
@@ -118,6 +119,31 @@ def test_fingerprint_is_stable_under_one_level_noise(seed: int) -> None:
     assert fingerprint(noisy, 160, 96) == fingerprint(yuv, 160, 96)
 
 
+def _reference_fingerprint(luma: np.ndarray, width: int, height: int) -> int:
+    """The fingerprint's definition in its plainest numpy: block sums, rounded means, BLAKE2b."""
+    rows = (np.arange(9) * height) // 8
+    cols = (np.arange(9) * width) // 8
+    sums = np.add.reduceat(luma[:height, :width], rows[:-1], axis=0, dtype=np.uint64)
+    sums = np.add.reduceat(sums, cols[:-1], axis=1, dtype=np.uint64)
+    areas = np.outer(np.diff(rows), np.diff(cols)).astype(np.uint64)
+    quantised = ((2 * sums + areas) // (8 * areas)).astype(np.uint8)
+    return int.from_bytes(hashlib.blake2b(quantised.tobytes(), digest_size=8).digest(), "big")
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    # Blocks of unequal sizes; bands of 257 rows (the most a 16-bit sum holds at 255) and 258.
+    [(170, 90), (640, 360), (16, 2056), (16, 2064), (3840, 2160)],
+)
+def test_fingerprint_matches_its_reference_to_the_bit(width: int, height: int) -> None:
+    rng = np.random.default_rng(width + height)
+    for luma in (
+        rng.integers(0, 256, (height, width), dtype=np.uint8),
+        np.full((height, width), 255, dtype=np.uint8),  # the largest sums there are
+    ):
+        assert fingerprint(luma, width, height) == _reference_fingerprint(luma, width, height)
+
+
 def test_fingerprint_reads_only_luma() -> None:
     picture = SyntheticSource(FMT).picture(3)
     yuv = np.array(picture.yuv)
@@ -151,6 +177,30 @@ def test_synthetic_source_renders_yuv420p_at_any_size(width: int, height: int) -
     assert not picture.yuv.flags.writeable  # pictures are shared between stages
     frame = av.VideoFrame.from_ndarray(picture.yuv, format="yuv420p")
     assert (frame.width, frame.height) == (width, height)
+
+
+# --- pictures and PyAV frames ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("width", "height"), [(160, 96), (160, 90), (170, 96)])
+def test_a_picture_becomes_a_frame_and_back_without_changing_a_pixel(
+    width: int, height: int
+) -> None:
+    picture = SyntheticSource(VideoFormat(width, height, FrameRate(30))).picture(7)
+    frame = picture_frame(picture)
+    assert (frame.width, frame.height, frame.format.name) == (width, height, "yuv420p")
+    assert np.array_equal(frame.to_ndarray(), picture.yuv)
+    luma = np.frombuffer(memoryview(frame.planes[0]), np.uint8)
+    # Shared where PyAV can wrap the array (heights that are multiples of 4), else copied.
+    assert np.shares_memory(luma, picture.yuv) == (height % 4 == 0)
+    padded = av.VideoFrame.from_ndarray(np.array(picture.yuv), format="yuv420p")
+    if width == 170:  # PyAV pads rows to an alignment: frame_yuv must read past the padding
+        assert padded.planes[0].line_size > width
+    back = frame_yuv(padded)
+    assert np.array_equal(back, picture.yuv)
+    assert not back.flags.writeable
+    with pytest.raises(ValueError, match="yuv420p"):
+        frame_yuv(padded.reformat(format="rgb24"))
 
 
 # --- GOP-deterministic encoding -----------------------------------------------------------------
