@@ -17,8 +17,8 @@ set -euo pipefail
 PY=${PYTHON:-python3}
 OUT=build/compiled
 # Not meshenc/core/timecode.py: compiled, SegmentLayout.duration gave a float for a Fraction
-# period (mypyc rejects its constrained type variable, and with overloads converts the
-# argument), which tests/core/test_timecode.py catches.
+# period (mypyc rejects its constrained type variable; written with overloads, it compiled and
+# returned a float), which tests/core/test_timecode.py catches.
 MODULES=(
   meshenc/core/engine.py meshenc/core/anchor.py meshenc/core/capture.py
   meshenc/core/clock.py meshenc/core/confidence.py meshenc/core/kalman.py
