@@ -4,7 +4,8 @@
 # Debian bookworm the `nginx` package's own binary is built with the WebDAV module, and
 # nginx-light is only `nginx` plus the echo module), chromium (the browser that plays the
 # origin's stream, driven by Playwright: Debian's build, with H.264 and AAC) and npm (installs
-# the pinned hls.js), with --bench also ffmpeg (the encoder benchmark's baseline), and with
+# the pinned hls.js), with --bench also ffmpeg (the encoder benchmark's baseline) and gcc and the
+# Python headers (scripts/compile-sim.sh compiles the simulator's hot path with them), and with
 # --venv the python3-venv package (when `python3 -m venv` failed).
 # Debian/Ubuntu only; elsewhere it says what to install and fails.
 set -euo pipefail
@@ -12,7 +13,12 @@ set -euo pipefail
 missing=()
 case "${1:-}" in
   --venv) missing+=(python3-venv) ;;  # the caller already found `python3 -m venv` failing
-  --bench) command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg) ;&
+  --bench)
+    command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+    command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+    python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(
+      os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" 2>/dev/null || missing+=(python3-dev)
+    ;&
   *)
     command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
     # Debian puts nginx in /usr/sbin, which is not on a non-root user's PATH.

@@ -7,7 +7,9 @@ A reference world (by default 100 encoders × 20 s) is measured in the same invo
 interleaved with the sizes asked, repeat by repeat: on a shared, noisy machine the sizes'
 events per second divided by the reference's says more than either figure alone. Figures are
 medians over the repeats; CPU seconds are the run's own process time (what a busy machine
-inflates least). The simulator is single-threaded: one core per run.
+inflates least). The simulator is single-threaded: one core per run. Each run says whether
+its sync engine was a mypyc-compiled extension (``scripts/compile-sim.sh``; ``make bench`` runs
+the benchmark with ``PYTHONPATH=build/compiled``) or pure Python.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+import meshenc.core.engine
 from meshenc.bench.results import BenchError, Progress, cell, machine, quiet, results_table
 from meshenc.core.policy import Strategy
 from meshenc.sim.runner import run
@@ -46,6 +49,8 @@ class SpeedRun:
     wall_s: float
     cpu_s: float
     peak_rss_mb: float
+    #: Whether the sync engine ran compiled (a C extension built by mypyc), not pure Python.
+    compiled: bool = False
 
 
 def _world(encoders: int, duration_s: float, seed: int) -> Scenario:
@@ -63,7 +68,13 @@ def simulate_once(encoders: int, duration_s: float, seed: int = 1) -> SpeedRun:
     recording = run(scenario, Strategy.PREDICTIVE)
     wall = time.perf_counter() - wall
     cpu = time.process_time() - cpu
-    return SpeedRun(encoders, duration_s, recording.events, wall, cpu, _peak_rss_kib() / 1024)
+    rss = _peak_rss_kib() / 1024
+    return SpeedRun(encoders, duration_s, recording.events, wall, cpu, rss, _engine_compiled())
+
+
+def _engine_compiled() -> bool:
+    """Whether the sync engine was imported from a compiled extension rather than its source."""
+    return not str(meshenc.core.engine.__file__).endswith(".py")
 
 
 def _peak_rss_kib() -> int:
@@ -128,6 +139,11 @@ class SpeedRow:
     def peak_rss_mb(self) -> float:
         return max(r.peak_rss_mb for r in self.runs)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether every run's sync engine was compiled (one PYTHONPATH for all of them)."""
+        return all(r.compiled for r in self.runs)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "encoders": self.encoders,
@@ -139,6 +155,7 @@ class SpeedRow:
             "events_per_s": round(self.events_per_s, 1),
             "events_per_cpu_s": round(self.events_per_cpu_s, 1),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "compiled": self.compiled,
             "runs": [
                 {
                     "wall_s": round(r.wall_s, 3),
@@ -190,8 +207,9 @@ class SimSpeed:
                 "events/CPU s",
                 "peak RSS MB",
                 "× reference",
+                "engine",
             ),
-            left={"world"},
+            left={"world", "engine"},
         )
         base = self.reference.events_per_s
         for row in self.rows:
@@ -206,6 +224,7 @@ class SimSpeed:
                 cell(row.events_per_cpu_s, 0),
                 cell(row.peak_rss_mb, 0),
                 cell(row.events_per_s / base, 2),
+                "compiled" if row.compiled else "pure Python",
             )
         return table
 
