@@ -112,6 +112,11 @@ class PeerLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         #: Calls refused, per kind ("streams", "messages").
         self.refused: dict[str, int] = {"streams": 0, "messages": 0}
 
+    @property
+    def open_streams(self) -> int:
+        """Streaming calls being served now, over every peer."""
+        return len(self._streaming)
+
     def _peer(self, key: str) -> _Peer:
         peer = self._peers.get(key)
         if peer is None:
