@@ -987,7 +987,9 @@ class DemoRun:
                         name = kv.key[len(segments_root) :].split(b"/", 1)[0].decode()
                         if name and name not in watches:
                             watches[name] = SegmentWatch(SegmentKeys(settings.prefix, name))
-                            follows.append(asyncio.create_task(watches[name].follow(client, 1)))
+                            follows.append(
+                                asyncio.create_task(watches[name].follow_resuming(client))
+                            )
                 for group, watch in watches.items():
                     known = self.state.leaders.get(group)
                     if watch.leader is not None and known != (watch.leader, watch.token):
