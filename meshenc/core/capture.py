@@ -70,7 +70,6 @@ class CaptureSmoother:
         "_max_var",
         "_memory",
         "_min_var",
-        "_newest",
         "_nominal",
         "_p00",
         "_p01",
@@ -83,6 +82,7 @@ class CaptureSmoother:
         "_seen",
         "_started_at",
         "_step_after",
+        "_warming",
         "_warmup",
         "period",
         "restarts",
@@ -138,9 +138,10 @@ class CaptureSmoother:
         self.restarts = 0
         #: Pictures in a row earlier than the fit expected, while it warms up.
         self._early = 0
-        #: The fit's first reading since it was made or reset, and its newest one.
+        #: The fit's first reading since it was made or reset, and whether its readings have
+        #: yet to span ``warmup`` seconds from it.
         self._started_at = 0.0
-        self._newest = 0.0
+        self._warming = False
         self._r = self._r0 = min(max(initial_jitter**2, self._min_var), self._max_var)
         self.period = nominal_period
         self._period_before_run = nominal_period
@@ -189,7 +190,7 @@ class CaptureSmoother:
         source's own timestamps say so; without it they are counted from the arrival times.
         """
         if self.time is None:
-            self._started_at = self._newest = raw
+            self._started_at, self._warming = raw, True
             return self._start(raw, keep_period=False)
         elapsed = raw - self.time
         if elapsed < -2.0 * self.period:
@@ -207,12 +208,12 @@ class CaptureSmoother:
         n = periods
         predicted = self.time + n * self.period
         residual = raw - predicted
-        self._newest = max(self._newest, raw)
-        warming = self._newest - self._started_at < self._warmup
-        # Early beyond three jitters, and never less than three of the jitter a fit starts
-        # with: a young fit's own jitter estimate still swings from its first few residuals.
-        early = residual < -3.0 * math.sqrt(max(self._r, self._r0))
-        self._early = self._early + 1 if warming and early else 0
+        if self._warming:  # past its warm-up a fit never warms up again: one test per frame
+            self._warming = raw - self._started_at < self._warmup
+            # Early beyond three jitters, and never less than three of the jitter a fit starts
+            # with: a young fit's own jitter estimate still swings from its first residuals.
+            early = self._warming and residual < -3.0 * math.sqrt(max(self._r, self._r0))
+            self._early = self._early + 1 if early else 0
         if self._early >= 2:
             # Still warming up, and two pictures in a row came earlier than the fit expects:
             # it started on late readings. Start again from this one (at most half a period
