@@ -1014,11 +1014,14 @@ class SyncEngine:
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
         nb.last = esp
         if esp.segment_digest and esp.written_segment > 0:
-            _keep(
-                nb.digests,
-                esp.written_segment,
-                _Written(esp.segment_digest, esp.segment_vouched),
-            )
+            # Every ESP repeats the sender's newest segment: keep it once.
+            known = nb.digests.get(esp.written_segment)
+            if known is None or known != (esp.segment_digest, esp.segment_vouched):
+                _keep(
+                    nb.digests,
+                    esp.written_segment,
+                    _Written(esp.segment_digest, esp.segment_vouched),
+                )
         nb.corr_at = now
         if (
             esp.params_segment > 0
