@@ -21,12 +21,23 @@ SYSTEM_TESTS: Final = "tests/system/"
 """Where the whole-system tests are (node ids start with it): real processes across packages,
 in real time, sharing a session's ``meshenc up`` run and module-wide services."""
 
+REAL_TIME_TESTS: Final = (
+    SYSTEM_TESTS,
+    "tests/local/test_player.py",
+    "tests/report/test_recorder.py",
+)
+"""The tests whose verdict turns on real encoders keeping up with a live source (they lock,
+vouch for segments, play without a stall): the whole-system tests and the two outside them.
+Two of them at once overload two cores: an encoder a second behind its input skips pictures
+and rightly sets those segments aside, which such a test then reports (seen: a segment gap in
+the player test, no vouched segment in the input-loss test, each with another beside it)."""
+
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadgroup`` (``make test``): the whole-system tests are one group that one worker
-    runs in order, never two at a time, with each session and module fixture made once;
-    every other test goes to whichever worker is free.
+    """``--dist loadgroup`` (``make test``): the real-time tests (``REAL_TIME_TESTS``) are one
+    group that one worker runs in order, never two at a time, with each session and module
+    fixture made once; every other test goes to whichever worker is free.
 
     The group is chosen here, by path, rather than by ``xdist_group`` marks: pytest-xdist 3.8
     carries a mark's group in the test's node id, which pytest 9.2 no longer lets it change
@@ -39,7 +50,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     # xdist has no type information: its class is Any to mypy.
     class SystemTestsTogether(LoadGroupScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return "system" if nodeid.startswith(SYSTEM_TESTS) else super()._split_scope(nodeid)
+            real_time = nodeid.startswith(REAL_TIME_TESTS)
+            return "real-time" if real_time else super()._split_scope(nodeid)
 
     return SystemTestsTogether(config, log)
 
@@ -59,14 +71,14 @@ _YIELDED = pytest.StashKey[bool]()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Under ``--dist loadgroup``, a worker that runs a test outside ``tests/system/`` yields
-    the CPU to the whole-system tests from then on (it runs none of them later: they are one
+    """Under ``--dist loadgroup``, a worker that runs a test outside ``REAL_TIME_TESTS`` yields
+    the CPU to the real-time tests from then on (it runs none of them later: they are one
     group, the largest, handed out first)."""
     config = item.config
     if (
         hasattr(config, "workerinput")  # an xdist worker, which xdist tells about loadgroup
         and getattr(config.option, "loadgroup", False)
-        and not item.nodeid.startswith(SYSTEM_TESTS)
+        and not item.nodeid.startswith(REAL_TIME_TESTS)
         and not config.stash.get(_YIELDED, False)
     ):
         os.nice(YIELD_NICENESS)
