@@ -69,15 +69,15 @@ from services.manager.settings import (
     envvar="MESHENC_AUTOSCALE_MIN",
     type=int,
     default=None,
-    help="Fewest encoders the manager scales to (kubernetes; with --autoscale-max it turns "
-    "autoscaling on).",
+    help="Fewest encoders the manager scales to (with --autoscale-max it turns autoscaling on: "
+    "the StatefulSet's replicas, or in embedded mode a wish the launcher follows).",
 )
 @click.option(
     "--autoscale-max",
     envvar="MESHENC_AUTOSCALE_MAX",
     type=int,
     default=None,
-    help="Most encoders the manager scales to (kubernetes).",
+    help="Most encoders the manager scales to.",
 )
 @click.option(
     "--autoscale-high-water",
@@ -206,8 +206,9 @@ def manager(
     It follows the encoders (registration keys in etcd, or the StatefulSet's pods), plans a
     mesh that survives any single failure, writes each encoder's neighbours (etcd keys or
     ConfigMaps), with --work-units also the units placed on it (each on --redundancy
-    encoders), and judges escalated resync proposals. With --autoscale-min/--autoscale-max
-    (kubernetes) it scales the encoder StatefulSet with the encoders' load. SIGTERM stops it
+    encoders), and judges escalated resync proposals. With --autoscale-min/--autoscale-max it
+    scales the encoders with their load: the encoder StatefulSet (kubernetes), or the number
+    of encoders `meshenc up` runs (embedded: a key in etcd it follows). SIGTERM stops it
     cleanly. Mutual TLS needs the three --tls-* files (the manager presents the "manager"
     identity); --insecure serves plaintext.
     """

@@ -184,6 +184,35 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     "plan, fixed from start (the newcomer's neighbours expect it from the beginning).",
 )
 @click.option(
+    "--autoscale-max",
+    type=click.IntRange(min=3, max=64),
+    default=None,
+    help="Let the manager scale the mesh with its load, between --encoders and this many "
+    "encoders: spares are started and stopped as it asks [default: off].",
+)
+@click.option(
+    "--autoscale-high-water",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    default=0.75,
+    show_default=True,
+    help="Mean encoder pressure (CPU share of a core, or encode time over the frame budget) "
+    "at which the manager asks for more encoders.",
+)
+@click.option(
+    "--autoscale-low-water",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True),
+    default=0.30,
+    show_default=True,
+    help="Mean pressure below which it drains and stops the highest-numbered encoder.",
+)
+@click.option(
+    "--autoscale-cooldown",
+    type=click.FloatRange(min=0.0, max=3600.0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds between two scaling decisions (and before the first).",
+)
+@click.option(
     "--live/--no-live",
     default=None,
     help="Live terminal view [default: when the output is a terminal].",
@@ -217,6 +246,10 @@ def up(
     kill_at: float | None,
     join_at: float | None,
     links: str,
+    autoscale_max: int | None,
+    autoscale_high_water: float,
+    autoscale_low_water: float,
+    autoscale_cooldown: float,
     live: bool | None,
     insecure: bool,
 ) -> None:
@@ -232,7 +265,9 @@ def up(
     manifest too with --format cmaf), out/report.html with plots and out/summary.json. Every
     process started is stopped at the end, on Ctrl-C and on errors. The processes speak mutual
     TLS with certificates the run makes in OUT/certs (one per encoder, registry, manager,
-    operator) unless --insecure.
+    operator) unless --insecure. With --autoscale-max the manager scales the mesh with the
+    encoders' load: it asks for more encoders (spares the run planned start) or drains and
+    stops the highest-numbered one.
     """
     # The run pulls in etcd, the planner and the report (matplotlib): only `up` pays for them.
     from meshenc.local.demo import DemoConfig, DemoRun  # noqa: PLC0415
@@ -280,6 +315,10 @@ def up(
             join_at=join_at,
             manager="manager" in commands,
             managed_topology=links == "managed",
+            autoscale_max=autoscale_max,
+            autoscale_high_water=autoscale_high_water,
+            autoscale_low_water=autoscale_low_water,
+            autoscale_cooldown=autoscale_cooldown,
             output_format=SegmentFormat(output_format),
             encoder_options=frozenset(
                 opt for param in encoder_command.params for opt in param.opts
@@ -373,6 +412,11 @@ def _intro(config: DemoConfig, plan: RunPlan, tls: TlsFiles | None) -> Renderabl
             ("meshenc up", "bold"),
             f": {config.encoders} encoders"
             + (f" (+{joiner.name} joining at {config.join_time:.0f} s)" if joiner else "")
+            + (
+                f" (up to {config.autoscale_max} as the manager asks)"
+                if config.autoscale_max is not None
+                else ""
+            )
             + f", real etcd, {len(plan.registry_ports)} registry replicas"
             + (", the manager" if plan.manager_address else "")
             + f", {config.duration:.0f} s; output in {config.out}/",
@@ -466,7 +510,10 @@ def _encoders(state: DemoState) -> RenderableType:
     for name, view in state.encoders.items():
         plan, answer = view.plan, view.state
         process = {
-            "planned": Text("joins later" if plan.joins_later else "starting", style="dim"),
+            "planned": Text(
+                "spare" if plan.spare else "joins later" if plan.joins_later else "starting",
+                style="dim",
+            ),
             "running": Text("running", style="green"),
             "killed": Text("killed -9", style="bold red"),
             "stopped": Text("stopped", style="dim"),

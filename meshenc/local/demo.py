@@ -71,6 +71,7 @@ from typing import Final, Literal
 import aiohttp
 import av
 
+from meshenc.core.planner.autoscale import ordinal
 from meshenc.core.planner.manager import MeshView, PlannerConfig, plan_mesh
 from meshenc.core.planner.placement import Host
 from meshenc.core.timecode import FrameRate
@@ -92,6 +93,7 @@ from meshenc.report.verify import (
     compare,
     rendition_folder,
 )
+from meshenc.wire.adjacency import EtcdLayout
 from services.common.certs import CertificateSet, make_certificates
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, connect_client
 from services.common.tls import MANAGER, OPERATOR, REGISTRY, TlsFiles
@@ -130,6 +132,10 @@ MAX_INGEST_DELAY_MS: Final = 220.0
 #: The slow swing of every path's delay (amplitude, ms) and its period (s).
 INGEST_SWING_MS: Final = 10.0
 INGEST_SWING_PERIOD_S: Final = 20.0
+MAX_AUTOSCALE: Final = 64
+"""The most encoders ``meshenc up`` plans for its autoscaler (ports and certificates for each
+are made at the start)."""
+_REPLICAS_POLL: Final = 0.5
 LIVE_SEGMENTS: Final = 12
 """Newest media segments the live identity strip compares."""
 _LEADER_POLL: Final = 0.1
@@ -164,6 +170,15 @@ class DemoConfig:
     #: With a ladder and the manager planning the links: the encoders each rung (work unit
     #: ``0/<rung>``) is placed on, so that each encoder writes only the rungs placed on it.
     redundancy: int = 2
+    #: Autoscaling (needs the manager): the most encoders the manager may ask for (None: off).
+    #: The fewest is ``encoders``; spare encoders beyond them are planned from the start and
+    #: started or stopped as the manager's wish (``P/manager/replicas`` in etcd) changes.
+    autoscale_max: int | None = None
+    #: The manager's autoscaling marks (mean pressure: CPU share or encode time over the frame
+    #: budget) and cool-down in seconds (``meshenc manager --autoscale-*``).
+    autoscale_high_water: float = 0.75
+    autoscale_low_water: float = 0.30
+    autoscale_cooldown: float = 30.0
     fps: str = "30"
     gop: int = 60
     #: The encoders' video bitrate (``--bitrate-kbps``; a ladder gives each rung its own),
@@ -208,6 +223,18 @@ class DemoConfig:
             )
         if not self.duration > 0:
             raise ValueError("duration must be > 0")
+        if self.autoscale_max is not None:
+            if not (self.manager and self.managed_topology):
+                raise ValueError("autoscaling needs the manager planning the links")
+            if not self.encoders < self.autoscale_max <= MAX_AUTOSCALE:
+                raise ValueError(
+                    f"autoscale_max must be in {self.encoders + 1}..{MAX_AUTOSCALE} "
+                    f"(above encoders), got {self.autoscale_max}"
+                )
+            if not 0 < self.autoscale_low_water < self.autoscale_high_water <= 1:
+                raise ValueError("need 0 < autoscale_low_water < autoscale_high_water <= 1")
+            if not 0 < self.autoscale_cooldown <= 3600:
+                raise ValueError("autoscale_cooldown must be in (0, 3600] seconds")
         if self.registries < 0:
             raise ValueError("registries must be >= 0")
         if not 0 <= self.max_drift_ppm <= 10_000 or self.jitter_ms < 0:
@@ -225,6 +252,16 @@ class DemoConfig:
     @property
     def join_time(self) -> float:
         return self.duration * JOIN_AT if self.join_at is None else self.join_at
+
+    @property
+    def spares(self) -> int:
+        """Encoders planned for the autoscaler alone: running at most ``autoscale_max``."""
+        return 0 if self.autoscale_max is None else self.autoscale_max - self.encoders
+
+    @property
+    def planned_encoders(self) -> int:
+        """Every encoder the run plans: the initial ones, the joiner, the spares."""
+        return self.encoders + (1 if self.faults else 0) + self.spares
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +281,8 @@ class EncoderPlan:
     group: str
     peers: tuple[str, ...]
     joins_later: bool = False
+    #: Started only when the manager asks for more encoders (autoscaling).
+    spare: bool = False
 
     @property
     def address(self) -> str:
@@ -268,7 +307,11 @@ class RunPlan:
 
     @property
     def initial(self) -> tuple[EncoderPlan, ...]:
-        return tuple(e for e in self.encoders if not e.joins_later)
+        return tuple(e for e in self.encoders if not (e.joins_later or e.spare))
+
+    @property
+    def spares(self) -> tuple[EncoderPlan, ...]:
+        return tuple(e for e in self.encoders if e.spare)
 
     @property
     def joiner(self) -> EncoderPlan | None:
@@ -299,7 +342,8 @@ def plan_run(config: DemoConfig, ports: Sequence[int]) -> RunPlan:
     """
     if len(ports) < ports_needed(config):
         raise ValueError(f"need {ports_needed(config)} ports, got {len(ports)}")
-    count = config.encoders + (1 if config.faults else 0)
+    count = config.planned_encoders
+    joiner = config.encoders if config.faults else None
     names = [f"e{i}" for i in range(count)]
     rng = random.Random(config.seed)
     spread = config.max_drift_ppm
@@ -323,7 +367,8 @@ def plan_run(config: DemoConfig, ports: Sequence[int]) -> RunPlan:
             seed=rng.randrange(1 << 31),
             group=group_of[name],
             peers=tuple(adjacency[name]),
-            joins_later=config.faults and i == count - 1,
+            joins_later=i == joiner,
+            spare=i >= config.encoders + (1 if config.faults else 0),
         )
         for i, name in enumerate(names)
     )
@@ -336,8 +381,15 @@ def plan_run(config: DemoConfig, ports: Sequence[int]) -> RunPlan:
 def ports_needed(config: DemoConfig) -> int:
     """Ports a run takes: each encoder's gRPC, input and output ports, the registries, the
     manager."""
-    encoders = config.encoders + (1 if config.faults else 0)
-    return 3 * encoders + config.registries + int(config.manager)
+    return 3 * config.planned_encoders + config.registries + int(config.manager)
+
+
+def _replicas(value: bytes | None) -> int | None:
+    """The manager's wish as stored in etcd, or None when there is none or it is malformed
+    (then nothing changes)."""
+    if value is None or not value.isdigit() or len(value) > 4:
+        return None
+    return int(value)
 
 
 # --- what the live view reads -----------------------------------------------------------------
@@ -614,6 +666,15 @@ class DemoRun:
         ]  # fmt: skip
         if units := self.work_units:
             args += ["--work-units", ",".join(units), "--redundancy", str(self.config.redundancy)]
+        config = self.config
+        if config.autoscale_max is not None:
+            args += [
+                "--autoscale-min", str(config.encoders),
+                "--autoscale-max", str(config.autoscale_max),
+                "--autoscale-high-water", str(config.autoscale_high_water),
+                "--autoscale-low-water", str(config.autoscale_low_water),
+                "--autoscale-cooldown", str(config.autoscale_cooldown),
+            ]  # fmt: skip
         return args
 
     # -- the run ------------------------------------------------------------------------------
@@ -718,10 +779,17 @@ class DemoRun:
             ]
             if self.master_url is not None:
                 watchers.append(asyncio.create_task(self._keep_master(), name="master"))
+            if self.config.autoscale_max is not None:
+                scaling = asyncio.create_task(self._follow_replicas(etcd.endpoint), name="scale")
+                watchers.append(scaling)
             if self._player is not None:
                 self._play_task = asyncio.create_task(self._play(self._player), name="player")
             try:
                 await self._timeline(launcher)
+                if self.config.autoscale_max is not None:  # no encoder starts while all stop
+                    scaling.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await scaling
                 if self._player is not None:
                     # Before the encoders stop: the stream's end is not a stall.
                     self._set_phase("stopping the player")
@@ -806,6 +874,52 @@ class DemoRun:
             joiner.name, self.encoder_args(joiner, self.state.etcd_endpoint), address=joiner.address
         )
         self._started(joiner, "joined")
+
+    async def _follow_replicas(self, endpoint: str) -> None:
+        """Start or stop encoders as the manager's autoscaler asks (``P/manager/replicas``):
+        each new wish is applied once — more running than asked, the highest ordinal stops
+        first (SIGTERM, after the manager drained it), as a StatefulSet scales in; fewer, the
+        next spare starts. The run's own kill and join in between are left alone."""
+        client = connect_client(EtcdSettings(endpoints=(endpoint,), prefix=DEFAULT_ETCD_PREFIX))
+        key = EtcdLayout(DEFAULT_ETCD_PREFIX).replicas
+        applied: int | None = None
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(Exception):
+                    found = await client.get(key)
+                    wish = _replicas(None if found is None else bytes(found.value))
+                    if wish is not None and wish != applied:
+                        await self._scale_to(wish)
+                        applied = wish
+                await asyncio.sleep(_REPLICAS_POLL)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def _scale_to(self, wish: int) -> None:
+        launcher, recorder = self._launcher, self._recorder
+        assert launcher is not None and recorder is not None
+        running = [n for n, v in self.state.encoders.items() if v.status == "running"]
+        if wish < len(running):
+            for name in sorted(running, key=lambda n: ordinal(n) or 0)[wish - len(running) :]:
+                self._note(f"the manager asks for {wish} encoders: stopping {name}", "yellow")
+                self.state.encoders[name].status = "stopped"
+                code = (await launcher.stop([name])).get(name)
+                recorder.lifecycle("stopped", name)
+                recorder.remove(name)
+                if code:
+                    self._note(f"{name} exited with code {code}", "red")
+            return
+        spares = [e for e in self.plan.spares if self.state.encoders[e.name].status == "planned"]
+        for encoder in spares[: wish - len(running)]:
+            assert self.state.etcd_endpoint
+            self._note(f"the manager asks for {wish} encoders: starting {encoder.name}", "green")
+            await launcher.start(
+                encoder.name,
+                self.encoder_args(encoder, self.state.etcd_endpoint),
+                address=encoder.address,
+            )
+            self._started(encoder, "joined")
 
     def _started(self, encoder: EncoderPlan, kind: Literal["started", "joined"]) -> None:
         launcher, recorder = self._launcher, self._recorder

@@ -342,6 +342,7 @@ class EtcdLayout:
         P/topology/<encoder>     that encoder's adjacency document
         P/encoders/<encoder>     its registration record, bound to its lease
         P/manager/leader         the active manager's id, bound to its lease
+        P/manager/replicas       how many encoders the manager asks for (decimal; autoscaling)
 
     Raises:
         ValueError: for a prefix that is not ``/``-separated words without a trailing ``/``.
@@ -407,6 +408,11 @@ class EtcdLayout:
     @property
     def manager_leader(self) -> bytes:
         return f"{self.prefix}/manager/leader".encode()
+
+    @property
+    def replicas(self) -> bytes:
+        """Where the manager's autoscaler asks the launcher for encoders (embedded mode)."""
+        return f"{self.prefix}/manager/replicas".encode()
 
 
 def configmap_name(pod: str) -> str:

@@ -34,6 +34,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -53,7 +54,10 @@ __all__ = [
     "check_plan",
     "diff_members",
     "follow_member",
+    "within_bounds",
 ]
+
+log = logging.getLogger("meshenc.manager.actuator")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +157,23 @@ class Actuator(Protocol):
     async def close(self) -> None:
         """Release what the actuator holds (it cannot be used afterwards)."""
         ...
+
+
+def within_bounds(replicas: int, bounds: tuple[int, int] | None, how_to_enable: str) -> int:
+    """``replicas`` clamped to the scale ``bounds`` (min, max): what a scale request asks for
+    (logged when it differs from the wish).
+
+    Raises:
+        ScalingNotSupportedError: no bounds: scaling is off (the message says
+            ``how_to_enable`` it).
+    """
+    if bounds is None:
+        raise ScalingNotSupportedError(f"scaling is off: {how_to_enable}")
+    low, high = bounds
+    target = min(max(replicas, low), high)
+    if target != replicas:
+        log.info("scale: %d replicas asked, %d within bounds [%d, %d]", replicas, target, low, high)
+    return target
 
 
 def check_plan(documents: Mapping[str, AdjacencyDocument]) -> int:

@@ -7,6 +7,11 @@ Key layout (:class:`~meshenc.wire.adjacency.EtcdLayout`, prefix ``P``, default `
     P/topology/.epoch        decimal epoch of the last plan written
     P/topology/<encoder>     that encoder's adjacency document (JSON)
     P/encoders/<encoder>     the encoder's registration record, bound to its own lease
+    P/manager/replicas       how many encoders the autoscaler asks for (decimal)
+
+Scaling. :meth:`EtcdActuator.scale` writes the wish, within the bounds, to
+``P/manager/replicas`` (fenced like a plan); the launcher that runs the encoders (``meshenc
+up``) watches the key and starts or stops encoder processes to match it.
 
 Publishing. The actuator mirrors ``P/topology/`` (read once, then kept up to date by its own
 writes) and writes only the difference to the plan: changed documents are put, documents of
@@ -59,11 +64,11 @@ from services.manager.actuators import (
     MemberEvent,
     MemberJoined,
     NotLeaderError,
-    ScalingNotSupportedError,
     StalePlanError,
     check_plan,
     diff_members,
     follow_member,
+    within_bounds,
 )
 
 __all__ = ["DEFAULT_MAX_TXN_OPS", "EtcdActuator", "Fence", "is_transient"]
@@ -135,6 +140,7 @@ class EtcdActuator:
         max_ops_per_txn: etcd's ``--max-txn-ops``.
         watch_timeout: seconds after which the registration watch is renewed.
         attempts: tries per publish before a transient failure is reported.
+        scale_bounds: (min, max) encoders for :meth:`scale`; None disables scaling.
     """
 
     def __init__(
@@ -147,9 +153,13 @@ class EtcdActuator:
         watch_timeout: float = DEFAULT_WATCH_TIMEOUT,
         attempts: int = DEFAULT_ATTEMPTS,
         owns_client: bool = False,
+        scale_bounds: tuple[int, int] | None = None,
     ) -> None:
         if max_ops_per_txn < 2:
             raise ValueError(f"max_ops_per_txn must be >= 2, got {max_ops_per_txn}")
+        if scale_bounds is not None and not 0 <= scale_bounds[0] <= scale_bounds[1]:
+            raise ValueError(f"scale bounds must be 0 <= min <= max, got {scale_bounds}")
+        self.scale_bounds = scale_bounds
         self.layout = layout if layout is not None else EtcdLayout()
         self.max_ops_per_txn = max_ops_per_txn
         self.watch_timeout = watch_timeout
@@ -352,9 +362,27 @@ class EtcdActuator:
     # -- the rest ---------------------------------------------------------------------------------
 
     async def scale(self, replicas: int) -> None:
-        raise ScalingNotSupportedError(
-            "embedded mode cannot scale: the launcher decides how many encoders run"
+        target = within_bounds(
+            replicas, self.scale_bounds, "give the manager --autoscale-min/--autoscale-max"
         )
+        key = self.layout.replicas
+        async for attempt in retrying(
+            f"asking for {target} encoders", is_transient, attempts=self.attempts
+        ):
+            with attempt:
+                fence = None
+                if self._fence is not None:
+                    fence = self._fence()
+                    if fence is None:
+                        raise NotLeaderError("this manager is not the active one; not scaling")
+                tx = self._client.transactions
+                compare = [] if fence is None else [tx.create(fence.key) == fence.create_revision]
+                succeeded, _ = await self._client.transaction(
+                    compare=compare, success=[tx.put(key, str(target).encode())], failure=[]
+                )
+                if not succeeded:
+                    raise NotLeaderError("this manager's leadership has ended; not scaling")
+        log.info("asked for %d encoders (%s)", target, key.decode())
 
     async def close(self) -> None:
         if self._owns_client:

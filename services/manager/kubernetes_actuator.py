@@ -76,11 +76,11 @@ from services.manager.actuators import (
     ForbiddenError,
     MemberEvent,
     MemberJoined,
-    ScalingNotSupportedError,
     StalePlanError,
     check_plan,
     diff_members,
     follow_member,
+    within_bounds,
 )
 
 __all__ = ["KubernetesActuator", "api_error", "is_transient"]
@@ -510,16 +510,9 @@ class KubernetesActuator:
     # -- scale ------------------------------------------------------------------------------------
 
     async def scale(self, replicas: int) -> None:
-        if self.scale_bounds is None:
-            raise ScalingNotSupportedError(
-                "scaling is off: give the actuator scale bounds (autoscaling.enabled in the chart)"
-            )
-        low, high = self.scale_bounds
-        target = min(max(replicas, low), high)
-        if target != replicas:
-            log.info(
-                "scale: %d replicas asked, %d within bounds [%d, %d]", replicas, target, low, high
-            )
+        target = within_bounds(
+            replicas, self.scale_bounds, "give the actuator scale bounds (autoscaling.enabled)"
+        )
         try:
             async for attempt in retrying(
                 f"scaling {self.statefulset}", is_transient, attempts=self.attempts

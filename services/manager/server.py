@@ -294,7 +294,9 @@ STOP_GRACE: Final = 1.0
 async def _open_actuator(settings: ManagerSettings, etcd: Any, election: Any) -> Actuator:
     if settings.actuator is ActuatorKind.EMBEDDED:
         fence = election.fence if election else None
-        return EtcdActuator(etcd, layout=settings.layout, fence=fence)
+        return EtcdActuator(
+            etcd, layout=settings.layout, fence=fence, scale_bounds=settings.scale_bounds
+        )
     assert settings.encoder_statefulset is not None  # checked by the settings
     return KubernetesActuator(
         await connect_api(),

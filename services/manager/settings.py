@@ -120,11 +120,6 @@ class ManagerSettings(BaseModel):
         bounds = self.scale_bounds
         if bounds is not None and bounds[0] > bounds[1]:
             raise ValueError("--autoscale-min must not exceed --autoscale-max")
-        if bounds is not None and self.actuator is ActuatorKind.EMBEDDED:
-            raise ValueError(
-                "autoscaling (--autoscale-min/--autoscale-max) needs the kubernetes actuator: "
-                "in embedded mode the launcher decides how many encoders run"
-            )
         if self.autoscale_low_water >= self.autoscale_high_water:
             raise ValueError("--autoscale-low-water must be below --autoscale-high-water")
         if self.autoscale_drain_timeout <= self.autoscale_drain_grace:

@@ -172,3 +172,35 @@ def test_a_ladder_under_the_manager_is_placed_rung_by_rung(tmp_path: Path) -> No
         DemoConfig(encoders=2, redundancy=3)
     refused = CliRunner().invoke(cli, ["up", "--redundancy", "2"])
     assert refused.exit_code == 2 and "places the rungs of --ladder" in refused.output
+
+
+def test_autoscaling_plans_spares_that_start_only_when_the_manager_asks() -> None:
+    """``--autoscale-max`` plans the spares up front (ports, and certificates with them), after
+    the joiner and out of the initial set; the manager gets the bounds; a run without the
+    manager planning the links, or with a maximum not above the start, is refused."""
+    config = DemoConfig(encoders=3, manager=True, autoscale_max=6, autoscale_cooldown=9.0)
+    ports = list(range(21_000, 21_000 + ports_needed(config)))
+    plan = plan_run(config, ports)
+    assert [e.name for e in plan.initial] == ["e0", "e1", "e2"]
+    assert plan.joiner is not None and plan.joiner.name == "e3"
+    assert [e.name for e in plan.spares] == ["e4", "e5", "e6"]
+    assert len({e.port for e in plan.encoders}) == 7
+    run = demo.DemoRun(config, plan)
+    assert {"e4", "e5", "e6"} <= set(run.identities())
+    args = run.manager_args("http://127.0.0.1:2379")
+    assert args[args.index("--autoscale-min") + 1] == "3"
+    assert args[args.index("--autoscale-max") + 1] == "6"
+    assert args[args.index("--autoscale-cooldown") + 1] == "9.0"
+    assert "--autoscale-max" not in demo.DemoRun(DemoConfig(manager=True)).manager_args("x")
+    with pytest.raises(ValueError, match="manager planning the links"):
+        DemoConfig(encoders=3, autoscale_max=6)
+    with pytest.raises(ValueError, match=r"autoscale_max must be in 4\.\.64"):
+        DemoConfig(encoders=3, manager=True, autoscale_max=3)
+    with pytest.raises(ValueError, match="low_water < autoscale_high_water"):
+        DemoConfig(manager=True, autoscale_max=8, autoscale_low_water=0.8)
+
+
+def test_the_manager_s_wish_is_read_only_when_it_is_a_plain_number() -> None:
+    assert demo._replicas(b"5") == 5
+    for bad in (None, b"", b"-1", b"5.0", b"abc", b"99999"):
+        assert demo._replicas(bad) is None

@@ -18,9 +18,10 @@ fleet's load is the mean pressure of the members that have reported.
   reported, one encoder fewer is within ``[min_replicas, max_replicas]``, and the same total
   load on one encoder fewer would stay below ``high_water`` (so the smaller fleet is not one
   that would grow at once).
-  The encoder with the highest StatefulSet ordinal (``<name>-<n>``; the one a StatefulSet
-  removes first) is *drained* first (:class:`DrainStarted`: the manager gives it no capacity,
-  so the placement moves its units away). Once it holds nothing and ``drain_grace`` seconds
+  The encoder with the highest ordinal (the number its name ends in: a StatefulSet pod's
+  ``<name>-<n>``, the one a StatefulSet removes first; ``meshenc up``'s ``e<n>``) is
+  *drained* first (:class:`DrainStarted`: the manager gives it no capacity, so the placement
+  moves its units away). Once it holds nothing and ``drain_grace`` seconds
   have passed (time for the new holders to start at a GOP boundary), :class:`ScaleIn` asks for
   one encoder fewer. A drain is cancelled (:class:`DrainCancelled`) if the encoder leaves, if
   the load on the others would reach ``high_water``, or if it still holds work after
@@ -69,11 +70,12 @@ __all__ = [
     "pressure",
 ]
 
-_ORDINAL = re.compile(r".*-(\d+)")
+_ORDINAL = re.compile(r".*?(\d+)")
 
 
 def ordinal(encoder_id: str) -> int | None:
-    """A StatefulSet pod's ordinal (``meshenc-encoder-3`` → 3), or None for other names."""
+    """The number an encoder's name ends in: a StatefulSet pod's ordinal (``meshenc-encoder-3``
+    → 3), ``meshenc up``'s ``e3`` → 3; None for a name without one."""
     found = _ORDINAL.fullmatch(encoder_id)
     return int(found.group(1)) if found else None
 

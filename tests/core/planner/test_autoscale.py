@@ -249,8 +249,15 @@ def test_a_drain_is_cancelled_when_load_returns_and_autoscaling_stops_on_a_perma
 def test_pressure_takes_the_fuller_of_cpu_and_encode_time() -> None:
     assert pressure(0.2, 0.030, 0.040) == pytest.approx(0.75)
     assert pressure(0.9, 0.010, 0.040) == 0.9
+
+
+def test_the_ordinal_is_the_number_a_name_ends_in() -> None:
+    """A StatefulSet pod's and ``meshenc up``'s names alike: ``e10`` comes after ``e9``."""
     assert ordinal("meshenc-encoder-12") == 12
+    assert ordinal("e10") == 10
+    assert max(["e9", "e10", "e2"], key=lambda name: ordinal(name) or 0) == "e10"
     assert ordinal("enc") is None
+    assert ordinal("e1x") is None
 
 
 @pytest.mark.parametrize(

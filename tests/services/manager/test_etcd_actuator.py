@@ -174,6 +174,40 @@ async def test_fenced_actuator_stops_writing_when_leadership_moves(etcd: EtcdPro
         await client.close()
 
 
+async def test_scale_writes_the_wish_within_bounds_while_this_manager_leads(
+    etcd: EtcdProcess,
+) -> None:
+    """The launcher follows ``P/manager/replicas``: a wish beyond the bounds is clamped, and a
+    manager whose leadership ended writes none."""
+    client = etcd_client(etcd)
+    try:
+        key = LAYOUT.manager_leader
+        put = await client.put(key, b"manager-a")
+        current: list[Fence | None] = [Fence(key, int(put.header.revision))]
+        act = EtcdActuator(client, fence=lambda: current[0], scale_bounds=(2, 4))
+
+        async def wish() -> bytes | None:
+            found = await client.get(LAYOUT.replicas)
+            return None if found is None else bytes(found.value)
+
+        await act.scale(3)
+        assert await wish() == b"3"
+        await act.scale(9)
+        assert await wish() == b"4"
+        await act.scale(0)
+        assert await wish() == b"2"
+        await client.delete(key)
+        await client.put(key, b"manager-b")
+        with pytest.raises(NotLeaderError):
+            await act.scale(3)
+        current[0] = None
+        with pytest.raises(NotLeaderError):
+            await act.scale(3)
+        assert await wish() == b"2"
+    finally:
+        await client.close()
+
+
 async def test_members_follow_registrations(etcd: EtcdProcess) -> None:
     """Encoders registering under their leases join; updating capacity is a new join;
     closing (lease revoked) is a leave; a malformed registration is ignored."""

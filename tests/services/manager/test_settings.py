@@ -65,28 +65,6 @@ def test_bad_autoscaling_settings_are_refused_by_name(
     assert message in result.output
 
 
-def test_embedded_mode_refuses_autoscaling_bounds() -> None:
-    """The launcher, not the manager, decides how many encoders run in embedded mode."""
-    result = CliRunner().invoke(
-        manager,
-        [
-            "--insecure",
-            "--actuator",
-            "embedded",
-            "--etcd",
-            "http://127.0.0.1:2379",
-            "--autoscale-min",
-            "1",
-            "--autoscale-max",
-            "3",
-        ],
-    )
-    assert result.exit_code == 2
-    assert "autoscaling (--autoscale-min/--autoscale-max) needs the kubernetes actuator" in (
-        result.output
-    )
-
-
 def test_work_units_and_redundancy_become_the_placement_and_bad_ones_are_refused() -> None:
     """Each unit is two identifiers (the documents carry it), none twice; the redundancy goes
     to the core's placement."""
