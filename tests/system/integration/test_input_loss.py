@@ -87,6 +87,18 @@ def _state(port: int) -> mesh_pb2.EncoderState | None:
         return None
 
 
+def _wait_until_all_live(ports: list[int], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    waiting = set(ports)
+    while waiting and time.monotonic() < deadline:
+        for port in list(waiting):
+            state = _state(port)
+            if state is not None and state.input.state == "live":
+                waiting.discard(port)
+        time.sleep(0.1)
+    assert not waiting, f"encoders on ports {sorted(waiting)} never read their input live"
+
+
 @pytest.mark.slow
 def test_an_encoder_that_loses_its_input_rejoins_and_its_neighbours_never_misalign(
     tmp_path: Path, live_source: LiveSource
@@ -116,6 +128,10 @@ def test_an_encoder_that_loses_its_input_rejoins_and_its_neighbours_never_misali
                     processes.append(
                         subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
                     )
+            # The clock starts when every encoder serves and reads its input: on a busy
+            # machine a process can take many seconds to start, and a cut timed from the
+            # launch could come and go before the encoders read a picture.
+            _wait_until_all_live([ports[n] for n in NAMES])
             started = time.monotonic()
             time.sleep(CUT_AT)
             relay.cut.set()
