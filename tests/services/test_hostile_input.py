@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import grpc
 import pytest
@@ -87,6 +87,11 @@ def documented_codes() -> dict[str, frozenset[str]]:
 # -- the servers, on a loop of their own ---------------------------------------------------------
 
 
+HANG_GUARD: Final = 120.0
+"""Seconds a batch of sends may take before the test calls it a hang: each call has a 5 s
+deadline of its own, but on a machine at load 40 to 50 a batch of them once took over 30 s."""
+
+
 class Loop:
     """The event loop the servers and the client's calls share: the test runs each send on it
     (``run_until_complete``); between sends the servers wait, as does their background work."""
@@ -94,7 +99,7 @@ class Loop:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = HANG_GUARD) -> T:
         return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
     def close(self) -> None:
