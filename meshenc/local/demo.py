@@ -614,6 +614,9 @@ class DemoRun:
         ]  # fmt: skip
         if units := self.work_units:
             args += ["--work-units", ",".join(units), "--redundancy", str(self.config.redundancy)]
+            # One frame interval: what the encoders' measured capacities are read against.
+            budget = 1.0 / FrameRate.parse(self.config.fps).fps
+            args += ["--frame-budget", f"{budget:.6f}"]
         return args
 
     # -- the run ------------------------------------------------------------------------------
