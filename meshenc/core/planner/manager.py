@@ -13,7 +13,7 @@ adjacency, segment map and work assignments; scale; answer the escalation), each
 this order**:
 
 1. :class:`EncoderRemoved`, :class:`EncoderIsolated`, :class:`LinkAvoided`,
-   :class:`~meshenc.core.planner.autoscale.DrainStarted`,
+   :class:`CapacityMeasured`, :class:`~meshenc.core.planner.autoscale.DrainStarted`,
    :class:`~meshenc.core.planner.autoscale.DrainCancelled` — why the mesh changes;
 2. :class:`TopologyChanged` — the new epoch's adjacency (publish before anything that names it);
 3. :class:`SegmentsChanged`, then :class:`PlacementChanged`;
@@ -60,8 +60,9 @@ Load (:mod:`.load`): every applied health report also goes to the
 :class:`~meshenc.core.planner.load.LoadModel` with the number of units the current placement
 gives the reporter, and from it come both the capacity each encoder is planned with (measured,
 with hysteresis; the registered one until measured) and the pressure the autoscaler sees. A
-measured capacity that changes is a reason to replan on the next tick; the placement then
-sheds copies only from an encoder whose capacity fell below what it holds.
+measured capacity that changes comes out as :class:`CapacityMeasured` on the next tick, which
+replans; the placement then sheds copies only from an encoder whose capacity fell below what
+it holds.
 
 Autoscaling (with ``ManagerConfig.autoscale``), on a tick: the
 :class:`~meshenc.core.planner.autoscale.Autoscaler` sees every member's smoothed pressure (CPU
@@ -131,6 +132,7 @@ from meshenc.core.planner.topology import (
 from meshenc.core.planner.vivaldi import Coordinate
 
 __all__ = [
+    "CapacityMeasured",
     "EncoderIsolated",
     "EncoderJoined",
     "EncoderLeft",
@@ -373,6 +375,19 @@ class LinkAvoided:
 
 
 @dataclass(frozen=True, slots=True)
+class CapacityMeasured:
+    """The encoder's measured capacity changed (from its registered one, or a measured one):
+    it is planned with ``capacity`` units from now on. ``overhead`` and ``per_unit`` are the
+    smoothed parts of its pressure it was computed from (:mod:`.load`)."""
+
+    encoder_id: str
+    capacity: int
+    previous: int
+    overhead: float
+    per_unit: float
+
+
+@dataclass(frozen=True, slots=True)
 class TopologyChanged:
     """Publish this adjacency as epoch ``epoch``."""
 
@@ -429,6 +444,7 @@ Decision = (
     EncoderRemoved
     | EncoderIsolated
     | LinkAvoided
+    | CapacityMeasured
     | DrainStarted
     | DrainCancelled
     | TopologyChanged
@@ -522,6 +538,7 @@ class MeshManager:
         self._autoscaler = Autoscaler(self.config.autoscale) if self.config.autoscale else None
         self._drained: set[str] = set()  # capacity 0: draining, or scaled in and leaving
         self._autoscale_notes: list[Decision] = []  # decided outside a tick, out with the next
+        self._measured: dict[str, CapacityMeasured] = {}  # since the last tick, per encoder
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -634,6 +651,11 @@ class MeshManager:
         after = self.load.capacity(node, member.capacity)
         if after != before:
             self._reasons.append(f"{node}'s measured capacity {before} -> {after}")
+            parts = self.load.parts(node) or (0.0, 0.0)
+            earlier = self._measured.get(node)
+            self._measured[node] = CapacityMeasured(
+                node, after, earlier.previous if earlier else before, *parts
+            )
 
     def _tick(self) -> list[Decision]:
         """Detect failures, expire penalties, and replan if anything changed."""
@@ -643,6 +665,8 @@ class MeshManager:
         decisions += self._remove_silent(now)
         decisions += self._remove_cut_off(now)
         decisions += self._avoid_down_links(now)
+        decisions += [m for _, m in sorted(self._measured.items()) if m.capacity != m.previous]
+        self._measured = {}
         decisions += self._autoscale_notes
         self._autoscale_notes = []
         scaling = self._autoscale(now)

@@ -21,11 +21,13 @@ from meshenc.core.planner.autoscale import AutoscaleConfig, ScaleOut
 from meshenc.core.planner.health import HealthReported
 from meshenc.core.planner.load import LoadConfig, LoadModel, pressure, split
 from meshenc.core.planner.manager import (
+    CapacityMeasured,
     Decision,
     EncoderJoined,
     ManagerConfig,
     MeshManager,
     PlacementChanged,
+    TopologyChanged,
     WorkUnitsSet,
 )
 from meshenc.core.planner.placement import WorkUnit
@@ -155,6 +157,10 @@ class Fleet:
             self.manager.step(self.now, report)
         self.manager.step(self.now, Tick())
         decisions = self.manager.ready()
+        kinds = [type(d) for d in decisions]
+        if CapacityMeasured in kinds:  # why the plan changes: before it
+            last = max(i for i, kind in enumerate(kinds) if kind is CapacityMeasured)
+            assert not {PlacementChanged, TopologyChanged} & set(kinds[:last])
         self.decisions += decisions
         return decisions
 
@@ -183,6 +189,10 @@ def test_no_encoder_is_planned_beyond_its_measured_capacity(costs: list[Cost], u
         assert h <= fleet.manager.load.capacity(node, 4)
         if h > CONFIG.min_capacity:
             assert cost.overhead + h * cost.per_unit <= CONFIG.ceiling + 1e-6, (node, h, cost)
+    announced = {d.encoder_id: d for d in fleet.decisions if isinstance(d, CapacityMeasured)}
+    for node in fleet.costs:
+        if fleet.manager.load.measured(node) and fleet.manager.load.capacity(node, 4) != 4:
+            assert announced[node].capacity == fleet.manager.load.capacity(node, 4)
     room = sum(
         min(max(math.floor(_fit(CONFIG.target, c.overhead, c.per_unit) - 1e-6), 1), units)
         for c in fleet.costs.values()
