@@ -14,8 +14,9 @@ report says two things, both computed here and nowhere else:
   ``per_unit`` each; what the CPU load shows beyond that is ``overhead`` (decoding, the mesh),
   paid whatever the encoder holds. So ``pressure = overhead + held x per_unit``.
 
-:class:`LoadModel` smooths both per encoder (exponential moving average, weight ``smoothing``
-per report) and turns the parts into a **capacity**, the units the placement may give the
+:class:`LoadModel` smooths both per encoder (the mean of the first ``1 / smoothing`` reports,
+then an exponential moving average giving each new report the weight ``smoothing``: no first
+report weighs more than the others) and turns the parts into a **capacity**, the units the placement may give the
 encoder: ``fit(level) = floor((level - overhead) / per_unit)`` units keep it at or below a
 pressure of ``level``. With **hysteresis**, so that noise moves no work: the capacity rises to
 ``fit(target)`` only when that is above it, and falls to ``fit(ceiling)`` only when it is
@@ -100,7 +101,7 @@ class LoadConfig:
     #: Seconds after a change of the units held before reports count towards the parts.
     settle: float = 5.0
     #: Reports that must count before the capacity is the measured one.
-    warmup: int = 3
+    warmup: int = 5
     min_capacity: int = 1
     max_capacity: int = MAX_UNITS_PER_ENCODER
 
@@ -130,6 +131,7 @@ class _Reading:
     pressure: float
     held: int
     held_since: float
+    reports: int = 1
     overhead: float = 0.0
     per_unit: float = 0.0
     counted: int = 0
@@ -154,21 +156,24 @@ class LoadModel:
         if reading is None:
             reading = self._readings[report.encoder_id] = _Reading(now_pressure, held, now)
         else:
-            reading.pressure += config.smoothing * (now_pressure - reading.pressure)
+            reading.reports += 1
+            reading.pressure += self._weight(reading.reports) * (now_pressure - reading.pressure)
         if held != reading.held:
             reading.held, reading.held_since = held, now
         if held == 0 or report.encode_latency == 0.0 or now - reading.held_since < config.settle:
             return  # nothing encoded, or not yet what the placement gives it
         overhead, per_unit = split(report.load, report.encode_latency, config.frame_budget, held)
-        if reading.counted == 0:
-            reading.overhead, reading.per_unit = overhead, per_unit
-        else:
-            reading.overhead += config.smoothing * (overhead - reading.overhead)
-            reading.per_unit += config.smoothing * (per_unit - reading.per_unit)
         reading.counted += 1
+        weight = self._weight(reading.counted)
+        reading.overhead += weight * (overhead - reading.overhead)
+        reading.per_unit += weight * (per_unit - reading.per_unit)
         if reading.counted >= config.warmup:
             current = registered if reading.capacity is None else reading.capacity
             reading.capacity = self._hysteresis(current, reading.overhead, reading.per_unit)
+
+    def _weight(self, count: int) -> float:
+        """The ``count``-th sample's weight: a running mean until it falls to ``smoothing``."""
+        return max(self.config.smoothing, 1.0 / count)
 
     def _hysteresis(self, current: int, overhead: float, per_unit: float) -> int:
         config = self.config

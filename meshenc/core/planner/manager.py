@@ -62,7 +62,8 @@ gives the reporter, and from it come both the capacity each encoder is planned w
 with hysteresis; the registered one until measured) and the pressure the autoscaler sees. A
 measured capacity that changes comes out as :class:`CapacityMeasured` on the next tick, which
 replans; the placement then sheds copies only from an encoder whose capacity fell below what
-it holds.
+it holds, and only where another encoder has room: with none anywhere, encoders take copies
+up to their registered capacity (``Host.limit``) rather than leave a unit short.
 
 Autoscaling (with ``ManagerConfig.autoscale``), on a tick: the
 :class:`~meshenc.core.planner.autoscale.Autoscaler` sees every member's smoothed pressure (CPU
@@ -907,6 +908,8 @@ class MeshManager:
                     m,
                     0 if m in self._drained else self.load.capacity(m, self._members[m].capacity),
                     self._members[m].zone,
+                    # Where no encoder has room left, up to the registered capacity.
+                    limit=0 if m in self._drained else self._members[m].capacity,
                 )
                 for m in active
             ),

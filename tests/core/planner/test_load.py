@@ -176,18 +176,29 @@ STEADY = 40  # seconds: settle, warm-up, the sheds they cause, and their settle 
 @PROPERTY
 @given(costs=costs, units=st.integers(1, 12))
 def test_no_encoder_is_planned_beyond_its_measured_capacity(costs: list[Cost], units: int) -> None:
-    """After the reports settle, no encoder holds more than fits under the ceiling by its true
-    cost (beyond the one unit any encoder may hold), and no unit is short of copies when the
-    encoders' room under the target is plenty."""
+    """After the reports settle, an encoder holds more than its measured capacity only by
+    copies no encoder with room could take (then at most its registered capacity); one
+    within its capacity holds no more than fits under the ceiling by its true cost (beyond
+    the one unit any encoder may hold); and no unit is short of copies when the encoders'
+    room under the target is plenty."""
     fleet = Fleet(costs, units)
     fleet.run(STEADY)
     plan = fleet.manager.plan
     assert plan is not None
     held = fleet.held()
+    capacity = {node: fleet.manager.load.capacity(node, 4) for node in fleet.costs}
+
+    def room_elsewhere(copies: tuple[str, ...]) -> bool:
+        return any(n not in copies and held.get(n, 0) < capacity[n] for n in fleet.costs)
+
     for node, cost in fleet.costs.items():
         h = held.get(node, 0)
-        assert h <= fleet.manager.load.capacity(node, 4)
-        if h > CONFIG.min_capacity:
+        if h > capacity[node]:
+            assert h <= max(capacity[node], 4)
+            stuck = [u for u, c in plan.placement.assignments.items() if node in c]
+            stuck = [u for u in stuck if not room_elsewhere(plan.placement.assignments[u])]
+            assert len(stuck) >= h - capacity[node], (node, h, capacity)
+        elif h > CONFIG.min_capacity:
             assert cost.overhead + h * cost.per_unit <= CONFIG.ceiling + 1e-6, (node, h, cost)
     announced = {d.encoder_id: d for d in fleet.decisions if isinstance(d, CapacityMeasured)}
     for node in fleet.costs:
