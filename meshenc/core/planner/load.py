@@ -16,13 +16,19 @@ report says two things, both computed here and nowhere else:
 
 :class:`LoadModel` smooths both per encoder (the mean of the first ``1 / smoothing`` reports,
 then an exponential moving average giving each new report the weight ``smoothing``: no first
-report weighs more than the others) and turns the parts into a **capacity**, the units the placement may give the
-encoder: ``fit(level) = floor((level - overhead) / per_unit)`` units keep it at or below a
-pressure of ``level``. With **hysteresis**, so that noise moves no work: the capacity rises to
-``fit(target)`` only when that is above it, and falls to ``fit(ceiling)`` only when it is
-above that; between the two it stays. The placement moves copies only when a capacity falls
-below what an encoder holds (a rise moves nothing: placement is sticky), so a capacity that
-stays within the band causes no move at all.
+report weighs more than the others) and turns the parts into a **capacity**, the units the
+placement may give the encoder: ``fit(level) = floor((level - overhead) / per_unit)`` units
+keep it at or below a pressure of ``level``. With **hysteresis**, so that noise moves no work:
+the capacity is ``fit(target)``, but it changes only when it leaves ``[fit(target),
+fit(ceiling)]``, and then back to the middle of that band, not to its edge. The placement
+moves copies only when a capacity falls below what an encoder holds (a rise moves nothing:
+placement is sticky), and then only where another encoder has room
+(:mod:`.placement`, ``Host.limit``), so a capacity that stays within the band moves nothing.
+
+A report's encode time counts at most twice the smoothed one, or one whole frame budget if that
+is more: a stall (one report of about 16 budgets a unit was seen at a load average of 35)
+moves the smoothed values by a fifth, not by three budgets, while a real rise passes within a
+few reports.
 
 ``held`` is what the manager's placement gives the encoder, which the encoder takes on at its
 next GOP boundary and shows in the report after that: after a change in ``held`` the reports
@@ -30,8 +36,8 @@ of the next ``settle`` seconds do not count towards the parts (they would divide
 encode time by another's count). Until ``warmup`` such reports have counted (a fresh encoder,
 one that never held work) the capacity is the *registered* one (``--capacity``, 4 by default).
 Capacities stay within ``[min_capacity, max_capacity]``: an encoder in the mesh can always
-hold one unit (it decodes its sources anyway, and a mesh whose every encoder measured 0 would
-run nothing), and no more than one adjacency document can list.
+hold one unit (it decodes its sources anyway; capacity 0 is for a drained encoder, which must
+hold nothing), and no more than one adjacency document can list.
 
 Invariants (property-tested with Hypothesis):
 
@@ -79,6 +85,16 @@ def split(
     the CPU load is paid whatever the encoder holds."""
     encoding = encode_latency / frame_budget
     return max(load - encoding, 0.0), encoding / held
+
+
+_OUTLIER = 2.0
+"""A report's encode time counts at most this many times the smoothed one (or one full frame
+budget, if more): one stalled picture slot must not move a capacity or scale the fleet."""
+
+
+def _capped(latency: float, smoothed: float, budget: float) -> float:
+    """``latency`` bounded by ``_OUTLIER`` x ``smoothed``, or by ``budget`` if that is more."""
+    return min(latency, max(_OUTLIER * smoothed, budget))
 
 
 def _fraction(name: str, value: float, *, low: float = 0.0, high: float = 1.0) -> None:
@@ -151,18 +167,24 @@ class LoadModel:
         """Fold in a report received at ``now`` from an encoder the placement gives ``held``
         units, registered with capacity ``registered`` (the starting point)."""
         config = self.config
-        now_pressure = pressure(report.load, report.encode_latency, config.frame_budget)
+        budget = config.frame_budget
         reading = self._readings.get(report.encoder_id)
         if reading is None:
+            now_pressure = pressure(report.load, report.encode_latency, budget)
             reading = self._readings[report.encoder_id] = _Reading(now_pressure, held, now)
         else:
+            latency = _capped(report.encode_latency, reading.pressure * budget, budget)
+            now_pressure = pressure(report.load, latency, budget)
             reading.reports += 1
             reading.pressure += self._weight(reading.reports) * (now_pressure - reading.pressure)
         if held != reading.held:
             reading.held, reading.held_since = held, now
         if held == 0 or report.encode_latency == 0.0 or now - reading.held_since < config.settle:
             return  # nothing encoded, or not yet what the placement gives it
-        overhead, per_unit = split(report.load, report.encode_latency, config.frame_budget, held)
+        latency = report.encode_latency
+        if reading.counted:
+            latency = _capped(latency, reading.per_unit * held * budget, budget)
+        overhead, per_unit = split(report.load, latency, budget, held)
         reading.counted += 1
         weight = self._weight(reading.counted)
         reading.overhead += weight * (overhead - reading.overhead)
@@ -182,9 +204,7 @@ class LoadModel:
             room = (level - overhead) / per_unit + _ROUNDING
             return config.max_capacity if room >= config.max_capacity else math.floor(room)
 
-        if current > fit(config.ceiling):
-            current = fit(config.ceiling)
-        elif current < fit(config.target):
+        if current > fit(config.ceiling) or current < fit(config.target):
             current = fit(config.target)
         return min(max(current, config.min_capacity), config.max_capacity)
 

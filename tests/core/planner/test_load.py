@@ -78,6 +78,28 @@ def test_a_fresh_encoder_has_its_registered_capacity_until_measured() -> None:
     assert model.capacity("a", 4) == 4
 
 
+def test_one_stalled_report_moves_no_capacity_and_a_sustained_rise_does() -> None:
+    """One report of an encode time of 17 frame budgets (a stall) leaves the capacity; the
+    same cost sustained brings it down to one unit within a few reports."""
+    model = LoadModel()
+    now = CONFIG.settle
+    for _ in range(CONFIG.warmup + 5):
+        model.observe(now, _report("a", 0.0, 0.3, 2), 2, 4)
+        now += 1.0
+    assert model.capacity("a", 4) == 2  # 4 x 0.3 > 0.95, 2 x 0.3 <= 0.75 < 3 x 0.3
+    pressure_before = model.pressure("a")
+    assert pressure_before is not None
+    stall = HealthReported("a", 0.9, 1.0, 17 * BUDGET)
+    model.observe(now, stall, 2, 4)
+    now += 1.0
+    assert model.capacity("a", 4) == 2
+    assert model.pressure("a") == pytest.approx(0.6 + CONFIG.smoothing * (1.2 - 0.6))
+    for _ in range(10):
+        model.observe(now, stall, 2, 4)
+        now += 1.0
+    assert model.capacity("a", 4) == CONFIG.min_capacity
+
+
 def test_capacity_stays_within_its_bounds() -> None:
     model = LoadModel()
     for t in range(10):  # a unit costs almost nothing: the document's limit holds
