@@ -292,7 +292,9 @@ def _given(ctx: click.Context, name: str) -> bool:
     type=int,
     default=4,
     show_default=True,
-    help="Work units this encoder can take (one unit: one rendition at the mesh frame rate).",
+    help="Work units this encoder can take (one unit: one rendition at the mesh frame rate)"
+    " until the manager has measured its load; after that, the most it is given when no"
+    " encoder has room left.",
 )
 @click.option(
     "--registry-ttl",

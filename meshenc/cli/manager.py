@@ -121,12 +121,14 @@ from services.manager.settings import (
     help="Seconds after which a drain whose work found no room elsewhere is given up.",
 )
 @click.option(
-    "--autoscale-frame-budget",
-    envvar="MESHENC_AUTOSCALE_FRAME_BUDGET",
+    "--frame-budget",
+    envvar="MESHENC_FRAME_BUDGET",
     type=float,
     default=0.040,
     show_default=True,
-    help="Encode time per frame, seconds, that counts as a full encoder (one frame interval).",
+    help="Encode time per frame, seconds, that counts as a full encoder: one frame interval of"
+    " the encoders (1/fps). The encoders' measured capacities and the autoscaler's load are"
+    " read against it.",
 )
 @click.option("--degree-min", envvar="MESHENC_DEGREE_MIN", type=int, default=3, show_default=True)
 @click.option("--degree-max", envvar="MESHENC_DEGREE_MAX", type=int, default=7, show_default=True)
@@ -184,7 +186,7 @@ def manager(
     autoscale_cooldown: float,
     autoscale_drain_grace: float,
     autoscale_drain_timeout: float,
-    autoscale_frame_budget: float,
+    frame_budget: float,
     degree_min: int,
     degree_max: int,
     report_timeout: float,
@@ -236,7 +238,7 @@ def manager(
             autoscale_cooldown=autoscale_cooldown,
             autoscale_drain_grace=autoscale_drain_grace,
             autoscale_drain_timeout=autoscale_drain_timeout,
-            autoscale_frame_budget=autoscale_frame_budget,
+            frame_budget=frame_budget,
             degree_min=degree_min,
             degree_max=degree_max,
             report_timeout=report_timeout,

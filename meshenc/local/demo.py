@@ -667,6 +667,9 @@ class DemoRun:
         if units := self.work_units:
             args += ["--work-units", ",".join(units), "--redundancy", str(self.config.redundancy)]
         config = self.config
+        # One frame interval: what the encoders' measured capacities and pressure are read
+        # against.
+        args += ["--frame-budget", f"{1.0 / FrameRate.parse(config.fps).fps:.6f}"]
         if config.autoscale_max is not None:
             args += [
                 "--autoscale-min", str(config.encoders),

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+from meshenc.core.planner.load import MAX_UNITS_PER_ENCODER
 from meshenc.wire.validation import (
     MAX_CAPACITY,
     MAX_NEIGHBOURS,
@@ -79,8 +80,8 @@ ADJACENCY_DATA_KEY: Final = "adjacency.json"
 """The ConfigMap data key that holds the document."""
 MAX_DOCUMENT_NEIGHBOURS: Final = MAX_NEIGHBOURS
 """Most neighbours one document may list (the planner's degree is at most 7)."""
-MAX_DOCUMENT_UNITS: Final = 64
-"""Most work units one document may give its encoder (its capacity is a handful)."""
+MAX_DOCUMENT_UNITS: Final = MAX_UNITS_PER_ENCODER
+"""Most work units one document may give its encoder (the most a measured capacity reaches)."""
 MAX_DOCUMENT_BYTES: Final = 64 * 1024
 """Longest serialised document or registration record the parsers accept, bytes."""
 

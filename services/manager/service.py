@@ -17,9 +17,10 @@ caller. Everything runs on one event loop, so the core is never entered concurre
 Only an escalation and a tick make the core decide anything, so the shell takes the decisions
 (``ready``) after those two steps; anything another step could decide would come out with the
 next ones, in order. Decisions are carried out in the core's documented order: removals,
-isolations and avoided links are logged; ``TopologyChanged`` and ``SegmentsChanged`` become one
-:class:`~meshenc.wire.adjacency.AdjacencyDocument` per encoder, published through the actuator
-and then to every ``WatchTopology`` stream; ``PlacementChanged`` goes into the same documents
+isolations, avoided links and measured capacities are logged; ``TopologyChanged`` and
+``SegmentsChanged`` become one :class:`~meshenc.wire.adjacency.AdjacencyDocument` per encoder,
+published through the actuator and then to every ``WatchTopology`` stream;
+``PlacementChanged`` goes into the same documents
 (each encoder's ``work``: the units it runs, numbered by ``work_version``) and is logged;
 ``EscalationJudged`` is returned only after the epoch it names is published. ``ScaleOut`` and
 ``ScaleIn`` (autoscaling) go to :meth:`Actuator.scale` in a background task, one call at a
@@ -62,6 +63,7 @@ from dataclasses import dataclass, field, replace
 
 from meshenc.core.machine import Tick
 from meshenc.core.planner import (
+    CapacityMeasured,
     EncoderIsolated,
     EncoderJoined,
     EncoderLeft,
@@ -570,6 +572,15 @@ class ManagerShell:
                 log.warning("%s isolated: %s", decision.encoder_id, decision.reason)
             elif isinstance(decision, LinkAvoided):
                 log.warning("link %s-%s avoided: %s", decision.a, decision.b, decision.reason)
+            elif isinstance(decision, CapacityMeasured):
+                log.info(
+                    "%s capacity %d -> %d units (measured: %.2f overhead + %.3f a unit)",
+                    decision.encoder_id,
+                    decision.previous,
+                    decision.capacity,
+                    decision.overhead,
+                    decision.per_unit,
+                )
             elif isinstance(decision, TopologyChanged):
                 epoch = self._published_epoch(decision.epoch)
                 reason = convert.clip_reason(decision.reason)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from meshenc.core.planner import ManagerConfig, PlannerConfig
 from meshenc.core.planner.autoscale import AutoscaleConfig
+from meshenc.core.planner.load import LoadConfig
 from meshenc.core.planner.placement import PlacementConfig, WorkUnit
 from meshenc.core.planner.topology import TopologyConfig
 from meshenc.wire.adjacency import EtcdLayout, check_unit_id
@@ -80,7 +81,8 @@ class ManagerSettings(BaseModel):
     autoscale_cooldown: Annotated[float, Field(gt=0.0, le=86400.0)] = 120.0
     autoscale_drain_grace: Annotated[float, Field(gt=0.0, le=3600.0)] = 10.0
     autoscale_drain_timeout: Annotated[float, Field(gt=0.0, le=86400.0)] = 120.0
-    autoscale_frame_budget: Annotated[float, Field(gt=0.0, le=10.0)] = 0.040
+    #: Encode time per frame that counts as a full encoder (1/fps of the encoders).
+    frame_budget: Annotated[float, Field(gt=0.0, le=10.0)] = 0.040
     degree_min: Annotated[int, Field(ge=2, le=64)] = 3
     degree_max: Annotated[int, Field(ge=2, le=64)] = 7
     #: Seconds without a health report before an encoder is taken out.
@@ -155,7 +157,6 @@ class ManagerSettings(BaseModel):
             cooldown=self.autoscale_cooldown,
             drain_grace=self.autoscale_drain_grace,
             drain_timeout=self.autoscale_drain_timeout,
-            frame_budget=self.autoscale_frame_budget,
         )
 
     def core_config(self) -> ManagerConfig:
@@ -172,5 +173,6 @@ class ManagerSettings(BaseModel):
                 topology=topology, placement=PlacementConfig(redundancy=self.redundancy)
             ),
             report_timeout=self.report_timeout,
+            load=LoadConfig(frame_budget=self.frame_budget),
             autoscale=self.autoscale_config(),
         )

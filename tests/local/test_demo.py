@@ -155,6 +155,7 @@ def test_a_ladder_under_the_manager_is_placed_rung_by_rung(tmp_path: Path) -> No
     args = placed.manager_args("http://127.0.0.1:2379")
     assert args[args.index("--work-units") + 1] == "0/320x180,0/160x90"
     assert args[args.index("--redundancy") + 1] == "3"
+    assert float(args[args.index("--frame-budget") + 1]) == pytest.approx(1 / 30, abs=1e-6)
     for config in (
         DemoConfig(out=tmp_path / "n", tls=False, manager=True, encoder_options=options),
         DemoConfig(

@@ -8,6 +8,7 @@ invariants are described in each module's docstring and in ``docs/manager.md``.
 """
 
 from meshenc.core.planner.manager import (
+    CapacityMeasured,
     EncoderIsolated,
     EncoderJoined,
     EncoderLeft,
@@ -31,6 +32,7 @@ from meshenc.core.planner.manager import (
 )
 
 __all__ = [
+    "CapacityMeasured",
     "EncoderIsolated",
     "EncoderJoined",
     "EncoderLeft",

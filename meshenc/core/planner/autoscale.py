@@ -6,8 +6,9 @@ Theory of operation
 steps it on each tick with :class:`FleetObserved` — every member's *pressure* and which members
 still hold work in the current placement — and carries out what :meth:`Autoscaler.ready`
 returns. An encoder's pressure is the larger of its CPU load and its encode time per frame
-over the frame budget (:func:`pressure`): either one saturating means the encoder is full. The
-fleet's load is the mean pressure of the members that have reported.
+over the frame budget, smoothed over its reports (:mod:`.load`, which the placement's
+capacities come from too): either one saturating means the encoder is full. The fleet's load
+is the mean pressure of the members that have reported.
 
 - **Scale out** when the fleet's load is at or above ``high_water`` and the fleet is below
   ``max_replicas``: to ``ceil(n x load / target)`` encoders (``target`` halfway between the
@@ -67,7 +68,6 @@ __all__ = [
     "ScaleIn",
     "ScaleOut",
     "ordinal",
-    "pressure",
 ]
 
 _ORDINAL = re.compile(r".*?(\d+)")
@@ -83,12 +83,6 @@ def ordinal(encoder_id: str) -> int | None:
 def _by_ordinal(encoder_id: str) -> tuple[int, str]:
     number = ordinal(encoder_id)
     return (-1 if number is None else number, encoder_id)
-
-
-def pressure(load: float, encode_latency: float, frame_budget: float) -> float:
-    """How full an encoder is: its CPU load, or its encode time per frame over the frame
-    budget, whichever is larger (1.0 = full; above 1 it falls behind real time)."""
-    return max(load, encode_latency / frame_budget)
 
 
 def _positive(name: str, value: float) -> None:
@@ -107,8 +101,6 @@ class AutoscaleConfig:
     cooldown: float = 120.0
     drain_grace: float = 10.0
     drain_timeout: float = 120.0
-    #: Encode time per frame that counts as full (one frame interval: 40 ms at 25 fps).
-    frame_budget: float = 0.040
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
@@ -121,7 +113,7 @@ class AutoscaleConfig:
                 "marks must be 0 < low water < high water <= 1, got "
                 f"{self.low_water!r} and {self.high_water!r}"
             )
-        for name in ("cooldown", "drain_grace", "drain_timeout", "frame_budget"):
+        for name in ("cooldown", "drain_grace", "drain_timeout"):
             _positive(name, getattr(self, name))
         if self.drain_timeout <= self.drain_grace:
             raise ValueError("drain_timeout must be longer than drain_grace")

@@ -13,7 +13,7 @@ adjacency, segment map and work assignments; scale; answer the escalation), each
 this order**:
 
 1. :class:`EncoderRemoved`, :class:`EncoderIsolated`, :class:`LinkAvoided`,
-   :class:`~meshenc.core.planner.autoscale.DrainStarted`,
+   :class:`CapacityMeasured`, :class:`~meshenc.core.planner.autoscale.DrainStarted`,
    :class:`~meshenc.core.planner.autoscale.DrainCancelled` — why the mesh changes;
 2. :class:`TopologyChanged` — the new epoch's adjacency (publish before anything that names it);
 3. :class:`SegmentsChanged`, then :class:`PlacementChanged`;
@@ -56,9 +56,18 @@ voters, are ignored), each of which voted from its own measurement:
 No more than ``max_isolated_fraction`` of the encoders are isolated at once, so a collusion
 cannot empty the mesh through the manager.
 
+Load (:mod:`.load`): every applied health report also goes to the
+:class:`~meshenc.core.planner.load.LoadModel` with the number of units the current placement
+gives the reporter, and from it come both the capacity each encoder is planned with (measured,
+with hysteresis; the registered one until measured) and the pressure the autoscaler sees. A
+measured capacity that changes comes out as :class:`CapacityMeasured` on the next tick, which
+replans; the placement then sheds copies only from an encoder whose capacity fell below what
+it holds, and only where another encoder has room: with none anywhere, encoders take copies
+up to their registered capacity (``Host.limit``) rather than leave a unit short.
+
 Autoscaling (with ``ManagerConfig.autoscale``), on a tick: the
-:class:`~meshenc.core.planner.autoscale.Autoscaler` sees every member's pressure (CPU load or
-encode time per frame, from the health reports) and who holds work in the current placement.
+:class:`~meshenc.core.planner.autoscale.Autoscaler` sees every member's smoothed pressure (CPU
+load or encode time per frame, from :mod:`.load`) and who holds work in the current placement.
 An encoder it drains is planned with capacity 0 from then on, so this tick's replan moves its
 units away (a leave's minimal movement: only its copies move); the scale-in that follows a
 later tick asks for one encoder fewer once it holds nothing. A :class:`ScaleFailed` gives every
@@ -91,9 +100,9 @@ from meshenc.core.planner.autoscale import (
     ScaleFailed,
     ScaleIn,
     ScaleOut,
-    pressure,
 )
 from meshenc.core.planner.health import HealthModel, HealthReported
+from meshenc.core.planner.load import LoadConfig, LoadModel
 from meshenc.core.planner.placement import (
     Host,
     Placement,
@@ -124,6 +133,7 @@ from meshenc.core.planner.topology import (
 from meshenc.core.planner.vivaldi import Coordinate
 
 __all__ = [
+    "CapacityMeasured",
     "EncoderIsolated",
     "EncoderJoined",
     "EncoderLeft",
@@ -366,6 +376,19 @@ class LinkAvoided:
 
 
 @dataclass(frozen=True, slots=True)
+class CapacityMeasured:
+    """The encoder's measured capacity changed (from its registered one, or a measured one):
+    it is planned with ``capacity`` units from now on. ``overhead`` and ``per_unit`` are the
+    smoothed parts of its pressure it was computed from (:mod:`.load`)."""
+
+    encoder_id: str
+    capacity: int
+    previous: int
+    overhead: float
+    per_unit: float
+
+
+@dataclass(frozen=True, slots=True)
 class TopologyChanged:
     """Publish this adjacency as epoch ``epoch``."""
 
@@ -422,6 +445,7 @@ Decision = (
     EncoderRemoved
     | EncoderIsolated
     | LinkAvoided
+    | CapacityMeasured
     | DrainStarted
     | DrainCancelled
     | TopologyChanged
@@ -452,6 +476,8 @@ class ManagerConfig:
     max_isolated_fraction: float = 0.1
     reoptimize_every: float = 30.0
     dimensions: int = 2
+    #: How reports become pressure and capacity (``meshenc.core.planner.load``).
+    load: LoadConfig = field(default_factory=LoadConfig)
     #: Autoscaling (``meshenc.core.planner.autoscale``); None: the fleet's size is not ours.
     autoscale: AutoscaleConfig | None = None
 
@@ -494,6 +520,8 @@ class MeshManager:
     def __init__(self, config: ManagerConfig | None = None) -> None:
         self.config = config or ManagerConfig()
         self.health = HealthModel(dimensions=self.config.dimensions)
+        self.load = LoadModel(self.config.load)
+        self._held: dict[str, int] = {}  # units per encoder in the current placement
         self._members: dict[str, _Member] = {}
         self._known: dict[str, _Member] = {}  # removed for silence; re-admitted on a report
         self._isolated: dict[str, float] = {}
@@ -511,6 +539,7 @@ class MeshManager:
         self._autoscaler = Autoscaler(self.config.autoscale) if self.config.autoscale else None
         self._drained: set[str] = set()  # capacity 0: draining, or scaled in and leaving
         self._autoscale_notes: list[Decision] = []  # decided outside a tick, out with the next
+        self._measured: dict[str, CapacityMeasured] = {}  # since the last tick, per encoder
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -587,6 +616,7 @@ class MeshManager:
             self._drained.discard(event.encoder_id)
             if self._members.pop(event.encoder_id, None) is not None:
                 self.health.forget(event.encoder_id)
+                self.load.forget(event.encoder_id)
                 self._reasons.append(f"{event.encoder_id} left")
             self._known.pop(event.encoder_id, None)
         elif isinstance(event, HealthReported):
@@ -612,7 +642,21 @@ class MeshManager:
             self.health.track(node, now)
             self._reasons.append(f"{node} reports again")
         planned = self.neighbours(node) if report.topology_epoch == self._epoch else None
-        self.health.ingest(report, now, planned if self._plan is not None else None)
+        if not self.health.ingest(report, now, planned if self._plan is not None else None):
+            return
+        member = self._members.get(node)
+        if member is None:
+            return
+        before = self.load.capacity(node, member.capacity)
+        self.load.observe(now, report, self._held.get(node, 0), member.capacity)
+        after = self.load.capacity(node, member.capacity)
+        if after != before:
+            self._reasons.append(f"{node}'s measured capacity {before} -> {after}")
+            parts = self.load.parts(node) or (0.0, 0.0)
+            earlier = self._measured.get(node)
+            self._measured[node] = CapacityMeasured(
+                node, after, earlier.previous if earlier else before, *parts
+            )
 
     def _tick(self) -> list[Decision]:
         """Detect failures, expire penalties, and replan if anything changed."""
@@ -622,6 +666,8 @@ class MeshManager:
         decisions += self._remove_silent(now)
         decisions += self._remove_cut_off(now)
         decisions += self._avoid_down_links(now)
+        decisions += [m for _, m in sorted(self._measured.items()) if m.capacity != m.previous]
+        self._measured = {}
         decisions += self._autoscale_notes
         self._autoscale_notes = []
         scaling = self._autoscale(now)
@@ -641,27 +687,14 @@ class MeshManager:
         """Step the autoscaler with the fleet's load; drain and undrain as it decides."""
         if self._autoscaler is None:
             return []
-        budget = self._autoscaler.config.frame_budget
         leaving = self._drained - {self._autoscaler.draining}  # scaled in, not gone yet
-        loads = []
-        for member in self.members:
-            if member in leaving:
-                continue
-            seen = self.health.health(member)
-            loads.append(
-                EncoderLoad(
-                    member,
-                    pressure(seen.load, seen.encode_latency, budget)
-                    if seen is not None and seen.reports
-                    else None,
-                )
-            )
-        holding = (
-            {h for hosts in self._plan.placement.assignments.values() for h in hosts}
-            if self._plan is not None
-            else set()
+        loads = tuple(
+            EncoderLoad(member, self.load.pressure(member))
+            for member in self.members
+            if member not in leaving
         )
-        self._autoscaler.step(now, FleetObserved(tuple(loads), frozenset(holding)))
+        holding = {h for h, units in self._held.items() if units}
+        self._autoscaler.step(now, FleetObserved(loads, frozenset(holding)))
         return self._apply_scaling(self._autoscaler.ready())
 
     def _apply_scaling(self, decisions: Sequence[Decision]) -> list[Decision]:
@@ -707,6 +740,7 @@ class MeshManager:
         member = self._members.pop(node)
         self._known[node] = member
         self.health.forget(node)
+        self.load.forget(node)
         self._reasons.append(f"{node} removed: {reason}")
         return EncoderRemoved(node, reason)
 
@@ -871,7 +905,11 @@ class MeshManager:
         return MeshView(
             hosts=tuple(
                 Host(
-                    m, 0 if m in self._drained else self._members[m].capacity, self._members[m].zone
+                    m,
+                    0 if m in self._drained else self.load.capacity(m, self._members[m].capacity),
+                    self._members[m].zone,
+                    # Where no encoder has room left, up to the registered capacity.
+                    limit=0 if m in self._drained else self._members[m].capacity,
                 )
                 for m in active
             ),
@@ -927,6 +965,7 @@ class MeshManager:
                 )
             )
         self._plan = plan
+        self._held = plan.placement.load()
         return decisions
 
     def segment_map(self, plan: MeshPlan | None = None) -> tuple[SegmentInfo, ...]:

@@ -30,7 +30,11 @@ and zone rules. Then
 1. copies that lost their encoder (or were shed over capacity) go to the first valid encoder in
    the unit's preference order (below its share first): *a leave moves exactly the leaver's
    copies*;
-2. each joiner takes up to its fair share (``copies x capacity / total capacity``) of the units
+2. only when no encoder has room for a unit's missing copy (every one at its capacity, a fleet
+   whose measured load is full): a copy shed over capacity goes back where it ran (no move), and
+   a copy still missing goes to the first encoder below its *limit* (``Host.limit``: in the
+   manager, the registered capacity) — redundancy before the capacity estimate;
+3. each joiner takes up to its fair share (``copies x capacity / total capacity``) of the units
    that now prefer it over one of their encoders, replacing that unit's least preferred copy
    where that encoder is above its own fair share rounded up; still short of its fair share
    rounded down (few units: hashing then leaves a joiner with nothing while another encoder
@@ -40,7 +44,9 @@ and zone rules. Then
 
 Invariants:
 
-1. No unit has two copies on one encoder; no encoder exceeds its capacity.
+1. No unit has two copies on one encoder; no encoder exceeds its limit; (in a plan without
+   joiners) an encoder above its capacity is so by no more copies than it holds of units that
+   no encoder below its capacity could take (each such encoder holds the unit already).
 2. Where enough zones exist (known zones plus encoders of unknown zone >= redundancy) copies of a
    unit are in distinct zones unless capacity leaves no other choice; such units are listed in
    ``zone_shared`` (and stay so until a copy has to move anyway). Units short of copies (too
@@ -102,15 +108,27 @@ class WorkUnit:
 
 @dataclass(frozen=True, slots=True)
 class Host:
-    """An encoder as a place for work: how many copies it takes and where it stands."""
+    """An encoder as a place for work: how many copies it takes and where it stands.
+
+    ``capacity`` is what it takes while any encoder has room; ``limit`` (None: the capacity)
+    what it takes when none has, rather than leave a unit short of copies.
+    """
 
     encoder_id: str
     capacity: int
     zone: str = ""  # "" = unknown
+    limit: int | None = None
 
     def __post_init__(self) -> None:
         if self.capacity < 0:
             raise ValueError(f"host {self.encoder_id!r}: capacity must be >= 0")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"host {self.encoder_id!r}: limit must be >= 0")
+
+    @property
+    def most(self) -> int:
+        """The most copies it ever takes: its limit, and never less than its capacity."""
+        return self.capacity if self.limit is None else max(self.capacity, self.limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +350,7 @@ def place(
     # 1. Keep what may stay. A copy that shares a zone stays too (it was the only choice when
     # it was placed; moving it now would be churn), and the unit stays listed as zone-shared.
     zone_shared: set[int] = set()
+    shed: list[tuple[int, int]] = []
     if previous is not None:
         for u, unit in enumerate(unit_ids):
             for host in previous.assignments.get(unit, ()):
@@ -342,7 +361,7 @@ def place(
                     zone_shared.add(u)
                 assigned[u].append(j)
                 load[j] += 1
-        _shed_overload(ranking, unit_hash, assigned, load, capacity)
+        shed = _shed_overload(ranking, unit_hash, assigned, load, capacity)
         zone_shared = {u for u in zone_shared if _shares_zone([zone[j] for j in assigned[u]])}
 
     # 2. Place missing copies in preference order, below the fair share first.
@@ -375,7 +394,15 @@ def place(
                         copies.append(j)
                         load[j] += 1
 
-    # 3. Joiners take their fair share of the units that now prefer them.
+    # 3. Only where no encoder had room: a copy shed over capacity stays where it ran (no move),
+    # then the units still short take encoders up to their limits, in preference order.
+    if any(h.most > h.capacity for h in hosts):
+        most = [h.most for h in hosts]
+        beyond = _beyond_capacity(ranking, unit_hash, assigned, load, most, shed, r, zone_free)
+        if enforce_zones:
+            zone_shared |= {u for u in beyond if _shares_zone([zone[j] for j in assigned[u]])}
+
+    # 4. Joiners take their fair share of the units that now prefer them.
     if previous is not None:
         joiners = [j for j, h in enumerate(hosts) if h.encoder_id not in previous.hosts]
         if joiners:
@@ -397,17 +424,54 @@ def _shares_zone(zones: list[str]) -> bool:
     return len(set(known)) < len(known)
 
 
+def _beyond_capacity(
+    ranking: _Ranking,
+    unit_hash: U64,
+    assigned: list[list[int]],
+    load: list[int],
+    most: list[int],
+    shed: list[tuple[int, int]],
+    r: int,
+    zone_free: Callable[[int, list[int]], bool],
+) -> set[int]:
+    """Units still short of copies (no encoder had room) get back the copies they were shed
+    from, then encoders below their limits, in preference order (zones as far as possible);
+    returns the units given a copy."""
+    given: set[int] = set()
+    for u, j in shed:
+        if len(assigned[u]) < r and j not in assigned[u] and load[j] < most[j]:
+            assigned[u].append(j)
+            load[j] += 1
+            given.add(u)
+    for u in [u for u in range(len(assigned)) if len(assigned[u]) < r]:
+        copies = assigned[u]
+        for strict_zones in (True, False):
+            for j in ranking.full_preference(unit_hash[u]):
+                if len(copies) >= r:
+                    break
+                if j in copies or load[j] >= most[j]:
+                    continue
+                if strict_zones and not zone_free(j, copies):
+                    continue
+                copies.append(j)
+                load[j] += 1
+                given.add(u)
+    return given
+
+
 def _shed_overload(
     ranking: _Ranking,
     unit_hash: U64,
     assigned: list[list[int]],
     load: list[int],
     capacity: list[int],
-) -> None:
-    """Drop copies from encoders above capacity, keeping the units that prefer them most."""
+) -> list[tuple[int, int]]:
+    """Drop copies from encoders above capacity, keeping the units that prefer them most;
+    returns the (unit, encoder) copies dropped."""
     over = {j for j in range(len(load)) if load[j] > capacity[j]}
+    shed: list[tuple[int, int]] = []
     if not over:
-        return
+        return shed
     holders: dict[int, list[int]] = {j: [] for j in over}
     for u, copies in enumerate(assigned):
         for j in copies:
@@ -421,6 +485,8 @@ def _shed_overload(
             if u not in keep:
                 assigned[u].remove(j)
                 load[j] -= 1
+                shed.append((u, j))
+    return shed
 
 
 def _rebalance(

@@ -29,7 +29,6 @@ from meshenc.core.planner.autoscale import (
     ScaleIn,
     ScaleOut,
     ordinal,
-    pressure,
 )
 
 NAME = "meshenc-encoder"
@@ -244,11 +243,6 @@ def test_a_drain_is_cancelled_when_load_returns_and_autoscaling_stops_on_a_perma
     for _ in range(100):
         fleet.observe(20.0)
     assert len(fleet.log) == count
-
-
-def test_pressure_takes_the_fuller_of_cpu_and_encode_time() -> None:
-    assert pressure(0.2, 0.030, 0.040) == pytest.approx(0.75)
-    assert pressure(0.9, 0.010, 0.040) == 0.9
 
 
 def test_the_ordinal_is_the_number_a_name_ends_in() -> None:

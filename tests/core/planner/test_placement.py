@@ -82,6 +82,61 @@ def test_cold_placement_respects_redundancy_zones_and_capacity(s: dict[str, obje
 
 @PROPERTY
 @given(
+    n=st.integers(2, 20),
+    zones=st.integers(0, 3),
+    unit_count=st.integers(1, 40),
+    redundancy=st.integers(1, 3),
+    data=st.data(),
+)
+def test_capacity_binds_while_another_encoder_has_room_and_the_limit_always(
+    n: int, zones: int, unit_count: int, redundancy: int, data: st.DataObject
+) -> None:
+    """Capacities fall below what encoders hold (a measured load rose); each keeps a limit.
+    An encoder goes beyond its capacity only by copies of units no encoder with room could
+    take; a copy shed with nowhere to go stays where it ran; no encoder passes its limit;
+    and a unit is short of copies only when the limits leave no room."""
+    config = PlacementConfig(redundancy=redundancy)
+    units = _units(unit_count)
+    roomy = _hosts(n, zones, [6])
+    first = place(units, roomy, None, config)
+    capacities = data.draw(st.lists(st.integers(1, 6), min_size=n, max_size=n))
+    limits = data.draw(st.lists(st.integers(0, 6), min_size=n, max_size=n))
+    hosts = [
+        Host(h.encoder_id, c, h.zone, limit=m)
+        for h, c, m in zip(roomy, capacities, limits, strict=True)
+    ]
+    second = place(units, hosts, first, config)
+    by_id = {h.encoder_id: h for h in hosts}
+    load = second.load()
+    for host_id, count in load.items():
+        assert count <= by_id[host_id].most, f"{host_id} over its limit"
+
+    def room_elsewhere(unit: str) -> bool:
+        copies = second.assignments[unit]
+        return any(h.encoder_id not in copies and load[h.encoder_id] < h.capacity for h in hosts)
+
+    for host in hosts:
+        beyond = load[host.encoder_id] - host.capacity
+        if beyond > 0:
+            stuck = [
+                unit
+                for unit, copies in second.assignments.items()
+                if host.encoder_id in copies and not room_elsewhere(unit)
+            ]
+            assert len(stuck) >= beyond, f"{host} beyond capacity while others have room"
+    for unit, copies in second.assignments.items():
+        assert len(set(copies)) == len(copies)
+        if len(copies) < redundancy:
+            assert unit in second.under_replicated
+            assert all(load[h.encoder_id] >= h.most or h.encoder_id in copies for h in hosts)
+    held = first.load()
+    full = not any(load[h.encoder_id] < h.capacity for h in hosts)
+    if full and all(held[h.encoder_id] <= h.most for h in hosts):  # all may stay: none moves
+        assert replica_moves(first, second) == 0
+
+
+@PROPERTY
+@given(
     n=st.integers(3, 40),
     zones=st.integers(0, 4),
     unit_count=st.integers(1, 60),

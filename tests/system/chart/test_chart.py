@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshenc.cli.main import cli
+from meshenc.core.timecode import FrameRate
+from meshenc.local.demo import DemoConfig, DemoRun
 from meshenc.v1 import registry_pb2, registry_pb2_grpc
 from services.common.certs import CA_CERT, CA_KEY, certificate_identity, make_certificates
 from services.common.grpc_server import GrpcServer, open_channel
@@ -50,7 +52,8 @@ from services.common.tls import (
     record_signer,
     record_verifier,
 )
-from services.manager.settings import ActuatorKind, ManagerSettings
+from services.encoder.media.ladder import parse_ladder, top_rung
+from services.manager.settings import ActuatorKind, ManagerSettings, parse_work_units
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "deploy" / "helm" / "meshenc"
@@ -86,6 +89,8 @@ CHART_VARIABLES: dict[str, frozenset[str]] = {
             "MESHENC_FPS",
             "MESHENC_GOP",
             "MESHENC_BITRATE_KBPS",
+            # Set in ci/autoscaling-values.yaml (work.ladder), instead of the size and bitrate.
+            "MESHENC_LADDER",
             "MESHENC_SEGMENT",
             "MESHENC_FORMAT",
             # Set in ci/origin-values.yaml.
@@ -130,7 +135,10 @@ CHART_VARIABLES: dict[str, frozenset[str]] = {
             "MESHENC_AUTOSCALE_COOLDOWN",
             "MESHENC_AUTOSCALE_DRAIN_GRACE",
             "MESHENC_AUTOSCALE_DRAIN_TIMEOUT",
-            "MESHENC_AUTOSCALE_FRAME_BUDGET",
+            "MESHENC_FRAME_BUDGET",
+            # Set in ci/autoscaling-values.yaml (work.ladder).
+            "MESHENC_WORK_UNITS",
+            "MESHENC_REDUNDANCY",
             "MESHENC_ETCD_ENDPOINTS",
             "MESHENC_ETCD_PREFIX",
             "MESHENC_ETCD_CA",
@@ -1019,11 +1027,10 @@ def test_manager_is_told_the_encoder_statefulset_and_its_autoscaling_policy() ->
     ).autoscale_config()
     values = yaml.safe_load((CHART / "values.yaml").read_text())["autoscaling"]
     assert policy is not None
-    assert (policy.high_water, policy.low_water, policy.cooldown, policy.frame_budget) == (
+    assert (policy.high_water, policy.low_water, policy.cooldown) == (
         values["highWater"],
         values["lowWater"],
         values["cooldownSeconds"],
-        values["frameBudgetSeconds"],
     )
     default = find(rendered("default"), "Deployment", f"{RELEASE}-manager")
     assert not {n for n in env_names(default["spec"]["template"]["spec"]["containers"][0])} & {
@@ -1037,6 +1044,60 @@ def test_autoscaling_marks_out_of_order_fail_the_render() -> None:
     assert "autoscaling.lowWater (0.8) must be below autoscaling.highWater (0.75)" in (
         result.stderr
     )
+
+
+def test_work_values_reach_the_manager_and_encoders_as_meshenc_up_passes_them(
+    tmp_path: Path,
+) -> None:
+    """work.ladder and work.redundancy become the manager's work units and redundancy, the very
+    arguments ``meshenc up --ladder ... --redundancy R`` gives its manager; every encoder gets
+    the whole ladder instead of a size and bitrate, and the channel's source; the manager
+    reads encode times against one frame interval of encoder.fps, with or without work."""
+    work = yaml.safe_load((CHART / "ci" / "autoscaling-values.yaml").read_text())["work"]
+    manifests = rendered("autoscaling-values.yaml")
+    (manager,) = find(manifests, "Deployment", f"{RELEASE}-manager")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    (encoder,) = find(manifests, "StatefulSet", f"{RELEASE}-encoder")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    ladder = ",".join(work["ladder"])
+    up = DemoRun(
+        DemoConfig(
+            out=tmp_path,
+            tls=False,
+            manager=True,
+            encoder_options=frozenset({"--manager", "--topology"}),
+            ladder=ladder,
+            size=top_rung(parse_ladder(ladder)).name,
+            redundancy=work["redundancy"],
+        )
+    ).manager_args("http://127.0.0.1:2379")
+    assert env_value(manager, "MESHENC_WORK_UNITS") == up[up.index("--work-units") + 1]
+    assert env_value(manager, "MESHENC_REDUNDANCY") == up[up.index("--redundancy") + 1]
+    settings = ManagerSettings.model_validate(
+        {
+            "actuator": ActuatorKind.KUBERNETES,
+            "encoder_statefulset": f"{RELEASE}-encoder",
+            "work_units": parse_work_units(env_value(manager, "MESHENC_WORK_UNITS")),
+            "redundancy": env_value(manager, "MESHENC_REDUNDANCY"),
+            "frame_budget": env_value(manager, "MESHENC_FRAME_BUDGET"),
+        }
+    )
+    assert [u.unit_id for u in settings.work_units] == [
+        f"0/{rung.split('@')[0]}" for rung in work["ladder"]
+    ]
+    assert settings.core_config().planner.placement.redundancy == work["redundancy"]
+    assert parse_ladder(env_value(encoder, "MESHENC_LADDER")) == parse_ladder(ladder)
+    assert not {"MESHENC_SIZE", "MESHENC_BITRATE_KBPS"} & set(env_names(encoder))
+    assert env_value(encoder, "MESHENC_SOURCE") == work["channels"][0]["source"]
+    for extra, fps in (((), "30"), (("--set", "encoder.fps=30000/1001"), "30000/1001")):
+        (plain,) = find(rendered("default", *extra), "Deployment", f"{RELEASE}-manager")["spec"][
+            "template"
+        ]["spec"]["containers"]
+        budget = float(env_value(plain, "MESHENC_FRAME_BUDGET"))
+        assert budget == pytest.approx(1 / FrameRate.parse(fps).fps, abs=1e-6)
+        assert "MESHENC_WORK_UNITS" not in env_names(plain)
 
 
 def test_bundled_etcd_is_what_the_services_dial() -> None:
@@ -1120,6 +1181,23 @@ def test_tracing_goes_to_the_configured_collector_or_the_bundled_jaeger() -> Non
 # --- values the schema or validateValues must reject ----------------------------------------
 
 REJECTED = {
+    "two-channels": (
+        "work.channels[0].name=a,work.channels[0].source=udp://h:1,"
+        "work.channels[1].name=b,work.channels[1].source=udp://h:2",
+        "work.channels: an encoder runs one channel today; give one channel (2 given)",
+    ),
+    "two-rungs-of-one-size": (
+        "work.ladder={640x360@800,640x360@400}",
+        "work.ladder: the ladder already has a 640x360 rung (640x360@400)",
+    ),
+    "odd-rung-width": (
+        "work.ladder={641x360@800}",
+        "work.ladder: rung 641x360@800 needs an even width in 16..3840",
+    ),
+    "more-copies-than-encoders": (
+        "work.ladder={640x360@800},work.redundancy=4",
+        "work.redundancy (4) must not exceed encoder.replicaCount (3)",
+    ),
     "zero-encoders": ("encoder.replicaCount=0", "/encoder/replicaCount"),
     "encoders-as-words": ("encoder.replicaCount=three", "/encoder/replicaCount"),
     "misspelt-key": ("encoder.replicas=3", "additional properties 'replicas'"),

@@ -374,6 +374,66 @@ readinessProbe:
     sizeLimit: 64Mi
 {{- end }}
 
+{{/* meshenc.frameBudget: one frame interval of encoder.fps in seconds (30000/1001 → 0.033367), what the manager reads encode times against (MESHENC_FRAME_BUDGET). */}}
+{{- define "meshenc.frameBudget" -}}
+{{- $rate := splitList "/" (toString .Values.encoder.fps) }}
+{{- $per := "1" }}
+{{- if eq (len $rate) 2 }}
+{{- $per = index $rate 1 }}
+{{- end }}
+{{- printf "%.6f" (divf (float64 $per) (float64 (index $rate 0))) }}
+{{- end }}
+
+{{/* meshenc.workUnits: the units the manager places (MESHENC_WORK_UNITS): each rung of work.ladder for each channel, CHANNEL/RUNG with the channel's position (one channel, 0, when work.channels is empty: encoder.source); empty without a ladder. */}}
+{{- define "meshenc.workUnits" -}}
+{{- $units := list }}
+{{- range $position := until (max 1 (len .Values.work.channels) | int) }}
+{{- range $.Values.work.ladder }}
+{{- $units = append $units (printf "%d/%s" $position (first (splitList "@" .))) }}
+{{- end }}
+{{- end }}
+{{- join "," $units }}
+{{- end }}
+
+{{/* meshenc.workProblems: what is wrong with the work values, one line each ("" when nothing), for meshenc.validateValues. */}}
+{{- define "meshenc.workProblems" -}}
+{{- $work := .Values.work }}
+{{- if gt (len $work.channels) 1 }}
+- work.channels: an encoder runs one channel today; give one channel ({{ len $work.channels }} given), or install one release per channel
+{{- end }}
+{{- if and $work.channels .Values.encoder.source }}
+- encoder.source: leave it empty when work.channels names the channel's source
+{{- end }}
+{{- $names := list }}
+{{- range $work.channels }}
+{{- if has .name $names }}
+- work.channels: the name {{ .name }} is given twice
+{{- end }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- $sizes := list }}
+{{- range $work.ladder }}
+{{- $rung := . }}
+{{- $size := first (splitList "@" .) }}
+{{- $kbps := int (last (splitList "@" .)) }}
+{{- $width := int (first (splitList "x" $size)) }}
+{{- $height := int (last (splitList "x" $size)) }}
+{{- if or (lt $width 16) (gt $width 3840) (lt $height 16) (gt $height 2160) (mod $width 2) (mod $height 2) }}
+- work.ladder: rung {{ $rung }} needs an even width in 16..3840 and an even height in 16..2160
+{{- end }}
+{{- if or (lt $kbps 16) (gt $kbps 200000) }}
+- work.ladder: rung {{ $rung }} needs a bitrate of 16..200000 kbit/s
+{{- end }}
+{{- if has $size $sizes }}
+- work.ladder: the ladder already has a {{ $size }} rung ({{ $rung }})
+{{- end }}
+{{- $sizes = append $sizes $size }}
+{{- end }}
+{{- if and $work.ladder (gt (int $work.redundancy) (int .Values.encoder.replicaCount)) }}
+- work.redundancy ({{ $work.redundancy }}) must not exceed encoder.replicaCount ({{ .Values.encoder.replicaCount }}): each work unit runs on that many encoders
+{{- end }}
+{{- end }}
+
 {{/* meshenc.validateValues: fails the render with one clear message per inconsistent combination of values. */}}
 {{- define "meshenc.validateValues" -}}
 {{- $problems := list }}
@@ -444,6 +504,11 @@ readinessProbe:
 {{- end }}
 {{- if has (int .Values.metrics.port) (list (int .Values.encoder.port) (int .Values.registry.port) (int .Values.manager.port)) }}
 {{- $problems = append $problems (printf "metrics.port (%d) must differ from encoder.port, registry.port and manager.port, which share a pod with it" (int .Values.metrics.port)) }}
+{{- end }}
+{{- range splitList "\n" (include "meshenc.workProblems" . | trim) }}
+{{- if . }}
+{{- $problems = append $problems (trimPrefix "- " .) }}
+{{- end }}
 {{- end }}
 {{- if $problems }}
 {{- fail (printf "\n\nmeshenc: invalid values:\n  - %s\n" (join "\n  - " $problems)) }}
