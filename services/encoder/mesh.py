@@ -11,9 +11,13 @@ DEADLINE_EXCEEDED, an invalid one with INVALID_ARGUMENT, a caller whose Hello na
 encoder than its certificate does (mutual TLS) or that is not a current neighbour
 (``MeshHandler.is_neighbour``) with PERMISSION_DENIED, and a caller that speaks another
 protocol version or encodes another timeline (frame rate or GOP length) with
-FAILED_PRECONDITION. Each refusal is counted; its log line is written at most once per kind
-every 10 s (``LimitedLog``), so a flood of bad calls cannot flood the log. The dialer checks
-the acceptor's Hello the same way and also that it comes from the neighbour it meant to reach
+FAILED_PRECONDITION. One server serves every channel its encoder process encodes (each with
+its own handler and links, :meth:`MeshServer.add_channel`): the Hello names the stream's
+channel (empty: the first), and once the Hello is valid a channel not served here ends the
+call with NOT_FOUND; GetState and SetParameters name theirs the same way. Each refusal is
+counted; its log line is written at most once per kind every 10 s (``LimitedLog``), so a
+flood of bad calls cannot flood the log. The dialer checks the acceptor's Hello the same way
+and also that it comes from the neighbour it meant to reach, about the channel it asked for
 (under mutual TLS the acceptor's certificate must also carry that neighbour's name).
 SetParameters is refused with PERMISSION_DENIED unless the caller is the operator. Bytes that
 do not parse, per-peer limits and message sizes are the server shell's business
@@ -76,6 +80,7 @@ from meshenc.wire import convert
 from meshenc.wire.validation import (
     ExchangeStreamChecker,
     InvalidMessage,
+    check_channel_name,
     validate_get_state_request,
     validate_set_parameters_request,
 )
@@ -85,6 +90,7 @@ from services.common.peer_limits import PeerLimits
 from services.common.retry import Backoff, retrying
 from services.common.telemetry import TraceContext
 from services.common.tls import TlsFiles, peer_identity, require_operator
+from services.encoder.media.ladder import CHANNEL
 from services.encoder.telemetry import topology_changed
 
 __all__ = [
@@ -202,6 +208,8 @@ def _hello_problem(
     """
     if expected is not None and theirs.sender_id != expected:
         return "hello.sender_id", f"dialed {expected!r} but {theirs.sender_id!r} answered"
+    if theirs.channel and theirs.channel != ours.channel:
+        return "hello.channel", f"channel {theirs.channel!r} is not ours, {ours.channel!r}"
     if theirs.protocol_version != ours.protocol_version:
         return (
             "hello.protocol_version",
@@ -768,8 +776,13 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
     async def GetState(  # noqa: N802 -- the gRPC method's name
         self, request: mesh_pb2.GetStateRequest, context: Any
     ) -> mesh_pb2.EncoderState:
-        validate_get_state_request(request)
-        return self._owner._handler.state()
+        try:
+            validate_get_state_request(request)
+        except InvalidMessage as exc:
+            self._refusals.warning("invalid-state", "GetState refused: %s", exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        handler, _ = await self._owner._route(request.channel, context, "GetState")
+        return handler.state()
 
     async def SetParameters(  # noqa: N802 -- the gRPC method's name
         self, request: mesh_pb2.SetParametersRequest, context: Any
@@ -781,16 +794,18 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
         except InvalidMessage as exc:
             self._refusals.warning("invalid", "SetParameters refused: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        handler, _ = await self._owner._route(request.channel, context, "SetParameters")
         try:
-            proposal_id, segment = self._owner._handler.set_parameters(request.bitrate_kbps)
+            proposal_id, segment = handler.set_parameters(request.bitrate_kbps)
         except ValueError as exc:
             self._refusals.warning("refused", "SetParameters refused: %s", exc)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         log.info(
-            "proposed %d kbit/s from segment %d (proposal %d)",
+            "proposed %d kbit/s from segment %d (proposal %d, channel %s)",
             request.bitrate_kbps,
             segment,
             proposal_id,
+            request.channel or self._owner.channels[0],
         )
         return mesh_pb2.SetParametersResponse(proposal_id=proposal_id, effective_segment=segment)
 
@@ -803,6 +818,9 @@ class MeshServer:
     mutual TLS only, a caller's Hello must name the identity in its certificate, and
     SetParameters is the operator's. ``limits``: what one peer may open and send
     (``services.common.peer_limits``).
+
+    ``handler`` and ``links`` serve ``channel``, the first channel (what a Hello or a request
+    without a channel means); :meth:`add_channel` serves more through the same port.
     """
 
     def __init__(
@@ -810,12 +828,15 @@ class MeshServer:
         handler: MeshHandler,
         links: MeshLinks,
         *,
+        channel: str = CHANNEL,
         interceptors: Sequence[Any] = (),
         tls: TlsFiles | None = None,
         limits: PeerLimits | None = None,
     ) -> None:
         self._handler = handler
         self._links = links
+        self._channels: dict[str, tuple[MeshHandler, MeshLinks]] = {}
+        self.add_channel(channel, handler, links)
         servicer = _EncoderMeshServicer(self)
         self._grpc = GrpcServer(
             {SERVICE_NAME: lambda server: _add_servicer(servicer, server)},
@@ -835,6 +856,50 @@ class MeshServer:
     def port(self) -> int | None:
         """The bound port while serving."""
         return self._grpc.port
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels served, the first first."""
+        return tuple(self._channels)
+
+    def add_channel(self, channel: str, handler: MeshHandler, links: MeshLinks) -> None:
+        """Serve ``channel`` too: streams whose Hello names it go to ``links`` and
+        ``handler``, as do GetState and SetParameters requests that name it.
+
+        Raises:
+            ValueError: ``channel`` is not a channel name, or is served already.
+        """
+        try:
+            check_channel_name(channel)
+        except InvalidMessage as exc:
+            raise ValueError(str(exc)) from None
+        if channel in self._channels:
+            raise ValueError(f"channel {channel!r} is served already")
+        self._channels[channel] = (handler, links)
+
+    async def _route(
+        self, channel: str, context: Any, method: str, caller: str = ""
+    ) -> tuple[MeshHandler, MeshLinks]:
+        """The handler and links of the (valid) ``channel`` named by a call, the first
+        channel's when it names none; a channel not served here ends the call with
+        NOT_FOUND."""
+        route = self._channels.get(channel or next(iter(self._channels)))
+        if route is None:
+            self.refused[caller] += 1
+            self._refusals.warning(
+                "channel",
+                "refused %s from %s: channel %r is not encoded here",
+                method,
+                context.peer(),
+                channel,
+            )
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"channel {channel!r} is not encoded by {self._handler.node_id!r} "
+                f"(its channels: {', '.join(self._channels)})",
+            )
+            raise AssertionError("unreachable: abort raises")  # pragma: no cover
+        return route
 
     async def start(self, listen: str, *, health_listen: str | None = None) -> int:
         """Serve on ``listen`` (``host:port``, port 0 = any free port); returns the bound port.
@@ -881,6 +946,7 @@ class MeshServer:
             )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         peer = first.hello.sender_id
+        handler, links = await self._route(first.hello.channel, context, "an Exchange", peer)
         certified = peer_identity(context)
         if certified is not None and certified != peer:
             # A certificate for one encoder cannot speak as another.
@@ -896,7 +962,7 @@ class MeshServer:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"hello.sender_id is {peer!r} but the caller's certificate is {certified!r}",
             )
-        if not self._handler.is_neighbour(peer):
+        if not handler.is_neighbour(peer):
             self.refused[peer] += 1
             self._refusals.warning(
                 "stranger",
@@ -908,7 +974,7 @@ class MeshServer:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{peer!r} is not a neighbour of {self._handler.node_id!r}",
             )
-        hello = self._handler.hello()
+        hello = handler.hello()
         problem = _hello_problem(first.hello, hello)
         if problem is not None:
             self.refused[peer] += 1
@@ -916,7 +982,7 @@ class MeshServer:
                 problem[0], "refused an Exchange from %r: %s: %s", peer, *problem
             )
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, ": ".join(problem))
-        session = None if self._stopping else self._links._attach(peer)
+        session = None if self._stopping else links._attach(peer)
         if session is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the encoder is stopping")
             return
@@ -925,11 +991,11 @@ class MeshServer:
         # A fresh context: what the peer sends is not part of this call's (hours-long) span;
         # proposals and votes carry trace contexts of their own.
         reader = asyncio.create_task(
-            self._links._consume(session, incoming, checker), context=contextvars.Context()
+            links._consume(session, incoming, checker), context=contextvars.Context()
         )
         try:
             yield mesh_pb2.MeshMessage(hello=hello)
-            async for msg in self._links._outbound(session):
+            async for msg in links._outbound(session):
                 yield msg
             # The reader may be ending the call right now (a guard refused what it read):
             # let it finish, so that its abort is re-raised here and not lost.
@@ -945,4 +1011,4 @@ class MeshServer:
         finally:
             reader.cancel()
             self._sessions.discard(session)
-            self._links._detach(session)
+            links._detach(session)
