@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from meshenc.cli.encoder import encoder as encoder_command
+from meshenc.cli.inspect import status as status_command
 from services.common.etcd import EtcdSettings
 from services.encoder.settings import MAX_CHANNELS, EncoderSettings, parse_channel
 
@@ -76,3 +77,10 @@ def test_the_command_refuses_bad_channels_before_writing_anything(tmp_path: Path
     dots = run(encoder_command, base, env={"MESHENC_CHANNELS": f"..={URL_A}"})
     assert dots.exit_code == 2 and "'.' or '..'" in dots.output
     assert not any(tmp_path.iterdir())
+
+
+def test_inspect_refuses_a_bad_channel_before_asking() -> None:
+    bad = CliRunner().invoke(
+        status_command, ["--encoders", "127.0.0.1:1", "--channel", "..", "--insecure"]
+    )
+    assert bad.exit_code == 2 and "--channel" in bad.output

@@ -11,6 +11,7 @@ libx264 wrote into each segment), so each channel keeps a timeline and agreement
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from meshenc.cli.inspect import ask_states
 from meshenc.core.timecode import FrameRate
 from meshenc.local.ports import free_ports
 from meshenc.report.verify import compare, scan_output
@@ -89,8 +91,10 @@ def test_each_channel_is_identical_across_its_encoders_and_agrees_on_its_own(
         )
         assert isinstance(answer, mesh_pb2.SetParametersResponse)
         effective = answer.effective_segment
-        state = _call(ports["e2"], "GetState", mesh_pb2.GetStateRequest(channel="b"))
-        assert isinstance(state, mesh_pb2.EncoderState)
+        # What `meshenc inspect status --channel b` asks.
+        (answer_b,) = asyncio.run(ask_states([f"127.0.0.1:{ports['e2']}"], 5.0, None, "b"))
+        state = answer_b.state
+        assert state is not None, answer_b.problem
         assert (state.channel, state.input.source) == ("b", sources["b"][1])
     finally:
         for process in processes:
