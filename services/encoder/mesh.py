@@ -13,8 +13,9 @@ encoder than its certificate does (mutual TLS) or that is not a current neighbou
 protocol version or encodes another timeline (frame rate or GOP length) with
 FAILED_PRECONDITION. One server serves every channel its encoder process encodes (each with
 its own handler and links, :meth:`MeshServer.add_channel`): the Hello names the stream's
-channel (empty: the first), and once the Hello is valid a channel not served here ends the
-call with NOT_FOUND; GetState and SetParameters name theirs the same way. Each refusal is
+channel (empty: the first), and a channel not served here ends the call with NOT_FOUND
+(after the certificate check, before the neighbour check); GetState and SetParameters name
+theirs the same way. Each refusal is
 counted; its log line is written at most once per kind every 10 s (``LimitedLog``), so a
 flood of bad calls cannot flood the log. The dialer checks the acceptor's Hello the same way
 and also that it comes from the neighbour it meant to reach, about the channel it asked for
@@ -946,7 +947,6 @@ class MeshServer:
             )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         peer = first.hello.sender_id
-        handler, links = await self._route(first.hello.channel, context, "an Exchange", peer)
         certified = peer_identity(context)
         if certified is not None and certified != peer:
             # A certificate for one encoder cannot speak as another.
@@ -962,6 +962,7 @@ class MeshServer:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"hello.sender_id is {peer!r} but the caller's certificate is {certified!r}",
             )
+        handler, links = await self._route(first.hello.channel, context, "an Exchange", peer)
         if not handler.is_neighbour(peer):
             self.refused[peer] += 1
             self._refusals.warning(

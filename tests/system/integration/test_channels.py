@@ -32,9 +32,9 @@ from services.source.clip import write_test_clip
 from tests.conftest import LiveSource
 
 GOP = 30  # 1 s segments at 30 fps
-DURATION = 18.0
+DURATION = 15.0
 #: Seconds after both encoders answer that the change is asked for.
-CHANGE_AFTER = 6.0
+CHANGE_AFTER = 5.0
 BITRATE_KBPS = 1500  # the encoders' default
 LOW_BITRATE_KBPS = 100
 ENCODERS = ("e1", "e2")
@@ -114,7 +114,7 @@ def test_each_channel_is_identical_across_its_encoders_and_agrees_on_its_own(
             f"channel {channel}: {verdict.judged} segments judged, "
             f"{sum(s.agreed for s in verdict.segments if s.judged)} identical on both"
         )
-        assert verdict.judged >= 8, channel
+        assert verdict.judged >= 6, channel
         assert verdict.locked, [s.segment for s in verdict.segments if s.judged and not s.agreed]
         digests[channel] = {c.digest for s in verdict.segments for c in s.copies}
         # The bitrate each segment was encoded at, on both encoders: b's from the agreed
@@ -130,5 +130,9 @@ def test_each_channel_is_identical_across_its_encoders_and_agrees_on_its_own(
             expected = {n for n in rates if n >= effective} if channel == "b" else set()
             assert low == expected, (name, channel, effective, rates)
             assert all(rates[n] == BITRATE_KBPS for n in set(rates) - low), (name, channel)
+            print(
+                f"  {name}/{channel}: {len(rates)} judged segments, {len(low)} at "
+                f"{LOW_BITRATE_KBPS} kbit/s (the change was agreed from segment {effective})"
+            )
         assert channel == "a" or any(n >= effective for n in judged), "no segment after it"
     assert not digests["a"] & digests["b"]  # two sources, two different outputs
