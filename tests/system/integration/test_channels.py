@@ -12,6 +12,7 @@ libx264 wrote into each segment), so each channel keeps a timeline and agreement
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
@@ -21,8 +22,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from click.testing import CliRunner
 
 from meshenc.cli.inspect import ask_states
+from meshenc.cli.verify import verify as verify_command
 from meshenc.core.timecode import FrameRate
 from meshenc.local.ports import free_ports
 from meshenc.report.verify import compare, scan_output
@@ -37,7 +40,7 @@ DURATION = 15.0
 CHANGE_AFTER = 5.0
 BITRATE_KBPS = 1500  # the encoders' default
 LOW_BITRATE_KBPS = 100
-ENCODERS = ("e1", "e2")
+ENCODERS = ("left", "right")
 CHANNELS = ("a", "b")
 PATHS = ("delay_ms=20&jitter_ms=2", "delay_ms=60&jitter_ms=3")
 
@@ -85,14 +88,14 @@ def test_each_channel_is_identical_across_its_encoders_and_agrees_on_its_own(
             _call(ports[name], "GetState", mesh_pb2.GetStateRequest(), timeout=20.0)
         time.sleep(CHANGE_AFTER)
         answer = _call(
-            ports["e1"],
+            ports["left"],
             "SetParameters",
             mesh_pb2.SetParametersRequest(bitrate_kbps=LOW_BITRATE_KBPS, channel="b"),
         )
         assert isinstance(answer, mesh_pb2.SetParametersResponse)
         effective = answer.effective_segment
         # What `meshenc inspect status --channel b` asks.
-        (answer_b,) = asyncio.run(ask_states([f"127.0.0.1:{ports['e2']}"], 5.0, None, "b"))
+        (answer_b,) = asyncio.run(ask_states([f"127.0.0.1:{ports['right']}"], 5.0, None, "b"))
         state = answer_b.state
         assert state is not None, answer_b.problem
         assert (state.channel, state.input.source) == ("b", sources["b"][1])
@@ -116,6 +119,14 @@ def test_each_channel_is_identical_across_its_encoders_and_agrees_on_its_own(
         )
         assert verdict.judged >= 6, channel
         assert verdict.locked, [s.segment for s in verdict.segments if s.judged and not s.agreed]
+        # The same verdict from `meshenc verify --channel` on the run's folder.
+        cli = CliRunner().invoke(
+            verify_command, ["--channel", channel, "--lock-in", "4", "--json", str(tmp_path)]
+        )
+        assert cli.exit_code == 0, cli.output
+        answer = json.loads(cli.output)
+        assert [e["name"] for e in answer["encoders"]] == list(ENCODERS)
+        assert answer["judged_segments"] == verdict.judged
         digests[channel] = {c.digest for s in verdict.segments for c in s.copies}
         # The bitrate each segment was encoded at, on both encoders: b's from the agreed
         # segment on is the low one; a's never changed.
