@@ -49,10 +49,11 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -198,6 +199,10 @@ class EncoderRuntime:
         #: Whether this channel's health and metrics stand for the process.
         self._primary = parts is None or parts.server is None
         self._channels = frozenset({settings.channel}) if parts is None else parts.channels
+        #: Its log: a channel of several says which it is.
+        self.log: logging.Logger | logging.LoggerAdapter[logging.Logger] = (
+            log if parts is None else _ChannelLog(log, settings.channel)
+        )
         self.node_id = settings.id
         fr = settings.frame_rate
         self._period = fr.period
@@ -336,7 +341,7 @@ class EncoderRuntime:
         self._neighbours = dict(document.neighbours)
         segment = document.segment or self.settings.segment
         if segment != self._segment:
-            log.info("moving from segment %s to segment %s", self._segment, segment)
+            self.log.info("moving from segment %s to segment %s", self._segment, segment)
             self._segment = segment
             if self.leadership is not None:
                 self.leadership.move_to(segment)
@@ -371,7 +376,7 @@ class EncoderRuntime:
                 or (self._primary and held not in self._channels)
             )
             if unrunnable and unrunnable != self._unrunnable:
-                log.warning(
+                self.log.warning(
                     "placement %d gives this encoder units it cannot run (it runs channel%s "
                     "%s, ladder %s): %s",
                     document.work_version,
@@ -385,7 +390,7 @@ class EncoderRuntime:
         if wanted == self._placed:
             return
         self._placed = wanted
-        log.info(
+        self.log.info(
             "placement %s (epoch %d): holding %s of channel %s from the next segment",
             document.work_version or "none",
             document.epoch,
@@ -557,7 +562,7 @@ class EncoderRuntime:
             port = await self.server.start(
                 self.settings.listen, health_listen=self.settings.health_listen
             )
-            log.info(
+            self.log.info(
                 "encoder %s serving on port %d, peers %s", self.node_id, port, self.settings.peers
             )
         # Peers without an address wait for the registry to resolve them (ControlPlane).
@@ -584,7 +589,7 @@ class EncoderRuntime:
             self.ingest = ingest
             ingest.start()
         else:
-            log.warning("no --source: the output is black and the encoder reports degraded")
+            self.log.warning("no --source: the output is black and the encoder reports degraded")
         settings = self.settings
         if settings.ladder:
             # Rungs open as they are first held (every rung without a placement), at the
@@ -691,9 +696,9 @@ class EncoderRuntime:
             await self.links.close()
             if not self._hosted:
                 await self.server.stop(grace=1.0)
-                log.info("encoder %s stopped: %s", self.node_id, self.stats)
+                self.log.info("encoder %s stopped: %s", self.node_id, self.stats)
             else:
-                log.info("channel %s stopped: %s", self.settings.channel, self.stats)
+                self.log.info("stopped: %s", self.stats)
         return self.stats
 
     async def _heartbeat(self) -> None:
@@ -716,10 +721,10 @@ class EncoderRuntime:
             return
         self._stalled_at = now
         if gap <= self.engine.config.stale_after:
-            log.info("held up for %.2f s: no playlist until the leadership is confirmed", gap)
+            self.log.info("held up for %.2f s: no playlist until the leadership is confirmed", gap)
             return
         self.stats.stalls += 1
-        log.warning(
+        self.log.warning(
             "stalled for %.2f s (this process did not run): vouching for no segment until "
             "identical again, no playlist until the leadership is confirmed",
             gap,
@@ -735,7 +740,7 @@ class EncoderRuntime:
             item.arrived, None if source_time is None else float(source_time), time.time()
         )
         if back:
-            log.info("input is back after a loss")
+            self.log.info("input is back after a loss")
             self._cadence.reset()
             self._window.reset()
         ticks = None if source_time is None else round(source_time * TICKS)
@@ -932,7 +937,7 @@ class EncoderRuntime:
     def renditions_changed(self, active: Sequence[Rendition]) -> None:
         """The rungs written changed at this segment (a placement): the ladder's manifests
         name only those from now on."""
-        log.info(
+        self.log.info(
             "from this segment on writing %s", ", ".join(str(r.folder) for r in active) or "no rung"
         )
         if self._ladder is not None:
@@ -968,7 +973,7 @@ class EncoderRuntime:
                 self.links.send_all(action.to, action.esp)
             except ValueError:
                 # A live encoder keeps encoding whatever its mesh plumbing does.
-                log.exception("could not send an ESP to %s", ", ".join(action.to))
+                self.log.exception("could not send an ESP to %s", ", ".join(action.to))
             return
         self.telemetry.on_action(action)
         if isinstance(action, SendVote):
@@ -983,7 +988,7 @@ class EncoderRuntime:
             if visible and last is not None and not self.engine.alone:
                 # Alone, its slot is the timeline: a move of its own differs from no one's.
                 self._vouched[self._segments.segment_of(last)] = False
-            log.info(
+            self.log.info(
                 "correction %s shift=%+.2f ms rate=%+.1f ppm lead=%s proposal=%d",
                 action.kind.value,
                 action.shift * 1000.0,
@@ -992,7 +997,7 @@ class EncoderRuntime:
                 action.proposal_id,
             )
         elif isinstance(action, ParametersAgreed):
-            log.info(
+            self.log.info(
                 "parameters agreed: %d kbit/s from segment %d (%s)",
                 action.change.bitrate_kbps,
                 action.change.effective_segment,
@@ -1000,7 +1005,7 @@ class EncoderRuntime:
             )
         elif isinstance(action, Escalate):
             self.stats.escalations += 1
-            log.warning(
+            self.log.warning(
                 "proposal %d %s (approvals %s, rejections %s); escalating to %s",
                 action.outcome.proposal.proposal_id,
                 action.outcome.verdict.name.lower(),
@@ -1029,14 +1034,25 @@ class EncoderRuntime:
             proposal_id = action.outcome.proposal.proposal_id
             done = self.pipeline.step(self.clock(), EscalationApproved(proposal_id))
             if not any(isinstance(a, CorrectionApplied) for a in done):
-                log.info("manager said apply proposal %d, but it is outdated", proposal_id)
-        log.info(
+                self.log.info("manager said apply proposal %d, but it is outdated", proposal_id)
+        self.log.info(
             "manager's verdict on proposal %d: %s (%s; epoch %d)",
             action.outcome.proposal.proposal_id,
             manager_pb2.EscalationVerdict.Name(ack.verdict),
             ack.reason,
             ack.topology_epoch,
         )
+
+
+class _ChannelLog(logging.LoggerAdapter[logging.Logger]):
+    """The encoder's log, each line of one channel's runtime starting with its name."""
+
+    def __init__(self, logger: logging.Logger, channel: str) -> None:
+        super().__init__(logger, {"channel": channel})
+        self._prefix = f"channel {channel}: "
+
+    def process(self, msg: object, kwargs: MutableMapping[str, Any]) -> tuple[object, Any]:
+        return f"{self._prefix}{msg}", kwargs
 
 
 def _hand_over(
