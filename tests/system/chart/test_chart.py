@@ -89,6 +89,7 @@ CHART_VARIABLES: dict[str, frozenset[str]] = {
             "MESHENC_SEGMENT",
             "MESHENC_FORMAT",
             # Set in ci/origin-values.yaml.
+            "MESHENC_CHANNELS",
             "MESHENC_REGION",
             "MESHENC_PUBLISH",
             "MESHENC_SERVE_OUTPUT",
@@ -953,6 +954,10 @@ def test_encoders_publish_to_the_origins_and_serve_their_output_where_asked(
         "http://origin-a.example/live/ch1",
         "https://origin-b.example/live/ch1",
     )
+    assert context.params["channels"] == {
+        "news": "udp://239.0.0.1:5000",
+        "sport": "udp://239.0.0.2:5000",
+    }
     assert env_value(container, "MESHENC_SERVE_OUTPUT") == "0.0.0.0:8080"
     assert {"name": "output", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
     service = find(manifests, "Service", encoders["spec"]["serviceName"])
@@ -1210,6 +1215,14 @@ REJECTED = {
         "/tls/certManager/issuerRef/kind",
     ),
     "no-streams-per-peer": ("encoder.maxStreamsPerPeer=0", "'/encoder/maxStreamsPerPeer': minimum"),
+    "channels-beside-source": (
+        "encoder.source=udp://239.0.0.1:5000,encoder.channels.news=udp://239.0.0.2:5000",
+        "encoder.channels: each channel names its own source; leave out encoder.source",
+    ),
+    "channel-named-dot-dot": (
+        "encoder.channels.\\.\\.=udp://239.0.0.2:5000",
+        "invalid propertyName '..'",
+    ),
     "health-on-the-metrics-port": (
         "health.port=9464",
         "health.port (9464) must differ from encoder.port",

@@ -374,9 +374,21 @@ readinessProbe:
     sizeLimit: 64Mi
 {{- end }}
 
+{{/* meshenc.channels: encoder.channels as MESHENC_CHANNELS reads them, NAME=URL separated by spaces, in name order. */}}
+{{- define "meshenc.channels" -}}
+{{- $items := list }}
+{{- range $name, $url := . }}
+{{- $items = append $items (printf "%s=%s" $name $url) }}
+{{- end }}
+{{- join " " $items }}
+{{- end }}
+
 {{/* meshenc.validateValues: fails the render with one clear message per inconsistent combination of values. */}}
 {{- define "meshenc.validateValues" -}}
 {{- $problems := list }}
+{{- if and .Values.encoder.source .Values.encoder.channels }}
+{{- $problems = append $problems "encoder.channels: each channel names its own source; leave out encoder.source" }}
+{{- end }}
 {{- if and (not .Values.etcd.bundled) (empty .Values.etcd.external.endpoints) }}
 {{- $problems = append $problems "etcd.external.endpoints: give at least one client URL when etcd.bundled is false" }}
 {{- end }}
