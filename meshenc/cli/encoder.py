@@ -404,9 +404,10 @@ def encoder(
     its timecodes locked with its neighbours over gRPC, and writes segments named by segment
     number into --out (MPEG-TS with an HLS playlist, or with --format cmaf fMP4 with an HLS
     playlist and a DASH MPD); with --ladder, one such folder per rung under --out and a
-    master.m3u8 listing them. SIGTERM finishes the current segment and stops cleanly. Mutual
-    TLS needs the three --tls-* files, the certificate naming this encoder's id; --insecure
-    runs plaintext.
+    master.m3u8 listing them. With --channel, several sources, each a channel of its own
+    (timeline, segment leader, --out/NAME/) through one mesh port. SIGTERM finishes the current
+    segment and stops cleanly. Mutual TLS needs the three --tls-* files, the certificate naming
+    this encoder's id; --insecure runs plaintext.
     """
     configure_logging(log_level, node_id)
     ctx = click.get_current_context()

@@ -15,11 +15,11 @@ FAILED_PRECONDITION. One server serves every channel its encoder process encodes
 its own handler and links, :meth:`MeshServer.add_channel`): the Hello names the stream's
 channel (empty: the first), and a channel not served here ends the call with NOT_FOUND
 (after the certificate check, before the neighbour check); GetState and SetParameters name
-theirs the same way. Each refusal is
-counted; its log line is written at most once per kind every 10 s (``LimitedLog``), so a
-flood of bad calls cannot flood the log. The dialer checks the acceptor's Hello the same way
-and also that it comes from the neighbour it meant to reach, about the channel it asked for
-(under mutual TLS the acceptor's certificate must also carry that neighbour's name).
+theirs the same way. Each refusal is counted; its log line is written at most once per kind
+every 10 s (``LimitedLog``), so a flood of bad calls cannot flood the log. The dialer checks
+the acceptor's Hello the same way and also that it comes from the neighbour it meant to reach,
+about the channel it asked for (under mutual TLS the acceptor's certificate must also carry
+that neighbour's name).
 SetParameters is refused with PERMISSION_DENIED unless the caller is the operator. Bytes that
 do not parse, per-peer limits and message sizes are the server shell's business
 (``services.common.grpc_server``); when one of its guards ends a stream while the reader reads,
