@@ -84,8 +84,8 @@ def test_each_channel_is_identical_across_its_encoders_and_agrees_on_its_own(
                 command += ["--channel", f"{channel}={sources[channel][i]}"]
             with (tmp_path / f"{name}.log").open("wb") as log:
                 processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
-        for name in ENCODERS:  # a busy machine may take seconds to start a process
-            _call(ports[name], "GetState", mesh_pb2.GetStateRequest(), timeout=20.0)
+        for name in ENCODERS:  # a busy machine may take many seconds to start a process
+            _call(ports[name], "GetState", mesh_pb2.GetStateRequest(), timeout=60.0)
         time.sleep(CHANGE_AFTER)
         answer = _call(
             ports["left"],
