@@ -52,7 +52,7 @@ def _x264_bitrate(path: Path) -> int:
     return int(found.group(1))
 
 
-def _call(port: int, method: str, request: object, *, timeout: float = 5.0) -> object:
+def _call(port: int, method: str, request: object, *, timeout: float = 15.0) -> object:
     """One call, waiting up to ``timeout`` for the encoder to serve."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = mesh_pb2_grpc.EncoderMeshStub(channel)
@@ -95,7 +95,7 @@ def test_each_channel_is_identical_across_its_encoders_and_agrees_on_its_own(
         assert isinstance(answer, mesh_pb2.SetParametersResponse)
         effective = answer.effective_segment
         # What `meshenc inspect status --channel b` asks.
-        (answer_b,) = asyncio.run(ask_states([f"127.0.0.1:{ports['right']}"], 5.0, None, "b"))
+        (answer_b,) = asyncio.run(ask_states([f"127.0.0.1:{ports['right']}"], 15.0, None, "b"))
         state = answer_b.state
         assert state is not None, answer_b.problem
         assert (state.channel, state.input.source) == ("b", sources["b"][1])
