@@ -384,6 +384,7 @@ class MeshLinks:
         tracing: the trace context of outgoing proposals and votes; default, none.
         tls: this encoder's TLS files: each dialed stream is mutual TLS and the acceptor's
             certificate must name the neighbour dialed; plaintext when None.
+        logger: where the links log (a channel of several: a child logger named after it).
     """
 
     def __init__(
@@ -391,6 +392,7 @@ class MeshLinks:
         handler: MeshHandler,
         *,
         tls: TlsFiles | None = None,
+        logger: logging.Logger = log,
         esp_capacity: int = DEFAULT_ESP_CAPACITY,
         control_capacity: int = DEFAULT_CONTROL_CAPACITY,
         backoff_base: float = 0.1,
@@ -404,6 +406,7 @@ class MeshLinks:
             raise ValueError("queue capacities must be at least 1")
         self._handler = handler
         self._tls = tls
+        self._log = logger
         self._esp_capacity = esp_capacity
         self._control_capacity = control_capacity
         self._backoff = Backoff(backoff_base, backoff_cap, jitter=0.0, spread=0.5)
@@ -422,7 +425,7 @@ class MeshLinks:
         self.dropped_esps: Counter[str] = Counter()
         #: Proposals and votes refused (reserved queue full) or lost with their link.
         self.dropped_control: Counter[str] = Counter()
-        self._invalid = LimitedLog(log)
+        self._invalid = LimitedLog(self._log)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -460,7 +463,7 @@ class MeshLinks:
         me = self._handler.node_id
         wanted = {peer: address for peer, address in peers.items() if peer != me}
         if len(wanted) != len(peers):
-            log.warning("ignoring %r in the peer list: it is this encoder", me)
+            self._log.warning("ignoring %r in the peer list: it is this encoder", me)
         topology_changed(me, self.peers, frozenset(wanted))
         for peer in [p for p in self._links if p not in wanted]:
             self._remove(peer)
@@ -519,7 +522,7 @@ class MeshLinks:
                 self.dropped_esps[peer_id] += 1
             else:
                 self.dropped_control[peer_id] += 1
-                log.warning("dropped a %s for %r: not a neighbour", body, peer_id)
+                self._log.warning("dropped a %s for %r: not a neighbour", body, peer_id)
             return False
         if is_esp:
             if link.session is None:
@@ -529,7 +532,7 @@ class MeshLinks:
             return True
         if not link.outbox.put_control(data):
             self.dropped_control[peer_id] += 1
-            log.warning(
+            self._log.warning(
                 "dropped a %s for %r: %d proposals and votes already queued",
                 body,
                 peer_id,
@@ -563,7 +566,9 @@ class MeshLinks:
         lost = link.outbox.control_pending
         if lost:
             self.dropped_control[link.peer_id] += lost
-            log.warning("%d proposals and votes for %r lost with the link", lost, link.peer_id)
+            self._log.warning(
+                "%d proposals and votes for %r lost with the link", lost, link.peer_id
+            )
 
     def _attach(self, peer_id: str, *, dialer: _Link | None = None) -> _Session | None:
         """Make a new stream with ``peer_id`` the live one; None if it must not be used.
@@ -581,11 +586,11 @@ class MeshLinks:
         session = _Session(peer_id, link.outbox, outbound=dialer is not None)
         old = link.session
         if old is not None:
-            log.info("link %r: a newer stream replaces the live one", peer_id)
+            self._log.info("link %r: a newer stream replaces the live one", peer_id)
             old.end()
         self.dropped_esps[peer_id] += link.outbox.clear_esps()
         link.session = session
-        log.info("link %r up (%s)", peer_id, "dialed" if session.outbound else "accepted")
+        self._log.info("link %r up (%s)", peer_id, "dialed" if session.outbound else "accepted")
         if self._on_link is not None:
             self._on_link(peer_id, True)
         return session
@@ -597,7 +602,7 @@ class MeshLinks:
             return
         link.session = None
         self.dropped_esps[session.peer_id] += link.outbox.clear_esps()
-        log.info("link %r down", session.peer_id)
+        self._log.info("link %r down", session.peer_id)
         if self._on_link is not None:
             self._on_link(session.peer_id, False)
         if not link.configured:
@@ -639,9 +644,9 @@ class MeshLinks:
         except grpc.aio.AbortError as exc:
             session.aborted = exc  # the call's status is sent; the handler ends it
         except grpc.aio.AioRpcError as exc:
-            log.info("link %r: stream ended: %s %s", peer, exc.code().name, exc.details())
+            self._log.info("link %r: stream ended: %s %s", peer, exc.code().name, exc.details())
         except Exception as exc:  # the server's request iterator reports cancellation so
-            log.debug("link %r: stream ended: %r", peer, exc)
+            self._log.debug("link %r: stream ended: %r", peer, exc)
         finally:
             session.end()
 
@@ -658,7 +663,7 @@ class MeshLinks:
                 self._handler.on_vote(convert.vote_from_proto(msg.vote))
         except Exception:
             # A handler bug must not cut the link to a neighbour; it is logged in full.
-            log.exception("link %r: the handler failed on a %s", peer, body)
+            self._log.exception("link %r: the handler failed on a %s", peer, body)
 
     # -- dialing -----------------------------------------------------------------------------
 
@@ -672,7 +677,7 @@ class MeshLinks:
                 attempts=None,
                 backoff=self._backoff,
                 rng=self._rng,
-                logger=log,
+                logger=self._log,
                 level=logging.INFO,
             ):
                 with attempt:
@@ -691,7 +696,7 @@ class MeshLinks:
         except (_LinkFailed, asyncio.CancelledError):
             raise
         except Exception as exc:
-            log.exception("link %r: dialing failed unexpectedly", link.peer_id)
+            self._log.exception("link %r: dialing failed unexpectedly", link.peer_id)
             raise _LinkFailed(repr(exc)) from exc
 
     async def _run_outbound_stream(self, link: _Link) -> None:
@@ -727,11 +732,11 @@ class MeshLinks:
             try:
                 checker.check(first)
             except InvalidMessage as exc:
-                log.warning("link %r at %s: invalid hello: %s", peer, address, exc)
+                self._log.warning("link %r at %s: invalid hello: %s", peer, address, exc)
                 raise _LinkFailed(str(exc)) from None
             problem = _hello_problem(first.hello, hello, expected=peer)
             if problem is not None:
-                log.warning("link %r at %s: %s: %s", peer, address, *problem)
+                self._log.warning("link %r at %s: %s: %s", peer, address, *problem)
                 raise _LinkFailed(": ".join(problem))
             session = self._attach(peer, dialer=link)
             if session is None:

@@ -49,11 +49,10 @@ import random
 import signal
 import sys
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -94,6 +93,7 @@ from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.adjacency import AdjacencyDocument
 from services.encoder.control import ControlPlane, record_health
 from services.encoder.leadership import SegmentLeadership
+from services.encoder.leadership import log as leadership_log
 from services.encoder.manager_link import VoteLog
 from services.encoder.media.containers import TICKS, AudioPacket
 from services.encoder.media.gop import EncodedFrame
@@ -118,6 +118,7 @@ from services.encoder.media.segments import ASIDE_PREFIX, segment_number
 from services.encoder.media.serve import OutputServer
 from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
+from services.encoder.mesh import log as mesh_log
 from services.encoder.pipeline import FramePipeline
 from services.encoder.settings import EncoderSettings
 from services.encoder.telemetry import EncoderTelemetry
@@ -199,10 +200,9 @@ class EncoderRuntime:
         #: Whether this channel's health and metrics stand for the process.
         self._primary = parts is None or parts.server is None
         self._channels = frozenset({settings.channel}) if parts is None else parts.channels
-        #: Its log: a channel of several says which it is.
-        self.log: logging.Logger | logging.LoggerAdapter[logging.Logger] = (
-            log if parts is None else _ChannelLog(log, settings.channel)
-        )
+        #: Its log: a channel of several logs (and has its election and links log) through
+        #: child loggers named after it, ``meshenc.encoder.channel.<name>`` and so on.
+        self.log = self._own(log)
         self.node_id = settings.id
         fr = settings.frame_rate
         self._period = fr.period
@@ -258,7 +258,11 @@ class EncoderRuntime:
         self._black = Picture(0, black)
         self.telemetry = EncoderTelemetry(settings.id, lambda: self.engine.snapshot(self.clock()))
         self.links = MeshLinks(
-            self, on_link=self._on_link, tracing=self.telemetry, tls=settings.tls
+            self,
+            on_link=self._on_link,
+            tracing=self.telemetry,
+            tls=settings.tls,
+            logger=self._own(mesh_log),
         )
         self.leadership: SegmentLeadership | None = None
         self._has_locked = False
@@ -273,6 +277,7 @@ class EncoderRuntime:
                 ),
                 on_change=self._on_leader_change,
                 region=settings.region,
+                logger=self._own(leadership_log),
             )
         if parts is None or parts.server is None:
             self.server = MeshServer(
@@ -305,6 +310,12 @@ class EncoderRuntime:
         #: The heartbeat (monotonic): when it last beat, and when a stall last ended.
         self._beat = time.monotonic()
         self._stalled_at = -math.inf
+
+    def _own(self, logger: logging.Logger) -> logging.Logger:
+        """``logger`` for this runtime: as it is on its own; for one channel of several, its
+        child named after the channel (``meshenc.encoder.channel.<name>``), which takes its
+        level and handlers, so that every line says which channel it is about."""
+        return logger if not self._hosted else logger.getChild(f"channel.{self.settings.channel}")
 
     # -- clock --------------------------------------------------------------------------------
 
@@ -1042,17 +1053,6 @@ class EncoderRuntime:
             ack.reason,
             ack.topology_epoch,
         )
-
-
-class _ChannelLog(logging.LoggerAdapter[logging.Logger]):
-    """The encoder's log, each line of one channel's runtime starting with its name."""
-
-    def __init__(self, logger: logging.Logger, channel: str) -> None:
-        super().__init__(logger, {"channel": channel})
-        self._prefix = f"channel {channel}: "
-
-    def process(self, msg: object, kwargs: MutableMapping[str, Any]) -> tuple[object, Any]:
-        return f"{self._prefix}{msg}", kwargs
 
 
 def _hand_over(
