@@ -4,7 +4,8 @@ Channel ``a`` is the test pattern and channel ``b`` a clip, both live over UDP (
 source``), to each encoder over its own path. Each encoder runs both with ``--channel``: one
 mesh port, one stream per neighbour and channel. Midway an operator asks one encoder for a much
 lower bitrate on channel ``b`` alone. The verdicts come from the segment files: each channel's
-segments are byte-identical on both encoders after lock-in; the change took effect on ``b``'s
+segments that both encoders served (under the shared name: a copy an encoder could not vouch
+for goes aside) are byte-identical after lock-in; the change took effect on ``b``'s
 segments at the segment the encoders agreed, on both, and on none of ``a``'s (the bitrate
 libx264 wrote into each segment), so each channel keeps a timeline and agreements of its own.
 """
@@ -113,17 +114,28 @@ def test_each_channel_is_identical_across_its_encoders_and_agrees_on_its_own(
         outputs = [scan_output(tmp_path / name / channel, name) for name in ENCODERS]
         verdict = compare(outputs, lock_in=4)
         judged = [s.segment for s in verdict.segments if s.judged]
+        # What the encoders served: both copies under the shared name. A copy written aside
+        # (its encoder could not vouch for it: a busy machine made it drop pictures) may
+        # differ, and is never served.
+        aside = {output.name: output.aside for output in outputs}
+        served = [
+            s
+            for s in verdict.segments
+            if s.judged
+            and len(s.copies) == len(ENCODERS)
+            and not any(s.segment in aside[c.encoder] for c in s.copies)
+        ]
         print(
-            f"channel {channel}: {verdict.judged} segments judged, "
-            f"{sum(s.agreed for s in verdict.segments if s.judged)} identical on both"
+            f"channel {channel}: {verdict.judged} segments judged, {verdict.agreed} identical "
+            f"on both; {len(served)} served by both, {sum(s.agreed for s in served)} identical"
         )
-        assert verdict.judged >= 6, channel
-        assert verdict.locked, [s.segment for s in verdict.segments if s.judged and not s.agreed]
+        assert len(served) >= 6, channel
+        assert all(s.agreed for s in served), [s.segment for s in served if not s.agreed]
         # The same verdict from `meshenc verify --channel` on the run's folder.
         cli = CliRunner().invoke(
             verify_command, ["--channel", channel, "--lock-in", "4", "--json", str(tmp_path)]
         )
-        assert cli.exit_code == 0, cli.output
+        assert cli.exit_code == (0 if verdict.locked else 1), cli.output
         answer = json.loads(cli.output)
         assert [e["name"] for e in answer["encoders"]] == list(ENCODERS)
         assert answer["judged_segments"] == verdict.judged
