@@ -34,12 +34,15 @@ from services.common.etcd import DEFAULT_LEASE_TTL
 from services.common.tls import record_signer
 from services.encoder.media.ladder import Rung, parse_ladder
 from services.encoder.media.serve import OutputServeError
+from services.encoder.process import EncoderProcess
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import (
     DEFAULT_REGISTRY_TTL,
+    MAX_CHANNELS,
     EncoderSettings,
     SegmentFormat,
     TopologyMode,
+    parse_channel,
     parse_peers,
     parse_size,
 )
@@ -50,6 +53,23 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int
         return parse_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+
+
+def _channels(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, str]:
+    channels: dict[str, str] = {}
+    try:
+        for item in value:
+            name, source = parse_channel(item)
+            if name in channels:
+                raise ValueError(f"channel {name!r} is given twice")
+            channels[name] = source
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if len(channels) > MAX_CHANNELS:
+        raise click.BadParameter(f"at most {MAX_CHANNELS} channels, got {len(channels)}")
+    return channels
 
 
 def _ladder(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[Rung, ...]:
@@ -97,6 +117,19 @@ def _given(ctx: click.Context, name: str) -> bool:
     help="The live input: any URL PyAV reads (udp://, rtp://, rtmp://, http(s)://, tcp://) or a"
     " file (played in real time, looped). Without one the output is black and the encoder"
     " reports its input lost.",
+)
+@click.option(
+    "--channel",
+    "channels",
+    envvar="MESHENC_CHANNELS",
+    multiple=True,
+    callback=_channels,
+    help="Encode several channels instead of --source: NAME=SOURCE, repeatable (the variable:"
+    f" items separated by spaces; at most {MAX_CHANNELS}). Each channel decodes its source once,"
+    " keeps a timeline and a segment leader of its own with the same neighbours (one stream"
+    " per neighbour and channel, through the one --listen port), and writes into --out/NAME/"
+    " (and PUTs to each --publish URL/NAME/); a placement's units NAME/WIDTHxHEIGHT are its."
+    " The names are 1-128 characters of A-Z a-z 0-9 . _ -, not '.' or '..'.",
 )
 @click.option(
     "--format",
@@ -321,6 +354,7 @@ def encoder(
     peers: str,
     out: Path,
     source: str | None,
+    channels: dict[str, str],
     output_format: str,
     publish: tuple[str, ...],
     serve_output: str | None,
@@ -372,18 +406,22 @@ def encoder(
     its timecodes locked with its neighbours over gRPC, and writes segments named by segment
     number into --out (MPEG-TS with an HLS playlist, or with --format cmaf fMP4 with an HLS
     playlist and a DASH MPD); with --ladder, one such folder per rung under --out and a
-    master.m3u8 listing them. SIGTERM finishes the current segment and stops cleanly. Mutual
-    TLS needs the three --tls-* files, the certificate naming this encoder's id; --insecure
-    runs plaintext.
+    master.m3u8 listing them. With --channel, several sources, each a channel of its own
+    (timeline, segment leader, --out/NAME/) through one mesh port. SIGTERM finishes the current
+    segment and stops cleanly. Mutual TLS needs the three --tls-* files, the certificate naming
+    this encoder's id; --insecure runs plaintext.
     """
     configure_logging(log_level, node_id)
     ctx = click.get_current_context()
+    if channels and source is not None:
+        raise click.UsageError("--channel gives every channel its source: leave out --source")
     if ladder:
         given = [f"--{n.replace('_', '-')}" for n in ("size", "bitrate_kbps") if _given(ctx, n)]
         if given:
             raise click.UsageError(
                 f"--ladder gives every rung its size and bitrate: leave out {' and '.join(given)}"
             )
+    feed: dict[str, Any] = {"channels": channels} if channels else {"source": source}
     sizing: dict[str, Any] = (
         {"ladder": ladder} if ladder else {"size": size, "bitrate_kbps": bitrate_kbps}
     )
@@ -420,7 +458,7 @@ def encoder(
             listen=listen,
             peers=parse_peers(peers),
             out=out,
-            source=source,
+            **feed,
             publish=publish,
             serve_output=serve_output or None,
             output_format=SegmentFormat(output_format),
@@ -458,10 +496,15 @@ def encoder(
         "meshenc-encoder", instance_id=settings.id, metrics_listen=settings.metrics_listen
     ):
         try:
-            stats = asyncio.run(EncoderRuntime(settings).run())
+            if settings.channels:
+                by_channel = asyncio.run(EncoderProcess(settings).run())
+            else:
+                by_channel = {"": asyncio.run(EncoderRuntime(settings).run())}
         except OutputServeError as exc:  # before anything else started: one line, status 1
             raise click.ClickException(str(exc)) from exc
-    click.echo(
-        f"{settings.id}: {stats.frames} frames, {stats.segments} segments, "
-        f"{stats.skipped} skipped, {stats.escalations} escalations"
-    )
+    for channel, stats in by_channel.items():
+        name = f"{settings.id}/{channel}" if channel else settings.id
+        click.echo(
+            f"{name}: {stats.frames} frames, {stats.segments} segments, "
+            f"{stats.skipped} skipped, {stats.escalations} escalations"
+        )

@@ -47,6 +47,7 @@ from meshenc.v1 import manager_pb2, manager_pb2_grpc, mesh_pb2, mesh_pb2_grpc
 from meshenc.wire.address import parse_address_list
 from meshenc.wire.validation import (
     InvalidMessage,
+    check_channel_name,
     validate_get_segments_request,
     validate_get_topology_request,
     validate_watch_topology_request,
@@ -142,15 +143,16 @@ class Answer:
 
 
 async def ask_states(
-    addresses: Sequence[str], timeout: float, tls: TlsFiles | None = None
+    addresses: Sequence[str], timeout: float, tls: TlsFiles | None = None, channel: str = ""
 ) -> list[Answer]:
-    """GetState of every address at once (mutual TLS with ``tls``)."""
+    """GetState of every address at once (mutual TLS with ``tls``), of ``channel`` (empty:
+    each encoder's first)."""
 
     async def ask(address: str) -> Answer:
-        async with open_channel(address, tls=tls) as channel:
+        async with open_channel(address, tls=tls) as grpc_channel:
             try:
-                state = await mesh_pb2_grpc.EncoderMeshStub(channel).GetState(
-                    mesh_pb2.GetStateRequest(), timeout=timeout
+                state = await mesh_pb2_grpc.EncoderMeshStub(grpc_channel).GetState(
+                    mesh_pb2.GetStateRequest(channel=channel), timeout=timeout
                 )
             except grpc.aio.AioRpcError as exc:
                 return Answer(address, None, _no_answer(exc))
@@ -163,8 +165,9 @@ def _ms(ns: int) -> str:
     return f"{ns / 1e6:+.2f}"
 
 
-def status_table(answers: Sequence[Answer]) -> Table:
-    table = Table(title="Encoders (GetState)", title_justify="left")
+def status_table(answers: Sequence[Answer], channel: str = "") -> Table:
+    title = f"Encoders (GetState, channel {channel})" if channel else "Encoders (GetState)"
+    table = Table(title=title, title_justify="left")
     for column in (
         "encoder",
         "address",
@@ -207,8 +210,23 @@ def status_table(answers: Sequence[Answer]) -> Table:
     return table
 
 
+def _channel(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        check_channel_name(value, allow_empty=True)
+    except InvalidMessage as exc:
+        raise click.BadParameter(exc.reason) from exc
+    return value
+
+
 @click.command()
 @_ENCODERS
+@click.option(
+    "--channel",
+    default="",
+    callback=_channel,
+    help="The channel to show, of encoders that encode several (meshenc encoder --channel);"
+    " default: each encoder's first.",
+)
 @_TIMEOUT
 @_JSON
 @tls_options
@@ -216,6 +234,7 @@ def status_table(answers: Sequence[Answer]) -> Table:
 def status(
     ctx: click.Context,
     encoders: list[str],
+    channel: str,
     timeout: float,
     as_json: bool,
     tls_ca: Path | None,
@@ -230,7 +249,7 @@ def status(
     tls = tls_files(tls_ca, tls_cert, tls_key, insecure)
     if not encoders:
         raise click.UsageError("no encoders: give --encoders HOST:PORT,... or MESHENC_ENCODERS")
-    answers = asyncio.run(ask_states(encoders, timeout, tls))
+    answers = asyncio.run(ask_states(encoders, timeout, tls, channel))
     if as_json:
         click.echo(
             json.dumps(
@@ -244,7 +263,7 @@ def status(
         )
     else:
         out = console()
-        out.print(status_table(answers))
+        out.print(status_table(answers, channel))
         for answer in answers:
             if answer.state is None:
                 out.print(Text(f"{answer.address}: no answer: {answer.problem}", style="red"))

@@ -17,6 +17,7 @@ from rich.text import Text
 from meshenc.cli.sim import console
 from meshenc.report.verify import (
     DEFAULT_LOCK_IN,
+    ORIGIN_DIR,
     Verification,
     count_frames,
     find_outputs,
@@ -24,6 +25,7 @@ from meshenc.report.verify import (
     scan_output,
 )
 from meshenc.report.verify import compare as compare_outputs
+from meshenc.wire.validation import InvalidMessage, check_channel_name
 
 NOT_LOCKED = 1
 DIGEST_CHARS = 8
@@ -99,6 +101,29 @@ def judging_options(command: Callable[..., None]) -> Callable[..., None]:
     )(command)
 
 
+def _channel(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            check_channel_name(value)
+        except InvalidMessage as exc:
+            raise click.BadParameter(exc.reason) from exc
+    return value
+
+
+def _channel_folders(folders: tuple[Path, ...], channel: str) -> list[tuple[Path, str]]:
+    """Each encoder's folder of ``channel`` with the encoder's name: ``FOLDER/channel`` of each
+    folder given, or of each subfolder of a run's folder (the origin's recording aside)."""
+    found: list[tuple[Path, str]] = []
+    for folder in folders:
+        if (folder / channel).is_dir():
+            found.append((folder / channel, folder.name))
+            continue
+        for encoder in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != ORIGIN_DIR):
+            if (encoder / channel).is_dir():
+                found.append((encoder / channel, encoder.name))
+    return found
+
+
 @click.command()
 @click.argument(
     "folders",
@@ -114,9 +139,21 @@ def judging_options(command: Callable[..., None]) -> Callable[..., None]:
     " (default: the rung each encoder's master lists first; needed when the manager placed the"
     " rungs on different encoders).",
 )
+@click.option(
+    "--channel",
+    default=None,
+    callback=_channel,
+    help="Encoders of several channels (meshenc encoder --channel): judge this channel's"
+    " folder (FOLDER/NAME) of each encoder, named after the encoder.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def verify(
-    folders: tuple[Path, ...], lock_in: int, gop: int | None, rung: str | None, as_json: bool
+    folders: tuple[Path, ...],
+    lock_in: int,
+    gop: int | None,
+    rung: str | None,
+    channel: str | None,
+    as_json: bool,
 ) -> None:
     """Compare encoders' output folders segment by segment; exit 1 unless they are locked.
 
@@ -125,9 +162,14 @@ def verify(
     majority's bytes, which differ, which have a gap; the first --lock-in segments of every
     encoder's run (after a start or a gap) may differ.
     """
-    encoders = find_outputs(folders)
+    named = (
+        [(f, f.name) for f in find_outputs(folders)]
+        if channel is None
+        else _channel_folders(folders, channel)
+    )
+    encoders = [f for f, _ in named]
     if rung is not None:
-        outputs = [scan_output(f / rung, f.name) for f in encoders if (f / rung).is_dir()]
+        outputs = [scan_output(f / rung, name) for f, name in named if (f / rung).is_dir()]
     else:
         judged = {rendition_folder(f) for f in encoders}
         if len({f.name for f in judged if f not in encoders}) > 1:
@@ -136,7 +178,7 @@ def verify(
                 "the encoders' masters list different rungs first (the manager placed the "
                 f"rungs): judge one rung at a time with --rung ({', '.join(every)})"
             )
-        outputs = [scan_output(folder) for folder in encoders]
+        outputs = [scan_output(folder, name) for folder, name in named]
     if len(outputs) < 2:
         raise click.UsageError(
             f"need at least two encoder folders with segment files, found {len(outputs)}"

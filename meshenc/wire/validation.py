@@ -27,7 +27,8 @@ Mesh (``EncoderMesh``)
   - MeshMessage: exactly one body is set, and it is valid.
   - Hello: ``protocol_version`` >= 1; ``frame_rate`` is set, ``num`` and ``den`` > 0 and
     ``num/den`` within [``MIN_FRAME_RATE``, ``MAX_FRAME_RATE``]; ``gop_length`` within
-    [1, ``MAX_GOP_LENGTH``].
+    [1, ``MAX_GOP_LENGTH``]; ``channel`` empty or a channel name (an id other than ``.`` and
+    ``..``: it names a folder).
   - EncodingStatePacket: ``sequence`` > 0; 0 < ``timecode`` < ``MAX_TIMECODE``;
     ``frame_hash`` is empty (frame not encoded yet) or exactly ``FRAME_HASH_LENGTH`` bytes;
     ``label_unix_ns`` and ``sent_unix_ns`` are instants; ``|correction_ns|`` <=
@@ -50,7 +51,8 @@ Mesh (``EncoderMesh``)
     ``MAX_TIMECODE``; every other kind requires both to be 0.
   - ResyncVote: ``proposal_id`` > 0; ``voter_id`` differs from ``proposer_id``;
     ``|estimated_deviation_ns|`` <= ``MAX_DEVIATION_NS`` (24 h).
-  - GetStateRequest: no fields, always valid.
+  - GetStateRequest, SetParametersRequest: ``channel`` empty or a channel name; SetParameters
+    also ``bitrate_kbps`` within [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``].
   - Exchange stream (stateful, :class:`ExchangeStreamChecker`): the first message is a
     Hello and no later one is; the Hello's sender is not the receiver; every later message
     comes from the Hello's sender (``esp.sender_id``, ``proposal.proposer_id``,
@@ -129,6 +131,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "ExchangeStreamChecker",
     "InvalidMessage",
+    "check_channel_name",
     "validate_encoder_record",
     "validate_escalation",
     "validate_esp",
@@ -268,6 +271,18 @@ def _check_id(value: str, field: str, *, allow_empty: bool = False) -> None:
         )
 
 
+def check_channel_name(value: str, field: str = "channel", *, allow_empty: bool = False) -> None:
+    """A channel name: an id other than ``.`` and ``..``, since it names the channel's folder
+    (``OUT/<channel>/``) and its etcd keys.
+
+    Raises:
+        InvalidMessage: naming ``field`` and the rule.
+    """
+    _check_id(value, field, allow_empty=allow_empty)
+    if value in (".", ".."):
+        raise InvalidMessage(field, f"must not be '.' or '..', got {_show(value)}")
+
+
 def _check_range(value: int, low: int, high: int, field: str, unit: str = "") -> None:
     """``low <= value <= high``."""
     if not low <= value <= high:
@@ -390,6 +405,7 @@ def _hello(msg: mesh_pb2.Hello, prefix: str) -> None:
             f"must be within [{MIN_FRAME_RATE}, {MAX_FRAME_RATE}] fps, got {rate.num}/{rate.den}",
         )
     _check_range(msg.gop_length, 1, MAX_GOP_LENGTH, _path(prefix, "gop_length"), "frames")
+    check_channel_name(msg.channel, _path(prefix, "channel"), allow_empty=True)
 
 
 def _esp(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
@@ -614,13 +630,15 @@ def validate_mesh_message(msg: mesh_pb2.MeshMessage) -> None:
 
 
 def validate_get_state_request(msg: mesh_pb2.GetStateRequest) -> None:
-    """GetStateRequest has no fields, so every one is valid; kept for uniform servers."""
-    del msg
+    """``channel`` empty (the first channel) or a channel name."""
+    check_channel_name(msg.channel, "channel", allow_empty=True)
 
 
 def validate_set_parameters_request(msg: mesh_pb2.SetParametersRequest) -> None:
-    """``bitrate_kbps`` within [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``]."""
+    """``bitrate_kbps`` within [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``]; ``channel`` empty
+    (the first channel) or a channel name."""
     _check_range(msg.bitrate_kbps, MIN_BITRATE_KBPS, MAX_BITRATE_KBPS, "bitrate_kbps", "kbit/s")
+    check_channel_name(msg.channel, "channel", allow_empty=True)
 
 
 class ExchangeStreamChecker:

@@ -232,6 +232,7 @@ class Leadership(_ElectionReads):
         on_change: called (on the event loop) when the known leader or the degraded flag
             changes.
         region: this encoder's region ("": none); each region elects its own leader.
+        logger: where it logs (a channel of several: a child logger named after it).
     """
 
     def __init__(
@@ -244,7 +245,9 @@ class Leadership(_ElectionReads):
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[ElectionSnapshot], None] | None = None,
         region: str = "",
+        logger: logging.Logger = log,
     ) -> None:
+        self._log = logger
         self.election = Election(node_id, config if config is not None else ElectionConfig())
         self.node_id = node_id
         self.segment = segment
@@ -310,7 +313,7 @@ class Leadership(_ElectionReads):
         view = (self.election.leader, self.election.token, self.election.degraded)
         if view != self._view:
             self._view = view
-            log.info(
+            self._log.info(
                 "segment %s: leader %s (token %d)%s",
                 self.segment,
                 view[0] or "none",
@@ -333,7 +336,7 @@ class Leadership(_ElectionReads):
                     stop_when=self._closing.is_set,
                     backoff=SESSION_BACKOFF,
                     sleep=self._sleep,
-                    logger=log,
+                    logger=self._log,
                 ):
                     with attempt:
                         await self._session()
@@ -364,9 +367,9 @@ class Leadership(_ElectionReads):
                         await self._execute(client, action)
                     if self._lease_id is not None:
                         await client.revoke_lease(self._lease_id)
-                log.info("segment %s: resigned, lease revoked", self.segment)
+                self._log.info("segment %s: resigned, lease revoked", self.segment)
             except _ETCD_ERRORS as exc:
-                log.warning("segment %s: could not resign cleanly: %r", self.segment, exc)
+                self._log.warning("segment %s: could not resign cleanly: %r", self.segment, exc)
         self._closing.set()
         self._work.set()
 
@@ -389,7 +392,9 @@ class Leadership(_ElectionReads):
             established = True
             self._client = client
             self.sessions += 1
-            log.info("segment %s: etcd session %d at %s", self.segment, self.sessions, endpoint)
+            self._log.info(
+                "segment %s: etcd session %d at %s", self.segment, self.sessions, endpoint
+            )
             self._mirror = {kv.key: kv for kv in snapshot}
             self._pending.clear()
             self._feed(EtcdConnected())
@@ -428,7 +433,7 @@ class Leadership(_ElectionReads):
             info = await client.get_lease_info(self._lease_id, keys=False)
             if info.TTL > 0:
                 return
-            log.info(
+            self._log.info(
                 "segment %s: lease %x expired; granting a new one", self.segment, self._lease_id
             )
         lease = await client.lease(self.settings.lease_ttl)
@@ -443,7 +448,7 @@ class Leadership(_ElectionReads):
             if reply is None or reply.TTL <= 0:
                 # Revoked by a member that took over from us, or expired: start afresh with a
                 # new lease; everything we published went with the old one.
-                log.warning("segment %s: lease %x lost", self.segment, self._lease_id)
+                self._log.warning("segment %s: lease %x lost", self.segment, self._lease_id)
                 self._lease_id = None
                 await self._grant_lease(client)
                 self._pending.clear()
@@ -464,14 +469,14 @@ class Leadership(_ElectionReads):
             return
         timeout_ms = self.election.config.silence_timeout * 1000.0
         for peer in sorted(lost - self._lost_logged):
-            log.warning(
+            self._log.warning(
                 "segment %s: neighbour %s lost (link down, or no ESP for %.0f ms)",
                 self.segment,
                 peer,
                 timeout_ms,
             )
         for peer in sorted(self._lost_logged - lost):
-            log.info("segment %s: neighbour %s heard again", self.segment, peer)
+            self._log.info("segment %s: neighbour %s heard again", self.segment, peer)
         self._lost_logged = lost
 
     async def _executor(self, client: Any) -> None:
@@ -512,7 +517,7 @@ class Leadership(_ElectionReads):
     def _malformed(self, key: bytes, what: str) -> None:
         if key not in self._bad_values:  # once per key, not once per event
             self._bad_values.add(key)
-            log.warning("segment %s: ignoring malformed %s at %r", self.segment, what, key)
+            self._log.warning("segment %s: ignoring malformed %s at %r", self.segment, what, key)
 
     def _leader_state(self) -> tuple[str | None, int, int]:
         kv = self._mirror.get(self.keys.leader)
@@ -590,7 +595,7 @@ class Leadership(_ElectionReads):
                 )
             case PublishSuspicion(token):
                 await client.put(keys.suspect(token, me), _json(voter=me), lease=lease)
-                log.info("segment %s: suspect the leader of tenure %d", self.segment, token)
+                self._log.info("segment %s: suspect the leader of tenure %d", self.segment, token)
             case WithdrawSuspicion(token):
                 await client.delete(keys.suspect(token, me))
             case TakeOver(token, voters, dead_lease):
@@ -606,7 +611,7 @@ class Leadership(_ElectionReads):
                     ],
                 )
                 if won:
-                    log.warning(
+                    self._log.warning(
                         "segment %s: took over tenure %d (suspected by %s)",
                         self.segment,
                         token,
@@ -644,7 +649,7 @@ class Leadership(_ElectionReads):
                     )
             return True
         self.writes_refused += 1
-        log.debug("segment %s: %s refused by its guard", self.segment, what)
+        self._log.debug("segment %s: %s refused by its guard", self.segment, what)
         found = responses[0] if responses else []
         if found:
             value, kv = found[0]
@@ -683,7 +688,9 @@ class SegmentLeadership(_ElectionReads):
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[ElectionSnapshot], None] | None = None,
         region: str = "",
+        logger: logging.Logger = log,
     ) -> None:
+        self._log = logger
         self.node_id = node_id
         self.settings = settings
         self.region = region
@@ -716,6 +723,7 @@ class SegmentLeadership(_ElectionReads):
             clock=self._clock,
             on_change=changed,
             region=self.region,
+            logger=self._log,
         )
         if self._inputs is not None:
             leadership.report(self._inputs)
@@ -784,7 +792,7 @@ class SegmentLeadership(_ElectionReads):
                     await current.close(resign=self._resign, timeout=self._timeout)
                     await task
                     return
-                log.info("leaving segment %s for segment %s", current.segment, self._wanted)
+                self._log.info("leaving segment %s for segment %s", current.segment, self._wanted)
                 await current.close()
                 await task
                 if self._closing.is_set():

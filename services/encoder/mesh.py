@@ -11,10 +11,15 @@ DEADLINE_EXCEEDED, an invalid one with INVALID_ARGUMENT, a caller whose Hello na
 encoder than its certificate does (mutual TLS) or that is not a current neighbour
 (``MeshHandler.is_neighbour``) with PERMISSION_DENIED, and a caller that speaks another
 protocol version or encodes another timeline (frame rate or GOP length) with
-FAILED_PRECONDITION. Each refusal is counted; its log line is written at most once per kind
+FAILED_PRECONDITION. One server serves every channel its encoder process encodes (each with
+its own handler and links, :meth:`MeshServer.add_channel`): the Hello names the stream's
+channel (empty: the first), and a channel not served here ends the call with NOT_FOUND
+(after the certificate check, before the neighbour check); GetState and SetParameters name
+theirs the same way. Each refusal is counted; its log line is written at most once per kind
 every 10 s (``LimitedLog``), so a flood of bad calls cannot flood the log. The dialer checks
-the acceptor's Hello the same way and also that it comes from the neighbour it meant to reach
-(under mutual TLS the acceptor's certificate must also carry that neighbour's name).
+the acceptor's Hello the same way and also that it comes from the neighbour it meant to reach,
+about the channel it asked for (under mutual TLS the acceptor's certificate must also carry
+that neighbour's name).
 SetParameters is refused with PERMISSION_DENIED unless the caller is the operator. Bytes that
 do not parse, per-peer limits and message sizes are the server shell's business
 (``services.common.grpc_server``); when one of its guards ends a stream while the reader reads,
@@ -76,6 +81,7 @@ from meshenc.wire import convert
 from meshenc.wire.validation import (
     ExchangeStreamChecker,
     InvalidMessage,
+    check_channel_name,
     validate_get_state_request,
     validate_set_parameters_request,
 )
@@ -85,6 +91,7 @@ from services.common.peer_limits import PeerLimits
 from services.common.retry import Backoff, retrying
 from services.common.telemetry import TraceContext
 from services.common.tls import TlsFiles, peer_identity, require_operator
+from services.encoder.media.ladder import CHANNEL
 from services.encoder.telemetry import topology_changed
 
 __all__ = [
@@ -202,6 +209,8 @@ def _hello_problem(
     """
     if expected is not None and theirs.sender_id != expected:
         return "hello.sender_id", f"dialed {expected!r} but {theirs.sender_id!r} answered"
+    if theirs.channel and theirs.channel != ours.channel:
+        return "hello.channel", f"channel {theirs.channel!r} is not ours, {ours.channel!r}"
     if theirs.protocol_version != ours.protocol_version:
         return (
             "hello.protocol_version",
@@ -375,6 +384,7 @@ class MeshLinks:
         tracing: the trace context of outgoing proposals and votes; default, none.
         tls: this encoder's TLS files: each dialed stream is mutual TLS and the acceptor's
             certificate must name the neighbour dialed; plaintext when None.
+        logger: where the links log (a channel of several: a child logger named after it).
     """
 
     def __init__(
@@ -382,6 +392,7 @@ class MeshLinks:
         handler: MeshHandler,
         *,
         tls: TlsFiles | None = None,
+        logger: logging.Logger = log,
         esp_capacity: int = DEFAULT_ESP_CAPACITY,
         control_capacity: int = DEFAULT_CONTROL_CAPACITY,
         backoff_base: float = 0.1,
@@ -395,6 +406,7 @@ class MeshLinks:
             raise ValueError("queue capacities must be at least 1")
         self._handler = handler
         self._tls = tls
+        self._log = logger
         self._esp_capacity = esp_capacity
         self._control_capacity = control_capacity
         self._backoff = Backoff(backoff_base, backoff_cap, jitter=0.0, spread=0.5)
@@ -413,7 +425,7 @@ class MeshLinks:
         self.dropped_esps: Counter[str] = Counter()
         #: Proposals and votes refused (reserved queue full) or lost with their link.
         self.dropped_control: Counter[str] = Counter()
-        self._invalid = LimitedLog(log)
+        self._invalid = LimitedLog(self._log)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -451,7 +463,7 @@ class MeshLinks:
         me = self._handler.node_id
         wanted = {peer: address for peer, address in peers.items() if peer != me}
         if len(wanted) != len(peers):
-            log.warning("ignoring %r in the peer list: it is this encoder", me)
+            self._log.warning("ignoring %r in the peer list: it is this encoder", me)
         topology_changed(me, self.peers, frozenset(wanted))
         for peer in [p for p in self._links if p not in wanted]:
             self._remove(peer)
@@ -510,7 +522,7 @@ class MeshLinks:
                 self.dropped_esps[peer_id] += 1
             else:
                 self.dropped_control[peer_id] += 1
-                log.warning("dropped a %s for %r: not a neighbour", body, peer_id)
+                self._log.warning("dropped a %s for %r: not a neighbour", body, peer_id)
             return False
         if is_esp:
             if link.session is None:
@@ -520,7 +532,7 @@ class MeshLinks:
             return True
         if not link.outbox.put_control(data):
             self.dropped_control[peer_id] += 1
-            log.warning(
+            self._log.warning(
                 "dropped a %s for %r: %d proposals and votes already queued",
                 body,
                 peer_id,
@@ -554,7 +566,9 @@ class MeshLinks:
         lost = link.outbox.control_pending
         if lost:
             self.dropped_control[link.peer_id] += lost
-            log.warning("%d proposals and votes for %r lost with the link", lost, link.peer_id)
+            self._log.warning(
+                "%d proposals and votes for %r lost with the link", lost, link.peer_id
+            )
 
     def _attach(self, peer_id: str, *, dialer: _Link | None = None) -> _Session | None:
         """Make a new stream with ``peer_id`` the live one; None if it must not be used.
@@ -572,11 +586,11 @@ class MeshLinks:
         session = _Session(peer_id, link.outbox, outbound=dialer is not None)
         old = link.session
         if old is not None:
-            log.info("link %r: a newer stream replaces the live one", peer_id)
+            self._log.info("link %r: a newer stream replaces the live one", peer_id)
             old.end()
         self.dropped_esps[peer_id] += link.outbox.clear_esps()
         link.session = session
-        log.info("link %r up (%s)", peer_id, "dialed" if session.outbound else "accepted")
+        self._log.info("link %r up (%s)", peer_id, "dialed" if session.outbound else "accepted")
         if self._on_link is not None:
             self._on_link(peer_id, True)
         return session
@@ -588,7 +602,7 @@ class MeshLinks:
             return
         link.session = None
         self.dropped_esps[session.peer_id] += link.outbox.clear_esps()
-        log.info("link %r down", session.peer_id)
+        self._log.info("link %r down", session.peer_id)
         if self._on_link is not None:
             self._on_link(session.peer_id, False)
         if not link.configured:
@@ -630,9 +644,9 @@ class MeshLinks:
         except grpc.aio.AbortError as exc:
             session.aborted = exc  # the call's status is sent; the handler ends it
         except grpc.aio.AioRpcError as exc:
-            log.info("link %r: stream ended: %s %s", peer, exc.code().name, exc.details())
+            self._log.info("link %r: stream ended: %s %s", peer, exc.code().name, exc.details())
         except Exception as exc:  # the server's request iterator reports cancellation so
-            log.debug("link %r: stream ended: %r", peer, exc)
+            self._log.debug("link %r: stream ended: %r", peer, exc)
         finally:
             session.end()
 
@@ -649,7 +663,7 @@ class MeshLinks:
                 self._handler.on_vote(convert.vote_from_proto(msg.vote))
         except Exception:
             # A handler bug must not cut the link to a neighbour; it is logged in full.
-            log.exception("link %r: the handler failed on a %s", peer, body)
+            self._log.exception("link %r: the handler failed on a %s", peer, body)
 
     # -- dialing -----------------------------------------------------------------------------
 
@@ -663,7 +677,7 @@ class MeshLinks:
                 attempts=None,
                 backoff=self._backoff,
                 rng=self._rng,
-                logger=log,
+                logger=self._log,
                 level=logging.INFO,
             ):
                 with attempt:
@@ -682,7 +696,7 @@ class MeshLinks:
         except (_LinkFailed, asyncio.CancelledError):
             raise
         except Exception as exc:
-            log.exception("link %r: dialing failed unexpectedly", link.peer_id)
+            self._log.exception("link %r: dialing failed unexpectedly", link.peer_id)
             raise _LinkFailed(repr(exc)) from exc
 
     async def _run_outbound_stream(self, link: _Link) -> None:
@@ -718,11 +732,11 @@ class MeshLinks:
             try:
                 checker.check(first)
             except InvalidMessage as exc:
-                log.warning("link %r at %s: invalid hello: %s", peer, address, exc)
+                self._log.warning("link %r at %s: invalid hello: %s", peer, address, exc)
                 raise _LinkFailed(str(exc)) from None
             problem = _hello_problem(first.hello, hello, expected=peer)
             if problem is not None:
-                log.warning("link %r at %s: %s: %s", peer, address, *problem)
+                self._log.warning("link %r at %s: %s: %s", peer, address, *problem)
                 raise _LinkFailed(": ".join(problem))
             session = self._attach(peer, dialer=link)
             if session is None:
@@ -768,8 +782,13 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
     async def GetState(  # noqa: N802 -- the gRPC method's name
         self, request: mesh_pb2.GetStateRequest, context: Any
     ) -> mesh_pb2.EncoderState:
-        validate_get_state_request(request)
-        return self._owner._handler.state()
+        try:
+            validate_get_state_request(request)
+        except InvalidMessage as exc:
+            self._refusals.warning("invalid-state", "GetState refused: %s", exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        handler, _ = await self._owner._route(request.channel, context, "GetState")
+        return handler.state()
 
     async def SetParameters(  # noqa: N802 -- the gRPC method's name
         self, request: mesh_pb2.SetParametersRequest, context: Any
@@ -781,16 +800,18 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
         except InvalidMessage as exc:
             self._refusals.warning("invalid", "SetParameters refused: %s", exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        handler, _ = await self._owner._route(request.channel, context, "SetParameters")
         try:
-            proposal_id, segment = self._owner._handler.set_parameters(request.bitrate_kbps)
+            proposal_id, segment = handler.set_parameters(request.bitrate_kbps)
         except ValueError as exc:
             self._refusals.warning("refused", "SetParameters refused: %s", exc)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         log.info(
-            "proposed %d kbit/s from segment %d (proposal %d)",
+            "proposed %d kbit/s from segment %d (proposal %d, channel %s)",
             request.bitrate_kbps,
             segment,
             proposal_id,
+            request.channel or self._owner.channels[0],
         )
         return mesh_pb2.SetParametersResponse(proposal_id=proposal_id, effective_segment=segment)
 
@@ -803,6 +824,9 @@ class MeshServer:
     mutual TLS only, a caller's Hello must name the identity in its certificate, and
     SetParameters is the operator's. ``limits``: what one peer may open and send
     (``services.common.peer_limits``).
+
+    ``handler`` and ``links`` serve ``channel``, the first channel (what a Hello or a request
+    without a channel means); :meth:`add_channel` serves more through the same port.
     """
 
     def __init__(
@@ -810,12 +834,15 @@ class MeshServer:
         handler: MeshHandler,
         links: MeshLinks,
         *,
+        channel: str = CHANNEL,
         interceptors: Sequence[Any] = (),
         tls: TlsFiles | None = None,
         limits: PeerLimits | None = None,
     ) -> None:
         self._handler = handler
         self._links = links
+        self._channels: dict[str, tuple[MeshHandler, MeshLinks]] = {}
+        self.add_channel(channel, handler, links)
         servicer = _EncoderMeshServicer(self)
         self._grpc = GrpcServer(
             {SERVICE_NAME: lambda server: _add_servicer(servicer, server)},
@@ -835,6 +862,50 @@ class MeshServer:
     def port(self) -> int | None:
         """The bound port while serving."""
         return self._grpc.port
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels served, the first first."""
+        return tuple(self._channels)
+
+    def add_channel(self, channel: str, handler: MeshHandler, links: MeshLinks) -> None:
+        """Serve ``channel`` too: streams whose Hello names it go to ``links`` and
+        ``handler``, as do GetState and SetParameters requests that name it.
+
+        Raises:
+            ValueError: ``channel`` is not a channel name, or is served already.
+        """
+        try:
+            check_channel_name(channel)
+        except InvalidMessage as exc:
+            raise ValueError(str(exc)) from None
+        if channel in self._channels:
+            raise ValueError(f"channel {channel!r} is served already")
+        self._channels[channel] = (handler, links)
+
+    async def _route(
+        self, channel: str, context: Any, method: str, caller: str = ""
+    ) -> tuple[MeshHandler, MeshLinks]:
+        """The handler and links of the (valid) ``channel`` named by a call, the first
+        channel's when it names none; a channel not served here ends the call with
+        NOT_FOUND."""
+        route = self._channels.get(channel or next(iter(self._channels)))
+        if route is None:
+            self.refused[caller] += 1
+            self._refusals.warning(
+                "channel",
+                "refused %s from %s: channel %r is not encoded here",
+                method,
+                context.peer(),
+                channel,
+            )
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"channel {channel!r} is not encoded by {self._handler.node_id!r} "
+                f"(its channels: {', '.join(self._channels)})",
+            )
+            raise AssertionError("unreachable: abort raises")  # pragma: no cover
+        return route
 
     async def start(self, listen: str, *, health_listen: str | None = None) -> int:
         """Serve on ``listen`` (``host:port``, port 0 = any free port); returns the bound port.
@@ -896,7 +967,8 @@ class MeshServer:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"hello.sender_id is {peer!r} but the caller's certificate is {certified!r}",
             )
-        if not self._handler.is_neighbour(peer):
+        handler, links = await self._route(first.hello.channel, context, "an Exchange", peer)
+        if not handler.is_neighbour(peer):
             self.refused[peer] += 1
             self._refusals.warning(
                 "stranger",
@@ -908,7 +980,7 @@ class MeshServer:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{peer!r} is not a neighbour of {self._handler.node_id!r}",
             )
-        hello = self._handler.hello()
+        hello = handler.hello()
         problem = _hello_problem(first.hello, hello)
         if problem is not None:
             self.refused[peer] += 1
@@ -916,7 +988,7 @@ class MeshServer:
                 problem[0], "refused an Exchange from %r: %s: %s", peer, *problem
             )
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, ": ".join(problem))
-        session = None if self._stopping else self._links._attach(peer)
+        session = None if self._stopping else links._attach(peer)
         if session is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the encoder is stopping")
             return
@@ -925,11 +997,11 @@ class MeshServer:
         # A fresh context: what the peer sends is not part of this call's (hours-long) span;
         # proposals and votes carry trace contexts of their own.
         reader = asyncio.create_task(
-            self._links._consume(session, incoming, checker), context=contextvars.Context()
+            links._consume(session, incoming, checker), context=contextvars.Context()
         )
         try:
             yield mesh_pb2.MeshMessage(hello=hello)
-            async for msg in self._links._outbound(session):
+            async for msg in links._outbound(session):
                 yield msg
             # The reader may be ending the call right now (a guard refused what it read):
             # let it finish, so that its abort is re-raised here and not lost.
@@ -945,4 +1017,4 @@ class MeshServer:
         finally:
             reader.cancel()
             self._sessions.discard(session)
-            self._links._detach(session)
+            links._detach(session)

@@ -93,6 +93,7 @@ from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.adjacency import AdjacencyDocument
 from services.encoder.control import ControlPlane, record_health
 from services.encoder.leadership import SegmentLeadership
+from services.encoder.leadership import log as leadership_log
 from services.encoder.manager_link import VoteLog
 from services.encoder.media.containers import TICKS, AudioPacket
 from services.encoder.media.gop import EncodedFrame
@@ -105,7 +106,6 @@ from services.encoder.media.ingest import (
     LiveIngest,
 )
 from services.encoder.media.ladder import (
-    CHANNEL,
     Holdings,
     LadderManifests,
     Rendition,
@@ -118,11 +118,12 @@ from services.encoder.media.segments import ASIDE_PREFIX, segment_number
 from services.encoder.media.serve import OutputServer
 from services.encoder.media.source import Picture, VideoFormat
 from services.encoder.mesh import MeshLinks, MeshServer
+from services.encoder.mesh import log as mesh_log
 from services.encoder.pipeline import FramePipeline
 from services.encoder.settings import EncoderSettings
 from services.encoder.telemetry import EncoderTelemetry
 
-__all__ = ["EncoderRuntime", "RunStats"]
+__all__ = ["EncoderRuntime", "ProcessParts", "RunStats"]
 
 log = logging.getLogger("meshenc.encoder")
 
@@ -135,6 +136,19 @@ SILENT_FRAMES = 8
 
 _ASIDE_KEPT = 16
 """Segments whose aside decision is kept for their other rungs (a few seconds' worth)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessParts:
+    """What the channels of one encoder process share (``services.encoder.process``)."""
+
+    #: The process's topology, registrations and manager link.
+    control: ControlPlane
+    #: The process's mesh server; None for the first channel, which builds it (and whose
+    #: health the process reports).
+    server: MeshServer | None
+    #: Every channel the process encodes (a placement's units of the others are theirs).
+    channels: frozenset[str]
 
 
 @dataclass(slots=True)
@@ -170,10 +184,25 @@ class RunStats:
 
 
 class EncoderRuntime:
-    """Owns the engine, the media pipeline and the mesh links of one encoder."""
+    """Owns the engine, the media pipeline and the mesh links of one encoder's channel.
 
-    def __init__(self, settings: EncoderSettings) -> None:
+    On its own it is the whole encoder process: it also owns the mesh server, the control
+    plane and the output server. Given ``parts`` it is one channel of a process of several
+    (``services.encoder.process``), which starts and stops those: it serves its channel
+    through ``parts.server`` (or, the first channel, builds the server) and reports to
+    ``parts.control``.
+    """
+
+    def __init__(self, settings: EncoderSettings, *, parts: ProcessParts | None = None) -> None:
         self.settings = settings
+        #: Whether a process of several channels starts and stops the shared parts.
+        self._hosted = parts is not None
+        #: Whether this channel's health and metrics stand for the process.
+        self._primary = parts is None or parts.server is None
+        self._channels = frozenset({settings.channel}) if parts is None else parts.channels
+        #: Its log: a channel of several logs (and has its election and links log) through
+        #: child loggers named after it, ``meshenc.encoder.channel.<name>`` and so on.
+        self.log = self._own(log)
         self.node_id = settings.id
         fr = settings.frame_rate
         self._period = fr.period
@@ -229,29 +258,48 @@ class EncoderRuntime:
         self._black = Picture(0, black)
         self.telemetry = EncoderTelemetry(settings.id, lambda: self.engine.snapshot(self.clock()))
         self.links = MeshLinks(
-            self, on_link=self._on_link, tracing=self.telemetry, tls=settings.tls
+            self,
+            on_link=self._on_link,
+            tracing=self.telemetry,
+            tls=settings.tls,
+            logger=self._own(mesh_log),
         )
         self.leadership: SegmentLeadership | None = None
         self._has_locked = False
-        if settings.etcd is not None:
+        if (etcd := settings.leadership_etcd) is not None:
             self.leadership = SegmentLeadership(
                 settings.id,
                 settings.segment,
-                settings.etcd,
+                etcd,
                 ElectionConfig(
                     silence_timeout=SILENT_FRAMES * self._period,
                     fast_failover=settings.fast_failover,
                 ),
                 on_change=self._on_leader_change,
                 region=settings.region,
+                logger=self._own(leadership_log),
             )
-        self.server = MeshServer(self, self.links, tls=settings.tls, limits=settings.peer_limits)
+        if parts is None or parts.server is None:
+            self.server = MeshServer(
+                self,
+                self.links,
+                channel=settings.channel,
+                tls=settings.tls,
+                limits=settings.peer_limits,
+            )
+        else:
+            self.server = parts.server
+            self.server.add_channel(settings.channel, self, self.links)
         #: Current neighbours (id → address): --peers, then each adjacency document.
         self._neighbours = dict(settings.peers)
         self._segment = settings.segment
         self._votes = VoteLog()
         self._load_sample = (0.0, 0.0)
-        self.control = ControlPlane(settings, self.apply_topology, self.health_report)
+        self.control = (
+            ControlPlane(settings, self.apply_topology, self.health_report)
+            if parts is None
+            else parts.control
+        )
         self._stop = asyncio.Event()
         self._last_esp: EncodingStatePacket | None = None
         #: The neighbour's proposal being voted on (its trace is the vote's parent).
@@ -262,6 +310,12 @@ class EncoderRuntime:
         #: The heartbeat (monotonic): when it last beat, and when a stall last ended.
         self._beat = time.monotonic()
         self._stalled_at = -math.inf
+
+    def _own(self, logger: logging.Logger) -> logging.Logger:
+        """``logger`` for this runtime: as it is on its own; for one channel of several, its
+        child named after the channel (``meshenc.encoder.channel.<name>``), which takes its
+        level and handlers, so that every line says which channel it is about."""
+        return logger if not self._hosted else logger.getChild(f"channel.{self.settings.channel}")
 
     # -- clock --------------------------------------------------------------------------------
 
@@ -298,7 +352,7 @@ class EncoderRuntime:
         self._neighbours = dict(document.neighbours)
         segment = document.segment or self.settings.segment
         if segment != self._segment:
-            log.info("moving from segment %s to segment %s", self._segment, segment)
+            self.log.info("moving from segment %s to segment %s", self._segment, segment)
             self._segment = segment
             if self.leadership is not None:
                 self.leadership.move_to(segment)
@@ -312,28 +366,33 @@ class EncoderRuntime:
         self._apply_placement(document)
 
     def _apply_placement(self, document: AdjacencyDocument) -> None:
-        """Hold the rungs the document's ``work`` places on this encoder (units ``0/<rung>``),
-        from the next segment on; without ``work``, every rung. Only a ladder that follows
-        the manager takes a placement (``EncoderSettings.follows_placement``); units of another
-        channel or of a rung not in the ladder are logged and left alone."""
+        """Hold the rungs the document's ``work`` places on this encoder's channel (units
+        ``<channel>/<rung>``), from the next segment on; without ``work``, every rung. Only a
+        ladder that follows the manager takes a placement
+        (``EncoderSettings.follows_placement``); units of a rung not in the ladder, and (told
+        by the process's first channel) of a channel the process does not encode, are logged
+        and left alone."""
         if not self.settings.follows_placement:
             return
+        channel = self.settings.channel
         rungs = {r.name for r in self.settings.ladder}
         wanted: frozenset[str] | None = None
         if document.work is not None:
             units = [unit.partition("/")[::2] for unit in document.work]
-            mine = {rung for channel, rung in units if channel == CHANNEL}
+            mine = {rung for held, rung in units if held == channel}
             unrunnable = tuple(
-                f"{channel}/{rung}"
-                for channel, rung in units
-                if channel != CHANNEL or rung not in rungs
+                f"{held}/{rung}"
+                for held, rung in units
+                if (held == channel and rung not in rungs)
+                or (self._primary and held not in self._channels)
             )
             if unrunnable and unrunnable != self._unrunnable:
-                log.warning(
-                    "placement %d gives this encoder units it cannot run (it runs channel %s, "
-                    "ladder %s): %s",
+                self.log.warning(
+                    "placement %d gives this encoder units it cannot run (it runs channel%s "
+                    "%s, ladder %s): %s",
                     document.work_version,
-                    CHANNEL,
+                    "s" if len(self._channels) > 1 else "",
+                    ", ".join(sorted(self._channels)),
                     ",".join(sorted(rungs)),
                     ", ".join(unrunnable),
                 )
@@ -342,11 +401,12 @@ class EncoderRuntime:
         if wanted == self._placed:
             return
         self._placed = wanted
-        log.info(
-            "placement %s (epoch %d): holding %s from the next segment",
+        self.log.info(
+            "placement %s (epoch %d): holding %s of channel %s from the next segment",
             document.work_version or "none",
             document.epoch,
             "every rung" if wanted is None else (", ".join(sorted(wanted)) or "no rung"),
+            channel,
         )
         if self._holdings is not None:
             self._holdings.want(wanted)
@@ -429,6 +489,7 @@ class EncoderRuntime:
             frame_rate=convert.frame_rate_to_proto(self.settings.frame_rate),
             gop_length=self._segments.gop,
             topology_epoch=self.engine.topology_epoch,
+            channel=self.settings.channel,
         )
 
     def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
@@ -445,7 +506,7 @@ class EncoderRuntime:
         """GetState's answer: the engine's snapshot, the links and the settings, taken now."""
         settings = self.settings
         election = None if self.leadership is None else self.leadership.snapshot()
-        return convert.encoder_state_to_proto(
+        state = convert.encoder_state_to_proto(
             self.engine.snapshot(self.clock()),
             election,
             frame_rate=settings.frame_rate,
@@ -464,6 +525,8 @@ class EncoderRuntime:
             unconfirmed_segments=self.stats.unconfirmed,
             restored_segments=self.stats.restored,
         )
+        state.channel = settings.channel
+        return state
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -496,26 +559,31 @@ class EncoderRuntime:
         return status
 
     async def run(self) -> RunStats:
-        """Encode until the duration is over or a stop is requested; then finish cleanly."""
+        """Encode until the duration is over or a stop is requested; then finish cleanly.
+        On its own (no ``ProcessParts``) it also runs the process's shared parts."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
-        if self.settings.serve_output is not None:
-            # First: an address that cannot be served stops the encoder before anything runs.
-            self.output_server = OutputServer(self.settings.out, self.settings.serve_output)
-            await self.output_server.start()
-        port = await self.server.start(
-            self.settings.listen, health_listen=self.settings.health_listen
-        )
-        log.info("encoder %s serving on port %d, peers %s", self.node_id, port, self.settings.peers)
+        if not self._hosted:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.request_stop)
+            if self.settings.serve_output is not None:
+                # First: an address that cannot be served stops the encoder before anything.
+                self.output_server = OutputServer(self.settings.out, self.settings.serve_output)
+                await self.output_server.start()
+            port = await self.server.start(
+                self.settings.listen, health_listen=self.settings.health_listen
+            )
+            self.log.info(
+                "encoder %s serving on port %d, peers %s", self.node_id, port, self.settings.peers
+            )
         # Peers without an address wait for the registry to resolve them (ControlPlane).
         self.links.set_peers({p: a for p, a in self.settings.peers.items() if a})
         leadership: asyncio.Task[None] | None = None
         if self.leadership is not None:
             self._report_rank()
             leadership = asyncio.create_task(self.leadership.run(), name="leadership")
-        await self.control.start()
+        if not self._hosted:
+            await self.control.start()
         self._beat = time.monotonic()
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         queue: asyncio.Queue[Ingested] = asyncio.Queue()
@@ -532,7 +600,7 @@ class EncoderRuntime:
             self.ingest = ingest
             ingest.start()
         else:
-            log.warning("no --source: the output is black and the encoder reports degraded")
+            self.log.warning("no --source: the output is black and the encoder reports degraded")
         settings = self.settings
         if settings.ladder:
             # Rungs open as they are first held (every rung without a placement), at the
@@ -634,10 +702,14 @@ class EncoderRuntime:
             self.telemetry.close()
             for rendition in holdings.opened:
                 rendition.close()
-            await self.control.close()
+            if not self._hosted:
+                await self.control.close()
             await self.links.close()
-            await self.server.stop(grace=1.0)
-            log.info("encoder %s stopped: %s", self.node_id, self.stats)
+            if not self._hosted:
+                await self.server.stop(grace=1.0)
+                self.log.info("encoder %s stopped: %s", self.node_id, self.stats)
+            else:
+                self.log.info("stopped: %s", self.stats)
         return self.stats
 
     async def _heartbeat(self) -> None:
@@ -660,10 +732,10 @@ class EncoderRuntime:
             return
         self._stalled_at = now
         if gap <= self.engine.config.stale_after:
-            log.info("held up for %.2f s: no playlist until the leadership is confirmed", gap)
+            self.log.info("held up for %.2f s: no playlist until the leadership is confirmed", gap)
             return
         self.stats.stalls += 1
-        log.warning(
+        self.log.warning(
             "stalled for %.2f s (this process did not run): vouching for no segment until "
             "identical again, no playlist until the leadership is confirmed",
             gap,
@@ -679,7 +751,7 @@ class EncoderRuntime:
             item.arrived, None if source_time is None else float(source_time), time.time()
         )
         if back:
-            log.info("input is back after a loss")
+            self.log.info("input is back after a loss")
             self._cadence.reset()
             self._window.reset()
         ticks = None if source_time is None else round(source_time * TICKS)
@@ -876,7 +948,7 @@ class EncoderRuntime:
     def renditions_changed(self, active: Sequence[Rendition]) -> None:
         """The rungs written changed at this segment (a placement): the ladder's manifests
         name only those from now on."""
-        log.info(
+        self.log.info(
             "from this segment on writing %s", ", ".join(str(r.folder) for r in active) or "no rung"
         )
         if self._ladder is not None:
@@ -893,6 +965,8 @@ class EncoderRuntime:
             self.pipeline.step(self.clock(), LoadMeasured(*report))
             self._load_sample = report
             self._report_rank()
+            if not self._primary:
+                return  # the process's record and gauges are its first channel's
             self._report_health()
             origins = self.publisher.stats() if self.publisher is not None else ()
             self.telemetry.observe(self.links, self.stats, report, self.input_status, origins)
@@ -910,7 +984,7 @@ class EncoderRuntime:
                 self.links.send_all(action.to, action.esp)
             except ValueError:
                 # A live encoder keeps encoding whatever its mesh plumbing does.
-                log.exception("could not send an ESP to %s", ", ".join(action.to))
+                self.log.exception("could not send an ESP to %s", ", ".join(action.to))
             return
         self.telemetry.on_action(action)
         if isinstance(action, SendVote):
@@ -925,7 +999,7 @@ class EncoderRuntime:
             if visible and last is not None and not self.engine.alone:
                 # Alone, its slot is the timeline: a move of its own differs from no one's.
                 self._vouched[self._segments.segment_of(last)] = False
-            log.info(
+            self.log.info(
                 "correction %s shift=%+.2f ms rate=%+.1f ppm lead=%s proposal=%d",
                 action.kind.value,
                 action.shift * 1000.0,
@@ -934,7 +1008,7 @@ class EncoderRuntime:
                 action.proposal_id,
             )
         elif isinstance(action, ParametersAgreed):
-            log.info(
+            self.log.info(
                 "parameters agreed: %d kbit/s from segment %d (%s)",
                 action.change.bitrate_kbps,
                 action.change.effective_segment,
@@ -942,7 +1016,7 @@ class EncoderRuntime:
             )
         elif isinstance(action, Escalate):
             self.stats.escalations += 1
-            log.warning(
+            self.log.warning(
                 "proposal %d %s (approvals %s, rejections %s); escalating to %s",
                 action.outcome.proposal.proposal_id,
                 action.outcome.verdict.name.lower(),
@@ -971,8 +1045,8 @@ class EncoderRuntime:
             proposal_id = action.outcome.proposal.proposal_id
             done = self.pipeline.step(self.clock(), EscalationApproved(proposal_id))
             if not any(isinstance(a, CorrectionApplied) for a in done):
-                log.info("manager said apply proposal %d, but it is outdated", proposal_id)
-        log.info(
+                self.log.info("manager said apply proposal %d, but it is outdated", proposal_id)
+        self.log.info(
             "manager's verdict on proposal %d: %s (%s; epoch %d)",
             action.outcome.proposal.proposal_id,
             manager_pb2.EscalationVerdict.Name(ack.verdict),

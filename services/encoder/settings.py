@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
 from meshenc.wire.address import check_address, parse_address_list
-from meshenc.wire.validation import MAX_CAPACITY
+from meshenc.wire.validation import MAX_CAPACITY, InvalidMessage, check_channel_name
 from services.common.etcd import (
     DEFAULT_ETCD_PREFIX,
     DEFAULT_LEASE_TTL,
@@ -29,17 +29,19 @@ from services.common.peer_limits import PeerLimits
 from services.common.tls import TlsFiles
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import InputLossPolicy
-from services.encoder.media.ladder import Rung, parse_ladder, top_rung
+from services.encoder.media.ladder import CHANNEL, Rung, parse_ladder, top_rung
 from services.encoder.media.publish import origin_url
 
 __all__ = [
     "DEFAULT_ETCD_PREFIX",
     "DEFAULT_LEASE_TTL",
     "DEFAULT_REGISTRY_TTL",
+    "MAX_CHANNELS",
     "EncoderSettings",
     "EtcdSettings",
     "SegmentFormat",
     "TopologyMode",
+    "parse_channel",
     "parse_endpoints",
     "parse_peers",
     "parse_size",
@@ -50,6 +52,24 @@ _ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 DEFAULT_REGISTRY_TTL = 30.0
 """Seconds the registry keeps an encoder's record after its last refresh (refreshed every
 third of that), so a dead encoder's record is gone at most this long after it died."""
+
+
+MAX_CHANNELS = 16
+"""Channels one encoder process may encode (each decodes its source and runs a timeline)."""
+
+
+def parse_channel(text: str) -> tuple[str, str]:
+    """``"news=udp://239.0.0.1:5000"`` → ``("news", "udp://239.0.0.1:5000")``; ValueError
+    naming the rule for anything else (the name also names the channel's folder)."""
+    name, sep, source = text.partition("=")
+    name, source = name.strip(), source.strip()
+    if not sep or not source:
+        raise ValueError(f"a channel is NAME=SOURCE, got {text!r}")
+    try:
+        check_channel_name(name)
+    except InvalidMessage as exc:
+        raise ValueError(f"channel {text!r}: the name {exc.reason}") from None
+    return name, source
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -98,6 +118,13 @@ class EncoderSettings(BaseModel):
     peers: dict[str, str] = Field(default_factory=dict)
     out: Path
     source: str | None = None
+    #: The channel ``source`` feeds: a placement's units ``<channel>/<rung>`` are this
+    #: runtime's, and its Hello names it.
+    channel: str = CHANNEL
+    #: Several channels in one process (``--channel NAME=SOURCE``, in order), replacing
+    #: ``source``: each with its own decode, timeline, leadership and folder ``out/<name>``
+    #: (``channel_settings``). Empty: the one channel ``channel`` from ``source``, in ``out``.
+    channels: dict[str, str] = Field(default_factory=dict, max_length=MAX_CHANNELS)
     size: tuple[Annotated[int, Field(ge=16, le=3840)], Annotated[int, Field(ge=16, le=2160)]] = (
         640,
         360,
@@ -169,6 +196,65 @@ class EncoderSettings(BaseModel):
         if not _ID.match(value):
             raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
         return value
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        try:
+            check_channel_name(value)
+        except InvalidMessage as exc:
+            raise ValueError(exc.reason) from None
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, source in value.items():
+            parse_channel(f"{name}={source}")
+        return value
+
+    @model_validator(mode="after")
+    def _channels_replace(self) -> Self:
+        given = sorted({"source", "channel"} & self.model_fields_set)
+        if self.channels and given:
+            raise ValueError(
+                "--channel gives every channel its name and source: leave out "
+                + " and ".join(f"--{name}" for name in given)
+            )
+        return self
+
+    def channel_settings(self) -> tuple[EncoderSettings, ...]:
+        """The settings of each channel this process encodes: itself without ``channels``;
+        else, per channel in order, these with its name, its source, its folder
+        ``out/<name>`` and its origins' path ``URL/<name>``. Only the channels' own parts
+        are read from them: the process's server, control plane and output server are
+        these settings'."""
+        if not self.channels:
+            return (self,)
+        return tuple(
+            self.model_copy(
+                update={
+                    "channel": name,
+                    "source": source,
+                    "channels": {},
+                    "out": self.out / name,
+                    "publish": tuple(f"{url}/{name}" for url in self.publish),
+                    "serve_output": None,
+                }
+            )
+            for name, source in self.channels.items()
+        )
+
+    @property
+    def leadership_etcd(self) -> EtcdSettings | None:
+        """Where this channel's segment elects its leader: ``etcd``'s prefix for the
+        channel ``CHANNEL`` (as with one channel), ``<prefix>/channels/<name>`` for any
+        other, so that each channel has a leader of its own."""
+        if self.etcd is None or self.channel == CHANNEL:
+            return self.etcd
+        return self.etcd.model_copy(
+            update={"prefix": f"{self.etcd.prefix}/channels/{self.channel}"}
+        )
 
     @field_validator("segment")
     @classmethod

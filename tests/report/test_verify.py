@@ -317,3 +317,20 @@ def test_cli_judges_a_placed_rung_among_its_holders_and_refuses_to_mix_rungs(
     assert code == 0 and [e["name"] for e in json.loads(output)["encoders"]] == ["a", "b"]
     code, output = invoke(str(tmp_path), "--gop", str(GOP), "--rung", "96x64", "--json")
     assert code == 1 and json.loads(output)["misaligned_frames"] == GOP
+
+
+def test_cli_judges_one_channel_of_encoders_that_encode_several(tmp_path: Path) -> None:
+    """``--channel``: each encoder's ``FOLDER/NAME``, named after the encoder, from encoder
+    folders or a run's folder; the other channel's differences do not count."""
+    for encoder in ("e1", "e2"):
+        write_folder(tmp_path / encoder / "news", run_of())
+    write_folder(tmp_path / "e1" / "sport", run_of())
+    write_folder(tmp_path / "e2" / "sport", run_of(different={FIRST + 6: b"drifted"}))
+    code, output = invoke("--channel", "news", "--json", "--gop", str(GOP), str(tmp_path))
+    assert code == 0, output
+    assert [e["name"] for e in json.loads(output)["encoders"]] == ["e1", "e2"]
+    folders = [str(tmp_path / "e1"), str(tmp_path / "e2")]
+    code, output = invoke("--channel", "sport", "--gop", str(GOP), *folders)
+    assert code == 1 and "NOT LOCKED" in output
+    code, output = invoke("--channel", "..", *folders)
+    assert code == 2 and "--channel" in output

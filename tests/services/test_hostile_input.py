@@ -478,9 +478,14 @@ HELLO_MESSAGE = mesh_pb2.MeshMessage(hello=hello(OPERATOR))
 HELLO = HELLO_MESSAGE.SerializeToString()
 VALID: dict[str, st.SearchStrategy[Message]] = {
     "EncoderMesh/Exchange": _mesh_messages(),
-    "EncoderMesh/GetState": st.just(mesh_pb2.GetStateRequest()),
-    "EncoderMesh/SetParameters": st.integers(MIN_BITRATE_KBPS, MAX_BITRATE_KBPS).map(
-        lambda kbps: mesh_pb2.SetParametersRequest(bitrate_kbps=kbps)
+    # The encoder's one channel by name or by default, or a channel it does not encode.
+    "EncoderMesh/GetState": st.sampled_from(["", "0", "other"]).map(
+        lambda channel: mesh_pb2.GetStateRequest(channel=channel)
+    ),
+    "EncoderMesh/SetParameters": st.builds(
+        lambda kbps, channel: mesh_pb2.SetParametersRequest(bitrate_kbps=kbps, channel=channel),
+        st.integers(MIN_BITRATE_KBPS, MAX_BITRATE_KBPS),
+        st.sampled_from(["", "0", "other"]),
     ),
     "MeshManager/ReportHealth": st.floats(0.0, 1.0).map(
         lambda confidence: manager_pb2.HealthReport(

@@ -625,6 +625,8 @@ def _valid_vote(**fields: object) -> mesh_pb2.ResyncVote:
             _valid_hello(), lambda m: m.frame_rate.CopyFrom(common_pb2.FrameRate(num=1, den=1))
         ),
         _changed(_valid_hello(), _set(gop_length=10_000, topology_epoch=0, protocol_version=7)),
+        _changed(_valid_hello(), _set(channel="news-1.hd")),
+        _changed(_valid_hello(), _set(channel="x" * 128)),
     ],
 )
 def test_hello_accepted(msg: mesh_pb2.Hello) -> None:
@@ -646,6 +648,10 @@ def test_hello_accepted(msg: mesh_pb2.Hello) -> None:
         (lambda m: m.frame_rate.CopyFrom(common_pb2.FrameRate(num=1, den=2)), "frame_rate"),
         (_set(gop_length=0), "gop_length"),
         (_set(gop_length=10_001), "gop_length"),
+        (_set(channel=".."), "channel"),
+        (_set(channel="."), "channel"),
+        (_set(channel="a/b"), "channel"),
+        (_set(channel="x" * 129), "channel"),
     ],
 )
 def test_hello_rejected(mutate: Callable[[mesh_pb2.Hello], object], field: str) -> None:
@@ -917,9 +923,20 @@ def test_mesh_message_from_bytes_without_body_is_rejected() -> None:
     assert _rejected_field(validation.validate_mesh_message, msg) == "body"
 
 
-def test_get_state_request_has_nothing_to_reject() -> None:
-    validation.validate_get_state_request(mesh_pb2.GetStateRequest())
-    assert not mesh_pb2.GetStateRequest.DESCRIPTOR.fields
+@pytest.mark.parametrize("channel", ["", "0", "news-1.hd"])
+def test_requests_naming_a_channel_accepted(channel: str) -> None:
+    validation.validate_get_state_request(mesh_pb2.GetStateRequest(channel=channel))
+    validation.validate_set_parameters_request(
+        mesh_pb2.SetParametersRequest(bitrate_kbps=800, channel=channel)
+    )
+
+
+@pytest.mark.parametrize("channel", ["..", "a b", "a/b", "x" * 129])
+def test_requests_naming_a_bad_channel_rejected(channel: str) -> None:
+    state = mesh_pb2.GetStateRequest(channel=channel)
+    assert _rejected_field(validation.validate_get_state_request, state) == "channel"
+    change = mesh_pb2.SetParametersRequest(bitrate_kbps=800, channel=channel)
+    assert _rejected_field(validation.validate_set_parameters_request, change) == "channel"
 
 
 # --- the Exchange stream --------------------------------------------------------------------

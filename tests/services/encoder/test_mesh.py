@@ -63,8 +63,11 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
 class FakeHandler:
     """The runtime as the links see it: records everything, approves every proposal."""
 
-    def __init__(self, node_id: str, neighbours: Iterable[str] = (), *, gop: int = 30) -> None:
+    def __init__(
+        self, node_id: str, neighbours: Iterable[str] = (), *, gop: int = 30, channel: str = ""
+    ) -> None:
         self.node_id = node_id
+        self.channel = channel
         self.neighbours = set(neighbours)
         self.gop = gop
         self.esps: list[EncodingStatePacket] = []
@@ -105,10 +108,11 @@ class FakeHandler:
             protocol_version=1,
             frame_rate=common_pb2.FrameRate(num=30, den=1),
             gop_length=self.gop,
+            channel=self.channel,
         )
 
     def hello(self) -> mesh_pb2.Hello:
-        return hello(self.node_id, gop=self.gop)
+        return hello(self.node_id, gop=self.gop, channel=self.channel)
 
     def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
         if self.refuse_parameters:
@@ -120,13 +124,14 @@ class FakeHandler:
         return [esp.sequence for esp in self.esps if esp.sender == sender]
 
 
-def hello(sender: str, *, gop: int = 30) -> mesh_pb2.Hello:
+def hello(sender: str, *, gop: int = 30, channel: str = "") -> mesh_pb2.Hello:
     return mesh_pb2.Hello(
         sender_id=sender,
         protocol_version=1,
         frame_rate=common_pb2.FrameRate(num=30, den=1),
         gop_length=gop,
         topology_epoch=1,
+        channel=channel,
     )
 
 
@@ -713,3 +718,136 @@ def test_set_parameters_is_validated_and_refusals_are_failed_precondition() -> N
             await stop(node)
 
     run(main())
+
+
+# -- several channels through one server ---------------------------------------------------
+
+
+@dataclass
+class ChannelNode:
+    """One encoder process of channels "a" and "b": a handler and links per channel, one
+    server for both."""
+
+    handlers: dict[str, FakeHandler]
+    links: dict[str, MeshLinks]
+    server: MeshServer
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+async def start_channels(node_id: str, neighbours: Iterable[str]) -> ChannelNode:
+    handlers = {c: FakeHandler(node_id, neighbours, channel=c) for c in ("a", "b")}
+    links = {c: MeshLinks(h) for c, h in handlers.items()}
+    for channel, handler in handlers.items():
+        handler.links = links[channel]
+    server = MeshServer(handlers["a"], links["a"], channel="a")
+    server.add_channel("b", handlers["b"], links["b"])
+    return ChannelNode(handlers, links, server, await server.start("127.0.0.1:0"))
+
+
+async def stop_channels(*nodes: ChannelNode) -> None:
+    for node in nodes:
+        for links in node.links.values():
+            await links.close()
+        await node.server.stop(grace=0.2)
+
+
+def test_each_channels_stream_reaches_that_channel_through_one_server() -> None:
+    """Two processes of two channels: one stream per channel and neighbour, each carrying
+    its own channel's ESPs to that channel's handler alone."""
+
+    async def main() -> None:
+        one = await start_channels("one", ["two"])
+        two = await start_channels("two", ["one"])
+        try:
+            for channel in ("a", "b"):  # "one" < "two": one dials, two accepts
+                one.links[channel].set_peers({"two": two.address})
+                two.links[channel].set_peers({"one": one.address})
+            await eventually(
+                lambda: all(
+                    n.links[c].connected(p)
+                    for n, p in ((one, "two"), (two, "one"))
+                    for c in ("a", "b")
+                )
+            )
+            assert two.server.accepted["one"] == 2  # one stream per channel
+            one.links["a"].send("two", esp("one", 1))
+            one.links["b"].send("two", esp("one", 2))
+            one.links["b"].send("two", esp("one", 3))
+            two.links["a"].send("one", esp("two", 4))
+            await eventually(
+                lambda: len(two.handlers["b"].esps) == 2 and len(one.handlers["a"].esps) == 1
+            )
+            await asyncio.sleep(0.1)  # anything misrouted would have arrived by now
+            assert two.handlers["a"].esps_from("one") == [1]
+            assert two.handlers["b"].esps_from("one") == [2, 3]
+            assert one.handlers["a"].esps_from("two") == [4]
+            assert one.handlers["b"].esps == []
+        finally:
+            await stop_channels(one, two)
+
+    run(main())
+
+
+def test_a_channel_not_encoded_here_is_not_found() -> None:
+    """A stream, GetState or SetParameters naming a channel the process does not encode gets
+    NOT_FOUND (counted, the server keeps serving); a malformed channel INVALID_ARGUMENT;
+    none means the first channel."""
+
+    async def main() -> None:
+        node = await start_channels("m", ["x"])
+        peer = RawPeer(node.address)
+        channel = grpc.aio.insecure_channel(node.address)
+        stub = mesh_pb2_grpc.EncoderMeshStub(channel)
+        try:
+            peer.send(mesh_pb2.MeshMessage(hello=hello("x", channel="c")))
+            error = await peer.error()
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+            assert "'c'" in error.details() and "a, b" in error.details()
+            assert node.server.refused["x"] == 1
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await stub.GetState(mesh_pb2.GetStateRequest(channel="c"), timeout=2.0)
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.aio.AioRpcError) as elsewhere:
+                await stub.SetParameters(
+                    mesh_pb2.SetParametersRequest(bitrate_kbps=800, channel="c"), timeout=2.0
+                )
+            assert elsewhere.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await stub.GetState(mesh_pb2.GetStateRequest(channel=".."), timeout=2.0)
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "channel" in (bad.value.details() or "")
+            first = await stub.GetState(mesh_pb2.GetStateRequest(), timeout=2.0)
+            second = await stub.GetState(mesh_pb2.GetStateRequest(channel="b"), timeout=2.0)
+            assert (first.channel, second.channel) == ("a", "b")
+            await stub.SetParameters(
+                mesh_pb2.SetParametersRequest(bitrate_kbps=900, channel="b"), timeout=2.0
+            )
+            assert node.handlers["b"].parameter_requests == [900]
+            assert node.handlers["a"].parameter_requests == []
+        finally:
+            await channel.close()
+            await peer.close()
+            await stop_channels(node)
+
+    run(main())
+
+
+def test_a_dialer_refuses_an_acceptor_of_another_channel() -> None:
+    ours = hello("a", channel="news")
+    assert mesh._hello_problem(hello("b", channel="news"), ours, expected="b") is None
+    assert mesh._hello_problem(hello("b"), ours, expected="b") is None  # older: first channel
+    problem = mesh._hello_problem(hello("b", channel="sport"), ours, expected="b")
+    assert problem is not None and problem[0] == "hello.channel"
+
+
+@pytest.mark.parametrize(("channel", "reason"), [("..", "'.' or '..'"), ("a", "already")])
+def test_add_channel_refuses_a_bad_or_second_name(channel: str, reason: str) -> None:
+    handler = FakeHandler("m", channel="a")
+    links = MeshLinks(handler)
+    server = MeshServer(handler, links, channel="a")
+    with pytest.raises(ValueError, match=reason):
+        server.add_channel(channel, handler, links)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from meshenc.wire.adjacency import AdjacencyDocument
+from services.encoder.process import EncoderProcess
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import EncoderSettings
 
@@ -68,3 +69,43 @@ def test_without_the_managers_documents_a_ladder_takes_no_placement(tmp_path: Pa
             await runtime.links.close()
 
     assert asyncio.run(asyncio.wait_for(scenario(), 10.0)) is None
+
+
+def test_each_channel_of_a_process_holds_its_own_units(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process of channels 0 and 1: each takes the rungs placed on its channel; a rung a
+    channel lacks is logged by that channel, a channel the process does not encode by the
+    first."""
+    caplog.set_level(logging.INFO, logger="meshenc.encoder")
+
+    async def scenario() -> dict[str, frozenset[str] | None]:
+        settings = EncoderSettings.model_validate(
+            {
+                "id": "e",
+                "out": tmp_path,
+                "ladder": LADDER,
+                "topology": "kubernetes",
+                "channels": {"0": "udp://127.0.0.1:5000", "1": "udp://127.0.0.1:5002"},
+            }
+        )
+        process = EncoderProcess(settings)
+        try:
+            work = ("0/96x64", "1/160x96", "1/96x64", "1/1x1", "2/96x64")
+            process._apply_topology(_document(work, 1))
+            return {r.settings.channel: r._placed for r in process.channels}
+        finally:
+            for runtime in process.channels:
+                await runtime.links.close()
+
+    held = asyncio.run(asyncio.wait_for(scenario(), 10.0))
+    assert held == {"0": frozenset({"96x64"}), "1": frozenset({"96x64", "160x96"})}
+    # Each line comes from its channel's own logger.
+    cannot = sorted(
+        (r.name, r.getMessage()) for r in caplog.records if "cannot run" in r.getMessage()
+    )
+    assert [name for name, _ in cannot] == [
+        "meshenc.encoder.channel.0",
+        "meshenc.encoder.channel.1",
+    ]
+    assert cannot[0][1].endswith(": 2/96x64") and cannot[1][1].endswith(": 1/1x1"), cannot

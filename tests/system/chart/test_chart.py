@@ -94,6 +94,7 @@ CHART_VARIABLES: dict[str, frozenset[str]] = {
             "MESHENC_SEGMENT",
             "MESHENC_FORMAT",
             # Set in ci/origin-values.yaml.
+            "MESHENC_CHANNELS",
             "MESHENC_REGION",
             "MESHENC_PUBLISH",
             "MESHENC_SERVE_OUTPUT",
@@ -961,6 +962,10 @@ def test_encoders_publish_to_the_origins_and_serve_their_output_where_asked(
         "http://origin-a.example/live/ch1",
         "https://origin-b.example/live/ch1",
     )
+    assert context.params["channels"] == {
+        "news": "udp://239.0.0.1:5000",
+        "sport": "udp://239.0.0.2:5000",
+    }
     assert env_value(container, "MESHENC_SERVE_OUTPUT") == "0.0.0.0:8080"
     assert {"name": "output", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
     service = find(manifests, "Service", encoders["spec"]["serviceName"])
@@ -1049,10 +1054,11 @@ def test_autoscaling_marks_out_of_order_fail_the_render() -> None:
 def test_work_values_reach_the_manager_and_encoders_as_meshenc_up_passes_them(
     tmp_path: Path,
 ) -> None:
-    """work.ladder and work.redundancy become the manager's work units and redundancy, the very
-    arguments ``meshenc up --ladder ... --redundancy R`` gives its manager; every encoder gets
-    the whole ladder instead of a size and bitrate, and the channel's source; the manager
-    reads encode times against one frame interval of encoder.fps, with or without work."""
+    """work.channels, work.ladder and work.redundancy become the manager's work units (each
+    rung of each channel, named by the channel, the rungs those ``meshenc up --ladder ...``
+    gives its manager) and redundancy; every encoder gets the whole ladder instead of a size
+    and bitrate, and every channel with its source; the manager reads encode times against
+    one frame interval of encoder.fps, with or without work."""
     work = yaml.safe_load((CHART / "ci" / "autoscaling-values.yaml").read_text())["work"]
     manifests = rendered("autoscaling-values.yaml")
     (manager,) = find(manifests, "Deployment", f"{RELEASE}-manager")["spec"]["template"]["spec"][
@@ -1073,7 +1079,6 @@ def test_work_values_reach_the_manager_and_encoders_as_meshenc_up_passes_them(
             redundancy=work["redundancy"],
         )
     ).manager_args("http://127.0.0.1:2379")
-    assert env_value(manager, "MESHENC_WORK_UNITS") == up[up.index("--work-units") + 1]
     assert env_value(manager, "MESHENC_REDUNDANCY") == up[up.index("--redundancy") + 1]
     settings = ManagerSettings.model_validate(
         {
@@ -1084,13 +1089,19 @@ def test_work_values_reach_the_manager_and_encoders_as_meshenc_up_passes_them(
             "frame_budget": env_value(manager, "MESHENC_FRAME_BUDGET"),
         }
     )
+    (channel,) = work["channels"]
     assert [u.unit_id for u in settings.work_units] == [
-        f"0/{rung.split('@')[0]}" for rung in work["ladder"]
+        f"{channel['name']}/{rung.split('@')[0]}" for rung in work["ladder"]
+    ]
+    # meshenc up names its one channel 0; the rungs are the same units, in the same order.
+    assert [u.split("/")[1] for u in up[up.index("--work-units") + 1].split(",")] == [
+        u.rendition for u in settings.work_units
     ]
     assert settings.core_config().planner.placement.redundancy == work["redundancy"]
     assert parse_ladder(env_value(encoder, "MESHENC_LADDER")) == parse_ladder(ladder)
     assert not {"MESHENC_SIZE", "MESHENC_BITRATE_KBPS"} & set(env_names(encoder))
-    assert env_value(encoder, "MESHENC_SOURCE") == work["channels"][0]["source"]
+    assert env_value(encoder, "MESHENC_CHANNELS") == f"{channel['name']}={channel['source']}"
+    assert "MESHENC_SOURCE" not in env_names(encoder)
     for extra, fps in (((), "30"), (("--set", "encoder.fps=30000/1001"), "30000/1001")):
         (plain,) = find(rendered("default", *extra), "Deployment", f"{RELEASE}-manager")["spec"][
             "template"
@@ -1181,10 +1192,10 @@ def test_tracing_goes_to_the_configured_collector_or_the_bundled_jaeger() -> Non
 # --- values the schema or validateValues must reject ----------------------------------------
 
 REJECTED = {
-    "two-channels": (
+    "one-channel-name-twice": (
         "work.channels[0].name=a,work.channels[0].source=udp://h:1,"
-        "work.channels[1].name=b,work.channels[1].source=udp://h:2",
-        "work.channels: an encoder runs one channel today; give one channel (2 given)",
+        "work.channels[1].name=a,work.channels[1].source=udp://h:2",
+        "work.channels: the name a is given twice",
     ),
     "two-rungs-of-one-size": (
         "work.ladder={640x360@800,640x360@400}",
@@ -1288,6 +1299,15 @@ REJECTED = {
         "/tls/certManager/issuerRef/kind",
     ),
     "no-streams-per-peer": ("encoder.maxStreamsPerPeer=0", "'/encoder/maxStreamsPerPeer': minimum"),
+    "channels-beside-source": (
+        "encoder.source=udp://239.0.0.1:5000,"
+        "work.channels[0].name=news,work.channels[0].source=udp://239.0.0.2:5000",
+        "encoder.source: leave it empty when work.channels names the channel's source",
+    ),
+    "channel-named-dot-dot": (
+        "work.channels[0].name=..,work.channels[0].source=udp://239.0.0.2:5000",
+        "/work/channels/0/name",
+    ),
     "health-on-the-metrics-port": (
         "health.port=9464",
         "health.port (9464) must differ from encoder.port",

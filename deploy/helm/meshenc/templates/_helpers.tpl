@@ -384,23 +384,36 @@ readinessProbe:
 {{- printf "%.6f" (divf (float64 $per) (float64 (index $rate 0))) }}
 {{- end }}
 
-{{/* meshenc.workUnits: the units the manager places (MESHENC_WORK_UNITS): each rung of work.ladder for each channel, CHANNEL/RUNG with the channel's position (one channel, 0, when work.channels is empty: encoder.source); empty without a ladder. */}}
+{{/* meshenc.workUnits: the units the manager places (MESHENC_WORK_UNITS): each rung of work.ladder for each channel, CHANNEL/RUNG with the channel's name (one channel, 0, when work.channels is empty: encoder.source); empty without a ladder. */}}
 {{- define "meshenc.workUnits" -}}
 {{- $units := list }}
-{{- range $position := until (max 1 (len .Values.work.channels) | int) }}
+{{- $names := list "0" }}
+{{- if .Values.work.channels }}
+{{- $names = list }}
+{{- range .Values.work.channels }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
+{{- range $name := $names }}
 {{- range $.Values.work.ladder }}
-{{- $units = append $units (printf "%d/%s" $position (first (splitList "@" .))) }}
+{{- $units = append $units (printf "%s/%s" $name (first (splitList "@" .))) }}
 {{- end }}
 {{- end }}
 {{- join "," $units }}
 {{- end }}
 
+{{/* meshenc.channels: work.channels as MESHENC_CHANNELS reads them, NAME=URL separated by spaces, in the order given. */}}
+{{- define "meshenc.channels" -}}
+{{- $items := list }}
+{{- range . }}
+{{- $items = append $items (printf "%s=%s" .name .source) }}
+{{- end }}
+{{- join " " $items }}
+{{- end }}
+
 {{/* meshenc.workProblems: what is wrong with the work values, one line each ("" when nothing), for meshenc.validateValues. */}}
 {{- define "meshenc.workProblems" -}}
 {{- $work := .Values.work }}
-{{- if gt (len $work.channels) 1 }}
-- work.channels: an encoder runs one channel today; give one channel ({{ len $work.channels }} given), or install one release per channel
-{{- end }}
 {{- if and $work.channels .Values.encoder.source }}
 - encoder.source: leave it empty when work.channels names the channel's source
 {{- end }}
