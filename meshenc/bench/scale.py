@@ -9,12 +9,16 @@ the join, the origin or the player, in plaintext. While it runs, the bench sampl
 encoders than the machine can carry and, at ``relief_at``, kills all but ``keep`` of them: the
 CPU comes back to the survivors at a known moment.
 
-Everything is judged from the segment files afterwards (:func:`meshenc.report.verify.verify`,
-the first ``LOCK_IN_SEGMENTS`` segments of each encoder exempt): segments judged and agreed,
-the longest lock-in, and, for an overload trial, per survivor, how many segments after the one
-in progress at the relief its copies start to hold their segment's reference for good
-(``recovered``). What each encoder logs when it stops adds what ran out: pictures it dropped
-behind its input, the longest its loop was held up, ESPs its links dropped.
+Everything is judged from the segment files afterwards (:func:`meshenc.report.verify.verify`):
+of the copies each encoder wrote after its first ``LOCK_IN_SEGMENTS`` segments, how many hold
+their segment's reference (the digest most copies hold), and how many segments are missing
+between its first and its last (given up behind its input, or lost); the longest lock-in; and,
+for an overload trial, per survivor, how many segments after the one in progress at the
+relief its copies start to hold their reference for good (``recovered``). The copies are
+counted from each encoder's start, not per run as ``verify`` judges: an encoder that gave
+up a segment starts a new run there, and its next segments are not exempt here. What each
+encoder logs when it stops adds what ran out: pictures it dropped behind its input, the longest
+its loop was held up, ESPs its links dropped.
 
 Invariants: every process started is stopped however a trial ends (the launcher's); every
 wait is bounded.
@@ -44,7 +48,14 @@ from meshenc.local.launcher import Launcher
 from meshenc.report.chaos import segment_at
 from meshenc.report.verify import Verification, verify
 
-__all__ = ["ScaleBench", "ScaleTrial", "TrialPlan", "recovered_after", "run_scale_bench"]
+__all__ = [
+    "ScaleBench",
+    "ScaleTrial",
+    "TrialPlan",
+    "count_copies",
+    "recovered_after",
+    "run_scale_bench",
+]
 
 #: Segments each encoder may take to lock in (the first, partial one included), as in
 #: ``meshenc bench live``.
@@ -76,8 +87,11 @@ class ScaleTrial:
     #: CPU of one encoder process in cores (its CPU seconds over wall seconds), the median over
     #: the encoders, from the first sample to the relief (or to the end).
     cpu_per_encoder: float | None
-    judged: int
-    agreed: int
+    #: Copies past each encoder's first ``LOCK_IN_SEGMENTS`` segments; of those, the ones
+    #: holding their segment's reference; segments missing between an encoder's first and last.
+    copies: int
+    matching: int
+    missing: int
     #: The longest lock-in of any encoder's run, in segments; None when one never locked.
     locked_after: int | None
     #: Summed over the encoders: pictures dropped behind the input, ESPs dropped; the longest
@@ -98,8 +112,9 @@ class ScaleTrial:
             "relief_at_s": self.plan.relief_at,
             "load_1min": self.load.as_dict(),
             "cpu_per_encoder_cores": self.cpu_per_encoder,
-            "judged_segments": self.judged,
-            "agreed_segments": self.agreed,
+            "copies": self.copies,
+            "matching_copies": self.matching,
+            "missing_segments": self.missing,
             "locked_after_segments": self.locked_after,
             "skipped_pictures": self.skipped,
             "dropped_esps": self.dropped_esps,
@@ -111,22 +126,43 @@ class ScaleTrial:
 
 
 def recovered_after(outcome: Verification, encoder: str, relief_segment: int) -> int | None:
-    """Segments after ``relief_segment`` until every later copy ``encoder`` wrote holds its
-    segment's reference (0: already did at the relief); None when its last copy does not."""
+    """Segments after ``relief_segment`` until ``encoder`` writes every segment and each
+    copy holds its segment's reference, to its last (0: already at the relief); None when its
+    last copy does not. A segment it did not write (given up) counts as not holding it."""
     copies = {
         check.segment: copy
         for check in outcome.segments
-        if len(check.copies) >= 2
         for copy in check.copies
         if copy.encoder == encoder
     }
-    later = sorted(n for n in copies if n >= relief_segment)
+    if not copies or max(copies) < relief_segment:
+        return None
     good_from: int | None = None
-    for number in reversed(later):
-        if not copies[number].matches:
+    for number in range(max(copies), relief_segment - 1, -1):
+        copy = copies.get(number)
+        if copy is None or not copy.matches:
             break
         good_from = number
     return None if good_from is None else good_from - relief_segment
+
+
+def count_copies(outcome: Verification) -> tuple[int, int, int]:
+    """Copies past each encoder's first ``LOCK_IN_SEGMENTS`` segments, those holding their
+    segment's reference, and segments missing between each encoder's first and last."""
+    copies = matching = missing = 0
+    for output in outcome.encoders:
+        if not output.digests:
+            continue
+        first, last = min(output.digests), max(output.digests)
+        missing += last - first + 1 - len(output.digests)
+        for number in output.digests:
+            check = outcome.segment(number)
+            if number < first + LOCK_IN_SEGMENTS or check is None or len(check.copies) < 2:
+                continue
+            copies += 1
+            copy = next(c for c in check.copies if c.encoder == output.name)
+            matching += copy.matches
+    return copies, matching, missing
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -224,7 +260,7 @@ async def _run_trial(plan: TrialPlan, config: DemoConfig, progress: Progress) ->
     if error or len(names) < 2:
         progress(f"{plan.name}: {error or 'no output'}")
         return ScaleTrial(
-            plan, loads, None, 0, 0, None, None, None, None, started_ok=False, error=error
+            plan, loads, None, 0, 0, 0, None, None, None, None, started_ok=False, error=error
         )
     outcome = await asyncio.to_thread(
         verify, [config.out / n for n in names], lock_in=LOCK_IN_SEGMENTS
@@ -238,8 +274,7 @@ async def _run_trial(plan: TrialPlan, config: DemoConfig, progress: Progress) ->
         plan,
         loads,
         statistics.median(run.cpu.values()) if run.cpu else None,
-        outcome.judged,
-        outcome.agreed,
+        *count_copies(outcome),
         outcome.locked_after,
         _sum_field(stats, "skipped"),
         _sum_field(stats, "dropped_esps"),
@@ -279,7 +314,8 @@ class ScaleBench:
                 "encoders",
                 "load (median)",
                 "CPU / encoder",
-                "agreed / judged",
+                "identical copies",
+                "missing",
                 "longest lock-in",
                 "pictures dropped",
                 "longest hold-up",
@@ -290,13 +326,14 @@ class ScaleBench:
         )
         for t in self.trials:
             if not t.started_ok:
-                table.add_row(t.plan.name, cell(t.load.median), *(["—"] * 6), t.error[:40])
+                table.add_row(t.plan.name, cell(t.load.median), *(["—"] * 7), t.error[:40])
                 continue
             table.add_row(
                 t.plan.name,
                 cell(t.load.median),
                 "—" if t.cpu_per_encoder is None else f"{t.cpu_per_encoder:.2f}",
-                f"{t.agreed} / {t.judged}",
+                f"{t.matching:,} / {t.copies:,}",
+                cell(t.missing),
                 "never" if t.locked_after is None else str(t.locked_after),
                 cell(t.skipped),
                 "—" if t.longest_hold is None else f"{t.longest_hold:.2f} s",
@@ -352,6 +389,6 @@ def run_scale_bench(
             )
             progress(f"trial {plan.name}: {duration:g} s, load {os.getloadavg()[0]:.1f}")
             trial = asyncio.run(_run_trial(plan, config, progress))
-            progress(f"trial {plan.name}: {trial.agreed} of {trial.judged} segments agreed")
+            progress(f"trial {plan.name}: {trial.matching} of {trial.copies} copies identical")
             trials.append(trial)
     return ScaleBench(size, fps, gop, duration, tuple(trials))
