@@ -256,7 +256,7 @@ async def _run_trial(plan: TrialPlan, config: DemoConfig, progress: Progress) ->
     names = [e.name for e in run.plan.encoders if (config.out / e.name).is_dir()]
     stats = [s for n in names if (s := _stop_stats(config.out / "logs" / f"{n}.log"))]
     holds = [float(s["longest_hold"]) for s in stats if "longest_hold" in s]
-    loads = Spread.of(run.loads)
+    loads = Spread.of(run.loads or [os.getloadavg()[0]])  # none sampled: it never ran
     if error or len(names) < 2:
         progress(f"{plan.name}: {error or 'no output'}")
         return ScaleTrial(
@@ -326,7 +326,7 @@ class ScaleBench:
         )
         for t in self.trials:
             if not t.started_ok:
-                table.add_row(t.plan.name, cell(t.load.median), *(["—"] * 7), t.error[:40])
+                table.add_row(t.plan.name, cell(t.load.median), *(["—"] * 7), "did not start")
                 continue
             table.add_row(
                 t.plan.name,
