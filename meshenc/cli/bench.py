@@ -688,7 +688,7 @@ def _trials(_ctx: click.Context, _param: click.Parameter, value: str) -> list[sc
 @click.option(
     "--trials",
     "plans",
-    default="6,12,24,24:12",
+    default="6,12,24,24:4",
     show_default=True,
     callback=_trials,
     help="One run each, in this order: N encoders, or N:M for N started and all but M of them "
