@@ -20,8 +20,9 @@ up a segment starts a new run there, and its next segments are not exempt here. 
 encoder logs when it stops adds what ran out: pictures it dropped behind its input, the longest
 its loop was held up, ESPs its links dropped.
 
-Invariants: every process started is stopped however a trial ends (the launcher's); every
-wait is bounded.
+Invariants: every process started is stopped however a trial ends (the launcher's; a first
+SIGINT or SIGTERM ends the trial in order and the benchmark after it, a second kills every
+process of the trial at once); every wait is bounded.
 """
 
 from __future__ import annotations
@@ -246,22 +247,28 @@ def _sum_field(stats: Sequence[dict[str, str]], key: str) -> int | None:
     return sum(values) if values else None
 
 
-async def _run_trial(plan: TrialPlan, config: DemoConfig, progress: Progress) -> ScaleTrial:
+async def _run_trial(
+    plan: TrialPlan, config: DemoConfig, progress: Progress
+) -> tuple[ScaleTrial, bool]:
+    """One trial, and whether a signal asked the benchmark to stop during it."""
     run = _ScaleRun(config, plan)
     error = ""
     try:
-        await run.run()
+        # SIGINT/SIGTERM stop the trial in order (its processes with it), as ``meshenc up``.
+        await run.run(launcher_ready=lambda launcher: launcher.handle_signals(run.request_stop))
     except Exception as exc:  # a process that did not start is a result at this scale
         error = str(exc).splitlines()[0]
     names = [e.name for e in run.plan.encoders if (config.out / e.name).is_dir()]
     stats = [s for n in names if (s := _stop_stats(config.out / "logs" / f"{n}.log"))]
     holds = [float(s["longest_hold"]) for s in stats if "longest_hold" in s]
     loads = Spread.of(run.loads or [os.getloadavg()[0]])  # none sampled: it never ran
+    stopped = run.state.stop_requested
     if error or len(names) < 2:
         progress(f"{plan.name}: {error or 'no output'}")
-        return ScaleTrial(
+        failed = ScaleTrial(
             plan, loads, None, 0, 0, 0, None, None, None, None, started_ok=False, error=error
         )
+        return failed, stopped
     outcome = await asyncio.to_thread(
         verify, [config.out / n for n in names], lock_in=LOCK_IN_SEGMENTS
     )
@@ -270,7 +277,7 @@ async def _run_trial(plan: TrialPlan, config: DemoConfig, progress: Progress) ->
         rate = FrameRate.parse(config.fps)
         relief = segment_at(run.relieved_at, Fraction(rate.num, rate.den), config.gop)
         recovered = tuple(recovered_after(outcome, n, relief) for n in run.survivors)
-    return ScaleTrial(
+    trial = ScaleTrial(
         plan,
         loads,
         statistics.median(run.cpu.values()) if run.cpu else None,
@@ -281,6 +288,7 @@ async def _run_trial(plan: TrialPlan, config: DemoConfig, progress: Progress) ->
         max(holds) if holds else None,
         recovered,
     )
+    return trial, stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +299,7 @@ class ScaleBench:
     fps: str
     gop: int
     duration: float
+    registries: int
     trials: tuple[ScaleTrial, ...]
     machine: dict[str, Any] = field(default_factory=machine)
 
@@ -300,6 +309,7 @@ class ScaleBench:
             "fps": self.fps,
             "gop": self.gop,
             "duration_s": self.duration,
+            "registries": self.registries,
             "machine": self.machine,
             "trials": [t.payload() for t in self.trials],
         }
@@ -307,7 +317,8 @@ class ScaleBench:
     def table(self) -> Table:
         table = results_table(
             f"Real encoder processes at {self.size}, {self.fps} fps, GOP {self.gop}, with etcd,"
-            f" the registry and the manager, {self.duration:g} s a trial; lock-in: each"
+            f" {self.registries} registry replica(s) and the manager, {self.duration:g} s a"
+            " trial; lock-in: each"
             f" encoder's first {LOCK_IN_SEGMENTS} segments; recovered: segments after the"
             " relief until a survivor's copies hold their reference for good (median, worst)",
             (
@@ -388,7 +399,10 @@ def run_scale_bench(
                 encoder_options=encoder_options,
             )
             progress(f"trial {plan.name}: {duration:g} s, load {os.getloadavg()[0]:.1f}")
-            trial = asyncio.run(_run_trial(plan, config, progress))
+            trial, stopped = asyncio.run(_run_trial(plan, config, progress))
             progress(f"trial {plan.name}: {trial.matching} of {trial.copies} copies identical")
             trials.append(trial)
-    return ScaleBench(size, fps, gop, duration, tuple(trials))
+            if stopped:
+                progress("stopped by a signal: the trials so far")
+                break
+    return ScaleBench(size, fps, gop, duration, registries, tuple(trials))

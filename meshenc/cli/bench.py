@@ -732,7 +732,7 @@ def bench_scale(
     The load average, each encoder's CPU and what each encoder dropped are reported beside
     what the segment files say.
     """
-    if relief_at >= duration - 10.0:
+    if any(p.keep is not None for p in plans) and relief_at >= duration - 10.0:
         raise click.BadParameter("must leave at least 10 s of the run", param_hint="--relief-at")
     plans = [p if p.keep is None else scale.TrialPlan(p.encoders, p.keep, relief_at) for p in plans]
     try:
