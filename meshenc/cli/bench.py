@@ -15,16 +15,30 @@ from typing import Any, TypeVar
 
 import click
 
-from meshenc.bench import dht, encoder, esp, failover, ingest, live, plan, regions, simspeed, tls
+from meshenc.bench import (
+    dht,
+    encoder,
+    esp,
+    failover,
+    ingest,
+    live,
+    plan,
+    regions,
+    scale,
+    simspeed,
+    tls,
+)
 from meshenc.bench.results import BenchError, BenchResult, Progress
 from meshenc.bench.strategies import compare_sizes, lockin_at_rates, lockin_sweep, wan_comparison
 from meshenc.bench.worlds import BROADCAST_RATES
+from meshenc.cli.encoder import encoder as encoder_command
 from meshenc.cli.sim import console
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
 from meshenc.local.etcd import EtcdNotInstalledError
 from meshenc.sim.scenario import ScenarioError
 from services.common.etcd import DEFAULT_LEASE_TTL
+from services.encoder.settings import parse_size
 
 __all__ = ["bench"]
 
@@ -648,4 +662,93 @@ def bench_live(
     encoder's first two segments, and the longest lock-in in segments.
     """
     result = live.run_live_bench(rates, seeds, encoders, duration, strategies, progress=_progress())
+    _show(result, out, as_json=as_json)
+
+
+def _trials(_ctx: click.Context, _param: click.Parameter, value: str) -> list[scale.TrialPlan]:
+    """A callback reading ``6,12,24,24:12``: N encoders, or N overloading and then M kept."""
+    plans = []
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        started, _, kept = part.partition(":")
+        try:
+            plan = scale.TrialPlan(int(started), int(kept) if kept else None)
+        except ValueError as exc:
+            raise click.BadParameter(f"{part!r}: expected N or N:M") from exc
+        if not 2 <= plan.encoders <= 64 or (
+            plan.keep is not None and not 2 <= plan.keep < plan.encoders
+        ):
+            raise click.BadParameter(f"{part!r}: 2 to 64 encoders, and 2 <= M < N")
+        plans.append(plan)
+    if not plans:
+        raise click.BadParameter("expected at least one trial")
+    return plans
+
+
+@bench.command("scale")
+@click.option(
+    "--trials",
+    "plans",
+    default="6,12,24,24:4",
+    show_default=True,
+    callback=_trials,
+    help="One run each, in this order: N encoders, or N:M for N started and all but M of them "
+    "killed at --relief-at (the overload trial).",
+)
+@click.option("--size", default="160x90", show_default=True, help="Picture size WIDTHxHEIGHT.")
+@click.option("--fps", default="30", show_default=True)
+@click.option("--gop", type=click.IntRange(1, 600), default=30, show_default=True)
+@click.option("--duration", type=click.FloatRange(20.0, 3600.0), default=60.0, show_default=True)
+@click.option(
+    "--relief-at",
+    type=click.FloatRange(5.0, 3600.0),
+    default=25.0,
+    show_default=True,
+    help="Seconds after the encoders start when an N:M trial kills all but M.",
+)
+@click.option("--registries", type=click.IntRange(0, 16), default=1, show_default=True)
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep every trial's run folder (segments, logs, report) in this folder.",
+)
+@output_options
+def bench_scale(
+    plans: list[scale.TrialPlan],
+    size: str,
+    fps: str,
+    gop: int,
+    duration: float,
+    relief_at: float,
+    registries: int,
+    keep: Path | None,
+    as_json: bool,
+    out: Path | None,
+) -> None:
+    """Real encoder processes on this machine: how many lock, and does an overload pass.
+
+    Each trial is a `meshenc up` run (etcd, registry replicas, the manager, a live source)
+    without faults, origin or player. An N:M trial starts N encoders and kills all but M of
+    them at --relief-at: how many segments until each survivor's copies hold their reference.
+    The load average, each encoder's CPU and what each encoder dropped are reported beside
+    what the segment files say.
+    """
+    if any(p.keep is not None for p in plans) and relief_at >= duration - 10.0:
+        raise click.BadParameter("must leave at least 10 s of the run", param_hint="--relief-at")
+    plans = [p if p.keep is None else scale.TrialPlan(p.encoders, p.keep, relief_at) for p in plans]
+    try:
+        parse_size(size)
+        FrameRate.parse(fps)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    result = scale.run_scale_bench(
+        plans,
+        frozenset(opt for param in encoder_command.params for opt in param.opts),
+        size=size,
+        fps=fps,
+        gop=gop,
+        duration=duration,
+        registries=registries,
+        keep=keep,
+        progress=_progress(),
+    )
     _show(result, out, as_json=as_json)

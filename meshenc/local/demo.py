@@ -459,6 +459,12 @@ class _FeedingRecorder(Recorder):
         self._on_event(event)
 
 
+#: Seconds of health-check patience per encoder of a run: every encoder starts at once, and on
+#: a 2-core machine each takes a second or more of CPU to import and start (measured: 12
+#: encoders at load 8, with 30 s for all, failed the check).
+READY_PER_ENCODER: Final = 4.0
+
+
 class DemoRun:
     """One scripted run (see the module docstring). ``await run()`` once.
 
@@ -468,7 +474,8 @@ class DemoRun:
         on_note: called with every line of the event feed as it happens (for plain output).
     """
 
-    #: Seconds each process gets to answer its health check when started.
+    #: Seconds each process gets to answer its health check when started; a run of many
+    #: encoders gives each at least ``READY_PER_ENCODER`` per encoder (they start at once).
     ready_timeout: float = DEFAULT_READY_TIMEOUT
 
     def __init__(
@@ -479,6 +486,7 @@ class DemoRun:
         on_note: Callable[[Note], None] | None = None,
     ) -> None:
         self.config = config
+        self.ready_timeout = max(self.ready_timeout, READY_PER_ENCODER * config.encoders)
         self.plan = plan if plan is not None else plan_run(config, free_ports(ports_needed(config)))
         self.out = Path(config.out)
         self.state = DemoState(config, self.plan)

@@ -19,6 +19,13 @@ first slot of a segment only, and the shell hears of it (``renditions_changed``)
 particular to the process around the pipeline — vouching for segments, publishing them,
 measuring load, the mesh links — is the :class:`PipelineShell`'s.
 
+An encoder that fell behind its input and gave up pictures cannot make the segment in
+progress whole, so it *sheds* it (:meth:`FramePipeline.shed`): the segment's frames so far are
+dropped, and no slot is encoded until a picture lands on the first slot of a segment. The
+engine still hears of every picture (labels, control, ESPs without a frame hash), so the lock
+holds while the libx264 work of the rest of the segment is saved for catching up, and the
+segments written after it are whole.
+
 The pipeline keeps the seconds spent in each part (:class:`PartTimes`), which the benchmark
 breaks down; the runtime measures its encode latency from ``slot_encoded``.
 """
@@ -118,6 +125,10 @@ class FramePipeline:
         self._picture: Picture | None = None
         self._source_time: int | None = None
         self._measured = True
+        #: Shedding (:meth:`shed`): nothing is encoded until a picture opens a segment.
+        self.shedding = False
+        #: Slots not encoded while shedding, since the pipeline started.
+        self.shed_slots = 0
 
     def start(self, renditions: list[Rendition] | Holdings, *, hash_inputs: bool = False) -> None:
         """Encode into ``renditions`` (GOP-deterministic libx264 and a segment writer each, at
@@ -138,6 +149,23 @@ class FramePipeline:
     def holdings(self) -> Holdings | None:
         """The renditions the pipeline writes (None before :meth:`start`)."""
         return self._holdings
+
+    def shed(self) -> None:
+        """Give up the segment in progress: its frames so far are dropped, and no slot is
+        encoded until a captured picture's own slot opens a segment (a duplicate filling a
+        gap there would not be the picture every other encoder put in that slot). For an
+        encoder that fell behind its input: the segment cannot be whole, and the libx264 work
+        of its rest is better spent catching up. A segment that already reached its last slot
+        is written as usual."""
+        holdings = self._holdings
+        if holdings is None or self.last_timecode is None or self.shedding:
+            return
+        self.shedding = True
+        segment = self.engine.config.segments.segment_of(self.last_timecode)
+        for rendition in holdings.active:
+            # The video "stops" at the segment in progress: not followed, so not whole.
+            if paths := rendition.writer.stop(segment):
+                self._shell.segments_written(rendition, paths, time.time_ns())
 
     def capture(
         self,
@@ -201,6 +229,14 @@ class FramePipeline:
         hashes = []
         scaled: dict[str | None, Picture] = {}  # once per picture and rung, however many slots
         for timecode, bitrate in zip(timecodes, decision.bitrates_kbps, strict=True):
+            if self.shedding:
+                if timecode != timecodes[-1] or not self.engine.config.segments.is_first(timecode):
+                    self.shed_slots += 1
+                    self.last_timecode = timecode
+                    continue
+                # The picture's own slot opens a segment: whole segments from here on.
+                self.shedding = False
+                measured = self._measured
             started_now, stopped = holdings.slot(timecode)
             if started_now or stopped:
                 for rendition, paths in stopped:

@@ -33,8 +33,11 @@ until it has proved itself identical again).
 The loop never waits for the network: sends are queued per neighbour and dropped when a
 neighbour is slow (counted by the mesh links). A loop that is late (a segment write, a busy
 machine) works through the pictures queued by the ingest thread back to back — their stamps
-are their arrivals, so labels do not suffer. Beyond a second's backlog it drops pictures, as a
-live ingest does, and counts them.
+are their arrivals, so labels do not suffer. Beyond a second's backlog (a machine that cannot
+carry the load, CPU stolen for seconds) it gives up every queued picture but the newest, as a
+live ingest does, counts them, and sheds the segment in progress (``FramePipeline.shed``): it
+is back at the live edge at once, encodes nothing more until the next segment starts, and
+writes whole segments from there.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ from meshenc.core.messages import (
 from meshenc.v1 import manager_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.adjacency import AdjacencyDocument
+from services.common.log_limit import LimitedLog
 from services.encoder.control import ControlPlane, record_health
 from services.encoder.leadership import SegmentLeadership
 from services.encoder.leadership import log as leadership_log
@@ -181,6 +185,11 @@ class RunStats:
     #: Segments written aside that took their shared name after all: a neighbour that
     #: vouched for them wrote the same bytes (see ``_release``).
     restored: int = 0
+    #: The longest the loop was held up (seconds between two heartbeats): how late a busy
+    #: machine ran this encoder.
+    longest_hold: float = 0.0
+    #: ESPs the mesh links dropped (a neighbour's queue full, or no live stream to it).
+    dropped_esps: int = 0
 
 
 class EncoderRuntime:
@@ -203,6 +212,8 @@ class EncoderRuntime:
         #: Its log: a channel of several logs (and has its election and links log) through
         #: child loggers named after it, ``meshenc.encoder.channel.<name>`` and so on.
         self.log = self._own(log)
+        #: Falling behind the input goes on while the machine is overloaded: a line per 10 s.
+        self._behind = LimitedLog(self.log)
         self.node_id = settings.id
         fr = settings.frame_rate
         self._period = fr.period
@@ -305,8 +316,8 @@ class EncoderRuntime:
         #: The neighbour's proposal being voted on (its trace is the vote's parent).
         self._answering: ResyncProposal | None = None
         self._load = _LoadMeter()
-        #: Frames the loop may owe before it gives up on them (one second's worth).
-        self._max_backlog = max(1, round(settings.frame_rate.fps))
+        #: How far (s) the loop may fall behind its input before it gives up on what is queued.
+        self._max_lag = 1.0
         #: The heartbeat (monotonic): when it last beat, and when a stall last ended.
         self._beat = time.monotonic()
         self._stalled_at = -math.inf
@@ -664,18 +675,10 @@ class EncoderRuntime:
                         self._fill(*fill)
                     continue
                 if isinstance(item, IngestedAudio):
-                    packet = _audio_packet(item)
-                    started = time.time_ns()
-                    for rendition, written in holdings.add_audio(packet):
-                        self.segments_written(rendition, written, started)
+                    self._audio(holdings, item)
                     continue
-                if queue.qsize() > self._max_backlog:
-                    # More than a second behind the input: live ingest loses frames here,
-                    # and the segment they belonged to is no longer the mesh's.
-                    self.stats.skipped += 1
-                    if (last := self.pipeline.last_timecode) is not None:
-                        self._vouched[self._segments.segment_of(last)] = False
-                    continue
+                if time.time() - item.arrived > self._max_lag:
+                    item = self._catch_up(holdings, item, queue)
                 self._ingest(item)
                 await asyncio.sleep(0)
         finally:
@@ -707,10 +710,45 @@ class EncoderRuntime:
             await self.links.close()
             if not self._hosted:
                 await self.server.stop(grace=1.0)
+            self.stats.dropped_esps = sum(self.links.dropped_esps.values())
+            if not self._hosted:
                 self.log.info("encoder %s stopped: %s", self.node_id, self.stats)
             else:
                 self.log.info("stopped: %s", self.stats)
         return self.stats
+
+    def _audio(self, holdings: Holdings, item: IngestedAudio) -> None:
+        """One audio packet of the input, passed through into the segments."""
+        started = time.time_ns()
+        for rendition, written in holdings.add_audio(_audio_packet(item)):
+            self.segments_written(rendition, written, started)
+
+    def _catch_up(
+        self, holdings: Holdings, item: IngestedPicture, queue: asyncio.Queue[Ingested]
+    ) -> IngestedPicture:
+        """A picture that arrived more than ``_max_lag`` ago (a machine that cannot carry the
+        load, CPU stolen for seconds): give up every picture queued but the newest, as a live
+        ingest does, and shed the segment in progress (``FramePipeline.shed``): it cannot be
+        whole, and encoding its rest would only keep the encoder behind. The queued audio still
+        goes into the segments. Returns the newest picture, at the live edge again. (The lag
+        is timed: a count of queued items includes the audio, AAC at 48 kHz being 47 packets
+        a second, and 30 items were 0.4 s behind a 30 fps input with its audio.)"""
+        newest, audio, given_up = newest_picture(item, queue)
+        for packet in audio:
+            self._audio(holdings, packet)
+        if not given_up:
+            return newest  # nothing newer came: late, but nothing is lost
+        self.stats.skipped += given_up
+        if (last := self.pipeline.last_timecode) is not None:
+            self._vouched[self._segments.segment_of(last)] = False
+        self.pipeline.shed()
+        self._behind.warning(
+            "behind",
+            "more than a second behind the input: gave up %d pictures and the segment in "
+            "progress; encoding again from the next segment's first picture",
+            given_up,
+        )
+        return newest
 
     async def _heartbeat(self) -> None:
         """Beat every frame period, so that a stall shows however idle the loop is."""
@@ -728,6 +766,7 @@ class EncoderRuntime:
         few hundred milliseconds now and then; that costs a playlist, not segments.)"""
         now = time.monotonic()
         gap, self._beat = now - self._beat, now
+        self.stats.longest_hold = max(self.stats.longest_hold, gap)
         if gap <= SILENT_FRAMES * float(self._period):
             return
         self._stalled_at = now
@@ -1053,6 +1092,21 @@ class EncoderRuntime:
             ack.reason,
             ack.topology_epoch,
         )
+
+
+def newest_picture(
+    first: IngestedPicture, queue: asyncio.Queue[Ingested]
+) -> tuple[IngestedPicture, list[IngestedAudio], int]:
+    """Take everything queued now behind ``first``: the newest picture, the audio packets in
+    their order, and how many pictures were passed over for the newest."""
+    newest, audio, given_up = first, [], 0
+    while not queue.empty():
+        item = queue.get_nowait()
+        if isinstance(item, IngestedAudio):
+            audio.append(item)
+        else:
+            newest, given_up = item, given_up + 1
+    return newest, audio, given_up
 
 
 def _hand_over(

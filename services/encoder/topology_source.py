@@ -49,13 +49,11 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aetcd  # type: ignore[import-untyped]
 import aiohttp
 import grpc
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio.client.exceptions import ApiException
 from tenacity import AsyncRetrying
 
 from meshenc.v1 import registry_pb2
@@ -73,12 +71,16 @@ from services.common.kubernetes import (
     DEFAULT_WATCH_TIMEOUT,
     WATCH_READ_GRACE,
     WatchCursor,
+    api_status,
     watch_once,
 )
 from services.common.log_limit import LimitedLog
 from services.common.registry_client import RegistryClient, RegistryError
 from services.common.retry import Backoff, retrying
 from services.common.streams import Emit, drain
+
+if TYPE_CHECKING:
+    from kubernetes_asyncio import client as k8s
 
 __all__ = [
     "EncoderRegistration",
@@ -99,8 +101,8 @@ class TopologySourceError(RuntimeError):
 
 
 def _transient(error: BaseException) -> bool:
-    if isinstance(error, ApiException):
-        return error.status in (0, 409, 429) or error.status >= 500
+    if (status := api_status(error)) is not None:
+        return status in (0, 409, 429) or status >= 500
     if isinstance(
         error,
         aetcd.exceptions.InvalidArgumentError
@@ -275,6 +277,8 @@ class KubernetesTopologySource:
         self.watch_timeout = watch_timeout
         self.watch_read_grace = watch_read_grace
         self.request_timeout = request_timeout
+        from kubernetes_asyncio import client as k8s  # noqa: PLC0415 - imported when used
+
         self._core = k8s.CoreV1Api(api)
         self._latest = _Latest(pod, f"ConfigMap {namespace}/{self.name}")
         self._cursor = WatchCursor()
@@ -290,16 +294,17 @@ class KubernetesTopologySource:
 
     def _refused(self, exc: BaseException) -> BaseException:
         """An API refusal as the error that names what the encoder's Role lacks."""
-        if not isinstance(exc, ApiException):
+        status = api_status(exc)
+        if status is None:
             return exc
+        reason = getattr(exc, "reason", "")
         try:
-            detail = json.loads(exc.body or "{}").get("message", "") or exc.reason
+            detail = json.loads(getattr(exc, "body", None) or "{}").get("message", "") or reason
         except (ValueError, AttributeError):
-            detail = exc.reason
+            detail = reason
         return TopologySourceError(
             f"reading ConfigMap {self.name} in namespace {self.namespace!r} failed with HTTP "
-            f"{exc.status}: {detail} (the encoder's Role needs get, list and watch on "
-            "configmaps)"
+            f"{status}: {detail} (the encoder's Role needs get, list and watch on configmaps)"
         )
 
     def _offer(self, cm: k8s.V1ConfigMap | None, emit: _Emit) -> None:

@@ -1,0 +1,50 @@
+"""``meshenc bench scale``'s reading of the files: what counts as recovered, and which copies
+are counted. Digests stand in for segment files (the comparison reads nothing else)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meshenc.bench.scale import count_copies, recovered_after
+from meshenc.report.verify import EncoderOutput, compare
+
+
+def _output(name: str, digests: dict[int, str]) -> EncoderOutput:
+    return EncoderOutput(name, Path(name), digests)
+
+
+def _mesh() -> list[EncoderOutput]:
+    """Segments 10-20: e0 and e1 agree on every one; e2 differs at 11 and 12, gives up 13
+    (sheds it), and holds the others' bytes from 14 on."""
+    good = {n: f"d{n}" for n in range(10, 21)}
+    behind = dict(good) | {11: "x11", 12: "x12"}
+    del behind[13]
+    return [_output("e0", good), _output("e1", dict(good)), _output("e2", behind)]
+
+
+def test_recovered_counts_segments_after_the_relief_until_every_later_one_is_written_alike() -> (
+    None
+):
+    outcome = compare(_mesh(), lock_in=2, frames=1)
+    assert recovered_after(outcome, "e0", 11) == 0
+    # 11 and 12 differ, 13 is missing: whole and alike from 14 on.
+    assert recovered_after(outcome, "e2", 11) == 3
+    assert recovered_after(outcome, "e2", 13) == 1
+
+
+def test_a_last_copy_that_differs_or_none_after_the_relief_is_never_recovered() -> None:
+    outputs = _mesh()
+    outputs[2] = _output("e2", dict(outputs[2].digests) | {20: "x20"})
+    outcome = compare(outputs, lock_in=2, frames=1)
+    assert recovered_after(outcome, "e2", 11) is None
+    assert recovered_after(outcome, "e0", 21) is None
+
+
+def test_copies_are_counted_from_each_encoders_start_not_from_each_run() -> None:
+    """``verify`` exempts the first segments of every run, so after a segment it gave up an
+    encoder's next two copies would not be judged; here they are."""
+    outcome = compare(_mesh(), lock_in=2, frames=1)
+    copies, matching, missing = count_copies(outcome)
+    # 9 copies past the first two for e0 and e1; 8 for e2 (13 missing), of which 12 differs
+    # (11 is one of its first two).
+    assert (copies, matching, missing) == (26, 25, 1)
