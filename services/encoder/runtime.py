@@ -505,19 +505,9 @@ class EncoderRuntime:
             # First: an address that cannot be served stops the encoder before anything runs.
             self.output_server = OutputServer(self.settings.out, self.settings.serve_output)
             await self.output_server.start()
-        port = await self.server.start(
-            self.settings.listen, health_listen=self.settings.health_listen
-        )
-        log.info("encoder %s serving on port %d, peers %s", self.node_id, port, self.settings.peers)
-        # Peers without an address wait for the registry to resolve them (ControlPlane).
-        self.links.set_peers({p: a for p, a in self.settings.peers.items() if a})
-        leadership: asyncio.Task[None] | None = None
-        if self.leadership is not None:
-            self._report_rank()
-            leadership = asyncio.create_task(self.leadership.run(), name="leadership")
-        await self.control.start()
-        self._beat = time.monotonic()
-        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        # The input opens next, before the servers and the control plane: it is the slowest
+        # to give a first picture (a stream joined mid-GOP decodes from its next key frame),
+        # and the rest starts while it waits. Pictures queue, stamped as they arrive.
         queue: asyncio.Queue[Ingested] = asyncio.Queue()
         ingest = None
         # The ingest threads read the clock the moment data arrives, but only once they hold
@@ -533,6 +523,26 @@ class EncoderRuntime:
             ingest.start()
         else:
             log.warning("no --source: the output is black and the encoder reports degraded")
+        leadership: asyncio.Task[None] | None = None
+        try:
+            port = await self.server.start(
+                self.settings.listen, health_listen=self.settings.health_listen
+            )
+            log.info(
+                "encoder %s serving on port %d, peers %s", self.node_id, port, self.settings.peers
+            )
+            # Peers without an address wait for the registry to resolve them (ControlPlane).
+            self.links.set_peers({p: a for p, a in self.settings.peers.items() if a})
+            if self.leadership is not None:
+                self._report_rank()
+                leadership = asyncio.create_task(self.leadership.run(), name="leadership")
+            await self.control.start()
+        except BaseException:
+            if ingest is not None:
+                await asyncio.to_thread(ingest.stop)
+            raise
+        self._beat = time.monotonic()
+        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         settings = self.settings
         if settings.ladder:
             # Rungs open as they are first held (every rung without a placement), at the
