@@ -1,9 +1,9 @@
 """Entry point of the ``meshenc`` console command.
 
-A command's module is imported only when that command runs (or ``--help`` lists them all):
-every process of a local mesh is a ``meshenc`` command, and importing the benchmarks, the
-report's plotting and the simulator into each encoder, registry and manager cost about a
-second of CPU per process, which a machine starting dozens of them at once runs out of first.
+Each subcommand's module is imported only when that subcommand runs (or when the help lists
+it): ``meshenc encoder`` is what a restart after a crash runs, and importing every other
+command with it (the benchmarks' plotting, the simulator, the chaos run) kept a restarted
+encoder from its first picture for a good part of a second, on a segment of one second.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import click
 
 from meshenc import __version__
 
-#: Command name → "module:attribute", in the order ``--help`` lists them.
-_COMMANDS: dict[str, str] = {
+#: Subcommand name → ``module:attribute`` (the help lists them by name, as before).
+COMMANDS: dict[str, str] = {
     # Running the mesh.
     "up": "meshenc.cli.up:up",
     "encoder": "meshenc.cli.encoder:encoder",
@@ -39,25 +39,27 @@ _COMMANDS: dict[str, str] = {
 }
 
 
-class _LazyGroup(click.Group):
-    """A group whose commands are imported when they are looked up."""
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported when asked for, by name (``COMMANDS``)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(_COMMANDS)
+        return sorted({*super().list_commands(ctx), *COMMANDS})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = _COMMANDS.get(cmd_name)
-        if target is None:
+        if (command := super().get_command(ctx, cmd_name)) is not None:
+            return command
+        if (target := COMMANDS.get(cmd_name)) is None:
             return None
         module, _, attribute = target.partition(":")
         command = getattr(importlib.import_module(module), attribute)
         if not isinstance(command, click.Command):
             raise TypeError(f"{target} is not a click command")
+        self.add_command(command, cmd_name)
         return command
 
 
 @click.group(
-    cls=_LazyGroup,
+    cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name="meshenc")

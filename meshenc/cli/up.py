@@ -290,8 +290,9 @@ def up(
         size = top.name
     elif redundancy is not None:
         raise click.UsageError("--redundancy places the rungs of --ladder: give a ladder")
-    root = ctx.find_root().command
-    commands = getattr(root, "commands", {})
+    root = ctx.find_root()
+    # Listed, not looked up: the group imports a command only when it runs.
+    commands = root.command.list_commands(root) if isinstance(root.command, click.Group) else []
     try:
         config = DemoConfig(
             encoders=encoder_count,

@@ -4,30 +4,26 @@ The manager (its actuator) and the encoders (their ConfigMap watch) connect the 
 a pod with the pod's service account, outside one (a developer's machine, a test) with a
 kubeconfig file. Both also follow a resource the same way: a list, then watches that each
 resume from the last ``resourceVersion`` seen (:func:`watch_once`).
-
-The client library is imported by the calls that use it, not with this module: it costs an
-encoder half a second of CPU at start-up, and most encoders never talk to Kubernetes. So an
-error of the library exists only once it was imported (:func:`api_status`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-if TYPE_CHECKING:
-    from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.watch import Watch
 
 __all__ = [
     "DEFAULT_WATCH_TIMEOUT",
     "WATCH_READ_GRACE",
     "WatchCursor",
-    "api_status",
     "connect_api",
     "watch_once",
 ]
@@ -47,9 +43,6 @@ async def connect_api(kubeconfig: Path | None = None) -> k8s.ApiClient:
     Raises:
         kubernetes_asyncio.config.ConfigException: neither in a pod nor with a kubeconfig.
     """
-    from kubernetes_asyncio import client as k8s  # noqa: PLC0415 - see the module docstring
-    from kubernetes_asyncio import config as k8s_config  # noqa: PLC0415
-
     if kubeconfig is None:
         with contextlib.suppress(k8s_config.ConfigException):
             k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -59,16 +52,6 @@ async def connect_api(kubeconfig: Path | None = None) -> k8s.ApiClient:
         config_file=str(kubeconfig) if kubeconfig else None, client_configuration=configuration
     )
     return k8s.ApiClient(configuration)
-
-
-def api_status(error: BaseException) -> int | None:
-    """The HTTP status of a Kubernetes API error; None for any other error (and for every
-    error while the client library is not imported: none of its errors can exist then)."""
-    exceptions = sys.modules.get("kubernetes_asyncio.client.exceptions")
-    if exceptions is None or not isinstance(error, exceptions.ApiException):
-        return None
-    status = error.status
-    return status if isinstance(status, int) else 0
 
 
 @dataclass(slots=True)
@@ -98,9 +81,6 @@ async def watch_once(
     from the cursor). 410 Gone (the version was compacted) clears the cursor and returns: the
     caller lists again. Other API errors are raised.
     """
-    from kubernetes_asyncio.client.exceptions import ApiException  # noqa: PLC0415
-    from kubernetes_asyncio.watch import Watch  # noqa: PLC0415
-
     async with Watch() as watch:
         try:
             async for event in watch.stream(

@@ -41,7 +41,6 @@ from typing import Any
 from meshenc.v1 import manager_pb2, registry_pb2
 from meshenc.wire.adjacency import AdjacencyDocument, EtcdLayout, RegistrationRecord
 from services.common.etcd import connect_client
-from services.common.kubernetes import connect_api
 from services.common.registry_client import (
     RecordKeeper,
     RegistryClient,
@@ -53,7 +52,6 @@ from services.encoder.settings import EncoderSettings, TopologyMode
 from services.encoder.topology_source import (
     EncoderRegistration,
     EtcdTopologySource,
-    KubernetesTopologySource,
     registry_topology,
 )
 
@@ -138,6 +136,11 @@ class ControlPlane:
             )
             self._spawn(self.registration.run(), "registration")
         elif mode is TopologyMode.KUBERNETES:
+            # Imported here: the Kubernetes client is slow to import, and only cluster mode
+            # needs it (a restarted encoder waited for it before its first picture).
+            from services.common.kubernetes import connect_api  # noqa: PLC0415
+            from services.encoder.kubernetes_topology import KubernetesTopologySource  # noqa: PLC0415
+
             self._api = await connect_api()
             source = aiter(KubernetesTopologySource(self._api, settings.namespace, settings.id))
         if settings.registry:

@@ -69,6 +69,7 @@ from meshenc.core.engine import (
     Escalate,
     EscalationApproved,
     EspReceived,
+    HeldUp,
     LeaderChanged,
     LoadMeasured,
     NeighboursChanged,
@@ -670,6 +671,9 @@ class EncoderRuntime:
                 elif (wait := min(self._input.next_fill(), finishing_by or math.inf) - now) > 0:
                     with contextlib.suppress(TimeoutError):
                         item = await asyncio.wait_for(queue.get(), timeout=wait)
+                    # The wait is where a stopped process resumes: the stall goes to the
+                    # engine before any picture or filler that follows it.
+                    self._check_stall()
                 if item is None:
                     if (fill := self._input.fill(time.time())) is not None:
                         self._fill(*fill)
@@ -763,15 +767,20 @@ class EncoderRuntime:
         engine keeps a silent neighbour's word (``stale_after``), every neighbour's ESPs are
         stale and it missed pictures it cannot make up: the engine is told (``Stalled``) and
         vouches for nothing until identical again. (A busy machine holds a loop up for a
-        few hundred milliseconds now and then; that costs a playlist, not segments.)"""
+        few hundred milliseconds now and then; that costs a playlist, not segments: the
+        engine is told ``HeldUp``.) Either way the pictures it reads next may have queued
+        meanwhile, so the engine places them on its cadence, and none is filled in."""
         now = time.monotonic()
         gap, self._beat = now - self._beat, now
         self.stats.longest_hold = max(self.stats.longest_hold, gap)
         if gap <= SILENT_FRAMES * float(self._period):
             return
         self._stalled_at = now
+        # The loop did not look at the input meanwhile: its pictures are queued, not lost.
+        self._input.resumed(time.time())
         if gap <= self.engine.config.stale_after:
             self.log.info("held up for %.2f s: no playlist until the leadership is confirmed", gap)
+            self.pipeline.step(self.clock(), HeldUp(gap))
             return
         self.stats.stalls += 1
         self.log.warning(

@@ -19,7 +19,9 @@ doc.epoch)`` and ``LeaderChanged(doc.leader or None)``); it never has to filter:
 
 Sources:
 
-- :class:`KubernetesTopologySource` reads ConfigMap ``<pod>-adjacency`` through the API
+- :class:`~services.encoder.kubernetes_topology.KubernetesTopologySource` (a module of its own,
+  imported only in cluster mode: the Kubernetes client takes a good part of a second to
+  import, and a restarted encoder waits for it) reads ConfigMap ``<pod>-adjacency`` through the API
   (a mounted ConfigMap file can lag by a minute): a list by ``metadata.name`` field selector,
   then a watch with ``timeoutSeconds`` and a client read timeout a little longer; every new
   watch starts from the last ``resourceVersion`` seen (bookmarks included), after a clean end,
@@ -46,10 +48,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aetcd  # type: ignore[import-untyped]
 import aiohttp
@@ -58,37 +59,27 @@ from tenacity import AsyncRetrying
 
 from meshenc.v1 import registry_pb2
 from meshenc.wire.adjacency import (
-    ADJACENCY_DATA_KEY,
     AdjacencyDocument,
     EtcdLayout,
     InvalidDocument,
     RegistrationRecord,
-    configmap_name,
     parse_adjacency,
 )
 from services.common.etcd import DEFAULT_LEASE_TTL, RevisionCursor, watch_from_revision
-from services.common.kubernetes import (
-    DEFAULT_WATCH_TIMEOUT,
-    WATCH_READ_GRACE,
-    WatchCursor,
-    api_status,
-    watch_once,
-)
 from services.common.log_limit import LimitedLog
 from services.common.registry_client import RegistryClient, RegistryError
 from services.common.retry import Backoff, retrying
 from services.common.streams import Emit, drain
 
-if TYPE_CHECKING:
-    from kubernetes_asyncio import client as k8s
-
 __all__ = [
     "EncoderRegistration",
     "EtcdTopologySource",
-    "KubernetesTopologySource",
+    "LatestDocument",
     "TopologySourceError",
+    "follow",
     "registry_topology",
     "static_topology",
+    "transient",
 ]
 
 log = logging.getLogger("meshenc.encoder.topology")
@@ -100,9 +91,8 @@ class TopologySourceError(RuntimeError):
     """The source cannot work (permission refused, bad configuration): not retried."""
 
 
-def _transient(error: BaseException) -> bool:
-    if (status := api_status(error)) is not None:
-        return status in (0, 409, 429) or status >= 500
+def transient(error: BaseException) -> bool:
+    """Whether a failure of a source's session is worth retrying (etcd, the network)."""
     if isinstance(
         error,
         aetcd.exceptions.InvalidArgumentError
@@ -116,22 +106,25 @@ def _transient(error: BaseException) -> bool:
     )
 
 
-def _retrying(what: str, maximum: float = 5.0) -> AsyncRetrying:
+def _retrying(
+    what: str, maximum: float = 5.0, retried: Callable[[BaseException], bool] = transient
+) -> AsyncRetrying:
     """For ever, transient failures only (the services' one backoff policy)."""
-    return retrying(what, _transient, attempts=None, backoff=Backoff(maximum=maximum), logger=log)
+    return retrying(what, retried, attempts=None, backoff=Backoff(maximum=maximum), logger=log)
 
 
-async def _follow(
+async def follow(
     what: str,
     session: Callable[[_Emit], Awaitable[None]],
     emit: _Emit,
     explain: Callable[[BaseException], BaseException] = lambda exc: exc,
+    retried: Callable[[BaseException], bool] = transient,
 ) -> None:
-    """Run ``session`` again and again, retrying transient failures for ever; the error that
+    """Run ``session`` again and again, retrying ``retried`` failures for ever; the error that
     ends it (as ``explain`` words it) is emitted to the source's consumer."""
     try:
         while True:
-            async for attempt in _retrying(what):
+            async for attempt in _retrying(what, retried=retried):
                 with attempt:
                     await session(emit)
     except asyncio.CancelledError:
@@ -140,7 +133,7 @@ async def _follow(
         emit(explain(exc))
 
 
-class _Latest:
+class LatestDocument:
     """Decides which stored texts become documents (see the module docstring)."""
 
     def __init__(self, encoder: str, where: str) -> None:
@@ -249,93 +242,6 @@ async def registry_topology(
 # --- Kubernetes ----------------------------------------------------------------------------
 
 
-class KubernetesTopologySource:
-    """This encoder's ConfigMap through the Kubernetes API (see the module docstring).
-
-    Args:
-        api: a configured API client (the caller closes it).
-        namespace: the pod's namespace.
-        pod: the pod's name, which is the encoder's id.
-        watch_timeout: ``timeoutSeconds`` of each watch.
-        watch_read_grace: extra seconds of silence before a watch is given up.
-        request_timeout: seconds for a list.
-    """
-
-    def __init__(
-        self,
-        api: k8s.ApiClient,
-        namespace: str,
-        pod: str,
-        *,
-        watch_timeout: int = DEFAULT_WATCH_TIMEOUT,
-        watch_read_grace: float = WATCH_READ_GRACE,
-        request_timeout: float = 10.0,
-    ) -> None:
-        self.namespace = namespace
-        self.pod = pod
-        self.name = configmap_name(pod)
-        self.watch_timeout = watch_timeout
-        self.watch_read_grace = watch_read_grace
-        self.request_timeout = request_timeout
-        from kubernetes_asyncio import client as k8s  # noqa: PLC0415 - imported when used
-
-        self._core = k8s.CoreV1Api(api)
-        self._latest = _Latest(pod, f"ConfigMap {namespace}/{self.name}")
-        self._cursor = WatchCursor()
-        #: Lists made (the first, and after 410 Gone), and watches started.
-        self.lists = 0
-        self.watches = 0
-
-    def __aiter__(self) -> AsyncIterator[AdjacencyDocument]:
-        return drain(self._run)
-
-    async def _run(self, emit: _Emit) -> None:
-        await _follow(f"watching ConfigMap {self.name}", self._session, emit, self._refused)
-
-    def _refused(self, exc: BaseException) -> BaseException:
-        """An API refusal as the error that names what the encoder's Role lacks."""
-        status = api_status(exc)
-        if status is None:
-            return exc
-        reason = getattr(exc, "reason", "")
-        try:
-            detail = json.loads(getattr(exc, "body", None) or "{}").get("message", "") or reason
-        except (ValueError, AttributeError):
-            detail = reason
-        return TopologySourceError(
-            f"reading ConfigMap {self.name} in namespace {self.namespace!r} failed with HTTP "
-            f"{status}: {detail} (the encoder's Role needs get, list and watch on configmaps)"
-        )
-
-    def _offer(self, cm: k8s.V1ConfigMap | None, emit: _Emit) -> None:
-        text = None if cm is None else (cm.data or {}).get(ADJACENCY_DATA_KEY)
-        document = self._latest.offer(text)
-        if document is not None:
-            emit(document)
-
-    async def _session(self, emit: _Emit) -> None:
-        selector = f"metadata.name={self.name}"
-        if self._cursor.resource_version is None:
-            listing = await self._core.list_namespaced_config_map(
-                self.namespace, field_selector=selector, _request_timeout=self.request_timeout
-            )
-            self.lists += 1
-            self._offer(listing.items[0] if listing.items else None, emit)
-            self._cursor.resource_version = listing.metadata.resource_version
-        self.watches += 1
-        await watch_once(
-            self._core.list_namespaced_config_map,
-            self.namespace,
-            cursor=self._cursor,
-            on_event=lambda kind, cm: self._offer(None if kind == "DELETED" else cm, emit),
-            what=f"ConfigMap {self.name}",
-            watch_timeout=self.watch_timeout,
-            read_grace=self.watch_read_grace,
-            request_timeout=self.request_timeout,
-            field_selector=selector,
-        )
-
-
 # --- etcd ----------------------------------------------------------------------------------
 
 
@@ -361,7 +267,7 @@ class EtcdTopologySource:
         self.key = self.layout.document(encoder)
         self.watch_timeout = watch_timeout
         self._client = client
-        self._latest = _Latest(encoder, f"etcd key {self.key.decode()}")
+        self._latest = LatestDocument(encoder, f"etcd key {self.key.decode()}")
         self._cursor = RevisionCursor()
         #: Reads of the key (the first, and after compaction), and watches started.
         self.reads = 0
@@ -371,7 +277,7 @@ class EtcdTopologySource:
         return drain(self._run)
 
     async def _run(self, emit: _Emit) -> None:
-        await _follow(f"watching {self.key.decode()}", self._session, emit)
+        await follow(f"watching {self.key.decode()}", self._session, emit)
 
     def _offer(self, value: bytes | None, emit: _Emit) -> None:
         document = self._latest.offer(None if value is None else value.decode(errors="replace"))

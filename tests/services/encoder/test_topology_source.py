@@ -22,9 +22,9 @@ from meshenc.wire.adjacency import (
     InvalidDocument,
     adjacency_labels,
 )
+from services.encoder.kubernetes_topology import KubernetesTopologySource
 from services.encoder.topology_source import (
     EtcdTopologySource,
-    KubernetesTopologySource,
     TopologySourceError,
     static_topology,
 )
