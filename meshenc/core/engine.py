@@ -140,7 +140,6 @@ __all__ = [
     "Event",
     "FrameCaptured",
     "FrameEncoded",
-    "HeldUp",
     "LeaderChanged",
     "LoadMeasured",
     "NeighbourSnapshot",
@@ -368,17 +367,6 @@ class EscalationApproved:
 
 
 @dataclass(frozen=True, slots=True)
-class HeldUp:
-    """This encoder's loop did not run for ``seconds``, less than ``stale_after`` (a busy
-    machine, a short freeze): nothing it missed is lost for good, but the pictures it reads
-    now may have queued meanwhile, read later than they came. Stepped at the moment it runs
-    again: pictures the capture fit places before then queued meanwhile
-    (``CaptureSmoother.resume``)."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
 class Stalled:
     """This encoder stood still for ``seconds`` (its own monotonic clock jumped against its
     frame schedule: the process was stopped, its machine frozen, its loop blocked). What it
@@ -413,7 +401,6 @@ Event = (
     | LeaderChanged
     | ParametersRequested
     | EscalationApproved
-    | HeldUp
     | Stalled
     | SegmentWritten
     | Tick
@@ -777,8 +764,6 @@ class SyncEngine:
                 self._proof, self._proof_tc = 0, self._last_tc if self._last_tc is not None else -1
                 # The pictures that queued meanwhile are read only now: they keep their
                 # places on the capture fit's cadence instead of the moment they were read.
-                self._smoother.resume(now)
-            case HeldUp():
                 self._smoother.resume(now)
             case SegmentWritten(segment, digest, vouched):
                 _keep(self._segment_digests, segment, _Written(digest, vouched))

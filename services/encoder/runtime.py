@@ -69,7 +69,6 @@ from meshenc.core.engine import (
     Escalate,
     EscalationApproved,
     EspReceived,
-    HeldUp,
     LeaderChanged,
     LoadMeasured,
     NeighboursChanged,
@@ -767,9 +766,7 @@ class EncoderRuntime:
         engine keeps a silent neighbour's word (``stale_after``), every neighbour's ESPs are
         stale and it missed pictures it cannot make up: the engine is told (``Stalled``) and
         vouches for nothing until identical again. (A busy machine holds a loop up for a
-        few hundred milliseconds now and then; that costs a playlist, not segments: the
-        engine is told ``HeldUp``.) Either way the pictures it reads next may have queued
-        meanwhile, so the engine places them on its cadence, and none is filled in."""
+        few hundred milliseconds now and then; that costs a playlist, not segments.)"""
         now = time.monotonic()
         gap, self._beat = now - self._beat, now
         self.stats.longest_hold = max(self.stats.longest_hold, gap)
@@ -780,7 +777,6 @@ class EncoderRuntime:
         self._input.resumed(time.time())
         if gap <= self.engine.config.stale_after:
             self.log.info("held up for %.2f s: no playlist until the leadership is confirmed", gap)
-            self.pipeline.step(self.clock(), HeldUp(gap))
             return
         self.stats.stalls += 1
         self.log.warning(

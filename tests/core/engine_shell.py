@@ -19,7 +19,6 @@ from meshenc.core.engine import (
     Event,
     FrameCaptured,
     FrameEncoded,
-    HeldUp,
     LeaderChanged,
     NeighboursChanged,
     ParametersRefused,
@@ -109,9 +108,6 @@ class EngineShell:
 
     def stalled(self, now: float, seconds: float) -> None:
         self._step(now, Stalled(seconds))
-
-    def held_up(self, now: float, seconds: float) -> None:
-        self._step(now, HeldUp(seconds))
 
     def snapshot(self, now: float) -> EngineSnapshot:
         return self.engine.snapshot(now)
