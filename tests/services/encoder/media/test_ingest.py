@@ -75,24 +75,6 @@ def test_monitor_fills_in_on_the_cadence_repeating_then_black_and_sees_the_input
     assert monitor.fill(11.6 + PERIOD) is None
 
 
-def test_a_process_that_stood_still_fills_nothing_in_for_its_stall() -> None:
-    """Frozen for 4 s, the encoder did not look at its input: the pictures are queued, not
-    lost. Silence counts from the moment it runs again, so no filler is made for the stall
-    (fillers stamped where the queued pictures belong put the capture fit off the cadence);
-    an input that stays silent after that is lost as always."""
-    policy = InputLossPolicy(loss_frames=5, repeat_seconds=0.5)
-    monitor = InputMonitor(PERIOD, policy, started=0.0)
-    monitor.arrived(10.0, 1.0)
-    assert monitor.fill(14.0) is not None  # what a stall looked like: a lost input
-    monitor = InputMonitor(PERIOD, policy, started=0.0)
-    monitor.arrived(10.0, 1.0)
-    monitor.resumed(14.0)
-    assert monitor.fill(14.0 + 4 * PERIOD) is None
-    assert monitor.state is InputState.LIVE
-    fill = monitor.fill(14.0 + 5 * PERIOD)
-    assert fill is not None and fill[0] == pytest.approx(14.0 + 5 * PERIOD)
-
-
 def test_a_monitor_with_no_input_at_all_starts_filling_after_the_loss_time() -> None:
     monitor = InputMonitor(PERIOD, InputLossPolicy(loss_frames=3, repeat_seconds=1.0), 50.0)
     assert monitor.state.value == "waiting"
