@@ -36,15 +36,6 @@ a late reading would otherwise take a second or more to slide back, dragging the
 (measured: a restarted encoder locked in a whole frame off while its fit slid). The engine
 measures its neighbours afresh after each such restart (``restarts`` counts them).
 
-Resuming: a process that stood still (SIGSTOP, a frozen VM) reads, when it runs again, the
-pictures that queued meanwhile all at once, each stamped when it was read rather than when
-it came. After ``resume(at)``, a picture whose place in the cadence (counted from the source's
-own timestamps) is before ``at`` arrived while the process stood still: its reading is no
-measurement, and the fit places it on its cadence and goes on (``coasted`` counts them). Left
-to the fit, those readings restarted it late (six clipped residuals in a row) and it slid
-back for a second, the label a frame behind its neighbours' meanwhile. Without the source's
-count the pictures are counted from those readings, so nothing is coasted.
-
 Invariants: the smoothed times of successive frames increase by at least half a period, except
 that a raw timestamp more than two periods *behind* the smoothed time (the clock stepped back)
 restarts the smoother at that timestamp; the period estimate stays within ``max_period_error``
@@ -87,14 +78,12 @@ class CaptureSmoother:
         "_q",
         "_r",
         "_r0",
-        "_resumed_at",
         "_run",
         "_seen",
         "_started_at",
         "_step_after",
         "_warming",
         "_warmup",
-        "coasted",
         "period",
         "restarts",
         "time",
@@ -160,11 +149,6 @@ class CaptureSmoother:
         self._p00 = self._p01 = self._p11 = 0.0
         self._run = 0
         self._seen = 0
-        #: Until which moment readings may be pictures that queued while the process stood
-        #: still (``resume``); None when it has not stood still since its last on-time one.
-        self._resumed_at: float | None = None
-        #: Pictures placed on the cadence because they queued while the process stood still.
-        self.coasted = 0
 
     @property
     def jitter(self) -> float:
@@ -188,12 +172,6 @@ class CaptureSmoother:
         """Forget the history, e.g. after the source stalled or the clock stepped."""
         self.period = self._nominal
         self.time = None
-        self._resumed_at = None
-
-    def resume(self, at: float) -> None:
-        """The process stood still and runs again since ``at`` (its clock): the pictures the
-        fit places before then arrived meanwhile, and were read only now."""
-        self._resumed_at = at
 
     def _start(self, raw: float, keep_period: bool) -> SmoothedCapture:
         if not keep_period:
@@ -203,7 +181,6 @@ class CaptureSmoother:
         self._p00 = self._r
         self._p01 = 0.0
         self._run = self._early = 0
-        self._resumed_at = None
         return SmoothedCapture(raw, 1)
 
     def update(self, raw: float, periods: int | None = None) -> SmoothedCapture:
@@ -220,7 +197,6 @@ class CaptureSmoother:
             # The clock went back by more than counting can explain (a step backwards): start
             # again from the new reading; the mesh sees the step and corrects the label.
             return self._start(raw, keep_period=False)
-        counted = periods is not None and periods >= 1
         if periods is None or periods < 1:
             # Count the pictures lost in a gap only when the gap is longer than one period by
             # half a period plus three times the jitter: with a quarter frame of jitter a late
@@ -231,10 +207,6 @@ class CaptureSmoother:
             periods = 1 + max(0, round((elapsed - self.period) / self.period - margin))
         n = periods
         predicted = self.time + n * self.period
-        if self._resumed_at is not None:
-            if counted and predicted < self._resumed_at:
-                return self._coast(n, predicted)
-            self._resumed_at = None
         residual = raw - predicted
         if self._warming:  # past its warm-up a fit never warms up again: one test per frame
             self._warming = raw - self._started_at < self._warmup
@@ -291,18 +263,6 @@ class CaptureSmoother:
         self._set_period(self.period + k1 * residual)
         self.time = max(time, self.time + 0.5 * self.period)
         return SmoothedCapture(self.time, n)
-
-    def _coast(self, n: int, predicted: float) -> SmoothedCapture:
-        """Place the picture on the fitted cadence without a measurement: the fit's
-        uncertainty grows as the cadence may have wandered over ``n`` periods."""
-        q = self._q
-        self._p00 += 2 * n * self._p01 + n * n * self._p11 + q * n**3 / 3.0
-        self._p01 += n * self._p11 + q * n * n / 2.0
-        self._p11 += q * n
-        self._run = 0
-        self.coasted += 1
-        self.time = predicted
-        return SmoothedCapture(predicted, n)
 
     def _fixed_gains(self, n: int, predicted: float, residual: float) -> SmoothedCapture:
         assert self._alpha is not None and self._beta is not None and self.time is not None

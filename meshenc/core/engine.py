@@ -54,10 +54,7 @@ phases; ``_control`` only decides which signal a step gives.
 A shell whose process stood still (SIGSTOP, a frozen VM, a loop that did not run) says so
 (``Stalled``): the pictures and ESPs it missed cannot be made up, so the engine vouches for no
 segment (``vouches``) until it has proved itself identical again: a whole segment's worth of
-timecodes whose frame hashes equal a neighbour's, with none differing since the stall. The
-pictures that queued while it stood still, read all at once when it runs again, keep their
-places on the capture fit's cadence (``CaptureSmoother.resume``), not the moment they were
-read, so its labels are where they were and its neighbours' still are. Per
+timecodes whose frame hashes equal a neighbour's, with none differing since the stall. Per
 segment, ``agreed`` says whether some neighbour's frame hashes equalled this encoder's for at
 least half of the segment's timecodes with none differing: the evidence, segment by segment,
 that its copy is not its own alone.
@@ -371,8 +368,7 @@ class Stalled:
     """This encoder stood still for ``seconds`` (its own monotonic clock jumped against its
     frame schedule: the process was stopped, its machine frozen, its loop blocked). What it
     missed meanwhile cannot be made up, so it vouches for nothing until it is identical again
-    (see ``SyncEngine.vouches``). Stepped at the moment it runs again: pictures the capture fit
-    places before then queued meanwhile (``CaptureSmoother.resume``)."""
+    (see ``SyncEngine.vouches``)."""
 
     seconds: float
 
@@ -762,9 +758,6 @@ class SyncEngine:
                 self._apply_escalated(now, proposal_id)
             case Stalled():
                 self._proof, self._proof_tc = 0, self._last_tc if self._last_tc is not None else -1
-                # The pictures that queued meanwhile are read only now: they keep their
-                # places on the capture fit's cadence instead of the moment they were read.
-                self._smoother.resume(now)
             case SegmentWritten(segment, digest, vouched):
                 _keep(self._segment_digests, segment, _Written(digest, vouched))
             case Tick():

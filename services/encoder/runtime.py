@@ -670,9 +670,6 @@ class EncoderRuntime:
                 elif (wait := min(self._input.next_fill(), finishing_by or math.inf) - now) > 0:
                     with contextlib.suppress(TimeoutError):
                         item = await asyncio.wait_for(queue.get(), timeout=wait)
-                    # The wait is where a stopped process resumes: the stall goes to the
-                    # engine before any picture or filler that follows it.
-                    self._check_stall()
                 if item is None:
                     if (fill := self._input.fill(time.time())) is not None:
                         self._fill(*fill)
@@ -773,8 +770,6 @@ class EncoderRuntime:
         if gap <= SILENT_FRAMES * float(self._period):
             return
         self._stalled_at = now
-        # The loop did not look at the input meanwhile: its pictures are queued, not lost.
-        self._input.resumed(time.time())
         if gap <= self.engine.config.stale_after:
             self.log.info("held up for %.2f s: no playlist until the leadership is confirmed", gap)
             return

@@ -212,40 +212,6 @@ def test_a_stalled_encoder_vouches_for_nothing_until_a_segment_is_identical_agai
     assert engine.engine.vouches(START + (240 + 2 * gop + 2) * T)
 
 
-def test_back_from_a_stall_the_queued_pictures_get_the_meshs_timecodes_at_once() -> None:
-    """Frozen for 4.4 s, an encoder reads the pictures that queued meanwhile all at once when
-    it runs again (the last second of them; older ones are dropped as a backlog). Stepped
-    with ``Stalled`` at that moment, it gives each of them the timecode it had before the
-    stall and its neighbours still give it, and makes no correction: measured before, in a
-    chaos run, the resumed encoder's pictures were a frame behind its neighbours' for a
-    second, until a correction brought it back."""
-    engine = _engine(["a", "b", "c"])
-    neighbours: dict[str, Callable[[int], float]] = {"a": _zero, "b": _zero, "c": _zero}
-    _run(engine, range(150), neighbours)
-    before = engine.frame(START + 150 * T, 150)
-    assert before.timecodes and engine.snapshot(START + 150 * T).locked
-    base = before.timecodes[-1] - 150
-    resumed_at = START + 150 * T + 4.4
-    engine.stalled(resumed_at, 4.4)
-    queued = [k for k in range(151, 400) if START + k * T < resumed_at][-30:]
-    later = range(queued[-1] + 1, queued[-1] + 60)
-    landed = {}
-    previous = 150
-    for n, k in enumerate([*queued, *later]):
-        now = START + k * T if k in later else resumed_at + 0.001 * n
-        decision = engine.frame(now, k, k - previous)
-        previous = k
-        landed[k] = decision.timecodes[-1] - base if decision.timecodes else None
-        if decision.timecodes:
-            tc = decision.timecodes[-1]
-            engine.encoded(now, ((tc, _frame_hash(k, tc)),))
-        for name in neighbours:
-            engine.esp(now + 0.001, _esp(name, k + 1, k, START + k * T))
-        actions = engine.drain()
-        assert not [a for a in actions if isinstance(a, SendProposal | CorrectionApplied)], k
-    assert all(landed[k] == k for k in landed), {k: v for k, v in landed.items() if v != k}
-
-
 def test_an_encoder_whose_input_lags_its_neighbours_still_agrees_with_them() -> None:
     """The neighbours' ESPs, hashes included, arrive before this encoder has captured the
     picture, as for the encoder with the slowest input: their hashes wait for its own, and

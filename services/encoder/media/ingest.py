@@ -402,12 +402,6 @@ class InputMonitor:
         self._fills = 0
         return back
 
-    def resumed(self, now: float) -> None:
-        """The process stood still until ``now``: it did not look at the input meanwhile, so
-        silence counts from now (filling the stall in would stamp made-up pictures on the
-        cadence where the queued real ones belong)."""
-        self._last_seen = max(self._last_seen, now)
-
     def next_fill(self) -> float:
         """When the next filler picture is due if nothing arrives before (host seconds)."""
         return self._last_seen + (self.policy.loss_frames + self._fills) * self.period
