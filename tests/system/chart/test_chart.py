@@ -375,7 +375,7 @@ def test_the_roles_grant_exactly_the_calls_the_code_makes() -> None:
     """Read from the code, so that a new API call without its rule (or a rule the code no
     longer needs) fails here."""
     manager = api_calls(ROOT / "services" / "manager" / "kubernetes_actuator.py")
-    encoder = api_calls(ROOT / "services" / "encoder" / "topology_source.py")
+    encoder = api_calls(ROOT / "services" / "encoder" / "kubernetes_topology.py")
     assert manager == MANAGER_RULES | SCALE_RULES
     assert encoder == {("", "configmaps", "list"), ("", "configmaps", "watch")}
     # Both the list and the watch of the pods are found, so a dropped watch would show.
