@@ -85,6 +85,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         config.stash[_YIELDED] = True
 
 
+def wait_or_kill(processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
+    """Wait for each process to end by itself (up to ``timeout`` seconds each); SIGKILL and
+    reap one that does not, so that no test leaves a process behind."""
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+
+
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
     """A real etcd on free local ports, for one test; its log is in the test's folder."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from meshenc.report.verify import compare, scan_output
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from services.encoder.media.segments import segment_number
 from services.source.clip import write_test_clip
-from tests.conftest import LiveSource
+from tests.conftest import LiveSource, wait_or_kill
 
 GOP = 30  # 1 s segments at 30 fps
 DURATION = 15.0
@@ -101,12 +100,7 @@ def test_each_channel_is_identical_across_its_encoders_and_agrees_on_its_own(
         assert state is not None, answer_b.problem
         assert (state.channel, state.input.source) == ("b", sources["b"][1])
     finally:
-        for process in processes:
-            try:
-                process.wait(timeout=DURATION + 30.0)
-            except subprocess.TimeoutExpired:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
+        wait_or_kill(processes, DURATION + 30.0)
     assert [p.returncode for p in processes] == [0, 0]
 
     digests: dict[str, set[str]] = {}

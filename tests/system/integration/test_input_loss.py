@@ -13,7 +13,6 @@ segment after its input's return on.
 from __future__ import annotations
 
 import contextlib
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import pytest
 from meshenc.local.ports import free_ports
 from meshenc.report.verify import verify
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
-from tests.conftest import LiveSource
+from tests.conftest import LiveSource, wait_or_kill
 
 GOP = 30  # 1 s segments at 30 fps
 DURATION = 30.0
@@ -147,12 +146,7 @@ def test_an_encoder_that_loses_its_input_rejoins_and_its_neighbours_never_misali
                     back_timecode = state.timecode
                 time.sleep(0.05)
         finally:
-            for process in processes:
-                try:
-                    process.wait(timeout=DURATION + 30.0)
-                except subprocess.TimeoutExpired:
-                    process.send_signal(signal.SIGKILL)
-                    process.wait()
+            wait_or_kill(processes, DURATION + 30.0)
     assert [p.returncode for p in processes] == [0, 0, 0]
     assert relay.dropped > 100, "the cut dropped nothing"
     assert seen_lost, "the encoder never reported its input lost"
