@@ -76,7 +76,13 @@ from meshenc.core.planner.manager import MeshView, PlannerConfig, plan_mesh
 from meshenc.core.planner.placement import Host
 from meshenc.core.timecode import FrameRate
 from meshenc.local.etcd import EtcdProcess
-from meshenc.local.launcher import DEFAULT_READY_TIMEOUT, LOGS_DIR, PIDS_NAME, Launcher
+from meshenc.local.launcher import (
+    DEFAULT_READY_TIMEOUT,
+    LOGS_DIR,
+    PIDS_NAME,
+    ChildFailedError,
+    Launcher,
+)
 from meshenc.local.master import REDUNDANT_NAME, StreamAttributes, master_playlist, segment_codecs
 from meshenc.local.origin import OriginProcess
 from meshenc.local.player import BrowserPlayer, find_dashjs, unavailable, write_skipped
@@ -896,12 +902,13 @@ class DemoRun:
         applied: int | None = None
         try:
             while not self._stop.is_set():
-                with contextlib.suppress(Exception):
+                wish = None
+                with contextlib.suppress(Exception):  # etcd away: ask again next time
                     found = await client.get(key)
                     wish = _replicas(None if found is None else bytes(found.value))
-                    if wish is not None and wish != applied:
-                        await self._scale_to(wish)
-                        applied = wish
+                if wish is not None and wish != applied:
+                    applied = wish
+                    await self._scale_to(wish)
                 await asyncio.sleep(_REPLICAS_POLL)
         finally:
             with contextlib.suppress(Exception):
@@ -925,11 +932,16 @@ class DemoRun:
         for encoder in spares[: wish - len(running)]:
             assert self.state.etcd_endpoint
             self._note(f"the manager asks for {wish} encoders: starting {encoder.name}", "green")
-            await launcher.start(
-                encoder.name,
-                self.encoder_args(encoder, self.state.etcd_endpoint),
-                address=encoder.address,
-            )
+            try:
+                await launcher.start(
+                    encoder.name,
+                    self.encoder_args(encoder, self.state.etcd_endpoint),
+                    address=encoder.address,
+                )
+            except ChildFailedError as exc:  # the run goes on with the encoders it has
+                self.state.encoders[encoder.name].status = "exited"
+                self._note(f"{encoder.name} did not start: {exc}", "bold red")
+                continue
             self._started(encoder, "joined")
 
     def _started(self, encoder: EncoderPlan, kind: Literal["started", "joined"]) -> None:
