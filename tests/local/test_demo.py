@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from meshenc.cli.main import cli
+from meshenc.cli.manager import manager as manager_command
 from meshenc.local import demo, player
 from meshenc.local.demo import DemoConfig, plan_run, player_skipped, ports_needed, prepare_out_dir
 from services.encoder.media.containers import SegmentFormat
@@ -189,9 +190,11 @@ def test_autoscaling_plans_spares_that_start_only_when_the_manager_asks() -> Non
     run = demo.DemoRun(config, plan)
     assert {"e4", "e5", "e6"} <= set(run.identities())
     args = run.manager_args("http://127.0.0.1:2379")
-    assert args[args.index("--autoscale-min") + 1] == "3"
-    assert args[args.index("--autoscale-max") + 1] == "6"
-    assert args[args.index("--autoscale-cooldown") + 1] == "9.0"
+    # As `meshenc manager` parses them: a flag it did not know would fail here.
+    params = manager_command.make_context("manager", args[1:]).params
+    assert (params["autoscale_min"], params["autoscale_max"]) == (3, 6)
+    assert params["autoscale_cooldown"] == 9.0
+    assert params["autoscale_high_water"] == config.autoscale_high_water
     assert "--autoscale-max" not in demo.DemoRun(DemoConfig(manager=True)).manager_args("x")
     with pytest.raises(ValueError, match="manager planning the links"):
         DemoConfig(encoders=3, autoscale_max=6)
