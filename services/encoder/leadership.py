@@ -370,6 +370,16 @@ class Leadership(_ElectionReads):
                 self._log.info("segment %s: resigned, lease revoked", self.segment)
             except _ETCD_ERRORS as exc:
                 self._log.warning("segment %s: could not resign cleanly: %r", self.segment, exc)
+            except asyncio.CancelledError:
+                # The session can end while we resign (a write of its own racing our revoke
+                # finds the lease gone) and close the client under our request: gRPC reports
+                # that as a cancellation. Only a cancellation of this task itself goes on.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                self._log.warning(
+                    "segment %s: could not resign cleanly: the session closed", self.segment
+                )
         self._closing.set()
         self._work.set()
 

@@ -258,6 +258,39 @@ def test_a_leader_that_shuts_down_resigns_at_once(etcd: EtcdProcess) -> None:
     run(scenario())
 
 
+def test_a_session_that_closes_its_client_during_the_resignation_does_not_break_close(
+    etcd: EtcdProcess,
+) -> None:
+    """The session can end while a member resigns (its own write racing the revoke finds the
+    lease gone) and close the client under the revoke; gRPC reports a cancellation, which
+    close() must not pass on as if the caller had been cancelled."""
+    _settings, members = _members(etcd, "a")
+    member = members["a"]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(member.run())
+        try:
+            await eventually(lambda: member.leader == "a")
+            client = member._client
+            assert client is not None
+            revoke = client.revoke_lease
+
+            async def revoke_while_the_session_closes(lease: int) -> Any:
+                call = asyncio.create_task(revoke(lease))
+                await asyncio.sleep(0)
+                await client.close()
+                return await call
+
+            client.revoke_lease = revoke_while_the_session_closes
+            await member.close()
+            await asyncio.wait_for(task, 10.0)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario())
+
+
 def test_each_region_elects_its_own_leader_of_a_segment(etcd: EtcdProcess) -> None:
     """Four members of one segment in two regions: two leaders at once, one per region, each
     under its region's keys; the leader of one region leaving is replaced from its own region

@@ -16,6 +16,7 @@ Every process is started and stopped by the test (the launcher SIGKILLs what is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.launcher import Launcher
 from meshenc.local.ports import free_ports
-from meshenc.report.verify import verify
+from meshenc.report.verify import Copy, Verification, verify
 from meshenc.v1 import manager_pb2, manager_pb2_grpc, mesh_pb2, mesh_pb2_grpc
 from services.common.grpc_server import insecure_channel
 
@@ -35,6 +36,8 @@ PREFIX = "/e2e"
 WORK = ["news/720p", "news/360p", "sport/720p", "sport/360p", "kids/720p"]
 HANG_GUARD = 20.0
 """Seconds any wait may take before the test gives up (a hang, not a performance verdict)."""
+JUDGING_TIME = 40.0
+"""Seconds the joiner gets to write three segments past its lock-in window."""
 
 
 async def eventually(check, timeout: float = HANG_GUARD):  # type: ignore[no-untyped-def]
@@ -91,6 +94,15 @@ async def test_kill_rewires_within_a_second_and_a_joiner_locks(tmp_path: Path) -
     address = {n: f"127.0.0.1:{p}" for n, p in zip([*names, "enc-6"], ports, strict=True)}
     manager_address = f"127.0.0.1:{manager_port}"
     inputs = {n: f"udp://127.0.0.1:{p}" for n, p in zip(address, free_ports(7), strict=True)}
+    survivors = [n for n in address if n != "enc-2"]
+
+    def judge() -> tuple[Verification, list[Copy]]:
+        result = verify([out / n for n in survivors if (out / n).is_dir()])
+        copies = [
+            c for s in result.segments for c in s.copies if c.encoder == "enc-6" and not c.lock_in
+        ]
+        return result, copies
+
     with EtcdProcess(log_path=tmp_path / "etcd.log") as etcd:
         async with Launcher(tmp_path / "run", grace=5.0, ready_timeout=30.0) as launcher:
             live = ["source", "--input", "testpattern", "--size", "160x96"]
@@ -217,17 +229,26 @@ async def test_kill_rewires_within_a_second_and_a_joiner_locks(tmp_path: Path) -
 
                 with_joiner = await eventually(joined)
                 assert len(graph(with_joiner)[joiner]) >= 2
-                # Let it encode several segments past its lock-in window.
-                await asyncio.sleep(7.0)
+
+                # Let it encode segments past its lock-in window: until the files hold three
+                # judged copies of it (a loaded machine takes longer; a run that sheds a
+                # segment starts a new lock-in window).
+                async def judged() -> bool:
+                    try:
+                        _, copies = await asyncio.to_thread(judge)
+                    except (OSError, ValueError):  # a file renamed while it was read
+                        return False
+                    return len(copies) >= 3
+
+                wired_at = time.monotonic()
+                with contextlib.suppress(AssertionError):
+                    await eventually(judged, timeout=JUDGING_TIME)
+                print(f"joiner: judged copies after {time.monotonic() - wired_at:.1f} s wired in")
             finally:
                 await channel.close()
             await launcher.stop_all()
-        survivors = [n for n in [*names, "enc-6"] if n != "enc-2"]
-        result = verify([out / n for n in survivors])
-        joiner_copies = [
-            c for s in result.segments for c in s.copies if c.encoder == "enc-6" and not c.lock_in
-        ]
-        assert len(joiner_copies) >= 3, "the joiner wrote too few segments to judge"
-        assert all(c.matches for c in joiner_copies), [
+        result, copies = judge()
+        assert len(copies) >= 3, "the joiner wrote too few segments to judge"
+        assert all(c.matches for c in copies), [
             (s.segment, [(c.encoder, c.matches) for c in s.copies]) for s in result.segments
         ]
