@@ -3,9 +3,9 @@
 # the demo start real etcd), nginx (tests start it as a local HTTP origin that takes PUT; on
 # Debian bookworm the `nginx` package's own binary is built with the WebDAV module, and
 # nginx-light is only `nginx` plus the echo module), chromium (the browser that plays the
-# origin's stream, driven by Playwright: Debian's build, with H.264 and AAC) and npm (installs
-# the pinned hls.js), with --bench also ffmpeg (the encoder benchmark's baseline) and gcc and the
-# Python headers (scripts/compile-sim.sh compiles the simulator's hot path with them), and with
+# origin's stream, driven by Playwright: Debian's build, with H.264 and AAC), npm (installs
+# the pinned hls.js) and ffmpeg (a test has ffprobe read the CMAF segments; the encoder
+# benchmark's baseline), with --bench also gcc and the Python headers (scripts/compile-sim.sh compiles the simulator's hot path with them), and with
 # --venv the python3-venv package (when `python3 -m venv` failed).
 # Debian/Ubuntu only; elsewhere it says what to install and fails.
 set -euo pipefail
@@ -14,7 +14,6 @@ missing=()
 case "${1:-}" in
   --venv) missing+=(python3-venv) ;;  # the caller already found `python3 -m venv` failing
   --bench)
-    command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
     command -v gcc >/dev/null 2>&1 || missing+=(gcc)
     python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(
       os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" 2>/dev/null || missing+=(python3-dev)
@@ -25,6 +24,7 @@ case "${1:-}" in
     command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
     command -v chromium >/dev/null 2>&1 || [[ -x /usr/lib/chromium/chromium ]] || missing+=(chromium)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
+    command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
     ;;
 esac
 [[ ${#missing[@]} -eq 0 ]] && exit 0

@@ -8,7 +8,6 @@ and demuxed again, like a live source's). Boxes are read with a few lines of str
 from __future__ import annotations
 
 import io
-import shutil
 import struct
 import subprocess
 import xml.etree.ElementTree as ET
@@ -195,7 +194,6 @@ def test_init_and_segments_decode_in_order_with_continuous_timestamps(
     assert audio_frames == -(-5 * GOP * FRAME_TICKS // AAC_TICKS)
 
 
-@pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe is not installed")
 def test_ffprobe_accepts_init_and_a_segment(
     tmp_path: Path, stream: list[EncodedFrame], audio: list[AudioPacket]
 ) -> None:
