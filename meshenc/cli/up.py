@@ -28,7 +28,7 @@ from meshenc.cli.encoder import encoder as encoder_command
 from meshenc.cli.sim import console as make_console
 from services.common.tls import TlsFiles
 from services.encoder.media.ladder import parse_ladder, top_rung
-from services.encoder.settings import SegmentFormat, parse_size
+from services.encoder.settings import MAX_CHANNELS, SegmentFormat, parse_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -135,6 +135,16 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     help="With --ladder: encoders each rung is placed on (at most --encoders).  [default: 2]",
 )
 @click.option(
+    "--channels",
+    type=click.IntRange(min=1, max=MAX_CHANNELS),
+    default=1,
+    show_default=True,
+    help="Live channels every encoder takes in (meshenc encoder --channel 0=... --channel"
+    " 1=...): channel 0 is --source, each further one a test clip of its own, looped, sent over"
+    " the same paths. Each channel keeps its own timeline and segment leader and writes into"
+    " OUT/<encoder>/<channel>/; with --ladder each channel's rungs are the work units placed.",
+)
+@click.option(
     "--gop",
     type=click.IntRange(min=1, max=10_000),
     default=60,
@@ -238,6 +248,7 @@ def up(
     size: str,
     ladder: str | None,
     redundancy: int | None,
+    channels: int,
     gop: int,
     fps: str,
     registries: int,
@@ -307,6 +318,7 @@ def up(
             size=size,
             ladder=ladder or "",
             redundancy=2 if redundancy is None else redundancy,
+            channels=channels,
             fps=fps,
             gop=gop,
             registries=registries,
@@ -418,6 +430,7 @@ def _intro(config: DemoConfig, plan: RunPlan, tls: TlsFiles | None) -> Renderabl
                 if config.autoscale_max is not None
                 else ""
             )
+            + (f", {config.channels} channels each" if config.channels > 1 else "")
             + f", real etcd, {len(plan.registry_ports)} registry replicas"
             + (", the manager" if plan.manager_address else "")
             + f", {config.duration:.0f} s; output in {config.out}/",
@@ -438,10 +451,10 @@ def _intro(config: DemoConfig, plan: RunPlan, tls: TlsFiles | None) -> Renderabl
         grpcurl = f"grpcurl -cacert {tls.ca} -cert {tls.cert} -key {tls.key}"
     if plan.manager_address:
         lines.append(Text(f"  export MESHENC_MANAGER={plan.manager_address}"))
-    lines += [
-        Text(f"  meshenc status --encoders {addresses}"),
-        Text("  meshenc events --follow"),
-    ]
+    lines.append(Text(f"  meshenc status --encoders {addresses}"))
+    if config.channels > 1:
+        lines.append(Text(f"  meshenc status --encoders {addresses} --channel 1"))
+    lines.append(Text("  meshenc events --follow"))
     if plan.manager_address:
         lines += [Text("  meshenc topology"), Text("  meshenc segments")]
     lines += [
@@ -450,7 +463,8 @@ def _intro(config: DemoConfig, plan: RunPlan, tls: TlsFiles | None) -> Renderabl
     ]
     if "--serve-output" in config.encoder_options:
         lines.append(Text("Each encoder's own output over HTTP (redundant variants):", style="dim"))
-        lines += [Text(f"  {e.name}: {e.output_url}/index.m3u8") for e in plan.encoders]
+        channel = "/0" if config.channels > 1 else ""
+        lines += [Text(f"  {e.name}: {e.output_url}{channel}/index.m3u8") for e in plan.encoders]
     return Group(*lines)
 
 

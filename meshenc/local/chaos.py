@@ -236,11 +236,12 @@ class ChaosRun(DemoRun):
         rate = FrameRate.parse(self.config.fps)
         return Fraction(rate.num, rate.den)
 
-    def source_args(self) -> list[str] | None:
-        """The live source, sending every encoder's stream to its relay."""
-        args = super().source_args()
-        if args is None:
-            return None
+    def source_args(self, channel: int = 0) -> list[str] | None:
+        """The live source, sending every encoder's stream to its relay (channel ``0``: a
+        chaos run has one)."""
+        args = super().source_args(channel)
+        if args is None or channel:
+            return args
         for encoder in self.plan.encoders:
             direct = f"udp://{HOST}:{encoder.input_port}?"
             relayed = f"udp://{HOST}:{self.relays.ports[encoder.name]}?"

@@ -113,6 +113,8 @@ from services.encoder.media.segments import (
     segment_name,
     segment_number,
 )
+from services.encoder.settings import MAX_CHANNELS
+from services.source.clip import write_test_clip
 
 __all__ = [
     "DemoConfig",
@@ -141,6 +143,8 @@ INGEST_SWING_PERIOD_S: Final = 20.0
 MAX_AUTOSCALE: Final = 64
 """The most encoders ``meshenc up`` plans for its autoscaler (ports and certificates for each
 are made at the start)."""
+CLIP_SECONDS: Final = 10.0
+"""The length of a further channel's test clip (looped; its timestamps go on)."""
 _REPLICAS_POLL: Final = 0.5
 LIVE_SEGMENTS: Final = 12
 """Newest media segments the live identity strip compares."""
@@ -148,12 +152,14 @@ _LEADER_POLL: Final = 0.1
 _IDENTITY_EVERY: Final = 1.0
 _NOTES: Final = 14
 _SCREENSHOT_AFTER: Final = 3.0
+"""At least this long after playback began before the screenshot."""
 _POLL_MASTER: Final = 1.0
 _MASTER_WAIT: Final = 10.0
 """Seconds the player waits, once the origin's playlist is there, for a master of two."""
-"""At least this long after playback began before the screenshot."""
 CERTS_DIR: Final = "certs"
 """The run's development CA and certificates (``meshenc certs``), under the run folder."""
+SOURCES_DIR: Final = "sources"
+"""The run's own test clips (the further channels' sources)."""
 #: Files a previous run leaves in its folder; only such a folder is cleared for a new run.
 _RUN_MARKERS: Final = (EVENTS_NAME, PIDS_NAME, SUMMARY_NAME)
 
@@ -174,8 +180,13 @@ class DemoConfig:
     #: largest rung's, the source's size); "": one output of ``size``.
     ladder: str = ""
     #: With a ladder and the manager planning the links: the encoders each rung (work unit
-    #: ``0/<rung>``) is placed on, so that each encoder writes only the rungs placed on it.
+    #: ``<channel>/<rung>``) is placed on, so that each encoder writes only the rungs placed
+    #: on it.
     redundancy: int = 2
+    #: Live channels every encoder takes in (``meshenc encoder --channel``): channel ``0`` is
+    #: ``source`` (the test pattern by default); each further channel a test clip of its own
+    #: (its own textures and tone), looped. With one, the encoders run as without channels.
+    channels: int = 1
     #: Autoscaling (needs the manager): the most encoders the manager may ask for (None: off).
     #: The fewest is ``encoders``; spare encoders beyond them are planned from the start and
     #: started or stopped as the manager's wish (``P/manager/replicas`` in etcd) changes.
@@ -229,6 +240,13 @@ class DemoConfig:
             )
         if not self.duration > 0:
             raise ValueError("duration must be > 0")
+        if not 1 <= self.channels <= MAX_CHANNELS:
+            raise ValueError(f"channels must be 1..{MAX_CHANNELS}, got {self.channels}")
+        if self.channels > 1 and self.source is not None and is_network_url(self.source):
+            raise ValueError(
+                "several channels need a file or the test pattern as channel 0's source (a"
+                " stream URL goes to every encoder as it is, with no path of its own)"
+            )
         if self.autoscale_max is not None:
             if not (self.manager and self.managed_topology):
                 raise ValueError("autoscaling needs the manager planning the links")
@@ -269,6 +287,11 @@ class DemoConfig:
         """Every encoder the run plans: the initial ones, the joiner, the spares."""
         return self.encoders + (1 if self.faults else 0) + self.spares
 
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """The channels' names, ``0`` first (the channel a one-channel encoder is)."""
+        return tuple(str(i) for i in range(self.channels))
+
 
 @dataclass(frozen=True, slots=True)
 class EncoderPlan:
@@ -278,9 +301,10 @@ class EncoderPlan:
     port: int
     drift_ppm: float
     offset_ms: float
-    #: The mean delay of its path from the source, and the UDP port it listens on for it.
+    #: The mean delay of its path from the source, and the UDP port it listens on for it (for
+    #: each channel, in the order of ``DemoConfig.channel_names``).
     ingest_delay_ms: float
-    input_port: int
+    input_ports: tuple[int, ...]
     #: Where it serves its own output folder over HTTP (``--serve-output``).
     output_port: int
     seed: int
@@ -293,6 +317,11 @@ class EncoderPlan:
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
+
+    @property
+    def input_port(self) -> int:
+        """Where channel ``0`` arrives."""
+        return self.input_ports[0]
 
     @property
     def output_url(self) -> str:
@@ -368,8 +397,8 @@ def plan_run(config: DemoConfig, ports: Sequence[int]) -> RunPlan:
             drift_ppm=drifts[i],
             offset_ms=round(rng.uniform(-MAX_OFFSET_MS, MAX_OFFSET_MS), 1),
             ingest_delay_ms=round(rng.uniform(MIN_INGEST_DELAY_MS, MAX_INGEST_DELAY_MS), 1),
-            input_port=ports[count + i],
-            output_port=ports[2 * count + i],
+            input_ports=tuple(ports[count * (2 + c) + i] for c in range(config.channels)),
+            output_port=ports[count + i],
             seed=rng.randrange(1 << 31),
             group=group_of[name],
             peers=tuple(adjacency[name]),
@@ -378,16 +407,16 @@ def plan_run(config: DemoConfig, ports: Sequence[int]) -> RunPlan:
         )
         for i, name in enumerate(names)
     )
-    rest = list(ports[3 * count :])
+    rest = list(ports[(2 + config.channels) * count :])
     registry_ports = tuple(rest[: config.registries])
     manager_port = rest[config.registries] if config.manager else None
     return RunPlan(encoders, registry_ports, manager_port)
 
 
 def ports_needed(config: DemoConfig) -> int:
-    """Ports a run takes: each encoder's gRPC, input and output ports, the registries, the
-    manager."""
-    return 3 * config.planned_encoders + config.registries + int(config.manager)
+    """Ports a run takes: each encoder's gRPC and output ports and an input port per channel,
+    the registries, the manager."""
+    return (2 + config.channels) * config.planned_encoders + config.registries + int(config.manager)
 
 
 def _replicas(value: bytes | None) -> int | None:
@@ -525,9 +554,10 @@ class DemoRun:
         player waits for a media playlist that lists segments, which a master does not)."""
         if self.origin_url is None:
             return None
+        base = self.origin_url if self.config.channels == 1 else f"{self.origin_url}/{CHANNEL}"
         if self.config.ladder:
-            return f"{self.origin_url}/{self.config.size}/{PLAYLIST_NAME}"
-        return f"{self.origin_url}/{PLAYLIST_NAME}"
+            return f"{base}/{self.config.size}/{PLAYLIST_NAME}"
+        return f"{base}/{PLAYLIST_NAME}"
 
     @property
     def dash_url(self) -> str | None:
@@ -549,9 +579,16 @@ class DemoRun:
     @property
     def master_url(self) -> str | None:
         """The master playlist of redundant encoders, on the origin (None: no origin, the
-        encoders serve no output, or they encode a ladder: each encoder's ``master.m3u8`` then
-        lists its rungs, and a master of encoders × rungs is not built)."""
-        if self.origin_url is None or not self.serves_output or self.config.ladder:
+        encoders serve no output, they encode a ladder (each encoder's ``master.m3u8`` then
+        lists its rungs, and a master of encoders × rungs is not built), or several channels
+        (the origin's folder holds one per channel))."""
+        config = self.config
+        if (
+            self.origin_url is None
+            or not self.serves_output
+            or config.ladder
+            or config.channels > 1
+        ):
             return None
         return f"{self.origin_url}/{REDUNDANT_NAME}"
 
@@ -600,9 +637,13 @@ class DemoRun:
             "--seed", str(encoder.seed),
             "--segment", encoder.group,
             "--etcd", etcd_endpoint,
-            "--source", self.input_url(encoder),
             *self.tls_args(encoder.name),
         ]  # fmt: skip
+        if config.channels == 1:
+            args += ["--source", self.input_url(encoder)]
+        else:
+            for channel, port in zip(config.channel_names, encoder.input_ports, strict=True):
+                args += ["--channel", f"{channel}={self.input_url(encoder, port)}"]
         if self.origin_url is not None:
             args += ["--publish", self.origin_url]
         if self.serves_output:
@@ -625,29 +666,56 @@ class DemoRun:
                 args += ["--manager", plan.manager_address]
         return args
 
-    def input_url(self, encoder: EncoderPlan) -> str:
-        """What the encoder ingests: its own path from the live source, or the user's stream."""
+    def output_folder(self, encoder: str) -> Path:
+        """The encoder's folder of channel ``0``: what the live view compares."""
+        folder = self.out / encoder
+        return folder if self.config.channels == 1 else folder / CHANNEL
+
+    def input_url(self, encoder: EncoderPlan, port: int | None = None) -> str:
+        """What the encoder ingests (on ``port``, its channel's; channel ``0``'s by default):
+        its own path from the live source, or the user's stream."""
         source = self.config.source
         if source is not None and is_network_url(source):
             return source
-        return f"udp://{HOST}:{encoder.input_port}"
+        return f"udp://{HOST}:{encoder.input_port if port is None else port}"
 
-    def source_args(self) -> list[str] | None:
-        """The ``meshenc source`` command line: the test pattern or the user's file, looped, to
-        every encoder (the later joiner too) over a delay line of its own; None when the user
-        gave a stream URL, which every encoder opens itself."""
+    def source_args(self, channel: int = 0) -> list[str] | None:
+        """One channel's ``meshenc source`` command line: the test pattern or the user's file
+        (channel ``0``; a further channel its test clip, :meth:`clip_path`), looped, to every
+        encoder (the later joiner too) over a delay line of its own; None when the user gave a
+        stream URL, which every encoder opens itself."""
         config = self.config
         if config.source is not None and is_network_url(config.source):
             return None
-        args = ["source", "--input", config.source or "testpattern", "--loop"]
+        input_ = str(self.clip_path(channel)) if channel else config.source or "testpattern"
+        args = ["source", "--input", input_, "--loop"]
         args += ["--size", config.size, "--fps", config.fps]
         for e in self.plan.encoders:
             path = (
                 f"delay_ms={e.ingest_delay_ms}&jitter_ms={config.jitter_ms}"
                 f"&swing_ms={INGEST_SWING_MS}&swing_period_s={INGEST_SWING_PERIOD_S}&seed={e.seed}"
             )
-            args += ["--to", f"udp://{HOST}:{e.input_port}?{path}"]
+            args += ["--to", f"udp://{HOST}:{e.input_ports[channel]}?{path}"]
         return args
+
+    def clip_path(self, channel: int) -> Path:
+        """Where a further channel's test clip is written before the run starts."""
+        return self.out / SOURCES_DIR / f"channel-{channel}.ts"
+
+    def _write_clips(self) -> None:
+        """Each further channel's test clip: the run's size and rate, textures of its own."""
+        config = self.config
+        width, height = (int(v) for v in config.size.lower().split("x"))
+        (self.out / SOURCES_DIR).mkdir(parents=True, exist_ok=True)
+        for channel in range(1, config.channels):
+            write_test_clip(
+                self.clip_path(channel),
+                seconds=CLIP_SECONDS,
+                frame_rate=FrameRate.parse(config.fps),
+                width=width,
+                height=height,
+                seed=config.seed + channel,
+            )
 
     @property
     def managed_topology(self) -> bool:
@@ -665,11 +733,13 @@ class DemoRun:
     @property
     def work_units(self) -> tuple[str, ...]:
         """The work the manager places: with a ladder whose encoders follow the manager's
-        documents, each rung of channel 0 (``0/<rung>``); else none (every encoder writes
-        its whole output, as without a placement)."""
-        if not (self.config.ladder and self.managed_topology):
+        documents, each rung of each channel (``<channel>/<rung>``); else none (every encoder
+        writes its whole output, as without a placement)."""
+        config = self.config
+        if not (config.ladder and self.managed_topology):
             return ()
-        return tuple(f"{CHANNEL}/{rung.name}" for rung in parse_ladder(self.config.ladder))
+        rungs = parse_ladder(config.ladder)
+        return tuple(f"{c}/{rung.name}" for c in config.channel_names for rung in rungs)
 
     def manager_args(self, etcd_endpoint: str) -> list[str]:
         address = self.plan.manager_address
@@ -773,9 +843,16 @@ class DemoRun:
                 self._note(f"manager serving at {self.plan.manager_address}")
         if self._stop.is_set():
             return
-        if (source := self.source_args()) is not None:
-            launcher.spawn("source", source)
+        if self.config.channels > 1:
+            self._set_phase("writing the channels' test clips")
+            await asyncio.to_thread(self._write_clips)
+        for channel in range(self.config.channels):
+            if (source := self.source_args(channel)) is not None:
+                launcher.spawn(f"source-{channel}" if channel else "source", source)
+        if self.source_args() is not None:
             self._note("live source sending to every encoder over its own path")
+            if self.config.channels > 1:
+                self._note(f"{self.config.channels - 1} more channels' sources sending too")
         await self._launch_player()
         self._set_phase("starting encoders")
         recorder = _FeedingRecorder(self.out, self._on_event, self.operator_tls)
@@ -1092,7 +1169,7 @@ class DemoRun:
         found = []
         for name in candidates:
             with contextlib.suppress(OSError):
-                if (self.out / name / newest.name).read_bytes() == published:
+                if (self.output_folder(name) / newest.name).read_bytes() == published:
                     found.append(name)
         return found
 
@@ -1167,7 +1244,7 @@ class DemoRun:
                 digest = self._digest(name, number)
                 if digest is not None:
                     digests[number] = digest
-            outputs.append(EncoderOutput(name, self.out / name, digests))
+            outputs.append(EncoderOutput(name, self.output_folder(name), digests))
         if len([o for o in outputs if o.digests]) < 2:
             return None
         return compare(outputs, lock_in=DEFAULT_LOCK_IN, frames=self.config.gop)
@@ -1176,7 +1253,7 @@ class DemoRun:
         key = (encoder, number)
         known = self._digests.get(key)
         if known is None:
-            folder = rendition_folder(self.out / encoder)  # a ladder: its first rung
+            folder = rendition_folder(self.output_folder(encoder))  # a ladder: its first rung
             path = folder / segment_name(number, self.config.output_format)
             if not path.is_file():
                 return None
@@ -1256,7 +1333,7 @@ def prepare_out_dir(out: Path) -> None:
         for entry in out.iterdir():
             is_run_file = entry.name in (*_RUN_MARKERS, REPORT_NAME) or entry.suffix == ".tmp"
             if entry.is_dir() and (
-                entry.name in (LOGS_DIR, PLOTS_DIR, ORIGIN_DIR, PLAYER_DIR, CERTS_DIR)
+                entry.name in (LOGS_DIR, PLOTS_DIR, ORIGIN_DIR, PLAYER_DIR, CERTS_DIR, SOURCES_DIR)
                 or _is_encoder(entry)
             ):
                 shutil.rmtree(entry)
@@ -1265,11 +1342,12 @@ def prepare_out_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _is_encoder(folder: Path, *, rung: bool = False) -> bool:
+def _is_encoder(folder: Path, *, levels: int = 2) -> bool:
     """A previous run's encoder folder: segment files, playlists and CMAF's init, nothing else
-    (with ``--ladder``: its master and MPD, and one such folder per rung)."""
+    (with ``--ladder``: its master and MPD, and one such folder per rung; with several
+    channels, one folder per channel, each of them such a folder)."""
     return all(
-        (not rung and _is_encoder(p, rung=True))
+        (levels > 0 and _is_encoder(p, levels=levels - 1))
         if p.is_dir()
         else p.suffix in _ENCODER_FILE_SUFFIXES or p.name.startswith(".tmp-")
         for p in folder.iterdir()

@@ -42,6 +42,7 @@ import av
 
 from meshenc.report.verify import parse_playlist, rendition_folder, segment_source
 from services.encoder.media.containers import TICKS
+from services.encoder.media.ladder import CHANNEL
 from services.encoder.media.segments import (
     PLAYLIST_NAME,
     SegmentFormat,
@@ -329,11 +330,14 @@ def check_recording(origin_dir: Path) -> RecordingCheck | None:
     """Decode every segment the origin holds, in number order, and judge the recording.
 
     Returns None when the folder holds no segment file (no origin, or nothing published). An
-    ABR ladder's recording (a master playlist above the rungs) is judged by its first rung.
+    ABR ladder's recording (a master playlist above the rungs) is judged by its first rung; a
+    recording of several channels (a folder per channel) by channel ``0``'s.
     """
     origin_dir = Path(origin_dir)
     if not origin_dir.is_dir():
         return None
+    if (origin_dir / CHANNEL).is_dir():
+        origin_dir = origin_dir / CHANNEL
     origin_dir = rendition_folder(origin_dir)  # a ladder's recording: its first rung
     paths = [p for p in origin_dir.iterdir() if segment_number(p.name) is not None]
     if not paths:

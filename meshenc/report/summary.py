@@ -26,12 +26,13 @@ A run folder holds one subfolder per encoder (named by encoder id, with its segm
   of its dash.js player of the origin's DASH manifest;
 - the recording, when the run had an origin (``origin/``): the verdict of
   :mod:`meshenc.report.recording`, from decoding what the origin received;
-- per rung of an ABR ladder (``rungs``, :func:`meshenc.report.verify.verify_rungs`): the
-  encoders that wrote it and how many segments each, the segments written, the fewest copies
-  of a segment (first and last segment left out: encoders start and stop at different
-  moments) and whether its holders' copies agree; where the rungs were placed on different
-  encoders, the headline figures are those of the rung most encoders wrote, and the run is
-  locked only if every rung is;
+- per work unit (``rungs``, :func:`meshenc.report.verify.verify_units`: an ABR ladder's rung,
+  and with several channels each channel's output or each of its rungs, ``<channel>/<rung>``):
+  the encoders that wrote it and how many segments each, the segments written, the fewest
+  copies of a segment (first and last segment left out: encoders start and stop at different
+  moments) and whether its holders' copies agree; where the units were placed on different
+  encoders (or the encoders' folders hold channels), the headline figures are those of the
+  unit most encoders wrote, and the run is locked only if every unit is;
 - join time, per ``joined`` event: from the event to the start of the joined encoder's first
   segment that holds its segment's reference bytes (the majority's), the start of segment
   ``s`` being ``s × gop / fps`` Unix seconds (timecodes count frames since the Unix epoch) with
@@ -73,7 +74,7 @@ from meshenc.report.verify import (
     count_frames,
     find_outputs,
     scan_output,
-    verify_rungs,
+    verify_units,
 )
 from meshenc.report.verify import compare as compare_outputs
 
@@ -139,15 +140,14 @@ def load_run(
     out_dir = Path(out_dir)
     outputs = [scan_output(folder) for folder in find_outputs([out_dir])]
     verification = compare_outputs(outputs, lock_in=lock_in, frames=frames)
-    rungs = verify_rungs(out_dir, lock_in=lock_in, frames=frames)
+    rungs = verify_units(out_dir, lock_in=lock_in, frames=frames)
     names = {o.name for o in outputs}
     if any({e.name for e in v.encoders} != names for v in rungs.values()):
-        # Placed rungs: each encoder's first rung is not the same rung; the headline is the
-        # rung most encoders wrote (the larger picture between equals).
-        verification = max(
-            rungs.values(),
-            key=lambda v: (len(v.encoders), _pixels(v.encoders[0].folder.name)),
-        )
+        # Placed rungs or channels: each encoder's first rung is not the same unit; the
+        # headline is the unit most encoders wrote (the larger picture between equals, the
+        # first in order, so the first channel, between those).
+        unit = max(rungs, key=lambda u: (len(rungs[u].encoders), _pixels(u)))
+        verification = rungs[unit]
     events = read_events(out_dir / EVENTS_NAME)
     redundant = load_playback(out_dir, REDUNDANT_PLAYER)
     failover = None
@@ -171,9 +171,10 @@ def load_run(
     )
 
 
-def _pixels(rung: str) -> int:
-    width, _, height = rung.partition("x")
-    return int(width) * int(height)
+def _pixels(unit: str) -> int:
+    """The picture size of a unit's rung (``<W>x<H>`` or ``<channel>/<W>x<H>``); 0 without."""
+    width, x, height = unit.rpartition("/")[2].partition("x")
+    return int(width) * int(height) if x and width.isdigit() and height.isdigit() else 0
 
 
 def _holds_reference(verification: Verification, segment: int, encoder: str) -> bool | None:

@@ -14,8 +14,10 @@ is the whole check; nothing the encoders *say* about themselves enters it.
 (and of a frame counter it is handed); :func:`verify` does both.
 
 An ABR ladder's output is judged by one rung (:func:`rendition_folder`). Where the manager
-placed the rungs on different encoders (``meshenc up --ladder``), :func:`verify_rungs` judges
-every rung among the encoders that wrote it: one comparison per rung.
+placed the rungs on different encoders (``meshenc up --ladder``), or the encoders took in
+several channels (``meshenc up --channels``), :func:`verify_units` judges every work unit (a
+rung, a channel, or a channel's rung) among the encoders that wrote it: one comparison per
+unit.
 
 Definitions (``docs/report.md`` explains them with examples):
 
@@ -101,10 +103,10 @@ __all__ = [
     "find_outputs",
     "parse_playlist",
     "rendition_folder",
-    "rung_folders",
     "scan_output",
+    "unit_folders",
     "verify",
-    "verify_rungs",
+    "verify_units",
 ]
 
 DEFAULT_LOCK_IN = 3
@@ -679,10 +681,12 @@ def verify(
     )
 
 
-def rung_folders(out_dir: Path) -> dict[str, list[Path]]:
-    """An ABR ladder run's rung folders (``<encoder>/<W>x<H>/`` holding segments), by rung:
-    which encoders wrote each rung, whatever their masters list now. Empty for a run without
-    a ladder.
+def unit_folders(out_dir: Path) -> dict[str, list[Path]]:
+    """A run's work-unit folders by unit: which encoders wrote each, whatever their masters
+    list now. A unit is an ABR ladder's rung (``<encoder>/<W>x<H>/`` holding segments, unit
+    ``WxH``); with several channels (``<encoder>/<channel>/``) a channel's output (unit
+    ``<channel>``) or each of its rungs (unit ``<channel>/<W>x<H>``). Empty for a run of one
+    channel without a ladder.
 
     Raises:
         NotADirectoryError: ``out_dir`` is not a folder.
@@ -692,30 +696,44 @@ def rung_folders(out_dir: Path) -> dict[str, list[Path]]:
         raise NotADirectoryError(f"{out_dir} is not a folder")
     found: dict[str, list[Path]] = {}
     for encoder in sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name != ORIGIN_DIR):
-        for rung in sorted(p for p in encoder.iterdir() if p.is_dir()):
-            width, x, height = rung.name.partition("x")
-            if x and width.isdigit() and height.isdigit() and _holds_segments(rung):
-                found.setdefault(rung.name, []).append(rung)
+        for sub in sorted(p for p in encoder.iterdir() if p.is_dir()):
+            if _is_rung_name(sub.name):
+                if _holds_segments(sub):
+                    found.setdefault(sub.name, []).append(sub)
+                continue
+            if _has_segment_files(sub):
+                found.setdefault(sub.name, []).append(sub)
+            for rung in sorted(p for p in sub.iterdir() if p.is_dir()):
+                if _is_rung_name(rung.name) and _holds_segments(rung):
+                    found.setdefault(f"{sub.name}/{rung.name}", []).append(rung)
     return found
 
 
-def verify_rungs(
+def _is_rung_name(name: str) -> bool:
+    """Whether a folder's name is a rendition's, ``<W>x<H>``."""
+    width, x, height = name.partition("x")
+    return bool(x) and width.isdigit() and height.isdigit()
+
+
+def verify_units(
     out_dir: Path,
     *,
     lock_in: int = DEFAULT_LOCK_IN,
     frames: FrameCounter | int = count_frames,
 ) -> dict[str, Verification]:
-    """Per rung of an ABR ladder run (:func:`rung_folders`), the comparison of the encoders
-    that wrote it, each output named after its encoder; empty without a ladder.
+    """Per work unit of a run (:func:`unit_folders`), the comparison of the encoders that
+    wrote it, each output named after its encoder (the folder under ``out_dir``); empty for
+    one channel without a ladder.
 
     Raises:
         NotADirectoryError: ``out_dir`` is not a folder.
     """
+    out_dir = Path(out_dir)
     return {
-        rung: compare(
-            [scan_output(folder, folder.parent.name) for folder in folders],
+        unit: compare(
+            [scan_output(folder, folder.relative_to(out_dir).parts[0]) for folder in folders],
             lock_in=lock_in,
             frames=frames,
         )
-        for rung, folders in sorted(rung_folders(out_dir).items())
+        for unit, folders in sorted(unit_folders(out_dir).items())
     }

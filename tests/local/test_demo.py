@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import pytest
 from click.testing import CliRunner
 
+from meshenc.cli.encoder import encoder as encoder_command
 from meshenc.cli.main import cli
 from meshenc.cli.manager import manager as manager_command
 from meshenc.local import demo, player
@@ -174,6 +176,69 @@ def test_a_ladder_under_the_manager_is_placed_rung_by_rung(tmp_path: Path) -> No
         DemoConfig(encoders=2, redundancy=3)
     refused = CliRunner().invoke(cli, ["up", "--redundancy", "2"])
     assert refused.exit_code == 2 and "places the rungs of --ladder" in refused.output
+
+
+def test_several_channels_give_every_encoder_each_channel_over_its_own_path(
+    tmp_path: Path,
+) -> None:
+    """``up --channels 3 --ladder``: each encoder takes in every channel on a port of its own
+    (``--channel NAME=URL``, as ``meshenc encoder`` parses it), each channel's source sends to
+    that port of every encoder (channel 0 the test pattern, the others their clips), and the
+    manager places every rung of every channel."""
+    ladder, size = "320x180@600,160x90@200", "320x180"
+    config = DemoConfig(
+        out=tmp_path,
+        tls=False,
+        manager=True,
+        encoder_options=frozenset({"--manager", "--topology"}),
+        ladder=ladder,
+        size=size,
+        channels=3,
+    )
+    ports = list(range(20_000, 20_000 + ports_needed(config)))
+    run = demo.DemoRun(config, plan_run(config, ports))
+    assert run.plan.manager_port is not None
+    taken = [p for e in run.plan.encoders for p in (e.port, e.output_port, *e.input_ports)]
+    taken += [*run.plan.registry_ports, run.plan.manager_port]
+    assert sorted(taken) == ports, "every port used once"
+    for encoder in run.plan.encoders:
+        args = run.encoder_args(encoder, "http://127.0.0.1:2379")
+        assert "--source" not in args
+        params = encoder_command.make_context("encoder", args[1:]).params
+        assert params["channels"] == {
+            str(c): f"udp://127.0.0.1:{encoder.input_ports[c]}" for c in range(3)
+        }
+    for channel in range(3):
+        source = run.source_args(channel)
+        assert source is not None
+        targets = [source[i + 1].partition("?")[0] for i, a in enumerate(source) if a == "--to"]
+        assert targets == [f"udp://127.0.0.1:{e.input_ports[channel]}" for e in run.plan.encoders]
+        given = source[source.index("--input") + 1]
+        assert given == ("testpattern" if channel == 0 else str(run.clip_path(channel)))
+    args = run.manager_args("http://127.0.0.1:2379")
+    units = args[args.index("--work-units") + 1].split(",")
+    assert units == [f"{c}/{r}" for c in "012" for r in ("320x180", "160x90")]
+    run.origin_url = "http://127.0.0.1:8080"
+    assert run.playback_url == "http://127.0.0.1:8080/0/320x180/index.m3u8"
+    assert run.master_url is None
+    assert run.output_folder("e0") == tmp_path / "e0" / "0"
+    with pytest.raises(ValueError, match="stream URL"):
+        DemoConfig(channels=2, source="udp://127.0.0.1:5000")
+    refused = CliRunner().invoke(cli, ["up", "--channels", "17"])
+    assert refused.exit_code == 2 and "--channels" in refused.output
+
+
+def test_channel_clips_differ_from_each_other(tmp_path: Path) -> None:
+    """The further channels' clips are of the run's size and differ (their own seeds)."""
+    config = DemoConfig(out=tmp_path, tls=False, size="160x96", channels=3, fps="25")
+    run = demo.DemoRun(config)
+    run._write_clips()
+    first, second = (run.clip_path(c) for c in (1, 2))
+    assert first.read_bytes() != second.read_bytes()
+    with av.open(str(first)) as clip:
+        video = clip.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (160, 96)
+        assert video.average_rate == 25
 
 
 def test_autoscaling_plans_spares_that_start_only_when_the_manager_asks() -> None:

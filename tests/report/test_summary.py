@@ -272,3 +272,35 @@ def test_a_placed_ladder_is_judged_rung_by_rung_among_the_encoders_that_wrote_it
     # The headline: the small rung, written by three encoders; not locked (c's FIRST+8).
     assert summary.encoders == ("a", "b", "c") and not summary.locked
     assert summary.to_json()["rungs"][1]["holders"] == {"a": 5, "b": 5, "c": 10}
+
+
+def test_several_channels_are_judged_unit_by_unit(tmp_path: Path) -> None:
+    """Encoders of several channels (``meshenc up --channels``) write ``<encoder>/<channel>/``,
+    with a ladder ``<encoder>/<channel>/<rung>/``: each unit is judged among its holders, under
+    ``<channel>`` or ``<channel>/<rung>``; a difference in one channel does not touch another,
+    and the run is locked only if every unit is."""
+    for name in ("a", "b"):
+        write_folder(tmp_path / name / "0" / "160x96", run_of(FIRST, 8))
+        write_folder(tmp_path / name / "0" / "96x64", run_of(FIRST, 8))
+        drifted = {FIRST + 3: b"other"} if name == "b" else None
+        write_folder(tmp_path / name / "1" / "160x96", run_of(FIRST, 8, different=drifted))
+    write_folder(tmp_path / "c" / "1" / "160x96", run_of(FIRST, 8))
+    write_events(tmp_path, [])
+    summary = summarize(load_run(tmp_path, lock_in=0, frames=GOP))
+    units = {r.rung: r for r in summary.rungs}
+    assert set(units) == {"0/160x96", "0/96x64", "1/160x96"}
+    assert units["0/160x96"].locked and units["0/96x64"].locked
+    assert dict(units["1/160x96"].holders) == {"a": 8, "b": 8, "c": 8}
+    assert units["1/160x96"].identical == 7 and not units["1/160x96"].locked
+    # The headline: the unit most encoders wrote, channel 1's big rung; the run is not locked.
+    assert summary.encoders == ("a", "b", "c") and not summary.locked
+
+    # Channels without a ladder: the channel is the unit.
+    plain = tmp_path / "plain"
+    for name in ("a", "b"):
+        for channel in ("0", "1"):
+            write_folder(plain / name / channel, run_of(FIRST, 6))
+    write_events(plain, [])
+    summary = summarize(load_run(plain, lock_in=0, frames=GOP))
+    assert [r.rung for r in summary.rungs] == ["0", "1"]
+    assert summary.locked and summary.encoders == ("a", "b")

@@ -1,0 +1,88 @@
+"""``meshenc up --channels 2 --ladder …``: two channels × two rungs placed across the mesh, a
+kill -9 and a join, judged unit by unit from the files.
+
+One real run (etcd, a registry, the manager, two live sources, four encoders and a joiner as
+processes, nginx as the origin, mutual TLS). Channel ``0`` is the test pattern, channel ``1``
+a clip of its own; every encoder takes in both, and the manager places each of the four work
+units (``<channel>/<rung>``) on two encoders, re-places the killed encoder's units and gives
+the joiner its share. The verdicts come from the segment files (``summary.json`` is the
+run's own report of them, re-checked here with ``verify_units``): every unit is written by
+two encoders or more over the run, no segment of a unit is left without a copy between its
+first and last, none has a single copy for longer than a segment plus the detection time
+(two segments in a row), every judged copy of a unit is the same bytes as its other
+holders', the two channels are different pictures, and the origin's recording of channel
+``0`` is continuous.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from meshenc.report import SUMMARY_NAME
+from meshenc.report.verify import verify_units
+
+from .support import left_behind, meshenc_up
+
+pytestmark = pytest.mark.slow
+
+LADDER = "320x180@400,160x90@150"
+UP_ARGS = (
+    "--encoders", "4", "--channels", "2", "--ladder", LADDER, "--redundancy", "2",
+    "--gop", "30", "--registries", "1", "--no-player", "--duration", "40",
+    "--kill-at", "14", "--join-at", "22",
+)  # fmt: skip
+
+
+def test_two_channels_of_placed_rungs_stay_identical_through_a_kill_and_a_join(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    with meshenc_up(out, *UP_ARGS) as up:
+        output = up.communicate(timeout=240.0)[0]
+    assert up.returncode == 0, output
+    assert not left_behind(out)
+
+    units = verify_units(out, frames=30)
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    print("\n" + "\n".join(f"  {u['rung']}: {u}" for u in summary["rungs"]))
+    assert sorted(units) == sorted(u["rung"] for u in summary["rungs"])
+    written = {unit.partition("/")[0] for unit in units}
+    assert written == {"0", "1"}, f"units written: {sorted(units)}"
+    for unit, verdict in units.items():
+        holders = [e.name for e in verdict.encoders if e.digests]
+        assert len(holders) >= 2, f"{unit}: written by {holders} alone"
+        numbers = [s.segment for s in verdict.segments]
+        missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+        assert not missing, f"{unit}: segments nobody wrote {missing}"
+        # Below the redundancy for at most one segment plus the detection time (a second:
+        # one more segment) in a row, first and last segment left out.
+        short, longest = 0, 0
+        for check in verdict.segments[1:-1]:
+            short = short + 1 if len(check.copies) < 2 else 0
+            longest = max(longest, short)
+        assert longest <= 2, f"{unit}: {longest} segments in a row with one copy"
+        judged = [s for s in verdict.segments if s.judged]
+        assert len(judged) >= 10, f"{unit}: {len(judged)} judged segments"
+        assert verdict.locked, (
+            unit,
+            [(s.segment, [(c.encoder, c.matches) for c in s.copies]) for s in judged],
+        )
+
+    # The channels are different pictures: no segment of a channel-1 unit is byte-equal to
+    # the same segment of the same rung of channel 0.
+    for rung in {unit.partition("/")[2] for unit in units}:
+        first, second = units.get(f"0/{rung}"), units.get(f"1/{rung}")
+        if first is None or second is None:
+            continue
+        same = {
+            s.segment
+            for s in first.segments
+            if (b := second.segment(s.segment)) is not None
+            and {c.digest for c in s.copies} & {c.digest for c in b.copies}
+        }
+        assert not same, f"{rung}: channels 0 and 1 wrote the same bytes in segments {same}"
+
+    assert summary["recording"]["continuous"], summary["recording"]
