@@ -55,6 +55,7 @@ from meshenc.wire.validation import (
     _check_address,
     _check_id,
     _show,
+    check_unit,
 )
 
 __all__ = [
@@ -118,11 +119,7 @@ def check_unit_id(unit: object, field: str = "work") -> str:
     """
     _check_str(unit, field)
     assert isinstance(unit, str)
-    channel, slash, rendition = unit.partition("/")
-    if not slash:
-        raise InvalidDocument(field, f"a work unit is CHANNEL/RENDITION, got {_show(unit)}")
-    _wrap(_check_id, channel, field)
-    _wrap(_check_id, rendition, field)
+    _wrap(check_unit, unit, field)
     return unit
 
 

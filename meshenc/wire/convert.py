@@ -48,6 +48,7 @@ from meshenc.core.planner import (
     SegmentInfo,
 )
 from meshenc.core.planner.health import HealthReported, LinkSample
+from meshenc.core.planner.load import MAX_UNITS_PER_ENCODER
 from meshenc.core.timecode import FrameRate, SegmentLayout
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2, registry_pb2
 from meshenc.wire.validation import (
@@ -504,11 +505,13 @@ def health_to_proto(
     segment: str,
     connected: Callable[[str], bool],
     sent_unix_ns: int,
+    units: Iterable[str] = (),
 ) -> manager_pb2.HealthReport:
     """One health report from the engine's snapshot and the link state, valid by the wire's
     rules whatever the measurements are (unmeasured values go out as 0).
 
-    At most ``MAX_NEIGHBOURS`` links are reported, never one to the encoder itself.
+    At most ``MAX_NEIGHBOURS`` links are reported, never one to the encoder itself; the
+    ``units`` served, sorted, at most ``MAX_UNITS_PER_ENCODER``.
     """
     counts = snapshot.corrections
     return manager_pb2.HealthReport(
@@ -538,6 +541,7 @@ def health_to_proto(
             duplicates=counts.get(CorrectionKind.DUPLICATE, 0),
             parameter_changes=counts.get(CorrectionKind.PARAMETER, 0),
         ),
+        units=sorted(set(units))[:MAX_UNITS_PER_ENCODER],
     )
 
 
@@ -562,6 +566,7 @@ def health_from_proto(msg: manager_pb2.HealthReport, topology_epoch: int) -> Hea
             )
             for link in msg.links
         ),
+        units=frozenset(msg.units),
     )
 
 

@@ -80,7 +80,8 @@ Manager (``MeshManager``)
     no frame yet); ``segment_id`` empty or an id; at most ``MAX_NEIGHBOURS`` links, to
     distinct neighbours other than the reporter, each with latencies <= ``MAX_LATENCY_US``
     and ``|deviations|`` <= ``MAX_DEVIATION_NS`` (``connected`` may be unset, which counts
-    as up); ``proposals_approved + proposals_rejected`` <= ``proposals_made``.
+    as up); ``proposals_approved + proposals_rejected`` <= ``proposals_made``; at most
+    ``MAX_UNITS_PER_ENCODER`` distinct ``units``, each ``CHANNEL/RENDITION`` (two ids).
   - Escalation: ``proposal`` is set and valid, and its proposer is ``encoder_id``; at most
     ``MAX_NEIGHBOURS`` votes, each valid, answering that proposal, from distinct voters;
     ``len(votes)`` <= ``neighbour_count`` <= ``MAX_NEIGHBOURS``; ``sent_unix_ns`` an instant.
@@ -96,6 +97,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from meshenc.core.anchor import MAX_HOPS
+from meshenc.core.planner.load import MAX_UNITS_PER_ENCODER
 from meshenc.core.timeline import MAX_WITNESSES
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2, registry_pb2
 from meshenc.wire.address import MAX_HOST_LENGTH, parse_address
@@ -839,6 +841,15 @@ def validate_store_response(msg: registry_pb2.StoreResponse) -> None:
 # --- manager --------------------------------------------------------------------------------
 
 
+def check_unit(unit: str, field: str) -> None:
+    """A work unit id: ``CHANNEL/RENDITION``, two ids."""
+    channel, slash, rendition = unit.partition("/")
+    if not slash:
+        raise InvalidMessage(field, f"a work unit is CHANNEL/RENDITION, got {_show(unit)}")
+    _check_id(channel, field)
+    _check_id(rendition, field)
+
+
 def validate_health_report(msg: manager_pb2.HealthReport) -> None:
     """Check one HealthReport of a ReportHealth stream."""
     _check_id(msg.encoder_id, "encoder_id")
@@ -865,6 +876,16 @@ def validate_health_report(msg: manager_pb2.HealthReport) -> None:
         _check_deviation_ns(link.measured_deviation_ns, f"{prefix}.measured_deviation_ns")
         _check_deviation_ns(link.predicted_deviation_ns, f"{prefix}.predicted_deviation_ns")
     _check_distinct([link.neighbour_id for link in msg.links], "links", "neighbour_id")
+    if len(msg.units) > MAX_UNITS_PER_ENCODER:
+        raise InvalidMessage(
+            "units", f"must hold at most {MAX_UNITS_PER_ENCODER} units, got {len(msg.units)}"
+        )
+    seen: set[str] = set()
+    for index, unit in enumerate(msg.units):
+        check_unit(unit, f"units[{index}]")
+        if unit in seen:
+            raise InvalidMessage(f"units[{index}]", f"must be distinct, got {_show(unit)} twice")
+        seen.add(unit)
     counters = msg.corrections
     if counters.proposals_approved + counters.proposals_rejected > counters.proposals_made:
         raise InvalidMessage(

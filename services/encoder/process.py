@@ -22,6 +22,7 @@ import contextlib
 import logging
 import signal
 
+from meshenc.core.planner.load import MAX_UNITS_PER_ENCODER
 from meshenc.v1 import manager_pb2
 from meshenc.wire.adjacency import AdjacencyDocument
 from services.encoder.control import ControlPlane
@@ -59,7 +60,11 @@ class EncoderProcess:
             runtime.apply_topology(document)
 
     def _health_report(self) -> manager_pb2.HealthReport:
-        return self.channels[0].health_report()
+        """The first channel's report, with the units every channel serves."""
+        report = self.channels[0].health_report()
+        others = sorted(u for runtime in self.channels[1:] for u in runtime.served_units())
+        report.units.extend(others[: MAX_UNITS_PER_ENCODER - len(report.units)])
+        return report
 
     def request_stop(self) -> None:
         """Every channel finishes its segment in progress and stops."""

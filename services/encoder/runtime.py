@@ -140,6 +140,10 @@ SILENT_FRAMES = 8
 
 _ASIDE_KEPT = 16
 """Segments whose aside decision is kept for their other rungs (a few seconds' worth)."""
+SERVED_SEGMENTS = 3
+"""How recent a rung's newest segment under the shared name must be (segments before the one
+being written) for the rung to count as served (``EncoderRuntime.served_units``): the word of
+the neighbours on a segment comes up to two segments after it was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +263,9 @@ class EncoderRuntime:
         #: agreement comes a few hundred ms after writing.
         self._held: dict[tuple[int, str], _Held] = {}
         self._hold_limit = 2.0 * self._segments.duration(self._period)
+        #: Per rung folder: the newest segment of it that went out under the shared name (a
+        #: neighbour confirmed it); what the health reports' ``units`` are made of.
+        self._served: dict[str, int] = {}
         self._input = InputMonitor(float(self._period), settings.input_loss, time.time())
         self._cadence = SourceCadence(Fraction(fr.den, fr.num))
         self._window = FingerprintWindow()
@@ -433,7 +440,25 @@ class EncoderRuntime:
             segment=self._segment,
             connected=self.links.connected,
             sent_unix_ns=time.time_ns(),
+            units=self.served_units(),
         )
+
+    def served_units(self) -> tuple[str, ...]:
+        """The placed units (``<channel>/<rung>``) this encoder serves: it writes the rung
+        and a segment of it went out under the shared name within the last
+        ``SERVED_SEGMENTS`` segments. A unit moving here is handed over on that word, so it
+        is never said of a rung only written aside (lock-in, not vouched for). Empty unless
+        the encoder follows a placement."""
+        last = self.pipeline.last_timecode
+        if not self.settings.follows_placement or self._holdings is None or last is None:
+            return ()
+        now = self._segments.segment_of(last)
+        served = []
+        for rendition in self._holdings.active:
+            newest = self._served.get(rendition.folder or "")
+            if newest is not None and now - newest <= SERVED_SEGMENTS:
+                served.append(f"{self.settings.channel}/{rendition.folder}")
+        return tuple(served)
 
     def on_esp(self, esp: EncodingStatePacket) -> None:
         self.pipeline.step(self.clock(), EspReceived(esp))
@@ -887,9 +912,11 @@ class EncoderRuntime:
                 del self._held[key]
                 if (path := writer.restore(key[0])) is not None:
                     self.stats.restored += 1
+                    self._served[key[1]] = max(key[0], self._served.get(key[1], key[0]))
                     self._publish(held.rendition, path, held.completed)
             elif not held.aside and self.engine.agreed(key[0], clock):
                 del self._held[key]
+                self._served[key[1]] = max(key[0], self._served.get(key[1], key[0]))
                 self._publish(held.rendition, held.path, held.completed)
             elif final or now > held.deadline:
                 del self._held[key]

@@ -1343,6 +1343,7 @@ def _report(**fields: object) -> manager_pb2.HealthReport:
         _report(timecode=0, segment_id="", confidence=0.0, cpu_load=1.0),
         _changed(_report(), lambda m: m.ClearField("links")),
         _changed(_report(), lambda m: m.ClearField("corrections")),
+        _changed(_report(), lambda m: m.units.extend(f"c{i}/r{i}" for i in range(64))),
     ],
 )
 def test_health_report_accepted(msg: manager_pb2.HealthReport) -> None:
@@ -1385,6 +1386,11 @@ def _add_link(link: manager_pb2.LinkStats) -> Callable[[manager_pb2.HealthReport
             _changed(_report(), lambda m: setattr(m.corrections, "proposals_made", 2)),
             "corrections.proposals_made",
         ),
+        (_changed(_report(), lambda m: m.units.extend(["0/hd", "hd"])), "units[1]"),
+        (_changed(_report(), lambda m: m.units.extend(["0/hd", "0/a/b"])), "units[1]"),
+        (_changed(_report(), lambda m: m.units.extend(["0/hd", "/hd"])), "units[1]"),
+        (_changed(_report(), lambda m: m.units.extend(["0/hd", "0/hd"])), "units[1]"),
+        (_changed(_report(), lambda m: m.units.extend(f"0/r{i}" for i in range(65))), "units"),
     ],
 )
 def test_health_report_rejected(msg: manager_pb2.HealthReport, field: str) -> None:
@@ -1544,6 +1550,14 @@ def test_health_report_round_trip() -> None:
         ("enc-2", 0.0008, 0.00009, True),
         ("enc-3", 0.0008, 0.00009, False),
     ]
+
+
+def test_the_units_served_go_out_sorted_once_and_come_back_as_a_set() -> None:
+    served = [f"ch{i % 70}/hd" for i in range(140)]  # more than a report carries, twice over
+    msg = _health(_snapshot(_neighbour("enc-2")), units=served)
+    validation.validate_health_report(msg)
+    assert list(msg.units) == sorted(set(served))[:64]
+    assert convert.health_from_proto(msg, topology_epoch=1).units == frozenset(msg.units)
 
 
 def test_a_link_without_connected_counts_as_up() -> None:

@@ -88,6 +88,8 @@ class HealthReported:
         encode_latency: mean encode time per frame, seconds.
         topology_epoch: the epoch the encoder works in (0 = none yet).
         links: one sample per link; distinct neighbours, never the reporter itself.
+        units: the work units it serves: it wrote a segment of each lately that the mesh
+            confirmed (what a hand-over waits for, :mod:`.handover`).
     """
 
     encoder_id: str
@@ -96,6 +98,7 @@ class HealthReported:
     encode_latency: float
     topology_epoch: int = 0
     links: tuple[LinkSample, ...] = ()
+    units: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.encoder_id:

@@ -101,6 +101,7 @@ from meshenc.core.planner.autoscale import (
     ScaleIn,
     ScaleOut,
 )
+from meshenc.core.planner.handover import hand_over
 from meshenc.core.planner.health import HealthModel, HealthReported
 from meshenc.core.planner.load import LoadConfig, LoadModel
 from meshenc.core.planner.placement import (
@@ -421,13 +422,16 @@ class SegmentsChanged:
 
 @dataclass(frozen=True, slots=True)
 class PlacementChanged:
-    """Run each unit on the listed encoders (treat ``assignments`` as read-only)."""
+    """Run each unit on the listed encoders (treat ``assignments`` as read-only): the
+    placement's holders, then those it is leaving, kept until the new ones serve it
+    (``leaving``: those (unit, holder) pairs)."""
 
     assignments: Mapping[str, tuple[str, ...]]
     moves: int
     under_replicated: tuple[str, ...]
     zone_shared: tuple[str, ...]
     reason: str
+    leaving: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +484,9 @@ class ManagerConfig:
     load: LoadConfig = field(default_factory=LoadConfig)
     #: Autoscaling (``meshenc.core.planner.autoscale``); None: the fleet's size is not ours.
     autoscale: AutoscaleConfig | None = None
+    #: The longest an encoder a unit moves away from keeps it while a new holder does not yet
+    #: serve it (``meshenc.core.planner.handover``), seconds.
+    handover_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -490,6 +497,7 @@ class ManagerConfig:
             "isolation",
             "dissent_window",
             "reoptimize_every",
+            "handover_timeout",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -521,7 +529,10 @@ class MeshManager:
         self.config = config or ManagerConfig()
         self.health = HealthModel(dimensions=self.config.dimensions)
         self.load = LoadModel(self.config.load)
-        self._held: dict[str, int] = {}  # units per encoder in the current placement
+        self._held: dict[str, int] = {}  # units per encoder as published (leaving ones too)
+        self._published: dict[str, tuple[str, ...]] = {}  # the assignments published last
+        self._leaving: dict[tuple[str, str], float] = {}  # (unit, holder) kept since when
+        self._serving: dict[str, frozenset[str]] = {}  # encoder -> units it last reported
         self._members: dict[str, _Member] = {}
         self._known: dict[str, _Member] = {}  # removed for silence; re-admitted on a report
         self._isolated: dict[str, float] = {}
@@ -614,6 +625,7 @@ class MeshManager:
             self.health.track(event.encoder_id, now)
         elif isinstance(event, EncoderLeft):
             self._drained.discard(event.encoder_id)
+            self._serving.pop(event.encoder_id, None)
             if self._members.pop(event.encoder_id, None) is not None:
                 self.health.forget(event.encoder_id)
                 self.load.forget(event.encoder_id)
@@ -647,6 +659,7 @@ class MeshManager:
         member = self._members.get(node)
         if member is None:
             return
+        self._serving[node] = report.units
         before = self.load.capacity(node, member.capacity)
         self.load.observe(now, report, self._held.get(node, 0), member.capacity)
         after = self.load.capacity(node, member.capacity)
@@ -678,6 +691,8 @@ class MeshManager:
         )
         if self._reasons or due:
             decisions += self._replan(now, "; ".join(self._reasons) or "periodic re-optimisation")
+        elif self._leaving and self._plan is not None:
+            decisions += self._publish_placement(now, None, "")
         decisions += [d for d in scaling if isinstance(d, ScaleOut | ScaleIn)]
         return decisions
 
@@ -738,6 +753,7 @@ class MeshManager:
 
     def _remove(self, node: str, reason: str) -> EncoderRemoved:
         member = self._members.pop(node)
+        self._serving.pop(node, None)
         self._known[node] = member
         self.health.forget(node)
         self.load.forget(node)
@@ -954,19 +970,49 @@ class MeshManager:
             )
         if previous is None or topology_changed or plan.segments != previous.segments:
             decisions.append(SegmentsChanged(self._epoch, self.segment_map(plan)))
-        if previous is None or plan.placement.assignments != previous.placement.assignments:
-            decisions.append(
-                PlacementChanged(
-                    assignments=plan.placement.assignments,
-                    moves=replica_moves(previous.placement, plan.placement) if previous else 0,
-                    under_replicated=plan.placement.under_replicated,
-                    zone_shared=plan.placement.zone_shared,
-                    reason=reason,
-                )
-            )
         self._plan = plan
-        self._held = plan.placement.load()
+        decisions += self._publish_placement(now, previous, reason)
         return decisions
+
+    def _publish_placement(
+        self, now: float, previous: MeshPlan | None, reason: str
+    ) -> list[Decision]:
+        """The current plan's placement with the holders units are leaving kept until their
+        new holders serve them (:mod:`.handover`); a decision when that changes what was
+        published. ``previous`` is the plan before a replan (None: no replan, the hand-overs
+        alone moved on)."""
+        assert self._plan is not None
+        placement = self._plan.placement
+        handed = hand_over(
+            placement.assignments,
+            self._published,
+            members=frozenset(self.members),  # an isolated encoder keeps nothing
+            serving=self._serving,
+            leaving=self._leaving,
+            now=now,
+            timeout=self.config.handover_timeout,
+        )
+        self._leaving = handed.leaving
+        first = not self._published and previous is None
+        if handed.assignments == self._published and not first:
+            return []
+        self._published = handed.assignments
+        self._held = Placement(handed.assignments, placement.hosts).load()
+        notes = [reason] if reason else []
+        if handed.completed:
+            notes.append("handed over: " + _pairs(handed.completed))
+        if handed.timed_out:
+            notes.append("hand-over timed out: " + _pairs(handed.timed_out))
+        return [
+            PlacementChanged(
+                assignments=handed.assignments,
+                moves=replica_moves(previous.placement, placement) if previous else 0,
+                under_replicated=placement.under_replicated,
+                zone_shared=placement.zone_shared,
+                reason="; ".join(notes),
+                leaving=tuple(sorted(handed.leaving)),
+            )
+        ]
 
     def segment_map(self, plan: MeshPlan | None = None) -> tuple[SegmentInfo, ...]:
         """The segments of a plan (default: the current one) with the elected leaders."""
@@ -980,3 +1026,8 @@ class MeshManager:
                 leader, revision = "", 0
             result.append(SegmentInfo(s.segment_id, s.members, s.likely_leader, leader, revision))
         return tuple(result)
+
+
+def _pairs(pairs: Sequence[tuple[str, str]]) -> str:
+    """``unit from holder`` pairs, for a decision's reason."""
+    return ", ".join(f"{unit} from {holder}" for unit, holder in pairs)

@@ -162,20 +162,31 @@ class Fleet:
         self.manager.step(0.0, Tick())
         self.decisions += self.manager.ready()
 
+    def units(self) -> dict[str, frozenset[str]]:
+        """The units each encoder runs: what the manager published last (leaving ones too)."""
+        published = [d for d in self.decisions if isinstance(d, PlacementChanged)]
+        runs: dict[str, set[str]] = {node: set() for node in self.costs}
+        for unit, holders in published[-1].assignments.items() if published else ():
+            for holder in holders:
+                runs.setdefault(holder, set()).add(unit)
+        return {node: frozenset(units) for node, units in runs.items()}
+
     def held(self) -> dict[str, int]:
+        """Copies per encoder in the manager's placement (what it plans, hand-overs aside)."""
         plan = self.manager.plan
         assert plan is not None
         return plan.placement.load()
 
     def second(self, noise: dict[str, Cost] | None = None) -> list[Decision]:
-        """Every encoder reports once (its true cost, or ``noise``'s), then the manager ticks."""
+        """Every encoder reports once (its true cost, or ``noise``'s, for the units it runs,
+        each of which it serves), then the manager ticks."""
         self.now += 1.0
-        held = self.held()
+        runs = self.units()
         for node, true in self.costs.items():
             cost = (noise or {}).get(node, true)
-            h = held.get(node, 0)
+            h = len(runs[node])
             load = min(1.0, cost.overhead + h * cost.per_unit)
-            report = HealthReported(node, 0.9, load, h * cost.per_unit * BUDGET)
+            report = HealthReported(node, 0.9, load, h * cost.per_unit * BUDGET, units=runs[node])
             self.manager.step(self.now, report)
         self.manager.step(self.now, Tick())
         decisions = self.manager.ready()
@@ -257,7 +268,9 @@ def test_costs_that_move_within_the_hysteresis_band_move_no_work(
             if low <= high and c > CONFIG.min_capacity:
                 noise[node] = Cost(rng.uniform(low, high), per_unit)
         decisions = fleet.second(noise)
-        assert not [d for d in decisions if isinstance(d, PlacementChanged)]
+        # A hand-over of the settling's last move may complete (no copy moves then).
+        moved = [d for d in decisions if isinstance(d, PlacementChanged) and (d.moves or d.leaving)]
+        assert not moved
     assert {n: fleet.manager.load.capacity(n, 4) for n in fleet.costs} == capacity
     after = fleet.manager.plan
     assert after is not None and after.placement.assignments == before.placement.assignments

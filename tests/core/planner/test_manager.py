@@ -77,12 +77,20 @@ class Mesh:
         self.log += self.manager.ready()
 
     def report(self, node: str) -> None:
+        """One report: the links as the mesh has them, and as served every unit the last
+        placement published gives the encoder (it serves a unit one report after)."""
         planned = sorted(self.manager.neighbours(node))
         links = tuple(
             LinkSample(m, rtt=_rtt(node, m), connected=(node, m) not in self.down) for m in planned
         )
+        placed = _only(self.log, PlacementChanged)
+        units = frozenset(
+            unit for unit, holders in (placed[-1].assignments if placed else {}).items()
+            if node in holders
+        )  # fmt: skip
         self.manager.step(
-            self.now, HealthReported(node, 0.9, self.load, 0.004, self.manager.epoch, links)
+            self.now,
+            HealthReported(node, 0.9, self.load, 0.004, self.manager.epoch, links, units),
         )
 
     def run(self, seconds: float) -> list[Decision]:
@@ -460,12 +468,22 @@ def test_low_load_drains_the_highest_ordinal_through_the_placement_then_scales_i
     held = sum(1 for hosts in plan.placement.assignments.values() if IDS[11] in hosts)
     decisions = mesh.run(6)
     # The replan may also follow the latency map (topology, segments); the drain comes first.
-    drain, placement = decisions[0], decisions[-1]
+    drain = decisions[0]
     assert isinstance(drain, DrainStarted) and drain.encoder_id == IDS[11]
-    assert isinstance(placement, PlacementChanged)
-    assert all(IDS[11] not in hosts for hosts in placement.assignments.values())
+    decisions += mesh.run(4)
+    placement, handed = _only(decisions, PlacementChanged)[:2]
     assert placement.moves == held and placement.under_replicated == ()
-    (scale_in,) = _only(mesh.run(2), ScaleIn)
+    # Make before break: the drained encoder keeps its units, listed after their new holders,
+    # until those serve them; then (their next reports) the placement drops it, and only
+    # then, after the drain grace, is it scaled in.
+    assert sorted(u for u, h in placement.leaving if h == IDS[11]) == sorted(
+        u for u, hosts in placement.assignments.items() if IDS[11] in hosts
+    )
+    assert all(hosts[-1] == IDS[11] for hosts in placement.assignments.values() if IDS[11] in hosts)
+    assert all(IDS[11] not in hosts for hosts in handed.assignments.values())
+    assert handed.leaving == () and "handed over" in handed.reason
+    (scale_in,) = _only(decisions, ScaleIn)
+    assert decisions.index(handed) < decisions.index(scale_in)
     assert (scale_in.replicas, scale_in.encoder_id) == (11, IDS[11])
     mesh.manager.step(mesh.now, EncoderLeft(IDS[11]))  # the StatefulSet removed the pod
     mesh.silent.add(IDS[11])

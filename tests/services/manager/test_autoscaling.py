@@ -49,7 +49,9 @@ async def autoscaled(
     standin: KubernetesStandIn, api: k8s.ApiClient, start: int, attempts: int = 6
 ) -> AsyncIterator[tuple[ManagerShell, KubernetesActuator, dict[str, float]]]:
     """A StatefulSet of ``start`` encoders, an active manager that autoscales it, and encoders
-    reporting every 50 ms the CPU load the test puts in the yielded dict (``"*"``: all)."""
+    reporting every 50 ms the CPU load the test puts in the yielded dict (``"*"``: all) and,
+    as served, the units the placement gives them (a real encoder says so once a segment of
+    the unit is confirmed: what lets a drained encoder's units go)."""
     standin.add_statefulset(STATEFULSET, start, POD_LABELS)
     act = KubernetesActuator(
         api,
@@ -79,6 +81,7 @@ async def autoscaled(
                         confidence=0.9,
                         cpu_load=load.get(member, load["*"]),
                         encode_latency_us=2000,
+                        units=sorted(u for u, h in shell.placement.items() if member in h),
                     )
                 )
             await asyncio.sleep(0.05)

@@ -11,12 +11,14 @@ two encoders or more over the run, no segment of a unit is left without a copy b
 first and last, none has a single copy for longer than a segment plus the detection time
 (two segments in a row), every judged copy of a unit is the same bytes as its other
 holders', the two channels are different pictures, and the origin's recording of channel
-``0`` is continuous.
+``0`` is continuous. From the manager's log: a join that moves units hands them over (the
+holder a unit leaves keeps it until the new one serves it), and no hand-over times out.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,15 @@ def test_two_channels_of_placed_rungs_stay_identical_through_a_kill_and_a_join(
         assert not same, f"{rung}: channels 0 and 1 wrote the same bytes in segments {same}"
 
     assert summary["recording"]["continuous"], summary["recording"]
+
+    # Moves onto live encoders are made before they break: the manager keeps the holder a
+    # unit leaves until the new one serves it, and each such hand-over completed in time.
+    placements = re.findall(r"work placed: (\d+) moves, .*\((.*)\): (.*)", manager_log(out))
+    joined = [i for i, (moves, why, _) in enumerate(placements) if "e4 joined" in why]
+    if joined and int(placements[joined[0]][0]) > 0:
+        assert any("handed over" in why for _, why, _ in placements[joined[0] :]), placements
+    assert not any("timed out" in why for _, why, _ in placements), placements
+
+
+def manager_log(out: Path) -> str:
+    return (out / "logs" / "manager.log").read_text()
