@@ -6,71 +6,51 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshenc.core.planner.handover import hand_over
+from meshenc.core.planner.handover import HandOver, hand_over
 
 UNIT = "ch0/hd"
+PLACEMENT = {UNIT: ("a", "c")}  # b gives the unit to c; a keeps it
+
+
+def _serving(*encoders: str) -> dict[str, frozenset[str]]:
+    return {e: frozenset({UNIT}) for e in encoders}
+
+
+def _step(
+    published: dict[str, tuple[str, ...]],
+    serving: dict[str, frozenset[str]],
+    leaving: dict[tuple[str, str], float],
+    now: float,
+    members: str = "abc",
+) -> HandOver:
+    return hand_over(
+        PLACEMENT,
+        published,
+        members=frozenset(members),
+        serving=serving,
+        leaving=leaving,
+        now=now,
+        timeout=30.0,
+    )
 
 
 def test_a_moved_unit_keeps_its_old_holder_until_the_new_one_serves_it() -> None:
-    placement = {UNIT: ("a", "c")}
-    published = {UNIT: ("a", "b")}  # b gives the unit to c
-    members = frozenset("abc")
-    first = hand_over(
-        placement,
-        published,
-        members=members,
-        serving={"a": frozenset({UNIT})},
-        leaving={},
-        now=10.0,
-        timeout=30.0,
-    )
+    first = _step({UNIT: ("a", "b")}, _serving("a"), {}, 10.0)
     assert first.assignments == {UNIT: ("a", "c", "b")}
     assert first.leaving == {(UNIT, "b"): 10.0}
     # c writes its lock-in segments: not serving yet, b stays.
-    waiting = hand_over(
-        placement,
-        first.assignments,
-        members=members,
-        serving={"a": frozenset({UNIT}), "b": frozenset({UNIT})},
-        leaving=first.leaving,
-        now=15.0,
-        timeout=30.0,
-    )
+    waiting = _step(first.assignments, _serving("a", "b"), first.leaving, 15.0)
     assert waiting.assignments == first.assignments and waiting.leaving == first.leaving
     # c's segments are confirmed: b lets go.
-    done = hand_over(
-        placement,
-        waiting.assignments,
-        members=members,
-        serving={"a": frozenset({UNIT}), "c": frozenset({UNIT})},
-        leaving=waiting.leaving,
-        now=16.0,
-        timeout=30.0,
-    )
+    done = _step(waiting.assignments, _serving("a", "c"), waiting.leaving, 16.0)
     assert done.assignments == {UNIT: ("a", "c")}
     assert done.leaving == {} and done.completed == ((UNIT, "b"),) and done.timed_out == ()
 
 
 def test_a_dead_holder_is_dropped_at_once_and_a_slow_hand_over_ends_at_the_timeout() -> None:
-    dead = hand_over(
-        {UNIT: ("a", "c")},
-        {UNIT: ("a", "b")},
-        members=frozenset("ac"),
-        serving={},
-        leaving={},
-        now=0.0,
-        timeout=30.0,
-    )
+    dead = _step({UNIT: ("a", "b")}, {}, {}, 0.0, members="ac")
     assert dead.assignments == {UNIT: ("a", "c")} and dead.leaving == {}
-    slow = hand_over(
-        {UNIT: ("a", "c")},
-        {UNIT: ("a", "c", "b")},
-        members=frozenset("abc"),
-        serving={"a": frozenset({UNIT})},
-        leaving={(UNIT, "b"): 0.0},
-        now=30.0,
-        timeout=30.0,
-    )
+    slow = _step({UNIT: ("a", "c", "b")}, _serving("a"), {(UNIT, "b"): 0.0}, 30.0)
     assert slow.assignments == {UNIT: ("a", "c")}
     assert slow.timed_out == ((UNIT, "b"),) and slow.completed == ()
 
