@@ -22,7 +22,6 @@ import contextlib
 import logging
 import signal
 
-from meshenc.core.planner.load import MAX_UNITS_PER_ENCODER
 from meshenc.v1 import manager_pb2
 from meshenc.wire.adjacency import AdjacencyDocument
 from services.encoder.control import ControlPlane
@@ -60,11 +59,17 @@ class EncoderProcess:
             runtime.apply_topology(document)
 
     def _health_report(self) -> manager_pb2.HealthReport:
-        """The first channel's report, with the units every channel serves."""
-        report = self.channels[0].health_report()
-        others = sorted(u for runtime in self.channels[1:] for u in runtime.served_units())
-        report.units.extend(others[: MAX_UNITS_PER_ENCODER - len(report.units)])
-        return report
+        """The first channel's report, for the whole process: its CPU load is the process's
+        already; the encode time per frame slot is every channel's together (each encodes
+        its own frame of the slot), and the units served are every channel's, which the
+        manager divides that time by."""
+        first, *others = self.channels
+        if not others:
+            return first.health_report()
+        return first.health_report(
+            encode_latency=sum(runtime.encode_latency for runtime in self.channels),
+            units=[unit for runtime in self.channels for unit in runtime.served_units()],
+        )
 
     def request_stop(self) -> None:
         """Every channel finishes its segment in progress and stops."""

@@ -429,19 +429,28 @@ class EncoderRuntime:
         if self._holdings is not None:
             self._holdings.want(wanted)
 
-    def health_report(self) -> manager_pb2.HealthReport:
-        """This encoder's health as the manager wants it, now."""
+    def health_report(
+        self, *, encode_latency: float | None = None, units: Sequence[str] | None = None
+    ) -> manager_pb2.HealthReport:
+        """This encoder's health as the manager wants it, now: this channel's encode time per
+        frame and units served, unless a process of several channels gives its own."""
         return convert.health_to_proto(
             self.node_id,
             self.engine.snapshot(self.clock()),
             topology_epoch=self.engine.topology_epoch,
             cpu_load=self._load_sample[0],
-            encode_latency=self._load_sample[1],
+            encode_latency=self.encode_latency if encode_latency is None else encode_latency,
             segment=self._segment,
             connected=self.links.connected,
             sent_unix_ns=time.time_ns(),
-            units=self.served_units(),
+            units=self.served_units() if units is None else units,
         )
+
+    @property
+    def encode_latency(self) -> float:
+        """This channel's mean time to encode one frame slot (every rung it writes), as last
+        sampled, seconds (the CPU load sampled beside it is the whole process's)."""
+        return self._load_sample[1]
 
     def served_units(self) -> tuple[str, ...]:
         """The placed units (``<channel>/<rung>``) this encoder serves: it writes the rung

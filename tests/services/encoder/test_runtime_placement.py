@@ -109,3 +109,37 @@ def test_each_channel_of_a_process_holds_its_own_units(
         "meshenc.encoder.channel.1",
     ]
     assert cannot[0][1].endswith(": 2/96x64") and cannot[1][1].endswith(": 1/1x1"), cannot
+
+
+def test_a_process_of_several_channels_reports_the_encode_time_of_all_of_them(
+    tmp_path: Path,
+) -> None:
+    """The manager divides a report's encode time per frame by the units it placed on the
+    encoder, of every channel: so the process reports every channel's time together (each
+    encodes its own frame of a slot), beside its one CPU load, not its first channel's."""
+
+    async def scenario() -> tuple[int, float, list[int]]:
+        settings = EncoderSettings.model_validate(
+            {
+                "id": "e",
+                "out": tmp_path,
+                "ladder": LADDER,
+                "topology": "kubernetes",
+                "channels": {"0": "udp://127.0.0.1:5000", "1": "udp://127.0.0.1:5002"},
+            }
+        )
+        process = EncoderProcess(settings)
+        try:
+            # What each channel's load meter sampled: the process's CPU, its own encode time.
+            for runtime, latency in zip(process.channels, (0.002, 0.003), strict=True):
+                runtime._load_sample = (0.5, latency)
+            report = process._health_report()
+            alone = [r.health_report().encode_latency_us for r in process.channels]
+            return report.encode_latency_us, report.cpu_load, alone
+        finally:
+            for runtime in process.channels:
+                await runtime.links.close()
+
+    together, cpu, alone = asyncio.run(asyncio.wait_for(scenario(), 10.0))
+    assert together == 5_000 and alone == [2_000, 3_000]
+    assert cpu == pytest.approx(0.5)
