@@ -59,7 +59,8 @@ cannot empty the mesh through the manager.
 Load (:mod:`.load`): every applied health report also goes to the
 :class:`~meshenc.core.planner.load.LoadModel` with the number of units the current placement
 gives the reporter, and from it come both the capacity each encoder is planned with (measured,
-with hysteresis; the registered one until measured) and the pressure the autoscaler sees. A
+with hysteresis; until measured, the median of the measured ones, or the registered one when
+none is) and the pressure the autoscaler sees. A
 measured capacity that changes comes out as :class:`CapacityMeasured` on the next tick, which
 replans; the placement then sheds copies only from an encoder whose capacity fell below what
 it holds, and only where another encoder has room: with none anywhere, encoders take copies
@@ -918,11 +919,25 @@ class MeshManager:
     def view(self) -> MeshView:
         """The inputs of the next plan, from the current state."""
         active = self.members
+        measured = sorted(
+            self.load.capacity(m, self._members[m].capacity)
+            for m in active
+            if self.load.measured(m) and m not in self._drained
+        )
+        # An encoder not measured yet (a joiner) is planned like its measured peers, the
+        # median of them: planned at its registered capacity beside peers measured far
+        # above it, a joiner's fair share came to nothing, and a capacity that rises later
+        # moves no copy (placement is sticky).
+        typical = measured[len(measured) // 2] if measured else None
         return MeshView(
             hosts=tuple(
                 Host(
                     m,
-                    0 if m in self._drained else self.load.capacity(m, self._members[m].capacity),
+                    0
+                    if m in self._drained
+                    else self.load.capacity(
+                        m, self._members[m].capacity if typical is None else typical
+                    ),
                     self._members[m].zone,
                     # Where no encoder has room left, up to the registered capacity.
                     limit=0 if m in self._drained else self._members[m].capacity,

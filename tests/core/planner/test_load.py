@@ -286,3 +286,23 @@ def test_the_autoscaler_reads_the_smoothed_pressure() -> None:
     assert not [d for d in fleet.second(blip) if isinstance(d, ScaleOut)]
     sustained = [d for _ in range(10) for d in fleet.second(blip) if isinstance(d, ScaleOut)]
     assert sustained and sustained[0].members == 4  # (the fleet in this test never grows)
+
+
+@PROPERTY
+@given(per_unit=st.floats(0.02, 0.08), overhead=st.floats(0.0, 0.2), units=st.integers(4, 12))
+def test_a_joiner_in_a_measured_fleet_takes_its_fair_share(
+    per_unit: float, overhead: float, units: int
+) -> None:
+    """Equal encoders measured at capacities above the registered 4: one that joins, not
+    measured yet, is planned like them, so it takes its share of the copies, which end within
+    one of each other (planned at its registered 4 it took a share of 4 / (4 + the others'
+    measured capacities), nothing at all where those were large)."""
+    fleet = Fleet([Cost(overhead, per_unit)] * 4, units)
+    fleet.run(STEADY)
+    assert all(fleet.manager.load.measured(n) for n in fleet.costs)
+    fleet.costs["enc-4"] = Cost(overhead, per_unit)
+    fleet.manager.step(fleet.now, EncoderJoined("enc-4", capacity=4))
+    fleet.run(3)
+    held = fleet.held()
+    assert held["enc-4"] >= (2 * units) // 5, held
+    assert max(held.values()) - min(held.values()) <= 1, held
