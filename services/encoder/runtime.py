@@ -57,8 +57,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-
 from meshenc.core.clock import VirtualOscillator
 from meshenc.core.election import ElectionConfig, ElectionSnapshot, RankInputs
 from meshenc.core.engine import (
@@ -100,7 +98,7 @@ from services.encoder.leadership import SegmentLeadership
 from services.encoder.leadership import log as leadership_log
 from services.encoder.manager_link import VoteLog
 from services.encoder.media.containers import TICKS, AudioPacket
-from services.encoder.media.gop import EncodedFrame
+from services.encoder.media.gop import EncodedFrame, EncoderParams
 from services.encoder.media.ingest import (
     Ingested,
     IngestedAudio,
@@ -110,17 +108,20 @@ from services.encoder.media.ingest import (
     LiveIngest,
 )
 from services.encoder.media.ladder import (
+    MASTER_NAME,
     Holdings,
     LadderManifests,
     Rendition,
+    channel_master,
     open_rendition,
     renditions_for,
     top_rung,
+    video_codec,
 )
 from services.encoder.media.publish import Publisher
-from services.encoder.media.segments import ASIDE_PREFIX, segment_number
+from services.encoder.media.segments import ASIDE_PREFIX, SegmentWriter, segment_number
 from services.encoder.media.serve import OutputServer
-from services.encoder.media.source import Picture, VideoFormat
+from services.encoder.media.source import Picture, VideoFormat, black_picture
 from services.encoder.mesh import MeshLinks, MeshServer
 from services.encoder.mesh import log as mesh_log
 from services.encoder.pipeline import FramePipeline
@@ -266,14 +267,15 @@ class EncoderRuntime:
         #: Per rung folder: the newest segment of it that went out under the shared name (a
         #: neighbour confirmed it); what the health reports' ``units`` are made of.
         self._served: dict[str, int] = {}
+        #: A placed ladder's channel master at the bitrate it was made for, and the rungs'
+        #: video codecs by their settings (``_channel_master``).
+        self._master: tuple[int, bytes] | None = None
+        self._codecs: dict[EncoderParams, str] = {}
         self._input = InputMonitor(float(self._period), settings.input_loss, time.time())
         self._cadence = SourceCadence(Fraction(fr.den, fr.num))
         self._window = FingerprintWindow()
         self._last_picture: Picture | None = None
-        black = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
-        black[:height] = 16
-        black.flags.writeable = False
-        self._black = Picture(0, black)
+        self._black = black_picture(width, height)
         self.telemetry = EncoderTelemetry(settings.id, lambda: self.engine.snapshot(self.clock()))
         self.links = MeshLinks(
             self,
@@ -954,6 +956,39 @@ class EncoderRuntime:
                 publisher.publish(manifest, rendition.published_name(manifest))
             if completed and not placed:
                 self._publish_ladder()
+        segment = segment_number(path.name)
+        if placed and segment is not None and (master := self._channel_master(writer, segment)):
+            # A few hundred bytes with every segment, like CMAF's init: alike from every
+            # holder of any rung, so an origin that lost it has it again at once.
+            publisher.publish_bytes(master, MASTER_NAME)
+
+    def _channel_master(self, writer: SegmentWriter, segment: int) -> bytes | None:
+        """The channel's master over every rung of the ladder (``channel_master``) at the
+        bitrate the mesh agreed for ``segment``, once this encoder's segments show the
+        source's other codecs (its audio); None before."""
+        if not writer.codecs:
+            return None
+        agreed = self.engine.bitrate_for(segment)
+        if self._master is None or self._master[0] != agreed:
+            settings = self.settings
+            text = channel_master(
+                settings.ladder,
+                settings.frame_rate,
+                settings.gop,
+                agreed,
+                self._video_codec,
+                [c for c in writer.codecs if not c.startswith("avc1.")],
+                settings.output_format,
+            )
+            self._master = (agreed, text.encode())
+        return self._master[1]
+
+    def _video_codec(self, params: EncoderParams) -> str:
+        """``video_codec``, once per rung and bitrate."""
+        known = self._codecs.get(params)
+        if known is None:
+            known = self._codecs[params] = video_codec(params)
+        return known
 
     def _publish_ladder(self) -> None:
         """The ladder's manifests, after the rungs' playlists: the master playlist and the MPD

@@ -35,6 +35,10 @@ what every encoder puts into its encoders instead (:func:`input_hash`: the slot'
 its agreed bitrate and the top rung's picture, from which every rung is scaled); the GOP
 determinism is what makes equal inputs equal segments.
 
+A placed ladder's encoders publish no master of their own (it names only their rungs) but the
+channel's (:func:`channel_master`): every rung of the ladder, which every holder writes
+alike, with a BANDWIDTH bound from the rung's rate and CODECS from the rung's settings.
+
 Invariants: a ladder has at least one rung, every rung its own size; the top rung is the
 largest picture; without ``--ladder`` the encoder has one rendition writing into its output
 folder itself, with no master playlist, exactly as before ladders existed; the rungs an
@@ -44,6 +48,7 @@ encoder writes change only at a segment boundary.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -55,7 +60,7 @@ import numpy as np
 from av.video.reformatter import Interpolation
 
 from meshenc.core.timecode import FrameRate, SegmentLayout
-from services.encoder.media.containers import AudioPacket
+from services.encoder.media.containers import AudioPacket, avc_codec
 from services.encoder.media.dash import MPD_NAME, Representation, render_ladder_mpd
 from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
 from services.encoder.media.segments import (
@@ -67,7 +72,7 @@ from services.encoder.media.segments import (
     segment_template,
     utc_instant,
 )
-from services.encoder.media.source import Picture, VideoFormat
+from services.encoder.media.source import Picture, VideoFormat, black_picture
 
 __all__ = [
     "CHANNEL",
@@ -77,13 +82,19 @@ __all__ = [
     "LadderManifests",
     "Rendition",
     "Rung",
+    "channel_master",
     "combined_hash",
     "input_hash",
+    "master_text",
     "open_rendition",
     "parse_ladder",
+    "peak_bandwidth",
     "renditions_for",
+    "rung_params",
     "scale_picture",
+    "share_of",
     "top_rung",
+    "video_codec",
 ]
 
 MASTER_NAME = "master.m3u8"
@@ -225,9 +236,7 @@ class Rendition:
     def bitrate_for(self, agreed_kbps: int) -> int:
         """This rung's bitrate when the mesh agreed ``agreed_kbps`` for the top rung: the same
         share of it as the ladder gives the rung (1 kbit/s at least)."""
-        if self._share == 1:
-            return agreed_kbps  # the top rung, or the single output: no arithmetic per frame
-        return max(1, round(agreed_kbps * self._share))
+        return share_of(agreed_kbps, self._share)
 
     def scaled(self, picture: Picture) -> Picture:
         return scale_picture(picture, self.params.width, self.params.height)
@@ -261,6 +270,22 @@ def renditions_for(
     ]
 
 
+def rung_params(
+    rung: Rung, frame_rate: FrameRate, gop: int, bitrate_kbps: int | None = None
+) -> EncoderParams:
+    """The encoder settings of one rung (at its ladder bitrate, or at ``bitrate_kbps``)."""
+    kbps = rung.bitrate_kbps if bitrate_kbps is None else bitrate_kbps
+    return EncoderParams(rung.width, rung.height, frame_rate, gop, kbps)
+
+
+def share_of(agreed_kbps: int, share: Fraction) -> int:
+    """A rung's bitrate when the mesh agreed ``agreed_kbps`` for the top rung: ``share`` of
+    it, the rung's share in the ladder (1 kbit/s at least)."""
+    if share == 1:
+        return agreed_kbps  # the top rung, or the single output: no arithmetic per frame
+    return max(1, round(agreed_kbps * share))
+
+
 def open_rendition(
     out: Path,
     frame_rate: FrameRate,
@@ -272,7 +297,7 @@ def open_rendition(
     aside: Callable[[int], bool] | None = None,
 ) -> Rendition:
     """One rung's rendition, writing into its folder under ``out`` (created now)."""
-    params = EncoderParams(rung.width, rung.height, frame_rate, gop, rung.bitrate_kbps)
+    params = rung_params(rung, frame_rate, gop)
     writer = SegmentWriter(out / rung.name, params, fmt=fmt, aside=aside)
     return Rendition(rung, params, writer, top_kbps=top_kbps)
 
@@ -404,6 +429,93 @@ class Holdings:
         return started, stopped
 
 
+def master_text(
+    fmt: SegmentFormat,
+    rate: FrameRate,
+    streams: Sequence[tuple[int, EncoderParams, Sequence[str], str]],
+) -> str:
+    """An HLS master playlist: per stream (BANDWIDTH bit/s, its picture, RFC 6381 codecs,
+    the media playlist's URI) one EXT-X-STREAM-INF, in the order given."""
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:7" if fmt is SegmentFormat.CMAF else "#EXT-X-VERSION:3",
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+    ]
+    for bandwidth, params, codecs, uri in streams:
+        attributes = [f"BANDWIDTH={bandwidth}", f"RESOLUTION={params.width}x{params.height}"]
+        if codecs:
+            attributes.append(f'CODECS="{",".join(codecs)}"')
+        attributes.append(f"FRAME-RATE={float(Fraction(rate.num, rate.den)):.3f}")
+        lines.append(f"#EXT-X-STREAM-INF:{','.join(attributes)}")
+        lines.append(uri)
+    return "\n".join(lines) + "\n"
+
+
+AUDIO_ALLOWANCE_KBPS = 192
+"""What a channel master counts for a rung's audio: the source's audio goes into every rung as
+it came, at a rate no encoder knows before it arrives; 192 kbit/s covers stereo AAC as live
+sources send it."""
+CONTAINER_ALLOWANCE = Fraction(11, 10)
+"""What a channel master adds for the container (TS packets, CMAF boxes) over the streams."""
+
+
+def video_codec(params: EncoderParams) -> str:
+    """RFC 6381 codec of a rung's video as this encoder's libx264 writes it, from one black
+    picture encoded with the rung's settings: profile and level follow from the settings
+    (size, rate, VBV), not from the pictures, so every encoder names every rung alike,
+    written or not.
+
+    Raises:
+        RuntimeError: libx264 wrote no SPS.
+    """
+    encoder = GopEncoder(params)
+    try:
+        frame = encoder.encode(0, black_picture(params.width, params.height))
+    finally:
+        encoder.close()
+    codec = avc_codec(frame.data)
+    if codec is None:
+        raise RuntimeError(f"libx264 wrote no SPS for {params.width}x{params.height}")
+    return codec
+
+
+def peak_bandwidth(params: EncoderParams, segment_seconds: Fraction) -> int:
+    """A rung's BANDWIDTH (bit/s) in a master every holder writes alike: a bound, not a
+    measurement. The VBV (a one-second buffer at the rung's rate) lets a segment of ``D``
+    seconds carry at most ``rate x (D + 1 s)`` of video; plus ``AUDIO_ALLOWANCE_KBPS``; plus
+    ``CONTAINER_ALLOWANCE``."""
+    video = params.bitrate_kbps * 1000 * (segment_seconds + 1) / segment_seconds
+    return math.ceil((video + AUDIO_ALLOWANCE_KBPS * 1000) * CONTAINER_ALLOWANCE)
+
+
+def channel_master(
+    ladder: Sequence[Rung],
+    frame_rate: FrameRate,
+    gop: int,
+    agreed_kbps: int,
+    codec: Callable[[EncoderParams], str],
+    other_codecs: Sequence[str],
+    fmt: SegmentFormat,
+) -> str:
+    """The channel's master playlist over every rung of its ladder, which every encoder that
+    holds any of them writes alike and publishes: a placed ladder's rungs are held by
+    different encoders, and no one encoder's own master (its rungs only) can be the
+    channel's. Per rung, at its share of the bitrate the mesh agreed for the top rung
+    (``agreed_kbps``, which the level in the codec follows): :func:`peak_bandwidth`, the
+    rung's size, its video codec (``codec``: :func:`video_codec`, or a cache of it) and the
+    source's other codecs as this encoder's segments carry them (``other_codecs``: the
+    audio, alike in every rung)."""
+    top = top_rung(ladder).bitrate_kbps
+    streams = []
+    for rung in ladder:
+        kbps = share_of(agreed_kbps, Fraction(rung.bitrate_kbps, top))
+        params = rung_params(rung, frame_rate, gop, kbps)
+        bandwidth = peak_bandwidth(params, params.segments.duration(params.time_base))
+        uri = f"{rung.name}/{PLAYLIST_NAME}"
+        streams.append((bandwidth, params, (codec(params), *other_codecs), uri))
+    return master_text(fmt, frame_rate, streams)
+
+
 class LadderManifests:
     """``master.m3u8`` (and for CMAF ``manifest.mpd``) above the rungs' folders.
 
@@ -479,25 +591,19 @@ class LadderManifests:
         """The HLS master playlist: one EXT-X-STREAM-INF per rung (default: every rung
         named), in ladder order."""
         renditions = self._renditions if renditions is None else renditions
-        first = renditions[0].writer
-        lines = [
-            "#EXTM3U",
-            "#EXT-X-VERSION:7" if self.format is SegmentFormat.CMAF else "#EXT-X-VERSION:3",
-            "#EXT-X-INDEPENDENT-SEGMENTS",
-        ]
-        rate = first.params.frame_rate
-        for rendition in renditions:
-            writer = rendition.writer
-            attributes = [
-                f"BANDWIDTH={writer.peak_bitrate}",
-                f"RESOLUTION={rendition.params.width}x{rendition.params.height}",
-            ]
-            if writer.codecs:
-                attributes.append(f'CODECS="{",".join(writer.codecs)}"')
-            attributes.append(f"FRAME-RATE={float(Fraction(rate.num, rate.den)):.3f}")
-            lines.append(f"#EXT-X-STREAM-INF:{','.join(attributes)}")
-            lines.append(rendition.published_name(Path(PLAYLIST_NAME)))
-        return "\n".join(lines) + "\n"
+        return master_text(
+            self.format,
+            renditions[0].writer.params.frame_rate,
+            [
+                (
+                    r.writer.peak_bitrate,
+                    r.params,
+                    r.writer.codecs,
+                    r.published_name(Path(PLAYLIST_NAME)),
+                )
+                for r in renditions
+            ],
+        )
 
     def _mpd(self, segment: int, renditions: Sequence[Rendition]) -> str:
         first = renditions[0].writer

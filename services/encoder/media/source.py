@@ -154,6 +154,14 @@ def fingerprint(yuv: YuvArray, width: int, height: int) -> int:
     return int.from_bytes(digest, "big")
 
 
+def black_picture(width: int, height: int) -> Picture:
+    """A black picture of that size (studio range: luma 16, chroma 128), read-only."""
+    black = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
+    black[:height] = 16
+    black.flags.writeable = False
+    return Picture(0, black)
+
+
 def picture_frame(picture: Picture) -> VideoFrame:
     """``picture`` as a PyAV frame that carries its pixels and nothing else (no timestamp,
     picture type or side data), sharing the picture's array where PyAV can.

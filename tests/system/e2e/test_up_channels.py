@@ -11,7 +11,8 @@ two encoders or more over the run, no segment of a unit is left without a copy b
 first and last, none has a single copy for longer than a segment plus the detection time
 (two segments in a row), every judged copy of a unit is the same bytes as its other
 holders', the two channels are different pictures, and the origin's recording of channel
-``0`` is continuous. From the manager's log: a join that moves units hands them over (the
+``0`` is continuous; each channel's master at the origin names every rung with the codecs
+its published segments carry. From the manager's log: a join that moves units hands them over (the
 holder a unit leaves keeps it until the new one serves it), and no hand-over times out.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from meshenc.local.master import segment_codecs
 from meshenc.report import SUMMARY_NAME
 from meshenc.report.verify import verify_units
 
@@ -31,6 +33,7 @@ from .support import left_behind, meshenc_up
 pytestmark = pytest.mark.slow
 
 LADDER = "320x180@400,160x90@150"
+RUNGS = [rung.partition("@")[0] for rung in LADDER.split(",")]
 UP_ARGS = (
     "--encoders", "4", "--channels", "2", "--ladder", LADDER, "--redundancy", "2",
     "--gop", "30", "--registries", "1", "--no-player", "--duration", "40",
@@ -88,6 +91,21 @@ def test_two_channels_of_placed_rungs_stay_identical_through_a_kill_and_a_join(
         assert not same, f"{rung}: channels 0 and 1 wrote the same bytes in segments {same}"
 
     assert summary["recording"]["continuous"], summary["recording"]
+
+    # Each channel's master at the origin names every rung, in ladder order, with the codecs
+    # its published segments carry (read from them here) and a playlist the origin has.
+    for channel in ("0", "1"):
+        folder = out / "origin" / channel
+        master = (folder / "master.m3u8").read_text()
+        variants = re.findall(r"#EXT-X-STREAM-INF:(.*)\n(.*)", master)
+        assert [uri for _, uri in variants] == [f"{r}/index.m3u8" for r in RUNGS], master
+        for attributes, uri in variants:
+            rung = uri.split("/")[0]
+            assert (folder / uri).is_file(), f"{channel}/{uri} is not on the origin"
+            newest = max(p for p in (folder / rung).glob("seg-*.ts"))
+            codecs = re.search(r'CODECS="([^"]*)"', attributes)
+            assert codecs is not None and tuple(codecs[1].split(",")) == segment_codecs(newest)
+            assert f"RESOLUTION={rung}," in attributes
 
     # Moves onto live encoders are made before they break: the manager keeps the holder a
     # unit leaves until the new one serves it, and each such hand-over completed in time.

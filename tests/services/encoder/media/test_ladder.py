@@ -43,10 +43,12 @@ from services.encoder.media.ladder import (
     LadderManifests,
     Rendition,
     Rung,
+    channel_master,
     combined_hash,
     parse_ladder,
     renditions_for,
     top_rung,
+    video_codec,
 )
 from services.encoder.media.segments import segment_number
 from services.encoder.pipeline import FramePipeline
@@ -323,6 +325,7 @@ def test_two_encoders_write_each_rung_byte_identical_and_gop_aligned(
     assert judged and all(late_hashes[tc] == early_hashes[tc] for tc in judged)
 
     _check_master(tmp_path / "early", early, audio)
+    _check_channel_master(tmp_path / "early", early, fmt)
     if fmt is SegmentFormat.CMAF:
         _check_mpd(tmp_path / "early", early, manifests)
 
@@ -360,6 +363,32 @@ def _check_master(out: Path, renditions: list[Rendition], audio: list[AudioPacke
         peak = max(math.ceil(s.stat().st_size * 8 / duration) for s in segments)
         assert int(attributes["BANDWIDTH"]) == peak
     assert audio  # the segments above carried it
+
+
+def _variants(text: str) -> dict[str, dict[str, str]]:
+    lines = text.splitlines()
+    assert lines[0] == "#EXTM3U"
+    return {
+        uri: dict(re.findall(r'([A-Z-]+)=("[^"]*"|[^,]*)', info.split(":", 1)[1]))
+        for info, uri in itertools.pairwise(lines)
+        if info.startswith("#EXT-X-STREAM-INF:")
+    }
+
+
+def _check_channel_master(out: Path, renditions: list[Rendition], fmt: SegmentFormat) -> None:
+    """The channel master (what every holder of a placed ladder publishes alike) names each
+    rung with the codecs its written segments carry — the video's probed from one black
+    picture, not read from them — and a BANDWIDTH no written segment exceeded."""
+    others = [c for c in renditions[0].writer.codecs if not c.startswith("avc1.")]
+    # The newest segments were written at the bitrate the mesh changed to.
+    text = channel_master(LADDER, RATE, GOP, CHANGED_KBPS, video_codec, others, fmt)
+    channel = _variants(text)
+    own = _variants((out / MASTER_NAME).read_text())  # from the segments' own SPS and peaks
+    assert list(channel) == [f"{rung.name}/index.m3u8" for rung in LADDER] == list(own)
+    for uri, attributes in channel.items():
+        assert attributes["CODECS"] == own[uri]["CODECS"]
+        assert attributes["RESOLUTION"] == own[uri]["RESOLUTION"]
+        assert int(own[uri]["BANDWIDTH"]) <= int(attributes["BANDWIDTH"])
 
 
 def _check_mpd(out: Path, renditions: list[Rendition], manifests: LadderManifests) -> None:
