@@ -71,6 +71,20 @@ def test_without_the_managers_documents_a_ladder_takes_no_placement(tmp_path: Pa
     assert asyncio.run(asyncio.wait_for(scenario(), 10.0)) is None
 
 
+def _two_channels(out: Path) -> EncoderProcess:
+    """A process of channels 0 and 1 with the ladder, following the manager's documents."""
+    settings = EncoderSettings.model_validate(
+        {
+            "id": "e",
+            "out": out,
+            "ladder": LADDER,
+            "topology": "kubernetes",
+            "channels": {"0": "udp://127.0.0.1:5000", "1": "udp://127.0.0.1:5002"},
+        }
+    )
+    return EncoderProcess(settings)
+
+
 def test_each_channel_of_a_process_holds_its_own_units(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -80,16 +94,7 @@ def test_each_channel_of_a_process_holds_its_own_units(
     caplog.set_level(logging.INFO, logger="meshenc.encoder")
 
     async def scenario() -> dict[str, frozenset[str] | None]:
-        settings = EncoderSettings.model_validate(
-            {
-                "id": "e",
-                "out": tmp_path,
-                "ladder": LADDER,
-                "topology": "kubernetes",
-                "channels": {"0": "udp://127.0.0.1:5000", "1": "udp://127.0.0.1:5002"},
-            }
-        )
-        process = EncoderProcess(settings)
+        process = _two_channels(tmp_path)
         try:
             work = ("0/96x64", "1/160x96", "1/96x64", "1/1x1", "2/96x64")
             process._apply_topology(_document(work, 1))
@@ -119,16 +124,7 @@ def test_a_process_of_several_channels_reports_the_encode_time_of_all_of_them(
     encodes its own frame of a slot), beside its one CPU load, not its first channel's."""
 
     async def scenario() -> tuple[int, float, list[int]]:
-        settings = EncoderSettings.model_validate(
-            {
-                "id": "e",
-                "out": tmp_path,
-                "ladder": LADDER,
-                "topology": "kubernetes",
-                "channels": {"0": "udp://127.0.0.1:5000", "1": "udp://127.0.0.1:5002"},
-            }
-        )
-        process = EncoderProcess(settings)
+        process = _two_channels(tmp_path)
         try:
             # What each channel's load meter sampled: the process's CPU, its own encode time.
             for runtime, latency in zip(process.channels, (0.002, 0.003), strict=True):
