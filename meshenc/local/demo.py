@@ -106,7 +106,7 @@ from services.common.tls import MANAGER, OPERATOR, REGISTRY, TlsFiles
 from services.encoder.leadership import SegmentKeys
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import is_network_url
-from services.encoder.media.ladder import CHANNEL, parse_ladder, top_rung
+from services.encoder.media.ladder import CHANNEL, MASTER_NAME, parse_ladder, top_rung
 from services.encoder.media.segments import (
     MPD_NAME,
     PLAYLIST_NAME,
@@ -560,6 +560,18 @@ class DemoRun:
         return f"{base}/{PLAYLIST_NAME}"
 
     @property
+    def channel_masters(self) -> tuple[str, ...]:
+        """Each channel's master over every rung on the origin, which the holders of a placed
+        ladder publish (empty: no origin, or no placed ladder)."""
+        if self.origin_url is None or not self.work_units:
+            return ()
+        config = self.config
+        base = self.origin_url
+        if config.channels == 1:
+            return (f"{base}/{MASTER_NAME}",)
+        return tuple(f"{base}/{c}/{MASTER_NAME}" for c in config.channel_names)
+
+    @property
     def dash_url(self) -> str | None:
         """The origin's DASH manifest, for the dash.js player (None: not CMAF, no origin, or
         dash.js not installed)."""
@@ -803,6 +815,8 @@ class DemoRun:
                     launcher.adopt("origin", origin.pid, ("nginx", origin.url))
                     self.origin_url = origin.url
                     self._note(f"origin serving at {origin.url}: play {self.playback_url}")
+                    if masters := self.channel_masters:
+                        self._note(f"every rung of a channel, once published: {' '.join(masters)}")
                     if self.master_url is not None:
                         self._note(f"redundant encoders, once they vouch: {self.master_url}")
                 await self._run_mesh(launcher, etcd)

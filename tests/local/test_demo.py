@@ -221,6 +221,7 @@ def test_several_channels_give_every_encoder_each_channel_over_its_own_path(
     run.origin_url = "http://127.0.0.1:8080"
     assert run.playback_url == "http://127.0.0.1:8080/0/320x180/index.m3u8"
     assert run.master_url is None
+    assert run.channel_masters == tuple(f"http://127.0.0.1:8080/{c}/master.m3u8" for c in "012")
     assert run.output_folder("e0") == tmp_path / "e0" / "0"
     with pytest.raises(ValueError, match="stream URL"):
         DemoConfig(channels=2, source="udp://127.0.0.1:5000")
