@@ -375,8 +375,9 @@ def up(
         failover = summary.player_failover
         ok = failover.on_killed and failover.switch_ms is not None
         console.print(Text(failover.line, style="green" if ok else "bold red"))
-    if summary.dash is not None:
-        console.print(Text(summary.dash.line, style="green" if summary.dash.smooth else "bold red"))
+    for played in (summary.dash, summary.channel):
+        if played is not None:
+            console.print(Text(played.line, style="green" if played.smooth else "bold red"))
     if summary.recording is not None:
         continuous = summary.recording.continuous
         console.print(Text(summary.recording.line, style="green" if continuous else "bold red"))

@@ -89,7 +89,7 @@ from meshenc.local.player import BrowserPlayer, find_dashjs, unavailable, write_
 from meshenc.local.ports import free_ports
 from meshenc.local.segment import SegmentWatch
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_report
-from meshenc.report.playback import DASH_PLAYER, PLAYER_DIR, REDUNDANT_PLAYER
+from meshenc.report.playback import CHANNEL_PLAYER, DASH_PLAYER, PLAYER_DIR, REDUNDANT_PLAYER
 from meshenc.report.recorder import EVENTS_NAME, Event, Recorder, StateEvent
 from meshenc.report.verify import (
     DEFAULT_LOCK_IN,
@@ -1083,6 +1083,8 @@ class DemoRun:
                 more[REDUNDANT_PLAYER] = redundant
             if (dash := self.dash_url) is not None:
                 more[DASH_PLAYER] = dash
+            if masters := self.channel_masters:
+                more[CHANNEL_PLAYER] = masters[0]
             await player.play(more)
             self._redundant_playing = redundant is not None
         except Exception as exc:
@@ -1094,6 +1096,8 @@ class DemoRun:
             self._note(f"player: and the redundant encoders' {self.master_url}", "green")
         if self.dash_url is not None:
             self._note(f"player: and {self.dash_url} with dash.js", "green")
+        if masters := self.channel_masters:
+            self._note(f"player: and the channel master {masters[0]} with hls.js", "green")
         start = self.state.started_at or time.time()
         # At the chosen moment, or a few seconds in when playback began after it.
         await asyncio.sleep(max(start + self.screenshot_time - time.time(), _SCREENSHOT_AFTER))

@@ -15,7 +15,12 @@ from pathlib import Path
 from string import Template
 from typing import Final
 
-from meshenc.report.playback import MAX_PROGRESS_GAP_S, PLAYER_DIR, SCREENSHOT_NAME
+from meshenc.report.playback import (
+    MAX_PROGRESS_GAP_S,
+    PLAYER_DIR,
+    SCREENSHOT_NAME,
+    PlaybackResult,
+)
 from meshenc.report.plots import (
     IDENTITY_PNG,
     IDENTITY_STATES,
@@ -308,10 +313,20 @@ def _playback(run: RunRecord, summary: Summary) -> str:
 
 
 def _dash(summary: Summary) -> str:
-    """The dash.js player of the origin's MPD (CMAF runs)."""
-    result = summary.dash
-    if result is None:
-        return "<p>No DASH player ran in this run (it plays CMAF runs' manifests).</p>"
+    """The dash.js player of the origin's MPD (CMAF runs), and hls.js on a placed ladder's
+    channel master."""
+    parts = []
+    if summary.channel is not None:
+        parts.append(_played(summary.channel))
+    if summary.dash is None:
+        parts.append("<p>No DASH player ran in this run (it plays CMAF runs' manifests).</p>")
+    else:
+        parts.append(_played(summary.dash))
+    return "".join(parts)
+
+
+def _played(result: PlaybackResult) -> str:
+    """One more player's verdict line and its errors."""
     verdict = "locked" if result.smooth else "unlocked"
     parts = [f'<p class="verdict {verdict}">{escape(result.line)}</p>']
     if result.errors:

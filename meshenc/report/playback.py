@@ -80,6 +80,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "CHANNEL_PLAYER",
     "DASH_PLAYER",
     "MAX_PROGRESS_GAP_S",
     "ORIGIN_PLAYER",
@@ -106,6 +107,8 @@ ORIGIN_PLAYER = "origin"
 REDUNDANT_PLAYER = "redundant"
 #: dash.js on a DASH manifest (``--format cmaf``).
 DASH_PLAYER = "dash"
+#: hls.js on a placed ladder's channel master (every rung of channel ``0``).
+CHANNEL_PLAYER = "channel"
 #: Driver entries about the whole page, whichever player.
 _PAGE_KINDS = frozenset({"skipped", "screenshot", "stopped"})
 #: Fragments listed around a kill: from this many seconds before it to this many after.

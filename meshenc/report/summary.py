@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from meshenc.report.playback import (
+    CHANNEL_PLAYER,
     DASH_PLAYER,
     PLAYER_DIR,
     PLAYER_LOG,
@@ -113,6 +114,8 @@ class RunRecord:
     player_failover: PlayerFailover | None = None
     #: What the browser's dash.js player of the origin's DASH manifest saw (None: none ran).
     dash: PlaybackResult | None = None
+    #: What the browser's hls.js player of a placed ladder's channel master saw (None: none).
+    channel: PlaybackResult | None = None
     #: An ABR ladder's rungs, each judged among the encoders that wrote it (empty: no ladder).
     rungs: Mapping[str, Verification] = field(default_factory=dict)
 
@@ -167,6 +170,7 @@ def load_run(
         redundant=redundant,
         player_failover=failover,
         dash=load_playback(out_dir, DASH_PLAYER),
+        channel=load_playback(out_dir, CHANNEL_PLAYER),
         rungs=rungs,
     )
 
@@ -385,6 +389,7 @@ class Summary:
     redundant: PlaybackResult | None = None
     player_failover: PlayerFailover | None = None
     dash: PlaybackResult | None = None
+    channel: PlaybackResult | None = None
     rungs: tuple[RungSummary, ...] = ()
 
     @property
@@ -482,6 +487,7 @@ class Summary:
                 else self.player_failover.to_json(),
             },
             "dash": None if self.dash is None else self.dash.to_json(),
+            "channel": None if self.channel is None else self.channel.to_json(),
             "rungs": [r.to_json() for r in self.rungs],
         }
 
@@ -519,6 +525,7 @@ def summarize(run: RunRecord) -> Summary:
         redundant=run.redundant,
         player_failover=run.player_failover,
         dash=run.dash,
+        channel=run.channel,
         rungs=tuple(summarize_rung(rung, v) for rung, v in run.rungs.items()),
     )
 

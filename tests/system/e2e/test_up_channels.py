@@ -2,18 +2,20 @@
 kill -9 and a join, judged unit by unit from the files.
 
 One real run (etcd, a registry, the manager, two live sources, four encoders and a joiner as
-processes, nginx as the origin, mutual TLS). Channel ``0`` is the test pattern, channel ``1``
-a clip of its own; every encoder takes in both, and the manager places each of the four work
-units (``<channel>/<rung>``) on two encoders, re-places the killed encoder's units and gives
-the joiner its share. The verdicts come from the segment files (``summary.json`` is the
-run's own report of them, re-checked here with ``verify_units``): every unit is written by
-two encoders or more over the run, no segment of a unit is left without a copy between its
-first and last, none has a single copy for longer than a segment plus the detection time
-(two segments in a row), every judged copy of a unit is the same bytes as its other
-holders', the two channels are different pictures, and the origin's recording of channel
-``0`` is continuous; each channel's master at the origin names every rung with the codecs
-its published segments carry. From the manager's log: a join that moves units hands them over (the
-holder a unit leaves keeps it until the new one serves it), and no hand-over times out.
+processes, nginx as the origin, mutual TLS, the browser player). Channel ``0`` is the test
+pattern, channel ``1`` a clip of its own; every encoder takes in both, and the manager places
+each of the four work units (``<channel>/<rung>``) on two encoders, re-places the killed
+encoder's units and gives the joiner its share. The verdicts come from the segment files
+(``summary.json`` is the run's own report of them, re-checked here with ``verify_units``):
+every unit is written by two encoders or more over the run, no segment of a unit is left
+without a copy between its first and last, none has a single copy for longer than a segment
+plus the detection time (two segments in a row), every judged copy of a unit is the same
+bytes as its other holders', the two channels are different pictures, and the origin's
+recording of channel ``0`` is continuous; each channel's master at the origin names every
+rung with the codecs its published segments carry, and hls.js in headless Chromium plays
+channel ``0``'s master from the origin through the kill and the join without a stall. From
+the manager's log: a join that moves units hands them over (the holder a unit leaves keeps
+it until the new one serves it), and no hand-over times out.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ LADDER = "320x180@400,160x90@150"
 RUNGS = [rung.partition("@")[0] for rung in LADDER.split(",")]
 UP_ARGS = (
     "--encoders", "4", "--channels", "2", "--ladder", LADDER, "--redundancy", "2",
-    "--gop", "30", "--registries", "1", "--no-player", "--duration", "40",
+    "--gop", "30", "--registries", "1", "--player", "--duration", "40",
     "--kill-at", "14", "--join-at", "22",
 )  # fmt: skip
 
@@ -91,6 +93,11 @@ def test_two_channels_of_placed_rungs_stay_identical_through_a_kill_and_a_join(
         assert not same, f"{rung}: channels 0 and 1 wrote the same bytes in segments {same}"
 
     assert summary["recording"]["continuous"], summary["recording"]
+
+    # hls.js in Chromium played channel 0's master from the origin through the kill and the
+    # join: it picked its rung from the master and never stalled.
+    played = summary["channel"]
+    assert played is not None and played["smooth"], played
 
     # Each channel's master at the origin names every rung, in ladder order, with the codecs
     # its published segments carry (read from them here) and a playlist the origin has.
