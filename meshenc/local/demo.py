@@ -113,7 +113,7 @@ from services.encoder.media.segments import (
     segment_name,
     segment_number,
 )
-from services.encoder.settings import MAX_CHANNELS
+from services.encoder.settings import MAX_CHANNELS, parse_size
 from services.source.clip import write_test_clip
 
 __all__ = [
@@ -554,10 +554,15 @@ class DemoRun:
         player waits for a media playlist that lists segments, which a master does not)."""
         if self.origin_url is None:
             return None
-        base = self.origin_url if self.config.channels == 1 else f"{self.origin_url}/{CHANNEL}"
+        base = self._channel_url(self.origin_url, CHANNEL)
         if self.config.ladder:
             return f"{base}/{self.config.size}/{PLAYLIST_NAME}"
         return f"{base}/{PLAYLIST_NAME}"
+
+    def _channel_url(self, base: str, channel: str) -> str:
+        """Where a channel's files are under ``base`` (an origin, an encoder's output): the
+        base itself with one channel, its ``<channel>/`` with several."""
+        return base if self.config.channels == 1 else f"{base}/{channel}"
 
     @property
     def channel_masters(self) -> tuple[str, ...]:
@@ -565,11 +570,10 @@ class DemoRun:
         ladder publish (empty: no origin, or no placed ladder)."""
         if self.origin_url is None or not self.work_units:
             return ()
-        config = self.config
-        base = self.origin_url
-        if config.channels == 1:
-            return (f"{base}/{MASTER_NAME}",)
-        return tuple(f"{base}/{c}/{MASTER_NAME}" for c in config.channel_names)
+        origin = self.origin_url
+        return tuple(
+            f"{self._channel_url(origin, c)}/{MASTER_NAME}" for c in self.config.channel_names
+        )
 
     @property
     def dash_url(self) -> str | None:
@@ -717,7 +721,7 @@ class DemoRun:
     def _write_clips(self) -> None:
         """Each further channel's test clip: the run's size and rate, textures of its own."""
         config = self.config
-        width, height = (int(v) for v in config.size.lower().split("x"))
+        width, height = parse_size(config.size)
         (self.out / SOURCES_DIR).mkdir(parents=True, exist_ok=True)
         for channel in range(1, config.channels):
             write_test_clip(
@@ -860,10 +864,11 @@ class DemoRun:
         if self.config.channels > 1:
             self._set_phase("writing the channels' test clips")
             await asyncio.to_thread(self._write_clips)
-        for channel in range(self.config.channels):
-            if (source := self.source_args(channel)) is not None:
+        sources = [self.source_args(channel) for channel in range(self.config.channels)]
+        for channel, source in enumerate(sources):
+            if source is not None:
                 launcher.spawn(f"source-{channel}" if channel else "source", source)
-        if self.source_args() is not None:
+        if sources[0] is not None:
             self._note("live source sending to every encoder over its own path")
             if self.config.channels > 1:
                 self._note(f"{self.config.channels - 1} more channels' sources sending too")
@@ -1160,7 +1165,7 @@ class DemoRun:
             self._vouching.update(agreeing)
         if self._master_attributes is None:
             codecs = await asyncio.to_thread(segment_codecs, newest)
-            width, height = (int(v) for v in self.config.size.lower().split("x"))
+            width, height = parse_size(self.config.size)
             self._master_attributes = StreamAttributes(
                 self.config.bitrate_kbps * 1000,
                 width,

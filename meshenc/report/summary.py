@@ -74,6 +74,7 @@ from meshenc.report.verify import (
     Verification,
     count_frames,
     find_outputs,
+    rung_pixels,
     scan_output,
     verify_units,
 )
@@ -149,7 +150,7 @@ def load_run(
         # Placed rungs or channels: each encoder's first rung is not the same unit; the
         # headline is the unit most encoders wrote (the larger picture between equals, the
         # first in order, so the first channel, between those).
-        unit = max(rungs, key=lambda u: (len(rungs[u].encoders), _pixels(u)))
+        unit = max(rungs, key=lambda u: (len(rungs[u].encoders), rung_pixels(u.split("/")[-1])))
         verification = rungs[unit]
     events = read_events(out_dir / EVENTS_NAME)
     redundant = load_playback(out_dir, REDUNDANT_PLAYER)
@@ -173,12 +174,6 @@ def load_run(
         channel=load_playback(out_dir, CHANNEL_PLAYER),
         rungs=rungs,
     )
-
-
-def _pixels(unit: str) -> int:
-    """The picture size of a unit's rung (``<W>x<H>`` or ``<channel>/<W>x<H>``); 0 without."""
-    width, x, height = unit.rpartition("/")[2].partition("x")
-    return int(width) * int(height) if x and width.isdigit() and height.isdigit() else 0
 
 
 def _holds_reference(verification: Verification, segment: int, encoder: str) -> bool | None:

@@ -103,6 +103,7 @@ __all__ = [
     "find_outputs",
     "parse_playlist",
     "rendition_folder",
+    "rung_pixels",
     "scan_output",
     "unit_folders",
     "verify",
@@ -697,22 +698,23 @@ def unit_folders(out_dir: Path) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
     for encoder in sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name != ORIGIN_DIR):
         for sub in sorted(p for p in encoder.iterdir() if p.is_dir()):
-            if _is_rung_name(sub.name):
+            if rung_pixels(sub.name):
                 if _holds_segments(sub):
                     found.setdefault(sub.name, []).append(sub)
                 continue
             if _has_segment_files(sub):
                 found.setdefault(sub.name, []).append(sub)
             for rung in sorted(p for p in sub.iterdir() if p.is_dir()):
-                if _is_rung_name(rung.name) and _holds_segments(rung):
+                if rung_pixels(rung.name) and _holds_segments(rung):
                     found.setdefault(f"{sub.name}/{rung.name}", []).append(rung)
     return found
 
 
-def _is_rung_name(name: str) -> bool:
-    """Whether a folder's name is a rendition's, ``<W>x<H>``."""
+def rung_pixels(name: str) -> int:
+    """The picture size a rung's name ``<W>x<H>`` (a folder, or a unit's last part) says;
+    0 for a name that is no rung's."""
     width, x, height = name.partition("x")
-    return bool(x) and width.isdigit() and height.isdigit()
+    return int(width) * int(height) if x and width.isdigit() and height.isdigit() else 0
 
 
 def verify_units(

@@ -98,7 +98,7 @@ from services.encoder.leadership import SegmentLeadership
 from services.encoder.leadership import log as leadership_log
 from services.encoder.manager_link import VoteLog
 from services.encoder.media.containers import TICKS, AudioPacket
-from services.encoder.media.gop import EncodedFrame, EncoderParams
+from services.encoder.media.gop import EncodedFrame
 from services.encoder.media.ingest import (
     Ingested,
     IngestedAudio,
@@ -116,7 +116,6 @@ from services.encoder.media.ladder import (
     open_rendition,
     renditions_for,
     top_rung,
-    video_codec,
 )
 from services.encoder.media.publish import Publisher
 from services.encoder.media.segments import ASIDE_PREFIX, SegmentWriter, segment_number
@@ -267,10 +266,9 @@ class EncoderRuntime:
         #: Per rung folder: the newest segment of it that went out under the shared name (a
         #: neighbour confirmed it); what the health reports' ``units`` are made of.
         self._served: dict[str, int] = {}
-        #: A placed ladder's channel master at the bitrate it was made for, and the rungs'
-        #: video codecs by their settings (``_channel_master``).
+        #: A placed ladder's channel master and the bitrate it was made for
+        #: (``_channel_master``: remade when the mesh agrees another).
         self._master: tuple[int, bytes] | None = None
-        self._codecs: dict[EncoderParams, str] = {}
         self._input = InputMonitor(float(self._period), settings.input_loss, time.time())
         self._cadence = SourceCadence(Fraction(fr.den, fr.num))
         self._window = FingerprintWindow()
@@ -923,12 +921,10 @@ class EncoderRuntime:
                 del self._held[key]
                 if (path := writer.restore(key[0])) is not None:
                     self.stats.restored += 1
-                    self._served[key[1]] = max(key[0], self._served.get(key[1], key[0]))
-                    self._publish(held.rendition, path, held.completed)
+                    self._went_out(key, held, path)
             elif not held.aside and self.engine.agreed(key[0], clock):
                 del self._held[key]
-                self._served[key[1]] = max(key[0], self._served.get(key[1], key[0]))
-                self._publish(held.rendition, held.path, held.completed)
+                self._went_out(key, held, held.path)
             elif final or now > held.deadline:
                 del self._held[key]
                 self.stats.unvouched += 1
@@ -937,6 +933,13 @@ class EncoderRuntime:
                 self.stats.unconfirmed += 1
                 if not final:
                     writer.move_aside(key[0])
+
+    def _went_out(self, key: tuple[int, str], held: _Held, path: Path) -> None:
+        """A held segment took its shared name: its rung is served (``served_units``) and the
+        segment is published."""
+        segment, rung = key
+        self._served[rung] = max(segment, self._served.get(rung, segment))
+        self._publish(held.rendition, path, held.completed)
 
     def _publish(self, rendition: Rendition, path: Path, completed: bool) -> None:
         """A segment under its shared name goes to the origin, with the manifests that follow
@@ -956,10 +959,11 @@ class EncoderRuntime:
                 publisher.publish(manifest, rendition.published_name(manifest))
             if completed and not placed:
                 self._publish_ladder()
-        segment = segment_number(path.name)
-        if placed and segment is not None and (master := self._channel_master(writer, segment)):
-            # A few hundred bytes with every segment, like CMAF's init: alike from every
-            # holder of any rung, so an origin that lost it has it again at once.
+        # The channel's master, a few hundred bytes with every segment (after its last rung
+        # held), like CMAF's init: alike from every holder, so an origin that lost it has it
+        # again at once.
+        segment = segment_number(path.name) if placed and completed else None
+        if segment is not None and (master := self._channel_master(writer, segment)) is not None:
             publisher.publish_bytes(master, MASTER_NAME)
 
     def _channel_master(self, writer: SegmentWriter, segment: int) -> bytes | None:
@@ -976,19 +980,11 @@ class EncoderRuntime:
                 settings.frame_rate,
                 settings.gop,
                 agreed,
-                self._video_codec,
                 [c for c in writer.codecs if not c.startswith("avc1.")],
                 settings.output_format,
             )
             self._master = (agreed, text.encode())
         return self._master[1]
-
-    def _video_codec(self, params: EncoderParams) -> str:
-        """``video_codec``, once per rung and bitrate."""
-        known = self._codecs.get(params)
-        if known is None:
-            known = self._codecs[params] = video_codec(params)
-        return known
 
     def _publish_ladder(self) -> None:
         """The ladder's manifests, after the rungs' playlists: the master playlist and the MPD

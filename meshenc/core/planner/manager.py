@@ -57,10 +57,11 @@ No more than ``max_isolated_fraction`` of the encoders are isolated at once, so 
 cannot empty the mesh through the manager.
 
 Load (:mod:`.load`): every applied health report also goes to the
-:class:`~meshenc.core.planner.load.LoadModel` with the number of units the current placement
-gives the reporter, and from it come both the capacity each encoder is planned with (measured,
-with hysteresis; until measured, the median of the measured ones, or the registered one when
-none is) and the pressure the autoscaler sees. A
+:class:`~meshenc.core.planner.load.LoadModel` with the number of units the reporter was last
+published to hold (the placement's, and those it is handing over, :mod:`.handover`), and
+from it come both the capacity each encoder is planned with (measured, with hysteresis; until
+measured, the median of the measured ones, or the registered one when none is) and the
+pressure the autoscaler sees. A
 measured capacity that changes comes out as :class:`CapacityMeasured` on the next tick, which
 replans; the placement then sheds copies only from an encoder whose capacity fell below what
 it holds, and only where another encoder has room: with none anywhere, encoders take copies

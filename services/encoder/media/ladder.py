@@ -236,6 +236,8 @@ class Rendition:
     def bitrate_for(self, agreed_kbps: int) -> int:
         """This rung's bitrate when the mesh agreed ``agreed_kbps`` for the top rung: the same
         share of it as the ladder gives the rung (1 kbit/s at least)."""
+        if self._share == 1:
+            return agreed_kbps  # the top rung, or the single output: no call per frame
         return share_of(agreed_kbps, self._share)
 
     def scaled(self, picture: Picture) -> Picture:
@@ -493,7 +495,6 @@ def channel_master(
     frame_rate: FrameRate,
     gop: int,
     agreed_kbps: int,
-    codec: Callable[[EncoderParams], str],
     other_codecs: Sequence[str],
     fmt: SegmentFormat,
 ) -> str:
@@ -502,9 +503,9 @@ def channel_master(
     different encoders, and no one encoder's own master (its rungs only) can be the
     channel's. Per rung, at its share of the bitrate the mesh agreed for the top rung
     (``agreed_kbps``, which the level in the codec follows): :func:`peak_bandwidth`, the
-    rung's size, its video codec (``codec``: :func:`video_codec`, or a cache of it) and the
-    source's other codecs as this encoder's segments carry them (``other_codecs``: the
-    audio, alike in every rung)."""
+    rung's size, its :func:`video_codec` (one black picture encoded per rung: made once per
+    agreed bitrate, not per segment) and the source's other codecs as this encoder's segments
+    carry them (``other_codecs``: the audio, alike in every rung)."""
     top = top_rung(ladder).bitrate_kbps
     streams = []
     for rung in ladder:
@@ -512,7 +513,7 @@ def channel_master(
         params = rung_params(rung, frame_rate, gop, kbps)
         bandwidth = peak_bandwidth(params, params.segments.duration(params.time_base))
         uri = f"{rung.name}/{PLAYLIST_NAME}"
-        streams.append((bandwidth, params, (codec(params), *other_codecs), uri))
+        streams.append((bandwidth, params, (video_codec(params), *other_codecs), uri))
     return master_text(fmt, frame_rate, streams)
 
 

@@ -55,7 +55,6 @@ def test_two_channels_of_placed_rungs_stay_identical_through_a_kill_and_a_join(
     units = verify_units(out, frames=30)
     summary = json.loads((out / SUMMARY_NAME).read_text())
     print("\n" + "\n".join(f"  {u['rung']}: {u}" for u in summary["rungs"]))
-    assert sorted(units) == sorted(u["rung"] for u in summary["rungs"])
     written = {unit.partition("/")[0] for unit in units}
     assert written == {"0", "1"}, f"units written: {sorted(units)}"
     for unit, verdict in units.items():

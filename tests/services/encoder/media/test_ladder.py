@@ -48,7 +48,6 @@ from services.encoder.media.ladder import (
     parse_ladder,
     renditions_for,
     top_rung,
-    video_codec,
 )
 from services.encoder.media.segments import segment_number
 from services.encoder.pipeline import FramePipeline
@@ -381,7 +380,7 @@ def _check_channel_master(out: Path, renditions: list[Rendition], fmt: SegmentFo
     picture, not read from them — and a BANDWIDTH no written segment exceeded."""
     others = [c for c in renditions[0].writer.codecs if not c.startswith("avc1.")]
     # The newest segments were written at the bitrate the mesh changed to.
-    text = channel_master(LADDER, RATE, GOP, CHANGED_KBPS, video_codec, others, fmt)
+    text = channel_master(LADDER, RATE, GOP, CHANGED_KBPS, others, fmt)
     channel = _variants(text)
     own = _variants((out / MASTER_NAME).read_text())  # from the segments' own SPS and peaks
     assert list(channel) == [f"{rung.name}/index.m3u8" for rung in LADDER] == list(own)
