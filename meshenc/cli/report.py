@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from meshenc.cli.verify import judging_options
-from meshenc.report.verify import count_frames, find_outputs
+from meshenc.report.verify import count_frames, find_outputs, unit_folders
 
 
 @click.command()
@@ -22,7 +22,8 @@ def report(out_dir: Path, lock_in: int, gop: int | None) -> None:
     # matplotlib takes about a second to import: only this command pays for it.
     from meshenc.report import REPORT_NAME, SUMMARY_NAME, write_report  # noqa: PLC0415
 
-    if not find_outputs([out_dir]):
+    # A run of channels or placed rungs keeps its segments a folder or two deeper (units).
+    if not find_outputs([out_dir]) and not unit_folders(out_dir):
         raise click.UsageError(f"no encoder folders with segment files in {out_dir}")
     summary = write_report(out_dir, lock_in=lock_in, frames=count_frames if gop is None else gop)
     if summary.skipped_event_lines:

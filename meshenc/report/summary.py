@@ -34,7 +34,8 @@ A run folder holds one subfolder per encoder (named by encoder id, with its segm
   encoders (or the encoders' folders hold channels), the headline figures are those of the
   unit most encoders wrote, and the run is locked only if every unit is;
 - join time, per ``joined`` event: from the event to the start of the joined encoder's first
-  segment that holds its segment's reference bytes (the majority's), the start of segment
+  segment that holds its segment's reference bytes (the majority's; of any unit it wrote,
+  where units were placed), the start of segment
   ``s`` being ``s × gop / fps`` Unix seconds (timecodes count frames since the Unix epoch) with
   ``gop`` and ``fps`` as the encoders reported them in GetState.
 
@@ -272,20 +273,15 @@ def _failovers(events: EventLog, timeline: Sequence[LeaderChange]) -> list[Failo
 
 def _joins(run: RunRecord) -> list[Join]:
     seconds = run.segment_seconds
+    # Placed units: a joiner may write none of the headline unit, so every unit is searched.
+    verifications = [run.verification, *run.rungs.values()]
     found = []
     for join in (e for e in run.events.lifecycle() if e["kind"] == "joined"):
         encoder, t = join["encoder"], join["t"]
         first: int | None = None
         if seconds is not None:
-            for check in run.verification.segments:
-                # A whole segment cannot start before the encoder existed; allow one segment of
-                # clock offset between the recorder and the mesh's timeline.
-                if (check.segment + 1) * seconds < t:
-                    continue
-                copy = next((c for c in check.copies if c.encoder == encoder), None)
-                if copy is not None and copy.matches and len(check.copies) >= 2:
-                    first = check.segment
-                    break
+            agreed = (_first_agreed(v, encoder, t, seconds) for v in verifications)
+            first = min((s for s in agreed if s is not None), default=None)
         found.append(
             Join(
                 encoder=encoder,
@@ -295,6 +291,22 @@ def _joins(run: RunRecord) -> list[Join]:
             )
         )
     return found
+
+
+def _first_agreed(
+    verification: Verification, encoder: str, joined_at: float, seconds: float
+) -> int | None:
+    """The first segment after ``joined_at`` of which ``encoder``'s copy holds the majority's
+    bytes, beside at least one other copy."""
+    for check in verification.segments:
+        # A whole segment cannot start before the encoder existed; allow one segment of clock
+        # offset between the recorder and the mesh's timeline.
+        if (check.segment + 1) * seconds < joined_at:
+            continue
+        copy = next((c for c in check.copies if c.encoder == encoder), None)
+        if copy is not None and copy.matches and len(check.copies) >= 2:
+            return check.segment
+    return None
 
 
 def _worst(values: Iterable[float | None]) -> float | None:

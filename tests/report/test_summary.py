@@ -130,6 +130,26 @@ def test_join_runs_to_the_start_of_the_first_segment_with_the_majoritys_bytes(
     assert summary.lock_in_misaligned_frames == 2 * GOP
 
 
+def test_a_joiner_of_placed_units_is_timed_in_the_unit_it_wrote(tmp_path: Path) -> None:
+    """Placed units: the joiner writes none of the headline unit (the one most encoders
+    wrote), so its join is found in the unit it does write."""
+    for name in ("a", "b", "c"):
+        write_folder(tmp_path / name / "0" / "160x96", run_of(FIRST, 20))
+    for name in ("a", "b"):
+        write_folder(tmp_path / name / "0" / "96x64", run_of(FIRST, 20))
+    joiner = run_of(FIRST + 10, 10, different={FIRST + 10: b"j0"})
+    write_folder(tmp_path / "d" / "0" / "96x64", joiner)
+    write_events(
+        tmp_path,
+        [state(FIRST + 1.0, "a"), {"t": FIRST + 9.5, "kind": "joined", "encoder": "d"}],
+    )
+    summary = summarize(load_run(tmp_path, frames=GOP))
+    assert summary.encoders == ("a", "b", "c")  # the headline unit, 0/160x96
+    (join,) = summary.joins
+    assert join.first_agreed_segment == FIRST + 11
+    assert join.ms == pytest.approx(1500.0)
+
+
 def test_join_time_is_unknown_without_recorded_timing(tmp_path: Path) -> None:
     make_run(tmp_path, {n: run_of(FIRST, 5) for n in "ab"})
     write_events(tmp_path, [{"t": FIRST + 0.5, "kind": "joined", "encoder": "b"}])
@@ -208,6 +228,18 @@ def test_report_cli_rebuilds_the_report_of_a_finished_run(tmp_path: Path) -> Non
     page = (tmp_path / REPORT_NAME).read_text()
     assert '<p class="verdict skipped">player: skipped (--no-player)</p>' in page
     assert json.loads((tmp_path / SUMMARY_NAME).read_text())["judged_segments"] == 5
+
+
+def test_report_cli_rebuilds_the_report_of_a_run_of_channels(tmp_path: Path) -> None:
+    """A run of several channels keeps its segments in ``<encoder>/<channel>/<rung>/``."""
+    for name in ("a", "b"):
+        write_folder(tmp_path / name / "0" / "160x96", run_of(FIRST, 6))
+        write_folder(tmp_path / name / "1" / "160x96", run_of(FIRST, 6))
+    write_events(tmp_path, [])
+    result = CliRunner().invoke(cli, ["report", str(tmp_path), "--lock-in", "1"])
+    assert result.exit_code == 0, result.output
+    rungs = json.loads((tmp_path / SUMMARY_NAME).read_text())["rungs"]
+    assert [(r["rung"], r["locked"]) for r in rungs] == [("0/160x96", True), ("1/160x96", True)]
 
 
 def test_report_cli_refuses_a_folder_without_encoder_output(tmp_path: Path) -> None:
