@@ -480,7 +480,11 @@ def test_the_charts_containers_run_from_the_image_and_the_encoders_lock(mesh: Me
     hook_containers = [f"{hook_name}-{c['name']}" for c in hook["spec"]["containers"]]
     statuses = podman.run("wait", *hook_containers, timeout=60).split()
     failed = [c for c, status in zip(hook_containers, statuses, strict=True) if status != "0"]
-    assert len(statuses) == len(hook_containers) and not failed, f"helm test fails: {failed}"
+    if len(statuses) != len(hook_containers) or failed:
+        # What each failed check printed, and how often each service's container restarted.
+        said = {c: podman.run("logs", c, check=False).strip() for c in failed}
+        restarts = {c["Names"][0]: c.get("Restarts") for c in mesh.containers()}
+        raise AssertionError(f"helm test fails: {said}; restarts: {restarts}")
 
     # 3. The encoders lock: the segments on their volumes are byte-identical.
     encoders = [name for name in mesh.addresses if "-encoder-" in name]
