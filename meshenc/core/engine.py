@@ -170,11 +170,22 @@ class _Written(NamedTuple):
     vouched: bool
 
 
-def _keep(digests: dict[int, _Written], segment: int, written: _Written) -> None:
-    """Remember a written segment, the newest ``_AGREEMENT_SEGMENTS`` segments only."""
-    digests[segment] = written
-    while len(digests) > _AGREEMENT_SEGMENTS:
-        del digests[min(digests)]
+#: Outputs whose digests are kept per encoder: as many as the units a health report names.
+_DIGEST_UNITS = 64
+
+
+def _keep(
+    digests: dict[tuple[str, int], _Written], unit: str, segment: int, written: _Written
+) -> None:
+    """Remember a written segment of an output (``unit``: "" the whole output, else a placed
+    rung), the newest ``_AGREEMENT_SEGMENTS`` segments only: an output no longer written
+    (its rung handed on) is forgotten with them."""
+    digests[unit, segment] = written
+    newest = max(s for _, s in digests)
+    for key in [k for k in digests if k[1] <= newest - _AGREEMENT_SEGMENTS]:
+        del digests[key]
+    while len(digests) > _DIGEST_UNITS * _AGREEMENT_SEGMENTS:
+        del digests[min(digests, key=lambda k: k[1])]
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,12 +389,18 @@ class SegmentWritten:
     """The shell wrote ``segment`` (every rung of it): ``digest`` is the SHA-256 of its bytes
     (for a ladder, over every rung's in ladder order). The ESPs carry the newest one, so that
     a segment counts as agreed only where a neighbour's bytes are the same
-    (``SyncEngine.agreed``): frame hashes cover the video, not what else the segment holds."""
+    (``SyncEngine.agreed``): frame hashes cover the video, not what else the segment holds
+    (its audio, whose place follows the first picture's source time: in a still stretch two
+    copies a frame apart have the same video and their audio a frame apart). Where rungs are placed
+    on different encoders, each rung written is its own ``unit``, compared with the
+    neighbours that write that rung."""
 
     segment: int
     digest: bytes
     #: Whether the shell wrote it under its shared name (it vouched for it), not aside.
     vouched: bool
+    #: Which output: "" the whole output (every rung), else a placed rung's name.
+    unit: str = ""
 
 
 Event = (
@@ -583,7 +600,7 @@ class _Neighbour:
         #: encoder whose input lags its neighbours' hears their hashes before it has its own.
         self.unhashed: dict[int, bytes] = {}
         #: The segments the neighbour wrote, by segment (``SegmentWritten``).
-        self.digests: dict[int, _Written] = {}
+        self.digests: dict[tuple[str, int], _Written] = {}
         #: When this neighbour was first counted (since it last fell silent).
         self.counted_since: float | None = None
         self.acc_count = 0
@@ -661,8 +678,9 @@ class SyncEngine:
         self._neighbours: dict[str, _Neighbour] = {}
         self._own: dict[int, tuple[float, float, int]] = {}
         self._hashes: dict[int, bytes] = {}
-        #: The digests of the segments this encoder wrote, by segment (``SegmentWritten``).
-        self._segment_digests: dict[int, _Written] = {}
+        #: The digests of the segments this encoder wrote, by output and segment
+        #: (``SegmentWritten``).
+        self._segment_digests: dict[tuple[str, int], _Written] = {}
         self._corr = 0.0
         self._corr_rate = 0.0
         self._corr_at = 0.0
@@ -758,8 +776,8 @@ class SyncEngine:
                 self._apply_escalated(now, proposal_id)
             case Stalled():
                 self._proof, self._proof_tc = 0, self._last_tc if self._last_tc is not None else -1
-            case SegmentWritten(segment, digest, vouched):
-                _keep(self._segment_digests, segment, _Written(digest, vouched))
+            case SegmentWritten(segment, digest, vouched, unit):
+                _keep(self._segment_digests, unit, segment, _Written(digest, vouched))
             case Tick():
                 self._tick_votes(now)
 
@@ -953,13 +971,19 @@ class SyncEngine:
             timeline=self._timeline,
         )
         if self._segment_digests:
-            segment = max(self._segment_digests)
-            written = self._segment_digests[segment]
+            # Each output's newest segment, one output per ESP in turn.
+            latest: dict[str, int] = {}
+            for unit, segment in self._segment_digests:
+                latest[unit] = max(segment, latest.get(unit, segment))
+            units = sorted(latest)
+            unit = units[self._sequence % len(units)]
+            written = self._segment_digests[unit, latest[unit]]
             esp = replace(
                 esp,
-                written_segment=segment,
+                written_segment=latest[unit],
                 segment_digest=written.digest,
                 segment_vouched=written.vouched,
+                segment_unit=unit,
             )
         route = self._route
         if route is not None:
@@ -1014,11 +1038,13 @@ class SyncEngine:
         nb.link.on_packet(now, esp.sequence, esp.sent_at, esp.echo_sent_at, esp.echo_hold)
         nb.last = esp
         if esp.segment_digest and esp.written_segment > 0:
-            # Every ESP repeats the sender's newest segment: keep it once.
-            known = nb.digests.get(esp.written_segment)
+            # Every ESP repeats the sender's newest segment (of one output): keep it once.
+            key = (esp.segment_unit, esp.written_segment)
+            known = nb.digests.get(key)
             if known is None or known != (esp.segment_digest, esp.segment_vouched):
                 _keep(
                     nb.digests,
+                    esp.segment_unit,
                     esp.written_segment,
                     _Written(esp.segment_digest, esp.segment_vouched),
                 )
@@ -1079,25 +1105,34 @@ class SyncEngine:
         else:
             tally[1] = 1
 
-    def agreed(self, segment: int, now: float) -> bool:
-        """Whether ``segment``'s bytes are not this encoder's alone: a neighbour wrote the same
-        (``SegmentWritten``, its digest in its ESPs), or, where no neighbour heard announces
-        digests or this encoder has not written the segment, a neighbour's frame hashes
-        equalled ours for at least half of its timecodes, none differing. An encoder whose
-        timeline slipped while it thought itself locked (a busy machine, a resumed process)
-        has no such neighbour, and its copy must not go out under the shared name; nor one
-        whose video agreed but whose segment did not (measured: an encoder back from an
-        input loss wrote a segment with the mesh's video and less of its audio). With no
-        neighbour heard within ``stale_after`` (the last one standing) there is no one to
-        agree or disagree, and its own vouching has to do."""
+    def agreed(self, segment: int, now: float, unit: str = "") -> bool:
+        """Whether ``segment``'s bytes (of output ``unit``: "" the whole output, else a placed
+        rung) are not this encoder's alone: a neighbour wrote the same (``SegmentWritten``,
+        its digest in its ESPs), or, where no neighbour heard writes that output and vouches
+        for it (a vouched copy of this segment or the one before: one locking in does not
+        hold a placed rung's other holder back) or this encoder has not written the segment,
+        a neighbour's frame hashes equalled ours for at least half of its timecodes, none
+        differing. An encoder whose timeline slipped while it thought itself locked (a busy
+        machine, a resumed process) has no such neighbour, and its copy must not go out
+        under the shared name; nor one whose video agreed but whose segment did not
+        (measured: an encoder back from an input loss wrote a segment with the mesh's video
+        and less of its audio; two busy ones, in a still stretch, a frame apart with the same
+        video and their audio a frame apart). With no neighbour heard within ``stale_after``
+        (the last one standing) there is no one to agree or disagree, and its own vouching
+        has to do."""
         oldest = now - self.config.stale_after
         heard = [nb for nb in self._neighbours.values() if nb.link.last_received_at >= oldest]
         if not heard:
             return True
-        own = self._segment_digests.get(segment)
-        if own is not None and any(nb.digests for nb in heard):
+        own = self._segment_digests.get((unit, segment))
+        if own is not None and any(
+            u == unit and s >= segment - 1 and written.vouched
+            for nb in heard
+            for (u, s), written in nb.digests.items()
+        ):
             return any(
-                (theirs := nb.digests.get(segment)) is not None and theirs.digest == own.digest
+                (theirs := nb.digests.get((unit, segment))) is not None
+                and theirs.digest == own.digest
                 for nb in heard
             )
         needed = (self._segments.gop + 1) // 2
@@ -1106,15 +1141,16 @@ class SyncEngine:
             for matched, differed in self._agreement.get(segment, {}).values()
         )
 
-    def confirmed(self, segment: int) -> bool:
-        """Whether a neighbour that vouched for ``segment`` wrote the same bytes as this
-        encoder. This encoder's own copy went aside (it was locking in, resuming, or not sure
-        of its timeline), but bytes equal to a vouched copy are the mesh's segment whatever
-        this encoder's state was: the copy may take the shared name. (Two copies that no one
-        vouched for prove nothing by agreeing: they may share one mistake.)"""
-        own = self._segment_digests.get(segment)
+    def confirmed(self, segment: int, unit: str = "") -> bool:
+        """Whether a neighbour that vouched for ``segment`` (of output ``unit``) wrote the
+        same bytes as this encoder. This encoder's own copy went aside (it was locking in,
+        resuming, or not sure of its timeline), but bytes equal to a vouched copy are the
+        mesh's segment whatever this encoder's state was: the copy may take the shared name.
+        (Two copies that no one vouched for prove nothing by agreeing: they may share one
+        mistake.)"""
+        own = self._segment_digests.get((unit, segment))
         return own is not None and any(
-            (theirs := nb.digests.get(segment)) is not None
+            (theirs := nb.digests.get((unit, segment))) is not None
             and theirs.vouched
             and theirs.digest == own.digest
             for nb in self._neighbours.values()

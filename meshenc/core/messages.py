@@ -88,6 +88,8 @@ class EncodingStatePacket:
     segment_digest: bytes = b""
     #: Whether the sender vouched for that segment (wrote it under its shared name).
     segment_vouched: bool = False
+    #: Which output the digest is of: "" the whole output, else a placed rung's name.
+    segment_unit: str = ""
 
 
 @dataclass(frozen=True, slots=True)

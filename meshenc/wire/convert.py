@@ -255,6 +255,7 @@ def esp_to_proto(esp: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
         written_segment=esp.written_segment,
         segment_digest=esp.segment_digest,
         segment_vouched=esp.segment_vouched,
+        segment_unit=esp.segment_unit,
     )
 
 
@@ -297,6 +298,7 @@ def esp_from_proto(msg: mesh_pb2.EncodingStatePacket) -> EncodingStatePacket:
         written_segment=msg.written_segment,
         segment_digest=msg.segment_digest,
         segment_vouched=msg.segment_vouched,
+        segment_unit=msg.segment_unit,
     )
 
 

@@ -43,8 +43,9 @@ Mesh (``EncoderMesh``)
     then set), 0 < ``merge_hops`` < ``MAX_HOPS``, ``|merge_offset_ns|`` <=
     ``MAX_DEVIATION_NS``, ``merge_witnesses`` 1 to ``MAX_WITNESSES`` distinct sorted ids and
     0 <= ``merge_segment`` < ``MAX_TIMECODE``; ``written_segment`` and ``segment_digest`` are
-    both unset (and ``segment_vouched`` false), or 0 < ``written_segment`` < ``MAX_TIMECODE``
-    with a digest of exactly ``FRAME_HASH_LENGTH`` bytes.
+    both unset (and ``segment_vouched`` false, ``segment_unit`` empty), or 0 <
+    ``written_segment`` < ``MAX_TIMECODE`` with a digest of exactly ``FRAME_HASH_LENGTH``
+    bytes and ``segment_unit`` empty or a folder name (an id other than ``.`` and ``..``).
   - ResyncProposal: ``proposal_id`` > 0; ``kind`` known and not UNSPECIFIED;
     ``|shift_ns|`` <= ``MAX_SHIFT_NS`` (10 s); PARAMETER requires ``bitrate_kbps`` within
     [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``] and 0 < ``effective_segment`` <
@@ -460,14 +461,17 @@ def _esp(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
 
 
 def _written_segment(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
-    """An ESP's newest written segment and its digest: both or neither; vouched for only
-    with both."""
+    """An ESP's newest written segment and its digest: both or neither; vouched for and of a
+    named unit (a rung's folder name, as a channel's is) only with both."""
     if not msg.written_segment and not msg.segment_digest:
-        if msg.segment_vouched:
-            raise InvalidMessage(
-                _path(prefix, "segment_vouched"), "must be false without written_segment"
-            )
+        for field, value in (
+            ("segment_vouched", msg.segment_vouched),
+            ("segment_unit", msg.segment_unit),
+        ):
+            if value:
+                raise InvalidMessage(_path(prefix, field), "must be unset without written_segment")
         return
+    check_channel_name(msg.segment_unit, _path(prefix, "segment_unit"), allow_empty=True)
     _check_range(
         msg.written_segment, 1, MAX_TIMECODE - 1, _path(prefix, "written_segment"), "segments"
     )

@@ -882,12 +882,18 @@ class EncoderRuntime:
     def _digest_written(self, rendition: Rendition, segment: int, aside: bool) -> None:
         """Once every rung has written ``segment`` (aside or not), tell the engine its digest
         (``SegmentWritten``): the ESPs carry it, and a neighbour's equal digest is what lets
-        a segment out (``_release``)."""
+        a segment out (``_release``). Where rungs are placed, the rungs held differ between
+        encoders: each rung's digest is its own, compared with the neighbours that write
+        that rung."""
         digest = rendition.writer.digest(segment)
         if digest is None:
             return
-        if self.settings.follows_placement or self._holdings is None:
-            return  # rungs held differ between encoders: the slots' input hashes compare
+        if self.settings.follows_placement:
+            unit = rendition.folder or ""
+            self.pipeline.step(self.clock(), SegmentWritten(segment, digest, not aside, unit))
+            return
+        if self._holdings is None:
+            return
         active = self._holdings.active
         rungs = self._rung_digests.setdefault(segment, {})
         rungs[rendition.folder or ""] = digest
@@ -917,12 +923,13 @@ class EncoderRuntime:
         for key in sorted(self._held):
             held = self._held[key]
             writer = held.rendition.writer
-            if held.aside and self.engine.confirmed(key[0]):
+            unit = key[1] if self.settings.follows_placement else ""  # the rung placed, or all
+            if held.aside and self.engine.confirmed(key[0], unit):
                 del self._held[key]
                 if (path := writer.restore(key[0])) is not None:
                     self.stats.restored += 1
                     self._went_out(key, held, path)
-            elif not held.aside and self.engine.agreed(key[0], clock):
+            elif not held.aside and self.engine.agreed(key[0], clock, unit):
                 del self._held[key]
                 self._went_out(key, held, held.path)
             elif final or now > held.deadline:

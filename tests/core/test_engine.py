@@ -263,9 +263,9 @@ def test_a_segment_is_agreed_only_when_a_neighbour_hashed_it_alike() -> None:
 
 def test_a_segment_whose_bytes_differ_is_not_agreed_though_its_frames_were() -> None:
     """Frame hashes cover the video; where neighbours announce digests of the segments they
-    wrote, equal bytes decide (measured: an encoder back from an input loss wrote the mesh's
-    video with less of its audio, its frames all agreed). The newest digest rides on the
-    ESPs."""
+    wrote and vouched for, equal bytes decide (measured: an encoder back from an input loss
+    wrote the mesh's video with less of its audio, its frames all agreed). The newest digest
+    rides on the ESPs."""
     gop = 60
     engine = _engine(["a", "b"])
     _run(engine, range(3 * gop), {"a": _zero, "b": _zero})  # every frame hash alike
@@ -281,12 +281,66 @@ def test_a_segment_whose_bytes_differ_is_not_agreed_though_its_frames_were() -> 
         mine,
         True,
     )
-    differs = replace(_esp("a", 10_000, 3 * gop, now), written_segment=segment)
+    differs = replace(
+        _esp("a", 10_000, 3 * gop, now), written_segment=segment, segment_vouched=True
+    )
     engine.esp(now, replace(differs, segment_digest=theirs))
     assert not engine.engine.agreed(segment, now)
     alike = replace(_esp("b", 10_000, 3 * gop, now), written_segment=segment)
     engine.esp(now, replace(alike, segment_digest=mine))
     assert engine.engine.agreed(segment, now)
+
+
+def test_placed_rungs_are_compared_with_the_neighbours_that_write_the_same_rung() -> None:
+    """Where rungs are placed on different encoders, each rung is its own output: its digest
+    rides on the ESPs named after it, one rung per ESP in turn, and where a neighbour writes
+    that rung and vouches for it, a copy of the rung is agreed only by a neighbour's equal
+    bytes of that rung, whatever the digests of other rungs. A neighbour that does not vouch
+    for its copy (locking in), or stopped writing the rung (it wrote neither this segment nor
+    the one before), holds nothing back: the frame hashes decide."""
+    gop = 60
+    engine = _engine(["a", "b"])
+    _run(engine, range(3 * gop), {"a": _zero, "b": _zero})  # every frame hash alike
+    segment = FPS.slot(START + 60 * T) // gop
+    now = START + 3 * gop * T
+    big, small, other = b"\x0a" * 32, b"\x0c" * 32, b"\x0b" * 32
+    engine.engine.step(now, SegmentWritten(segment, big, vouched=True, unit="1280x720"))
+    engine.engine.step(now, SegmentWritten(segment, small, vouched=True, unit="640x360"))
+    sent = []
+    for k in range(2):
+        engine.frame(now, 3 * gop + k)
+        sent.append(next(esp for _to, esp in engine.encoded(now)))
+    assert {(e.segment_unit, e.written_segment, e.segment_digest) for e in sent} == {
+        ("1280x720", segment, big),
+        ("640x360", segment, small),
+    }
+    # "a" writes 1280x720 with other bytes, "b" writes 640x360 with the same bytes as ours.
+    a = replace(
+        _esp("a", 10_000, 3 * gop, now),
+        written_segment=segment,
+        segment_unit="1280x720",
+        segment_vouched=True,
+    )
+    engine.esp(now, replace(a, segment_digest=other))
+    b = replace(_esp("b", 10_000, 3 * gop, now), written_segment=segment, segment_unit="640x360")
+    engine.esp(now, replace(b, segment_digest=small))
+    assert not engine.engine.agreed(segment, now, "1280x720")
+    assert engine.engine.agreed(segment, now, "640x360")
+    # Other bytes that "a" did not vouch for (it is locking in) hold nothing back.
+    locking = _engine(["a", "b"])
+    _run(locking, range(3 * gop), {"a": _zero, "b": _zero})
+    locking.engine.step(now, SegmentWritten(segment, big, vouched=True, unit="1280x720"))
+    locking.esp(now, replace(a, segment_digest=other, segment_vouched=False))
+    assert locking.engine.agreed(segment, now, "1280x720")
+    # Once "a" has stopped writing 1280x720 (its newest digest of it two segments old), it
+    # holds nothing back: the frame hashes, all alike, decide.
+    stopped = _engine(["a", "b"])
+    _run(stopped, range(3 * gop), {"a": _zero, "b": _zero})
+    stopped.engine.step(now, SegmentWritten(segment, big, vouched=True, unit="1280x720"))
+    stopped.esp(now, replace(a, written_segment=segment - 2, segment_digest=other))
+    assert stopped.engine.agreed(segment, now, "1280x720")
+    stopped.esp(now, replace(a, sequence=10_001, written_segment=segment - 1, segment_digest=other))
+    assert not stopped.engine.agreed(segment, now, "1280x720")
 
 
 def test_a_copy_written_aside_is_confirmed_only_by_a_vouched_copy_of_the_same_bytes() -> None:

@@ -191,6 +191,7 @@ def _esps(draw: st.DrawFn) -> EncodingStatePacket:
             ),
             "segment_digest": draw(st.binary(min_size=32, max_size=32)),
             "segment_vouched": draw(st.booleans()),
+            "segment_unit": draw(st.sampled_from(["", "1280x720", "hd"])),
         }
     return EncodingStatePacket(
         sender=sender,
@@ -245,6 +246,7 @@ def test_esp_round_trip_within_one_nanosecond(esp: EncodingStatePacket) -> None:
         "written_segment",
         "segment_digest",
         "segment_vouched",
+        "segment_unit",
     ):
         assert getattr(back, name) == getattr(esp, name), name
     for name in (
@@ -375,6 +377,7 @@ def test_esp_wire_contract_is_stable() -> None:
         ("written_segment", 30, "int64"),
         ("segment_digest", 31, "bytes"),
         ("segment_vouched", 32, "bool"),
+        ("segment_unit", 33, "string"),
     ]
     actual = [(f.name, f.number, _TYPE_NAMES[f.type]) for f in fields]
     assert actual == expected
@@ -677,6 +680,7 @@ def test_hello_rejected(mutate: Callable[[mesh_pb2.Hello], object], field: str) 
         _valid_esp(timeline="enc-20", **{**_ROUTE, "merge_segment": 0}),
         _valid_esp(written_segment=1, segment_digest=HASH),
         _valid_esp(written_segment=1, segment_digest=HASH, segment_vouched=True),
+        _valid_esp(written_segment=1, segment_digest=HASH, segment_unit="640x360"),
     ],
 )
 def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
@@ -756,6 +760,9 @@ def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
         ({"segment_digest": HASH}, "written_segment"),
         ({"written_segment": 5, "segment_digest": HASH[:31]}, "segment_digest"),
         ({"segment_vouched": True}, "segment_vouched"),
+        ({"segment_unit": "640x360"}, "segment_unit"),
+        ({"written_segment": 5, "segment_digest": HASH, "segment_unit": ".."}, "segment_unit"),
+        ({"written_segment": 5, "segment_digest": HASH, "segment_unit": "a/b"}, "segment_unit"),
         ({"written_segment": -5, "segment_digest": HASH}, "written_segment"),
     ],
 )

@@ -8,18 +8,25 @@ import dataclasses
 import time
 from pathlib import Path
 
-from meshenc.core.engine import EngineConfig, EspReceived, FrameCaptured, SyncEngine
+from meshenc.core.engine import (
+    EngineConfig,
+    EspReceived,
+    FrameCaptured,
+    NeighboursChanged,
+    SyncEngine,
+)
 from meshenc.core.messages import EncodingStatePacket
 from meshenc.core.timecode import FrameRate
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from meshenc.wire import convert
+from services.common.etcd import EtcdSettings
 from services.common.grpc_server import open_channel
 from services.encoder.media import EncoderParams, GopEncoder, SyntheticSource, VideoFormat
 from services.encoder.media.containers import SegmentFormat
-from services.encoder.media.ladder import Holdings, renditions_for
+from services.encoder.media.ladder import Holdings, open_rendition, parse_ladder, renditions_for
 from services.encoder.media.segments import aside_name, segment_name
 from services.encoder.runtime import EncoderRuntime
-from services.encoder.settings import EncoderSettings, parse_size
+from services.encoder.settings import EncoderSettings, TopologyMode, parse_size
 
 FPS = FrameRate(30)
 START = FPS.slot_middle(FPS.slot(1.8e9))
@@ -161,6 +168,55 @@ def test_a_segment_written_aside_takes_its_shared_name_when_a_vouched_neighbour_
     runtime._release()
     assert not (tmp_path / aside_name(first)).exists()
     assert (tmp_path / segment_name(first)).is_file() and runtime.stats.restored == 1
+
+
+def test_a_placed_rungs_copy_is_confirmed_by_a_neighbours_copy_of_that_rung(
+    tmp_path: Path,
+) -> None:
+    """Rungs placed by the manager: the runtime tells the engine each rung's digest under the
+    rung's name, and a copy written aside takes its shared name only from a vouched
+    neighbour's equal bytes of the same rung; the same bytes announced as another output
+    (the whole output, another rung) leave it aside."""
+    rung = parse_ladder("64x64@200")[0]
+    settings = EncoderSettings(
+        id="e1", listen="127.0.0.1:0", out=tmp_path, gop=30, ladder=(rung,),
+        topology=TopologyMode.ETCD, etcd=EtcdSettings(endpoints=("http://127.0.0.1:9",)),
+    )  # fmt: skip
+    assert settings.follows_placement
+    runtime = EncoderRuntime(settings)
+    runtime.engine.step(runtime.clock(), NeighboursChanged(("e2",)))  # as the placement says
+    rendition = open_rendition(
+        tmp_path, FPS, 30, rung, top_kbps=200, fmt=SegmentFormat.TS, aside=runtime._sets_aside
+    )
+    runtime._holdings = Holdings.fixed([rendition], runtime._segments)
+    params = EncoderParams(64, 64, FPS, 30, 200)
+    source, encoder = SyntheticSource(VideoFormat(64, 64, FPS)), GopEncoder(params)
+    first = FPS.slot(START) // 30 + 1
+    written: list[Path] = []
+    try:
+        for tc in range(first * 30, first * 30 + 31):
+            written += rendition.writer.add(encoder.encode(tc, source.read()))
+    finally:
+        encoder.close()
+    runtime.segments_written(rendition, written, time.time_ns())
+    digest = rendition.writer.digest(first)
+    assert digest is not None
+    folder = tmp_path / rung.name
+    assert (folder / aside_name(first)).is_file()
+    now = runtime.clock()
+    heard = EncodingStatePacket(
+        sender="e2", sequence=1, topology_epoch=0, timecode=FPS.slot(now), frame_hash=b"",
+        fingerprint=1, label=now, correction=0.0, correction_rate=0.0, encode_latency=0.0,
+        rtt=0.0, jitter=0.0, confidence=1.0, sent_at=now, locked=True,
+        written_segment=first, segment_digest=digest, segment_vouched=True,
+    )  # fmt: skip
+    for sequence, unit in enumerate(("", "32x32"), start=1):
+        runtime.on_esp(dataclasses.replace(heard, sequence=sequence, segment_unit=unit))
+        runtime._release()
+        assert (folder / aside_name(first)).is_file() and runtime.stats.restored == 0, unit
+    runtime.on_esp(dataclasses.replace(heard, sequence=3, segment_unit=rung.name))
+    runtime._release()
+    assert (folder / segment_name(first)).is_file() and runtime.stats.restored == 1
 
 
 def test_sizes_parse_as_width_and_height() -> None:
