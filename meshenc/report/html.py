@@ -71,6 +71,9 @@ $summary_table
 <h2>Encoders</h2>
 $encoder_table
 
+<h2>Work units</h2>
+$unit_table
+
 <h2>Failovers and joins</h2>
 $failover_table
 $join_table
@@ -388,6 +391,33 @@ def _recording(summary: Summary) -> str:
     )
 
 
+def _unit_table(summary: Summary) -> str:
+    """Per work unit (placed rungs, channels): who wrote it, its copies, and its recording at
+    the origin."""
+    if not summary.rungs:
+        return "<p>One output: every encoder wrote the same unit (the summary above).</p>"
+    rows = [
+        (
+            unit.rung,
+            ", ".join(f"{e} ({n})" for e, n in unit.holders.items()),
+            str(unit.segments),
+            "—" if unit.min_copies is None else str(unit.min_copies),
+            f"{unit.identical}/{unit.shared}",
+            "—" if unit.origin is None else unit.origin.verdict,
+        )
+        for unit in summary.rungs
+    ]
+    headers = (
+        "unit",
+        "holders (segments written)",
+        "segments",
+        "fewest copies",
+        "identical shared segments",
+        "origin",
+    )
+    return _table(headers, rows)
+
+
 def _identity_table(run: RunRecord) -> str:
     names, numbers, cells = identity_matrix(run)
     if not numbers:
@@ -438,6 +468,7 @@ def render_report(run: RunRecord, summary: Summary, plots_dir: str) -> str:
         skipped=f", {skipped} unreadable lines skipped" if skipped else "",
         summary_table=_summary_table(summary),
         encoder_table=_encoder_table(run),
+        unit_table=_unit_table(summary),
         failover_table=_failover_table(summary),
         join_table=_join_table(summary),
         offsets_png=link(OFFSETS_PNG),

@@ -40,7 +40,7 @@ from typing import Any
 
 import av
 
-from meshenc.report.verify import parse_playlist, rendition_folder, segment_source
+from meshenc.report.verify import output_units, parse_playlist, rendition_folder, segment_source
 from services.encoder.media.containers import TICKS
 from services.encoder.media.ladder import CHANNEL
 from services.encoder.media.segments import (
@@ -57,6 +57,7 @@ __all__ = [
     "Jump",
     "RecordingCheck",
     "check_recording",
+    "check_unit_recordings",
     "decode_segment",
     "judge",
     "playlist_problems",
@@ -147,8 +148,13 @@ class RecordingCheck:
             f"recording: {len(self.segments)} segments, {self.video_frames} frames "
             f"({self.seconds:.1f} s), {self.audio_frames} audio frames"
         )
+        return f"{head}, {self.verdict}"
+
+    @property
+    def verdict(self) -> str:
+        """``continuous``, or ``NOT continuous:`` and what is wrong."""
         if self.continuous:
-            return f"{head}, continuous"
+            return "continuous"
         problems = []
         if not self.segments or not self.video_frames:
             problems.append("no video")
@@ -161,7 +167,7 @@ class RecordingCheck:
         if self.audio_jumps:
             problems.append(f"{len(self.audio_jumps)} audio gaps/overlaps")
         problems += self.playlist_problems
-        return f"{head}, NOT continuous: " + "; ".join(problems)
+        return "NOT continuous: " + "; ".join(problems)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -326,6 +332,19 @@ def judge(segments: Sequence[DecodedSegment], playlist: str | None) -> Recording
     )
 
 
+def check_unit_recordings(origin_dir: Path) -> dict[str, RecordingCheck]:
+    """Every work unit's recording at the origin (a placed ladder's rungs, several channels'
+    outputs or rungs; see ``verify.unit_folders``), each judged as :func:`check_recording`
+    judges one; empty where the origin holds one output."""
+    if not Path(origin_dir).is_dir():
+        return {}
+    return {
+        unit: check
+        for unit, folder in output_units(Path(origin_dir)).items()
+        if (check := _judge_folder(folder)) is not None
+    }
+
+
 def check_recording(origin_dir: Path) -> RecordingCheck | None:
     """Decode every segment the origin holds, in number order, and judge the recording.
 
@@ -338,10 +357,14 @@ def check_recording(origin_dir: Path) -> RecordingCheck | None:
         return None
     if (origin_dir / CHANNEL).is_dir():
         origin_dir = origin_dir / CHANNEL
-    origin_dir = rendition_folder(origin_dir)  # a ladder's recording: its first rung
-    paths = [p for p in origin_dir.iterdir() if segment_number(p.name) is not None]
+    return _judge_folder(rendition_folder(origin_dir))  # a ladder's recording: its first rung
+
+
+def _judge_folder(folder: Path) -> RecordingCheck | None:
+    """The verdict on the segments of one folder and its playlist; None without segments."""
+    paths = [p for p in folder.iterdir() if segment_number(p.name) is not None]
     if not paths:
         return None
-    playlist_path = origin_dir / PLAYLIST_NAME
+    playlist_path = folder / PLAYLIST_NAME
     playlist = playlist_path.read_text(errors="replace") if playlist_path.is_file() else None
     return judge([decode_segment(p) for p in paths], playlist)

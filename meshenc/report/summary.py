@@ -67,7 +67,7 @@ from meshenc.report.playback import (
     read_log,
 )
 from meshenc.report.recorder import EVENTS_NAME, EventLog, StateEvent, read_events
-from meshenc.report.recording import RecordingCheck, check_recording
+from meshenc.report.recording import RecordingCheck, check_recording, check_unit_recordings
 from meshenc.report.verify import (
     DEFAULT_LOCK_IN,
     ORIGIN_DIR,
@@ -120,6 +120,8 @@ class RunRecord:
     channel: PlaybackResult | None = None
     #: An ABR ladder's rungs, each judged among the encoders that wrote it (empty: no ladder).
     rungs: Mapping[str, Verification] = field(default_factory=dict)
+    #: Each of those units' recording at the origin, where it has one.
+    unit_recordings: Mapping[str, RecordingCheck] = field(default_factory=dict)
 
     @property
     def segment_seconds(self) -> float | None:
@@ -174,6 +176,7 @@ def load_run(
         dash=load_playback(out_dir, DASH_PLAYER),
         channel=load_playback(out_dir, CHANNEL_PLAYER),
         rungs=rungs,
+        unit_recordings=check_unit_recordings(out_dir / ORIGIN_DIR) if rungs else {},
     )
 
 
@@ -329,17 +332,22 @@ class RungSummary:
     shared: int
     identical: int
     locked: bool
+    #: The unit's recording at the origin (None: the run had no origin, or it holds none).
+    origin: RecordingCheck | None = None
 
     @property
     def line(self) -> str:
         """e.g. ``640x360: enc-0 (12), enc-3 (7), enc-4 (5); 19 segments, at least 2 copies,
-        17/17 shared segments identical``."""
+        17/17 shared segments identical; origin: 18 segments, continuous``."""
         holders = ", ".join(f"{e} ({n})" for e, n in self.holders.items())
         copies = "—" if self.min_copies is None else str(self.min_copies)
-        return (
+        line = (
             f"{self.rung}: {holders}; {self.segments} segments, at least {copies} copies, "
             f"{self.identical}/{self.shared} shared segments identical"
         )
+        if self.origin is not None:
+            line += f"; origin: {len(self.origin.segments)} segments, {self.origin.verdict}"
+        return line
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -350,11 +358,15 @@ class RungSummary:
             "shared": self.shared,
             "identical": self.identical,
             "locked": self.locked,
+            "origin": None if self.origin is None else self.origin.to_json(),
         }
 
 
-def summarize_rung(rung: str, verification: Verification) -> RungSummary:
-    """The figures of one rung's comparison (see :class:`RungSummary`)."""
+def summarize_rung(
+    rung: str, verification: Verification, origin: RecordingCheck | None = None
+) -> RungSummary:
+    """The figures of one rung's comparison, with its recording at the origin if any (see
+    :class:`RungSummary`)."""
     checks = verification.segments
     inner = checks[1:-1]
     shared = [c for c in checks if len(c.copies) >= 2]
@@ -366,6 +378,7 @@ def summarize_rung(rung: str, verification: Verification) -> RungSummary:
         shared=len(shared),
         identical=sum(1 for c in shared if c.identical),
         locked=verification.locked,
+        origin=origin,
     )
 
 
@@ -533,7 +546,9 @@ def summarize(run: RunRecord) -> Summary:
         player_failover=run.player_failover,
         dash=run.dash,
         channel=run.channel,
-        rungs=tuple(summarize_rung(rung, v) for rung, v in run.rungs.items()),
+        rungs=tuple(
+            summarize_rung(rung, v, run.unit_recordings.get(rung)) for rung, v in run.rungs.items()
+        ),
     )
 
 

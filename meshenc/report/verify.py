@@ -101,6 +101,7 @@ __all__ = [
     "compare",
     "count_frames",
     "find_outputs",
+    "output_units",
     "parse_playlist",
     "rendition_folder",
     "rung_pixels",
@@ -697,16 +698,25 @@ def unit_folders(out_dir: Path) -> dict[str, list[Path]]:
         raise NotADirectoryError(f"{out_dir} is not a folder")
     found: dict[str, list[Path]] = {}
     for encoder in sorted(p for p in out_dir.iterdir() if p.is_dir() and p.name != ORIGIN_DIR):
-        for sub in sorted(p for p in encoder.iterdir() if p.is_dir()):
-            if rung_pixels(sub.name):
-                if _holds_segments(sub):
-                    found.setdefault(sub.name, []).append(sub)
-                continue
-            if _has_segment_files(sub):
-                found.setdefault(sub.name, []).append(sub)
-            for rung in sorted(p for p in sub.iterdir() if p.is_dir()):
-                if rung_pixels(rung.name) and _holds_segments(rung):
-                    found.setdefault(f"{sub.name}/{rung.name}", []).append(rung)
+        for unit, folder in output_units(encoder).items():
+            found.setdefault(unit, []).append(folder)
+    return found
+
+
+def output_units(output: Path) -> dict[str, Path]:
+    """The work-unit folders of one output (an encoder's folder, or the origin's recording,
+    which has the same layout), by unit as :func:`unit_folders` names them."""
+    found: dict[str, Path] = {}
+    for sub in sorted(p for p in output.iterdir() if p.is_dir()):
+        if rung_pixels(sub.name):
+            if _holds_segments(sub):
+                found[sub.name] = sub
+            continue
+        if _has_segment_files(sub):
+            found[sub.name] = sub
+        for rung in sorted(p for p in sub.iterdir() if p.is_dir()):
+            if rung_pixels(rung.name) and _holds_segments(rung):
+                found[f"{sub.name}/{rung.name}"] = rung
     return found
 
 

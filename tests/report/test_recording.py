@@ -16,6 +16,7 @@ from meshenc.report.recording import (
     WRAP,
     DecodedSegment,
     check_recording,
+    check_unit_recordings,
     judge,
     playlist_problems,
 )
@@ -133,6 +134,24 @@ def test_a_ladder_recording_is_judged_by_the_rung_its_master_lists_first(
     check = check_recording(origin)
     assert check is not None and check.continuous
     assert check.segments == tuple(range(FIRST, FIRST + SEGMENTS))
+
+
+def test_every_unit_of_channels_is_judged_on_its_own(recording: Path, tmp_path: Path) -> None:
+    """An origin fed by encoders of several channels, each a placed ladder: every unit
+    (``<channel>/<rung>``) has its own verdict, and a segment missing from one unit breaks
+    that unit alone."""
+    origin = tmp_path / "origin"
+    for unit in ("0/160x96", "0/96x64", "1/160x96"):
+        shutil.copytree(recording, origin / unit)
+    (origin / "1" / "160x96" / segment_name(FIRST + 2)).unlink()
+    (origin / "1" / "96x64").mkdir()  # nothing published yet: not a unit of the recording
+    checks = check_unit_recordings(origin)
+    assert sorted(checks) == ["0/160x96", "0/96x64", "1/160x96"]
+    assert checks["0/160x96"].continuous and checks["0/96x64"].continuous
+    assert checks["1/160x96"].missing == (FIRST + 2,)
+    assert checks["1/160x96"].verdict.startswith("NOT continuous: 1 segments missing")
+    assert check_unit_recordings(recording) == {}  # one output: no units
+    assert check_unit_recordings(tmp_path / "absent") == {}
 
 
 def test_a_missing_segment_breaks_it(copy: Path) -> None:

@@ -240,6 +240,11 @@ def test_report_cli_rebuilds_the_report_of_a_run_of_channels(tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     rungs = json.loads((tmp_path / SUMMARY_NAME).read_text())["rungs"]
     assert [(r["rung"], r["locked"]) for r in rungs] == [("0/160x96", True), ("1/160x96", True)]
+    assert all(r["origin"] is None for r in rungs)  # no origin in this run
+    # The page has a row per unit: its holders and copies.
+    page = (tmp_path / REPORT_NAME).read_text()
+    units = page.split("<h2>Work units</h2>", 1)[1].split("<h2>", 1)[0]
+    assert units.count("<tr>") == 3 and '<td class="name">1/160x96</td>' in units
 
 
 def test_report_cli_refuses_a_folder_without_encoder_output(tmp_path: Path) -> None:
