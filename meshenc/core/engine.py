@@ -174,6 +174,17 @@ class _Written(NamedTuple):
 _DIGEST_UNITS = 64
 
 
+def _writes(nb: _Neighbour, unit: str, segment: int) -> bool:
+    """Whether ``nb`` is writing ``unit`` and will announce ``segment``: it vouched for the
+    segment before and has announced nothing later of that output."""
+    before = nb.digests.get((unit, segment - 1))
+    return (
+        before is not None
+        and before.vouched
+        and not any(u == unit and s > segment for u, s in nb.digests)
+    )
+
+
 def _keep(
     digests: dict[tuple[str, int], _Written], unit: str, segment: int, written: _Written
 ) -> None:
@@ -1108,33 +1119,37 @@ class SyncEngine:
     def agreed(self, segment: int, now: float, unit: str = "") -> bool:
         """Whether ``segment``'s bytes (of output ``unit``: "" the whole output, else a placed
         rung) are not this encoder's alone: a neighbour wrote the same (``SegmentWritten``,
-        its digest in its ESPs), or, where no neighbour heard writes that output and vouches
-        for it (a vouched copy of this segment or the one before: one locking in does not
-        hold a placed rung's other holder back) or this encoder has not written the segment,
-        a neighbour's frame hashes equalled ours for at least half of its timecodes, none
-        differing. An encoder whose timeline slipped while it thought itself locked (a busy
-        machine, a resumed process) has no such neighbour, and its copy must not go out
-        under the shared name; nor one whose video agreed but whose segment did not
-        (measured: an encoder back from an input loss wrote a segment with the mesh's video
-        and less of its audio; two busy ones, in a still stretch, a frame apart with the same
-        video and their audio a frame apart). With no neighbour heard within ``stale_after``
-        (the last one standing) there is no one to agree or disagree, and its own vouching
-        has to do."""
+        its digest in its ESPs); else, where no neighbour heard vouched for other bytes of it
+        or is about to announce it (it vouched for the segment before), or this encoder has
+        not written the segment, a neighbour's frame hashes equalled ours for at least half
+        of its timecodes, none differing. (A neighbour that wrote it aside, locking in or
+        slipped, holds nothing back: a placed rung has few holders, and the healthy one's
+        copy must not wait on the other's.) An encoder whose timeline slipped while it
+        thought itself locked (a busy machine, a resumed process) has no such neighbour, and
+        its copy must not go out under the shared name; nor one whose video agreed but
+        whose segment did not (measured: an encoder back from an input loss wrote a segment
+        with the mesh's video and less of its audio; two busy ones, in a still stretch, a
+        frame apart with the same video and their audio a frame apart). With no neighbour
+        heard within ``stale_after`` (the last one standing) there is no one to agree or
+        disagree, and its own vouching has to do."""
         oldest = now - self.config.stale_after
         heard = [nb for nb in self._neighbours.values() if nb.link.last_received_at >= oldest]
         if not heard:
             return True
         own = self._segment_digests.get((unit, segment))
-        if own is not None and any(
-            u == unit and s >= segment - 1 and written.vouched
-            for nb in heard
-            for (u, s), written in nb.digests.items()
-        ):
-            return any(
-                (theirs := nb.digests.get((unit, segment))) is not None
-                and theirs.digest == own.digest
-                for nb in heard
-            )
+        if own is not None:
+            waiting = False
+            for nb in heard:
+                theirs = nb.digests.get((unit, segment))
+                if theirs is not None and theirs.digest == own.digest:
+                    return True
+                # A vouched copy with other bytes withholds ours; so does a writer that
+                # vouched for the segment before and has not written this one yet.
+                waiting = waiting or (
+                    theirs.vouched if theirs is not None else _writes(nb, unit, segment)
+                )
+            if waiting:
+                return False
         needed = (self._segments.gop + 1) // 2
         return any(
             matched >= needed and not differed

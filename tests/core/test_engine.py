@@ -295,9 +295,10 @@ def test_placed_rungs_are_compared_with_the_neighbours_that_write_the_same_rung(
     """Where rungs are placed on different encoders, each rung is its own output: its digest
     rides on the ESPs named after it, one rung per ESP in turn, and where a neighbour writes
     that rung and vouches for it, a copy of the rung is agreed only by a neighbour's equal
-    bytes of that rung, whatever the digests of other rungs. A neighbour that does not vouch
-    for its copy (locking in), or stopped writing the rung (it wrote neither this segment nor
-    the one before), holds nothing back: the frame hashes decide."""
+    bytes of that rung, whatever the digests of other rungs; one that vouched for the
+    segment before is waited for. A neighbour that does not vouch for its copy (locking in,
+    or slipped), or stopped writing the rung (it wrote neither this segment nor the one
+    before), holds nothing back: the frame hashes decide."""
     gop = 60
     engine = _engine(["a", "b"])
     _run(engine, range(3 * gop), {"a": _zero, "b": _zero})  # every frame hash alike
@@ -332,6 +333,14 @@ def test_placed_rungs_are_compared_with_the_neighbours_that_write_the_same_rung(
     locking.engine.step(now, SegmentWritten(segment, big, vouched=True, unit="1280x720"))
     locking.esp(now, replace(a, segment_digest=other, segment_vouched=False))
     assert locking.engine.agreed(segment, now, "1280x720")
+    # Nor do they once "a" vouched for the segment before: it slipped, and knows it.
+    slipped = _engine(["a", "b"])
+    _run(slipped, range(3 * gop), {"a": _zero, "b": _zero})
+    slipped.engine.step(now, SegmentWritten(segment, big, vouched=True, unit="1280x720"))
+    slipped.esp(now, replace(a, written_segment=segment - 1, segment_digest=other))
+    assert not slipped.engine.agreed(segment, now, "1280x720")  # "a" will announce it: wait
+    slipped.esp(now, replace(a, sequence=10_001, segment_digest=other, segment_vouched=False))
+    assert slipped.engine.agreed(segment, now, "1280x720")
     # Once "a" has stopped writing 1280x720 (its newest digest of it two segments old), it
     # holds nothing back: the frame hashes, all alike, decide.
     stopped = _engine(["a", "b"])
