@@ -577,15 +577,16 @@ class DemoRun:
 
     @property
     def dash_url(self) -> str | None:
-        """The origin's DASH manifest, for the dash.js player (None: not CMAF, no origin, or
-        dash.js not installed)."""
+        """Channel ``0``'s DASH manifest on the origin, for the dash.js player: the ladder's or
+        the one output's, or a placed ladder's channel MPD over every rung (None: not CMAF,
+        no origin, or dash.js not installed)."""
         if (
             self.origin_url is None
             or self.config.output_format is not SegmentFormat.CMAF
             or find_dashjs() is None
         ):
             return None
-        return f"{self.origin_url}/{MPD_NAME}"
+        return f"{self._channel_url(self.origin_url, self.config.channel_names[0])}/{MPD_NAME}"
 
     @property
     def serves_output(self) -> bool:

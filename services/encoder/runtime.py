@@ -109,16 +109,26 @@ from services.encoder.media.ingest import (
 )
 from services.encoder.media.ladder import (
     MASTER_NAME,
+    ChannelRung,
     Holdings,
     LadderManifests,
     Rendition,
     channel_master,
+    channel_mpd,
+    channel_rungs,
     open_rendition,
     renditions_for,
     top_rung,
 )
 from services.encoder.media.publish import Publisher
-from services.encoder.media.segments import ASIDE_PREFIX, SegmentWriter, segment_number
+from services.encoder.media.segments import (
+    ASIDE_PREFIX,
+    MPD_NAME,
+    SegmentFormat,
+    SegmentWriter,
+    segment_number,
+    utc_instant,
+)
 from services.encoder.media.serve import OutputServer
 from services.encoder.media.source import Picture, VideoFormat, black_picture
 from services.encoder.mesh import MeshLinks, MeshServer
@@ -266,9 +276,9 @@ class EncoderRuntime:
         #: Per rung folder: the newest segment of it that went out under the shared name (a
         #: neighbour confirmed it); what the health reports' ``units`` are made of.
         self._served: dict[str, int] = {}
-        #: A placed ladder's channel master and the bitrate it was made for
-        #: (``_channel_master``: remade when the mesh agrees another).
-        self._master: tuple[int, bytes] | None = None
+        #: A placed ladder's rungs as the channel's manifests name them, their master, and
+        #: the bitrate they were made for (``_channel``: remade when the mesh agrees another).
+        self._channel_rungs: tuple[int, list[ChannelRung], bytes] | None = None
         self._input = InputMonitor(float(self._period), settings.input_loss, time.time())
         self._cadence = SourceCadence(Fraction(fr.den, fr.num))
         self._window = FingerprintWindow()
@@ -966,32 +976,43 @@ class EncoderRuntime:
                 publisher.publish(manifest, rendition.published_name(manifest))
             if completed and not placed:
                 self._publish_ladder()
-        # The channel's master, a few hundred bytes with every segment (after its last rung
-        # held), like CMAF's init: alike from every holder, so an origin that lost it has it
-        # again at once.
+        # The channel's master (and for CMAF its MPD), a few hundred bytes with every
+        # segment (after its last rung held), like CMAF's init: alike from every holder, so
+        # an origin that lost them has them again at once.
         segment = segment_number(path.name) if placed and completed else None
-        if segment is not None and (master := self._channel_master(writer, segment)) is not None:
+        if segment is not None and (channel := self._channel(writer, segment)) is not None:
+            rungs, master = channel
             publisher.publish_bytes(master, MASTER_NAME)
+            if self.settings.output_format is SegmentFormat.CMAF:
+                mpd = channel_mpd(
+                    rungs,
+                    window=writer.window,
+                    publish_time=utc_instant(writer.segment_end(segment)),
+                )
+                publisher.publish_bytes(mpd.encode(), MPD_NAME)
 
-    def _channel_master(self, writer: SegmentWriter, segment: int) -> bytes | None:
-        """The channel's master over every rung of the ladder (``channel_master``) at the
-        bitrate the mesh agreed for ``segment``, once this encoder's segments show the
-        source's other codecs (its audio); None before."""
+    def _channel(
+        self, writer: SegmentWriter, segment: int
+    ) -> tuple[list[ChannelRung], bytes] | None:
+        """Every rung of the ladder as the channel's manifests name them (``channel_rungs``)
+        and the channel's master over them, at the bitrate the mesh agreed for ``segment``,
+        once this encoder's segments show the source's other codecs (its audio); None
+        before."""
         if not writer.codecs:
             return None
         agreed = self.engine.bitrate_for(segment)
-        if self._master is None or self._master[0] != agreed:
+        if self._channel_rungs is None or self._channel_rungs[0] != agreed:
             settings = self.settings
-            text = channel_master(
+            rungs = channel_rungs(
                 settings.ladder,
                 settings.frame_rate,
                 settings.gop,
                 agreed,
                 [c for c in writer.codecs if not c.startswith("avc1.")],
-                settings.output_format,
             )
-            self._master = (agreed, text.encode())
-        return self._master[1]
+            master = channel_master(rungs, settings.output_format).encode()
+            self._channel_rungs = (agreed, rungs, master)
+        return self._channel_rungs[1], self._channel_rungs[2]
 
     def _publish_ladder(self) -> None:
         """The ladder's manifests, after the rungs' playlists: the master playlist and the MPD

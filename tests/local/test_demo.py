@@ -229,6 +229,27 @@ def test_several_channels_give_every_encoder_each_channel_over_its_own_path(
     assert refused.exit_code == 2 and "--channels" in refused.output
 
 
+def test_the_dash_player_plays_channel_0s_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With CMAF the dash.js player plays the origin's MPD of channel ``0``: at the origin's
+    root with one channel, under ``0/`` with several (a placed ladder's channel MPD)."""
+    monkeypatch.setattr(demo, "find_dashjs", lambda: tmp_path / "dash.all.min.js")
+    for channels, path in ((1, "manifest.mpd"), (2, "0/manifest.mpd")):
+        config = DemoConfig(
+            out=tmp_path,
+            tls=False,
+            ladder="320x180@600,160x90@200",
+            size="320x180",
+            channels=channels,
+            output_format=SegmentFormat.CMAF,
+        )
+        run = demo.DemoRun(config)
+        assert run.dash_url is None  # no origin yet
+        run.origin_url = "http://127.0.0.1:8080"
+        assert run.dash_url == f"http://127.0.0.1:8080/{path}"
+
+
 def test_channel_clips_differ_from_each_other(tmp_path: Path) -> None:
     """The further channels' clips are of the run's size and differ (their own seeds)."""
     config = DemoConfig(out=tmp_path, tls=False, size="160x96", channels=3, fps="25")

@@ -78,11 +78,14 @@ __all__ = [
     "CHANNEL",
     "MASTER_NAME",
     "MAX_RUNGS",
+    "ChannelRung",
     "Holdings",
     "LadderManifests",
     "Rendition",
     "Rung",
     "channel_master",
+    "channel_mpd",
+    "channel_rungs",
     "combined_hash",
     "input_hash",
     "master_text",
@@ -490,31 +493,63 @@ def peak_bandwidth(params: EncoderParams, segment_seconds: Fraction) -> int:
     return math.ceil((video + AUDIO_ALLOWANCE_KBPS * 1000) * CONTAINER_ALLOWANCE)
 
 
-def channel_master(
+@dataclass(frozen=True, slots=True)
+class ChannelRung:
+    """One rung as a channel's manifests name it, alike from every holder: its name, its
+    settings at the agreed bitrate, its :func:`peak_bandwidth` and its RFC 6381 codecs."""
+
+    name: str
+    params: EncoderParams
+    bandwidth: int
+    codecs: tuple[str, ...]
+
+
+def channel_rungs(
     ladder: Sequence[Rung],
     frame_rate: FrameRate,
     gop: int,
     agreed_kbps: int,
     other_codecs: Sequence[str],
-    fmt: SegmentFormat,
-) -> str:
-    """The channel's master playlist over every rung of its ladder, which every encoder that
-    holds any of them writes alike and publishes: a placed ladder's rungs are held by
-    different encoders, and no one encoder's own master (its rungs only) can be the
-    channel's. Per rung, at its share of the bitrate the mesh agreed for the top rung
-    (``agreed_kbps``, which the level in the codec follows): :func:`peak_bandwidth`, the
-    rung's size, its :func:`video_codec` (one black picture encoded per rung: made once per
-    agreed bitrate, not per segment) and the source's other codecs as this encoder's segments
-    carry them (``other_codecs``: the audio, alike in every rung)."""
+) -> list[ChannelRung]:
+    """Every rung of a placed ladder as its channel's manifests name it. A placed ladder's
+    rungs are held by different encoders, and no one encoder's own manifests (its rungs only)
+    can be the channel's, so every holder of any rung writes the channel's alike. Per rung,
+    at its share of the bitrate the mesh agreed for the top rung (``agreed_kbps``, which the
+    level in the codec follows): :func:`peak_bandwidth`, the rung's size, its
+    :func:`video_codec` (one black picture encoded per rung: made once per agreed bitrate,
+    not per segment) and the source's other codecs as this encoder's segments carry them
+    (``other_codecs``: the audio, alike in every rung)."""
     top = top_rung(ladder).bitrate_kbps
-    streams = []
+    rungs = []
     for rung in ladder:
         kbps = share_of(agreed_kbps, Fraction(rung.bitrate_kbps, top))
         params = rung_params(rung, frame_rate, gop, kbps)
         bandwidth = peak_bandwidth(params, params.segments.duration(params.time_base))
-        uri = f"{rung.name}/{PLAYLIST_NAME}"
-        streams.append((bandwidth, params, (video_codec(params), *other_codecs), uri))
-    return master_text(fmt, frame_rate, streams)
+        rungs.append(
+            ChannelRung(rung.name, params, bandwidth, (video_codec(params), *other_codecs))
+        )
+    return rungs
+
+
+def channel_master(rungs: Sequence[ChannelRung], fmt: SegmentFormat) -> str:
+    """The channel's HLS master playlist over every rung (:func:`channel_rungs`)."""
+    return master_text(
+        fmt,
+        rungs[0].params.frame_rate,
+        [(r.bandwidth, r.params, r.codecs, f"{r.name}/{PLAYLIST_NAME}") for r in rungs],
+    )
+
+
+def channel_mpd(rungs: Sequence[ChannelRung], *, window: int, publish_time: str) -> str:
+    """The channel's DASH manifest over every rung (:func:`channel_rungs`) of a CMAF ladder:
+    one Representation per rung, named after its folder, as a ladder's own MPD has them."""
+    return render_ladder_mpd(
+        [Representation(r.name, r.params, r.codecs, r.bandwidth) for r in rungs],
+        window=window,
+        publish_time=publish_time,
+        media_template=f"$RepresentationID$/{segment_template(SegmentFormat.CMAF)}",
+        init_template=f"$RepresentationID$/{INIT_NAME}",
+    )
 
 
 class LadderManifests:

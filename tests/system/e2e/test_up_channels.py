@@ -12,8 +12,9 @@ without a copy between its first and last, none has a single copy for longer tha
 plus the detection time (two segments in a row), every judged copy of a unit is the same
 bytes as its other holders', the two channels are different pictures, and every unit's
 recording at the origin is continuous; each channel's master at the origin names every
-rung with the codecs its published segments carry, and hls.js in headless Chromium plays
-channel ``0``'s master from the origin through the kill and the join without a stall. From
+rung with the codecs its published segments carry, and its DASH MPD (the run is CMAF) the
+same rungs and codecs; hls.js in headless Chromium plays channel ``0``'s master, and dash.js
+its MPD, from the origin through the kill and the join without a stall. From
 the manager's log: a join that moves units hands them over (the holder a unit leaves keeps
 it until the new one serves it), and no hand-over times out.
 """
@@ -45,7 +46,7 @@ FPS = 15
 UP_ARGS = (
     "--encoders", "4", "--channels", "2", "--ladder", LADDER, "--redundancy", "2",
     "--fps", str(FPS), "--gop", str(FPS), "--registries", "1", "--player",
-    "--duration", "40", "--kill-at", "14", "--join-at", "22",
+    "--duration", "40", "--kill-at", "14", "--join-at", "22", "--format", "cmaf",
 )  # fmt: skip
 
 
@@ -60,7 +61,10 @@ def test_two_channels_of_placed_rungs_stay_identical_through_a_kill_and_a_join(
 
     units = verify_units(out, frames=FPS)
     summary = json.loads((out / SUMMARY_NAME).read_text())
-    print("\n" + "\n".join(f"  {u['rung']}: {u}" for u in summary["rungs"]))
+    for unit in summary["rungs"]:
+        origin = unit["origin"] and unit["origin"]["line"]
+        print(f"\n  {unit['rung']}: {unit['holders']}, {unit['identical']}/{unit['shared']} "
+              f"identical, min copies {unit['min_copies']}; origin {origin}")  # fmt: skip
     written = {unit.partition("/")[0] for unit in units}
     assert written == {"0", "1"}, f"units written: {sorted(units)}"
     for unit, verdict in units.items():
@@ -103,23 +107,32 @@ def test_two_channels_of_placed_rungs_stay_identical_through_a_kill_and_a_join(
         assert origin is not None and origin["continuous"], (unit["rung"], origin)
 
     # hls.js in Chromium played channel 0's master from the origin through the kill and the
-    # join: it picked its rung from the master and never stalled.
-    played = summary["channel"]
-    assert played is not None and played["smooth"], played
+    # join: it picked its rung from the master and never stalled; dash.js played the
+    # channel's MPD the same way.
+    for player in ("channel", "dash"):
+        played = summary[player]
+        assert played is not None and played["smooth"], (player, played)
+    assert summary["dash"]["url"].endswith("/0/manifest.mpd")
 
     # Each channel's master at the origin names every rung, in ladder order, with the codecs
-    # its published segments carry (read from them here) and a playlist the origin has.
+    # its published segments carry (as the rung's own manifest, made from the segments' SPS,
+    # names them) and a playlist the origin has; the channel's MPD names the same rungs with
+    # the same codecs.
     for channel in ("0", "1"):
         folder = out / "origin" / channel
         master = (folder / "master.m3u8").read_text()
         variants = re.findall(r"#EXT-X-STREAM-INF:(.*)\n(.*)", master)
         assert [uri for _, uri in variants] == [f"{r}/index.m3u8" for r in RUNGS], master
-        for attributes, uri in variants:
+        mpd = (folder / "manifest.mpd").read_text()
+        represented = re.findall(r'<Representation id="([^"]*)" codecs="([^"]*)"', mpd)
+        assert [rung for rung, _ in represented] == RUNGS, mpd
+        for (attributes, uri), (_, mpd_codecs) in zip(variants, represented, strict=True):
             rung = uri.split("/")[0]
             assert (folder / uri).is_file(), f"{channel}/{uri} is not on the origin"
-            newest = max(p for p in (folder / rung).glob("seg-*.ts"))
+            newest = max(p for p in (folder / rung).glob("seg-*.m4s"))
             codecs = re.search(r'CODECS="([^"]*)"', attributes)
             assert codecs is not None and tuple(codecs[1].split(",")) == segment_codecs(newest)
+            assert mpd_codecs == codecs[1]
             assert f"RESOLUTION={rung}," in attributes
 
     # Moves onto live encoders are made before they break: the manager keeps the holder a

@@ -44,6 +44,8 @@ from services.encoder.media.ladder import (
     Rendition,
     Rung,
     channel_master,
+    channel_mpd,
+    channel_rungs,
     combined_hash,
     parse_ladder,
     renditions_for,
@@ -375,19 +377,41 @@ def _variants(text: str) -> dict[str, dict[str, str]]:
 
 
 def _check_channel_master(out: Path, renditions: list[Rendition], fmt: SegmentFormat) -> None:
-    """The channel master (what every holder of a placed ladder publishes alike) names each
-    rung with the codecs its written segments carry — the video's probed from one black
-    picture, not read from them — and a BANDWIDTH no written segment exceeded."""
+    """The channel's manifests (what every holder of a placed ladder publishes alike) name
+    each rung with the codecs its written segments carry — the video's probed from one black
+    picture, not read from them — and a bandwidth no written segment exceeded: the master
+    against the ladder's own master (made from the segments' SPS and peaks), and for CMAF the
+    MPD against the ladder's own MPD, Representation by Representation."""
     others = [c for c in renditions[0].writer.codecs if not c.startswith("avc1.")]
     # The newest segments were written at the bitrate the mesh changed to.
-    text = channel_master(LADDER, RATE, GOP, CHANGED_KBPS, others, fmt)
-    channel = _variants(text)
-    own = _variants((out / MASTER_NAME).read_text())  # from the segments' own SPS and peaks
+    rungs = channel_rungs(LADDER, RATE, GOP, CHANGED_KBPS, others)
+    channel = _variants(channel_master(rungs, fmt))
+    own = _variants((out / MASTER_NAME).read_text())
     assert list(channel) == [f"{rung.name}/index.m3u8" for rung in LADDER] == list(own)
     for uri, attributes in channel.items():
         assert attributes["CODECS"] == own[uri]["CODECS"]
         assert attributes["RESOLUTION"] == own[uri]["RESOLUTION"]
         assert int(own[uri]["BANDWIDTH"]) <= int(attributes["BANDWIDTH"])
+    if fmt is not SegmentFormat.CMAF:
+        return
+    ns = {"d": "urn:mpeg:dash:schema:mpd:2011"}
+    channel_set = ET.fromstring(channel_mpd(rungs, window=5, publish_time="1970-01-01T00:00:00Z"))
+    own_set = ET.parse(out / "manifest.mpd").getroot()
+    paths = (
+        "d:Period/d:AdaptationSet/d:SegmentTemplate",
+        "d:Period/d:AdaptationSet/d:Representation",
+    )
+    theirs = channel_set.findall(paths[1], ns)
+    mine = own_set.findall(paths[1], ns)
+    assert [r.attrib["id"] for r in theirs] == [rung.name for rung in LADDER]
+    assert [r.attrib["id"] for r in mine] == [rung.name for rung in LADDER]
+    for element, written in zip(theirs, mine, strict=True):
+        for name in ("codecs", "width", "height", "frameRate"):
+            assert element.attrib[name] == written.attrib[name], name
+        assert int(written.attrib["bandwidth"]) <= int(element.attrib["bandwidth"])
+    template, own_template = (e.find(paths[0], ns) for e in (channel_set, own_set))
+    assert template is not None and own_template is not None
+    assert template.attrib == own_template.attrib  # the same files, named alike
 
 
 def _check_mpd(out: Path, renditions: list[Rendition], manifests: LadderManifests) -> None:
