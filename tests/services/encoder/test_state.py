@@ -23,7 +23,13 @@ from services.common.etcd import EtcdSettings
 from services.common.grpc_server import open_channel
 from services.encoder.media import EncoderParams, GopEncoder, SyntheticSource, VideoFormat
 from services.encoder.media.containers import SegmentFormat
-from services.encoder.media.ladder import Holdings, open_rendition, parse_ladder, renditions_for
+from services.encoder.media.ladder import (
+    Holdings,
+    Rendition,
+    open_rendition,
+    parse_ladder,
+    renditions_for,
+)
 from services.encoder.media.segments import aside_name, segment_name
 from services.encoder.runtime import EncoderRuntime
 from services.encoder.settings import EncoderSettings, TopologyMode, parse_size
@@ -120,6 +126,33 @@ def test_get_state_shows_a_stall_and_what_the_encoder_no_longer_vouches_for(
     asyncio.run(asyncio.wait_for(scenario(), 20.0))
 
 
+def _write_first_segment(runtime: EncoderRuntime, rendition: Rendition) -> EncodingStatePacket:
+    """Encode one whole segment of real H.264 into ``rendition`` (64x64, as the runtime's
+    own aside decision names it), tell the runtime, and return an ESP of neighbour ``e2``
+    announcing the same bytes (not vouched for)."""
+    runtime._holdings = Holdings.fixed([rendition], runtime._segments)  # as ``run`` does
+    params = EncoderParams(64, 64, FPS, 30, 200)
+    source, encoder = SyntheticSource(VideoFormat(64, 64, FPS)), GopEncoder(params)
+    first = FPS.slot(START) // 30 + 1
+    written: list[Path] = []
+    try:
+        for tc in range(first * 30, first * 30 + 31):
+            written += rendition.writer.add(encoder.encode(tc, source.read()))
+    finally:
+        encoder.close()
+    assert [p.name for p in written] == [aside_name(first)]
+    runtime.segments_written(rendition, written, time.time_ns())
+    digest = rendition.writer.digest(first)
+    assert digest is not None
+    now = runtime.clock()
+    return EncodingStatePacket(
+        sender="e2", sequence=1, topology_epoch=0, timecode=FPS.slot(now), frame_hash=b"",
+        fingerprint=1, label=now, correction=0.0, correction_rate=0.0, encode_latency=0.0,
+        rtt=0.0, jitter=0.0, confidence=1.0, sent_at=now, locked=True,
+        written_segment=first, segment_digest=digest,
+    )  # fmt: skip
+
+
 def test_a_segment_written_aside_takes_its_shared_name_when_a_vouched_neighbour_wrote_it(
     tmp_path: Path,
 ) -> None:
@@ -140,27 +173,8 @@ def test_a_segment_written_aside_takes_its_shared_name_when_a_vouched_neighbour_
         fmt=SegmentFormat.TS,
         aside=runtime._sets_aside,
     )
-    runtime._holdings = Holdings.fixed([rendition], runtime._segments)  # as ``run`` does
-    params = EncoderParams(64, 64, FPS, 30, 200)
-    source, encoder = SyntheticSource(VideoFormat(64, 64, FPS)), GopEncoder(params)
-    first = FPS.slot(START) // 30 + 1
-    written: list[Path] = []
-    try:
-        for tc in range(first * 30, first * 30 + 31):
-            written += rendition.writer.add(encoder.encode(tc, source.read()))
-    finally:
-        encoder.close()
-    assert [p.name for p in written] == [aside_name(first)]
-    runtime.segments_written(rendition, written, time.time_ns())
-    digest = rendition.writer.digest(first)
-    assert digest is not None
-    now = runtime.clock()
-    heard = EncodingStatePacket(
-        sender="e2", sequence=1, topology_epoch=0, timecode=FPS.slot(now), frame_hash=b"",
-        fingerprint=1, label=now, correction=0.0, correction_rate=0.0, encode_latency=0.0,
-        rtt=0.0, jitter=0.0, confidence=1.0, sent_at=now, locked=True,
-        written_segment=first, segment_digest=digest,
-    )  # fmt: skip
+    heard = _write_first_segment(runtime, rendition)
+    first = heard.written_segment
     runtime.on_esp(heard)
     runtime._release()
     assert (tmp_path / aside_name(first)).is_file() and runtime.stats.restored == 0
@@ -188,28 +202,9 @@ def test_a_placed_rungs_copy_is_confirmed_by_a_neighbours_copy_of_that_rung(
     rendition = open_rendition(
         tmp_path, FPS, 30, rung, top_kbps=200, fmt=SegmentFormat.TS, aside=runtime._sets_aside
     )
-    runtime._holdings = Holdings.fixed([rendition], runtime._segments)
-    params = EncoderParams(64, 64, FPS, 30, 200)
-    source, encoder = SyntheticSource(VideoFormat(64, 64, FPS)), GopEncoder(params)
-    first = FPS.slot(START) // 30 + 1
-    written: list[Path] = []
-    try:
-        for tc in range(first * 30, first * 30 + 31):
-            written += rendition.writer.add(encoder.encode(tc, source.read()))
-    finally:
-        encoder.close()
-    runtime.segments_written(rendition, written, time.time_ns())
-    digest = rendition.writer.digest(first)
-    assert digest is not None
+    heard = dataclasses.replace(_write_first_segment(runtime, rendition), segment_vouched=True)
+    first = heard.written_segment
     folder = tmp_path / rung.name
-    assert (folder / aside_name(first)).is_file()
-    now = runtime.clock()
-    heard = EncodingStatePacket(
-        sender="e2", sequence=1, topology_epoch=0, timecode=FPS.slot(now), frame_hash=b"",
-        fingerprint=1, label=now, correction=0.0, correction_rate=0.0, encode_latency=0.0,
-        rtt=0.0, jitter=0.0, confidence=1.0, sent_at=now, locked=True,
-        written_segment=first, segment_digest=digest, segment_vouched=True,
-    )  # fmt: skip
     for sequence, unit in enumerate(("", "32x32"), start=1):
         runtime.on_esp(dataclasses.replace(heard, sequence=sequence, segment_unit=unit))
         runtime._release()
