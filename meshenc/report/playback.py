@@ -76,8 +76,11 @@ import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from meshenc.report.verify import rung_pixels
 
 __all__ = [
     "CHANNEL_PLAYER",
@@ -178,6 +181,11 @@ class PlaybackResult:
     stop_reason: str | None = None
     #: The page stopped answering before the run ended (the browser died): the log ends there.
     lost: bool = False
+    #: Of a master over rungs: the rung folders its video fragments came from, in the order
+    #: first loaded, and the level changes completed after start-up (hls.js
+    #: ``LEVEL_SWITCHED``).
+    rungs: tuple[str, ...] = ()
+    switches: int = 0
 
     @property
     def started(self) -> bool:
@@ -233,6 +241,8 @@ class PlaybackResult:
             if self.fragments or not self.loaded_fragments
             else f"{self.loaded_fragments} fragments loaded",
         ]
+        if len(self.rungs) > 1:
+            parts.append(f"{self.switches} rung switches over {len(self.rungs)} rungs")
         if self.lost:
             parts.append("the browser was lost")
         for count, what in (
@@ -286,6 +296,8 @@ class PlaybackResult:
             "screenshot": self.screenshot,
             "stop_reason": self.stop_reason,
             "lost": self.lost,
+            "rungs": list(self.rungs),
+            "switches": self.switches,
         }
 
 
@@ -379,15 +391,38 @@ def evaluate(log: Iterable[Mapping[str, Any]], player: str = ORIGIN_PLAYER) -> P
         wall_s=samples[-1][0] - samples[0][0] if samples else 0.0,
         seeks=sum(e.get("event") == "seeking" for e in media),
         fragments=len(fragments),
-        skipped_fragments=sum(b != a + 1 for a, b in itertools.pairwise(fragments)),
+        # The same number again is the segment under the playhead replaced by another rung's
+        # copy of it (hls.js on a rung switch), not a skip.
+        skipped_fragments=sum(b not in (a, a + 1) for a, b in itertools.pairwise(fragments)),
         loaded_fragments=len(loaded_sns),
         sequence_gaps=len(_sequence_gaps(loaded_sns)),
         discontinuities=len(discontinuities - {0}),
         samples=len(samples),
         dropped_frames=int(quality[-1]["dropped"]) if quality else None,
         shown_frames=int(quality[-1]["frames"]) if quality else None,
+        rungs=_rungs(entries),
+        switches=_switches(after),
         **values,
     )
+
+
+def _switches(entries: Sequence[Mapping[str, Any]]) -> int:
+    """Level switches completed: changes of level between consecutive ``switched`` entries
+    (hls.js names the level it starts on, and may name one again)."""
+    levels = [e.get("level") for e in entries if e.get("kind") == "switched"]
+    return sum(a != b for a, b in itertools.pairwise(levels))
+
+
+def _rungs(entries: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The rung folders (``<W>x<H>``) of the video fragments loaded, in the order first seen."""
+    found: dict[str, None] = {}
+    for entry in entries:
+        url = entry.get("url")
+        if entry.get("kind") == "loaded" and entry.get("media", "video") == "video" and url:
+            folder = PurePosixPath(urlsplit(str(url)).path).parent.name
+            if rung_pixels(folder):
+                found.setdefault(folder, None)
+    return tuple(found)
 
 
 def _sequence_gaps(numbers: Iterable[int]) -> tuple[int, ...]:

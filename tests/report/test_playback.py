@@ -76,6 +76,33 @@ def test_smooth_playback() -> None:
     assert json.loads(json.dumps(result.to_json()))["smooth"] is True
 
 
+def test_rung_switches_of_a_channel_master_are_counted_by_the_rungs_fragments_came_from() -> None:
+    """The channel player's log: video fragments from two rung folders (audio and a master
+    that is no rung's folder left out) and the level switches hls.js completed."""
+    base = "http://o/0/{}/seg-{:012d}.m4s"
+    loaded = [
+        {"kind": "loaded", "t": T0 + 1 + i, "sn": 7 + i, "media": "video",
+         "url": base.format("192x108" if i < 2 or i > 3 else "96x54", 7 + i)}
+        for i in range(6)
+    ]  # fmt: skip
+    loaded.append({"kind": "loaded", "t": T0 + 2, "sn": 7, "media": "audio",
+                   "url": base.format("320x180", 7)})  # fmt: skip
+    # The level it starts on, a switch, the same level named again, a switch back; one before
+    # playing counts for nothing.
+    levels = [(0.5, 1), (1.5, 0), (4.0, 1), (5.0, 1), (8.0, 0)]
+    switched = [{"kind": "switched", "t": T0 + t, "level": level} for t, level in levels]
+    result = evaluate(scripted(extra=[*loaded, *switched]))
+    assert result.smooth
+    assert result.rungs == ("192x108", "96x54") and result.switches == 2
+    assert "2 rung switches over 2 rungs" in result.line
+    assert json.loads(json.dumps(result.to_json()))["rungs"] == ["192x108", "96x54"]
+    plain = evaluate(scripted(extra=switched[:2]))
+    assert plain.rungs == () and "rung switches" not in plain.line
+    # The segment under the playhead replaced by the other rung's copy of it: not a skip.
+    assert evaluate(scripted(sns=[7, 8, 9, 9, 10, 11, 12, 13, 14, 15])).skipped_fragments == 0
+    assert evaluate(scripted(sns=[7, 8, 10, 11])).skipped_fragments == 1
+
+
 def test_a_waiting_event_after_start_up_is_a_stall() -> None:
     stall = {"kind": "media", "t": T0 + 9.0, "event": "waiting", "current": 22.0}
     result = evaluate(scripted(extra=[stall]))
