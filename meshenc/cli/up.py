@@ -111,8 +111,9 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     default=None,
     help="Play the origin's stream in headless Chromium with hls.js for the whole run and"
     " report stalls and errors; beside it, the master playlist of redundant encoders (through"
-    " the kill of the encoder it plays from) and, with --format cmaf, the DASH manifest with"
-    " dash.js; needs --origin [default: when chromium, hls.js and Playwright are installed;"
+    " the kill of the encoder it plays from), with --format cmaf the DASH manifest with"
+    " dash.js, and with placed rungs channel 0's master, switching rungs every 4 s; needs"
+    " --origin [default: when chromium, hls.js and Playwright are installed;"
     " when not, the run says why].",
 )
 @click.option(

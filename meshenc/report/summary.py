@@ -23,14 +23,16 @@ A run folder holds one subfolder per encoder (named by encoder id, with its segm
   page also played the master playlist of redundant encoders, that player's figures and its
   failover through the kill of the encoder it played from
   (:func:`meshenc.report.playback.evaluate_failover`); and, with ``--format cmaf``, the figures
-  of its dash.js player of the origin's DASH manifest;
+  of its dash.js player of the origin's DASH manifest; with placed rungs, the figures of its
+  player of channel ``0``'s master (which switches rungs: the rungs played and the switches);
 - the recording, when the run had an origin (``origin/``): the verdict of
   :mod:`meshenc.report.recording`, from decoding what the origin received;
 - per work unit (``rungs``, :func:`meshenc.report.verify.verify_units`: an ABR ladder's rung,
   and with several channels each channel's output or each of its rungs, ``<channel>/<rung>``):
   the encoders that wrote it and how many segments each, the segments written, the fewest
   copies of a segment (first and last segment left out: encoders start and stop at different
-  moments) and whether its holders' copies agree; where the units were placed on different
+  moments), whether its holders' copies agree, and its recording at the origin judged as the
+  headline recording is (``origin``); where the units were placed on different
   encoders (or the encoders' folders hold channels), the headline figures are those of the
   unit most encoders wrote, and the run is locked only if every unit is;
 - join time, per ``joined`` event: from the event to the start of the joined encoder's first
