@@ -65,6 +65,10 @@ DEFAULT_ETCD_PREFIX: Final = "/meshenc"
 DEFAULT_LEASE_TTL: Final = 5
 """Seconds a lease outlives its holder's last keep-alive (a crashed holder's keys linger
 this long when nothing faster notices)."""
+CLOSE_TIMEOUT: Final = 2.0
+"""Seconds a client's close may take: aetcd waits for its watch stream's end, which after etcd
+went away and came back may never come (a stopping encoder hung there past the 10 s its
+launcher gives it after SIGTERM)."""
 REQUEST_TIMEOUT: Final = 2.0
 """Seconds an etcd request may take before it counts as failed."""
 
@@ -252,8 +256,15 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
             self._is_connecting = False
 
     async def close(self) -> None:
-        """Close the channel, and any dropped one still closing."""
-        await super().close()
+        """Close the channel, and any dropped one still closing, within ``CLOSE_TIMEOUT``:
+        a close that takes longer is cancelled with one warning, and the client is left
+        unconnected (what is not closed is the process's to free as it ends)."""
+        try:
+            await asyncio.wait_for(super().close(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.warning("closing the etcd client took over %g s: left behind", CLOSE_TIMEOUT)
+            self._init_channel_attrs()
+            self._connected.clear()
         await asyncio.gather(*self._retiring, return_exceptions=True)
 
 

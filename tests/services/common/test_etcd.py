@@ -25,6 +25,7 @@ from meshenc.cli.main import cli
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.ports import free_ports
 from meshenc.wire.adjacency import EtcdLayout
+from services.common import etcd as etcd_module
 from services.common.etcd import EtcdClient, EtcdSettings, connect_client
 from services.common.retry import Backoff, retrying
 from services.manager.etcd_actuator import is_transient
@@ -64,6 +65,35 @@ def test_a_client_moves_on_from_an_unreachable_endpoint_to_the_next(etcd: EtcdPr
     assert revision > 0
     assert failovers == 1
     assert f"http://{target}" == etcd.endpoint
+
+
+def test_a_close_whose_watch_never_ends_gives_up_in_time(
+    etcd: EtcdProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client connected to a real etcd whose watcher's shutdown never returns (a stand-in
+    for a watch stream that never ends after etcd went away and came back: a stopping encoder
+    hung there): its close gives up after ``CLOSE_TIMEOUT`` with one warning, and the client
+    is left unconnected."""
+    monkeypatch.setattr(etcd_module, "CLOSE_TIMEOUT", 0.3)
+
+    async def scenario() -> EtcdClient:
+        client = connect_client(EtcdSettings(endpoints=(etcd.endpoint,)))
+        await put_with_retries(client, b"/meshenc/probe", b"1")
+        assert client._watcher is not None and client.channel is not None
+
+        async def never() -> None:
+            await asyncio.Event().wait()
+
+        client._watcher.shutdown = never
+        await asyncio.wait_for(client.close(), 10.0)  # without the bound: forever
+        return client
+
+    with caplog.at_level("WARNING", logger="meshenc.etcd"):
+        client = run(scenario())
+    assert client.channel is None and client._watcher is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "closing the etcd client took over 0.3 s: left behind"
+    ]
 
 
 def test_a_client_pinned_to_one_endpoint_never_moves(etcd: EtcdProcess) -> None:
