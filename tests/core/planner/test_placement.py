@@ -130,8 +130,11 @@ def test_capacity_binds_while_another_encoder_has_room_and_the_limit_always(
             assert unit in second.under_replicated
             assert all(load[h.encoder_id] >= h.most or h.encoder_id in copies for h in hosts)
     held = first.load()
-    full = not any(load[h.encoder_id] < h.capacity for h in hosts)
-    if full and all(held[h.encoder_id] <= h.most for h in hosts):  # all may stay: none moves
+    # No encoder had room for a shed copy (judged on what they held, not on the result: a
+    # copy shed to the one encoder with room leaves every encoder full), and every copy may
+    # stay within the limits: none moves.
+    full = not any(held[h.encoder_id] < h.capacity for h in hosts)
+    if full and all(held[h.encoder_id] <= h.most for h in hosts):
         assert replica_moves(first, second) == 0
 
 
