@@ -185,6 +185,16 @@ def _writes(nb: _Neighbour, unit: str, segment: int) -> bool:
     )
 
 
+def _newest_per_output(
+    digests: dict[tuple[str, int], _Written],
+) -> tuple[tuple[str, int, _Written], ...]:
+    """Each output's newest written segment and its digest, by output name."""
+    newest: dict[str, int] = {}
+    for unit, segment in digests:
+        newest[unit] = max(segment, newest.get(unit, segment))
+    return tuple((unit, newest[unit], digests[unit, newest[unit]]) for unit in sorted(newest))
+
+
 def _keep(
     digests: dict[tuple[str, int], _Written], unit: str, segment: int, written: _Written
 ) -> None:
@@ -402,8 +412,8 @@ class SegmentWritten:
     a segment counts as agreed only where a neighbour's bytes are the same
     (``SyncEngine.agreed``): frame hashes cover the video, not what else the segment holds
     (its audio, whose place follows the first picture's source time: in a still stretch two
-    copies a frame apart have the same video and their audio a frame apart). Where rungs are placed
-    on different encoders, each rung written is its own ``unit``, compared with the
+    copies a frame apart have the same video and their audio a frame apart). Where rungs are
+    placed on different encoders, each rung written is its own ``unit``, compared with the
     neighbours that write that rung."""
 
     segment: int
@@ -692,6 +702,9 @@ class SyncEngine:
         #: The digests of the segments this encoder wrote, by output and segment
         #: (``SegmentWritten``).
         self._segment_digests: dict[tuple[str, int], _Written] = {}
+        #: What the ESPs announce, one entry per ESP in turn: each output's newest segment
+        #: and its digest (remade on ``SegmentWritten``, not per ESP).
+        self._announced: tuple[tuple[str, int, _Written], ...] = ()
         self._corr = 0.0
         self._corr_rate = 0.0
         self._corr_at = 0.0
@@ -789,6 +802,7 @@ class SyncEngine:
                 self._proof, self._proof_tc = 0, self._last_tc if self._last_tc is not None else -1
             case SegmentWritten(segment, digest, vouched, unit):
                 _keep(self._segment_digests, unit, segment, _Written(digest, vouched))
+                self._announced = _newest_per_output(self._segment_digests)
             case Tick():
                 self._tick_votes(now)
 
@@ -981,17 +995,11 @@ class SyncEngine:
             anchor_offset=self._anchor.offset,
             timeline=self._timeline,
         )
-        if self._segment_digests:
-            # Each output's newest segment, one output per ESP in turn.
-            latest: dict[str, int] = {}
-            for unit, segment in self._segment_digests:
-                latest[unit] = max(segment, latest.get(unit, segment))
-            units = sorted(latest)
-            unit = units[self._sequence % len(units)]
-            written = self._segment_digests[unit, latest[unit]]
+        if announced := self._announced:
+            unit, segment, written = announced[self._sequence % len(announced)]
             esp = replace(
                 esp,
-                written_segment=latest[unit],
+                written_segment=segment,
                 segment_digest=written.digest,
                 segment_vouched=written.vouched,
                 segment_unit=unit,

@@ -35,9 +35,13 @@ lost
     The page stopped answering before the run ended (the driver's ``stopped`` entry says so):
     nothing after that moment was watched.
 seeks, skipped fragments, discontinuities
-    ``seeking`` events after start-up; fragments played whose sequence number is not the
-    previous one's plus one; discontinuity sequence numbers other than 0 in any playlist
-    hls.js loaded.
+    ``seeking`` events after start-up; fragments played whose sequence number is neither the
+    previous one's plus one nor the same again (hls.js switching rungs replaces the segment
+    under the playhead with the other rung's copy); discontinuity sequence numbers other than
+    0 in any playlist hls.js loaded.
+rungs, switches
+    Of a master over rungs: the rung folders (``<W>x<H>``) its video fragments came from, in
+    the order first loaded, and the changes of level hls.js completed after start-up.
 sequence gaps
     Video fragments loaded (in the order the player loaded them) whose sequence number is more
     than one past every number loaded before: a segment the viewer never got. (dash.js has no
@@ -48,7 +52,8 @@ dropped frames
 
 One page may run several players, each entry naming its own (``player``; an entry without one
 is the origin's): :data:`ORIGIN_PLAYER` plays the origin's media playlist,
-:data:`REDUNDANT_PLAYER` the master playlist of redundant encoders (both with hls.js),
+:data:`REDUNDANT_PLAYER` the master playlist of redundant encoders, :data:`CHANNEL_PLAYER` a
+placed ladder's channel master, asking for the next rung every 4 s (all with hls.js),
 :data:`DASH_PLAYER` a DASH manifest with dash.js, whose ``ERROR`` events count as errors and as
 fatal (dash.js raises them for what it gave up on). ``evaluate(log, player)``
 takes that player's entries and the driver's ``screenshot``/``stopped``/``skipped``, which

@@ -276,9 +276,12 @@ class EncoderRuntime:
         #: Per rung folder: the newest segment of it that went out under the shared name (a
         #: neighbour confirmed it); what the health reports' ``units`` are made of.
         self._served: dict[str, int] = {}
-        #: A placed ladder's rungs as the channel's manifests name them, their master, and
-        #: the bitrate they were made for (``_channel``: remade when the mesh agrees another).
-        self._channel_rungs: tuple[int, list[ChannelRung], bytes] | None = None
+        #: A placed ladder's rungs as the channel's manifests name them and their master,
+        #: with the agreed bitrate and the source's other codecs they were made for
+        #: (``_channel``: remade when either changes, not per segment).
+        self._channel_rungs: tuple[tuple[int, tuple[str, ...]], list[ChannelRung], bytes] | None = (
+            None
+        )
         self._input = InputMonitor(float(self._period), settings.input_loss, time.time())
         self._cadence = SourceCadence(Fraction(fr.den, fr.num))
         self._window = FingerprintWindow()
@@ -995,23 +998,21 @@ class EncoderRuntime:
         self, writer: SegmentWriter, segment: int
     ) -> tuple[list[ChannelRung], bytes] | None:
         """Every rung of the ladder as the channel's manifests name them (``channel_rungs``)
-        and the channel's master over them, at the bitrate the mesh agreed for ``segment``,
-        once this encoder's segments show the source's other codecs (its audio); None
-        before."""
+        and the channel's master over them, at the bitrate the mesh agreed for ``segment``
+        and with the source's other codecs (its audio) as this encoder's segments now show
+        them; None before they show any."""
         if not writer.codecs:
             return None
-        agreed = self.engine.bitrate_for(segment)
-        if self._channel_rungs is None or self._channel_rungs[0] != agreed:
+        # The video codec is the rung's own, probed per rung (its level follows the bitrate).
+        others = tuple(c for c in writer.codecs if not c.startswith("avc1."))
+        made_for = (self.engine.bitrate_for(segment), others)
+        if self._channel_rungs is None or self._channel_rungs[0] != made_for:
             settings = self.settings
             rungs = channel_rungs(
-                settings.ladder,
-                settings.frame_rate,
-                settings.gop,
-                agreed,
-                [c for c in writer.codecs if not c.startswith("avc1.")],
+                settings.ladder, settings.frame_rate, settings.gop, made_for[0], others
             )
             master = channel_master(rungs, settings.output_format).encode()
-            self._channel_rungs = (agreed, rungs, master)
+            self._channel_rungs = (made_for, rungs, master)
         return self._channel_rungs[1], self._channel_rungs[2]
 
     def _publish_ladder(self) -> None:

@@ -35,9 +35,10 @@ what every encoder puts into its encoders instead (:func:`input_hash`: the slot'
 its agreed bitrate and the top rung's picture, from which every rung is scaled); the GOP
 determinism is what makes equal inputs equal segments.
 
-A placed ladder's encoders publish no master of their own (it names only their rungs) but the
-channel's (:func:`channel_master`): every rung of the ladder, which every holder writes
-alike, with a BANDWIDTH bound from the rung's rate and CODECS from the rung's settings.
+A placed ladder's encoders publish no master or MPD of their own (they name only their rungs)
+but the channel's (:func:`channel_master`, :func:`channel_mpd`): every rung of the ladder,
+which every holder writes alike, with a bandwidth bound from the rung's rate and codecs from
+the rung's settings.
 
 Invariants: a ladder has at least one rung, every rung its own size; the top rung is the
 largest picture; without ``--ladder`` the encoder has one rendition writing into its output
@@ -94,6 +95,7 @@ __all__ = [
     "peak_bandwidth",
     "renditions_for",
     "rung_params",
+    "rungs_mpd",
     "scale_picture",
     "share_of",
     "top_rung",
@@ -286,8 +288,6 @@ def rung_params(
 def share_of(agreed_kbps: int, share: Fraction) -> int:
     """A rung's bitrate when the mesh agreed ``agreed_kbps`` for the top rung: ``share`` of
     it, the rung's share in the ladder (1 kbit/s at least)."""
-    if share == 1:
-        return agreed_kbps  # the top rung, or the single output: no arithmetic per frame
     return max(1, round(agreed_kbps * share))
 
 
@@ -541,10 +541,20 @@ def channel_master(rungs: Sequence[ChannelRung], fmt: SegmentFormat) -> str:
 
 
 def channel_mpd(rungs: Sequence[ChannelRung], *, window: int, publish_time: str) -> str:
-    """The channel's DASH manifest over every rung (:func:`channel_rungs`) of a CMAF ladder:
-    one Representation per rung, named after its folder, as a ladder's own MPD has them."""
-    return render_ladder_mpd(
+    """The channel's DASH manifest over every rung (:func:`channel_rungs`) of a CMAF ladder,
+    as a ladder's own MPD names them (:func:`rungs_mpd`)."""
+    return rungs_mpd(
         [Representation(r.name, r.params, r.codecs, r.bandwidth) for r in rungs],
+        window=window,
+        publish_time=publish_time,
+    )
+
+
+def rungs_mpd(representations: Sequence[Representation], *, window: int, publish_time: str) -> str:
+    """The MPD above a ladder's rung folders: one Representation per rung, its id the rung's
+    folder, which the segment templates name."""
+    return render_ladder_mpd(
+        representations,
         window=window,
         publish_time=publish_time,
         media_template=f"$RepresentationID$/{segment_template(SegmentFormat.CMAF)}",
@@ -643,13 +653,11 @@ class LadderManifests:
 
     def _mpd(self, segment: int, renditions: Sequence[Rendition]) -> str:
         first = renditions[0].writer
-        return render_ladder_mpd(
+        return rungs_mpd(
             [
                 Representation(r.folder or "0", r.params, r.writer.codecs, r.writer.peak_bitrate)
                 for r in renditions
             ],
             window=first.window,
             publish_time=utc_instant(first.segment_end(segment)),
-            media_template=f"$RepresentationID$/{segment_template(self.format)}",
-            init_template=f"$RepresentationID$/{INIT_NAME}",
         )
