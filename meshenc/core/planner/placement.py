@@ -557,9 +557,10 @@ def _fill_joiners(
     zone_free: Callable[[int, list[int]], bool],
 ) -> None:
     """Bring each joiner still short of its fair share rounded down up to it, with copies from
-    encoders above theirs; then, while an encoder is above its fair share rounded up, let a
-    joiner below its own rounded-up share take from it. Each time from the donor most above
-    its share, the units that prefer the joiner most first. Preference alone leaves a joiner
+    encoders above theirs (above it rounded up first, then rounded down); then, while an
+    encoder is above its fair share rounded up, let a joiner below its own rounded-up share
+    take from it. Each time from the donor most above its share, the units that prefer the
+    joiner most first. Preference alone leaves a joiner
     with nothing when units are few (measured: two rungs at redundancy 2 on four encoders
     placed 2/1/1/0); after this, copies per encoder are within one of the fair share wherever
     capacities are equal and zones allow."""
@@ -574,7 +575,11 @@ def _fill_joiners(
         """How far above its share ``j`` is (copies x total capacity, exact), and its index."""
         return (total_copies * capacity[j] - load[j] * total_capacity, j)
 
-    for target, donor_limit in ((floor_share, floor_share), (ceil_share, ceil_share)):
+    # Up to its share rounded down from encoders above theirs rounded up first: taken from one
+    # merely at its rounded-up share while another is above it, the joiner would end full
+    # with that other one still a copy too many.
+    passes = ((floor_share, ceil_share), (floor_share, floor_share), (ceil_share, ceil_share))
+    for target, donor_limit in passes:
         for x in joiners:
             need = min(capacity[x], target[x]) - load[x]
             if need <= 0 or not any(load[j] > donor_limit[j] for j in range(len(load))):

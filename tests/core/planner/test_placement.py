@@ -217,6 +217,20 @@ def test_encoders_joining_one_by_one_each_hold_within_one_of_the_fair_share(
         assert all(abs(count - fair) < 1 for count in load.values()), (k, load)
 
 
+def test_a_joiner_takes_from_an_encoder_above_its_rounded_up_share_first() -> None:
+    """Found by the property above: the eleventh encoder joined 16 units x 2 copies held
+    3,3,4,3,3,3,4,3,3,3; taking its two copies from encoders at 3 while one at 4 held units it
+    could take left that one at 4, more than one above the fair share of 32/11."""
+    order = [0, 2, 1, 3, 4, 5, 7, 10, 8, 9, 6]
+    hosts = [Host(f"enc-{i:03d}", 8, "") for i in order]
+    units = [WorkUnit(f"ch{c}", f"r{r}").unit_id for c in range(4) for r in range(4)]
+    placement = None
+    for k in range(1, len(hosts) + 1):
+        placement = place(units, hosts[:k], placement, PlacementConfig(redundancy=2))
+    assert placement is not None
+    assert sorted(placement.load().values()) == [2] + [3] * 10
+
+
 def test_a_joiner_gets_about_its_fair_share() -> None:
     hosts = [Host(f"enc-{i:02d}", 20, f"z{i % 3}") for i in range(20)]
     units = [f"ch{c}/r{r}" for c in range(100) for r in range(2)]
