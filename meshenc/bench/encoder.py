@@ -779,7 +779,7 @@ class _LatencyNode:
     def hello(self) -> mesh_pb2.Hello:
         return _hello(self.node_id)
 
-    def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
+    def set_parameters(self, bitrate_kbps: int, size: tuple[int, int] | None) -> tuple[int, int]:
         raise ValueError("the latency benchmark changes no parameters")
 
 

@@ -98,7 +98,7 @@ class _Node:
             topology_epoch=0,
         )
 
-    def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
+    def set_parameters(self, bitrate_kbps: int, size: tuple[int, int] | None) -> tuple[int, int]:
         raise ValueError("the ESP benchmark changes no parameters")
 
 

@@ -178,7 +178,8 @@ def _given(ctx: click.Context, name: str) -> bool:
     default="640x360",
     show_default=True,
     callback=_size,
-    help="Output WIDTHxHEIGHT.",
+    help="Output WIDTHxHEIGHT (every encoder of the mesh starts with the same); a mesh-wide"
+    " change (SetParameters, agreed at a GOP boundary) replaces it.",
 )
 @click.option(
     "--fps",

@@ -100,7 +100,7 @@ from meshenc.core.messages import (
     ResyncProposal,
     ResyncVote,
 )
-from meshenc.core.parameters import ParameterChange, ParameterSchedule
+from meshenc.core.parameters import ParameterChange, Parameters, ParameterSchedule
 from meshenc.core.phases import (
     LockPhase,
     LockSignal,
@@ -378,11 +378,12 @@ class LeaderChanged:
 
 @dataclass(frozen=True, slots=True)
 class ParametersRequested:
-    """An operator asked for a mesh-wide bitrate change: the engine proposes it
-    ``parameter_lead`` segments ahead (``SendProposal``), or says why not
-    (``ParametersRefused``)."""
+    """An operator asked for a mesh-wide change of bitrate, picture size or both (0 or None:
+    keep that one as agreed): the engine proposes it ``parameter_lead`` segments ahead
+    (``SendProposal``), or says why not (``ParametersRefused``)."""
 
-    bitrate_kbps: int
+    bitrate_kbps: int = 0
+    size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,8 +447,8 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class EncodeFrame:
-    """Encode the picture just captured into each of ``timecodes``, at the agreed bitrate of
-    each one's segment (``bitrates_kbps``, one per timecode); then report ``FrameEncoded``.
+    """Encode the picture just captured into each of ``timecodes``, with the agreed parameters
+    of each one's segment (``parameters``, one per timecode); then report ``FrameEncoded``.
 
     ``timecodes`` is empty when the picture is dropped, one entry normally, several when the
     output has a gap to fill (the picture is repeated into each slot). ``label`` is the
@@ -457,7 +458,7 @@ class EncodeFrame:
     fingerprint: int
     label: float
     timecodes: tuple[int, ...]
-    bitrates_kbps: tuple[int, ...]
+    parameters: tuple[Parameters, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,7 +520,7 @@ class ParametersAgreed:
 class ParametersRefused:
     """A requested parameter change cannot be proposed now; ``reason`` says why."""
 
-    bitrate_kbps: int
+    request: ParametersRequested
     reason: str
 
 
@@ -583,8 +584,8 @@ class EngineSnapshot:
     recent_corrections: tuple[CorrectionApplied, ...]
     escalations: int
     open_proposals: int
-    #: The bitrate of the segment being encoded, and a change agreed for a later one.
-    bitrate_kbps: int
+    #: The parameters of the segment being encoded, and a change agreed for a later one.
+    parameters: Parameters
     pending_change: ParameterChange | None
     #: Since a stall (``Stalled``), not yet proved identical again: vouches for nothing.
     unproven: bool = False
@@ -794,8 +795,8 @@ class SyncEngine:
                 self._set_neighbours(neighbours, epoch)
             case LeaderChanged(leader):
                 self._leader = leader
-            case ParametersRequested(bitrate_kbps):
-                self._request_parameters(now, bitrate_kbps)
+            case ParametersRequested():
+                self._request_parameters(now, event)
             case EscalationApproved(proposal_id):
                 self._apply_escalated(now, proposal_id)
             case Stalled():
@@ -916,12 +917,12 @@ class SyncEngine:
         if timecodes:
             self._last_tc = timecodes[-1]
         segment_of = self._segments.segment_of
-        bitrate_for = self._schedule.bitrate_for
+        parameters_for = self._schedule.parameters_for
         if len(timecodes) == 1:
-            bitrates: tuple[int, ...] = (bitrate_for(segment_of(timecodes[0])),)
+            parameters: tuple[Parameters, ...] = (parameters_for(segment_of(timecodes[0])),)
         else:
-            bitrates = tuple(bitrate_for(segment_of(tc)) for tc in timecodes)
-        decision = EncodeFrame(fingerprint, label, timecodes, bitrates)
+            parameters = tuple(parameters_for(segment_of(tc)) for tc in timecodes)
+        decision = EncodeFrame(fingerprint, label, timecodes, parameters)
         self._actions.append(decision)
         self._last = decision
         self._last_raw = raw
@@ -990,6 +991,7 @@ class SyncEngine:
             locked=self._lock.locked,
             params_segment=newest.effective_segment if newest else 0,
             params_bitrate_kbps=newest.bitrate_kbps if newest else 0,
+            params_size=newest.size if newest else None,
             anchor=self._anchor.node,
             anchor_hops=self._anchor.hops,
             anchor_offset=self._anchor.offset,
@@ -1077,7 +1079,12 @@ class SyncEngine:
             # whose segment is at most one from ours; one announced further ahead was agreed by
             # nobody, and adopting it would block every real change until its segment came
             # (one change at a time).
-            self._learn(ParameterChange(esp.params_segment, esp.params_bitrate_kbps), 0)
+            self._learn(
+                ParameterChange(
+                    esp.params_segment, Parameters(esp.params_bitrate_kbps, esp.params_size)
+                ),
+                0,
+            )
         if esp.fingerprint == NO_IDENTITY:
             return
         theirs_raw = esp.label - esp.correction
@@ -1229,13 +1236,14 @@ class SyncEngine:
         """The segment of the newest output slot (-1 before the first frame)."""
         return -1 if self._last_tc is None else self._segments.segment_of(self._last_tc)
 
-    def bitrate_for(self, segment: int) -> int:
-        """The agreed bitrate of ``segment``."""
-        return self._schedule.bitrate_for(segment)
+    def parameters_for(self, segment: int) -> Parameters:
+        """The agreed parameters of ``segment``."""
+        return self._schedule.parameters_for(segment)
 
-    def _request_parameters(self, now: float, bitrate_kbps: int) -> None:
-        """Propose a mesh-wide bitrate change ``parameter_lead`` segments ahead, unless no
-        frame is encoded yet, no neighbour can agree, or another change is still pending."""
+    def _request_parameters(self, now: float, request: ParametersRequested) -> None:
+        """Propose a mesh-wide parameter change ``parameter_lead`` segments ahead, unless no
+        frame is encoded yet, no neighbour can agree, or another change is still pending. The
+        change carries every parameter: those not asked for as agreed for its segment."""
         pending = self._schedule.pending(self.current_segment)
         if self._last_tc is None:
             refused = "no frame encoded yet"
@@ -1246,9 +1254,17 @@ class SyncEngine:
         else:
             refused = ""
         if refused:
-            self._actions.append(ParametersRefused(bitrate_kbps, refused))
+            self._actions.append(ParametersRefused(request, refused))
             return
-        change = ParameterChange(self.current_segment + self.config.parameter_lead, bitrate_kbps)
+        segment = self.current_segment + self.config.parameter_lead
+        agreed = self._schedule.parameters_for(segment)
+        change = ParameterChange(
+            segment,
+            Parameters(
+                request.bitrate_kbps or agreed.bitrate_kbps,
+                agreed.size if request.size is None else request.size,
+            ),
+        )
         self._proposal_ids += 1
         proposal = ResyncProposal(
             proposer=self.node_id,
@@ -1257,7 +1273,8 @@ class SyncEngine:
             shift=0.0,
             topology_epoch=self.topology_epoch,
             effective_segment=change.effective_segment,
-            bitrate_kbps=bitrate_kbps,
+            bitrate_kbps=change.bitrate_kbps,
+            size=change.size,
         )
         electorate = self._electorate(now)
         self._proposals.open(now, proposal, electorate, self._vote_timeout(electorate))
@@ -1740,7 +1757,7 @@ class SyncEngine:
             recent_corrections=tuple(self._recent),
             escalations=self._escalations,
             open_proposals=self._proposals.open_count,
-            bitrate_kbps=self._schedule.bitrate_for(max(self.current_segment, 0)),
+            parameters=self._schedule.parameters_for(max(self.current_segment, 0)),
             pending_change=self._schedule.pending(self.current_segment),
             unproven=self._proof is not None,
             vouches=self.vouches(now),

@@ -63,7 +63,8 @@ class EncodingStatePacket:
     #: The sender holds a lock: its neighbourhood agrees on the timeline.
     locked: bool = False
     #: The newest encoding-parameter change the sender has agreed on (0, 0: none): from segment
-    #: ``params_segment`` on, bitrate ``params_bitrate_kbps``. Gossip spreads it mesh-wide.
+    #: ``params_segment`` on, bitrate ``params_bitrate_kbps`` and picture size ``params_size``
+    #: (None: the size the encoders were started with). Gossip spreads it mesh-wide.
     params_segment: int = 0
     params_bitrate_kbps: int = 0
     #: The sender's anchor (``meshenc.core.anchor``): the encoder whose timeline it aims for
@@ -90,6 +91,7 @@ class EncodingStatePacket:
     segment_vouched: bool = False
     #: Which output the digest is of: "" the whole output, else a placed rung's name.
     segment_unit: str = ""
+    params_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +100,10 @@ class ResyncProposal:
 
     ``shift`` is the signed change (seconds) the proposer will add to its label. For
     PARAMETER proposals ``effective_segment`` is the first segment encoded with
-    ``bitrate_kbps``. ``trace_context`` holds the W3C trace headers a received proposal
-    arrived with (``meshenc.wire.convert`` fills it; the core neither reads nor sets it), so
-    that the receiving shell's spans join the proposer's trace.
+    ``bitrate_kbps`` and picture size ``size`` (None: the size the encoders were started
+    with). ``trace_context`` holds the W3C trace headers a received proposal arrived with
+    (``meshenc.wire.convert`` fills it; the core neither reads nor sets it), so that the
+    receiving shell's spans join the proposer's trace.
     """
 
     proposer: str
@@ -111,6 +114,7 @@ class ResyncProposal:
     effective_segment: int = 0
     bitrate_kbps: int = 0
     trace_context: tuple[tuple[str, str], ...] = ()
+    size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,59 +1,123 @@
 """Encoding parameters the mesh has agreed on, segment by segment.
 
 Theory of operation: byte-identical segments need identical parameters, so a parameter change
-(today: the bitrate) must take effect on every encoder at the same GOP boundary. A change is
-proposed for a segment a few segments ahead and put to the proposer's neighbours' vote; once a
-majority approves, it is *agreed* and rides in every ESP the encoder sends. An encoder that sees
-an agreed change newer than its own adopts it — as long as that segment is still ahead of it,
-and no further ahead than a proposal could have named (``parameter_lead`` segments from a
-proposer at most one segment away: one announced further ahead was agreed by nobody, and would
-block every real change until its segment came) — and passes it on the same way, so the
-change spreads through the mesh (a few frames per hop) long before its segment begins.
+(the bitrate, the picture size or both) must take effect on every encoder at the same GOP
+boundary. A change is proposed for a segment a few segments ahead and put to the proposer's
+neighbours' vote; once a majority approves, it is *agreed* and rides in every ESP the encoder
+sends. An encoder that sees an agreed change newer than its own adopts it — as long as that
+segment is still ahead of it, and no further ahead than a proposal could have named
+(``parameter_lead`` segments from a proposer at most one segment away: one announced further
+ahead was agreed by nobody, and would block every real change until its segment came) — and
+passes it on the same way, so the change spreads through the mesh (a few frames per hop) long
+before its segment begins.
+
+A change carries every parameter, not only the one asked for: the proposer fills in the others
+as agreed for that segment, so an encoder that missed an earlier change still ends up with the
+mesh's parameters. A picture size of None is the size the encoders were started with (which
+the mesh's encoders share, as they share the frame rate); the core never needs to know it.
 
 One change at a time: a change is refused while another is still pending (its segment not yet
 reached), so every encoder ends up with the same sequence of changes. Between two changes for
-the same segment, the lower bitrate wins, so concurrent requests still settle on one answer.
+the same segment, the lower bitrate wins, then the smaller picture, so concurrent requests
+still settle on one answer.
 
-Invariants: ``bitrate_for`` is a step function of the segment that only changes at the
+Invariants: ``parameters_for`` is a step function of the segment that only changes at the
 effective segment of an adopted change; a change is adopted only while its segment is ahead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["ParameterChange", "ParameterSchedule"]
+__all__ = [
+    "MAX_HEIGHT",
+    "MAX_WIDTH",
+    "MIN_SIDE",
+    "ParameterChange",
+    "ParameterSchedule",
+    "Parameters",
+    "check_size",
+]
+
+#: Picture sizes every part of the system accepts: even sides (yuv420p halves both chroma
+#: dimensions, so odd sizes cannot be represented exactly), 16 px the smallest libx264 handles
+#: comfortably, 4K UHD the largest the mesh is meant for.
+MIN_SIDE: Final = 16
+MAX_WIDTH: Final = 3840
+MAX_HEIGHT: Final = 2160
+
+
+def check_size(width: int, height: int) -> None:
+    """Raise ValueError unless ``width``x``height`` is a picture size the encoders can write."""
+    for name, value, upper in (("width", width, MAX_WIDTH), ("height", height, MAX_HEIGHT)):
+        if not MIN_SIDE <= value <= upper or value % 2:
+            raise ValueError(f"{name} must be even and in {MIN_SIDE}..{upper}, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class Parameters:
+    """What a segment is encoded with: its bitrate and its picture size (None: the size the
+    encoders were started with)."""
+
+    bitrate_kbps: int
+    size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.bitrate_kbps <= 0:
+            raise ValueError(f"bitrate must be positive, got {self.bitrate_kbps}")
+        if self.size is not None:
+            check_size(*self.size)
+
+    def __str__(self) -> str:
+        size = "the started size" if self.size is None else "{}x{}".format(*self.size)
+        return f"{self.bitrate_kbps} kbit/s at {size}"
+
+    @property
+    def order(self) -> tuple[int, int, int]:
+        """Which of two changes for one segment wins: the lower bitrate, then the smaller
+        picture (area, then width)."""
+        width, height = self.size or (0, 0)
+        return (self.bitrate_kbps, width * height, width)
 
 
 @dataclass(frozen=True, slots=True)
 class ParameterChange:
-    """From segment ``effective_segment`` on, encode at ``bitrate_kbps``."""
+    """From segment ``effective_segment`` on, encode with ``parameters``."""
 
     effective_segment: int
-    bitrate_kbps: int
+    parameters: Parameters
 
     def __post_init__(self) -> None:
-        if self.effective_segment <= 0 or self.bitrate_kbps <= 0:
+        if self.effective_segment <= 0:
             raise ValueError(f"not a parameter change: {self}")
 
+    @property
+    def bitrate_kbps(self) -> int:
+        return self.parameters.bitrate_kbps
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return self.parameters.size
+
     def supersedes(self, other: ParameterChange | None) -> bool:
-        """Whether this change is newer than ``other`` (later segment; same: lower bitrate)."""
+        """Whether this change is newer than ``other`` (later segment; same: ``order``)."""
         if other is None:
             return True
         if self.effective_segment != other.effective_segment:
             return self.effective_segment > other.effective_segment
-        return self.bitrate_kbps < other.bitrate_kbps
+        return self.parameters.order < other.parameters.order
 
 
 class ParameterSchedule:
-    """The agreed bitrate for every segment: a start value and the changes adopted since."""
+    """The agreed parameters of every segment: a start value and the changes adopted since."""
 
     __slots__ = ("_changes", "_initial")
 
     def __init__(self, initial_bitrate_kbps: int) -> None:
         if initial_bitrate_kbps <= 0:
             raise ValueError("bitrate must be positive")
-        self._initial = initial_bitrate_kbps
+        self._initial = Parameters(initial_bitrate_kbps)
         self._changes: list[ParameterChange] = []
 
     @property
@@ -71,15 +135,15 @@ class ParameterSchedule:
             return False
         newest = self.newest
         if newest is not None and newest.effective_segment == change.effective_segment:
-            self._changes[-1] = change  # same segment, lower bitrate: it replaces ours
+            self._changes[-1] = change  # same segment, and it wins: it replaces ours
         else:
             self._changes.append(change)
         return True
 
-    def bitrate_for(self, segment: int) -> int:
-        bitrate = self._initial
+    def parameters_for(self, segment: int) -> Parameters:
+        parameters = self._initial
         for change in self._changes:
             if change.effective_segment > segment:
                 break
-            bitrate = change.bitrate_kbps
-        return bitrate
+            parameters = change.parameters
+        return parameters

@@ -45,6 +45,7 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 
 from meshenc.core.messages import CorrectionKind, ResyncProposal, ResyncVote
+from meshenc.core.parameters import ParameterChange, Parameters
 
 __all__ = [
     "IgnoredVotes",
@@ -345,9 +346,13 @@ def _assess(
     proposal: ResyncProposal, estimated_deviation: float | None, tolerance: float
 ) -> tuple[bool, str]:
     if proposal.kind is CorrectionKind.PARAMETER:
-        if proposal.effective_segment > 0 and proposal.bitrate_kbps > 0:
-            return True, "parameters valid"
-        return False, "bad parameters"
+        try:
+            ParameterChange(
+                proposal.effective_segment, Parameters(proposal.bitrate_kbps, proposal.size)
+            )
+        except ValueError:
+            return False, "bad parameters"
+        return True, "parameters valid"
     if not math.isfinite(proposal.shift):
         return False, "invalid shift"
     if estimated_deviation is None:

@@ -243,6 +243,8 @@ def esp_to_proto(esp: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
         locked=esp.locked,
         params_segment=esp.params_segment,
         params_bitrate_kbps=esp.params_bitrate_kbps,
+        params_width=esp.params_size[0] if esp.params_size else 0,
+        params_height=esp.params_size[1] if esp.params_size else 0,
         anchor_id=esp.anchor,
         anchor_hops=esp.anchor_hops,
         anchor_offset_ns=seconds_to_ns(esp.anchor_offset),
@@ -299,7 +301,13 @@ def esp_from_proto(msg: mesh_pb2.EncodingStatePacket) -> EncodingStatePacket:
         segment_digest=msg.segment_digest,
         segment_vouched=msg.segment_vouched,
         segment_unit=msg.segment_unit,
+        params_size=_size_from_proto(msg.params_width, msg.params_height),
     )
+
+
+def _size_from_proto(width: int, height: int) -> tuple[int, int] | None:
+    """A (validated) picture size from the wire: both 0 is None, the started size."""
+    return (width, height) if width else None
 
 
 def proposal_to_proto(
@@ -314,6 +322,8 @@ def proposal_to_proto(
         topology_epoch=proposal.topology_epoch,
         effective_segment=proposal.effective_segment,
         bitrate_kbps=proposal.bitrate_kbps,
+        width=proposal.size[0] if proposal.size else 0,
+        height=proposal.size[1] if proposal.size else 0,
         trace_context=_trace_to_proto(trace_context),
     )
 
@@ -329,6 +339,7 @@ def proposal_from_proto(msg: mesh_pb2.ResyncProposal) -> ResyncProposal:
         effective_segment=msg.effective_segment,
         bitrate_kbps=msg.bitrate_kbps,
         trace_context=_trace_from_proto(msg.trace_context),
+        size=_size_from_proto(msg.width, msg.height),
     )
 
 
@@ -384,6 +395,7 @@ def encoder_state_to_proto(
     unvouched_segments: int,
     unconfirmed_segments: int,
     restored_segments: int,
+    started_size: tuple[int, int],
 ) -> mesh_pb2.EncoderState:
     """The GetState answer: an engine snapshot and the encoder's settings, as an operator
     sees them.
@@ -405,6 +417,7 @@ def encoder_state_to_proto(
             shared name, and of those the ones no neighbour confirmed in time.
         restored_segments: segment files written aside that took the shared name after all
             (a vouched neighbour wrote the same bytes).
+        started_size: the picture size it was started with (the agreed size until a change).
     """
     state = mesh_pb2.EncoderState(
         encoder_id=snap.node_id,
@@ -428,7 +441,9 @@ def encoder_state_to_proto(
         injected_drift_ppm=injected_drift_ppm,
         injected_offset_ms=injected_offset_ms,
         injected_jitter_ms=injected_jitter_ms,
-        bitrate_kbps=snap.bitrate_kbps,
+        bitrate_kbps=snap.parameters.bitrate_kbps,
+        width=(snap.parameters.size or started_size)[0],
+        height=(snap.parameters.size or started_size)[1],
         segment_id=segment,
         topology_epoch=topology_epoch,
         vouches=snap.vouches,
@@ -446,6 +461,8 @@ def encoder_state_to_proto(
     if snap.pending_change is not None:
         state.pending_parameters.effective_segment = snap.pending_change.effective_segment
         state.pending_parameters.bitrate_kbps = snap.pending_change.bitrate_kbps
+        size = snap.pending_change.size or started_size
+        state.pending_parameters.width, state.pending_parameters.height = size
     for kind, count in snap.corrections.items():
         state.corrections[kind.value] = count
     for event in snap.recent_corrections:

@@ -45,15 +45,20 @@ Mesh (``EncoderMesh``)
     0 <= ``merge_segment`` < ``MAX_TIMECODE``; ``written_segment`` and ``segment_digest`` are
     both unset (and ``segment_vouched`` false, ``segment_unit`` empty), or 0 <
     ``written_segment`` < ``MAX_TIMECODE`` with a digest of exactly ``FRAME_HASH_LENGTH``
-    bytes and ``segment_unit`` empty or a folder name (an id other than ``.`` and ``..``).
+    bytes and ``segment_unit`` empty or a folder name (an id other than ``.`` and ``..``);
+    ``params_width`` and ``params_height`` both 0, or (with ``params_segment``) a size
+    encoders write.
   - ResyncProposal: ``proposal_id`` > 0; ``kind`` known and not UNSPECIFIED;
     ``|shift_ns|`` <= ``MAX_SHIFT_NS`` (10 s); PARAMETER requires ``bitrate_kbps`` within
-    [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``] and 0 < ``effective_segment`` <
-    ``MAX_TIMECODE``; every other kind requires both to be 0.
+    [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``], 0 < ``effective_segment`` <
+    ``MAX_TIMECODE`` and ``width``, ``height`` both 0 (the started size) or a size encoders
+    write (:func:`meshenc.core.parameters.check_size`); every other kind requires all four
+    to be 0.
   - ResyncVote: ``proposal_id`` > 0; ``voter_id`` differs from ``proposer_id``;
     ``|estimated_deviation_ns|`` <= ``MAX_DEVIATION_NS`` (24 h).
   - GetStateRequest, SetParametersRequest: ``channel`` empty or a channel name; SetParameters
-    also ``bitrate_kbps`` within [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``].
+    also ``bitrate_kbps`` 0 or within [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``],
+    ``width`` and ``height`` both 0 or a size encoders write, and not all three 0.
   - Exchange stream (stateful, :class:`ExchangeStreamChecker`): the first message is a
     Hello and no later one is; the Hello's sender is not the receiver; every later message
     comes from the Hello's sender (``esp.sender_id``, ``proposal.proposer_id``,
@@ -98,6 +103,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from meshenc.core.anchor import MAX_HOPS
+from meshenc.core.parameters import check_size
 from meshenc.core.planner.load import MAX_UNITS_PER_ENCODER
 from meshenc.core.timeline import MAX_WITNESSES
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2, registry_pb2
@@ -455,6 +461,10 @@ def _esp(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
         _path(prefix, "params_segment"),
         _path(prefix, "params_bitrate_kbps"),
     )
+    if msg.params_segment == 0:
+        _check_zero(msg, ("params_width", "params_height"), prefix, "when params_segment is 0")
+    else:
+        _check_size(msg.params_width, msg.params_height, _path(prefix, "params_width"))
     _anchor(msg, prefix)
     _merge_route(msg, prefix)
     _written_segment(msg, prefix)
@@ -572,14 +582,34 @@ def _proposal(msg: mesh_pb2.ResyncProposal, prefix: str) -> None:
             "kbit/s for a PARAMETER proposal",
         )
         _check_timecode(msg.effective_segment, _path(prefix, "effective_segment"))
+        _check_size(msg.width, msg.height, _path(prefix, "width"))
     else:
-        for name in ("bitrate_kbps", "effective_segment"):
-            if getattr(msg, name) != 0:
-                raise InvalidMessage(
-                    _path(prefix, name),
-                    f"must be 0 unless kind is PARAMETER, got {getattr(msg, name)}",
-                )
+        _check_zero(
+            msg, ("bitrate_kbps", "effective_segment", "width", "height"), prefix,
+            "unless kind is PARAMETER",
+        )  # fmt: skip
     _check_trace_context(msg.trace_context, _path(prefix, "trace_context"))
+
+
+def _check_zero(
+    msg: mesh_pb2.EncodingStatePacket | mesh_pb2.ResyncProposal,
+    names: Sequence[str],
+    prefix: str,
+    when: str,
+) -> None:
+    for name in names:
+        if getattr(msg, name) != 0:
+            raise InvalidMessage(_path(prefix, name), f"must be 0 {when}, got {getattr(msg, name)}")
+
+
+def _check_size(width: int, height: int, field: str, *, keep: str = "the started size") -> None:
+    """A picture size: both 0 (``keep``), or both even and within the sizes encoders write."""
+    if width == 0 and height == 0:
+        return
+    try:
+        check_size(width, height)
+    except ValueError as exc:
+        raise InvalidMessage(field, f"{exc} (or width and height both 0: {keep})") from None
 
 
 def _vote(msg: mesh_pb2.ResyncVote, prefix: str) -> None:
@@ -641,9 +671,14 @@ def validate_get_state_request(msg: mesh_pb2.GetStateRequest) -> None:
 
 
 def validate_set_parameters_request(msg: mesh_pb2.SetParametersRequest) -> None:
-    """``bitrate_kbps`` within [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``]; ``channel`` empty
-    (the first channel) or a channel name."""
-    _check_range(msg.bitrate_kbps, MIN_BITRATE_KBPS, MAX_BITRATE_KBPS, "bitrate_kbps", "kbit/s")
+    """``bitrate_kbps`` 0 (keep it) or within [``MIN_BITRATE_KBPS``, ``MAX_BITRATE_KBPS``];
+    ``width`` and ``height`` both 0 (keep the size) or a size encoders write; at least one of
+    the two given; ``channel`` empty (the first channel) or a channel name."""
+    if msg.bitrate_kbps:
+        _check_range(msg.bitrate_kbps, MIN_BITRATE_KBPS, MAX_BITRATE_KBPS, "bitrate_kbps", "kbit/s")
+    _check_size(msg.width, msg.height, "width", keep="keep the size")
+    if not msg.bitrate_kbps and not msg.width and not msg.height:
+        raise InvalidMessage("bitrate_kbps", "asks for no change: give a bitrate, a size or both")
     check_channel_name(msg.channel, "channel", allow_empty=True)
 
 

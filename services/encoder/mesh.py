@@ -150,8 +150,9 @@ class MeshHandler(Protocol):
         """The Hello this encoder opens each stream with."""
         ...
 
-    def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
-        """Propose a mesh-wide bitrate change; (proposal id, effective segment).
+    def set_parameters(self, bitrate_kbps: int, size: tuple[int, int] | None) -> tuple[int, int]:
+        """Propose a mesh-wide change of bitrate, picture size or both (0, None: keep it);
+        (proposal id, effective segment).
 
         Raises ValueError with the reason when no change can be proposed now.
         """
@@ -802,18 +803,27 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         handler, _ = await self._owner._route(request.channel, context, "SetParameters")
         try:
-            proposal_id, segment = handler.set_parameters(request.bitrate_kbps)
+            size = (request.width, request.height) if request.width else None
+            proposal_id, segment = handler.set_parameters(request.bitrate_kbps, size)
         except ValueError as exc:
             self._refusals.warning("refused", "SetParameters refused: %s", exc)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         log.info(
-            "proposed %d kbit/s from segment %d (proposal %d, channel %s)",
-            request.bitrate_kbps,
+            "proposed %s from segment %d (proposal %d, channel %s)",
+            _asked(request.bitrate_kbps, size),
             segment,
             proposal_id,
             request.channel or self._owner.channels[0],
         )
         return mesh_pb2.SetParametersResponse(proposal_id=proposal_id, effective_segment=segment)
+
+
+def _asked(bitrate_kbps: int, size: tuple[int, int] | None) -> str:
+    """A SetParameters request for the log: what it changes."""
+    asked = [f"{bitrate_kbps} kbit/s"] if bitrate_kbps else []
+    if size is not None:
+        asked.append("{}x{}".format(*size))
+    return " at ".join(asked)
 
 
 class MeshServer:

@@ -227,8 +227,9 @@ class FramePipeline:
         timecodes = decision.timecodes
         measured = self._measured and len(timecodes) == 1
         hashes = []
-        scaled: dict[str | None, Picture] = {}  # once per picture and rung, however many slots
-        for timecode, bitrate in zip(timecodes, decision.bitrates_kbps, strict=True):
+        # Once per picture, rung and size, however many slots.
+        scaled: dict[tuple[str | None, tuple[int, int] | None], Picture] = {}
+        for timecode, parameters in zip(timecodes, decision.parameters, strict=True):
             if self.shedding:
                 if timecode != timecodes[-1] or not self.engine.config.segments.is_first(timecode):
                     self.shed_slots += 1
@@ -247,10 +248,12 @@ class FramePipeline:
             shell.slot_starts(timecode, measured)
             started = clock()
             frames = []
+            bitrate, size = parameters.bitrate_kbps, parameters.size
             for rendition in renditions:
-                rung_picture = scaled.get(rendition.folder)
+                rung_picture = scaled.get((rendition.folder, size))
                 if rung_picture is None:
-                    rung_picture = scaled[rendition.folder] = rendition.scaled(picture)
+                    rung_picture = rendition.scaled(picture, size)
+                    scaled[rendition.folder, size] = rung_picture
                 frames.append(
                     rendition.encoder.encode(
                         timecode, rung_picture, bitrate_kbps=rendition.bitrate_for(bitrate)

@@ -550,8 +550,14 @@ class EncoderRuntime:
             channel=self.settings.channel,
         )
 
-    def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
-        for action in self.pipeline.step(self.clock(), ParametersRequested(bitrate_kbps)):
+    def set_parameters(self, bitrate_kbps: int, size: tuple[int, int] | None) -> tuple[int, int]:
+        if size is not None and self.settings.ladder:
+            raise ValueError(
+                "this encoder writes an ABR ladder, whose rungs' sizes are the ladder's:"
+                " only the bitrate can change"
+            )
+        request = ParametersRequested(bitrate_kbps, size)
+        for action in self.pipeline.step(self.clock(), request):
             if isinstance(action, ParametersRefused):
                 raise ValueError(action.reason)
             if isinstance(action, SendProposal):
@@ -582,6 +588,7 @@ class EncoderRuntime:
             unvouched_segments=self.stats.unvouched,
             unconfirmed_segments=self.stats.unconfirmed,
             restored_segments=self.stats.restored,
+            started_size=settings.picture_size,
         )
         state.channel = settings.channel
         return state
@@ -1005,7 +1012,7 @@ class EncoderRuntime:
             return None
         # The video codec is the rung's own, probed per rung (its level follows the bitrate).
         others = tuple(c for c in writer.codecs if not c.startswith("avc1."))
-        made_for = (self.engine.bitrate_for(segment), others)
+        made_for = (self.engine.parameters_for(segment).bitrate_kbps, others)
         if self._channel_rungs is None or self._channel_rungs[0] != made_for:
             settings = self.settings
             rungs = channel_rungs(
@@ -1144,8 +1151,8 @@ class EncoderRuntime:
             )
         elif isinstance(action, ParametersAgreed):
             self.log.info(
-                "parameters agreed: %d kbit/s from segment %d (%s)",
-                action.change.bitrate_kbps,
+                "parameters agreed: %s from segment %d (%s)",
+                action.change.parameters,
                 action.change.effective_segment,
                 f"proposal {action.proposal_id}" if action.proposal_id else "from a neighbour",
             )

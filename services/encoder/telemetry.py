@@ -335,7 +335,7 @@ _ENCODER_GAUGES: Final[tuple[tuple[str, str, Callable[[_EncoderView], float | No
     (
         "meshenc_bitrate_kbps",
         "Bitrate of the segment being encoded.",
-        lambda v: float(v.snapshot.bitrate_kbps),
+        lambda v: float(v.snapshot.parameters.bitrate_kbps),
     ),
     ("meshenc_cpu_load_ratio", "Process CPU time over wall time.", lambda v: v.cpu_load),
     (
@@ -573,6 +573,7 @@ class EncoderTelemetry:
                 {
                     "meshenc.correction.kind": "parameter",
                     "meshenc.parameters.bitrate_kbps": action.change.bitrate_kbps,
+                    "meshenc.parameters.size": _size_attribute(action.change.size),
                     "meshenc.parameters.effective_segment": action.change.effective_segment,
                 },
             )
@@ -615,6 +616,7 @@ class EncoderTelemetry:
         )
         if proposal.bitrate_kbps:
             span.set_attribute("meshenc.parameters.bitrate_kbps", proposal.bitrate_kbps)
+            span.set_attribute("meshenc.parameters.size", _size_attribute(proposal.size))
             span.set_attribute("meshenc.parameters.effective_segment", proposal.effective_segment)
         ctx = trace.set_span_in_context(span, otel_context.Context())
         stale = self._open.pop(proposal.proposal_id, None)
@@ -806,3 +808,8 @@ def topology_changed(node_id: str, before: frozenset[str], after: frozenset[str]
         },
     )
     span.end()
+
+
+def _size_attribute(size: tuple[int, int] | None) -> str:
+    """A picture size as a span attribute: ``WxH``, or ``started`` for the started size."""
+    return "started" if size is None else f"{size[0]}x{size[1]}"

@@ -85,9 +85,11 @@ class EngineShell:
     def vote(self, now: float, vote: ResyncVote) -> None:
         self._step(now, VoteReceived(vote))
 
-    def request(self, now: float, bitrate_kbps: int) -> ResyncProposal | str:
-        """Ask for a bitrate change: the proposal sent, or the reason it was refused."""
-        self._step(now, ParametersRequested(bitrate_kbps))
+    def request(
+        self, now: float, bitrate_kbps: int, size: tuple[int, int] | None = None
+    ) -> ResyncProposal | str:
+        """Ask for a parameter change: the proposal sent, or the reason it was refused."""
+        self._step(now, ParametersRequested(bitrate_kbps, size))
         refused = self._take(ParametersRefused)
         if refused:
             return refused[0].reason

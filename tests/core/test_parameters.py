@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import pytest
+
 from meshenc.core.engine import (
     EngineConfig,
     Escalate,
@@ -13,7 +15,7 @@ from meshenc.core.engine import (
     SyncEngine,
 )
 from meshenc.core.messages import CorrectionKind, ResyncProposal, ResyncVote
-from meshenc.core.parameters import ParameterChange, ParameterSchedule
+from meshenc.core.parameters import ParameterChange, Parameters, ParameterSchedule
 from meshenc.core.timecode import FrameRate
 
 from .engine_shell import EngineShell
@@ -26,21 +28,34 @@ START = FPS.slot_middle(FPS.slot(1.8e9))
 
 def test_the_schedule_steps_at_the_effective_segment_only() -> None:
     schedule = ParameterSchedule(1500)
-    assert schedule.adopt(ParameterChange(10, 800), current_segment=5)
-    assert [schedule.bitrate_for(s) for s in (5, 9, 10, 11)] == [1500, 1500, 800, 800]
-    assert schedule.pending(5) == ParameterChange(10, 800)
+    assert schedule.adopt(ParameterChange(10, Parameters(800)), current_segment=5)
+    assert [schedule.parameters_for(s).bitrate_kbps for s in (5, 9, 10, 11)] == [
+        1500,
+        1500,
+        800,
+        800,
+    ]
+    assert schedule.pending(5) == ParameterChange(10, Parameters(800))
     assert schedule.pending(10) is None
 
 
 def test_the_schedule_refuses_late_and_older_changes() -> None:
     schedule = ParameterSchedule(1500)
-    assert not schedule.adopt(ParameterChange(5, 800), current_segment=5)  # already begun
-    assert schedule.adopt(ParameterChange(10, 800), current_segment=5)
-    assert not schedule.adopt(ParameterChange(8, 600), current_segment=5)  # older than ours
-    assert not schedule.adopt(ParameterChange(10, 900), current_segment=5)  # same, higher
-    assert schedule.adopt(ParameterChange(10, 700), current_segment=5)  # same, lower: wins
-    assert schedule.bitrate_for(10) == 700
-    assert schedule.newest == ParameterChange(10, 700)
+    assert not schedule.adopt(
+        ParameterChange(5, Parameters(800)), current_segment=5
+    )  # already begun
+    assert schedule.adopt(ParameterChange(10, Parameters(800)), current_segment=5)
+    assert not schedule.adopt(
+        ParameterChange(8, Parameters(600)), current_segment=5
+    )  # older than ours
+    assert not schedule.adopt(
+        ParameterChange(10, Parameters(900)), current_segment=5
+    )  # same, higher
+    assert schedule.adopt(
+        ParameterChange(10, Parameters(700)), current_segment=5
+    )  # same, lower: wins
+    assert schedule.parameters_for(10).bitrate_kbps == 700
+    assert schedule.newest == ParameterChange(10, Parameters(700))
 
 
 def _engine(name: str, neighbours: list[str]) -> EngineShell:
@@ -91,11 +106,13 @@ def test_an_approved_change_is_agreed_and_rides_in_every_esp() -> None:
     for voter in "bc":
         engine.vote(now, ResyncVote("a", proposal.proposal_id, voter, True, 0.0))
     agreed = [a for a in engine.drain() if isinstance(a, ParametersAgreed)]
-    assert agreed == [ParametersAgreed(ParameterChange(proposal.effective_segment, 800), 1)]
+    assert agreed == [
+        ParametersAgreed(ParameterChange(proposal.effective_segment, Parameters(800)), 1)
+    ]
     esp = engine.encoded(now)[0][1]
     assert (esp.params_segment, esp.params_bitrate_kbps) == (proposal.effective_segment, 800)
-    assert engine.engine.bitrate_for(proposal.effective_segment - 1) == 1500
-    assert engine.engine.bitrate_for(proposal.effective_segment) == 800
+    assert engine.engine.parameters_for(proposal.effective_segment - 1).bitrate_kbps == 1500
+    assert engine.engine.parameters_for(proposal.effective_segment).bitrate_kbps == 800
 
 
 def test_a_rejected_change_is_escalated_and_not_agreed() -> None:
@@ -109,7 +126,7 @@ def test_a_rejected_change_is_escalated_and_not_agreed() -> None:
     actions = engine.drain()
     assert [a for a in actions if isinstance(a, Escalate)]
     assert not [a for a in actions if isinstance(a, ParametersAgreed)]
-    assert engine.engine.bitrate_for(proposal.effective_segment) == 1500
+    assert engine.engine.parameters_for(proposal.effective_segment).bitrate_kbps == 1500
 
 
 def test_a_neighbour_adopts_an_agreed_change_from_an_esp_and_passes_it_on() -> None:
@@ -124,7 +141,9 @@ def test_a_neighbour_adopts_an_agreed_change_from_an_esp_and_passes_it_on() -> N
     esp = next(e for to, e in proposer.encoded(now) if to == "b")
     listener.esp(now, esp)
     adopted = [a for a in listener.drain() if isinstance(a, ParametersAgreed)]
-    assert adopted == [ParametersAgreed(ParameterChange(proposal.effective_segment, 600), 0)]
+    assert adopted == [
+        ParametersAgreed(ParameterChange(proposal.effective_segment, Parameters(600)), 0)
+    ]
     relayed = next(e for to, e in listener.encoded(now) if to == "x")
     assert relayed.params_segment == proposal.effective_segment
 
@@ -138,7 +157,7 @@ def test_a_change_for_a_segment_already_begun_is_neither_approved_nor_adopted() 
     )  # fmt: skip
     answer = late.proposal(START + 100 * T, proposal)
     assert answer is not None and not answer.vote.approve
-    assert late.engine.bitrate_for(late.engine.current_segment) == 1500
+    assert late.engine.parameters_for(late.engine.current_segment).bitrate_kbps == 1500
 
 
 def test_a_change_announced_far_ahead_is_not_adopted_and_blocks_nothing() -> None:
@@ -155,8 +174,93 @@ def test_a_change_announced_far_ahead_is_not_adopted_and_blocks_nothing() -> Non
     )
     listener.esp(now, far)
     assert not [a for a in listener.drain() if isinstance(a, ParametersAgreed)]
-    assert listener.engine.bitrate_for(listener.engine.current_segment + 1000) == 1500
+    assert (
+        listener.engine.parameters_for(listener.engine.current_segment + 1000).bitrate_kbps == 1500
+    )
     # A real change can still be proposed.
     proposal = _requested(listener, now, 600)
     lead = listener.engine.config.parameter_lead
     assert proposal.effective_segment == listener.engine.current_segment + lead
+
+
+def test_two_changes_for_one_segment_settle_on_the_lower_bitrate_then_the_smaller_picture() -> None:
+    schedule = ParameterSchedule(1500)
+    assert schedule.adopt(ParameterChange(10, Parameters(800, (640, 360))), current_segment=5)
+    assert not schedule.adopt(ParameterChange(10, Parameters(800, (1280, 720))), current_segment=5)
+    assert schedule.adopt(ParameterChange(10, Parameters(800, (320, 180))), current_segment=5)
+    assert not schedule.adopt(ParameterChange(10, Parameters(900, (160, 90))), current_segment=5)
+    assert schedule.parameters_for(10) == Parameters(800, (320, 180))
+    assert schedule.parameters_for(9) == Parameters(1500)  # the started size until then
+
+
+def test_a_size_out_of_bounds_is_no_parameter() -> None:
+    for size in ((321, 180), (320, 14), (3842, 2160), (0, 180)):
+        with pytest.raises(ValueError, match="must be even"):
+            Parameters(800, size)
+
+
+def _agreed(
+    engine: EngineShell, now: float, bitrate_kbps: int, size: tuple[int, int] | None
+) -> ResyncProposal:
+    """Ask ``engine`` for a change, have its neighbours b and c approve; the proposal."""
+    proposal = engine.request(now, bitrate_kbps, size)
+    assert isinstance(proposal, ResyncProposal), proposal
+    for voter in "bc":
+        engine.vote(now, ResyncVote(engine.engine.node_id, proposal.proposal_id, voter, True, 0.0))
+    return proposal
+
+
+def test_a_size_change_is_agreed_with_the_bitrate_as_agreed_and_reaches_the_frames() -> None:
+    engine = _engine("a", ["b", "c", "d"])
+    _frames(engine, range(40))
+    now = START + 40 * T
+    proposal = _agreed(engine, now, 0, (320, 180))  # the size alone
+    assert (proposal.bitrate_kbps, proposal.size) == (1500, (320, 180))
+    engine.drain()
+    esp = engine.encoded(now)[0][1]
+    assert (esp.params_segment, esp.params_bitrate_kbps, esp.params_size) == (
+        proposal.effective_segment,
+        1500,
+        (320, 180),
+    )
+    # The frames: the started size up to the change, the new one from its first slot on.
+    effective = proposal.effective_segment
+    encoded: dict[int, Parameters] = {}
+    for k in range(40, 40 + (effective + 1 - engine.engine.current_segment) * GOP):
+        decision = engine.frame(START + k * T, k)
+        encoded.update(zip(decision.timecodes, decision.parameters, strict=True))
+    first = min(encoded)
+    start_of_change = next(tc for tc in sorted(encoded) if tc // GOP == effective)
+    assert start_of_change % GOP == 0  # a GOP's first slot
+    assert {encoded[tc].size for tc in encoded if tc < start_of_change} == {None}
+    assert {encoded[tc].size for tc in encoded if tc >= start_of_change} == {(320, 180)}
+    assert first < start_of_change
+
+
+def test_a_bitrate_change_after_a_size_change_keeps_the_size() -> None:
+    engine = _engine("a", ["b", "c"])
+    _frames(engine, range(40))
+    first = _agreed(engine, START + 40 * T, 0, (320, 180))
+    # Into the changed segment: the change is no longer pending.
+    passed = 40 + (first.effective_segment - engine.engine.current_segment + 1) * GOP
+    _frames(engine, range(40, passed))
+    assert engine.engine.current_segment >= first.effective_segment
+    second = _agreed(engine, START + passed * T, 600, None)
+    assert (second.bitrate_kbps, second.size) == (600, (320, 180))
+    assert engine.engine.parameters_for(second.effective_segment) == Parameters(600, (320, 180))
+
+
+def test_a_neighbour_adopts_a_size_change_from_an_esp() -> None:
+    proposer = _engine("a", ["b", "c"])
+    listener = _engine("b", ["a", "x"])
+    _frames(proposer, range(40))
+    _frames(listener, range(40))
+    now = START + 40 * T
+    proposal = _agreed(proposer, now, 700, (480, 270))
+    esp = next(e for to, e in proposer.encoded(now) if to == "b")
+    listener.esp(now, esp)
+    adopted = [a for a in listener.drain() if isinstance(a, ParametersAgreed)]
+    change = ParameterChange(proposal.effective_segment, Parameters(700, (480, 270)))
+    assert adopted == [ParametersAgreed(change, 0)]
+    relayed = next(e for to, e in listener.encoded(now) if to == "x")
+    assert relayed.params_size == (480, 270)

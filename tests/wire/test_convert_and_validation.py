@@ -33,6 +33,7 @@ from meshenc.core.messages import (
     ResyncProposal,
     ResyncVote,
 )
+from meshenc.core.parameters import ParameterChange, Parameters
 from meshenc.core.planner import EscalationJudged, EscalationVerdict, SegmentInfo
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate, SegmentLayout
@@ -193,6 +194,15 @@ def _esps(draw: st.DrawFn) -> EncodingStatePacket:
             "segment_vouched": draw(st.booleans()),
             "segment_unit": draw(st.sampled_from(["", "1280x720", "hd"])),
         }
+    # An agreed parameter change, with the started size or one of its own.
+    params: dict[str, object] = {}
+    if draw(st.booleans()):
+        sides = st.integers(min_value=8, max_value=1080).map(lambda half: 2 * half)
+        params = {
+            "params_segment": draw(st.integers(min_value=1, max_value=validation.MAX_TIMECODE - 1)),
+            "params_bitrate_kbps": draw(st.integers(min_value=64, max_value=200_000)),
+            "params_size": draw(st.one_of(st.none(), st.tuples(sides, sides))),
+        }
     return EncodingStatePacket(
         sender=sender,
         sequence=draw(st.integers(min_value=1, max_value=2**64 - 1)),
@@ -217,6 +227,7 @@ def _esps(draw: st.DrawFn) -> EncodingStatePacket:
         timeline=timeline,
         **route,  # type: ignore[arg-type]
         **written,  # type: ignore[arg-type]
+        **params,  # type: ignore[arg-type]
     )
 
 
@@ -247,6 +258,9 @@ def test_esp_round_trip_within_one_nanosecond(esp: EncodingStatePacket) -> None:
         "segment_digest",
         "segment_vouched",
         "segment_unit",
+        "params_segment",
+        "params_bitrate_kbps",
+        "params_size",
     ):
         assert getattr(back, name) == getattr(esp, name), name
     for name in (
@@ -378,6 +392,8 @@ def test_esp_wire_contract_is_stable() -> None:
         ("segment_digest", 31, "bytes"),
         ("segment_vouched", 32, "bool"),
         ("segment_unit", 33, "string"),
+        ("params_width", 34, "uint32"),
+        ("params_height", 35, "uint32"),
     ]
     actual = [(f.name, f.number, _TYPE_NAMES[f.type]) for f in fields]
     assert actual == expected
@@ -409,6 +425,7 @@ def test_proposal_round_trip(
         topology_epoch=4,
         effective_segment=900 if kind is CorrectionKind.PARAMETER else 0,
         bitrate_kbps=4_500 if kind is CorrectionKind.PARAMETER else 0,
+        size=(1280, 720) if kind is CorrectionKind.PARAMETER and proposal_id % 2 else None,
     )
     wire = mesh_pb2.ResyncProposal.FromString(
         convert.proposal_to_proto(proposal, tuple(trace.items())).SerializeToString()
@@ -423,9 +440,10 @@ def test_proposal_round_trip(
         kind,
         4,
     )
-    assert (back.effective_segment, back.bitrate_kbps) == (
+    assert (back.effective_segment, back.bitrate_kbps, back.size) == (
         proposal.effective_segment,
         proposal.bitrate_kbps,
+        proposal.size,
     )
 
 
@@ -559,6 +577,9 @@ _ROUTE: dict[str, object] = {
     "merge_segment": 17,
 }
 
+#: An agreed change of parameters in an ESP, without a size (the started one).
+_CHANGE: dict[str, object] = {"params_segment": 40, "params_bitrate_kbps": 800}
+
 
 def _valid_esp(**fields: object) -> mesh_pb2.EncodingStatePacket:
     msg = mesh_pb2.EncodingStatePacket(
@@ -681,6 +702,9 @@ def test_hello_rejected(mutate: Callable[[mesh_pb2.Hello], object], field: str) 
         _valid_esp(written_segment=1, segment_digest=HASH),
         _valid_esp(written_segment=1, segment_digest=HASH, segment_vouched=True),
         _valid_esp(written_segment=1, segment_digest=HASH, segment_unit="640x360"),
+        _valid_esp(**_CHANGE),
+        _valid_esp(**_CHANGE, params_width=3840, params_height=2160),
+        _valid_esp(**_CHANGE, params_width=16, params_height=16),
     ],
 )
 def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
@@ -764,6 +788,11 @@ def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
         ({"written_segment": 5, "segment_digest": HASH, "segment_unit": ".."}, "segment_unit"),
         ({"written_segment": 5, "segment_digest": HASH, "segment_unit": "a/b"}, "segment_unit"),
         ({"written_segment": -5, "segment_digest": HASH}, "written_segment"),
+        ({"params_width": 320, "params_height": 180}, "params_width"),  # no change named
+        ({**_CHANGE, "params_width": 321, "params_height": 180}, "params_width"),
+        ({**_CHANGE, "params_width": 320, "params_height": 0}, "params_width"),
+        ({**_CHANGE, "params_width": 3842, "params_height": 180}, "params_width"),
+        ({**_CHANGE, "params_width": 320, "params_height": 14}, "params_width"),
     ],
 )
 def test_esp_rejected(fields: dict[str, object], field: str) -> None:
@@ -784,6 +813,13 @@ def test_esp_rejected(fields: dict[str, object], field: str) -> None:
         ),
         _valid_proposal(
             kind=common_pb2.CORRECTION_KIND_PARAMETER, bitrate_kbps=200_000, effective_segment=1
+        ),
+        _valid_proposal(
+            kind=common_pb2.CORRECTION_KIND_PARAMETER,
+            bitrate_kbps=800,
+            effective_segment=1,
+            width=3840,
+            height=2160,
         ),
         _changed(_valid_proposal(), lambda m: m.trace_context.clear()),
         _changed(
@@ -821,6 +857,10 @@ def _parameter(**fields: object) -> mesh_pb2.ResyncProposal:
         (_parameter(effective_segment=0), "effective_segment"),
         (_parameter(effective_segment=-3), "effective_segment"),
         (_valid_proposal(bitrate_kbps=3_000), "bitrate_kbps"),
+        (_valid_proposal(width=320, height=180), "width"),
+        (_parameter(width=320, height=181), "width"),
+        (_parameter(width=0, height=180), "width"),
+        (_parameter(width=16, height=2162), "width"),
         (_valid_proposal(effective_segment=12), "effective_segment"),
         (
             _changed(
@@ -936,6 +976,33 @@ def test_requests_naming_a_channel_accepted(channel: str) -> None:
     validation.validate_set_parameters_request(
         mesh_pb2.SetParametersRequest(bitrate_kbps=800, channel=channel)
     )
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        mesh_pb2.SetParametersRequest(width=320, height=180),  # the size alone
+        mesh_pb2.SetParametersRequest(bitrate_kbps=64, width=16, height=16),
+        mesh_pb2.SetParametersRequest(bitrate_kbps=200_000, width=3840, height=2160),
+    ],
+)
+def test_parameter_requests_accepted(request_: mesh_pb2.SetParametersRequest) -> None:
+    validation.validate_set_parameters_request(request_)
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (mesh_pb2.SetParametersRequest(), "bitrate_kbps"),  # asks for nothing
+        (mesh_pb2.SetParametersRequest(bitrate_kbps=63), "bitrate_kbps"),
+        (mesh_pb2.SetParametersRequest(bitrate_kbps=800, width=320), "width"),
+        (mesh_pb2.SetParametersRequest(height=180), "width"),
+        (mesh_pb2.SetParametersRequest(width=319, height=180), "width"),
+        (mesh_pb2.SetParametersRequest(width=3842, height=2160), "width"),
+    ],
+)
+def test_parameter_requests_rejected(request_: mesh_pb2.SetParametersRequest, field: str) -> None:
+    assert _rejected_field(validation.validate_set_parameters_request, request_) == field
 
 
 @pytest.mark.parametrize("channel", ["..", "a b", "a/b", "x" * 129])
@@ -1530,7 +1597,7 @@ def _snapshot(*neighbours: NeighbourSnapshot, **fields: Any) -> EngineSnapshot:
         label=T0_NS / NS, correction=0.002, correction_rate=2e-6, error=0.0001,
         predicted_error=0.0001, confidence=0.9, neighbours=neighbours,
         corrections={CorrectionKind.SLEW: 40, CorrectionKind.DROP: 1}, recent_corrections=(),
-        escalations=0, open_proposals=0, bitrate_kbps=1500, pending_change=None,
+        escalations=0, open_proposals=0, parameters=Parameters(1500), pending_change=None,
     )  # fmt: skip
     return dataclasses.replace(snap, **fields)
 
@@ -1665,6 +1732,7 @@ def _state(snap: EngineSnapshot, **fields: Any) -> mesh_pb2.EncoderState:
         connected=lambda peer: peer == "enc-2", injected_drift_ppm=5.0,
         injected_offset_ms=-2.0, injected_jitter_ms=0.5, taken_unix_ns=T0_NS, stalls=0,
         unvouched_segments=0, unconfirmed_segments=0, restored_segments=0,
+        started_size=(640, 360),
     )  # fmt: skip
     args.update(fields)
     return convert.encoder_state_to_proto(snap, **args)
@@ -1692,6 +1760,20 @@ def test_encoder_state_fields() -> None:
         ("enc-3", False),
     ]
     assert state.neighbours[0].rtt_us == 800 and state.neighbours[0].crossing_in_ms == -1.0
+
+
+def test_encoder_state_shows_the_agreed_size_or_the_started_one() -> None:
+    started = _state(_snapshot())
+    assert (started.width, started.height) == (640, 360)
+    changed = ParameterChange(9, Parameters(800, (320, 180)))
+    pending = _state(_snapshot(pending_change=changed))
+    assert (pending.width, pending.height) == (640, 360)
+    assert (pending.pending_parameters.effective_segment, pending.pending_parameters.width) == (
+        9,
+        320,
+    )
+    later = _state(_snapshot(parameters=changed.parameters))
+    assert (later.bitrate_kbps, later.width, later.height) == (800, 320, 180)
 
 
 def test_encoder_state_shows_what_a_neighbour_reported_of_itself() -> None:

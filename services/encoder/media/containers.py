@@ -160,12 +160,11 @@ class MpegTs:
         params = self.params
         out = io.BytesIO()
         rate = Fraction(params.frame_rate.num, params.frame_rate.den)
+        width, height = picture_size(params, frames)
         with av.open(
             out, "w", format="mpegts", container_options={"fflags": "+bitexact"}
         ) as container:
-            stream = container.add_mux_stream(
-                "h264", rate=rate, width=params.width, height=params.height
-            )
+            stream = container.add_mux_stream("h264", rate=rate, width=width, height=height)
             if audio:
                 first = audio[0][1]
                 sound = container.add_mux_stream(first.codec, rate=first.sample_rate)
@@ -175,6 +174,13 @@ class MpegTs:
                 container.mux(packet)
         self.codecs = stream_codecs(frames, audio[0][1] if audio else None)
         return Muxed(out.getvalue())
+
+
+def picture_size(params: EncoderParams, frames: Sequence[EncodedFrame]) -> tuple[int, int]:
+    """The picture size of a segment: its frames' (a segment is one GOP, encoded at one
+    size), or the params' for frames that do not say."""
+    size = frames[0].size if frames else None
+    return size if size is not None else (params.width, params.height)
 
 
 def track_timescale(params: EncoderParams) -> int:
@@ -266,12 +272,11 @@ class Cmaf:
             "video_track_timescale": str(track_timescale(params)),
         }
         rate = Fraction(params.frame_rate.num, params.frame_rate.den)
+        width, height = picture_size(params, frames)
         with av.open(
             out, "w", format="mp4", options=options, container_options={"fflags": "+bitexact"}
         ) as container:
-            video = container.add_mux_stream(
-                "h264", rate=rate, width=params.width, height=params.height
-            )
+            video = container.add_mux_stream("h264", rate=rate, width=width, height=height)
             if config is not None:
                 sound = container.add_mux_stream("aac", rate=config.sample_rate)
                 # The filter writes the AudioSpecificConfig into the stream's parameters.

@@ -126,12 +126,14 @@ class EncoderParams:
 
 @dataclass(frozen=True, slots=True)
 class EncodedFrame:
-    """One encoded access unit (Annex B), named by its timecode and hashed for the ESP."""
+    """One encoded access unit (Annex B), named by its timecode and hashed for the ESP, and
+    the picture size it was encoded at (None: the size its writer was made for)."""
 
     timecode: int
     data: bytes
     keyframe: bool
     sha256: bytes
+    size: tuple[int, int] | None = None
 
 
 class GopEncoder:
@@ -139,11 +141,13 @@ class GopEncoder:
 
     A context starts whenever a frame belongs to a different GOP than the previous one, also
     after a jump, so an encoder that joins mid-GOP produces the mesh's bytes from the next GOP
-    boundary on (its first, incomplete GOP differs and is not written as a segment).
+    boundary on (its first, incomplete GOP differs and is not written as a segment). A GOP is
+    encoded at the bitrate and picture size agreed for it: both are taken when it starts.
     """
 
     def __init__(self, params: EncoderParams) -> None:
         self.params = params
+        self._size = (params.width, params.height)
         #: Built once: the per-frame path reads it twice a frame (a bitrate change keeps gop).
         self._segments = params.segments
         self._ctx: VideoCodecContext | None = None
@@ -176,28 +180,32 @@ class GopEncoder:
     ) -> EncodedFrame:
         """Encode one picture at ``timecode`` and return its access unit at once.
 
-        ``bitrate_kbps`` is the bitrate agreed for this frame's GOP; it is read only when a GOP
-        starts, so a change always takes effect at a GOP boundary.
+        ``bitrate_kbps`` is the bitrate agreed for this frame's GOP, and the picture's size the
+        size agreed for it; both are taken only when a GOP starts, so a change always takes
+        effect at a GOP boundary.
 
         Raises:
-            ValueError: the picture has the wrong size, or the timecode does not follow the
-                previous one within the same GOP.
+            ValueError: the picture's size is not its GOP's, or the timecode does not follow
+                the previous one within the same GOP.
         """
         params = self.params
-        if picture.width != params.width or picture.height != params.height:
-            raise ValueError(
-                f"picture is {picture.width}x{picture.height}, encoder is"
-                f" {params.width}x{params.height}"
-            )
         gop_index = self._segments.segment_of(timecode)
         if self._ctx is None or gop_index != self._gop_index:
             self._ctx = None  # zero latency: nothing is left in the old context to drain
             if bitrate_kbps is not None and bitrate_kbps != params.bitrate_kbps:
                 self.params = params = replace(params, bitrate_kbps=bitrate_kbps)
+            if (picture.width, picture.height) != self._size:
+                self.params = params = replace(params, width=picture.width, height=picture.height)
+                self._size = (picture.width, picture.height)
             self._ctx = self._new_context()
             self._gop_index = gop_index
         elif self._last_timecode is not None and timecode <= self._last_timecode:
             raise ValueError(f"timecode {timecode} does not follow {self._last_timecode}")
+        elif picture.width != params.width or picture.height != params.height:
+            raise ValueError(
+                f"picture is {picture.width}x{picture.height}, its GOP is"
+                f" {params.width}x{params.height}"
+            )
         self._last_timecode = timecode
 
         frame = picture_frame(picture)
@@ -211,7 +219,9 @@ class GopEncoder:
             )
         packet = packets[0]
         data = bytes(packet)
-        return EncodedFrame(timecode, data, packet.is_keyframe, hashlib.sha256(data).digest())
+        return EncodedFrame(
+            timecode, data, packet.is_keyframe, hashlib.sha256(data).digest(), self._size
+        )
 
     def close(self) -> None:
         """Release the context; nothing needs flushing (zero latency, no B-frames)."""

@@ -11,7 +11,8 @@ start on the same frames and carry the same numbers: a player can switch rungs a
 boundary. The source's audio is muxed into every rung, as into the single output.
 
 The mesh agrees on one bitrate, the top rung's: a mesh-wide change scales the whole ladder,
-each rung keeping its share of the top rung's bitrate (``Rendition.bitrate_for``). The frame
+each rung keeping its share of the top rung's bitrate (``Rendition.bitrate_for``). A mesh-wide
+picture size applies to the single output only: a rung's size is the ladder's. The frame
 hash the ESPs carry covers every rung (``combined_hash``): with one rung it is that rung's
 hash, as without a ladder.
 
@@ -228,6 +229,7 @@ class Rendition:
         self.encoder = GopEncoder(params)
         self.writer = writer
         self._share = Fraction(params.bitrate_kbps, top_kbps)
+        self._size = (params.width, params.height)
 
     @property
     def folder(self) -> str | None:
@@ -245,8 +247,11 @@ class Rendition:
             return agreed_kbps  # the top rung, or the single output: no call per frame
         return share_of(agreed_kbps, self._share)
 
-    def scaled(self, picture: Picture) -> Picture:
-        return scale_picture(picture, self.params.width, self.params.height)
+    def scaled(self, picture: Picture, size: tuple[int, int] | None = None) -> Picture:
+        """``picture`` at this rendition's size: a rung's own, or for the single output the
+        size the mesh agreed (``size``; None: the size it was started with)."""
+        width, height = self._size if size is None or self.rung is not None else size
+        return scale_picture(picture, width, height)
 
     def close(self) -> None:
         self.encoder.close()

@@ -49,7 +49,7 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
@@ -60,6 +60,7 @@ from services.encoder.media.containers import (
     AudioPacket,
     SegmentFormat,
     container_for,
+    picture_size,
 )
 from services.encoder.media.dash import MPD_NAME, render_mpd
 from services.encoder.media.gop import EncodedFrame, EncoderParams
@@ -401,6 +402,9 @@ class SegmentWriter:
         if aside:
             self._gaps.add(pending.segment)
         muxed = self._container.mux(pending.segment, pending.frames, self._segment_audio(pending))
+        size = picture_size(self.params, pending.frames)
+        if size != (self.params.width, self.params.height):  # a size the mesh agreed: the MPD's
+            self.params = replace(self.params, width=size[0], height=size[1])
         if muxed.init is not None and muxed.init != self._init:
             atomic_write(self.out_dir / INIT_NAME, muxed.init)
             if self._init is not None:

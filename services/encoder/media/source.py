@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from av.video.frame import VideoFrame
 
+from meshenc.core.parameters import check_size
 from meshenc.core.timecode import FrameRate
 from services.common.testpattern import TestPattern
 
@@ -38,12 +39,6 @@ __all__ = [
 ]
 
 YuvArray = npt.NDArray[np.uint8]
-
-#: Width and height bounds: 16 px is the smallest picture libx264 handles comfortably; 4K UHD
-#: is the largest the mesh is meant for.
-MIN_SIZE = 16
-MAX_WIDTH = 3840
-MAX_HEIGHT = 2160
 
 #: The fingerprint grid (8×8 blocks) and how many bits of each block's mean luma it keeps.
 FINGERPRINT_GRID = 8
@@ -65,13 +60,7 @@ class VideoFormat:
     frame_rate: FrameRate
 
     def __post_init__(self) -> None:
-        # yuv420p halves both chroma dimensions, so odd sizes cannot be represented exactly.
-        for name, value, upper in (
-            ("width", self.width, MAX_WIDTH),
-            ("height", self.height, MAX_HEIGHT),
-        ):
-            if not MIN_SIZE <= value <= upper or value % 2:
-                raise ValueError(f"{name} must be even and in {MIN_SIZE}..{upper}, got {value}")
+        check_size(self.width, self.height)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

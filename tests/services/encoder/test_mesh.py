@@ -73,7 +73,7 @@ class FakeHandler:
         self.esps: list[EncodingStatePacket] = []
         self.proposals: list[ResyncProposal] = []
         self.votes: list[ResyncVote] = []
-        self.parameter_requests: list[int] = []
+        self.parameter_requests: list[tuple[int, tuple[int, int] | None]] = []
         self.refuse_parameters = False
         #: The links it answers proposals through (set once they exist).
         self.links: MeshLinks | None = None
@@ -114,10 +114,10 @@ class FakeHandler:
     def hello(self) -> mesh_pb2.Hello:
         return hello(self.node_id, gop=self.gop, channel=self.channel)
 
-    def set_parameters(self, bitrate_kbps: int) -> tuple[int, int]:
+    def set_parameters(self, bitrate_kbps: int, size: tuple[int, int] | None) -> tuple[int, int]:
         if self.refuse_parameters:
             raise ValueError("a change is already pending")
-        self.parameter_requests.append(bitrate_kbps)
+        self.parameter_requests.append((bitrate_kbps, size))
         return 7, 123
 
     def esps_from(self, sender: str) -> list[int]:
@@ -701,7 +701,7 @@ def test_set_parameters_is_validated_and_refusals_are_failed_precondition() -> N
                 mesh_pb2.SetParametersRequest(bitrate_kbps=800), timeout=2.0
             )
             assert (answer.proposal_id, answer.effective_segment) == (7, 123)
-            assert node.handler.parameter_requests == [800]
+            assert node.handler.parameter_requests == [(800, None)]
             with pytest.raises(grpc.aio.AioRpcError) as bad:
                 await stub.SetParameters(mesh_pb2.SetParametersRequest(bitrate_kbps=10))
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -710,7 +710,7 @@ def test_set_parameters_is_validated_and_refusals_are_failed_precondition() -> N
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.SetParameters(mesh_pb2.SetParametersRequest(bitrate_kbps=900))
             assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert node.handler.parameter_requests == [800]
+            assert node.handler.parameter_requests == [(800, None)]
             state = await stub.GetState(mesh_pb2.GetStateRequest(), timeout=2.0)
             assert state.encoder_id == "p"  # the server still serves
         finally:
@@ -826,7 +826,7 @@ def test_a_channel_not_encoded_here_is_not_found() -> None:
             await stub.SetParameters(
                 mesh_pb2.SetParametersRequest(bitrate_kbps=900, channel="b"), timeout=2.0
             )
-            assert node.handlers["b"].parameter_requests == [900]
+            assert node.handlers["b"].parameter_requests == [(900, None)]
             assert node.handlers["a"].parameter_requests == []
         finally:
             await channel.close()

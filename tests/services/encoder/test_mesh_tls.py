@@ -152,7 +152,7 @@ def test_set_parameters_is_the_operators(certs: CertificateSet) -> None:
             async with open_channel(node.address, tls=operator, server_name="e1") as ch:
                 answer = await mesh_pb2_grpc.EncoderMeshStub(ch).SetParameters(request, timeout=5)
             assert (answer.proposal_id, answer.effective_segment) == (7, 123)
-            assert node.handler.parameter_requests == [900]
+            assert node.handler.parameter_requests == [(900, None)]
         finally:
             await stop(node)
 

@@ -69,10 +69,12 @@ def test_get_state_reports_the_engine_and_each_neighbour() -> None:
         unvouched_segments=0,
         unconfirmed_segments=0,
         restored_segments=0,
+        started_size=(320, 180),
     )
     assert state.encoder_id == "a"
     assert state.timecode == snap.timecode and state.segment_number == snap.timecode // 30
     assert state.bitrate_kbps == 1500
+    assert (state.width, state.height) == (320, 180)  # the started size: no change agreed
     assert (state.input.state, state.input.pictures) == ("live", 60)
     (neighbour,) = state.neighbours
     assert neighbour.neighbour_id == "b"

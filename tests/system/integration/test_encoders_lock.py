@@ -6,10 +6,11 @@ over UDP, to every encoder over its own path (different delay, jitter and swing)
 encoders start 5 s apart, each on its own drifting clock. With the mesh on, every segment after
 each encoder's lock-in (its first two segments) must be byte-identical on all three, audio
 included; with the mesh off (same clocks, same paths) they must not be. Midway, an operator asks
-one encoder of the mesh for a much lower bitrate: the change must take effect on all three at
-the same segment (still byte-identical, and smaller from that segment on). The verdict comes
-from the segment files on disk, never from the encoders' claims. Both meshes run at the same
-time, from one source, to keep the suite short.
+one encoder of the mesh for a much lower bitrate and a smaller picture: the change must take
+effect on all three at the same segment (still byte-identical, every picture before it decoded
+at the started size and every one from it on at the new one, and smaller in bytes). The
+verdict comes from the segment files on disk, never from the encoders' claims. Both meshes run
+at the same time, from one source, to keep the suite short.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ GOP = 60  # 2 s segments at 30 fps
 LOCK_IN_SEGMENTS = 2
 #: The clip at 320x180 needs several hundred kbit/s; this is far below it.
 LOW_BITRATE_KBPS = 100
-#: When (s after the first encoder started) the operator asks for it.
+#: The encoders' size, and the smaller one asked for with it.
+STARTED_SIZE = (320, 180)
+CHANGED_SIZE = (192, 108)
+#: When (s after the first encoder started) the operator asks for them.
 CHANGE_AT = 25.0
 #: Encoders start this far apart.
 STAGGER = 5.0
@@ -74,7 +78,7 @@ def _start_encoder(
         "--peers", peers,
         "--out", str(out / name),
         "--source", f"udp://127.0.0.1:{input_port}",
-        "--size", "320x180",
+        "--size", "{}x{}".format(*STARTED_SIZE),
         "--gop", str(GOP),
         "--duration", str(duration),
         "--drift-ppm", str(drift),
@@ -87,12 +91,13 @@ def _start_encoder(
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _ask_for_bitrate(port: int, bitrate_kbps: int) -> int:
+def _ask_for_parameters(port: int, bitrate_kbps: int, size: tuple[int, int]) -> int:
     """What an operator's tool does: SetParameters on one encoder; the effective segment."""
+    request = mesh_pb2.SetParametersRequest(
+        bitrate_kbps=bitrate_kbps, width=size[0], height=size[1]
+    )
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        answer = mesh_pb2_grpc.EncoderMeshStub(channel).SetParameters(
-            mesh_pb2.SetParametersRequest(bitrate_kbps=bitrate_kbps), timeout=5.0
-        )
+        answer = mesh_pb2_grpc.EncoderMeshStub(channel).SetParameters(request, timeout=5.0)
     return int(answer.effective_segment)
 
 
@@ -134,7 +139,7 @@ def test_three_encoders_write_identical_segments_only_with_the_mesh(tmp_path: Pa
                 _start_encoder(off, name, grpc_off, inputs[3 + i], sync=False, duration=duration)
             )
         time.sleep(max(0.0, started + CHANGE_AT - time.monotonic()))
-        effective = _ask_for_bitrate(grpc_on["a"], LOW_BITRATE_KBPS)
+        effective = _ask_for_parameters(grpc_on["a"], LOW_BITRATE_KBPS, CHANGED_SIZE)
     finally:
         codes = _wait(processes, DURATION + 30.0)
         source.send_signal(signal.SIGTERM)
@@ -160,7 +165,12 @@ def test_three_encoders_write_identical_segments_only_with_the_mesh(tmp_path: Pa
             sound = container.streams.audio[0]
             assert sum(1 for p in container.demux(sound) if p.size) > 30
 
-    # The bitrate change: every encoder switched at the agreed segment, no earlier, no later.
+    # The change: every encoder switched at the agreed segment, no earlier, no later (the
+    # segments are byte-identical, so one encoder's pictures are every encoder's).
+    for check in [s for s in after_lock if s.segment in a_output.digests]:
+        pictures = _picture_sizes(a_output.path(check.segment))
+        expected = CHANGED_SIZE if check.segment >= effective else STARTED_SIZE
+        assert pictures == {expected}, (check.segment, effective, pictures)
     sizes = {
         s.segment: _video_bytes(a_output.path(s.segment))
         for s in after_lock
@@ -186,6 +196,12 @@ def test_three_encoders_write_identical_segments_only_with_the_mesh(tmp_path: Pa
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and ".tmp" in p.name]
     assert not leftovers, leftovers
     assert all(not os.path.exists(on / n / "index.m3u8.tmp") for n in FAULTS)
+
+
+def _picture_sizes(path: Path) -> set[tuple[int, int]]:
+    """The sizes of a segment's pictures as a decoder sees them."""
+    with av.open(str(path)) as container:
+        return {(f.width, f.height) for f in container.decode(container.streams.video[0])}
 
 
 def _video_bytes(path: Path) -> int:

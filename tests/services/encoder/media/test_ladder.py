@@ -187,8 +187,10 @@ class _Shell:
             self.esps.append(action.esp)
 
 
-def _change(now: float, segment: int) -> EspReceived:
-    """The silent neighbour's word that the mesh agreed on a new top bitrate from ``segment``."""
+def agreed_change(
+    now: float, segment: int, bitrate_kbps: int, size: tuple[int, int] | None = None
+) -> EspReceived:
+    """A silent neighbour's word that the mesh agreed on new parameters from ``segment``."""
     return EspReceived(
         EncodingStatePacket(
             sender="x",
@@ -206,7 +208,8 @@ def _change(now: float, segment: int) -> EspReceived:
             confidence=1.0,
             sent_at=now,
             params_segment=segment,
-            params_bitrate_kbps=CHANGED_KBPS,
+            params_bitrate_kbps=bitrate_kbps,
+            params_size=size,
         )
     )
 
@@ -250,7 +253,7 @@ def _run_encoder(
             for rendition in renditions:
                 written(rendition.writer.add_audio(packet))
         if index == CHANGE_AT:
-            pipeline.step(stamp, _change(stamp, (BASE + index) // GOP + 2))
+            pipeline.step(stamp, agreed_change(stamp, (BASE + index) // GOP + 2, CHANGED_KBPS))
         picture = source.picture(index)
         pipeline.capture(stamp, picture, picture.fingerprint, 1, source_time)
     for rendition in renditions:
