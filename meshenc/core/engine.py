@@ -509,11 +509,14 @@ class CorrectionApplied:
 
 @dataclass(frozen=True, slots=True)
 class ParametersAgreed:
-    """The mesh agreed on new encoding parameters from ``change.effective_segment`` on."""
+    """The mesh agreed on new encoding parameters from ``change.effective_segment`` on; this
+    encoder applies them from ``applies_from`` (later only for a change it learnt after its
+    segment had begun: it joined or restarted since)."""
 
     change: ParameterChange
     #: The proposal this encoder made for it, or 0 when it was learnt from a neighbour.
     proposal_id: int
+    applies_from: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -1282,9 +1285,10 @@ class SyncEngine:
         self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))
 
     def _learn(self, change: ParameterChange, proposal_id: int) -> None:
-        if self._schedule.adopt(change, self.current_segment):
+        applies_from = self._schedule.adopt(change, self.current_segment)
+        if applies_from is not None:
             self._counts[CorrectionKind.PARAMETER] += 1
-            self._actions.append(ParametersAgreed(change, proposal_id))
+            self._actions.append(ParametersAgreed(change, proposal_id, applies_from))
 
     # -- control -------------------------------------------------------------------------------
 

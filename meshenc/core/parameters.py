@@ -21,8 +21,14 @@ reached), so every encoder ends up with the same sequence of changes. Between tw
 the same segment, the lower bitrate wins, then the smaller picture, so concurrent requests
 still settle on one answer.
 
-Invariants: ``parameters_for`` is a step function of the segment that only changes at the
-effective segment of an adopted change; a change is adopted only while its segment is ahead.
+An encoder that was not there when a change was agreed (a joiner, a restarted encoder, one cut
+off from the mesh) learns it from the first ESP that carries it, after its segment began: it
+applies it from its own next segment, and passes it on as agreed. Without that, a joiner after a
+change would encode with the parameters it was started with for as long as it ran.
+
+Invariants: ``parameters_for`` is a step function of the segment that only changes at a
+segment this encoder had not begun when it adopted the change: the effective segment of a
+change adopted in time, the next one of a change learnt late.
 """
 
 from __future__ import annotations
@@ -110,40 +116,52 @@ class ParameterChange:
 
 
 class ParameterSchedule:
-    """The agreed parameters of every segment: a start value and the changes adopted since."""
+    """The agreed parameters of every segment: a start value and the changes adopted since,
+    each with the segment this encoder applies it from (its own, for a change it learnt late).
+    """
 
-    __slots__ = ("_changes", "_initial")
+    __slots__ = ("_initial", "_steps")
 
     def __init__(self, initial_bitrate_kbps: int) -> None:
         if initial_bitrate_kbps <= 0:
             raise ValueError("bitrate must be positive")
         self._initial = Parameters(initial_bitrate_kbps)
-        self._changes: list[ParameterChange] = []
+        #: (the segment it applies from here, the change as the mesh agreed it), in order.
+        self._steps: list[tuple[int, ParameterChange]] = []
 
     @property
     def newest(self) -> ParameterChange | None:
-        return self._changes[-1] if self._changes else None
+        """The newest change as the mesh agreed it (what this encoder's ESPs pass on)."""
+        return self._steps[-1][1] if self._steps else None
 
     def pending(self, current_segment: int) -> ParameterChange | None:
         """The newest change if its segment has not begun yet."""
         newest = self.newest
         return newest if newest and newest.effective_segment > current_segment else None
 
-    def adopt(self, change: ParameterChange, current_segment: int) -> bool:
-        """Take ``change`` if it is newer than ours and its segment is still ahead."""
-        if change.effective_segment <= current_segment or not change.supersedes(self.newest):
-            return False
-        newest = self.newest
-        if newest is not None and newest.effective_segment == change.effective_segment:
-            self._changes[-1] = change  # same segment, and it wins: it replaces ours
+    def adopt(self, change: ParameterChange, current_segment: int) -> int | None:
+        """Take ``change`` if it is newer than ours; the segment it applies from here, or None
+        when it is not taken.
+
+        A change whose segment is still ahead applies from that segment. One whose segment has
+        begun was agreed while this encoder was not there to hear it (it joined or restarted
+        since, or was cut off): it applies from the next segment here, so that a segment
+        already begun keeps its parameters, and is passed on as agreed (``newest``), never
+        under the segment this encoder took it at.
+        """
+        if not change.supersedes(self.newest):
+            return None
+        applies_from = max(change.effective_segment, current_segment + 1)
+        if self._steps and self._steps[-1][0] == applies_from:
+            self._steps[-1] = (applies_from, change)  # the same segment, and it wins
         else:
-            self._changes.append(change)
-        return True
+            self._steps.append((applies_from, change))
+        return applies_from
 
     def parameters_for(self, segment: int) -> Parameters:
         parameters = self._initial
-        for change in self._changes:
-            if change.effective_segment > segment:
+        for applies_from, change in self._steps:
+            if applies_from > segment:
                 break
             parameters = change.parameters
         return parameters

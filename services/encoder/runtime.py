@@ -1151,9 +1151,12 @@ class EncoderRuntime:
             )
         elif isinstance(action, ParametersAgreed):
             self.log.info(
-                "parameters agreed: %s from segment %d (%s)",
+                "parameters agreed: %s from segment %d%s (%s)",
                 action.change.parameters,
                 action.change.effective_segment,
+                ""
+                if action.applies_from == action.change.effective_segment
+                else f", learnt late: here from segment {action.applies_from}",
                 f"proposal {action.proposal_id}" if action.proposal_id else "from a neighbour",
             )
         elif isinstance(action, Escalate):

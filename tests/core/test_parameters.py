@@ -28,34 +28,37 @@ START = FPS.slot_middle(FPS.slot(1.8e9))
 
 def test_the_schedule_steps_at_the_effective_segment_only() -> None:
     schedule = ParameterSchedule(1500)
-    assert schedule.adopt(ParameterChange(10, Parameters(800)), current_segment=5)
-    assert [schedule.parameters_for(s).bitrate_kbps for s in (5, 9, 10, 11)] == [
-        1500,
-        1500,
-        800,
-        800,
-    ]
+    assert schedule.adopt(ParameterChange(10, Parameters(800)), current_segment=5) == 10
+    bitrates = [schedule.parameters_for(s).bitrate_kbps for s in (5, 9, 10, 11)]
+    assert bitrates == [1500, 1500, 800, 800]
     assert schedule.pending(5) == ParameterChange(10, Parameters(800))
     assert schedule.pending(10) is None
 
 
-def test_the_schedule_refuses_late_and_older_changes() -> None:
+def test_the_schedule_refuses_older_changes_and_settles_one_segment_on_the_lower_bitrate() -> None:
     schedule = ParameterSchedule(1500)
-    assert not schedule.adopt(
-        ParameterChange(5, Parameters(800)), current_segment=5
-    )  # already begun
-    assert schedule.adopt(ParameterChange(10, Parameters(800)), current_segment=5)
-    assert not schedule.adopt(
-        ParameterChange(8, Parameters(600)), current_segment=5
-    )  # older than ours
-    assert not schedule.adopt(
-        ParameterChange(10, Parameters(900)), current_segment=5
-    )  # same, higher
-    assert schedule.adopt(
-        ParameterChange(10, Parameters(700)), current_segment=5
-    )  # same, lower: wins
+    assert schedule.adopt(ParameterChange(10, Parameters(800)), current_segment=5) == 10
+    assert schedule.adopt(ParameterChange(8, Parameters(600)), current_segment=5) is None
+    assert schedule.adopt(ParameterChange(10, Parameters(900)), current_segment=5) is None
+    assert schedule.adopt(ParameterChange(10, Parameters(700)), current_segment=5) == 10
     assert schedule.parameters_for(10).bitrate_kbps == 700
     assert schedule.newest == ParameterChange(10, Parameters(700))
+
+
+def test_a_change_learnt_after_its_segment_began_applies_from_the_next_one() -> None:
+    """An encoder that was not there when the mesh agreed (a joiner): the segment it is in
+    keeps its parameters, the next takes the change, and the change is passed on as agreed."""
+    schedule = ParameterSchedule(1500)
+    agreed = ParameterChange(5, Parameters(800, (320, 180)))
+    assert schedule.adopt(agreed, current_segment=12) == 13
+    assert schedule.parameters_for(12) == Parameters(1500)
+    assert schedule.parameters_for(13) == agreed.parameters
+    assert schedule.newest == agreed and schedule.pending(12) is None  # blocks no request
+    assert schedule.adopt(agreed, current_segment=12) is None  # heard again: nothing new
+    # A later change of the mesh, in time, takes over from its own segment.
+    assert schedule.adopt(ParameterChange(15, Parameters(600)), current_segment=12) == 15
+    assert schedule.parameters_for(14) == agreed.parameters
+    assert schedule.parameters_for(15) == Parameters(600)
 
 
 def _engine(name: str, neighbours: list[str]) -> EngineShell:
@@ -107,7 +110,11 @@ def test_an_approved_change_is_agreed_and_rides_in_every_esp() -> None:
         engine.vote(now, ResyncVote("a", proposal.proposal_id, voter, True, 0.0))
     agreed = [a for a in engine.drain() if isinstance(a, ParametersAgreed)]
     assert agreed == [
-        ParametersAgreed(ParameterChange(proposal.effective_segment, Parameters(800)), 1)
+        ParametersAgreed(
+            ParameterChange(proposal.effective_segment, Parameters(800)),
+            1,
+            proposal.effective_segment,
+        )
     ]
     esp = engine.encoded(now)[0][1]
     assert (esp.params_segment, esp.params_bitrate_kbps) == (proposal.effective_segment, 800)
@@ -142,13 +149,17 @@ def test_a_neighbour_adopts_an_agreed_change_from_an_esp_and_passes_it_on() -> N
     listener.esp(now, esp)
     adopted = [a for a in listener.drain() if isinstance(a, ParametersAgreed)]
     assert adopted == [
-        ParametersAgreed(ParameterChange(proposal.effective_segment, Parameters(600)), 0)
+        ParametersAgreed(
+            ParameterChange(proposal.effective_segment, Parameters(600)),
+            0,
+            proposal.effective_segment,
+        )
     ]
     relayed = next(e for to, e in listener.encoded(now) if to == "x")
     assert relayed.params_segment == proposal.effective_segment
 
 
-def test_a_change_for_a_segment_already_begun_is_neither_approved_nor_adopted() -> None:
+def test_a_proposal_for_a_segment_already_begun_is_not_approved() -> None:
     late = _engine("b", ["a", "c"])
     _frames(late, range(100))  # well into segment 3
     proposal = ResyncProposal(
@@ -157,7 +168,31 @@ def test_a_change_for_a_segment_already_begun_is_neither_approved_nor_adopted() 
     )  # fmt: skip
     answer = late.proposal(START + 100 * T, proposal)
     assert answer is not None and not answer.vote.approve
-    assert late.engine.parameters_for(late.engine.current_segment).bitrate_kbps == 1500
+    assert late.engine.parameters_for(late.engine.current_segment + 1).bitrate_kbps == 1500
+
+
+def test_a_joiner_takes_the_meshs_parameters_from_its_next_segment() -> None:
+    """The mesh agreed on a change before the joiner started: the ESPs it hears carry it, and
+    from its next segment on it encodes with the mesh's parameters, not its own start ones."""
+    proposer = _engine("a", ["b", "c"])
+    _frames(proposer, range(40))
+    now = START + 40 * T
+    proposal = _agreed(proposer, now, 400, (192, 108))
+    passed = 40 + (proposal.effective_segment - proposer.engine.current_segment + 2) * GOP
+    _frames(proposer, range(40, passed))
+    joiner = _engine("j", ["a"])
+    _frames(joiner, range(passed - 3, passed))
+    current = joiner.engine.current_segment
+    assert current > proposal.effective_segment
+    esp = next(e for to, e in proposer.encoded(START + passed * T) if to == "b")
+    joiner.esp(START + passed * T, esp)
+    (agreed,) = [a for a in joiner.drain() if isinstance(a, ParametersAgreed)]
+    assert agreed.applies_from == current + 1
+    assert joiner.engine.parameters_for(current) == Parameters(1500)
+    assert joiner.engine.parameters_for(current + 1) == Parameters(400, (192, 108))
+    # It passes the change on as the mesh agreed it.
+    relayed = next(e for _, e in joiner.encoded(START + passed * T))
+    assert (relayed.params_segment, relayed.params_size) == (proposal.effective_segment, (192, 108))
 
 
 def test_a_change_announced_far_ahead_is_not_adopted_and_blocks_nothing() -> None:
@@ -261,6 +296,6 @@ def test_a_neighbour_adopts_a_size_change_from_an_esp() -> None:
     listener.esp(now, esp)
     adopted = [a for a in listener.drain() if isinstance(a, ParametersAgreed)]
     change = ParameterChange(proposal.effective_segment, Parameters(700, (480, 270)))
-    assert adopted == [ParametersAgreed(change, 0)]
+    assert adopted == [ParametersAgreed(change, 0, proposal.effective_segment)]
     relayed = next(e for to, e in listener.encoded(now) if to == "x")
     assert relayed.params_size == (480, 270)
