@@ -29,4 +29,6 @@ def report(out_dir: Path, lock_in: int, gop: int | None) -> None:
     if summary.skipped_event_lines:
         click.echo(f"{summary.skipped_event_lines} lines of events.jsonl skipped", err=True)
     click.echo(summary.line)
+    for switch in summary.size_switches:
+        click.echo(f"  {switch.line}")
     click.echo(f"wrote {out_dir / REPORT_NAME} and {out_dir / SUMMARY_NAME}")

@@ -187,6 +187,19 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     help="Second a new encoder joins [default: 55 % of --duration].",
 )
 @click.option(
+    "--change",
+    default="",
+    help="An operator's mesh-wide parameter change at --change-at: WIDTHxHEIGHT@KBPS,"
+    " WIDTHxHEIGHT or @KBPS (SetParameters to one running encoder; every encoder switches at"
+    " the GOP boundary the mesh agrees on; a ladder takes a bitrate only).",
+)
+@click.option(
+    "--change-at",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Second of --change [default: none].",
+)
+@click.option(
     "--links",
     type=click.Choice(["managed", "static"]),
     default="managed",
@@ -257,6 +270,8 @@ def up(
     jitter_ms: float,
     kill_at: float | None,
     join_at: float | None,
+    change: str,
+    change_at: float | None,
     links: str,
     autoscale_max: int | None,
     autoscale_high_water: float,
@@ -327,6 +342,8 @@ def up(
             jitter_ms=jitter_ms,
             kill_at=kill_at,
             join_at=join_at,
+            change=change,
+            change_at=change_at,
             manager="manager" in commands,
             managed_topology=links == "managed",
             autoscale_max=autoscale_max,
@@ -364,6 +381,9 @@ def up(
     console.print(Text(summary.line, style=style))
     for rung in summary.rungs:
         console.print(Text(f"  {rung.line}", style="green" if rung.locked else "bold red"))
+    for switch in summary.size_switches:
+        on_time = switch.on_time and all(switch.on_time.values())
+        console.print(Text(f"  {switch.line}", style="green" if on_time else "bold red"))
     if summary.playback is not None:
         style = _PLAYBACK_STYLE[summary.playback.verdict]
         console.print(Text(summary.playback.line, style=style))
@@ -433,6 +453,11 @@ def _intro(config: DemoConfig, plan: RunPlan, tls: TlsFiles | None) -> Renderabl
                 else ""
             )
             + (f", {config.channels} channels each" if config.channels > 1 else "")
+            + (
+                f", {config.change} asked at {config.change_at:.0f} s"
+                if config.change_at is not None
+                else ""
+            )
             + f", real etcd, {len(plan.registry_ports)} registry replicas"
             + (", the manager" if plan.manager_address else "")
             + f", {config.duration:.0f} s; output in {config.out}/",

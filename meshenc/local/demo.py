@@ -70,7 +70,9 @@ from typing import Final, Literal
 
 import aiohttp
 import av
+import grpc
 
+from meshenc.core.parameters import check_size
 from meshenc.core.planner.autoscale import ordinal
 from meshenc.core.planner.manager import MeshView, PlannerConfig, plan_mesh
 from meshenc.core.planner.placement import Host
@@ -90,7 +92,7 @@ from meshenc.local.ports import free_ports
 from meshenc.local.segment import SegmentWatch
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_report
 from meshenc.report.playback import CHANNEL_PLAYER, DASH_PLAYER, PLAYER_DIR, REDUNDANT_PLAYER
-from meshenc.report.recorder import EVENTS_NAME, Event, Recorder, StateEvent
+from meshenc.report.recorder import EVENTS_NAME, Event, ParametersEvent, Recorder, StateEvent
 from meshenc.report.verify import (
     DEFAULT_LOCK_IN,
     ORIGIN_DIR,
@@ -99,9 +101,12 @@ from meshenc.report.verify import (
     compare,
     rendition_folder,
 )
+from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from meshenc.wire.adjacency import EtcdLayout
+from meshenc.wire.validation import MAX_BITRATE_KBPS, MIN_BITRATE_KBPS
 from services.common.certs import CertificateSet, make_certificates
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, connect_client
+from services.common.grpc_server import open_channel
 from services.common.tls import MANAGER, OPERATOR, REGISTRY, TlsFiles
 from services.encoder.leadership import SegmentKeys
 from services.encoder.media.containers import SegmentFormat
@@ -124,6 +129,7 @@ __all__ = [
     "EncoderView",
     "Note",
     "RunPlan",
+    "parse_change",
     "plan_run",
 ]
 
@@ -207,6 +213,10 @@ class DemoConfig:
     jitter_ms: float = 2.0
     kill_at: float | None = None
     join_at: float | None = None
+    #: An operator's parameter change (``SetParameters`` to one running encoder) at
+    #: ``change_at`` seconds: ``WIDTHxHEIGHT@KBPS``, ``WIDTHxHEIGHT`` or ``@KBPS`` ("": none).
+    change: str = ""
+    change_at: float | None = None
     #: Start ``meshenc manager`` (an installation without it runs without a manager).
     manager: bool = False
     #: The options this installation's ``meshenc encoder`` accepts (``--registry``,
@@ -263,6 +273,14 @@ class DemoConfig:
             raise ValueError("registries must be >= 0")
         if not 0 <= self.max_drift_ppm <= 10_000 or self.jitter_ms < 0:
             raise ValueError("max_drift_ppm must be in 0..10000 and jitter_ms >= 0")
+        if bool(self.change) != (self.change_at is not None):
+            raise ValueError("a parameter change needs both change and change_at")
+        if self.change_at is not None:
+            _, size = parse_change(self.change)
+            if size is not None and self.ladder:
+                raise ValueError("a ladder's rungs keep their sizes: change the bitrate alone")
+            if not 0 < self.change_at < self.duration:
+                raise ValueError(f"need 0 < change_at < duration ({self.duration:g})")
         kill, join = self.kill_time, self.join_time
         if self.faults and not 0 < kill < join < self.duration:
             raise ValueError(
@@ -291,6 +309,28 @@ class DemoConfig:
     def channel_names(self) -> tuple[str, ...]:
         """The channels' names, ``0`` first (the channel a one-channel encoder is)."""
         return tuple(str(i) for i in range(self.channels))
+
+
+def parse_change(text: str) -> tuple[int, tuple[int, int] | None]:
+    """``WIDTHxHEIGHT@KBPS``, ``WIDTHxHEIGHT`` or ``@KBPS``: the bitrate (0: kept) and the
+    size (None: kept) an operator asks the mesh for.
+
+    Raises:
+        ValueError: anything else, or a size or bitrate out of bounds.
+    """
+    size_text, _, kbps_text = text.partition("@")
+    if not size_text and not kbps_text:
+        raise ValueError(f"not a change: {text!r} (WIDTHxHEIGHT@KBPS, WIDTHxHEIGHT or @KBPS)")
+    size = parse_size(size_text) if size_text else None
+    if size is not None:
+        check_size(*size)
+    try:
+        kbps = int(kbps_text) if kbps_text else 0
+    except ValueError:
+        raise ValueError(f"not a bitrate: {kbps_text!r}") from None
+    if kbps_text and not MIN_BITRATE_KBPS <= kbps <= MAX_BITRATE_KBPS:
+        raise ValueError(f"bitrate must be {MIN_BITRATE_KBPS}..{MAX_BITRATE_KBPS} kbit/s")
+    return kbps, size
 
 
 @dataclass(frozen=True, slots=True)
@@ -933,6 +973,9 @@ class DemoRun:
         steps: list[tuple[float, Callable[[], Awaitable[None]]]] = []
         if config.faults:
             steps = [(config.kill_time, self._kill_leader), (config.join_time, self._join)]
+        if config.change_at is not None:
+            steps.append((config.change_at, self._change_parameters))
+        steps.sort(key=lambda step: step[0])
         steps.append((config.duration, _nothing))
         self._set_phase("running")
         start = self.state.started_at or time.time()
@@ -970,6 +1013,35 @@ class DemoRun:
             recorder.remove(name)
             self.state.encoders[name].status = "killed"
             self._note(f"kill -9 {name}, {why}", "bold red")
+
+    async def _change_parameters(self) -> None:
+        """Ask the first running encoder for the run's parameter change, as an operator does
+        (``SetParameters`` with the operator's certificate); the mesh agrees on it and every
+        encoder switches at the segment it names."""
+        recorder = self._recorder
+        assert recorder is not None
+        bitrate, size = parse_change(self.config.change)
+        name = next(n for n, v in self.state.encoders.items() if v.status == "running")
+        width, height = size or (0, 0)
+        request = mesh_pb2.SetParametersRequest(bitrate_kbps=bitrate, width=width, height=height)
+        async with open_channel(
+            self.plan.encoder(name).address, tls=self.operator_tls, server_name=name
+        ) as channel:
+            try:
+                answer = await mesh_pb2_grpc.EncoderMeshStub(channel).SetParameters(
+                    request, timeout=5.0
+                )
+            except grpc.aio.AioRpcError as exc:
+                self._note(f"{name} refused {self.config.change}: {exc.details()}", "bold red")
+                return
+        segment = int(answer.effective_segment)
+        recorder.record(
+            ParametersEvent(
+                t=time.time(), kind="parameters", encoder=name, segment=segment,
+                bitrate_kbps=bitrate, width=width, height=height,
+            )
+        )  # fmt: skip
+        self._note(f"asked {name} for {self.config.change} from segment {segment}", "bold")
 
     def _encoder_of(self, url: str | None) -> str | None:
         """The encoder whose own server ``url`` is on (None: none of them)."""

@@ -29,6 +29,10 @@ object with a float ``t`` (Unix seconds, the recorder's clock) and a ``kind``:
 ``leader``
     A segment leader the launcher saw elected: ``segment`` (the encoder group), ``leader``,
     ``revision`` (the etcd revision of the election, 0 if unknown).
+``parameters``
+    A parameter change the launcher asked an encoder for (``SetParameters``) and the encoder
+    proposed: ``encoder``, ``segment`` (the first segment it is for, if the vote passes),
+    ``bitrate_kbps``, ``width`` and ``height`` (0: kept as agreed).
 
 The schema is defined once, below, as TypedDicts; :func:`read_events` validates every line
 against it (pydantic), skips and counts lines that do not fit (a truncated last line after a
@@ -69,6 +73,7 @@ __all__ = [
     "LeaderEvent",
     "LifecycleEvent",
     "NeighbourRecord",
+    "ParametersEvent",
     "Recorder",
     "StateEvent",
     "read_events",
@@ -141,7 +146,17 @@ class LeaderEvent(TypedDict):
     revision: int
 
 
-Event = StateEvent | CorrectionRecord | LifecycleEvent | LeaderEvent
+class ParametersEvent(TypedDict):
+    t: float
+    kind: Literal["parameters"]
+    encoder: str
+    segment: int
+    bitrate_kbps: int
+    width: int
+    height: int
+
+
+Event = StateEvent | CorrectionRecord | LifecycleEvent | LeaderEvent | ParametersEvent
 
 _EVENT = pydantic.TypeAdapter[Event](Annotated[Event, pydantic.Field(discriminator="kind")])
 
@@ -164,11 +179,17 @@ class EventLog:
         return [
             e
             for e in self.events
-            if e["kind"] != "state" and e["kind"] != "correction" and e["kind"] != "leader"
+            if e["kind"] == "started"
+            or e["kind"] == "killed"
+            or e["kind"] == "joined"
+            or e["kind"] == "stopped"
         ]
 
     def leaders(self) -> list[LeaderEvent]:
         return [e for e in self.events if e["kind"] == "leader"]
+
+    def parameter_changes(self) -> list[ParametersEvent]:
+        return [e for e in self.events if e["kind"] == "parameters"]
 
 
 def read_events(path: Path) -> EventLog:

@@ -35,6 +35,9 @@ A run folder holds one subfolder per encoder (named by encoder id, with its segm
   headline recording is (``origin``); where the units were placed on different
   encoders (or the encoders' folders hold channels), the headline figures are those of the
   unit most encoders wrote, and the run is locked only if every unit is;
+- size switches, per ``parameters`` event that asked for a picture size: for each encoder of
+  the headline unit that wrote the segment the change was proposed for and the one before,
+  whether its pictures (decoded from its files) took the new size exactly at that segment;
 - join time, per ``joined`` event: from the event to the start of the joined encoder's first
   segment that holds its segment's reference bytes (the majority's; of any unit it wrote,
   where units were placed), the start of segment
@@ -77,6 +80,7 @@ from meshenc.report.verify import (
     Verification,
     count_frames,
     find_outputs,
+    picture_size,
     rung_pixels,
     scan_output,
     verify_units,
@@ -90,6 +94,7 @@ __all__ = [
     "LeaderChange",
     "RunRecord",
     "RungSummary",
+    "SizeSwitch",
     "Summary",
     "Watched",
     "leader_timeline",
@@ -124,6 +129,8 @@ class RunRecord:
     rungs: Mapping[str, Verification] = field(default_factory=dict)
     #: Each of those units' recording at the origin, where it has one.
     unit_recordings: Mapping[str, RecordingCheck] = field(default_factory=dict)
+    #: The picture sizes asked of the mesh, and where each encoder switched.
+    size_switches: tuple[SizeSwitch, ...] = ()
 
     @property
     def segment_seconds(self) -> float | None:
@@ -171,6 +178,7 @@ def load_run(
         out_dir=out_dir,
         verification=verification,
         events=events,
+        size_switches=tuple(size_switches(events, verification)),
         playback=load_playback(out_dir),
         recording=check_recording(out_dir / ORIGIN_DIR),
         redundant=redundant,
@@ -180,6 +188,53 @@ def load_run(
         rungs=rungs,
         unit_recordings=check_unit_recordings(out_dir / ORIGIN_DIR) if rungs else {},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SizeSwitch:
+    """A picture size asked of the mesh (``SetParameters``) and what the encoders did with it:
+    for each encoder that wrote segment ``segment - 1`` and ``segment``, whether its pictures
+    took ``size`` exactly at ``segment`` (the one the change was proposed for)."""
+
+    encoder: str
+    asked_at: float
+    segment: int
+    size: tuple[int, int]
+    on_time: Mapping[str, bool]
+
+    @property
+    def line(self) -> str:
+        """E.g. ``size 192x108 from segment 42 on 3 of 3 encoders``."""
+        switched = sum(self.on_time.values())
+        return (
+            f"size {self.size[0]}x{self.size[1]} from segment {self.segment} on"
+            f" {switched} of {len(self.on_time)} encoders"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "encoder": self.encoder,
+            "asked_at": self.asked_at,
+            "segment": self.segment,
+            "size": list(self.size),
+            "on_time": dict(self.on_time),
+        }
+
+
+def size_switches(events: EventLog, verification: Verification) -> Iterable[SizeSwitch]:
+    """Every size asked for, judged on the files of ``verification``'s encoders."""
+    for asked in events.parameter_changes():
+        if not asked["width"]:
+            continue  # the bitrate alone
+        size, segment = (asked["width"], asked["height"]), asked["segment"]
+        on_time = {}
+        for output in verification.encoders:
+            if segment - 1 in output.digests and segment in output.digests:
+                before = picture_size(output.path(segment - 1))
+                after = picture_size(output.path(segment))
+                on_time[output.name] = before != size and after == size
+        yield SizeSwitch(asked["encoder"], asked["t"], segment, size, on_time)
 
 
 def _holds_reference(verification: Verification, segment: int, encoder: str) -> bool | None:
@@ -413,6 +468,7 @@ class Summary:
     dash: PlaybackResult | None = None
     channel: PlaybackResult | None = None
     rungs: tuple[RungSummary, ...] = ()
+    size_switches: tuple[SizeSwitch, ...] = ()
 
     @property
     def failover_ms(self) -> float | None:
@@ -511,6 +567,7 @@ class Summary:
             "dash": None if self.dash is None else self.dash.to_json(),
             "channel": None if self.channel is None else self.channel.to_json(),
             "rungs": [r.to_json() for r in self.rungs],
+            "size_switches": [s.to_json() for s in self.size_switches],
         }
 
     def write(self, out_dir: Path) -> Path:
@@ -551,6 +608,7 @@ def summarize(run: RunRecord) -> Summary:
         rungs=tuple(
             summarize_rung(rung, v, run.unit_recordings.get(rung)) for rung, v in run.rungs.items()
         ),
+        size_switches=run.size_switches,
     )
 
 

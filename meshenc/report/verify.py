@@ -361,6 +361,20 @@ def segment_source(path: Path) -> Path | io.BytesIO:
     return path
 
 
+def picture_size(path: Path) -> tuple[int, int] | None:
+    """The size of the first picture of one segment file as a decoder sees it (from the
+    stream's own SPS); None if it cannot be decoded."""
+    try:
+        with av.open(segment_source(path), "r") as container:
+            if not container.streams.video:
+                return None
+            for frame in container.decode(container.streams.video[0]):
+                return (frame.width, frame.height)
+    except (av.FFmpegError, OSError):
+        return None
+    return None
+
+
 def count_frames(path: Path) -> int:
     """Access units (frames) in one segment file, by demuxing it (a CMAF segment behind the
     folder's init segment); 0 if it cannot be read."""

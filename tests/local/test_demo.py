@@ -12,7 +12,14 @@ from meshenc.cli.encoder import encoder as encoder_command
 from meshenc.cli.main import cli
 from meshenc.cli.manager import manager as manager_command
 from meshenc.local import demo, player
-from meshenc.local.demo import DemoConfig, plan_run, player_skipped, ports_needed, prepare_out_dir
+from meshenc.local.demo import (
+    DemoConfig,
+    parse_change,
+    plan_run,
+    player_skipped,
+    ports_needed,
+    prepare_out_dir,
+)
 from services.encoder.media.containers import SegmentFormat
 
 
@@ -70,6 +77,32 @@ def test_plan_rejects_a_timeline_that_does_not_fit() -> None:
         DemoConfig(duration=30.0, kill_at=20.0, join_at=10.0)
     with pytest.raises(ValueError, match="at least 2"):
         DemoConfig(encoders=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("192x108@400", (400, (192, 108))), ("192x108", (0, (192, 108))), ("@400", (400, None))],
+)
+def test_a_parameter_change_names_a_size_a_bitrate_or_both(
+    text: str, expected: tuple[int, tuple[int, int] | None]
+) -> None:
+    assert parse_change(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "@", "191x108", "192x108@63", "@fast", "192x@400", "8x8"])
+def test_a_parameter_change_out_of_bounds_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_change(text)
+
+
+def test_a_parameter_change_needs_its_time_and_fits_the_run() -> None:
+    with pytest.raises(ValueError, match="both"):
+        DemoConfig(change="192x108")
+    with pytest.raises(ValueError, match="change_at"):
+        DemoConfig(duration=30.0, change="192x108", change_at=30.0)
+    with pytest.raises(ValueError, match="ladder"):
+        DemoConfig(size="320x180", ladder="320x180@400,160x90@200", change="192x108", change_at=9)
+    DemoConfig(size="320x180", ladder="320x180@400,160x90@200", change="@300", change_at=9)
 
 
 def test_out_dir_of_a_previous_run_is_cleared_and_any_other_is_refused(tmp_path: Path) -> None:

@@ -17,12 +17,17 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from meshenc.cli.main import cli
+from meshenc.core.timecode import FrameRate
 from meshenc.local.player import write_skipped
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, write_report
 from meshenc.report.playback import PLAYER_DIR
 from meshenc.report.plots import IDENTITY_PNG, LEADERS_PNG, OFFSETS_PNG, OFFSETS_PREDICTED_PNG
 from meshenc.report.recorder import EVENTS_NAME, StateEvent, read_events
 from meshenc.report.summary import arrival_figures, leader_timeline, load_run, summarize
+from services.encoder.media.gop import EncoderParams, GopEncoder
+from services.encoder.media.ladder import scale_picture
+from services.encoder.media.segments import SegmentWriter
+from services.encoder.media.source import SyntheticSource, VideoFormat
 
 from .synthetic import FIRST, make_run, run_of, write_folder
 
@@ -341,3 +346,41 @@ def test_several_channels_are_judged_unit_by_unit(tmp_path: Path) -> None:
     summary = summarize(load_run(plain, lock_in=0, frames=GOP))
     assert [r.rung for r in summary.rungs] == ["0", "1"]
     assert summary.locked and summary.encoders == ("a", "b")
+
+
+def _written_with_a_switch(folder: Path, switch_at: int) -> None:
+    """Real segments 100..104 of a 5-frame GOP, 64x48 pictures up to segment ``switch_at``
+    and 32x32 from it on, as an encoder writes them after an agreed size change."""
+    params = EncoderParams.for_format(VideoFormat(64, 48, FrameRate(30)), gop=5, bitrate_kbps=200)
+    source, encoder = SyntheticSource(VideoFormat(64, 48, FrameRate(30))), GopEncoder(params)
+    writer = SegmentWriter(folder, params, audio_wait=0.0)
+    for i in range(5 * 5):
+        timecode = 100 * 5 + i
+        picture = source.picture(i)
+        if timecode // 5 >= switch_at:
+            picture = scale_picture(picture, 32, 32)
+        writer.add(encoder.encode(timecode, picture), i * 3000)
+    writer.finish()
+    encoder.close()
+
+
+def test_a_size_asked_of_the_mesh_is_judged_on_each_encoders_pictures(tmp_path: Path) -> None:
+    """Where each encoder's decoded pictures took the asked size: exactly at the segment the
+    change was proposed for, or not; a bitrate alone is not judged."""
+    _written_with_a_switch(tmp_path / "a", 102)
+    _written_with_a_switch(tmp_path / "b", 102)
+    _written_with_a_switch(tmp_path / "c", 103)  # one segment late
+    asked = {"t": 5.0, "kind": "parameters", "encoder": "a", "segment": 102}
+    write_events(
+        tmp_path,
+        [
+            {**asked, "bitrate_kbps": 0, "width": 32, "height": 32},
+            {**asked, "bitrate_kbps": 300, "width": 0, "height": 0},
+        ],
+    )
+    summary = summarize(load_run(tmp_path, frames=5))
+    (switch,) = summary.size_switches
+    assert (switch.encoder, switch.segment, switch.size) == ("a", 102, (32, 32))
+    assert switch.on_time == {"a": True, "b": True, "c": False}
+    assert switch.line == "size 32x32 from segment 102 on 2 of 3 encoders"
+    assert summary.to_json()["size_switches"][0]["on_time"]["c"] is False
