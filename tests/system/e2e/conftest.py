@@ -25,13 +25,17 @@ from services.common.tls import MANAGER, OPERATOR
 
 from .support import ENCODERS, GOP, Services, UpRun, meshenc_up
 
-#: The faulted run: 3 encoders on a small picture (two busy cores carry it), the kill -9 of
-#: the leader and the join late enough that the browser plays through both: the origin's
-#: playlist first appears about 25 s in (the writer's 10-segment window must hold only
-#: published segments, and the lock-in segments are not published).
+#: The faulted run: 3 encoders on a small picture (two busy cores carry it), an operator's
+#: change to a smaller picture and a lower bitrate, the kill -9 of the leader and the join
+#: late enough that the browser plays through all three: the origin's playlist first appears
+#: about 25 s in (the writer's 10-segment window must hold only published segments, and the
+#: lock-in segments are not published), and the change asked at 22 s takes effect three
+#: segments on. The joiner starts after the change and must take it from its neighbours.
+CHANGED_SIZE = (192, 108)
 UP_ARGS = (
     "--encoders", "3", "--size", "320x180", "--registries", "1",
     "--duration", "60", "--kill-at", "38", "--join-at", "48",
+    "--change-at", "22", "--change", "{}x{}@400".format(*CHANGED_SIZE),
 )  # fmt: skip
 
 

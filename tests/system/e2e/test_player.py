@@ -1,6 +1,7 @@
 """A real player in a real browser through ``meshenc up``'s faults: headless Chromium plays the
-origin's stream with hls.js while the segment leader is killed with kill -9 and an encoder
-joins (the session's faulted run, see conftest), and the origin's recording of the whole run
+origin's stream with hls.js while an operator's change to a smaller picture takes effect, the
+segment leader is killed with kill -9 and an encoder joins (the session's faulted run, see
+conftest), and the origin's recording of the whole run
 decodes as one continuous stream. A second player on the same page plays the master playlist
 of redundant encoders (each encoder's own server) from the encoder that is killed, and fails
 over to another. Skips, saying why, where chromium or hls.js is missing (``make test``
@@ -16,6 +17,7 @@ from PIL import Image, ImageStat
 from meshenc.local.master import REDUNDANT_NAME
 from meshenc.report.playback import (
     MAX_PROGRESS_GAP_S,
+    ORIGIN_PLAYER,
     PLAYER_DIR,
     PLAYER_LOG,
     SCREENSHOT_NAME,
@@ -57,6 +59,16 @@ def test_the_browser_plays_through_the_kill_and_the_join_without_a_stall(played:
     # The kill -9 of the leader and the join happened while the browser played.
     watched = {w["kind"]: w["during_playback"] for w in summary["watched"]}
     assert watched == {"killed": True, "joined": True}, summary["watched"]
+    # And it played segments from both sides of the operator's size change (a fragment's
+    # sequence number is its segment's).
+    (switch,) = summary["size_switches"]
+    log = read_log(played.out / PLAYER_DIR / PLAYER_LOG)
+    fragments = [
+        e["sn"]
+        for e in log
+        if e.get("kind") == "fragment" and e.get("player", ORIGIN_PLAYER) == ORIGIN_PLAYER
+    ]
+    assert min(fragments) < switch["segment"] <= max(fragments), (switch, fragments)
     assert playback["line"] in played.output
 
     shot = played.out / PLAYER_DIR / SCREENSHOT_NAME

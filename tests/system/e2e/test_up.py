@@ -18,9 +18,10 @@ import pytest
 
 from meshenc.local.launcher import pid_alive, read_pids
 from meshenc.report.recorder import read_events
-from meshenc.report.verify import verify
+from meshenc.report.verify import picture_size, verify
 from services.encoder.media.segments import segment_number
 
+from .conftest import CHANGED_SIZE
 from .support import MESHENC, UpRun, left_behind, meshenc_up
 
 pytestmark = pytest.mark.slow
@@ -71,6 +72,16 @@ def test_up_stays_locked_through_a_kill_and_a_join_and_leaves_nothing_running(
     assert failover["killed"] == killed and failover["ms"] is not None
     (join,) = summary["joins"]
     assert join["encoder"] == "e3" and join["ms"] is not None
+
+    # The operator's size change: every encoder that wrote the segment it was agreed for and
+    # the one before took the new size exactly there (from their decoded pictures); the
+    # joiner, started after it, writes the new size too (its segments agreed, above).
+    (switch,) = summary["size_switches"]
+    print(switch["line"])
+    assert tuple(switch["size"]) == CHANGED_SIZE
+    assert len(switch["on_time"]) >= 2 and all(switch["on_time"].values()), switch
+    joined = sorted((out / "e3").glob("seg-*.ts"))
+    assert joined and picture_size(joined[-1]) == CHANGED_SIZE
 
     verdict = subprocess.run(
         [*MESHENC, "verify", str(out), "--json"],
