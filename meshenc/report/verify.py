@@ -350,13 +350,13 @@ def find_outputs(paths: Iterable[Path]) -> list[Path]:
 
 
 def segment_source(path: Path) -> Path | io.BytesIO:
-    """What a demuxer reads for one segment file: the file itself (MPEG-TS), or a CMAF media
-    segment behind its folder's init segment.
+    """What a demuxer reads for one segment file (under its shared name or written aside): the
+    file itself (MPEG-TS), or a CMAF media segment behind its folder's init segment.
 
     Raises:
         OSError: a file cannot be read.
     """
-    if segment_format(path.name) is SegmentFormat.CMAF:
+    if segment_format(path.name.removeprefix(ASIDE_PREFIX)) is SegmentFormat.CMAF:
         return io.BytesIO((path.parent / INIT_NAME).read_bytes() + path.read_bytes())
     return path
 

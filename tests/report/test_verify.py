@@ -240,6 +240,12 @@ def test_cmaf_folders_are_judged_by_their_m4s_segments(tmp_path: Path) -> None:
     result = verify(folders, lock_in=0)
     assert not result.locked
     assert result.misaligned_frames == params.gop
+    # A copy its encoder wrote aside is read behind the same init, as a CMAF segment.
+    aside = folders[1] / aside_name(103, SegmentFormat.CMAF)
+    swapped.rename(aside)
+    assert count_frames(aside) == params.gop
+    result = verify(folders, lock_in=0)
+    assert result.misaligned_frames == params.gop and not result.uncounted
 
 
 # -- the command line ------------------------------------------------------------------------
