@@ -32,10 +32,9 @@ rest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from meshenc.v1 import manager_pb2, registry_pb2
@@ -66,6 +65,10 @@ HEALTH_HYSTERESIS = 0.1
 so that a confidence hovering at the threshold does not republish the record every second."""
 FINAL_PUBLISH_TIMEOUT = 2.0
 """Seconds the last (DRAINING) publication may take when the encoder stops."""
+CLOSE_STEP_TIMEOUT = 2.0
+"""Seconds any other step of :meth:`ControlPlane.close` may take: a step that waits on a peer
+or a stream that never answers would hold the stop past the grace its launcher gives after
+SIGTERM (a kill -9 then, and a log that does not say which step it was)."""
 
 
 def record_health(
@@ -254,21 +257,30 @@ class ControlPlane:
     async def close(self) -> None:
         """Revoke the registration, leave the registry record DRAINING, then stop the rest."""
         if self.registration is not None:
-            await self.registration.close()
+            await _step("revoking the registration", self.registration.close())
         if self.keeper is not None:
             await self._last_record()
-        for task in [*self._tasks, *self._escalations]:
+        tasks = [*self._tasks, *self._escalations]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._escalations]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await _step("ending its tasks", asyncio.gather(*tasks, return_exceptions=True))
         if self.link is not None:
-            await self.link.close()
+            await _step("closing the manager link", self.link.close())
         if self._etcd is not None:
-            with contextlib.suppress(Exception):
-                await self._etcd.close()
+            await _step("closing the etcd client", self._etcd.close())
         if self._api is not None:
-            with contextlib.suppress(Exception):
-                await self._api.close()
+            await _step("closing the Kubernetes client", self._api.close())
         if self.registry is not None:
-            await self.registry.close()
+            await _step("closing the registry client", self.registry.close())
+
+
+async def _step(what: str, closing: Awaitable[Any]) -> None:
+    """One step of the stop, given up after ``CLOSE_STEP_TIMEOUT`` with one warning naming it;
+    a step that fails is logged and the stop goes on."""
+    try:
+        await asyncio.wait_for(closing, CLOSE_STEP_TIMEOUT)
+    except TimeoutError:
+        log.warning("stopping: %s took over %g s, left behind", what, CLOSE_STEP_TIMEOUT)
+    except Exception as exc:  # a close that fails must not keep the rest open
+        log.warning("stopping: %s failed: %s", what, exc)
