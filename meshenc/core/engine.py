@@ -976,6 +976,14 @@ class SyncEngine:
         self._sequence += 1
         tc = last.timecodes[-1] if last.timecodes else self.config.frame_rate.slot(last.label)
         newest = self._schedule.newest
+        # The optional parts are given to the constructor, not added by ``replace`` after:
+        # this runs once per frame, and ``replace`` costs twice a construction.
+        if announced := self._announced:
+            unit, segment, written = announced[self._sequence % len(announced)]
+            digest, vouched = written.digest, written.vouched
+        else:
+            unit, segment, digest, vouched = "", 0, b"", False
+        route = self._route
         esp = EncodingStatePacket(
             sender=self.node_id,
             sequence=self._sequence,
@@ -999,26 +1007,16 @@ class SyncEngine:
             anchor_hops=self._anchor.hops,
             anchor_offset=self._anchor.offset,
             timeline=self._timeline,
+            written_segment=segment,
+            segment_digest=digest,
+            segment_vouched=vouched,
+            segment_unit=unit,
+            merge_timeline=route.timeline if route is not None else "",
+            merge_hops=route.hops if route is not None else 0,
+            merge_offset=route.offset if route is not None else 0.0,
+            merge_witnesses=route.witnesses if route is not None else (),
+            merge_segment=route.segment if route is not None else 0,
         )
-        if announced := self._announced:
-            unit, segment, written = announced[self._sequence % len(announced)]
-            esp = replace(
-                esp,
-                written_segment=segment,
-                segment_digest=written.digest,
-                segment_vouched=written.vouched,
-                segment_unit=unit,
-            )
-        route = self._route
-        if route is not None:
-            esp = replace(
-                esp,
-                merge_timeline=route.timeline,
-                merge_hops=route.hops,
-                merge_offset=route.offset,
-                merge_witnesses=route.witnesses,
-                merge_segment=route.segment,
-            )
         actions = self._actions
         if self._sequence % self.config.echo_every:
             actions.append(SendEsp(esp, tuple(self._neighbours)))
@@ -1076,6 +1074,7 @@ class SyncEngine:
         if (
             esp.params_segment > 0
             and esp.params_bitrate_kbps > 0
+            and not self._is_newest(esp)
             and esp.params_segment <= self.current_segment + self.config.parameter_lead + 1
         ):
             # An agreed change is proposed ``parameter_lead`` segments ahead of its proposer,
@@ -1106,6 +1105,17 @@ class SyncEngine:
                 self._compare_hash(esp.sender, nb, own_tc, own_hash == esp.frame_hash)
             else:
                 self._await_hash(nb, own_tc, esp.frame_hash)
+
+    def _is_newest(self, esp: EncodingStatePacket) -> bool:
+        """Whether the ESP's agreed change is this encoder's newest already (the common case
+        once a change is agreed: every ESP repeats it)."""
+        newest = self._schedule.newest
+        return (
+            newest is not None
+            and newest.effective_segment == esp.params_segment
+            and newest.bitrate_kbps == esp.params_bitrate_kbps
+            and newest.size == esp.params_size
+        )
 
     def _compare_hash(self, sender: str, nb: _Neighbour, timecode: int, same: bool) -> None:
         """One frame hash of the same picture at the same timecode, ours against a
@@ -1713,8 +1723,13 @@ class SyncEngine:
     # -- observation ---------------------------------------------------------------------------
 
     def _mean_rtt(self) -> float:
-        rtts = [nb.link.rtt for nb in self._neighbours.values() if not math.isnan(nb.link.rtt)]
-        return sum(rtts) / len(rtts) if rtts else 0.0
+        total, count = 0.0, 0
+        for nb in self._neighbours.values():
+            rtt = nb.link.rtt
+            if not math.isnan(rtt):  # measured
+                total += rtt
+                count += 1
+        return total / count if count else 0.0
 
     def snapshot(self, now: float) -> EngineSnapshot:
         neighbours = []
