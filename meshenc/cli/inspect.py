@@ -179,6 +179,7 @@ def status_table(answers: Sequence[Answer], channel: str = "") -> Table:
         "confidence",
         "group",
         "leader",
+        "output",
         "slew/drop/dup/param",
         "escalations",
         "links",
@@ -203,11 +204,25 @@ def status_table(answers: Sequence[Answer], channel: str = "") -> Table:
             f"{state.confidence:.2f}",
             Text(state.segment_id or "—"),
             Text(state.leader_id or "—", style="cyan"),
+            _output(state),
             "/".join(str(counts.get(k, 0)) for k in ("slew", "drop", "duplicate", "parameter")),
             str(state.escalations),
             f"{up}/{len(state.neighbours)}",
         )
     return table
+
+
+def _output(state: mesh_pb2.EncoderState) -> str:
+    """The size and bitrate of the segment being encoded, and a change agreed for a later one:
+    ``320x180 1500k -> 192x108 400k at 898211677``."""
+    shown = f"{state.width}x{state.height} {state.bitrate_kbps}k"
+    if state.HasField("pending_parameters"):
+        pending = state.pending_parameters
+        shown += (
+            f" -> {pending.width}x{pending.height} {pending.bitrate_kbps}k"
+            f" at {pending.effective_segment}"
+        )
+    return shown
 
 
 def _channel(_ctx: click.Context, _param: click.Parameter, value: str) -> str:

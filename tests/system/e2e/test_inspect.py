@@ -71,6 +71,7 @@ def test_status_shows_every_encoder_as_it_answers(services: Services) -> None:
         assert state["gop_length"] == GOP
         assert state["segment_id"] == "cli"
         assert state["leader_id"] in ENCODERS
+        assert (state["width"], state["height"], state["bitrate_kbps"]) == (160, 96, 1500)
 
     table = _run(
         "status", env={**services.env, "MESHENC_ENCODERS": ",".join(services.encoders.values())}
@@ -78,6 +79,7 @@ def test_status_shows_every_encoder_as_it_answers(services: Services) -> None:
     assert table.exit_code == 0, table.output
     for name, address in services.encoders.items():
         assert name in table.output and address in table.output
+    assert "160x96" in table.output and "1500k" in table.output  # the output column
 
 
 def test_status_reports_encoders_that_do_not_answer(services: Services) -> None:
