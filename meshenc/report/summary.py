@@ -34,7 +34,8 @@ A run folder holds one subfolder per encoder (named by encoder id, with its segm
   moments), whether its holders' copies agree, and its recording at the origin judged as the
   headline recording is (``origin``); where the units were placed on different
   encoders (or the encoders' folders hold channels), the headline figures are those of the
-  unit most encoders wrote, and the run is locked only if every unit is;
+  unit most encoders wrote (the encoders counted are every encoder of any unit), and the run
+  is locked only if every unit is;
 - size switches, per ``parameters`` event that asked for a picture size: for each encoder of
   the headline unit that wrote the segment the change was proposed for and the one before,
   whether its pictures (decoded from its files) took the new size exactly at that segment;
@@ -580,8 +581,11 @@ class Summary:
 def summarize(run: RunRecord) -> Summary:
     """The figures of a loaded run (see the module docstring for each definition)."""
     result, events = run.verification, run.events
+    # Every encoder that wrote any unit: with placed units, some write none of the headline's.
+    verifications = [result, *run.rungs.values()]
+    encoders = sorted({e.name for v in verifications for e in v.encoders})
     return Summary(
-        encoders=tuple(e.name for e in result.encoders),
+        encoders=tuple(encoders),
         segments=len(result.segments),
         judged_segments=result.judged,
         agreed_segments=result.agreed,

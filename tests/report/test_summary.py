@@ -149,7 +149,7 @@ def test_a_joiner_of_placed_units_is_timed_in_the_unit_it_wrote(tmp_path: Path) 
         [state(FIRST + 1.0, "a"), {"t": FIRST + 9.5, "kind": "joined", "encoder": "d"}],
     )
     summary = summarize(load_run(tmp_path, frames=GOP))
-    assert summary.encoders == ("a", "b", "c")  # the headline unit, 0/160x96
+    assert summary.encoders == ("a", "b", "c", "d")  # every encoder, of any unit
     (join,) = summary.joins
     assert join.first_agreed_segment == FIRST + 11
     assert join.ms == pytest.approx(1500.0)
@@ -300,19 +300,22 @@ def test_a_placed_ladder_is_judged_rung_by_rung_among_the_encoders_that_wrote_it
     ladder("a", {big: run_of(FIRST, 10), small: run_of(FIRST, 5)})
     ladder("b", {big: run_of(FIRST, 10), small: run_of(FIRST + 5, 5)})
     ladder("c", {small: run_of(FIRST, 10, different={FIRST + 8: b"other"})})
+    ladder("d", {big: run_of(FIRST + 5, 5)})  # none of the headline rung
     write_events(tmp_path, [])
     summary = summarize(load_run(tmp_path, lock_in=0, frames=GOP))
     rungs = {r.rung: r for r in summary.rungs}
     assert dict(rungs[small].holders) == {"a": 5, "b": 5, "c": 10}
     assert rungs[small].min_copies == 2 and rungs[small].shared == 10
     assert rungs[small].identical == 9 and not rungs[small].locked
-    assert dict(rungs[big].holders) == {"a": 10, "b": 10} and rungs[big].locked
-    assert (
-        rungs[big].line
-        == f"{big}: a (10), b (10); 10 segments, at least 2 copies, 10/10 shared segments identical"
+    assert dict(rungs[big].holders) == {"a": 10, "b": 10, "d": 5} and rungs[big].locked
+    assert rungs[big].line == (
+        f"{big}: a (10), b (10), d (5); 10 segments, at least 2 copies,"
+        " 10/10 shared segments identical"
     )
-    # The headline: the small rung, written by three encoders; not locked (c's FIRST+8).
-    assert summary.encoders == ("a", "b", "c") and not summary.locked
+    # The headline: the small rung, written by three encoders; not locked (c's FIRST+8). The
+    # run's encoders are all four.
+    assert summary.encoders == ("a", "b", "c", "d") and not summary.locked
+    assert summary.line.startswith("4 encoders")
     assert summary.to_json()["rungs"][1]["holders"] == {"a": 5, "b": 5, "c": 10}
 
 
