@@ -1283,23 +1283,31 @@ class DemoRun:
         """Record a ``leader`` event whenever a segment's leader key changes in etcd.
 
         Segments are found as they appear under the prefix: the manager names them, and
-        encoders move their election to the segment their topology document gives.
+        encoders move their election to the segment their topology document gives. Each
+        channel elects its own (channel ``0`` under the prefix, channel ``N`` under
+        ``P/channels/N``): a group of channel ``N`` is named ``N/<segment>``.
         """
         settings = EtcdSettings(endpoints=(endpoint,), prefix=DEFAULT_ETCD_PREFIX)
         client = connect_client(settings)
-        segments_root = f"{settings.prefix}/segments/".encode()
+        roots = {"": settings.prefix} | {
+            channel: f"{settings.prefix}/channels/{channel}"
+            for channel in self.config.channel_names[1:]
+        }
         watches: dict[str, SegmentWatch] = {}
         follows: list[asyncio.Task[None]] = []
         try:
             while True:
-                with contextlib.suppress(Exception):
-                    for kv in await client.get_prefix(segments_root):
-                        name = kv.key[len(segments_root) :].split(b"/", 1)[0].decode()
-                        if name and name not in watches:
-                            watches[name] = SegmentWatch(SegmentKeys(settings.prefix, name))
-                            follows.append(
-                                asyncio.create_task(watches[name].follow_resuming(client))
-                            )
+                for channel, root in roots.items():
+                    segments_root = f"{root}/segments/".encode()
+                    with contextlib.suppress(Exception):
+                        for kv in await client.get_prefix(segments_root):
+                            name = kv.key[len(segments_root) :].split(b"/", 1)[0].decode()
+                            group = f"{channel}/{name}" if channel else name
+                            if name and group not in watches:
+                                watches[group] = SegmentWatch(SegmentKeys(root, name))
+                                follows.append(
+                                    asyncio.create_task(watches[group].follow_resuming(client))
+                                )
                 for group, watch in watches.items():
                     known = self.state.leaders.get(group)
                     if watch.leader is not None and known != (watch.leader, watch.token):

@@ -29,6 +29,7 @@ import pytest
 
 from meshenc.local.master import segment_codecs
 from meshenc.report import SUMMARY_NAME
+from meshenc.report.recorder import EVENTS_NAME, read_events
 from meshenc.report.verify import verify_units
 
 from .support import left_behind, meshenc_up
@@ -100,6 +101,14 @@ def test_two_channels_of_placed_rungs_stay_identical_through_a_kill_and_a_join(
             and {c.digest for c in s.copies} & {c.digest for c in b.copies}
         }
         assert not same, f"{rung}: channels 0 and 1 wrote the same bytes in segments {same}"
+
+    # Each channel elected its own leaders, and the run recorded them: channel 1's groups
+    # as 1/<segment>. A kill of the leader of a channel's group is a failover of that group.
+    events = read_events(out / EVENTS_NAME)
+    groups = {e["segment"] for e in events.leaders()}
+    assert any(g.startswith("1/") for g in groups) and any("/" not in g for g in groups), groups
+    for failover in summary["failovers"]:
+        assert failover["group"] in groups and failover["ms"] is not None, failover
 
     # Every unit continuous at the origin, through the kill and the join.
     for unit in summary["rungs"]:
