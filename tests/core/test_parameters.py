@@ -136,27 +136,23 @@ def test_a_rejected_change_is_escalated_and_not_agreed() -> None:
     assert engine.engine.parameters_for(proposal.effective_segment).bitrate_kbps == 1500
 
 
-def test_a_neighbour_adopts_an_agreed_change_from_an_esp_and_passes_it_on() -> None:
+@pytest.mark.parametrize(("bitrate_kbps", "size"), [(600, None), (700, (480, 270))])
+def test_a_neighbour_adopts_an_agreed_change_from_an_esp_and_passes_it_on(
+    bitrate_kbps: int, size: tuple[int, int] | None
+) -> None:
     proposer = _engine("a", ["b", "c"])
     listener = _engine("b", ["a", "x"])
     _frames(proposer, range(40))
     _frames(listener, range(40))
     now = START + 40 * T
-    proposal = _requested(proposer, now, 600)
-    for voter in "bc":
-        proposer.vote(now, ResyncVote("a", proposal.proposal_id, voter, True, 0.0))
+    proposal = _agreed(proposer, now, bitrate_kbps, size)
     esp = next(e for to, e in proposer.encoded(now) if to == "b")
     listener.esp(now, esp)
     adopted = [a for a in listener.drain() if isinstance(a, ParametersAgreed)]
-    assert adopted == [
-        ParametersAgreed(
-            ParameterChange(proposal.effective_segment, Parameters(600)),
-            0,
-            proposal.effective_segment,
-        )
-    ]
+    change = ParameterChange(proposal.effective_segment, Parameters(bitrate_kbps, size))
+    assert adopted == [ParametersAgreed(change, 0, proposal.effective_segment)]
     relayed = next(e for to, e in listener.encoded(now) if to == "x")
-    assert relayed.params_segment == proposal.effective_segment
+    assert (relayed.params_segment, relayed.params_size) == (proposal.effective_segment, size)
 
 
 def test_a_proposal_for_a_segment_already_begun_is_not_approved() -> None:
@@ -283,19 +279,3 @@ def test_a_bitrate_change_after_a_size_change_keeps_the_size() -> None:
     second = _agreed(engine, START + passed * T, 600, None)
     assert (second.bitrate_kbps, second.size) == (600, (320, 180))
     assert engine.engine.parameters_for(second.effective_segment) == Parameters(600, (320, 180))
-
-
-def test_a_neighbour_adopts_a_size_change_from_an_esp() -> None:
-    proposer = _engine("a", ["b", "c"])
-    listener = _engine("b", ["a", "x"])
-    _frames(proposer, range(40))
-    _frames(listener, range(40))
-    now = START + 40 * T
-    proposal = _agreed(proposer, now, 700, (480, 270))
-    esp = next(e for to, e in proposer.encoded(now) if to == "b")
-    listener.esp(now, esp)
-    adopted = [a for a in listener.drain() if isinstance(a, ParametersAgreed)]
-    change = ParameterChange(proposal.effective_segment, Parameters(700, (480, 270)))
-    assert adopted == [ParametersAgreed(change, 0, proposal.effective_segment)]
-    relayed = next(e for to, e in listener.encoded(now) if to == "x")
-    assert relayed.params_size == (480, 270)
