@@ -187,6 +187,14 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     help="Second a new encoder joins [default: 55 % of --duration].",
 )
 @click.option(
+    "--abr-link-kbps",
+    type=click.IntRange(min=16, max=1_000_000),
+    default=None,
+    help="With a placed ladder (--ladder under the manager) and --player: one more hls.js"
+    " player of channel 0's master, through the origin over a link of this many kbit/s"
+    " (nginx's limit_rate), choosing rungs by its own rate adaptation ('player (abr)').",
+)
+@click.option(
     "--change",
     default="",
     help="An operator's mesh-wide parameter change at --change-at: WIDTHxHEIGHT@KBPS,"
@@ -272,6 +280,7 @@ def up(
     join_at: float | None,
     change: str,
     change_at: float | None,
+    abr_link_kbps: int | None,
     links: str,
     autoscale_max: int | None,
     autoscale_high_water: float,
@@ -344,6 +353,7 @@ def up(
             join_at=join_at,
             change=change,
             change_at=change_at,
+            abr_link_kbps=abr_link_kbps,
             manager="manager" in commands,
             managed_topology=links == "managed",
             autoscale_max=autoscale_max,
@@ -396,7 +406,7 @@ def up(
         failover = summary.player_failover
         ok = failover.on_killed and failover.switch_ms is not None
         console.print(Text(failover.line, style="green" if ok else "bold red"))
-    for played in (summary.dash, summary.channel):
+    for played in (summary.dash, summary.channel, summary.abr):
         if played is not None:
             console.print(Text(played.line, style="green" if played.smooth else "bold red"))
     if summary.recording is not None:

@@ -91,7 +91,13 @@ from meshenc.local.player import BrowserPlayer, find_dashjs, unavailable, write_
 from meshenc.local.ports import free_ports
 from meshenc.local.segment import SegmentWatch
 from meshenc.report import PLOTS_DIR, REPORT_NAME, SUMMARY_NAME, Summary, write_report
-from meshenc.report.playback import CHANNEL_PLAYER, DASH_PLAYER, PLAYER_DIR, REDUNDANT_PLAYER
+from meshenc.report.playback import (
+    ABR_PLAYER,
+    CHANNEL_PLAYER,
+    DASH_PLAYER,
+    PLAYER_DIR,
+    REDUNDANT_PLAYER,
+)
 from meshenc.report.recorder import EVENTS_NAME, Event, ParametersEvent, Recorder, StateEvent
 from meshenc.report.verify import (
     DEFAULT_LOCK_IN,
@@ -237,6 +243,10 @@ class DemoConfig:
     #: Mutual TLS between every process of the run, with certificates made into ``out/certs``
     #: (off: plaintext, every service started with ``--insecure``).
     tls: bool = True
+    #: With placed rungs and the player: one more hls.js player of channel ``0``'s master,
+    #: through the origin over a link of this many kbit/s, choosing rungs by its own rate
+    #: adaptation (None: none).
+    abr_link_kbps: int | None = None
 
     def __post_init__(self) -> None:
         if self.ladder and (top := top_rung(parse_ladder(self.ladder)).name) != self.size:
@@ -273,6 +283,13 @@ class DemoConfig:
             raise ValueError("registries must be >= 0")
         if not 0 <= self.max_drift_ppm <= 10_000 or self.jitter_ms < 0:
             raise ValueError("max_drift_ppm must be in 0..10000 and jitter_ms >= 0")
+        if self.abr_link_kbps is not None:
+            if not (self.ladder and self.manager and self.managed_topology and self.origin):
+                raise ValueError(
+                    "the ABR player needs placed rungs (a ladder under the manager) and the origin"
+                )
+            if not 16 <= self.abr_link_kbps <= 1_000_000:
+                raise ValueError("abr_link_kbps must be in 16..1000000")
         if bool(self.change) != (self.change_at is not None):
             raise ValueError("a parameter change needs both change and change_at")
         if self.change_at is not None:
@@ -575,6 +592,8 @@ class DemoRun:
         self._recorder: _FeedingRecorder | None = None
         #: The origin the encoders publish to, once it serves (None: no origin).
         self.origin_url: str | None = None
+        #: The origin over the ABR player's constrained link (``abr_link_kbps``), once started.
+        self.limited_origin_url: str | None = None
         #: Why no browser plays the stream in this run (None: one does).
         self.player_skipped = player_skipped(config)
         self._player: BrowserPlayer | None = None
@@ -844,9 +863,13 @@ class DemoRun:
         origin = None
         if self.config.origin:
             (self.out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+            link = self.config.abr_link_kbps
             origin = OriginProcess(
-                self.out / ORIGIN_DIR, log_path=self.out / LOGS_DIR / "origin.log"
+                self.out / ORIGIN_DIR,
+                log_path=self.out / LOGS_DIR / "origin.log",
+                limited_rate=None if link is None else link * 1000 // 8,
             )
+            self.limited_origin_url = origin.limited_url
         try:
             async with Launcher(
                 self.out, tls=self.operator_tls, ready_timeout=self.ready_timeout
@@ -1163,6 +1186,8 @@ class DemoRun:
                 more[DASH_PLAYER] = dash
             if masters := self.channel_masters:
                 more[CHANNEL_PLAYER] = masters[0]
+                if (limited := self.limited_origin_url) is not None and self.origin_url:
+                    more[ABR_PLAYER] = limited + masters[0].removeprefix(self.origin_url)
             await player.play(more)
             self._redundant_playing = redundant is not None
         except Exception as exc:
@@ -1176,6 +1201,8 @@ class DemoRun:
             self._note(f"player: and {self.dash_url} with dash.js", "green")
         if masters := self.channel_masters:
             self._note(f"player: and the channel master {masters[0]} with hls.js", "green")
+        if (link := self.config.abr_link_kbps) is not None and masters:
+            self._note(f"player: and that master over a {link} kbit/s link, hls.js's ABR", "green")
         start = self.state.started_at or time.time()
         # At the chosen moment, or a few seconds in when playback began after it.
         await asyncio.sleep(max(start + self.screenshot_time - time.time(), _SCREENSHOT_AFTER))

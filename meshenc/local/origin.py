@@ -73,6 +73,9 @@ class OriginProcess(ManagedProcess):
         access_log: also log every request.
         max_object_size: the largest body a PUT may carry, in bytes (larger: 413).
         start_timeout: seconds to wait for nginx to answer HTTP.
+        limited_rate: also serve ``root``, read-only, on a second port (``limited_url``) at
+            this many bytes a second per connection (nginx's ``limit_rate``): a constrained
+            link for a player's own rate adaptation. None: no such port.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class OriginProcess(ManagedProcess):
         access_log: bool = False,
         max_object_size: int = 256 * 1024 * 1024,
         start_timeout: float = 10.0,
+        limited_rate: int | None = None,
     ) -> None:
         found = shutil.which(binary) or shutil.which(binary, path=_SYSTEM_DIRS)
         if found is None:
@@ -93,6 +97,8 @@ class OriginProcess(ManagedProcess):
             )
         if max_object_size < 1:
             raise ValueError(f"max_object_size must be positive, got {max_object_size}")
+        if limited_rate is not None and limited_rate < 1:
+            raise ValueError(f"limited_rate must be positive, got {limited_rate}")
         self._binary = found
         self._state = Path(tempfile.mkdtemp(prefix="meshenc-origin-"))
         self.root = (self._state / "root" if root is None else Path(root)).resolve()
@@ -101,7 +107,8 @@ class OriginProcess(ManagedProcess):
         self._max_object_size = max_object_size
         self._start_timeout = start_timeout
         self._log: IO[bytes] | None = None
-        (self.port,) = free_ports(1)
+        self._limited_rate = limited_rate
+        self.port, self.limited_port = free_ports(2)
         self._process: subprocess.Popen[bytes] | None = None
         self.config_path = self._state / "nginx.conf"
         try:
@@ -114,6 +121,11 @@ class OriginProcess(ManagedProcess):
     def url(self) -> str:
         """The origin's base URL, ``http://127.0.0.1:PORT`` (objects are at ``url/NAME``)."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def limited_url(self) -> str | None:
+        """The same objects over the constrained link (None: the origin has none)."""
+        return None if self._limited_rate is None else f"http://127.0.0.1:{self.limited_port}"
 
     @property
     def pid(self) -> int | None:
@@ -140,6 +152,22 @@ class OriginProcess(ManagedProcess):
             f"        {kind} {suffix.lstrip('.')};" for suffix, kind in CONTENT_TYPES.items()
         )
         access = "access_log /dev/stderr;" if self._access_log else "access_log off;"
+        limited = ""
+        if self._limited_rate is not None:
+            limited = f"""
+    # The same objects over a constrained link (no dav_methods: read-only), every response at most
+    # {self._limited_rate} bytes a second.
+    server {{
+        listen 127.0.0.1:{self.limited_port};
+        root {_config_path(self.root)};
+        limit_rate {self._limited_rate};
+        add_header Access-Control-Allow-Origin "*" always;
+        location ~ \\.(m3u8|mpd)$ {{
+            add_header Access-Control-Allow-Origin "*" always;
+            add_header Cache-Control "no-cache" always;
+        }}
+    }}
+"""
         return f"""\
 # Written by meshenc.local.origin for one local origin; regenerated on every run.
 {user}
@@ -187,7 +215,7 @@ http {{
             add_header Cache-Control "no-cache" always;
         }}
     }}
-}}
+{limited}}}
 """
 
     def start(self) -> Self:

@@ -319,8 +319,9 @@ def _dash(summary: Summary) -> str:
     """The dash.js player of the origin's MPD (CMAF runs), and hls.js on a placed ladder's
     channel master."""
     parts = []
-    if summary.channel is not None:
-        parts.append(_played(summary.channel))
+    for played in (summary.channel, summary.abr):
+        if played is not None:
+            parts.append(_played(played))
     if summary.dash is None:
         parts.append("<p>No DASH player ran in this run (it plays CMAF runs' manifests).</p>")
     else:

@@ -39,9 +39,10 @@ seeks, skipped fragments, discontinuities
     previous one's plus one nor the same again (hls.js switching rungs replaces the segment
     under the playhead with the other rung's copy); discontinuity sequence numbers other than
     0 in any playlist hls.js loaded.
-rungs, switches
+rungs, switches, rung loads
     Of a master over rungs: the rung folders (``<W>x<H>``) its video fragments came from, in
-    the order first loaded, and the changes of level hls.js completed after start-up.
+    the order first loaded, the changes of level hls.js completed after start-up, and the
+    rung of every video fragment loaded, in order (what a player choosing by itself chose).
 sequence gaps
     Video fragments loaded (in the order the player loaded them) whose sequence number is more
     than one past every number loaded before: a segment the viewer never got. (dash.js has no
@@ -117,6 +118,9 @@ REDUNDANT_PLAYER = "redundant"
 DASH_PLAYER = "dash"
 #: hls.js on a placed ladder's channel master (every rung of channel ``0``).
 CHANNEL_PLAYER = "channel"
+#: hls.js on the same master over a constrained link, choosing rungs by its own rate
+#: adaptation (``meshenc up --abr-link-kbps``).
+ABR_PLAYER = "abr"
 #: Driver entries about the whole page, whichever player.
 _PAGE_KINDS = frozenset({"skipped", "screenshot", "stopped"})
 #: Fragments listed around a kill: from this many seconds before it to this many after.
@@ -191,6 +195,8 @@ class PlaybackResult:
     #: ``LEVEL_SWITCHED``).
     rungs: tuple[str, ...] = ()
     switches: int = 0
+    #: The rung of every video fragment loaded, in order (where a player chose, what it chose).
+    rung_loads: tuple[str, ...] = ()
 
     @property
     def started(self) -> bool:
@@ -303,6 +309,7 @@ class PlaybackResult:
             "lost": self.lost,
             "rungs": list(self.rungs),
             "switches": self.switches,
+            "rung_loads": list(self.rung_loads),
         }
 
 
@@ -384,6 +391,7 @@ def evaluate(log: Iterable[Mapping[str, Any]], player: str = ORIGIN_PLAYER) -> P
         and isinstance(e.get("sn"), int)
         and e.get("media", "video") == "video"
     ]
+    loads = _rung_loads(entries)
     return PlaybackResult(
         startup_s=playing - loaded,
         playing_from=playing,
@@ -405,7 +413,8 @@ def evaluate(log: Iterable[Mapping[str, Any]], player: str = ORIGIN_PLAYER) -> P
         samples=len(samples),
         dropped_frames=int(quality[-1]["dropped"]) if quality else None,
         shown_frames=int(quality[-1]["frames"]) if quality else None,
-        rungs=_rungs(entries),
+        rungs=tuple(dict.fromkeys(loads)),
+        rung_loads=loads,
         switches=_switches(after),
         **values,
     )
@@ -418,15 +427,15 @@ def _switches(entries: Sequence[Mapping[str, Any]]) -> int:
     return sum(a != b for a, b in itertools.pairwise(levels))
 
 
-def _rungs(entries: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
-    """The rung folders (``<W>x<H>``) of the video fragments loaded, in the order first seen."""
-    found: dict[str, None] = {}
+def _rung_loads(entries: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The rung folder (``<W>x<H>``) of every video fragment loaded from one, in order."""
+    found = []
     for entry in entries:
         url = entry.get("url")
         if entry.get("kind") == "loaded" and entry.get("media", "video") == "video" and url:
             folder = PurePosixPath(urlsplit(str(url)).path).parent.name
             if rung_pixels(folder):
-                found.setdefault(folder, None)
+                found.append(folder)
     return tuple(found)
 
 

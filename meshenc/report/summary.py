@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from meshenc.report.playback import (
+    ABR_PLAYER,
     CHANNEL_PLAYER,
     DASH_PLAYER,
     PLAYER_DIR,
@@ -124,8 +125,10 @@ class RunRecord:
     player_failover: PlayerFailover | None = None
     #: What the browser's dash.js player of the origin's DASH manifest saw (None: none ran).
     dash: PlaybackResult | None = None
-    #: What the browser's hls.js player of a placed ladder's channel master saw (None: none).
+    #: What the browser's hls.js player of a placed ladder's channel master saw (None: none),
+    #: and its player of the same master over a constrained link, on its own ABR.
     channel: PlaybackResult | None = None
+    abr: PlaybackResult | None = None
     #: An ABR ladder's rungs, each judged among the encoders that wrote it (empty: no ladder).
     rungs: Mapping[str, Verification] = field(default_factory=dict)
     #: Each of those units' recording at the origin, where it has one.
@@ -186,6 +189,7 @@ def load_run(
         player_failover=failover,
         dash=load_playback(out_dir, DASH_PLAYER),
         channel=load_playback(out_dir, CHANNEL_PLAYER),
+        abr=load_playback(out_dir, ABR_PLAYER),
         rungs=rungs,
         unit_recordings=check_unit_recordings(out_dir / ORIGIN_DIR) if rungs else {},
     )
@@ -468,6 +472,7 @@ class Summary:
     player_failover: PlayerFailover | None = None
     dash: PlaybackResult | None = None
     channel: PlaybackResult | None = None
+    abr: PlaybackResult | None = None
     rungs: tuple[RungSummary, ...] = ()
     size_switches: tuple[SizeSwitch, ...] = ()
 
@@ -567,6 +572,7 @@ class Summary:
             },
             "dash": None if self.dash is None else self.dash.to_json(),
             "channel": None if self.channel is None else self.channel.to_json(),
+            "abr": None if self.abr is None else self.abr.to_json(),
             "rungs": [r.to_json() for r in self.rungs],
             "size_switches": [s.to_json() for s in self.size_switches],
         }
@@ -609,6 +615,7 @@ def summarize(run: RunRecord) -> Summary:
         player_failover=run.player_failover,
         dash=run.dash,
         channel=run.channel,
+        abr=run.abr,
         rungs=tuple(
             summarize_rung(rung, v, run.unit_recordings.get(rung)) for rung, v in run.rungs.items()
         ),

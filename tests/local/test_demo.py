@@ -95,6 +95,15 @@ def test_a_parameter_change_out_of_bounds_is_refused(text: str) -> None:
         parse_change(text)
 
 
+def test_the_abr_player_needs_placed_rungs_and_the_origin() -> None:
+    with pytest.raises(ValueError, match="placed rungs"):
+        DemoConfig(abr_link_kbps=300)
+    with pytest.raises(ValueError, match="placed rungs"):
+        DemoConfig(size="320x180", ladder="320x180@400,160x90@200", manager=True, origin=False,
+                   abr_link_kbps=300)  # fmt: skip
+    DemoConfig(size="320x180", ladder="320x180@400,160x90@200", manager=True, abr_link_kbps=300)
+
+
 def test_a_parameter_change_needs_its_time_and_fits_the_run() -> None:
     with pytest.raises(ValueError, match="both"):
         DemoConfig(change="192x108")

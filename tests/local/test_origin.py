@@ -143,6 +143,25 @@ def test_sigterm_from_outside_is_an_outage(origin: OriginProcess) -> None:
     assert put(f"{origin.url}/back.ts", b"back") == 201
 
 
+def test_a_constrained_link_serves_the_same_objects_read_only(tmp_path: Path) -> None:
+    """The second port (``limited_rate``) serves what the origin holds, at most that many bytes
+    a second per response (nginx's ``limit_rate`` in its configuration), and takes no PUT."""
+    with OriginProcess(tmp_path / "root", limited_rate=1_000_000) as origin:
+        assert origin.limited_url is not None and origin.limited_url != origin.url
+        assert "limit_rate 1000000;" in origin.config_path.read_text()
+        put(f"{origin.url}/a.ts", b"stream")
+        assert get(f"{origin.limited_url}/a.ts")[0] == b"stream"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            put(f"{origin.limited_url}/b.ts", b"nope")
+        refused.value.close()
+        assert refused.value.code == 405 and not (origin.root / "b.ts").exists()
+    plain = OriginProcess(tmp_path / "plain")
+    try:
+        assert plain.limited_url is None
+    finally:
+        plain.close()
+
+
 def test_a_missing_binary_says_what_to_install(tmp_path: Path) -> None:
     with pytest.raises(OriginNotInstalledError, match="nginx package"):
         OriginProcess(tmp_path, binary="no-such-nginx-binary")

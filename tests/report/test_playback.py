@@ -96,6 +96,8 @@ def test_rung_switches_of_a_channel_master_are_counted_by_the_rungs_fragments_ca
     assert result.rungs == ("192x108", "96x54") and result.switches == 2
     assert "2 rung switches over 2 rungs" in result.line
     assert json.loads(json.dumps(result.to_json()))["rungs"] == ["192x108", "96x54"]
+    # Every video fragment's rung, in the order loaded: what a player choosing by itself chose.
+    assert result.rung_loads == ("192x108", "192x108", "96x54", "96x54", "192x108", "192x108")
     plain = evaluate(scripted(extra=switched[:2]))
     assert plain.rungs == () and "rung switches" not in plain.line
     # The segment under the playhead replaced by the other rung's copy of it: not a skip.

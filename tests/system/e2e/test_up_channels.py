@@ -42,12 +42,17 @@ pytestmark = pytest.mark.slow
 #: their etcd leases lapsed and the run lost the lock (62 % of segments agreed); at 15 the
 #: same run beside three busy cores stayed locked.
 LADDER = "192x108@250,96x54@100"
+#: The constrained link of the player that chooses rungs by itself: below what the top rung's
+#: CMAF segments carry (video, the source's audio and the container: about 325 kbit/s here),
+#: above the lowest rung's (about 254). The master's BANDWIDTH is a bound, well above both.
+ABR_LINK_KBPS = 290
 RUNGS = [rung.partition("@")[0] for rung in LADDER.split(",")]
 FPS = 15
 UP_ARGS = (
     "--encoders", "4", "--channels", "2", "--ladder", LADDER, "--redundancy", "2",
     "--fps", str(FPS), "--gop", str(FPS), "--registries", "1", "--player",
     "--duration", "40", "--kill-at", "14", "--join-at", "22", "--format", "cmaf",
+    "--abr-link-kbps", str(ABR_LINK_KBPS),
 )  # fmt: skip
 
 
@@ -126,6 +131,13 @@ def test_two_channels_of_placed_rungs_stay_identical_through_a_kill_and_a_join(
     # rung (each from whichever encoders held it then) and switched without a stall.
     switching = summary["channel"]
     assert set(switching["rungs"]) == set(RUNGS) and switching["switches"] >= 2, switching
+    # hls.js on the same master through a 290 kbit/s link, on its own ABR: it plays, and it
+    # spends most of the run on the lowest rung (probing the top one now and then).
+    abr = summary["abr"]
+    print(abr["line"], abr["rung_loads"])
+    assert abr["startup_s"] is not None and abr["fatal_errors"] == 0, abr
+    loads = abr["rung_loads"][3:]
+    assert loads and loads.count(RUNGS[-1]) >= len(loads) / 2, abr["rung_loads"]
 
     # Each channel's master at the origin names every rung, in ladder order, with the codecs
     # its published segments carry (as the rung's own manifest, made from the segments' SPS,
