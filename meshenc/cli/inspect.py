@@ -42,6 +42,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from meshenc.cli.service_options import tls_files, tls_options
 from meshenc.cli.sim import console
+from meshenc.core.parameters import size_name
 from meshenc.report.recorder import Event, Recorder
 from meshenc.v1 import manager_pb2, manager_pb2_grpc, mesh_pb2, mesh_pb2_grpc
 from meshenc.wire.address import parse_address_list
@@ -215,11 +216,11 @@ def status_table(answers: Sequence[Answer], channel: str = "") -> Table:
 def _output(state: mesh_pb2.EncoderState) -> str:
     """The size and bitrate of the segment being encoded, and a change agreed for a later one:
     ``320x180 1500k -> 192x108 400k at 898211677``."""
-    shown = f"{state.width}x{state.height} {state.bitrate_kbps}k"
+    shown = f"{size_name((state.width, state.height))} {state.bitrate_kbps}k"
     if state.HasField("pending_parameters"):
         pending = state.pending_parameters
         shown += (
-            f" -> {pending.width}x{pending.height} {pending.bitrate_kbps}k"
+            f" -> {size_name((pending.width, pending.height))} {pending.bitrate_kbps}k"
             f" at {pending.effective_segment}"
         )
     return shown

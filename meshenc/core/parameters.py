@@ -44,6 +44,7 @@ __all__ = [
     "ParameterSchedule",
     "Parameters",
     "check_size",
+    "size_name",
 ]
 
 #: Picture sizes every part of the system accepts: even sides (yuv420p halves both chroma
@@ -61,6 +62,11 @@ def check_size(width: int, height: int) -> None:
             raise ValueError(f"{name} must be even and in {MIN_SIDE}..{upper}, got {value}")
 
 
+def size_name(size: tuple[int, int]) -> str:
+    """``WIDTHxHEIGHT``, as sizes are written everywhere (a rung's folder, ``--size``)."""
+    return f"{size[0]}x{size[1]}"
+
+
 @dataclass(frozen=True, slots=True)
 class Parameters:
     """What a segment is encoded with: its bitrate and its picture size (None: the size the
@@ -76,7 +82,7 @@ class Parameters:
             check_size(*self.size)
 
     def __str__(self) -> str:
-        size = "the started size" if self.size is None else "{}x{}".format(*self.size)
+        size = "the started size" if self.size is None else size_name(self.size)
         return f"{self.bitrate_kbps} kbit/s at {size}"
 
     @property
@@ -159,9 +165,9 @@ class ParameterSchedule:
         return applies_from
 
     def parameters_for(self, segment: int) -> Parameters:
-        parameters = self._initial
-        for applies_from, change in self._steps:
-            if applies_from > segment:
-                break
-            parameters = change.parameters
-        return parameters
+        # Newest first: the frame path asks for its own segment every frame, which the newest
+        # step usually covers, however many changes came before.
+        for applies_from, change in reversed(self._steps):
+            if applies_from <= segment:
+                return change.parameters
+        return self._initial

@@ -72,7 +72,6 @@ import aiohttp
 import av
 import grpc
 
-from meshenc.core.parameters import check_size
 from meshenc.core.planner.autoscale import ordinal
 from meshenc.core.planner.manager import MeshView, PlannerConfig, plan_mesh
 from meshenc.core.planner.placement import Host
@@ -109,7 +108,7 @@ from meshenc.report.verify import (
 )
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from meshenc.wire.adjacency import EtcdLayout
-from meshenc.wire.validation import MAX_BITRATE_KBPS, MIN_BITRATE_KBPS
+from meshenc.wire.validation import InvalidMessage, validate_set_parameters_request
 from services.common.certs import CertificateSet, make_certificates
 from services.common.etcd import DEFAULT_ETCD_PREFIX, EtcdSettings, connect_client
 from services.common.grpc_server import open_channel
@@ -336,17 +335,20 @@ def parse_change(text: str) -> tuple[int, tuple[int, int] | None]:
         ValueError: anything else, or a size or bitrate out of bounds.
     """
     size_text, _, kbps_text = text.partition("@")
-    if not size_text and not kbps_text:
-        raise ValueError(f"not a change: {text!r} (WIDTHxHEIGHT@KBPS, WIDTHxHEIGHT or @KBPS)")
     size = parse_size(size_text) if size_text else None
-    if size is not None:
-        check_size(*size)
     try:
         kbps = int(kbps_text) if kbps_text else 0
     except ValueError:
         raise ValueError(f"not a bitrate: {kbps_text!r}") from None
-    if kbps_text and not MIN_BITRATE_KBPS <= kbps <= MAX_BITRATE_KBPS:
-        raise ValueError(f"bitrate must be {MIN_BITRATE_KBPS}..{MAX_BITRATE_KBPS} kbit/s")
+    if kbps_text and kbps == 0:
+        raise ValueError("a bitrate of 0 kbit/s is no bitrate")
+    width, height = size or (0, 0)
+    try:  # the bounds an encoder holds the request to
+        validate_set_parameters_request(
+            mesh_pb2.SetParametersRequest(bitrate_kbps=kbps, width=width, height=height)
+        )
+    except (InvalidMessage, ValueError) as exc:
+        raise ValueError(f"not a change: {text!r} ({exc})") from None
     return kbps, size
 
 

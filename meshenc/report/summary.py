@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshenc.core.parameters import size_name
 from meshenc.report.playback import (
     ABR_PLAYER,
     CHANNEL_PLAYER,
@@ -212,7 +213,7 @@ class SizeSwitch:
         """E.g. ``size 192x108 from segment 42 on 3 of 3 encoders``."""
         switched = sum(self.on_time.values())
         return (
-            f"size {self.size[0]}x{self.size[1]} from segment {self.segment} on"
+            f"size {size_name(self.size)} from segment {self.segment} on"
             f" {switched} of {len(self.on_time)} encoders"
         )
 

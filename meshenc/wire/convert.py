@@ -85,6 +85,7 @@ __all__ = [
     "seconds_to_ns",
     "seconds_to_us",
     "segments_to_proto",
+    "size_from_proto",
     "topology_to_proto",
     "us_to_seconds",
     "verdict_to_proto",
@@ -243,8 +244,8 @@ def esp_to_proto(esp: EncodingStatePacket) -> mesh_pb2.EncodingStatePacket:
         locked=esp.locked,
         params_segment=esp.params_segment,
         params_bitrate_kbps=esp.params_bitrate_kbps,
-        params_width=esp.params_size[0] if esp.params_size else 0,
-        params_height=esp.params_size[1] if esp.params_size else 0,
+        params_width=_size_to_proto(esp.params_size)[0],
+        params_height=_size_to_proto(esp.params_size)[1],
         anchor_id=esp.anchor,
         anchor_hops=esp.anchor_hops,
         anchor_offset_ns=seconds_to_ns(esp.anchor_offset),
@@ -301,13 +302,18 @@ def esp_from_proto(msg: mesh_pb2.EncodingStatePacket) -> EncodingStatePacket:
         segment_digest=msg.segment_digest,
         segment_vouched=msg.segment_vouched,
         segment_unit=msg.segment_unit,
-        params_size=_size_from_proto(msg.params_width, msg.params_height),
+        params_size=size_from_proto(msg.params_width, msg.params_height),
     )
 
 
-def _size_from_proto(width: int, height: int) -> tuple[int, int] | None:
-    """A (validated) picture size from the wire: both 0 is None, the started size."""
+def size_from_proto(width: int, height: int) -> tuple[int, int] | None:
+    """A (validated) picture size from the wire: both 0 is None (the started size, or in a
+    request: the size kept)."""
     return (width, height) if width else None
+
+
+def _size_to_proto(size: tuple[int, int] | None) -> tuple[int, int]:
+    return (0, 0) if size is None else size
 
 
 def proposal_to_proto(
@@ -322,8 +328,8 @@ def proposal_to_proto(
         topology_epoch=proposal.topology_epoch,
         effective_segment=proposal.effective_segment,
         bitrate_kbps=proposal.bitrate_kbps,
-        width=proposal.size[0] if proposal.size else 0,
-        height=proposal.size[1] if proposal.size else 0,
+        width=_size_to_proto(proposal.size)[0],
+        height=_size_to_proto(proposal.size)[1],
         trace_context=_trace_to_proto(trace_context),
     )
 
@@ -339,7 +345,7 @@ def proposal_from_proto(msg: mesh_pb2.ResyncProposal) -> ResyncProposal:
         effective_segment=msg.effective_segment,
         bitrate_kbps=msg.bitrate_kbps,
         trace_context=_trace_from_proto(msg.trace_context),
-        size=_size_from_proto(msg.width, msg.height),
+        size=size_from_proto(msg.width, msg.height),
     )
 
 

@@ -76,6 +76,7 @@ from typing import Any, Final, Literal, Protocol
 import grpc
 
 from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
+from meshenc.core.parameters import size_name
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from meshenc.wire import convert
 from meshenc.wire.validation import (
@@ -803,7 +804,7 @@ class _EncoderMeshServicer(mesh_pb2_grpc.EncoderMeshServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         handler, _ = await self._owner._route(request.channel, context, "SetParameters")
         try:
-            size = (request.width, request.height) if request.width else None
+            size = convert.size_from_proto(request.width, request.height)
             proposal_id, segment = handler.set_parameters(request.bitrate_kbps, size)
         except ValueError as exc:
             self._refusals.warning("refused", "SetParameters refused: %s", exc)
@@ -822,7 +823,7 @@ def _asked(bitrate_kbps: int, size: tuple[int, int] | None) -> str:
     """A SetParameters request for the log: what it changes."""
     asked = [f"{bitrate_kbps} kbit/s"] if bitrate_kbps else []
     if size is not None:
-        asked.append("{}x{}".format(*size))
+        asked.append(size_name(size))
     return " at ".join(asked)
 
 

@@ -62,6 +62,7 @@ from meshenc.core.engine import (
     SendProposal,
 )
 from meshenc.core.messages import ResyncProposal, ResyncVote
+from meshenc.core.parameters import size_name
 from meshenc.core.votes import Verdict
 from meshenc.v1 import mesh_pb2
 from services.common.telemetry import (
@@ -812,4 +813,4 @@ def topology_changed(node_id: str, before: frozenset[str], after: frozenset[str]
 
 def _size_attribute(size: tuple[int, int] | None) -> str:
     """A picture size as a span attribute: ``WxH``, or ``started`` for the started size."""
-    return "started" if size is None else f"{size[0]}x{size[1]}"
+    return "started" if size is None else size_name(size)
