@@ -15,6 +15,9 @@
 set -euo pipefail
 
 PY=${PYTHON:-python3}
+# mypyc runs from inside $OUT: a relative interpreter path (the Makefile's .venv/bin/python) would
+# not be found there. Made absolute without resolving links, so a virtualenv stays itself.
+if [[ $PY == */* && $PY != /* ]]; then PY="$PWD/$PY"; fi
 OUT=build/compiled
 # Not meshenc/core/timecode.py: compiled, SegmentLayout.duration gave a float for a Fraction
 # period (mypyc rejects its constrained type variable; written with overloads, it compiled and
