@@ -95,11 +95,15 @@ def _in_own_process(encoders: int, duration_s: float, seed: int) -> SpeedRun:
     """``simulate_once`` in a fresh interpreter that imports only the simulator (this
     module run as a script), so that its peak RSS is this run's and the simulator's alone."""
     command = [sys.executable, "-m", __name__, str(encoders), repr(duration_s), str(seed)]
-    # The same code as this process's, wherever the child starts.
+    # The same code as this process's (the compiled copy's, when this one runs from it),
+    # wherever the child starts: ``-m`` puts the working folder first on the module path, so
+    # the child starts in the code's root, not in a source tree that would shadow the copy.
     root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONPATH": path}
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, env=env, cwd=root
+    )
     if done.returncode != 0:
         raise BenchError(f"{encoders} encoders × {duration_s:g} s failed: {done.stderr.strip()}")
     return SpeedRun(**json.loads(done.stdout))

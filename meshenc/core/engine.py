@@ -1024,7 +1024,7 @@ class SyncEngine:
         for name, nb in self._neighbours.items():
             sequence, sent_at, hold = nb.link.echo(now)
             if sequence:
-                echoed = replace(esp, echo_sequence=sequence, echo_sent_at=sent_at, echo_hold=hold)
+                echoed = esp.echoing(sequence, sent_at, hold)
                 actions.append(SendEsp(echoed, (name,)))
             else:
                 actions.append(SendEsp(esp, (name,)))

@@ -93,6 +93,47 @@ class EncodingStatePacket:
     segment_unit: str = ""
     params_size: tuple[int, int] | None = None
 
+    def echoing(self, sequence: int, sent_at: float, hold: float) -> EncodingStatePacket:
+        """This packet answering a neighbour's ``sequence`` (sent at ``sent_at`` on its clock,
+        held here for ``hold`` s): one construction, where ``dataclasses.replace`` costs
+        several, and the engine echoes to every neighbour every few frames."""
+        return EncodingStatePacket(
+            sender=self.sender,
+            sequence=self.sequence,
+            topology_epoch=self.topology_epoch,
+            timecode=self.timecode,
+            frame_hash=self.frame_hash,
+            fingerprint=self.fingerprint,
+            label=self.label,
+            correction=self.correction,
+            correction_rate=self.correction_rate,
+            encode_latency=self.encode_latency,
+            rtt=self.rtt,
+            jitter=self.jitter,
+            confidence=self.confidence,
+            sent_at=self.sent_at,
+            echo_sequence=sequence,
+            echo_sent_at=sent_at,
+            echo_hold=hold,
+            locked=self.locked,
+            params_segment=self.params_segment,
+            params_bitrate_kbps=self.params_bitrate_kbps,
+            anchor=self.anchor,
+            anchor_hops=self.anchor_hops,
+            anchor_offset=self.anchor_offset,
+            timeline=self.timeline,
+            merge_timeline=self.merge_timeline,
+            merge_hops=self.merge_hops,
+            merge_offset=self.merge_offset,
+            merge_witnesses=self.merge_witnesses,
+            merge_segment=self.merge_segment,
+            written_segment=self.written_segment,
+            segment_digest=self.segment_digest,
+            segment_vouched=self.segment_vouched,
+            segment_unit=self.segment_unit,
+            params_size=self.params_size,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ResyncProposal:
