@@ -101,9 +101,7 @@ def _in_own_process(encoders: int, duration_s: float, seed: int) -> SpeedRun:
     root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONPATH": path}
-    done = subprocess.run(
-        command, capture_output=True, text=True, check=False, env=env, cwd=root
-    )
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env, cwd=root)
     if done.returncode != 0:
         raise BenchError(f"{encoders} encoders × {duration_s:g} s failed: {done.stderr.strip()}")
     return SpeedRun(**json.loads(done.stdout))

@@ -59,6 +59,7 @@ from meshenc.core.engine import (
     Escalate,
     NeighbourSnapshot,
     ParametersAgreed,
+    ProposalWithdrawn,
     SendProposal,
 )
 from meshenc.core.messages import ResyncProposal, ResyncVote
@@ -578,7 +579,7 @@ class EncoderTelemetry:
                     "meshenc.parameters.effective_segment": action.change.effective_segment,
                 },
             )
-        elif isinstance(action, Escalate):
+        elif isinstance(action, Escalate | ProposalWithdrawn):
             outcome = action.outcome
             self._finish(
                 outcome.proposal.proposal_id,
