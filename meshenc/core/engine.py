@@ -145,7 +145,6 @@ __all__ = [
     "ParametersRefused",
     "ParametersRequested",
     "ProposalReceived",
-    "ProposalWithdrawn",
     "SegmentWritten",
     "SendEsp",
     "SendProposal",
@@ -497,14 +496,6 @@ class Escalate:
 
 
 @dataclass(frozen=True, slots=True)
-class ProposalWithdrawn:
-    """This encoder's timing proposal was withdrawn (``Verdict.WITHDRAWN``): a new topology
-    took away voters it needed. Nothing was judged: no escalation, no back-off."""
-
-    outcome: Outcome
-
-
-@dataclass(frozen=True, slots=True)
 class CorrectionApplied:
     """The correction term changed. ``lead`` as in ``PlannedCorrection``."""
 
@@ -542,7 +533,6 @@ Action = (
     | SendProposal
     | SendVote
     | Escalate
-    | ProposalWithdrawn
     | CorrectionApplied
     | ParametersAgreed
     | ParametersRefused
@@ -806,10 +796,6 @@ class SyncEngine:
                 self._report_load(cpu_load, encode_latency)
             case NeighboursChanged(neighbours, epoch):
                 self._set_neighbours(neighbours, epoch)
-                if self._proposals.open_count:
-                    present = frozenset(self._neighbours)
-                    for outcome in self._proposals.withdraw_unreachable(now, present):
-                        self._settle(now, outcome)
             case LeaderChanged(leader):
                 self._leader = leader
             case ParametersRequested():
@@ -1700,12 +1686,6 @@ class SyncEngine:
         if outcome.verdict is Verdict.ACCEPTED:
             self._proposal.on(ProposalSignal.ACCEPTED)
             self._apply(now, plan, outcome.proposal.proposal_id)
-            return
-        if outcome.verdict is Verdict.WITHDRAWN:
-            # Its voters went with the old topology: the next control step judges afresh and
-            # may put the move to the new neighbours, instead of waiting for it to expire.
-            self._proposal.on(ProposalSignal.WITHDRAWN)
-            self._actions.append(ProposalWithdrawn(outcome))
             return
         cfg = self.config
         if not self._lock.locked:

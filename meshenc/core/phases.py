@@ -18,15 +18,13 @@ spread past the relock limit (or set aside too many outliers).
 
 Own proposal (``PROPOSAL_TRANSITIONS``)::
 
-    IDLE --proposed--> VOTING --accepted, withdrawn--> IDLE
+    IDLE --proposed--> VOTING --accepted--> IDLE
      ^                   |
      +--quiet-- BACKING_OFF <--turned down--+
 
 A correction that needs no vote applies without leaving IDLE. While VOTING nothing else
 corrects; BACKING_OFF lasts a retry back-off (shorter while locking in, where turned-down
 moves are routine), and a manager's APPLY verdict on the turned-down plan may still apply it.
-*withdrawn*: voters left before voting and the rest cannot make a majority; nobody judged
-the move, so there is nothing to back off from and the next control step may propose again.
 """
 
 from __future__ import annotations
@@ -106,7 +104,6 @@ class ProposalSignal(enum.Enum):
     PROPOSED = "proposed"
     ACCEPTED = "accepted"
     TURNED_DOWN = "turned down"
-    WITHDRAWN = "withdrawn"
     QUIET = "quiet"
 
 
@@ -114,7 +111,6 @@ PROPOSAL_TRANSITIONS: Final[Mapping[tuple[ProposalPhase, ProposalSignal], Propos
     (ProposalPhase.IDLE, ProposalSignal.PROPOSED): ProposalPhase.VOTING,
     (ProposalPhase.VOTING, ProposalSignal.ACCEPTED): ProposalPhase.IDLE,
     (ProposalPhase.VOTING, ProposalSignal.TURNED_DOWN): ProposalPhase.BACKING_OFF,
-    (ProposalPhase.VOTING, ProposalSignal.WITHDRAWN): ProposalPhase.IDLE,
     (ProposalPhase.BACKING_OFF, ProposalSignal.QUIET): ProposalPhase.IDLE,
 }
 

@@ -10,15 +10,11 @@ proposer's :class:`ProposalBook` counts the votes and decides:
 - ACCEPTED the moment strictly more than half of the electorate has approved;
 - REJECTED the moment a majority can no longer be reached (the rejections alone exceed what
   the electorate can spare);
-- EXPIRED when the deadline passes undecided (:meth:`ProposalBook.expire`);
-- WITHDRAWN when voters who had not voted left the proposer's neighbourhood and those still
-  there can no longer make a majority (:meth:`ProposalBook.withdraw_unreachable`): it could
-  only expire, and the neighbourhood it was put to is gone.
+- EXPIRED when the deadline passes undecided (:meth:`ProposalBook.expire`).
 
 What to do with an outcome is the caller's business: ACCEPTED means apply the correction;
-REJECTED and EXPIRED mean do not apply it and escalate to the Mesh Manager; WITHDRAWN says
-nothing about the correction (nobody judged it), so the proposer may put it to its new
-neighbours at once. The book never applies, sends or escalates anything itself.
+REJECTED and EXPIRED mean do not apply it and escalate to the Mesh Manager. The book never
+applies, sends or escalates anything itself.
 
 Invariants (each holds after every call):
 
@@ -29,9 +25,7 @@ Invariants (each holds after every call):
 3. Each voter counts once: its first vote stands, later ones are ignored as duplicates. A voter
    that could change its mind after seeing how the vote goes could swing it.
 4. The electorate is fixed when the proposal opens. Topology changes during the vote do not
-   change who counts, so nobody can reshape the electorate to get a correction through: a
-   voter that left still counts, as one that will never vote, and a proposal it leaves short
-   of a majority is withdrawn, never passed by the rest.
+   change who counts, so nobody can reshape the electorate to get a correction through.
 5. Given the same set of (first) votes from distinct voters, the verdict does not depend on the
    order they arrive in: approvals and rejections from distinct voters cannot both reach their
    thresholds, since that would take more voters than the electorate has.
@@ -69,8 +63,6 @@ class Verdict(enum.Enum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     EXPIRED = "expired"
-    #: Voters left the neighbourhood before voting, and a majority is out of reach without them.
-    WITHDRAWN = "withdrawn"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,12 +118,6 @@ class _Ballot:
     deadline: float
     approvals: set[str] = field(default_factory=set)
     rejections: set[str] = field(default_factory=set)
-
-    def reachable(self, present: frozenset[str]) -> bool:
-        """Whether a majority can still approve with the votes counted and the outstanding
-        voters that are in ``present``."""
-        outstanding = self.electorate - self.approvals - self.rejections
-        return len(self.approvals) + len(outstanding & present) >= majority(len(self.electorate))
 
     def verdict(self) -> Verdict | None:
         needed = majority(len(self.electorate))
@@ -292,24 +278,6 @@ class ProposalBook:
             ballot = self._open[proposal_id]
             self._close(proposal_id)
             outcomes.append(ballot.outcome(Verdict.EXPIRED, now))
-        return outcomes
-
-    def withdraw_unreachable(self, now: float, present: frozenset[str]) -> list[Outcome]:
-        """Close, as WITHDRAWN, every proposal that can no longer pass because voters who had
-        not voted are not in ``present`` (the proposer's neighbours now); ordered as
-        :meth:`expire` orders. A proposal still within reach stays open: the voters that
-        remain may yet carry it."""
-        _check_time("now", now)
-        due = sorted(
-            (ballot.deadline, proposal_id)
-            for proposal_id, ballot in self._open.items()
-            if not ballot.reachable(present)
-        )
-        outcomes: list[Outcome] = []
-        for _, proposal_id in due:
-            ballot = self._open[proposal_id]
-            self._close(proposal_id)
-            outcomes.append(ballot.outcome(Verdict.WITHDRAWN, now))
         return outcomes
 
     def _ignore(self, reason: str) -> None:

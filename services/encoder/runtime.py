@@ -74,7 +74,6 @@ from meshenc.core.engine import (
     ParametersRefused,
     ParametersRequested,
     ProposalReceived,
-    ProposalWithdrawn,
     SegmentWritten,
     SendEsp,
     SendProposal,
@@ -1159,16 +1158,6 @@ class EncoderRuntime:
                 if action.applies_from == action.change.effective_segment
                 else f", learnt late: here from segment {action.applies_from}",
                 f"proposal {action.proposal_id}" if action.proposal_id else "from a neighbour",
-            )
-        elif isinstance(action, ProposalWithdrawn):
-            outcome = action.outcome
-            self.log.info(
-                "proposal %d withdrawn: a new topology left it short of a majority (approvals"
-                " %s, rejections %s; neighbours now %s)",
-                outcome.proposal.proposal_id,
-                sorted(outcome.approvals),
-                sorted(outcome.rejections),
-                sorted(self.engine.neighbours),
             )
         elif isinstance(action, Escalate):
             self.stats.escalations += 1

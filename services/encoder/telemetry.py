@@ -59,7 +59,6 @@ from meshenc.core.engine import (
     Escalate,
     NeighbourSnapshot,
     ParametersAgreed,
-    ProposalWithdrawn,
     SendProposal,
 )
 from meshenc.core.messages import ResyncProposal, ResyncVote
@@ -579,7 +578,7 @@ class EncoderTelemetry:
                     "meshenc.parameters.effective_segment": action.change.effective_segment,
                 },
             )
-        elif isinstance(action, Escalate | ProposalWithdrawn):
+        elif isinstance(action, Escalate):
             outcome = action.outcome
             self._finish(
                 outcome.proposal.proposal_id,

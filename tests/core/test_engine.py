@@ -19,7 +19,6 @@ from meshenc.core.engine import (
     CorrectionApplied,
     EngineConfig,
     Escalate,
-    ProposalWithdrawn,
     SegmentWritten,
     SendProposal,
     SyncEngine,
@@ -114,10 +113,6 @@ def _run(
 
 def _zero(_: int) -> float:
     return 0.0
-
-
-def _constant(offset: float) -> Callable[[int], float]:
-    return lambda _k: offset
 
 
 def test_emitted_timecodes_stay_continuous_across_clock_jumps() -> None:
@@ -510,49 +505,6 @@ def test_a_rejected_correction_is_escalated_and_not_applied() -> None:
     escalated = [a for a in actions if isinstance(a, Escalate)]
     assert escalated
     assert not [a for a in actions if isinstance(a, CorrectionApplied) and a.proposal_id > 0]
-
-
-def test_a_proposal_whose_voters_leave_is_withdrawn_and_put_to_the_new_neighbours() -> None:
-    """Four of the six voters leave before voting (the manager rewired the mesh: they were
-    killed): the proposal cannot pass, so it is withdrawn at once, neither escalated nor
-    backed off from, and the move goes to the two that stay well within the vote's timeout,
-    where waiting for it to expire would have cost the timeout and a back-off."""
-    names = "abcdef"
-    engine = _engine(list(names))
-    _run(engine, range(120), {n: _zero for n in names})
-    # They moved towards the end of the slot, a and b the furthest: the centre is past the
-    # point where it counts as the next slot, with all six and with a and b alone.
-    behind = {n: _constant((0.65 if n in "ab" else 0.48) * T) for n in names}
-    changed_at = None
-    proposals: list[tuple[float, SendProposal]] = []
-    actions: list[object] = []
-    for k in range(120, 240):
-        now = START + k * T
-        step = _run(engine, range(k, k + 1), behind)
-        actions.extend(step)
-        for proposal in (a for a in step if isinstance(a, SendProposal)):
-            proposals.append((now, proposal))
-            if changed_at is None:
-                engine.neighbours(("a", "b"), epoch=1)
-                behind = {n: behind[n] for n in "ab"}
-                changed_at = now
-                actions.extend(engine.drain())
-            else:
-                for voter in proposal.to:
-                    engine.vote(
-                        now + 0.002,
-                        ResyncVote("me", proposal.proposal.proposal_id, voter, True, 0.0),
-                    )
-                actions.extend(engine.drain())
-    assert changed_at is not None
-    (withdrawn,) = [a for a in actions if isinstance(a, ProposalWithdrawn)]
-    assert withdrawn.outcome.proposal == proposals[0][1].proposal
-    assert not [a for a in actions if isinstance(a, Escalate)]
-    again_at, again = proposals[1]
-    assert set(again.to) == {"a", "b"}
-    assert again_at - changed_at < engine.engine.config.vote_timeout
-    applied = [a for a in actions if isinstance(a, CorrectionApplied) and a.proposal_id > 0]
-    assert applied and applied[0].proposal_id == again.proposal.proposal_id
 
 
 def test_when_all_neighbours_jump_at_once_the_engine_blames_itself() -> None:

@@ -92,11 +92,3 @@ def test_every_proposal_step_is_a_table_entry_or_nothing(
         assert proposal.phase is expected
         if expected is ProposalPhase.BACKING_OFF and before is not expected:
             assert proposal.until == until
-
-
-def test_a_withdrawn_proposal_frees_at_once_without_backing_off() -> None:
-    proposal = ProposalState()
-    proposal.on(ProposalSignal.PROPOSED)
-    proposal.on(ProposalSignal.WITHDRAWN, until=5.0)
-    assert proposal.phase is ProposalPhase.IDLE
-    assert proposal.free(0.0)

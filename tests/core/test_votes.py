@@ -253,51 +253,6 @@ def test_expire_closes_overdue_proposals_in_deadline_order() -> None:
     assert book.expire(2.5) == []
 
 
-FIVE = frozenset({"a", "b", "c", "d", "e"})
-
-
-def test_a_proposal_its_departed_voters_leave_short_of_a_majority_is_withdrawn() -> None:
-    book = _book(FIVE)
-    book.record_vote(10.1, _vote("a", True))
-    # b and c left without voting: a, d and e can still make three approvals.
-    assert book.withdraw_unreachable(10.2, frozenset({"a", "d", "e", "new"})) == []
-    assert book.is_open(1)
-    # d left too: a's approval and e's at most are two of the five, short of three.
-    (outcome,) = book.withdraw_unreachable(10.3, frozenset({"a", "e", "new"}))
-    assert outcome.verdict is Verdict.WITHDRAWN
-    assert outcome.approvals == frozenset({"a"}) and outcome.decided_at == 10.3
-    assert not book.is_open(1)
-    assert book.record_vote(10.4, _vote("e", True)) is None  # counted as closed, not decided
-    assert book.ignored.closed == 1
-
-
-def test_a_voter_that_left_after_voting_still_counts() -> None:
-    """The electorate stays what it was (invariant 4): a vote already cast is not taken back
-    by its voter leaving, and nobody who joined since can vote."""
-    book = _book(FIVE)
-    for voter in "abc"[:2]:
-        book.record_vote(10.1, _vote(voter, True))
-    assert book.withdraw_unreachable(10.2, frozenset({"c", "x", "y"})) == []
-    assert book.record_vote(10.3, _vote("x", True)) is None
-    assert book.ignored.outside_electorate == 1
-    outcome = book.record_vote(10.3, _vote("c", True))
-    assert outcome is not None and outcome.verdict is Verdict.ACCEPTED
-
-
-def test_only_proposals_out_of_reach_are_withdrawn_in_deadline_order() -> None:
-    book = ProposalBook()
-    book.open(0.0, _proposal(5), ABC, 2.0)
-    book.open(0.0, _proposal(3), frozenset({"c", "d", "e"}), 3.0)
-    book.open(0.5, _proposal(4), ABC, 1.0)
-    book.record_vote(0.6, _vote("a", True, proposal_id=5))
-    outcomes = book.withdraw_unreachable(0.7, frozenset({"d", "e"}))
-    assert [(o.proposal.proposal_id, o.verdict) for o in outcomes] == [
-        (4, Verdict.WITHDRAWN),
-        (5, Verdict.WITHDRAWN),
-    ]
-    assert book.is_open(3)
-
-
 def test_next_deadline_is_none_when_nothing_is_open() -> None:
     assert ProposalBook().next_deadline() is None
 

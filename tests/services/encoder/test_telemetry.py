@@ -23,7 +23,6 @@ from meshenc.core.engine import (
     CorrectionApplied,
     EngineConfig,
     Escalate,
-    ProposalWithdrawn,
     SendProposal,
     SyncEngine,
 )
@@ -87,22 +86,16 @@ def test_a_resync_is_one_trace_from_proposal_through_votes_to_the_correction(
     assert parent_id(correct) == span_id(root)
 
 
-def test_rejected_expired_and_withdrawn_resyncs_end_with_their_verdict(
+def test_rejected_and_expired_resyncs_end_with_their_verdict(
     spans: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
     provider, exporter = spans
     a = encoder("a", provider, ("b",))
-    for proposal_id, verdict in (
-        (1, Verdict.REJECTED),
-        (2, Verdict.EXPIRED),
-        (3, Verdict.WITHDRAWN),
-    ):
+    for proposal_id, verdict in ((1, Verdict.REJECTED), (2, Verdict.EXPIRED)):
         proposal = ResyncProposal("a", proposal_id, CorrectionKind.DROP, 0.033, 1)
         a.on_action(SendProposal(proposal, ("b",)))
         outcome = Outcome(proposal, verdict, frozenset(), frozenset({"b"}), 0.0)
-        a.on_action(
-            ProposalWithdrawn(outcome) if verdict is Verdict.WITHDRAWN else Escalate(outcome, 0.02)
-        )
+        a.on_action(Escalate(outcome, 0.02))
     roots = {
         span.attributes["meshenc.resync.proposal_id"]: span
         for span in by_name(exporter.get_finished_spans(), "resync")
@@ -113,9 +106,6 @@ def test_rejected_expired_and_withdrawn_resyncs_end_with_their_verdict(
     assert roots[1].status.status_code is StatusCode.UNSET
     assert roots[2].attributes["meshenc.resync.verdict"] == "expired"
     assert roots[2].status.status_code is StatusCode.ERROR
-    assert roots[3].attributes is not None
-    assert roots[3].attributes["meshenc.resync.verdict"] == "withdrawn"
-    assert roots[3].status.status_code is StatusCode.UNSET
     assert not by_name(exporter.get_finished_spans(), "resync.correct")
 
 
