@@ -46,6 +46,7 @@ from services.common.registry_client import (
     RegistryError,
     next_version,
 )
+from services.common.shutdown import bounded_step
 from services.encoder.manager_link import ManagerLink
 from services.encoder.settings import EncoderSettings, TopologyMode
 from services.encoder.topology_source import (
@@ -276,11 +277,5 @@ class ControlPlane:
 
 
 async def _step(what: str, closing: Awaitable[Any]) -> None:
-    """One step of the stop, given up after ``CLOSE_STEP_TIMEOUT`` with one warning naming it;
-    a step that fails is logged and the stop goes on."""
-    try:
-        await asyncio.wait_for(closing, CLOSE_STEP_TIMEOUT)
-    except TimeoutError:
-        log.warning("stopping: %s took over %g s, left behind", what, CLOSE_STEP_TIMEOUT)
-    except Exception as exc:  # a close that fails must not keep the rest open
-        log.warning("stopping: %s failed: %s", what, exc)
+    """One step of the stop, bounded by ``CLOSE_STEP_TIMEOUT`` (``bounded_step``)."""
+    await bounded_step(what, closing, CLOSE_STEP_TIMEOUT, log)

@@ -52,10 +52,11 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from meshenc.core.clock import VirtualOscillator
 from meshenc.core.election import ElectionConfig, ElectionSnapshot, RankInputs
@@ -93,6 +94,7 @@ from meshenc.v1 import manager_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.adjacency import AdjacencyDocument
 from services.common.log_limit import LimitedLog
+from services.common.shutdown import bounded_step
 from services.encoder.control import ControlPlane, record_health
 from services.encoder.leadership import SegmentLeadership
 from services.encoder.leadership import log as leadership_log
@@ -138,6 +140,10 @@ from services.encoder.settings import EncoderSettings
 from services.encoder.telemetry import EncoderTelemetry
 
 __all__ = ["EncoderRuntime", "ProcessParts", "RunStats"]
+
+STOP_STEP_TIMEOUT = 3.0
+"""Seconds one step of an encoder's stop may take (the gRPC server's one-second grace, a
+thread's two-second join, the output server's last responses) before it is left behind."""
 
 log = logging.getLogger("meshenc.encoder")
 
@@ -739,12 +745,14 @@ class EncoderRuntime:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            # Every step that waits on something else (etcd, a thread, a peer) is bounded
+            # (``_stopping``), so the stop ends within its launcher's grace whatever they do.
             if self.leadership is not None and leadership is not None:
                 # Resign first: the segment fails over at once instead of waiting for a lease.
-                await self.leadership.close()
-                await leadership
+                await self._stopping("resigning the segment leadership", self.leadership.close())
+                await self._stopping("ending the leadership task", leadership)
             if ingest is not None:
-                await asyncio.to_thread(ingest.stop)
+                await self._stopping("stopping the ingest", asyncio.to_thread(ingest.stop))
             for rendition in holdings.opened:
                 started = time.time_ns()
                 self.segments_written(rendition, rendition.writer.finish(), started)
@@ -755,21 +763,25 @@ class EncoderRuntime:
             if self.publisher is not None:
                 await self.publisher.close(grace=2.0)
             if self.output_server is not None:
-                await self.output_server.close()
+                await self._stopping("closing the output server", self.output_server.close())
             self.telemetry.close()
             for rendition in holdings.opened:
                 rendition.close()
             if not self._hosted:
                 await self.control.close()
-            await self.links.close()
+            await self._stopping("closing the mesh links", self.links.close())
             if not self._hosted:
-                await self.server.stop(grace=1.0)
+                await self._stopping("stopping the gRPC server", self.server.stop(grace=1.0))
             self.stats.dropped_esps = sum(self.links.dropped_esps.values())
             if not self._hosted:
                 self.log.info("encoder %s stopped: %s", self.node_id, self.stats)
             else:
                 self.log.info("stopped: %s", self.stats)
         return self.stats
+
+    async def _stopping(self, what: str, step: Awaitable[Any]) -> None:
+        """One step of the stop, bounded by ``STOP_STEP_TIMEOUT`` (``bounded_step``)."""
+        await bounded_step(what, step, STOP_STEP_TIMEOUT, self.log)
 
     def _audio(self, holdings: Holdings, item: IngestedAudio) -> None:
         """One audio packet of the input, passed through into the segments."""
