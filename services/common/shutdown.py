@@ -21,8 +21,8 @@ __all__ = ["bounded_step"]
 
 async def bounded_step(
     what: str, closing: Awaitable[Any], seconds: float, log: logging.Logger
-) -> bool:
-    """Await one step of a stop for at most ``seconds``; whether it ended in time and well.
+) -> None:
+    """Await one step of a stop for at most ``seconds``.
 
     A step that overruns is cancelled and not waited for, with one warning ``stopping: <what>
     took over <seconds> s, left behind``; one that fails is logged with its error. Neither
@@ -35,14 +35,10 @@ async def bounded_step(
         # Retrieved later by nobody: say so now, so asyncio does not log it at exit.
         task.add_done_callback(_forget)
         log.warning("stopping: %s took over %g s, left behind", what, seconds)
-        return False
-    if task.cancelled():
+    elif task.cancelled():
         log.warning("stopping: %s was cancelled", what)
-        return False
-    if (exc := task.exception()) is not None:
+    elif (exc := task.exception()) is not None:
         log.warning("stopping: %s failed: %s", what, exc)
-        return False
-    return True
 
 
 def _forget(task: asyncio.Future[Any]) -> None:

@@ -761,7 +761,7 @@ class EncoderRuntime:
                 await asyncio.sleep(0.5)
                 self._release(final=True)
             if self.publisher is not None:
-                await self.publisher.close(grace=2.0)
+                await self._stopping("closing the publisher", self.publisher.close(grace=2.0))
             if self.output_server is not None:
                 await self._stopping("closing the output server", self.output_server.close())
             self.telemetry.close()
