@@ -158,7 +158,9 @@ def test_one_resync_is_one_trace_across_two_encoders(
             await receiver.stop()
         return receiver, codes
 
-    receiver, codes = asyncio.run(scenario())
+    # Each wait above is bounded (about 70 s in all); this bounds the receiver's start and stop
+    # and the channel's close too, so that the test fails rather than waits.
+    receiver, codes = asyncio.run(asyncio.wait_for(scenario(), 120.0))
     assert codes == [0, 0], _logs(tmp_path)
     spans = receiver.spans
     services = {(s.service, s.instance) for s in spans}
