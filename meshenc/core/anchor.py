@@ -47,6 +47,12 @@ class Anchor:
     hops: int
     offset: float
 
+    # Written out, not generated: compiled by mypyc, see ``meshenc.core.messages``.
+    def __init__(self, node: str, hops: int, offset: float) -> None:
+        object.__setattr__(self, "node", node)
+        object.__setattr__(self, "hops", hops)
+        object.__setattr__(self, "offset", offset)
+
     def via(self, deviation: float) -> Anchor | None:
         """This announcement as seen one link further, by an encoder whose label is
         ``deviation`` seconds after the sender's. None when it has travelled far enough."""

@@ -57,6 +57,11 @@ class SmoothedCapture:
     time: float
     periods: int
 
+    # Written out, not generated: compiled by mypyc, see ``meshenc.core.messages``.
+    def __init__(self, time: float, periods: int) -> None:
+        object.__setattr__(self, "time", time)
+        object.__setattr__(self, "periods", periods)
+
 
 class CaptureSmoother:
     """Kalman fit of a stream of capture timestamps to the source's cadence."""

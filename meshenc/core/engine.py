@@ -320,6 +320,11 @@ class FrameCaptured:
     fingerprint: int
     periods: int | None = None
 
+    # Written out, not generated: compiled by mypyc, see ``meshenc.core.messages``.
+    def __init__(self, fingerprint: int, periods: int | None = None) -> None:
+        object.__setattr__(self, "fingerprint", fingerprint)
+        object.__setattr__(self, "periods", periods)
+
 
 @dataclass(frozen=True, slots=True)
 class FrameEncoded:
@@ -328,12 +333,20 @@ class FrameEncoded:
 
     hashes: tuple[tuple[int, bytes], ...] = ()
 
+    # Written out, not generated: compiled by mypyc, see ``meshenc.core.messages``.
+    def __init__(self, hashes: tuple[tuple[int, bytes], ...] = ()) -> None:
+        object.__setattr__(self, "hashes", hashes)
+
 
 @dataclass(frozen=True, slots=True)
 class EspReceived:
     """A neighbour's Encoding State Packet arrived (ignored unless from a current neighbour)."""
 
     esp: EncodingStatePacket
+
+    # Written out, not generated: compiled by mypyc, see ``meshenc.core.messages``.
+    def __init__(self, esp: EncodingStatePacket) -> None:
+        object.__setattr__(self, "esp", esp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,6 +473,19 @@ class EncodeFrame:
     timecodes: tuple[int, ...]
     parameters: tuple[Parameters, ...]
 
+    # Written out, not generated: compiled by mypyc, see ``meshenc.core.messages``.
+    def __init__(
+        self,
+        fingerprint: int,
+        label: float,
+        timecodes: tuple[int, ...],
+        parameters: tuple[Parameters, ...],
+    ) -> None:
+        object.__setattr__(self, "fingerprint", fingerprint)
+        object.__setattr__(self, "label", label)
+        object.__setattr__(self, "timecodes", timecodes)
+        object.__setattr__(self, "parameters", parameters)
+
 
 @dataclass(frozen=True, slots=True)
 class SendEsp:
@@ -468,6 +494,11 @@ class SendEsp:
 
     esp: EncodingStatePacket
     to: tuple[str, ...]
+
+    # Written out, not generated: compiled by mypyc, see ``meshenc.core.messages``.
+    def __init__(self, esp: EncodingStatePacket, to: tuple[str, ...]) -> None:
+        object.__setattr__(self, "esp", esp)
+        object.__setattr__(self, "to", to)
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,25 @@ class ControlView:
     noise: float = 0.0
     rate_noise: float = 0.0
 
+    # Written out, not generated: compiled by mypyc, see ``meshenc.core.messages``.
+    def __init__(
+        self,
+        now: float,
+        label: float,
+        error: float,
+        error_rate: float,
+        correction_rate: float,
+        noise: float = 0.0,
+        rate_noise: float = 0.0,
+    ) -> None:
+        object.__setattr__(self, "now", now)
+        object.__setattr__(self, "label", label)
+        object.__setattr__(self, "error", error)
+        object.__setattr__(self, "error_rate", error_rate)
+        object.__setattr__(self, "correction_rate", correction_rate)
+        object.__setattr__(self, "noise", noise)
+        object.__setattr__(self, "rate_noise", rate_noise)
+
 
 @dataclass(frozen=True, slots=True)
 class PlannedCorrection:

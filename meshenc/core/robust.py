@@ -34,6 +34,17 @@ class Consensus:
     low: float
     high: float
 
+    # Written out, not generated: compiled by mypyc, see ``meshenc.core.messages``.
+    def __init__(
+        self, mean: float, spread: float, kept: int, set_aside: int, low: float, high: float
+    ) -> None:
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "spread", spread)
+        object.__setattr__(self, "kept", kept)
+        object.__setattr__(self, "set_aside", set_aside)
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+
 
 def consensus(values: Sequence[float], outlier: float) -> Consensus:
     """Mean of the densest group of ``values``: those within ``outlier`` of the value that has
