@@ -8,10 +8,11 @@ integer nanoseconds.
 Written-out ``__init__``s: the frozen dataclasses the simulator builds on every event (the
 ESP here, the engine's events and actions, a few values of the core) spell out the
 ``__init__`` that ``dataclasses`` would generate. mypyc keeps a generated one as interpreted
-Python that stores each field through ``object.__setattr__`` (3.6 µs for an ESP), and compiles
-a written-out one to direct stores (45 ns); pure Python runs both at the same speed, and the
-dataclass stays frozen either way. ``tests/core/test_written_inits.py`` holds every written-out
-``__init__`` to its class's fields.
+Python that stores each field through ``object.__setattr__``, and compiles a written-out one to
+direct stores (a frozen dataclass of 28 fields, compiled: 3.6 µs to build, 45 ns written out);
+pure Python runs both at the same speed, and the dataclass stays frozen either way.
+``tests/core/test_written_inits.py`` holds every written-out ``__init__`` to its class's
+fields.
 """
 
 from __future__ import annotations
