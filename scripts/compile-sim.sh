@@ -19,15 +19,13 @@ PY=${PYTHON:-python3}
 # not be found there. Made absolute without resolving links, so a virtualenv stays itself.
 if [[ $PY == */* && $PY != /* ]]; then PY="$PWD/$PY"; fi
 OUT=build/compiled
-# Not meshenc/core/timecode.py: compiled, SegmentLayout.duration gave a float for a Fraction
-# period (mypyc rejects its constrained type variable; written with overloads, it compiled and
-# returned a float), which tests/core/test_timecode.py catches.
 MODULES=(
   meshenc/core/engine.py meshenc/core/anchor.py meshenc/core/capture.py
   meshenc/core/clock.py meshenc/core/confidence.py meshenc/core/kalman.py
   meshenc/core/link.py meshenc/core/machine.py meshenc/core/messages.py
   meshenc/core/parameters.py meshenc/core/phases.py meshenc/core/policy.py
-  meshenc/core/robust.py meshenc/core/timeline.py meshenc/core/votes.py
+  meshenc/core/robust.py meshenc/core/timecode.py meshenc/core/timeline.py
+  meshenc/core/votes.py
   meshenc/sim/runner.py meshenc/sim/world.py
 )
 

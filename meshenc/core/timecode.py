@@ -17,12 +17,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TypeVar
+from typing import Any, overload
 
 __all__ = ["FrameRate", "SegmentLayout"]
-
-#: A frame period: float seconds (the engine's clock) or an exact Fraction (the muxer's).
-_Period = TypeVar("_Period", float, Fraction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +139,14 @@ class SegmentLayout:
         """Whether ``timecode`` closes its segment (the next slot starts another)."""
         return (timecode + 1) % self.gop == 0
 
-    def duration(self, frame_period: _Period) -> _Period:
+    @overload
+    def duration(self, frame_period: Fraction) -> Fraction: ...
+    @overload
+    def duration(self, frame_period: float) -> float: ...
+    def duration(self, frame_period: Any) -> Any:
         """One segment's length: ``gop`` frame periods, in the period's own type, so float
-        seconds stay float and an exact Fraction stays exact."""
+        seconds stay float (the engine's clock) and an exact Fraction stays exact (the
+        muxer's). Typed ``Any`` inside, not with a constrained type variable: mypyc rejects
+        one, and compiles a ``float`` parameter as a C double, which would turn a Fraction into
+        a float."""
         return self.gop * frame_period
