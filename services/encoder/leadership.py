@@ -89,6 +89,7 @@ from meshenc.core.election import (
 from meshenc.core.machine import Tick
 from services.common.etcd import EtcdSettings, connect_client
 from services.common.retry import Backoff, retrying
+from services.common.waiting import wait_until_set
 
 __all__ = ["Leadership", "SegmentKeys", "connect_client", "decode_act", "decode_leader"]
 
@@ -345,8 +346,7 @@ class Leadership(_ElectionReads):
 
     async def _sleep(self, seconds: float) -> None:
         """Back off, but wake at once when closing."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), seconds)
+        await wait_until_set(self._closing, seconds)
 
     async def close(self, *, resign: bool = True, timeout: float = 2.0) -> None:
         """Stop taking part, and make :meth:`run` return.

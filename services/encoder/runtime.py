@@ -728,8 +728,10 @@ class EncoderRuntime:
                 if not queue.empty():
                     item = queue.get_nowait()
                 elif (wait := min(self._input.next_fill(), finishing_by or math.inf) - now) > 0:
+                    # asyncio.timeout, not wait_for: see services.common.waiting.
                     with contextlib.suppress(TimeoutError):
-                        item = await asyncio.wait_for(queue.get(), timeout=wait)
+                        async with asyncio.timeout(wait):
+                            item = await queue.get()
                 if item is None:
                     if (fill := self._input.fill(time.time())) is not None:
                         self._fill(*fill)

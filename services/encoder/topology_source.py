@@ -47,7 +47,6 @@ ends a source, with an error that names what was refused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -70,6 +69,7 @@ from services.common.log_limit import LimitedLog
 from services.common.registry_client import RegistryClient, RegistryError
 from services.common.retry import Backoff, retrying
 from services.common.streams import Emit, drain
+from services.common.waiting import wait_until_set
 
 __all__ = [
     "EncoderRegistration",
@@ -375,9 +375,7 @@ class EncoderRegistration:
         self.registered.set()
         interval = self.lease_ttl / 3.0
         while not self._closing.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), interval)
-            if self._closing.is_set():
+            if await wait_until_set(self._closing, interval):
                 return
             reply = await self._client.refresh_lease(self._lease)
             if reply is None or reply.TTL <= 0:

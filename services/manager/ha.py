@@ -280,7 +280,9 @@ class EtcdElection:
             await asyncio.sleep(interval)
             sent = self._clock()
             try:
-                reply = await asyncio.wait_for(self._client.refresh_lease(self._lease), interval)
+                # asyncio.timeout, not wait_for: see services.common.waiting.
+                async with asyncio.timeout(interval):
+                    reply = await self._client.refresh_lease(self._lease)
             except (aetcd.exceptions.ClientError, OSError, TimeoutError) as exc:
                 if self._clock() - last_ok >= self.lease_ttl * 2.0 / 3.0:
                     raise LeadershipLost(f"no lease keep-alive for too long ({exc!r})") from exc

@@ -51,6 +51,7 @@ from services.common.kubernetes import connect_api
 from services.common.log_limit import LimitedLog
 from services.common.peer_limits import PeerLimits
 from services.common.tls import TlsFiles, require_identity
+from services.common.waiting import wait_until_set
 from services.manager.actuators import Actuator, ActuatorError
 from services.manager.etcd_actuator import EtcdActuator
 from services.manager.ha import EtcdElection
@@ -312,8 +313,7 @@ async def _follow_election(
 ) -> None:
     """Make the server active exactly while the election says so (retrying a failed takeover)."""
     while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), ELECTION_RETRY)
+        await wait_until_set(changed, ELECTION_RETRY)
         changed.clear()
         wanted = election.is_leader
         if wanted == server.shell.active:

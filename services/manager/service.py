@@ -89,6 +89,7 @@ from meshenc.core.planner.placement import WorkUnit
 from meshenc.v1 import manager_pb2
 from meshenc.wire import convert
 from meshenc.wire.adjacency import AdjacencyDocument, check_unit_id
+from services.common.waiting import wait_until_set
 from services.manager.actuators import (
     Actuator,
     ActuatorError,
@@ -548,8 +549,7 @@ class ManagerShell:
 
     async def _tick_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._tick_interval)
+            await wait_until_set(self._wake, self._tick_interval)
             self._wake.clear()
             try:
                 with planning("tick") as plan:

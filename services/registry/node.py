@@ -96,6 +96,7 @@ from services.common.tls import (
     require_identity,
     require_role,
 )
+from services.common.waiting import wait_until_set
 from services.registry.settings import RegistrySettings
 from services.registry.telemetry import watch_registry
 
@@ -252,8 +253,7 @@ class RegistryNode:
                     self._spawn(self.lookup(action.target))
                 elif isinstance(action, RepublishRecord):
                     self._spawn(self.republish(action.record.value, action.record.remaining(now)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.settings.tick_interval)
+            await wait_until_set(self._stop, self.settings.tick_interval)
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run ``work`` in the background, at most MAX_BACKGROUND at a time."""
