@@ -73,7 +73,8 @@ async def autoscaled(
 
     async def report() -> None:
         while True:
-            for member in shell.members:
+            # As the ReportHealth servicer does: a standby takes no reports.
+            for member in shell.members if shell.active else ():
                 # Epoch 0: no links are expected of these stand-in encoders.
                 shell.report(
                     manager_pb2.HealthReport(
@@ -230,3 +231,22 @@ async def test_a_scale_in_that_keeps_failing_gives_the_work_back_and_scaling_goe
         failing[0] = False
         await until(lambda: replicas(standin) == 2 and shell.members == [pod(0), pod(1)])
         assert shell.scaling.applied == 2 and shell.scaling.error == ""
+
+
+async def test_deactivating_as_a_tick_is_woken_stops_the_ticks_standin(
+    standin: KubernetesStandIn, api: k8s.ApiClient
+) -> None:
+    """A member's arrival or departure wakes the tick loop; ``deactivate`` cancelling it just
+    as it wakes must still end it (with ``asyncio.wait_for`` as its timed wait the
+    cancellation was lost on Python 3.11, and ``deactivate`` waited for ever:
+    ``services.common.waiting``; checked that this test fails so)."""
+    async with autoscaled(standin, api, start=2) as (shell, _, _):
+        shell._wake.set()  # as a member's arrival does, just before the cancellation
+        deactivating = asyncio.create_task(shell.deactivate())
+        done, _ = await asyncio.wait({deactivating}, timeout=5.0)
+        if not done:
+            # Cancelling it cancels the tick task it awaits once more: the test fails, not hangs.
+            deactivating.cancel()
+            await asyncio.wait({deactivating}, timeout=5.0)
+        assert done, "deactivate still waited for the tick loop after 5 s"
+        assert not shell.active
