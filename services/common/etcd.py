@@ -226,7 +226,9 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]
         if self._connected.is_set():
             return
         if self._is_connecting:  # another request is dialling: wait for it, as aetcd does
-            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            # asyncio.timeout, not wait_for: see services.common.waiting.
+            async with asyncio.timeout(self._connect_wait_timeout):
+                await self._connected.wait()
             return
         self._is_connecting = True
         try:

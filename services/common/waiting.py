@@ -6,6 +6,11 @@ task is already done by the time the cancellation is handled, and ``wait_for`` r
 never cancelled. A loop around it then runs on, and whoever awaits the cancelled task waits for
 ever: the manager's tick loop outlived its deactivation so (an autoscaling test held for ten
 minutes). ``asyncio.timeout`` waits in the task itself, so the cancellation always arrives.
+
+The services wait so wherever a lost cancellation would let a task go on: loops, and a wait a
+long-running step follows (a dialer's first Hello, an etcd request's connection), with
+``wait_until_set`` for an event and ``asyncio.timeout`` inline for anything else. A
+``wait_for`` around a close or a final publish stays: its task ends after it either way.
 """
 
 from __future__ import annotations

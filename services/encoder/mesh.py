@@ -723,7 +723,10 @@ class MeshLinks:
             call = _exchange_method(channel)(requests())
             responses = aiter(call)
             try:
-                first = await asyncio.wait_for(anext(responses), self._handshake_timeout)
+                # asyncio.timeout, not wait_for: a dialer cancelled as the Hello arrives must
+                # stop (services.common.waiting).
+                async with asyncio.timeout(self._handshake_timeout):
+                    first = await anext(responses)
             except StopAsyncIteration:
                 raise _LinkFailed("the peer closed the stream before its hello") from None
             except TimeoutError:

@@ -374,9 +374,7 @@ class EncoderRegistration:
         await self._client.put(self.key, self.record.to_json().encode(), lease=self._lease)
         self.registered.set()
         interval = self.lease_ttl / 3.0
-        while not self._closing.is_set():
-            if await wait_until_set(self._closing, interval):
-                return
+        while not await wait_until_set(self._closing, interval):
             reply = await self._client.refresh_lease(self._lease)
             if reply is None or reply.TTL <= 0:
                 self.registered.clear()

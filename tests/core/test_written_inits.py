@@ -28,9 +28,9 @@ _MISSING: Any = dataclasses.MISSING
 @dataclass(frozen=True)
 class _Written:
     cls: type[Any]
-    #: The ``__init__``'s parameters after ``self``: name and default (``_MISSING``: none).
-    parameters: tuple[tuple[str, object], ...]
-    keyword_only: bool
+    #: The ``__init__``'s parameters after ``self``: name, default (``_MISSING``: none) and
+    #: whether it is keyword-only.
+    parameters: tuple[tuple[str, object, bool], ...]
 
 
 def _is_store(statement: ast.stmt) -> bool:
@@ -61,13 +61,13 @@ def _written(module: str, node: ast.ClassDef) -> _Written | None:
             defaults = [_MISSING] * (len(positional) - len(args.defaults)) + [
                 ast.literal_eval(d) for d in args.defaults
             ]
+            parameters = [(a.arg, d, False) for a, d in zip(positional, defaults, strict=True)]
             keyword = [
-                (a.arg, _MISSING if d is None else ast.literal_eval(d))
+                (a.arg, _MISSING if d is None else ast.literal_eval(d), True)
                 for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
             ]
-            parameters = [(a.arg, d) for a, d in zip(positional, defaults, strict=True)]
             cls = getattr(importlib.import_module(module), node.name)
-            return _Written(cls, (*parameters, *keyword), bool(keyword))
+            return _Written(cls, (*parameters, *keyword))
     return None
 
 
@@ -97,10 +97,11 @@ def test_the_hot_messages_are_among_them() -> None:
 
 @pytest.mark.parametrize("written", WRITTEN, ids=_name)
 def test_the_parameters_are_the_fields(written: _Written) -> None:
-    """In order, with the class's defaults, every field given positionally (as generated)."""
+    """In order, with the class's defaults, keyword-only exactly where the field is."""
     fields = [field for field in dataclasses.fields(written.cls) if field.init]
-    assert not any(field.kw_only for field in fields) and not written.keyword_only
-    assert written.parameters == tuple((field.name, field.default) for field in fields)
+    assert written.parameters == tuple(
+        (field.name, field.default, field.kw_only) for field in fields
+    )
 
 
 @pytest.mark.parametrize("written", WRITTEN, ids=_name)
