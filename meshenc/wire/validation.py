@@ -25,6 +25,8 @@ Common
 
 Mesh (``EncoderMesh``)
   - MeshMessage: exactly one body is set, and it is valid.
+  - MeshBatch: 1 to ``MAX_BATCH_MESSAGES`` messages, each an ESP, a proposal or a vote (no
+    Hello, no batch), each valid (named ``batch.messages[i].esp.sequence`` and so on).
   - Hello: ``protocol_version`` >= 1; ``frame_rate`` is set, ``num`` and ``den`` > 0 and
     ``num/den`` within [``MIN_FRAME_RATE``, ``MAX_FRAME_RATE``]; ``gop_length`` within
     [1, ``MAX_GOP_LENGTH``]; ``channel`` empty or a channel name (an id other than ``.`` and
@@ -63,7 +65,8 @@ Mesh (``EncoderMesh``)
     Hello and no later one is; the Hello's sender is not the receiver; every later message
     comes from the Hello's sender (``esp.sender_id``, ``proposal.proposer_id``,
     ``vote.voter_id``); a vote answers a proposal of the receiver; ESP sequences strictly
-    increase.
+    increase. A batch's messages are held to these rules one after another, in order, and a
+    batch only passes whole.
 
 Registry (``Registry``)
   - NodeInfo: ``node_id`` exactly ``NODE_ID_LENGTH`` (20) bytes; ``address`` is
@@ -224,6 +227,9 @@ MAX_CERTIFICATE_BYTES: Final = 4096
 """Longest signer certificate (DER) in a record: a ``meshenc certs`` certificate is about 600
 bytes, an RSA-4096 one with a few names under 2,000; the bound keeps a replica's store small."""
 MAX_NEIGHBOURS: Final = 64
+MAX_BATCH_MESSAGES: Final = 64
+"""Messages one MeshBatch may carry (a neighbour's whole outbox, ESPs and proposals and votes,
+fits in one by default)."""
 """Most neighbours an encoder may report links to, or collect votes from."""
 
 _ID_RE: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_ID_LENGTH}}}")
@@ -650,19 +656,40 @@ def validate_vote(msg: mesh_pb2.ResyncVote) -> None:
 def validate_mesh_message(msg: mesh_pb2.MeshMessage) -> None:
     """Check an Exchange envelope: exactly one body, and that body valid.
 
-    Fields are named from the envelope, e.g. ``esp.sequence``.
+    Fields are named from the envelope, e.g. ``esp.sequence`` or
+    ``batch.messages[2].esp.sequence``.
     """
     body = msg.WhichOneof("body")
     if body is None:
-        raise InvalidMessage("body", "exactly one of hello, esp, proposal, vote must be set")
+        raise InvalidMessage("body", "exactly one of hello, esp, proposal, vote, batch must be set")
     if body == "hello":
         _hello(msg.hello, "hello")
-    elif body == "esp":
-        _esp(msg.esp, "esp")
-    elif body == "proposal":
-        _proposal(msg.proposal, "proposal")
+    elif body == "batch":
+        messages = msg.batch.messages
+        if not 1 <= len(messages) <= MAX_BATCH_MESSAGES:
+            raise InvalidMessage(
+                "batch.messages",
+                f"must hold 1 to {MAX_BATCH_MESSAGES} messages, got {len(messages)}",
+            )
+        for index, item in enumerate(messages):
+            _mesh_item(item, f"batch.messages[{index}]")
     else:
-        _vote(msg.vote, "vote")
+        _mesh_item(msg, "")
+
+
+def _mesh_item(msg: mesh_pb2.MeshMessage, prefix: str) -> None:
+    """One ESP, proposal or vote, alone or in a batch."""
+    body = msg.WhichOneof("body")
+    if body == "esp":
+        _esp(msg.esp, _path(prefix, "esp"))
+    elif body == "proposal":
+        _proposal(msg.proposal, _path(prefix, "proposal"))
+    elif body == "vote":
+        _vote(msg.vote, _path(prefix, "vote"))
+    else:
+        raise InvalidMessage(
+            _path(prefix, "body"), f"must be one of esp, proposal, vote in a batch, got {body}"
+        )
 
 
 def validate_get_state_request(msg: mesh_pb2.GetStateRequest) -> None:
@@ -723,25 +750,38 @@ class ExchangeStreamChecker:
             return
         if body == "hello":
             raise InvalidMessage("body", "only the first message of a stream may be a hello")
+        if body == "batch":
+            # All or nothing: the sequence advances only once every message of it passed.
+            sequence = self._last_sequence
+            for index, item in enumerate(msg.batch.messages):
+                sequence = self._check_item(item, sequence, f"batch.messages[{index}]")
+            self._last_sequence = sequence
+        else:
+            self._last_sequence = self._check_item(msg, self._last_sequence, "")
+
+    def _check_item(self, msg: mesh_pb2.MeshMessage, last_sequence: int, prefix: str) -> int:
+        """The stream rules for one ESP, proposal or vote; returns the newest ESP sequence."""
+        body = msg.WhichOneof("body")
         if body == "esp":
-            self._expect_peer(msg.esp.sender_id, "esp.sender_id")
-            if msg.esp.sequence <= self._last_sequence:
+            self._expect_peer(msg.esp.sender_id, _path(prefix, "esp.sender_id"))
+            if msg.esp.sequence <= last_sequence:
                 raise InvalidMessage(
-                    "esp.sequence",
-                    f"must be greater than the previous ESP's {self._last_sequence}, "
+                    _path(prefix, "esp.sequence"),
+                    f"must be greater than the previous ESP's {last_sequence}, "
                     f"got {msg.esp.sequence}",
                 )
-            self._last_sequence = msg.esp.sequence
-        elif body == "proposal":
-            self._expect_peer(msg.proposal.proposer_id, "proposal.proposer_id")
+            return msg.esp.sequence
+        if body == "proposal":
+            self._expect_peer(msg.proposal.proposer_id, _path(prefix, "proposal.proposer_id"))
         else:
-            self._expect_peer(msg.vote.voter_id, "vote.voter_id")
+            self._expect_peer(msg.vote.voter_id, _path(prefix, "vote.voter_id"))
             if msg.vote.proposer_id != self._local_id:
                 raise InvalidMessage(
-                    "vote.proposer_id",
+                    _path(prefix, "vote.proposer_id"),
                     f"must be the receiver {_show(self._local_id)} (a vote answers the "
                     f"receiver's proposal), got {_show(msg.vote.proposer_id)}",
                 )
+        return last_sequence
 
     def _expect_peer(self, sender: str, field: str) -> None:
         if sender != self._peer_id:

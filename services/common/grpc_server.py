@@ -191,6 +191,8 @@ class GrpcServer:
         tls: serve mutual TLS with these files (client certificates required); plaintext
             when None.
         limits: what one peer may open and send (:class:`PeerLimits`' defaults when None).
+        weigh: how many messages a request counts for against ``limits`` (one that carries
+            several, like a mesh batch, counts each); 1 each when None.
     """
 
     def __init__(
@@ -201,11 +203,12 @@ class GrpcServer:
         options: Sequence[Option] = SERVER_OPTIONS,
         tls: TlsFiles | None = None,
         limits: PeerLimits | None = None,
+        weigh: Callable[[object], int] | None = None,
     ) -> None:
         self._services = dict(services)
         first = [IdentityRequired()] if tls is not None else []
         #: The per-peer limits in force (its ``refused`` counts the refusals).
-        self.limiter = PeerLimiter(limits)
+        self.limiter = PeerLimiter(limits, weigh=weigh)
         self._interceptors = [
             StreamEnd(),
             *first,

@@ -8,8 +8,9 @@ interceptor of every meshenc server, keeps per peer:
   ``WatchTopology``, health ``Watch``, reflection): one more than ``max_streams`` is refused at
   once;
 - a token bucket of request messages (each unary request, each message of a stream, parsable
-  or not): it refills at ``max_messages_per_second`` and holds at most ``BURST_SECONDS`` of
-  them; a message finding it empty ends its call.
+  or not; a request that carries several, like a mesh batch, counts as many as the server's
+  ``weigh`` says): it refills at ``max_messages_per_second`` and holds at most
+  ``BURST_SECONDS`` of them; a message finding it short ends its call.
 
 Either refusal is RESOURCE_EXHAUSTED with one log line per kind every 10 s (``LimitedLog``).
 
@@ -100,10 +101,15 @@ class PeerLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """See the module docstring."""
 
     def __init__(
-        self, limits: PeerLimits | None = None, *, clock: Callable[[], float] = time.monotonic
+        self,
+        limits: PeerLimits | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        weigh: Callable[[object], int] | None = None,
     ) -> None:
         self.limits = limits if limits is not None else PeerLimits()
         self._clock = clock
+        self._weigh = weigh
         self._peers: dict[str, _Peer] = {}
         #: The peer of each open streaming call, by the call's context: a stream's messages
         #: are counted against it without working out who is calling for each of them.
@@ -131,7 +137,7 @@ class PeerLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._log.warning(kind, "refused a call from %s: %s", context.peer(), message)
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
-    async def _take_token(self, _request: Any, context: Any) -> None:
+    async def _take_token(self, request: Any, context: Any) -> None:
         streaming = self._streaming.get(id(context))
         if streaming is not None:
             key, peer = streaming
@@ -144,13 +150,15 @@ class PeerLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             limits.burst, peer.tokens + (now - peer.refilled_at) * limits.max_messages_per_second
         )
         peer.refilled_at = now
-        if peer.tokens < 1.0:
+        # Never more than a full bucket: a request heavier than that would be refused for ever.
+        cost = 1.0 if self._weigh is None else min(float(self._weigh(request)), limits.burst)
+        if peer.tokens < cost:
             await self._refuse(
                 "messages",
                 context,
                 f"{key} sends more than {limits.max_messages_per_second:g} messages/s",
             )
-        peer.tokens -= 1.0
+        peer.tokens -= cost
 
     @contextlib.asynccontextmanager
     async def _stream_slot(self, context: Any) -> AsyncIterator[None]:

@@ -49,6 +49,13 @@ Invariants
   same bytes for every neighbour it names (the runtime sends each frame's ESP so), and the
   streams write queued bytes as they are (``_wire``; the generated stub's and servicer's
   codecs would serialise each message again for each stream).
+- Whatever is queued for a neighbour when its stream can take a write goes out as one write:
+  a ``MeshBatch`` of up to ``MAX_BATCH_MESSAGES``, in queue order (proposals and votes first),
+  to a peer whose Hello says it takes batches (every Hello these links send does); one
+  message per write otherwise. A stream's cost is per gRPC message, not per byte, so a link
+  that fell behind catches up in one write instead of falling further behind; when it keeps
+  up, each message goes alone as before. A received batch is checked whole before any of it
+  is delivered, and counts each of its messages against the peer's limit.
 - At most one live stream per neighbour. Should a second one be accepted (the dialer
   reconnected before this side noticed that the old connection died), the newer replaces the
   older, which is ended.
@@ -80,6 +87,7 @@ from meshenc.core.parameters import size_name
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from meshenc.wire import convert
 from meshenc.wire.validation import (
+    MAX_BATCH_MESSAGES,
     ExchangeStreamChecker,
     InvalidMessage,
     check_channel_name,
@@ -229,6 +237,29 @@ def _hello_problem(
     return None
 
 
+def _own_hello(handler: MeshHandler) -> mesh_pb2.Hello:
+    """This side's Hello: the handler's, saying that the links take batches."""
+    hello = handler.hello()
+    hello.accepts_batches = True
+    return hello
+
+
+def _batch(messages: Sequence[bytes]) -> bytes:
+    """Serialised envelopes (ESPs, proposals, votes) as one serialised batch envelope."""
+    envelope = mesh_pb2.MeshMessage()
+    add = envelope.batch.messages.add
+    for data in messages:
+        add().MergeFromString(data)
+    return envelope.SerializeToString()
+
+
+def batch_weight(request: object) -> int:
+    """What a request counts for against a peer's message limit: a batch its messages."""
+    if isinstance(request, mesh_pb2.MeshMessage) and request.WhichOneof("body") == "batch":
+        return max(1, len(request.batch.messages))
+    return 1
+
+
 def _wire(msg: mesh_pb2.MeshMessage | bytes) -> bytes:
     """A message as an Exchange stream writes it: the queued messages are serialised already
     (once for every neighbour they go to), the Hello not."""
@@ -308,14 +339,16 @@ class _Outbox:
         self._ready.set()
         return True
 
-    def pop(self) -> bytes | None:
-        """The next message to write (proposals and votes first), or None when empty."""
-        if self._control:
-            return self._control.popleft()
-        if self._esps:
-            return self._esps.popleft()
-        self._ready.clear()
-        return None
+    def pop(self, limit: int = 1) -> list[bytes]:
+        """Up to ``limit`` next messages to write (proposals and votes first, each queue in
+        order); empty when there are none."""
+        taken: list[bytes] = []
+        for queue in (self._control, self._esps):
+            while queue and len(taken) < limit:
+                taken.append(queue.popleft())
+        if not taken:
+            self._ready.clear()
+        return taken
 
     def clear_esps(self) -> int:
         """Drop every queued ESP (stale once their stream is gone); returns how many."""
@@ -340,12 +373,14 @@ class _Outbox:
 class _Session:
     """One Exchange stream with a neighbour, past both Hellos."""
 
-    __slots__ = ("aborted", "ended", "error", "outbound", "outbox", "peer_id")
+    __slots__ = ("aborted", "batches", "ended", "error", "outbound", "outbox", "peer_id")
 
-    def __init__(self, peer_id: str, outbox: _Outbox, *, outbound: bool) -> None:
+    def __init__(self, peer_id: str, outbox: _Outbox, *, outbound: bool, batches: bool) -> None:
         self.peer_id = peer_id
         self.outbox = outbox
         self.outbound = outbound
+        #: The peer's Hello said it takes batches: queued messages may go as one write.
+        self.batches = batches
         self.ended = asyncio.Event()
         self.error: InvalidMessage | None = None
         #: A server interceptor ended the call while the reader read (the bytes did not parse,
@@ -421,6 +456,9 @@ class MeshLinks:
         self._closed = False
         #: Messages handed to gRPC for writing, per neighbour.
         self.sent: Counter[str] = Counter()
+        #: gRPC messages written, per neighbour: fewer than ``sent`` where batches carried
+        #: several.
+        self.writes: Counter[str] = Counter()
         #: Valid messages received and dispatched to the handler, per neighbour.
         self.received: Counter[str] = Counter()
         #: ESPs dropped (queue full, or no live stream), per neighbour.
@@ -572,11 +610,14 @@ class MeshLinks:
                 "%d proposals and votes for %r lost with the link", lost, link.peer_id
             )
 
-    def _attach(self, peer_id: str, *, dialer: _Link | None = None) -> _Session | None:
+    def _attach(
+        self, peer_id: str, *, batches: bool, dialer: _Link | None = None
+    ) -> _Session | None:
         """Make a new stream with ``peer_id`` the live one; None if it must not be used.
 
-        A dialer passes its link, which must still be the peer's link; an accepted stream
-        from a handler-approved neighbour not (yet) given to set_peers gets a link of its own.
+        ``batches``: the peer's Hello said it takes batches. A dialer passes its link, which
+        must still be the peer's link; an accepted stream from a handler-approved neighbour
+        not (yet) given to set_peers gets a link of its own.
         """
         if self._closed:
             return None
@@ -585,7 +626,7 @@ class MeshLinks:
             return None
         if link is None:
             link = self._links[peer_id] = _Link(peer_id, self._new_outbox())
-        session = _Session(peer_id, link.outbox, outbound=dialer is not None)
+        session = _Session(peer_id, link.outbox, outbound=dialer is not None, batches=batches)
         old = link.session
         if old is not None:
             self._log.info("link %r: a newer stream replaces the live one", peer_id)
@@ -612,15 +653,20 @@ class MeshLinks:
             self._count_lost(link)
 
     async def _outbound(self, session: _Session) -> AsyncIterator[bytes]:
-        """The messages to write on ``session``'s stream until it ends (Hello not included)."""
+        """The messages to write on ``session``'s stream until it ends (Hello not included):
+        whatever is queued when the stream can take a write, batched when the peer takes
+        batches."""
         outbox = session.outbox
+        peer = session.peer_id
+        limit = MAX_BATCH_MESSAGES if session.batches else 1
         while not session.ended.is_set():
-            msg = outbox.pop()
-            if msg is None:
+            taken = outbox.pop(limit)
+            if not taken:
                 await outbox.wait()
                 continue
-            self.sent[session.peer_id] += 1
-            yield msg
+            self.sent[peer] += len(taken)
+            self.writes[peer] += 1
+            yield taken[0] if len(taken) == 1 else _batch(taken)
 
     async def _consume(
         self,
@@ -653,7 +699,11 @@ class MeshLinks:
             session.end()
 
     def _deliver(self, peer: str, msg: mesh_pb2.MeshMessage) -> None:
-        """Hand one valid message to the handler."""
+        """Hand one valid message (each message of a valid batch, in order) to the handler."""
+        if msg.WhichOneof("body") == "batch":
+            for item in msg.batch.messages:
+                self._deliver(peer, item)
+            return
         self.received[peer] += 1
         body = msg.WhichOneof("body")
         try:
@@ -705,7 +755,7 @@ class MeshLinks:
         peer, address = link.peer_id, link.address
         if address is None:
             raise _LinkFailed("no address")
-        hello = self._handler.hello()
+        hello = _own_hello(self._handler)
         ready = asyncio.Event()
         session: _Session | None = None
 
@@ -743,7 +793,7 @@ class MeshLinks:
             if problem is not None:
                 self._log.warning("link %r at %s: %s: %s", peer, address, *problem)
                 raise _LinkFailed(": ".join(problem))
-            session = self._attach(peer, dialer=link)
+            session = self._attach(peer, batches=first.hello.accepts_batches, dialer=link)
             if session is None:
                 return
             ready.set()
@@ -863,6 +913,7 @@ class MeshServer:
             interceptors=interceptors,
             tls=tls,
             limits=limits,
+            weigh=batch_weight,
         )
         self._sessions: set[_Session] = set()
         self._stopping = False
@@ -994,7 +1045,7 @@ class MeshServer:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{peer!r} is not a neighbour of {self._handler.node_id!r}",
             )
-        hello = handler.hello()
+        hello = _own_hello(handler)
         problem = _hello_problem(first.hello, hello)
         if problem is not None:
             self.refused[peer] += 1
@@ -1002,7 +1053,9 @@ class MeshServer:
                 problem[0], "refused an Exchange from %r: %s: %s", peer, *problem
             )
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, ": ".join(problem))
-        session = None if self._stopping else links._attach(peer)
+        session = (
+            None if self._stopping else links._attach(peer, batches=first.hello.accepts_batches)
+        )
         if session is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the encoder is stopping")
             return

@@ -269,6 +269,10 @@ _NEIGHBOUR_GAUGES: Final[tuple[tuple[str, str, Callable[[NeighbourSnapshot], flo
 )
 _NEIGHBOUR_COUNTERS: Final = {
     "meshenc_mesh_messages_sent_total": "Messages written to each neighbour.",
+    "meshenc_mesh_writes_total": (
+        "gRPC messages written to each neighbour: fewer than the messages where batches carried"
+        " several."
+    ),
     "meshenc_mesh_messages_received_total": "Valid messages received from each neighbour.",
     "meshenc_esp_dropped_total": "ESPs to each neighbour dropped (queue full or no live stream).",
     "meshenc_mesh_control_dropped_total": (
@@ -496,6 +500,9 @@ class _Links(Protocol):
 
     @property
     def sent(self) -> Mapping[str, int]: ...
+
+    @property
+    def writes(self) -> Mapping[str, int]: ...
 
     @property
     def received(self) -> Mapping[str, int]: ...
@@ -770,6 +777,7 @@ class EncoderTelemetry:
             connected=frozenset(p for p in links.peers if links.connected(p)),
             per_neighbour_counts={
                 "meshenc_mesh_messages_sent_total": dict(links.sent),
+                "meshenc_mesh_writes_total": dict(links.writes),
                 "meshenc_mesh_messages_received_total": dict(links.received),
                 "meshenc_esp_dropped_total": dict(links.dropped_esps),
                 "meshenc_mesh_control_dropped_total": dict(links.dropped_control),

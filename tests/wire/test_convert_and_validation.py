@@ -1103,6 +1103,66 @@ def test_stream_state_does_not_open_on_a_rejected_hello() -> None:
     assert _rejected_field(checker.check, _esp_from("enc-1", 1)) == "body"
 
 
+def _batch(*messages: mesh_pb2.MeshMessage) -> mesh_pb2.MeshMessage:
+    return mesh_pb2.MeshMessage(batch=mesh_pb2.MeshBatch(messages=list(messages)))
+
+
+def test_stream_accepts_a_batch_and_holds_its_messages_to_the_stream_rules_in_order() -> None:
+    checker = _opened()
+    checker.check(_esp_from("enc-1", 2))
+    checker.check(
+        _batch(
+            mesh_pb2.MeshMessage(vote=_valid_vote(proposer_id="enc-0", voter_id="enc-1")),
+            _esp_from("enc-1", 3),
+            mesh_pb2.MeshMessage(proposal=_valid_proposal(proposer_id="enc-1")),
+            _esp_from("enc-1", 7),
+        )
+    )
+    assert checker.last_sequence == 7
+    assert _rejected_field(checker.check, _esp_from("enc-1", 7)) == "esp.sequence"
+    many = [_esp_from("enc-1", 8 + i) for i in range(validation.MAX_BATCH_MESSAGES)]
+    checker.check(_batch(*many))
+    assert checker.last_sequence == 7 + validation.MAX_BATCH_MESSAGES
+
+
+@pytest.mark.parametrize(
+    ("batch", "field"),
+    [
+        (_batch(), "batch.messages"),
+        (
+            _batch(*[_esp_from("enc-1", 6 + i) for i in range(validation.MAX_BATCH_MESSAGES + 1)]),
+            "batch.messages",
+        ),
+        (_batch(_esp_from("enc-1", 6), _hello_from("enc-1")), "batch.messages[1].body"),
+        (_batch(_batch(_esp_from("enc-1", 6))), "batch.messages[0].body"),
+        (_batch(mesh_pb2.MeshMessage()), "batch.messages[0].body"),
+        (_batch(_esp_from("enc-1", 6, confidence=2.0)), "batch.messages[0].esp.confidence"),
+        (_batch(_esp_from("enc-1", 6), _esp_from("enc-1", 6)), "batch.messages[1].esp.sequence"),
+        (_batch(_esp_from("enc-1", 5)), "batch.messages[0].esp.sequence"),
+        (_batch(_esp_from("enc-1", 6), _esp_from("enc-2", 7)), "batch.messages[1].esp.sender_id"),
+        (
+            _batch(mesh_pb2.MeshMessage(vote=_valid_vote(proposer_id="enc-3", voter_id="enc-1"))),
+            "batch.messages[0].vote.proposer_id",
+        ),
+        (
+            _batch(mesh_pb2.MeshMessage(proposal=_valid_proposal(proposer_id="enc-2"))),
+            "batch.messages[0].proposal.proposer_id",
+        ),
+    ],
+)
+def test_stream_rejects_a_bad_batch_whole(batch: mesh_pb2.MeshMessage, field: str) -> None:
+    checker = _opened()
+    checker.check(_esp_from("enc-1", 5))
+    assert _rejected_field(checker.check, batch) == field
+    assert checker.last_sequence == 5  # nothing of it counted, its valid first ESPs neither
+    checker.check(_esp_from("enc-1", 6))
+
+
+def test_a_batch_cannot_open_a_stream() -> None:
+    checker = validation.ExchangeStreamChecker("enc-0")
+    assert _rejected_field(checker.check, _batch(_esp_from("enc-1", 1))) == "body"
+
+
 # --- registry validators --------------------------------------------------------------------
 
 

@@ -19,8 +19,12 @@ from services.common.grpc_server import MAX_REQUEST_BYTES, GrpcServer, open_chan
 from services.common.peer_limits import PeerLimits
 
 
-async def serving(limits: PeerLimits, body: Callable[[Any, GrpcServer], Awaitable[None]]) -> None:
-    server = GrpcServer({}, limits=limits)
+async def serving(
+    limits: PeerLimits,
+    body: Callable[[Any, GrpcServer], Awaitable[None]],
+    weigh: Callable[[object], int] | None = None,
+) -> None:
+    server = GrpcServer({}, limits=limits, weigh=weigh)
     port = await server.start("127.0.0.1:0")
     channel = open_channel(f"127.0.0.1:{port}")
     try:
@@ -91,6 +95,26 @@ def test_a_peer_sending_faster_than_its_rate_is_cut_off_then_served_again(
         asyncio.run(serving(limits, body))
     lines = [r for r in caplog.records if "messages/s" in r.getMessage()]
     assert len(lines) == 1  # one line, however many calls were refused
+
+
+def test_a_request_weighs_what_the_server_says_but_never_more_than_a_burst() -> None:
+    """A request that carries many messages (a mesh batch) counts each; one heavier than the
+    whole bucket counts as the whole bucket, so that it is not refused for ever."""
+    weights = {health_pb2.HealthCheckRequest(service="").SerializeToString(): 1000}
+
+    def weigh(request: object) -> int:
+        assert isinstance(request, health_pb2.HealthCheckRequest)
+        return weights.get(request.SerializeToString(), 3)
+
+    async def body(channel: Any, server: GrpcServer) -> None:
+        health = health_pb2_grpc.HealthStub(channel)
+        await health.Check(health_pb2.HealthCheckRequest(), timeout=5)  # takes all 10
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await health.Check(health_pb2.HealthCheckRequest(service="x"), timeout=5)  # 3
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert server.limiter.refused["messages"] == 1
+
+    asyncio.run(serving(PeerLimits(max_messages_per_second=5.0), body, weigh=weigh))
 
 
 def test_a_request_beyond_the_size_limit_is_refused_by_server_and_channel() -> None:

@@ -601,6 +601,109 @@ def test_a_streams_messages_draw_on_its_peers_one_budget() -> None:
     run(main())
 
 
+def batch(*messages: mesh_pb2.MeshMessage) -> mesh_pb2.MeshMessage:
+    return mesh_pb2.MeshMessage(batch=mesh_pb2.MeshBatch(messages=list(messages)))
+
+
+def test_messages_queued_together_go_out_as_one_write_in_order() -> None:
+    """What is queued while a stream cannot write goes out as one batch when it can: fewer
+    gRPC messages under load, every message delivered, proposals first, ESPs in order."""
+
+    async def body(a: Node, b: Node) -> None:
+        for sequence in range(1, 11):  # one turn of the loop: the writer sleeps meanwhile
+            assert a.links.send("b", esp("a", sequence))
+        assert a.links.send("b", proposal("a", 1))
+        await eventually(lambda: len(b.handler.esps) == 10 and len(a.handler.votes) == 1)
+        assert b.handler.esps_from("a") == list(range(1, 11))
+        assert [p.proposal_id for p in b.handler.proposals] == [1]
+        assert (a.links.sent["b"], a.links.writes["b"]) == (11, 1)
+        assert b.links.received["a"] == 11
+        # One at a time, one write each; the vote went back alone.
+        assert a.links.send("b", esp("a", 11))
+        await eventually(lambda: b.handler.esps_from("a")[-1] == 11)
+        assert (a.links.sent["b"], a.links.writes["b"]) == (12, 2)
+        assert (b.links.sent["a"], b.links.writes["a"]) == (1, 1)
+
+    run(with_nodes(full_mesh("a", "b"), body))
+
+
+def test_a_peer_whose_hello_takes_no_batches_gets_one_message_per_write() -> None:
+    async def main() -> None:
+        node = await start_node("s", ["0old"])
+        node.links.set_peers({"0old": "127.0.0.1:1"})  # "0old" < "s": it dials
+        old = RawPeer(node.address)  # its Hello leaves accepts_batches unset
+        try:
+            old.send(mesh_pb2.MeshMessage(hello=hello("0old")))
+            assert (await old.recv()).hello.accepts_batches
+            await eventually(lambda: node.links.connected("0old"))
+            for sequence in range(1, 6):
+                node.links.send("0old", esp("s", sequence))
+            got = [await old.recv() for _ in range(5)]
+            assert [m.WhichOneof("body") for m in got] == ["esp"] * 5
+            assert [m.esp.sequence for m in got] == [1, 2, 3, 4, 5]
+            assert node.links.writes["0old"] == 5
+        finally:
+            await old.close()
+            await stop(node)
+
+    run(main())
+
+
+def test_a_received_batch_is_delivered_in_order_and_a_bad_one_not_at_all() -> None:
+    async def main() -> None:
+        node = await start_node("s", ["0peer"])
+        node.links.set_peers({"0peer": "127.0.0.1:1"})
+        peer = RawPeer(node.address)
+        try:
+            peer.send(mesh_pb2.MeshMessage(hello=hello("0peer")))
+            await peer.recv()
+            peer.send(
+                batch(
+                    esp_message("0peer", 1),
+                    mesh_pb2.MeshMessage(proposal=convert.proposal_to_proto(proposal("0peer", 4))),
+                    esp_message("0peer", 2),
+                )
+            )
+            await eventually(lambda: node.handler.esps_from("0peer") == [1, 2])
+            assert [p.proposal_id for p in node.handler.proposals] == [4]
+            # Valid ESPs before a bad one in the same batch are not delivered either.
+            peer.send(batch(esp_message("0peer", 3), esp_message("0peer", 3)))
+            error = await peer.error()
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.details().startswith("batch.messages[1].esp.sequence:")
+            assert node.handler.esps_from("0peer") == [1, 2]
+            assert node.server.refused["0peer"] == 1
+        finally:
+            await peer.close()
+            await stop(node)
+
+    run(main())
+
+
+def test_each_message_of_a_batch_draws_on_its_peers_budget() -> None:
+    async def main() -> None:
+        handler = FakeHandler("m", ["b"])
+        links = MeshLinks(handler)
+        server = MeshServer(handler, links, limits=PeerLimits(max_messages_per_second=5.0))
+        address = f"127.0.0.1:{await server.start('127.0.0.1:0')}"
+        flood = RawPeer(address)
+        try:
+            flood.send(mesh_pb2.MeshMessage(hello=hello("b")))  # a bucket of 10; 9 left
+            assert (await flood.recv()).hello.sender_id == "m"
+            flood.send(batch(*[esp_message("b", s) for s in range(1, 9)]))  # 8: 1 left
+            await eventually(lambda: len(handler.esps) == 8)
+            flood.send(batch(*[esp_message("b", s) for s in range(9, 12)]))  # 3: refused
+            error = await flood.error()
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert handler.esps_from("b") == list(range(1, 9))
+        finally:
+            await flood.close()
+            await links.close()
+            await server.stop(grace=0.2)
+
+    run(main())
+
+
 def test_a_peer_that_stops_reading_never_blocks_send() -> None:
     async def main() -> None:
         node = await start_node("s", ["0slow"], esp_capacity=8, control_capacity=2)

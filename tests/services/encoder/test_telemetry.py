@@ -215,6 +215,7 @@ def test_the_endpoint_serves_the_encoders_state_as_observed(
 
     links = MeshLinks(Handler())  # type: ignore[arg-type]
     links.sent["b"] += 12
+    links.writes["b"] += 5
     links.dropped_esps["b"] += 3
     a = encoder("a", provider, ("b",))
     stats = RunStats(frames=90, skipped=2, unvouched=5, unconfirmed=2, stalls=1, restored=3)
@@ -225,6 +226,7 @@ def test_the_endpoint_serves_the_encoders_state_as_observed(
     finally:
         server.close()
     assert samples["meshenc_mesh_messages_sent_total"] == {(("neighbour", "b"),): 12.0}
+    assert samples["meshenc_mesh_writes_total"] == {(("neighbour", "b"),): 5.0}
     assert samples["meshenc_esp_dropped_total"] == {(("neighbour", "b"),): 3.0}
     assert samples["meshenc_neighbour_connected"] == {(("neighbour", "b"),): 0.0}
     assert samples["meshenc_frames_total"] == {(): 90.0}
