@@ -18,7 +18,9 @@ relief its copies start to hold their reference for good (``recovered``). The co
 counted from each encoder's start, not per run as ``verify`` judges: an encoder that gave
 up a segment starts a new run there, and its next segments are not exempt here. What each
 encoder logs when it stops adds what ran out: pictures it dropped behind its input, the longest
-its loop was held up, ESPs its links dropped.
+its loop was held up, ESPs its links dropped, and the messages its links sent per gRPC write
+(batches carry several when a link fell behind); summed over the encoders that logged it,
+whose number the table gives (an overload trial's killed encoders log nothing).
 
 Invariants: every process started is stopped however a trial ends (the launcher's; a first
 SIGINT or SIGTERM ends the trial in order and the benchmark after it, a second kills every
@@ -95,11 +97,16 @@ class ScaleTrial:
     missing: int
     #: The longest lock-in of any encoder's run, in segments; None when one never locked.
     locked_after: int | None
-    #: Summed over the encoders: pictures dropped behind the input, ESPs dropped; the longest
-    #: any loop was held up (s). None where no encoder logged its stop line.
+    #: Summed over the encoders that logged their stop line (``reported`` of them; an
+    #: overload trial's killed encoders log none): pictures dropped behind the input, ESPs
+    #: dropped, mesh messages sent and the gRPC writes that carried them; the longest any
+    #: loop was held up (s). None where no encoder logged its stop line.
     skipped: int | None
     dropped_esps: int | None
     longest_hold: float | None
+    mesh_messages: int | None = None
+    mesh_writes: int | None = None
+    reported: int = 0
     #: Per survivor of an overload trial: segments after the relief until its copies hold
     #: their reference for good (None: never, within the run).
     recovered: tuple[int | None, ...] = ()
@@ -120,6 +127,9 @@ class ScaleTrial:
             "skipped_pictures": self.skipped,
             "dropped_esps": self.dropped_esps,
             "longest_hold_s": self.longest_hold,
+            "mesh_messages": self.mesh_messages,
+            "mesh_writes": self.mesh_writes,
+            "stop_lines": self.reported,
             "recovered_after_segments": list(self.recovered),
             "started": self.started_ok,
             "error": self.error,
@@ -286,6 +296,9 @@ async def _run_trial(
         _sum_field(stats, "skipped"),
         _sum_field(stats, "dropped_esps"),
         max(holds) if holds else None,
+        _sum_field(stats, "mesh_messages"),
+        _sum_field(stats, "mesh_writes"),
+        len(stats),
         recovered,
     )
     return trial, stopped
@@ -319,8 +332,10 @@ class ScaleBench:
             f"Real encoder processes at {self.size}, {self.fps} fps, GOP {self.gop}, with etcd,"
             f" {self.registries} registry replica(s) and the manager, {self.duration:g} s a"
             " trial; lock-in: each"
-            f" encoder's first {LOCK_IN_SEGMENTS} segments; recovered: segments after the"
-            " relief until a survivor's copies hold their reference for good (median, worst)",
+            f" encoder's first {LOCK_IN_SEGMENTS} segments; pictures and ESPs dropped and"
+            " messages per write: over the encoders that logged their stop line (stop lines);"
+            " recovered: segments after the relief until a survivor's copies hold their"
+            " reference for good (median, worst)",
             (
                 "encoders",
                 "load (median)",
@@ -331,13 +346,15 @@ class ScaleBench:
                 "pictures dropped",
                 "longest hold-up",
                 "ESPs dropped",
+                "messages / write",
+                "stop lines",
                 "recovered",
             ),
             left={"encoders"},
         )
         for t in self.trials:
             if not t.started_ok:
-                table.add_row(t.plan.name, cell(t.load.median), *(["—"] * 7), "did not start")
+                table.add_row(t.plan.name, cell(t.load.median), *(["—"] * 9), "did not start")
                 continue
             table.add_row(
                 t.plan.name,
@@ -349,9 +366,17 @@ class ScaleBench:
                 cell(t.skipped),
                 "—" if t.longest_hold is None else f"{t.longest_hold:.2f} s",
                 cell(t.dropped_esps),
+                _per_write_cell(t.mesh_messages, t.mesh_writes),
+                str(t.reported),
                 _recovered_cell(t.recovered),
             )
         return table
+
+
+def _per_write_cell(messages: int | None, writes: int | None) -> str:
+    if messages is None or not writes:
+        return "—"
+    return f"{messages / writes:.2f}"
 
 
 def _recovered_cell(recovered: Sequence[int | None]) -> str:

@@ -228,8 +228,9 @@ MAX_CERTIFICATE_BYTES: Final = 4096
 bytes, an RSA-4096 one with a few names under 2,000; the bound keeps a replica's store small."""
 MAX_NEIGHBOURS: Final = 64
 MAX_BATCH_MESSAGES: Final = 64
-"""Messages one MeshBatch may carry (a neighbour's whole outbox, ESPs and proposals and votes,
-fits in one by default)."""
+"""Messages one MeshBatch may carry: a neighbour's whole outbox (32 ESPs, 16 proposals and
+votes) fits in one by default, and 64 of the largest valid messages (a vote with a full trace
+context, about 5 KB) stay far below a request's 1 MiB."""
 """Most neighbours an encoder may report links to, or collect votes from."""
 
 _ID_RE: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_ID_LENGTH}}}")

@@ -210,6 +210,10 @@ class RunStats:
     longest_hold: float = 0.0
     #: ESPs the mesh links dropped (a neighbour's queue full, or no live stream to it).
     dropped_esps: int = 0
+    #: Messages the mesh links sent, and the gRPC writes that carried them (fewer where
+    #: batches carried several: the links had fallen behind).
+    mesh_messages: int = 0
+    mesh_writes: int = 0
 
 
 class EncoderRuntime:
@@ -775,6 +779,8 @@ class EncoderRuntime:
             if not self._hosted:
                 await self._stopping("stopping the gRPC server", self.server.stop(grace=1.0))
             self.stats.dropped_esps = sum(self.links.dropped_esps.values())
+            self.stats.mesh_messages = sum(self.links.sent.values())
+            self.stats.mesh_writes = sum(self.links.writes.values())
             if not self._hosted:
                 self.log.info("encoder %s stopped: %s", self.node_id, self.stats)
             else:

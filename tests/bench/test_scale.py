@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshenc.bench.scale import count_copies, recovered_after
+from meshenc.bench.scale import _stop_stats, count_copies, recovered_after
 from meshenc.report.verify import EncoderOutput, compare
+from services.encoder.runtime import RunStats
 
 
 def _output(name: str, digests: dict[int, str]) -> EncoderOutput:
@@ -48,3 +49,22 @@ def test_copies_are_counted_from_each_encoders_start_not_from_each_run() -> None
     # 9 copies past the first two for e0 and e1; 8 for e2 (13 missing), of which 12 differs
     # (11 is one of its first two).
     assert (copies, matching, missing) == (26, 25, 1)
+
+
+def test_the_stop_line_an_encoder_logs_is_read_field_by_field(tmp_path: Path) -> None:
+    """The bench reads what ran out from the runtime's own stop line (``RunStats``' repr)."""
+    stats = RunStats(frames=1800, skipped=12, dropped_esps=40, mesh_messages=900, mesh_writes=300)
+    log = tmp_path / "e3.log"
+    log.write_text(
+        f"12:00:00 e3 INFO meshenc.encoder: other line\n12:01:00 e3 INFO "
+        f"meshenc.encoder: encoder e3 stopped: {stats}\n"
+    )
+    read = _stop_stats(log)
+    assert read is not None
+    assert {k: read[k] for k in ("skipped", "dropped_esps", "mesh_messages", "mesh_writes")} == {
+        "skipped": "12",
+        "dropped_esps": "40",
+        "mesh_messages": "900",
+        "mesh_writes": "300",
+    }
+    assert _stop_stats(tmp_path / "none.log") is None
