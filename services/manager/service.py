@@ -54,7 +54,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections import Counter
@@ -331,16 +330,24 @@ class ManagerShell:
             self._scaler, self._scale_wanted = None, None
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for handle in self._departures.values():
-            handle.cancel()
-        self._departures.clear()
-        for watcher in list(self._watchers):
-            watcher.queue.put_nowait(None)  # ends the stream; unbounded room for the sentinel
-        if was_active:
-            log.info("standby: no longer driving the mesh")
+        try:
+            for task in tasks:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    # The task's own end is expected; a cancellation of this coroutine is not
+                    # to be swallowed with it (it goes on once the rest is let go).
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+        finally:
+            for handle in self._departures.values():
+                handle.cancel()
+            self._departures.clear()
+            for watcher in list(self._watchers):
+                watcher.queue.put_nowait(None)  # ends the stream; unbounded room for it
+            if was_active:
+                log.info("standby: no longer driving the mesh")
 
     async def close(self) -> None:
         """Deactivate and release the actuator."""

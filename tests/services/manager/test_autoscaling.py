@@ -250,3 +250,40 @@ async def test_deactivating_as_a_tick_is_woken_stops_the_ticks_standin(
             await asyncio.wait({deactivating}, timeout=5.0)
         assert done, "deactivate still waited for the tick loop after 5 s"
         assert not shell.active
+
+
+async def test_a_cancelled_deactivate_is_cancelled_and_still_ends_the_watches_standin(
+    standin: KubernetesStandIn, api: k8s.ApiClient
+) -> None:
+    """``deactivate`` awaits the tasks it cancelled; cancelled itself meanwhile, it must end
+    cancelled (the cancellation was swallowed with the tasks' own, and it went on waiting) and
+    still end the watch streams (checked that this test fails with the cancellation swallowed)."""
+    async with autoscaled(standin, api, start=2) as (shell, _, _):
+        release = asyncio.Event()
+
+        async def slow_to_end() -> None:
+            try:
+                await asyncio.sleep(3600)
+            finally:  # a cleanup that takes a while, like a close over the network
+                async with asyncio.timeout(10):
+                    await release.wait()
+
+        async def follow() -> None:
+            async for _ in shell.watch(0):
+                pass
+
+        slow = asyncio.create_task(slow_to_end())
+        shell._tasks.append(slow)
+        watching = asyncio.create_task(follow())
+        await until(lambda: shell.watchers == 1)
+        deactivating = asyncio.create_task(shell.deactivate())
+        await asyncio.sleep(0.1)  # it waits for the slow task's cleanup now
+        deactivating.cancel()
+        await asyncio.wait({deactivating, watching}, timeout=5.0)
+        try:
+            assert deactivating.cancelled()
+            assert watching.done() and shell.watchers == 0
+            assert not shell.active
+        finally:
+            release.set()
+            await asyncio.wait({slow, deactivating}, timeout=5.0)
