@@ -253,7 +253,7 @@ def _batch(messages: Sequence[bytes]) -> bytes:
     return envelope.SerializeToString()
 
 
-def batch_weight(request: object) -> int:
+def _batch_weight(request: object) -> int:
     """What a request counts for against a peer's message limit: a batch its messages."""
     if isinstance(request, mesh_pb2.MeshMessage) and request.WhichOneof("body") == "batch":
         return max(1, len(request.batch.messages))
@@ -913,7 +913,7 @@ class MeshServer:
             interceptors=interceptors,
             tls=tls,
             limits=limits,
-            weigh=batch_weight,
+            weigh=_batch_weight,
         )
         self._sessions: set[_Session] = set()
         self._stopping = False
