@@ -398,6 +398,7 @@ def run_scale_bench(
     gop: int = 30,
     duration: float = 60.0,
     registries: int = 1,
+    degree_max: int | None = None,
     keep: Path | None = None,
     progress: Progress = quiet,
 ) -> ScaleBench:
@@ -417,6 +418,7 @@ def run_scale_bench(
                 fps=fps,
                 gop=gop,
                 registries=registries,
+                degree_max=degree_max,
                 manager=True,
                 origin=False,
                 player=False,

@@ -33,6 +33,7 @@ from meshenc.bench.strategies import compare_sizes, lockin_at_rates, lockin_swee
 from meshenc.bench.worlds import BROADCAST_RATES
 from meshenc.cli.encoder import encoder as encoder_command
 from meshenc.cli.sim import console
+from meshenc.core.planner.topology import MAX_DEGREE
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
 from meshenc.local.etcd import EtcdNotInstalledError
@@ -707,6 +708,13 @@ def _trials(_ctx: click.Context, _param: click.Parameter, value: str) -> list[sc
 )
 @click.option("--registries", type=click.IntRange(0, 16), default=1, show_default=True)
 @click.option(
+    "--degree-max",
+    type=click.IntRange(2, MAX_DEGREE),
+    default=None,
+    help="The most neighbours the manager gives an encoder (meshenc up --degree-max): fewer "
+    "mesh messages per frame [default: the planner's 3-7].",
+)
+@click.option(
     "--keep",
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep every trial's run folder (segments, logs, report) in this folder.",
@@ -720,6 +728,7 @@ def bench_scale(
     duration: float,
     relief_at: float,
     registries: int,
+    degree_max: int | None,
     keep: Path | None,
     as_json: bool,
     out: Path | None,
@@ -748,6 +757,7 @@ def bench_scale(
         gop=gop,
         duration=duration,
         registries=registries,
+        degree_max=degree_max,
         keep=keep,
         progress=_progress(),
     )

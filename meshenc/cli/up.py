@@ -26,6 +26,7 @@ from rich.text import Text
 
 from meshenc.cli.encoder import encoder as encoder_command
 from meshenc.cli.sim import console as make_console
+from meshenc.core.planner.topology import MAX_DEGREE
 from services.common.tls import TlsFiles
 from services.encoder.media.ladder import parse_ladder, top_rung
 from services.encoder.settings import MAX_CHANNELS, SegmentFormat, parse_size
@@ -216,6 +217,13 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     "plan, fixed from start (the newcomer's neighbours expect it from the beginning).",
 )
 @click.option(
+    "--degree-max",
+    type=click.IntRange(min=2, max=MAX_DEGREE),
+    default=None,
+    help="The most neighbours an encoder gets (the manager's --degree-max, and the static plan"
+    "'s): fewer links, fewer mesh messages per frame [default: the planner's 3-7].",
+)
+@click.option(
     "--autoscale-max",
     type=click.IntRange(min=3, max=64),
     default=None,
@@ -282,6 +290,7 @@ def up(
     change_at: float | None,
     abr_link_kbps: int | None,
     links: str,
+    degree_max: int | None,
     autoscale_max: int | None,
     autoscale_high_water: float,
     autoscale_low_water: float,
@@ -356,6 +365,7 @@ def up(
             abr_link_kbps=abr_link_kbps,
             manager="manager" in commands,
             managed_topology=links == "managed",
+            degree_max=degree_max,
             autoscale_max=autoscale_max,
             autoscale_high_water=autoscale_high_water,
             autoscale_low_water=autoscale_low_water,

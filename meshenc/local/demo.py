@@ -6,15 +6,15 @@ Theory of operation
 ports: encoder ids ``e0``, ``e1``, ..., each with its own injected clock (drifts spread evenly
 over ±``max_drift_ppm`` and shuffled by the seed, so no two are alike; offsets from the same
 seeded generator) and its own path from the live source (a UDP port and a delay line: mean
-delay, jitter and a slow swing, all different), the mesh topology and the encoder groups
-(the Mesh Manager's own planner, :func:`meshenc.core.planner.manager.plan_mesh`: degree 3-7,
-no single point of failure, groups of 5-10), and the timeline: kill -9 of the then segment
-leader at ``kill_at``, a new encoder joining at ``join_at``. By default the Mesh Manager
-plans the links at run time (``meshenc encoder --manager ... --topology etcd``): it rewires
-the mesh around the killed encoder and links the newcomer in. With static links
+delay, jitter and a slow swing, all different), the mesh topology and the encoder groups (the
+Mesh Manager's own planner, :func:`meshenc.core.planner.manager.plan_mesh`: degree 3-7, or at
+most ``degree_max``, no single point of failure, groups of 5-10), and the timeline: kill -9 of
+the then segment leader at ``kill_at``, a new encoder joining at ``join_at``. By default the
+Mesh Manager plans the links at run time (``meshenc encoder --manager ... --topology etcd``): it
+rewires the mesh around the killed encoder and links the newcomer in. With static links
 (``managed_topology=False``, or an installation whose encoders cannot follow the manager) the
-plan's links are passed as ``--peers`` and fixed for the run, so the encoder that joins later
-is planned in from the start: its neighbours list it and keep trying to reach it.
+plan's links are passed as ``--peers`` and fixed for the run, so the encoder that joins later is
+planned in from the start: its neighbours list it and keep trying to reach it.
 
 :class:`DemoRun` carries the plan out, as plain asyncio code:
 
@@ -75,6 +75,7 @@ import grpc
 from meshenc.core.planner.autoscale import ordinal
 from meshenc.core.planner.manager import MeshView, PlannerConfig, plan_mesh
 from meshenc.core.planner.placement import Host
+from meshenc.core.planner.topology import MAX_DEGREE, TopologyConfig
 from meshenc.core.timecode import FrameRate
 from meshenc.local.etcd import EtcdProcess
 from meshenc.local.launcher import (
@@ -207,6 +208,9 @@ class DemoConfig:
     autoscale_high_water: float = 0.75
     autoscale_low_water: float = 0.30
     autoscale_cooldown: float = 30.0
+    #: The most neighbours an encoder gets (``meshenc manager --degree-max``; the static plan
+    #: likewise): fewer links, fewer messages per frame. None: the planner's default bounds.
+    degree_max: int | None = None
     fps: str = "30"
     gop: int = 60
     #: The encoders' video bitrate (``--bitrate-kbps``; a ladder gives each rung its own),
@@ -252,6 +256,8 @@ class DemoConfig:
             raise ValueError(f"with a ladder, size must be its largest rung's, {top}")
         if self.encoders < 2:
             raise ValueError("a mesh needs at least 2 encoders")
+        if self.degree_max is not None and not 2 <= self.degree_max <= MAX_DEGREE:
+            raise ValueError(f"degree_max must be 2..{MAX_DEGREE}, got {self.degree_max}")
         if not 1 <= self.redundancy <= min(self.encoders, 16):
             raise ValueError(
                 f"redundancy must be 1..{min(self.encoders, 16)} (at most the encoders), "
@@ -315,6 +321,14 @@ class DemoConfig:
     def spares(self) -> int:
         """Encoders planned for the autoscaler alone: running at most ``autoscale_max``."""
         return 0 if self.autoscale_max is None else self.autoscale_max - self.encoders
+
+    def planner_config(self) -> PlannerConfig:
+        """The planner's settings for this run: its degree bounds (``degree_max``, the lower
+        bound moved under it where it must be), the rest the defaults."""
+        if self.degree_max is None:
+            return PlannerConfig()
+        low = min(TopologyConfig().min_degree, self.degree_max)
+        return PlannerConfig(topology=TopologyConfig.within(low, self.degree_max))
 
     @property
     def planned_encoders(self) -> int:
@@ -446,7 +460,7 @@ def plan_run(config: DemoConfig, ports: Sequence[int]) -> RunPlan:
     ]
     rng.shuffle(drifts)
     view = MeshView(hosts=tuple(Host(n, 1) for n in names), coordinates={})
-    mesh = plan_mesh(view, None, PlannerConfig(), epoch=1)
+    mesh = plan_mesh(view, None, config.planner_config(), epoch=1)
     adjacency = mesh.topology.adjacency()
     group_of = {member: s.segment_id for s in mesh.segments for member in s.members}
     encoders = tuple(
@@ -832,6 +846,12 @@ class DemoRun:
         # One frame interval: what the encoders' measured capacities and pressure are read
         # against.
         args += ["--frame-budget", f"{1.0 / FrameRate.parse(config.fps).fps:.6f}"]
+        if config.degree_max is not None:
+            topology = config.planner_config().topology
+            args += [
+                "--degree-min", str(topology.min_degree),
+                "--degree-max", str(topology.max_degree),
+            ]  # fmt: skip
         if config.autoscale_max is not None:
             args += [
                 "--autoscale-min", str(config.encoders),

@@ -17,7 +17,7 @@ from meshenc.core.planner import ManagerConfig, PlannerConfig
 from meshenc.core.planner.autoscale import AutoscaleConfig
 from meshenc.core.planner.load import LoadConfig
 from meshenc.core.planner.placement import PlacementConfig, WorkUnit
-from meshenc.core.planner.topology import TopologyConfig
+from meshenc.core.planner.topology import MAX_DEGREE, TopologyConfig
 from meshenc.wire.adjacency import EtcdLayout, check_unit_id
 from services.common.etcd import EtcdSettings
 from services.common.listen import ListenAddress, MetricsListenAddress
@@ -83,8 +83,8 @@ class ManagerSettings(BaseModel):
     autoscale_drain_timeout: Annotated[float, Field(gt=0.0, le=86400.0)] = 120.0
     #: Encode time per frame that counts as a full encoder (1/fps of the encoders).
     frame_budget: Annotated[float, Field(gt=0.0, le=10.0)] = 0.040
-    degree_min: Annotated[int, Field(ge=2, le=64)] = 3
-    degree_max: Annotated[int, Field(ge=2, le=64)] = 7
+    degree_min: Annotated[int, Field(ge=2, le=MAX_DEGREE)] = 3
+    degree_max: Annotated[int, Field(ge=2, le=MAX_DEGREE)] = 7
     #: Seconds without a health report before an encoder is taken out.
     report_timeout: Annotated[float, Field(gt=0.0, le=3600.0)] = 5.0
     #: Seconds an encoder whose health stream ended may take to open a new one.
@@ -161,13 +161,7 @@ class ManagerSettings(BaseModel):
 
     def core_config(self) -> ManagerConfig:
         """The planning core's settings from these flags."""
-        target = min(max(TopologyConfig().target_degree, self.degree_min), self.degree_max)
-        topology = TopologyConfig(
-            min_degree=self.degree_min,
-            max_degree=self.degree_max,
-            target_degree=target,
-            candidates=max(TopologyConfig().candidates, self.degree_max),
-        )
+        topology = TopologyConfig.within(self.degree_min, self.degree_max)
         return ManagerConfig(
             planner=PlannerConfig(
                 topology=topology, placement=PlacementConfig(redundancy=self.redundancy)

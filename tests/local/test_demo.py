@@ -337,3 +337,22 @@ def test_the_manager_s_wish_is_read_only_when_it_is_a_plain_number() -> None:
     assert demo._replicas(b"5") == 5
     for bad in (None, b"", b"-1", b"5.0", b"abc", b"99999"):
         assert demo._replicas(bad) is None
+
+
+@pytest.mark.parametrize("degree_max", [2, 3, 5])
+def test_a_degree_bound_holds_the_static_plan_and_reaches_the_manager(degree_max: int) -> None:
+    """``degree_max`` bounds every encoder's links in the run's own plan and is handed to the
+    manager as ``meshenc manager`` parses it, the lower bound moved under it where it must."""
+    config = DemoConfig(encoders=12, manager=True, degree_max=degree_max)
+    plan = plan_run(config, list(range(22_000, 22_000 + ports_needed(config))))
+    default = plan_run(
+        DemoConfig(encoders=12, manager=True), list(range(22_000, 22_000 + ports_needed(config)))
+    )
+    assert max(len(e.peers) for e in plan.encoders) <= degree_max
+    assert max(len(e.peers) for e in default.encoders) > degree_max  # the bound did the work
+    args = demo.DemoRun(config, plan).manager_args("http://127.0.0.1:2379")
+    params = manager_command.make_context("manager", args[1:]).params
+    assert (params["degree_min"], params["degree_max"]) == (min(3, degree_max), degree_max)
+    assert "--degree-max" not in demo.DemoRun(DemoConfig(manager=True)).manager_args("x")
+    with pytest.raises(ValueError, match=r"degree_max must be 2\.\.64"):
+        DemoConfig(degree_max=1)

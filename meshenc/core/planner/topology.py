@@ -52,12 +52,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 
 from meshenc.core.planner.space import IntArray, LatencySpace
 
 __all__ = [
+    "MAX_DEGREE",
     "EdgeChanges",
     "Topology",
     "TopologyConfig",
@@ -72,6 +74,8 @@ __all__ = [
 Pair = tuple[str, str]
 IndexPair = tuple[int, int]
 
+MAX_DEGREE: Final = 64
+"""The most neighbours an operator may allow an encoder (``--degree-max``)."""
 _MAX_INSERTIONS = 64
 """Joiners inserted one by one; more than this are chained along the curve and spliced."""
 
@@ -125,6 +129,22 @@ class TopologyConfig:
             raise ValueError(
                 f"candidates ({self.candidates}) must be >= max_degree ({self.max_degree})"
             )
+
+    @classmethod
+    def within(cls, min_degree: int, max_degree: int) -> TopologyConfig:
+        """The default settings with every degree held to [``min_degree``, ``max_degree``]
+        (an operator's bounds): the target moved inside them, enough candidates considered.
+
+        Raises:
+            ValueError: the bounds are not 2 <= min_degree <= max_degree.
+        """
+        default = cls()
+        return cls(
+            min_degree=min_degree,
+            max_degree=max_degree,
+            target_degree=min(max(default.target_degree, min_degree), max_degree),
+            candidates=max(default.candidates, max_degree),
+        )
 
 
 @dataclass(frozen=True, slots=True)

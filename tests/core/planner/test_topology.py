@@ -281,3 +281,21 @@ def test_all_pairs_small_mesh_is_complete() -> None:
     ids = encoder_ids(4)
     plan = plan_mesh(view(ids, 1), None, PlannerConfig(), epoch=1)
     assert plan.topology.edges == {pair(a, b) for a, b in itertools.combinations(ids, 2)}
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "target", "candidates"),
+    [(3, 7, 4, 12), (3, 3, 3, 12), (2, 2, 2, 12), (5, 20, 5, 20), (2, 3, 3, 12)],
+)
+def test_operator_bounds_move_the_target_inside_them(
+    low: int, high: int, target: int, candidates: int
+) -> None:
+    config = TopologyConfig.within(low, high)
+    assert (config.min_degree, config.max_degree) == (low, high)
+    assert (config.target_degree, config.candidates) == (target, candidates)
+    assert config.churn_limit == TopologyConfig().churn_limit
+
+
+def test_operator_bounds_upside_down_are_refused() -> None:
+    with pytest.raises(ValueError, match="degrees must satisfy"):
+        TopologyConfig.within(4, 3)
