@@ -9,6 +9,7 @@ a bare Exchange call driven message by message. Each test runs its own event loo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -568,35 +569,46 @@ def test_malformed_messages_end_only_their_stream() -> None:
     run(main())
 
 
+@contextlib.asynccontextmanager
+async def limited_server(messages_per_second: float) -> AsyncIterator[tuple[FakeHandler, str]]:
+    """Node "m" (neighbour "b") serving with that per-peer message limit; its handler and
+    address."""
+    handler = FakeHandler("m", ["b"])
+    links = MeshLinks(handler)
+    server = MeshServer(
+        handler, links, limits=PeerLimits(max_messages_per_second=messages_per_second)
+    )
+    try:
+        yield handler, f"127.0.0.1:{await server.start('127.0.0.1:0')}"
+    finally:
+        await links.close()
+        await server.stop(grace=0.2)
+
+
 def test_a_streams_messages_draw_on_its_peers_one_budget() -> None:
     """The limiter finds a stream's peer once, when it opens: the stream's messages and the
     peer's other calls still share one budget."""
 
     async def main() -> None:
-        handler = FakeHandler("m", ["b"])
-        links = MeshLinks(handler)
-        server = MeshServer(handler, links, limits=PeerLimits(max_messages_per_second=1.0))
-        address = f"127.0.0.1:{await server.start('127.0.0.1:0')}"
-        flood = RawPeer(address)
-        channel = grpc.aio.insecure_channel(address)
-        try:
-            flood.send(mesh_pb2.MeshMessage(hello=hello("b")))
-            assert (await flood.recv()).hello.sender_id == "m"
-            for sequence in range(1, 11):  # a bucket holds 2 messages, refilled at 1 a second
-                flood.send(esp_message("b", sequence))
-            error = await flood.error()
-            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert handler.esps_from("b") == [1]  # the Hello took the first message's room
-            with pytest.raises(grpc.aio.AioRpcError) as refused:  # the same, emptied budget
-                await mesh_pb2_grpc.EncoderMeshStub(channel).GetState(
-                    mesh_pb2.GetStateRequest(), timeout=5
-                )
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        finally:
-            await flood.close()
-            await channel.close()
-            await links.close()
-            await server.stop(grace=0.2)
+        async with limited_server(1.0) as (handler, address):
+            flood = RawPeer(address)
+            channel = grpc.aio.insecure_channel(address)
+            try:
+                flood.send(mesh_pb2.MeshMessage(hello=hello("b")))
+                assert (await flood.recv()).hello.sender_id == "m"
+                for sequence in range(1, 11):  # a bucket holds 2 messages, refilled at 1 a second
+                    flood.send(esp_message("b", sequence))
+                error = await flood.error()
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert handler.esps_from("b") == [1]  # the Hello took the first message's room
+                with pytest.raises(grpc.aio.AioRpcError) as refused:  # the same, emptied budget
+                    await mesh_pb2_grpc.EncoderMeshStub(channel).GetState(
+                        mesh_pb2.GetStateRequest(), timeout=5
+                    )
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            finally:
+                await flood.close()
+                await channel.close()
 
     run(main())
 
@@ -627,36 +639,42 @@ def test_messages_queued_together_go_out_as_one_write_in_order() -> None:
     run(with_nodes(full_mesh("a", "b"), body))
 
 
+@contextlib.asynccontextmanager
+async def dialed_by_raw_peer(
+    node_id: str, peer_id: str
+) -> AsyncIterator[tuple[Node, RawPeer, mesh_pb2.Hello]]:
+    """A node and a bare Exchange call from ``peer_id`` (a smaller id: the node expects it to
+    dial), past both Hellos (the peer's takes no batches); the node's Hello with them."""
+    node = await start_node(node_id, [peer_id])
+    node.links.set_peers({peer_id: "127.0.0.1:1"})
+    peer = RawPeer(node.address)
+    try:
+        peer.send(mesh_pb2.MeshMessage(hello=hello(peer_id)))
+        answer = (await peer.recv()).hello
+        await eventually(lambda: node.links.connected(peer_id))
+        yield node, peer, answer
+    finally:
+        await peer.close()
+        await stop(node)
+
+
 def test_a_peer_whose_hello_takes_no_batches_gets_one_message_per_write() -> None:
     async def main() -> None:
-        node = await start_node("s", ["0old"])
-        node.links.set_peers({"0old": "127.0.0.1:1"})  # "0old" < "s": it dials
-        old = RawPeer(node.address)  # its Hello leaves accepts_batches unset
-        try:
-            old.send(mesh_pb2.MeshMessage(hello=hello("0old")))
-            assert (await old.recv()).hello.accepts_batches
-            await eventually(lambda: node.links.connected("0old"))
+        async with dialed_by_raw_peer("s", "0old") as (node, old, answer):
+            assert answer.accepts_batches
             for sequence in range(1, 6):
                 node.links.send("0old", esp("s", sequence))
             got = [await old.recv() for _ in range(5)]
             assert [m.WhichOneof("body") for m in got] == ["esp"] * 5
             assert [m.esp.sequence for m in got] == [1, 2, 3, 4, 5]
             assert node.links.writes["0old"] == 5
-        finally:
-            await old.close()
-            await stop(node)
 
     run(main())
 
 
 def test_a_received_batch_is_delivered_in_order_and_a_bad_one_not_at_all() -> None:
     async def main() -> None:
-        node = await start_node("s", ["0peer"])
-        node.links.set_peers({"0peer": "127.0.0.1:1"})
-        peer = RawPeer(node.address)
-        try:
-            peer.send(mesh_pb2.MeshMessage(hello=hello("0peer")))
-            await peer.recv()
+        async with dialed_by_raw_peer("s", "0peer") as (node, peer, _):
             peer.send(
                 batch(
                     esp_message("0peer", 1),
@@ -673,33 +691,25 @@ def test_a_received_batch_is_delivered_in_order_and_a_bad_one_not_at_all() -> No
             assert error.details().startswith("batch.messages[1].esp.sequence:")
             assert node.handler.esps_from("0peer") == [1, 2]
             assert node.server.refused["0peer"] == 1
-        finally:
-            await peer.close()
-            await stop(node)
 
     run(main())
 
 
 def test_each_message_of_a_batch_draws_on_its_peers_budget() -> None:
     async def main() -> None:
-        handler = FakeHandler("m", ["b"])
-        links = MeshLinks(handler)
-        server = MeshServer(handler, links, limits=PeerLimits(max_messages_per_second=5.0))
-        address = f"127.0.0.1:{await server.start('127.0.0.1:0')}"
-        flood = RawPeer(address)
-        try:
-            flood.send(mesh_pb2.MeshMessage(hello=hello("b")))  # a bucket of 10; 9 left
-            assert (await flood.recv()).hello.sender_id == "m"
-            flood.send(batch(*[esp_message("b", s) for s in range(1, 9)]))  # 8: 1 left
-            await eventually(lambda: len(handler.esps) == 8)
-            flood.send(batch(*[esp_message("b", s) for s in range(9, 12)]))  # 3: refused
-            error = await flood.error()
-            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert handler.esps_from("b") == list(range(1, 9))
-        finally:
-            await flood.close()
-            await links.close()
-            await server.stop(grace=0.2)
+        async with limited_server(5.0) as (handler, address):
+            flood = RawPeer(address)
+            try:
+                flood.send(mesh_pb2.MeshMessage(hello=hello("b")))  # a bucket of 10; 9 left
+                assert (await flood.recv()).hello.sender_id == "m"
+                flood.send(batch(*[esp_message("b", s) for s in range(1, 9)]))  # 8: 1 left
+                await eventually(lambda: len(handler.esps) == 8)
+                flood.send(batch(*[esp_message("b", s) for s in range(9, 12)]))  # 3: refused
+                error = await flood.error()
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert handler.esps_from("b") == list(range(1, 9))
+            finally:
+                await flood.close()
 
     run(main())
 
