@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from meshenc.wire.address import parse_address
 from meshenc.wire.adjacency import EtcdLayout
-from services.common.grpc_server import CHANNEL_OPTIONS, MIN_CONNECT_TIMEOUT_MS
+from services.common.grpc_server import CHANNEL_OPTIONS
 
 __all__ = [
     "DEFAULT_ETCD_PREFIX",
@@ -281,7 +281,7 @@ def connect_client(
         username=settings.user,
         password=settings.password,
         timeout=timeout,
-        options={**dict(CHANNEL_OPTIONS), "grpc.min_reconnect_backoff_ms": MIN_CONNECT_TIMEOUT_MS},
+        options=dict(CHANNEL_OPTIONS),
     )
 
 

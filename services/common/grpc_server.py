@@ -114,10 +114,14 @@ SERVER_OPTIONS: Final[tuple[Option, ...]] = (
 """Options of every meshenc server (``grpc.aio.server(options=...)``)."""
 
 MIN_CONNECT_TIMEOUT_MS: Final = 2_000
-"""How long one connection attempt to etcd may take at least (``grpc.min_reconnect_backoff_ms``,
-which gRPC also takes as the shortest connection attempt): at 100 ms, an etcd 150 ms away (a
-TCP and HTTP/2 handshake need a round trip or more) was never reached, since every new channel
-started over at 100 ms (measured: encoders never held a session, no leader was elected)."""
+"""How long one connection attempt may take at least (``grpc.min_reconnect_backoff_ms``, which
+gRPC also takes as the shortest connection attempt), on every channel: a TCP and HTTP/2
+handshake needs a round trip or more, and at 100 ms a server far enough away was never
+reached, since every new channel started over at 100 ms. Measured twice: an etcd 150 ms away
+(encoders never held a session, no leader was elected), and mesh links over bridges of 120
+and 150 ms one way (``meshenc bench regions``' world: two of its six bridges never came up,
+``connection attempt timed out before receiving SETTINGS frame``). A refused connection still
+fails at once; the reconnect backoff still starts at 100 ms."""
 
 CHANNEL_OPTIONS: Final[tuple[Option, ...]] = (
     ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_TIME_MS),
@@ -125,9 +129,9 @@ CHANNEL_OPTIONS: Final[tuple[Option, ...]] = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),
-    # gRPC also takes this as the shortest time one connection attempt may take; see
-    # MIN_CONNECT_TIMEOUT_MS for channels to servers that may be far away.
-    ("grpc.min_reconnect_backoff_ms", 100),
+    # gRPC also takes this as the shortest time one connection attempt may take: servers may
+    # be far away (MIN_CONNECT_TIMEOUT_MS).
+    ("grpc.min_reconnect_backoff_ms", MIN_CONNECT_TIMEOUT_MS),
     ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
 )
 """Options of every channel (to a meshenc server, and to etcd); they match

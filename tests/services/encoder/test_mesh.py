@@ -30,6 +30,7 @@ from meshenc.core.messages import (
     ResyncProposal,
     ResyncVote,
 )
+from meshenc.local.relay import DelayRelay
 from meshenc.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc
 from meshenc.wire import convert
 from services.common.grpc_server import (
@@ -712,6 +713,29 @@ def test_each_message_of_a_batch_draws_on_its_peers_budget() -> None:
                 await flood.close()
 
     run(main())
+
+
+def test_a_link_to_a_neighbour_far_away_comes_up() -> None:
+    """A neighbour 150 ms away each way (a ``DelayRelay``): the TCP and HTTP/2 handshake takes
+    longer than 100 ms, and with gRPC's shortest connection attempt at 100 ms the dialer timed
+    out before the SETTINGS frame every time and the link never came up
+    (``MIN_CONNECT_TIMEOUT_MS``; checked that this test fails so)."""
+
+    async def main() -> None:
+        a = await start_node("a", ["b"])
+        b = await start_node("b", ["a"])
+        with DelayRelay(("127.0.0.1", b.port), 0.15) as relay:
+            relay.start()
+            try:
+                a.links.set_peers({"b": f"127.0.0.1:{relay.port}"})  # "a" < "b": a dials
+                b.links.set_peers({"a": a.address})
+                await eventually(lambda: a.links.connected("b"), timeout=10.0)
+                assert a.links.send("b", esp("a", 1))
+                await eventually(lambda: b.handler.esps_from("a") == [1])
+            finally:
+                await stop(a, b)
+
+    run(main(), timeout=30.0)
 
 
 def test_a_peer_that_stops_reading_never_blocks_send() -> None:
