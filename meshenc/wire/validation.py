@@ -108,6 +108,7 @@ from typing import Final
 from meshenc.core.anchor import MAX_HOPS
 from meshenc.core.parameters import check_size
 from meshenc.core.planner.load import MAX_UNITS_PER_ENCODER
+from meshenc.core.planner.topology import MAX_DEGREE
 from meshenc.core.timeline import MAX_WITNESSES
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2, registry_pb2
 from meshenc.wire.address import MAX_HOST_LENGTH, parse_address
@@ -226,7 +227,9 @@ takes at most 72."""
 MAX_CERTIFICATE_BYTES: Final = 4096
 """Longest signer certificate (DER) in a record: a ``meshenc certs`` certificate is about 600
 bytes, an RSA-4096 one with a few names under 2,000; the bound keeps a replica's store small."""
-MAX_NEIGHBOURS: Final = 64
+MAX_NEIGHBOURS: Final = MAX_DEGREE
+"""Links one health report or escalation may name: the most neighbours an operator may let the
+planner give an encoder."""
 MAX_BATCH_MESSAGES: Final = 64
 """Messages one MeshBatch may carry: a neighbour's whole outbox (32 ESPs, 16 proposals and
 votes) fits in one by default, and 64 of the largest valid messages (a vote with a full trace
@@ -673,14 +676,13 @@ def validate_mesh_message(msg: mesh_pb2.MeshMessage) -> None:
                 f"must hold 1 to {MAX_BATCH_MESSAGES} messages, got {len(messages)}",
             )
         for index, item in enumerate(messages):
-            _mesh_item(item, f"batch.messages[{index}]")
+            _mesh_item(item, item.WhichOneof("body"), f"batch.messages[{index}]")
     else:
-        _mesh_item(msg, "")
+        _mesh_item(msg, body, "")
 
 
-def _mesh_item(msg: mesh_pb2.MeshMessage, prefix: str) -> None:
-    """One ESP, proposal or vote, alone or in a batch."""
-    body = msg.WhichOneof("body")
+def _mesh_item(msg: mesh_pb2.MeshMessage, body: str | None, prefix: str) -> None:
+    """One ESP, proposal or vote (``body``), alone or in a batch."""
     if body == "esp":
         _esp(msg.esp, _path(prefix, "esp"))
     elif body == "proposal":
@@ -755,14 +757,18 @@ class ExchangeStreamChecker:
             # All or nothing: the sequence advances only once every message of it passed.
             sequence = self._last_sequence
             for index, item in enumerate(msg.batch.messages):
-                sequence = self._check_item(item, sequence, f"batch.messages[{index}]")
+                sequence = self._check_item(
+                    item, item.WhichOneof("body"), sequence, f"batch.messages[{index}]"
+                )
             self._last_sequence = sequence
         else:
-            self._last_sequence = self._check_item(msg, self._last_sequence, "")
+            self._last_sequence = self._check_item(msg, body, self._last_sequence, "")
 
-    def _check_item(self, msg: mesh_pb2.MeshMessage, last_sequence: int, prefix: str) -> int:
-        """The stream rules for one ESP, proposal or vote; returns the newest ESP sequence."""
-        body = msg.WhichOneof("body")
+    def _check_item(
+        self, msg: mesh_pb2.MeshMessage, body: str | None, last_sequence: int, prefix: str
+    ) -> int:
+        """The stream rules for one ESP, proposal or vote (``body``, already validated);
+        returns the newest ESP sequence."""
         if body == "esp":
             self._expect_peer(msg.esp.sender_id, _path(prefix, "esp.sender_id"))
             if msg.esp.sequence <= last_sequence:

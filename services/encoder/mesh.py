@@ -700,12 +700,12 @@ class MeshLinks:
 
     def _deliver(self, peer: str, msg: mesh_pb2.MeshMessage) -> None:
         """Hand one valid message (each message of a valid batch, in order) to the handler."""
-        if msg.WhichOneof("body") == "batch":
+        body = msg.WhichOneof("body")
+        if body == "batch":
             for item in msg.batch.messages:
                 self._deliver(peer, item)
             return
         self.received[peer] += 1
-        body = msg.WhichOneof("body")
         try:
             if body == "esp":
                 self._handler.on_esp(convert.esp_from_proto(msg.esp))
