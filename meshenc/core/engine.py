@@ -33,11 +33,13 @@ error ``E``:
   locked into adjacent slots come to one anchor. A locked encoder counts only the neighbours that
   say (in their ESPs) they are locked too, when any do: a newcomer still locking in comes to
   the mesh instead of unlocking it (while the locked are more than the others).
-- *two timelines*: a locked encoder names its timeline (``meshenc.core.timeline``) and does
-  not count a locked neighbour on a differently named timeline a frame or so away. Where a group
-  meets a better-named timeline it learns a merge route to it through its own members, and
-  once two witnesses have held it for ``merge_confirm`` the whole group jumps to it at the
-  start of one scheduled segment, holding still around the jump (``merge_settle``).
+- *two timelines*: a locked encoder names its timeline (``meshenc.core.timeline``; after
+  itself when its anchor, whose name the timeline would take, is whole frames away) and does
+  not count a locked neighbour on a differently named timeline a frame or so away. Where a
+  group meets a better-named timeline, or hears of one through the beacons every encoder
+  passes on, it learns a merge route to it through its own members, and once two witnesses
+  have held it for ``merge_confirm`` the whole group jumps to it at the start of one
+  scheduled segment, holding still around the jump (``merge_settle``).
 
 Thresholds (consensus band, lock-in trigger, vote tolerance, relock limit, the predictive
 trigger through ``ControlView.noise``) are fractions of a frame raised to ``noise_margin``
@@ -121,7 +123,7 @@ from meshenc.core.policy import (
 )
 from meshenc.core.robust import consensus
 from meshenc.core.timecode import FrameRate, SegmentLayout
-from meshenc.core.timeline import MIN_WITNESSES, MergeRoute, choose_route
+from meshenc.core.timeline import MIN_WITNESSES, MergeRoute, choose_beacon, choose_route
 from meshenc.core.votes import Outcome, ProposalBook, Verdict, judge_proposal
 
 __all__ = [
@@ -690,6 +692,16 @@ class _Neighbour:
             return None
         return Anchor(last.anchor, last.anchor_hops, last.anchor_offset)
 
+    @property
+    def beacon(self) -> MergeRoute | None:
+        """The timeline beacon the neighbour last announced, as it announced it."""
+        last = self.last
+        if last is None or not last.beacon_timeline:
+            return None
+        return MergeRoute(
+            last.beacon_timeline, last.beacon_hops, last.beacon_offset, (last.beacon_origin,)
+        )
+
     def add_sample(self, at: float, deviation: float) -> None:
         self.acc_count += 1
         self.acc_sum += deviation
@@ -779,6 +791,8 @@ class SyncEngine:
         self._route_key: tuple[str, int] | None = None
         self._route_since = math.inf
         self._settle_until = -math.inf
+        #: The timeline beacon this encoder passes on (``meshenc.core.timeline``).
+        self._beacon: MergeRoute | None = None
         #: Since when no neighbour has been heard (None: one is), as of the last control step.
         self._alone_since: float | None = None
         self._error = 0.0
@@ -1015,6 +1029,7 @@ class SyncEngine:
         else:
             unit, segment, digest, vouched = "", 0, b"", False
         route = self._route
+        beacon = self._beacon
         esp = EncodingStatePacket(
             sender=self.node_id,
             sequence=self._sequence,
@@ -1047,6 +1062,10 @@ class SyncEngine:
             merge_offset=route.offset if route is not None else 0.0,
             merge_witnesses=route.witnesses if route is not None else (),
             merge_segment=route.segment if route is not None else 0,
+            beacon_timeline=beacon.timeline if beacon is not None else "",
+            beacon_hops=beacon.hops if beacon is not None else 0,
+            beacon_offset=beacon.offset if beacon is not None else 0.0,
+            beacon_origin=beacon.witnesses[0] if beacon is not None else "",
         )
         actions = self._actions
         if self._sequence % self.config.echo_every:
@@ -1371,6 +1390,7 @@ class SyncEngine:
         band, lock_trigger, _ = self._thresholds()
         names: list[str] = []
         routes: list[MergeRoute] = []
+        beacons: list[MergeRoute] = []
         for name, nb in self._neighbours.items():
             kf = nb.filter
             fresh = nb.link.last_received_at >= oldest
@@ -1384,6 +1404,14 @@ class SyncEngine:
                     nb.counted_since = now
                 kf.predict(now)
                 deviation = kf.deviation + my_corr - nb.correction_at(now)
+                # A beacon that started here is this encoder's own, coming back: ignored.
+                beacon = nb.beacon
+                if (
+                    beacon is not None
+                    and beacon.witnesses[0] != self.node_id
+                    and (carried := beacon.via(deviation)) is not None
+                ):
+                    beacons.append(carried)
                 if nb.locked and self._hear_timeline(name, nb, deviation, band, names, routes):
                     continue
                 deviations.append(deviation)
@@ -1405,13 +1433,14 @@ class SyncEngine:
         elif self._alone_since is None:
             self._alone_since = now
         self._anchor = choose_anchor(self.node_id, heard)
+        self._beacon = choose_beacon(beacons)
         if len(deviations) == 1:
             if not self._lock.locked and not unmeasured:
                 self._hold_alone(now, label, lock_trigger)
             return
         lock = self._lock
         if lock.locked:
-            self._hold_timeline(now, names, routes)
+            self._hold_timeline(now, names, routes, beacons)
             if now < self._settle_until or (self._route is not None and self._route.segment > 0):
                 # A merge is scheduled or just made: neighbours jump at the same segment
                 # boundary, each when its own picture gets there, and for a moment look whole
@@ -1451,6 +1480,7 @@ class SyncEngine:
             self._slot_errors = (error,)
         else:
             self._timeline = ""
+            self._beacon = choose_beacon(beacons)
             self._route = None
             self._route_key = None
             # Locking in, the encoder comes to its locked neighbours' densest group when any
@@ -1567,26 +1597,46 @@ class SyncEngine:
             return True
         return False
 
-    def _hold_timeline(self, now: float, names: list[str], routes: list[MergeRoute]) -> None:
-        """Name the timeline this locked encoder holds, and keep its route to a better-named
-        one, scheduling the move once the route is confirmed (``meshenc.core.timeline``)."""
-        if not self._timeline:
-            # Just locked: the name its locked neighbours in this slot hold, or else its
-            # anchor's. Named after its anchor while in another slot (it locked before the
-            # anchor's timeline reached it), it merges with nobody: neighbours on the anchor's
-            # timeline count it as one of theirs, and the relock rules settle the difference
-            # as they did before timelines had names. A wrong name may miss a merge, never
-            # make a jump.
-            self._timeline = min(names, default=self._anchor.node)
+    def _hold_timeline(
+        self, now: float, names: list[str], routes: list[MergeRoute], beacons: list[MergeRoute]
+    ) -> None:
+        """Name the timeline this locked encoder holds, start its beacon, and keep its route to
+        a better-named one, scheduling the move once the route is confirmed
+        (``meshenc.core.timeline``)."""
+        # A timeline named after this encoder's anchor is the anchor's slot. As far from the
+        # anchor as would split a locked neighbourhood (whole frames), this encoder is not on
+        # it, whatever its locked neighbours in its slot call their timeline (they locked onto
+        # a group that locked off the anchor): it names its timeline after itself instead, and
+        # the anchor's timeline, better named, wins. Nearer, it is the policy's own wander
+        # (measured: at 0.75 frame, reactive encoders renamed and merged as they drifted).
+        cfg = self.config
+        anchor = self._anchor
+        foreign = cfg.relock_min * self._period
+        apart = max(foreign, cfg.relock_spread * self._tolerance())
+        doubted = anchor.node if anchor.hops and abs(anchor.offset) >= apart else ""
+        if doubted:
+            names = [name for name in names if name != doubted]
+        if not self._timeline or self._timeline == doubted:
+            # Just locked (or its name doubted): the name its locked neighbours in this slot
+            # hold, or else its anchor's, or its own when the anchor is elsewhere.
+            self._timeline = min(names, default=self.node_id if doubted else anchor.node)
         elif names:
             self._timeline = min(self._timeline, *names)
+        own = MergeRoute(self._timeline, 0, 0.0, (self.node_id,))
+        self._beacon = choose_beacon([own, *beacons])
+        heard = choose_route(self._timeline, beacons, 0)
+        if heard is not None and abs(heard.offset) > foreign:
+            # A better-named timeline whole frames away, heard of through encoders that need
+            # not be locked (a group held apart from the rest by encoders that cannot lock
+            # sees no one of the rest directly): a route like a direct sighting, its witnesses
+            # the encoders locked on that timeline that the beacons started from.
+            routes.append(heard)
         segment = self.current_segment
         route = choose_route(self._timeline, routes, segment)
         if route is None:
             self._route = None
             self._route_key = None
             return
-        cfg = self.config
         key = (route.timeline, round(route.offset / self._period))
         confirmed = len(route.witnesses) >= MIN_WITNESSES
         previous = self._route
@@ -1619,6 +1669,7 @@ class SyncEngine:
         kind = classify_shift(fr, label, shift)
         self._apply(now, PlannedCorrection(kind, shift, self._corr_rate, math.nan, False), 0)
         self._timeline = route.timeline
+        self._beacon = None  # it named the timeline left; the next control step starts anew
         self._route = None
         self._route_key = None
         self._settle_until = now + self.config.merge_settle

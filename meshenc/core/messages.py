@@ -92,6 +92,13 @@ class EncodingStatePacket:
     merge_offset: float = 0.0
     merge_witnesses: tuple[str, ...] = ()
     merge_segment: int = 0
+    #: The timeline beacon (``meshenc.core.timeline``): the best-named timeline the sender
+    #: knows of ("": none), links away (0: the sender is locked on it), the sender's label
+    #: minus that timeline's (s), and the encoder locked on it that the beacon started from.
+    beacon_timeline: str = ""
+    beacon_hops: int = 0
+    beacon_offset: float = 0.0
+    beacon_origin: str = ""
     #: The newest segment the sender wrote (0: none yet) and the SHA-256 of its bytes (for a
     #: ladder, over every rung's): a receiver that wrote the same segment compares its bytes.
     written_segment: int = 0
@@ -134,6 +141,10 @@ class EncodingStatePacket:
         merge_offset: float = 0.0,
         merge_witnesses: tuple[str, ...] = (),
         merge_segment: int = 0,
+        beacon_timeline: str = "",
+        beacon_hops: int = 0,
+        beacon_offset: float = 0.0,
+        beacon_origin: str = "",
         written_segment: int = 0,
         segment_digest: bytes = b"",
         segment_vouched: bool = False,
@@ -169,6 +180,10 @@ class EncodingStatePacket:
         object.__setattr__(self, "merge_offset", merge_offset)
         object.__setattr__(self, "merge_witnesses", merge_witnesses)
         object.__setattr__(self, "merge_segment", merge_segment)
+        object.__setattr__(self, "beacon_timeline", beacon_timeline)
+        object.__setattr__(self, "beacon_hops", beacon_hops)
+        object.__setattr__(self, "beacon_offset", beacon_offset)
+        object.__setattr__(self, "beacon_origin", beacon_origin)
         object.__setattr__(self, "written_segment", written_segment)
         object.__setattr__(self, "segment_digest", segment_digest)
         object.__setattr__(self, "segment_vouched", segment_vouched)
@@ -209,6 +224,10 @@ class EncodingStatePacket:
             merge_offset=self.merge_offset,
             merge_witnesses=self.merge_witnesses,
             merge_segment=self.merge_segment,
+            beacon_timeline=self.beacon_timeline,
+            beacon_hops=self.beacon_hops,
+            beacon_offset=self.beacon_offset,
+            beacon_origin=self.beacon_origin,
             written_segment=self.written_segment,
             segment_digest=self.segment_digest,
             segment_vouched=self.segment_vouched,

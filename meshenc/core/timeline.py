@@ -6,9 +6,13 @@ linked — hold two timelines, typically many frames apart. Where they meet, eac
 other's few encoders as outliers and sets them aside, so without more both carry on for ever.
 
 So every locked encoder names its timeline: the name its locked neighbours in the same slot
-already hold, or else the id of its anchor. Names only improve while the encoder stays
-locked: a neighbour in the same slot that holds a smaller name is on the same timeline, and its
-name is taken. The smaller name wins a meeting; the side holding it never moves.
+already hold, or else the id of its anchor. A timeline named after an encoder's anchor is
+the anchor's slot: an encoder whose anchor is whole frames away is not on it, and names its
+timeline after itself instead, whatever its neighbours in its slot call theirs (a group that
+locked off the anchor's slot would otherwise carry the anchor's name, and neither side would
+see the other as another timeline). Names only improve while the encoder stays locked: a
+neighbour in the same slot that holds a smaller name is on the same timeline, and its name is
+taken. The smaller name wins a meeting; the side holding it never moves.
 
 An encoder of the losing side that sees a locked neighbour on a smaller-named timeline, a
 frame or more away, announces a **merge route** to it: the winner's name, how many links away it was
@@ -27,6 +31,14 @@ the same for every encoder of the losing group:
   rides on the route, and every encoder of the group takes the earliest schedule still ahead
   (as parameter changes spread), so all of them jump at the start of the same segment.
 
+Groups need not meet directly: encoders that cannot lock (each with neighbours in both slots)
+can hold a group apart from the rest. So every encoder, locked or not, passes on a **beacon**:
+the best-named timeline it knows of (its own, when it is locked: 0 links), carried one link
+further the way a route is, with the one encoder locked on it that the beacon started from
+(``choose_beacon``). A locked encoder that hears of a better-named timeline whole frames away
+takes it as a route, its witnesses those origins: a group that hears of a timeline through a
+single encoder knows one witness, however far the beacon travelled.
+
 A route that has travelled ``MAX_HOPS`` links is dropped (as an anchor announcement is), so a
 route whose witnesses went away fades instead of circling the losing group.
 """
@@ -39,7 +51,7 @@ from statistics import median
 
 from meshenc.core.anchor import MAX_HOPS
 
-__all__ = ["MAX_WITNESSES", "MIN_WITNESSES", "MergeRoute", "choose_route"]
+__all__ = ["MAX_WITNESSES", "MIN_WITNESSES", "MergeRoute", "choose_beacon", "choose_route"]
 
 #: A merge needs the winning timeline seen directly on this many different encoders...
 MIN_WITNESSES = 2
@@ -76,13 +88,46 @@ def choose_route(own: str, heard: Iterable[MergeRoute], current_segment: int) ->
     links), or None. Its offset is the median of the routes that tie on both; its witnesses
     are the smallest of all its routes' witnesses; its segment the earliest still ahead of
     ``current_segment`` (0 when none is)."""
-    candidates = [r for r in heard if r.timeline < own]
+    best = _nearest([r for r in heard if r.timeline < own])
+    if best is None:
+        return None
+    same, nearest = best
+    witnesses = tuple(sorted({w for r in same for w in r.witnesses})[:MAX_WITNESSES])
+    ahead = [r.segment for r in same if r.segment > current_segment]
+    return MergeRoute(
+        nearest[0].timeline,
+        nearest[0].hops,
+        median(r.offset for r in nearest),
+        witnesses,
+        min(ahead, default=0),
+    )
+
+
+def choose_beacon(heard: Iterable[MergeRoute]) -> MergeRoute | None:
+    """The beacon an encoder passes on, from the beacons ``heard`` (its own when it is locked,
+    its neighbours' carried one link further): the best-named timeline, then the fewest links,
+    with the median offset of those that tie on both, as a route is chosen; its one witness is
+    the smallest of theirs. One witness, not all it heard of: a group that hears of a timeline
+    through one encoder only (a single bridge, or one liar) knows of one witness however many
+    links the beacon travels, and does not move."""
+    best = _nearest(list(heard))
+    if best is None:
+        return None
+    _, nearest = best
+    witness = min(w for r in nearest for w in r.witnesses)
+    return MergeRoute(
+        nearest[0].timeline, nearest[0].hops, median(r.offset for r in nearest), (witness,)
+    )
+
+
+def _nearest(
+    candidates: list[MergeRoute],
+) -> tuple[list[MergeRoute], list[MergeRoute]] | None:
+    """Of ``candidates``, those of the smallest name, and of those the ones with the fewest
+    links; None when there are none."""
     if not candidates:
         return None
     name = min(r.timeline for r in candidates)
     same = [r for r in candidates if r.timeline == name]
     hops = min(r.hops for r in same)
-    offset = median(r.offset for r in same if r.hops == hops)
-    witnesses = tuple(sorted({w for r in same for w in r.witnesses})[:MAX_WITNESSES])
-    ahead = [r.segment for r in same if r.segment > current_segment]
-    return MergeRoute(name, hops, offset, witnesses, min(ahead, default=0))
+    return same, [r for r in same if r.hops == hops]

@@ -44,7 +44,11 @@ Mesh (``EncoderMesh``)
     (then every ``merge_*`` field is 0 or empty) or an id named before ``timeline`` (which is
     then set), 0 < ``merge_hops`` < ``MAX_HOPS``, ``|merge_offset_ns|`` <=
     ``MAX_DEVIATION_NS``, ``merge_witnesses`` 1 to ``MAX_WITNESSES`` distinct sorted ids and
-    0 <= ``merge_segment`` < ``MAX_TIMECODE``; ``written_segment`` and ``segment_digest`` are
+    0 <= ``merge_segment`` < ``MAX_TIMECODE``; ``beacon_timeline`` is empty (then every
+    ``beacon_*`` field is 0 or empty) or an id, ``beacon_origin`` an id, ``beacon_hops`` <
+    ``MAX_HOPS`` and 0 exactly when ``beacon_origin`` is the sender (then ``beacon_timeline``
+    is ``timeline`` and ``beacon_offset_ns`` is 0), ``|beacon_offset_ns|`` <=
+    ``MAX_DEVIATION_NS``; ``written_segment`` and ``segment_digest`` are
     both unset (and ``segment_vouched`` false, ``segment_unit`` empty), or 0 <
     ``written_segment`` < ``MAX_TIMECODE`` with a digest of exactly ``FRAME_HASH_LENGTH``
     bytes and ``segment_unit`` empty or a folder name (an id other than ``.`` and ``..``);
@@ -234,7 +238,6 @@ MAX_BATCH_MESSAGES: Final = 64
 """Messages one MeshBatch may carry: a neighbour's whole outbox (32 ESPs, 16 proposals and
 votes) fits in one by default, and 64 of the largest valid messages (a vote with a full trace
 context, about 5 KB) stay far below a request's 1 MiB."""
-"""Most neighbours an encoder may report links to, or collect votes from."""
 
 _ID_RE: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_ID_LENGTH}}}")
 _TRACE_KEY_RE: Final = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_TRACE_KEY_LENGTH}}}")
@@ -477,6 +480,7 @@ def _esp(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
         _check_size(msg.params_width, msg.params_height, _path(prefix, "params_width"))
     _anchor(msg, prefix)
     _merge_route(msg, prefix)
+    _beacon(msg, prefix)
     _written_segment(msg, prefix)
 
 
@@ -525,18 +529,62 @@ def _merge_route(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
         )
     _check_range(msg.merge_hops, 1, MAX_HOPS - 1, _path(prefix, "merge_hops"), "links")
     _check_deviation_ns(msg.merge_offset_ns, _path(prefix, "merge_offset_ns"))
-    witnesses_field = _path(prefix, "merge_witnesses")
-    witnesses = list(msg.merge_witnesses)
-    if not 1 <= len(witnesses) <= MAX_WITNESSES or witnesses != sorted(set(witnesses)):
-        raise InvalidMessage(
-            witnesses_field, f"must be 1 to {MAX_WITNESSES} distinct ids, sorted, got {witnesses}"
-        )
-    for witness in witnesses:
-        _check_id(witness, witnesses_field)
+    _check_witnesses(list(msg.merge_witnesses), _path(prefix, "merge_witnesses"))
     if msg.merge_segment:
         _check_range(
             msg.merge_segment, 1, MAX_TIMECODE - 1, _path(prefix, "merge_segment"), "segments"
         )
+
+
+def _beacon(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
+    """An ESP's timeline beacon (``meshenc.core.timeline``): none (all zero), or a timeline
+    and the encoder locked on it that the beacon started from: the sender itself, its own
+    timeline at offset 0, exactly when it is 0 links away."""
+    name_field = _path(prefix, "beacon_timeline")
+    hops_field = _path(prefix, "beacon_hops")
+    offset_field = _path(prefix, "beacon_offset_ns")
+    origin_field = _path(prefix, "beacon_origin")
+    if not msg.beacon_timeline:
+        for field, value in (
+            (hops_field, msg.beacon_hops),
+            (offset_field, msg.beacon_offset_ns),
+            (origin_field, len(msg.beacon_origin)),
+        ):
+            if value != 0:
+                raise InvalidMessage(field, "must be 0 or empty when beacon_timeline is empty")
+        return
+    _check_id(msg.beacon_timeline, name_field)
+    _check_range(msg.beacon_hops, 0, MAX_HOPS - 1, hops_field, "links")
+    _check_id(msg.beacon_origin, origin_field)
+    itself = msg.beacon_origin == msg.sender_id
+    if itself != (msg.beacon_hops == 0):
+        raise InvalidMessage(
+            hops_field,
+            f"must be 0 exactly when beacon_origin is the sender, got {msg.beacon_hops} "
+            f"for origin {_show(msg.beacon_origin)}",
+        )
+    if itself:
+        if msg.beacon_timeline != msg.timeline:
+            raise InvalidMessage(
+                name_field,
+                f"must be the sender's own timeline {_show(msg.timeline)} when beacon_hops "
+                f"is 0, got {_show(msg.beacon_timeline)}",
+            )
+        if msg.beacon_offset_ns != 0:
+            raise InvalidMessage(
+                offset_field, f"must be 0 when beacon_hops is 0, got {msg.beacon_offset_ns}"
+            )
+    _check_deviation_ns(msg.beacon_offset_ns, offset_field)
+
+
+def _check_witnesses(witnesses: list[str], field: str) -> None:
+    """A route's or beacon's witnesses: 1 to ``MAX_WITNESSES`` distinct ids, sorted."""
+    if not 1 <= len(witnesses) <= MAX_WITNESSES or witnesses != sorted(set(witnesses)):
+        raise InvalidMessage(
+            field, f"must be 1 to {MAX_WITNESSES} distinct ids, sorted, got {witnesses}"
+        )
+    for witness in witnesses:
+        _check_id(witness, field)
 
 
 def _anchor(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:

@@ -1138,10 +1138,28 @@ class EncoderRuntime:
         last = self.pipeline.last_timecode
         return last is None or self._segments.is_last(last)
 
+    def _log_timeline(self, esp: EncodingStatePacket) -> None:
+        """One line when the timeline this encoder says it is locked on changes: locking,
+        unlocking, a rename, a merge (``meshenc.core.timeline``)."""
+        if not esp.timeline:
+            self.log.info(
+                "timeline: not locked (anchor %s, %d links away)", esp.anchor, esp.anchor_hops
+            )
+            return
+        self.log.info(
+            "timeline: locked on %s (anchor %s %+.1f ms, %d links away)",
+            esp.timeline,
+            esp.anchor,
+            esp.anchor_offset * 1000.0,
+            esp.anchor_hops,
+        )
+
     def carry_out(self, action: Action) -> None:
         """Carry out one of the engine's decisions (the pipeline encodes pictures itself)."""
         if isinstance(action, SendEsp):
-            self._last_esp = action.esp
+            previous, self._last_esp = self._last_esp, action.esp
+            if previous is None or previous.timeline != action.esp.timeline:
+                self._log_timeline(action.esp)
             try:
                 self.links.send_all(action.to, action.esp)
             except ValueError:

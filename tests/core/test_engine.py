@@ -774,3 +774,77 @@ def test_what_each_neighbour_reports_of_itself_is_in_the_snapshot() -> None:
         for n in engine.snapshot(START + 5 * T).neighbours
     }
     assert seen == reports
+
+
+def _off_its_anchor(
+    origins: Sequence[str],
+) -> tuple[list[EncodingStatePacket], list[CorrectionApplied]]:
+    """The engine locks with b, c and d, all in its slot and locked on the timeline named
+    after their anchor a; but each relays a's label a whole frame before its own (they
+    locked off a's slot). The beacon of timeline a reaches the engine too, through as many
+    of them as there are ``origins``, each naming one: the encoder locked on a it started
+    from."""
+    engine = _engine(["b", "c", "d"])
+    sent: list[EncodingStatePacket] = []
+    applied: list[CorrectionApplied] = []
+    for k in range(600):
+        now = START + k * T
+        decision = engine.frame(now, k)
+        tcs = decision.timecodes
+        hashes = ((tcs[-1], _frame_hash(k, tcs[-1])),) if tcs else ()
+        sent += [esp for to, esp in engine.encoded(now, hashes) if to == "b"]
+        for n, name in enumerate("bcd"):
+            moved = _applied_shift(applied)
+            label = now + moved
+            esp = replace(
+                _esp(name, k + 1, k, label),
+                anchor="a",
+                anchor_hops=2,
+                anchor_offset=T + moved,
+                timeline="a",
+            )
+            if n < len(origins):
+                esp = replace(
+                    esp,
+                    beacon_timeline="a",
+                    beacon_hops=2,
+                    beacon_offset=T + moved,
+                    beacon_origin=origins[n],
+                )
+            engine.esp(now + 0.001, esp)
+        applied += [a for a in engine.drain() if isinstance(a, CorrectionApplied)]
+    return sent, applied
+
+
+def _applied_shift(applied: Sequence[CorrectionApplied]) -> float:
+    """How far the scripted neighbours, the engine's own group, moved: as far as the engine
+    did by whole frames (they make the same jump at the same boundary)."""
+    return sum(
+        a.shift for a in applied if a.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE)
+    )
+
+
+def test_a_group_a_frame_off_its_anchor_renames_its_timeline_and_moves_to_the_anchors() -> None:
+    """Named after an anchor whose slot it is not in, the group's timeline is not the
+    anchor's: the engine names its timeline after itself, takes the beacon of the anchor's
+    timeline (better named, a frame away, on two witnesses) as a merge route, and moves to it
+    at the start of a segment, in one jump of a frame."""
+    sent, applied = _off_its_anchor(["x", "y"])
+    locked = [e for e in sent if e.locked and e.timeline]  # named from its next step
+    assert locked and locked[0].timeline == "me"
+    routes = [e for e in locked if e.merge_timeline]
+    assert routes and routes[0].merge_timeline == "a" and routes[0].merge_witnesses == ("x", "y")
+    jumps = [a for a in applied if a.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE)]
+    assert len(jumps) == 1 and abs(jumps[0].shift + T) < 0.1 * T, jumps
+    after = [e for e in locked if e.sequence > routes[-1].sequence]
+    assert after and after[-1].timeline == "a"
+
+
+def test_one_witness_of_the_anchors_timeline_moves_no_one() -> None:
+    """The same, with the beacon through b alone (one bridge, or one liar): the engine still
+    names its timeline after itself, but does not move."""
+    sent, applied = _off_its_anchor(["x"])
+    locked = [e for e in sent if e.locked and e.timeline]  # named from its next step
+    assert locked and {e.timeline for e in locked} == {"me"}
+    assert {e.merge_witnesses for e in locked if e.merge_timeline} == {("x",)}
+    assert not [a for a in applied if a.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE)]

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from meshenc.core.anchor import MAX_HOPS
-from meshenc.core.timeline import MAX_WITNESSES, MergeRoute, choose_route
+from meshenc.core.timeline import (
+    MAX_WITNESSES,
+    MIN_WITNESSES,
+    MergeRoute,
+    choose_beacon,
+    choose_route,
+)
 
 
 def test_a_route_one_link_further_adds_the_deviation_and_a_link() -> None:
@@ -61,3 +67,34 @@ def test_the_earliest_schedule_still_ahead_is_taken() -> None:
     assert later is not None and later.segment == 13  # 12 has begun: too late to take
     assert sooner is not None and sooner.segment == 12
     assert choose_route("enc-20", heard, 14) == MergeRoute("enc-0", 2, 0.7, ("enc-3", "enc-4"))
+
+
+def test_a_beacon_is_the_best_named_timeline_then_the_fewest_links_with_one_witness() -> None:
+    heard = [
+        MergeRoute("enc-7", 0, 0.0, ("enc-7",)),  # its own timeline
+        MergeRoute("enc-0", 3, 0.034, ("enc-2",)),
+        MergeRoute("enc-0", 2, 0.031, ("enc-6",)),
+        MergeRoute("enc-0", 2, 0.035, ("enc-4",)),
+        MergeRoute("enc-0", 2, 0.033, ("enc-9",)),
+    ]
+    assert choose_beacon(heard) == MergeRoute("enc-0", 2, 0.033, ("enc-4",))
+    assert choose_beacon(heard[:1]) == heard[0]
+    assert choose_beacon([]) is None
+
+
+def test_beacons_through_one_encoder_name_one_witness_however_far_they_travel() -> None:
+    # A single bridge: its encoder's beacon reaches the other group along every path, and
+    # every copy names it alone. The group's route to the timeline has one witness.
+    bridge = MergeRoute("enc-0", 0, 0.0, ("enc-5",))
+    passed_on = choose_beacon([bridge])
+    assert passed_on is not None
+    further = [passed_on.via(0.033), passed_on.via(0.034)]
+    heard = [b for b in further if b is not None]
+    beacon = choose_beacon(heard)
+    assert beacon is not None and beacon.witnesses == ("enc-5",)
+    route = choose_route("enc-7", heard, 0)
+    assert route is not None and len(route.witnesses) == 1 < MIN_WITNESSES
+    # Two bridges are two witnesses.
+    other = MergeRoute("enc-0", 1, 0.034, ("enc-3",))
+    route = choose_route("enc-7", [*heard, other], 0)
+    assert route is not None and route.witnesses == ("enc-3", "enc-5")

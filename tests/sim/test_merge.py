@@ -1,4 +1,5 @@
-"""Two meshes that locked apart merge when they meet over enough bridges, and only then.
+"""Two meshes that locked apart merge when they meet over enough bridges, and only then; and a
+group that locked whole frames off its anchor's slot comes to the anchor's timeline.
 
 Small simulated worlds (two regions of six encoders, 40 s, the second region cut off for the
 first 15 s, so each region locks on its own anchor): over two independent bridges the second
@@ -67,3 +68,28 @@ def test_one_bridge_is_one_witness_and_moves_nobody() -> None:
     assert score(rec).lock_in_s is None  # the two timelines carry on
     assert _visible(rec, 0) == []
     assert _visible(rec, 1) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("encoders", "jitter_ms", "seed", "duration_s"),
+    [(20, 15.0, 5, 90.0), (20, 15.0, 9, 90.0), (50, 10.0, 6, 60.0), (50, 10.0, 2, 60.0)],
+)
+def test_a_group_locked_off_its_anchors_slot_comes_to_the_anchors_timeline(
+    encoders: int, jitter_ms: float, seed: int, duration_s: float
+) -> None:
+    """Sparse meshes (three neighbours each) with noisy capture, where a group locked one or
+    two frames off the slot of the anchor it named its timeline after, while encoders between
+    it and the rest, each with neighbours in both slots, never locked: the group held its
+    slot for ever (measured, before the group renamed its timeline and beacons crossed the
+    encoders that are not locked: every one of these worlds ended on two timelines). Now
+    every encoder ends on one timeline."""
+    data = packaged_scenario("standard").model_dump()
+    data["seed"] = seed
+    data["mesh"].update(encoders=encoders, neighbors=3, duration_s=duration_s)
+    data["clocks"]["jitter_ms"] = jitter_ms
+    rec = run(Scenario.from_mapping(data), Strategy.PREDICTIVE)
+    s = score(rec)
+    assert s.lock_in_s is not None, s
+    last = rec.timecodes[:, -1]
+    assert (last == majority_timecodes(rec.timecodes)[-1]).all(), last

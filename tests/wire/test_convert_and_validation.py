@@ -184,6 +184,17 @@ def _esps(draw: st.DrawFn) -> EncodingStatePacket:
             ),
             "merge_segment": draw(st.integers(min_value=0, max_value=validation.MAX_TIMECODE - 1)),
         }
+    # The beacon: none, the sender's own timeline, or one heard of through neighbours.
+    beacon: dict[str, object] = {}
+    if timeline and draw(st.booleans()):
+        beacon = {"beacon_timeline": timeline, "beacon_origin": sender}
+    elif draw(st.booleans()):
+        beacon = {
+            "beacon_timeline": draw(ids),
+            "beacon_hops": draw(st.integers(min_value=1, max_value=MAX_HOPS - 1)),
+            "beacon_offset": draw(st.floats(min_value=-86_399.0, max_value=86_399.0)),
+            "beacon_origin": draw(ids.filter(lambda name: name != sender)),
+        }
     written: dict[str, object] = {}
     if draw(st.booleans()):
         written = {
@@ -226,6 +237,7 @@ def _esps(draw: st.DrawFn) -> EncodingStatePacket:
         anchor_offset=offset,
         timeline=timeline,
         **route,  # type: ignore[arg-type]
+        **beacon,  # type: ignore[arg-type]
         **written,  # type: ignore[arg-type]
         **params,  # type: ignore[arg-type]
     )
@@ -254,6 +266,9 @@ def test_esp_round_trip_within_one_nanosecond(esp: EncodingStatePacket) -> None:
         "merge_hops",
         "merge_witnesses",
         "merge_segment",
+        "beacon_timeline",
+        "beacon_hops",
+        "beacon_origin",
         "written_segment",
         "segment_digest",
         "segment_vouched",
@@ -272,6 +287,7 @@ def test_esp_round_trip_within_one_nanosecond(esp: EncodingStatePacket) -> None:
         "echo_hold",
         "anchor_offset",
         "merge_offset",
+        "beacon_offset",
     ):
         assert abs(getattr(back, name) - getattr(esp, name)) <= 1e-9, name
     for name in ("encode_latency", "rtt", "jitter"):  # microseconds on the wire
@@ -394,6 +410,10 @@ def test_esp_wire_contract_is_stable() -> None:
         ("segment_unit", 33, "string"),
         ("params_width", 34, "uint32"),
         ("params_height", 35, "uint32"),
+        ("beacon_timeline", 36, "string"),
+        ("beacon_hops", 37, "uint32"),
+        ("beacon_offset_ns", 38, "sint64"),
+        ("beacon_origin", 39, "string"),
     ]
     actual = [(f.name, f.number, _TYPE_NAMES[f.type]) for f in fields]
     assert actual == expected
@@ -577,6 +597,14 @@ _ROUTE: dict[str, object] = {
     "merge_segment": 17,
 }
 
+#: A beacon as an encoder passes on one it heard of (its origin another encoder).
+_BEACON: dict[str, object] = {
+    "beacon_timeline": "enc-0",
+    "beacon_hops": 3,
+    "beacon_offset_ns": 33_000_000,
+    "beacon_origin": "enc-6",
+}
+
 #: An agreed change of parameters in an ESP, without a size (the started one).
 _CHANGE: dict[str, object] = {"params_segment": 40, "params_bitrate_kbps": 800}
 
@@ -699,6 +727,10 @@ def test_hello_rejected(mutate: Callable[[mesh_pb2.Hello], object], field: str) 
         _valid_esp(timeline="enc-20", **_ROUTE),
         _valid_esp(timeline="enc-20", **{**_ROUTE, "merge_witnesses": ["enc-3"]}),
         _valid_esp(timeline="enc-20", **{**_ROUTE, "merge_segment": 0}),
+        _valid_esp(**_BEACON),  # heard of by an encoder not locked
+        _valid_esp(timeline="enc-20", **_ROUTE, **_BEACON),
+        _valid_esp(timeline="enc-20", beacon_timeline="enc-20", beacon_origin="enc-1"),
+        _valid_esp(**{**_BEACON, "beacon_hops": MAX_HOPS - 1, "beacon_offset_ns": -DAY_NS}),
         _valid_esp(written_segment=1, segment_digest=HASH),
         _valid_esp(written_segment=1, segment_digest=HASH, segment_vouched=True),
         _valid_esp(written_segment=1, segment_digest=HASH, segment_unit="640x360"),
@@ -780,6 +812,31 @@ def test_esp_accepted(msg: mesh_pb2.EncodingStatePacket) -> None:
         ),
         ({"timeline": "enc-20", **_ROUTE, "merge_witnesses": ["enc/3"]}, "merge_witnesses"),
         ({"timeline": "enc-20", **_ROUTE, "merge_segment": -1}, "merge_segment"),
+        ({"beacon_hops": 2}, "beacon_hops"),
+        ({"beacon_offset_ns": 5}, "beacon_offset_ns"),
+        ({"beacon_origin": "enc-6"}, "beacon_origin"),
+        ({**_BEACON, "beacon_timeline": "enc 0"}, "beacon_timeline"),
+        ({**_BEACON, "beacon_origin": ""}, "beacon_origin"),
+        ({**_BEACON, "beacon_origin": "enc/6"}, "beacon_origin"),
+        ({**_BEACON, "beacon_hops": MAX_HOPS}, "beacon_hops"),
+        ({**_BEACON, "beacon_hops": 0}, "beacon_hops"),  # another's, yet no links away
+        ({**_BEACON, "beacon_origin": "enc-1"}, "beacon_hops"),  # its own, yet links away
+        ({**_BEACON, "beacon_offset_ns": DAY_NS + 1}, "beacon_offset_ns"),
+        # Its own beacon must be its own timeline, at no offset.
+        (
+            {"timeline": "enc-20", "beacon_timeline": "enc-0", "beacon_origin": "enc-1"},
+            "beacon_timeline",
+        ),
+        ({"beacon_timeline": "enc-20", "beacon_origin": "enc-1"}, "beacon_timeline"),
+        (
+            {
+                "timeline": "enc-20",
+                "beacon_timeline": "enc-20",
+                "beacon_origin": "enc-1",
+                "beacon_offset_ns": 1_000,
+            },
+            "beacon_offset_ns",
+        ),
         ({"written_segment": 5}, "segment_digest"),
         ({"segment_digest": HASH}, "written_segment"),
         ({"written_segment": 5, "segment_digest": HASH[:31]}, "segment_digest"),
