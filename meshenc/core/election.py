@@ -520,6 +520,12 @@ class Election:
             and self._now - state.last_heard > self._config.silence_timeout
         )
 
+    @property
+    def lost_peers(self) -> tuple[str, ...]:
+        """The peers the mesh has lost (``lost``), sorted: what a shell that logs losses
+        asks many times a second, without the rest of a snapshot."""
+        return tuple(sorted(p for p in self._peers if self.lost(p)))
+
     def snapshot(self) -> ElectionSnapshot:
         return ElectionSnapshot(
             role=self.role,
@@ -528,7 +534,7 @@ class Election:
             highest_token=self._highest_token,
             degraded=self.degraded,
             candidates=tuple(sorted(self._candidates)),
-            lost_peers=tuple(sorted(p for p in self._peers if self.lost(p))),
+            lost_peers=self.lost_peers,
         )
 
     def ready(self) -> list[Action]:

@@ -791,8 +791,11 @@ class SyncEngine:
         self._route_key: tuple[str, int] | None = None
         self._route_since = math.inf
         self._settle_until = -math.inf
-        #: The timeline beacon this encoder passes on (``meshenc.core.timeline``).
+        #: The timeline beacon this encoder passes on (``meshenc.core.timeline``), and the
+        #: anchor found whole frames away ("": none) since when (``_hold_timeline``).
         self._beacon: MergeRoute | None = None
+        self._far_anchor = ""
+        self._far_since = math.inf
         #: Since when no neighbour has been heard (None: one is), as of the last control step.
         self._alone_since: float | None = None
         self._error = 0.0
@@ -1608,12 +1611,18 @@ class SyncEngine:
         # it, whatever its locked neighbours in its slot call their timeline (they locked onto
         # a group that locked off the anchor): it names its timeline after itself instead, and
         # the anchor's timeline, better named, wins. Nearer, it is the policy's own wander
-        # (measured: at 0.75 frame, reactive encoders renamed and merged as they drifted).
+        # (measured: at 0.75 frame, reactive encoders renamed and merged as they drifted);
+        # briefer than ``merge_confirm``, noise summed over many links (measured: real
+        # encoders on a starved CPU, 5 to 9 links from their anchor, read it 0.8 frame away
+        # for under a second).
         cfg = self.config
         anchor = self._anchor
         foreign = cfg.relock_min * self._period
         apart = max(foreign, cfg.relock_spread * self._tolerance())
-        doubted = anchor.node if anchor.hops and abs(anchor.offset) >= apart else ""
+        far = anchor.node if anchor.hops and abs(anchor.offset) >= apart else ""
+        if far != self._far_anchor:
+            self._far_anchor, self._far_since = far, now
+        doubted = far if now - self._far_since >= cfg.merge_confirm else ""
         if doubted:
             names = [name for name in names if name != doubted]
         if not self._timeline or self._timeline == doubted:

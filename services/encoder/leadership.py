@@ -474,7 +474,7 @@ class Leadership(_ElectionReads):
     def _log_lost(self) -> None:
         """One line when the election starts or stops counting a neighbour as lost: the
         moment the mesh noticed a silent (or disconnected) peer, readable from outside."""
-        lost = frozenset(self.election.snapshot().lost_peers)
+        lost = frozenset(self.election.lost_peers)
         if lost == self._lost_logged:
             return
         timeout_ms = self.election.config.silence_timeout * 1000.0

@@ -826,12 +826,15 @@ def _applied_shift(applied: Sequence[CorrectionApplied]) -> float:
 
 def test_a_group_a_frame_off_its_anchor_renames_its_timeline_and_moves_to_the_anchors() -> None:
     """Named after an anchor whose slot it is not in, the group's timeline is not the
-    anchor's: the engine names its timeline after itself, takes the beacon of the anchor's
-    timeline (better named, a frame away, on two witnesses) as a merge route, and moves to it
-    at the start of a segment, in one jump of a frame."""
+    anchor's: once the anchor has been that far for ``merge_confirm``, the engine names its
+    timeline after itself, takes the beacon of the anchor's timeline (better named, a frame
+    away, on two witnesses) as a merge route, and moves to it at the start of a segment, in
+    one jump of a frame."""
     sent, applied = _off_its_anchor(["x", "y"])
     locked = [e for e in sent if e.locked and e.timeline]  # named from its next step
-    assert locked and locked[0].timeline == "me"
+    assert [e.timeline for e in locked][:1] == ["a"]  # its neighbours' name, at first
+    renamed = [e for e in locked if e.timeline == "me"]
+    assert renamed and renamed[0].label - locked[0].label < 2.0 + 0.5
     routes = [e for e in locked if e.merge_timeline]
     assert routes and routes[0].merge_timeline == "a" and routes[0].merge_witnesses == ("x", "y")
     jumps = [a for a in applied if a.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE)]
@@ -845,6 +848,6 @@ def test_one_witness_of_the_anchors_timeline_moves_no_one() -> None:
     names its timeline after itself, but does not move."""
     sent, applied = _off_its_anchor(["x"])
     locked = [e for e in sent if e.locked and e.timeline]  # named from its next step
-    assert locked and {e.timeline for e in locked} == {"me"}
+    assert locked and locked[-1].timeline == "me"
     assert {e.merge_witnesses for e in locked if e.merge_timeline} == {("x",)}
     assert not [a for a in applied if a.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE)]
