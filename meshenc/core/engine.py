@@ -21,8 +21,9 @@ error ``E``:
   label is in (``meshenc.core.anchor``: the smallest id it reaches through neighbours it
   counts, whose offset it learns from its neighbours' ESPs without waiting for anyone to
   move), or, when some neighbours hold a lock, from their densest group's centre (a newcomer
-  comes to the mesh). Every encoder aims for the same slot middle at once, so the mesh locks
-  in about one vote after it is measured, and never onto a slot boundary. Once every counted
+  comes to the mesh; of locked neighbours on different timelines, those on the best-named).
+  Every encoder aims for the same slot middle at once, so the mesh locks in about one vote
+  after it is measured, and never onto a slot boundary. Once every counted
   neighbour has stayed within ``consensus_band`` for ``lock_dwell``, the encoder is locked.
 - *locked*: ``E`` is the distance of the label from the middle of the slot of the densest
   group's centre (at most ``tolerated_outliers`` set aside, a centre just before a boundary
@@ -1383,6 +1384,7 @@ class SyncEngine:
         my_corr = self.correction(now)
         deviations = [0.0]
         locked: list[float] = []
+        locked_on: list[str] = []  # the timeline each of ``locked`` says it is on
         reference = None
         oldest = now - cfg.stale_after
         heard_any = False
@@ -1420,6 +1422,7 @@ class SyncEngine:
                 deviations.append(deviation)
                 if nb.locked:
                     locked.append(deviation)
+                    locked_on.append(nb.last.timeline if nb.last is not None else "")
                 elif nb.counted_since <= max(newcomer_since, self._lock.locked_since):
                     settled_unlocked += 1
                 if name == self._leader:
@@ -1492,7 +1495,9 @@ class SyncEngine:
             # Its neighbours' estimates of a timeline within the consensus band of a slot
             # boundary straddle the boundary, so it judges their proposals by the middle of
             # either slot.
+            best = ""
             if locked:
+                locked, best = self._toward_the_best_named(locked, locked_on, deviations)
                 error = consensus(locked, cfg.outlier * period).mean
                 timeline = label - error + cfg.boundary_bias * period
             else:
@@ -1506,6 +1511,10 @@ class SyncEngine:
                 lock.on(LockSignal.APART, now)
             elif lock.phase is LockPhase.AGREEING and now - lock.since >= cfg.lock_dwell:
                 lock.on(LockSignal.DWELT, now)
+                # Named at once after the locked neighbours it came to, so that its first
+                # locked step already tells their timeline from another's (unnamed, it
+                # counted the other timeline's neighbours, split and locked in again).
+                self._timeline = best
             else:
                 lock.on(LockSignal.TOGETHER, now)
         drift = (self._smoother.period - period) / period + self._corr_rate
@@ -1558,6 +1567,29 @@ class SyncEngine:
         self._open = (self._proposal_ids, plan, error)
         self._proposal.on(ProposalSignal.PROPOSED)
         self._actions.append(SendProposal(proposal, tuple(sorted(electorate))))
+
+    def _toward_the_best_named(
+        self, locked: list[float], locked_on: list[str], deviations: list[float]
+    ) -> tuple[list[float], str]:
+        """Locking in: the deviations of the locked neighbours to come to, and the timeline
+        they are on ("" when none says). With locked neighbours on different timelines whole
+        frames apart, those on the best-named one, the timeline kept when they merge; the
+        others are also taken out of ``deviations``, so they do not keep it from locking.
+        Coming to their densest group instead, an encoder between two groups followed the
+        nearer and could never lock (measured: a real encoder with two neighbours on one
+        timeline and one on another, a frame apart, unlocked for a whole run, and neither
+        group saw the other locked to merge with)."""
+        named = {name for name in locked_on if name}
+        best = min(named, default="")
+        if len(named) < 2:
+            return locked, best
+        kept = [d for d, name in zip(locked, locked_on, strict=True) if name == best]
+        centre = consensus(kept, self.config.outlier * self._period).mean
+        foreign = self.config.relock_min * self._period
+        for d, name in zip(locked, locked_on, strict=True):
+            if name and name != best and abs(d - centre) >= foreign:
+                deviations.remove(d)
+        return kept, best
 
     def _hear_timeline(
         self,

@@ -1139,26 +1139,35 @@ class EncoderRuntime:
         return last is None or self._segments.is_last(last)
 
     def _log_timeline(self, esp: EncodingStatePacket) -> None:
-        """One line when the timeline this encoder says it is locked on changes: locking,
-        unlocking, a rename, a merge (``meshenc.core.timeline``)."""
+        """One line when what this encoder says of timelines changes: locking, unlocking, a
+        rename, a route to a better-named timeline and its witnesses, a merge scheduled
+        (``meshenc.core.timeline``)."""
         if not esp.timeline:
             self.log.info(
                 "timeline: not locked (anchor %s, %d links away)", esp.anchor, esp.anchor_hops
             )
             return
+        route = ""
+        if esp.merge_timeline:
+            route = (
+                f"; route to {esp.merge_timeline} {esp.merge_offset * 1000.0:+.1f} ms, "
+                f"{esp.merge_hops} links, witnesses {', '.join(esp.merge_witnesses)}"
+                + (f", moving at segment {esp.merge_segment}" if esp.merge_segment else "")
+            )
         self.log.info(
-            "timeline: locked on %s (anchor %s %+.1f ms, %d links away)",
+            "timeline: locked on %s (anchor %s %+.1f ms, %d links away)%s",
             esp.timeline,
             esp.anchor,
             esp.anchor_offset * 1000.0,
             esp.anchor_hops,
+            route,
         )
 
     def carry_out(self, action: Action) -> None:
         """Carry out one of the engine's decisions (the pipeline encodes pictures itself)."""
         if isinstance(action, SendEsp):
             previous, self._last_esp = self._last_esp, action.esp
-            if previous is None or previous.timeline != action.esp.timeline:
+            if previous is None or _timeline_state(previous) != _timeline_state(action.esp):
                 self._log_timeline(action.esp)
             try:
                 self.links.send_all(action.to, action.esp)
@@ -1296,3 +1305,9 @@ class _LoadMeter:
         self._wall, self._cpu = wall, cpu
         self._encode_total, self._encodes = 0.0, 0
         return load, latency
+
+
+def _timeline_state(esp: EncodingStatePacket) -> tuple[str, str, int, int]:
+    """What the encoder's timeline log line is about (``_log_timeline``): its timeline, its
+    route's timeline, how many witnesses it has and its schedule."""
+    return (esp.timeline, esp.merge_timeline, len(esp.merge_witnesses), esp.merge_segment)

@@ -851,3 +851,29 @@ def test_one_witness_of_the_anchors_timeline_moves_no_one() -> None:
     assert locked and locked[-1].timeline == "me"
     assert {e.merge_witnesses for e in locked if e.merge_timeline} == {("x",)}
     assert not [a for a in applied if a.kind in (CorrectionKind.DROP, CorrectionKind.DUPLICATE)]
+
+
+def test_locking_in_between_two_timelines_comes_to_the_best_named_and_locks() -> None:
+    """a and b are locked on timeline x a whole frame later than c, locked on w. Coming to
+    its locked neighbours' densest group, the engine would follow a and b and, a frame from
+    c, never lock, holding the two groups apart; it comes to c instead (w is the timeline
+    kept when they merge), stops counting a and b, and locks."""
+    engine = _engine(["a", "b", "c"])
+    proposals = []
+    for k in range(240):
+        now = START + k * T
+        decision = engine.frame(now, k)
+        engine.encoded(now, ((decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1])),))
+        for name, offset, timeline in (("a", T, "x"), ("b", T, "x"), ("c", 0.0, "w")):
+            esp = replace(_esp(name, k + 1, k, now + offset), timeline=timeline)
+            engine.esp(now + 0.001, esp)
+        for action in engine.drain():
+            if isinstance(action, SendProposal):
+                proposals.append(action.proposal)
+                for voter in action.to:
+                    vote = ResyncVote("me", action.proposal.proposal_id, voter, True, 0.0)
+                    engine.vote(now + 0.002, vote)
+    assert not [p for p in proposals if abs(p.shift) > 0.5 * T], proposals
+    state = engine.snapshot(START + 240 * T)
+    assert state.locked
+    assert state.timecode == FPS.slot(START + 239 * T)
