@@ -275,11 +275,25 @@ def _neighbour_messages(ours: EncodingStatePacket, now: float) -> list[mesh_pb2.
                     # Our anchor, announced one link further on, as a neighbour passes it on.
                     anchor_hops=ours.anchor_hops + 1 if ours.anchor else 0,
                     anchor_offset=ours.anchor_offset + offset if ours.anchor else 0.0,
+                    **_beacon_of(name, ours),
                 )
             )
         )
         for name, offset in NEIGHBOURS
     ]
+
+
+def _beacon_of(name: str, ours: EncodingStatePacket) -> dict[str, Any]:
+    """The timeline beacon neighbour ``name`` announces: its own, locked on our timeline, once
+    we are locked; none before (what it would pass on depends on encoders the bench does not
+    play)."""
+    locked = bool(ours.timeline)
+    return {
+        "beacon_timeline": ours.timeline,
+        "beacon_hops": 0,
+        "beacon_offset": 0.0,
+        "beacon_origin": name if locked else "",
+    }
 
 
 class _BenchShell:
