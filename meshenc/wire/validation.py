@@ -556,13 +556,7 @@ def _beacon(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
     _check_id(msg.beacon_timeline, name_field)
     _check_range(msg.beacon_hops, 0, MAX_HOPS - 1, hops_field, "links")
     _check_id(msg.beacon_origin, origin_field)
-    itself = msg.beacon_origin == msg.sender_id
-    if itself != (msg.beacon_hops == 0):
-        raise InvalidMessage(
-            hops_field,
-            f"must be 0 exactly when beacon_origin is the sender, got {msg.beacon_hops} "
-            f"for origin {_show(msg.beacon_origin)}",
-        )
+    itself = _from_the_sender(msg, "beacon_origin", msg.beacon_hops, hops_field)
     if itself:
         if msg.beacon_timeline != msg.timeline:
             raise InvalidMessage(
@@ -575,6 +569,21 @@ def _beacon(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
                 offset_field, f"must be 0 when beacon_hops is 0, got {msg.beacon_offset_ns}"
             )
     _check_deviation_ns(msg.beacon_offset_ns, offset_field)
+
+
+def _from_the_sender(
+    msg: mesh_pb2.EncodingStatePacket, name: str, hops: int, hops_field: str
+) -> bool:
+    """Whether the id in field ``name`` (an anchor, a beacon's origin) is the ESP's sender,
+    checking that ``hops`` is 0 exactly then: an announcement starts with its sender."""
+    value = getattr(msg, name)
+    itself: bool = value == msg.sender_id
+    if itself != (hops == 0):
+        raise InvalidMessage(
+            hops_field,
+            f"must be 0 exactly when {name} is the sender, got {hops} for {_show(value)}",
+        )
+    return itself
 
 
 def _check_witnesses(witnesses: list[str], field: str) -> None:
@@ -600,13 +609,7 @@ def _anchor(msg: mesh_pb2.EncodingStatePacket, prefix: str) -> None:
         return
     _check_id(msg.anchor_id, id_field)
     _check_range(msg.anchor_hops, 0, MAX_HOPS - 1, hops_field, "links")
-    itself = msg.anchor_id == msg.sender_id
-    if itself != (msg.anchor_hops == 0):
-        raise InvalidMessage(
-            hops_field,
-            f"must be 0 exactly when anchor_id is the sender, got {msg.anchor_hops} "
-            f"for anchor {_show(msg.anchor_id)}",
-        )
+    itself = _from_the_sender(msg, "anchor_id", msg.anchor_hops, hops_field)
     if itself and msg.anchor_offset_ns != 0:
         raise InvalidMessage(
             offset_field, f"must be 0 when the sender is its own anchor, got {msg.anchor_offset_ns}"

@@ -717,6 +717,18 @@ def test_no_first_move_while_a_late_first_reading_still_drags_the_capture_fit() 
     assert state.locked and abs(state.error) < 0.25 * T
 
 
+def _approved(engine: EngineShell, now: float) -> list[ResyncProposal]:
+    """The proposals the engine sent since the last drain, each approved by every voter."""
+    proposals = []
+    for action in engine.drain():
+        if isinstance(action, SendProposal):
+            proposals.append(action.proposal)
+            for voter in action.to:
+                vote = ResyncVote("me", action.proposal.proposal_id, voter, True, 0.0)
+                engine.vote(now + 0.002, vote)
+    return proposals
+
+
 def test_locking_in_aims_for_an_anchor_heard_of_through_a_neighbour() -> None:
     # x and y label every picture as this engine does, but x relays the anchor "a": its own
     # label is 0.6 frames before a's. So a's label sits 0.1 frames into the next slot, and the
@@ -732,12 +744,7 @@ def test_locking_in_aims_for_an_anchor_heard_of_through_a_neighbour() -> None:
             if name == "x":
                 esp = dataclasses.replace(esp, anchor="a", anchor_hops=1, anchor_offset=-0.6 * T)
             engine.esp(now + 0.001, esp)
-        for action in engine.drain():
-            if isinstance(action, SendProposal):
-                proposals.append(action.proposal)
-                for voter in action.to:
-                    vote = ResyncVote("me", action.proposal.proposal_id, voter, True, 0.0)
-                    engine.vote(now + 0.002, vote)
+        proposals += _approved(engine, now)
         engine.drain()
     assert proposals
     assert abs(proposals[0].shift - T) < 0.05 * T
@@ -867,12 +874,7 @@ def test_locking_in_between_two_timelines_comes_to_the_best_named_and_locks() ->
         for name, offset, timeline in (("a", T, "x"), ("b", T, "x"), ("c", 0.0, "w")):
             esp = replace(_esp(name, k + 1, k, now + offset), timeline=timeline)
             engine.esp(now + 0.001, esp)
-        for action in engine.drain():
-            if isinstance(action, SendProposal):
-                proposals.append(action.proposal)
-                for voter in action.to:
-                    vote = ResyncVote("me", action.proposal.proposal_id, voter, True, 0.0)
-                    engine.vote(now + 0.002, vote)
+        proposals += _approved(engine, now)
     assert not [p for p in proposals if abs(p.shift) > 0.5 * T], proposals
     state = engine.snapshot(START + 240 * T)
     assert state.locked
