@@ -1439,7 +1439,8 @@ class SyncEngine:
         elif self._alone_since is None:
             self._alone_since = now
         self._anchor = choose_anchor(self.node_id, heard)
-        self._beacon = choose_beacon(beacons)
+        # What it passes on while not locked; locked, ``_hold_timeline`` adds its own.
+        passed_on = self._beacon = choose_beacon(beacons)
         if len(deviations) == 1:
             if not self._lock.locked and not unmeasured:
                 self._hold_alone(now, label, lock_trigger)
@@ -1486,7 +1487,7 @@ class SyncEngine:
             self._slot_errors = (error,)
         else:
             self._timeline = ""
-            self._beacon = choose_beacon(beacons)
+            self._beacon = passed_on  # its own is gone with the lock (a split this step)
             self._route = None
             self._route_key = None
             # Locking in, the encoder comes to its locked neighbours' densest group when any

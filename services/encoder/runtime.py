@@ -1167,7 +1167,7 @@ class EncoderRuntime:
         """Carry out one of the engine's decisions (the pipeline encodes pictures itself)."""
         if isinstance(action, SendEsp):
             previous, self._last_esp = self._last_esp, action.esp
-            if previous is None or _timeline_state(previous) != _timeline_state(action.esp):
+            if previous is None or _timeline_changed(previous, action.esp):
                 self._log_timeline(action.esp)
             try:
                 self.links.send_all(action.to, action.esp)
@@ -1307,7 +1307,13 @@ class _LoadMeter:
         return load, latency
 
 
-def _timeline_state(esp: EncodingStatePacket) -> tuple[str, str, int, int]:
-    """What the encoder's timeline log line is about (``_log_timeline``): its timeline, its
-    route's timeline, how many witnesses it has and its schedule."""
-    return (esp.timeline, esp.merge_timeline, len(esp.merge_witnesses), esp.merge_segment)
+def _timeline_changed(before: EncodingStatePacket, now: EncodingStatePacket) -> bool:
+    """Whether what the encoder's timeline log line is about (``_log_timeline``) changed
+    between two of its ESPs: its timeline, its route's timeline, how many witnesses the route
+    has, its schedule. Field by field: this runs for every ESP sent."""
+    return (
+        before.timeline != now.timeline
+        or before.merge_timeline != now.merge_timeline
+        or len(before.merge_witnesses) != len(now.merge_witnesses)
+        or before.merge_segment != now.merge_segment
+    )
