@@ -242,12 +242,12 @@ class _ScaleRun(DemoRun):
         running = [n for n, v in self.state.encoders.items() if v.status == "running"]
         self.survivors = tuple(running[:keep])
         recorder = self._recorder
+        launcher.kill(*running[keep:])
         for name in running[keep:]:
-            launcher.kill(name)
+            self.state.encoders[name].status = "killed"
             if recorder is not None:
                 recorder.lifecycle("killed", name)
                 recorder.remove(name)
-            self.state.encoders[name].status = "killed"
         self.relieved_at = time.time()
         self._note(f"killed {len(running) - keep} encoders: {keep} left", "bold red")
 

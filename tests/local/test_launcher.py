@@ -45,6 +45,26 @@ def _state(pid: int, want: str = "T", timeout: float = 2.0) -> str:
         time.sleep(0.01)
 
 
+def test_kill_of_several_crashes_each_of_them_and_leaves_the_rest(tmp_path: Path) -> None:
+    """``kill`` with several names (an overload trial's relief, the last resort of a second
+    Ctrl-C) SIGKILLs and reaps every one of them; a child not named keeps serving."""
+    ports = free_ports(3)
+
+    async def scenario() -> tuple[dict[str, int | None], int]:
+        async with Launcher(tmp_path) as launcher:
+            await launcher.start_many(
+                [(f"r{i}", _registry(p), f"127.0.0.1:{p}") for i, p in enumerate(ports)]
+            )
+            launcher.kill("r0", "r2")
+            codes = {n: c.process.returncode for n, c in launcher.children.items()}
+            status, _ = await asyncio.to_thread(check_health, f"127.0.0.1:{ports[1]}", "", 5.0)
+            return codes, status
+
+    codes, status = asyncio.run(scenario())
+    assert codes == {"r0": -signal.SIGKILL, "r1": None, "r2": -signal.SIGKILL}
+    assert status == EXIT_SERVING
+
+
 def test_start_waits_until_serving_pause_resume_and_kill_is_a_crash(tmp_path: Path) -> None:
     first, second = free_ports(2)
 
