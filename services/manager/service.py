@@ -33,8 +33,9 @@ Failure reaction, besides the core's own (silence, broken streams, bad links): a
 health stream ends, and which opens no new one within ``reconnect_grace`` seconds, is taken out
 of the mesh (``EncoderLeft``). A killed process closes its TCP connections at once, so this is
 the fastest sign of death the manager gets; the grace keeps a manager or network blip from
-rewiring anyone who reconnects at once. A member that left this way is admitted again when it
-opens a new stream; one whose registration ends (lease expired, pod deleted) leaves for good.
+rewiring anyone who reconnects at once. Members whose graces end within ``DEPARTURE_BATCH`` of
+each other leave in one epoch. A member that left this way is admitted again when it opens a
+new stream; one whose registration ends (lease expired, pod deleted) leaves for good.
 
 Epochs: the core counts epochs from 1 for each activation; the shell publishes ``base + core
 epoch``, where ``base`` is the highest epoch already published when this manager became active
@@ -116,6 +117,11 @@ DEFAULT_TICK_INTERVAL = 0.5
 and halves the delay of failure decisions made on ticks)."""
 DEFAULT_RECONNECT_GRACE = 0.5
 """Seconds an encoder whose health stream ended has to open a new one before it is taken out."""
+DEPARTURE_BATCH = 0.25
+"""Seconds a departure waits for others already due: encoders that died together (a machine, a
+zone, an overload relieved by stopping some) leave in one epoch, not in one epoch each, which
+would rewire the survivors, move them between segments and have them dial the next to die,
+again and again. A lone departure does not wait."""
 WATCH_QUEUE = 64
 """Topology updates queued per watcher; a watcher that falls further behind loses the oldest
 (each update is a complete topology, so the newest is what matters)."""
@@ -236,6 +242,10 @@ class ManagerShell:
         self._addresses: dict[str, str] = {}
         self._streams: Counter[str] = Counter()
         self._departures: dict[str, asyncio.TimerHandle] = {}
+        #: Members whose grace ended, waiting for others due soon (``DEPARTURE_BATCH``), and
+        #: when (loop time) the first of them was due.
+        self._gone: list[str] = []
+        self._gone_since: float | None = None
         self._unregistered_warned: set[str] = set()
         #: The newest topology (published numbering; epoch 0 before the core planned one).
         self._topology = _NO_TOPOLOGY
@@ -344,6 +354,7 @@ class ManagerShell:
             for handle in self._departures.values():
                 handle.cancel()
             self._departures.clear()
+            self._gone, self._gone_since = [], None
             for watcher in list(self._watchers):
                 watcher.queue.put_nowait(None)  # ends the stream; unbounded room for it
             if was_active:
@@ -418,6 +429,27 @@ class ManagerShell:
         handle = self._departures.pop(encoder, None)
         if handle is not None:
             handle.cancel()
+            self._leave_together()  # the members gone may have waited for this one
+
+    def _leave_together(self) -> None:
+        """Take out the members whose grace ended, unless another member's grace ends within
+        ``DEPARTURE_BATCH`` of the first of them: then they leave with the last of those."""
+        if not self._gone:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._gone_since is None:
+            self._gone_since = now
+        until = self._gone_since + DEPARTURE_BATCH
+        if any(handle.when() <= until for handle in self._departures.values()):
+            return
+        gone, self._gone, self._gone_since = self._gone, [], None
+        for encoder in gone:
+            if self._streams[encoder] == 0:  # not back meanwhile
+                self._leave(
+                    encoder,
+                    "its health stream ended and no new one came within "
+                    f"{self._reconnect_grace:g} s",
+                )
 
     def stream_opened(self, encoder: str) -> None:
         """A ReportHealth stream from ``encoder`` delivered its first valid report."""
@@ -445,10 +477,8 @@ class ManagerShell:
     def _stream_gone(self, encoder: str) -> None:
         self._departures.pop(encoder, None)
         if self._streams[encoder] == 0:
-            self._leave(
-                encoder,
-                f"its health stream ended and no new one came within {self._reconnect_grace:g} s",
-            )
+            self._gone.append(encoder)
+        self._leave_together()
 
     # -- inputs from the RPCs -----------------------------------------------------------------
 

@@ -365,6 +365,28 @@ async def test_an_encoder_whose_health_stream_dies_is_rewired_around(manager: Ma
             await reporter.die()
 
 
+async def test_encoders_that_die_together_leave_in_one_epoch(manager: Manager) -> None:
+    """Two health streams end 0.1 s apart (within ``DEPARTURE_BATCH``): the survivors are
+    rewired once, by one epoch that takes out both."""
+    names = await mesh_of(manager, 6)
+    streams = {name: Reporter(manager, name) for name in names}
+    watch = manager.stub.WatchTopology(manager_pb2.WatchTopologyRequest())
+    try:
+        await asyncio.wait_for(watch.read(), 5)
+        await eventually(lambda: _is(all(manager.shell.reports[n] >= 2 for n in names)))
+        await streams.pop("enc-1").die()
+        await asyncio.sleep(0.1)
+        await streams.pop("enc-4").die()
+        update = await asyncio.wait_for(watch.read(), 5)
+        after = neighbours(update.topology)
+        assert "enc-1" not in after and "enc-4" not in after, update.reason
+        assert "enc-1 left" in update.reason and "enc-4 left" in update.reason
+    finally:
+        watch.cancel()
+        for reporter in streams.values():
+            await reporter.die()
+
+
 async def test_an_encoder_whose_registration_ends_is_removed(manager: Manager) -> None:
     await mesh_of(manager, 5)
     watch = manager.stub.WatchTopology(manager_pb2.WatchTopologyRequest())
