@@ -444,17 +444,17 @@ class ManagerShell:
             return
         gone, self._gone, self._gone_since = self._gone, [], None
         for encoder in gone:
-            if self._streams[encoder] == 0:  # not back meanwhile
-                self._leave(
-                    encoder,
-                    "its health stream ended and no new one came within "
-                    f"{self._reconnect_grace:g} s",
-                )
+            self._leave(
+                encoder,
+                f"its health stream ended and no new one came within {self._reconnect_grace:g} s",
+            )
 
     def stream_opened(self, encoder: str) -> None:
         """A ReportHealth stream from ``encoder`` delivered its first valid report."""
         self._streams[encoder] += 1
         self._cancel_departure(encoder)
+        if encoder in self._gone:  # back while waiting to leave with others: it stays
+            self._gone.remove(encoder)
         if encoder not in self._members and encoder not in self._unregistered_warned:
             self._unregistered_warned.add(encoder)
             log.info("%s reports but is not registered (yet): its reports wait for that", encoder)
