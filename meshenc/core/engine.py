@@ -142,6 +142,7 @@ __all__ = [
     "FrameEncoded",
     "LeaderChanged",
     "LoadMeasured",
+    "LockInTurnedDown",
     "NeighbourSnapshot",
     "NeighboursChanged",
     "ParametersAgreed",
@@ -530,6 +531,17 @@ class Escalate:
 
 
 @dataclass(frozen=True, slots=True)
+class LockInTurnedDown:
+    """A lock-in move was turned down, or no majority answered in time; the encoder proposes
+    again from ``retry_at``. Nothing to escalate: while everyone moves at once, each judging
+    from its own view, turned-down lock-in moves are the norm. Shells say so, so that a slow
+    lock-in can be read from outside."""
+
+    outcome: Outcome
+    retry_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class CorrectionApplied:
     """The correction term changed. ``lead`` as in ``PlannedCorrection``."""
 
@@ -567,6 +579,7 @@ Action = (
     | SendProposal
     | SendVote
     | Escalate
+    | LockInTurnedDown
     | CorrectionApplied
     | ParametersAgreed
     | ParametersRefused
@@ -1815,7 +1828,9 @@ class SyncEngine:
         if not self._lock.locked:
             # While locking in, turned-down moves are the norm (everyone moves at once, each
             # judging from its own noisy view): nothing for the manager to judge.
-            self._proposal.on(ProposalSignal.TURNED_DOWN, until=now + cfg.lock_in_retry_backoff)
+            retry_at = now + cfg.lock_in_retry_backoff
+            self._proposal.on(ProposalSignal.TURNED_DOWN, until=retry_at)
+            self._actions.append(LockInTurnedDown(outcome, retry_at))
             return
         self._proposal.on(ProposalSignal.TURNED_DOWN, until=now + cfg.retry_backoff)
         self._escalations += 1

@@ -70,6 +70,7 @@ from meshenc.core.engine import (
     EspReceived,
     LeaderChanged,
     LoadMeasured,
+    LockInTurnedDown,
     NeighboursChanged,
     ParametersAgreed,
     ParametersRefused,
@@ -1205,6 +1206,16 @@ class EncoderRuntime:
                 if action.applies_from == action.change.effective_segment
                 else f", learnt late: here from segment {action.applies_from}",
                 f"proposal {action.proposal_id}" if action.proposal_id else "from a neighbour",
+            )
+        elif isinstance(action, LockInTurnedDown):
+            outcome = action.outcome
+            self.log.info(
+                "lock-in move %d %s (approvals %s, rejections %s); proposing again in %.1f s",
+                outcome.proposal.proposal_id,
+                outcome.verdict.name.lower(),
+                sorted(outcome.approvals),
+                sorted(outcome.rejections),
+                action.retry_at - outcome.decided_at,
             )
         elif isinstance(action, Escalate):
             self.stats.escalations += 1

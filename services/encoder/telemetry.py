@@ -57,6 +57,7 @@ from meshenc.core.engine import (
     CorrectionApplied,
     EngineSnapshot,
     Escalate,
+    LockInTurnedDown,
     NeighbourSnapshot,
     ParametersAgreed,
     SendProposal,
@@ -585,7 +586,7 @@ class EncoderTelemetry:
                     "meshenc.parameters.effective_segment": action.change.effective_segment,
                 },
             )
-        elif isinstance(action, Escalate):
+        elif isinstance(action, Escalate | LockInTurnedDown):
             outcome = action.outcome
             self._finish(
                 outcome.proposal.proposal_id,

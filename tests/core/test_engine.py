@@ -19,6 +19,7 @@ from meshenc.core.engine import (
     CorrectionApplied,
     EngineConfig,
     Escalate,
+    LockInTurnedDown,
     SegmentWritten,
     SendProposal,
     SyncEngine,
@@ -31,6 +32,7 @@ from meshenc.core.messages import (
 )
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
+from meshenc.core.votes import Verdict
 
 from .engine_shell import EngineShell
 
@@ -418,9 +420,22 @@ def test_locking_in_does_not_move_against_the_neighbours_votes() -> None:
     actions = _answering(engine, range(200), {n: (lambda _k: 2.3 * T) for n in "abc"}, False)
     big = [a for a in actions if isinstance(a, CorrectionApplied) and abs(a.shift) > T / 3]
     assert not big
-    # Turned-down lock-in moves are routine: nothing is escalated to the manager.
+    # Turned-down lock-in moves are routine: nothing is escalated to the manager, but each is
+    # told to the shell, with its votes and when the encoder may propose again.
     assert not [a for a in actions if isinstance(a, Escalate)]
     assert not engine.snapshot(START + 200 * T).locked
+    proposed = [a.proposal for a in actions if isinstance(a, SendProposal)]
+    turned_down = [a for a in actions if isinstance(a, LockInTurnedDown)]
+    assert [t.outcome.proposal for t in turned_down] == proposed
+    for told in turned_down:
+        assert told.outcome.verdict is Verdict.REJECTED
+        assert len(told.outcome.rejections & {"a", "b", "c"}) >= 2  # a majority said no
+        assert not told.outcome.approvals
+        assert told.retry_at == told.outcome.decided_at + engine.engine.config.lock_in_retry_backoff
+    # The next move is proposed (and, answered at once, decided) no sooner than that.
+    assert len(turned_down) >= 2
+    for earlier, later in itertools.pairwise(turned_down):
+        assert later.outcome.decided_at >= earlier.retry_at
 
 
 def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:

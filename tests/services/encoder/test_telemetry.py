@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import urllib.request
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -23,6 +24,7 @@ from meshenc.core.engine import (
     CorrectionApplied,
     EngineConfig,
     Escalate,
+    LockInTurnedDown,
     SendProposal,
     SyncEngine,
 )
@@ -86,16 +88,19 @@ def test_a_resync_is_one_trace_from_proposal_through_votes_to_the_correction(
     assert parent_id(correct) == span_id(root)
 
 
+@pytest.mark.parametrize("locked", [True, False], ids=["escalated", "lock-in move"])
 def test_rejected_and_expired_resyncs_end_with_their_verdict(
-    spans: tuple[TracerProvider, InMemorySpanExporter],
+    spans: tuple[TracerProvider, InMemorySpanExporter], locked: bool
 ) -> None:
+    """A locked encoder's proposal ends when it is escalated; a lock-in move's, when the engine
+    says it was turned down (it is not escalated)."""
     provider, exporter = spans
     a = encoder("a", provider, ("b",))
     for proposal_id, verdict in ((1, Verdict.REJECTED), (2, Verdict.EXPIRED)):
         proposal = ResyncProposal("a", proposal_id, CorrectionKind.DROP, 0.033, 1)
         a.on_action(SendProposal(proposal, ("b",)))
         outcome = Outcome(proposal, verdict, frozenset(), frozenset({"b"}), 0.0)
-        a.on_action(Escalate(outcome, 0.02))
+        a.on_action(Escalate(outcome, 0.02) if locked else LockInTurnedDown(outcome, 0.7))
     roots = {
         span.attributes["meshenc.resync.proposal_id"]: span
         for span in by_name(exporter.get_finished_spans(), "resync")
