@@ -91,6 +91,7 @@ from meshenc.core.messages import (
     ResyncProposal,
     ResyncVote,
 )
+from meshenc.core.votes import Outcome
 from meshenc.v1 import manager_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.adjacency import AdjacencyDocument
@@ -1208,23 +1209,16 @@ class EncoderRuntime:
                 f"proposal {action.proposal_id}" if action.proposal_id else "from a neighbour",
             )
         elif isinstance(action, LockInTurnedDown):
-            outcome = action.outcome
             self.log.info(
-                "lock-in move %d %s (approvals %s, rejections %s); proposing again in %.1f s",
-                outcome.proposal.proposal_id,
-                outcome.verdict.name.lower(),
-                sorted(outcome.approvals),
-                sorted(outcome.rejections),
-                action.retry_at - outcome.decided_at,
+                "lock-in move %s; proposing again in %.1f s",
+                _decided(action.outcome),
+                action.retry_at - action.outcome.decided_at,
             )
         elif isinstance(action, Escalate):
             self.stats.escalations += 1
             self.log.warning(
-                "proposal %d %s (approvals %s, rejections %s); escalating to %s",
-                action.outcome.proposal.proposal_id,
-                action.outcome.verdict.name.lower(),
-                sorted(action.outcome.approvals),
-                sorted(action.outcome.rejections),
+                "proposal %s; escalating to %s",
+                _decided(action.outcome),
                 self.settings.manager or "no manager",
             )
             request = convert.escalation_to_proto(
@@ -1316,6 +1310,15 @@ class _LoadMeter:
         self._wall, self._cpu = wall, cpu
         self._encode_total, self._encodes = 0.0, 0
         return load, latency
+
+
+def _decided(outcome: Outcome) -> str:
+    """How one of this encoder's proposals ended, for its log lines: ``7 rejected (approvals
+    ['e0'], rejections ['e1', 'e2'])``."""
+    return (
+        f"{outcome.proposal.proposal_id} {outcome.verdict.name.lower()} "
+        f"(approvals {sorted(outcome.approvals)}, rejections {sorted(outcome.rejections)})"
+    )
 
 
 def _timeline_changed(before: EncodingStatePacket, now: EncodingStatePacket) -> bool:
