@@ -91,7 +91,6 @@ from meshenc.core.messages import (
     ResyncProposal,
     ResyncVote,
 )
-from meshenc.core.votes import Outcome
 from meshenc.v1 import manager_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.adjacency import AdjacencyDocument
@@ -345,8 +344,6 @@ class EncoderRuntime:
         )
         self._stop = asyncio.Event()
         self._last_esp: EncodingStatePacket | None = None
-        #: The neighbour's proposal being voted on (its trace is the vote's parent).
-        self._answering: ResyncProposal | None = None
         self._load = _LoadMeter()
         #: How far (s) the loop may fall behind its input before it gives up on what is queued.
         self._max_lag = 1.0
@@ -540,12 +537,9 @@ class EncoderRuntime:
         )
 
     def on_proposal(self, proposal: ResyncProposal) -> None:
-        """A neighbour's proposal: the engine's vote goes back through ``carry_out``."""
-        self._answering = proposal
-        try:
-            self.pipeline.step(self.clock(), ProposalReceived(proposal))
-        finally:
-            self._answering = None
+        """A neighbour's proposal: the engine's vote goes back through ``carry_out`` (at once, or
+        after a control step while the engine is still measuring the proposer)."""
+        self.pipeline.step(self.clock(), ProposalReceived(proposal))
 
     def on_vote(self, vote: ResyncVote) -> None:
         self._votes.record(vote)
@@ -1179,8 +1173,7 @@ class EncoderRuntime:
             return
         self.telemetry.on_action(action)
         if isinstance(action, SendVote):
-            if self._answering is not None:
-                self.telemetry.vote_cast(self._answering, action.vote)
+            self.telemetry.vote_cast(action.proposal, action.vote)
             self.links.send(action.to, action.vote)
         elif isinstance(action, SendProposal):
             self.links.send_all(action.to, action.proposal)
@@ -1211,14 +1204,14 @@ class EncoderRuntime:
         elif isinstance(action, LockInTurnedDown):
             self.log.info(
                 "lock-in move %s; proposing again in %.1f s",
-                _decided(action.outcome),
+                self._votes.account(action.outcome),
                 action.retry_at - action.outcome.decided_at,
             )
         elif isinstance(action, Escalate):
             self.stats.escalations += 1
             self.log.warning(
                 "proposal %s; escalating to %s",
-                _decided(action.outcome),
+                self._votes.account(action.outcome),
                 self.settings.manager or "no manager",
             )
             request = convert.escalation_to_proto(
@@ -1310,15 +1303,6 @@ class _LoadMeter:
         self._wall, self._cpu = wall, cpu
         self._encode_total, self._encodes = 0.0, 0
         return load, latency
-
-
-def _decided(outcome: Outcome) -> str:
-    """How one of this encoder's proposals ended, for its log lines: ``7 rejected (approvals
-    ['e0'], rejections ['e1', 'e2'])``."""
-    return (
-        f"{outcome.proposal.proposal_id} {outcome.verdict.name.lower()} "
-        f"(approvals {sorted(outcome.approvals)}, rejections {sorted(outcome.rejections)})"
-    )
 
 
 def _timeline_changed(before: EncodingStatePacket, now: EncodingStatePacket) -> bool:
