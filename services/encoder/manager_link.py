@@ -38,6 +38,7 @@ import grpc
 
 from meshenc.core.engine import Escalate
 from meshenc.core.messages import ResyncVote
+from meshenc.core.votes import Outcome
 from meshenc.v1 import manager_pb2, manager_pb2_grpc
 from services.common.grpc_server import open_channel
 from services.common.retry import Backoff, retrying
@@ -76,6 +77,23 @@ class VoteLog:
         votes.setdefault(vote.voter, vote)
         while len(self._votes) > self._proposals:
             self._votes.popitem(last=False)
+
+    def account(self, outcome: Outcome) -> str:
+        """How one of this encoder's proposals ended, for its log lines, with each rejection's
+        reason where its vote is kept: ``7 rejected (approvals ['e0'], rejections ['e1': no
+        estimate, 'e2': moves away])``. Why a vote said no is what tells a routine lock-in
+        refusal (a voter still measuring) from a real disagreement."""
+        kept = self._votes.get(outcome.proposal.proposal_id, {})
+        rejections = ", ".join(
+            f"{voter!r}: {vote.reason}"
+            if (vote := kept.get(voter)) is not None and vote.reason
+            else repr(voter)
+            for voter in sorted(outcome.rejections)
+        )
+        return (
+            f"{outcome.proposal.proposal_id} {outcome.verdict.name.lower()} "
+            f"(approvals {sorted(outcome.approvals)}, rejections [{rejections}])"
+        )
 
     def take(self, action: Escalate) -> tuple[ResyncVote, ...]:
         """The counted votes of the escalated proposal (forgotten afterwards).

@@ -64,6 +64,19 @@ async def test_the_escalation_carries_the_votes_received() -> None:
     assert request.neighbour_count == 3
 
 
+async def test_a_proposals_account_gives_each_kept_rejections_reason() -> None:
+    proposal = ResyncProposal("enc-0", 7, CorrectionKind.DROP, -0.033, topology_epoch=2)
+    votes = VoteLog()
+    votes.record(ResyncVote("enc-0", 7, "enc-1", False, 0.0, "no estimate"))
+    votes.record(ResyncVote("enc-0", 7, "enc-3", True, 0.03, "closer"))
+    votes.record(ResyncVote("enc-0", 6, "enc-2", False, 0.0, "moves away"))  # another proposal
+    rejected = frozenset({"enc-1", "enc-2"})
+    outcome = Outcome(proposal, Verdict.REJECTED, frozenset({"enc-3"}), rejected, 1.0)
+    assert votes.account(outcome) == (
+        "7 rejected (approvals ['enc-3'], rejections ['enc-1': no estimate, 'enc-2'])"
+    )
+
+
 async def test_the_link_reports_once_a_manager_listens(etcd: EtcdProcess) -> None:
     (port,) = free_ports(1)
     link = ManagerLink(f"127.0.0.1:{port}", _report, interval=0.1, backoff_cap=0.3)
