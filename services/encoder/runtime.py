@@ -344,8 +344,6 @@ class EncoderRuntime:
         )
         self._stop = asyncio.Event()
         self._last_esp: EncodingStatePacket | None = None
-        #: The neighbour's proposal being voted on (its trace is the vote's parent).
-        self._answering: ResyncProposal | None = None
         self._load = _LoadMeter()
         #: How far (s) the loop may fall behind its input before it gives up on what is queued.
         self._max_lag = 1.0
@@ -539,12 +537,9 @@ class EncoderRuntime:
         )
 
     def on_proposal(self, proposal: ResyncProposal) -> None:
-        """A neighbour's proposal: the engine's vote goes back through ``carry_out``."""
-        self._answering = proposal
-        try:
-            self.pipeline.step(self.clock(), ProposalReceived(proposal))
-        finally:
-            self._answering = None
+        """A neighbour's proposal: the engine's vote goes back through ``carry_out`` (at once, or
+        after a control step while the engine is still measuring the proposer)."""
+        self.pipeline.step(self.clock(), ProposalReceived(proposal))
 
     def on_vote(self, vote: ResyncVote) -> None:
         self._votes.record(vote)
@@ -1178,8 +1173,7 @@ class EncoderRuntime:
             return
         self.telemetry.on_action(action)
         if isinstance(action, SendVote):
-            if self._answering is not None:
-                self.telemetry.vote_cast(self._answering, action.vote)
+            self.telemetry.vote_cast(action.proposal, action.vote)
             self.links.send(action.to, action.vote)
         elif isinstance(action, SendProposal):
             self.links.send_all(action.to, action.proposal)

@@ -22,6 +22,7 @@ from meshenc.core.engine import (
     LockInTurnedDown,
     SegmentWritten,
     SendProposal,
+    SendVote,
     SyncEngine,
 )
 from meshenc.core.messages import (
@@ -456,6 +457,79 @@ def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
     assert vote(-expected).approve
     assert not vote(+0.8 * T).approve
     assert abs(vote(0.0).estimated_deviation - expected) < 0.1 * T
+
+
+def _updates(shell: EngineShell, neighbour: str, now: float) -> int:
+    """How many filter updates ``shell``'s engine has made of ``neighbour`` by ``now``."""
+    (view,) = [n for n in shell.snapshot(now).neighbours if n.neighbour == neighbour]
+    return view.updates
+
+
+def test_a_voter_still_measuring_the_proposer_answers_once_it_has_measured_it() -> None:
+    # The proposer's filter of the voter can reach its count a control step before the
+    # voter's of the proposer (their control steps are not in phase). Refused at once for
+    # want of an estimate, such a first proposal cost the proposer the lock-in retry.
+    voter = EngineShell(SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"]))
+    neighbours: dict[str, Callable[[int], float]] = {"p": _zero, "x": _zero, "y": _zero}
+    min_updates = voter.engine.config.min_updates
+    _run(voter, range(4), neighbours, locked=False)  # control steps at pictures 0 and 3
+    assert 0 < _updates(voter, "p", START + 4 * T) < min_updates
+    proposal = ResyncProposal("p", 3, CorrectionKind.SLEW, 0.1 * T, 0)
+    assert voter.proposal(START + 4 * T, proposal) is None  # not yet: it is measuring p
+    votes: list[SendVote] = []
+    for k in range(4, 12):
+        votes += [a for a in _run(voter, range(k, k + 1), neighbours) if isinstance(a, SendVote)]
+        if votes:
+            break
+    (sent,) = votes
+    assert sent.to == "p" and sent.proposal == proposal
+    assert sent.vote.approve and sent.vote.reason == "within tolerance", sent.vote
+    assert _updates(voter, "p", START + (k + 1) * T) == min_updates
+
+
+def test_a_voter_that_cannot_measure_the_proposer_refuses_once_the_vote_is_over() -> None:
+    voter = EngineShell(SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"]))
+    _run(voter, range(30), {"x": _zero, "y": _zero}, locked=False)
+    proposal = ResyncProposal("p", 3, CorrectionKind.SLEW, 0.1 * T, 0)
+    refusals: list[SendVote] = []
+    for k in range(30, 60):
+        now = START + k * T
+        voter.frame(now, k)
+        # p is heard, but what it sends matches no picture the voter captured.
+        voter.esp(now + 0.001, _esp("p", k + 1, 10_000 + k, now, locked=False))
+        if k == 31:
+            assert voter.proposal(now + 0.002, proposal) is None
+        refusals += [a for a in voter.drain() if isinstance(a, SendVote)]
+        if refusals:
+            break
+    (sent,) = refusals
+    assert not sent.vote.approve and sent.vote.reason == "no estimate"
+    # Once the proposer's book has given up on it (``vote_timeout``), not before.
+    waited = (k - 31) * T
+    timeout = voter.engine.config.vote_timeout
+    assert timeout <= waited < timeout + voter.engine.config.control_interval + T
+
+
+def test_an_encoder_does_not_lock_away_from_its_anchors_slot() -> None:
+    # Its neighbours label every picture as it does, but announce an anchor whose label is 2.3
+    # frames earlier. Locking in, the encoder aims for the anchor's slot; while its moves there
+    # go unanswered it stays with its neighbours, and must not lock there: a group locked
+    # whole frames off the anchor's slot holds that slot until a merge, seconds later
+    # (measured in sparse simulated meshes with noisy capture).
+    engine = _engine(["a", "b", "c"])
+    for k in range(120):
+        now = START + k * T
+        decision = engine.frame(now, k)
+        sent = engine.encoded(
+            now, ((decision.timecodes[-1], _frame_hash(k, decision.timecodes[-1])),)
+        )
+        for name in "abc":
+            esp = _esp(name, k + 1, k, now, locked=False)
+            engine.esp(now + 0.001, replace(esp, anchor="0", anchor_hops=1, anchor_offset=2.3 * T))
+        engine.drain()
+    (_, esp), *_ = sent
+    assert esp.anchor == "0" and abs(esp.anchor_offset - 2.3 * T) < 0.1 * T, esp
+    assert not engine.snapshot(START + 120 * T).locked
 
 
 @pytest.mark.parametrize("proposer_locked", [True, False])

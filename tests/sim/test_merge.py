@@ -83,7 +83,9 @@ def test_a_group_locked_off_its_anchors_slot_comes_to_the_anchors_timeline(
     it and the rest, each with neighbours in both slots, never locked: the group held its
     slot for ever (measured, before the group renamed its timeline and beacons crossed the
     encoders that are not locked: every one of these worlds ended on two timelines). Now
-    every encoder ends on one timeline."""
+    every encoder ends on one timeline. (Since an encoder locks only at its target and a vote
+    waits for the voter's estimate, these worlds lock in 2.3–5.1 s with no group holding a slot
+    off its anchor's, ``docs/sync.md``; merges are exercised by the split worlds above.)"""
     data = packaged_scenario("standard").model_dump()
     data["seed"] = seed
     data["mesh"].update(encoders=encoders, neighbors=3, duration_s=duration_s)

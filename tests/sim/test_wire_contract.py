@@ -2,8 +2,8 @@
 
 A real encoder checks every message a neighbour sends (``meshenc.wire.validation``) and ends
 the stream on the first it refuses, so an ESP the engine builds but the wire refuses would cut
-a link. Here every ESP the engines of a simulated world send, through lock-in, renamed
-timelines, beacons and a merge, goes through the wire's conversion and validation.
+a link. Here every ESP the engines of a simulated world send, through lock-in, beacons and a
+merge of two timelines, goes through the wire's conversion and validation.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ def test_every_esp_a_simulated_mesh_sends_passes_the_wires_validation(
             return actions
 
     monkeypatch.setattr(runner, "SyncEngine", CheckedEngine)
-    # A sparse, noisy world in which a group locks a frame off its anchor and later merges
-    # (tests/sim/test_merge.py).
-    data = packaged_scenario("standard").model_dump()
-    data["seed"] = 5
-    data["mesh"].update(encoders=20, neighbors=3, duration_s=60.0)
-    data["clocks"]["jitter_ms"] = 15.0
+    # Two regions that lock apart, each on its own anchor, and merge once the cut between
+    # them heals (tests/sim/test_merge.py).
+    data = packaged_scenario("region-split-start").model_dump()
+    data["mesh"].update(encoders=12, neighbors=3, duration_s=40.0)
+    data["network"].update(regions=2, bridges=2)
+    data["network"]["cuts"] = [{"region": 1, "at_s": 0.0, "duration_s": 15.0}]
     runner.run(Scenario.from_mapping(data), Strategy.PREDICTIVE)
-    assert sent["esps"] > 20 * 30 * 50, sent
+    assert sent["esps"] > 12 * 30 * 40, sent
     assert sent["merge routes"] and sent["beacons heard of"], sent  # what this is about was sent
