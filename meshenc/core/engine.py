@@ -1306,24 +1306,26 @@ class SyncEngine:
         if self._measuring(now, nb):
             # Its estimate is a control step or two away (the proposer's filter of this
             # encoder reached ``min_updates`` first): a refusal now would be for want of it, not
-            # a judgment, and would cost the proposer the lock-in retry (measured: the first
-            # lock-in move of most simulated cold starts, and survivors' first moves after a
-            # rewiring, turned down by "no estimate" votes). One proposal per proposer waits.
+            # a judgment, and would cost the proposer the lock-in retry (measured in simulated
+            # cold starts: first lock-in moves turned down by "no estimate" votes). One
+            # proposal per proposer waits.
             self._deferred[proposal.proposer] = (proposal, now + self.config.vote_timeout)
             return
         self._vote(now, proposal, nb)
 
     def _measuring(self, now: float, nb: _Neighbour) -> bool:
         """Whether ``nb`` is heard but not yet measured (its estimate does not count yet)."""
-        cfg = self.config
-        return nb.filter.updates < cfg.min_updates and now - nb.link.last_received_at < (
-            cfg.stale_after
-        )
+        return nb.filter.updates < self.config.min_updates and self._heard(now, nb)
+
+    def _heard(self, now: float, nb: _Neighbour) -> bool:
+        """Whether ``nb`` was heard within ``stale_after``."""
+        return now - nb.link.last_received_at < self.config.stale_after
 
     def _answer_deferred(self, now: float) -> None:
         """After a control step: vote on the proposals that waited for an estimate, once it is
-        there, or with a refusal for want of it once the wait is over (``vote_timeout``, by
-        which the proposer's book has closed it) or the proposer is no longer a neighbour."""
+        there; refuse for want of it once ``vote_timeout`` has passed since the proposal
+        arrived (about when the proposer's book gives up on it: its deadline is the timeout
+        plus the round trip, from the sending); forget a proposer no longer a neighbour."""
         for proposer, (proposal, until) in list(self._deferred.items()):
             nb = self._neighbours.get(proposer)
             if nb is None:
@@ -1336,10 +1338,7 @@ class SyncEngine:
         """Judge ``proposal`` from this engine's estimate of ``nb``, its proposer."""
         estimates: list[float | None] = [None]
         cfg = self.config
-        if (
-            nb.filter.updates >= cfg.min_updates
-            and now - nb.link.last_received_at < cfg.stale_after
-        ):
+        if nb.filter.updates >= cfg.min_updates and self._heard(now, nb):
             # The filter tracks (own - theirs); the proposer's offset from our label is the
             # opposite, and from where we believe the timeline should be (our label minus our
             # own error) it is that plus our error. Judging against the timeline rather than

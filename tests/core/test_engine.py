@@ -478,7 +478,8 @@ def test_a_voter_still_measuring_the_proposer_answers_once_it_has_measured_it() 
     assert voter.proposal(START + 4 * T, proposal) is None  # not yet: it is measuring p
     votes: list[SendVote] = []
     for k in range(4, 12):
-        votes += [a for a in _run(voter, range(k, k + 1), neighbours) if isinstance(a, SendVote)]
+        step = _run(voter, range(k, k + 1), neighbours, locked=False)
+        votes += [a for a in step if isinstance(a, SendVote)]
         if votes:
             break
     (sent,) = votes
@@ -504,7 +505,7 @@ def test_a_voter_that_cannot_measure_the_proposer_refuses_once_the_vote_is_over(
             break
     (sent,) = refusals
     assert not sent.vote.approve and sent.vote.reason == "no estimate"
-    # Once the proposer's book has given up on it (``vote_timeout``), not before.
+    # Once ``vote_timeout`` has passed since the proposal arrived, at the next control step.
     waited = (k - 31) * T
     timeout = voter.engine.config.vote_timeout
     assert timeout <= waited < timeout + voter.engine.config.control_interval + T
