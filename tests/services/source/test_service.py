@@ -9,7 +9,6 @@ the monotonic clock. Every wait has a bound, and every thread and process is joi
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import itertools
 import os
@@ -67,17 +66,27 @@ def _free_udp_port(pair: bool = False) -> int:
     raise RuntimeError("no free UDP port pair")
 
 
-def _wait_bound(host: str, port: int, timeout: float = 10.0) -> None:
-    """Wait until someone (FFmpeg) has bound ``host:port``."""
+def _udp_bound(host: str, port: int) -> bool:
+    """Whether a socket on this host has bound ``host:port`` (Linux's ``/proc/net/udp``).
+
+    Reading the table rather than trying to bind the port ourselves: a probe that binds, even
+    for a moment, can take the port just as FFmpeg binds it and make FFmpeg's open fail.
+    """
+    wanted = {
+        f"{socket.inet_aton(address)[::-1].hex().upper()}:{port:04X}"  # little-endian, as listed
+        for address in (host, "0.0.0.0")
+    }
+    with open("/proc/net/udp") as table:
+        next(table)  # the header
+        return any(line.split()[1] in wanted for line in table)
+
+
+def _wait_bound(host: str, port: int, reader: threading.Thread, timeout: float = 10.0) -> None:
+    """Wait until the reader (FFmpeg) has bound ``host:port``, or has stopped trying."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    return
-                raise
+        if _udp_bound(host, port) or not reader.is_alive():
+            return
         time.sleep(0.02)
     raise TimeoutError(f"nobody bound {host}:{port} within {timeout} s")
 
@@ -118,7 +127,9 @@ def _reader(url: str, host: str, port: int, max_frames: int = 10_000) -> Iterato
     thread = threading.Thread(target=_read_with_pyav, args=(url, decoded, max_frames))
     thread.start()
     try:
-        _wait_bound(host, port)
+        _wait_bound(host, port, thread)
+        if decoded.error is not None:
+            raise decoded.error  # FFmpeg could not open the input: no use sending to it
         yield decoded
     finally:
         thread.join(timeout=20)
