@@ -537,8 +537,9 @@ class Escalate:
 
 @dataclass(frozen=True, slots=True)
 class LockInTurnedDown:
-    """A lock-in move was turned down, or no majority answered in time; the encoder proposes
-    again from ``retry_at``. Nothing to escalate: while everyone moves at once, each judging
+    """A lock-in move was turned down, no majority answered in time, or it was withdrawn (its
+    neighbours changed: ``retry_at`` is then at once); the encoder proposes again from
+    ``retry_at``. Nothing to escalate: while everyone moves at once, each judging
     from its own view, turned-down lock-in moves are the norm. Shells say so, so that a slow
     lock-in can be read from outside."""
 
@@ -865,7 +866,7 @@ class SyncEngine:
             case LoadMeasured(cpu_load, encode_latency):
                 self._report_load(cpu_load, encode_latency)
             case NeighboursChanged(neighbours, epoch):
-                self._set_neighbours(neighbours, epoch)
+                self._rewire(now, neighbours, epoch)
             case LeaderChanged(leader):
                 self._leader = leader
             case ParametersRequested():
@@ -895,6 +896,28 @@ class SyncEngine:
         }
         if epoch is not None:
             self.topology_epoch = epoch
+
+    def _rewire(self, now: float, neighbours: Iterable[str], epoch: int | None) -> None:
+        """A new neighbour set. While locking in, the proposal state follows it: an open move
+        put to a neighbour that left is withdrawn (that vote will not come, and the move was
+        planned from its estimate), and a back-off ends (the neighbours that turned a move
+        down are no longer all the judges). Otherwise it waited out the vote and the lock-in
+        back-off before proposing to the neighbours it has now: in real overload trials,
+        survivors of a relief whose moves had gone to killed encoders saw them expire
+        unanswered and moved again only after the back-off, up to 1.2 s after the rewiring."""
+        before = set(self._neighbours)
+        self._set_neighbours(neighbours, epoch)
+        if before == set(self._neighbours) or self._lock.locked:
+            return
+        opened = self._open
+        if opened is not None:
+            if self._proposals.electorate(opened[0]) <= self._neighbours.keys():
+                return  # nobody it was put to left: its verdict still comes
+            outcome = self._proposals.withdraw(now, opened[0])
+            self._open = None
+            if outcome is not None:
+                self._actions.append(LockInTurnedDown(outcome, now))
+        self._proposal.on(ProposalSignal.REWIRED)
 
     @property
     def neighbours(self) -> tuple[str, ...]:

@@ -19,12 +19,17 @@ spread past the relock limit (or set aside too many outliers).
 Own proposal (``PROPOSAL_TRANSITIONS``)::
 
     IDLE --proposed--> VOTING --accepted--> IDLE
-     ^                   |
+     ^                   |  \
+     |                   |   +--rewired--> IDLE
      +--quiet-- BACKING_OFF <--turned down--+
+                     |
+                     +--rewired--> IDLE
 
 A correction that needs no vote applies without leaving IDLE. While VOTING nothing else
 corrects; BACKING_OFF lasts a retry back-off (shorter while locking in, where turned-down
 moves are routine), and a manager's APPLY verdict on the turned-down plan may still apply it.
+*rewired*: while locking in, the neighbour set changed; an open move put to neighbours that
+left is withdrawn, and a back-off from judges that are no longer all there ends.
 """
 
 from __future__ import annotations
@@ -105,6 +110,7 @@ class ProposalSignal(enum.Enum):
     ACCEPTED = "accepted"
     TURNED_DOWN = "turned down"
     QUIET = "quiet"
+    REWIRED = "rewired"
 
 
 PROPOSAL_TRANSITIONS: Final[Mapping[tuple[ProposalPhase, ProposalSignal], ProposalPhase]] = {
@@ -112,6 +118,8 @@ PROPOSAL_TRANSITIONS: Final[Mapping[tuple[ProposalPhase, ProposalSignal], Propos
     (ProposalPhase.VOTING, ProposalSignal.ACCEPTED): ProposalPhase.IDLE,
     (ProposalPhase.VOTING, ProposalSignal.TURNED_DOWN): ProposalPhase.BACKING_OFF,
     (ProposalPhase.BACKING_OFF, ProposalSignal.QUIET): ProposalPhase.IDLE,
+    (ProposalPhase.VOTING, ProposalSignal.REWIRED): ProposalPhase.IDLE,
+    (ProposalPhase.BACKING_OFF, ProposalSignal.REWIRED): ProposalPhase.IDLE,
 }
 
 

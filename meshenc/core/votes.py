@@ -63,6 +63,8 @@ class Verdict(enum.Enum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    #: The proposer took it back before a verdict (its neighbours changed while it was open).
+    WITHDRAWN = "withdrawn"
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +262,21 @@ class ProposalBook:
             return None
         self._close(vote.proposal_id)
         return ballot.outcome(verdict, now)
+
+    def electorate(self, proposal_id: int) -> frozenset[str]:
+        """Who may vote on an open proposal (empty when it is not open)."""
+        ballot = self._open.get(proposal_id)
+        return frozenset() if ballot is None else ballot.electorate
+
+    def withdraw(self, now: float, proposal_id: int) -> Outcome | None:
+        """Close an open proposal as WITHDRAWN, with the votes counted so far (None when it
+        is not open). Votes arriving for it later count as ``closed``."""
+        _check_time("now", now)
+        ballot = self._open.get(proposal_id)
+        if ballot is None:
+            return None
+        self._close(proposal_id)
+        return ballot.outcome(Verdict.WITHDRAWN, now)
 
     def expire(self, now: float) -> list[Outcome]:
         """Close every proposal whose deadline is strictly before ``now``, as EXPIRED.

@@ -91,6 +91,7 @@ from meshenc.core.messages import (
     ResyncProposal,
     ResyncVote,
 )
+from meshenc.core.votes import Verdict
 from meshenc.v1 import manager_pb2, mesh_pb2
 from meshenc.wire import PROTOCOL_VERSION, convert
 from meshenc.wire.adjacency import AdjacencyDocument
@@ -1202,11 +1203,17 @@ class EncoderRuntime:
                 f"proposal {action.proposal_id}" if action.proposal_id else "from a neighbour",
             )
         elif isinstance(action, LockInTurnedDown):
-            self.log.info(
-                "lock-in move %s; proposing again in %.1f s",
-                self._votes.account(action.outcome),
-                action.retry_at - action.outcome.decided_at,
-            )
+            if action.outcome.verdict is Verdict.WITHDRAWN:
+                self.log.info(
+                    "lock-in move %s: a neighbour it went to left; the next goes to the new ones",
+                    self._votes.account(action.outcome),
+                )
+            else:
+                self.log.info(
+                    "lock-in move %s; proposing again in %.1f s",
+                    self._votes.account(action.outcome),
+                    action.retry_at - action.outcome.decided_at,
+                )
         elif isinstance(action, Escalate):
             self.stats.escalations += 1
             self.log.warning(

@@ -99,8 +99,10 @@ class EngineShell:
     def approve_escalation(self, now: float, proposal_id: int) -> None:
         self._step(now, EscalationApproved(proposal_id))
 
-    def neighbours(self, neighbours: tuple[str, ...], epoch: int | None = None) -> None:
-        self._step(0.0, NeighboursChanged(neighbours, epoch))
+    def neighbours(
+        self, neighbours: tuple[str, ...], epoch: int | None = None, now: float = 0.0
+    ) -> None:
+        self._step(now, NeighboursChanged(neighbours, epoch))
 
     def leader(self, leader: str | None) -> None:
         self._step(0.0, LeaderChanged(leader))

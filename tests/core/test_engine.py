@@ -439,6 +439,91 @@ def test_locking_in_does_not_move_against_the_neighbours_votes() -> None:
         assert later.outcome.decided_at >= earlier.retry_at
 
 
+def _first_proposal(
+    engine: EngineShell, offsets: dict[str, Callable[[int], float]], start: int = 0
+) -> tuple[int, SendProposal]:
+    """Run ``engine`` picture by picture from ``start``, nobody voting, until it proposes:
+    (picture, action)."""
+    for k in range(start, start + 200):
+        for action in _run(engine, range(k, k + 1), offsets):
+            if isinstance(action, SendProposal):
+                return k, action
+    raise AssertionError("no lock-in move was proposed")
+
+
+def test_a_lock_in_move_put_to_a_neighbour_that_left_is_withdrawn_and_the_next_goes_at_once() -> (
+    None
+):
+    engine = _engine(["a", "b", "c"])
+    ahead = {n: (lambda _k: 2.3 * T) for n in "abc"}
+    k, sent = _first_proposal(engine, ahead)
+    assert set(sent.to) == {"a", "b", "c"}
+    # The manager rewires: c left, d came. Nobody has voted yet.
+    now = START + k * T + 0.003
+    engine.neighbours(("a", "b", "d"), epoch=2, now=now)
+    (told,) = [a for a in engine.drain() if isinstance(a, LockInTurnedDown)]
+    assert told.outcome.proposal == sent.proposal
+    assert told.outcome.verdict is Verdict.WITHDRAWN and told.retry_at == now
+    # A late vote for it no longer counts: the move is not applied.
+    engine.vote(
+        now + 0.001, ResyncVote(sent.proposal.proposer, sent.proposal.proposal_id, "a", True, 0.0)
+    )
+    assert not [a for a in engine.drain() if isinstance(a, CorrectionApplied)]
+    # Once it has measured d, the next move goes to the new neighbours, without the lock-in
+    # back-off a turned-down move waits (well within it here).
+    after = {**{n: ahead[n] for n in "ab"}, "d": ahead["a"]}
+    k2, again = _first_proposal(engine, after, k + 1)
+    assert set(again.to) == {"a", "b", "d"}
+    assert START + k2 * T - now < engine.engine.config.lock_in_retry_backoff
+
+
+def test_a_rewiring_ends_the_lock_in_back_off() -> None:
+    engine = _engine(["a", "b", "c"])
+    ahead = {n: (lambda _k: 2.3 * T) for n in "abcd"}
+    k, sent = _first_proposal(engine, {n: ahead[n] for n in "abc"})
+    now = START + k * T + 0.002
+    p = sent.proposal
+    for voter in sent.to:
+        engine.vote(now, ResyncVote(p.proposer, p.proposal_id, voter, False, 0.0))
+    (told,) = [a for a in engine.drain() if isinstance(a, LockInTurnedDown)]
+    assert told.outcome.verdict is Verdict.REJECTED and told.retry_at > now
+    # c leaves and d comes while it backs off: the judges of that move are no longer all
+    # there, so the next move need not wait for the back-off's end.
+    engine.neighbours(("a", "b", "d"), epoch=2, now=now + 0.001)
+    assert not [a for a in engine.drain() if isinstance(a, LockInTurnedDown)]
+    k2, again = _first_proposal(engine, {n: ahead[n] for n in "abd"}, k + 1)
+    assert set(again.to) == {"a", "b", "d"}
+    assert START + k2 * T < told.retry_at
+
+
+def test_a_neighbour_joining_leaves_an_open_lock_in_move_to_its_verdict() -> None:
+    engine = _engine(["a", "b", "c"])
+    k, sent = _first_proposal(engine, {n: (lambda _k: 2.3 * T) for n in "abc"})
+    now = START + k * T + 0.002
+    engine.neighbours(("a", "b", "c", "d"), epoch=2, now=now)
+    assert not [a for a in engine.drain() if isinstance(a, LockInTurnedDown)]
+    p = sent.proposal
+    for voter in "ab":  # a majority of the three it was put to
+        engine.vote(now + 0.001, ResyncVote(p.proposer, p.proposal_id, voter, True, 0.0))
+    applied = [a for a in engine.drain() if isinstance(a, CorrectionApplied)]
+    assert [a.proposal_id for a in applied] == [p.proposal_id]
+
+
+def test_a_locked_encoders_open_proposal_outlives_a_rewiring() -> None:
+    # A locked encoder's proposals are the manager's to judge when they fail: a neighbour
+    # leaving does not withdraw one, it expires and is escalated as before.
+    engine = _engine(list("abcdef"))
+
+    def leave(p: ResyncProposal) -> list[ResyncVote]:
+        engine.neighbours(tuple("abcde"), epoch=2, now=START + 200 * T)
+        return []
+
+    actions = _locked_then_left_behind(leave, engine)
+    told = [a for a in actions if isinstance(a, LockInTurnedDown)]
+    assert not told
+    assert [a for a in actions if isinstance(a, Escalate)]
+
+
 def test_a_voter_judges_from_its_own_estimate_of_the_proposer() -> None:
     voter = EngineShell(SyncEngine("v", EngineConfig(frame_rate=FPS), ["p", "x", "y"]))
     # x and y label every picture as the voter's clock does; p labels it 0.8 frames later.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -69,6 +70,16 @@ def test_a_turned_down_proposal_backs_off_until_its_time() -> None:
     assert not proposal.free(0.99)
     assert proposal.free(1.0)
     assert _phase(proposal) is ProposalPhase.IDLE  # the back-off ended there
+
+
+@pytest.mark.parametrize("turned_down", [False, True], ids=["voting", "backing off"])
+def test_a_rewiring_frees_a_proposal_at_once(turned_down: bool) -> None:
+    proposal = ProposalState()
+    proposal.on(ProposalSignal.PROPOSED)
+    if turned_down:
+        proposal.on(ProposalSignal.TURNED_DOWN, until=1.0)
+    proposal.on(ProposalSignal.REWIRED)
+    assert proposal.free(0.5)
 
 
 def test_an_accepted_proposal_frees_at_once() -> None:

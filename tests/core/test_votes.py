@@ -205,6 +205,20 @@ def test_votes_after_decision_are_ignored_as_closed() -> None:
     assert book.ignored == IgnoredVotes(closed=1)
 
 
+def test_a_withdrawn_proposal_keeps_its_votes_so_far_and_takes_no_more() -> None:
+    book = _book(ABC)
+    assert book.electorate(1) == ABC
+    book.record_vote(10.1, _vote("a", True))
+    outcome = book.withdraw(10.2, 1)
+    assert outcome is not None and outcome.verdict is Verdict.WITHDRAWN
+    assert outcome.approvals == {"a"} and not outcome.rejections and outcome.decided_at == 10.2
+    assert book.open_count == 0 and book.electorate(1) == frozenset()
+    assert book.withdraw(10.3, 1) is None  # closed: nothing to withdraw
+    assert book.record_vote(10.3, _vote("b", True)) is None
+    assert book.ignored == IgnoredVotes(closed=1)
+    assert book.expire(20.0) == []
+
+
 def test_votes_after_the_deadline_are_late() -> None:
     book = _book(ABC, timeout=1.0)
     assert book.record_vote(11.0, _vote("a", True)) is None  # exactly at the deadline: counts
