@@ -341,6 +341,24 @@ def _entries(log: Iterable[Mapping[str, Any]], player: str) -> list[Mapping[str,
     )
 
 
+def _skips(under_playhead: list[int], loaded: list[int]) -> int:
+    """How often the fragment under the playhead (hls.js ``FRAG_CHANGED``) went back, or
+    forward past a fragment that was never loaded.
+
+    The same number again is the segment under the playhead replaced by another rung's copy
+    of it (hls.js on a rung switch), not a skip. Nor is a step past fragments that were all
+    loaded: hls.js names the fragment under the playhead from a timer, and on a busy machine
+    its check can miss one while the playhead plays through it (seen in a run whose playhead
+    advanced evenly, with no seek, through a fragment loaded a few seconds before and never
+    named). Whether the playhead itself jumped, the seeks, stalls and the longest gap say.
+    """
+    seen = set(loaded)
+    return sum(
+        b < a or any(sn not in seen for sn in range(a + 1, b))
+        for a, b in itertools.pairwise(under_playhead)
+    )
+
+
 def evaluate(log: Iterable[Mapping[str, Any]], player: str = ORIGIN_PLAYER) -> PlaybackResult:
     """The figures of one player of a playback log, entries in the order they were written."""
     entries = _entries(log, player)
@@ -404,9 +422,7 @@ def evaluate(log: Iterable[Mapping[str, Any]], player: str = ORIGIN_PLAYER) -> P
         wall_s=samples[-1][0] - samples[0][0] if samples else 0.0,
         seeks=sum(e.get("event") == "seeking" for e in media),
         fragments=len(fragments),
-        # The same number again is the segment under the playhead replaced by another rung's
-        # copy of it (hls.js on a rung switch), not a skip.
-        skipped_fragments=sum(b not in (a, a + 1) for a, b in itertools.pairwise(fragments)),
+        skipped_fragments=_skips(fragments, loaded_sns),
         loaded_fragments=len(loaded_sns),
         sequence_gaps=len(_sequence_gaps(loaded_sns)),
         discontinuities=len(discontinuities - {0}),

@@ -103,6 +103,21 @@ def test_rung_switches_of_a_channel_master_are_counted_by_the_rungs_fragments_ca
     # The segment under the playhead replaced by the other rung's copy of it: not a skip.
     assert evaluate(scripted(sns=[7, 8, 9, 9, 10, 11, 12, 13, 14, 15])).skipped_fragments == 0
     assert evaluate(scripted(sns=[7, 8, 10, 11])).skipped_fragments == 1
+    assert evaluate(scripted(sns=[7, 8, 9, 8, 9])).skipped_fragments == 1  # back is a skip
+
+
+def test_a_fragment_loaded_but_never_named_under_the_playhead_is_not_a_skip() -> None:
+    """hls.js names the fragment under the playhead from a timer: on a busy machine it can
+    miss one the playhead played through. Loaded, with the playhead moving evenly, it was
+    played; one never loaded was skipped."""
+    loaded = [
+        {"kind": "loaded", "t": T0 + i * 0.5, "sn": sn, "media": "video", "url": f"s{sn}.m4s"}
+        for i, sn in enumerate(range(7, 12))
+    ]
+    result = evaluate(scripted(sns=[7, 8, 10, 11], extra=loaded))
+    assert result.skipped_fragments == 0 and result.smooth
+    audio_only = [{**e, "media": "audio"} if e["sn"] == 9 else e for e in loaded]
+    assert evaluate(scripted(sns=[7, 8, 10, 11], extra=audio_only)).skipped_fragments == 1
 
 
 def test_a_waiting_event_after_start_up_is_a_stall() -> None:
