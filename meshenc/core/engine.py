@@ -901,9 +901,9 @@ class SyncEngine:
         """A new neighbour set. While locking in, the proposal state follows it: an open move
         put to a neighbour that left is withdrawn (that vote will not come, and the move was
         planned from its estimate), and a back-off ends (the neighbours that turned a move
-        down are no longer all the judges). Otherwise it waited out the vote and the lock-in
-        back-off before proposing to the neighbours it has now: in real overload trials,
-        survivors of a relief whose moves had gone to killed encoders saw them expire
+        down are no longer all the judges). Without this it waited out the vote and the
+        lock-in back-off before proposing to the neighbours it has now: in real overload
+        trials, survivors of a relief whose moves had gone to killed encoders saw them expire
         unanswered and moved again only after the back-off, up to 1.2 s after the rewiring."""
         before = set(self._neighbours)
         self._set_neighbours(neighbours, epoch)
