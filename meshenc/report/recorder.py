@@ -433,6 +433,16 @@ class Recorder:
         except grpc.aio.AioRpcError as exc:
             log.debug("%s at %s did not answer: %s", name, source.address, exc.code())
             return None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the recorder is stopping
+            # The channel was closed under the call: the encoder was removed (killed) or moved
+            # while this round asked it, and the call's interceptors end with CancelledError
+            # rather than an RPC error. Let through, it ended the polling task for the rest of
+            # the run (seen: no state recorded after an overload trial's relief).
+            log.debug("%s at %s: its channel closed while asked", name, source.address)
+            return None
         if state.encoder_id != name:
             if not source.warned:
                 log.warning(

@@ -161,6 +161,46 @@ def test_recorder_ignores_impostor_and_unreachable_standin_encoders(
     assert "answers as 'someone-else'" in caplog.text
 
 
+class _SilentStandIn(StandInEncoder):
+    """A stand-in whose GetState never answers within the test: its call stays in flight."""
+
+    async def GetState(  # noqa: N802 -- the gRPC method's name
+        self, request: mesh_pb2.GetStateRequest, context: Any
+    ) -> mesh_pb2.EncoderState:
+        await asyncio.sleep(60.0)
+        return self.state
+
+
+def test_recorder_keeps_polling_after_a_standin_encoder_is_removed_while_asked(
+    tmp_path: Path,
+) -> None:
+    """A launcher removes a killed encoder whatever the recorder is doing: here while a round
+    waits on it. Its channel closes under the call, and the round (and every round after it)
+    must go on with the others. Before, the call's CancelledError ended the polling task, and
+    nothing more was recorded for the rest of the run."""
+
+    async def scenario() -> float:
+        silent, answering = _SilentStandIn("gone"), StandInEncoder("s1")
+        silent_address, address = await silent.start(), await answering.start()
+        try:
+            async with Recorder(tmp_path, interval=0.1, rpc_timeout=10.0) as recorder:
+                recorder.add("gone", silent_address)
+                recorder.add("s1", address)
+                await asyncio.sleep(0.3)  # the first round waits on "gone"
+                removed = time.time()
+                recorder.remove("gone")
+                await asyncio.sleep(1.0)
+            return removed
+        finally:
+            await silent.server.stop(0)
+            await answering.server.stop(0)
+
+    removed = run(scenario())
+    states = read_events(tmp_path / EVENTS_NAME).states()
+    assert {s["encoder"] for s in states} == {"s1"}
+    assert sum(s["t"] > removed for s in states) >= 3, states  # rounds every 0.1 s went on
+
+
 def test_recorder_polls_in_the_background_and_keeps_launcher_events_in_order(
     tmp_path: Path,
 ) -> None:
