@@ -14,7 +14,10 @@ of the copies each encoder wrote after its first ``LOCK_IN_SEGMENTS`` segments, 
 their segment's reference (the digest most copies hold), and how many segments are missing
 between its first and its last (given up behind its input, or lost); the longest lock-in; and,
 for an overload trial, per survivor, how many segments after the one in progress at the
-relief its copies start to hold their reference for good (``recovered``). The copies are
+relief its copies start to hold their reference for good (``recovered``), and how long after
+the relief it made its last whole-frame correction, a drop or a duplicate (``last_frame_move``,
+from the corrections the run recorded: a figure that, unlike the segments, does not depend on
+where in its segment the relief fell). The copies are
 counted from each encoder's start, not per run as ``verify`` judges: an encoder that gave
 up a segment starts a new run there, and its next segments are not exempt here. What each
 encoder logs when it stops adds what ran out: pictures it dropped behind its input, the longest
@@ -49,6 +52,7 @@ from meshenc.core.timecode import FrameRate
 from meshenc.local.demo import DemoConfig, DemoRun
 from meshenc.local.launcher import Launcher
 from meshenc.report.chaos import segment_at
+from meshenc.report.recorder import EVENTS_NAME, CorrectionRecord, read_events
 from meshenc.report.verify import Verification, verify
 
 __all__ = [
@@ -110,6 +114,8 @@ class ScaleTrial:
     #: Per survivor of an overload trial: segments after the relief until its copies hold
     #: their reference for good (None: never, within the run).
     recovered: tuple[int | None, ...] = ()
+    #: Per survivor: seconds from the relief to its last drop or duplicate (None: none).
+    last_frame_move: tuple[float | None, ...] = ()
     started_ok: bool = True
     error: str = ""
 
@@ -131,6 +137,7 @@ class ScaleTrial:
             "mesh_writes": self.mesh_writes,
             "stop_lines": self.reported,
             "recovered_after_segments": list(self.recovered),
+            "last_frame_move_after_relief_s": list(self.last_frame_move),
             "started": self.started_ok,
             "error": self.error,
         }
@@ -155,6 +162,22 @@ def recovered_after(outcome: Verification, encoder: str, relief_segment: int) ->
             break
         good_from = number
     return None if good_from is None else good_from - relief_segment
+
+
+def last_frame_move(
+    corrections: Sequence[CorrectionRecord], encoder: str, relieved_at: float
+) -> float | None:
+    """Seconds from ``relieved_at`` to ``encoder``'s last whole-frame correction (a drop or a
+    duplicate: what puts other pictures in its slots) recorded after it; None when it made
+    none."""
+    moves = [
+        c["at"]
+        for c in corrections
+        if c["encoder"] == encoder
+        and c["correction"] in ("drop", "duplicate")
+        and c["at"] >= relieved_at
+    ]
+    return max(moves) - relieved_at if moves else None
 
 
 def count_copies(outcome: Verification) -> tuple[int, int, int]:
@@ -283,10 +306,13 @@ async def _run_trial(
         verify, [config.out / n for n in names], lock_in=LOCK_IN_SEGMENTS
     )
     recovered: tuple[int | None, ...] = ()
-    if run.relieved_at is not None:
+    moves: tuple[float | None, ...] = ()
+    if (relieved_at := run.relieved_at) is not None:
         rate = FrameRate.parse(config.fps)
-        relief = segment_at(run.relieved_at, Fraction(rate.num, rate.den), config.gop)
+        relief = segment_at(relieved_at, Fraction(rate.num, rate.den), config.gop)
         recovered = tuple(recovered_after(outcome, n, relief) for n in run.survivors)
+        corrections = read_events(config.out / EVENTS_NAME).corrections()
+        moves = tuple(last_frame_move(corrections, n, relieved_at) for n in run.survivors)
     trial = ScaleTrial(
         plan,
         loads,
@@ -300,6 +326,7 @@ async def _run_trial(
         _sum_field(stats, "mesh_writes"),
         len(stats),
         recovered,
+        moves,
     )
     return trial, stopped
 
@@ -335,7 +362,8 @@ class ScaleBench:
             f" encoder's first {LOCK_IN_SEGMENTS} segments; pictures and ESPs dropped and"
             " messages per write: over the encoders that logged their stop line (stop lines);"
             " recovered: segments after the relief until a survivor's copies hold their"
-            " reference for good (median, worst)",
+            " reference for good (median, worst); last frame move: seconds from the relief to"
+            " a survivor's last drop or duplicate (median, latest)",
             (
                 "encoders",
                 "load (median)",
@@ -349,12 +377,13 @@ class ScaleBench:
                 "messages / write",
                 "stop lines",
                 "recovered",
+                "last frame move",
             ),
             left={"encoders"},
         )
         for t in self.trials:
             if not t.started_ok:
-                table.add_row(t.plan.name, cell(t.load.median), *(["—"] * 9), "did not start")
+                table.add_row(t.plan.name, cell(t.load.median), *(["—"] * 10), "did not start")
                 continue
             table.add_row(
                 t.plan.name,
@@ -369,6 +398,7 @@ class ScaleBench:
                 _per_write_cell(t.mesh_messages, t.mesh_writes),
                 str(t.reported),
                 _recovered_cell(t.recovered),
+                _moves_cell(t.last_frame_move),
             )
         return table
 
@@ -387,6 +417,13 @@ def _recovered_cell(recovered: Sequence[int | None]) -> str:
         return f"never ({never} of {len(recovered)})"
     values = [r for r in recovered if r is not None]
     return f"{statistics.median(values):g}, {max(values)}"
+
+
+def _moves_cell(moves: Sequence[float | None]) -> str:
+    made = [m for m in moves if m is not None]
+    if not made:
+        return "—" if not moves else "none"
+    return f"{statistics.median(made):.2f}, {max(made):.2f} s"
 
 
 def run_scale_bench(

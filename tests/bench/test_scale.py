@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshenc.bench.scale import _stop_stats, count_copies, recovered_after
+import pytest
+
+from meshenc.bench.scale import _stop_stats, count_copies, last_frame_move, recovered_after
+from meshenc.report.recorder import CorrectionRecord
 from meshenc.report.verify import EncoderOutput, compare
 from services.encoder.runtime import RunStats
 
@@ -39,6 +42,28 @@ def test_a_last_copy_that_differs_or_none_after_the_relief_is_never_recovered() 
     outcome = compare(outputs, lock_in=2, frames=1)
     assert recovered_after(outcome, "e2", 11) is None
     assert recovered_after(outcome, "e0", 21) is None
+
+
+def _correction(encoder: str, at: float, kind: str) -> CorrectionRecord:
+    return CorrectionRecord(
+        t=at + 1.0, kind="correction", encoder=encoder, at=at, correction=kind,
+        shift_ns=33_000_000, rate_ppb=0, lead_ns=0, proposal_id=1,
+    )  # fmt: skip
+
+
+def test_the_last_frame_move_is_a_survivors_last_drop_or_duplicate_after_the_relief() -> None:
+    corrections = [
+        _correction("e1", 99.0, "duplicate"),  # before the relief
+        _correction("e1", 100.4, "duplicate"),
+        _correction("e1", 100.9, "drop"),
+        _correction("e1", 102.0, "slew"),  # no other picture in any slot
+        _correction("e2", 100.3, "drop"),
+        _correction("e3", 99.5, "drop"),
+    ]
+    assert last_frame_move(corrections, "e1", 100.0) == pytest.approx(0.9)
+    assert last_frame_move(corrections, "e2", 100.0) == pytest.approx(0.3)
+    assert last_frame_move(corrections, "e3", 100.0) is None
+    assert last_frame_move(corrections, "e4", 100.0) is None
 
 
 def test_copies_are_counted_from_each_encoders_start_not_from_each_run() -> None:
