@@ -737,7 +737,8 @@ def bench_scale(
 
     Each trial is a `meshenc up` run (etcd, registry replicas, the manager, a live source)
     without faults, origin or player. An N:M trial starts N encoders and kills all but M of
-    them at --relief-at: how many segments until each survivor's copies hold their reference.
+    them at --relief-at: how many segments until each survivor's copies hold their reference,
+    and how long after the relief its last drop or duplicate came.
     The load average, each encoder's CPU and what each encoder dropped are reported beside
     what the segment files say.
     """
