@@ -900,23 +900,22 @@ class SyncEngine:
     def _rewire(self, now: float, neighbours: Iterable[str], epoch: int | None) -> None:
         """A new neighbour set. While locking in, the proposal state follows it: an open move
         put to a neighbour that left is withdrawn (that vote will not come, and the move was
-        planned from its estimate), and a back-off ends (the neighbours that turned a move
-        down are no longer all the judges). Without this it waited out the vote and the
+        planned from its estimate), and a back-off ends (the neighbourhood that turned the
+        last move down is not the one it has now). Without this it waited out the vote and the
         lock-in back-off before proposing to the neighbours it has now: in real overload
         trials, survivors of a relief whose moves had gone to killed encoders saw them expire
         unanswered and moved again only after the back-off, up to 1.2 s after the rewiring."""
         before = set(self._neighbours)
         self._set_neighbours(neighbours, epoch)
-        if before == set(self._neighbours) or self._lock.locked:
+        if self._neighbours.keys() == before or self._lock.locked:
             return
         opened = self._open
         if opened is not None:
             if self._proposals.electorate(opened[0]) <= self._neighbours.keys():
                 return  # nobody it was put to left: its verdict still comes
-            outcome = self._proposals.withdraw(now, opened[0])
             self._open = None
-            if outcome is not None:
-                self._actions.append(LockInTurnedDown(outcome, now))
+            outcome = self._proposals.withdraw(now, opened[0])
+            self._actions.append(LockInTurnedDown(outcome, now))
         self._proposal.on(ProposalSignal.REWIRED)
 
     @property

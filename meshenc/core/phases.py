@@ -29,7 +29,8 @@ A correction that needs no vote applies without leaving IDLE. While VOTING nothi
 corrects; BACKING_OFF lasts a retry back-off (shorter while locking in, where turned-down
 moves are routine), and a manager's APPLY verdict on the turned-down plan may still apply it.
 *rewired*: while locking in, the neighbour set changed; an open move put to neighbours that
-left is withdrawn, and a back-off from judges that are no longer all there ends.
+left is withdrawn, and a back-off ends (the neighbourhood that turned the last move down
+is not the one it has now).
 """
 
 from __future__ import annotations

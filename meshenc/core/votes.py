@@ -268,13 +268,17 @@ class ProposalBook:
         ballot = self._open.get(proposal_id)
         return frozenset() if ballot is None else ballot.electorate
 
-    def withdraw(self, now: float, proposal_id: int) -> Outcome | None:
-        """Close an open proposal as WITHDRAWN, with the votes counted so far (None when it
-        is not open). Votes arriving for it later count as ``closed``."""
+    def withdraw(self, now: float, proposal_id: int) -> Outcome:
+        """Close an open proposal as WITHDRAWN, with the votes counted so far. Votes arriving
+        for it later count as ``closed``.
+
+        Raises:
+            ValueError: the proposal is not open (never opened, or already decided).
+        """
         _check_time("now", now)
         ballot = self._open.get(proposal_id)
         if ballot is None:
-            return None
+            raise ValueError(f"proposal {proposal_id} is not open")
         self._close(proposal_id)
         return ballot.outcome(Verdict.WITHDRAWN, now)
 

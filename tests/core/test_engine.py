@@ -471,8 +471,7 @@ def test_a_lock_in_move_put_to_a_neighbour_that_left_is_withdrawn_and_the_next_g
     assert not [a for a in engine.drain() if isinstance(a, CorrectionApplied)]
     # Once it has measured d, the next move goes to the new neighbours, without the lock-in
     # back-off a turned-down move waits (well within it here).
-    after = {**{n: ahead[n] for n in "ab"}, "d": ahead["a"]}
-    k2, again = _first_proposal(engine, after, k + 1)
+    k2, again = _first_proposal(engine, {n: ahead["a"] for n in "abd"}, k + 1)
     assert set(again.to) == {"a", "b", "d"}
     assert START + k2 * T - now < engine.engine.config.lock_in_retry_backoff
 

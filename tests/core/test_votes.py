@@ -210,10 +210,11 @@ def test_a_withdrawn_proposal_keeps_its_votes_so_far_and_takes_no_more() -> None
     assert book.electorate(1) == ABC
     book.record_vote(10.1, _vote("a", True))
     outcome = book.withdraw(10.2, 1)
-    assert outcome is not None and outcome.verdict is Verdict.WITHDRAWN
+    assert outcome.verdict is Verdict.WITHDRAWN
     assert outcome.approvals == {"a"} and not outcome.rejections and outcome.decided_at == 10.2
     assert book.open_count == 0 and book.electorate(1) == frozenset()
-    assert book.withdraw(10.3, 1) is None  # closed: nothing to withdraw
+    with pytest.raises(ValueError, match="not open"):
+        book.withdraw(10.3, 1)  # closed: nothing to withdraw
     assert book.record_vote(10.3, _vote("b", True)) is None
     assert book.ignored == IgnoredVotes(closed=1)
     assert book.expire(20.0) == []
