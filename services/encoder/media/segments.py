@@ -160,8 +160,9 @@ class SegmentWriter:
     free. The playlist lists it all the same (segment numbers are positions in HLS) with an
     ``EXT-X-GAP`` tag, so that a player does not load it, except at the top of the list,
     where it is left out (the playlist then starts after it); a segment moved aside later
-    (``move_aside``) is tagged when it moves. The MPD cannot say so: a DASH player asking for
-    it gets a 404.
+    (``move_aside``) is tagged when it moves, and a segment never written (shed, or while the
+    writer was stopped) is listed as a gap too. The MPD cannot say so: a DASH player asking
+    for it gets a 404.
     """
 
     def __init__(
@@ -425,14 +426,21 @@ class SegmentWriter:
         return path
 
     def _extend_window(self, newest: int) -> None:
-        """Append ``newest`` to the listed run; a gap starts the run afresh.
+        """Append ``newest`` to the listed run, the segments this writer skipped before it
+        (an encoder that shed a segment, or held its rung again) listed as gaps.
 
-        HLS numbers segments by position (media sequence + offset), so a gap inside the list
-        would misnumber every segment after it; a run of consecutive numbers keeps each
-        segment's sequence number equal to its segment number on every encoder.
+        HLS numbers segments by position (media sequence + offset), so the list must be a run
+        of consecutive numbers for each segment's sequence number to be its segment number on
+        every encoder. A skipped segment listed as a gap keeps the window every other encoder
+        lists: starting the run afresh at ``newest`` would move the playlist's media sequence
+        forward past segments that other encoders wrote, which a player that had not loaded
+        them would find missing.
         """
-        if self._listed and newest != self._listed[-1] + 1:
-            self._listed.clear()
+        if self._listed:
+            # Only those the window can still hold: a longer hole leaves nothing older.
+            skipped = range(max(self._listed[-1] + 1, newest - self.window + 1), newest)
+            self._listed.extend(skipped)
+            self._gaps.update(skipped)
         self._listed.append(newest)
         del self._listed[: -self.window]
         self._trim_gaps()

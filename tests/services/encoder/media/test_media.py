@@ -420,12 +420,25 @@ def test_playlist_is_a_sliding_window_of_consecutive_segments(tmp_path: Path) ->
     for segment, stamp in zip(range(first + 3, first + 13), stamps, strict=True):
         assert abs(stamp.timestamp() - segment * 2 / 30) < 0.001
 
-    # A jump leaves a gap in the numbers: the listed run starts afresh after it.
+    # A jump of six segments (an encoder that shed them): they are listed as gaps, so the
+    # media sequence goes on where every other encoder's does.
     jump = base + 40
     for i, picture in enumerate(pics[:6]):
         writer.add(GopEncoder(params).encode(jump + i, picture))
+    assert writer.listed == tuple(range(first + 12, first + 22))
+    lines = (tmp_path / "index.m3u8").read_text().splitlines()
+    assert f"#EXT-X-MEDIA-SEQUENCE:{first + 12}" in lines
+    gapped = [lines[i + 1] for i, line in enumerate(lines) if line == "#EXT-X-GAP"]
+    assert gapped == [segment_name(s) for s in range(first + 14, first + 20)]
+    assert not (tmp_path / segment_name(first + 14)).exists()
+
+    # A jump longer than the window leaves nothing older: the run starts afresh after it.
+    jump = base + 80
+    for i, picture in enumerate(pics[:6]):
+        writer.add(GopEncoder(params).encode(jump + i, picture))
     assert writer.listed == (jump // 2, jump // 2 + 1)
-    assert f"#EXT-X-MEDIA-SEQUENCE:{jump // 2}" in (tmp_path / "index.m3u8").read_text()
+    text = (tmp_path / "index.m3u8").read_text()
+    assert f"#EXT-X-MEDIA-SEQUENCE:{jump // 2}" in text and "#EXT-X-GAP" not in text
     writer.finish()
     assert not [name for name in files(tmp_path) if name.startswith(".")]
 
