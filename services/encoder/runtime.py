@@ -1091,9 +1091,10 @@ class EncoderRuntime:
         have been replaced: its act's guard then fails and it learns the new leader).
 
         A placed ladder (``follows_placement``) is the exception: the leader may hold none of
-        a rung, so every holder publishes its rungs' playlists (a lagging holder can set one
-        back by a segment), and no encoder publishes the ladder's master or MPD, which name
-        only its own rungs (``_release``)."""
+        a rung, so every holder publishes its rungs' playlists (each extends the origin's, so
+        a lagging or new holder does not set it back or cut it short: ``hls.extend``), and no
+        encoder publishes the ladder's master or MPD, which name only its own rungs
+        (``_release``)."""
         if self.leadership is None:
             return True
         return (

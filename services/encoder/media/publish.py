@@ -16,7 +16,14 @@ Order, per origin:
 - An HLS playlist (``.m3u8``) is PUT only if every segment it lists is on that origin: PUT by
   this publisher, or else found there with a ``HEAD`` (another encoder may have put it).
   Otherwise it is not PUT (counted as ``skipped``): a player must never be sent to a segment
-  that is not there. A later playlist whose segments are all there goes out as usual.
+  that is not there. A later playlist whose segments are all there goes out as usual. A
+  playlist that goes out has its ``EXT-X-GAP`` tags removed: they mark segments its encoder
+  did not write under the shared name, and the origin has every one it lists, from the
+  encoders that did (a segment under a shared name is the same bytes from any of them).
+- A media playlist extends the origin's: the origin's version is read (``GET``) and what is
+  PUT is that version with this one's newer segments appended (``hls.extend``), so that
+  with several encoders publishing one playlist it neither jumps forward nor goes back; one
+  that lists nothing newer than the origin's is not PUT (counted as ``superseded``).
 
 Bounds: each lane holds at most ``queue_limit`` objects; publishing into a full lane drops its
 oldest object (counted as ``dropped``), so a slow or dead origin costs memory of at most
@@ -45,7 +52,6 @@ import dataclasses
 import logging
 import posixpath
 import random
-import re
 import urllib.parse
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -56,6 +62,13 @@ from typing import Self
 import aiohttp
 
 from services.common.retry import Backoff
+from services.encoder.media.hls import (
+    MAX_PLAYLIST_BYTES,
+    MediaPlaylist,
+    extend,
+    listed_names,
+    without_gaps,
+)
 
 __all__ = ["OriginStats", "Publisher", "origin_url"]
 
@@ -75,7 +88,6 @@ RETRIED_STATUSES = frozenset({408, 425, 429})
 CONFIRMED_NAMES = 4096
 #: The shortest first wait before probing an origin that went down, seconds.
 _MIN_PROBE_DELAY = 0.01
-_MAP_URI = re.compile(r'#EXT-X-MAP:.*?URI="([^"]+)"')
 
 
 def origin_url(url: str) -> str:
@@ -125,24 +137,6 @@ def _is_manifest(name: str) -> bool:
     return posixpath.splitext(name)[1] in MANIFEST_SUFFIXES
 
 
-def _listed(name: str, data: bytes) -> list[str]:
-    """The relative names an HLS playlist points at (segments and an EXT-X-MAP), resolved."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return []
-    folder = posixpath.dirname(name)
-    found = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        mapped = _MAP_URI.match(line)
-        uri = mapped.group(1) if mapped else ("" if line.startswith("#") else line)
-        if not uri or urllib.parse.urlsplit(uri).scheme or uri.startswith("/"):
-            continue  # absolute URLs and paths point elsewhere: not ours to check
-        found.append(posixpath.normpath(posixpath.join(folder, uri.split("?", 1)[0])))
-    return found
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class OriginStats:
     """What happened to the objects published to one origin so far."""
@@ -157,7 +151,8 @@ class OriginStats:
     skipped: int
     """Playlists not PUT because a segment they list is not on the origin."""
     superseded: int
-    """Manifest versions replaced by a newer one under the same name before they went out."""
+    """Manifest versions replaced by a newer one under the same name before they went out,
+    and playlists that listed nothing newer than the origin's."""
     retries: int
     """Tries after the first, over all objects."""
     queued: int
@@ -458,12 +453,18 @@ class Publisher:
                 log.exception("publishing %s to %s failed unexpectedly", item.name, origin.url)
 
     async def _send(self, origin: _Origin, item: _Object) -> None:
+        data = item.data
         if item.name.endswith(".m3u8"):
             missing = await self._missing(origin, item)
             if missing is not None:
                 origin.skipped += 1
                 origin.last_error = f"{item.name}: not PUT, it lists {missing}, not on the origin"
                 return
+            extended = await self._extended(origin, item.name, without_gaps(data))
+            if extended is None:  # the origin's lists all this one does, and more
+                origin.superseded += 1
+                return
+            data = extended
         url = f"{origin.url}/{urllib.parse.quote(item.name)}"
         headers = {
             "Content-Type": CONTENT_TYPES.get(
@@ -477,7 +478,7 @@ class Publisher:
                 origin.retries += 1
                 await asyncio.sleep(self._backoff.delay(attempt, self._rng))
             try:
-                async with self._client().put(url, data=item.data, headers=headers) as answer:
+                async with self._client().put(url, data=data, headers=headers) as answer:
                     unreachable = False
                     if 200 <= answer.status < 300:
                         origin.put += 1
@@ -517,9 +518,33 @@ class Publisher:
         origin.reachable = True
         log.info("origin %s answers again; sending %d queued objects", origin.url, origin.queued())
 
+    async def _extended(self, origin: _Origin, name: str, data: bytes) -> bytes | None:
+        """What to PUT for the playlist ``data``: a media playlist extends the origin's
+        version (:func:`extend`), read first; a master goes as it is."""
+        if MediaPlaylist.parse(data) is None:
+            return data
+        return extend(await self._current(origin, name), data)
+
+    async def _current(self, origin: _Origin, name: str) -> bytes | None:
+        """The origin's version of a playlist; None when it has none, or when it cannot be
+        read (the PUT that follows finds out why)."""
+        url = f"{origin.url}/{urllib.parse.quote(name)}"
+        try:
+            async with self._client().get(url) as answer:
+                if answer.status != 200 or (answer.content_length or 0) > MAX_PLAYLIST_BYTES:
+                    return None
+                data = bytearray()
+                async for chunk in answer.content.iter_chunked(1 << 16):
+                    data += chunk
+                    if len(data) > MAX_PLAYLIST_BYTES:
+                        return None
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
+        return bytes(data)
+
     async def _missing(self, origin: _Origin, item: _Object) -> str | None:
         """The first name the playlist lists that is not on the origin, or None."""
-        for name in _listed(item.name, item.data):
+        for name in listed_names(item.name, item.data):
             if name in origin.confirmed:
                 continue
             url = f"{origin.url}/{urllib.parse.quote(name)}"

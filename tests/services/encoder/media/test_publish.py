@@ -23,12 +23,14 @@ from meshenc.core.timecode import FrameRate
 from meshenc.local.origin import OriginProcess
 from meshenc.local.ports import free_ports
 from services.encoder.media import (
+    PLAYLIST_NAME,
     EncoderParams,
     GopEncoder,
     SegmentFormat,
     SegmentWriter,
     SyntheticSource,
     VideoFormat,
+    segment_name,
 )
 from services.encoder.media.publish import OriginStats, Publisher, origin_url
 
@@ -152,6 +154,47 @@ async def test_two_encoders_segment_writers_publish_identical_files(
     for name in names:
         body = await served(f"{origin.url}/{name}")
         assert body == (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+async def test_an_encoder_that_shed_a_segment_publishes_the_same_window(
+    origin: OriginProcess, tmp_path: Path
+) -> None:
+    """Two SegmentWriters fed the same real frames, as two holders of a rung; the second
+    sheds its third segment (``stop``, as ``FramePipeline.shed`` does, and the frames of that
+    segment never reach it). Each publishes its segments and then its playlist, the shedder
+    last, as a lagging holder would. The origin's playlist is then the other's, byte for
+    byte: the same media sequence and window, the shed segment listed (the other encoder put
+    it) and not tagged a gap, where the shedder's own playlist tags it."""
+    fmt = VideoFormat(160, 96, FrameRate(30))
+    params = EncoderParams.for_format(fmt, gop=3, bitrate_kbps=300)
+    source = SyntheticSource(fmt)
+    encoder = GopEncoder(params)
+    try:
+        frames = [encoder.encode(600 + n, source.read()) for n in range(3 * 6)]
+    finally:
+        encoder.close()
+    whole, shedder = (SegmentWriter(tmp_path / name, params) for name in ("whole", "shedder"))
+    shed = params.segments.segment_of(frames[3 * 2].timecode)
+    async with Publisher([origin.url]) as first, Publisher([origin.url]) as second:
+        for frame in frames:
+            segment = params.segments.segment_of(frame.timecode)
+            for writer, publisher in ((whole, first), (shedder, second)):
+                if writer is shedder and segment == shed:
+                    if frame.timecode == params.segments.first_timecode(segment) + 1:
+                        writer.stop(segment)  # shed mid-segment: its frames so far go
+                    if frame.timecode > params.segments.first_timecode(segment):
+                        continue
+                for path in writer.add(frame):
+                    publisher.publish(path, path.name)
+                    publisher.publish(writer.playlist_path, PLAYLIST_NAME)
+                assert await publisher.drain(10.0)
+        assert (first.skipped, second.skipped) == (0, 0)
+    assert shed in shedder.listed and shedder.listed == whole.listed
+    own = (tmp_path / "shedder" / PLAYLIST_NAME).read_text()
+    assert f"#EXT-X-GAP\n{segment_name(shed)}" in own
+    assert not (tmp_path / "shedder" / segment_name(shed)).exists()
+    served_playlist = await served(f"{origin.url}/{PLAYLIST_NAME}")
+    assert served_playlist == (tmp_path / "whole" / PLAYLIST_NAME).read_bytes()
 
 
 async def test_origin_restart_mid_run(origin: OriginProcess) -> None:
@@ -330,6 +373,27 @@ async def test_playlists_go_after_the_segments_they_list(origin: OriginProcess) 
         assert await first.drain(10.0)
         assert (first.put, first.skipped) == (3, 1)
         assert await served(f"{origin.url}/live/index.m3u8") == playlist(range(1, 3))
+
+
+async def test_publishers_of_one_playlist_move_it_forward_only(origin: OriginProcess) -> None:
+    """Two publishers of one media playlist: one that just began (it lists one segment) puts
+    the origin's window moved on by that segment, not that segment alone; one a segment
+    behind puts nothing (counted as superseded), so the media sequence never goes back."""
+    async with Publisher([origin.url]) as steady, Publisher([origin.url]) as other:
+        for n in range(1, 12):
+            steady.publish_bytes(b"x", f"live/seg-{n:012d}.ts")
+        steady.publish_bytes(playlist(range(1, 11)), "live/index.m3u8")
+        assert await steady.drain(10.0)
+
+        other.publish_bytes(playlist(range(11, 12)), "live/index.m3u8")  # just began
+        assert await other.drain(10.0)
+        assert await served(f"{origin.url}/live/index.m3u8") == playlist(range(2, 12))
+
+        other.publish_bytes(playlist(range(1, 11)), "live/index.m3u8")  # a segment behind
+        assert await other.drain(10.0)
+        assert await served(f"{origin.url}/live/index.m3u8") == playlist(range(2, 12))
+        (stats,) = other.stats()
+        assert (stats.put, stats.superseded, stats.skipped) == (1, 1, 0)
 
 
 async def test_identical_names_from_several_encoders(origin: OriginProcess) -> None:
