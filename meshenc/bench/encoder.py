@@ -12,7 +12,7 @@ Three measurements, each a question the design has to answer with numbers:
    at the same size; one copy), named by its source timestamp and counted on the source's
    cadence as the runtime does (so no fingerprint is computed: a picture with a timestamp
    needs none), then the pipeline's ``FrameCaptured`` →
-   ``GopEncoder.encode`` → ``SegmentWriter.add`` (real files, fsynced, in a temporary
+   ``GopEncoder.encode`` → ``SegmentWriter.add`` (real files, in a temporary
    directory) → ``FrameEncoded`` → the conversion of each ESP to its wire envelope, once for
    the three neighbours it goes to (as ``MeshLinks.send_all`` does; one per neighbour on the
    frames whose ESPs echo each neighbour's own). The engine is configured with three
@@ -31,7 +31,7 @@ Three measurements, each a question the design has to answer with numbers:
    transcode, without process start-up, option parsing and probing; our stream is opened and
    probed before the clocks start too). Wall-clock rates are reported beside them. What still
    differs: a fresh libx264 context for every GOP, ours alone and the point of the design;
-   ours writes a file per segment and a playlist, fsynced, ffmpeg one file; and the libx264
+   ours writes a file per segment and a playlist, ffmpeg one file; and the libx264
    and FFmpeg builds (PyAV's own against Debian's; the table names both x264 builds). Runs of
    ours and of ffmpeg alternate, so that a noisy neighbour on the machine hits both alike; the
    ratio is computed per pair of runs.
@@ -1048,7 +1048,7 @@ class EncoderBench:
         table.caption = (
             "Both decode the same H.264 MPEG-TS file of the test pattern. Ours: demux + decode"
             " (PyAV) + the ingest's picture conversion (named by its timestamp), engine steps,"
-            " encode (fresh libx264 context per GOP), segment files (fsynced), ESP→proto for 3"
+            " encode (fresh libx264 context per GOP), segment files, ESP→proto for 3"
             " neighbours and their ESPs checked and fed back (building them is the"
             " neighbours' work, left out). CPU time: ours the process's, ffmpeg's from its"
             f" -benchmark utime + stime. {cpus} CPUs. {_versions(self.results)}"

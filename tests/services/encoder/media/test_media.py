@@ -483,12 +483,12 @@ def test_a_write_cut_off_midway_leaves_no_file(
     for frame in stream[:boundary]:
         writer.add(frame)
 
-    def disk_died(fd: int) -> None:
-        assert os.fstat(fd).st_size > 0  # the segment's bytes are in the temp file
+    def disk_died(temp: str, path: Path) -> None:
+        assert os.stat(temp).st_size > 0  # the segment's bytes are in the temp file
         raise OSError("disk died")
 
     with monkeypatch.context() as patch:
-        patch.setattr(os, "fsync", disk_died)
+        patch.setattr(os, "replace", disk_died)
         with pytest.raises(OSError, match="disk died"):
             writer.add(stream[boundary])
     assert files(tmp_path) == []
