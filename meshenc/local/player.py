@@ -9,8 +9,10 @@ allowed, without a GPU (``--disable-gpu``: software compositing, a little cheape
 emulated GPU on a machine that has none) and with ``--no-sandbox`` when the caller is root
 (Chromium's sandbox refuses root). It takes about a tenth of one core playing a 320x180 or
 640x360 stream, and runs at nice :data:`BROWSER_NICE` (through a two-line wrapper script): a
-viewer watches from a machine of its own, so on the mesh's machine the browser takes only the
-CPU the encoders leave. Run as root, Chromium would raise its own media and compositor threads
+viewer watches from a machine of its own, so on the mesh's machine the browser should take
+only the CPU the encoders leave (where the kernel schedules sessions as groups, it does not:
+Playwright starts it in a session of its own, within which alone its nice value counts; see
+``docs/demo.md``). Run as root, Chromium would raise its own media and compositor threads
 to nice -8, ahead of the encoders; the wrapper drops ``CAP_SYS_NICE`` from its bounding set
 (``setpriv``, util-linux) so that it cannot. The
 page (``player.html`` beside this module) and the hls.js and dash.js bundles (``hls.min.js``
