@@ -10,18 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshenc.core.timecode import FrameRate
 from services.encoder.media import (
-    EncoderParams,
-    GopEncoder,
     SegmentFormat,
     SegmentWriter,
-    SyntheticSource,
-    VideoFormat,
     segment_name,
 )
 from services.encoder.media.hls import MediaPlaylist, extend, listed_names, without_gaps
 from services.encoder.media.segments import utc_instant
+
+from .frames import pattern_frames
 
 
 def playlist(segments: range, *, target: int = 2, gaps: frozenset[int] = frozenset()) -> bytes:
@@ -45,14 +42,7 @@ def numbers(data: bytes | None) -> range:
 def test_the_segment_writers_own_playlist_round_trips(tmp_path: Path) -> None:
     """Both formats: a playlist the writer wrote from real frames parses, lists its segments,
     and renders back to the same bytes."""
-    fmt = VideoFormat(160, 96, FrameRate(30))
-    params = EncoderParams.for_format(fmt, gop=3, bitrate_kbps=300)
-    source = SyntheticSource(fmt)
-    encoder = GopEncoder(params)
-    try:
-        frames = [encoder.encode(600 + n, source.read()) for n in range(3 * 4)]
-    finally:
-        encoder.close()
+    params, frames = pattern_frames(gop=3, segments=4)
     for fmt_ in SegmentFormat:
         writer = SegmentWriter(tmp_path / fmt_.name, params, fmt=fmt_)
         for frame in frames:

@@ -19,20 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from meshenc.core.timecode import FrameRate
 from meshenc.local.origin import OriginProcess
 from meshenc.local.ports import free_ports
 from services.encoder.media import (
     PLAYLIST_NAME,
-    EncoderParams,
-    GopEncoder,
     SegmentFormat,
     SegmentWriter,
-    SyntheticSource,
-    VideoFormat,
     segment_name,
 )
 from services.encoder.media.publish import OriginStats, Publisher, origin_url
+
+from .frames import pattern_frames
 
 pytestmark = pytest.mark.asyncio
 
@@ -118,14 +115,7 @@ async def test_two_encoders_segment_writers_publish_identical_files(
     same encoded frames, each with a publisher, as the encoder uses them: the init, every
     written segment, then the manifests. The origin ends with exactly each encoder's files,
     byte for byte, and the playlist that maps the init was never held back."""
-    fmt = VideoFormat(160, 96, FrameRate(30))
-    params = EncoderParams.for_format(fmt, gop=6, bitrate_kbps=300)
-    source = SyntheticSource(fmt)
-    encoder = GopEncoder(params)
-    try:
-        frames = [encoder.encode(600 + n, source.read()) for n in range(6 * 5)]
-    finally:
-        encoder.close()
+    params, frames = pattern_frames(gop=6, segments=5)
     writers = [SegmentWriter(tmp_path / name, params, fmt=segment_format) for name in "ab"]
     publishers = [Publisher([origin.url]) for _ in writers]
 
@@ -165,14 +155,7 @@ async def test_an_encoder_that_shed_a_segment_publishes_the_same_window(
     last, as a lagging holder would. The origin's playlist is then the other's, byte for
     byte: the same media sequence and window, the shed segment listed (the other encoder put
     it) and not tagged a gap, where the shedder's own playlist tags it."""
-    fmt = VideoFormat(160, 96, FrameRate(30))
-    params = EncoderParams.for_format(fmt, gop=3, bitrate_kbps=300)
-    source = SyntheticSource(fmt)
-    encoder = GopEncoder(params)
-    try:
-        frames = [encoder.encode(600 + n, source.read()) for n in range(3 * 6)]
-    finally:
-        encoder.close()
+    params, frames = pattern_frames(gop=3, segments=6)
     whole, shedder = (SegmentWriter(tmp_path / name, params) for name in ("whole", "shedder"))
     shed = params.segments.segment_of(frames[3 * 2].timecode)
     async with Publisher([origin.url]) as first, Publisher([origin.url]) as second:
