@@ -29,7 +29,9 @@ media playlist that lists :data:`MIN_SEGMENTS` segments (hls.js starts three seg
 the live edge), then :meth:`BrowserPlayer.play` opens the page: one ``<video>`` for the origin's
 playlist and one for each further stream it is given by player name
 (:data:`~meshenc.report.playback.REDUNDANT_PLAYER`: hls.js on the master playlist of redundant
-encoders; :data:`~meshenc.report.playback.DASH_PLAYER`: dash.js on a DASH manifest). Every
+encoders; :data:`~meshenc.report.playback.DASH_PLAYER`: dash.js on a DASH manifest), started
+a second apart (each player's start is a burst of CPU; four at once took a core from the
+encoders for a second, and every encoder fell more than a second behind its input). Every
 entry of the page's log names its player; :meth:`BrowserPlayer.current` asks which URL a
 player loaded its last fragment from (which encoder it is on). The page keeps its own log (see
 ``player.html``); a task drains it every :data:`DRAIN_EVERY` seconds into ``log.jsonl`` in the
