@@ -136,30 +136,35 @@ class MediaPlaylist:
         return ("\n".join([*header, *(line for e in self.entries for line in e)]) + "\n").encode()
 
 
-def extend(current: bytes | None, ours: bytes) -> bytes | None:
+def extend(current: bytes | None, mine: MediaPlaylist) -> bytes | None:
     """What to put at the origin, whose media playlist is ``current`` (None: none there),
-    for this encoder's media playlist ``ours``: ``current`` with the entries of ``ours``
-    after its last appended, trimmed at the top to the longer of the two lists; ``ours``
-    itself when the two cannot be joined (either is not a media playlist, their headers
-    differ, ``ours`` starts after a hole: a segment nobody published, which no playlist of
-    the origin can list, or ``current`` ends over ``MAX_LAG_SECONDS`` after ``ours``); None when
-    ``ours`` has nothing ``current`` lacks.
+    for this encoder's media playlist ``mine``: ``current`` with the entries of ``mine``
+    after its last appended, trimmed at the top to the longer of the two lists; ``mine``
+    itself when the two cannot be joined (``current`` is not a media playlist, or
+    ``_joinable`` says no); None when ``mine`` has nothing ``current`` lacks.
     """
-    mine = MediaPlaylist.parse(ours)
     theirs = None if current is None else MediaPlaylist.parse(current)
-    if mine is None or theirs is None or mine.first > theirs.last + 1:
-        return ours
-    ahead = _seconds_ahead(theirs, mine)
-    if ahead is not None and ahead > MAX_LAG_SECONDS:
-        return ours
-    if _strip_sequence(mine.header) != _strip_sequence(theirs.header):
-        return ours
+    if theirs is None or not _joinable(theirs, mine):
+        return mine.render()
     if mine.last <= theirs.last:
         return None
     # Entries both list are the same segment under the same name: the origin's stay.
     appended = mine.entries[theirs.last + 1 - mine.first :]
     entries = (*theirs.entries, *appended)[-max(len(mine.entries), len(theirs.entries)) :]
     return MediaPlaylist(mine.header, mine.last + 1 - len(entries), entries).render()
+
+
+def _joinable(theirs: MediaPlaylist, mine: MediaPlaylist) -> bool:
+    """Whether ``mine`` can extend ``theirs``: the same header but for the media sequence
+    (segment duration, init), no hole between them (a segment nobody published, which no
+    playlist of the origin can list), and ``theirs`` ending at most ``MAX_LAG_SECONDS``
+    after ``mine``."""
+    ahead = _seconds_ahead(theirs, mine)
+    return (
+        mine.first <= theirs.last + 1
+        and (ahead is None or ahead <= MAX_LAG_SECONDS)
+        and _strip_sequence(mine.header) == _strip_sequence(theirs.header)
+    )
 
 
 def _seconds_ahead(theirs: MediaPlaylist, mine: MediaPlaylist) -> float | None:

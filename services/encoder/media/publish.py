@@ -521,9 +521,10 @@ class Publisher:
     async def _extended(self, origin: _Origin, name: str, data: bytes) -> bytes | None:
         """What to PUT for the playlist ``data``: a media playlist extends the origin's
         version (:func:`extend`), read first; a master goes as it is."""
-        if MediaPlaylist.parse(data) is None:
+        mine = MediaPlaylist.parse(data)
+        if mine is None:
             return data
-        return extend(await self._current(origin, name), data)
+        return extend(await self._current(origin, name), mine)
 
     async def _current(self, origin: _Origin, name: str) -> bytes | None:
         """The origin's version of a playlist; None when it has none, or when it cannot be
