@@ -60,6 +60,7 @@ from meshenc.bench.results import (
     quiet,
     results_table,
 )
+from meshenc.grpc_io import EXPERIMENTS_VARIABLE, MESH_IO_EXPERIMENTS, choose_grpc_io
 
 __all__ = [
     "BASELINE",
@@ -67,6 +68,7 @@ __all__ = [
     "NODES",
     "EspBench",
     "EspRun",
+    "node_environment",
     "run_esp_bench",
 ]
 
@@ -275,12 +277,24 @@ def _tell(node: asyncio.subprocess.Process, message: dict[str, Any]) -> None:
     node.stdin.write((json.dumps(message) + "\n").encode())
 
 
-async def _one_run(code: str, tree: Path, repeat: int, frames: int, count: int) -> EspRun:
-    ids = [f"e{i}" for i in range(count)]
+def node_environment(tree: Path) -> dict[str, str]:
+    """The environment of a tree's nodes: this process's, the tree on the path, and the gRPC
+    I/O the tree's own ``meshenc`` command chooses (``meshenc.grpc_io``): gRPC's defaults in a
+    tree from before that module, unless the user's ``GRPC_EXPERIMENTS`` says otherwise."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]),
     }
+    if (tree / "meshenc" / "grpc_io.py").exists():
+        choose_grpc_io(env)
+    elif env.get(EXPERIMENTS_VARIABLE) == MESH_IO_EXPERIMENTS:
+        del env[EXPERIMENTS_VARIABLE]
+    return env
+
+
+async def _one_run(code: str, tree: Path, repeat: int, frames: int, count: int) -> EspRun:
+    ids = [f"e{i}" for i in range(count)]
+    env = node_environment(tree)
     nodes: list[asyncio.subprocess.Process] = []
     try:
         for node_id in ids:

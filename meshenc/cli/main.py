@@ -9,10 +9,15 @@ encoder from its first picture for a good part of a second, on a segment of one 
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
 from meshenc import __version__
+from meshenc.grpc_io import choose_grpc_io
+
+# Before any subcommand's module imports gRPC, which reads it once (``meshenc.grpc_io``).
+choose_grpc_io(os.environ)
 
 #: Subcommand name → ``module:attribute`` (the help lists them by name, as before).
 COMMANDS: dict[str, str] = {
