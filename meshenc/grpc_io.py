@@ -4,8 +4,8 @@ A mesh sends many small messages on long-lived streams: an ESP per frame to each
 neighbours, and as many received. Most of the CPU that costs is gRPC's per message
 (``docs/mesh.md``, "Where the time goes"). This gRPC release has two I/O layers in it: its
 EventEngine (the default for clients, listeners and the callback completion queue) and the
-older ``iomgr``. In ``meshenc bench esp`` a node used 0.78–0.94× the CPU per frame on
-``iomgr`` with 8 nodes and 0.85–0.99× with 4, in interleaved runs (``docs/mesh.md``).
+older ``iomgr``. In ``meshenc bench esp`` a node used 0.85× the CPU per frame on ``iomgr``
+with 8 nodes and 0.90× with 4 (medians of interleaved runs, ``docs/mesh.md``).
 
 gRPC's C core reads the choice from ``GRPC_EXPERIMENTS`` once, when it starts in the process,
 so :func:`choose_grpc_io` must run before anything imports ``grpc``: the ``meshenc`` command

@@ -20,7 +20,8 @@ measures:
 
 The code measured is the tree this module comes from and, as the baseline, the tree of a git
 revision (``baseline``): ``git archive`` of it in a temporary directory, with this tree's
-generated protobuf code and node driver (the driver uses only what both trees have). Runs of
+generated protobuf code and node driver (the driver uses only what both trees have), each
+with the gRPC I/O its own ``meshenc`` command chooses (:func:`node_environment`). Runs of
 the two alternate (this tree first in even repeats, the baseline first in odd ones), so that a
 noisy neighbour on the machine hits both alike. Reported per tree: the median over the runs of
 each run's p50, p99 and maximum (over every ESP every node received in it) and of its CPU per
