@@ -7,6 +7,8 @@ sets the variables. Values are validated once, at start, with errors that name t
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +347,14 @@ def _given(ctx: click.Context, name: str) -> bool:
     show_default=True,
     help="The pod's namespace (--topology kubernetes).",
 )
+@click.option(
+    "--standby",
+    envvar="MESHENC_STANDBY",
+    is_flag=True,
+    help="Load and check everything, then start only when a line arrives on stdin (at the end"
+    " of stdin, exit without starting): an encoder ready to join at once, without the CPU its"
+    " start-up takes landing on the machine's other encoders then (meshenc up's joiner).",
+)
 @health_listen_option
 @peer_limit_options
 @tls_options
@@ -392,6 +402,7 @@ def encoder(
     capacity: int,
     registry_ttl: float,
     namespace: str,
+    standby: bool,
     health_listen: str | None,
     max_streams_per_peer: int,
     max_messages_per_peer: float,
@@ -492,6 +503,8 @@ def encoder(
         )
     except (ValidationError, ValueError) as exc:
         raise settings_error(exc) from exc
+    if standby and not _started_from_stdin(node_id):
+        return
     settings.out.mkdir(parents=True, exist_ok=True)
     with service_telemetry(
         "meshenc-encoder", instance_id=settings.id, metrics_listen=settings.metrics_listen
@@ -509,3 +522,27 @@ def encoder(
             f"{name}: {stats.frames} frames, {stats.segments} segments, "
             f"{stats.skipped} skipped, {stats.escalations} escalations"
         )
+
+
+class _StandbyStoppedError(Exception):
+    """SIGTERM while standing by."""
+
+
+def _stop_standing_by(_signum: int, _frame: object) -> None:
+    raise _StandbyStoppedError
+
+
+def _started_from_stdin(node_id: str) -> bool:
+    """Wait for a line on stdin (``--standby``); False when stdin ends without one or SIGTERM
+    comes first (then the process exits 0, as a started encoder stopped by SIGTERM does)."""
+    click.echo(f"{node_id}: standing by; starts on a line on stdin", err=True)
+    previous = signal.signal(signal.SIGTERM, _stop_standing_by)
+    try:
+        started = bool(sys.stdin.readline())
+    except _StandbyStoppedError:
+        started = False
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not started:
+        click.echo(f"{node_id}: stopped while standing by; not started", err=True)
+    return started

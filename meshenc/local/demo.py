@@ -25,7 +25,9 @@ planned in from the start: its neighbours list it and keep trying to reach it.
    (:class:`~meshenc.local.player.BrowserPlayer`, launched on a blank page), then every
    encoder at once, each through the
    :class:`~meshenc.local.launcher.Launcher` (own process group, log under ``out/logs/``,
-   pid in ``out/pids.json``, ready when its health service answers);
+   pid in ``out/pids.json``, ready when its health service answers); the one that joins later
+   starts its process with them, loads and waits (``meshenc encoder --standby``) until its
+   join, so that the second or so of CPU a start-up takes does not fall on the running mesh;
 2. the :class:`~meshenc.report.recorder.Recorder` polls every encoder's GetState into
    ``out/events.jsonl``; the run records its own ``started``/``killed``/``joined``/
    ``stopped`` events through it, and a ``leader`` event whenever the leader key of a group
@@ -963,6 +965,15 @@ class DemoRun:
         recorder = _FeedingRecorder(self.out, self._on_event, self.operator_tls)
         async with recorder:
             self._recorder = recorder
+            if (joiner := self.plan.joiner) is not None:
+                # Loaded now, beside the others, and started at its join (``_join``): the CPU
+                # its start-up takes does not fall on the running mesh then.
+                launcher.spawn(
+                    joiner.name,
+                    [*self.encoder_args(joiner, etcd.endpoint), "--standby"],
+                    address=joiner.address,
+                    held=True,
+                )
             await launcher.start_many(
                 [
                     (e.name, self.encoder_args(e, etcd.endpoint), e.address)
@@ -1097,13 +1108,12 @@ class DemoRun:
         )
 
     async def _join(self) -> None:
-        """Start the planned newcomer; it counts as joined once its health service answers."""
+        """Start the planned newcomer, loaded since the run began (``--standby``); it counts as
+        joined once its health service answers."""
         joiner, launcher = self.plan.joiner, self._launcher
-        assert joiner is not None and launcher is not None and self.state.etcd_endpoint
+        assert joiner is not None and launcher is not None
         self._note(f"starting {joiner.name} to join the mesh", "bold green")
-        await launcher.start(
-            joiner.name, self.encoder_args(joiner, self.state.etcd_endpoint), address=joiner.address
-        )
+        await launcher.release(joiner.name)
         self._started(joiner, "joined")
 
     async def _follow_replicas(self, endpoint: str) -> None:

@@ -170,8 +170,13 @@ class Launcher:
 
     # -- starting -----------------------------------------------------------------------------
 
-    def spawn(self, name: str, args: Sequence[str], *, address: str | None = None) -> Child:
+    def spawn(
+        self, name: str, args: Sequence[str], *, address: str | None = None, held: bool = False
+    ) -> Child:
         """Start ``python -m meshenc ARGS`` as ``name`` without waiting for it.
+
+        ``held``: its stdin is a pipe that :meth:`release` writes a line to (for an encoder
+        started with ``--standby``); otherwise it has none.
 
         Raises:
             RuntimeError: a process of that name is still running.
@@ -186,7 +191,7 @@ class Launcher:
             output.flush()
             process = subprocess.Popen(
                 command,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if held else subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -196,6 +201,28 @@ class Launcher:
         self._children[name] = child
         self._remember(name, process.pid, command)
         log.debug("started %s (pid %d)", name, process.pid)
+        return child
+
+    async def release(self, name: str, *, service: str = "") -> Child:
+        """Start a child spawned ``held``: write the line it waits for, close its stdin, then
+        :meth:`wait_ready`; a child that fails to start is stopped.
+
+        Raises:
+            ValueError: it was not spawned held, or was released already.
+            ChildFailedError: it exited (while it waited, or starting), or was not ready in time.
+        """
+        child = self._children[name]
+        stdin = child.process.stdin
+        if stdin is None or stdin.closed:
+            raise ValueError(f"{name} is not held")
+        with contextlib.suppress(BrokenPipeError):  # it exited: wait_ready says so
+            stdin.write(b"\n")
+        _close_stdin(child)
+        try:
+            await self.wait_ready(name, service=service)
+        except BaseException:
+            self.kill(name)
+            raise
         return child
 
     def adopt(self, name: str, pid: int, command: Iterable[str] = ()) -> None:
@@ -280,6 +307,7 @@ class Launcher:
         for child in children:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.process.wait(timeout=5.0)
+            _close_stdin(child)
 
     async def stop(self, names: Iterable[str], *, grace: float | None = None) -> dict[str, int]:
         """SIGTERM every named child at once, wait up to ``grace`` s, SIGKILL the rest.
@@ -290,6 +318,7 @@ class Launcher:
         grace = self.grace if grace is None else grace
         children = [self._children[n] for n in names if n in self._children]
         for child in children:
+            _close_stdin(child)  # a held child that was never released: its stdin ends
             if child.running:
                 _signal_group(child.process, signal.SIGTERM)
                 # A paused child would hold the SIGTERM until the grace is over.
@@ -385,6 +414,13 @@ class Launcher:
         with temporary.open("w", encoding="utf-8") as out:
             json.dump(document, out, indent=1)
         temporary.replace(self.pids_path)
+
+
+def _close_stdin(child: Child) -> None:
+    """Close the pipe to a held child's stdin, if it has one still open."""
+    if child.process.stdin is not None and not child.process.stdin.closed:
+        with contextlib.suppress(BrokenPipeError):
+            child.process.stdin.close()
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

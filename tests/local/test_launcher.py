@@ -183,3 +183,56 @@ def test_sigterm_to_the_launcher_stops_its_children(tmp_path: Path) -> None:
         for _name, pid in read_pids(tmp_path) if (tmp_path / "pids.json").exists() else []:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _standby_encoder(port: int, out: Path) -> list[str]:
+    """A lone encoder of the test pattern, ``--standby``: it loads, then waits for its start."""
+    return ["encoder", "--insecure", "--id", "e0", "--listen", f"127.0.0.1:{port}",
+            "--out", str(out), "--standby"]  # fmt: skip
+
+
+async def _until_in_log(launcher: Launcher, name: str, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in launcher.log_tail(name) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert text in launcher.log_tail(name), launcher.log_tail(name)
+
+
+def test_a_held_encoder_serves_only_once_released(tmp_path: Path) -> None:
+    """``meshenc up``'s joiner: loaded at the run's start, started at its join."""
+    port = free_ports(1)[0]
+    out = tmp_path / "e0"
+
+    async def scenario() -> tuple[int, int, dict[str, int]]:
+        async with Launcher(tmp_path) as launcher:
+            launcher.spawn("e0", _standby_encoder(port, out), address=f"127.0.0.1:{port}",
+                           held=True)  # fmt: skip
+            await _until_in_log(launcher, "e0", "standing by")
+            held, _ = await asyncio.to_thread(check_health, f"127.0.0.1:{port}", "", 1.0)
+            assert launcher.running("e0") and not out.exists()
+            await launcher.release("e0")
+            serving, _ = await asyncio.to_thread(check_health, f"127.0.0.1:{port}", "", 5.0)
+            with pytest.raises(ValueError, match="not held"):
+                await launcher.release("e0")
+            return held, serving, await launcher.stop(["e0"])
+
+    held, serving, codes = asyncio.run(scenario())
+    assert held != EXIT_SERVING and serving == EXIT_SERVING
+    assert codes == {"e0": 0}
+    assert out.is_dir()
+
+
+def test_a_held_encoder_never_released_stops_without_starting(tmp_path: Path) -> None:
+    port = free_ports(1)[0]
+    out = tmp_path / "e0"
+
+    async def scenario() -> dict[str, int]:
+        async with Launcher(tmp_path) as launcher:
+            launcher.spawn("e0", _standby_encoder(port, out), address=f"127.0.0.1:{port}",
+                           held=True)  # fmt: skip
+            await _until_in_log(launcher, "e0", "standing by")
+            return await launcher.stop_all()
+
+    assert asyncio.run(scenario()) == {"e0": 0}  # its stdin ended: it did not wait for SIGTERM
+    assert "not started" in (tmp_path / "logs" / "e0.log").read_text()
+    assert not out.exists()
