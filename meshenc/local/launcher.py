@@ -218,12 +218,7 @@ class Launcher:
         with contextlib.suppress(BrokenPipeError):  # it exited: wait_ready says so
             stdin.write(b"\n")
         _close_stdin(child)
-        try:
-            await self.wait_ready(name, service=service)
-        except BaseException:
-            self.kill(name)
-            raise
-        return child
+        return await self._ready_or_killed(name, service)
 
     def adopt(self, name: str, pid: int, command: Iterable[str] = ()) -> None:
         """Record a process started by someone else for this run (etcd) in ``pids.json``."""
@@ -262,13 +257,17 @@ class Launcher:
         self, name: str, args: Sequence[str], *, address: str, service: str = ""
     ) -> Child:
         """:meth:`spawn`, then :meth:`wait_ready`; a child that fails to start is stopped."""
-        child = self.spawn(name, args, address=address)
+        self.spawn(name, args, address=address)
+        return await self._ready_or_killed(name, service)
+
+    async def _ready_or_killed(self, name: str, service: str) -> Child:
+        """:meth:`wait_ready`, killing the child if it raises."""
         try:
             await self.wait_ready(name, service=service)
         except BaseException:
             self.kill(name)
             raise
-        return child
+        return self._children[name]
 
     async def start_many(self, specs: Sequence[tuple[str, Sequence[str], str]]) -> list[Child]:
         """Start several children at once: ``(name, args, address)`` each; all ready or raise."""
