@@ -1,10 +1,15 @@
 """MPEG-TS over UDP or RTP, received by the encoder itself: arrival stamps at the socket.
 
 Theory of operation: for ``udp://`` and ``rtp://`` inputs the encoder does not let FFmpeg open
-the socket. A receiver thread of its own binds it (joining the group for a multicast address),
-reads every datagram as it comes and reads the host clock at once, so a picture's arrival is
-the moment its first datagram reached the encoder — before any demuxing or decoding, and
-without waiting for the next picture to close the PES. The thread scans the TS packets of each
+the socket. A receiver thread of its own binds it (joining the group for a multicast address)
+and reads every datagram with the time the kernel received it (``SO_TIMESTAMPNS``), so a
+picture's arrival is the moment its first datagram reached the host — before any demuxing or
+decoding, without waiting for the next picture to close the PES, and however late the thread
+got to read it: a thread waits for the GIL, and a process starved of CPU reads what came
+meanwhile all at once (stamped when read, those pictures were as late as the starvation was
+long). The kernel's time is taken onto the encoder's clock as that clock's reading now, less
+the datagram's age. Where the kernel gives no time (another OS, or ``kernel_times=False``),
+the clock is read when the datagram is read. The thread scans the TS packets of each
 datagram for the start of a video PES (``payload_unit_start_indicator``, stream id
 0xE0-0xEF) and remembers its 33-bit PTS with that arrival (``Arrivals``); then it hands the
 bytes (RTP headers removed) to PyAV through ``DatagramPipe``, a file-like object whose read
@@ -24,6 +29,7 @@ import ipaddress
 import socket
 import struct
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +50,13 @@ MAX_BUFFERED = 4 << 20
 RECEIVE_BUFFER = 4 << 20
 #: Seconds a blocked receive waits before the thread looks at its stop flag again.
 POLL = 0.2
+#: Linux's ``SO_TIMESTAMPNS`` (and ``SCM_TIMESTAMPNS``), which Python does not name: each
+#: datagram's receive time as a ``struct timespec`` of CLOCK_REALTIME, in its ancillary data.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+#: The oldest kernel time taken (s): anything older is a wall clock that stepped, and the
+#: datagram is stamped when it is read. The pipe holds about 2 s of a fast stream.
+MAX_STAMP_AGE = 10.0
 TS_PACKET = 188
 _PTS_MASK = (1 << 33) - 1
 
@@ -103,6 +116,17 @@ class Arrivals:
         """The arrival of the PES with this PTS (once), or None if it was not seen."""
         with self._lock:
             return self._times.pop(pts & _PTS_MASK, None)
+
+
+def _age(cmsgs: list[tuple[int, int, bytes]], now: float) -> float:
+    """Seconds since the kernel received the datagram (``now`` on CLOCK_REALTIME), from its
+    ``SCM_TIMESTAMPNS``; 0 without one, or when it is not within ``MAX_STAMP_AGE`` of now."""
+    for level, kind, data in cmsgs:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            age = now - (seconds + nanoseconds * 1e-9)
+            return age if 0.0 <= age <= MAX_STAMP_AGE else 0.0
+    return 0.0
 
 
 def video_pes_starts(payload: bytes) -> list[int]:
@@ -193,9 +217,11 @@ class DatagramInput:
     Args:
         url: ``udp://HOST:PORT`` or ``rtp://HOST:PORT`` (a multicast HOST is joined).
         clock: the host clock the arrivals are read from.
+        kernel_times: stamp datagrams with the kernel's receive time (False: when read; the
+            benchmark's baseline).
     """
 
-    def __init__(self, url: str, clock: Callable[[], float]) -> None:
+    def __init__(self, url: str, clock: Callable[[], float], *, kernel_times: bool = True) -> None:
         self.address = InputAddress.parse(url)
         self.arrivals = Arrivals()
         self.pipe = DatagramPipe()
@@ -203,16 +229,19 @@ class DatagramInput:
         self.malformed = 0
         self._clock = clock
         self._stop = threading.Event()
-        self._socket = self._bind()
+        self._socket = self._bind(kernel_times)
         self._thread = threading.Thread(target=self._run, name="ingest-socket", daemon=True)
 
-    def _bind(self) -> socket.socket:
+    def _bind(self, kernel_times: bool) -> socket.socket:
         address = self.address
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with contextlib.suppress(OSError):  # capped by the kernel's limit; best effort
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            if kernel_times:
+                with contextlib.suppress(OSError):  # no kernel times: stamped when read
+                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.bind((address.host, address.port))
             if address.multicast:
                 group = socket.inet_aton(address.host) + socket.inet_aton(address.interface)
@@ -237,14 +266,15 @@ class DatagramInput:
 
     def _run(self) -> None:
         rtp = self.address.scheme == "rtp"
+        ancillary = socket.CMSG_SPACE(_TIMESPEC.size)
         while not self._stop.is_set():
             try:
-                datagram = self._socket.recv(65_536)
+                datagram, cmsgs, _flags, _sender = self._socket.recvmsg(65_536, ancillary)
             except TimeoutError:
                 continue
             except OSError:
                 break
-            at = self._clock()
+            at = self._clock() - _age(cmsgs, time.time())
             payload = _rtp_payload(datagram) if rtp else datagram
             if payload is None or len(payload) % TS_PACKET:
                 self.malformed += 1

@@ -18,7 +18,7 @@ import pytest
 
 from meshenc.core.timecode import FrameRate
 from meshenc.local.ports import free_ports
-from services.encoder.media.datagrams import video_pes_starts
+from services.encoder.media.datagrams import DatagramInput, video_pes_starts
 from services.encoder.media.gop import EncodedFrame, EncoderParams, GopEncoder
 from services.encoder.media.ingest import (
     Ingested,
@@ -349,6 +349,34 @@ def test_a_udp_input_stamps_each_picture_when_its_first_datagram_arrives(tmp_pat
     assert len(lags) >= 50
     assert all(0.0 <= lag < 0.004 for lag in sorted(lags)[: len(lags) // 2]), lags
     assert ingest.datagrams is not None and ingest.datagrams.malformed == 0
+
+
+def test_datagrams_read_late_are_stamped_when_they_arrived(tmp_path: Path) -> None:
+    """A receiver that gets to read only a while after the datagrams came (a thread waiting
+    for the GIL, a process starved of CPU) still stamps them when the host received them."""
+    data = _clip(tmp_path / "clip.ts", 10).read_bytes()
+    port = free_ports(1)[0]
+    receiver = DatagramInput(f"udp://127.0.0.1:{port}", time.time)  # bound, not reading yet
+    sent: dict[int, float] = {}
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(0, len(data), 7 * 188):
+                chunk = data[i : i + 7 * 188]
+                for pts in video_pes_starts(chunk):
+                    sent[pts] = time.time()
+                sender.sendto(chunk, ("127.0.0.1", port))
+        time.sleep(0.5)
+        read_from = time.time()
+        receiver.start()
+        deadline = time.time() + 5.0
+        while receiver.datagrams * 7 * 188 < len(data) and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        receiver.stop()
+    stamps = {pts: receiver.arrivals.take(pts) for pts in sent}
+    assert len(sent) == 10 and None not in stamps.values()
+    lags = [stamp - sent[pts] for pts, stamp in stamps.items() if stamp is not None]
+    assert all(0.0 <= lag < 0.1 for lag in lags), (lags, read_from - min(sent.values()))
 
 
 def test_a_stalled_udp_input_continues_without_a_reopen(tmp_path: Path) -> None:
