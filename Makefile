@@ -128,6 +128,7 @@ bench: $(VENV)/.installed proto
 	PYTHONPATH=build/compiled $(VENV)/bin/meshenc bench simspeed --out bench-results/simspeed.json
 	$(VENV)/bin/meshenc bench encoder --out bench-results/encoder.json
 	$(VENV)/bin/meshenc bench ingest --out bench-results/ingest.json
+	$(VENV)/bin/meshenc bench arrivals --out bench-results/arrivals.json
 	$(VENV)/bin/meshenc bench plan --out bench-results/plan.json
 	$(VENV)/bin/meshenc bench dht --out bench-results/dht.json
 	$(VENV)/bin/meshenc bench failover --trials 20 --out bench-results/failover.json

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from meshenc.bench import (
+    arrivals,
     dht,
     encoder,
     esp,
@@ -459,6 +460,31 @@ def bench_ingest(
     """
     try:
         result = ingest.run_ingest_bench(sizes, frames, repeats, progress=_progress())
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _show(result, out, as_json=as_json)
+
+
+@bench.command("arrivals")
+@_repeats
+@click.option(
+    "--frames",
+    type=click.IntRange(60, 36_000),
+    default=300,
+    show_default=True,
+    help="Pictures sent per run, at 30/s.",
+)
+@output_options
+def bench_arrivals(repeats: int, frames: int, as_json: bool, out: Path | None) -> None:
+    """How late the encoder's receiver stamps each picture's arrival, against its send time.
+
+    The encoder's own UDP receiver, a sender process at 30 pictures/s, quiet, with busy Python
+    threads beside the receiver, and with the receiving process stopped for half a second;
+    stamps from the kernel's receive time against the clock read when the datagram was read
+    (the baseline), in alternating runs.
+    """
+    try:
+        result = arrivals.run_arrivals_bench(frames, repeats, progress=_progress())
     except BenchError as exc:
         raise click.ClickException(str(exc)) from exc
     _show(result, out, as_json=as_json)
