@@ -660,8 +660,9 @@ class EncoderRuntime:
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         queue: asyncio.Queue[Ingested] = asyncio.Queue()
         ingest = None
-        # The ingest threads read the clock the moment data arrives, but only once they hold
-        # the GIL: a 1 ms switch interval (Python's default is 5 ms) shortens that wait.
+        # The ingest thread of an input other than udp:// or rtp:// (whose datagrams carry the
+        # kernel's receive time) reads the clock as a picture leaves the demuxer, but only once
+        # it holds the GIL: a 1 ms switch interval (Python's default is 5 ms) shortens that wait.
         sys.setswitchinterval(0.001)
         if self.settings.source:
             ingest = LiveIngest(

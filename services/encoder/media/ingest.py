@@ -3,8 +3,8 @@
 Theory of operation: a thread of its own opens the input with PyAV (any URL its FFmpeg reads:
 ``udp://``, ``rtp://``, ``rtmp://``, ``http(s)://``, ``tcp://``, or a file), demuxes it and
 decodes the video, so a slow decode never stalls the mesh. Each picture's *measured arrival* is
-read from the host clock: for ``udp://`` and ``rtp://`` (MPEG-TS) at the socket, by a receiver
-thread of the encoder's own, the moment the picture's first datagram came in
+on the host clock: for ``udp://`` and ``rtp://`` (MPEG-TS) the kernel's receive time of the
+picture's first datagram, which a receiver thread of the encoder's own reads with it
 (``DatagramInput``); for other inputs the moment its packet left the demuxer. Each decoded
 picture is scaled to the mesh's format (``decoded_picture``), fingerprinted if it has no
 source timestamp (one that has is named by it), and handed over (``IngestedPicture``) with its
