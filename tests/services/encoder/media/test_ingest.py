@@ -321,21 +321,29 @@ def test_video_pes_starts_are_found_in_real_ts_packets(tmp_path: Path) -> None:
     assert video_pes_starts(b"\x00" * 188) == []  # no sync byte: nothing
 
 
+def _send(data: bytes, port: int, *, pause: float = 0.0) -> dict[int, float]:
+    """Send the stream to ``port`` in 7-packet datagrams, ``pause`` s apart; when each video
+    PES started out, by PTS."""
+    sent: dict[int, float] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for i in range(0, len(data), 7 * 188):
+            chunk = data[i : i + 7 * 188]
+            for pts in video_pes_starts(chunk):
+                sent[pts] = time.time()
+            sender.sendto(chunk, ("127.0.0.1", port))
+            if pause:
+                time.sleep(pause)
+    return sent
+
+
 def test_a_udp_input_stamps_each_picture_when_its_first_datagram_arrives(tmp_path: Path) -> None:
     data = _clip(tmp_path / "clip.ts", 60).read_bytes()
     port = free_ports(1)[0]
     items: list[Ingested] = []
     ingest = LiveIngest(f"udp://127.0.0.1:{port}", FMT, items.append)
     ingest.start()
-    sent: dict[int, float] = {}
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-            for i in range(0, len(data), 7 * 188):
-                chunk = data[i : i + 7 * 188]
-                for pts in video_pes_starts(chunk):
-                    sent[pts] = time.time()
-                sender.sendto(chunk, ("127.0.0.1", port))
-                time.sleep(0.004)  # a paced sender: datagrams a few ms apart
+        sent = _send(data, port, pause=0.004)  # a paced sender: datagrams a few ms apart
         deadline = time.time() + 5.0
         while sum(isinstance(i, IngestedPicture) for i in items) < 50 and time.time() < deadline:
             time.sleep(0.05)
@@ -357,14 +365,8 @@ def test_datagrams_read_late_are_stamped_when_they_arrived(tmp_path: Path) -> No
     data = _clip(tmp_path / "clip.ts", 10).read_bytes()
     port = free_ports(1)[0]
     receiver = DatagramInput(f"udp://127.0.0.1:{port}", time.time)  # bound, not reading yet
-    sent: dict[int, float] = {}
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-            for i in range(0, len(data), 7 * 188):
-                chunk = data[i : i + 7 * 188]
-                for pts in video_pes_starts(chunk):
-                    sent[pts] = time.time()
-                sender.sendto(chunk, ("127.0.0.1", port))
+        sent = _send(data, port)
         time.sleep(0.5)
         read_from = time.time()
         receiver.start()
