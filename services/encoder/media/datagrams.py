@@ -9,7 +9,9 @@ got to read it: a thread waits for the GIL, and a process starved of CPU reads w
 meanwhile all at once (stamped when read, those pictures were as late as the starvation was
 long). The kernel's time is taken onto the encoder's clock as that clock's reading now, less
 the datagram's age. Where the kernel gives no time (another OS, or ``kernel_times=False``),
-the clock is read when the datagram is read. The thread scans the TS packets of each
+the clock is read when the datagram is read; so does Linux itself for a datagram that came
+in the moment after the first socket on the machine asked for receive times, before it
+turned them on. The thread scans the TS packets of each
 datagram for the start of a video PES (``payload_unit_start_indicator``, stream id
 0xE0-0xEF) and remembers its 33-bit PTS with that arrival (``Arrivals``); then it hands the
 bytes (RTP headers removed) to PyAV through ``DatagramPipe``, a file-like object whose read

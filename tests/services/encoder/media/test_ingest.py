@@ -365,6 +365,9 @@ def test_datagrams_read_late_are_stamped_when_they_arrived(tmp_path: Path) -> No
     data = _clip(tmp_path / "clip.ts", 10).read_bytes()
     port = free_ports(1)[0]
     receiver = DatagramInput(f"udp://127.0.0.1:{port}", time.time)  # bound, not reading yet
+    # Linux turns receive timestamps on for the whole machine when the first socket asks, a
+    # moment later (deferred work); a datagram that came before is stamped when it is read.
+    time.sleep(0.2)
     try:
         sent = _send(data, port)
         time.sleep(0.5)
