@@ -20,8 +20,8 @@ encoder does) or the clock read when the receiver thread has read the datagram (
 what it did before). Runs alternate between the two. Reported per condition and stamping: the
 median over the runs of each run's p50, p99 and maximum lateness.
 
-Bounded: the sender has a timeout and is killed if it overruns; a stopped process is always
-continued by the sender (and by ``SIGCONT`` from here if the sender died).
+Bounded: the sender has a timeout and is killed if it overruns; it continues the process it
+stopped in a ``finally``, whatever ends its sending.
 """
 
 from __future__ import annotations
@@ -219,7 +219,6 @@ def measure(path: Path, frames: int, condition: str, stamping: str) -> ArrivalsR
     except subprocess.TimeoutExpired:
         raise BenchError("the sender took too long and was stopped") from None
     finally:
-        os.kill(os.getpid(), signal.SIGCONT)  # whatever became of the sender
         stop.set()
         receiver.stop()
         sys.setswitchinterval(interval)
