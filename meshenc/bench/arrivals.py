@@ -54,17 +54,16 @@ from meshenc.bench.results import (
 )
 from meshenc.local.ports import free_ports
 from services.encoder.media.datagrams import Arrivals, DatagramInput, video_pes_starts
+from services.encoder.media.ingest import SWITCH_INTERVAL
+from services.source.pacing import DATAGRAM_SIZE
 
 __all__ = ["CONDITIONS", "ArrivalsBench", "ArrivalsRun", "run_arrivals_bench", "send_stream"]
 
 CONDITIONS: Final = ("quiet", "busy", "stopped")
 STAMPINGS: Final = ("kernel", "read")
 SIZE: Final = EncoderSize(320, 180, 600)
-DATAGRAM: Final = 7 * 188
 BUSY_THREADS: Final = 2
 STOP_SECONDS: Final = 0.5
-SWITCH_INTERVAL: Final = 0.001
-"""The GIL switch interval the encoder runtime sets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +155,8 @@ def send_stream(path: str, port: int, stop_pid: int, stop_at: int) -> None:
     resume_at = None
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         try:
-            for offset in range(0, len(data), DATAGRAM):
-                chunk = data[offset : offset + DATAGRAM]
+            for offset in range(0, len(data), DATAGRAM_SIZE):
+                chunk = data[offset : offset + DATAGRAM_SIZE]
                 starts = video_pes_starts(chunk)
                 if starts:
                     picture += 1

@@ -33,10 +33,10 @@ from meshenc.bench.results import BenchError, Progress, Spread, quiet, results_t
 from services.encoder.media.datagrams import video_pes_starts
 from services.encoder.media.ingest import Ingested, IngestedPicture, LiveIngest
 from services.encoder.media.source import VideoFormat
+from services.source.pacing import DATAGRAM_SIZE
 
 __all__ = ["IngestBench", "IngestResult", "measure_ingest", "run_ingest_bench"]
 
-DATAGRAM = 7 * 188
 #: The slowest run accepted before it is stopped, pictures per second.
 MIN_FPS = 20.0
 
@@ -86,8 +86,8 @@ def _ours(path: Path, size: EncoderSize, frames: int) -> float:
 def _scan(data: bytes) -> float:
     """CPU seconds of the receiver's TS scan over the file in datagrams."""
     started = time.process_time()
-    for offset in range(0, len(data), DATAGRAM):
-        video_pes_starts(data[offset : offset + DATAGRAM])
+    for offset in range(0, len(data), DATAGRAM_SIZE):
+        video_pes_starts(data[offset : offset + DATAGRAM_SIZE])
     return time.process_time() - started
 
 

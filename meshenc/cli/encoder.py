@@ -351,9 +351,10 @@ def _given(ctx: click.Context, name: str) -> bool:
     "--standby",
     envvar="MESHENC_STANDBY",
     is_flag=True,
-    help="Load and check everything, then start only when a line arrives on stdin (at the end"
-    " of stdin, exit without starting): an encoder ready to join at once, without the CPU its"
-    " start-up takes landing on the machine's other encoders then (meshenc up's joiner).",
+    help="Load its code and check its settings, then start only when a line arrives on stdin"
+    " (at the end of stdin, or on SIGTERM, exit 0 without starting): an encoder ready to join"
+    " at once, without the CPU its loading takes landing on the machine's other encoders then"
+    " (meshenc up's joiner).",
 )
 @health_listen_option
 @peer_limit_options

@@ -104,6 +104,7 @@ from services.encoder.manager_link import VoteLog
 from services.encoder.media.containers import TICKS, AudioPacket
 from services.encoder.media.gop import EncodedFrame
 from services.encoder.media.ingest import (
+    SWITCH_INTERVAL,
     Ingested,
     IngestedAudio,
     IngestedPicture,
@@ -660,10 +661,7 @@ class EncoderRuntime:
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         queue: asyncio.Queue[Ingested] = asyncio.Queue()
         ingest = None
-        # The ingest thread of an input other than udp:// or rtp:// (whose datagrams carry the
-        # kernel's receive time) reads the clock as a picture leaves the demuxer, but only once
-        # it holds the GIL: a 1 ms switch interval (Python's default is 5 ms) shortens that wait.
-        sys.setswitchinterval(0.001)
+        sys.setswitchinterval(SWITCH_INTERVAL)  # the ingest thread's wait for the GIL
         if self.settings.source:
             ingest = LiveIngest(
                 self.settings.source,

@@ -8,15 +8,15 @@ decoding, without waiting for the next picture to close the PES, and however lat
 got to read it: a thread waits for the GIL, and a process starved of CPU reads what came
 meanwhile all at once (stamped when read, those pictures were as late as the starvation was
 long). The kernel's time is taken onto the encoder's clock as that clock's reading now, less
-the datagram's age. Where the kernel gives no time (another OS, or ``kernel_times=False``),
-the clock is read when the datagram is read; so does Linux itself for a datagram that came
-in the moment after the first socket on the machine asked for receive times, before it
-turned them on. The thread scans the TS packets of each
-datagram for the start of a video PES (``payload_unit_start_indicator``, stream id
-0xE0-0xEF) and remembers its 33-bit PTS with that arrival (``Arrivals``); then it hands the
-bytes (RTP headers removed) to PyAV through ``DatagramPipe``, a file-like object whose read
-blocks until data comes. A stalled input therefore never times the demuxer out and never
-forces a reopen with its probing: when datagrams flow again, demuxing simply continues.
+the datagram's age. Where the kernel gives no time (another OS or architecture, or
+``kernel_times=False``), the clock is read when the datagram is read; so does Linux itself for
+a datagram that came in the moment after the first socket on the machine asked for receive
+times, before it turned them on. The thread scans the TS packets of each datagram for the
+start of a video PES (``payload_unit_start_indicator``, stream id 0xE0-0xEF) and remembers
+its 33-bit PTS with that arrival (``Arrivals``); then it hands the bytes (RTP headers removed)
+to PyAV through ``DatagramPipe``, a file-like object whose read blocks until data comes. A
+stalled input therefore never times the demuxer out and never forces a reopen with its
+probing: when datagrams flow again, demuxing simply continues.
 
 Invariants: bytes reach PyAV in arrival order, exactly as received minus RTP headers; the pipe
 holds at most ``MAX_BUFFERED`` bytes (beyond that the oldest are dropped and counted, as a full
@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import ipaddress
+import platform
 import socket
 import struct
 import threading
@@ -54,7 +55,10 @@ RECEIVE_BUFFER = 4 << 20
 POLL = 0.2
 #: Linux's ``SO_TIMESTAMPNS`` (and ``SCM_TIMESTAMPNS``), which Python does not name: each
 #: datagram's receive time as a ``struct timespec`` of CLOCK_REALTIME, in its ancillary data.
+#: The value of x86 and of the generic ABI; a few architectures (MIPS, SPARC, PA-RISC, Alpha)
+#: number it otherwise, so it is asked for only on those of ``KERNEL_TIMES_MACHINES``.
 SO_TIMESTAMPNS = 35
+KERNEL_TIMES_MACHINES = frozenset({"x86_64", "i686", "i386", "aarch64", "armv7l", "riscv64"})
 _TIMESPEC = struct.Struct("@qq")
 #: The oldest kernel time taken (s): anything older is a wall clock that stepped, and the
 #: datagram is stamped when it is read. The pipe holds about 2 s of a fast stream.
@@ -241,7 +245,7 @@ class DatagramInput:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with contextlib.suppress(OSError):  # capped by the kernel's limit; best effort
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-            if kernel_times:
+            if kernel_times and platform.machine() in KERNEL_TIMES_MACHINES:
                 with contextlib.suppress(OSError):  # no kernel times: stamped when read
                     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.bind((address.host, address.port))

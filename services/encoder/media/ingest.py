@@ -64,6 +64,11 @@ READ_TIMEOUT = 5.0
 OPEN_TIMEOUT = 5.0
 #: Pause before reopening an input that failed or ended.
 REOPEN_PAUSE = 0.5
+#: The GIL switch interval the encoder runtime sets (Python's default is 5 ms): an ingest
+#: thread that reads the clock when a picture leaves the demuxer (inputs other than udp:// and
+#: rtp://, whose datagrams carry the kernel's receive time) waits about this long at most for
+#: the GIL before it can.
+SWITCH_INTERVAL = 0.001
 #: Pictures whose arrival is remembered while they are inside the decoder.
 _PENDING_ARRIVALS = 64
 #: Options that keep a live input's start-up short (the probed packets are kept: the first
