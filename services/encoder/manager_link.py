@@ -79,20 +79,18 @@ class VoteLog:
             self._votes.popitem(last=False)
 
     def account(self, outcome: Outcome) -> str:
-        """How one of this encoder's proposals ended, for its log lines, with each rejection's
-        reason where its vote is kept: ``7 rejected (approvals ['e0'], rejections ['e1': no
-        estimate, 'e2': moves away])``. Why a vote said no is what tells a routine lock-in
-        refusal (a voter still measuring) from a real disagreement."""
+        """How one of this encoder's proposals ended, for its log lines: its shift, and each
+        rejection's reason and the voter's estimate of this encoder's error where its vote is
+        kept: ``7 rejected (shift -33.3 ms; approvals ['e0'], rejections ['e1': no estimate,
+        'e2': moves away at +12.5 ms])``. Why a vote said no is what tells a routine lock-in
+        refusal (a voter still measuring) from a real disagreement, and the estimate against
+        the shift tells whose view of the timeline differs."""
         kept = self._votes.get(outcome.proposal.proposal_id, {})
-        rejections = ", ".join(
-            f"{voter!r}: {vote.reason}"
-            if (vote := kept.get(voter)) is not None and vote.reason
-            else repr(voter)
-            for voter in sorted(outcome.rejections)
-        )
+        rejections = ", ".join(_rejection(v, kept.get(v)) for v in sorted(outcome.rejections))
         return (
             f"{outcome.proposal.proposal_id} {outcome.verdict.name.lower()} "
-            f"(approvals {sorted(outcome.approvals)}, rejections [{rejections}])"
+            f"(shift {outcome.proposal.shift * 1000.0:+.1f} ms; "
+            f"approvals {sorted(outcome.approvals)}, rejections [{rejections}])"
         )
 
     def take(self, action: Escalate) -> tuple[ResyncVote, ...]:
@@ -246,3 +244,13 @@ class ManagerLink:
             with contextlib.suppress(Exception):
                 await channel.close()
         await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _rejection(voter: str, vote: ResyncVote | None) -> str:
+    """One rejection in an account: the voter, and its reason and estimate where kept (an
+    estimate of exactly 0.0 is a vote without one)."""
+    if vote is None or not vote.reason:
+        return repr(voter)
+    if not vote.estimated_deviation:
+        return f"{voter!r}: {vote.reason}"
+    return f"{voter!r}: {vote.reason} at {vote.estimated_deviation * 1000.0:+.1f} ms"

@@ -1137,8 +1137,8 @@ class EncoderRuntime:
 
     def _log_timeline(self, esp: EncodingStatePacket) -> None:
         """One line when what this encoder says of timelines changes: locking, unlocking, a
-        rename, a route to a better-named timeline and its witnesses, a merge scheduled
-        (``meshenc.core.timeline``)."""
+        new anchor while locking in, a rename, a route to a better-named timeline and its
+        witnesses, a merge scheduled (``meshenc.core.timeline``)."""
         if not esp.timeline:
             self.log.info(
                 "timeline: not locked (anchor %s, %d links away)", esp.anchor, esp.anchor_hops
@@ -1314,10 +1314,12 @@ class _LoadMeter:
 
 def _timeline_changed(before: EncodingStatePacket, now: EncodingStatePacket) -> bool:
     """Whether what the encoder's timeline log line is about (``_log_timeline``) changed
-    between two of its ESPs: its timeline, its route's timeline, how many witnesses the route
-    has, its schedule. Field by field: this runs for every ESP sent."""
+    between two of its ESPs: its timeline, or its anchor while it is not locked, its route's
+    timeline, how many witnesses the route has, its schedule. Field by field: this runs for
+    every ESP sent."""
     return (
         before.timeline != now.timeline
+        or (not now.timeline and before.anchor != now.anchor)
         or before.merge_timeline != now.merge_timeline
         or len(before.merge_witnesses) != len(now.merge_witnesses)
         or before.merge_segment != now.merge_segment

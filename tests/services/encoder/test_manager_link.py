@@ -69,11 +69,13 @@ async def test_a_proposals_account_gives_each_kept_rejections_reason() -> None:
     votes = VoteLog()
     votes.record(ResyncVote("enc-0", 7, "enc-1", False, 0.0, "no estimate"))
     votes.record(ResyncVote("enc-0", 7, "enc-3", True, 0.03, "closer"))
+    votes.record(ResyncVote("enc-0", 7, "enc-4", False, 0.0125, "moves away"))
     votes.record(ResyncVote("enc-0", 6, "enc-2", False, 0.0, "moves away"))  # another proposal
-    rejected = frozenset({"enc-1", "enc-2"})
+    rejected = frozenset({"enc-1", "enc-2", "enc-4"})
     outcome = Outcome(proposal, Verdict.REJECTED, frozenset({"enc-3"}), rejected, 1.0)
     assert votes.account(outcome) == (
-        "7 rejected (approvals ['enc-3'], rejections ['enc-1': no estimate, 'enc-2'])"
+        "7 rejected (shift -33.0 ms; approvals ['enc-3'], rejections ['enc-1': no estimate, "
+        "'enc-2', 'enc-4': moves away at +12.5 ms])"
     )
 
 
