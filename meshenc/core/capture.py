@@ -36,6 +36,13 @@ a late reading would otherwise take a second or more to slide back, dragging the
 (measured: a restarted encoder locked in a whole frame off while its fit slid). The engine
 measures its neighbours afresh after each such restart (``restarts`` counts them).
 
+Resumption: readings made up by the caller while its input was lost (fillers on the fit's own
+cadence) say nothing of when the source's pictures arrive. When the input is back
+(``resume``), the fit starts again from the next reading, keeping its period, and warms up
+anew: continued from the fillers, a fit whose first real readings came up to two periods
+earlier than the fillers slid back half a period a picture, its labels late by up to three
+periods for seven pictures (measured), which its neighbours read as a jump of this encoder's.
+
 Invariants: the smoothed times of successive frames increase by at least half a period, except
 that a raw timestamp more than two periods *behind* the smoothed time (the clock stepped back)
 restarts the smoother at that timestamp; the period estimate stays within ``max_period_error``
@@ -83,6 +90,7 @@ class CaptureSmoother:
         "_q",
         "_r",
         "_r0",
+        "_resumed",
         "_run",
         "_seen",
         "_started_at",
@@ -147,6 +155,8 @@ class CaptureSmoother:
         #: yet to span ``warmup`` seconds from it.
         self._started_at = 0.0
         self._warming = False
+        #: Whether the next reading starts the fit again, keeping its period (``resume``).
+        self._resumed = False
         self._r = self._r0 = min(max(initial_jitter**2, self._min_var), self._max_var)
         self.period = nominal_period
         self._period_before_run = nominal_period
@@ -177,6 +187,12 @@ class CaptureSmoother:
         """Forget the history, e.g. after the source stalled or the clock stepped."""
         self.period = self._nominal
         self.time = None
+        self._resumed = False
+
+    def resume(self) -> None:
+        """The input is back after a loss the caller filled in: the next reading starts the
+        fit again, on the cadence it had, and it warms up anew."""
+        self._resumed = self.time is not None
 
     def _start(self, raw: float, keep_period: bool) -> SmoothedCapture:
         if not keep_period:
@@ -194,9 +210,10 @@ class CaptureSmoother:
         ``periods`` is how many frame periods passed since the previous picture when the
         source's own timestamps say so; without it they are counted from the arrival times.
         """
-        if self.time is None:
+        if self.time is None or self._resumed:
             self._started_at, self._warming = raw, True
-            return self._start(raw, keep_period=False)
+            keep_period, self._resumed = self._resumed, False
+            return self._start(raw, keep_period=keep_period)
         elapsed = raw - self.time
         if elapsed < -2.0 * self.period:
             # The clock went back by more than counting can explain (a step backwards): start

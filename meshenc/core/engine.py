@@ -140,6 +140,7 @@ __all__ = [
     "Event",
     "FrameCaptured",
     "FrameEncoded",
+    "InputResumed",
     "LeaderChanged",
     "LoadMeasured",
     "LockInTurnedDown",
@@ -424,6 +425,14 @@ class Stalled:
 
 
 @dataclass(frozen=True, slots=True)
+class InputResumed:
+    """The input is back after a loss the shell filled in with pictures of its own (on the
+    capture fit's cadence, with ``NO_IDENTITY``): the fit starts again from the next picture's
+    arrival, so the labels neighbours measure go on from the source's arrivals, not from the
+    times the shell made up (``CaptureSmoother.resume``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class SegmentWritten:
     """The shell wrote ``segment`` (every rung of it): ``digest`` is the SHA-256 of its bytes
     (for a ladder, over every rung's in ladder order). The ESPs carry the newest one, so that
@@ -454,6 +463,7 @@ Event = (
     | ParametersRequested
     | EscalationApproved
     | Stalled
+    | InputResumed
     | SegmentWritten
     | Tick
 )
@@ -875,6 +885,8 @@ class SyncEngine:
                 self._apply_escalated(now, proposal_id)
             case Stalled():
                 self._proof, self._proof_tc = 0, self._last_tc if self._last_tc is not None else -1
+            case InputResumed():
+                self._smoother.resume()
             case SegmentWritten(segment, digest, vouched, unit):
                 _keep(self._segment_digests, unit, segment, _Written(digest, vouched))
                 self._announced = _newest_per_output(self._segment_digests)

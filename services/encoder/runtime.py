@@ -68,6 +68,7 @@ from meshenc.core.engine import (
     Escalate,
     EscalationApproved,
     EspReceived,
+    InputResumed,
     LeaderChanged,
     LoadMeasured,
     LockInTurnedDown,
@@ -863,6 +864,7 @@ class EncoderRuntime:
             self.log.info("input is back after a loss")
             self._cadence.reset()
             self._window.reset()
+            self.pipeline.step(self.clock(), InputResumed())
         ticks = None if source_time is None else round(source_time * TICKS)
         if item.pts is None or ticks is None:
             identity = self._window.identify(item.picture.fingerprint)

@@ -19,6 +19,7 @@ from meshenc.core.engine import (
     Event,
     FrameCaptured,
     FrameEncoded,
+    InputResumed,
     LeaderChanged,
     NeighboursChanged,
     ParametersRefused,
@@ -112,6 +113,9 @@ class EngineShell:
 
     def stalled(self, now: float, seconds: float) -> None:
         self._step(now, Stalled(seconds))
+
+    def input_resumed(self, now: float) -> None:
+        self._step(now, InputResumed())
 
     def snapshot(self, now: float) -> EngineSnapshot:
         return self.engine.snapshot(now)

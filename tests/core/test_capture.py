@@ -259,3 +259,37 @@ def test_a_fit_started_on_late_readings_is_on_the_cadence_after_its_warmup(
         if raw - first >= 0.5:
             assert abs(out.time - true) < 0.25 * PERIOD, (i, out.time - true)
     assert smoother.restarts > 0
+
+
+@pytest.mark.parametrize("earlier", [0.2 * PERIOD, 1.5 * PERIOD, 1.9 * PERIOD])
+def test_a_resumed_fit_follows_the_returning_arrivals_at_once(earlier: float) -> None:
+    """Fillers on the fit's cadence, then the input back with pictures that arrived up to two
+    periods before the fillers' times (they queued while the input was being read again):
+    resumed, the fit's times are the real arrivals from the first picture, its period kept;
+    carried on from the fillers, they sit up to three periods late for several pictures."""
+
+    def run(resume: bool) -> list[float]:
+        smoother = CaptureSmoother(PERIOD)
+        for i in range(60):
+            smoother.update(START + i * PERIOD, None if i == 0 else 1)
+        period = smoother.period
+        for i in range(60, 90):  # the input is lost: fillers on the fit's own cadence
+            smoother.update(START + i * PERIOD, 1)
+        if resume:
+            smoother.resume()
+        back = START + 90 * PERIOD - earlier
+        lags = [smoother.update(back, None).time - back]
+        lags += [smoother.update(back + k * PERIOD, 1).time - (back + k * PERIOD) for k in (1, 2)]
+        if resume:
+            assert smoother.period == period
+        return lags
+
+    assert max(abs(lag) for lag in run(resume=True)) < 1e-6
+    assert max(run(resume=False)) > (0.5 * PERIOD if earlier > PERIOD else 0.1 * earlier)
+
+
+def test_resuming_a_fit_that_never_started_changes_nothing() -> None:
+    smoother = CaptureSmoother(PERIOD)
+    smoother.resume()
+    assert smoother.update(START) == SmoothedCapture(START, 1)
+    assert smoother.update(START + PERIOD, 1).time == pytest.approx(START + PERIOD, abs=1e-6)

@@ -16,6 +16,7 @@ from dataclasses import replace
 import pytest
 
 from meshenc.core.engine import (
+    NO_IDENTITY,
     CorrectionApplied,
     EngineConfig,
     Escalate,
@@ -130,6 +131,32 @@ def test_emitted_timecodes_stay_continuous_across_clock_jumps() -> None:
     # pictures landing in the five slots already emitted and in the last one again are dropped.
     assert max(len(d.timecodes) for d in decisions) == 4
     assert sum(1 for d in decisions if not d.timecodes) == 6
+
+
+@pytest.mark.parametrize("resumed", [True, False])
+def test_pictures_back_after_fillers_are_labelled_from_their_arrivals(resumed: bool) -> None:
+    """A lost input's fillers (no identity, on the engine's own cadence), then the input back
+    with pictures that arrived a period and a half before the fillers' times: told
+    (``InputResumed``), the engine labels them from their arrivals at once, which is what its
+    neighbours measure; not told, it labels them from the fillers' cadence, late by more than
+    half a frame."""
+    engine = _engine()
+    for k in range(60):
+        engine.frame(START + k * T, k + 1)
+    for k in range(60, 90):
+        engine.frame(START + k * T, NO_IDENTITY, 1)
+    back = START + 88.5 * T
+    if resumed:
+        engine.input_resumed(back)
+    # The first picture back has no count of periods: the source's cadence starts again too.
+    lags = [
+        engine.frame(back + j * T, 100 + j, None if j == 0 else 1).label - (back + j * T)
+        for j in range(3)
+    ]
+    if resumed:
+        assert max(abs(lag) for lag in lags) < 1e-6, lags
+    else:
+        assert max(lags) > 0.5 * T, lags
 
 
 def test_a_stranger_cannot_feed_the_engine() -> None:
