@@ -945,6 +945,20 @@ class SyncEngine:
         )
         return live or frozenset(self._neighbours)
 
+    def _counted_electorate(self, now: float) -> frozenset[str]:
+        """Who votes on a move of this encoder's timeline: the electorate less the neighbours
+        it does not trust (``_trusted``), whose views its move leaves out too (all of the
+        electorate when it trusts none of them). Measured: three real encoders, the anchor's
+        labels jumped at its start; the other two did not count it for ``suspicion`` and
+        locked in towards each other, while it counted them and voted every move of theirs
+        down (``moves away``, judged from its own view of the timeline): none locked for the
+        whole 30 s run."""
+        electorate = self._electorate(now)
+        trusted = frozenset(
+            name for name in electorate if self._trusted(self._neighbours[name], now)
+        )
+        return trusted or electorate
+
     def _vote_timeout(self, electorate: frozenset[str]) -> float:
         """How long a proposal waits for its votes: ``vote_timeout`` beyond the slowest
         voter's measured round trip, so a mesh whose links are long-haul ones can still
@@ -1662,7 +1676,7 @@ class SyncEngine:
             shift=plan.shift,
             topology_epoch=self.topology_epoch,
         )
-        electorate = self._electorate(now)
+        electorate = self._counted_electorate(now)
         self._proposals.open(now, proposal, electorate, self._vote_timeout(electorate))
         self._open = (self._proposal_ids, plan, error)
         self._proposal.on(ProposalSignal.PROPOSED)

@@ -478,6 +478,24 @@ def _first_proposal(
     raise AssertionError("no lock-in move was proposed")
 
 
+def test_a_lock_in_move_goes_only_to_the_neighbours_it_counts() -> None:
+    """A neighbour whose labels jumped is not counted (its filter rejected a reading), and it
+    does not vote on this encoder's moves either: it judges them from its own view, which the
+    move leaves out (three real encoders: the anchor, not counted by the other two, voted
+    every move of theirs down for the 30 s of its suspicion)."""
+    engine = _engine(["a", "b", "c"])
+    ahead = 2.3 * T
+    offsets = {
+        "a": lambda k: ahead + (0.020 if k >= 3 else 0.0),
+        "b": lambda _k: ahead,
+        "c": lambda _k: ahead,
+    }
+    k, sent = _first_proposal(engine, offsets)
+    trust = {n.neighbour: n.trusted for n in engine.snapshot(START + k * T).neighbours}
+    assert trust == {"a": False, "b": True, "c": True}
+    assert set(sent.to) == {"b", "c"}
+
+
 def test_a_lock_in_move_put_to_a_neighbour_that_left_is_withdrawn_and_the_next_goes_at_once() -> (
     None
 ):
