@@ -37,7 +37,7 @@ from typing import Any, Final
 import grpc
 
 from meshenc.core.engine import Escalate
-from meshenc.core.messages import ResyncVote
+from meshenc.core.messages import CorrectionKind, ResyncVote
 from meshenc.core.votes import Outcome
 from meshenc.v1 import manager_pb2, manager_pb2_grpc
 from services.common.grpc_server import open_channel
@@ -79,18 +79,24 @@ class VoteLog:
             self._votes.popitem(last=False)
 
     def account(self, outcome: Outcome) -> str:
-        """How one of this encoder's proposals ended, for its log lines: its shift, and each
-        rejection's reason and the voter's estimate of this encoder's error where its vote is
-        kept: ``7 rejected (shift -33.3 ms; approvals ['e0'], rejections ['e1': no estimate,
-        'e2': moves away at +12.5 ms])``. Why a vote said no is what tells a routine lock-in
-        refusal (a voter still measuring) from a real disagreement, and the estimate against
-        the shift tells whose view of the timeline differs."""
-        kept = self._votes.get(outcome.proposal.proposal_id, {})
+        """How one of this encoder's proposals ended, for its log lines: a move's shift, and
+        each rejection's reason and the voter's estimate of this encoder's error where its
+        vote is kept: ``7 rejected (shift -33.3 ms; approvals ['e0'], rejections ['e1': no
+        estimate, 'e2': moves away at +12.5 ms])`` (a parameter change has no shift). Why a
+        vote said no is what tells a routine lock-in refusal (a voter still measuring) from a
+        real disagreement, and the estimate against the shift tells whose view of the
+        timeline differs."""
+        proposal = outcome.proposal
+        kept = self._votes.get(proposal.proposal_id, {})
         rejections = ", ".join(_rejection(v, kept.get(v)) for v in sorted(outcome.rejections))
+        shift = (
+            ""
+            if proposal.kind is CorrectionKind.PARAMETER
+            else f"shift {proposal.shift * 1000.0:+.1f} ms; "
+        )
         return (
-            f"{outcome.proposal.proposal_id} {outcome.verdict.name.lower()} "
-            f"(shift {outcome.proposal.shift * 1000.0:+.1f} ms; "
-            f"approvals {sorted(outcome.approvals)}, rejections [{rejections}])"
+            f"{proposal.proposal_id} {outcome.verdict.name.lower()} "
+            f"({shift}approvals {sorted(outcome.approvals)}, rejections [{rejections}])"
         )
 
     def take(self, action: Escalate) -> tuple[ResyncVote, ...]:

@@ -77,6 +77,14 @@ async def test_a_proposals_account_gives_each_kept_rejections_reason() -> None:
         "7 rejected (shift -33.0 ms; approvals ['enc-3'], rejections ['enc-1': no estimate, "
         "'enc-2', 'enc-4': moves away at +12.5 ms])"
     )
+    change = ResyncProposal(
+        "enc-0", 8, CorrectionKind.PARAMETER, 0.0, 2, effective_segment=9, bitrate_kbps=900
+    )
+    votes.record(ResyncVote("enc-0", 8, "enc-1", False, 0.0, "bad parameters"))
+    refused = Outcome(change, Verdict.REJECTED, frozenset(), frozenset({"enc-1"}), 1.0)
+    assert (
+        votes.account(refused) == "8 rejected (approvals [], rejections ['enc-1': bad parameters])"
+    )
 
 
 async def test_the_link_reports_once_a_manager_listens(etcd: EtcdProcess) -> None:
