@@ -96,6 +96,25 @@ def wait_or_kill(processes: Sequence[subprocess.Popen[bytes]], timeout: float) -
             process.wait()
 
 
+#: What an encoder's log says of its timeline: enough to tell, after a failed run, who locked
+#: on what, which moves were turned down and by whom, and when its input came and went.
+SYNC_LOG_MARKERS: Final = (
+    "timeline:", "lock-in move", "correction ", "input is", "stalled", "escalating",
+    "' up (", "' down",
+)  # fmt: skip
+
+
+def sync_story(logs: Sequence[Path], limit: int = 40) -> str:
+    """The first ``limit`` lines about the timeline from each encoder log in ``logs``, for a
+    failed assertion's message: a run on a loaded CI machine is seldom reproduced at will."""
+    story = []
+    for log in logs:
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        told = [line for line in lines if any(marker in line for marker in SYNC_LOG_MARKERS)]
+        story.append(f"--- {log.name}\n" + "\n".join(told[:limit]))
+    return "\n".join(story)
+
+
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
     """A real etcd on free local ports, for one test; its log is in the test's folder."""

@@ -27,7 +27,7 @@ import pytest
 from meshenc.local.ports import free_ports
 from meshenc.report.verify import verify
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
-from tests.conftest import LiveSource, wait_or_kill
+from tests.conftest import LiveSource, sync_story, wait_or_kill
 
 GOP = 30  # 1 s segments at 30 fps
 DURATION = 30.0
@@ -157,7 +157,8 @@ def test_an_encoder_that_loses_its_input_rejoins_and_its_neighbours_never_misali
     # segments (README, Known limits), and the loss begins at the twelfth.
     intact = verify([tmp_path / "a", tmp_path / "c"], lock_in=4)
     assert intact.judged >= 20
-    assert intact.locked, [s.segment for s in intact.segments if s.judged and not s.agreed]
+    differing = [s.segment for s in intact.segments if s.judged and not s.agreed]
+    assert intact.locked, f"{differing}\n{sync_story([tmp_path / f'{n}.log' for n in NAMES])}"
 
     # From two segments after the input's return, nothing b serves differs: a copy it could
     # not vouch for, or that no neighbour wrote alike, went aside (its audio comes back a
