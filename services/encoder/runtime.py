@@ -348,8 +348,8 @@ class EncoderRuntime:
         self._stop = asyncio.Event()
         self._last_esp: EncodingStatePacket | None = None
         self._load = _LoadMeter()
-        #: How far (s) the loop may fall behind its input before it gives up on what is queued.
-        self._max_lag = 1.0
+        #: When the loop, behind its input, gives up on what is queued.
+        self._falling_behind = FallingBehind()
         #: The heartbeat (monotonic): when it last beat, and when a stall last ended.
         self._beat = time.monotonic()
         self._stalled_at = -math.inf
@@ -740,7 +740,7 @@ class EncoderRuntime:
                 if isinstance(item, IngestedAudio):
                     self._audio(holdings, item)
                     continue
-                if time.time() - item.arrived > self._max_lag:
+                if self._falling_behind.gives_up(time.time() - item.arrived, time.monotonic()):
                     item = self._catch_up(holdings, item, queue)
                 self._ingest(item)
                 await asyncio.sleep(0)
@@ -797,13 +797,14 @@ class EncoderRuntime:
     def _catch_up(
         self, holdings: Holdings, item: IngestedPicture, queue: asyncio.Queue[Ingested]
     ) -> IngestedPicture:
-        """A picture that arrived more than ``_max_lag`` ago (a machine that cannot carry the
-        load, CPU stolen for seconds): give up every picture queued but the newest, as a live
-        ingest does, and shed the segment in progress (``FramePipeline.shed``): it cannot be
-        whole, and encoding its rest would only keep the encoder behind. The queued audio still
-        goes into the segments. Returns the newest picture, at the live edge again. (The lag
-        is timed: a count of queued items includes the audio, AAC at 48 kHz being 47 packets
-        a second, and 30 items were 0.4 s behind a 30 fps input with its audio.)"""
+        """The loop fell behind its input for good (``FallingBehind``: a machine that cannot
+        carry the load, CPU stolen for seconds): give up every picture queued but the newest,
+        as a live ingest does, and shed the segment in progress (``FramePipeline.shed``): it
+        cannot be whole, and encoding its rest would only keep the encoder behind. The queued
+        audio still goes into the segments. Returns the newest picture, at the live edge
+        again. (The lag is timed: a count of queued items includes the audio, AAC at 48 kHz
+        being 47 packets a second, and 30 items were 0.4 s behind a 30 fps input with its
+        audio.)"""
         newest, audio, given_up = newest_picture(item, queue)
         for packet in audio:
             self._audio(holdings, packet)
@@ -1252,6 +1253,39 @@ class EncoderRuntime:
             ack.reason,
             ack.topology_epoch,
         )
+
+
+class FallingBehind:
+    """When the loop, behind its input, gives up what queued (``EncoderRuntime._catch_up``).
+
+    At once when a picture arrived more than ``2 * max_lag`` ago; otherwise only once pictures
+    have stayed more than ``max_lag`` old for ``grace`` seconds of the loop's time, so that a
+    stall of about a second is caught up by encoding what queued. Giving up at the first
+    picture a second old, every encoder of a mesh run on one machine shed the same segment
+    when the machine stood still for a second, and nobody wrote it (a CI run of
+    ``tests/system/e2e/test_up_channels.py``); with the kernel's receive times, a picture's
+    age counts its wait in the socket too. Time is an argument (seconds).
+    """
+
+    def __init__(self, max_lag: float = 1.0, grace: float = 0.5) -> None:
+        if not (max_lag > 0 and grace >= 0):
+            raise ValueError("need max_lag > 0 and grace >= 0")
+        self.max_lag = max_lag
+        self.grace = grace
+        self._since: float | None = None
+
+    def gives_up(self, lag: float, now: float) -> bool:
+        """Whether a picture ``lag`` seconds old, reaching the loop at ``now``, is one too
+        many: the loop has fallen behind for good."""
+        if lag <= self.max_lag:
+            self._since = None
+            return False
+        if self._since is None:
+            self._since = now
+        if lag > 2 * self.max_lag or now - self._since >= self.grace:
+            self._since = None
+            return True
+        return False
 
 
 def newest_picture(

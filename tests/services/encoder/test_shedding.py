@@ -22,7 +22,7 @@ from services.encoder.media.ingest import Ingested, IngestedAudio, IngestedPictu
 from services.encoder.media.ladder import Rendition, renditions_for
 from services.encoder.media.segments import segment_number
 from services.encoder.pipeline import FramePipeline
-from services.encoder.runtime import newest_picture
+from services.encoder.runtime import FallingBehind, newest_picture
 
 RATE = FrameRate(30)
 GOP = 6
@@ -165,3 +165,18 @@ def test_catching_up_takes_the_newest_picture_and_keeps_the_audio_in_order() -> 
     assert [p.pts for p in packets] == [10, 11]
     assert given_up == 3  # pictures 1, 2 and 3
     assert queue.empty()
+
+
+def test_a_stall_of_a_second_is_caught_up_and_a_lasting_lag_is_given_up() -> None:
+    """Ages of the pictures reaching the loop, every 1/30 s of the loop's time: after a 1.3 s
+    stall the backlog drains at twice the input's rate, and nothing is given up; a lag that
+    stays over a second is given up after the grace, one past twice the limit at once."""
+    step = 1 / 30
+    watch = FallingBehind(max_lag=1.0, grace=0.5)
+    draining = [1.3 - k * step for k in range(40)]  # 1.3 s behind, a frame period less each step
+    assert not any(watch.gives_up(lag, k * step) for k, lag in enumerate(draining))
+    watch = FallingBehind(max_lag=1.0, grace=0.5)
+    stuck = [watch.gives_up(1.2, k * step) for k in range(30)]
+    assert stuck.index(True) == 15  # 0.5 s of the loop's time over the limit
+    assert FallingBehind(max_lag=1.0, grace=0.5).gives_up(2.1, 0.0)
+    assert not FallingBehind(max_lag=1.0, grace=0.5).gives_up(1.0, 0.0)
