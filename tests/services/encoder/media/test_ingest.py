@@ -32,6 +32,7 @@ from services.encoder.media.ingest import (
 )
 from services.encoder.media.segments import AudioPacket, SegmentWriter, segment_name
 from services.encoder.media.source import SourceError, SyntheticSource, VideoFormat, fingerprint
+from services.source.pacing import DATAGRAM_SIZE
 
 FPS = FrameRate(30)
 PERIOD = 1 / 30
@@ -315,19 +316,21 @@ def test_video_pes_starts_are_found_in_real_ts_packets(tmp_path: Path) -> None:
     with av.open(str(tmp_path / "clip.ts")) as container:
         expected = [p.pts for p in container.demux(container.streams.video[0]) if p.size]
     found = [
-        pts for i in range(0, len(data), 7 * 188) for pts in video_pes_starts(data[i : i + 7 * 188])
+        pts
+        for i in range(0, len(data), DATAGRAM_SIZE)
+        for pts in video_pes_starts(data[i : i + DATAGRAM_SIZE])
     ]
     assert found == expected
     assert video_pes_starts(b"\x00" * 188) == []  # no sync byte: nothing
 
 
 def _send(data: bytes, port: int, *, pause: float = 0.0) -> dict[int, float]:
-    """Send the stream to ``port`` in 7-packet datagrams, ``pause`` s apart; when each video
-    PES started out, by PTS."""
+    """Send the stream to ``port`` in datagrams of the source's size, ``pause`` s apart; when
+    each video PES started out, by PTS."""
     sent: dict[int, float] = {}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        for i in range(0, len(data), 7 * 188):
-            chunk = data[i : i + 7 * 188]
+        for i in range(0, len(data), DATAGRAM_SIZE):
+            chunk = data[i : i + DATAGRAM_SIZE]
             for pts in video_pes_starts(chunk):
                 sent[pts] = time.time()
             sender.sendto(chunk, ("127.0.0.1", port))
@@ -374,7 +377,7 @@ def test_datagrams_read_late_are_stamped_when_they_arrived(tmp_path: Path) -> No
         read_from = time.time()
         receiver.start()
         deadline = time.time() + 5.0
-        while receiver.datagrams * 7 * 188 < len(data) and time.time() < deadline:
+        while receiver.datagrams * DATAGRAM_SIZE < len(data) and time.time() < deadline:
             time.sleep(0.01)
     finally:
         receiver.stop()
@@ -386,7 +389,7 @@ def test_datagrams_read_late_are_stamped_when_they_arrived(tmp_path: Path) -> No
 
 def test_a_stalled_udp_input_continues_without_a_reopen(tmp_path: Path) -> None:
     data = _clip(tmp_path / "clip.ts", 60).read_bytes()
-    chunks = [data[i : i + 7 * 188] for i in range(0, len(data), 7 * 188)]
+    chunks = [data[i : i + DATAGRAM_SIZE] for i in range(0, len(data), DATAGRAM_SIZE)]
     port = free_ports(1)[0]
     items: list[Ingested] = []
     ingest = LiveIngest(f"rtp://127.0.0.1:{port}", FMT, items.append)
