@@ -25,12 +25,17 @@ REAL_TIME_TESTS: Final = (
     SYSTEM_TESTS,
     "tests/local/test_player.py",
     "tests/report/test_recorder.py",
+    "tests/services/source/test_service.py",
 )
-"""The tests whose verdict turns on real encoders keeping up with a live source (they lock,
-vouch for segments, play without a stall): the whole-system tests and the two outside them.
-Two of them at once overload two cores: an encoder a second behind its input skips pictures
-and rightly sets those segments aside, which such a test then reports (seen: a segment gap in
-the player test, no vouched segment in the input-loss test, each with another beside it)."""
+"""The tests whose verdict turns on real processes keeping real time: real encoders keeping
+up with a live source (they lock, vouch for segments, play without a stall) — the
+whole-system tests and the two outside them — and the live source's own pacing (the delay
+between two paths, what a reader gets in its first seconds). Two of them at once overload two
+cores: an encoder a second behind its input skips pictures and rightly sets those segments
+aside, which such a test then reports (seen: a segment gap in the player test, no vouched
+segment in the input-loss test, each with another beside it); a source test run at the lower
+priority beside one of them sent its two paths' copies together (seen: a 16 ms median for a
+50 ms delay)."""
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -2,8 +2,9 @@
 
 Nothing is mocked. The source runs in a thread of the test (``run_source`` with a stop event)
 or, for the signal test, as a real ``meshenc source`` process. Receivers are PyAV (FFmpeg's
-udp/rtp inputs, as the encoders use them) or plain sockets that note each datagram's arrival on
-the monotonic clock. Every wait has a bound, and every thread and process is joined or killed.
+udp/rtp inputs, as the encoders use them) or plain sockets that note each datagram's arrival
+as the kernel's receive time. Every wait has a bound, and every thread and process is joined
+or killed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from click.testing import CliRunner
 
 from meshenc.cli.main import cli
 from meshenc.core.timecode import FrameRate
+from services.encoder.media.datagrams import SO_TIMESTAMPNS
 from services.source.clip import write_test_clip
 from services.source.media import StreamFormat
 from services.source.path import parse_destination
@@ -153,12 +155,22 @@ def _run(settings: SourceSettings, timeout: float = 20.0) -> SourceStats:
     return result[0]
 
 
+_TIMESPEC = struct.Struct("@qq")
+_STAMP = (socket.SOL_SOCKET, SO_TIMESTAMPNS)
+_STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
 def _digest(payload: bytes) -> bytes:
     return hashlib.sha1(payload).digest()
 
 
 class _Sink:
-    """A plain UDP receiver noting (arrival, payload) for each datagram, in a thread."""
+    """A plain UDP receiver noting (arrival, payload) for each datagram, in a thread.
+
+    The arrival is the kernel's receive time (``SO_TIMESTAMPNS``, CLOCK_REALTIME seconds), not
+    the time this thread got round to reading it: two sinks' threads in one busy process read
+    late by different amounts, which once made datagrams 50 ms apart look simultaneous.
+    """
 
     def __init__(self, host: str = "127.0.0.1", group: str | None = None) -> None:
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -171,6 +183,7 @@ class _Sink:
             membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(host))
             self.socket.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
         self.port = int(self.socket.getsockname()[1])
+        self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.socket.settimeout(0.1)
         self.got: list[tuple[float, bytes]] = []
         self._stop = threading.Event()
@@ -180,10 +193,13 @@ class _Sink:
     def _receive(self) -> None:
         while not self._stop.is_set() and len(self.got) < 200_000:
             try:
-                payload = self.socket.recv(4096)
+                payload, ancillary, _, _ = self.socket.recvmsg(4096, _STAMP_SPACE)
             except TimeoutError:
                 continue
-            self.got.append((time.monotonic(), payload))
+            stamps = [d for level, kind, d in ancillary if (level, kind) == _STAMP]
+            assert stamps, "the kernel gave no receive time"
+            seconds, nanoseconds = _TIMESPEC.unpack_from(stamps[0])
+            self.got.append((seconds + nanoseconds * 1e-9, payload))
 
     def close(self) -> None:
         self._stop.set()
@@ -278,7 +294,10 @@ def test_rtp_is_read_back_by_pyav_and_carries_mp2t_headers() -> None:
                 parse_destination(f"rtp://127.0.0.1:{port}?delay_ms=10"),
                 parse_destination(f"rtp://127.0.0.1:{raw.port}"),
             ),
-            duration=2.5,
+            # FFmpeg's rtp demuxer reads one datagram to learn the payload type, closes the
+            # port and opens it again: what arrives meanwhile is lost, and on a busy machine
+            # that can be the start of the first GOP. Four seconds leave 40 pictures after it.
+            duration=4.0,
         )
         url = f"rtp://127.0.0.1:{port}"
         with _reader(url, "127.0.0.1", port, max_frames=40) as decoded:
