@@ -209,6 +209,22 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     help="Second of --change [default: none].",
 )
 @click.option(
+    "--starve-at",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Second at which one encoder (the first running one that does not lead the first"
+    " group) has its CPU taken for --starve-for seconds: stopped and continued in turn,"
+    " mostly stopped, as on a machine that cannot carry it. It falls behind its input and"
+    " sheds; the report shows what the origin got [default: none].",
+)
+@click.option(
+    "--starve-for",
+    type=click.FloatRange(min=0.0, min_open=True, max=30.0),
+    default=4.0,
+    show_default=True,
+    help="Seconds of --starve-at's starvation.",
+)
+@click.option(
     "--links",
     type=click.Choice(["managed", "static"]),
     default="managed",
@@ -288,6 +304,8 @@ def up(
     join_at: float | None,
     change: str,
     change_at: float | None,
+    starve_at: float | None,
+    starve_for: float,
     abr_link_kbps: int | None,
     links: str,
     degree_max: int | None,
@@ -362,6 +380,8 @@ def up(
             join_at=join_at,
             change=change,
             change_at=change_at,
+            starve_at=starve_at,
+            starve_for=starve_for,
             abr_link_kbps=abr_link_kbps,
             manager="manager" in commands,
             managed_topology=links == "managed",

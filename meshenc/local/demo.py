@@ -139,6 +139,7 @@ __all__ = [
     "RunPlan",
     "parse_change",
     "plan_run",
+    "starve",
 ]
 
 log = logging.getLogger("meshenc.demo")
@@ -176,6 +177,38 @@ SOURCES_DIR: Final = "sources"
 """The run's own test clips (the further channels' sources)."""
 #: Files a previous run leaves in its folder; only such a folder is cleared for a new run.
 _RUN_MARKERS: Final = (EVENTS_NAME, PIDS_NAME, SUMMARY_NAME)
+
+#: The share of the time a starved encoder runs (``starve``), and the cycle it runs in.
+STARVED_SHARE: Final = 0.12
+STARVE_PERIOD: Final = 0.1
+#: The longest starvation a run takes (s).
+MAX_STARVE: Final = 30.0
+
+
+async def starve(
+    pause: Callable[[], None],
+    resume: Callable[[], None],
+    seconds: float,
+    share: float = STARVED_SHARE,
+    period: float = STARVE_PERIOD,
+) -> int:
+    """Stop a process for ``1 - share`` of every ``period``, for ``seconds``: its CPU taken
+    in slices shorter than its stall detection looks for (a heartbeat gap of about a
+    second), as on a machine that cannot carry its load, rather than one long SIGSTOP. It is
+    left running, also when cancelled. Returns the cycles completed."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    cycles = 0
+    try:
+        while loop.time() < end:
+            pause()
+            await asyncio.sleep(period * (1 - share))
+            resume()
+            await asyncio.sleep(period * share)
+            cycles += 1
+    finally:
+        resume()
+    return cycles
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +261,10 @@ class DemoConfig:
     #: ``change_at`` seconds: ``WIDTHxHEIGHT@KBPS``, ``WIDTHxHEIGHT`` or ``@KBPS`` ("": none).
     change: str = ""
     change_at: float | None = None
+    #: At ``starve_at`` seconds one encoder's CPU is taken for ``starve_for`` seconds
+    #: (``starve``): it falls behind its input and sheds, as on a machine that cannot carry it.
+    starve_at: float | None = None
+    starve_for: float = 4.0
     #: Start ``meshenc manager`` (an installation without it runs without a manager).
     manager: bool = False
     #: The options this installation's ``meshenc encoder`` accepts (``--registry``,
@@ -305,6 +342,13 @@ class DemoConfig:
                 raise ValueError("a ladder's rungs keep their sizes: change the bitrate alone")
             if not 0 < self.change_at < self.duration:
                 raise ValueError(f"need 0 < change_at < duration ({self.duration:g})")
+        starve_end = (self.starve_at or 0.0) + self.starve_for
+        if self.starve_at is not None and not (
+            0 < self.starve_for <= MAX_STARVE and 0 < self.starve_at < starve_end < self.duration
+        ):
+            raise ValueError(
+                f"need 0 < starve_for <= {MAX_STARVE:g} and 0 < starve_at < duration - starve_for"
+            )
         kill, join = self.kill_time, self.join_time
         if self.faults and not 0 < kill < join < self.duration:
             raise ValueError(
@@ -622,6 +666,8 @@ class DemoRun:
         self._master_attributes: StreamAttributes | None = None
         #: Whether the browser's second player plays the master playlist.
         self._redundant_playing = False
+        #: The starvation under way (``_starve``), if any.
+        self._starving: asyncio.Task[int] | None = None
         #: Where the run's certificates go (made when the run starts); None without TLS.
         self.certs = CertificateSet(self.out / CERTS_DIR) if config.tls else None
 
@@ -1031,19 +1077,47 @@ class DemoRun:
             steps = [(config.kill_time, self._kill_leader), (config.join_time, self._join)]
         if config.change_at is not None:
             steps.append((config.change_at, self._change_parameters))
+        if config.starve_at is not None:
+            steps.append((config.starve_at, self._starve))
         steps.sort(key=lambda step: step[0])
         steps.append((config.duration, _nothing))
         self._set_phase("running")
         start = self.state.started_at or time.time()
-        for at, step in steps:
-            remaining = start + at - time.time()
-            if remaining > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=remaining)
-            if self._stop.is_set():
-                return
-            self._check_children(launcher)
-            await step()
+        try:
+            for at, step in steps:
+                remaining = start + at - time.time()
+                if remaining > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), timeout=remaining)
+                if self._stop.is_set():
+                    return
+                self._check_children(launcher)
+                await step()
+        finally:
+            if (starving := self._starving) is not None:
+                starving.cancel()  # done by now unless the run was stopped: it resumes
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starving
+
+    async def _starve(self) -> None:
+        """Take one encoder's CPU for ``starve_for`` seconds (``starve``), in the background:
+        the first running encoder that does not lead the first group, so that the kill's
+        failover stays its own fault."""
+        launcher = self._launcher
+        assert launcher is not None
+        running = [n for n, v in self.state.encoders.items() if v.status == "running"]
+        leader = self.state.leaders.get(self.plan.groups[0], ("", 0))[0]
+        victim = next((n for n in running if n != leader), None)
+        if victim is None:
+            return
+        seconds = self.config.starve_for
+        self._note(
+            f"starving {victim} for {seconds:g} s: running {STARVED_SHARE:.0%} of the time",
+            "bold red",
+        )
+        self._starving = asyncio.create_task(
+            starve(lambda: launcher.pause(victim), lambda: launcher.resume(victim), seconds)
+        )
 
     async def _kill_leader(self) -> None:
         """kill -9 the leader of the first group (any running encoder if none is known).

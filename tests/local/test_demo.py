@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import av
@@ -77,6 +82,45 @@ def test_plan_rejects_a_timeline_that_does_not_fit() -> None:
         DemoConfig(duration=30.0, kill_at=20.0, join_at=10.0)
     with pytest.raises(ValueError, match="at least 2"):
         DemoConfig(encoders=1)
+    with pytest.raises(ValueError, match="starve_at"):
+        DemoConfig(duration=30.0, starve_at=28.0, starve_for=4.0)  # ends after the run
+
+
+def _state(pid: int) -> str:
+    """The process's state letter in ``/proc`` (``T``: stopped by a signal)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[0]
+
+
+def test_a_starved_process_is_stopped_most_of_the_time_and_left_running_when_cancelled() -> None:
+    """``meshenc up --starve-at``'s starvation, on a real process: stopped (state ``T``) in
+    most samples while it lasts, and running again once it is cancelled part-way."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+
+        async def starve_and_sample() -> tuple[list[str], int]:
+            def pause() -> None:
+                os.kill(child.pid, signal.SIGSTOP)
+
+            def resume() -> None:
+                os.kill(child.pid, signal.SIGCONT)
+
+            task = asyncio.create_task(demo.starve(pause, resume, seconds=30.0))
+            states = []
+            for _ in range(20):
+                await asyncio.sleep(0.023)
+                states.append(_state(child.pid))
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return states, child.pid
+
+        states, pid = asyncio.run(starve_and_sample())
+        assert states.count("T") > len(states) / 2, states
+        assert _state(pid) != "T"  # left running
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.parametrize(
