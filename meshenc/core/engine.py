@@ -84,6 +84,7 @@ Invariants
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -128,6 +129,7 @@ from meshenc.core.timeline import MIN_WITNESSES, MergeRoute, choose_beacon, choo
 from meshenc.core.votes import Outcome, ProposalBook, Verdict, judge_proposal
 
 __all__ = [
+    "NOTHING_WRITTEN",
     "NO_IDENTITY",
     "Action",
     "CorrectionApplied",
@@ -150,6 +152,7 @@ __all__ = [
     "ParametersRefused",
     "ParametersRequested",
     "ProposalReceived",
+    "SegmentGivenUp",
     "SegmentWritten",
     "SendEsp",
     "SendProposal",
@@ -451,6 +454,27 @@ class SegmentWritten:
     unit: str = ""
 
 
+#: The digest announced for a segment given up (``SegmentGivenUp``): the SHA-256 of no bytes,
+#: which no segment file has.
+NOTHING_WRITTEN = hashlib.sha256(b"").digest()
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentGivenUp:
+    """The shell will not write ``segment`` of output ``unit``: it fell behind its input and
+    shed the segment in progress, or the rung was handed to another encoder from this segment
+    on. The ESPs announce it like a copy written aside, under ``NOTHING_WRITTEN``: a neighbour
+    whose copy waited for this encoder's digest (it vouched for the segment before,
+    ``SyncEngine.agreed``) stops waiting, and the frame hashes decide. Without it the
+    neighbour waited until this encoder announced a later segment of the rung — two segments
+    on, or never — past the time it holds a copy: a placed rung whose other holder fell
+    behind, or handed it on, lost the segment at the origin although a vouched copy of it
+    existed."""
+
+    segment: int
+    unit: str = ""
+
+
 Event = (
     EspReceived
     | FrameCaptured
@@ -465,6 +489,7 @@ Event = (
     | Stalled
     | InputResumed
     | SegmentWritten
+    | SegmentGivenUp
     | Tick
 )
 
@@ -890,6 +915,9 @@ class SyncEngine:
             case SegmentWritten(segment, digest, vouched, unit):
                 _keep(self._segment_digests, unit, segment, _Written(digest, vouched))
                 self._announced = _newest_per_output(self._segment_digests)
+            case SegmentGivenUp(segment, unit):
+                _keep(self._segment_digests, unit, segment, _Written(NOTHING_WRITTEN, False))
+                self._announced = _newest_per_output(self._segment_digests)
             case Tick():
                 self._tick_votes(now)
 
@@ -1303,11 +1331,46 @@ class SyncEngine:
                 )
             if waiting:
                 return False
-        needed = (self._segments.gop + 1) // 2
+        needed = self.hashes_needed
         return any(
             matched >= needed and not differed
             for matched, differed in self._agreement.get(segment, {}).values()
         )
+
+    @property
+    def hashes_needed(self) -> int:
+        """Frame hashes alike (of one neighbour, none differing) that agree a segment where
+        no neighbour's digest decides (``agreed``): half of a segment's timecodes."""
+        return (self._segments.gop + 1) // 2
+
+    def agreement_account(self, segment: int, now: float, unit: str = "") -> str:
+        """What each neighbour said of ``segment`` (of output ``unit``), for the log line of a
+        copy that was never agreed (``agreed``): its digest (the same bytes, other bytes it
+        vouched for or wrote aside, given up, due, or none) and how many of its frame hashes
+        equalled ours, so that a segment missing at the origin can be explained from the
+        log."""
+        oldest = now - self.config.stale_after
+        own = self._segment_digests.get((unit, segment))
+        tallies = self._agreement.get(segment, {})
+        parts = []
+        for name in sorted(self._neighbours):
+            nb = self._neighbours[name]
+            if nb.link.last_received_at < oldest:
+                parts.append(f"{name}: not heard")
+                continue
+            theirs = nb.digests.get((unit, segment))
+            if theirs is None:
+                said = "its digest due" if _writes(nb, unit, segment) else "no digest"
+            elif own is not None and theirs.digest == own.digest:
+                said = "the same bytes"
+            elif theirs.digest == NOTHING_WRITTEN:
+                said = "gave it up"
+            else:
+                said = "other bytes, " + ("vouched" if theirs.vouched else "aside")
+            matched, differed = tallies.get(name, (0, 0))
+            alike = f"{matched} frame hashes alike" + (", one differing" if differed else "")
+            parts.append(f"{name}: {said}, {alike}")
+        return "; ".join(parts) if parts else "no neighbours"
 
     def confirmed(self, segment: int, unit: str = "") -> bool:
         """Whether a neighbour that vouched for ``segment`` (of output ``unit``) wrote the

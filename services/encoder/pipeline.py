@@ -44,6 +44,7 @@ from meshenc.core.engine import (
     Event,
     FrameCaptured,
     FrameEncoded,
+    SegmentGivenUp,
     SyncEngine,
 )
 from services.encoder.media.gop import EncodedFrame
@@ -240,9 +241,14 @@ class FramePipeline:
                 measured = self._measured
             started_now, stopped = holdings.slot(timecode)
             if started_now or stopped:
+                first_unwritten = self.engine.config.segments.segment_of(timecode)
                 for rendition, paths in stopped:
                     if paths:
                         shell.segments_written(rendition, paths, time.time_ns())
+                    # Handed on: this encoder writes none of the rung from this segment, and
+                    # says so, or a holder that stays would wait for its digest of it.
+                    unit = rendition.folder or ""
+                    self.step(self._clock(), SegmentGivenUp(first_unwritten, unit))
                 shell.renditions_changed(holdings.active)
             renditions = holdings.active
             shell.slot_starts(timecode, measured)

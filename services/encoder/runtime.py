@@ -77,6 +77,7 @@ from meshenc.core.engine import (
     ParametersRefused,
     ParametersRequested,
     ProposalReceived,
+    SegmentGivenUp,
     SegmentWritten,
     SendEsp,
     SendProposal,
@@ -242,6 +243,8 @@ class EncoderRuntime:
         self.log = self._own(log)
         #: Falling behind the input goes on while the machine is overloaded: a line per 10 s.
         self._behind = LimitedLog(self.log)
+        #: A vouched copy no neighbour confirmed: a line per 10 s, with each neighbour's word.
+        self._unconfirmed = LimitedLog(self.log)
         self.node_id = settings.id
         fr = settings.frame_rate
         self._period = fr.period
@@ -812,7 +815,10 @@ class EncoderRuntime:
             return newest  # nothing newer came: late, but nothing is lost
         self.stats.skipped += given_up
         if (last := self.pipeline.last_timecode) is not None:
-            self._vouched[self._segments.segment_of(last)] = False
+            segment = self._segments.segment_of(last)
+            self._vouched[segment] = False
+            if not self.pipeline.shedding:  # else a shed under way gave it up already
+                self._gave_up(holdings, segment)
         self.pipeline.shed()
         self._behind.warning(
             "behind",
@@ -945,6 +951,17 @@ class EncoderRuntime:
         combined = ordered[0] if len(ordered) == 1 else hashlib.sha256(b"".join(ordered)).digest()
         self.pipeline.step(self.clock(), SegmentWritten(segment, combined, vouched=not aside))
 
+    def _gave_up(self, holdings: Holdings, segment: int) -> None:
+        """Tell the engine that ``segment`` is given up as the encoder sheds it
+        (``SegmentGivenUp``), per unit as ``_digest_written`` announces segments: its
+        neighbours' copies need not wait for this encoder's. Told before the shed: a segment
+        the writer still writes whole (it had reached its last slot) announces its digest
+        after, in its place. (A rung handed on is given up by the pipeline.)"""
+        placed = self.settings.follows_placement
+        units = sorted({r.folder or "" for r in holdings.active}) if placed else [""]
+        for unit in units:
+            self.pipeline.step(self.clock(), SegmentGivenUp(segment, unit))
+
     def _release(self, *, final: bool = False) -> None:
         """Publish the held segments the neighbours' word lets out, in order, each followed
         by its rung's playlist (and, after a segment's last rung, the ladder's manifests) when
@@ -979,6 +996,16 @@ class EncoderRuntime:
                 self.stats.unconfirmed += 1
                 if not final:
                     writer.move_aside(key[0])
+                    self._unconfirmed.warning(
+                        "unconfirmed",
+                        "segment %d%s unconfirmed after %.1f s, moved aside (it needs a "
+                        "neighbour's equal digest, or %d frame hashes alike): %s",
+                        key[0],
+                        f" of {key[1]}" if key[1] else "",
+                        self._hold_limit,
+                        self.engine.hashes_needed,
+                        self.engine.agreement_account(key[0], clock, unit),
+                    )
 
     def _went_out(self, key: tuple[int, str], held: _Held, path: Path) -> None:
         """A held segment took its shared name: its rung is served (``served_units``) and the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -17,10 +18,12 @@ import pytest
 
 from meshenc.core.engine import (
     NO_IDENTITY,
+    NOTHING_WRITTEN,
     CorrectionApplied,
     EngineConfig,
     Escalate,
     LockInTurnedDown,
+    SegmentGivenUp,
     SegmentWritten,
     SendProposal,
     SendVote,
@@ -380,6 +383,57 @@ def test_placed_rungs_are_compared_with_the_neighbours_that_write_the_same_rung(
     assert stopped.engine.agreed(segment, now, "1280x720")
     stopped.esp(now, replace(a, sequence=10_001, written_segment=segment - 1, segment_digest=other))
     assert not stopped.engine.agreed(segment, now, "1280x720")
+
+
+def test_a_segment_given_up_is_announced_and_its_other_holders_stop_waiting_for_it() -> None:
+    """An encoder that fell behind and shed a segment says so (``SegmentGivenUp``): its ESPs
+    carry the segment as a copy written aside, of no bytes. A neighbour whose copy of that rung
+    waited for it (it vouched for the segment before, so its digest was due) stops waiting,
+    and the frame hashes decide; before, it waited until the shedder announced a later
+    segment, past the time it holds a copy. Should the shedder's writer still write the
+    segment whole, that digest takes its place."""
+    gop = 60
+    unit = "1280x720"
+    segment = FPS.slot(START + 60 * T) // gop
+    now = START + 3 * gop * T
+    shedder = _engine(["a", "b"])
+    _run(shedder, range(3 * gop), {"a": _zero, "b": _zero})
+    shedder.engine.step(now, SegmentGivenUp(segment, unit))
+    shedder.frame(now, 3 * gop)
+    given_up = next(esp for _to, esp in shedder.encoded(now))
+    announced = (given_up.segment_unit, given_up.written_segment, given_up.segment_vouched)
+    assert announced == (unit, segment, False)
+    assert given_up.segment_digest == NOTHING_WRITTEN
+    # The other holder of the rung: "a" is the shedder, seen from there.
+    holder = _engine(["a", "b"])
+    _run(holder, range(3 * gop), {"a": _zero, "b": _zero})  # every frame hash alike
+    holder.engine.step(now, SegmentWritten(segment, b"\x0a" * 32, vouched=True, unit=unit))
+    before = replace(
+        _esp("a", 10_000, 3 * gop, now),
+        written_segment=segment - 1,
+        segment_digest=b"\x0a" * 32,
+        segment_unit=unit,
+        segment_vouched=True,
+    )
+    holder.esp(now, before)
+    assert not holder.engine.agreed(segment, now, unit)  # its digest is due: wait
+    assert holder.engine.agreement_account(segment, now, unit).startswith("a: its digest due,")
+    shed = replace(
+        before,
+        sequence=10_001,
+        written_segment=given_up.written_segment,
+        segment_digest=given_up.segment_digest,
+        segment_vouched=given_up.segment_vouched,
+    )
+    holder.esp(now, shed)
+    assert holder.engine.agreed(segment, now, unit)
+    account = holder.engine.agreement_account(segment, now, unit)
+    assert re.fullmatch(r"a: gave it up, (\d+) frame hashes alike; b: no digest, \1 .*", account)
+    # Written whole after all (it had reached its last slot): the real digest replaces it.
+    shedder.engine.step(now, SegmentWritten(segment, b"\x0c" * 32, vouched=False, unit=unit))
+    shedder.frame(now, 3 * gop + 1)
+    written = next(esp for _to, esp in shedder.encoded(now))
+    assert (written.written_segment, written.segment_digest) == (segment, b"\x0c" * 32)
 
 
 def test_a_copy_written_aside_is_confirmed_only_by_a_vouched_copy_of_the_same_bytes() -> None:

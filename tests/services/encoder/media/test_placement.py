@@ -22,7 +22,7 @@ from typing import cast
 
 import pytest
 
-from meshenc.core.engine import Action, EngineConfig, SendEsp, SyncEngine
+from meshenc.core.engine import NOTHING_WRITTEN, Action, EngineConfig, SendEsp, SyncEngine
 from meshenc.core.messages import EncodingStatePacket
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import SegmentLayout
@@ -180,6 +180,17 @@ def test_a_rung_moved_between_encoders_continues_byte_identical_at_a_gop_boundar
     assert _variants(tmp_path / "a") == [TOP]
     assert _variants(tmp_path / "b") == [TOP, SMALL]
     assert _variants(tmp_path / "c") == [SMALL]
+
+    # A says it writes none of the small rung from the hand-over on (a copy of no bytes,
+    # not vouched), so that C's copy of that segment does not wait for A's digest; B and C
+    # give nothing up.
+    given_up = {
+        (e.segment_unit, e.written_segment, e.segment_vouched)
+        for e in a.esps
+        if e.segment_digest == NOTHING_WRITTEN
+    }
+    assert given_up == {(SMALL, HANDOVER, False)}
+    assert not [e for s in (b, c) for e in s.esps if e.segment_digest == NOTHING_WRITTEN]
 
     # Whatever rungs they hold, the three encoders' ESPs carry the same hash per slot.
     hashes = [{e.timecode: e.frame_hash for e in s.esps if e.frame_hash} for s in (a, b, c)]
