@@ -34,8 +34,7 @@ between two paths, what a reader gets in its first seconds). Two of them at once
 cores: an encoder a second behind its input skips pictures and rightly sets those segments
 aside, which such a test then reports (seen: a segment gap in the player test, no vouched
 segment in the input-loss test, each with another beside it); a source test run at the lower
-priority beside one of them sent its two paths' copies together (seen: a 16 ms median for a
-50 ms delay)."""
+priority beside one of them measured a 16 ms median for a 50 ms delay between its paths."""
 
 
 @pytest.hookimpl(optionalhook=True)

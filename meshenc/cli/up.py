@@ -219,10 +219,10 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 )
 @click.option(
     "--starve-for",
-    type=click.FloatRange(min=0.0, min_open=True, max=30.0),
+    type=click.FloatRange(min=0.0, min_open=True),
     default=4.0,
     show_default=True,
-    help="Seconds of --starve-at's starvation.",
+    help="Seconds of --starve-at's starvation (at most 30).",
 )
 @click.option(
     "--links",

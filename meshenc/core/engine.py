@@ -913,13 +913,16 @@ class SyncEngine:
             case InputResumed():
                 self._smoother.resume()
             case SegmentWritten(segment, digest, vouched, unit):
-                _keep(self._segment_digests, unit, segment, _Written(digest, vouched))
-                self._announced = _newest_per_output(self._segment_digests)
+                self._wrote(unit, segment, _Written(digest, vouched))
             case SegmentGivenUp(segment, unit):
-                _keep(self._segment_digests, unit, segment, _Written(NOTHING_WRITTEN, False))
-                self._announced = _newest_per_output(self._segment_digests)
+                self._wrote(unit, segment, _Written(NOTHING_WRITTEN, False))
             case Tick():
                 self._tick_votes(now)
+
+    def _wrote(self, unit: str, segment: int, written: _Written) -> None:
+        """Keep what this encoder wrote of ``segment`` (or gave up), and what its ESPs announce."""
+        _keep(self._segment_digests, unit, segment, written)
+        self._announced = _newest_per_output(self._segment_digests)
 
     def ready(self) -> list[Action]:
         """Everything decided since the last call, in the order it must be carried out."""

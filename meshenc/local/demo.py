@@ -191,24 +191,21 @@ async def starve(
     seconds: float,
     share: float = STARVED_SHARE,
     period: float = STARVE_PERIOD,
-) -> int:
+) -> None:
     """Stop a process for ``1 - share`` of every ``period``, for ``seconds``: its CPU taken
     in slices shorter than its stall detection looks for (a heartbeat gap of about a
     second), as on a machine that cannot carry its load, rather than one long SIGSTOP. It is
-    left running, also when cancelled. Returns the cycles completed."""
+    left running, also when cancelled."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
-    cycles = 0
     try:
         while loop.time() < end:
             pause()
             await asyncio.sleep(period * (1 - share))
             resume()
             await asyncio.sleep(period * share)
-            cycles += 1
     finally:
         resume()
-    return cycles
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,9 +339,9 @@ class DemoConfig:
                 raise ValueError("a ladder's rungs keep their sizes: change the bitrate alone")
             if not 0 < self.change_at < self.duration:
                 raise ValueError(f"need 0 < change_at < duration ({self.duration:g})")
-        starve_end = (self.starve_at or 0.0) + self.starve_for
         if self.starve_at is not None and not (
-            0 < self.starve_for <= MAX_STARVE and 0 < self.starve_at < starve_end < self.duration
+            0 < self.starve_for <= MAX_STARVE
+            and 0 < self.starve_at < self.duration - self.starve_for
         ):
             raise ValueError(
                 f"need 0 < starve_for <= {MAX_STARVE:g} and 0 < starve_at < duration - starve_for"
@@ -667,7 +664,7 @@ class DemoRun:
         #: Whether the browser's second player plays the master playlist.
         self._redundant_playing = False
         #: The starvation under way (``_starve``), if any.
-        self._starving: asyncio.Task[int] | None = None
+        self._starving: asyncio.Task[None] | None = None
         #: Where the run's certificates go (made when the run starts); None without TLS.
         self.certs = CertificateSet(self.out / CERTS_DIR) if config.tls else None
 

@@ -40,10 +40,13 @@ from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
     "MAX_BUFFERED",
+    "SO_TIMESTAMPNS",
+    "STAMP_SPACE",
     "Arrivals",
     "DatagramInput",
     "DatagramPipe",
     "InputAddress",
+    "kernel_time",
     "video_pes_starts",
 ]
 
@@ -124,15 +127,28 @@ class Arrivals:
             return self._times.pop(pts & _PTS_MASK, None)
 
 
-def _age(cmsgs: list[tuple[int, int, bytes]], now: float) -> float:
-    """Seconds since the kernel received the datagram (``now`` on CLOCK_REALTIME), from its
-    ``SCM_TIMESTAMPNS``; 0 without one, or when it is not within ``MAX_STAMP_AGE`` of now."""
+#: The ancillary buffer ``recvmsg`` needs for one ``SCM_TIMESTAMPNS``.
+STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+def kernel_time(cmsgs: list[tuple[int, int, bytes]]) -> float | None:
+    """When the kernel received the datagram (CLOCK_REALTIME seconds), from its
+    ``SCM_TIMESTAMPNS``; None without one (the socket did not ask for ``SO_TIMESTAMPNS``)."""
     for level, kind, data in cmsgs:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
             seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            age = now - (seconds + nanoseconds * 1e-9)
-            return age if 0.0 <= age <= MAX_STAMP_AGE else 0.0
-    return 0.0
+            return float(seconds + nanoseconds * 1e-9)
+    return None
+
+
+def _age(cmsgs: list[tuple[int, int, bytes]], now: float) -> float:
+    """Seconds since the kernel received the datagram (``now`` on CLOCK_REALTIME), from its
+    ``SCM_TIMESTAMPNS``; 0 without one, or when it is not within ``MAX_STAMP_AGE`` of now."""
+    received = kernel_time(cmsgs)
+    if received is None:
+        return 0.0
+    age = now - received
+    return age if 0.0 <= age <= MAX_STAMP_AGE else 0.0
 
 
 def video_pes_starts(payload: bytes) -> list[int]:
@@ -272,7 +288,7 @@ class DatagramInput:
 
     def _run(self) -> None:
         rtp = self.address.scheme == "rtp"
-        ancillary = socket.CMSG_SPACE(_TIMESPEC.size)
+        ancillary = STAMP_SPACE
         while not self._stop.is_set():
             try:
                 datagram, cmsgs, _flags, _sender = self._socket.recvmsg(65_536, ancillary)

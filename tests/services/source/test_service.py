@@ -33,7 +33,7 @@ from click.testing import CliRunner
 
 from meshenc.cli.main import cli
 from meshenc.core.timecode import FrameRate
-from services.encoder.media.datagrams import SO_TIMESTAMPNS
+from services.encoder.media.datagrams import SO_TIMESTAMPNS, STAMP_SPACE, kernel_time
 from services.source.clip import write_test_clip
 from services.source.media import StreamFormat
 from services.source.path import parse_destination
@@ -155,11 +155,6 @@ def _run(settings: SourceSettings, timeout: float = 20.0) -> SourceStats:
     return result[0]
 
 
-_TIMESPEC = struct.Struct("@qq")
-_STAMP = (socket.SOL_SOCKET, SO_TIMESTAMPNS)
-_STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
-
-
 def _digest(payload: bytes) -> bytes:
     return hashlib.sha1(payload).digest()
 
@@ -193,13 +188,12 @@ class _Sink:
     def _receive(self) -> None:
         while not self._stop.is_set() and len(self.got) < 200_000:
             try:
-                payload, ancillary, _, _ = self.socket.recvmsg(4096, _STAMP_SPACE)
+                payload, ancillary, _, _ = self.socket.recvmsg(4096, STAMP_SPACE)
             except TimeoutError:
                 continue
-            stamps = [d for level, kind, d in ancillary if (level, kind) == _STAMP]
-            assert stamps, "the kernel gave no receive time"
-            seconds, nanoseconds = _TIMESPEC.unpack_from(stamps[0])
-            self.got.append((seconds + nanoseconds * 1e-9, payload))
+            received = kernel_time(ancillary)
+            assert received is not None, "the kernel gave no receive time"
+            self.got.append((received, payload))
 
     def close(self) -> None:
         self._stop.set()
