@@ -18,7 +18,7 @@ help:
 	@echo "make lint   ruff, mypy and the layering contracts"
 	@echo "make proto  regenerate meshenc/v1 from proto/"
 	@echo "make bench  benchmarks (prints tables, writes bench-results/)"
-	@echo "make compiled  the simulator's hot path compiled with mypyc into build/compiled"
+	@echo "make compiled  the mesh's hot path compiled with mypyc into build/compiled"
 	@echo "make fuzz   the hostile-input fuzz test at 10,000 inputs per RPC"
 	@echo "make chart-check  the Helm chart alone: lint, render, schemas, chart tests"
 	@echo "make image  build the image the chart runs (meshenc:<appVersion>) with podman or docker"
@@ -110,13 +110,13 @@ fuzz: $(VENV)/.installed proto system-deps
 demo: $(VENV)/.installed proto system-deps player-deps
 	$(VENV)/bin/meshenc up
 
-# The simulator's hot path compiled with mypyc into build/compiled, a copy of the package that
-# only commands given PYTHONPATH=build/compiled import (scripts/compile-sim.sh): rebuilt when any
+# The mesh's hot path compiled with mypyc into build/compiled, a copy of the package that only
+# commands given PYTHONPATH=build/compiled import (scripts/compile-hot-path.sh): rebuilt when any
 # of the package's sources changes; where compiling is not possible, none is left and the
-# simulator's benchmarks run the pure modules.
+# benchmarks that use it run the pure modules.
 COMPILED := build/compiled/.made
-$(COMPILED): $(shell find meshenc services tests -name '*.py') pyproject.toml scripts/compile-sim.sh $(VENV)/.installed
-	PYTHON=$(PY) scripts/compile-sim.sh
+$(COMPILED): $(shell find meshenc services tests -name '*.py') pyproject.toml scripts/compile-hot-path.sh $(VENV)/.installed
+	PYTHON=$(PY) scripts/compile-hot-path.sh
 	@mkdir -p build/compiled && touch $@
 
 compiled: $(COMPILED)
@@ -127,6 +127,7 @@ bench: $(VENV)/.installed proto
 	PYTHONPATH=build/compiled $(VENV)/bin/meshenc bench sim --out bench-results/sim.json
 	PYTHONPATH=build/compiled $(VENV)/bin/meshenc bench simspeed --out bench-results/simspeed.json
 	$(VENV)/bin/meshenc bench encoder --out bench-results/encoder.json
+	PYTHONPATH=build/compiled $(VENV)/bin/meshenc bench encoder --out bench-results/encoder-compiled.json
 	$(VENV)/bin/meshenc bench ingest --out bench-results/ingest.json
 	$(VENV)/bin/meshenc bench arrivals --out bench-results/arrivals.json
 	$(VENV)/bin/meshenc bench plan --out bench-results/plan.json

@@ -5,8 +5,9 @@
 # nginx-light is only `nginx` plus the echo module), chromium (the browser that plays the
 # origin's stream, driven by Playwright: Debian's build, with H.264 and AAC), npm (installs
 # the pinned hls.js) and ffmpeg (a test has ffprobe read the CMAF segments; the encoder
-# benchmark's baseline), with --bench also gcc and the Python headers (scripts/compile-sim.sh compiles the simulator's hot path with them), and with
-# --venv the python3-venv package (when `python3 -m venv` failed).
+# benchmark's baseline), with --bench also gcc and the Python headers
+# (scripts/compile-hot-path.sh compiles the mesh's hot path with them), and with --venv the
+# python3-venv package (when `python3 -m venv` failed).
 # Debian/Ubuntu only; elsewhere it says what to install and fails.
 set -euo pipefail
 

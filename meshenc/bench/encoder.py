@@ -97,7 +97,7 @@ from meshenc.core.identity import SourceCadence, source_identity
 from meshenc.core.messages import EncodingStatePacket, ResyncProposal, ResyncVote
 from meshenc.core.timecode import FrameRate
 from meshenc.v1 import mesh_pb2
-from meshenc.wire import PROTOCOL_VERSION, convert
+from meshenc.wire import PROTOCOL_VERSION, convert, hot_path
 from meshenc.wire.validation import ExchangeStreamChecker
 from services.common.tls import TlsFiles
 from services.encoder.media.containers import TICKS, SegmentFormat
@@ -953,6 +953,7 @@ def results_dict(
             "gop": GOP,
             "preset": PRESET,
             "neighbours": len(NEIGHBOURS),
+            "hot_path": hot_path.describe(),
         },
         "machine": machine(),
         "encoder": [e.as_dict() for e in encoders],
@@ -991,7 +992,8 @@ class EncoderBench:
         """Throughput, baseline, ratio and mesh CPU per size, then the gRPC latency."""
         title = (
             f"Encoder benchmark: {FRAME_RATE} fps, GOP {GOP}, preset {PRESET}, mesh of 3"
-            f" neighbours; median of {self.repeats} runs × {self.frames} frames, no pacing"
+            f" neighbours, mesh hot path {hot_path.describe()}; median of {self.repeats} runs"
+            f" × {self.frames} frames, no pacing"
         )
         table = results_table(
             title,

@@ -8,8 +8,9 @@ interleaved with the sizes asked, repeat by repeat: on a shared, noisy machine t
 events per second divided by the reference's says more than either figure alone. Figures are
 medians over the repeats; CPU seconds are the run's own process time (what a busy machine
 inflates least). The simulator is single-threaded: one core per run. Each run says whether
-its sync engine was a mypyc-compiled extension (``scripts/compile-sim.sh``; ``make bench`` runs
-the benchmark with ``PYTHONPATH=build/compiled``) or pure Python.
+the mesh's hot path, its sync engine among it, was compiled by mypyc
+(``scripts/compile-hot-path.sh``; ``make bench`` runs the benchmark with
+``PYTHONPATH=build/compiled``) or pure Python.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-import meshenc.core.engine
 from meshenc.bench.results import BenchError, Progress, cell, machine, quiet, results_table
 from meshenc.core.policy import Strategy
 from meshenc.sim.runner import run
 from meshenc.sim.scenario import Scenario, packaged_scenario
+from meshenc.wire import hot_path
 
 __all__ = ["REFERENCE", "SimSpeed", "SpeedRow", "SpeedRun", "measure_speed", "simulate_once"]
 
@@ -49,7 +50,7 @@ class SpeedRun:
     wall_s: float
     cpu_s: float
     peak_rss_mb: float
-    #: Whether the sync engine ran compiled (a C extension built by mypyc), not pure Python.
+    #: Whether the mesh's hot path ran compiled (C extensions built by mypyc), not pure Python.
     compiled: bool = False
 
 
@@ -69,12 +70,7 @@ def simulate_once(encoders: int, duration_s: float, seed: int = 1) -> SpeedRun:
     wall = time.perf_counter() - wall
     cpu = time.process_time() - cpu
     rss = _peak_rss_kib() / 1024
-    return SpeedRun(encoders, duration_s, recording.events, wall, cpu, rss, _engine_compiled())
-
-
-def _engine_compiled() -> bool:
-    """Whether the sync engine was imported from a compiled extension rather than its source."""
-    return not str(meshenc.core.engine.__file__).endswith(".py")
+    return SpeedRun(encoders, duration_s, recording.events, wall, cpu, rss, hot_path.compiled())
 
 
 def _peak_rss_kib() -> int:

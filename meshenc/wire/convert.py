@@ -99,6 +99,8 @@ US_PER_S = 1_000_000
 """Microseconds per second."""
 PPB = 1_000_000_000
 """Parts per billion in a ratio of 1."""
+_EXACT_INT = 2**53
+"""Integers of smaller magnitude are exact as floats."""
 
 
 def _to_scaled_int(value: float, scale: int) -> int:
@@ -121,8 +123,18 @@ def seconds_to_ns(seconds: float) -> int:
 
 
 def ns_to_seconds(ns: int) -> float:
-    """Integer nanoseconds to the float second nearest to the exact value."""
-    return ns / NS_PER_S
+    """Integer nanoseconds to the float second nearest to the exact value (but within 1e-16 of
+    a tie between two floats).
+
+    Compiled (mypyc), ``ns / NS_PER_S`` turns ``ns`` into a float before dividing, which loses
+    the last bits of a Unix time in nanoseconds (61 bits); such a value's whole seconds are
+    split off first.
+    """
+    if -_EXACT_INT < ns < _EXACT_INT:
+        return ns / NS_PER_S
+    whole, rest = divmod(abs(ns), NS_PER_S)
+    seconds = whole + rest / NS_PER_S
+    return seconds if ns > 0 else -seconds
 
 
 def seconds_to_us(seconds: float) -> int:

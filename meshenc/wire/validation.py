@@ -116,6 +116,7 @@ from meshenc.core.planner.topology import MAX_DEGREE
 from meshenc.core.timeline import MAX_WITNESSES
 from meshenc.v1 import common_pb2, manager_pb2, mesh_pb2, registry_pb2
 from meshenc.wire.address import MAX_HOST_LENGTH, parse_address
+from meshenc.wire.errors import InvalidMessage
 
 __all__ = [
     "FRAME_HASH_LENGTH",
@@ -250,23 +251,6 @@ _KNOWN_KINDS: Final = frozenset(common_pb2.CorrectionKind.values()) - {
 _KNOWN_HEALTH: Final = frozenset(registry_pb2.EncoderHealth.values()) - {
     registry_pb2.ENCODER_HEALTH_UNSPECIFIED
 }
-
-
-class InvalidMessage(ValueError):  # noqa: N818 -- the name the services and tests use
-    """A received message breaks a wire rule.
-
-    ``field`` is the dotted path of the offending field within the validated message
-    (``"body"``, ``"esp.frame_hash"``, ``"votes[1].voter_id"``); ``reason`` states the rule
-    and the value received.
-    """
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type[InvalidMessage], tuple[str, str]]:
-        return (type(self), (self.field, self.reason))
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import logging
 import signal
 
 from meshenc.v1 import manager_pb2
+from meshenc.wire import hot_path
 from meshenc.wire.adjacency import AdjacencyDocument
 from services.encoder.control import ControlPlane
 from services.encoder.media.serve import OutputServer
@@ -90,11 +91,12 @@ class EncoderProcess:
         try:
             port = await self.server.start(settings.listen, health_listen=settings.health_listen)
             log.info(
-                "encoder %s serving channels %s on port %d, peers %s",
+                "encoder %s serving channels %s on port %d, peers %s; mesh hot path %s",
                 settings.id,
                 ", ".join(self.server.channels),
                 port,
                 settings.peers,
+                hot_path.describe(),
             )
             await self.control.start()
             try:

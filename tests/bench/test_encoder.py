@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from meshenc.bench.encoder import GOP, PARTS, EncoderSize, parse_sizes, run_path, write_stream
+from meshenc.bench.encoder import (
+    GOP,
+    PARTS,
+    EncoderSize,
+    parse_sizes,
+    results_dict,
+    run_path,
+    write_stream,
+)
+from meshenc.core import engine
 
 
 def test_sizes_get_the_default_bitrate_unless_one_is_given() -> None:
@@ -34,3 +43,9 @@ def test_the_path_runs_every_frame_with_the_neighbours_answering(tmp_path: Path)
     assert all(seconds >= 0.0 for seconds in run.parts.values())
     assert run.segments >= 1
     assert run.locked
+
+
+def test_the_results_say_whether_the_mesh_hot_path_ran_compiled() -> None:
+    # The tests of build/compiled (scripts/compile-hot-path.sh) run a compiled engine.
+    here = "pure Python" if Path(str(engine.__file__)).suffix == ".py" else "compiled"
+    assert results_dict([], None)["settings"]["hot_path"] == here

@@ -2,7 +2,7 @@
 
 ``sample(tp, 0)`` and ``sample(tp, 1)`` are two different values of type ``tp``, and
 ``sample(tp, 1)`` differs from the zero, empty or false default a field of the core usually
-has. They are real values of the declared types (a compiled class, ``scripts/compile-sim.sh``,
+has. They are real values of the declared types (a compiled class, ``scripts/compile-hot-path.sh``,
 checks the types it is given), built recursively for a field whose type is another dataclass.
 """
 

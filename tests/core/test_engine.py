@@ -169,7 +169,7 @@ def test_a_stranger_cannot_feed_the_engine() -> None:
     engine.esp(START + 20 * T, _esp("mallory", 1, 19, START + 5.0))
     after = engine.snapshot(START + 20 * T)
     # Compared as text: a snapshot holds NaNs (an RTT not measured yet), which equal each other
-    # only as the same object, and a compiled engine (scripts/compile-sim.sh) makes a new one.
+    # only as the same object, and a compiled engine (scripts/compile-hot-path.sh) makes a new one.
     assert repr(before) == repr(after)
     assert engine.proposal(START, ResyncProposal("mallory", 1, CorrectionKind.DROP, -T, 0)) is (
         None

@@ -5,7 +5,7 @@ Some frozen dataclasses spell out their ``__init__`` so that mypyc compiles it (
 name, or disagree with the class on an order or a default; a field added to the class later
 would be missing from it. Every such class of the core is found here from the source, not
 listed, so that a new one is checked too; the checks run on the classes as imported, so the
-copy that ``scripts/compile-sim.sh`` compiles can be tested with them as well.
+copy that ``scripts/compile-hot-path.sh`` compiles can be tested with them as well.
 """
 
 from __future__ import annotations

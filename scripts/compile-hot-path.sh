@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Compiles the simulator's hot path with mypyc (it comes with mypy, in the dev extras): the sync
-# engine, the core modules it runs on every event, and the simulator's runner and world. The
-# result is build/compiled, a copy of the code (meshenc, services, tests) with a C extension
-# beside the source of each compiled module. The source tree is left alone: `make test` and
-# every command run the pure-Python modules, and an edit to the core can never be shadowed by a
-# stale extension. Only a command started with PYTHONPATH=build/compiled runs the compiled
-# modules (`make bench` does, for the simulator's benchmarks); `meshenc bench simspeed` says
-# which ran. To test the compiled modules, run the tests of the copy from inside it:
-#   cd build/compiled && ../../.venv/bin/python -m pytest tests/core tests/sim
+# Compiles the mesh's hot path with mypyc (it comes with mypy, in the dev extras): the sync
+# engine and the core modules it runs on every event, the wire's conversion and validation of
+# every ESP an encoder sends and receives, and the simulator's runner and world. The result is
+# build/compiled, a copy of the code (meshenc, services, tests) with a C extension beside the
+# source of each compiled module. The source tree is left alone: `make test` and every command
+# run the pure-Python modules, and an edit to the core can never be shadowed by a stale
+# extension. Only a command started with PYTHONPATH=build/compiled runs the compiled modules,
+# and so do the processes it starts (`meshenc up`'s encoders); `make bench` runs the simulator's
+# benchmarks and one encoder benchmark so. `meshenc bench simspeed`, `meshenc bench encoder` and
+# an encoder's start-up log line say which ran. To test the compiled modules, run the tests of
+# the copy from inside it:
+#   cd build/compiled && ../../.venv/bin/python -m pytest tests/core tests/wire tests/sim
 #
 # Where compiling is not possible (no mypyc, no C compiler, no Python headers) it says why,
 # leaves no build/compiled and exits 0: the same commands then run the pure modules, with the
@@ -27,10 +30,11 @@ MODULES=(
   meshenc/core/robust.py meshenc/core/timecode.py meshenc/core/timeline.py
   meshenc/core/votes.py
   meshenc/sim/runner.py meshenc/sim/world.py
+  meshenc/wire/convert.py meshenc/wire/validation.py
 )
 
 pure() {
-  echo "compile-sim: $1; the simulator runs as pure Python" >&2
+  echo "compile-hot-path: $1; everything runs as pure Python" >&2
   rm -rf "$OUT"
   exit 0
 }
@@ -55,4 +59,4 @@ if ! (cd "$OUT" && "$PY" -m mypyc "${MODULES[@]}") >"$log" 2>&1; then
   pure "mypyc failed (above)"
 fi
 rm -rf "$log" "$OUT/build"
-echo "compile-sim: ${#MODULES[@]} modules compiled into $OUT in $(($(date +%s) - started)) s"
+echo "compile-hot-path: ${#MODULES[@]} modules compiled into $OUT in $(($(date +%s) - started)) s"
