@@ -20,7 +20,6 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from rich.table import Table
 from meshenc.bench.results import Progress, quiet, results_table
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
+from meshenc.local.launcher import meshenc_command
 from meshenc.local.ports import free_ports
 from meshenc.report.verify import verify
 
@@ -131,7 +131,7 @@ def _encoder_command(
 ) -> list[str]:
     peers = ",".join(f"{n}=127.0.0.1:{p}" for n, p in ports.items() if n != encoder.name)
     return [
-        sys.executable, "-m", "meshenc", "encoder", "--insecure",
+        *meshenc_command("encoder", "--insecure"),
         "--id", encoder.name,
         "--listen", f"127.0.0.1:{ports[encoder.name]}",
         "--peers", peers,
@@ -159,7 +159,7 @@ def run_world(
     with tempfile.TemporaryDirectory(prefix="meshenc-live-") as folder:
         root = Path(folder)
         inputs = free_ports(len(names) * len(strategies))
-        source = [sys.executable, "-m", "meshenc", "source", "--input", "testpattern"]
+        source = meshenc_command("source", "--input", "testpattern")
         source += ["--size", "160x96", "--fps", str(world.frame_rate)]
         paths = [e.path for e in world.encoders] * len(strategies)
         for port, path in zip(inputs, paths, strict=True):

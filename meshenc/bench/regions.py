@@ -23,7 +23,6 @@ bounded.
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from rich.table import Table
 
 from meshenc.bench.live import spawn_logged, stop_processes
 from meshenc.bench.results import BenchError, Progress, quiet, results_table
+from meshenc.local.launcher import meshenc_command
 from meshenc.local.ports import free_ports
 from meshenc.local.relay import DelayRelay
 from meshenc.report.verify import verify
@@ -84,7 +84,7 @@ def encoder_command(
     """The command line of encoder ``name`` of this world (its clock faults from ``FAULTS``)."""
     drift, offset, _ = FAULTS[name]
     return [
-        sys.executable, "-m", "meshenc", "encoder", "--insecure",
+        *meshenc_command("encoder", "--insecure"),
         "--id", name,
         "--listen", f"127.0.0.1:{listen}",
         "--peers", ",".join(f"{peer}={address}" for peer, address in peers.items()),
@@ -171,7 +171,7 @@ def _run(out: Path, duration: float, cut_at: float, cut_s: float, progress: Prog
     names = list(FAULTS)
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     inputs = free_ports(len(names))
-    source = [sys.executable, "-m", "meshenc", "source", "--input", "testpattern"]
+    source = meshenc_command("source", "--input", "testpattern")
     source += ["--size", "160x96", "--fps", "30"]
     for port, (_, _, path) in zip(inputs, FAULTS.values(), strict=True):
         source += ["--to", f"udp://127.0.0.1:{port}?{path}"]

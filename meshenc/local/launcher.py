@@ -57,11 +57,23 @@ __all__ = [
     "Child",
     "ChildFailedError",
     "Launcher",
+    "meshenc_command",
     "pid_alive",
     "read_pids",
 ]
 
 log = logging.getLogger("meshenc.launcher")
+
+
+def meshenc_command(*args: str, python: str = sys.executable) -> list[str]:
+    """The command line of ``meshenc ARGS`` run by ``python``.
+
+    ``-P`` keeps the working folder off the module path: a process started from the source
+    tree imports what ``PYTHONPATH`` names first (``build/compiled``, the compiled hot path)
+    rather than the sources that happen to lie in the folder it was started from.
+    """
+    return [python, "-P", "-m", "meshenc", *args]
+
 
 LOGS_DIR: Final = "logs"
 PIDS_NAME: Final = "pids.json"
@@ -184,7 +196,7 @@ class Launcher:
         if self.running(name):
             raise RuntimeError(f"{name} is still running")
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        command = (self._python, "-m", "meshenc", *args)
+        command = tuple(meshenc_command(*args, python=self._python))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log_path(name).open("ab") as output:
             output.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(command)}\n".encode())

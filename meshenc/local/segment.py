@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any, Self
 
 import grpc
 
+from meshenc.local.launcher import meshenc_command
 from meshenc.local.ports import free_ports
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from services.common.etcd import DEFAULT_LEASE_TTL
@@ -74,7 +74,7 @@ class LocalSegment:
     def command(self, name: str) -> list[str]:
         peers = ",".join(f"{p}={self.address(p)}" for p in self.names if p != name)
         command = [
-            sys.executable, "-m", "meshenc", "encoder", "--insecure",
+            *meshenc_command("encoder", "--insecure"),
             "--id", name,
             "--listen", self.address(name),
             "--peers", peers,
