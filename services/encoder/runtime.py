@@ -95,7 +95,7 @@ from meshenc.core.messages import (
 )
 from meshenc.core.votes import Verdict
 from meshenc.v1 import manager_pb2, mesh_pb2
-from meshenc.wire import PROTOCOL_VERSION, convert
+from meshenc.wire import PROTOCOL_VERSION, convert, hot_path
 from meshenc.wire.adjacency import AdjacencyDocument
 from services.common.log_limit import LimitedLog
 from services.common.shutdown import bounded_step
@@ -651,7 +651,11 @@ class EncoderRuntime:
                 self.settings.listen, health_listen=self.settings.health_listen
             )
             self.log.info(
-                "encoder %s serving on port %d, peers %s", self.node_id, port, self.settings.peers
+                "encoder %s serving on port %d, peers %s; mesh hot path %s",
+                self.node_id,
+                port,
+                self.settings.peers,
+                hot_path.describe(),
             )
         # Peers without an address wait for the registry to resolve them (ControlPlane).
         self.links.set_peers({p: a for p, a in self.settings.peers.items() if a})
