@@ -229,10 +229,10 @@ class EspBench:
 # --- the trees under test -----------------------------------------------------------------------
 
 
-def _git(*args: str) -> bytes:
+def _git(*args: str, folder: Path = _ROOT) -> bytes:
     try:
         done = subprocess.run(
-            ["git", "-C", str(_ROOT), *args], capture_output=True, timeout=60, check=False
+            ["git", "-C", str(folder), *args], capture_output=True, timeout=60, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BenchError(f"git {' '.join(args)} failed: {exc}") from None
@@ -251,7 +251,12 @@ def baseline_tree(revision: str, into: Path) -> str:
         BenchError: this tree is not a git checkout, or the revision does not exist.
     """
     commit = _git("rev-parse", "--verify", "--short", f"{revision}^{{commit}}").decode().strip()
-    with tarfile.open(fileobj=io.BytesIO(_git("archive", "--format=tar", commit))) as archive:
+    # From the checkout's top: this tree may be a copy inside it (build/compiled), and git
+    # archives only the folder it is run in.
+    top = Path(_git("rev-parse", "--show-toplevel").decode().strip())
+    with tarfile.open(
+        fileobj=io.BytesIO(_git("archive", "--format=tar", commit, folder=top))
+    ) as archive:
         archive.extractall(into, filter="data")
     generated = _ROOT / "meshenc" / "v1"
     shutil.copytree(generated, into / "meshenc" / "v1", dirs_exist_ok=True)
