@@ -123,12 +123,14 @@ def seconds_to_ns(seconds: float) -> int:
 
 
 def ns_to_seconds(ns: int) -> float:
-    """Integer nanoseconds to the float second nearest to the exact value (but within 1e-16 of
-    a tie between two floats).
+    """Integer nanoseconds to the float second nearest to the exact value.
 
     Compiled (mypyc), ``ns / NS_PER_S`` turns ``ns`` into a float before dividing, which loses
-    the last bits of a Unix time in nanoseconds (61 bits); such a value's whole seconds are
-    split off first.
+    the last bits of a Unix time in nanoseconds (61 bits), so the whole seconds of a value of
+    2**53 ns or more (104 days) are split off first. For any 64-bit ``ns`` that is still the
+    nearest float: the whole seconds are exact, and the fraction's rounding error (under
+    2**-53) is smaller than the least distance between such a quotient and a point halfway
+    between two floats of its size (512 / (10**9 * 2**30) or more).
     """
     if -_EXACT_INT < ns < _EXACT_INT:
         return ns / NS_PER_S

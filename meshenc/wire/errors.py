@@ -1,8 +1,8 @@
 """The error every wire check raises.
 
 It lives apart from the checks (``validation``) because those can be compiled (mypyc,
-``scripts/compile-hot-path.sh``), and a compiled class cannot be subclassed by interpreted code such
-as ``adjacency.InvalidDocument``.
+``scripts/compile-hot-path.sh``), and a compiled class cannot be subclassed by interpreted
+code such as ``adjacency.InvalidDocument``.
 """
 
 from __future__ import annotations

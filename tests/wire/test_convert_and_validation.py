@@ -137,6 +137,14 @@ def test_rates_and_microseconds() -> None:
     assert convert.ns_to_seconds(1_500_000_001) == 1.500000001
 
 
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
+def test_nanoseconds_become_the_nearest_float_second(ns: int) -> None:
+    # Python divides two ints exactly rounded; compiled code would not (convert.ns_to_seconds).
+    exact = Fraction(ns, convert.NS_PER_S)
+    seconds = convert.ns_to_seconds(ns)
+    assert abs(Fraction(seconds) - exact) <= abs(Fraction(ns / convert.NS_PER_S) - exact)
+
+
 # --- ESP conversion -------------------------------------------------------------------------
 
 _seconds_label = st.floats(min_value=1.0, max_value=7.2e9, allow_nan=False)
