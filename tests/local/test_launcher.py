@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from meshenc.local.launcher import ChildFailedError, Launcher, pid_alive, read_pids
+from meshenc.local.launcher import (
+    ChildFailedError,
+    Launcher,
+    meshenc_command,
+    pid_alive,
+    read_pids,
+)
 from meshenc.local.ports import free_ports
 from services.common.health_check import EXIT_SERVING, check_health
 
@@ -236,3 +242,25 @@ def test_a_held_encoder_never_released_stops_without_starting(tmp_path: Path) ->
     assert asyncio.run(scenario()) == {"e0": 0}  # its stdin ended: it did not wait for SIGTERM
     assert "not started" in (tmp_path / "logs" / "e0.log").read_text()
     assert not out.exists()
+
+
+def test_a_child_imports_what_pythonpath_names_not_the_folder_it_starts_in(
+    tmp_path: Path,
+) -> None:
+    # PYTHONPATH=build/compiled must reach the children even when started from the source
+    # tree, whose own meshenc folder `python -m` would put first.
+    for folder, says in (("here", "the working folder"), ("named", "PYTHONPATH")):
+        package = tmp_path / folder / "meshenc"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "__main__.py").write_text(f"print({says!r})\n")
+    done = subprocess.run(
+        meshenc_command("--version"),
+        cwd=tmp_path / "here",
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "named")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "PYTHONPATH"
