@@ -7,7 +7,10 @@ pattern to every encoder over its own UDP path) at a small picture size, without
 the join, the origin or the player, in plaintext. While it runs, the bench samples the host's
 1-minute load average and every encoder's CPU time (``/proc``). An *overload* trial starts more
 encoders than the machine can carry and, at ``relief_at``, kills all but ``keep`` of them: the
-CPU comes back to the survivors at a known moment.
+CPU comes back to the survivors at a known moment. A *starvation* trial takes one encoder's
+CPU instead, from ``relief_at`` for ``starve_for`` seconds (``meshenc up --starve-at``: stopped
+for most of every tenth of a second), as a noisy neighbour on its machine would; its relief is
+the starvation's end, and it is the one survivor judged.
 
 Everything is judged from the segment files afterwards (:func:`meshenc.report.verify.verify`):
 of the copies each encoder wrote after its first ``LOCK_IN_SEGMENTS`` segments, how many hold
@@ -74,14 +77,19 @@ _STOPPED = re.compile(r"encoder \S+ stopped: RunStats\((?P<fields>[^)]*)\)")
 
 @dataclass(frozen=True, slots=True)
 class TrialPlan:
-    """``encoders`` started at once; with ``keep``, all but that many killed at ``relief_at``."""
+    """``encoders`` started at once; with ``keep``, all but that many killed at ``relief_at``;
+    with ``starve_for``, one of them starved from ``relief_at`` for that many seconds (its
+    relief is the starvation's end)."""
 
     encoders: int
     keep: int | None = None
     relief_at: float | None = None
+    starve_for: float | None = None
 
     @property
     def name(self) -> str:
+        if self.starve_for is not None:
+            return f"{self.encoders}, one starved {self.starve_for:g} s"
         return f"{self.encoders}" if self.keep is None else f"{self.encoders} → {self.keep}"
 
 
@@ -124,6 +132,7 @@ class ScaleTrial:
             "encoders": self.plan.encoders,
             "keep": self.plan.keep,
             "relief_at_s": self.plan.relief_at,
+            "starve_for_s": self.plan.starve_for,
             "load_1min": self.load.as_dict(),
             "cpu_per_encoder_cores": self.cpu_per_encoder,
             "copies": self.copies,
@@ -223,7 +232,7 @@ def _stop_stats(log: Path) -> dict[str, str] | None:
 
 class _ScaleRun(DemoRun):
     """A ``meshenc up`` run that samples the load and CPU and, for an overload trial, kills
-    all but ``keep`` encoders at ``relief_at``."""
+    all but ``keep`` encoders at ``relief_at`` or starves one from then for ``starve_for``."""
 
     def __init__(self, config: DemoConfig, trial: TrialPlan) -> None:
         super().__init__(config)
@@ -255,12 +264,18 @@ class _ScaleRun(DemoRun):
                 wake = min(wake, relief)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, wake - time.time()))
+        await self._end_starvation()
         for name, (t0, c0) in first.items():
             t1, c1 = last[name]
             if t1 > t0:
                 self.cpu[name] = (c1 - c0) / (t1 - t0)
 
     def _relieve(self, launcher: Launcher) -> None:
+        if (seconds := self.trial.starve_for) is not None:
+            victim = self._starve_one(seconds)
+            self.survivors = () if victim is None else (victim,)
+            self.relieved_at = time.time() + seconds  # ``starve`` ends on the clock
+            return
         keep = self.trial.keep or 0
         running = [n for n, v in self.state.encoders.items() if v.status == "running"]
         self.survivors = tuple(running[:keep])
@@ -361,9 +376,10 @@ class ScaleBench:
             " trial; lock-in: each"
             f" encoder's first {LOCK_IN_SEGMENTS} segments; pictures and ESPs dropped and"
             " messages per write: over the encoders that logged their stop line (stop lines);"
-            " recovered: segments after the relief until a survivor's copies hold their"
-            " reference for good (median, worst); last frame move: seconds from the relief to"
-            " a survivor's last drop or duplicate (median, latest)",
+            " recovered: segments after the relief (the kills, or a starvation's end) until a"
+            " survivor's (the starved encoder's) copies hold their reference for good (median,"
+            " worst); last frame move: seconds from the relief to a survivor's last drop or"
+            " duplicate (median, latest)",
             (
                 "encoders",
                 "load (median)",

@@ -37,6 +37,7 @@ from meshenc.cli.sim import console
 from meshenc.core.planner.topology import MAX_DEGREE
 from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
+from meshenc.local.demo import MAX_STARVE
 from meshenc.local.etcd import EtcdNotInstalledError
 from meshenc.sim.scenario import ScenarioError
 from services.common.etcd import DEFAULT_LEASE_TTL
@@ -693,18 +694,28 @@ def bench_live(
 
 
 def _trials(_ctx: click.Context, _param: click.Parameter, value: str) -> list[scale.TrialPlan]:
-    """A callback reading ``6,12,24,24:12``: N encoders, or N overloading and then M kept."""
+    """A callback reading ``6,12,24,24:12,12~4``: N encoders, N overloading and then M kept,
+    or N with one starved for S seconds."""
     plans = []
     for part in (p.strip() for p in value.split(",") if p.strip()):
-        started, _, kept = part.partition(":")
+        rest, _, starved = part.partition("~")
+        started, _, kept = rest.partition(":")
         try:
-            plan = scale.TrialPlan(int(started), int(kept) if kept else None)
+            plan = scale.TrialPlan(
+                int(started),
+                int(kept) if kept else None,
+                starve_for=float(starved) if starved else None,
+            )
         except ValueError as exc:
-            raise click.BadParameter(f"{part!r}: expected N or N:M") from exc
+            raise click.BadParameter(f"{part!r}: expected N, N:M or N~S") from exc
         if not 2 <= plan.encoders <= 64 or (
             plan.keep is not None and not 2 <= plan.keep < plan.encoders
         ):
             raise click.BadParameter(f"{part!r}: 2 to 64 encoders, and 2 <= M < N")
+        if plan.starve_for is not None and (
+            plan.keep is not None or not 0 < plan.starve_for <= MAX_STARVE
+        ):
+            raise click.BadParameter(f"{part!r}: N~S starves one for 0 < S <= {MAX_STARVE:g} s")
         plans.append(plan)
     if not plans:
         raise click.BadParameter("expected at least one trial")
@@ -718,8 +729,9 @@ def _trials(_ctx: click.Context, _param: click.Parameter, value: str) -> list[sc
     default="6,12,24,24:4",
     show_default=True,
     callback=_trials,
-    help="One run each, in this order: N encoders, or N:M for N started and all but M of them "
-    "killed at --relief-at (the overload trial).",
+    help="One run each, in this order: N encoders; N:M for N started and all but M of them "
+    "killed at --relief-at (the overload trial); N~S for N with one of them starved of CPU for "
+    "S seconds from --relief-at (the starvation trial).",
 )
 @click.option("--size", default="160x90", show_default=True, help="Picture size WIDTHxHEIGHT.")
 @click.option("--fps", default="30", show_default=True)
@@ -730,7 +742,8 @@ def _trials(_ctx: click.Context, _param: click.Parameter, value: str) -> list[sc
     type=click.FloatRange(5.0, 3600.0),
     default=25.0,
     show_default=True,
-    help="Seconds after the encoders start when an N:M trial kills all but M.",
+    help="Seconds after the encoders start when an N:M trial kills all but M, or an N~S "
+    "trial starts to starve one.",
 )
 @click.option("--registries", type=click.IntRange(0, 16), default=1, show_default=True)
 @click.option(
@@ -764,13 +777,27 @@ def bench_scale(
     Each trial is a `meshenc up` run (etcd, registry replicas, the manager, a live source)
     without faults, origin or player. An N:M trial starts N encoders and kills all but M of
     them at --relief-at: how many segments until each survivor's copies hold their reference,
-    and how long after the relief its last drop or duplicate came.
+    and how long after the relief its last drop or duplicate came. An N~S trial starves one
+    encoder of CPU for S seconds from --relief-at and judges it the same way from the
+    starvation's end.
     The load average, each encoder's CPU and what each encoder dropped are reported beside
     what the segment files say.
     """
-    if any(p.keep is not None for p in plans) and relief_at >= duration - 10.0:
-        raise click.BadParameter("must leave at least 10 s of the run", param_hint="--relief-at")
-    plans = [p if p.keep is None else scale.TrialPlan(p.encoders, p.keep, relief_at) for p in plans]
+    if any(
+        (p.keep is not None or p.starve_for is not None)
+        and relief_at + (p.starve_for or 0.0) >= duration - 10.0
+        for p in plans
+    ):
+        raise click.BadParameter(
+            "must leave at least 10 s of the run after the relief (a starvation's end)",
+            param_hint="--relief-at",
+        )
+    plans = [
+        p
+        if p.keep is None and p.starve_for is None
+        else scale.TrialPlan(p.encoders, p.keep, relief_at, p.starve_for)
+        for p in plans
+    ]
     try:
         parse_size(size)
         FrameRate.parse(fps)

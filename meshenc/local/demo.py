@@ -1091,23 +1091,31 @@ class DemoRun:
                 self._check_children(launcher)
                 await step()
         finally:
-            if (starving := self._starving) is not None:
-                starving.cancel()  # done by now unless the run was stopped: it resumes
-                with contextlib.suppress(asyncio.CancelledError):
-                    await starving
+            await self._end_starvation()
+
+    async def _end_starvation(self) -> None:
+        """Wait for a starvation to end (done by now unless the run was stopped: cancelled,
+        it resumes its encoder)."""
+        if (starving := self._starving) is not None:
+            starving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starving
 
     async def _starve(self) -> None:
-        """Take one encoder's CPU for ``starve_for`` seconds (``starve``), in the background:
-        the first running encoder that does not lead the first group, so that the kill's
-        failover stays its own fault."""
+        """Take one encoder's CPU for ``starve_for`` seconds (``_starve_one``)."""
+        self._starve_one(self.config.starve_for)
+
+    def _starve_one(self, seconds: float) -> str | None:
+        """Take one encoder's CPU for ``seconds`` (``starve``), in the background: the first
+        running encoder that does not lead the first group, so that the kill's failover stays
+        its own fault. Returns its name (None: no encoder to starve)."""
         launcher = self._launcher
         assert launcher is not None
         running = [n for n, v in self.state.encoders.items() if v.status == "running"]
         leader = self.state.leaders.get(self.plan.groups[0], ("", 0))[0]
         victim = next((n for n in running if n != leader), None)
         if victim is None:
-            return
-        seconds = self.config.starve_for
+            return None
         self._note(
             f"starving {victim} for {seconds:g} s: running {STARVED_SHARE:.0%} of the time",
             "bold red",
@@ -1115,6 +1123,7 @@ class DemoRun:
         self._starving = asyncio.create_task(
             starve(lambda: launcher.pause(victim), lambda: launcher.resume(victim), seconds)
         )
+        return victim
 
     async def _kill_leader(self) -> None:
         """kill -9 the leader of the first group (any running encoder if none is known).
