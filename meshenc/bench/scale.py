@@ -87,6 +87,11 @@ class TrialPlan:
     starve_for: float | None = None
 
     @property
+    def plain(self) -> bool:
+        """Neither an overload nor a starvation: nothing happens at ``relief_at``."""
+        return self.keep is None and self.starve_for is None
+
+    @property
     def name(self) -> str:
         if self.starve_for is not None:
             return f"{self.encoders}, one starved {self.starve_for:g} s"

@@ -8,6 +8,7 @@ table, or its JSON with ``--json``; ``--out FILE`` also writes the JSON to a fil
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -783,21 +784,12 @@ def bench_scale(
     The load average, each encoder's CPU and what each encoder dropped are reported beside
     what the segment files say.
     """
-    if any(
-        (p.keep is not None or p.starve_for is not None)
-        and relief_at + (p.starve_for or 0.0) >= duration - 10.0
-        for p in plans
-    ):
+    plans = [p if p.plain else dataclasses.replace(p, relief_at=relief_at) for p in plans]
+    if any(relief_at + (p.starve_for or 0.0) >= duration - 10.0 for p in plans if not p.plain):
         raise click.BadParameter(
             "must leave at least 10 s of the run after the relief (a starvation's end)",
             param_hint="--relief-at",
         )
-    plans = [
-        p
-        if p.keep is None and p.starve_for is None
-        else scale.TrialPlan(p.encoders, p.keep, relief_at, p.starve_for)
-        for p in plans
-    ]
     try:
         parse_size(size)
         FrameRate.parse(fps)

@@ -1094,8 +1094,8 @@ class DemoRun:
             await self._end_starvation()
 
     async def _end_starvation(self) -> None:
-        """Wait for a starvation to end (done by now unless the run was stopped: cancelled,
-        it resumes its encoder)."""
+        """End a starvation still under way (cancelled, ``starve`` resumes its encoder): at
+        the end of a run it is over unless the run was stopped early."""
         if (starving := self._starving) is not None:
             starving.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from operator import truediv
 
 from meshenc.core.election import ElectionSnapshot
 from meshenc.core.engine import EngineSnapshot
@@ -99,8 +100,6 @@ US_PER_S = 1_000_000
 """Microseconds per second."""
 PPB = 1_000_000_000
 """Parts per billion in a ratio of 1."""
-_EXACT_INT = 2**53
-"""Integers of smaller magnitude are exact as floats."""
 
 
 def _to_scaled_int(value: float, scale: int) -> int:
@@ -125,18 +124,12 @@ def seconds_to_ns(seconds: float) -> int:
 def ns_to_seconds(ns: int) -> float:
     """Integer nanoseconds to the float second nearest to the exact value.
 
-    Compiled (mypyc), ``ns / NS_PER_S`` turns ``ns`` into a float before dividing, which loses
-    the last bits of a Unix time in nanoseconds (61 bits), so the whole seconds of a value of
-    2**53 ns or more (104 days) are split off first. For any 64-bit ``ns`` that is still the
-    nearest float: the whole seconds are exact, and the fraction's rounding error (under
-    2**-53) is smaller than the least distance between such a quotient and a point halfway
-    between two floats of its size (512 / (10**9 * 2**30) or more).
+    Python divides two ints with one rounding. Compiled (mypyc), ``ns / NS_PER_S`` would turn
+    ``ns`` into a float first and lose the last bits of a Unix time in nanoseconds (61 bits);
+    ``truediv`` is Python's division either way, at the cost of ``/`` in pure Python.
     """
-    if -_EXACT_INT < ns < _EXACT_INT:
-        return ns / NS_PER_S
-    whole, rest = divmod(abs(ns), NS_PER_S)
-    seconds = whole + rest / NS_PER_S
-    return seconds if ns > 0 else -seconds
+    seconds: float = truediv(ns, NS_PER_S)
+    return seconds
 
 
 def seconds_to_us(seconds: float) -> int:

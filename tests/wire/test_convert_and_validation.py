@@ -139,7 +139,7 @@ def test_rates_and_microseconds() -> None:
 
 @given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
 def test_nanoseconds_become_the_nearest_float_second(ns: int) -> None:
-    # Python divides two ints exactly rounded; compiled code would not (convert.ns_to_seconds).
+    # Python divides two ints with one rounding; compiled `/` would not (convert.ns_to_seconds).
     exact = Fraction(ns, convert.NS_PER_S)
     seconds = convert.ns_to_seconds(ns)
     assert abs(Fraction(seconds) - exact) <= abs(Fraction(ns / convert.NS_PER_S) - exact)
