@@ -535,15 +535,21 @@ def _stop_standing_by(_signum: int, _frame: object) -> None:
 
 def _started_from_stdin(node_id: str) -> bool:
     """Wait for a line on stdin (``--standby``); False when stdin ends without one or SIGTERM
-    comes first (then the process exits 0, as a started encoder stopped by SIGTERM does)."""
+    comes first (then the process exits 0, as a started encoder stopped by SIGTERM does).
+
+    A stop usually brings both (the launcher closes stdin and sends SIGTERM): once stdin has
+    ended, SIGTERM is ignored, so a signal landing while the process exits cannot turn its
+    status 0 into death by SIGTERM.
+    """
+    previous = signal.signal(signal.SIGTERM, _stop_standing_by)  # before the line says so
     click.echo(f"{node_id}: standing by; starts on a line on stdin", err=True)
-    previous = signal.signal(signal.SIGTERM, _stop_standing_by)
     try:
         started = bool(sys.stdin.readline())
+        if started:
+            signal.signal(signal.SIGTERM, previous)
     except _StandbyStoppedError:
         started = False
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if not started:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         click.echo(f"{node_id}: stopped while standing by; not started", err=True)
     return started

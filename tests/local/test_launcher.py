@@ -244,6 +244,32 @@ def test_a_held_encoder_never_released_stops_without_starting(tmp_path: Path) ->
     assert not out.exists()
 
 
+def test_a_sigterm_after_a_standby_encoders_stdin_ended_does_not_kill_it(tmp_path: Path) -> None:
+    """The launcher's stop closes stdin and sends SIGTERM; when the encoder has read the end
+    of stdin first, the SIGTERM lands while it exits and must not turn its 0 into -15."""
+    port = free_ports(1)[0]
+    with subprocess.Popen(
+        meshenc_command(*_standby_encoder(port, tmp_path / "e0")),
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as child:
+        try:
+            assert child.stdin is not None and child.stderr is not None
+            said = b""
+            for awaited, then in ((b"standing by", child.stdin.close), (b"not started", None)):
+                while awaited not in said:
+                    line = child.stderr.readline()
+                    assert line, said.decode()
+                    said += line
+                if then is not None:
+                    then()
+            child.send_signal(signal.SIGTERM)  # the process is on its way out, not gone
+            assert child.wait(timeout=30.0) == 0, said.decode()
+        finally:
+            if child.poll() is None:
+                child.kill()
+
+
 def test_a_child_imports_what_pythonpath_names_not_the_folder_it_starts_in(
     tmp_path: Path,
 ) -> None:
