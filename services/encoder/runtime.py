@@ -143,6 +143,7 @@ from services.encoder.mesh import log as mesh_log
 from services.encoder.pipeline import FramePipeline
 from services.encoder.settings import EncoderSettings
 from services.encoder.telemetry import EncoderTelemetry
+from services.encoder.timeline_log import TimelineLog
 
 __all__ = ["EncoderRuntime", "ProcessParts", "RunStats"]
 
@@ -350,6 +351,7 @@ class EncoderRuntime:
         )
         self._stop = asyncio.Event()
         self._last_esp: EncodingStatePacket | None = None
+        self._timeline_log = TimelineLog(self.log)
         self._load = _LoadMeter()
         #: When the loop, behind its input, gives up on what is queued.
         self._falling_behind = FallingBehind()
@@ -1169,37 +1171,11 @@ class EncoderRuntime:
         last = self.pipeline.last_timecode
         return last is None or self._segments.is_last(last)
 
-    def _log_timeline(self, esp: EncodingStatePacket) -> None:
-        """One line when what this encoder says of timelines changes: locking, unlocking, a
-        new anchor while locking in, a rename, a route to a better-named timeline and its
-        witnesses, a merge scheduled (``meshenc.core.timeline``)."""
-        if not esp.timeline:
-            self.log.info(
-                "timeline: not locked (anchor %s, %d links away)", esp.anchor, esp.anchor_hops
-            )
-            return
-        route = ""
-        if esp.merge_timeline:
-            route = (
-                f"; route to {esp.merge_timeline} {esp.merge_offset * 1000.0:+.1f} ms, "
-                f"{esp.merge_hops} links, witnesses {', '.join(esp.merge_witnesses)}"
-                + (f", moving at segment {esp.merge_segment}" if esp.merge_segment else "")
-            )
-        self.log.info(
-            "timeline: locked on %s (anchor %s %+.1f ms, %d links away)%s",
-            esp.timeline,
-            esp.anchor,
-            esp.anchor_offset * 1000.0,
-            esp.anchor_hops,
-            route,
-        )
-
     def carry_out(self, action: Action) -> None:
         """Carry out one of the engine's decisions (the pipeline encodes pictures itself)."""
         if isinstance(action, SendEsp):
-            previous, self._last_esp = self._last_esp, action.esp
-            if previous is None or _timeline_changed(previous, action.esp):
-                self._log_timeline(action.esp)
+            self._last_esp = action.esp
+            self._timeline_log.sent(action.esp)
             try:
                 self.links.send_all(action.to, action.esp)
             except ValueError:
@@ -1377,17 +1353,3 @@ class _LoadMeter:
         self._wall, self._cpu = wall, cpu
         self._encode_total, self._encodes = 0.0, 0
         return load, latency
-
-
-def _timeline_changed(before: EncodingStatePacket, now: EncodingStatePacket) -> bool:
-    """Whether what the encoder's timeline log line is about (``_log_timeline``) changed
-    between two of its ESPs: its timeline, or its anchor while it is not locked, its route's
-    timeline, how many witnesses the route has, its schedule. Field by field: this runs for
-    every ESP sent."""
-    return (
-        before.timeline != now.timeline
-        or (not now.timeline and before.anchor != now.anchor)
-        or before.merge_timeline != now.merge_timeline
-        or len(before.merge_witnesses) != len(now.merge_witnesses)
-        or before.merge_segment != now.merge_segment
-    )
