@@ -128,6 +128,7 @@ bench: $(VENV)/.installed proto
 	PYTHONPATH=build/compiled $(VENV)/bin/meshenc bench simspeed --out bench-results/simspeed.json
 	$(VENV)/bin/meshenc bench encoder --out bench-results/encoder.json
 	PYTHONPATH=build/compiled $(VENV)/bin/meshenc bench encoder --out bench-results/encoder-compiled.json
+	$(VENV)/bin/meshenc bench rungs --out bench-results/rungs.json
 	$(VENV)/bin/meshenc bench ingest --out bench-results/ingest.json
 	$(VENV)/bin/meshenc bench arrivals --out bench-results/arrivals.json
 	$(VENV)/bin/meshenc bench plan --out bench-results/plan.json

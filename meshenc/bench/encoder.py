@@ -417,14 +417,22 @@ def _decoded(container: InputContainer) -> Iterator[VideoFrame]:
 
 
 def run_path(
-    size: EncoderSize, stream: Path, out_dir: Path, *, ladder: Sequence[Rung] = ()
+    size: EncoderSize,
+    stream: Path,
+    out_dir: Path,
+    *,
+    ladder: Sequence[Rung] = (),
+    rung_threads: int = 1,
+    origin: float | None = None,
 ) -> _PathRun:
     """Run the per-frame path over every picture of ``stream`` as fast as possible.
 
     ``stream`` is a file :func:`write_stream` made at ``size``. Everything is fresh (engine,
     encoders, segment writers), as in a newly started encoder. With a ``ladder`` the pictures
     (of ``size``, the top rung's) go to one rendition per rung, the mesh agreeing on the top
-    rung's bitrate, as ``meshenc encoder --ladder`` does.
+    rung's bitrate, as ``meshenc encoder --ladder`` does, ``rung_threads`` of them at once.
+    The first picture is stamped at ``origin`` (a Unix time; by default the last whole second),
+    so runs given the same one write the same files.
 
     Raises:
         ValueError: ``size`` is not the ladder's top rung's size.
@@ -440,10 +448,10 @@ def run_path(
     checkers = {name: _stream_checker(name) for name, _ in NEIGHBOURS}
     cadence = SourceCadence(Fraction(FRAME_RATE.den, FRAME_RATE.num))
     period = FRAME_RATE.period
-    origin = float(math.floor(time.time()))
+    origin = float(math.floor(time.time())) if origin is None else origin
     now = origin
     shell = _BenchShell()
-    pipeline = FramePipeline(engine, shell, lambda: now)
+    pipeline = FramePipeline(engine, shell, lambda: now, rung_threads=rung_threads)
     renditions = renditions_for(
         out_dir,
         FRAME_RATE,
@@ -513,6 +521,7 @@ def run_path(
             raise BenchError(f"{stream} holds no picture")
         locked = engine.snapshot(origin + frames * period).locked
     finally:
+        pipeline.close()
         for rendition in renditions:
             rendition.writer.finish()
             rendition.close()

@@ -26,6 +26,7 @@ from meshenc.bench import (
     live,
     plan,
     regions,
+    rungs,
     scale,
     simspeed,
     tls,
@@ -42,6 +43,7 @@ from meshenc.local.demo import MAX_STARVE
 from meshenc.local.etcd import EtcdNotInstalledError
 from meshenc.sim.scenario import ScenarioError
 from services.common.etcd import DEFAULT_LEASE_TTL
+from services.encoder.media.ladder import MAX_RUNGS, Rung, parse_ladder
 from services.encoder.settings import parse_size
 
 __all__ = ["bench"]
@@ -105,16 +107,16 @@ def _show(result: BenchResult, out: Path | None = None, *, as_json: bool) -> Non
         console().print(result.table())
 
 
-def _counts(noun: str, most: int | None = None) -> Callable[..., list[int]]:
-    """A callback reading ``10,100,1000``: at least 2 each, and at most ``most`` if given."""
-    bounds = "at least 2" if most is None else f"between 2 and {most:,}"
+def _counts(noun: str, most: int | None = None, *, least: int = 2) -> Callable[..., list[int]]:
+    """A callback reading ``10,100,1000``: at least ``least`` each, at most ``most`` if given."""
+    bounds = f"at least {least}" if most is None else f"between {least} and {most:,}"
 
     def parse(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]:
         try:
             counts = [int(v) for v in value.split(",") if v.strip()]
         except ValueError as exc:
             raise click.BadParameter("expected a comma-separated list of integers") from exc
-        if not counts or min(counts) < 2 or (most is not None and max(counts) > most):
+        if not counts or min(counts) < least or (most is not None and max(counts) > most):
             raise click.BadParameter(f"{noun} must be {bounds}")
         return counts
 
@@ -437,6 +439,54 @@ def bench_encoder(
     """
     try:
         result = encoder.run_encoder_bench(sizes, frames, repeats, esps, progress=_progress())
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _show(result, out, as_json=as_json)
+
+
+def _ladder(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[Rung, ...]:
+    try:
+        return parse_ladder(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@bench.command("rungs")
+@click.option(
+    "--frames",
+    type=click.IntRange(30, 36_000),
+    default=300,
+    show_default=True,
+    help="Pictures per run.",
+)
+@_repeats
+@click.option(
+    "--ladder",
+    default=rungs.DEFAULT_LADDER,
+    show_default=True,
+    callback=_ladder,
+    help="The ladder, as meshenc encoder --ladder reads it; the stream is at its top rung.",
+)
+@click.option(
+    "--threads",
+    default="1,2,4",
+    show_default=True,
+    callback=_counts("thread counts", MAX_RUNGS, least=1),
+    help="Rung thread counts to run (meshenc encoder --rung-threads); 1 always runs.",
+)
+@output_options
+def bench_rungs(
+    frames: int,
+    repeats: int,
+    ladder: tuple[Rung, ...],
+    threads: list[int],
+    as_json: bool,
+    out: Path | None,
+) -> None:
+    """Wall and CPU time per picture of a ladder with its rungs encoded one after another
+    against several at once (--rung-threads); every run must write the same files."""
+    try:
+        result = rungs.run_rungs_bench(ladder, threads, frames, repeats, progress=_progress())
     except BenchError as exc:
         raise click.ClickException(str(exc)) from exc
     _show(result, out, as_json=as_json)

@@ -26,6 +26,13 @@ engine still hears of every picture (labels, control, ESPs without a frame hash)
 holds while the libx264 work of the rest of the segment is saved for catching up, and the
 segments written after it are whole.
 
+With ``rung_threads`` above 1 the rungs of a slot are encoded at once: the pipeline's own
+thread scales and encodes the first rendition while a pool of ``rung_threads - 1`` threads does
+the others (libx264 and the scaler run without the GIL), and the slot goes on once all are
+done. Every rung's libx264 context stays single-threaded and is only ever used by one thread
+at a time, so the bytes are the same as one after another; what changes is the wall time of a
+slot (the largest rung's instead of the sum), not its CPU time.
+
 The pipeline keeps the seconds spent in each part (:class:`PartTimes`), which the benchmark
 breaks down; the runtime measures its encode latency from ``slot_encoded``.
 """
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -107,6 +115,8 @@ class FramePipeline:
         shell: the process around the pipeline (see :class:`PipelineShell`).
         clock: this encoder's clock, read when the ESPs are built (after encoding: their
             send time is what the neighbours' round-trip estimate needs).
+        rung_threads: how many renditions of a slot may be encoded at once (1: one after
+            another). Call :meth:`close` when done with more than 1.
     """
 
     def __init__(
@@ -114,8 +124,17 @@ class FramePipeline:
         engine: SyncEngine,
         shell: PipelineShell,
         clock: Callable[[], float],
+        *,
+        rung_threads: int = 1,
     ) -> None:
+        if rung_threads < 1:
+            raise ValueError(f"rung_threads must be at least 1, got {rung_threads}")
         self.engine = engine
+        self._rungs_pool = (
+            ThreadPoolExecutor(rung_threads - 1, thread_name_prefix="rung")
+            if rung_threads > 1
+            else None
+        )
         self._clock = clock
         self._shell = shell
         self._holdings: Holdings | None = None
@@ -253,18 +272,8 @@ class FramePipeline:
             renditions = holdings.active
             shell.slot_starts(timecode, measured)
             started = clock()
-            frames = []
             bitrate, size = parameters.bitrate_kbps, parameters.size
-            for rendition in renditions:
-                rung_picture = scaled.get((rendition.folder, size))
-                if rung_picture is None:
-                    rung_picture = rendition.scaled(picture, size)
-                    scaled[rendition.folder, size] = rung_picture
-                frames.append(
-                    rendition.encoder.encode(
-                        timecode, rung_picture, bitrate_kbps=rendition.bitrate_for(bitrate)
-                    )
-                )
+            frames = self._encode_slot(renditions, picture, timecode, bitrate, size, scaled)
             if self._hash_inputs:
                 frame_hash = input_hash(timecode, bitrate, picture)
             else:
@@ -284,3 +293,54 @@ class FramePipeline:
             self.last_timecode = timecode
         shell.picture_done()
         self.step(self._clock(), FrameEncoded(tuple(hashes)))
+
+    def _encode_slot(
+        self,
+        renditions: Sequence[Rendition],
+        picture: Picture,
+        timecode: int,
+        bitrate: int,
+        size: tuple[int, int] | None,
+        scaled: dict[tuple[str | None, tuple[int, int] | None], Picture],
+    ) -> list[EncodedFrame]:
+        """One slot's access unit from every rendition, in their order: one after another,
+        or the first here and the others in the pool at the same time."""
+        pool = self._rungs_pool
+        if pool is None or len(renditions) == 1:
+            return [
+                _rendition_frame(r, picture, timecode, bitrate, size, scaled) for r in renditions
+            ]
+        others = [
+            pool.submit(_rendition_frame, r, picture, timecode, bitrate, size, scaled)
+            for r in renditions[1:]
+        ]
+        try:
+            first = _rendition_frame(renditions[0], picture, timecode, bitrate, size, scaled)
+        finally:
+            wait(others)  # no rung's encoder is still in use when this returns or raises
+        return [first, *(future.result() for future in others)]
+
+    def close(self) -> None:
+        """Stop the rung threads (the renditions are the caller's to close)."""
+        if self._rungs_pool is not None:
+            self._rungs_pool.shutdown()
+
+
+def _rendition_frame(
+    rendition: Rendition,
+    picture: Picture,
+    timecode: int,
+    bitrate: int,
+    size: tuple[int, int] | None,
+    scaled: dict[tuple[str | None, tuple[int, int] | None], Picture],
+) -> EncodedFrame:
+    """``rendition``'s access unit of the slot: the picture scaled to it (once per picture,
+    rendition and size, however many slots: ``scaled``, whose keys no two renditions share)
+    and encoded at its share of the agreed ``bitrate``."""
+    key = (rendition.folder, size)
+    rung_picture = scaled.get(key)
+    if rung_picture is None:
+        rung_picture = scaled[key] = rendition.scaled(picture, size)
+    return rendition.encoder.encode(
+        timecode, rung_picture, bitrate_kbps=rendition.bitrate_for(bitrate)
+    )

@@ -257,7 +257,9 @@ class EncoderRuntime:
         )
         self.engine = SyncEngine(settings.id, config, settings.peers)
         self._segments = config.segments
-        self.pipeline = FramePipeline(self.engine, self, self.clock)
+        self.pipeline = FramePipeline(
+            self.engine, self, self.clock, rung_threads=settings.rung_threads
+        )
         self._oscillator = VirtualOscillator(
             offset=settings.offset_ms / 1000.0,
             drift_ppm=settings.drift_ppm,
@@ -352,7 +354,7 @@ class EncoderRuntime:
         self._stop = asyncio.Event()
         self._last_esp: EncodingStatePacket | None = None
         self._timeline_log = TimelineLog(self.log)
-        self._load = _LoadMeter()
+        self._load = _LoadMeter(cores=settings.rung_threads)
         #: When the loop, behind its input, gives up on what is queued.
         self._falling_behind = FallingBehind()
         #: The heartbeat (monotonic): when it last beat, and when a stall last ended.
@@ -777,6 +779,7 @@ class EncoderRuntime:
             if self.output_server is not None:
                 await self._stopping("closing the output server", self.output_server.close())
             self.telemetry.close()
+            self.pipeline.close()
             for rendition in holdings.opened:
                 rendition.close()
             if not self._hosted:
@@ -1327,12 +1330,14 @@ def _audio_packet(item: IngestedAudio) -> AudioPacket:
 class _LoadMeter:
     """The signals behind the confidence score: CPU used by this process and encode latency.
 
-    CPU load is process time over wall time (the encoder's loop is one thread, so 1.0 is a full
-    core); encode latency is the mean time to encode one frame. Sampled once a second.
+    CPU load is process time over wall time and ``cores``, the cores the encoder may use (its
+    loop is one thread, so 1.0 is a full core, unless ``--rung-threads`` lets rungs be encoded
+    on several); encode latency is the mean time to encode one frame. Sampled once a second.
     """
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float = 1.0, *, cores: int = 1) -> None:
         self._interval = interval
+        self._cores = cores
         self._wall = time.monotonic()
         self._cpu = time.process_time()
         self._encode_total = 0.0
@@ -1348,7 +1353,7 @@ class _LoadMeter:
         if wall - self._wall < self._interval:
             return None
         cpu = time.process_time()
-        load = (cpu - self._cpu) / (wall - self._wall)
+        load = (cpu - self._cpu) / (wall - self._wall) / self._cores
         latency = self._encode_total / self._encodes if self._encodes else 0.0
         self._wall, self._cpu = wall, cpu
         self._encode_total, self._encodes = 0.0, 0

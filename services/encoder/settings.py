@@ -29,7 +29,7 @@ from services.common.peer_limits import PeerLimits
 from services.common.tls import TlsFiles
 from services.encoder.media.containers import SegmentFormat
 from services.encoder.media.ingest import InputLossPolicy
-from services.encoder.media.ladder import CHANNEL, Rung, parse_ladder, top_rung
+from services.encoder.media.ladder import CHANNEL, MAX_RUNGS, Rung, parse_ladder, top_rung
 from services.encoder.media.publish import origin_url
 
 __all__ = [
@@ -137,6 +137,9 @@ class EncoderSettings(BaseModel):
     #: ``out`` with a master playlist above; replaces ``size`` and ``bitrate_kbps``. Empty: one
     #: rendition of ``size`` at ``bitrate_kbps`` straight into ``out``.
     ladder: tuple[Rung, ...] = ()
+    #: How many rungs of a slot are encoded at once (``--rung-threads``; 1: one after
+    #: another). The bytes are the same either way; see ``services.encoder.pipeline``.
+    rung_threads: Annotated[int, Field(ge=1, le=MAX_RUNGS)] = 1
     strategy: Strategy = Strategy.PREDICTIVE
     #: Injected clock faults (labelled as such in logs and state): drift, offset, read jitter.
     drift_ppm: Annotated[float, Field(ge=-1000.0, le=1000.0)] = 0.0
@@ -298,6 +301,8 @@ class EncoderSettings(BaseModel):
                 "--ladder gives every rung its size and bitrate: leave out "
                 + " and ".join(f"--{name.replace('_', '-')}" for name in given)
             )
+        if self.rung_threads > 1 and not self.ladder:
+            raise ValueError("--rung-threads encodes the rungs of a --ladder at once: give one")
         return self
 
     @property

@@ -91,6 +91,7 @@ CHART_VARIABLES: dict[str, frozenset[str]] = {
             "MESHENC_BITRATE_KBPS",
             # Set in ci/autoscaling-values.yaml (work.ladder), instead of the size and bitrate.
             "MESHENC_LADDER",
+            "MESHENC_RUNG_THREADS",
             "MESHENC_SEGMENT",
             "MESHENC_FORMAT",
             # Set in ci/origin-values.yaml.
@@ -1099,6 +1100,7 @@ def test_work_values_reach_the_manager_and_encoders_as_meshenc_up_passes_them(
     ]
     assert settings.core_config().planner.placement.redundancy == work["redundancy"]
     assert parse_ladder(env_value(encoder, "MESHENC_LADDER")) == parse_ladder(ladder)
+    assert env_value(encoder, "MESHENC_RUNG_THREADS") == str(work["rungThreads"])
     assert not {"MESHENC_SIZE", "MESHENC_BITRATE_KBPS"} & set(env_names(encoder))
     assert env_value(encoder, "MESHENC_CHANNELS") == f"{channel['name']}={channel['source']}"
     assert "MESHENC_SOURCE" not in env_names(encoder)

@@ -14,10 +14,12 @@ import io
 import itertools
 import math
 import re
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
@@ -37,6 +39,7 @@ from meshenc.core.policy import Strategy
 from meshenc.core.timecode import FrameRate
 from services.encoder.media import EncodedFrame, SegmentFormat, SyntheticSource, VideoFormat
 from services.encoder.media.containers import AudioPacket
+from services.encoder.media.gop import GopEncoder
 from services.encoder.media.ladder import (
     MASTER_NAME,
     MAX_RUNGS,
@@ -52,6 +55,7 @@ from services.encoder.media.ladder import (
     top_rung,
 )
 from services.encoder.media.segments import segment_number
+from services.encoder.media.source import Picture
 from services.encoder.pipeline import FramePipeline
 from services.encoder.settings import EncoderSettings
 
@@ -117,6 +121,12 @@ def test_the_command_refuses_a_bad_ladder_and_a_ladder_beside_size_or_bitrate(
         encoder_command, [*base, "--ladder", "640x360@800"], env={"MESHENC_BITRATE_KBPS": "9"}
     )
     assert env.exit_code == 2 and "leave out --bitrate-kbps" in env.output
+    threads = run(encoder_command, [*base, "--rung-threads", "2"])
+    assert threads.exit_code == 2 and "--rung-threads encodes the rungs of a --ladder" in (
+        threads.output
+    )
+    many = run(encoder_command, [*base, "--ladder", "640x360@800", "--rung-threads", "9"])
+    assert many.exit_code == 2 and "--rung-threads" in many.output
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
@@ -215,7 +225,7 @@ def agreed_change(
 
 
 def _run_encoder(
-    out: Path, fmt: SegmentFormat, audio: list[AudioPacket], first: int
+    out: Path, fmt: SegmentFormat, audio: list[AudioPacket], first: int, *, rung_threads: int = 1
 ) -> tuple[list[Rendition], LadderManifests, _Shell]:
     """One encoder of the ladder fed pictures ``first..PICTURES-1`` (and their audio) as the
     runtime feeds them: audio to every rung, the ladder's manifests told of every segment."""
@@ -241,7 +251,7 @@ def _run_encoder(
             written(paths)
 
     shell = Shell()
-    pipeline = FramePipeline(engine, shell, lambda: 0.0)
+    pipeline = FramePipeline(engine, shell, lambda: 0.0, rung_threads=rung_threads)
     pipeline.start(renditions)
     source = SyntheticSource(VideoFormat(160, 96, RATE))
     queue = [p for p in audio if p.source_time >= SOURCE_START + first * 3000]
@@ -256,6 +266,7 @@ def _run_encoder(
             pipeline.step(stamp, agreed_change(stamp, (BASE + index) // GOP + 2, CHANGED_KBPS))
         picture = source.picture(index)
         pipeline.capture(stamp, picture, picture.fingerprint, 1, source_time)
+    pipeline.close()
     for rendition in renditions:
         written(rendition.writer.finish())
         rendition.close()
@@ -332,6 +343,42 @@ def test_two_encoders_write_each_rung_byte_identical_and_gop_aligned(
     _check_channel_master(tmp_path / "early", early, fmt)
     if fmt is SegmentFormat.CMAF:
         _check_mpd(tmp_path / "early", early, manifests)
+
+
+def test_rungs_encoded_at_once_are_the_bytes_of_rungs_encoded_one_after_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: dict[tuple[int, int], set[str]] = {}
+    encode = GopEncoder.encode
+
+    def recorded(self: GopEncoder, timecode: int, picture: Picture, **kwargs: Any) -> EncodedFrame:
+        size = (picture.width, picture.height)
+        threads.setdefault(size, set()).add(threading.current_thread().name)
+        return encode(self, timecode, picture, **kwargs)
+
+    monkeypatch.setattr(GopEncoder, "encode", recorded)
+    audio = aac_packets(PICTURES / 30 + 0.5)
+    _, _, alone = _run_encoder(tmp_path / "alone", SegmentFormat.TS, audio, 0)
+    assert {name for names in threads.values() for name in names} == {"MainThread"}
+    threads.clear()
+    _, _, at_once = _run_encoder(tmp_path / "at-once", SegmentFormat.TS, audio, 0, rung_threads=2)
+    # The top rung on the pipeline's thread, the other in the pool's.
+    assert threads[(160, 96)] == {"MainThread"}
+    assert len(threads[(96, 64)]) == 1 and threads[(96, 64)] != {"MainThread"}
+
+    files = {p.relative_to(tmp_path / "alone"): p.read_bytes() for p in _files(tmp_path / "alone")}
+    again = {
+        p.relative_to(tmp_path / "at-once"): p.read_bytes() for p in _files(tmp_path / "at-once")
+    }
+    assert len(files) > PICTURES // GOP and files == again
+    hashes = [(e.timecode, e.frame_hash) for e in alone.esps]
+    assert any(h for _, h in hashes) and hashes == [
+        (e.timecode, e.frame_hash) for e in at_once.esps
+    ]
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
 
 
 def _check_master(out: Path, renditions: list[Rendition], audio: list[AudioPacket]) -> None:
