@@ -27,7 +27,7 @@ holds while the libx264 work of the rest of the segment is saved for catching up
 segments written after it are whole.
 
 With ``rung_threads`` above 1 the rungs of a slot are encoded at once: the pipeline's own
-thread scales and encodes the first rendition while a pool of ``rung_threads - 1`` threads does
+thread scales and encodes the largest rung while a pool of ``rung_threads - 1`` threads does
 the others (libx264 and the scaler run without the GIL), and the slot goes on once all are
 done. Every rung's libx264 context stays single-threaded and is only ever used by one thread
 at a time, so the bytes are the same as one after another; what changes is the wall time of a
@@ -304,21 +304,30 @@ class FramePipeline:
         scaled: dict[tuple[str | None, tuple[int, int] | None], Picture],
     ) -> list[EncodedFrame]:
         """One slot's access unit from every rendition, in their order: one after another,
-        or the first here and the others in the pool at the same time."""
+        or at once, the largest rung here and the others, largest first, in the pool (so the
+        slot takes about the largest rung's time whatever order the ladder was given in)."""
         pool = self._rungs_pool
         if pool is None or len(renditions) == 1:
             return [
                 _rendition_frame(r, picture, timecode, bitrate, size, scaled) for r in renditions
             ]
-        others = [
-            pool.submit(_rendition_frame, r, picture, timecode, bitrate, size, scaled)
-            for r in renditions[1:]
-        ]
+        largest_first = sorted(
+            range(len(renditions)),
+            key=lambda i: renditions[i].params.width * renditions[i].params.height,
+            reverse=True,
+        )
+        here, *elsewhere = largest_first
+        others = {
+            i: pool.submit(
+                _rendition_frame, renditions[i], picture, timecode, bitrate, size, scaled
+            )
+            for i in elsewhere
+        }
         try:
-            first = _rendition_frame(renditions[0], picture, timecode, bitrate, size, scaled)
+            first = _rendition_frame(renditions[here], picture, timecode, bitrate, size, scaled)
         finally:
-            wait(others)  # no rung's encoder is still in use when this returns or raises
-        return [first, *(future.result() for future in others)]
+            wait(others.values())  # no rung's encoder is still in use when this returns or raises
+        return [first if i == here else others[i].result() for i in range(len(renditions))]
 
     def close(self) -> None:
         """Stop the rung threads (the renditions are the caller's to close)."""

@@ -225,7 +225,13 @@ def agreed_change(
 
 
 def _run_encoder(
-    out: Path, fmt: SegmentFormat, audio: list[AudioPacket], first: int, *, rung_threads: int = 1
+    out: Path,
+    fmt: SegmentFormat,
+    audio: list[AudioPacket],
+    first: int,
+    *,
+    ladder: Sequence[Rung] = LADDER,
+    rung_threads: int = 1,
 ) -> tuple[list[Rendition], LadderManifests, _Shell]:
     """One encoder of the ladder fed pictures ``first..PICTURES-1`` (and their audio) as the
     runtime feeds them: audio to every rung, the ladder's manifests told of every segment."""
@@ -234,7 +240,7 @@ def _run_encoder(
         EngineConfig(frame_rate=RATE, strategy=Strategy.EPOCH, gop=GOP, bitrate_kbps=300),
         ["x"],
     )
-    renditions = renditions_for(out, RATE, GOP, LADDER, size=(0, 0), bitrate_kbps=0, fmt=fmt)
+    renditions = renditions_for(out, RATE, GOP, ladder, size=(0, 0), bitrate_kbps=0, fmt=fmt)
     manifests = LadderManifests(out, renditions, fmt)
 
     def written(paths: list[Path]) -> None:
@@ -358,11 +364,16 @@ def test_rungs_encoded_at_once_are_the_bytes_of_rungs_encoded_one_after_another(
 
     monkeypatch.setattr(GopEncoder, "encode", recorded)
     audio = aac_packets(PICTURES / 30 + 0.5)
-    _, _, alone = _run_encoder(tmp_path / "alone", SegmentFormat.TS, audio, 0)
+    smallest_first = LADDER[::-1]
+    _, _, alone = _run_encoder(
+        tmp_path / "alone", SegmentFormat.TS, audio, 0, ladder=smallest_first
+    )
     assert {name for names in threads.values() for name in names} == {"MainThread"}
     threads.clear()
-    _, _, at_once = _run_encoder(tmp_path / "at-once", SegmentFormat.TS, audio, 0, rung_threads=2)
-    # The top rung on the pipeline's thread, the other in the pool's.
+    _, _, at_once = _run_encoder(
+        tmp_path / "at-once", SegmentFormat.TS, audio, 0, ladder=smallest_first, rung_threads=2
+    )
+    # The largest rung on the pipeline's thread, the other in the pool's.
     assert threads[(160, 96)] == {"MainThread"}
     assert len(threads[(96, 64)]) == 1 and threads[(96, 64)] != {"MainThread"}
 
