@@ -22,10 +22,17 @@ gain falls with the jitter and the frame period, and the uncertainty of the smoo
 Robustness: a residual beyond ``gate`` standard deviations of what the fit expects is clipped
 to that bound (one late picture must not drag the cadence); ``step_after`` clipped residuals in
 a row on the same side mean the clock stepped or the ingest path changed: the smoother restarts
-at the new reading and keeps its period. Without the source's period count, a gap counts as
-lost pictures only when it exceeds one period by half a period plus three times the jitter, so
-that a late picture is not mistaken for a lost one (a miscount would move the label by a whole
-frame); a loss this misses restarts the fit a few frames later as a step.
+at the new reading and keeps its period. A late reading that comes less than half a period
+after the one before it does not add to such a run but starts it again: that is a backlog
+draining (a source that stalled for half a second sends the pictures it held at once, each
+less late than the one before), and restarting on it put the labels of the drained pictures
+two and a half frames late at 15 fps, then back, differently on each encoder; nor is such a
+reading used in the fit, which goes on predicting until the arrivals are back on time (a
+backlog sent at less than twice the frame rate still counts as a step). Without the source's
+period count, a gap counts as lost pictures only when it exceeds one period by half a period
+plus three times the jitter, so that a late picture is not mistaken for a lost one (a miscount
+would move the label by a whole frame); a loss this misses restarts the fit a few frames later
+as a step.
 
 Start-up: a fresh fit believes its earliest readings. Delays only add, and the first readings
 of a stream are often late (a process still starting while pictures queue, a demuxer handing
@@ -78,6 +85,7 @@ class CaptureSmoother:
         "_beta",
         "_early",
         "_gate",
+        "_last_raw",
         "_max_error",
         "_max_var",
         "_memory",
@@ -163,6 +171,8 @@ class CaptureSmoother:
         self.time: float | None = None
         self._p00 = self._p01 = self._p11 = 0.0
         self._run = 0
+        #: The previous reading, as it came.
+        self._last_raw = 0.0
         self._seen = 0
 
     @property
@@ -210,6 +220,7 @@ class CaptureSmoother:
         ``periods`` is how many frame periods passed since the previous picture when the
         source's own timestamps say so; without it they are counted from the arrival times.
         """
+        previous_raw, self._last_raw = self._last_raw, raw
         if self.time is None or self._resumed:
             self._started_at, self._warming = raw, True
             keep_period, self._resumed = self._resumed, False
@@ -256,10 +267,20 @@ class CaptureSmoother:
         if abs(residual) > bound:
             side = 1 if residual > 0 else -1
             if self._run * side > 0:
-                self._run += side
+                # A late reading that came less than half its periods after the one before is
+                # a backlog draining (a source that stalled sends what it held at once), not
+                # an arrival that moved and stayed: the run counts again from it.
+                catching_up = side > 0 and raw - previous_raw < 0.5 * n * self.period
+                self._run = 1 if catching_up else self._run + side
             else:
+                catching_up = False
                 self._run = side
                 self._period_before_run = self.period
+            if catching_up:
+                # Nor does it say when the source's pictures are due: the fit goes on without it.
+                self._p00, self._p01, self._p11 = p00, p01, p11
+                self.time = max(predicted, self.time + 0.5 * self.period)
+                return SmoothedCapture(self.time, n)
             if abs(self._run) >= self._step_after:
                 # The arrivals moved and stayed: a clock step or a new ingest path. Start again
                 # from the reading with the cadence from before the run (the clipped residuals

@@ -233,6 +233,46 @@ def test_a_clock_step_restarts_the_fit_within_a_few_frames(step: float) -> None:
     assert smoother.period == pytest.approx(period, rel=1e-3)
 
 
+def _stalled_source(fps: int, stall: float, step: float = 0.0) -> list[float]:
+    """Arrivals of a live source (2 ms of jitter, seed fixed) that stalls ``stall`` seconds 10 s
+    in and then sends the pictures it held at once; from a second after the stall on, the path
+    is ``step`` seconds slower for good."""
+    rng = random.Random(3)
+    period, stalled_at = 1.0 / fps, START + 10.0
+    raws = []
+    for i in range(20 * fps):
+        due = START + i * period
+        sent = stalled_at + stall if stalled_at <= due < stalled_at + stall else due
+        slower = step if due >= stalled_at + stall + 1.0 else 0.0
+        raws.append(sent + slower + rng.gauss(0.0, 0.002))
+    return raws
+
+
+@pytest.mark.parametrize(("fps", "stall"), [(15, 0.5), (15, 1.5), (30, 0.5), (60, 0.5), (60, 1.0)])
+def test_a_source_that_stalls_and_sends_its_backlog_at_once_keeps_the_cadence(
+    fps: int, stall: float
+) -> None:
+    """The held pictures arrive late, each less late than the one before: a backlog draining,
+    not a path that moved. Taken for a step, the fit restarted on one of them and put the
+    next labels up to 2.5 frames late at 15 fps (25 at 60), then came back."""
+    period = 1.0 / fps
+    smoother = CaptureSmoother(period)
+    raws = _stalled_source(fps, stall)
+    out = [smoother.update(raw, None if i == 0 else 1).time for i, raw in enumerate(raws)]
+    off = [(time - (START + i * period)) / period for i, time in enumerate(out)]
+    assert max(abs(o) for o in off[5 * fps :]) < 0.1
+
+
+def test_a_path_that_slows_for_good_after_a_stall_is_still_followed() -> None:
+    fps, step = 30, 0.1
+    period = 1.0 / fps
+    smoother = CaptureSmoother(period)
+    raws = _stalled_source(fps, 0.5, step)
+    out = [smoother.update(raw, None if i == 0 else 1).time for i, raw in enumerate(raws)]
+    # Three seconds after the path slowed, the labels are on its new delay.
+    assert abs(out[-1] - (START + (len(raws) - 1) * period + step)) < 0.1 * period
+
+
 @pytest.mark.parametrize(
     "late",
     [
