@@ -61,6 +61,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -102,7 +103,7 @@ from meshenc.wire.validation import ExchangeStreamChecker
 from services.common.tls import TlsFiles
 from services.encoder.media.containers import TICKS, SegmentFormat
 from services.encoder.media.gop import EncodedFrame, EncoderParams
-from services.encoder.media.ingest import decoded_picture
+from services.encoder.media.ingest import SWITCH_INTERVAL, decoded_picture
 from services.encoder.media.ladder import Rendition, Rung, renditions_for, top_rung
 from services.encoder.media.source import SyntheticSource, VideoFormat, picture_frame
 from services.encoder.mesh import MeshLinks, MeshServer
@@ -470,6 +471,9 @@ def run_path(
     answered: list[tuple[EncodingStatePacket, float]] = []
     proposals = 0
     frames = 0
+    # The GIL's switch interval the runtime sets (a thread waiting for it: rung threads here).
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         with av.open(str(stream)) as container:  # opened and probed before the clocks start
             decoded = _decoded(container)
@@ -521,6 +525,7 @@ def run_path(
             raise BenchError(f"{stream} holds no picture")
         locked = engine.snapshot(origin + frames * period).locked
     finally:
+        sys.setswitchinterval(switch_interval)
         pipeline.close()
         for rendition in renditions:
             rendition.writer.finish()
