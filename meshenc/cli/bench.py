@@ -71,6 +71,13 @@ def output_options(command: _F) -> _F:
     )
 
 
+_pictures_per_run = click.option(
+    "--frames",
+    type=click.IntRange(30, 36_000),
+    default=300,
+    show_default=True,
+    help="Pictures per run.",
+)
 _repeats = click.option(
     "--repeats",
     type=click.IntRange(1, 100),
@@ -400,13 +407,7 @@ def bench_plan(
 
 
 @bench.command("encoder")
-@click.option(
-    "--frames",
-    type=click.IntRange(30, 36_000),
-    default=300,
-    show_default=True,
-    help="Pictures per run.",
-)
+@_pictures_per_run
 @_repeats
 @click.option(
     "--sizes",
@@ -452,13 +453,7 @@ def _ladder(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[R
 
 
 @bench.command("rungs")
-@click.option(
-    "--frames",
-    type=click.IntRange(30, 36_000),
-    default=300,
-    show_default=True,
-    help="Pictures per run.",
-)
+@_pictures_per_run
 @_repeats
 @click.option(
     "--ladder",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -9,30 +10,11 @@ import pytest
 from meshenc.core.messages import EncodingStatePacket
 from services.encoder.timeline_log import TimelineLog
 
-LABEL_0 = 1_700_000_000.0
+from .test_mesh import esp
 
 
 def _esp(sequence: int, *, anchor: str = "e0", timeline: str = "") -> EncodingStatePacket:
-    label = LABEL_0 + sequence / 30
-    return EncodingStatePacket(
-        sender="e1",
-        sequence=sequence,
-        topology_epoch=1,
-        timecode=51_000_000_000 + sequence,
-        frame_hash=bytes(32),
-        fingerprint=sequence,
-        label=label,
-        correction=0.0,
-        correction_rate=0.0,
-        encode_latency=0.004,
-        rtt=0.0,
-        jitter=0.0,
-        confidence=1.0,
-        sent_at=label,
-        anchor=anchor,
-        anchor_hops=1,
-        timeline=timeline,
-    )
+    return dataclasses.replace(esp("e1", sequence), anchor=anchor, anchor_hops=1, timeline=timeline)
 
 
 class _Clock:
