@@ -354,7 +354,7 @@ class EncoderRuntime:
         self._stop = asyncio.Event()
         self._last_esp: EncodingStatePacket | None = None
         self._timeline_log = TimelineLog(self.log)
-        self._load = _LoadMeter(cores=settings.rung_threads)
+        self._load = _LoadMeter()
         #: When the loop, behind its input, gives up on what is queued.
         self._falling_behind = FallingBehind()
         #: The heartbeat (monotonic): when it last beat, and when a stall last ended.
@@ -1158,7 +1158,9 @@ class EncoderRuntime:
         observed."""
         self.stats.frames += 1
         self._release()
-        report = self._load.sample()
+        holdings = self._holdings
+        held = len(holdings.active) if holdings is not None else 1
+        report = self._load.sample(cores=max(1, min(self.settings.rung_threads, held)))
         if report is not None:
             self.pipeline.step(self.clock(), LoadMeasured(*report))
             self._load_sample = report
@@ -1330,14 +1332,13 @@ def _audio_packet(item: IngestedAudio) -> AudioPacket:
 class _LoadMeter:
     """The signals behind the confidence score: CPU used by this process and encode latency.
 
-    CPU load is process time over wall time and ``cores``, the cores the encoder may use (its
-    loop is one thread, so 1.0 is a full core, unless ``--rung-threads`` lets rungs be encoded
+    CPU load is process time over wall time and the cores the encoder may use (its loop is one
+    thread, so 1.0 is a full core, unless ``--rung-threads`` lets the rungs it holds be encoded
     on several); encode latency is the mean time to encode one frame. Sampled once a second.
     """
 
-    def __init__(self, interval: float = 1.0, *, cores: int = 1) -> None:
+    def __init__(self, interval: float = 1.0) -> None:
         self._interval = interval
-        self._cores = cores
         self._wall = time.monotonic()
         self._cpu = time.process_time()
         self._encode_total = 0.0
@@ -1347,13 +1348,13 @@ class _LoadMeter:
         self._encode_total += seconds
         self._encodes += 1
 
-    def sample(self) -> tuple[float, float] | None:
-        """(cpu load, mean encode latency) once per interval, else None."""
+    def sample(self, *, cores: int = 1) -> tuple[float, float] | None:
+        """(cpu load over ``cores``, mean encode latency) once per interval, else None."""
         wall = time.monotonic()
         if wall - self._wall < self._interval:
             return None
         cpu = time.process_time()
-        load = (cpu - self._cpu) / (wall - self._wall) / self._cores
+        load = (cpu - self._cpu) / (wall - self._wall) / cores
         latency = self._encode_total / self._encodes if self._encodes else 0.0
         self._wall, self._cpu = wall, cpu
         self._encode_total, self._encodes = 0.0, 0
