@@ -28,7 +28,7 @@ from meshenc.cli.encoder import encoder as encoder_command
 from meshenc.cli.sim import console as make_console
 from meshenc.core.planner.topology import MAX_DEGREE
 from services.common.tls import TlsFiles
-from services.encoder.media.ladder import parse_ladder, top_rung
+from services.encoder.media.ladder import MAX_RUNGS, parse_ladder, top_rung
 from services.encoder.settings import MAX_CHANNELS, SegmentFormat, parse_size
 
 if TYPE_CHECKING:
@@ -135,6 +135,13 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     type=click.IntRange(min=1, max=16),
     default=None,
     help="With --ladder: encoders each rung is placed on (at most --encoders).  [default: 2]",
+)
+@click.option(
+    "--rung-threads",
+    type=click.IntRange(min=1, max=MAX_RUNGS),
+    default=None,
+    help="With --ladder: rungs of each picture every encoder encodes at once (meshenc encoder"
+    " --rung-threads).  [default: 1]",
 )
 @click.option(
     "--channels",
@@ -294,6 +301,7 @@ def up(
     size: str,
     ladder: str | None,
     redundancy: int | None,
+    rung_threads: int | None,
     channels: int,
     gop: int,
     fps: str,
@@ -353,6 +361,8 @@ def up(
         size = top.name
     elif redundancy is not None:
         raise click.UsageError("--redundancy places the rungs of --ladder: give a ladder")
+    elif rung_threads is not None:
+        raise click.UsageError("--rung-threads encodes the rungs of --ladder: give a ladder")
     root = ctx.find_root()
     # Listed, not looked up: the group imports a command only when it runs.
     commands = root.command.list_commands(root) if isinstance(root.command, click.Group) else []
@@ -370,6 +380,7 @@ def up(
             size=size,
             ladder=ladder or "",
             redundancy=2 if redundancy is None else redundancy,
+            rung_threads=1 if rung_threads is None else rung_threads,
             channels=channels,
             fps=fps,
             gop=gop,

@@ -227,6 +227,9 @@ class DemoConfig:
     #: ``<channel>/<rung>``) is placed on, so that each encoder writes only the rungs placed
     #: on it.
     redundancy: int = 2
+    #: With a ladder: rungs of each picture an encoder encodes at once (``meshenc encoder
+    #: --rung-threads``).
+    rung_threads: int = 1
     #: Live channels every encoder takes in (``meshenc encoder --channel``): channel ``0`` is
     #: ``source`` (the test pattern by default); each further channel a test clip of its own
     #: (its own textures and tone), looped. With one, the encoders run as without channels.
@@ -290,6 +293,8 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.ladder and (top := top_rung(parse_ladder(self.ladder)).name) != self.size:
             raise ValueError(f"with a ladder, size must be its largest rung's, {top}")
+        if self.rung_threads != 1 and not self.ladder:
+            raise ValueError("rung_threads encodes the rungs of a ladder at once: give one")
         if self.encoders < 2:
             raise ValueError("a mesh needs at least 2 encoders")
         if self.degree_max is not None and not 2 <= self.degree_max <= MAX_DEGREE:
@@ -763,7 +768,7 @@ class DemoRun:
             "--out", str(self.out / encoder.name),
             "--format", config.output_format.value,
             *(
-                ("--ladder", config.ladder)
+                ("--ladder", config.ladder, "--rung-threads", str(config.rung_threads))
                 if config.ladder
                 else ("--size", config.size, "--bitrate-kbps", str(config.bitrate_kbps))
             ),

@@ -205,13 +205,19 @@ def test_player_without_an_origin_or_a_browser_is_a_usage_error(
 
 def test_a_ladder_goes_to_every_encoder_in_place_of_the_size(tmp_path: Path) -> None:
     config = DemoConfig(
-        out=tmp_path, ladder="320x180@600,160x90@200", size="320x180", tls=False, player=False
+        out=tmp_path,
+        ladder="320x180@600,160x90@200",
+        size="320x180",
+        rung_threads=2,
+        tls=False,
+        player=False,
     )
     run = demo.DemoRun(config)
     run.origin_url = "http://127.0.0.1:8080"
     for encoder in run.plan.encoders:
         args = run.encoder_args(encoder, "http://127.0.0.1:2379")
         assert args[args.index("--ladder") + 1] == "320x180@600,160x90@200"
+        assert args[args.index("--rung-threads") + 1] == "2"
         assert "--size" not in args and "--bitrate-kbps" not in args  # the ladder gives both
     source = run.source_args()
     assert source is not None and source[source.index("--size") + 1] == "320x180"
@@ -222,6 +228,8 @@ def test_a_ladder_goes_to_every_encoder_in_place_of_the_size(tmp_path: Path) -> 
     assert refused.exit_code == 2 and "leave out --size" in refused.output
     refused = CliRunner().invoke(cli, ["up", "--ladder", "320x180@600,321x180@100"])
     assert refused.exit_code == 2 and "rung '321x180@100'" in refused.output
+    refused = CliRunner().invoke(cli, ["up", "--rung-threads", "2"])
+    assert refused.exit_code == 2 and "encodes the rungs of --ladder" in refused.output
 
 
 def test_a_ladder_under_the_manager_is_placed_rung_by_rung(tmp_path: Path) -> None:
