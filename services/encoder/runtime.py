@@ -1158,10 +1158,9 @@ class EncoderRuntime:
         observed."""
         self.stats.frames += 1
         self._release()
-        holdings = self._holdings
-        held = len(holdings.active) if holdings is not None else 1
-        report = self._load.sample(cores=max(1, min(self.settings.rung_threads, held)))
+        report = self._load.sample()
         if report is not None:
+            report = (report[0] / self._cores(), report[1])
             self.pipeline.step(self.clock(), LoadMeasured(*report))
             self._load_sample = report
             self._report_rank()
@@ -1170,6 +1169,12 @@ class EncoderRuntime:
             self._report_health()
             origins = self.publisher.stats() if self.publisher is not None else ()
             self.telemetry.observe(self.links, self.stats, report, self.input_status, origins)
+
+    def _cores(self) -> int:
+        """The cores the encoder may use: one, or with ``--rung-threads`` as many as it has
+        rung threads, at most the rungs it holds."""
+        held = len(self._holdings.active) if self._holdings is not None else 1
+        return max(1, min(self.settings.rung_threads, held))
 
     def _segment_done(self) -> bool:
         """Whether the newest output slot is the last of its segment (a clean place to stop)."""
@@ -1332,9 +1337,9 @@ def _audio_packet(item: IngestedAudio) -> AudioPacket:
 class _LoadMeter:
     """The signals behind the confidence score: CPU used by this process and encode latency.
 
-    CPU load is process time over wall time and the cores the encoder may use (its loop is one
-    thread, so 1.0 is a full core, unless ``--rung-threads`` lets the rungs it holds be encoded
-    on several); encode latency is the mean time to encode one frame. Sampled once a second.
+    CPU load is process time over wall time (1.0 is a full core; the runtime divides it by the
+    cores it may use, ``_cores``); encode latency is the mean time to encode one frame.
+    Sampled once a second.
     """
 
     def __init__(self, interval: float = 1.0) -> None:
@@ -1348,13 +1353,13 @@ class _LoadMeter:
         self._encode_total += seconds
         self._encodes += 1
 
-    def sample(self, *, cores: int = 1) -> tuple[float, float] | None:
-        """(cpu load over ``cores``, mean encode latency) once per interval, else None."""
+    def sample(self) -> tuple[float, float] | None:
+        """(cpu load, mean encode latency) once per interval, else None."""
         wall = time.monotonic()
         if wall - self._wall < self._interval:
             return None
         cpu = time.process_time()
-        load = (cpu - self._cpu) / (wall - self._wall) / cores
+        load = (cpu - self._cpu) / (wall - self._wall)
         latency = self._encode_total / self._encodes if self._encodes else 0.0
         self._wall, self._cpu = wall, cpu
         self._encode_total, self._encodes = 0.0, 0

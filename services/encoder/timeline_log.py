@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from meshenc.core.messages import EncodingStatePacket
 
-__all__ = ["TimelineLog", "timeline_changed"]
+__all__ = ["TimelineLog"]
 
 
 class TimelineLog:
@@ -39,7 +39,7 @@ class TimelineLog:
 
     def sent(self, esp: EncodingStatePacket) -> None:
         previous, self._previous = self._previous, esp
-        if previous is None or timeline_changed(previous, esp):
+        if previous is None or _timeline_changed(previous, esp):
             self._changes += 1
         elif not self._changes:
             return
@@ -77,7 +77,7 @@ class TimelineLog:
         )
 
 
-def timeline_changed(before: EncodingStatePacket, now: EncodingStatePacket) -> bool:
+def _timeline_changed(before: EncodingStatePacket, now: EncodingStatePacket) -> bool:
     """Whether what the timeline line is about changed between two ESPs: the timeline, or
     the anchor while not locked, the route's timeline, how many witnesses the route has, its
     schedule. Field by field: this runs for every ESP sent."""
