@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from statistics import median
+
+from meshenc.core.robust import median
 
 __all__ = ["MAX_HOPS", "Anchor", "choose_anchor"]
 

@@ -47,9 +47,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from statistics import median
 
 from meshenc.core.anchor import MAX_HOPS
+from meshenc.core.robust import median
 
 __all__ = ["MAX_WITNESSES", "MIN_WITNESSES", "MergeRoute", "choose_beacon", "choose_route"]
 
@@ -72,6 +72,16 @@ class MergeRoute:
     offset: float
     witnesses: tuple[str, ...]
     segment: int = 0
+
+    # Written out, not generated: compiled by mypyc, see ``meshenc.core.messages``.
+    def __init__(
+        self, timeline: str, hops: int, offset: float, witnesses: tuple[str, ...], segment: int = 0
+    ) -> None:
+        object.__setattr__(self, "timeline", timeline)
+        object.__setattr__(self, "hops", hops)
+        object.__setattr__(self, "offset", offset)
+        object.__setattr__(self, "witnesses", witnesses)
+        object.__setattr__(self, "segment", segment)
 
     def via(self, deviation: float) -> MergeRoute | None:
         """This route as seen one link further, by an encoder of the same timeline whose label
@@ -97,7 +107,7 @@ def choose_route(own: str, heard: Iterable[MergeRoute], current_segment: int) ->
     return MergeRoute(
         nearest[0].timeline,
         nearest[0].hops,
-        median(r.offset for r in nearest),
+        median([r.offset for r in nearest]),
         witnesses,
         min(ahead, default=0),
     )
@@ -116,7 +126,7 @@ def choose_beacon(heard: Iterable[MergeRoute]) -> MergeRoute | None:
     _, nearest = best
     witness = min(w for r in nearest for w in r.witnesses)
     return MergeRoute(
-        nearest[0].timeline, nearest[0].hops, median(r.offset for r in nearest), (witness,)
+        nearest[0].timeline, nearest[0].hops, median([r.offset for r in nearest]), (witness,)
     )
 
 

@@ -6,13 +6,14 @@ The result is also checked against a deliberately naive reading of the docstring
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshenc.core.robust import Consensus, consensus
+from meshenc.core.robust import Consensus, consensus, median
 
 FRAME = 1.0 / 30.0
 
@@ -142,3 +143,13 @@ def test_empty_input_raises() -> None:
 def test_non_positive_outlier_raises(outlier: float) -> None:
     with pytest.raises(ValueError):
         consensus([0.0, 0.001], outlier)
+
+
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=64), min_size=1, max_size=9))
+def test_median_is_the_standard_librarys(values: list[float]) -> None:
+    assert median(values) == statistics.median(values)
+
+
+def test_median_of_nothing_is_refused() -> None:
+    with pytest.raises(ValueError, match="median of nothing"):
+        median([])
