@@ -27,8 +27,13 @@ after the one before it does not add to such a run but starts it again: that is 
 draining (a source that stalled for half a second sends the pictures it held at once, each
 less late than the one before), and restarting on it put the labels of the drained pictures
 two and a half frames late at 15 fps, then back, differently on each encoder; nor is such a
-reading used in the fit, which goes on predicting until the arrivals are back on time (a
-backlog sent at less than twice the frame rate still counts as a step). Without the source's
+reading used in the fit, which goes on predicting until the arrivals are back on time. A
+backlog sent more slowly (a sender, or this encoder's own ingest, catching up at one and a
+half times the frame rate) shows when the run is long enough to be a step: if its readings
+came closer together than the periods they count, by more than a tenth of a period and what
+the jitter explains, it is a backlog too, and late readings stay out of the fit until one is
+on time again, the run counted afresh so that a path that slowed once the backlog was gone is
+still taken for a step. Without the source's
 period count, a gap counts as lost pictures only when it exceeds one period by half a period
 plus three times the jitter, so that a late picture is not mistaken for a lost one (a miscount
 would move the label by a whole frame); a loss this misses restarts the fit a few frames later
@@ -83,6 +88,7 @@ class CaptureSmoother:
     __slots__ = (
         "_alpha",
         "_beta",
+        "_draining",
         "_early",
         "_gate",
         "_last_raw",
@@ -100,6 +106,8 @@ class CaptureSmoother:
         "_r0",
         "_resumed",
         "_run",
+        "_run_periods",
+        "_run_started",
         "_seen",
         "_started_at",
         "_step_after",
@@ -171,6 +179,12 @@ class CaptureSmoother:
         self.time: float | None = None
         self._p00 = self._p01 = self._p11 = 0.0
         self._run = 0
+        #: The run's first reading and the periods counted since: its average spacing.
+        self._run_started = 0.0
+        self._run_periods = 0
+        #: Whether late readings are a backlog draining, left out of the fit until one is on
+        #: time again.
+        self._draining = False
         #: The previous reading, as it came.
         self._last_raw = 0.0
         self._seen = 0
@@ -212,6 +226,7 @@ class CaptureSmoother:
         self._p00 = self._r
         self._p01 = 0.0
         self._run = self._early = 0
+        self._draining = False
         return SmoothedCapture(raw, 1)
 
     def update(self, raw: float, periods: int | None = None) -> SmoothedCapture:
@@ -266,19 +281,33 @@ class CaptureSmoother:
         bound = self._gate * math.sqrt(s)
         if abs(residual) > bound:
             side = 1 if residual > 0 else -1
+            if side < 0:
+                self._draining = False
             if self._run * side > 0:
                 # A late reading that came less than half its periods after the one before is
                 # a backlog draining (a source that stalled sends what it held at once), not
                 # an arrival that moved and stayed: the run counts again from it.
                 catching_up = side > 0 and raw - previous_raw < 0.5 * n * self.period
-                self._run = 1 if catching_up else self._run + side
+                if catching_up:
+                    self._start_run(raw, side)
+                else:
+                    self._run += side
+                    self._run_periods += n
             else:
                 catching_up = False
-                self._run = side
+                self._start_run(raw, side)
                 self._period_before_run = self.period
-            if catching_up:
-                # Nor does it say when the source's pictures are due: the fit goes on without it.
-                self._p00, self._p01, self._p11 = p00, p01, p11
+            if side > 0 and self._run >= self._step_after and self._drains(raw):
+                # Late readings closer together than their periods, all along the run: a
+                # backlog sent faster than the frame rate but not at once. Not a step either.
+                catching_up = self._draining = True
+                self.period = self._period_before_run
+                self._start_run(raw, side)
+            if catching_up or (self._draining and side > 0):
+                # Nor does it say when the source's pictures are due: the fit goes on without it,
+                # as sure of its cadence as before (grown over a long backlog, the uncertainty
+                # let the backlog's last late readings in with most of the weight: labels most
+                # of a frame late after a backlog of 145 pictures).
                 self.time = max(predicted, self.time + 0.5 * self.period)
                 return SmoothedCapture(self.time, n)
             if abs(self._run) >= self._step_after:
@@ -291,6 +320,7 @@ class CaptureSmoother:
             residual = math.copysign(bound, residual)
         else:
             self._run = 0
+            self._draining = False
         # Measured jitter: what the residuals show beyond the fit's own uncertainty (a plain
         # average over the first frames, then a moving one); not an early reading while the
         # fit warms up, which says the fit is late, not that arrivals jitter.
@@ -306,6 +336,21 @@ class CaptureSmoother:
         self._set_period(self.period + k1 * residual)
         self.time = max(time, self.time + 0.5 * self.period)
         return SmoothedCapture(self.time, n)
+
+    def _start_run(self, raw: float, side: int) -> None:
+        self._run, self._run_started, self._run_periods = side, raw, 0
+
+    def _drains(self, raw: float) -> bool:
+        """Whether the late run's readings came closer together than the periods they count,
+        by more than a tenth of a period and three times what the jitter can explain over the
+        run (the spread of two readings, averaged over its periods): a backlog draining at
+        more than about 1.1 times the frame rate; a path that moved keeps the cadence."""
+        periods = self._run_periods
+        if periods < 1:
+            return False
+        spacing = (raw - self._run_started) / periods
+        slack = 0.1 * self.period + 3.0 * math.sqrt(2.0) * self.jitter / periods
+        return spacing < self.period - slack
 
     def _fixed_gains(self, n: int, predicted: float, residual: float) -> SmoothedCapture:
         assert self._alpha is not None and self._beta is not None and self.time is not None

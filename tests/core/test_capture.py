@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import statistics
 
@@ -233,17 +234,27 @@ def test_a_clock_step_restarts_the_fit_within_a_few_frames(step: float) -> None:
     assert smoother.period == pytest.approx(period, rel=1e-3)
 
 
-def _stalled_source(fps: int, stall: float, step: float = 0.0) -> list[float]:
+def _stalled_source(
+    fps: int, stall: float, step: float = 0.0, speed: float = math.inf
+) -> list[float]:
     """Arrivals of a live source (2 ms of jitter, seed fixed) that stalls ``stall`` seconds 10 s
-    in and then sends the pictures it held at once; from a second after the stall on, the path
-    is ``step`` seconds slower for good."""
+    in and then sends the pictures it held at ``speed`` times the frame rate (at once by
+    default) until it has caught up; from a second after it caught up on, the path is ``step``
+    seconds slower for good."""
     rng = random.Random(3)
     period, stalled_at = 1.0 / fps, START + 10.0
-    raws = []
+    resumed = stalled_at + stall
+    raws, held, caught_up = [], 0, math.inf
     for i in range(20 * fps):
         due = START + i * period
-        sent = stalled_at + stall if stalled_at <= due < stalled_at + stall else due
-        slower = step if due >= stalled_at + stall + 1.0 else 0.0
+        sent = due
+        if due >= stalled_at:
+            backlog = resumed + held * period / speed
+            if backlog > due:
+                sent, held = backlog, held + 1
+            else:
+                caught_up = min(caught_up, due)
+        slower = step if due >= caught_up + 1.0 else 0.0
         raws.append(sent + slower + rng.gauss(0.0, 0.002))
     return raws
 
@@ -263,11 +274,30 @@ def test_a_source_that_stalls_and_sends_its_backlog_at_once_keeps_the_cadence(
     assert max(abs(o) for o in off[5 * fps :]) < 0.1
 
 
-def test_a_path_that_slows_for_good_after_a_stall_is_still_followed() -> None:
+@pytest.mark.parametrize(
+    ("fps", "stall", "speed"),
+    [(30, 1.0, 1.5), (30, 1.0, 1.25), (60, 1.0, 1.5), (15, 2.0, 1.25), (30, 0.5, 3.0)],
+)
+def test_a_backlog_sent_faster_than_the_frame_rate_but_not_at_once_keeps_the_cadence(
+    fps: int, stall: float, speed: float
+) -> None:
+    """Each held picture comes less than a period after the one before, but more than half a
+    period: no single reading tells a backlog from a step. Taken for a step, the fit restarted
+    on a late reading and the labels went as late as the backlog (28 frames at 30 fps)."""
+    period = 1.0 / fps
+    smoother = CaptureSmoother(period)
+    raws = _stalled_source(fps, stall, speed=speed)
+    out = [smoother.update(raw, None if i == 0 else 1).time for i, raw in enumerate(raws)]
+    off = [(time - (START + i * period)) / period for i, time in enumerate(out)]
+    assert max(abs(o) for o in off[5 * fps :]) < 0.25
+
+
+@pytest.mark.parametrize("speed", [math.inf, 1.5])
+def test_a_path_that_slows_for_good_after_a_stall_is_still_followed(speed: float) -> None:
     fps, step = 30, 0.1
     period = 1.0 / fps
     smoother = CaptureSmoother(period)
-    raws = _stalled_source(fps, 0.5, step)
+    raws = _stalled_source(fps, 0.5, step, speed)
     out = [smoother.update(raw, None if i == 0 else 1).time for i, raw in enumerate(raws)]
     # Three seconds after the path slowed, the labels are on its new delay.
     assert abs(out[-1] - (START + (len(raws) - 1) * period + step)) < 0.1 * period
