@@ -1,13 +1,16 @@
-"""``meshenc bench esp``: the mesh's ESP path in a full mesh of real nodes, against a baseline.
+"""``meshenc bench esp``: the mesh's ESP path among real nodes, against a baseline.
 
 Theory of operation
 -------------------
 Each run starts ``nodes`` (default ``NODES``) mesh nodes on 127.0.0.1, each in a process of
 its own as encoders are (:mod:`meshenc.bench.esp_node`: the real ``MeshServer`` and
 ``MeshLinks`` over real gRPC), links them into a full mesh (each has ``nodes - 1``
-neighbours, every pair one Exchange stream) and has them all send an ESP per frame at
-``FRAMES_PER_SECOND`` from the same moment, as a locked mesh does. After a warm-up, each node
-measures:
+neighbours, every pair one Exchange stream) or a star (``topology="star"``: the first node
+has the others as its ``nodes - 1`` neighbours, each of them the first alone), and has them
+all send an ESP per frame at ``FRAMES_PER_SECOND`` to each neighbour from the same moment, as
+a locked mesh does. A full mesh of 8 on one machine is 8 encoders of the largest degree
+sharing its cores; a star is one such encoder among neighbours that cost little, closer to an
+encoder whose neighbours run on machines of their own. After a warm-up, each node measures:
 
 1. *Send→receive latency* of every ESP it receives: the sender stamps ``sent_at`` with the host
    clock just before it hands the ESP to its links, the receiving handler notes the host clock
@@ -24,8 +27,9 @@ generated protobuf code and node driver (the driver uses only what both trees ha
 with the gRPC I/O its own ``meshenc`` command chooses (:func:`node_environment`). Runs of
 the two alternate (this tree first in even repeats, the baseline first in odd ones), so that a
 noisy neighbour on the machine hits both alike. Reported per tree: the median over the runs of
-each run's p50, p99 and maximum (over every ESP every node received in it) and of its CPU per
-frame (mean over the nodes).
+each run's p50, p99 and maximum (over every ESP every node received in it: in a star, every
+ESP on the first node's links, both ways) and of its CPU per frame (mean over the nodes; in a
+star, the first node's).
 
 Bounded: every wait on a node has a timeout; every node is killed if it has not exited by the
 end of its run; temporary directories are removed, also on errors.
@@ -67,6 +71,7 @@ __all__ = [
     "BASELINE",
     "FRAMES_PER_SECOND",
     "NODES",
+    "TOPOLOGIES",
     "EspBench",
     "EspRun",
     "node_environment",
@@ -77,6 +82,8 @@ NODES: Final = 8
 """Mesh nodes per run by default: a full mesh of 8 gives each the largest degree the planner
 makes, 7."""
 FRAMES_PER_SECOND: Final = 60
+TOPOLOGIES: Final = ("full", "star")
+"""How the nodes are linked: every pair, or the first node to each of the others."""
 WARMUP_FRAMES: Final = 60
 """Frames sent before the measured ones (first-use costs are not the steady state)."""
 BASELINE: Final = "5f336fb"
@@ -103,9 +110,10 @@ class EspRun:
     received: int
     #: Send→receive delays (ms) of every measured ESP every node received.
     delays_ms: tuple[float, ...]
-    #: CPU seconds per frame of each node (its whole process).
+    #: CPU seconds per frame of each node (its whole process), the first node first.
     cpu_per_frame_s: tuple[float, ...]
     dropped_esps: int
+    topology: str = "full"
 
     @property
     def p50_ms(self) -> float:
@@ -121,7 +129,9 @@ class EspRun:
 
     @property
     def cpu_us(self) -> float:
-        """Mean over the nodes of the CPU per frame, µs."""
+        """CPU per frame, µs: the mean over the nodes, or in a star the first node's."""
+        if self.topology == "star":
+            return self.cpu_per_frame_s[0] * 1e6
         return statistics.fmean(self.cpu_per_frame_s) * 1e6
 
     def as_dict(self) -> dict[str, Any]:
@@ -147,6 +157,7 @@ class EspBench:
     codes: tuple[str, ...]
     frames: int
     nodes: int
+    topology: str = "full"
 
     def of(self, code: str) -> list[EspRun]:
         return [r for r in self.runs if r.code == code]
@@ -177,7 +188,9 @@ class EspBench:
             "benchmark": "esp",
             "settings": {
                 "nodes": self.nodes,
-                "neighbours_each": self.nodes - 1,
+                "topology": self.topology,
+                "neighbours_each": self.nodes - 1 if self.topology == "full" else None,
+                "neighbours_of_the_first": self.nodes - 1,
                 "frames_per_second": FRAMES_PER_SECOND,
                 "warmup_frames": WARMUP_FRAMES,
                 "frames": self.frames,
@@ -192,12 +205,25 @@ class EspBench:
 
     def table(self) -> Table:
         repeats = len(self.runs) // len(self.codes)
+        links = f"{self.nodes - 1} neighbour{'s' if self.nodes > 2 else ''}"
+        star = self.topology == "star"
+        shape = (
+            f"a star of {self.nodes} nodes (the first with {links}, each other the first's)"
+            if star
+            else f"a full mesh of {self.nodes} nodes ({links} each)"
+        )
         table = results_table(
-            f"ESPs in a full mesh of {self.nodes} nodes (each its own process, {self.nodes - 1} "
-            f"neighbour{'s' if self.nodes > 2 else ''}) over gRPC on 127.0.0.1, "
+            f"ESPs in {shape}, each node its own process, over gRPC on 127.0.0.1, "
             f"{FRAMES_PER_SECOND} frames/s, {self.frames} "
             f"frames measured per run; median of {repeats} interleaved runs per code (range)",
-            ("code", "p50 ms", "p99 ms", "max ms", "CPU µs/frame/node", "received"),
+            (
+                "code",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "CPU µs/frame, first node" if star else "CPU µs/frame/node",
+                "received",
+            ),
             left=("code",),
         )
         for code in self.codes:
@@ -220,7 +246,8 @@ class EspBench:
         table.caption = (
             "Latency: sender's host clock before MeshLinks hands the ESP on → receiver's on"
             " arrival (checked and converted). CPU: each node's process (all threads) over the"
-            " measured frames, sending to and receiving from every neighbour."
+            " measured frames, sending to and receiving from every neighbour"
+            f"{f' (the first node, with {self.nodes - 1} links)' if star else ''}."
             f" Load average at the end: {os.getloadavg()[0]:.1f}."
         )
         return table
@@ -298,8 +325,20 @@ def node_environment(tree: Path) -> dict[str, str]:
     return env
 
 
-async def _one_run(code: str, tree: Path, repeat: int, frames: int, count: int) -> EspRun:
+def _peers(ids: Sequence[str], topology: str) -> dict[str, list[str]]:
+    """Each node's neighbours: every other node, or in a star the first node's every other and
+    the others' the first."""
+    if topology == "star":
+        first, *others = ids
+        return {first: list(others), **{i: [first] for i in others}}
+    return {i: [j for j in ids if j != i] for i in ids}
+
+
+async def _one_run(
+    code: str, tree: Path, repeat: int, frames: int, count: int, topology: str
+) -> EspRun:
     ids = [f"e{i}" for i in range(count)]
+    neighbours = _peers(ids, topology)
     env = node_environment(tree)
     nodes: list[asyncio.subprocess.Process] = []
     try:
@@ -322,7 +361,7 @@ async def _one_run(code: str, tree: Path, repeat: int, frames: int, count: int) 
         ports = [int((await _line(n, NODE_STARTUP_TIMEOUT))["port"]) for n in nodes]
         addresses = {i: f"127.0.0.1:{p}" for i, p in zip(ids, ports, strict=True)}
         for node_id, node in zip(ids, nodes, strict=True):
-            _tell(node, {"peers": {i: a for i, a in addresses.items() if i != node_id}})
+            _tell(node, {"peers": {i: addresses[i] for i in neighbours[node_id]}})
         for node in nodes:
             await _line(node, LINK_TIMEOUT)
         start_at = time.time() + 0.5
@@ -353,6 +392,7 @@ async def _one_run(code: str, tree: Path, repeat: int, frames: int, count: int) 
         delays_ms=delays,
         cpu_per_frame_s=tuple(float(r["cpu_seconds"]) / frames for r in results),
         dropped_esps=sum(int(r["dropped_esps"]) for r in results),
+        topology=topology,
     )
 
 
@@ -361,17 +401,21 @@ def run_esp_bench(
     frames: int,
     *,
     nodes: int = NODES,
+    topology: str = "full",
     baseline: str | None = BASELINE,
     progress: Progress = quiet,
 ) -> EspBench:
     """``repeats`` runs of this tree and as many of ``baseline`` (a git revision; None: this
-    tree alone), interleaved, each with a full mesh of ``nodes``.
+    tree alone), interleaved, each with ``nodes`` linked as ``topology`` says (``TOPOLOGIES``).
 
     Raises:
-        BenchError: bad counts, no baseline to be had, a node failed or overran its bound.
+        BenchError: bad counts or topology, no baseline to be had, a node failed or overran
+            its bound.
     """
     if repeats < 1 or frames < 1 or nodes < 2:
         raise BenchError("repeats and frames must be positive, and there must be 2 nodes or more")
+    if topology not in TOPOLOGIES:
+        raise BenchError(f"no topology {topology!r}: one of {', '.join(TOPOLOGIES)}")
     with tempfile.TemporaryDirectory(prefix="meshenc-bench-esp-") as folder:
         trees: dict[str, Path] = {CURRENT: _ROOT}
         if baseline is not None:
@@ -383,5 +427,7 @@ def run_esp_bench(
             order = codes if repeat % 2 == 0 else tuple(reversed(codes))
             for code in order:
                 progress(f"run {repeat + 1}/{repeats}: {code}")
-                runs.append(asyncio.run(_one_run(code, trees[code], repeat, frames, nodes)))
-    return EspBench(tuple(runs), tuple(codes), frames, nodes)
+                runs.append(
+                    asyncio.run(_one_run(code, trees[code], repeat, frames, nodes, topology))
+                )
+    return EspBench(tuple(runs), tuple(codes), frames, nodes, topology)

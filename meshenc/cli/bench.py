@@ -582,7 +582,15 @@ def bench_tls(repeats: int, esps: int, seconds: float, as_json: bool, out: Path 
     type=click.IntRange(2, 16),
     default=esp.NODES,
     show_default=True,
-    help="Mesh nodes, each a neighbour of every other.",
+    help="Mesh nodes (a full mesh: each a neighbour of every other).",
+)
+@click.option(
+    "--topology",
+    type=click.Choice(esp.TOPOLOGIES),
+    default="full",
+    show_default=True,
+    help="full: every pair of nodes linked; star: the first node linked to each other (the "
+    "latency of one node's links and its CPU, its neighbours costing the machine little).",
 )
 @click.option(
     "--baseline",
@@ -592,19 +600,26 @@ def bench_tls(repeats: int, esps: int, seconds: float, as_json: bool, out: Path 
 )
 @output_options
 def bench_esp(
-    repeats: int, frames: int, nodes: int, baseline: str, as_json: bool, out: Path | None
+    repeats: int,
+    frames: int,
+    nodes: int,
+    topology: str,
+    baseline: str,
+    as_json: bool,
+    out: Path | None,
 ) -> None:
-    """ESP send→receive latency and mesh CPU per frame in a full mesh of real nodes.
+    """ESP send→receive latency and mesh CPU per frame among real nodes.
 
     Each node is a process of its own (MeshServer and MeshLinks over gRPC on 127.0.0.1),
-    a neighbour of every other, all sending at 60 frames/s; this tree against a baseline
-    revision, in interleaved runs.
+    in a full mesh or a star, all sending to each neighbour at 60 frames/s; this tree
+    against a baseline revision, in interleaved runs.
     """
     try:
         result = esp.run_esp_bench(
             repeats,
             frames,
             nodes=nodes,
+            topology=topology,
             baseline=None if baseline.lower() == "none" else baseline,
             progress=_progress(),
         )
