@@ -136,6 +136,7 @@ bench: $(VENV)/.installed proto
 	$(VENV)/bin/meshenc bench failover --trials 20 --out bench-results/failover.json
 	$(VENV)/bin/meshenc bench tls --out bench-results/tls.json
 	$(VENV)/bin/meshenc bench esp --out bench-results/esp.json
+	$(VENV)/bin/meshenc bench esp --topology star --out bench-results/esp-star.json
 	$(VENV)/bin/meshenc bench scale --out bench-results/scale.json
 
 # Re-pin every dependency (run after changing pyproject.toml's bounds, then commit the result).
