@@ -28,8 +28,8 @@ draining (a source that stalled for half a second sends the pictures it held at 
 less late than the one before), and restarting on it put the labels of the drained pictures
 two and a half frames late at 15 fps, then back, differently on each encoder; nor is such a
 reading used in the fit, which goes on predicting until the arrivals are back on time. A
-backlog sent more slowly (a sender, or this encoder's own ingest, catching up at one and a
-half times the frame rate) shows when the run is long enough to be a step: if its readings
+backlog sent more slowly (a sender or a relay on the way catching up at one and a half times
+the frame rate) shows when the run is long enough to be a step: if its readings
 came closer together than the periods they count, by more than a tenth of a period and what
 the jitter explains, it is a backlog too, and late readings stay out of the fit until one is
 on time again, the run counted afresh so that a path that slowed once the backlog was gone is
