@@ -1113,6 +1113,36 @@ def test_work_values_reach_the_manager_and_encoders_as_meshenc_up_passes_them(
         assert "MESHENC_WORK_UNITS" not in env_names(plain)
 
 
+def _notes(*extra: str) -> str:
+    """The NOTES ``helm install`` would print, rendered offline (``--dry-run=client``)."""
+    result = helm(
+        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", *extra
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("threads", "cpu", "advice"),
+    [(2, None, "request 2 for them"), (3, "2", "request 3 for them"), (2, "2500m", None)],
+)
+def test_the_notes_say_when_rung_threads_want_more_cpu_than_an_encoder_requests(
+    threads: int, cpu: str | None, advice: str | None
+) -> None:
+    """The default request is one CPU; rung threads only run at once on as many cores."""
+    extra = ["--set", "work.ladder={640x360@800,320x180@300}"]
+    extra += ["--set", f"work.rungThreads={threads}"]
+    if cpu is not None:
+        extra += ["--set-string", f"encoder.resources.requests.cpu={cpu}"]
+    notes = _notes(*extra)
+    assert f"up to {threads} rungs of a picture at once" in notes
+    if advice is None:
+        assert f"its pods request {cpu} CPU." in notes and "for them to run" not in notes
+    else:
+        assert advice in notes
+    assert "rungs of a picture at once" not in _notes(*extra[:2])  # one thread: nothing to say
+
+
 def test_bundled_etcd_is_what_the_services_dial() -> None:
     manifests = rendered("quickstart-tracing-values.yaml")
     etcd = find(manifests, "StatefulSet", f"{RELEASE}-etcd")
