@@ -5,6 +5,8 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from meshenc.core.identity import NO_IDENTITY, FingerprintWindow, SourceCadence, source_identity
 
@@ -69,3 +71,45 @@ def test_cadence_gives_no_count_across_a_discontinuity() -> None:
     ms = SourceCadence(Fraction(1, 50))
     ms.periods(1000, Fraction(1, 1000))
     assert ms.periods(1040, Fraction(1, 1000)) == 2
+
+
+def _counted_as_fractions(
+    last: int, pts: int, time_base: Fraction, period: Fraction, max_gap: float
+) -> int | None:
+    """The count as the timestamps' fractions of seconds give it: the step, modulo the wrap
+    for MPEG-TS's time base, rounded to periods half to even."""
+    step = (pts - last) * time_base
+    if time_base == TS:
+        step = ((pts - last) & ((1 << 33) - 1)) * TS
+    if step <= 0 or step > max_gap:
+        return None
+    return max(1, round(step / period))
+
+
+@given(
+    last=st.integers(0, (1 << 33) - 1),
+    gap=st.integers(-200_000, 200_000),
+    time_base=st.sampled_from([TS, Fraction(1, 1000), Fraction(1, 48_000), Fraction(1001, 30_000)]),
+    rate=st.sampled_from([Fraction(25), Fraction(30000, 1001), Fraction(30), Fraction(60)]),
+    max_gap=st.sampled_from([1.0, 0.5, 2.75]),
+)
+@example(last=0, gap=4500, time_base=TS, rate=Fraction(30), max_gap=1.0)  # 1.5 periods: 2
+@example(last=0, gap=7500, time_base=TS, rate=Fraction(30), max_gap=1.0)  # 2.5 periods: 2
+@example(last=(1 << 33) - 1000, gap=2000, time_base=TS, rate=Fraction(30), max_gap=1.0)
+@example(last=0, gap=90_000, time_base=TS, rate=Fraction(30), max_gap=1.0)  # max_gap exactly
+def test_cadence_counts_what_the_timestamps_fractions_of_seconds_give(
+    last: int, gap: int, time_base: Fraction, rate: Fraction, max_gap: float
+) -> None:
+    pts = (last + gap) & ((1 << 33) - 1) if time_base == TS else last + gap
+    cadence = SourceCadence(1 / rate, max_gap)
+    assert cadence.periods(last, time_base) is None
+    assert cadence.periods(pts, time_base) == _counted_as_fractions(
+        last, pts, time_base, 1 / rate, max_gap
+    )
+
+
+def test_a_time_base_that_changes_is_a_discontinuity() -> None:
+    cadence = SourceCadence(Fraction(1, 30))
+    cadence.periods(3000, TS)  # 1/30 s
+    assert cadence.periods(67, Fraction(1, 1000)) is None  # 67 ms, on another clock
+    assert cadence.periods(100, Fraction(1, 1000)) == 1
