@@ -128,8 +128,8 @@ class SourceCadence:
             return None
         # round(step / period), half to even, as Python rounds a fraction.
         period_num, period_den = self._period
-        whole, rest = divmod(span * period_den, den * period_num)
-        twice, whole_period = 2 * rest, den * period_num
-        if twice > whole_period or (twice == whole_period and whole % 2):
+        divisor = den * period_num
+        whole, rest = divmod(span * period_den, divisor)
+        if 2 * rest > divisor or (2 * rest == divisor and whole % 2):
             whole += 1
         return max(1, whole)
