@@ -1123,24 +1123,26 @@ def _notes(*extra: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("threads", "cpu", "advice"),
-    [(2, None, "request 2 for them"), (3, "2", "request 3 for them"), (2, "2500m", None)],
+    ("threads", "resources", "advice"),
+    [
+        (2, [], "its pods request 1 CPU (encoder.resources.requests.cpu): request 2 for them"),
+        (3, ["--set-string", "encoder.resources.requests.cpu=2"], "request 3 for them"),
+        (2, ["--set-string", "encoder.resources.requests.cpu=2500m"], None),
+        (2, ["--set", "encoder.resources=null"], "its pods request no CPU"),
+    ],
 )
 def test_the_notes_say_when_rung_threads_want_more_cpu_than_an_encoder_requests(
-    threads: int, cpu: str | None, advice: str | None
+    threads: int, resources: list[str], advice: str | None
 ) -> None:
     """The default request is one CPU; rung threads only run at once on as many cores."""
-    extra = ["--set", "work.ladder={640x360@800,320x180@300}"]
-    extra += ["--set", f"work.rungThreads={threads}"]
-    if cpu is not None:
-        extra += ["--set-string", f"encoder.resources.requests.cpu={cpu}"]
-    notes = _notes(*extra)
+    ladder = ["--set", "work.ladder={640x360@800,320x180@300}"]
+    notes = _notes(*ladder, "--set", f"work.rungThreads={threads}", *resources)
     assert f"up to {threads} rungs of a picture at once" in notes
     if advice is None:
-        assert f"its pods request {cpu} CPU." in notes and "for them to run" not in notes
+        assert "its pods request 2500m CPU." in notes and "for them to run" not in notes
     else:
         assert advice in notes
-    assert "rungs of a picture at once" not in _notes(*extra[:2])  # one thread: nothing to say
+    assert "rungs of a picture at once" not in _notes(*ladder, *resources)  # one thread
 
 
 def test_bundled_etcd_is_what_the_services_dial() -> None:
