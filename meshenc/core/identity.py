@@ -20,8 +20,8 @@ The same timestamps give the source's cadence (``SourceCadence``): how many fram
 passed since the previous picture, counted from the source's clock instead of from noisy
 arrival times, so the capture smoother fits arrivals against the sender's own timing, as a
 broadcast receiver recovers the sender's clock from PCR. A timestamp that goes backwards or
-jumps by more than ``max_gap`` (a source restart, a splice) is a discontinuity: no count is
-given and the smoother falls back to counting arrivals.
+jumps by more than ``max_gap`` (a source restart, a splice), or whose time base changed, is a
+discontinuity: no count is given and the smoother falls back to counting arrivals.
 
 Invariants: an identity is never 0 (``NO_IDENTITY``); the same timestamp always gives the same
 identity; a fingerprint window with a repeated fingerprint never gives one.

@@ -1329,8 +1329,8 @@ class HandOver:
     picture, at most ``AUDIO_HELD`` of them (about 85 ms of AAC at 48 kHz), and go with it in
     one call: each call wakes the event loop, and on a busy machine a wake-up costs about what
     handling the packet does (an encoder at 160x90 with the test pattern's audio: 205 → 176
-    wake-ups a second, about 4 % less CPU; docs/performance.md). Called from the ingest thread
-    alone."""
+    wake-ups a second; its CPU 0.96× in the median, within the spread of runs,
+    docs/performance.md). Called from the ingest thread alone."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Ingested]) -> None:
         self._loop = loop
