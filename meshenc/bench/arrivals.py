@@ -219,7 +219,7 @@ def measure(path: Path, frames: int, condition: str, stamping: str) -> ArrivalsR
         raise BenchError("the sender took too long and was stopped") from None
     finally:
         stop.set()
-        receiver.stop()
+        receiver.close()
         sys.setswitchinterval(interval)
     if done.returncode != 0:
         raise BenchError(f"the sender failed: {done.stderr[-500:]}")

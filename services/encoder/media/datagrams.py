@@ -1,26 +1,30 @@
 """MPEG-TS over UDP or RTP, received by the encoder itself: arrival stamps at the socket.
 
 Theory of operation: for ``udp://`` and ``rtp://`` inputs the encoder does not let FFmpeg open
-the socket. A receiver thread of its own binds it (joining the group for a multicast address)
-and reads every datagram with the time the kernel received it (``SO_TIMESTAMPNS``), so a
-picture's arrival is the moment its first datagram reached the host — before any demuxing or
-decoding, without waiting for the next picture to close the PES, and however late the thread
-got to read it: a thread waits for the GIL, and a process starved of CPU reads what came
-meanwhile all at once (stamped when read, those pictures were as late as the starvation was
-long). The kernel's time is taken onto the encoder's clock as that clock's reading now, less
-the datagram's age. Where the kernel gives no time (another OS or architecture, or
-``kernel_times=False``), the clock is read when the datagram is read; so does Linux itself for
-a datagram that came in the moment after the first socket on the machine asked for receive
-times, before it turned them on. The thread scans the TS packets of each datagram for the
-start of a video PES (``payload_unit_start_indicator``, stream id 0xE0-0xEF) and remembers
-its 33-bit PTS with that arrival (``Arrivals``); then it hands the bytes (RTP headers removed)
-to PyAV through ``DatagramPipe``, a file-like object whose read blocks until data comes. A
-stalled input therefore never times the demuxer out and never forces a reopen with its
-probing: when datagrams flow again, demuxing simply continues.
+the socket. It binds it itself (joining the group for a multicast address) and reads every
+datagram with the time the kernel received it (``SO_TIMESTAMPNS``), so a picture's arrival is
+the moment its first datagram reached the host — before any demuxing or decoding, without
+waiting for the next picture to close the PES, and however late the socket was read: a thread
+waits for the GIL, and a process starved of CPU reads what came meanwhile all at once (stamped
+when read, those pictures were as late as the starvation was long). The kernel's time is taken
+onto the encoder's clock as that clock's reading now, less the datagram's age. Where the
+kernel gives no time (another OS or architecture, or ``kernel_times=False``), the clock is
+read when the datagram is read; so does Linux itself for a datagram that came in the moment
+after the first socket on the machine asked for receive times, before it turned them on.
 
-Invariants: bytes reach PyAV in arrival order, exactly as received minus RTP headers; the pipe
-holds at most ``MAX_BUFFERED`` bytes (beyond that the oldest are dropped and counted, as a full
-socket buffer would); ``read`` returns b"" only after ``close``.
+The demuxer reads the socket itself, through ``DatagramPipe``: a file-like object whose read
+receives the next datagram when nothing of the last one is left, blocking until one comes. Each
+datagram is scanned for the start of a video PES (``payload_unit_start_indicator``, stream id
+0xE0-0xEF), whose 33-bit PTS is remembered with that arrival (``Arrivals``) before the bytes
+(RTP headers removed) go to PyAV. One thread receives, scans and demuxes: a datagram wakes one
+thread once, where a receiver thread of its own handing the bytes over to the demuxer's woke two
+(and made them take the GIL in turn) for every datagram. While the demuxer is busy, datagrams
+wait in the socket's receive buffer (``RECEIVE_BUFFER``), stamped by the kernel as they came. A
+stalled input therefore never times the demuxer out and never forces a reopen with its probing:
+when datagrams flow again, demuxing simply continues.
+
+Invariants: bytes reach PyAV in arrival order, exactly as received minus RTP headers; a read
+returns b"" (the end of the stream) only once the input is stopped or its socket failed.
 """
 
 from __future__ import annotations
@@ -33,13 +37,12 @@ import socket
 import struct
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
-    "MAX_BUFFERED",
     "SO_TIMESTAMPNS",
     "STAMP_SPACE",
     "Arrivals",
@@ -50,11 +53,10 @@ __all__ = [
     "video_pes_starts",
 ]
 
-#: Bytes the pipe holds for the demuxer at most (about 2 s of a 16 Mbit/s stream).
-MAX_BUFFERED = 4 << 20
-#: The socket's receive buffer.
+#: The socket's receive buffer: what waits while the demuxer decodes (about 2 s of a 16 Mbit/s
+#: stream; the kernel caps it at its ``rmem_max``).
 RECEIVE_BUFFER = 4 << 20
-#: Seconds a blocked receive waits before the thread looks at its stop flag again.
+#: Seconds a blocked receive waits before the reader looks at the stop flag again.
 POLL = 0.2
 #: Linux's ``SO_TIMESTAMPNS`` (and ``SCM_TIMESTAMPNS``), which Python does not name: each
 #: datagram's receive time as a ``struct timespec`` of CLOCK_REALTIME, in its ancillary data.
@@ -64,7 +66,7 @@ SO_TIMESTAMPNS = 35
 KERNEL_TIMES_MACHINES = frozenset({"x86_64", "i686", "i386", "aarch64", "armv7l", "riscv64"})
 _TIMESPEC = struct.Struct("@qq")
 #: The oldest kernel time taken (s): anything older is a wall clock that stepped, and the
-#: datagram is stamped when it is read. The pipe holds about 2 s of a fast stream.
+#: datagram is stamped when it is read. The receive buffer holds about 2 s of a fast stream.
 MAX_STAMP_AGE = 10.0
 TS_PACKET = 188
 _PTS_MASK = (1 << 33) - 1
@@ -190,51 +192,36 @@ def _rtp_payload(datagram: bytes) -> bytes | None:
 
 
 class DatagramPipe(io.RawIOBase):
-    """Bytes from the receiver thread to the demuxer; ``read`` blocks until some arrive."""
+    """The socket as the file the demuxer reads: a read that finds nothing left of the last
+    datagram receives the next one (``receive``), blocking until one comes; b"" once
+    ``receive`` returns None."""
 
-    def __init__(self) -> None:
+    def __init__(self, receive: Callable[[], bytes | None]) -> None:
         super().__init__()
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
-        self._cond = threading.Condition()
-        self._closed_for_reading = False
-        self.dropped = 0
+        self._receive = receive
+        self._rest = memoryview(b"")
 
     def readable(self) -> bool:
         return True
 
-    def push(self, data: bytes) -> None:
-        with self._cond:
-            self._chunks.append(data)
-            self._size += len(data)
-            while self._size > MAX_BUFFERED:
-                self.dropped += 1
-                self._size -= len(self._chunks.popleft())
-            self._cond.notify()
-
-    def finish(self) -> None:
-        """No more data: a blocked ``read`` returns b"" (end of stream)."""
-        with self._cond:
-            self._closed_for_reading = True
-            self._cond.notify_all()
-
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        with self._cond:
-            while not self._chunks and not self._closed_for_reading:
-                self._cond.wait()
-            if not self._chunks:
+        if not self._rest:
+            payload = self._receive()
+            if payload is None:
                 return 0
-            chunk = self._chunks.popleft()
-            n = min(len(buffer), len(chunk))
-            buffer[:n] = chunk[:n]
-            if n < len(chunk):
-                self._chunks.appendleft(chunk[n:])
-            self._size -= n
-            return n
+            self._rest = memoryview(payload)
+        n = min(len(buffer), len(self._rest))
+        buffer[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
 
 
 class DatagramInput:
-    """The receiver thread: one socket, arrival stamps per video PES, bytes into a pipe.
+    """One socket, arrival stamps per video PES, and the pipe the demuxer reads it through.
+
+    The demuxer's thread reads ``pipe``; without a demuxer (the arrivals benchmark), ``start``
+    reads it in a thread of its own and drops the bytes. ``close`` releases the socket once
+    nothing reads it any more.
 
     Args:
         url: ``udp://HOST:PORT`` or ``rtp://HOST:PORT`` (a multicast HOST is joined).
@@ -246,13 +233,14 @@ class DatagramInput:
     def __init__(self, url: str, clock: Callable[[], float], *, kernel_times: bool = True) -> None:
         self.address = InputAddress.parse(url)
         self.arrivals = Arrivals()
-        self.pipe = DatagramPipe()
+        self.pipe = DatagramPipe(self.receive)
         self.datagrams = 0
         self.malformed = 0
         self._clock = clock
+        self._rtp = self.address.scheme == "rtp"
         self._stop = threading.Event()
         self._socket = self._bind(kernel_times)
-        self._thread = threading.Thread(target=self._run, name="ingest-socket", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def _bind(self, kernel_times: bool) -> socket.socket:
         address = self.address
@@ -277,32 +265,44 @@ class DatagramInput:
         return sock
 
     def start(self) -> None:
+        """Receive in a thread of its own, dropping the bytes (a receiver without a demuxer)."""
+        self._thread = threading.Thread(target=self._drain, name="ingest-socket", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop receiving: a read under way returns the end of the stream within ``POLL``."""
         self._stop.set()
-        self.pipe.finish()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(2 * POLL + 1.0)
+
+    def close(self) -> None:
+        """Stop, and release the socket."""
+        self.stop()
         self._socket.close()
 
-    def _run(self) -> None:
-        rtp = self.address.scheme == "rtp"
-        ancillary = STAMP_SPACE
+    def receive(self) -> bytes | None:
+        """The next datagram's TS bytes (RTP header removed), the video PES starts in it noted
+        with the time it came; blocks until one comes. None once stopped, or when the socket
+        failed. Datagrams that are not whole TS packets (or not RTP, for rtp://) are counted
+        and skipped."""
         while not self._stop.is_set():
             try:
-                datagram, cmsgs, _flags, _sender = self._socket.recvmsg(65_536, ancillary)
+                datagram, cmsgs, _flags, _sender = self._socket.recvmsg(65_536, STAMP_SPACE)
             except TimeoutError:
                 continue
             except OSError:
-                break
+                return None
             at = self._clock() - _age(cmsgs, time.time())
-            payload = _rtp_payload(datagram) if rtp else datagram
-            if payload is None or len(payload) % TS_PACKET:
+            payload = _rtp_payload(datagram) if self._rtp else datagram
+            if not payload or len(payload) % TS_PACKET:
                 self.malformed += 1
                 continue
             self.datagrams += 1
             for pts in video_pes_starts(payload):
                 self.arrivals.add(pts, at)
-            self.pipe.push(payload)
-        self.pipe.finish()
+            return payload
+        return None
+
+    def _drain(self) -> None:
+        while self.receive() is not None:
+            pass

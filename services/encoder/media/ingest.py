@@ -4,8 +4,9 @@ Theory of operation: a thread of its own opens the input with PyAV (any URL its 
 ``udp://``, ``rtp://``, ``rtmp://``, ``http(s)://``, ``tcp://``, or a file), demuxes it and
 decodes the video, so a slow decode never stalls the mesh. Each picture's *measured arrival* is
 on the host clock: for ``udp://`` and ``rtp://`` (MPEG-TS) the kernel's receive time of the
-picture's first datagram, which a receiver thread of the encoder's own reads with it
-(``DatagramInput``); for other inputs the moment its packet left the demuxer. Each decoded
+picture's first datagram, which this thread reads from a socket of the encoder's own as the
+demuxer asks for bytes (``DatagramInput``); for other inputs the moment its packet left the
+demuxer. Each decoded
 picture is scaled to the mesh's format (``decoded_picture``), fingerprinted if it has no
 source timestamp (one that has is named by it), and handed over (``IngestedPicture``) with its
 arrival and its source timestamp; audio packets are handed over untouched
@@ -186,17 +187,17 @@ class LiveIngest:
         self.datagrams = DatagramInput(spec, clock) if scheme in ("udp", "rtp") else None
 
     def start(self) -> None:
-        if self.datagrams is not None:
-            self.datagrams.start()
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Ask the threads to end and wait for them."""
+        """Ask the thread to end and wait for it."""
         self._stop.set()
         if self.datagrams is not None:
             self.datagrams.stop()  # the demuxer reads the end of its stream
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self.datagrams is not None:
+            self.datagrams.close()
 
     # -- the thread ----------------------------------------------------------------------------
 

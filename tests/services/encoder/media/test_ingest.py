@@ -380,11 +380,45 @@ def test_datagrams_read_late_are_stamped_when_they_arrived(tmp_path: Path) -> No
         while receiver.datagrams * DATAGRAM_SIZE < len(data) and time.time() < deadline:
             time.sleep(0.01)
     finally:
-        receiver.stop()
+        receiver.close()
     stamps = {pts: receiver.arrivals.take(pts) for pts in sent}
     assert len(sent) == 10 and None not in stamps.values()
     lags = [stamp - sent[pts] for pts, stamp in stamps.items() if stamp is not None]
     assert all(0.0 <= lag < 0.1 for lag in lags), (lags, read_from - min(sent.values()))
+
+
+def test_the_demuxer_reads_the_socket_in_order_and_sees_the_end_once_stopped(
+    tmp_path: Path,
+) -> None:
+    """The pipe the demuxer reads receives from the socket itself: what is not whole TS packets
+    (a stray 100-byte datagram, an empty one) is counted and skipped, a datagram larger than a
+    read comes over several reads in order, and a read waiting on a silent socket returns the
+    end of the stream once the input is stopped."""
+    data = _clip(tmp_path / "clip.ts", 5).read_bytes()
+    good = [data[i : i + DATAGRAM_SIZE] for i in range(0, 3 * DATAGRAM_SIZE, DATAGRAM_SIZE)]
+    port = free_ports(1)[0]
+    receiver = DatagramInput(f"udp://127.0.0.1:{port}", time.time)
+    ended: list[bytes] = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for datagram in (good[0], b"x" * 100, b"", good[1], good[2]):
+                sender.sendto(datagram, ("127.0.0.1", port))
+        received = b""
+        for _ in range(40):  # 3 datagrams of 1,316 bytes in reads of at most 500
+            if len(received) >= len(b"".join(good)):
+                break
+            received += receiver.pipe.read(500)
+        assert received == b"".join(good)
+        assert (receiver.datagrams, receiver.malformed) == (3, 2)
+        reader = threading.Thread(target=lambda: ended.append(receiver.pipe.read(500)))
+        reader.start()
+        time.sleep(0.1)
+        assert not ended  # nothing came: the read waits
+        receiver.stop()
+        reader.join(5.0)
+    finally:
+        receiver.close()
+    assert ended == [b""]
 
 
 def test_a_stalled_udp_input_continues_without_a_reopen(tmp_path: Path) -> None:
