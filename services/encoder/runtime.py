@@ -637,6 +637,8 @@ class EncoderRuntime:
             status.decode_errors = counters.decode_errors
             status.reopens = counters.reopens
             status.last_error = counters.last_error
+            if self.ingest.datagrams is not None:
+                status.datagrams_dropped = self.ingest.datagrams.dropped
         return status
 
     async def run(self) -> RunStats:

@@ -378,6 +378,12 @@ _ENCODER_GAUGES: Final[tuple[tuple[str, str, Callable[[_EncoderView], float | No
         ),
     ),
     (
+        "meshenc_input_datagrams_dropped_total",
+        "Datagrams of a udp:// or rtp:// input the kernel dropped: the socket's receive buffer"
+        " was full (raise net.core.rmem_max).",
+        lambda v: None if v.source is None else float(v.source.datagrams_dropped),
+    ),
+    (
         "meshenc_input_arrival_jitter_seconds",
         "Arrival jitter against the source's own timestamps (RFC 3550 interarrival jitter).",
         lambda v: None if v.source is None else v.source.arrival_jitter_us / 1e6,

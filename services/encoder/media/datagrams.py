@@ -23,6 +23,9 @@ wait in the socket's receive buffer (``RECEIVE_BUFFER``), stamped by the kernel 
 stalled input therefore never times the demuxer out and never forces a reopen with its probing:
 when datagrams flow again, demuxing simply continues.
 
+What the receive buffer could not hold the kernel drops, and says so: with ``SO_RXQ_OVFL``
+every datagram carries the socket's count of drops so far, kept as ``dropped``.
+
 Invariants: bytes reach PyAV in arrival order, exactly as received minus RTP headers; a read
 returns b"" (the end of the stream) only once the input is stopped or its socket failed.
 """
@@ -43,12 +46,15 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
+    "ANCILLARY_SPACE",
+    "SO_RXQ_OVFL",
     "SO_TIMESTAMPNS",
     "STAMP_SPACE",
     "Arrivals",
     "DatagramInput",
     "DatagramPipe",
     "InputAddress",
+    "kernel_drops",
     "kernel_time",
     "video_pes_starts",
 ]
@@ -63,8 +69,13 @@ POLL = 0.2
 #: The value of x86 and of the generic ABI; a few architectures (MIPS, SPARC, PA-RISC, Alpha)
 #: number it otherwise, so it is asked for only on those of ``KERNEL_TIMES_MACHINES``.
 SO_TIMESTAMPNS = 35
+#: Linux's ``SO_RXQ_OVFL``: each datagram's ancillary data carries the socket's count of
+#: datagrams dropped so far (a full receive buffer), a 32-bit unsigned int. Numbered as
+#: ``SO_TIMESTAMPNS`` is, by the generic ABI.
+SO_RXQ_OVFL = 40
 KERNEL_TIMES_MACHINES = frozenset({"x86_64", "i686", "i386", "aarch64", "armv7l", "riscv64"})
 _TIMESPEC = struct.Struct("@qq")
+_DROPS = struct.Struct("@I")
 #: The oldest kernel time taken (s): anything older is a wall clock that stepped, and the
 #: datagram is stamped when it is read. The receive buffer holds about 2 s of a fast stream.
 MAX_STAMP_AGE = 10.0
@@ -131,6 +142,8 @@ class Arrivals:
 
 #: The ancillary buffer ``recvmsg`` needs for one ``SCM_TIMESTAMPNS``.
 STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+#: ... and for the drop count of ``SO_RXQ_OVFL`` beside it.
+ANCILLARY_SPACE = STAMP_SPACE + socket.CMSG_SPACE(_DROPS.size)
 
 
 def kernel_time(cmsgs: list[tuple[int, int, bytes]]) -> float | None:
@@ -140,6 +153,15 @@ def kernel_time(cmsgs: list[tuple[int, int, bytes]]) -> float | None:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
             seconds, nanoseconds = _TIMESPEC.unpack_from(data)
             return float(seconds + nanoseconds * 1e-9)
+    return None
+
+
+def kernel_drops(cmsgs: list[tuple[int, int, bytes]]) -> int | None:
+    """The socket's count of datagrams dropped so far, from ``SO_RXQ_OVFL`` ancillary data;
+    None without it (not asked for, or none dropped yet)."""
+    for level, kind, data in cmsgs:
+        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= _DROPS.size:
+            return int(_DROPS.unpack_from(data)[0])
     return None
 
 
@@ -228,30 +250,44 @@ class DatagramInput:
         clock: the host clock the arrivals are read from.
         kernel_times: stamp datagrams with the kernel's receive time (False: when read; the
             benchmark's baseline).
+        receive_buffer: the receive buffer asked of the kernel, bytes.
     """
 
-    def __init__(self, url: str, clock: Callable[[], float], *, kernel_times: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        clock: Callable[[], float],
+        *,
+        kernel_times: bool = True,
+        receive_buffer: int = RECEIVE_BUFFER,
+    ) -> None:
         self.address = InputAddress.parse(url)
         self.arrivals = Arrivals()
         self.pipe = DatagramPipe(self.receive)
         self.datagrams = 0
         self.malformed = 0
+        #: Datagrams the kernel dropped for want of room in the receive buffer, as of the
+        #: latest datagram read (0 where the kernel does not count them for us).
+        self.dropped = 0
         self._clock = clock
         self._rtp = self.address.scheme == "rtp"
         self._stop = threading.Event()
-        self._socket = self._bind(kernel_times)
+        self._socket = self._bind(kernel_times, receive_buffer)
         self._thread: threading.Thread | None = None
 
-    def _bind(self, kernel_times: bool) -> socket.socket:
+    def _bind(self, kernel_times: bool, receive_buffer: int) -> socket.socket:
         address = self.address
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with contextlib.suppress(OSError):  # capped by the kernel's limit; best effort
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-            if kernel_times and platform.machine() in KERNEL_TIMES_MACHINES:
-                with contextlib.suppress(OSError):  # no kernel times: stamped when read
-                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            if platform.machine() in KERNEL_TIMES_MACHINES:
+                if kernel_times:
+                    with contextlib.suppress(OSError):  # no kernel times: stamped when read
+                        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                with contextlib.suppress(OSError):  # no drop counts: none reported
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             sock.bind((address.host, address.port))
             if address.multicast:
                 group = socket.inet_aton(address.host) + socket.inet_aton(address.interface)
@@ -287,12 +323,14 @@ class DatagramInput:
         and skipped."""
         while not self._stop.is_set():
             try:
-                datagram, cmsgs, _flags, _sender = self._socket.recvmsg(65_536, STAMP_SPACE)
+                datagram, cmsgs, _flags, _sender = self._socket.recvmsg(65_536, ANCILLARY_SPACE)
             except TimeoutError:
                 continue
             except OSError:
                 return None
             at = self._clock() - _age(cmsgs, time.time())
+            if (drops := kernel_drops(cmsgs)) is not None:
+                self.dropped = max(self.dropped, drops)
             payload = _rtp_payload(datagram) if self._rtp else datagram
             if not payload or len(payload) % TS_PACKET:
                 self.malformed += 1

@@ -421,6 +421,38 @@ def test_the_demuxer_reads_the_socket_in_order_and_sees_the_end_once_stopped(
     assert ended == [b""]
 
 
+def test_datagrams_the_kernel_dropped_are_counted() -> None:
+    """A burst into a receive buffer too small for it, nothing reading: the kernel drops what
+    does not fit and counts it, and the count reaches the input with the next datagram read
+    after. Every datagram sent is either read or counted as dropped."""
+    port = free_ports(1)[0]
+    receiver = DatagramInput(f"udp://127.0.0.1:{port}", time.time, receive_buffer=4096)
+    burst, marker = b"\x47" + bytes(187), b"\x47" + b"\x01" * 187  # whole TS packets
+    read: list[bytes] = []
+
+    def read_until_the_marker() -> None:
+        while (payload := receiver.receive()) is not None:
+            read.append(payload)
+            if payload == marker:
+                return
+
+    reader = threading.Thread(target=read_until_the_marker)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(200):  # far more than 4 KB (doubled by the kernel) holds
+                sender.sendto(burst * 7, ("127.0.0.1", port))
+            reader.start()
+            time.sleep(0.3)  # what the buffer held is read; the reader waits
+            sender.sendto(marker, ("127.0.0.1", port))
+            reader.join(5.0)
+    finally:
+        receiver.close()
+        reader.join(5.0)
+    assert read and read[-1] == marker
+    assert receiver.dropped > 0
+    assert len(read) - 1 + receiver.dropped == 200
+
+
 def test_a_stalled_udp_input_continues_without_a_reopen(tmp_path: Path) -> None:
     data = _clip(tmp_path / "clip.ts", 60).read_bytes()
     chunks = [data[i : i + DATAGRAM_SIZE] for i in range(0, len(data), DATAGRAM_SIZE)]
