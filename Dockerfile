@@ -4,8 +4,9 @@
 # Build it with `make image` (scripts/build-image.sh): podman, or docker where a daemon runs.
 # The build is hermetic: it reads no package index. Every Python package comes from a
 # wheelhouse filled beforehand by scripts/fetch-image-wheels.sh with the versions
-# constraints.txt pins, handed in as the build context named "wheels":
-#   docker build --build-context wheels=WHEELHOUSE -t meshenc:0.1.0 .
+# constraints.txt pins, handed in as the build context named "wheels", and the mesh's hot path
+# compiled (below) as the one named "compiled", an empty folder for none:
+#   docker build --build-context wheels=WHEELHOUSE --build-context compiled=DIR -t meshenc:0.1.0 .
 # PYTHON_IMAGE is any Debian bookworm image with Python 3.11 and its venv module: the registry's
 # python:3.11-slim-bookworm, or one made from Debian packages (scripts/build-base-image.sh).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -45,13 +46,34 @@ COPY scripts/gen_proto.sh scripts/
 COPY proto/ proto/
 COPY meshenc/ meshenc/
 COPY services/ services/
+# The mesh's hot path compiled with mypyc, when the build hands it in (the build context
+# "compiled": scripts/build-image.sh fills it from build/compiled, compiled from these very
+# sources, or leaves it empty): each extension beside its source, which it shadows on import;
+# the encoders then log "mesh hot path compiled". Extensions this Python cannot import (made
+# for another Python or C library) are removed again, and the pure modules run.
+# /opt/meshenc/hot-path says which (`-P`: the sources in /src, the working folder, are not the
+# installed package). HOT_PATH_DIGEST is a digest of what the context holds: a build cache may
+# not look into a named context's files, and a changed digest makes it copy them again.
+ARG HOT_PATH_DIGEST=none
+RUN echo "compiled hot path handed in: ${HOT_PATH_DIGEST}"
+COPY --from=compiled . /compiled
 RUN PYTHON=/opt/protoc/bin/python scripts/gen_proto.sh >/dev/null \
  && /opt/protoc/bin/pip --python /opt/meshenc/bin/python install --quiet --no-compile --no-deps . \
  && /opt/protoc/bin/pip --python /opt/meshenc/bin/python check \
  && site="$(/opt/meshenc/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+ && cp -r /compiled/. "$site"/ \
+ && modules="$(cd /compiled && find meshenc services -name '*.so' 2>/dev/null \
+      | sed 's|/|.|g; s|\.cpython-.*||')" \
+ && if [ -n "$modules" ] && ! /opt/meshenc/bin/python -P -c \
+      'import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]' $modules; then \
+      echo "the compiled hot path does not import here (above): the pure modules run"; \
+      (cd /compiled && find . -name '*.so' -exec rm -f "$site/{}" \;); \
+    fi \
  && /opt/meshenc/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
       "$site"/meshenc "$site"/services >/dev/null \
- && /opt/meshenc/bin/meshenc --version
+ && /opt/meshenc/bin/meshenc --version \
+ && /opt/meshenc/bin/python -P -c 'from meshenc.wire import hot_path; print(hot_path.describe())' \
+      > /opt/meshenc/hot-path
 
 # --- runtime: the virtualenv alone, run by an unprivileged user ------------------------------
 FROM ${PYTHON_IMAGE}

@@ -74,13 +74,19 @@ chart-check: $(VENV)/.installed proto .tools/bin/helm
 # wheels are fetched here with constraints.txt, the build reads no index. The base is
 # python:3.11-slim-bookworm when a registry answers, else one made from Debian packages with
 # mmdebstrap (MESHENC_BASE=python|debian forces one). Installs podman, runc and mmdebstrap with
-# apt-get when missing and no docker daemon runs. Prints the build time and the image size.
+# apt-get when missing and no docker daemon runs. The mesh's hot path goes in compiled
+# (build/compiled) where it can be compiled here for the image's Python; gcc and the Python
+# headers are installed for it when missing. Prints the build time, the image size and which.
 image: $(VENV)/.installed
+	@scripts/ensure-system-deps.sh --compiler
+	@$(MAKE) --no-print-directory compiled
 	PYTHON=$(PY) scripts/build-image.sh
 
 # make test builds the image for tests/system/image when a container engine is present or
 # installable; where none is, tests/system/image skips and says so.
 image-for-tests: $(VENV)/.installed
+	@scripts/ensure-system-deps.sh --compiler
+	@$(MAKE) --no-print-directory compiled
 	@PYTHON=$(PY) scripts/build-image.sh --if-possible
 
 lint: $(VENV)/.installed proto

@@ -66,8 +66,30 @@ if [[ "$base" == "$debian_base" ]] && ! have_image "$debian_base"; then
 fi
 
 wheels="$(mktemp -d)"
-trap 'rm -rf "$wheels"' EXIT
+compiled="$(mktemp -d)"
+trap 'rm -rf "$wheels" "$compiled"' EXIT
 PYTHON="$PYTHON" scripts/fetch-image-wheels.sh "$wheels"
+
+# The mesh's hot path compiled (build/compiled, `make compiled`) goes into the image beside its
+# sources, when it was compiled from this tree's sources; the image keeps it where its Python can
+# import it, and otherwise runs the pure modules (the Dockerfile).
+stage_compiled() {
+  local module source
+  [[ -f build/compiled/.made ]] && compgen -G 'build/compiled/*__mypyc.*.so' >/dev/null \
+    || { echo "nothing compiled in build/compiled (make compiled)"; return 1; }
+  while IFS= read -r module; do
+    source="${module%%.cpython-*}.py"
+    cmp -s "$source" "${source#build/compiled/}" \
+      || { echo "${source#build/compiled/} changed since build/compiled was made"; return 1; }
+  done < <(find build/compiled/meshenc build/compiled/services -name '*.so')
+  (cd build/compiled && find . -name '*.so' -exec cp --parents {} "$compiled"/ \;)
+}
+if ! why="$(stage_compiled)"; then
+  rm -rf "${compiled:?}"/*
+  echo "image: the mesh's hot path goes in pure: $why"
+fi
+hot_path_digest="$(cd "$compiled" && find . -type f -print0 | sort -z | xargs -0r sha256sum \
+  | sha256sum | cut -c1-16)"
 
 tags=(--tag "$image")
 # A Kubernetes node reads the short name meshenc:X as docker.io/library/meshenc:X; podman would
@@ -77,7 +99,9 @@ if [[ "${engine[0]}" == podman && "$image" != */* ]]; then
 fi
 previous="$("${engine[@]}" image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
 "${engine[@]}" build "${build_flags[@]}" --quiet \
-  --build-arg PYTHON_IMAGE="$base" --build-context wheels="$wheels" "${tags[@]}" . >/dev/null
+  --build-arg PYTHON_IMAGE="$base" --build-context wheels="$wheels" \
+  --build-context compiled="$compiled" --build-arg HOT_PATH_DIGEST="$hot_path_digest" \
+  "${tags[@]}" . >/dev/null
 # The image this build replaced is now untagged: remove it, unless a container still uses it,
 # so that rebuilds do not pile up half a gigabyte each.
 current="$("${engine[@]}" image inspect --format '{{.Id}}' "$image")"
@@ -86,5 +110,9 @@ if [[ -n "$previous" && "$previous" != "$current" ]]; then
 fi
 
 size="$("${engine[@]}" image inspect --format '{{.Size}}' "$image")"
+# What the image's encoders run, as its build found (read without starting a container).
+container="$("${engine[@]}" create "$image")"
+hot_path="$("${engine[@]}" cp "$container:/opt/meshenc/hot-path" - | tar -xO)"
+"${engine[@]}" rm "$container" >/dev/null
 echo "image $image built in $((SECONDS - started)) s with ${engine[0]} on $base:" \
-  "$((size / 1000000)) MB"
+  "$((size / 1000000)) MB; mesh hot path $hot_path"

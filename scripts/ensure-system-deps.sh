@@ -6,27 +6,31 @@
 # origin's stream, driven by Playwright: Debian's build, with H.264 and AAC), npm (installs
 # the pinned hls.js) and ffmpeg (a test has ffprobe read the CMAF segments; the encoder
 # benchmark's baseline), with --bench also gcc and the Python headers
-# (scripts/compile-hot-path.sh compiles the mesh's hot path with them), and with --venv the
-# python3-venv package (when `python3 -m venv` failed).
+# (scripts/compile-hot-path.sh compiles the mesh's hot path with them), with --compiler those
+# two alone (the image takes the compiled hot path), and with --venv the python3-venv package
+# (when `python3 -m venv` failed).
 # Debian/Ubuntu only; elsewhere it says what to install and fails.
 set -euo pipefail
 
 missing=()
+compiler() {
+  command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+  python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(
+    os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" 2>/dev/null || missing+=(python3-dev)
+}
+programs() {
+  command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+  # Debian puts nginx in /usr/sbin, which is not on a non-root user's PATH.
+  command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+  command -v chromium >/dev/null 2>&1 || [[ -x /usr/lib/chromium/chromium ]] || missing+=(chromium)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
+}
 case "${1:-}" in
   --venv) missing+=(python3-venv) ;;  # the caller already found `python3 -m venv` failing
-  --bench)
-    command -v gcc >/dev/null 2>&1 || missing+=(gcc)
-    python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(
-      os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" 2>/dev/null || missing+=(python3-dev)
-    ;&
-  *)
-    command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-    # Debian puts nginx in /usr/sbin, which is not on a non-root user's PATH.
-    command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
-    command -v chromium >/dev/null 2>&1 || [[ -x /usr/lib/chromium/chromium ]] || missing+=(chromium)
-    command -v npm >/dev/null 2>&1 || missing+=(npm)
-    command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
-    ;;
+  --compiler) compiler ;;
+  --bench) compiler && programs ;;
+  *) programs ;;
 esac
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 

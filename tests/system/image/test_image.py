@@ -31,7 +31,9 @@ service cannot write, no capability even in the bounding set, no new privileges,
 published), seen from inside each container; every service answers gRPC health through
 ``meshenc health-check``, and the chart's ``helm test`` pod, played as rendered, passes; and the
 three encoders lock: past their lock-in, the segments they write to their volumes are
-byte-identical (SHA-256). Everything the test made is removed at the end, also on failure.
+byte-identical (SHA-256); and they run the mesh's hot path compiled where this tree's
+build/compiled holds it (each encoder's start-up line says which). Everything the test made is
+removed at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -271,14 +273,16 @@ class Mesh:
         listed = self.podman.run("ps", "--all", "--filter", label, "--format", "json")
         return [c for c in json.loads(listed or "[]") if not c.get("IsInfra")]
 
-    def logs(self, pods: list[str], lines: int = 15) -> str:
-        """The last lines each pod's main container logged, to say why a check failed."""
+    def logs(self, pods: list[str], lines: int | None = 15) -> str:
+        """The last lines (all: None) each pod's main container logged, to say why a check
+        failed or what a service said."""
         assert PODMAN is not None
         found = []
         for pod in pods:
             container = f"{pod}-{pod.rsplit('-', 2)[-2]}"
+            tail = [] if lines is None else ["--tail", str(lines)]
             result = subprocess.run(
-                [PODMAN, "logs", "--tail", str(lines), container],
+                [PODMAN, "logs", *tail, container],
                 env=self.podman.env,
                 capture_output=True,
                 text=True,
@@ -493,6 +497,27 @@ def test_the_charts_containers_run_from_the_image_and_the_encoders_lock(mesh: Me
     except AssertionError as failure:
         raise AssertionError(f"{failure}\n{mesh.logs(encoders)}") from None
     assert len(identical) >= IDENTICAL_SEGMENTS
+
+    # 4. They run the mesh's hot path compiled when this tree's build/compiled holds it,
+    #    compiled from the current sources (make test compiles it before the image).
+    expected = f"mesh hot path {'compiled' if compiled_here() else 'pure Python'}"
+    for pod in encoders:
+        logged = mesh.logs([pod], lines=None)
+        assert expected in logged, f"{pod} does not log {expected!r}:\n{mesh.logs([pod])}"
+
+
+def compiled_here() -> bool:
+    """Whether build/compiled holds the hot path compiled from this tree's current sources
+    (what ``scripts/build-image.sh`` hands the image)."""
+    compiled = ROOT / "build" / "compiled"
+    if not (compiled / ".made").exists() or not any(compiled.glob("*__mypyc.*.so")):
+        return False
+    modules = [*compiled.glob("meshenc/**/*.so"), *compiled.glob("services/**/*.so")]
+    for module in modules:
+        source = module.with_name(module.name.split(".", 1)[0] + ".py")
+        if source.read_bytes() != (ROOT / source.relative_to(compiled)).read_bytes():
+            return False
+    return bool(modules)
 
 
 def segment_hashes(mesh: Mesh, pod: str) -> dict[str, str]:
