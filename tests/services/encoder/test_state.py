@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -17,12 +19,14 @@ from meshenc.core.engine import (
 )
 from meshenc.core.messages import EncodingStatePacket
 from meshenc.core.timecode import FrameRate
+from meshenc.local.ports import free_ports
 from meshenc.v1 import mesh_pb2, mesh_pb2_grpc
 from meshenc.wire import convert
 from services.common.etcd import EtcdSettings
 from services.common.grpc_server import open_channel
 from services.encoder.media import EncoderParams, GopEncoder, SyntheticSource, VideoFormat
 from services.encoder.media.containers import SegmentFormat
+from services.encoder.media.ingest import LiveIngest
 from services.encoder.media.ladder import (
     Holdings,
     Rendition,
@@ -126,6 +130,54 @@ def test_get_state_shows_a_stall_and_what_the_encoder_no_longer_vouches_for(
             await runtime.links.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20.0))
+
+
+def test_get_state_counts_the_datagrams_the_kernel_dropped(tmp_path: Path) -> None:
+    """An encoder's udp:// input whose receive buffer overflowed (a burst that nothing read):
+    GetState, asked over gRPC, shows as many dropped datagrams as the kernel counted, and every
+    datagram sent was either read or counted as dropped."""
+    port = free_ports(1)[0]
+    settings = EncoderSettings(
+        id="e1", listen="127.0.0.1:0", out=tmp_path, source=f"udp://127.0.0.1:{port}"
+    )
+    burst, marker, sent = b"\x47" + bytes(187), b"\x47" + b"\x01" * 187, 10_000
+
+    async def scenario() -> tuple[int, int]:
+        runtime = EncoderRuntime(settings)
+        # The input as ``run`` makes it, bound but not started: nothing reads the socket.
+        runtime.ingest = LiveIngest(settings.source or "", runtime._format, lambda _item: None)
+        datagrams = runtime.ingest.datagrams
+        assert datagrams is not None
+        guard = threading.Timer(10.0, datagrams.stop)
+        port_of_server = await runtime.server.start("127.0.0.1:0")
+        channel = open_channel(f"127.0.0.1:{port_of_server}")
+        stub = mesh_pb2_grpc.EncoderMeshStub(channel)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                for _ in range(sent):  # more than any receive buffer the kernel allows here
+                    sender.sendto(burst * 7, ("127.0.0.1", port))
+                read = 0
+                # Bounded: should the marker not come, the reads end after 10 s.
+                guard.start()
+                while (payload := datagrams.receive()) is not None:  # what the buffer held
+                    read += 1
+                    if read == 10:  # room again: the marker queues behind the rest
+                        sender.sendto(marker, ("127.0.0.1", port))
+                    if payload == marker:
+                        break
+            state = await stub.GetState(mesh_pb2.GetStateRequest(), timeout=5.0)
+            assert payload == marker
+            return read - 1, state.input.datagrams_dropped
+        finally:
+            guard.cancel()
+            await channel.close()
+            await runtime.server.stop(0)
+            await runtime.links.close()
+            runtime.ingest.stop(timeout=1.0)
+
+    read, dropped = asyncio.run(asyncio.wait_for(scenario(), 30.0))
+    assert dropped > 0
+    assert read + dropped == sent
 
 
 def _write_first_segment(runtime: EncoderRuntime, rendition: Rendition) -> EncodingStatePacket:
