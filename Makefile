@@ -75,18 +75,14 @@ chart-check: $(VENV)/.installed proto .tools/bin/helm
 # python:3.11-slim-bookworm when a registry answers, else one made from Debian packages with
 # mmdebstrap (MESHENC_BASE=python|debian forces one). Installs podman, runc and mmdebstrap with
 # apt-get when missing and no docker daemon runs. The mesh's hot path goes in compiled
-# (build/compiled) where it can be compiled here for the image's Python; gcc and the Python
-# headers are installed for it when missing. Prints the build time, the image size and which.
-image: $(VENV)/.installed
-	@scripts/ensure-system-deps.sh --compiler
-	@$(MAKE) --no-print-directory compiled
+# (build/compiled) when it was compiled from the current sources and the image's Python imports
+# it. Prints the build time, the image size and which hot path the image runs.
+image: $(VENV)/.installed compiled
 	PYTHON=$(PY) scripts/build-image.sh
 
 # make test builds the image for tests/system/image when a container engine is present or
 # installable; where none is, tests/system/image skips and says so.
-image-for-tests: $(VENV)/.installed
-	@scripts/ensure-system-deps.sh --compiler
-	@$(MAKE) --no-print-directory compiled
+image-for-tests: $(VENV)/.installed compiled
 	@PYTHON=$(PY) scripts/build-image.sh --if-possible
 
 lint: $(VENV)/.installed proto
@@ -118,18 +114,18 @@ demo: $(VENV)/.installed proto system-deps player-deps
 
 # The mesh's hot path compiled with mypyc into build/compiled, a copy of the package that only
 # commands given PYTHONPATH=build/compiled import (scripts/compile-hot-path.sh): rebuilt when any
-# of the package's sources changes; where compiling is not possible, none is left and the
-# benchmarks that use it run the pure modules.
+# of the package's sources changes, with gcc and the Python headers (installed with apt-get when
+# missing); where compiling is not possible, none is left and the benchmarks that use it and the
+# image run the pure modules.
 COMPILED := build/compiled/.made
-$(COMPILED): $(shell find meshenc services tests -name '*.py') pyproject.toml scripts/compile-hot-path.sh $(VENV)/.installed
+$(COMPILED): $(shell find meshenc services tests -name '*.py') pyproject.toml scripts/compile-hot-path.sh $(VENV)/.installed | proto
+	@scripts/ensure-system-deps.sh --compiler
 	PYTHON=$(PY) scripts/compile-hot-path.sh
 	@mkdir -p build/compiled && touch $@
 
 compiled: $(COMPILED)
 
-bench: $(VENV)/.installed proto
-	@scripts/ensure-system-deps.sh --bench
-	@$(MAKE) --no-print-directory compiled
+bench: $(VENV)/.installed proto system-deps compiled
 	PYTHONPATH=build/compiled $(VENV)/bin/meshenc bench sim --out bench-results/sim.json
 	PYTHONPATH=build/compiled $(VENV)/bin/meshenc bench simspeed --out bench-results/simspeed.json
 	$(VENV)/bin/meshenc bench encoder --out bench-results/encoder.json

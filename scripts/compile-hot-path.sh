@@ -7,7 +7,8 @@
 # run the pure-Python modules, and an edit to the core can never be shadowed by a stale
 # extension. Only a command started with PYTHONPATH=build/compiled runs the compiled modules,
 # and so do the processes it starts (`meshenc up`'s encoders); `make bench` runs the simulator's
-# benchmarks and one encoder benchmark so. `meshenc bench simspeed`, `meshenc bench encoder` and
+# benchmarks and one encoder benchmark so, and `make image` puts the extensions in the image
+# (scripts/build-image.sh). `meshenc bench simspeed`, `meshenc bench encoder` and
 # an encoder's start-up log line say which ran. To test the compiled modules, run the tests of
 # the copy from inside it:
 #   cd build/compiled && ../../.venv/bin/python -m pytest tests/core tests/wire tests/sim

@@ -5,10 +5,9 @@
 # nginx-light is only `nginx` plus the echo module), chromium (the browser that plays the
 # origin's stream, driven by Playwright: Debian's build, with H.264 and AAC), npm (installs
 # the pinned hls.js) and ffmpeg (a test has ffprobe read the CMAF segments; the encoder
-# benchmark's baseline), with --bench also gcc and the Python headers
-# (scripts/compile-hot-path.sh compiles the mesh's hot path with them), with --compiler those
-# two alone (the image takes the compiled hot path), and with --venv the python3-venv package
-# (when `python3 -m venv` failed).
+# benchmark's baseline); with --compiler instead gcc and the Python headers
+# (scripts/compile-hot-path.sh compiles the mesh's hot path with them, for the benchmarks and
+# the image), and with --venv the python3-venv package (when `python3 -m venv` failed).
 # Debian/Ubuntu only; elsewhere it says what to install and fails.
 set -euo pipefail
 
@@ -29,7 +28,6 @@ programs() {
 case "${1:-}" in
   --venv) missing+=(python3-venv) ;;  # the caller already found `python3 -m venv` failing
   --compiler) compiler ;;
-  --bench) compiler && programs ;;
   *) programs ;;
 esac
 [[ ${#missing[@]} -eq 0 ]] && exit 0

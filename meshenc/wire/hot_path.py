@@ -2,8 +2,9 @@
 
 ``scripts/compile-hot-path.sh`` compiles the sync engine, the core modules it runs on every
 event and the wire's conversion and validation with mypyc into ``build/compiled``; a process
-started with ``PYTHONPATH=build/compiled`` imports those extensions instead of the sources. The
-results are the same, the CPU per message less, so benchmarks and start-up logs say which ran.
+started with ``PYTHONPATH=build/compiled``, and one in the image built with them, imports those
+extensions instead of the sources. The results are the same, the CPU per message less, so
+benchmarks and start-up logs say which ran.
 """
 
 from __future__ import annotations

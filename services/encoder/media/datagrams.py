@@ -146,23 +146,28 @@ STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 ANCILLARY_SPACE = STAMP_SPACE + socket.CMSG_SPACE(_DROPS.size)
 
 
+def _socket_message(
+    cmsgs: list[tuple[int, int, bytes]], kind: int, layout: struct.Struct
+) -> tuple[int, ...] | None:
+    """The values of the ``SOL_SOCKET`` ancillary message ``kind``, or None without one."""
+    for level, found, data in cmsgs:
+        if level == socket.SOL_SOCKET and found == kind and len(data) >= layout.size:
+            return layout.unpack_from(data)
+    return None
+
+
 def kernel_time(cmsgs: list[tuple[int, int, bytes]]) -> float | None:
     """When the kernel received the datagram (CLOCK_REALTIME seconds), from its
     ``SCM_TIMESTAMPNS``; None without one (the socket did not ask for ``SO_TIMESTAMPNS``)."""
-    for level, kind, data in cmsgs:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
-            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            return float(seconds + nanoseconds * 1e-9)
-    return None
+    stamp = _socket_message(cmsgs, SO_TIMESTAMPNS, _TIMESPEC)
+    return None if stamp is None else float(stamp[0] + stamp[1] * 1e-9)
 
 
 def kernel_drops(cmsgs: list[tuple[int, int, bytes]]) -> int | None:
     """The socket's count of datagrams dropped so far, from ``SO_RXQ_OVFL`` ancillary data;
     None without it (not asked for, or none dropped yet)."""
-    for level, kind, data in cmsgs:
-        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= _DROPS.size:
-            return int(_DROPS.unpack_from(data)[0])
-    return None
+    drops = _socket_message(cmsgs, SO_RXQ_OVFL, _DROPS)
+    return None if drops is None else drops[0]
 
 
 def _age(cmsgs: list[tuple[int, int, bytes]], now: float) -> float:
